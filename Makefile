@@ -1,0 +1,47 @@
+# dynaps developer targets. `make help` lists them.
+# Every set-up step lives here so that a fresh machine (and CI) needs nothing but python3 and go.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help quickstart test test-fast lint bench k8s-binaries clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv with dynaps and every test dependency
+
+quickstart: $(STAMP) ## Run the main job: matrix factorisation on a local embedded cluster
+	$(VENV)/bin/dynaps run examples/mf.yaml
+
+k8s-binaries: ## Provide etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm (cached)
+	scripts/k8s-binaries.sh
+
+test: $(STAMP) k8s-binaries ## Run the whole test suite (unit, integration, e2e) and the static checks
+	$(MAKE) lint
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Unit and integration tests only (no control plane)
+	$(PY) -m pytest -m "not e2e"
+
+lint: $(STAMP) ## ruff, mypy --strict and the import-layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: $(STAMP) ## Run the micro benchmark and the application benchmark
+	$(PY) bench/micro.py
+	$(PY) bench/apps.py
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
