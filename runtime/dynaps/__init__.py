@@ -1,3 +1,68 @@
-"""dynaps: a parameter server with dynamic parameter allocation."""
+"""dynaps: a parameter server with dynamic parameter allocation.
+
+    import dynaps
+    ps = dynaps.connect()              # in a process started by dynaps
+    W = ps.table("W")
+    W.localize(keys); v = W.pull(keys); W.push(keys, grads)
+
+    with dynaps.LocalCluster(servers=2, workers=2,
+                             tables={"W": dynaps.TableSpec(num_keys=10_000, dim=16)}) as c:
+        results = c.run(train_fn)
+
+Names are imported lazily: ``import dynaps.contract`` (what the operator uses) does not
+load numpy or ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "connect": "dynaps.client",
+    "PS": "dynaps.client",
+    "Table": "dynaps.client",
+    "Handle": "dynaps.client",
+    "LocalCluster": "dynaps.local",
+    "TableSpec": "dynaps.contract",
+    "InitSpec": "dynaps.contract",
+    "UpdaterSpec": "dynaps.contract",
+    "register_updater": "dynaps.updaters",
+    "DynapsError": "dynaps.errors",
+    "ConfigError": "dynaps.errors",
+    "NotConnectedError": "dynaps.errors",
+    "UsageError": "dynaps.errors",
+    "UnknownTableError": "dynaps.errors",
+    "KeyRangeError": "dynaps.errors",
+    "DynapsTimeoutError": "dynaps.errors",
+    "ClusterError": "dynaps.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from dynaps.client import PS, Handle, Table, connect
+    from dynaps.contract import InitSpec, TableSpec, UpdaterSpec
+    from dynaps.errors import (
+        ClusterError,
+        ConfigError,
+        DynapsError,
+        DynapsTimeoutError,
+        KeyRangeError,
+        NotConnectedError,
+        UnknownTableError,
+        UsageError,
+    )
+    from dynaps.local import LocalCluster
+    from dynaps.updaters import register_updater
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dynaps' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,278 @@
+"""The ``dynaps`` command: run jobs locally, validate manifests, and the roles pods run.
+
+dynaps run JOB.yaml                          run a ParameterServerJob on this machine
+dynaps run --servers N --workers M --table NAME:KEYS:DIM -- COMMAND ...
+dynaps validate JOB.yaml                     check a manifest without running it
+dynaps coordinator | server | worker [-- COMMAND ...]   (what the job's pods run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from dynaps.contract import (
+    Allocation,
+    NamedTable,
+    ParameterServerJob,
+    RuntimeConfig,
+    describe_validation_error,
+    runtime_config,
+)
+from dynaps.errors import ConfigError, DynapsError
+
+EPILOG = """\
+examples:
+  dynaps run examples/mf.yaml
+  dynaps run --servers 2 --workers 2 --table W:100000:16 -- python train.py
+  dynaps validate examples/kge.yaml
+
+Inside COMMAND, `ps = dynaps.connect()` gives the worker API (ps.table("W").pull(keys), ...).
+"""
+
+
+def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        cut = list(argv).index("--")
+        return list(argv[:cut]), list(argv[cut + 1 :])
+    return list(argv), []
+
+
+def _parse_table(text: str) -> NamedTable:
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"--table {text!r}: expected NAME:NUM_KEYS:DIM[:DTYPE]")
+    try:
+        fields: dict[str, Any] = {"name": parts[0], "num_keys": int(parts[1]), "dim": int(parts[2])}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--table {text!r}: NUM_KEYS and DIM must be integers") from exc
+    if len(parts) == 4:
+        fields["dtype"] = parts[3]
+    try:
+        return NamedTable(**fields)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--table {text!r}: {exc}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynaps",
+        description="dynaps: a parameter server with dynamic parameter allocation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run a job on this machine (a manifest, or COMMAND after --)",
+        description="Run a ParameterServerJob manifest, or COMMAND in every worker, on this machine: "
+        "coordinator, servers and workers are local processes on 127.0.0.1. "
+        "Exits with the job's status (0 when every worker exited 0).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("manifest", nargs="?", help="a ParameterServerJob YAML file")
+    run.add_argument("--servers", type=int, help="number of servers (overrides the manifest)")
+    run.add_argument("--workers", type=int, help="number of workers (overrides the manifest)")
+    run.add_argument(
+        "--table",
+        type=_parse_table,
+        action="append",
+        default=[],
+        metavar="NAME:KEYS:DIM[:DTYPE]",
+        help="declare a table (repeatable; without a manifest)",
+    )
+    run.add_argument(
+        "--allocation",
+        choices=[a.value for a in Allocation],
+        help="dynamic (keys move with localize) or static (classic parameter server)",
+    )
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("DYNAPS_LOG_LEVEL", "WARNING"),
+        help="log level of the dynaps processes (default WARNING)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress lines from dynaps itself")
+
+    validate = sub.add_parser("validate", help="check a manifest and print the runtime configuration")
+    validate.add_argument("manifest", help="a ParameterServerJob YAML file")
+
+    coordinator = sub.add_parser("coordinator", help="run a job's coordinator (what its pod runs)")
+    coordinator.add_argument(
+        "--announce", action="store_true", help="print the bound addresses on stdout once listening"
+    )
+    sub.add_parser("server", help="run a server node (what a server pod runs)")
+    worker = sub.add_parser("worker", help="run a worker node; it starts the program after --")
+    worker.add_argument("--attach-token", help="let one process attach by this token instead")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list, command = _split_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        if args.verb == "run":
+            return _run(args, command)
+        if args.verb == "validate":
+            return _validate(args.manifest)
+        return _role(args, command)
+    except DynapsError as exc:
+        print(f"dynaps: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _validate(path: str) -> int:
+    from dynaps.manifest import load_manifest
+
+    job = load_manifest(path)
+    config = runtime_config(job, coordinator=f"{job.metadata.name}-coordinator:7070")
+    print(f"{path}: valid ParameterServerJob {job.metadata.name!r}")
+    print(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+    return 0
+
+
+def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[RuntimeConfig, list[str]]:
+    if args.manifest:
+        from dynaps.manifest import load_manifest
+
+        if args.table:
+            raise ConfigError("--table declares tables only without a manifest (the manifest has them)")
+        job: ParameterServerJob = load_manifest(args.manifest)
+        config = runtime_config(job, coordinator="127.0.0.1:0")
+        if not command:
+            command = [*job.spec.workers.command, *job.spec.workers.args]
+        if not command:
+            raise ConfigError(f"{args.manifest}: spec.workers.command is empty and no COMMAND follows --")
+    else:
+        if not command:
+            raise ConfigError("give a manifest, or the program to run after -- (see dynaps run --help)")
+        if not args.table:
+            raise ConfigError("declare at least one table with --table NAME:NUM_KEYS:DIM")
+        try:
+            config = RuntimeConfig(tables=args.table, coordinator="127.0.0.1:0")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    updates: dict[str, Any] = {}
+    if args.servers is not None:
+        updates["servers"] = args.servers
+    if args.workers is not None:
+        updates["workers"] = args.workers
+    if args.allocation is not None:
+        updates["allocation"] = Allocation(args.allocation)
+    if updates:
+        try:
+            config = RuntimeConfig.model_validate({**config.model_dump(), **updates})
+        except ValueError as exc:
+            raise ConfigError(describe_validation_error(exc) if hasattr(exc, "errors") else str(exc)) from exc
+    return config, _local_command(command)
+
+
+def _local_command(command: list[str]) -> list[str]:
+    """A leading ``python`` means this interpreter, so a local run uses this environment."""
+    if command and command[0] in ("python", "python3"):
+        return [sys.executable, *command[1:]]
+    if command and shutil.which(command[0]) is None and not os.path.exists(command[0]):
+        raise ConfigError(f"cannot find the program {command[0]!r} on PATH")
+    return command
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> int:
+    from dynaps.launch import start_coordinator, start_node, stop_processes
+
+    config, command = _job_from_args(args, command)
+    say = (lambda text: None) if args.quiet else (lambda text: print(f"[dynaps] {text}", file=sys.stderr))
+    env = {"DYNAPS_LOG_LEVEL": args.log_level.upper()}
+    started = time.monotonic()
+    coordinator, address, http_port = start_coordinator(config, env)
+    config = config.model_copy(update={"coordinator": address})
+    nodes = [start_node("server", config, f"server-{i}", extra_env=env) for i in range(config.servers)]
+    nodes += [
+        start_node("worker", config, f"worker-{i}", command=command, rank=i, extra_env=env)
+        for i in range(config.workers)
+    ]
+    say(
+        f"job {config.job!r}: {config.servers} servers, {config.workers} workers, "
+        f"allocation {config.allocation}; coordinator at {address}, status http://127.0.0.1:{http_port}/status"
+    )
+    try:
+        last = ""
+        while coordinator.poll() is None:
+            line = _progress_line(http_port)
+            if line and line != last:
+                say(line)
+                last = line
+            try:
+                coordinator.wait(1.0)
+            except Exception:  # noqa: S112 - TimeoutExpired: poll again
+                continue
+        code = coordinator.returncode
+    except KeyboardInterrupt:
+        say("interrupted: stopping the job")
+        code = 130
+    finally:
+        stop_processes([coordinator, *nodes])
+    elapsed = time.monotonic() - started
+    say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
+    return code
+
+
+def _progress_line(http_port: int) -> str:
+    try:
+        url = f"http://127.0.0.1:{http_port}/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            status = json.load(response)
+    except (OSError, urllib.error.URLError, ValueError):
+        return ""
+    servers, workers = status["servers"], status["workers"]
+    return (
+        f"{status['phase']}: servers {servers['ready']}/{servers['desired']} ready, workers "
+        f"{workers['ready']}/{workers['desired']} attached, {workers['finished']} finished"
+    )
+
+
+def _role(args: argparse.Namespace, command: list[str]) -> int:
+    from dynaps.config import load_config, process_settings, setup_logging
+
+    settings = process_settings()
+    setup_logging(settings.log_level)
+    config = load_config()
+    if args.verb == "coordinator":
+        from dynaps.coordinator import serve_coordinator
+        from dynaps.launch import ANNOUNCE_PREFIX
+
+        def announce(address: str, http_port: int) -> None:
+            if args.announce:
+                print(f"{ANNOUNCE_PREFIX}{address} {http_port}", flush=True)
+
+        return serve_coordinator(config, announce)
+    from dynaps.node_process import serve_node
+
+    if args.verb == "server":
+        if command:
+            raise ConfigError("a server runs no program; remove the COMMAND after --")
+        return serve_node("server", config, name=settings.node_name)
+    return serve_node(
+        "worker",
+        config,
+        command=command or None,
+        attach_token=args.attach_token,
+        rank=settings.rank,
+        name=settings.node_name,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

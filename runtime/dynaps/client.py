@@ -1,0 +1,645 @@
+"""The worker API: ``ps = dynaps.connect()``, ``ps.table(name).pull/push/set/localize``.
+
+The training process (the client) shares its node's store: keys the node owns are read
+and updated in place under the node's lock, without a message.  Other keys are requested
+from their owner as cached in the shared location array (or their home), one message per
+destination; replies carry positions into the request, so a request split across nodes
+is reassembled without lookups.  Forwarded replies teach the location cache.
+
+Asynchronous calls (``wait=False``) return a :class:`Handle`; replies wait in the
+socket's queue until the program calls ``result()``, ``ps.wait`` or ``ps.wait_all`` -- no
+background thread competes with the training loop for the GIL.
+
+Guarantee, per key: synchronous operations of all workers are sequentially consistent
+(each worker's in program order; one order of updates for all), also while keys move.
+Asynchronous operations complete in any order; wait for them before relying on order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps import control
+from dynaps.contract import Allocation, ConsistencyModel, RuntimeConfig
+from dynaps.errors import (
+    ClusterError,
+    DynapsTimeoutError,
+    KeyRangeError,
+    NotConnectedError,
+    ProtocolError,
+    UnknownTableError,
+    UsageError,
+)
+from dynaps.node import group_by
+from dynaps.protocol import (
+    COORDINATOR,
+    Message,
+    MsgType,
+    TableLayout,
+    client_of,
+    control_frames,
+    decode,
+    encode,
+)
+from dynaps.shardmap import ShardMap
+from dynaps.shm import SharedLock, attach
+from dynaps.store import INCOMING, TableStore
+from dynaps.transport import ZmqTransport
+
+log = logging.getLogger(__name__)
+
+ATTACH_ENV = "DYNAPS_ATTACH"
+
+Array = npt.NDArray[Any]
+Keys = npt.NDArray[np.int64]
+
+_CURRENT: PS | None = None
+
+
+def connect(timeout: float = 300.0) -> PS:
+    """This process's connection to its dynaps job (created on first call)."""
+    global _CURRENT
+    if _CURRENT is not None and not _CURRENT.closed:
+        return _CURRENT
+    token = os.environ.get(ATTACH_ENV)
+    if not token:
+        raise NotConnectedError(
+            "dynaps.connect() works only in a process started by dynaps: run your program with "
+            "`dynaps run --servers N --workers M --table NAME:KEYS:DIM -- python train.py`, "
+            "from a ParameterServerJob, or as a function given to dynaps.LocalCluster(...).run(fn)"
+        )
+    _CURRENT = PS.attach(token, timeout)
+    atexit.register(_CURRENT.close)
+    return _CURRENT
+
+
+def attach_address(token: str) -> str:
+    return f"\0dynaps-{token}"
+
+
+class Handle:
+    """An operation in flight.  ``result()`` waits for it (a pull returns the values)."""
+
+    __slots__ = ("error", "keys", "kind", "out", "ps", "remaining", "req_id", "table")
+
+    def __init__(
+        self,
+        ps: PS | None,
+        req_id: int,
+        kind: MsgType,
+        table: str,
+        keys: Keys | None,
+        out: Array | None,
+        remaining: int,
+    ) -> None:
+        self.ps = ps
+        self.req_id = req_id
+        self.kind = kind
+        self.table = table
+        self.keys = keys
+        self.out = out
+        self.remaining = remaining
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.remaining <= 0 or self.error is not None
+
+    def result(self, timeout: float | None = None) -> Array | None:
+        if not self.done():
+            assert self.ps is not None
+            self.ps.wait(self, timeout)
+        if self.error is not None:
+            raise self.error
+        return self.out
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else f"{self.remaining} keys pending"
+        return f"<Handle {self.kind.name.lower()} {self.table} #{self.req_id} {state}>"
+
+
+class Table:
+    """A handle on a declared table: ``num_keys`` rows of ``dim`` values of ``dtype``."""
+
+    def __init__(self, ps: PS, index: int, store: TableStore) -> None:
+        self._ps = ps
+        self._index = index
+        self._store = store
+        self.name = store.name
+        self.num_keys = store.spec.num_keys
+        self.dim = store.spec.dim
+        self.dtype: np.dtype[Any] = store.layout.dtype
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name!r} num_keys={self.num_keys} dim={self.dim} dtype={self.dtype}>"
+
+    # -------------------------------------------------------------- argument checks
+
+    def _keys(self, keys: Any) -> Keys:
+        if type(keys) is not np.ndarray or keys.dtype != np.int64 or keys.ndim != 1:
+            keys = np.asarray(keys)
+            if keys.ndim == 0:
+                keys = keys.reshape(1)
+            if keys.ndim != 1:
+                raise UsageError(
+                    f"keys for table {self.name!r} must be one-dimensional, got shape {keys.shape}"
+                )
+            if keys.dtype.kind not in "iu":
+                if keys.size == 0:
+                    keys = keys.astype(np.int64)
+                else:
+                    raise UsageError(f"keys for table {self.name!r} must be integers, got {keys.dtype}")
+            keys = keys.astype(np.int64, copy=False)
+        n = len(keys)
+        if n == 1:
+            key = keys[0]
+            if key < 0 or key >= self.num_keys:
+                raise KeyRangeError(
+                    f"key {int(key)} is outside table {self.name!r}'s range [0, {self.num_keys})"
+                )
+        elif n and (keys.min() < 0 or keys.max() >= self.num_keys):
+            bad = keys[(keys < 0) | (keys >= self.num_keys)]
+            raise KeyRangeError(
+                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), e.g. {int(bad[0])}"
+            )
+        return keys
+
+    def _rows(self, values: Any, n: int, what: str) -> Array:
+        array = np.asarray(values)
+        if array.dtype != self.dtype:
+            if array.dtype.kind not in "fiub":
+                raise UsageError(f"{what} for table {self.name!r} must be numbers, got dtype {array.dtype}")
+            array = array.astype(self.dtype)
+        if array.shape != (n, self.dim):
+            if n == 1 and array.shape == (self.dim,):
+                array = array.reshape(1, self.dim)
+            else:
+                raise UsageError(
+                    f"{what} for table {self.name!r} must have shape ({n}, {self.dim}) "
+                    f"for {n} keys, got {array.shape}"
+                )
+        return array
+
+    # -------------------------------------------------------------- operations
+
+    def pull(self, keys: Any, *, wait: bool = True) -> Any:
+        """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
+        keys = self._keys(keys)
+        ps, store = self._ps, self._store
+        lock = ps.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == ps.node
+            if mine.all():
+                out = store.values.take(keys, axis=0)
+                remote = None
+            else:
+                out = np.empty((len(keys), self.dim), dtype=self.dtype)
+                local = np.flatnonzero(mine)
+                if len(local):
+                    out[local] = store.values.take(keys[local], axis=0)
+                remote = np.flatnonzero(~mine)
+        finally:
+            lock.release()
+        if remote is None:
+            ps.counters["keys_pulled_local"] += len(keys)
+            return out if wait else ps.done_handle(MsgType.PULL, self.name, out)
+        ps.counters["keys_pulled_local"] += len(keys) - len(remote)
+        ps.counters["keys_pulled_remote"] += len(remote)
+        handle = ps.new_handle(MsgType.PULL, self.name, keys, out, len(remote))
+        ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
+        return handle.result() if wait else handle
+
+    def push(self, keys: Any, updates: Any, *, wait: bool = True) -> Handle | None:
+        """Apply ``updates`` (n, dim) to ``keys`` with the table's updater (default: add)."""
+        return self._update(MsgType.PUSH, keys, updates, wait)
+
+    def set(self, keys: Any, values: Any, *, wait: bool = True) -> Handle | None:
+        """Assign ``values`` (n, dim) to ``keys``; if a key repeats, one of its rows wins."""
+        return self._update(MsgType.SET, keys, values, wait)
+
+    def _update(self, kind: MsgType, keys: Any, rows: Any, wait: bool) -> Handle | None:
+        what = "updates" if kind is MsgType.PUSH else "values"
+        keys = self._keys(keys)
+        rows = self._rows(rows, len(keys), what)
+        ps, store = self._ps, self._store
+        remote = None
+        lock = ps.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == ps.node
+            if mine.all():
+                local_keys, local_rows = keys, rows
+            else:
+                local = np.flatnonzero(mine)
+                remote = np.flatnonzero(~mine)
+                local_keys, local_rows = keys[local], rows[local]
+            if len(local_keys):
+                if kind is MsgType.SET:
+                    store.values[local_keys] = local_rows
+                else:
+                    store.updater.apply(store.values, store.states, local_keys, local_rows)
+        finally:
+            lock.release()
+        ps.counters["keys_pushed_local"] += len(local_keys)
+        if remote is None:
+            return None if wait else ps.done_handle(kind, self.name, None)
+        ps.counters["keys_pushed_remote"] += len(remote)
+        if not wait and rows is not None and not rows.flags.owndata:
+            rows = rows.copy()  # the caller may reuse its array while the push is in flight
+        handle = ps.new_handle(kind, self.name, keys, None, len(remote))
+        ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
+        if wait:
+            handle.result()
+            return None
+        return handle
+
+    def localize(self, keys: Any, *, wait: bool = True) -> Handle | None:
+        """Move ownership of ``keys`` to this node; later accesses to them are local.
+
+        With ``allocation: static`` keys never move and this returns at once.
+        """
+        keys = self._keys(keys)
+        ps, store = self._ps, self._store
+        if ps.config.allocation == Allocation.STATIC or not len(keys):
+            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
+        keys = np.unique(keys)
+        ps.lock.acquire()
+        try:
+            wanted = keys[store.loc[keys] != ps.node]
+            store.loc[wanted] = INCOMING  # requests for these keys now wait on our node
+        finally:
+            ps.lock.release()
+        ps.counters["keys_localized"] += len(wanted)
+        if not len(wanted):
+            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
+        handle = ps.new_handle(MsgType.LOCALIZE, self.name, wanted, None, len(wanted))
+        homes = ps.shard_map.home_of(wanted, self.num_keys)
+        for home, part in group_by(homes):
+            chosen = wanted if part is None else wanted[part]
+            ps.send(
+                home,
+                Message(
+                    MsgType.LOCALIZE,
+                    ps.endpoint,
+                    ps.endpoint,
+                    handle.req_id,
+                    self._index,
+                    len(chosen),
+                    keys=chosen,
+                ),
+            )
+        if wait:
+            handle.result()
+            return None
+        return handle
+
+
+class PS:
+    """A training process's connection to its job (what ``dynaps.connect()`` returns)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        node: int,
+        rank: int,
+        stores: Sequence[TableStore],
+        lock: SharedLock,
+        transport: ZmqTransport,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.rank = rank
+        self.endpoint = client_of(node)
+        self.lock = lock
+        self.transport = transport
+        self.stores = list(stores)
+        self.layouts: list[TableLayout] = [store.layout for store in stores]
+        self._tables = {store.name: Table(self, i, store) for i, store in enumerate(stores)}
+        self.num_workers = config.workers
+        self.shard_map: ShardMap
+        self.digest = ""
+        self.closed = False
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "keys_pulled_local",
+                "keys_pulled_remote",
+                "keys_pushed_local",
+                "keys_pushed_remote",
+                "keys_localized",
+                "messages_sent",
+                "messages_received",
+            ),
+            0,
+        )
+        self._next_id = 1
+        self._handles: dict[int, Handle] = {}
+        self._barrier_generation = 0
+        self._barrier_done = -1
+        self._clock = 0
+        self._min_clock = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._shutdown: str | None = None
+
+    # -------------------------------------------------------------- set-up
+
+    @classmethod
+    def attach(cls, token: str, timeout: float = 300.0) -> PS:
+        """Attach to the worker node that started this process and join the job."""
+        deadline = time.monotonic() + timeout
+
+        def prepare(description: dict[str, Any], fds: list[int]) -> PS:
+            config = RuntimeConfig.from_json(description["config"])
+            stores = []
+            offset = 0
+            for index, (spec, table) in enumerate(zip(config.tables, description["tables"], strict=True)):
+                count = int(table["fds"])
+                stores.append(TableStore.attach(index, spec, fds[offset : offset + count]))
+                offset += count
+            lock = SharedLock.open(description["lock"])
+            node = int(description["node"])
+            transport = ZmqTransport(client_of(node), config.bind_host, 0, config.advertise_host)
+            transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
+            ps = cls(config, node, int(description["rank"]), stores, lock, transport)
+            ps.digest = str(description["digest"])
+            return ps
+
+        ps = _attach_retrying(attach_address(token), prepare, deadline)
+        try:
+            ps._join(ps.digest, deadline)
+        except BaseException:
+            ps.close()
+            raise
+        return ps
+
+    def _join(self, digest: str, deadline: float) -> None:
+        nonce = secrets.token_hex(8)
+        body = control.Register(
+            role="client",
+            address=self.transport.address,
+            nonce=nonce,
+            config_digest=digest,
+            pid=os.getpid(),
+            node=self.node,
+        ).model_dump()
+        self.transport.send(COORDINATOR, control_frames(MsgType.REGISTER, self.endpoint, body))
+        while True:
+            msg = control.await_coordinator(
+                self.transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
+            )
+            if msg.type is MsgType.MEMBERSHIP:
+                membership = control.parse(control.Membership, msg.body)
+                if membership.phase == "running":
+                    self._apply_membership(membership)
+                    return
+
+    def _apply_membership(self, membership: control.Membership) -> None:
+        control.connect_members(self.transport, membership)
+        self.shard_map = ShardMap.from_json(membership.shard_map)
+        self.num_workers = membership.num_workers
+
+    # -------------------------------------------------------------- public API
+
+    def table(self, name: str) -> Table:
+        """The declared table ``name``."""
+        table = self._tables.get(name)
+        if table is None:
+            known = ", ".join(sorted(self._tables))
+            raise UnknownTableError(f"no table named {name!r}; this job declares: {known}")
+        return table
+
+    @property
+    def tables(self) -> dict[str, Table]:
+        return dict(self._tables)
+
+    def wait(self, handle: Handle, timeout: float | None = None) -> Array | None:
+        """Wait until ``handle`` completes; returns what ``handle.result()`` returns."""
+        if not handle.done():
+            limit = self.config.request_timeout_seconds if timeout is None else timeout
+            deadline = time.monotonic() + limit
+            while not handle.done():
+                self._pump_until(deadline, lambda: f"{handle!r}")
+        if handle.error is not None:
+            raise handle.error
+        return handle.out
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Wait for every operation this process has in flight."""
+        limit = self.config.request_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self._handles:
+            self._pump_until(deadline, lambda: f"{len(self._handles)} operations")
+        errors = [h.error for h in self._handles.values() if h.error is not None]
+        if errors:
+            raise errors[0]
+
+    def barrier(self, timeout: float | None = None) -> None:
+        """Wait until every worker reaches this barrier (after this worker's operations complete)."""
+        self.wait_all(timeout)
+        generation = self._barrier_generation
+        self._barrier_generation += 1
+        self.transport.send(
+            COORDINATOR, control_frames(MsgType.BARRIER, self.endpoint, {"generation": generation})
+        )
+        limit = self.config.request_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self._barrier_done < generation:
+            self._pump_until(deadline, lambda: f"barrier {generation}")
+
+    def clock(self, timeout: float | None = None) -> int:
+        """Advance this worker's clock; under bsp/ssp, wait for the slowest worker."""
+        self._clock += 1
+        consistency = self.config.consistency
+        if consistency.model == ConsistencyModel.ASYNC:
+            return self._clock
+        self.transport.send(COORDINATOR, control_frames(MsgType.CLOCK, self.endpoint, {"clock": self._clock}))
+        slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0
+        limit = self.config.request_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self._min_clock < self._clock - slack:
+            self._pump_until(deadline, lambda: f"clock {self._clock}")
+        return self._clock
+
+    def stats(self) -> dict[str, int]:
+        """This process's counters: keys served locally and remotely, messages."""
+        return dict(self.counters)
+
+    def node_stats(self, node: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """The counters of a node (default: this process's own node)."""
+        target = self.node if node is None else node
+        req_id = self._new_id()
+        self.transport.send(target, control_frames(MsgType.STATS, self.endpoint, {}, req_id))
+        deadline = time.monotonic() + timeout
+        while req_id not in self._replies:
+            self._pump_until(deadline, lambda: f"statistics of node {target}")
+        return self._replies.pop(req_id)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.transport.close(linger=0.5)
+        for store in self.stores:
+            store.close()
+
+    def __repr__(self) -> str:
+        return f"<dynaps.PS rank={self.rank}/{self.num_workers} node={self.node} tables={list(self._tables)}>"
+
+    # -------------------------------------------------------------- internals
+
+    def _new_id(self) -> int:
+        req_id = self._next_id
+        self._next_id += 1
+        return req_id
+
+    def new_handle(self, kind: MsgType, table: str, keys: Keys, out: Array | None, remaining: int) -> Handle:
+        handle = Handle(self, self._new_id(), kind, table, keys, out, remaining)
+        self._handles[handle.req_id] = handle
+        return handle
+
+    def done_handle(self, kind: MsgType, table: str, out: Array | None) -> Handle:
+        return Handle(None, 0, kind, table, None, out, 0)
+
+    def send(self, dest: int, msg: Message) -> None:
+        self.counters["messages_sent"] += 1
+        self.transport.send(dest, encode(msg))
+
+    def request(
+        self,
+        kind: MsgType,
+        table: int,
+        handle: Handle,
+        keys: Keys,
+        idx: npt.NDArray[np.intp],
+        owners: npt.NDArray[np.int16],
+        rows: Array | None,
+    ) -> None:
+        """Send the ``idx`` part of a request to the owners (as cached) of those keys."""
+        if self._shutdown is not None:
+            raise ClusterError(f"the job has ended: {self._shutdown}")
+        dests = np.where(owners == INCOMING, self.node, owners) if (owners == INCOMING).any() else owners
+        groups = group_by(dests)
+        whole = len(idx) == len(keys) and len(groups) == 1
+        for dest, part in groups:
+            chosen = idx if part is None else idx[part]
+            if whole:
+                msg = Message(
+                    kind,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(keys),
+                    keys=keys,
+                    values=rows,
+                )
+            else:
+                msg = Message(
+                    kind,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(chosen),
+                    keys=keys[chosen],
+                    positions=chosen.astype(np.int32),
+                    values=rows[chosen] if rows is not None else None,
+                )
+            self.send(dest, msg)
+
+    def _pump_until(self, deadline: float, what: Any) -> None:
+        """Handle one incoming message, or raise if ``deadline`` passed or the job ended."""
+        if self._shutdown is not None:
+            raise ClusterError(f"the job has ended: {self._shutdown}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DynapsTimeoutError(
+                f"{what()} did not complete within the deadline "
+                f"(request_timeout_seconds={self.config.request_timeout_seconds})"
+            )
+        frames = self.transport.recv(timeout=min(remaining, 1.0))
+        if frames is not None:
+            self._receive(frames)
+
+    def _receive(self, frames: list[Any]) -> None:
+        self.counters["messages_received"] += 1
+        try:
+            msg = decode(frames, self.layouts)
+            self._dispatch(msg)
+        except ProtocolError as exc:
+            log.warning("client dropped a malformed message: %s", exc)
+
+    def _dispatch(self, msg: Message) -> None:
+        kind = msg.type
+        if kind in (MsgType.PULL_REPLY, MsgType.ACK, MsgType.LOCALIZED, MsgType.ERROR):
+            handle = self._handles.get(msg.req_id)
+            if handle is None:
+                raise ProtocolError(f"reply for unknown request {msg.req_id}")
+            if kind is MsgType.ERROR:
+                handle.error = ClusterError(f"{handle!r} failed on node {msg.sender}: {msg.text}")
+                del self._handles[msg.req_id]
+                return
+            if msg.count > handle.remaining:
+                raise ProtocolError(f"reply acknowledges {msg.count} keys, {handle.remaining} pending")
+            positions = msg.positions
+            if positions is not None and len(positions) and int(positions.max()) >= len(handle.keys or ()):
+                raise ProtocolError("reply positions outside the request")
+            if kind is MsgType.PULL_REPLY:
+                assert handle.out is not None and msg.values is not None
+                if positions is None:
+                    handle.out[:] = msg.values
+                else:
+                    handle.out[positions] = msg.values
+            if msg.hops and positions is not None:
+                self._learn_owner(msg.table, handle, positions, msg.sender)
+            handle.remaining -= msg.count
+            if handle.remaining <= 0:
+                del self._handles[msg.req_id]
+        elif msg.sender != COORDINATOR and kind is not MsgType.STATS_REPLY:
+            raise ProtocolError(f"client does not accept {kind.name} from {msg.sender}")
+        elif kind is MsgType.MEMBERSHIP:
+            self._apply_membership(control.parse(control.Membership, msg.body))
+        elif kind is MsgType.BARRIER_DONE:
+            self._barrier_done = max(self._barrier_done, control.parse(control.Barrier, msg.body).generation)
+        elif kind is MsgType.CLOCK_MIN:
+            self._min_clock = max(self._min_clock, int((msg.body or {}).get("clock", 0)))
+        elif kind is MsgType.STATS_REPLY:
+            self._replies[msg.req_id] = control.parse(control.Stats, msg.body).counters
+        elif kind is MsgType.SHUTDOWN:
+            self._shutdown = str((msg.body or {}).get("reason", "shut down"))
+        elif kind is not MsgType.WELCOME:
+            raise ProtocolError(f"client does not handle {kind.name}")
+
+    def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
+        """A forwarded reply names the keys' current owner: remember it for next time."""
+        assert handle.keys is not None
+        keys = handle.keys[positions]
+        loc = self.stores[table].loc
+        self.lock.acquire()
+        try:
+            current = loc[keys]
+            stale = (current != self.node) & (current != INCOMING)
+            loc[keys[stale]] = owner
+        finally:
+            self.lock.release()
+
+
+def _attach_retrying(address: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float) -> PS:
+    """The node may still be starting: retry until it listens or the deadline passes."""
+    while True:
+        try:
+            return attach(address, {"pid": os.getpid()}, prepare)
+        except ClusterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -1,0 +1,90 @@
+"""The runtime's configuration: the job's RuntimeConfig plus this process's own settings.
+
+The job-wide document comes from ``DYNAPS_CONFIG`` (JSON) or ``DYNAPS_CONFIG_FILE`` (a
+mounted ConfigMap); what differs per pod comes from its own variables:
+
+    DYNAPS_BIND_HOST       address to listen on (a pod binds 0.0.0.0)
+    DYNAPS_ADVERTISE_HOST  address peers reach this process at (the pod IP)
+    DYNAPS_DATA_PORT       port of the node's inbox (0: any free port)
+    DYNAPS_COORDINATOR     host:port of the coordinator, overriding the document's
+    DYNAPS_NODE_NAME       a readable name for logs and status (the pod name)
+    DYNAPS_RANK            the worker rank this node asks for (the pod's ordinal)
+    DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Per-process settings that are not part of the job-wide document."""
+
+    node_name: str  # how this process is named in logs and status
+    rank: int | None  # the worker rank to ask the coordinator for
+    log_level: str  # dynaps' log level
+
+
+def load_config(environ: dict[str, str] | None = None) -> RuntimeConfig:
+    """The RuntimeConfig of this process, with its per-pod overrides applied."""
+    env = dict(os.environ if environ is None else environ)
+    text = env.get(CONFIG_ENV)
+    source = CONFIG_ENV
+    if text is None and CONFIG_FILE_ENV in env:
+        source = env[CONFIG_FILE_ENV]
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {CONFIG_FILE_ENV}={source}: {exc}") from exc
+    if text is None:
+        raise ConfigError(f"no job configuration: set {CONFIG_ENV} or {CONFIG_FILE_ENV}")
+    try:
+        config = RuntimeConfig.from_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid job configuration in {source}:\n{exc}") from exc
+    overrides: dict[str, object] = {}
+    if "DYNAPS_BIND_HOST" in env:
+        overrides["bind_host"] = env["DYNAPS_BIND_HOST"]
+    if "DYNAPS_ADVERTISE_HOST" in env:
+        overrides["advertise_host"] = env["DYNAPS_ADVERTISE_HOST"]
+    if "DYNAPS_COORDINATOR" in env:
+        overrides["coordinator"] = env["DYNAPS_COORDINATOR"]
+    if "DYNAPS_DATA_PORT" in env:
+        overrides["data_port"] = _int(env, "DYNAPS_DATA_PORT")
+    return config.model_copy(update=overrides) if overrides else config
+
+
+def process_settings(environ: dict[str, str] | None = None) -> ProcessSettings:
+    env = os.environ if environ is None else environ
+    rank = _int(dict(env), "DYNAPS_RANK") if env.get("DYNAPS_RANK") else None
+    return ProcessSettings(
+        node_name=env.get("DYNAPS_NODE_NAME", ""),
+        rank=rank,
+        log_level=env.get("DYNAPS_LOG_LEVEL", "INFO").upper(),
+    )
+
+
+def setup_logging(level: str) -> None:
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"DYNAPS_LOG_LEVEL={level!r} is not a logging level")
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    logging.getLogger("dynaps").setLevel(level)
+
+
+def _int(env: dict[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name}={env[name]!r} is not an integer") from exc

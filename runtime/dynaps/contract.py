@@ -1,0 +1,338 @@
+"""The contract between the operator and the runtime: one module, stdlib + pydantic only.
+
+It defines two documents:
+
+* the ``ParameterServerJob`` resource (``spec`` and ``status``), which users write and
+  ``kubectl apply`` or ``dynaps run``; the CRD's OpenAPI schema is generated from it;
+* the :class:`RuntimeConfig`, the one JSON document the operator (or ``dynaps run``)
+  hands to every process of a job through ``DYNAPS_CONFIG`` / ``DYNAPS_CONFIG_FILE``.
+
+Both the operator and the runtime import this module and nothing else of each other, so
+what the operator writes is by construction what the runtime reads.  Field names are
+camelCase on the wire (Kubernetes style) and snake_case in Python; both are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "dynaps.io"
+API_VERSION = "v1alpha1"
+KIND = "ParameterServerJob"
+PLURAL = "parameterserverjobs"
+SHORT_NAME = "psjob"
+
+CONFIG_ENV = "DYNAPS_CONFIG"
+CONFIG_FILE_ENV = "DYNAPS_CONFIG_FILE"
+
+# Node ids are int16 on the wire and in the per-key directory; the top bit of the
+# positive range marks a node's client endpoint, which leaves this many nodes.
+MAX_NODES = 16_000
+MAX_TABLES = 1024
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+
+
+class _Model(BaseModel):
+    """Base: camelCase aliases, snake_case names, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The document as written to Kubernetes or to DYNAPS_CONFIG (camelCase, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class DType(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class InitKind(StrEnum):
+    ZEROS = "zeros"
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+
+
+class InitSpec(_Model):
+    """How a table's values start: zeros, normal(0, scale) or uniform(-scale, scale)."""
+
+    kind: InitKind = InitKind.ZEROS
+    scale: Annotated[float, Field(ge=0.0)] = 0.01
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class UpdaterKind(StrEnum):
+    ADD = "add"
+    SGD = "sgd"
+    ADAGRAD = "adagrad"
+    ADAM = "adam"
+    CUSTOM = "custom"
+
+
+class UpdaterSpec(_Model):
+    """What a push does on the owner: add the update, or apply an optimiser step.
+
+    A flat ``kind`` + parameters shape (rather than ``{adagrad: {lr: ...}}``) keeps the
+    CRD schema structural and lets the API server validate ``kind`` as an enum.
+    """
+
+    kind: UpdaterKind = UpdaterKind.ADD
+    lr: Annotated[float, Field(gt=0.0)] = 0.1
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
+    initial_accumulator: Annotated[float, Field(ge=0.0)] = 0.0
+    name: str | None = None  # the registered function, for kind=custom
+
+    @model_validator(mode="after")
+    def _custom_needs_name(self) -> UpdaterSpec:
+        if self.kind == UpdaterKind.CUSTOM and not self.name:
+            raise ValueError("updater kind 'custom' needs 'name' (the registered updater)")
+        return self
+
+
+class TableSpec(_Model):
+    """A table of ``num_keys`` rows of ``dim`` values: ``dynaps.TableSpec(num_keys=, dim=)``."""
+
+    num_keys: Annotated[int, Field(gt=0, le=2**40)]
+    dim: Annotated[int, Field(gt=0, le=1_000_000)]
+    dtype: DType = DType.FLOAT32
+    init: InitSpec = InitSpec()
+    updater: UpdaterSpec = UpdaterSpec()
+
+
+class NamedTable(TableSpec):
+    """A table as declared in a manifest: a TableSpec with its name."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(
+                f"table name {value!r} must start with a letter or '_' and contain only "
+                "letters, digits, '_', '.', '-' (at most 63 characters)"
+            )
+        return value
+
+
+class Allocation(StrEnum):
+    DYNAMIC = "dynamic"  # Lapse: keys can move to the node that uses them (localize)
+    STATIC = "static"  # classic parameter server: keys stay on their home server
+
+
+class ConsistencyModel(StrEnum):
+    ASYNC = "async"
+    BSP = "bsp"
+    SSP = "ssp"
+
+
+class Consistency(_Model):
+    model: ConsistencyModel = ConsistencyModel.ASYNC
+    staleness: Annotated[int, Field(ge=0)] = 0
+
+
+class Partition(StrEnum):
+    RANGE = "range"
+    HASH = "hash"
+
+
+class RoleSpec(_Model):
+    """Pods of one role. ``template`` is merged into the generated pod spec."""
+
+    replicas: Annotated[int, Field(ge=0, le=MAX_NODES)] = 1
+    min_replicas: Annotated[int, Field(ge=0)] | None = None
+    max_replicas: Annotated[int, Field(ge=1)] | None = None
+    resources: dict[str, Any] = Field(default_factory=dict)
+    template: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RoleSpec:
+        low = self.min_replicas if self.min_replicas is not None else 0
+        high = self.max_replicas if self.max_replicas is not None else MAX_NODES
+        if low > high:
+            raise ValueError(f"minReplicas ({low}) is greater than maxReplicas ({high})")
+        if not low <= self.replicas <= high:
+            raise ValueError(f"replicas ({self.replicas}) is outside [minReplicas, maxReplicas]")
+        return self
+
+
+class ServerSpec(RoleSpec):
+    replicas: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+
+
+class WorkerSpec(RoleSpec):
+    """Workers run the user's training program: ``command`` + ``args``."""
+
+    replicas: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class CoordinatorSpec(_Model):
+    resources: dict[str, Any] = Field(default_factory=dict)
+    template: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointSpec(_Model):
+    interval_seconds: Annotated[int, Field(ge=0)] = 0  # 0: only on demand
+    path: str = "/var/lib/dynaps/checkpoints"
+    volume: dict[str, Any] = Field(default_factory=dict)
+    restore_from: str | None = None
+
+
+class FaultTolerance(_Model):
+    replication: Annotated[int, Field(ge=0, le=1)] = 0
+    flush_interval_ms: Annotated[int, Field(ge=0)] = 100
+    heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+
+class RebalancePolicy(_Model):
+    num_shards: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    partition: Partition = Partition.RANGE
+    max_concurrent_migrations: Annotated[int, Field(ge=1)] = 4
+    drain_timeout_seconds: Annotated[int, Field(ge=1)] = 60
+
+
+class CleanPodPolicy(StrEnum):
+    RUNNING = "Running"
+    ALL = "All"
+    NONE = "None"
+
+
+class SchedulingPolicy(_Model):
+    min_available: Annotated[int, Field(ge=0)] | None = None
+    priority_class: str | None = None
+
+
+class RunPolicy(_Model):
+    backoff_limit: Annotated[int, Field(ge=0)] = 3
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+    suspend: bool = False
+    scheduling_policy: SchedulingPolicy = SchedulingPolicy()
+
+
+class JobSpec(_Model):
+    """``spec`` of a ParameterServerJob."""
+
+    image: str = "dynaps/runtime:0.1.0"
+    tables: Annotated[list[NamedTable], Field(min_length=1, max_length=MAX_TABLES)]
+    allocation: Allocation = Allocation.DYNAMIC
+    consistency: Consistency = Consistency()
+    coordinator: CoordinatorSpec = CoordinatorSpec()
+    servers: ServerSpec = ServerSpec()
+    workers: WorkerSpec
+    fault_tolerance: FaultTolerance = FaultTolerance()
+    rebalance_policy: RebalancePolicy = RebalancePolicy()
+    run_policy: RunPolicy = RunPolicy()
+
+    @field_validator("tables")
+    @classmethod
+    def _unique_names(cls, tables: list[NamedTable]) -> list[NamedTable]:
+        seen: set[str] = set()
+        for table in tables:
+            if table.name in seen:
+                raise ValueError(f"table {table.name!r} is declared twice")
+            seen.add(table.name)
+        return tables
+
+
+class ObjectMeta(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ParameterServerJob(_Model):
+    """A whole ParameterServerJob manifest (status is the operator's, see below)."""
+
+    api_version: Literal["dynaps.io/v1alpha1"] = "dynaps.io/v1alpha1"
+    kind: Literal["ParameterServerJob"] = "ParameterServerJob"
+    metadata: ObjectMeta
+    spec: JobSpec
+    status: dict[str, Any] | None = None
+
+
+class RuntimeConfig(_Model):
+    """What every process of a job is told: the operator-runtime contract.
+
+    ``coordinator`` is ``host:port`` of the coordinator's data-plane socket; each node binds
+    ``bind_host`` and advertises ``advertise_host`` (its pod IP on Kubernetes).
+    """
+
+    job: str = "local"
+    tables: Annotated[list[NamedTable], Field(min_length=1, max_length=MAX_TABLES)]
+    servers: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    allocation: Allocation = Allocation.DYNAMIC
+    consistency: Consistency = Consistency()
+    fault_tolerance: FaultTolerance = FaultTolerance()
+    rebalance_policy: RebalancePolicy = RebalancePolicy()
+    coordinator: str = "127.0.0.1:7070"
+    coordinator_http_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    bind_host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    data_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+
+    @field_validator("tables")
+    @classmethod
+    def _unique_names(cls, tables: list[NamedTable]) -> list[NamedTable]:
+        return JobSpec._unique_names(tables)
+
+    def table_index(self) -> dict[str, int]:
+        return {table.name: i for i, table in enumerate(self.tables)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_wire(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RuntimeConfig:
+        return cls.model_validate_json(text)
+
+
+def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) -> RuntimeConfig:
+    """The runtime configuration that the processes of ``job`` receive."""
+    spec = job.spec
+    return RuntimeConfig(
+        job=job.metadata.name,
+        tables=spec.tables,
+        servers=spec.servers.replicas,
+        workers=spec.workers.replicas,
+        allocation=spec.allocation,
+        consistency=spec.consistency,
+        fault_tolerance=spec.fault_tolerance,
+        rebalance_policy=spec.rebalance_policy,
+        coordinator=coordinator,
+        **overrides,
+    )
+
+
+def describe_validation_error(exc: ValidationError, source: str = "") -> str:
+    """One line per problem, naming the field as a user wrote it (``spec.workers.replicas``)."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(document)"
+        lines.append(f"{source + ': ' if source else ''}{where}: {error['msg']}")
+    return "\n".join(lines)

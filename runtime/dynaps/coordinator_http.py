@@ -1,0 +1,118 @@
+"""The coordinator's HTTP endpoint: what the operator and ``LocalCluster`` talk to.
+
+``GET /healthz``, ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text) and
+``POST`` requests that act on the job (``/shutdown``).  Reads come from the status
+document the coordinator's own thread publishes; actions are queued for that thread, so
+no state is shared between threads except through those two.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 16
+
+StatusSource = Callable[[], dict[str, Any]]
+ActionSink = Callable[[str, dict[str, Any]], None]
+ACTIONS = frozenset({"shutdown"})
+
+
+def metrics_text(status: dict[str, Any]) -> str:
+    """Prometheus exposition of the status document."""
+    phases = ("registering", "prepare", "running", "stopping")
+    lines = [
+        "# HELP dynaps_job_phase 1 for the job's current phase.",
+        "# TYPE dynaps_job_phase gauge",
+    ]
+    lines += [f'dynaps_job_phase{{phase="{p}"}} {int(status.get("phase") == p)}' for p in phases]
+    lines += [
+        "# HELP dynaps_shard_map_epoch Epoch of the committed shard map.",
+        "# TYPE dynaps_shard_map_epoch gauge",
+        f"dynaps_shard_map_epoch {status.get('epoch', 0)}",
+        "# HELP dynaps_nodes Nodes of the job by role and state.",
+        "# TYPE dynaps_nodes gauge",
+    ]
+    for role in ("servers", "workers"):
+        for state, value in sorted(status.get(role, {}).items()):
+            lines.append(f'dynaps_nodes{{role="{role}",state="{state}"}} {value}')
+    lines += [
+        "# HELP dynaps_migrations_in_flight Shard migrations not yet committed.",
+        "# TYPE dynaps_migrations_in_flight gauge",
+        f"dynaps_migrations_in_flight {status.get('migrationsInFlight', 0)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class StatusServer:
+    """A small threaded HTTP server bound to one address."""
+
+    def __init__(self, host: str, port: int, status: StatusSource, act: ActionSink) -> None:
+        handler = _handler(status, act)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dynaps-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def _handler(status: StatusSource, act: ActionSink) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dynaps"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http: " + format, *args)
+
+        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, doc: Any) -> None:
+            self._reply(code, json.dumps(doc).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
+            elif self.path == "/status":
+                self._json(HTTPStatus.OK, status())
+            elif self.path == "/metrics":
+                self._reply(HTTPStatus.OK, metrics_text(status()).encode(), "text/plain; version=0.0.4")
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+
+        def do_POST(self) -> None:
+            action = self.path.strip("/")
+            if action not in ACTIONS:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such action {self.path}"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+                return
+            raw = self.rfile.read(length) if length else b"{}"
+            try:
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+            except ValueError as exc:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"invalid JSON body: {exc}"})
+                return
+            act(action, body)
+            self._json(HTTPStatus.ACCEPTED, {"accepted": action})
+
+    return Handler

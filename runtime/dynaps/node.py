@@ -1,0 +1,419 @@
+"""The data plane of a node: serving, forwarding and relocating keys (Lapse's protocol).
+
+Every node (server or worker) answers requests for the keys it owns and forwards the
+rest.  The rules, per key:
+
+* owned here (``loc == me``): apply the operation and reply to the requester;
+* on its way here (``loc == INCOMING``): queue the request; queued requests are replayed
+  in arrival order when the key arrives;
+* otherwise: a home forwards to the owner in its directory, any other node forwards to
+  the key's home.
+
+Relocation (``localize``) takes requester -> home -> old owner -> new owner: the home
+records the new owner and sends HANDOFF to the old owner, which ships the value and the
+updater state in a TRANSFER; the new owner acknowledges the requester (LOCALIZED).
+A HANDOFF that reaches a node before the key does is queued like any request, so
+concurrent localizes of one key form a chain.  Because every pair of endpoints is
+connected by a FIFO channel and every decision is taken by the node that holds the key,
+synchronous operations are sequentially consistent per key while keys move.
+
+This class touches no socket: it reads decoded messages and sends through a
+:class:`~dynaps.transport.Transport`, so the protocol can be tested in-process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.errors import ProtocolError
+from dynaps.protocol import (
+    CLIENT_BIT,
+    COORDINATOR,
+    MAX_HOPS,
+    NO_ENDPOINT,
+    NO_POSITIONS,
+    Message,
+    MsgType,
+    decode,
+    encode,
+    node_of,
+)
+from dynaps.shardmap import ShardMap
+from dynaps.shm import NullLock, SharedLock
+from dynaps.store import INCOMING, TableStore
+from dynaps.transport import Transport
+
+log = logging.getLogger(__name__)
+
+Index = npt.NDArray[np.intp]
+
+
+def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
+    """The part of a request that concerns ``msg.keys[idx]``, remembering positions."""
+    assert msg.keys is not None
+    positions = msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)
+    return Message(
+        type=msg.type,
+        sender=sender,
+        requester=msg.requester,
+        req_id=msg.req_id,
+        table=msg.table,
+        count=len(idx),
+        aux=msg.aux,
+        hops=hops,
+        epoch=msg.epoch,
+        keys=msg.keys[idx],
+        positions=positions if msg.type not in NO_POSITIONS else None,
+        values=msg.values[idx] if msg.values is not None else None,
+    )
+
+
+def group_by(dests: npt.NDArray[Any]) -> list[tuple[int, Index | None]]:
+    """Split request indices by destination; ``None`` means "all of them" (the common case)."""
+    if len(dests) == 0:
+        return []
+    first = dests[0]
+    if len(dests) == 1 or bool((dests == first).all()):
+        return [(int(first), None)]
+    order = np.argsort(dests, kind="stable")
+    ordered = dests[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    return [(int(ordered[part[0]]), part) for part in np.split(order, cuts)]
+
+
+class NodeServer:
+    """Handles data-plane messages for one node."""
+
+    def __init__(
+        self,
+        node_id: int,
+        transport: Transport,
+        stores: Sequence[TableStore],
+        shard_map: ShardMap,
+        lock: SharedLock | NullLock,
+    ) -> None:
+        self.me = node_id
+        self.transport = transport
+        self.stores = list(stores)
+        self.layouts = [store.layout for store in stores]
+        self.shard_map = shard_map
+        self.lock = lock
+        self.pending: list[list[Message]] = [[] for _ in stores]
+        self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._last_malformed_log = 0.0
+        self._handlers: dict[MsgType, Callable[[Message], None]] = {
+            MsgType.PULL: self._on_pull,
+            MsgType.PUSH: self._on_push,
+            MsgType.SET: self._on_push,
+            MsgType.LOCALIZE: self._on_localize,
+            MsgType.HANDOFF: self._on_handoff,
+            MsgType.TRANSFER: self._on_transfer,
+            MsgType.RELEASE: self._on_release,
+        }
+
+    # ------------------------------------------------------------------ entry points
+
+    def receive(self, frames: Sequence[Any]) -> Message | None:
+        """Decode and handle one message; returns control messages for the caller."""
+        self.stats["messages"] += 1
+        try:
+            msg = decode(frames, self.layouts)
+            handler = self._handlers.get(msg.type)
+            if handler is None:
+                return msg
+            if msg.requester not in self.peers or msg.sender not in self.peers:
+                raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return None
+        handler(msg)
+        return None
+
+    def dispatch(self, msg: Message) -> None:
+        """Handle an already-decoded data message (used to replay queued requests)."""
+        self._handlers[msg.type](msg)
+
+    def _malformed(self, exc: Exception) -> None:
+        self.stats["malformed"] += 1
+        now = time.monotonic()
+        if now - self._last_malformed_log > 5.0:  # a flood must not become a log flood
+            self._last_malformed_log = now
+            log.warning(
+                "node %d dropped a malformed message (%d so far): %s", self.me, self.stats["malformed"], exc
+            )
+
+    def send(self, dest: int, msg: Message) -> None:
+        self.transport.send(dest, encode(msg))
+
+    # ------------------------------------------------------------------ pull / push / set
+
+    def _on_pull(self, msg: Message) -> None:
+        store = self.stores[msg.table]
+        keys = msg.keys
+        assert keys is not None
+        lock = self.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == self.me
+            if mine.all():
+                values = store.values.take(keys, axis=0)
+                rest = None
+            else:
+                idx = np.flatnonzero(mine)
+                values = store.values.take(keys[idx], axis=0) if len(idx) else None
+                rest = np.flatnonzero(~mine)
+        finally:
+            lock.release()
+        if rest is None:
+            self.stats["keys_pulled"] += len(keys)
+            self._reply(msg, MsgType.PULL_REPLY, len(keys), msg.positions, values)
+            return
+        if values is not None:
+            self.stats["keys_pulled"] += len(values)
+            self._reply(msg, MsgType.PULL_REPLY, len(values), _positions(msg, idx), values)
+        self._route(msg, store, rest, own[rest])
+
+    def _on_push(self, msg: Message) -> None:
+        store = self.stores[msg.table]
+        keys, updates = msg.keys, msg.values
+        assert keys is not None and updates is not None
+        assignment = msg.type is MsgType.SET
+        rest = None
+        lock = self.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == self.me
+            if not mine.all():
+                idx = np.flatnonzero(mine)
+                rest = np.flatnonzero(~mine)
+                keys, updates = keys[idx], updates[idx]
+            if len(keys):
+                if assignment:
+                    store.values[keys] = updates
+                else:
+                    store.updater.apply(store.values, store.states, keys, updates)
+        finally:
+            lock.release()
+        self.stats["keys_updated"] += len(keys)
+        if len(keys):
+            positions = None
+            if msg.hops:  # tell the requester who owns these keys now
+                positions = _positions(msg, idx) if rest is not None else msg.positions
+            self._reply(msg, MsgType.ACK, len(keys), positions, None)
+        if rest is not None:
+            self._route(msg, store, rest, own[rest])
+
+    def _reply(
+        self,
+        msg: Message,
+        kind: MsgType,
+        count: int,
+        positions: npt.NDArray[np.int32] | None,
+        values: Any,
+    ) -> None:
+        reply = Message(
+            type=kind,
+            sender=self.me,
+            requester=msg.requester,
+            req_id=msg.req_id,
+            table=msg.table,
+            count=count,
+            hops=msg.hops,
+            positions=positions,
+            values=values,
+        )
+        self.send(msg.requester, reply)
+
+    def _route(self, msg: Message, store: TableStore, idx: Index, own: npt.NDArray[np.int16]) -> None:
+        """Queue or forward the keys ``msg.keys[idx]`` that this node does not own."""
+        incoming = own == INCOMING
+        if incoming.any():
+            self.pending[msg.table].append(subset(msg, idx[incoming], msg.sender, msg.hops))
+            self.stats["keys_queued"] += int(incoming.sum())
+            idx = idx[~incoming]
+            if not len(idx):
+                return
+        assert msg.keys is not None
+        keys = msg.keys[idx]
+        dests = self.shard_map.home_of(keys, store.spec.num_keys)
+        if store.owner is not None:
+            homed = dests == self.me
+            if homed.any():
+                dests = dests.copy()
+                dests[homed] = store.owner[keys[homed]]
+        if msg.hops + 1 > MAX_HOPS:
+            self._error(msg, f"request for table {store.name!r} was forwarded {MAX_HOPS} times")
+            return
+        for dest, part in group_by(dests):
+            if dest == self.me:  # directory says we own it but loc disagrees: never expected
+                log.error("node %d: directory inconsistency for %d keys", self.me, len(keys))
+                self.stats["anomalies"] += 1
+                continue
+            chosen = idx if part is None else idx[part]
+            self.stats["keys_forwarded"] += len(chosen)
+            self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
+
+    def _error(self, msg: Message, text: str) -> None:
+        self.stats["errors"] += 1
+        log.error("node %d: %s", self.me, text)
+        if msg.requester & CLIENT_BIT:
+            reply = Message(MsgType.ERROR, self.me, msg.requester, msg.req_id, msg.table, text=text)
+            self.send(msg.requester, reply)
+
+    # ------------------------------------------------------------------ relocation
+
+    def _on_localize(self, msg: Message) -> None:
+        """At the home: record the requester as the new owner and ask the old owner to hand over."""
+        self._redirect(msg, node_of(msg.requester), make_incoming=False)
+
+    def _on_release(self, msg: Message) -> None:
+        """At the home: a node gives keys back (drain); the home becomes their owner again."""
+        self._redirect(msg, self.me, make_incoming=True)
+
+    def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
+        store = self.stores[msg.table]
+        keys = msg.keys
+        assert keys is not None
+        if store.owner is None:
+            self._malformed(ProtocolError(f"{msg.type.name} sent to node {self.me}, which homes no keys"))
+            return
+        homes = self.shard_map.home_of(keys, store.spec.num_keys)
+        here = homes == self.me
+        if not here.all():
+            elsewhere = np.flatnonzero(~here)
+            for dest, part in group_by(homes[elsewhere]):
+                chosen = elsewhere if part is None else elsewhere[part]
+                self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
+            keys = keys[here]
+        keys = np.unique(keys)
+        self.lock.acquire()
+        try:
+            old = store.owner[keys]
+            store.owner[keys] = target
+            if make_incoming:
+                moving = old != self.me
+                store.loc[keys[moving]] = INCOMING
+        finally:
+            self.lock.release()
+        self.stats["keys_redirected"] += len(keys)
+        for owner, part in group_by(old):
+            chosen = keys if part is None else keys[part]
+            handoff = Message(
+                MsgType.HANDOFF,
+                sender=self.me,
+                requester=msg.requester,
+                req_id=msg.req_id,
+                table=msg.table,
+                count=len(chosen),
+                aux=target,
+                keys=chosen,
+            )
+            if owner == self.me:
+                self._on_handoff(handoff)
+            else:
+                self.send(owner, handoff)
+
+    def _on_handoff(self, msg: Message) -> None:
+        """At the (old) owner: ship owned keys to ``msg.aux``; queue those not yet here."""
+        store = self.stores[msg.table]
+        keys = msg.keys
+        assert keys is not None
+        target = msg.aux
+        values: Any = None
+        states: tuple[Any, ...] = ()
+        lock = self.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == self.me
+            owned = keys[mine] if not mine.all() else keys
+            if len(owned) and target != self.me:
+                values = store.values.take(owned, axis=0)
+                states = tuple(state.take(owned, axis=0) for state in store.states)
+                store.loc[owned] = target
+        finally:
+            lock.release()
+        if len(owned):
+            if target == self.me:  # the key is already where it should be
+                self._localized(msg.requester, msg.req_id, msg.table, len(owned))
+            else:
+                self.stats["keys_sent"] += len(owned)
+                transfer = Message(
+                    MsgType.TRANSFER,
+                    sender=self.me,
+                    requester=msg.requester,
+                    req_id=msg.req_id,
+                    table=msg.table,
+                    count=len(owned),
+                    aux=len(states),
+                    keys=owned,
+                    values=values,
+                    states=states,
+                )
+                self.send(target, transfer)
+        if len(owned) < len(keys):
+            rest = np.flatnonzero(~mine)
+            incoming = own[rest] == INCOMING
+            if incoming.any():
+                self.pending[msg.table].append(subset(msg, rest[incoming], msg.sender, msg.hops))
+            if not incoming.all():
+                # The home thought we own keys that never came: a protocol bug, not load.
+                self.stats["anomalies"] += int((~incoming).sum())
+                log.error(
+                    "node %d: handoff of %d keys it neither owns nor expects", self.me, int((~incoming).sum())
+                )
+
+    def _on_transfer(self, msg: Message) -> None:
+        """At the new owner: take the values and state, then serve what waited for them."""
+        store = self.stores[msg.table]
+        keys, values = msg.keys, msg.values
+        assert keys is not None and values is not None
+        self.lock.acquire()
+        try:
+            store.values[keys] = values
+            for state, rows in zip(store.states, msg.states, strict=True):
+                state[keys] = rows
+            store.loc[keys] = self.me
+        finally:
+            self.lock.release()
+        self.stats["keys_received"] += len(keys)
+        self._localized(msg.requester, msg.req_id, msg.table, len(keys))
+        self._replay(msg.table)
+
+    def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
+        if requester == NO_ENDPOINT or requester == self.me:
+            return
+        self.send(requester, Message(MsgType.LOCALIZED, self.me, requester, req_id, table, count))
+
+    def _replay(self, table: int) -> None:
+        queued = self.pending[table]
+        if not queued:
+            return
+        self.pending[table] = []
+        for msg in queued:  # arrival order; parts still waiting are queued again in order
+            self.dispatch(msg)
+
+    # ------------------------------------------------------------------ introspection
+
+    def counters(self) -> dict[str, int | float | str]:
+        counters: dict[str, int | float | str] = dict(self.stats)
+        counters["node"] = self.me
+        counters["queued_now"] = sum(len(q) for q in self.pending)
+        counters["metadata_bytes"] = sum(store.metadata_bytes() for store in self.stores)
+        counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
+        counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
+        return counters
+
+
+def _positions(msg: Message, idx: Index) -> npt.NDArray[np.int32]:
+    return msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)

@@ -1,0 +1,267 @@
+"""A node's process: register, build the store, serve, and (on workers) run the program.
+
+``dynaps server`` and ``dynaps worker [-- COMMAND ...]`` run :func:`serve_node`.  A worker
+node shares its store with one training process (the client): either the COMMAND it
+starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that attaches
+by token (``LocalCluster``'s runners).  When the child exits, the node reports
+WORKER_DONE and keeps serving its keys until the coordinator ends the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from dynaps import control
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.errors import ClusterError, ProtocolError
+from dynaps.node import NodeServer
+from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames
+from dynaps.shardmap import ShardMap
+from dynaps.shm import AttachServer, NullLock, SharedLock, pid_alive
+from dynaps.store import TableStore
+from dynaps.transport import ZmqTransport
+
+log = logging.getLogger(__name__)
+
+ATTACH_ENV = "DYNAPS_ATTACH"
+CHILD_GRACE_SECONDS = 10.0
+
+
+def attach_address(token: str) -> str:
+    return f"\0dynaps-{token}"
+
+
+class NodeProcess:
+    """State of a running node process (the loop is :meth:`run`)."""
+
+    def __init__(
+        self,
+        role: control.Role,
+        config: RuntimeConfig,
+        command: Sequence[str] | None = None,
+        attach_token: str | None = None,
+        rank: int | None = None,
+        name: str = "",
+    ) -> None:
+        self.role = role
+        self.config = config
+        self.command = list(command or [])
+        self.attach_token = attach_token or secrets.token_hex(8)
+        self.rank = rank
+        self.name = name or f"{role}-{os.getpid()}"
+        self.transport = ZmqTransport(-1, config.bind_host, config.data_port, config.advertise_host)
+        self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
+        self.child: subprocess.Popen[bytes] | None = None
+        self.child_reported = False
+        self.client_pid: int | None = None
+        self.exit_code = 0
+        self.stop = threading.Event()
+        self.server: NodeServer | None = None
+        self.attach_server: AttachServer | None = None
+        self.lock: SharedLock | NullLock = NullLock()
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        nonce = secrets.token_hex(8)
+        body = control.Register(
+            role=self.role,
+            address=self.transport.address,
+            nonce=nonce,
+            config_digest=control.config_digest(self.config),
+            pid=os.getpid(),
+            name=self.name,
+            rank=self.rank,
+        ).model_dump()
+        self.transport.send(COORDINATOR, control_frames(MsgType.REGISTER, -1, body))
+        while True:
+            msg = control.await_coordinator(self.transport, {MsgType.WELCOME}, deadline, "a node id")
+            welcome = control.parse(control.Welcome, msg.body)
+            if welcome.nonce == nonce:
+                break
+        self.node_id = welcome.node
+        self.rank = welcome.rank
+        self.transport.endpoint = self.node_id
+        msg = control.await_coordinator(self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map")
+        membership = control.parse(control.Membership, msg.body)
+        shard_map = ShardMap.from_json(membership.shard_map)
+        worker = self.role == "worker"
+        if worker:
+            self.lock = SharedLock.create()
+        stores = [
+            TableStore.create(i, spec, shard_map, home=None if worker else self.node_id, shared=worker)
+            for i, spec in enumerate(self.config.tables)
+        ]
+        self.server = NodeServer(self.node_id, self.transport, stores, shard_map, self.lock)
+        self._apply_membership(membership)
+        if worker:
+            self.attach_server = AttachServer(self.attach_token)
+        self._send_coordinator(MsgType.READY, {"version": membership.version})
+        log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
+        if worker and self.command:
+            env = dict(os.environ)
+            env[ATTACH_ENV] = self.attach_token
+            env[CONFIG_ENV] = self.config.to_json()
+            env.pop(CONFIG_FILE_ENV, None)
+            self.child = subprocess.Popen(self.command, env=env)
+
+    def _send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
+        self.transport.send(COORDINATOR, control_frames(kind, self.node_id, body))
+
+    def _apply_membership(self, membership: control.Membership) -> None:
+        assert self.server is not None
+        self.server.peers |= control.connect_members(self.transport, membership)
+
+    # ------------------------------------------------------------------ serving
+
+    def run(self) -> int:
+        assert self.server is not None
+        poller = zmq.Poller()
+        poller.register(self.transport.inbox, zmq.POLLIN)
+        if self.attach_server is not None:
+            poller.register(self.attach_server.fileno(), zmq.POLLIN)
+        while not self.stop.is_set():
+            events = dict(poller.poll(100))
+            if self.transport.inbox in events:
+                self._drain_inbox()
+            if self.attach_server is not None and self.attach_server.fileno() in events:
+                self._accept_client()
+            self._watch_child()
+        return self.exit_code
+
+    def _drain_inbox(self) -> None:
+        assert self.server is not None
+        for _ in range(10_000):  # bounded, so a flood cannot starve the other duties
+            frames = self.transport.recv_nowait()
+            if frames is None:
+                return
+            msg = self.server.receive(frames)
+            if msg is not None:
+                self._on_control(msg)
+                if self.stop.is_set():
+                    return
+
+    def _on_control(self, msg: Message) -> None:
+        assert self.server is not None
+        try:
+            if msg.type is MsgType.MEMBERSHIP:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MEMBERSHIP from a non-coordinator")
+                self._apply_membership(control.parse(control.Membership, msg.body))
+            elif msg.type is MsgType.SHUTDOWN:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("SHUTDOWN from a non-coordinator")
+                log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
+                self.stop.set()
+            elif msg.type is MsgType.STATS:
+                if msg.sender not in self.server.peers:
+                    raise ProtocolError(f"STATS from unknown endpoint {msg.sender}")
+                body = {"counters": self.server.counters()}
+                self.transport.send(
+                    msg.sender, control_frames(MsgType.STATS_REPLY, self.node_id, body, msg.req_id)
+                )
+            elif msg.type is MsgType.PING:
+                if msg.sender in self.server.peers:
+                    self.transport.send(
+                        msg.sender, control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
+                    )
+            else:
+                raise ProtocolError(f"node does not handle {msg.type.name}")
+        except ProtocolError as exc:
+            self.server.stats["malformed"] += 1
+            log.warning("node %d dropped a control message: %s", self.node_id, exc)
+
+    def _accept_client(self) -> None:
+        assert self.attach_server is not None and self.server is not None
+        if self.client_pid is not None:
+            log.error("node %d: a second process tried to attach; only one may", self.node_id)
+        fds: list[int] = []
+        tables = []
+        for store in self.server.stores:
+            tables.append({"name": store.name, "fds": len(store.fds())})
+            fds.extend(store.fds())
+        description = {
+            "node": self.node_id,
+            "rank": self.rank,
+            "lock": self.lock.name,
+            "digest": control.config_digest(self.config),
+            "tables": tables,
+            "config": self.config.to_json(),
+        }
+        try:
+            hello = self.attach_server.accept(description, fds)
+        except (OSError, ClusterError, ValueError) as exc:
+            log.warning("node %d: attach failed: %s", self.node_id, exc)
+            return
+        if hello is None:
+            return
+        pid = int(hello.get("pid", 0))
+        self.client_pid = pid
+        if isinstance(self.lock, SharedLock):
+            self.lock.recover_when_dead(lambda: pid_alive(pid))
+            self.lock.unlink()
+        log.info("node %d: training process %d attached", self.node_id, pid)
+
+    def _watch_child(self) -> None:
+        if self.child is None or self.child_reported:
+            return
+        code = self.child.poll()
+        if code is None:
+            return
+        self.child_reported = True
+        self.exit_code = code
+        log.info("node %d: program exited with code %d", self.node_id, code)
+        self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(CHILD_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        if self.attach_server is not None:
+            self.attach_server.close()
+        self.lock.unlink()
+        if self.server is not None:
+            for store in self.server.stores:
+                store.close()
+        self.transport.close(linger=0.5)
+
+
+def serve_node(
+    role: control.Role,
+    config: RuntimeConfig,
+    command: Sequence[str] | None = None,
+    attach_token: str | None = None,
+    rank: int | None = None,
+    name: str = "",
+) -> int:
+    """Run a node process until the coordinator ends the job; returns its exit code."""
+    node = NodeProcess(role, config, command, attach_token, rank, name)
+
+    def on_signal(signum: int, frame: object) -> None:
+        node.stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        node.start()
+        return node.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        node.close()

@@ -1,0 +1,92 @@
+"""Which server is the home of a key: partitioning into virtual shards, and the shard map.
+
+A key's shard is a pure function of the key (range or hash partition into ``num_shards``
+virtual shards); the shard map assigns each shard a home server and carries an epoch
+that grows with every change.  Many more shards than servers make rebalancing a matter
+of moving whole shards, and keep per-key metadata out of the map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.contract import Partition
+from dynaps.errors import ProtocolError
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads neighbouring keys
+
+
+def shard_of(
+    keys: npt.NDArray[np.int64], num_keys: int, num_shards: int, partition: Partition | str
+) -> npt.NDArray[np.int64]:
+    """The shard of each key."""
+    if partition == Partition.HASH:
+        with np.errstate(over="ignore"):
+            mixed = keys.astype(np.uint64) * _GOLDEN
+        return (mixed % np.uint64(num_shards)).astype(np.int64)
+    # range: shard s holds keys [ceil(s*K/S), ceil((s+1)*K/S)); keys*S < 2**63 by validation
+    return (keys * num_shards) // num_keys
+
+
+def shard_key_range(shard: int, num_keys: int, num_shards: int) -> tuple[int, int]:
+    """[first, end) of the keys of a range-partitioned shard."""
+    first = -((-shard * num_keys) // num_shards)
+    end = -((-(shard + 1) * num_keys) // num_shards)
+    return first, end
+
+
+def balanced_homes(num_shards: int, servers: Sequence[int]) -> npt.NDArray[np.int16]:
+    """Assign shards to servers in contiguous, equal-sized runs."""
+    if not servers:
+        raise ValueError("a shard map needs at least one server")
+    order = np.asarray(sorted(servers), dtype=np.int16)
+    index = (np.arange(num_shards, dtype=np.int64) * len(order)) // num_shards
+    return order[index]
+
+
+@dataclass
+class ShardMap:
+    """Shard -> home server, with the epoch in which this assignment became valid."""
+
+    epoch: int
+    num_shards: int
+    partition: Partition
+    homes: npt.NDArray[np.int16]
+
+    @classmethod
+    def initial(cls, num_shards: int, partition: Partition, servers: Sequence[int]) -> ShardMap:
+        return cls(1, num_shards, Partition(partition), balanced_homes(num_shards, servers))
+
+    def home_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
+        return self.homes[shard_of(keys, num_keys, self.num_shards, self.partition)]
+
+    def servers(self) -> list[int]:
+        return sorted({int(h) for h in np.unique(self.homes)})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "numShards": self.num_shards,
+            "partition": str(self.partition),
+            "homes": self.homes.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], known_nodes: set[int] | None = None) -> ShardMap:
+        try:
+            epoch = int(doc["epoch"])
+            num_shards = int(doc["numShards"])
+            partition = Partition(doc["partition"])
+            homes = np.asarray(doc["homes"], dtype=np.int16)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"invalid shard map: {exc}") from exc
+        if homes.shape != (num_shards,) or num_shards < 1:
+            raise ProtocolError("shard map has the wrong number of homes")
+        if known_nodes is not None and not set(homes.tolist()) <= known_nodes:
+            raise ProtocolError("shard map names unknown servers")
+        return cls(epoch, num_shards, partition, homes)

@@ -1,0 +1,253 @@
+"""Memory that a worker node's server process and its training process share.
+
+A worker node is two processes: the node server (answers other nodes, moves keys) and
+the user's training program (the client).  They share the node's parameter store so that
+a local pull is a memory access, while the server keeps answering remote requests when
+the training program holds the GIL for seconds (which a server *thread* could not).
+
+* Segments are ``memfd`` files: anonymous, sized lazily (pages are committed when
+  touched, so a table's full key range costs address space, not memory), gone when the
+  last process unmaps them, and not limited by a container's small ``/dev/shm``.
+* They reach the client over a Unix socket with ``SCM_RIGHTS`` (:class:`AttachServer`,
+  :func:`attach`); the handshake's JSON says what each descriptor holds.
+* One process-shared lock guards ownership changes and value updates: a named POSIX
+  semaphore (CPython's own ``SemLock``, ~0.1 us per acquire/release).  Its name is
+  unlinked as soon as the client holds it.
+"""
+
+from __future__ import annotations
+
+import _multiprocessing
+import contextlib
+import json
+import mmap
+import os
+import secrets
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.errors import ClusterError
+
+_SEMAPHORE = 1  # _multiprocessing.SemLock kind
+T = TypeVar("T")
+
+
+class SharedLock:
+    """A lock two processes share, with a timeout so a dead holder cannot wedge the node."""
+
+    def __init__(self, semlock: Any, name: str, owner: bool) -> None:
+        self._sem = semlock
+        self.name = name
+        self._owner = owner
+        self.acquire = semlock.acquire
+        self.release = semlock.release
+
+    @classmethod
+    def create(cls) -> SharedLock:
+        name = f"/dynaps-{os.getpid()}-{secrets.token_hex(4)}"
+        return cls(_multiprocessing.SemLock(_SEMAPHORE, 1, 1, name, False), name, owner=True)
+
+    @classmethod
+    def open(cls, name: str) -> SharedLock:
+        try:
+            return cls(_multiprocessing.SemLock._rebuild(0, _SEMAPHORE, 1, name), name, owner=False)
+        except OSError as exc:
+            raise ClusterError(f"cannot open the node's lock {name}: {exc}") from exc
+
+    def recover_when_dead(self, holder_alive: Callable[[], bool], poll: float = 1.0) -> None:
+        """Make :meth:`acquire` take the lock over if the other process died holding it."""
+        sem = self._sem
+
+        def acquire(block: bool = True, timeout: float | None = None) -> bool:
+            while not sem.acquire(True, poll):
+                if not holder_alive():
+                    return True  # the holder is gone: its critical section ended with it
+            return True
+
+        self.acquire = acquire
+
+    def unlink(self) -> None:
+        """Remove the name; processes that opened it keep using it."""
+        with contextlib.suppress(OSError):
+            _multiprocessing.sem_unlink(self.name)
+
+    def __enter__(self) -> SharedLock:
+        self._sem.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._sem.release()
+
+
+class NullLock:
+    """For nodes without a client process: nothing to exclude."""
+
+    name = ""
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+    def unlink(self) -> None:
+        return None
+
+    def __enter__(self) -> NullLock:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+
+@dataclass
+class Segment:
+    """One shared array: a memfd, its mapping and the numpy view of it."""
+
+    fd: int
+    mapping: mmap.mmap
+    array: npt.NDArray[Any]
+
+    @classmethod
+    def create(cls, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Segment:
+        size = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(fd, mapping, _view(mapping, shape, dtype))
+
+    @classmethod
+    def from_fd(cls, fd: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Segment:
+        size = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        if os.fstat(fd).st_size < size:
+            raise ClusterError("shared segment is smaller than its table")
+        mapping = mmap.mmap(fd, size)
+        return cls(fd, mapping, _view(mapping, shape, dtype))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _view(mapping: mmap.mmap, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(mapping, dtype=dtype, count=count).reshape(shape)
+
+
+_LEN = struct.Struct("<I")
+
+
+class AttachServer:
+    """The node's side of the attach handshake: hands segments and the lock to a client."""
+
+    def __init__(self, token: str) -> None:
+        # An abstract Unix socket: no file to clean up, visible only inside this
+        # network namespace (the pod), which is exactly who may attach.
+        self.address = f"\0dynaps-{token}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.address)
+        self._sock.listen(4)
+        self._sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def accept(self, description: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
+        """Serve one waiting client, if any; returns what the client said about itself."""
+        try:
+            conn, _ = self._sock.accept()
+        except BlockingIOError:
+            return None
+        with conn:
+            conn.settimeout(10.0)
+            hello = _recv_json(conn)
+            payload = json.dumps(description).encode()
+            socket.send_fds(conn, [_LEN.pack(len(payload)) + payload], fds)
+            _recv_json(conn)  # the client's ack: it has mapped everything
+            return hello
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def attach(
+    address: str,
+    hello: dict[str, Any],
+    prepare: Callable[[dict[str, Any], list[int]], T],
+    timeout: float = 30.0,
+) -> T:
+    """The client's side: receive the description and descriptors, ``prepare`` them, then ack.
+
+    The node unlinks the lock's name once it has the ack, so ``prepare`` must open the lock.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    with sock:
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            raise ClusterError(f"cannot attach to the local dynaps node: {exc}") from exc
+        payload = json.dumps(hello).encode()
+        sock.sendall(_LEN.pack(len(payload)) + payload)
+        message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 256)
+        if len(message) < _LEN.size:
+            raise ClusterError("the dynaps node closed the attach connection")
+        (length,) = _LEN.unpack_from(message)
+        while len(message) < _LEN.size + length:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ClusterError("the dynaps node closed the attach connection")
+            message += chunk
+        description: dict[str, Any] = json.loads(message[_LEN.size : _LEN.size + length])
+        prepared = prepare(description, fds)
+        sock.sendall(_LEN.pack(2) + b"{}")
+        return prepared
+
+
+def _recv_json(conn: socket.socket) -> dict[str, Any]:
+    head = _recv_exact(conn, _LEN.size)
+    (length,) = _LEN.unpack(head)
+    if length > 1 << 20:
+        raise ClusterError("attach message too large")
+    value: dict[str, Any] = json.loads(_recv_exact(conn, length))
+    return value
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ClusterError("attach connection closed early")
+        data += chunk
+    return data

@@ -1,0 +1,127 @@
+"""A node's local parameter store: values, updater state and the per-key directory.
+
+Per table and node:
+
+* ``values`` (num_keys x dim) and the updater's state arrays, dense and committed lazily:
+  memory is spent on the pages of keys this node has touched, not on the whole table;
+* ``loc`` (int16 per key, every node): for a key this node owns it holds the node's own
+  id; :data:`INCOMING` while the key is on its way here; otherwise the node's best guess
+  of the owner (Lapse's location cache), initially the key's home;
+* ``owner`` (int16 per key, servers only): the home's authoritative record of each homed
+  key's current owner (Lapse's address book).
+
+That is 2 bytes of metadata per key on workers and 4 on servers (Lapse: ~160).
+On a worker node the arrays live in shared memory so that its training process reads
+and updates owned keys directly; ``lock`` guards them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.contract import InitKind, NamedTable
+from dynaps.protocol import TableLayout
+from dynaps.shardmap import ShardMap
+from dynaps.shm import Segment
+from dynaps.updaters import Updater, make_updater
+
+INCOMING = -1  # loc value: ownership is being transferred to this node
+INIT_CHUNK = 1 << 16
+
+Array = npt.NDArray[Any]
+
+
+@dataclass
+class TableStore:
+    index: int
+    spec: NamedTable
+    layout: TableLayout
+    values: Array
+    states: tuple[Array, ...]
+    loc: npt.NDArray[np.int16]
+    owner: npt.NDArray[np.int16] | None
+    updater: Updater
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def create(
+        cls, index: int, spec: NamedTable, shard_map: ShardMap, *, home: int | None, shared: bool
+    ) -> TableStore:
+        """A store for a node; ``home`` is the node's id if it is a server (owns a directory)."""
+        updater = make_updater(spec.updater)
+        layout = layout_of(spec, updater.num_states)
+        shapes = [(spec.num_keys, spec.dim)] * (1 + updater.num_states)
+        segments: list[Segment] = []
+        if shared:
+            segments = [Segment.create(f"{spec.name}.{i}", s, layout.dtype) for i, s in enumerate(shapes)]
+            segments.append(Segment.create(f"{spec.name}.loc", (spec.num_keys,), np.dtype(np.int16)))
+            arrays = [seg.array for seg in segments]
+        else:
+            arrays = [np.zeros(s, dtype=layout.dtype) for s in shapes]
+            arrays.append(np.zeros(spec.num_keys, dtype=np.int16))
+        loc = arrays[-1]
+        for first in range(0, spec.num_keys, INIT_CHUNK):
+            chunk = np.arange(first, min(first + INIT_CHUNK, spec.num_keys), dtype=np.int64)
+            loc[first : first + len(chunk)] = shard_map.home_of(chunk, spec.num_keys)
+        owner = loc.copy() if home is not None else None
+        store = cls(index, spec, layout, arrays[0], tuple(arrays[1:-1]), loc, owner, updater, segments)
+        if home is not None:
+            store.initialise_home_values(home)
+        return store
+
+    @classmethod
+    def attach(cls, index: int, spec: NamedTable, fds: list[int]) -> TableStore:
+        """The client's view of a worker node's shared store (fds as :meth:`fds` lists them)."""
+        updater = make_updater(spec.updater)
+        layout = layout_of(spec, updater.num_states)
+        shape = (spec.num_keys, spec.dim)
+        segments = [Segment.from_fd(fd, shape, layout.dtype) for fd in fds[:-1]]
+        segments.append(Segment.from_fd(fds[-1], (spec.num_keys,), np.dtype(np.int16)))
+        arrays = [seg.array for seg in segments]
+        return cls(index, spec, layout, arrays[0], tuple(arrays[1:-1]), arrays[-1], None, updater, segments)
+
+    def fds(self) -> list[int]:
+        return [seg.fd for seg in self.segments]
+
+    def initialise_home_values(self, home: int) -> None:
+        """Initialise the rows this server is home of, identically however shards are placed.
+
+        Random rows come from a generator seeded by (seed, table, chunk of keys), so the
+        same key gets the same start value with 1 server or 8, range or hash partition.
+        """
+        init = self.spec.init
+        if init.kind == InitKind.ZEROS:
+            return
+        assert self.owner is not None
+        dim, dtype = self.spec.dim, self.layout.dtype
+        for first in range(0, self.spec.num_keys, INIT_CHUNK):
+            end = min(first + INIT_CHUNK, self.spec.num_keys)
+            mine = np.flatnonzero(self.owner[first:end] == home)
+            if not len(mine):
+                continue
+            rng = np.random.default_rng([init.seed, self.index, first // INIT_CHUNK])
+            if init.kind == InitKind.NORMAL:
+                rows = rng.normal(0.0, init.scale, size=(end - first, dim))
+            else:
+                rows = rng.uniform(-init.scale, init.scale, size=(end - first, dim))
+            self.values[first + mine] = rows[mine].astype(dtype, copy=False)
+
+    def metadata_bytes(self) -> int:
+        """Bytes of per-key bookkeeping this node keeps for the table."""
+        return self.loc.nbytes + (self.owner.nbytes if self.owner is not None else 0)
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.close()
+
+
+def layout_of(spec: NamedTable, num_states: int) -> TableLayout:
+    return TableLayout(spec.num_keys, spec.dim, np.dtype(spec.dtype), num_states)

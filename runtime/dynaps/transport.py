@@ -1,0 +1,193 @@
+"""Moving frames between endpoints: a small interface and its ZeroMQ implementation.
+
+Every process (coordinator, node, client) has one inbox and sends one-way messages to
+other endpoints' inboxes; a reply is just another one-way message.  This is ps-lite's
+``Van``: the protocol logic above it never sees a socket, so it can run in-process in
+tests (:class:`InProcHub`).
+
+ZeroMQ details, and why:
+
+* the inbox is a PULL socket and each peer gets a PUSH socket: one-way messages need no
+  routing identity frames, and each peer connection is FIFO, which the key-relocation
+  protocol relies on (a forwarded request never overtakes an earlier one on the same path);
+* high-water marks are unlimited: dropping or blocking a data-plane message would lose an
+  update or deadlock two nodes that send to each other; flow control is the protocol's
+  job (bounded windows), not the socket's;
+* frames for an endpoint whose address is not yet known are held back and sent when the
+  address arrives (membership updates and data can take different paths).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import zmq
+
+from dynaps.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_DEFERRED = 100_000
+
+
+class Transport(Protocol):
+    """What the protocol layer needs from the network."""
+
+    endpoint: int
+    address: str
+
+    def connect(self, endpoint: int, address: str) -> None:
+        """Learn (or update) where ``endpoint`` receives."""
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        """Drop the connection to ``endpoint`` (it left the job)."""
+
+    def knows(self, endpoint: int) -> bool:
+        """Whether ``endpoint``'s address is known."""
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        """Send one message; never blocks on a slow peer."""
+
+    def recv(self, timeout: float | None = None) -> list[Any] | None:
+        """The next message in the inbox, or None after ``timeout`` seconds."""
+
+    def close(self, linger: float = 0.0) -> None:
+        """Release the sockets, waiting up to ``linger`` seconds to deliver what is queued."""
+
+
+class ZmqTransport:
+    """A PULL inbox bound on ``bind_host`` and one PUSH socket per peer."""
+
+    def __init__(
+        self,
+        endpoint: int,
+        bind_host: str = "127.0.0.1",
+        port: int = 0,
+        advertise_host: str | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._owns_context = context is None
+        self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
+        self.inbox = self._context.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        try:
+            if port:
+                self.inbox.bind(f"tcp://{bind_host}:{port}")
+                bound_port = port
+            else:
+                bound_port = self.inbox.bind_to_random_port(f"tcp://{bind_host}")
+        except zmq.ZMQError as exc:
+            self.inbox.close()
+            if self._owns_context:
+                self._context.term()
+            raise ConfigError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
+        self.port = bound_port
+        self.address = f"tcp://{advertise_host or bind_host}:{bound_port}"
+        self._peers: dict[int, zmq.Socket[Any]] = {}
+        self._addresses: dict[int, str] = {}
+        self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
+        self._poller = zmq.Poller()
+        self._poller.register(self.inbox, zmq.POLLIN)
+
+    def connect(self, endpoint: int, address: str) -> None:
+        if self._addresses.get(endpoint) == address:
+            return
+        self.forget(endpoint)
+        sock = self._context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 0)
+        sock.connect(address)
+        self._peers[endpoint] = sock
+        self._addresses[endpoint] = address
+        for frames in self._deferred.pop(endpoint, ()):
+            sock.send_multipart(frames, copy=False)
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        sock = self._peers.pop(endpoint, None)
+        self._addresses.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=int(linger * 1000))
+
+    def knows(self, endpoint: int) -> bool:
+        return endpoint in self._peers
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        sock = self._peers.get(endpoint)
+        if sock is None:
+            held = self._deferred[endpoint]
+            if len(held) >= MAX_DEFERRED:
+                log.error("dropping message for endpoint %d: address unknown", endpoint)
+                return
+            # Copy: the caller may reuse the arrays once send() returns.
+            held.append([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
+            return
+        sock.send_multipart(frames, copy=False)
+
+    def recv(self, timeout: float | None = None) -> list[Any] | None:
+        if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000))):
+            return None
+        return self.inbox.recv_multipart(copy=False)
+
+    def recv_nowait(self) -> list[Any] | None:
+        try:
+            return self.inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+
+    def close(self, linger: float = 0.0) -> None:
+        for endpoint in list(self._peers):
+            self.forget(endpoint, linger)
+        self.inbox.close(linger=0)
+        if self._owns_context:
+            self._context.term()
+
+
+class InProcHub:
+    """In-memory 'network' for protocol tests: endpoint -> queue of messages."""
+
+    def __init__(self) -> None:
+        self.queues: dict[int, collections.deque[list[bytes]]] = {}
+        self.lock = threading.Lock()
+
+    def transport(self, endpoint: int) -> InProcTransport:
+        self.queues[endpoint] = collections.deque()
+        return InProcTransport(self, endpoint)
+
+
+class InProcTransport:
+    """A Transport over an :class:`InProcHub`; frames are copied as they would be on a wire."""
+
+    def __init__(self, hub: InProcHub, endpoint: int) -> None:
+        self.hub = hub
+        self.endpoint = endpoint
+        self.address = f"inproc://{endpoint}"
+        self._known: set[int] = set()
+
+    def connect(self, endpoint: int, address: str) -> None:
+        self._known.add(endpoint)
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        self._known.discard(endpoint)
+
+    def knows(self, endpoint: int) -> bool:
+        return endpoint in self._known
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        wire = [bytes(memoryview(f)) for f in frames]
+        with self.hub.lock:
+            self.hub.queues[endpoint].append(wire)
+
+    def recv(self, timeout: float | None = None) -> list[Any] | None:
+        with self.hub.lock:
+            queue = self.hub.queues[self.endpoint]
+            return list(queue.popleft()) if queue else None
+
+    def close(self, linger: float = 0.0) -> None:
+        self._known.clear()

@@ -1,0 +1,147 @@
+"""What a push does to a key's value on its owner: add (default) or an optimiser step.
+
+An updater's state (AdaGrad's accumulator, Adam's moments) is stored beside the value,
+row for row, so it moves with the key on ``localize``.  Updaters are applied by whoever
+owns the key: a server, another worker, or the pushing worker itself for a local key.
+
+Custom updaters are registered by name with :func:`register_updater` in every process of
+the job (import the module that registers it in the training program).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.contract import UpdaterKind, UpdaterSpec
+from dynaps.errors import ConfigError
+
+Array = npt.NDArray[Any]
+Keys = npt.NDArray[np.int64]
+
+
+class Updater(Protocol):
+    """Applies pushed updates to rows of a table in place."""
+
+    num_states: int
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None: ...
+
+
+def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
+    """Sum the updates of repeated keys, so a stateful step is taken once per key."""
+    if len(keys) < 2:
+        return keys, updates
+    unique, inverse = np.unique(keys, return_inverse=True)
+    if len(unique) == len(keys):
+        return keys, updates
+    summed = np.zeros((len(unique), updates.shape[1]), dtype=updates.dtype)
+    np.add.at(summed, inverse, updates)
+    return unique, summed
+
+
+class AddUpdater:
+    """value += update (the classic parameter-server push)."""
+
+    num_states = 0
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+        if len(keys) == 1:
+            values[keys[0]] += updates[0]
+        else:
+            np.add.at(values, keys, updates)
+
+
+@dataclass
+class SgdUpdater:
+    """value -= lr * gradient: workers push gradients, the owner steps."""
+
+    lr: float
+    num_states = 0
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+        np.add.at(values, keys, updates * -self.lr)
+
+
+@dataclass
+class AdagradUpdater:
+    """AdaGrad: accumulator += g^2; value -= lr * g / sqrt(accumulator + eps)."""
+
+    lr: float
+    eps: float
+    initial_accumulator: float
+    num_states = 1
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+        keys, grads = combine_duplicates(keys, updates)
+        (accumulator,) = states
+        acc = accumulator[keys] + grads * grads
+        accumulator[keys] = acc
+        # the initial accumulator is added here so that untouched (zero) state needs no init
+        values[keys] -= self.lr * grads / np.sqrt(acc + (self.initial_accumulator + self.eps))
+
+
+@dataclass
+class AdamUpdater:
+    """Adam with per-row step counts, so bias correction follows each key's own history.
+
+    State rows: first moment, second moment, and a row whose first column counts steps.
+    """
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    num_states = 3
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+        keys, grads = combine_duplicates(keys, updates)
+        first, second, steps = states
+        step = steps[keys, 0] + 1
+        steps[keys, 0] = step
+        m = self.beta1 * first[keys] + (1 - self.beta1) * grads
+        v = self.beta2 * second[keys] + (1 - self.beta2) * grads * grads
+        first[keys] = m
+        second[keys] = v
+        m_hat = m / (1 - self.beta1 ** step[:, None])
+        v_hat = v / (1 - self.beta2 ** step[:, None])
+        values[keys] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+CustomFactory = Callable[[UpdaterSpec], Updater]
+_CUSTOM: dict[str, CustomFactory] = {}
+
+
+def register_updater(name: str, factory: CustomFactory) -> None:
+    """Make ``updater: {kind: custom, name: NAME}`` build ``factory(spec)``."""
+    _CUSTOM[name] = factory
+
+
+def num_states(spec: UpdaterSpec) -> int:
+    """How many state arrays the updater stores beside each value."""
+    return make_updater(spec).num_states
+
+
+def make_updater(spec: UpdaterSpec) -> Updater:
+    kind = UpdaterKind(spec.kind)
+    if kind is UpdaterKind.ADD:
+        return AddUpdater()
+    if kind is UpdaterKind.SGD:
+        return SgdUpdater(spec.lr)
+    if kind is UpdaterKind.ADAGRAD:
+        return AdagradUpdater(spec.lr, spec.eps, spec.initial_accumulator)
+    if kind is UpdaterKind.ADAM:
+        return AdamUpdater(spec.lr, spec.beta1, spec.beta2, spec.eps)
+    assert spec.name is not None
+    factory = _CUSTOM.get(spec.name)
+    if factory is None:
+        known = ", ".join(sorted(_CUSTOM)) or "none registered"
+        raise ConfigError(
+            f"custom updater {spec.name!r} is not registered in this process ({known}); "
+            "call dynaps.register_updater() before connecting"
+        )
+    return factory(spec)
