@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Provides the pinned Kubernetes test binaries (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, helm) for the e2e test control plane, see docs/test-control-plane.md.
+#
+# No release tarball can be downloaded on our machines, so the binaries are built from the Go module
+# proxy into a cache outside the repository. A folder named by KUBEBUILDER_ASSETS (the envtest
+# convention) is used for every binary it holds; only the missing ones are built.
+#
+# Usage: scripts/k8s-binaries.sh              provide the binaries (builds once, then instant)
+#        scripts/k8s-binaries.sh --print-dir  only print the folder; exit 3 if something is missing
+# The last line on stdout is the folder holding all six binaries; progress goes to stderr.
+# Environment: DYNAPS_K8S_CACHE (cache folder), KUBEBUILDER_ASSETS, GO (the go command).
+set -euo pipefail
+
+K8S_VERSION=1.37.2
+# The etcd server version that kubernetes v1.37.2's go.mod already requires: building it in the same
+# module leaves the Kubernetes dependency graph untouched.
+ETCD_VERSION=3.7.0
+HELM_VERSION=3.22.0
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+
+BUILD_TMP=""
+CACHE=${DYNAPS_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dynaps/k8s-$K8S_VERSION}
+BIN=$CACHE/bin
+STAMP="k8s=$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION recipe=1"
+
+log() { printf '[k8s-binaries %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+# Prints the folder that holds a usable copy of one binary, or nothing.
+source_of() {
+	local name=$1
+	if [[ -n ${KUBEBUILDER_ASSETS:-} && -x $KUBEBUILDER_ASSETS/$name ]]; then
+		printf '%s\n' "$KUBEBUILDER_ASSETS"
+	elif [[ -x $BIN/$name && "$(cat "$BIN/.stamp-$name" 2>/dev/null)" == "$STAMP" ]]; then
+		printf '%s\n' "$BIN"
+	fi
+}
+
+missing_binaries() {
+	local name
+	for name in "${BINARIES[@]}"; do
+		[[ -n "$(source_of "$name")" ]] || printf '%s\n' "$name"
+	done
+}
+
+# The folder to hand to the tests: the cache itself, or, when KUBEBUILDER_ASSETS supplies some
+# binaries, a folder of symbolic links that mixes both sources.
+result_dir() {
+	if [[ -z ${KUBEBUILDER_ASSETS:-} ]]; then
+		printf '%s\n' "$BIN"
+		return
+	fi
+	local mixed=$CACHE/assets-bin name
+	mkdir -p "$mixed"
+	for name in "${BINARIES[@]}"; do
+		ln -sfn "$(source_of "$name")/$name" "$mixed/$name"
+	done
+	printf '%s\n' "$mixed"
+}
+
+find_go() {
+	local go=${GO:-}
+	if [[ -z $go ]]; then
+		go=$(command -v go || true)
+		[[ -n $go ]] || go=/usr/local/go/bin/go
+	fi
+	[[ -x $go ]] || die "no Go toolchain found (set GO=/path/to/go); Go >= 1.26 is needed to build Kubernetes $K8S_VERSION"
+	printf '%s\n' "$go"
+}
+
+# Shows a line per 200 compiled packages and 100 downloaded modules instead of thousands of lines;
+# errors pass through unchanged.
+progress_filter() {
+	awk '/^go: downloading / { d++; if (d % 100 == 0) { printf "  ... %d modules downloaded\n", d; fflush() }; next }
+	     /^[^ :#]+$/ { n++; if (n % 200 == 0) { printf "  ... %d packages compiled (%s)\n", n, $0; fflush() }; next }
+	     { print; fflush() }' >&2
+}
+
+version_ldflags() {
+	local minor=${K8S_VERSION#1.}
+	minor=${minor%%.*}
+	local flags="-s -w" pkg
+	# Without these the servers report v0.0.0 and Helm's kubeVersion checks fail.
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+		flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+	done
+	printf '%s\n' "$flags"
+}
+
+build_kube() {
+	local go=$1 out=$2 src=$CACHE/src/kube
+	mkdir -p "$src"
+	cd "$src"
+	[[ -f go.mod ]] || "$go" mod init local.test/dynaps-k8s-binaries >/dev/null 2>&1
+	log "resolving k8s.io/kubernetes v$K8S_VERSION from the Go module proxy"
+	local gomod
+	gomod=$("$go" mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
+		sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+	[[ -f $gomod ]] || die "could not download k8s.io/kubernetes@v$K8S_VERSION (is the Go module proxy reachable?)"
+	# k8s.io/kubernetes replaces its staging modules with local folders, so `go install ...@v` refuses it;
+	# point each replace at the published v0.x module instead, derived from the real go.mod.
+	local staging=v0.${K8S_VERSION#1.} module count=0
+	while read -r module; do
+		"$go" mod edit "-replace=$module=$module@$staging"
+		count=$((count + 1))
+	done < <(sed -n 's|^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => \./staging/src/.*|\1|p' "$gomod")
+	((count > 20)) || die "found only $count staging modules in $gomod; the recipe needs updating"
+	log "replaced $count staging modules with $staging; fetching dependencies"
+	"$go" get "k8s.io/kubernetes@v$K8S_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" 2>get.log ||
+		die "go get failed: $(grep -v '^go: downloading' get.log)"
+	log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd in one go build (slow on 2 cores)"
+	mkdir -p "$out/kube"
+	# One invocation shares every common package between the five binaries.
+	CGO_ENABLED=0 nice -n 19 "$go" build -v -trimpath -ldflags "$(version_ldflags)" -o "$out/kube/" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+		go.etcd.io/etcd/server/v3 2> >(progress_filter) ||
+		die "go build of the Kubernetes binaries failed (see above)"
+	wait # for the progress filter to flush
+	# go names the etcd binary after its module path (…/server/v3 -> server).
+	mv "$out/kube/server" "$out/kube/etcd"
+	cd - >/dev/null
+}
+
+build_helm() {
+	local go=$1 out=$2 minor=${K8S_VERSION#1.}
+	minor=${minor%%.*}
+	log "compiling helm v$HELM_VERSION"
+	local ld="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+	ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	# A go-installed helm otherwise assumes Kubernetes 1.20 for .Capabilities and lint.
+	ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+	ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+	mkdir -p "$out/helm"
+	CGO_ENABLED=0 GOBIN="$out/helm" nice -n 19 "$go" install -v -trimpath -ldflags "$ld" \
+		"helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" 2> >(progress_filter) ||
+		die "go install of helm v$HELM_VERSION failed (see above)"
+	wait
+}
+
+install_built() {
+	local from=$1 name
+	shift
+	for name in "$@"; do
+		[[ -x $from/$name ]] || die "build produced no $name"
+		mv -f "$from/$name" "$BIN/$name"
+		printf '%s\n' "$STAMP" >"$BIN/.stamp-$name"
+	done
+}
+
+main() {
+	local print_only=false
+	case ${1:-} in
+	--print-dir) print_only=true ;;
+	"") ;;
+	*) die "unknown argument '$1' (usage: $0 [--print-dir])" ;;
+	esac
+
+	local missing
+	missing=$(missing_binaries)
+	if [[ -z $missing ]]; then
+		result_dir
+		return 0
+	fi
+	if $print_only; then
+		log "missing: $(echo "$missing" | tr '\n' ' ')(run scripts/k8s-binaries.sh)"
+		exit 3
+	fi
+
+	mkdir -p "$BIN"
+	# Serialise concurrent runs (two terminals, make -j) on the same cache.
+	exec 9>"$CACHE/.lock"
+	flock 9
+	missing=$(missing_binaries)
+	if [[ -n $missing ]]; then
+		local go start=$SECONDS
+		go=$(find_go)
+		log "building into $CACHE (missing: $(echo "$missing" | tr '\n' ' '))"
+		log "using $("$go" version)"
+		export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+		BUILD_TMP=$(mktemp -d "$CACHE/build.XXXXXX")
+		trap 'rm -rf "$BUILD_TMP"' EXIT
+		if grep -qvx 'helm' <<<"$missing"; then
+			build_kube "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/kube" etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+		fi
+		if grep -qx 'helm' <<<"$missing"; then
+			build_helm "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/helm" helm
+		fi
+		log "done in $((SECONDS - start)) s"
+	fi
+	missing=$(missing_binaries)
+	[[ -z $missing ]] || die "still missing after the build: $missing"
+	result_dir
+}
+
+main "$@"
