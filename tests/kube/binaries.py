@@ -1,0 +1,43 @@
+"""Finds the Kubernetes test binaries that scripts/k8s-binaries.sh provides.
+
+The script is the one source of truth for versions and the cache location, so the tests ask it
+(`--print-dir` never builds) instead of repeating either here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "scripts" / "k8s-binaries.sh"
+NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
+
+
+class BinariesMissingError(RuntimeError):
+    """The binaries are not built yet; the message says how to get them."""
+
+
+def find_bin_dir() -> Path:
+    """Returns the folder holding all six binaries or raises BinariesMissingError."""
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--print-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        detail = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
+        raise BinariesMissingError(
+            f"Kubernetes test binaries are missing: {detail[0]}. "
+            "Run scripts/k8s-binaries.sh (or `make k8s-binaries`) once; it builds them into a cache."
+        )
+    bin_dir = Path(lines[-1])
+    absent = [name for name in NAMES if not os.access(bin_dir / name, os.X_OK)]
+    if absent:
+        raise BinariesMissingError(f"{bin_dir} lacks {', '.join(absent)}; run scripts/k8s-binaries.sh")
+    return bin_dir

@@ -1,0 +1,263 @@
+"""A real Kubernetes control plane on 127.0.0.1 for the e2e tests: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler as local processes, with client-certificate authentication.
+
+Everything lives in one temporary root (see procs.py for why nothing outlives the tests). Ports are
+picked free at start; every component binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from tests.kube import procs
+from tests.kube.kubeapi import KubeClient
+from tests.kube.pki import Pki, make_pki
+
+# Service ClusterIPs come from loopback: nothing proxies them here (no kube-proxy), so a connection to
+# one is refused on this machine instead of leaving it through the default route.
+SERVICE_CIDR = "127.240.0.0/16"
+
+
+class ControlPlaneError(RuntimeError):
+    """A component did not start; the message names it and ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ControlPlane:
+    def __init__(self, bin_dir: Path, root: Path) -> None:
+        self.bin_dir = bin_dir
+        self.root = root
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pki: Pki = make_pki(root / "pki")
+        self.kubeconfig = root / "kubeconfig"
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.client: KubeClient | None = None
+        self.started_in: float = 0.0
+
+    @property
+    def server(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def api(self) -> KubeClient:
+        assert self.client is not None, "control plane not started"
+        return self.client
+
+    def env(self) -> dict[str, str]:
+        """The environment for kubectl and helm: KUBECONFIG set, our binaries first on PATH, and
+        helm's state kept inside the root instead of the user's home."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        for kind in ("CACHE", "CONFIG", "DATA"):
+            env[f"HELM_{kind}_HOME"] = str(self.root / "helm" / kind.lower())
+        return env
+
+    def run_tool(
+        self, tool: str, *args: str, check: bool = True, input_text: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / tool), *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            input=input_text,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
+        return self.run_tool("kubectl", *args, **kw)  # type: ignore[arg-type]
+
+    def helm(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
+        return self.run_tool("helm", *args, **kw)  # type: ignore[arg-type]
+
+    # -- start and stop ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        began = time.monotonic()
+        deadline = began + timeout
+        etcd_port, etcd_peer, self.port = free_port(), free_port(), free_port()
+        kcm_port, sched_port = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                f"--data-dir={self.root / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",  # test data: durability only costs time
+                "--log-level=warn",
+            ],
+        )
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                f"--cert-dir={self.root / 'pki'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--bind-address=127.0.0.1",
+                # The machine has a default route; auto-detection would advertise a non-loopback address.
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--service-account-issuer=https://127.0.0.1:{self.port}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                # Without it a pod needs its ServiceAccount to exist already (racy in fresh namespaces)
+                # and gets a projected token volume that the process kubelet does not serve.
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                # The 'kubernetes' Service would otherwise point at 127.0.0.1 from inside pods.
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._write_kubeconfig()
+        self.client = KubeClient(self.host, self.port, pki.ca_cert, pki.admin_cert, pki.admin_key)
+        self._wait_healthy("kube-apiserver", self.port, "/readyz", deadline, client_cert=True)
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                *common,
+                f"--secure-port={kcm_port}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                "--use-service-account-credentials=false",
+                # Pod IPs are loopback addresses, which EndpointSlices refuse: these controllers would
+                # only retry and emit warning Events (the process kubelet's DNS reads pods instead).
+                "--controllers=*,-endpoints-controller,-endpointslice-controller,"
+                "-endpointslice-mirroring-controller",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--v=1",
+            ],
+        )
+        self._spawn("kube-scheduler", [*common, f"--secure-port={sched_port}", "--v=1"])
+        self._wait_healthy("kube-controller-manager", kcm_port, "/healthz", deadline)
+        self._wait_healthy("kube-scheduler", sched_port, "/healthz", deadline)
+        self.started_in = time.monotonic() - began
+
+    def stop(self) -> None:
+        # Reverse start order: clients before the API server, the API server before etcd.
+        for name in reversed(list(self.processes)):
+            procs.stop_process(self.processes[name], grace=5.0)
+        self.processes.clear()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        self.processes[name] = procs.start_process(
+            [str(self.bin_dir / name), *args],
+            root=self.root,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root)},
+            log=self.logs / f"{name}.log",
+        )
+
+    def _wait_healthy(
+        self, name: str, port: int, path: str, deadline: float, *, client_cert: bool = False
+    ) -> None:
+        if client_cert:
+            context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+            context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        else:
+            # The controller manager and the scheduler serve self-signed certificates; /healthz is
+            # public, and this check only asks whether the process is up.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        last = "no answer"
+        while time.monotonic() < deadline:
+            proc = self.processes[name]
+            if proc.poll() is not None:
+                raise ControlPlaneError(
+                    f"{name} exited with {proc.returncode}; log:\n{_tail(self.logs / f'{name}.log')}"
+                )
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read().decode(errors="replace")
+                if response.status == 200:
+                    return
+                last = f"{response.status} {body[-300:]}"
+            except (OSError, http.client.HTTPException) as e:
+                last = repr(e)
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise ControlPlaneError(
+            f"{name} not healthy in time ({path}: {last}); log:\n{_tail(self.logs / f'{name}.log')}"
+        )
+
+    def _write_kubeconfig(self) -> None:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "dynaps-test",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": b64(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64(self.pki.admin_cert),
+                        "client-key-data": b64(self.pki.admin_key),
+                    },
+                }
+            ],
+            "contexts": [{"name": "dynaps-test", "context": {"cluster": "dynaps-test", "user": "admin"}}],
+            "current-context": "dynaps-test",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
