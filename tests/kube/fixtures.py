@@ -1,0 +1,126 @@
+"""pytest plugin (registered in the repository's conftest.py): the e2e test cluster.
+
+Session fixtures (one control plane for the whole run, started on first use):
+- kube_control_plane -> ControlPlane: .kubeconfig, .server, .api (KubeClient), .kubectl(), .helm(), .env()
+- kubeconfig -> Path of a kubeconfig file (admin, client certificate) for kopf, kubectl, helm, clients
+- kube_api -> KubeClient (tests/kube/kubeapi.py), dict in, dict out
+- process_kubelet -> ProcessKubelet: runs pods as local processes, pod IPs 127.R.x.y
+Function fixture:
+- kube_namespace -> str: a fresh namespace, deleted after the test
+
+Missing binaries skip the e2e tests with the reason, except under CI=true, where they fail: CI must
+never go green by running nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tests.kube import procs
+from tests.kube.binaries import BinariesMissingError, find_bin_dir
+from tests.kube.controlplane import ControlPlane
+from tests.kube.kubeapi import KubeClient
+from tests.kube.kubelet import ProcessKubelet
+
+# What signal.getsignal() returns.
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+KUBE_FIXTURES = {"kube_control_plane", "kubeconfig", "kube_api", "process_kubelet", "kube_namespace"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skips, or fails under CI, with the reason."""
+    if in_ci():
+        pytest.fail(f"CI=true and the e2e test cluster is unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `pytest -m "not e2e"` must stay fast: a test that reaches the cluster must say so.
+    unmarked = [
+        item.nodeid
+        for item in items
+        if KUBE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e")
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests using the kube fixtures must be marked e2e: " + ", ".join(unmarked))
+
+
+@pytest.fixture(scope="session")
+def k8s_bin_dir() -> Path:
+    try:
+        return find_bin_dir()
+    except BinariesMissingError as e:
+        unavailable(str(e))
+        raise  # unreachable: unavailable() always raises
+
+
+@pytest.fixture(scope="session")
+def kube_control_plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
+    procs.reap_stale_roots()
+    root = procs.make_root()
+    plane = ControlPlane(k8s_bin_dir, root)
+    previous = _raise_on_sigterm()
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+        procs.remove_root(root)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_control_plane: ControlPlane) -> Path:
+    return kube_control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube_api(kube_control_plane: ControlPlane) -> KubeClient:
+    return kube_control_plane.api
+
+
+@pytest.fixture(scope="session")
+def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    if os.geteuid() != 0:
+        unavailable("the process kubelet needs root (a mount namespace per container)")
+    kubelet = ProcessKubelet(kube_control_plane.api, kube_control_plane.root)
+    kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+    assert not kubelet.errors, "process kubelet errors:\n" + "\n".join(kubelet.errors[-10:])
+
+
+@pytest.fixture
+def kube_namespace(kube_api: KubeClient) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    kube_api.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name
+    # The namespace controller deletes the contents; pods go through the kubelet's graceful path.
+    kube_api.delete(f"/api/v1/namespaces/{name}")
+
+
+def _raise_on_sigterm() -> SignalHandler:
+    """Turns SIGTERM into an exception so that the finalizers above still run."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, handler)
+    return previous
