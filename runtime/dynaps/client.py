@@ -276,29 +276,29 @@ class Table:
         keys = np.unique(keys)
         ps.lock.acquire()
         try:
-            wanted = keys[store.loc[keys] != ps.node]
-            store.loc[wanted] = INCOMING  # requests for these keys now wait on our node
+            where = store.loc[keys]
+            wanted = keys[where != ps.node]
+            incoming = store.loc[wanted] == INCOMING
+            fresh = wanted[~incoming] if incoming.any() else wanted
+            store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
         finally:
             ps.lock.release()
         ps.counters["keys_localized"] += len(wanted)
         if not len(wanted):
             return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
         handle = ps.new_handle(MsgType.LOCALIZE, self.name, wanted, None, len(wanted))
-        homes = ps.shard_map.home_of(wanted, self.num_keys)
+        if len(fresh) < len(wanted):
+            # Already on their way here: one localize per key may be in flight (a second
+            # one could be overtaken by the first's handoff), so ask our node to tell us
+            # when they have arrived instead.
+            waiting = wanted[incoming]
+            ps.send(ps.node, Message(MsgType.HANDOFF, ps.endpoint, ps.endpoint, handle.req_id,
+                                     self._index, len(waiting), aux=ps.node, keys=waiting))
+        homes = ps.shard_map.home_of(fresh, self.num_keys)
         for home, part in group_by(homes):
-            chosen = wanted if part is None else wanted[part]
-            ps.send(
-                home,
-                Message(
-                    MsgType.LOCALIZE,
-                    ps.endpoint,
-                    ps.endpoint,
-                    handle.req_id,
-                    self._index,
-                    len(chosen),
-                    keys=chosen,
-                ),
-            )
+            chosen = fresh if part is None else fresh[part]
+            ps.send(home, Message(MsgType.LOCALIZE, ps.endpoint, ps.endpoint, handle.req_id,
+                                  self._index, len(chosen), keys=chosen))
         if wait:
             handle.result()
             return None

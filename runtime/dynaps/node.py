@@ -117,6 +117,7 @@ class NodeServer:
             MsgType.HANDOFF: self._on_handoff,
             MsgType.TRANSFER: self._on_transfer,
             MsgType.RELEASE: self._on_release,
+            MsgType.LOCALIZED: self._on_released,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -280,6 +281,10 @@ class NodeServer:
         """At the home: a node gives keys back (drain); the home becomes their owner again."""
         self._redirect(msg, self.me, make_incoming=True)
 
+    def _on_released(self, msg: Message) -> None:
+        """A home confirms that keys this node released are back (the end of a drain)."""
+        self.stats["keys_released"] += msg.count
+
     def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
         store = self.stores[msg.table]
         keys = msg.keys
@@ -366,12 +371,15 @@ class NodeServer:
             incoming = own[rest] == INCOMING
             if incoming.any():
                 self.pending[msg.table].append(subset(msg, rest[incoming], msg.sender, msg.hops))
-            if not incoming.all():
+            gone = int((~incoming).sum())
+            if gone and target == self.me:
+                # A client's "tell me when it is here": the key came and already moved on,
+                # so its localize is complete (and superseded by a later one).
+                self._localized(msg.requester, msg.req_id, msg.table, gone)
+            elif gone:
                 # The home thought we own keys that never came: a protocol bug, not load.
-                self.stats["anomalies"] += int((~incoming).sum())
-                log.error(
-                    "node %d: handoff of %d keys it neither owns nor expects", self.me, int((~incoming).sum())
-                )
+                self.stats["anomalies"] += gone
+                log.error("node %d: handoff of %d keys it neither owns nor expects", self.me, gone)
 
     def _on_transfer(self, msg: Message) -> None:
         """At the new owner: take the values and state, then serve what waited for them."""

@@ -19,8 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import zmq
-
 from dynaps import control
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
@@ -35,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
+CHORES_INTERVAL = 0.1  # seconds between checks for an attaching client and the child
 
 
 def attach_address(token: str) -> str:
@@ -127,30 +126,34 @@ class NodeProcess:
 
     def run(self) -> int:
         assert self.server is not None
-        poller = zmq.Poller()
-        poller.register(self.transport.inbox, zmq.POLLIN)
-        if self.attach_server is not None:
-            poller.register(self.attach_server.fileno(), zmq.POLLIN)
+        next_chores = 0.0
         while not self.stop.is_set():
-            events = dict(poller.poll(100))
-            if self.transport.inbox in events:
+            frames = self.transport.recv(timeout=CHORES_INTERVAL)
+            if frames is not None:
+                self._handle(frames)
                 self._drain_inbox()
-            if self.attach_server is not None and self.attach_server.fileno() in events:
-                self._accept_client()
-            self._watch_child()
+            now = time.monotonic()
+            if now >= next_chores:  # rare duties, off the request path
+                next_chores = now + CHORES_INTERVAL
+                if self.attach_server is not None:
+                    self._accept_client()
+                self._watch_child()
         return self.exit_code
 
-    def _drain_inbox(self) -> None:
+    def _handle(self, frames: list[Any]) -> None:
         assert self.server is not None
+        msg = self.server.receive(frames)
+        if msg is not None:
+            self._on_control(msg)
+
+    def _drain_inbox(self) -> None:
         for _ in range(10_000):  # bounded, so a flood cannot starve the other duties
+            if self.stop.is_set():
+                return
             frames = self.transport.recv_nowait()
             if frames is None:
                 return
-            msg = self.server.receive(frames)
-            if msg is not None:
-                self._on_control(msg)
-                if self.stop.is_set():
-                    return
+            self._handle(frames)
 
     def _on_control(self, msg: Message) -> None:
         assert self.server is not None
@@ -184,8 +187,6 @@ class NodeProcess:
 
     def _accept_client(self) -> None:
         assert self.attach_server is not None and self.server is not None
-        if self.client_pid is not None:
-            log.error("node %d: a second process tried to attach; only one may", self.node_id)
         fds: list[int] = []
         tables = []
         for store in self.server.stores:
@@ -208,6 +209,9 @@ class NodeProcess:
             return
         pid = int(hello.get("pid", 0))
         self.client_pid = pid
+        # One training process per worker node: stop listening, so a second one is refused.
+        self.attach_server.close()
+        self.attach_server = None
         if isinstance(self.lock, SharedLock):
             self.lock.recover_when_dead(lambda: pid_alive(pid))
             self.lock.unlink()

@@ -32,6 +32,7 @@ from dynaps.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_DEFERRED = 100_000
+ZERO_COPY_BYTES = 1 << 16
 
 
 class Transport(Protocol):
@@ -92,8 +93,7 @@ class ZmqTransport:
         self._peers: dict[int, zmq.Socket[Any]] = {}
         self._addresses: dict[int, str] = {}
         self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
-        self._poller = zmq.Poller()
-        self._poller.register(self.inbox, zmq.POLLIN)
+        self._timeout = -1
 
     def connect(self, endpoint: int, address: str) -> None:
         if self._addresses.get(endpoint) == address:
@@ -128,18 +128,30 @@ class ZmqTransport:
             # Copy: the caller may reuse the arrays once send() returns.
             held.append([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
             return
-        sock.send_multipart(frames, copy=False)
+        if not any(getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES for f in frames):
+            sock.send_multipart(frames)
+            return
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            # Zero-copy pays only for large frames: below this, pyzmq's Frame bookkeeping
+            # costs more than the memcpy it saves.
+            big = getattr(frame, "nbytes", 0) >= ZERO_COPY_BYTES
+            sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
 
     def recv(self, timeout: float | None = None) -> list[Any] | None:
-        if timeout is not None and not self._poller.poll(max(0, int(timeout * 1000))):
-            return None
-        return self.inbox.recv_multipart(copy=False)
-
-    def recv_nowait(self) -> list[Any] | None:
+        wanted = -1 if timeout is None else max(0, int(timeout * 1000))
+        if wanted != self._timeout:
+            self.inbox.setsockopt(zmq.RCVTIMEO, wanted)
+            self._timeout = wanted
         try:
-            return self.inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            return self.inbox.recv_multipart()
         except zmq.Again:
             return None
+
+    def recv_nowait(self) -> list[Any] | None:
+        if not self.inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return None
+        return self.inbox.recv_multipart()
 
     def close(self, linger: float = 0.0) -> None:
         for endpoint in list(self._peers):
