@@ -7,6 +7,7 @@ The script is the one source of truth for versions and the cache location, so th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,10 +32,11 @@ def find_bin_dir() -> Path:
     )
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        detail = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
+        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        detail = re.sub(r"^\[k8s-binaries [0-9:]+\] |\s*\(run scripts/k8s-binaries.sh\)$", "", last)
         raise BinariesMissingError(
-            f"Kubernetes test binaries are missing: {detail[0]}. "
-            "Run scripts/k8s-binaries.sh (or `make k8s-binaries`) once; it builds them into a cache."
+            f"Kubernetes test binaries unavailable ({detail}): "
+            "run scripts/k8s-binaries.sh (or `make k8s-binaries`) once; it builds them into a cache"
         )
     bin_dir = Path(lines[-1])
     absent = [name for name in NAMES if not os.access(bin_dir / name, os.X_OK)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,8 +84,24 @@ def kube_control_plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(kube_control_plane: ControlPlane) -> Path:
-    return kube_control_plane.kubeconfig
+def kubeconfig(kube_control_plane: ControlPlane) -> Iterator[Path]:
+    """Also exported as KUBECONFIG for the rest of the session, for code that finds its cluster
+    on its own (kopf's login, kubectl, helm). The kubernetes client reads KUBECONFIG once, at import,
+    so its default is updated too."""
+    path = str(kube_control_plane.kubeconfig)
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = path
+    client_config = sys.modules.get("kubernetes.config.kube_config")
+    client_default = getattr(client_config, "KUBE_CONFIG_DEFAULT_LOCATION", None)
+    if client_config is not None:
+        vars(client_config)["KUBE_CONFIG_DEFAULT_LOCATION"] = path
+    yield kube_control_plane.kubeconfig
+    if client_config is not None:
+        vars(client_config)["KUBE_CONFIG_DEFAULT_LOCATION"] = client_default
+    if previous is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -115,12 +132,13 @@ def kube_namespace(kube_api: KubeClient) -> Iterator[str]:
 
 
 def _raise_on_sigterm() -> SignalHandler:
-    """Turns SIGTERM into an exception so that the finalizers above still run."""
+    """Turns SIGTERM into KeyboardInterrupt: pytest then stops the run as on Ctrl-C and still runs
+    the finalizers above (SystemExit would only fail the current test)."""
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_DFL:
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            raise SystemExit(128 + signum)
+            raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, handler)
     return previous

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from kopf.testing import KopfRunner
 
 from tests.kube import procs
 from tests.kube.binaries import REPO_ROOT
@@ -125,23 +126,65 @@ time.sleep(600)
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
 def test_nothing_survives_a_killed_test_process(k8s_bin_dir: Path, sig: signal.Signals) -> None:
     """A test run killed outright leaves no process (pdeathsig); the next session removes its folder."""
     script = CHILD.format(repo=str(REPO_ROOT), bin_dir=str(k8s_bin_dir))
     child = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
+    root: Path | None = None
     try:
         assert child.stdout is not None
         root = Path(child.stdout.readline().strip())
         assert root.is_dir()
         assert procs.processes_marked(root), "the child's control plane should run"
-    finally:
         os.kill(child.pid, sig)
         child.wait(30)
+        wait_for(
+            lambda: not procs.processes_marked(root), 15, "control-plane processes to die with their parent"
+        )
+        procs.reap_stale_roots()
+        assert not root.exists()
+    finally:
+        # Also when this test itself is interrupted: leave nothing of the child behind.
+        if child.poll() is None:
+            child.kill()
+            child.wait()
         if child.stdout is not None:
             child.stdout.close()
-    wait_for(lambda: not procs.processes_marked(root), 15, "control-plane processes to die with their parent")
-    procs.reap_stale_roots()
-    assert not root.exists()
+        if root is not None and root.exists():
+            procs.remove_root(root)
+
+
+KOPF_OPERATOR = """
+import kopf
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    settings.watching.server_timeout = 10
+    settings.posting.enabled = False
+
+@kopf.on.create("v1", "configmaps")
+def created(patch: kopf.Patch, **_: object) -> None:
+    patch.metadata.annotations["dynaps.io/seen-by"] = "kopf"
+"""
+
+
+@pytest.mark.e2e
+def test_kopf_logs_in_with_the_session_kubeconfig(
+    kubeconfig: Path, kube_api: KubeClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    """The way the operator's e2e tests will run it: in a thread, finding the cluster via KUBECONFIG."""
+    operator = tmp_path / "operator.py"
+    operator.write_text(KOPF_OPERATOR)
+    cm = namespaced("configmaps", kube_namespace, "watched")
+
+    def seen() -> str | None:
+        annotations = kube_api.get(cm)["metadata"].get("annotations") or {}
+        return annotations.get("dynaps.io/seen-by")
+
+    with KopfRunner(["run", "--standalone", "-n", kube_namespace, str(operator)]) as runner:
+        kube_api.create(namespaced("configmaps", kube_namespace), {"metadata": {"name": "watched"}})
+        assert wait_for(seen, 30, "kopf to annotate the ConfigMap") == "kopf"
+    assert runner.exit_code == 0, runner.output
