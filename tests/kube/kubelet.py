@@ -178,6 +178,20 @@ class ProcessKubelet:
                 return run.dir
         raise KeyError(f"no pod {namespace}/{name} on {self.node_name}")
 
+    def signal_pod(
+        self, namespace: str, name: str, sig: signal.Signals, container: str | None = None
+    ) -> None:
+        """Sends a signal to a pod's running containers, as a crash or an OOM kill would (no API
+        call: the kubelet only notices the exit, like a real one)."""
+        for run in list(self.runs.values()):
+            if (run.namespace, run.name) != (namespace, name):
+                continue
+            for c in run.containers:
+                if c.proc is not None and container in (None, c.name):
+                    procs.signal_group(c.proc, sig)
+            return
+        raise KeyError(f"no pod {namespace}/{name} on {self.node_name}")
+
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
         """The output of a container (the first one by default), like `kubectl logs`."""
         folder = self.pod_dir(namespace, name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -360,3 +362,55 @@ def test_pod_resolves_headless_service_and_connects(
     assert out["reply"] == "hello from server-0"
     ready = wait_phase(kube_api, ns, "server", "Running")
     assert {c["type"]: c["status"] for c in ready["status"]["conditions"]}["Ready"] == "True"
+
+
+@pytest.mark.e2e
+def test_init_container_http_readiness_and_a_killed_container(
+    kube_api: KubeClient, process_kubelet: ProcessKubelet, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    init = "import pathlib; pathlib.Path('/tmp/dynaps-kubelet-init/msg').write_text('prepared')"
+    server = (
+        "import http.server, os, pathlib\n"
+        "msg = pathlib.Path('/tmp/dynaps-kubelet-init/msg').read_bytes()\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(msg)\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer((os.environ['POD_IP'], 8080), H).serve_forever()\n"
+    )
+    mount = [{"name": "shared", "mountPath": "/tmp/dynaps-kubelet-init"}]
+    spec = pod(
+        "web",
+        server,
+        initContainers=[
+            {"name": "prepare", "image": "x", "command": [PY, "-c", init], "volumeMounts": mount}
+        ],
+        volumes=[{"name": "shared", "emptyDir": {}}],
+        container={
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "volumeMounts": mount,
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+        },
+    )
+    kube_api.create(namespaced("pods", ns), spec)
+
+    def ready() -> JsonDict | None:
+        p = get_pod(kube_api, ns, "web")
+        conditions = {c["type"]: c["status"] for c in (p or {}).get("status", {}).get("conditions", [])}
+        return p if conditions.get("Ready") == "True" else None
+
+    p = wait_for(ready, 30, "the readiness probe to pass")
+    init_status = p["status"]["initContainerStatuses"][0]
+    assert init_status["state"]["terminated"]["exitCode"] == 0
+    # The test process reaches the pod at its pod IP.
+    conn = http.client.HTTPConnection(p["status"]["podIP"], 8080, timeout=5)
+    try:
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"prepared"
+    finally:
+        conn.close()
+    process_kubelet.signal_pod(ns, "web", signal.SIGKILL)
+    failed = wait_phase(kube_api, ns, "web", "Failed", "Succeeded")
+    terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (failed["status"]["phase"], terminated["exitCode"]) == ("Failed", 137)
