@@ -546,7 +546,7 @@ class ProcessKubelet:
                 path.touch()
             else:
                 path.mkdir()
-            procs.record_created_dir(self.root, path)
+            procs.record_created_path(self.root, path)
 
     def _container_env(self, run: PodRun, pod: JsonDict, spec: JsonDict) -> dict[str, str]:
         env: dict[str, str] = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}

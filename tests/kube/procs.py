@@ -23,7 +23,7 @@ from pathlib import Path
 MARKER_ENV = "DYNAPS_KUBE_ROOT"
 ROOT_PREFIX = "dynaps-kube-"
 OWNER_FILE = "owner.pid"
-CREATED_DIRS_FILE = "created-dirs"
+CREATED_DIRS_FILE = "created-paths"
 
 
 def make_root() -> Path:
@@ -97,7 +97,7 @@ def kill_marked(root: Path, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def record_created_dir(root: Path, path: Path) -> None:
+def record_created_path(root: Path, path: Path) -> None:
     with (root / CREATED_DIRS_FILE).open("a") as f:
         f.write(f"{path}\n")
 
@@ -107,10 +107,14 @@ def remove_root(root: Path) -> None:
     kill_marked(root)
     created = root / CREATED_DIRS_FILE
     if created.exists():
-        # Deepest first; rmdir only removes folders that are still empty.
-        for line in sorted(set(created.read_text().split()), key=len, reverse=True):
+        # Deepest first, and only what is still empty: mount points we made, never anything else.
+        for line in sorted(set(created.read_text().splitlines()), key=len, reverse=True):
+            path = Path(line)
             with contextlib.suppress(OSError):
-                Path(line).rmdir()
+                if path.is_dir():
+                    path.rmdir()
+                elif path.is_file() and path.stat().st_size == 0:
+                    path.unlink()
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -48,6 +49,11 @@ def wait_phase(api: KubeClient, ns: str, name: str, *phases: str, timeout: float
         return p if p and p.get("status", {}).get("phase") in phases else None
 
     return wait_for(check, timeout, f"pod {ns}/{name} in phase {phases}")
+
+
+def _ready(p: JsonDict | None) -> bool:
+    conditions = (p or {}).get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def container_pid(p: JsonDict) -> int:
@@ -161,6 +167,11 @@ def test_env_downward_api_configmap_secret_and_volume(
         "keys = ['GREETING', 'POD_NAME', 'POD_NAMESPACE', 'POD_IP', 'MODE', 'TOKEN', 'COMBINED']\n"
         "out = {k: os.environ.get(k) for k in keys}\n"
         "out['file'] = open('/etc/dynaps-kubelet-test/config.json').read()\n"
+        "out['subPath'] = open('/etc/dynaps-kubelet-mode').read()\n"
+        "try:\n"
+        "    open('/etc/dynaps-kubelet-test/x', 'w')\n"
+        "except OSError as e:\n"
+        "    out['readOnly'] = e.errno\n"
         "out['hostname'] = socket.gethostname()\n"
         "print(json.dumps(out))\n"
     )
@@ -180,7 +191,10 @@ def test_env_downward_api_configmap_secret_and_volume(
             script,
             container={
                 "env": env,
-                "volumeMounts": [{"name": "cfg", "mountPath": "/etc/dynaps-kubelet-test", "readOnly": True}],
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/etc/dynaps-kubelet-test", "readOnly": True},
+                    {"name": "cfg", "mountPath": "/etc/dynaps-kubelet-mode", "subPath": "mode"},
+                ],
             },
             volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}],
         ),
@@ -200,6 +214,8 @@ def test_env_downward_api_configmap_secret_and_volume(
         "TOKEN": "s3cret",
         "COMBINED": f"hello@{ip}",
         "file": '{"k": 1}',
+        "subPath": "fast",
+        "readOnly": errno.EROFS,
         "hostname": "echo",
     }
     status = done["status"]["containerStatuses"][0]
@@ -278,12 +294,16 @@ def test_deletion_sends_sigterm_then_sigkill_after_grace(
     )
     polite = "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
     kube_api.create(namespaced("pods", ns), pod("stubborn", stubborn, terminationGracePeriodSeconds=2))
-    kube_api.create(namespaced("pods", ns), pod("polite", polite, terminationGracePeriodSeconds=30))
+    # An exec readiness probe runs inside the container's namespaces (it sees the pod's hostname).
+    probe = {"exec": {"command": ["sh", "-c", 'test "$(hostname)" = polite']}, "periodSeconds": 1}
+    polite_pod = pod("polite", polite, terminationGracePeriodSeconds=30, container={"readinessProbe": probe})
+    kube_api.create(namespaced("pods", ns), polite_pod)
     pids = {}
     for name in ("stubborn", "polite"):
         running = wait_phase(kube_api, ns, name, "Running")
         pids[name] = container_pid(running)
         wait_for(lambda n=name: "up" in process_kubelet.logs(ns, n), 10, f"{name} prints up")  # type: ignore[misc]
+    wait_for(lambda: _ready(get_pod(kube_api, ns, "polite")), 15, "the exec readiness probe to pass")
     started = time.monotonic()
     kube_api.delete(namespaced("pods", ns, "stubborn"))
     kube_api.delete(namespaced("pods", ns, "polite"))
