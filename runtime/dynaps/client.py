@@ -592,7 +592,7 @@ class PS:
             if msg.count > handle.remaining:
                 raise ProtocolError(f"reply acknowledges {msg.count} keys, {handle.remaining} pending")
             positions = msg.positions
-            if positions is not None and len(positions) and int(positions.max()) >= len(handle.keys or ()):
+            if positions is not None and len(positions) and int(positions.max()) >= _size(handle.keys):
                 raise ProtocolError("reply positions outside the request")
             if kind is MsgType.PULL_REPLY:
                 assert handle.out is not None and msg.values is not None
@@ -623,6 +623,10 @@ class PS:
     def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
         """A forwarded reply names the keys' current owner: remember it for next time."""
         assert handle.keys is not None
+        if owner == self.node:
+            # Our own node served it, but may have handed the keys on since; only the
+            # node itself may ever write its own id (that means "owned here").
+            return
         keys = handle.keys[positions]
         loc = self.stores[table].loc
         self.lock.acquire()
@@ -632,6 +636,10 @@ class PS:
             loc[keys[stale]] = owner
         finally:
             self.lock.release()
+
+
+def _size(keys: Keys | None) -> int:
+    return 0 if keys is None else len(keys)
 
 
 def _attach_retrying(address: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float) -> PS:

@@ -85,7 +85,7 @@ def group_by(dests: npt.NDArray[Any]) -> list[tuple[int, Index | None]]:
     order = np.argsort(dests, kind="stable")
     ordered = dests[order]
     cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    return [(int(ordered[part[0]]), part) for part in np.split(order, cuts)]
+    return [(int(dests[part[0]]), part) for part in np.split(order, cuts)]
 
 
 class NodeServer:

@@ -3,8 +3,9 @@
 Five NodeServers (two servers, three workers) exchange real encoded messages through a
 simulated network that keeps each sender->receiver channel FIFO (as ZeroMQ does) but
 delivers across channels in an order Hypothesis chooses.  Workers' training processes
-are emulated exactly as the client does it: local keys are updated in place, other
-requests go to the cached owner (or the worker's own node while a key is incoming).
+are real :class:`~dynaps.client.PS` objects sharing their node's store, issuing one
+operation at a time (synchronous semantics) with ``wait=False`` so the test can deliver
+their messages.
 
 Invariants checked at quiescence: every key is owned by exactly one node and is nowhere
 in transfer; its value equals the number of increments pushed; every request got exactly
@@ -21,9 +22,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynaps.contract import NamedTable
+from dynaps.client import PS, Handle
+from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.node import NodeServer
-from dynaps.protocol import Message, MsgType, client_of, decode, encode, node_of
+from dynaps.protocol import Message, MsgType, client_of, encode, node_of
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock
 from dynaps.store import INCOMING, TableStore
@@ -67,110 +69,81 @@ class SimTransport:
     def close(self, linger: float = 0.0) -> None: ...
 
 
-@dataclass
-class Request:
-    kind: MsgType
-    keys: np.ndarray
-    remaining: int
-    values: np.ndarray | None = None
-
-
 class Cluster:
+    """Two servers and three worker nodes; each worker's training process is a real ``PS``."""
+
     def __init__(self) -> None:
         self.network = Network()
-        spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
+        self.spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
         self.shard_map = ShardMap.initial(4, "range", SERVERS)
         self.nodes: dict[int, NodeServer] = {}
         everyone = set(SERVERS + WORKERS) | {client_of(w) for w in WORKERS}
         for node in SERVERS + WORKERS:
             store = TableStore.create(
-                0, spec, self.shard_map, home=node if node in SERVERS else None, shared=False
+                0, self.spec, self.shard_map, home=node if node in SERVERS else None, shared=False
             )
             server = NodeServer(node, SimTransport(self.network, node), [store], self.shard_map, NullLock())
             server.peers |= everyone
             self.nodes[node] = server
-        self.clients = {w: SimTransport(self.network, client_of(w)) for w in WORKERS}
-        self.requests: dict[int, dict[int, Request]] = {w: {} for w in WORKERS}
-        self.next_id = 1
+        config = RuntimeConfig(tables=[self.spec], servers=len(SERVERS), workers=len(WORKERS))
+        self.clients: dict[int, PS] = {}
+        for rank, worker in enumerate(WORKERS):
+            # The training process shares its node's store, exactly as through shared memory.
+            ps = PS(config, worker, rank, [self.store(worker)], NullLock(),  # type: ignore[arg-type]
+                    SimTransport(self.network, client_of(worker)))  # type: ignore[arg-type]
+            ps.shard_map = self.shard_map
+            self.clients[worker] = ps
+        self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}
         self.pushed = np.zeros(NUM_KEYS)
         self.last_seen = {w: np.zeros(NUM_KEYS) for w in WORKERS}
 
     def store(self, node: int) -> TableStore:
         return self.nodes[node].stores[0]
 
-    # ---------------------------------------------------------------- emulated client
+    # ---------------------------------------------------------------- operations
 
-    def _dest(self, worker: int, key: int) -> int:
-        owner = int(self.store(worker).loc[key])
-        return worker if owner == INCOMING else owner
-
-    def push(self, worker: int, key: int) -> None:
-        store = self.store(worker)
-        self.pushed[key] += 1
-        if store.loc[key] == worker:
-            store.values[key] += 1
+    def start(self, op: str, worker: int, keys: list[int]) -> None:
+        """Issue ``op`` from ``worker`` unless it waits for its previous (synchronous) one."""
+        if worker in self.busy:
             return
-        self._request(worker, MsgType.PUSH, key, np.ones((1, 1), dtype=np.float32))
+        table = self.clients[worker].table("W")
+        key_array = np.asarray(keys, dtype=np.int64)
+        if op == "push":
+            np.add.at(self.pushed, key_array, 1)
+            handle = table.push(key_array, np.ones((len(keys), 1)), wait=False)
+        elif op == "pull":
+            handle = table.pull(key_array, wait=False)
+        else:
+            handle = table.localize(key_array, wait=False)
+        assert handle is not None
+        self.busy[worker] = (op, handle, key_array)
+        self._finish(worker)
 
-    def pull(self, worker: int, key: int) -> None:
-        store = self.store(worker)
-        if store.loc[key] == worker:
-            self._observe(worker, key, float(store.values[key, 0]))
+    def _finish(self, worker: int) -> None:
+        op, handle, keys = self.busy[worker]
+        if not handle.done():
             return
-        self._request(worker, MsgType.PULL, key, None)
-
-    def localize(self, worker: int, key: int) -> None:
-        store = self.store(worker)
-        if store.loc[key] == worker:
-            return
-        req_id = self._new_request(worker, MsgType.LOCALIZE, key)
-        keys = np.array([key], dtype=np.int64)
-        if store.loc[key] == INCOMING:  # already requested: ask our node to tell us when it is here
-            msg = Message(MsgType.HANDOFF, client_of(worker), client_of(worker), req_id, 0, 1, aux=worker,
-                          keys=keys)
-            self.clients[worker].send(worker, encode(msg))
-            return
-        store.loc[key] = INCOMING
-        home = int(self.shard_map.home_of(keys, NUM_KEYS)[0])
-        msg = Message(MsgType.LOCALIZE, client_of(worker), client_of(worker), req_id, 0, 1, keys=keys)
-        self.clients[worker].send(home, encode(msg))
-
-    def _new_request(self, worker: int, kind: MsgType, key: int) -> int:
-        req_id = self.next_id
-        self.next_id += 1
-        self.requests[worker][req_id] = Request(kind, np.array([key]), 1)
-        return req_id
-
-    def _request(self, worker: int, kind: MsgType, key: int, values: np.ndarray | None) -> None:
-        req_id = self._new_request(worker, kind, key)
-        msg = Message(kind, client_of(worker), client_of(worker), req_id, 0, 1,
-                      keys=np.array([key], dtype=np.int64), values=values)
-        self.clients[worker].send(self._dest(worker, key), encode(msg))
-
-    def _observe(self, worker: int, key: int, value: float) -> None:
-        # Synchronous reads of one worker never go backwards (counters only grow).
-        assert value >= self.last_seen[worker][key], (worker, key, value, self.last_seen[worker][key])
-        self.last_seen[worker][key] = value
+        del self.busy[worker]
+        values = handle.result()
+        if op == "pull":
+            assert values is not None
+            for key, value in zip(keys, values[:, 0], strict=True):
+                # Synchronous reads of one worker never go backwards (counters only grow).
+                assert value >= self.last_seen[worker][key], (worker, key, value)
+                self.last_seen[worker][key] = value
 
     # ---------------------------------------------------------------- delivery
 
     def deliver(self, channel: tuple[int, int]) -> None:
-        source, dest = channel
+        _source, dest = channel
         frames = self.network.channels[channel].popleft()
         if dest in self.nodes:
             assert self.nodes[dest].receive(frames) is None
             return
         worker = node_of(dest)
-        msg = decode(frames, self.nodes[worker].layouts)
-        request = self.requests[worker][msg.req_id]
-        assert msg.type is not MsgType.ERROR, msg.text
-        assert msg.count <= request.remaining
-        if msg.type is MsgType.PULL_REPLY:
-            assert msg.values is not None
-            self._observe(worker, int(request.keys[0]), float(msg.values[0, 0]))
-        request.remaining -= msg.count
-        if request.remaining == 0:
-            del self.requests[worker][msg.req_id]
+        self.clients[worker]._receive(frames)
+        if worker in self.busy:
+            self._finish(worker)
 
     def settle(self, data: st.DataObject | None) -> None:
         while busy := sorted(self.network.busy()):
@@ -180,8 +153,9 @@ class Cluster:
     # ---------------------------------------------------------------- invariants
 
     def check(self) -> None:
-        for worker in WORKERS:
-            assert not self.requests[worker], f"unanswered requests of worker {worker}"
+        assert not self.busy, f"operations that never completed: {self.busy}"
+        for worker, ps in self.clients.items():
+            assert not ps._handles, f"worker {worker} has requests in flight"
         owners = np.zeros(NUM_KEYS, dtype=int)
         total = np.zeros(NUM_KEYS)
         for node, server in self.nodes.items():
@@ -205,9 +179,9 @@ class Cluster:
 
 
 OPS = st.tuples(
-    st.sampled_from(["push", "pull", "localize", "deliver"]),
+    st.sampled_from(["push", "pull", "localize", "deliver", "deliver"]),
     st.sampled_from(WORKERS),
-    st.integers(0, NUM_KEYS - 1),
+    st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=3),
 )
 
 
@@ -215,13 +189,13 @@ OPS = st.tuples(
 @given(ops=st.lists(OPS, min_size=1, max_size=60), data=st.data())
 def test_relocation_keeps_every_update_under_any_interleaving(ops: list[Any], data: st.DataObject) -> None:
     cluster = Cluster()
-    for op, worker, key in ops:
+    for op, worker, keys in ops:
         if op == "deliver":
             busy = sorted(cluster.network.busy())
             if busy:
                 cluster.deliver(data.draw(st.sampled_from(busy)))
         else:
-            getattr(cluster, op)(worker, key)
+            cluster.start(op, worker, keys)
     cluster.settle(data)
     cluster.check()
 
@@ -229,28 +203,33 @@ def test_relocation_keeps_every_update_under_any_interleaving(ops: list[Any], da
 def test_concurrent_localizes_of_one_key_chain() -> None:
     cluster = Cluster()
     for worker in WORKERS:
-        cluster.push(worker, 0)
-        cluster.localize(worker, 0)
-        cluster.push(worker, 0)
+        cluster.start("push", worker, [0])
+        cluster.settle(None)
+    for worker in WORKERS:
+        cluster.start("localize", worker, [0])
     cluster.settle(None)
+    for worker in WORKERS:
+        cluster.start("push", worker, [0])
+        cluster.settle(None)
     cluster.check()
-    assert cluster.store(WORKERS[-1]).loc[0] == WORKERS[-1], "the last localize wins"
-    assert cluster.store(WORKERS[-1]).values[0, 0] == 6
+    assert sum(cluster.store(w).loc[0] == w for w in WORKERS) == 1
+    assert sum(cluster.store(n).values[0, 0] for n in SERVERS + WORKERS if cluster.store(n).loc[0] == n) == 6
 
 
 def test_handoff_that_overtakes_the_transfer_waits_for_it() -> None:
     cluster = Cluster()
     first, second, third = WORKERS
     home = int(cluster.shard_map.home_of(np.array([0]), NUM_KEYS)[0])
-    cluster.localize(first, 0)
+    cluster.start("localize", first, [0])
     cluster.settle(None)
-    cluster.localize(second, 0)
+    cluster.start("localize", second, [0])
     cluster.deliver((client_of(second), home))  # home: HANDOFF(0 -> second) to first
-    cluster.localize(third, 0)
+    cluster.start("localize", third, [0])
     cluster.deliver((client_of(third), home))  # home: HANDOFF(0 -> third) to second
     cluster.deliver((home, second))  # second does not have key 0 yet: it must wait
     assert cluster.nodes[second].pending[0], "the early handoff was not queued"
-    cluster.push(third, 0)
+    cluster.settle(None)
+    cluster.start("push", third, [0])
     cluster.settle(None)
     cluster.check()
     assert cluster.store(third).loc[0] == third
@@ -260,9 +239,9 @@ def test_handoff_that_overtakes_the_transfer_waits_for_it() -> None:
 def test_release_returns_keys_to_their_home() -> None:
     cluster = Cluster()
     worker = WORKERS[0]
-    for key in range(NUM_KEYS):
-        cluster.localize(worker, key)
-        cluster.push(worker, key)
+    cluster.start("localize", worker, list(range(NUM_KEYS)))
+    cluster.settle(None)
+    cluster.start("push", worker, list(range(NUM_KEYS)))
     cluster.settle(None)
     assert (cluster.store(worker).loc == worker).all()
     for server in SERVERS:
@@ -273,3 +252,4 @@ def test_release_returns_keys_to_their_home() -> None:
     cluster.check()
     assert not (cluster.store(worker).loc == worker).any()
     assert cluster.nodes[worker].stats["keys_sent"] == NUM_KEYS
+    assert cluster.nodes[worker].stats["keys_released"] == NUM_KEYS

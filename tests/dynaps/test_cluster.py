@@ -1,0 +1,197 @@
+"""Real processes on 127.0.0.1: consistency while keys move, local access, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import dynaps
+
+pytestmark = pytest.mark.integration
+
+NUM_KEYS = 1000
+
+
+def hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
+    """Push unit increments to random keys, localize random keys, pull; count what was pushed."""
+    rng = np.random.default_rng(seed + ps.rank)
+    W = ps.table("W")
+    pushed = np.zeros(NUM_KEYS, dtype=np.int64)
+    handles = []
+    for step in range(rounds):
+        keys = rng.integers(0, NUM_KEYS, size=int(rng.integers(1, 40)))
+        np.add.at(pushed, keys, 1)
+        ones = np.ones((len(keys), W.dim), dtype=np.float32)
+        if step % 3 == 0:
+            handles.append(W.push(keys, ones, wait=False))
+        else:
+            W.push(keys, ones)
+        if step % 4 == 1:
+            W.localize(rng.integers(0, NUM_KEYS, size=int(rng.integers(1, 30))), wait=step % 8 == 1)
+        if step % 5 == 2:
+            values = W.pull(rng.integers(0, NUM_KEYS, size=20))
+            assert values.shape == (20, W.dim)
+    ps.wait_all()
+    for handle in handles:
+        assert handle.done()
+    ps.barrier()
+    return {"pushed": pushed, "stats": ps.stats()}
+
+
+def read_all(ps: dynaps.PS) -> np.ndarray:
+    return ps.table("W").pull(np.arange(NUM_KEYS))
+
+
+def test_no_update_is_lost_or_doubled_while_keys_move(cluster: dynaps.LocalCluster) -> None:
+    before = cluster.run(read_all)[0]
+    results = cluster.run(hammer, 7, 300)
+    pushed = sum(r["pushed"] for r in results)
+    assert pushed.sum() > 10_000
+    assert sum(r["stats"]["keys_localized"] for r in results) > 500, "keys hardly moved"
+    for values in cluster.run(read_all):  # every worker sees the same, complete counts
+        np.testing.assert_array_equal(values - before, np.repeat(pushed[:, None], 4, axis=1))
+
+
+def own_writes_and_monotonic_reads(ps: dynaps.PS, rounds: int) -> int:
+    """Each worker increments its own column; its synchronous reads see them, in order."""
+    W = ps.table("W")
+    rng = np.random.default_rng(ps.rank)
+    keys = np.arange(0, 50)
+    mine = np.zeros(50)
+    last = W.pull(keys)
+    column = ps.rank % W.dim
+    update = np.zeros((len(keys), W.dim), dtype=np.float32)
+    update[:, column] = 1
+    checks = 0
+    for _ in range(rounds):
+        W.push(keys, update)
+        mine += 1
+        if rng.random() < 0.5:
+            W.localize(rng.choice(keys, size=10, replace=False))
+        now = W.pull(keys)
+        assert (now >= last).all(), "a synchronous pull went backwards"
+        assert (now[:, column] >= mine).all(), "a pull missed this worker's own earlier push"
+        last = now
+        checks += 1
+    ps.barrier()
+    return checks
+
+
+def test_pulls_are_monotonic_and_read_own_writes_while_keys_move() -> None:
+    tables = {"W": dynaps.TableSpec(num_keys=100, dim=4)}
+    with dynaps.LocalCluster(servers=1, workers=3, tables=tables) as cluster:
+        assert cluster.run(own_writes_and_monotonic_reads, 150) == [150, 150, 150]
+        final = cluster.run(pull_first_keys)[0]
+        # worker ranks 0..2 each pushed 150 to their own column on keys 0..49
+        np.testing.assert_array_equal(final[:, :3], np.full((50, 3), 150.0))
+
+
+def pull_first_keys(ps: dynaps.PS) -> np.ndarray:
+    return ps.table("W").pull(np.arange(50))
+
+
+def localized_pulls_are_local(ps: dynaps.PS) -> dict[str, Any]:
+    W = ps.table("W")
+    keys = np.arange(200 * ps.rank, 200 * ps.rank + 100)
+    W.localize(keys)
+    node_before = ps.node_stats()
+    client_before = ps.stats()
+    for _ in range(20):
+        W.pull(keys)
+        W.push(keys, np.ones((len(keys), W.dim)))
+    client_after = ps.stats()
+    node_after = ps.node_stats()
+    ps.barrier()
+    return {
+        "remote": client_after["keys_pulled_remote"] - client_before["keys_pulled_remote"],
+        "local": client_after["keys_pulled_local"] - client_before["keys_pulled_local"],
+        "pushed_remote": client_after["keys_pushed_remote"] - client_before["keys_pushed_remote"],
+        "node_messages": node_after["messages"] - node_before["messages"],
+        "owned": node_after["owned_keys"],
+    }
+
+
+def test_pulls_after_localize_are_served_locally(cluster: dynaps.LocalCluster) -> None:
+    for result in cluster.run(localized_pulls_are_local):
+        assert result["remote"] == 0
+        assert result["pushed_remote"] == 0
+        assert result["local"] == 2000
+        assert result["owned"] >= 100
+        # only the STATS request itself reached the node: no data message
+        assert result["node_messages"] == 1
+
+
+def test_errors_name_the_problem(cluster: dynaps.LocalCluster) -> None:
+    messages = cluster.run(misuse)[0]
+    assert "no table named 'missing'" in messages["table"]
+    assert "outside table 'W'" in messages["range"]
+    assert "shape (2, 4)" in messages["shape"]
+    assert "must be numbers" in messages["dtype"]
+    assert "must be integers" in messages["keytype"]
+
+
+def misuse(ps: dynaps.PS) -> dict[str, str]:
+    W = ps.table("W")
+    found = {}
+    attempts = {
+        "table": lambda: ps.table("missing"),
+        "range": lambda: W.pull([0, 1, NUM_KEYS]),
+        "shape": lambda: W.push([0, 1], np.ones((3, 4))),
+        "dtype": lambda: W.push([0], np.array([["a", "b", "c", "d"]])),
+        "keytype": lambda: W.pull([0.5]),
+    }
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+        except dynaps.UsageError as exc:
+            found[name] = str(exc)
+    return found
+
+
+def test_connect_outside_dynaps_explains_how_to_start() -> None:
+    os.environ.pop("DYNAPS_ATTACH", None)
+    with pytest.raises(dynaps.NotConnectedError, match="dynaps run"):
+        dynaps.connect()
+
+
+def failing(ps: dynaps.PS) -> None:
+    if ps.rank == 1:
+        raise RuntimeError("boom in rank 1")
+
+
+def test_an_exception_in_a_worker_is_reported_with_its_rank(cluster: dynaps.LocalCluster) -> None:
+    with pytest.raises(dynaps.ClusterError, match="rank 1") as info:
+        cluster.run(failing)
+    assert "boom in rank 1" in str(info.value)
+    assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"
+
+
+def test_shutdown_leaves_no_process_and_releases_every_port() -> None:
+    tables = {"W": dynaps.TableSpec(num_keys=100, dim=2)}
+    cluster = dynaps.LocalCluster(servers=2, workers=2, tables=tables)
+    pids = cluster.pids()
+    assert len(pids) == 7  # coordinator, 2 servers, 2 worker nodes, 2 runners
+    ports = {
+        conn.laddr.port
+        for pid in pids.values()
+        for conn in psutil.Process(pid).net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    assert len(ports) >= 6
+    cluster.run(read_all_small)
+    started = time.monotonic()
+    cluster.close()
+    assert time.monotonic() - started < 10
+    for name, pid in pids.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    listening = {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert not ports & listening, f"ports still bound: {ports & listening}"
+
+
+def read_all_small(ps: dynaps.PS) -> np.ndarray:
+    return ps.table("W").pull(np.arange(100))
