@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -106,6 +107,18 @@ class ControlPlane:
     # -- start and stop ----------------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> None:
+        try:
+            self._start(timeout)
+        except ControlPlaneError as e:
+            # A free port can be taken by someone else between our check and the bind; try once more
+            # with new ports and a fresh etcd.
+            if "address already in use" not in str(e):
+                raise
+            self.stop()
+            shutil.rmtree(self.root / "etcd", ignore_errors=True)
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         began = time.monotonic()
         deadline = began + timeout
         etcd_port, etcd_peer, self.port = free_port(), free_port(), free_port()
@@ -209,11 +222,10 @@ class ControlPlane:
             context.verify_mode = ssl.CERT_NONE
         last = "no answer"
         while time.monotonic() < deadline:
-            proc = self.processes[name]
-            if proc.poll() is not None:
-                raise ControlPlaneError(
-                    f"{name} exited with {proc.returncode}; log:\n{_tail(self.logs / f'{name}.log')}"
-                )
+            for component, proc in self.processes.items():
+                if proc.poll() is not None:
+                    log = _tail(self.logs / f"{component}.log")
+                    raise ControlPlaneError(f"{component} exited with {proc.returncode}; log:\n{log}")
             conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
             try:
                 conn.request("GET", path)

@@ -114,8 +114,8 @@ def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet
     if os.geteuid() != 0:
         unavailable("the process kubelet needs root (a mount namespace per container)")
     kubelet = ProcessKubelet(kube_control_plane.api, kube_control_plane.root)
-    kubelet.start()
     try:
+        kubelet.start()
         yield kubelet
     finally:
         kubelet.stop()

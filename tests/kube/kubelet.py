@@ -144,7 +144,6 @@ class PodRun:
     finished: bool = False  # Succeeded or Failed: no process runs any more
     deleted: bool = False
     last_status: JsonDict | None = None
-    volume_sources: dict[str, JsonDict] = field(default_factory=dict)
 
 
 class ProcessKubelet:
@@ -193,10 +192,16 @@ class ProcessKubelet:
         raise KeyError(f"no pod {namespace}/{name} on {self.node_name}")
 
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
-        """The output of a container (the first one by default), like `kubectl logs`."""
-        folder = self.pod_dir(namespace, name)
-        files = sorted(folder.glob(f"{container or '*'}.log"))
-        return files[0].read_text(errors="replace") if files else ""
+        """The output of a container (the first non-init one by default), like `kubectl logs`;
+        empty while the pod has not been started here, so that tests can poll it."""
+        for run in list(self.runs.values()):
+            if (run.namespace, run.name) != (namespace, name):
+                continue
+            for c in run.containers:
+                if c.name == container or (container is None and not c.init):
+                    return c.log.read_text(errors="replace") if c.log.exists() else ""
+            raise KeyError(f"pod {namespace}/{name} has no container {container}")
+        return ""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -327,7 +332,13 @@ class ProcessKubelet:
         for pod in pods:
             uid = pod["metadata"]["uid"]
             seen.add(uid)
-            self._sync_pod(pod, refresh_volumes)
+            try:
+                self._sync_pod(pod, refresh_volumes)
+            except ApiError as e:
+                # The pod (or its namespace) went away between the list and our call: the next
+                # tick sees that. Anything else is a real error.
+                if e.status not in (404, 409):
+                    raise
         for uid in [uid for uid in self.runs if uid not in seen]:
             # Force-deleted (grace 0) behind our back: nothing to report any more.
             self._kill_all(self.runs.pop(uid), signal.SIGKILL)

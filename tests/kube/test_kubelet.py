@@ -434,3 +434,31 @@ def test_init_container_http_readiness_and_a_killed_container(
     failed = wait_phase(kube_api, ns, "web", "Failed", "Succeeded")
     terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (failed["status"]["phase"], terminated["exitCode"]) == ("Failed", 137)
+
+
+@pytest.mark.e2e
+def test_configmap_volume_follows_updates(
+    kube_api: KubeClient, process_kubelet: ProcessKubelet, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    kube_api.create(namespaced("configmaps", ns), {"metadata": {"name": "live"}, "data": {"epoch": "1"}})
+    watcher = (
+        "import pathlib, time\n"
+        "p = pathlib.Path('/etc/dynaps-kubelet-live/epoch')\n"
+        "print('saw', p.read_text(), flush=True)\n"
+        "deadline = time.monotonic() + 30\n"
+        "while p.read_text() != '2' and time.monotonic() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        "raise SystemExit(0 if p.read_text() == '2' else 1)\n"
+    )
+    spec = pod(
+        "watcher",
+        watcher,
+        container={"volumeMounts": [{"name": "live", "mountPath": "/etc/dynaps-kubelet-live"}]},
+        volumes=[{"name": "live", "configMap": {"name": "live"}}],
+    )
+    kube_api.create(namespaced("pods", ns), spec)
+    wait_for(lambda: "saw 1" in process_kubelet.logs(ns, "watcher"), 20, "the pod to read epoch 1")
+    kube_api.patch(namespaced("configmaps", ns, "live"), {"data": {"epoch": "2"}})
+    done = wait_phase(kube_api, ns, "watcher", "Succeeded", "Failed")
+    assert done["status"]["phase"] == "Succeeded", process_kubelet.logs(ns, "watcher")
