@@ -173,7 +173,9 @@ def measure_remote(ps: Any, seconds: float, busy: bool) -> dict[str, float]:
     ps.barrier()
     key = OWNED_BY_1[:1].copy()
     remote_before = ps.stats()["keys_pulled_remote"]
-    result = {("remote_pull_1_busy_owner_s" if busy else "remote_pull_1_s"): timeit(lambda: W.pull(key), seconds)}
+    result = {
+        ("remote_pull_1_busy_owner_s" if busy else "remote_pull_1_s"): timeit(lambda: W.pull(key), seconds)
+    }
     assert ps.stats()["keys_pulled_remote"] > remote_before, "pull was not remote"
     ps.barrier()
     return result
@@ -260,24 +262,70 @@ def dynaps_figures(seconds: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------- report
 
 TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float], str, Callable[[float], bool]]] = [
-    ("local pull 1000 keys vs numpy gather", "throughput ratio",
-     lambda f: f["numpy_gather_1000_s"] / f["local_pull_1000_s"], ">= 0.50", lambda r: r >= 0.5),
+    (
+        "local pull 1000 keys vs numpy gather",
+        "throughput ratio",
+        lambda f: f["numpy_gather_1000_s"] / f["local_pull_1000_s"],
+        ">= 0.50",
+        lambda r: r >= 0.5,
+    ),
     ("local pull 1 key", "microseconds", lambda f: f["local_pull_1_s"] * 1e6, "<= 5 us", lambda r: r <= 5),
-    ("remote pull 1 key vs zmq round trip", "latency ratio",
-     lambda f: f["remote_pull_1_s"] / f["zmq_round_trip_s"], "<= 1.3", lambda r: r <= 1.3),
-    ("  ... while the owner's program is busy", "latency ratio",
-     lambda f: f["remote_pull_1_busy_owner_s"] / f["zmq_round_trip_s"], "<= 1.3", lambda r: r <= 1.3),
-    ("remote pull 100 keys", "keys/s", lambda f: 100 / f["remote_pull_100_s"], ">= 300,000",
-     lambda r: r >= 300_000),
-    ("localize 100 keys", "keys/s", lambda f: 100 / f["localize_100_s"], ">= 214,000", lambda r: r >= 214_000),
-    ("async window of 32", "ops/s", lambda f: 1 / f["async_window_32_op_s"], ">= 34,000", lambda r: r >= 34_000),
-    ("metadata per key (server)", "bytes", lambda f: f["metadata_bytes_per_key_server"], "<= 8", lambda r: r <= 8),
-    ("metadata per key (worker)", "bytes", lambda f: f["metadata_bytes_per_key_worker"], "<= 8", lambda r: r <= 8),
+    (
+        "remote pull 1 key vs zmq round trip",
+        "latency ratio",
+        lambda f: f["remote_pull_1_s"] / f["zmq_round_trip_s"],
+        "<= 1.3",
+        lambda r: r <= 1.3,
+    ),
+    (
+        "  ... while the owner's program is busy",
+        "latency ratio",
+        lambda f: f["remote_pull_1_busy_owner_s"] / f["zmq_round_trip_s"],
+        "<= 1.3",
+        lambda r: r <= 1.3,
+    ),
+    (
+        "remote pull 100 keys",
+        "keys/s",
+        lambda f: 100 / f["remote_pull_100_s"],
+        ">= 300,000",
+        lambda r: r >= 300_000,
+    ),
+    (
+        "localize 100 keys",
+        "keys/s",
+        lambda f: 100 / f["localize_100_s"],
+        ">= 214,000",
+        lambda r: r >= 214_000,
+    ),
+    (
+        "async window of 32",
+        "ops/s",
+        lambda f: 1 / f["async_window_32_op_s"],
+        ">= 34,000",
+        lambda r: r >= 34_000,
+    ),
+    (
+        "metadata per key (server)",
+        "bytes",
+        lambda f: f["metadata_bytes_per_key_server"],
+        "<= 8",
+        lambda r: r <= 8,
+    ),
+    (
+        "metadata per key (worker)",
+        "bytes",
+        lambda f: f["metadata_bytes_per_key_worker"],
+        "<= 8",
+        lambda r: r <= 8,
+    ),
 ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
     parser.add_argument("--quick", action="store_true", help="short measurements (a smoke run)")
     parser.add_argument("--out", default="bench/results/micro.json", help="where to write the JSON")
@@ -305,8 +353,13 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "pyzmq": zmq.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pyzmq": zmq.__version__,
+            "platform": platform.platform(),
+        },
         "table": {"num_keys": NUM_KEYS, "dim": DIM, "dtype": "float32"},
         "figures": figures,
         "targets": report,

@@ -40,7 +40,25 @@ _EXPORTS = {
     "ClusterError": "dynaps.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "PS",
+    "ClusterError",
+    "ConfigError",
+    "DynapsError",
+    "DynapsTimeoutError",
+    "Handle",
+    "InitSpec",
+    "KeyRangeError",
+    "LocalCluster",
+    "NotConnectedError",
+    "Table",
+    "TableSpec",
+    "UnknownTableError",
+    "UpdaterSpec",
+    "UsageError",
+    "connect",
+    "register_updater",
+]
 
 if TYPE_CHECKING:
     from dynaps.client import PS, Handle, Table, connect

@@ -9,15 +9,19 @@ dynaps coordinator | server | worker [-- COMMAND ...]   (what the job's pods run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import ValidationError
 
 from dynaps.contract import (
     Allocation,
@@ -175,8 +179,8 @@ def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[Runtim
     if updates:
         try:
             config = RuntimeConfig.model_validate({**config.model_dump(), **updates})
-        except ValueError as exc:
-            raise ConfigError(describe_validation_error(exc) if hasattr(exc, "errors") else str(exc)) from exc
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from exc
     return config, _local_command(command)
 
 
@@ -193,7 +197,11 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     from dynaps.launch import start_coordinator, start_node, stop_processes
 
     config, command = _job_from_args(args, command)
-    say = (lambda text: None) if args.quiet else (lambda text: print(f"[dynaps] {text}", file=sys.stderr))
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(f"[dynaps] {text}", file=sys.stderr, flush=True)
+
     env = {"DYNAPS_LOG_LEVEL": args.log_level.upper()}
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
@@ -214,10 +222,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
             if line and line != last:
                 say(line)
                 last = line
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
-            except Exception:  # noqa: S112 - TimeoutExpired: poll again
-                continue
         code = coordinator.returncode
     except KeyboardInterrupt:
         say("interrupted: stopping the job")

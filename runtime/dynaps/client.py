@@ -39,7 +39,6 @@ from dynaps.errors import (
     UnknownTableError,
     UsageError,
 )
-from dynaps.node import group_by
 from dynaps.protocol import (
     COORDINATOR,
     Message,
@@ -50,6 +49,7 @@ from dynaps.protocol import (
     decode,
     encode,
 )
+from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import SharedLock, attach
 from dynaps.store import INCOMING, TableStore
@@ -158,19 +158,21 @@ class Table:
                 else:
                     raise UsageError(f"keys for table {self.name!r} must be integers, got {keys.dtype}")
             keys = keys.astype(np.int64, copy=False)
-        n = len(keys)
+        checked: Keys = keys
+        n = len(checked)
         if n == 1:
             key = keys[0]
             if key < 0 or key >= self.num_keys:
                 raise KeyRangeError(
                     f"key {int(key)} is outside table {self.name!r}'s range [0, {self.num_keys})"
                 )
-        elif n and (keys.min() < 0 or keys.max() >= self.num_keys):
-            bad = keys[(keys < 0) | (keys >= self.num_keys)]
+        elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
+            bad = checked[(checked < 0) | (checked >= self.num_keys)]
             raise KeyRangeError(
-                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), e.g. {int(bad[0])}"
+                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
+                f"e.g. {int(bad[0])}"
             )
-        return keys
+        return checked
 
     def _rows(self, values: Any, n: int, what: str) -> Array:
         array = np.asarray(values)
@@ -292,13 +294,34 @@ class Table:
             # one could be overtaken by the first's handoff), so ask our node to tell us
             # when they have arrived instead.
             waiting = wanted[incoming]
-            ps.send(ps.node, Message(MsgType.HANDOFF, ps.endpoint, ps.endpoint, handle.req_id,
-                                     self._index, len(waiting), aux=ps.node, keys=waiting))
+            ps.send(
+                ps.node,
+                Message(
+                    MsgType.HANDOFF,
+                    ps.endpoint,
+                    ps.endpoint,
+                    handle.req_id,
+                    self._index,
+                    len(waiting),
+                    aux=ps.node,
+                    keys=waiting,
+                ),
+            )
         homes = ps.shard_map.home_of(fresh, self.num_keys)
         for home, part in group_by(homes):
             chosen = fresh if part is None else fresh[part]
-            ps.send(home, Message(MsgType.LOCALIZE, ps.endpoint, ps.endpoint, handle.req_id,
-                                  self._index, len(chosen), keys=chosen))
+            ps.send(
+                home,
+                Message(
+                    MsgType.LOCALIZE,
+                    ps.endpoint,
+                    ps.endpoint,
+                    handle.req_id,
+                    self._index,
+                    len(chosen),
+                    keys=chosen,
+                ),
+            )
         if wait:
             handle.result()
             return None
@@ -595,7 +618,8 @@ class PS:
             if positions is not None and len(positions) and int(positions.max()) >= _size(handle.keys):
                 raise ProtocolError("reply positions outside the request")
             if kind is MsgType.PULL_REPLY:
-                assert handle.out is not None and msg.values is not None
+                assert handle.out is not None
+                assert msg.values is not None
                 if positions is None:
                     handle.out[:] = msg.values
                 else:

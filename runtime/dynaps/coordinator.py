@@ -98,7 +98,7 @@ class Coordinator:
         phase = "running" if self.phase == "running" else self.phase
         return Membership(
             version=self.version,
-            phase=phase,  # type: ignore[arg-type]
+            phase=phase,
             nodes=[m.info() for m in sorted(self.members.values(), key=lambda m: m.id)],
             shard_map=self.shard_map.to_json(),
             num_workers=len(self.workers()),
@@ -308,6 +308,7 @@ class Coordinator:
                     "id": m.id,
                     "role": m.role,
                     "name": m.name,
+                    "address": m.address,
                     "rank": m.rank,
                     "ready": m.ready,
                     "attached": m.client is not None,
@@ -329,7 +330,7 @@ def new_nonce() -> str:
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
     """Run the coordinator process until the job ends; returns the job's exit code."""
-    host, _, port_text = config.coordinator.rpartition(":")
+    _host, _, port_text = config.coordinator.rpartition(":")
     transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
     coordinator = Coordinator(config, transport)
     http = StatusServer(

@@ -7,6 +7,7 @@ that runs on Kubernetes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -87,10 +88,8 @@ def stop_processes(procs: Iterable[Process], grace: float = 10.0) -> None:
     """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; reaps every process."""
     procs = [p for p in procs if p.poll() is None]
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     for proc in procs:
         try:

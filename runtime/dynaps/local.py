@@ -10,6 +10,7 @@ the network), so ``fn`` must be importable (defined at module level).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -19,7 +20,7 @@ import traceback
 import urllib.request
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from dynaps.contract import (
     Allocation,
@@ -101,10 +102,11 @@ class Job:
         }
         if not pending:
             return
-        for conn in multiprocessing.connection.wait(list(pending), timeout):
-            rank = pending[conn]  # type: ignore[index]
+        for ready in multiprocessing.connection.wait(list(pending), timeout):
+            conn = cast(multiprocessing.connection.Connection, ready)
+            rank = pending[conn]
             try:
-                status, value = conn.recv()  # type: ignore[union-attr]
+                status, value = conn.recv()
             except EOFError:
                 self._errors[rank] = "the worker process died"
                 continue
@@ -235,10 +237,8 @@ class LocalCluster:
             return
         self.closed = True
         for conn in self._runners.values():
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + timeout
         for proc in self._runner_procs:
             proc.join(max(0.0, deadline - time.monotonic()))

@@ -45,6 +45,7 @@ from dynaps.protocol import (
     encode,
     node_of,
 )
+from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
 from dynaps.store import INCOMING, TableStore
@@ -73,19 +74,6 @@ def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
         positions=positions if msg.type not in NO_POSITIONS else None,
         values=msg.values[idx] if msg.values is not None else None,
     )
-
-
-def group_by(dests: npt.NDArray[Any]) -> list[tuple[int, Index | None]]:
-    """Split request indices by destination; ``None`` means "all of them" (the common case)."""
-    if len(dests) == 0:
-        return []
-    first = dests[0]
-    if len(dests) == 1 or bool((dests == first).all()):
-        return [(int(first), None)]
-    order = np.argsort(dests, kind="stable")
-    ordered = dests[order]
-    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    return [(int(dests[part[0]]), part) for part in np.split(order, cuts)]
 
 
 class NodeServer:
@@ -133,7 +121,7 @@ class NodeServer:
             if msg.requester not in self.peers or msg.sender not in self.peers:
                 raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
         except ProtocolError as exc:
-            self._malformed(exc)
+            self.note_malformed(exc)
             return None
         handler(msg)
         return None
@@ -142,7 +130,7 @@ class NodeServer:
         """Handle an already-decoded data message (used to replay queued requests)."""
         self._handlers[msg.type](msg)
 
-    def _malformed(self, exc: Exception) -> None:
+    def note_malformed(self, exc: Exception) -> None:
         self.stats["malformed"] += 1
         now = time.monotonic()
         if now - self._last_malformed_log > 5.0:  # a flood must not become a log flood
@@ -165,6 +153,7 @@ class NodeServer:
         try:
             own = store.loc[keys]
             mine = own == self.me
+            values: Any
             if mine.all():
                 values = store.values.take(keys, axis=0)
                 rest = None
@@ -186,7 +175,8 @@ class NodeServer:
     def _on_push(self, msg: Message) -> None:
         store = self.stores[msg.table]
         keys, updates = msg.keys, msg.values
-        assert keys is not None and updates is not None
+        assert keys is not None
+        assert updates is not None
         assignment = msg.type is MsgType.SET
         rest = None
         lock = self.lock
@@ -290,7 +280,7 @@ class NodeServer:
         keys = msg.keys
         assert keys is not None
         if store.owner is None:
-            self._malformed(ProtocolError(f"{msg.type.name} sent to node {self.me}, which homes no keys"))
+            self.note_malformed(ProtocolError(f"{msg.type.name} sent to node {self.me}, which homes no keys"))
             return
         homes = self.shard_map.home_of(keys, store.spec.num_keys)
         here = homes == self.me
@@ -385,7 +375,8 @@ class NodeServer:
         """At the new owner: take the values and state, then serve what waited for them."""
         store = self.stores[msg.table]
         keys, values = msg.keys, msg.values
-        assert keys is not None and values is not None
+        assert keys is not None
+        assert values is not None
         self.lock.acquire()
         try:
             store.values[keys] = values
@@ -399,7 +390,7 @@ class NodeServer:
         self._replay(msg.table)
 
     def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
-        if requester == NO_ENDPOINT or requester == self.me:
+        if requester in (NO_ENDPOINT, self.me):
             return
         self.send(requester, Message(MsgType.LOCALIZED, self.me, requester, req_id, table, count))
 

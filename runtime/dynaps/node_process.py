@@ -167,26 +167,24 @@ class NodeProcess:
                     raise ProtocolError("SHUTDOWN from a non-coordinator")
                 log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
                 self.stop.set()
-            elif msg.type is MsgType.STATS:
+            elif msg.type in (MsgType.STATS, MsgType.PING):
                 if msg.sender not in self.server.peers:
-                    raise ProtocolError(f"STATS from unknown endpoint {msg.sender}")
-                body = {"counters": self.server.counters()}
-                self.transport.send(
-                    msg.sender, control_frames(MsgType.STATS_REPLY, self.node_id, body, msg.req_id)
-                )
-            elif msg.type is MsgType.PING:
-                if msg.sender in self.server.peers:
-                    self.transport.send(
-                        msg.sender, control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
+                    raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
+                if msg.type is MsgType.STATS:
+                    reply = control_frames(
+                        MsgType.STATS_REPLY, self.node_id, {"counters": self.server.counters()}, msg.req_id
                     )
+                else:
+                    reply = control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
+                self.transport.send(msg.sender, reply)
             else:
                 raise ProtocolError(f"node does not handle {msg.type.name}")
         except ProtocolError as exc:
-            self.server.stats["malformed"] += 1
-            log.warning("node %d dropped a control message: %s", self.node_id, exc)
+            self.server.note_malformed(exc)
 
     def _accept_client(self) -> None:
-        assert self.attach_server is not None and self.server is not None
+        assert self.attach_server is not None
+        assert self.server is not None
         fds: list[int] = []
         tables = []
         for store in self.server.stores:

@@ -17,7 +17,7 @@ the training program holds the GIL for seconds (which a server *thread* could no
 
 from __future__ import annotations
 
-import _multiprocessing
+import _multiprocessing  # type: ignore[import-not-found]  # CPython's semaphore; no stubs
 import contextlib
 import json
 import mmap

@@ -149,7 +149,7 @@ class ZmqTransport:
             return None
 
     def recv_nowait(self) -> list[Any] | None:
-        if not self.inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not int(self.inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return None
         return self.inbox.recv_multipart()
 

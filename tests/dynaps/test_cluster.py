@@ -99,6 +99,7 @@ def localized_pulls_are_local(ps: dynaps.PS) -> dict[str, Any]:
     W = ps.table("W")
     keys = np.arange(200 * ps.rank, 200 * ps.rank + 100)
     W.localize(keys)
+    ps.barrier()  # every worker's keys have arrived: no relocation traffic from here on
     node_before = ps.node_stats()
     client_before = ps.stats()
     for _ in range(20):

@@ -89,8 +89,14 @@ class Cluster:
         self.clients: dict[int, PS] = {}
         for rank, worker in enumerate(WORKERS):
             # The training process shares its node's store, exactly as through shared memory.
-            ps = PS(config, worker, rank, [self.store(worker)], NullLock(),  # type: ignore[arg-type]
-                    SimTransport(self.network, client_of(worker)))  # type: ignore[arg-type]
+            ps = PS(
+                config,
+                worker,
+                rank,
+                [self.store(worker)],
+                NullLock(),  # type: ignore[arg-type]
+                SimTransport(self.network, client_of(worker)),
+            )  # type: ignore[arg-type]
             ps.shard_map = self.shard_map
             self.clients[worker] = ps
         self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}

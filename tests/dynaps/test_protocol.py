@@ -1,0 +1,168 @@
+"""Every message type survives encode -> wire bytes -> decode; malformed frames are refused."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dynaps.errors import ProtocolError
+from dynaps.protocol import (
+    CONTROL_TYPES,
+    HEADER,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    Message,
+    MsgType,
+    TableLayout,
+    client_of,
+    decode,
+    encode,
+    node_of,
+)
+
+LAYOUTS = [
+    TableLayout(num_keys=100, dim=3, dtype=np.dtype(np.float32), num_states=0),
+    TableLayout(num_keys=50, dim=2, dtype=np.dtype(np.float64), num_states=2),
+]
+KEYS = np.array([3, 0, 99, 3], dtype=np.int64)
+POSITIONS = np.array([0, 2, 1, 3], dtype=np.int32)
+VALUES = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+def wire(msg: Message) -> list[bytes]:
+    return [bytes(memoryview(frame)) for frame in encode(msg)]
+
+
+def data_messages() -> list[Message]:
+    base: dict[str, Any] = {
+        "sender": 2,
+        "requester": client_of(3),
+        "req_id": 2**40 + 5,
+        "epoch": 7,
+        "hops": 1,
+    }
+    state_rows = np.ones((4, 2), dtype=np.float64)
+    return [
+        Message(MsgType.PULL, count=4, keys=KEYS, **base),
+        Message(MsgType.PULL, count=4, keys=KEYS, positions=POSITIONS, **base),
+        Message(MsgType.PULL_REPLY, count=4, values=VALUES, **base),
+        Message(MsgType.PULL_REPLY, count=4, positions=POSITIONS, values=VALUES, **base),
+        Message(MsgType.PUSH, count=4, keys=KEYS, values=VALUES, **base),
+        Message(MsgType.PUSH, count=4, keys=KEYS, positions=POSITIONS, values=VALUES, **base),
+        Message(MsgType.SET, count=4, keys=KEYS, values=VALUES, **base),
+        Message(MsgType.ACK, count=4, **base),
+        Message(MsgType.ACK, count=4, positions=POSITIONS, **base),
+        Message(MsgType.LOCALIZE, count=4, keys=KEYS, **base),
+        Message(MsgType.RELEASE, count=4, keys=KEYS, **base),
+        Message(MsgType.HANDOFF, count=4, keys=KEYS, aux=9, **base),
+        Message(
+            MsgType.TRANSFER,
+            table=1,
+            count=4,
+            keys=np.array([1, 2, 3, 49]),
+            aux=2,
+            values=np.zeros((4, 2)),
+            states=(state_rows, state_rows * 2),
+            **base,
+        ),
+        Message(MsgType.LOCALIZED, count=4, **base),
+        Message(MsgType.ERROR, text="something went wrong: ünïcode", **base),
+    ]
+
+
+def control_messages() -> list[Message]:
+    return [Message(kind, sender=0, body={"kind": kind.name, "n": [1, 2]}) for kind in sorted(CONTROL_TYPES)]
+
+
+def test_every_message_type_is_covered() -> None:
+    covered = {m.type for m in data_messages() + control_messages()}
+    assert covered == set(MsgType)
+
+
+@pytest.mark.parametrize("msg", data_messages() + control_messages(), ids=repr)
+def test_round_trip(msg: Message) -> None:
+    decoded = decode(wire(msg), LAYOUTS)
+    for name in ("type", "sender", "requester", "req_id", "table", "count", "aux", "hops", "epoch", "body"):
+        assert getattr(decoded, name) == getattr(msg, name), name
+    if msg.type is MsgType.ERROR:
+        assert decoded.text == msg.text
+    for name in ("keys", "positions", "values"):
+        expected = getattr(msg, name)
+        got = getattr(decoded, name)
+        if expected is None:
+            assert got is None, name
+        else:
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype == expected.dtype or name == "keys"
+    assert len(decoded.states) == len(msg.states)
+    for got, expected in zip(decoded.states, msg.states, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_repr_is_readable() -> None:
+    text = repr(data_messages()[1])
+    assert text.startswith("<PULL from=2")
+    assert "keys=[3, 0, 99, 3]" in text
+    assert "positions" in text
+
+
+def test_endpoint_ids() -> None:
+    assert node_of(client_of(17)) == 17
+    assert client_of(17) != 17
+
+
+def _header(**fields: int) -> bytes:
+    values = {
+        "version": PROTOCOL_VERSION,
+        "type": int(MsgType.PULL),
+        "flags": 0,
+        "table": 0,
+        "sender": 1,
+        "requester": 1,
+        "hops": 0,
+        "epoch": 0,
+        "req_id": 1,
+        "count": 1,
+        "aux": 0,
+    }
+    values.update(fields)
+    return HEADER.pack(*values.values())
+
+
+ONE_KEY = np.array([5], dtype=np.int64).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("frames", "problem"),
+    [
+        ([], "empty"),
+        ([b"short"], "header frame has 5 bytes"),
+        ([_header(version=9), ONE_KEY], "protocol version 9"),
+        ([_header(type=200), ONE_KEY], "unknown message type 200"),
+        ([_header(hops=99), ONE_KEY], "forwarded 99 times"),
+        ([_header(table=5), ONE_KEY], "table index 5"),
+        ([_header(), ONE_KEY, ONE_KEY], "needs 1 payload frames"),
+        ([_header(count=2), ONE_KEY], "keys frame has 8 bytes for 2 keys"),
+        ([_header(), np.array([100], dtype=np.int64).tobytes()], "key 100 outside"),
+        ([_header(), np.array([-1], dtype=np.int64).tobytes()], "key -1 outside"),
+        ([_header(count=2), np.array([1, 100], dtype=np.int64).tobytes()], "outside"),
+        ([_header(flags=1), ONE_KEY, struct.pack("<i", -1)], "negative position"),
+        ([_header(type=int(MsgType.PUSH)), ONE_KEY, b"\0" * 8], "values frame has 8 bytes"),
+        ([_header(type=int(MsgType.TRANSFER), aux=1), ONE_KEY, b"\0" * 12, b"\0" * 12], "state arrays"),
+        ([_header(type=int(MsgType.LOCALIZE), flags=1), ONE_KEY, b"\0" * 4], "carries no positions"),
+        ([_header(type=int(MsgType.REGISTER)), b"not json"], "not JSON"),
+        ([_header(type=int(MsgType.REGISTER)), b"[1, 2]"], "JSON object"),
+        ([_header(type=int(MsgType.REGISTER))], "one body frame"),
+        ([_header(type=int(MsgType.ERROR))], "exactly one text frame"),
+    ],
+)
+def test_malformed_messages_are_refused(frames: list[bytes], problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        decode(frames, LAYOUTS)
+
+
+def test_header_is_32_bytes() -> None:
+    assert HEADER_SIZE == 32

@@ -1,0 +1,74 @@
+"""Partitioning, the shard map, and grouping requests by destination."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynaps.contract import Partition
+from dynaps.errors import ProtocolError
+from dynaps.routing import group_by
+from dynaps.shardmap import ShardMap, balanced_homes, shard_key_range, shard_of
+
+sizes = st.tuples(st.integers(1, 5000), st.integers(1, 300))
+
+
+@given(sizes, st.sampled_from(list(Partition)))
+def test_every_key_has_a_shard_in_range(size: tuple[int, int], partition: Partition) -> None:
+    num_keys, num_shards = size
+    shards = shard_of(np.arange(num_keys, dtype=np.int64), num_keys, num_shards, partition)
+    assert shards.min() >= 0
+    assert shards.max() < num_shards
+
+
+@given(sizes)
+def test_range_shards_are_contiguous_and_match_their_key_range(size: tuple[int, int]) -> None:
+    num_keys, num_shards = size
+    shards = shard_of(np.arange(num_keys, dtype=np.int64), num_keys, num_shards, Partition.RANGE)
+    assert (np.diff(shards) >= 0).all()
+    for shard in np.unique(shards):
+        first, end = shard_key_range(int(shard), num_keys, num_shards)
+        np.testing.assert_array_equal(np.flatnonzero(shards == shard), np.arange(first, end))
+
+
+@given(st.integers(1, 2000), st.lists(st.integers(1, 100), min_size=1, max_size=20, unique=True))
+def test_balanced_homes_differ_by_at_most_one_shard(num_shards: int, servers: list[int]) -> None:
+    homes = balanced_homes(num_shards, servers)
+    counts = [int((homes == s).sum()) for s in servers]
+    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == num_shards
+
+
+def test_hash_partition_spreads_neighbouring_keys() -> None:
+    shards = shard_of(np.arange(1024, dtype=np.int64), 1024, 16, Partition.HASH)
+    counts = np.bincount(shards, minlength=16)
+    assert counts.min() > 32  # about 64 each
+
+
+def test_shard_map_round_trips_and_rejects_nonsense() -> None:
+    shard_map = ShardMap.initial(8, Partition.RANGE, [3, 1])
+    again = ShardMap.from_json(shard_map.to_json(), known_nodes={1, 3})
+    np.testing.assert_array_equal(again.homes, shard_map.homes)
+    assert again.servers() == [1, 3]
+    bad = shard_map.to_json() | {"homes": [1, 2]}
+    for doc in (bad, {"epoch": 1}, shard_map.to_json() | {"partition": "zigzag"}):
+        try:
+            ShardMap.from_json(doc, known_nodes={1, 3})
+        except ProtocolError:
+            continue
+        raise AssertionError(f"accepted {doc}")
+
+
+@given(st.lists(st.integers(-1, 6), max_size=50))
+def test_group_by_partitions_indices_by_destination(dests: list[int]) -> None:
+    array = np.asarray(dests, dtype=np.int16)
+    groups = group_by(array)
+    seen = []
+    for dest, part in groups:
+        indices = np.arange(len(array)) if part is None else part
+        assert (array[indices] == dest).all()
+        assert (np.diff(indices) > 0).all(), "order within a group is kept"
+        seen.extend(indices.tolist())
+    assert sorted(seen) == list(range(len(array)))
+    assert len({dest for dest, _ in groups}) == len(groups)
