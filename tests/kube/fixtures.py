@@ -34,7 +34,14 @@ from tests.kube.kubelet import ProcessKubelet
 # What signal.getsignal() returns.
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
-KUBE_FIXTURES = {"kube_control_plane", "kubeconfig", "kube_api", "process_kubelet", "kube_namespace"}
+KUBE_FIXTURES = {
+    "k8s_bin_dir",
+    "kube_control_plane",
+    "kubeconfig",
+    "kube_api",
+    "process_kubelet",
+    "kube_namespace",
+}
 
 
 def in_ci() -> bool:
