@@ -41,6 +41,10 @@ from dynaps.errors import (
 )
 from dynaps.protocol import (
     COORDINATOR,
+    HEADER,
+    INLINE,
+    INLINE_MAX,
+    PROTOCOL_VERSION,
     Message,
     MsgType,
     TableLayout,
@@ -196,30 +200,49 @@ class Table:
         """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
         keys = self._keys(keys)
         ps, store = self._ps, self._store
+        node = ps.node
+        n = len(keys)
         lock = ps.lock
         lock.acquire()
         try:
             own = store.loc[keys]
-            mine = own == ps.node
-            if mine.all():
-                out = store.values.take(keys, axis=0)
-                remote = None
+            if n == 1:  # the common case, without array reductions
+                dest = int(own[0])
+                if dest == node:
+                    out = store.values[keys]
+                    dest = -2
             else:
-                out = np.empty((len(keys), self.dim), dtype=self.dtype)
-                local = np.flatnonzero(mine)
-                if len(local):
+                mine = own == node
+                if mine.all():
+                    out = store.values.take(keys, axis=0)
+                    dest = -2
+                elif mine.any():
+                    dest = -3  # some here, some elsewhere
+                    out = np.empty((n, self.dim), dtype=self.dtype)
+                    local = np.flatnonzero(mine)
                     out[local] = store.values.take(keys[local], axis=0)
-                remote = np.flatnonzero(~mine)
+                else:
+                    dest = int(own[0])
+                    if not (own == dest).all():
+                        dest = -3
+                        out = np.empty((n, self.dim), dtype=self.dtype)
         finally:
             lock.release()
-        if remote is None:
-            ps.counters["keys_pulled_local"] += len(keys)
+        counters = ps.counters
+        if dest == -2:
+            counters["keys_pulled_local"] += n
             return out if wait else ps.done_handle(MsgType.PULL, self.name, out)
-        ps.counters["keys_pulled_local"] += len(keys) - len(remote)
-        ps.counters["keys_pulled_remote"] += len(remote)
+        if dest >= 0 or dest == INCOMING:  # one destination for all keys
+            counters["keys_pulled_remote"] += n
+            handle = ps.new_handle(MsgType.PULL, self.name, keys, None, n)
+            ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
+            return ps.wait(handle) if wait else handle
+        remote = np.flatnonzero(~mine)
+        counters["keys_pulled_local"] += n - len(remote)
+        counters["keys_pulled_remote"] += len(remote)
         handle = ps.new_handle(MsgType.PULL, self.name, keys, out, len(remote))
         ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
-        return handle.result() if wait else handle
+        return ps.wait(handle) if wait else handle
 
     def push(self, keys: Any, updates: Any, *, wait: bool = True) -> Handle | None:
         """Apply ``updates`` (n, dim) to ``keys`` with the table's updater (default: add)."""
@@ -537,6 +560,22 @@ class PS:
         self.counters["messages_sent"] += 1
         self.transport.send(dest, encode(msg))
 
+    def send_whole(
+        self, kind: MsgType, dest: int, table: int, req_id: int, keys: Keys, rows: Array | None = None
+    ) -> None:
+        """Send a request for all of ``keys`` to one node (the common case, kept short)."""
+        if self._shutdown is not None:
+            raise ClusterError(f"the job has ended: {self._shutdown}")
+        self.counters["messages_sent"] += 1
+        ep = self.endpoint
+        if rows is None and keys.nbytes <= INLINE_MAX:
+            head = HEADER.pack(PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, 0, req_id, len(keys), 0)
+            self.transport.send(dest, [head + keys.tobytes()])
+            return
+        self.transport.send(
+            dest, encode(Message(kind, ep, ep, req_id, table, len(keys), keys=keys, values=rows))
+        )
+
     def request(
         self,
         kind: MsgType,
@@ -618,12 +657,19 @@ class PS:
             if positions is not None and len(positions) and int(positions.max()) >= _size(handle.keys):
                 raise ProtocolError("reply positions outside the request")
             if kind is MsgType.PULL_REPLY:
-                assert handle.out is not None
-                assert msg.values is not None
-                if positions is None:
-                    handle.out[:] = msg.values
+                values = msg.values
+                assert values is not None
+                out = handle.out
+                if out is None:  # sent whole to one node: the reply is usually all of it
+                    if positions is None and msg.count == _size(handle.keys):
+                        handle.out = values.copy()  # the frame's memory is read-only
+                    else:
+                        out = handle.out = np.empty((_size(handle.keys), values.shape[1]), values.dtype)
+                        out[positions] = values
+                elif positions is None:
+                    out[:] = values
                 else:
-                    handle.out[positions] = msg.values
+                    out[positions] = values
             if msg.hops and positions is not None:
                 self._learn_owner(msg.table, handle, positions, msg.sender)
             handle.remaining -= msg.count

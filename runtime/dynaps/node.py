@@ -43,6 +43,7 @@ from dynaps.protocol import (
     MsgType,
     decode,
     encode,
+    encode_reply,
     node_of,
 )
 from dynaps.routing import group_by
@@ -149,11 +150,22 @@ class NodeServer:
         keys = msg.keys
         assert keys is not None
         lock = self.lock
+        if msg.count == 1:  # the common case, without array reductions
+            lock.acquire()
+            try:
+                owned = store.loc[keys[0]] == self.me
+                if owned:
+                    row = store.values[keys]
+            finally:
+                lock.release()
+            if owned:
+                self.stats["keys_pulled"] += 1
+                self._reply(msg, MsgType.PULL_REPLY, 1, msg.positions, row)
+                return
         lock.acquire()
         try:
             own = store.loc[keys]
             mine = own == self.me
-            values: Any
             if mine.all():
                 values = store.values.take(keys, axis=0)
                 rest = None
@@ -212,18 +224,10 @@ class NodeServer:
         positions: npt.NDArray[np.int32] | None,
         values: Any,
     ) -> None:
-        reply = Message(
-            type=kind,
-            sender=self.me,
-            requester=msg.requester,
-            req_id=msg.req_id,
-            table=msg.table,
-            count=count,
-            hops=msg.hops,
-            positions=positions,
-            values=values,
+        frames = encode_reply(
+            kind, self.me, msg.requester, msg.req_id, msg.table, count, msg.hops, positions, values
         )
-        self.send(msg.requester, reply)
+        self.transport.send(msg.requester, frames)
 
     def _route(self, msg: Message, store: TableStore, idx: Index, own: npt.NDArray[np.int16]) -> None:
         """Queue or forward the keys ``msg.keys[idx]`` that this node does not own."""

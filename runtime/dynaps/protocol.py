@@ -35,7 +35,7 @@ Header (little-endian, 32 bytes)::
     count      u32  number of keys in the message (or acknowledged by it)
     aux        u32  type-specific: HANDOFF target node; TRANSFER state-array count
 
-Frames after the header, by type (``[x]`` is present when the HAS_POSITIONS flag is set)::
+Payload sections after the header, by type (``[x]`` is present when HAS_POSITIONS is set)::
 
     PULL        keys [positions]
     PULL_REPLY  [positions] values
@@ -48,6 +48,9 @@ Frames after the header, by type (``[x]`` is present when the HAS_POSITIONS flag
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... HEARTBEAT)
+
+Each section is its own frame, except that payloads of up to ``INLINE_MAX`` bytes are
+appended to the header frame (flag INLINE): one frame costs less than the copy it takes.
 
 keys are int64, positions int32 (indices into the requester's original key array, so a
 request split over several owners is reassembled without a lookup), values and state
@@ -122,14 +125,27 @@ class MsgType(enum.IntEnum):
     REFUSED = 47
 
 
-class Flag(enum.IntFlag):
-    NONE = 0
-    HAS_POSITIONS = 1
+# Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
+HAS_POSITIONS = 1  # a positions section follows the keys (or starts a reply)
+INLINE = 2  # the payload sections follow the header inside frame 0
+INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
 NO_POSITIONS = frozenset({MsgType.LOCALIZE, MsgType.HANDOFF, MsgType.RELEASE})
-_KEYED = frozenset({MsgType.PULL, MsgType.PUSH, MsgType.SET} | NO_POSITIONS)
+# per data type: (keys, positions allowed, values, state arrays)
+_SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
+    MsgType.PULL: (True, True, False, False),
+    MsgType.PULL_REPLY: (False, True, True, False),
+    MsgType.PUSH: (True, True, True, False),
+    MsgType.SET: (True, True, True, False),
+    MsgType.ACK: (False, True, False, False),
+    MsgType.LOCALIZE: (True, False, False, False),
+    MsgType.RELEASE: (True, False, False, False),
+    MsgType.HANDOFF: (True, False, False, False),
+    MsgType.TRANSFER: (True, False, True, True),
+    MsgType.LOCALIZED: (False, False, False, False),
+}
 _TYPES = {int(t): t for t in MsgType}
 
 
@@ -227,41 +243,85 @@ def header(
 
 
 def encode(msg: Message) -> list[Any]:
-    """The frames of ``msg``; arrays are passed as buffers, never copied here."""
-    flags = msg.flags
+    """The frames of ``msg``.
+
+    Small payloads are appended to the header frame (one frame, one copy: cheaper than
+    zmq's per-frame work); large arrays travel as their own frames, passed as buffers.
+    """
+    kind = msg.type
+    if kind in CONTROL_TYPES or kind is MsgType.ERROR:
+        head = header(
+            kind, msg.sender, msg.requester, msg.req_id, msg.table, msg.count, msg.aux, 0, msg.hops, msg.epoch
+        )
+        if kind is MsgType.ERROR:
+            return [head, msg.text.encode()]
+        return [head, json.dumps(msg.body or {}, separators=(",", ":")).encode()]
+    parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
+    parts.extend(msg.states)
+    flags = msg.flags & ~(HAS_POSITIONS | INLINE)
     if msg.positions is not None:
-        flags |= Flag.HAS_POSITIONS
-    else:
-        flags &= ~Flag.HAS_POSITIONS
-    frames: list[Any] = [
-        header(
-            msg.type,
+        flags |= HAS_POSITIONS
+    size = 0
+    for part in parts:
+        size += part.nbytes
+    if size <= INLINE_MAX:
+        head = HEADER.pack(
+            PROTOCOL_VERSION,
+            kind,
+            flags | INLINE,
+            msg.table,
             msg.sender,
             msg.requester,
-            msg.req_id,
-            msg.table,
-            msg.count,
-            msg.aux,
-            flags,
             msg.hops,
             msg.epoch,
+            msg.req_id,
+            msg.count,
+            msg.aux,
         )
-    ]
-    kind = msg.type
-    if kind in CONTROL_TYPES:
-        frames.append(json.dumps(msg.body or {}, separators=(",", ":")).encode())
-        return frames
-    if kind is MsgType.ERROR:
-        frames.append(msg.text.encode())
-        return frames
-    if msg.keys is not None:
-        frames.append(_buffer(msg.keys))
-    if msg.positions is not None:
-        frames.append(_buffer(msg.positions))
-    if msg.values is not None:
-        frames.append(_buffer(msg.values))
-    frames.extend(_buffer(state) for state in msg.states)
-    return frames
+        return [b"".join([head, *[_buffer(part) for part in parts]])]
+    head = HEADER.pack(
+        PROTOCOL_VERSION,
+        kind,
+        flags,
+        msg.table,
+        msg.sender,
+        msg.requester,
+        msg.hops,
+        msg.epoch,
+        msg.req_id,
+        msg.count,
+        msg.aux,
+    )
+    return [head, *[_buffer(part) for part in parts]]
+
+
+def encode_reply(
+    kind: MsgType,
+    sender: int,
+    requester: int,
+    req_id: int,
+    table: int,
+    count: int,
+    hops: int,
+    positions: PosArray | None,
+    values: ValueArray | None,
+) -> list[Any]:
+    """A PULL_REPLY or ACK: what :func:`encode` makes of it, without building a Message."""
+    size = 0 if values is None else values.nbytes
+    if positions is not None:
+        size += positions.nbytes
+    if size > INLINE_MAX:
+        msg = Message(
+            kind, sender, requester, req_id, table, count, hops=hops, positions=positions, values=values
+        )
+        return encode(msg)
+    flags = INLINE if positions is None else INLINE | HAS_POSITIONS
+    parts = [HEADER.pack(PROTOCOL_VERSION, kind, flags, table, sender, requester, hops, 0, req_id, count, 0)]
+    if positions is not None:
+        parts.append(_buffer(positions))
+    if values is not None:
+        parts.append(_buffer(values))
+    return [b"".join(parts)]
 
 
 def _buffer(array: npt.NDArray[Any]) -> Any:
@@ -284,11 +344,11 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     """Parse and validate one message.  Raises ProtocolError; never returns garbage."""
     if not frames:
         raise ProtocolError("empty message")
-    head = _bytes(frames[0])
-    if len(head) != HEADER_SIZE:
+    head = frames[0]
+    if len(head) < HEADER_SIZE:
         raise ProtocolError(f"header frame has {len(head)} bytes, expected {HEADER_SIZE}")
-    (version, type_code, flags, table, sender, requester, hops, epoch, req_id, count, aux) = HEADER.unpack(
-        head
+    (version, type_code, flags, table, sender, requester, hops, epoch, req_id, count, aux) = (
+        HEADER.unpack_from(head)
     )
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
@@ -297,123 +357,97 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
         raise ProtocolError(f"unknown message type {type_code}")
     if hops > MAX_HOPS:
         raise ProtocolError(f"message forwarded {hops} times (loop?)")
-    msg = Message(
-        type=msg_type,
-        sender=sender,
-        requester=requester,
-        req_id=req_id,
-        table=table,
-        count=count,
-        aux=aux,
-        flags=flags,
-        hops=hops,
-        epoch=epoch,
-    )
-    rest = frames[1:]
+    inline = flags & INLINE
+    if not inline and len(head) != HEADER_SIZE:
+        raise ProtocolError(f"header frame has {len(head)} bytes, expected {HEADER_SIZE}")
+    msg = Message(msg_type, sender, requester, req_id, table, count, aux, flags, hops, epoch)
     if msg_type in CONTROL_TYPES:
-        msg.body = _json_body(rest)
+        msg.body = _json_body(frames[1:])
         return msg
     if msg_type is MsgType.ERROR:
-        if len(rest) != 1:
+        if len(frames) != 2:
             raise ProtocolError("ERROR needs exactly one text frame")
-        msg.text = _bytes(rest[0]).decode("utf-8", errors="replace")[:4096]
+        msg.text = bytes(frames[1]).decode("utf-8", errors="replace")[:4096]
         return msg
+    with_keys, positions_allowed, with_values, with_states = _SECTIONS[msg_type]
+    with_positions = bool(flags & HAS_POSITIONS)
+    if with_positions and not positions_allowed:
+        raise ProtocolError(f"{msg_type.name} carries no positions")
     if msg_type is MsgType.LOCALIZED:
-        _expect_frames(msg, rest, 0)
+        if len(frames) != 1 or len(head) != HEADER_SIZE:
+            raise ProtocolError("LOCALIZED carries no payload")
         return msg
     if table >= len(tables):
         raise ProtocolError(f"table index {table} out of range ({len(tables)} tables)")
     layout = tables[table]
-    has_positions = bool(flags & Flag.HAS_POSITIONS)
-    index = 0
-
-    def take() -> Any:
-        nonlocal index
-        frame = rest[index]
-        index += 1
-        return frame
-
-    if msg_type in _KEYED:
-        expected = 1 + has_positions + (msg_type in (MsgType.PUSH, MsgType.SET))
-        _expect_frames(msg, rest, expected)
-        msg.keys = _keys(take(), count, layout.num_keys)
-        if has_positions:
-            if msg_type in NO_POSITIONS:
-                raise ProtocolError(f"{msg_type.name} carries no positions")
-            msg.positions = _positions(take(), count)
-        if msg_type in (MsgType.PUSH, MsgType.SET):
-            msg.values = _rows(take(), count, layout)
-        return msg
-    if msg_type is MsgType.PULL_REPLY:
-        _expect_frames(msg, rest, 1 + has_positions)
-        if has_positions:
-            msg.positions = _positions(take(), count)
-        msg.values = _rows(take(), count, layout)
-        return msg
-    if msg_type is MsgType.ACK:
-        _expect_frames(msg, rest, int(has_positions))
-        if has_positions:
-            msg.positions = _positions(take(), count)
-        return msg
-    if msg_type is MsgType.TRANSFER:
-        if aux != layout.num_states:
-            raise ProtocolError(f"TRANSFER has {aux} state arrays, table has {layout.num_states}")
-        if has_positions:
-            raise ProtocolError("TRANSFER carries no positions")
-        _expect_frames(msg, rest, 2 + aux)
-        msg.keys = _keys(take(), count, layout.num_keys)
-        msg.values = _rows(take(), count, layout)
-        msg.states = tuple(_rows(take(), count, layout) for _ in range(aux))
-        return msg
-    raise ProtocolError(f"no decoder for {msg_type.name}")  # pragma: no cover - enum is closed
-
-
-def _bytes(frame: Any) -> Any:
-    # zmq.Frame exposes .buffer; bytes and memoryviews pass through.
-    buffer = getattr(frame, "buffer", None)
-    return buffer if buffer is not None else frame
-
-
-def _expect_frames(msg: Message, rest: Sequence[Any], expected: int) -> None:
-    if len(rest) != expected:
-        raise ProtocolError(f"{msg.type.name} needs {expected} payload frames, got {len(rest)}")
-
-
-def _keys(frame: Any, count: int, num_keys: int) -> KeyArray:
-    data = _bytes(frame)
-    if len(data) != count * 8:
-        raise ProtocolError(f"keys frame has {len(data)} bytes for {count} keys")
-    keys = np.frombuffer(data, dtype=np.int64)
-    if count == 1:
-        key = int(keys[0])
-        if key < 0 or key >= num_keys:
-            raise ProtocolError(f"key {key} outside [0, {num_keys})")
-    elif count and (int(keys.min()) < 0 or int(keys.max()) >= num_keys):
-        raise ProtocolError(f"keys outside [0, {num_keys})")
-    return keys
-
-
-def _positions(frame: Any, count: int) -> PosArray:
-    data = _bytes(frame)
-    if len(data) != count * 4:
-        raise ProtocolError(f"positions frame has {len(data)} bytes for {count} keys")
-    positions = np.frombuffer(data, dtype=np.int32)
-    if count and int(positions.min()) < 0:
-        raise ProtocolError("negative position")
-    return positions
-
-
-def _rows(frame: Any, count: int, layout: TableLayout) -> ValueArray:
-    data = _bytes(frame)
-    if len(data) != count * layout.row_bytes:
-        raise ProtocolError(f"values frame has {len(data)} bytes for {count} rows of {layout.row_bytes}")
-    return np.frombuffer(data, dtype=layout.dtype).reshape(count, layout.dim)
+    if with_states and aux != layout.num_states:
+        raise ProtocolError(f"TRANSFER has {aux} state arrays, table has {layout.num_states}")
+    row_bytes = count * layout.row_bytes
+    sizes = []
+    if with_keys:
+        sizes.append(count * 8)
+    if with_positions:
+        sizes.append(count * 4)
+    if with_values:
+        sizes.append(row_bytes)
+    if with_states:
+        sizes.extend([row_bytes] * aux)
+    if inline:
+        if len(frames) != 1:
+            raise ProtocolError(f"inline {msg_type.name} has {len(frames)} frames")
+        expected = HEADER_SIZE + sum(sizes)
+        if len(head) != expected:
+            raise ProtocolError(f"{msg_type.name} frame has {len(head)} bytes, expected {expected}")
+        buffers = [head] * len(sizes)
+        offsets = []
+        offset = HEADER_SIZE
+        for size in sizes:
+            offsets.append(offset)
+            offset += size
+    else:
+        if len(frames) - 1 != len(sizes):
+            raise ProtocolError(f"{msg_type.name} needs {len(sizes)} payload frames, got {len(frames) - 1}")
+        buffers = list(frames[1:])
+        offsets = [0] * len(sizes)
+        for buffer, size in zip(buffers, sizes, strict=True):
+            if len(buffer) != size:
+                raise ProtocolError(f"{msg_type.name} payload frame has {len(buffer)} bytes, expected {size}")
+    at = 0
+    if with_keys:
+        keys = np.frombuffer(buffers[0], np.int64, count, offsets[0])
+        if count == 1:
+            key = int(keys[0])
+            if key < 0 or key >= layout.num_keys:
+                raise ProtocolError(f"key {key} outside [0, {layout.num_keys})")
+        elif count and (int(keys.min()) < 0 or int(keys.max()) >= layout.num_keys):
+            raise ProtocolError(f"keys outside [0, {layout.num_keys})")
+        msg.keys = keys
+        at = 1
+    if with_positions:
+        positions = np.frombuffer(buffers[at], np.int32, count, offsets[at])
+        if count and int(positions.min()) < 0:
+            raise ProtocolError("negative position")
+        msg.positions = positions
+        at += 1
+    if with_values:
+        msg.values = np.frombuffer(buffers[at], layout.dtype, count * layout.dim, offsets[at]).reshape(
+            count, layout.dim
+        )
+        at += 1
+    if with_states:
+        msg.states = tuple(
+            np.frombuffer(buffers[at + i], layout.dtype, count * layout.dim, offsets[at + i]).reshape(
+                count, layout.dim
+            )
+            for i in range(aux)
+        )
+    return msg
 
 
 def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
     if len(rest) != 1:
         raise ProtocolError(f"control message needs one body frame, got {len(rest)}")
-    raw = _bytes(rest[0])
+    raw = rest[0]
     if len(raw) > MAX_BODY_BYTES:
         raise ProtocolError("control body too large")
     try:
@@ -432,7 +466,8 @@ __all__ = [
     "HEADER_SIZE",
     "NO_ENDPOINT",
     "PROTOCOL_VERSION",
-    "Flag",
+    "HAS_POSITIONS",
+    "INLINE",
     "Message",
     "MsgType",
     "TableLayout",
@@ -440,6 +475,7 @@ __all__ = [
     "control_frames",
     "decode",
     "encode",
+    "encode_reply",
     "header",
     "node_of",
 ]

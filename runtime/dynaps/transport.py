@@ -128,6 +128,9 @@ class ZmqTransport:
             # Copy: the caller may reuse the arrays once send() returns.
             held.append([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
             return
+        if len(frames) == 1:
+            sock.send(frames[0])
+            return
         if not any(getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES for f in frames):
             sock.send_multipart(frames)
             return

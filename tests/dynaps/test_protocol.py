@@ -13,6 +13,8 @@ from dynaps.protocol import (
     CONTROL_TYPES,
     HEADER,
     HEADER_SIZE,
+    INLINE,
+    INLINE_MAX,
     PROTOCOL_VERSION,
     Message,
     MsgType,
@@ -145,12 +147,16 @@ ONE_KEY = np.array([5], dtype=np.int64).tobytes()
         ([_header(hops=99), ONE_KEY], "forwarded 99 times"),
         ([_header(table=5), ONE_KEY], "table index 5"),
         ([_header(), ONE_KEY, ONE_KEY], "needs 1 payload frames"),
-        ([_header(count=2), ONE_KEY], "keys frame has 8 bytes for 2 keys"),
+        ([_header(count=2), ONE_KEY], "payload frame has 8 bytes, expected 16"),
         ([_header(), np.array([100], dtype=np.int64).tobytes()], "key 100 outside"),
         ([_header(), np.array([-1], dtype=np.int64).tobytes()], "key -1 outside"),
         ([_header(count=2), np.array([1, 100], dtype=np.int64).tobytes()], "outside"),
         ([_header(flags=1), ONE_KEY, struct.pack("<i", -1)], "negative position"),
-        ([_header(type=int(MsgType.PUSH)), ONE_KEY, b"\0" * 8], "values frame has 8 bytes"),
+        ([_header(type=int(MsgType.PUSH)), ONE_KEY, b"\0" * 8], "payload frame has 8 bytes, expected 12"),
+        ([_header(flags=INLINE) + ONE_KEY + b"x"], "frame has 41 bytes, expected 40"),
+        ([_header(flags=INLINE) + ONE_KEY, ONE_KEY], "inline PULL has 2 frames"),
+        ([_header() + ONE_KEY, ONE_KEY], "header frame has 40 bytes"),
+        ([_header(type=int(MsgType.LOCALIZED)), ONE_KEY], "carries no payload"),
         ([_header(type=int(MsgType.TRANSFER), aux=1), ONE_KEY, b"\0" * 12, b"\0" * 12], "state arrays"),
         ([_header(type=int(MsgType.LOCALIZE), flags=1), ONE_KEY, b"\0" * 4], "carries no positions"),
         ([_header(type=int(MsgType.REGISTER)), b"not json"], "not JSON"),
@@ -162,6 +168,17 @@ ONE_KEY = np.array([5], dtype=np.int64).tobytes()
 def test_malformed_messages_are_refused(frames: list[bytes], problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
         decode(frames, LAYOUTS)
+
+
+def test_small_payloads_travel_inline_and_large_ones_as_frames() -> None:
+    small = Message(MsgType.PULL, 1, 1, 1, 0, 3, keys=np.array([1, 2, 3]))
+    assert len(encode(small)) == 1
+    rows = np.zeros((INLINE_MAX // 12 + 1, 3), dtype=np.float32)
+    large = Message(MsgType.PULL_REPLY, 1, 1, 1, 0, len(rows), values=rows)
+    frames = encode(large)
+    assert len(frames) == 2
+    assert frames[1] is rows, "large arrays are passed to zmq as they are (no copy)"
+    np.testing.assert_array_equal(decode(wire(large), LAYOUTS).values, rows)
 
 
 def test_header_is_32_bytes() -> None:
