@@ -166,6 +166,7 @@ class NodeServer:
         try:
             own = store.loc[keys]
             mine = own == self.me
+            values: Any
             if mine.all():
                 values = store.values.take(keys, axis=0)
                 rest = None
