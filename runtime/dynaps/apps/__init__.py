@@ -1,0 +1,1 @@
+"""Training applications that run on dynaps: ``python -m dynaps.apps.<name> --help``."""
