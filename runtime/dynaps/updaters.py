@@ -32,15 +32,39 @@ class Updater(Protocol):
     def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None: ...
 
 
+def _add_at_rows(target: Array, index: npt.NDArray[np.intp], rows: Array) -> None:
+    """``target[index] += rows`` where ``index`` may repeat.
+
+    Row-wise ``np.add.at`` is about 20x slower than this: the flattened, one-dimensional
+    form takes numpy's fast path.
+    """
+    dim = target.shape[1]
+    flat = (index[:, None] * dim + np.arange(dim)).ravel()
+    np.add.at(target.reshape(-1), flat, rows.reshape(-1))
+
+
+def _unique(keys: Keys) -> bool:
+    ordered = np.sort(keys)
+    return not bool((ordered[1:] == ordered[:-1]).any())
+
+
+def scatter_add(values: Array, keys: Keys, rows: Array) -> None:
+    """``values[keys] += rows``, summing the rows of repeated keys."""
+    if len(keys) == 1:
+        values[keys[0]] += rows[0]
+    elif _unique(keys):
+        values[keys] += rows  # gather, add, scatter: the fastest form, valid without repeats
+    else:
+        _add_at_rows(values, keys, rows)
+
+
 def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
     """Sum the updates of repeated keys, so a stateful step is taken once per key."""
-    if len(keys) < 2:
+    if len(keys) < 2 or _unique(keys):
         return keys, updates
     unique, inverse = np.unique(keys, return_inverse=True)
-    if len(unique) == len(keys):
-        return keys, updates
     summed = np.zeros((len(unique), updates.shape[1]), dtype=updates.dtype)
-    np.add.at(summed, inverse, updates)
+    _add_at_rows(summed, inverse, updates)
     return unique, summed
 
 
@@ -50,10 +74,7 @@ class AddUpdater:
     num_states = 0
 
     def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
-        if len(keys) == 1:
-            values[keys[0]] += updates[0]
-        else:
-            np.add.at(values, keys, updates)
+        scatter_add(values, keys, updates)
 
 
 @dataclass
@@ -64,7 +85,7 @@ class SgdUpdater:
     num_states = 0
 
     def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
-        np.add.at(values, keys, updates * -self.lr)
+        scatter_add(values, keys, updates * -self.lr)
 
 
 @dataclass

@@ -20,7 +20,9 @@ import numpy as np
 import dynaps
 
 
-def synthetic(rows: int, cols: int, rank: int, entries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic(
+    rows: int, cols: int, rank: int, entries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Entries of a random rank-``rank`` matrix plus a little noise: (row, col, value)."""
     rng = np.random.default_rng(seed)
     left = rng.normal(0, 1 / np.sqrt(rank), (rows, rank))
@@ -31,7 +33,9 @@ def synthetic(rows: int, cols: int, rank: int, entries: int, seed: int) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     parser.add_argument("--entries", type=int, default=100_000, help="observed entries (default 100000)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD step size (default 0.05)")
@@ -64,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             cols.push(c, -args.lr * error[:, None] * left)
         ps.barrier()
         if ps.rank == 0:
-            print(f"epoch {epoch}/{args.epochs}: train RMSE (this worker) {np.sqrt(squared / len(v)):.4f}, "
-                  f"{time.perf_counter() - started:.2f} s, local pulls {ps.stats()['keys_pulled_local']}",
-                  flush=True)
+            print(
+                f"epoch {epoch}/{args.epochs}: train RMSE (this worker) {np.sqrt(squared / len(v)):.4f}, "
+                f"{time.perf_counter() - started:.2f} s, local pulls {ps.stats()['keys_pulled_local']}",
+                flush=True,
+            )
     return 0
 
 
