@@ -350,6 +350,34 @@ class Table:
             return None
         return handle
 
+    # -------------------------------------------------------------- sampling (see dynaps.sampling)
+
+    def set_sampler(self, sampler: Any = None, strategy: str = "naive", **options: Any) -> None:
+        """Choose what ``prepare_sample`` draws (a ``dynaps.sampling.Distribution`` or
+        ``fn(rng, n) -> keys``; default uniform) and how: naive, preloc, pool or onlylocal."""
+        from dynaps.sampling import make_strategy
+
+        self._sampling = make_strategy(self, sampler, strategy, **options)
+
+    def prepare_sample(self, n: int) -> Any:
+        """Announce ``n`` draws from the sampler; returns a handle for ``pull_sample``."""
+        if getattr(self, "_sampling", None) is None:
+            self.set_sampler()
+        return self._sampling.prepare(n)
+
+    def pull_sample(self, handle: Any, k: int) -> tuple[Keys, Array]:
+        """The next ``k`` draws of ``handle`` and their values: ``(keys, (k, dim) array)``."""
+        return self._sampling.pull(handle, k)
+
+    def finish_sample(self, handle: Any) -> None:
+        """Release ``handle``; under the pool strategy its unused draws go back to the pool."""
+        self._sampling.finish(handle)
+
+    def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
+        """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
+        mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._ps.node
+        return mask
+
 
 class PS:
     """A training process's connection to its job (what ``dynaps.connect()`` returns)."""

@@ -49,7 +49,7 @@ from dynaps.protocol import (
 from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
-from dynaps.store import INCOMING, TableStore
+from dynaps.store import INCOMING, NOT_MOVING, TableStore
 from dynaps.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ class NodeServer:
         self.layouts = [store.layout for store in stores]
         self.shard_map = shard_map
         self.lock = lock
-        self.pending: list[list[Message]] = [[] for _ in stores]
+        self.pending: list[list[Message]] = [[] for _ in stores]  # requests for keys on their way here
+        self.waiting: list[list[Message]] = [[] for _ in stores]  # localizes of keys still moving
         self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
         self.stats: collections.Counter[str] = collections.Counter()
         self._last_malformed_log = 0.0
@@ -107,6 +108,7 @@ class NodeServer:
             MsgType.TRANSFER: self._on_transfer,
             MsgType.RELEASE: self._on_release,
             MsgType.LOCALIZED: self._on_released,
+            MsgType.TRANSFER_DONE: self._on_transfer_done,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -281,10 +283,16 @@ class NodeServer:
         self.stats["keys_released"] += msg.count
 
     def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
+        """Make ``target`` the owner of the keys; one transfer per key is in flight at a time.
+
+        Keys whose previous transfer has not arrived yet wait here (``waiting``) until the
+        new owner confirms it (TRANSFER_DONE): so every HANDOFF reaches a node that holds
+        the key, and a lost node never leaves a chain of nodes waiting for each other.
+        """
         store = self.stores[msg.table]
         keys = msg.keys
         assert keys is not None
-        if store.owner is None:
+        if store.owner is None or store.moving_from is None:
             self.note_malformed(ProtocolError(f"{msg.type.name} sent to node {self.me}, which homes no keys"))
             return
         homes = self.shard_map.home_of(keys, store.spec.num_keys)
@@ -298,13 +306,26 @@ class NodeServer:
         keys = np.unique(keys)
         self.lock.acquire()
         try:
+            busy = store.moving_from[keys] != NOT_MOVING
+            if busy.any():
+                self.waiting[msg.table].append(_with_keys(msg, keys[busy]))
+                self.stats["keys_waiting"] += int(busy.sum())
+                keys = keys[~busy]
             old = store.owner[keys]
+            moving = old != target
+            if not moving.all():
+                settled = int((~moving).sum())  # already owned by the target
+                keys, old = keys[moving], old[moving]
+            else:
+                settled = 0
             store.owner[keys] = target
+            store.moving_from[keys] = old
             if make_incoming:
-                moving = old != self.me
-                store.loc[keys[moving]] = INCOMING
+                store.loc[keys] = INCOMING
         finally:
             self.lock.release()
+        if settled:
+            self._localized(msg.requester, msg.req_id, msg.table, settled)
         self.stats["keys_redirected"] += len(keys)
         for owner, part in group_by(old):
             chosen = keys if part is None else keys[part]
@@ -322,6 +343,33 @@ class NodeServer:
                 self._on_handoff(handoff)
             else:
                 self.send(owner, handoff)
+
+    def _on_transfer_done(self, msg: Message) -> None:
+        """At the home: the keys reached their new owner; start the transfers that waited."""
+        store = self.stores[msg.table]
+        keys = msg.keys
+        assert keys is not None
+        if store.moving_from is None:
+            self.note_malformed(ProtocolError(f"TRANSFER_DONE sent to node {self.me}, which homes no keys"))
+            return
+        homes = self.shard_map.home_of(keys, store.spec.num_keys)
+        here = homes == self.me
+        if not here.all():
+            elsewhere = np.flatnonzero(~here)
+            for dest, part in group_by(homes[elsewhere]):
+                chosen = elsewhere if part is None else elsewhere[part]
+                self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
+            keys = keys[here]
+        self.lock.acquire()
+        try:
+            store.moving_from[keys] = NOT_MOVING
+        finally:
+            self.lock.release()
+        queued = self.waiting[msg.table]
+        if queued:
+            self.waiting[msg.table] = []
+            for waiting in queued:  # arrival order; keys still moving wait again
+                self._redirect(waiting, waiting.aux, waiting.type is MsgType.RELEASE)
 
     def _on_handoff(self, msg: Message) -> None:
         """At the (old) owner: ship owned keys to ``msg.aux``; queue those not yet here."""
@@ -392,6 +440,16 @@ class NodeServer:
             self.lock.release()
         self.stats["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
+        homes = self.shard_map.home_of(keys, self.stores[msg.table].spec.num_keys)
+        for home, part in group_by(homes):
+            chosen = keys if part is None else keys[part]
+            done = Message(
+                MsgType.TRANSFER_DONE, self.me, self.me, msg.req_id, msg.table, len(chosen), keys=chosen
+            )
+            if home == self.me:
+                self._on_transfer_done(done)
+            else:
+                self.send(home, done)
         self._replay(msg.table)
 
     def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
@@ -412,11 +470,27 @@ class NodeServer:
     def counters(self) -> dict[str, int | float | str]:
         counters: dict[str, int | float | str] = dict(self.stats)
         counters["node"] = self.me
-        counters["queued_now"] = sum(len(q) for q in self.pending)
+        counters["queued_now"] = sum(len(q) for q in self.pending) + sum(len(q) for q in self.waiting)
         counters["metadata_bytes"] = sum(store.metadata_bytes() for store in self.stores)
         counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         return counters
+
+
+def _with_keys(msg: Message, keys: npt.NDArray[np.int64]) -> Message:
+    """A LOCALIZE or RELEASE for some of its keys, remembering whom the keys go to."""
+    target = node_of(msg.requester) if msg.type is MsgType.LOCALIZE else msg.aux
+    return Message(
+        msg.type,
+        msg.sender,
+        msg.requester,
+        msg.req_id,
+        msg.table,
+        len(keys),
+        aux=target,
+        hops=msg.hops,
+        keys=keys,
+    )
 
 
 def _positions(msg: Message, idx: Index) -> npt.NDArray[np.int32]:

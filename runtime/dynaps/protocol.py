@@ -45,6 +45,7 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     RELEASE     keys                       (to the home: take these keys back, for a drain)
     HANDOFF     keys                       aux = node that receives the keys
     TRANSFER    keys values state*aux
+    TRANSFER_DONE keys                     (new owner -> home: the keys arrived)
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... HEARTBEAT)
@@ -106,6 +107,7 @@ class MsgType(enum.IntEnum):
     LOCALIZED = 9
     ERROR = 10
     RELEASE = 11
+    TRANSFER_DONE = 12
     # control plane: one JSON body frame
     REGISTER = 32
     WELCOME = 33
@@ -132,7 +134,7 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
-NO_POSITIONS = frozenset({MsgType.LOCALIZE, MsgType.HANDOFF, MsgType.RELEASE})
+NO_POSITIONS = frozenset({MsgType.LOCALIZE, MsgType.HANDOFF, MsgType.RELEASE, MsgType.TRANSFER_DONE})
 # per data type: (keys, positions allowed, values, state arrays)
 _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.PULL: (True, True, False, False),
@@ -144,6 +146,7 @@ _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.RELEASE: (True, False, False, False),
     MsgType.HANDOFF: (True, False, False, False),
     MsgType.TRANSFER: (True, False, True, True),
+    MsgType.TRANSFER_DONE: (True, False, False, False),
     MsgType.LOCALIZED: (False, False, False, False),
 }
 _TYPES = {int(t): t for t in MsgType}

@@ -8,9 +8,11 @@ Per table and node:
   id; :data:`INCOMING` while the key is on its way here; otherwise the node's best guess
   of the owner (Lapse's location cache), initially the key's home;
 * ``owner`` (int16 per key, servers only): the home's authoritative record of each homed
-  key's current owner (Lapse's address book).
+  key's current owner (Lapse's address book);
+* ``moving_from`` (int16 per key, servers only): while a transfer of a homed key is in
+  flight, the node it leaves; the home starts at most one transfer per key at a time.
 
-That is 2 bytes of metadata per key on workers and 4 on servers (Lapse: ~160).
+That is 2 bytes of metadata per key on workers and 6 on servers (Lapse: ~160).
 On a worker node the arrays live in shared memory so that its training process reads
 and updates owned keys directly; ``lock`` guards them.
 """
@@ -30,6 +32,7 @@ from dynaps.shm import Segment
 from dynaps.updaters import Updater, make_updater
 
 INCOMING = -1  # loc value: ownership is being transferred to this node
+NOT_MOVING = -1  # moving_from value: no transfer of the key is in flight
 INIT_CHUNK = 1 << 16
 
 Array = npt.NDArray[Any]
@@ -44,6 +47,7 @@ class TableStore:
     states: tuple[Array, ...]
     loc: npt.NDArray[np.int16]
     owner: npt.NDArray[np.int16] | None
+    moving_from: npt.NDArray[np.int16] | None
     updater: Updater
     segments: list[Segment] = field(default_factory=list)
 
@@ -72,7 +76,10 @@ class TableStore:
             chunk = np.arange(first, min(first + INIT_CHUNK, spec.num_keys), dtype=np.int64)
             loc[first : first + len(chunk)] = shard_map.home_of(chunk, spec.num_keys)
         owner = loc.copy() if home is not None else None
-        store = cls(index, spec, layout, arrays[0], tuple(arrays[1:-1]), loc, owner, updater, segments)
+        moving = np.full(spec.num_keys, NOT_MOVING, dtype=np.int16) if home is not None else None
+        store = cls(
+            index, spec, layout, arrays[0], tuple(arrays[1:-1]), loc, owner, moving, updater, segments
+        )
         if home is not None:
             store.initialise_home_values(home)
         return store
@@ -86,7 +93,9 @@ class TableStore:
         segments = [Segment.from_fd(fd, shape, layout.dtype) for fd in fds[:-1]]
         segments.append(Segment.from_fd(fds[-1], (spec.num_keys,), np.dtype(np.int16)))
         arrays = [seg.array for seg in segments]
-        return cls(index, spec, layout, arrays[0], tuple(arrays[1:-1]), arrays[-1], None, updater, segments)
+        return cls(
+            index, spec, layout, arrays[0], tuple(arrays[1:-1]), arrays[-1], None, None, updater, segments
+        )
 
     def fds(self) -> list[int]:
         return [seg.fd for seg in self.segments]
@@ -116,7 +125,8 @@ class TableStore:
 
     def metadata_bytes(self) -> int:
         """Bytes of per-key bookkeeping this node keeps for the table."""
-        return self.loc.nbytes + (self.owner.nbytes if self.owner is not None else 0)
+        extra = [a.nbytes for a in (self.owner, self.moving_from) if a is not None]
+        return self.loc.nbytes + sum(extra)
 
     def close(self) -> None:
         for seg in self.segments:

@@ -4,12 +4,21 @@ An updater's state (AdaGrad's accumulator, Adam's moments) is stored beside the 
 row for row, so it moves with the key on ``localize``.  Updaters are applied by whoever
 owns the key: a server, another worker, or the pushing worker itself for a local key.
 
-Custom updaters are registered by name with :func:`register_updater` in every process of
-the job (import the module that registers it in the training program).
+Custom updaters (``updater: {kind: custom, name: ...}``) are found in one of two ways:
+
+* ``name: "package.module:factory"`` -- imported by path in every process that builds the
+  table's store (servers too, which never import the training program); the module must be
+  importable there (installed in the image, or on ``PYTHONPATH``);
+* ``name: "momentum"`` -- looked up among updaters registered with :func:`register_updater`
+  in this process; this module registers ``momentum`` itself, so it exists everywhere.
+
+A factory takes the table's :class:`UpdaterSpec` (its ``lr``, ``beta1``, ... are the
+updater's hyperparameters) and returns an object with ``num_states`` and ``apply``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -133,13 +142,42 @@ class AdamUpdater:
         values[keys] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
+@dataclass
+class MomentumUpdater:
+    """Heavy-ball SGD: velocity = beta1 * velocity + g; value -= lr * velocity.
+
+    Shipped as the built-in *custom* updater ``momentum``: it shows (and tests) how a
+    registered updater keeps state beside the value.
+    """
+
+    lr: float
+    beta1: float
+    num_states = 1
+
+    def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+        keys, grads = combine_duplicates(keys, updates)
+        (velocity,) = states
+        step = self.beta1 * velocity[keys] + grads
+        velocity[keys] = step
+        values[keys] -= self.lr * step
+
+
 CustomFactory = Callable[[UpdaterSpec], Updater]
 _CUSTOM: dict[str, CustomFactory] = {}
 
 
 def register_updater(name: str, factory: CustomFactory) -> None:
-    """Make ``updater: {kind: custom, name: NAME}`` build ``factory(spec)``."""
+    """Make ``updater: {kind: custom, name: NAME}`` build ``factory(spec)`` in this process.
+
+    Registration is per process: servers only know what this module registers and what
+    they can import by path, so prefer ``name: "package.module:factory"`` for your own.
+    """
+    if ":" in name:
+        raise ConfigError(f"updater name {name!r}: ':' is reserved for 'package.module:factory' paths")
     _CUSTOM[name] = factory
+
+
+register_updater("momentum", lambda spec: MomentumUpdater(spec.lr, spec.beta1))
 
 
 def num_states(spec: UpdaterSpec) -> int:
@@ -158,11 +196,41 @@ def make_updater(spec: UpdaterSpec) -> Updater:
     if kind is UpdaterKind.ADAM:
         return AdamUpdater(spec.lr, spec.beta1, spec.beta2, spec.eps)
     assert spec.name is not None
-    factory = _CUSTOM.get(spec.name)
+    factory = _import_factory(spec.name) if ":" in spec.name else _CUSTOM.get(spec.name)
     if factory is None:
-        known = ", ".join(sorted(_CUSTOM)) or "none registered"
+        known = ", ".join(sorted(_CUSTOM))
         raise ConfigError(
-            f"custom updater {spec.name!r} is not registered in this process ({known}); "
-            "call dynaps.register_updater() before connecting"
+            f"custom updater {spec.name!r} is not registered in this process (registered: {known}); "
+            "name it by path instead, 'package.module:factory', so every process can import it"
         )
-    return factory(spec)
+    updater = factory(spec)
+    states = getattr(updater, "num_states", None)
+    if not isinstance(states, int) or states < 0 or not callable(getattr(updater, "apply", None)):
+        raise ConfigError(
+            f"custom updater {spec.name!r}: the factory must return an object with an int "
+            f"'num_states' >= 0 and an 'apply(values, states, keys, updates)' method, got {updater!r}"
+        )
+    return updater
+
+
+def _import_factory(path: str) -> CustomFactory:
+    """``package.module:attribute`` -> the attribute, with errors that name the manifest field."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"custom updater {path!r}: expected 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"custom updater {path!r}: cannot import {module_name!r} in this process ({exc}); "
+            "it must be importable in every process of the job (installed in the image or on PYTHONPATH)"
+        ) from exc
+    factory: Any = module
+    for part in attribute.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ConfigError(f"custom updater {path!r}: {module_name!r} has no attribute {attribute!r}")
+    if not callable(factory):
+        raise ConfigError(f"custom updater {path!r}: {attribute!r} is not callable")
+    result: CustomFactory = factory
+    return result

@@ -60,6 +60,7 @@ def data_messages() -> list[Message]:
         Message(MsgType.LOCALIZE, count=4, keys=KEYS, **base),
         Message(MsgType.RELEASE, count=4, keys=KEYS, **base),
         Message(MsgType.HANDOFF, count=4, keys=KEYS, aux=9, **base),
+        Message(MsgType.TRANSFER_DONE, count=4, keys=KEYS, **base),
         Message(
             MsgType.TRANSFER,
             table=1,

@@ -168,6 +168,9 @@ class Cluster:
             store = server.stores[0]
             assert not (store.loc == INCOMING).any(), f"node {node} still expects keys"
             assert not any(server.pending), f"node {node} has queued requests"
+            assert not any(server.waiting), f"node {node} has relocations waiting"
+            if store.moving_from is not None:
+                assert (store.moving_from == -1).all(), f"node {node} thinks keys are still moving"
             assert server.stats["anomalies"] == 0
             assert server.stats["malformed"] == 0
             mine = store.loc == node
@@ -222,7 +225,7 @@ def test_concurrent_localizes_of_one_key_chain() -> None:
     assert sum(cluster.store(n).values[0, 0] for n in SERVERS + WORKERS if cluster.store(n).loc[0] == n) == 6
 
 
-def test_handoff_that_overtakes_the_transfer_waits_for_it() -> None:
+def test_a_second_relocation_waits_at_the_home_until_the_first_arrives() -> None:
     cluster = Cluster()
     first, second, third = WORKERS
     home = int(cluster.shard_map.home_of(np.array([0]), NUM_KEYS)[0])
@@ -231,9 +234,9 @@ def test_handoff_that_overtakes_the_transfer_waits_for_it() -> None:
     cluster.start("localize", second, [0])
     cluster.deliver((client_of(second), home))  # home: HANDOFF(0 -> second) to first
     cluster.start("localize", third, [0])
-    cluster.deliver((client_of(third), home))  # home: HANDOFF(0 -> third) to second
-    cluster.deliver((home, second))  # second does not have key 0 yet: it must wait
-    assert cluster.nodes[second].pending[0], "the early handoff was not queued"
+    cluster.deliver((client_of(third), home))  # key 0 is still moving: the home holds this one
+    assert cluster.nodes[home].waiting[0], "the second relocation was not held back"
+    assert not cluster.network.channels[(home, second)], "no handoff may reach a node before its key"
     cluster.settle(None)
     cluster.start("push", third, [0])
     cluster.settle(None)
