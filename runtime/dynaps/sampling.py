@@ -124,7 +124,8 @@ class Distribution:
             return rng.integers(self.low, self.high, n, dtype=np.int64)
         index = np.searchsorted(self._cdf, rng.random(n) * self._cdf[-1], side="right")
         index = np.minimum(index, len(self._cdf) - 1)  # guards the (measure-zero) top edge
-        return index.astype(np.int64) if self._keys is None else self._keys[index]
+        keys: Keys = index.astype(np.int64) if self._keys is None else self._keys[index]
+        return keys
 
     def probabilities(self) -> tuple[Keys, npt.NDArray[np.float64]]:
         """The support and each key's probability (for tests and diagnostics)."""
@@ -284,7 +285,7 @@ class PoolStrategy(SamplingStrategy):
         return SampleHandle(next(self._ids), n, keys)
 
     def _refill(self, target: int) -> None:
-        groups = []
+        groups: list[Keys] = []
         have = len(self._queue) - self._head
         while have < target:
             drawn = self._checked(self.sampler.draw(self.rng, self.group_size), self.group_size)
