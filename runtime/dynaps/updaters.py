@@ -203,7 +203,10 @@ def make_updater(spec: UpdaterSpec) -> Updater:
             f"custom updater {spec.name!r} is not registered in this process (registered: {known}); "
             "name it by path instead, 'package.module:factory', so every process can import it"
         )
-    updater = factory(spec)
+    try:
+        updater = factory(spec)
+    except Exception as exc:  # a user's factory: report it as the manifest's problem
+        raise ConfigError(f"custom updater {spec.name!r}: the factory failed: {exc!r}") from exc
     states = getattr(updater, "num_states", None)
     if not isinstance(states, int) or states < 0 or not callable(getattr(updater, "apply", None)):
         raise ConfigError(

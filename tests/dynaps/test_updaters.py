@@ -1,12 +1,15 @@
-"""Updaters agree with a straightforward reference, repeated keys included."""
+"""Updaters agree with a textbook numpy reference (repeated keys included); state moves with keys."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import dynaps
 from dynaps.contract import UpdaterKind, UpdaterSpec
+from dynaps.errors import ConfigError
 from dynaps.updaters import combine_duplicates, make_updater, scatter_add
 
 key_lists = st.lists(st.integers(0, 9), min_size=1, max_size=40)
@@ -39,3 +42,146 @@ def test_adagrad_step_once_per_key_per_push() -> None:
     updater.apply(values, (accumulator,), np.array([1, 1]), np.array([[1.0, 2.0], [1.0, 2.0]]))
     np.testing.assert_allclose(accumulator[1], [4.0, 16.0])
     np.testing.assert_allclose(values[1], [-0.5 * 2 / 2, -0.5 * 4 / 4], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def reference_step(
+    kind: str, value: np.ndarray, state: list[np.ndarray], g: np.ndarray, s: UpdaterSpec
+) -> None:
+    """One optimiser step for one key, written the textbook way."""
+    if kind == "add":
+        value += g
+    elif kind == "sgd":
+        value -= s.lr * g
+    elif kind == "adagrad":
+        state[0] += g * g
+        value -= s.lr * g / np.sqrt(state[0] + s.initial_accumulator + s.eps)
+    elif kind == "adam":
+        state[2][0] += 1
+        t = state[2][0]
+        state[0][:] = s.beta1 * state[0] + (1 - s.beta1) * g
+        state[1][:] = s.beta2 * state[1] + (1 - s.beta2) * g * g
+        m_hat = state[0] / (1 - s.beta1**t)
+        v_hat = state[1] / (1 - s.beta2**t)
+        value -= s.lr * m_hat / (np.sqrt(v_hat) + s.eps)
+    elif kind == "momentum":
+        state[0][:] = s.beta1 * state[0] + g
+        value -= s.lr * state[0]
+
+
+SPECS = {
+    "add": UpdaterSpec(),
+    "sgd": UpdaterSpec(kind=UpdaterKind.SGD, lr=0.3),
+    "adagrad": UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=0.2, initial_accumulator=0.1),
+    "adam": UpdaterSpec(kind=UpdaterKind.ADAM, lr=0.05, beta1=0.8, beta2=0.95),
+    "momentum": UpdaterSpec(kind=UpdaterKind.CUSTOM, name="momentum", lr=0.1, beta1=0.7),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_updater_matches_numpy_reference_over_many_pushes(kind: str) -> None:
+    spec = SPECS[kind]
+    updater = make_updater(spec)
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(8, 3))
+    states = tuple(np.zeros((8, 3)) for _ in range(updater.num_states))
+    expected = values.copy()
+    ref_states = [[np.zeros(3) for _ in range(updater.num_states)] for _ in range(8)]
+    for _ in range(25):
+        keys = rng.integers(0, 8, size=int(rng.integers(1, 12)))
+        grads = rng.normal(size=(len(keys), 3))
+        updater.apply(values, states, keys, grads)
+        for key in np.unique(keys):  # a push is one step per key, with its summed gradient
+            reference_step(kind, expected[key], ref_states[key], grads[keys == key].sum(axis=0), spec)
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
+
+
+def clipped_sgd(spec: UpdaterSpec) -> ClippedSgd:
+    """A user's updater, named in manifests as 'tests.dynaps.test_updaters:clipped_sgd'."""
+    return ClippedSgd(spec.lr)
+
+
+class ClippedSgd:
+    """value -= lr * clip(g, -1, 1); the state counts each key's steps."""
+
+    num_states = 1
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def apply(
+        self, values: np.ndarray, states: tuple[np.ndarray, ...], keys: np.ndarray, updates: np.ndarray
+    ) -> None:
+        keys, grads = combine_duplicates(keys, updates)
+        values[keys] -= self.lr * np.clip(grads, -1.0, 1.0)
+        states[0][keys] += 1
+
+
+CLIPPED = UpdaterSpec(kind=UpdaterKind.CUSTOM, name=f"{__name__}:clipped_sgd", lr=0.5)
+
+
+def test_custom_updater_is_imported_by_path() -> None:
+    updater = make_updater(CLIPPED)
+    assert isinstance(updater, ClippedSgd)
+    values, count = np.zeros((2, 2)), np.zeros((2, 2))
+    updater.apply(values, (count,), np.array([1]), np.array([[3.0, -0.5]]))
+    np.testing.assert_allclose(values[1], [-0.5, 0.25])
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_updater", "not registered"),
+        ("no.such.module:make", "cannot import"),
+        ("dynaps.updaters:nothing_here", "has no attribute"),
+        ("dynaps.updaters:", "expected 'package.module:factory'"),
+        ("dynaps.updaters:Array", "the factory failed"),
+        ("builtins:str", "must return an object"),
+    ],
+)
+def test_unknown_custom_updaters_say_why(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_updater(UpdaterSpec(kind=UpdaterKind.CUSTOM, name=name))
+
+
+# ----------------------------------------------------------------------------- real processes
+
+
+def steps_across_owners(ps: dynaps.PS, table: str) -> list[float] | None:
+    """Rank 0 pushes to key 7 on its server, localizes it, pushes; then rank 1 takes it over."""
+    W = ps.table(table)
+    key = np.array([7])
+    g = np.array([[1.0, 2.0]], dtype=np.float32)
+    if ps.rank == 0:
+        W.push(key, g)  # applied on the server: the server's state changes
+        W.localize(key)  # value *and* state move here
+        W.push(key, g)  # applied here, with the state that came along
+    ps.barrier()
+    if ps.rank == 1:
+        W.localize(key)
+        W.push(key, g)
+    ps.barrier()
+    return W.pull(key)[0].tolist() if ps.rank == 0 else None
+
+
+@pytest.mark.integration
+def test_state_moves_with_localize_and_custom_updaters_run_on_servers() -> None:
+    tables = {
+        "ada": dynaps.TableSpec(num_keys=20, dim=2, updater=SPECS["adagrad"]),
+        "clip": dynaps.TableSpec(num_keys=20, dim=2, updater=CLIPPED),
+    }
+    with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as c:
+        ada = c.run(steps_across_owners, "ada")[0]
+        clip = c.run(steps_across_owners, "clip")[0]
+    spec = SPECS["adagrad"]
+    value, state = np.zeros(2), [np.zeros(2)]
+    for _ in range(3):  # one accumulator through server, worker 0 and worker 1
+        reference_step("adagrad", value, state, np.array([1.0, 2.0]), spec)
+    np.testing.assert_allclose(ada, value, rtol=1e-5)
+    fresh = np.zeros(2)
+    for _ in range(3):  # what three steps with a fresh accumulator each would give
+        reference_step("adagrad", fresh, [np.zeros(2)], np.array([1.0, 2.0]), spec)
+    assert not np.allclose(ada, fresh, rtol=1e-3), "the accumulator did not move with the key"
+    np.testing.assert_allclose(clip, [-1.5, -1.5])  # the server imported the updater by path
