@@ -1,0 +1,294 @@
+"""Pure builders: a job in, the Kubernetes objects it needs out (dicts, as the API takes them).
+
+Nothing here talks to the cluster, so every object the operator creates can be checked in a
+unit test.  A pod is built in three layers, later layers winning where they overlap:
+
+1. defaults a user may override (image, probes, grace period, DYNAPS_LOG_LEVEL, ...);
+2. the role's ``template`` (a PodTemplateSpec: nodeSelector, tolerations, sidecars, volumes,
+   a worker image with the user's code, ...) and the role's ``env``;
+3. what identifies the pod and wires it to its job (name, labels, owner, hostname, command,
+   DYNAPS_* identity variables, the config volume, ``restartPolicy: Never``): overriding
+   these would break the job, so they always win.
+
+``restartPolicy`` is ``Never`` on purpose: the operator, not the kubelet, decides what a
+container exit means (a preemption, a failure that counts against ``backoffLimit``, or the end
+of the job), as Kubeflow's ExitCode restart policy and DLRover do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dynaps.contract import CONFIG_FILE_ENV, ParameterServerJob, RuntimeConfig, runtime_config
+from dynaps_operator import names
+from dynaps_operator.names import Role
+
+JsonDict = dict[str, Any]
+
+# Variables that tie a process to its pod: a template must not change them.
+IDENTITY_ENV = frozenset(
+    {CONFIG_FILE_ENV, "DYNAPS_NODE_NAME", "DYNAPS_RANK", "DYNAPS_BIND_HOST", "DYNAPS_ADVERTISE_HOST"}
+)
+COORDINATOR_GRACE_SECONDS = 30
+# A node that is asked to stop hands its keys back first; give it the drain timeout plus a margin.
+NODE_GRACE_MARGIN_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Where a job lives; ``uid`` makes owner references (garbage collection of children)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(ref: JobRef) -> JsonDict:
+    return {
+        "apiVersion": names.JOB_API_VERSION,
+        "kind": names.JOB_KIND,
+        "name": ref.name,
+        "uid": ref.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(ref: JobRef, name: str, labels: dict[str, str]) -> JsonDict:
+    return {
+        "name": name,
+        "namespace": ref.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(ref)],
+    }
+
+
+def build_runtime_config(
+    job: ParameterServerJob, ref: JobRef, restore_from: str | None = None
+) -> RuntimeConfig:
+    """The job-wide document every pod reads from ``DYNAPS_CONFIG_FILE``.
+
+    ``restore_from`` (the latest checkpoint, on a resume or a whole-job restart) applies only
+    where the user did not name a checkpoint to restore.
+    """
+    config = runtime_config(
+        job,
+        coordinator=names.coordinator_address(ref.name, ref.namespace),
+        coordinator_http_port=names.COORDINATOR_HTTP_PORT,
+        data_port=names.NODE_PORT,
+    )
+    checkpoint = config.fault_tolerance.checkpoint
+    if restore_from and not checkpoint.restore_from:
+        checkpoint = checkpoint.model_copy(update={"restore_from": restore_from})
+        tolerance = config.fault_tolerance.model_copy(update={"checkpoint": checkpoint})
+        config = config.model_copy(update={"fault_tolerance": tolerance})
+    return config
+
+
+def build_configmap(job: ParameterServerJob, ref: JobRef, restore_from: str | None = None) -> JsonDict:
+    config = build_runtime_config(job, ref, restore_from)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(ref, names.configmap_name(ref.name), names.job_labels(ref.name)),
+        "data": {names.CONFIG_KEY: config.to_json()},
+    }
+
+
+def build_service(ref: JobRef) -> JsonDict:
+    """The headless Service that gives every pod a stable DNS name (``<pod>.<job>.<ns>.svc``).
+
+    ``publishNotReadyAddresses``: nodes must reach the coordinator while they register, before
+    anything is ready (the same reason StatefulSets' peer discovery uses it).
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(ref, names.service_name(ref.name), names.job_labels(ref.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {names.LABEL_JOB: ref.name},
+            "ports": [
+                {"name": "coordinator", "port": names.COORDINATOR_PORT, "targetPort": names.COORDINATOR_PORT},
+                {
+                    "name": "http",
+                    "port": names.COORDINATOR_HTTP_PORT,
+                    "targetPort": names.COORDINATOR_HTTP_PORT,
+                },
+                {"name": "data", "port": names.NODE_PORT, "targetPort": names.NODE_PORT},
+            ],
+        },
+    }
+
+
+def build_pod(
+    job: ParameterServerJob, ref: JobRef, role: Role, index: int = 0, log_level: str = "INFO"
+) -> JsonDict:
+    """The pod of ``role`` number ``index`` of the job."""
+    spec = job.spec
+    name = names.pod_name(ref.name, role, index)
+    role_spec = _role_spec(job, role)
+    defaults = _default_layer(job, role, log_level)
+    template = _template_layer(job, role, role_spec.template)
+    forced = _forced_layer(job, ref, role, index, name)
+    pod: JsonDict = merge(merge(defaults, template), forced)
+    container = _main_container(pod)
+    if role_spec.resources:
+        container["resources"] = dict(role_spec.resources)
+    if spec.run_policy.scheduling_policy.priority_class:
+        pod["spec"]["priorityClassName"] = spec.run_policy.scheduling_policy.priority_class
+    return pod
+
+
+def _role_spec(job: ParameterServerJob, role: Role) -> Any:
+    if role is Role.COORDINATOR:
+        return job.spec.coordinator
+    return job.spec.servers if role is Role.SERVER else job.spec.workers
+
+
+def _command(job: ParameterServerJob, role: Role) -> list[str]:
+    if role is Role.WORKER:
+        workers = job.spec.workers
+        return ["dynaps", "worker", "--", *workers.command, *workers.args]
+    return ["dynaps", role.value]
+
+
+def _default_layer(job: ParameterServerJob, role: Role, log_level: str) -> JsonDict:
+    if role is Role.COORDINATOR:
+        probe: JsonDict = {"httpGet": {"path": "/healthz", "port": names.COORDINATOR_HTTP_PORT}}
+        grace = COORDINATOR_GRACE_SECONDS
+    else:
+        probe = {"tcpSocket": {"port": names.NODE_PORT}}
+        grace = job.spec.rebalance_policy.drain_timeout_seconds + NODE_GRACE_MARGIN_SECONDS
+    return {
+        "spec": {
+            "terminationGracePeriodSeconds": grace,
+            "enableServiceLinks": False,
+            # The runtime never calls the Kubernetes API: no token in its pods.
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": names.CONTAINER,
+                    "image": job.spec.image,
+                    "env": [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}],
+                    "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 3},
+                    # On failure the last log lines become the termination message, which the
+                    # operator quotes in its Event and condition.
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                }
+            ],
+        }
+    }
+
+
+def _template_layer(job: ParameterServerJob, role: Role, template: dict[str, Any]) -> JsonDict:
+    layer: JsonDict = {key: value for key, value in template.items() if key in ("metadata", "spec")}
+    if role is Role.WORKER and job.spec.workers.env:
+        env = [
+            {"name": key, "value": value}
+            for key, value in sorted(job.spec.workers.env.items())
+            if key not in IDENTITY_ENV
+        ]
+        layer = merge(layer, {"spec": {"containers": [{"name": names.CONTAINER, "env": env}]}})
+    return _strip_identity_env(layer)
+
+
+def _strip_identity_env(layer: JsonDict) -> JsonDict:
+    for container in layer.get("spec", {}).get("containers", []) or []:
+        if isinstance(container, dict) and container.get("name") == names.CONTAINER and "env" in container:
+            container["env"] = [
+                e for e in container["env"] if not (isinstance(e, dict) and e.get("name") in IDENTITY_ENV)
+            ]
+    return layer
+
+
+def _field_env(name: str, path: str) -> JsonDict:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, name: str) -> JsonDict:
+    env: list[JsonDict] = [
+        {"name": CONFIG_FILE_ENV, "value": f"{names.CONFIG_DIR}/{names.CONFIG_KEY}"},
+        _field_env("DYNAPS_NODE_NAME", "metadata.name"),
+        # Bind and advertise the pod IP, never 0.0.0.0: correct everywhere, and required where
+        # pods share a network namespace (the test cluster).
+        _field_env("DYNAPS_BIND_HOST", "status.podIP"),
+        _field_env("DYNAPS_ADVERTISE_HOST", "status.podIP"),
+    ]
+    if role is Role.WORKER:
+        env.append({"name": "DYNAPS_RANK", "value": str(index)})
+    if role is Role.COORDINATOR:
+        ports = [
+            {"name": "coordinator", "containerPort": names.COORDINATOR_PORT},
+            {"name": "http", "containerPort": names.COORDINATOR_HTTP_PORT},
+        ]
+    else:
+        ports = [{"name": "data", "containerPort": names.NODE_PORT}]
+    mounts: list[JsonDict] = [{"name": names.CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True}]
+    volumes: list[JsonDict] = [
+        {"name": names.CONFIG_VOLUME, "configMap": {"name": names.configmap_name(ref.name)}}
+    ]
+    checkpoint = job.spec.fault_tolerance.checkpoint
+    if checkpoint.volume:
+        mounts.append({"name": names.CHECKPOINT_VOLUME, "mountPath": checkpoint.path})
+        volumes.append({"name": names.CHECKPOINT_VOLUME, **checkpoint.volume})
+    metadata = child_metadata(ref, name, names.pod_labels(ref.name, role, index))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "hostname": name,
+            "subdomain": names.service_name(ref.name),
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": names.CONTAINER,
+                    "command": _command(job, role),
+                    "args": [],
+                    "env": env,
+                    "ports": ports,
+                    "volumeMounts": mounts,
+                }
+            ],
+            "volumes": volumes,
+        },
+    }
+
+
+def _main_container(pod: JsonDict) -> JsonDict:
+    container: JsonDict = next(c for c in pod["spec"]["containers"] if c.get("name") == names.CONTAINER)
+    return container
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Deep merge where ``override`` wins: dicts merge by key, lists of named objects by name
+    (containers, env, volumes, ports), any other value is replaced. Inputs are not modified."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge(base[key], value) if key in base else _copy(value)
+        return merged
+    if _named_list(base) and _named_list(override):
+        by_name = {item["name"]: item for item in base}
+        result = [
+            merge(by_name[item["name"]], item) if item["name"] in by_name else _copy(item)
+            for item in override
+        ]
+        seen = {item["name"] for item in override}
+        return result + [_copy(item) for item in base if item["name"] not in seen]
+    return _copy(override)
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value

@@ -1,0 +1,68 @@
+"""Talking to a job's coordinator over its small HTTP endpoint (``coordinatorHttpPort``).
+
+The operator reaches the coordinator at its pod IP (the headless Service's name would do in a
+cluster, but an operator started outside the cluster for development cannot resolve it).
+Requests the operator makes, and what it expects the runtime to answer:
+
+* ``GET /status`` -> the status document (see :mod:`dynaps_operator.coordinator_view`);
+* ``POST /scale {"servers": N, "workers": M}`` -> 202; the coordinator admits new nodes and
+  plans the migrations, and ``/status`` reports the new desired counts;
+* ``POST /drain {"node": "<pod name>"}`` -> 202; that node hands its keys away and exits 0;
+* ``POST /checkpoint {}`` -> 202; ``/status``'s ``lastCheckpoint`` changes when it is written.
+
+A 404 means the runtime predates the endpoint (:class:`CoordinatorUnsupportedError`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from dynaps_operator.errors import CoordinatorError, CoordinatorUnsupportedError
+
+
+class CoordinatorClient:
+    def __init__(self, port: int, timeout: float = 2.0) -> None:
+        self.port = port
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def status(self, host: str) -> dict[str, Any]:
+        doc = await self._request("GET", host, "/status", None)
+        if not isinstance(doc, dict):
+            raise CoordinatorError(f"coordinator at {host}: /status is not a JSON object")
+        return doc
+
+    async def act(self, host: str, action: str, body: dict[str, Any]) -> Any:
+        return await self._request("POST", host, f"/{action}", body)
+
+    async def _request(self, method: str, host: str, path: str, body: Any) -> Any:
+        url = f"http://{host}:{self.port}{path}"
+        try:
+            async with self._client().request(
+                method, url, data=None if body is None else json.dumps(body)
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CoordinatorError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+        if status == 404:
+            raise CoordinatorUnsupportedError(f"{method} {url}: the coordinator has no such endpoint")
+        if status >= 400:
+            raise CoordinatorError(f"{method} {url}: {status} {text[:200]}")
+        try:
+            return json.loads(text) if text else None
+        except ValueError as exc:
+            raise CoordinatorError(f"{method} {url}: the answer is not JSON") from exc

@@ -1,0 +1,541 @@
+"""The decisions: observed state in, actions and the new status out. Pure; no I/O.
+
+:func:`plan` is the one function that computes a job's status.  The reconciler reads the job,
+its pods and its coordinator's ``/status``, calls :func:`plan`, and carries out the
+:class:`Plan` (create, delete, drain, scale, checkpoint, patch the status if it changed, post
+the Events).  Because the input is re-read every time, a decision taken once is never taken
+twice: a pod that failed is deleted in the same pass that counts it, and afterwards it is
+terminating or gone.
+
+What the operator does, in order of precedence:
+
+* a job being deleted: nothing (garbage collection removes the children);
+* an invalid spec: Failed/InvalidSpec naming the field (until the spec changes);
+* a finished job: ``cleanPodPolicy``, then ``ttlSecondsAfterFinished``;
+* ``suspend``: checkpoint (bounded by ``drainTimeoutSeconds``), delete every pod;
+* ``activeDeadlineSeconds`` passed: Failed/DeadlineExceeded;
+* the coordinator pod exited: 0 is success, another code is the job's failure, a preemption
+  restarts every pod (from the latest checkpoint); a lost coordinator does the same;
+* each wanted node pod: missing -> create; failed -> count, delete, recreate under the same
+  name (``backoffLimit``); preempted or deleted -> count as a preemption and recreate;
+* surplus node pods (scale-in): ask the coordinator to drain them, delete them when they exit
+  or after ``drainTimeoutSeconds``; a node count different from the coordinator's -> POST /scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from dynaps.contract import (
+    TERMINAL_PHASES,
+    CheckpointStatus,
+    CleanPodPolicy,
+    ConditionReason,
+    ConditionType,
+    JobPhase,
+    JobStatus,
+    OwnershipStatus,
+    ParameterServerJob,
+)
+from dynaps_operator import names
+from dynaps_operator.builders import JobRef
+from dynaps_operator.coordinator_view import CoordinatorView, parse_final
+from dynaps_operator.names import NODE_ROLES, Role
+from dynaps_operator.podstate import Outcome, PodView
+from dynaps_operator.status import replica_status, set_condition
+
+R = ConditionReason
+C = ConditionType
+RETRY_SECONDS = 1.0  # how soon to look again while pods terminate or start
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Deletion:
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the operator remembers about a job between reconciles (lost on restart, which at
+    worst counts one replaced pod twice or repeats a drain request)."""
+
+    accounted: frozenset[str] = frozenset()  # pods whose loss was counted; awaiting their replacement
+    drains: tuple[tuple[str, datetime], ...] = ()  # pods asked to drain, and when
+    last_coordinator: CoordinatorView | None = None  # the latest /status seen
+    checkpoint_unsupported: bool = False  # the runtime answered 404 to POST /checkpoint
+
+
+@dataclass(frozen=True)
+class Observed:
+    ref: JobRef
+    generation: int
+    deleting: bool
+    job: ParameterServerJob | None  # None when the spec is invalid
+    invalid: str  # why the spec is invalid, naming the field ("" when valid)
+    status: JobStatus
+    pods: tuple[PodView, ...]
+    coordinator: CoordinatorView | None  # None when the coordinator is not running or not reachable
+    memory: Memory
+    now: datetime
+    poll_seconds: float = 2.0
+
+
+@dataclass
+class Plan:
+    status: JobStatus
+    memory: Memory
+    create: list[tuple[Role, int]] = field(default_factory=list)
+    delete: list[Deletion] = field(default_factory=list)
+    drain: list[str] = field(default_factory=list)
+    scale: tuple[int, int] | None = None  # (servers, workers) to POST /scale
+    checkpoint: bool = False  # POST /checkpoint
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False  # ttlSecondsAfterFinished passed
+    restore_from: str | None = None  # for the ConfigMap
+    requeue_after: float | None = None
+    invalid: str = ""  # the permanent error to raise after the status is written
+
+    def later(self, seconds: float) -> None:
+        seconds = max(seconds, 0.05)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def update(self, **changes: Any) -> None:
+        self.status = self.status.model_copy(update=changes)
+
+    def condition(self, kind: ConditionType, value: bool, reason: str, message: str, now: datetime) -> None:
+        self.update(conditions=set_condition(list(self.status.conditions), kind, value, reason, message, now))
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+
+def plan(o: Observed) -> Plan:
+    p = Plan(status=o.status, memory=o.memory)
+    if o.deleting:
+        return p
+    if o.invalid or o.job is None:
+        return _invalid(o, p)
+    failed = o.status.condition(C.FAILED)
+    if (
+        failed is not None
+        and failed.reason == R.INVALID_SPEC
+        and o.status.observed_generation != o.generation
+    ):
+        p.status = JobStatus()  # the spec was fixed: start afresh
+        p.memory = Memory()
+    elif o.status.phase in TERMINAL_PHASES:
+        return _finished(o, o.job, p)
+    job = o.job
+    p.update(observed_generation=o.generation)
+    _observe(o, job, p)
+    if job.spec.run_policy.suspend:
+        return _suspend(o, p)
+    if p.status.is_true(C.SUSPENDED):
+        p.condition(C.SUSPENDED, False, R.JOB_RESUMED, "the job was resumed", o.now)
+        p.update(start_time=None)
+        p.event(R.JOB_RESUMED, "resuming: creating the pods again")
+    p.restore_from = p.status.last_checkpoint.path if p.status.last_checkpoint else None
+    deadline = job.spec.run_policy.active_deadline_seconds
+    if deadline is not None and p.status.start_time is not None:
+        left = deadline - (o.now - p.status.start_time).total_seconds()
+        if left <= 0:
+            message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s)"
+            return _fail(o, job, p, R.DEADLINE_EXCEEDED, message)
+        p.later(left)
+    return _run(o, job, p)
+
+
+# ------------------------------------------------------------------------------------------ cases
+
+
+def _invalid(o: Observed, p: Plan) -> Plan:
+    p.invalid = o.invalid or "the spec is invalid"
+    failed = o.status.condition(C.FAILED)
+    if failed is not None and failed.reason == R.INVALID_SPEC and failed.message == p.invalid:
+        return p  # already reported for this spec
+    p.update(
+        phase=JobPhase.FAILED, message=p.invalid, observed_generation=o.generation, completion_time=o.now
+    )
+    p.condition(C.FAILED, True, R.INVALID_SPEC, p.invalid, o.now)
+    if o.status.condition(C.RUNNING) is not None:
+        p.condition(C.RUNNING, False, R.INVALID_SPEC, p.invalid, o.now)
+    p.event(R.INVALID_SPEC, p.invalid, warning=True)
+    for pod in o.pods:  # an update made a running job invalid: stop what it runs
+        if pod.owner_uid == o.ref.uid and not pod.terminating:
+            p.delete.append(Deletion(pod.name, pod.uid))
+    return p
+
+
+def _finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
+    _clean_pods(o, job, p)
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    if ttl is not None and o.status.completion_time is not None:
+        left = ttl - (o.now - o.status.completion_time).total_seconds()
+        if left <= 0:
+            p.delete_job = True
+        else:
+            p.later(left)
+    return p
+
+
+def _clean_pods(o: Observed, job: ParameterServerJob, p: Plan) -> None:
+    policy = job.spec.run_policy.clean_pod_policy
+    if policy == CleanPodPolicy.NONE:
+        return
+    doomed = [pod for pod in _owned(o) if not pod.terminating and (policy == CleanPodPolicy.ALL or pod.alive)]
+    if doomed:
+        p.delete.extend(Deletion(pod.name, pod.uid) for pod in doomed)
+        p.event("DeletingPods", f"cleanPodPolicy {policy}: deleting {_names(doomed)}")
+
+
+def _finish(
+    o: Observed, job: ParameterServerJob, p: Plan, phase: JobPhase, reason: str, message: str
+) -> Plan:
+    p.update(phase=phase, message=message, completion_time=o.now)
+    kind = C.SUCCEEDED if phase == JobPhase.SUCCEEDED else C.FAILED
+    p.condition(kind, True, reason, message, o.now)
+    if p.status.condition(C.RUNNING) is not None:
+        p.condition(C.RUNNING, False, reason, message, o.now)
+    p.event(reason, message, warning=phase == JobPhase.FAILED)
+    _clean_pods(o, job, p)
+    if job.spec.run_policy.ttl_seconds_after_finished is not None:
+        p.later(job.spec.run_policy.ttl_seconds_after_finished)
+    return p
+
+
+def _fail(o: Observed, job: ParameterServerJob, p: Plan, reason: str, message: str) -> Plan:
+    return _finish(o, job, p, JobPhase.FAILED, reason, message)
+
+
+def _succeed(o: Observed, job: ParameterServerJob, p: Plan, coordinator: PodView) -> Plan:
+    final = parse_final(coordinator.exit_message)
+    seen = o.coordinator or o.memory.last_coordinator
+    metrics = (final.metrics if final else {}) or (seen.metrics if seen else {}) or dict(p.status.metrics)
+    p.update(final_quality=metrics or None, metrics=metrics)
+    message = "the coordinator exited 0: every worker program succeeded"
+    if metrics:
+        message += "; final quality " + ", ".join(f"{k}={v:g}" for k, v in sorted(metrics.items()))
+    return _finish(o, job, p, JobPhase.SUCCEEDED, R.JOB_SUCCEEDED, message)
+
+
+def _suspend(o: Observed, p: Plan) -> Plan:
+    owned = [pod for pod in _owned(o) if not pod.terminating]
+    if not p.status.is_true(C.SUSPENDED):
+        p.condition(C.SUSPENDED, True, R.JOB_SUSPENDING, "checkpointing, then deleting the pods", o.now)
+        p.event(R.JOB_SUSPENDING, "runPolicy.suspend is true: checkpointing, then deleting the pods")
+        if o.coordinator is not None and o.coordinator.running and not o.memory.checkpoint_unsupported:
+            p.checkpoint = True
+            p.later(RETRY_SECONDS)
+            return _suspended_phase(o, p, owned)
+    since = p.status.condition(C.SUSPENDED)
+    assert since is not None
+    waited = (o.now - since.last_transition_time).total_seconds()
+    checkpoint = p.status.last_checkpoint
+    checkpointed = checkpoint is not None and checkpoint.time >= since.last_transition_time
+    timeout = o.job.spec.rebalance_policy.drain_timeout_seconds if o.job else 60
+    waiting = (
+        owned
+        and o.coordinator is not None
+        and o.coordinator.running
+        and not o.memory.checkpoint_unsupported
+        and not checkpointed
+        and waited < timeout
+    )
+    if waiting:
+        p.later(RETRY_SECONDS)
+    elif owned:
+        p.delete.extend(Deletion(pod.name, pod.uid) for pod in owned)
+        p.event("DeletingPods", f"suspended: deleting {_names(owned)}")
+    return _suspended_phase(o, p, owned)
+
+
+def _suspended_phase(o: Observed, p: Plan, owned: list[PodView]) -> Plan:
+    gone = not any(True for pod in _owned(o))
+    reason = R.JOB_SUSPENDED if gone else R.JOB_SUSPENDING
+    message = "suspended: no pods run" if gone else "suspending: the pods are being removed"
+    p.condition(C.SUSPENDED, True, reason, message, o.now)
+    if p.status.condition(C.RUNNING) is not None:
+        p.condition(C.RUNNING, False, R.JOB_SUSPENDED, "the job is suspended", o.now)
+    p.update(phase=JobPhase.SUSPENDED, message=message)
+    if not gone:
+        p.later(RETRY_SECONDS)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+@dataclass
+class _Pass:
+    """What one pass over the pods found."""
+
+    recovering: list[str] = field(default_factory=list)  # why pods are being replaced
+    degraded_reason: str = ""
+    rebalancing: list[str] = field(default_factory=list)
+    rebalance_reason: str = ""
+
+
+def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
+    owned = {(pod.role, pod.index): pod for pod in _owned(o)}
+    foreign = {pod.name for pod in o.pods if pod.owner_uid != o.ref.uid}
+    started = p.status.start_time is not None
+    accounted = set(p.memory.accounted)
+    found = _Pass()
+    coordinator = owned.get((Role.COORDINATOR, 0))
+    seen = o.coordinator or o.memory.last_coordinator
+
+    # The coordinator decides the job's outcome; losing it restarts every pod.
+    if coordinator is not None and not coordinator.terminating and coordinator.outcome is not None:
+        if coordinator.outcome is Outcome.SUCCEEDED:
+            return _succeed(o, job, p, coordinator)
+        if coordinator.outcome is Outcome.FAILED:
+            why = seen.reason if seen is not None and seen.reason else coordinator.describe_exit()
+            message = f"the job failed (coordinator exit code {coordinator.exit_code}): {why}"
+            return _fail(o, job, p, R.JOB_FAILED, message)
+    coordinator_lost = coordinator is None or coordinator.terminating or coordinator.outcome is not None
+    if coordinator_lost and (started or owned):
+        return _restart(o, job, p, coordinator, accounted)
+
+    ending = o.coordinator is not None and o.coordinator.ending
+    for role in NODE_ROLES:
+        desired = job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
+        # Pods below the previous pass's count existed before: a missing one was lost, not new.
+        before = (o.status.servers if role is Role.SERVER else o.status.workers).desired
+        for index in range(desired):
+            name = names.pod_name(o.ref.name, role, index)
+            pod = owned.get((role, index))
+            if pod is None:
+                if name in foreign:
+                    found.recovering.append(f"{name} waits for an older pod of that name to go")
+                    continue
+                if started and index < before and name not in accounted:
+                    _count(p, "preemptions", R.POD_LOST, f"pod {name} disappeared; recreating it")
+                    found.degraded_reason = R.POD_LOST
+                p.create.append((role, index))
+                accounted.discard(name)
+                if started:
+                    found.recovering.append(f"recreating {name}")
+            elif pod.terminating:
+                if name not in accounted:
+                    accounted.add(name)
+                    _count(p, "preemptions", R.POD_LOST, f"pod {name} is being deleted; it will be recreated")
+                    found.degraded_reason = R.POD_LOST
+                found.recovering.append(f"{name} is terminating")
+            elif pod.outcome is None or pod.outcome is Outcome.SUCCEEDED or ending:
+                continue  # running, or the job is ending (nodes exit 0 after the coordinator's shutdown)
+            else:
+                accounted.add(name)
+                if pod.outcome is Outcome.PREEMPTED:
+                    _count(p, "preemptions", R.POD_PREEMPTED, pod.describe_exit() + "; recreating it")
+                    found.degraded_reason = R.POD_PREEMPTED
+                else:
+                    _count(p, "restarts", R.POD_FAILED, pod.describe_exit(), warning=True)
+                    found.degraded_reason = R.POD_FAILED
+                    limit = job.spec.run_policy.backoff_limit
+                    if p.status.restarts > limit:
+                        message = (
+                            f"{p.status.restarts} pod failures exceed runPolicy.backoffLimit ({limit}); "
+                            f"last: {pod.describe_exit()}"
+                        )
+                        return _fail(o, job, p, R.BACKOFF_LIMIT_EXCEEDED, message)
+                p.delete.append(Deletion(pod.name, pod.uid))
+                found.recovering.append(f"replacing {name}")
+        _scale_in(o, job, p, role, desired, owned, found)
+
+    if p.create and coordinator is None:
+        p.create.insert(0, (Role.COORDINATOR, 0))
+    p.memory = replace(p.memory, accounted=frozenset(accounted))
+    _request_scale(o, job, p, found)
+    return _settle(o, job, p, found, owned)
+
+
+def _restart(
+    o: Observed, job: ParameterServerJob, p: Plan, coordinator: PodView | None, accounted: set[str]
+) -> Plan:
+    """The coordinator is gone: its nodes cannot join another one, so every pod starts again."""
+    name = names.pod_name(o.ref.name, Role.COORDINATOR)
+    if name not in accounted:
+        accounted.add(name)
+        if coordinator is not None and coordinator.outcome is not None:
+            what = coordinator.describe_exit()
+        else:
+            what = f"pod {name} was deleted"
+        _count(p, "preemptions", R.POD_PREEMPTED, f"{what}; restarting every pod of the job")
+    alive = [pod for pod in _owned(o) if not pod.terminating]
+    accounted.update(pod.name for pod in _owned(o))
+    p.delete.extend(Deletion(pod.name, pod.uid) for pod in alive)
+    p.memory = replace(p.memory, accounted=frozenset(accounted), last_coordinator=None)
+    if not _owned(o):  # everything is gone: start again, from the latest checkpoint if any
+        p.memory = replace(p.memory, accounted=frozenset())
+        p.create = [(Role.COORDINATOR, 0)] + [
+            (role, i) for role in NODE_ROLES for i in range(_desired(job, role))
+        ]
+        p.update(start_time=o.now)
+    p.later(RETRY_SECONDS)
+    message = "the coordinator was lost: restarting every pod" + (
+        f" from checkpoint {p.restore_from}" if p.restore_from else ""
+    )
+    p.update(phase=JobPhase.RECOVERING, message=message)
+    p.condition(C.DEGRADED, True, R.POD_PREEMPTED, message, o.now)
+    if p.status.condition(C.RUNNING) is not None:
+        p.condition(C.RUNNING, False, R.JOB_RESTARTING, message, o.now)
+    return p
+
+
+def _scale_in(
+    o: Observed,
+    job: ParameterServerJob,
+    p: Plan,
+    role: Role,
+    desired: int,
+    owned: dict[tuple[Role, int], PodView],
+    found: _Pass,
+) -> None:
+    drains = dict(p.memory.drains)
+    timeout = job.spec.rebalance_policy.drain_timeout_seconds
+    for (pod_role, index), pod in sorted(owned.items()):
+        if pod_role is not role or index < desired or pod.terminating:
+            continue
+        found.rebalancing.append(f"{pod.name} leaves")
+        found.rebalance_reason = R.SCALING_IN
+        asked = drains.get(pod.name)
+        if pod.outcome is not None:
+            p.delete.append(Deletion(pod.name, pod.uid))
+            drains.pop(pod.name, None)
+            p.event("DeletingPods", f"scale-in: {pod.name} has left the job; deleting it")
+        elif asked is None and o.coordinator is not None and o.coordinator.running:
+            p.drain.append(pod.name)
+            drains[pod.name] = o.now
+            p.event(R.SCALING_IN, f"scale-in: asked the coordinator to drain {pod.name}")
+            p.later(RETRY_SECONDS)
+        elif asked is None or (o.now - asked).total_seconds() >= timeout:
+            p.delete.append(Deletion(pod.name, pod.uid))
+            drains.pop(pod.name, None)
+            why = "the job is not running" if asked is None else f"it did not drain within {timeout} s"
+            p.event("DeletingPods", f"scale-in: deleting {pod.name} ({why})")
+        else:
+            p.later(RETRY_SECONDS)
+    p.memory = replace(p.memory, drains=tuple(sorted(drains.items())))
+
+
+def _request_scale(o: Observed, job: ParameterServerJob, p: Plan, found: _Pass) -> None:
+    c = o.coordinator
+    if c is None or not c.running or c.servers_desired is None or c.workers_desired is None:
+        return
+    want = (job.spec.servers.replicas, job.spec.workers.replicas)
+    have = (c.servers_desired, c.workers_desired)
+    if want != have:
+        p.scale = want
+        grows = want[0] > have[0] or want[1] > have[1]
+        found.rebalancing.append(f"the coordinator is sized for {have[0]} servers and {have[1]} workers")
+        if not found.rebalance_reason:
+            found.rebalance_reason = R.SCALING_OUT if grows else R.SCALING_IN
+    if c.migrations_in_flight:
+        found.rebalancing.append(f"{c.migrations_in_flight} shard migrations in flight")
+        found.rebalance_reason = found.rebalance_reason or R.SHARDS_MIGRATING
+
+
+def _settle(
+    o: Observed, job: ParameterServerJob, p: Plan, found: _Pass, owned: dict[tuple[Role, int], PodView]
+) -> Plan:
+    """Phase, conditions and the rest of the status, after the actions were decided."""
+    now = o.now
+    if p.create:
+        if not p.status.is_true(C.CREATED):
+            p.condition(C.CREATED, True, R.JOB_CREATED, "created the job's pods, Service and ConfigMap", now)
+        if p.status.start_time is None:
+            p.update(start_time=now)
+        p.event("CreatedPods", "creating " + ", ".join(names.pod_name(o.ref.name, r, i) for r, i in p.create))
+    wanted = [pod for pod in owned.values() if pod.index < _desired(job, pod.role)]
+    all_ready = len(wanted) == 1 + job.spec.servers.replicas + job.spec.workers.replicas and all(
+        pod.alive and pod.ready for pod in wanted
+    )
+    running = o.coordinator.running if o.coordinator is not None else all_ready and not found.recovering
+    if found.recovering:
+        message = "recovering: " + "; ".join(found.recovering)
+        phase = (
+            JobPhase.RECOVERING if p.status.start_time and p.status.is_true(C.CREATED) else JobPhase.PENDING
+        )
+        p.condition(C.DEGRADED, True, found.degraded_reason or R.POD_LOST, message, now)
+    elif found.rebalancing:
+        message = "rebalancing: " + "; ".join(found.rebalancing)
+        phase = JobPhase.REBALANCING
+    elif running:
+        message, phase = "training runs on every node", JobPhase.RUNNING
+    else:
+        message, phase = "waiting for the pods to start and the nodes to register", JobPhase.PENDING
+    if found.rebalancing:
+        p.condition(C.REBALANCING, True, found.rebalance_reason, message, now)
+    elif p.status.condition(C.REBALANCING) is not None:
+        p.condition(C.REBALANCING, False, R.BALANCED, "the node set matches the spec", now)
+    if not found.recovering and p.status.condition(C.DEGRADED) is not None:
+        if all_ready:
+            p.condition(C.DEGRADED, False, R.ALL_PODS_READY, "every pod is ready", now)
+        elif running:
+            p.condition(C.DEGRADED, True, R.PODS_NOT_READY, "some pods are not ready", now)
+    if running:
+        if not p.status.is_true(C.RUNNING):
+            p.event(R.JOB_RUNNING, "every node registered: training runs")
+        p.condition(C.RUNNING, True, R.JOB_RUNNING, "every node registered; training runs", now)
+    elif not p.status.is_true(C.RUNNING):
+        p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
+    p.update(phase=phase, message=message)
+    if o.coordinator is not None:
+        c = o.coordinator
+        p.update(
+            ownership=OwnershipStatus(
+                epoch=c.epoch,
+                shards_per_server=c.shards_per_server,
+                migrations_in_flight=c.migrations_in_flight,
+            )
+        )
+        if c.metrics:
+            p.update(metrics=c.metrics)
+        if c.last_checkpoint is not None:
+            p.update(
+                last_checkpoint=CheckpointStatus(path=c.last_checkpoint.path, time=c.last_checkpoint.time)
+            )
+        p.memory = replace(p.memory, last_coordinator=c)
+    p.later(o.poll_seconds if phase in (JobPhase.RUNNING, JobPhase.REBALANCING) else RETRY_SECONDS)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
+    pods = _owned(o)
+    for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
+        counts = replica_status(
+            _desired(job, role), [x for x in pods if x.role is role], names.role_selector(o.ref.name, role)
+        )
+        p.update(**{key: counts})
+
+
+def _desired(job: ParameterServerJob, role: Role) -> int:
+    if role is Role.COORDINATOR:
+        return 1
+    return job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
+
+
+def _owned(o: Observed) -> list[PodView]:
+    return [pod for pod in o.pods if pod.owner_uid == o.ref.uid]
+
+
+def _count(p: Plan, counter: str, reason: str, message: str, warning: bool = False) -> None:
+    p.update(**{counter: getattr(p.status, counter) + 1})
+    p.event(reason, message, warning=warning or counter == "restarts")
+
+
+def _names(pods: list[PodView]) -> str:
+    return ", ".join(pod.name for pod in pods)
