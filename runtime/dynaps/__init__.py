@@ -38,12 +38,14 @@ _EXPORTS = {
     "KeyRangeError": "dynaps.errors",
     "DynapsTimeoutError": "dynaps.errors",
     "ClusterError": "dynaps.errors",
+    "Drained": "dynaps.errors",
 }
 
 __all__ = [
     "PS",
     "ClusterError",
     "ConfigError",
+    "Drained",
     "DynapsError",
     "DynapsTimeoutError",
     "Handle",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from dynaps.errors import (
         ClusterError,
         ConfigError,
+        Drained,
         DynapsError,
         DynapsTimeoutError,
         KeyRangeError,

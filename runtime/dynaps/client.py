@@ -32,6 +32,7 @@ from dynaps import control
 from dynaps.contract import Allocation, ConsistencyModel, RuntimeConfig
 from dynaps.errors import (
     ClusterError,
+    Drained,
     DynapsTimeoutError,
     KeyRangeError,
     NotConnectedError,
@@ -45,6 +46,7 @@ from dynaps.protocol import (
     INLINE,
     INLINE_MAX,
     PROTOCOL_VERSION,
+    RETRY,
     Message,
     MsgType,
     TableLayout,
@@ -55,7 +57,7 @@ from dynaps.protocol import (
 )
 from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
-from dynaps.shm import SharedLock, attach
+from dynaps.shm import Segment, SharedLock, attach
 from dynaps.store import INCOMING, TableStore
 from dynaps.transport import ZmqTransport
 
@@ -93,7 +95,19 @@ def attach_address(token: str) -> str:
 class Handle:
     """An operation in flight.  ``result()`` waits for it (a pull returns the values)."""
 
-    __slots__ = ("error", "keys", "kind", "out", "ps", "remaining", "req_id", "table")
+    __slots__ = (
+        "error",
+        "index",
+        "keys",
+        "kind",
+        "mask",
+        "out",
+        "ps",
+        "remaining",
+        "req_id",
+        "rows",
+        "table",
+    )
 
     def __init__(
         self,
@@ -113,6 +127,9 @@ class Handle:
         self.out = out
         self.remaining = remaining
         self.error: BaseException | None = None
+        self.index = 0  # the table's index, to send the request again
+        self.rows: Array | None = None  # a push's or set's rows, to send again
+        self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
 
     def done(self) -> bool:
         return self.remaining <= 0 or self.error is not None
@@ -148,6 +165,8 @@ class Table:
     # -------------------------------------------------------------- argument checks
 
     def _keys(self, keys: Any) -> Keys:
+        if self._ps.control[0]:  # our node is draining
+            self._ps.drained()
         if type(keys) is not np.ndarray or keys.dtype != np.int64 or keys.ndim != 1:
             keys = np.asarray(keys)
             if keys.ndim == 0:
@@ -234,13 +253,13 @@ class Table:
             return out if wait else ps.done_handle(MsgType.PULL, self.name, out)
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
             counters["keys_pulled_remote"] += n
-            handle = ps.new_handle(MsgType.PULL, self.name, keys, None, n)
+            handle = ps.new_handle(MsgType.PULL, self, keys, None, n)
             ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
             return ps.wait(handle) if wait else handle
         remote = np.flatnonzero(~mine)
         counters["keys_pulled_local"] += n - len(remote)
         counters["keys_pulled_remote"] += len(remote)
-        handle = ps.new_handle(MsgType.PULL, self.name, keys, out, len(remote))
+        handle = ps.new_handle(MsgType.PULL, self, keys, out, len(remote))
         ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
         return ps.wait(handle) if wait else handle
 
@@ -282,7 +301,7 @@ class Table:
         ps.counters["keys_pushed_remote"] += len(remote)
         if not wait and rows is not None and not rows.flags.owndata:
             rows = rows.copy()  # the caller may reuse its array while the push is in flight
-        handle = ps.new_handle(kind, self.name, keys, None, len(remote))
+        handle = ps.new_handle(kind, self, keys, None, len(remote), rows)
         ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
         if wait:
             handle.result()
@@ -311,7 +330,7 @@ class Table:
         ps.counters["keys_localized"] += len(wanted)
         if not len(wanted):
             return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
-        handle = ps.new_handle(MsgType.LOCALIZE, self.name, wanted, None, len(wanted))
+        handle = ps.new_handle(MsgType.LOCALIZE, self, wanted, None, len(wanted))
         if len(fresh) < len(wanted):
             # Already on their way here: one localize per key may be in flight (a second
             # one could be overtaken by the first's handoff), so ask our node to tell us
@@ -402,8 +421,12 @@ class PS:
         self._tables = {store.name: Table(self, i, store) for i, store in enumerate(stores)}
         self.num_workers = config.workers
         self.shard_map: ShardMap
+        self.epoch = 0
+        self.lost: set[int] = set()
         self.digest = ""
         self.closed = False
+        # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
+        self.control: npt.NDArray[np.uint8] = np.zeros(1, dtype=np.uint8)
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "keys_pulled_local",
@@ -441,11 +464,13 @@ class PS:
                 stores.append(TableStore.attach(index, spec, fds[offset : offset + count]))
                 offset += count
             lock = SharedLock.open(description["lock"])
+            control_block = Segment.from_fd(fds[-1], (int(description["control"]),), np.dtype(np.uint8))
             node = int(description["node"])
             transport = ZmqTransport(client_of(node), config.bind_host, 0, config.advertise_host)
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             ps = cls(config, node, int(description["rank"]), stores, lock, transport)
             ps.digest = str(description["digest"])
+            ps.control = control_block.array
             return ps
 
         ps = _attach_retrying(attach_address(token), prepare, deadline)
@@ -479,8 +504,65 @@ class PS:
 
     def _apply_membership(self, membership: control.Membership) -> None:
         control.connect_members(self.transport, membership)
-        self.shard_map = ShardMap.from_json(membership.shard_map)
+        shard_map = ShardMap.from_json(membership.shard_map)
+        if not hasattr(self, "shard_map") or shard_map.epoch >= self.shard_map.epoch:
+            self.shard_map = shard_map
+            self.epoch = shard_map.epoch
         self.num_workers = membership.num_workers
+        lost = set(membership.lost) - self.lost
+        if lost:
+            self.lost |= lost
+            for node in lost:
+                self.transport.forget(node)
+                self.transport.forget(client_of(node))
+            self._retry_outstanding()
+
+    def _retry_outstanding(self) -> None:
+        """Nodes died: requests in flight may have died with them.  Send what is not yet
+        answered again, to the keys' homes (which know the owners after recovery)."""
+        for handle in list(self._handles.values()):
+            keys = handle.keys
+            if keys is None:
+                continue
+            if handle.kind is MsgType.LOCALIZE:
+                idx = np.arange(len(keys))
+            elif handle.mask is not None:
+                idx = np.flatnonzero(~handle.mask)
+            else:
+                idx = np.arange(len(keys))
+                handle.mask = np.zeros(len(keys), dtype=np.bool_)
+            if not len(idx):
+                continue
+            self.counters["requests_retried"] = self.counters.get("requests_retried", 0) + 1
+            num_keys = self.stores[handle.index].spec.num_keys
+            homes = self.shard_map.home_of(keys[idx], num_keys)
+            for home, part in group_by(homes):
+                chosen = idx if part is None else idx[part]
+                positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
+                rows = handle.rows[chosen] if handle.rows is not None else None
+                self.send(
+                    home,
+                    Message(
+                        handle.kind,
+                        self.endpoint,
+                        self.endpoint,
+                        handle.req_id,
+                        handle.index,
+                        len(chosen),
+                        flags=RETRY,
+                        epoch=self.epoch,
+                        keys=keys[chosen],
+                        positions=positions,
+                        values=rows,
+                    ),
+                )
+
+    def drained(self) -> None:
+        """Raise Drained: our node is leaving the job."""
+        raise Drained(
+            f"worker rank {self.rank} is being drained (its node leaves the job): stop and return; "
+            "what was acknowledged is kept"
+        )
 
     # -------------------------------------------------------------- public API
 
@@ -519,6 +601,8 @@ class PS:
 
     def barrier(self, timeout: float | None = None) -> None:
         """Wait until every worker reaches this barrier (after this worker's operations complete)."""
+        if self.control[0]:
+            self.drained()
         self.wait_all(timeout)
         generation = self._barrier_generation
         self._barrier_generation += 1
@@ -532,6 +616,8 @@ class PS:
 
     def clock(self, timeout: float | None = None) -> int:
         """Advance this worker's clock; under bsp/ssp, wait for the slowest worker."""
+        if self.control[0]:
+            self.drained()
         self._clock += 1
         consistency = self.config.consistency
         if consistency.model == ConsistencyModel.ASYNC:
@@ -576,8 +662,18 @@ class PS:
         self._next_id += 1
         return req_id
 
-    def new_handle(self, kind: MsgType, table: str, keys: Keys, out: Array | None, remaining: int) -> Handle:
-        handle = Handle(self, self._new_id(), kind, table, keys, out, remaining)
+    def new_handle(
+        self,
+        kind: MsgType,
+        table: Table,
+        keys: Keys,
+        out: Array | None,
+        remaining: int,
+        rows: Array | None = None,
+    ) -> Handle:
+        handle = Handle(self, self._new_id(), kind, table.name, keys, out, remaining)
+        handle.index = table._index
+        handle.rows = rows
         self._handles[handle.req_id] = handle
         return handle
 
@@ -586,6 +682,7 @@ class PS:
 
     def send(self, dest: int, msg: Message) -> None:
         self.counters["messages_sent"] += 1
+        msg.epoch = self.epoch
         self.transport.send(dest, encode(msg))
 
     def send_whole(
@@ -597,12 +694,13 @@ class PS:
         self.counters["messages_sent"] += 1
         ep = self.endpoint
         if rows is None and keys.nbytes <= INLINE_MAX:
-            head = HEADER.pack(PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, 0, req_id, len(keys), 0)
+            head = HEADER.pack(
+                PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, self.epoch, req_id, len(keys), 0
+            )
             self.transport.send(dest, [head + keys.tobytes()])
             return
-        self.transport.send(
-            dest, encode(Message(kind, ep, ep, req_id, table, len(keys), keys=keys, values=rows))
-        )
+        msg = Message(kind, ep, ep, req_id, table, len(keys), epoch=self.epoch, keys=keys, values=rows)
+        self.transport.send(dest, encode(msg))
 
     def request(
         self,
@@ -630,6 +728,7 @@ class PS:
                     handle.req_id,
                     table,
                     len(keys),
+                    epoch=self.epoch,
                     keys=keys,
                     values=rows,
                 )
@@ -641,6 +740,7 @@ class PS:
                     handle.req_id,
                     table,
                     len(chosen),
+                    epoch=self.epoch,
                     keys=keys[chosen],
                     positions=chosen.astype(np.int32),
                     values=rows[chosen] if rows is not None else None,
@@ -674,22 +774,39 @@ class PS:
         if kind in (MsgType.PULL_REPLY, MsgType.ACK, MsgType.LOCALIZED, MsgType.ERROR):
             handle = self._handles.get(msg.req_id)
             if handle is None:
+                if self.lost:  # a late answer to a request that was sent again: already done
+                    return
                 raise ProtocolError(f"reply for unknown request {msg.req_id}")
             if kind is MsgType.ERROR:
                 handle.error = ClusterError(f"{handle!r} failed on node {msg.sender}: {msg.text}")
                 del self._handles[msg.req_id]
                 return
-            if msg.count > handle.remaining:
-                raise ProtocolError(f"reply acknowledges {msg.count} keys, {handle.remaining} pending")
+            count = msg.count
+            if kind is MsgType.LOCALIZED:  # a hint: answered twice after a retry is fine
+                count = min(count, handle.remaining)
+            elif count > handle.remaining and handle.mask is None:
+                raise ProtocolError(f"reply acknowledges {count} keys, {handle.remaining} pending")
             positions = msg.positions
-            if positions is not None and len(positions) and int(positions.max()) >= _size(handle.keys):
-                raise ProtocolError("reply positions outside the request")
+            values = msg.values
+            if positions is not None:
+                if len(positions) and int(positions.max()) >= _size(handle.keys):
+                    raise ProtocolError("reply positions outside the request")
+                if handle.mask is None:
+                    handle.mask = np.zeros(_size(handle.keys), dtype=np.bool_)
+                fresh = ~handle.mask[positions]
+                if not fresh.all():  # answered before: a retried request's duplicate
+                    positions = positions[fresh]
+                    values = values[fresh] if values is not None else None
+                handle.mask[positions] = True
+                count = len(positions)
+            elif handle.mask is not None and kind is not MsgType.LOCALIZED:
+                handle.mask[:] = True  # a whole answer
+                count = handle.remaining
             if kind is MsgType.PULL_REPLY:
-                values = msg.values
                 assert values is not None
                 out = handle.out
                 if out is None:  # sent whole to one node: the reply is usually all of it
-                    if positions is None and msg.count == _size(handle.keys):
+                    if positions is None and count == _size(handle.keys):
                         handle.out = values.copy()  # the frame's memory is read-only
                     else:
                         out = handle.out = np.empty((_size(handle.keys), values.shape[1]), values.dtype)
@@ -698,9 +815,9 @@ class PS:
                     out[:] = values
                 else:
                     out[positions] = values
-            if msg.hops and positions is not None:
+            if msg.hops and positions is not None and len(positions):
                 self._learn_owner(msg.table, handle, positions, msg.sender)
-            handle.remaining -= msg.count
+            handle.remaining -= count
             if handle.remaining <= 0:
                 del self._handles[msg.req_id]
         elif msg.sender != COORDINATOR and kind is not MsgType.STATS_REPLY:

@@ -66,6 +66,7 @@ class Membership(_Body):
     nodes: list[NodeInfo]
     shard_map: dict[str, Any]
     num_workers: int = Field(ge=0)
+    lost: list[int] = Field(default_factory=list)  # nodes that died: their keys are recovered
 
     def node(self, node_id: int) -> NodeInfo | None:
         for info in self.nodes:
@@ -89,6 +90,21 @@ class WorkerDone(_Body):
 class Shutdown(_Body):
     reason: str = ""
     exit_code: int = 0
+
+
+class Leave(_Body):
+    reason: str = ""
+
+
+class MigrateOut(_Body):
+    id: int = Field(ge=1)
+    shards: list[int]
+    target: int = Field(ge=1, le=MAX_NODES)
+    epoch: int = Field(ge=0)
+
+
+class MigrateReady(_Body):
+    id: int = Field(ge=1)
 
 
 class Stats(_Body):

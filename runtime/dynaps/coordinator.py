@@ -10,8 +10,12 @@ knows who may send it:
    READY and every worker's client is registered, MEMBERSHIP(phase=running) goes to
    everyone and training starts.
 
-The job ends when every worker node reports WORKER_DONE (its program exited): the
-coordinator sends SHUTDOWN to every process and exits with the job's status.
+While the job runs, nodes join (a new server gets shards by migration; a new worker
+joins barriers and data leases), leave (LEAVE: drain, then LEFT) or die (no HEARTBEAT
+for a few intervals: the membership lists them as lost, and the nodes recover their
+keys).  Every change is a new MEMBERSHIP version; every change of the shard map a new
+epoch.  The job ends when every worker's program has exited: the coordinator sends
+SHUTDOWN to every process and exits with the job's status.
 """
 
 from __future__ import annotations
@@ -23,46 +27,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dynaps import control
 from dynaps.contract import ConsistencyModel, RuntimeConfig
-from dynaps.control import Membership, NodeInfo
+from dynaps.control import Membership
 from dynaps.coordinator_http import StatusServer
 from dynaps.errors import ProtocolError
-from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode
+from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
+from dynaps.rebalance import Migration, Rebalancer
+from dynaps.roster import Member, Roster
 from dynaps.shardmap import ShardMap
 from dynaps.transport import Transport, ZmqTransport
 
 log = logging.getLogger(__name__)
 
 REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration
-
-
-@dataclass
-class Member:
-    id: int
-    role: control.Role
-    address: str
-    name: str
-    pid: int
-    rank: int | None = None
-    client: str | None = None
-    ready: bool = False
-    exit_code: int | None = None
-    clock: int = 0
-
-    def info(self) -> NodeInfo:
-        return NodeInfo(
-            id=self.id,
-            role=self.role,
-            address=self.address,
-            client=self.client,
-            rank=self.rank,
-            name=self.name,
-            ready=self.ready,
-        )
+JOIN_TIMEOUT = 120.0  # seconds a joining node may take to build its store
 
 
 class Coordinator:
@@ -70,8 +51,8 @@ class Coordinator:
         self.config = config
         self.transport = transport
         self.digest = control.config_digest(config)
-        self.members: dict[int, Member] = {}
-        self.next_id = 1
+        self.roster = Roster(config.servers, config.workers)
+        self.rebalancer = Rebalancer(config.rebalance_policy.max_concurrent_migrations)
         self.phase = "registering"
         self.version = 0
         self.shard_map: ShardMap | None = None
@@ -81,37 +62,38 @@ class Coordinator:
         self.exit_code: int | None = None
         self.reason = ""
         self.started_at = time.time()
+        heartbeat = config.fault_tolerance.heartbeat_interval_ms / 1000
+        self.lost_after = max(0.5, 5 * heartbeat)
         self.commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.status_doc: dict[str, Any] = {}
         self._refresh_status()
 
-    # ------------------------------------------------------------------ helpers
-
-    def workers(self) -> list[Member]:
-        return [m for m in self.members.values() if m.role == "worker"]
-
-    def servers(self) -> list[Member]:
-        return [m for m in self.members.values() if m.role == "server"]
-
-    def membership(self) -> Membership:
-        assert self.shard_map is not None
-        phase = "running" if self.phase == "running" else self.phase
-        return Membership(
-            version=self.version,
-            phase=phase,
-            nodes=[m.info() for m in sorted(self.members.values(), key=lambda m: m.id)],
-            shard_map=self.shard_map.to_json(),
-            num_workers=len(self.workers()),
-        )
+    # ------------------------------------------------------------------ sending
 
     def _send(self, endpoint: int, kind: MsgType, body: dict[str, Any]) -> None:
-        self.transport.send(endpoint, _control(kind, body))
+        self.transport.send(endpoint, control_frames(kind, COORDINATOR, body))
 
     def _broadcast(self, kind: MsgType, body: dict[str, Any], clients: bool = True) -> None:
-        for member in self.members.values():
+        for member in self.roster.active():
             self._send(member.id, kind, body)
             if clients and member.client is not None:
                 self._send(client_of(member.id), kind, body)
+
+    def membership(self) -> Membership:
+        assert self.shard_map is not None
+        return Membership(
+            version=self.version,
+            phase="prepare" if self.phase == "prepare" else "running",
+            nodes=self.roster.infos(),
+            shard_map=self.shard_map.to_json(),
+            num_workers=len(self.roster.active("worker")),
+            lost=list(self.roster.lost),
+        )
+
+    def _announce(self) -> None:
+        """A new membership version for everyone (nodes before clients)."""
+        self.version += 1
+        self._broadcast(MsgType.MEMBERSHIP, self.membership().model_dump())
 
     # ------------------------------------------------------------------ messages
 
@@ -127,20 +109,36 @@ class Coordinator:
         kind = msg.type
         if kind is MsgType.REGISTER:
             self._on_register(control.parse(control.Register, msg.body))
-        elif kind is MsgType.READY:
-            self._on_ready(msg.sender, control.parse(control.Ready, msg.body))
+            return
+        member = self.roster.get(node_of(msg.sender))
+        if member is None:
+            raise ProtocolError(f"{kind.name} from unknown endpoint {msg.sender}")
+        member.last_seen = time.monotonic()
+        if kind is MsgType.HEARTBEAT:
+            return
+        if kind is MsgType.READY:
+            self._on_ready(member)
         elif kind is MsgType.BARRIER:
             self._on_barrier(msg.sender, control.parse(control.Barrier, msg.body))
         elif kind is MsgType.CLOCK:
-            self._on_clock(msg.sender, int((msg.body or {}).get("clock", 0)))
+            member.clock = max(member.clock, int((msg.body or {}).get("clock", 0)))
+            self._publish_min_clock()
         elif kind is MsgType.WORKER_DONE:
-            self._on_worker_done(msg.sender, control.parse(control.WorkerDone, msg.body))
+            self._on_worker_done(member, control.parse(control.WorkerDone, msg.body))
+        elif kind is MsgType.LEAVE:
+            self._on_leave(member, control.parse(control.Leave, msg.body).reason)
+        elif kind is MsgType.LEFT:
+            self._on_left(member)
+        elif kind is MsgType.MIGRATE_READY:
+            self._on_migrate_ready(control.parse(control.MigrateReady, msg.body).id)
         elif kind is MsgType.STATS:
-            self._send(msg.sender, MsgType.STATS_REPLY, {"counters": self.status()})
+            self._send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
         elif kind is MsgType.PING:
             self._send(msg.sender, MsgType.PONG, {})
         else:
             raise ProtocolError(f"coordinator does not handle {kind.name}")
+
+    # ------------------------------------------------------------------ joining
 
     def _on_register(self, reg: control.Register) -> None:
         if reg.config_digest != self.digest:
@@ -149,31 +147,25 @@ class Coordinator:
         if reg.role == "client":
             self._register_client(reg)
             return
-        if self.phase != "registering":
-            self._refuse(reg, f"the job is already {self.phase}; live joins need a scale request")
+        if self.phase == "stopping":
+            self._refuse(reg, "the job is ending")
             return
-        expected = self.config.servers if reg.role == "server" else self.config.workers
-        same_role = [m for m in self.members.values() if m.role == reg.role]
-        if len(same_role) >= expected:
-            self._refuse(reg, f"the job expects {expected} {reg.role}s and has them all")
+        admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank)
+        if isinstance(admitted, str):
+            self._refuse(reg, admitted)
             return
-        member = Member(self.next_id, reg.role, reg.address, reg.name, reg.pid)
-        self.next_id += 1
-        if reg.role == "worker":
-            taken = {m.rank for m in same_role}
-            if reg.rank is not None and reg.rank not in taken and reg.rank < expected:
-                member.rank = reg.rank
-            else:
-                member.rank = min(set(range(expected)) - taken)
-        self.members[member.id] = member
+        member = admitted
         self.transport.connect(member.id, member.address)
         self._send(member.id, MsgType.WELCOME, {"node": member.id, "nonce": reg.nonce, "rank": member.rank})
         log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
-        if len(self.servers()) == self.config.servers and len(self.workers()) == self.config.workers:
-            self._prepare()
+        if self.phase == "registering":
+            if all(len(self.roster.active(r)) == self.roster.desired[r] for r in ("server", "worker")):
+                self._prepare()
+        else:  # a late joiner: it builds its store from the current membership
+            self._send(member.id, MsgType.MEMBERSHIP, self.membership().model_dump())
 
     def _register_client(self, reg: control.Register) -> None:
-        member = self.members.get(reg.node or -1)
+        member = self.roster.get(reg.node or -1)
         if member is None or member.role != "worker":
             self._refuse(reg, f"node {reg.node} is not a worker of this job")
             return
@@ -185,86 +177,221 @@ class Coordinator:
             {"node": member.id, "nonce": reg.nonce, "rank": member.rank},
         )
         if self.phase == "running":
-            self.version += 1
-            self._broadcast(MsgType.MEMBERSHIP, self.membership().model_dump())
+            self._announce()
         self._maybe_start()
 
     def _refuse(self, reg: control.Register, reason: str) -> None:
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
         self.transport.connect(REFUSED_ENDPOINT, reg.address)
         self._send(REFUSED_ENDPOINT, MsgType.REFUSED, {"nonce": reg.nonce, "reason": reason})
-        self.transport.forget(REFUSED_ENDPOINT)
+        self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
 
     def _prepare(self) -> None:
         policy = self.config.rebalance_policy
-        servers = [m.id for m in self.servers()]
+        servers = [m.id for m in self.roster.active("server")]
         self.shard_map = ShardMap.initial(policy.num_shards, policy.partition, servers)
         self.phase = "prepare"
         self.version += 1
-        log.info("all %d nodes registered; preparing epoch %d", len(self.members), self.shard_map.epoch)
+        log.info(
+            "all %d nodes registered; preparing epoch %d", len(self.roster.members), self.shard_map.epoch
+        )
         self._broadcast(MsgType.MEMBERSHIP, self.membership().model_dump(), clients=False)
 
-    def _on_ready(self, sender: int, ready: control.Ready) -> None:
-        member = self.members.get(sender)
-        if member is None:
-            raise ProtocolError(f"READY from unknown node {sender}")
-        member.ready = True
-        self._maybe_start()
+    def _on_ready(self, member: Member) -> None:
+        if member.state != "joining":
+            return
+        member.state = "ready"
+        if self.phase == "prepare":
+            self._maybe_start()
+            return
+        log.info("%s %d joined the running job", member.role, member.id)
+        self._announce()
+        if member.role == "server":
+            self._rebalance()
 
     def _maybe_start(self) -> None:
         if self.phase != "prepare":
             return
-        if not all(m.ready for m in self.members.values()):
+        if any(m.state == "joining" for m in self.roster.active()):
             return
-        if not all(m.client is not None for m in self.workers()):
+        if any(m.client is None for m in self.roster.active("worker")):
             return
         self.phase = "running"
-        self.version += 1
-        log.info("job running with %d servers and %d workers", len(self.servers()), len(self.workers()))
-        self._broadcast(MsgType.MEMBERSHIP, self.membership().model_dump())
+        log.info(
+            "job running with %d servers and %d workers",
+            len(self.roster.active("server")),
+            len(self.roster.active("worker")),
+        )
+        self._announce()
+
+    # ------------------------------------------------------------------ leaving
+
+    def _on_leave(self, member: Member, reason: str) -> None:
+        """The node drains: a server's shards move away; a worker releases its keys."""
+        if member.state == "draining":
+            return
+        log.info("%s %d is leaving (%s)", member.role, member.id, reason or "drain")
+        member.state = "draining"
+        self._announce()
+        if member.role == "server":
+            self._rebalance()
+        self._check_barrier()
+        self._check_done()
+
+    def _on_left(self, member: Member) -> None:
+        log.info("%s %d left", member.role, member.id)
+        self.roster.remove(member, lost=False)
+        self.transport.forget(member.id)
+        if member.client is not None:
+            self.transport.forget(client_of(member.id))
+        self._announce()
+        self._check_barrier()
+        self._check_done()
+
+    def drain(self, target: str) -> bool:
+        """Ask a node (by name or id) to drain and leave; False if there is no such node."""
+        for member in self.roster.active():
+            if target in (member.name, str(member.id)):
+                self._send(member.id, MsgType.DRAIN, {"reason": "drain requested"})
+                return True
+        return False
+
+    def scale(self, servers: int | None, workers: int | None) -> None:
+        """Change the desired sizes; surplus nodes are asked to drain (the newest first)."""
+        for role, wanted in (("server", servers), ("worker", workers)):
+            if wanted is None:
+                continue
+            self.roster.desired[role] = wanted  # type: ignore[index]
+            present = [m for m in self.roster.active(role) if m.state != "draining"]  # type: ignore[arg-type]
+            surplus = len(present) - wanted
+            if surplus > 0:
+                victims = sorted(present, key=lambda m: m.rank if m.rank is not None else m.id, reverse=True)
+                for member in victims[:surplus]:
+                    self._send(member.id, MsgType.DRAIN, {"reason": f"scaling {role}s to {wanted}"})
+        self._refresh_status()
+
+    def tick(self) -> None:
+        """Periodic duties: detect lost nodes."""
+        now = time.monotonic()
+        for member in self.roster.active():
+            limit = JOIN_TIMEOUT if member.state == "joining" else self.lost_after
+            if now - member.last_seen > limit:
+                self._on_lost(member)
+
+    def _on_lost(self, member: Member) -> None:
+        log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
+        self.roster.remove(member, lost=True)
+        self.transport.forget(member.id)
+        if member.client is not None:
+            self.transport.forget(client_of(member.id))
+        for migration in self.rebalancer.abort_involving(member.id):
+            log.warning("migration %d aborted: node %d was lost", migration.id, member.id)
+        if member.role == "server" and self.shard_map is not None and member.id in self.shard_map.homes:
+            # Without replication there is no copy of what the server held (checkpoints
+            # restore it, see faultTolerance.checkpoint); its shards need a new home.
+            self.finish(1, f"server {member.name or member.id} was lost and its shards have no replica")
+            return
+        self._announce()
+        if member.role == "server":
+            self._rebalance()
+        self._check_barrier()
+        self._check_done()
+
+    # ------------------------------------------------------------------ rebalancing
+
+    def _rebalance(self) -> None:
+        assert self.shard_map is not None
+        servers = self.roster.active("server")
+        staying = [m.id for m in servers if m.state == "ready"]
+        leaving = [m.id for m in servers if m.state == "draining"]
+        self.rebalancer.replan(self.shard_map.homes, staying, leaving)
+        self._start_migrations()
+
+    def _start_migrations(self) -> None:
+        assert self.shard_map is not None
+        for migration in self.rebalancer.start_next(self.shard_map.epoch):
+            log.info(
+                "migration %d: %d shards from node %d to node %d",
+                migration.id,
+                len(migration.shards),
+                migration.source,
+                migration.target,
+            )
+            body = control.MigrateOut(
+                id=migration.id, shards=migration.shards, target=migration.target, epoch=self.shard_map.epoch
+            ).model_dump()
+            self._send(migration.source, MsgType.MIGRATE_OUT, body)
+
+    def _on_migrate_ready(self, migration_id: int) -> None:
+        """The target holds a copy and the source is frozen: commit the new epoch."""
+        migration: Migration | None = self.rebalancer.running.pop(migration_id, None)
+        if migration is None or self.shard_map is None:
+            return
+        homes = self.shard_map.homes.copy()
+        homes[migration.shards] = migration.target
+        self.shard_map = ShardMap(
+            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes
+        )
+        self.rebalancer.completed += 1
+        log.info(
+            "epoch %d: %d shards now homed on node %d",
+            self.shard_map.epoch,
+            len(migration.shards),
+            migration.target,
+        )
+        self._announce()
+        self._start_migrations()
+
+    # ------------------------------------------------------------------ barriers, clocks
 
     def _on_barrier(self, sender: int, barrier: control.Barrier) -> None:
         if barrier.generation != self.barrier_generation:
             raise ProtocolError(f"barrier {barrier.generation} while at {self.barrier_generation}")
         self.barrier_arrived.add(sender)
-        clients = {client_of(m.id) for m in self.workers() if m.exit_code is None}
+        self._check_barrier()
+
+    def _check_barrier(self) -> None:
+        if not self.barrier_arrived:
+            return
+        clients = {client_of(m.id) for m in self.roster.workers_running() if m.state != "draining"}
         if clients <= self.barrier_arrived:
             body = {"generation": self.barrier_generation}
+            for endpoint in self.barrier_arrived | clients:
+                if self.roster.get(node_of(endpoint)) is not None:
+                    self._send(endpoint, MsgType.BARRIER_DONE, body)
             self.barrier_generation += 1
             self.barrier_arrived.clear()
-            for endpoint in clients:
-                self._send(endpoint, MsgType.BARRIER_DONE, body)
-
-    def _on_clock(self, sender: int, clock: int) -> None:
-        member = self.members.get(sender & ~0x4000)
-        if member is None:
-            raise ProtocolError(f"CLOCK from unknown endpoint {sender}")
-        member.clock = max(member.clock, clock)
-        self._publish_min_clock()
 
     def _publish_min_clock(self) -> None:
         if self.config.consistency.model == ConsistencyModel.ASYNC:
             return
-        active = [m.clock for m in self.workers() if m.exit_code is None and m.client is not None]
-        low = min(active) if active else self.min_clock
+        running = self.roster.workers_running()
+        low = min((m.clock for m in running), default=self.min_clock)
         if low > self.min_clock:
             self.min_clock = low
-            for member in self.workers():
-                if member.client is not None:
-                    self._send(client_of(member.id), MsgType.CLOCK_MIN, {"clock": low})
+            for member in running:
+                self._send(client_of(member.id), MsgType.CLOCK_MIN, {"clock": low})
 
-    def _on_worker_done(self, sender: int, done: control.WorkerDone) -> None:
-        member = self.members.get(sender)
-        if member is None or member.role != "worker":
-            raise ProtocolError(f"WORKER_DONE from {sender}, which is not a worker")
+    # ------------------------------------------------------------------ the end
+
+    def _on_worker_done(self, member: Member, done: control.WorkerDone) -> None:
+        if member.role != "worker":
+            raise ProtocolError(f"WORKER_DONE from {member.id}, which is not a worker")
         member.exit_code = done.exit_code
         log.info("worker %d (rank %s) finished with exit code %d", member.id, member.rank, done.exit_code)
-        if done.exit_code != 0:
+        if done.exit_code != 0 and member.state != "draining":
             self.finish(done.exit_code, f"worker rank {member.rank} exited with code {done.exit_code}")
-        elif all(m.exit_code is not None for m in self.workers()):
+            return
+        self._publish_min_clock()
+        self._check_barrier()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.phase != "running":
+            return
+        workers = [m for m in self.roster.active("worker") if m.state != "draining"]
+        if workers and all(m.exit_code is not None for m in workers):
             self.finish(0, "all workers finished")
-        else:
-            self._publish_min_clock()
 
     def finish(self, exit_code: int, reason: str) -> None:
         if self.exit_code is not None:
@@ -287,22 +414,30 @@ class Coordinator:
         if self.shard_map is not None:
             for home in self.shard_map.homes.tolist():
                 per_server[str(home)] = per_server.get(str(home), 0) + 1
-        workers = self.workers()
+        servers = self.roster.active("server")
+        workers = self.roster.active("worker")
         self.status_doc = {
             "job": self.config.job,
             "phase": self.phase,
             "epoch": self.shard_map.epoch if self.shard_map else 0,
+            "membershipVersion": self.version,
             "shardsPerServer": per_server,
-            "migrationsInFlight": 0,
+            "migrationsInFlight": len(self.rebalancer.running),
+            "migrationsQueued": len(self.rebalancer.queued),
+            "migrationsCompleted": self.rebalancer.completed,
             "exitCode": self.exit_code,
             "reason": self.reason,
             "startedAt": self.started_at,
-            "servers": {"desired": self.config.servers, "ready": sum(1 for m in self.servers() if m.ready)},
+            "servers": {
+                "desired": self.roster.desired["server"],
+                "ready": sum(1 for m in servers if m.state == "ready"),
+            },
             "workers": {
-                "desired": self.config.workers,
-                "ready": sum(1 for m in workers if m.client is not None),
+                "desired": self.roster.desired["worker"],
+                "ready": sum(1 for m in workers if m.client is not None and m.state == "ready"),
                 "finished": sum(1 for m in workers if m.exit_code is not None),
             },
+            "lost": list(self.roster.lost),
             "members": [
                 {
                     "id": m.id,
@@ -310,22 +445,31 @@ class Coordinator:
                     "name": m.name,
                     "address": m.address,
                     "rank": m.rank,
-                    "ready": m.ready,
+                    "state": m.state,
+                    "ready": m.state != "joining",
                     "attached": m.client is not None,
                     "exitCode": m.exit_code,
                     "clock": m.clock,
                 }
-                for m in sorted(self.members.values(), key=lambda m: m.id)
+                for m in self.roster.active()
             ],
         }
 
+    # ------------------------------------------------------------------ actions (HTTP)
 
-def _control(kind: MsgType, body: dict[str, Any]) -> list[Any]:
-    return control_frames(kind, COORDINATOR, body)
+    def run_command(self, action: str, body: dict[str, Any]) -> None:
+        if action == "shutdown":
+            self.finish(0, "shutdown requested")
+        elif action == "scale":
+            self.scale(_optional_int(body, "servers"), _optional_int(body, "workers"))
+        elif action == "drain" and not self.drain(str(body.get("node", ""))):
+            log.warning("drain of unknown node %r ignored", body.get("node"))
+        self._refresh_status()
 
 
-def new_nonce() -> str:
-    return secrets.token_hex(8)
+def _optional_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    return int(value) if isinstance(value, int) and value >= 0 else None
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -346,22 +490,29 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     announce(transport.address, http.port)
+    next_tick = 0.0
     try:
         while coordinator.exit_code is None:
             if stop.is_set():
                 coordinator.finish(143, "the coordinator was asked to stop")
                 break
-            frames = transport.recv(timeout=0.1)
+            frames = transport.recv(timeout=0.05)
             while frames is not None:
                 coordinator.receive(frames)
                 frames = transport.recv_nowait()
             while not coordinator.commands.empty():
-                action, _body = coordinator.commands.get_nowait()
-                if action == "shutdown":
-                    coordinator.finish(0, "shutdown requested")
+                coordinator.run_command(*coordinator.commands.get_nowait())
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 0.05
+                coordinator.tick()
         return coordinator.exit_code if coordinator.exit_code is not None else 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         http.close()
         transport.close(linger=0.5)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(8)

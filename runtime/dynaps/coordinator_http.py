@@ -22,7 +22,7 @@ MAX_BODY = 1 << 16
 
 StatusSource = Callable[[], dict[str, Any]]
 ActionSink = Callable[[str, dict[str, Any]], None]
-ACTIONS = frozenset({"shutdown"})
+ACTIONS = frozenset({"shutdown", "scale", "drain", "checkpoint"})
 
 
 def metrics_text(status: dict[str, Any]) -> str:

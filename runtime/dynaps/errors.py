@@ -13,6 +13,7 @@ names the problem; library errors are wrapped with ``raise ... from e``.
     ├── ProtocolError          a malformed message (dropped by nodes, never raised to users)
     ├── DynapsTimeoutError     an operation did not complete in time
     └── ClusterError           a node or the job failed (a worker exited non-zero, ...)
+        └── Drained            this worker is leaving the job: stop training and return
 """
 
 from __future__ import annotations
@@ -56,3 +57,11 @@ class DynapsTimeoutError(DynapsError, TimeoutError):
 
 class ClusterError(DynapsError):
     """A node of the job failed or the job could not run."""
+
+
+class Drained(ClusterError):  # noqa: N818 - reads as an event: `except dynaps.Drained`
+    """This worker is being drained (scale-in, SIGTERM, preemption): finish up and return.
+
+    Raised by the next call after the worker's node starts to leave; operations already
+    acknowledged are kept.  Catch it to return partial results.
+    """

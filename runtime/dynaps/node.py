@@ -38,7 +38,10 @@ from dynaps.protocol import (
     COORDINATOR,
     MAX_HOPS,
     NO_ENDPOINT,
+    RECOVERY,
     NO_POSITIONS,
+    client_of,
+    control_frames,
     Message,
     MsgType,
     decode,
@@ -49,12 +52,18 @@ from dynaps.protocol import (
 from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
+from dynaps.migration import Migrations
 from dynaps.store import INCOMING, NOT_MOVING, TableStore
 from dynaps.transport import Transport
 
 log = logging.getLogger(__name__)
 
 Index = npt.NDArray[np.intp]
+
+# data messages that a home holds while their shard is frozen for a migration
+_FREEZABLE = frozenset(
+    {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
+)
 
 
 def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
@@ -97,7 +106,12 @@ class NodeServer:
         self.pending: list[list[Message]] = [[] for _ in stores]  # requests for keys on their way here
         self.waiting: list[list[Message]] = [[] for _ in stores]  # localizes of keys still moving
         self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
+        self.lost: set[int] = set()  # nodes that died: nothing is sent to them any more
+        self.future: list[Message] = []  # requests from a newer epoch than ours
+        self.migrations = Migrations(self)
         self.stats: collections.Counter[str] = collections.Counter()
+        self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
+        self._releasing: list[npt.NDArray[np.bool_]] | None = None
         self._last_malformed_log = 0.0
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.PULL: self._on_pull,
@@ -109,6 +123,7 @@ class NodeServer:
             MsgType.RELEASE: self._on_release,
             MsgType.LOCALIZED: self._on_released,
             MsgType.TRANSFER_DONE: self._on_transfer_done,
+            MsgType.SHARD_COPY: self.migrations.on_copy,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -126,11 +141,19 @@ class NodeServer:
         except ProtocolError as exc:
             self.note_malformed(exc)
             return None
-        handler(msg)
+        self.dispatch(msg)
         return None
 
     def dispatch(self, msg: Message) -> None:
-        """Handle an already-decoded data message (used to replay queued requests)."""
+        """Handle a decoded data message (also to replay queued requests)."""
+        if msg.epoch > self.shard_map.epoch:
+            self.future.append(msg)  # the sender knows a shard map we have not seen yet
+            return
+        if self.migrations.frozen_shards is not None and msg.type in _FREEZABLE:
+            held = self.migrations.hold(msg)
+            if held is None:
+                return
+            msg = held
         self._handlers[msg.type](msg)
 
     def note_malformed(self, exc: Exception) -> None:
@@ -143,6 +166,10 @@ class NodeServer:
             )
 
     def send(self, dest: int, msg: Message) -> None:
+        if node_of(dest) in self.lost:
+            return
+        if msg.epoch < self.shard_map.epoch:
+            msg.epoch = self.shard_map.epoch
         self.transport.send(dest, encode(msg))
 
     # ------------------------------------------------------------------ pull / push / set
@@ -208,13 +235,15 @@ class NodeServer:
                     store.values[keys] = updates
                 else:
                     store.updater.apply(store.values, store.states, keys, updates)
+                if self.migrations.tracking:
+                    self.migrations.touch(msg.table, keys)
         finally:
             lock.release()
         self.stats["keys_updated"] += len(keys)
         if len(keys):
-            positions = None
-            if msg.hops:  # tell the requester who owns these keys now
-                positions = _positions(msg, idx) if rest is not None else msg.positions
+            # positions whenever the request had them or this is a part of it: the client
+            # tracks what is done (to retry the rest) and learns who owns the keys
+            positions = _positions(msg, idx) if rest is not None else msg.positions
             self._reply(msg, MsgType.ACK, len(keys), positions, None)
         if rest is not None:
             self._route(msg, store, rest, own[rest])
@@ -322,6 +351,8 @@ class NodeServer:
             store.moving_from[keys] = old
             if make_incoming:
                 store.loc[keys] = INCOMING
+            if self.migrations.tracking:
+                self.migrations.touch(msg.table, keys)
         finally:
             self.lock.release()
         if settled:
@@ -363,6 +394,8 @@ class NodeServer:
         self.lock.acquire()
         try:
             store.moving_from[keys] = NOT_MOVING
+            if self.migrations.tracking:
+                self.migrations.touch(msg.table, keys)
         finally:
             self.lock.release()
         queued = self.waiting[msg.table]
@@ -389,6 +422,8 @@ class NodeServer:
                 values = store.values.take(owned, axis=0)
                 states = tuple(state.take(owned, axis=0) for state in store.states)
                 store.loc[owned] = target
+                if self.migrations.tracking:
+                    self.migrations.touch(msg.table, owned)
         finally:
             lock.release()
         if len(owned):
@@ -430,14 +465,24 @@ class NodeServer:
         keys, values = msg.keys, msg.values
         assert keys is not None
         assert values is not None
+        states = msg.states
         self.lock.acquire()
         try:
+            if msg.flags & RECOVERY:
+                # a home re-sends keys whose sender died: only where they are still expected
+                expected = store.loc[keys] == INCOMING
+                keys, values = keys[expected], values[expected]
+                states = tuple(rows[expected] for rows in states)
             store.values[keys] = values
-            for state, rows in zip(store.states, msg.states, strict=True):
+            for state, rows in zip(store.states, states, strict=True):
                 state[keys] = rows
             store.loc[keys] = self.me
+            if self.migrations.tracking:
+                self.migrations.touch(msg.table, keys)
         finally:
             self.lock.release()
+        if not len(keys):
+            return
         self.stats["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
         homes = self.shard_map.home_of(keys, self.stores[msg.table].spec.num_keys)
@@ -465,6 +510,127 @@ class NodeServer:
         for msg in queued:  # arrival order; parts still waiting are queued again in order
             self.dispatch(msg)
 
+    # ------------------------------------------------------------------ membership changes
+
+    def set_shard_map(self, new_map: ShardMap) -> None:
+        """A newer epoch: finish the migrations it commits and serve what waited for it."""
+        if new_map.epoch <= self.shard_map.epoch:
+            return
+        self.migrations.commit(new_map)
+        self.shard_map = new_map
+        self._homed.clear()
+        for msg in self.migrations.release_held():
+            self.dispatch(msg)
+        waiting, self.future = self.future, []
+        for msg in waiting:
+            self.dispatch(msg)
+
+    def homed(self, table: int) -> npt.NDArray[np.bool_]:
+        """Which keys of ``table`` this node is the home of (cached per epoch)."""
+        cached = self._homed.get((table, self.shard_map.epoch))
+        if cached is None:
+            store = self.stores[table]
+            all_keys = np.arange(store.spec.num_keys, dtype=np.int64)
+            cached = self.shard_map.home_of(all_keys, store.spec.num_keys) == self.me
+            self._homed[(table, self.shard_map.epoch)] = cached
+        return cached
+
+    def on_lost(self, lost: set[int]) -> None:
+        """Nodes died: a home takes back the keys they held (its last copy of their values)
+        and re-sends the keys they were sending to nodes that wait for them."""
+        new = lost - self.lost
+        if not new:
+            return
+        self.lost |= new
+        dead = np.asarray(sorted(new), dtype=np.int16)
+        for node in new:
+            self.transport.forget(node)
+            self.transport.forget(client_of(node))
+        for table, store in enumerate(self.stores):
+            if store.owner is None or store.moving_from is None:
+                continue
+            homed = self.homed(table)
+            self.lock.acquire()
+            try:
+                orphaned = np.flatnonzero(homed & np.isin(store.owner, dead))
+                store.owner[orphaned] = self.me
+                store.moving_from[orphaned] = NOT_MOVING
+                store.loc[orphaned] = self.me
+                stranded = np.flatnonzero(homed & np.isin(store.moving_from, dead))
+                targets = store.owner[stranded]
+                values = store.values.take(stranded, axis=0)
+                states = tuple(state.take(stranded, axis=0) for state in store.states)
+            finally:
+                self.lock.release()
+            self.stats["keys_recovered"] += len(orphaned)
+            if len(orphaned) or len(stranded):
+                log.warning(
+                    "node %d: table %s: took back %d keys of lost nodes %s, re-sent %d in flight",
+                    self.me,
+                    store.name,
+                    len(orphaned),
+                    sorted(new),
+                    len(stranded),
+                )
+            for target, part in group_by(targets):
+                chosen = stranded if part is None else stranded[part]
+                rows = values if part is None else values[part]
+                extra = states if part is None else tuple(s[part] for s in states)
+                self.send(
+                    target,
+                    Message(
+                        MsgType.TRANSFER,
+                        self.me,
+                        NO_ENDPOINT,
+                        0,
+                        table,
+                        len(chosen),
+                        aux=len(extra),
+                        flags=RECOVERY,
+                        keys=chosen.astype(np.int64),
+                        values=rows,
+                        states=extra,
+                    ),
+                )
+        for queue in self.pending:  # requests of dead clients need no answer
+            queue[:] = [m for m in queue if node_of(m.requester) not in new]
+
+    def release_owned(self) -> int:
+        """Give the keys this node holds (and does not home) back to their homes.
+
+        Called repeatedly while draining; returns how many keys are still here or on
+        their way here.  Each key is released once.
+        """
+        if self._releasing is None:
+            self._releasing = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in self.stores]
+        remaining = 0
+        for table, store in enumerate(self.stores):
+            self.lock.acquire()
+            try:
+                held = store.loc == self.me
+                if store.owner is not None:
+                    held &= ~self.homed(table)
+                remaining += int(held.sum()) + int((store.loc == INCOMING).sum())
+                fresh = np.flatnonzero(held & ~self._releasing[table])
+                self._releasing[table][fresh] = True
+            finally:
+                self.lock.release()
+            if not len(fresh):
+                continue
+            homes = self.shard_map.home_of(fresh.astype(np.int64), store.spec.num_keys)
+            for home, part in group_by(homes):
+                chosen = fresh if part is None else fresh[part]
+                self.send(
+                    home,
+                    Message(
+                        MsgType.RELEASE, self.me, self.me, 0, table, len(chosen), keys=chosen.astype(np.int64)
+                    ),
+                )
+        return remaining
+
+    def report_migration_ready(self, migration_id: int) -> None:
+        self.transport.send(COORDINATOR, control_frames(MsgType.MIGRATE_READY, self.me, {"id": migration_id}))
+
     # ------------------------------------------------------------------ introspection
 
     def counters(self) -> dict[str, int | float | str]:
@@ -474,6 +640,8 @@ class NodeServer:
         counters["metadata_bytes"] = sum(store.metadata_bytes() for store in self.stores)
         counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
+        counters["epoch"] = self.shard_map.epoch
+        counters["held_now"] = len(self.migrations.held) + len(self.future)
         return counters
 
 

@@ -5,6 +5,11 @@ node shares its store with one training process (the client): either the COMMAND
 starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that attaches
 by token (``LocalCluster``'s runners).  When the child exits, the node reports
 WORKER_DONE and keeps serving its keys until the coordinator ends the job.
+
+SIGTERM (or a DRAIN from the coordinator) starts a graceful leave: LEAVE to the
+coordinator; a worker tells its training process (``dynaps.Drained`` at its next call)
+and waits for it to finish; a server waits until its shards have moved away; then the
+node gives every key it still holds back to its home, sends LEFT and exits 0.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from dynaps import control
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames
 from dynaps.shardmap import ShardMap
-from dynaps.shm import AttachServer, NullLock, SharedLock, pid_alive
+from dynaps.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store import TableStore
 from dynaps.transport import ZmqTransport
 
@@ -33,7 +40,8 @@ log = logging.getLogger(__name__)
 
 ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
-CHORES_INTERVAL = 0.1  # seconds between checks for an attaching client and the child
+CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
+CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
 
 
 def attach_address(token: str) -> str:
@@ -68,6 +76,13 @@ class NodeProcess:
         self.server: NodeServer | None = None
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
+        self.control_segment: Segment | None = None
+        self.running = False  # the job has started (SIGTERM then means: drain)
+        self.drain_state: str | None = None  # None, "client", "shards", "keys"
+        self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
+        self.drain_deadline = 0.0
+        self.last_heartbeat = 0.0
+        self.heartbeat_interval = config.fault_tolerance.heartbeat_interval_ms / 1000
 
     # ------------------------------------------------------------------ start-up
 
@@ -98,6 +113,7 @@ class NodeProcess:
         worker = self.role == "worker"
         if worker:
             self.lock = SharedLock.create()
+            self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
         stores = [
             TableStore.create(i, spec, shard_map, home=None if worker else self.node_id, shared=worker)
             for i, spec in enumerate(self.config.tables)
@@ -119,26 +135,48 @@ class NodeProcess:
         self.transport.send(COORDINATOR, control_frames(kind, self.node_id, body))
 
     def _apply_membership(self, membership: control.Membership) -> None:
-        assert self.server is not None
-        self.server.peers |= control.connect_members(self.transport, membership)
+        server = self.server
+        assert server is not None
+        server.peers |= control.connect_members(self.transport, membership)
+        if membership.phase == "running":
+            self.running = True
+        if membership.lost:
+            server.on_lost(set(membership.lost))
+        new_map = ShardMap.from_json(membership.shard_map)
+        if new_map.epoch > server.shard_map.epoch:
+            server.set_shard_map(new_map)
 
     # ------------------------------------------------------------------ serving
 
     def run(self) -> int:
-        assert self.server is not None
+        server = self.server
+        assert server is not None
         next_chores = 0.0
         while not self.stop.is_set():
-            frames = self.transport.recv(timeout=CHORES_INTERVAL)
+            busy = server.migrations.tracking
+            frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL)
             if frames is not None:
                 self._handle(frames)
                 self._drain_inbox()
+            if busy:
+                server.migrations.step()  # one pre-copy chunk per turn, between requests
             now = time.monotonic()
-            if now >= next_chores:  # rare duties, off the request path
+            if now >= next_chores:  # periodic duties, off the request path
                 next_chores = now + CHORES_INTERVAL
-                if self.attach_server is not None:
-                    self._accept_client()
-                self._watch_child()
+                self._chores(now)
         return self.exit_code
+
+    def _chores(self, now: float) -> None:
+        if now - self.last_heartbeat >= self.heartbeat_interval:
+            self.last_heartbeat = now
+            self._send_coordinator(MsgType.HEARTBEAT, {})
+        if self.attach_server is not None:
+            self._accept_client()
+        self._watch_child()
+        if self.drain_requested:
+            self.start_drain(self.drain_requested)
+        if self.drain_state is not None:
+            self._advance_drain(now)
 
     def _handle(self, frames: list[Any]) -> None:
         assert self.server is not None
@@ -167,6 +205,14 @@ class NodeProcess:
                     raise ProtocolError("SHUTDOWN from a non-coordinator")
                 log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
                 self.stop.set()
+            elif msg.type is MsgType.MIGRATE_OUT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MIGRATE_OUT from a non-coordinator")
+                self.server.migrations.start(control.parse(control.MigrateOut, msg.body))
+            elif msg.type is MsgType.DRAIN:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("DRAIN from a non-coordinator")
+                self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
             elif msg.type in (MsgType.STATS, MsgType.PING):
                 if msg.sender not in self.server.peers:
                     raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
@@ -190,7 +236,10 @@ class NodeProcess:
         for store in self.server.stores:
             tables.append({"name": store.name, "fds": len(store.fds())})
             fds.extend(store.fds())
+        assert self.control_segment is not None
+        fds.append(self.control_segment.fd)
         description = {
+            "control": CONTROL_BYTES,
             "node": self.node_id,
             "rank": self.rank,
             "lock": self.lock.name,
@@ -226,6 +275,46 @@ class NodeProcess:
         log.info("node %d: program exited with code %d", self.node_id, code)
         self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
 
+    # ------------------------------------------------------------------ draining
+
+    def start_drain(self, reason: str) -> None:
+        """Begin a graceful leave (idempotent)."""
+        if self.drain_state is not None:
+            return
+        log.info("node %d: draining (%s)", self.node_id, reason)
+        self._send_coordinator(MsgType.LEAVE, {"reason": reason})
+        self.drain_deadline = time.monotonic() + self.config.rebalance_policy.drain_timeout_seconds
+        if self.role == "worker":
+            if self.control_segment is not None:
+                self.control_segment.array[0] = 1  # the training process raises Drained
+            self.drain_state = "client"
+        else:
+            self.drain_state = "shards"
+
+    def _advance_drain(self, now: float) -> None:
+        server = self.server
+        assert server is not None
+        if self.drain_state == "client":
+            if self._client_running() and now < self.drain_deadline:
+                return
+            if self.child is not None and self.child.poll() is None:
+                self.child.terminate()  # it did not finish in time
+            self.drain_state = "keys"
+        if self.drain_state == "shards":
+            if self.node_id in server.shard_map.homes or server.migrations.outgoing:
+                return  # the coordinator moves our shards away first
+            self.drain_state = "keys"
+        if self.drain_state == "keys" and server.release_owned() == 0:
+            log.info("node %d: drained, leaving", self.node_id)
+            self._send_coordinator(MsgType.LEFT, {})
+            self.drain_state = "left"
+            self.stop.set()
+
+    def _client_running(self) -> bool:
+        if self.child is not None:
+            return self.child.poll() is None
+        return self.client_pid is not None and pid_alive(self.client_pid)
+
     # ------------------------------------------------------------------ shutdown
 
     def close(self) -> None:
@@ -257,7 +346,11 @@ def serve_node(
     node = NodeProcess(role, config, command, attach_token, rank, name)
 
     def on_signal(signum: int, frame: object) -> None:
-        node.stop.set()
+        # Only flags here: a handler may interrupt a half-sent multipart message.
+        if node.running and signum == signal.SIGTERM:
+            node.drain_requested = "SIGTERM"
+        else:
+            node.stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

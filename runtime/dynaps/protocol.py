@@ -46,6 +46,8 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     HANDOFF     keys                       aux = node that receives the keys
     TRANSFER    keys values state*aux
     TRANSFER_DONE keys                     (new owner -> home: the keys arrived)
+    SHARD_COPY  keys owner moving owned values state*S   (old home -> new home, migration;
+                aux = number of owned rows, req_id = migration id, FINAL on the last part)
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... HEARTBEAT)
@@ -108,6 +110,7 @@ class MsgType(enum.IntEnum):
     ERROR = 10
     RELEASE = 11
     TRANSFER_DONE = 12
+    SHARD_COPY = 13
     # control plane: one JSON body frame
     REGISTER = 32
     WELCOME = 33
@@ -125,12 +128,27 @@ class MsgType(enum.IntEnum):
     CLOCK = 45
     CLOCK_MIN = 46
     REFUSED = 47
+    LEAVE = 48
+    LEFT = 49
+    DRAIN = 50
+    DRAIN_NOTICE = 51
+    MIGRATE_OUT = 52
+    MIGRATE_READY = 53
+    CHECKPOINT = 54
+    CHECKPOINT_DONE = 55
+    LEASE = 56
+    LEASE_REPLY = 57
+    RECOVER = 58
+    RECOVERED = 59
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
 HAS_POSITIONS = 1  # a positions section follows the keys (or starts a reply)
 INLINE = 2  # the payload sections follow the header inside frame 0
 INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
+FINAL = 4  # SHARD_COPY: the last part of a migration's copy
+RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
+RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
@@ -147,6 +165,7 @@ _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.HANDOFF: (True, False, False, False),
     MsgType.TRANSFER: (True, False, True, True),
     MsgType.TRANSFER_DONE: (True, False, False, False),
+    MsgType.SHARD_COPY: (True, False, False, True),  # and directory sections: see decode
     MsgType.LOCALIZED: (False, False, False, False),
 }
 _TYPES = {int(t): t for t in MsgType}
@@ -193,6 +212,9 @@ class Message:
     positions: PosArray | None = None
     values: ValueArray | None = None
     states: tuple[ValueArray, ...] = ()
+    dir_owner: npt.NDArray[np.int16] | None = None  # SHARD_COPY: the home's directory entries
+    dir_moving: npt.NDArray[np.int16] | None = None
+    owned: KeyArray | None = None  # SHARD_COPY: the keys whose values travel with the shard
     body: dict[str, Any] | None = None
     text: str = ""
 
@@ -259,7 +281,10 @@ def encode(msg: Message) -> list[Any]:
         if kind is MsgType.ERROR:
             return [head, msg.text.encode()]
         return [head, json.dumps(msg.body or {}, separators=(",", ":")).encode()]
-    parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
+    if kind is MsgType.SHARD_COPY:
+        parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.owned, msg.values) if a is not None]
+    else:
+        parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
     parts.extend(msg.states)
     flags = msg.flags & ~(HAS_POSITIONS | INLINE)
     if msg.positions is not None:
@@ -308,6 +333,7 @@ def encode_reply(
     hops: int,
     positions: PosArray | None,
     values: ValueArray | None,
+    epoch: int = 0,
 ) -> list[Any]:
     """A PULL_REPLY or ACK: what :func:`encode` makes of it, without building a Message."""
     size = 0 if values is None else values.nbytes
@@ -385,6 +411,8 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     layout = tables[table]
     if with_states and aux != layout.num_states:
         raise ProtocolError(f"TRANSFER has {aux} state arrays, table has {layout.num_states}")
+    if msg_type is MsgType.SHARD_COPY:
+        return _decode_shard_copy(msg, frames, layout)
     row_bytes = count * layout.row_bytes
     sizes = []
     if with_keys:
@@ -447,6 +475,38 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     return msg
 
 
+def _decode_shard_copy(msg: Message, frames: Sequence[Any], layout: TableLayout) -> Message:
+    count, owned = msg.count, msg.aux
+    rows = owned * layout.row_bytes
+    sizes = [count * 8, count * 2, count * 2, owned * 8, rows] + [rows] * layout.num_states
+    if msg.flags & INLINE:
+        if len(frames) != 1 or len(frames[0]) != HEADER_SIZE + sum(sizes):
+            raise ProtocolError("SHARD_COPY has the wrong size")
+        buffers = [frames[0]] * len(sizes)
+        offsets = list(np.cumsum([HEADER_SIZE, *sizes[:-1]]).tolist())
+    else:
+        if len(frames) - 1 != len(sizes) or any(len(f) != n for f, n in zip(frames[1:], sizes, strict=True)):
+            raise ProtocolError("SHARD_COPY has the wrong frames")
+        buffers = list(frames[1:])
+        offsets = [0] * len(sizes)
+    keys = np.frombuffer(buffers[0], np.int64, count, offsets[0])
+    owned_keys = np.frombuffer(buffers[3], np.int64, owned, offsets[3])
+    for array in (keys, owned_keys):
+        if len(array) and (int(array.min()) < 0 or int(array.max()) >= layout.num_keys):
+            raise ProtocolError(f"SHARD_COPY keys outside [0, {layout.num_keys})")
+    msg.keys = keys
+    msg.dir_owner = np.frombuffer(buffers[1], np.int16, count, offsets[1])
+    msg.dir_moving = np.frombuffer(buffers[2], np.int16, count, offsets[2])
+    msg.owned = owned_keys
+    shape = (owned, layout.dim)
+    msg.values = np.frombuffer(buffers[4], layout.dtype, owned * layout.dim, offsets[4]).reshape(shape)
+    msg.states = tuple(
+        np.frombuffer(buffers[5 + i], layout.dtype, owned * layout.dim, offsets[5 + i]).reshape(shape)
+        for i in range(layout.num_states)
+    )
+    return msg
+
+
 def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
     if len(rest) != 1:
         raise ProtocolError(f"control message needs one body frame, got {len(rest)}")
@@ -465,6 +525,9 @@ def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
 __all__ = [
     "CLIENT_BIT",
     "CONTROL_TYPES",
+    "FINAL",
+    "RECOVERY",
+    "RETRY",
     "COORDINATOR",
     "HAS_POSITIONS",
     "HEADER_SIZE",

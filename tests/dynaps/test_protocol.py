@@ -71,6 +71,10 @@ def data_messages() -> list[Message]:
             states=(state_rows, state_rows * 2),
             **base,
         ),
+        Message(MsgType.SHARD_COPY, table=1, count=3, aux=2, keys=np.array([1, 2, 3]),
+                dir_owner=np.array([4, 5, 6], dtype=np.int16), dir_moving=np.array([-1, -1, 7], dtype=np.int16),
+                owned=np.array([2, 3]), values=np.ones((2, 2)), states=(state_rows[:2], state_rows[:2] * 3),
+                **base),
         Message(MsgType.LOCALIZED, count=4, **base),
         Message(MsgType.ERROR, text="something went wrong: ünïcode", **base),
     ]
@@ -92,7 +96,7 @@ def test_round_trip(msg: Message) -> None:
         assert getattr(decoded, name) == getattr(msg, name), name
     if msg.type is MsgType.ERROR:
         assert decoded.text == msg.text
-    for name in ("keys", "positions", "values"):
+    for name in ("keys", "positions", "values", "dir_owner", "dir_moving", "owned"):
         expected = getattr(msg, name)
         got = getattr(decoded, name)
         if expected is None:

@@ -1,0 +1,98 @@
+"""Model quality, as sums that workers can add up (so a job reports one global figure).
+
+Each function returns the *sums* behind a metric over this worker's share of the test
+data; the app adds them over workers (``Reducer.sum``) and divides once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.apps.data import Ints, ranges
+
+Floats = npt.NDArray[np.float64]
+HITS_AT = (1, 3, 10)
+
+
+def squared_error(predicted: Any, actual: Any) -> tuple[float, float]:
+    """(sum of squared errors, count): RMSE = sqrt(sum / count) over all workers."""
+    diff = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+    return float(diff @ diff), float(len(diff))
+
+
+def log_loss_sum(probability: Any, label: Any, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(probability, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(label, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).sum())
+
+
+def auc(score: Any, label: Any) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(label) > 0.5
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if not positives or not negatives:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    sorted_scores = s[order]
+    # average rank within runs of equal scores
+    starts = np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
+    ends = np.concatenate([starts[1:], [len(s)]])
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+class KnownTriples:
+    """Every true triple, indexed so filtered ranking can exclude them per query.
+
+    ``tails_of(h, r)`` is answered for a batch at once from arrays sorted by (h, r).
+    """
+
+    def __init__(self, triples: Ints, num_entities: int, num_relations: int) -> None:
+        self.num_entities, self.num_relations = num_entities, num_relations
+        h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
+        self._by_hr = self._index(h * num_relations + r, t)
+        self._by_tr = self._index(t * num_relations + r, h)
+
+    @staticmethod
+    def _index(query: Ints, answer: Ints) -> tuple[Ints, Ints]:
+        order = np.lexsort((answer, query))
+        return query[order], answer[order]
+
+    def answers(self, by_tail: bool, anchor: Ints, relation: Ints) -> tuple[Ints, Ints]:
+        """(query number, entity) pairs of known answers for each (anchor, relation) query."""
+        keys, values = self._by_tr if by_tail else self._by_hr
+        query = anchor * self.num_relations + relation
+        starts = np.searchsorted(keys, query, side="left")
+        ends = np.searchsorted(keys, query, side="right")
+        return np.repeat(np.arange(len(query)), ends - starts), values[ranges(starts, ends)]
+
+
+def filtered_rank_sums(scores: Floats, target: Ints, known: tuple[Ints, Ints]) -> Floats:
+    """Sums of reciprocal rank and hits@1/3/10, plus the count, for one batch of queries.
+
+    ``scores`` (queries x entities); the target's rank is one plus the number of entities
+    that score higher and are not themselves known answers (the "filtered" setting).
+    """
+    rows = np.arange(len(target))
+    mine = scores[rows, target]
+    higher = (scores > mine[:, None]).sum(axis=1)
+    query, entity = known
+    other = entity != target[query]
+    beaten = scores[query[other], entity[other]] > mine[query[other]]
+    higher -= np.bincount(query[other][beaten], minlength=len(target))
+    rank = higher + 1.0
+    sums = [float((1.0 / rank).sum())] + [float((rank <= k).sum()) for k in HITS_AT] + [float(len(rank))]
+    return np.array(sums)
+
+
+def ranking_report(sums: Floats) -> dict[str, float]:
+    count = max(sums[-1], 1.0)
+    report = {"MRR": sums[0] / count}
+    for i, k in enumerate(HITS_AT, 1):
+        report[f"Hits@{k}"] = sums[i] / count
+    return report

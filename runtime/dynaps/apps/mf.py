@@ -1,0 +1,224 @@
+"""Matrix factorisation: SGD with L2 and a bold-driver step size, DSGD parameter blocking.
+
+Learns ``rows`` (R x rank) and ``cols`` (C x rank) so that ``rows[i] . cols[j]``
+approximates each observed entry.  Rows and columns are split into one block per worker
+(balanced by popularity); in sub-epoch ``s`` worker ``w`` trains on the entries of row
+block ``w`` and column block ``(w + s) mod W``, so no two workers touch the same
+parameters at once (DSGD).  With ``--allocation dynamic`` each worker localizes its row
+block once and the column block at the start of every sub-epoch: every access during
+training is local.  With ``static`` the parameters stay on the servers (a classic PS).
+
+After each epoch: test RMSE on held-out entries, and the bold driver (step size x1.05
+if the training loss fell, x0.5 if it rose).
+
+    python -m dynaps.apps.mf --epochs 5                      # a local job, synthetic data
+    python -m dynaps.apps.mf --train m.mtx --test t.mtx --rank 16
+    dynaps run examples/mf.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dynaps.apps import common, synthetic
+from dynaps.apps.data import Entries, balanced_parts, read_matrix_market
+from dynaps.apps.metrics import squared_error
+from dynaps.contract import InitSpec, TableSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    allocation: str = "dynamic"
+    epochs: int = 10
+    batch: int = 1000
+    lr: float = 0.05
+    reg: float = 0.01  # L2 weight, applied per observed entry
+    rank: int = 32
+    seed: int = 0
+    train: str | None = None  # MatrixMarket files; synthetic data when absent
+    test: str | None = None
+    rows: int = 20_000
+    cols: int = 20_000
+    entries: int = 2_000_000
+    test_entries: int = 50_000
+    noise: float = 0.1
+    zipf: float = 1.0
+    bold_driver: bool = True
+    report: str | None = None
+    quiet: bool = False
+
+
+_DATA: dict[Config, tuple[Entries, Entries]] = {}  # per process: LocalCluster runs reuse it
+
+
+def load(config: Config) -> tuple[Entries, Entries]:
+    key = Config(**{**asdict(config), "allocation": "", "epochs": 0, "report": None, "quiet": False})
+    if key not in _DATA:
+        if config.train:
+            train = read_matrix_market(config.train)
+            test = read_matrix_market(config.test) if config.test else train.subset(slice(0, 0))
+        else:
+            train, test = synthetic.matrix(
+                config.rows,
+                config.cols,
+                config.rank,
+                config.entries,
+                test_entries=config.test_entries,
+                noise=config.noise,
+                zipf=config.zipf,
+                seed=config.seed,
+            )
+        _DATA.clear()  # one data set at a time: benchmarks run many sizes in one process
+        _DATA[key] = (train, test)
+    return _DATA[key]
+
+
+def tables(config: Config, shape: tuple[int, int] | None = None) -> dict[str, TableSpec]:
+    rows, cols = shape or (config.rows, config.cols)
+    if shape is None and config.train:
+        data = read_matrix_market(config.train)
+        rows, cols = data.rows, data.cols
+    return {
+        "rows": TableSpec(num_keys=rows, dim=config.rank),
+        "cols": TableSpec(num_keys=cols, dim=config.rank),
+        **common.metrics_table(),
+    }
+
+
+def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
+    """Run the training in this worker; returns every epoch's report (the same on all workers)."""
+    data, test = load(config)
+    rows = common.check_table(ps, "rows", data.rows, config.rank)
+    cols = common.check_table(ps, "cols", data.cols, config.rank)
+    progress = common.Progress(ps, "mf", config.epochs, config.quiet)
+    moving = common.dynamic(ps, config.allocation)
+    workers, me = ps.num_workers, ps.rank
+
+    # DSGD blocks, balanced by popularity (every worker computes the same split)
+    row_part = balanced_parts(np.bincount(data.row, minlength=data.rows), workers)
+    col_part = balanced_parts(np.bincount(data.col, minlength=data.cols), workers)
+    mine = data.subset(row_part[data.row] == me)
+    block_of = col_part[mine.col]
+    blocks = [mine.subset(block_of == b) for b in range(workers)]
+    col_keys = [np.flatnonzero(col_part == b) for b in range(workers)]
+    my_test = test.subset(row_part[test.row] == me)
+
+    if me == 0:  # the same start for every variant, whatever the manifest's init says
+        init = np.random.default_rng([config.seed, 7])
+        common.set_in_chunks(rows, np.arange(data.rows), init.normal(0, 0.1, (data.rows, config.rank)))
+        common.set_in_chunks(cols, np.arange(data.cols), init.normal(0, 0.1, (data.cols, config.rank)))
+    ps.barrier()
+    if moving:
+        rows.localize(np.flatnonzero(row_part == me))
+
+    rng = np.random.default_rng([config.seed, 8, me])
+    lr, previous = config.lr, np.inf
+    for epoch in range(1, config.epochs + 1):
+        progress.start_epoch()
+        loss = 0.0
+        for sub in range(workers):
+            b = (me + sub) % workers
+            if moving:
+                cols.localize(col_keys[b])
+            loss += _sgd(rows, cols, blocks[b], config, lr, rng)
+            ps.barrier()  # the next sub-epoch hands this column block to another worker
+        seconds, mean_loss = progress.end_epoch(loss, len(mine))
+        started = time.perf_counter()
+        sq, count = _test_error(rows, cols, my_test)
+        summed = progress.reducer.sum([sq, count])
+        quality = {"test RMSE": float(np.sqrt(summed[0] / max(summed[1], 1.0)))}
+        progress.report(
+            epoch,
+            seconds,
+            float(np.sqrt(mean_loss)),
+            quality,
+            time.perf_counter() - started,
+            {"lr": lr},
+        )
+        if config.bold_driver:
+            lr = lr * 1.05 if mean_loss < previous else lr * 0.5
+        previous = mean_loss
+    progress.write(config.report, asdict(config))
+    return [r.to_dict() for r in progress.reports]
+
+
+def _sgd(rows: Any, cols: Any, block: Entries, config: Config, lr: float, rng: np.random.Generator) -> float:
+    """One pass over a block in random minibatches; returns the sum of squared errors."""
+    order = rng.permutation(len(block))
+    i, j, v = block.row[order], block.col[order], block.value[order].astype(np.float32)
+    reg, step, squared = np.float32(config.reg), np.float32(-lr), 0.0
+    for first in range(0, len(order), config.batch):
+        part = slice(first, first + config.batch)
+        r, c = i[part], j[part]
+        left, right = rows.pull(r), cols.pull(c)
+        error = np.einsum("nk,nk->n", left, right) - v[part]
+        squared += float(error @ error)
+        rows.push(r, step * (error[:, None] * right + reg * left))
+        cols.push(c, step * (error[:, None] * left + reg * right))
+    return squared
+
+
+def _test_error(rows: Any, cols: Any, test: Entries) -> tuple[float, float]:
+    sq, count = 0.0, 0.0
+    for part in common.chunks(len(test), 50_000):
+        predicted = np.einsum("nk,nk->n", rows.pull(test.row[part]), cols.pull(test.col[part]))
+        s, n = squared_error(predicted, test.value[part])
+        sq, count = sq + s, count + n
+    return sq, count
+
+
+def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynaps.apps.mf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_common_arguments(parser, epochs=10, batch=1000, lr=0.05)
+    parser.add_argument("--rank", type=int, default=32, help="factor rank = table dim (default 32)")
+    parser.add_argument("--reg", type=float, default=0.01, help="L2 regularisation (default 0.01)")
+    parser.add_argument("--no-bold-driver", action="store_true", help="keep the step size fixed")
+    data = parser.add_argument_group("data", "MatrixMarket files, or a synthetic matrix (the default)")
+    data.add_argument("--train", metavar="MTX", help="training entries (MatrixMarket coordinate)")
+    data.add_argument("--test", metavar="MTX", help="held-out entries for the test RMSE")
+    data.add_argument("--rows", type=int, default=20_000, help="synthetic: rows (default 20000)")
+    data.add_argument("--cols", type=int, default=20_000, help="synthetic: columns (default 20000)")
+    data.add_argument("--entries", type=int, default=2_000_000, help="synthetic: training entries")
+    data.add_argument("--test-entries", type=int, default=50_000, help="synthetic: held-out entries")
+    data.add_argument("--zipf", type=float, default=1.0, help="synthetic: popularity skew (default 1.0)")
+    data.add_argument("--noise", type=float, default=0.1, help="synthetic: noise std (default 0.1)")
+    common.add_launch_arguments(parser)
+    args = parser.parse_args(argv)
+    config = Config(
+        allocation=args.allocation,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        reg=args.reg,
+        rank=args.rank,
+        seed=args.seed,
+        train=args.train,
+        test=args.test,
+        rows=args.rows,
+        cols=args.cols,
+        entries=args.entries,
+        test_entries=args.test_entries,
+        noise=args.noise,
+        zipf=args.zipf,
+        bold_driver=not args.no_bold_driver,
+        report=args.report,
+        quiet=args.quiet,
+    )
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, args = parse(argv)
+    return common.launch("mf", config, tables(config), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Seeded synthetic data with the skew and structure of the real thing.
+
+Nothing can be downloaded where dynaps is developed, and benchmarks need sizes on demand,
+so each app has a generator whose data a model can actually learn (known structure plus
+noise) and whose access pattern is realistic (Zipf-skewed popularity):
+
+* :func:`matrix`: a low-rank matrix plus noise, rows and columns drawn by Zipf popularity;
+* :func:`knowledge_graph`: triples scored by a hidden bilinear (RESCAL-like) model;
+* :func:`corpus`: Zipfian words grouped into topics, with planted synonym pairs;
+* :func:`sparse_classification`: sparse examples labelled by a hidden logistic model.
+
+The same arguments always give the same data, in every process of a job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dynaps.apps.data import (
+    Corpus,
+    Entries,
+    Floats,
+    Ints,
+    SparseExamples,
+    Triples,
+    write_corpus,
+    write_libsvm,
+    write_matrix_market,
+    write_triples,
+)
+
+
+def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> Floats:
+    """Popularity ``1 / rank**exponent``, with ranks assigned to ids at random."""
+    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    return weights[rng.permutation(n)] / weights.sum()
+
+
+def capped(weights: Floats, draws: int, cap: float) -> Floats:
+    """Weights whose expected number of draws stays below ``cap`` each (mass moves to the tail).
+
+    Items that can be drawn only a limited number of times (a row has only so many cells,
+    a (head, relation) pair only so many tails) would otherwise force endless redraws.
+    """
+    w = weights / weights.sum()
+    for _ in range(20):
+        over = w * draws > cap
+        if not over.any():
+            break
+        w[over] = cap / draws
+        free = ~over
+        w[free] *= (1.0 - w[over].sum()) / w[free].sum()
+    return w
+
+
+def unique_draws(sample: Callable[[int], Ints], total: int) -> Ints:
+    """``total`` distinct values from repeated calls of ``sample(n)``, in first-drawn order."""
+    taken: list[Ints] = []
+    seen = np.zeros(0, dtype=np.int64)  # sorted
+    have = 0
+    while have < total:
+        need = total - have
+        fresh = sample(need + need // 4 + 16)
+        values, first = np.unique(fresh, return_index=True)
+        pos = np.minimum(np.searchsorted(seen, values), max(len(seen) - 1, 0))
+        new = first[~(seen[pos] == values)] if len(seen) else first
+        picked = fresh[np.sort(new)][:need]
+        taken.append(picked)
+        seen = np.sort(np.concatenate([seen, picked]))
+        have += len(picked)
+    return np.concatenate(taken)
+
+
+def draw(weights: Floats, n: int, rng: np.random.Generator) -> Ints:
+    cdf = np.cumsum(weights)
+    index = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    return np.minimum(index, len(weights) - 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def matrix(
+    rows: int,
+    cols: int,
+    rank: int,
+    entries: int,
+    *,
+    test_entries: int = 0,
+    noise: float = 0.1,
+    zipf: float = 1.0,
+    seed: int = 0,
+) -> tuple[Entries, Entries]:
+    """``entries`` training and ``test_entries`` held-out cells of ``L @ R.T + noise``.
+
+    Each cell is observed at most once (duplicates are redrawn), and no row or column
+    takes more than a quarter of its cells (the Zipf head is capped there); values have
+    about unit variance.
+    """
+    rng = np.random.default_rng([seed, 1])
+    total = entries + test_entries
+    if total > rows * cols // 2:
+        raise ValueError(f"{total} entries is more than half of a {rows} x {cols} matrix")
+    # a quarter of a row (column) at most: the head of the Zipf curve is capped there
+    row_w = capped(zipf_weights(rows, zipf, rng), total, cols / 4)
+    col_w = capped(zipf_weights(cols, zipf, rng), total, rows / 4)
+    cells = unique_draws(lambda n: draw(row_w, n, rng) * cols + draw(col_w, n, rng), total)
+    cells = cells[rng.permutation(total)]
+    scale = rank**-0.25
+    left = rng.normal(0.0, scale, (rows, rank))
+    right = rng.normal(0.0, scale, (cols, rank))
+    i, j = cells // cols, cells % cols
+    values = rng.normal(0.0, noise, total)
+    for first in range(0, total, 65_536):  # gathers of (chunk x rank), not (total x rank)
+        part = slice(first, first + 65_536)
+        values[part] += np.einsum("nk,nk->n", left[i[part]], right[j[part]])
+    every = Entries(rows, cols, i, j, values)
+    return every.subset(slice(0, entries)), every.subset(slice(entries, total))
+
+
+# --------------------------------------------------------------------------- knowledge graph
+
+
+def knowledge_graph(
+    entities: int,
+    relations: int,
+    triples: int,
+    *,
+    latent: int = 8,
+    test_fraction: float = 0.05,
+    candidates: int = 4,
+    zipf: float = 1.0,
+    seed: int = 0,
+) -> Triples:
+    """Triples of a hidden bilinear model: the tail is one of the ``candidates`` best-scoring
+    entities for (head, relation), heads and relations drawn with Zipf popularity.
+
+    A model that learns the hidden structure ranks true tails near the top, so filtered
+    MRR measures what was learned; valid and test are disjoint from train.
+    """
+    rng = np.random.default_rng([seed, 2])
+    z = rng.normal(0.0, 1.0, (entities, latent))
+    mats = rng.normal(0.0, latent**-0.5, (relations, latent, latent))
+    head_w = capped(zipf_weights(entities, zipf, rng), triples, relations * candidates / 4)
+    rel_w = zipf_weights(relations, zipf * 0.5, rng)
+
+    def sample(n: int) -> Ints:
+        heads, rels = draw(head_w, n, rng), draw(rel_w, n, rng)
+        return (heads * relations + rels) * candidates + rng.integers(0, candidates, n)
+
+    # (head, relation) has `candidates` true tails, its best-scoring entities: drawing
+    # distinct (head, relation, slot) codes gives distinct triples
+    codes = unique_draws(sample, triples)
+    slot = codes % candidates
+    pairs = codes // candidates
+    heads, rels = pairs // relations, pairs % relations
+    tails = np.empty(len(heads), dtype=np.int64)
+    zf = z.astype(np.float32)
+    for first in range(0, len(heads), 4096):  # (chunk x entities) scores at a time
+        part = slice(first, first + 4096)
+        query = np.einsum("bk,bkl->bl", z[heads[part]], mats[rels[part]]).astype(np.float32)
+        scores = query @ zf.T
+        rows = np.arange(len(query))
+        scores[rows, heads[part]] = -np.inf  # no self-loops
+        ranked = np.empty((len(query), candidates), dtype=np.int64)
+        for c in range(candidates):  # a few argmax passes beat argpartition on wide rows
+            ranked[:, c] = scores.argmax(axis=1)
+            scores[rows, ranked[:, c]] = -np.inf
+        tails[part] = ranked[rows, slot[part]]
+    ids = np.column_stack([heads, rels, tails])
+    ids = ids[rng.permutation(len(ids))]
+    held = int(len(ids) * test_fraction)
+    return Triples(
+        [f"e{i}" for i in range(entities)],
+        [f"r{i}" for i in range(relations)],
+        ids[2 * held :],
+        ids[:held],
+        ids[held : 2 * held],
+    )
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Planted:
+    """What the corpus generator hid: each word's topic and the synonym pairs."""
+
+    topic: Ints  # per word id; -1 for function words (in every topic)
+    synonyms: Ints  # (pairs, 2) word ids used interchangeably
+
+
+def corpus(
+    vocabulary: int,
+    tokens: int,
+    *,
+    topics: int = 20,
+    function_words: int = 20,
+    synonym_pairs: int = 50,
+    sentence_length: int = 20,
+    zipf: float = 1.0,
+    seed: int = 0,
+) -> tuple[Corpus, Planted]:
+    """Sentences about one topic each, words Zipf-distributed within topics; a fifth of the
+    tokens are function words shared by all topics; synonym pairs are swapped at random."""
+    rng = np.random.default_rng([seed, 3])
+    weights = 1.0 / np.arange(1, vocabulary + 1, dtype=np.float64) ** zipf  # word id = frequency rank
+    topic = np.full(vocabulary, -1, dtype=np.int64)
+    topic[function_words:] = rng.integers(0, topics, vocabulary - function_words)
+    # synonyms: two mid-frequency words of one topic; the generator only ever draws the
+    # first, and writes the second half of the time, so both share all their contexts
+    candidates = rng.permutation(np.arange(function_words + 50, min(vocabulary, function_words + 50 + 4000)))
+    pairs = []
+    for word in candidates:
+        mates = candidates[(topic[candidates] == topic[word]) & (candidates != word)]
+        if len(pairs) >= synonym_pairs:
+            break
+        if len(mates) and not any(word in p or mates[0] in p for p in pairs):
+            pairs.append((int(word), int(mates[0])))
+    synonyms = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    base = weights.copy()
+    base[synonyms[:, 1]] = 0.0
+    sentences = -(-tokens // sentence_length)
+    sentence_topic = rng.integers(0, topics, sentences)
+    out = np.empty((sentences, sentence_length), dtype=np.int64)
+    function = rng.random((sentences, sentence_length)) < 0.2
+    fw = base[:function_words]
+    out[function] = draw(fw / fw.sum(), int(function.sum()), rng)
+    for t in range(topics):
+        members = np.flatnonzero(topic == t)
+        slots = (~function) & (sentence_topic[:, None] == t)
+        w = base[members]
+        out[slots] = members[draw(w / w.sum(), int(slots.sum()), rng)]
+    swap = np.zeros(vocabulary, dtype=np.int64) - 1
+    swap[synonyms[:, 0]] = synonyms[:, 1]
+    mate = swap[out]
+    flip = (mate >= 0) & (rng.random(out.shape) < 0.5)
+    out[flip] = mate[flip]
+    flat = out.reshape(-1)[:tokens]
+    sentence = np.repeat(np.arange(sentences), sentence_length)[:tokens]
+    counts = np.bincount(flat, minlength=vocabulary).astype(np.int64)
+    return Corpus(flat, sentence, [f"w{i}" for i in range(vocabulary)], counts), Planted(topic, synonyms)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def sparse_classification(
+    examples: int,
+    features: int,
+    *,
+    nonzeros: int = 20,
+    zipf: float = 1.0,
+    seed: int = 0,
+) -> SparseExamples:
+    """Binary features drawn with Zipf popularity; labels from a hidden logistic model."""
+    rng = np.random.default_rng([seed, 4])
+    popularity = zipf_weights(features, zipf, rng)
+    lengths = rng.integers(max(1, nonzeros // 2), nonzeros * 3 // 2 + 1, examples)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = draw(popularity, int(indptr[-1]), rng)
+    truth = rng.normal(0.0, 1.0, features) * (rng.random(features) < 0.5)
+    values = np.ones(len(indices))
+    row = np.repeat(np.arange(examples), lengths)
+    margin = np.bincount(row, weights=truth[indices], minlength=examples) / np.sqrt(lengths / 4)
+    labels = (rng.random(examples) < 1.0 / (1.0 + np.exp(-margin))).astype(np.float64)
+    return SparseExamples(indptr, indices, values, labels, features)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dynaps.apps.synthetic KIND DIR``: write a data set in the apps' file formats."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("kind", choices=["mf", "kge", "w2v", "lr"])
+    parser.add_argument("out", type=Path, help="directory to write into")
+    parser.add_argument("--size", type=int, default=10_000, help="entries / triples / tokens / examples")
+    parser.add_argument("--keys", type=int, default=1_000, help="rows=cols / entities / words / features")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "mf":
+        train, test = matrix(args.keys, args.keys, 8, args.size, test_entries=args.size // 10, seed=args.seed)
+        write_matrix_market(args.out / "train.mtx", train)
+        write_matrix_market(args.out / "test.mtx", test)
+    elif args.kind == "kge":
+        kg = knowledge_graph(args.keys, max(2, args.keys // 100), args.size, seed=args.seed)
+        for name, part in (("train", kg.train), ("valid", kg.valid), ("test", kg.test)):
+            write_triples(args.out / f"{name}.tsv", part, kg.entities, kg.relations)
+    elif args.kind == "w2v":
+        text, _ = corpus(args.keys, args.size, seed=args.seed)
+        words = np.array(text.words)
+        bounds = np.flatnonzero(np.diff(text.sentence)) + 1
+        write_corpus(args.out / "corpus.txt", (words[s].tolist() for s in np.split(text.tokens, bounds)))
+    else:
+        data = sparse_classification(args.size, args.keys, seed=args.seed)
+        cut = len(data) * 9 // 10
+        write_libsvm(args.out / "train.libsvm", data.rows(np.arange(cut)))
+        write_libsvm(args.out / "test.libsvm", data.rows(np.arange(cut, len(data))))
+    print(f"wrote {args.kind} data to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

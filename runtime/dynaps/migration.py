@@ -1,0 +1,273 @@
+"""Moving shards between servers while the job runs (the nodes' side of live rebalancing).
+
+For a migration of shards S from home A to home B:
+
+1. **pre-copy** (A): the directory entries of S's keys and the values (with updater
+   state) of the keys A owns go to B in chunks, one chunk per turn of A's loop, while A
+   keeps serving; keys changed after their chunk went are marked dirty;
+2. **freeze** (A): requests that touch S are held; what changed is sent (the delta,
+   flagged FINAL);
+3. **ready** (B): B has staged everything and tells the coordinator, which **commits** a
+   new shard-map epoch that homes S on B;
+4. at the new epoch A gives up the keys it owned in S (they are B's now) and forwards
+   the held requests to B; B takes ownership of them and serves.
+
+No request for S is lost (held, then forwarded), none is applied twice (A freezes before
+the delta, B serves only after the commit), and only S's requests wait, briefly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.control import MigrateOut
+from dynaps.protocol import FINAL, Message, MsgType
+from dynaps.shardmap import ShardMap, shard_of
+from dynaps.store import NOT_MOVING, TableStore
+
+if TYPE_CHECKING:
+    from dynaps.node import NodeServer
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20  # per turn of the node's loop: keeps request latency low during a copy
+
+Keys = npt.NDArray[np.int64]
+
+
+def shard_keys(store: TableStore, shards: npt.NDArray[np.int64], shard_map: ShardMap) -> Keys:
+    """The keys of ``store``'s table that fall into ``shards``."""
+    all_keys = np.arange(store.spec.num_keys, dtype=np.int64)
+    mask = np.isin(shard_of(all_keys, store.spec.num_keys, shard_map.num_shards, shard_map.partition), shards)
+    return all_keys[mask]
+
+
+@dataclass
+class Outgoing:
+    id: int
+    target: int
+    shards: npt.NDArray[np.int64]
+    keys: list[Keys]  # per table
+    cursor: list[int]
+    dirty: list[npt.NDArray[np.bool_]]  # per table, over all keys
+    frozen: bool = False
+
+
+@dataclass
+class Incoming:
+    id: int
+    source: int
+
+
+class Migrations:
+    """A node's outgoing and incoming migrations."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self.outgoing: dict[int, Outgoing] = {}
+        self.incoming: dict[int, Incoming] = {}
+        self.frozen_shards: npt.NDArray[np.bool_] | None = None
+        self.held: list[Message] = []
+        self.tracking = False  # some pre-copy is running: changes must be noted
+
+    # ---------------------------------------------------------------- source side
+
+    def start(self, order: MigrateOut) -> None:
+        server = self.server
+        shards = np.asarray(order.shards, dtype=np.int64)
+        keys = [shard_keys(store, shards, server.shard_map) for store in server.stores]
+        dirty = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in server.stores]
+        self.outgoing[order.id] = Outgoing(order.id, order.target, shards, keys, [0] * len(keys), dirty)
+        self.tracking = True
+        log.info("node %d: migrating %d shards to node %d", server.me, len(shards), order.target)
+
+    def touch(self, table: int, keys: Keys) -> None:
+        """Note that the state of ``keys`` changed (only while a pre-copy runs)."""
+        for migration in self.outgoing.values():
+            if not migration.frozen:
+                migration.dirty[table][keys] = True
+
+    def step(self) -> None:
+        """Send the next pre-copy chunk of each outgoing migration, or freeze it."""
+        for migration in list(self.outgoing.values()):
+            if migration.frozen:
+                continue
+            for table, keys in enumerate(migration.keys):
+                start = migration.cursor[table]
+                if start < len(keys):
+                    row = self.server.stores[table].layout.row_bytes * (
+                        1 + len(self.server.stores[table].states)
+                    )
+                    end = min(len(keys), start + max(1, CHUNK_BYTES // max(1, row)))
+                    self._send_part(migration, table, keys[start:end], final=False)
+                    migration.cursor[table] = end
+                    break
+            else:
+                self._freeze(migration)
+        self.tracking = any(not m.frozen for m in self.outgoing.values())
+
+    def _freeze(self, migration: Outgoing) -> None:
+        server = self.server
+        migration.frozen = True
+        if self.frozen_shards is None:
+            self.frozen_shards = np.zeros(server.shard_map.num_shards, dtype=np.bool_)
+        self.frozen_shards[migration.shards] = True
+        last = len(migration.keys) - 1
+        for table, keys in enumerate(migration.keys):
+            changed = keys[migration.dirty[table][keys]]
+            self._send_part(migration, table, changed, final=table == last)
+        migration.dirty = []
+
+    def _send_part(self, migration: Outgoing, table: int, keys: Keys, final: bool) -> None:
+        server = self.server
+        store = server.stores[table]
+        assert store.owner is not None
+        assert store.moving_from is not None
+        server.lock.acquire()
+        try:
+            owned = keys[store.loc[keys] == server.me]
+            msg = Message(
+                MsgType.SHARD_COPY,
+                server.me,
+                server.me,
+                migration.id,
+                table,
+                len(keys),
+                aux=len(owned),
+                flags=FINAL if final else 0,
+                keys=keys,
+                dir_owner=store.owner[keys],
+                dir_moving=store.moving_from[keys],
+                owned=owned,
+                values=store.values.take(owned, axis=0),
+                states=tuple(state.take(owned, axis=0) for state in store.states),
+            )
+        finally:
+            server.lock.release()
+        server.stats["keys_migrated_out"] += len(owned)
+        server.send(migration.target, msg)
+
+    def hold(self, msg: Message) -> Message | None:
+        """Hold the part of ``msg`` that touches frozen shards; returns the rest (or None)."""
+        frozen = self.frozen_shards
+        if frozen is None or msg.keys is None:
+            return msg
+        server = self.server
+        store = server.stores[msg.table]
+        shards = shard_of(
+            msg.keys, store.spec.num_keys, server.shard_map.num_shards, server.shard_map.partition
+        )
+        touched = frozen[shards]
+        if not touched.any():
+            return msg
+        from dynaps.node import subset  # the node module imports this one
+
+        if touched.all():
+            self.held.append(msg)
+            return None
+        self.held.append(subset(msg, np.flatnonzero(touched), msg.sender, msg.hops))
+        return subset(msg, np.flatnonzero(~touched), msg.sender, msg.hops)
+
+    # ---------------------------------------------------------------- target side
+
+    def on_copy(self, msg: Message) -> None:
+        """Stage a part of an incoming shard copy (nothing is served from it before the commit)."""
+        server = self.server
+        store = server.stores[msg.table]
+        assert msg.keys is not None
+        assert msg.dir_owner is not None
+        assert msg.dir_moving is not None
+        assert msg.owned is not None
+        if store.owner is None or store.moving_from is None:
+            raise ValueError(f"node {server.me} homes no keys and cannot take shards")
+        self.incoming.setdefault(msg.req_id, Incoming(msg.req_id, msg.sender))
+        server.lock.acquire()
+        try:
+            store.owner[msg.keys] = msg.dir_owner
+            store.moving_from[msg.keys] = msg.dir_moving
+            if len(msg.owned):
+                assert msg.values is not None
+                store.values[msg.owned] = msg.values
+                for state, rows in zip(store.states, msg.states, strict=True):
+                    state[msg.owned] = rows
+        finally:
+            server.lock.release()
+        server.stats["keys_migrated_in"] += len(msg.owned)
+        if msg.flags & FINAL:
+            server.report_migration_ready(msg.req_id)
+
+    # ---------------------------------------------------------------- commit
+
+    def commit(self, new_map: ShardMap) -> None:
+        """A new epoch: finish migrations that it commits, on either side."""
+        server = self.server
+        me = server.me
+        done = [m for m in self.outgoing.values() if m.frozen and (new_map.homes[m.shards] != me).all()]
+        for migration in done:
+            del self.outgoing[migration.id]
+            for table, keys in enumerate(migration.keys):
+                store = server.stores[table]
+                assert store.moving_from is not None
+                server.lock.acquire()
+                try:
+                    # The values of the keys this home held went with the shard: the new
+                    # home owns them now.  Keys that arrived since (a release in flight) stay.
+                    given = keys[(store.loc[keys] == me) & (store.moving_from[keys] == NOT_MOVING)]
+                    store.loc[given] = migration.target
+                finally:
+                    server.lock.release()
+        for migration_id, incoming in list(self.incoming.items()):
+            moved = np.flatnonzero((server.shard_map.homes == incoming.source) & (new_map.homes == me))
+            if not len(moved):
+                continue  # committed by a later epoch
+            del self.incoming[migration_id]
+            for store in server.stores:
+                assert store.owner is not None
+                keys = shard_keys(store, moved, new_map)
+                server.lock.acquire()
+                try:
+                    # what the old home held itself is ours now; what others hold stays theirs
+                    assert store.moving_from is not None
+                    taken = keys[
+                        (store.owner[keys] == incoming.source) & (store.moving_from[keys] == NOT_MOVING)
+                    ]
+                    store.owner[taken] = me
+                    store.loc[taken] = me
+                finally:
+                    server.lock.release()
+        if done:
+            still = [m for m in self.outgoing.values() if m.frozen]
+            if still:
+                assert self.frozen_shards is not None
+                self.frozen_shards[:] = False
+                for migration in still:
+                    self.frozen_shards[migration.shards] = True
+            else:
+                self.frozen_shards = None
+
+    def release_held(self) -> list[Message]:
+        """Held requests whose shards are no longer frozen, in arrival order."""
+        if self.frozen_shards is None:
+            held, self.held = self.held, []
+            return held
+        keep: list[Message] = []
+        out: list[Message] = []
+        for msg in self.held:
+            (keep if self.hold_check(msg) else out).append(msg)
+        self.held = keep
+        return out
+
+    def hold_check(self, msg: Message) -> bool:
+        frozen = self.frozen_shards
+        if frozen is None or msg.keys is None:
+            return False
+        store = self.server.stores[msg.table]
+        shard_map = self.server.shard_map
+        return bool(
+            frozen[shard_of(msg.keys, store.spec.num_keys, shard_map.num_shards, shard_map.partition)].any()
+        )

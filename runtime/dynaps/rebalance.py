@@ -1,0 +1,108 @@
+"""Planning and tracking shard migrations (the coordinator's side of live rebalancing).
+
+The plan is balanced with minimal movement: every server that stays ends with
+``num_shards // n`` or one more shards, servers that leave end with none, and a shard
+moves only if its home is over quota (or leaving).  Moves are grouped by (source,
+target) into migrations of at most ``shards_per_migration`` shards; at most
+``max_concurrent`` migrations run at a time, each committed (a new epoch) on its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+def plan_moves(
+    homes: npt.NDArray[np.int16], staying: list[int], leaving: list[int]
+) -> list[tuple[int, int, int]]:
+    """(shard, source, target) moves that balance ``homes`` over the ``staying`` servers."""
+    if not staying:
+        return []
+    num_shards = len(homes)
+    counts = {s: int((homes == s).sum()) for s in staying}
+    base, extra = divmod(num_shards, len(staying))
+    # the servers that already hold the most keep the extra shards: fewer moves
+    by_load = sorted(staying, key=lambda s: (-counts[s], s))
+    quota = {s: base + (1 if i < extra else 0) for i, s in enumerate(by_load)}
+    surplus: list[int] = []
+    for shard in range(num_shards):
+        home = int(homes[shard])
+        if home in leaving or home not in quota:
+            surplus.append(shard)
+    for server in staying:
+        over = counts[server] - quota[server]
+        if over > 0:
+            surplus.extend(np.flatnonzero(homes == server)[-over:].tolist())
+    moves = []
+    deficit = collections.deque(s for s in sorted(staying) for _ in range(max(0, quota[s] - counts[s])))
+    for shard in sorted(surplus):
+        if not deficit:
+            break
+        moves.append((shard, int(homes[shard]), deficit.popleft()))
+    return moves
+
+
+@dataclass
+class Migration:
+    id: int
+    source: int
+    target: int
+    shards: list[int]
+    epoch: int  # the shard-map epoch it was started in
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+class Rebalancer:
+    """The queue of planned moves and the migrations in flight."""
+
+    def __init__(self, max_concurrent: int, shards_per_migration: int = 32) -> None:
+        self.max_concurrent = max_concurrent
+        self.shards_per_migration = shards_per_migration
+        self.queued: list[tuple[int, int, int]] = []
+        self.running: dict[int, Migration] = {}
+        self.completed = 0
+        self._next_id = 1
+
+    def replan(self, homes: npt.NDArray[np.int16], staying: list[int], leaving: list[int]) -> None:
+        """Recompute what still has to move (shards in flight stay where they are going)."""
+        moving = {shard for m in self.running.values() for shard in m.shards}
+        self.queued = [m for m in plan_moves(homes, staying, leaving) if m[0] not in moving]
+
+    def start_next(self, epoch: int) -> list[Migration]:
+        """Migrations to start now, within the concurrency limit."""
+        started = []
+        busy = {m.source for m in self.running.values()} | {m.target for m in self.running.values()}
+        while self.queued and len(self.running) < self.max_concurrent:
+            shard, source, target = self.queued[0]
+            if source in busy or target in busy:
+                # one migration per node at a time keeps each node's freeze short
+                candidates = [m for m in self.queued if m[1] not in busy and m[2] not in busy]
+                if not candidates:
+                    break
+                shard, source, target = candidates[0]
+            group = [m for m in self.queued if m[1] == source and m[2] == target][: self.shards_per_migration]
+            for move in group:
+                self.queued.remove(move)
+            migration = Migration(self._next_id, source, target, [m[0] for m in group], epoch)
+            self._next_id += 1
+            self.running[migration.id] = migration
+            busy |= {source, target}
+            started.append(migration)
+        return started
+
+    def abort_involving(self, node: int) -> list[Migration]:
+        """Forget migrations from or to a lost node (they are replanned)."""
+        gone = [m for m in self.running.values() if node in (m.source, m.target)]
+        for migration in gone:
+            del self.running[migration.id]
+        return gone
+
+    @property
+    def idle(self) -> bool:
+        return not self.queued and not self.running

@@ -1,0 +1,96 @@
+"""Who is in the job: the coordinator's record of nodes, their roles, ranks and states.
+
+Node ids are never reused, so a message from a lost node can never be mistaken for one
+from its replacement.  Worker ranks are: a replacement (same name, e.g. the same pod)
+gets its predecessor's rank, and otherwise the lowest free one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dynaps.control import NodeInfo, Role
+
+State = Literal["joining", "ready", "draining"]
+
+
+@dataclass
+class Member:
+    id: int
+    role: Role
+    address: str
+    name: str
+    pid: int
+    rank: int | None = None
+    client: str | None = None  # the address of a worker's training process, once attached
+    state: State = "joining"
+    exit_code: int | None = None  # a worker's program exited with this code
+    clock: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(
+            id=self.id,
+            role=self.role,
+            address=self.address,
+            client=self.client,
+            rank=self.rank,
+            name=self.name,
+            ready=self.state != "joining",
+        )
+
+
+class Roster:
+    def __init__(self, servers: int, workers: int) -> None:
+        self.desired: dict[Role, int] = {"server": servers, "worker": workers}
+        self.members: dict[int, Member] = {}
+        self.lost: list[int] = []  # ids of nodes that died (nodes recover their keys)
+        self.departed: dict[str, Member] = {}  # by name: whom a replacement replaces
+        self._next_id = 1
+
+    def active(self, role: Role | None = None) -> list[Member]:
+        return sorted(
+            (m for m in self.members.values() if role is None or m.role == role), key=lambda m: m.id
+        )
+
+    def get(self, node: int) -> Member | None:
+        return self.members.get(node)
+
+    def admit(self, role: Role, address: str, name: str, pid: int, rank: int | None) -> Member | str:
+        """A new member, or the reason it is refused."""
+        present = self.active(role)
+        if len(present) >= self.desired[role]:
+            return f"the job wants {self.desired[role]} {role}s and has them"
+        member = Member(self._next_id, role, address, name, pid)
+        self._next_id += 1
+        if role == "worker":
+            member.rank = self._rank(present, name, rank)
+        self.members[member.id] = member
+        return member
+
+    def _rank(self, present: list[Member], name: str, hint: int | None) -> int:
+        taken = {m.rank for m in present}
+        predecessor = self.departed.get(name) if name else None
+        for choice in (predecessor.rank if predecessor else None, hint):
+            if choice is not None and choice not in taken:
+                return choice
+        rank = 0
+        while rank in taken:
+            rank += 1
+        return rank
+
+    def remove(self, member: Member, lost: bool) -> None:
+        self.members.pop(member.id, None)
+        if member.name:
+            self.departed[member.name] = member
+        if lost:
+            self.lost.append(member.id)
+
+    def workers_running(self) -> list[Member]:
+        """Workers whose training process is attached and has not finished."""
+        return [m for m in self.active("worker") if m.client is not None and m.exit_code is None]
+
+    def infos(self) -> list[NodeInfo]:
+        return [m.info() for m in self.active()]
