@@ -244,8 +244,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int, batch: in
     parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default {epochs})")
     parser.add_argument("--batch", type=int, default=batch, help=f"minibatch size (default {batch})")
     parser.add_argument("--lr", type=float, default=lr, help=f"initial step size (default {lr})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default 0)")
-    parser.add_argument("--report", metavar="FILE", help="write every epoch's figures to FILE as JSON (rank 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of data generation and training (default 0)"
+    )
+    parser.add_argument(
+        "--report", metavar="FILE", help="write every epoch's figures to FILE as JSON (rank 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
@@ -278,7 +282,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         "--baseline", action="store_true", help="run the single-process numpy baseline instead (no PS)"
     )
     group.add_argument(
-        "--print-tables", action="store_true", help="print the tables these arguments need, in manifest syntax"
+        "--print-tables",
+        action="store_true",
+        help="print the tables these arguments need, in manifest syntax",
     )
 
 

@@ -124,7 +124,9 @@ def _read_tsv(path: str | Path) -> Array:
                 continue
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 3:
-                raise UsageError(f"{path}:{number}: expected head<TAB>relation<TAB>tail, got {line.strip()!r}")
+                raise UsageError(
+                    f"{path}:{number}: expected head<TAB>relation<TAB>tail, got {line.strip()!r}"
+                )
             rows.append(fields)
     return np.array(rows, dtype=str).reshape(-1, 3)
 
@@ -199,13 +201,18 @@ def write_libsvm(path: str | Path, data: SparseExamples) -> None:
     with open(path, "w", encoding="ascii") as out:
         for i in range(len(data)):
             lo, hi = data.indptr[i], data.indptr[i + 1]
-            feats = " ".join(f"{j}:{v:.6g}" for j, v in zip(data.indices[lo:hi], data.values[lo:hi], strict=True))
+            feats = " ".join(
+                f"{j}:{v:.6g}" for j, v in zip(data.indices[lo:hi], data.values[lo:hi], strict=True)
+            )
             out.write(f"{'+1' if data.labels[i] > 0 else '-1'} {feats}\n")
 
 
 def read_libsvm(path: str | Path, num_features: int | None = None) -> SparseExamples:
     """Labels ``+1``/``1`` are positive, anything else negative; feature ids are kept as keys."""
-    labels, indices, values, lengths = [], [], [], []
+    labels: list[float] = []
+    indices: list[int] = []
+    values: list[float] = []
+    lengths: list[int] = []
     with open(path, encoding="ascii") as src:
         for number, line in enumerate(src, 1):
             fields = line.split("#", 1)[0].split()
@@ -244,7 +251,8 @@ def ranges(starts: Ints, ends: Ints) -> Ints:
     if not total:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(total, dtype=np.int64) + offsets
+    out: Ints = np.arange(total, dtype=np.int64) + offsets
+    return out
 
 
 def balanced_parts(weights: Any, parts: int) -> Ints:

@@ -29,7 +29,7 @@ import numpy as np
 from dynaps.apps import common, synthetic
 from dynaps.apps.data import Entries, balanced_parts, read_matrix_market
 from dynaps.apps.metrics import squared_error
-from dynaps.contract import InitSpec, TableSpec
+from dynaps.contract import TableSpec
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,9 @@ def _test_error(rows: Any, cols: Any, test: Entries) -> tuple[float, float]:
 
 def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(
-        prog="python -m dynaps.apps.mf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m dynaps.apps.mf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common.add_common_arguments(parser, epochs=10, batch=1000, lr=0.05)
     parser.add_argument("--rank", type=int, default=32, help="factor rank = table dim (default 32)")

@@ -39,7 +39,8 @@ from dynaps.apps.data import (
 def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> Floats:
     """Popularity ``1 / rank**exponent``, with ranks assigned to ids at random."""
     weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
-    return weights[rng.permutation(n)] / weights.sum()
+    shuffled: Floats = weights[rng.permutation(n)] / weights.sum()
+    return shuffled
 
 
 def capped(weights: Floats, draws: int, cap: float) -> Floats:
@@ -48,7 +49,7 @@ def capped(weights: Floats, draws: int, cap: float) -> Floats:
     Items that can be drawn only a limited number of times (a row has only so many cells,
     a (head, relation) pair only so many tails) would otherwise force endless redraws.
     """
-    w = weights / weights.sum()
+    w: Floats = weights / weights.sum()
     for _ in range(20):
         over = w * draws > cap
         if not over.any():
@@ -80,7 +81,8 @@ def unique_draws(sample: Callable[[int], Ints], total: int) -> Ints:
 def draw(weights: Floats, n: int, rng: np.random.Generator) -> Ints:
     cdf = np.cumsum(weights)
     index = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
-    return np.minimum(index, len(weights) - 1).astype(np.int64)
+    keys: Ints = np.minimum(index, len(weights) - 1).astype(np.int64)
+    return keys
 
 
 # --------------------------------------------------------------------------- matrix
@@ -132,48 +134,47 @@ def knowledge_graph(
     relations: int,
     triples: int,
     *,
-    latent: int = 8,
+    clusters: int = 20,
     test_fraction: float = 0.05,
-    candidates: int = 4,
     zipf: float = 1.0,
     seed: int = 0,
 ) -> Triples:
-    """Triples of a hidden bilinear model: the tail is one of the ``candidates`` best-scoring
-    entities for (head, relation), heads and relations drawn with Zipf popularity.
+    """Triples with a hidden block structure: entities fall into ``clusters``; relation ``r``
+    maps cluster ``c`` to cluster ``pi_r(c) = c + shift_r``, and the tail is drawn from that cluster by
+    Zipf popularity (hub entities).  Heads and relations are Zipf-popular too.
 
-    A model that learns the hidden structure ranks true tails near the top, so filtered
-    MRR measures what was learned; valid and test are disjoint from train.
+    A model that learns the structure ranks true tails (and heads) near the top of their
+    cluster, so filtered MRR measures what it learned; valid and test are disjoint from
+    train.  The hidden mapping is a low-rank pattern that ComplEx and RESCAL can express.
     """
     rng = np.random.default_rng([seed, 2])
-    z = rng.normal(0.0, 1.0, (entities, latent))
-    mats = rng.normal(0.0, latent**-0.5, (relations, latent, latent))
-    head_w = capped(zipf_weights(entities, zipf, rng), triples, relations * candidates / 4)
+    clusters = max(1, min(clusters, entities // 4))
+    cluster = rng.permutation(np.arange(entities) % clusters)  # none empty
+    # pi_r(c) = c + shift_r (mod clusters): cyclic shifts commute, so ComplEx's diagonal
+    # relations can express them as well as RESCAL's full matrices
+    shift = rng.integers(1, clusters, relations) if clusters > 1 else np.zeros(relations, np.int64)
+    target = (np.arange(clusters)[None, :] + shift[:, None]) % clusters
+    popularity = zipf_weights(entities, zipf, rng)
+    # entities laid out cluster by cluster, so a cluster is one range of one cumulative sum
+    by_cluster = np.argsort(cluster, kind="stable")
+    cdf = np.cumsum(popularity[by_cluster])
+    bounds = np.searchsorted(cluster[by_cluster], np.arange(clusters + 1))
+    low = np.concatenate([[0.0], cdf])[bounds[:-1]]
+    high = cdf[bounds[1:] - 1]
+    head_w = capped(zipf_weights(entities, zipf, rng), triples, entities / clusters / 4 * relations)
     rel_w = zipf_weights(relations, zipf * 0.5, rng)
 
     def sample(n: int) -> Ints:
         heads, rels = draw(head_w, n, rng), draw(rel_w, n, rng)
-        return (heads * relations + rels) * candidates + rng.integers(0, candidates, n)
+        c = target[rels, cluster[heads]]
+        position = np.searchsorted(cdf, low[c] + rng.random(n) * (high[c] - low[c]), side="right")
+        tails = by_cluster[np.clip(position, bounds[c], bounds[c + 1] - 1)]
+        codes: Ints = (heads * relations + rels) * entities + tails
+        return codes
 
-    # (head, relation) has `candidates` true tails, its best-scoring entities: drawing
-    # distinct (head, relation, slot) codes gives distinct triples
     codes = unique_draws(sample, triples)
-    slot = codes % candidates
-    pairs = codes // candidates
-    heads, rels = pairs // relations, pairs % relations
-    tails = np.empty(len(heads), dtype=np.int64)
-    zf = z.astype(np.float32)
-    for first in range(0, len(heads), 4096):  # (chunk x entities) scores at a time
-        part = slice(first, first + 4096)
-        query = np.einsum("bk,bkl->bl", z[heads[part]], mats[rels[part]]).astype(np.float32)
-        scores = query @ zf.T
-        rows = np.arange(len(query))
-        scores[rows, heads[part]] = -np.inf  # no self-loops
-        ranked = np.empty((len(query), candidates), dtype=np.int64)
-        for c in range(candidates):  # a few argmax passes beat argpartition on wide rows
-            ranked[:, c] = scores.argmax(axis=1)
-            scores[rows, ranked[:, c]] = -np.inf
-        tails[part] = ranked[rows, slot[part]]
-    ids = np.column_stack([heads, rels, tails])
+    pairs, tails = codes // entities, codes % entities
+    ids = np.column_stack([pairs // relations, pairs % relations, tails])
     ids = ids[rng.permutation(len(ids))]
     held = int(len(ids) * test_fraction)
     return Triples(
@@ -208,7 +209,8 @@ def corpus(
     seed: int = 0,
 ) -> tuple[Corpus, Planted]:
     """Sentences about one topic each, words Zipf-distributed within topics; a fifth of the
-    tokens are function words shared by all topics; synonym pairs are swapped at random."""
+    tokens are function words shared by all topics; synonym pairs are swapped at random
+    and followed by a companion word of their own (so only they share that context)."""
     rng = np.random.default_rng([seed, 3])
     weights = 1.0 / np.arange(1, vocabulary + 1, dtype=np.float64) ** zipf  # word id = frequency rank
     topic = np.full(vocabulary, -1, dtype=np.int64)
@@ -216,7 +218,7 @@ def corpus(
     # synonyms: two mid-frequency words of one topic; the generator only ever draws the
     # first, and writes the second half of the time, so both share all their contexts
     candidates = rng.permutation(np.arange(function_words + 50, min(vocabulary, function_words + 50 + 4000)))
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for word in candidates:
         mates = candidates[(topic[candidates] == topic[word]) & (candidates != word)]
         if len(pairs) >= synonym_pairs:
@@ -242,6 +244,15 @@ def corpus(
     mate = swap[out]
     flip = (mate >= 0) & (rng.random(out.shape) < 0.5)
     out[flip] = mate[flip]
+    # Each pair also has a companion word that follows either synonym: a context the two
+    # share and no other word of their topic has, so they are each other's neighbours.
+    companion = np.zeros(vocabulary, dtype=np.int64) - 1
+    if len(synonyms):
+        partners = rng.choice(np.setdiff1d(np.arange(function_words, vocabulary), synonyms), len(synonyms))
+        companion[synonyms[:, 0]] = companion[synonyms[:, 1]] = partners
+    follows = companion[out[:, :-1]]
+    has = follows >= 0
+    out[:, 1:][has] = follows[has]
     flat = out.reshape(-1)[:tokens]
     sentence = np.repeat(np.arange(sentences), sentence_length)[:tokens]
     counts = np.bincount(flat, minlength=vocabulary).astype(np.int64)
