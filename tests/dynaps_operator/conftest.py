@@ -1,0 +1,169 @@
+"""Fixtures for the operator's e2e tests: the CRD installed once, the operator running in-process.
+
+The operator runs in a thread of the test process (fast to start, its failures are the test's
+failures) and watches every namespace; each test works in its own ``kube_namespace``. The
+job's pods are real dynaps processes started by the process kubelet.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dynaps.contract import API_GROUP, API_VERSION, PLURAL
+from dynaps_operator.runner import OperatorThread
+from dynaps_operator.settings import OperatorSettings
+from tests.kube.controlplane import ControlPlane
+from tests.kube.kubeapi import ApiError, KubeClient, namespaced
+from tests.kube.kubelet import ProcessKubelet
+from tests.kube.polling import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / f"{API_GROUP}_{PLURAL}.yaml"
+GROUP = f"{API_GROUP}/{API_VERSION}"
+JsonDict = dict[str, Any]
+
+
+def jobs_path(namespace: str, name: str = "") -> str:
+    return namespaced(PLURAL, namespace, name, api=GROUP)
+
+
+@pytest.fixture(scope="session")
+def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
+    kube_control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    name = f"{PLURAL}.{API_GROUP}"
+
+    def established() -> bool:
+        doc = kube_api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        conditions = {c["type"]: c["status"] for c in (doc.get("status") or {}).get("conditions") or []}
+        return conditions.get("Established") == "True"
+
+    wait_for(established, 30, "the CRD to be established")
+
+    def served() -> bool:
+        # Lists answer 429 while the new resource's storage initialises; the operator's first
+        # list would then back off for a second or more.
+        try:
+            kube_api.get(f"/apis/{GROUP}/{PLURAL}")
+        except ApiError as exc:
+            if exc.status == 429:
+                return False
+            raise
+        return True
+
+    wait_for(served, 30, "the API server to serve the new resource")
+    return name
+
+
+@pytest.fixture(scope="session")
+def operator(crd: str, kubeconfig: Path, process_kubelet: ProcessKubelet) -> Iterator[OperatorThread]:
+    settings = OperatorSettings(
+        probe_host="127.0.0.1", probe_port=0, poll_seconds=1.0, resync_seconds=10.0, instance="e2e"
+    )
+    with OperatorThread(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kube_api: KubeClient) -> Iterator[str]:
+    """A namespace shared by the tests of one module (for a job several tests look at)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    kube_api.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name
+    kube_api.delete(f"/api/v1/namespaces/{name}")
+
+
+def quickstart_job(name: str, *, workers: int = 2, epochs: int = 3, **spec: Any) -> JsonDict:
+    """A small job whose workers run the quickstart app (rows x cols matrix factorisation)."""
+    job: JsonDict = {
+        "apiVersion": GROUP,
+        "kind": "ParameterServerJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tables": [
+                {"name": "rows", "numKeys": 2000, "dim": 8},
+                {"name": "cols", "numKeys": 500, "dim": 8},
+            ],
+            "servers": {"replicas": 1},
+            "workers": {
+                "replicas": workers,
+                "command": ["python", "-m", "dynaps.apps.quickstart"],
+                "args": ["--epochs", str(epochs), "--entries", "20000"],
+            },
+        },
+    }
+    for key, value in spec.items():
+        job["spec"][key] = value
+    return job
+
+
+def create_job(kube_api: KubeClient, namespace: str, job: JsonDict) -> JsonDict:
+    return kube_api.create(jobs_path(namespace), copy.deepcopy(job))
+
+
+def get_job(kube_api: KubeClient, namespace: str, name: str) -> JsonDict:
+    return kube_api.get(jobs_path(namespace, name))
+
+
+def wait_phase(kube_api: KubeClient, namespace: str, name: str, phases: set[str], timeout: float) -> JsonDict:
+    last: list[JsonDict] = [{}]
+
+    def reached() -> JsonDict | None:
+        job = get_job(kube_api, namespace, name)
+        last[0] = job
+        return job if job.get("status", {}).get("phase") in phases else None
+
+    try:
+        return wait_for(reached, timeout, f"job {name} to reach {sorted(phases)}", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {yaml.safe_dump(last[0].get('status'))}") from None
+
+
+def pods_of(kube_api: KubeClient, namespace: str, job: str) -> list[JsonDict]:
+    return kube_api.items(namespaced("pods", namespace), labelSelector=f"dynaps.io/job={job}")
+
+
+def events_of(kube_api: KubeClient, namespace: str, name: str) -> list[JsonDict]:
+    return kube_api.items(namespaced("events", namespace), fieldSelector=f"involvedObject.name={name}")
+
+
+def condition(job: JsonDict, kind: str) -> JsonDict | None:
+    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+def condition_of(job: JsonDict, kind: str) -> JsonDict:
+    """The condition, which must be there."""
+    found = condition(job, kind)
+    assert found is not None, f"no {kind} condition in {job.get('status')}"
+    return found
+
+
+def pod_logs(kubelet: ProcessKubelet, namespace: str, pods: list[str]) -> str:
+    return "\n".join(f"--- {p}\n{kubelet.logs(namespace, p)[-3000:]}" for p in pods)
+
+
+def python_name() -> str:
+    return Path(sys.executable).name
+
+
+__all__ = [
+    "ApiError",
+    "Callable",
+    "condition",
+    "condition_of",
+    "create_job",
+    "events_of",
+    "get_job",
+    "jobs_path",
+    "pod_logs",
+    "pods_of",
+    "quickstart_job",
+    "wait_phase",
+]
