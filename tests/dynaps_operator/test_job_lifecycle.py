@@ -142,7 +142,8 @@ def test_job_reaches_succeeded_with_status_and_events(
     assert status["ownership"]["shardsPerServer"] == {"mf-server-0": 1024}
     assert (status["servers"]["desired"], status["workers"]["desired"]) == (1, 2)
     reasons = [e["reason"] for e in events_of(kube_api, ns, "mf")]
-    assert {"CreatedPods", "JobRunning", "JobSucceeded"} <= set(reasons), reasons
+    # (JobRunning is not asserted: a job this short can end between two polls of its coordinator.)
+    assert {"CreatedPods", "JobSucceeded"} <= set(reasons), reasons
     assert all(e["source"]["component"] == "dynaps-operator" for e in events_of(kube_api, ns, "mf"))
     # cleanPodPolicy Running (the default) keeps the completed pods for their logs.
     assert {p["status"]["phase"] for p in pods_of(kube_api, ns, "mf")} == {"Succeeded"}
