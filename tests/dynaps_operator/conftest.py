@@ -62,8 +62,10 @@ def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(crd: str, kubeconfig: Path, process_kubelet: ProcessKubelet) -> Iterator[OperatorThread]:
+    """Per module, so that a module can run the chart's operator instead (two operators watching
+    the same namespace would both act on its jobs)."""
     settings = OperatorSettings(
         probe_host="127.0.0.1", probe_port=0, poll_seconds=1.0, resync_seconds=10.0, instance="e2e"
     )

@@ -1,0 +1,61 @@
+{{/* The release's full name, at most 63 characters. */}}
+{{- define "dynaps-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dynaps-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "dynaps-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dynaps-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "dynaps-operator.labels" -}}
+{{ include "dynaps-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The rules of the operator's (Cluster)Role: only the verbs it uses. */}}
+{{- define "dynaps-operator.rules" -}}
+# Watch the jobs, read one before each reconcile, delete it when ttlSecondsAfterFinished passed.
+- apiGroups: [dynaps.io]
+  resources: [parameterserverjobs]
+  verbs: [get, list, watch, delete]
+# Write the status (phase, conditions, ownership).
+- apiGroups: [dynaps.io]
+  resources: [parameterserverjobs/status]
+  verbs: [patch]
+# Owner references with blockOwnerDeletion need this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift).
+- apiGroups: [dynaps.io]
+  resources: [parameterserverjobs/finalizers]
+  verbs: [update]
+# The job's pods: watched, listed per job, created under stable names, deleted to replace them.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+# The headless Service (created once; garbage-collected with the job).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create]
+# The runtime configuration (created, then patched when it changes).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
+# An Event for every decision.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

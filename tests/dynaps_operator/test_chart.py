@@ -1,0 +1,175 @@
+"""The Helm chart: lint, render, dry-run apply, and its operator running a job under its own RBAC.
+
+The last test installs the chart for real: the process kubelet runs the Deployment's pod
+(`dynaps-operator` from this checkout's virtual environment; the image is ignored), which logs
+in with a token of the chart's ServiceAccount, so a verb missing from the chart's Role fails it.
+No in-process operator runs in this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dynaps_operator.settings import OperatorSettings
+from tests.dynaps_operator.conftest import REPO, create_job, quickstart_job, wait_phase
+from tests.kube.controlplane import ControlPlane
+from tests.kube.kubeapi import KubeClient, namespaced
+from tests.kube.kubelet import ProcessKubelet
+
+CHART = REPO / "charts" / "dynaps-operator"
+ACCOUNT = "dynaps-ops"
+
+
+def render(plane: ControlPlane, *args: str) -> list[dict[str, Any]]:
+    out = plane.helm("template", "ops", str(CHART), "-n", "dynaps-system", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.e2e
+def test_chart_lints_cleanly(kube_control_plane: ControlPlane) -> None:
+    lint = kube_control_plane.helm("lint", "--strict", str(CHART))
+    assert "1 chart(s) linted, 0 chart(s) failed" in lint.stdout
+
+
+@pytest.mark.e2e
+def test_values_mirror_every_operator_setting(kube_control_plane: ControlPlane) -> None:
+    docs = render(kube_control_plane)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = {f.metadata["env"] for f in dataclasses.fields(OperatorSettings)}
+    assert set(env) == settings
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for name, entry in env.items():
+        if "value" in entry and name != "DYNAPS_OPERATOR_NAMESPACES":
+            assert entry["value"] not in ("", None), f"{name} renders empty: is its value in values.yaml?"
+    assert OperatorSettings.from_env({k: v["value"] for k, v in env.items() if "value" in v})
+    assert values["watchNamespaces"] == []
+    assert env["DYNAPS_OPERATOR_NAMESPACES"]["value"] == ""
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("namespaced_mode", [False, True], ids=["cluster-wide", "namespaced"])
+def test_rendered_chart_applies_with_server_side_dry_run(
+    crd: str, kube_control_plane: ControlPlane, kube_namespace: str, tmp_path: Path, namespaced_mode: bool
+) -> None:
+    args = ["--set", f"watchNamespaces={{{kube_namespace}}}"] if namespaced_mode else []
+    docs = render(kube_control_plane, *args)
+    kinds = sorted(d["kind"] for d in docs)
+    expected = ["Role", "RoleBinding"] if namespaced_mode else ["ClusterRole", "ClusterRoleBinding"]
+    assert kinds == sorted(["Deployment", "ServiceAccount", *expected])
+    for doc in docs:
+        if doc["metadata"].get("namespace") == "dynaps-system":
+            doc["metadata"]["namespace"] = kube_namespace
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    dry = kube_control_plane.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    assert dry.stdout.count("(server dry run)") == len(docs)
+
+
+def token_kubeconfig(plane: ControlPlane, namespace: str) -> str:
+    token = plane.kubectl("create", "token", ACCOUNT, "-n", namespace, "--duration=1h").stdout.strip()
+    ca = base64.b64encode(Path(plane.pki.ca_cert).read_bytes()).decode()
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "test", "cluster": {"server": plane.server, "certificate-authority-data": ca}}
+            ],
+            "users": [{"name": ACCOUNT, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": ACCOUNT}}],
+            "current-context": "test",
+        }
+    )
+
+
+def can_i(plane: ControlPlane, namespace: str, *what: str) -> bool:
+    done = plane.kubectl(
+        "auth",
+        "can-i",
+        *what,
+        "-n",
+        namespace,
+        f"--as=system:serviceaccount:{namespace}:{ACCOUNT}",
+        check=False,
+    )
+    return done.stdout.strip() == "yes"
+
+
+@pytest.mark.e2e
+def test_installed_chart_runs_a_job_under_its_least_privilege_role(
+    crd: str,
+    kube_control_plane: ControlPlane,
+    kube_api: KubeClient,
+    kube_namespace: str,
+    process_kubelet: ProcessKubelet,
+    tmp_path: Path,
+) -> None:
+    ns = kube_namespace
+    kube_api.create(namespaced("serviceaccounts", ns), {"metadata": {"name": ACCOUNT}})
+    kube_api.create(
+        namespaced("secrets", ns),
+        {
+            "metadata": {"name": "operator-kubeconfig"},
+            "stringData": {"config": token_kubeconfig(kube_control_plane, ns)},
+        },
+    )
+    values = {
+        "watchNamespaces": [ns],
+        "serviceAccount": {"create": False, "name": ACCOUNT},
+        "pollSeconds": 1,
+        "extraEnv": [{"name": "KUBECONFIG", "value": "/var/run/dynaps/kubeconfig/config"}],
+        "extraVolumes": [{"name": "kubeconfig", "secret": {"secretName": "operator-kubeconfig"}}],
+        "extraVolumeMounts": [
+            {"name": "kubeconfig", "mountPath": "/var/run/dynaps/kubeconfig", "readOnly": True}
+        ],
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    kube_control_plane.helm(
+        "install",
+        "ops",
+        str(CHART),
+        "-n",
+        ns,
+        "-f",
+        str(values_file),
+        "--wait",
+        "--timeout",
+        "90s",
+        timeout=120,
+    )
+    operator_pod = kube_api.items(namespaced("pods", ns), labelSelector="app.kubernetes.io/instance=ops")[0]
+    try:
+        assert can_i(kube_control_plane, ns, "create", "pods")
+        assert can_i(kube_control_plane, ns, "patch", "parameterserverjobs.dynaps.io", "--subresource=status")
+        for forbidden in (
+            ("get", "secrets"),
+            ("patch", "pods"),
+            ("delete", "configmaps"),
+            ("update", "parameterserverjobs.dynaps.io"),
+            ("create", "deployments.apps"),
+        ):
+            assert not can_i(kube_control_plane, ns, *forbidden), forbidden
+        assert not can_i(kube_control_plane, "default", "create", "pods")  # a Role, not a ClusterRole
+
+        create_job(kube_api, ns, quickstart_job("charted"))
+        done = wait_phase(kube_api, ns, "charted", {"Succeeded", "Failed"}, 120)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        events = kube_api.items(namespaced("events", ns), fieldSelector="involvedObject.name=charted")
+        assert {e["source"].get("host") for e in events} == {operator_pod["metadata"]["name"]}
+    except AssertionError:
+        print(process_kubelet.logs(ns, operator_pod["metadata"]["name"])[-5000:])
+        raise
+    finally:
+        kube_control_plane.helm("uninstall", "ops", "-n", ns, "--wait", timeout=120)
+    print(json.dumps(done["status"]))
