@@ -7,9 +7,10 @@
 The schema is structural (Kubernetes prunes unknown fields and applies defaults): pydantic's
 JSON Schema is turned into OpenAPI v3 by inlining ``$ref``s, turning ``anyOf [X, null]`` into
 ``nullable``, free-form dicts (pod templates, resources, volumes) into
-``x-kubernetes-preserve-unknown-fields`` and nested defaults into whole objects without nulls.  What a JSON Schema cannot say but the API server can check
-itself is added as CEL rules (``x-kubernetes-validations``) and list-map keys (table names are
-unique); the operator checks the rest and reports it in the status.
+``x-kubernetes-preserve-unknown-fields`` and nested defaults into whole objects without nulls.
+What a JSON Schema cannot say but the API server can check itself is added as CEL rules
+(``x-kubernetes-validations``) and list-map keys (table names are unique); the operator checks
+the rest and reports it in the status.
 """
 
 from __future__ import annotations

@@ -25,98 +25,39 @@ What the operator does, in order of precedence:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
 
 from dynaps.contract import (
     TERMINAL_PHASES,
     CheckpointStatus,
-    CleanPodPolicy,
-    ConditionReason,
-    ConditionType,
     JobPhase,
     JobStatus,
     OwnershipStatus,
     ParameterServerJob,
 )
 from dynaps_operator import names
-from dynaps_operator.builders import JobRef
-from dynaps_operator.coordinator_view import CoordinatorView, parse_final
+from dynaps_operator.decisions import (
+    RETRY_SECONDS,
+    C,
+    Deletion,
+    Event,
+    Memory,
+    Observed,
+    Plan,
+    R,
+    count,
+    desired_count,
+    owned_pods,
+)
+from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.podstate import Outcome, PodView
-from dynaps_operator.status import replica_status, set_condition
+from dynaps_operator.status import replica_status
 
-R = ConditionReason
-C = ConditionType
-RETRY_SECONDS = 1.0  # how soon to look again while pods terminate or start
+__all__ = ["Deletion", "Event", "Memory", "Observed", "Plan", "plan"]
 
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Deletion:
-    name: str
-    uid: str
-
-
-@dataclass(frozen=True)
-class Memory:
-    """What the operator remembers about a job between reconciles (lost on restart, which at
-    worst counts one replaced pod twice or repeats a drain request)."""
-
-    accounted: frozenset[str] = frozenset()  # pods whose loss was counted; awaiting their replacement
-    drains: tuple[tuple[str, datetime], ...] = ()  # pods asked to drain, and when
-    last_coordinator: CoordinatorView | None = None  # the latest /status seen
-    checkpoint_unsupported: bool = False  # the runtime answered 404 to POST /checkpoint
-
-
-@dataclass(frozen=True)
-class Observed:
-    ref: JobRef
-    generation: int
-    deleting: bool
-    job: ParameterServerJob | None  # None when the spec is invalid
-    invalid: str  # why the spec is invalid, naming the field ("" when valid)
-    status: JobStatus
-    pods: tuple[PodView, ...]
-    coordinator: CoordinatorView | None  # None when the coordinator is not running or not reachable
-    memory: Memory
-    now: datetime
-    poll_seconds: float = 2.0
-
-
-@dataclass
-class Plan:
-    status: JobStatus
-    memory: Memory
-    create: list[tuple[Role, int]] = field(default_factory=list)
-    delete: list[Deletion] = field(default_factory=list)
-    drain: list[str] = field(default_factory=list)
-    scale: tuple[int, int] | None = None  # (servers, workers) to POST /scale
-    checkpoint: bool = False  # POST /checkpoint
-    events: list[Event] = field(default_factory=list)
-    delete_job: bool = False  # ttlSecondsAfterFinished passed
-    restore_from: str | None = None  # for the ConfigMap
-    requeue_after: float | None = None
-    invalid: str = ""  # the permanent error to raise after the status is written
-
-    def later(self, seconds: float) -> None:
-        seconds = max(seconds, 0.05)
-        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
-
-    def update(self, **changes: Any) -> None:
-        self.status = self.status.model_copy(update=changes)
-
-    def condition(self, kind: ConditionType, value: bool, reason: str, message: str, now: datetime) -> None:
-        self.update(conditions=set_condition(list(self.status.conditions), kind, value, reason, message, now))
-
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+# A worker node exits with its program's exit code, and the coordinator ends the job when a
+# program fails: give it this long to do so before the exit is treated as the pod's failure.
+WORKER_EXIT_GRACE_SECONDS = 10.0
 
 
 def plan(o: Observed) -> Plan:
@@ -124,7 +65,7 @@ def plan(o: Observed) -> Plan:
     if o.deleting:
         return p
     if o.invalid or o.job is None:
-        return _invalid(o, p)
+        return invalid(o, p)
     failed = o.status.condition(C.FAILED)
     if (
         failed is not None
@@ -134,12 +75,13 @@ def plan(o: Observed) -> Plan:
         p.status = JobStatus()  # the spec was fixed: start afresh
         p.memory = Memory()
     elif o.status.phase in TERMINAL_PHASES:
-        return _finished(o, o.job, p)
+        return finished(o, o.job, p)
     job = o.job
     p.update(observed_generation=o.generation)
     _observe(o, job, p)
+    _absorb_coordinator(o, p)
     if job.spec.run_policy.suspend:
-        return _suspend(o, p)
+        return suspend(o, p)
     if p.status.is_true(C.SUSPENDED):
         p.condition(C.SUSPENDED, False, R.JOB_RESUMED, "the job was resumed", o.now)
         p.update(start_time=None)
@@ -150,126 +92,9 @@ def plan(o: Observed) -> Plan:
         left = deadline - (o.now - p.status.start_time).total_seconds()
         if left <= 0:
             message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s)"
-            return _fail(o, job, p, R.DEADLINE_EXCEEDED, message)
+            return fail(o, job, p, R.DEADLINE_EXCEEDED, message)
         p.later(left)
     return _run(o, job, p)
-
-
-# ------------------------------------------------------------------------------------------ cases
-
-
-def _invalid(o: Observed, p: Plan) -> Plan:
-    p.invalid = o.invalid or "the spec is invalid"
-    failed = o.status.condition(C.FAILED)
-    if failed is not None and failed.reason == R.INVALID_SPEC and failed.message == p.invalid:
-        return p  # already reported for this spec
-    p.update(
-        phase=JobPhase.FAILED, message=p.invalid, observed_generation=o.generation, completion_time=o.now
-    )
-    p.condition(C.FAILED, True, R.INVALID_SPEC, p.invalid, o.now)
-    if o.status.condition(C.RUNNING) is not None:
-        p.condition(C.RUNNING, False, R.INVALID_SPEC, p.invalid, o.now)
-    p.event(R.INVALID_SPEC, p.invalid, warning=True)
-    for pod in o.pods:  # an update made a running job invalid: stop what it runs
-        if pod.owner_uid == o.ref.uid and not pod.terminating:
-            p.delete.append(Deletion(pod.name, pod.uid))
-    return p
-
-
-def _finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
-    _clean_pods(o, job, p)
-    ttl = job.spec.run_policy.ttl_seconds_after_finished
-    if ttl is not None and o.status.completion_time is not None:
-        left = ttl - (o.now - o.status.completion_time).total_seconds()
-        if left <= 0:
-            p.delete_job = True
-        else:
-            p.later(left)
-    return p
-
-
-def _clean_pods(o: Observed, job: ParameterServerJob, p: Plan) -> None:
-    policy = job.spec.run_policy.clean_pod_policy
-    if policy == CleanPodPolicy.NONE:
-        return
-    doomed = [pod for pod in _owned(o) if not pod.terminating and (policy == CleanPodPolicy.ALL or pod.alive)]
-    if doomed:
-        p.delete.extend(Deletion(pod.name, pod.uid) for pod in doomed)
-        p.event("DeletingPods", f"cleanPodPolicy {policy}: deleting {_names(doomed)}")
-
-
-def _finish(
-    o: Observed, job: ParameterServerJob, p: Plan, phase: JobPhase, reason: str, message: str
-) -> Plan:
-    p.update(phase=phase, message=message, completion_time=o.now)
-    kind = C.SUCCEEDED if phase == JobPhase.SUCCEEDED else C.FAILED
-    p.condition(kind, True, reason, message, o.now)
-    if p.status.condition(C.RUNNING) is not None:
-        p.condition(C.RUNNING, False, reason, message, o.now)
-    p.event(reason, message, warning=phase == JobPhase.FAILED)
-    _clean_pods(o, job, p)
-    if job.spec.run_policy.ttl_seconds_after_finished is not None:
-        p.later(job.spec.run_policy.ttl_seconds_after_finished)
-    return p
-
-
-def _fail(o: Observed, job: ParameterServerJob, p: Plan, reason: str, message: str) -> Plan:
-    return _finish(o, job, p, JobPhase.FAILED, reason, message)
-
-
-def _succeed(o: Observed, job: ParameterServerJob, p: Plan, coordinator: PodView) -> Plan:
-    final = parse_final(coordinator.exit_message)
-    seen = o.coordinator or o.memory.last_coordinator
-    metrics = (final.metrics if final else {}) or (seen.metrics if seen else {}) or dict(p.status.metrics)
-    p.update(final_quality=metrics or None, metrics=metrics)
-    message = "the coordinator exited 0: every worker program succeeded"
-    if metrics:
-        message += "; final quality " + ", ".join(f"{k}={v:g}" for k, v in sorted(metrics.items()))
-    return _finish(o, job, p, JobPhase.SUCCEEDED, R.JOB_SUCCEEDED, message)
-
-
-def _suspend(o: Observed, p: Plan) -> Plan:
-    owned = [pod for pod in _owned(o) if not pod.terminating]
-    if not p.status.is_true(C.SUSPENDED):
-        p.condition(C.SUSPENDED, True, R.JOB_SUSPENDING, "checkpointing, then deleting the pods", o.now)
-        p.event(R.JOB_SUSPENDING, "runPolicy.suspend is true: checkpointing, then deleting the pods")
-        if o.coordinator is not None and o.coordinator.running and not o.memory.checkpoint_unsupported:
-            p.checkpoint = True
-            p.later(RETRY_SECONDS)
-            return _suspended_phase(o, p, owned)
-    since = p.status.condition(C.SUSPENDED)
-    assert since is not None
-    waited = (o.now - since.last_transition_time).total_seconds()
-    checkpoint = p.status.last_checkpoint
-    checkpointed = checkpoint is not None and checkpoint.time >= since.last_transition_time
-    timeout = o.job.spec.rebalance_policy.drain_timeout_seconds if o.job else 60
-    waiting = (
-        owned
-        and o.coordinator is not None
-        and o.coordinator.running
-        and not o.memory.checkpoint_unsupported
-        and not checkpointed
-        and waited < timeout
-    )
-    if waiting:
-        p.later(RETRY_SECONDS)
-    elif owned:
-        p.delete.extend(Deletion(pod.name, pod.uid) for pod in owned)
-        p.event("DeletingPods", f"suspended: deleting {_names(owned)}")
-    return _suspended_phase(o, p, owned)
-
-
-def _suspended_phase(o: Observed, p: Plan, owned: list[PodView]) -> Plan:
-    gone = not any(True for pod in _owned(o))
-    reason = R.JOB_SUSPENDED if gone else R.JOB_SUSPENDING
-    message = "suspended: no pods run" if gone else "suspending: the pods are being removed"
-    p.condition(C.SUSPENDED, True, reason, message, o.now)
-    if p.status.condition(C.RUNNING) is not None:
-        p.condition(C.RUNNING, False, R.JOB_SUSPENDED, "the job is suspended", o.now)
-    p.update(phase=JobPhase.SUSPENDED, message=message)
-    if not gone:
-        p.later(RETRY_SECONDS)
-    return p
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -286,7 +111,7 @@ class _Pass:
 
 
 def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
-    owned = {(pod.role, pod.index): pod for pod in _owned(o)}
+    owned = {(pod.role, pod.index): pod for pod in owned_pods(o)}
     foreign = {pod.name for pod in o.pods if pod.owner_uid != o.ref.uid}
     started = p.status.start_time is not None
     accounted = set(p.memory.accounted)
@@ -297,11 +122,11 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     # The coordinator decides the job's outcome; losing it restarts every pod.
     if coordinator is not None and not coordinator.terminating and coordinator.outcome is not None:
         if coordinator.outcome is Outcome.SUCCEEDED:
-            return _succeed(o, job, p, coordinator)
+            return succeed(o, job, p, coordinator)
         if coordinator.outcome is Outcome.FAILED:
             why = seen.reason if seen is not None and seen.reason else coordinator.describe_exit()
             message = f"the job failed (coordinator exit code {coordinator.exit_code}): {why}"
-            return _fail(o, job, p, R.JOB_FAILED, message)
+            return fail(o, job, p, R.JOB_FAILED, message)
     coordinator_lost = coordinator is None or coordinator.terminating or coordinator.outcome is not None
     if coordinator_lost and (started or owned):
         return _restart(o, job, p, coordinator, accounted)
@@ -319,27 +144,33 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                     found.recovering.append(f"{name} waits for an older pod of that name to go")
                     continue
                 if started and index < before and name not in accounted:
-                    _count(p, "preemptions", R.POD_LOST, f"pod {name} disappeared; recreating it")
+                    count(p, "preemptions", R.POD_LOST, f"pod {name} disappeared; recreating it")
                     found.degraded_reason = R.POD_LOST
                 p.create.append((role, index))
                 accounted.discard(name)
-                if started:
+                if started and index < before:
                     found.recovering.append(f"recreating {name}")
+                elif started:
+                    found.rebalancing.append(f"{name} joins")
+                    found.rebalance_reason = found.rebalance_reason or R.SCALING_OUT
             elif pod.terminating:
                 if name not in accounted:
                     accounted.add(name)
-                    _count(p, "preemptions", R.POD_LOST, f"pod {name} is being deleted; it will be recreated")
+                    count(p, "preemptions", R.POD_LOST, f"pod {name} is being deleted; it will be recreated")
                     found.degraded_reason = R.POD_LOST
                 found.recovering.append(f"{name} is terminating")
             elif pod.outcome is None or pod.outcome is Outcome.SUCCEEDED or ending:
                 continue  # running, or the job is ending (nodes exit 0 after the coordinator's shutdown)
+            elif _program_failure_pending(o, pod, coordinator):
+                found.recovering.append(f"{name} exited {pod.exit_code}; waiting for the coordinator")
+                p.later(RETRY_SECONDS)
             else:
                 accounted.add(name)
                 if pod.outcome is Outcome.PREEMPTED:
-                    _count(p, "preemptions", R.POD_PREEMPTED, pod.describe_exit() + "; recreating it")
+                    count(p, "preemptions", R.POD_PREEMPTED, pod.describe_exit() + "; recreating it")
                     found.degraded_reason = R.POD_PREEMPTED
                 else:
-                    _count(p, "restarts", R.POD_FAILED, pod.describe_exit(), warning=True)
+                    count(p, "restarts", R.POD_FAILED, pod.describe_exit(), warning=True)
                     found.degraded_reason = R.POD_FAILED
                     limit = job.spec.run_policy.backoff_limit
                     if p.status.restarts > limit:
@@ -347,7 +178,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                             f"{p.status.restarts} pod failures exceed runPolicy.backoffLimit ({limit}); "
                             f"last: {pod.describe_exit()}"
                         )
-                        return _fail(o, job, p, R.BACKOFF_LIMIT_EXCEEDED, message)
+                        return fail(o, job, p, R.BACKOFF_LIMIT_EXCEEDED, message)
                 p.delete.append(Deletion(pod.name, pod.uid))
                 found.recovering.append(f"replacing {name}")
         _scale_in(o, job, p, role, desired, owned, found)
@@ -370,15 +201,15 @@ def _restart(
             what = coordinator.describe_exit()
         else:
             what = f"pod {name} was deleted"
-        _count(p, "preemptions", R.POD_PREEMPTED, f"{what}; restarting every pod of the job")
-    alive = [pod for pod in _owned(o) if not pod.terminating]
-    accounted.update(pod.name for pod in _owned(o))
+        count(p, "preemptions", R.POD_PREEMPTED, f"{what}; restarting every pod of the job")
+    alive = [pod for pod in owned_pods(o) if not pod.terminating]
+    accounted.update(pod.name for pod in owned_pods(o))
     p.delete.extend(Deletion(pod.name, pod.uid) for pod in alive)
     p.memory = replace(p.memory, accounted=frozenset(accounted), last_coordinator=None)
-    if not _owned(o):  # everything is gone: start again, from the latest checkpoint if any
+    if not owned_pods(o):  # everything is gone: start again, from the latest checkpoint if any
         p.memory = replace(p.memory, accounted=frozenset())
         p.create = [(Role.COORDINATOR, 0)] + [
-            (role, i) for role in NODE_ROLES for i in range(_desired(job, role))
+            (role, i) for role in NODE_ROLES for i in range(desired_count(job, role))
         ]
         p.update(start_time=o.now)
     p.later(RETRY_SECONDS)
@@ -456,7 +287,7 @@ def _settle(
         if p.status.start_time is None:
             p.update(start_time=now)
         p.event("CreatedPods", "creating " + ", ".join(names.pod_name(o.ref.name, r, i) for r, i in p.create))
-    wanted = [pod for pod in owned.values() if pod.index < _desired(job, pod.role)]
+    wanted = [pod for pod in owned.values() if pod.index < desired_count(job, pod.role)]
     all_ready = len(wanted) == 1 + job.spec.servers.replicas + job.spec.workers.replicas and all(
         pod.alive and pod.ready for pod in wanted
     )
@@ -490,52 +321,41 @@ def _settle(
     elif not p.status.is_true(C.RUNNING):
         p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
     p.update(phase=phase, message=message)
-    if o.coordinator is not None:
-        c = o.coordinator
-        p.update(
-            ownership=OwnershipStatus(
-                epoch=c.epoch,
-                shards_per_server=c.shards_per_server,
-                migrations_in_flight=c.migrations_in_flight,
-            )
-        )
-        if c.metrics:
-            p.update(metrics=c.metrics)
-        if c.last_checkpoint is not None:
-            p.update(
-                last_checkpoint=CheckpointStatus(path=c.last_checkpoint.path, time=c.last_checkpoint.time)
-            )
-        p.memory = replace(p.memory, last_coordinator=c)
     p.later(o.poll_seconds if phase in (JobPhase.RUNNING, JobPhase.REBALANCING) else RETRY_SECONDS)
     return p
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
 def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
-    pods = _owned(o)
+    pods = owned_pods(o)
     for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
         counts = replica_status(
-            _desired(job, role), [x for x in pods if x.role is role], names.role_selector(o.ref.name, role)
+            desired_count(job, role),
+            [x for x in pods if x.role is role],
+            names.role_selector(o.ref.name, role),
         )
         p.update(**{key: counts})
 
 
-def _desired(job: ParameterServerJob, role: Role) -> int:
-    if role is Role.COORDINATOR:
-        return 1
-    return job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
+def _absorb_coordinator(o: Observed, p: Plan) -> None:
+    """What the coordinator's /status says about ownership, metrics and checkpoints."""
+    c = o.coordinator
+    if c is None:
+        return
+    ownership = OwnershipStatus(
+        epoch=c.epoch, shards_per_server=c.shards_per_server, migrations_in_flight=c.migrations_in_flight
+    )
+    p.update(ownership=ownership)
+    if c.metrics:
+        p.update(metrics=c.metrics)
+    if c.last_checkpoint is not None:
+        p.update(last_checkpoint=CheckpointStatus(path=c.last_checkpoint.path, time=c.last_checkpoint.time))
+    p.memory = replace(p.memory, last_coordinator=c)
 
 
-def _owned(o: Observed) -> list[PodView]:
-    return [pod for pod in o.pods if pod.owner_uid == o.ref.uid]
-
-
-def _count(p: Plan, counter: str, reason: str, message: str, warning: bool = False) -> None:
-    p.update(**{counter: getattr(p.status, counter) + 1})
-    p.event(reason, message, warning=warning or counter == "restarts")
-
-
-def _names(pods: list[PodView]) -> str:
-    return ", ".join(pod.name for pod in pods)
+def _program_failure_pending(o: Observed, pod: PodView, coordinator: PodView | None) -> bool:
+    """A worker whose program failed: the coordinator is about to end the job with that code."""
+    if pod.role is not Role.WORKER or pod.outcome is not Outcome.FAILED or pod.finished_at is None:
+        return False
+    if coordinator is None or not coordinator.alive:
+        return False
+    return (o.now - pod.finished_at).total_seconds() < WORKER_EXIT_GRACE_SECONDS

@@ -8,6 +8,7 @@ was *preempted* and does not count against ``backoffLimit``; any other non-zero 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -39,6 +40,7 @@ class PodView:
     exit_code: int | None  # of the main container, once it terminated
     exit_reason: str  # e.g. Completed, Error, OOMKilled
     exit_message: str  # the termination message (or, on failure, the log tail)
+    finished_at: datetime | None  # when the main container terminated
     disrupted: bool  # DisruptionTarget condition, or evicted/preempted by the node
 
     @property
@@ -83,7 +85,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
     status = pod.get("status") or {}
     owner: dict[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    exit_code, exit_reason, exit_message = _termination(status)
+    exit_code, exit_reason, exit_message, finished_at = _termination(status)
     disrupted = conditions.get("DisruptionTarget") == "True" or (
         status.get("phase") == "Failed" and status.get("reason") in PREEMPTION_POD_REASONS
     )
@@ -100,11 +102,12 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         exit_code=exit_code,
         exit_reason=exit_reason,
         exit_message=exit_message,
+        finished_at=finished_at,
         disrupted=disrupted,
     )
 
 
-def _termination(status: dict[str, Any]) -> tuple[int | None, str, str]:
+def _termination(status: dict[str, Any]) -> tuple[int | None, str, str, datetime | None]:
     for container in status.get("containerStatuses") or []:
         if container.get("name") != names.CONTAINER:
             continue
@@ -114,5 +117,15 @@ def _termination(status: dict[str, Any]) -> tuple[int | None, str, str]:
                 int(terminated.get("exitCode", 0)),
                 terminated.get("reason") or "",
                 terminated.get("message") or "",
+                _time(terminated.get("finishedAt")),
             )
-    return None, "", ""
+    return None, "", "", None
+
+
+def _time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

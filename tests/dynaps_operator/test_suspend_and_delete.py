@@ -44,7 +44,9 @@ def test_suspend_removes_the_pods_and_resume_runs_to_success(
     create_job(kube_api, ns, quickstart_job("sus", epochs=LONG_EPOCHS))
     wait_phase(kube_api, ns, "sus", {"Running"}, 60)
     wait_for(
-        lambda: "JobRunning" in {e["reason"] for e in events_of(kube_api, ns, "sus")}, 10, "a JobRunning Event"
+        lambda: "JobRunning" in {e["reason"] for e in events_of(kube_api, ns, "sus")},
+        10,
+        "a JobRunning Event",
     )
     suspend(kube_api, ns, "sus", True)
     wait_for(lambda: not pods_of(kube_api, ns, "sus"), 60, "the suspended job's pods to go")
