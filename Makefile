@@ -45,3 +45,26 @@ bench: $(STAMP) ## Run the micro benchmark and the application benchmark
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# ---- operator, chart and images (docs/operator.md) --------------------------------------------
+.PHONY: crds chart-lint images kind-up kind-down bench-operator
+
+crds: $(STAMP) ## Regenerate crds/ and the chart's copy from the pydantic models
+	$(PY) -m dynaps_operator.crdgen
+
+chart-lint: $(STAMP) k8s-binaries ## helm lint the operator chart and check that its CRD is current
+	"$$(scripts/k8s-binaries.sh --print-dir)/helm" lint --strict charts/dynaps-operator
+	$(PY) -m dynaps_operator.crdgen --check
+
+images: ## Build the runtime and operator images (needs Docker)
+	docker build -f docker/runtime.Dockerfile -t dynaps/runtime:0.1.0 .
+	docker build -f docker/operator.Dockerfile -t dynaps/operator:0.1.0 .
+
+kind-up: ## Create a kind cluster, load the images, helm install the operator (needs Docker, kind)
+	scripts/kind-up.sh
+
+kind-down: ## Delete the kind cluster
+	scripts/kind-down.sh
+
+bench-operator: $(STAMP) k8s-binaries ## Operator latency (apply to pods) and memory with 20 jobs
+	$(PY) bench/operator.py

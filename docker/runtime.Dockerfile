@@ -23,7 +23,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN python -m pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels "dynaps[runtime]"
 RUN rm -rf /wheels \
- && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dynaps
+ && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dynaps \
+ && mkdir -p /var/lib/dynaps/checkpoints \
+ && chown 10001:10001 /var/lib/dynaps/checkpoints
 # Non-root; the operator's pods need no privileges (they bind their pod IP, ports above 1024).
 USER 10001:10001
 WORKDIR /tmp
