@@ -254,6 +254,8 @@ class Table:
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
             counters["keys_pulled_remote"] += n
             handle = ps.new_handle(MsgType.PULL, self, keys, None, n)
+            if dest in ps.gone:  # a node that left: ask the home
+                dest = int(ps.shard_map.home_of(keys[:1], self.num_keys)[0])
             ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
             return ps.wait(handle) if wait else handle
         remote = np.flatnonzero(~mine)
@@ -423,6 +425,8 @@ class PS:
         self.shard_map: ShardMap
         self.epoch = 0
         self.lost: set[int] = set()
+        self.gone: set[int] = set()  # nodes that left or died: never a destination again
+        self._members: set[int] = set()
         self.digest = ""
         self.closed = False
         # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
@@ -503,6 +507,9 @@ class PS:
                     return
 
     def _apply_membership(self, membership: control.Membership) -> None:
+        members = {info.id for info in membership.nodes}
+        self.gone |= (self._members - members) | set(membership.lost)
+        self._members = members
         control.connect_members(self.transport, membership)
         shard_map = ShardMap.from_json(membership.shard_map)
         if not hasattr(self, "shard_map") or shard_map.epoch >= self.shard_map.epoch:
@@ -716,6 +723,11 @@ class PS:
         if self._shutdown is not None:
             raise ClusterError(f"the job has ended: {self._shutdown}")
         dests = np.where(owners == INCOMING, self.node, owners) if (owners == INCOMING).any() else owners
+        if self.gone:  # cached owners that left or died: ask the keys' homes instead
+            gone = np.isin(dests, np.fromiter(self.gone, dtype=np.int16))
+            if gone.any():
+                dests = dests.copy()
+                dests[gone] = self.shard_map.home_of(keys[idx[gone]], self.stores[table].spec.num_keys)
         groups = group_by(dests)
         whole = len(idx) == len(keys) and len(groups) == 1
         for dest, part in groups:

@@ -112,6 +112,8 @@ class Coordinator:
             return
         member = self.roster.get(node_of(msg.sender))
         if member is None:
+            if node_of(msg.sender) in self.roster.former:
+                return  # a node that left (and lingers) or was declared lost: no longer ours
             raise ProtocolError(f"{kind.name} from unknown endpoint {msg.sender}")
         member.last_seen = time.monotonic()
         if kind is MsgType.HEARTBEAT:

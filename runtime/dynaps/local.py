@@ -3,9 +3,13 @@
 It starts the same processes a pod would run (coordinator, servers, worker nodes) on
 127.0.0.1, plus one long-lived *runner* per worker: a training process attached to its
 worker node that executes the functions given to :meth:`LocalCluster.run`.  Runners live
-as long as the cluster, so consecutive runs reuse warm processes and keep the keys they
+as long as their worker, so consecutive runs reuse warm processes and keep the keys they
 localized.  Functions and results travel to runners over local pipes (pickle, never over
 the network), so ``fn`` must be importable (defined at module level).
+
+The cluster changes live, through the same paths the operator uses: :meth:`scale` adds
+or drains nodes, :meth:`stop` sends SIGTERM (a graceful drain), :meth:`kill` SIGKILL (a
+crash), :meth:`status` reads the coordinator's ``/status``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
+import os
 import secrets
+import signal
+import subprocess
 import time
 import traceback
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
@@ -37,9 +45,10 @@ from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
 from dynaps.launch import Process, start_coordinator, start_node, stop_processes
 
 _SPAWN = multiprocessing.get_context("spawn")
+Connection = multiprocessing.connection.Connection
 
 
-def _runner_main(token: str, conn: multiprocessing.connection.Connection, log_level: str) -> None:
+def _runner_main(token: str, conn: Connection, log_level: str) -> None:
     """A runner: attach to the worker node, then run functions until told to stop."""
     from dynaps import client
     from dynaps.config import setup_logging
@@ -53,7 +62,7 @@ def _runner_main(token: str, conn: multiprocessing.connection.Connection, log_le
     client._CURRENT = ps  # dynaps.connect() inside fn returns this connection
     conn.send(("ready", ps.rank))
     try:
-        while True:
+        while not ps.control[0]:  # our node drains: this training process ends
             try:
                 item = conn.recv()
             except EOFError:
@@ -69,18 +78,27 @@ def _runner_main(token: str, conn: multiprocessing.connection.Connection, log_le
         ps.close()
 
 
+@dataclass
+class _Worker:
+    name: str
+    node: Process
+    runner: Any  # multiprocessing.Process
+    conn: Connection
+    rank: int = -1
+
+
 class Job:
     """A function running in every worker; ``result()`` returns their results by rank."""
 
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
-        self._cluster = cluster
+    def __init__(self, name: str, conns: dict[int, Connection]) -> None:
         self._name = name
+        self._conns = conns
         self._results: dict[int, Any] = {}
         self._errors: dict[int, str] = {}
 
     def done(self) -> bool:
         self._collect(0.0)
-        return len(self._results) + len(self._errors) == len(self._cluster._runners)
+        return len(self._results) + len(self._errors) == len(self._conns)
 
     def result(self, timeout: float | None = None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -88,7 +106,6 @@ class Job:
             if deadline is not None and time.monotonic() > deadline:
                 raise DynapsTimeoutError(f"{self._name} did not finish within {timeout} s")
             self._collect(0.2)
-        self._cluster._job = None
         if self._errors:
             rank, text = min(self._errors.items())
             raise ClusterError(f"{self._name} failed on worker rank {rank}:\n{text}")
@@ -97,17 +114,17 @@ class Job:
     def _collect(self, timeout: float) -> None:
         pending = {
             conn: rank
-            for rank, conn in self._cluster._runners.items()
+            for rank, conn in self._conns.items()
             if rank not in self._results and rank not in self._errors
         }
         if not pending:
             return
         for ready in multiprocessing.connection.wait(list(pending), timeout):
-            conn = cast(multiprocessing.connection.Connection, ready)
+            conn = cast(Connection, ready)
             rank = pending[conn]
             try:
                 status, value = conn.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 self._errors[rank] = "the worker process died"
                 continue
             if status == "ok":
@@ -129,6 +146,7 @@ class LocalCluster:
         consistency: ConsistencyModel | str = ConsistencyModel.ASYNC,
         staleness: int = 0,
         replication: int = 0,
+        flush_interval_ms: int = 100,
         num_shards: int = 1024,
         partition: Partition | str = Partition.RANGE,
         request_timeout: float = 120.0,
@@ -145,56 +163,68 @@ class LocalCluster:
             workers=workers,
             allocation=Allocation(allocation),
             consistency=Consistency(model=ConsistencyModel(consistency), staleness=staleness),
-            fault_tolerance=FaultTolerance(replication=replication),
+            fault_tolerance=FaultTolerance(replication=replication, flush_interval_ms=flush_interval_ms),
             rebalance_policy=RebalancePolicy(num_shards=num_shards, partition=Partition(partition)),
             coordinator="127.0.0.1:0",
             request_timeout_seconds=request_timeout,
         )
         self.log_level = log_level
+        self.startup_timeout = startup_timeout
         self.processes: dict[str, Process] = {}
-        self._runner_procs: list[Any] = []
-        self._runners: dict[int, multiprocessing.connection.Connection] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._next = {"server": servers, "worker": workers}
         self._job: Job | None = None
         self.http_port = 0
         self.closed = False
         try:
-            self._start(startup_timeout)
+            self._start(servers, workers)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, timeout: float) -> None:
-        env = {"DYNAPS_LOG_LEVEL": self.log_level}
-        coordinator, address, self.http_port = start_coordinator(self.config, env, timeout)
+    def _env(self) -> dict[str, str]:
+        return {"DYNAPS_LOG_LEVEL": self.log_level}
+
+    def _start(self, servers: int, workers: int) -> None:
+        coordinator, address, self.http_port = start_coordinator(
+            self.config, self._env(), self.startup_timeout
+        )
         self.processes["coordinator"] = coordinator
-        config = self.config.model_copy(update={"coordinator": address})
-        for i in range(config.servers):
-            self.processes[f"server-{i}"] = start_node("server", config, f"server-{i}", extra_env=env)
-        tokens = []
-        for i in range(config.workers):
-            token = secrets.token_hex(8)
-            tokens.append(token)
-            self.processes[f"worker-{i}"] = start_node(
-                "worker", config, f"worker-{i}", attach_token=token, rank=i, extra_env=env
-            )
-        pending = []
-        for token in tokens:
-            parent, child = _SPAWN.Pipe()
-            proc = _SPAWN.Process(target=_runner_main, args=(token, child, self.log_level), daemon=True)
-            proc.start()
-            child.close()
-            self._runner_procs.append(proc)
-            pending.append(parent)
-        deadline = time.monotonic() + timeout
-        for conn in pending:
-            if not conn.poll(max(0.0, deadline - time.monotonic())):
-                raise ClusterError(f"the workers did not join within {timeout} s")
-            status, value = conn.recv()
+        self.config = self.config.model_copy(update={"coordinator": address})
+        for i in range(servers):
+            self._start_server(f"server-{i}")
+        started = [self._start_worker(f"worker-{i}", i) for i in range(workers)]
+        self._await_runners(started)
+
+    def _start_server(self, name: str) -> None:
+        self.processes[name] = start_node("server", self.config, name, extra_env=self._env())
+
+    def _start_worker(self, name: str, rank: int | None) -> _Worker:
+        token = secrets.token_hex(8)
+        node = start_node("worker", self.config, name, attach_token=token, rank=rank, extra_env=self._env())
+        self.processes[name] = node
+        parent, child = _SPAWN.Pipe()
+        runner = _SPAWN.Process(target=_runner_main, args=(token, child, self.log_level), daemon=True)
+        runner.start()
+        child.close()
+        worker = _Worker(name, node, runner, parent)
+        self._workers[name] = worker
+        return worker
+
+    def _await_runners(self, workers: list[_Worker]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        for worker in workers:
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise ClusterError(f"{worker.name} did not join within {self.startup_timeout} s")
+            status, value = worker.conn.recv()
             if status != "ready":
                 raise ClusterError(str(value))
-            self._runners[int(value)] = conn
+            worker.rank = int(value)
 
     # ------------------------------------------------------------------ running code
+
+    def _live_workers(self) -> list[_Worker]:
+        return [w for w in self._workers.values() if w.rank >= 0 and w.runner.is_alive()]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Job:
         """Start ``fn(ps, *args)`` in every worker; returns at once."""
@@ -203,14 +233,97 @@ class LocalCluster:
         if self._job is not None and not self._job.done():
             raise ClusterError("a job is still running on this cluster; call its result() first")
         name = getattr(fn, "__qualname__", repr(fn))
-        for conn in self._runners.values():
-            conn.send((fn, args))
-        self._job = Job(self, name)
+        conns = {}
+        for worker in self._live_workers():
+            worker.conn.send((fn, args))
+            conns[worker.rank] = worker.conn
+        self._job = Job(name, conns)
         return self._job
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> list[Any]:
         """Run ``fn(ps, *args)`` in every worker; returns their results ordered by rank."""
         return self.submit(fn, *args).result(timeout)
+
+    # ------------------------------------------------------------------ live changes
+
+    def scale(self, servers: int | None = None, workers: int | None = None, timeout: float = 120.0) -> None:
+        """Grow or shrink the job live; returns once the new shard map is committed.
+
+        New servers receive shards by migration; surplus nodes drain (their keys move
+        away first) and exit.  New workers join with fresh runners (for the next ``run``).
+        """
+        new_workers = []
+        if servers is not None:
+            for _ in range(servers - len(self._nodes("server"))):
+                self._start_server(f"server-{self._take('server')}")
+        if workers is not None:
+            for _ in range(workers - len(self._live_workers())):
+                new_workers.append(self._start_worker(f"worker-{self._take('worker')}", None))
+        self._post("scale", {k: v for k, v in (("servers", servers), ("workers", workers)) if v is not None})
+        self._await_runners(new_workers)
+        if workers is not None and self._job is None:
+            # surplus workers drain: idle runners are told to end now
+            for worker in sorted(self._live_workers(), key=lambda w: w.rank)[workers:]:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+        self._await(lambda s: self._settled(s, servers, workers), timeout, "the scaled job to settle")
+
+    def _take(self, role: str) -> int:
+        index = self._next[role]
+        self._next[role] += 1
+        return index
+
+    def _nodes(self, role: str) -> list[str]:
+        return [
+            name for name, proc in self.processes.items() if name.startswith(role) and proc.poll() is None
+        ]
+
+    def _settled(self, status: dict[str, Any], servers: int | None, workers: int | None) -> bool:
+        if status["migrationsInFlight"] or status["migrationsQueued"]:
+            return False
+        members = status["members"]
+        if (
+            servers is not None
+            and sum(1 for m in members if m["role"] == "server" and m["state"] == "ready") != servers
+        ):
+            return False
+        if servers is not None and len(self._nodes("server")) != servers:
+            return False
+        return (
+            workers is None
+            or sum(1 for m in members if m["role"] == "worker" and m["state"] == "ready") == workers
+        )
+
+    def stop(self, name: str, timeout: float = 120.0) -> None:
+        """SIGTERM node ``name`` (e.g. ``"worker-1"``): it drains gracefully, then exits 0."""
+        proc = self._process(name)
+        worker = self._workers.get(name)
+        if worker is not None and (self._job is None or self._job.done()):
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)  # an idle runner ends with its node
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise DynapsTimeoutError(f"{name} did not drain within {timeout} s") from exc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL node ``name`` (and a worker's training process): a crash."""
+        proc = self._process(name)
+        worker = self._workers.get(name)
+        if worker is not None and worker.runner.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.runner.pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+        if worker is not None:
+            worker.runner.join(10)
+
+    def _process(self, name: str) -> Process:
+        proc = self.processes.get(name)
+        if proc is None:
+            raise ConfigError(f"no process named {name!r}; this cluster has {sorted(self.processes)}")
+        return proc
 
     # ------------------------------------------------------------------ introspection
 
@@ -221,32 +334,48 @@ class LocalCluster:
             doc: dict[str, Any] = json.load(response)
         return doc
 
+    def _post(self, action: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/{action}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
+
+    def _await(self, check: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if check(status):
+                return status
+            if time.monotonic() > deadline:
+                raise DynapsTimeoutError(f"timed out after {timeout} s waiting for {what}: {status}")
+            time.sleep(0.05)
+
     def pids(self) -> dict[str, int]:
-        """Process ids of every process the cluster started."""
-        pids = {name: proc.pid for name, proc in self.processes.items()}
-        for i, proc in enumerate(self._runner_procs):
-            if proc.pid is not None:
-                pids[f"runner-{i}"] = proc.pid
+        """Process ids of every process the cluster started (runners as ``runner-<rank>``)."""
+        pids = {name: proc.pid for name, proc in self.processes.items() if proc.poll() is None}
+        for worker in self._workers.values():
+            if worker.runner.pid is not None and worker.runner.is_alive():
+                pids[f"runner-{worker.rank}"] = worker.runner.pid
         return pids
 
     # ------------------------------------------------------------------ shutdown
 
     def close(self, timeout: float = 15.0) -> None:
         """Stop every process of the cluster and wait for them."""
-        if self.closed:
+        if getattr(self, "closed", True):
             return
         self.closed = True
-        for conn in self._runners.values():
+        for worker in self._workers.values():
             with contextlib.suppress(OSError):
-                conn.send(None)
+                worker.conn.send(None)
         deadline = time.monotonic() + timeout
-        for proc in self._runner_procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._runners.values():
-            conn.close()
+        for worker in self._workers.values():
+            worker.runner.join(max(0.0, deadline - time.monotonic()))
+            if worker.runner.is_alive():
+                worker.runner.kill()
+                worker.runner.join()
+            worker.conn.close()
         coordinator = self.processes.get("coordinator")
         nodes = [p for name, p in self.processes.items() if name != "coordinator"]
         if coordinator is not None:

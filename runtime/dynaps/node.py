@@ -33,17 +33,18 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.migration import Migrations
 from dynaps.protocol import (
     CLIENT_BIT,
     COORDINATOR,
     MAX_HOPS,
     NO_ENDPOINT,
-    RECOVERY,
     NO_POSITIONS,
-    client_of,
-    control_frames,
+    RECOVERY,
     Message,
     MsgType,
+    client_of,
+    control_frames,
     decode,
     encode,
     encode_reply,
@@ -52,7 +53,6 @@ from dynaps.protocol import (
 from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
-from dynaps.migration import Migrations
 from dynaps.store import INCOMING, NOT_MOVING, TableStore
 from dynaps.transport import Transport
 
@@ -168,8 +168,7 @@ class NodeServer:
     def send(self, dest: int, msg: Message) -> None:
         if node_of(dest) in self.lost:
             return
-        if msg.epoch < self.shard_map.epoch:
-            msg.epoch = self.shard_map.epoch
+        msg.epoch = max(msg.epoch, self.shard_map.epoch)
         self.transport.send(dest, encode(msg))
 
     # ------------------------------------------------------------------ pull / push / set
@@ -521,6 +520,11 @@ class NodeServer:
         self._homed.clear()
         for msg in self.migrations.release_held():
             self.dispatch(msg)
+        for table, queued in enumerate(self.waiting):  # relocations of shards homed elsewhere now
+            if queued:
+                self.waiting[table] = []
+                for msg in queued:
+                    self._redirect(msg, msg.aux, msg.type is MsgType.RELEASE)
         waiting, self.future = self.future, []
         for msg in waiting:
             self.dispatch(msg)
@@ -534,6 +538,27 @@ class NodeServer:
             cached = self.shard_map.home_of(all_keys, store.spec.num_keys) == self.me
             self._homed[(table, self.shard_map.epoch)] = cached
         return cached
+
+    def forget_departed(self, departed: set[int]) -> None:
+        """Nodes left gracefully: point cached owners of theirs back at the keys' homes."""
+        if not departed:
+            return
+        gone = np.asarray(sorted(departed), dtype=np.int16)
+        for store in self.stores:
+            self.lock.acquire()
+            try:
+                stale = np.flatnonzero(np.isin(store.loc, gone))
+                guess = self.shard_map.home_of(stale.astype(np.int64), store.spec.num_keys)
+                if store.owner is not None:
+                    # at their home, the directory knows the owner; the home's own id in
+                    # loc would mean "owned here", which only a transfer may write
+                    homed = guess == self.me
+                    guess[homed] = store.owner[stale[homed]]
+                    keep = guess == self.me
+                    stale, guess = stale[~keep], guess[~keep]
+                store.loc[stale] = guess
+            finally:
+                self.lock.release()
 
     def on_lost(self, lost: set[int]) -> None:
         """Nodes died: a home takes back the keys they held (its last copy of their values)

@@ -30,7 +30,7 @@ from dynaps import control
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
-from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames
+from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
 from dynaps.shardmap import ShardMap
 from dynaps.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store import TableStore
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
+LEAVE_LINGER = 1.0  # seconds a node that left keeps forwarding stragglers
 CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
 
 
@@ -80,6 +81,7 @@ class NodeProcess:
         self.running = False  # the job has started (SIGTERM then means: drain)
         self.drain_state: str | None = None  # None, "client", "shards", "keys"
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
+        self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
         self.drain_deadline = 0.0
         self.last_heartbeat = 0.0
         self.heartbeat_interval = config.fault_tolerance.heartbeat_interval_ms / 1000
@@ -137,7 +139,9 @@ class NodeProcess:
     def _apply_membership(self, membership: control.Membership) -> None:
         server = self.server
         assert server is not None
-        server.peers |= control.connect_members(self.transport, membership)
+        members = control.connect_members(self.transport, membership)
+        departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
+        server.peers |= members
         if membership.phase == "running":
             self.running = True
         if membership.lost:
@@ -145,6 +149,7 @@ class NodeProcess:
         new_map = ShardMap.from_json(membership.shard_map)
         if new_map.epoch > server.shard_map.epoch:
             server.set_shard_map(new_map)
+        server.forget_departed({node_of(e) for e in departed} - {self.node_id})
 
     # ------------------------------------------------------------------ serving
 
@@ -175,6 +180,9 @@ class NodeProcess:
         self._watch_child()
         if self.drain_requested:
             self.start_drain(self.drain_requested)
+        if self.dump_requested:
+            self.dump_requested = False
+            self._dump_state()
         if self.drain_state is not None:
             self._advance_drain(now)
 
@@ -275,6 +283,21 @@ class NodeProcess:
         log.info("node %d: program exited with code %d", self.node_id, code)
         self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
 
+    def _dump_state(self) -> None:
+        server = self.server
+        assert server is not None
+        queues = {
+            "pending": [repr(m) for q in server.pending for m in q][:20],
+            "waiting": [repr(m) for q in server.waiting for m in q][:20],
+            "held": [repr(m) for m in server.migrations.held][:20],
+            "future": [repr(m) for m in server.future][:20],
+            "outgoing": sorted(server.migrations.outgoing),
+            "incoming": sorted(server.migrations.incoming),
+        }
+        log.warning(
+            "node %d state: %s %s drain=%s", self.node_id, server.counters(), queues, self.drain_state
+        )
+
     # ------------------------------------------------------------------ draining
 
     def start_drain(self, reason: str) -> None:
@@ -308,6 +331,10 @@ class NodeProcess:
             log.info("node %d: drained, leaving", self.node_id)
             self._send_coordinator(MsgType.LEFT, {})
             self.drain_state = "left"
+            # Keep forwarding a little longer: peers that have not yet seen the membership
+            # without us may still send here, and we know where everything went.
+            self.drain_deadline = now + LEAVE_LINGER
+        if self.drain_state == "left" and now >= self.drain_deadline:
             self.stop.set()
 
     def _client_running(self) -> bool:
@@ -352,7 +379,11 @@ def serve_node(
         else:
             node.stop.set()
 
+    def on_dump(signum: int, frame: object) -> None:
+        node.dump_requested = True
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
     try:
         node.start()
         return node.run()

@@ -409,10 +409,10 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     if table >= len(tables):
         raise ProtocolError(f"table index {table} out of range ({len(tables)} tables)")
     layout = tables[table]
-    if with_states and aux != layout.num_states:
-        raise ProtocolError(f"TRANSFER has {aux} state arrays, table has {layout.num_states}")
     if msg_type is MsgType.SHARD_COPY:
         return _decode_shard_copy(msg, frames, layout)
+    if with_states and aux != layout.num_states:
+        raise ProtocolError(f"{msg_type.name} has {aux} state arrays, table has {layout.num_states}")
     row_bytes = count * layout.row_bytes
     sizes = []
     if with_keys:
@@ -525,15 +525,15 @@ def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
 __all__ = [
     "CLIENT_BIT",
     "CONTROL_TYPES",
-    "FINAL",
-    "RECOVERY",
-    "RETRY",
     "COORDINATOR",
+    "FINAL",
     "HAS_POSITIONS",
     "HEADER_SIZE",
     "INLINE",
     "NO_ENDPOINT",
     "PROTOCOL_VERSION",
+    "RECOVERY",
+    "RETRY",
     "Message",
     "MsgType",
     "TableLayout",

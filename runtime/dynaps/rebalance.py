@@ -70,23 +70,27 @@ class Rebalancer:
         self._next_id = 1
 
     def replan(self, homes: npt.NDArray[np.int16], staying: list[int], leaving: list[int]) -> None:
-        """Recompute what still has to move (shards in flight stay where they are going)."""
-        moving = {shard for m in self.running.values() for shard in m.shards}
-        self.queued = [m for m in plan_moves(homes, staying, leaving) if m[0] not in moving]
+        """Recompute what still has to move, as if the migrations in flight had landed."""
+        projected = homes.copy()
+        for migration in self.running.values():
+            projected[migration.shards] = migration.target
+        self.queued = plan_moves(projected, staying, leaving)
 
     def start_next(self, epoch: int) -> list[Migration]:
         """Migrations to start now, within the concurrency limit."""
         started = []
         busy = {m.source for m in self.running.values()} | {m.target for m in self.running.values()}
+        in_flight = {shard for m in self.running.values() for shard in m.shards}
         while self.queued and len(self.running) < self.max_concurrent:
-            shard, source, target = self.queued[0]
-            if source in busy or target in busy:
-                # one migration per node at a time keeps each node's freeze short
-                candidates = [m for m in self.queued if m[1] not in busy and m[2] not in busy]
-                if not candidates:
-                    break
-                shard, source, target = candidates[0]
-            group = [m for m in self.queued if m[1] == source and m[2] == target][: self.shards_per_migration]
+            # one migration per node at a time keeps each node's freeze short; a shard still
+            # on its way somewhere moves on only once it has arrived
+            candidates = [
+                m for m in self.queued if m[1] not in busy and m[2] not in busy and m[0] not in in_flight
+            ]
+            if not candidates:
+                break
+            _shard, source, target = candidates[0]
+            group = [m for m in candidates if m[1] == source and m[2] == target][: self.shards_per_migration]
             for move in group:
                 self.queued.remove(move)
             migration = Migration(self._next_id, source, target, [m[0] for m in group], epoch)

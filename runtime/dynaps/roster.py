@@ -48,6 +48,7 @@ class Roster:
         self.members: dict[int, Member] = {}
         self.lost: list[int] = []  # ids of nodes that died (nodes recover their keys)
         self.departed: dict[str, Member] = {}  # by name: whom a replacement replaces
+        self.former: set[int] = set()  # ids of every node that left or was lost
         self._next_id = 1
 
     def active(self, role: Role | None = None) -> list[Member]:
@@ -83,6 +84,7 @@ class Roster:
 
     def remove(self, member: Member, lost: bool) -> None:
         self.members.pop(member.id, None)
+        self.former.add(member.id)
         if member.name:
             self.departed[member.name] = member
         if lost:

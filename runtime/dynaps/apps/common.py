@@ -256,7 +256,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int, batch: in
 def print_tables(tables: dict[str, TableSpec]) -> None:
     """Print the tables an app needs, in manifest syntax (``--print-tables``)."""
     for name, spec in tables.items():
-        extra = "" if spec.updater.kind == "add" else f", updater: {{kind: {spec.updater.kind}}}"
+        updater = spec.updater
+        extra = "" if updater.kind == "add" else f", updater: {{kind: {updater.kind}, lr: {updater.lr}}}"
         print(f"- {{name: {name}, numKeys: {spec.num_keys}, dim: {spec.dim}, dtype: {spec.dtype}{extra}}}")
 
 
@@ -288,24 +289,24 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def launch(app: str, config: Any, tables: dict[str, TableSpec], args: argparse.Namespace) -> int:
+def launch(app: str, config: Any, args: argparse.Namespace) -> int:
     """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process."""
     import importlib
     import os
 
+    module = importlib.import_module(f"dynaps.apps.{app}")  # importable by LocalCluster's runners
     if args.print_tables:
-        print_tables(tables)
+        print_tables(module.tables(config))
         return 0
-    train = importlib.import_module(f"dynaps.apps.{app}").train  # importable by LocalCluster's runners
     if args.baseline:
         from dynaps.apps.inprocess import InProcessPS
 
-        train(InProcessPS(tables), config)
+        module.train(InProcessPS(module.tables(config)), config)
         return 0
-    if os.environ.get("DYNAPS_ATTACH"):
+    if os.environ.get("DYNAPS_ATTACH"):  # started by dynaps: the job declares the tables
         import dynaps
 
-        train(dynaps.connect(), config)
+        module.train(dynaps.connect(), config)
         return 0
     from dynaps.local import LocalCluster
 
@@ -315,6 +316,7 @@ def launch(app: str, config: Any, tables: dict[str, TableSpec], args: argparse.N
         file=sys.stderr,
         flush=True,
     )
+    tables = module.tables(config)
     with LocalCluster(args.servers, args.workers, tables, allocation=config.allocation) as cluster:
-        cluster.run(train, config)
+        cluster.run(module.train, config)
     return 0

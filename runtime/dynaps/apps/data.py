@@ -13,6 +13,7 @@ for the sizes that fit one machine's memory it costs a second or two per worker.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,16 @@ def write_matrix_market(path: str | Path, entries: Entries) -> None:
         out.write(f"{entries.rows} {entries.cols} {len(entries)}\n")
         table = np.column_stack([entries.row + 1, entries.col + 1, entries.value])
         np.savetxt(out, table, fmt=["%d", "%d", "%.7g"])
+
+
+def matrix_market_shape(path: str | Path) -> tuple[int, int]:
+    """(rows, cols) from a MatrixMarket file's size line, without reading the entries."""
+    with open(path, encoding="ascii") as src:
+        line = src.readline()
+        while line.startswith("%"):
+            line = src.readline()
+    rows, cols, _ = (int(x) for x in line.split())
+    return rows, cols
 
 
 def read_matrix_market(path: str | Path) -> Entries:
@@ -255,16 +266,24 @@ def ranges(starts: Ints, ends: Ints) -> Ints:
     return out
 
 
-def balanced_parts(weights: Any, parts: int) -> Ints:
+def balanced_parts(weights: Any, parts: int, exact_top: int = 2048) -> Ints:
     """Assign items to ``parts`` so each part gets about the same total weight.
 
-    Heaviest first, dealt in serpentine order (0, 1, ..., p-1, p-1, ..., 0, ...): with
-    Zipf-skewed popularity, contiguous ranges would give one part most of the work.
+    The ``exact_top`` heaviest items go, heaviest first, to the currently lightest part
+    (LPT scheduling: one very popular row can be a tenth of all the work under Zipf
+    skew); the many light ones are then dealt in serpentine order (0, 1, .., p-1, p-1,
+    .., 0), which keeps the parts within about one light item of each other.
     """
-    weights = np.asarray(weights)
+    weights = np.asarray(weights, dtype=np.float64)
     order = np.argsort(-weights, kind="stable")
-    lap = np.arange(len(weights)) % (2 * parts)
-    deal = np.where(lap < parts, lap, 2 * parts - 1 - lap)
     assignment = np.empty(len(weights), dtype=np.int64)
-    assignment[order] = deal
+    loads = [(0.0, part) for part in range(parts)]
+    for item in order[:exact_top].tolist():
+        load, part = heapq.heappop(loads)
+        assignment[item] = part
+        heapq.heappush(loads, (load + float(weights[item]), part))
+    rest = order[exact_top:]
+    lightest_first = np.array([part for _, part in sorted(loads)], dtype=np.int64)
+    lap = np.arange(len(rest)) % (2 * parts)
+    assignment[rest] = lightest_first[np.where(lap < parts, lap, 2 * parts - 1 - lap)]
     return assignment

@@ -144,24 +144,39 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 
 
 def _epoch(entities: Any, relations: Any, model: Model, triples: Any, config: Config, moving: bool) -> float:
-    """One pass in minibatches, localizing each batch's entities ``ahead`` batches early."""
-    starts = range(0, len(triples), config.batch)
-    queue: deque[tuple[Any, Any]] = deque()
+    """One pass in minibatches; entities are localized ``ahead`` minibatches before use.
+
+    Localizes go out for ``ahead`` minibatches at once (one request per home instead of
+    one per minibatch).  Pushes are asynchronous, with ``ahead + 1`` minibatches in
+    flight: a gradient for a key that moved on meanwhile need not stall the next step.
+    """
+    starts = list(range(0, len(triples), config.batch))
+    batches = [triples[first : first + config.batch] for first in starts]
+    ahead = max(1, config.ahead)
+    queue: deque[Any] = deque()
+    pushes: deque[list[Any]] = deque()
     loss = 0.0
-    for step in range(len(starts) + config.ahead):
-        if step < len(starts):
-            batch = triples[starts[step] : starts[step] + config.batch]
-            negatives = entities.prepare_sample(2 * config.neg * len(batch))
-            if moving:
-                entities.localize(np.concatenate([batch[:, 0], batch[:, 2]]), wait=False)
-            queue.append((batch, negatives))
-        if step >= config.ahead:
-            batch, negatives = queue.popleft()
-            loss += _step(entities, relations, model, batch, negatives, config)
+    for step, batch in enumerate(batches):
+        if moving and step % ahead == 0:
+            upcoming = batches[step if step == 0 else step + ahead : step + 2 * ahead]
+            if upcoming:
+                wanted = np.concatenate([np.concatenate([b[:, 0], b[:, 2]]) for b in upcoming])
+                entities.localize(wanted, wait=False)
+        while len(queue) <= ahead and step + len(queue) < len(batches):
+            queue.append(entities.prepare_sample(2 * config.neg * len(batches[step + len(queue)])))
+        step_loss, handles = _step(entities, relations, model, batch, queue.popleft(), config)
+        loss += step_loss
+        pushes.append(handles)
+        if len(pushes) > ahead + 1:
+            for handle in pushes.popleft():
+                if handle is not None:
+                    handle.result()
     return loss
 
 
-def _step(entities: Any, relations: Any, model: Model, batch: Any, negatives: Any, config: Config) -> float:
+def _step(
+    entities: Any, relations: Any, model: Model, batch: Any, negatives: Any, config: Config
+) -> tuple[float, list[Any]]:
     h_keys, r_keys, t_keys = batch[:, 0], batch[:, 1], batch[:, 2]
     n, size = config.neg, len(batch)
     ends = entities.pull(np.concatenate([h_keys, t_keys]))
@@ -181,9 +196,12 @@ def _step(entities: Any, relations: Any, model: Model, batch: Any, negatives: An
             g.head_negatives.reshape(n * size, -1),
         ]
     )
-    entities.push(np.concatenate([h_keys, t_keys, neg_keys]), grads.astype(np.float32, copy=False))
-    relations.push(r_keys, (g.relation + reg * rels).astype(np.float32, copy=False))
-    return g.loss
+    keys = np.concatenate([h_keys, t_keys, neg_keys])
+    handles = [
+        entities.push(keys, grads.astype(np.float32, copy=False), wait=False),
+        relations.push(r_keys, (g.relation + reg * rels).astype(np.float32, copy=False), wait=False),
+    ]
+    return g.loss, handles
 
 
 def _evaluate(entities: Any, relations: Any, model: Model, test: Any, known: KnownTriples, num_e: int) -> Any:
@@ -242,7 +260,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("kge", config, tables(config), args)
+    return common.launch("kge", config, args)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("lr", config, tables(config), args)
+    return common.launch("lr", config, args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, synthetic
-from dynaps.apps.data import Entries, balanced_parts, read_matrix_market
+from dynaps.apps.data import Entries, balanced_parts, matrix_market_shape, read_matrix_market
 from dynaps.apps.metrics import squared_error
 from dynaps.contract import TableSpec
 
@@ -82,8 +82,7 @@ def load(config: Config) -> tuple[Entries, Entries]:
 def tables(config: Config, shape: tuple[int, int] | None = None) -> dict[str, TableSpec]:
     rows, cols = shape or (config.rows, config.cols)
     if shape is None and config.train:
-        data = read_matrix_market(config.train)
-        rows, cols = data.rows, data.cols
+        rows, cols = matrix_market_shape(config.train)
     return {
         "rows": TableSpec(num_keys=rows, dim=config.rank),
         "cols": TableSpec(num_keys=cols, dim=config.rank),
@@ -219,7 +218,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("mf", config, tables(config), args)
+    return common.launch("mf", config, args)
 
 
 if __name__ == "__main__":

@@ -102,14 +102,14 @@ def matrix(
     """``entries`` training and ``test_entries`` held-out cells of ``L @ R.T + noise``.
 
     Each cell is observed at most once (duplicates are redrawn), and no row or column
-    takes more than a quarter of its cells (the Zipf head is capped there); values have
-    about unit variance.
+    is expected to fill more than a quarter of its cells (the Zipf head is capped there);
+    values have about unit variance.
     """
     rng = np.random.default_rng([seed, 1])
     total = entries + test_entries
     if total > rows * cols // 2:
         raise ValueError(f"{total} entries is more than half of a {rows} x {cols} matrix")
-    # a quarter of a row (column) at most: the head of the Zipf curve is capped there
+    # about a quarter of a row (column) at most: the head of the Zipf curve is capped there
     row_w = capped(zipf_weights(rows, zipf, rng), total, cols / 4)
     col_w = capped(zipf_weights(cols, zipf, rng), total, rows / 4)
     cells = unique_draws(lambda n: draw(row_w, n, rng) * cols + draw(col_w, n, rng), total)

@@ -244,7 +244,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("w2v", config, tables(config), args)
+    return common.launch("w2v", config, args)
 
 
 if __name__ == "__main__":
