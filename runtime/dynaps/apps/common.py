@@ -100,6 +100,9 @@ class Reducer:
         self.ps = ps
         self.table = check_table(ps, METRICS_TABLE, METRICS_SLOTS, METRICS_DIM)
         self.calls = 0
+        if ps.rank == 0:  # an earlier run in the same job may have left sums behind
+            self.table.set(np.arange(METRICS_SLOTS), np.zeros((METRICS_SLOTS, METRICS_DIM)))
+        ps.barrier()
 
     def sum(self, values: Any) -> npt.NDArray[np.float64]:
         part = np.zeros(METRICS_DIM)

@@ -104,6 +104,7 @@ class Triples:
     train: Ints  # (n, 3)
     valid: Ints
     test: Ints
+    cluster: Ints | None = None  # synthetic graphs: each entity's hidden cluster
 
 
 def write_triples(path: str | Path, triples: Ints, entities: Sequence[str], relations: Sequence[str]) -> None:

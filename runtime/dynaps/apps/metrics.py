@@ -91,8 +91,8 @@ def filtered_rank_sums(scores: Floats, target: Ints, known: tuple[Ints, Ints]) -
 
 
 def ranking_report(sums: Floats) -> dict[str, float]:
-    count = max(sums[-1], 1.0)
-    report = {"MRR": sums[0] / count}
+    count = max(float(sums[-1]), 1.0)
+    report = {"MRR": float(sums[0]) / count}
     for i, k in enumerate(HITS_AT, 1):
-        report[f"Hits@{k}"] = sums[i] / count
+        report[f"Hits@{k}"] = float(sums[i]) / count
     return report

@@ -30,6 +30,7 @@ from dynaps.apps import common, synthetic
 from dynaps.apps.data import Entries, balanced_parts, matrix_market_shape, read_matrix_market
 from dynaps.apps.metrics import squared_error
 from dynaps.contract import TableSpec
+from dynaps.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -140,24 +141,36 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
             time.perf_counter() - started,
             {"lr": lr},
         )
+        if not np.isfinite(mean_loss):
+            raise UsageError(f"matrix factorisation diverged in epoch {epoch} (lr {lr:g}): lower --lr")
         if config.bold_driver:
-            lr = lr * 1.05 if mean_loss < previous else lr * 0.5
+            lr = bold_driver(lr, mean_loss, previous)
         previous = mean_loss
     progress.write(config.report, asdict(config))
     return [r.to_dict() for r in progress.reports]
+
+
+def bold_driver(lr: float, loss: float, previous: float) -> float:
+    """The next epoch's step size: a little larger after progress, half after a setback."""
+    return lr * 1.05 if loss < previous else lr * 0.5
 
 
 def _sgd(rows: Any, cols: Any, block: Entries, config: Config, lr: float, rng: np.random.Generator) -> float:
     """One pass over a block in random minibatches; returns the sum of squared errors."""
     order = rng.permutation(len(block))
     i, j, v = block.row[order], block.col[order], block.value[order].astype(np.float32)
-    reg, step, squared = np.float32(config.reg), np.float32(-lr), 0.0
-    for first in range(0, len(order), config.batch):
-        part = slice(first, first + config.batch)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
+        return _sgd_steps(rows, cols, i, j, v, config.batch, np.float32(config.reg), np.float32(-lr))
+
+
+def _sgd_steps(rows: Any, cols: Any, i: Any, j: Any, v: Any, batch: int, reg: Any, step: Any) -> float:
+    squared = 0.0
+    for first in range(0, len(i), batch):
+        part = slice(first, first + batch)
         r, c = i[part], j[part]
         left, right = rows.pull(r), cols.pull(c)
         error = np.einsum("nk,nk->n", left, right) - v[part]
-        squared += float(error @ error)
+        squared += float(error.astype(np.float64) @ error)
         rows.push(r, step * (error[:, None] * right + reg * left))
         cols.push(c, step * (error[:, None] * left + reg * right))
     return squared

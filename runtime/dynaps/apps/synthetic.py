@@ -34,6 +34,7 @@ from dynaps.apps.data import (
     write_matrix_market,
     write_triples,
 )
+from dynaps.errors import UsageError
 
 
 def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> Floats:
@@ -108,7 +109,10 @@ def matrix(
     rng = np.random.default_rng([seed, 1])
     total = entries + test_entries
     if total > rows * cols // 2:
-        raise ValueError(f"{total} entries is more than half of a {rows} x {cols} matrix")
+        raise UsageError(
+            f"{entries} + {test_entries} test entries is more than half of a {rows} x {cols} matrix: "
+            "ask for fewer entries (--entries, --test-entries) or a larger matrix"
+        )
     # about a quarter of a row (column) at most: the head of the Zipf curve is capped there
     row_w = capped(zipf_weights(rows, zipf, rng), total, cols / 4)
     col_w = capped(zipf_weights(cols, zipf, rng), total, rows / 4)
@@ -183,6 +187,7 @@ def knowledge_graph(
         ids[2 * held :],
         ids[:held],
         ids[held : 2 * held],
+        cluster,
     )
 
 
@@ -219,12 +224,18 @@ def corpus(
     # first, and writes the second half of the time, so both share all their contexts
     candidates = rng.permutation(np.arange(function_words + 50, min(vocabulary, function_words + 50 + 4000)))
     pairs: list[tuple[int, int]] = []
-    for word in candidates:
-        mates = candidates[(topic[candidates] == topic[word]) & (candidates != word)]
+    used: set[int] = set()
+    for word in candidates.tolist():
         if len(pairs) >= synonym_pairs:
             break
-        if len(mates) and not any(word in p or mates[0] in p for p in pairs):
-            pairs.append((int(word), int(mates[0])))
+        if word in used:
+            continue
+        mates = [
+            m for m in candidates[topic[candidates] == topic[word]].tolist() if m != word and m not in used
+        ]
+        if mates:
+            pairs.append((word, mates[0]))
+            used.update((word, mates[0]))
     synonyms = np.array(pairs, dtype=np.int64).reshape(-1, 2)
     base = weights.copy()
     base[synonyms[:, 1]] = 0.0

@@ -1,0 +1,279 @@
+"""Application benchmark: does dynamic parameter allocation pay off on real training workloads?
+
+One run measures, for matrix factorisation (the 20,000 x 20,000 workload below) and
+knowledge-graph embeddings, three variants of the *same* training code:
+
+* ``baseline``: one process, numpy arrays, no parameter server (dynaps.apps.inprocess);
+* ``static``: a LocalCluster with 2 servers and 2 workers that never localizes (classic PS);
+* ``dynamic``: the same cluster, with localize (DSGD blocking for MF; relation clustering,
+  localize-ahead and local negative sampling for KGE).
+
+For each it records epoch time, parameter accesses per second, the share of accesses
+served locally and model quality (test RMSE, filtered MRR), prints the targets, writes
+JSON and a PNG.  ``--scaling`` instead runs MF on 200,000 x 20,000 (4M entries, rank 50)
+at 1, 2, 4 and 8 nodes (N servers + N workers), static and dynamic: meant for a machine
+with 16 cores (``--scaling-size tiny`` is a smoke test anywhere).
+
+    python bench/apps.py                    # about 5 minutes on 2 cores
+    python bench/apps.py --quick            # small sizes, a smoke run
+    python bench/apps.py --scaling          # needs 16 cores to mean anything
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dynaps
+from dynaps.apps import kge, mf
+from dynaps.apps.inprocess import InProcessPS
+
+RESULTS = Path(__file__).parent / "results"
+
+# the workload named in the targets: 20k x 20k, rank 32, 2M entries, Zipf(1.0), batch 1000, lr 0.05
+MF = mf.Config(epochs=3, rows=20_000, cols=20_000, rank=32, entries=2_000_000, batch=1000, lr=0.05, zipf=1.0)
+KGE = kge.Config(epochs=6, entities=5_000, relations=50, triples=100_000, neg_strategy="onlylocal", ahead=4)
+MF_QUICK = dataclasses.replace(MF, rows=3_000, cols=3_000, entries=100_000, rank=16)
+KGE_QUICK = dataclasses.replace(KGE, epochs=2, entities=1_000, relations=10, triples=10_000, eval_triples=200)
+
+# scaling run (16 cores): 200k x 20k, 4M entries, rank 50
+SCALING = mf.Config(epochs=2, rows=200_000, cols=20_000, rank=50, entries=4_000_000, test_entries=100_000)
+SCALING_TINY = dataclasses.replace(SCALING, rows=4_000, cols=400, rank=8, entries=40_000, test_entries=2_000)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run_variant(module: Any, config: Any, variant: str, nodes: int = 2) -> dict[str, Any]:
+    """Train ``config`` as ``variant``; returns rank 0's epoch reports and the load around it."""
+    before = load_average()
+    started = time.perf_counter()
+    if variant == "baseline":
+        module.load(config)  # data generation is not training time
+        reports = module.train(InProcessPS(module.tables(config)), dataclasses.replace(config, quiet=True))
+    else:
+        tables = module.tables(config)
+        chosen = dataclasses.replace(config, allocation=variant, quiet=True)
+        with dynaps.LocalCluster(servers=nodes, workers=nodes, tables=tables, allocation=variant) as cluster:
+            reports = cluster.run(module.train, chosen)[0]
+    return {
+        "variant": variant,
+        "nodes": nodes,
+        "epochs": reports,
+        "wall_s": time.perf_counter() - started,
+        "load_before": before,
+        "load_after": load_average(),
+    }
+
+
+def summarise(run: dict[str, Any], quality_key: str) -> dict[str, Any]:
+    epochs = run["epochs"]
+    seconds = [e["seconds"] for e in epochs]
+    return {
+        "variant": run["variant"],
+        "nodes": run["nodes"],
+        "epoch_s_mean": statistics.fmean(seconds),
+        "epoch_s_min": min(seconds),
+        "epoch_s": seconds,
+        "keys_per_s": statistics.fmean(e["keys_per_second"] for e in epochs),
+        "local_share": statistics.fmean(e["local_share"] for e in epochs),
+        "quality": epochs[-1]["quality"].get(quality_key, float("nan")),
+        "quality_name": quality_key,
+        "loss": epochs[-1]["loss"],
+        "load": [run["load_before"], run["load_after"]],
+    }
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+
+    def add(name: str, value: float, goal: str, met: bool) -> None:
+        out.append({"target": name, "value": value, "goal": goal, "met": bool(met)})
+
+    for name in ("mf", "kge"):
+        v = doc["workloads"][name]["variants"]
+        ratio = v["static"]["epoch_s_mean"] / v["dynamic"]["epoch_s_mean"]
+        add(f"{name}: dynamic vs static speed-up at 2 nodes", ratio, ">= 10", ratio >= 10)
+    v = doc["workloads"]["mf"]["variants"]
+    add(
+        "mf 20k x 20k, 2 workers: dynamic epoch time (s)",
+        v["dynamic"]["epoch_s_mean"],
+        "<= 1.6",
+        v["dynamic"]["epoch_s_mean"] <= 1.6,
+    )
+    ratio = v["baseline"]["epoch_s_mean"] / v["dynamic"]["epoch_s_mean"]
+    add("mf: dynamic vs single-process baseline speed-up", ratio, ">= 1", ratio >= 1)
+    rmse = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
+    spread = (max(rmse) - min(rmse)) / min(rmse)
+    add("mf: test RMSE spread over the variants (relative)", spread, "<= 0.03", spread <= 0.03)
+    v = doc["workloads"]["kge"]["variants"]
+    mrr = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
+    spread = max(mrr) - min(mrr)
+    add("kge: filtered MRR spread over the variants (absolute)", spread, "<= 0.03", spread <= 0.03)
+    return out
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(doc["workloads"])
+    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names)), squeeze=False)
+    colours = {"baseline": "#888888", "static": "#d95f02", "dynamic": "#1b9e77"}
+    for row, name in enumerate(names):
+        variants = doc["workloads"][name]["variants"]
+        labels = list(variants)
+        ax = axes[row][0]
+        times = [variants[k]["epoch_s_mean"] for k in labels]
+        bars = ax.bar(labels, times, color=[colours[k] for k in labels])
+        ax.bar_label(bars, labels=[f"{t:.2f} s" for t in times])
+        ax.set_ylabel("seconds per epoch (mean)")
+        ax.set_title(f"{name}: epoch time (2 nodes; baseline = 1 process)")
+        ax = axes[row][1]
+        for k in labels:
+            epochs = doc["workloads"][name]["runs"][k]
+            q = [e["quality"].get(variants[k]["quality_name"], np.nan) for e in epochs]
+            ax.plot(range(1, len(q) + 1), q, marker="o", label=k, color=colours[k])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(variants[labels[0]]["quality_name"])
+        ax.set_title(f"{name}: quality per epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main_apps(args: argparse.Namespace) -> dict[str, Any]:
+    mf_config, kge_config = (MF_QUICK, KGE_QUICK) if args.quick else (MF, KGE)
+    doc: dict[str, Any] = {"workloads": {}}
+    for name, module, config, key in (
+        ("mf", mf, mf_config, "test RMSE"),
+        ("kge", kge, kge_config, "MRR"),
+    ):
+        result: dict[str, Any] = {"config": dataclasses.asdict(config), "variants": {}, "runs": {}}
+        for variant in ("baseline", "dynamic", "static"):
+            print(f"{name}: {variant} ...", file=sys.stderr, flush=True)
+            run = run_variant(module, config, variant)
+            s = summarise(run, key)
+            result["variants"][variant] = s
+            result["runs"][variant] = run["epochs"]
+            print(
+                f"  {s['epoch_s_mean']:8.2f} s/epoch (min {s['epoch_s_min']:.2f})  "
+                f"{s['keys_per_s']:12,.0f} keys/s  local {100 * s['local_share']:5.1f}%  "
+                f"{key} {s['quality']:.4f}  (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
+        doc["workloads"][name] = result
+    doc["targets"] = targets(doc)
+    return doc
+
+
+def main_scaling(args: argparse.Namespace) -> dict[str, Any]:
+    config = SCALING_TINY if args.scaling_size == "tiny" else SCALING
+    nodes_list = [1, 2] if args.scaling_size == "tiny" else [1, 2, 4, 8]
+    rows = []
+    for nodes in nodes_list:
+        for variant in ("static", "dynamic"):
+            print(f"scaling: {variant} at {nodes} nodes ...", file=sys.stderr, flush=True)
+            s = summarise(run_variant(mf, config, variant, nodes), "test RMSE")
+            rows.append(s)
+            print(
+                f"  {s['epoch_s_mean']:8.2f} s/epoch  test RMSE {s['quality']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    one = {r["variant"]: r["epoch_s_mean"] for r in rows if r["nodes"] == 1}
+    for r in rows:
+        r["speedup_vs_1_node"] = one[r["variant"]] / r["epoch_s_mean"]
+    top = max(nodes_list)
+    dyn = next(r for r in rows if r["variant"] == "dynamic" and r["nodes"] == top)
+    return {
+        "size": args.scaling_size,
+        "config": dataclasses.asdict(config),
+        "rows": rows,
+        "targets": [
+            {
+                "target": f"dynamic at {top} nodes vs 1 node speed-up",
+                "value": dyn["speedup_vs_1_node"],
+                "goal": ">= 5 (8 nodes, 16 cores)",
+                "met": top == 8 and dyn["speedup_vs_1_node"] >= 5,
+            }
+        ],
+    }
+
+
+def plot_scaling(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for variant, colour in (("static", "#d95f02"), ("dynamic", "#1b9e77")):
+        rows = [r for r in doc["rows"] if r["variant"] == variant]
+        nodes = [r["nodes"] for r in rows]
+        axes[0].plot(nodes, [r["epoch_s_mean"] for r in rows], marker="o", color=colour, label=variant)
+        axes[1].plot(nodes, [r["quality"] for r in rows], marker="o", color=colour, label=variant)
+    axes[0].set(
+        xlabel="nodes", ylabel="seconds per epoch", title="MF scaling: epoch time", xscale="log", yscale="log"
+    )
+    axes[1].set(xlabel="nodes", ylabel="test RMSE", title="MF scaling: quality", xscale="log")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: a smoke run of the whole benchmark"
+    )
+    parser.add_argument("--scaling", action="store_true", help="run the multi-node MF scaling run instead")
+    parser.add_argument("--scaling-size", choices=["full", "tiny"], default="full", help="tiny: a smoke test")
+    parser.add_argument(
+        "--out", type=Path, help="JSON output (default bench/results/apps[-scaling][-quick].json)"
+    )
+    args = parser.parse_args()
+    suffix = "-scaling" if args.scaling else ""
+    suffix += "-quick" if args.quick or (args.scaling and args.scaling_size == "tiny") else ""
+    out = args.out or RESULTS / f"apps{suffix}.json"
+    started = time.time()
+    doc = main_scaling(args) if args.scaling else main_apps(args)
+    doc["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    doc["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    doc["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    doc["wall_s"] = time.time() - started
+    print(f"\n{'target':58} {'measured':>10} {'goal':>24}  met")
+    for t in doc["targets"]:
+        print(f"{t['target']:58} {t['value']:10.3f} {t['goal']:>24}  {'yes' if t['met'] else 'NO'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    png = out.with_suffix(".png")
+    (plot_scaling if args.scaling else plot)(doc, png)
+    print(f"\nwrote {out} and {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Every app learns on small synthetic data in the single-process baseline, and its CLI helps.
+
+The baseline runs exactly the training code the distributed runs use, so these tests
+check the algorithms; tests/dynaps/apps/test_apps_cluster.py checks them on real processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from dynaps.apps import common, kge, lr, mf, w2v
+from dynaps.apps.inprocess import InProcessPS
+from dynaps.contract import ParameterServerJob
+from dynaps.errors import UsageError
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+TINY_MF = mf.Config(
+    rows=300, cols=300, rank=4, entries=20_000, test_entries=1_000, epochs=6, batch=200, quiet=True
+)
+TINY_KGE = kge.Config(entities=300, relations=4, triples=6_000, dim=8, epochs=6, batch=128, quiet=True)
+TINY_W2V = w2v.Config(vocabulary=300, tokens=30_000, dim=16, epochs=2, quiet=True)
+TINY_LR = lr.Config(examples=5_000, features=500, epochs=2, quiet=True)
+
+
+def baseline(module: Any, config: Any) -> list[dict[str, Any]]:
+    reports: list[dict[str, Any]] = module.train(InProcessPS(module.tables(config)), config)
+    return reports
+
+
+def test_mf_reaches_the_noise_level() -> None:
+    reports = baseline(mf, TINY_MF)
+    first, last = reports[0]["quality"]["test RMSE"], reports[-1]["quality"]["test RMSE"]
+    assert last < 0.2 < first  # values have unit variance, noise 0.1
+    assert reports[-1]["local_share"] == 1.0
+    assert all(r["keys_per_second"] > 0 for r in reports)
+
+
+def test_mf_bold_driver_grows_the_step_while_the_loss_falls() -> None:
+    reports = baseline(mf, TINY_MF)
+    rates = [r["extra"]["lr"] for r in reports]
+    assert rates[1] == pytest.approx(rates[0] * 1.05)
+    assert mf.bold_driver(0.1, loss=2.0, previous=1.0) == pytest.approx(0.05)
+    assert mf.bold_driver(0.1, loss=1.0, previous=2.0) == pytest.approx(0.105)
+
+
+def test_mf_says_when_it_diverges() -> None:
+    with pytest.raises(UsageError, match=r"diverged in epoch 1 .* lower --lr"):
+        baseline(mf, mf.Config(**{**TINY_MF.__dict__, "lr": 50.0, "epochs": 2}))
+
+
+def test_kge_learns_the_planted_structure() -> None:
+    reports = baseline(kge, TINY_KGE)
+    # random ranking among 300 entities gives MRR of about 0.02
+    assert reports[-1]["quality"]["MRR"] > 0.2
+    assert reports[-1]["quality"]["Hits@10"] > reports[-1]["quality"]["Hits@1"]
+
+
+def test_rescal_trains_too() -> None:
+    reports = baseline(kge, kge.Config(**{**TINY_KGE.__dict__, "model": "rescal", "epochs": 2}))
+    assert reports[-1]["loss"] < reports[0]["loss"]
+
+
+def test_w2v_finds_planted_synonyms_and_topics() -> None:
+    quality = baseline(w2v, TINY_W2V)[-1]["quality"]
+    assert quality["synonym@1"] > 0.5
+    assert quality["topic P@10"] > 0.5  # random: 1 / 20 topics
+
+
+def test_lr_beats_chance() -> None:
+    reports = baseline(lr, TINY_LR)
+    assert reports[-1]["quality"]["AUC"] > 0.6
+    assert reports[-1]["loss"] < np.log(2)
+
+
+def test_reducer_sums_rotating_slots() -> None:
+    ps = InProcessPS(common.metrics_table())
+    reducer = common.Reducer(ps)
+    for n in range(7):  # more calls than slots: every slot is zeroed before reuse
+        assert reducer.sum([n, 1.5]).tolist() == [n, 1.5]
+    with pytest.raises(UsageError, match="at most"):
+        reducer.sum(np.zeros(common.METRICS_DIM + 1))
+
+
+def test_wrong_table_shape_names_the_fix() -> None:
+    tables = {**mf.tables(TINY_MF), "rows": mf.tables(TINY_MF)["rows"].model_copy(update={"dim": 3})}
+    with pytest.raises(UsageError, match="numKeys >= 300, dim = 4"):
+        mf.train(InProcessPS(tables), TINY_MF)
+
+
+@pytest.mark.parametrize("module", [mf, kge, w2v, lr])
+def test_help_describes_the_app(module: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--allocation {dynamic,static}" in out
+    assert "dynaps run examples/" in out
+
+
+@pytest.mark.parametrize("app", ["mf", "kge", "w2v", "lr"])
+def test_example_manifest_declares_the_tables_its_arguments_need(app: str) -> None:
+    doc = yaml.safe_load((EXAMPLES / f"{app}.yaml").read_text())
+    job = ParameterServerJob.model_validate(doc)
+    assert job.spec.workers.command == ["python", "-m", f"dynaps.apps.{app}"]
+    module = {"mf": mf, "kge": kge, "w2v": w2v, "lr": lr}[app]
+    config, _ = module.parse(job.spec.workers.args)
+    needed = module.tables(config)
+    declared = {t.name: t for t in job.spec.tables}
+    assert set(declared) == set(needed)
+    for name, spec in needed.items():
+        got = declared[name]
+        assert (got.num_keys, got.dim, got.dtype) == (spec.num_keys, spec.dim, spec.dtype), name
+        assert (got.updater.kind, got.updater.lr) == (spec.updater.kind, spec.updater.lr), name

@@ -1,0 +1,96 @@
+"""The apps on real processes: one LocalCluster holding every app's tables, and `dynaps run`.
+
+Static and dynamic runs of MF take the same synchronous steps in the same order, so they
+must reach the same model; only where the keys live differs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dynaps
+from dynaps.apps import common, kge, lr, mf, w2v
+
+from .test_apps import TINY_KGE, TINY_LR, TINY_MF, TINY_W2V
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dynaps.LocalCluster]:
+    tables = {**mf.tables(TINY_MF), **kge.tables(TINY_KGE), **w2v.tables(TINY_W2V), **lr.tables(TINY_LR)}
+    with dynaps.LocalCluster(servers=2, workers=2, tables=tables) as c:
+        yield c
+
+
+def test_mf_static_and_dynamic_reach_the_same_model(cluster: dynaps.LocalCluster) -> None:
+    config = replace(TINY_MF, epochs=3)
+    static = cluster.run(mf.train, replace(config, allocation="static"))  # first: nothing localized yet
+    dynamic = cluster.run(mf.train, config)
+    for a, b in zip(static[0], static[1], strict=True):  # every worker reports the global figures
+        assert (a["loss"], a["quality"], a["accesses"]) == (b["loss"], b["quality"], b["accesses"])
+    assert all(r["local_share"] == 0.0 for r in static[0])
+    assert dynamic[0][-1]["local_share"] == 1.0  # DSGD blocks: every training access is local
+    for s, d in zip(static[0], dynamic[0], strict=True):
+        assert d["quality"]["test RMSE"] == pytest.approx(s["quality"]["test RMSE"], rel=1e-5)
+        assert d["loss"] == pytest.approx(s["loss"], rel=1e-5)
+
+
+def test_kge_localizes_ahead_and_learns(cluster: dynaps.LocalCluster) -> None:
+    reports = cluster.run(kge.train, replace(TINY_KGE, neg_strategy="onlylocal"))[0]
+    assert reports[-1]["quality"]["MRR"] > 0.1  # random ranking: about 0.02
+    assert reports[-1]["local_share"] > 0.5
+
+
+def test_w2v_samples_through_the_pool(cluster: dynaps.LocalCluster) -> None:
+    reports = cluster.run(w2v.train, replace(TINY_W2V, epochs=1))
+    assert reports[0][-1]["quality"]["topic P@10"] > 0.3
+    assert reports[1][-1]["quality"] == {}  # rank 0 evaluates
+
+
+def test_lr_with_server_side_adagrad(cluster: dynaps.LocalCluster) -> None:
+    reports = cluster.run(lr.train, TINY_LR)[0]
+    assert reports[-1]["quality"]["AUC"] > 0.6
+
+
+def reduce_many(ps: dynaps.PS) -> list[list[float]]:
+    reducer = common.Reducer(ps)
+    return [reducer.sum([n * (ps.rank + 1), 1.0]).tolist() for n in range(8)]
+
+
+def test_reductions_agree_on_every_worker(cluster: dynaps.LocalCluster) -> None:
+    first, second = cluster.run(reduce_many)
+    assert first == second == [[3.0 * n, 2.0] for n in range(8)]
+
+
+def test_dynaps_run_a_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "mf.yaml"
+    args = ["--rows", "300", "--cols", "300", "--rank", "4", "--entries", "20000", "--test-entries", "1000"]
+    args += ["--epochs", "2", "--batch", "200"]
+    tables = "\n".join(
+        f"    - {{name: {name}, numKeys: {spec.num_keys}, dim: {spec.dim}, dtype: {spec.dtype}}}"
+        for name, spec in mf.tables(TINY_MF).items()
+    )
+    manifest.write_text(
+        "apiVersion: dynaps.io/v1alpha1\nkind: ParameterServerJob\nmetadata: {name: tiny-mf}\n"
+        f"spec:\n  tables:\n{tables}\n  servers: {{replicas: 1}}\n  workers:\n    replicas: 2\n"
+        f"    command: [python, -m, dynaps.apps.mf]\n    args: {args}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dynaps", "run", str(manifest), "--allocation", "static"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[mf] epoch")]
+    assert len(lines) == 2
+    assert "local 0.0%" in lines[-1]
+    assert "allocation static" in done.stderr
