@@ -12,7 +12,8 @@ errors (aiohttp, the API server's answers) are wrapped so that callers catch our
     ├── OperatorConfigError          a DYNAPS_OPERATOR_* setting is invalid
     ├── KubeApiError                 the Kubernetes API answered with an error or not at all
     │   ├── NotFoundError            404
-    │   └── ConflictError            409 (already exists, or a stale resourceVersion)
+    │   ├── ConflictError            409 (already exists, or a stale resourceVersion)
+    │   └── NamespaceTerminatingError  403: the namespace is being deleted (nothing to do)
     └── CoordinatorError             a coordinator's HTTP endpoint failed or refused a request
         └── CoordinatorUnsupportedError   the runtime has no such endpoint (404): an older runtime
 """
@@ -54,6 +55,10 @@ class NotFoundError(KubeApiError):
 
 class ConflictError(KubeApiError):
     """409: the object already exists, or it changed since it was read."""
+
+
+class NamespaceTerminatingError(KubeApiError):
+    """403: nothing can be created in a namespace being deleted; its jobs go with it."""
 
 
 class CoordinatorError(OperatorError):

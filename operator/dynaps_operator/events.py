@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from dynaps_operator import kube, names
 from dynaps_operator.builders import JobRef
-from dynaps_operator.errors import KubeApiError
+from dynaps_operator.errors import KubeApiError, NamespaceTerminatingError
 from dynaps_operator.kube import KubeClient
 
 log = logging.getLogger(__name__)
@@ -51,5 +51,7 @@ class EventRecorder:
         try:
             await self._api.create(kube.path("events", ref.namespace), event)
             self.posted += 1
+        except NamespaceTerminatingError:
+            log.debug("no Event for %s/%s: its namespace is being deleted", ref.namespace, ref.name)
         except KubeApiError as exc:  # an Event is best effort: never fail a reconcile for it
             log.warning("could not post an Event for %s/%s: %s", ref.namespace, ref.name, exc)

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from dynaps_operator.errors import ConflictError, KubeApiError, NotFoundError
+from dynaps_operator.errors import ConflictError, KubeApiError, NamespaceTerminatingError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,13 @@ def _error(method: str, path: str, status: int, text: str) -> KubeApiError:
         reason, message = str(doc.get("reason", "")), str(doc.get("message", text))
     except (ValueError, AttributeError):
         reason, message = "", text[:500]
-    kind = NotFoundError if status == 404 else ConflictError if status == 409 else KubeApiError
+    kind: type[KubeApiError] = KubeApiError
+    if status == 404:
+        kind = NotFoundError
+    elif status == 409:
+        kind = ConflictError
+    elif status == 403 and "because it is being terminated" in message:
+        kind = NamespaceTerminatingError
     return kind(method, path, status, reason, message)
 
 

@@ -35,6 +35,7 @@ from dynaps_operator.errors import (
     CoordinatorUnsupportedError,
     InvalidSpecError,
     KubeApiError,
+    NamespaceTerminatingError,
     NotFoundError,
 )
 from dynaps_operator.events import EventRecorder
@@ -155,6 +156,11 @@ class Controller:
             except InvalidSpecError as exc:
                 log.info("%s/%s has an invalid spec: %s", *key, exc)
                 again, result = None, "invalid"
+            except NamespaceTerminatingError:
+                # The namespace controller deletes the job and its pods in no particular order:
+                # pods it removed first must not be recreated. The job's deletion ends this.
+                log.debug("%s/%s: its namespace is being deleted", *key)
+                again, result = None, "namespace-terminating"
             except kopf.TemporaryError as exc:
                 log.debug("%s/%s: %s (retry in %s s)", *key, exc, exc.delay)
                 again, result = float(exc.delay or 1.0), "retry"
