@@ -208,10 +208,10 @@ def main() -> int:
     finally:
         if operator is not None:
             procs.stop_process(operator)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             log = root / "operator.log"
-            if log.exists():
-                args.out.with_suffix(".log").write_text(log.read_text())
+            if log.exists():  # kept for a look at what the operator said (not committed)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".log.tmp").write_text(log.read_text())
         if kubelet is not None:
             kubelet.stop()
         plane.stop()
