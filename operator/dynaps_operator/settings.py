@@ -53,7 +53,7 @@ class OperatorSettings:
     # DYNAPS_LOG_LEVEL of the job pods the operator creates (a pod template's env overrides it).
     job_log_level: str = _setting("JOB_LOG_LEVEL", "INFO", "DYNAPS_LOG_LEVEL given to the jobs' pods")
     # Names this operator instance in the Events it posts (the chart passes the pod name).
-    instance: str = _setting("INSTANCE", "", "reporting instance of Events (default: the host name)")
+    instance: str = _setting("INSTANCE", "", "reporting instance of Events (empty: the host name)")
 
     def __post_init__(self) -> None:
         if self.log_level.upper() not in logging.getLevelNamesMapping():
