@@ -158,9 +158,7 @@ def main() -> int:
         api_latency = []
         for i in range(args.samples):
             started = time.monotonic()
-            api.create(
-                namespaced("parameterserverjobs", ns, api=GROUP), job(f"lat-{i}", 2, QUICK)
-            )
+            api.create(namespaced("parameterserverjobs", ns, api=GROUP), job(f"lat-{i}", 2, QUICK))
             wait(lambda i=i: pod_count(api, ns, f"dynaps.io/job=lat-{i}") == 4, 30, "pods")
             api_latency.append(time.monotonic() - started)
             _settle(api, ns, f"lat-{i}")
