@@ -107,6 +107,29 @@ class MigrateReady(_Body):
     id: int = Field(ge=1)
 
 
+class Recover(_Body):
+    id: int = Field(ge=1)
+    shards: list[int]
+    source: Literal["replica", "checkpoint", "initial"]
+
+
+class OwnersQuery(_Body):
+    id: int = Field(ge=1)
+    shards: list[int]
+
+
+class Checkpoint(_Body):
+    id: int = Field(ge=1)
+    phase: Literal["pause", "write", "resume"]
+    path: str = ""
+
+
+class CheckpointDone(_Body):
+    id: int = Field(ge=1)
+    phase: Literal["pause", "write"]
+    keys: int = 0
+
+
 class Stats(_Body):
     counters: dict[str, int | float | str]
 

@@ -27,9 +27,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynaps import control
+from dynaps.checkpoint import checkpoint_dir
+from dynaps.checkpoint import commit as commit_checkpoint
 from dynaps.contract import ConsistencyModel, RuntimeConfig
 from dynaps.control import Membership
 from dynaps.coordinator_http import StatusServer
@@ -37,7 +42,7 @@ from dynaps.errors import ProtocolError
 from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
 from dynaps.rebalance import Migration, Rebalancer
 from dynaps.roster import Member, Roster
-from dynaps.shardmap import ShardMap
+from dynaps.shardmap import ShardMap, next_servers
 from dynaps.transport import Transport, ZmqTransport
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,15 @@ class Coordinator:
         self.started_at = time.time()
         heartbeat = config.fault_tolerance.heartbeat_interval_ms / 1000
         self.lost_after = max(0.5, 5 * heartbeat)
+        self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
+        self._next_recovery = 1
+        checkpoint = config.fault_tolerance.checkpoint
+        self.checkpoint_root = checkpoint.path
+        self.checkpointing: dict[str, Any] | None = None  # the checkpoint being taken
+        self.checkpoint_wanted = False
+        self.last_checkpoint: dict[str, Any] | None = None
+        self._next_checkpoint = _next_checkpoint_id(checkpoint.path)
+        self._last_checkpoint_time = time.monotonic()
         self.commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.status_doc: dict[str, Any] = {}
         self._refresh_status()
@@ -133,6 +147,10 @@ class Coordinator:
             self._on_left(member)
         elif kind is MsgType.MIGRATE_READY:
             self._on_migrate_ready(control.parse(control.MigrateReady, msg.body).id)
+        elif kind is MsgType.RECOVERED:
+            self._on_recovered(control.parse(control.MigrateReady, msg.body).id)
+        elif kind is MsgType.CHECKPOINT_DONE:
+            self._on_checkpoint_done(member, control.parse(control.CheckpointDone, msg.body))
         elif kind is MsgType.STATS:
             self._send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
         elif kind is MsgType.PING:
@@ -188,10 +206,23 @@ class Coordinator:
         self._send(REFUSED_ENDPOINT, MsgType.REFUSED, {"nonce": reg.nonce, "reason": reason})
         self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
 
+    def _new_map(self, homes: Any) -> None:
+        """Commit a new shard assignment (a new epoch), with backups under replication."""
+        assert self.shard_map is not None
+        backups = None
+        if self.config.fault_tolerance.replication:
+            servers = [m.id for m in self.roster.active("server") if m.state == "ready"]
+            backups = next_servers(homes, servers)
+        self.shard_map = ShardMap(
+            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes, backups
+        )
+
     def _prepare(self) -> None:
         policy = self.config.rebalance_policy
         servers = [m.id for m in self.roster.active("server")]
         self.shard_map = ShardMap.initial(policy.num_shards, policy.partition, servers)
+        if self.config.fault_tolerance.replication:
+            self.shard_map.backups = next_servers(self.shard_map.homes, servers)
         self.phase = "prepare"
         self.version += 1
         log.info(
@@ -273,8 +304,13 @@ class Coordinator:
         self._refresh_status()
 
     def tick(self) -> None:
-        """Periodic duties: detect lost nodes."""
+        """Periodic duties: detect lost nodes, take periodic checkpoints."""
         now = time.monotonic()
+        interval = self.config.fault_tolerance.checkpoint.interval_seconds
+        if interval and self.phase == "running" and now - self._last_checkpoint_time >= interval:
+            self._last_checkpoint_time = now
+            self.request_checkpoint()
+        self._maybe_checkpoint()
         for member in self.roster.active():
             limit = JOIN_TIMEOUT if member.state == "joining" else self.lost_after
             if now - member.last_seen > limit:
@@ -288,16 +324,135 @@ class Coordinator:
             self.transport.forget(client_of(member.id))
         for migration in self.rebalancer.abort_involving(member.id):
             log.warning("migration %d aborted: node %d was lost", migration.id, member.id)
+            for node in (migration.source, migration.target):
+                if node != member.id:
+                    self._send(node, MsgType.MIGRATE_ABORT, {"id": migration.id})
+        if self.checkpointing is not None:
+            self._end_checkpoint(committed=False)
         if member.role == "server" and self.shard_map is not None and member.id in self.shard_map.homes:
-            # Without replication there is no copy of what the server held (checkpoints
-            # restore it, see faultTolerance.checkpoint); its shards need a new home.
-            self.finish(1, f"server {member.name or member.id} was lost and its shards have no replica")
+            self._rehome(member.id)  # announces the new shard map
             return
         self._announce()
         if member.role == "server":
             self._rebalance()
         self._check_barrier()
         self._check_done()
+
+    def _rehome(self, lost: int) -> bool:
+        """Give a lost server's shards new homes, which rebuild them; False if none is left."""
+        assert self.shard_map is not None
+        servers = [m.id for m in self.roster.active("server") if m.state == "ready"]
+        if not servers:
+            self.finish(1, "every server was lost")
+            return False
+        shards = np.flatnonzero(self.shard_map.homes == lost)
+        homes = self.shard_map.homes.copy()
+        replicated = self.config.fault_tolerance.replication > 0 and self.shard_map.backups is not None
+        load = {s: int((homes == s).sum()) for s in servers}
+        for shard in shards:
+            backup = int(self.shard_map.backups[shard]) if self.shard_map.backups is not None else -1
+            # the backup holds the replica; otherwise the least loaded server takes it
+            new_home = backup if replicated and backup in load else min(load, key=lambda s: (load[s], s))
+            homes[shard] = new_home
+            load[new_home] += 1
+        if replicated:
+            source = "replica"
+        elif self.last_checkpoint is not None or self.config.fault_tolerance.checkpoint.restore_from:
+            source = "checkpoint"
+        else:
+            source = "initial"
+            log.error(
+                "server %d held shards without replica or checkpoint: their keys restart from "
+                "their initial values",
+                lost,
+            )
+        self._new_map(homes)
+        self._announce()
+        for new_home in sorted({int(homes[s]) for s in shards}):
+            mine = [int(s) for s in shards if homes[s] == new_home]
+            recovery_id = self._next_recovery
+            self._next_recovery += 1
+            self.recoveries[recovery_id] = new_home
+            self._send(new_home, MsgType.RECOVER, {"id": recovery_id, "shards": mine, "source": source})
+        log.warning(
+            "epoch %d: %d shards of lost server %d rebuilt from %s",
+            self.shard_map.epoch,
+            len(shards),
+            lost,
+            source,
+        )
+        self._check_barrier()
+        self._check_done()
+        return True
+
+    def _on_recovered(self, recovery_id: int) -> None:
+        self.recoveries.pop(recovery_id, None)
+        if not self.recoveries:
+            self._rebalance()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def request_checkpoint(self) -> None:
+        self.checkpoint_wanted = True
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        if not self.checkpoint_wanted or self.checkpointing is not None or self.phase != "running":
+            return
+        if not self.rebalancer.idle or self.recoveries:
+            return  # ownership must not change while every owner writes its keys
+        self.checkpoint_wanted = False
+        checkpoint_id = self._next_checkpoint
+        self._next_checkpoint += 1
+        servers = {m.id for m in self.roster.active("server")}
+        self.checkpointing = {"id": checkpoint_id, "phase": "pause", "waiting": set(servers)}
+        for server in servers:
+            self._send(server, MsgType.CHECKPOINT, {"id": checkpoint_id, "phase": "pause"})
+
+    def _on_checkpoint_done(self, member: Member, done: control.CheckpointDone) -> None:
+        state = self.checkpointing
+        if state is None or state["id"] != done.id or state["phase"] != done.phase:
+            return
+        state["waiting"].discard(member.id)
+        state["keys"] = state.get("keys", 0) + done.keys
+        if state["waiting"]:
+            return
+        if state["phase"] == "pause":
+            state["phase"] = "write"
+            state["path"] = str(checkpoint_dir(self.checkpoint_root, done.id))
+            nodes = {m.id for m in self.roster.active()}
+            state["waiting"] = set(nodes)
+            for node in nodes:
+                self._send(node, MsgType.CHECKPOINT, {"id": done.id, "phase": "write", "path": state["path"]})
+        else:
+            self._end_checkpoint(committed=True)
+
+    def _end_checkpoint(self, committed: bool) -> None:
+        state = self.checkpointing
+        assert state is not None
+        self.checkpointing = None
+        self._last_checkpoint_time = time.monotonic()
+        if committed:
+            assert self.shard_map is not None
+            manifest = {
+                "job": self.config.job,
+                "epoch": self.shard_map.epoch,
+                "keys": state["keys"],
+                "tables": [t.to_wire() for t in self.config.tables],
+            }
+            directory = commit_checkpoint(self.checkpoint_root, state["id"], manifest)
+            self.last_checkpoint = {
+                "id": state["id"],
+                "path": str(directory),
+                "keys": state["keys"],
+                "time": time.time(),
+            }
+            log.info("checkpoint %d written to %s (%d keys)", state["id"], directory, state["keys"])
+        else:
+            log.warning("checkpoint %d abandoned", state["id"])
+        for server in self.roster.active("server"):
+            self._send(server.id, MsgType.CHECKPOINT, {"id": state["id"], "phase": "resume"})
+        self._start_migrations()
 
     # ------------------------------------------------------------------ rebalancing
 
@@ -311,6 +466,8 @@ class Coordinator:
 
     def _start_migrations(self) -> None:
         assert self.shard_map is not None
+        if self.checkpointing is not None or self.recoveries:
+            return  # resumed when they end
         for migration in self.rebalancer.start_next(self.shard_map.epoch):
             log.info(
                 "migration %d: %d shards from node %d to node %d",
@@ -427,6 +584,8 @@ class Coordinator:
             "migrationsInFlight": len(self.rebalancer.running),
             "migrationsQueued": len(self.rebalancer.queued),
             "migrationsCompleted": self.rebalancer.completed,
+            "recoveriesInFlight": len(self.recoveries),
+            "lastCheckpoint": self.last_checkpoint,
             "exitCode": self.exit_code,
             "reason": self.reason,
             "startedAt": self.started_at,
@@ -466,7 +625,19 @@ class Coordinator:
             self.scale(_optional_int(body, "servers"), _optional_int(body, "workers"))
         elif action == "drain" and not self.drain(str(body.get("node", ""))):
             log.warning("drain of unknown node %r ignored", body.get("node"))
+        elif action == "checkpoint":
+            self.request_checkpoint()
         self._refresh_status()
+
+
+def _next_checkpoint_id(root: str) -> int:
+    """After a restart, continue numbering after the checkpoints already there."""
+    try:
+        names = [p.name for p in Path(root).glob("ckpt-*")]
+    except OSError:
+        return 1
+    numbers = [int(n.split("-", 1)[1]) for n in names if n.split("-", 1)[1].isdigit()]
+    return max(numbers, default=0) + 1
 
 
 def _optional_int(body: dict[str, Any], name: str) -> int | None:

@@ -20,8 +20,10 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import traceback
 import urllib.request
@@ -32,6 +34,7 @@ from typing import Any, cast
 
 from dynaps.contract import (
     Allocation,
+    CheckpointSpec,
     Consistency,
     ConsistencyModel,
     FaultTolerance,
@@ -149,6 +152,10 @@ class LocalCluster:
         flush_interval_ms: int = 100,
         num_shards: int = 1024,
         partition: Partition | str = Partition.RANGE,
+        checkpoint_dir: str | None = None,
+        checkpoint_interval: int = 0,
+        restore_from: str | None = None,
+        heartbeat_interval_ms: int = 100,
         request_timeout: float = 120.0,
         startup_timeout: float = 120.0,
         log_level: str = "WARNING",
@@ -156,6 +163,8 @@ class LocalCluster:
         if not tables:
             raise ConfigError("LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}")
         named = [NamedTable(name=name, **spec.model_dump()) for name, spec in tables.items()]
+        self._own_checkpoints = checkpoint_dir is None
+        checkpoints = checkpoint_dir or tempfile.mkdtemp(prefix="dynaps-checkpoints-")
         self.config = RuntimeConfig(
             job="local",
             tables=named,
@@ -163,7 +172,14 @@ class LocalCluster:
             workers=workers,
             allocation=Allocation(allocation),
             consistency=Consistency(model=ConsistencyModel(consistency), staleness=staleness),
-            fault_tolerance=FaultTolerance(replication=replication, flush_interval_ms=flush_interval_ms),
+            fault_tolerance=FaultTolerance(
+                replication=replication,
+                flush_interval_ms=flush_interval_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                checkpoint=CheckpointSpec(
+                    path=checkpoints, interval_seconds=checkpoint_interval, restore_from=restore_from
+                ),
+            ),
             rebalance_policy=RebalancePolicy(num_shards=num_shards, partition=Partition(partition)),
             coordinator="127.0.0.1:0",
             request_timeout_seconds=request_timeout,
@@ -319,6 +335,16 @@ class LocalCluster:
         if worker is not None:
             worker.runner.join(10)
 
+    def checkpoint(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Take a checkpoint now; returns its description (``id``, ``path``, ``keys``)."""
+        before = (self.status().get("lastCheckpoint") or {}).get("id", 0)
+        self._post("checkpoint", {})
+        status = self._await(
+            lambda s: (s.get("lastCheckpoint") or {}).get("id", 0) > before, timeout, "the checkpoint"
+        )
+        last: dict[str, Any] = status["lastCheckpoint"]
+        return last
+
     def _process(self, name: str) -> Process:
         proc = self.processes.get(name)
         if proc is None:
@@ -381,6 +407,8 @@ class LocalCluster:
         if coordinator is not None:
             stop_processes([coordinator], grace=timeout)
         stop_processes(nodes, grace=max(1.0, deadline - time.monotonic()))
+        if getattr(self, "_own_checkpoints", False):
+            shutil.rmtree(self.config.fault_tolerance.checkpoint.path, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -71,8 +71,6 @@ class Migrations:
         self.server = server
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
-        self.frozen_shards: npt.NDArray[np.bool_] | None = None
-        self.held: list[Message] = []
         self.tracking = False  # some pre-copy is running: changes must be noted
 
     # ---------------------------------------------------------------- source side
@@ -114,9 +112,7 @@ class Migrations:
     def _freeze(self, migration: Outgoing) -> None:
         server = self.server
         migration.frozen = True
-        if self.frozen_shards is None:
-            self.frozen_shards = np.zeros(server.shard_map.num_shards, dtype=np.bool_)
-        self.frozen_shards[migration.shards] = True
+        server.gate.block(migration.shards, server.shard_map.num_shards)
         last = len(migration.keys) - 1
         for table, keys in enumerate(migration.keys):
             changed = keys[migration.dirty[table][keys]]
@@ -152,26 +148,15 @@ class Migrations:
         server.stats["keys_migrated_out"] += len(owned)
         server.send(migration.target, msg)
 
-    def hold(self, msg: Message) -> Message | None:
-        """Hold the part of ``msg`` that touches frozen shards; returns the rest (or None)."""
-        frozen = self.frozen_shards
-        if frozen is None or msg.keys is None:
-            return msg
-        server = self.server
-        store = server.stores[msg.table]
-        shards = shard_of(
-            msg.keys, store.spec.num_keys, server.shard_map.num_shards, server.shard_map.partition
-        )
-        touched = frozen[shards]
-        if not touched.any():
-            return msg
-        from dynaps.node import subset  # the node module imports this one
-
-        if touched.all():
-            self.held.append(msg)
-            return None
-        self.held.append(subset(msg, np.flatnonzero(touched), msg.sender, msg.hops))
-        return subset(msg, np.flatnonzero(~touched), msg.sender, msg.hops)
+    def abort(self, migration_id: int) -> None:
+        """The other side of a migration died: serve the shards here again, or drop the copy."""
+        outgoing = self.outgoing.pop(migration_id, None)
+        if outgoing is not None:
+            if outgoing.frozen:
+                self.server.gate.unblock(outgoing.shards)
+                self.server.release_gate()
+            self.tracking = any(not m.frozen for m in self.outgoing.values())
+        self.incoming.pop(migration_id, None)
 
     # ---------------------------------------------------------------- target side
 
@@ -240,34 +225,5 @@ class Migrations:
                     store.loc[taken] = me
                 finally:
                     server.lock.release()
-        if done:
-            still = [m for m in self.outgoing.values() if m.frozen]
-            if still:
-                assert self.frozen_shards is not None
-                self.frozen_shards[:] = False
-                for migration in still:
-                    self.frozen_shards[migration.shards] = True
-            else:
-                self.frozen_shards = None
-
-    def release_held(self) -> list[Message]:
-        """Held requests whose shards are no longer frozen, in arrival order."""
-        if self.frozen_shards is None:
-            held, self.held = self.held, []
-            return held
-        keep: list[Message] = []
-        out: list[Message] = []
-        for msg in self.held:
-            (keep if self.hold_check(msg) else out).append(msg)
-        self.held = keep
-        return out
-
-    def hold_check(self, msg: Message) -> bool:
-        frozen = self.frozen_shards
-        if frozen is None or msg.keys is None:
-            return False
-        store = self.server.stores[msg.table]
-        shard_map = self.server.shard_map
-        return bool(
-            frozen[shard_of(msg.keys, store.spec.num_keys, shard_map.num_shards, shard_map.partition)].any()
-        )
+        for migration in done:
+            server.gate.unblock(migration.shards)

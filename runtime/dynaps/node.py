@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.gate import ShardGate
 from dynaps.migration import Migrations
 from dynaps.protocol import (
     CLIENT_BIT,
@@ -50,6 +51,7 @@ from dynaps.protocol import (
     encode_reply,
     node_of,
 )
+from dynaps.recovery import Recoveries
 from dynaps.routing import group_by
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
@@ -108,7 +110,11 @@ class NodeServer:
         self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
         self.lost: set[int] = set()  # nodes that died: nothing is sent to them any more
         self.future: list[Message] = []  # requests from a newer epoch than ours
+        self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.migrations = Migrations(self)
+        self.recoveries = Recoveries(self)
+        self.checkpoint_root = ""  # where checkpoints live (for rebuilding lost shards)
+        self.relocations_paused = False  # a checkpoint is being taken: no key changes owner
         self.stats: collections.Counter[str] = collections.Counter()
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
         self._releasing: list[npt.NDArray[np.bool_]] | None = None
@@ -124,6 +130,7 @@ class NodeServer:
             MsgType.LOCALIZED: self._on_released,
             MsgType.TRANSFER_DONE: self._on_transfer_done,
             MsgType.SHARD_COPY: self.migrations.on_copy,
+            MsgType.OWNERS: self.recoveries.on_owners,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -149,11 +156,14 @@ class NodeServer:
         if msg.epoch > self.shard_map.epoch:
             self.future.append(msg)  # the sender knows a shard map we have not seen yet
             return
-        if self.migrations.frozen_shards is not None and msg.type in _FREEZABLE:
-            held = self.migrations.hold(msg)
-            if held is None:
-                return
-            msg = held
+        if self.gate.blocks is not None and msg.type in _FREEZABLE and msg.keys is not None:
+            blocked = self.gate.blocked(msg.keys, self.stores[msg.table].spec.num_keys, self.shard_map)
+            if blocked.any():
+                if blocked.all():
+                    self.gate.park(msg)
+                    return
+                self.gate.park(subset(msg, np.flatnonzero(blocked), msg.sender, msg.hops))
+                msg = subset(msg, np.flatnonzero(~blocked), msg.sender, msg.hops)
         self._handlers[msg.type](msg)
 
     def note_malformed(self, exc: Exception) -> None:
@@ -332,11 +342,14 @@ class NodeServer:
                 self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
             keys = keys[here]
         keys = np.unique(keys)
+        if self.relocations_paused:
+            self.waiting[msg.table].append(_with_keys(msg, keys, target))
+            return
         self.lock.acquire()
         try:
             busy = store.moving_from[keys] != NOT_MOVING
             if busy.any():
-                self.waiting[msg.table].append(_with_keys(msg, keys[busy]))
+                self.waiting[msg.table].append(_with_keys(msg, keys[busy], target))
                 self.stats["keys_waiting"] += int(busy.sum())
                 keys = keys[~busy]
             old = store.owner[keys]
@@ -467,9 +480,12 @@ class NodeServer:
         states = msg.states
         self.lock.acquire()
         try:
+            confirmed = None
             if msg.flags & RECOVERY:
                 # a home re-sends keys whose sender died: only where they are still expected
-                expected = store.loc[keys] == INCOMING
+                here = store.loc[keys]
+                expected = here == INCOMING
+                confirmed = keys[here == self.me]  # the real transfer came after all
                 keys, values = keys[expected], values[expected]
                 states = tuple(rows[expected] for rows in states)
             store.values[keys] = values
@@ -480,21 +496,25 @@ class NodeServer:
                 self.migrations.touch(msg.table, keys)
         finally:
             self.lock.release()
+        if confirmed is not None and len(confirmed):
+            self._confirm_arrival(msg.table, msg.req_id, confirmed)
         if not len(keys):
             return
         self.stats["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
-        homes = self.shard_map.home_of(keys, self.stores[msg.table].spec.num_keys)
+        self._confirm_arrival(msg.table, msg.req_id, keys)
+        self._replay(msg.table)
+
+    def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
+        """Tell the keys' homes that they arrived (TRANSFER_DONE)."""
+        homes = self.shard_map.home_of(keys, self.stores[table].spec.num_keys)
         for home, part in group_by(homes):
             chosen = keys if part is None else keys[part]
-            done = Message(
-                MsgType.TRANSFER_DONE, self.me, self.me, msg.req_id, msg.table, len(chosen), keys=chosen
-            )
+            done = Message(MsgType.TRANSFER_DONE, self.me, self.me, req_id, table, len(chosen), keys=chosen)
             if home == self.me:
                 self._on_transfer_done(done)
             else:
                 self.send(home, done)
-        self._replay(msg.table)
 
     def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
         if requester in (NO_ENDPOINT, self.me):
@@ -518,8 +538,7 @@ class NodeServer:
         self.migrations.commit(new_map)
         self.shard_map = new_map
         self._homed.clear()
-        for msg in self.migrations.release_held():
-            self.dispatch(msg)
+        self.release_gate()
         for table, queued in enumerate(self.waiting):  # relocations of shards homed elsewhere now
             if queued:
                 self.waiting[table] = []
@@ -527,6 +546,18 @@ class NodeServer:
                     self._redirect(msg, msg.aux, msg.type is MsgType.RELEASE)
         waiting, self.future = self.future, []
         for msg in waiting:
+            self.dispatch(msg)
+
+    def release_gate(self) -> None:
+        """Handle the held requests whose shards are available again."""
+
+        def still_blocked(msg: Message) -> bool:
+            assert msg.keys is not None
+            return bool(
+                self.gate.blocked(msg.keys, self.stores[msg.table].spec.num_keys, self.shard_map).any()
+            )
+
+        for msg in self.gate.release(still_blocked):
             self.dispatch(msg)
 
     def homed(self, table: int) -> npt.NDArray[np.bool_]:
@@ -571,6 +602,7 @@ class NodeServer:
         for node in new:
             self.transport.forget(node)
             self.transport.forget(client_of(node))
+            self.recoveries.forget_node(node)
         for table, store in enumerate(self.stores):
             if store.owner is None or store.moving_from is None:
                 continue
@@ -653,6 +685,24 @@ class NodeServer:
                 )
         return remaining
 
+    def pause_relocations(self) -> None:
+        self.relocations_paused = True
+
+    def resume_relocations(self) -> None:
+        self.relocations_paused = False
+        for table, queued in enumerate(self.waiting):
+            if queued:
+                self.waiting[table] = []
+                for msg in queued:
+                    self._redirect(msg, msg.aux, msg.type is MsgType.RELEASE)
+
+    def relocations_quiet(self) -> bool:
+        """No transfer of a key homed here is in flight."""
+        for table, store in enumerate(self.stores):
+            if store.moving_from is not None and (store.moving_from[self.homed(table)] != NOT_MOVING).any():
+                return False
+        return True
+
     def report_migration_ready(self, migration_id: int) -> None:
         self.transport.send(COORDINATOR, control_frames(MsgType.MIGRATE_READY, self.me, {"id": migration_id}))
 
@@ -666,13 +716,12 @@ class NodeServer:
         counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         counters["epoch"] = self.shard_map.epoch
-        counters["held_now"] = len(self.migrations.held) + len(self.future)
+        counters["held_now"] = len(self.gate.held) + len(self.future)
         return counters
 
 
-def _with_keys(msg: Message, keys: npt.NDArray[np.int64]) -> Message:
+def _with_keys(msg: Message, keys: npt.NDArray[np.int64], target: int) -> Message:
     """A LOCALIZE or RELEASE for some of its keys, remembering whom the keys go to."""
-    target = node_of(msg.requester) if msg.type is MsgType.LOCALIZE else msg.aux
     return Message(
         msg.type,
         msg.sender,

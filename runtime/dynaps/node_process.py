@@ -22,15 +22,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dynaps import control
+from dynaps.checkpoint import load_keys, resolve, write_owned
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
+from dynaps.recovery import report_owners
 from dynaps.shardmap import ShardMap
 from dynaps.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store import TableStore
@@ -82,6 +85,8 @@ class NodeProcess:
         self.drain_state: str | None = None  # None, "client", "shards", "keys"
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
+        self.members: set[int] = set()  # live node ids, from the last membership
+        self.checkpoint: dict[str, Any] | None = None  # the checkpoint being taken, if any
         self.drain_deadline = 0.0
         self.last_heartbeat = 0.0
         self.heartbeat_interval = config.fault_tolerance.heartbeat_interval_ms / 1000
@@ -121,6 +126,10 @@ class NodeProcess:
             for i, spec in enumerate(self.config.tables)
         ]
         self.server = NodeServer(self.node_id, self.transport, stores, shard_map, self.lock)
+        self.server.checkpoint_root = self.config.fault_tolerance.checkpoint.path
+        restore = self.config.fault_tolerance.checkpoint.restore_from
+        if restore and not worker and membership.phase == "prepare":
+            self._restore(restore)
         self._apply_membership(membership)
         if worker:
             self.attach_server = AttachServer(self.attach_token)
@@ -133,6 +142,19 @@ class NodeProcess:
             env.pop(CONFIG_FILE_ENV, None)
             self.child = subprocess.Popen(self.command, env=env)
 
+    def _restore(self, which: str) -> None:
+        """Start from a checkpoint: load the values of the keys this server homes."""
+        server = self.server
+        assert server is not None
+        directory = resolve(self.config.fault_tolerance.checkpoint.path, which)
+        if directory is None:
+            log.warning("node %d: no checkpoint to restore yet; starting from initial values", self.node_id)
+            return
+        total = 0
+        for table, store in enumerate(server.stores):
+            total += len(load_keys(store, directory, server.homed(table)))
+        log.info("node %d: restored %d keys from %s", self.node_id, total, directory)
+
     def _send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
         self.transport.send(COORDINATOR, control_frames(kind, self.node_id, body))
 
@@ -140,6 +162,7 @@ class NodeProcess:
         server = self.server
         assert server is not None
         members = control.connect_members(self.transport, membership)
+        self.members = {info.id for info in membership.nodes}
         departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
         server.peers |= members
         if membership.phase == "running":
@@ -185,6 +208,15 @@ class NodeProcess:
             self._dump_state()
         if self.drain_state is not None:
             self._advance_drain(now)
+        assert self.server is not None
+        self.server.recoveries.tick(now)
+        if (
+            self.checkpoint is not None
+            and self.checkpoint["phase"] == "pause"
+            and self.server.relocations_quiet()
+        ):
+            self.checkpoint["phase"] = "quiet"
+            self._send_coordinator(MsgType.CHECKPOINT_DONE, {"id": self.checkpoint["id"], "phase": "pause"})
 
     def _handle(self, frames: list[Any]) -> None:
         assert self.server is not None
@@ -221,6 +253,24 @@ class NodeProcess:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("DRAIN from a non-coordinator")
                 self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
+            elif msg.type is MsgType.MIGRATE_ABORT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MIGRATE_ABORT from a non-coordinator")
+                self.server.migrations.abort(control.parse(control.MigrateReady, msg.body).id)
+            elif msg.type is MsgType.RECOVER:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("RECOVER from a non-coordinator")
+                order = control.parse(control.Recover, msg.body)
+                self.server.recoveries.start(order.id, order.shards, order.source, self.members)
+            elif msg.type is MsgType.OWNERS_QUERY:
+                if node_of(msg.sender) not in self.members:
+                    raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")
+                query = control.parse(control.OwnersQuery, msg.body)
+                report_owners(self.server, msg.sender, query.id, np.asarray(query.shards, dtype=np.int64))
+            elif msg.type is MsgType.CHECKPOINT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("CHECKPOINT from a non-coordinator")
+                self._on_checkpoint(control.parse(control.Checkpoint, msg.body))
             elif msg.type in (MsgType.STATS, MsgType.PING):
                 if msg.sender not in self.server.peers:
                     raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
@@ -283,16 +333,40 @@ class NodeProcess:
         log.info("node %d: program exited with code %d", self.node_id, code)
         self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
 
+    def _on_checkpoint(self, order: control.Checkpoint) -> None:
+        server = self.server
+        assert server is not None
+        if order.phase == "pause":  # homes: no new relocations, report once none is in flight
+            server.pause_relocations()
+            self.checkpoint = {"id": order.id, "phase": "pause"}
+        elif order.phase == "write":
+            directory = Path(order.path)
+            written = 0
+            server.lock.acquire()
+            try:
+                for store in server.stores:
+                    written += write_owned(store, self.node_id, directory)
+            finally:
+                server.lock.release()
+            self._send_coordinator(
+                MsgType.CHECKPOINT_DONE, {"id": order.id, "phase": "write", "keys": written}
+            )
+        else:  # resume
+            self.checkpoint = None
+            server.resume_relocations()
+
     def _dump_state(self) -> None:
         server = self.server
         assert server is not None
         queues = {
             "pending": [repr(m) for q in server.pending for m in q][:20],
             "waiting": [repr(m) for q in server.waiting for m in q][:20],
-            "held": [repr(m) for m in server.migrations.held][:20],
+            "held": [repr(m) for m in server.gate.held][:20],
             "future": [repr(m) for m in server.future][:20],
             "outgoing": sorted(server.migrations.outgoing),
             "incoming": sorted(server.migrations.incoming),
+            "rebuilds": {i: sorted(r.waiting_for) for i, r in server.recoveries.running.items()},
+            "members": sorted(self.members),
         }
         log.warning(
             "node %d state: %s %s drain=%s", self.node_id, server.counters(), queues, self.drain_state

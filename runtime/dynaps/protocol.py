@@ -48,6 +48,10 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     TRANSFER_DONE keys                     (new owner -> home: the keys arrived)
     SHARD_COPY  keys owner moving owned values state*S   (old home -> new home, migration;
                 aux = number of owned rows, req_id = migration id, FINAL on the last part)
+    OWNERS      keys                       (node -> recovering home; aux 1: held, 2: expected)
+    REPLICATE   keys [positions] values state*aux   (home -> backup: rows after an update;
+                the backup acknowledges the requester)
+    WRITEBACK   keys values state*aux      (worker -> home: current rows of keys it holds)
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... HEARTBEAT)
@@ -111,6 +115,9 @@ class MsgType(enum.IntEnum):
     RELEASE = 11
     TRANSFER_DONE = 12
     SHARD_COPY = 13
+    OWNERS = 14
+    REPLICATE = 15
+    WRITEBACK = 16
     # control plane: one JSON body frame
     REGISTER = 32
     WELCOME = 33
@@ -140,6 +147,8 @@ class MsgType(enum.IntEnum):
     LEASE_REPLY = 57
     RECOVER = 58
     RECOVERED = 59
+    OWNERS_QUERY = 60
+    MIGRATE_ABORT = 61
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
@@ -152,7 +161,16 @@ RETRY = 16  # a request sent again after a node was lost (nodes recognise what t
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
-NO_POSITIONS = frozenset({MsgType.LOCALIZE, MsgType.HANDOFF, MsgType.RELEASE, MsgType.TRANSFER_DONE})
+NO_POSITIONS = frozenset(
+    {
+        MsgType.LOCALIZE,
+        MsgType.HANDOFF,
+        MsgType.RELEASE,
+        MsgType.TRANSFER_DONE,
+        MsgType.OWNERS,
+        MsgType.WRITEBACK,
+    }
+)
 # per data type: (keys, positions allowed, values, state arrays)
 _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.PULL: (True, True, False, False),
@@ -166,6 +184,9 @@ _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.TRANSFER: (True, False, True, True),
     MsgType.TRANSFER_DONE: (True, False, False, False),
     MsgType.SHARD_COPY: (True, False, False, True),  # and directory sections: see decode
+    MsgType.OWNERS: (True, False, False, False),
+    MsgType.REPLICATE: (True, True, True, True),
+    MsgType.WRITEBACK: (True, False, True, True),
     MsgType.LOCALIZED: (False, False, False, False),
 }
 _TYPES = {int(t): t for t in MsgType}

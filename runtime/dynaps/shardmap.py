@@ -49,18 +49,35 @@ def balanced_homes(num_shards: int, servers: Sequence[int]) -> npt.NDArray[np.in
     return order[index]
 
 
+def next_servers(homes: npt.NDArray[np.int16], servers: Sequence[int]) -> npt.NDArray[np.int16]:
+    """Each shard's backup: the server after its home in id order (-1 with fewer than two)."""
+    order = sorted(servers)
+    if len(order) < 2:
+        return np.full(len(homes), NO_BACKUP, dtype=np.int16)
+    successor = {server: order[(i + 1) % len(order)] for i, server in enumerate(order)}
+    return np.asarray([successor.get(int(h), order[0]) for h in homes], dtype=np.int16)
+
+
+NO_BACKUP = -1
+
+
 @dataclass
 class ShardMap:
-    """Shard -> home server, with the epoch in which this assignment became valid."""
+    """Shard -> home server (and backup server), with the epoch this assignment began."""
 
     epoch: int
     num_shards: int
     partition: Partition
     homes: npt.NDArray[np.int16]
+    backups: npt.NDArray[np.int16] | None = None  # only with replication
 
     @classmethod
     def initial(cls, num_shards: int, partition: Partition, servers: Sequence[int]) -> ShardMap:
         return cls(1, num_shards, Partition(partition), balanced_homes(num_shards, servers))
+
+    def backup_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
+        assert self.backups is not None
+        return self.backups[shard_of(keys, num_keys, self.num_shards, self.partition)]
 
     def home_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
         return self.homes[shard_of(keys, num_keys, self.num_shards, self.partition)]
@@ -69,12 +86,15 @@ class ShardMap:
         return sorted({int(h) for h in np.unique(self.homes)})
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "epoch": self.epoch,
             "numShards": self.num_shards,
             "partition": str(self.partition),
             "homes": self.homes.tolist(),
         }
+        if self.backups is not None:
+            doc["backups"] = self.backups.tolist()
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], known_nodes: set[int] | None = None) -> ShardMap:
@@ -83,10 +103,13 @@ class ShardMap:
             num_shards = int(doc["numShards"])
             partition = Partition(doc["partition"])
             homes = np.asarray(doc["homes"], dtype=np.int16)
+            backups = np.asarray(doc["backups"], dtype=np.int16) if "backups" in doc else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"invalid shard map: {exc}") from exc
         if homes.shape != (num_shards,) or num_shards < 1:
             raise ProtocolError("shard map has the wrong number of homes")
+        if backups is not None and backups.shape != homes.shape:
+            raise ProtocolError("shard map has the wrong number of backups")
         if known_nodes is not None and not set(homes.tolist()) <= known_nodes:
             raise ProtocolError("shard map names unknown servers")
-        return cls(epoch, num_shards, partition, homes)
+        return cls(epoch, num_shards, partition, homes, backups)

@@ -33,6 +33,7 @@ from dynaps.updaters import Updater, make_updater
 
 INCOMING = -1  # loc value: ownership is being transferred to this node
 NOT_MOVING = -1  # moving_from value: no transfer of the key is in flight
+SENDER_UNKNOWN = -2  # moving_from value: in flight from a sender that may have died (recovery)
 INIT_CHUNK = 1 << 16
 
 Array = npt.NDArray[Any]
@@ -122,6 +123,27 @@ class TableStore:
             else:
                 rows = rng.uniform(-init.scale, init.scale, size=(end - first, dim))
             self.values[first + mine] = rows[mine].astype(dtype, copy=False)
+
+    def reset_rows(self, keys: npt.NDArray[np.int64]) -> None:
+        """Give ``keys`` their initial values again (and empty updater state)."""
+        for state in self.states:
+            state[keys] = 0
+        init = self.spec.init
+        if init.kind == InitKind.ZEROS:
+            self.values[keys] = 0
+            return
+        chunks = keys // INIT_CHUNK
+        for chunk in np.unique(chunks):
+            first = int(chunk) * INIT_CHUNK
+            end = min(first + INIT_CHUNK, self.spec.num_keys)
+            rng = np.random.default_rng([init.seed, self.index, int(chunk)])
+            shape = (end - first, self.spec.dim)
+            if init.kind == InitKind.NORMAL:
+                rows = rng.normal(0.0, init.scale, size=shape)
+            else:
+                rows = rng.uniform(-init.scale, init.scale, size=shape)
+            chosen = keys[chunks == chunk]
+            self.values[chosen] = rows[chosen - first].astype(self.layout.dtype, copy=False)
 
     def metadata_bytes(self) -> int:
         """Bytes of per-key bookkeeping this node keeps for the table."""

@@ -241,7 +241,7 @@ class Cluster:
             store = server.stores[0]
             assert not (store.loc == INCOMING).any(), f"node {node} still expects keys"
             assert not any(server.pending), f"node {node} has queued requests"
-            assert not server.migrations.held, f"node {node} holds requests"
+            assert not server.gate.held, f"node {node} holds requests"
             assert not server.future, f"node {node} waits for an epoch"
             assert server.shard_map.epoch == self.shard_map.epoch
             assert not any(server.waiting), f"node {node} has relocations waiting"

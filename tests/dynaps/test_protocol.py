@@ -84,6 +84,9 @@ def data_messages() -> list[Message]:
             states=(state_rows[:2], state_rows[:2] * 3),
             **base,
         ),
+        Message(MsgType.OWNERS, count=4, aux=1, keys=KEYS, **base),
+        Message(MsgType.REPLICATE, count=4, aux=0, keys=KEYS, positions=POSITIONS, values=VALUES, **base),
+        Message(MsgType.WRITEBACK, count=4, aux=0, keys=KEYS, values=VALUES, **base),
         Message(MsgType.LOCALIZED, count=4, **base),
         Message(MsgType.ERROR, text="something went wrong: ünïcode", **base),
     ]

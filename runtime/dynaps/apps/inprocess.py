@@ -23,6 +23,21 @@ Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]
 
 
+class Done:
+    """An operation that completed at once (what ``wait=False`` returns here)."""
+
+    __slots__ = ("out",)
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.out
+
+
 class ArrayTable:
     """A table held in this process: ``num_keys x dim`` values plus the updater's state."""
 
@@ -46,20 +61,23 @@ class ArrayTable:
     def pull(self, keys: Any, *, wait: bool = True) -> Any:
         keys = self._keys(keys)
         self._counters["keys_pulled_local"] += len(keys)
-        return self.values.take(keys, axis=0)
+        out = self.values.take(keys, axis=0)
+        return out if wait else Done(out)
 
-    def push(self, keys: Any, updates: Any, *, wait: bool = True) -> None:
+    def push(self, keys: Any, updates: Any, *, wait: bool = True) -> Done | None:
         keys = self._keys(keys)
         self._counters["keys_pushed_local"] += len(keys)
         rows = np.asarray(updates, dtype=self.dtype).reshape(len(keys), self.dim)
         self.updater.apply(self.values, self.states, keys, rows)
+        return None if wait else Done()
 
-    def set(self, keys: Any, values: Any, *, wait: bool = True) -> None:
+    def set(self, keys: Any, values: Any, *, wait: bool = True) -> Done | None:
         keys = self._keys(keys)
         self.values[keys] = np.asarray(values, dtype=self.dtype).reshape(len(keys), self.dim)
+        return None if wait else Done()
 
-    def localize(self, keys: Any, *, wait: bool = True) -> None:
-        return None  # everything is local
+    def localize(self, keys: Any, *, wait: bool = True) -> Done | None:
+        return None if wait else Done()  # everything is local
 
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         return np.ones(len(self._keys(keys)), dtype=bool)

@@ -144,45 +144,55 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 
 
 def _epoch(entities: Any, relations: Any, model: Model, triples: Any, config: Config, moving: bool) -> float:
-    """One pass in minibatches; entities are localized ``ahead`` minibatches before use.
+    """One pass in minibatches, hiding latency three ways (identically for static and dynamic):
 
-    Localizes go out for ``ahead`` minibatches at once (one request per home instead of
-    one per minibatch).  Pushes are asynchronous, with ``ahead + 1`` minibatches in
-    flight: a gradient for a key that moved on meanwhile need not stall the next step.
+    * with dynamic allocation, entities are localized ``ahead`` minibatches before use,
+      for ``ahead`` minibatches at once (one request per home, not one per minibatch);
+    * the next minibatch's parameters are pulled asynchronously while this one computes
+      (so it may miss this minibatch's updates to shared keys: staleness one);
+    * pushes are asynchronous, ``ahead + 1`` minibatches in flight.
     """
     starts = list(range(0, len(triples), config.batch))
     batches = [triples[first : first + config.batch] for first in starts]
     ahead = max(1, config.ahead)
-    queue: deque[Any] = deque()
+    negatives: deque[Any] = deque()
     pushes: deque[list[Any]] = deque()
     loss = 0.0
+    upcoming = _pull_ahead(entities, relations, batches[0]) if batches else None
     for step, batch in enumerate(batches):
         if moving and step % ahead == 0:
-            upcoming = batches[step if step == 0 else step + ahead : step + 2 * ahead]
-            if upcoming:
-                wanted = np.concatenate([np.concatenate([b[:, 0], b[:, 2]]) for b in upcoming])
-                entities.localize(wanted, wait=False)
-        while len(queue) <= ahead and step + len(queue) < len(batches):
-            queue.append(entities.prepare_sample(2 * config.neg * len(batches[step + len(queue)])))
-        step_loss, handles = _step(entities, relations, model, batch, queue.popleft(), config)
+            chunk = batches[step if step == 0 else step + ahead : step + 2 * ahead]
+            if chunk:
+                entities.localize(
+                    np.concatenate([np.concatenate([b[:, 0], b[:, 2]]) for b in chunk]), wait=False
+                )
+        while len(negatives) <= ahead and step + len(negatives) < len(batches):
+            negatives.append(entities.prepare_sample(2 * config.neg * len(batches[step + len(negatives)])))
+        current = upcoming
+        if step + 1 < len(batches):
+            upcoming = _pull_ahead(entities, relations, batches[step + 1])
+        step_loss, handles = _step(entities, relations, model, batch, current, negatives.popleft(), config)
         loss += step_loss
         pushes.append(handles)
         if len(pushes) > ahead + 1:
             for handle in pushes.popleft():
-                if handle is not None:
-                    handle.result()
+                handle.result()
     return loss
 
 
+def _pull_ahead(entities: Any, relations: Any, batch: Any) -> tuple[Any, Any]:
+    ends = entities.pull(np.concatenate([batch[:, 0], batch[:, 2]]), wait=False)
+    return ends, relations.pull(batch[:, 1], wait=False)
+
+
 def _step(
-    entities: Any, relations: Any, model: Model, batch: Any, negatives: Any, config: Config
+    entities: Any, relations: Any, model: Model, batch: Any, pulled: Any, negatives: Any, config: Config
 ) -> tuple[float, list[Any]]:
     h_keys, r_keys, t_keys = batch[:, 0], batch[:, 1], batch[:, 2]
     n, size = config.neg, len(batch)
-    ends = entities.pull(np.concatenate([h_keys, t_keys]))
     neg_keys, neg_vals = entities.pull_sample(negatives, 2 * n * size)
     entities.finish_sample(negatives)
-    rels = relations.pull(r_keys)
+    ends, rels = pulled[0].result(), pulled[1].result()
     h, t = ends[:size], ends[size:]
     tneg = neg_vals[: n * size].reshape(size, n, -1)
     hneg = neg_vals[n * size :].reshape(size, n, -1)

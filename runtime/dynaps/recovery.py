@@ -1,0 +1,215 @@
+"""Rebuilding a lost server's shards at their new home.
+
+When a server dies, the coordinator gives each of its shards a new home (its backup
+under ``replication: 1``, else the least loaded server) in a new epoch and tells the new
+home to RECOVER them.  The new home:
+
+1. holds the requests for those shards (:mod:`dynaps.gate`);
+2. asks every live node which of the shards' keys it holds or expects (OWNERS_QUERY);
+   nodes answer with two OWNERS messages per table (held, expected);
+3. rebuilds the directory: a key someone holds stays there; a key someone expects is
+   theirs once it arrives (if its sender died, the home re-sends its own copy after a
+   grace period, applied only if the key is still expected); a key nobody holds is
+   the home's own, with the value of its replica (kept by this server as the backup),
+   else of the last checkpoint, else the table's initial value;
+4. releases the held requests and reports RECOVERED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.checkpoint import load_keys, resolve
+from dynaps.migration import shard_keys
+from dynaps.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType, control_frames
+from dynaps.routing import group_by
+from dynaps.store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
+
+if TYPE_CHECKING:
+    from dynaps.node import NodeServer
+
+log = logging.getLogger(__name__)
+
+HELD = 1  # OWNERS aux: keys the reporting node holds
+EXPECTED = 2  # OWNERS aux: keys on their way to the reporting node
+RESEND_AFTER = 1.0  # seconds before re-sending keys whose sender may have died
+
+Keys = npt.NDArray[np.int64]
+
+
+@dataclass
+class Rebuild:
+    id: int
+    shards: npt.NDArray[np.int64]
+    source: str  # "replica", "checkpoint" or "initial"
+    waiting_for: set[int]
+    held: list[dict[int, Keys]] = field(default_factory=list)  # per table: node -> keys held
+    expected: list[dict[int, Keys]] = field(default_factory=list)
+
+
+def report_owners(
+    server: NodeServer, requester: int, recovery_id: int, shards: npt.NDArray[np.int64]
+) -> None:
+    """Answer an OWNERS_QUERY: which keys of ``shards`` this node holds and expects."""
+    for table, store in enumerate(server.stores):
+        keys = shard_keys(store, shards, server.shard_map)
+        server.lock.acquire()
+        try:
+            loc = store.loc[keys]
+            held = keys[loc == server.me]
+            expected = keys[loc == INCOMING]
+        finally:
+            server.lock.release()
+        for kind, chosen in ((HELD, held), (EXPECTED, expected)):
+            msg = Message(
+                MsgType.OWNERS, server.me, server.me, recovery_id, table, len(chosen), aux=kind, keys=chosen
+            )
+            if requester == server.me:
+                server.recoveries.on_owners(msg)  # a node does not message itself
+            else:
+                server.send(requester, msg)
+
+
+class Recoveries:
+    """A home's shard rebuilds in progress, and the re-sends they scheduled."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self.running: dict[int, Rebuild] = {}
+        self.resend: list[tuple[float, int, Keys]] = []  # (when, table, keys) to re-send if still moving
+
+    def start(self, recovery_id: int, shards: list[int], source: str, nodes: set[int]) -> None:
+        server = self.server
+        chosen = np.asarray(shards, dtype=np.int64)
+        server.gate.block(chosen, server.shard_map.num_shards)
+        tables = len(server.stores)
+        rebuild = Rebuild(
+            recovery_id, chosen, source, set(nodes), [{} for _ in range(tables)], [{} for _ in range(tables)]
+        )
+        self.running[recovery_id] = rebuild
+        log.warning("node %d: rebuilding %d shards of a lost server (%s)", server.me, len(chosen), source)
+        body = {"id": recovery_id, "shards": shards}
+        for node in sorted(nodes):
+            if node == server.me:
+                report_owners(server, server.me, recovery_id, chosen)
+            else:
+                server.transport.send(node, control_frames(MsgType.OWNERS_QUERY, server.me, body))
+
+    def on_owners(self, msg: Message) -> None:
+        rebuild = self.running.get(msg.req_id)
+        if rebuild is None or msg.keys is None:
+            return
+        target = rebuild.held if msg.aux == HELD else rebuild.expected
+        target[msg.table][msg.sender] = msg.keys
+        complete = all(
+            msg.sender in rebuild.held[t] and msg.sender in rebuild.expected[t]
+            for t in range(len(rebuild.held))
+        )
+        if complete:
+            rebuild.waiting_for.discard(msg.sender)
+        if not rebuild.waiting_for:
+            self._finish(rebuild)
+
+    def forget_node(self, node: int) -> None:
+        """A node died during a rebuild: do not wait for its answer."""
+        for rebuild in list(self.running.values()):
+            rebuild.waiting_for.discard(node)
+            for table in range(len(rebuild.held)):
+                rebuild.held[table].pop(node, None)
+                rebuild.expected[table].pop(node, None)
+            if not rebuild.waiting_for:
+                self._finish(rebuild)
+
+    def _finish(self, rebuild: Rebuild) -> None:
+        server = self.server
+        del self.running[rebuild.id]
+        checkpoint = None
+        if rebuild.source == "checkpoint":
+            checkpoint = resolve(server.checkpoint_root, "latest")
+        for table, store in enumerate(server.stores):
+            self._rebuild_table(table, store, rebuild, checkpoint)
+        server.gate.unblock(rebuild.shards)
+        server.release_gate()
+        server.transport.send(COORDINATOR, control_frames(MsgType.RECOVERED, server.me, {"id": rebuild.id}))
+        log.warning("node %d: shards rebuilt", server.me)
+
+    def _rebuild_table(self, table: int, store: TableStore, rebuild: Rebuild, checkpoint: object) -> None:
+        server = self.server
+        assert store.owner is not None
+        assert store.moving_from is not None
+        keys = shard_keys(store, rebuild.shards, server.shard_map)
+        mine = np.zeros(store.spec.num_keys, dtype=np.bool_)
+        mine[keys] = True
+        server.lock.acquire()
+        try:
+            store.owner[keys] = server.me
+            store.moving_from[keys] = NOT_MOVING
+            for node, held in rebuild.held[table].items():
+                store.owner[held] = node
+                mine[held] = False
+            waiting = []
+            for node, expected in rebuild.expected[table].items():
+                free = expected[mine[expected]]  # nobody holds them: they are on their way to ``node``
+                store.owner[free] = node
+                store.moving_from[free] = SENDER_UNKNOWN  # perhaps sent by the dead server
+                mine[free] = False
+                waiting.append(free)
+            orphans = np.flatnonzero(mine)
+            if rebuild.source == "checkpoint" and checkpoint is not None:
+                wanted = np.zeros(store.spec.num_keys, dtype=np.bool_)
+                wanted[orphans] = True
+                load_keys(store, checkpoint, wanted)  # type: ignore[arg-type]
+            elif rebuild.source == "initial":
+                store.reset_rows(orphans)
+            store.loc[orphans] = server.me
+        finally:
+            server.lock.release()
+        server.stats["keys_rebuilt"] += len(orphans)
+        if waiting:
+            self.resend.append((time.monotonic() + RESEND_AFTER, table, np.concatenate(waiting)))
+
+    def tick(self, now: float) -> None:
+        """Re-send keys that are still expected somewhere once their grace period ended."""
+        due = [item for item in self.resend if item[0] <= now]
+        if not due:
+            return
+        self.resend = [item for item in self.resend if item[0] > now]
+        server = self.server
+        for _, table, keys in due:
+            store = server.stores[table]
+            assert store.moving_from is not None
+            assert store.owner is not None
+            server.lock.acquire()
+            try:
+                still = keys[store.moving_from[keys] == SENDER_UNKNOWN]
+                targets = store.owner[still]
+                values = store.values.take(still, axis=0)
+                states = tuple(state.take(still, axis=0) for state in store.states)
+            finally:
+                server.lock.release()
+            for target, part in group_by(targets):
+                chosen = still if part is None else still[part]
+                rows = values if part is None else values[part]
+                extra = states if part is None else tuple(s[part] for s in states)
+                server.send(
+                    target,
+                    Message(
+                        MsgType.TRANSFER,
+                        server.me,
+                        NO_ENDPOINT,
+                        0,
+                        table,
+                        len(chosen),
+                        aux=len(extra),
+                        flags=RECOVERY,
+                        keys=chosen,
+                        values=rows,
+                        states=extra,
+                    ),
+                )

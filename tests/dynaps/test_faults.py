@@ -1,0 +1,100 @@
+"""Crashes with real processes: SIGKILL of servers and workers, checkpoints, recovery."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import dynaps
+
+pytestmark = pytest.mark.integration
+
+NUM_KEYS = 1000
+TABLES = {"W": dynaps.TableSpec(num_keys=NUM_KEYS, dim=2)}
+
+
+def push_everything(ps: dynaps.PS, times: int) -> None:
+    W = ps.table("W")
+    keys = np.arange(NUM_KEYS)
+    for _ in range(times):
+        W.push(keys, np.ones((NUM_KEYS, 2)))
+    ps.barrier()
+
+
+def localize_slice(ps: dynaps.PS) -> None:
+    ps.table("W").localize(np.arange(ps.rank * 100, ps.rank * 100 + 50))
+    ps.barrier()
+
+
+def read_all(ps: dynaps.PS) -> np.ndarray:
+    return ps.table("W").pull(np.arange(NUM_KEYS))[:, 0]
+
+
+def homes(cluster: dynaps.LocalCluster, server: str) -> np.ndarray:
+    """The keys homed on ``server`` (range partition over the shard map)."""
+    status = cluster.status()
+    node = next(m["id"] for m in status["members"] if m["name"] == server)
+    shards_per = status["shardsPerServer"]
+    num_shards = sum(shards_per.values())
+    return np.flatnonzero(np.asarray(cluster.run(shard_homes, num_shards)[0]) == node)
+
+
+def shard_homes(ps: dynaps.PS, num_shards: int) -> list[int]:
+    keys = np.arange(NUM_KEYS)
+    return ps.shard_map.home_of(keys, NUM_KEYS).tolist()
+
+
+def test_a_killed_server_is_rebuilt_from_the_last_checkpoint() -> None:
+    with dynaps.LocalCluster(servers=2, workers=2, tables=TABLES, num_shards=16) as cluster:
+        cluster.run(push_everything, 2)
+        cluster.run(localize_slice)
+        checkpoint = cluster.checkpoint()
+        assert checkpoint["keys"] == NUM_KEYS, "every key is written exactly once"
+        lost_keys = homes(cluster, "server-1")
+        cluster.run(push_everything, 3)  # these increments are lost on server-1's own keys
+        killed_at = time.monotonic()
+        cluster.kill("server-1")
+        values = cluster.run(read_all)[0]
+        recovery = time.monotonic() - killed_at
+        localized = np.concatenate([np.arange(0, 50), np.arange(100, 150)])
+        rebuilt = np.setdiff1d(lost_keys, localized)
+        assert len(rebuilt) > 100
+        np.testing.assert_array_equal(values[rebuilt], 4.0)  # 2 pushes each by 2 workers
+        survivors = np.setdiff1d(np.arange(NUM_KEYS), rebuilt)
+        np.testing.assert_array_equal(values[survivors], 10.0)
+        status = cluster.status()
+        assert len(status["shardsPerServer"]) == 1
+        assert status["lost"]
+        cluster.run(push_everything, 1)  # training goes on
+        np.testing.assert_array_equal(cluster.run(read_all)[0][survivors], 12.0)
+        assert recovery < 10
+
+
+def test_a_job_starts_from_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with dynaps.LocalCluster(servers=2, workers=1, tables=TABLES, checkpoint_dir=str(tmp_path)) as cluster:
+        cluster.run(push_everything, 3)
+        cluster.checkpoint()
+    with dynaps.LocalCluster(
+        servers=3, workers=2, tables=TABLES, checkpoint_dir=str(tmp_path), restore_from="latest"
+    ) as cluster:
+        np.testing.assert_array_equal(cluster.run(read_all)[0], 3.0)
+
+
+def test_a_killed_worker_leaves_no_process_and_the_job_goes_on() -> None:
+    with dynaps.LocalCluster(servers=2, workers=3, tables=TABLES) as cluster:
+        cluster.run(push_everything, 1)
+        pids = cluster.pids()
+        cluster.kill("worker-2")
+        for name in ("worker-2", "runner-2"):
+            assert not psutil.pid_exists(pids[name]) or psutil.Process(pids[name]).status() == "zombie"
+        values = cluster.run(read_all)
+        assert len(values) == 2
+        np.testing.assert_array_equal(values[0], 3.0)
+        deadline = time.monotonic() + 10
+        while cluster.status()["workers"]["ready"] != 2:  # heartbeats stop: declared lost
+            assert time.monotonic() < deadline, cluster.status()
+            time.sleep(0.05)
+        assert cluster.status()["lost"]
