@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from dynaps.contract import RuntimeConfig
@@ -22,6 +24,10 @@ from tests.kube.kubeapi import ApiError, KubeClient, namespaced
 from tests.kube.polling import wait_for
 
 LONG_EPOCHS = 200
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def suspend(kube_api: KubeClient, namespace: str, name: str, value: bool) -> None:
@@ -89,9 +95,8 @@ def test_resume_restores_the_checkpoint_taken_when_suspended(
     assert not unsupported, unsupported
     checkpoint = status.get("lastCheckpoint")
     assert checkpoint is not None, status
-    assert (
-        checkpoint["time"] >= condition_of(get_job(kube_api, ns, "ckpt"), "Suspended")["lastTransitionTime"]
-    )
+    suspended_at = condition_of(get_job(kube_api, ns, "ckpt"), "Suspended")["lastTransitionTime"]
+    assert parse_time(checkpoint["time"]) >= parse_time(suspended_at)
     suspend(kube_api, ns, "ckpt", False)
     wait_for(lambda: len(pods_of(kube_api, ns, "ckpt")) == 4, 15, "the resumed job's pods")
     config = RuntimeConfig.from_json(
