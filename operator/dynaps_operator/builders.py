@@ -31,6 +31,9 @@ IDENTITY_ENV = frozenset(
     {CONFIG_FILE_ENV, "DYNAPS_NODE_NAME", "DYNAPS_RANK", "DYNAPS_BIND_HOST", "DYNAPS_ADVERTISE_HOST"}
 )
 COORDINATOR_GRACE_SECONDS = 30
+# After the job ends, the coordinator keeps answering GET /status until the operator has read the
+# final document once (or this many seconds passed), so the final metrics reach the job's status.
+COORDINATOR_LINGER_SECONDS = 10
 # A node that is asked to stop hands its keys back first; give it the drain timeout plus a margin.
 NODE_GRACE_MARGIN_SECONDS = 15
 
@@ -156,9 +159,11 @@ def _command(job: ParameterServerJob, role: Role) -> list[str]:
 
 
 def _default_layer(job: ParameterServerJob, role: Role, log_level: str) -> JsonDict:
+    env = [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}]
     if role is Role.COORDINATOR:
         probe: JsonDict = {"httpGet": {"path": "/healthz", "port": names.COORDINATOR_HTTP_PORT}}
         grace = COORDINATOR_GRACE_SECONDS
+        env.append({"name": "DYNAPS_COORDINATOR_LINGER_SECONDS", "value": str(COORDINATOR_LINGER_SECONDS)})
     else:
         probe = {"tcpSocket": {"port": names.NODE_PORT}}
         grace = job.spec.rebalance_policy.drain_timeout_seconds + NODE_GRACE_MARGIN_SECONDS
@@ -172,7 +177,7 @@ def _default_layer(job: ParameterServerJob, role: Role, log_level: str) -> JsonD
                 {
                     "name": names.CONTAINER,
                     "image": job.spec.image,
-                    "env": [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}],
+                    "env": env,
                     "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 3},
                     # On failure the last log lines become the termination message, which the
                     # operator quotes in its Event and condition.

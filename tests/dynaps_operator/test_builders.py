@@ -39,6 +39,7 @@ def test_coordinator_pod_probes_its_http_endpoint() -> None:
     assert container["command"] == ["dynaps", "coordinator"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     assert "DYNAPS_RANK" not in env(pod)
+    assert env(pod)["DYNAPS_COORDINATOR_LINGER_SECONDS"] == "10"
 
 
 def test_template_adds_what_it_likes_but_cannot_change_the_identity() -> None:
