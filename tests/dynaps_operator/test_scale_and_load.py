@@ -10,6 +10,7 @@ import pytest
 from dynaps_operator.runner import OperatorThread
 from tests.dynaps_operator.conftest import (
     create_job,
+    events_of,
     get_job,
     jobs_path,
     pods_of,
@@ -23,6 +24,20 @@ from tests.kube.polling import wait_for
 JOBS = 20
 # A worker that attaches and then waits: the job stays Running at almost no CPU cost.
 IDLE_WORKER = ["python", "-c", "import time, dynaps; dynaps.connect(); time.sleep(600)"]
+# A worker that keeps touching a table until it is asked to drain (dynaps.Drained), then exits 0.
+DRAINABLE_WORKER = [
+    "python",
+    "-c",
+    "import time, dynaps\n"
+    "ps = dynaps.connect()\n"
+    "rows = ps.table('rows')\n"
+    "try:\n"
+    "    while True:\n"
+    "        rows.pull([ps.rank])\n"
+    "        time.sleep(0.1)\n"
+    "except dynaps.Drained:\n"
+    "    pass\n",
+]
 
 
 @pytest.mark.e2e
@@ -33,7 +48,7 @@ def test_kubectl_scale_adds_a_worker_through_the_coordinator(
     POST /scale and live joins."""
     ns = kube_namespace
     job = quickstart_job("grow")
-    job["spec"]["workers"].update(command=IDLE_WORKER, args=[], maxReplicas=4)
+    job["spec"]["workers"].update(command=DRAINABLE_WORKER, args=[], maxReplicas=4)
     create_job(kube_api, ns, job)
     wait_phase(kube_api, ns, "grow", {"Running"}, 60)
     kube_control_plane.kubectl("scale", "psjob", "grow", "-n", ns, "--replicas=3")
@@ -91,3 +106,31 @@ def test_twenty_jobs_applied_at_once_all_reach_running(
     for i in range(JOBS):  # stop the idle workers now rather than with the namespace
         kube_api.delete(jobs_path(ns, f"many-{i}"))
     wait_for(lambda: not kube_api.items(namespaced("pods", ns)), 120, "the jobs' pods to go")
+
+
+@pytest.mark.e2e
+def test_kubectl_scale_in_drains_the_surplus_worker_then_deletes_it(
+    operator: OperatorThread, kube_control_plane: ControlPlane, kube_api: KubeClient, kube_namespace: str
+) -> None:
+    """Needs the runtime's POST /drain: the node hands its keys away and exits 0."""
+    ns = kube_namespace
+    job = quickstart_job("shrink", workers=3, rebalancePolicy={"drainTimeoutSeconds": 30})
+    job["spec"]["workers"].update(command=DRAINABLE_WORKER, args=[])
+    create_job(kube_api, ns, job)
+    wait_phase(kube_api, ns, "shrink", {"Running"}, 60)
+    kube_control_plane.kubectl("scale", "psjob", "shrink", "-n", ns, "--replicas=2")
+    wait_for(
+        lambda: any(e["reason"] == "ScalingIn" for e in events_of(kube_api, ns, "shrink")),
+        10,
+        "the operator to ask for a drain",
+    )
+    wait_for(
+        lambda: "shrink-worker-2" not in {p["metadata"]["name"] for p in pods_of(kube_api, ns, "shrink")},
+        60,
+        "the drained worker's pod to go (well before the 30 s drain timeout)",
+    )
+    drained = [e["message"] for e in events_of(kube_api, ns, "shrink") if e["reason"] == "DeletingPods"]
+    assert any("has left the job" in m for m in drained), drained  # it drained; not deleted on a timeout
+    job_now = wait_phase(kube_api, ns, "shrink", {"Running"}, 30)
+    assert job_now["status"]["workers"]["summary"] == "2/2"
+    assert (job_now["status"]["restarts"], job_now["status"]["preemptions"]) == (0, 0)
