@@ -291,7 +291,9 @@ def _settle(
     all_ready = len(wanted) == 1 + job.spec.servers.replicas + job.spec.workers.replicas and all(
         pod.alive and pod.ready for pod in wanted
     )
-    running = o.coordinator.running if o.coordinator is not None else all_ready and not found.recovering
+    c = o.coordinator
+    # While the coordinator ends the job (and lingers to report it) the job still counts as running.
+    running = (c.running or c.ending) if c is not None else (all_ready and not found.recovering)
     if found.recovering:
         message = "recovering: " + "; ".join(found.recovering)
         phase = (

@@ -49,6 +49,18 @@ def test_running_when_the_coordinator_says_so_and_the_status_then_settles() -> N
     assert not again.delete
 
 
+def test_a_job_that_is_ending_stays_running_until_the_coordinator_exits() -> None:
+    p = started()
+    ending = running_coordinator(phase="stopping", exit_code=0, metrics={"rmse": 0.3})
+    pods = full_set()
+    pods[2] = pod(Role.WORKER, 0, exit_code=0)
+    again = plan(observed(pods=pods, status=p.status, memory=p.memory, coordinator=ending))
+    assert again.status.phase == JobPhase.RUNNING
+    assert not again.delete
+    assert not again.create
+    assert again.memory.last_coordinator == ending
+
+
 def test_coordinator_exit_zero_is_success_with_the_final_metrics() -> None:
     p = started()
     pods = full_set()
