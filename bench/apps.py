@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 import dynaps
 from dynaps.apps import kge, mf
 from dynaps.apps.inprocess import InProcessPS
 
 RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("baseline", "dynamic", "static")
 
 # the workload named in the targets: 20k x 20k, rank 32, 2M entries, Zipf(1.0), batch 1000, lr 0.05
 MF = mf.Config(epochs=3, rows=20_000, cols=20_000, rank=32, entries=2_000_000, batch=1000, lr=0.05, zipf=1.0)
@@ -55,43 +57,68 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def preload(ps: Any, app: str, config: Any) -> int:
+    """Generate the data in a worker before the timed run (runs in LocalCluster's runners)."""
+    getattr(__import__("dynaps.apps", fromlist=[app]), app).load(config)
+    return ps.rank
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes: a figure the machine's load hardly changes."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def run_variant(module: Any, config: Any, variant: str, nodes: int = 2) -> dict[str, Any]:
-    """Train ``config`` as ``variant``; returns rank 0's epoch reports and the load around it."""
-    before = load_average()
-    started = time.perf_counter()
+    """Train ``config`` as ``variant``: rank 0's epoch reports, CPU time and the load around it."""
+    app = module.__name__.rsplit(".", 1)[-1]
     if variant == "baseline":
         module.load(config)  # data generation is not training time
+        before, started, cpu = load_average(), time.perf_counter(), time.process_time()
         reports = module.train(InProcessPS(module.tables(config)), dataclasses.replace(config, quiet=True))
+        cpu = time.process_time() - cpu
     else:
         tables = module.tables(config)
         chosen = dataclasses.replace(config, allocation=variant, quiet=True)
         with dynaps.LocalCluster(servers=nodes, workers=nodes, tables=tables, allocation=variant) as cluster:
+            cluster.run(preload, app, chosen)
+            pids = list(cluster.pids().values())
+            before, started, cpu = load_average(), time.perf_counter(), cpu_seconds(pids)
             reports = cluster.run(module.train, chosen)[0]
+            cpu = cpu_seconds(pids) - cpu
     return {
         "variant": variant,
         "nodes": nodes,
         "epochs": reports,
         "wall_s": time.perf_counter() - started,
+        "cpu_s": cpu,
         "load_before": before,
         "load_after": load_average(),
     }
 
 
-def summarise(run: dict[str, Any], quality_key: str) -> dict[str, Any]:
-    epochs = run["epochs"]
-    seconds = [e["seconds"] for e in epochs]
+def summarise(runs: list[dict[str, Any]], quality_key: str) -> dict[str, Any]:
+    """Figures of one variant over its repeated runs: medians of the per-run means."""
+    per_run = [statistics.fmean(e["seconds"] for e in run["epochs"]) for run in runs]
+    epochs = [e for run in runs for e in run["epochs"]]
+    quality = [run["epochs"][-1]["quality"].get(quality_key, float("nan")) for run in runs]
     return {
-        "variant": run["variant"],
-        "nodes": run["nodes"],
-        "epoch_s_mean": statistics.fmean(seconds),
-        "epoch_s_min": min(seconds),
-        "epoch_s": seconds,
-        "keys_per_s": statistics.fmean(e["keys_per_second"] for e in epochs),
+        "variant": runs[0]["variant"],
+        "nodes": runs[0]["nodes"],
+        "epoch_s_mean": statistics.median(per_run),  # median over repeats of the mean epoch time
+        "epoch_s_runs": per_run,
+        "epoch_s_min": min(e["seconds"] for e in epochs),
+        "cpu_s_per_epoch": statistics.median(run["cpu_s"] / len(run["epochs"]) for run in runs),
+        "keys_per_s": statistics.median(e["keys_per_second"] for e in epochs),
         "local_share": statistics.fmean(e["local_share"] for e in epochs),
-        "quality": epochs[-1]["quality"].get(quality_key, float("nan")),
+        "quality": statistics.fmean(quality),
+        "quality_runs": quality,
         "quality_name": quality_key,
-        "loss": epochs[-1]["loss"],
-        "load": [run["load_before"], run["load_after"]],
+        "loss": statistics.fmean(run["epochs"][-1]["loss"] for run in runs),
+        "load": [[run["load_before"], run["load_after"]] for run in runs],
     }
 
 
@@ -117,6 +144,10 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rmse = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
     spread = (max(rmse) - min(rmse)) / min(rmse)
     add("mf: test RMSE spread over the variants (relative)", spread, "<= 0.03", spread <= 0.03)
+    for name in ("mf", "kge"):  # CPU time of all the job's processes: what load does not distort
+        v = doc["workloads"][name]["variants"]
+        ratio = v["static"]["cpu_s_per_epoch"] / v["dynamic"]["cpu_s_per_epoch"]
+        add(f"{name}: static / dynamic CPU seconds per epoch (info)", ratio, "(no target)", True)
     v = doc["workloads"]["kge"]["variants"]
     mrr = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
     spread = max(mrr) - min(mrr)
@@ -157,26 +188,31 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 def main_apps(args: argparse.Namespace) -> dict[str, Any]:
     mf_config, kge_config = (MF_QUICK, KGE_QUICK) if args.quick else (MF, KGE)
-    doc: dict[str, Any] = {"workloads": {}}
+    doc: dict[str, Any] = {"workloads": {}, "repeat": args.repeat}
     for name, module, config, key in (
         ("mf", mf, mf_config, "test RMSE"),
         ("kge", kge, kge_config, "MRR"),
     ):
-        result: dict[str, Any] = {"config": dataclasses.asdict(config), "variants": {}, "runs": {}}
-        for variant in ("baseline", "dynamic", "static"):
-            print(f"{name}: {variant} ...", file=sys.stderr, flush=True)
-            run = run_variant(module, config, variant)
-            s = summarise(run, key)
-            result["variants"][variant] = s
-            result["runs"][variant] = run["epochs"]
-            print(
-                f"  {s['epoch_s_mean']:8.2f} s/epoch (min {s['epoch_s_min']:.2f})  "
-                f"{s['keys_per_s']:12,.0f} keys/s  local {100 * s['local_share']:5.1f}%  "
-                f"{key} {s['quality']:.4f}  (load {s['load'][0]:.1f} -> {s['load'][1]:.1f})",
-                file=sys.stderr,
-                flush=True,
-            )
-        doc["workloads"][name] = result
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        for repeat in range(args.repeat):  # variants interleaved, so load drift hits all alike
+            for variant in VARIANTS:
+                print(f"{name}: {variant} (run {repeat + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+                run = run_variant(module, config, variant)
+                runs[variant].append(run)
+                print(
+                    f"  {statistics.fmean(e['seconds'] for e in run['epochs']):8.2f} s/epoch  "
+                    f"{run['cpu_s'] / len(run['epochs']):6.2f} CPU s/epoch  "
+                    f"local {100 * run['epochs'][-1]['local_share']:5.1f}%  "
+                    f"{key} {run['epochs'][-1]['quality'].get(key, float('nan')):.4f}  "
+                    f"(load {run['load_before']:.1f} -> {run['load_after']:.1f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        doc["workloads"][name] = {
+            "config": dataclasses.asdict(config),
+            "variants": {v: summarise(runs[v], key) for v in VARIANTS},
+            "runs": {v: runs[v][-1]["epochs"] for v in VARIANTS},
+        }
     doc["targets"] = targets(doc)
     return doc
 
@@ -188,7 +224,7 @@ def main_scaling(args: argparse.Namespace) -> dict[str, Any]:
     for nodes in nodes_list:
         for variant in ("static", "dynamic"):
             print(f"scaling: {variant} at {nodes} nodes ...", file=sys.stderr, flush=True)
-            s = summarise(run_variant(mf, config, variant, nodes), "test RMSE")
+            s = summarise([run_variant(mf, config, variant, nodes)], "test RMSE")
             rows.append(s)
             print(
                 f"  {s['epoch_s_mean']:8.2f} s/epoch  test RMSE {s['quality']:.4f}",
@@ -244,6 +280,7 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run of the whole benchmark"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved (default 1)")
     parser.add_argument("--scaling", action="store_true", help="run the multi-node MF scaling run instead")
     parser.add_argument("--scaling-size", choices=["full", "tiny"], default="full", help="tiny: a smoke test")
     parser.add_argument(

@@ -188,6 +188,11 @@ class Progress:
         self.started = 0.0
         self._accesses = (0.0, 0.0)
 
+    def note(self, text: str) -> None:
+        """One line about the run (rank 0 only), before the epochs start."""
+        if not self.quiet:
+            print(f"[{self.app}] {text}", flush=True)
+
     def start_epoch(self) -> None:
         self.ps.barrier()
         self.meter.take()

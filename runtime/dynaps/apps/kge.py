@@ -117,6 +117,10 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     mine = data.train[rel_part[data.train[:, 1]] == me]
     test = data.test if not config.eval_triples else data.test[: config.eval_triples]
     my_test = test[me::workers]
+    progress.note(
+        f"{config.model}: {num_e:,} entities, {num_r} relations, {len(data.train):,} training triples, "
+        f"{workers} workers, allocation {'dynamic' if moving else 'static'}"
+    )
     known = KnownTriples(np.concatenate([data.train, data.valid, data.test]), num_e, num_r)
 
     strategy = config.neg_strategy if moving else "naive"

@@ -81,6 +81,10 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     me, workers = ps.rank, ps.num_workers
     owner = np.arange(len(data)) * workers // len(data)  # contiguous shares of the examples
     mine = data.rows(np.flatnonzero(owner == me))
+    progress.note(
+        f"{len(data):,} training and {len(test):,} test examples, {data.num_features:,} features, "
+        f"{workers} workers, allocation {'dynamic' if moving else 'static'}"
+    )
     if moving:
         # features that only this worker's examples contain: nobody else will ask for them
         row_owner = np.repeat(owner, np.diff(data.indptr))

@@ -108,6 +108,10 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     blocks = [mine.subset(block_of == b) for b in range(workers)]
     col_keys = [np.flatnonzero(col_part == b) for b in range(workers)]
     my_test = test.subset(row_part[test.row] == me)
+    progress.note(
+        f"{len(data):,} training and {len(test):,} test entries of a {data.rows:,} x {data.cols:,} matrix, "
+        f"rank {config.rank}, {workers} workers, allocation {'dynamic' if moving else 'static'}"
+    )
 
     if me == 0:  # the same start for every variant, whatever the manifest's init says
         init = np.random.default_rng([config.seed, 7])

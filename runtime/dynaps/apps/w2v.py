@@ -95,6 +95,10 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     me, workers = ps.rank, ps.num_workers
     share = slice(len(corpus.tokens) * me // workers, len(corpus.tokens) * (me + 1) // workers)
     tokens, sentence = corpus.tokens[share], corpus.sentence[share]
+    progress.note(
+        f"{len(corpus.tokens):,} tokens, {vocabulary:,} words, {workers} workers, "
+        f"allocation {'dynamic' if moving else 'static'}"
+    )
 
     strategy = config.neg_strategy if moving else "naive"
     options = {"group_size": config.pool_group, "reuse": config.pool_reuse} if strategy == "pool" else {}
