@@ -52,7 +52,17 @@ def _add_at_rows(target: Array, index: npt.NDArray[np.intp], rows: Array) -> Non
     np.add.at(target.reshape(-1), flat, rows.reshape(-1))
 
 
-def _unique(keys: Keys) -> bool:
+def _unique(keys: Keys, num_keys: int = 0) -> bool:
+    """Whether ``keys`` has no repeats.
+
+    For a table not much larger than the push, marking keys in a bitmap costs a fraction
+    of sorting them (Zipf-skewed minibatches almost always repeat keys, so this check
+    runs on every push).
+    """
+    if 0 < num_keys <= 32 * len(keys):
+        seen = np.zeros(num_keys, dtype=np.bool_)
+        seen[keys] = True
+        return int(np.count_nonzero(seen)) == len(keys)
     ordered = np.sort(keys)
     return not bool((ordered[1:] == ordered[:-1]).any())
 
@@ -61,7 +71,7 @@ def scatter_add(values: Array, keys: Keys, rows: Array) -> None:
     """``values[keys] += rows``, summing the rows of repeated keys."""
     if len(keys) == 1:
         values[keys[0]] += rows[0]
-    elif _unique(keys):
+    elif _unique(keys, len(values)):
         values[keys] += rows  # gather, add, scatter: the fastest form, valid without repeats
     else:
         _add_at_rows(values, keys, rows)
