@@ -262,6 +262,7 @@ class Table:
         counters["keys_pulled_local"] += n - len(remote)
         counters["keys_pulled_remote"] += len(remote)
         handle = ps.new_handle(MsgType.PULL, self, keys, out, len(remote))
+        handle.mask = mine.copy()  # the local part is here already
         ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
         return ps.wait(handle) if wait else handle
 
@@ -295,16 +296,26 @@ class Table:
                     store.values[local_keys] = local_rows
                 else:
                     store.updater.apply(store.values, store.states, local_keys, local_rows)
+                if store.dirty is not None:
+                    store.dirty[local_keys] = 1  # replication: our node writes them back
         finally:
             lock.release()
         ps.counters["keys_pushed_local"] += len(local_keys)
-        if remote is None:
+        through = ps.write_through and len(local_keys)
+        if remote is None and not through:
             return None if wait else ps.done_handle(kind, self.name, None)
-        ps.counters["keys_pushed_remote"] += len(remote)
         if not wait and rows is not None and not rows.flags.owndata:
             rows = rows.copy()  # the caller may reuse its array while the push is in flight
-        handle = ps.new_handle(kind, self, keys, None, len(remote), rows)
-        ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
+        pending = (0 if remote is None else len(remote)) + (len(local_keys) if through else 0)
+        handle = ps.new_handle(kind, self, keys, None, pending, rows)
+        if remote is not None and not through:
+            handle.mask = mine.copy()  # the local part is done: a retry must not apply it again
+        if through:  # acknowledged once the keys' homes (and backups) have the new rows
+            local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
+            ps.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
+        if remote is not None:
+            ps.counters["keys_pushed_remote"] += len(remote)
+            ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
         if wait:
             handle.result()
             return None
@@ -426,6 +437,8 @@ class PS:
         self.epoch = 0
         self.lost: set[int] = set()
         self.gone: set[int] = set()  # nodes that left or died: never a destination again
+        tolerance = config.fault_tolerance
+        self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
         self._members: set[int] = set()
         self.digest = ""
         self.closed = False
@@ -691,6 +704,35 @@ class PS:
         self.counters["messages_sent"] += 1
         msg.epoch = self.epoch
         self.transport.send(dest, encode(msg))
+
+    def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
+        """Write-through: send the current rows of local ``keys`` to their homes."""
+        store = self.stores[table]
+        self.lock.acquire()
+        try:
+            values = store.values.take(keys, axis=0)
+            states = tuple(state.take(keys, axis=0) for state in store.states)
+        finally:
+            self.lock.release()
+        homes = self.shard_map.home_of(keys, store.spec.num_keys)
+        for home, part in group_by(homes):
+            pick = slice(None) if part is None else part
+            self.send(
+                home,
+                Message(
+                    MsgType.WRITEBACK,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(keys[pick]),
+                    aux=len(states),
+                    keys=keys[pick],
+                    positions=positions[pick],
+                    values=values[pick],
+                    states=tuple(s[pick] for s in states),
+                ),
+            )
 
     def send_whole(
         self, kind: MsgType, dest: int, table: int, req_id: int, keys: Keys, rows: Array | None = None

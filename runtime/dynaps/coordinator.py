@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration
 JOIN_TIMEOUT = 120.0  # seconds a joining node may take to build its store
+REBALANCE_AFTER_RECOVERY = 2.0  # seconds between rebuilding a lost server's shards and moving them
 
 
 class Coordinator:
@@ -70,6 +71,7 @@ class Coordinator:
         heartbeat = config.fault_tolerance.heartbeat_interval_ms / 1000
         self.lost_after = max(0.5, 5 * heartbeat)
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
+        self._rebalance_at: float | None = None
         self._next_recovery = 1
         checkpoint = config.fault_tolerance.checkpoint
         self.checkpoint_root = checkpoint.path
@@ -311,10 +313,14 @@ class Coordinator:
             self._last_checkpoint_time = now
             self.request_checkpoint()
         self._maybe_checkpoint()
+        if self._rebalance_at is not None and now >= self._rebalance_at:
+            self._rebalance_at = None
+            self._rebalance()
         for member in self.roster.active():
             limit = JOIN_TIMEOUT if member.state == "joining" else self.lost_after
             if now - member.last_seen > limit:
                 self._on_lost(member)
+                self._refresh_status()
 
     def _on_lost(self, member: Member) -> None:
         log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
@@ -388,7 +394,9 @@ class Coordinator:
     def _on_recovered(self, recovery_id: int) -> None:
         self.recoveries.pop(recovery_id, None)
         if not self.recoveries:
-            self._rebalance()
+            # Rebalance a little later: requests sent again after the loss should land
+            # before shards move on (their homes remember what they already applied).
+            self._rebalance_at = time.monotonic() + REBALANCE_AFTER_RECOVERY
 
     # ------------------------------------------------------------------ checkpoints
 

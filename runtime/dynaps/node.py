@@ -36,11 +36,9 @@ from dynaps.errors import ProtocolError
 from dynaps.gate import ShardGate
 from dynaps.migration import Migrations
 from dynaps.protocol import (
-    CLIENT_BIT,
     COORDINATOR,
     MAX_HOPS,
     NO_ENDPOINT,
-    NO_POSITIONS,
     RECOVERY,
     Message,
     MsgType,
@@ -49,10 +47,12 @@ from dynaps.protocol import (
     decode,
     encode,
     encode_reply,
+    is_client,
     node_of,
 )
 from dynaps.recovery import Recoveries
-from dynaps.routing import group_by
+from dynaps.replication import Replication
+from dynaps.routing import group_by, subset
 from dynaps.shardmap import ShardMap
 from dynaps.shm import NullLock, SharedLock
 from dynaps.store import INCOMING, NOT_MOVING, TableStore
@@ -62,30 +62,12 @@ log = logging.getLogger(__name__)
 
 Index = npt.NDArray[np.intp]
 
+_UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
+
 # data messages that a home holds while their shard is frozen for a migration
 _FREEZABLE = frozenset(
     {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
 )
-
-
-def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
-    """The part of a request that concerns ``msg.keys[idx]``, remembering positions."""
-    assert msg.keys is not None
-    positions = msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)
-    return Message(
-        type=msg.type,
-        sender=sender,
-        requester=msg.requester,
-        req_id=msg.req_id,
-        table=msg.table,
-        count=len(idx),
-        aux=msg.aux,
-        hops=hops,
-        epoch=msg.epoch,
-        keys=msg.keys[idx],
-        positions=positions if msg.type not in NO_POSITIONS else None,
-        values=msg.values[idx] if msg.values is not None else None,
-    )
 
 
 class NodeServer:
@@ -113,6 +95,7 @@ class NodeServer:
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.migrations = Migrations(self)
         self.recoveries = Recoveries(self)
+        self.replication: Replication | None = None  # set when the job replicates
         self.checkpoint_root = ""  # where checkpoints live (for rebuilding lost shards)
         self.relocations_paused = False  # a checkpoint is being taken: no key changes owner
         self.stats: collections.Counter[str] = collections.Counter()
@@ -131,6 +114,8 @@ class NodeServer:
             MsgType.TRANSFER_DONE: self._on_transfer_done,
             MsgType.SHARD_COPY: self.migrations.on_copy,
             MsgType.OWNERS: self.recoveries.on_owners,
+            MsgType.REPLICATE: self._on_replicate,
+            MsgType.WRITEBACK: self._on_writeback,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -145,6 +130,11 @@ class NodeServer:
                 return msg
             if msg.requester not in self.peers or msg.sender not in self.peers:
                 raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
+            if self.lost and node_of(msg.sender) in self.lost:
+                # Sent before it died, arriving late: what it held was rebuilt without it,
+                # and its requests are sent again by their requesters.
+                self.stats["dropped_from_lost"] += 1
+                return None
         except ProtocolError as exc:
             self.note_malformed(exc)
             return None
@@ -156,6 +146,13 @@ class NodeServer:
         if msg.epoch > self.shard_map.epoch:
             self.future.append(msg)  # the sender knows a shard map we have not seen yet
             return
+        replication = self.replication
+        if replication is not None and msg.requester in replication.applied and msg.type in _UPDATES:
+            # A record here means "applied", wherever the keys are now: answer it before
+            # holding or forwarding it to a node that has no such record.
+            msg = self._skip_applied(msg, replication)
+            if not msg.count:
+                return
         if self.gate.blocks is not None and msg.type in _FREEZABLE and msg.keys is not None:
             blocked = self.gate.blocked(msg.keys, self.stores[msg.table].spec.num_keys, self.shard_map)
             if blocked.any():
@@ -229,6 +226,7 @@ class NodeServer:
         assert keys is not None
         assert updates is not None
         assignment = msg.type is MsgType.SET
+        replication = self.replication
         rest = None
         lock = self.lock
         lock.acquire()
@@ -253,9 +251,37 @@ class NodeServer:
             # positions whenever the request had them or this is a part of it: the client
             # tracks what is done (to retry the rest) and learns who owns the keys
             positions = _positions(msg, idx) if rest is not None else msg.positions
-            self._reply(msg, MsgType.ACK, len(keys), positions, None)
+            if replication is None or replication.after_update(msg, msg.table, keys, positions):
+                self._reply(msg, MsgType.ACK, len(keys), positions, None)
         if rest is not None:
             self._route(msg, store, rest, own[rest])
+
+    def _skip_applied(self, msg: Message, replication: Replication) -> Message:
+        """A retried push: acknowledge again what was applied here, keep the rest."""
+        applied = replication.already_applied(msg)
+        if applied is None or not applied.any():
+            return msg
+        assert msg.keys is not None
+        done = np.flatnonzero(applied)
+        self.stats["keys_deduplicated"] += len(done)
+        self.acknowledge(msg, len(done), _positions(msg, done))
+        return subset(msg, np.flatnonzero(~applied), msg.sender, msg.hops)
+
+    def acknowledge(self, msg: Message, count: int, positions: npt.NDArray[np.int32] | None) -> None:
+        """ACK ``count`` keys of ``msg`` to its requester (also on behalf of a home)."""
+        self._reply(msg, MsgType.ACK, count, positions, None)
+
+    def _on_replicate(self, msg: Message) -> None:
+        if self.replication is None:
+            self.note_malformed(ProtocolError("REPLICATE to a node of a job without replication"))
+            return
+        self.replication.on_replicate(msg)
+
+    def _on_writeback(self, msg: Message) -> None:
+        if self.replication is None or self.stores[msg.table].owner is None:
+            self.note_malformed(ProtocolError("WRITEBACK to a node that homes nothing or does not replicate"))
+            return
+        self.replication.on_writeback(msg)
 
     def _reply(
         self,
@@ -302,7 +328,7 @@ class NodeServer:
     def _error(self, msg: Message, text: str) -> None:
         self.stats["errors"] += 1
         log.error("node %d: %s", self.me, text)
-        if msg.requester & CLIENT_BIT:
+        if is_client(msg.requester):
             reply = Message(MsgType.ERROR, self.me, msg.requester, msg.req_id, msg.table, text=text)
             self.send(msg.requester, reply)
 
@@ -500,10 +526,22 @@ class NodeServer:
             self._confirm_arrival(msg.table, msg.req_id, confirmed)
         if not len(keys):
             return
+        if self.replication is not None:
+            self._protect_arrivals(msg.table, keys)
         self.stats["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
         self._confirm_arrival(msg.table, msg.req_id, keys)
         self._replay(msg.table)
+
+    def _protect_arrivals(self, table: int, keys: npt.NDArray[np.int64]) -> None:
+        """Keys arrived: a home replicates them, any other holder writes them back soon."""
+        assert self.replication is not None
+        if self.stores[table].owner is not None:
+            homed = self.homed(table)[keys]
+            self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
+            self.replication.dirty[table][keys[~homed]] = 1
+        else:
+            self.replication.dirty[table][keys] = 1
 
     def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
         """Tell the keys' homes that they arrived (TRANSFER_DONE)."""
@@ -536,7 +574,13 @@ class NodeServer:
         if new_map.epoch <= self.shard_map.epoch:
             return
         self.migrations.commit(new_map)
-        self.shard_map = new_map
+        if self.lost:
+            # shards of a dead home that we take over: hold their requests until rebuilt
+            orphaned = (new_map.homes == self.me) & np.isin(self.shard_map.homes, list(self.lost))
+            self.recoveries.expect(np.flatnonzero(orphaned), new_map.num_shards)
+        old_map, self.shard_map = self.shard_map, new_map
+        if self.replication is not None:
+            self.replication.sync(old_map, new_map)
         self._homed.clear()
         self.release_gate()
         for table, queued in enumerate(self.waiting):  # relocations of shards homed elsewhere now

@@ -34,6 +34,7 @@ from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
 from dynaps.recovery import report_owners
+from dynaps.replication import Replication
 from dynaps.shardmap import ShardMap
 from dynaps.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store import TableStore
@@ -121,11 +122,21 @@ class NodeProcess:
         if worker:
             self.lock = SharedLock.create()
             self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
+        replicated = self.config.fault_tolerance.replication > 0
         stores = [
-            TableStore.create(i, spec, shard_map, home=None if worker else self.node_id, shared=worker)
+            TableStore.create(
+                i,
+                spec,
+                shard_map,
+                home=None if worker else self.node_id,
+                shared=worker,
+                track_changes=replicated,
+            )
             for i, spec in enumerate(self.config.tables)
         ]
         self.server = NodeServer(self.node_id, self.transport, stores, shard_map, self.lock)
+        if replicated:
+            self.server.replication = Replication(self.server, self.config.fault_tolerance.flush_interval_ms)
         self.server.checkpoint_root = self.config.fault_tolerance.checkpoint.path
         restore = self.config.fault_tolerance.checkpoint.restore_from
         if restore and not worker and membership.phase == "prepare":
@@ -210,6 +221,8 @@ class NodeProcess:
             self._advance_drain(now)
         assert self.server is not None
         self.server.recoveries.tick(now)
+        if self.server.replication is not None:
+            self.server.replication.flush(now)
         if (
             self.checkpoint is not None
             and self.checkpoint["phase"] == "pause"

@@ -51,7 +51,8 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     OWNERS      keys                       (node -> recovering home; aux 1: held, 2: expected)
     REPLICATE   keys [positions] values state*aux   (home -> backup: rows after an update;
                 the backup acknowledges the requester)
-    WRITEBACK   keys values state*aux      (worker -> home: current rows of keys it holds)
+    WRITEBACK   keys [positions] values state*aux   (worker -> home: current rows of keys it
+                holds; with a client requester when writing through)
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... HEARTBEAT)
@@ -186,7 +187,7 @@ _SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
     MsgType.SHARD_COPY: (True, False, False, True),  # and directory sections: see decode
     MsgType.OWNERS: (True, False, False, False),
     MsgType.REPLICATE: (True, True, True, True),
-    MsgType.WRITEBACK: (True, False, True, True),
+    MsgType.WRITEBACK: (True, True, True, True),
     MsgType.LOCALIZED: (False, False, False, False),
 }
 _TYPES = {int(t): t for t in MsgType}
@@ -195,6 +196,11 @@ _TYPES = {int(t): t for t in MsgType}
 def client_of(node: int) -> int:
     """The endpoint id of node ``node``'s client process."""
     return node | CLIENT_BIT
+
+
+def is_client(endpoint: int) -> bool:
+    """Whether ``endpoint`` is a training process (not a node, the coordinator or nobody)."""
+    return endpoint > 0 and bool(endpoint & CLIENT_BIT)
 
 
 def node_of(endpoint: int) -> int:
@@ -564,5 +570,6 @@ __all__ = [
     "encode",
     "encode_reply",
     "header",
+    "is_client",
     "node_of",
 ]

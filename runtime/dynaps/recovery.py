@@ -83,11 +83,26 @@ class Recoveries:
         self.server = server
         self.running: dict[int, Rebuild] = {}
         self.resend: list[tuple[float, int, Keys]] = []  # (when, table, keys) to re-send if still moving
+        self.expected: set[int] = set()  # shards taken over from a dead home, held until rebuilt
+
+    def expect(self, shards: npt.NDArray[np.int64], num_shards: int) -> None:
+        """A new epoch makes us the home of a dead server's shards: hold them from now on.
+
+        The coordinator's RECOVER follows; requests must not be routed by our stale
+        directory entries for those shards meanwhile.
+        """
+        fresh = [int(s) for s in shards if int(s) not in self.expected]
+        if fresh:
+            self.expected.update(fresh)
+            self.server.gate.block(np.asarray(fresh, dtype=np.int64), num_shards)
 
     def start(self, recovery_id: int, shards: list[int], source: str, nodes: set[int]) -> None:
         server = self.server
         chosen = np.asarray(shards, dtype=np.int64)
-        server.gate.block(chosen, server.shard_map.num_shards)
+        unexpected = [s for s in shards if s not in self.expected]
+        if unexpected:
+            server.gate.block(np.asarray(unexpected, dtype=np.int64), server.shard_map.num_shards)
+        self.expected.difference_update(shards)
         tables = len(server.stores)
         rebuild = Rebuild(
             recovery_id, chosen, source, set(nodes), [{} for _ in range(tables)], [{} for _ in range(tables)]
@@ -135,6 +150,8 @@ class Recoveries:
         for table, store in enumerate(server.stores):
             self._rebuild_table(table, store, rebuild, checkpoint)
         server.gate.unblock(rebuild.shards)
+        if server.replication is not None:
+            server.replication.sync_shards(rebuild.shards, server.shard_map)  # a backup again
         server.release_gate()
         server.transport.send(COORDINATOR, control_frames(MsgType.RECOVERED, server.me, {"id": rebuild.id}))
         log.warning("node %d: shards rebuilt", server.me)

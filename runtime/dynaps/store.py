@@ -51,6 +51,7 @@ class TableStore:
     moving_from: npt.NDArray[np.int16] | None
     updater: Updater
     segments: list[Segment] = field(default_factory=list)
+    dirty: npt.NDArray[np.uint8] | None = None  # replication: keys changed since their write-back
 
     @property
     def name(self) -> str:
@@ -58,7 +59,14 @@ class TableStore:
 
     @classmethod
     def create(
-        cls, index: int, spec: NamedTable, shard_map: ShardMap, *, home: int | None, shared: bool
+        cls,
+        index: int,
+        spec: NamedTable,
+        shard_map: ShardMap,
+        *,
+        home: int | None,
+        shared: bool,
+        track_changes: bool = False,
     ) -> TableStore:
         """A store for a node; ``home`` is the node's id if it is a server (owns a directory)."""
         updater = make_updater(spec.updater)

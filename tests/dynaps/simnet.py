@@ -21,7 +21,9 @@ from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.control import MigrateOut
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
-from dynaps.shardmap import ShardMap
+from dynaps.recovery import report_owners
+from dynaps.replication import Replication
+from dynaps.shardmap import ShardMap, next_servers
 from dynaps.shm import NullLock
 from dynaps.store import INCOMING, TableStore
 
@@ -66,20 +68,36 @@ class SimTransport:
 
 
 class Cluster:
-    """Two servers and three worker nodes; each worker's training process is a real ``PS``."""
+    """Servers 1, 2 (and 6) and three worker nodes; each training process is a real ``PS``.
 
-    def __init__(self) -> None:
+    With ``replicated`` all three servers home shards from the start and each shard has a
+    backup; otherwise server 6 is a spare that homes nothing until shards migrate to it.
+    """
+
+    def __init__(self, replicated: bool = False) -> None:
         self.network = Network()
         self.spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
-        self.shard_map = ShardMap.initial(4, "range", SERVERS)
+        self.homing = [*SERVERS, SPARE] if replicated else SERVERS
+        self.shard_map = ShardMap.initial(4, "range", self.homing)
+        if replicated:
+            self.shard_map.backups = next_servers(self.shard_map.homes, self.homing)
         self.nodes: dict[int, NodeServer] = {}
+        self.dead: set[int] = set()
+        self.recoveries = 0
         everyone = set(SERVERS + WORKERS + [SPARE]) | {client_of(w) for w in WORKERS}
         for node in [*SERVERS, *WORKERS, SPARE]:
             store = TableStore.create(
-                0, self.spec, self.shard_map, home=node if node in (*SERVERS, SPARE) else None, shared=False
+                0,
+                self.spec,
+                self.shard_map,
+                home=node if node in (*SERVERS, SPARE) else None,
+                shared=False,
+                track_changes=replicated,
             )
             server = NodeServer(node, SimTransport(self.network, node), [store], self.shard_map, NullLock())
             server.peers |= everyone
+            if replicated:
+                server.replication = Replication(server, flush_interval_ms=1_000_000)  # flushed by the test
             self.nodes[node] = server
         config = RuntimeConfig(tables=[self.spec], servers=len(SERVERS), workers=len(WORKERS))
         self.clients: dict[int, PS] = {}
@@ -166,9 +184,60 @@ class Cluster:
         for ps in self.clients.values():
             ps.gone.add(SPARE)
 
+    def live(self) -> dict[int, NodeServer]:
+        return {node: server for node, server in self.nodes.items() if node not in self.dead}
+
+    def kill(self, server: int, keep_sent: bool) -> None:
+        """Server ``server`` dies; what it already sent arrives (``keep_sent``) or not.
+
+        As the coordinator: its shards move to their backups in a new epoch, everyone
+        learns it is lost, and each new home is told to rebuild.
+        """
+        if self.dead or self.migrating:
+            return  # one failure at a time: replication: 1 survives one, not two at once
+        assert self.shard_map.backups is not None
+        self.dead.add(server)
+        for (source, dest), queue in self.network.channels.items():
+            if dest == server or (source == server and not keep_sent):
+                queue.clear()
+        shards = np.flatnonzero(self.shard_map.homes == server)
+        homes = self.shard_map.homes.copy()
+        homes[shards] = self.shard_map.backups[shards]
+        alive = [s for s in self.homing if s not in self.dead]
+        self.shard_map = ShardMap(
+            self.shard_map.epoch + 1,
+            self.shard_map.num_shards,
+            self.shard_map.partition,
+            homes,
+            next_servers(homes, alive),
+        )
+        self._announce(lost=sorted(self.dead))
+        for home in sorted({int(homes[s]) for s in shards}):
+            self.recoveries += 1
+            body = {
+                "id": self.recoveries,
+                "shards": [int(s) for s in shards if homes[s] == home],
+                "source": "replica",
+            }
+            self.network.channels[(COORDINATOR, home)].append(
+                [bytes(f) for f in control_frames(MsgType.RECOVER, COORDINATOR, body)]
+            )
+
+    def flush(self) -> None:
+        """Every node writes back the keys it holds that changed (one flush interval)."""
+        for server in self.live().values():
+            if server.replication is not None:
+                server.replication.flush(1e18)
+                server.replication.last_flush = 0.0
+
+    def resend(self) -> None:
+        """The grace period of every rebuild ended: re-send keys still expected."""
+        for server in self.live().values():
+            server.recoveries.tick(1e18)
+
     def step(self) -> None:
         """A turn of every node's loop: the next pre-copy chunk, or the freeze."""
-        for server in self.nodes.values():
+        for server in self.live().values():
             if server.migrations.tracking:
                 server.migrations.step()
 
@@ -180,38 +249,51 @@ class Cluster:
         assert target == expected
         homes = self.shard_map.homes.copy()
         homes[shard] = target
+        backups = None if self.shard_map.backups is None else next_servers(homes, self.homing)
         self.shard_map = ShardMap(
-            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes
+            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes, backups
         )
+        self._announce(lost=sorted(self.dead))
+        self.migrating = None
+
+    def _announce(self, lost: list[int]) -> None:
         body = {
             "version": self.shard_map.epoch,
             "phase": "running",
             "nodes": [],
             "num_workers": len(WORKERS),
             "shard_map": self.shard_map.to_json(),
-            "lost": [],
+            "lost": lost,
         }
         frames = [bytes(f) for f in control_frames(MsgType.MEMBERSHIP, COORDINATOR, body)]
-        for endpoint in [*self.nodes, *(client_of(w) for w in WORKERS)]:
+        for endpoint in [*self.live(), *(client_of(w) for w in WORKERS)]:
             self.network.channels[(COORDINATOR, endpoint)].append(frames)
-        self.migrating = None
 
     def deliver(self, channel: tuple[int, int]) -> None:
         source, dest = channel
         frames = self.network.channels[channel].popleft()
         if dest == COORDINATOR:
-            self._commit(frames, source)
+            if decode(frames, []).type is MsgType.MIGRATE_READY:
+                self._commit(frames, source)
             return
         if dest in self.nodes:
             server = self.nodes[dest]
             control = server.receive(frames)
-            if control is not None:
-                assert source == COORDINATOR, control
-                if control.type is MsgType.MIGRATE_OUT:
-                    server.migrations.start(MigrateOut.model_validate(control.body))
-                elif control.type is MsgType.MEMBERSHIP:
-                    assert control.body is not None
-                    server.set_shard_map(ShardMap.from_json(control.body["shard_map"]))
+            if control is None:
+                return
+            body = control.body or {}
+            if control.type is MsgType.OWNERS_QUERY:  # from a rebuilding home
+                report_owners(server, control.sender, body["id"], np.asarray(body["shards"], dtype=np.int64))
+                return
+            assert source == COORDINATOR, control
+            if control.type is MsgType.MIGRATE_OUT:
+                server.migrations.start(MigrateOut.model_validate(body))
+            elif control.type is MsgType.MEMBERSHIP:  # as the node process applies it
+                if body["lost"]:
+                    server.on_lost(set(body["lost"]))
+                server.set_shard_map(ShardMap.from_json(body["shard_map"]))
+            elif control.type is MsgType.RECOVER:
+                server.recoveries.start(body["id"], body["shards"], body["source"], set(self.live()))
             return
         worker = node_of(dest)
         self.clients[worker]._receive(frames)
@@ -223,7 +305,10 @@ class Cluster:
             self.step()
             busy = sorted(self.network.busy())
             if not busy:
-                if any(s.migrations.tracking for s in self.nodes.values()):
+                if any(s.migrations.tracking for s in self.live().values()):
+                    continue
+                if any(s.recoveries.resend for s in self.live().values()):
+                    self.resend()
                     continue
                 return
             choice = data.draw(st.sampled_from(busy)) if data is not None else busy[0]
@@ -237,7 +322,7 @@ class Cluster:
             assert not ps._handles, f"worker {worker} has requests in flight"
         owners = np.zeros(NUM_KEYS, dtype=int)
         total = np.zeros(NUM_KEYS)
-        for node, server in self.nodes.items():
+        for node, server in self.live().items():
             store = server.stores[0]
             assert not (store.loc == INCOMING).any(), f"node {node} still expects keys"
             assert not any(server.pending), f"node {node} has queued requests"
@@ -256,6 +341,8 @@ class Cluster:
         assert (owners == 1).all(), f"keys with owner count != 1: {np.flatnonzero(owners != 1)}"
         np.testing.assert_array_equal(total, self.pushed)
         for server in self.servers():
+            if server in self.dead:
+                continue
             store = self.store(server)
             assert store.owner is not None
             homed = self.shard_map.home_of(np.arange(NUM_KEYS), NUM_KEYS) == server

@@ -98,3 +98,37 @@ def test_a_killed_worker_leaves_no_process_and_the_job_goes_on() -> None:
             assert time.monotonic() < deadline, cluster.status()
             time.sleep(0.05)
         assert cluster.status()["lost"]
+
+
+def push_until(ps: dynaps.PS, stop_file: str, localize: bool) -> dict[str, object]:
+    """Unit increments (synchronous: each acknowledged when push returns) until ``stop_file``."""
+    import os
+
+    W = ps.table("W")
+    rng = np.random.default_rng(ps.rank)
+    acked = np.zeros(NUM_KEYS, dtype=np.int64)
+    rounds = 0
+    while not os.path.exists(stop_file) or rounds < 10:
+        keys = rng.integers(0, NUM_KEYS, size=40)
+        W.push(keys, np.ones((40, 2)))
+        np.add.at(acked, keys, 1)
+        if localize and rounds % 4 == 0:
+            W.localize(rng.integers(0, NUM_KEYS, size=10))
+        rounds += 1
+    return {"acked": acked, "rounds": rounds}
+
+
+@pytest.mark.parametrize("localize", [False, True], ids=["server-held", "with-localize"])
+def test_a_killed_server_loses_no_acknowledged_update_with_replication(tmp_path, localize: bool) -> None:  # type: ignore[no-untyped-def]
+    stop = str(tmp_path / "stop")
+    with dynaps.LocalCluster(servers=3, workers=2, tables=TABLES, replication=1, num_shards=32) as cluster:
+        job = cluster.submit(push_until, stop, localize)
+        time.sleep(0.5)
+        cluster.kill("server-1")
+        time.sleep(0.5)
+        (tmp_path / "stop").touch()
+        results = job.result(timeout=120)
+        acked = sum(r["acked"] for r in results)  # type: ignore[misc]
+        values = cluster.run(read_all)[0]
+        np.testing.assert_array_equal(values, acked)
+        assert cluster.status()["lost"]

@@ -1,0 +1,276 @@
+"""Replication (``faultTolerance.replication: 1``): no acknowledged update dies with a node.
+
+* **Server-held keys**: each shard has a backup server (the next server in the shard
+  map).  A home that applies an update to a key it holds sends the new rows to the
+  backup (REPLICATE); the backup stores them and acknowledges the requester.  So an
+  acknowledged update exists on two servers.  When a home dies, its backup becomes the
+  home (:mod:`dynaps.recovery`) and already has the values.
+* **Worker-held keys** (localized): the worker writes their current rows back to their
+  home every ``flushIntervalMs`` (WRITEBACK); the home keeps them and replicates them.
+  When a worker dies, its homes take its keys back with the last rows written back:
+  the loss is bounded by the flush interval.  ``flushIntervalMs: 0`` writes through:
+  an update of a localized key is acknowledged only once its home and backup have it.
+* **Exactly once**: every node remembers which (requester, request, positions) it applied
+  recently; a request sent again after a crash (flag RETRY) skips what was applied.
+
+A backup stores replicas in its own value arrays: the rows of keys it neither homes nor
+holds are otherwise unused.  Whenever a shard gets a new home or a new backup, the home
+sends the backup the whole shard (a replica sync) before anything else.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.migration import shard_keys
+from dynaps.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
+from dynaps.routing import group_by, subset
+from dynaps.shardmap import NO_BACKUP, ShardMap
+
+if TYPE_CHECKING:
+    from dynaps.node import NodeServer
+
+log = logging.getLogger(__name__)
+
+REMEMBERED_REQUESTS = 4096  # per requester: far more than can be in flight
+SYNC_KEYS = 65536  # keys per replica-sync message
+
+Keys = npt.NDArray[np.int64]
+Positions = npt.NDArray[np.int32]
+
+
+class Replication:
+    def __init__(self, server: NodeServer, flush_interval_ms: int) -> None:
+        self.server = server
+        self.write_through = flush_interval_ms == 0
+        self.flush_interval = flush_interval_ms / 1000
+        # keys held here whose rows changed since the last write-back (shared with the
+        # training process on a worker, which marks its local updates)
+        self.dirty = [
+            store.dirty if store.dirty is not None else np.zeros(store.spec.num_keys, np.uint8)
+            for store in server.stores
+        ]
+        self.applied: dict[int, collections.OrderedDict[int, Positions | None]] = {}
+        self.last_flush = 0.0
+
+    # ---------------------------------------------------------------- exactly once
+
+    def remember(self, requester: int, req_id: int, positions: Positions | None) -> None:
+        """Record that this node applied ``positions`` (None: all) of a request."""
+        seen = self.applied.setdefault(requester, collections.OrderedDict())
+        before = seen.get(req_id)
+        if before is not None and positions is not None:
+            positions = np.union1d(before, positions).astype(np.int32)
+        seen[req_id] = positions
+        seen.move_to_end(req_id)
+        if len(seen) > REMEMBERED_REQUESTS:
+            seen.popitem(last=False)
+
+    def already_applied(self, msg: Message) -> npt.NDArray[np.bool_] | None:
+        """Which keys of a push were applied here before (None: none).
+
+        Checked for every push, not only retried ones: a retry can overtake the request
+        it repeats (they take different paths), and then the original is the duplicate.
+        """
+        requests = self.applied.get(msg.requester)
+        if requests is None or msg.req_id not in requests:
+            return None
+        seen = requests[msg.req_id]
+        assert msg.keys is not None
+        if seen is None:
+            return np.ones(len(msg.keys), dtype=np.bool_)
+        positions = msg.positions if msg.positions is not None else np.arange(len(msg.keys), dtype=np.int32)
+        return np.isin(positions, seen)
+
+    # ---------------------------------------------------------------- after an update
+
+    def after_update(self, msg: Message, table: int, keys: Keys, positions: Positions | None) -> bool:
+        """An update of held ``keys`` was applied here; returns whether to acknowledge it now.
+
+        A home lets the backup acknowledge; a worker writing through lets its home do it.
+        """
+        server = self.server
+        if is_client(msg.requester):
+            self.remember(msg.requester, msg.req_id, positions)
+        store = server.stores[table]
+        if store.owner is not None:  # a server: replicate what it homes
+            homed = server.homed(table)[keys]
+            if homed.all():
+                return not self.replicate(table, keys, positions, msg.requester, msg.req_id)
+            self.dirty[table][keys[~homed]] = 1  # held here but homed elsewhere: write back
+            if homed.any():
+                log.debug("node %d: update mixing homed and other keys acknowledged by the home", server.me)
+                self.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
+            return True
+        if self.write_through:
+            self.write_back(table, keys, positions, msg.requester, msg.req_id)
+            return False
+        self.dirty[table][keys] = 1
+        return True
+
+    def replicate(
+        self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
+    ) -> bool:
+        """Send the current rows of ``keys`` to their backups; True if a backup will acknowledge."""
+        server = self.server
+        store = server.stores[table]
+        shard_map = server.shard_map
+        if shard_map.backups is None or not len(keys):
+            return False
+        backups = shard_map.backup_of(keys, store.spec.num_keys)
+        if (backups == NO_BACKUP).any():
+            return False  # a single server: nothing to replicate to
+        server.lock.acquire()
+        try:
+            values = store.values.take(keys, axis=0)
+            states = tuple(state.take(keys, axis=0) for state in store.states)
+        finally:
+            server.lock.release()
+        for backup, part in group_by(backups):
+            chosen = keys if part is None else keys[part]
+            server.send(
+                backup,
+                Message(
+                    MsgType.REPLICATE,
+                    server.me,
+                    requester,
+                    req_id,
+                    table,
+                    len(chosen),
+                    aux=len(states),
+                    keys=chosen,
+                    positions=positions if part is None or positions is None else positions[part],
+                    values=values if part is None else values[part],
+                    states=states if part is None else tuple(s[part] for s in states),
+                ),
+            )
+        server.stats["keys_replicated"] += len(keys)
+        return requester != NO_ENDPOINT
+
+    def on_replicate(self, msg: Message) -> None:
+        """At the backup: keep the rows, remember the request, acknowledge the requester."""
+        server = self.server
+        store = server.stores[msg.table]
+        assert msg.keys is not None
+        assert msg.values is not None
+        server.lock.acquire()
+        try:
+            store.values[msg.keys] = msg.values
+            for state, rows in zip(store.states, msg.states, strict=True):
+                state[msg.keys] = rows
+        finally:
+            server.lock.release()
+        server.stats["keys_backed_up"] += len(msg.keys)
+        if is_client(msg.requester):
+            self.remember(msg.requester, msg.req_id, msg.positions)
+            server.acknowledge(msg, len(msg.keys), msg.positions)
+
+    # ---------------------------------------------------------------- write-back
+
+    def write_back(
+        self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
+    ) -> None:
+        """Send the current rows of held ``keys`` to their homes."""
+        server = self.server
+        store = server.stores[table]
+        server.lock.acquire()
+        try:
+            values = store.values.take(keys, axis=0)
+            states = tuple(state.take(keys, axis=0) for state in store.states)
+        finally:
+            server.lock.release()
+        homes = server.shard_map.home_of(keys, store.spec.num_keys)
+        for home, part in group_by(homes):
+            chosen = keys if part is None else keys[part]
+            msg = Message(
+                MsgType.WRITEBACK,
+                server.me,
+                requester,
+                req_id,
+                table,
+                len(chosen),
+                aux=len(states),
+                keys=chosen,
+                positions=positions if part is None or positions is None else positions[part],
+                values=values if part is None else values[part],
+                states=states if part is None else tuple(s[part] for s in states),
+            )
+            if home == server.me:
+                self.on_writeback(msg)
+            else:
+                server.send(home, msg)
+        server.stats["keys_written_back"] += len(keys)
+
+    def flush(self, now: float) -> None:
+        """Write back held keys that changed since the last flush (every flush interval)."""
+        if self.write_through or now - self.last_flush < self.flush_interval:
+            return
+        self.last_flush = now
+        server = self.server
+        for table, store in enumerate(server.stores):
+            dirty = self.dirty[table]
+            keys = np.flatnonzero(dirty)
+            if not len(keys):
+                continue
+            dirty[keys] = 0
+            held = keys[store.loc[keys] == server.me].astype(np.int64)
+            if len(held):
+                self.write_back(table, held, None, NO_ENDPOINT, 0)
+
+    def on_writeback(self, msg: Message) -> None:
+        """At the home: keep the rows of keys still held by the sender, and replicate them."""
+        server = self.server
+        store = server.stores[msg.table]
+        assert msg.keys is not None
+        assert msg.values is not None
+        assert store.owner is not None
+        homed = server.homed(msg.table)[msg.keys]
+        if not homed.all():  # the shard moved: its new home takes it
+            elsewhere = np.flatnonzero(~homed)
+            homes = server.shard_map.home_of(msg.keys[elsewhere], store.spec.num_keys)
+            for home, part in group_by(homes):
+                chosen = elsewhere if part is None else elsewhere[part]
+                server.send(home, subset(msg, chosen, server.me, msg.hops + 1))
+            msg = subset(msg, np.flatnonzero(homed), msg.sender, msg.hops)
+        keys, values = msg.keys, msg.values
+        assert keys is not None
+        assert values is not None
+        server.lock.acquire()
+        try:
+            current = store.owner[keys] == node_of(msg.sender)  # a client writes through for its node
+            store.values[keys[current]] = values[current]
+            for state, rows in zip(store.states, msg.states, strict=True):
+                state[keys[current]] = rows[current]
+        finally:
+            server.lock.release()
+        acknowledged = self.replicate(msg.table, keys, msg.positions, msg.requester, msg.req_id)
+        if not acknowledged and is_client(msg.requester):
+            server.acknowledge(msg, len(keys), msg.positions)
+
+    # ---------------------------------------------------------------- new homes, new backups
+
+    def sync(self, old: ShardMap | None, new: ShardMap) -> None:
+        """Send the whole of each shard that got a new backup (or a new home: us)."""
+        server = self.server
+        if new.backups is None:
+            return
+        mine = new.homes == server.me
+        changed = mine & (new.backups != NO_BACKUP)
+        if old is not None and old.backups is not None:
+            changed &= (old.homes != server.me) | (old.backups != new.backups)
+        shards = np.flatnonzero(changed)
+        if len(shards):
+            self.sync_shards(shards, new)
+
+    def sync_shards(self, shards: npt.NDArray[np.int64], shard_map: ShardMap) -> None:
+        server = self.server
+        for table, store in enumerate(server.stores):
+            keys = shard_keys(store, shards, shard_map)
+            for first in range(0, len(keys), SYNC_KEYS):
+                self.replicate(table, keys[first : first + SYNC_KEYS], None, NO_ENDPOINT, 0)
+        log.info("node %d: replica sync of %d shards", server.me, len(shards))
