@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -649,6 +649,16 @@ class PS:
         while self._min_clock < self._clock - slack:
             self._pump_until(deadline, lambda: f"clock {self._clock}")
         return self._clock
+
+    def report(self, metrics: Mapping[str, float] | None = None, **more: float) -> None:
+        """Tell the job how training goes (``ps.report(rmse=0.9)``): it shows in the
+        coordinator's /status and, on Kubernetes, in the ParameterServerJob's status."""
+        values = {**(metrics or {}), **more}
+        try:
+            body = control.Report(metrics={str(k): float(v) for k, v in values.items()}).model_dump()
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"ps.report() takes numbers by name, e.g. ps.report(rmse=0.91): {exc}") from exc
+        self.transport.send(COORDINATOR, control_frames(MsgType.REPORT, self.endpoint, body))
 
     def stats(self) -> dict[str, int]:
         """This process's counters: keys served locally and remotely, messages."""

@@ -259,7 +259,8 @@ class JobSpec(_Model):
 class ObjectMeta(_Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    # 51: "<name>-coordinator" must stay a valid 63-character hostname
+    name: Annotated[str, Field(min_length=1, max_length=51, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)

@@ -130,6 +130,10 @@ class CheckpointDone(_Body):
     keys: int = 0
 
 
+class Report(_Body):
+    metrics: dict[str, float]
+
+
 class Stats(_Body):
     counters: dict[str, int | float | str]
 

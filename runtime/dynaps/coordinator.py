@@ -21,6 +21,7 @@ SHUTDOWN to every process and exits with the job's status.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import signal
@@ -81,6 +82,8 @@ class Coordinator:
         self._next_checkpoint = _next_checkpoint_id(checkpoint.path)
         self._last_checkpoint_time = time.monotonic()
         self.commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.metrics: dict[str, float] = {}  # what the training programs reported (latest wins)
+        self.metrics_by_rank: dict[str, dict[str, float]] = {}
         self.status_doc: dict[str, Any] = {}
         self._refresh_status()
 
@@ -153,6 +156,11 @@ class Coordinator:
             self._on_recovered(control.parse(control.MigrateReady, msg.body).id)
         elif kind is MsgType.CHECKPOINT_DONE:
             self._on_checkpoint_done(member, control.parse(control.CheckpointDone, msg.body))
+        elif kind is MsgType.REPORT:
+            report = control.parse(control.Report, msg.body)
+            self.metrics.update(report.metrics)
+            if member.rank is not None:
+                self.metrics_by_rank.setdefault(str(member.rank), {}).update(report.metrics)
         elif kind is MsgType.STATS:
             self._send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
         elif kind is MsgType.PING:
@@ -172,6 +180,12 @@ class Coordinator:
         if self.phase == "stopping":
             self._refuse(reg, "the job is ending")
             return
+        predecessor = self.roster.named(reg.name)
+        if predecessor is not None and self.phase != "registering":
+            # The same pod name again: its predecessor is gone (Kubernetes never runs two
+            # pods of one name), so do not wait for its heartbeats to stop.
+            log.warning("%s %d (%s) was replaced", predecessor.role, predecessor.id, reg.name)
+            self._on_lost(predecessor)
         admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank)
         if isinstance(admitted, str):
             self._refuse(reg, admitted)
@@ -249,8 +263,8 @@ class Coordinator:
             return
         if any(m.state == "joining" for m in self.roster.active()):
             return
-        if any(m.client is None for m in self.roster.active("worker")):
-            return
+        if any(m.client is None and m.exit_code is None for m in self.roster.active("worker")):
+            return  # a program that exits without connecting does not hold the others up
         self.phase = "running"
         log.info(
             "job running with %d servers and %d workers",
@@ -554,6 +568,8 @@ class Coordinator:
         self._check_done()
 
     def _check_done(self) -> None:
+        if self.phase == "prepare":
+            self._maybe_start()
         if self.phase != "running":
             return
         workers = [m for m in self.roster.active("worker") if m.state != "draining"]
@@ -607,6 +623,8 @@ class Coordinator:
                 "finished": sum(1 for m in workers if m.exit_code is not None),
             },
             "lost": list(self.roster.lost),
+            "metrics": dict(self.metrics),
+            "metricsByRank": {rank: dict(m) for rank, m in self.metrics_by_rank.items()},
             "members": [
                 {
                     "id": m.id,
@@ -665,6 +683,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         lambda action, body: coordinator.commands.put((action, body)),
     )
     stop = threading.Event()
+    linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
@@ -687,6 +706,15 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             if now >= next_tick:
                 next_tick = now + 0.05
                 coordinator.tick()
+        if linger > 0 and not stop.is_set():
+            # Keep answering /status a little, so an operator reads how the job ended.
+            reads = http.status_reads
+            deadline = time.monotonic() + linger
+            while time.monotonic() < deadline and http.status_reads == reads and not stop.is_set():
+                frames = transport.recv(timeout=0.05)
+                while frames is not None:
+                    coordinator.receive(frames)
+                    frames = transport.recv_nowait()
         return coordinator.exit_code if coordinator.exit_code is not None else 1
     finally:
         for sig, handler in previous.items():

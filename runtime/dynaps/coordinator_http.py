@@ -55,7 +55,13 @@ class StatusServer:
     """A small threaded HTTP server bound to one address."""
 
     def __init__(self, host: str, port: int, status: StatusSource, act: ActionSink) -> None:
-        handler = _handler(status, act)
+        self.status_reads = 0  # how often /status was read (the coordinator lingers for one)
+
+        def counted() -> dict[str, Any]:
+            self.status_reads += 1
+            return status()
+
+        handler = _handler(counted, act)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]

@@ -151,7 +151,9 @@ class NodeProcess:
             env[ATTACH_ENV] = self.attach_token
             env[CONFIG_ENV] = self.config.to_json()
             env.pop(CONFIG_FILE_ENV, None)
-            self.child = subprocess.Popen(self.command, env=env)
+            # Its own session: a pod's SIGTERM reaches this node, which drains and lets the
+            # program finish (it sees dynaps.Drained), instead of killing it mid-step.
+            self.child = subprocess.Popen(self.command, env=env, start_new_session=True)
 
     def _restore(self, which: str) -> None:
         """Start from a checkpoint: load the values of the keys this server homes."""

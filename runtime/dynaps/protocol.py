@@ -150,6 +150,7 @@ class MsgType(enum.IntEnum):
     RECOVERED = 59
     OWNERS_QUERY = 60
     MIGRATE_ABORT = 61
+    REPORT = 62
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)

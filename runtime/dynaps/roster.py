@@ -59,6 +59,12 @@ class Roster:
     def get(self, node: int) -> Member | None:
         return self.members.get(node)
 
+    def named(self, name: str) -> Member | None:
+        """The active member called ``name`` (a pod name is unique while the pod exists)."""
+        if not name:
+            return None
+        return next((m for m in self.members.values() if m.name == name), None)
+
     def admit(self, role: Role, address: str, name: str, pid: int, rank: int | None) -> Member | str:
         """A new member, or the reason it is refused."""
         present = self.active(role)
