@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -463,6 +463,7 @@ class PS:
         self._clock = 0
         self._min_clock = 0
         self._replies: dict[int, dict[str, Any]] = {}
+        self._leases: dict[tuple[str, int], int | None] = {}
         self._shutdown: str | None = None
 
     # -------------------------------------------------------------- set-up
@@ -649,6 +650,31 @@ class PS:
         while self._min_clock < self._clock - slack:
             self._pump_until(deadline, lambda: f"clock {self._clock}")
         return self._clock
+
+    def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:
+        """The pieces of ``epoch``'s data this worker should train on, leased one at a time.
+
+        ``for shard in ps.data_shards(64, epoch): train(shard_data(shard))``.  Pieces
+        of workers that leave or die go to the others; workers that join take part.
+        """
+        if num_shards < 1:
+            raise UsageError(f"data_shards needs num_shards >= 1, got {num_shards}")
+        finished: int | None = None
+        while True:
+            if self.control[0]:
+                self.drained()
+            body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished).model_dump()
+            self.transport.send(COORDINATOR, control_frames(MsgType.LEASE, self.endpoint, body))
+            key = ("lease", epoch)
+            limit = self.config.request_timeout_seconds if timeout is None else timeout
+            deadline = time.monotonic() + limit
+            while key not in self._leases:
+                self._pump_until(deadline, lambda: f"the lease of a data shard of epoch {epoch}")
+            shard = self._leases.pop(key)
+            if shard is None:
+                return
+            yield shard
+            finished = shard
 
     def report(self, metrics: Mapping[str, float] | None = None, **more: float) -> None:
         """Tell the job how training goes (``ps.report(rmse=0.9)``): it shows in the
@@ -892,6 +918,9 @@ class PS:
             self._barrier_done = max(self._barrier_done, control.parse(control.Barrier, msg.body).generation)
         elif kind is MsgType.CLOCK_MIN:
             self._min_clock = max(self._min_clock, int((msg.body or {}).get("clock", 0)))
+        elif kind is MsgType.LEASE_REPLY:
+            reply = control.parse(control.LeaseReply, msg.body)
+            self._leases[("lease", reply.epoch)] = reply.shard
         elif kind is MsgType.STATS_REPLY:
             self._replies[msg.req_id] = control.parse(control.Stats, msg.body).counters
         elif kind is MsgType.SHUTDOWN:

@@ -130,6 +130,17 @@ class CheckpointDone(_Body):
     keys: int = 0
 
 
+class Lease(_Body):
+    epoch: int = Field(ge=0)
+    num_shards: int = Field(ge=1, le=10_000_000)
+    finished: int | None = Field(default=None, ge=0)
+
+
+class LeaseReply(_Body):
+    epoch: int
+    shard: int | None
+
+
 class Report(_Body):
     metrics: dict[str, float]
 

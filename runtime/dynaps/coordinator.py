@@ -40,6 +40,7 @@ from dynaps.contract import ConsistencyModel, RuntimeConfig
 from dynaps.control import Membership
 from dynaps.coordinator_http import StatusServer
 from dynaps.errors import ProtocolError
+from dynaps.leases import Leases
 from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
 from dynaps.rebalance import Migration, Rebalancer
 from dynaps.roster import Member, Roster
@@ -82,6 +83,7 @@ class Coordinator:
         self._next_checkpoint = _next_checkpoint_id(checkpoint.path)
         self._last_checkpoint_time = time.monotonic()
         self.commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.leases = Leases()
         self.metrics: dict[str, float] = {}  # what the training programs reported (latest wins)
         self.metrics_by_rank: dict[str, dict[str, float]] = {}
         self.status_doc: dict[str, Any] = {}
@@ -156,6 +158,10 @@ class Coordinator:
             self._on_recovered(control.parse(control.MigrateReady, msg.body).id)
         elif kind is MsgType.CHECKPOINT_DONE:
             self._on_checkpoint_done(member, control.parse(control.CheckpointDone, msg.body))
+        elif kind is MsgType.LEASE:
+            lease = control.parse(control.Lease, msg.body)
+            shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
+            self._send(msg.sender, MsgType.LEASE_REPLY, {"epoch": lease.epoch, "shard": shard})
         elif kind is MsgType.REPORT:
             report = control.parse(control.Report, msg.body)
             self.metrics.update(report.metrics)
@@ -289,6 +295,7 @@ class Coordinator:
 
     def _on_left(self, member: Member) -> None:
         log.info("%s %d left", member.role, member.id)
+        self.leases.release(member.id)
         self.roster.remove(member, lost=False)
         self.transport.forget(member.id)
         if member.client is not None:
@@ -339,6 +346,9 @@ class Coordinator:
     def _on_lost(self, member: Member) -> None:
         log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
         self.roster.remove(member, lost=True)
+        returned = self.leases.release(member.id)
+        if returned:
+            log.warning("%d data shards of node %d go back to the queue", returned, member.id)
         self.transport.forget(member.id)
         if member.client is not None:
             self.transport.forget(client_of(member.id))
@@ -624,6 +634,7 @@ class Coordinator:
             },
             "lost": list(self.roster.lost),
             "metrics": dict(self.metrics),
+            "dataShards": self.leases.status(),
             "metricsByRank": {rank: dict(m) for rank, m in self.metrics_by_rank.items()},
             "members": [
                 {

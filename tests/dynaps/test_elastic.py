@@ -96,3 +96,31 @@ def test_sigterm_drains_a_server_without_losing_updates(tmp_path: Path) -> None:
         assert cluster.processes["server-1"].returncode == 0
         assert len(cluster.status()["shardsPerServer"]) == 2
         assert_counts(cluster, results)
+
+
+def take_shards(ps: dynaps.PS, num_shards: int, epoch: int, slow: float) -> list[int]:
+    taken = []
+    try:
+        for shard in ps.data_shards(num_shards, epoch):
+            taken.append(shard)
+            time.sleep(slow)
+    except dynaps.Drained:
+        pass
+    return taken
+
+
+def test_data_shards_are_leased_once_each_and_survive_a_leaving_worker() -> None:
+    with dynaps.LocalCluster(servers=1, workers=3, tables=TABLES) as cluster:
+        taken = cluster.run(take_shards, 30, 0, 0.0)
+        assert sorted(s for part in taken for s in part) == list(range(30))
+        job = cluster.submit(take_shards, 60, 1, 0.05)
+        time.sleep(0.4)
+        cluster.kill("worker-2")  # its current shard goes back to the queue
+        with pytest.raises(dynaps.ClusterError, match="rank 2"):
+            job.result(timeout=60)
+        survivors = list(job._results.values())  # the two that finished
+        assert len(survivors) == 2
+        covered = [s for part in survivors for s in part]
+        assert len(covered) == len(set(covered)), "no shard was leased twice"
+        # every shard was finished by someone: the killed worker's open one was taken over
+        assert cluster.status()["dataShards"]["1"] == {"shards": 60, "done": 60, "held": 0, "free": 0}
