@@ -14,9 +14,13 @@ JSON and a PNG.  ``--scaling`` instead runs MF on 200,000 x 20,000 (4M entries, 
 at 1, 2, 4 and 8 nodes (N servers + N workers), static and dynamic: meant for a machine
 with 16 cores (``--scaling-size tiny`` is a smoke test anywhere).
 
-    python bench/apps.py                    # about 5 minutes on 2 cores
+    python bench/apps.py --repeat 3         # about 4 minutes on 2 cores (--repeat 1: 1.5)
     python bench/apps.py --quick            # small sizes, a smoke run
     python bench/apps.py --scaling          # needs 16 cores to mean anything
+
+The figures are medians over the repeats (variants interleaved, so a change in the
+machine's load hits them alike); CPU seconds of all the job's processes are recorded
+beside wall time, because on a shared 2-core machine they move far less with load.
 """
 
 from __future__ import annotations
@@ -155,6 +159,12 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def replot(path: Path) -> None:
+    """Redraw the PNG of a recorded JSON (``--replot FILE``)."""
+    doc = json.loads(path.read_text())
+    (plot_scaling if "rows" in doc else plot)(doc, path.with_suffix(".png"))
+
+
 def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -169,16 +179,19 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         labels = list(variants)
         ax = axes[row][0]
         times = [variants[k]["epoch_s_mean"] for k in labels]
+        cpu = [variants[k]["cpu_s_per_epoch"] for k in labels]
         bars = ax.bar(labels, times, color=[colours[k] for k in labels])
-        ax.bar_label(bars, labels=[f"{t:.2f} s" for t in times])
-        ax.set_ylabel("seconds per epoch (mean)")
+        ax.bar_label(bars, labels=[f"{t:.2f} s (CPU {c:.2f} s)" for t, c in zip(times, cpu, strict=True)])
+        ax.set_ylim(0, max(times) * 1.18)
+        ax.set_ylabel("seconds per epoch (median of runs)")
         ax.set_title(f"{name}: epoch time (2 nodes; baseline = 1 process)")
         ax = axes[row][1]
         for k in labels:
             epochs = doc["workloads"][name]["runs"][k]
             q = [e["quality"].get(variants[k]["quality_name"], np.nan) for e in epochs]
             ax.plot(range(1, len(q) + 1), q, marker="o", label=k, color=colours[k])
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (last run of each variant)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(variants[labels[0]]["quality_name"])
         ax.set_title(f"{name}: quality per epoch")
         ax.legend()
@@ -263,11 +276,12 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
         nodes = [r["nodes"] for r in rows]
         axes[0].plot(nodes, [r["epoch_s_mean"] for r in rows], marker="o", color=colour, label=variant)
         axes[1].plot(nodes, [r["quality"] for r in rows], marker="o", color=colour, label=variant)
-    axes[0].set(
-        xlabel="nodes", ylabel="seconds per epoch", title="MF scaling: epoch time", xscale="log", yscale="log"
-    )
-    axes[1].set(xlabel="nodes", ylabel="test RMSE", title="MF scaling: quality", xscale="log")
+    axes[0].set(xlabel="nodes", ylabel="seconds per epoch", title="MF scaling: epoch time", yscale="log")
+    axes[1].set(xlabel="nodes", ylabel="test RMSE", title="MF scaling: quality")
+    nodes = sorted({r["nodes"] for r in doc["rows"]})
     for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(nodes, [str(n) for n in nodes])
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -286,7 +300,11 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, help="JSON output (default bench/results/apps[-scaling][-quick].json)"
     )
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of a recorded run")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.replot)
+        return 0
     suffix = "-scaling" if args.scaling else ""
     suffix += "-quick" if args.quick or (args.scaling and args.scaling_size == "tiny") else ""
     out = args.out or RESULTS / f"apps{suffix}.json"
