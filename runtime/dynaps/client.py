@@ -399,11 +399,14 @@ class Table:
 
     def pull_sample(self, handle: Any, k: int) -> tuple[Keys, Array]:
         """The next ``k`` draws of ``handle`` and their values: ``(keys, (k, dim) array)``."""
+        if getattr(self, "_sampling", None) is None:
+            raise UsageError(f"pull_sample on table {self.name!r} needs a handle from prepare_sample")
         return self._sampling.pull(handle, k)
 
     def finish_sample(self, handle: Any) -> None:
         """Release ``handle``; under the pool strategy its unused draws go back to the pool."""
-        self._sampling.finish(handle)
+        if getattr(self, "_sampling", None) is not None:
+            self._sampling.finish(handle)
 
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
