@@ -162,11 +162,13 @@ class EpochReport:
     def line(self) -> str:
         quality = "  ".join(f"{name} {value:.4f}" for name, value in self.quality.items())
         extra = "  ".join(f"{name} {value:.4g}" for name, value in self.extra.items())
-        return (
-            f"[{self.app}] epoch {self.epoch}/{self.epochs}  {self.seconds:6.2f} s  loss {self.loss:.4f}  "
-            f"{quality}  keys/s {self.keys_per_second:,.0f}  local {100 * self.local_share:.1f}%"
-            + (f"  {extra}" if extra else "")
-        )
+        parts = [
+            f"[{self.app}] epoch {self.epoch}/{self.epochs}  {self.seconds:6.2f} s  loss {self.loss:.4f}",
+            quality,
+            f"keys/s {self.keys_per_second:,.0f}  local {100 * self.local_share:.1f}%",
+            extra,
+        ]
+        return "  ".join(part for part in parts if part)
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)

@@ -51,6 +51,8 @@ def capped(weights: Floats, draws: int, cap: float) -> Floats:
     a (head, relation) pair only so many tails) would otherwise force endless redraws.
     """
     w: Floats = weights / weights.sum()
+    if cap * len(w) <= draws:  # no weighting can keep every item under the cap: spread evenly
+        return np.full(len(w), 1.0 / len(w))
     for _ in range(20):
         over = w * draws > cap
         if not over.any():
@@ -65,10 +67,12 @@ def unique_draws(sample: Callable[[int], Ints], total: int) -> Ints:
     """``total`` distinct values from repeated calls of ``sample(n)``, in first-drawn order."""
     taken: list[Ints] = []
     seen = np.zeros(0, dtype=np.int64)  # sorted
-    have = 0
+    have, rounds = 0, 0
     while have < total:
         need = total - have
-        fresh = sample(need + need // 4 + 16)
+        # at least an eighth of the total per round: the last, rarest values would otherwise
+        # be collected a handful per round
+        fresh = sample(max(need + need // 4 + 16, total // 8))
         values, first = np.unique(fresh, return_index=True)
         pos = np.minimum(np.searchsorted(seen, values), max(len(seen) - 1, 0))
         new = first[~(seen[pos] == values)] if len(seen) else first
@@ -76,6 +80,9 @@ def unique_draws(sample: Callable[[int], Ints], total: int) -> Ints:
         taken.append(picked)
         seen = np.sort(np.concatenate([seen, picked]))
         have += len(picked)
+        rounds += 1
+        if rounds > 200:  # the generator cannot produce that many distinct values
+            raise UsageError(f"could only draw {have} distinct items of {total}: ask for less data")
     return np.concatenate(taken)
 
 
@@ -153,6 +160,12 @@ def knowledge_graph(
     """
     rng = np.random.default_rng([seed, 2])
     clusters = max(1, min(clusters, entities // 4))
+    possible = entities * relations * -(-entities // clusters)  # (head, relation, tail in its cluster)
+    if triples > possible // 2:
+        raise UsageError(
+            f"{triples} triples is too many for {entities} entities and {relations} relations "
+            f"(at most {possible // 2}): ask for fewer triples or more entities or relations"
+        )
     cluster = rng.permutation(np.arange(entities) % clusters)  # none empty
     # pi_r(c) = c + shift_r (mod clusters): cyclic shifts commute, so ComplEx's diagonal
     # relations can express them as well as RESCAL's full matrices

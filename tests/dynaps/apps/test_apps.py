@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dynaps.apps import common, kge, lr, mf, w2v
+from dynaps.apps import common, kge, lr, mf, synthetic, w2v
 from dynaps.apps.inprocess import InProcessPS
 from dynaps.contract import ParameterServerJob
 from dynaps.errors import UsageError
@@ -76,6 +76,27 @@ def test_lr_beats_chance() -> None:
     reports = baseline(lr, TINY_LR)
     assert reports[-1]["quality"]["AUC"] > 0.6
     assert reports[-1]["loss"] < np.log(2)
+
+
+@pytest.mark.parametrize(
+    ("app", "files"),
+    [
+        ("mf", ["--train", "train.mtx", "--test", "test.mtx", "--rank", "4"]),
+        ("kge", ["--train", "train.tsv", "--valid", "valid.tsv", "--test", "test.tsv", "--dim", "4"]),
+        ("w2v", ["--corpus", "corpus.txt", "--dim", "8"]),
+        ("lr", ["--train", "train.libsvm", "--test", "test.libsvm"]),
+    ],
+)
+def test_apps_train_from_files_written_by_the_generator(
+    app: str, files: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synthetic.main([app, str(tmp_path), "--size", "3000", "--keys", "300"])
+    args = [str(tmp_path / f) if "." in f else f for f in files]
+    module = {"mf": mf, "kge": kge, "w2v": w2v, "lr": lr}[app]
+    assert module.main([*args, "--epochs", "1", "--baseline"]) == 0
+    out = capsys.readouterr().out
+    assert f"[{app}] epoch 1/1" in out
+    assert "local 100.0%" in out
 
 
 def test_reducer_sums_rotating_slots() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dynaps.apps import synthetic
 from dynaps.apps.metrics import auc
+from dynaps.errors import UsageError
 
 
 def test_matrix_is_deterministic_unique_and_skewed() -> None:
@@ -63,3 +65,10 @@ def test_classification_labels_depend_on_features() -> None:
     )
     score = np.bincount(row, weights=rate[examples.indices] - 0.5, minlength=len(examples))
     assert auc(score, examples.labels) > 0.7
+
+
+def test_impossible_sizes_are_refused_not_looped_on() -> None:
+    with pytest.raises(UsageError, match="too many"):
+        synthetic.knowledge_graph(100, 2, 5_000)
+    with pytest.raises(UsageError, match="more than half"):
+        synthetic.matrix(50, 50, 2, 2_000)
