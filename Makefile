@@ -67,4 +67,4 @@ kind-down: ## Delete the kind cluster
 	scripts/kind-down.sh
 
 bench-operator: $(STAMP) k8s-binaries ## Operator latency (apply to pods) and memory with 20 jobs
-	$(PY) bench/operator.py
+	$(PY) bench/operator_bench.py

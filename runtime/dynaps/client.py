@@ -467,6 +467,9 @@ class PS:
         self._min_clock = 0
         self._replies: dict[int, dict[str, Any]] = {}
         self._leases: dict[tuple[str, int], int | None] = {}
+        self._incarnation = ""
+        self._barrier_waiting: int | None = None
+        self._lease_waiting: dict[str, Any] | None = None
         self._shutdown: str | None = None
 
     # -------------------------------------------------------------- set-up
@@ -517,7 +520,11 @@ class PS:
             msg = control.await_coordinator(
                 self.transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
             )
-            if msg.type is MsgType.MEMBERSHIP:
+            if msg.type is MsgType.WELCOME:
+                welcome = control.parse(control.Welcome, msg.body)
+                if welcome.nonce == nonce:
+                    self._barrier_generation = welcome.barrier  # join the barrier the others are at
+            elif msg.type is MsgType.MEMBERSHIP:
                 membership = control.parse(control.Membership, msg.body)
                 if membership.phase == "running":
                     self._apply_membership(membership)
@@ -533,6 +540,10 @@ class PS:
             self.shard_map = shard_map
             self.epoch = shard_map.epoch
         self.num_workers = membership.num_workers
+        if membership.incarnation != self._incarnation:
+            if self._incarnation:
+                self._repeat_waiting()  # the coordinator restarted: what we wait for is gone
+            self._incarnation = membership.incarnation
         lost = set(membership.lost) - self.lost
         if lost:
             self.lost |= lost
@@ -540,6 +551,19 @@ class PS:
                 self.transport.forget(node)
                 self.transport.forget(client_of(node))
             self._retry_outstanding()
+
+    def _repeat_waiting(self) -> None:
+        if self._barrier_waiting is not None:
+            body = {"generation": self._barrier_waiting}
+            self.transport.send(COORDINATOR, control_frames(MsgType.BARRIER, self.endpoint, body))
+        if self._lease_waiting is not None:
+            self.transport.send(
+                COORDINATOR, control_frames(MsgType.LEASE, self.endpoint, self._lease_waiting)
+            )
+        if self._clock:
+            self.transport.send(
+                COORDINATOR, control_frames(MsgType.CLOCK, self.endpoint, {"clock": self._clock})
+            )
 
     def _retry_outstanding(self) -> None:
         """Nodes died: requests in flight may have died with them.  Send what is not yet
@@ -635,8 +659,12 @@ class PS:
         )
         limit = self.config.request_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + limit
-        while self._barrier_done < generation:
-            self._pump_until(deadline, lambda: f"barrier {generation}")
+        self._barrier_waiting = generation
+        try:
+            while self._barrier_done < generation:
+                self._pump_until(deadline, lambda: f"barrier {generation}")
+        finally:
+            self._barrier_waiting = None
 
     def clock(self, timeout: float | None = None) -> int:
         """Advance this worker's clock; under bsp/ssp, wait for the slowest worker."""
@@ -671,8 +699,12 @@ class PS:
             key = ("lease", epoch)
             limit = self.config.request_timeout_seconds if timeout is None else timeout
             deadline = time.monotonic() + limit
-            while key not in self._leases:
-                self._pump_until(deadline, lambda: f"the lease of a data shard of epoch {epoch}")
+            self._lease_waiting = body
+            try:
+                while key not in self._leases:
+                    self._pump_until(deadline, lambda: f"the lease of a data shard of epoch {epoch}")
+            finally:
+                self._lease_waiting = None
             shard = self._leases.pop(key)
             if shard is None:
                 return
@@ -739,9 +771,16 @@ class PS:
     def done_handle(self, kind: MsgType, table: str, out: Array | None) -> Handle:
         return Handle(None, 0, kind, table, None, out, 0)
 
+    def _watermark(self) -> int:
+        """Every request below this id is answered (32 low bits): nodes forget their records."""
+        oldest = min(self._handles) if self._handles else self._next_id
+        return oldest & 0xFFFFFFFF
+
     def send(self, dest: int, msg: Message) -> None:
         self.counters["messages_sent"] += 1
         msg.epoch = self.epoch
+        if msg.type in (MsgType.PUSH, MsgType.SET):
+            msg.aux = self._watermark()
         self.transport.send(dest, encode(msg))
 
     def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
@@ -788,6 +827,8 @@ class PS:
             self.transport.send(dest, [head + keys.tobytes()])
             return
         msg = Message(kind, ep, ep, req_id, table, len(keys), epoch=self.epoch, keys=keys, values=rows)
+        if rows is not None:
+            msg.aux = self._watermark()
         self.transport.send(dest, encode(msg))
 
     def request(

@@ -43,6 +43,7 @@ class Welcome(_Body):
     node: int = Field(ge=1, le=MAX_NODES)
     nonce: str
     rank: int | None = None
+    barrier: int = 0  # a client's first barrier generation (it may join a running job)
 
 
 class Refused(_Body):
@@ -60,8 +61,27 @@ class NodeInfo(_Body):
     ready: bool = False
 
 
+class Heartbeat(_Body):
+    """A node's periodic sign of life; enough to rebuild the job after a coordinator restart."""
+
+    role: Role
+    address: str = Field(max_length=300)
+    name: str = ""
+    rank: int | None = None
+    client: str | None = None
+    epoch: int = 0
+    exit_code: int | None = None
+    draining: bool = False
+
+
+class Rejoin(_Body):
+    heartbeat: Heartbeat
+    shard_map: dict[str, Any]
+
+
 class Membership(_Body):
     version: int = Field(ge=0)
+    incarnation: str = ""  # changes when the coordinator restarts: clients repeat what waits
     phase: Phase
     nodes: list[NodeInfo]
     shard_map: dict[str, Any]

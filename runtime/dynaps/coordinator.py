@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration
 JOIN_TIMEOUT = 120.0  # seconds a joining node may take to build its store
 REBALANCE_AFTER_RECOVERY = 2.0  # seconds between rebuilding a lost server's shards and moving them
+ADOPT_QUIET = 1.0  # after a restart: seconds without a new node before the job goes on
 
 
 class Coordinator:
@@ -64,14 +65,19 @@ class Coordinator:
         self.phase = "registering"
         self.version = 0
         self.shard_map: ShardMap | None = None
-        self.barrier_generation = 0
-        self.barrier_arrived: set[int] = set()
+        self.barrier_generation = 0  # the oldest barrier still open (new workers start there)
+        self.barrier_at: dict[int, int] = {}  # client -> the latest barrier it reached
+        self.barrier_waiting: set[int] = set()  # clients whose latest barrier is not yet answered
         self.min_clock = 0
         self.exit_code: int | None = None
         self.reason = ""
         self.started_at = time.time()
         heartbeat = config.fault_tolerance.heartbeat_interval_ms / 1000
         self.lost_after = max(0.5, 5 * heartbeat)
+        self.incarnation = secrets.token_hex(4)
+        self.adopting: dict[int, dict[str, Any] | None] = {}  # node -> its shard map, once it rejoined
+        self.adopt_until = 0.0
+        self.deferred: list[control.Register] = []
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
         self._rebalance_at: float | None = None
         self._next_recovery = 1
@@ -109,6 +115,7 @@ class Coordinator:
             shard_map=self.shard_map.to_json(),
             num_workers=len(self.roster.active("worker")),
             lost=list(self.roster.lost),
+            incarnation=self.incarnation,
         )
 
     def _announce(self) -> None:
@@ -132,6 +139,9 @@ class Coordinator:
             self._on_register(control.parse(control.Register, msg.body))
             return
         member = self.roster.get(node_of(msg.sender))
+        if member is None and kind is MsgType.HEARTBEAT and self.phase in ("registering", "adopting"):
+            self._adopt(node_of(msg.sender), control.parse(control.Heartbeat, msg.body))
+            return
         if member is None:
             if node_of(msg.sender) in self.roster.former:
                 return  # a node that left (and lingers) or was declared lost: no longer ours
@@ -158,6 +168,8 @@ class Coordinator:
             self._on_recovered(control.parse(control.MigrateReady, msg.body).id)
         elif kind is MsgType.CHECKPOINT_DONE:
             self._on_checkpoint_done(member, control.parse(control.CheckpointDone, msg.body))
+        elif kind is MsgType.REJOIN:
+            self._on_rejoin(member, control.parse(control.Rejoin, msg.body))
         elif kind is MsgType.LEASE:
             lease = control.parse(control.Lease, msg.body)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
@@ -177,6 +189,9 @@ class Coordinator:
     # ------------------------------------------------------------------ joining
 
     def _on_register(self, reg: control.Register) -> None:
+        if self.phase == "adopting":
+            self.deferred.append(reg)  # after the running job is rebuilt
+            return
         if reg.config_digest != self.digest:
             self._refuse(reg, "its configuration (tables, shards) differs from the coordinator's")
             return
@@ -216,7 +231,7 @@ class Coordinator:
         self._send(
             client_of(member.id),
             MsgType.WELCOME,
-            {"node": member.id, "nonce": reg.nonce, "rank": member.rank},
+            {"node": member.id, "nonce": reg.nonce, "rank": member.rank, "barrier": self.barrier_generation},
         )
         if self.phase == "running":
             self._announce()
@@ -279,6 +294,60 @@ class Coordinator:
         )
         self._announce()
 
+    # ------------------------------------------------------------------ restart
+
+    def _adopt(self, node: int, heartbeat: control.Heartbeat) -> None:
+        """A heartbeat from a node we never registered: we restarted and the job runs on.
+
+        Collect the nodes (they keep their ids), ask each for its shard map (REJOIN), and
+        once no new node has appeared for a moment, carry on with the newest map.
+        """
+        if self.phase == "registering" and self.roster.members:
+            log.error("heartbeat of unknown node %d while registering a new job: ignored", node)
+            return
+        if self.phase == "registering":
+            log.warning("coordinator restarted: rebuilding the running job from its nodes")
+            self.phase = "adopting"
+        member = Member(node, heartbeat.role, heartbeat.address, heartbeat.name, 0, heartbeat.rank)
+        member.client = heartbeat.client
+        member.exit_code = heartbeat.exit_code
+        member.state = "draining" if heartbeat.draining else "ready"
+        self.roster.adopt(member)
+        self.transport.connect(node, heartbeat.address)
+        if heartbeat.client is not None:
+            self.transport.connect(client_of(node), heartbeat.client)
+        self.adopting[node] = None
+        self.adopt_until = time.monotonic() + ADOPT_QUIET
+        self._send(node, MsgType.ADOPT, {})
+
+    def _on_rejoin(self, member: Member, rejoin: control.Rejoin) -> None:
+        if member.id in self.adopting:
+            self.adopting[member.id] = rejoin.shard_map
+
+    def _finish_adoption(self) -> None:
+        maps = [doc for doc in self.adopting.values() if doc is not None]
+        if not maps:
+            return
+        newest = max(maps, key=lambda doc: int(doc.get("epoch", 0)))
+        self.shard_map = ShardMap.from_json(newest)
+        for role in ("server", "worker"):
+            count = len(self.roster.active(role))
+            self.roster.desired[role] = max(self.roster.desired[role], count)
+        self.adopting.clear()
+        self.phase = "running"
+        log.warning(
+            "job rebuilt after a coordinator restart: %d nodes, epoch %d",
+            len(self.roster.members),
+            self.shard_map.epoch,
+        )
+        self._announce()
+        deferred, self.deferred = self.deferred, []
+        for reg in deferred:
+            self._on_register(reg)
+        self._rebalance()
+        self._check_barrier()
+        self._check_done()
+
     # ------------------------------------------------------------------ leaving
 
     def _on_leave(self, member: Member, reason: str) -> None:
@@ -329,6 +398,12 @@ class Coordinator:
     def tick(self) -> None:
         """Periodic duties: detect lost nodes, take periodic checkpoints."""
         now = time.monotonic()
+        if self.phase == "adopting":
+            rejoined = all(doc is not None for doc in self.adopting.values())
+            if (now > self.adopt_until and rejoined) or now > self.adopt_until + ADOPT_QUIET * 5:
+                self._finish_adoption()
+                self._refresh_status()
+            return
         interval = self.config.fault_tolerance.checkpoint.interval_seconds
         if interval and self.phase == "running" and now - self._last_checkpoint_time >= interval:
             self._last_checkpoint_time = now
@@ -536,22 +611,28 @@ class Coordinator:
     # ------------------------------------------------------------------ barriers, clocks
 
     def _on_barrier(self, sender: int, barrier: control.Barrier) -> None:
-        if barrier.generation != self.barrier_generation:
-            raise ProtocolError(f"barrier {barrier.generation} while at {self.barrier_generation}")
-        self.barrier_arrived.add(sender)
+        self.barrier_at[sender] = max(self.barrier_at.get(sender, -1), barrier.generation)
+        self.barrier_waiting.add(sender)
         self._check_barrier()
 
     def _check_barrier(self) -> None:
-        if not self.barrier_arrived:
-            return
+        """Barrier g is passed once every running worker reached g or a later one.
+
+        Counting "g or later" (not "exactly g") keeps barriers right when some worker
+        already went on while the others send g again (after a coordinator restart).
+        """
+        if self.phase != "running":
+            return  # while adopting, not every worker is known yet
         clients = {client_of(m.id) for m in self.roster.workers_running() if m.state != "draining"}
-        if clients <= self.barrier_arrived:
-            body = {"generation": self.barrier_generation}
-            for endpoint in self.barrier_arrived | clients:
+        if clients:
+            passed = min(self.barrier_at.get(c, -1) for c in clients)
+            self.barrier_generation = max(self.barrier_generation, passed + 1)
+        passed = self.barrier_generation - 1
+        for endpoint in sorted(self.barrier_waiting):
+            if self.barrier_at.get(endpoint, -1) <= passed:
+                self.barrier_waiting.discard(endpoint)
                 if self.roster.get(node_of(endpoint)) is not None:
-                    self._send(endpoint, MsgType.BARRIER_DONE, body)
-            self.barrier_generation += 1
-            self.barrier_arrived.clear()
+                    self._send(endpoint, MsgType.BARRIER_DONE, {"generation": passed})
 
     def _publish_min_clock(self) -> None:
         if self.config.consistency.model == ConsistencyModel.ASYNC:

@@ -345,6 +345,33 @@ class LocalCluster:
         last: dict[str, Any] = status["lastCheckpoint"]
         return last
 
+    def restart(self, name: str) -> None:
+        """Start node ``name`` (or ``"coordinator"``) again, as Kubernetes recreates a pod.
+
+        A node restarted under its name replaces its predecessor at once (its keys are
+        recovered as after a crash); a restarted coordinator rebuilds the running job
+        from the nodes' heartbeats.  Kills the old process first if it still runs.
+        """
+        old = self._process(name)
+        if name == "coordinator":
+            if old.poll() is None:
+                old.kill()
+                old.wait()
+            if old.stdout is not None:
+                old.stdout.close()
+            # the same address: the nodes' connections find the new coordinator by themselves
+            proc, _address, self.http_port = start_coordinator(self.config, self._env(), self.startup_timeout)
+            self.processes["coordinator"] = proc
+            return
+        if old.poll() is None:
+            self.kill(name)
+        if name.startswith("server"):
+            self._start_server(name)
+            return
+        previous = self._workers.get(name)
+        worker = self._start_worker(name, previous.rank if previous else None)
+        self._await_runners([worker])
+
     def _process(self, name: str) -> Process:
         proc = self.processes.get(name)
         if proc is None:

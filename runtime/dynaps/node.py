@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 Index = npt.NDArray[np.intp]
 
 _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
+RELOCATION_FENCE = 2.0  # seconds without relocations after a node is lost (see ``fenced_until``)
 
 # data messages that a home holds while their shard is frozen for a migration
 _FREEZABLE = frozenset(
@@ -98,6 +99,9 @@ class NodeServer:
         self.replication: Replication | None = None  # set when the job replicates
         self.checkpoint_root = ""  # where checkpoints live (for rebuilding lost shards)
         self.relocations_paused = False  # a checkpoint is being taken: no key changes owner
+        # after a node is lost, no key changes owner for a while: requests sent again by
+        # their clients must find the keys where the originals were applied (and remembered)
+        self.fenced_until = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
         self._releasing: list[npt.NDArray[np.bool_]] | None = None
@@ -368,7 +372,7 @@ class NodeServer:
                 self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
             keys = keys[here]
         keys = np.unique(keys)
-        if self.relocations_paused:
+        if self.relocations_paused or self.fenced_until:
             self.waiting[msg.table].append(_with_keys(msg, keys, target))
             return
         self.lock.acquire()
@@ -480,6 +484,7 @@ class NodeServer:
                     keys=owned,
                     values=values,
                     states=states,
+                    body=self.replication.records_for(owned) if self.replication is not None else None,
                 )
                 self.send(target, transfer)
         if len(owned) < len(keys):
@@ -524,6 +529,8 @@ class NodeServer:
             self.lock.release()
         if confirmed is not None and len(confirmed):
             self._confirm_arrival(msg.table, msg.req_id, confirmed)
+        if self.replication is not None:
+            self.replication.adopt_records(msg.body)
         if not len(keys):
             return
         if self.replication is not None:
@@ -642,6 +649,8 @@ class NodeServer:
         if not new:
             return
         self.lost |= new
+        if any(store.owner is not None for store in self.stores):
+            self.fenced_until = time.monotonic() + RELOCATION_FENCE
         dead = np.asarray(sorted(new), dtype=np.int16)
         for node in new:
             self.transport.forget(node)
@@ -732,8 +741,17 @@ class NodeServer:
     def pause_relocations(self) -> None:
         self.relocations_paused = True
 
+    def lift_fence(self, now: float) -> None:
+        """End the relocation fence that followed a lost node, once its time is up."""
+        if self.fenced_until and now >= self.fenced_until:
+            self.fenced_until = 0.0
+            if not self.relocations_paused:
+                self.resume_relocations()
+
     def resume_relocations(self) -> None:
         self.relocations_paused = False
+        if self.fenced_until:
+            return
         for table, queued in enumerate(self.waiting):
             if queued:
                 self.waiting[table] = []

@@ -88,6 +88,7 @@ class NodeProcess:
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
         self.members: set[int] = set()  # live node ids, from the last membership
         self.checkpoint: dict[str, Any] | None = None  # the checkpoint being taken, if any
+        self.client_address: str | None = None
         self.drain_deadline = 0.0
         self.last_heartbeat = 0.0
         self.heartbeat_interval = config.fault_tolerance.heartbeat_interval_ms / 1000
@@ -176,6 +177,9 @@ class NodeProcess:
         assert server is not None
         members = control.connect_members(self.transport, membership)
         self.members = {info.id for info in membership.nodes}
+        mine = membership.node(self.node_id)
+        if mine is not None:
+            self.client_address = mine.client
         departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
         server.peers |= members
         if membership.phase == "running":
@@ -210,7 +214,7 @@ class NodeProcess:
     def _chores(self, now: float) -> None:
         if now - self.last_heartbeat >= self.heartbeat_interval:
             self.last_heartbeat = now
-            self._send_coordinator(MsgType.HEARTBEAT, {})
+            self._send_coordinator(MsgType.HEARTBEAT, self._heartbeat().model_dump())
         if self.attach_server is not None:
             self._accept_client()
         self._watch_child()
@@ -223,6 +227,7 @@ class NodeProcess:
             self._advance_drain(now)
         assert self.server is not None
         self.server.recoveries.tick(now)
+        self.server.lift_fence(now)
         if self.server.replication is not None:
             self.server.replication.flush(now)
         if (
@@ -268,6 +273,14 @@ class NodeProcess:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("DRAIN from a non-coordinator")
                 self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
+            elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("ADOPT from a non-coordinator")
+                body = {
+                    "heartbeat": self._heartbeat().model_dump(),
+                    "shard_map": self.server.shard_map.to_json(),
+                }
+                self._send_coordinator(MsgType.REJOIN, body)
             elif msg.type is MsgType.MIGRATE_ABORT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MIGRATE_ABORT from a non-coordinator")
@@ -369,6 +382,20 @@ class NodeProcess:
         else:  # resume
             self.checkpoint = None
             server.resume_relocations()
+
+    def _heartbeat(self) -> control.Heartbeat:
+        assert self.server is not None
+        exit_code = self.exit_code if self.child_reported else None
+        return control.Heartbeat(
+            role=self.role,
+            address=self.transport.address,
+            name=self.name,
+            rank=self.rank,
+            client=self.client_address,
+            epoch=self.server.shard_map.epoch,
+            exit_code=exit_code,
+            draining=self.drain_state is not None,
+        )
 
     def _dump_state(self) -> None:
         server = self.server

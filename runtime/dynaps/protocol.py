@@ -151,6 +151,8 @@ class MsgType(enum.IntEnum):
     OWNERS_QUERY = 60
     MIGRATE_ABORT = 61
     REPORT = 62
+    ADOPT = 64
+    REJOIN = 65
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
@@ -160,6 +162,7 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 FINAL = 4  # SHARD_COPY: the last part of a migration's copy
 RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
 RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
+RECORDS = 32  # TRANSFER: a JSON frame follows with the applied-request records of these keys
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
@@ -314,13 +317,17 @@ def encode(msg: Message) -> list[Any]:
     else:
         parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
     parts.extend(msg.states)
-    flags = msg.flags & ~(HAS_POSITIONS | INLINE)
+    flags = msg.flags & ~(HAS_POSITIONS | INLINE | RECORDS)
     if msg.positions is not None:
         flags |= HAS_POSITIONS
+    records = None
+    if kind is MsgType.TRANSFER and msg.body is not None:
+        flags |= RECORDS
+        records = json.dumps(msg.body, separators=(",", ":")).encode()
     size = 0
     for part in parts:
         size += part.nbytes
-    if size <= INLINE_MAX:
+    if size <= INLINE_MAX and records is None:
         head = HEADER.pack(
             PROTOCOL_VERSION,
             kind,
@@ -348,7 +355,10 @@ def encode(msg: Message) -> list[Any]:
         msg.count,
         msg.aux,
     )
-    return [head, *[_buffer(part) for part in parts]]
+    frames = [head, *[_buffer(part) for part in parts]]
+    if records is not None:
+        frames.append(records)
+    return frames
 
 
 def encode_reply(
@@ -451,6 +461,11 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
         sizes.append(row_bytes)
     if with_states:
         sizes.extend([row_bytes] * aux)
+    if flags & RECORDS:
+        if msg_type is not MsgType.TRANSFER or inline or len(frames) < 2:
+            raise ProtocolError(f"{msg_type.name} with records is malformed")
+        msg.body = _json_body(frames[-1:])
+        frames = frames[:-1]
     if inline:
         if len(frames) != 1:
             raise ProtocolError(f"inline {msg_type.name} has {len(frames)} frames")
@@ -560,6 +575,7 @@ __all__ = [
     "INLINE",
     "NO_ENDPOINT",
     "PROTOCOL_VERSION",
+    "RECORDS",
     "RECOVERY",
     "RETRY",
     "Message",

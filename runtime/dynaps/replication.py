@@ -55,21 +55,40 @@ class Replication:
             store.dirty if store.dirty is not None else np.zeros(store.spec.num_keys, np.uint8)
             for store in server.stores
         ]
-        self.applied: dict[int, collections.OrderedDict[int, Positions | None]] = {}
+        # requester -> request -> (positions applied here, None: all; the keys they updated)
+        self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
         self.last_flush = 0.0
 
     # ---------------------------------------------------------------- exactly once
 
-    def remember(self, requester: int, req_id: int, positions: Positions | None) -> None:
-        """Record that this node applied ``positions`` (None: all) of a request."""
+    def remember(self, requester: int, req_id: int, positions: Positions | None, keys: Keys) -> None:
+        """Record that this node applied ``positions`` (None: all) of a request, to ``keys``."""
         seen = self.applied.setdefault(requester, collections.OrderedDict())
         before = seen.get(req_id)
-        if before is not None and positions is not None:
-            positions = np.union1d(before, positions).astype(np.int32)
-        seen[req_id] = positions
+        if before is not None:
+            if before[0] is None or positions is None:
+                positions = None
+            else:
+                positions = np.union1d(before[0], positions).astype(np.int32)
+            keys = np.union1d(before[1], keys)
+        seen[req_id] = (positions, keys)
         seen.move_to_end(req_id)
         if len(seen) > REMEMBERED_REQUESTS:
             seen.popitem(last=False)
+
+    def forget_before(self, requester: int, req_id: int, watermark: int) -> None:
+        """The requester has every answer to its requests below ``watermark`` (32 low bits)."""
+        seen = self.applied.get(requester)
+        if not seen:
+            return
+        full = (req_id & ~0xFFFFFFFF) | watermark
+        if full > req_id:
+            full -= 1 << 32
+        while seen:
+            oldest = next(iter(seen))
+            if oldest >= full:
+                break
+            del seen[oldest]
 
     def already_applied(self, msg: Message) -> npt.NDArray[np.bool_] | None:
         """Which keys of a push were applied here before (None: none).
@@ -80,12 +99,37 @@ class Replication:
         requests = self.applied.get(msg.requester)
         if requests is None or msg.req_id not in requests:
             return None
-        seen = requests[msg.req_id]
+        seen = requests[msg.req_id][0]
         assert msg.keys is not None
         if seen is None:
             return np.ones(len(msg.keys), dtype=np.bool_)
         positions = msg.positions if msg.positions is not None else np.arange(len(msg.keys), dtype=np.int32)
         return np.isin(positions, seen)
+
+    def records_for(self, keys: Keys) -> dict[str, object] | None:
+        """The records of requests applied here to any of ``keys``: they travel with the keys,
+        so a retry that follows the keys to their next owner is recognised there too."""
+        found = []
+        for requester, seen in self.applied.items():
+            for req_id, (positions, touched) in seen.items():
+                if np.isin(touched, keys).any():
+                    shown = None if positions is None else positions.tolist()
+                    found.append([requester, req_id, shown, touched.tolist()])
+        return {"records": found} if found else None
+
+    def adopt_records(self, body: dict[str, object] | None) -> None:
+        if not body:
+            return
+        records = body.get("records")
+        if not isinstance(records, list):
+            return
+        for record in records:
+            try:
+                requester, req_id, positions, touched = record
+                chosen = None if positions is None else np.asarray(positions, dtype=np.int32)
+                self.remember(int(requester), int(req_id), chosen, np.asarray(touched, dtype=np.int64))
+            except (TypeError, ValueError):
+                continue  # a malformed record protects nothing: skip it
 
     # ---------------------------------------------------------------- after an update
 
@@ -96,7 +140,9 @@ class Replication:
         """
         server = self.server
         if is_client(msg.requester):
-            self.remember(msg.requester, msg.req_id, positions)
+            self.remember(msg.requester, msg.req_id, positions, keys)
+            if msg.aux:
+                self.forget_before(msg.requester, msg.req_id, msg.aux)
         store = server.stores[table]
         if store.owner is not None:  # a server: replicate what it homes
             homed = server.homed(table)[keys]
@@ -167,7 +213,7 @@ class Replication:
             server.lock.release()
         server.stats["keys_backed_up"] += len(msg.keys)
         if is_client(msg.requester):
-            self.remember(msg.requester, msg.req_id, msg.positions)
+            self.remember(msg.requester, msg.req_id, msg.positions, msg.keys)
             server.acknowledge(msg, len(msg.keys), msg.positions)
 
     # ---------------------------------------------------------------- write-back

@@ -88,6 +88,11 @@ class Roster:
             rank += 1
         return rank
 
+    def adopt(self, member: Member) -> None:
+        """A member known from before a coordinator restart, with its id."""
+        self.members[member.id] = member
+        self._next_id = max(self._next_id, member.id + 1)
+
     def remove(self, member: Member, lost: bool) -> None:
         self.members.pop(member.id, None)
         self.former.add(member.id)

@@ -235,6 +235,11 @@ class Cluster:
         for server in self.live().values():
             server.recoveries.tick(1e18)
 
+    def lift_fences(self) -> None:
+        """The relocation fence after a loss is over (time passed)."""
+        for server in self.live().values():
+            server.lift_fence(1e18)
+
     def step(self) -> None:
         """A turn of every node's loop: the next pre-copy chunk, or the freeze."""
         for server in self.live().values():
@@ -309,6 +314,9 @@ class Cluster:
                     continue
                 if any(s.recoveries.resend for s in self.live().values()):
                     self.resend()
+                    continue
+                if any(s.fenced_until for s in self.live().values()):
+                    self.lift_fences()
                     continue
                 return
             choice = data.draw(st.sampled_from(busy)) if data is not None else busy[0]

@@ -132,3 +132,44 @@ def test_a_killed_server_loses_no_acknowledged_update_with_replication(tmp_path,
         values = cluster.run(read_all)[0]
         np.testing.assert_array_equal(values, acked)
         assert cluster.status()["lost"]
+
+
+def train_with_barriers(ps: dynaps.PS, stop_file: str) -> dict[str, object]:
+    import os
+
+    W = ps.table("W")
+    rng = np.random.default_rng(ps.rank)
+    acked = np.zeros(NUM_KEYS, dtype=np.int64)
+    rounds = 0
+    while not os.path.exists(stop_file) or rounds < 10:
+        keys = rng.integers(0, NUM_KEYS, size=30)
+        W.push(keys, np.ones((30, 2)))
+        np.add.at(acked, keys, 1)
+        if rounds % 5 == 0:
+            ps.barrier()
+            W.localize(rng.integers(0, NUM_KEYS, size=10))
+        rounds += 1
+    ps.barrier()
+    return {"acked": acked, "rounds": rounds}
+
+
+def test_the_job_survives_a_coordinator_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stop = tmp_path / "stop"
+    with dynaps.LocalCluster(servers=2, workers=2, tables=TABLES) as cluster:
+        epoch = cluster.status()["epoch"]
+        job = cluster.submit(train_with_barriers, str(stop))
+        time.sleep(0.5)
+        cluster.restart("coordinator")
+        deadline = time.monotonic() + 30
+        while cluster.status()["phase"] != "running":
+            assert time.monotonic() < deadline, cluster.status()
+            time.sleep(0.1)
+        time.sleep(0.5)  # training goes on under the new coordinator
+        stop.touch()
+        results = job.result(timeout=120)
+        assert all(r["rounds"] > 10 for r in results)  # type: ignore[operator]
+        acked = sum(r["acked"] for r in results)  # type: ignore[misc]
+        np.testing.assert_array_equal(cluster.run(read_all)[0], acked)
+        status = cluster.status()
+        assert status["epoch"] == epoch
+        assert {m["name"] for m in status["members"]} == {"server-0", "server-1", "worker-0", "worker-1"}

@@ -63,6 +63,15 @@ def data_messages() -> list[Message]:
         Message(MsgType.TRANSFER_DONE, count=4, keys=KEYS, **base),
         Message(
             MsgType.TRANSFER,
+            table=0,
+            count=4,
+            keys=KEYS,
+            values=VALUES,
+            body={"records": [[1, 2, [0], [3]]]},
+            **base,
+        ),
+        Message(
+            MsgType.TRANSFER,
             table=1,
             count=4,
             keys=np.array([1, 2, 3, 49]),

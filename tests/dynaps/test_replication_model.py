@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dynaps.protocol import client_of
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
 
 OPS = st.one_of(
@@ -67,3 +68,22 @@ def test_a_retry_does_not_apply_the_local_part_of_a_push_again() -> None:
     cluster.kill(home_of_5, False)  # the request for key 5 dies with it: sent again
     cluster.settle(None)
     cluster.check()
+
+
+def test_a_retry_that_follows_its_key_to_a_new_owner_is_recognised_there() -> None:
+    cluster = Cluster(replicated=True)
+    first, second, third = WORKERS
+    cluster.start("localize", first, [0])
+    cluster.settle(None)
+    home = int(cluster.shard_map.homes[0])
+    cluster.start("push", second, [0])
+    cluster.deliver((client_of(second), home))  # the home forwards the push to ``first``
+    cluster.deliver((home, first))  # applied there; its ACK stays in flight
+    cluster.start("localize", third, [0])
+    for channel in ((client_of(third), home), (home, first), (first, third)):
+        cluster.deliver(channel)  # the key moves on to ``third``
+    bystander = next(s for s in (*SERVERS, SPARE) if s != home)
+    cluster.kill(bystander, True)
+    cluster.deliver((0, client_of(second)))  # ``second`` learns of the loss first: sends again
+    cluster.settle(None)
+    cluster.check()  # applied once: ``third`` knows the request from the records that came along

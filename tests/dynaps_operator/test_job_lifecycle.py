@@ -61,7 +61,7 @@ def finished_job(
     manifest.write_text(yaml.safe_dump(quickstart_job("mf")))
     kube_control_plane.kubectl("apply", "-n", ns, "-f", str(manifest))
     # From the moment the API server holds the job (kubectl has returned): kubectl's own start-up
-    # and discovery (1-2.5 s here, cold) are measured apart in bench/operator.py.
+    # and discovery (1-2.5 s here, cold) are measured apart in bench/operator_bench.py.
     started = time.monotonic()
     wait_for(
         lambda: {p["metadata"]["name"] for p in pods_of(kube_api, ns, "mf")} == POD_NAMES,

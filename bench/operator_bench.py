@@ -12,7 +12,7 @@ process (`dynaps-operator`, as in its image), and measures:
   (coordinator, 1 server, 1 worker each; 60 real dynaps processes) are created at once, run,
   and are polled for 30 s.
 
-    python bench/operator.py [--samples 10] [--jobs 20] [--hold 30] [--out bench/results/operator.json]
+    python bench/operator_bench.py [--samples 10] [--jobs 20] [--hold 30] [--out bench/results/operator.json]
 
 Targets: apply -> all pods created <= 2 s; operator memory <= 150 MB with 20 jobs.
 """
@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as `python bench/operator.py`, this folder is sys.path[0], and this file's name would shadow
-# the standard library's operator module: the repository root (for tests.kube) takes its place.
+# Run as a script, this folder is sys.path[0]; the repository root (for tests.kube) takes
+# its place (and the file name must not shadow the standard library's operator module).
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
