@@ -101,10 +101,15 @@ class Coordinator:
         self.transport.send(endpoint, control_frames(kind, COORDINATOR, body))
 
     def _broadcast(self, kind: MsgType, body: dict[str, Any], clients: bool = True) -> None:
-        for member in self.roster.active():
+        """To every node, then every client (a client's next request then likely meets a
+        node that already knows what the client knows)."""
+        members = self.roster.active()
+        for member in members:
             self._send(member.id, kind, body)
-            if clients and member.client is not None:
-                self._send(client_of(member.id), kind, body)
+        if clients:
+            for member in members:
+                if member.client is not None:
+                    self._send(client_of(member.id), kind, body)
 
     def membership(self) -> Membership:
         assert self.shard_map is not None

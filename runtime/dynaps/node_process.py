@@ -82,7 +82,6 @@ class NodeProcess:
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
-        self.running = False  # the job has started (SIGTERM then means: drain)
         self.drain_state: str | None = None  # None, "client", "shards", "keys"
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
@@ -182,8 +181,6 @@ class NodeProcess:
             self.client_address = mine.client
         departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
         server.peers |= members
-        if membership.phase == "running":
-            self.running = True
         if membership.lost:
             server.on_lost(set(membership.lost))
         new_map = ShardMap.from_json(membership.shard_map)
@@ -490,8 +487,8 @@ def serve_node(
 
     def on_signal(signum: int, frame: object) -> None:
         # Only flags here: a handler may interrupt a half-sent multipart message.
-        if node.running and signum == signal.SIGTERM:
-            node.drain_requested = "SIGTERM"
+        if node.server is not None and signum == signal.SIGTERM:
+            node.drain_requested = "SIGTERM"  # a member of the job: hand everything over first
         else:
             node.stop.set()
 
