@@ -33,7 +33,9 @@ Header (little-endian, 32 bytes)::
     epoch      u32  the sender's shard-map epoch
     request id u64  chosen by the requester, echoed in every reply
     count      u32  number of keys in the message (or acknowledged by it)
-    aux        u32  type-specific: HANDOFF target node; TRANSFER state-array count
+    aux        u32  type-specific: HANDOFF target node; TRANSFER, REPLICATE, WRITEBACK
+                    state-array count; SHARD_COPY owned rows; OWNERS held/expected;
+                    PUSH, SET the client's watermark (all its requests below are answered)
 
 Payload sections after the header, by type (``[x]`` is present when HAS_POSITIONS is set)::
 
@@ -44,7 +46,8 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     LOCALIZE    keys                       (to the home: make the requester the owner)
     RELEASE     keys                       (to the home: take these keys back, for a drain)
     HANDOFF     keys                       aux = node that receives the keys
-    TRANSFER    keys values state*aux
+    TRANSFER    keys values state*aux [records]   (flag RECORDS: a last JSON frame with
+                the applied-request records of these keys; flag RECOVERY: re-sent by a home)
     TRANSFER_DONE keys                     (new owner -> home: the keys arrived)
     SHARD_COPY  keys owner moving owned values state*S   (old home -> new home, migration;
                 aux = number of owned rows, req_id = migration id, FINAL on the last part)
