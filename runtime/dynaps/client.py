@@ -55,7 +55,7 @@ from dynaps.protocol import (
     decode,
     encode,
 )
-from dynaps.routing import group_by
+from dynaps.routing import group_by, subset
 from dynaps.shardmap import ShardMap
 from dynaps.shm import Segment, SharedLock, attach
 from dynaps.store import INCOMING, TableStore
@@ -468,6 +468,7 @@ class PS:
         self._replies: dict[int, dict[str, Any]] = {}
         self._leases: dict[tuple[str, int], int | None] = {}
         self._incarnation = ""
+        self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
         self._barrier_waiting: int | None = None
         self._lease_waiting: dict[str, Any] | None = None
         self._shutdown: str | None = None
@@ -544,6 +545,14 @@ class PS:
             if self._incarnation:
                 self._repeat_waiting()  # the coordinator restarted: what we wait for is gone
             self._incarnation = membership.incarnation
+        if self._parked:  # homes may have changed: send them where the keys live now
+            parked, self._parked = self._parked, []
+            for msg in parked:
+                assert msg.keys is not None
+                homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
+                for home, part in group_by(homes):
+                    chosen = np.arange(len(msg.keys)) if part is None else part
+                    self.send(home, subset(msg, chosen, self.endpoint, msg.hops))
         lost = set(membership.lost) - self.lost
         if lost:
             self.lost |= lost
@@ -777,6 +786,9 @@ class PS:
         return oldest & 0xFFFFFFFF
 
     def send(self, dest: int, msg: Message) -> None:
+        if dest in self.gone:
+            self._parked.append(msg)  # its node is gone and its keys have no home yet
+            return
         self.counters["messages_sent"] += 1
         msg.epoch = self.epoch
         if msg.type in (MsgType.PUSH, MsgType.SET):
@@ -818,8 +830,11 @@ class PS:
         """Send a request for all of ``keys`` to one node (the common case, kept short)."""
         if self._shutdown is not None:
             raise ClusterError(f"the job has ended: {self._shutdown}")
-        self.counters["messages_sent"] += 1
         ep = self.endpoint
+        if dest in self.gone:
+            self._parked.append(Message(kind, ep, ep, req_id, table, len(keys), keys=keys, values=rows))
+            return
+        self.counters["messages_sent"] += 1
         if rows is None and keys.nbytes <= INLINE_MAX:
             head = HEADER.pack(
                 PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, self.epoch, req_id, len(keys), 0

@@ -79,6 +79,7 @@ class Coordinator:
         self.adopt_until = 0.0
         self.deferred: list[control.Register] = []
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
+        self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._rebalance_at: float | None = None
         self._next_recovery = 1
         checkpoint = config.fault_tolerance.checkpoint
@@ -282,6 +283,9 @@ class Coordinator:
         log.info("%s %d joined the running job", member.role, member.id)
         self._announce()
         if member.role == "server":
+            orphaned, self.orphaned = self.orphaned, []
+            for lost in orphaned:
+                self._rehome(lost)
             self._rebalance()
 
     def _maybe_start(self) -> None:
@@ -449,11 +453,17 @@ class Coordinator:
         self._check_done()
 
     def _rehome(self, lost: int) -> bool:
-        """Give a lost server's shards new homes, which rebuild them; False if none is left."""
+        """Give a lost server's shards new homes, which rebuild them.
+
+        With no server left, the shards wait for the next server that joins (the operator
+        recreates the pod); False then.
+        """
         assert self.shard_map is not None
         servers = [m.id for m in self.roster.active("server") if m.state == "ready"]
         if not servers:
-            self.finish(1, "every server was lost")
+            log.error("no server left for the shards of lost server %d: waiting for one to join", lost)
+            self.orphaned.append(lost)
+            self._announce()
             return False
         shards = np.flatnonzero(self.shard_map.homes == lost)
         homes = self.shard_map.homes.copy()

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 Index = npt.NDArray[np.intp]
 
 _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
+# requests a node may route again when their destination died
+_REROUTABLE = frozenset(
+    {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
+)
 RELOCATION_FENCE = 2.0  # seconds without relocations after a node is lost (see ``fenced_until``)
 
 # data messages that a home holds while their shard is frozen for a migration
@@ -93,6 +97,7 @@ class NodeServer:
         self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
         self.lost: set[int] = set()  # nodes that died: nothing is sent to them any more
         self.future: list[Message] = []  # requests from a newer epoch than ours
+        self.parked: list[Message] = []  # requests for a dead node, waiting for a new epoch
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.migrations = Migrations(self)
         self.recoveries = Recoveries(self)
@@ -178,6 +183,8 @@ class NodeServer:
 
     def send(self, dest: int, msg: Message) -> None:
         if node_of(dest) in self.lost:
+            if dest == node_of(dest) and msg.type in _REROUTABLE:
+                self.parked.append(msg)  # routed again once the dead node's shards have a home
             return
         msg.epoch = max(msg.epoch, self.shard_map.epoch)
         self.transport.send(dest, encode(msg))
@@ -598,6 +605,21 @@ class NodeServer:
         waiting, self.future = self.future, []
         for msg in waiting:
             self.dispatch(msg)
+        parked, self.parked = self.parked, []
+        for msg in parked:  # route them by the new shard map
+            self._reroute(msg)
+
+    def _reroute(self, msg: Message) -> None:
+        """Send a parked request on: data requests by the usual rules, home-bound ones
+        (localize, release, arrival notices) to the keys' new homes."""
+        if msg.type in _UPDATES or msg.type is MsgType.PULL:
+            self.dispatch(msg)
+            return
+        assert msg.keys is not None
+        homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
+        for home, part in group_by(homes):
+            chosen = np.arange(len(msg.keys)) if part is None else part
+            self.send(home, subset(msg, chosen, msg.sender, msg.hops))
 
     def release_gate(self) -> None:
         """Handle the held requests whose shards are available again."""
@@ -778,7 +800,7 @@ class NodeServer:
         counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         counters["epoch"] = self.shard_map.epoch
-        counters["held_now"] = len(self.gate.held) + len(self.future)
+        counters["held_now"] = len(self.gate.held) + len(self.future) + len(self.parked)
         return counters
 
 
