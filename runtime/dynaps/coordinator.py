@@ -73,7 +73,11 @@ class Coordinator:
         self.reason = ""
         self.started_at = time.time()
         heartbeat = config.fault_tolerance.heartbeat_interval_ms / 1000
-        self.lost_after = max(0.5, 5 * heartbeat)
+        # A crash closes the node's connection: lost once no heartbeat came for a short
+        # grace after that.  Silence alone (a hung node, a dead machine) takes longer, so
+        # that a node starved of CPU for a moment is not declared lost.
+        self.grace_after_disconnect = max(0.2, 2 * heartbeat)
+        self.lost_after = max(3.0, 10 * heartbeat)
         self.incarnation = secrets.token_hex(4)
         self.adopting: dict[int, dict[str, Any] | None] = {}  # node -> its shard map, once it rejoined
         self.adopt_until = 0.0
@@ -153,6 +157,7 @@ class Coordinator:
                 return  # a node that left (and lingers) or was declared lost: no longer ours
             raise ProtocolError(f"{kind.name} from unknown endpoint {msg.sender}")
         member.last_seen = time.monotonic()
+        member.suspect_since = None  # alive after all (a connection came back)
         if kind is MsgType.HEARTBEAT:
             return
         if kind is MsgType.READY:
@@ -219,6 +224,7 @@ class Coordinator:
             return
         member = admitted
         self.transport.connect(member.id, member.address)
+        self._watch(member.id)
         self._send(member.id, MsgType.WELCOME, {"node": member.id, "nonce": reg.nonce, "rank": member.rank})
         log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
         if self.phase == "registering":
@@ -242,6 +248,11 @@ class Coordinator:
         if self.phase == "running":
             self._announce()
         self._maybe_start()
+
+    def _watch(self, node: int) -> None:
+        watch = getattr(self.transport, "watch", None)
+        if watch is not None:
+            watch(node)
 
     def _refuse(self, reg: control.Register, reason: str) -> None:
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
@@ -323,6 +334,7 @@ class Coordinator:
         member.state = "draining" if heartbeat.draining else "ready"
         self.roster.adopt(member)
         self.transport.connect(node, heartbeat.address)
+        self._watch(node)
         if heartbeat.client is not None:
             self.transport.connect(client_of(node), heartbeat.client)
         self.adopting[node] = None
@@ -421,9 +433,17 @@ class Coordinator:
         if self._rebalance_at is not None and now >= self._rebalance_at:
             self._rebalance_at = None
             self._rebalance()
+        watcher = getattr(self.transport, "disconnected", None)
+        for endpoint in watcher() if watcher is not None else ():
+            member = self.roster.get(endpoint)
+            if member is not None and member.suspect_since is None:
+                member.suspect_since = now
         for member in self.roster.active():
             limit = JOIN_TIMEOUT if member.state == "joining" else self.lost_after
-            if now - member.last_seen > limit:
+            suspect = member.suspect_since is not None and member.last_seen < member.suspect_since
+            if now - member.last_seen > limit or (
+                suspect and now - member.last_seen > self.grace_after_disconnect
+            ):
                 self._on_lost(member)
                 self._refresh_status()
 
@@ -731,6 +751,11 @@ class Coordinator:
             "lost": list(self.roster.lost),
             "metrics": dict(self.metrics),
             "dataShards": self.leases.status(),
+            # per worker rank, the latest barrier it reached (the straggler is the lowest)
+            "barriers": {
+                str(m.rank): self.barrier_at.get(client_of(m.id), -1) for m in self.roster.active("worker")
+            },
+            "barrierPassed": self.barrier_generation - 1,
             "metricsByRank": {rank: dict(m) for rank, m in self.metrics_by_rank.items()},
             "members": [
                 {

@@ -29,6 +29,7 @@ class Member:
     exit_code: int | None = None  # a worker's program exited with this code
     clock: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    suspect_since: float | None = None  # its connection dropped at this time
 
     def info(self) -> NodeInfo:
         return NodeInfo(

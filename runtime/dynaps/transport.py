@@ -91,6 +91,7 @@ class ZmqTransport:
         self.port = bound_port
         self.address = f"tcp://{advertise_host or bind_host}:{bound_port}"
         self._peers: dict[int, zmq.Socket[Any]] = {}
+        self._monitors: dict[int, zmq.Socket[Any]] = {}
         self._addresses: dict[int, str] = {}
         self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
         self._timeout = -1
@@ -112,8 +113,31 @@ class ZmqTransport:
     def forget(self, endpoint: int, linger: float = 0.0) -> None:
         sock = self._peers.pop(endpoint, None)
         self._addresses.pop(endpoint, None)
+        monitor = self._monitors.pop(endpoint, None)
+        if monitor is not None and sock is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
         if sock is not None:
             sock.close(linger=int(linger * 1000))
+
+    def watch(self, endpoint: int) -> None:
+        """Report (through :meth:`disconnected`) when the connection to ``endpoint`` drops.
+
+        A process that dies closes its TCP connections at once, which reveals a crash in
+        milliseconds instead of several missed heartbeats.
+        """
+        sock = self._peers.get(endpoint)
+        if sock is not None and endpoint not in self._monitors:
+            self._monitors[endpoint] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def disconnected(self) -> list[int]:
+        """Watched endpoints whose connection dropped since the last call."""
+        dropped = []
+        for endpoint, monitor in self._monitors.items():
+            while monitor.poll(0):
+                monitor.recv_multipart()  # the event itself: only DISCONNECTED is subscribed
+                dropped.append(endpoint)
+        return dropped
 
     def knows(self, endpoint: int) -> bool:
         return endpoint in self._peers
