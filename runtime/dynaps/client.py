@@ -408,6 +408,11 @@ class Table:
         if getattr(self, "_sampling", None) is not None:
             self._sampling.finish(handle)
 
+    @property
+    def static_allocation(self) -> bool:
+        """True when keys never move to workers (``allocation: static``)."""
+        return self._ps.config.allocation == Allocation.STATIC
+
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
         mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._ps.node

@@ -69,6 +69,10 @@ class SampledTable(Protocol):
     name: str
     num_keys: int
 
+    @property
+    def static_allocation(self) -> bool:
+        """Keys never move to workers: onlylocal has nothing to draw from."""
+
     def pull(self, keys: Any, *, wait: bool = True) -> Any: ...
 
     def localize(self, keys: Any, *, wait: bool = True) -> Any: ...
@@ -194,7 +198,7 @@ class SamplingStrategy:
         self.sampler = sampler
         self.rng = rng
         self._ids = itertools.count(1)
-        self.stats: dict[str, int] = {"prepared": 0, "pulled": 0, "postponed": 0}
+        self.stats: dict[str, int] = {"prepared": 0, "pulled": 0, "postponed": 0, "not_local": 0}
 
     def prepare(self, n: int) -> SampleHandle:
         n = _count(n, "prepare_sample(n)")
@@ -331,26 +335,33 @@ class OnlyLocalStrategy(SamplingStrategy):
         found: list[Keys] = []
         need, drawn, batch = k, 0, max(4 * k, 64)
         while need > 0:
+            if drawn >= MAX_REJECTED_DRAWS:
+                # local keys are rare, or left since the last draw: stop rejecting
+                found.append(self._exact(need))
+                break
             cand = self.sampler.draw(self.rng, batch)
             local = cand[self.table.local_mask(cand)]
             drawn += batch
             found.append(local[:need])
             need -= len(found[-1])
-            if need > 0 and drawn >= MAX_REJECTED_DRAWS and sum(map(len, found)) == 0:
-                return self._exact(k)
             batch = min(batch * 2, MAX_REJECTED_DRAWS)
         return np.concatenate(found)
 
     def _exact(self, k: int) -> Keys:
-        """Rejection found nothing: draw from the restricted distribution, if it exists."""
+        """Rejection took too long: draw from the restricted distribution, if it exists."""
         if isinstance(self.sampler, Distribution):
             restricted = self.sampler.restricted(self.table.local_mask)
             if restricted is not None:
                 return restricted.draw(self.rng, k)
-        raise UsageError(
-            f"onlylocal sampling on table {self.table.name!r}: this node owns no key the sampler "
-            "draws (with allocation static, workers own none); use naive, preloc or pool"
-        )
+        if self.table.static_allocation:
+            raise UsageError(
+                f"onlylocal sampling on table {self.table.name!r}: workers own no keys with "
+                "allocation static; use naive, preloc or pool"
+            )
+        # This node owns none of the keys the sampler draws right now (other workers took
+        # them): draw as naive does rather than stall; counted, so the bias is visible.
+        self.stats["not_local"] += k
+        return self._checked(self.sampler.draw(self.rng, k), k)
 
 
 def make_strategy(

@@ -38,6 +38,7 @@ class FakeTable:
 
     name = "T"
     num_keys = NUM_KEYS
+    static_allocation = False
 
     def __init__(
         self, local: npt.NDArray[np.bool_] | None = None, delay: int = 2, pinned: Any = None
@@ -171,10 +172,30 @@ def test_onlylocal_draws_local_keys_from_the_conditioned_distribution() -> None:
     assert not np.isin(keys, np.flatnonzero(~local)).any()
 
 
-def test_onlylocal_without_local_keys_says_what_to_do() -> None:
-    s = make_strategy(FakeTable(), Distribution.uniform(0, NUM_KEYS), "onlylocal", seed=0)
-    with pytest.raises(UsageError, match="owns no key"):
+def test_onlylocal_with_static_allocation_says_what_to_do() -> None:
+    table = FakeTable()
+    table.static_allocation = True
+    s = make_strategy(table, Distribution.uniform(0, NUM_KEYS), "onlylocal", seed=0)
+    with pytest.raises(UsageError, match="allocation static"):
         s.pull(s.prepare(4), 4)
+
+
+@pytest.mark.parametrize(
+    "sampler", [Distribution.uniform(0, NUM_KEYS), lambda rng, n: rng.integers(0, 50, n)]
+)
+def test_onlylocal_when_local_keys_left_draws_remote_keys_and_counts_them(sampler: Any) -> None:
+    """Keys that moved away must not stall sampling (it once looped for ever)."""
+    local = np.zeros(NUM_KEYS, bool)
+    local[7] = True
+    table = FakeTable(local=local)
+    s = make_strategy(table, sampler, "onlylocal", seed=0)
+    first, _ = s.pull(s.prepare(4), 4)
+    assert (first == 7).all()
+    table.local[:] = False  # another worker localized the last local key
+    keys, values = s.pull(s.prepare(6), 6)
+    assert len(keys) == 6
+    assert values.shape == (6, 2)
+    assert s.stats["not_local"] == 6
 
 
 def test_custom_draw_function_and_uniform_default() -> None:

@@ -41,6 +41,8 @@ class Done:
 class ArrayTable:
     """A table held in this process: ``num_keys x dim`` values plus the updater's state."""
 
+    static_allocation = False  # every key is local
+
     def __init__(self, name: str, spec: TableSpec, counters: Counter[str]) -> None:
         self.name = name
         self.num_keys = spec.num_keys
