@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "connect": "dynaps.client",
     "PS": "dynaps.client",
-    "Table": "dynaps.client",
-    "Handle": "dynaps.client",
+    "Table": "dynaps.table",
+    "Handle": "dynaps.table",
     "LocalCluster": "dynaps.local",
     "TableSpec": "dynaps.contract",
     "InitSpec": "dynaps.contract",
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from dynaps.client import PS, Handle, Table, connect
+    from dynaps.client import PS, connect
     from dynaps.contract import InitSpec, TableSpec, UpdaterSpec
     from dynaps.errors import (
         ClusterError,
@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from dynaps.local import LocalCluster
+    from dynaps.table import Handle, Table
     from dynaps.updaters import register_updater
 
 

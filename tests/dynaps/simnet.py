@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from dynaps.client import PS, Handle
+from dynaps.client import PS
 from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.control import MigrateOut
 from dynaps.node import NodeServer
@@ -26,6 +26,7 @@ from dynaps.replication import Replication
 from dynaps.shardmap import ShardMap, next_servers
 from dynaps.shm import NullLock
 from dynaps.store import INCOMING, TableStore
+from dynaps.table import Handle
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]

@@ -1,0 +1,353 @@
+"""The user's view of one table: :class:`Table` (``pull/push/set/localize``) and :class:`Handle`.
+
+A :class:`Table` checks the caller's arguments (keys in range, rows of the right shape
+and dtype), serves the keys its node owns in place, and hands the rest to its
+:class:`~dynaps.client.PS`, which sends one request per owner and collects the replies
+into a :class:`Handle`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.contract import Allocation
+from dynaps.errors import KeyRangeError, UsageError
+from dynaps.protocol import Message, MsgType
+from dynaps.routing import group_by
+from dynaps.store import INCOMING, TableStore
+
+if TYPE_CHECKING:
+    from dynaps.client import PS
+
+Array = npt.NDArray[Any]
+Keys = npt.NDArray[np.int64]
+
+
+class Handle:
+    """An operation in flight.  ``result()`` waits for it (a pull returns the values)."""
+
+    __slots__ = (
+        "error",
+        "index",
+        "keys",
+        "kind",
+        "mask",
+        "out",
+        "ps",
+        "remaining",
+        "req_id",
+        "rows",
+        "table",
+    )
+
+    def __init__(
+        self,
+        ps: PS | None,
+        req_id: int,
+        kind: MsgType,
+        table: str,
+        keys: Keys | None,
+        out: Array | None,
+        remaining: int,
+    ) -> None:
+        self.ps = ps
+        self.req_id = req_id
+        self.kind = kind
+        self.table = table
+        self.keys = keys
+        self.out = out
+        self.remaining = remaining
+        self.error: BaseException | None = None
+        self.index = 0  # the table's index, to send the request again
+        self.rows: Array | None = None  # a push's or set's rows, to send again
+        self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
+
+    def done(self) -> bool:
+        return self.remaining <= 0 or self.error is not None
+
+    def result(self, timeout: float | None = None) -> Array | None:
+        if not self.done():
+            assert self.ps is not None
+            self.ps.wait(self, timeout)
+        if self.error is not None:
+            raise self.error
+        return self.out
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else f"{self.remaining} keys pending"
+        return f"<Handle {self.kind.name.lower()} {self.table} #{self.req_id} {state}>"
+
+
+class Table:
+    """A handle on a declared table: ``num_keys`` rows of ``dim`` values of ``dtype``."""
+
+    def __init__(self, ps: PS, index: int, store: TableStore) -> None:
+        self._ps = ps
+        self._index = index
+        self._store = store
+        self.name = store.name
+        self.num_keys = store.spec.num_keys
+        self.dim = store.spec.dim
+        self.dtype: np.dtype[Any] = store.layout.dtype
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name!r} num_keys={self.num_keys} dim={self.dim} dtype={self.dtype}>"
+
+    # -------------------------------------------------------------- argument checks
+
+    def _keys(self, keys: Any) -> Keys:
+        if self._ps.control[0]:  # our node is draining
+            self._ps.drained()
+        if type(keys) is not np.ndarray or keys.dtype != np.int64 or keys.ndim != 1:
+            keys = np.asarray(keys)
+            if keys.ndim == 0:
+                keys = keys.reshape(1)
+            if keys.ndim != 1:
+                raise UsageError(
+                    f"keys for table {self.name!r} must be one-dimensional, got shape {keys.shape}"
+                )
+            if keys.dtype.kind not in "iu":
+                if keys.size == 0:
+                    keys = keys.astype(np.int64)
+                else:
+                    raise UsageError(f"keys for table {self.name!r} must be integers, got {keys.dtype}")
+            keys = keys.astype(np.int64, copy=False)
+        checked: Keys = keys
+        n = len(checked)
+        if n == 1:
+            key = keys[0]
+            if key < 0 or key >= self.num_keys:
+                raise KeyRangeError(
+                    f"key {int(key)} is outside table {self.name!r}'s range [0, {self.num_keys})"
+                )
+        elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
+            bad = checked[(checked < 0) | (checked >= self.num_keys)]
+            raise KeyRangeError(
+                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
+                f"e.g. {int(bad[0])}"
+            )
+        return checked
+
+    def _rows(self, values: Any, n: int, what: str) -> Array:
+        array = np.asarray(values)
+        if array.dtype != self.dtype:
+            if array.dtype.kind not in "fiub":
+                raise UsageError(f"{what} for table {self.name!r} must be numbers, got dtype {array.dtype}")
+            array = array.astype(self.dtype)
+        if array.shape != (n, self.dim):
+            if n == 1 and array.shape == (self.dim,):
+                array = array.reshape(1, self.dim)
+            else:
+                raise UsageError(
+                    f"{what} for table {self.name!r} must have shape ({n}, {self.dim}) "
+                    f"for {n} keys, got {array.shape}"
+                )
+        return array
+
+    # -------------------------------------------------------------- operations
+
+    def pull(self, keys: Any, *, wait: bool = True) -> Any:
+        """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
+        keys = self._keys(keys)
+        ps, store = self._ps, self._store
+        node = ps.node
+        n = len(keys)
+        lock = ps.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            if n == 1:  # the common case, without array reductions
+                dest = int(own[0])
+                if dest == node:
+                    out = store.values[keys]
+                    dest = -2
+            else:
+                mine = own == node
+                if mine.all():
+                    out = store.values.take(keys, axis=0)
+                    dest = -2
+                elif mine.any():
+                    dest = -3  # some here, some elsewhere
+                    out = np.empty((n, self.dim), dtype=self.dtype)
+                    local = np.flatnonzero(mine)
+                    out[local] = store.values.take(keys[local], axis=0)
+                else:
+                    dest = int(own[0])
+                    if not (own == dest).all():
+                        dest = -3
+                        out = np.empty((n, self.dim), dtype=self.dtype)
+        finally:
+            lock.release()
+        counters = ps.counters
+        if dest == -2:
+            counters["keys_pulled_local"] += n
+            return out if wait else ps.done_handle(MsgType.PULL, self.name, out)
+        if dest >= 0 or dest == INCOMING:  # one destination for all keys
+            counters["keys_pulled_remote"] += n
+            handle = ps.new_handle(MsgType.PULL, self, keys, None, n)
+            if dest in ps.gone:  # a node that left: ask the home
+                dest = int(ps.shard_map.home_of(keys[:1], self.num_keys)[0])
+            ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
+            return ps.wait(handle) if wait else handle
+        remote = np.flatnonzero(~mine)
+        counters["keys_pulled_local"] += n - len(remote)
+        counters["keys_pulled_remote"] += len(remote)
+        handle = ps.new_handle(MsgType.PULL, self, keys, out, len(remote))
+        handle.mask = mine.copy()  # the local part is here already
+        ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
+        return ps.wait(handle) if wait else handle
+
+    def push(self, keys: Any, updates: Any, *, wait: bool = True) -> Handle | None:
+        """Apply ``updates`` (n, dim) to ``keys`` with the table's updater (default: add)."""
+        return self._update(MsgType.PUSH, keys, updates, wait)
+
+    def set(self, keys: Any, values: Any, *, wait: bool = True) -> Handle | None:
+        """Assign ``values`` (n, dim) to ``keys``; if a key repeats, one of its rows wins."""
+        return self._update(MsgType.SET, keys, values, wait)
+
+    def _update(self, kind: MsgType, keys: Any, rows: Any, wait: bool) -> Handle | None:
+        what = "updates" if kind is MsgType.PUSH else "values"
+        keys = self._keys(keys)
+        rows = self._rows(rows, len(keys), what)
+        ps, store = self._ps, self._store
+        remote = None
+        lock = ps.lock
+        lock.acquire()
+        try:
+            own = store.loc[keys]
+            mine = own == ps.node
+            if mine.all():
+                local_keys, local_rows = keys, rows
+            else:
+                local = np.flatnonzero(mine)
+                remote = np.flatnonzero(~mine)
+                local_keys, local_rows = keys[local], rows[local]
+            if len(local_keys):
+                if kind is MsgType.SET:
+                    store.values[local_keys] = local_rows
+                else:
+                    store.updater.apply(store.values, store.states, local_keys, local_rows)
+                if store.dirty is not None:
+                    store.dirty[local_keys] = 1  # replication: our node writes them back
+        finally:
+            lock.release()
+        ps.counters["keys_pushed_local"] += len(local_keys)
+        through = ps.write_through and len(local_keys)
+        if remote is None and not through:
+            return None if wait else ps.done_handle(kind, self.name, None)
+        if not wait and rows is not None and not rows.flags.owndata:
+            rows = rows.copy()  # the caller may reuse its array while the push is in flight
+        pending = (0 if remote is None else len(remote)) + (len(local_keys) if through else 0)
+        handle = ps.new_handle(kind, self, keys, None, pending, rows)
+        if remote is not None and not through:
+            handle.mask = mine.copy()  # the local part is done: a retry must not apply it again
+        if through:  # acknowledged once the keys' homes (and backups) have the new rows
+            local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
+            ps.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
+        if remote is not None:
+            ps.counters["keys_pushed_remote"] += len(remote)
+            ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
+        if wait:
+            handle.result()
+            return None
+        return handle
+
+    def localize(self, keys: Any, *, wait: bool = True) -> Handle | None:
+        """Move ownership of ``keys`` to this node; later accesses to them are local.
+
+        With ``allocation: static`` keys never move and this returns at once.
+        """
+        keys = self._keys(keys)
+        ps, store = self._ps, self._store
+        if ps.config.allocation == Allocation.STATIC or not len(keys):
+            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
+        keys = np.unique(keys)
+        ps.lock.acquire()
+        try:
+            where = store.loc[keys]
+            wanted = keys[where != ps.node]
+            incoming = store.loc[wanted] == INCOMING
+            fresh = wanted[~incoming] if incoming.any() else wanted
+            store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
+        finally:
+            ps.lock.release()
+        ps.counters["keys_localized"] += len(wanted)
+        if not len(wanted):
+            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
+        handle = ps.new_handle(MsgType.LOCALIZE, self, wanted, None, len(wanted))
+        if len(fresh) < len(wanted):
+            # Already on their way here: one localize per key may be in flight (a second
+            # one could be overtaken by the first's handoff), so ask our node to tell us
+            # when they have arrived instead.
+            waiting = wanted[incoming]
+            ps.send(
+                ps.node,
+                Message(
+                    MsgType.HANDOFF,
+                    ps.endpoint,
+                    ps.endpoint,
+                    handle.req_id,
+                    self._index,
+                    len(waiting),
+                    aux=ps.node,
+                    keys=waiting,
+                ),
+            )
+        homes = ps.shard_map.home_of(fresh, self.num_keys)
+        for home, part in group_by(homes):
+            chosen = fresh if part is None else fresh[part]
+            ps.send(
+                home,
+                Message(
+                    MsgType.LOCALIZE,
+                    ps.endpoint,
+                    ps.endpoint,
+                    handle.req_id,
+                    self._index,
+                    len(chosen),
+                    keys=chosen,
+                ),
+            )
+        if wait:
+            handle.result()
+            return None
+        return handle
+
+    # -------------------------------------------------------------- sampling (see dynaps.sampling)
+
+    def set_sampler(self, sampler: Any = None, strategy: str = "naive", **options: Any) -> None:
+        """Choose what ``prepare_sample`` draws (a ``dynaps.sampling.Distribution`` or
+        ``fn(rng, n) -> keys``; default uniform) and how: naive, preloc, pool or onlylocal."""
+        from dynaps.sampling import make_strategy
+
+        self._sampling = make_strategy(self, sampler, strategy, **options)
+
+    def prepare_sample(self, n: int) -> Any:
+        """Announce ``n`` draws from the sampler; returns a handle for ``pull_sample``."""
+        if getattr(self, "_sampling", None) is None:
+            self.set_sampler()
+        return self._sampling.prepare(n)
+
+    def pull_sample(self, handle: Any, k: int) -> tuple[Keys, Array]:
+        """The next ``k`` draws of ``handle`` and their values: ``(keys, (k, dim) array)``."""
+        if getattr(self, "_sampling", None) is None:
+            raise UsageError(f"pull_sample on table {self.name!r} needs a handle from prepare_sample")
+        return self._sampling.pull(handle, k)
+
+    def finish_sample(self, handle: Any) -> None:
+        """Release ``handle``; under the pool strategy its unused draws go back to the pool."""
+        if getattr(self, "_sampling", None) is not None:
+            self._sampling.finish(handle)
+
+    @property
+    def static_allocation(self) -> bool:
+        """True when keys never move to workers (``allocation: static``)."""
+        return self._ps.config.allocation == Allocation.STATIC
+
+    def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
+        """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
+        mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._ps.node
+        return mask
