@@ -582,7 +582,9 @@ class PS:
                 f"{what()} did not complete within the deadline "
                 f"(request_timeout_seconds={self.config.request_timeout_seconds})"
             )
-        frames = self.transport.recv(timeout=min(remaining, 1.0))
+        # Spin for a lone synchronous answer (latency); with a window of requests in
+        # flight, spinning would take the CPU from the nodes that produce the answers.
+        frames = self.transport.recv(timeout=min(remaining, 1.0), spin=len(self._handles) <= 1)
         if frames is not None:
             self._receive(frames)
 

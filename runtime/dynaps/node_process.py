@@ -196,7 +196,8 @@ class NodeProcess:
         next_chores = 0.0
         while not self.stop.is_set():
             busy = server.migrations.tracking
-            frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL)
+            # spin: a client usually sends its next request right after our answer
+            frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL, spin=True)
             if frames is not None:
                 self._handle(frames)
                 self._drain_inbox()

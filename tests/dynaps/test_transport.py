@@ -1,0 +1,87 @@
+"""The ZeroMQ transport on 127.0.0.1: FIFO delivery, held-back frames, timeouts, spinning."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dynaps.errors import ConfigError
+from dynaps.transport import SPIN_ENV, ZmqTransport, spin_seconds
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
+    a, b = ZmqTransport(1), ZmqTransport(2)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def receive(t: ZmqTransport, spin: bool = False) -> list[bytes]:
+    frames = t.recv(timeout=5.0, spin=spin)
+    assert frames is not None, "nothing arrived within 5 s"
+    return [bytes(f) for f in frames]
+
+
+def test_messages_arrive_whole_and_in_order(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    a.connect(2, b.address)
+    for i in range(200):
+        a.send(2, [b"head", i.to_bytes(4, "little")])
+    assert [int.from_bytes(receive(b)[1], "little") for _ in range(200)] == list(range(200))
+
+
+def test_frames_for_an_unknown_address_wait_for_it(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    buffer = bytearray(b"first")
+    a.send(2, [bytes(buffer)])
+    buffer[:] = b"XXXXX"  # the held frame is a copy: the caller may reuse its buffers
+    assert b.recv(timeout=0.05) is None
+    a.connect(2, b.address)
+    a.send(2, [b"second"])
+    assert receive(b) == [b"first"]
+    assert receive(b) == [b"second"]
+
+
+def test_recv_times_out_with_and_without_spinning(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    _, b = pair
+    for spin in (False, True):
+        started = time.monotonic()
+        assert b.recv(timeout=0.05, spin=spin) is None
+        assert 0.04 <= time.monotonic() - started < 2.0
+
+
+def test_a_spinning_receiver_gets_what_is_sent(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+    a, b = pair
+    a.connect(2, b.address)
+    b.connect(1, a.address)
+    for i in range(100):  # a ping-pong: each answer is awaited with a spin first
+        a.send(2, [i.to_bytes(4, "little")])
+        request = receive(b, spin=True)
+        b.send(1, request)
+        assert receive(a, spin=True) == [i.to_bytes(4, "little")]
+
+
+def test_spin_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SPIN_ENV, raising=False)
+    assert spin_seconds() == pytest.approx(100e-6)
+    monkeypatch.setenv(SPIN_ENV, "0")
+    assert spin_seconds() == 0.0
+    off = ZmqTransport(3)
+    try:
+        assert off.spin == 0.0
+    finally:
+        off.close()
+    monkeypatch.setenv(SPIN_ENV, "250")
+    assert spin_seconds() == pytest.approx(250e-6)
+
+
+@pytest.mark.parametrize("raw", ["fast", "-1", "1.5", "1000000"])
+def test_a_bad_spin_budget_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv(SPIN_ENV, raw)
+    with pytest.raises(ConfigError, match=SPIN_ENV):
+        spin_seconds()
