@@ -64,7 +64,7 @@ def load_average() -> float:
 def preload(ps: Any, app: str, config: Any) -> int:
     """Generate the data in a worker before the timed run (runs in LocalCluster's runners)."""
     getattr(__import__("dynaps.apps", fromlist=[app]), app).load(config)
-    return ps.rank
+    return int(ps.rank)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def measure_migration(seconds: float, tmp: Path) -> dict[str, Any]:
 
 def measure_replication_cost(seconds: float, tmp: Path) -> dict[str, Any]:
     """Push throughput with and without replication, same workload."""
-    rates = {}
+    rates: dict[int, list[float]] = {}
     num_keys = 100_000
     tables = {"W": dynaps.TableSpec(num_keys=num_keys, dim=DIM)}
     for replication in (0, 1, 0, 1):
@@ -171,7 +172,7 @@ def measure_replication_cost(seconds: float, tmp: Path) -> dict[str, Any]:
     }
 
 
-TARGETS = [
+TARGETS: list[tuple[str, str, str, Callable[[float], bool]]] = [
     ("recovery (kill -> first answer)", "recovery_s", "< 1 s", lambda v: v < 1.0),
     ("drain of 1M x 100 float32", "drain_s", "< 5 s", lambda v: v < 5.0),
     ("throughput during migration", "throughput_during_migration_ratio", ">= 0.5", lambda v: v >= 0.5),

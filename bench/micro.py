@@ -4,7 +4,8 @@ One run measures, on the same table shape (100,000 keys x dim 100, float32):
 
 * limits: numpy gather (np.take) and scatter-add (np.add.at) of 1 and 1000 rows; a raw
   pyzmq DEALER/ROUTER round trip between two processes, and a 100-key "pull-shaped" echo
-  (800-byte request, 40,000-byte reply);
+  (800-byte request, 40,000-byte reply); both again with each end spinning briefly before
+  it blocks, as dynaps' processes do (see dynaps/transport.py), for an informative ratio;
 * dynaps on a LocalCluster (1 server, 2 worker nodes): local pull of 1 and 1000 keys,
   local push of 1000 keys, remote synchronous pull of 1 key (owner idle, and owner's
   training process busy in a pure-Python loop), remote pull of 100 keys, remote push of
@@ -34,6 +35,7 @@ import numpy as np
 import zmq
 
 import dynaps
+from dynaps.transport import spin_seconds, spin_until_readable
 
 NUM_KEYS = 100_000
 DIM = 100
@@ -73,12 +75,14 @@ def numpy_limits(seconds: float) -> dict[str, float]:
     }
 
 
-def _echo_server(address: str) -> None:
+def _echo_server(address: str, spin: float) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.bind(address)
     reply = np.zeros((ECHO_ROWS, DIM), dtype=np.float32).tobytes()
     while True:
+        if spin:
+            spin_until_readable(sock, spin)
         ident, payload = sock.recv_multipart()
         if payload == b"stop":
             break
@@ -87,10 +91,11 @@ def _echo_server(address: str) -> None:
     context.term()
 
 
-def zmq_limits(seconds: float) -> dict[str, float]:
+def zmq_limits(seconds: float, spin: float = 0.0) -> dict[str, float]:
+    """Raw DEALER/ROUTER round trips; with ``spin``, both ends poll before blocking, as dynaps does."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    server = multiprocessing.get_context("spawn").Process(target=_echo_server, args=(address,))
+    server = multiprocessing.get_context("spawn").Process(target=_echo_server, args=(address, spin))
     server.start()
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
@@ -101,14 +106,17 @@ def zmq_limits(seconds: float) -> dict[str, float]:
     def round_trip(payload: bytes) -> Callable[[], object]:
         def once() -> object:
             sock.send(payload)
+            if spin:
+                spin_until_readable(sock, spin)
             return sock.recv()
 
         return once
 
+    suffix = "_spin_s" if spin else "_s"
     try:
         result = {
-            "zmq_round_trip_s": timeit(round_trip(small), seconds),
-            "zmq_echo_100_keys_s": timeit(round_trip(keys), seconds),
+            f"zmq_round_trip{suffix}": timeit(round_trip(small), seconds),
+            f"zmq_echo_100_keys{suffix}": timeit(round_trip(keys), seconds),
         }
     finally:
         sock.send(b"stop")
@@ -244,13 +252,14 @@ def dynaps_figures(seconds: float) -> dict[str, float]:
     figures: dict[str, float] = {}
     with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as cluster:
         cluster.run(prepare)
-        for run in (
+        runs: tuple[Callable[[], list[dict[str, float]]], ...] = (
             lambda: cluster.run(measure_local, seconds),
             lambda: cluster.run(measure_remote, seconds, False),
             lambda: cluster.run(measure_remote, seconds, True),
             lambda: cluster.run(measure_remote_bulk, seconds),
             lambda: cluster.run(metadata),
-        ):
+        )
+        for run in runs:
             for part in run():
                 figures.update(part)
         server_id = next(m["id"] for m in cluster.status()["members"] if m["role"] == "server")
@@ -283,6 +292,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float], str, Callable
         lambda f: f["remote_pull_1_busy_owner_s"] / f["zmq_round_trip_s"],
         "<= 1.3",
         lambda r: r <= 1.3,
+    ),
+    (
+        "remote pull 1 key vs a spinning zmq round trip (info)",
+        "latency ratio",
+        lambda f: f["remote_pull_1_s"] / f["zmq_round_trip_spin_s"],
+        "(no target)",
+        lambda r: True,
     ),
     (
         "remote pull 100 keys",
@@ -336,6 +352,7 @@ def main() -> int:
     figures.update(numpy_limits(seconds))
     print("measuring zmq limits ...", file=sys.stderr)
     figures.update(zmq_limits(seconds))
+    figures.update(zmq_limits(seconds, spin=spin_seconds() or 100e-6))
     print("measuring dynaps ...", file=sys.stderr)
     figures.update(dynaps_figures(seconds))
 

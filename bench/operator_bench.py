@@ -28,6 +28,7 @@ import sys
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
+import functools
 import json
 import platform
 import socket
@@ -79,6 +80,10 @@ def wait(check: Callable[[], bool], timeout: float, what: str, interval: float =
 def pod_count(api: KubeClient, ns: str, selector: str | None = None) -> int:
     query = {"labelSelector": selector} if selector else {}
     return len(api.items(namespaced("pods", ns), **query))
+
+
+def has_pods(api: KubeClient, ns: str, selector: str, count: int) -> bool:
+    return pod_count(api, ns, selector) == count
 
 
 def free_port() -> int:
@@ -159,7 +164,7 @@ def main() -> int:
         for i in range(args.samples):
             started = time.monotonic()
             api.create(namespaced("parameterserverjobs", ns, api=GROUP), job(f"lat-{i}", 2, QUICK))
-            wait(lambda i=i: pod_count(api, ns, f"dynaps.io/job=lat-{i}") == 4, 30, "pods")
+            wait(functools.partial(has_pods, api, ns, f"dynaps.io/job=lat-{i}", 4), 30, "pods")
             api_latency.append(time.monotonic() - started)
             _settle(api, ns, f"lat-{i}")
         kubectl_latency = []
@@ -169,7 +174,7 @@ def main() -> int:
             manifest.write_text(yaml.safe_dump(job(f"apply-{i}", 2, QUICK)))
             started = time.monotonic()
             plane.kubectl("apply", "-n", ns, "-f", str(manifest))
-            wait(lambda i=i: pod_count(api, ns, f"dynaps.io/job=apply-{i}") == 4, 30, "pods")
+            wait(functools.partial(has_pods, api, ns, f"dynaps.io/job=apply-{i}", 4), 30, "pods")
             kubectl_latency.append(time.monotonic() - started)
             _settle(api, ns, f"apply-{i}")
         api.delete(f"/api/v1/namespaces/{ns}")

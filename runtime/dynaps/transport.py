@@ -92,6 +92,22 @@ def spin_seconds() -> float:
     return micros * 1e-6
 
 
+def spin_until_readable(sock: zmq.Socket[Any], seconds: float) -> bool:
+    """Poll ``sock`` for up to ``seconds``, yielding the CPU between polls: readable?
+
+    Gives up early when a yield let another task run: the CPU is wanted elsewhere.
+    """
+    now = time.perf_counter()
+    until = now + seconds
+    while True:
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return True
+        os.sched_yield()
+        last, now = now, time.perf_counter()
+        if now >= until or now - last > YIELDED_SECONDS:
+            return False
+
+
 class ZmqTransport:
     """A PULL inbox bound on ``bind_host`` and one PUSH socket per peer."""
 
@@ -199,17 +215,8 @@ class ZmqTransport:
             sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
 
     def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
-        if spin and self.spin and timeout != 0.0:
-            inbox = self.inbox
-            now = time.perf_counter()
-            until = now + self.spin
-            while True:
-                if int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    return inbox.recv_multipart()
-                os.sched_yield()
-                last, now = now, time.perf_counter()
-                if now >= until or now - last > YIELDED_SECONDS:
-                    break
+        if spin and self.spin and timeout != 0.0 and spin_until_readable(self.inbox, self.spin):
+            return self.inbox.recv_multipart()
         wanted = -1 if timeout is None else max(0, int(timeout * 1000))
         if wanted != self._timeout:
             self.inbox.setsockopt(zmq.RCVTIMEO, wanted)
