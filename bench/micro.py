@@ -35,7 +35,8 @@ import numpy as np
 import zmq
 
 import dynaps
-from dynaps.transport import spin_seconds, spin_until_readable
+from dynaps.config import spin_seconds
+from dynaps.transport import spin_until_readable
 
 NUM_KEYS = 100_000
 DIM = 100

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps import control
+from dynaps.config import spin_seconds
 from dynaps.contract import ConsistencyModel, RuntimeConfig
 from dynaps.errors import (
     ClusterError,
@@ -167,7 +168,9 @@ class PS:
             lock = SharedLock.open(description["lock"])
             control_block = Segment.from_fd(fds[-1], (int(description["control"]),), np.dtype(np.uint8))
             node = int(description["node"])
-            transport = ZmqTransport(client_of(node), config.bind_host, 0, config.advertise_host)
+            transport = ZmqTransport(
+                client_of(node), config.bind_host, 0, config.advertise_host, spin=spin_seconds()
+            )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             ps = cls(config, node, int(description["rank"]), stores, lock, transport)
             ps.digest = str(description["digest"])

@@ -10,12 +10,15 @@ mounted ConfigMap); what differs per pod comes from its own variables:
     DYNAPS_NODE_NAME       a readable name for logs and status (the pod name)
     DYNAPS_RANK            the worker rank this node asks for (the pod's ordinal)
     DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
+    DYNAPS_SPIN_MICROS     how long a node or training process polls for an answer that
+                           is due before it blocks (default 100; 0: block at once)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,21 @@ def process_settings(environ: dict[str, str] | None = None) -> ProcessSettings:
         rank=rank,
         log_level=env.get("DYNAPS_LOG_LEVEL", "INFO").upper(),
     )
+
+
+SPIN_ENV = "DYNAPS_SPIN_MICROS"
+DEFAULT_SPIN_MICROS = 100
+
+
+def spin_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """The spin budget of this process's transport, from ``DYNAPS_SPIN_MICROS``."""
+    raw = (os.environ if environ is None else environ).get(SPIN_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SPIN_MICROS * 1e-6
+    micros = int(raw) if raw.isdigit() else -1
+    if not 0 <= micros <= 100_000:
+        raise ConfigError(f"{SPIN_ENV}={raw!r}: expected whole microseconds from 0 to 100000")
+    return micros * 1e-6
 
 
 def setup_logging(level: str) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from dynaps import control
 from dynaps.checkpoint import load_keys, resolve, write_owned
+from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
@@ -71,7 +72,9 @@ class NodeProcess:
         self.attach_token = attach_token or secrets.token_hex(8)
         self.rank = rank
         self.name = name or f"{role}-{os.getpid()}"
-        self.transport = ZmqTransport(-1, config.bind_host, config.data_port, config.advertise_host)
+        self.transport = ZmqTransport(
+            -1, config.bind_host, config.data_port, config.advertise_host, spin=spin_seconds()
+        )
         self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
         self.child: subprocess.Popen[bytes] | None = None
         self.child_reported = False

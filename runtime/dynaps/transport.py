@@ -19,8 +19,8 @@ ZeroMQ details, and why:
   blocked thread costs more than the round trip itself on a virtual machine whose idle
   cores halt (measured: a 1-key remote pull of 200 us drops to about 110 us).  The spin
   yields the CPU on each turn and gives up as soon as a yield let another task run, so
-  it never competes with busy programs on a full machine.  ``DYNAPS_SPIN_MICROS`` sets
-  its budget (default 100; 0 turns it off).
+  it never competes with busy programs on a full machine (the budget:
+  ``DYNAPS_SPIN_MICROS``, see :mod:`dynaps.config`).
 """
 
 from __future__ import annotations
@@ -71,25 +71,9 @@ class Transport(Protocol):
         """Release the sockets, waiting up to ``linger`` seconds to deliver what is queued."""
 
 
-SPIN_ENV = "DYNAPS_SPIN_MICROS"
-DEFAULT_SPIN_MICROS = 100
 # A turn of the spin loop longer than this means sched_yield ran another task: the CPU
 # is wanted elsewhere, so block instead of taking it back.
 YIELDED_SECONDS = 10e-6
-
-
-def spin_seconds() -> float:
-    """The spin budget from ``DYNAPS_SPIN_MICROS`` (microseconds; 0 disables spinning)."""
-    raw = os.environ.get(SPIN_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SPIN_MICROS * 1e-6
-    try:
-        micros = int(raw)
-    except ValueError:
-        micros = -1
-    if not 0 <= micros <= 100_000:
-        raise ConfigError(f"{SPIN_ENV}={raw!r}: expected whole microseconds from 0 to 100000")
-    return micros * 1e-6
 
 
 def spin_until_readable(sock: zmq.Socket[Any], seconds: float) -> bool:
@@ -118,7 +102,9 @@ class ZmqTransport:
         port: int = 0,
         advertise_host: str | None = None,
         context: zmq.Context[Any] | None = None,
+        spin: float = 0.0,
     ) -> None:
+        """``spin``: seconds ``recv(spin=True)`` polls before it blocks (0: never)."""
         self.endpoint = endpoint
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
@@ -143,7 +129,7 @@ class ZmqTransport:
         self._addresses: dict[int, str] = {}
         self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
         self._timeout = -1
-        self.spin = spin_seconds()
+        self.spin = spin
 
     def connect(self, endpoint: int, address: str) -> None:
         if self._addresses.get(endpoint) == address:

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from dynaps.config import SPIN_ENV, spin_seconds
 from dynaps.errors import ConfigError
-from dynaps.transport import SPIN_ENV, ZmqTransport, spin_seconds
+from dynaps.transport import ZmqTransport
 
 
 @pytest.fixture
 def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
-    a, b = ZmqTransport(1), ZmqTransport(2)
+    a, b = ZmqTransport(1, spin=100e-6), ZmqTransport(2, spin=100e-6)
     try:
         yield a, b
     finally:
@@ -66,22 +67,25 @@ def test_a_spinning_receiver_gets_what_is_sent(pair: tuple[ZmqTransport, ZmqTran
         assert receive(a, spin=True) == [i.to_bytes(4, "little")]
 
 
-def test_spin_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SPIN_ENV, raising=False)
-    assert spin_seconds() == pytest.approx(100e-6)
-    monkeypatch.setenv(SPIN_ENV, "0")
-    assert spin_seconds() == 0.0
-    off = ZmqTransport(3)
+def test_spin_budget_comes_from_the_environment() -> None:
+    assert spin_seconds({}) == pytest.approx(100e-6)
+    assert spin_seconds({SPIN_ENV: "0"}) == 0.0
+    assert spin_seconds({SPIN_ENV: " 250 "}) == pytest.approx(250e-6)
+
+
+def test_a_transport_without_a_spin_budget_blocks_at_once() -> None:
+    a, b = ZmqTransport(1), ZmqTransport(2)
     try:
-        assert off.spin == 0.0
+        assert b.spin == 0.0
+        a.connect(2, b.address)
+        a.send(2, [b"x"])
+        assert receive(b, spin=True) == [b"x"]
     finally:
-        off.close()
-    monkeypatch.setenv(SPIN_ENV, "250")
-    assert spin_seconds() == pytest.approx(250e-6)
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("raw", ["fast", "-1", "1.5", "1000000"])
-def test_a_bad_spin_budget_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
-    monkeypatch.setenv(SPIN_ENV, raw)
+def test_a_bad_spin_budget_is_refused_by_name(raw: str) -> None:
     with pytest.raises(ConfigError, match=SPIN_ENV):
-        spin_seconds()
+        spin_seconds({SPIN_ENV: raw})
