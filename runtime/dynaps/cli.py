@@ -256,7 +256,7 @@ def _role(args: argparse.Namespace, command: list[str]) -> int:
     setup_logging(settings.log_level)
     config = load_config()
     if args.verb == "coordinator":
-        from dynaps.coordinator import serve_coordinator
+        from dynaps.coordinator_process import serve_coordinator
         from dynaps.launch import ANNOUNCE_PREFIX
 
         def announce(address: str, http_port: int) -> None:

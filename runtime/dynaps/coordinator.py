@@ -21,31 +21,25 @@ SHUTDOWN to every process and exits with the job's status.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import secrets
-import signal
-import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dynaps import control
-from dynaps.checkpoint import checkpoint_dir
-from dynaps.checkpoint import commit as commit_checkpoint
+from dynaps.checkpoint_rounds import CheckpointRounds
 from dynaps.contract import ConsistencyModel, RuntimeConfig
 from dynaps.control import Membership
-from dynaps.coordinator_http import StatusServer
+from dynaps.coordinator_http import status_document
 from dynaps.errors import ProtocolError
 from dynaps.leases import Leases
 from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
 from dynaps.rebalance import Migration, Rebalancer
 from dynaps.roster import Member, Roster
 from dynaps.shardmap import ShardMap, next_servers
-from dynaps.transport import Transport, ZmqTransport
+from dynaps.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +80,7 @@ class Coordinator:
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._rebalance_at: float | None = None
         self._next_recovery = 1
-        checkpoint = config.fault_tolerance.checkpoint
-        self.checkpoint_root = checkpoint.path
-        self.checkpointing: dict[str, Any] | None = None  # the checkpoint being taken
-        self.checkpoint_wanted = False
-        self.last_checkpoint: dict[str, Any] | None = None
-        self._next_checkpoint = _next_checkpoint_id(checkpoint.path)
-        self._last_checkpoint_time = time.monotonic()
+        self.checkpoints = CheckpointRounds(self)
         self.commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.leases = Leases()
         self.metrics: dict[str, float] = {}  # what the training programs reported (latest wins)
@@ -102,7 +90,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, endpoint: int, kind: MsgType, body: dict[str, Any]) -> None:
+    def send(self, endpoint: int, kind: MsgType, body: dict[str, Any]) -> None:
         self.transport.send(endpoint, control_frames(kind, COORDINATOR, body))
 
     def _broadcast(self, kind: MsgType, body: dict[str, Any], clients: bool = True) -> None:
@@ -110,11 +98,11 @@ class Coordinator:
         node that already knows what the client knows)."""
         members = self.roster.active()
         for member in members:
-            self._send(member.id, kind, body)
+            self.send(member.id, kind, body)
         if clients:
             for member in members:
                 if member.client is not None:
-                    self._send(client_of(member.id), kind, body)
+                    self.send(client_of(member.id), kind, body)
 
     def membership(self) -> Membership:
         assert self.shard_map is not None
@@ -178,22 +166,22 @@ class Coordinator:
         elif kind is MsgType.RECOVERED:
             self._on_recovered(control.parse(control.MigrateReady, msg.body).id)
         elif kind is MsgType.CHECKPOINT_DONE:
-            self._on_checkpoint_done(member, control.parse(control.CheckpointDone, msg.body))
+            self.checkpoints.on_done(member, control.parse(control.CheckpointDone, msg.body))
         elif kind is MsgType.REJOIN:
             self._on_rejoin(member, control.parse(control.Rejoin, msg.body))
         elif kind is MsgType.LEASE:
             lease = control.parse(control.Lease, msg.body)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
-            self._send(msg.sender, MsgType.LEASE_REPLY, {"epoch": lease.epoch, "shard": shard})
+            self.send(msg.sender, MsgType.LEASE_REPLY, {"epoch": lease.epoch, "shard": shard})
         elif kind is MsgType.REPORT:
             report = control.parse(control.Report, msg.body)
             self.metrics.update(report.metrics)
             if member.rank is not None:
                 self.metrics_by_rank.setdefault(str(member.rank), {}).update(report.metrics)
         elif kind is MsgType.STATS:
-            self._send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
+            self.send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
         elif kind is MsgType.PING:
-            self._send(msg.sender, MsgType.PONG, {})
+            self.send(msg.sender, MsgType.PONG, {})
         else:
             raise ProtocolError(f"coordinator does not handle {kind.name}")
 
@@ -225,13 +213,13 @@ class Coordinator:
         member = admitted
         self.transport.connect(member.id, member.address)
         self._watch(member.id)
-        self._send(member.id, MsgType.WELCOME, {"node": member.id, "nonce": reg.nonce, "rank": member.rank})
+        self.send(member.id, MsgType.WELCOME, {"node": member.id, "nonce": reg.nonce, "rank": member.rank})
         log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
         if self.phase == "registering":
             if all(len(self.roster.active(r)) == self.roster.desired[r] for r in ("server", "worker")):
                 self._prepare()
         else:  # a late joiner: it builds its store from the current membership
-            self._send(member.id, MsgType.MEMBERSHIP, self.membership().model_dump())
+            self.send(member.id, MsgType.MEMBERSHIP, self.membership().model_dump())
 
     def _register_client(self, reg: control.Register) -> None:
         member = self.roster.get(reg.node or -1)
@@ -240,7 +228,7 @@ class Coordinator:
             return
         member.client = reg.address
         self.transport.connect(client_of(member.id), reg.address)
-        self._send(
+        self.send(
             client_of(member.id),
             MsgType.WELCOME,
             {"node": member.id, "nonce": reg.nonce, "rank": member.rank, "barrier": self.barrier_generation},
@@ -257,7 +245,7 @@ class Coordinator:
     def _refuse(self, reg: control.Register, reason: str) -> None:
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
         self.transport.connect(REFUSED_ENDPOINT, reg.address)
-        self._send(REFUSED_ENDPOINT, MsgType.REFUSED, {"nonce": reg.nonce, "reason": reason})
+        self.send(REFUSED_ENDPOINT, MsgType.REFUSED, {"nonce": reg.nonce, "reason": reason})
         self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
 
     def _new_map(self, homes: Any) -> None:
@@ -339,7 +327,7 @@ class Coordinator:
             self.transport.connect(client_of(node), heartbeat.client)
         self.adopting[node] = None
         self.adopt_until = time.monotonic() + ADOPT_QUIET
-        self._send(node, MsgType.ADOPT, {})
+        self.send(node, MsgType.ADOPT, {})
 
     def _on_rejoin(self, member: Member, rejoin: control.Rejoin) -> None:
         if member.id in self.adopting:
@@ -398,7 +386,7 @@ class Coordinator:
         """Ask a node (by name or id) to drain and leave; False if there is no such node."""
         for member in self.roster.active():
             if target in (member.name, str(member.id)):
-                self._send(member.id, MsgType.DRAIN, {"reason": "drain requested"})
+                self.send(member.id, MsgType.DRAIN, {"reason": "drain requested"})
                 return True
         return False
 
@@ -413,7 +401,7 @@ class Coordinator:
             if surplus > 0:
                 victims = sorted(present, key=lambda m: m.rank if m.rank is not None else m.id, reverse=True)
                 for member in victims[:surplus]:
-                    self._send(member.id, MsgType.DRAIN, {"reason": f"scaling {role}s to {wanted}"})
+                    self.send(member.id, MsgType.DRAIN, {"reason": f"scaling {role}s to {wanted}"})
         self._refresh_status()
 
     def tick(self) -> None:
@@ -425,11 +413,7 @@ class Coordinator:
                 self._finish_adoption()
                 self._refresh_status()
             return
-        interval = self.config.fault_tolerance.checkpoint.interval_seconds
-        if interval and self.phase == "running" and now - self._last_checkpoint_time >= interval:
-            self._last_checkpoint_time = now
-            self.request_checkpoint()
-        self._maybe_checkpoint()
+        self.checkpoints.tick(now)
         if self._rebalance_at is not None and now >= self._rebalance_at:
             self._rebalance_at = None
             self._rebalance()
@@ -460,9 +444,9 @@ class Coordinator:
             log.warning("migration %d aborted: node %d was lost", migration.id, member.id)
             for node in (migration.source, migration.target):
                 if node != member.id:
-                    self._send(node, MsgType.MIGRATE_ABORT, {"id": migration.id})
-        if self.checkpointing is not None:
-            self._end_checkpoint(committed=False)
+                    self.send(node, MsgType.MIGRATE_ABORT, {"id": migration.id})
+        if self.checkpoints.in_progress:
+            self.checkpoints.end(committed=False)
         if member.role == "server" and self.shard_map is not None and member.id in self.shard_map.homes:
             self._rehome(member.id)  # announces the new shard map
             return
@@ -497,7 +481,7 @@ class Coordinator:
             load[new_home] += 1
         if replicated:
             source = "replica"
-        elif self.last_checkpoint is not None or self.config.fault_tolerance.checkpoint.restore_from:
+        elif self.checkpoints.last is not None or self.config.fault_tolerance.checkpoint.restore_from:
             source = "checkpoint"
         else:
             source = "initial"
@@ -513,7 +497,7 @@ class Coordinator:
             recovery_id = self._next_recovery
             self._next_recovery += 1
             self.recoveries[recovery_id] = new_home
-            self._send(new_home, MsgType.RECOVER, {"id": recovery_id, "shards": mine, "source": source})
+            self.send(new_home, MsgType.RECOVER, {"id": recovery_id, "shards": mine, "source": source})
         log.warning(
             "epoch %d: %d shards of lost server %d rebuilt from %s",
             self.shard_map.epoch,
@@ -532,70 +516,6 @@ class Coordinator:
             # before shards move on (their homes remember what they already applied).
             self._rebalance_at = time.monotonic() + REBALANCE_AFTER_RECOVERY
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def request_checkpoint(self) -> None:
-        self.checkpoint_wanted = True
-        self._maybe_checkpoint()
-
-    def _maybe_checkpoint(self) -> None:
-        if not self.checkpoint_wanted or self.checkpointing is not None or self.phase != "running":
-            return
-        if not self.rebalancer.idle or self.recoveries:
-            return  # ownership must not change while every owner writes its keys
-        self.checkpoint_wanted = False
-        checkpoint_id = self._next_checkpoint
-        self._next_checkpoint += 1
-        servers = {m.id for m in self.roster.active("server")}
-        self.checkpointing = {"id": checkpoint_id, "phase": "pause", "waiting": set(servers)}
-        for server in servers:
-            self._send(server, MsgType.CHECKPOINT, {"id": checkpoint_id, "phase": "pause"})
-
-    def _on_checkpoint_done(self, member: Member, done: control.CheckpointDone) -> None:
-        state = self.checkpointing
-        if state is None or state["id"] != done.id or state["phase"] != done.phase:
-            return
-        state["waiting"].discard(member.id)
-        state["keys"] = state.get("keys", 0) + done.keys
-        if state["waiting"]:
-            return
-        if state["phase"] == "pause":
-            state["phase"] = "write"
-            state["path"] = str(checkpoint_dir(self.checkpoint_root, done.id))
-            nodes = {m.id for m in self.roster.active()}
-            state["waiting"] = set(nodes)
-            for node in nodes:
-                self._send(node, MsgType.CHECKPOINT, {"id": done.id, "phase": "write", "path": state["path"]})
-        else:
-            self._end_checkpoint(committed=True)
-
-    def _end_checkpoint(self, committed: bool) -> None:
-        state = self.checkpointing
-        assert state is not None
-        self.checkpointing = None
-        self._last_checkpoint_time = time.monotonic()
-        if committed:
-            assert self.shard_map is not None
-            manifest = {
-                "job": self.config.job,
-                "epoch": self.shard_map.epoch,
-                "keys": state["keys"],
-                "tables": [t.to_wire() for t in self.config.tables],
-            }
-            directory = commit_checkpoint(self.checkpoint_root, state["id"], manifest)
-            self.last_checkpoint = {
-                "id": state["id"],
-                "path": str(directory),
-                "keys": state["keys"],
-                "time": time.time(),
-            }
-            log.info("checkpoint %d written to %s (%d keys)", state["id"], directory, state["keys"])
-        else:
-            log.warning("checkpoint %d abandoned", state["id"])
-        for server in self.roster.active("server"):
-            self._send(server.id, MsgType.CHECKPOINT, {"id": state["id"], "phase": "resume"})
-        self._start_migrations()
-
     # ------------------------------------------------------------------ rebalancing
 
     def _rebalance(self) -> None:
@@ -604,11 +524,11 @@ class Coordinator:
         staying = [m.id for m in servers if m.state == "ready"]
         leaving = [m.id for m in servers if m.state == "draining"]
         self.rebalancer.replan(self.shard_map.homes, staying, leaving)
-        self._start_migrations()
+        self.start_migrations()
 
-    def _start_migrations(self) -> None:
+    def start_migrations(self) -> None:
         assert self.shard_map is not None
-        if self.checkpointing is not None or self.recoveries:
+        if self.checkpoints.in_progress or self.recoveries:
             return  # resumed when they end
         for migration in self.rebalancer.start_next(self.shard_map.epoch):
             log.info(
@@ -621,7 +541,7 @@ class Coordinator:
             body = control.MigrateOut(
                 id=migration.id, shards=migration.shards, target=migration.target, epoch=self.shard_map.epoch
             ).model_dump()
-            self._send(migration.source, MsgType.MIGRATE_OUT, body)
+            self.send(migration.source, MsgType.MIGRATE_OUT, body)
 
     def _on_migrate_ready(self, migration_id: int) -> None:
         """The target holds a copy and the source is frozen: commit the new epoch."""
@@ -641,7 +561,7 @@ class Coordinator:
             migration.target,
         )
         self._announce()
-        self._start_migrations()
+        self.start_migrations()
 
     # ------------------------------------------------------------------ barriers, clocks
 
@@ -667,7 +587,7 @@ class Coordinator:
             if self.barrier_at.get(endpoint, -1) <= passed:
                 self.barrier_waiting.discard(endpoint)
                 if self.roster.get(node_of(endpoint)) is not None:
-                    self._send(endpoint, MsgType.BARRIER_DONE, {"generation": passed})
+                    self.send(endpoint, MsgType.BARRIER_DONE, {"generation": passed})
 
     def _publish_min_clock(self) -> None:
         if self.config.consistency.model == ConsistencyModel.ASYNC:
@@ -677,7 +597,7 @@ class Coordinator:
         if low > self.min_clock:
             self.min_clock = low
             for member in running:
-                self._send(client_of(member.id), MsgType.CLOCK_MIN, {"clock": low})
+                self.send(client_of(member.id), MsgType.CLOCK_MIN, {"clock": low})
 
     # ------------------------------------------------------------------ the end
 
@@ -719,60 +639,7 @@ class Coordinator:
         return self.status_doc
 
     def _refresh_status(self) -> None:
-        per_server: dict[str, int] = {}
-        if self.shard_map is not None:
-            for home in self.shard_map.homes.tolist():
-                per_server[str(home)] = per_server.get(str(home), 0) + 1
-        servers = self.roster.active("server")
-        workers = self.roster.active("worker")
-        self.status_doc = {
-            "job": self.config.job,
-            "phase": self.phase,
-            "epoch": self.shard_map.epoch if self.shard_map else 0,
-            "membershipVersion": self.version,
-            "shardsPerServer": per_server,
-            "migrationsInFlight": len(self.rebalancer.running),
-            "migrationsQueued": len(self.rebalancer.queued),
-            "migrationsCompleted": self.rebalancer.completed,
-            "recoveriesInFlight": len(self.recoveries),
-            "lastCheckpoint": self.last_checkpoint,
-            "exitCode": self.exit_code,
-            "reason": self.reason,
-            "startedAt": self.started_at,
-            "servers": {
-                "desired": self.roster.desired["server"],
-                "ready": sum(1 for m in servers if m.state == "ready"),
-            },
-            "workers": {
-                "desired": self.roster.desired["worker"],
-                "ready": sum(1 for m in workers if m.client is not None and m.state == "ready"),
-                "finished": sum(1 for m in workers if m.exit_code is not None),
-            },
-            "lost": list(self.roster.lost),
-            "metrics": dict(self.metrics),
-            "dataShards": self.leases.status(),
-            # per worker rank, the latest barrier it reached (the straggler is the lowest)
-            "barriers": {
-                str(m.rank): self.barrier_at.get(client_of(m.id), -1) for m in self.roster.active("worker")
-            },
-            "barrierPassed": self.barrier_generation - 1,
-            "metricsByRank": {rank: dict(m) for rank, m in self.metrics_by_rank.items()},
-            "members": [
-                {
-                    "id": m.id,
-                    "role": m.role,
-                    "name": m.name,
-                    "address": m.address,
-                    "rank": m.rank,
-                    "state": m.state,
-                    "ready": m.state != "joining",
-                    "attached": m.client is not None,
-                    "exitCode": m.exit_code,
-                    "clock": m.clock,
-                }
-                for m in self.roster.active()
-            ],
-        }
+        self.status_doc = status_document(self)
 
     # ------------------------------------------------------------------ actions (HTTP)
 
@@ -784,76 +651,10 @@ class Coordinator:
         elif action == "drain" and not self.drain(str(body.get("node", ""))):
             log.warning("drain of unknown node %r ignored", body.get("node"))
         elif action == "checkpoint":
-            self.request_checkpoint()
+            self.checkpoints.request()
         self._refresh_status()
-
-
-def _next_checkpoint_id(root: str) -> int:
-    """After a restart, continue numbering after the checkpoints already there."""
-    try:
-        names = [p.name for p in Path(root).glob("ckpt-*")]
-    except OSError:
-        return 1
-    numbers = [int(n.split("-", 1)[1]) for n in names if n.split("-", 1)[1].isdigit()]
-    return max(numbers, default=0) + 1
 
 
 def _optional_int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     return int(value) if isinstance(value, int) and value >= 0 else None
-
-
-def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
-    """Run the coordinator process until the job ends; returns the job's exit code."""
-    _host, _, port_text = config.coordinator.rpartition(":")
-    transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
-    coordinator = Coordinator(config, transport)
-    http = StatusServer(
-        config.bind_host,
-        config.coordinator_http_port,
-        coordinator.status,
-        lambda action, body: coordinator.commands.put((action, body)),
-    )
-    stop = threading.Event()
-    linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    announce(transport.address, http.port)
-    next_tick = 0.0
-    try:
-        while coordinator.exit_code is None:
-            if stop.is_set():
-                coordinator.finish(143, "the coordinator was asked to stop")
-                break
-            frames = transport.recv(timeout=0.05)
-            while frames is not None:
-                coordinator.receive(frames)
-                frames = transport.recv_nowait()
-            while not coordinator.commands.empty():
-                coordinator.run_command(*coordinator.commands.get_nowait())
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 0.05
-                coordinator.tick()
-        if linger > 0 and not stop.is_set():
-            # Keep answering /status a little, so an operator reads how the job ended.
-            reads = http.status_reads
-            deadline = time.monotonic() + linger
-            while time.monotonic() < deadline and http.status_reads == reads and not stop.is_set():
-                frames = transport.recv(timeout=0.05)
-                while frames is not None:
-                    coordinator.receive(frames)
-                    frames = transport.recv_nowait()
-        return coordinator.exit_code if coordinator.exit_code is not None else 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        http.close()
-        transport.close(linger=0.5)
-
-
-def new_nonce() -> str:
-    return secrets.token_hex(8)

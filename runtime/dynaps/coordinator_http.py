@@ -1,6 +1,7 @@
 """The coordinator's HTTP endpoint: what the operator and ``LocalCluster`` talk to.
 
-``GET /healthz``, ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text) and
+``GET /healthz``, ``GET /status`` (JSON, built by :func:`status_document`), ``GET
+/metrics`` (Prometheus text) and
 ``POST`` requests that act on the job (``/shutdown``).  Reads come from the status
 document the coordinator's own thread publishes; actions are queued for that thread, so
 no state is shared between threads except through those two.
@@ -14,7 +15,12 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from dynaps.protocol import client_of
+
+if TYPE_CHECKING:
+    from dynaps.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,62 @@ MAX_BODY = 1 << 16
 StatusSource = Callable[[], dict[str, Any]]
 ActionSink = Callable[[str, dict[str, Any]], None]
 ACTIONS = frozenset({"shutdown", "scale", "drain", "checkpoint"})
+
+
+def status_document(c: Coordinator) -> dict[str, Any]:
+    """The /status document: the job as the operator and LocalCluster see it."""
+    per_server: dict[str, int] = {}
+    if c.shard_map is not None:
+        for home in c.shard_map.homes.tolist():
+            per_server[str(home)] = per_server.get(str(home), 0) + 1
+    servers = c.roster.active("server")
+    workers = c.roster.active("worker")
+    return {
+        "job": c.config.job,
+        "phase": c.phase,
+        "epoch": c.shard_map.epoch if c.shard_map else 0,
+        "membershipVersion": c.version,
+        "shardsPerServer": per_server,
+        "migrationsInFlight": len(c.rebalancer.running),
+        "migrationsQueued": len(c.rebalancer.queued),
+        "migrationsCompleted": c.rebalancer.completed,
+        "recoveriesInFlight": len(c.recoveries),
+        "lastCheckpoint": c.checkpoints.last,
+        "exitCode": c.exit_code,
+        "reason": c.reason,
+        "startedAt": c.started_at,
+        "servers": {
+            "desired": c.roster.desired["server"],
+            "ready": sum(1 for m in servers if m.state == "ready"),
+        },
+        "workers": {
+            "desired": c.roster.desired["worker"],
+            "ready": sum(1 for m in workers if m.client is not None and m.state == "ready"),
+            "finished": sum(1 for m in workers if m.exit_code is not None),
+        },
+        "lost": list(c.roster.lost),
+        "metrics": dict(c.metrics),
+        "dataShards": c.leases.status(),
+        # per worker rank, the latest barrier it reached (the straggler is the lowest)
+        "barriers": {str(m.rank): c.barrier_at.get(client_of(m.id), -1) for m in c.roster.active("worker")},
+        "barrierPassed": c.barrier_generation - 1,
+        "metricsByRank": {rank: dict(m) for rank, m in c.metrics_by_rank.items()},
+        "members": [
+            {
+                "id": m.id,
+                "role": m.role,
+                "name": m.name,
+                "address": m.address,
+                "rank": m.rank,
+                "state": m.state,
+                "ready": m.state != "joining",
+                "attached": m.client is not None,
+                "exitCode": m.exit_code,
+                "clock": m.clock,
+            }
+            for m in c.roster.active()
+        ],
+    }
 
 
 def metrics_text(status: dict[str, Any]) -> str:

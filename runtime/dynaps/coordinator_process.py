@@ -1,0 +1,74 @@
+"""The coordinator process: its sockets, its HTTP endpoint, signals, and the serving loop.
+
+The job's control logic is :class:`~dynaps.coordinator.Coordinator`, which touches no
+socket; this module runs it: messages from the inbox, commands from the HTTP thread
+(queued, so that only this thread changes the coordinator) and the periodic tick.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from dynaps.contract import RuntimeConfig
+from dynaps.coordinator import Coordinator
+from dynaps.coordinator_http import StatusServer
+from dynaps.protocol import COORDINATOR
+from dynaps.transport import ZmqTransport
+
+TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
+
+
+def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
+    """Run the coordinator process until the job ends; returns the job's exit code."""
+    _host, _, port_text = config.coordinator.rpartition(":")
+    transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
+    coordinator = Coordinator(config, transport)
+    http = StatusServer(
+        config.bind_host,
+        config.coordinator_http_port,
+        coordinator.status,
+        lambda action, body: coordinator.commands.put((action, body)),
+    )
+    stop = threading.Event()
+    linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    announce(transport.address, http.port)
+    next_tick = 0.0
+    try:
+        while coordinator.exit_code is None:
+            if stop.is_set():
+                coordinator.finish(143, "the coordinator was asked to stop")
+                break
+            frames = transport.recv(timeout=TICK_SECONDS)
+            while frames is not None:
+                coordinator.receive(frames)
+                frames = transport.recv_nowait()
+            while not coordinator.commands.empty():
+                coordinator.run_command(*coordinator.commands.get_nowait())
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                coordinator.tick()
+        if linger > 0 and not stop.is_set():
+            # Keep answering /status a little, so an operator reads how the job ended.
+            reads = http.status_reads
+            deadline = time.monotonic() + linger
+            while time.monotonic() < deadline and http.status_reads == reads and not stop.is_set():
+                frames = transport.recv(timeout=TICK_SECONDS)
+                while frames is not None:
+                    coordinator.receive(frames)
+                    frames = transport.recv_nowait()
+        return coordinator.exit_code if coordinator.exit_code is not None else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        http.close()
+        transport.close(linger=0.5)
