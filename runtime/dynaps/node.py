@@ -42,7 +42,6 @@ from dynaps.protocol import (
     RECOVERY,
     Message,
     MsgType,
-    client_of,
     control_frames,
     decode,
     encode,
@@ -67,7 +66,6 @@ _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
 _REROUTABLE = frozenset(
     {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
 )
-RELOCATION_FENCE = 2.0  # seconds without relocations after a node is lost (see ``fenced_until``)
 
 # data messages that a home holds while their shard is frozen for a migration
 _FREEZABLE = frozenset(
@@ -109,7 +107,7 @@ class NodeServer:
         self.fenced_until = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
-        self._releasing: list[npt.NDArray[np.bool_]] | None = None
+        self.released: list[npt.NDArray[np.bool_]] | None = None  # keys given back while draining
         self._last_malformed_log = 0.0
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.PULL: self._on_pull,
@@ -642,123 +640,6 @@ class NodeServer:
             cached = self.shard_map.home_of(all_keys, store.spec.num_keys) == self.me
             self._homed[(table, self.shard_map.epoch)] = cached
         return cached
-
-    def forget_departed(self, departed: set[int]) -> None:
-        """Nodes left gracefully: point cached owners of theirs back at the keys' homes."""
-        if not departed:
-            return
-        gone = np.asarray(sorted(departed), dtype=np.int16)
-        for store in self.stores:
-            self.lock.acquire()
-            try:
-                stale = np.flatnonzero(np.isin(store.loc, gone))
-                guess = self.shard_map.home_of(stale.astype(np.int64), store.spec.num_keys)
-                if store.owner is not None:
-                    # at their home, the directory knows the owner; the home's own id in
-                    # loc would mean "owned here", which only a transfer may write
-                    homed = guess == self.me
-                    guess[homed] = store.owner[stale[homed]]
-                    keep = guess == self.me
-                    stale, guess = stale[~keep], guess[~keep]
-                store.loc[stale] = guess
-            finally:
-                self.lock.release()
-
-    def on_lost(self, lost: set[int]) -> None:
-        """Nodes died: a home takes back the keys they held (its last copy of their values)
-        and re-sends the keys they were sending to nodes that wait for them."""
-        new = lost - self.lost
-        if not new:
-            return
-        self.lost |= new
-        if any(store.owner is not None for store in self.stores):
-            self.fenced_until = time.monotonic() + RELOCATION_FENCE
-        dead = np.asarray(sorted(new), dtype=np.int16)
-        for node in new:
-            self.transport.forget(node)
-            self.transport.forget(client_of(node))
-            self.recoveries.forget_node(node)
-        for table, store in enumerate(self.stores):
-            if store.owner is None or store.moving_from is None:
-                continue
-            homed = self.homed(table)
-            self.lock.acquire()
-            try:
-                orphaned = np.flatnonzero(homed & np.isin(store.owner, dead))
-                store.owner[orphaned] = self.me
-                store.moving_from[orphaned] = NOT_MOVING
-                store.loc[orphaned] = self.me
-                stranded = np.flatnonzero(homed & np.isin(store.moving_from, dead))
-                targets = store.owner[stranded]
-                values = store.values.take(stranded, axis=0)
-                states = tuple(state.take(stranded, axis=0) for state in store.states)
-            finally:
-                self.lock.release()
-            self.stats["keys_recovered"] += len(orphaned)
-            if len(orphaned) or len(stranded):
-                log.warning(
-                    "node %d: table %s: took back %d keys of lost nodes %s, re-sent %d in flight",
-                    self.me,
-                    store.name,
-                    len(orphaned),
-                    sorted(new),
-                    len(stranded),
-                )
-            for target, part in group_by(targets):
-                chosen = stranded if part is None else stranded[part]
-                rows = values if part is None else values[part]
-                extra = states if part is None else tuple(s[part] for s in states)
-                self.send(
-                    target,
-                    Message(
-                        MsgType.TRANSFER,
-                        self.me,
-                        NO_ENDPOINT,
-                        0,
-                        table,
-                        len(chosen),
-                        aux=len(extra),
-                        flags=RECOVERY,
-                        keys=chosen.astype(np.int64),
-                        values=rows,
-                        states=extra,
-                    ),
-                )
-        for queue in self.pending:  # requests of dead clients need no answer
-            queue[:] = [m for m in queue if node_of(m.requester) not in new]
-
-    def release_owned(self) -> int:
-        """Give the keys this node holds (and does not home) back to their homes.
-
-        Called repeatedly while draining; returns how many keys are still here or on
-        their way here.  Each key is released once.
-        """
-        if self._releasing is None:
-            self._releasing = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in self.stores]
-        remaining = 0
-        for table, store in enumerate(self.stores):
-            self.lock.acquire()
-            try:
-                held = store.loc == self.me
-                if store.owner is not None:
-                    held &= ~self.homed(table)
-                remaining += int(held.sum()) + int((store.loc == INCOMING).sum())
-                fresh = np.flatnonzero(held & ~self._releasing[table])
-                self._releasing[table][fresh] = True
-            finally:
-                self.lock.release()
-            if not len(fresh):
-                continue
-            homes = self.shard_map.home_of(fresh.astype(np.int64), store.spec.num_keys)
-            for home, part in group_by(homes):
-                chosen = fresh if part is None else fresh[part]
-                self.send(
-                    home,
-                    Message(
-                        MsgType.RELEASE, self.me, self.me, 0, table, len(chosen), keys=chosen.astype(np.int64)
-                    ),
-                )
-        return remaining
 
     def pause_relocations(self) -> None:
         self.relocations_paused = True

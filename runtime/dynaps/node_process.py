@@ -31,6 +31,7 @@ from dynaps import control
 from dynaps.checkpoint import load_keys, resolve, write_owned
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.departures import forget_departed, release_owned, take_back_from_lost
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
@@ -185,11 +186,11 @@ class NodeProcess:
         departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
         server.peers |= members
         if membership.lost:
-            server.on_lost(set(membership.lost))
+            take_back_from_lost(server, set(membership.lost))
         new_map = ShardMap.from_json(membership.shard_map)
         if new_map.epoch > server.shard_map.epoch:
             server.set_shard_map(new_map)
-        server.forget_departed({node_of(e) for e in departed} - {self.node_id})
+        forget_departed(server, {node_of(e) for e in departed} - {self.node_id})
 
     # ------------------------------------------------------------------ serving
 
@@ -444,7 +445,7 @@ class NodeProcess:
             if self.node_id in server.shard_map.homes or server.migrations.outgoing:
                 return  # the coordinator moves our shards away first
             self.drain_state = "keys"
-        if self.drain_state == "keys" and server.release_owned() == 0:
+        if self.drain_state == "keys" and release_owned(server) == 0:
             log.info("node %d: drained, leaving", self.node_id)
             self._send_coordinator(MsgType.LEFT, {})
             self.drain_state = "left"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from dynaps.client import PS
 from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.control import MigrateOut
+from dynaps.departures import forget_departed, take_back_from_lost
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
 from dynaps.recovery import report_owners
@@ -181,7 +182,7 @@ class Cluster:
             return  # it lingers until nothing is addressed to it any more
         for node, server in self.nodes.items():
             if node != SPARE:
-                server.forget_departed({SPARE})
+                forget_departed(server, {SPARE})
         for ps in self.clients.values():
             ps.gone.add(SPARE)
 
@@ -296,7 +297,7 @@ class Cluster:
                 server.migrations.start(MigrateOut.model_validate(body))
             elif control.type is MsgType.MEMBERSHIP:  # as the node process applies it
                 if body["lost"]:
-                    server.on_lost(set(body["lost"]))
+                    take_back_from_lost(server, set(body["lost"]))
                 server.set_shard_map(ShardMap.from_json(body["shard_map"]))
             elif control.type is MsgType.RECOVER:
                 server.recoveries.start(body["id"], body["shards"], body["source"], set(self.live()))
