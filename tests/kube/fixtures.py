@@ -44,6 +44,10 @@ KUBE_FIXTURES = {
 }
 
 
+# How long the session's control plane took to become healthy, for the run's summary.
+_started_in: list[float] = []
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -66,6 +70,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError("tests using the kube fixtures must be marked e2e: " + ", ".join(unmarked))
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for seconds in _started_in:
+        terminalreporter.write_line(
+            f"test control plane: etcd, kube-apiserver, controller manager and scheduler healthy in "
+            f"{seconds:.1f} s (goal <= 15 s)"
+        )
+
+
 @pytest.fixture(scope="session")
 def k8s_bin_dir() -> Path:
     try:
@@ -83,6 +95,7 @@ def kube_control_plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
     previous = _raise_on_sigterm()
     try:
         plane.start()
+        _started_in.append(plane.started_in)
         yield plane
     finally:
         plane.stop()
