@@ -37,7 +37,7 @@ lint: $(STAMP) ## ruff, mypy --strict and the import-layer contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict bench
+	$(VENV)/bin/mypy --strict bench tests
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) ## Run the micro benchmark and the application benchmark

@@ -40,7 +40,7 @@ import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -73,9 +73,9 @@ class SampledTable(Protocol):
     def static_allocation(self) -> bool:
         """Keys never move to workers: onlylocal has nothing to draw from."""
 
-    def pull(self, keys: Any, *, wait: bool = True) -> Any: ...
+    def pull(self, keys: Any) -> Any: ...
 
-    def localize(self, keys: Any, *, wait: bool = True) -> Any: ...
+    def localize(self, keys: Any, *, wait: Literal[False]) -> Any: ...
 
     def local_mask(self, keys: Any) -> Mask: ...
 

@@ -8,7 +8,7 @@ into a :class:`Handle`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -149,7 +149,14 @@ class Table:
 
     # -------------------------------------------------------------- operations
 
-    def pull(self, keys: Any, *, wait: bool = True) -> Any:
+    @overload
+    def pull(self, keys: Any, *, wait: Literal[True] = ...) -> Array: ...
+    @overload
+    def pull(self, keys: Any, *, wait: Literal[False]) -> Handle: ...
+    @overload
+    def pull(self, keys: Any, *, wait: bool) -> Array | Handle: ...
+
+    def pull(self, keys: Any, *, wait: bool = True) -> Array | Handle:
         """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
         keys = self._keys(keys)
         ps, store = self._ps, self._store
@@ -191,18 +198,32 @@ class Table:
             if dest in ps.gone:  # a node that left: ask the home
                 dest = int(ps.shard_map.home_of(keys[:1], self.num_keys)[0])
             ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
-            return ps.wait(handle) if wait else handle
+            return _pulled(ps, handle, wait)
         remote = np.flatnonzero(~mine)
         counters["keys_pulled_local"] += n - len(remote)
         counters["keys_pulled_remote"] += len(remote)
         handle = ps.new_handle(MsgType.PULL, self, keys, out, len(remote))
         handle.mask = mine.copy()  # the local part is here already
         ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
-        return ps.wait(handle) if wait else handle
+        return _pulled(ps, handle, wait)
+
+    @overload
+    def push(self, keys: Any, updates: Any, *, wait: Literal[True] = ...) -> None: ...
+    @overload
+    def push(self, keys: Any, updates: Any, *, wait: Literal[False]) -> Handle: ...
+    @overload
+    def push(self, keys: Any, updates: Any, *, wait: bool) -> Handle | None: ...
 
     def push(self, keys: Any, updates: Any, *, wait: bool = True) -> Handle | None:
         """Apply ``updates`` (n, dim) to ``keys`` with the table's updater (default: add)."""
         return self._update(MsgType.PUSH, keys, updates, wait)
+
+    @overload
+    def set(self, keys: Any, values: Any, *, wait: Literal[True] = ...) -> None: ...
+    @overload
+    def set(self, keys: Any, values: Any, *, wait: Literal[False]) -> Handle: ...
+    @overload
+    def set(self, keys: Any, values: Any, *, wait: bool) -> Handle | None: ...
 
     def set(self, keys: Any, values: Any, *, wait: bool = True) -> Handle | None:
         """Assign ``values`` (n, dim) to ``keys``; if a key repeats, one of its rows wins."""
@@ -254,6 +275,13 @@ class Table:
             handle.result()
             return None
         return handle
+
+    @overload
+    def localize(self, keys: Any, *, wait: Literal[True] = ...) -> None: ...
+    @overload
+    def localize(self, keys: Any, *, wait: Literal[False]) -> Handle: ...
+    @overload
+    def localize(self, keys: Any, *, wait: bool) -> Handle | None: ...
 
     def localize(self, keys: Any, *, wait: bool = True) -> Handle | None:
         """Move ownership of ``keys`` to this node; later accesses to them are local.
@@ -351,3 +379,11 @@ class Table:
         """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
         mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._ps.node
         return mask
+
+
+def _pulled(ps: PS, handle: Handle, wait: bool) -> Array | Handle:
+    if not wait:
+        return handle
+    values = ps.wait(handle)
+    assert values is not None  # a pull's handle holds its values
+    return values

@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from dynaps.client import PS
-from dynaps.contract import NamedTable, RuntimeConfig
+from dynaps.contract import NamedTable, Partition, RuntimeConfig
 from dynaps.control import MigrateOut
 from dynaps.departures import forget_departed, take_back_from_lost
 from dynaps.node import NodeServer
@@ -63,7 +63,7 @@ class SimTransport:
     def send(self, endpoint: int, frames: Any) -> None:
         self.network.channels[(self.endpoint, endpoint)].append([bytes(memoryview(f)) for f in frames])
 
-    def recv(self, timeout: float | None = None) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
         return None
 
     def close(self, linger: float = 0.0) -> None: ...
@@ -80,7 +80,7 @@ class Cluster:
         self.network = Network()
         self.spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
         self.homing = [*SERVERS, SPARE] if replicated else SERVERS
-        self.shard_map = ShardMap.initial(4, "range", self.homing)
+        self.shard_map = ShardMap.initial(4, Partition.RANGE, self.homing)
         if replicated:
             self.shard_map.backups = next_servers(self.shard_map.homes, self.homing)
         self.nodes: dict[int, NodeServer] = {}
@@ -111,8 +111,8 @@ class Cluster:
                 rank,
                 [self.store(worker)],
                 NullLock(),  # type: ignore[arg-type]
-                SimTransport(self.network, client_of(worker)),
-            )  # type: ignore[arg-type]
+                SimTransport(self.network, client_of(worker)),  # type: ignore[arg-type]
+            )
             ps.shard_map = self.shard_map
             self.clients[worker] = ps
         self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}
@@ -350,12 +350,12 @@ class Cluster:
             total[mine] += store.values[mine, 0]
         assert (owners == 1).all(), f"keys with owner count != 1: {np.flatnonzero(owners != 1)}"
         np.testing.assert_array_equal(total, self.pushed)
-        for server in self.servers():
-            if server in self.dead:
+        for home in self.servers():
+            if home in self.dead:
                 continue
-            store = self.store(server)
+            store = self.store(home)
             assert store.owner is not None
-            homed = self.shard_map.home_of(np.arange(NUM_KEYS), NUM_KEYS) == server
+            homed = self.shard_map.home_of(np.arange(NUM_KEYS), NUM_KEYS) == home
             for key in np.flatnonzero(homed):
                 owner = int(store.owner[key])
                 assert self.store(owner).loc[key] == owner, f"directory wrong for key {key}"

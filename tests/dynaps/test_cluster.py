@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_errors_name_the_problem(cluster: dynaps.LocalCluster) -> None:
 def misuse(ps: dynaps.PS) -> dict[str, str]:
     W = ps.table("W")
     found = {}
-    attempts = {
+    attempts: dict[str, Callable[[], object]] = {
         "table": lambda: ps.table("missing"),
         "range": lambda: W.pull([0, 1, NUM_KEYS]),
         "shape": lambda: W.push([0, 1], np.ones((3, 4))),
@@ -190,7 +191,11 @@ def test_shutdown_leaves_no_process_and_releases_every_port() -> None:
     assert time.monotonic() - started < 10
     for name, pid in pids.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
-    listening = {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    listening = {
+        c.laddr.port
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr
+    }
     assert not ports & listening, f"ports still bound: {ports & listening}"
 
 

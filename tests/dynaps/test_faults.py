@@ -44,7 +44,7 @@ def homes(cluster: dynaps.LocalCluster, server: str) -> np.ndarray:
 
 def shard_homes(ps: dynaps.PS, num_shards: int) -> list[int]:
     keys = np.arange(NUM_KEYS)
-    return ps.shard_map.home_of(keys, NUM_KEYS).tolist()
+    return [int(home) for home in ps.shard_map.home_of(keys, NUM_KEYS)]
 
 
 def test_a_killed_server_is_rebuilt_from_the_last_checkpoint() -> None:
@@ -128,7 +128,7 @@ def test_a_killed_server_loses_no_acknowledged_update_with_replication(tmp_path,
         time.sleep(0.5)
         (tmp_path / "stop").touch()
         results = job.result(timeout=120)
-        acked = sum(r["acked"] for r in results)  # type: ignore[misc]
+        acked = sum(r["acked"] for r in results)
         values = cluster.run(read_all)[0]
         np.testing.assert_array_equal(values, acked)
         assert cluster.status()["lost"]
@@ -167,8 +167,8 @@ def test_the_job_survives_a_coordinator_restart(tmp_path) -> None:  # type: igno
         time.sleep(0.5)  # training goes on under the new coordinator
         stop.touch()
         results = job.result(timeout=120)
-        assert all(r["rounds"] > 10 for r in results)  # type: ignore[operator]
-        acked = sum(r["acked"] for r in results)  # type: ignore[misc]
+        assert all(r["rounds"] > 10 for r in results)
+        acked = sum(r["acked"] for r in results)
         np.testing.assert_array_equal(cluster.run(read_all)[0], acked)
         status = cluster.status()
         assert status["epoch"] == epoch

@@ -50,26 +50,26 @@ def valid_messages() -> list[list[bytes]]:
 
 
 def mutate(rng: random.Random, frames: list[bytes]) -> list[bytes]:
-    frames = [bytearray(f) for f in frames]
+    work = [bytearray(f) for f in frames]
     choice = rng.randrange(6)
     if choice == 0:  # flip bits anywhere except the sender/requester fields
-        frame = rng.randrange(len(frames))
+        frame = rng.randrange(len(work))
         for _ in range(rng.randint(1, 8)):
-            if frames[frame]:
-                at = rng.randrange(len(frames[frame]))
+            if work[frame]:
+                at = rng.randrange(len(work[frame]))
                 if frame == 0 and 6 <= at < 10:
                     continue
-                frames[frame][at] ^= 1 << rng.randrange(8)
+                work[frame][at] ^= 1 << rng.randrange(8)
     elif choice == 1:  # truncate or extend a frame
-        frame = rng.randrange(len(frames))
-        frames[frame] = frames[frame][: rng.randrange(len(frames[frame]) + 1)] + bytes(rng.randrange(3) * 8)
+        frame = rng.randrange(len(work))
+        work[frame] = work[frame][: rng.randrange(len(work[frame]) + 1)] + bytearray(rng.randrange(3) * 8)
     elif choice == 2:  # drop or duplicate a frame
-        if rng.random() < 0.5 and len(frames) > 1:
-            del frames[rng.randrange(len(frames))]
+        if rng.random() < 0.5 and len(work) > 1:
+            del work[rng.randrange(len(work))]
         else:
-            frames.append(frames[rng.randrange(len(frames))])
+            work.append(work[rng.randrange(len(work))])
     elif choice == 3:  # a random header with plausible fields
-        frames[0] = bytearray(
+        work[0] = bytearray(
             HEADER.pack(
                 PROTOCOL_VERSION,
                 rng.choice(list(MsgType)),
@@ -85,10 +85,10 @@ def mutate(rng: random.Random, frames: list[bytes]) -> list[bytes]:
             )
         )
     elif choice == 4:  # garbage JSON body
-        frames = [frames[0], bytearray(json.dumps(rng.choice([[], 1, "x", {"a": None}])).encode())]
+        work = [work[0], bytearray(json.dumps(rng.choice([[], 1, "x", {"a": None}])).encode())]
     else:  # pure noise
-        frames = [bytearray(rng.randbytes(rng.randrange(64))) for _ in range(rng.randint(1, 4))]
-    return [bytes(f) for f in frames]
+        work = [bytearray(rng.randbytes(rng.randrange(64))) for _ in range(rng.randint(1, 4))]
+    return [bytes(f) for f in work]
 
 
 def test_node_survives_random_and_mutated_frames() -> None:

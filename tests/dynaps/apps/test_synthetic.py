@@ -25,7 +25,10 @@ def test_matrix_is_deterministic_unique_and_skewed() -> None:
 
 def test_knowledge_graph_splits_are_disjoint() -> None:
     kg = synthetic.knowledge_graph(300, 6, 3_000, seed=1)
-    code = lambda t: set((t[:, 0] * 6 + t[:, 1]) * 300 + t[:, 2])  # noqa: E731
+
+    def code(triples: np.ndarray) -> set[int]:
+        return {int(c) for c in (triples[:, 0] * 6 + triples[:, 1]) * 300 + triples[:, 2]}
+
     assert not code(kg.train) & code(kg.test)
     assert not code(kg.valid) & code(kg.test)
     assert len(kg.train) + len(kg.valid) + len(kg.test) == 3_000
