@@ -33,12 +33,13 @@ test: $(STAMP) k8s-binaries ## Run the whole test suite (unit, integration, e2e)
 test-fast: $(STAMP) ## Unit and integration tests only (no control plane)
 	$(PY) -m pytest -m "not e2e"
 
-lint: $(STAMP) ## ruff, mypy --strict and the import-layer contracts
+lint: $(STAMP) ## ruff, mypy --strict, the import-layer contracts and shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench tests
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
 
 bench: $(STAMP) ## Run the micro benchmark and the application benchmark
 	$(PY) bench/micro.py
