@@ -24,7 +24,7 @@ _EXPORTS = {
     "connect": "dynaps.client",
     "PS": "dynaps.client",
     "Table": "dynaps.table",
-    "Handle": "dynaps.table",
+    "Handle": "dynaps.handles",
     "LocalCluster": "dynaps.local",
     "TableSpec": "dynaps.contract",
     "InitSpec": "dynaps.contract",
@@ -76,8 +76,9 @@ if TYPE_CHECKING:
         UnknownTableError,
         UsageError,
     )
+    from dynaps.handles import Handle
     from dynaps.local import LocalCluster
-    from dynaps.table import Handle, Table
+    from dynaps.table import Table
     from dynaps.updaters import register_updater
 
 

@@ -40,6 +40,7 @@ from dynaps.errors import (
     UnknownTableError,
     UsageError,
 )
+from dynaps.handles import REPLIES, Array, Handle, Keys
 from dynaps.protocol import (
     COORDINATOR,
     HEADER,
@@ -59,7 +60,7 @@ from dynaps.routing import group_by, subset
 from dynaps.shardmap import ShardMap
 from dynaps.shm import Segment, SharedLock, attach
 from dynaps.store import INCOMING, TableStore
-from dynaps.table import Array, Handle, Keys, Table
+from dynaps.table import Table
 from dynaps.transport import ZmqTransport
 
 log = logging.getLogger(__name__)
@@ -601,54 +602,16 @@ class PS:
 
     def _dispatch(self, msg: Message) -> None:
         kind = msg.type
-        if kind in (MsgType.PULL_REPLY, MsgType.ACK, MsgType.LOCALIZED, MsgType.ERROR):
+        if kind in REPLIES:
             handle = self._handles.get(msg.req_id)
             if handle is None:
                 if self.lost:  # a late answer to a request that was sent again: already done
                     return
                 raise ProtocolError(f"reply for unknown request {msg.req_id}")
-            if kind is MsgType.ERROR:
-                handle.error = ClusterError(f"{handle!r} failed on node {msg.sender}: {msg.text}")
-                del self._handles[msg.req_id]
-                return
-            count = msg.count
-            if kind is MsgType.LOCALIZED:  # a hint: answered twice after a retry is fine
-                count = min(count, handle.remaining)
-            elif count > handle.remaining and handle.mask is None:
-                raise ProtocolError(f"reply acknowledges {count} keys, {handle.remaining} pending")
-            positions = msg.positions
-            values = msg.values
-            if positions is not None:
-                if len(positions) and int(positions.max()) >= _size(handle.keys):
-                    raise ProtocolError("reply positions outside the request")
-                if handle.mask is None:
-                    handle.mask = np.zeros(_size(handle.keys), dtype=np.bool_)
-                fresh = ~handle.mask[positions]
-                if not fresh.all():  # answered before: a retried request's duplicate
-                    positions = positions[fresh]
-                    values = values[fresh] if values is not None else None
-                handle.mask[positions] = True
-                count = len(positions)
-            elif handle.mask is not None and kind is not MsgType.LOCALIZED:
-                handle.mask[:] = True  # a whole answer
-                count = handle.remaining
-            if kind is MsgType.PULL_REPLY:
-                assert values is not None
-                out = handle.out
-                if out is None:  # sent whole to one node: the reply is usually all of it
-                    if positions is None and count == _size(handle.keys):
-                        handle.out = values.copy()  # the frame's memory is read-only
-                    else:
-                        out = handle.out = np.empty((_size(handle.keys), values.shape[1]), values.dtype)
-                        out[positions] = values
-                elif positions is None:
-                    out[:] = values
-                else:
-                    out[positions] = values
+            positions = handle.absorb(msg)
             if msg.hops and positions is not None and len(positions):
                 self._learn_owner(msg.table, handle, positions, msg.sender)
-            handle.remaining -= count
-            if handle.remaining <= 0:
+            if handle.done():
                 del self._handles[msg.req_id]
         elif msg.sender != COORDINATOR and kind is not MsgType.STATS_REPLY:
             raise ProtocolError(f"client does not accept {kind.name} from {msg.sender}")
@@ -684,10 +647,6 @@ class PS:
             loc[keys[stale]] = owner
         finally:
             self.lock.release()
-
-
-def _size(keys: Keys | None) -> int:
-    return 0 if keys is None else len(keys)
 
 
 def _attach_retrying(address: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float) -> PS:

@@ -1,9 +1,9 @@
-"""The user's view of one table: :class:`Table` (``pull/push/set/localize``) and :class:`Handle`.
+"""The user's view of one table: :class:`Table` (``pull/push/set/localize``).
 
 A :class:`Table` checks the caller's arguments (keys in range, rows of the right shape
 and dtype), serves the keys its node owns in place, and hands the rest to its
 :class:`~dynaps.client.PS`, which sends one request per owner and collects the replies
-into a :class:`Handle`.
+into a :class:`~dynaps.handles.Handle`.
 """
 
 from __future__ import annotations
@@ -15,70 +15,13 @@ import numpy.typing as npt
 
 from dynaps.contract import Allocation
 from dynaps.errors import KeyRangeError, UsageError
+from dynaps.handles import Array, Handle, Keys
 from dynaps.protocol import Message, MsgType
 from dynaps.routing import group_by
 from dynaps.store import INCOMING, TableStore
 
 if TYPE_CHECKING:
     from dynaps.client import PS
-
-Array = npt.NDArray[Any]
-Keys = npt.NDArray[np.int64]
-
-
-class Handle:
-    """An operation in flight.  ``result()`` waits for it (a pull returns the values)."""
-
-    __slots__ = (
-        "error",
-        "index",
-        "keys",
-        "kind",
-        "mask",
-        "out",
-        "ps",
-        "remaining",
-        "req_id",
-        "rows",
-        "table",
-    )
-
-    def __init__(
-        self,
-        ps: PS | None,
-        req_id: int,
-        kind: MsgType,
-        table: str,
-        keys: Keys | None,
-        out: Array | None,
-        remaining: int,
-    ) -> None:
-        self.ps = ps
-        self.req_id = req_id
-        self.kind = kind
-        self.table = table
-        self.keys = keys
-        self.out = out
-        self.remaining = remaining
-        self.error: BaseException | None = None
-        self.index = 0  # the table's index, to send the request again
-        self.rows: Array | None = None  # a push's or set's rows, to send again
-        self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
-
-    def done(self) -> bool:
-        return self.remaining <= 0 or self.error is not None
-
-    def result(self, timeout: float | None = None) -> Array | None:
-        if not self.done():
-            assert self.ps is not None
-            self.ps.wait(self, timeout)
-        if self.error is not None:
-            raise self.error
-        return self.out
-
-    def __repr__(self) -> str:
-        state = "done" if self.done() else f"{self.remaining} keys pending"
-        return f"<Handle {self.kind.name.lower()} {self.table} #{self.req_id} {state}>"
 
 
 class Table:

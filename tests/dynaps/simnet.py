@@ -20,6 +20,7 @@ from dynaps.client import PS
 from dynaps.contract import NamedTable, Partition, RuntimeConfig
 from dynaps.control import MigrateOut
 from dynaps.departures import forget_departed, take_back_from_lost
+from dynaps.handles import Handle
 from dynaps.node import NodeServer
 from dynaps.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
 from dynaps.recovery import report_owners
@@ -27,7 +28,6 @@ from dynaps.replication import Replication
 from dynaps.shardmap import ShardMap, next_servers
 from dynaps.shm import NullLock
 from dynaps.store import INCOMING, TableStore
-from dynaps.table import Handle
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]
