@@ -11,11 +11,12 @@ knows who may send it:
    everyone and training starts.
 
 While the job runs, nodes join (a new server gets shards by migration; a new worker
-joins barriers and data leases), leave (LEAVE: drain, then LEFT) or die (no HEARTBEAT
-for a few intervals: the membership lists them as lost, and the nodes recover their
-keys).  Every change is a new MEMBERSHIP version; every change of the shard map a new
-epoch.  The job ends when every worker's program has exited: the coordinator sends
-SHUTDOWN to every process and exits with the job's status.
+joins barriers and data leases), leave (LEAVE: drain, then LEFT) or die (their
+connection dropped and no HEARTBEAT followed, or they fell silent: the membership lists
+them as lost, and the nodes recover their keys).  Every change is a new MEMBERSHIP
+version; every change of the shard map a new epoch.  The job ends when every worker's
+program has exited: the coordinator sends SHUTDOWN to every process and exits with the
+job's status.
 """
 
 from __future__ import annotations
