@@ -82,12 +82,12 @@ DEFAULT_SPIN_MICROS = 100
 
 def spin_seconds(environ: Mapping[str, str] | None = None) -> float:
     """The spin budget of this process's transport, from ``DYNAPS_SPIN_MICROS``."""
-    raw = (os.environ if environ is None else environ).get(SPIN_ENV, "").strip()
-    if not raw:
+    env = dict(os.environ if environ is None else environ)
+    if not env.get(SPIN_ENV, "").strip():
         return DEFAULT_SPIN_MICROS * 1e-6
-    micros = int(raw) if raw.isdigit() else -1
+    micros = _int(env, SPIN_ENV)
     if not 0 <= micros <= 100_000:
-        raise ConfigError(f"{SPIN_ENV}={raw!r}: expected whole microseconds from 0 to 100000")
+        raise ConfigError(f"{SPIN_ENV}={env[SPIN_ENV]!r}: expected microseconds from 0 to 100000")
     return micros * 1e-6
 
 

@@ -66,7 +66,7 @@ def status_document(c: Coordinator) -> dict[str, Any]:
         "metrics": dict(c.metrics),
         "dataShards": c.leases.status(),
         # per worker rank, the latest barrier it reached (the straggler is the lowest)
-        "barriers": {str(m.rank): c.barrier_at.get(client_of(m.id), -1) for m in c.roster.active("worker")},
+        "barriers": {str(m.rank): c.barrier_at.get(client_of(m.id), -1) for m in workers},
         "barrierPassed": c.barrier_generation - 1,
         "metricsByRank": {rank: dict(m) for rank, m in c.metrics_by_rank.items()},
         "members": [

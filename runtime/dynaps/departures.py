@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dynaps.protocol import NO_ENDPOINT, RECOVERY, Message, MsgType, client_of, node_of
+from dynaps.protocol import Message, MsgType, client_of, node_of
+from dynaps.recovery import resend_copies
 from dynaps.routing import group_by
 from dynaps.store import INCOMING, NOT_MOVING
 
@@ -92,26 +93,7 @@ def take_back_from_lost(server: NodeServer, lost: set[int]) -> None:
                 sorted(new),
                 len(stranded),
             )
-        for target, part in group_by(targets):
-            chosen = stranded if part is None else stranded[part]
-            rows = values if part is None else values[part]
-            extra = states if part is None else tuple(s[part] for s in states)
-            server.send(
-                target,
-                Message(
-                    MsgType.TRANSFER,
-                    server.me,
-                    NO_ENDPOINT,
-                    0,
-                    table,
-                    len(chosen),
-                    aux=len(extra),
-                    flags=RECOVERY,
-                    keys=chosen.astype(np.int64),
-                    values=rows,
-                    states=extra,
-                ),
-            )
+        resend_copies(server, table, stranded, targets, values, states)
     for queue in server.pending:  # requests of dead clients need no answer
         queue[:] = [m for m in queue if node_of(m.requester) not in new]
 

@@ -210,23 +210,34 @@ class Recoveries:
                 states = tuple(state.take(still, axis=0) for state in store.states)
             finally:
                 server.lock.release()
-            for target, part in group_by(targets):
-                chosen = still if part is None else still[part]
-                rows = values if part is None else values[part]
-                extra = states if part is None else tuple(s[part] for s in states)
-                server.send(
-                    target,
-                    Message(
-                        MsgType.TRANSFER,
-                        server.me,
-                        NO_ENDPOINT,
-                        0,
-                        table,
-                        len(chosen),
-                        aux=len(extra),
-                        flags=RECOVERY,
-                        keys=chosen,
-                        values=rows,
-                        states=extra,
-                    ),
-                )
+            resend_copies(server, table, still, targets, values, states)
+
+
+def resend_copies(
+    server: NodeServer,
+    table: int,
+    keys: Keys,
+    targets: npt.NDArray[np.int16],
+    values: npt.NDArray[np.generic],
+    states: tuple[npt.NDArray[np.generic], ...],
+) -> None:
+    """Send a home's own copies of ``keys`` to the nodes that expect them (``targets``),
+    as RECOVERY transfers: applied only where a key is still expected."""
+    for target, part in group_by(targets):
+        chosen = keys if part is None else keys[part]
+        server.send(
+            target,
+            Message(
+                MsgType.TRANSFER,
+                server.me,
+                NO_ENDPOINT,
+                0,
+                table,
+                len(chosen),
+                aux=len(states),
+                flags=RECOVERY,
+                keys=chosen.astype(np.int64, copy=False),
+                values=values if part is None else values[part],
+                states=states if part is None else tuple(state[part] for state in states),
+            ),
+        )
