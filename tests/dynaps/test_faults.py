@@ -135,27 +135,39 @@ def test_a_killed_server_loses_no_acknowledged_update_with_replication(tmp_path,
 
 
 def train_with_barriers(ps: dynaps.PS, stop_file: str) -> dict[str, object]:
+    """Pushes with a barrier every 5 rounds until ``stop_file`` exists.
+
+    Every worker must leave at the same barrier (one left waiting at a barrier the others
+    never reach would hang), so rank 0 sees the file and writes into the "stop" table the
+    number of the barrier it is about to enter; its write is acknowledged before it
+    enters, so after that barrier every worker reads it and they all leave there.
+    """
     import os
 
-    W = ps.table("W")
+    W, stop_at = ps.table("W"), ps.table("stop")
     rng = np.random.default_rng(ps.rank)
     acked = np.zeros(NUM_KEYS, dtype=np.int64)
-    rounds = 0
-    while not os.path.exists(stop_file) or rounds < 10:
+    rounds = barriers = 0
+    while True:
         keys = rng.integers(0, NUM_KEYS, size=30)
         W.push(keys, np.ones((30, 2)))
         np.add.at(acked, keys, 1)
         if rounds % 5 == 0:
+            if ps.rank == 0 and rounds >= 10 and os.path.exists(stop_file):
+                stop_at.set([0], [[barriers + 1]])
             ps.barrier()
+            barriers += 1
+            if 0 < stop_at.pull([0])[0, 0] <= barriers:
+                break
             W.localize(rng.integers(0, NUM_KEYS, size=10))
         rounds += 1
-    ps.barrier()
     return {"acked": acked, "rounds": rounds}
 
 
 def test_the_job_survives_a_coordinator_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
     stop = tmp_path / "stop"
-    with dynaps.LocalCluster(servers=2, workers=2, tables=TABLES) as cluster:
+    tables = {**TABLES, "stop": dynaps.TableSpec(num_keys=1, dim=1)}
+    with dynaps.LocalCluster(servers=2, workers=2, tables=tables) as cluster:
         epoch = cluster.status()["epoch"]
         job = cluster.submit(train_with_barriers, str(stop))
         time.sleep(0.5)
