@@ -69,6 +69,10 @@ async def operate(
     finally:
         await probes.stop()
         await controller.stop()
+        # Closed connections finish closing on later turns of the loop (TLS ones take a
+        # few); without them, a loop that ends now leaves their sockets to the garbage
+        # collector (ResourceWarning). aiohttp's graceful-shutdown advice.
+        await asyncio.sleep(0.25)
 
 
 class OperatorThread:
