@@ -36,7 +36,7 @@ import zmq
 
 import dynaps
 from dynaps.config import spin_seconds
-from dynaps.transport import spin_until_readable
+from dynaps.wire.transport import spin_until_readable
 
 NUM_KEYS = 100_000
 DIM = 100

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "connect": "dynaps.client",
-    "PS": "dynaps.client",
-    "Table": "dynaps.table",
-    "Handle": "dynaps.handles",
-    "LocalCluster": "dynaps.local",
+    "connect": "dynaps.client.ps",
+    "PS": "dynaps.client.ps",
+    "Table": "dynaps.client.table",
+    "Handle": "dynaps.client.handles",
+    "LocalCluster": "dynaps.local.cluster",
     "TableSpec": "dynaps.contract",
     "InitSpec": "dynaps.contract",
     "UpdaterSpec": "dynaps.contract",
-    "register_updater": "dynaps.updaters",
+    "register_updater": "dynaps.store.updaters",
     "DynapsError": "dynaps.errors",
     "ConfigError": "dynaps.errors",
     "NotConnectedError": "dynaps.errors",
@@ -63,7 +63,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from dynaps.client import PS, connect
+    from dynaps.client.handles import Handle
+    from dynaps.client.ps import PS, connect
+    from dynaps.client.table import Table
     from dynaps.contract import InitSpec, TableSpec, UpdaterSpec
     from dynaps.errors import (
         ClusterError,
@@ -76,10 +78,8 @@ if TYPE_CHECKING:
         UnknownTableError,
         UsageError,
     )
-    from dynaps.handles import Handle
-    from dynaps.local import LocalCluster
-    from dynaps.table import Table
-    from dynaps.updaters import register_updater
+    from dynaps.local.cluster import LocalCluster
+    from dynaps.store.updaters import register_updater
 
 
 def __getattr__(name: str) -> Any:

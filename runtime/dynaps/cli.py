@@ -194,7 +194,7 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:
-    from dynaps.launch import start_coordinator, start_node, stop_processes
+    from dynaps.local.launch import start_coordinator, start_node, stop_processes
 
     config, command = _job_from_args(args, command)
 
@@ -256,15 +256,15 @@ def _role(args: argparse.Namespace, command: list[str]) -> int:
     setup_logging(settings.log_level)
     config = load_config()
     if args.verb == "coordinator":
-        from dynaps.coordinator_process import serve_coordinator
-        from dynaps.launch import ANNOUNCE_PREFIX
+        from dynaps.coordinator.process import serve_coordinator
+        from dynaps.local.launch import ANNOUNCE_PREFIX
 
         def announce(address: str, http_port: int) -> None:
             if args.announce:
                 print(f"{ANNOUNCE_PREFIX}{address} {http_port}", flush=True)
 
         return serve_coordinator(config, announce)
-    from dynaps.node_process import serve_node
+    from dynaps.node.process import serve_node
 
     if args.verb == "server":
         if command:

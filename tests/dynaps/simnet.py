@@ -1,7 +1,7 @@
 """A simulated network for protocol tests: real NodeServers and clients, no sockets.
 
 Each sender->receiver channel is FIFO (as ZeroMQ's are); tests choose the order across
-channels.  Workers' training processes are real :class:`~dynaps.client.PS` objects that
+channels.  Workers' training processes are real :class:`~dynaps.client.ps.PS` objects that
 share their node's store, issuing one operation at a time (synchronous semantics) with
 ``wait=False`` so the test can deliver their messages.  Endpoint 0 is a simulated
 coordinator that commits migrations and announces new shard maps.
@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from dynaps.client import PS
+from dynaps.client.handles import Handle
+from dynaps.client.ps import PS
 from dynaps.contract import NamedTable, Partition, RuntimeConfig
-from dynaps.control import MigrateOut
-from dynaps.departures import forget_departed, take_back_from_lost
-from dynaps.handles import Handle
-from dynaps.node import NodeServer
-from dynaps.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
-from dynaps.recovery import report_owners
-from dynaps.replication import Replication
-from dynaps.shardmap import ShardMap, next_servers
-from dynaps.shm import NullLock
-from dynaps.store import INCOMING, TableStore
+from dynaps.node.departures import forget_departed, take_back_from_lost
+from dynaps.node.recovery import report_owners
+from dynaps.node.replication import Replication
+from dynaps.node.server import NodeServer
+from dynaps.store.shardmap import ShardMap, next_servers
+from dynaps.store.shm import NullLock
+from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire.control import MigrateOut
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]

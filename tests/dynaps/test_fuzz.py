@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 import dynaps
-from dynaps.protocol import HEADER, PROTOCOL_VERSION, Message, MsgType, encode
+from dynaps.wire.protocol import HEADER, PROTOCOL_VERSION, Message, MsgType, encode
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dynaps.client.handles import Handle
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.handles import Handle
-from dynaps.protocol import Message, MsgType
+from dynaps.wire.protocol import Message, MsgType
 
 KEYS = np.array([10, 11, 12, 13], dtype=np.int64)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dynaps.errors import ProtocolError
-from dynaps.protocol import (
+from dynaps.wire.protocol import (
     CONTROL_TYPES,
     HEADER,
     HEADER_SIZE,

@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynaps.protocol import Message, MsgType, client_of, encode
+from dynaps.wire.protocol import Message, MsgType, client_of, encode
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, WORKERS, Cluster
 
 OPS = st.tuples(

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynaps.protocol import client_of
+from dynaps.wire.protocol import client_of
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
 
 OPS = st.one_of(

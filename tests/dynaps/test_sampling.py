@@ -15,8 +15,8 @@ import numpy.typing as npt
 import pytest
 
 import dynaps
+from dynaps.client.sampling import Distribution, make_strategy
 from dynaps.errors import UsageError
-from dynaps.sampling import Distribution, make_strategy
 
 NUM_KEYS = 50
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from dynaps.contract import Partition
 from dynaps.errors import ProtocolError
-from dynaps.routing import group_by
-from dynaps.shardmap import ShardMap, balanced_homes, shard_key_range, shard_of
+from dynaps.store.shardmap import ShardMap, balanced_homes, shard_key_range, shard_of
+from dynaps.wire.routing import group_by
 
 sizes = st.tuples(st.integers(1, 5000), st.integers(1, 300))
 

@@ -9,7 +9,7 @@ import pytest
 
 from dynaps.config import SPIN_ENV, spin_seconds
 from dynaps.errors import ConfigError
-from dynaps.transport import ZmqTransport
+from dynaps.wire.transport import ZmqTransport
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import dynaps
 from dynaps.contract import UpdaterKind, UpdaterSpec
 from dynaps.errors import ConfigError
-from dynaps.updaters import combine_duplicates, make_updater, scatter_add
+from dynaps.store.updaters import combine_duplicates, make_updater, scatter_add
 
 key_lists = st.lists(st.integers(0, 9), min_size=1, max_size=40)
 
@@ -135,9 +135,9 @@ def test_custom_updater_is_imported_by_path() -> None:
     [
         ("no_such_updater", "not registered"),
         ("no.such.module:make", "cannot import"),
-        ("dynaps.updaters:nothing_here", "has no attribute"),
-        ("dynaps.updaters:", "expected 'package.module:factory'"),
-        ("dynaps.updaters:Array", "the factory failed"),
+        ("dynaps.store.updaters:nothing_here", "has no attribute"),
+        ("dynaps.store.updaters:", "expected 'package.module:factory'"),
+        ("dynaps.store.updaters:Array", "the factory failed"),
         ("builtins:str", "must return an object"),
     ],
 )

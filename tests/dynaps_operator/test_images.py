@@ -90,7 +90,7 @@ def test_runtime_image_install_gives_a_working_dynaps(tmp_path: Path) -> None:
     assert "coordinator" in helped.stdout
     validated = run(bin_dir / "dynaps", "validate", str(REPO / "examples" / "quickstart.yaml"))
     assert validated.returncode == 0, validated.stderr
-    imports = run(bin_dir / "python", "-c", "import numpy, zmq, dynaps.client, dynaps.apps.quickstart")
+    imports = run(bin_dir / "python", "-c", "import numpy, zmq, dynaps.client.ps, dynaps.apps.quickstart")
     assert imports.returncode == 0, imports.stderr
 
 

@@ -321,7 +321,7 @@ def launch(app: str, config: Any, args: argparse.Namespace) -> int:
 
         module.train(dynaps.connect(), config)
         return 0
-    from dynaps.local import LocalCluster
+    from dynaps.local.cluster import LocalCluster
 
     print(
         f"[{app}] not started by dynaps: running on a local job with {args.servers} servers and "

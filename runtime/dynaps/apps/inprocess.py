@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.client.sampling import SamplingStrategy, make_strategy
 from dynaps.contract import TableSpec
 from dynaps.errors import UnknownTableError, UsageError
-from dynaps.sampling import SamplingStrategy, make_strategy
-from dynaps.updaters import make_updater
+from dynaps.store.updaters import make_updater
 
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]

@@ -33,8 +33,8 @@ from dynaps.apps import common, synthetic
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.metrics import KnownTriples, filtered_rank_sums, ranking_report
+from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
-from dynaps.sampling import Distribution
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import numpy as np
 
 from dynaps.apps import common, synthetic
 from dynaps.apps.data import Corpus, read_corpus
+from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec
-from dynaps.sampling import Distribution
 
 
 @dataclass(frozen=True)

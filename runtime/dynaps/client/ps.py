@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps import control
+from dynaps.client.handles import REPLIES, Array, Handle, Keys
+from dynaps.client.table import Table
 from dynaps.config import spin_seconds
 from dynaps.contract import ConsistencyModel, RuntimeConfig
 from dynaps.errors import (
@@ -40,8 +41,11 @@ from dynaps.errors import (
     UnknownTableError,
     UsageError,
 )
-from dynaps.handles import REPLIES, Array, Handle, Keys
-from dynaps.protocol import (
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import Segment, SharedLock, attach
+from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire import control
+from dynaps.wire.protocol import (
     COORDINATOR,
     HEADER,
     INLINE,
@@ -56,12 +60,8 @@ from dynaps.protocol import (
     decode,
     encode,
 )
-from dynaps.routing import group_by, subset
-from dynaps.shardmap import ShardMap
-from dynaps.shm import Segment, SharedLock, attach
-from dynaps.store import INCOMING, TableStore
-from dynaps.table import Table
-from dynaps.transport import ZmqTransport
+from dynaps.wire.routing import group_by, subset
+from dynaps.wire.transport import ZmqTransport
 
 log = logging.getLogger(__name__)
 

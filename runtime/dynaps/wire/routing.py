@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.protocol import NO_POSITIONS, Message
+from dynaps.wire.protocol import NO_POSITIONS, Message
 
 Index = npt.NDArray[np.intp]
 

@@ -45,7 +45,7 @@ from dynaps.contract import (
     TableSpec,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
-from dynaps.launch import Process, start_coordinator, start_node, stop_processes
+from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
 
 _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
@@ -53,16 +53,16 @@ Connection = multiprocessing.connection.Connection
 
 def _runner_main(token: str, conn: Connection, log_level: str) -> None:
     """A runner: attach to the worker node, then run functions until told to stop."""
-    from dynaps import client
+    from dynaps.client import ps as client_ps
     from dynaps.config import setup_logging
 
     setup_logging(log_level)
     try:
-        ps = client.PS.attach(token)
+        ps = client_ps.PS.attach(token)
     except Exception as exc:  # report, do not hang the parent
         conn.send(("error", f"runner could not join the job: {exc}"))
         return
-    client._CURRENT = ps  # dynaps.connect() inside fn returns this connection
+    client_ps._CURRENT = ps  # dynaps.connect() inside fn returns this connection
     conn.send(("ready", ps.rank))
     try:
         while not ps.control[0]:  # our node drains: this training process ends

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.control import MigrateOut
-from dynaps.protocol import FINAL, Message, MsgType
-from dynaps.shardmap import ShardMap, shard_of
-from dynaps.store import NOT_MOVING, TableStore
+from dynaps.store.shardmap import ShardMap, shard_of
+from dynaps.store.table_store import NOT_MOVING, TableStore
+from dynaps.wire.control import MigrateOut
+from dynaps.wire.protocol import FINAL, Message, MsgType
 
 if TYPE_CHECKING:
-    from dynaps.node import NodeServer
+    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 

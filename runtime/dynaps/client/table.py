@@ -2,8 +2,8 @@
 
 A :class:`Table` checks the caller's arguments (keys in range, rows of the right shape
 and dtype), serves the keys its node owns in place, and hands the rest to its
-:class:`~dynaps.client.PS`, which sends one request per owner and collects the replies
-into a :class:`~dynaps.handles.Handle`.
+:class:`~dynaps.client.ps.PS`, which sends one request per owner and collects the replies
+into a :class:`~dynaps.client.handles.Handle`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.client.handles import Array, Handle, Keys
 from dynaps.contract import Allocation
 from dynaps.errors import KeyRangeError, UsageError
-from dynaps.handles import Array, Handle, Keys
-from dynaps.protocol import Message, MsgType
-from dynaps.routing import group_by
-from dynaps.store import INCOMING, TableStore
+from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire.protocol import Message, MsgType
+from dynaps.wire.routing import group_by
 
 if TYPE_CHECKING:
-    from dynaps.client import PS
+    from dynaps.client.ps import PS
 
 
 class Table:
@@ -287,12 +287,12 @@ class Table:
             return None
         return handle
 
-    # -------------------------------------------------------------- sampling (see dynaps.sampling)
+    # -------------------------------------------------------------- sampling (see dynaps.client.sampling)
 
     def set_sampler(self, sampler: Any = None, strategy: str = "naive", **options: Any) -> None:
-        """Choose what ``prepare_sample`` draws (a ``dynaps.sampling.Distribution`` or
+        """Choose what ``prepare_sample`` draws (a ``dynaps.client.sampling.Distribution`` or
         ``fn(rng, n) -> keys``; default uniform) and how: naive, preloc, pool or onlylocal."""
-        from dynaps.sampling import make_strategy
+        from dynaps.client.sampling import make_strategy
 
         self._sampling = make_strategy(self, sampler, strategy, **options)
 

@@ -14,10 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.protocol import Message, MsgType
+from dynaps.wire.protocol import Message, MsgType
 
 if TYPE_CHECKING:
-    from dynaps.client import PS
+    from dynaps.client.ps import PS
 
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]

@@ -4,7 +4,7 @@
   map).  A home that applies an update to a key it holds sends the new rows to the
   backup (REPLICATE); the backup stores them and acknowledges the requester.  So an
   acknowledged update exists on two servers.  When a home dies, its backup becomes the
-  home (:mod:`dynaps.recovery`) and already has the values.
+  home (:mod:`dynaps.node.recovery`) and already has the values.
 * **Worker-held keys** (localized): the worker writes their current rows back to their
   home every ``flushIntervalMs`` (WRITEBACK); the home keeps them and replicates them.
   When a worker dies, its homes take its keys back with the last rows written back:
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.migration import shard_keys
-from dynaps.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
-from dynaps.routing import group_by, subset
-from dynaps.shardmap import NO_BACKUP, ShardMap
+from dynaps.node.migration import shard_keys
+from dynaps.store.shardmap import NO_BACKUP, ShardMap
+from dynaps.wire.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
+from dynaps.wire.routing import group_by, subset
 
 if TYPE_CHECKING:
-    from dynaps.node import NodeServer
+    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A round first *pauses* relocations on every server (each answers once no key of its
 shards is in transfer), then asks every node to *write* the keys it owns, and commits
-the manifest when all have written (:mod:`dynaps.checkpoint` holds the files' layout).
+the manifest when all have written (:mod:`dynaps.store.checkpoint_files` holds the files' layout).
 Ownership must not change while owners write, so a round waits for migrations and
 recoveries to finish, and they wait for the round; a lost node abandons the round.
 """
@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dynaps import control
-from dynaps.checkpoint import checkpoint_dir
-from dynaps.checkpoint import commit as commit_checkpoint
-from dynaps.protocol import MsgType
+from dynaps.store.checkpoint_files import checkpoint_dir
+from dynaps.store.checkpoint_files import commit as commit_checkpoint
+from dynaps.wire import control
+from dynaps.wire.protocol import MsgType
 
 if TYPE_CHECKING:
-    from dynaps.coordinator import Coordinator
-    from dynaps.roster import Member
+    from dynaps.coordinator.core import Coordinator
+    from dynaps.coordinator.roster import Member
 
 log = logging.getLogger(__name__)
 

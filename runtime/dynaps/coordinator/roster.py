@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dynaps.control import NodeInfo, Role
+from dynaps.wire.control import NodeInfo, Role
 
 State = Literal["joining", "ready", "draining"]
 

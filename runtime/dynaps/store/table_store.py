@@ -26,10 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.contract import InitKind, NamedTable
-from dynaps.protocol import TableLayout
-from dynaps.shardmap import ShardMap
-from dynaps.shm import Segment
-from dynaps.updaters import Updater, make_updater
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import Segment
+from dynaps.store.updaters import Updater, make_updater
+from dynaps.wire.protocol import TableLayout
 
 INCOMING = -1  # loc value: ownership is being transferred to this node
 NOT_MOVING = -1  # moving_from value: no transfer of the key is in flight

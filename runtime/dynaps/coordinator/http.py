@@ -17,10 +17,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from dynaps.protocol import client_of
+from dynaps.wire.protocol import client_of
 
 if TYPE_CHECKING:
-    from dynaps.coordinator import Coordinator
+    from dynaps.coordinator.core import Coordinator
 
 log = logging.getLogger(__name__)
 

@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from dynaps import control
-from dynaps.checkpoint_rounds import CheckpointRounds
 from dynaps.contract import ConsistencyModel, RuntimeConfig
-from dynaps.control import Membership
-from dynaps.coordinator_http import status_document
+from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
+from dynaps.coordinator.http import status_document
+from dynaps.coordinator.leases import Leases
+from dynaps.coordinator.rebalance import Migration, Rebalancer
+from dynaps.coordinator.roster import Member, Roster
 from dynaps.errors import ProtocolError
-from dynaps.leases import Leases
-from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
-from dynaps.rebalance import Migration, Rebalancer
-from dynaps.roster import Member, Roster
-from dynaps.shardmap import ShardMap, next_servers
-from dynaps.transport import Transport
+from dynaps.store.shardmap import ShardMap, next_servers
+from dynaps.wire import control
+from dynaps.wire.control import Membership
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of, control_frames, decode, node_of
+from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
 

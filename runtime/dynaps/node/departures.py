@@ -5,7 +5,7 @@
 * Nodes that **died** held keys a home must take back, with the home's last copy of
   their values, and were sending keys to nodes that now wait for them; the home re-sends
   its own copy of those (:func:`take_back_from_lost`).  Rebuilding the shards a dead
-  *server* homed is :mod:`dynaps.recovery`'s job.
+  *server* homed is :mod:`dynaps.node.recovery`'s job.
 * A node that **drains** gives every key it holds back to the key's home
   (:func:`release_owned`).
 """
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dynaps.protocol import Message, MsgType, client_of, node_of
-from dynaps.recovery import resend_copies
-from dynaps.routing import group_by
-from dynaps.store import INCOMING, NOT_MOVING
+from dynaps.node.recovery import resend_copies
+from dynaps.store.table_store import INCOMING, NOT_MOVING
+from dynaps.wire.protocol import Message, MsgType, client_of, node_of
+from dynaps.wire.routing import group_by
 
 if TYPE_CHECKING:
-    from dynaps.node import NodeServer
+    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 

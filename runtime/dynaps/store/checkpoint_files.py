@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ConfigError
-from dynaps.store import TableStore
+from dynaps.store.table_store import TableStore
 
 LATEST = "LATEST"
 MANIFEST = "MANIFEST.json"

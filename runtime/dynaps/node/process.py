@@ -27,20 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from dynaps import control
-from dynaps.checkpoint import load_keys, resolve, write_owned
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
-from dynaps.departures import forget_departed, release_owned, take_back_from_lost
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.node import NodeServer
-from dynaps.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
-from dynaps.recovery import report_owners
-from dynaps.replication import Replication
-from dynaps.shardmap import ShardMap
-from dynaps.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
-from dynaps.store import TableStore
-from dynaps.transport import ZmqTransport
+from dynaps.node.departures import forget_departed, release_owned, take_back_from_lost
+from dynaps.node.recovery import report_owners
+from dynaps.node.replication import Replication
+from dynaps.node.server import NodeServer
+from dynaps.store.checkpoint_files import load_keys, resolve, write_owned
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
+from dynaps.store.table_store import TableStore
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
+from dynaps.wire.transport import ZmqTransport
 
 log = logging.getLogger(__name__)
 

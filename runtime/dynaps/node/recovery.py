@@ -4,7 +4,7 @@ When a server dies, the coordinator gives each of its shards a new home (its bac
 under ``replication: 1``, else the least loaded server) in a new epoch and tells the new
 home to RECOVER them.  The new home:
 
-1. holds the requests for those shards (:mod:`dynaps.gate`);
+1. holds the requests for those shards (:mod:`dynaps.node.gate`);
 2. asks every live node which of the shards' keys it holds or expects (OWNERS_QUERY);
    nodes answer with two OWNERS messages per table (held, expected);
 3. rebuilds the directory: a key someone holds stays there; a key someone expects is
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.checkpoint import load_keys, resolve
-from dynaps.migration import shard_keys
-from dynaps.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType, control_frames
-from dynaps.routing import group_by
-from dynaps.store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
+from dynaps.node.migration import shard_keys
+from dynaps.store.checkpoint_files import load_keys, resolve
+from dynaps.store.table_store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType, control_frames
+from dynaps.wire.routing import group_by
 
 if TYPE_CHECKING:
-    from dynaps.node import NodeServer
+    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 

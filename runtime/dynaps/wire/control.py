@@ -1,6 +1,6 @@
 """Bodies of control-plane messages (JSON), validated by pydantic on receipt.
 
-The data plane (pull, push, localize) is binary and lives in :mod:`dynaps.protocol`;
+The data plane (pull, push, localize) is binary and lives in :mod:`dynaps.wire.protocol`;
 the control plane is rare and benefits more from readable, validated documents.
 """
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dynaps.contract import MAX_NODES, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.protocol import COORDINATOR, Message, MsgType, client_of, decode
-from dynaps.transport import Transport
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of, decode
+from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.protocol import Message
-from dynaps.shardmap import ShardMap, shard_of
+from dynaps.store.shardmap import ShardMap, shard_of
+from dynaps.wire.protocol import Message
 
 
 class ShardGate:

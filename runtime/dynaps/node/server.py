@@ -18,7 +18,7 @@ connected by a FIFO channel and every decision is taken by the node that holds t
 synchronous operations are sequentially consistent per key while keys move.
 
 This class touches no socket: it reads decoded messages and sends through a
-:class:`~dynaps.transport.Transport`, so the protocol can be tested in-process.
+:class:`~dynaps.wire.transport.Transport`, so the protocol can be tested in-process.
 """
 
 from __future__ import annotations
@@ -33,9 +33,14 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
-from dynaps.gate import ShardGate
-from dynaps.migration import Migrations
-from dynaps.protocol import (
+from dynaps.node.gate import ShardGate
+from dynaps.node.migration import Migrations
+from dynaps.node.recovery import Recoveries
+from dynaps.node.replication import Replication
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock, SharedLock
+from dynaps.store.table_store import INCOMING, NOT_MOVING, TableStore
+from dynaps.wire.protocol import (
     COORDINATOR,
     MAX_HOPS,
     NO_ENDPOINT,
@@ -49,13 +54,8 @@ from dynaps.protocol import (
     is_client,
     node_of,
 )
-from dynaps.recovery import Recoveries
-from dynaps.replication import Replication
-from dynaps.routing import group_by, subset
-from dynaps.shardmap import ShardMap
-from dynaps.shm import NullLock, SharedLock
-from dynaps.store import INCOMING, NOT_MOVING, TableStore
-from dynaps.transport import Transport
+from dynaps.wire.routing import group_by, subset
+from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The coordinator process: its sockets, its HTTP endpoint, signals, and the serving loop.
 
-The job's control logic is :class:`~dynaps.coordinator.Coordinator`, which touches no
+The job's control logic is :class:`~dynaps.coordinator.core.Coordinator`, which touches no
 socket; this module runs it: messages from the inbox, commands from the HTTP thread
 (queued, so that only this thread changes the coordinator) and the periodic tick.
 """
@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 from dynaps.contract import RuntimeConfig
-from dynaps.coordinator import Coordinator
-from dynaps.coordinator_http import StatusServer
-from dynaps.protocol import COORDINATOR
-from dynaps.transport import ZmqTransport
+from dynaps.coordinator.core import Coordinator
+from dynaps.coordinator.http import StatusServer
+from dynaps.wire.protocol import COORDINATOR
+from dynaps.wire.transport import ZmqTransport
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
 

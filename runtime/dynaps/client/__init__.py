@@ -1,0 +1,1 @@
+"""The training program's side: PS (the connection), Table, Handle and sampling."""

@@ -1,0 +1,1 @@
+"""The coordinator: membership, rebalancing, leases, checkpoint rounds, HTTP status, process."""

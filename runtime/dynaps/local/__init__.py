@@ -1,0 +1,1 @@
+"""Running a job on one machine: LocalCluster and the process launcher."""

@@ -1,0 +1,1 @@
+"""The wire: message layout, control-plane bodies, the transport and request splitting."""
