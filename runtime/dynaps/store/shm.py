@@ -79,13 +79,13 @@ class SharedLock:
             _multiprocessing.sem_unlink(self.name)
 
     def __enter__(self) -> SharedLock:
-        self._sem.acquire()
+        self.acquire()  # the same path as a plain acquire, with its dead-holder recovery
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._sem.release()
+        self.release()
 
 
 class NullLock:
