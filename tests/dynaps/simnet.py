@@ -19,9 +19,6 @@ from hypothesis import strategies as st
 from dynaps.client.handles import Handle
 from dynaps.client.ps import PS
 from dynaps.contract import NamedTable, Partition, RuntimeConfig
-from dynaps.node.departures import forget_departed, take_back_from_lost
-from dynaps.node.recovery import report_owners
-from dynaps.node.replication import Replication
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.store.shm import NullLock
@@ -96,10 +93,15 @@ class Cluster:
                 shared=False,
                 track_changes=replicated,
             )
-            server = NodeServer(node, SimTransport(self.network, node), [store], self.shard_map, NullLock())
+            server = NodeServer(
+                node,
+                SimTransport(self.network, node),
+                [store],
+                self.shard_map,
+                NullLock(),
+                flush_interval_ms=1_000_000 if replicated else None,  # flushed by the test
+            )
             server.peers |= everyone
-            if replicated:
-                server.replication = Replication(server, flush_interval_ms=1_000_000)  # flushed by the test
             self.nodes[node] = server
         config = RuntimeConfig(tables=[self.spec], servers=len(SERVERS), workers=len(WORKERS))
         self.clients: dict[int, PS] = {}
@@ -182,7 +184,7 @@ class Cluster:
             return  # it lingers until nothing is addressed to it any more
         for node, server in self.nodes.items():
             if node != SPARE:
-                forget_departed(server, {SPARE})
+                server.departures.forget_departed({SPARE})
         for ps in self.clients.values():
             ps.gone.add(SPARE)
 
@@ -290,14 +292,16 @@ class Cluster:
                 return
             body = control.body or {}
             if control.type is MsgType.OWNERS_QUERY:  # from a rebuilding home
-                report_owners(server, control.sender, body["id"], np.asarray(body["shards"], dtype=np.int64))
+                server.recoveries.report_owners(
+                    control.sender, body["id"], np.asarray(body["shards"], dtype=np.int64)
+                )
                 return
             assert source == COORDINATOR, control
             if control.type is MsgType.MIGRATE_OUT:
                 server.migrations.start(MigrateOut.model_validate(body))
             elif control.type is MsgType.MEMBERSHIP:  # as the node process applies it
                 if body["lost"]:
-                    take_back_from_lost(server, set(body["lost"]))
+                    server.take_back_from_lost(set(body["lost"]))
                 server.set_shard_map(ShardMap.from_json(body["shard_map"]))
             elif control.type is MsgType.RECOVER:
                 server.recoveries.start(body["id"], body["shards"], body["source"], set(self.live()))
@@ -317,7 +321,7 @@ class Cluster:
                 if any(s.recoveries.resend for s in self.live().values()):
                     self.resend()
                     continue
-                if any(s.fenced_until for s in self.live().values()):
+                if any(s.departures.fenced for s in self.live().values()):
                     self.lift_fences()
                     continue
                 return
@@ -335,11 +339,11 @@ class Cluster:
         for node, server in self.live().items():
             store = server.stores[0]
             assert not (store.loc == INCOMING).any(), f"node {node} still expects keys"
-            assert not any(server.pending), f"node {node} has queued requests"
+            assert not any(server.relocations.pending), f"node {node} has queued requests"
             assert not server.gate.held, f"node {node} holds requests"
             assert not server.future, f"node {node} waits for an epoch"
             assert server.shard_map.epoch == self.shard_map.epoch
-            assert not any(server.waiting), f"node {node} has relocations waiting"
+            assert not any(server.relocations.waiting), f"node {node} has relocations waiting"
             if store.moving_from is not None:
                 homed = server.homed(0)
                 assert (store.moving_from[homed] == -1).all(), f"node {node} thinks keys are still moving"

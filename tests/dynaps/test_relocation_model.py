@@ -68,7 +68,7 @@ def test_a_second_relocation_waits_at_the_home_until_the_first_arrives() -> None
     cluster.deliver((client_of(second), home))  # home: HANDOFF(0 -> second) to first
     cluster.start("localize", third, [0])
     cluster.deliver((client_of(third), home))  # key 0 is still moving: the home holds this one
-    assert cluster.nodes[home].waiting[0], "the second relocation was not held back"
+    assert cluster.nodes[home].relocations.waiting[0], "the second relocation was not held back"
     assert not cluster.network.channels[(home, second)], "no handoff may reach a node before its key"
     cluster.settle(None)
     cluster.start("push", third, [0])

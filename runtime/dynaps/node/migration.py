@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.node.context import NodeContext
 from dynaps.store.shardmap import ShardMap, shard_of
 from dynaps.store.table_store import NOT_MOVING, TableStore
 from dynaps.wire.control import MigrateOut
-from dynaps.wire.protocol import FINAL, Message, MsgType
-
-if TYPE_CHECKING:
-    from dynaps.node.server import NodeServer
+from dynaps.wire.protocol import COORDINATOR, FINAL, Message, MsgType, control_frames
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +64,8 @@ class Incoming:
 class Migrations:
     """A node's outgoing and incoming migrations."""
 
-    def __init__(self, server: NodeServer) -> None:
-        self.server = server
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
         self.tracking = False  # some pre-copy is running: changes must be noted
@@ -76,13 +73,13 @@ class Migrations:
     # ---------------------------------------------------------------- source side
 
     def start(self, order: MigrateOut) -> None:
-        server = self.server
+        node = self.node
         shards = np.asarray(order.shards, dtype=np.int64)
-        keys = [shard_keys(store, shards, server.shard_map) for store in server.stores]
-        dirty = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in server.stores]
+        keys = [shard_keys(store, shards, node.shard_map) for store in node.stores]
+        dirty = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in node.stores]
         self.outgoing[order.id] = Outgoing(order.id, order.target, shards, keys, [0] * len(keys), dirty)
         self.tracking = True
-        log.info("node %d: migrating %d shards to node %d", server.me, len(shards), order.target)
+        log.info("node %d: migrating %d shards to node %d", node.me, len(shards), order.target)
 
     def touch(self, table: int, keys: Keys) -> None:
         """Note that the state of ``keys`` changed (only while a pre-copy runs)."""
@@ -98,9 +95,7 @@ class Migrations:
             for table, keys in enumerate(migration.keys):
                 start = migration.cursor[table]
                 if start < len(keys):
-                    row = self.server.stores[table].layout.row_bytes * (
-                        1 + len(self.server.stores[table].states)
-                    )
+                    row = self.node.stores[table].layout.row_bytes * (1 + len(self.node.stores[table].states))
                     end = min(len(keys), start + max(1, CHUNK_BYTES // max(1, row)))
                     self._send_part(migration, table, keys[start:end], final=False)
                     migration.cursor[table] = end
@@ -110,9 +105,9 @@ class Migrations:
         self.tracking = any(not m.frozen for m in self.outgoing.values())
 
     def _freeze(self, migration: Outgoing) -> None:
-        server = self.server
+        node = self.node
         migration.frozen = True
-        server.gate.block(migration.shards, server.shard_map.num_shards)
+        node.gate.block(migration.shards, node.shard_map.num_shards)
         last = len(migration.keys) - 1
         for table, keys in enumerate(migration.keys):
             changed = keys[migration.dirty[table][keys]]
@@ -120,17 +115,17 @@ class Migrations:
         migration.dirty = []
 
     def _send_part(self, migration: Outgoing, table: int, keys: Keys, final: bool) -> None:
-        server = self.server
-        store = server.stores[table]
+        node = self.node
+        store = node.stores[table]
         assert store.owner is not None
         assert store.moving_from is not None
-        server.lock.acquire()
+        node.lock.acquire()
         try:
-            owned = keys[store.loc[keys] == server.me]
+            owned = keys[store.loc[keys] == node.me]
             msg = Message(
                 MsgType.SHARD_COPY,
-                server.me,
-                server.me,
+                node.me,
+                node.me,
                 migration.id,
                 table,
                 len(keys),
@@ -144,17 +139,17 @@ class Migrations:
                 states=tuple(state.take(owned, axis=0) for state in store.states),
             )
         finally:
-            server.lock.release()
-        server.stats["keys_migrated_out"] += len(owned)
-        server.send(migration.target, msg)
+            node.lock.release()
+        node.stats["keys_migrated_out"] += len(owned)
+        node.send(migration.target, msg)
 
     def abort(self, migration_id: int) -> None:
         """The other side of a migration died: serve the shards here again, or drop the copy."""
         outgoing = self.outgoing.pop(migration_id, None)
         if outgoing is not None:
             if outgoing.frozen:
-                self.server.gate.unblock(outgoing.shards)
-                self.server.release_gate()
+                self.node.gate.unblock(outgoing.shards)
+                self.node.release_gate()
             self.tracking = any(not m.frozen for m in self.outgoing.values())
         self.incoming.pop(migration_id, None)
 
@@ -162,16 +157,16 @@ class Migrations:
 
     def on_copy(self, msg: Message) -> None:
         """Stage a part of an incoming shard copy (nothing is served from it before the commit)."""
-        server = self.server
-        store = server.stores[msg.table]
+        node = self.node
+        store = node.stores[msg.table]
         assert msg.keys is not None
         assert msg.dir_owner is not None
         assert msg.dir_moving is not None
         assert msg.owned is not None
         if store.owner is None or store.moving_from is None:
-            raise ValueError(f"node {server.me} homes no keys and cannot take shards")
+            raise ValueError(f"node {node.me} homes no keys and cannot take shards")
         self.incoming.setdefault(msg.req_id, Incoming(msg.req_id, msg.sender))
-        server.lock.acquire()
+        node.lock.acquire()
         try:
             store.owner[msg.keys] = msg.dir_owner
             store.moving_from[msg.keys] = msg.dir_moving
@@ -181,40 +176,40 @@ class Migrations:
                 for state, rows in zip(store.states, msg.states, strict=True):
                     state[msg.owned] = rows
         finally:
-            server.lock.release()
-        server.stats["keys_migrated_in"] += len(msg.owned)
+            node.lock.release()
+        node.stats["keys_migrated_in"] += len(msg.owned)
         if msg.flags & FINAL:
-            server.report_migration_ready(msg.req_id)
+            node.send_frames(COORDINATOR, control_frames(MsgType.MIGRATE_READY, node.me, {"id": msg.req_id}))
 
     # ---------------------------------------------------------------- commit
 
     def commit(self, new_map: ShardMap) -> None:
         """A new epoch: finish migrations that it commits, on either side."""
-        server = self.server
-        me = server.me
+        node = self.node
+        me = node.me
         done = [m for m in self.outgoing.values() if m.frozen and (new_map.homes[m.shards] != me).all()]
         for migration in done:
             del self.outgoing[migration.id]
             for table, keys in enumerate(migration.keys):
-                store = server.stores[table]
+                store = node.stores[table]
                 assert store.moving_from is not None
-                server.lock.acquire()
+                node.lock.acquire()
                 try:
                     # The values of the keys this home held went with the shard: the new
                     # home owns them now.  Keys that arrived since (a release in flight) stay.
                     given = keys[(store.loc[keys] == me) & (store.moving_from[keys] == NOT_MOVING)]
                     store.loc[given] = migration.target
                 finally:
-                    server.lock.release()
+                    node.lock.release()
         for migration_id, incoming in list(self.incoming.items()):
-            moved = np.flatnonzero((server.shard_map.homes == incoming.source) & (new_map.homes == me))
+            moved = np.flatnonzero((node.shard_map.homes == incoming.source) & (new_map.homes == me))
             if not len(moved):
                 continue  # committed by a later epoch
             del self.incoming[migration_id]
-            for store in server.stores:
+            for store in node.stores:
                 assert store.owner is not None
                 keys = shard_keys(store, moved, new_map)
-                server.lock.acquire()
+                node.lock.acquire()
                 try:
                     # what the old home held itself is ours now; what others hold stays theirs
                     assert store.moving_from is not None
@@ -224,6 +219,6 @@ class Migrations:
                     store.owner[taken] = me
                     store.loc[taken] = me
                 finally:
-                    server.lock.release()
+                    node.lock.release()
         for migration in done:
-            server.gate.unblock(migration.shards)
+            node.gate.unblock(migration.shards)

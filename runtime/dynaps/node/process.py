@@ -30,9 +30,6 @@ import numpy as np
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.node.departures import forget_departed, release_owned, take_back_from_lost
-from dynaps.node.recovery import report_owners
-from dynaps.node.replication import Replication
 from dynaps.node.server import NodeServer
 from dynaps.store.checkpoint_files import load_keys, resolve, write_owned
 from dynaps.store.shardmap import ShardMap
@@ -138,10 +135,15 @@ class NodeProcess:
             )
             for i, spec in enumerate(self.config.tables)
         ]
-        self.server = NodeServer(self.node_id, self.transport, stores, shard_map, self.lock)
-        if replicated:
-            self.server.replication = Replication(self.server, self.config.fault_tolerance.flush_interval_ms)
-        self.server.checkpoint_root = self.config.fault_tolerance.checkpoint.path
+        self.server = NodeServer(
+            self.node_id,
+            self.transport,
+            stores,
+            shard_map,
+            self.lock,
+            flush_interval_ms=self.config.fault_tolerance.flush_interval_ms if replicated else None,
+            checkpoint_root=self.config.fault_tolerance.checkpoint.path,
+        )
         restore = self.config.fault_tolerance.checkpoint.restore_from
         if restore and not worker and membership.phase == "prepare":
             self._restore(restore)
@@ -186,11 +188,11 @@ class NodeProcess:
         departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
         server.peers |= members
         if membership.lost:
-            take_back_from_lost(server, set(membership.lost))
+            server.take_back_from_lost(set(membership.lost))
         new_map = ShardMap.from_json(membership.shard_map)
         if new_map.epoch > server.shard_map.epoch:
             server.set_shard_map(new_map)
-        forget_departed(server, {node_of(e) for e in departed} - {self.node_id})
+        server.departures.forget_departed({node_of(e) for e in departed} - {self.node_id})
 
     # ------------------------------------------------------------------ serving
 
@@ -235,7 +237,7 @@ class NodeProcess:
         if (
             self.checkpoint is not None
             and self.checkpoint["phase"] == "pause"
-            and self.server.relocations_quiet()
+            and self.server.relocations.quiet()
         ):
             self.checkpoint["phase"] = "quiet"
             self._send_coordinator(MsgType.CHECKPOINT_DONE, {"id": self.checkpoint["id"], "phase": "pause"})
@@ -296,7 +298,9 @@ class NodeProcess:
                 if node_of(msg.sender) not in self.members:
                     raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")
                 query = control.parse(control.OwnersQuery, msg.body)
-                report_owners(self.server, msg.sender, query.id, np.asarray(query.shards, dtype=np.int64))
+                self.server.recoveries.report_owners(
+                    msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
+                )
             elif msg.type is MsgType.CHECKPOINT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("CHECKPOINT from a non-coordinator")
@@ -367,7 +371,7 @@ class NodeProcess:
         server = self.server
         assert server is not None
         if order.phase == "pause":  # homes: no new relocations, report once none is in flight
-            server.pause_relocations()
+            server.relocations.pause()
             self.checkpoint = {"id": order.id, "phase": "pause"}
         elif order.phase == "write":
             directory = Path(order.path)
@@ -383,7 +387,7 @@ class NodeProcess:
             )
         else:  # resume
             self.checkpoint = None
-            server.resume_relocations()
+            server.relocations.resume()
 
     def _heartbeat(self) -> control.Heartbeat:
         assert self.server is not None
@@ -403,8 +407,8 @@ class NodeProcess:
         server = self.server
         assert server is not None
         queues = {
-            "pending": [repr(m) for q in server.pending for m in q][:20],
-            "waiting": [repr(m) for q in server.waiting for m in q][:20],
+            "pending": [repr(m) for q in server.relocations.pending for m in q][:20],
+            "waiting": [repr(m) for q in server.relocations.waiting for m in q][:20],
             "held": [repr(m) for m in server.gate.held][:20],
             "future": [repr(m) for m in server.future][:20],
             "outgoing": sorted(server.migrations.outgoing),
@@ -445,7 +449,7 @@ class NodeProcess:
             if self.node_id in server.shard_map.homes or server.migrations.outgoing:
                 return  # the coordinator moves our shards away first
             self.drain_state = "keys"
-        if self.drain_state == "keys" and release_owned(server) == 0:
+        if self.drain_state == "keys" and server.departures.release_owned() == 0:
             log.info("node %d: drained, leaving", self.node_id)
             self._send_coordinator(MsgType.LEFT, {})
             self.drain_state = "left"

@@ -20,19 +20,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.node.context import NodeContext
 from dynaps.node.migration import shard_keys
+from dynaps.node.replication import Replication
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.table_store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType, control_frames
 from dynaps.wire.routing import group_by
-
-if TYPE_CHECKING:
-    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +51,13 @@ class Rebuild:
     expected: list[dict[int, Keys]] = field(default_factory=list)
 
 
-def report_owners(
-    server: NodeServer, requester: int, recovery_id: int, shards: npt.NDArray[np.int64]
-) -> None:
-    """Answer an OWNERS_QUERY: which keys of ``shards`` this node holds and expects."""
-    for table, store in enumerate(server.stores):
-        keys = shard_keys(store, shards, server.shard_map)
-        server.lock.acquire()
-        try:
-            loc = store.loc[keys]
-            held = keys[loc == server.me]
-            expected = keys[loc == INCOMING]
-        finally:
-            server.lock.release()
-        for kind, chosen in ((HELD, held), (EXPECTED, expected)):
-            msg = Message(
-                MsgType.OWNERS, server.me, server.me, recovery_id, table, len(chosen), aux=kind, keys=chosen
-            )
-            if requester == server.me:
-                server.recoveries.on_owners(msg)  # a node does not message itself
-            else:
-                server.send(requester, msg)
-
-
 class Recoveries:
     """A home's shard rebuilds in progress, and the re-sends they scheduled."""
 
-    def __init__(self, server: NodeServer) -> None:
-        self.server = server
+    def __init__(self, node: NodeContext, checkpoint_root: str, replication: Replication | None) -> None:
+        self.node = node
+        self.checkpoint_root = checkpoint_root  # where checkpoints live (to rebuild from one)
+        self.replication = replication  # a rebuilt shard is sent to its backup
         self.running: dict[int, Rebuild] = {}
         self.resend: list[tuple[float, int, Keys]] = []  # (when, table, keys) to re-send if still moving
         self.expected: set[int] = set()  # shards taken over from a dead home, held until rebuilt
@@ -94,27 +71,48 @@ class Recoveries:
         fresh = [int(s) for s in shards if int(s) not in self.expected]
         if fresh:
             self.expected.update(fresh)
-            self.server.gate.block(np.asarray(fresh, dtype=np.int64), num_shards)
+            self.node.gate.block(np.asarray(fresh, dtype=np.int64), num_shards)
 
     def start(self, recovery_id: int, shards: list[int], source: str, nodes: set[int]) -> None:
-        server = self.server
+        node = self.node
         chosen = np.asarray(shards, dtype=np.int64)
         unexpected = [s for s in shards if s not in self.expected]
         if unexpected:
-            server.gate.block(np.asarray(unexpected, dtype=np.int64), server.shard_map.num_shards)
+            node.gate.block(np.asarray(unexpected, dtype=np.int64), node.shard_map.num_shards)
         self.expected.difference_update(shards)
-        tables = len(server.stores)
+        tables = len(node.stores)
         rebuild = Rebuild(
             recovery_id, chosen, source, set(nodes), [{} for _ in range(tables)], [{} for _ in range(tables)]
         )
         self.running[recovery_id] = rebuild
-        log.warning("node %d: rebuilding %d shards of a lost server (%s)", server.me, len(chosen), source)
+        log.warning("node %d: rebuilding %d shards of a lost server (%s)", node.me, len(chosen), source)
         body = {"id": recovery_id, "shards": shards}
-        for node in sorted(nodes):
-            if node == server.me:
-                report_owners(server, server.me, recovery_id, chosen)
+        for member in sorted(nodes):
+            if member == node.me:
+                self.report_owners(node.me, recovery_id, chosen)
             else:
-                server.transport.send(node, control_frames(MsgType.OWNERS_QUERY, server.me, body))
+                node.send_frames(member, control_frames(MsgType.OWNERS_QUERY, node.me, body))
+
+    def report_owners(self, requester: int, recovery_id: int, shards: npt.NDArray[np.int64]) -> None:
+        """Answer an OWNERS_QUERY: which keys of ``shards`` this node holds and expects."""
+        node = self.node
+        for table, store in enumerate(node.stores):
+            keys = shard_keys(store, shards, node.shard_map)
+            node.lock.acquire()
+            try:
+                loc = store.loc[keys]
+                held = keys[loc == node.me]
+                expected = keys[loc == INCOMING]
+            finally:
+                node.lock.release()
+            for kind, chosen in ((HELD, held), (EXPECTED, expected)):
+                msg = Message(
+                    MsgType.OWNERS, node.me, node.me, recovery_id, table, len(chosen), aux=kind, keys=chosen
+                )
+                if requester == node.me:
+                    self.on_owners(msg)  # a node does not message itself
+                else:
+                    node.send(requester, msg)
 
     def on_owners(self, msg: Message) -> None:
         rebuild = self.running.get(msg.req_id)
@@ -142,38 +140,38 @@ class Recoveries:
                 self._finish(rebuild)
 
     def _finish(self, rebuild: Rebuild) -> None:
-        server = self.server
+        node = self.node
         del self.running[rebuild.id]
         checkpoint = None
         if rebuild.source == "checkpoint":
-            checkpoint = resolve(server.checkpoint_root, "latest")
-        for table, store in enumerate(server.stores):
+            checkpoint = resolve(self.checkpoint_root, "latest")
+        for table, store in enumerate(node.stores):
             self._rebuild_table(table, store, rebuild, checkpoint)
-        server.gate.unblock(rebuild.shards)
-        if server.replication is not None:
-            server.replication.sync_shards(rebuild.shards, server.shard_map)  # a backup again
-        server.release_gate()
-        server.transport.send(COORDINATOR, control_frames(MsgType.RECOVERED, server.me, {"id": rebuild.id}))
-        log.warning("node %d: shards rebuilt", server.me)
+        node.gate.unblock(rebuild.shards)
+        if self.replication is not None:
+            self.replication.sync_shards(rebuild.shards, node.shard_map)  # a backup again
+        node.release_gate()
+        node.send_frames(COORDINATOR, control_frames(MsgType.RECOVERED, node.me, {"id": rebuild.id}))
+        log.warning("node %d: shards rebuilt", node.me)
 
     def _rebuild_table(self, table: int, store: TableStore, rebuild: Rebuild, checkpoint: object) -> None:
-        server = self.server
+        node = self.node
         assert store.owner is not None
         assert store.moving_from is not None
-        keys = shard_keys(store, rebuild.shards, server.shard_map)
+        keys = shard_keys(store, rebuild.shards, node.shard_map)
         mine = np.zeros(store.spec.num_keys, dtype=np.bool_)
         mine[keys] = True
-        server.lock.acquire()
+        node.lock.acquire()
         try:
-            store.owner[keys] = server.me
+            store.owner[keys] = node.me
             store.moving_from[keys] = NOT_MOVING
-            for node, held in rebuild.held[table].items():
-                store.owner[held] = node
+            for holder, held in rebuild.held[table].items():
+                store.owner[held] = holder
                 mine[held] = False
             waiting = []
-            for node, expected in rebuild.expected[table].items():
-                free = expected[mine[expected]]  # nobody holds them: they are on their way to ``node``
-                store.owner[free] = node
+            for receiver, expected in rebuild.expected[table].items():
+                free = expected[mine[expected]]  # nobody holds them: they are on their way to ``receiver``
+                store.owner[free] = receiver
                 store.moving_from[free] = SENDER_UNKNOWN  # perhaps sent by the dead server
                 mine[free] = False
                 waiting.append(free)
@@ -184,10 +182,10 @@ class Recoveries:
                 load_keys(store, checkpoint, wanted)  # type: ignore[arg-type]
             elif rebuild.source == "initial":
                 store.reset_rows(orphans)
-            store.loc[orphans] = server.me
+            store.loc[orphans] = node.me
         finally:
-            server.lock.release()
-        server.stats["keys_rebuilt"] += len(orphans)
+            node.lock.release()
+        node.stats["keys_rebuilt"] += len(orphans)
         if waiting:
             self.resend.append((time.monotonic() + RESEND_AFTER, table, np.concatenate(waiting)))
 
@@ -197,24 +195,24 @@ class Recoveries:
         if not due:
             return
         self.resend = [item for item in self.resend if item[0] > now]
-        server = self.server
+        node = self.node
         for _, table, keys in due:
-            store = server.stores[table]
+            store = node.stores[table]
             assert store.moving_from is not None
             assert store.owner is not None
-            server.lock.acquire()
+            node.lock.acquire()
             try:
                 still = keys[store.moving_from[keys] == SENDER_UNKNOWN]
                 targets = store.owner[still]
                 values = store.values.take(still, axis=0)
                 states = tuple(state.take(still, axis=0) for state in store.states)
             finally:
-                server.lock.release()
-            resend_copies(server, table, still, targets, values, states)
+                node.lock.release()
+            resend_copies(node, table, still, targets, values, states)
 
 
 def resend_copies(
-    server: NodeServer,
+    node: NodeContext,
     table: int,
     keys: Keys,
     targets: npt.NDArray[np.int16],
@@ -225,11 +223,11 @@ def resend_copies(
     as RECOVERY transfers: applied only where a key is still expected."""
     for target, part in group_by(targets):
         chosen = keys if part is None else keys[part]
-        server.send(
+        node.send(
             target,
             Message(
                 MsgType.TRANSFER,
-                server.me,
+                node.me,
                 NO_ENDPOINT,
                 0,
                 table,

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.node.context import NodeContext
 from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
 from dynaps.wire.routing import group_by, subset
-
-if TYPE_CHECKING:
-    from dynaps.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +40,21 @@ SYNC_KEYS = 65536  # keys per replica-sync message
 
 Keys = npt.NDArray[np.int64]
 Positions = npt.NDArray[np.int32]
+# ACK ``count`` keys of a message to its requester, with their positions in the request
+Acknowledge = Callable[[Message, int, Positions | None], None]
 
 
 class Replication:
-    def __init__(self, server: NodeServer, flush_interval_ms: int) -> None:
-        self.server = server
+    def __init__(self, node: NodeContext, flush_interval_ms: int, acknowledge: Acknowledge) -> None:
+        self.node = node
+        self.acknowledge = acknowledge
         self.write_through = flush_interval_ms == 0
         self.flush_interval = flush_interval_ms / 1000
         # keys held here whose rows changed since the last write-back (shared with the
         # training process on a worker, which marks its local updates)
         self.dirty = [
             store.dirty if store.dirty is not None else np.zeros(store.spec.num_keys, np.uint8)
-            for store in server.stores
+            for store in node.stores
         ]
         # requester -> request -> (positions applied here, None: all; the keys they updated)
         self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
@@ -138,19 +139,19 @@ class Replication:
 
         A home lets the backup acknowledge; a worker writing through lets its home do it.
         """
-        server = self.server
+        node = self.node
         if is_client(msg.requester):
             self.remember(msg.requester, msg.req_id, positions, keys)
             if msg.aux:
                 self.forget_before(msg.requester, msg.req_id, msg.aux)
-        store = server.stores[table]
+        store = node.stores[table]
         if store.owner is not None:  # a server: replicate what it homes
-            homed = server.homed(table)[keys]
+            homed = node.homed(table)[keys]
             if homed.all():
                 return not self.replicate(table, keys, positions, msg.requester, msg.req_id)
             self.dirty[table][keys[~homed]] = 1  # held here but homed elsewhere: write back
             if homed.any():
-                log.debug("node %d: update mixing homed and other keys acknowledged by the home", server.me)
+                log.debug("node %d: update mixing homed and other keys acknowledged by the home", node.me)
                 self.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
             return True
         if self.write_through:
@@ -163,27 +164,27 @@ class Replication:
         self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
     ) -> bool:
         """Send the current rows of ``keys`` to their backups; True if a backup will acknowledge."""
-        server = self.server
-        store = server.stores[table]
-        shard_map = server.shard_map
+        node = self.node
+        store = node.stores[table]
+        shard_map = node.shard_map
         if shard_map.backups is None or not len(keys):
             return False
         backups = shard_map.backup_of(keys, store.spec.num_keys)
         if (backups == NO_BACKUP).any():
             return False  # a single server: nothing to replicate to
-        server.lock.acquire()
+        node.lock.acquire()
         try:
             values = store.values.take(keys, axis=0)
             states = tuple(state.take(keys, axis=0) for state in store.states)
         finally:
-            server.lock.release()
+            node.lock.release()
         for backup, part in group_by(backups):
             chosen = keys if part is None else keys[part]
-            server.send(
+            node.send(
                 backup,
                 Message(
                     MsgType.REPLICATE,
-                    server.me,
+                    node.me,
                     requester,
                     req_id,
                     table,
@@ -195,26 +196,26 @@ class Replication:
                     states=states if part is None else tuple(s[part] for s in states),
                 ),
             )
-        server.stats["keys_replicated"] += len(keys)
+        node.stats["keys_replicated"] += len(keys)
         return requester != NO_ENDPOINT
 
     def on_replicate(self, msg: Message) -> None:
         """At the backup: keep the rows, remember the request, acknowledge the requester."""
-        server = self.server
-        store = server.stores[msg.table]
+        node = self.node
+        store = node.stores[msg.table]
         assert msg.keys is not None
         assert msg.values is not None
-        server.lock.acquire()
+        node.lock.acquire()
         try:
             store.values[msg.keys] = msg.values
             for state, rows in zip(store.states, msg.states, strict=True):
                 state[msg.keys] = rows
         finally:
-            server.lock.release()
-        server.stats["keys_backed_up"] += len(msg.keys)
+            node.lock.release()
+        node.stats["keys_backed_up"] += len(msg.keys)
         if is_client(msg.requester):
             self.remember(msg.requester, msg.req_id, msg.positions, msg.keys)
-            server.acknowledge(msg, len(msg.keys), msg.positions)
+            self.acknowledge(msg, len(msg.keys), msg.positions)
 
     # ---------------------------------------------------------------- write-back
 
@@ -222,20 +223,20 @@ class Replication:
         self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
     ) -> None:
         """Send the current rows of held ``keys`` to their homes."""
-        server = self.server
-        store = server.stores[table]
-        server.lock.acquire()
+        node = self.node
+        store = node.stores[table]
+        node.lock.acquire()
         try:
             values = store.values.take(keys, axis=0)
             states = tuple(state.take(keys, axis=0) for state in store.states)
         finally:
-            server.lock.release()
-        homes = server.shard_map.home_of(keys, store.spec.num_keys)
+            node.lock.release()
+        homes = node.shard_map.home_of(keys, store.spec.num_keys)
         for home, part in group_by(homes):
             chosen = keys if part is None else keys[part]
             msg = Message(
                 MsgType.WRITEBACK,
-                server.me,
+                node.me,
                 requester,
                 req_id,
                 table,
@@ -246,77 +247,77 @@ class Replication:
                 values=values if part is None else values[part],
                 states=states if part is None else tuple(s[part] for s in states),
             )
-            if home == server.me:
+            if home == node.me:
                 self.on_writeback(msg)
             else:
-                server.send(home, msg)
-        server.stats["keys_written_back"] += len(keys)
+                node.send(home, msg)
+        node.stats["keys_written_back"] += len(keys)
 
     def flush(self, now: float) -> None:
         """Write back held keys that changed since the last flush (every flush interval)."""
         if self.write_through or now - self.last_flush < self.flush_interval:
             return
         self.last_flush = now
-        server = self.server
-        for table, store in enumerate(server.stores):
+        node = self.node
+        for table, store in enumerate(node.stores):
             dirty = self.dirty[table]
             keys = np.flatnonzero(dirty)
             if not len(keys):
                 continue
             dirty[keys] = 0
-            held = keys[store.loc[keys] == server.me].astype(np.int64)
+            held = keys[store.loc[keys] == node.me].astype(np.int64)
             if len(held):
                 self.write_back(table, held, None, NO_ENDPOINT, 0)
 
     def on_writeback(self, msg: Message) -> None:
         """At the home: keep the rows of keys still held by the sender, and replicate them."""
-        server = self.server
-        store = server.stores[msg.table]
+        node = self.node
+        store = node.stores[msg.table]
         assert msg.keys is not None
         assert msg.values is not None
         assert store.owner is not None
-        homed = server.homed(msg.table)[msg.keys]
+        homed = node.homed(msg.table)[msg.keys]
         if not homed.all():  # the shard moved: its new home takes it
             elsewhere = np.flatnonzero(~homed)
-            homes = server.shard_map.home_of(msg.keys[elsewhere], store.spec.num_keys)
+            homes = node.shard_map.home_of(msg.keys[elsewhere], store.spec.num_keys)
             for home, part in group_by(homes):
                 chosen = elsewhere if part is None else elsewhere[part]
-                server.send(home, subset(msg, chosen, server.me, msg.hops + 1))
+                node.send(home, subset(msg, chosen, node.me, msg.hops + 1))
             msg = subset(msg, np.flatnonzero(homed), msg.sender, msg.hops)
         keys, values = msg.keys, msg.values
         assert keys is not None
         assert values is not None
-        server.lock.acquire()
+        node.lock.acquire()
         try:
             current = store.owner[keys] == node_of(msg.sender)  # a client writes through for its node
             store.values[keys[current]] = values[current]
             for state, rows in zip(store.states, msg.states, strict=True):
                 state[keys[current]] = rows[current]
         finally:
-            server.lock.release()
+            node.lock.release()
         acknowledged = self.replicate(msg.table, keys, msg.positions, msg.requester, msg.req_id)
         if not acknowledged and is_client(msg.requester):
-            server.acknowledge(msg, len(keys), msg.positions)
+            self.acknowledge(msg, len(keys), msg.positions)
 
     # ---------------------------------------------------------------- new homes, new backups
 
     def sync(self, old: ShardMap | None, new: ShardMap) -> None:
         """Send the whole of each shard that got a new backup (or a new home: us)."""
-        server = self.server
+        node = self.node
         if new.backups is None:
             return
-        mine = new.homes == server.me
+        mine = new.homes == node.me
         changed = mine & (new.backups != NO_BACKUP)
         if old is not None and old.backups is not None:
-            changed &= (old.homes != server.me) | (old.backups != new.backups)
+            changed &= (old.homes != node.me) | (old.backups != new.backups)
         shards = np.flatnonzero(changed)
         if len(shards):
             self.sync_shards(shards, new)
 
     def sync_shards(self, shards: npt.NDArray[np.int64], shard_map: ShardMap) -> None:
-        server = self.server
-        for table, store in enumerate(server.stores):
+        node = self.node
+        for table, store in enumerate(node.stores):
             keys = shard_keys(store, shards, shard_map)
             for first in range(0, len(keys), SYNC_KEYS):
                 self.replicate(table, keys[first : first + SYNC_KEYS], None, NO_ENDPOINT, 0)
-        log.info("node %d: replica sync of %d shards", server.me, len(shards))
+        log.info("node %d: replica sync of %d shards", node.me, len(shards))

@@ -9,15 +9,14 @@ rest.  The rules, per key:
 * otherwise: a home forwards to the owner in its directory, any other node forwards to
   the key's home.
 
-Relocation (``localize``) takes requester -> home -> old owner -> new owner: the home
-records the new owner and sends HANDOFF to the old owner, which ships the value and the
-updater state in a TRANSFER; the new owner acknowledges the requester (LOCALIZED).
-A HANDOFF that reaches a node before the key does is queued like any request, so
-concurrent localizes of one key form a chain.  Because every pair of endpoints is
-connected by a FIFO channel and every decision is taken by the node that holds the key,
-synchronous operations are sequentially consistent per key while keys move.
+Keys move between nodes by relocation (:mod:`dynaps.node.relocation`).  Because every
+pair of endpoints is connected by a FIFO channel and every decision is taken by the node
+that holds the key, synchronous operations are sequentially consistent per key while
+keys move.
 
-This class touches no socket: it reads decoded messages and sends through a
+:class:`NodeServer` wires the node's parts together: each gets the narrow view of
+:class:`~dynaps.node.context.NodeContext` (which this class provides) and owns its state.
+It touches no socket: it reads decoded messages and sends through a
 :class:`~dynaps.wire.transport.Transport`, so the protocol can be tested in-process.
 """
 
@@ -33,21 +32,22 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.node.departures import Departures
 from dynaps.node.gate import ShardGate
 from dynaps.node.migration import Migrations
 from dynaps.node.recovery import Recoveries
+from dynaps.node.relocation import Relocations
 from dynaps.node.replication import Replication
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
-from dynaps.store.table_store import INCOMING, NOT_MOVING, TableStore
+from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import (
     COORDINATOR,
     MAX_HOPS,
     NO_ENDPOINT,
-    RECOVERY,
     Message,
     MsgType,
-    control_frames,
+    client_of,
     decode,
     encode,
     encode_reply,
@@ -83,42 +83,44 @@ class NodeServer:
         stores: Sequence[TableStore],
         shard_map: ShardMap,
         lock: SharedLock | NullLock,
+        flush_interval_ms: int | None = None,
+        checkpoint_root: str = "",
     ) -> None:
+        """``flush_interval_ms``: replicate (see :mod:`dynaps.node.replication`), writing held
+        keys back at this interval; None: the job does not replicate.  ``checkpoint_root``:
+        where checkpoints live (to rebuild lost shards from)."""
         self.me = node_id
         self.transport = transport
         self.stores = list(stores)
         self.layouts = [store.layout for store in stores]
         self.shard_map = shard_map
         self.lock = lock
-        self.pending: list[list[Message]] = [[] for _ in stores]  # requests for keys on their way here
-        self.waiting: list[list[Message]] = [[] for _ in stores]  # localizes of keys still moving
         self.peers: set[int] = {COORDINATOR, NO_ENDPOINT, node_id}
-        self.lost: set[int] = set()  # nodes that died: nothing is sent to them any more
         self.future: list[Message] = []  # requests from a newer epoch than ours
         self.parked: list[Message] = []  # requests for a dead node, waiting for a new epoch
-        self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
-        self.migrations = Migrations(self)
-        self.recoveries = Recoveries(self)
-        self.replication: Replication | None = None  # set when the job replicates
-        self.checkpoint_root = ""  # where checkpoints live (for rebuilding lost shards)
-        self.relocations_paused = False  # a checkpoint is being taken: no key changes owner
-        # after a node is lost, no key changes owner for a while: requests sent again by
-        # their clients must find the keys where the originals were applied (and remembered)
-        self.fenced_until = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
-        self.released: list[npt.NDArray[np.bool_]] | None = None  # keys given back while draining
         self._last_malformed_log = 0.0
+        self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
+        self.migrations = Migrations(self)
+        self.replication = (
+            None if flush_interval_ms is None else Replication(self, flush_interval_ms, self.acknowledge)
+        )
+        self.recoveries = Recoveries(self, checkpoint_root, self.replication)
+        self.departures = Departures(self, on_lost=self._forget_lost)
+        self.relocations = Relocations(
+            self, self.dispatch, self.migrations, self.replication, lambda: self.departures.fenced
+        )
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.PULL: self._on_pull,
             MsgType.PUSH: self._on_push,
             MsgType.SET: self._on_push,
-            MsgType.LOCALIZE: self._on_localize,
-            MsgType.HANDOFF: self._on_handoff,
-            MsgType.TRANSFER: self._on_transfer,
-            MsgType.RELEASE: self._on_release,
-            MsgType.LOCALIZED: self._on_released,
-            MsgType.TRANSFER_DONE: self._on_transfer_done,
+            MsgType.LOCALIZE: self.relocations.on_localize,
+            MsgType.HANDOFF: self.relocations.on_handoff,
+            MsgType.TRANSFER: self.relocations.on_transfer,
+            MsgType.RELEASE: self.relocations.on_release,
+            MsgType.LOCALIZED: self.relocations.on_released,
+            MsgType.TRANSFER_DONE: self.relocations.on_transfer_done,
             MsgType.SHARD_COPY: self.migrations.on_copy,
             MsgType.OWNERS: self.recoveries.on_owners,
             MsgType.REPLICATE: self._on_replicate,
@@ -137,7 +139,8 @@ class NodeServer:
                 return msg
             if msg.requester not in self.peers or msg.sender not in self.peers:
                 raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
-            if self.lost and node_of(msg.sender) in self.lost:
+            lost = self.departures.lost
+            if lost and node_of(msg.sender) in lost:
                 # Sent before it died, arriving late: what it held was rebuilt without it,
                 # and its requests are sent again by their requesters.
                 self.stats["dropped_from_lost"] += 1
@@ -180,12 +183,15 @@ class NodeServer:
             )
 
     def send(self, dest: int, msg: Message) -> None:
-        if node_of(dest) in self.lost:
+        if node_of(dest) in self.departures.lost:
             if dest == node_of(dest) and msg.type in _REROUTABLE:
                 self.parked.append(msg)  # routed again once the dead node's shards have a home
             return
         msg.epoch = max(msg.epoch, self.shard_map.epoch)
         self.transport.send(dest, encode(msg))
+
+    def send_frames(self, dest: int, frames: Sequence[Any]) -> None:
+        self.transport.send(dest, frames)
 
     # ------------------------------------------------------------------ pull / push / set
 
@@ -309,7 +315,7 @@ class NodeServer:
         """Queue or forward the keys ``msg.keys[idx]`` that this node does not own."""
         incoming = own == INCOMING
         if incoming.any():
-            self.pending[msg.table].append(subset(msg, idx[incoming], msg.sender, msg.hops))
+            self.relocations.queue(subset(msg, idx[incoming], msg.sender, msg.hops))
             self.stats["keys_queued"] += int(incoming.sum())
             idx = idx[~incoming]
             if not len(idx):
@@ -341,244 +347,6 @@ class NodeServer:
             reply = Message(MsgType.ERROR, self.me, msg.requester, msg.req_id, msg.table, text=text)
             self.send(msg.requester, reply)
 
-    # ------------------------------------------------------------------ relocation
-
-    def _on_localize(self, msg: Message) -> None:
-        """At the home: record the requester as the new owner and ask the old owner to hand over."""
-        self._redirect(msg, node_of(msg.requester), make_incoming=False)
-
-    def _on_release(self, msg: Message) -> None:
-        """At the home: a node gives keys back (drain); the home becomes their owner again."""
-        self._redirect(msg, self.me, make_incoming=True)
-
-    def _on_released(self, msg: Message) -> None:
-        """A home confirms that keys this node released are back (the end of a drain)."""
-        self.stats["keys_released"] += msg.count
-
-    def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
-        """Make ``target`` the owner of the keys; one transfer per key is in flight at a time.
-
-        Keys whose previous transfer has not arrived yet wait here (``waiting``) until the
-        new owner confirms it (TRANSFER_DONE): so every HANDOFF reaches a node that holds
-        the key, and a lost node never leaves a chain of nodes waiting for each other.
-        """
-        store = self.stores[msg.table]
-        keys = msg.keys
-        assert keys is not None
-        if store.owner is None or store.moving_from is None:
-            self.note_malformed(ProtocolError(f"{msg.type.name} sent to node {self.me}, which homes no keys"))
-            return
-        homes = self.shard_map.home_of(keys, store.spec.num_keys)
-        here = homes == self.me
-        if not here.all():
-            elsewhere = np.flatnonzero(~here)
-            for dest, part in group_by(homes[elsewhere]):
-                chosen = elsewhere if part is None else elsewhere[part]
-                self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
-            keys = keys[here]
-        keys = np.unique(keys)
-        if self.relocations_paused or self.fenced_until:
-            self.waiting[msg.table].append(_with_keys(msg, keys, target))
-            return
-        self.lock.acquire()
-        try:
-            busy = store.moving_from[keys] != NOT_MOVING
-            if busy.any():
-                self.waiting[msg.table].append(_with_keys(msg, keys[busy], target))
-                self.stats["keys_waiting"] += int(busy.sum())
-                keys = keys[~busy]
-            old = store.owner[keys]
-            moving = old != target
-            if not moving.all():
-                settled = int((~moving).sum())  # already owned by the target
-                keys, old = keys[moving], old[moving]
-            else:
-                settled = 0
-            store.owner[keys] = target
-            store.moving_from[keys] = old
-            if make_incoming:
-                store.loc[keys] = INCOMING
-            if self.migrations.tracking:
-                self.migrations.touch(msg.table, keys)
-        finally:
-            self.lock.release()
-        if settled:
-            self._localized(msg.requester, msg.req_id, msg.table, settled)
-        self.stats["keys_redirected"] += len(keys)
-        for owner, part in group_by(old):
-            chosen = keys if part is None else keys[part]
-            handoff = Message(
-                MsgType.HANDOFF,
-                sender=self.me,
-                requester=msg.requester,
-                req_id=msg.req_id,
-                table=msg.table,
-                count=len(chosen),
-                aux=target,
-                keys=chosen,
-            )
-            if owner == self.me:
-                self._on_handoff(handoff)
-            else:
-                self.send(owner, handoff)
-
-    def _on_transfer_done(self, msg: Message) -> None:
-        """At the home: the keys reached their new owner; start the transfers that waited."""
-        store = self.stores[msg.table]
-        keys = msg.keys
-        assert keys is not None
-        if store.moving_from is None:
-            self.note_malformed(ProtocolError(f"TRANSFER_DONE sent to node {self.me}, which homes no keys"))
-            return
-        homes = self.shard_map.home_of(keys, store.spec.num_keys)
-        here = homes == self.me
-        if not here.all():
-            elsewhere = np.flatnonzero(~here)
-            for dest, part in group_by(homes[elsewhere]):
-                chosen = elsewhere if part is None else elsewhere[part]
-                self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
-            keys = keys[here]
-        self.lock.acquire()
-        try:
-            store.moving_from[keys] = NOT_MOVING
-            if self.migrations.tracking:
-                self.migrations.touch(msg.table, keys)
-        finally:
-            self.lock.release()
-        queued = self.waiting[msg.table]
-        if queued:
-            self.waiting[msg.table] = []
-            for waiting in queued:  # arrival order; keys still moving wait again
-                self._redirect(waiting, waiting.aux, waiting.type is MsgType.RELEASE)
-
-    def _on_handoff(self, msg: Message) -> None:
-        """At the (old) owner: ship owned keys to ``msg.aux``; queue those not yet here."""
-        store = self.stores[msg.table]
-        keys = msg.keys
-        assert keys is not None
-        target = msg.aux
-        values: Any = None
-        states: tuple[Any, ...] = ()
-        lock = self.lock
-        lock.acquire()
-        try:
-            own = store.loc[keys]
-            mine = own == self.me
-            owned = keys[mine] if not mine.all() else keys
-            if len(owned) and target != self.me:
-                values = store.values.take(owned, axis=0)
-                states = tuple(state.take(owned, axis=0) for state in store.states)
-                store.loc[owned] = target
-                if self.migrations.tracking:
-                    self.migrations.touch(msg.table, owned)
-        finally:
-            lock.release()
-        if len(owned):
-            if target == self.me:  # the key is already where it should be
-                self._localized(msg.requester, msg.req_id, msg.table, len(owned))
-            else:
-                self.stats["keys_sent"] += len(owned)
-                transfer = Message(
-                    MsgType.TRANSFER,
-                    sender=self.me,
-                    requester=msg.requester,
-                    req_id=msg.req_id,
-                    table=msg.table,
-                    count=len(owned),
-                    aux=len(states),
-                    keys=owned,
-                    values=values,
-                    states=states,
-                    body=self.replication.records_for(owned) if self.replication is not None else None,
-                )
-                self.send(target, transfer)
-        if len(owned) < len(keys):
-            rest = np.flatnonzero(~mine)
-            incoming = own[rest] == INCOMING
-            if incoming.any():
-                self.pending[msg.table].append(subset(msg, rest[incoming], msg.sender, msg.hops))
-            gone = int((~incoming).sum())
-            if gone and target == self.me:
-                # A client's "tell me when it is here": the key came and already moved on,
-                # so its localize is complete (and superseded by a later one).
-                self._localized(msg.requester, msg.req_id, msg.table, gone)
-            elif gone:
-                # The home thought we own keys that never came: a protocol bug, not load.
-                self.stats["anomalies"] += gone
-                log.error("node %d: handoff of %d keys it neither owns nor expects", self.me, gone)
-
-    def _on_transfer(self, msg: Message) -> None:
-        """At the new owner: take the values and state, then serve what waited for them."""
-        store = self.stores[msg.table]
-        keys, values = msg.keys, msg.values
-        assert keys is not None
-        assert values is not None
-        states = msg.states
-        self.lock.acquire()
-        try:
-            confirmed = None
-            if msg.flags & RECOVERY:
-                # a home re-sends keys whose sender died: only where they are still expected
-                here = store.loc[keys]
-                expected = here == INCOMING
-                confirmed = keys[here == self.me]  # the real transfer came after all
-                keys, values = keys[expected], values[expected]
-                states = tuple(rows[expected] for rows in states)
-            store.values[keys] = values
-            for state, rows in zip(store.states, states, strict=True):
-                state[keys] = rows
-            store.loc[keys] = self.me
-            if self.migrations.tracking:
-                self.migrations.touch(msg.table, keys)
-        finally:
-            self.lock.release()
-        if confirmed is not None and len(confirmed):
-            self._confirm_arrival(msg.table, msg.req_id, confirmed)
-        if self.replication is not None:
-            self.replication.adopt_records(msg.body)
-        if not len(keys):
-            return
-        if self.replication is not None:
-            self._protect_arrivals(msg.table, keys)
-        self.stats["keys_received"] += len(keys)
-        self._localized(msg.requester, msg.req_id, msg.table, len(keys))
-        self._confirm_arrival(msg.table, msg.req_id, keys)
-        self._replay(msg.table)
-
-    def _protect_arrivals(self, table: int, keys: npt.NDArray[np.int64]) -> None:
-        """Keys arrived: a home replicates them, any other holder writes them back soon."""
-        assert self.replication is not None
-        if self.stores[table].owner is not None:
-            homed = self.homed(table)[keys]
-            self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
-            self.replication.dirty[table][keys[~homed]] = 1
-        else:
-            self.replication.dirty[table][keys] = 1
-
-    def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
-        """Tell the keys' homes that they arrived (TRANSFER_DONE)."""
-        homes = self.shard_map.home_of(keys, self.stores[table].spec.num_keys)
-        for home, part in group_by(homes):
-            chosen = keys if part is None else keys[part]
-            done = Message(MsgType.TRANSFER_DONE, self.me, self.me, req_id, table, len(chosen), keys=chosen)
-            if home == self.me:
-                self._on_transfer_done(done)
-            else:
-                self.send(home, done)
-
-    def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
-        if requester in (NO_ENDPOINT, self.me):
-            return
-        self.send(requester, Message(MsgType.LOCALIZED, self.me, requester, req_id, table, count))
-
-    def _replay(self, table: int) -> None:
-        queued = self.pending[table]
-        if not queued:
-            return
-        self.pending[table] = []
-        for msg in queued:  # arrival order; parts still waiting are queued again in order
-            self.dispatch(msg)
-
     # ------------------------------------------------------------------ membership changes
 
     def set_shard_map(self, new_map: ShardMap) -> None:
@@ -586,20 +354,17 @@ class NodeServer:
         if new_map.epoch <= self.shard_map.epoch:
             return
         self.migrations.commit(new_map)
-        if self.lost:
+        lost = self.departures.lost
+        if lost:
             # shards of a dead home that we take over: hold their requests until rebuilt
-            orphaned = (new_map.homes == self.me) & np.isin(self.shard_map.homes, list(self.lost))
+            orphaned = (new_map.homes == self.me) & np.isin(self.shard_map.homes, list(lost))
             self.recoveries.expect(np.flatnonzero(orphaned), new_map.num_shards)
         old_map, self.shard_map = self.shard_map, new_map
         if self.replication is not None:
             self.replication.sync(old_map, new_map)
         self._homed.clear()
         self.release_gate()
-        for table, queued in enumerate(self.waiting):  # relocations of shards homed elsewhere now
-            if queued:
-                self.waiting[table] = []
-                for msg in queued:
-                    self._redirect(msg, msg.aux, msg.type is MsgType.RELEASE)
+        self.relocations.retry_waiting()  # relocations of shards homed elsewhere now
         waiting, self.future = self.future, []
         for msg in waiting:
             self.dispatch(msg)
@@ -641,63 +406,34 @@ class NodeServer:
             self._homed[(table, self.shard_map.epoch)] = cached
         return cached
 
-    def pause_relocations(self) -> None:
-        self.relocations_paused = True
+    def take_back_from_lost(self, lost: set[int]) -> None:
+        """Nodes died (see :meth:`Departures.take_back_from_lost`); forget their requests."""
+        new = self.departures.take_back_from_lost(lost)
+        if new:
+            self.relocations.drop_requests_of(new)
+
+    def _forget_lost(self, node: int) -> None:
+        self.transport.forget(node)
+        self.transport.forget(client_of(node))
+        self.recoveries.forget_node(node)
 
     def lift_fence(self, now: float) -> None:
         """End the relocation fence that followed a lost node, once its time is up."""
-        if self.fenced_until and now >= self.fenced_until:
-            self.fenced_until = 0.0
-            if not self.relocations_paused:
-                self.resume_relocations()
-
-    def resume_relocations(self) -> None:
-        self.relocations_paused = False
-        if self.fenced_until:
-            return
-        for table, queued in enumerate(self.waiting):
-            if queued:
-                self.waiting[table] = []
-                for msg in queued:
-                    self._redirect(msg, msg.aux, msg.type is MsgType.RELEASE)
-
-    def relocations_quiet(self) -> bool:
-        """No transfer of a key homed here is in flight."""
-        for table, store in enumerate(self.stores):
-            if store.moving_from is not None and (store.moving_from[self.homed(table)] != NOT_MOVING).any():
-                return False
-        return True
-
-    def report_migration_ready(self, migration_id: int) -> None:
-        self.transport.send(COORDINATOR, control_frames(MsgType.MIGRATE_READY, self.me, {"id": migration_id}))
+        if self.departures.lift_fence(now) and not self.relocations.paused:
+            self.relocations.resume()
 
     # ------------------------------------------------------------------ introspection
 
     def counters(self) -> dict[str, int | float | str]:
         counters: dict[str, int | float | str] = dict(self.stats)
         counters["node"] = self.me
-        counters["queued_now"] = sum(len(q) for q in self.pending) + sum(len(q) for q in self.waiting)
+        counters["queued_now"] = self.relocations.queued_now()
         counters["metadata_bytes"] = sum(store.metadata_bytes() for store in self.stores)
         counters["num_keys"] = sum(store.spec.num_keys for store in self.stores)
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         counters["epoch"] = self.shard_map.epoch
         counters["held_now"] = len(self.gate.held) + len(self.future) + len(self.parked)
         return counters
-
-
-def _with_keys(msg: Message, keys: npt.NDArray[np.int64], target: int) -> Message:
-    """A LOCALIZE or RELEASE for some of its keys, remembering whom the keys go to."""
-    return Message(
-        msg.type,
-        msg.sender,
-        msg.requester,
-        msg.req_id,
-        msg.table,
-        len(keys),
-        aux=target,
-        hops=msg.hops,
-        keys=keys,
-    )
 
 
 def _positions(msg: Message, idx: Index) -> npt.NDArray[np.int32]:
