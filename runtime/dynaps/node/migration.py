@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.errors import ProtocolError
 from dynaps.node.context import NodeContext
 from dynaps.store.shardmap import ShardMap, shard_of
 from dynaps.store.table_store import NOT_MOVING, TableStore
@@ -164,7 +165,9 @@ class Migrations:
         assert msg.dir_moving is not None
         assert msg.owned is not None
         if store.owner is None or store.moving_from is None:
-            raise ValueError(f"node {node.me} homes no keys and cannot take shards")
+            # dropped like any other bad message: the loop must go on serving
+            node.note_malformed(ProtocolError(f"SHARD_COPY sent to node {node.me}, which homes no keys"))
+            return
         self.incoming.setdefault(msg.req_id, Incoming(msg.req_id, msg.sender))
         node.lock.acquire()
         try:

@@ -1,0 +1,80 @@
+"""A node drops messages it cannot act on, counts them, and keeps serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dynaps.contract import NamedTable, Partition
+from dynaps.node.server import NodeServer
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock
+from dynaps.store.table_store import TableStore
+from dynaps.wire.protocol import FINAL, Message, MsgType, decode, encode
+
+SERVER, WORKER = 1, 3
+
+
+class Outbox:
+    """A transport that keeps what is sent."""
+
+    endpoint = WORKER
+    address = "test://3"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, list[Any]]] = []
+
+    def connect(self, endpoint: int, address: str) -> None: ...
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None: ...
+
+    def knows(self, endpoint: int) -> bool:
+        return True
+
+    def send(self, endpoint: int, frames: Any) -> None:
+        self.sent.append((endpoint, list(frames)))
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        return None
+
+    def close(self, linger: float = 0.0) -> None: ...
+
+
+def worker_node() -> tuple[NodeServer, Outbox]:
+    shard_map = ShardMap.initial(2, Partition.RANGE, [SERVER])
+    store = TableStore.create(0, NamedTable(name="W", num_keys=8, dim=2), shard_map, home=None, shared=False)
+    outbox = Outbox()
+    server = NodeServer(WORKER, outbox, [store], shard_map, NullLock())
+    server.peers.add(SERVER)
+    return server, outbox
+
+
+def test_shard_copy_to_a_node_that_homes_nothing_is_counted_and_dropped() -> None:
+    server, outbox = worker_node()
+    keys = np.array([0, 1], dtype=np.int64)
+    copy = Message(
+        MsgType.SHARD_COPY,
+        SERVER,
+        SERVER,
+        7,
+        0,
+        len(keys),
+        aux=len(keys),
+        flags=FINAL,
+        keys=keys,
+        dir_owner=np.array([SERVER, SERVER], dtype=np.int16),
+        dir_moving=np.array([-1, -1], dtype=np.int16),
+        owned=keys,
+        values=np.ones((2, 2), dtype=np.float32),
+        states=(),
+    )
+    assert server.receive(encode(copy)) is None  # no exception escapes to the node's loop
+    assert server.stats["malformed"] == 1
+    assert not server.migrations.incoming
+    assert not outbox.sent  # in particular no MIGRATE_READY
+    # and the node still serves
+    pull = Message(MsgType.PULL, SERVER, SERVER, 8, 0, 1, keys=np.array([0], dtype=np.int64))
+    server.stores[0].loc[0] = WORKER
+    server.receive(encode(pull))
+    assert [decode(frames, server.layouts).type for _, frames in outbox.sent] == [MsgType.PULL_REPLY]
