@@ -6,10 +6,9 @@ starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that 
 by token (``LocalCluster``'s runners).  When the child exits, the node reports
 WORKER_DONE and keeps serving its keys until the coordinator ends the job.
 
-SIGTERM (or a DRAIN from the coordinator) starts a graceful leave: LEAVE to the
-coordinator; a worker tells its training process (``dynaps.Drained`` at its next call)
-and waits for it to finish; a server waits until its shards have moved away; then the
-node gives every key it still holds back to its home, sends LEFT and exits 0.
+SIGTERM (or a DRAIN from the coordinator) starts a graceful leave
+(:mod:`dynaps.node.control_plane`, where every control decision is taken); this module
+is the shell around it: sockets, timers, shared memory, the child process, start-up.
 """
 
 from __future__ import annotations
@@ -22,21 +21,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
-from dynaps.errors import ClusterError, ProtocolError
+from dynaps.errors import ClusterError
+from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
-from dynaps.store.checkpoint_files import load_keys, resolve, write_owned
+from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
+from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
 from dynaps.wire.transport import ZmqTransport
 
 log = logging.getLogger(__name__)
@@ -44,12 +43,7 @@ log = logging.getLogger(__name__)
 ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
-LEAVE_LINGER = 1.0  # seconds a node that left keeps forwarding stragglers
 CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
-
-
-def attach_address(token: str) -> str:
-    return f"\0dynaps-{token}"
 
 
 class NodeProcess:
@@ -80,16 +74,12 @@ class NodeProcess:
         self.exit_code = 0
         self.stop = threading.Event()
         self.server: NodeServer | None = None
+        self.control: ControlPlane | None = None  # the node's control decisions
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
-        self.drain_state: str | None = None  # None, "client", "shards", "keys"
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
-        self.members: set[int] = set()  # live node ids, from the last membership
-        self.checkpoint: dict[str, Any] | None = None  # the checkpoint being taken, if any
-        self.client_address: str | None = None
-        self.drain_deadline = 0.0
         self.last_heartbeat = 0.0
         self.heartbeat_interval = config.fault_tolerance.heartbeat_interval_ms / 1000
 
@@ -144,10 +134,13 @@ class NodeProcess:
             flush_interval_ms=self.config.fault_tolerance.flush_interval_ms if replicated else None,
             checkpoint_root=self.config.fault_tolerance.checkpoint.path,
         )
+        self.control = ControlPlane(
+            self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
+        )
         restore = self.config.fault_tolerance.checkpoint.restore_from
         if restore and not worker and membership.phase == "prepare":
             self._restore(restore)
-        self._apply_membership(membership)
+        self.control.apply_membership(membership)
         if worker:
             self.attach_server = AttachServer(self.attach_token)
         self._send_coordinator(MsgType.READY, {"version": membership.version})
@@ -177,23 +170,6 @@ class NodeProcess:
     def _send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
         self.transport.send(COORDINATOR, control_frames(kind, self.node_id, body))
 
-    def _apply_membership(self, membership: control.Membership) -> None:
-        server = self.server
-        assert server is not None
-        members = control.connect_members(self.transport, membership)
-        self.members = {info.id for info in membership.nodes}
-        mine = membership.node(self.node_id)
-        if mine is not None:
-            self.client_address = mine.client
-        departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
-        server.peers |= members
-        if membership.lost:
-            server.take_back_from_lost(set(membership.lost))
-        new_map = ShardMap.from_json(membership.shard_map)
-        if new_map.epoch > server.shard_map.epoch:
-            server.set_shard_map(new_map)
-        server.departures.forget_departed({node_of(e) for e in departed} - {self.node_id})
-
     # ------------------------------------------------------------------ serving
 
     def run(self) -> int:
@@ -218,35 +194,24 @@ class NodeProcess:
     def _chores(self, now: float) -> None:
         if now - self.last_heartbeat >= self.heartbeat_interval:
             self.last_heartbeat = now
-            self._send_coordinator(MsgType.HEARTBEAT, self._heartbeat().model_dump())
+            self._send_coordinator(MsgType.HEARTBEAT, self.heartbeat().model_dump())
         if self.attach_server is not None:
             self._accept_client()
         self._watch_child()
+        assert self.control is not None
         if self.drain_requested:
-            self.start_drain(self.drain_requested)
+            self.control.start_drain(self.drain_requested)
         if self.dump_requested:
             self.dump_requested = False
             self._dump_state()
-        if self.drain_state is not None:
-            self._advance_drain(now)
-        assert self.server is not None
-        self.server.recoveries.tick(now)
-        self.server.lift_fence(now)
-        if self.server.replication is not None:
-            self.server.replication.flush(now)
-        if (
-            self.checkpoint is not None
-            and self.checkpoint["phase"] == "pause"
-            and self.server.relocations.quiet()
-        ):
-            self.checkpoint["phase"] = "quiet"
-            self._send_coordinator(MsgType.CHECKPOINT_DONE, {"id": self.checkpoint["id"], "phase": "pause"})
+        self.control.tick(now)
 
     def _handle(self, frames: list[Any]) -> None:
         assert self.server is not None
+        assert self.control is not None
         msg = self.server.receive(frames)
         if msg is not None:
-            self._on_control(msg)
+            self.control.on_message(msg)
 
     def _drain_inbox(self) -> None:
         for _ in range(10_000):  # bounded, so a flood cannot starve the other duties
@@ -256,69 +221,6 @@ class NodeProcess:
             if frames is None:
                 return
             self._handle(frames)
-
-    def _on_control(self, msg: Message) -> None:
-        assert self.server is not None
-        try:
-            if msg.type is MsgType.MEMBERSHIP:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("MEMBERSHIP from a non-coordinator")
-                self._apply_membership(control.parse(control.Membership, msg.body))
-            elif msg.type is MsgType.SHUTDOWN:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("SHUTDOWN from a non-coordinator")
-                log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
-                self.stop.set()
-            elif msg.type is MsgType.MIGRATE_OUT:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("MIGRATE_OUT from a non-coordinator")
-                self.server.migrations.start(control.parse(control.MigrateOut, msg.body))
-            elif msg.type is MsgType.DRAIN:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("DRAIN from a non-coordinator")
-                self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
-            elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("ADOPT from a non-coordinator")
-                body = {
-                    "heartbeat": self._heartbeat().model_dump(),
-                    "shard_map": self.server.shard_map.to_json(),
-                }
-                self._send_coordinator(MsgType.REJOIN, body)
-            elif msg.type is MsgType.MIGRATE_ABORT:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("MIGRATE_ABORT from a non-coordinator")
-                self.server.migrations.abort(control.parse(control.MigrateReady, msg.body).id)
-            elif msg.type is MsgType.RECOVER:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("RECOVER from a non-coordinator")
-                order = control.parse(control.Recover, msg.body)
-                self.server.recoveries.start(order.id, order.shards, order.source, self.members)
-            elif msg.type is MsgType.OWNERS_QUERY:
-                if node_of(msg.sender) not in self.members:
-                    raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")
-                query = control.parse(control.OwnersQuery, msg.body)
-                self.server.recoveries.report_owners(
-                    msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
-                )
-            elif msg.type is MsgType.CHECKPOINT:
-                if msg.sender != COORDINATOR:
-                    raise ProtocolError("CHECKPOINT from a non-coordinator")
-                self._on_checkpoint(control.parse(control.Checkpoint, msg.body))
-            elif msg.type in (MsgType.STATS, MsgType.PING):
-                if msg.sender not in self.server.peers:
-                    raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
-                if msg.type is MsgType.STATS:
-                    reply = control_frames(
-                        MsgType.STATS_REPLY, self.node_id, {"counters": self.server.counters()}, msg.req_id
-                    )
-                else:
-                    reply = control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
-                self.transport.send(msg.sender, reply)
-            else:
-                raise ProtocolError(f"node does not handle {msg.type.name}")
-        except ProtocolError as exc:
-            self.server.note_malformed(exc)
 
     def _accept_client(self) -> None:
         assert self.attach_server is not None
@@ -367,45 +269,10 @@ class NodeProcess:
         log.info("node %d: program exited with code %d", self.node_id, code)
         self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
 
-    def _on_checkpoint(self, order: control.Checkpoint) -> None:
-        server = self.server
-        assert server is not None
-        if order.phase == "pause":  # homes: no new relocations, report once none is in flight
-            server.relocations.pause()
-            self.checkpoint = {"id": order.id, "phase": "pause"}
-        elif order.phase == "write":
-            directory = Path(order.path)
-            written = 0
-            server.lock.acquire()
-            try:
-                for store in server.stores:
-                    written += write_owned(store, self.node_id, directory)
-            finally:
-                server.lock.release()
-            self._send_coordinator(
-                MsgType.CHECKPOINT_DONE, {"id": order.id, "phase": "write", "keys": written}
-            )
-        else:  # resume
-            self.checkpoint = None
-            server.relocations.resume()
-
-    def _heartbeat(self) -> control.Heartbeat:
-        assert self.server is not None
-        exit_code = self.exit_code if self.child_reported else None
-        return control.Heartbeat(
-            role=self.role,
-            address=self.transport.address,
-            name=self.name,
-            rank=self.rank,
-            client=self.client_address,
-            epoch=self.server.shard_map.epoch,
-            exit_code=exit_code,
-            draining=self.drain_state is not None,
-        )
-
     def _dump_state(self) -> None:
-        server = self.server
+        server, plane = self.server, self.control
         assert server is not None
+        assert plane is not None
         queues = {
             "pending": [repr(m) for q in server.relocations.pending for m in q][:20],
             "waiting": [repr(m) for q in server.relocations.waiting for m in q][:20],
@@ -414,52 +281,39 @@ class NodeProcess:
             "outgoing": sorted(server.migrations.outgoing),
             "incoming": sorted(server.migrations.incoming),
             "rebuilds": {i: sorted(r.waiting_for) for i, r in server.recoveries.running.items()},
-            "members": sorted(self.members),
+            "members": sorted(plane.members),
         }
-        log.warning(
-            "node %d state: %s %s drain=%s", self.node_id, server.counters(), queues, self.drain_state
+        log.warning("node %d state: %s %s drain=%s", self.node_id, server.counters(), queues, plane.drain)
+
+    # ------------------------------------------------------------------ the control plane's shell
+
+    def heartbeat(self) -> control.Heartbeat:
+        assert self.server is not None
+        assert self.control is not None
+        exit_code = self.exit_code if self.child_reported else None
+        return control.Heartbeat(
+            role=self.role,
+            address=self.transport.address,
+            name=self.name,
+            rank=self.rank,
+            client=self.control.client_address,
+            epoch=self.server.shard_map.epoch,
+            exit_code=exit_code,
+            draining=self.control.drain is not None,
         )
 
-    # ------------------------------------------------------------------ draining
+    def stop_loop(self) -> None:
+        self.stop.set()
 
-    def start_drain(self, reason: str) -> None:
-        """Begin a graceful leave (idempotent)."""
-        if self.drain_state is not None:
-            return
-        log.info("node %d: draining (%s)", self.node_id, reason)
-        self._send_coordinator(MsgType.LEAVE, {"reason": reason})
-        self.drain_deadline = time.monotonic() + self.config.rebalance_policy.drain_timeout_seconds
-        if self.role == "worker":
-            if self.control_segment is not None:
-                self.control_segment.array[0] = 1  # the training process raises Drained
-            self.drain_state = "client"
-        else:
-            self.drain_state = "shards"
+    def tell_client_to_drain(self) -> None:
+        if self.control_segment is not None:
+            self.control_segment.array[0] = 1  # the training process raises Drained
 
-    def _advance_drain(self, now: float) -> None:
-        server = self.server
-        assert server is not None
-        if self.drain_state == "client":
-            if self._client_running() and now < self.drain_deadline:
-                return
-            if self.child is not None and self.child.poll() is None:
-                self.child.terminate()  # it did not finish in time
-            self.drain_state = "keys"
-        if self.drain_state == "shards":
-            if self.node_id in server.shard_map.homes or server.migrations.outgoing:
-                return  # the coordinator moves our shards away first
-            self.drain_state = "keys"
-        if self.drain_state == "keys" and server.departures.release_owned() == 0:
-            log.info("node %d: drained, leaving", self.node_id)
-            self._send_coordinator(MsgType.LEFT, {})
-            self.drain_state = "left"
-            # Keep forwarding a little longer: peers that have not yet seen the membership
-            # without us may still send here, and we know where everything went.
-            self.drain_deadline = now + LEAVE_LINGER
-        if self.drain_state == "left" and now >= self.drain_deadline:
-            self.stop.set()
+    def end_client(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()  # it did not finish in time
 
-    def _client_running(self) -> bool:
+    def client_running(self) -> bool:
         if self.child is not None:
             return self.child.poll() is None
         return self.client_pid is not None and pid_alive(self.client_pid)

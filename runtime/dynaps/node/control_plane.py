@@ -1,0 +1,253 @@
+"""What a node does on the coordinator's orders: membership, drain, checkpoint, recovery.
+
+The decisions live here, in-process and free of sockets and OS processes, so tests drive
+them directly; :class:`~dynaps.node.process.NodeProcess` is the shell that feeds them
+messages and the clock, and does what only an OS process can (:class:`Shell`).
+
+A graceful leave (:meth:`ControlPlane.start_drain`, on DRAIN or SIGTERM) goes through
+:class:`Drain`'s steps: a worker tells its training process (``dynaps.Drained`` at its
+next call) and waits for it to finish (``CLIENT``); a server waits until its shards have
+moved away (``SHARDS``); then the node gives every key it still holds back to its home
+(``KEYS``), sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from dynaps.errors import ProtocolError
+from dynaps.node.server import NodeServer
+from dynaps.store.checkpoint_files import write_owned
+from dynaps.store.shardmap import ShardMap
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
+
+log = logging.getLogger(__name__)
+
+LEAVE_LINGER = 1.0  # seconds a node that left keeps forwarding stragglers
+
+
+class Drain(enum.StrEnum):
+    CLIENT = "client"  # a worker waits for its training process to finish
+    SHARDS = "shards"  # a server waits until the coordinator moved its shards away
+    KEYS = "keys"  # the node gives the keys it holds back to their homes
+    LEFT = "left"  # LEFT sent; forwarding stragglers until the linger ends
+
+
+class Shell(Protocol):
+    """What the control logic asks of the OS process around it."""
+
+    def heartbeat(self) -> control.Heartbeat:
+        """This node's sign of life, as sent to the coordinator."""
+
+    def stop_loop(self) -> None:
+        """End the node's loop (the process then exits)."""
+
+    def tell_client_to_drain(self) -> None:
+        """Make the training process raise ``dynaps.Drained`` at its next call."""
+
+    def client_running(self) -> bool:
+        """Whether the training process still runs."""
+
+    def end_client(self) -> None:
+        """Terminate the training process if it still runs (it did not finish in time)."""
+
+
+@dataclass
+class CheckpointPause:
+    """A checkpoint is being taken: relocations are paused until it resumes them."""
+
+    id: int
+    quiet: bool = False  # reported: no transfer of a key homed here is in flight
+
+
+class ControlPlane:
+    """A node's control state and its reactions to control messages and time."""
+
+    def __init__(
+        self,
+        server: NodeServer,
+        role: control.Role,
+        shell: Shell,
+        drain_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.server = server
+        self.node_id = server.me
+        self.role = role
+        self.shell = shell
+        self.drain_timeout = drain_timeout
+        self.clock = clock
+        self.members: set[int] = set()  # live node ids, from the last membership
+        self.client_address: str | None = None  # where this worker's training process receives
+        self.drain: Drain | None = None
+        self.drain_deadline = 0.0
+        self.checkpoint: CheckpointPause | None = None
+
+    def send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
+        self.server.send_frames(COORDINATOR, control_frames(kind, self.node_id, body))
+
+    # ------------------------------------------------------------------ membership
+
+    def apply_membership(self, membership: control.Membership) -> None:
+        server = self.server
+        members = control.connect_members(server.transport, membership)
+        self.members = {info.id for info in membership.nodes}
+        mine = membership.node(self.node_id)
+        if mine is not None:
+            self.client_address = mine.client
+        departed = {e for e in server.peers - members if e > 0 and node_of(e) not in membership.lost}
+        server.peers |= members
+        if membership.lost:
+            server.take_back_from_lost(set(membership.lost))
+        new_map = ShardMap.from_json(membership.shard_map)
+        if new_map.epoch > server.shard_map.epoch:
+            server.set_shard_map(new_map)
+        server.departures.forget_departed({node_of(e) for e in departed} - {self.node_id})
+
+    # ------------------------------------------------------------------ control messages
+
+    def on_message(self, msg: Message) -> None:
+        """Act on a control message; a bad one is counted and dropped like any malformed one."""
+        server = self.server
+        try:
+            if msg.type is MsgType.MEMBERSHIP:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MEMBERSHIP from a non-coordinator")
+                self.apply_membership(control.parse(control.Membership, msg.body))
+            elif msg.type is MsgType.SHUTDOWN:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("SHUTDOWN from a non-coordinator")
+                log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
+                self.shell.stop_loop()
+            elif msg.type is MsgType.MIGRATE_OUT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MIGRATE_OUT from a non-coordinator")
+                server.migrations.start(control.parse(control.MigrateOut, msg.body))
+            elif msg.type is MsgType.DRAIN:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("DRAIN from a non-coordinator")
+                self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
+            elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("ADOPT from a non-coordinator")
+                body = {
+                    "heartbeat": self.shell.heartbeat().model_dump(),
+                    "shard_map": server.shard_map.to_json(),
+                }
+                self.send_coordinator(MsgType.REJOIN, body)
+            elif msg.type is MsgType.MIGRATE_ABORT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MIGRATE_ABORT from a non-coordinator")
+                server.migrations.abort(control.parse(control.MigrateReady, msg.body).id)
+            elif msg.type is MsgType.RECOVER:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("RECOVER from a non-coordinator")
+                order = control.parse(control.Recover, msg.body)
+                server.recoveries.start(order.id, order.shards, order.source, self.members)
+            elif msg.type is MsgType.OWNERS_QUERY:
+                if node_of(msg.sender) not in self.members:
+                    raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")
+                query = control.parse(control.OwnersQuery, msg.body)
+                server.recoveries.report_owners(
+                    msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
+                )
+            elif msg.type is MsgType.CHECKPOINT:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("CHECKPOINT from a non-coordinator")
+                self.on_checkpoint(control.parse(control.Checkpoint, msg.body))
+            elif msg.type in (MsgType.STATS, MsgType.PING):
+                if msg.sender not in server.peers:
+                    raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
+                if msg.type is MsgType.STATS:
+                    reply = control_frames(
+                        MsgType.STATS_REPLY, self.node_id, {"counters": server.counters()}, msg.req_id
+                    )
+                else:
+                    reply = control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
+                server.send_frames(msg.sender, reply)
+            else:
+                raise ProtocolError(f"node does not handle {msg.type.name}")
+        except ProtocolError as exc:
+            server.note_malformed(exc)
+
+    def on_checkpoint(self, order: control.Checkpoint) -> None:
+        server = self.server
+        if order.phase == "pause":  # homes: no new relocations, report once none is in flight
+            server.relocations.pause()
+            self.checkpoint = CheckpointPause(order.id)
+        elif order.phase == "write":
+            directory = Path(order.path)
+            written = 0
+            server.lock.acquire()
+            try:
+                for store in server.stores:
+                    written += write_owned(store, self.node_id, directory)
+            finally:
+                server.lock.release()
+            self.send_coordinator(
+                MsgType.CHECKPOINT_DONE, {"id": order.id, "phase": "write", "keys": written}
+            )
+        else:  # resume
+            self.checkpoint = None
+            server.relocations.resume()
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """The periodic duties that follow from the node's state (between requests)."""
+        server = self.server
+        if self.drain is not None:
+            self.advance_drain(now)
+        server.recoveries.tick(now)
+        server.lift_fence(now)
+        if server.replication is not None:
+            server.replication.flush(now)
+        checkpoint = self.checkpoint
+        if checkpoint is not None and not checkpoint.quiet and server.relocations.quiet():
+            checkpoint.quiet = True
+            self.send_coordinator(MsgType.CHECKPOINT_DONE, {"id": checkpoint.id, "phase": "pause"})
+
+    # ------------------------------------------------------------------ draining
+
+    def start_drain(self, reason: str) -> None:
+        """Begin a graceful leave (idempotent)."""
+        if self.drain is not None:
+            return
+        log.info("node %d: draining (%s)", self.node_id, reason)
+        self.send_coordinator(MsgType.LEAVE, {"reason": reason})
+        self.drain_deadline = self.clock() + self.drain_timeout
+        if self.role == "worker":
+            self.shell.tell_client_to_drain()
+            self.drain = Drain.CLIENT
+        else:
+            self.drain = Drain.SHARDS
+
+    def advance_drain(self, now: float) -> None:
+        server = self.server
+        if self.drain is Drain.CLIENT:
+            if self.shell.client_running() and now < self.drain_deadline:
+                return
+            self.shell.end_client()
+            self.drain = Drain.KEYS
+        if self.drain is Drain.SHARDS:
+            if self.node_id in server.shard_map.homes or server.migrations.outgoing:
+                return  # the coordinator moves our shards away first
+            self.drain = Drain.KEYS
+        if self.drain is Drain.KEYS and server.departures.release_owned() == 0:
+            log.info("node %d: drained, leaving", self.node_id)
+            self.send_coordinator(MsgType.LEFT, {})
+            self.drain = Drain.LEFT
+            # Keep forwarding a little longer: peers that have not yet seen the membership
+            # without us may still send here, and we know where everything went.
+            self.drain_deadline = now + LEAVE_LINGER
+        if self.drain is Drain.LEFT and now >= self.drain_deadline:
+            self.shell.stop_loop()

@@ -1,0 +1,350 @@
+"""The node's control decisions (membership, drain, checkpoint), driven without processes.
+
+A real :class:`NodeServer` sends into a list; the OS process around the control plane is
+a stand-in that records what it was asked to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dynaps.contract import NamedTable, Partition
+from dynaps.node.control_plane import LEAVE_LINGER, ControlPlane, Drain
+from dynaps.node.server import NodeServer
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock
+from dynaps.store.table_store import TableStore
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, decode
+
+SERVERS = [1, 2]
+WORKER = 3
+NUM_KEYS = 8
+DRAIN_TIMEOUT = 30.0
+NOW = 100.0
+
+
+class Outbox:
+    """A transport that keeps what is sent."""
+
+    def __init__(self, endpoint: int) -> None:
+        self.endpoint = endpoint
+        self.address = f"test://{endpoint}"
+        self.sent: list[tuple[int, list[Any]]] = []
+        self.connected: dict[int, str] = {}
+
+    def connect(self, endpoint: int, address: str) -> None:
+        self.connected[endpoint] = address
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        self.connected.pop(endpoint, None)
+
+    def knows(self, endpoint: int) -> bool:
+        return endpoint in self.connected
+
+    def send(self, endpoint: int, frames: Any) -> None:
+        self.sent.append((endpoint, list(frames)))
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        return None
+
+    def close(self, linger: float = 0.0) -> None: ...
+
+    def take(self, layouts: list[Any]) -> list[tuple[int, Message]]:
+        """What was sent since the last call, decoded."""
+        sent, self.sent = self.sent, []
+        return [(dest, decode(frames, layouts)) for dest, frames in sent]
+
+
+class FakeShell:
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # what the control plane asked of the process
+        self.running = True
+
+    def heartbeat(self) -> control.Heartbeat:
+        return control.Heartbeat(role="worker", address="test://3")
+
+    def stop_loop(self) -> None:
+        self.calls.append("stop_loop")
+
+    def tell_client_to_drain(self) -> None:
+        self.calls.append("tell_client_to_drain")
+
+    def client_running(self) -> bool:
+        return self.running
+
+    def end_client(self) -> None:
+        if self.running:  # as the real one: only a program that still runs is ended
+            self.calls.append("end_client")
+            self.running = False
+
+
+def initial_map() -> ShardMap:
+    return ShardMap.initial(4, Partition.RANGE, SERVERS)
+
+
+def make_node(node: int) -> tuple[ControlPlane, FakeShell, Outbox]:
+    shard_map = initial_map()
+    home = node if node in SERVERS else None
+    spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
+    store = TableStore.create(0, spec, shard_map, home=home, shared=False)
+    outbox = Outbox(node)
+    server = NodeServer(node, outbox, [store], shard_map, NullLock())
+    shell = FakeShell()
+    role: control.Role = "server" if node in SERVERS else "worker"
+    plane = ControlPlane(server, role, shell, DRAIN_TIMEOUT, clock=lambda: NOW)
+    return plane, shell, outbox
+
+
+def order(kind: MsgType, body: dict[str, Any], sender: int = COORDINATOR) -> Message:
+    return decode(control_frames(kind, sender, body), [])
+
+
+def membership(shard_map: ShardMap, nodes: list[int], lost: list[int] | None = None) -> dict[str, Any]:
+    infos = [
+        control.NodeInfo(id=n, role="server" if n in SERVERS else "worker", address=f"test://{n}")
+        for n in nodes
+    ]
+    return control.Membership(
+        version=shard_map.epoch,
+        phase="running",
+        nodes=infos,
+        shard_map=shard_map.to_json(),
+        num_workers=1,
+        lost=lost or [],
+    ).model_dump()
+
+
+def paused(plane: ControlPlane) -> bool:
+    return plane.server.relocations.paused
+
+
+def drain_of(plane: ControlPlane) -> Drain | None:
+    return plane.drain  # read through a call: each step of a test changes it
+
+
+def kinds(sent: list[tuple[int, Message]]) -> list[tuple[int, MsgType]]:
+    return [(dest, msg.type) for dest, msg in sent]
+
+
+# ---------------------------------------------------------------------- membership
+
+
+def test_membership_connects_the_members_and_records_them() -> None:
+    plane, _, outbox = make_node(1)
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(initial_map(), [1, 2, WORKER])))
+    assert plane.members == {1, 2, WORKER}
+    assert set(outbox.connected) == {2, WORKER}
+    assert {2, WORKER} <= plane.server.peers
+
+
+def test_a_newer_shard_map_is_applied() -> None:
+    plane, _, _ = make_node(1)
+    newer = initial_map()
+    newer.epoch += 1
+    newer.homes[:] = 1
+    plane.apply_membership(control.Membership.model_validate(membership(newer, [1, WORKER])))
+    assert plane.server.shard_map.epoch == newer.epoch
+    assert plane.server.homed(0).all()
+
+
+def test_a_lost_worker_s_keys_go_back_to_their_home() -> None:
+    plane, _, outbox = make_node(1)
+    server = plane.server
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2, WORKER])))
+    store = server.stores[0]
+    assert store.owner is not None
+    homed = np.flatnonzero(server.homed(0))
+    store.owner[homed[0]] = WORKER  # the worker had localized one key homed here
+    store.loc[homed[0]] = WORKER
+    plane.apply_membership(
+        control.Membership.model_validate(membership(initial_map(), [1, 2], lost=[WORKER]))
+    )
+    assert server.departures.lost == {WORKER}
+    assert store.owner[homed[0]] == 1
+    assert store.loc[homed[0]] == 1
+    assert server.departures.fenced  # no key changes owner for a while
+    assert WORKER not in outbox.connected
+
+
+def test_a_node_that_left_is_forgotten_by_the_location_cache() -> None:
+    plane, _, _ = make_node(WORKER)
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2, WORKER])))
+    store = plane.server.stores[0]
+    store.loc[0] = 2  # believed to be at server 2, which then leaves gracefully
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, WORKER])))
+    assert store.loc[0] == initial_map().home_of(np.array([0]), NUM_KEYS)[0]
+    assert not plane.server.departures.lost
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        MsgType.MEMBERSHIP,
+        MsgType.SHUTDOWN,
+        MsgType.MIGRATE_OUT,
+        MsgType.DRAIN,
+        MsgType.ADOPT,
+        MsgType.MIGRATE_ABORT,
+        MsgType.RECOVER,
+        MsgType.CHECKPOINT,
+    ],
+)
+def test_orders_from_anyone_but_the_coordinator_are_counted_and_dropped(kind: MsgType) -> None:
+    plane, shell, outbox = make_node(1)
+    plane.server.peers.add(2)
+    plane.on_message(order(kind, {}, sender=2))
+    assert plane.server.stats["malformed"] == 1
+    assert not outbox.sent
+    assert "stop_loop" not in shell.calls
+    assert drain_of(plane) is None
+
+
+def test_a_bad_body_is_counted_and_dropped() -> None:
+    plane, _, _ = make_node(1)
+    plane.on_message(order(MsgType.MEMBERSHIP, {"version": "not a number"}))
+    assert plane.server.stats["malformed"] == 1
+    assert not plane.members
+
+
+def test_shutdown_ends_the_loop() -> None:
+    plane, shell, _ = make_node(1)
+    plane.on_message(order(MsgType.SHUTDOWN, {"reason": "job done"}))
+    assert "stop_loop" in shell.calls
+
+
+def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
+    plane, _, outbox = make_node(1)
+    plane.on_message(order(MsgType.ADOPT, {}))
+    [(dest, rejoin)] = outbox.take([])
+    assert (dest, rejoin.type) == (COORDINATOR, MsgType.REJOIN)
+    body = control.parse(control.Rejoin, rejoin.body)
+    assert body.shard_map == plane.server.shard_map.to_json()
+
+
+def test_stats_and_ping_are_answered_to_known_endpoints_only() -> None:
+    plane, _, outbox = make_node(1)
+    plane.server.peers.add(2)
+    plane.on_message(order(MsgType.STATS, {}, sender=2))
+    plane.on_message(order(MsgType.PING, {}, sender=2))
+    plane.on_message(order(MsgType.PING, {}, sender=4242))
+    assert kinds(outbox.take([])) == [(2, MsgType.STATS_REPLY), (2, MsgType.PONG)]
+    assert plane.server.stats["malformed"] == 1
+
+
+# ---------------------------------------------------------------------- draining
+
+
+def test_a_worker_drains_after_its_program_finished() -> None:
+    plane, shell, outbox = make_node(WORKER)
+    plane.on_message(order(MsgType.DRAIN, {"reason": "scale down"}))
+    assert kinds(outbox.take([])) == [(COORDINATOR, MsgType.LEAVE)]
+    assert "tell_client_to_drain" in shell.calls
+    assert drain_of(plane) is Drain.CLIENT
+    plane.tick(NOW + 1)
+    assert drain_of(plane) is Drain.CLIENT  # the program still runs
+    shell.running = False
+    plane.tick(NOW + 2)  # it holds no keys: it leaves at once
+    assert drain_of(plane) is Drain.LEFT
+    assert kinds(outbox.take([])) == [(COORDINATOR, MsgType.LEFT)]
+    plane.tick(NOW + 2 + LEAVE_LINGER / 2)
+    assert "stop_loop" not in shell.calls  # still forwarding stragglers
+    plane.tick(NOW + 2 + LEAVE_LINGER)
+    assert "stop_loop" in shell.calls
+    assert "end_client" not in shell.calls
+
+
+def test_a_program_that_overruns_the_drain_timeout_is_ended() -> None:
+    plane, shell, _ = make_node(WORKER)
+    plane.start_drain("SIGTERM")
+    plane.tick(NOW + DRAIN_TIMEOUT - 1)
+    assert "end_client" not in shell.calls
+    plane.tick(NOW + DRAIN_TIMEOUT)
+    assert "end_client" in shell.calls
+    assert drain_of(plane) is Drain.LEFT
+
+
+def test_a_draining_worker_gives_its_keys_back_once_each() -> None:
+    plane, shell, outbox = make_node(WORKER)
+    layouts = plane.server.layouts
+    store = plane.server.stores[0]
+    store.loc[[0, 5]] = WORKER  # localized here
+    shell.running = False
+    plane.start_drain("SIGTERM")
+    outbox.take(layouts)
+    plane.tick(NOW)
+    released = outbox.take(layouts)
+    homes = initial_map().home_of(np.array([0, 5]), NUM_KEYS)
+    assert sorted((dest, int(msg.keys[0])) for dest, msg in released if msg.keys is not None) == sorted(
+        zip(homes.tolist(), [0, 5], strict=True)
+    )
+    assert all(msg.type is MsgType.RELEASE for _, msg in released)
+    assert drain_of(plane) is Drain.KEYS
+    plane.tick(NOW + 1)
+    assert not outbox.take(layouts)  # released once, waiting for the transfers
+    store.loc[[0, 5]] = homes  # the keys went home
+    plane.tick(NOW + 2)
+    assert kinds(outbox.take(layouts)) == [(COORDINATOR, MsgType.LEFT)]
+
+
+def test_a_server_drains_only_once_it_homes_no_shards() -> None:
+    plane, shell, _ = make_node(2)
+    plane.on_message(order(MsgType.DRAIN, {}))
+    assert "tell_client_to_drain" not in shell.calls
+    plane.tick(NOW)
+    assert drain_of(plane) is Drain.SHARDS
+    rehomed = initial_map()
+    rehomed.epoch += 1
+    rehomed.homes[:] = 1
+    plane.apply_membership(control.Membership.model_validate(membership(rehomed, [1, 2])))
+    plane.tick(NOW + 1)
+    assert drain_of(plane) in (Drain.KEYS, Drain.LEFT)
+
+
+def test_drain_is_idempotent() -> None:
+    plane, _, outbox = make_node(WORKER)
+    plane.start_drain("SIGTERM")
+    plane.start_drain("SIGTERM")
+    plane.on_message(order(MsgType.DRAIN, {}))
+    assert kinds(outbox.take([])) == [(COORDINATOR, MsgType.LEAVE)]
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_pauses_relocations_reports_quiet_once_writes_and_resumes(tmp_path: Path) -> None:
+    plane, _, outbox = make_node(1)
+    server = plane.server
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "pause"}))
+    assert paused(plane)
+    plane.tick(NOW)
+    plane.tick(NOW + 1)
+    [(dest, done)] = outbox.take([])
+    assert (dest, done.type) == (COORDINATOR, MsgType.CHECKPOINT_DONE)
+    assert control.parse(control.CheckpointDone, done.body) == control.CheckpointDone(id=4, phase="pause")
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(tmp_path)}))
+    [(_, written)] = outbox.take([])
+    owned = int((server.stores[0].loc == 1).sum())
+    assert control.parse(control.CheckpointDone, written.body).keys == owned > 0
+    assert (tmp_path / "W" / "node-1.npz").exists()
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "resume"}))
+    assert not paused(plane)
+    assert plane.checkpoint is None
+
+
+def test_checkpoint_pause_waits_for_transfers_in_flight() -> None:
+    plane, _, outbox = make_node(1)
+    store = plane.server.stores[0]
+    assert store.moving_from is not None
+    key = int(np.flatnonzero(plane.server.homed(0))[0])
+    store.moving_from[key] = 1  # a transfer of a key homed here is in flight
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 2, "phase": "pause"}))
+    plane.tick(NOW)
+    assert not outbox.take([])
+    store.moving_from[key] = -1
+    plane.tick(NOW + 1)
+    assert kinds(outbox.take([])) == [(COORDINATOR, MsgType.CHECKPOINT_DONE)]
