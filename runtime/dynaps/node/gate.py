@@ -23,10 +23,6 @@ class ShardGate:
         self.blocks: npt.NDArray[np.int16] | None = None  # per shard: how many duties hold it
         self.held: list[Message] = []
 
-    @property
-    def active(self) -> bool:
-        return self.blocks is not None
-
     def block(self, shards: npt.NDArray[np.int64], num_shards: int) -> None:
         if self.blocks is None:
             self.blocks = np.zeros(num_shards, dtype=np.int16)
