@@ -381,3 +381,20 @@ def test_a_restarted_coordinator_adopts_the_running_job() -> None:
     [(_, membership), *_] = job.memberships()
     assert membership.shard_map["epoch"] == 7
     assert job.status()["epoch"] == 7
+
+
+def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
+    job = Job(servers=3, workers=1, num_shards=6, fault_tolerance={"replication": 1})
+    (s1, s2, s3), _ = job.start()
+    job.clock.now += 0.1
+    job.wire.dropped.append(s2)
+    job.coordinator.tick()
+    job.clock.now += 1.0
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(s3, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s2"})
+    job.coordinator.tick()
+    [(home, recover)] = job.wire.take(MsgType.RECOVER)
+    assert (home, recover["shards"], recover["source"]) == (s3, [2, 3], "replica")
+    [(_, membership), *_] = job.memberships()
+    assert membership.shard_map["homes"] == [s1, s1, s3, s3, s3, s3]
+    assert membership.shard_map["backups"] == [s3, s3, s1, s1, s1, s1]  # backups for the new map
