@@ -1,122 +1,159 @@
-"""The coordinator's side of checkpoints: one round at a time, in two phases.
+"""Checkpoint rounds: the coordinator's side of checkpoints, one round at a time.
 
 A round first *pauses* relocations on every server (each answers once no key of its
 shards is in transfer), then asks every node to *write* the keys it owns, and commits
-the manifest when all have written (:mod:`dynaps.store.checkpoint_files` holds the files' layout).
-Ownership must not change while owners write, so a round waits for migrations and
-recoveries to finish, and they wait for the round; a lost node abandons the round.
+the manifest when all have written; then the servers *resume*.  The nodes' side (writing
+their keys) is in :mod:`dynaps.node.process`, and the files' layout in
+:mod:`dynaps.store.checkpoint_files`.  Ownership must not change while owners write, so
+a round waits for migrations and recoveries to finish, and they wait for the round; a
+lost node abandons the round.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dynaps.contract import CheckpointSpec
+from dynaps.coordinator.roster import Roster
 from dynaps.store.checkpoint_files import checkpoint_dir
 from dynaps.store.checkpoint_files import commit as commit_checkpoint
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
 
-if TYPE_CHECKING:
-    from dynaps.coordinator.core import Coordinator
-    from dynaps.coordinator.roster import Member
-
 log = logging.getLogger(__name__)
+
+Send = Callable[[int, MsgType, dict[str, Any]], None]
+
+
+class RoundPhase(enum.StrEnum):
+    """The ``phase`` of a CHECKPOINT message (its wire value)."""
+
+    PAUSE = "pause"
+    WRITE = "write"
+    RESUME = "resume"
+
+
+@dataclass
+class Round:
+    id: int
+    phase: RoundPhase
+    waiting: set[int]  # nodes that have not yet answered this phase
+    keys: int = 0  # keys written so far
+    path: str = ""  # the round's directory, once writing
 
 
 class CheckpointRounds:
-    """Starts, follows and commits the job's checkpoints (periodic and requested)."""
+    """Starts, follows and commits the job's checkpoints (periodic and requested).
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        settings = coordinator.config.fault_tolerance.checkpoint
+    What it needs from the coordinator, it gets as callbacks: ``send`` a control message,
+    the ``epoch`` of the shard map, whether a round ``may_start`` now (the job runs and
+    no shard is migrating or recovering), and ``resumed`` when a round ended (migrations
+    may start again).
+    """
+
+    def __init__(
+        self,
+        settings: CheckpointSpec,
+        job: str,
+        tables: list[dict[str, Any]],
+        roster: Roster,
+        send: Send,
+        *,
+        epoch: Callable[[], int],
+        may_start: Callable[[], bool],
+        resumed: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``job`` and ``tables`` (their wire form) go into every checkpoint's manifest."""
         self.root = settings.path
         self.interval = settings.interval_seconds
-        self.current: dict[str, Any] | None = None  # the round being taken
+        self.restore_from = settings.restore_from
+        self.job = job
+        self.tables = tables
+        self.roster = roster
+        self.send = send
+        self.epoch = epoch
+        self.may_start = may_start
+        self.resumed = resumed
+        self.clock = clock
+        self.current: Round | None = None  # the round being taken
         self.wanted = False
         self.last: dict[str, Any] | None = None  # the last committed checkpoint, for /status
         self._next_id = next_checkpoint_id(settings.path)
-        self._last_time = time.monotonic()
+        self._last_time = clock()
 
     @property
     def in_progress(self) -> bool:
         return self.current is not None
 
+    @property
+    def recoverable(self) -> bool:
+        """Whether a lost server's keys can be rebuilt from a checkpoint."""
+        return self.last is not None or bool(self.restore_from)
+
     def request(self) -> None:
         self.wanted = True
         self.maybe_start()
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, job_running: bool) -> None:
         """Request the periodic checkpoint when due; start a wanted one when possible."""
-        if self.interval and self.coordinator.phase == "running" and now - self._last_time >= self.interval:
+        if self.interval and job_running and now - self._last_time >= self.interval:
             self._last_time = now
             self.wanted = True
         self.maybe_start()
 
     def maybe_start(self) -> None:
-        c = self.coordinator
-        if not self.wanted or self.current is not None or c.phase != "running":
+        if not self.wanted or self.current is not None or not self.may_start():
             return
-        if not c.rebalancer.idle or c.recoveries:
-            return  # ownership must not change while every owner writes its keys
         self.wanted = False
         checkpoint_id = self._next_id
         self._next_id += 1
-        servers = {m.id for m in c.roster.active("server")}
-        self.current = {"id": checkpoint_id, "phase": "pause", "waiting": set(servers)}
+        servers = {m.id for m in self.roster.active("server")}
+        self.current = Round(checkpoint_id, RoundPhase.PAUSE, set(servers))
         for server in servers:
-            c.send(server, MsgType.CHECKPOINT, {"id": checkpoint_id, "phase": "pause"})
+            self.send(server, MsgType.CHECKPOINT, {"id": checkpoint_id, "phase": RoundPhase.PAUSE})
 
-    def on_done(self, member: Member, done: control.CheckpointDone) -> None:
+    def on_done(self, node: int, done: control.CheckpointDone) -> None:
         state = self.current
-        if state is None or state["id"] != done.id or state["phase"] != done.phase:
+        if state is None or state.id != done.id or state.phase != done.phase:
             return
-        state["waiting"].discard(member.id)
-        state["keys"] = state.get("keys", 0) + done.keys
-        if state["waiting"]:
+        state.waiting.discard(node)
+        state.keys += done.keys
+        if state.waiting:
             return
-        if state["phase"] == "pause":
-            state["phase"] = "write"
-            state["path"] = str(checkpoint_dir(self.root, done.id))
-            nodes = {m.id for m in self.coordinator.roster.active()}
-            state["waiting"] = set(nodes)
-            for node in nodes:
-                self.coordinator.send(
-                    node, MsgType.CHECKPOINT, {"id": done.id, "phase": "write", "path": state["path"]}
-                )
+        if state.phase is RoundPhase.PAUSE:
+            state.phase = RoundPhase.WRITE
+            state.path = str(checkpoint_dir(self.root, done.id))
+            nodes = {m.id for m in self.roster.active()}
+            state.waiting = set(nodes)
+            body = {"id": done.id, "phase": RoundPhase.WRITE, "path": state.path}
+            for node_id in nodes:
+                self.send(node_id, MsgType.CHECKPOINT, body)
         else:
             self.end(committed=True)
 
     def end(self, committed: bool) -> None:
         """Commit (or abandon) the round, let the servers relocate again and resume migrations."""
-        c = self.coordinator
         state = self.current
         assert state is not None
         self.current = None
-        self._last_time = time.monotonic()
+        self._last_time = self.clock()
         if committed:
-            assert c.shard_map is not None
-            manifest = {
-                "job": c.config.job,
-                "epoch": c.shard_map.epoch,
-                "keys": state["keys"],
-                "tables": [t.to_wire() for t in c.config.tables],
-            }
-            directory = commit_checkpoint(self.root, state["id"], manifest)
-            self.last = {
-                "id": state["id"],
-                "path": str(directory),
-                "keys": state["keys"],
-                "time": time.time(),
-            }
-            log.info("checkpoint %d written to %s (%d keys)", state["id"], directory, state["keys"])
+            manifest = {"job": self.job, "epoch": self.epoch(), "keys": state.keys, "tables": self.tables}
+            directory = commit_checkpoint(self.root, state.id, manifest)
+            self.last = {"id": state.id, "path": str(directory), "keys": state.keys, "time": time.time()}
+            log.info("checkpoint %d written to %s (%d keys)", state.id, directory, state.keys)
         else:
-            log.warning("checkpoint %d abandoned", state["id"])
-        for server in c.roster.active("server"):
-            c.send(server.id, MsgType.CHECKPOINT, {"id": state["id"], "phase": "resume"})
-        c.start_migrations()
+            log.warning("checkpoint %d abandoned", state.id)
+        for server in self.roster.active("server"):
+            self.send(server.id, MsgType.CHECKPOINT, {"id": state.id, "phase": RoundPhase.RESUME})
+        self.resumed()
 
 
 def next_checkpoint_id(root: str) -> int:

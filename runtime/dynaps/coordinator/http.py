@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dynaps.coordinator.barriers import Barriers
+from dynaps.coordinator.leases import Leases
+from dynaps.coordinator.reports import Reports
+from dynaps.coordinator.roster import Roster
+from dynaps.coordinator.shard_homes import ShardHomes
 from dynaps.wire.protocol import client_of
-
-if TYPE_CHECKING:
-    from dynaps.coordinator.core import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -31,44 +33,58 @@ ActionSink = Callable[[str, dict[str, Any]], None]
 ACTIONS = frozenset({"shutdown", "scale", "drain", "checkpoint"})
 
 
-def status_document(c: Coordinator) -> dict[str, Any]:
+def status_document(
+    *,
+    job: str,
+    phase: str,
+    version: int,
+    started_at: float,
+    exit_code: int | None,
+    reason: str,
+    roster: Roster,
+    homes: ShardHomes,
+    last_checkpoint: dict[str, Any] | None,
+    leases: Leases,
+    barriers: Barriers,
+    reports: Reports,
+) -> dict[str, Any]:
     """The /status document: the job as the operator and LocalCluster see it."""
     per_server: dict[str, int] = {}
-    if c.shard_map is not None:
-        for home in c.shard_map.homes.tolist():
+    if homes.shard_map is not None:
+        for home in homes.shard_map.homes.tolist():
             per_server[str(home)] = per_server.get(str(home), 0) + 1
-    servers = c.roster.active("server")
-    workers = c.roster.active("worker")
+    servers = roster.active("server")
+    workers = roster.active("worker")
     return {
-        "job": c.config.job,
-        "phase": c.phase,
-        "epoch": c.shard_map.epoch if c.shard_map else 0,
-        "membershipVersion": c.version,
+        "job": job,
+        "phase": phase,
+        "epoch": homes.epoch,
+        "membershipVersion": version,
         "shardsPerServer": per_server,
-        "migrationsInFlight": len(c.rebalancer.running),
-        "migrationsQueued": len(c.rebalancer.queued),
-        "migrationsCompleted": c.rebalancer.completed,
-        "recoveriesInFlight": len(c.recoveries),
-        "lastCheckpoint": c.checkpoints.last,
-        "exitCode": c.exit_code,
-        "reason": c.reason,
-        "startedAt": c.started_at,
+        "migrationsInFlight": len(homes.rebalancer.running),
+        "migrationsQueued": len(homes.rebalancer.queued),
+        "migrationsCompleted": homes.rebalancer.completed,
+        "recoveriesInFlight": len(homes.recoveries),
+        "lastCheckpoint": last_checkpoint,
+        "exitCode": exit_code,
+        "reason": reason,
+        "startedAt": started_at,
         "servers": {
-            "desired": c.roster.desired["server"],
+            "desired": roster.desired["server"],
             "ready": sum(1 for m in servers if m.state == "ready"),
         },
         "workers": {
-            "desired": c.roster.desired["worker"],
+            "desired": roster.desired["worker"],
             "ready": sum(1 for m in workers if m.client is not None and m.state == "ready"),
             "finished": sum(1 for m in workers if m.exit_code is not None),
         },
-        "lost": list(c.roster.lost),
-        "metrics": dict(c.metrics),
-        "dataShards": c.leases.status(),
+        "lost": list(roster.lost),
+        "metrics": dict(reports.metrics),
+        "dataShards": leases.status(),
         # per worker rank, the latest barrier it reached (the straggler is the lowest)
-        "barriers": {str(m.rank): c.barrier_at.get(client_of(m.id), -1) for m in workers},
-        "barrierPassed": c.barrier_generation - 1,
-        "metricsByRank": {rank: dict(m) for rank, m in c.metrics_by_rank.items()},
+        "barriers": {str(m.rank): barriers.reached(client_of(m.id)) for m in workers},
+        "barrierPassed": barriers.generation - 1,
+        "metricsByRank": {rank: dict(m) for rank, m in reports.by_rank.items()},
         "members": [
             {
                 "id": m.id,
@@ -82,7 +98,7 @@ def status_document(c: Coordinator) -> dict[str, Any]:
                 "exitCode": m.exit_code,
                 "clock": m.clock,
             }
-            for m in c.roster.active()
+            for m in roster.active()
         ],
     }
 

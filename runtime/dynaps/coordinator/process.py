@@ -8,10 +8,12 @@ socket; this module runs it: messages from the inbox, commands from the HTTP thr
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dynaps.contract import RuntimeConfig
 from dynaps.coordinator.core import Coordinator
@@ -27,11 +29,12 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     _host, _, port_text = config.coordinator.rpartition(":")
     transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
     coordinator = Coordinator(config, transport)
+    actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
     http = StatusServer(
         config.bind_host,
         config.coordinator_http_port,
         coordinator.status,
-        lambda action, body: coordinator.commands.put((action, body)),
+        lambda action, body: actions.put((action, body)),
     )
     stop = threading.Event()
     linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
@@ -51,8 +54,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             while frames is not None:
                 coordinator.receive(frames)
                 frames = transport.recv_nowait()
-            while not coordinator.commands.empty():
-                coordinator.run_command(*coordinator.commands.get_nowait())
+            while not actions.empty():
+                coordinator.run_command(*actions.get_nowait())
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS

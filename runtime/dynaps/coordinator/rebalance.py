@@ -1,4 +1,8 @@
-"""Planning and tracking shard migrations (the coordinator's side of live rebalancing).
+"""Planning and tracking shard migrations: the coordinator's side of live rebalancing.
+
+The nodes' side, moving the keys of a shard from its old home to its new one while
+requests keep flowing, is :mod:`dynaps.node.migration`; this module only decides which
+shards move where and when, and counts what is in flight.
 
 The plan is balanced with minimal movement: every server that stays ends with
 ``num_shards // n`` or one more shards, servers that leave end with none, and a shard
@@ -10,8 +14,7 @@ target) into migrations of at most ``shards_per_migration`` shards; at most
 from __future__ import annotations
 
 import collections
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -53,9 +56,6 @@ class Migration:
     source: int
     target: int
     shards: list[int]
-    epoch: int  # the shard-map epoch it was started in
-    started: float = field(default_factory=time.monotonic)
-    ready: bool = False
 
 
 class Rebalancer:
@@ -76,7 +76,7 @@ class Rebalancer:
             projected[migration.shards] = migration.target
         self.queued = plan_moves(projected, staying, leaving)
 
-    def start_next(self, epoch: int) -> list[Migration]:
+    def start_next(self) -> list[Migration]:
         """Migrations to start now, within the concurrency limit."""
         started = []
         busy = {m.source for m in self.running.values()} | {m.target for m in self.running.values()}
@@ -93,12 +93,19 @@ class Rebalancer:
             group = [m for m in candidates if m[1] == source and m[2] == target][: self.shards_per_migration]
             for move in group:
                 self.queued.remove(move)
-            migration = Migration(self._next_id, source, target, [m[0] for m in group], epoch)
+            migration = Migration(self._next_id, source, target, [m[0] for m in group])
             self._next_id += 1
             self.running[migration.id] = migration
             busy |= {source, target}
             started.append(migration)
         return started
+
+    def commit(self, migration_id: int) -> Migration | None:
+        """The migration landed (its target holds the shards): no longer in flight."""
+        migration = self.running.pop(migration_id, None)
+        if migration is not None:
+            self.completed += 1
+        return migration
 
     def abort_involving(self, node: int) -> list[Migration]:
         """Forget migrations from or to a lost node (they are replanned)."""

@@ -8,6 +8,7 @@ gets its predecessor's rank, and otherwise the lowest free one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,16 @@ class Member:
     last_seen: float = field(default_factory=time.monotonic)
     suspect_since: float | None = None  # its connection dropped at this time
 
+    def heard(self, now: float) -> None:
+        """A message came from it: alive (even if its connection had dropped)."""
+        self.last_seen = now
+        self.suspect_since = None
+
+    def disconnected(self, now: float) -> None:
+        """Its connection dropped: lost unless it speaks again soon."""
+        if self.suspect_since is None:
+            self.suspect_since = now
+
     def info(self) -> NodeInfo:
         return NodeInfo(
             id=self.id,
@@ -44,7 +55,8 @@ class Member:
 
 
 class Roster:
-    def __init__(self, servers: int, workers: int) -> None:
+    def __init__(self, servers: int, workers: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.desired: dict[Role, int] = {"server": servers, "worker": workers}
         self.members: dict[int, Member] = {}
         self.lost: list[int] = []  # ids of nodes that died (nodes recover their keys)
@@ -71,7 +83,7 @@ class Roster:
         present = self.active(role)
         if len(present) >= self.desired[role]:
             return f"the job wants {self.desired[role]} {role}s and has them"
-        member = Member(self._next_id, role, address, name, pid)
+        member = Member(self._next_id, role, address, name, pid, last_seen=self.clock())
         self._next_id += 1
         if role == "worker":
             member.rank = self._rank(present, name, rank)
@@ -101,6 +113,45 @@ class Roster:
             self.departed[member.name] = member
         if lost:
             self.lost.append(member.id)
+
+    def want(self, role: Role, count: int) -> list[Member]:
+        """Set the desired size of ``role``: the members beyond it, to drain (newest first)."""
+        self.desired[role] = count
+        present = [m for m in self.active(role) if m.state != "draining"]
+        surplus = len(present) - count
+        if surplus <= 0:
+            return []
+        victims = sorted(present, key=lambda m: m.rank if m.rank is not None else m.id, reverse=True)
+        return victims[:surplus]
+
+    def want_present(self) -> None:
+        """After a coordinator restart: want at least the nodes that came back."""
+        for role, count in self.desired.items():
+            self.desired[role] = max(count, len(self.active(role)))
+
+    def find(self, target: str) -> Member | None:
+        """The active member named ``target``, or whose id it is."""
+        return next((m for m in self.active() if target in (m.name, str(m.id))), None)
+
+    def complete(self) -> bool:
+        """Every node the job expects has registered."""
+        return all(len(self.active(role)) == self.desired[role] for role in ("server", "worker"))
+
+    def started(self) -> bool:
+        """Every node built its store and every worker's program attached (or already exited)."""
+        if any(m.state == "joining" for m in self.active()):
+            return False
+        # a program that exits without connecting does not hold the others up
+        return not any(m.client is None and m.exit_code is None for m in self.active("worker"))
+
+    def finished(self) -> bool:
+        """Every worker that stays has seen its program exit."""
+        workers = [m for m in self.active("worker") if m.state != "draining"]
+        return bool(workers) and all(m.exit_code is not None for m in workers)
+
+    def ready_servers(self) -> list[int]:
+        """Ids of the servers that hold a store and are not leaving."""
+        return [m.id for m in self.active("server") if m.state == "ready"]
 
     def workers_running(self) -> list[Member]:
         """Workers whose training process is attached and has not finished."""

@@ -1,0 +1,400 @@
+"""The real Coordinator, driven in-process: no process, no socket, a clock the test moves.
+
+The coordinator only talks through its Transport, so a recording transport (below) is all
+it needs: the test plays every node and training program, feeding the coordinator their
+messages and reading what it sent back, decoded as a node would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynaps.contract import NamedTable, RuntimeConfig
+from dynaps.coordinator.core import Coordinator, JobPhase
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, control_frames, decode
+
+
+class RecordingTransport:
+    """A Transport that keeps what the coordinator sends; the test plays the network.
+
+    ``dropped`` lists the watched endpoints whose connection the test broke (what
+    ZmqTransport's ``disconnected`` reports after a crash).
+    """
+
+    def __init__(self) -> None:
+        self.endpoint = COORDINATOR
+        self.address = "inproc://coordinator"
+        self.sent: list[tuple[int, MsgType, dict[str, Any]]] = []
+        self.addresses: dict[int, str] = {}
+        self.watched: set[int] = set()
+        self.dropped: list[int] = []
+
+    def connect(self, endpoint: int, address: str) -> None:
+        self.addresses[endpoint] = address
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        self.addresses.pop(endpoint, None)
+        self.watched.discard(endpoint)
+
+    def knows(self, endpoint: int) -> bool:
+        return endpoint in self.addresses
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        msg = decode([bytes(memoryview(f)) for f in frames], [])
+        assert msg.sender == COORDINATOR
+        # the body as it crossed the wire (JSON), so enums must have serialised as strings
+        self.sent.append((endpoint, msg.type, json.loads(bytes(frames[1]))))
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        return None
+
+    def close(self, linger: float = 0.0) -> None:
+        self.addresses.clear()
+
+    def watch(self, endpoint: int) -> None:
+        self.watched.add(endpoint)
+
+    def disconnected(self) -> list[int]:
+        dropped, self.dropped = [e for e in self.dropped if e in self.watched], []
+        return dropped
+
+    def take(self, kind: MsgType) -> list[tuple[int, dict[str, Any]]]:
+        """(endpoint, body) of every ``kind`` message sent since the last take of that kind."""
+        taken = [(e, body) for e, k, body in self.sent if k is kind]
+        self.sent = [s for s in self.sent if s[1] is not kind]
+        return taken
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Job:
+    """One Coordinator and the nodes the test plays."""
+
+    def __init__(self, servers: int = 2, workers: int = 1, num_shards: int = 8, **settings: Any) -> None:
+        self.config = RuntimeConfig.model_validate(
+            {
+                "tables": [NamedTable(name="W", num_keys=64, dim=1)],
+                "servers": servers,
+                "workers": workers,
+                "rebalance_policy": {"num_shards": num_shards},
+                **settings,
+            }
+        )
+        self.wire = RecordingTransport()
+        self.clock = Clock()
+        self.coordinator = Coordinator(self.config, self.wire, clock=self.clock)
+        self.names: dict[int, str] = {}
+
+    def tell(self, sender: int, kind: MsgType, body: dict[str, Any] | None = None) -> None:
+        self.coordinator.receive(control_frames(kind, sender, body or {}))
+
+    def register(self, role: str, name: str) -> int:
+        nonce = f"nonce-{name}"
+        body = {
+            "role": role,
+            "address": f"tcp://{name}",
+            "nonce": nonce,
+            "config_digest": control.config_digest(self.config),
+            "name": name,
+        }
+        self.tell(-1, MsgType.REGISTER, body)
+        welcomes = [(e, b) for e, b in self.wire.take(MsgType.WELCOME) if b["nonce"] == nonce]
+        assert len(welcomes) == 1, self.wire.take(MsgType.REFUSED)
+        node = int(welcomes[0][1]["node"])
+        self.names[node] = name
+        return node
+
+    def attach(self, node: int) -> None:
+        """The worker's training program connects."""
+        body = {
+            "role": "client",
+            "address": f"tcp://{self.names[node]}-program",
+            "nonce": f"client-{node}",
+            "config_digest": control.config_digest(self.config),
+            "node": node,
+        }
+        self.tell(client_of(node), MsgType.REGISTER, body)
+        assert [e for e, _ in self.wire.take(MsgType.WELCOME)] == [client_of(node)]
+
+    def start(self) -> tuple[list[int], list[int]]:
+        """Register, prepare and attach every node: the job runs."""
+        servers = [self.register("server", f"s{i}") for i in range(self.config.servers)]
+        workers = [self.register("worker", f"w{i}") for i in range(self.config.workers)]
+        for node in servers + workers:
+            self.tell(node, MsgType.READY, {"version": 1})
+        for node in workers:
+            self.attach(node)
+        assert self.coordinator.phase is JobPhase.RUNNING
+        self.wire.sent.clear()
+        return servers, workers
+
+    def phase(self) -> JobPhase:
+        return self.coordinator.phase
+
+    def memberships(self) -> list[tuple[int, control.Membership]]:
+        return [(e, control.Membership.model_validate(b)) for e, b in self.wire.take(MsgType.MEMBERSHIP)]
+
+    def status(self) -> dict[str, Any]:
+        doc = self.coordinator.status()
+        assert json.loads(json.dumps(doc)) == doc  # the document is plain JSON
+        return doc
+
+
+def test_servers_and_workers_register_prepare_and_run() -> None:
+    job = Job(servers=2, workers=2)
+    s1, s2 = job.register("server", "s0"), job.register("server", "s1")
+    w1 = job.register("worker", "w0")
+    assert job.phase() is JobPhase.REGISTERING
+    assert job.memberships() == []
+    w2 = job.register("worker", "w1")
+    # everyone registered: the shard map is fixed and the nodes (not yet programs) prepare
+    prepare = job.memberships()
+    assert sorted(e for e, _ in prepare) == [s1, s2, w1, w2]
+    assert {m.phase for _, m in prepare} == {"prepare"}
+    assert sorted(set(prepare[0][1].shard_map["homes"])) == [s1, s2]
+    assert job.status()["phase"] == "prepare"
+    for node in (s1, s2, w1, w2):
+        job.tell(node, MsgType.READY, {"version": 1})
+    job.attach(w1)
+    assert job.phase() is JobPhase.PREPARE  # w2's program is not there yet
+    job.attach(w2)
+    assert job.phase() is JobPhase.RUNNING
+    running = job.memberships()
+    assert sorted(e for e, _ in running) == sorted([s1, s2, w1, w2, client_of(w1), client_of(w2)])
+    assert {m.phase for _, m in running} == {"running"}
+    # nodes hear of it before programs
+    endpoints = [e for e, _ in running]
+    assert max(endpoints.index(n) for n in (s1, s2, w1, w2)) < endpoints.index(client_of(w1))
+    status = job.status()
+    assert status["phase"] == "running"
+    assert status["servers"] == {"desired": 2, "ready": 2}
+    assert status["workers"] == {"desired": 2, "ready": 2, "finished": 0}
+    assert [m["rank"] for m in status["members"] if m["role"] == "worker"] == [0, 1]
+    job.tell(client_of(w1), MsgType.STATS)
+    assert job.wire.take(MsgType.STATS_REPLY) == [(client_of(w1), {"counters": {"phase": "running"}})]
+
+
+def test_registrations_of_another_job_or_beyond_its_size_are_refused() -> None:
+    job = Job(servers=1, workers=1)
+    job.start()
+    body = {"role": "server", "address": "tcp://extra", "nonce": "n", "config_digest": "x" * 16}
+    job.tell(-1, MsgType.REGISTER, body)
+    job.tell(-1, MsgType.REGISTER, {**body, "config_digest": control.config_digest(job.config)})
+    reasons = [refused["reason"] for _, refused in job.wire.take(MsgType.REFUSED)]
+    assert reasons == [
+        "its configuration (tables, shards) differs from the coordinator's",
+        "the job wants 1 servers and has them",
+    ]
+    assert job.wire.addresses.get(-2) is None  # the temporary endpoint is forgotten
+
+
+def test_a_drained_server_migrates_its_shards_out_then_leaves() -> None:
+    job = Job(servers=2, workers=1, num_shards=8)
+    (s1, s2), _ = job.start()
+    job.coordinator.run_command("drain", {"node": "s1"})
+    assert job.wire.take(MsgType.DRAIN) == [(s2, {"reason": "drain requested"})]
+    job.tell(s2, MsgType.LEAVE, {"reason": "drain requested"})
+    assert job.memberships()  # the leaving node is announced
+    [(source, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+    assert (source, out["target"], out["shards"]) == (s2, s1, [4, 5, 6, 7])
+    assert job.status()["migrationsInFlight"] == 1
+    job.tell(s1, MsgType.MIGRATE_READY, {"id": out["id"]})
+    [(_, membership), *_] = job.memberships()
+    assert membership.shard_map["homes"] == [s1] * 8
+    assert membership.shard_map["epoch"] == out["epoch"] + 1
+    status = job.status()
+    assert (status["migrationsInFlight"], status["migrationsCompleted"]) == (0, 1)
+    job.tell(s2, MsgType.LEFT)
+    assert [m["id"] for m in job.status()["members"] if m["role"] == "server"] == [s1]
+    assert job.status()["lost"] == []
+    job.tell(s2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1"})  # lingering: ignored
+
+
+def test_a_crashed_server_is_recovered_before_shards_move_again() -> None:
+    job = Job(servers=2, workers=1, num_shards=8)
+    (s1, s2), (w1,) = job.start()
+    job.clock.now += 0.1  # s2's last word came before its connection dropped
+    job.wire.dropped.append(s2)
+    job.coordinator.tick()  # the connection dropped: suspect, not yet lost
+    assert job.status()["lost"] == []
+    job.clock.now += job.coordinator.liveness.grace_after_disconnect + 0.01
+    job.coordinator.tick()
+    assert job.status()["lost"] == [s2]
+    # its shards get a new home at once, which rebuilds them (no replica, no checkpoint)
+    [(home, recover)] = job.wire.take(MsgType.RECOVER)
+    assert (home, recover["shards"], recover["source"]) == (s1, [4, 5, 6, 7], "initial")
+    [(_, membership), *_] = job.memberships()
+    assert (membership.lost, membership.shard_map["homes"]) == ([s2], [s1] * 8)
+    # a server that joins meanwhile gets shards only after the recovery, and a moment later
+    s3 = job.register("server", "s2")
+    job.tell(s3, MsgType.READY, {"version": membership.version})
+    assert job.wire.take(MsgType.MIGRATE_OUT) == []
+    job.tell(s1, MsgType.RECOVERED, {"id": recover["id"]})
+    job.coordinator.tick()
+    assert job.wire.take(MsgType.MIGRATE_OUT) == []
+    job.clock.now += 2.5
+    job.tell(w1, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w0"})
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(s3, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s2"})
+    job.coordinator.tick()
+    [(source, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+    assert (source, out["target"], len(out["shards"])) == (s1, s3, 4)
+
+
+def test_a_silent_worker_is_lost_and_its_data_shards_go_back() -> None:
+    job = Job(servers=1, workers=2)
+    (s1,), (w1, w2) = job.start()
+    job.tell(client_of(w1), MsgType.LEASE, {"epoch": 0, "num_shards": 3})
+    job.tell(client_of(w2), MsgType.LEASE, {"epoch": 0, "num_shards": 3})
+    replies = job.wire.take(MsgType.LEASE_REPLY)
+    assert replies == [(client_of(w1), {"epoch": 0, "shard": 0}), (client_of(w2), {"epoch": 0, "shard": 1})]
+    job.clock.now += job.coordinator.liveness.lost_after + 0.1
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(w2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1"})
+    job.coordinator.tick()
+    assert job.status()["lost"] == [w1]
+    # w2 finishes piece 1 and gets w1's unfinished piece 0 before the never-leased piece 2
+    job.tell(client_of(w2), MsgType.LEASE, {"epoch": 0, "num_shards": 3, "finished": 1})
+    job.tell(client_of(w2), MsgType.LEASE, {"epoch": 0, "num_shards": 3, "finished": 0})
+    job.tell(client_of(w2), MsgType.LEASE, {"epoch": 0, "num_shards": 3, "finished": 2})
+    shards = [body["shard"] for _, body in job.wire.take(MsgType.LEASE_REPLY)]
+    assert shards == [0, 2, None]
+    assert job.status()["dataShards"] == {"0": {"shards": 3, "done": 3, "held": 0, "free": 0}}
+
+
+def test_a_checkpoint_round_pauses_writes_commits_and_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    job = Job(servers=2, workers=1, fault_tolerance={"checkpoint": {"path": str(root)}})
+    (s1, s2), (w1,) = job.start()
+    job.coordinator.run_command("checkpoint", {})
+    pause = job.wire.take(MsgType.CHECKPOINT)
+    assert pause == [(s1, {"id": 1, "phase": "pause"}), (s2, {"id": 1, "phase": "pause"})]
+    job.tell(s1, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "pause"})
+    assert job.wire.take(MsgType.CHECKPOINT) == []  # s2 still has keys in transfer
+    job.tell(s2, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "pause"})
+    write = job.wire.take(MsgType.CHECKPOINT)
+    path = str(root / "ckpt-000001")
+    assert write == [(n, {"id": 1, "phase": "write", "path": path}) for n in (s1, s2, w1)]
+    for node, keys in ((s1, 32), (s2, 30), (w1, 2)):
+        job.tell(node, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "write", "keys": keys})
+    resume = job.wire.take(MsgType.CHECKPOINT)
+    assert resume == [(s1, {"id": 1, "phase": "resume"}), (s2, {"id": 1, "phase": "resume"})]
+    manifest = json.loads((root / "ckpt-000001" / "MANIFEST.json").read_text())
+    assert (manifest["job"], manifest["epoch"], manifest["keys"]) == ("local", 1, 64)
+    assert job.status()["lastCheckpoint"]["id"] == 1
+
+
+def test_a_checkpoint_waits_for_migrations_and_a_lost_node_abandons_it(tmp_path: Path) -> None:
+    job = Job(servers=2, workers=1, fault_tolerance={"checkpoint": {"path": str(tmp_path)}})
+    (s1, s2), (w1,) = job.start()
+    job.tell(s2, MsgType.LEAVE)
+    [(_, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+    job.coordinator.run_command("checkpoint", {})
+    assert job.wire.take(MsgType.CHECKPOINT) == []  # ownership is changing
+    job.tell(s1, MsgType.MIGRATE_READY, {"id": out["id"]})
+    job.coordinator.tick()
+    assert job.wire.take(MsgType.CHECKPOINT) == [
+        (s1, {"id": 1, "phase": "pause"}),
+        (s2, {"id": 1, "phase": "pause"}),
+    ]
+    job.clock.now += 0.1
+    job.wire.dropped.append(w1)
+    job.coordinator.tick()
+    job.clock.now += 1.0
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(s2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1"})
+    job.coordinator.tick()
+    assert job.status()["lost"] == [w1]
+    assert job.wire.take(MsgType.CHECKPOINT) == [
+        (s1, {"id": 1, "phase": "resume"}),
+        (s2, {"id": 1, "phase": "resume"}),
+    ]
+    assert job.status()["lastCheckpoint"] is None
+
+
+def test_barriers_pass_when_every_running_program_reached_them() -> None:
+    job = Job(servers=1, workers=2)
+    _, (w1, w2) = job.start()
+    job.tell(client_of(w1), MsgType.BARRIER, {"generation": 0})
+    assert job.wire.take(MsgType.BARRIER_DONE) == []
+    job.tell(client_of(w2), MsgType.BARRIER, {"generation": 0})
+    done = job.wire.take(MsgType.BARRIER_DONE)
+    assert done == [(client_of(w1), {"generation": 0}), (client_of(w2), {"generation": 0})]
+    assert job.status()["barrierPassed"] == 0
+    # a program that finished no longer holds the others up
+    job.tell(client_of(w1), MsgType.BARRIER, {"generation": 1})
+    job.tell(w2, MsgType.WORKER_DONE, {"exit_code": 0})
+    assert job.wire.take(MsgType.BARRIER_DONE) == [(client_of(w1), {"generation": 1})]
+
+
+def test_the_job_ends_when_every_program_exited() -> None:
+    job = Job(servers=1, workers=2)
+    (s1,), (w1, w2) = job.start()
+    job.tell(w1, MsgType.WORKER_DONE, {"exit_code": 0})
+    assert job.status()["exitCode"] is None
+    job.tell(w2, MsgType.WORKER_DONE, {"exit_code": 0})
+    assert job.status()["exitCode"] == 0
+    assert job.phase() is JobPhase.STOPPING
+    shutdown = job.wire.take(MsgType.SHUTDOWN)
+    assert [e for e, _ in shutdown] == [s1, w1, w2, client_of(w1), client_of(w2)]
+    assert job.status()["phase"] == "stopping"
+
+
+@pytest.mark.parametrize("scale_to", [1, 2])
+def test_scaling_down_drains_the_newest_workers(scale_to: int) -> None:
+    job = Job(servers=1, workers=3)
+    _, workers = job.start()
+    job.coordinator.run_command("scale", {"workers": scale_to})
+    drained = [e for e, _ in job.wire.take(MsgType.DRAIN)]
+    assert drained == workers[scale_to:][::-1]
+    assert job.status()["workers"]["desired"] == scale_to
+
+
+def test_a_restarted_coordinator_adopts_the_running_job() -> None:
+    job = Job(servers=1, workers=1, num_shards=4)
+    shard_map = {"epoch": 7, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
+    beat = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
+    job.tell(2, MsgType.HEARTBEAT, beat)
+    assert job.phase() is JobPhase.ADOPTING
+    assert sorted(e for e, _ in job.wire.take(MsgType.ADOPT)) == [1, 2]
+    heartbeat = {"role": "server", "address": "tcp://s0"}
+    job.tell(1, MsgType.REJOIN, {"heartbeat": heartbeat, "shard_map": shard_map})
+    job.tell(2, MsgType.REJOIN, {"heartbeat": heartbeat, "shard_map": {**shard_map, "epoch": 6}})
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.ADOPTING  # nodes may still be coming
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    [(_, membership), *_] = job.memberships()
+    assert membership.shard_map["epoch"] == 7
+    assert job.status()["epoch"] == 7
+
+
+def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
+    job = Job(servers=3, workers=1, num_shards=6, fault_tolerance={"replication": 1})
+    (s1, s2, s3), _ = job.start()
+    job.clock.now += 0.1
+    job.wire.dropped.append(s2)
+    job.coordinator.tick()
+    job.clock.now += 1.0
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(s3, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s2"})
+    job.coordinator.tick()
+    [(home, recover)] = job.wire.take(MsgType.RECOVER)
+    assert (home, recover["shards"], recover["source"]) == (s3, [2, 3], "replica")
+    [(_, membership), *_] = job.memberships()
+    assert membership.shard_map["homes"] == [s1, s1, s3, s3, s3, s3]
+    assert membership.shard_map["backups"] == [s3, s3, s1, s1, s1, s1]  # backups for the new map
