@@ -26,7 +26,7 @@ from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import SharedLock
+from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import (
     HEADER,
@@ -67,7 +67,7 @@ class Requests:
         rank: int,
         transport: Transport,
         stores: Sequence[TableStore],
-        lock: SharedLock,
+        lock: SharedLock | NullLock,
         control: npt.NDArray[np.uint8],
         on_control: Callable[[Message], None],
     ) -> None:
