@@ -115,7 +115,7 @@ class Cluster:
                 NullLock(),  # type: ignore[arg-type]
                 SimTransport(self.network, client_of(worker)),  # type: ignore[arg-type]
             )
-            ps.shard_map = self.shard_map
+            ps._requests.shard_map = self.shard_map
             self.clients[worker] = ps
         self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}
         self.migrating: tuple[int, int] | None = None  # (shard, target) of the migration in flight
@@ -186,7 +186,7 @@ class Cluster:
             if node != SPARE:
                 server.departures.forget_departed({SPARE})
         for ps in self.clients.values():
-            ps.gone.add(SPARE)
+            ps._requests.gone.add(SPARE)
 
     def live(self) -> dict[int, NodeServer]:
         return {node: server for node, server in self.nodes.items() if node not in self.dead}
@@ -307,7 +307,7 @@ class Cluster:
                 server.recoveries.start(body["id"], body["shards"], body["source"], set(self.live()))
             return
         worker = node_of(dest)
-        self.clients[worker]._receive(frames)
+        self.clients[worker]._requests.receive(frames)
         if worker in self.busy:
             self._finish(worker)
 
@@ -333,7 +333,7 @@ class Cluster:
     def check(self) -> None:
         assert not self.busy, f"operations that never completed: {self.busy}"
         for worker, ps in self.clients.items():
-            assert not ps._handles, f"worker {worker} has requests in flight"
+            assert not ps._requests.handles, f"worker {worker} has requests in flight"
         owners = np.zeros(NUM_KEYS, dtype=int)
         total = np.zeros(NUM_KEYS)
         for node, server in self.live().items():

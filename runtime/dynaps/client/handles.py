@@ -8,7 +8,7 @@ pull's rows in request order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -16,12 +16,15 @@ import numpy.typing as npt
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.wire.protocol import Message, MsgType
 
-if TYPE_CHECKING:
-    from dynaps.client.ps import PS
-
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]
 REPLIES = frozenset({MsgType.PULL_REPLY, MsgType.ACK, MsgType.LOCALIZED, MsgType.ERROR})
+
+
+class Waiter(Protocol):
+    """What a Handle needs to wait for its replies: someone who receives them."""
+
+    def wait(self, handle: Handle, timeout: float | None = None) -> Array | None: ...
 
 
 class Handle:
@@ -34,16 +37,16 @@ class Handle:
         "kind",
         "mask",
         "out",
-        "ps",
         "remaining",
         "req_id",
         "rows",
         "table",
+        "waiter",
     )
 
     def __init__(
         self,
-        ps: PS | None,
+        waiter: Waiter | None,
         req_id: int,
         kind: MsgType,
         table: str,
@@ -51,7 +54,7 @@ class Handle:
         out: Array | None,
         remaining: int,
     ) -> None:
-        self.ps = ps
+        self.waiter = waiter  # None for an operation that completed when it was issued
         self.req_id = req_id
         self.kind = kind
         self.table = table
@@ -68,8 +71,8 @@ class Handle:
 
     def result(self, timeout: float | None = None) -> Array | None:
         if not self.done():
-            assert self.ps is not None
-            self.ps.wait(self, timeout)
+            assert self.waiter is not None
+            self.waiter.wait(self, timeout)
         if self.error is not None:
             raise self.error
         return self.out

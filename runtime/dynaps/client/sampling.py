@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -178,7 +178,6 @@ class SampleHandle:
     keys: Keys | None = None  # the draws (None for onlylocal, which draws at pull time)
     used: int = 0
     finished: bool = False
-    localize: Any = field(default=None, repr=False)  # preloc's localize in flight
 
     @property
     def remaining(self) -> int:
@@ -190,8 +189,6 @@ class SampleHandle:
 
 class SamplingStrategy:
     """Base: naive sampling (the others override how draws are chosen and placed)."""
-
-    kind = Strategy.NAIVE
 
     def __init__(self, table: SampledTable, sampler: Sampler, rng: np.random.Generator) -> None:
         self.table = table
@@ -243,19 +240,15 @@ class SamplingStrategy:
 class PrelocStrategy(SamplingStrategy):
     """Draw at prepare and localize the draws right away, so later pulls are local."""
 
-    kind = Strategy.PRELOC
-
     def prepare(self, n: int) -> SampleHandle:
         handle = super().prepare(n)
         if n:
-            handle.localize = self.table.localize(handle.keys, wait=False)
+            self.table.localize(handle.keys, wait=False)
         return handle
 
 
 class PoolStrategy(SamplingStrategy):
     """A pool of localized draws, each used ``reuse`` times; see the module docstring."""
-
-    kind = Strategy.POOL
 
     def __init__(
         self,
@@ -323,8 +316,6 @@ class PoolStrategy(SamplingStrategy):
 
 class OnlyLocalStrategy(SamplingStrategy):
     """Draw among local keys only (rejection sampling): no remote access, biased."""
-
-    kind = Strategy.ONLYLOCAL
 
     def prepare(self, n: int) -> SampleHandle:
         n = _count(n, "prepare_sample(n)")

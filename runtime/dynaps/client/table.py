@@ -1,36 +1,41 @@
 """The user's view of one table: :class:`Table` (``pull/push/set/localize``).
 
 A :class:`Table` checks the caller's arguments (keys in range, rows of the right shape
-and dtype), serves the keys its node owns in place, and hands the rest to its
-:class:`~dynaps.client.ps.PS`, which sends one request per owner and collects the replies
-into a :class:`~dynaps.client.handles.Handle`.
+and dtype), serves the keys its node owns in place (under the lock it shares with its node,
+inline: the local path is the hot path), and hands the rest to
+:class:`~dynaps.client.requests.Requests`, which sends one request per owner and collects
+the replies into a :class:`~dynaps.client.handles.Handle`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.client import sampling
 from dynaps.client.handles import Array, Handle, Keys
+from dynaps.client.requests import Requests
 from dynaps.contract import Allocation
 from dynaps.errors import KeyRangeError, UsageError
 from dynaps.store.table_store import INCOMING, TableStore
-from dynaps.wire.protocol import Message, MsgType
-from dynaps.wire.routing import group_by
-
-if TYPE_CHECKING:
-    from dynaps.client.ps import PS
+from dynaps.wire.protocol import MsgType
 
 
 class Table:
     """A handle on a declared table: ``num_keys`` rows of ``dim`` values of ``dtype``."""
 
-    def __init__(self, ps: PS, index: int, store: TableStore) -> None:
-        self._ps = ps
+    def __init__(self, requests: Requests, index: int, store: TableStore) -> None:
+        self._requests = requests
         self._index = index
         self._store = store
+        self._node = requests.node
+        self._lock = requests.lock  # shared with the node: taken around every access to the store
+        self._counters = requests.counters
+        self._write_through = requests.write_through
+        self._static = requests.config.allocation == Allocation.STATIC
+        self._sampling: sampling.SamplingStrategy | None = None  # set_sampler's choice
         self.name = store.name
         self.num_keys = store.spec.num_keys
         self.dim = store.spec.dim
@@ -42,8 +47,8 @@ class Table:
     # -------------------------------------------------------------- argument checks
 
     def _keys(self, keys: Any) -> Keys:
-        if self._ps.control[0]:  # our node is draining
-            self._ps.drained()
+        if self._requests.control[0]:  # our node is draining
+            self._requests.drained()
         if type(keys) is not np.ndarray or keys.dtype != np.int64 or keys.ndim != 1:
             keys = np.asarray(keys)
             if keys.ndim == 0:
@@ -102,10 +107,9 @@ class Table:
     def pull(self, keys: Any, *, wait: bool = True) -> Array | Handle:
         """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
         keys = self._keys(keys)
-        ps, store = self._ps, self._store
-        node = ps.node
+        store, node = self._store, self._node
         n = len(keys)
-        lock = ps.lock
+        lock = self._lock
         lock.acquire()
         try:
             own = store.loc[keys]
@@ -131,24 +135,23 @@ class Table:
                         out = np.empty((n, self.dim), dtype=self.dtype)
         finally:
             lock.release()
-        counters = ps.counters
+        counters = self._counters
         if dest == -2:
             counters["keys_pulled_local"] += n
-            return out if wait else ps.done_handle(MsgType.PULL, self.name, out)
+            return out if wait else self._requests.done_handle(MsgType.PULL, self.name, out)
+        requests = self._requests
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
             counters["keys_pulled_remote"] += n
-            handle = ps.new_handle(MsgType.PULL, self, keys, None, n)
-            if dest in ps.gone:  # a node that left: ask the home
-                dest = int(ps.shard_map.home_of(keys[:1], self.num_keys)[0])
-            ps.send_whole(MsgType.PULL, node if dest == INCOMING else dest, self._index, handle.req_id, keys)
-            return _pulled(ps, handle, wait)
+            handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, None, n)
+            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
+            return _pulled(requests, handle, wait)
         remote = np.flatnonzero(~mine)
         counters["keys_pulled_local"] += n - len(remote)
         counters["keys_pulled_remote"] += len(remote)
-        handle = ps.new_handle(MsgType.PULL, self, keys, out, len(remote))
+        handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, out, len(remote))
         handle.mask = mine.copy()  # the local part is here already
-        ps.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
-        return _pulled(ps, handle, wait)
+        requests.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
+        return _pulled(requests, handle, wait)
 
     @overload
     def push(self, keys: Any, updates: Any, *, wait: Literal[True] = ...) -> None: ...
@@ -176,13 +179,13 @@ class Table:
         what = "updates" if kind is MsgType.PUSH else "values"
         keys = self._keys(keys)
         rows = self._rows(rows, len(keys), what)
-        ps, store = self._ps, self._store
+        store = self._store
         remote = None
-        lock = ps.lock
+        lock = self._lock
         lock.acquire()
         try:
             own = store.loc[keys]
-            mine = own == ps.node
+            mine = own == self._node
             if mine.all():
                 local_keys, local_rows = keys, rows
             else:
@@ -198,22 +201,24 @@ class Table:
                     store.dirty[local_keys] = 1  # replication: our node writes them back
         finally:
             lock.release()
-        ps.counters["keys_pushed_local"] += len(local_keys)
-        through = ps.write_through and len(local_keys)
+        counters = self._counters
+        counters["keys_pushed_local"] += len(local_keys)
+        through = self._write_through and len(local_keys)
         if remote is None and not through:
-            return None if wait else ps.done_handle(kind, self.name, None)
+            return None if wait else self._requests.done_handle(kind, self.name, None)
         if not wait and rows is not None and not rows.flags.owndata:
             rows = rows.copy()  # the caller may reuse its array while the push is in flight
         pending = (0 if remote is None else len(remote)) + (len(local_keys) if through else 0)
-        handle = ps.new_handle(kind, self, keys, None, pending, rows)
+        requests = self._requests
+        handle = requests.new_handle(kind, self._index, self.name, keys, None, pending, rows)
         if remote is not None and not through:
             handle.mask = mine.copy()  # the local part is done: a retry must not apply it again
         if through:  # acknowledged once the keys' homes (and backups) have the new rows
             local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
-            ps.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
+            requests.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
         if remote is not None:
-            ps.counters["keys_pushed_remote"] += len(remote)
-            ps.request(kind, self._index, handle, keys, remote, own[remote], rows)
+            counters["keys_pushed_remote"] += len(remote)
+            requests.request(kind, self._index, handle, keys, remote, own[remote], rows)
         if wait:
             handle.result()
             return None
@@ -232,56 +237,26 @@ class Table:
         With ``allocation: static`` keys never move and this returns at once.
         """
         keys = self._keys(keys)
-        ps, store = self._ps, self._store
-        if ps.config.allocation == Allocation.STATIC or not len(keys):
-            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
+        store, requests = self._store, self._requests
+        if self._static or not len(keys):
+            return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
         keys = np.unique(keys)
-        ps.lock.acquire()
+        self._lock.acquire()
         try:
             where = store.loc[keys]
-            wanted = keys[where != ps.node]
+            wanted = keys[where != self._node]
             incoming = store.loc[wanted] == INCOMING
             fresh = wanted[~incoming] if incoming.any() else wanted
             store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
         finally:
-            ps.lock.release()
-        ps.counters["keys_localized"] += len(wanted)
+            self._lock.release()
+        self._counters["keys_localized"] += len(wanted)
         if not len(wanted):
-            return None if wait else ps.done_handle(MsgType.LOCALIZE, self.name, None)
-        handle = ps.new_handle(MsgType.LOCALIZE, self, wanted, None, len(wanted))
-        if len(fresh) < len(wanted):
-            # Already on their way here: one localize per key may be in flight (a second
-            # one could be overtaken by the first's handoff), so ask our node to tell us
-            # when they have arrived instead.
-            waiting = wanted[incoming]
-            ps.send(
-                ps.node,
-                Message(
-                    MsgType.HANDOFF,
-                    ps.endpoint,
-                    ps.endpoint,
-                    handle.req_id,
-                    self._index,
-                    len(waiting),
-                    aux=ps.node,
-                    keys=waiting,
-                ),
-            )
-        homes = ps.shard_map.home_of(fresh, self.num_keys)
-        for home, part in group_by(homes):
-            chosen = fresh if part is None else fresh[part]
-            ps.send(
-                home,
-                Message(
-                    MsgType.LOCALIZE,
-                    ps.endpoint,
-                    ps.endpoint,
-                    handle.req_id,
-                    self._index,
-                    len(chosen),
-                    keys=chosen,
-                ),
-            )
+            return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
+        handle = requests.new_handle(MsgType.LOCALIZE, self._index, self.name, wanted, None, len(wanted))
+        # keys already on their way here: our node tells us when they have arrived
+        waiting = wanted[incoming] if len(fresh) < len(wanted) else None
+        requests.localize(self._index, handle, fresh, waiting)
         if wait:
             handle.result()
             return None
@@ -292,41 +267,39 @@ class Table:
     def set_sampler(self, sampler: Any = None, strategy: str = "naive", **options: Any) -> None:
         """Choose what ``prepare_sample`` draws (a ``dynaps.client.sampling.Distribution`` or
         ``fn(rng, n) -> keys``; default uniform) and how: naive, preloc, pool or onlylocal."""
-        from dynaps.client.sampling import make_strategy
-
-        self._sampling = make_strategy(self, sampler, strategy, **options)
+        self._sampling = sampling.make_strategy(self, sampler, strategy, **options)
 
     def prepare_sample(self, n: int) -> Any:
         """Announce ``n`` draws from the sampler; returns a handle for ``pull_sample``."""
-        if getattr(self, "_sampling", None) is None:
-            self.set_sampler()
+        if self._sampling is None:
+            self._sampling = sampling.make_strategy(self)  # uniform, naive
         return self._sampling.prepare(n)
 
     def pull_sample(self, handle: Any, k: int) -> tuple[Keys, Array]:
         """The next ``k`` draws of ``handle`` and their values: ``(keys, (k, dim) array)``."""
-        if getattr(self, "_sampling", None) is None:
+        if self._sampling is None:
             raise UsageError(f"pull_sample on table {self.name!r} needs a handle from prepare_sample")
         return self._sampling.pull(handle, k)
 
     def finish_sample(self, handle: Any) -> None:
         """Release ``handle``; under the pool strategy its unused draws go back to the pool."""
-        if getattr(self, "_sampling", None) is not None:
+        if self._sampling is not None:
             self._sampling.finish(handle)
 
     @property
     def static_allocation(self) -> bool:
         """True when keys never move to workers (``allocation: static``)."""
-        return self._ps.config.allocation == Allocation.STATIC
+        return self._static
 
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
-        mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._ps.node
+        mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._node
         return mask
 
 
-def _pulled(ps: PS, handle: Handle, wait: bool) -> Array | Handle:
+def _pulled(requests: Requests, handle: Handle, wait: bool) -> Array | Handle:
     if not wait:
         return handle
-    values = ps.wait(handle)
+    values = requests.wait(handle)
     assert values is not None  # a pull's handle holds its values
     return values

@@ -1,0 +1,123 @@
+"""Barriers, clocks and data-shard leases: what a worker asks the coordinator for and waits on.
+
+``ps.barrier()`` waits for every worker; ``ps.clock()`` advances this worker's clock and,
+under bsp/ssp, waits for the slowest; ``ps.data_shards(n, epoch)`` leases pieces of an
+epoch's data one at a time.  :class:`Barriers` owns the state of all three and asks again
+for what it waits on when the coordinator restarts (it forgot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from dynaps.client.requests import Requests
+from dynaps.contract import ConsistencyModel
+from dynaps.errors import UsageError
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
+
+
+class Barriers:
+    """This worker's barrier generation, clock and leases (see the module docstring)."""
+
+    def __init__(self, requests: Requests) -> None:
+        self._requests = requests
+        self._generation = 0  # of the next barrier
+        self._done = -1  # the last barrier generation everyone reached
+        self._clock = 0
+        self._min_clock = 0  # the slowest worker's clock
+        self._leases: dict[int, int | None] = {}  # epoch -> leased shard (None: epoch done)
+        self._barrier_waiting: int | None = None
+        self._lease_waiting: dict[str, Any] | None = None
+
+    def _deadline(self, timeout: float | None) -> float:
+        limit = self._requests.config.request_timeout_seconds if timeout is None else timeout
+        return time.monotonic() + limit
+
+    # -------------------------------------------------------------- what the worker calls
+
+    def join_at(self, generation: int) -> None:
+        """Join the barrier the other workers are at (we joined a running job)."""
+        self._generation = generation
+
+    def barrier(self, timeout: float | None = None) -> None:
+        requests = self._requests
+        if requests.control[0]:
+            requests.drained()
+        requests.wait_all(timeout)
+        generation = self._generation
+        self._generation += 1
+        requests.transport.send(
+            COORDINATOR, control_frames(MsgType.BARRIER, requests.endpoint, {"generation": generation})
+        )
+        deadline = self._deadline(timeout)
+        self._barrier_waiting = generation
+        try:
+            while self._done < generation:
+                requests.pump_until(deadline, lambda: f"barrier {generation}")
+        finally:
+            self._barrier_waiting = None
+
+    def clock(self, timeout: float | None = None) -> int:
+        requests = self._requests
+        if requests.control[0]:
+            requests.drained()
+        self._clock += 1
+        consistency = requests.config.consistency
+        if consistency.model == ConsistencyModel.ASYNC:
+            return self._clock
+        requests.transport.send(
+            COORDINATOR, control_frames(MsgType.CLOCK, requests.endpoint, {"clock": self._clock})
+        )
+        slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0
+        deadline = self._deadline(timeout)
+        while self._min_clock < self._clock - slack:
+            requests.pump_until(deadline, lambda: f"clock {self._clock}")
+        return self._clock
+
+    def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:
+        if num_shards < 1:
+            raise UsageError(f"data_shards needs num_shards >= 1, got {num_shards}")
+        requests = self._requests
+        finished: int | None = None
+        while True:
+            if requests.control[0]:
+                requests.drained()
+            body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished).model_dump()
+            requests.transport.send(COORDINATOR, control_frames(MsgType.LEASE, requests.endpoint, body))
+            deadline = self._deadline(timeout)
+            self._lease_waiting = body
+            try:
+                while epoch not in self._leases:
+                    requests.pump_until(deadline, lambda: f"the lease of a data shard of epoch {epoch}")
+            finally:
+                self._lease_waiting = None
+            shard = self._leases.pop(epoch)
+            if shard is None:
+                return
+            yield shard
+            finished = shard
+
+    # -------------------------------------------------------------- what the coordinator says
+
+    def barrier_done(self, generation: int) -> None:
+        self._done = max(self._done, generation)
+
+    def clock_min(self, clock: int) -> None:
+        self._min_clock = max(self._min_clock, clock)
+
+    def leased(self, epoch: int, shard: int | None) -> None:
+        self._leases[epoch] = shard
+
+    def repeat(self) -> None:
+        """The coordinator restarted: what we wait for is gone, ask again."""
+        transport, endpoint = self._requests.transport, self._requests.endpoint
+        if self._barrier_waiting is not None:
+            body = {"generation": self._barrier_waiting}
+            transport.send(COORDINATOR, control_frames(MsgType.BARRIER, endpoint, body))
+        if self._lease_waiting is not None:
+            transport.send(COORDINATOR, control_frames(MsgType.LEASE, endpoint, self._lease_waiting))
+        if self._clock:
+            transport.send(COORDINATOR, control_frames(MsgType.CLOCK, endpoint, {"clock": self._clock}))

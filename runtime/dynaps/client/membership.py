@@ -1,0 +1,80 @@
+"""Joining the job and following its membership: who is in, who left, who died.
+
+:func:`register` introduces a training process to the coordinator and waits until the
+job runs.  :class:`Membership` applies each MEMBERSHIP the coordinator announces: it
+connects to new members, hands the shard map and the departed nodes to the requests
+(which re-route what was parked for them and retry what died with them), and notices a
+restarted coordinator, which forgot the barriers and leases we wait on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+
+from dynaps.client.requests import Requests
+from dynaps.store.shardmap import ShardMap
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
+from dynaps.wire.transport import Transport
+
+
+def register(
+    transport: Transport, endpoint: int, node: int, digest: str, deadline: float
+) -> tuple[control.Membership, int | None]:
+    """Register with the coordinator and wait until the job runs.
+
+    Returns the running membership and the barrier generation the other workers are at
+    (None if the coordinator did not say).
+    """
+    nonce = secrets.token_hex(8)
+    body = control.Register(
+        role="client",
+        address=transport.address,
+        nonce=nonce,
+        config_digest=digest,
+        pid=os.getpid(),
+        node=node,
+    ).model_dump()
+    transport.send(COORDINATOR, control_frames(MsgType.REGISTER, endpoint, body))
+    generation = None
+    while True:
+        msg = control.await_coordinator(
+            transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
+        )
+        if msg.type is MsgType.WELCOME:
+            welcome = control.parse(control.Welcome, msg.body)
+            if welcome.nonce == nonce:
+                generation = welcome.barrier  # join the barrier the others are at
+        elif msg.type is MsgType.MEMBERSHIP:
+            membership = control.parse(control.Membership, msg.body)
+            if membership.phase == "running":
+                return membership, generation
+
+
+class Membership:
+    """The job's members as last announced, and the coordinator's incarnation."""
+
+    def __init__(
+        self, transport: Transport, requests: Requests, num_workers: int, on_restart: Callable[[], None]
+    ) -> None:
+        self._transport = transport
+        self._requests = requests
+        self._on_restart = on_restart  # the coordinator restarted: ask again for what we wait on
+        self._members: set[int] = set()
+        self._incarnation = ""
+        self.num_workers = num_workers
+
+    def apply(self, membership: control.Membership) -> None:
+        members = {info.id for info in membership.nodes}
+        lost = set(membership.lost)
+        gone = (self._members - members) | lost
+        self._members = members
+        control.connect_members(self._transport, membership)
+        self.num_workers = membership.num_workers
+        if membership.incarnation != self._incarnation:
+            if self._incarnation:
+                self._on_restart()
+            self._incarnation = membership.incarnation
+        self._requests.apply_membership(ShardMap.from_json(membership.shard_map), gone, lost)

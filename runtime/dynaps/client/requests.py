@@ -1,0 +1,436 @@
+"""Requests in flight: sending them to the nodes that hold their keys, receiving the replies.
+
+:class:`Requests` is the lower half of a training process's connection (the upper half is
+:class:`~dynaps.client.ps.PS`, what users call).  A :class:`~dynaps.client.table.Table`
+serves the keys its node owns itself and hands the others here: one message per owner
+(as cached in the shared location array, or the keys' home), replies collected into a
+:class:`~dynaps.client.handles.Handle`.  Forwarded replies teach the location cache.
+
+It owns what the request paths mutate: request ids and the Handles in flight, the shard
+map and epoch, the nodes gone (never a destination again) and the requests parked for
+them, the nodes lost, the counters, and whether the job has ended.  Messages that are not
+replies go to ``on_control`` (the PS's handler of the coordinator's messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.client.handles import REPLIES, Array, Handle, Keys
+from dynaps.contract import RuntimeConfig
+from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock, SharedLock
+from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire.protocol import (
+    HEADER,
+    INLINE,
+    INLINE_MAX,
+    PROTOCOL_VERSION,
+    RETRY,
+    Message,
+    MsgType,
+    TableLayout,
+    client_of,
+    decode,
+    encode,
+)
+from dynaps.wire.routing import group_by, subset
+from dynaps.wire.transport import Transport
+
+log = logging.getLogger(__name__)
+
+COUNTERS = (
+    "keys_pulled_local",
+    "keys_pulled_remote",
+    "keys_pushed_local",
+    "keys_pushed_remote",
+    "keys_localized",
+    "messages_sent",
+    "messages_received",
+)
+
+
+class Requests:
+    """The requests a training process has in flight, and the paths they take."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        node: int,
+        rank: int,
+        transport: Transport,
+        stores: Sequence[TableStore],
+        lock: SharedLock | NullLock,
+        control: npt.NDArray[np.uint8],
+        on_control: Callable[[Message], None],
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.rank = rank
+        self.endpoint = client_of(node)
+        self.transport = transport
+        self.stores = list(stores)
+        self.layouts: list[TableLayout] = [store.layout for store in stores]
+        self.lock = lock
+        # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
+        self.control = control
+        tolerance = config.fault_tolerance
+        self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
+        self._on_control = on_control
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.shard_map: ShardMap
+        self.epoch = 0
+        self.handles: dict[int, Handle] = {}
+        self._next_id = 1
+        self.lost: set[int] = set()
+        self.gone: set[int] = set()  # nodes that left or died: never a destination again
+        self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
+        self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
+
+    def drained(self) -> NoReturn:
+        """Raise Drained: our node is leaving the job."""
+        raise Drained(
+            f"worker rank {self.rank} is being drained (its node leaves the job): stop and return; "
+            "what was acknowledged is kept"
+        )
+
+    def job_ended(self, reason: str) -> None:
+        self.ended = reason
+
+    # -------------------------------------------------------------- handles
+
+    def new_id(self) -> int:
+        req_id = self._next_id
+        self._next_id += 1
+        return req_id
+
+    def new_handle(
+        self,
+        kind: MsgType,
+        index: int,
+        table: str,
+        keys: Keys,
+        out: Array | None,
+        remaining: int,
+        rows: Array | None = None,
+    ) -> Handle:
+        handle = Handle(self, self.new_id(), kind, table, keys, out, remaining)
+        handle.index = index
+        handle.rows = rows
+        self.handles[handle.req_id] = handle
+        return handle
+
+    def done_handle(self, kind: MsgType, table: str, out: Array | None) -> Handle:
+        return Handle(None, 0, kind, table, None, out, 0)
+
+    def _watermark(self) -> int:
+        """Every request below this id is answered (32 low bits): nodes forget their records."""
+        oldest = min(self.handles) if self.handles else self._next_id
+        return oldest & 0xFFFFFFFF
+
+    # -------------------------------------------------------------- sending
+
+    def send(self, dest: int, msg: Message) -> None:
+        if dest in self.gone:
+            self._parked.append(msg)  # its node is gone and its keys have no home yet
+            return
+        self.counters["messages_sent"] += 1
+        msg.epoch = self.epoch
+        if msg.type in (MsgType.PUSH, MsgType.SET):
+            msg.aux = self._watermark()
+        self.transport.send(dest, encode(msg))
+
+    def send_whole(
+        self, kind: MsgType, dest: int, table: int, req_id: int, keys: Keys, rows: Array | None = None
+    ) -> None:
+        """Send a request for all of ``keys`` to one node (the common case, kept short).
+
+        ``dest`` is the owner as cached (INCOMING: on its way to our node, which holds the
+        request until the keys arrive); a cached owner that is gone means the keys' home.
+        """
+        if self.ended is not None:
+            raise ClusterError(f"the job has ended: {self.ended}")
+        ep = self.endpoint
+        if dest == INCOMING:
+            dest = self.node
+        elif dest in self.gone:  # a node that left: ask the home
+            dest = int(self.shard_map.home_of(keys[:1], self.stores[table].spec.num_keys)[0])
+        if dest in self.gone:
+            self._parked.append(Message(kind, ep, ep, req_id, table, len(keys), keys=keys, values=rows))
+            return
+        self.counters["messages_sent"] += 1
+        if rows is None and keys.nbytes <= INLINE_MAX:
+            head = HEADER.pack(
+                PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, self.epoch, req_id, len(keys), 0
+            )
+            self.transport.send(dest, [head + keys.tobytes()])
+            return
+        msg = Message(kind, ep, ep, req_id, table, len(keys), epoch=self.epoch, keys=keys, values=rows)
+        if rows is not None:
+            msg.aux = self._watermark()
+        self.transport.send(dest, encode(msg))
+
+    def request(
+        self,
+        kind: MsgType,
+        table: int,
+        handle: Handle,
+        keys: Keys,
+        idx: npt.NDArray[np.intp],
+        owners: npt.NDArray[np.int16],
+        rows: Array | None,
+    ) -> None:
+        """Send the ``idx`` part of a request to the owners (as cached) of those keys."""
+        if self.ended is not None:
+            raise ClusterError(f"the job has ended: {self.ended}")
+        dests = np.where(owners == INCOMING, self.node, owners) if (owners == INCOMING).any() else owners
+        if self.gone:  # cached owners that left or died: ask the keys' homes instead
+            gone = np.isin(dests, np.fromiter(self.gone, dtype=np.int16))
+            if gone.any():
+                dests = dests.copy()
+                dests[gone] = self.shard_map.home_of(keys[idx[gone]], self.stores[table].spec.num_keys)
+        groups = group_by(dests)
+        whole = len(idx) == len(keys) and len(groups) == 1
+        for dest, part in groups:
+            chosen = idx if part is None else idx[part]
+            if whole:
+                msg = Message(
+                    kind,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(keys),
+                    epoch=self.epoch,
+                    keys=keys,
+                    values=rows,
+                )
+            else:
+                msg = Message(
+                    kind,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(chosen),
+                    epoch=self.epoch,
+                    keys=keys[chosen],
+                    positions=chosen.astype(np.int32),
+                    values=rows[chosen] if rows is not None else None,
+                )
+            self.send(dest, msg)
+
+    def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
+        """Write-through: send the current rows of local ``keys`` to their homes."""
+        store = self.stores[table]
+        self.lock.acquire()
+        try:
+            values = store.values.take(keys, axis=0)
+            states = tuple(state.take(keys, axis=0) for state in store.states)
+        finally:
+            self.lock.release()
+        homes = self.shard_map.home_of(keys, store.spec.num_keys)
+        for home, part in group_by(homes):
+            pick = slice(None) if part is None else part
+            self.send(
+                home,
+                Message(
+                    MsgType.WRITEBACK,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(keys[pick]),
+                    aux=len(states),
+                    keys=keys[pick],
+                    positions=positions[pick],
+                    values=values[pick],
+                    states=tuple(s[pick] for s in states),
+                ),
+            )
+
+    def localize(self, table: int, handle: Handle, fresh: Keys, waiting: Keys | None) -> None:
+        """Ask the homes of ``fresh`` keys to move them here, and our node to tell us when
+        ``waiting`` keys (already on their way here) have arrived."""
+        if waiting is not None:
+            # One localize per key may be in flight (a second one could be overtaken by
+            # the first's handoff), so ask our node to tell us when they have arrived.
+            self.send(
+                self.node,
+                Message(
+                    MsgType.HANDOFF,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(waiting),
+                    aux=self.node,
+                    keys=waiting,
+                ),
+            )
+        homes = self.shard_map.home_of(fresh, self.stores[table].spec.num_keys)
+        for home, part in group_by(homes):
+            chosen = fresh if part is None else fresh[part]
+            self.send(
+                home,
+                Message(
+                    MsgType.LOCALIZE,
+                    self.endpoint,
+                    self.endpoint,
+                    handle.req_id,
+                    table,
+                    len(chosen),
+                    keys=chosen,
+                ),
+            )
+
+    # -------------------------------------------------------------- membership changes
+
+    def apply_membership(self, shard_map: ShardMap, gone: set[int], lost: set[int]) -> None:
+        """A new membership: ``gone`` nodes left or died (``lost``: died).
+
+        Requests parked for gone nodes go where their keys live now; requests in flight to
+        newly lost nodes are sent again.
+        """
+        self.gone |= gone
+        if not hasattr(self, "shard_map") or shard_map.epoch >= self.shard_map.epoch:
+            self.shard_map = shard_map
+            self.epoch = shard_map.epoch
+        if self._parked:  # homes may have changed: send them where the keys live now
+            parked, self._parked = self._parked, []
+            for msg in parked:
+                assert msg.keys is not None
+                homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
+                for home, part in group_by(homes):
+                    chosen = np.arange(len(msg.keys)) if part is None else part
+                    self.send(home, subset(msg, chosen, self.endpoint, msg.hops))
+        fresh = lost - self.lost
+        if fresh:
+            self.lost |= fresh
+            for node in fresh:
+                self.transport.forget(node)
+                self.transport.forget(client_of(node))
+            self._retry_outstanding()
+
+    def _retry_outstanding(self) -> None:
+        """Nodes died: requests in flight may have died with them.  Send what is not yet
+        answered again, to the keys' homes (which know the owners after recovery)."""
+        for handle in list(self.handles.values()):
+            keys = handle.keys
+            if keys is None:
+                continue
+            if handle.kind is MsgType.LOCALIZE:
+                idx = np.arange(len(keys))
+            elif handle.mask is not None:
+                idx = np.flatnonzero(~handle.mask)
+            else:
+                idx = np.arange(len(keys))
+                handle.mask = np.zeros(len(keys), dtype=np.bool_)
+            if not len(idx):
+                continue
+            self.counters["requests_retried"] = self.counters.get("requests_retried", 0) + 1
+            num_keys = self.stores[handle.index].spec.num_keys
+            homes = self.shard_map.home_of(keys[idx], num_keys)
+            for home, part in group_by(homes):
+                chosen = idx if part is None else idx[part]
+                positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
+                rows = handle.rows[chosen] if handle.rows is not None else None
+                self.send(
+                    home,
+                    Message(
+                        handle.kind,
+                        self.endpoint,
+                        self.endpoint,
+                        handle.req_id,
+                        handle.index,
+                        len(chosen),
+                        flags=RETRY,
+                        epoch=self.epoch,
+                        keys=keys[chosen],
+                        positions=positions,
+                        values=rows,
+                    ),
+                )
+
+    # -------------------------------------------------------------- receiving
+
+    def wait(self, handle: Handle, timeout: float | None = None) -> Array | None:
+        """Wait until ``handle`` completes; returns what ``handle.result()`` returns."""
+        if not handle.done():
+            limit = self.config.request_timeout_seconds if timeout is None else timeout
+            deadline = time.monotonic() + limit
+            while not handle.done():
+                self.pump_until(deadline, lambda: f"{handle!r}")
+        if handle.error is not None:
+            raise handle.error
+        return handle.out
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Wait for every request in flight."""
+        limit = self.config.request_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self.handles:  # a handle leaves when it completes, also with an error
+            self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
+
+    def pump_until(self, deadline: float, what: Callable[[], str]) -> None:
+        """Handle one incoming message, or raise if ``deadline`` passed or the job ended."""
+        if self.ended is not None:
+            raise ClusterError(f"the job has ended: {self.ended}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DynapsTimeoutError(
+                f"{what()} did not complete within the deadline "
+                f"(request_timeout_seconds={self.config.request_timeout_seconds})"
+            )
+        # Spin for a lone synchronous answer (latency); with a window of requests in
+        # flight, spinning would take the CPU from the nodes that produce the answers.
+        frames = self.transport.recv(timeout=min(remaining, 1.0), spin=len(self.handles) <= 1)
+        if frames is not None:
+            self.receive(frames)
+
+    def receive(self, frames: list[Any]) -> None:
+        self.counters["messages_received"] += 1
+        try:
+            msg = decode(frames, self.layouts)
+            if msg.type in REPLIES:
+                self._absorb(msg)
+            else:
+                self._on_control(msg)
+        except ProtocolError as exc:
+            log.warning("client dropped a malformed message: %s", exc)
+
+    def _absorb(self, msg: Message) -> None:
+        handle = self.handles.get(msg.req_id)
+        if handle is None:
+            if self.lost:  # a late answer to a request that was sent again: already done
+                return
+            raise ProtocolError(f"reply for unknown request {msg.req_id}")
+        positions = handle.absorb(msg)
+        if msg.hops and positions is not None and len(positions):
+            self._learn_owner(msg.table, handle, positions, msg.sender)
+        if handle.done():
+            del self.handles[msg.req_id]
+
+    def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
+        """A forwarded reply names the keys' current owner: remember it for next time."""
+        assert handle.keys is not None
+        if owner == self.node:
+            # Our own node served it, but may have handed the keys on since; only the
+            # node itself may ever write its own id (that means "owned here").
+            return
+        keys = handle.keys[positions]
+        loc = self.stores[table].loc
+        self.lock.acquire()
+        try:
+            current = loc[keys]
+            stale = (current != self.node) & (current != INCOMING)
+            loc[keys[stale]] = owner
+        finally:
+            self.lock.release()
