@@ -25,6 +25,7 @@ _EXPORTS = {
     "PS": "dynaps.client.ps",
     "Table": "dynaps.client.table",
     "Handle": "dynaps.client.handles",
+    "Distribution": "dynaps.client.sampling",
     "LocalCluster": "dynaps.local.cluster",
     "TableSpec": "dynaps.contract",
     "InitSpec": "dynaps.contract",
@@ -45,6 +46,7 @@ __all__ = [
     "PS",
     "ClusterError",
     "ConfigError",
+    "Distribution",
     "Drained",
     "DynapsError",
     "DynapsTimeoutError",
@@ -65,6 +67,7 @@ __all__ = [
 if TYPE_CHECKING:
     from dynaps.client.handles import Handle
     from dynaps.client.ps import PS, connect
+    from dynaps.client.sampling import Distribution
     from dynaps.client.table import Table
     from dynaps.contract import InitSpec, TableSpec, UpdaterSpec
     from dynaps.errors import (

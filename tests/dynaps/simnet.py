@@ -23,8 +23,11 @@ from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire import control as bodies
+from dynaps.wire import messages
+from dynaps.wire.codec import decode
 from dynaps.wire.control import MigrateOut
-from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, control_frames, decode, node_of
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, node_of
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]
@@ -172,7 +175,7 @@ class Cluster:
             id=1 + self.shard_map.epoch, shards=[shard], target=target, epoch=self.shard_map.epoch
         )
         self.network.channels[(COORDINATOR, source)].append(
-            [bytes(f) for f in control_frames(MsgType.MIGRATE_OUT, COORDINATOR, order.model_dump())]
+            [bytes(f) for f in messages.control(MsgType.MIGRATE_OUT, COORDINATOR, order)]
         )
 
     def retire_spare(self) -> None:
@@ -218,13 +221,13 @@ class Cluster:
         self._announce(lost=sorted(self.dead))
         for home in sorted({int(homes[s]) for s in shards}):
             self.recoveries += 1
-            body = {
-                "id": self.recoveries,
-                "shards": [int(s) for s in shards if homes[s] == home],
-                "source": "replica",
-            }
+            body = bodies.Recover(
+                id=self.recoveries,
+                shards=[int(s) for s in shards if homes[s] == home],
+                source=bodies.RecoverySource.REPLICA,
+            )
             self.network.channels[(COORDINATOR, home)].append(
-                [bytes(f) for f in control_frames(MsgType.RECOVER, COORDINATOR, body)]
+                [bytes(f) for f in messages.control(MsgType.RECOVER, COORDINATOR, body)]
             )
 
     def flush(self) -> None:
@@ -266,15 +269,15 @@ class Cluster:
         self.migrating = None
 
     def _announce(self, lost: list[int]) -> None:
-        body = {
-            "version": self.shard_map.epoch,
-            "phase": "running",
-            "nodes": [],
-            "num_workers": len(WORKERS),
-            "shard_map": self.shard_map.to_json(),
-            "lost": lost,
-        }
-        frames = [bytes(f) for f in control_frames(MsgType.MEMBERSHIP, COORDINATOR, body)]
+        body = bodies.Membership(
+            version=self.shard_map.epoch,
+            phase=bodies.Phase.RUNNING,
+            nodes=[],
+            num_workers=len(WORKERS),
+            shard_map=self.shard_map.to_json(),
+            lost=lost,
+        )
+        frames = [bytes(f) for f in messages.control(MsgType.MEMBERSHIP, COORDINATOR, body)]
         for endpoint in [*self.live(), *(client_of(w) for w in WORKERS)]:
             self.network.channels[(COORDINATOR, endpoint)].append(frames)
 
@@ -290,21 +293,23 @@ class Cluster:
             control = server.receive(frames)
             if control is None:
                 return
-            body = control.body or {}
             if control.type is MsgType.OWNERS_QUERY:  # from a rebuilding home
+                query = bodies.body_of(control, bodies.OwnersQuery)
                 server.recoveries.report_owners(
-                    control.sender, body["id"], np.asarray(body["shards"], dtype=np.int64)
+                    control.sender, query.id, np.asarray(query.shards, dtype=np.int64)
                 )
                 return
             assert source == COORDINATOR, control
             if control.type is MsgType.MIGRATE_OUT:
-                server.migrations.start(MigrateOut.model_validate(body))
+                server.migrations.start(bodies.body_of(control, MigrateOut))
             elif control.type is MsgType.MEMBERSHIP:  # as the node process applies it
-                if body["lost"]:
-                    server.take_back_from_lost(set(body["lost"]))
-                server.set_shard_map(ShardMap.from_json(body["shard_map"]))
+                membership = bodies.body_of(control, bodies.Membership)
+                if membership.lost:
+                    server.take_back_from_lost(set(membership.lost))
+                server.set_shard_map(ShardMap.from_json(membership.shard_map))
             elif control.type is MsgType.RECOVER:
-                server.recoveries.start(body["id"], body["shards"], body["source"], set(self.live()))
+                order = bodies.body_of(control, bodies.Recover)
+                server.recoveries.start(order.id, order.shards, order.source, set(self.live()))
             return
         worker = node_of(dest)
         self.clients[worker]._requests.receive(frames)

@@ -19,7 +19,8 @@ from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, client_of, decode
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, client_of
 
 WORKER = 3  # our node; servers 1 and 2 home keys [0, 4) and [4, 8)
 NUM_KEYS = 8
@@ -71,7 +72,7 @@ def membership(
     return control.Membership(
         version=epoch,
         incarnation=incarnation,
-        phase="running",
+        phase=control.Phase.RUNNING,
         nodes=[],
         shard_map=shard_map(epoch, homes).to_json(),
         num_workers=1,
@@ -155,7 +156,7 @@ def test_a_restarted_coordinator_is_asked_again_for_the_clock() -> None:
     assert [m.type for _, m in client.transport.take()] == [MsgType.CLOCK]
     client.membership.apply(membership(1, [1, 2], incarnation="b"))
     [(dest, msg)] = client.transport.take()
-    assert (dest, msg.type, msg.body) == (COORDINATOR, MsgType.CLOCK, {"clock": 1})
+    assert (dest, msg.type, msg.body) == (COORDINATOR, MsgType.CLOCK, control.Clock(clock=1))
 
 
 def test_a_drained_node_stops_the_table() -> None:

@@ -17,7 +17,8 @@ import pytest
 from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, control_frames, decode
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, header
 
 
 class RecordingTransport:
@@ -98,7 +99,8 @@ class Job:
         self.names: dict[int, str] = {}
 
     def tell(self, sender: int, kind: MsgType, body: dict[str, Any] | None = None) -> None:
-        self.coordinator.receive(control_frames(kind, sender, body or {}))
+        # as it would arrive: a header and the JSON body, parsed by the coordinator's decode
+        self.coordinator.receive([header(kind, sender, sender, 0), json.dumps(body or {}).encode()])
 
     def register(self, role: str, name: str) -> int:
         nonce = f"nonce-{name}"

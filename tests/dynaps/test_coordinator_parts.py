@@ -7,7 +7,7 @@ import numpy as np
 from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.liveness import Liveness
-from dynaps.coordinator.roster import Roster
+from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.coordinator.shard_homes import recovery_homes
 
 
@@ -25,7 +25,7 @@ def test_silence_loses_a_node_later_than_a_dropped_connection() -> None:
     quiet, dropped = roster.admit("server", "a", "a", 0, None), roster.admit("server", "b", "b", 0, None)
     assert not isinstance(quiet, str)
     assert not isinstance(dropped, str)
-    quiet.state = dropped.state = "ready"
+    quiet.state = dropped.state = MemberState.READY
     dropped.disconnected(0.1)
     assert liveness.overdue(roster.active(), 0.1 + liveness.grace_after_disconnect / 2) == []
     assert liveness.overdue(roster.active(), 0.1 + liveness.grace_after_disconnect) == [dropped]
@@ -56,7 +56,7 @@ def test_scaling_down_picks_the_highest_ranks_and_skips_the_draining() -> None:
     roster = Roster(1, 4)
     workers = [roster.admit("worker", f"w{i}", f"w{i}", 0, None) for i in range(4)]
     assert all(not isinstance(w, str) for w in workers)
-    roster.members[4].state = "draining"
+    roster.members[4].state = MemberState.DRAINING
     assert [m.rank for m in roster.want("worker", 1)] == [2, 1]
     assert roster.desired["worker"] == 1
     assert roster.want("worker", 5) == []

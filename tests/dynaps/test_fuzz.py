@@ -11,7 +11,9 @@ import pytest
 import zmq
 
 import dynaps
-from dynaps.wire.protocol import HEADER, PROTOCOL_VERSION, Message, MsgType, encode
+from dynaps.wire import control
+from dynaps.wire.codec import encode
+from dynaps.wire.protocol import HEADER, PROTOCOL_VERSION, Message, MsgType
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +45,8 @@ def valid_messages() -> list[list[bytes]]:
         Message(MsgType.LOCALIZE, STRANGER, STRANGER, 3, 0, 3, keys=keys),
         Message(MsgType.HANDOFF, STRANGER, STRANGER, 4, 0, 3, aux=1, keys=keys),
         Message(MsgType.TRANSFER, STRANGER, STRANGER, 5, 0, 3, keys=keys, values=rows),
-        Message(MsgType.STATS, STRANGER, STRANGER, 6, body={}),
-        Message(MsgType.MEMBERSHIP, STRANGER, STRANGER, 7, body={"version": 1}),
+        Message(MsgType.STATS, STRANGER, STRANGER, 6, body=control.Empty()),
+        Message(MsgType.READY, STRANGER, STRANGER, 7, body=control.Ready(version=1)),
     ]
     return [[bytes(memoryview(f)) for f in encode(m)] for m in samples]
 

@@ -11,7 +11,8 @@ from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
-from dynaps.wire.protocol import FINAL, Message, MsgType, decode, encode
+from dynaps.wire.codec import decode, encode
+from dynaps.wire.protocol import FINAL, Message, MsgType
 
 SERVER, WORKER = 1, 3
 

@@ -6,6 +6,7 @@ a stand-in that records what it was asked to do.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, decode
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, header
+from tests.dynaps.samples import SAMPLE_BODIES
 
 SERVERS = [1, 2]
 WORKER = 3
@@ -100,8 +103,14 @@ def make_node(node: int) -> tuple[ControlPlane, FakeShell, Outbox]:
     return plane, shell, outbox
 
 
+def frames(kind: MsgType, body: dict[str, Any], sender: int = COORDINATOR) -> list[bytes]:
+    """A control message as it arrives: a header and a JSON body."""
+    return [header(kind, sender, sender, 0), json.dumps(body).encode()]
+
+
 def order(kind: MsgType, body: dict[str, Any], sender: int = COORDINATOR) -> Message:
-    return decode(control_frames(kind, sender, body), [])
+    """A control message as the node's loop hands it to the control plane: decoded."""
+    return decode(frames(kind, body, sender), [])
 
 
 def membership(shard_map: ShardMap, nodes: list[int], lost: list[int] | None = None) -> dict[str, Any]:
@@ -197,16 +206,16 @@ def test_a_node_that_left_is_forgotten_by_the_location_cache() -> None:
 def test_orders_from_anyone_but_the_coordinator_are_counted_and_dropped(kind: MsgType) -> None:
     plane, shell, outbox = make_node(1)
     plane.server.peers.add(2)
-    plane.on_message(order(kind, {}, sender=2))
+    plane.on_message(order(kind, SAMPLE_BODIES[kind], sender=2))
     assert plane.server.stats["malformed"] == 1
     assert not outbox.sent
     assert "stop_loop" not in shell.calls
     assert drain_of(plane) is None
 
 
-def test_a_bad_body_is_counted_and_dropped() -> None:
+def test_a_bad_body_is_counted_and_dropped_on_receipt() -> None:
     plane, _, _ = make_node(1)
-    plane.on_message(order(MsgType.MEMBERSHIP, {"version": "not a number"}))
+    assert plane.server.receive(frames(MsgType.MEMBERSHIP, {"version": "not a number"})) is None
     assert plane.server.stats["malformed"] == 1
     assert not plane.members
 
@@ -222,7 +231,7 @@ def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     plane.on_message(order(MsgType.ADOPT, {}))
     [(dest, rejoin)] = outbox.take([])
     assert (dest, rejoin.type) == (COORDINATOR, MsgType.REJOIN)
-    body = control.parse(control.Rejoin, rejoin.body)
+    body = control.body_of(rejoin, control.Rejoin)
     assert body.shard_map == plane.server.shard_map.to_json()
 
 
@@ -325,11 +334,12 @@ def test_checkpoint_pauses_relocations_reports_quiet_once_writes_and_resumes(tmp
     plane.tick(NOW + 1)
     [(dest, done)] = outbox.take([])
     assert (dest, done.type) == (COORDINATOR, MsgType.CHECKPOINT_DONE)
-    assert control.parse(control.CheckpointDone, done.body) == control.CheckpointDone(id=4, phase="pause")
+    paused_done = control.CheckpointDone(id=4, phase=control.CheckpointPhase.PAUSE)
+    assert control.body_of(done, control.CheckpointDone) == paused_done
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(tmp_path)}))
     [(_, written)] = outbox.take([])
     owned = int((server.stores[0].loc == 1).sum())
-    assert control.parse(control.CheckpointDone, written.body).keys == owned > 0
+    assert control.body_of(written, control.CheckpointDone).keys == owned > 0
     assert (tmp_path / "W" / "node-1.npz").exists()
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "resume"}))
     assert not paused(plane)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from dynaps.errors import ProtocolError
+from dynaps.wire import control, messages, routing
+from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
     HEADER,
@@ -20,10 +22,9 @@ from dynaps.wire.protocol import (
     MsgType,
     TableLayout,
     client_of,
-    decode,
-    encode,
     node_of,
 )
+from tests.dynaps.samples import SAMPLE_BODIES, sample_body
 
 LAYOUTS = [
     TableLayout(num_keys=100, dim=3, dtype=np.dtype(np.float32), num_states=0),
@@ -67,7 +68,7 @@ def data_messages() -> list[Message]:
             count=4,
             keys=KEYS,
             values=VALUES,
-            body={"records": [[1, 2, [0], [3]]]},
+            records={"records": [[1, 2, [0], [3]]]},
             **base,
         ),
         Message(
@@ -102,7 +103,62 @@ def data_messages() -> list[Message]:
 
 
 def control_messages() -> list[Message]:
-    return [Message(kind, sender=0, body={"kind": kind.name, "n": [1, 2]}) for kind in sorted(CONTROL_TYPES)]
+    return [decode(messages.control(kind, 0, sample_body(kind)), []) for kind in sorted(CONTROL_TYPES)]
+
+
+def test_every_control_type_has_a_body_model_and_a_sample() -> None:
+    assert set(control.BODIES) == set(CONTROL_TYPES)
+    assert set(SAMPLE_BODIES) == set(CONTROL_TYPES)
+
+
+def test_control_bodies_are_parsed_once_on_receipt() -> None:
+    msg = decode(messages.control(MsgType.CHECKPOINT, 0, sample_body(MsgType.CHECKPOINT)), [])
+    order = control.body_of(msg, control.Checkpoint)
+    assert order.phase is control.CheckpointPhase.WRITE
+    with pytest.raises(ProtocolError, match="carries Checkpoint, not Barrier"):
+        control.body_of(msg, control.Barrier)
+
+
+def test_a_body_of_another_model_is_not_sent() -> None:
+    with pytest.raises(TypeError, match="BARRIER carries Barrier, not Clock"):
+        messages.control(MsgType.BARRIER, 0, control.Clock(clock=1))
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "problem"),
+    [
+        (MsgType.CHECKPOINT, b'{"id": 1, "phase": "explode"}', "invalid Checkpoint body"),
+        (MsgType.BARRIER, b'{"generation": -1}', "invalid Barrier body"),
+        (MsgType.PING, b'{"extra": 1}', "invalid Empty body"),
+        (MsgType.WORKER_DONE, b"{}", "invalid WorkerDone body"),
+    ],
+)
+def test_a_body_that_does_not_fit_its_model_is_refused(kind: MsgType, body: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        decode([_header(type=int(kind)), body], [])
+
+
+def test_constructors_derive_count_and_state_arrays() -> None:
+    states = (np.ones((4, 2)), np.ones((4, 2)))
+    msg = messages.transfer(2, 3, 9, 1, np.array([1, 2, 3, 4]), np.zeros((4, 2)), states)
+    assert (msg.count, msg.aux) == (4, 2)
+    decoded = decode(wire(msg), LAYOUTS)
+    assert decoded.type is MsgType.TRANSFER
+    assert decoded.count == 4
+    with pytest.raises(ValueError, match="not a request"):
+        messages.request(MsgType.ACK, 1, 1, 0, KEYS)
+
+
+def test_split_by_destination_keeps_a_whole_message_whole() -> None:
+    msg = messages.request(MsgType.PUSH, 5, 7, 0, KEYS, values=VALUES)
+    assert routing.split(msg, np.array([2, 2, 2, 2])) == [(2, msg)]
+    parts = dict(routing.split(msg, np.array([2, 1, 2, 1]), sender=9))
+    assert sorted(parts) == [1, 2]
+    assert parts[2].positions is not None
+    np.testing.assert_array_equal(parts[2].keys, KEYS[[0, 2]])
+    np.testing.assert_array_equal(parts[2].positions, [0, 2])
+    np.testing.assert_array_equal(parts[1].values, VALUES[[1, 3]])
+    assert all(part.sender == 9 and part.req_id == 7 for part in parts.values())
 
 
 def test_every_message_type_is_covered() -> None:
@@ -113,7 +169,19 @@ def test_every_message_type_is_covered() -> None:
 @pytest.mark.parametrize("msg", data_messages() + control_messages(), ids=repr)
 def test_round_trip(msg: Message) -> None:
     decoded = decode(wire(msg), LAYOUTS)
-    for name in ("type", "sender", "requester", "req_id", "table", "count", "aux", "hops", "epoch", "body"):
+    for name in (
+        "type",
+        "sender",
+        "requester",
+        "req_id",
+        "table",
+        "count",
+        "aux",
+        "hops",
+        "epoch",
+        "body",
+        "records",
+    ):
         assert getattr(decoded, name) == getattr(msg, name), name
     if msg.type is MsgType.ERROR:
         assert decoded.text == msg.text

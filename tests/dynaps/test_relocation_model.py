@@ -17,7 +17,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynaps.wire.protocol import Message, MsgType, client_of, encode
+from dynaps.wire.codec import encode
+from dynaps.wire.protocol import Message, MsgType, client_of
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, WORKERS, Cluster
 
 OPS = st.tuples(

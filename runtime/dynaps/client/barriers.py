@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
 from dynaps.errors import UsageError
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
+from dynaps.wire import control, messages
+from dynaps.wire.protocol import COORDINATOR, MsgType
 
 
 class Barriers:
@@ -30,7 +29,7 @@ class Barriers:
         self._min_clock = 0  # the slowest worker's clock
         self._leases: dict[int, int | None] = {}  # epoch -> leased shard (None: epoch done)
         self._barrier_waiting: int | None = None
-        self._lease_waiting: dict[str, Any] | None = None
+        self._lease_waiting: control.Lease | None = None
 
     def _deadline(self, timeout: float | None) -> float:
         limit = self._requests.config.request_timeout_seconds if timeout is None else timeout
@@ -49,9 +48,8 @@ class Barriers:
         requests.wait_all(timeout)
         generation = self._generation
         self._generation += 1
-        requests.transport.send(
-            COORDINATOR, control_frames(MsgType.BARRIER, requests.endpoint, {"generation": generation})
-        )
+        reached = control.Barrier(generation=generation)
+        requests.transport.send(COORDINATOR, messages.control(MsgType.BARRIER, requests.endpoint, reached))
         deadline = self._deadline(timeout)
         self._barrier_waiting = generation
         try:
@@ -68,9 +66,8 @@ class Barriers:
         consistency = requests.config.consistency
         if consistency.model == ConsistencyModel.ASYNC:
             return self._clock
-        requests.transport.send(
-            COORDINATOR, control_frames(MsgType.CLOCK, requests.endpoint, {"clock": self._clock})
-        )
+        tick = control.Clock(clock=self._clock)
+        requests.transport.send(COORDINATOR, messages.control(MsgType.CLOCK, requests.endpoint, tick))
         slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0
         deadline = self._deadline(timeout)
         while self._min_clock < self._clock - slack:
@@ -85,8 +82,8 @@ class Barriers:
         while True:
             if requests.control[0]:
                 requests.drained()
-            body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished).model_dump()
-            requests.transport.send(COORDINATOR, control_frames(MsgType.LEASE, requests.endpoint, body))
+            body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished)
+            requests.transport.send(COORDINATOR, messages.control(MsgType.LEASE, requests.endpoint, body))
             deadline = self._deadline(timeout)
             self._lease_waiting = body
             try:
@@ -115,9 +112,10 @@ class Barriers:
         """The coordinator restarted: what we wait for is gone, ask again."""
         transport, endpoint = self._requests.transport, self._requests.endpoint
         if self._barrier_waiting is not None:
-            body = {"generation": self._barrier_waiting}
-            transport.send(COORDINATOR, control_frames(MsgType.BARRIER, endpoint, body))
+            reached = control.Barrier(generation=self._barrier_waiting)
+            transport.send(COORDINATOR, messages.control(MsgType.BARRIER, endpoint, reached))
         if self._lease_waiting is not None:
-            transport.send(COORDINATOR, control_frames(MsgType.LEASE, endpoint, self._lease_waiting))
+            transport.send(COORDINATOR, messages.control(MsgType.LEASE, endpoint, self._lease_waiting))
         if self._clock:
-            transport.send(COORDINATOR, control_frames(MsgType.CLOCK, endpoint, {"clock": self._clock}))
+            tick = control.Clock(clock=self._clock)
+            transport.send(COORDINATOR, messages.control(MsgType.CLOCK, endpoint, tick))

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from dynaps.client.requests import Requests
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
+from dynaps.wire import control, joining, messages
+from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import Transport
 
 
@@ -36,20 +36,20 @@ def register(
         config_digest=digest,
         pid=os.getpid(),
         node=node,
-    ).model_dump()
-    transport.send(COORDINATOR, control_frames(MsgType.REGISTER, endpoint, body))
+    )
+    transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, body))
     generation = None
     while True:
-        msg = control.await_coordinator(
+        msg = joining.await_coordinator(
             transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
         )
         if msg.type is MsgType.WELCOME:
-            welcome = control.parse(control.Welcome, msg.body)
+            welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
                 generation = welcome.barrier  # join the barrier the others are at
         elif msg.type is MsgType.MEMBERSHIP:
-            membership = control.parse(control.Membership, msg.body)
-            if membership.phase == "running":
+            membership = control.body_of(msg, control.Membership)
+            if membership.phase is control.Phase.RUNNING:
                 return membership, generation
 
 
@@ -71,7 +71,7 @@ class Membership:
         lost = set(membership.lost)
         gone = (self._members - members) | lost
         self._members = members
-        control.connect_members(self._transport, membership)
+        joining.connect_members(self._transport, membership)
         self.num_workers = membership.num_workers
         if membership.incarnation != self._incarnation:
             if self._incarnation:

@@ -42,8 +42,8 @@ from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, Unknow
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach
 from dynaps.store.table_store import TableStore
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of, control_frames
+from dynaps.wire import control, messages
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import ZmqTransport
 
 ATTACH_ENV = "DYNAPS_ATTACH"
@@ -195,10 +195,10 @@ class PS:
         coordinator's /status and, on Kubernetes, in the ParameterServerJob's status."""
         values = {**(metrics or {}), **more}
         try:
-            body = control.Report(metrics={str(k): float(v) for k, v in values.items()}).model_dump()
+            body = control.Report(metrics={str(k): float(v) for k, v in values.items()})
         except (TypeError, ValueError) as exc:
             raise UsageError(f"ps.report() takes numbers by name, e.g. ps.report(rmse=0.91): {exc}") from exc
-        self._transport.send(COORDINATOR, control_frames(MsgType.REPORT, self._requests.endpoint, body))
+        self._transport.send(COORDINATOR, messages.control(MsgType.REPORT, self._requests.endpoint, body))
 
     def stats(self) -> dict[str, int]:
         """This process's counters: keys served locally and remotely, messages."""
@@ -209,7 +209,8 @@ class PS:
         target = self.node if node is None else node
         requests = self._requests
         req_id = requests.new_id()
-        self._transport.send(target, control_frames(MsgType.STATS, requests.endpoint, {}, req_id))
+        ask = messages.control(MsgType.STATS, requests.endpoint, control.Empty(), req_id)
+        self._transport.send(target, ask)
         deadline = time.monotonic() + timeout
         while req_id not in self._replies:
             requests.pump_until(deadline, lambda: f"statistics of node {target}")
@@ -234,18 +235,18 @@ class PS:
         if msg.sender != COORDINATOR and kind is not MsgType.STATS_REPLY:
             raise ProtocolError(f"client does not accept {kind.name} from {msg.sender}")
         if kind is MsgType.MEMBERSHIP:
-            self._membership.apply(control.parse(control.Membership, msg.body))
+            self._membership.apply(control.body_of(msg, control.Membership))
         elif kind is MsgType.BARRIER_DONE:
-            self._barriers.barrier_done(control.parse(control.Barrier, msg.body).generation)
+            self._barriers.barrier_done(control.body_of(msg, control.Barrier).generation)
         elif kind is MsgType.CLOCK_MIN:
-            self._barriers.clock_min(int((msg.body or {}).get("clock", 0)))
+            self._barriers.clock_min(control.body_of(msg, control.Clock).clock)
         elif kind is MsgType.LEASE_REPLY:
-            reply = control.parse(control.LeaseReply, msg.body)
+            reply = control.body_of(msg, control.LeaseReply)
             self._barriers.leased(reply.epoch, reply.shard)
         elif kind is MsgType.STATS_REPLY:
-            self._replies[msg.req_id] = control.parse(control.Stats, msg.body).counters
+            self._replies[msg.req_id] = control.body_of(msg, control.Stats).counters
         elif kind is MsgType.SHUTDOWN:
-            self._requests.job_ended(str((msg.body or {}).get("reason", "shut down")))
+            self._requests.job_ended(control.body_of(msg, control.Shutdown).reason or "shut down")
         elif kind is not MsgType.WELCOME:
             raise ProtocolError(f"client does not handle {kind.name}")
 

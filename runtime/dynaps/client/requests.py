@@ -28,20 +28,10 @@ from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolErr
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
-from dynaps.wire.protocol import (
-    HEADER,
-    INLINE,
-    INLINE_MAX,
-    PROTOCOL_VERSION,
-    RETRY,
-    Message,
-    MsgType,
-    TableLayout,
-    client_of,
-    decode,
-    encode,
-)
-from dynaps.wire.routing import group_by, subset
+from dynaps.wire import messages, routing
+from dynaps.wire.codec import decode, encode
+from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout, client_of
+from dynaps.wire.routing import group_by
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -163,18 +153,15 @@ class Requests:
         elif dest in self.gone:  # a node that left: ask the home
             dest = int(self.shard_map.home_of(keys[:1], self.stores[table].spec.num_keys)[0])
         if dest in self.gone:
-            self._parked.append(Message(kind, ep, ep, req_id, table, len(keys), keys=keys, values=rows))
+            self._parked.append(messages.request(kind, ep, req_id, table, keys, values=rows))
             return
         self.counters["messages_sent"] += 1
-        if rows is None and keys.nbytes <= INLINE_MAX:
-            head = HEADER.pack(
-                PROTOCOL_VERSION, kind, INLINE, table, ep, ep, 0, self.epoch, req_id, len(keys), 0
-            )
-            self.transport.send(dest, [head + keys.tobytes()])
+        if rows is None:
+            self.transport.send(dest, messages.request_frames(kind, ep, req_id, table, keys, self.epoch))
             return
-        msg = Message(kind, ep, ep, req_id, table, len(keys), epoch=self.epoch, keys=keys, values=rows)
-        if rows is not None:
-            msg.aux = self._watermark()
+        msg = messages.request(
+            kind, ep, req_id, table, keys, values=rows, epoch=self.epoch, watermark=self._watermark()
+        )
         self.transport.send(dest, encode(msg))
 
     def request(
@@ -196,36 +183,12 @@ class Requests:
             if gone.any():
                 dests = dests.copy()
                 dests[gone] = self.shard_map.home_of(keys[idx[gone]], self.stores[table].spec.num_keys)
-        groups = group_by(dests)
-        whole = len(idx) == len(keys) and len(groups) == 1
-        for dest, part in groups:
-            chosen = idx if part is None else idx[part]
-            if whole:
-                msg = Message(
-                    kind,
-                    self.endpoint,
-                    self.endpoint,
-                    handle.req_id,
-                    table,
-                    len(keys),
-                    epoch=self.epoch,
-                    keys=keys,
-                    values=rows,
-                )
-            else:
-                msg = Message(
-                    kind,
-                    self.endpoint,
-                    self.endpoint,
-                    handle.req_id,
-                    table,
-                    len(chosen),
-                    epoch=self.epoch,
-                    keys=keys[chosen],
-                    positions=chosen.astype(np.int32),
-                    values=rows[chosen] if rows is not None else None,
-                )
-            self.send(dest, msg)
+        whole = messages.request(
+            kind, self.endpoint, handle.req_id, table, keys, values=rows, epoch=self.epoch
+        )
+        # all keys to one owner: the message as it is; else parts with positions into ``keys``
+        for dest, part in routing.split(whole, dests, None if len(idx) == len(keys) else idx):
+            self.send(dest, part)
 
     def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
         """Write-through: send the current rows of local ``keys`` to their homes."""
@@ -241,18 +204,16 @@ class Requests:
             pick = slice(None) if part is None else part
             self.send(
                 home,
-                Message(
+                messages.rows(
                     MsgType.WRITEBACK,
                     self.endpoint,
                     self.endpoint,
                     handle.req_id,
                     table,
-                    len(keys[pick]),
-                    aux=len(states),
-                    keys=keys[pick],
+                    keys[pick],
+                    values[pick],
+                    tuple(s[pick] for s in states),
                     positions=positions[pick],
-                    values=values[pick],
-                    states=tuple(s[pick] for s in states),
                 ),
             )
 
@@ -262,34 +223,12 @@ class Requests:
         if waiting is not None:
             # One localize per key may be in flight (a second one could be overtaken by
             # the first's handoff), so ask our node to tell us when they have arrived.
-            self.send(
-                self.node,
-                Message(
-                    MsgType.HANDOFF,
-                    self.endpoint,
-                    self.endpoint,
-                    handle.req_id,
-                    table,
-                    len(waiting),
-                    aux=self.node,
-                    keys=waiting,
-                ),
-            )
+            ep = self.endpoint
+            self.send(self.node, messages.handoff(ep, ep, handle.req_id, table, waiting, self.node))
         homes = self.shard_map.home_of(fresh, self.stores[table].spec.num_keys)
-        for home, part in group_by(homes):
-            chosen = fresh if part is None else fresh[part]
-            self.send(
-                home,
-                Message(
-                    MsgType.LOCALIZE,
-                    self.endpoint,
-                    self.endpoint,
-                    handle.req_id,
-                    table,
-                    len(chosen),
-                    keys=chosen,
-                ),
-            )
+        localize = messages.request(MsgType.LOCALIZE, self.endpoint, handle.req_id, table, fresh)
+        for home, part in routing.split(localize, homes):
+            self.send(home, part)
 
     # -------------------------------------------------------------- membership changes
 
@@ -308,9 +247,8 @@ class Requests:
             for msg in parked:
                 assert msg.keys is not None
                 homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
-                for home, part in group_by(homes):
-                    chosen = np.arange(len(msg.keys)) if part is None else part
-                    self.send(home, subset(msg, chosen, self.endpoint, msg.hops))
+                for home, part in routing.split(msg, homes, np.arange(msg.count), self.endpoint):
+                    self.send(home, part)
         fresh = lost - self.lost
         if fresh:
             self.lost |= fresh
@@ -342,22 +280,18 @@ class Requests:
                 chosen = idx if part is None else idx[part]
                 positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
                 rows = handle.rows[chosen] if handle.rows is not None else None
-                self.send(
-                    home,
-                    Message(
-                        handle.kind,
-                        self.endpoint,
-                        self.endpoint,
-                        handle.req_id,
-                        handle.index,
-                        len(chosen),
-                        flags=RETRY,
-                        epoch=self.epoch,
-                        keys=keys[chosen],
-                        positions=positions,
-                        values=rows,
-                    ),
+                retry = messages.request(
+                    handle.kind,
+                    self.endpoint,
+                    handle.req_id,
+                    handle.index,
+                    keys[chosen],
+                    values=rows,
+                    positions=positions,
+                    epoch=self.epoch,
+                    flags=RETRY,
                 )
+                self.send(home, retry)
 
     # -------------------------------------------------------------- receiving
 

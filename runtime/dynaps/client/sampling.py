@@ -377,9 +377,7 @@ def make_strategy(
     elif callable(sampler):
         chosen = _Function(sampler)
     else:
-        raise UsageError(
-            f"sampler must be a dynaps.client.sampling.Distribution or fn(rng, n), got {sampler!r}"
-        )
+        raise UsageError(f"sampler must be a dynaps.Distribution or fn(rng, n), got {sampler!r}")
     if isinstance(chosen, Distribution) and chosen.high > table.num_keys:
         raise UsageError(
             f"the sampler's keys reach {chosen.high - 1}, outside table {table.name!r} "

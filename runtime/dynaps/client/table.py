@@ -265,7 +265,7 @@ class Table:
     # -------------------------------------------------------------- sampling (see dynaps.client.sampling)
 
     def set_sampler(self, sampler: Any = None, strategy: str = "naive", **options: Any) -> None:
-        """Choose what ``prepare_sample`` draws (a ``dynaps.client.sampling.Distribution`` or
+        """Choose what ``prepare_sample`` draws (a ``dynaps.Distribution`` or
         ``fn(rng, n) -> keys``; default uniform) and how: naive, preloc, pool or onlylocal."""
         self._sampling = sampling.make_strategy(self, sampler, strategy, **options)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynaps.coordinator.roster import Member
+from dynaps.coordinator.roster import Member, MemberState
 from dynaps.wire import control
 
 ADOPT_QUIET = 1.0  # seconds without a new node before the job goes on
@@ -21,7 +21,7 @@ def adopted_member(node: int, heartbeat: control.Heartbeat, now: float) -> Membe
     member = Member(node, heartbeat.role, heartbeat.address, heartbeat.name, 0, heartbeat.rank, last_seen=now)
     member.client = heartbeat.client
     member.exit_code = heartbeat.exit_code
-    member.state = "draining" if heartbeat.draining else "ready"
+    member.state = MemberState.DRAINING if heartbeat.draining else MemberState.READY
     return member
 
 

@@ -11,7 +11,6 @@ lost node abandons the round.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dynaps.contract import CheckpointSpec
+from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.roster import Roster
 from dynaps.store.checkpoint_files import checkpoint_dir
 from dynaps.store.checkpoint_files import commit as commit_checkpoint
@@ -28,15 +28,7 @@ from dynaps.wire.protocol import MsgType
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[int, MsgType, dict[str, Any]], None]
-
-
-class RoundPhase(enum.StrEnum):
-    """The ``phase`` of a CHECKPOINT message (its wire value)."""
-
-    PAUSE = "pause"
-    WRITE = "write"
-    RESUME = "resume"
+RoundPhase = control.CheckpointPhase  # a round's phase is the phase of its CHECKPOINT orders
 
 
 @dataclass
@@ -117,7 +109,9 @@ class CheckpointRounds:
         servers = {m.id for m in self.roster.active("server")}
         self.current = Round(checkpoint_id, RoundPhase.PAUSE, set(servers))
         for server in servers:
-            self.send(server, MsgType.CHECKPOINT, {"id": checkpoint_id, "phase": RoundPhase.PAUSE})
+            self.send(
+                server, MsgType.CHECKPOINT, control.Checkpoint(id=checkpoint_id, phase=RoundPhase.PAUSE)
+            )
 
     def on_done(self, node: int, done: control.CheckpointDone) -> None:
         state = self.current
@@ -132,7 +126,7 @@ class CheckpointRounds:
             state.path = str(checkpoint_dir(self.root, done.id))
             nodes = {m.id for m in self.roster.active()}
             state.waiting = set(nodes)
-            body = {"id": done.id, "phase": RoundPhase.WRITE, "path": state.path}
+            body = control.Checkpoint(id=done.id, phase=RoundPhase.WRITE, path=state.path)
             for node_id in nodes:
                 self.send(node_id, MsgType.CHECKPOINT, body)
         else:
@@ -152,7 +146,7 @@ class CheckpointRounds:
         else:
             log.warning("checkpoint %d abandoned", state.id)
         for server in self.roster.active("server"):
-            self.send(server.id, MsgType.CHECKPOINT, {"id": state.id, "phase": RoundPhase.RESUME})
+            self.send(server.id, MsgType.CHECKPOINT, control.Checkpoint(id=state.id, phase=RoundPhase.RESUME))
         self.resumed()
 
 

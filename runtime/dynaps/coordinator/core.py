@@ -36,12 +36,13 @@ from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.reports import Reports
-from dynaps.coordinator.roster import Member, Roster
+from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
 from dynaps.errors import ProtocolError
 from dynaps.wire import control
+from dynaps.wire.codec import decode
 from dynaps.wire.control import Membership, Role
-from dynaps.wire.protocol import Message, MsgType, client_of, decode, node_of
+from dynaps.wire.protocol import Message, MsgType, client_of, node_of
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,12 @@ class Coordinator:
     def _dispatch(self, msg: Message) -> None:
         kind = msg.type
         if kind is MsgType.REGISTER:
-            self._on_register(control.parse(control.Register, msg.body))
+            self._on_register(control.body_of(msg, control.Register))
             return
         member = self.roster.get(node_of(msg.sender))
         restarted = self.phase in (JobPhase.REGISTERING, JobPhase.ADOPTING)
         if member is None and kind is MsgType.HEARTBEAT and restarted:
-            self._adopt(node_of(msg.sender), control.parse(control.Heartbeat, msg.body))
+            self._adopt(node_of(msg.sender), control.body_of(msg, control.Heartbeat))
             return
         if member is None:
             if node_of(msg.sender) in self.roster.former:
@@ -148,35 +149,35 @@ class Coordinator:
         if kind is MsgType.READY:
             self._on_ready(member)
         elif kind is MsgType.BARRIER:
-            self.barriers.reach(msg.sender, control.parse(control.Barrier, msg.body).generation)
+            self.barriers.reach(msg.sender, control.body_of(msg, control.Barrier).generation)
             self._check_barrier()
         elif kind is MsgType.CLOCK:
-            member.clock = max(member.clock, int((msg.body or {}).get("clock", 0)))
+            member.clock = max(member.clock, control.body_of(msg, control.Clock).clock)
             self._publish_min_clock()
         elif kind is MsgType.WORKER_DONE:
-            self._on_worker_done(member, control.parse(control.WorkerDone, msg.body))
+            self._on_worker_done(member, control.body_of(msg, control.WorkerDone))
         elif kind is MsgType.LEAVE:
-            self._on_leave(member, control.parse(control.Leave, msg.body).reason)
+            self._on_leave(member, control.body_of(msg, control.Leave).reason)
         elif kind is MsgType.LEFT:
             self._on_left(member)
         elif kind is MsgType.MIGRATE_READY:
-            self.homes.on_migrate_ready(control.parse(control.MigrateReady, msg.body).id)
+            self.homes.on_migrate_ready(control.body_of(msg, control.MigrateReady).id)
         elif kind is MsgType.RECOVERED:
-            self.homes.on_recovered(control.parse(control.MigrateReady, msg.body).id)
+            self.homes.on_recovered(control.body_of(msg, control.Recovered).id)
         elif kind is MsgType.CHECKPOINT_DONE:
-            self.checkpoints.on_done(member.id, control.parse(control.CheckpointDone, msg.body))
+            self.checkpoints.on_done(member.id, control.body_of(msg, control.CheckpointDone))
         elif kind is MsgType.REJOIN:
-            self.adoption.rejoined(member.id, control.parse(control.Rejoin, msg.body).shard_map)
+            self.adoption.rejoined(member.id, control.body_of(msg, control.Rejoin).shard_map)
         elif kind is MsgType.LEASE:
-            lease = control.parse(control.Lease, msg.body)
+            lease = control.body_of(msg, control.Lease)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
-            self.send(msg.sender, MsgType.LEASE_REPLY, {"epoch": lease.epoch, "shard": shard})
+            self.send(msg.sender, MsgType.LEASE_REPLY, control.LeaseReply(epoch=lease.epoch, shard=shard))
         elif kind is MsgType.REPORT:
-            self.reports.add(member.rank, control.parse(control.Report, msg.body).metrics)
+            self.reports.add(member.rank, control.body_of(msg, control.Report).metrics)
         elif kind is MsgType.STATS:
-            self.send(msg.sender, MsgType.STATS_REPLY, {"counters": {"phase": self.phase}})
+            self.send(msg.sender, MsgType.STATS_REPLY, control.Stats(counters={"phase": str(self.phase)}))
         elif kind is MsgType.PING:
-            self.send(msg.sender, MsgType.PONG, {})
+            self.send(msg.sender, MsgType.PONG, control.Empty())
         else:
             raise ProtocolError(f"coordinator does not handle {kind.name}")
 
@@ -207,13 +208,14 @@ class Coordinator:
             return
         member = admitted
         self.outbox.connect(member)
-        self.send(member.id, MsgType.WELCOME, {"node": member.id, "nonce": reg.nonce, "rank": member.rank})
+        welcome = control.Welcome(node=member.id, nonce=reg.nonce, rank=member.rank)
+        self.send(member.id, MsgType.WELCOME, welcome)
         log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
         if self.phase == JobPhase.REGISTERING:
             if self.roster.complete():
                 self._prepare()
         else:  # a late joiner: it builds its store from the current membership
-            self.send(member.id, MsgType.MEMBERSHIP, self.membership().model_dump())
+            self.send(member.id, MsgType.MEMBERSHIP, self.membership())
 
     def _register_client(self, reg: control.Register) -> None:
         member = self.roster.get(reg.node or -1)
@@ -222,11 +224,10 @@ class Coordinator:
             return
         member.client = reg.address
         self.outbox.connect_client(member)
-        self.send(
-            client_of(member.id),
-            MsgType.WELCOME,
-            {"node": member.id, "nonce": reg.nonce, "rank": member.rank, "barrier": self.barriers.generation},
+        welcome = control.Welcome(
+            node=member.id, nonce=reg.nonce, rank=member.rank, barrier=self.barriers.generation
         )
+        self.send(client_of(member.id), MsgType.WELCOME, welcome)
         if self.phase == JobPhase.RUNNING:
             self._announce()
         self._maybe_start()
@@ -238,9 +239,9 @@ class Coordinator:
         self._announce(clients=False)
 
     def _on_ready(self, member: Member) -> None:
-        if member.state != "joining":
+        if member.state != MemberState.JOINING:
             return
-        member.state = "ready"
+        member.state = MemberState.READY
         if self.phase == JobPhase.PREPARE:
             self._maybe_start()
             return
@@ -279,7 +280,7 @@ class Coordinator:
         self.roster.adopt(member)
         self.outbox.connect(member)
         self.adoption.heard(node, self.clock())
-        self.send(node, MsgType.ADOPT, {})
+        self.send(node, MsgType.ADOPT, control.Empty())
 
     def _finish_adoption(self) -> None:
         newest = self.adoption.newest_map()
@@ -304,10 +305,10 @@ class Coordinator:
 
     def _on_leave(self, member: Member, reason: str) -> None:
         """The node drains: a server's shards move away; a worker releases its keys."""
-        if member.state == "draining":
+        if member.state == MemberState.DRAINING:
             return
         log.info("%s %d is leaving (%s)", member.role, member.id, reason or "drain")
-        member.state = "draining"
+        member.state = MemberState.DRAINING
         self._announce()
         if member.role == "server":
             self.homes.rebalance()
@@ -373,11 +374,11 @@ class Coordinator:
     def _check_barrier(self) -> None:
         if self.phase != JobPhase.RUNNING:
             return  # while adopting, not every worker is known yet
-        running = [client_of(m.id) for m in self.roster.workers_running() if m.state != "draining"]
+        running = [client_of(m.id) for m in self.roster.workers_running() if m.state != MemberState.DRAINING]
         passed, released = self.barriers.settle(running)
         for endpoint in released:
             if self.roster.get(node_of(endpoint)) is not None:
-                self.send(endpoint, MsgType.BARRIER_DONE, {"generation": passed})
+                self.send(endpoint, MsgType.BARRIER_DONE, control.Barrier(generation=passed))
 
     def _publish_min_clock(self) -> None:
         if self.config.consistency.model == ConsistencyModel.ASYNC:
@@ -385,7 +386,7 @@ class Coordinator:
         running = self.roster.workers_running()
         if self.min_clock.advance(m.clock for m in running):
             for member in running:
-                self.send(client_of(member.id), MsgType.CLOCK_MIN, {"clock": self.min_clock.value})
+                self.send(client_of(member.id), MsgType.CLOCK_MIN, control.Clock(clock=self.min_clock.value))
 
     # ------------------------------------------------------------------ the end
 
@@ -394,7 +395,7 @@ class Coordinator:
             raise ProtocolError(f"WORKER_DONE from {member.id}, which is not a worker")
         member.exit_code = done.exit_code
         log.info("worker %d (rank %s) finished with exit code %d", member.id, member.rank, done.exit_code)
-        if done.exit_code != 0 and member.state != "draining":
+        if done.exit_code != 0 and member.state != MemberState.DRAINING:
             self.finish(done.exit_code, f"worker rank {member.rank} exited with code {done.exit_code}")
             return
         self._publish_min_clock()
@@ -415,7 +416,7 @@ class Coordinator:
         self.reason = reason
         self.phase = JobPhase.STOPPING
         log.info("job ends (%s): %s", exit_code, reason)
-        self.outbox.broadcast(MsgType.SHUTDOWN, {"reason": reason, "exit_code": exit_code})
+        self.outbox.broadcast(MsgType.SHUTDOWN, control.Shutdown(reason=reason, exit_code=exit_code))
         self._refresh_status()
 
     # ------------------------------------------------------------------ status, actions (HTTP)
@@ -448,11 +449,11 @@ class Coordinator:
             roles: tuple[Role, ...] = ("server", "worker")
             for role, wanted in ((r, _optional_int(body, f"{r}s")) for r in roles):
                 for surplus in self.roster.want(role, wanted) if wanted is not None else ():
-                    self.send(surplus.id, MsgType.DRAIN, {"reason": f"scaling {role}s to {wanted}"})
+                    self.send(surplus.id, MsgType.DRAIN, control.Drain(reason=f"scaling {role}s to {wanted}"))
         elif action == "drain":  # a node, by name or id
             target = self.roster.find(str(body.get("node", "")))
             if target is not None:
-                self.send(target.id, MsgType.DRAIN, {"reason": "drain requested"})
+                self.send(target.id, MsgType.DRAIN, control.Drain(reason="drain requested"))
             else:
                 log.warning("drain of unknown node %r ignored", body.get("node"))
         elif action == "checkpoint":

@@ -20,7 +20,7 @@ from typing import Any
 from dynaps.coordinator.barriers import Barriers
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.reports import Reports
-from dynaps.coordinator.roster import Roster
+from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
 from dynaps.wire.protocol import client_of
 
@@ -71,11 +71,11 @@ def status_document(
         "startedAt": started_at,
         "servers": {
             "desired": roster.desired["server"],
-            "ready": sum(1 for m in servers if m.state == "ready"),
+            "ready": sum(1 for m in servers if m.state == MemberState.READY),
         },
         "workers": {
             "desired": roster.desired["worker"],
-            "ready": sum(1 for m in workers if m.client is not None and m.state == "ready"),
+            "ready": sum(1 for m in workers if m.client is not None and m.state == MemberState.READY),
             "finished": sum(1 for m in workers if m.exit_code is not None),
         },
         "lost": list(roster.lost),
@@ -93,7 +93,7 @@ def status_document(
                 "address": m.address,
                 "rank": m.rank,
                 "state": m.state,
-                "ready": m.state != "joining",
+                "ready": m.state != MemberState.JOINING,
                 "attached": m.client is not None,
                 "exitCode": m.exit_code,
                 "clock": m.clock,

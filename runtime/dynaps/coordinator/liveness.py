@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dynaps.coordinator.roster import Member
+from dynaps.coordinator.roster import Member, MemberState
 
 JOIN_TIMEOUT = 120.0  # seconds a joining node may take to build its store
 
@@ -30,7 +30,7 @@ class Liveness:
         """The members to declare lost at ``now``."""
         lost = []
         for member in members:
-            limit = self.join_timeout if member.state == "joining" else self.lost_after
+            limit = self.join_timeout if member.state == MemberState.JOINING else self.lost_after
             silent = now - member.last_seen
             suspect = member.suspect_since is not None and member.last_seen < member.suspect_since
             if silent > limit or (suspect and silent > self.grace_after_disconnect):

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from collections.abc import Callable
+
+from pydantic import BaseModel
 
 from dynaps.coordinator.roster import Member, Roster
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, control_frames
+from dynaps.wire import control, messages
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
+
+# How the coordinator's parts send a control message: to an endpoint, a type, its body.
+Send = Callable[[int, MsgType, BaseModel], None]
 
 REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration
 
@@ -36,7 +41,7 @@ class Outbox:
         """The current membership (``preparing``: the nodes are still building their stores)."""
         return control.Membership(
             version=self.version,
-            phase="prepare" if preparing else "running",
+            phase=control.Phase.PREPARE if preparing else control.Phase.RUNNING,
             nodes=self.roster.infos(),
             shard_map=shard_map.to_json(),
             num_workers=len(self.roster.active("worker")),
@@ -47,20 +52,21 @@ class Outbox:
     def announce(self, shard_map: ShardMap, preparing: bool, clients: bool = True) -> None:
         """A new membership version for every node, then (with ``clients``) every program."""
         self.version += 1
-        self.broadcast(MsgType.MEMBERSHIP, self.membership(shard_map, preparing).model_dump(), clients)
+        self.broadcast(MsgType.MEMBERSHIP, self.membership(shard_map, preparing), clients)
 
-    def send(self, endpoint: int, kind: MsgType, body: dict[str, Any]) -> None:
-        self.transport.send(endpoint, control_frames(kind, COORDINATOR, body))
+    def send(self, endpoint: int, kind: MsgType, body: BaseModel) -> None:
+        self.transport.send(endpoint, messages.control(kind, COORDINATOR, body))
 
-    def broadcast(self, kind: MsgType, body: dict[str, Any], clients: bool = True) -> None:
+    def broadcast(self, kind: MsgType, body: BaseModel, clients: bool = True) -> None:
         """To every node, then (with ``clients``) every attached training program."""
+        frames = messages.control(kind, COORDINATOR, body)  # encoded once for everyone
         members = self.roster.active()
         for member in members:
-            self.send(member.id, kind, body)
+            self.transport.send(member.id, frames)
         if clients:
             for member in members:
                 if member.client is not None:
-                    self.send(client_of(member.id), kind, body)
+                    self.transport.send(client_of(member.id), frames)
 
     def connect(self, member: Member) -> None:
         """Open (and watch) the connection to a member, and to its program if attached."""
@@ -90,5 +96,5 @@ class Outbox:
         """Answer a registration that is not admitted (it has no endpoint id)."""
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
         self.transport.connect(REFUSED_ENDPOINT, reg.address)
-        self.send(REFUSED_ENDPOINT, MsgType.REFUSED, {"nonce": reg.nonce, "reason": reason})
+        self.send(REFUSED_ENDPOINT, MsgType.REFUSED, control.Refused(nonce=reg.nonce, reason=reason))
         self.transport.forget(REFUSED_ENDPOINT, linger=1.0)

@@ -7,14 +7,20 @@ gets its predecessor's rank, and otherwise the lowest free one.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from dynaps.wire.control import NodeInfo, Role
 
-State = Literal["joining", "ready", "draining"]
+
+class MemberState(enum.StrEnum):
+    """Where a member is in its life (its value shows in /status)."""
+
+    JOINING = "joining"  # registered, building its stores
+    READY = "ready"  # serving
+    DRAINING = "draining"  # leaving gracefully
 
 
 @dataclass
@@ -26,7 +32,7 @@ class Member:
     pid: int
     rank: int | None = None
     client: str | None = None  # the address of a worker's training process, once attached
-    state: State = "joining"
+    state: MemberState = MemberState.JOINING
     exit_code: int | None = None  # a worker's program exited with this code
     clock: int = 0
     last_seen: float = field(default_factory=time.monotonic)
@@ -50,7 +56,7 @@ class Member:
             client=self.client,
             rank=self.rank,
             name=self.name,
-            ready=self.state != "joining",
+            ready=self.state != MemberState.JOINING,
         )
 
 
@@ -117,7 +123,7 @@ class Roster:
     def want(self, role: Role, count: int) -> list[Member]:
         """Set the desired size of ``role``: the members beyond it, to drain (newest first)."""
         self.desired[role] = count
-        present = [m for m in self.active(role) if m.state != "draining"]
+        present = [m for m in self.active(role) if m.state != MemberState.DRAINING]
         surplus = len(present) - count
         if surplus <= 0:
             return []
@@ -139,19 +145,19 @@ class Roster:
 
     def started(self) -> bool:
         """Every node built its store and every worker's program attached (or already exited)."""
-        if any(m.state == "joining" for m in self.active()):
+        if any(m.state == MemberState.JOINING for m in self.active()):
             return False
         # a program that exits without connecting does not hold the others up
         return not any(m.client is None and m.exit_code is None for m in self.active("worker"))
 
     def finished(self) -> bool:
         """Every worker that stays has seen its program exit."""
-        workers = [m for m in self.active("worker") if m.state != "draining"]
+        workers = [m for m in self.active("worker") if m.state != MemberState.DRAINING]
         return bool(workers) and all(m.exit_code is not None for m in workers)
 
     def ready_servers(self) -> list[int]:
         """Ids of the servers that hold a store and are not leaving."""
-        return [m.id for m in self.active("server") if m.state == "ready"]
+        return [m.id for m in self.active("server") if m.state == MemberState.READY]
 
     def workers_running(self) -> list[Member]:
         """Workers whose training process is attached and has not finished."""

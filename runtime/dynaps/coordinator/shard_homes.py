@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.contract import RebalancePolicy
+from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.rebalance import Rebalancer
-from dynaps.coordinator.roster import Roster
+from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
@@ -29,8 +30,6 @@ from dynaps.wire.protocol import MsgType
 log = logging.getLogger(__name__)
 
 REBALANCE_AFTER_RECOVERY = 2.0  # seconds between rebuilding a lost server's shards and moving them
-
-Send = Callable[[int, MsgType, dict[str, Any]], None]
 
 
 def recovery_homes(
@@ -124,8 +123,8 @@ class ShardHomes:
     def rebalance(self) -> None:
         assert self.shard_map is not None
         servers = self.roster.active("server")
-        staying = [m.id for m in servers if m.state == "ready"]
-        leaving = [m.id for m in servers if m.state == "draining"]
+        staying = [m.id for m in servers if m.state == MemberState.READY]
+        leaving = [m.id for m in servers if m.state == MemberState.DRAINING]
         self.rebalancer.replan(self.shard_map.homes, staying, leaving)
         self.start_migrations()
 
@@ -143,7 +142,7 @@ class ShardHomes:
             )
             body = control.MigrateOut(
                 id=migration.id, shards=migration.shards, target=migration.target, epoch=self.shard_map.epoch
-            ).model_dump()
+            )
             self.send(migration.source, MsgType.MIGRATE_OUT, body)
 
     def on_migrate_ready(self, migration_id: int) -> None:
@@ -173,7 +172,7 @@ class ShardHomes:
             log.warning("migration %d aborted: node %d was lost", migration.id, lost)
             for node in (migration.source, migration.target):
                 if node != lost:
-                    self.send(node, MsgType.MIGRATE_ABORT, {"id": migration.id})
+                    self.send(node, MsgType.MIGRATE_ABORT, control.MigrateAbort(id=migration.id))
 
     # ------------------------------------------------------------------ recoveries
 
@@ -195,11 +194,11 @@ class ShardHomes:
         backups = self.shard_map.backups if replicated else None
         homes = recovery_homes(self.shard_map.homes, backups, lost, servers)
         if replicated:
-            source = "replica"
+            source = control.RecoverySource.REPLICA
         elif self.checkpoint_exists():
-            source = "checkpoint"
+            source = control.RecoverySource.CHECKPOINT
         else:
-            source = "initial"
+            source = control.RecoverySource.INITIAL
             log.error(
                 "server %d held shards without replica or checkpoint: their keys restart from "
                 "their initial values",
@@ -212,7 +211,8 @@ class ShardHomes:
             recovery_id = self._next_recovery
             self._next_recovery += 1
             self.recoveries[recovery_id] = new_home
-            self.send(new_home, MsgType.RECOVER, {"id": recovery_id, "shards": mine, "source": source})
+            order = control.Recover(id=recovery_id, shards=mine, source=source)
+            self.send(new_home, MsgType.RECOVER, order)
         log.warning(
             "epoch %d: %d shards of lost server %d rebuilt from %s",
             self.shard_map.epoch,

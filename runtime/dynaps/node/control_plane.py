@@ -19,16 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel
 
 from dynaps.errors import ProtocolError
 from dynaps.node.server import NodeServer
 from dynaps.store.checkpoint_files import write_owned
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, control_frames, node_of
+from dynaps.wire import control, joining, messages
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, node_of
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,14 @@ class ControlPlane:
         self.drain_deadline = 0.0
         self.checkpoint: CheckpointPause | None = None
 
-    def send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
-        self.server.send_frames(COORDINATOR, control_frames(kind, self.node_id, body))
+    def send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
+        self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body))
 
     # ------------------------------------------------------------------ membership
 
     def apply_membership(self, membership: control.Membership) -> None:
         server = self.server
-        members = control.connect_members(server.transport, membership)
+        members = joining.connect_members(server.transport, membership)
         self.members = {info.id for info in membership.nodes}
         mine = membership.node(self.node_id)
         if mine is not None:
@@ -122,57 +123,57 @@ class ControlPlane:
             if msg.type is MsgType.MEMBERSHIP:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MEMBERSHIP from a non-coordinator")
-                self.apply_membership(control.parse(control.Membership, msg.body))
+                self.apply_membership(control.body_of(msg, control.Membership))
             elif msg.type is MsgType.SHUTDOWN:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("SHUTDOWN from a non-coordinator")
-                log.info("node %d: shutdown (%s)", self.node_id, (msg.body or {}).get("reason"))
+                log.info(
+                    "node %d: shutdown (%s)", self.node_id, control.body_of(msg, control.Shutdown).reason
+                )
                 self.shell.stop_loop()
             elif msg.type is MsgType.MIGRATE_OUT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MIGRATE_OUT from a non-coordinator")
-                server.migrations.start(control.parse(control.MigrateOut, msg.body))
+                server.migrations.start(control.body_of(msg, control.MigrateOut))
             elif msg.type is MsgType.DRAIN:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("DRAIN from a non-coordinator")
-                self.start_drain(str((msg.body or {}).get("reason", "drain requested")))
+                self.start_drain(control.body_of(msg, control.Drain).reason or "drain requested")
             elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
-                body = {
-                    "heartbeat": self.shell.heartbeat().model_dump(),
-                    "shard_map": server.shard_map.to_json(),
-                }
-                self.send_coordinator(MsgType.REJOIN, body)
+                rejoin = control.Rejoin(
+                    heartbeat=self.shell.heartbeat(), shard_map=server.shard_map.to_json()
+                )
+                self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MIGRATE_ABORT from a non-coordinator")
-                server.migrations.abort(control.parse(control.MigrateReady, msg.body).id)
+                server.migrations.abort(control.body_of(msg, control.MigrateAbort).id)
             elif msg.type is MsgType.RECOVER:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("RECOVER from a non-coordinator")
-                order = control.parse(control.Recover, msg.body)
+                order = control.body_of(msg, control.Recover)
                 server.recoveries.start(order.id, order.shards, order.source, self.members)
             elif msg.type is MsgType.OWNERS_QUERY:
                 if node_of(msg.sender) not in self.members:
                     raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")
-                query = control.parse(control.OwnersQuery, msg.body)
+                query = control.body_of(msg, control.OwnersQuery)
                 server.recoveries.report_owners(
                     msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
                 )
             elif msg.type is MsgType.CHECKPOINT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("CHECKPOINT from a non-coordinator")
-                self.on_checkpoint(control.parse(control.Checkpoint, msg.body))
+                self.on_checkpoint(control.body_of(msg, control.Checkpoint))
             elif msg.type in (MsgType.STATS, MsgType.PING):
                 if msg.sender not in server.peers:
                     raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
                 if msg.type is MsgType.STATS:
-                    reply = control_frames(
-                        MsgType.STATS_REPLY, self.node_id, {"counters": server.counters()}, msg.req_id
-                    )
+                    stats = control.Stats(counters=server.counters())
+                    reply = messages.control(MsgType.STATS_REPLY, self.node_id, stats, msg.req_id)
                 else:
-                    reply = control_frames(MsgType.PONG, self.node_id, {}, msg.req_id)
+                    reply = messages.control(MsgType.PONG, self.node_id, control.Empty(), msg.req_id)
                 server.send_frames(msg.sender, reply)
             else:
                 raise ProtocolError(f"node does not handle {msg.type.name}")
@@ -193,9 +194,8 @@ class ControlPlane:
                     written += write_owned(store, self.node_id, directory)
             finally:
                 server.lock.release()
-            self.send_coordinator(
-                MsgType.CHECKPOINT_DONE, {"id": order.id, "phase": "write", "keys": written}
-            )
+            done = control.CheckpointDone(id=order.id, phase=control.CheckpointPhase.WRITE, keys=written)
+            self.send_coordinator(MsgType.CHECKPOINT_DONE, done)
         else:  # resume
             self.checkpoint = None
             server.relocations.resume()
@@ -214,7 +214,8 @@ class ControlPlane:
         checkpoint = self.checkpoint
         if checkpoint is not None and not checkpoint.quiet and server.relocations.quiet():
             checkpoint.quiet = True
-            self.send_coordinator(MsgType.CHECKPOINT_DONE, {"id": checkpoint.id, "phase": "pause"})
+            paused = control.CheckpointDone(id=checkpoint.id, phase=control.CheckpointPhase.PAUSE)
+            self.send_coordinator(MsgType.CHECKPOINT_DONE, paused)
 
     # ------------------------------------------------------------------ draining
 
@@ -223,7 +224,7 @@ class ControlPlane:
         if self.drain is not None:
             return
         log.info("node %d: draining (%s)", self.node_id, reason)
-        self.send_coordinator(MsgType.LEAVE, {"reason": reason})
+        self.send_coordinator(MsgType.LEAVE, control.Leave(reason=reason))
         self.drain_deadline = self.clock() + self.drain_timeout
         if self.role == "worker":
             self.shell.tell_client_to_drain()
@@ -244,7 +245,7 @@ class ControlPlane:
             self.drain = Drain.KEYS
         if self.drain is Drain.KEYS and server.departures.release_owned() == 0:
             log.info("node %d: drained, leaving", self.node_id)
-            self.send_coordinator(MsgType.LEFT, {})
+            self.send_coordinator(MsgType.LEFT, control.Empty())
             self.drain = Drain.LEFT
             # Keep forwarding a little longer: peers that have not yet seen the membership
             # without us may still send here, and we know where everything went.

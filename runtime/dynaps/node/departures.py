@@ -26,8 +26,8 @@ import numpy.typing as npt
 from dynaps.node.context import NodeContext
 from dynaps.node.recovery import resend_copies
 from dynaps.store.table_store import INCOMING, NOT_MOVING
-from dynaps.wire.protocol import Message, MsgType
-from dynaps.wire.routing import group_by
+from dynaps.wire import messages, routing
+from dynaps.wire.protocol import MsgType
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,7 @@ class Departures:
             if not len(fresh):
                 continue
             homes = node.shard_map.home_of(fresh.astype(np.int64), store.spec.num_keys)
-            for home, part in group_by(homes):
-                chosen = fresh if part is None else fresh[part]
-                node.send(
-                    home,
-                    Message(
-                        MsgType.RELEASE, node.me, node.me, 0, table, len(chosen), keys=chosen.astype(np.int64)
-                    ),
-                )
+            release = messages.request(MsgType.RELEASE, node.me, 0, table, fresh.astype(np.int64))
+            for home, piece in routing.split(release, homes):
+                node.send(home, piece)
         return remaining

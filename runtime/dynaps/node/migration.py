@@ -28,8 +28,9 @@ from dynaps.errors import ProtocolError
 from dynaps.node.context import NodeContext
 from dynaps.store.shardmap import ShardMap, shard_of
 from dynaps.store.table_store import NOT_MOVING, TableStore
+from dynaps.wire import control, messages
 from dynaps.wire.control import MigrateOut
-from dynaps.wire.protocol import COORDINATOR, FINAL, Message, MsgType, control_frames
+from dynaps.wire.protocol import COORDINATOR, FINAL, Message, MsgType
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +124,17 @@ class Migrations:
         node.lock.acquire()
         try:
             owned = keys[store.loc[keys] == node.me]
-            msg = Message(
-                MsgType.SHARD_COPY,
-                node.me,
+            msg = messages.shard_copy(
                 node.me,
                 migration.id,
                 table,
-                len(keys),
-                aux=len(owned),
-                flags=FINAL if final else 0,
-                keys=keys,
-                dir_owner=store.owner[keys],
-                dir_moving=store.moving_from[keys],
-                owned=owned,
-                values=store.values.take(owned, axis=0),
-                states=tuple(state.take(owned, axis=0) for state in store.states),
+                keys,
+                store.owner[keys],
+                store.moving_from[keys],
+                owned,
+                store.values.take(owned, axis=0),
+                tuple(state.take(owned, axis=0) for state in store.states),
+                final=final,
             )
         finally:
             node.lock.release()
@@ -182,7 +179,8 @@ class Migrations:
             node.lock.release()
         node.stats["keys_migrated_in"] += len(msg.owned)
         if msg.flags & FINAL:
-            node.send_frames(COORDINATOR, control_frames(MsgType.MIGRATE_READY, node.me, {"id": msg.req_id}))
+            ready = control.MigrateReady(id=msg.req_id)
+            node.send_frames(COORDINATOR, messages.control(MsgType.MIGRATE_READY, node.me, ready))
 
     # ---------------------------------------------------------------- commit
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
@@ -34,8 +35,8 @@ from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store.table_store import TableStore
-from dynaps.wire import control
-from dynaps.wire.protocol import COORDINATOR, MsgType, control_frames
+from dynaps.wire import control, joining, messages
+from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport
 
 log = logging.getLogger(__name__)
@@ -96,18 +97,18 @@ class NodeProcess:
             pid=os.getpid(),
             name=self.name,
             rank=self.rank,
-        ).model_dump()
-        self.transport.send(COORDINATOR, control_frames(MsgType.REGISTER, -1, body))
+        )
+        self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
         while True:
-            msg = control.await_coordinator(self.transport, {MsgType.WELCOME}, deadline, "a node id")
-            welcome = control.parse(control.Welcome, msg.body)
+            msg = joining.await_coordinator(self.transport, {MsgType.WELCOME}, deadline, "a node id")
+            welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
                 break
         self.node_id = welcome.node
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
-        msg = control.await_coordinator(self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map")
-        membership = control.parse(control.Membership, msg.body)
+        msg = joining.await_coordinator(self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map")
+        membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)
         worker = self.role == "worker"
         if worker:
@@ -138,12 +139,12 @@ class NodeProcess:
             self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
         )
         restore = self.config.fault_tolerance.checkpoint.restore_from
-        if restore and not worker and membership.phase == "prepare":
+        if restore and not worker and membership.phase is control.Phase.PREPARE:
             self._restore(restore)
         self.control.apply_membership(membership)
         if worker:
             self.attach_server = AttachServer(self.attach_token)
-        self._send_coordinator(MsgType.READY, {"version": membership.version})
+        self._send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
         if worker and self.command:
             env = dict(os.environ)
@@ -167,8 +168,8 @@ class NodeProcess:
             total += len(load_keys(store, directory, server.homed(table)))
         log.info("node %d: restored %d keys from %s", self.node_id, total, directory)
 
-    def _send_coordinator(self, kind: MsgType, body: dict[str, Any]) -> None:
-        self.transport.send(COORDINATOR, control_frames(kind, self.node_id, body))
+    def _send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
+        self.transport.send(COORDINATOR, messages.control(kind, self.node_id, body))
 
     # ------------------------------------------------------------------ serving
 
@@ -194,7 +195,7 @@ class NodeProcess:
     def _chores(self, now: float) -> None:
         if now - self.last_heartbeat >= self.heartbeat_interval:
             self.last_heartbeat = now
-            self._send_coordinator(MsgType.HEARTBEAT, self.heartbeat().model_dump())
+            self._send_coordinator(MsgType.HEARTBEAT, self.heartbeat())
         if self.attach_server is not None:
             self._accept_client()
         self._watch_child()
@@ -267,7 +268,7 @@ class NodeProcess:
         self.child_reported = True
         self.exit_code = code
         log.info("node %d: program exited with code %d", self.node_id, code)
-        self._send_coordinator(MsgType.WORKER_DONE, {"exit_code": code})
+        self._send_coordinator(MsgType.WORKER_DONE, control.WorkerDone(exit_code=code))
 
     def _dump_state(self) -> None:
         server, plane = self.server, self.control

@@ -29,13 +29,14 @@ from dynaps.node.migration import shard_keys
 from dynaps.node.replication import Replication
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.table_store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
-from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType, control_frames
+from dynaps.wire import control, messages
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType
 from dynaps.wire.routing import group_by
 
 log = logging.getLogger(__name__)
 
-HELD = 1  # OWNERS aux: keys the reporting node holds
-EXPECTED = 2  # OWNERS aux: keys on their way to the reporting node
+HELD = messages.OWNERS_HELD
+EXPECTED = messages.OWNERS_EXPECTED
 RESEND_AFTER = 1.0  # seconds before re-sending keys whose sender may have died
 
 Keys = npt.NDArray[np.int64]
@@ -45,7 +46,7 @@ Keys = npt.NDArray[np.int64]
 class Rebuild:
     id: int
     shards: npt.NDArray[np.int64]
-    source: str  # "replica", "checkpoint" or "initial"
+    source: control.RecoverySource
     waiting_for: set[int]
     held: list[dict[int, Keys]] = field(default_factory=list)  # per table: node -> keys held
     expected: list[dict[int, Keys]] = field(default_factory=list)
@@ -73,7 +74,9 @@ class Recoveries:
             self.expected.update(fresh)
             self.node.gate.block(np.asarray(fresh, dtype=np.int64), num_shards)
 
-    def start(self, recovery_id: int, shards: list[int], source: str, nodes: set[int]) -> None:
+    def start(
+        self, recovery_id: int, shards: list[int], source: control.RecoverySource, nodes: set[int]
+    ) -> None:
         node = self.node
         chosen = np.asarray(shards, dtype=np.int64)
         unexpected = [s for s in shards if s not in self.expected]
@@ -86,12 +89,12 @@ class Recoveries:
         )
         self.running[recovery_id] = rebuild
         log.warning("node %d: rebuilding %d shards of a lost server (%s)", node.me, len(chosen), source)
-        body = {"id": recovery_id, "shards": shards}
+        query = control.OwnersQuery(id=recovery_id, shards=list(shards))
         for member in sorted(nodes):
             if member == node.me:
                 self.report_owners(node.me, recovery_id, chosen)
             else:
-                node.send_frames(member, control_frames(MsgType.OWNERS_QUERY, node.me, body))
+                node.send_frames(member, messages.control(MsgType.OWNERS_QUERY, node.me, query))
 
     def report_owners(self, requester: int, recovery_id: int, shards: npt.NDArray[np.int64]) -> None:
         """Answer an OWNERS_QUERY: which keys of ``shards`` this node holds and expects."""
@@ -106,9 +109,7 @@ class Recoveries:
             finally:
                 node.lock.release()
             for kind, chosen in ((HELD, held), (EXPECTED, expected)):
-                msg = Message(
-                    MsgType.OWNERS, node.me, node.me, recovery_id, table, len(chosen), aux=kind, keys=chosen
-                )
+                msg = messages.owners(node.me, recovery_id, table, chosen, kind)
                 if requester == node.me:
                     self.on_owners(msg)  # a node does not message itself
                 else:
@@ -143,7 +144,7 @@ class Recoveries:
         node = self.node
         del self.running[rebuild.id]
         checkpoint = None
-        if rebuild.source == "checkpoint":
+        if rebuild.source is control.RecoverySource.CHECKPOINT:
             checkpoint = resolve(self.checkpoint_root, "latest")
         for table, store in enumerate(node.stores):
             self._rebuild_table(table, store, rebuild, checkpoint)
@@ -151,7 +152,8 @@ class Recoveries:
         if self.replication is not None:
             self.replication.sync_shards(rebuild.shards, node.shard_map)  # a backup again
         node.release_gate()
-        node.send_frames(COORDINATOR, control_frames(MsgType.RECOVERED, node.me, {"id": rebuild.id}))
+        recovered = control.Recovered(id=rebuild.id)
+        node.send_frames(COORDINATOR, messages.control(MsgType.RECOVERED, node.me, recovered))
         log.warning("node %d: shards rebuilt", node.me)
 
     def _rebuild_table(self, table: int, store: TableStore, rebuild: Rebuild, checkpoint: object) -> None:
@@ -176,11 +178,11 @@ class Recoveries:
                 mine[free] = False
                 waiting.append(free)
             orphans = np.flatnonzero(mine)
-            if rebuild.source == "checkpoint" and checkpoint is not None:
+            if rebuild.source is control.RecoverySource.CHECKPOINT and checkpoint is not None:
                 wanted = np.zeros(store.spec.num_keys, dtype=np.bool_)
                 wanted[orphans] = True
                 load_keys(store, checkpoint, wanted)  # type: ignore[arg-type]
-            elif rebuild.source == "initial":
+            elif rebuild.source is control.RecoverySource.INITIAL:
                 store.reset_rows(orphans)
             store.loc[orphans] = node.me
         finally:
@@ -225,17 +227,14 @@ def resend_copies(
         chosen = keys if part is None else keys[part]
         node.send(
             target,
-            Message(
-                MsgType.TRANSFER,
+            messages.transfer(
                 node.me,
                 NO_ENDPOINT,
                 0,
                 table,
-                len(chosen),
-                aux=len(states),
+                chosen.astype(np.int64, copy=False),
+                values if part is None else values[part],
+                states if part is None else tuple(state[part] for state in states),
                 flags=RECOVERY,
-                keys=chosen.astype(np.int64, copy=False),
-                values=values if part is None else values[part],
-                states=states if part is None else tuple(state[part] for state in states),
             ),
         )

@@ -26,6 +26,7 @@ from dynaps.node.context import NodeContext
 from dynaps.node.migration import Migrations
 from dynaps.node.replication import Replication
 from dynaps.store.table_store import INCOMING, NOT_MOVING
+from dynaps.wire import messages, routing
 from dynaps.wire.protocol import NO_ENDPOINT, RECOVERY, Message, MsgType, node_of
 from dynaps.wire.routing import group_by, subset
 
@@ -94,19 +95,18 @@ class Relocations:
         here = homes == node.me
         if not here.all():
             elsewhere = np.flatnonzero(~here)
-            for dest, part in group_by(homes[elsewhere]):
-                chosen = elsewhere if part is None else elsewhere[part]
-                node.send(dest, subset(msg, chosen, node.me, msg.hops + 1))
+            for dest, piece in routing.split(msg, homes[elsewhere], elsewhere, node.me, msg.hops + 1):
+                node.send(dest, piece)
             keys = keys[here]
         keys = np.unique(keys)
         if self.paused or self.fenced():
-            self.waiting[msg.table].append(_with_keys(msg, keys, target))
+            self.waiting[msg.table].append(messages.with_keys(msg, keys, target=target))
             return
         node.lock.acquire()
         try:
             busy = store.moving_from[keys] != NOT_MOVING
             if busy.any():
-                self.waiting[msg.table].append(_with_keys(msg, keys[busy], target))
+                self.waiting[msg.table].append(messages.with_keys(msg, keys[busy], target=target))
                 node.stats["keys_waiting"] += int(busy.sum())
                 keys = keys[~busy]
             old = store.owner[keys]
@@ -129,16 +129,7 @@ class Relocations:
         node.stats["keys_redirected"] += len(keys)
         for owner, part in group_by(old):
             chosen = keys if part is None else keys[part]
-            handoff = Message(
-                MsgType.HANDOFF,
-                sender=node.me,
-                requester=msg.requester,
-                req_id=msg.req_id,
-                table=msg.table,
-                count=len(chosen),
-                aux=target,
-                keys=chosen,
-            )
+            handoff = messages.handoff(node.me, msg.requester, msg.req_id, msg.table, chosen, target)
             if owner == node.me:
                 self.on_handoff(handoff)
             else:
@@ -157,9 +148,8 @@ class Relocations:
         here = homes == node.me
         if not here.all():
             elsewhere = np.flatnonzero(~here)
-            for dest, part in group_by(homes[elsewhere]):
-                chosen = elsewhere if part is None else elsewhere[part]
-                node.send(dest, subset(msg, chosen, node.me, msg.hops + 1))
+            for dest, piece in routing.split(msg, homes[elsewhere], elsewhere, node.me, msg.hops + 1):
+                node.send(dest, piece)
             keys = keys[here]
         node.lock.acquire()
         try:
@@ -202,18 +192,15 @@ class Relocations:
                 self._localized(msg.requester, msg.req_id, msg.table, len(owned))
             else:
                 node.stats["keys_sent"] += len(owned)
-                transfer = Message(
-                    MsgType.TRANSFER,
-                    sender=node.me,
-                    requester=msg.requester,
-                    req_id=msg.req_id,
-                    table=msg.table,
-                    count=len(owned),
-                    aux=len(states),
-                    keys=owned,
-                    values=values,
-                    states=states,
-                    body=self.replication.records_for(owned) if self.replication is not None else None,
+                transfer = messages.transfer(
+                    node.me,
+                    msg.requester,
+                    msg.req_id,
+                    msg.table,
+                    owned,
+                    values,
+                    states,
+                    records=self.replication.records_for(owned) if self.replication is not None else None,
                 )
                 node.send(target, transfer)
         if len(owned) < len(keys):
@@ -260,7 +247,7 @@ class Relocations:
         if confirmed is not None and len(confirmed):
             self._confirm_arrival(msg.table, msg.req_id, confirmed)
         if self.replication is not None:
-            self.replication.adopt_records(msg.body)
+            self.replication.adopt_records(msg.records)
         if not len(keys):
             return
         if self.replication is not None:
@@ -287,7 +274,7 @@ class Relocations:
         homes = node.shard_map.home_of(keys, node.stores[table].spec.num_keys)
         for home, part in group_by(homes):
             chosen = keys if part is None else keys[part]
-            done = Message(MsgType.TRANSFER_DONE, node.me, node.me, req_id, table, len(chosen), keys=chosen)
+            done = messages.transfer_done(node.me, req_id, table, chosen)
             if home == node.me:
                 self.on_transfer_done(done)
             else:
@@ -297,7 +284,7 @@ class Relocations:
         node = self.node
         if requester in (NO_ENDPOINT, node.me):
             return
-        node.send(requester, Message(MsgType.LOCALIZED, node.me, requester, req_id, table, count))
+        node.send(requester, messages.localized(node.me, requester, req_id, table, count))
 
     def _replay(self, table: int) -> None:
         queued = self.pending[table]
@@ -333,18 +320,3 @@ class Relocations:
             if store.moving_from is not None and (store.moving_from[node.homed(table)] != NOT_MOVING).any():
                 return False
         return True
-
-
-def _with_keys(msg: Message, keys: npt.NDArray[np.int64], target: int) -> Message:
-    """A LOCALIZE or RELEASE for some of its keys, remembering whom the keys go to."""
-    return Message(
-        msg.type,
-        msg.sender,
-        msg.requester,
-        msg.req_id,
-        msg.table,
-        len(keys),
-        aux=target,
-        hops=msg.hops,
-        keys=keys,
-    )

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
+from dynaps.wire import messages, routing
 from dynaps.wire.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
 from dynaps.wire.routing import group_by, subset
 
@@ -182,18 +183,16 @@ class Replication:
             chosen = keys if part is None else keys[part]
             node.send(
                 backup,
-                Message(
+                messages.rows(
                     MsgType.REPLICATE,
                     node.me,
                     requester,
                     req_id,
                     table,
-                    len(chosen),
-                    aux=len(states),
-                    keys=chosen,
+                    chosen,
+                    values if part is None else values[part],
+                    states if part is None else tuple(s[part] for s in states),
                     positions=positions if part is None or positions is None else positions[part],
-                    values=values if part is None else values[part],
-                    states=states if part is None else tuple(s[part] for s in states),
                 ),
             )
         node.stats["keys_replicated"] += len(keys)
@@ -234,18 +233,16 @@ class Replication:
         homes = node.shard_map.home_of(keys, store.spec.num_keys)
         for home, part in group_by(homes):
             chosen = keys if part is None else keys[part]
-            msg = Message(
+            msg = messages.rows(
                 MsgType.WRITEBACK,
                 node.me,
                 requester,
                 req_id,
                 table,
-                len(chosen),
-                aux=len(states),
-                keys=chosen,
+                chosen,
+                values if part is None else values[part],
+                states if part is None else tuple(s[part] for s in states),
                 positions=positions if part is None or positions is None else positions[part],
-                values=values if part is None else values[part],
-                states=states if part is None else tuple(s[part] for s in states),
             )
             if home == node.me:
                 self.on_writeback(msg)
@@ -280,9 +277,8 @@ class Replication:
         if not homed.all():  # the shard moved: its new home takes it
             elsewhere = np.flatnonzero(~homed)
             homes = node.shard_map.home_of(msg.keys[elsewhere], store.spec.num_keys)
-            for home, part in group_by(homes):
-                chosen = elsewhere if part is None else elsewhere[part]
-                node.send(home, subset(msg, chosen, node.me, msg.hops + 1))
+            for home, piece in routing.split(msg, homes, elsewhere, node.me, msg.hops + 1):
+                node.send(home, piece)
             msg = subset(msg, np.flatnonzero(homed), msg.sender, msg.hops)
         keys, values = msg.keys, msg.values
         assert keys is not None

@@ -41,6 +41,8 @@ from dynaps.node.replication import Replication
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.wire import messages, routing
+from dynaps.wire.codec import decode, encode, encode_reply
 from dynaps.wire.protocol import (
     COORDINATOR,
     MAX_HOPS,
@@ -48,13 +50,10 @@ from dynaps.wire.protocol import (
     Message,
     MsgType,
     client_of,
-    decode,
-    encode,
-    encode_reply,
     is_client,
     node_of,
 )
-from dynaps.wire.routing import group_by, subset
+from dynaps.wire.routing import subset
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -331,20 +330,19 @@ class NodeServer:
         if msg.hops + 1 > MAX_HOPS:
             self._error(msg, f"request for table {store.name!r} was forwarded {MAX_HOPS} times")
             return
-        for dest, part in group_by(dests):
+        for dest, piece in routing.split(msg, dests, idx, self.me, msg.hops + 1):
             if dest == self.me:  # directory says we own it but loc disagrees: never expected
                 log.error("node %d: directory inconsistency for %d keys", self.me, len(keys))
                 self.stats["anomalies"] += 1
                 continue
-            chosen = idx if part is None else idx[part]
-            self.stats["keys_forwarded"] += len(chosen)
-            self.send(dest, subset(msg, chosen, self.me, msg.hops + 1))
+            self.stats["keys_forwarded"] += piece.count
+            self.send(dest, piece)
 
     def _error(self, msg: Message, text: str) -> None:
         self.stats["errors"] += 1
         log.error("node %d: %s", self.me, text)
         if is_client(msg.requester):
-            reply = Message(MsgType.ERROR, self.me, msg.requester, msg.req_id, msg.table, text=text)
+            reply = messages.error(self.me, msg.requester, msg.req_id, msg.table, text)
             self.send(msg.requester, reply)
 
     # ------------------------------------------------------------------ membership changes
@@ -380,9 +378,8 @@ class NodeServer:
             return
         assert msg.keys is not None
         homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
-        for home, part in group_by(homes):
-            chosen = np.arange(len(msg.keys)) if part is None else part
-            self.send(home, subset(msg, chosen, msg.sender, msg.hops))
+        for home, piece in routing.split(msg, homes, np.arange(msg.count)):
+            self.send(home, piece)
 
     def release_gate(self) -> None:
         """Handle the held requests whose shards are available again."""

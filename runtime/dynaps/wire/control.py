@@ -1,27 +1,50 @@
-"""Bodies of control-plane messages (JSON), validated by pydantic on receipt.
+"""Bodies of control-plane messages (JSON): one pydantic model per message type.
 
 The data plane (pull, push, localize) is binary and lives in :mod:`dynaps.wire.protocol`;
 the control plane is rare and benefits more from readable, validated documents.
+:data:`BODIES` names the model of every control type: :func:`dynaps.wire.codec.decode`
+parses a body into it once, on receipt, and :func:`dynaps.wire.messages.control` refuses
+to send a body of another model.  Handlers read typed fields (:func:`body_of`), never
+``dict.get``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
+from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dynaps.contract import MAX_NODES, RuntimeConfig
-from dynaps.errors import ClusterError, ProtocolError
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of, decode
-from dynaps.wire.transport import Transport
-
-log = logging.getLogger(__name__)
+from dynaps.errors import ProtocolError
+from dynaps.wire.protocol import Message, MsgType
 
 Role = Literal["server", "worker"]
-Phase = Literal["prepare", "running", "stopping"]
+
+
+class Phase(StrEnum):
+    """The job's phase as the coordinator announces it in every membership."""
+
+    PREPARE = "prepare"  # the first shard map: nodes load and wait for READY
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class CheckpointPhase(StrEnum):
+    """The steps of one checkpoint round (the coordinator's orders)."""
+
+    PAUSE = "pause"  # stop relocations, report when quiet
+    WRITE = "write"  # write the owned rows to the round's directory
+    RESUME = "resume"
+
+
+class RecoverySource(StrEnum):
+    """Where a new home rebuilds a lost server's shards from, best first."""
+
+    REPLICA = "replica"
+    CHECKPOINT = "checkpoint"
+    INITIAL = "initial"
 
 
 class _Body(BaseModel):
@@ -95,8 +118,18 @@ class Membership(_Body):
         return None
 
 
+class Empty(_Body):
+    """The body of PING, PONG, STATS (the request), LEFT and ADOPT."""
+
+
 class Ready(_Body):
     version: int
+
+
+class Clock(_Body):
+    """A worker's clock (CLOCK), or the minimum over all workers (CLOCK_MIN)."""
+
+    clock: int = Field(ge=0)
 
 
 class Barrier(_Body):
@@ -116,6 +149,12 @@ class Leave(_Body):
     reason: str = ""
 
 
+class Drain(_Body):
+    """The coordinator asks a node to leave (a scale-in or an operator's drain)."""
+
+    reason: str = ""
+
+
 class MigrateOut(_Body):
     id: int = Field(ge=1)
     shards: list[int]
@@ -127,10 +166,18 @@ class MigrateReady(_Body):
     id: int = Field(ge=1)
 
 
+class MigrateAbort(_Body):
+    id: int = Field(ge=1)
+
+
 class Recover(_Body):
     id: int = Field(ge=1)
     shards: list[int]
-    source: Literal["replica", "checkpoint", "initial"]
+    source: RecoverySource
+
+
+class Recovered(_Body):
+    id: int = Field(ge=1)
 
 
 class OwnersQuery(_Body):
@@ -140,13 +187,13 @@ class OwnersQuery(_Body):
 
 class Checkpoint(_Body):
     id: int = Field(ge=1)
-    phase: Literal["pause", "write", "resume"]
+    phase: CheckpointPhase
     path: str = ""
 
 
 class CheckpointDone(_Body):
     id: int = Field(ge=1)
-    phase: Literal["pause", "write"]
+    phase: Literal[CheckpointPhase.PAUSE, CheckpointPhase.WRITE]
     keys: int = 0
 
 
@@ -169,15 +216,57 @@ class Stats(_Body):
     counters: dict[str, int | float | str]
 
 
+BODIES: dict[MsgType, type[BaseModel]] = {
+    MsgType.REGISTER: Register,
+    MsgType.WELCOME: Welcome,
+    MsgType.MEMBERSHIP: Membership,
+    MsgType.READY: Ready,
+    MsgType.BARRIER: Barrier,
+    MsgType.BARRIER_DONE: Barrier,
+    MsgType.WORKER_DONE: WorkerDone,
+    MsgType.SHUTDOWN: Shutdown,
+    MsgType.STATS: Empty,
+    MsgType.STATS_REPLY: Stats,
+    MsgType.HEARTBEAT: Heartbeat,
+    MsgType.PING: Empty,
+    MsgType.PONG: Empty,
+    MsgType.CLOCK: Clock,
+    MsgType.CLOCK_MIN: Clock,
+    MsgType.REFUSED: Refused,
+    MsgType.LEAVE: Leave,
+    MsgType.LEFT: Empty,
+    MsgType.DRAIN: Drain,
+    MsgType.MIGRATE_OUT: MigrateOut,
+    MsgType.MIGRATE_READY: MigrateReady,
+    MsgType.CHECKPOINT: Checkpoint,
+    MsgType.CHECKPOINT_DONE: CheckpointDone,
+    MsgType.LEASE: Lease,
+    MsgType.LEASE_REPLY: LeaseReply,
+    MsgType.RECOVER: Recover,
+    MsgType.RECOVERED: Recovered,
+    MsgType.OWNERS_QUERY: OwnersQuery,
+    MsgType.MIGRATE_ABORT: MigrateAbort,
+    MsgType.REPORT: Report,
+    MsgType.ADOPT: Empty,
+    MsgType.REJOIN: Rejoin,
+}
+
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def parse(model: type[Body], body: dict[str, Any] | None) -> Body:
+def parse(model: type[Body], body: dict[str, Any]) -> Body:
     """Validate a control body; a bad one is a ProtocolError like any malformed frame."""
     try:
-        return model.model_validate(body or {})
+        return model.model_validate(body)
     except ValidationError as exc:
         raise ProtocolError(f"invalid {model.__name__} body: {exc.errors()[:2]}") from exc
+
+
+def body_of(msg: Message, model: type[Body]) -> Body:
+    """The body of ``msg``, already parsed on receipt, as the ``model`` its type has."""
+    if not isinstance(msg.body, model):
+        raise ProtocolError(f"{msg.type.name} carries {type(msg.body).__name__}, not {model.__name__}")
+    return msg.body
 
 
 def config_digest(config: RuntimeConfig) -> str:
@@ -185,41 +274,3 @@ def config_digest(config: RuntimeConfig) -> str:
     tables = [t.to_wire() for t in config.tables]
     text = repr((tables, config.rebalance_policy.num_shards, str(config.rebalance_policy.partition)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def connect_members(transport: Transport, membership: Membership) -> set[int]:
-    """Point the transport at every node and client of the membership; returns their ids."""
-    endpoints: set[int] = set()
-    for info in membership.nodes:
-        if info.id != transport.endpoint:
-            transport.connect(info.id, info.address)
-        endpoints.add(info.id)
-        if info.client is not None:
-            if client_of(info.id) != transport.endpoint:
-                transport.connect(client_of(info.id), info.client)
-            endpoints.add(client_of(info.id))
-    return endpoints
-
-
-def await_coordinator(transport: Transport, kinds: set[MsgType], deadline: float, what: str) -> Message:
-    """Wait for one of ``kinds`` from the coordinator; other messages are dropped."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClusterError(f"timed out waiting for {what} from the coordinator")
-        frames = transport.recv(timeout=min(remaining, 0.5))
-        if frames is None:
-            continue
-        try:
-            msg = decode(frames, [])
-        except ProtocolError as exc:
-            log.debug("ignored before start-up: %s", exc)
-            continue
-        if msg.sender != COORDINATOR:
-            continue
-        if msg.type is MsgType.REFUSED:
-            raise ClusterError(f"the coordinator refused this process: {(msg.body or {}).get('reason')}")
-        if msg.type is MsgType.SHUTDOWN:
-            raise ClusterError(f"the job ended before this node started: {(msg.body or {}).get('reason')}")
-        if msg.type in kinds:
-            return msg

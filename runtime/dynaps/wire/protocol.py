@@ -58,7 +58,8 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
                 holds; with a client requester when writing through)
     LOCALIZED   (none)
     ERROR       utf-8 text
-    control     utf-8 JSON body (REGISTER ... HEARTBEAT)
+    control     utf-8 JSON body (REGISTER ... REJOIN), one pydantic model per type
+                (:data:`dynaps.wire.control.BODIES`), parsed once on receipt
 
 Each section is its own frame, except that payloads of up to ``INLINE_MAX`` bytes are
 appended to the header frame (flag INLINE): one frame costs less than the copy it takes.
@@ -67,24 +68,24 @@ keys are int64, positions int32 (indices into the requester's original key array
 request split over several owners is reassembled without a lookup), values and state
 arrays are C-ordered ``count x dim`` arrays of the table's dtype.
 
-:func:`decode` validates everything a receiver relies on (sizes, key ranges, position
-ranges, table index) and raises :class:`ProtocolError` otherwise; receivers drop such a
-message, count it and keep serving.
+This module holds the types; :mod:`dynaps.wire.codec` turns them into frames and back
+(:func:`~dynaps.wire.codec.decode` validates everything a receiver relies on: sizes, key
+ranges, position ranges, table index, the control body's model, and raises
+:class:`ProtocolError` otherwise; receivers drop such a message, count it and keep
+serving), and :mod:`dynaps.wire.messages` has one constructor per message type: nothing
+outside the wire package builds a ``Message`` or packs a header.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-
-from dynaps.errors import ProtocolError
+from pydantic import BaseModel
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHHhhHIQII")
@@ -142,7 +143,6 @@ class MsgType(enum.IntEnum):
     LEAVE = 48
     LEFT = 49
     DRAIN = 50
-    DRAIN_NOTICE = 51
     MIGRATE_OUT = 52
     MIGRATE_READY = 53
     CHECKPOINT = 54
@@ -179,25 +179,6 @@ NO_POSITIONS = frozenset(
         MsgType.WRITEBACK,
     }
 )
-# per data type: (keys, positions allowed, values, state arrays)
-_SECTIONS: dict[MsgType, tuple[bool, bool, bool, bool]] = {
-    MsgType.PULL: (True, True, False, False),
-    MsgType.PULL_REPLY: (False, True, True, False),
-    MsgType.PUSH: (True, True, True, False),
-    MsgType.SET: (True, True, True, False),
-    MsgType.ACK: (False, True, False, False),
-    MsgType.LOCALIZE: (True, False, False, False),
-    MsgType.RELEASE: (True, False, False, False),
-    MsgType.HANDOFF: (True, False, False, False),
-    MsgType.TRANSFER: (True, False, True, True),
-    MsgType.TRANSFER_DONE: (True, False, False, False),
-    MsgType.SHARD_COPY: (True, False, False, True),  # and directory sections: see decode
-    MsgType.OWNERS: (True, False, False, False),
-    MsgType.REPLICATE: (True, True, True, True),
-    MsgType.WRITEBACK: (True, True, True, True),
-    MsgType.LOCALIZED: (False, False, False, False),
-}
-_TYPES = {int(t): t for t in MsgType}
 
 
 def client_of(node: int) -> int:
@@ -249,7 +230,8 @@ class Message:
     dir_owner: npt.NDArray[np.int16] | None = None  # SHARD_COPY: the home's directory entries
     dir_moving: npt.NDArray[np.int16] | None = None
     owned: KeyArray | None = None  # SHARD_COPY: the keys whose values travel with the shard
-    body: dict[str, Any] | None = None
+    body: BaseModel | None = None  # control types: the parsed body (dynaps.wire.control.BODIES)
+    records: dict[str, Any] | None = None  # TRANSFER: applied-request records of its keys
     text: str = ""
 
     def __repr__(self) -> str:
@@ -274,13 +256,12 @@ class Message:
         if self.values is not None:
             parts.append(f"values={self.values.shape}")
         if self.body is not None:
-            parts.append(f"body={sorted(self.body)}")
+            parts.append(f"body={self.body!r}")
+        if self.records is not None:
+            parts.append("records")
         if self.text:
             parts.append(f"text={self.text[:60]!r}")
         return f"<{' '.join(parts)}>"
-
-
-# ----------------------------------------------------------------------------------- encode
 
 
 def header(
@@ -295,301 +276,7 @@ def header(
     hops: int = 0,
     epoch: int = 0,
 ) -> bytes:
-    """Pack a header frame."""
+    """Pack a header frame (the layout drawn above)."""
     return HEADER.pack(
         PROTOCOL_VERSION, msg_type, flags, table, sender, requester, hops, epoch, req_id, count, aux
     )
-
-
-def encode(msg: Message) -> list[Any]:
-    """The frames of ``msg``.
-
-    Small payloads are appended to the header frame (one frame, one copy: cheaper than
-    zmq's per-frame work); large arrays travel as their own frames, passed as buffers.
-    """
-    kind = msg.type
-    if kind in CONTROL_TYPES or kind is MsgType.ERROR:
-        head = header(
-            kind, msg.sender, msg.requester, msg.req_id, msg.table, msg.count, msg.aux, 0, msg.hops, msg.epoch
-        )
-        if kind is MsgType.ERROR:
-            return [head, msg.text.encode()]
-        return [head, json.dumps(msg.body or {}, separators=(",", ":")).encode()]
-    if kind is MsgType.SHARD_COPY:
-        parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.owned, msg.values) if a is not None]
-    else:
-        parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
-    parts.extend(msg.states)
-    flags = msg.flags & ~(HAS_POSITIONS | INLINE | RECORDS)
-    if msg.positions is not None:
-        flags |= HAS_POSITIONS
-    records = None
-    if kind is MsgType.TRANSFER and msg.body is not None:
-        flags |= RECORDS
-        records = json.dumps(msg.body, separators=(",", ":")).encode()
-    size = 0
-    for part in parts:
-        size += part.nbytes
-    if size <= INLINE_MAX and records is None:
-        head = HEADER.pack(
-            PROTOCOL_VERSION,
-            kind,
-            flags | INLINE,
-            msg.table,
-            msg.sender,
-            msg.requester,
-            msg.hops,
-            msg.epoch,
-            msg.req_id,
-            msg.count,
-            msg.aux,
-        )
-        return [b"".join([head, *[_buffer(part) for part in parts]])]
-    head = HEADER.pack(
-        PROTOCOL_VERSION,
-        kind,
-        flags,
-        msg.table,
-        msg.sender,
-        msg.requester,
-        msg.hops,
-        msg.epoch,
-        msg.req_id,
-        msg.count,
-        msg.aux,
-    )
-    frames = [head, *[_buffer(part) for part in parts]]
-    if records is not None:
-        frames.append(records)
-    return frames
-
-
-def encode_reply(
-    kind: MsgType,
-    sender: int,
-    requester: int,
-    req_id: int,
-    table: int,
-    count: int,
-    hops: int,
-    positions: PosArray | None,
-    values: ValueArray | None,
-    epoch: int = 0,
-) -> list[Any]:
-    """A PULL_REPLY or ACK: what :func:`encode` makes of it, without building a Message."""
-    size = 0 if values is None else values.nbytes
-    if positions is not None:
-        size += positions.nbytes
-    if size > INLINE_MAX:
-        msg = Message(
-            kind, sender, requester, req_id, table, count, hops=hops, positions=positions, values=values
-        )
-        return encode(msg)
-    flags = INLINE if positions is None else INLINE | HAS_POSITIONS
-    parts = [HEADER.pack(PROTOCOL_VERSION, kind, flags, table, sender, requester, hops, 0, req_id, count, 0)]
-    if positions is not None:
-        parts.append(_buffer(positions))
-    if values is not None:
-        parts.append(_buffer(values))
-    return [b"".join(parts)]
-
-
-def _buffer(array: npt.NDArray[Any]) -> Any:
-    # zmq sends any object with the buffer protocol; it must be C-contiguous.
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
-
-
-def control_frames(msg_type: MsgType, sender: int, body: dict[str, Any], req_id: int = 0) -> list[Any]:
-    """Frames of a control message with a JSON body."""
-    return [
-        header(msg_type, sender, sender, req_id),
-        json.dumps(body, separators=(",", ":")).encode(),
-    ]
-
-
-# ----------------------------------------------------------------------------------- decode
-
-
-def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
-    """Parse and validate one message.  Raises ProtocolError; never returns garbage."""
-    if not frames:
-        raise ProtocolError("empty message")
-    head = frames[0]
-    if len(head) < HEADER_SIZE:
-        raise ProtocolError(f"header frame has {len(head)} bytes, expected {HEADER_SIZE}")
-    (version, type_code, flags, table, sender, requester, hops, epoch, req_id, count, aux) = (
-        HEADER.unpack_from(head)
-    )
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-    msg_type = _TYPES.get(type_code)
-    if msg_type is None:
-        raise ProtocolError(f"unknown message type {type_code}")
-    if hops > MAX_HOPS:
-        raise ProtocolError(f"message forwarded {hops} times (loop?)")
-    inline = flags & INLINE
-    if not inline and len(head) != HEADER_SIZE:
-        raise ProtocolError(f"header frame has {len(head)} bytes, expected {HEADER_SIZE}")
-    msg = Message(msg_type, sender, requester, req_id, table, count, aux, flags, hops, epoch)
-    if msg_type in CONTROL_TYPES:
-        msg.body = _json_body(frames[1:])
-        return msg
-    if msg_type is MsgType.ERROR:
-        if len(frames) != 2:
-            raise ProtocolError("ERROR needs exactly one text frame")
-        msg.text = bytes(frames[1]).decode("utf-8", errors="replace")[:4096]
-        return msg
-    with_keys, positions_allowed, with_values, with_states = _SECTIONS[msg_type]
-    with_positions = bool(flags & HAS_POSITIONS)
-    if with_positions and not positions_allowed:
-        raise ProtocolError(f"{msg_type.name} carries no positions")
-    if msg_type is MsgType.LOCALIZED:
-        if len(frames) != 1 or len(head) != HEADER_SIZE:
-            raise ProtocolError("LOCALIZED carries no payload")
-        return msg
-    if table >= len(tables):
-        raise ProtocolError(f"table index {table} out of range ({len(tables)} tables)")
-    layout = tables[table]
-    if msg_type is MsgType.SHARD_COPY:
-        return _decode_shard_copy(msg, frames, layout)
-    if with_states and aux != layout.num_states:
-        raise ProtocolError(f"{msg_type.name} has {aux} state arrays, table has {layout.num_states}")
-    row_bytes = count * layout.row_bytes
-    sizes = []
-    if with_keys:
-        sizes.append(count * 8)
-    if with_positions:
-        sizes.append(count * 4)
-    if with_values:
-        sizes.append(row_bytes)
-    if with_states:
-        sizes.extend([row_bytes] * aux)
-    if flags & RECORDS:
-        if msg_type is not MsgType.TRANSFER or inline or len(frames) < 2:
-            raise ProtocolError(f"{msg_type.name} with records is malformed")
-        msg.body = _json_body(frames[-1:])
-        frames = frames[:-1]
-    if inline:
-        if len(frames) != 1:
-            raise ProtocolError(f"inline {msg_type.name} has {len(frames)} frames")
-        expected = HEADER_SIZE + sum(sizes)
-        if len(head) != expected:
-            raise ProtocolError(f"{msg_type.name} frame has {len(head)} bytes, expected {expected}")
-        buffers = [head] * len(sizes)
-        offsets = []
-        offset = HEADER_SIZE
-        for size in sizes:
-            offsets.append(offset)
-            offset += size
-    else:
-        if len(frames) - 1 != len(sizes):
-            raise ProtocolError(f"{msg_type.name} needs {len(sizes)} payload frames, got {len(frames) - 1}")
-        buffers = list(frames[1:])
-        offsets = [0] * len(sizes)
-        for buffer, size in zip(buffers, sizes, strict=True):
-            if len(buffer) != size:
-                raise ProtocolError(f"{msg_type.name} payload frame has {len(buffer)} bytes, expected {size}")
-    at = 0
-    if with_keys:
-        keys = np.frombuffer(buffers[0], np.int64, count, offsets[0])
-        if count == 1:
-            key = int(keys[0])
-            if key < 0 or key >= layout.num_keys:
-                raise ProtocolError(f"key {key} outside [0, {layout.num_keys})")
-        elif count and (int(keys.min()) < 0 or int(keys.max()) >= layout.num_keys):
-            raise ProtocolError(f"keys outside [0, {layout.num_keys})")
-        msg.keys = keys
-        at = 1
-    if with_positions:
-        positions = np.frombuffer(buffers[at], np.int32, count, offsets[at])
-        if count and int(positions.min()) < 0:
-            raise ProtocolError("negative position")
-        msg.positions = positions
-        at += 1
-    if with_values:
-        msg.values = np.frombuffer(buffers[at], layout.dtype, count * layout.dim, offsets[at]).reshape(
-            count, layout.dim
-        )
-        at += 1
-    if with_states:
-        msg.states = tuple(
-            np.frombuffer(buffers[at + i], layout.dtype, count * layout.dim, offsets[at + i]).reshape(
-                count, layout.dim
-            )
-            for i in range(aux)
-        )
-    return msg
-
-
-def _decode_shard_copy(msg: Message, frames: Sequence[Any], layout: TableLayout) -> Message:
-    count, owned = msg.count, msg.aux
-    rows = owned * layout.row_bytes
-    sizes = [count * 8, count * 2, count * 2, owned * 8, rows] + [rows] * layout.num_states
-    if msg.flags & INLINE:
-        if len(frames) != 1 or len(frames[0]) != HEADER_SIZE + sum(sizes):
-            raise ProtocolError("SHARD_COPY has the wrong size")
-        buffers = [frames[0]] * len(sizes)
-        offsets = list(np.cumsum([HEADER_SIZE, *sizes[:-1]]).tolist())
-    else:
-        if len(frames) - 1 != len(sizes) or any(len(f) != n for f, n in zip(frames[1:], sizes, strict=True)):
-            raise ProtocolError("SHARD_COPY has the wrong frames")
-        buffers = list(frames[1:])
-        offsets = [0] * len(sizes)
-    keys = np.frombuffer(buffers[0], np.int64, count, offsets[0])
-    owned_keys = np.frombuffer(buffers[3], np.int64, owned, offsets[3])
-    for array in (keys, owned_keys):
-        if len(array) and (int(array.min()) < 0 or int(array.max()) >= layout.num_keys):
-            raise ProtocolError(f"SHARD_COPY keys outside [0, {layout.num_keys})")
-    msg.keys = keys
-    msg.dir_owner = np.frombuffer(buffers[1], np.int16, count, offsets[1])
-    msg.dir_moving = np.frombuffer(buffers[2], np.int16, count, offsets[2])
-    msg.owned = owned_keys
-    shape = (owned, layout.dim)
-    msg.values = np.frombuffer(buffers[4], layout.dtype, owned * layout.dim, offsets[4]).reshape(shape)
-    msg.states = tuple(
-        np.frombuffer(buffers[5 + i], layout.dtype, owned * layout.dim, offsets[5 + i]).reshape(shape)
-        for i in range(layout.num_states)
-    )
-    return msg
-
-
-def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
-    if len(rest) != 1:
-        raise ProtocolError(f"control message needs one body frame, got {len(rest)}")
-    raw = rest[0]
-    if len(raw) > MAX_BODY_BYTES:
-        raise ProtocolError("control body too large")
-    try:
-        body = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"control body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError("control body must be a JSON object")
-    return body
-
-
-__all__ = [
-    "CLIENT_BIT",
-    "CONTROL_TYPES",
-    "COORDINATOR",
-    "FINAL",
-    "HAS_POSITIONS",
-    "HEADER_SIZE",
-    "INLINE",
-    "NO_ENDPOINT",
-    "PROTOCOL_VERSION",
-    "RECORDS",
-    "RECOVERY",
-    "RETRY",
-    "Message",
-    "MsgType",
-    "TableLayout",
-    "client_of",
-    "control_frames",
-    "decode",
-    "encode",
-    "encode_reply",
-    "header",
-    "is_client",
-    "node_of",
-]

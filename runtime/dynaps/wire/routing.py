@@ -1,4 +1,5 @@
-"""Splitting requests: by destination, and into the part that concerns some of the keys."""
+"""Splitting requests by destination (ps-lite's Slicer): which keys go where, and the
+message each destination gets."""
 
 from __future__ import annotations
 
@@ -45,3 +46,30 @@ def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
         values=msg.values[idx] if msg.values is not None else None,
         states=tuple(state[idx] for state in msg.states),
     )
+
+
+def split(
+    msg: Message,
+    dests: npt.NDArray[Any],
+    idx: Index | None = None,
+    sender: int | None = None,
+    hops: int | None = None,
+) -> list[tuple[int, Message]]:
+    """``msg`` split by destination: ``dests[i]`` is where ``msg.keys[idx[i]]`` goes (``idx``
+    defaults to all keys).  ``msg`` itself when all its keys go to one place unchanged,
+    else one :func:`subset` per destination, with positions so the replies reassemble."""
+    sender = msg.sender if sender is None else sender
+    hops = msg.hops if hops is None else hops
+    groups = group_by(dests)
+    if (
+        idx is None
+        and len(groups) == 1
+        and groups[0][1] is None
+        and sender == msg.sender
+        and hops == msg.hops
+    ):
+        return [(groups[0][0], msg)]
+    chosen = np.arange(msg.count) if idx is None else idx
+    return [
+        (dest, subset(msg, chosen if part is None else chosen[part], sender, hops)) for dest, part in groups
+    ]

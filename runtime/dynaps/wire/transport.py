@@ -3,7 +3,7 @@
 Every process (coordinator, node, client) has one inbox and sends one-way messages to
 other endpoints' inboxes; a reply is just another one-way message.  This is ps-lite's
 ``Van``: the protocol logic above it never sees a socket, so it can run in-process in
-tests (:class:`InProcHub`).
+tests (which bring their own in-memory transports).
 
 ZeroMQ details, and why:
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -223,47 +222,3 @@ class ZmqTransport:
         self.inbox.close(linger=0)
         if self._owns_context:
             self._context.term()
-
-
-class InProcHub:
-    """In-memory 'network' for protocol tests: endpoint -> queue of messages."""
-
-    def __init__(self) -> None:
-        self.queues: dict[int, collections.deque[list[bytes]]] = {}
-        self.lock = threading.Lock()
-
-    def transport(self, endpoint: int) -> InProcTransport:
-        self.queues[endpoint] = collections.deque()
-        return InProcTransport(self, endpoint)
-
-
-class InProcTransport:
-    """A Transport over an :class:`InProcHub`; frames are copied as they would be on a wire."""
-
-    def __init__(self, hub: InProcHub, endpoint: int) -> None:
-        self.hub = hub
-        self.endpoint = endpoint
-        self.address = f"inproc://{endpoint}"
-        self._known: set[int] = set()
-
-    def connect(self, endpoint: int, address: str) -> None:
-        self._known.add(endpoint)
-
-    def forget(self, endpoint: int, linger: float = 0.0) -> None:
-        self._known.discard(endpoint)
-
-    def knows(self, endpoint: int) -> bool:
-        return endpoint in self._known
-
-    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
-        wire = [bytes(memoryview(f)) for f in frames]
-        with self.hub.lock:
-            self.hub.queues[endpoint].append(wire)
-
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
-        with self.hub.lock:
-            queue = self.hub.queues[self.endpoint]
-            return list(queue.popleft()) if queue else None
-
-    def close(self, linger: float = 0.0) -> None:
-        self._known.clear()

@@ -1,0 +1,54 @@
+"""Joining a job: waiting for the coordinator's answer, connecting to the members."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dynaps.errors import ClusterError, ProtocolError
+from dynaps.wire import control
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
+from dynaps.wire.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+def connect_members(transport: Transport, membership: control.Membership) -> set[int]:
+    """Point the transport at every node and client of the membership; returns their ids."""
+    endpoints: set[int] = set()
+    for info in membership.nodes:
+        if info.id != transport.endpoint:
+            transport.connect(info.id, info.address)
+        endpoints.add(info.id)
+        if info.client is not None:
+            if client_of(info.id) != transport.endpoint:
+                transport.connect(client_of(info.id), info.client)
+            endpoints.add(client_of(info.id))
+    return endpoints
+
+
+def await_coordinator(transport: Transport, kinds: set[MsgType], deadline: float, what: str) -> Message:
+    """Wait for one of ``kinds`` from the coordinator; other messages are dropped."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClusterError(f"timed out waiting for {what} from the coordinator")
+        frames = transport.recv(timeout=min(remaining, 0.5))
+        if frames is None:
+            continue
+        try:
+            msg = decode(frames, [])
+        except ProtocolError as exc:
+            log.debug("ignored before start-up: %s", exc)
+            continue
+        if msg.sender != COORDINATOR:
+            continue
+        if msg.type is MsgType.REFUSED:
+            reason = control.body_of(msg, control.Refused).reason
+            raise ClusterError(f"the coordinator refused this process: {reason}")
+        if msg.type is MsgType.SHUTDOWN:
+            reason = control.body_of(msg, control.Shutdown).reason
+            raise ClusterError(f"the job ended before this node started: {reason}")
+        if msg.type in kinds:
+            return msg

@@ -1,0 +1,58 @@
+"""Valid bodies of every control message type, for tests that need one of each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from dynaps.wire import control
+from dynaps.wire.protocol import MsgType
+
+NODE = {"id": 1, "role": "server", "address": "tcp://127.0.0.1:1"}
+HEARTBEAT = {"role": "worker", "address": "tcp://127.0.0.1:2", "rank": 0}
+SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
+    MsgType.REGISTER: {"role": "server", "address": "tcp://127.0.0.1:1", "nonce": "n", "config_digest": "d"},
+    MsgType.WELCOME: {"node": 1, "nonce": "n", "rank": 0},
+    MsgType.MEMBERSHIP: {
+        "version": 3,
+        "phase": "running",
+        "nodes": [NODE],
+        "shard_map": {"epoch": 1},
+        "num_workers": 1,
+    },
+    MsgType.READY: {"version": 3},
+    MsgType.BARRIER: {"generation": 2},
+    MsgType.BARRIER_DONE: {"generation": 2},
+    MsgType.WORKER_DONE: {"exit_code": 0},
+    MsgType.SHUTDOWN: {"reason": "done", "exit_code": 0},
+    MsgType.STATS: {},
+    MsgType.STATS_REPLY: {"counters": {"messages": 3, "phase": "running"}},
+    MsgType.HEARTBEAT: HEARTBEAT,
+    MsgType.PING: {},
+    MsgType.PONG: {},
+    MsgType.CLOCK: {"clock": 4},
+    MsgType.CLOCK_MIN: {"clock": 3},
+    MsgType.REFUSED: {"nonce": "n", "reason": "no room"},
+    MsgType.LEAVE: {"reason": "scale-in"},
+    MsgType.LEFT: {},
+    MsgType.DRAIN: {"reason": "drain requested"},
+    MsgType.MIGRATE_OUT: {"id": 1, "shards": [0, 5], "target": 2, "epoch": 4},
+    MsgType.MIGRATE_READY: {"id": 1},
+    MsgType.CHECKPOINT: {"id": 1, "phase": "write", "path": "/ckpt/1"},
+    MsgType.CHECKPOINT_DONE: {"id": 1, "phase": "write", "keys": 10},
+    MsgType.LEASE: {"epoch": 0, "num_shards": 8},
+    MsgType.LEASE_REPLY: {"epoch": 0, "shard": 3},
+    MsgType.RECOVER: {"id": 2, "shards": [1], "source": "replica"},
+    MsgType.RECOVERED: {"id": 2},
+    MsgType.OWNERS_QUERY: {"id": 2, "shards": [1]},
+    MsgType.MIGRATE_ABORT: {"id": 1},
+    MsgType.REPORT: {"metrics": {"rmse": 0.5}},
+    MsgType.ADOPT: {},
+    MsgType.REJOIN: {"heartbeat": HEARTBEAT, "shard_map": {"epoch": 1}},
+}
+
+
+def sample_body(kind: MsgType) -> BaseModel:
+    """A valid body of ``kind``, parsed into its model."""
+    return control.BODIES[kind].model_validate(SAMPLE_BODIES[kind])
