@@ -91,13 +91,7 @@ class Relocations:
         if store.owner is None or store.moving_from is None:
             node.note_malformed(ProtocolError(f"{msg.type.name} sent to node {node.me}, which homes no keys"))
             return
-        homes = node.shard_map.home_of(keys, store.spec.num_keys)
-        here = homes == node.me
-        if not here.all():
-            elsewhere = np.flatnonzero(~here)
-            for dest, piece in routing.split(msg, homes[elsewhere], elsewhere, node.me, msg.hops + 1):
-                node.send(dest, piece)
-            keys = keys[here]
+        keys = self._homed_here(msg, keys, store.spec.num_keys)
         keys = np.unique(keys)
         if self.paused or self.fenced():
             self.waiting[msg.table].append(messages.with_keys(msg, keys, target=target))
@@ -144,13 +138,7 @@ class Relocations:
         if store.moving_from is None:
             node.note_malformed(ProtocolError(f"TRANSFER_DONE sent to node {node.me}, which homes no keys"))
             return
-        homes = node.shard_map.home_of(keys, store.spec.num_keys)
-        here = homes == node.me
-        if not here.all():
-            elsewhere = np.flatnonzero(~here)
-            for dest, piece in routing.split(msg, homes[elsewhere], elsewhere, node.me, msg.hops + 1):
-                node.send(dest, piece)
-            keys = keys[here]
+        keys = self._homed_here(msg, keys, store.spec.num_keys)
         node.lock.acquire()
         try:
             store.moving_from[keys] = NOT_MOVING
@@ -320,3 +308,17 @@ class Relocations:
             if store.moving_from is not None and (store.moving_from[node.homed(table)] != NOT_MOVING).any():
                 return False
         return True
+
+    def _homed_here(self, msg: Message, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int64]:
+        """The keys of ``msg`` this node homes; the others go on to their homes (a shard
+        may have moved since the sender looked)."""
+        node = self.node
+        homes = node.shard_map.home_of(keys, num_keys)
+        here = homes == node.me
+        if here.all():
+            return keys
+        elsewhere = np.flatnonzero(~here)
+        for dest, piece in routing.split(msg, homes[elsewhere], elsewhere, node.me, msg.hops + 1):
+            node.send(dest, piece)
+        mine: npt.NDArray[np.int64] = keys[here]
+        return mine

@@ -91,25 +91,11 @@ def encode(msg: Message) -> list[Any]:
     size = 0
     for part in parts:
         size += part.nbytes
-    if size <= INLINE_MAX and records is None:
-        head = HEADER.pack(
-            PROTOCOL_VERSION,
-            kind,
-            flags | INLINE,
-            msg.table,
-            msg.sender,
-            msg.requester,
-            msg.hops,
-            msg.epoch,
-            msg.req_id,
-            msg.count,
-            msg.aux,
-        )
-        return [b"".join([head, *[_buffer(part) for part in parts]])]
+    inline = size <= INLINE_MAX and records is None
     head = HEADER.pack(
         PROTOCOL_VERSION,
         kind,
-        flags,
+        flags | INLINE if inline else flags,
         msg.table,
         msg.sender,
         msg.requester,
@@ -119,6 +105,8 @@ def encode(msg: Message) -> list[Any]:
         msg.count,
         msg.aux,
     )
+    if inline:
+        return [b"".join([head, *[_buffer(part) for part in parts]])]
     frames = [head, *[_buffer(part) for part in parts]]
     if records is not None:
         frames.append(records)
