@@ -37,6 +37,10 @@ CONFIG_FILE_ENV = "DYNAPS_CONFIG_FILE"
 MAX_NODES = 16_000
 MAX_TABLES = 1024
 
+# A node that the coordinator declared lost exits with this code (EX_TEMPFAIL) once it
+# learns so: it did nothing wrong and may be started again, as a new member.
+FENCED_EXIT_CODE = 75
+
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -201,6 +205,10 @@ class FaultTolerance(_Model):
     replication: Annotated[int, Field(ge=0, le=1)] = 0
     flush_interval_ms: Annotated[int, Field(ge=0)] = 100
     heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
+    # How long a node that is still connected but silent (hung, stopped) is waited for
+    # when declaring it lost would lose data (no replica of what it holds); a dropped
+    # connection, or a node with replicas, is declared lost within seconds.
+    silent_node_timeout_seconds: Annotated[int, Field(ge=1)] = 60
     checkpoint: CheckpointSpec = CheckpointSpec()
 
 
