@@ -262,7 +262,8 @@ def test_a_silent_worker_is_lost_and_its_data_shards_go_back() -> None:
     job.tell(client_of(w2), MsgType.LEASE, {"epoch": 0, "num_shards": 3})
     replies = job.wire.take(MsgType.LEASE_REPLY)
     assert replies == [(client_of(w1), {"epoch": 0, "shard": 0}), (client_of(w2), {"epoch": 0, "shard": 1})]
-    job.clock.now += job.coordinator.liveness.lost_after + 0.1
+    # without replication its localized keys have no copy: the job waits the long timeout
+    job.clock.now += job.coordinator.liveness.silent_node_timeout + 0.1
     job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
     job.tell(w2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1"})
     job.coordinator.tick()

@@ -13,10 +13,10 @@ knows who may send it:
 While the job runs, nodes join (a new server gets shards by migration; a new worker
 joins barriers and data leases), leave (LEAVE: drain, then LEFT) or die (their
 connection dropped and no HEARTBEAT followed, or they fell silent: the membership lists
-them as lost, and the nodes recover their keys).  Every change is a new MEMBERSHIP
-version; every change of the shard map a new epoch.  The job ends when every worker's
-program has exited: the coordinator sends SHUTDOWN to every process and exits with the
-job's status.
+them as lost, and the nodes recover their keys; one declared lost is refused if it speaks
+again, and exits).  Every change is a new MEMBERSHIP version; every change of the shard
+map a new epoch.  The job ends when every worker's program has exited: the coordinator
+sends SHUTDOWN to every process and exits with the job's status.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ class Coordinator:
         self.exit_code: int | None = None
         self.reason = ""
         self.started_at = time.time()
-        self.liveness = Liveness.for_heartbeat(config.fault_tolerance.heartbeat_interval_ms / 1000)
         self.adoption = Adoption()
         self.homes = ShardHomes(
             config.rebalance_policy,
@@ -92,6 +91,7 @@ class Coordinator:
             checkpoint_exists=lambda: self.checkpoints.recoverable,
             clock=clock,
         )
+        self.liveness = Liveness.for_job(config.fault_tolerance, config.allocation, self.homes.is_home)
         self.checkpoints = CheckpointRounds(
             config.fault_tolerance.checkpoint,
             config.job,
@@ -140,7 +140,13 @@ class Coordinator:
             self._adopt(node_of(msg.sender), control.body_of(msg, control.Heartbeat))
             return
         if member is None:
-            if node_of(msg.sender) in self.roster.former:
+            node = node_of(msg.sender)
+            if kind is MsgType.HEARTBEAT and node in self.roster.lost and msg.sender == node:
+                # Declared lost, yet alive (it was paused): others serve its keys now, so
+                # it must stop (fencing); what it sends meanwhile is dropped everywhere.
+                self.outbox.fence(node, control.body_of(msg, control.Heartbeat).address)
+                return
+            if node in self.roster.former:
                 return  # a node that left (and lingers) or was declared lost: no longer ours
             raise ProtocolError(f"{kind.name} from unknown endpoint {msg.sender}")
         member.heard(self.clock())
@@ -338,9 +344,12 @@ class Coordinator:
             member = self.roster.get(endpoint)
             if member is not None:
                 member.disconnected(now)
-        for member in self.liveness.overdue(self.roster.active(), now):
+        waited = bool(self.liveness.waiting)
+        lost = self.liveness.overdue(self.roster.active(), now)
+        for member in lost:
             self._on_lost(member)
-            self._refresh_status()
+        if lost or waited or self.liveness.waiting:
+            self._refresh_status()  # /status says whom the job waits for, and for how long
 
     def _on_lost(self, member: Member) -> None:
         log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
@@ -426,7 +435,7 @@ class Coordinator:
         return self.status_doc
 
     def _refresh_status(self) -> None:
-        self.status_doc = status_document(
+        doc = status_document(
             job=self.config.job,
             phase=self.phase.value,
             version=self.outbox.version,
@@ -440,6 +449,8 @@ class Coordinator:
             barriers=self.barriers,
             reports=self.reports,
         )
+        doc["waitingFor"] = self.liveness.report(self.clock())  # silent nodes the job waits for
+        self.status_doc = doc  # published whole: the HTTP thread reads it
 
     def run_command(self, action: str, body: dict[str, Any]) -> None:
         """An action POSTed to the HTTP endpoint (see :mod:`dynaps.coordinator.http`)."""

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # How the coordinator's parts send a control message: to an endpoint, a type, its body.
 Send = Callable[[int, MsgType, BaseModel], None]
 
-REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration
+REFUSED_ENDPOINT = -2  # a temporary endpoint id for answering a refused registration or a lost node
 
 
 class Outbox:
@@ -36,6 +36,7 @@ class Outbox:
         self.roster = roster
         self.version = 0  # of the membership: every announcement raises it
         self.incarnation = secrets.token_hex(4)  # changes when the coordinator restarts
+        self.fenced: set[int] = set()  # lost nodes told so (logged once each)
 
     def membership(self, shard_map: ShardMap, preparing: bool) -> control.Membership:
         """The current membership (``preparing``: the nodes are still building their stores)."""
@@ -97,4 +98,15 @@ class Outbox:
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
         self.transport.connect(REFUSED_ENDPOINT, reg.address)
         self.send(REFUSED_ENDPOINT, MsgType.REFUSED, control.Refused(nonce=reg.nonce, reason=reason))
+        self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
+
+    def fence(self, node: int, address: str) -> None:
+        """Tell a node declared lost, which speaks again (it was paused, not dead), that it
+        is no longer a member: it exits rather than serve keys that others now serve."""
+        if node not in self.fenced:
+            self.fenced.add(node)
+            log.warning("node %d was declared lost but speaks again: told to exit", node)
+        self.transport.connect(REFUSED_ENDPOINT, address)
+        refused = control.Refused(nonce="", reason=f"node {node} was declared lost")
+        self.send(REFUSED_ENDPOINT, MsgType.REFUSED, refused)
         self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
