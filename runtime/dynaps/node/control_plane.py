@@ -9,6 +9,12 @@ A graceful leave (:meth:`ControlPlane.start_drain`, on DRAIN or SIGTERM) goes th
 next call) and waits for it to finish (``CLIENT``); a server waits until its shards have
 moved away (``SHARDS``); then the node gives every key it still holds back to its home
 (``KEYS``), sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
+
+A node the coordinator declared lost (it was paused or cut off for too long) must not
+serve on: others now serve its keys.  It stops as soon as it learns so (:meth:`fence`): a
+MEMBERSHIP that lists it as lost or leaves it out, or the coordinator refusing its
+heartbeat (REFUSED); the process then exits with ``FENCED_EXIT_CODE``.  What it sent before
+is dropped by the others, who know it as lost.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ class ControlPlane:
         self.drain: Drain | None = None
         self.drain_deadline = 0.0
         self.checkpoint: CheckpointPause | None = None
+        self.fenced = ""  # why the coordinator no longer counts this node as a member
 
     def send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
         self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body))
@@ -100,6 +107,13 @@ class ControlPlane:
 
     def apply_membership(self, membership: control.Membership) -> None:
         server = self.server
+        if self.node_id in membership.lost:
+            self.fence(f"membership {membership.version} lists it as lost")
+            return
+        if membership.node(self.node_id) is None and self.drain is not Drain.LEFT:
+            # Only a node that left is ever left out of a membership it receives.
+            self.fence(f"membership {membership.version} does not list it")
+            return
         members = joining.connect_members(server.transport, membership)
         self.members = {info.id for info in membership.nodes}
         mine = membership.node(self.node_id)
@@ -116,11 +130,26 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ control messages
 
+    def fence(self, why: str) -> None:
+        """The coordinator declared this node lost: stop serving, and exit (non-zero)."""
+        if self.fenced:
+            return
+        self.fenced = why
+        log.error("node %d: the coordinator declared this node lost (%s): it stops", self.node_id, why)
+        self.shell.stop_loop()
+
     def on_message(self, msg: Message) -> None:
         """Act on a control message; a bad one is counted and dropped like any malformed one."""
         server = self.server
+        if self.fenced:
+            return  # no longer a member: nothing it does now may count
         try:
-            if msg.type is MsgType.MEMBERSHIP:
+            if msg.type is MsgType.REFUSED:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("REFUSED from a non-coordinator")
+                # Registered long ago: a refusal now answers a heartbeat of a node declared lost.
+                self.fence(control.body_of(msg, control.Refused).reason)
+            elif msg.type is MsgType.MEMBERSHIP:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MEMBERSHIP from a non-coordinator")
                 self.apply_membership(control.body_of(msg, control.Membership))

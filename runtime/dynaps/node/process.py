@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from dynaps.config import spin_seconds
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig
 from dynaps.errors import ClusterError
 from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
@@ -190,7 +190,8 @@ class NodeProcess:
             if now >= next_chores:  # periodic duties, off the request path
                 next_chores = now + CHORES_INTERVAL
                 self._chores(now)
-        return self.exit_code
+        assert self.control is not None
+        return FENCED_EXIT_CODE if self.control.fenced else self.exit_code
 
     def _chores(self, now: float) -> None:
         if now - self.last_heartbeat >= self.heartbeat_interval:
