@@ -135,7 +135,7 @@ class ControlPlane:
         if self.fenced:
             return
         self.fenced = why
-        log.error("node %d: the coordinator declared this node lost (%s): it stops", self.node_id, why)
+        log.error("node %d: fenced, no longer a member of the job (%s): it stops", self.node_id, why)
         self.shell.stop_loop()
 
     def on_message(self, msg: Message) -> None:
