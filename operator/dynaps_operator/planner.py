@@ -51,6 +51,7 @@ from dynaps_operator.decisions import (
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.podstate import Outcome, PodView
+from dynaps_operator.starting import Holdup, holdup, start_deadline, wanted_pods
 from dynaps_operator.status import replica_status
 
 __all__ = ["Deletion", "Event", "Memory", "Observed", "Plan", "plan"]
@@ -108,6 +109,7 @@ class _Pass:
     degraded_reason: str = ""
     rebalancing: list[str] = field(default_factory=list)
     rebalance_reason: str = ""
+    holdup: Holdup | None = None  # why pods or nodes do not start
 
 
 def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
@@ -187,6 +189,11 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
         p.create.insert(0, (Role.COORDINATOR, 0))
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
+    wanted = wanted_pods(o, job)
+    found.holdup = holdup(o, wanted)
+    too_slow = start_deadline(o, job, p, wanted, found.holdup)
+    if too_slow:
+        return fail(o, job, p, R.START_TIMEOUT_EXCEEDED, too_slow)
     return _settle(o, job, p, found, owned)
 
 
@@ -294,34 +301,46 @@ def _settle(
     c = o.coordinator
     # While the coordinator ends the job (and lingers to report it) the job still counts as running.
     running = (c.running or c.ending) if c is not None else (all_ready and not found.recovering)
+    held = found.holdup
     if found.recovering:
-        message = "recovering: " + "; ".join(found.recovering)
+        message = "recovering: " + "; ".join(found.recovering + ([held.message] if held else []))
         phase = (
             JobPhase.RECOVERING if p.status.start_time and p.status.is_true(C.CREATED) else JobPhase.PENDING
         )
-        p.condition(C.DEGRADED, True, found.degraded_reason or R.POD_LOST, message, now)
+        why = held.reason if held else found.degraded_reason or R.POD_LOST
+        p.condition(C.DEGRADED, True, why, message, now)
     elif found.rebalancing:
         message = "rebalancing: " + "; ".join(found.rebalancing)
         phase = JobPhase.REBALANCING
     elif running:
         message, phase = "training runs on every node", JobPhase.RUNNING
+        if held:
+            message = "training runs, but " + held.message
     else:
-        message, phase = "waiting for the pods to start and the nodes to register", JobPhase.PENDING
+        message = held.message if held else "waiting for the pods to start and the nodes to register"
+        phase = JobPhase.PENDING
     if found.rebalancing:
         p.condition(C.REBALANCING, True, found.rebalance_reason, message, now)
     elif p.status.condition(C.REBALANCING) is not None:
         p.condition(C.REBALANCING, False, R.BALANCED, "the node set matches the spec", now)
-    if not found.recovering and p.status.condition(C.DEGRADED) is not None:
+    if held and running and not found.recovering:
+        p.condition(C.DEGRADED, True, held.reason, held.message, now)
+    elif not found.recovering and p.status.condition(C.DEGRADED) is not None:
         if all_ready:
             p.condition(C.DEGRADED, False, R.ALL_PODS_READY, "every pod is ready", now)
         elif running:
             p.condition(C.DEGRADED, True, R.PODS_NOT_READY, "some pods are not ready", now)
+    if held and not any(x.reason == held.reason and x.message == held.message for x in o.status.conditions):
+        p.event(held.reason, held.message, warning=True)  # once per new reason or message
     if running:
         if not p.status.is_true(C.RUNNING):
             p.event(R.JOB_RUNNING, "every node registered: training runs")
         p.condition(C.RUNNING, True, R.JOB_RUNNING, "every node registered; training runs", now)
     elif not p.status.is_true(C.RUNNING):
-        p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
+        if held:
+            p.condition(C.RUNNING, False, held.reason, held.message, now)
+        else:
+            p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
     p.update(phase=phase, message=message)
     p.later(o.poll_seconds if phase in (JobPhase.RUNNING, JobPhase.REBALANCING) else RETRY_SECONDS)
     return p
