@@ -14,8 +14,9 @@ What the operator does, in order of precedence:
 * a finished job: ``cleanPodPolicy``, then ``ttlSecondsAfterFinished``;
 * ``suspend``: checkpoint (bounded by ``drainTimeoutSeconds``), delete every pod;
 * ``activeDeadlineSeconds`` passed: Failed/DeadlineExceeded;
-* the coordinator pod exited: 0 is success, another code is the job's failure, a preemption
-  restarts every pod (from the latest checkpoint); a lost coordinator does the same;
+* the coordinator pod exited: 0 is success, another code is the job's failure; a preempted,
+  deleted or vanished coordinator is replaced alone and the nodes rejoin it, or, when there
+  is nothing to adopt, every pod restarts (:mod:`dynaps_operator.coordinator_loss`);
 * each wanted node pod: missing -> create; failed -> count, delete, recreate under the same
   name (``backoffLimit``); preempted or deleted -> count as a preemption and recreate;
 * surplus node pods (scale-in): ask the coordinator to drain them, delete them when they exit
@@ -35,6 +36,7 @@ from dynaps.contract import (
     ParameterServerJob,
 )
 from dynaps_operator import names
+from dynaps_operator.coordinator_loss import nodes_can_rejoin, replace_alone, restart_all
 from dynaps_operator.decisions import (
     RETRY_SECONDS,
     C,
@@ -131,7 +133,13 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
             return fail(o, job, p, R.JOB_FAILED, message)
     coordinator_lost = coordinator is None or coordinator.terminating or coordinator.outcome is not None
     if coordinator_lost and (started or owned):
-        return _restart(o, job, p, coordinator, accounted)
+        if not nodes_can_rejoin(o, job, p):
+            return restart_all(o, job, p, coordinator, accounted)
+        found.recovering.append(replace_alone(o, p, coordinator, accounted, foreign))
+        found.degraded_reason = R.COORDINATOR_LOST
+    elif o.coordinator is not None and o.coordinator.phase == "adopting":
+        found.recovering.append("the new coordinator adopts the running nodes")
+        found.degraded_reason = R.COORDINATOR_LOST
 
     ending = o.coordinator is not None and o.coordinator.ending
     for role in NODE_ROLES:
@@ -185,7 +193,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                 found.recovering.append(f"replacing {name}")
         _scale_in(o, job, p, role, desired, owned, found)
 
-    if p.create and coordinator is None:
+    if p.create and coordinator is None and (Role.COORDINATOR, 0) not in p.create:
         p.create.insert(0, (Role.COORDINATOR, 0))
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
@@ -195,39 +203,6 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     if too_slow:
         return fail(o, job, p, R.START_TIMEOUT_EXCEEDED, too_slow)
     return _settle(o, job, p, found, owned)
-
-
-def _restart(
-    o: Observed, job: ParameterServerJob, p: Plan, coordinator: PodView | None, accounted: set[str]
-) -> Plan:
-    """The coordinator is gone: its nodes cannot join another one, so every pod starts again."""
-    name = names.pod_name(o.ref.name, Role.COORDINATOR)
-    if name not in accounted:
-        accounted.add(name)
-        if coordinator is not None and coordinator.outcome is not None:
-            what = coordinator.describe_exit()
-        else:
-            what = f"pod {name} was deleted"
-        count(p, "preemptions", R.POD_PREEMPTED, f"{what}; restarting every pod of the job")
-    alive = [pod for pod in owned_pods(o) if not pod.terminating]
-    accounted.update(pod.name for pod in owned_pods(o))
-    p.delete.extend(Deletion(pod.name, pod.uid) for pod in alive)
-    p.memory = replace(p.memory, accounted=frozenset(accounted), last_coordinator=None)
-    if not owned_pods(o):  # everything is gone: start again, from the latest checkpoint if any
-        p.memory = replace(p.memory, accounted=frozenset())
-        p.create = [(Role.COORDINATOR, 0)] + [
-            (role, i) for role in NODE_ROLES for i in range(desired_count(job, role))
-        ]
-        p.update(start_time=o.now)
-    p.later(RETRY_SECONDS)
-    message = "the coordinator was lost: restarting every pod" + (
-        f" from checkpoint {p.restore_from}" if p.restore_from else ""
-    )
-    p.update(phase=JobPhase.RECOVERING, message=message)
-    p.condition(C.DEGRADED, True, R.POD_PREEMPTED, message, o.now)
-    if p.status.condition(C.RUNNING) is not None:
-        p.condition(C.RUNNING, False, R.JOB_RESTARTING, message, o.now)
-    return p
 
 
 def _scale_in(
