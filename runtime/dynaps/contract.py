@@ -222,12 +222,36 @@ class SchedulingPolicy(_Model):
     priority_class: str | None = None
 
 
+class FailureAction(StrEnum):
+    RESTART = "Restart"  # replace the pod; counts against backoffLimit
+    IGNORE = "Ignore"  # replace the pod; does not count (as a preemption)
+    FAIL_JOB = "FailJob"  # fail the job at once
+
+
+class FailureRule(_Model):
+    """One rule of ``runPolicy.failurePolicy`` (the first that matches a node pod's end wins):
+    any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
+
+    action: FailureAction
+    exit_codes: list[int] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    pod_conditions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> FailureRule:
+        if not (self.exit_codes or self.reasons or self.pod_conditions):
+            raise ValueError("a failure rule needs exitCodes, reasons or podConditions")
+        return self
+
+
 class RunPolicy(_Model):
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
     # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
     start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
+    # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
+    failure_policy: list[FailureRule] = Field(default_factory=list)
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     suspend: bool = False
@@ -426,6 +450,7 @@ class ConditionReason(StrEnum):
     NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
+    FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
 
 
 class ConditionStatus(StrEnum):
