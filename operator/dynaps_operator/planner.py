@@ -50,6 +50,7 @@ from dynaps_operator.decisions import (
     desired_count,
     owned_pods,
 )
+from dynaps_operator.failure_policy import outcome as policy_outcome
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.podstate import Outcome, PodView
@@ -142,6 +143,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
         found.degraded_reason = R.COORDINATOR_LOST
 
     ending = o.coordinator is not None and o.coordinator.ending
+    rules = job.spec.run_policy.failure_policy
     for role in NODE_ROLES:
         desired = job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
         # Pods below the previous pass's count existed before: a missing one was lost, not new.
@@ -169,14 +171,17 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                     count(p, "preemptions", R.POD_LOST, f"pod {name} is being deleted; it will be recreated")
                     found.degraded_reason = R.POD_LOST
                 found.recovering.append(f"{name} is terminating")
-            elif pod.outcome is None or pod.outcome is Outcome.SUCCEEDED or ending:
+            elif (ended := policy_outcome(pod, rules)) is None or ended is Outcome.SUCCEEDED or ending:
                 continue  # running, or the job is ending (nodes exit 0 after the coordinator's shutdown)
             elif _program_failure_pending(o, pod, coordinator):
                 found.recovering.append(f"{name} exited {pod.exit_code}; waiting for the coordinator")
                 p.later(RETRY_SECONDS)
+            elif ended is Outcome.FATAL:
+                message = f"{pod.describe_exit()}; a runPolicy.failurePolicy rule says FailJob"
+                return fail(o, job, p, R.FAILURE_POLICY, message)
             else:
                 accounted.add(name)
-                if pod.outcome is Outcome.PREEMPTED:
+                if ended is Outcome.PREEMPTED:
                     count(p, "preemptions", R.POD_PREEMPTED, pod.describe_exit() + "; recreating it")
                     found.degraded_reason = R.POD_PREEMPTED
                 else:

@@ -51,6 +51,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"  # exit 0
     FAILED = "failed"  # counts against backoffLimit
     PREEMPTED = "preempted"  # does not count
+    FATAL = "fatal"  # fails the job at once (only through runPolicy.failurePolicy)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class PodView:
     disrupted: bool  # DisruptionTarget condition, or evicted/preempted by the node
     created_at: datetime | None = None
     start_problem: StartProblem | None = None  # why it does not start (None: starting or started)
+    conditions: frozenset[str] = frozenset()  # types of the pod's conditions that are True
 
     @property
     def alive(self) -> bool:
@@ -137,6 +139,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         finished_at=finished_at,
         disrupted=disrupted,
         created_at=_time(meta.get("creationTimestamp")),
+        conditions=frozenset(str(kind) for kind, value in conditions.items() if value == "True"),
         start_problem=None if exit_code is not None else start_problem(name, status),
     )
 

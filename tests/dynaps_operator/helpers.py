@@ -44,6 +44,7 @@ def pod(
     message: str = "",
     created: datetime | None = None,
     problem: StartProblem | None = None,
+    conditions: frozenset[str] = frozenset(),
 ) -> PodView:
     if exit_code is not None and phase == "Running":
         phase = "Succeeded" if exit_code == 0 else "Failed"
@@ -66,6 +67,7 @@ def pod(
         disrupted=disrupted,
         created_at=created or T0,
         start_problem=problem,
+        conditions=conditions,
     )
 
 
