@@ -5,7 +5,9 @@ The operator reads: ``phase`` (registering, prepare, running, stopping), ``exitC
 sized for, to know whether a scale request is still pending), ``epoch``, ``shardsPerServer``
 (node id -> shards) with ``members`` (id -> name), ``migrationsInFlight``, and two fields the
 runtime is asked to add: ``metrics`` (name -> number, the latest the workers reported with
-``ps.report``) and ``lastCheckpoint`` (``{"path": str, "time": unix seconds}``).
+``ps.report``) and ``lastCheckpoint`` (``{"path": str, "time": unix seconds}``).  From
+``members`` (``name``, ``role``, ``attached``, ``exitCode``) it also learns which nodes registered
+and which workers' programs have not attached yet: why a job does not start.
 
 The coordinator's termination message (``/dev/termination-log``) may hold the same document
 as it was when the job ended; :func:`parse_final` reads the metrics from it.
@@ -38,6 +40,8 @@ class CoordinatorView:
     migrations_in_flight: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     last_checkpoint: CheckpointRef | None = None
+    registered: frozenset[str] = frozenset()  # names of the nodes that registered
+    unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
 
     @property
     def running(self) -> bool:
@@ -63,6 +67,7 @@ def parse_status(doc: Any) -> CoordinatorView:
         if isinstance(count, int)
     }
     exit_code = doc.get("exitCode")
+    members = [m for m in doc.get("members") or [] if isinstance(m, dict)]
     return CoordinatorView(
         phase=str(doc.get("phase") or ""),
         exit_code=exit_code if isinstance(exit_code, int) else None,
@@ -74,6 +79,14 @@ def parse_status(doc: Any) -> CoordinatorView:
         migrations_in_flight=_int(doc.get("migrationsInFlight")),
         metrics=_metrics(doc.get("metrics")),
         last_checkpoint=_checkpoint(doc.get("lastCheckpoint")),
+        registered=frozenset(str(m.get("name")) for m in members if m.get("name")),
+        unattached=tuple(
+            sorted(
+                str(m.get("name"))
+                for m in members
+                if m.get("role") == "worker" and m.get("attached") is False and m.get("exitCode") is None
+            )
+        ),
     )
 
 

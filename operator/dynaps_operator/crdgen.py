@@ -190,7 +190,8 @@ def _default(value: Any) -> Any:
     """The default without nulls (a structural default must validate against its own schema;
     object defaults are written out whole because CEL rules see them before inner defaulting)."""
     if isinstance(value, dict):
-        return {k: _default(v) for k, v in value.items() if v is not None}
+        # an empty list inside an object default is dropped as well (its schema has no null)
+        return {k: d for k, v in value.items() if (d := _default(v)) is not None}
     if isinstance(value, list):
         return value if value else None
     return value

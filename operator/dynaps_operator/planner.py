@@ -14,8 +14,9 @@ What the operator does, in order of precedence:
 * a finished job: ``cleanPodPolicy``, then ``ttlSecondsAfterFinished``;
 * ``suspend``: checkpoint (bounded by ``drainTimeoutSeconds``), delete every pod;
 * ``activeDeadlineSeconds`` passed: Failed/DeadlineExceeded;
-* the coordinator pod exited: 0 is success, another code is the job's failure, a preemption
-  restarts every pod (from the latest checkpoint); a lost coordinator does the same;
+* the coordinator pod exited: 0 is success, another code is the job's failure; a preempted,
+  deleted or vanished coordinator is replaced alone and the nodes rejoin it, or, when there
+  is nothing to adopt, every pod restarts (:mod:`dynaps_operator.coordinator_loss`);
 * each wanted node pod: missing -> create; failed -> count, delete, recreate under the same
   name (``backoffLimit``); preempted or deleted -> count as a preemption and recreate;
 * surplus node pods (scale-in): ask the coordinator to drain them, delete them when they exit
@@ -35,6 +36,7 @@ from dynaps.contract import (
     ParameterServerJob,
 )
 from dynaps_operator import names
+from dynaps_operator.coordinator_loss import nodes_can_rejoin, replace_alone, restart_all
 from dynaps_operator.decisions import (
     RETRY_SECONDS,
     C,
@@ -48,9 +50,11 @@ from dynaps_operator.decisions import (
     desired_count,
     owned_pods,
 )
+from dynaps_operator.failure_policy import outcome as policy_outcome
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.podstate import Outcome, PodView
+from dynaps_operator.starting import Holdup, holdup, start_deadline, wanted_pods
 from dynaps_operator.status import replica_status
 
 __all__ = ["Deletion", "Event", "Memory", "Observed", "Plan", "plan"]
@@ -108,6 +112,7 @@ class _Pass:
     degraded_reason: str = ""
     rebalancing: list[str] = field(default_factory=list)
     rebalance_reason: str = ""
+    holdup: Holdup | None = None  # why pods or nodes do not start
 
 
 def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
@@ -129,9 +134,16 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
             return fail(o, job, p, R.JOB_FAILED, message)
     coordinator_lost = coordinator is None or coordinator.terminating or coordinator.outcome is not None
     if coordinator_lost and (started or owned):
-        return _restart(o, job, p, coordinator, accounted)
+        if not nodes_can_rejoin(o, job, p):
+            return restart_all(o, job, p, coordinator, accounted)
+        found.recovering.append(replace_alone(o, p, coordinator, accounted, foreign))
+        found.degraded_reason = R.COORDINATOR_LOST
+    elif o.coordinator is not None and o.coordinator.phase == "adopting":
+        found.recovering.append("the new coordinator adopts the running nodes")
+        found.degraded_reason = R.COORDINATOR_LOST
 
     ending = o.coordinator is not None and o.coordinator.ending
+    rules = job.spec.run_policy.failure_policy
     for role in NODE_ROLES:
         desired = job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
         # Pods below the previous pass's count existed before: a missing one was lost, not new.
@@ -159,14 +171,17 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                     count(p, "preemptions", R.POD_LOST, f"pod {name} is being deleted; it will be recreated")
                     found.degraded_reason = R.POD_LOST
                 found.recovering.append(f"{name} is terminating")
-            elif pod.outcome is None or pod.outcome is Outcome.SUCCEEDED or ending:
+            elif (ended := policy_outcome(pod, rules)) is None or ended is Outcome.SUCCEEDED or ending:
                 continue  # running, or the job is ending (nodes exit 0 after the coordinator's shutdown)
             elif _program_failure_pending(o, pod, coordinator):
                 found.recovering.append(f"{name} exited {pod.exit_code}; waiting for the coordinator")
                 p.later(RETRY_SECONDS)
+            elif ended is Outcome.FATAL:
+                message = f"{pod.describe_exit()}; a runPolicy.failurePolicy rule says FailJob"
+                return fail(o, job, p, R.FAILURE_POLICY, message)
             else:
                 accounted.add(name)
-                if pod.outcome is Outcome.PREEMPTED:
+                if ended is Outcome.PREEMPTED:
                     count(p, "preemptions", R.POD_PREEMPTED, pod.describe_exit() + "; recreating it")
                     found.degraded_reason = R.POD_PREEMPTED
                 else:
@@ -183,44 +198,16 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                 found.recovering.append(f"replacing {name}")
         _scale_in(o, job, p, role, desired, owned, found)
 
-    if p.create and coordinator is None:
+    if p.create and coordinator is None and (Role.COORDINATOR, 0) not in p.create:
         p.create.insert(0, (Role.COORDINATOR, 0))
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
+    wanted = wanted_pods(o, job)
+    found.holdup = holdup(o, wanted)
+    too_slow = start_deadline(o, job, p, wanted, found.holdup)
+    if too_slow:
+        return fail(o, job, p, R.START_TIMEOUT_EXCEEDED, too_slow)
     return _settle(o, job, p, found, owned)
-
-
-def _restart(
-    o: Observed, job: ParameterServerJob, p: Plan, coordinator: PodView | None, accounted: set[str]
-) -> Plan:
-    """The coordinator is gone: its nodes cannot join another one, so every pod starts again."""
-    name = names.pod_name(o.ref.name, Role.COORDINATOR)
-    if name not in accounted:
-        accounted.add(name)
-        if coordinator is not None and coordinator.outcome is not None:
-            what = coordinator.describe_exit()
-        else:
-            what = f"pod {name} was deleted"
-        count(p, "preemptions", R.POD_PREEMPTED, f"{what}; restarting every pod of the job")
-    alive = [pod for pod in owned_pods(o) if not pod.terminating]
-    accounted.update(pod.name for pod in owned_pods(o))
-    p.delete.extend(Deletion(pod.name, pod.uid) for pod in alive)
-    p.memory = replace(p.memory, accounted=frozenset(accounted), last_coordinator=None)
-    if not owned_pods(o):  # everything is gone: start again, from the latest checkpoint if any
-        p.memory = replace(p.memory, accounted=frozenset())
-        p.create = [(Role.COORDINATOR, 0)] + [
-            (role, i) for role in NODE_ROLES for i in range(desired_count(job, role))
-        ]
-        p.update(start_time=o.now)
-    p.later(RETRY_SECONDS)
-    message = "the coordinator was lost: restarting every pod" + (
-        f" from checkpoint {p.restore_from}" if p.restore_from else ""
-    )
-    p.update(phase=JobPhase.RECOVERING, message=message)
-    p.condition(C.DEGRADED, True, R.POD_PREEMPTED, message, o.now)
-    if p.status.condition(C.RUNNING) is not None:
-        p.condition(C.RUNNING, False, R.JOB_RESTARTING, message, o.now)
-    return p
 
 
 def _scale_in(
@@ -294,34 +281,46 @@ def _settle(
     c = o.coordinator
     # While the coordinator ends the job (and lingers to report it) the job still counts as running.
     running = (c.running or c.ending) if c is not None else (all_ready and not found.recovering)
+    held = found.holdup
     if found.recovering:
-        message = "recovering: " + "; ".join(found.recovering)
+        message = "recovering: " + "; ".join(found.recovering + ([held.message] if held else []))
         phase = (
             JobPhase.RECOVERING if p.status.start_time and p.status.is_true(C.CREATED) else JobPhase.PENDING
         )
-        p.condition(C.DEGRADED, True, found.degraded_reason or R.POD_LOST, message, now)
+        why = held.reason if held else found.degraded_reason or R.POD_LOST
+        p.condition(C.DEGRADED, True, why, message, now)
     elif found.rebalancing:
         message = "rebalancing: " + "; ".join(found.rebalancing)
         phase = JobPhase.REBALANCING
     elif running:
         message, phase = "training runs on every node", JobPhase.RUNNING
+        if held:
+            message = "training runs, but " + held.message
     else:
-        message, phase = "waiting for the pods to start and the nodes to register", JobPhase.PENDING
+        message = held.message if held else "waiting for the pods to start and the nodes to register"
+        phase = JobPhase.PENDING
     if found.rebalancing:
         p.condition(C.REBALANCING, True, found.rebalance_reason, message, now)
     elif p.status.condition(C.REBALANCING) is not None:
         p.condition(C.REBALANCING, False, R.BALANCED, "the node set matches the spec", now)
-    if not found.recovering and p.status.condition(C.DEGRADED) is not None:
+    if held and running and not found.recovering:
+        p.condition(C.DEGRADED, True, held.reason, held.message, now)
+    elif not found.recovering and p.status.condition(C.DEGRADED) is not None:
         if all_ready:
             p.condition(C.DEGRADED, False, R.ALL_PODS_READY, "every pod is ready", now)
         elif running:
             p.condition(C.DEGRADED, True, R.PODS_NOT_READY, "some pods are not ready", now)
+    if held and not any(x.reason == held.reason and x.message == held.message for x in o.status.conditions):
+        p.event(held.reason, held.message, warning=True)  # once per new reason or message
     if running:
         if not p.status.is_true(C.RUNNING):
             p.event(R.JOB_RUNNING, "every node registered: training runs")
         p.condition(C.RUNNING, True, R.JOB_RUNNING, "every node registered; training runs", now)
     elif not p.status.is_true(C.RUNNING):
-        p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
+        if held:
+            p.condition(C.RUNNING, False, held.reason, held.message, now)
+        else:
+            p.condition(C.RUNNING, False, R.JOB_STARTING, "pods are starting and nodes are registering", now)
     p.update(phase=phase, message=message)
     p.later(o.poll_seconds if phase in (JobPhase.RUNNING, JobPhase.REBALANCING) else RETRY_SECONDS)
     return p

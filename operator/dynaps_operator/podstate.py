@@ -3,6 +3,10 @@
 Exit-reason aware, as DLRover's relaunch policy is: a pod that was evicted or preempted, has a
 ``DisruptionTarget`` condition, or was killed by SIGKILL/SIGTERM (exit 137/143, not an OOM kill)
 was *preempted* and does not count against ``backoffLimit``; any other non-zero exit *failed*.
+
+A pod that has not started may be stuck: :class:`StartProblem` says why, in Kubernetes' own
+words (``Unschedulable``, ``ImagePullBackOff``, ``CreateContainerConfigError``, ...), so the job's
+conditions can quote it instead of "waiting for the pods to start".
 """
 
 from __future__ import annotations
@@ -18,12 +22,36 @@ from dynaps_operator.names import Role
 PREEMPTION_EXIT_CODES = frozenset({137, 143})  # 128 + SIGKILL, 128 + SIGTERM
 PREEMPTION_POD_REASONS = frozenset({"Evicted", "Preempting", "Terminated", "NodeShutdown", "Shutdown"})
 MESSAGE_LIMIT = 400  # characters of a termination message quoted in Events and conditions
+# Waiting reasons of a container that will not start by itself (the kubelet retries, in vain,
+# until someone fixes the image, the ConfigMap, ...). ContainerCreating and PodInitializing are
+# the normal way to start and are not listed.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+INIT_CONTAINER_FAILED = "InitContainerFailed"
+
+
+@dataclass(frozen=True)
+class StartProblem:
+    """Why a pod does not start: Kubernetes' reason, and a message that names the pod."""
+
+    reason: str
+    message: str
 
 
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"  # exit 0
     FAILED = "failed"  # counts against backoffLimit
     PREEMPTED = "preempted"  # does not count
+    FATAL = "fatal"  # fails the job at once (only through runPolicy.failurePolicy)
 
 
 @dataclass(frozen=True)
@@ -42,6 +70,9 @@ class PodView:
     exit_message: str  # the termination message (or, on failure, the log tail)
     finished_at: datetime | None  # when the main container terminated
     disrupted: bool  # DisruptionTarget condition, or evicted/preempted by the node
+    created_at: datetime | None = None
+    start_problem: StartProblem | None = None  # why it does not start (None: starting or started)
+    conditions: frozenset[str] = frozenset()  # types of the pod's conditions that are True
 
     @property
     def alive(self) -> bool:
@@ -64,12 +95,14 @@ class PodView:
     def describe_exit(self) -> str:
         if self.disrupted:
             return f"pod {self.name} was disrupted (evicted or preempted)"
+        if self.exit_code is None and self.start_problem is not None:
+            return self.start_problem.message  # failed before its main container ran
         text = f"pod {self.name} exited with code {self.exit_code}"
         if self.exit_reason and self.exit_reason not in ("Error", "Completed"):
             text += f" ({self.exit_reason})"
-        message = " ".join(self.exit_message.split())
+        message = _clip(self.exit_message)
         if message:
-            text += ": " + (message if len(message) <= MESSAGE_LIMIT else "..." + message[-MESSAGE_LIMIT:])
+            text += ": " + message
         return text
 
 
@@ -86,11 +119,12 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
     owner: dict[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), {})
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     exit_code, exit_reason, exit_message, finished_at = _termination(status)
+    name = meta.get("name", "")
     disrupted = conditions.get("DisruptionTarget") == "True" or (
         status.get("phase") == "Failed" and status.get("reason") in PREEMPTION_POD_REASONS
     )
     return PodView(
-        name=meta.get("name", ""),
+        name=name,
         uid=meta.get("uid", ""),
         role=role,
         index=index,
@@ -104,7 +138,55 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         exit_message=exit_message,
         finished_at=finished_at,
         disrupted=disrupted,
+        created_at=_time(meta.get("creationTimestamp")),
+        conditions=frozenset(str(kind) for kind, value in conditions.items() if value == "True"),
+        start_problem=None if exit_code is not None else start_problem(name, status),
     )
+
+
+def start_problem(name: str, status: dict[str, Any]) -> StartProblem | None:
+    """Why the pod ``name`` cannot start, from its status; None when nothing holds it up."""
+    for condition in status.get("conditions") or []:
+        unscheduled = (condition.get("type"), condition.get("status")) == ("PodScheduled", "False")
+        if unscheduled and condition.get("reason") == "Unschedulable":
+            why = _clip(condition.get("message") or "no node fits")
+            return StartProblem("Unschedulable", f"pod {name} cannot be scheduled: {why}")
+    for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses")):
+        for container in status.get(key) or []:
+            problem = _container_problem(name, kind, container)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _container_problem(pod: str, kind: str, container: dict[str, Any]) -> StartProblem | None:
+    state = container.get("state") or {}
+    where = f"pod {pod}: {kind} {container.get('name', '')}"
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in STUCK_WAITING_REASONS:
+        message = _clip(waiting.get("message") or "")
+        return StartProblem(
+            waiting["reason"], f"{where}: {waiting['reason']}" + (f": {message}" if message else "")
+        )
+    if kind != "init container":
+        return None
+    # An init container that exited non-zero: the pod fails (restartPolicy Never) or the kubelet
+    # restarts it in a loop; either way the main container does not start.
+    terminated = state.get("terminated") or (
+        (container.get("lastState") or {}).get("terminated")
+        if waiting.get("reason") == "CrashLoopBackOff"
+        else None
+    )
+    if terminated and int(terminated.get("exitCode", 0)) != 0:
+        text = f"{where} exited with code {terminated.get('exitCode')}"
+        message = _clip(terminated.get("message") or "")
+        return StartProblem(INIT_CONTAINER_FAILED, text + (f": {message}" if message else ""))
+    return None
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
 
 
 def _termination(status: dict[str, Any]) -> tuple[int | None, str, str, datetime | None]:

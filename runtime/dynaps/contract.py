@@ -230,9 +230,36 @@ class SchedulingPolicy(_Model):
     priority_class: str | None = None
 
 
+class FailureAction(StrEnum):
+    RESTART = "Restart"  # replace the pod; counts against backoffLimit
+    IGNORE = "Ignore"  # replace the pod; does not count (as a preemption)
+    FAIL_JOB = "FailJob"  # fail the job at once
+
+
+class FailureRule(_Model):
+    """One rule of ``runPolicy.failurePolicy`` (the first that matches a node pod's end wins):
+    any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
+
+    action: FailureAction
+    exit_codes: list[int] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    pod_conditions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> FailureRule:
+        if not (self.exit_codes or self.reasons or self.pod_conditions):
+            raise ValueError("a failure rule needs exitCodes, reasons or podConditions")
+        return self
+
+
 class RunPolicy(_Model):
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
+    # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
+    start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
+    # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
+    failure_policy: list[FailureRule] = Field(default_factory=list)
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     suspend: bool = False
@@ -411,6 +438,7 @@ class ConditionReason(StrEnum):
     POD_PREEMPTED = "PodPreempted"  # Degraded=True: a pod was evicted, preempted or killed (137/143)
     POD_FAILED = "PodFailed"  # Degraded=True: a pod failed; it counts against backoffLimit
     POD_LOST = "PodLost"  # Degraded=True: a pod vanished (deleted); it is recreated
+    COORDINATOR_LOST = "CoordinatorLost"  # Degraded=True: the coordinator pod alone is replaced
     ALL_PODS_READY = "AllPodsReady"  # Degraded=False: every desired pod is ready
     JOB_SUSPENDING = "JobSuspending"  # Suspended=True: checkpointing, then deleting the pods
     JOB_SUSPENDED = "JobSuspended"  # Suspended=True: no pods run
@@ -420,6 +448,17 @@ class ConditionReason(StrEnum):
     JOB_FAILED = "JobFailed"  # Failed=True: the coordinator exited non-zero (a worker program failed)
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # Failed=True: more pod failures than backoffLimit
     DEADLINE_EXCEEDED = "DeadlineExceeded"  # Failed=True: runPolicy.activeDeadlineSeconds passed
+    # Why a pod or the job cannot start: Running=False before the job runs, Degraded=True after
+    # (the message quotes the pod); Failed=True with StartTimeoutExceeded once it lasts too long.
+    UNSCHEDULABLE = "Unschedulable"  # the scheduler finds no node for a pod
+    ERR_IMAGE_PULL = "ErrImagePull"  # a pod's image cannot be pulled
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"  # the kubelet backs off pulling a pod's image
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"  # e.g. a missing ConfigMap key
+    INIT_CONTAINER_FAILED = "InitContainerFailed"  # an init container of a pod failed
+    NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
+    WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
+    START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
+    FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
 
 
 class ConditionStatus(StrEnum):

@@ -10,7 +10,7 @@ from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_view import CoordinatorView
 from dynaps_operator.names import Role, pod_name
 from dynaps_operator.planner import Memory, Observed
-from dynaps_operator.podstate import PodView
+from dynaps_operator.podstate import PodView, StartProblem
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 REF = JobRef("mf", "ns", "uid-1")
@@ -42,6 +42,9 @@ def pod(
     owner: str = REF.uid,
     finished: datetime | None = None,
     message: str = "",
+    created: datetime | None = None,
+    problem: StartProblem | None = None,
+    conditions: frozenset[str] = frozenset(),
 ) -> PodView:
     if exit_code is not None and phase == "Running":
         phase = "Succeeded" if exit_code == 0 else "Failed"
@@ -62,6 +65,9 @@ def pod(
         if finished is not None
         else (T0 - timedelta(minutes=1) if exit_code is not None else None),
         disrupted=disrupted,
+        created_at=created or T0,
+        start_problem=problem,
+        conditions=conditions,
     )
 
 

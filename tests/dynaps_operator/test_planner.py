@@ -193,10 +193,12 @@ def test_a_pod_that_vanished_unseen_is_counted_and_recreated() -> None:
     assert "PodLost" in [e.reason for e in again.events]
 
 
-def test_losing_the_coordinator_restarts_every_pod() -> None:
+def test_losing_the_coordinator_with_its_nodes_shut_down_restarts_every_pod() -> None:
+    """A coordinator asked to stop ends the job on its way out: nothing is left to adopt."""
     p = started()
     pods = full_set()
-    pods[0] = pod(Role.COORDINATOR, exit_code=137)
+    pods[0] = pod(Role.COORDINATOR, exit_code=143)
+    pods[2] = pod(Role.WORKER, 0, exit_code=0)
     first = plan(observed(pods=pods, status=p.status, memory=p.memory))
     assert first.status.phase == JobPhase.RECOVERING
     assert first.status.preemptions == 1

@@ -1,0 +1,105 @@
+"""A job that does not start: why (in one reason and one message), and the start deadline. Pure.
+
+What holds a job up, the first that applies:
+
+* a pod that cannot start (:class:`~dynaps_operator.podstate.StartProblem`: ``Unschedulable``,
+  ``ImagePullBackOff``, ``ErrImagePull``, ``CreateContainerConfigError``,
+  ``InitContainerFailed``, ...), quoting the pod's own message;
+* every pod runs, but some nodes did not register with the coordinator (``NodesNotRegistered``);
+* every node registered, but some workers' programs did not connect (``WorkersNotAttached``):
+  the coordinator's ``/status`` lists them.
+
+``runPolicy.startTimeoutSeconds`` bounds both kinds of waiting: a pod still ``Pending`` that long
+after it was created, or a job not running that long after its pods were created (or after it
+stopped running), fails the job with ``StartTimeoutExceeded`` and the reason it waited for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynaps.contract import ParameterServerJob
+from dynaps_operator.decisions import C, Observed, Plan, R, desired_count, owned_pods
+from dynaps_operator.names import Role
+from dynaps_operator.podstate import PodView
+
+NAMES_QUOTED = 5  # pods named in one message; more are counted
+
+
+@dataclass(frozen=True)
+class Holdup:
+    """Why the job (or part of it) does not start."""
+
+    reason: str
+    message: str
+
+
+def wanted_pods(o: Observed, job: ParameterServerJob) -> list[PodView]:
+    """The job's pods that the spec wants and that are not going away."""
+    return [pod for pod in owned_pods(o) if pod.index < desired_count(job, pod.role) and not pod.terminating]
+
+
+def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:
+    """What the job waits for that will not come by itself (None: nothing, or just starting)."""
+    stuck = [pod for pod in wanted if pod.alive and pod.start_problem is not None]
+    if stuck:
+        problems = [pod.start_problem for pod in stuck if pod.start_problem is not None]
+        message = "; ".join(problem.message for problem in problems[:NAMES_QUOTED])
+        if len(problems) > NAMES_QUOTED:
+            message += f"; and {len(problems) - NAMES_QUOTED} more pods"
+        return Holdup(problems[0].reason, message)
+    c = o.coordinator
+    if c is None or c.running or c.ending or c.phase == "adopting":
+        return None
+    if not all(pod.alive and pod.phase == "Running" for pod in wanted):
+        return None  # still starting
+    nodes = [pod.name for pod in wanted if pod.role is not Role.COORDINATOR]
+    missing = [name for name in nodes if name not in c.registered]
+    if missing:
+        return Holdup(
+            R.NODES_NOT_REGISTERED,
+            f"pods {_names(missing)} run but their nodes have not registered with the coordinator",
+        )
+    if c.unattached:
+        return Holdup(
+            R.WORKERS_NOT_ATTACHED,
+            f"the programs of workers {_names(list(c.unattached))} have not connected to the job "
+            "(dynaps.connect())",
+        )
+    return None
+
+
+def start_deadline(
+    o: Observed, job: ParameterServerJob, p: Plan, wanted: list[PodView], held: Holdup | None
+) -> str:
+    """Why the job fails for starting too slowly ("" while it may still wait; then ``p.later``
+    is set to look again when the deadline comes)."""
+    timeout = job.spec.run_policy.start_timeout_seconds
+    if not timeout:
+        return ""
+    limit = f"within runPolicy.startTimeoutSeconds ({timeout} s)"
+    for pod in wanted:
+        if not pod.alive or pod.phase != "Pending" or pod.created_at is None:
+            continue
+        left = timeout - (o.now - pod.created_at).total_seconds()
+        if left <= 0:
+            why = pod.start_problem.message if pod.start_problem else f"pod {pod.name} is still Pending"
+            return f"pod {pod.name} did not start {limit}: {why}"
+        p.later(left)
+    if p.status.is_true(C.RUNNING) or p.status.start_time is None:
+        return ""  # running, or no pods were created yet
+    start = p.status.start_time
+    running = p.status.condition(C.RUNNING)
+    if running is not None:  # it stopped running then (or never ran)
+        start = max(start, running.last_transition_time)
+    left = timeout - (o.now - start).total_seconds()
+    if left <= 0:
+        why = held.message if held else "the pods did not all start and register"
+        return f"the job did not start {limit}: {why}"
+    p.later(left)
+    return ""
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_QUOTED])
+    return shown + (f" and {len(names) - NAMES_QUOTED} more" if len(names) > NAMES_QUOTED else "")

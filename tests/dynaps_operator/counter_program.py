@@ -1,0 +1,42 @@
+"""A worker program for the operator's e2e tests: additive counters whose end value is exact.
+
+``python counter_program.py DIR``: push +1 to every key of table ``counts`` until ``DIR/stop``
+exists, counting the acknowledged pushes; then a barrier, after which every push of every
+worker is applied. Each worker writes its count to ``DIR/acked-<rank>``, and rank 0 the
+smallest and largest value in the table to ``DIR/table`` (both must equal the sum of the counts).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import dynaps
+
+
+def main(folder: str) -> int:
+    out = Path(folder)
+    ps = dynaps.connect()
+    counts = ps.table("counts")
+    keys = np.arange(counts.num_keys)
+    ones = np.ones((len(keys), counts.dim))
+    pushes = 0
+    (out / f"started-{ps.rank}").touch()
+    while not (out / "stop").exists():
+        counts.push(keys, ones)  # returns once the servers acknowledged it
+        pushes += 1
+        (out / f"progress-{ps.rank}").write_text(str(pushes))
+    (out / f"acked-{ps.rank}").write_text(str(pushes))
+    ps.barrier()
+    if ps.rank == 0:
+        values = counts.pull(keys)
+        (out / "table").write_text(json.dumps({"min": float(values.min()), "max": float(values.max())}))
+    ps.barrier()  # rank 0 read the table before anyone leaves
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

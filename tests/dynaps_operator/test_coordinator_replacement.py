@@ -1,0 +1,101 @@
+"""A coordinator pod lost mid-job is replaced alone: the nodes rejoin the new coordinator, every
+other pod keeps its uid, and no acknowledged increment is lost (the real control plane)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynaps_operator.runner import OperatorThread
+from tests.dynaps_operator.conftest import (
+    JsonDict,
+    condition,
+    create_job,
+    events_of,
+    get_job,
+    pod_logs,
+    pods_of,
+    python_name,
+    wait_phase,
+)
+from tests.kube.kubeapi import KubeClient, namespaced
+from tests.kube.kubelet import ProcessKubelet
+from tests.kube.polling import wait_for
+
+PROGRAM = Path(__file__).with_name("counter_program.py")
+NUM_KEYS = 100
+WORKERS = 2
+
+
+def counter_job(name: str, folder: Path) -> JsonDict:
+    return {
+        "apiVersion": "dynaps.io/v1alpha1",
+        "kind": "ParameterServerJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tables": [{"name": "counts", "numKeys": NUM_KEYS, "dim": 1}],
+            "servers": {"replicas": 2},
+            "workers": {"replicas": WORKERS, "command": [python_name(), str(PROGRAM), str(folder)]},
+            # keep every pod after the end, to compare uids
+            "runPolicy": {"cleanPodPolicy": "None"},
+        },
+    }
+
+
+def uids(kube_api: KubeClient, ns: str, job: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(kube_api, ns, job)}
+
+
+def progress(folder: Path) -> int:
+    return sum(int(f.read_text() or 0) for f in folder.glob("progress-*"))
+
+
+@pytest.mark.e2e
+def test_a_deleted_coordinator_is_replaced_alone_and_the_result_is_exact(
+    operator: OperatorThread,
+    kube_api: KubeClient,
+    kube_namespace: str,
+    process_kubelet: ProcessKubelet,
+    tmp_path: Path,
+) -> None:
+    ns, name = kube_namespace, "adopt"
+    create_job(kube_api, ns, counter_job(name, tmp_path))
+    wait_phase(kube_api, ns, name, {"Running"}, 60)
+    wait_for(lambda: progress(tmp_path) >= 20, 30, "the workers to push")
+    before = uids(kube_api, ns, name)
+    assert len(before) == 1 + 2 + WORKERS
+    # Lost as with a failed node: removed at once, the process killed (no chance to say goodbye).
+    kube_api.delete(namespaced("pods", ns, f"{name}-coordinator"), {"gracePeriodSeconds": 0})
+    wait_for(
+        lambda: (
+            uids(kube_api, ns, name).get(f"{name}-coordinator") not in (None, before[f"{name}-coordinator"])
+        ),
+        30,
+        "a new coordinator pod",
+    )
+    recovering = get_job(kube_api, ns, name)
+    degraded = condition(recovering, "Degraded")
+    assert degraded is not None
+    assert degraded["reason"] == "CoordinatorLost", recovering["status"]
+    try:
+        wait_phase(kube_api, ns, name, {"Running"}, 60)
+        pushed = progress(tmp_path)
+        wait_for(
+            lambda: progress(tmp_path) >= pushed + 20, 30, "the workers to push under the new coordinator"
+        )
+        (tmp_path / "stop").touch()
+        done = wait_phase(kube_api, ns, name, {"Succeeded", "Failed"}, 60)
+    finally:
+        print(pod_logs(process_kubelet, ns, [f"{name}-coordinator", f"{name}-server-0", f"{name}-worker-0"]))
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    after = uids(kube_api, ns, name)
+    assert {k: v for k, v in after.items() if k != f"{name}-coordinator"} == {
+        k: v for k, v in before.items() if k != f"{name}-coordinator"
+    }, "every pod but the coordinator kept its uid"
+    assert (done["status"]["preemptions"], done["status"]["restarts"]) == (1, 0)
+    assert "CoordinatorLost" in [e["reason"] for e in events_of(kube_api, ns, name)]
+    acked = sum(int((tmp_path / f"acked-{rank}").read_text()) for rank in range(WORKERS))
+    table = json.loads((tmp_path / "table").read_text())
+    assert table == {"min": acked, "max": acked}, f"{acked} increments acknowledged"
