@@ -2,7 +2,9 @@
 
 Exit-reason aware, as DLRover's relaunch policy is: a pod that was evicted or preempted, has a
 ``DisruptionTarget`` condition, or was killed by SIGKILL/SIGTERM (exit 137/143, not an OOM kill)
-was *preempted* and does not count against ``backoffLimit``; any other non-zero exit *failed*.
+was *preempted* and does not count against ``backoffLimit``; so was a node that exited with
+``FENCED_EXIT_CODE`` (the job declared it lost while it hung, and it stopped itself: its pod is
+replaced like a preempted one); any other non-zero exit *failed*.
 
 A pod that has not started may be stuck: :class:`StartProblem` says why, in Kubernetes' own
 words (``Unschedulable``, ``ImagePullBackOff``, ``CreateContainerConfigError``, ...), so the job's
@@ -16,10 +18,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from dynaps.contract import FENCED_EXIT_CODE
 from dynaps_operator import names
 from dynaps_operator.names import Role
 
-PREEMPTION_EXIT_CODES = frozenset({137, 143})  # 128 + SIGKILL, 128 + SIGTERM
+# 128 + SIGKILL, 128 + SIGTERM, and a node that fenced itself after the job declared it lost
+PREEMPTION_EXIT_CODES = frozenset({137, 143, FENCED_EXIT_CODE})
 PREEMPTION_POD_REASONS = frozenset({"Evicted", "Preempting", "Terminated", "NodeShutdown", "Shutdown"})
 MESSAGE_LIMIT = 400  # characters of a termination message quoted in Events and conditions
 # Waiting reasons of a container that will not start by itself (the kubelet retries, in vain,

@@ -54,6 +54,7 @@ def terminated(code: int, reason: str = "Error") -> dict[str, object]:
         (terminated(1), Outcome.FAILED),
         (terminated(137), Outcome.PREEMPTED),
         (terminated(143), Outcome.PREEMPTED),
+        (terminated(75), Outcome.PREEMPTED),  # a node that fenced itself after it was declared lost
         (terminated(137, "OOMKilled"), Outcome.FAILED),
         ({"phase": "Failed", "reason": "Evicted"}, Outcome.PREEMPTED),
         (
