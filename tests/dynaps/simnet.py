@@ -3,8 +3,10 @@
 Each sender->receiver channel is FIFO (as ZeroMQ's are); tests choose the order across
 channels.  Workers' training processes are real :class:`~dynaps.client.ps.PS` objects that
 share their node's store, issuing one operation at a time (synchronous semantics) with
-``wait=False`` so the test can deliver their messages.  Endpoint 0 is a simulated
-coordinator that commits migrations and announces new shard maps.
+``wait=False`` so the test can deliver their messages.  Each node's control messages go
+to its real :class:`~dynaps.node.control_plane.ControlPlane`, as in the node process.
+Endpoint 0 is a simulated coordinator that commits migrations and announces new shard
+maps.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from dynaps.client.handles import Handle
 from dynaps.client.ps import PS
 from dynaps.contract import NamedTable, Partition, RuntimeConfig
+from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.store.shm import NullLock
@@ -28,6 +31,7 @@ from dynaps.wire import messages
 from dynaps.wire.codec import decode
 from dynaps.wire.control import MigrateOut
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, node_of
+from tests.dynaps.harness import FakeShell
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]
@@ -84,9 +88,10 @@ class Cluster:
         if replicated:
             self.shard_map.backups = next_servers(self.shard_map.homes, self.homing)
         self.nodes: dict[int, NodeServer] = {}
+        self.planes: dict[int, ControlPlane] = {}  # each node's control plane
         self.dead: set[int] = set()
+        self.departed: set[int] = set()  # nodes that left gracefully
         self.recoveries = 0
-        everyone = set(SERVERS + WORKERS + [SPARE]) | {client_of(w) for w in WORKERS}
         for node in [*SERVERS, *WORKERS, SPARE]:
             store = TableStore.create(
                 0,
@@ -104,8 +109,9 @@ class Cluster:
                 NullLock(),
                 flush_interval_ms=1_000_000 if replicated else None,  # flushed by the test
             )
-            server.peers |= everyone
             self.nodes[node] = server
+            role: bodies.Role = "worker" if node in WORKERS else "server"
+            self.planes[node] = ControlPlane(server, role, FakeShell(), drain_timeout=60.0)
         config = RuntimeConfig(tables=[self.spec], servers=len(SERVERS), workers=len(WORKERS))
         self.clients: dict[int, PS] = {}
         for rank, worker in enumerate(WORKERS):
@@ -118,8 +124,13 @@ class Cluster:
                 NullLock(),  # type: ignore[arg-type]
                 SimTransport(self.network, client_of(worker)),  # type: ignore[arg-type]
             )
-            ps._requests.shard_map = self.shard_map
             self.clients[worker] = ps
+        # as each process does once it joined: the first membership
+        membership = self.membership(lost=[])
+        for plane in self.planes.values():
+            plane.apply_membership(membership)
+        for ps in self.clients.values():
+            ps._membership.apply(membership)
         self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}
         self.migrating: tuple[int, int] | None = None  # (shard, target) of the migration in flight
         self.pushed = np.zeros(NUM_KEYS)
@@ -168,7 +179,7 @@ class Cluster:
     def migrate(self, shard: int, target: int) -> None:
         """As the coordinator: move ``shard`` to ``target`` (one migration at a time)."""
         source = int(self.shard_map.homes[shard])
-        if self.migrating is not None or source == target:
+        if self.migrating is not None or source == target or target in self.departed:
             return
         self.migrating = (shard, target)
         order = MigrateOut(
@@ -183,16 +194,15 @@ class Cluster:
         spare = self.nodes[SPARE]
         if SPARE in self.shard_map.homes or (spare.stores[0].loc == SPARE).any() or self.migrating:
             return
-        if self.network.busy():
+        if self.network.busy() or SPARE in self.departed:
             return  # it lingers until nothing is addressed to it any more
-        for node, server in self.nodes.items():
-            if node != SPARE:
-                server.departures.forget_departed({SPARE})
-        for ps in self.clients.values():
-            ps._requests.gone.add(SPARE)
+        self.departed.add(SPARE)
+        self._announce(lost=sorted(self.dead))
 
     def live(self) -> dict[int, NodeServer]:
-        return {node: server for node, server in self.nodes.items() if node not in self.dead}
+        """The nodes still in the job (neither dead nor departed)."""
+        gone = self.dead | self.departed
+        return {node: server for node, server in self.nodes.items() if node not in gone}
 
     def kill(self, server: int, keep_sent: bool) -> None:
         """Server ``server`` dies; what it already sent arrives (``keep_sent``) or not.
@@ -268,15 +278,29 @@ class Cluster:
         self._announce(lost=sorted(self.dead))
         self.migrating = None
 
-    def _announce(self, lost: list[int]) -> None:
-        body = bodies.Membership(
+    def membership(self, lost: list[int]) -> bodies.Membership:
+        """The membership as the coordinator announces it: the live nodes, the shard map."""
+        nodes = [
+            bodies.NodeInfo(
+                id=node,
+                role="worker" if node in WORKERS else "server",
+                address=f"sim://{node}",
+                client=f"sim://{client_of(node)}" if node in WORKERS else None,
+                ready=True,
+            )
+            for node in self.live()
+        ]
+        return bodies.Membership(
             version=self.shard_map.epoch,
             phase=bodies.Phase.RUNNING,
-            nodes=[],
+            nodes=nodes,
             num_workers=len(WORKERS),
             shard_map=self.shard_map.to_json(),
             lost=lost,
         )
+
+    def _announce(self, lost: list[int]) -> None:
+        body = self.membership(lost)
         frames = [bytes(f) for f in messages.control(MsgType.MEMBERSHIP, COORDINATOR, body)]
         for endpoint in [*self.live(), *(client_of(w) for w in WORKERS)]:
             self.network.channels[(COORDINATOR, endpoint)].append(frames)
@@ -289,27 +313,9 @@ class Cluster:
                 self._commit(frames, source)
             return
         if dest in self.nodes:
-            server = self.nodes[dest]
-            control = server.receive(frames)
-            if control is None:
-                return
-            if control.type is MsgType.OWNERS_QUERY:  # from a rebuilding home
-                query = bodies.body_of(control, bodies.OwnersQuery)
-                server.recoveries.report_owners(
-                    control.sender, query.id, np.asarray(query.shards, dtype=np.int64)
-                )
-                return
-            assert source == COORDINATOR, control
-            if control.type is MsgType.MIGRATE_OUT:
-                server.migrations.start(bodies.body_of(control, MigrateOut))
-            elif control.type is MsgType.MEMBERSHIP:  # as the node process applies it
-                membership = bodies.body_of(control, bodies.Membership)
-                if membership.lost:
-                    server.take_back_from_lost(set(membership.lost))
-                server.set_shard_map(ShardMap.from_json(membership.shard_map))
-            elif control.type is MsgType.RECOVER:
-                order = bodies.body_of(control, bodies.Recover)
-                server.recoveries.start(order.id, order.shards, order.source, set(self.live()))
+            control = self.nodes[dest].receive(frames)
+            if control is not None:  # as the node process does: to its control plane
+                self.planes[dest].on_message(control)
             return
         worker = node_of(dest)
         self.clients[worker]._requests.receive(frames)

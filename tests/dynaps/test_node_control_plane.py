@@ -22,6 +22,7 @@ from dynaps.store.table_store import TableStore
 from dynaps.wire import control
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, header
+from tests.dynaps.harness import FakeShell
 from tests.dynaps.samples import SAMPLE_BODIES
 
 SERVERS = [1, 2]
@@ -61,29 +62,6 @@ class Outbox:
         """What was sent since the last call, decoded."""
         sent, self.sent = self.sent, []
         return [(dest, decode(frames, layouts)) for dest, frames in sent]
-
-
-class FakeShell:
-    def __init__(self) -> None:
-        self.calls: list[str] = []  # what the control plane asked of the process
-        self.running = True
-
-    def heartbeat(self) -> control.Heartbeat:
-        return control.Heartbeat(role="worker", address="test://3")
-
-    def stop_loop(self) -> None:
-        self.calls.append("stop_loop")
-
-    def tell_client_to_drain(self) -> None:
-        self.calls.append("tell_client_to_drain")
-
-    def client_running(self) -> bool:
-        return self.running
-
-    def end_client(self) -> None:
-        if self.running:  # as the real one: only a program that still runs is ended
-            self.calls.append("end_client")
-            self.running = False
 
 
 def initial_map() -> ShardMap:
