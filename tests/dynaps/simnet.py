@@ -1,17 +1,29 @@
-"""A simulated network for protocol tests: real NodeServers and clients, no sockets.
+"""A simulated network for protocol tests: the real runtime in one process, no sockets.
 
 Each sender->receiver channel is FIFO (as ZeroMQ's are); tests choose the order across
-channels.  Workers' training processes are real :class:`~dynaps.client.ps.PS` objects that
-share their node's store, issuing one operation at a time (synchronous semantics) with
-``wait=False`` so the test can deliver their messages.  Each node's control messages go
-to its real :class:`~dynaps.node.control_plane.ControlPlane`, as in the node process.
-Endpoint 0 is a simulated coordinator that commits migrations and announces new shard
-maps.
+channels.  Every participant is the real thing, fed by the network instead of a socket:
+
+* endpoint 0 is the real :class:`~dynaps.coordinator.core.Coordinator` (on a test clock);
+* each node is a real :class:`~dynaps.node.server.NodeServer` whose control messages go
+  to its real :class:`~dynaps.node.control_plane.ControlPlane`, as in the node process;
+  a node joins as the process does (REGISTER, WELCOME, MEMBERSHIP, build the store, READY);
+* each worker's training process is a real :class:`~dynaps.client.ps.PS` sharing its
+  node's store, issuing one operation at a time (synchronous semantics) with
+  ``wait=False`` so the test can deliver its messages.
+
+What remains of the processes' shells is here: the join above, removing a node that
+stopped, and time.  Time is the coordinator's and control planes' test clock; the other
+timers of a node (flush, re-send, relocation fence) run on the monotonic clock and the
+test fires them explicitly (:meth:`Cluster.flush`, :meth:`Cluster.resend`,
+:meth:`Cluster.lift_fences`).  Nodes send no heartbeats: the heartbeat interval is long
+enough that no node falls silent within a test, and a crash is the coordinator seeing
+the connection drop (:meth:`Cluster.kill`).
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,35 +32,50 @@ from hypothesis import strategies as st
 
 from dynaps.client.handles import Handle
 from dynaps.client.ps import PS
-from dynaps.contract import NamedTable, Partition, RuntimeConfig
+from dynaps.contract import NamedTable, RuntimeConfig
+from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
-from dynaps.store.shardmap import ShardMap, next_servers
+from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import INCOMING, TableStore
-from dynaps.wire import control as bodies
-from dynaps.wire import messages
+from dynaps.wire import control, messages
 from dynaps.wire.codec import decode
-from dynaps.wire.control import MigrateOut
-from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, node_of
-from tests.dynaps.harness import FakeShell
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, MsgType, client_of, node_of
+from tests.dynaps.harness import Clock, FakeShell, RecordingTransport
 
 SERVERS = [1, 2]
 WORKERS = [3, 4, 5]
-SPARE = 6  # a server that homes nothing until shards migrate to it
+SPARE = 6  # the third server: homes shards from the start under replication, else joins later
 NUM_KEYS = 6  # few keys, so random operations collide on them
+NUM_SHARDS = 4
+HEARTBEAT_MS = 10_000  # no node falls silent for long enough to be declared lost in a test
+TICK = 0.5  # seconds of test clock per tick
+FLUSHED_BY_TEST = 1_000_000  # ms: replication flushes only when the test says
+ALWAYS = 1e18  # a monotonic time after every deadline a node sets itself
+SETTLE_LIMIT = 100_000  # steps before settle gives up (something never converges)
 
 
 @dataclass
 class Network:
-    """Per-channel FIFO queues of encoded frames."""
+    """Per-channel FIFO queues of encoded frames; what is sent to ``dead`` endpoints is lost."""
 
     channels: dict[tuple[int, int], collections.deque[list[bytes]]] = field(
         default_factory=lambda: collections.defaultdict(collections.deque)
     )
+    dead: set[int] = field(default_factory=set)
+
+    def send(self, source: int, dest: int, frames: Sequence[Any]) -> None:
+        if node_of(dest) in self.dead:
+            return
+        self.channels[(source, dest)].append([bytes(memoryview(f)) for f in frames])
 
     def busy(self) -> list[tuple[int, int]]:
         return [key for key, queue in self.channels.items() if queue]
+
+    def addressed_to(self, node: int) -> bool:
+        """Whether anything is on its way to ``node`` (or its training process)."""
+        return any(queue and node_of(dest) == node for (_, dest), queue in self.channels.items())
 
 
 class SimTransport:
@@ -65,7 +92,7 @@ class SimTransport:
         return True
 
     def send(self, endpoint: int, frames: Any) -> None:
-        self.network.channels[(self.endpoint, endpoint)].append([bytes(memoryview(f)) for f in frames])
+        self.network.send(self.endpoint, endpoint, frames)
 
     def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
         return None
@@ -73,71 +100,172 @@ class SimTransport:
     def close(self, linger: float = 0.0) -> None: ...
 
 
-class Cluster:
-    """Servers 1, 2 (and 6) and three worker nodes; each training process is a real ``PS``.
+class CoordinatorWire(RecordingTransport):
+    """The coordinator's transport: what it sends goes into the simulated network."""
 
-    With ``replicated`` all three servers home shards from the start and each shard has a
-    backup; otherwise server 6 is a spare that homes nothing until shards migrate to it.
+    def __init__(self, network: Network) -> None:
+        super().__init__()
+        self.network = network
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        self.network.send(COORDINATOR, endpoint, frames)
+
+
+@dataclass
+class Starting:
+    """A node process that registered and waits for its id and shard map."""
+
+    role: control.Role
+    node: int = 0  # from WELCOME
+    rank: int | None = None
+
+
+class Cluster:
+    """The coordinator, servers 1 and 2, worker nodes 3, 4 and 5 with a real ``PS`` each.
+
+    With ``replicated``, server 6 is in the job from the start (it registers last) and
+    every shard has a backup; otherwise server 6 joins when the test says
+    (:meth:`join_spare`) and gets shards as the coordinator rebalances.
     """
 
     def __init__(self, replicated: bool = False) -> None:
         self.network = Network()
         self.spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
-        self.homing = [*SERVERS, SPARE] if replicated else SERVERS
-        self.shard_map = ShardMap.initial(4, Partition.RANGE, self.homing)
-        if replicated:
-            self.shard_map.backups = next_servers(self.shard_map.homes, self.homing)
+        self.replicated = replicated
+        self.config = RuntimeConfig.model_validate(
+            {
+                "tables": [self.spec],
+                "servers": len(SERVERS) + replicated,
+                "workers": len(WORKERS),
+                "rebalance_policy": {"num_shards": NUM_SHARDS},
+                "fault_tolerance": {"replication": int(replicated), "heartbeat_interval_ms": HEARTBEAT_MS},
+            }
+        )
+        self.clock = Clock()
+        self.started_at = self.clock.now
+        self.wire = CoordinatorWire(self.network)
+        self.coordinator = Coordinator(self.config, self.wire, clock=self.clock)
         self.nodes: dict[int, NodeServer] = {}
         self.planes: dict[int, ControlPlane] = {}  # each node's control plane
-        self.dead: set[int] = set()
-        self.departed: set[int] = set()  # nodes that left gracefully
-        self.recoveries = 0
-        for node in [*SERVERS, *WORKERS, SPARE]:
-            store = TableStore.create(
-                0,
-                self.spec,
-                self.shard_map,
-                home=node if node in (*SERVERS, SPARE) else None,
-                shared=False,
-                track_changes=replicated,
-            )
-            server = NodeServer(
-                node,
-                SimTransport(self.network, node),
-                [store],
-                self.shard_map,
-                NullLock(),
-                flush_interval_ms=1_000_000 if replicated else None,  # flushed by the test
-            )
-            self.nodes[node] = server
-            role: bodies.Role = "worker" if node in WORKERS else "server"
-            self.planes[node] = ControlPlane(server, role, FakeShell(), drain_timeout=60.0)
-        config = RuntimeConfig(tables=[self.spec], servers=len(SERVERS), workers=len(WORKERS))
-        self.clients: dict[int, PS] = {}
-        for rank, worker in enumerate(WORKERS):
-            # The training process shares its node's store, exactly as through shared memory.
-            ps = PS(
-                config,
-                worker,
-                rank,
-                [self.store(worker)],
-                NullLock(),  # type: ignore[arg-type]
-                SimTransport(self.network, client_of(worker)),  # type: ignore[arg-type]
-            )
-            self.clients[worker] = ps
-        # as each process does once it joined: the first membership
-        membership = self.membership(lost=[])
-        for plane in self.planes.values():
-            plane.apply_membership(membership)
-        for ps in self.clients.values():
-            ps._membership.apply(membership)
+        self.shells: dict[int, FakeShell] = {}
+        self.clients: dict[int, PS] = {}  # by worker node
+        self.starting: dict[str, Starting] = {}  # by address
+        self.dead: set[int] = set()  # crashed
+        self.stopped: set[int] = set()  # left the job and ended
+        self.draining: set[int] = set()  # told to drain
         self.busy: dict[int, tuple[str, Handle, np.ndarray]] = {}
-        self.migrating: tuple[int, int] | None = None  # (shard, target) of the migration in flight
         self.pushed = np.zeros(NUM_KEYS)
         self.last_seen = {w: np.zeros(NUM_KEYS) for w in WORKERS}
+        # registrations are answered in order: node ids are 1, 2, ... in this order
+        launches: list[tuple[control.Role, str]] = [("server", "s1"), ("server", "s2")]
+        launches += [("worker", f"w{w}") for w in WORKERS]
+        if replicated:
+            launches.append(("server", "spare"))
+        for role, name in launches:
+            self.launch(role, name)
+            self.settle(None)
+        assert self.coordinator.phase is JobPhase.RUNNING
+        assert sorted(self.nodes) == sorted([*SERVERS, *WORKERS] + ([SPARE] if replicated else []))
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The coordinator's shard map."""
+        shard_map = self.coordinator.homes.shard_map
+        assert shard_map is not None
+        return shard_map
 
     def store(self, node: int) -> TableStore:
         return self.nodes[node].stores[0]
+
+    def live(self) -> dict[int, NodeServer]:
+        """The nodes that run (neither crashed nor ended)."""
+        gone = self.dead | self.stopped
+        return {node: server for node, server in self.nodes.items() if node not in gone}
+
+    def servers(self) -> list[int]:
+        return [node for node in self.live() if self.planes[node].role == "server"]
+
+    # ---------------------------------------------------------------- joining, as the processes do
+
+    def launch(self, role: control.Role, name: str) -> None:
+        """A node process starts: it registers with the coordinator."""
+        address = f"sim://{name}"
+        self.starting[address] = Starting(role)
+        register = control.Register(
+            role=role,
+            address=address,
+            nonce=name,
+            config_digest=control.config_digest(self.config),
+            name=name,
+        )
+        self.network.send(NO_ENDPOINT, COORDINATOR, messages.control(MsgType.REGISTER, NO_ENDPOINT, register))
+
+    def _joining(self, endpoint: int, frames: list[bytes]) -> None:
+        """The coordinator's answer to a node process that is not serving yet."""
+        process = self.starting[self.wire.addresses[endpoint]]
+        msg = decode(frames, [])
+        if msg.type is MsgType.WELCOME:
+            welcome = control.body_of(msg, control.Welcome)
+            process.node, process.rank = welcome.node, welcome.rank
+        elif msg.type is MsgType.MEMBERSHIP:
+            assert process.node == endpoint, "a membership before the welcome"
+            del self.starting[self.wire.addresses[endpoint]]
+            self._build(process, control.body_of(msg, control.Membership))
+        else:
+            raise AssertionError(f"{msg.type.name} to a node that is not serving yet")
+
+    def _build(self, process: Starting, membership: control.Membership) -> None:
+        """Build the store from the shard map, tell the coordinator READY, attach the program."""
+        node = process.node
+        shard_map = ShardMap.from_json(membership.shard_map)
+        worker = process.role == "worker"
+        store = TableStore.create(
+            0,
+            self.spec,
+            shard_map,
+            home=None if worker else node,
+            shared=False,
+            track_changes=self.replicated,
+        )
+        server = NodeServer(
+            node,
+            SimTransport(self.network, node),
+            [store],
+            shard_map,
+            NullLock(),
+            flush_interval_ms=FLUSHED_BY_TEST if self.replicated else None,
+        )
+        shell = FakeShell()
+        plane = ControlPlane(server, process.role, shell, drain_timeout=60.0, clock=self.clock)
+        plane.apply_membership(membership)
+        self.nodes[node], self.planes[node], self.shells[node] = server, plane, shell
+        plane.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
+        if worker:
+            self._attach(node, process.rank)
+
+    def _attach(self, worker: int, rank: int | None) -> None:
+        """The worker's training process shares its node's store, as through shared memory,
+        and registers with the coordinator; the running membership then reaches it."""
+        assert rank is not None
+        endpoint = client_of(worker)
+        transport = SimTransport(self.network, endpoint)
+        ps = PS(
+            self.config,
+            worker,
+            rank,
+            [self.store(worker)],
+            NullLock(),  # type: ignore[arg-type]
+            transport,  # type: ignore[arg-type]
+        )
+        self.clients[worker] = ps
+        register = control.Register(
+            role="client",
+            address=transport.address,
+            nonce=f"client-{worker}",
+            config_digest=control.config_digest(self.config),
+            node=worker,
+        )
+        transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, register))
 
     # ---------------------------------------------------------------- operations
 
@@ -171,91 +299,93 @@ class Cluster:
                 assert value >= self.last_seen[worker][key], (worker, key, value)
                 self.last_seen[worker][key] = value
 
-    # ---------------------------------------------------------------- delivery
+    # ---------------------------------------------------------------- the coordinator's decisions
 
-    def servers(self) -> list[int]:
-        return [*SERVERS, SPARE]
-
-    def migrate(self, shard: int, target: int) -> None:
-        """As the coordinator: move ``shard`` to ``target`` (one migration at a time)."""
-        source = int(self.shard_map.homes[shard])
-        if self.migrating is not None or source == target or target in self.departed:
+    def join_spare(self) -> None:
+        """Server 6 joins (the job is scaled up first); the coordinator moves shards to it."""
+        if SPARE in self.nodes or self.starting:
             return
-        self.migrating = (shard, target)
-        order = MigrateOut(
-            id=1 + self.shard_map.epoch, shards=[shard], target=target, epoch=self.shard_map.epoch
-        )
-        self.network.channels[(COORDINATOR, source)].append(
-            [bytes(f) for f in messages.control(MsgType.MIGRATE_OUT, COORDINATOR, order)]
-        )
+        self.coordinator.run_command("scale", {"servers": len(SERVERS) + 1})
+        self.launch("server", "spare")
 
-    def retire_spare(self) -> None:
-        """The spare server leaves, if it homes and holds nothing (as after a drain)."""
-        spare = self.nodes[SPARE]
-        if SPARE in self.shard_map.homes or (spare.stores[0].loc == SPARE).any() or self.migrating:
+    def drain(self, server: int) -> None:
+        """Ask the coordinator to drain ``server``: its shards move away, then it leaves.
+
+        Only while another server that stays can take its shards.
+        """
+        member = self.coordinator.roster.get(server)
+        if member is None or member.role != "server" or member.state != "ready" or server in self.draining:
             return
-        if self.network.busy() or SPARE in self.departed:
-            return  # it lingers until nothing is addressed to it any more
-        self.departed.add(SPARE)
-        self._announce(lost=sorted(self.dead))
-
-    def live(self) -> dict[int, NodeServer]:
-        """The nodes still in the job (neither dead nor departed)."""
-        gone = self.dead | self.departed
-        return {node: server for node, server in self.nodes.items() if node not in gone}
+        staying = [s for s in self.coordinator.roster.ready_servers() if s not in self.draining | {server}]
+        if not staying:
+            return
+        self.draining.add(server)
+        self.coordinator.run_command("drain", {"node": str(server)})
 
     def kill(self, server: int, keep_sent: bool) -> None:
-        """Server ``server`` dies; what it already sent arrives (``keep_sent``) or not.
+        """Server ``server`` crashes; what it already sent arrives (``keep_sent``) or not.
 
-        As the coordinator: its shards move to their backups in a new epoch, everyone
-        learns it is lost, and each new home is told to rebuild.
+        The coordinator sees its connection drop and, a moment later, declares it lost: its
+        shards move to their backups in a new epoch, everyone learns of the loss, and each
+        new home is told to rebuild.  One failure at a time, and none while shards migrate
+        (``replication: 1`` survives one loss, not two at once).
         """
-        if self.dead or self.migrating:
-            return  # one failure at a time: replication: 1 survives one, not two at once
+        member = self.coordinator.roster.get(server)
+        if self.dead or member is None or member.role != "server":
+            return
+        if self.coordinator.homes.rebalancer.running:
+            return
         assert self.shard_map.backups is not None
         self.dead.add(server)
+        self.network.dead.add(server)
         for (source, dest), queue in self.network.channels.items():
-            if dest == server or (source == server and not keep_sent):
+            if node_of(dest) == server or (source == server and not keep_sent):
                 queue.clear()
-        shards = np.flatnonzero(self.shard_map.homes == server)
-        homes = self.shard_map.homes.copy()
-        homes[shards] = self.shard_map.backups[shards]
-        alive = [s for s in self.homing if s not in self.dead]
-        self.shard_map = ShardMap(
-            self.shard_map.epoch + 1,
-            self.shard_map.num_shards,
-            self.shard_map.partition,
-            homes,
-            next_servers(homes, alive),
-        )
-        self._announce(lost=sorted(self.dead))
-        for home in sorted({int(homes[s]) for s in shards}):
-            self.recoveries += 1
-            body = bodies.Recover(
-                id=self.recoveries,
-                shards=[int(s) for s in shards if homes[s] == home],
-                source=bodies.RecoverySource.REPLICA,
-            )
-            self.network.channels[(COORDINATOR, home)].append(
-                [bytes(f) for f in messages.control(MsgType.RECOVER, COORDINATOR, body)]
-            )
+        self.clock.now += 0.01  # its last word came before the connection dropped
+        self.wire.dropped.append(server)
+        self.coordinator.tick()  # suspect
+        self.clock.now += self.coordinator.liveness.grace_after_disconnect + 0.01
+        self.coordinator.tick()  # lost
+        assert server in self.coordinator.roster.lost
+
+    # ---------------------------------------------------------------- time
+
+    def tick(self) -> None:
+        """Time passes: the coordinator's duties, the drains; a node that stopped ends."""
+        self.clock.now += TICK
+        assert self.clock.now - self.started_at < self.coordinator.liveness.lost_after, "nodes fell silent"
+        self.coordinator.tick()
+        for node in self.live():
+            plane = self.planes[node]
+            if plane.drain is not None:
+                plane.advance_drain(self.clock.now)
+        for node in list(self.live()):
+            # It lingers until nothing is addressed to it any more.
+            if "stop_loop" in self.shells[node].calls and not self.network.addressed_to(node):
+                self.stopped.add(node)
+                self.network.dead.add(node)
+
+    def waits_for_time(self) -> bool:
+        """Whether something happens only once time passes (a drain, a delayed rebalance)."""
+        drains = any(self.planes[node].drain is not None for node in self.live())
+        return drains or self.coordinator.homes._rebalance_at is not None
 
     def flush(self) -> None:
         """Every node writes back the keys it holds that changed (one flush interval)."""
         for server in self.live().values():
             if server.replication is not None:
-                server.replication.flush(1e18)
+                server.replication.flush(ALWAYS)
                 server.replication.last_flush = 0.0
 
     def resend(self) -> None:
         """The grace period of every rebuild ended: re-send keys still expected."""
         for server in self.live().values():
-            server.recoveries.tick(1e18)
+            server.recoveries.tick(ALWAYS)
 
     def lift_fences(self) -> None:
         """The relocation fence after a loss is over (time passed)."""
         for server in self.live().values():
-            server.lift_fence(1e18)
+            server.lift_fence(ALWAYS)
 
     def step(self) -> None:
         """A turn of every node's loop: the next pre-copy chunk, or the freeze."""
@@ -263,81 +393,44 @@ class Cluster:
             if server.migrations.tracking:
                 server.migrations.step()
 
-    def _commit(self, frames: list[bytes], target: int) -> None:
-        msg = decode(frames, [])
-        assert msg.type is MsgType.MIGRATE_READY, msg
-        assert self.migrating is not None
-        shard, expected = self.migrating
-        assert target == expected
-        homes = self.shard_map.homes.copy()
-        homes[shard] = target
-        backups = None if self.shard_map.backups is None else next_servers(homes, self.homing)
-        self.shard_map = ShardMap(
-            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes, backups
-        )
-        self._announce(lost=sorted(self.dead))
-        self.migrating = None
-
-    def membership(self, lost: list[int]) -> bodies.Membership:
-        """The membership as the coordinator announces it: the live nodes, the shard map."""
-        nodes = [
-            bodies.NodeInfo(
-                id=node,
-                role="worker" if node in WORKERS else "server",
-                address=f"sim://{node}",
-                client=f"sim://{client_of(node)}" if node in WORKERS else None,
-                ready=True,
-            )
-            for node in self.live()
-        ]
-        return bodies.Membership(
-            version=self.shard_map.epoch,
-            phase=bodies.Phase.RUNNING,
-            nodes=nodes,
-            num_workers=len(WORKERS),
-            shard_map=self.shard_map.to_json(),
-            lost=lost,
-        )
-
-    def _announce(self, lost: list[int]) -> None:
-        body = self.membership(lost)
-        frames = [bytes(f) for f in messages.control(MsgType.MEMBERSHIP, COORDINATOR, body)]
-        for endpoint in [*self.live(), *(client_of(w) for w in WORKERS)]:
-            self.network.channels[(COORDINATOR, endpoint)].append(frames)
+    # ---------------------------------------------------------------- delivery
 
     def deliver(self, channel: tuple[int, int]) -> None:
-        source, dest = channel
+        dest = channel[1]
         frames = self.network.channels[channel].popleft()
         if dest == COORDINATOR:
-            if decode(frames, []).type is MsgType.MIGRATE_READY:
-                self._commit(frames, source)
-            return
-        if dest in self.nodes:
-            control = self.nodes[dest].receive(frames)
-            if control is not None:  # as the node process does: to its control plane
-                self.planes[dest].on_message(control)
-            return
-        worker = node_of(dest)
-        self.clients[worker]._requests.receive(frames)
-        if worker in self.busy:
-            self._finish(worker)
+            self.coordinator.receive(frames)
+        elif dest in self.nodes:
+            control_msg = self.nodes[dest].receive(frames)
+            if control_msg is not None:  # as the node process does: to its control plane
+                self.planes[dest].on_message(control_msg)
+        elif node_of(dest) in self.clients:
+            worker = node_of(dest)
+            self.clients[worker]._requests.receive(frames)
+            if worker in self.busy:
+                self._finish(worker)
+        else:
+            self._joining(dest, frames)
 
     def settle(self, data: st.DataObject | None) -> None:
-        while True:
+        """Deliver (in the order ``data`` draws) and let time pass until nothing happens."""
+        for _ in range(SETTLE_LIMIT):
             self.step()
             busy = sorted(self.network.busy())
-            if not busy:
-                if any(s.migrations.tracking for s in self.live().values()):
-                    continue
-                if any(s.recoveries.resend for s in self.live().values()):
-                    self.resend()
-                    continue
-                if any(s.departures.fenced for s in self.live().values()):
-                    self.lift_fences()
-                    continue
+            if busy:
+                choice = data.draw(st.sampled_from(busy)) if data is not None else busy[0]
+                self.deliver(choice)
+            elif any(s.migrations.tracking for s in self.live().values()):
+                continue
+            elif any(s.recoveries.resend for s in self.live().values()):
+                self.resend()
+            elif any(s.departures.fenced for s in self.live().values()):
+                self.lift_fences()
+            elif self.waits_for_time():
+                self.tick()
+            else:
                 return
-            choice = data.draw(st.sampled_from(busy)) if data is not None else busy[0]
-            self.deliver(choice)
+        raise AssertionError("the cluster never settled")
 
     # ---------------------------------------------------------------- invariants
 
@@ -345,6 +438,7 @@ class Cluster:
         assert not self.busy, f"operations that never completed: {self.busy}"
         for worker, ps in self.clients.items():
             assert not ps._requests.handles, f"worker {worker} has requests in flight"
+        assert self.coordinator.homes.settled, "the coordinator has migrations or recoveries in flight"
         owners = np.zeros(NUM_KEYS, dtype=int)
         total = np.zeros(NUM_KEYS)
         for node, server in self.live().items():
@@ -366,8 +460,6 @@ class Cluster:
         assert (owners == 1).all(), f"keys with owner count != 1: {np.flatnonzero(owners != 1)}"
         np.testing.assert_array_equal(total, self.pushed)
         for home in self.servers():
-            if home in self.dead:
-                continue
             store = self.store(home)
             assert store.owner is not None
             homed = self.shard_map.home_of(np.arange(NUM_KEYS), NUM_KEYS) == home

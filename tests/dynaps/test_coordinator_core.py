@@ -8,7 +8,6 @@ messages and reading what it sent back, decoded as a node would.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,67 +16,8 @@ import pytest
 from dynaps.contract import NamedTable, RuntimeConfig
 from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.wire import control
-from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, MsgType, client_of, header
-
-
-class RecordingTransport:
-    """A Transport that keeps what the coordinator sends; the test plays the network.
-
-    ``dropped`` lists the watched endpoints whose connection the test broke (what
-    ZmqTransport's ``disconnected`` reports after a crash).
-    """
-
-    def __init__(self) -> None:
-        self.endpoint = COORDINATOR
-        self.address = "inproc://coordinator"
-        self.sent: list[tuple[int, MsgType, dict[str, Any]]] = []
-        self.addresses: dict[int, str] = {}
-        self.watched: set[int] = set()
-        self.dropped: list[int] = []
-
-    def connect(self, endpoint: int, address: str) -> None:
-        self.addresses[endpoint] = address
-
-    def forget(self, endpoint: int, linger: float = 0.0) -> None:
-        self.addresses.pop(endpoint, None)
-        self.watched.discard(endpoint)
-
-    def knows(self, endpoint: int) -> bool:
-        return endpoint in self.addresses
-
-    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
-        msg = decode([bytes(memoryview(f)) for f in frames], [])
-        assert msg.sender == COORDINATOR
-        # the body as it crossed the wire (JSON), so enums must have serialised as strings
-        self.sent.append((endpoint, msg.type, json.loads(bytes(frames[1]))))
-
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
-        return None
-
-    def close(self, linger: float = 0.0) -> None:
-        self.addresses.clear()
-
-    def watch(self, endpoint: int) -> None:
-        self.watched.add(endpoint)
-
-    def disconnected(self) -> list[int]:
-        dropped, self.dropped = [e for e in self.dropped if e in self.watched], []
-        return dropped
-
-    def take(self, kind: MsgType) -> list[tuple[int, dict[str, Any]]]:
-        """(endpoint, body) of every ``kind`` message sent since the last take of that kind."""
-        taken = [(e, body) for e, k, body in self.sent if k is kind]
-        self.sent = [s for s in self.sent if s[1] is not kind]
-        return taken
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from dynaps.wire.protocol import MsgType, client_of, header
+from tests.dynaps.harness import Clock, RecordingTransport
 
 
 class Job:

@@ -1,27 +1,29 @@
 """Shard migration, in-process, under every interleaving Hypothesis finds.
 
-Shards move between three servers (tests/dynaps/simnet.py) while workers push, pull and
-localize; the simulated coordinator commits each migration with a new epoch, whose
-membership reaches every node and client at a different moment.  At quiescence every
-key is owned once, equals the increments pushed, and every request was answered.
+Servers join and drain while workers push, pull and localize (tests/dynaps/simnet.py):
+the real coordinator decides which shards move where, commits each migration with a new
+epoch, whose membership reaches every node and client at a different moment, and a
+drained server leaves once its shards moved away.  At quiescence every key is owned
+once, equals the increments pushed, and every request was answered.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.dynaps.simnet import NUM_KEYS, SPARE, WORKERS, Cluster
+from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
 
-OPS = st.one_of(
+OPS: st.SearchStrategy[tuple[str, int, list[int]]] = st.one_of(
     st.tuples(
-        st.sampled_from(["push", "pull", "localize", "deliver", "deliver", "deliver", "step", "retire"]),
+        st.sampled_from(["push", "pull", "localize", "deliver", "deliver", "deliver", "step", "tick"]),
         st.sampled_from(WORKERS),
         st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=3),
     ),
-    st.tuples(st.just("migrate"), st.integers(0, 3), st.sampled_from([1, 2, SPARE])),
+    st.tuples(st.sampled_from(["join", "drain"]), st.sampled_from([*SERVERS, SPARE]), st.just([])),
 )
 
 
@@ -36,30 +38,34 @@ def test_migrations_keep_every_update_under_any_interleaving(ops: list[Any], dat
                 cluster.deliver(data.draw(st.sampled_from(busy)))
         elif op == "step":
             cluster.step()
-        elif op == "retire":
-            cluster.retire_spare()
-        elif op == "migrate":
-            cluster.migrate(a, b)
+        elif op == "tick":
+            cluster.tick()
+        elif op == "join":
+            cluster.join_spare()
+        elif op == "drain":
+            cluster.drain(a)
         else:
             cluster.start(op, a, b)
     cluster.settle(data)
     cluster.check()
 
 
-def test_a_shard_moves_to_the_spare_server_and_back_and_the_spare_leaves() -> None:
+def test_a_shard_moves_to_a_server_that_joins_and_back_when_it_drains() -> None:
     cluster = Cluster()
     for worker in WORKERS:
-        cluster.start("push", worker, [0, 1])
+        cluster.start("push", worker, [0, 1, 5])
         cluster.settle(None)
-    cluster.migrate(0, SPARE)
+    cluster.join_spare()
     cluster.settle(None)
-    assert cluster.shard_map.homes[0] == SPARE
-    cluster.start("localize", WORKERS[0], [0])
+    assert SPARE in cluster.shard_map.homes
+    key = int(np.flatnonzero(cluster.shard_map.home_of(np.arange(NUM_KEYS), NUM_KEYS) == SPARE)[0])
+    cluster.start("localize", WORKERS[0], [key])
     cluster.settle(None)
-    cluster.migrate(0, 1)
+    cluster.drain(SPARE)
     cluster.settle(None)
-    cluster.retire_spare()
+    assert SPARE not in cluster.shard_map.homes
+    assert SPARE in cluster.stopped
     for worker in WORKERS:
-        cluster.start("push", worker, [0, 1])
+        cluster.start("push", worker, [0, 1, key])
         cluster.settle(None)
     cluster.check()

@@ -1,8 +1,9 @@
 """The relocation protocol, in-process, under every message interleaving Hypothesis finds.
 
-Five NodeServers (two servers, three workers) exchange real encoded messages through a
-simulated network (tests/dynaps/simnet.py) that keeps each sender->receiver channel FIFO
-(as ZeroMQ does) but delivers across channels in an order Hypothesis chooses.
+Five NodeServers (two servers, three workers), their clients and the coordinator exchange
+real encoded messages through a simulated network (tests/dynaps/simnet.py) that keeps
+each sender->receiver channel FIFO (as ZeroMQ does) but delivers across channels in an
+order Hypothesis chooses.
 
 Invariants checked at quiescence: every key is owned by exactly one node and is nowhere
 in transfer; its value equals the number of increments pushed; every request got exactly
