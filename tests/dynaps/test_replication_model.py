@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,22 @@ def test_a_retry_that_follows_its_key_to_a_new_owner_is_recognised_there() -> No
     cluster.deliver((0, client_of(second)))  # ``second`` learns of the loss first: sends again
     cluster.settle(None)
     cluster.check()  # applied once: ``third`` knows the request from the records that came along
+
+
+@pytest.mark.xfail(strict=True, reason="ShardHomes.on_migrate_ready commits a shard map without backups")
+def test_a_second_loss_after_the_rebalance_loses_no_update() -> None:
+    cluster = Cluster(replicated=True)
+    cluster.max_losses = 2
+    for worker in WORKERS:
+        cluster.start("push", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
+    cluster.kill(SERVERS[0], True)
+    cluster.settle(None)  # rebuilt from the backups, then rebalanced over the two left
+    assert cluster.coordinator.homes.rebalancer.completed == 1
+    assert cluster.shard_map.backups is not None, "the rebalanced shards have no backups"
+    cluster.kill(int(cluster.shard_map.homes[0]), True)
+    cluster.settle(None)
+    for worker in WORKERS:
+        cluster.start("push", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
+    cluster.check()
