@@ -49,8 +49,8 @@ WORKERS = [3, 4, 5]
 SPARE = 6  # the third server: homes shards from the start under replication, else joins later
 NUM_KEYS = 6  # few keys, so random operations collide on them
 NUM_SHARDS = 4
-HEARTBEAT_MS = 10_000  # no node falls silent for long enough to be declared lost in a test
-TICK = 0.5  # seconds of test clock per tick
+HEARTBEAT_MS = 1_000_000  # no node falls silent for long enough to be declared lost in a test
+TICK = 1.0  # seconds of test clock per tick
 FLUSHED_BY_TEST = 1_000_000  # ms: replication flushes only when the test says
 ALWAYS = 1e18  # a monotonic time after every deadline a node sets itself
 SETTLE_LIMIT = 100_000  # steps before settle gives up (something never converges)
@@ -413,13 +413,21 @@ class Cluster:
             self._joining(dest, frames)
 
     def settle(self, data: st.DataObject | None) -> None:
-        """Deliver (in the order ``data`` draws) and let time pass until nothing happens."""
+        """Deliver (in the order ``data`` draws) and let time pass until nothing happens.
+
+        With ``data``, time may also pass between deliveries while something waits for it.
+        """
         for _ in range(SETTLE_LIMIT):
             self.step()
             busy = sorted(self.network.busy())
             if busy:
-                choice = data.draw(st.sampled_from(busy)) if data is not None else busy[0]
-                self.deliver(choice)
+                # time passes while messages are in flight, if something waits for it
+                options: list[tuple[int, int] | None] = [*busy, None] if self.waits_for_time() else [*busy]
+                choice = data.draw(st.sampled_from(options)) if data is not None else busy[0]
+                if choice is None:
+                    self.tick()
+                else:
+                    self.deliver(choice)
             elif any(s.migrations.tracking for s in self.live().values()):
                 continue
             elif any(s.recoveries.resend for s in self.live().values()):
