@@ -299,6 +299,10 @@ class Cluster:
                     control.sender, query.id, np.asarray(query.shards, dtype=np.int64)
                 )
                 return
+            if control.type is MsgType.REPLICA_SYNCED:  # from a home whose shards it backs up
+                assert server.replication is not None
+                server.replication.on_synced(bodies.body_of(control, bodies.ReplicaSynced))
+                return
             assert source == COORDINATOR, control
             if control.type is MsgType.MIGRATE_OUT:
                 server.migrations.start(bodies.body_of(control, MigrateOut))

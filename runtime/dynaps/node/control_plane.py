@@ -162,6 +162,10 @@ class ControlPlane:
                 server.recoveries.report_owners(
                     msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
                 )
+            elif msg.type is MsgType.REPLICA_SYNCED:  # from a home whose shards we back up
+                if node_of(msg.sender) not in self.members or server.replication is None:
+                    raise ProtocolError(f"REPLICA_SYNCED from {msg.sender}, which is no member")
+                server.replication.on_synced(control.body_of(msg, control.ReplicaSynced))
             elif msg.type is MsgType.CHECKPOINT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("CHECKPOINT from a non-coordinator")

@@ -1,0 +1,69 @@
+"""Replicas follow membership changes, with real processes (issue 13).
+
+The invariant: workers push unit increments to additive counters; every acknowledged
+increment is in the final table.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import dynaps
+
+pytestmark = pytest.mark.integration
+
+NUM_KEYS = 1000
+TABLES = {"W": dynaps.TableSpec(num_keys=NUM_KEYS, dim=2)}
+
+
+def push_until(ps: dynaps.PS, stop_file: str) -> dict[str, Any]:
+    """Unit increments, each acknowledged when push() returns, until ``stop_file`` exists."""
+    W = ps.table("W")
+    rng = np.random.default_rng(7 + ps.rank)
+    acked = np.zeros(NUM_KEYS, dtype=np.int64)
+    rounds = 0
+    while not os.path.exists(stop_file) or rounds < 20:
+        keys = rng.integers(0, NUM_KEYS, size=40)
+        W.push(keys, np.ones((40, 2)))
+        np.add.at(acked, keys, 1)
+        rounds += 1
+    return {"acked": acked, "rounds": rounds}
+
+
+def read_all(ps: dynaps.PS) -> np.ndarray:
+    return ps.table("W").pull(np.arange(NUM_KEYS))[:, 0]
+
+
+def replicas_synced(status: dict[str, Any]) -> bool:
+    return bool(status["replication"]["unsynced"] == 0)
+
+
+def test_a_server_killed_after_a_scale_out_loses_no_acknowledged_increment(tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    with dynaps.LocalCluster(servers=2, workers=2, tables=TABLES, replication=1, num_shards=32) as cluster:
+        job = cluster.submit(push_until, str(stop))
+        time.sleep(0.3)
+        cluster.scale(servers=3)  # returns once the migrations committed
+        assert len(cluster.status()["shardsPerServer"]) == 3
+        deadline = time.monotonic() + 30
+        while not replicas_synced(status := cluster.status()):  # the new homes synced their backups
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        cluster.kill("server-0")
+        time.sleep(0.5)
+        stop.touch()
+        results = job.result(timeout=120)
+        acked = sum(r["acked"] for r in results)
+        values = cluster.run(read_all)[0]
+        lost = int((acked - values).sum())
+        assert lost == 0, f"{lost} acknowledged increments lost"
+        np.testing.assert_array_equal(values, acked)
+        status = cluster.status()
+        assert status["lost"]
+        assert status["dataLoss"] == []
