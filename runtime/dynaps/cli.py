@@ -202,7 +202,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         if not args.quiet:
             print(f"[dynaps] {text}", file=sys.stderr, flush=True)
 
-    env = {"DYNAPS_LOG_LEVEL": args.log_level.upper()}
+    # the coordinator answers /status a moment after the job ends: the last read sees its end
+    env = {"DYNAPS_LOG_LEVEL": args.log_level.upper(), "DYNAPS_COORDINATOR_LINGER_SECONDS": "3"}
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
     config = config.model_copy(update={"coordinator": address})
@@ -240,7 +241,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
     if losses:
         keys = sum(int(entry.get("keys", 0)) for entry in losses)
-        say(f"data loss: {len(losses)} recoveries restored {keys} keys from other than a synced replica:")
+        recoveries = f"{len(losses)} {'recovery' if len(losses) == 1 else 'recoveries'}"
+        say(f"data loss: {recoveries} restored {keys} keys from other than a synced replica:")
         for entry in losses:
             say(f"  {describe_loss(entry)}")
     return code

@@ -7,6 +7,8 @@ increment is in the final table.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,3 +69,36 @@ def test_a_server_killed_after_a_scale_out_loses_no_acknowledged_increment(tmp_p
         status = cluster.status()
         assert status["lost"]
         assert status["dataLoss"] == []
+
+
+KILL_A_SERVER = """
+import numpy as np, psutil, dynaps
+ps = dynaps.connect()
+if ps.rank == 0:  # this job's server-1: a child of the same `dynaps run` as our worker node
+    for proc in psutil.Process().parent().parent().children():
+        if proc.environ().get("DYNAPS_NODE_NAME") == "server-1":
+            proc.kill()
+W = ps.table("W")
+for _ in range(20):
+    W.push(np.arange(100), np.ones((100, 2)))
+ps.barrier()
+"""
+
+
+def test_dynaps_run_prints_the_data_loss(tmp_path: Path) -> None:
+    program = tmp_path / "train.py"
+    program.write_text(KILL_A_SERVER)
+    job = ["--servers", "2", "--workers", "1", "--table", "W:100:2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dynaps", "run", *job, "--", sys.executable, str(program)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "job succeeded" in done.stderr
+    assert "DATA LOSS: " in done.stderr  # as it happened
+    summary = done.stderr[done.stderr.index("job succeeded") :]
+    assert "data loss: 1 recovery restored" in summary
+    assert "restarted from their initial values (no replica, no checkpoint)" in summary
