@@ -46,13 +46,17 @@ def replicas_synced(status: dict[str, Any]) -> bool:
     return bool(status["replication"]["unsynced"] == 0)
 
 
-def test_a_server_killed_after_a_scale_out_loses_no_acknowledged_increment(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)], ids=["scale-out", "drain"])
+def test_a_server_killed_after_a_scale_loses_no_acknowledged_increment(
+    tmp_path: Path, before: int, after: int
+) -> None:
     stop = tmp_path / "stop"
-    with dynaps.LocalCluster(servers=2, workers=2, tables=TABLES, replication=1, num_shards=32) as cluster:
+    settings: dict[str, Any] = {"tables": TABLES, "replication": 1, "num_shards": 32}
+    with dynaps.LocalCluster(servers=before, workers=2, **settings) as cluster:
         job = cluster.submit(push_until, str(stop))
         time.sleep(0.3)
-        cluster.scale(servers=3)  # returns once the migrations committed
-        assert len(cluster.status()["shardsPerServer"]) == 3
+        cluster.scale(servers=after)  # returns once the migrations committed (and a drained server left)
+        assert len(cluster.status()["shardsPerServer"]) == after
         deadline = time.monotonic() + 30
         while not replicas_synced(status := cluster.status()):  # the new homes synced their backups
             assert time.monotonic() < deadline, status
