@@ -204,22 +204,38 @@ class Replication:
         return requester != NO_ENDPOINT
 
     def on_replicate(self, msg: Message) -> None:
-        """At the backup: keep the rows, remember the request, acknowledge the requester."""
+        """At the backup: keep the rows, remember the request, acknowledge the requester.
+
+        Rows from a server that is no longer their home (in the map here, which is never
+        older than the sender's: newer rows wait for their epoch) are stale: a migration
+        moved the shard, and the new home, whose copy includes them, sends its own rows to
+        the backup on another path, perhaps first.  They are acknowledged, not kept.
+        """
         node = self.node
         store = node.stores[msg.table]
-        assert msg.keys is not None
+        keys = msg.keys
+        assert keys is not None
         assert msg.values is not None
+        current = node.shard_map.home_of(keys, store.spec.num_keys) == node_of(msg.sender)
+        fresh = None if current.all() else np.flatnonzero(current)
         node.lock.acquire()
         try:
-            store.values[msg.keys] = msg.values
-            for state, rows in zip(store.states, msg.states, strict=True):
-                state[msg.keys] = rows
+            if fresh is None:
+                store.values[keys] = msg.values
+                for state, rows in zip(store.states, msg.states, strict=True):
+                    state[keys] = rows
+            else:
+                store.values[keys[fresh]] = msg.values[fresh]
+                for state, rows in zip(store.states, msg.states, strict=True):
+                    state[keys[fresh]] = rows[fresh]
         finally:
             node.lock.release()
-        node.stats["keys_backed_up"] += len(msg.keys)
+        node.stats["keys_backed_up"] += len(keys) if fresh is None else len(fresh)
+        if fresh is not None:
+            node.stats["replica_rows_stale"] += len(keys) - len(fresh)
         if is_client(msg.requester):
-            self.remember(msg.requester, msg.req_id, msg.positions, msg.keys)
-            self.acknowledge(msg, len(msg.keys), msg.positions)
+            self.remember(msg.requester, msg.req_id, msg.positions, keys)
+            self.acknowledge(msg, len(keys), msg.positions)
 
     # ---------------------------------------------------------------- write-back
 
