@@ -7,9 +7,11 @@ import numpy as np
 from dynaps.contract import DataLossCause
 from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
+from dynaps.coordinator.data_loss import DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
+from dynaps.store.shardmap import shard_of
 from dynaps.wire.control import RecoverySource
 
 
@@ -114,3 +116,13 @@ def test_an_adoption_waits_for_quiet_and_takes_the_newest_map() -> None:
     adoption.rejoined(9, {"epoch": 9})  # not being adopted: ignored
     assert adoption.due(1.6)
     assert adoption.newest_map() == {"epoch": 4}
+
+
+def test_a_loss_counts_the_keys_of_its_shards_over_all_tables() -> None:
+    ranged, hashed = DataLoss([64, 10], 8, "range"), DataLoss([64, 10], 8, "hash")
+    assert ranged.keys_in([0]) == 8 + 2  # keys [0, 8) and [0, 2)
+    assert ranged.keys_in(list(range(8))) == hashed.keys_in(list(range(8))) == 74
+    expected = sum(
+        int(np.isin(shard_of(np.arange(n, dtype=np.int64), n, 8, "hash"), [1, 2]).sum()) for n in (64, 10)
+    )
+    assert hashed.keys_in([1, 2]) == expected

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from dynaps.contract import DataLossCause, Partition
 from dynaps.store.shardmap import shard_key_range, shard_of
+
+COUNT_CHUNK = 1 << 22  # keys per step when counting the keys of hashed shards
 
 
 @dataclass
@@ -63,15 +66,28 @@ class DataLoss:
     def __init__(self, num_keys: Sequence[int], num_shards: int, partition: Partition | str) -> None:
         self.entries: list[LossEntry] = []
         self._by_recovery: dict[int, LossEntry] = {}
-        self._per_shard = np.zeros(num_shards, dtype=np.int64)
-        for keys in num_keys:
-            if partition == Partition.HASH:
-                all_keys = np.arange(keys, dtype=np.int64)
-                of_keys = shard_of(all_keys, keys, num_shards, partition)
-                self._per_shard += np.bincount(of_keys, minlength=num_shards)
-            else:
-                bounds = [shard_key_range(s, keys, num_shards) for s in range(num_shards)]
-                self._per_shard += np.asarray([end - first for first, end in bounds], dtype=np.int64)
+        self._num_keys = list(num_keys)
+        self._num_shards = num_shards
+        self._partition = partition
+        self._per_shard: npt.NDArray[np.int64] | None = None  # counted at the first loss
+
+    def keys_in(self, shards: list[int]) -> int:
+        """How many keys ``shards`` have over all tables."""
+        if self._partition != Partition.HASH:
+            return sum(
+                end - first
+                for keys in self._num_keys
+                for first, end in (shard_key_range(s, keys, self._num_shards) for s in shards)
+            )
+        if self._per_shard is None:  # hashed: count once, a chunk at a time (tables can be huge)
+            counts = np.zeros(self._num_shards, dtype=np.int64)
+            for keys in self._num_keys:
+                for first in range(0, keys, COUNT_CHUNK):
+                    chunk = np.arange(first, min(keys, first + COUNT_CHUNK), dtype=np.int64)
+                    of_chunk = shard_of(chunk, keys, self._num_shards, self._partition)
+                    counts += np.bincount(of_chunk, minlength=self._num_shards)
+            self._per_shard = counts
+        return int(self._per_shard[shards].sum())
 
     def record(
         self,
@@ -82,7 +98,7 @@ class DataLoss:
         recovery: int,
         checkpoint_age: float | None,
     ) -> LossEntry:
-        keys = int(self._per_shard[shards].sum())
+        keys = self.keys_in(shards)
         entry = LossEntry(cause, server, epoch, list(shards), keys, checkpoint_age)
         self.entries.append(entry)
         self._by_recovery[recovery] = entry
