@@ -163,3 +163,14 @@ def _metrics(job: Job) -> str:
     from dynaps.coordinator.http import metrics_text
 
     return metrics_text(job.status())
+
+
+def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Path) -> None:
+    restore = {"replication": 1, "checkpoint": {"path": str(tmp_path), "restore_from": "latest"}}
+    job = Job(servers=2, workers=1, num_shards=4, fault_tolerance=restore)
+    (s1, s2), _ = job.start()
+    # the homes loaded the checkpoint; their backups still hold initial values
+    assert job.status()["replication"] == {"factor": 1, "synced": 0, "unsynced": 4}
+    job.tell(s2, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s1, "shards": [0, 1]})
+    job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s2, "shards": [2, 3]})
+    assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0}

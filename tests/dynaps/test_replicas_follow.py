@@ -75,6 +75,28 @@ def test_a_server_killed_after_a_scale_loses_no_acknowledged_increment(
         assert status["dataLoss"] == []
 
 
+def push_all(ps: dynaps.PS, times: int) -> None:
+    W = ps.table("W")
+    for _ in range(times):
+        W.push(np.arange(NUM_KEYS), np.ones((NUM_KEYS, 2)))
+    ps.barrier()
+
+
+def test_a_job_restored_from_a_checkpoint_replicates_what_it_restored(tmp_path: Path) -> None:
+    with dynaps.LocalCluster(servers=2, workers=1, tables=TABLES, checkpoint_dir=str(tmp_path)) as cluster:
+        cluster.run(push_all, 3)
+        cluster.checkpoint()
+    settings: dict[str, Any] = {"tables": TABLES, "replication": 1, "checkpoint_dir": str(tmp_path)}
+    with dynaps.LocalCluster(servers=3, workers=1, restore_from="latest", **settings) as cluster:
+        deadline = time.monotonic() + 30
+        while not replicas_synced(status := cluster.status()):  # the homes sent what they loaded
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        cluster.kill("server-0")
+        np.testing.assert_array_equal(cluster.run(read_all)[0], 3.0)
+        assert cluster.status()["dataLoss"] == []
+
+
 KILL_A_SERVER = """
 import numpy as np, psutil, dynaps
 ps = dynaps.connect()
