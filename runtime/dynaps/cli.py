@@ -202,7 +202,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         if not args.quiet:
             print(f"[dynaps] {text}", file=sys.stderr, flush=True)
 
-    env = {"DYNAPS_LOG_LEVEL": args.log_level.upper()}
+    # the coordinator answers /status a moment after the job ends: the last read sees its end
+    env = {"DYNAPS_LOG_LEVEL": args.log_level.upper(), "DYNAPS_COORDINATOR_LINGER_SECONDS": "3"}
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
     config = config.model_copy(update={"coordinator": address})
@@ -215,13 +216,19 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         f"job {config.job!r}: {config.servers} servers, {config.workers} workers, "
         f"allocation {config.allocation}; coordinator at {address}, status http://127.0.0.1:{http_port}/status"
     )
+    losses: list[dict[str, Any]] = []  # the coordinator's dataLoss, as last read
     try:
         last = ""
         while coordinator.poll() is None:
-            line = _progress_line(http_port)
+            status = _read_status(http_port)
+            line = _progress_line(status) if status is not None else ""
             if line and line != last:
                 say(line)
                 last = line
+            if status is not None and len(status.get("dataLoss", [])) > len(losses):
+                for entry in status["dataLoss"][len(losses) :]:
+                    say(f"DATA LOSS: {describe_loss(entry)}")
+                losses = status["dataLoss"]
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
         code = coordinator.returncode
@@ -232,16 +239,31 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         stop_processes([coordinator, *nodes])
     elapsed = time.monotonic() - started
     say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
+    if losses:
+        keys = sum(int(entry.get("keys", 0)) for entry in losses)
+        recoveries = f"{len(losses)} {'recovery' if len(losses) == 1 else 'recoveries'}"
+        say(f"data loss: {recoveries} restored {keys} keys from other than a synced replica:")
+        for entry in losses:
+            say(f"  {describe_loss(entry)}")
     return code
 
 
-def _progress_line(http_port: int) -> str:
+def describe_loss(entry: dict[str, Any]) -> str:
+    """One line for an entry of the coordinator's /status ``dataLoss`` (its own message)."""
+    return str(entry.get("message") or entry)
+
+
+def _read_status(http_port: int) -> dict[str, Any] | None:
     try:
         url = f"http://127.0.0.1:{http_port}/status"
         with urllib.request.urlopen(url, timeout=2) as response:
-            status = json.load(response)
+            status: dict[str, Any] = json.load(response)
     except (OSError, urllib.error.URLError, ValueError):
-        return ""
+        return None
+    return status
+
+
+def _progress_line(status: dict[str, Any]) -> str:
     servers, workers = status["servers"], status["workers"]
     return (
         f"{status['phase']}: servers {servers['ready']}/{servers['desired']} ready, workers "

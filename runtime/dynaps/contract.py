@@ -201,6 +201,25 @@ class CheckpointSpec(_Model):
     restore_from: str | None = None
 
 
+class OnDataLoss(StrEnum):
+    """What the job does when a recovery restores keys from anything but a synced replica."""
+
+    CONTINUE = "Continue"  # go on; the loss is in /status ``dataLoss`` (and the job's status)
+    FAIL = "Fail"  # the coordinator ends the job with DATA_LOSS_EXIT_CODE and a reason
+
+
+class DataLossCause(StrEnum):
+    """``cause`` of an entry of the coordinator's /status ``dataLoss`` list."""
+
+    CHECKPOINT = "checkpoint"  # keys went back to the last checkpoint (``checkpointAgeSeconds`` old)
+    INITIAL = "initial"  # no replica was configured and no checkpoint existed: initial values
+    REPLICAS_EXHAUSTED = "replicas-exhausted"  # no synced replica was left, and no checkpoint
+
+
+# The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
+DATA_LOSS_EXIT_CODE = 3
+
+
 class FaultTolerance(_Model):
     replication: Annotated[int, Field(ge=0, le=1)] = 0
     flush_interval_ms: Annotated[int, Field(ge=0)] = 100
@@ -210,6 +229,7 @@ class FaultTolerance(_Model):
     # connection, or a node with replicas, is declared lost within seconds.
     silent_node_timeout_seconds: Annotated[int, Field(ge=1)] = 60
     checkpoint: CheckpointSpec = CheckpointSpec()
+    on_data_loss: OnDataLoss = OnDataLoss.CONTINUE
 
 
 class RebalancePolicy(_Model):

@@ -44,12 +44,13 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.LEASE: {"epoch": 0, "num_shards": 8},
     MsgType.LEASE_REPLY: {"epoch": 0, "shard": 3},
     MsgType.RECOVER: {"id": 2, "shards": [1], "source": "replica"},
-    MsgType.RECOVERED: {"id": 2},
+    MsgType.RECOVERED: {"id": 2, "keys": 120},
     MsgType.OWNERS_QUERY: {"id": 2, "shards": [1]},
     MsgType.MIGRATE_ABORT: {"id": 1},
     MsgType.REPORT: {"metrics": {"rmse": 0.5}},
     MsgType.ADOPT: {},
     MsgType.REJOIN: {"heartbeat": HEARTBEAT, "shard_map": {"epoch": 1}},
+    MsgType.REPLICA_SYNCED: {"epoch": 3, "home": 1, "shards": [0, 4]},
 }
 
 

@@ -4,19 +4,62 @@ from __future__ import annotations
 
 import numpy as np
 
+from dynaps.contract import DataLossCause
 from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
+from dynaps.coordinator.data_loss import DataLoss
 from dynaps.coordinator.liveness import Liveness
+from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
-from dynaps.coordinator.shard_homes import recovery_homes
+from dynaps.store.shardmap import shard_of
+from dynaps.wire.control import RecoverySource
 
 
 def test_a_lost_servers_shards_go_to_their_backups_or_else_the_least_loaded() -> None:
     homes = np.array([1, 1, 2, 2, 2, 3], dtype=np.int16)
     backups = np.array([2, 2, 1, 1, 1, 1], dtype=np.int16)
-    assert recovery_homes(homes, backups, 2, [1, 3]).tolist() == [1, 1, 1, 1, 1, 3]
-    # least loaded first, the lower id on a tie
-    assert recovery_homes(homes, None, 2, [1, 3]).tolist() == [1, 1, 3, 1, 3, 3]
+    synced = np.ones(6, dtype=np.bool_)
+    new, plan = plan_recovery(homes, backups, synced, 2, [1, 3], checkpoint=False)
+    assert new.tolist() == [1, 1, 1, 1, 1, 3]
+    assert plan == [RecoveryGroup(1, RecoverySource.REPLICA, None, [2, 3, 4])]
+    # without replication: least loaded first, the lower id on a tie, from initial values
+    new, plan = plan_recovery(homes, None, synced, 2, [1, 3], checkpoint=False)
+    assert new.tolist() == [1, 1, 3, 1, 3, 3]
+    assert plan == [
+        RecoveryGroup(1, RecoverySource.INITIAL, DataLossCause.INITIAL, [3]),
+        RecoveryGroup(3, RecoverySource.INITIAL, DataLossCause.INITIAL, [2, 4]),
+    ]
+
+
+def test_a_backup_whose_sync_is_not_confirmed_is_no_replica() -> None:
+    homes = np.array([1, 2, 2, 2], dtype=np.int16)
+    backups = np.array([2, 1, 1, 3], dtype=np.int16)
+    synced = np.array([True, True, False, True])
+    _, plan = plan_recovery(homes, backups, synced, 2, [1, 3], checkpoint=False)
+    assert plan == [
+        RecoveryGroup(1, RecoverySource.REPLICA, None, [1]),
+        RecoveryGroup(1, RecoverySource.REPLICA, DataLossCause.REPLICAS_EXHAUSTED, [2]),
+        RecoveryGroup(3, RecoverySource.REPLICA, None, [3]),
+    ]
+    # with a checkpoint, the unsynced shard goes back to it; a shard without a live backup too
+    _, plan = plan_recovery(homes, backups, synced, 2, [1], checkpoint=True)
+    assert plan == [
+        RecoveryGroup(1, RecoverySource.REPLICA, None, [1]),
+        RecoveryGroup(1, RecoverySource.CHECKPOINT, DataLossCause.CHECKPOINT, [2, 3]),
+    ]
+
+
+def test_backups_stay_while_valid_and_move_to_the_least_loaded_server() -> None:
+    homes = np.array([1, 1, 2, 2, 3, 3], dtype=np.int16)
+    first = np.array([2, 2, 3, 3, 1, 1], dtype=np.int16)  # the first map's: the next server
+    # a fourth server joins: nothing moves; server 3 leaves: only what it backed up moves
+    assert choose_backups(homes, first, [1, 2, 3, 4]).tolist() == first.tolist()
+    moved = choose_backups(np.array([1, 1, 2, 2, 4, 4], dtype=np.int16), first, [1, 2, 4])
+    kept = first != 3
+    assert moved[kept].tolist() == first[kept].tolist()
+    assert 3 not in moved.tolist()
+    assert (moved != np.array([1, 1, 2, 2, 4, 4])).all()
+    assert choose_backups(homes[:2], None, [1]).tolist() == [-1, -1]  # one server: no backup
 
 
 def test_silence_loses_a_node_later_than_a_dropped_connection() -> None:
@@ -73,3 +116,13 @@ def test_an_adoption_waits_for_quiet_and_takes_the_newest_map() -> None:
     adoption.rejoined(9, {"epoch": 9})  # not being adopted: ignored
     assert adoption.due(1.6)
     assert adoption.newest_map() == {"epoch": 4}
+
+
+def test_a_loss_counts_the_keys_of_its_shards_over_all_tables() -> None:
+    ranged, hashed = DataLoss([64, 10], 8, "range"), DataLoss([64, 10], 8, "hash")
+    assert ranged.keys_in([0]) == 8 + 2  # keys [0, 8) and [0, 2)
+    assert ranged.keys_in(list(range(8))) == hashed.keys_in(list(range(8))) == 74
+    expected = sum(
+        int(np.isin(shard_of(np.arange(n, dtype=np.int64), n, 8, "hash"), [1, 2]).sum()) for n in (64, 10)
+    )
+    assert hashed.keys_in([1, 2]) == expected

@@ -68,13 +68,14 @@ def initial_map() -> ShardMap:
     return ShardMap.initial(4, Partition.RANGE, SERVERS)
 
 
-def make_node(node: int) -> tuple[ControlPlane, FakeShell, Outbox]:
+def make_node(node: int, replicated: bool = False) -> tuple[ControlPlane, FakeShell, Outbox]:
     shard_map = initial_map()
     home = node if node in SERVERS else None
     spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
-    store = TableStore.create(0, spec, shard_map, home=home, shared=False)
+    store = TableStore.create(0, spec, shard_map, home=home, shared=False, track_changes=replicated)
     outbox = Outbox(node)
-    server = NodeServer(node, outbox, [store], shard_map, NullLock())
+    flush_ms = 1_000_000 if replicated else None
+    server = NodeServer(node, outbox, [store], shard_map, NullLock(), flush_interval_ms=flush_ms)
     shell = FakeShell()
     role: control.Role = "server" if node in SERVERS else "worker"
     plane = ControlPlane(server, role, shell, DRAIN_TIMEOUT, clock=lambda: NOW)
@@ -336,3 +337,17 @@ def test_checkpoint_pause_waits_for_transfers_in_flight() -> None:
     store.moving_from[key] = -1
     plane.tick(NOW + 1)
     assert kinds(outbox.take([])) == [(COORDINATOR, MsgType.CHECKPOINT_DONE)]
+
+
+def test_a_replica_report_sent_before_its_home_left_is_dropped_quietly() -> None:
+    plane, _, outbox = make_node(1, replicated=True)
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(initial_map(), [1, 2, WORKER])))
+    outbox.take([])
+    report = {"epoch": 1, "home": 2, "shards": [2, 3]}
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(initial_map(), [1, WORKER])))  # 2 left
+    plane.on_message(order(MsgType.REPLICA_SYNCED, report, sender=2))
+    assert plane.server.stats["replica_reports_stale"] == 1
+    assert plane.server.stats["malformed"] == 0
+    plane.on_message(order(MsgType.REPLICA_SYNCED, report, sender=4242))  # never a peer
+    assert plane.server.stats["malformed"] == 1
+    assert not [m for _, m in outbox.take([]) if m.type is MsgType.REPLICA_SYNCED]

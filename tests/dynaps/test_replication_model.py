@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +96,6 @@ def test_a_retry_that_follows_its_key_to_a_new_owner_is_recognised_there() -> No
     cluster.check()  # applied once: ``third`` knows the request from the records that came along
 
 
-@pytest.mark.xfail(strict=True, reason="ShardHomes.on_migrate_ready commits a shard map without backups")
 def test_a_second_loss_after_the_rebalance_loses_no_update() -> None:
     cluster = Cluster(replicated=True)
     cluster.max_losses = 2

@@ -89,6 +89,12 @@ class CheckpointRounds:
         """Whether a lost server's keys can be rebuilt from a checkpoint."""
         return self.last is not None or bool(self.restore_from)
 
+    @property
+    def last_age(self) -> float | None:
+        """Seconds since the last checkpoint of this run was committed (None: none was,
+        the job restored one whose age is not known here)."""
+        return None if self.last is None else max(0.0, time.time() - float(self.last["time"]))
+
     def request(self) -> None:
         self.wanted = True
         self.maybe_start()

@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import ConsistencyModel, RuntimeConfig
+from dynaps.contract import DATA_LOSS_EXIT_CODE, ConsistencyModel, OnDataLoss, RuntimeConfig
 from dynaps.coordinator.adoption import Adoption, adopted_member
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
+from dynaps.coordinator.data_loss import LossEntry
 from dynaps.coordinator.http import status_document
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
@@ -86,9 +87,12 @@ class Coordinator:
             config.fault_tolerance.replication,
             self.roster,
             self.send,
+            num_keys=[t.num_keys for t in config.tables],
             announce=self._announce,
             in_checkpoint=lambda: self.checkpoints.in_progress,
             checkpoint_exists=lambda: self.checkpoints.recoverable,
+            checkpoint_age=lambda: self.checkpoints.last_age,
+            on_loss=self._on_data_loss,
             clock=clock,
         )
         self.liveness = Liveness.for_job(config.fault_tolerance, config.allocation, self.homes.is_home)
@@ -169,7 +173,10 @@ class Coordinator:
         elif kind is MsgType.MIGRATE_READY:
             self.homes.on_migrate_ready(control.body_of(msg, control.MigrateReady).id)
         elif kind is MsgType.RECOVERED:
-            self.homes.on_recovered(control.body_of(msg, control.Recovered).id)
+            recovered = control.body_of(msg, control.Recovered)
+            self.homes.on_recovered(recovered.id, recovered.keys)
+        elif kind is MsgType.REPLICA_SYNCED:
+            self.homes.on_replica_synced(member.id, control.body_of(msg, control.ReplicaSynced))
         elif kind is MsgType.CHECKPOINT_DONE:
             self.checkpoints.on_done(member.id, control.body_of(msg, control.CheckpointDone))
         elif kind is MsgType.REJOIN:
@@ -239,7 +246,8 @@ class Coordinator:
         self._maybe_start()
 
     def _prepare(self) -> None:
-        shard_map = self.homes.initial([m.id for m in self.roster.active("server")])
+        restored = self.config.fault_tolerance.checkpoint.restore_from is not None
+        shard_map = self.homes.initial([m.id for m in self.roster.active("server")], restored)
         self.phase = JobPhase.PREPARE
         log.info("all %d nodes registered; preparing epoch %d", len(self.roster.members), shard_map.epoch)
         self._announce(clients=False)
@@ -252,6 +260,8 @@ class Coordinator:
             self._maybe_start()
             return
         log.info("%s %d joined the running job", member.role, member.id)
+        if member.role == "server":
+            self.homes.refresh_backups()  # shards without a backup (a single server) get one
         self._announce()
         if member.role == "server":
             for lost in self.homes.take_orphaned():
@@ -292,8 +302,11 @@ class Coordinator:
         newest = self.adoption.newest_map()
         if newest is None:
             return
-        shard_map = self.homes.adopt(newest)
+        self.homes.adopt(newest)
         self.roster.want_present()
+        self.homes.reconfirm()  # which backups hold their shards is not known: the homes say
+        shard_map = self.homes.shard_map
+        assert shard_map is not None
         deferred = self.adoption.finish()
         self.phase = JobPhase.RUNNING
         log.warning(
@@ -315,6 +328,7 @@ class Coordinator:
             return
         log.info("%s %d is leaving (%s)", member.role, member.id, reason or "drain")
         member.state = MemberState.DRAINING
+        self.homes.refresh_backups()  # a leaving server backs nothing up
         self._announce()
         if member.role == "server":
             self.homes.rebalance()
@@ -325,6 +339,7 @@ class Coordinator:
         self.leases.release(member.id)
         self.roster.remove(member, lost=False)
         self.outbox.forget(member)
+        self.homes.refresh_backups()
         self._announce()
         self._settle()
 
@@ -362,8 +377,9 @@ class Coordinator:
         if self.checkpoints.in_progress:
             self.checkpoints.end(committed=False)
         if member.role == "server" and self.homes.is_home(member.id):
-            self._rehome(member.id)  # announces the new shard map
+            self._rehome(member.id)  # announces the new shard map (with new backups)
             return
+        self.homes.refresh_backups()  # the survivors re-replicate what it backed up
         self._announce()
         if member.role == "server":
             self.homes.rebalance()
@@ -372,6 +388,11 @@ class Coordinator:
     def _rehome(self, lost: int) -> None:
         if self.homes.rehome(lost):
             self._settle()
+
+    def _on_data_loss(self, entry: LossEntry) -> None:
+        if self.config.fault_tolerance.on_data_loss == OnDataLoss.FAIL:
+            reason = f"data loss (faultTolerance.onDataLoss: Fail): {entry.describe()}"
+            self.finish(DATA_LOSS_EXIT_CODE, reason)
 
     # ------------------------------------------------------------------ barriers, clocks
 

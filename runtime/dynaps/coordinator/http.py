@@ -65,6 +65,10 @@ def status_document(
         "migrationsQueued": len(homes.rebalancer.queued),
         "migrationsCompleted": homes.rebalancer.completed,
         "recoveriesInFlight": len(homes.recoveries),
+        # shards whose backup holds all their keys (a replica sync confirmed) and the rest
+        "replication": homes.replicas.status(homes.replication),
+        # recoveries that restored keys from anything but a synced replica
+        "dataLoss": homes.losses.status(),
         "lastCheckpoint": last_checkpoint,
         "exitCode": exit_code,
         "reason": reason,
@@ -125,6 +129,12 @@ def metrics_text(status: dict[str, Any]) -> str:
         "# HELP dynaps_migrations_in_flight Shard migrations not yet committed.",
         "# TYPE dynaps_migrations_in_flight gauge",
         f"dynaps_migrations_in_flight {status.get('migrationsInFlight', 0)}",
+        "# HELP dynaps_unsynced_shards Shards without a backup known to hold all their keys.",
+        "# TYPE dynaps_unsynced_shards gauge",
+        f"dynaps_unsynced_shards {status.get('replication', {}).get('unsynced', 0)}",
+        "# HELP dynaps_data_loss_keys Keys restored from anything but a synced replica.",
+        "# TYPE dynaps_data_loss_keys gauge",
+        f"dynaps_data_loss_keys {sum(entry['keys'] for entry in status.get('dataLoss', []))}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,9 @@ epoch) and orders the moves: *migrations* balance the shards over the servers th
 :mod:`dynaps.node.migration`), and *recoveries* give a lost server's shards new homes,
 which rebuild their keys from a replica, a checkpoint or their initial values
 (:mod:`dynaps.node.recovery`).  Neither starts while a checkpoint round runs, and
-migrations wait for recoveries.
+migrations wait for recoveries.  Every commit keeps each shard's backup on a ready server
+(:mod:`dynaps.coordinator.replicas`); a recovery from anything but a synced replica is
+recorded as data loss (:mod:`dynaps.coordinator.data_loss`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.contract import RebalancePolicy
+from dynaps.contract import DataLossCause, RebalancePolicy
+from dynaps.coordinator.data_loss import DataLoss, LossEntry
 from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.rebalance import Rebalancer
+from dynaps.coordinator.replicas import Replicas, choose_backups, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.wire import control
@@ -32,32 +36,14 @@ log = logging.getLogger(__name__)
 REBALANCE_AFTER_RECOVERY = 2.0  # seconds between rebuilding a lost server's shards and moving them
 
 
-def recovery_homes(
-    homes: npt.NDArray[np.int16], backups: npt.NDArray[np.int16] | None, lost: int, servers: list[int]
-) -> npt.NDArray[np.int16]:
-    """New homes for the shards of the ``lost`` server, among ``servers``.
-
-    With ``backups`` (replication), a shard's backup holds its replica and takes it;
-    otherwise the least loaded server does.
-    """
-    shards = np.flatnonzero(homes == lost)
-    new = homes.copy()
-    load = {s: int((new == s).sum()) for s in servers}
-    for shard in shards:
-        backup = int(backups[shard]) if backups is not None else -1
-        home = backup if backups is not None and backup in load else min(load, key=lambda s: (load[s], s))
-        new[shard] = home
-        load[home] += 1
-    return new
-
-
 class ShardHomes:
     """The shard map and the moves in flight.
 
     Callbacks connect it to the coordinator: ``send`` a control message, ``announce`` a
     new membership version (the shard map changed), whether a checkpoint round is
-    ``in_checkpoint`` (moves wait), and whether a checkpoint exists to recover from
-    (``checkpoint_exists``).
+    ``in_checkpoint`` (moves wait), whether a checkpoint exists to recover from
+    (``checkpoint_exists``) and how old it is (``checkpoint_age``, seconds, None: not
+    known), and ``on_loss`` for each data loss recorded.  ``num_keys``: each table's size.
     """
 
     def __init__(
@@ -67,9 +53,12 @@ class ShardHomes:
         roster: Roster,
         send: Send,
         *,
+        num_keys: list[int],
         announce: Callable[[], None],
         in_checkpoint: Callable[[], bool],
         checkpoint_exists: Callable[[], bool],
+        checkpoint_age: Callable[[], float | None],
+        on_loss: Callable[[LossEntry], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.num_shards = policy.num_shards
@@ -80,9 +69,13 @@ class ShardHomes:
         self.announce = announce
         self.in_checkpoint = in_checkpoint
         self.checkpoint_exists = checkpoint_exists
+        self.checkpoint_age = checkpoint_age
+        self.on_loss = on_loss
         self.clock = clock
         self.shard_map: ShardMap | None = None  # None until the job is prepared
         self.rebalancer = Rebalancer(policy.max_concurrent_migrations)
+        self.replicas = Replicas(policy.num_shards)
+        self.losses = DataLoss(num_keys, policy.num_shards, policy.partition)
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._next_recovery = 1
@@ -101,17 +94,52 @@ class ShardHomes:
         """Whether ``node`` is the home of some shard."""
         return self.shard_map is not None and node in self.shard_map.homes
 
-    def initial(self, servers: list[int]) -> ShardMap:
-        """The first shard map, over the job's first ``servers``."""
+    def initial(self, servers: list[int], restored: bool = False) -> ShardMap:
+        """The first shard map, over the job's first ``servers``.
+
+        Homes and backups start alike (initial values), so the backups are replicas from
+        the start, unless the homes ``restored`` a checkpoint: then each home syncs its
+        backups first and reports it.
+        """
         self.shard_map = ShardMap.initial(self.num_shards, self.partition, servers)
         if self.replication:
             self.shard_map.backups = next_servers(self.shard_map.homes, servers)
+        self.replicas.reset(self.shard_map, synced=not restored)
         return self.shard_map
 
     def adopt(self, doc: dict[str, Any]) -> ShardMap:
-        """After a coordinator restart: the newest shard map the nodes had."""
+        """After a coordinator restart: the newest shard map the nodes had (which backups
+        are synced is not known: :meth:`reconfirm` asks the homes)."""
         self.shard_map = ShardMap.from_json(doc)
+        self.replicas.reset(self.shard_map, synced=False)
         return self.shard_map
+
+    def reconfirm(self) -> None:
+        """A new epoch with the same homes (and valid backups): every home reports which of
+        its backups hold their shards (the homes send REPLICA_SYNCED at every epoch)."""
+        if self.shard_map is not None and self.replication:
+            self._commit(self.shard_map.homes.copy())
+            self.replicas.reset(self.shard_map, synced=False)
+
+    def refresh_backups(self) -> bool:
+        """The ready servers changed: shards whose backup is no longer one get a new backup
+        (a new epoch; their homes sync them).  True if the map changed (announce it)."""
+        if self.shard_map is None or not self.replication:
+            return False
+        backups = choose_backups(self.shard_map.homes, self.shard_map.backups, self.roster.ready_servers())
+        if self.shard_map.backups is not None and np.array_equal(backups, self.shard_map.backups):
+            return False
+        self._commit(self.shard_map.homes.copy(), backups)
+        log.info("epoch %d: shards of departed servers have new backups", self.shard_map.epoch)
+        return True
+
+    def on_replica_synced(self, backup: int, report: control.ReplicaSynced) -> None:
+        """``backup`` holds every key of the shards its home synced: a replica now."""
+        if self.shard_map is None:
+            return
+        fresh = self.replicas.confirm(backup, report, self.shard_map)
+        if fresh:
+            log.info("node %d holds synced replicas of %d more shards of node %d", backup, fresh, report.home)
 
     def tick(self, now: float) -> None:
         if self._rebalance_at is not None and now >= self._rebalance_at:
@@ -154,9 +182,7 @@ class ShardHomes:
             return
         homes = self.shard_map.homes.copy()
         homes[migration.shards] = migration.target
-        self.shard_map = ShardMap(
-            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes
-        )
+        self._commit(homes)  # with backups: replicas must follow every change of homes
         log.info(
             "epoch %d: %d shards now homed on node %d",
             self.shard_map.epoch,
@@ -183,43 +209,46 @@ class ShardHomes:
         recreates the pod); False then.
         """
         assert self.shard_map is not None
+        for recovery_id, home in list(self.recoveries.items()):
+            if home == lost:  # it died rebuilding: its shards are rehomed again below
+                del self.recoveries[recovery_id]
+                self.losses.abandoned(recovery_id)
         servers = self.roster.ready_servers()
         if not servers:
             log.error("no server left for the shards of lost server %d: waiting for one to join", lost)
             self.orphaned.append(lost)
             self.announce()
             return False
-        shards = np.flatnonzero(self.shard_map.homes == lost)
-        replicated = self.replication > 0 and self.shard_map.backups is not None
-        backups = self.shard_map.backups if replicated else None
-        homes = recovery_homes(self.shard_map.homes, backups, lost, servers)
-        if replicated:
-            source = control.RecoverySource.REPLICA
-        elif self.checkpoint_exists():
-            source = control.RecoverySource.CHECKPOINT
-        else:
-            source = control.RecoverySource.INITIAL
-            log.error(
-                "server %d held shards without replica or checkpoint: their keys restart from "
-                "their initial values",
-                lost,
-            )
-        self._commit_homes(homes)
+        homes, plan = plan_recovery(
+            self.shard_map.homes,
+            self.shard_map.backups if self.replication else None,
+            self.replicas.synced,
+            lost,
+            servers,
+            self.checkpoint_exists(),
+        )
+        self._commit(homes)
         self.announce()
-        for new_home in sorted({int(homes[s]) for s in shards}):
-            mine = [int(s) for s in shards if homes[s] == new_home]
+        epoch = self.shard_map.epoch
+        for group in plan:
             recovery_id = self._next_recovery
             self._next_recovery += 1
-            self.recoveries[recovery_id] = new_home
-            order = control.Recover(id=recovery_id, shards=mine, source=source)
-            self.send(new_home, MsgType.RECOVER, order)
-        log.warning(
-            "epoch %d: %d shards of lost server %d rebuilt from %s",
-            self.shard_map.epoch,
-            len(shards),
-            lost,
-            source,
-        )
+            self.recoveries[recovery_id] = group.home
+            order = control.Recover(id=recovery_id, shards=group.shards, source=group.source)
+            self.send(group.home, MsgType.RECOVER, order)
+            if group.cause is None:
+                log.warning(
+                    "epoch %d: %d shards of lost server %d rebuilt on node %d from its synced replica",
+                    epoch,
+                    len(group.shards),
+                    lost,
+                    group.home,
+                )
+                continue
+            age = self.checkpoint_age() if group.cause is DataLossCause.CHECKPOINT else None
+            entry = self.losses.record(group.cause, lost, epoch, group.shards, recovery_id, age)
+            log.error("data loss: epoch %d: %s (rebuilt on node %d)", epoch, entry.describe(), group.home)
+            self.on_loss(entry)
         return True
 
     def take_orphaned(self) -> list[int]:
@@ -227,17 +256,21 @@ class ShardHomes:
         orphaned, self.orphaned = self.orphaned, []
         return orphaned
 
-    def on_recovered(self, recovery_id: int) -> None:
+    def on_recovered(self, recovery_id: int, keys: int) -> None:
+        """A new home rebuilt its shards; ``keys``: those it took from the recovery's source."""
         self.recoveries.pop(recovery_id, None)
+        self.losses.recovered(recovery_id, keys)
         if not self.recoveries:
             # Rebalance a little later: requests sent again after the loss should land
             # before shards move on (their homes remember what they already applied).
             self._rebalance_at = self.clock() + REBALANCE_AFTER_RECOVERY
 
-    def _commit_homes(self, homes: npt.NDArray[np.int16]) -> None:
-        """Commit a new shard assignment (a new epoch), with backups under replication."""
+    def _commit(self, homes: npt.NDArray[np.int16], backups: npt.NDArray[np.int16] | None = None) -> None:
+        """Commit a new shard assignment (a new epoch), with backups under replication:
+        ``backups``, or the old ones where still valid (:func:`choose_backups`)."""
         assert self.shard_map is not None
-        backups = next_servers(homes, self.roster.ready_servers()) if self.replication else None
-        self.shard_map = ShardMap(
-            self.shard_map.epoch + 1, self.shard_map.num_shards, self.shard_map.partition, homes, backups
-        )
+        old = self.shard_map
+        if self.replication and backups is None:
+            backups = choose_backups(homes, old.backups, self.roster.ready_servers())
+        self.shard_map = ShardMap(old.epoch + 1, old.num_shards, old.partition, homes, backups)
+        self.replicas.follow(old, self.shard_map)

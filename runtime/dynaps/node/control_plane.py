@@ -191,6 +191,13 @@ class ControlPlane:
                 server.recoveries.report_owners(
                     msg.sender, query.id, np.asarray(query.shards, dtype=np.int64)
                 )
+            elif msg.type is MsgType.REPLICA_SYNCED:  # from a home whose shards we back up
+                if server.replication is None or msg.sender not in server.peers:
+                    raise ProtocolError(f"REPLICA_SYNCED from {msg.sender}, which is no member")
+                if node_of(msg.sender) in self.members:
+                    server.replication.on_synced(control.body_of(msg, control.ReplicaSynced))
+                else:  # sent before its home left: that home backs up nothing any more
+                    server.stats["replica_reports_stale"] += 1
             elif msg.type is MsgType.CHECKPOINT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("CHECKPOINT from a non-coordinator")

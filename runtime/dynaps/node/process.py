@@ -139,9 +139,16 @@ class NodeProcess:
             self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
         )
         restore = self.config.fault_tolerance.checkpoint.restore_from
-        if restore and not worker and membership.phase is control.Phase.PREPARE:
+        restoring = bool(restore) and not worker and membership.phase is control.Phase.PREPARE
+        if restoring:
+            assert restore is not None
             self._restore(restore)
         self.control.apply_membership(membership)
+        if restoring and self.server.replication is not None:
+            # the backups hold initial values: send them what was restored, and say so
+            homed = np.flatnonzero(shard_map.homes == self.node_id)
+            self.server.replication.sync_shards(homed, shard_map)
+            self.server.replication.report_synced(homed)
         if worker:
             self.attach_server = AttachServer(self.attach_token)
         self._send_coordinator(MsgType.READY, control.Ready(version=membership.version))

@@ -10,9 +10,11 @@ home to RECOVER them.  The new home:
 3. rebuilds the directory: a key someone holds stays there; a key someone expects is
    theirs once it arrives (if its sender died, the home re-sends its own copy after a
    grace period, applied only if the key is still expected); a key nobody holds is
-   the home's own, with the value of its replica (kept by this server as the backup),
-   else of the last checkpoint, else the table's initial value;
-4. releases the held requests and reports RECOVERED.
+   the home's own, with the value from the source the coordinator named: its replica
+   (kept by this server as the backup), the last checkpoint, or the initial value;
+4. sends the shards to their new backup (and REPLICA_SYNCED after them), releases the
+   held requests and reports RECOVERED with the number of keys nobody held (the keys
+   whose updates since the source's copy are lost, when the source is not a synced replica).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 HELD = messages.OWNERS_HELD
 EXPECTED = messages.OWNERS_EXPECTED
 RESEND_AFTER = 1.0  # seconds before re-sending keys whose sender may have died
+_SOURCES = {  # for the log: where the keys nobody held came from
+    control.RecoverySource.REPLICA: "this node's replica",
+    control.RecoverySource.CHECKPOINT: "the last checkpoint",
+    control.RecoverySource.INITIAL: "their initial values",
+}
 
 Keys = npt.NDArray[np.int64]
 
@@ -73,6 +80,13 @@ class Recoveries:
         if fresh:
             self.expected.update(fresh)
             self.node.gate.block(np.asarray(fresh, dtype=np.int64), num_shards)
+
+    def rebuilding(self) -> set[int]:
+        """Shards taken over from a dead home and not yet rebuilt."""
+        shards = set(self.expected)
+        for rebuild in self.running.values():
+            shards.update(int(s) for s in rebuild.shards)
+        return shards
 
     def start(
         self, recovery_id: int, shards: list[int], source: control.RecoverySource, nodes: set[int]
@@ -146,17 +160,27 @@ class Recoveries:
         checkpoint = None
         if rebuild.source is control.RecoverySource.CHECKPOINT:
             checkpoint = resolve(self.checkpoint_root, "latest")
+        rebuilt = 0
         for table, store in enumerate(node.stores):
-            self._rebuild_table(table, store, rebuild, checkpoint)
+            rebuilt += self._rebuild_table(table, store, rebuild, checkpoint)
         node.gate.unblock(rebuild.shards)
-        if self.replication is not None:
-            self.replication.sync_shards(rebuild.shards, node.shard_map)  # a backup again
+        if self.replication is not None:  # a backup again, which the coordinator learns
+            homed = rebuild.shards[node.shard_map.homes[rebuild.shards] == node.me]
+            self.replication.sync_shards(homed, node.shard_map)
+            self.replication.report_synced(homed)
         node.release_gate()
-        recovered = control.Recovered(id=rebuild.id)
+        recovered = control.Recovered(id=rebuild.id, keys=rebuilt)
         node.send_frames(COORDINATOR, messages.control(MsgType.RECOVERED, node.me, recovered))
-        log.warning("node %d: shards rebuilt", node.me)
+        log.warning(
+            "node %d: %d shards rebuilt; %d keys nobody held taken from %s",
+            node.me,
+            len(rebuild.shards),
+            rebuilt,
+            _SOURCES[rebuild.source],
+        )
 
-    def _rebuild_table(self, table: int, store: TableStore, rebuild: Rebuild, checkpoint: object) -> None:
+    def _rebuild_table(self, table: int, store: TableStore, rebuild: Rebuild, checkpoint: object) -> int:
+        """Rebuild ``table``'s keys of the shards; returns how many nobody else held."""
         node = self.node
         assert store.owner is not None
         assert store.moving_from is not None
@@ -190,6 +214,7 @@ class Recoveries:
         node.stats["keys_rebuilt"] += len(orphans)
         if waiting:
             self.resend.append((time.monotonic() + RESEND_AFTER, table, np.concatenate(waiting)))
+        return len(orphans)
 
     def tick(self, now: float) -> None:
         """Re-send keys that are still expected somewhere once their grace period ended."""

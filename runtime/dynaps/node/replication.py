@@ -15,7 +15,11 @@
 
 A backup stores replicas in its own value arrays: the rows of keys it neither homes nor
 holds are otherwise unused.  Whenever a shard gets a new home or a new backup, the home
-sends the backup the whole shard (a replica sync) before anything else.
+sends the backup the whole shard (a replica sync) before anything else.  At every epoch
+(and after rebuilding a lost server's shards) a home then sends each backup REPLICA_SYNCED
+for the shards it backs up, after the rows on the same FIFO path; the backup passes it on
+to the coordinator once it has applied everything sent before it (REPLICATE rows of a
+newer epoch wait for that epoch), and only then does the coordinator count on the replica.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import numpy.typing as npt
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
-from dynaps.wire import messages, routing
-from dynaps.wire.protocol import NO_ENDPOINT, Message, MsgType, is_client, node_of
+from dynaps.wire import control, messages, routing
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, Message, MsgType, is_client, node_of
 from dynaps.wire.routing import group_by, subset
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class Replication:
         # requester -> request -> (positions applied here, None: all; the keys they updated)
         self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
         self.last_flush = 0.0
+        self.synced_reports: list[control.ReplicaSynced] = []  # at a backup: of an epoch not seen yet
 
     # ---------------------------------------------------------------- exactly once
 
@@ -199,22 +204,38 @@ class Replication:
         return requester != NO_ENDPOINT
 
     def on_replicate(self, msg: Message) -> None:
-        """At the backup: keep the rows, remember the request, acknowledge the requester."""
+        """At the backup: keep the rows, remember the request, acknowledge the requester.
+
+        Rows from a server that is no longer their home (in the map here, which is never
+        older than the sender's: newer rows wait for their epoch) are stale: a migration
+        moved the shard, and the new home, whose copy includes them, sends its own rows to
+        the backup on another path, perhaps first.  They are acknowledged, not kept.
+        """
         node = self.node
         store = node.stores[msg.table]
-        assert msg.keys is not None
+        keys = msg.keys
+        assert keys is not None
         assert msg.values is not None
+        current = node.shard_map.home_of(keys, store.spec.num_keys) == node_of(msg.sender)
+        fresh = None if current.all() else np.flatnonzero(current)
         node.lock.acquire()
         try:
-            store.values[msg.keys] = msg.values
-            for state, rows in zip(store.states, msg.states, strict=True):
-                state[msg.keys] = rows
+            if fresh is None:
+                store.values[keys] = msg.values
+                for state, rows in zip(store.states, msg.states, strict=True):
+                    state[keys] = rows
+            else:
+                store.values[keys[fresh]] = msg.values[fresh]
+                for state, rows in zip(store.states, msg.states, strict=True):
+                    state[keys[fresh]] = rows[fresh]
         finally:
             node.lock.release()
-        node.stats["keys_backed_up"] += len(msg.keys)
+        node.stats["keys_backed_up"] += len(keys) if fresh is None else len(fresh)
+        if fresh is not None:
+            node.stats["replica_rows_stale"] += len(keys) - len(fresh)
         if is_client(msg.requester):
-            self.remember(msg.requester, msg.req_id, msg.positions, msg.keys)
-            self.acknowledge(msg, len(msg.keys), msg.positions)
+            self.remember(msg.requester, msg.req_id, msg.positions, keys)
+            self.acknowledge(msg, len(keys), msg.positions)
 
     # ---------------------------------------------------------------- write-back
 
@@ -297,18 +318,23 @@ class Replication:
 
     # ---------------------------------------------------------------- new homes, new backups
 
-    def sync(self, old: ShardMap | None, new: ShardMap) -> None:
-        """Send the whole of each shard that got a new backup (or a new home: us)."""
+    def sync(self, old: ShardMap | None, new: ShardMap, recovering: set[int]) -> None:
+        """Send the whole of each shard that got a new backup (or a new home: us), then tell
+        every backup which of our shards it holds.  Shards still ``recovering`` are synced
+        once rebuilt (:mod:`dynaps.node.recovery`)."""
         node = self.node
         if new.backups is None:
             return
-        mine = new.homes == node.me
-        changed = mine & (new.backups != NO_BACKUP)
+        mine = (new.homes == node.me) & (new.backups != NO_BACKUP)
+        if recovering:
+            mine[list(recovering)] = False
+        changed = mine.copy()
         if old is not None and old.backups is not None:
             changed &= (old.homes != node.me) | (old.backups != new.backups)
         shards = np.flatnonzero(changed)
         if len(shards):
             self.sync_shards(shards, new)
+        self.report_synced(np.flatnonzero(mine))
 
     def sync_shards(self, shards: npt.NDArray[np.int64], shard_map: ShardMap) -> None:
         node = self.node
@@ -317,3 +343,34 @@ class Replication:
             for first in range(0, len(keys), SYNC_KEYS):
                 self.replicate(table, keys[first : first + SYNC_KEYS], None, NO_ENDPOINT, 0)
         log.info("node %d: replica sync of %d shards", node.me, len(shards))
+
+    def report_synced(self, shards: npt.NDArray[np.int64]) -> None:
+        """Tell each backup of ``shards`` (homed here) that it has been sent all their keys."""
+        node = self.node
+        shard_map = node.shard_map
+        if shard_map.backups is None or not len(shards):
+            return
+        backups = shard_map.backups[shards]
+        for backup in np.unique(backups):
+            if backup in (NO_BACKUP, node.me):
+                continue
+            chosen = [int(s) for s in shards[backups == backup]]
+            report = control.ReplicaSynced(epoch=shard_map.epoch, home=node.me, shards=chosen)
+            node.send_frames(int(backup), messages.control(MsgType.REPLICA_SYNCED, node.me, report))
+
+    def on_synced(self, report: control.ReplicaSynced) -> None:
+        """At the backup: pass the home's report on once every row sent before it is applied."""
+        self.synced_reports.append(report)
+        self.pass_synced()
+
+    def pass_synced(self) -> None:
+        """Pass on the reports of epochs this node has reached (called at each new epoch,
+        after the messages that waited for it were handled)."""
+        node = self.node
+        epoch = node.shard_map.epoch
+        due = [r for r in self.synced_reports if r.epoch <= epoch]
+        if not due:
+            return
+        self.synced_reports = [r for r in self.synced_reports if r.epoch > epoch]
+        for report in due:
+            node.send_frames(COORDINATOR, messages.control(MsgType.REPLICA_SYNCED, node.me, report))

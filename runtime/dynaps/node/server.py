@@ -359,13 +359,15 @@ class NodeServer:
             self.recoveries.expect(np.flatnonzero(orphaned), new_map.num_shards)
         old_map, self.shard_map = self.shard_map, new_map
         if self.replication is not None:
-            self.replication.sync(old_map, new_map)
+            self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
         self._homed.clear()
         self.release_gate()
         self.relocations.retry_waiting()  # relocations of shards homed elsewhere now
         waiting, self.future = self.future, []
         for msg in waiting:
             self.dispatch(msg)
+        if self.replication is not None:
+            self.replication.pass_synced()  # the rows that waited for this epoch are applied
         parked, self.parked = self.parked, []
         for msg in parked:  # route them by the new shard map
             self._reroute(msg)

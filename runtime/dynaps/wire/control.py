@@ -178,6 +178,16 @@ class Recover(_Body):
 
 class Recovered(_Body):
     id: int = Field(ge=1)
+    keys: int = Field(default=0, ge=0)  # keys the home rebuilt itself (from its source): held by nobody
+
+
+class ReplicaSynced(_Body):
+    """A home sent its backup every key of ``shards`` (home to backup, after the rows, on the
+    same path); the backup, holding them, passes it on to the coordinator."""
+
+    epoch: int = Field(ge=1)  # the home's shard map when it sent the rows
+    home: int
+    shards: list[int]
 
 
 class OwnersQuery(_Body):
@@ -249,6 +259,7 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.REPORT: Report,
     MsgType.ADOPT: Empty,
     MsgType.REJOIN: Rejoin,
+    MsgType.REPLICA_SYNCED: ReplicaSynced,
 }
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -156,6 +156,7 @@ class MsgType(enum.IntEnum):
     REPORT = 62
     ADOPT = 64
     REJOIN = 65
+    REPLICA_SYNCED = 66
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)

@@ -1,0 +1,119 @@
+"""The data the job lost, for /status ``dataLoss``, the logs and ``faultTolerance.onDataLoss``:
+one entry per recovery (one new home, one source) that restored keys from anything but a
+synced replica.
+
+``keys`` starts as the number of keys in the shards (all of them may have lost updates)
+and becomes what the new homes report once they rebuilt them: the keys nobody else held
+(a worker holding a key keeps its value), which is the best count the job has.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.contract import DataLossCause, Partition
+from dynaps.store.shardmap import shard_key_range, shard_of
+
+COUNT_CHUNK = 1 << 22  # keys per step when counting the keys of hashed shards
+
+
+@dataclass
+class LossEntry:
+    cause: DataLossCause
+    server: int  # the lost server whose shards these were
+    epoch: int  # the shard map that rehomed them
+    shards: list[int]
+    keys: int
+    checkpoint_age: float | None  # seconds, when cause is checkpoint (None: age unknown)
+    at: float = field(default_factory=time.time)
+    counted: bool = False  # True: ``keys`` is what the new home rebuilt, not the shards' size
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "cause": str(self.cause),
+            "server": self.server,
+            "epoch": self.epoch,
+            "shards": self.shards,
+            "keys": self.keys,
+            "keysCounted": self.counted,  # False: the count is the shards' size
+            "time": self.at,
+            "message": self.describe(),  # one line for people (dynaps run, the job's condition)
+        }
+        if self.cause is DataLossCause.CHECKPOINT:
+            age = self.checkpoint_age
+            doc["checkpointAgeSeconds"] = None if age is None else round(age, 3)
+        return doc
+
+    def describe(self) -> str:
+        where = f"{len(self.shards)} shards ({self.keys} keys) of lost server {self.server}"
+        if self.cause is DataLossCause.CHECKPOINT:
+            age = "of unknown age" if self.checkpoint_age is None else f"{self.checkpoint_age:.1f} s old"
+            return f"{where} went back to the last checkpoint ({age})"
+        if self.cause is DataLossCause.INITIAL:
+            return f"{where} restarted from their initial values (no replica, no checkpoint)"
+        return f"{where} had no synced replica left and no checkpoint: updates since the last sync are lost"
+
+
+class DataLoss:
+    """The entries, and how many keys each shard has (over all tables)."""
+
+    def __init__(self, num_keys: Sequence[int], num_shards: int, partition: Partition | str) -> None:
+        self.entries: list[LossEntry] = []
+        self._by_recovery: dict[int, LossEntry] = {}
+        self._num_keys = list(num_keys)
+        self._num_shards = num_shards
+        self._partition = partition
+        self._per_shard: npt.NDArray[np.int64] | None = None  # counted at the first loss
+
+    def keys_in(self, shards: list[int]) -> int:
+        """How many keys ``shards`` have over all tables."""
+        if self._partition != Partition.HASH:
+            return sum(
+                end - first
+                for keys in self._num_keys
+                for first, end in (shard_key_range(s, keys, self._num_shards) for s in shards)
+            )
+        if self._per_shard is None:  # hashed: count once, a chunk at a time (tables can be huge)
+            counts = np.zeros(self._num_shards, dtype=np.int64)
+            for keys in self._num_keys:
+                for first in range(0, keys, COUNT_CHUNK):
+                    chunk = np.arange(first, min(keys, first + COUNT_CHUNK), dtype=np.int64)
+                    of_chunk = shard_of(chunk, keys, self._num_shards, self._partition)
+                    counts += np.bincount(of_chunk, minlength=self._num_shards)
+            self._per_shard = counts
+        return int(self._per_shard[shards].sum())
+
+    def record(
+        self,
+        cause: DataLossCause,
+        server: int,
+        epoch: int,
+        shards: list[int],
+        recovery: int,
+        checkpoint_age: float | None,
+    ) -> LossEntry:
+        keys = self.keys_in(shards)
+        entry = LossEntry(cause, server, epoch, list(shards), keys, checkpoint_age)
+        self.entries.append(entry)
+        self._by_recovery[recovery] = entry
+        return entry
+
+    def recovered(self, recovery: int, keys: int) -> None:
+        """The new home rebuilt ``keys`` keys itself (from the recovery's source)."""
+        entry = self._by_recovery.pop(recovery, None)
+        if entry is not None:
+            entry.keys = keys
+            entry.counted = True
+
+    def abandoned(self, recovery: int) -> None:
+        """The new home died before reporting: the shards' size stays the count."""
+        self._by_recovery.pop(recovery, None)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [entry.to_json() for entry in self.entries]

@@ -1,0 +1,176 @@
+"""Replicas follow membership changes, and loss is counted: the real Coordinator in-process.
+
+The test plays the nodes (see test_coordinator_core.py): it answers MIGRATE_OUT with
+MIGRATE_READY, RECOVER with RECOVERED, and sends the REPLICA_SYNCED a backup passes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dynaps.contract import DATA_LOSS_EXIT_CODE
+from dynaps.coordinator.core import JobPhase
+from dynaps.wire.protocol import MsgType
+from tests.dynaps.test_coordinator_core import Job
+
+REPLICATED = {"fault_tolerance": {"replication": 1}}
+
+
+def lose(job: Job, node: int) -> None:
+    """``node``'s connection drops and it stays silent: the coordinator declares it lost."""
+    job.clock.now += 0.1
+    job.wire.dropped.append(node)
+    job.coordinator.tick()
+    job.clock.now += job.coordinator.liveness.grace_after_disconnect + 0.01
+    for member in job.coordinator.roster.active():
+        if member.id != node:
+            job.tell(member.id, MsgType.HEARTBEAT, {"role": member.role, "address": member.address})
+    job.coordinator.tick()
+    assert node in job.status()["lost"]
+
+
+def shard_map(job: Job) -> dict[str, Any]:
+    """The newest shard map announced (to the first node)."""
+    memberships = job.memberships()
+    assert memberships
+    return memberships[-1][1].shard_map
+
+
+def add_server(job: Job, name: str) -> int:
+    """A server joins the running job and the shards it gets migrate to it."""
+    job.coordinator.run_command("scale", {"servers": len(job.coordinator.roster.active("server")) + 1})
+    node = job.register("server", name)
+    job.tell(node, MsgType.READY, {"version": job.coordinator.outbox.version})
+    while outs := job.wire.take(MsgType.MIGRATE_OUT):
+        for _, out in outs:
+            job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+    return node
+
+
+def test_backups_are_present_and_synced_after_a_migration_commits() -> None:
+    job = Job(servers=2, workers=1, num_shards=8, **REPLICATED)
+    (s1, s2), _ = job.start()
+    s3 = add_server(job, "s2")
+    latest = shard_map(job)
+    homes, backups = latest["homes"], latest["backups"]
+    assert s3 in homes
+    assert all(b in (s1, s2, s3) and b != h for h, b in zip(homes, backups, strict=True))
+    # the migrated shards kept their backups, which hold their data: nothing waits for a sync
+    assert job.status()["replication"] == {"factor": 1, "synced": 8, "unsynced": 0}
+    lose(job, s1)
+    recovers = job.wire.take(MsgType.RECOVER)
+    assert recovers
+    assert {body["source"] for _, body in recovers} == {"replica"}
+    assert job.status()["dataLoss"] == []
+
+
+def test_a_new_backup_counts_only_once_its_home_reports_the_sync() -> None:
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    (s1, s2, s3), _ = job.start()
+    lose(job, s2)  # its shards go to their backup s3, which needs a new backup
+    latest = shard_map(job)
+    moved = [2, 3]
+    assert latest["homes"] == [s1, s1, s3, s3, s3, s3]
+    assert latest["backups"] == [s3, s3, s1, s1, s1, s1]
+    assert job.status()["replication"]["unsynced"] == len(moved) + 2  # s1's shards lost backup s2
+    [(_, recover)] = job.wire.take(MsgType.RECOVER)
+    job.tell(s3, MsgType.RECOVERED, {"id": recover["id"], "keys": 0})
+    # a report from another pair, or of an older epoch, does not count
+    job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": latest["epoch"] - 1, "home": s3, "shards": moved})
+    job.tell(s3, MsgType.REPLICA_SYNCED, {"epoch": latest["epoch"], "home": s1, "shards": moved})
+    assert job.status()["replication"]["unsynced"] == len(moved) + 2
+    job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": latest["epoch"], "home": s3, "shards": moved})
+    assert job.status()["replication"]["unsynced"] == 2
+    lose(job, s3)
+    assert job.wire.take(MsgType.RECOVER) == [
+        (s1, {"id": recover["id"] + 1, "shards": [2, 3, 4, 5], "source": "replica"})
+    ]
+    assert job.status()["dataLoss"] == []
+
+
+def test_a_recovery_from_an_unsynced_backup_is_reported_as_loss() -> None:
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    (s1, s2, s3), _ = job.start()
+    lose(job, s2)
+    [(_, first)] = job.wire.take(MsgType.RECOVER)
+    job.tell(s3, MsgType.RECOVERED, {"id": first["id"], "keys": 0})
+    assert job.status()["dataLoss"] == []  # s2's shards came from s3's synced replica
+    lose(job, s3)  # before s3 reported its new backup s1 synced (for s2's old shards 2, 3)
+    recovers = job.wire.take(MsgType.RECOVER)
+    # the partial replica is what is left of shards 2 and 3; 4 and 5 had a synced one
+    assert sorted((h, b["source"], b["shards"]) for h, b in recovers) == [
+        (s1, "replica", [2, 3]),
+        (s1, "replica", [4, 5]),
+    ]
+    recover = next(body for _, body in recovers if body["shards"] == [2, 3])
+    [loss] = job.status()["dataLoss"]
+    assert (loss["cause"], loss["server"], loss["shards"]) == ("replicas-exhausted", s3, [2, 3])
+    assert (loss["keys"], loss["keysCounted"]) == (21, False)  # all keys of the shards, so far
+    job.tell(s1, MsgType.RECOVERED, {"id": recover["id"], "keys": 40})
+    [loss] = job.status()["dataLoss"]
+    assert (loss["keys"], loss["keysCounted"]) == (40, True)  # what the home rebuilt itself
+    assert job.phase() is JobPhase.RUNNING  # onDataLoss: Continue by default
+
+
+def test_losses_without_replica_are_listed_with_their_cause(tmp_path: Path) -> None:
+    job = Job(servers=3, workers=1, num_shards=6)
+    (s1, s2, s3), _ = job.start()
+    lose(job, s3)  # its two shards go to the two others, one each
+    losses = job.status()["dataLoss"]
+    assert [(loss["cause"], loss["shards"], loss["keys"]) for loss in losses] == [
+        ("initial", [4], 11),
+        ("initial", [5], 10),
+    ]
+    assert all("checkpointAgeSeconds" not in loss for loss in losses)
+    job = Job(servers=2, workers=1, num_shards=4, fault_tolerance={"checkpoint": {"path": str(tmp_path)}})
+    (s1, s2), (w1,) = job.start()
+    job.coordinator.run_command("checkpoint", {})
+    for node in (s1, s2):
+        job.tell(node, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "pause"})
+    for node in (s1, s2, w1):
+        job.tell(node, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "write", "keys": 10})
+    assert job.status()["lastCheckpoint"]["id"] == 1
+    lose(job, s2)
+    [loss] = job.status()["dataLoss"]
+    assert (loss["cause"], loss["shards"], loss["keys"]) == ("checkpoint", [2, 3], 32)
+    assert 0 <= loss["checkpointAgeSeconds"] < 60
+    assert "dynaps_data_loss_keys 32" in _metrics(job)
+
+
+def test_on_data_loss_fail_ends_the_job_with_a_reason() -> None:
+    job = Job(servers=2, workers=1, num_shards=4, fault_tolerance={"on_data_loss": "Fail"})
+    (_, s2), _ = job.start()
+    lose(job, s2)
+    status = job.status()
+    assert status["exitCode"] == DATA_LOSS_EXIT_CODE
+    assert "data loss" in status["reason"]
+    assert "initial values" in status["reason"]
+    assert job.phase() is JobPhase.STOPPING
+    assert job.wire.take(MsgType.SHUTDOWN)
+
+
+def test_a_draining_server_hands_its_backups_over_before_it_leaves() -> None:
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    (s1, s2, s3), _ = job.start()
+    job.tell(s3, MsgType.LEAVE, {"reason": "drain requested"})
+    latest = shard_map(job)
+    assert latest["backups"] == [s2, s2, s1, s1, s1, s1]  # s2's shards were backed up on s3
+    assert job.status()["replication"]["unsynced"] == 2
+
+
+def _metrics(job: Job) -> str:
+    from dynaps.coordinator.http import metrics_text
+
+    return metrics_text(job.status())
+
+
+def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Path) -> None:
+    restore = {"replication": 1, "checkpoint": {"path": str(tmp_path), "restore_from": "latest"}}
+    job = Job(servers=2, workers=1, num_shards=4, fault_tolerance=restore)
+    (s1, s2), _ = job.start()
+    # the homes loaded the checkpoint; their backups still hold initial values
+    assert job.status()["replication"] == {"factor": 1, "synced": 0, "unsynced": 4}
+    job.tell(s2, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s1, "shards": [0, 1]})
+    job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s2, "shards": [2, 3]})
+    assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0}
