@@ -28,10 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 from dynaps.contract import DATA_LOSS_EXIT_CODE, ConsistencyModel, OnDataLoss, RuntimeConfig
+from dynaps.coordinator import commands
 from dynaps.coordinator.adoption import Adoption, adopted_member
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
 from dynaps.coordinator.data_loss import LossEntry
+from dynaps.coordinator.departures import Departures
 from dynaps.coordinator.http import status_document
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
@@ -42,7 +44,7 @@ from dynaps.coordinator.shard_homes import ShardHomes
 from dynaps.errors import ProtocolError
 from dynaps.wire import control
 from dynaps.wire.codec import decode
-from dynaps.wire.control import Membership, Role
+from dynaps.wire.control import Membership
 from dynaps.wire.protocol import Message, MsgType, client_of, node_of
 from dynaps.wire.transport import Transport
 
@@ -109,6 +111,15 @@ class Coordinator:
         )
         self.leases = Leases()
         self.reports = Reports()
+        self.departures = Departures(
+            self.roster,
+            self.outbox,
+            self.homes,
+            self.leases,
+            announce=self._announce,
+            settle=self._settle,
+            abandon_checkpoint=self._abandon_checkpoint,
+        )
         self.status_doc: dict[str, Any] = {}
         self._refresh_status()
 
@@ -167,9 +178,9 @@ class Coordinator:
         elif kind is MsgType.WORKER_DONE:
             self._on_worker_done(member, control.body_of(msg, control.WorkerDone))
         elif kind is MsgType.LEAVE:
-            self._on_leave(member, control.body_of(msg, control.Leave).reason)
+            self.departures.leaving(member, control.body_of(msg, control.Leave).reason)
         elif kind is MsgType.LEFT:
-            self._on_left(member)
+            self.departures.left(member)
         elif kind is MsgType.MIGRATE_READY:
             self.homes.on_migrate_ready(control.body_of(msg, control.MigrateReady).id)
         elif kind is MsgType.RECOVERED:
@@ -214,7 +225,7 @@ class Coordinator:
             # The same pod name again: its predecessor is gone (Kubernetes never runs two
             # pods of one name), so do not wait for its heartbeats to stop.
             log.warning("%s %d (%s) was replaced", predecessor.role, predecessor.id, reg.name)
-            self._on_lost(predecessor)
+            self.departures.lost(predecessor)
         admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank)
         if isinstance(admitted, str):
             self.outbox.refuse(reg, admitted)
@@ -265,7 +276,7 @@ class Coordinator:
         self._announce()
         if member.role == "server":
             for lost in self.homes.take_orphaned():
-                self._rehome(lost)
+                self.departures.rehome(lost)
             self.homes.rebalance()
 
     def _maybe_start(self) -> None:
@@ -320,29 +331,6 @@ class Coordinator:
         self.homes.rebalance()
         self._settle()
 
-    # ------------------------------------------------------------------ leaving
-
-    def _on_leave(self, member: Member, reason: str) -> None:
-        """The node drains: a server's shards move away; a worker releases its keys."""
-        if member.state == MemberState.DRAINING:
-            return
-        log.info("%s %d is leaving (%s)", member.role, member.id, reason or "drain")
-        member.state = MemberState.DRAINING
-        self.homes.refresh_backups()  # a leaving server backs nothing up
-        self._announce()
-        if member.role == "server":
-            self.homes.rebalance()
-        self._settle()
-
-    def _on_left(self, member: Member) -> None:
-        log.info("%s %d left", member.role, member.id)
-        self.leases.release(member.id)
-        self.roster.remove(member, lost=False)
-        self.outbox.forget(member)
-        self.homes.refresh_backups()
-        self._announce()
-        self._settle()
-
     # ------------------------------------------------------------------ failures
 
     def tick(self) -> None:
@@ -362,32 +350,13 @@ class Coordinator:
         waited = bool(self.liveness.waiting)
         lost = self.liveness.overdue(self.roster.active(), now)
         for member in lost:
-            self._on_lost(member)
+            self.departures.lost(member)
         if lost or waited or self.liveness.waiting:
             self._refresh_status()  # /status says whom the job waits for, and for how long
 
-    def _on_lost(self, member: Member) -> None:
-        log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
-        self.roster.remove(member, lost=True)
-        self.outbox.forget(member)
-        returned = self.leases.release(member.id)
-        if returned:
-            log.warning("%d data shards of node %d go back to the queue", returned, member.id)
-        self.homes.abort_involving(member.id)
+    def _abandon_checkpoint(self) -> None:
         if self.checkpoints.in_progress:
             self.checkpoints.end(committed=False)
-        if member.role == "server" and self.homes.is_home(member.id):
-            self._rehome(member.id)  # announces the new shard map (with new backups)
-            return
-        self.homes.refresh_backups()  # the survivors re-replicate what it backed up
-        self._announce()
-        if member.role == "server":
-            self.homes.rebalance()
-        self._settle()
-
-    def _rehome(self, lost: int) -> None:
-        if self.homes.rehome(lost):
-            self._settle()
 
     def _on_data_loss(self, entry: LossEntry) -> None:
         if self.config.fault_tolerance.on_data_loss == OnDataLoss.FAIL:
@@ -477,22 +446,8 @@ class Coordinator:
         """An action POSTed to the HTTP endpoint (see :mod:`dynaps.coordinator.http`)."""
         if action == "shutdown":
             self.finish(0, "shutdown requested")
-        elif action == "scale":  # surplus nodes are asked to drain (the newest first)
-            roles: tuple[Role, ...] = ("server", "worker")
-            for role, wanted in ((r, _optional_int(body, f"{r}s")) for r in roles):
-                for surplus in self.roster.want(role, wanted) if wanted is not None else ():
-                    self.send(surplus.id, MsgType.DRAIN, control.Drain(reason=f"scaling {role}s to {wanted}"))
-        elif action == "drain":  # a node, by name or id
-            target = self.roster.find(str(body.get("node", "")))
-            if target is not None:
-                self.send(target.id, MsgType.DRAIN, control.Drain(reason="drain requested"))
-            else:
-                log.warning("drain of unknown node %r ignored", body.get("node"))
         elif action == "checkpoint":
             self.checkpoints.request()
+        for node, reason in commands.drains(action, body, self.roster):
+            self.send(node, MsgType.DRAIN, control.Drain(reason=reason))
         self._refresh_status()
-
-
-def _optional_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    return int(value) if isinstance(value, int) and value >= 0 else None

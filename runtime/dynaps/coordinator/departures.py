@@ -1,0 +1,91 @@
+"""Members that leave or are lost, as the coordinator handles them.
+
+A leaving server's shards move away first (:mod:`dynaps.coordinator.shard_homes` plans
+it); a member that left or was lost gives its data leases back and stops backing shards
+up, so the survivors re-replicate; a lost server's shards are rebuilt on new homes.  The
+nodes' side of the same events is :mod:`dynaps.node.departures`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dynaps.coordinator.leases import Leases
+from dynaps.coordinator.outbox import Outbox
+from dynaps.coordinator.roster import Member, MemberState, Roster
+from dynaps.coordinator.shard_homes import ShardHomes
+
+log = logging.getLogger(__name__)
+
+
+class Departures:
+    """What the job does when a member leaves or is lost.
+
+    ``announce`` sends the new membership, ``settle`` lets a barrier pass or the job end
+    without the member, ``abandon_checkpoint`` ends a checkpoint round in progress (a lost
+    node never writes its part).
+    """
+
+    def __init__(
+        self,
+        roster: Roster,
+        outbox: Outbox,
+        homes: ShardHomes,
+        leases: Leases,
+        announce: Callable[[], None],
+        settle: Callable[[], None],
+        abandon_checkpoint: Callable[[], None],
+    ) -> None:
+        self.roster = roster
+        self.outbox = outbox
+        self.homes = homes
+        self.leases = leases
+        self.announce = announce
+        self.settle = settle
+        self.abandon_checkpoint = abandon_checkpoint
+
+    def leaving(self, member: Member, reason: str) -> None:
+        """The node drains: a server's shards move away; a worker releases its keys."""
+        if member.state == MemberState.DRAINING:
+            return
+        log.info("%s %d is leaving (%s)", member.role, member.id, reason or "drain")
+        member.state = MemberState.DRAINING
+        self.homes.refresh_backups()  # a leaving server backs nothing up
+        self.announce()
+        if member.role == "server":
+            self.homes.rebalance()
+        self.settle()
+
+    def left(self, member: Member) -> None:
+        log.info("%s %d left", member.role, member.id)
+        self.leases.release(member.id)
+        self.roster.remove(member, lost=False)
+        self.outbox.forget(member)
+        self.homes.refresh_backups()
+        self.announce()
+        self.settle()
+
+    def lost(self, member: Member) -> None:
+        log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
+        self.roster.remove(member, lost=True)
+        self.outbox.forget(member)
+        returned = self.leases.release(member.id)
+        if returned:
+            log.warning("%d data shards of node %d go back to the queue", returned, member.id)
+        self.homes.abort_involving(member.id)
+        self.abandon_checkpoint()
+        if member.role == "server" and self.homes.is_home(member.id):
+            self.rehome(member.id)
+            return
+        self.homes.refresh_backups()  # the survivors re-replicate what it backed up
+        self.announce()
+        if member.role == "server":
+            self.homes.rebalance()
+        self.settle()
+
+    def rehome(self, lost: int) -> None:
+        """New homes rebuild a lost server's shards (the new map, with new backups, is
+        announced); with no server left they wait for one to join."""
+        if self.homes.rehome(lost):
+            self.settle()
