@@ -1,27 +1,17 @@
-"""The contract between the operator and the runtime: one module, stdlib + pydantic only.
-
-It defines two documents:
-
-* the ``ParameterServerJob`` resource (``spec`` and ``status``), which users write and
-  ``kubectl apply`` or ``dynaps run``; the CRD's OpenAPI schema is generated from it;
-* the :class:`RuntimeConfig`, the one JSON document the operator (or ``dynaps run``)
-  hands to every process of a job through ``DYNAPS_CONFIG`` / ``DYNAPS_CONFIG_FILE``.
-
-Both the operator and the runtime import this module and nothing else of each other, so
-what the operator writes is by construction what the runtime reads.  Field names are
-camelCase on the wire (Kubernetes style) and snake_case in Python; both are accepted.
-"""
+"""What users write and what the runtime is told: the ``ParameterServerJob`` spec (tables,
+roles, policies) and the :class:`RuntimeConfig` every process of a job parses."""
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from dynaps.contract.base import Model
 
 API_GROUP = "dynaps.io"
 API_VERSION = "v1alpha1"
@@ -44,22 +34,6 @@ FENCED_EXIT_CODE = 75
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
-class _Model(BaseModel):
-    """Base: camelCase aliases, snake_case names, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_enum_values=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        """The document as written to Kubernetes or to DYNAPS_CONFIG (camelCase, no nulls)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
 class DType(StrEnum):
     FLOAT32 = "float32"
     FLOAT64 = "float64"
@@ -71,7 +45,7 @@ class InitKind(StrEnum):
     UNIFORM = "uniform"
 
 
-class InitSpec(_Model):
+class InitSpec(Model):
     """How a table's values start: zeros, normal(0, scale) or uniform(-scale, scale)."""
 
     kind: InitKind = InitKind.ZEROS
@@ -87,7 +61,7 @@ class UpdaterKind(StrEnum):
     CUSTOM = "custom"
 
 
-class UpdaterSpec(_Model):
+class UpdaterSpec(Model):
     """What a push does on the owner: add the update, or apply an optimiser step.
 
     A flat ``kind`` + parameters shape (rather than ``{adagrad: {lr: ...}}``) keeps the
@@ -109,7 +83,7 @@ class UpdaterSpec(_Model):
         return self
 
 
-class TableSpec(_Model):
+class TableSpec(Model):
     """A table of ``num_keys`` rows of ``dim`` values: ``dynaps.TableSpec(num_keys=, dim=)``."""
 
     num_keys: Annotated[int, Field(gt=0, le=2**40)]
@@ -146,7 +120,7 @@ class ConsistencyModel(StrEnum):
     SSP = "ssp"
 
 
-class Consistency(_Model):
+class Consistency(Model):
     model: ConsistencyModel = ConsistencyModel.ASYNC
     staleness: Annotated[int, Field(ge=0)] = 0
 
@@ -156,7 +130,7 @@ class Partition(StrEnum):
     HASH = "hash"
 
 
-class RoleSpec(_Model):
+class RoleSpec(Model):
     """Pods of one role. ``template`` is merged into the generated pod spec."""
 
     replicas: Annotated[int, Field(ge=0, le=MAX_NODES)] = 1
@@ -189,12 +163,12 @@ class WorkerSpec(RoleSpec):
     env: dict[str, str] = Field(default_factory=dict)
 
 
-class CoordinatorSpec(_Model):
+class CoordinatorSpec(Model):
     resources: dict[str, Any] = Field(default_factory=dict)
     template: dict[str, Any] = Field(default_factory=dict)
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(Model):
     interval_seconds: Annotated[int, Field(ge=0)] = 0  # 0: only on demand
     path: str = "/var/lib/dynaps/checkpoints"
     volume: dict[str, Any] = Field(default_factory=dict)
@@ -220,7 +194,7 @@ class DataLossCause(StrEnum):
 DATA_LOSS_EXIT_CODE = 3
 
 
-class FaultTolerance(_Model):
+class FaultTolerance(Model):
     replication: Annotated[int, Field(ge=0, le=1)] = 0
     flush_interval_ms: Annotated[int, Field(ge=0)] = 100
     heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
@@ -232,7 +206,7 @@ class FaultTolerance(_Model):
     on_data_loss: OnDataLoss = OnDataLoss.CONTINUE
 
 
-class RebalancePolicy(_Model):
+class RebalancePolicy(Model):
     num_shards: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
     partition: Partition = Partition.RANGE
     max_concurrent_migrations: Annotated[int, Field(ge=1)] = 4
@@ -245,7 +219,7 @@ class CleanPodPolicy(StrEnum):
     NONE = "None"
 
 
-class SchedulingPolicy(_Model):
+class SchedulingPolicy(Model):
     min_available: Annotated[int, Field(ge=0)] | None = None
     priority_class: str | None = None
 
@@ -256,7 +230,7 @@ class FailureAction(StrEnum):
     FAIL_JOB = "FailJob"  # fail the job at once
 
 
-class FailureRule(_Model):
+class FailureRule(Model):
     """One rule of ``runPolicy.failurePolicy`` (the first that matches a node pod's end wins):
     any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
 
@@ -272,7 +246,7 @@ class FailureRule(_Model):
         return self
 
 
-class RunPolicy(_Model):
+class RunPolicy(Model):
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
@@ -286,7 +260,7 @@ class RunPolicy(_Model):
     scheduling_policy: SchedulingPolicy = SchedulingPolicy()
 
 
-class JobSpec(_Model):
+class JobSpec(Model):
     """``spec`` of a ParameterServerJob."""
 
     image: str = "dynaps/runtime:0.1.0"
@@ -311,7 +285,7 @@ class JobSpec(_Model):
         return tables
 
 
-class ObjectMeta(_Model):
+class ObjectMeta(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
 
     # 51: "<name>-coordinator" must stay a valid 63-character hostname
@@ -321,7 +295,7 @@ class ObjectMeta(_Model):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class ParameterServerJob(_Model):
+class ParameterServerJob(Model):
     """A whole ParameterServerJob manifest (status is the operator's, see below)."""
 
     api_version: Literal["dynaps.io/v1alpha1"] = "dynaps.io/v1alpha1"
@@ -331,7 +305,7 @@ class ParameterServerJob(_Model):
     status: dict[str, Any] | None = None
 
 
-class RuntimeConfig(_Model):
+class RuntimeConfig(Model):
     """What every process of a job is told: the operator-runtime contract.
 
     ``coordinator`` is ``host:port`` of the coordinator's data-plane socket; each node binds
@@ -393,158 +367,3 @@ def describe_validation_error(exc: ValidationError, source: str = "") -> str:
         where = ".".join(str(part) for part in error["loc"]) or "(document)"
         lines.append(f"{source + ': ' if source else ''}{where}: {error['msg']}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# status: what the operator reports about a ParameterServerJob (written only by the operator)
-# ---------------------------------------------------------------------------------------------
-
-
-class _StatusModel(_Model):
-    """Base of the status documents: like :class:`_Model`, but tolerant of fields it does not
-    know, so that an older operator (or ``kubectl get``) can read what a newer one wrote."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-        use_enum_values=True,
-    )
-
-
-class JobPhase(StrEnum):
-    """``status.phase``: one word for where the job is; the conditions say why."""
-
-    PENDING = "Pending"  # pods are being created or are starting; training has not begun
-    RUNNING = "Running"  # every node registered with the coordinator; training runs
-    REBALANCING = "Rebalancing"  # the node set changes: shards migrate, surplus nodes drain
-    RECOVERING = "Recovering"  # a lost or failed pod is being replaced under the same name
-    SUSPENDED = "Suspended"  # runPolicy.suspend: the pods are (being) removed
-    SUCCEEDED = "Succeeded"  # the coordinator exited 0: every worker program exited 0
-    FAILED = "Failed"  # invalid spec, a failed worker program, backoffLimit or deadline exceeded
-
-
-TERMINAL_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED})
-
-
-class ConditionType(StrEnum):
-    """``status.conditions[].type``: each one is True, False or Unknown, with a reason."""
-
-    CREATED = "Created"  # the operator created the job's pods, Service and ConfigMap
-    RUNNING = "Running"  # training runs on the full node set
-    REBALANCING = "Rebalancing"  # the coordinator is migrating shards or nodes are draining
-    DEGRADED = "Degraded"  # some pods are missing, failed or not ready
-    SUSPENDED = "Suspended"  # the job is suspended (runPolicy.suspend)
-    SUCCEEDED = "Succeeded"  # terminal: the job finished successfully
-    FAILED = "Failed"  # terminal: the job failed; the reason says how
-
-
-class ConditionReason(StrEnum):
-    """``status.conditions[].reason`` values the operator sets (also the reasons of its Events).
-
-    Each comment names the condition(s) that carry the reason and what it means.
-    """
-
-    JOB_CREATED = "JobCreated"  # Created=True: pods, Service and ConfigMap were created
-    JOB_STARTING = "JobStarting"  # Running=False: pods are starting or nodes are registering
-    JOB_RUNNING = "JobRunning"  # Running=True: every node registered; training runs
-    JOB_RESTARTING = "JobRestarting"  # Running=False: the coordinator was lost; all pods restart
-    SCALING_OUT = "ScalingOut"  # Rebalancing=True: new nodes join; the coordinator adds them
-    SCALING_IN = "ScalingIn"  # Rebalancing=True: surplus nodes drain their keys, then stop
-    SHARDS_MIGRATING = "ShardsMigrating"  # Rebalancing=True: the coordinator moves shards
-    BALANCED = "Balanced"  # Rebalancing=False: the node set matches the spec, no migrations
-    PODS_NOT_READY = "PodsNotReady"  # Degraded=True: some desired pods are not ready
-    POD_PREEMPTED = "PodPreempted"  # Degraded=True: a pod was evicted, preempted or killed (137/143)
-    POD_FAILED = "PodFailed"  # Degraded=True: a pod failed; it counts against backoffLimit
-    POD_LOST = "PodLost"  # Degraded=True: a pod vanished (deleted); it is recreated
-    COORDINATOR_LOST = "CoordinatorLost"  # Degraded=True: the coordinator pod alone is replaced
-    ALL_PODS_READY = "AllPodsReady"  # Degraded=False: every desired pod is ready
-    JOB_SUSPENDING = "JobSuspending"  # Suspended=True: checkpointing, then deleting the pods
-    JOB_SUSPENDED = "JobSuspended"  # Suspended=True: no pods run
-    JOB_RESUMED = "JobResumed"  # Suspended=False: pods are created again
-    JOB_SUCCEEDED = "JobSucceeded"  # Succeeded=True: the coordinator exited 0
-    INVALID_SPEC = "InvalidSpec"  # Failed=True: the spec is invalid; the message names the field
-    JOB_FAILED = "JobFailed"  # Failed=True: the coordinator exited non-zero (a worker program failed)
-    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # Failed=True: more pod failures than backoffLimit
-    DEADLINE_EXCEEDED = "DeadlineExceeded"  # Failed=True: runPolicy.activeDeadlineSeconds passed
-    # Why a pod or the job cannot start: Running=False before the job runs, Degraded=True after
-    # (the message quotes the pod); Failed=True with StartTimeoutExceeded once it lasts too long.
-    UNSCHEDULABLE = "Unschedulable"  # the scheduler finds no node for a pod
-    ERR_IMAGE_PULL = "ErrImagePull"  # a pod's image cannot be pulled
-    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"  # the kubelet backs off pulling a pod's image
-    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"  # e.g. a missing ConfigMap key
-    INIT_CONTAINER_FAILED = "InitContainerFailed"  # an init container of a pod failed
-    NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
-    WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
-    START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
-    FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
-
-
-class ConditionStatus(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
-
-
-class Condition(_StatusModel):
-    """One entry of ``status.conditions`` (the shape of Kubernetes' metav1.Condition)."""
-
-    type: ConditionType
-    status: ConditionStatus
-    # A plain string, not the enum: an operator upgraded ahead of its CRD (``helm upgrade``
-    # leaves CRDs alone) must still be able to write a reason the old schema does not list.
-    reason: str
-    message: str = ""
-    last_transition_time: datetime
-
-
-class ReplicaStatus(_StatusModel):
-    """Pods of one role: how many the spec asks for, how many exist and how many are ready."""
-
-    desired: Annotated[int, Field(ge=0)] = 0
-    current: Annotated[int, Field(ge=0)] = 0  # pods that exist and are not terminating
-    ready: Annotated[int, Field(ge=0)] = 0
-    summary: str = "0/0"  # "ready/desired", for `kubectl get` (printer columns cannot compute it)
-    selector: str = ""  # label selector of the role's pods (the scale subresource's, for an HPA)
-
-
-class OwnershipStatus(_StatusModel):
-    """Where the job's shards live, as the coordinator reports it."""
-
-    epoch: Annotated[int, Field(ge=0)] = 0  # of the committed shard map; grows on every change
-    shards_per_server: dict[str, int] = Field(default_factory=dict)  # server pod name -> shards
-    migrations_in_flight: Annotated[int, Field(ge=0)] = 0
-
-
-class CheckpointStatus(_StatusModel):
-    """The latest checkpoint the coordinator reported: what a restart or resume restores."""
-
-    path: str
-    time: datetime
-
-
-class JobStatus(_StatusModel):
-    """``status`` of a ParameterServerJob."""
-
-    phase: JobPhase = JobPhase.PENDING
-    conditions: list[Condition] = Field(default_factory=list)
-    servers: ReplicaStatus = ReplicaStatus()
-    workers: ReplicaStatus = ReplicaStatus()
-    ownership: OwnershipStatus = OwnershipStatus()
-    restarts: Annotated[int, Field(ge=0)] = 0  # pod failures (they count against backoffLimit)
-    preemptions: Annotated[int, Field(ge=0)] = 0  # pods lost to evictions, preemption, 137/143, deletion
-    start_time: datetime | None = None  # pods first created (reset on resume)
-    completion_time: datetime | None = None  # the job reached Succeeded or Failed
-    observed_generation: Annotated[int, Field(ge=0)] | None = None  # the spec generation acted upon
-    message: str = ""  # one human-readable line: the reason for the current phase
-    metrics: dict[str, float] = Field(default_factory=dict)  # latest metrics the workers reported
-    final_quality: dict[str, float] | None = None  # the metrics when the job succeeded
-    last_checkpoint: CheckpointStatus | None = None
-
-    def condition(self, kind: ConditionType) -> Condition | None:
-        return next((c for c in self.conditions if c.type == kind), None)
-
-    def is_true(self, kind: ConditionType) -> bool:
-        found = self.condition(kind)
-        return found is not None and found.status == ConditionStatus.TRUE

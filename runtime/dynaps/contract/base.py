@@ -1,0 +1,37 @@
+"""The base of every contract document: camelCase on the wire, snake_case in Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, snake_case names, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The document as written to Kubernetes or to DYNAPS_CONFIG (camelCase, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StatusModel(Model):
+    """Base of the status documents: like :class:`Model`, but tolerant of fields it does not
+    know, so that an older operator (or ``kubectl get``) can read what a newer one wrote."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        use_enum_values=True,
+    )

@@ -1,0 +1,149 @@
+"""What the operator reports about a ParameterServerJob (written only by the operator):
+its phase, conditions and their documented reasons, replica counts and progress."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from dynaps.contract.base import StatusModel
+
+
+class JobPhase(StrEnum):
+    """``status.phase``: one word for where the job is; the conditions say why."""
+
+    PENDING = "Pending"  # pods are being created or are starting; training has not begun
+    RUNNING = "Running"  # every node registered with the coordinator; training runs
+    REBALANCING = "Rebalancing"  # the node set changes: shards migrate, surplus nodes drain
+    RECOVERING = "Recovering"  # a lost or failed pod is being replaced under the same name
+    SUSPENDED = "Suspended"  # runPolicy.suspend: the pods are (being) removed
+    SUCCEEDED = "Succeeded"  # the coordinator exited 0: every worker program exited 0
+    FAILED = "Failed"  # invalid spec, a failed worker program, backoffLimit or deadline exceeded
+
+
+TERMINAL_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED})
+
+
+class ConditionType(StrEnum):
+    """``status.conditions[].type``: each one is True, False or Unknown, with a reason."""
+
+    CREATED = "Created"  # the operator created the job's pods, Service and ConfigMap
+    RUNNING = "Running"  # training runs on the full node set
+    REBALANCING = "Rebalancing"  # the coordinator is migrating shards or nodes are draining
+    DEGRADED = "Degraded"  # some pods are missing, failed or not ready
+    SUSPENDED = "Suspended"  # the job is suspended (runPolicy.suspend)
+    SUCCEEDED = "Succeeded"  # terminal: the job finished successfully
+    FAILED = "Failed"  # terminal: the job failed; the reason says how
+
+
+class ConditionReason(StrEnum):
+    """``status.conditions[].reason`` values the operator sets (also the reasons of its Events).
+
+    Each comment names the condition(s) that carry the reason and what it means.
+    """
+
+    JOB_CREATED = "JobCreated"  # Created=True: pods, Service and ConfigMap were created
+    JOB_STARTING = "JobStarting"  # Running=False: pods are starting or nodes are registering
+    JOB_RUNNING = "JobRunning"  # Running=True: every node registered; training runs
+    JOB_RESTARTING = "JobRestarting"  # Running=False: the coordinator was lost; all pods restart
+    SCALING_OUT = "ScalingOut"  # Rebalancing=True: new nodes join; the coordinator adds them
+    SCALING_IN = "ScalingIn"  # Rebalancing=True: surplus nodes drain their keys, then stop
+    SHARDS_MIGRATING = "ShardsMigrating"  # Rebalancing=True: the coordinator moves shards
+    BALANCED = "Balanced"  # Rebalancing=False: the node set matches the spec, no migrations
+    PODS_NOT_READY = "PodsNotReady"  # Degraded=True: some desired pods are not ready
+    POD_PREEMPTED = "PodPreempted"  # Degraded=True: a pod was evicted, preempted or killed (137/143)
+    POD_FAILED = "PodFailed"  # Degraded=True: a pod failed; it counts against backoffLimit
+    POD_LOST = "PodLost"  # Degraded=True: a pod vanished (deleted); it is recreated
+    COORDINATOR_LOST = "CoordinatorLost"  # Degraded=True: the coordinator pod alone is replaced
+    ALL_PODS_READY = "AllPodsReady"  # Degraded=False: every desired pod is ready
+    JOB_SUSPENDING = "JobSuspending"  # Suspended=True: checkpointing, then deleting the pods
+    JOB_SUSPENDED = "JobSuspended"  # Suspended=True: no pods run
+    JOB_RESUMED = "JobResumed"  # Suspended=False: pods are created again
+    JOB_SUCCEEDED = "JobSucceeded"  # Succeeded=True: the coordinator exited 0
+    INVALID_SPEC = "InvalidSpec"  # Failed=True: the spec is invalid; the message names the field
+    JOB_FAILED = "JobFailed"  # Failed=True: the coordinator exited non-zero (a worker program failed)
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # Failed=True: more pod failures than backoffLimit
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # Failed=True: runPolicy.activeDeadlineSeconds passed
+    # Why a pod or the job cannot start: Running=False before the job runs, Degraded=True after
+    # (the message quotes the pod); Failed=True with StartTimeoutExceeded once it lasts too long.
+    UNSCHEDULABLE = "Unschedulable"  # the scheduler finds no node for a pod
+    ERR_IMAGE_PULL = "ErrImagePull"  # a pod's image cannot be pulled
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"  # the kubelet backs off pulling a pod's image
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"  # e.g. a missing ConfigMap key
+    INIT_CONTAINER_FAILED = "InitContainerFailed"  # an init container of a pod failed
+    NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
+    WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
+    START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
+    FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """One entry of ``status.conditions`` (the shape of Kubernetes' metav1.Condition)."""
+
+    type: ConditionType
+    status: ConditionStatus
+    # A plain string, not the enum: an operator upgraded ahead of its CRD (``helm upgrade``
+    # leaves CRDs alone) must still be able to write a reason the old schema does not list.
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+
+
+class ReplicaStatus(StatusModel):
+    """Pods of one role: how many the spec asks for, how many exist and how many are ready."""
+
+    desired: Annotated[int, Field(ge=0)] = 0
+    current: Annotated[int, Field(ge=0)] = 0  # pods that exist and are not terminating
+    ready: Annotated[int, Field(ge=0)] = 0
+    summary: str = "0/0"  # "ready/desired", for `kubectl get` (printer columns cannot compute it)
+    selector: str = ""  # label selector of the role's pods (the scale subresource's, for an HPA)
+
+
+class OwnershipStatus(StatusModel):
+    """Where the job's shards live, as the coordinator reports it."""
+
+    epoch: Annotated[int, Field(ge=0)] = 0  # of the committed shard map; grows on every change
+    shards_per_server: dict[str, int] = Field(default_factory=dict)  # server pod name -> shards
+    migrations_in_flight: Annotated[int, Field(ge=0)] = 0
+
+
+class CheckpointStatus(StatusModel):
+    """The latest checkpoint the coordinator reported: what a restart or resume restores."""
+
+    path: str
+    time: datetime
+
+
+class JobStatus(StatusModel):
+    """``status`` of a ParameterServerJob."""
+
+    phase: JobPhase = JobPhase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    servers: ReplicaStatus = ReplicaStatus()
+    workers: ReplicaStatus = ReplicaStatus()
+    ownership: OwnershipStatus = OwnershipStatus()
+    restarts: Annotated[int, Field(ge=0)] = 0  # pod failures (they count against backoffLimit)
+    preemptions: Annotated[int, Field(ge=0)] = 0  # pods lost to evictions, preemption, 137/143, deletion
+    start_time: datetime | None = None  # pods first created (reset on resume)
+    completion_time: datetime | None = None  # the job reached Succeeded or Failed
+    observed_generation: Annotated[int, Field(ge=0)] | None = None  # the spec generation acted upon
+    message: str = ""  # one human-readable line: the reason for the current phase
+    metrics: dict[str, float] = Field(default_factory=dict)  # latest metrics the workers reported
+    final_quality: dict[str, float] | None = None  # the metrics when the job succeeded
+    last_checkpoint: CheckpointStatus | None = None
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+    def is_true(self, kind: ConditionType) -> bool:
+        found = self.condition(kind)
+        return found is not None and found.status == ConditionStatus.TRUE
