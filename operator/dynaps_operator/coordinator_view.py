@@ -7,7 +7,10 @@ sized for, to know whether a scale request is still pending), ``epoch``, ``shard
 runtime is asked to add: ``metrics`` (name -> number, the latest the workers reported with
 ``ps.report``) and ``lastCheckpoint`` (``{"path": str, "time": unix seconds}``).  From
 ``members`` (``name``, ``role``, ``attached``, ``exitCode``) it also learns which nodes registered
-and which workers' programs have not attached yet: why a job does not start.
+and which workers' programs have not attached yet: why a job does not start.  ``dataLoss``
+lists the recoveries that restored keys from other than a synced replica (cause, lost server,
+shards, keys, checkpoint age); the operator keeps only the latest :data:`MAX_LOSSES` of them
+and the first :data:`MAX_SHARDS` shards of each, whatever the coordinator sends.
 
 The coordinator's termination message (``/dev/termination-log``) may hold the same document
 as it was when the job ended; :func:`parse_final` reads the metrics from it.
@@ -28,6 +31,27 @@ class CheckpointRef:
     time: datetime
 
 
+MAX_LOSSES = 32  # dataLoss entries read per poll (the latest): more is never new since the last
+MAX_SHARDS = 8  # shards kept per entry: enough to tell entries apart and to show where
+MAX_MESSAGE = 300  # characters kept of an entry's message
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One entry of ``dataLoss``."""
+
+    cause: str  # checkpoint, initial or replicas-exhausted
+    node: int  # the lost server's node id
+    epoch: int
+    shard_count: int
+    shards: tuple[int, ...]  # the first MAX_SHARDS
+    keys: int
+    counted: bool  # keys is what the new home rebuilt, not the shards' size
+    time: datetime
+    checkpoint_age: float | None
+    message: str
+
+
 @dataclass(frozen=True)
 class CoordinatorView:
     phase: str = ""
@@ -42,6 +66,8 @@ class CoordinatorView:
     last_checkpoint: CheckpointRef | None = None
     registered: frozenset[str] = frozenset()  # names of the nodes that registered
     unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
+    server_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name
+    losses: tuple[Loss, ...] = ()  # the latest dataLoss entries, oldest first
 
     @property
     def running(self) -> bool:
@@ -87,6 +113,8 @@ def parse_status(doc: Any) -> CoordinatorView:
                 if m.get("role") == "worker" and m.get("attached") is False and m.get("exitCode") is None
             )
         ),
+        server_names={int(k): v for k, v in names.items() if k.isdigit()},
+        losses=_losses(doc.get("dataLoss")),
     )
 
 
@@ -126,3 +154,32 @@ def _checkpoint(value: Any) -> CheckpointRef | None:
     if not isinstance(stamp, int | float):
         return None
     return CheckpointRef(value["path"], datetime.fromtimestamp(float(stamp), UTC))
+
+
+def _losses(value: Any) -> tuple[Loss, ...]:
+    if not isinstance(value, list):
+        return ()
+    parsed = (_loss(entry) for entry in value[-MAX_LOSSES:])
+    return tuple(loss for loss in parsed if loss is not None)
+
+
+def _loss(entry: Any) -> Loss | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("cause"), str):
+        return None
+    node, stamp, shards = entry.get("server"), entry.get("time"), entry.get("shards")
+    if not isinstance(node, int) or not isinstance(stamp, int | float) or not isinstance(shards, list):
+        return None
+    age = entry.get("checkpointAgeSeconds")
+    return Loss(
+        cause=entry["cause"][:40],
+        node=node,
+        epoch=_int(entry.get("epoch")),
+        shard_count=len(shards),
+        shards=tuple(s for s in shards[:MAX_SHARDS] if isinstance(s, int)),
+        keys=_int(entry.get("keys")),
+        counted=entry.get("keysCounted") is True,
+        # whole seconds, as the job's status stores times: an entry read back compares equal
+        time=datetime.fromtimestamp(int(stamp), UTC),
+        checkpoint_age=float(age) if isinstance(age, int | float) and math.isfinite(age) else None,
+        message=str(entry.get("message") or "")[:MAX_MESSAGE],
+    )

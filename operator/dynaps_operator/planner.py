@@ -14,7 +14,8 @@ What the operator does, in order of precedence:
 * a finished job: ``cleanPodPolicy``, then ``ttlSecondsAfterFinished``;
 * ``suspend``: checkpoint (bounded by ``drainTimeoutSeconds``), delete every pod;
 * ``activeDeadlineSeconds`` passed: Failed/DeadlineExceeded;
-* the coordinator pod exited: 0 is success, another code is the job's failure; a preempted,
+* the coordinator pod exited: 0 is success, another code is the job's failure (``DataLoss``
+  when ``faultTolerance.onDataLoss: Fail`` ended it); a preempted,
   deleted or vanished coordinator is replaced alone and the nodes rejoin it, or, when there
   is nothing to adopt, every pod restarts (:mod:`dynaps_operator.coordinator_loss`);
 * each wanted node pod: missing -> create; failed -> count, delete, recreate under the same
@@ -28,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from dynaps.contract import (
+    DATA_LOSS_EXIT_CODE,
     TERMINAL_PHASES,
     CheckpointStatus,
     JobPhase,
@@ -35,7 +37,7 @@ from dynaps.contract import (
     OwnershipStatus,
     ParameterServerJob,
 )
-from dynaps_operator import names
+from dynaps_operator import data_loss, names
 from dynaps_operator.coordinator_loss import nodes_can_rejoin, replace_alone, restart_all
 from dynaps_operator.decisions import (
     RETRY_SECONDS,
@@ -131,7 +133,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
         if coordinator.outcome is Outcome.FAILED:
             why = seen.reason if seen is not None and seen.reason else coordinator.describe_exit()
             message = f"the job failed (coordinator exit code {coordinator.exit_code}): {why}"
-            return fail(o, job, p, R.JOB_FAILED, message)
+            return fail(o, job, p, _failure_reason(coordinator.exit_code, why), message)
     coordinator_lost = coordinator is None or coordinator.terminating or coordinator.outcome is not None
     if coordinator_lost and (started or owned):
         if not nodes_can_rejoin(o, job, p):
@@ -338,7 +340,7 @@ def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
 
 
 def _absorb_coordinator(o: Observed, p: Plan) -> None:
-    """What the coordinator's /status says about ownership, metrics and checkpoints."""
+    """What the coordinator's /status says about ownership, metrics, checkpoints and data loss."""
     c = o.coordinator
     if c is None:
         return
@@ -350,7 +352,16 @@ def _absorb_coordinator(o: Observed, p: Plan) -> None:
         p.update(metrics=c.metrics)
     if c.last_checkpoint is not None:
         p.update(last_checkpoint=CheckpointStatus(path=c.last_checkpoint.path, time=c.last_checkpoint.time))
+    data_loss.absorb(o, p, c)
     p.memory = replace(p.memory, last_coordinator=c)
+
+
+def _failure_reason(exit_code: int | None, why: str) -> str:
+    """DataLoss when ``faultTolerance.onDataLoss: Fail`` ended the job: its exit code alone could
+    be a worker program's (the coordinator ends the job with a failed program's code)."""
+    if exit_code == DATA_LOSS_EXIT_CODE and "data loss (faultTolerance.onDataLoss: Fail)" in why:
+        return R.DATA_LOSS
+    return R.JOB_FAILED
 
 
 def _program_failure_pending(o: Observed, pod: PodView, coordinator: PodView | None) -> bool:

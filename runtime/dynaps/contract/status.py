@@ -37,6 +37,7 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"  # the job is suspended (runPolicy.suspend)
     SUCCEEDED = "Succeeded"  # terminal: the job finished successfully
     FAILED = "Failed"  # terminal: the job failed; the reason says how
+    DATA_LOSS = "DataLoss"  # a recovery restored keys from other than a synced replica
 
 
 class ConditionReason(StrEnum):
@@ -78,6 +79,11 @@ class ConditionReason(StrEnum):
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
     FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
+    # DataLoss=True, after the worst cause the coordinator reported (status.dataLoss lists them)
+    CHECKPOINT_RESTORED = "CheckpointRestored"  # keys went back to the last checkpoint
+    REPLICAS_EXHAUSTED = "ReplicasExhausted"  # no synced replica was left, and no checkpoint
+    INITIAL_VALUES_RESTORED = "InitialValuesRestored"  # no replica, no checkpoint: initial values
+    DATA_LOSS = "DataLoss"  # Failed=True: faultTolerance.onDataLoss: Fail ended the job
 
 
 class ConditionStatus(StrEnum):
@@ -123,6 +129,31 @@ class CheckpointStatus(StatusModel):
     time: datetime
 
 
+class DataLossEntry(StatusModel):
+    """One recovery that restored keys from other than a synced replica (the coordinator's
+    /status ``dataLoss`` entry, as the operator keeps it)."""
+
+    cause: str  # checkpoint, initial or replicas-exhausted (DataLossCause)
+    node: Annotated[int, Field(ge=0)]  # the lost server's node id
+    server: str  # its pod name, when the operator knew it ("node <id>" otherwise)
+    epoch: Annotated[int, Field(ge=0)] = 0  # of the shard map that rehomed the shards
+    shard_count: Annotated[int, Field(ge=0)] = 0
+    shards: list[int] = Field(default_factory=list)  # the first few of them
+    keys: Annotated[int, Field(ge=0)] = 0
+    keys_counted: bool = False  # False: ``keys`` is the shards' size, an upper bound
+    checkpoint_age_seconds: float | None = None  # when cause is checkpoint
+    time: datetime
+    message: str = ""
+
+
+class DataLossStatus(StatusModel):
+    """What the job lost, over its whole life (coordinator restarts included)."""
+
+    entries: Annotated[int, Field(ge=0)] = 0  # recoveries that lost updates
+    keys: Annotated[int, Field(ge=0)] = 0  # keys they restored from other than a synced replica
+    recent: list[DataLossEntry] = Field(default_factory=list)  # the latest entries, oldest first
+
+
 class JobStatus(StatusModel):
     """``status`` of a ParameterServerJob."""
 
@@ -140,6 +171,7 @@ class JobStatus(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict)  # latest metrics the workers reported
     final_quality: dict[str, float] | None = None  # the metrics when the job succeeded
     last_checkpoint: CheckpointStatus | None = None
+    data_loss: DataLossStatus | None = None  # None: no update was lost
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
