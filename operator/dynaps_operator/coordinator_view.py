@@ -174,7 +174,8 @@ def _loss(entry: Any) -> Loss | None:
         cause=entry["cause"][:40],
         node=node,
         epoch=_int(entry.get("epoch")),
-        shard_count=len(shards),
+        # the coordinator lists the first shards and counts them all (shardCount)
+        shard_count=_int(entry.get("shardCount")) or len(shards),
         shards=tuple(s for s in shards[:MAX_SHARDS] if isinstance(s, int)),
         keys=_int(entry.get("keys")),
         counted=entry.get("keysCounted") is True,

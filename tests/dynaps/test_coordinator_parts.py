@@ -7,7 +7,7 @@ import numpy as np
 from dynaps.contract import DataLossCause
 from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
-from dynaps.coordinator.data_loss import DataLoss
+from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
@@ -126,3 +126,16 @@ def test_a_loss_counts_the_keys_of_its_shards_over_all_tables() -> None:
         int(np.isin(shard_of(np.arange(n, dtype=np.int64), n, 8, "hash"), [1, 2]).sum()) for n in (64, 10)
     )
     assert hashed.keys_in([1, 2]) == expected
+
+
+def test_the_status_of_losses_stays_bounded_and_the_totals_count_them_all() -> None:
+    losses = DataLoss([10_000], 1000, "range")
+    every_shard = list(range(1000))
+    for recovery in range(STATUS_ENTRIES + 5):
+        losses.record(DataLossCause.INITIAL, 7, recovery + 1, every_shard, recovery, None)
+    shown = losses.status()
+    assert len(shown) == STATUS_ENTRIES
+    assert shown[-1]["epoch"] == STATUS_ENTRIES + 5  # the latest are kept
+    assert len(shown[0]["shards"]) == STATUS_SHARDS
+    assert shown[0]["shardCount"] == 1000
+    assert losses.totals() == {"entries": STATUS_ENTRIES + 5, "keys": (STATUS_ENTRIES + 5) * 10_000}

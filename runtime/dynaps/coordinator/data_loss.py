@@ -21,6 +21,10 @@ from dynaps.contract import DataLossCause, Partition
 from dynaps.store.shardmap import shard_key_range, shard_of
 
 COUNT_CHUNK = 1 << 22  # keys per step when counting the keys of hashed shards
+# /status stays small however often a job loses data: the latest entries, the first shards of
+# each (with their count), and totals over the whole job
+STATUS_ENTRIES = 100
+STATUS_SHARDS = 64
 
 
 @dataclass
@@ -39,7 +43,8 @@ class LossEntry:
             "cause": str(self.cause),
             "server": self.server,
             "epoch": self.epoch,
-            "shards": self.shards,
+            "shards": self.shards[:STATUS_SHARDS],
+            "shardCount": len(self.shards),
             "keys": self.keys,
             "keysCounted": self.counted,  # False: the count is the shards' size
             "time": self.at,
@@ -116,4 +121,8 @@ class DataLoss:
         self._by_recovery.pop(recovery, None)
 
     def status(self) -> list[dict[str, Any]]:
-        return [entry.to_json() for entry in self.entries]
+        """The latest entries (totals: :meth:`totals`)."""
+        return [entry.to_json() for entry in self.entries[-STATUS_ENTRIES:]]
+
+    def totals(self) -> dict[str, int]:
+        return {"entries": len(self.entries), "keys": sum(entry.keys for entry in self.entries)}

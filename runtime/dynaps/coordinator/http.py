@@ -69,6 +69,7 @@ def status_document(
         "replication": homes.replicas.status(homes.replication),
         # recoveries that restored keys from anything but a synced replica
         "dataLoss": homes.losses.status(),
+        "dataLossTotal": homes.losses.totals(),
         "lastCheckpoint": last_checkpoint,
         "exitCode": exit_code,
         "reason": reason,
@@ -134,7 +135,7 @@ def metrics_text(status: dict[str, Any]) -> str:
         f"dynaps_unsynced_shards {status.get('replication', {}).get('unsynced', 0)}",
         "# HELP dynaps_data_loss_keys Keys restored from anything but a synced replica.",
         "# TYPE dynaps_data_loss_keys gauge",
-        f"dynaps_data_loss_keys {sum(entry['keys'] for entry in status.get('dataLoss', []))}",
+        f"dynaps_data_loss_keys {status.get('dataLossTotal', {}).get('keys', 0)}",
     ]
     return "\n".join(lines) + "\n"
 
