@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from dynaps.contract import (
     DATA_LOSS_EXIT_CODE,
+    DATA_LOSS_REASON,
     TERMINAL_PHASES,
     CheckpointStatus,
     JobPhase,
@@ -359,7 +360,7 @@ def _absorb_coordinator(o: Observed, p: Plan) -> None:
 def _failure_reason(exit_code: int | None, why: str) -> str:
     """DataLoss when ``faultTolerance.onDataLoss: Fail`` ended the job: its exit code alone could
     be a worker program's (the coordinator ends the job with a failed program's code)."""
-    if exit_code == DATA_LOSS_EXIT_CODE and "data loss (faultTolerance.onDataLoss: Fail)" in why:
+    if exit_code == DATA_LOSS_EXIT_CODE and DATA_LOSS_REASON in why:
         return R.DATA_LOSS
     return R.JOB_FAILED
 

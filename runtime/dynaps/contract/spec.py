@@ -192,6 +192,8 @@ class DataLossCause(StrEnum):
 
 # The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
 DATA_LOSS_EXIT_CODE = 3
+# The start of the job's reason when onDataLoss: Fail ended it (the operator recognises it).
+DATA_LOSS_REASON = "data loss (faultTolerance.onDataLoss: Fail)"
 
 
 class FaultTolerance(Model):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import DATA_LOSS_EXIT_CODE, ConsistencyModel, OnDataLoss, RuntimeConfig
+from dynaps.contract import DATA_LOSS_EXIT_CODE, DATA_LOSS_REASON, ConsistencyModel, OnDataLoss, RuntimeConfig
 from dynaps.coordinator import commands
 from dynaps.coordinator.adoption import Adoption, adopted_member
 from dynaps.coordinator.barriers import Barriers, MinClock
@@ -360,7 +360,7 @@ class Coordinator:
 
     def _on_data_loss(self, entry: LossEntry) -> None:
         if self.config.fault_tolerance.on_data_loss == OnDataLoss.FAIL:
-            reason = f"data loss (faultTolerance.onDataLoss: Fail): {entry.describe()}"
+            reason = f"{DATA_LOSS_REASON}: {entry.describe()}"
             self.finish(DATA_LOSS_EXIT_CODE, reason)
 
     # ------------------------------------------------------------------ barriers, clocks
