@@ -48,15 +48,18 @@ async def operate(
 ) -> None:
     """Run until ``stop_flag`` is set (or a signal, in the main thread)."""
     controller = Controller(settings)
-    await check_crd(controller.api)
     probes = ProbeServer(controller.metrics, controller.health)
-    port = await probes.start(settings.probe_host, settings.probe_port)
-    log.info("dynaps-operator: /healthz and /metrics on %s:%d", settings.probe_host, port)
-    if on_controller is not None:
-        on_controller(controller, port)
-    kopf_settings = kopf.OperatorSettings()
-    configure_kopf(kopf_settings)
+    # Everything after the controller exists is inside the try: a start that fails (no CRD, the
+    # API server unreachable, the probe port taken) must still close the client sessions, or
+    # their pooled connections are left to the garbage collector (ResourceWarning).
     try:
+        await check_crd(controller.api)
+        port = await probes.start(settings.probe_host, settings.probe_port)
+        log.info("dynaps-operator: /healthz and /metrics on %s:%d", settings.probe_host, port)
+        if on_controller is not None:
+            on_controller(controller, port)
+        kopf_settings = kopf.OperatorSettings()
+        configure_kopf(kopf_settings)
         await kopf.operator(
             registry=build_registry(controller, settings),
             settings=kopf_settings,
