@@ -1,0 +1,51 @@
+"""Localize alone: one LocalCluster (1 server, 2 workers), 5 batches of 150 localizes of 100
+fresh keys by worker rank 0; prints the seconds per localize of each batch and their median.
+
+For A/B comparisons of the localize path (run it against two trees, interleaved):
+
+    python bench/localize.py LABEL
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+import dynaps
+
+BATCHES = 5
+PER_BATCH = 150
+FIRST_KEY = 30_000
+
+
+def measure(ps: Any) -> list[float] | None:
+    if ps.rank != 0:
+        return None
+    W = ps.table("W")
+    seconds = []
+    first = FIRST_KEY
+    for _ in range(BATCHES):
+        t0 = time.perf_counter()
+        for _ in range(PER_BATCH):
+            W.localize(np.arange(first, first + 100))
+            first += 100
+        seconds.append((time.perf_counter() - t0) / PER_BATCH)
+    return seconds
+
+
+def main() -> int:
+    label = sys.argv[1] if len(sys.argv) > 1 else "localize"
+    tables = {"W": dynaps.TableSpec(num_keys=200_000, dim=100)}
+    with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as cluster:
+        [seconds] = [r for r in cluster.run(measure) if r]
+    shown = " ".join(f"{s * 1e6:.0f}" for s in seconds)
+    print(f"{label}: {shown} us per localize of 100 keys, median {statistics.median(seconds) * 1e6:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
