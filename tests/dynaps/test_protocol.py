@@ -277,3 +277,17 @@ def test_small_payloads_travel_inline_and_large_ones_as_frames() -> None:
 
 def test_header_is_32_bytes() -> None:
     assert HEADER_SIZE == 32
+
+
+def test_rows_split_by_destination_keep_exactly_their_sections() -> None:
+    states = (VALUES * 2,)
+    rows = messages.rows(MsgType.REPLICATE, 2, 5, 7, 0, KEYS, VALUES, states)
+    assert routing.split_rows(rows, np.array([3, 3, 3, 3])) == [(3, rows)]
+    parts = dict(routing.split_rows(rows, np.array([3, 4, 3, 4])))
+    assert parts[3].positions is None  # none invented: a backup acknowledges whole requests
+    np.testing.assert_array_equal(parts[4].keys, KEYS[[1, 3]])
+    np.testing.assert_array_equal(parts[4].states[0], states[0][[1, 3]])
+    with_positions = messages.rows(MsgType.WRITEBACK, 2, 5, 7, 0, KEYS, VALUES, (), positions=POSITIONS)
+    parts = dict(routing.split_rows(with_positions, np.array([3, 4, 3, 4])))
+    assert parts[3].positions is not None
+    np.testing.assert_array_equal(parts[3].positions, POSITIONS[[0, 2]])

@@ -200,22 +200,12 @@ class Requests:
         finally:
             self.lock.release()
         homes = self.shard_map.home_of(keys, store.spec.num_keys)
-        for home, part in group_by(homes):
-            pick = slice(None) if part is None else part
-            self.send(
-                home,
-                messages.rows(
-                    MsgType.WRITEBACK,
-                    self.endpoint,
-                    self.endpoint,
-                    handle.req_id,
-                    table,
-                    keys[pick],
-                    values[pick],
-                    tuple(s[pick] for s in states),
-                    positions=positions[pick],
-                ),
-            )
+        ep = self.endpoint
+        rows = messages.rows(
+            MsgType.WRITEBACK, ep, ep, handle.req_id, table, keys, values, states, positions=positions
+        )
+        for home, part in routing.split_rows(rows, homes):
+            self.send(home, part)
 
     def localize(self, table: int, handle: Handle, fresh: Keys, waiting: Keys | None) -> None:
         """Ask the homes of ``fresh`` keys to move them here, and our node to tell us when

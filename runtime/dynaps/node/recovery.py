@@ -31,9 +31,8 @@ from dynaps.node.migration import shard_keys
 from dynaps.node.replication import Replication
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.table_store import INCOMING, NOT_MOVING, SENDER_UNKNOWN, TableStore
-from dynaps.wire import control, messages
+from dynaps.wire import control, messages, routing
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, RECOVERY, Message, MsgType
-from dynaps.wire.routing import group_by
 
 log = logging.getLogger(__name__)
 
@@ -248,18 +247,8 @@ def resend_copies(
 ) -> None:
     """Send a home's own copies of ``keys`` to the nodes that expect them (``targets``),
     as RECOVERY transfers: applied only where a key is still expected."""
-    for target, part in group_by(targets):
-        chosen = keys if part is None else keys[part]
-        node.send(
-            target,
-            messages.transfer(
-                node.me,
-                NO_ENDPOINT,
-                0,
-                table,
-                chosen.astype(np.int64, copy=False),
-                values if part is None else values[part],
-                states if part is None else tuple(state[part] for state in states),
-                flags=RECOVERY,
-            ),
-        )
+    copies = messages.transfer(
+        node.me, NO_ENDPOINT, 0, table, keys.astype(np.int64, copy=False), values, states, flags=RECOVERY
+    )
+    for target, part in routing.split_rows(copies, targets):
+        node.send(target, part)

@@ -36,7 +36,7 @@ from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire import control, messages, routing
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, Message, MsgType, is_client, node_of
-from dynaps.wire.routing import group_by, subset
+from dynaps.wire.routing import subset
 
 log = logging.getLogger(__name__)
 
@@ -184,22 +184,11 @@ class Replication:
             states = tuple(state.take(keys, axis=0) for state in store.states)
         finally:
             node.lock.release()
-        for backup, part in group_by(backups):
-            chosen = keys if part is None else keys[part]
-            node.send(
-                backup,
-                messages.rows(
-                    MsgType.REPLICATE,
-                    node.me,
-                    requester,
-                    req_id,
-                    table,
-                    chosen,
-                    values if part is None else values[part],
-                    states if part is None else tuple(s[part] for s in states),
-                    positions=positions if part is None or positions is None else positions[part],
-                ),
-            )
+        rows = messages.rows(
+            MsgType.REPLICATE, node.me, requester, req_id, table, keys, values, states, positions=positions
+        )
+        for backup, part in routing.split_rows(rows, backups):
+            node.send(backup, part)
         node.stats["keys_replicated"] += len(keys)
         return requester != NO_ENDPOINT
 
@@ -252,23 +241,14 @@ class Replication:
         finally:
             node.lock.release()
         homes = node.shard_map.home_of(keys, store.spec.num_keys)
-        for home, part in group_by(homes):
-            chosen = keys if part is None else keys[part]
-            msg = messages.rows(
-                MsgType.WRITEBACK,
-                node.me,
-                requester,
-                req_id,
-                table,
-                chosen,
-                values if part is None else values[part],
-                states if part is None else tuple(s[part] for s in states),
-                positions=positions if part is None or positions is None else positions[part],
-            )
+        rows = messages.rows(
+            MsgType.WRITEBACK, node.me, requester, req_id, table, keys, values, states, positions=positions
+        )
+        for home, part in routing.split_rows(rows, homes):
             if home == node.me:
-                self.on_writeback(msg)
+                self.on_writeback(part)
             else:
-                node.send(home, msg)
+                node.send(home, part)
         node.stats["keys_written_back"] += len(keys)
 
     def flush(self, now: float) -> None:

@@ -28,8 +28,26 @@ def group_by(dests: npt.NDArray[Any]) -> list[tuple[int, Index | None]]:
 
 def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
     """The part of a request that concerns ``msg.keys[idx]``, remembering positions."""
-    assert msg.keys is not None
     positions = msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)
+    return _part(msg, idx, sender, hops, positions if msg.type not in NO_POSITIONS else None)
+
+
+def split_rows(msg: Message, dests: npt.NDArray[Any]) -> list[tuple[int, Message]]:
+    """``msg`` (REPLICATE, WRITEBACK, TRANSFER: rows of keys) split by the destination of
+    each key: ``msg`` itself when all go to one place, else parts that keep exactly its
+    sections (its positions, if any, sliced; none added, unlike a request's parts)."""
+    groups = group_by(dests)
+    if len(groups) == 1 and groups[0][1] is None:
+        return [(groups[0][0], msg)]
+    return [
+        (dest, _part(msg, idx, msg.sender, msg.hops, None if msg.positions is None else msg.positions[idx]))
+        for dest, idx in groups
+        if idx is not None
+    ]
+
+
+def _part(msg: Message, idx: Index, sender: int, hops: int, positions: Any) -> Message:
+    assert msg.keys is not None
     return Message(
         type=msg.type,
         sender=sender,
@@ -42,7 +60,7 @@ def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
         hops=hops,
         epoch=msg.epoch,
         keys=msg.keys[idx],
-        positions=positions if msg.type not in NO_POSITIONS else None,
+        positions=positions,
         values=msg.values[idx] if msg.values is not None else None,
         states=tuple(state[idx] for state in msg.states),
     )
