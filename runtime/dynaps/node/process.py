@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from dynaps.config import spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig
@@ -151,7 +150,7 @@ class NodeProcess:
             self.server.replication.report_synced(homed)
         if worker:
             self.attach_server = AttachServer(self.attach_token)
-        self._send_coordinator(MsgType.READY, control.Ready(version=membership.version))
+        self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
         if worker and self.command:
             env = dict(os.environ)
@@ -174,9 +173,6 @@ class NodeProcess:
         for table, store in enumerate(server.stores):
             total += len(load_keys(store, directory, server.homed(table)))
         log.info("node %d: restored %d keys from %s", self.node_id, total, directory)
-
-    def _send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
-        self.transport.send(COORDINATOR, messages.control(kind, self.node_id, body))
 
     # ------------------------------------------------------------------ serving
 
@@ -203,7 +199,8 @@ class NodeProcess:
     def _chores(self, now: float) -> None:
         if now - self.last_heartbeat >= self.heartbeat_interval:
             self.last_heartbeat = now
-            self._send_coordinator(MsgType.HEARTBEAT, self.heartbeat())
+            assert self.control is not None
+            self.control.send_coordinator(MsgType.HEARTBEAT, self.heartbeat())
         if self.attach_server is not None:
             self._accept_client()
         self._watch_child()
@@ -276,7 +273,8 @@ class NodeProcess:
         self.child_reported = True
         self.exit_code = code
         log.info("node %d: program exited with code %d", self.node_id, code)
-        self._send_coordinator(MsgType.WORKER_DONE, control.WorkerDone(exit_code=code))
+        assert self.control is not None
+        self.control.send_coordinator(MsgType.WORKER_DONE, control.WorkerDone(exit_code=code))
 
     def _dump_state(self) -> None:
         server, plane = self.server, self.control

@@ -61,15 +61,9 @@ log = logging.getLogger(__name__)
 Index = npt.NDArray[np.intp]
 
 _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
-# requests a node may route again when their destination died
-_REROUTABLE = frozenset(
-    {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
-)
-
-# data messages that a home holds while their shard is frozen for a migration
-_FREEZABLE = frozenset(
-    {MsgType.PULL, MsgType.PUSH, MsgType.SET, MsgType.LOCALIZE, MsgType.RELEASE, MsgType.TRANSFER_DONE}
-)
+# Requests and arrival notices: a node routes them again when their destination died, and
+# a home holds them while their shard is frozen for a migration.
+_ROUTED = messages.REQUEST_TYPES | {MsgType.TRANSFER_DONE}
 
 
 class NodeServer:
@@ -162,7 +156,7 @@ class NodeServer:
             msg = self._skip_applied(msg, replication)
             if not msg.count:
                 return
-        if self.gate.blocks is not None and msg.type in _FREEZABLE and msg.keys is not None:
+        if self.gate.blocks is not None and msg.type in _ROUTED and msg.keys is not None:
             blocked = self.gate.blocked(msg.keys, self.stores[msg.table].spec.num_keys, self.shard_map)
             if blocked.any():
                 if blocked.all():
@@ -183,7 +177,7 @@ class NodeServer:
 
     def send(self, dest: int, msg: Message) -> None:
         if node_of(dest) in self.departures.lost:
-            if dest == node_of(dest) and msg.type in _REROUTABLE:
+            if dest == node_of(dest) and msg.type in _ROUTED:
                 self.parked.append(msg)  # routed again once the dead node's shards have a home
             return
         msg.epoch = max(msg.epoch, self.shard_map.epoch)
@@ -380,7 +374,7 @@ class NodeServer:
             return
         assert msg.keys is not None
         homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
-        for home, piece in routing.split(msg, homes, np.arange(msg.count)):
+        for home, piece in routing.split(msg, homes):
             self.send(home, piece)
 
     def release_gate(self) -> None:

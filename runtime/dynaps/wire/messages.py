@@ -107,20 +107,10 @@ def transfer(
     """TRANSFER (old owner -> new owner): the keys' rows and optimiser state, with the
     applied-request records that travel with them; ``flags`` RECOVERY for a home's
     re-send of keys whose sender died."""
-    return Message(
-        MsgType.TRANSFER,
-        sender,
-        requester,
-        req_id,
-        table,
-        len(keys),
-        aux=len(states),
-        flags=flags,
-        keys=keys,
-        values=values,
-        states=states,
-        records=records,
-    )
+    msg = _rows(MsgType.TRANSFER, sender, requester, req_id, table, keys, values, states, None)
+    msg.flags = flags
+    msg.records = records
+    return msg
 
 
 def transfer_done(sender: int, req_id: int, table: int, keys: KeyArray) -> Message:
@@ -188,6 +178,21 @@ def rows(
     the receiver acknowledges ``requester``."""
     if kind not in (MsgType.REPLICATE, MsgType.WRITEBACK):
         raise ValueError(f"{kind.name} does not carry rows")
+    return _rows(kind, sender, requester, req_id, table, keys, values, states, positions)
+
+
+def _rows(
+    kind: MsgType,
+    sender: int,
+    requester: int,
+    req_id: int,
+    table: int,
+    keys: KeyArray,
+    values: ValueArray,
+    states: tuple[ValueArray, ...],
+    positions: PosArray | None,
+) -> Message:
+    # the state arrays' count travels in aux: derived here, so it cannot disagree
     return Message(
         kind,
         sender,

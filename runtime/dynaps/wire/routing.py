@@ -39,11 +39,12 @@ def split_rows(msg: Message, dests: npt.NDArray[Any]) -> list[tuple[int, Message
     groups = group_by(dests)
     if len(groups) == 1 and groups[0][1] is None:
         return [(groups[0][0], msg)]
-    return [
-        (dest, _part(msg, idx, msg.sender, msg.hops, None if msg.positions is None else msg.positions[idx]))
-        for dest, idx in groups
-        if idx is not None
-    ]
+    parts = []
+    for dest, idx in groups:
+        assert idx is not None  # several destinations: each has its indices
+        positions = None if msg.positions is None else msg.positions[idx]
+        parts.append((dest, _part(msg, idx, msg.sender, msg.hops, positions)))
+    return parts
 
 
 def _part(msg: Message, idx: Index, sender: int, hops: int, positions: Any) -> Message:
