@@ -216,7 +216,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         f"job {config.job!r}: {config.servers} servers, {config.workers} workers, "
         f"allocation {config.allocation}; coordinator at {address}, status http://127.0.0.1:{http_port}/status"
     )
-    losses: list[dict[str, Any]] = []  # the coordinator's dataLoss, as last read
+    losses: list[dict[str, Any]] = []  # the coordinator's latest dataLoss entries, as last read
+    seen, lost_keys = 0, 0  # losses printed so far, and keys lost over the whole job
     try:
         last = ""
         while coordinator.poll() is None:
@@ -225,10 +226,14 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
             if line and line != last:
                 say(line)
                 last = line
-            if status is not None and len(status.get("dataLoss", [])) > len(losses):
-                for entry in status["dataLoss"][len(losses) :]:
+            if status is not None:
+                # /status lists the latest losses and counts them all: print the new ones
+                total = status.get("dataLossTotal", {})
+                fresh = int(total.get("entries", 0)) - seen
+                for entry in status.get("dataLoss", [])[-fresh:] if fresh > 0 else []:
                     say(f"DATA LOSS: {describe_loss(entry)}")
-                losses = status["dataLoss"]
+                seen += max(fresh, 0)
+                losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
         code = coordinator.returncode
@@ -239,10 +244,9 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         stop_processes([coordinator, *nodes])
     elapsed = time.monotonic() - started
     say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
-    if losses:
-        keys = sum(int(entry.get("keys", 0)) for entry in losses)
-        recoveries = f"{len(losses)} {'recovery' if len(losses) == 1 else 'recoveries'}"
-        say(f"data loss: {recoveries} restored {keys} keys from other than a synced replica:")
+    if seen:
+        recoveries = f"{seen} {'recovery' if seen == 1 else 'recoveries'}"
+        say(f"data loss: {recoveries} restored {lost_keys} keys from other than a synced replica:")
         for entry in losses:
             say(f"  {describe_loss(entry)}")
     return code

@@ -106,6 +106,29 @@ def quickstart_job(name: str, *, workers: int = 2, epochs: int = 3, **spec: Any)
     return job
 
 
+COUNTER_PROGRAM = Path(__file__).with_name("counter_program.py")
+COUNTER_KEYS = 100
+
+
+def counter_job(name: str, folder: Path, *, workers: int = 1, **spec: Any) -> JsonDict:
+    """Two servers and ``workers`` that push +1 to every key of the table ``counts`` and record
+    their acknowledged rounds in ``folder`` (counter_program.py); the pods are kept at the end,
+    to compare their uids and read their logs."""
+    job: JsonDict = {
+        "apiVersion": GROUP,
+        "kind": "ParameterServerJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tables": [{"name": "counts", "numKeys": COUNTER_KEYS, "dim": 1}],
+            "servers": {"replicas": 2},
+            "workers": {"replicas": workers, "command": [python_name(), str(COUNTER_PROGRAM), str(folder)]},
+            "runPolicy": {"cleanPodPolicy": "None"},
+        },
+    }
+    job["spec"].update(spec)
+    return job
+
+
 def create_job(kube_api: KubeClient, namespace: str, job: JsonDict) -> JsonDict:
     return kube_api.create(jobs_path(namespace), copy.deepcopy(job))
 

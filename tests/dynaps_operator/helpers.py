@@ -9,7 +9,7 @@ from dynaps.contract import JobStatus, ParameterServerJob
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_view import CoordinatorView
 from dynaps_operator.names import Role, pod_name
-from dynaps_operator.planner import Memory, Observed
+from dynaps_operator.planner import Memory, Observed, Plan, plan
 from dynaps_operator.podstate import PodView, StartProblem
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -108,3 +108,9 @@ def observed(
         memory=memory or Memory(),
         now=now,
     )
+
+
+def started(the_job: ParameterServerJob | None = None) -> Plan:
+    """The plan of a job whose pods were all created and run, the coordinator reporting running."""
+    first = plan(observed(the_job))
+    return plan(observed(the_job, pods=full_set(), status=first.status, coordinator=running_coordinator()))

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dynaps.contract import ConditionType, JobPhase
 from dynaps_operator.names import Role
-from dynaps_operator.planner import Plan, plan
-from tests.dynaps_operator.helpers import full_set, observed, pod, running_coordinator
+from dynaps_operator.planner import plan
+from tests.dynaps_operator.helpers import full_set, observed, pod, running_coordinator, started
 
 C = ConditionType
-
-
-def started() -> Plan:
-    first = plan(observed())
-    return plan(observed(pods=full_set(), status=first.status, coordinator=running_coordinator()))
 
 
 def test_a_killed_coordinator_is_replaced_alone_and_counted_once() -> None:

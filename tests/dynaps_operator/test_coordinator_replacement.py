@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dynaps_operator.runner import OperatorThread
+from tests.dynaps_operator import conftest
 from tests.dynaps_operator.conftest import (
     JsonDict,
     condition,
@@ -17,31 +18,18 @@ from tests.dynaps_operator.conftest import (
     get_job,
     pod_logs,
     pods_of,
-    python_name,
     wait_phase,
 )
 from tests.kube.kubeapi import KubeClient, namespaced
 from tests.kube.kubelet import ProcessKubelet
 from tests.kube.polling import wait_for
 
-PROGRAM = Path(__file__).with_name("counter_program.py")
-NUM_KEYS = 100
+NUM_KEYS = conftest.COUNTER_KEYS
 WORKERS = 2
 
 
 def counter_job(name: str, folder: Path) -> JsonDict:
-    return {
-        "apiVersion": "dynaps.io/v1alpha1",
-        "kind": "ParameterServerJob",
-        "metadata": {"name": name},
-        "spec": {
-            "tables": [{"name": "counts", "numKeys": NUM_KEYS, "dim": 1}],
-            "servers": {"replicas": 2},
-            "workers": {"replicas": WORKERS, "command": [python_name(), str(PROGRAM), str(folder)]},
-            # keep every pod after the end, to compare uids
-            "runPolicy": {"cleanPodPolicy": "None"},
-        },
-    }
+    return conftest.counter_job(name, folder, workers=WORKERS)
 
 
 def uids(kube_api: KubeClient, ns: str, job: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dynaps_operator.runner import OperatorThread
+from tests.dynaps_operator import conftest
 from tests.dynaps_operator.conftest import (
     JsonDict,
     condition,
@@ -17,30 +18,17 @@ from tests.dynaps_operator.conftest import (
     events_of,
     get_job,
     pod_logs,
-    python_name,
     wait_phase,
 )
 from tests.kube.kubeapi import KubeClient, namespaced
 from tests.kube.kubelet import ProcessKubelet
 from tests.kube.polling import wait_for
 
-PROGRAM = Path(__file__).with_name("counter_program.py")
-NUM_KEYS = 100
+NUM_KEYS = conftest.COUNTER_KEYS
 
 
 def counter_job(name: str, folder: Path, **fault_tolerance: Any) -> JsonDict:
-    return {
-        "apiVersion": "dynaps.io/v1alpha1",
-        "kind": "ParameterServerJob",
-        "metadata": {"name": name},
-        "spec": {
-            "tables": [{"name": "counts", "numKeys": NUM_KEYS, "dim": 1}],
-            "servers": {"replicas": 2},
-            "workers": {"replicas": 1, "command": [python_name(), str(PROGRAM), str(folder)]},
-            "faultTolerance": {"replication": 0, **fault_tolerance},
-            "runPolicy": {"cleanPodPolicy": "None"},  # keep the pods, for their logs
-        },
-    }
+    return conftest.counter_job(name, folder, faultTolerance={"replication": 0, **fault_tolerance})
 
 
 def lose_a_server(kube_api: KubeClient, ns: str, name: str, folder: Path) -> None:

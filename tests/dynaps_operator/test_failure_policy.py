@@ -12,6 +12,7 @@ from dynaps_operator.failure_policy import outcome
 from dynaps_operator.names import Role
 from dynaps_operator.planner import Plan, plan
 from dynaps_operator.podstate import Outcome, PodView, pod_view
+from tests.dynaps_operator import helpers
 from tests.dynaps_operator.helpers import full_set, job, observed, pod, running_coordinator
 
 RULES = [
@@ -57,10 +58,7 @@ def test_pod_conditions_are_read_from_the_pod() -> None:
 
 def started(**spec: Any) -> tuple[Any, Plan]:
     the_job = job(**spec)
-    first = plan(observed(the_job))
-    return the_job, plan(
-        observed(the_job, pods=full_set(), status=first.status, coordinator=running_coordinator())
-    )
+    return the_job, helpers.started(the_job)
 
 
 def test_fail_job_fails_at_once_naming_the_pod() -> None:

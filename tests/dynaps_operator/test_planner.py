@@ -7,7 +7,7 @@ from datetime import timedelta
 from dynaps.contract import ConditionType, JobPhase, JobStatus
 from dynaps_operator.names import Role
 from dynaps_operator.planner import WORKER_EXIT_GRACE_SECONDS, Memory, Plan, plan
-from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator
+from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator, started
 
 ALL = [(Role.COORDINATOR, 0), (Role.SERVER, 0), (Role.WORKER, 0), (Role.WORKER, 1)]
 
@@ -15,12 +15,6 @@ ALL = [(Role.COORDINATOR, 0), (Role.SERVER, 0), (Role.WORKER, 0), (Role.WORKER, 
 def then(p: Plan, **kw: object) -> JobStatus:
     """The status after one more reconcile in which nothing else changed."""
     return p.status
-
-
-def started() -> Plan:
-    """A job whose pods were all created and run, with the coordinator reporting running."""
-    first = plan(observed())
-    return plan(observed(pods=full_set(), status=first.status, coordinator=running_coordinator()))
 
 
 def test_a_new_job_creates_every_pod_coordinator_first() -> None:

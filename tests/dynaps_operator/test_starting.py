@@ -11,9 +11,9 @@ import pytest
 from dynaps.contract import ConditionType, JobPhase
 from dynaps_operator.coordinator_view import parse_status
 from dynaps_operator.names import Role
-from dynaps_operator.planner import Plan, plan
+from dynaps_operator.planner import plan
 from dynaps_operator.podstate import Outcome, StartProblem, pod_view
-from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator
+from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator, started
 
 C = ConditionType
 UNSCHEDULABLE = StartProblem("Unschedulable", "pod mf-worker-1 cannot be scheduled: 0/1 nodes are available")
@@ -248,11 +248,6 @@ def test_nodes_still_starting_are_not_a_problem() -> None:
     running = p.status.condition(C.RUNNING)
     assert running is not None
     assert running.reason == "JobStarting"
-
-
-def started() -> Plan:
-    first = plan(observed())
-    return plan(observed(pods=full_set(), status=first.status, coordinator=running_coordinator()))
 
 
 def test_a_replacement_that_cannot_start_degrades_a_running_job() -> None:

@@ -184,8 +184,8 @@ class Requests:
                 dests = dests.copy()
                 dests[gone] = self.shard_map.home_of(keys[idx[gone]], self.stores[table].spec.num_keys)
         whole = messages.request(
-            kind, self.endpoint, handle.req_id, table, keys, values=rows, epoch=self.epoch
-        )
+            kind, self.endpoint, handle.req_id, table, keys, values=rows
+        )  # send sets the epoch
         # all keys to one owner: the message as it is; else parts with positions into ``keys``
         for dest, part in routing.split(whole, dests, None if len(idx) == len(keys) else idx):
             self.send(dest, part)

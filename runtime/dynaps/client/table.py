@@ -244,8 +244,9 @@ class Table:
         self._lock.acquire()
         try:
             where = store.loc[keys]
-            wanted = keys[where != self._node]
-            incoming = store.loc[wanted] == INCOMING
+            away = where != self._node
+            wanted = keys[away]
+            incoming = where[away] == INCOMING
             fresh = wanted[~incoming] if incoming.any() else wanted
             store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
         finally:

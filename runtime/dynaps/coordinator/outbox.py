@@ -96,9 +96,7 @@ class Outbox:
     def refuse(self, reg: control.Register, reason: str) -> None:
         """Answer a registration that is not admitted (it has no endpoint id)."""
         log.error("refused %s at %s: %s", reg.role, reg.address, reason)
-        self.transport.connect(REFUSED_ENDPOINT, reg.address)
-        self.send(REFUSED_ENDPOINT, MsgType.REFUSED, control.Refused(nonce=reg.nonce, reason=reason))
-        self.transport.forget(REFUSED_ENDPOINT, linger=1.0)
+        self._refuse_at(reg.address, control.Refused(nonce=reg.nonce, reason=reason))
 
     def fence(self, node: int, address: str) -> None:
         """Tell a node declared lost, which speaks again (it was paused, not dead), that it
@@ -106,7 +104,10 @@ class Outbox:
         if node not in self.fenced:
             self.fenced.add(node)
             log.warning("node %d was declared lost but speaks again: told to exit", node)
+        self._refuse_at(address, control.Refused(nonce="", reason=f"node {node} was declared lost"))
+
+    def _refuse_at(self, address: str, refused: control.Refused) -> None:
+        """Send REFUSED to an address that has no endpoint id of its own."""
         self.transport.connect(REFUSED_ENDPOINT, address)
-        refused = control.Refused(nonce="", reason=f"node {node} was declared lost")
         self.send(REFUSED_ENDPOINT, MsgType.REFUSED, refused)
         self.transport.forget(REFUSED_ENDPOINT, linger=1.0)

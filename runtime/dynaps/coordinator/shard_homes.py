@@ -151,7 +151,7 @@ class ShardHomes:
     def rebalance(self) -> None:
         assert self.shard_map is not None
         servers = self.roster.active("server")
-        staying = [m.id for m in servers if m.state == MemberState.READY]
+        staying = self.roster.ready_servers()
         leaving = [m.id for m in servers if m.state == MemberState.DRAINING]
         self.rebalancer.replan(self.shard_map.homes, staying, leaving)
         self.start_migrations()
