@@ -98,3 +98,17 @@ def test_ignore_replaces_without_counting_and_restart_counts() -> None:
 def test_a_rule_must_match_something() -> None:
     with pytest.raises(ValueError, match="needs exitCodes, reasons or podConditions"):
         job(runPolicy={"failurePolicy": [{"action": "Ignore"}]})
+
+
+@pytest.mark.parametrize(
+    ("rules", "problem"),
+    [
+        ([{"action": "Ignore", "exitCodes": [256]}], "less than or equal to 255"),
+        ([{"action": "Ignore", "exitCodes": list(range(65))}], "at most 64"),
+        ([{"action": "Ignore", "reasons": ["x" * 64]}], "at most 63"),
+        ([{"action": "Ignore", "exitCodes": [1]}] * 33, "at most 32"),
+    ],
+)
+def test_a_failure_policy_is_bounded(rules: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        job(runPolicy={"failurePolicy": rules})

@@ -237,9 +237,9 @@ class FailureRule(Model):
     any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
 
     action: FailureAction
-    exit_codes: list[int] = Field(default_factory=list)
-    reasons: list[str] = Field(default_factory=list)
-    pod_conditions: list[str] = Field(default_factory=list)
+    exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=list, max_length=64)
+    reasons: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
+    pod_conditions: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
     def _matches_something(self) -> FailureRule:
@@ -255,7 +255,7 @@ class RunPolicy(Model):
     # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
     start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
     # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
-    failure_policy: list[FailureRule] = Field(default_factory=list)
+    failure_policy: list[FailureRule] = Field(default_factory=list, max_length=32)
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     suspend: bool = False
