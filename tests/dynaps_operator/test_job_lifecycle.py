@@ -198,7 +198,13 @@ def test_a_failing_worker_program_fails_the_job(
     assert failed is not None
     assert failed["reason"] == "JobFailed"
     assert "exit code 3" in failed["message"] or "code 3" in failed["message"], failed
-    warnings = [e for e in events_of(kube_api, ns, "bad") if e["type"] == "Warning"]
-    assert any(e["reason"] == "JobFailed" for e in warnings)
+    # the operator posts a transition's Events right after writing the status that shows it
+    wait_for(
+        lambda: any(
+            e["type"] == "Warning" and e["reason"] == "JobFailed" for e in events_of(kube_api, ns, "bad")
+        ),
+        10,
+        "the JobFailed Warning Event",
+    )
     assert done["status"]["restarts"] == 0  # the program's failure is the job's result, not a retry
     print(json.dumps(done["status"]))
