@@ -21,17 +21,22 @@ from typing import Any
 import aiohttp
 
 from dynaps_operator.errors import CoordinatorError, CoordinatorUnsupportedError
+from dynaps_operator.sockets import OpenSockets
 
 
 class CoordinatorClient:
-    def __init__(self, port: int, timeout: float = 2.0) -> None:
+    def __init__(self, port: int, timeout: float = 2.0, sockets: OpenSockets | None = None) -> None:
         self.port = port
+        self._sockets = sockets or OpenSockets()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(socket_factory=self._sockets.open),
+            )
         return self._session
 
     async def close(self) -> None:

@@ -38,8 +38,8 @@ def build_registry(controller: Controller, settings: OperatorSettings) -> kopf.O
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kube.login()
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        return await kube.kopf_login(controller.sockets)
 
     @kopf.on.startup(registry=registry)
     async def startup(**_: Any) -> None:

@@ -23,6 +23,7 @@ import aiohttp
 import kopf
 
 from dynaps_operator.errors import ConflictError, KubeApiError, NamespaceTerminatingError, NotFoundError
+from dynaps_operator.sockets import OpenSockets
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,28 @@ def login() -> kopf.ConnectionInfo:
     return info
 
 
+def connector(info: kopf.ConnectionInfo, sockets: OpenSockets) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=32, socket_factory=sockets.open)
+
+
+async def kopf_login(sockets: OpenSockets, login_fn: LoginFn = login) -> kopf.AiohttpSession:
+    """kopf's credentials as a session whose sockets ``sockets`` records (kopf closes it)."""
+    info = login_fn()
+    session = aiohttp.ClientSession(
+        connector=connector(info, sockets),
+        headers={**info.as_http_headers(), "User-Agent": "dynaps-operator/kopf"},
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace
+    )
+
+
 class KubeClient:
-    def __init__(self, login_fn: LoginFn = login, timeout: float = 15.0) -> None:
+    def __init__(
+        self, login_fn: LoginFn = login, timeout: float = 15.0, sockets: OpenSockets | None = None
+    ) -> None:
         self._login = login_fn
+        self._sockets = sockets or OpenSockets()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
@@ -63,7 +83,7 @@ class KubeClient:
             if self._session is None:
                 info = self._login()
                 self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=32),
+                    connector=connector(info, self._sockets),
                     headers={**info.as_http_headers(), "User-Agent": "dynaps-operator"},
                     timeout=self._timeout,
                 )

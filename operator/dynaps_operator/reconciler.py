@@ -45,6 +45,7 @@ from dynaps_operator.names import Role
 from dynaps_operator.planner import Memory, Observed, Plan, plan
 from dynaps_operator.podstate import PodView, pod_view
 from dynaps_operator.settings import OperatorSettings
+from dynaps_operator.sockets import OpenSockets
 from dynaps_operator.status import merge_patch
 from dynaps_operator.validation import parse_job
 from dynaps_operator.validation import parse_status as parse_job_status
@@ -66,9 +67,10 @@ def now() -> datetime:
 class Controller:
     def __init__(self, settings: OperatorSettings, api: KubeClient | None = None) -> None:
         self.settings = settings
-        self.api = api or KubeClient(timeout=settings.api_timeout_seconds)
+        self.sockets = OpenSockets()  # every outgoing connection, kopf's included (see runner)
+        self.api = api or KubeClient(timeout=settings.api_timeout_seconds, sockets=self.sockets)
         self.coordinators = CoordinatorClient(
-            names.COORDINATOR_HTTP_PORT, settings.coordinator_timeout_seconds
+            names.COORDINATOR_HTTP_PORT, settings.coordinator_timeout_seconds, self.sockets
         )
         self.metrics = Metrics()
         self.events = EventRecorder(self.api, settings.reporting_instance)

@@ -24,6 +24,9 @@ from dynaps_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
+# A TLS close waits for the API server's answer; past this, exit anyway (the OS closes them).
+SOCKETS_CLOSE_SECONDS = 10.0
+
 
 async def check_crd(api: KubeClient) -> None:
     try:
@@ -72,10 +75,10 @@ async def operate(
     finally:
         await probes.stop()
         await controller.stop()
-        # Closed connections finish closing on later turns of the loop (TLS ones take a
-        # few); without them, a loop that ends now leaves their sockets to the garbage
-        # collector (ResourceWarning). aiohttp's graceful-shutdown advice.
-        await asyncio.sleep(0.25)
+        # Closed connections finish closing on later turns of the loop (see sockets.py).
+        left = await controller.sockets.wait_closed(SOCKETS_CLOSE_SECONDS)
+        if left:
+            log.warning("dynaps-operator: %d connections still closing at exit", len(left))
 
 
 class OperatorThread:

@@ -71,6 +71,10 @@ def operator(crd: str, kubeconfig: Path, process_kubelet: ProcessKubelet) -> Ite
     )
     with OperatorThread(settings) as running:
         yield running
+    # Stopping waits for the connections kopf and the controller opened to close; one left
+    # would reach the garbage collector later, in some other test (ResourceWarning).
+    assert running.controller is not None
+    assert running.controller.sockets.still_open() == []
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kopf.testing import KopfRunner
 
 from tests.kube import procs
 from tests.kube.binaries import REPO_ROOT
@@ -155,36 +154,3 @@ def test_nothing_survives_a_killed_test_process(k8s_bin_dir: Path, sig: signal.S
             child.stdout.close()
         if root is not None and root.exists():
             procs.remove_root(root)
-
-
-KOPF_OPERATOR = """
-import kopf
-
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: object) -> None:
-    settings.watching.server_timeout = 10
-    settings.posting.enabled = False
-
-@kopf.on.create("v1", "configmaps")
-def created(patch: kopf.Patch, **_: object) -> None:
-    patch.metadata.annotations["dynaps.io/seen-by"] = "kopf"
-"""
-
-
-@pytest.mark.e2e
-def test_kopf_logs_in_with_the_session_kubeconfig(
-    kubeconfig: Path, kube_api: KubeClient, kube_namespace: str, tmp_path: Path
-) -> None:
-    """The way the operator's e2e tests will run it: in a thread, finding the cluster via KUBECONFIG."""
-    operator = tmp_path / "operator.py"
-    operator.write_text(KOPF_OPERATOR)
-    cm = namespaced("configmaps", kube_namespace, "watched")
-
-    def seen() -> str | None:
-        annotations = kube_api.get(cm)["metadata"].get("annotations") or {}
-        return annotations.get("dynaps.io/seen-by")
-
-    with KopfRunner(["run", "--standalone", "-n", kube_namespace, str(operator)]) as runner:
-        kube_api.create(namespaced("configmaps", kube_namespace), {"metadata": {"name": "watched"}})
-        assert wait_for(seen, 30, "kopf to annotate the ConfigMap") == "kopf"
-    assert runner.exit_code == 0, runner.output
