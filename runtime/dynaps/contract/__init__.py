@@ -14,6 +14,7 @@ camelCase on the wire (Kubernetes style) and snake_case in Python; both are acce
 Its parts: :mod:`~dynaps.contract.spec` (the resource's spec and the RuntimeConfig),
 :mod:`~dynaps.contract.status` (what the operator reports) and :mod:`~dynaps.contract.base`
 (the documents' common base); import the names from ``dynaps.contract`` itself.
+:mod:`~dynaps.contract.secret` (the job secret and the keys derived from it) is used as a module.
 """
 
 from __future__ import annotations
