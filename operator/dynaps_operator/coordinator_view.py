@@ -3,7 +3,8 @@
 The operator reads: ``phase`` (registering, prepare, running, stopping), ``exitCode`` and
 ``reason`` once the job ends, ``servers``/``workers`` ``.desired`` (what the coordinator is
 sized for, to know whether a scale request is still pending), ``epoch``, ``shardsPerServer``
-(node id -> shards) with ``members`` (id -> name), ``migrationsInFlight``, and two fields the
+(node id -> shards) with ``members`` (id -> name), ``migrationsInFlight``, ``replication.unsynced``
+(shards whose backups are not synced yet), and two fields the
 runtime is asked to add: ``metrics`` (name -> number, the latest the workers reported with
 ``ps.report``) and ``lastCheckpoint`` (``{"path": str, "time": unix seconds}``).  From
 ``members`` (``name``, ``role``, ``attached``, ``exitCode``) it also learns which nodes registered
@@ -62,6 +63,7 @@ class CoordinatorView:
     epoch: int = 0
     shards_per_server: dict[str, int] = field(default_factory=dict)
     migrations_in_flight: int = 0
+    unsynced_shards: int = 0  # replication.unsynced: shards whose backups are not synced yet
     metrics: dict[str, float] = field(default_factory=dict)
     last_checkpoint: CheckpointRef | None = None
     registered: frozenset[str] = frozenset()  # names of the nodes that registered
@@ -103,6 +105,7 @@ def parse_status(doc: Any) -> CoordinatorView:
         epoch=_int(doc.get("epoch")),
         shards_per_server=shards,
         migrations_in_flight=_int(doc.get("migrationsInFlight")),
+        unsynced_shards=_unsynced(doc.get("replication")),
         metrics=_metrics(doc.get("metrics")),
         last_checkpoint=_checkpoint(doc.get("lastCheckpoint")),
         registered=frozenset(str(m.get("name")) for m in members if m.get("name")),
@@ -129,6 +132,10 @@ def parse_final(message: str) -> CoordinatorView | None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _unsynced(replication: Any) -> int:
+    return _int(replication.get("unsynced")) if isinstance(replication, dict) else 0
 
 
 def _desired(role: Any) -> int | None:

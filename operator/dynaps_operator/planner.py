@@ -346,7 +346,10 @@ def _absorb_coordinator(o: Observed, p: Plan) -> None:
     if c is None:
         return
     ownership = OwnershipStatus(
-        epoch=c.epoch, shards_per_server=c.shards_per_server, migrations_in_flight=c.migrations_in_flight
+        epoch=c.epoch,
+        shards_per_server=c.shards_per_server,
+        migrations_in_flight=c.migrations_in_flight,
+        unsynced_shards=c.unsynced_shards,
     )
     p.update(ownership=ownership)
     if c.metrics:

@@ -392,11 +392,12 @@ def test_pods_of_another_job_with_the_same_name_block_creation() -> None:
 def test_ownership_is_reported_from_the_coordinator() -> None:
     first = plan(observed())
     coordinator = running_coordinator(
-        epoch=7, shards_per_server={"mf-server-0": 1024}, migrations_in_flight=2
+        epoch=7, shards_per_server={"mf-server-0": 1024}, migrations_in_flight=2, unsynced_shards=5
     )
     p = plan(observed(pods=full_set(), status=first.status, coordinator=coordinator))
     assert p.status.ownership.epoch == 7
     assert p.status.ownership.shards_per_server == {"mf-server-0": 1024}
+    assert p.status.ownership.unsynced_shards == 5
     assert p.status.phase == JobPhase.REBALANCING
     rebalancing = p.status.condition(ConditionType.REBALANCING)
     assert rebalancing is not None

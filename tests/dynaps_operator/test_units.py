@@ -88,6 +88,7 @@ def test_coordinator_status_is_read_tolerantly() -> None:
             "servers": {"desired": 2},
             "workers": {"desired": 3},
             "migrationsInFlight": 1,
+            "replication": {"factor": 1, "synced": 1000, "unsynced": 24},
             "metrics": {"rmse": 0.5, "epoch": 3, "bad": "x", "inf": float("inf")},
             "lastCheckpoint": {"path": "/c/1", "time": 0},
         }
@@ -95,6 +96,8 @@ def test_coordinator_status_is_read_tolerantly() -> None:
     assert view.running
     assert view.shards_per_server == {"mf-server-0": 600, "2": 424}
     assert (view.servers_desired, view.workers_desired, view.migrations_in_flight) == (2, 3, 1)
+    assert view.unsynced_shards == 24
+    assert parse_status({"replication": "x"}).unsynced_shards == 0
     assert view.metrics == {"rmse": 0.5, "epoch": 3.0}
     assert view.last_checkpoint is not None
     assert view.last_checkpoint.path == "/c/1"

@@ -120,6 +120,9 @@ class OwnershipStatus(StatusModel):
     epoch: Annotated[int, Field(ge=0)] = 0  # of the committed shard map; grows on every change
     shards_per_server: dict[str, int] = Field(default_factory=dict)  # server pod name -> shards
     migrations_in_flight: Annotated[int, Field(ge=0)] = 0
+    # Shards whose backups do not yet hold all their updates (with replication): losing their
+    # home now would lose updates. 0 again once the survivors re-replicated after a change.
+    unsynced_shards: Annotated[int, Field(ge=0)] = 0
 
 
 class CheckpointStatus(StatusModel):
