@@ -194,7 +194,8 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:
-    from dynaps.local.launch import start_coordinator, start_node, stop_processes
+    from dynaps.local.launch import start_coordinator, stop_processes
+    from dynaps.local.supervise import Nodes
 
     config, command = _job_from_args(args, command)
 
@@ -207,11 +208,11 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
     config = config.model_copy(update={"coordinator": address})
-    nodes = [start_node("server", config, f"server-{i}", extra_env=env) for i in range(config.servers)]
-    nodes += [
-        start_node("worker", config, f"worker-{i}", command=command, rank=i, extra_env=env)
-        for i in range(config.workers)
-    ]
+    nodes = Nodes(config, env, say)
+    for i in range(config.servers):
+        nodes.start("server", f"server-{i}")
+    for i in range(config.workers):
+        nodes.start("worker", f"worker-{i}", rank=i, command=command)
     say(
         f"job {config.job!r}: {config.servers} servers, {config.workers} workers, "
         f"allocation {config.allocation}; coordinator at {address}, status http://127.0.0.1:{http_port}/status"
@@ -236,12 +237,14 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                 losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
+            if coordinator.poll() is None:
+                nodes.replace_dead()
         code = coordinator.returncode
     except KeyboardInterrupt:
         say("interrupted: stopping the job")
         code = 130
     finally:
-        stop_processes([coordinator, *nodes])
+        stop_processes([coordinator, *nodes.processes()])
     elapsed = time.monotonic() - started
     say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
     if seen:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +111,57 @@ def test_usage_errors_are_explained() -> None:
     assert "declare at least one table" in done.stderr
     done = dynaps("run", "--table", "W:10:2", "--", "no-such-program-here")
     assert "cannot find the program" in done.stderr
+
+
+def _node_process(run: psutil.Process, name: str) -> psutil.Process | None:
+    """The node process ``dynaps run`` started as ``name`` (its own children excluded)."""
+    for child in run.children():
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("DYNAPS_NODE_NAME") == name:
+                return child
+    return None
+
+
+@pytest.mark.integration
+def test_run_replaces_a_killed_worker_and_its_rank_finishes_the_work(tmp_path: Path) -> None:
+    """A worker node killed mid-job (its program with it, as a pod's containers die together)
+    is started again; its replacement takes its rank, and the job succeeds with every
+    acknowledged increment in the table (at most one applied but not yet counted)."""
+    program = ROOT / "tests" / "dynaps_operator" / "counter_program.py"
+    command = [sys.executable, "-m", "dynaps", "run", "--servers", "2", "--workers", "2"]
+    command += ["--table", "counts:100:1", "--", "python", str(program), str(tmp_path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        try:
+            wait_until(lambda: pushes(tmp_path, 1) > 0, 60, "worker 1 to push")
+            victim = _node_process(psutil.Process(run.pid), "worker-1")
+            assert victim is not None
+            family = [victim, *victim.children(recursive=True)]
+            for proc in family:
+                proc.kill()
+            psutil.wait_procs(family, timeout=10)
+            before = pushes(tmp_path, 1)
+            wait_until(lambda: pushes(tmp_path, 1) > before + 5, 60, "the replacement to push")
+            (tmp_path / "stop").touch()
+            _, stderr = run.communicate(timeout=90)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+    assert run.returncode == 0, stderr
+    assert "worker-1 killed by SIGKILL: starting it again" in stderr
+    acked = sum(int((tmp_path / f"acked-{rank}").read_text()) for rank in range(2))
+    table = json.loads((tmp_path / "table").read_text())
+    assert acked <= table["min"] <= table["max"] <= acked + 1, (table, acked)
+
+
+def pushes(folder: Path, rank: int) -> int:
+    """What counter_program.py recorded for ``rank`` so far."""
+    progress = folder / f"progress-{rank}"
+    return int(progress.read_text() or 0) if progress.exists() else 0
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)

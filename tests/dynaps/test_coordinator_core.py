@@ -217,6 +217,61 @@ def test_a_silent_worker_is_lost_and_its_data_shards_go_back() -> None:
     assert job.status()["dataShards"] == {"0": {"shards": 3, "done": 3, "held": 0, "free": 0}}
 
 
+def lose_silently(job: Job, victim: int, others: list[int]) -> None:
+    """``victim`` stops answering past the long timeout while ``others`` speak."""
+    job.clock.now += job.coordinator.liveness.silent_node_timeout + 0.1
+    for node in others:
+        job.tell(node, MsgType.HEARTBEAT, {"role": "worker", "address": f"tcp://{job.names[node]}"})
+    job.coordinator.tick()
+    assert victim in job.status()["lost"]
+
+
+def test_a_worker_lost_unfinished_holds_the_end_until_its_replacement_finishes() -> None:
+    job = Job(servers=1, workers=2)
+    (s1,), (w1, w2) = job.start()
+    lose_silently(job, w1, [s1, w2])
+    job.tell(w2, MsgType.WORKER_DONE, {"exit_code": 0})
+    job.coordinator.tick()
+    assert job.status()["exitCode"] is None, "rank 0's work is not done: the job must not succeed"
+    again = job.register("worker", "w0")  # the replacement (the same pod name) takes rank 0
+    assert job.coordinator.roster.get(again).rank == 0  # type: ignore[union-attr]
+    job.tell(again, MsgType.READY, {"version": 1})
+    job.attach(again)
+    job.tell(again, MsgType.WORKER_DONE, {"exit_code": 0})
+    assert job.status()["exitCode"] == 0
+
+
+def test_a_worker_lost_unfinished_and_never_replaced_fails_the_job_after_the_timeout() -> None:
+    job = Job(servers=1, workers=2, fault_tolerance={"lost_worker_timeout_seconds": 30})
+    (s1,), (w1, w2) = job.start()
+    lose_silently(job, w1, [s1, w2])
+    job.tell(w2, MsgType.WORKER_DONE, {"exit_code": 0})
+    job.coordinator.tick()  # the wait starts when the others are done
+    job.clock.now += 29
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(w2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1"})
+    job.coordinator.tick()
+    assert job.status()["exitCode"] is None
+    job.clock.now += 1.5
+    job.tell(s1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0"})
+    job.tell(w2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1"})
+    job.coordinator.tick()
+    status = job.status()
+    assert status["exitCode"] == 1
+    assert "worker ranks [0] were lost unfinished" in status["reason"]
+
+
+def test_a_worker_lost_after_it_finished_or_dropped_by_a_scale_down_is_not_waited_for() -> None:
+    job = Job(servers=1, workers=3)
+    (s1,), (w1, w2, w3) = job.start()
+    job.tell(w1, MsgType.WORKER_DONE, {"exit_code": 0})
+    lose_silently(job, w1, [s1, w2, w3])  # finished, then lost: its work is done
+    lose_silently(job, w3, [s1, w2])  # rank 2, lost unfinished ...
+    job.coordinator.run_command("scale", {"workers": 2})  # ... but the job no longer wants rank 2
+    job.tell(w2, MsgType.WORKER_DONE, {"exit_code": 0})
+    assert job.status()["exitCode"] == 0
+
+
 def test_a_checkpoint_round_pauses_writes_commits_and_resumes(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
     job = Job(servers=2, workers=1, fault_tolerance={"checkpoint": {"path": str(root)}})

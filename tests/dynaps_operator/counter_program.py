@@ -4,6 +4,9 @@
 exists, counting the acknowledged pushes; then a barrier, after which every push of every
 worker is applied. Each worker writes its count to ``DIR/acked-<rank>``, and rank 0 the
 smallest and largest value in the table to ``DIR/table`` (both must equal the sum of the counts).
+A worker killed and replaced resumes its predecessor's count; one push acknowledged (or in flight)
+when it was killed may be applied without being counted, so the table may then exceed the sum by
+at most one per killed worker.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ def main(folder: str) -> int:
     counts = ps.table("counts")
     keys = np.arange(counts.num_keys)
     ones = np.ones((len(keys), counts.dim))
-    pushes = 0
+    # A replaced worker goes on counting where its predecessor's record ends.
+    progress = out / f"progress-{ps.rank}"
+    pushes = int(progress.read_text() or 0) if progress.exists() else 0
     (out / f"started-{ps.rank}").touch()
     while not (out / "stop").exists():
         counts.push(keys, ones)  # returns once the servers acknowledged it
         pushes += 1
-        (out / f"progress-{ps.rank}").write_text(str(pushes))
+        progress.write_text(str(pushes))
     (out / f"acked-{ps.rank}").write_text(str(pushes))
     ps.barrier()
     if ps.rank == 0:

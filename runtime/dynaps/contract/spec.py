@@ -204,6 +204,10 @@ class FaultTolerance(Model):
     # when declaring it lost would lose data (no replica of what it holds); a dropped
     # connection, or a node with replicas, is declared lost within seconds.
     silent_node_timeout_seconds: Annotated[int, Field(ge=1)] = 60
+    # How long the job waits for the replacement of a worker lost before its program finished
+    # (the replacement takes its rank); then the job fails: it must not succeed without that
+    # worker's part of the work.
+    lost_worker_timeout_seconds: Annotated[int, Field(ge=1)] = 300
     checkpoint: CheckpointSpec = CheckpointSpec()
     on_data_loss: OnDataLoss = OnDataLoss.CONTINUE
 

@@ -81,6 +81,7 @@ class Coordinator:
         self.barriers = Barriers()
         self.min_clock = MinClock()
         self.exit_code: int | None = None
+        self._missing_since: float | None = None  # the job waits for lost workers since
         self.reason = ""
         self.started_at = time.time()
         self.adoption = Adoption()
@@ -353,6 +354,24 @@ class Coordinator:
             self.departures.lost(member)
         if lost or waited or self.liveness.waiting:
             self._refresh_status()  # /status says whom the job waits for, and for how long
+        self._await_missing_workers(now)
+
+    def _await_missing_workers(self, now: float) -> None:
+        """The job would have ended but for workers lost unfinished: wait for their replacements
+        (Kubernetes recreates the pod, ``dynaps run`` the process), then fail; never succeed
+        without a worker's part of the work."""
+        if self.phase != JobPhase.RUNNING or not self.roster.missing_ranks:
+            self._missing_since = None
+            return
+        if not self.roster.finished_but_missing():
+            return
+        ranks = sorted(self.roster.missing_ranks)
+        timeout = self.config.fault_tolerance.lost_worker_timeout_seconds
+        if self._missing_since is None:
+            self._missing_since = now
+            log.warning("the other workers finished: waiting up to %d s for lost ranks %s", timeout, ranks)
+        elif now - self._missing_since >= timeout:
+            self.finish(1, f"worker ranks {ranks} were lost unfinished and not replaced within {timeout} s")
 
     def _abandon_checkpoint(self) -> None:
         if self.checkpoints.in_progress:

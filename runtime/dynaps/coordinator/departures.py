@@ -69,6 +69,8 @@ class Departures:
     def lost(self, member: Member) -> None:
         log.error("%s %d (%s) stopped answering: lost", member.role, member.id, member.name)
         self.roster.remove(member, lost=True)
+        if member.rank in self.roster.missing_ranks:
+            log.warning("worker rank %d was lost unfinished: the job waits for its replacement", member.rank)
         self.outbox.forget(member)
         returned = self.leases.release(member.id)
         if returned:

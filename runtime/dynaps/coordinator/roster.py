@@ -68,6 +68,9 @@ class Roster:
         self.lost: list[int] = []  # ids of nodes that died (nodes recover their keys)
         self.departed: dict[str, Member] = {}  # by name: whom a replacement replaces
         self.former: set[int] = set()  # ids of every node that left or was lost
+        # rank -> when: workers lost before their program finished, until a replacement takes
+        # the rank (or the job shrinks below it); the job is not finished while one is missing
+        self.missing_ranks: dict[int, float] = {}
         self._next_id = 1
 
     def active(self, role: Role | None = None) -> list[Member]:
@@ -93,6 +96,7 @@ class Roster:
         self._next_id += 1
         if role == "worker":
             member.rank = self._rank(present, name, rank)
+            self.missing_ranks.pop(member.rank, None)
         self.members[member.id] = member
         return member
 
@@ -111,6 +115,8 @@ class Roster:
         """A member known from before a coordinator restart, with its id."""
         self.members[member.id] = member
         self._next_id = max(self._next_id, member.id + 1)
+        if member.rank is not None:
+            self.missing_ranks.pop(member.rank, None)
 
     def remove(self, member: Member, lost: bool) -> None:
         self.members.pop(member.id, None)
@@ -119,10 +125,15 @@ class Roster:
             self.departed[member.name] = member
         if lost:
             self.lost.append(member.id)
+            unfinished = member.exit_code is None and member.state != MemberState.DRAINING
+            if member.role == "worker" and member.rank is not None and unfinished:
+                self.missing_ranks[member.rank] = self.clock()
 
     def want(self, role: Role, count: int) -> list[Member]:
         """Set the desired size of ``role``: the members beyond it, to drain (newest first)."""
         self.desired[role] = count
+        if role == "worker":
+            self.missing_ranks = {r: t for r, t in self.missing_ranks.items() if r < count}
         present = [m for m in self.active(role) if m.state != MemberState.DRAINING]
         surplus = len(present) - count
         if surplus <= 0:
@@ -151,7 +162,11 @@ class Roster:
         return not any(m.client is None and m.exit_code is None for m in self.active("worker"))
 
     def finished(self) -> bool:
-        """Every worker that stays has seen its program exit."""
+        """Every worker that stays has seen its program exit, and none was lost unfinished."""
+        return self.finished_but_missing() and not self.missing_ranks
+
+    def finished_but_missing(self) -> bool:
+        """Every worker that stays has seen its program exit (some ranks may be missing)."""
         workers = [m for m in self.active("worker") if m.state != MemberState.DRAINING]
         return bool(workers) and all(m.exit_code is not None for m in workers)
 

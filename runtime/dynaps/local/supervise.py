@@ -1,0 +1,68 @@
+"""``dynaps run``'s nodes, replaced when they die as Kubernetes replaces a job's pods.
+
+A node killed by a signal (the OOM killer, a stray ``kill -9``) or fenced by the coordinator
+(:data:`~dynaps.contract.FENCED_EXIT_CODE`) is started again under its name, so it rejoins as
+its own replacement (a worker takes its rank back) and the job goes on, as it would on a
+cluster. Any other exit is the node's own decision and is left alone. Each node is replaced
+at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to look at.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynaps.contract import FENCED_EXIT_CODE, RuntimeConfig
+from dynaps.local.launch import Process, start_node
+
+MAX_REPLACEMENTS = 3
+
+
+@dataclass
+class _Node:
+    role: str
+    name: str
+    rank: int | None
+    command: list[str] | None
+    process: Process
+    replacements: int = 0
+
+
+def _why(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"fenced by the coordinator (exit {code})"
+
+
+class Nodes:
+    def __init__(self, config: RuntimeConfig, env: dict[str, str], say: Callable[[str], None]) -> None:
+        self.config = config
+        self.env = env
+        self.say = say
+        self._nodes: list[_Node] = []
+
+    def start(self, role: str, name: str, rank: int | None = None, command: list[str] | None = None) -> None:
+        process = self._launch(role, name, rank, command)
+        self._nodes.append(_Node(role, name, rank, command, process))
+
+    def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
+        return start_node(role, self.config, name, command=command, rank=rank, extra_env=self.env)
+
+    def replace_dead(self) -> None:
+        """Start again every node that died as a lost pod would (see the module's docstring)."""
+        for node in self._nodes:
+            code = node.process.poll()
+            if code is None or not (code < 0 or code == FENCED_EXIT_CODE):
+                continue
+            if node.replacements >= MAX_REPLACEMENTS:
+                continue
+            node.replacements += 1
+            self.say(
+                f"{node.name} {_why(code)}: starting it again "
+                f"({node.replacements} of at most {MAX_REPLACEMENTS} replacements)"
+            )
+            node.process = self._launch(node.role, node.name, node.rank, node.command)
+
+    def processes(self) -> list[Process]:
+        return [node.process for node in self._nodes]
