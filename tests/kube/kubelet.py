@@ -21,8 +21,8 @@ It is deliberately small and obviously not a real kubelet (no images, no cgroups
   readiness probes of kind httpGet, tcpSocket and exec. Liveness and startup probes are not run.
 - Memory: a container with `resources.limits.memory` is OOM-killed the way a cgroup with
   memory.oom.group (Kubernetes' default since 1.28) would be, but by sampling: at every tick the
-  resident memory (RSS) of its process group is summed, and over the limit the whole group gets
-  SIGKILL and the container terminates with exit code 137 and reason `OOMKilled`. An allocation
+  resident memory (RSS) of its process tree is summed, and over the limit every process of the
+  tree gets SIGKILL and the container terminates with exit code 137 and reason `OOMKilled`. An allocation
   can overshoot the limit until the next tick (0.2 s), and requests are not enforced.
   `resourceFieldRef` env values give `limits.memory` (the node's memory when unset) and
   `requests.memory` (0 when unset); other resource fields read "0".
@@ -368,12 +368,16 @@ class ProcessKubelet:
         ]
         if not limited:
             return
-        resident = memory.rss_by_group()
+        table = memory.processes()
         for c, limit in limited:
             assert c.proc is not None
-            if resident[c.proc.pid] > limit:
+            members = memory.tree(c.proc.pid, table)
+            if sum(table[pid].resident for pid in members) > limit:
                 c.oom_killed = True
                 procs.signal_group(c.proc, signal.SIGKILL)
+                for pid in members:  # in their own sessions too, as a cgroup's OOM kill reaches them
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     c.proc.wait(5)  # reported as terminated in this very tick
 

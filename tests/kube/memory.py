@@ -1,8 +1,9 @@
 """Memory for the process kubelet: quantities (``512Mi``) and the resident memory of a container.
 
 There are no cgroups here, so a container's memory is what the kernel counts as resident (RSS)
-for the processes of its process group (each container is a session and group leader of its
-own, see procs.start_process). Reading /proc/<pid>/stat of every process costs a few
+for its process and every descendant, found through the parent links in /proc/<pid>/stat
+(/proc/<pid>/task/<tid>/children is not available on every kernel). A process that leaves the
+tree (a daemon reparented to init) is not counted. Reading every process's stat costs a few
 milliseconds, so the kubelet does it only while some container has a memory limit.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -27,9 +28,15 @@ def memory_bytes(text: str | int) -> int:
     return math.ceil(Fraction(match.group(1)) * _SUFFIX.get(match.group(2) or "", 1))
 
 
-def rss_by_group() -> Counter[int]:
-    """Resident bytes of every process group on the machine (zombies count 0)."""
-    groups: Counter[int] = Counter()
+@dataclass(frozen=True)
+class Process:
+    parent: int
+    resident: int  # bytes
+
+
+def processes() -> dict[int, Process]:
+    """Every process on the machine: its parent and resident bytes (a zombie holds 0)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -38,8 +45,22 @@ def rss_by_group() -> Counter[int]:
                 stat = f.read()
         except OSError:
             continue  # the process exited meanwhile
-        # Fields after the command (which may contain spaces and parentheses): state is field 3.
+        # The fields after the command (which may hold spaces and parentheses), from field 3 on.
         fields = stat[stat.rfind(b")") + 2 :].split()
-        pgrp, rss_pages = int(fields[2]), int(fields[21])
-        groups[pgrp] += rss_pages * PAGE_SIZE
-    return groups
+        found[int(entry)] = Process(parent=int(fields[1]), resident=int(fields[21]) * PAGE_SIZE)
+    return found
+
+
+def tree(root: int, table: dict[int, Process]) -> list[int]:
+    """``root`` and its descendants, as a container's cgroup would hold them: programs that start
+    a session of their own (the dynaps worker node's training program does) included."""
+    children: dict[int, list[int]] = {}
+    for pid, process in table.items():
+        children.setdefault(process.parent, []).append(pid)
+    members, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            members.append(pid)
+            stack.extend(children.get(pid, ()))
+    return members

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from typing import Any
@@ -249,10 +250,21 @@ def test_memory_quantities_and_resident_memory_by_group() -> None:
     ]
     with pytest.raises(ValueError, match="unsupported memory quantity"):
         memory.memory_bytes("1GB")
-    ours = memory.rss_by_group()[os.getpgrp()]
+    table = memory.processes()
     with open("/proc/self/statm") as f:
         own = int(f.read().split()[1]) * memory.PAGE_SIZE
-    assert ours >= own > 0, "the test process's group holds at least the test process"
+    assert table[os.getpid()].parent == os.getppid()
+    assert table[os.getpid()].resident >= own // 2 > 0
+    # A child in a session of its own is still part of the tree (as the worker's program is).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        members = memory.tree(os.getpid(), memory.processes())
+        assert members[0] == os.getpid()
+        assert child.pid in members
+        assert os.getppid() not in members
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.e2e
