@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynaps.contract import CONFIG_FILE_ENV, ParameterServerJob, RuntimeConfig, runtime_config
-from dynaps_operator import names
+from dynaps_operator import memory_growth, names
 from dynaps_operator.names import Role
 
 JsonDict = dict[str, Any]
@@ -127,9 +127,15 @@ def build_service(ref: JobRef) -> JsonDict:
 
 
 def build_pod(
-    job: ParameterServerJob, ref: JobRef, role: Role, index: int = 0, log_level: str = "INFO"
+    job: ParameterServerJob,
+    ref: JobRef,
+    role: Role,
+    index: int = 0,
+    log_level: str = "INFO",
+    memory_growths: int = 0,
 ) -> JsonDict:
-    """The pod of ``role`` number ``index`` of the job."""
+    """The pod of ``role`` number ``index`` of the job; its memory grown ``memory_growths``
+    times under ``runPolicy.oomMemoryGrowth`` (``status.<role>.memoryGrowths``)."""
     spec = job.spec
     name = names.pod_name(ref.name, role, index)
     role_spec = _role_spec(job, role)
@@ -138,11 +144,25 @@ def build_pod(
     forced = _forced_layer(job, ref, role, index, name)
     pod: JsonDict = merge(merge(defaults, template), forced)
     container = _main_container(pod)
-    if role_spec.resources:
-        container["resources"] = dict(role_spec.resources)
+    resources = role_resources(job, role)
+    if resources:
+        growth = spec.run_policy.oom_memory_growth
+        container["resources"] = memory_growth.grown_resources(resources, growth, memory_growths)
     if spec.run_policy.scheduling_policy.priority_class:
         pod["spec"]["priorityClassName"] = spec.run_policy.scheduling_policy.priority_class
     return pod
+
+
+def role_resources(job: ParameterServerJob, role: Role) -> JsonDict:
+    """The resources of the role's main container: ``resources``, else the template's."""
+    role_spec = _role_spec(job, role)
+    if role_spec.resources:
+        return dict(role_spec.resources)
+    for container in (role_spec.template.get("spec") or {}).get("containers") or []:
+        if isinstance(container, dict) and container.get("name") == names.CONTAINER:
+            resources = container.get("resources")
+            return dict(resources) if isinstance(resources, dict) else {}
+    return {}
 
 
 def _role_spec(job: ParameterServerJob, role: Role) -> Any:

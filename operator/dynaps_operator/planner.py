@@ -20,6 +20,8 @@ What the operator does, in order of precedence:
   is nothing to adopt, every pod restarts (:mod:`dynaps_operator.coordinator_loss`);
 * each wanted node pod: missing -> create; failed -> count, delete, recreate under the same
   name (``backoffLimit``); preempted or deleted -> count as a preemption and recreate;
+  OOMKilled under ``runPolicy.oomMemoryGrowth`` -> recreate with more memory, until the cap
+  (:mod:`dynaps_operator.memory_growth`);
 * surplus node pods (scale-in): ask the coordinator to drain them, delete them when they exit
   or after ``drainTimeoutSeconds``; a node count different from the coordinator's -> POST /scale.
 """
@@ -37,8 +39,9 @@ from dynaps.contract import (
     JobStatus,
     OwnershipStatus,
     ParameterServerJob,
+    ReplicaStatus,
 )
-from dynaps_operator import data_loss, names
+from dynaps_operator import builders, data_loss, memory_growth, names
 from dynaps_operator.coordinator_loss import nodes_can_rejoin, replace_alone, restart_all
 from dynaps_operator.decisions import (
     RETRY_SECONDS,
@@ -176,6 +179,9 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
                 found.recovering.append(f"{name} is terminating")
             elif (ended := policy_outcome(pod, rules)) is None or ended is Outcome.SUCCEEDED or ending:
                 continue  # running, or the job is ending (nodes exit 0 after the coordinator's shutdown)
+            elif _grow_memory(job, p, pod, found):  # before the policy: at the cap, the policy decides
+                accounted.add(name)
+                p.delete.append(Deletion(pod.name, pod.uid))
             elif _program_failure_pending(o, pod, coordinator):
                 found.recovering.append(f"{name} exited {pod.exit_code}; waiting for the coordinator")
                 p.later(RETRY_SECONDS)
@@ -331,13 +337,39 @@ def _settle(
 
 def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
     pods = owned_pods(o)
+    growth = job.spec.run_policy.oom_memory_growth
     for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
         counts = replica_status(
             desired_count(job, role),
             [x for x in pods if x.role is role],
             names.role_selector(o.ref.name, role),
         )
-        p.update(**{key: counts})
+        # The growth count lives on in the status; the memory shown follows the spec as it is now.
+        growths = getattr(p.status, key).memory_growths
+        memory = memory_growth.shown_memory(builders.role_resources(job, role), growth, growths)
+        p.update(**{key: counts.model_copy(update={"memory_growths": growths, "memory": memory})})
+
+
+def _grow_memory(job: ParameterServerJob, p: Plan, pod: PodView, found: _Pass) -> bool:
+    """``runPolicy.oomMemoryGrowth``: True when the OOMKilled ``pod`` is to be replaced with more
+    memory (or with the memory its role has grown to since it was created)."""
+    growth = job.spec.run_policy.oom_memory_growth
+    if growth is None or pod.exit_reason != memory_growth.OOM_KILLED:
+        return False
+    key = "servers" if pod.role is Role.SERVER else "workers"
+    replicas: ReplicaStatus = getattr(p.status, key)
+    resources = builders.role_resources(job, pod.role)
+    decision = memory_growth.decide(pod.name, pod.memory, resources, growth, replicas.memory_growths)
+    if decision.verdict is memory_growth.Verdict.NO_GROWTH:
+        p.event(R.MEMORY_LIMIT_REACHED, decision.message, warning=True)
+        found.recovering.append(decision.message)
+        return False
+    memory = memory_growth.shown_memory(resources, growth, decision.steps)
+    p.update(**{key: replicas.model_copy(update={"memory_growths": decision.steps, "memory": memory})})
+    p.event(R.MEMORY_GROWN, decision.message, warning=True)
+    found.recovering.append(decision.message)
+    found.degraded_reason = R.MEMORY_GROWN
+    return True
 
 
 def _absorb_coordinator(o: Observed, p: Plan) -> None:
@@ -372,6 +404,8 @@ def _program_failure_pending(o: Observed, pod: PodView, coordinator: PodView | N
     """A worker whose program failed: the coordinator is about to end the job with that code."""
     if pod.role is not Role.WORKER or pod.outcome is not Outcome.FAILED or pod.finished_at is None:
         return False
+    if pod.exit_reason == memory_growth.OOM_KILLED:
+        return False  # the kernel killed the whole container: no program reported a failure
     if coordinator is None or not coordinator.alive:
         return False
     return (o.now - pod.finished_at).total_seconds() < WORKER_EXIT_GRACE_SECONDS

@@ -77,6 +77,7 @@ class PodView:
     created_at: datetime | None = None
     start_problem: StartProblem | None = None  # why it does not start (None: starting or started)
     conditions: frozenset[str] = frozenset()  # types of the pod's conditions that are True
+    memory: str = ""  # the main container's memory limit, else request ("" when neither is set)
 
     @property
     def alive(self) -> bool:
@@ -145,7 +146,19 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         created_at=_time(meta.get("creationTimestamp")),
         conditions=frozenset(str(kind) for kind, value in conditions.items() if value == "True"),
         start_problem=None if exit_code is not None else start_problem(name, status),
+        memory=_memory(pod.get("spec") or {}),
     )
+
+
+def _memory(spec: dict[str, Any]) -> str:
+    for container in spec.get("containers") or []:
+        if container.get("name") == names.CONTAINER:
+            resources = container.get("resources") or {}
+            for kind in ("limits", "requests"):
+                value = (resources.get(kind) or {}).get("memory")
+                if value is not None:
+                    return str(value)
+    return ""
 
 
 def start_problem(name: str, status: dict[str, Any]) -> StartProblem | None:

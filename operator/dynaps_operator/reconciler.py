@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from dynaps.contract import API_GROUP, API_VERSION, ParameterServerJob
+from dynaps.contract import API_GROUP, API_VERSION, JobStatus, ParameterServerJob
 from dynaps_operator import builders, kube, names
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
@@ -252,7 +252,7 @@ class Controller:
         if job is not None and (p.create or key in self.configmaps):
             await self._apply_configmap(key, job, ref, p.restore_from)
         if job is not None and p.create:
-            not_ready += await self._create_pods(job, ref, p.create)
+            not_ready += await self._create_pods(job, ref, p.create, p.status)
         await self._coordinator_actions(key, ref, pods, p)
         await self._write_status(ref, body, p)
         for event in p.events:
@@ -285,12 +285,16 @@ class Controller:
         self.configmaps[key] = data
 
     async def _create_pods(
-        self, job: ParameterServerJob, ref: JobRef, wanted: list[tuple[Role, int]]
+        self, job: ParameterServerJob, ref: JobRef, wanted: list[tuple[Role, int]], status: JobStatus
     ) -> list[str]:
         with contextlib.suppress(ConflictError):
             await self.api.create(kube.path("services", ref.namespace), builders.build_service(ref))
         level = self.settings.job_log_level.upper()
-        pods = [builders.build_pod(job, ref, role, index, level) for role, index in wanted]
+        # runPolicy.oomMemoryGrowth: pods get their role's grown memory, as the status records it.
+        growths = {Role.SERVER: status.servers.memory_growths, Role.WORKER: status.workers.memory_growths}
+        pods = [
+            builders.build_pod(job, ref, role, index, level, growths.get(role, 0)) for role, index in wanted
+        ]
         # The coordinator first: nodes that start before it would only wait for it.
         first = [pod for pod, (role, _) in zip(pods, wanted, strict=True) if role is Role.COORDINATOR]
         rest = [pod for pod, (role, _) in zip(pods, wanted, strict=True) if role is not Role.COORDINATOR]

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dynaps.contract import JobStatus, ParameterServerJob, describe_validation_error
-from dynaps_operator import names
+from dynaps.contract import JobStatus, ParameterServerJob, RoleSpec, describe_validation_error, quantity
+from dynaps_operator import builders, memory_growth, names
+from dynaps_operator.names import Role
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -57,7 +58,26 @@ def runnable_problems(job: ParameterServerJob) -> list[str]:
             "spec.workers.command: is empty; a worker pod needs the training program to run "
             "(e.g. [python, -m, dynaps.apps.quickstart])"
         )
+    problems += _memory_growth_problems(job)
     return problems
+
+
+def _memory_growth_problems(job: ParameterServerJob) -> list[str]:
+    """With ``runPolicy.oomMemoryGrowth``, the roles' memory must be quantities it can multiply."""
+    if job.spec.run_policy.oom_memory_growth is None:
+        return []
+    problems = []
+    for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
+        where = f"spec.{key}.resources" if _role_spec(job, role).resources else f"spec.{key}.template"
+        try:
+            memory_growth.memory_sizes(builders.role_resources(job, role))
+        except quantity.QuantityError as exc:
+            problems.append(f"{where}: memory: {exc} (runPolicy.oomMemoryGrowth multiplies it)")
+    return problems
+
+
+def _role_spec(job: ParameterServerJob, role: Role) -> RoleSpec:
+    return job.spec.servers if role is Role.SERVER else job.spec.workers
 
 
 def parse_status(body: dict[str, Any]) -> JobStatus:

@@ -19,6 +19,13 @@ It is deliberately small and obviously not a real kubelet (no images, no cgroups
   and removed at teardown). ConfigMap and Secret files follow updates, like a kubelet.
 - Status: phase, conditions, podIP, startTime, containerStatuses with exit codes, reasons, restarts;
   readiness probes of kind httpGet, tcpSocket and exec. Liveness and startup probes are not run.
+- Memory: a container with `resources.limits.memory` is OOM-killed the way a cgroup with
+  memory.oom.group (Kubernetes' default since 1.28) would be, but by sampling: at every tick the
+  resident memory (RSS) of its process tree is summed, and over the limit every process of the
+  tree gets SIGKILL and the container terminates with exit code 137 and reason `OOMKilled`. An allocation
+  can overshoot the limit until the next tick (0.2 s), and requests are not enforced.
+  `resourceFieldRef` env values give `limits.memory` (the node's memory when unset) and
+  `requests.memory` (0 when unset); other resource fields read "0".
 - Restarts follow restartPolicy with a short back-off (0.5 s doubling up to 8 s, not 10 s to 5 min).
 - Deletion: SIGTERM, SIGKILL after the grace period, final status, then delete with grace 0.
 """
@@ -42,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.kube import procs
+from tests.kube import memory, procs
 from tests.kube.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.kube.kubeapi import STRATEGIC_MERGE_PATCH, ApiError, JsonDict, KubeClient, namespaced
 
@@ -52,6 +59,7 @@ TICK_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10.0
 VOLUME_REFRESH_SECONDS = 1.0
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 8.0
+NODE_MEMORY = "256Gi"
 PASSED_ENV = (
     "HOME",
     "LANG",
@@ -107,11 +115,17 @@ class Container:
     ready: bool = False
     next_probe: float = 0.0
     done: bool = False  # exited and will not be restarted
+    oom_killed: bool = False  # killed for exceeding its memory limit; reported on exit
 
     @property
     def name(self) -> str:
         name: str = self.spec["name"]
         return name
+
+    @property
+    def memory_limit(self) -> int | None:
+        limit = ((self.spec.get("resources") or {}).get("limits") or {}).get("memory")
+        return memory.memory_bytes(limit) if limit is not None else None
 
     def status(self) -> JsonDict:
         running = "running" in self.state
@@ -240,7 +254,7 @@ class ProcessKubelet:
 
     def _node_status(self) -> JsonDict:
         stamp = now_rfc3339()
-        resources = {"cpu": "64", "memory": "256Gi", "pods": "250", "ephemeral-storage": "100Gi"}
+        resources = {"cpu": "64", "memory": NODE_MEMORY, "pods": "250", "ephemeral-storage": "100Gi"}
 
         def condition(kind: str, status: str, reason: str) -> JsonDict:
             return {
@@ -329,6 +343,7 @@ class ProcessKubelet:
             self._last_volume_refresh = now
         pods = self.api.items("/api/v1/pods", fieldSelector=f"spec.nodeName={self.node_name}")
         seen = set()
+        self._enforce_memory_limits()
         for pod in pods:
             uid = pod["metadata"]["uid"]
             seen.add(uid)
@@ -343,6 +358,28 @@ class ProcessKubelet:
             # Force-deleted (grace 0) behind our back: nothing to report any more.
             self._kill_all(self.runs.pop(uid), signal.SIGKILL)
         self._refresh_dns()
+
+    def _enforce_memory_limits(self) -> None:
+        limited = [
+            (c, limit)
+            for run in list(self.runs.values())
+            for c in run.containers
+            if c.proc is not None and c.proc.poll() is None and (limit := c.memory_limit) is not None
+        ]
+        if not limited:
+            return
+        table = memory.processes()
+        for c, limit in limited:
+            assert c.proc is not None
+            members = memory.tree(c.proc.pid, table)
+            if sum(table[pid].resident for pid in members) > limit:
+                c.oom_killed = True
+                procs.signal_group(c.proc, signal.SIGKILL)
+                for pid in members:  # in their own sessions too, as a cgroup's OOM kill reaches them
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    c.proc.wait(5)  # reported as terminated in this very tick
 
     def _sync_pod(self, pod: JsonDict, refresh_volumes: bool) -> None:
         meta = pod["metadata"]
@@ -485,7 +522,7 @@ class ProcessKubelet:
         c.state = {
             "terminated": {
                 "exitCode": exit_code,
-                "reason": "Completed" if exit_code == 0 else "Error",
+                "reason": "OOMKilled" if c.oom_killed else "Completed" if exit_code == 0 else "Error",
                 "startedAt": started,
                 "finishedAt": now_rfc3339(),
                 "containerID": f"process://{c.proc.pid}",
@@ -493,6 +530,7 @@ class ProcessKubelet:
         }
         c.proc = None
         c.ready = False
+        c.oom_killed = False
         restart = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
         if not restart:
             c.done = True
@@ -577,14 +615,14 @@ class ProcessKubelet:
             if "value" in var:
                 env[var["name"]] = expand(var["value"], env)
             elif "valueFrom" in var:
-                value = self._value_from(run, pod, var["valueFrom"])
+                value = self._value_from(run, pod, var["valueFrom"], spec)
                 if value is not None:
                     env[var["name"]] = value
             else:
                 env[var["name"]] = ""
         return env
 
-    def _value_from(self, run: PodRun, pod: JsonDict, source: JsonDict) -> str | None:
+    def _value_from(self, run: PodRun, pod: JsonDict, source: JsonDict, spec: JsonDict) -> str | None:
         if "fieldRef" in source:
             return field_value(pod, source["fieldRef"]["fieldPath"], run.ip, self.node_ip)
         for kind, key in (("configmaps", "configMapKeyRef"), ("secrets", "secretKeyRef")):
@@ -599,7 +637,7 @@ class ProcessKubelet:
                     "CreateContainerConfigError", f"couldn't find key {ref['key']} in {kind} {ref['name']}"
                 )
         if "resourceFieldRef" in source:
-            return "0"  # no cgroups here: resource fields have no meaningful value
+            return resource_field(pod, spec, source["resourceFieldRef"])
         return None
 
     def _object_data(self, namespace: str, kind: str, name: str, optional: bool | None) -> dict[str, str]:
@@ -839,6 +877,20 @@ def field_value(pod: JsonDict, path: str, pod_ip: str, host_ip: str) -> str:
     if m:
         return str(meta.get(m.group(1), {}).get(m.group(2), ""))
     raise ContainerError("CreateContainerConfigError", f"unsupported fieldRef {path}")
+
+
+def resource_field(pod: JsonDict, spec: JsonDict, ref: JsonDict) -> str:
+    """A downward API ``resourceFieldRef`` value; only memory is meaningful here (it is enforced)."""
+    name = ref.get("containerName") or spec["name"]
+    container = next((c for c in pod["spec"]["containers"] if c["name"] == name), spec)
+    kind, _, resource = str(ref["resource"]).partition(".")
+    if resource != "memory" or kind not in ("limits", "requests"):
+        return "0"
+    value = ((container.get("resources") or {}).get(kind) or {}).get("memory")
+    if value is None:
+        value = NODE_MEMORY if kind == "limits" else "0"
+    divisor = memory.memory_bytes(ref.get("divisor") or 1) or 1  # the API server stores "0" for unset
+    return str(-(-memory.memory_bytes(value) // divisor))
 
 
 def named_port(container: JsonDict, port: int | str) -> int:

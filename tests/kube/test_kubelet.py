@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
 
+from tests.kube import memory
 from tests.kube.dns import ClusterDns
 from tests.kube.kubeapi import ApiError, JsonDict, KubeClient, namespaced
 from tests.kube.kubelet import NODE_NAME, ProcessKubelet, dns_records, expand
@@ -235,6 +237,68 @@ def test_exit_code_3_is_reported_as_failed(
     assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
     ready = {c["type"]: c["status"] for c in failed["status"]["conditions"]}["Ready"]
     assert ready == "False"
+
+
+def test_memory_quantities_and_resident_memory_by_group() -> None:
+    assert [memory.memory_bytes(q) for q in ("64Mi", "1.5Gi", "2G", "100", 7, ".5Ki")] == [
+        64 << 20,
+        3 << 29,
+        2 * 10**9,
+        100,
+        7,
+        512,
+    ]
+    with pytest.raises(ValueError, match="unsupported memory quantity"):
+        memory.memory_bytes("1GB")
+    table = memory.processes()
+    with open("/proc/self/statm") as f:
+        own = int(f.read().split()[1]) * memory.PAGE_SIZE
+    assert table[os.getpid()].parent == os.getppid()
+    assert table[os.getpid()].resident >= own // 2 > 0
+    # A child in a session of its own is still part of the tree (as the worker's program is).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        members = memory.tree(os.getpid(), memory.processes())
+        assert members[0] == os.getpid()
+        assert child.pid in members
+        assert os.getppid() not in members
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.e2e
+def test_a_container_over_its_memory_limit_is_oom_killed(
+    kube_api: KubeClient, process_kubelet: ProcessKubelet, kube_namespace: str
+) -> None:
+    # Each program learns its limit from the downward API and allocates (and touches) a
+    # multiple of it; only an OOM kill ends the hungry one before its 20 s sleep.
+    script = (
+        "import os, sys, time\n"
+        "limit = int(os.environ['LIMIT_MI']) << 20\n"
+        "print(os.environ['LIMIT_MI'], os.environ['REQUEST'], flush=True)\n"
+        "hold = b'x' * int(limit * float(sys.argv[1]))\n"
+        "time.sleep(float(sys.argv[2]))\n"
+    )
+    env = [
+        {
+            "name": "LIMIT_MI",
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+        },
+        {"name": "REQUEST", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
+    ]
+    for name, limit, times, sleep in (("hungry", "64Mi", "4", "20"), ("modest", "256Mi", "0.1", "0")):
+        resources = {"requests": {"memory": "32Mi"}, "limits": {"memory": limit}}
+        container = {"args": [times, sleep], "env": env, "resources": resources}
+        kube_api.create(namespaced("pods", kube_namespace), pod(name, script, container=container))
+    killed = wait_phase(kube_api, kube_namespace, "hungry", "Failed", "Succeeded")
+    terminated = killed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
+    assert process_kubelet.logs(kube_namespace, "hungry").split() == ["64", str(32 << 20)]
+    fine = wait_phase(kube_api, kube_namespace, "modest", "Failed", "Succeeded")
+    terminated = fine["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
+    assert process_kubelet.logs(kube_namespace, "modest").split() == ["256", str(32 << 20)]
 
 
 @pytest.mark.e2e

@@ -14,7 +14,8 @@ camelCase on the wire (Kubernetes style) and snake_case in Python; both are acce
 Its parts: :mod:`~dynaps.contract.spec` (the resource's spec and the RuntimeConfig),
 :mod:`~dynaps.contract.status` (what the operator reports) and :mod:`~dynaps.contract.base`
 (the documents' common base); import the names from ``dynaps.contract`` itself.
-:mod:`~dynaps.contract.secret` (the job secret and the keys derived from it) is used as a module.
+:mod:`~dynaps.contract.secret` (the job secret and the keys derived from it) and
+:mod:`~dynaps.contract.quantity` (Kubernetes quantities such as ``512Mi``) are used as modules.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from dynaps.contract.spec import (
     NamedTable,
     ObjectMeta,
     OnDataLoss,
+    OomMemoryGrowth,
     ParameterServerJob,
     Partition,
     RebalancePolicy,
@@ -119,6 +121,7 @@ __all__ = [
     "NamedTable",
     "ObjectMeta",
     "OnDataLoss",
+    "OomMemoryGrowth",
     "OwnershipStatus",
     "ParameterServerJob",
     "Partition",

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from dynaps.contract import quantity
 from dynaps.contract.base import Model
 
 API_GROUP = "dynaps.io"
@@ -252,6 +253,40 @@ class FailureRule(Model):
         return self
 
 
+class OomMemoryGrowth(Model):
+    """``runPolicy.oomMemoryGrowth``: a node pod killed for exceeding its memory (``OOMKilled``)
+    comes back with its role's memory request and limit multiplied by ``factor``, up to
+    ``maxMemory``; the role's later pods keep the grown memory. At the cap, the next OOMKilled is
+    left to ``failurePolicy`` as any other end."""
+
+    factor: Annotated[
+        float, Field(gt=1.0, le=10.0, description="Each OOMKilled pod multiplies its role's memory by this.")
+    ] = 1.5
+    # The pattern is for the CRD (kubectl apply refuses a typo); the validator says it in words.
+    max_memory: Annotated[
+        str,
+        Field(
+            max_length=32,
+            json_schema_extra={"pattern": quantity.QUANTITY_PATTERN},
+            description="The most memory (request and limit) growth gives a pod, e.g. 8Gi.",
+        ),
+    ]
+
+    @field_validator("max_memory")
+    @classmethod
+    def _positive_quantity(cls, value: str) -> str:
+        try:
+            size = quantity.bytes_of(value)
+        except quantity.QuantityError as exc:
+            raise ValueError(str(exc)) from exc
+        if size < 1 << 20:
+            raise ValueError(f"{value!r} is less than 1Mi: no container runs in that")
+        return value
+
+    def max_bytes(self) -> int:
+        return quantity.bytes_of(self.max_memory)
+
+
 class RunPolicy(Model):
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
@@ -260,6 +295,8 @@ class RunPolicy(Model):
     start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
     # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
     failure_policy: list[FailureRule] = Field(default_factory=list, max_length=32)
+    # None: an OOMKilled pod comes back with the same memory (and the failure policy decides).
+    oom_memory_growth: OomMemoryGrowth | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     suspend: bool = False

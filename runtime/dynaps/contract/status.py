@@ -79,6 +79,10 @@ class ConditionReason(StrEnum):
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
     FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
+    # runPolicy.oomMemoryGrowth (also Events): Degraded=True while an OOMKilled pod is replaced
+    # with more memory; MemoryLimitReached (an Event) when the role is at maxMemory already.
+    MEMORY_GROWN = "MemoryGrown"
+    MEMORY_LIMIT_REACHED = "MemoryLimitReached"
     # DataLoss=True, after the worst cause the coordinator reported (status.dataLoss lists them)
     CHECKPOINT_RESTORED = "CheckpointRestored"  # keys went back to the last checkpoint
     REPLICAS_EXHAUSTED = "ReplicasExhausted"  # no synced replica was left, and no checkpoint
@@ -112,6 +116,16 @@ class ReplicaStatus(StatusModel):
     ready: Annotated[int, Field(ge=0)] = 0
     summary: str = "0/0"  # "ready/desired", for `kubectl get` (printer columns cannot compute it)
     selector: str = ""  # label selector of the role's pods (the scale subresource's, for an HPA)
+    # runPolicy.oomMemoryGrowth: how many times OOMKilled pods of the role came back with more
+    # memory, and the memory (limit, else request) its pods get now. Kept here, not in the
+    # operator's memory, so that a restarted operator still creates pods with the grown memory.
+    memory_growths: Annotated[
+        int, Field(ge=0, description="OOMKilled pods replaced with more memory (runPolicy.oomMemoryGrowth).")
+    ] = 0
+    memory: Annotated[
+        str | None,
+        Field(description="The role's memory limit (else request) after growth; unset: the spec's."),
+    ] = None
 
 
 class OwnershipStatus(StatusModel):
