@@ -395,4 +395,4 @@ def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
     assert (home, recover["shards"], recover["source"]) == (s3, [2, 3], "replica")
     [(_, membership), *_] = job.memberships()
     assert membership.shard_map["homes"] == [s1, s1, s3, s3, s3, s3]
-    assert membership.shard_map["backups"] == [s3, s3, s1, s1, s1, s1]  # backups for the new map
+    assert membership.shard_map["backups"] == [[s3], [s3], [s1], [s1], [s1], [s1]]  # backups for the new map

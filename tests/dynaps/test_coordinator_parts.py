@@ -17,8 +17,8 @@ from dynaps.wire.control import RecoverySource
 
 def test_a_lost_servers_shards_go_to_their_backups_or_else_the_least_loaded() -> None:
     homes = np.array([1, 1, 2, 2, 2, 3], dtype=np.int16)
-    backups = np.array([2, 2, 1, 1, 1, 1], dtype=np.int16)
-    synced = np.ones(6, dtype=np.bool_)
+    backups = np.array([[2], [2], [1], [1], [1], [1]], dtype=np.int16)  # one column per backup slot
+    synced = np.ones((6, 1), dtype=np.bool_)
     new, plan = plan_recovery(homes, backups, synced, 2, [1, 3], checkpoint=False)
     assert new.tolist() == [1, 1, 1, 1, 1, 3]
     assert plan == [RecoveryGroup(1, RecoverySource.REPLICA, None, [2, 3, 4])]
@@ -33,8 +33,8 @@ def test_a_lost_servers_shards_go_to_their_backups_or_else_the_least_loaded() ->
 
 def test_a_backup_whose_sync_is_not_confirmed_is_no_replica() -> None:
     homes = np.array([1, 2, 2, 2], dtype=np.int16)
-    backups = np.array([2, 1, 1, 3], dtype=np.int16)
-    synced = np.array([True, True, False, True])
+    backups = np.array([[2], [1], [1], [3]], dtype=np.int16)
+    synced = np.array([[True], [True], [False], [True]])
     _, plan = plan_recovery(homes, backups, synced, 2, [1, 3], checkpoint=False)
     assert plan == [
         RecoveryGroup(1, RecoverySource.REPLICA, None, [1]),
@@ -51,15 +51,15 @@ def test_a_backup_whose_sync_is_not_confirmed_is_no_replica() -> None:
 
 def test_backups_stay_while_valid_and_move_to_the_least_loaded_server() -> None:
     homes = np.array([1, 1, 2, 2, 3, 3], dtype=np.int16)
-    first = np.array([2, 2, 3, 3, 1, 1], dtype=np.int16)  # the first map's: the next server
+    first = np.array([[2], [2], [3], [3], [1], [1]], dtype=np.int16)  # the first map's: the next server
     # a fourth server joins: nothing moves; server 3 leaves: only what it backed up moves
-    assert choose_backups(homes, first, [1, 2, 3, 4]).tolist() == first.tolist()
-    moved = choose_backups(np.array([1, 1, 2, 2, 4, 4], dtype=np.int16), first, [1, 2, 4])
-    kept = first != 3
-    assert moved[kept].tolist() == first[kept].tolist()
+    assert choose_backups(homes, first, [1, 2, 3, 4], 1).tolist() == first.tolist()
+    moved = choose_backups(np.array([1, 1, 2, 2, 4, 4], dtype=np.int16), first, [1, 2, 4], 1)[:, 0]
+    kept = first[:, 0] != 3
+    assert moved[kept].tolist() == first[kept, 0].tolist()
     assert 3 not in moved.tolist()
     assert (moved != np.array([1, 1, 2, 2, 4, 4])).all()
-    assert choose_backups(homes[:2], None, [1]).tolist() == [-1, -1]  # one server: no backup
+    assert choose_backups(homes[:2], None, [1], 1).tolist() == [[-1], [-1]]  # one server: no backup
 
 
 def test_silence_loses_a_node_later_than_a_dropped_connection() -> None:

@@ -55,9 +55,9 @@ def test_backups_are_present_and_synced_after_a_migration_commits() -> None:
     latest = shard_map(job)
     homes, backups = latest["homes"], latest["backups"]
     assert s3 in homes
-    assert all(b in (s1, s2, s3) and b != h for h, b in zip(homes, backups, strict=True))
+    assert all(b in (s1, s2, s3) and b != h for h, (b,) in zip(homes, backups, strict=True))
     # the migrated shards kept their backups, which hold their data: nothing waits for a sync
-    assert job.status()["replication"] == {"factor": 1, "synced": 8, "unsynced": 0}
+    assert job.status()["replication"] == {"factor": 1, "synced": 8, "unsynced": 0, "minCopies": 1}
     lose(job, s1)
     recovers = job.wire.take(MsgType.RECOVER)
     assert recovers
@@ -72,7 +72,7 @@ def test_a_new_backup_counts_only_once_its_home_reports_the_sync() -> None:
     latest = shard_map(job)
     moved = [2, 3]
     assert latest["homes"] == [s1, s1, s3, s3, s3, s3]
-    assert latest["backups"] == [s3, s3, s1, s1, s1, s1]
+    assert latest["backups"] == [[s3], [s3], [s1], [s1], [s1], [s1]]
     assert job.status()["replication"]["unsynced"] == len(moved) + 2  # s1's shards lost backup s2
     [(_, recover)] = job.wire.take(MsgType.RECOVER)
     job.tell(s3, MsgType.RECOVERED, {"id": recover["id"], "keys": 0})
@@ -155,7 +155,7 @@ def test_a_draining_server_hands_its_backups_over_before_it_leaves() -> None:
     (s1, s2, s3), _ = job.start()
     job.tell(s3, MsgType.LEAVE, {"reason": "drain requested"})
     latest = shard_map(job)
-    assert latest["backups"] == [s2, s2, s1, s1, s1, s1]  # s2's shards were backed up on s3
+    assert latest["backups"] == [[s2], [s2], [s1], [s1], [s1], [s1]]  # s2's shards were backed up on s3
     assert job.status()["replication"]["unsynced"] == 2
 
 
@@ -170,7 +170,7 @@ def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Pa
     job = Job(servers=2, workers=1, num_shards=4, fault_tolerance=restore)
     (s1, s2), _ = job.start()
     # the homes loaded the checkpoint; their backups still hold initial values
-    assert job.status()["replication"] == {"factor": 1, "synced": 0, "unsynced": 4}
+    assert job.status()["replication"] == {"factor": 1, "synced": 0, "unsynced": 4, "minCopies": 0}
     job.tell(s2, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s1, "shards": [0, 1]})
     job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s2, "shards": [2, 3]})
-    assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0}
+    assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0, "minCopies": 1}

@@ -40,7 +40,7 @@ def drained_keeping_the_backup(shard: int) -> tuple[Cluster, int, int, int] | No
     shards = shard_of(np.arange(NUM_KEYS, dtype=np.int64), NUM_KEYS, NUM_SHARDS, cluster.shard_map.partition)
     key = int(np.flatnonzero(shards == shard)[0])
     assert cluster.shard_map.backups is not None
-    old_home, backup = int(cluster.shard_map.homes[shard]), int(cluster.shard_map.backups[shard])
+    old_home, backup = int(cluster.shard_map.homes[shard]), int(cluster.shard_map.backups[shard, 0])
     held = (old_home, backup)
     cluster.start("push", WORKERS[0], [key])  # applied by the old home; its row to the backup waits
     assert deliver_all_but(cluster, held)
@@ -52,7 +52,7 @@ def drained_keeping_the_backup(shard: int) -> tuple[Cluster, int, int, int] | No
     assert cluster.shard_map.backups is not None
     if new_home == backup:
         return None
-    assert int(cluster.shard_map.backups[shard]) == backup, "the migration kept the backup"
+    assert int(cluster.shard_map.backups[shard, 0]) == backup, "the migration kept the backup"
     return cluster, key, backup, new_home
 
 

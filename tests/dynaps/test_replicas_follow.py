@@ -130,3 +130,38 @@ def test_dynaps_run_prints_the_data_loss(tmp_path: Path) -> None:
     summary = done.stderr[done.stderr.index("job succeeded") :]
     assert "data loss: 1 recovery restored" in summary
     assert "restarted from their initial values (no replica, no checkpoint)" in summary
+
+
+def test_replication_2_survives_two_servers_killed_at_once(tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    settings: dict[str, Any] = {"tables": TABLES, "replication": 2, "num_shards": 32}
+    with dynaps.LocalCluster(servers=4, workers=2, **settings) as cluster:
+        job = cluster.submit(push_until, str(stop))
+        time.sleep(0.5)
+        status = cluster.status()
+        assert status["replication"]["minCopies"] == 2, status["replication"]
+        servers = sorted((m["id"], m["name"]) for m in status["members"] if m["role"] == "server")
+        # Neighbours in id order: the shards homed on the first have the second as their
+        # first backup (the first map's chains follow the ids), so both a home and its first
+        # backup die, and the second backup takes over.  Each kill is a SIGKILL
+        # that returns once the process is gone: both are dead long before the
+        # coordinator's grace after a dropped connection ends, as if killed together.
+        victims = [name for _, name in servers[:2]]
+        for name in victims:
+            cluster.kill(name)
+        time.sleep(1.0)
+        stop.touch()
+        results = job.result(timeout=60)
+        acked = sum(r["acked"] for r in results)
+        values = cluster.run(read_all)[0]
+        lost = int((acked - values).sum())
+        assert lost == 0, f"{lost} acknowledged increments lost"
+        np.testing.assert_array_equal(values, acked)
+        status = cluster.status()
+        assert len(status["lost"]) == 2
+        assert status["dataLoss"] == []
+        deadline = time.monotonic() + 20
+        # the two survivors re-replicate: each shard has one backup again, all there can be
+        while (replication := cluster.status()["replication"])["minCopies"] < 1:
+            assert time.monotonic() < deadline, replication
+            time.sleep(0.05)

@@ -191,6 +191,8 @@ class DataLossCause(StrEnum):
     REPLICAS_EXHAUSTED = "replicas-exhausted"  # no synced replica was left, and no checkpoint
 
 
+MAX_REPLICATION = 3  # backups per shard
+
 # The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
 DATA_LOSS_EXIT_CODE = 3
 # The start of the job's reason when onDataLoss: Fail ended it (the operator recognises it).
@@ -198,7 +200,9 @@ DATA_LOSS_REASON = "data loss (faultTolerance.onDataLoss: Fail)"
 
 
 class FaultTolerance(Model):
-    replication: Annotated[int, Field(ge=0, le=1)] = 0
+    # Backups per shard, in a replication chain: survives that many simultaneous server
+    # losses; each one adds a hop before an update is acknowledged (capped for that reason).
+    replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION)] = 0
     flush_interval_ms: Annotated[int, Field(ge=0)] = 100
     heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
     # How long a node that is still connected but silent (hung, stopped) is waited for

@@ -1,11 +1,13 @@
 """Which shards have a backup that holds their data, and where a lost server's shards go.
 
-Under ``replication: 1`` every shard has a backup server besides its home.  A backup is a
-replica only once it holds every key of the shard: a new backup (after a join, a drain, a
-migration that made the backup the home, or a loss) gets the whole shard from the home
-first (a replica sync, :mod:`dynaps.node.replication`), and until the backup reports
-REPLICA_SYNCED the coordinator does not count on it.  Backups stay where they are while
-they remain valid (a ready server other than the home), so most changes need no sync.
+Under ``replication: k`` every shard has ``k`` backup servers besides its home, distinct
+and ready (as many as there are other servers, at most ``k``), in a replication chain.  A
+backup is a replica only once it holds every key of the shard: a new backup (after a join,
+a drain, a migration that made a backup the home, or a loss) gets the whole shard from the
+home first (a replica sync down the chain, :mod:`dynaps.node.replication`), and until the
+backup reports REPLICA_SYNCED the coordinator does not count on it.  Backups stay where
+they are while they remain valid (a ready server other than the home), so most changes
+need no sync.
 
 :func:`plan_recovery` decides, shard by shard, where a lost server's shards are rebuilt and
 from what, and names the data loss that follows when that is not a synced replica.
@@ -26,77 +28,109 @@ from dynaps.wire.control import RecoverySource
 
 
 def choose_backups(
-    homes: npt.NDArray[np.int16], old: npt.NDArray[np.int16] | None, servers: Sequence[int]
+    homes: npt.NDArray[np.int16], old: npt.NDArray[np.int16] | None, servers: Sequence[int], copies: int
 ) -> npt.NDArray[np.int16]:
-    """Each shard's backup: its old one while that is a ready server other than its home,
-    else the ready server (not its home) that backs the fewest shards; NO_BACKUP with one server."""
+    """Each shard's ``copies`` backups on distinct ready servers other than its home.
+
+    A shard keeps the old backups that are still valid (a ready server, not its home), in
+    their order, so they need no new sync; the empty slots go to the ready servers that back
+    up the fewest shards.  With too few servers the last slots stay NO_BACKUP.
+    """
     ready = set(servers)
-    backups = np.full(len(homes), NO_BACKUP, dtype=np.int16) if old is None else old.copy()
-    valid = np.isin(backups, list(ready)) & (backups != homes)
-    load = {s: int((backups[valid] == s).sum()) for s in ready}
-    for shard in np.flatnonzero(~valid):
-        candidates = [s for s in ready if s != int(homes[shard])]
-        if not candidates:
-            backups[shard] = NO_BACKUP
-            continue
-        chosen = min(candidates, key=lambda s: (load[s], s))
-        backups[shard] = chosen
-        load[chosen] += 1
+    backups = np.full((len(homes), copies), NO_BACKUP, dtype=np.int16)
+    kept: list[list[int]] = []
+    load = dict.fromkeys(ready, 0)
+    for shard, home in enumerate(homes):
+        previous = [] if old is None else [int(b) for b in old[shard]]
+        valid: list[int] = []
+        for backup in previous:
+            if backup in ready and backup != int(home) and backup not in valid and len(valid) < copies:
+                valid.append(backup)
+                load[backup] += 1
+        kept.append(valid)
+    for shard, home in enumerate(homes):
+        chain = kept[shard]
+        while len(chain) < copies:
+            candidates = [s for s in ready if s != int(home) and s not in chain]
+            if not candidates:
+                break
+            chosen = min(candidates, key=lambda s: (load[s], s))
+            chain.append(chosen)
+            load[chosen] += 1
+        backups[shard, : len(chain)] = chain
     return backups
 
 
 class Replicas:
-    """Per shard: whether its backup is known to hold all of its keys (a synced replica).
+    """Per shard and backup slot: whether that backup is known to hold all of the shard's
+    keys (a synced replica); the slots follow :attr:`ShardMap.backups`.
 
-    ``since[s]`` is the epoch from which shard ``s``'s current (home, backup) pair needs a
+    ``since[s, j]`` is the epoch from which the backup in slot ``j`` of shard ``s`` needs a
     sync: a REPLICA_SYNCED sent by the home at an older epoch does not count.
     """
 
-    def __init__(self, num_shards: int) -> None:
-        self.synced = np.zeros(num_shards, dtype=np.bool_)
-        self.since = np.zeros(num_shards, dtype=np.int64)
+    def __init__(self, num_shards: int, copies: int) -> None:
+        self.copies = max(1, copies)
+        self.synced = np.zeros((num_shards, self.copies), dtype=np.bool_)
+        self.since = np.zeros((num_shards, self.copies), dtype=np.int64)
 
     def reset(self, shard_map: ShardMap, synced: bool) -> None:
         """A first map (homes and backups start alike: ``synced``) or an adopted one (not known)."""
-        has_backup = shard_map.backups is not None and shard_map.backups != NO_BACKUP
-        self.synced[:] = synced & has_backup
+        if shard_map.backups is None or shard_map.backups.shape[1] != self.copies:
+            self.synced[:] = False
+        else:
+            self.synced[:] = synced & (shard_map.backups != NO_BACKUP)
         self.since[:] = shard_map.epoch
 
     def follow(self, old: ShardMap, new: ShardMap) -> None:
-        """A new epoch: a shard whose backup changed waits for its sync.
+        """A new epoch: a backup new to its shard waits for its sync; one that stays a
+        backup of the shard (in any slot) keeps what it was known to hold.
 
-        A shard that only changed home (a migration) keeps its backup's data: the old home
+        A shard that only changed home (a migration) keeps its backups' data: the old home
         replicated every update until it froze the shard, and the new home took the same
-        values.  A lost home's shards always get a new backup (the old one is their home).
+        values.  A lost home's shards lose the backup that becomes their home; the backups
+        after it move up the chain, synced as they were.
         """
-        if new.backups is None:
+        if new.backups is None or new.backups.shape[1] != self.copies:
             self.synced[:] = False
             return
-        kept = old.backups is not None and np.asarray(old.backups == new.backups)
-        changed = ~np.asarray(kept, dtype=np.bool_) | (new.backups == NO_BACKUP)
-        self.synced &= ~changed
-        self.since[changed] = new.epoch
+        synced = np.zeros_like(self.synced)
+        since = np.full_like(self.since, new.epoch)
+        if old.backups is not None and old.backups.shape == new.backups.shape:
+            for slot in range(self.copies):
+                same = (new.backups == old.backups[:, slot : slot + 1]) & (new.backups != NO_BACKUP)
+                synced |= same & self.synced[:, slot : slot + 1]
+                since = np.where(same, self.since[:, slot : slot + 1], since)
+        self.synced, self.since = synced, since
 
     def confirm(self, backup: int, report: control.ReplicaSynced, shard_map: ShardMap) -> int:
-        """``backup`` holds ``report.shards`` as sent by their home; returns how many became synced."""
+        """``backup`` holds ``report.shards`` as sent by their home; returns how many of its
+        slots became synced."""
         if shard_map.backups is None or not report.shards:
             return 0
         shards = np.asarray([s for s in report.shards if 0 <= s < shard_map.num_shards], dtype=np.int64)
+        slots = shard_map.backups[shards] == backup  # at most one slot per shard: backups are distinct
         valid = (
-            (shard_map.homes[shards] == report.home)
-            & (shard_map.backups[shards] == backup)
-            & (self.since[shards] <= report.epoch)
+            slots & (shard_map.homes[shards] == report.home)[:, None] & (self.since[shards] <= report.epoch)
         )
-        fresh = shards[valid & ~self.synced[shards]]
-        self.synced[fresh] = True
-        return len(fresh)
+        fresh = valid & ~self.synced[shards]
+        rows, columns = np.nonzero(fresh)
+        self.synced[shards[rows], columns] = True
+        return len(rows)
+
+    def synced_copies(self) -> npt.NDArray[np.int64]:
+        """Per shard: how many of its backups are known to hold all of its keys."""
+        return np.asarray(self.synced.sum(axis=1), dtype=np.int64)
 
     def status(self, replication: int) -> dict[str, int]:
-        """``unsynced``: shards whose backup is not (yet) known to hold them (none without replication)."""
+        """``synced``: shards whose ``replication`` backups all hold them; ``unsynced``: the
+        others (none without replication); ``minCopies``: the fewest synced backups of a shard."""
         if not replication:
             return {"factor": 0, "synced": 0, "unsynced": 0}
-        synced = int(self.synced.sum())
-        return {"factor": replication, "synced": synced, "unsynced": len(self.synced) - synced}
+        copies = self.synced_copies()
+        synced = int((copies >= replication).sum())
+        least = int(copies.min()) if len(copies) else 0
+        return {"factor": replication, "synced": synced, "unsynced": len(copies) - synced, "minCopies": least}
 
 
 @dataclass(frozen=True)
@@ -119,23 +153,26 @@ def plan_recovery(
 ) -> tuple[npt.NDArray[np.int16], list[RecoveryGroup]]:
     """New homes for the ``lost`` server's shards among ``servers``, and what each rebuilds from.
 
-    A shard whose backup is a ready server goes to it.  With its replica synced nothing
-    is lost; otherwise (the sync had not finished) the last checkpoint is restored if
-    there is one, else the partial replica is kept: the loss is named either way.  A
-    shard without a live backup goes to the least loaded server and restarts from the
-    checkpoint or, failing that, from initial values.
+    A shard with a backup on a ready server goes to the first such backup in its chain that
+    is synced (nothing is lost), else to the first ready one: the sync had not finished, so
+    the last checkpoint is restored if there is one, else the partial replica is kept, and
+    the loss is named either way.  A shard without a live backup goes to the least loaded
+    server and restarts from the checkpoint or, failing that, from initial values.
+    ``synced`` has one column per backup slot (:class:`Replicas`).
     """
     new = homes.copy()
     load = {s: int((homes == s).sum()) for s in servers}
     groups: dict[tuple[int, RecoverySource, DataLossCause | None], list[int]] = {}
     for shard in np.flatnonzero(homes == lost):
-        backup = int(backups[shard]) if backups is not None else NO_BACKUP
+        chain = [] if backups is None else [int(b) for b in backups[shard]]
+        live = [(slot, b) for slot, b in enumerate(chain) if b in load]
+        replicas = [b for slot, b in live if synced[shard, slot]]
         cause: DataLossCause | None
-        if backup in load:
-            home = backup
-            if synced[shard]:
-                source, cause = RecoverySource.REPLICA, None
-            elif checkpoint:
+        if replicas:
+            home, source, cause = replicas[0], RecoverySource.REPLICA, None
+        elif live:
+            home = live[0][1]
+            if checkpoint:
                 source, cause = RecoverySource.CHECKPOINT, DataLossCause.CHECKPOINT
             else:
                 source, cause = RecoverySource.REPLICA, DataLossCause.REPLICAS_EXHAUSTED

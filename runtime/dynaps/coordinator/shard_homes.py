@@ -6,7 +6,7 @@ epoch) and orders the moves: *migrations* balance the shards over the servers th
 :mod:`dynaps.node.migration`), and *recoveries* give a lost server's shards new homes,
 which rebuild their keys from a replica, a checkpoint or their initial values
 (:mod:`dynaps.node.recovery`).  Neither starts while a checkpoint round runs, and
-migrations wait for recoveries.  Every commit keeps each shard's backup on a ready server
+migrations wait for recoveries.  Every commit keeps each shard's backups on ready servers
 (:mod:`dynaps.coordinator.replicas`); a recovery from anything but a synced replica is
 recorded as data loss (:mod:`dynaps.coordinator.data_loss`).
 """
@@ -74,7 +74,7 @@ class ShardHomes:
         self.clock = clock
         self.shard_map: ShardMap | None = None  # None until the job is prepared
         self.rebalancer = Rebalancer(policy.max_concurrent_migrations)
-        self.replicas = Replicas(policy.num_shards)
+        self.replicas = Replicas(policy.num_shards, replication)
         self.losses = DataLoss(num_keys, policy.num_shards, policy.partition)
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
@@ -103,7 +103,7 @@ class ShardHomes:
         """
         self.shard_map = ShardMap.initial(self.num_shards, self.partition, servers)
         if self.replication:
-            self.shard_map.backups = next_servers(self.shard_map.homes, servers)
+            self.shard_map.backups = next_servers(self.shard_map.homes, servers, self.replication)
         self.replicas.reset(self.shard_map, synced=not restored)
         return self.shard_map
 
@@ -126,7 +126,9 @@ class ShardHomes:
         (a new epoch; their homes sync them).  True if the map changed (announce it)."""
         if self.shard_map is None or not self.replication:
             return False
-        backups = choose_backups(self.shard_map.homes, self.shard_map.backups, self.roster.ready_servers())
+        backups = choose_backups(
+            self.shard_map.homes, self.shard_map.backups, self.roster.ready_servers(), self.replication
+        )
         if self.shard_map.backups is not None and np.array_equal(backups, self.shard_map.backups):
             return False
         self._commit(self.shard_map.homes.copy(), backups)
@@ -271,6 +273,6 @@ class ShardHomes:
         assert self.shard_map is not None
         old = self.shard_map
         if self.replication and backups is None:
-            backups = choose_backups(homes, old.backups, self.roster.ready_servers())
+            backups = choose_backups(homes, old.backups, self.roster.ready_servers(), self.replication)
         self.shard_map = ShardMap(old.epoch + 1, old.num_shards, old.partition, homes, backups)
         self.replicas.follow(old, self.shard_map)

@@ -195,7 +195,7 @@ class ControlPlane:
                 if server.replication is None or msg.sender not in server.peers:
                     raise ProtocolError(f"REPLICA_SYNCED from {msg.sender}, which is no member")
                 if node_of(msg.sender) in self.members:
-                    server.replication.on_synced(control.body_of(msg, control.ReplicaSynced))
+                    server.replication.on_synced(control.body_of(msg, control.ReplicaSynced), msg.sender)
                 else:  # sent before its home left: that home backs up nothing any more
                     server.stats["replica_reports_stale"] += 1
             elif msg.type is MsgType.CHECKPOINT:

@@ -1,10 +1,13 @@
-"""Replication (``faultTolerance.replication: 1``): no acknowledged update dies with a node.
+"""Replication (``faultTolerance.replication: k``): no acknowledged update dies with k nodes.
 
-* **Server-held keys**: each shard has a backup server (the next server in the shard
-  map).  A home that applies an update to a key it holds sends the new rows to the
-  backup (REPLICATE); the backup stores them and acknowledges the requester.  So an
-  acknowledged update exists on two servers.  When a home dies, its backup becomes the
-  home (:mod:`dynaps.node.recovery`) and already has the values.
+* **Server-held keys**: each shard has a chain of ``k`` backup servers after its home
+  (``ShardMap.backups``).  A home that applies an update to a key it holds sends the new
+  rows to the first backup (REPLICATE); each backup stores them and passes them on to the
+  next one, and the last acknowledges the requester.  So an acknowledged update exists on
+  the home and all ``k`` backups, and each server sends the rows once whatever ``k`` is
+  (chain replication, van Renesse and Schneider, OSDI 2004; the cost is ``k`` hops of
+  latency before the acknowledgement).  When a home dies, its first live synced backup
+  becomes the home (:mod:`dynaps.node.recovery`) and already has the values.
 * **Worker-held keys** (localized): the worker writes their current rows back to their
   home every ``flushIntervalMs`` (WRITEBACK); the home keeps them and replicates them.
   When a worker dies, its homes take its keys back with the last rows written back:
@@ -14,12 +17,15 @@
   recently; a request sent again after a crash (flag RETRY) skips what was applied.
 
 A backup stores replicas in its own value arrays: the rows of keys it neither homes nor
-holds are otherwise unused.  Whenever a shard gets a new home or a new backup, the home
-sends the backup the whole shard (a replica sync) before anything else.  At every epoch
-(and after rebuilding a lost server's shards) a home then sends each backup REPLICA_SYNCED
-for the shards it backs up, after the rows on the same FIFO path; the backup passes it on
-to the coordinator once it has applied everything sent before it (REPLICATE rows of a
-newer epoch wait for that epoch), and only then does the coordinator count on the replica.
+holds are otherwise unused.  Every backup gets a shard's rows on one FIFO path, from its
+predecessor in the chain; rows from a server that is not (any more) its predecessor are
+stale and are not kept.  Whenever a shard's chain changes (a new home, a new backup), the
+home sends the whole shard down the chain (a replica sync) before anything else.  At every
+epoch (and after rebuilding a lost server's shards) a home then sends REPLICA_SYNCED for
+the shards down the chain, after the rows on the same paths; each backup passes it on to
+the coordinator and to its successor once it has applied (and passed on) everything sent
+before it (REPLICATE rows of a newer epoch wait for that epoch), and only then does the
+coordinator count on that replica.
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ class Replication:
         # requester -> request -> (positions applied here, None: all; the keys they updated)
         self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
         self.last_flush = 0.0
-        self.synced_reports: list[control.ReplicaSynced] = []  # at a backup: of an epoch not seen yet
+        # at a backup: reports (and who sent them) of an epoch not seen yet
+        self.synced_reports: list[tuple[control.ReplicaSynced, int]] = []
 
     # ---------------------------------------------------------------- exactly once
 
@@ -169,13 +176,13 @@ class Replication:
     def replicate(
         self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
     ) -> bool:
-        """Send the current rows of ``keys`` to their backups; True if a backup will acknowledge."""
+        """Send the current rows of ``keys`` down their chains; True if a backup will acknowledge."""
         node = self.node
         store = node.stores[table]
         shard_map = node.shard_map
         if shard_map.backups is None or not len(keys):
             return False
-        backups = shard_map.backup_of(keys, store.spec.num_keys)
+        backups = shard_map.backups[shard_map.shard_of(keys, store.spec.num_keys), 0]
         if (backups == NO_BACKUP).any():
             return False  # a single server: nothing to replicate to
         node.lock.acquire()
@@ -193,38 +200,62 @@ class Replication:
         return requester != NO_ENDPOINT
 
     def on_replicate(self, msg: Message) -> None:
-        """At the backup: keep the rows, remember the request, acknowledge the requester.
+        """At a backup: keep the rows, pass them on to the next backup, or acknowledge the
+        requester at the end of the chain.
 
-        Rows from a server that is no longer their home (in the map here, which is never
-        older than the sender's: newer rows wait for their epoch) are stale: a migration
-        moved the shard, and the new home, whose copy includes them, sends its own rows to
-        the backup on another path, perhaps first.  They are acknowledged, not kept.
+        Rows from a server that is no longer our predecessor in their shard's chain (in the
+        map here, which is never older than the sender's: newer rows wait for their epoch)
+        are stale: the chain changed (a migration moved the shard, a backup left), and the
+        home, whose copy includes them, sends its own rows down the new chain, perhaps
+        first.  They are acknowledged, neither kept nor passed on.
         """
         node = self.node
         store = node.stores[msg.table]
         keys = msg.keys
         assert keys is not None
         assert msg.values is not None
-        current = node.shard_map.home_of(keys, store.spec.num_keys) == node_of(msg.sender)
-        fresh = None if current.all() else np.flatnonzero(current)
+        chains = node.shard_map.chains()[node.shard_map.shard_of(keys, store.spec.num_keys)]
+        width = chains.shape[1]
+        at = chains[:, 1:] == node.me
+        slot = np.where(at.any(axis=1), at.argmax(axis=1) + 1, 0)  # 0: not a backup of the shard
+        rows = np.arange(len(keys))
+        fresh_mask = (slot > 0) & (chains[rows, slot - 1] == node_of(msg.sender))
+        following = np.where(slot + 1 < width, chains[rows, np.minimum(slot + 1, width - 1)], NO_BACKUP)
+        following[~fresh_mask] = NO_BACKUP
+        fresh = None if fresh_mask.all() else np.flatnonzero(fresh_mask)
         node.lock.acquire()
         try:
             if fresh is None:
                 store.values[keys] = msg.values
-                for state, rows in zip(store.states, msg.states, strict=True):
-                    state[keys] = rows
+                for state, values in zip(store.states, msg.states, strict=True):
+                    state[keys] = values
             else:
                 store.values[keys[fresh]] = msg.values[fresh]
-                for state, rows in zip(store.states, msg.states, strict=True):
-                    state[keys[fresh]] = rows[fresh]
+                for state, values in zip(store.states, msg.states, strict=True):
+                    state[keys[fresh]] = values[fresh]
         finally:
             node.lock.release()
         node.stats["keys_backed_up"] += len(keys) if fresh is None else len(fresh)
         if fresh is not None:
             node.stats["replica_rows_stale"] += len(keys) - len(fresh)
-        if is_client(msg.requester):
+        client = is_client(msg.requester)
+        if client:
             self.remember(msg.requester, msg.req_id, msg.positions, keys)
-            self.acknowledge(msg, len(keys), msg.positions)
+        if (following == NO_BACKUP).all():  # the end of every chain (the case of replication: 1)
+            if client:
+                self.acknowledge(msg, len(keys), msg.positions)
+            return
+        if fresh is None and (following == following[0]).all():
+            msg.sender = node.me  # all of it goes on to one backup, unchanged
+            node.send(int(following[0]), msg)
+            node.stats["keys_passed_on"] += len(keys)
+            return
+        for successor, part in routing.split(msg, following, None, node.me, msg.hops):
+            if successor != NO_BACKUP:
+                node.send(successor, part)
+                node.stats["keys_passed_on"] += part.count
+            elif client:
+                self.acknowledge(part, part.count, part.positions)
 
     # ---------------------------------------------------------------- write-back
 
@@ -299,18 +330,18 @@ class Replication:
     # ---------------------------------------------------------------- new homes, new backups
 
     def sync(self, old: ShardMap | None, new: ShardMap, recovering: set[int]) -> None:
-        """Send the whole of each shard that got a new backup (or a new home: us), then tell
-        every backup which of our shards it holds.  Shards still ``recovering`` are synced
-        once rebuilt (:mod:`dynaps.node.recovery`)."""
+        """Send the whole of each shard whose chain changed (a new backup, or a new home:
+        us) down the chain, then tell the backups which of our shards they hold.  Shards
+        still ``recovering`` are synced once rebuilt (:mod:`dynaps.node.recovery`)."""
         node = self.node
         if new.backups is None:
             return
-        mine = (new.homes == node.me) & (new.backups != NO_BACKUP)
+        mine = (new.homes == node.me) & (new.backups[:, 0] != NO_BACKUP)
         if recovering:
             mine[list(recovering)] = False
         changed = mine.copy()
-        if old is not None and old.backups is not None:
-            changed &= (old.homes != node.me) | (old.backups != new.backups)
+        if old is not None and old.backups is not None and old.backups.shape == new.backups.shape:
+            changed &= (old.homes != node.me) | (old.backups != new.backups).any(axis=1)
         shards = np.flatnonzero(changed)
         if len(shards):
             self.sync_shards(shards, new)
@@ -325,32 +356,52 @@ class Replication:
         log.info("node %d: replica sync of %d shards", node.me, len(shards))
 
     def report_synced(self, shards: npt.NDArray[np.int64]) -> None:
-        """Tell each backup of ``shards`` (homed here) that it has been sent all their keys."""
-        node = self.node
-        shard_map = node.shard_map
+        """Tell the chains of ``shards`` (homed here) that they have been sent all their keys."""
+        shard_map = self.node.shard_map
         if shard_map.backups is None or not len(shards):
             return
-        backups = shard_map.backups[shards]
-        for backup in np.unique(backups):
-            if backup in (NO_BACKUP, node.me):
-                continue
-            chosen = [int(s) for s in shards[backups == backup]]
-            report = control.ReplicaSynced(epoch=shard_map.epoch, home=node.me, shards=chosen)
-            node.send_frames(int(backup), messages.control(MsgType.REPLICA_SYNCED, node.me, report))
+        self._send_reports(shard_map.epoch, self.node.me, shards, shard_map.backups[shards, 0])
 
-    def on_synced(self, report: control.ReplicaSynced) -> None:
-        """At the backup: pass the home's report on once every row sent before it is applied."""
-        self.synced_reports.append(report)
+    def _send_reports(
+        self, epoch: int, home: int, shards: npt.NDArray[np.int64], dests: npt.NDArray[np.int16]
+    ) -> None:
+        node = self.node
+        for dest in np.unique(dests):
+            if dest in (NO_BACKUP, node.me):
+                continue
+            chosen = [int(s) for s in shards[dests == dest]]
+            report = control.ReplicaSynced(epoch=epoch, home=home, shards=chosen)
+            node.send_frames(int(dest), messages.control(MsgType.REPLICA_SYNCED, node.me, report))
+
+    def on_synced(self, report: control.ReplicaSynced, sender: int) -> None:
+        """At a backup: pass the report on once every row sent before it is applied."""
+        self.synced_reports.append((report, sender))
         self.pass_synced()
 
     def pass_synced(self) -> None:
         """Pass on the reports of epochs this node has reached (called at each new epoch,
-        after the messages that waited for it were handled)."""
+        after the messages that waited for it were handled): to the coordinator, for the
+        shards whose rows reach us from ``sender``, and to the next backup of each."""
         node = self.node
-        epoch = node.shard_map.epoch
-        due = [r for r in self.synced_reports if r.epoch <= epoch]
+        shard_map = node.shard_map
+        epoch = shard_map.epoch
+        due = [(r, sender) for r, sender in self.synced_reports if r.epoch <= epoch]
         if not due:
             return
-        self.synced_reports = [r for r in self.synced_reports if r.epoch > epoch]
-        for report in due:
-            node.send_frames(COORDINATOR, messages.control(MsgType.REPLICA_SYNCED, node.me, report))
+        self.synced_reports = [(r, sender) for r, sender in self.synced_reports if r.epoch > epoch]
+        chains = shard_map.chains()
+        width = chains.shape[1]
+        for report, sender in due:
+            shards = np.asarray([s for s in report.shards if 0 <= s < shard_map.num_shards], dtype=np.int64)
+            at = chains[shards, 1:] == node.me
+            slot = np.where(at.any(axis=1), at.argmax(axis=1) + 1, 0)
+            # rows from another predecessor than the report's sender were not kept here
+            ours = (slot > 0) & (chains[shards, slot - 1] == sender) & (chains[shards, 0] == report.home)
+            shards, slot = shards[ours], slot[ours]
+            if not len(shards):
+                node.stats["replica_reports_stale"] += 1
+                continue
+            held = report.model_copy(update={"shards": [int(s) for s in shards]})
+            node.send_frames(COORDINATOR, messages.control(MsgType.REPLICA_SYNCED, node.me, held))
+            following = np.where(slot + 1 < width, chains[shards, np.minimum(slot + 1, width - 1)], NO_BACKUP)
+            self._send_reports(report.epoch, report.home, shards, following)

@@ -49,13 +49,18 @@ def balanced_homes(num_shards: int, servers: Sequence[int]) -> npt.NDArray[np.in
     return order[index]
 
 
-def next_servers(homes: npt.NDArray[np.int16], servers: Sequence[int]) -> npt.NDArray[np.int16]:
-    """Each shard's backup: the server after its home in id order (-1 with fewer than two)."""
+def next_servers(
+    homes: npt.NDArray[np.int16], servers: Sequence[int], copies: int = 1
+) -> npt.NDArray[np.int16]:
+    """Each shard's ``copies`` backups (one row per shard): the servers after its home in id
+    order, wrapping around; NO_BACKUP in the slots that too few servers leave empty."""
     order = sorted(servers)
-    if len(order) < 2:
-        return np.full(len(homes), NO_BACKUP, dtype=np.int16)
-    successor = {server: order[(i + 1) % len(order)] for i, server in enumerate(order)}
-    return np.asarray([successor.get(int(h), order[0]) for h in homes], dtype=np.int16)
+    backups = np.full((len(homes), copies), NO_BACKUP, dtype=np.int16)
+    for shard, home in enumerate(homes):
+        start = order.index(int(home)) + 1 if int(home) in order else 0
+        chosen = [s for s in order[start:] + order[:start] if s != int(home)][:copies]
+        backups[shard, : len(chosen)] = chosen
+    return backups
 
 
 NO_BACKUP = -1
@@ -63,21 +68,32 @@ NO_BACKUP = -1
 
 @dataclass
 class ShardMap:
-    """Shard -> home server (and backup server), with the epoch this assignment began."""
+    """Shard -> home server (and backup servers), with the epoch this assignment began.
+
+    ``backups[s]`` is shard ``s``'s replication chain after its home, in order: the home
+    replicates to ``backups[s, 0]``, which passes the rows on to ``backups[s, 1]``, and so on
+    (:mod:`dynaps.node.replication`); NO_BACKUP fills the slots too few servers leave empty,
+    always at the end.
+    """
 
     epoch: int
     num_shards: int
     partition: Partition
     homes: npt.NDArray[np.int16]
-    backups: npt.NDArray[np.int16] | None = None  # only with replication
+    backups: npt.NDArray[np.int16] | None = None  # (num_shards, replication), only with replication
 
     @classmethod
     def initial(cls, num_shards: int, partition: Partition, servers: Sequence[int]) -> ShardMap:
         return cls(1, num_shards, Partition(partition), balanced_homes(num_shards, servers))
 
-    def backup_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
-        assert self.backups is not None
-        return self.backups[shard_of(keys, num_keys, self.num_shards, self.partition)]
+    def shard_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int64]:
+        return shard_of(keys, num_keys, self.num_shards, self.partition)
+
+    def chains(self) -> npt.NDArray[np.int16]:
+        """Per shard: its home, then its backups in replication order (num_shards, 1 + copies)."""
+        if self.backups is None:
+            return self.homes[:, None]
+        return np.column_stack([self.homes, self.backups])
 
     def home_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
         return self.homes[shard_of(keys, num_keys, self.num_shards, self.partition)]
@@ -108,7 +124,7 @@ class ShardMap:
             raise ProtocolError(f"invalid shard map: {exc}") from exc
         if homes.shape != (num_shards,) or num_shards < 1:
             raise ProtocolError("shard map has the wrong number of homes")
-        if backups is not None and backups.shape != homes.shape:
+        if backups is not None and (backups.ndim != 2 or backups.shape[0] != num_shards):
             raise ProtocolError("shard map has the wrong number of backups")
         if known_nodes is not None and not set(homes.tolist()) <= known_nodes:
             raise ProtocolError("shard map names unknown servers")
