@@ -17,18 +17,28 @@ of the job), as Kubeflow's ExitCode restart policy and DLRover do.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
-from dynaps.contract import CONFIG_FILE_ENV, ParameterServerJob, RuntimeConfig, runtime_config
-from dynaps_operator import memory_growth, names
+from dynaps.contract import CONFIG_FILE_ENV, ParameterServerJob, RuntimeConfig, runtime_config, secret
+from dynaps_operator import memory_growth, names, security
 from dynaps_operator.names import Role
 
 JsonDict = dict[str, Any]
 
 # Variables that tie a process to its pod: a template must not change them.
+# The job secret's variables are among them: a template must not point a pod at another secret.
 IDENTITY_ENV = frozenset(
-    {CONFIG_FILE_ENV, "DYNAPS_NODE_NAME", "DYNAPS_RANK", "DYNAPS_BIND_HOST", "DYNAPS_ADVERTISE_HOST"}
+    {
+        CONFIG_FILE_ENV,
+        "DYNAPS_NODE_NAME",
+        "DYNAPS_RANK",
+        "DYNAPS_BIND_HOST",
+        "DYNAPS_ADVERTISE_HOST",
+        secret.FILE_ENV,
+        secret.HEX_ENV,
+    }
 )
 COORDINATOR_GRACE_SECONDS = 30
 # After the job ends, the coordinator keeps answering GET /status until the operator has read the
@@ -126,6 +136,53 @@ def build_service(ref: JobRef) -> JsonDict:
     }
 
 
+def build_secret(ref: JobRef, value: bytes) -> JsonDict:
+    """The job's Secret (see :mod:`dynaps_operator.security`): immutable, deleted with the job."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": child_metadata(ref, names.secret_name(ref.name), names.job_labels(ref.name)),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {secret.DATA_KEY: base64.b64encode(secret.encode(value).encode()).decode()},
+    }
+
+
+def build_network_policy(ref: JobRef, operator_namespace: str, operator_labels: dict[str, str]) -> JsonDict:
+    """Ingress to the job's pods: from its own pods on every port but the coordinator's HTTP
+    port (a worker's client socket takes any free port), and from the operator on that one.
+
+    Without the operator's namespace and labels (an operator running outside the cluster) the
+    HTTP port stays open to any source; the job's token still guards it.
+    """
+    http = names.COORDINATOR_HTTP_PORT
+    job_pods = {"podSelector": {"matchLabels": {names.LABEL_JOB: ref.name}}}
+    ingress: list[JsonDict] = [
+        {
+            "from": [job_pods],
+            "ports": [
+                {"protocol": "TCP", "port": 1, "endPort": http - 1},
+                {"protocol": "TCP", "port": http + 1, "endPort": 65535},
+            ],
+        }
+    ]
+    to_http: JsonDict = {"ports": [{"protocol": "TCP", "port": http}]}
+    if operator_namespace and operator_labels:
+        to_http["from"] = [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+                "podSelector": {"matchLabels": dict(operator_labels)},
+            }
+        ]
+    ingress.append(to_http)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(ref, names.network_policy_name(ref.name), names.job_labels(ref.name)),
+        "spec": {"podSelector": job_pods["podSelector"], "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def build_pod(
     job: ParameterServerJob,
     ref: JobRef,
@@ -133,9 +190,11 @@ def build_pod(
     index: int = 0,
     log_level: str = "INFO",
     memory_growths: int = 0,
+    allow_privileged: bool = False,
 ) -> JsonDict:
     """The pod of ``role`` number ``index`` of the job; its memory grown ``memory_growths``
-    times under ``runPolicy.oomMemoryGrowth`` (``status.<role>.memoryGrowths``)."""
+    times under ``runPolicy.oomMemoryGrowth`` (``status.<role>.memoryGrowths``); hardened
+    (:func:`security.harden`; enforced unless the operator allows privileged jobs)."""
     spec = job.spec
     name = names.pod_name(ref.name, role, index)
     role_spec = _role_spec(job, role)
@@ -150,7 +209,7 @@ def build_pod(
         container["resources"] = memory_growth.grown_resources(resources, growth, memory_growths)
     if spec.run_policy.scheduling_policy.priority_class:
         pod["spec"]["priorityClassName"] = spec.run_policy.scheduling_policy.priority_class
-    return pod
+    return security.harden(pod, enforce=not allow_privileged)
 
 
 def role_resources(job: ParameterServerJob, role: Role) -> JsonDict:
@@ -236,6 +295,7 @@ def _field_env(name: str, path: str) -> JsonDict:
 def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, name: str) -> JsonDict:
     env: list[JsonDict] = [
         {"name": CONFIG_FILE_ENV, "value": f"{names.CONFIG_DIR}/{names.CONFIG_KEY}"},
+        {"name": secret.FILE_ENV, "value": security.SECRET_FILE},
         _field_env("DYNAPS_NODE_NAME", "metadata.name"),
         # Bind and advertise the pod IP, never 0.0.0.0: correct everywhere, and required where
         # pods share a network namespace (the test cluster).
@@ -251,9 +311,14 @@ def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, 
         ]
     else:
         ports = [{"name": "data", "containerPort": names.NODE_PORT}]
-    mounts: list[JsonDict] = [{"name": names.CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True}]
+    secret_volume, secret_mount = security.secret_volume(ref.name)
+    mounts: list[JsonDict] = [
+        {"name": names.CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True},
+        secret_mount,
+    ]
     volumes: list[JsonDict] = [
-        {"name": names.CONFIG_VOLUME, "configMap": {"name": names.configmap_name(ref.name)}}
+        {"name": names.CONFIG_VOLUME, "configMap": {"name": names.configmap_name(ref.name)}},
+        secret_volume,
     ]
     checkpoint = job.spec.fault_tolerance.checkpoint
     if checkpoint.volume:

@@ -11,6 +11,11 @@ Requests the operator makes, and what it expects the runtime to answer:
 * ``POST /checkpoint {}`` -> 202; ``/status``'s ``lastCheckpoint`` changes when it is written.
 
 A 404 means the runtime predates the endpoint (:class:`CoordinatorUnsupportedError`).
+
+Every request carries ``Authorization: Bearer <token>``, the token derived from the job's
+Secret (the caller reads it).  One operator serves every job, so an answer is read up to
+:data:`MAX_ANSWER` bytes: a coordinator that sends more (a bug, or a process that took its
+port) gets an error, not the operator's memory.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import aiohttp
 
 from dynaps_operator.errors import CoordinatorError, CoordinatorUnsupportedError
 from dynaps_operator.sockets import OpenSockets
+
+MAX_ANSWER = 4 << 20  # /status grows by a few hundred bytes per member: thousands of nodes fit
+_CHUNK = 1 << 16
 
 
 class CoordinatorClient:
@@ -44,30 +52,49 @@ class CoordinatorClient:
             await self._session.close()
             self._session = None
 
-    async def status(self, host: str) -> dict[str, Any]:
-        doc = await self._request("GET", host, "/status", None)
+    async def status(self, host: str, token: str) -> dict[str, Any]:
+        doc = await self._request("GET", host, "/status", None, token)
         if not isinstance(doc, dict):
             raise CoordinatorError(f"coordinator at {host}: /status is not a JSON object")
         return doc
 
-    async def act(self, host: str, action: str, body: dict[str, Any]) -> Any:
-        return await self._request("POST", host, f"/{action}", body)
+    async def act(self, host: str, action: str, body: dict[str, Any], token: str) -> Any:
+        return await self._request("POST", host, f"/{action}", body, token)
 
-    async def _request(self, method: str, host: str, path: str, body: Any) -> Any:
+    async def _request(self, method: str, host: str, path: str, body: Any, token: str) -> Any:
         url = f"http://{host}:{self.port}{path}"
+        headers = {"Authorization": f"Bearer {token}"}
         try:
             async with self._client().request(
-                method, url, data=None if body is None else json.dumps(body)
+                method, url, data=None if body is None else json.dumps(body), headers=headers
             ) as response:
-                text = await response.text()
                 status = response.status
+                raw = await _read_capped(response, f"{method} {url}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CoordinatorError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+        text = raw.decode("utf-8", "replace")
         if status == 404:
             raise CoordinatorUnsupportedError(f"{method} {url}: the coordinator has no such endpoint")
+        if status == 401:
+            raise CoordinatorError(f"{method} {url}: 401: the coordinator refused the job's token")
         if status >= 400:
             raise CoordinatorError(f"{method} {url}: {status} {text[:200]}")
         try:
             return json.loads(text) if text else None
         except ValueError as exc:
             raise CoordinatorError(f"{method} {url}: the answer is not JSON") from exc
+
+
+async def _read_capped(response: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole answer, or :class:`CoordinatorError` as soon as it passes :data:`MAX_ANSWER`."""
+    declared = response.content_length
+    if declared is not None and declared > MAX_ANSWER:
+        raise CoordinatorError(f"{what}: an answer of {declared} bytes; at most {MAX_ANSWER} are read")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise CoordinatorError(f"{what}: the answer passed {MAX_ANSWER} bytes; not read further")
+        parts.append(chunk)
+    return b"".join(parts)

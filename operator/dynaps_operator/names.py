@@ -28,6 +28,7 @@ CONFIG_VOLUME: Final = "dynaps-config"
 CONFIG_DIR: Final = "/etc/dynaps"
 CONFIG_KEY: Final = "config.json"
 CHECKPOINT_VOLUME: Final = "dynaps-checkpoints"
+SECRET_VOLUME: Final = "dynaps-secret"  # noqa: S105 (a volume name, not a password)
 
 # Labels on every child; selectors use the dynaps.io ones, the app.kubernetes.io ones are for people
 # and tools (dashboards, `kubectl get -l`).
@@ -63,6 +64,15 @@ def service_name(job: str) -> str:
 
 def configmap_name(job: str) -> str:
     return f"{job}-config"
+
+
+def secret_name(job: str) -> str:
+    """The job's Secret (the value its processes derive their keys from)."""
+    return f"{job}-secret"
+
+
+def network_policy_name(job: str) -> str:
+    return job
 
 
 def coordinator_address(job: str, namespace: str) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 
 import kopf
 
-from dynaps.contract import API_GROUP, API_VERSION, JobStatus, ParameterServerJob
-from dynaps_operator import builders, kube, names
+from dynaps.contract import API_GROUP, API_VERSION, JobStatus, ParameterServerJob, secret
+from dynaps_operator import builders, kube, names, security
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
 from dynaps_operator.coordinator_view import CoordinatorView, parse_status
@@ -79,6 +79,8 @@ class Controller:
         self.known: set[Key] = set()
         self.memory: dict[Key, Memory] = {}
         self.configmaps: dict[Key, str] = {}  # the RuntimeConfig last written per job
+        # per job, (its uid, the coordinator's HTTP token from its Secret); never logged
+        self.tokens: dict[Key, tuple[str, str]] = {}
         self.failures: dict[Key, int] = {}  # consecutive failed reconciles, for back-off
         self.last_tick = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,6 +135,7 @@ class Controller:
         self.known.discard(key)
         self.memory.pop(key, None)
         self.configmaps.pop(key, None)
+        self.tokens.pop(key, None)
         self.failures.pop(key, None)
         self.queue.forget(key)
         self.metrics.job_phase(key, None)
@@ -195,11 +198,11 @@ class Controller:
         self.known.add(key)
         meta = body["metadata"]
         ref = JobRef(name, namespace, meta["uid"])
-        job, invalid = parse_job(body)
+        job, invalid = parse_job(body, self.settings.allow_privileged_jobs)
         pods_raw = await self.api.list(kube.path("pods", namespace), labelSelector=names.job_selector(name))
         pods = tuple(view for view in map(pod_view, pods_raw) if view is not None)
         memory = self.memory.get(key, Memory())
-        coordinator = await self._coordinator_status(ref, pods)
+        coordinator = await self._coordinator_status(key, ref, pods)
         observed = Observed(
             ref=ref,
             generation=int(meta.get("generation") or 0),
@@ -221,12 +224,18 @@ class Controller:
             raise InvalidSpecError(decided.invalid)
         return decided.requeue_after
 
-    async def _coordinator_status(self, ref: JobRef, pods: tuple[PodView, ...]) -> CoordinatorView | None:
+    async def _coordinator_status(
+        self, key: Key, ref: JobRef, pods: tuple[PodView, ...]
+    ) -> CoordinatorView | None:
         pod = _coordinator_pod(ref, pods)
         if pod is None:
             return None
+        token = await self._token(key, ref)
+        if token is None:
+            log.warning("%s/%s: the job's Secret is missing: its coordinator cannot be asked", *key)
+            return None
         try:
-            doc = await self.coordinators.status(pod.ip)
+            doc = await self.coordinators.status(pod.ip, token)
         except CoordinatorError as exc:
             self.metrics.coordinator_requests.labels(endpoint="status", result="error").inc()
             log.debug("%s/%s: coordinator unreachable: %s", ref.namespace, ref.name, exc)
@@ -249,6 +258,9 @@ class Controller:
                 *(self.api.delete(kube.path("pods", ref.namespace, d.name), uid=d.uid) for d in p.delete)
             )
             self.metrics.pods_deleted.inc(sum(deleted))
+        if job is not None and p.create:
+            await self._ensure_secret(key, ref)
+            await self._apply_network_policy(ref)
         if job is not None and (p.create or key in self.configmaps):
             await self._apply_configmap(key, job, ref, p.restore_from)
         if job is not None and p.create:
@@ -267,6 +279,48 @@ class Controller:
             )
         if not_ready:
             raise ChildNotReadyError("; ".join(not_ready), delay=1.0)
+
+    async def _token(self, key: Key, ref: JobRef) -> str | None:
+        """The coordinator's HTTP token, read from the job's Secret once per job; None when the
+        Secret is missing. A Secret owned by something else is never used."""
+        cached = self.tokens.get(key)
+        if cached is not None and cached[0] == ref.uid:
+            return cached[1]
+        try:
+            body = await self.api.get(kube.path("secrets", ref.namespace, names.secret_name(ref.name)))
+        except NotFoundError:
+            return None
+        token = security.token_of(body, ref.uid)
+        if token is None:
+            raise ChildNotReadyError(
+                f"Secret {names.secret_name(ref.name)} is not this job's (a leftover of a deleted job "
+                "of the same name?); waiting for it to go",
+                delay=2.0,
+            )
+        self.tokens[key] = (ref.uid, token)
+        return token
+
+    async def _ensure_secret(self, key: Key, ref: JobRef) -> None:
+        """The job's Secret exists before any of its pods (they mount it)."""
+        if await self._token(key, ref) is not None:
+            return
+        value = secret.new_secret()
+        try:
+            await self.api.create(kube.path("secrets", ref.namespace), builders.build_secret(ref, value))
+        except ConflictError as exc:  # made meanwhile: read it on the next pass
+            raise ChildNotReadyError(
+                f"Secret {names.secret_name(ref.name)} appeared meanwhile", delay=0.2
+            ) from exc
+        self.tokens[key] = (ref.uid, secret.http_token(value))
+
+    async def _apply_network_policy(self, ref: JobRef) -> None:
+        policy = builders.build_network_policy(
+            ref, self.settings.pod_namespace, self.settings.operator_labels
+        )
+        with contextlib.suppress(ConflictError):  # made on an earlier pass; it never changes
+            await self.api.create(
+                kube.path("networkpolicies", ref.namespace, group="networking.k8s.io/v1"), policy
+            )
 
     async def _apply_configmap(
         self, key: Key, job: ParameterServerJob, ref: JobRef, restore_from: str | None
@@ -292,8 +346,10 @@ class Controller:
         level = self.settings.job_log_level.upper()
         # runPolicy.oomMemoryGrowth: pods get their role's grown memory, as the status records it.
         growths = {Role.SERVER: status.servers.memory_growths, Role.WORKER: status.workers.memory_growths}
+        allow = self.settings.allow_privileged_jobs
         pods = [
-            builders.build_pod(job, ref, role, index, level, growths.get(role, 0)) for role, index in wanted
+            builders.build_pod(job, ref, role, index, level, growths.get(role, 0), allow)
+            for role, index in wanted
         ]
         # The coordinator first: nodes that start before it would only wait for it.
         first = [pod for pod, (role, _) in zip(pods, wanted, strict=True) if role is Role.COORDINATOR]
@@ -320,10 +376,11 @@ class Controller:
             requests.append(("checkpoint", {}))
         pod = _coordinator_pod(ref, pods)
         for action, request in requests:
-            if pod is None:
+            token = await self._token(key, ref) if pod is not None else None
+            if pod is None or token is None:
                 raise ChildNotReadyError(f"no running coordinator to ask for /{action}", delay=1.0)
             try:
-                await self.coordinators.act(pod.ip, action, request)
+                await self.coordinators.act(pod.ip, action, request, token)
                 self.metrics.coordinator_requests.labels(endpoint=action, result="ok").inc()
             except CoordinatorUnsupportedError as exc:
                 self.metrics.coordinator_requests.labels(endpoint=action, result="unsupported").inc()

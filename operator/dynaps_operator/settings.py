@@ -54,6 +54,17 @@ class OperatorSettings:
     job_log_level: str = _setting("JOB_LOG_LEVEL", "INFO", "DYNAPS_LOG_LEVEL given to the jobs' pods")
     # Names this operator instance in the Events it posts (the chart passes the pod name).
     instance: str = _setting("INSTANCE", "", "reporting instance of Events (empty: the host name)")
+    # Job pod templates may ask for privileged containers, host namespaces, hostPath volumes and
+    # service accounts; job pods then run hardened only where their templates do not say otherwise.
+    allow_privileged_jobs: bool = _setting(
+        "ALLOW_PRIVILEGED_JOBS", False, "let job templates ask for privileges (hostPath, privileged...)"
+    )
+    # Where the operator runs and its pods' labels: each job's NetworkPolicy lets only them reach
+    # the coordinator's HTTP port (the chart passes both; empty: any source may, the token still guards it).
+    pod_namespace: str = _setting("POD_NAMESPACE", "", "namespace of the operator's pod, for NetworkPolicies")
+    pod_labels: str = _setting(
+        "POD_LABELS", "", "labels of the operator's pods (k=v,k=v), for the jobs' NetworkPolicies"
+    )
 
     def __post_init__(self) -> None:
         if self.log_level.upper() not in logging.getLevelNamesMapping():
@@ -65,8 +76,15 @@ class OperatorSettings:
         for name in ("resync_seconds", "poll_seconds", "coordinator_timeout_seconds", "api_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise OperatorConfigError(f"{env_name(name)} must be positive")
+        if any(not key or not value for key, value in self.operator_labels.items()):
+            raise OperatorConfigError(f"{PREFIX}POD_LABELS={self.pod_labels!r} is not k=v,k=v")
         if not 0 <= self.probe_port <= 65535:
             raise OperatorConfigError(f"{PREFIX}PROBE_PORT={self.probe_port} is not a port")
+
+    @property
+    def operator_labels(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in self.pod_labels.split(",") if item.strip())
+        return {key.strip(): value.strip() for key, _, value in pairs}
 
     @property
     def reporting_instance(self) -> str:

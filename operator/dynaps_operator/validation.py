@@ -14,14 +14,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from dynaps.contract import JobStatus, ParameterServerJob, RoleSpec, describe_validation_error, quantity
-from dynaps_operator import builders, memory_growth, names
+from dynaps_operator import builders, memory_growth, names, security
 from dynaps_operator.names import Role
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-def parse_job(body: dict[str, Any]) -> tuple[ParameterServerJob | None, str]:
-    """The job, or None and a message naming every invalid field."""
+def parse_job(body: dict[str, Any], allow_privileged: bool = False) -> tuple[ParameterServerJob | None, str]:
+    """The job, or None and a message naming every invalid field; ``allow_privileged`` is the
+    operator's setting ``allowPrivilegedJobs`` (see :mod:`dynaps_operator.security`)."""
     meta = body.get("metadata") or {}
     document = {
         "apiVersion": body.get("apiVersion"),
@@ -34,6 +35,8 @@ def parse_job(body: dict[str, Any]) -> tuple[ParameterServerJob | None, str]:
     except ValidationError as exc:
         return None, describe_validation_error(exc)
     problems = runnable_problems(job)
+    if not allow_privileged:
+        problems += security.template_problems(job)
     if problems:
         return None, "\n".join(problems)
     return job, ""

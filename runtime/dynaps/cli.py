@@ -194,6 +194,7 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:
+    from dynaps.contract import secret
     from dynaps.local.launch import start_coordinator, stop_processes
     from dynaps.local.supervise import Nodes
 
@@ -205,6 +206,9 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 
     # the coordinator answers /status a moment after the job ends: the last read sees its end
     env = {"DYNAPS_LOG_LEVEL": args.log_level.upper(), "DYNAPS_COORDINATOR_LINGER_SECONDS": "3"}
+    job_secret = secret.new_secret()  # the job's, in memory only: its processes get it in env
+    env[secret.HEX_ENV] = secret.encode(job_secret)
+    token = secret.http_token(job_secret)
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
     config = config.model_copy(update={"coordinator": address})
@@ -222,7 +226,7 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     try:
         last = ""
         while coordinator.poll() is None:
-            status = _read_status(http_port)
+            status = _read_status(http_port, token)
             line = _progress_line(status) if status is not None else ""
             if line and line != last:
                 say(line)
@@ -260,10 +264,11 @@ def describe_loss(entry: dict[str, Any]) -> str:
     return str(entry.get("message") or entry)
 
 
-def _read_status(http_port: int) -> dict[str, Any] | None:
+def _read_status(http_port: int, token: str) -> dict[str, Any] | None:
     try:
         url = f"http://127.0.0.1:{http_port}/status"
-        with urllib.request.urlopen(url, timeout=2) as response:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
             status: dict[str, Any] = json.load(response)
     except (OSError, urllib.error.URLError, ValueError):
         return None

@@ -152,8 +152,17 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
     try:
         assert can_i(kube_control_plane, ns, "create", "pods")
         assert can_i(kube_control_plane, ns, "patch", "parameterserverjobs.dynaps.io", "--subresource=status")
+        # issue 12: a job's Secret is created and read back, its NetworkPolicy created; no more
+        assert can_i(kube_control_plane, ns, "create", "secrets")
+        assert can_i(kube_control_plane, ns, "get", "secrets")
+        assert can_i(kube_control_plane, ns, "create", "networkpolicies.networking.k8s.io")
         for forbidden in (
-            ("get", "secrets"),
+            ("list", "secrets"),
+            ("watch", "secrets"),
+            ("update", "secrets"),
+            ("delete", "secrets"),
+            ("patch", "networkpolicies.networking.k8s.io"),
+            ("delete", "networkpolicies.networking.k8s.io"),
             ("patch", "pods"),
             ("delete", "configmaps"),
             ("update", "parameterserverjobs.dynaps.io"),
@@ -165,6 +174,12 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
         create_job(kube_api, ns, quickstart_job("charted"))
         done = wait_phase(kube_api, ns, "charted", {"Succeeded", "Failed"}, 120)
         assert done["status"]["phase"] == "Succeeded", done["status"]
+        # what the chart's RBAC let it make: the job's Secret and NetworkPolicy
+        assert kube_api.get(namespaced("secrets", ns, "charted-secret"))["metadata"]["ownerReferences"]
+        policy = kube_api.get(f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/charted")
+        (operator_peer,) = policy["spec"]["ingress"][1]["from"]
+        assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": ns}
+        assert operator_peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "ops"
         events = kube_api.items(namespaced("events", ns), fieldSelector="involvedObject.name=charted")
         assert {e["source"].get("host") for e in events} == {operator_pod["metadata"]["name"]}
     except AssertionError:

@@ -54,6 +54,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, patch]
+# The job's Secret: created once (immutable, garbage-collected with the job), read back for the
+# coordinator's HTTP token after an operator restart. Never listed nor watched.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, get]
+# The job's NetworkPolicy (created once; garbage-collected with the job).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create]
 # An Event for every decision.
 - apiGroups: [""]
   resources: [events]

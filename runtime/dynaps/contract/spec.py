@@ -373,6 +373,9 @@ class RuntimeConfig(Model):
     advertise_host: str | None = None
     data_port: Annotated[int, Field(ge=0, le=65535)] = 0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
+    servers_range: tuple[int, int] = (1, MAX_NODES)
+    workers_range: tuple[int, int] = (1, MAX_NODES)
 
     @field_validator("tables")
     @classmethod
@@ -403,8 +406,16 @@ def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) 
         fault_tolerance=spec.fault_tolerance,
         rebalance_policy=spec.rebalance_policy,
         coordinator=coordinator,
+        servers_range=_replica_range(spec.servers),
+        workers_range=_replica_range(spec.workers),
         **overrides,
     )
+
+
+def _replica_range(role: RoleSpec) -> tuple[int, int]:
+    # Both roles need one node at least, whatever minReplicas says (replicas is >= 1 too).
+    low = max(1, role.min_replicas or 1)
+    return low, role.max_replicas if role.max_replicas is not None else MAX_NODES
 
 
 def describe_validation_error(exc: ValidationError, source: str = "") -> str:

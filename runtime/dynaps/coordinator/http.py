@@ -1,22 +1,42 @@
 """The coordinator's HTTP endpoint: what the operator and ``LocalCluster`` talk to.
 
 ``GET /healthz``, ``GET /status`` (JSON, built by :func:`status_document`), ``GET
-/metrics`` (Prometheus text) and
-``POST`` requests that act on the job (``/shutdown``).  Reads come from the status
-document the coordinator's own thread publishes; actions are queued for that thread, so
-no state is shared between threads except through those two.
+/metrics`` (Prometheus text) and ``POST`` requests that act on the job (``/scale``,
+``/drain``, ``/checkpoint``, ``/shutdown``).  Reads come from the status document the
+coordinator's own thread publishes; actions are queued for that thread, so no state is
+shared between threads except through those two.
+
+Anyone on the pod network can reach this port, so (docs/security-http.md):
+
+* every endpoint but ``/healthz`` wants ``Authorization: Bearer <token>``, the token derived
+  from the job secret (:func:`dynaps.contract.secret.http_token`), compared in constant time;
+* a POST body is at most :data:`MAX_BODY` bytes with a well-formed ``Content-Length``, and is
+  parsed into a strict model (:data:`BODIES`): no boolean as a count, no count outside the
+  job's bounds, no unknown field;
+* the server is bounded: :data:`MAX_CONNECTIONS` connections at once (more are closed at
+  once), each socket read times out after :data:`READ_TIMEOUT` seconds and a connection is cut
+  after :data:`REQUEST_DEADLINE` seconds whatever it does (a slow trickle cannot hold a slot).
+  A real server library would do this too, but none is a dependency of the runtime.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import logging
+import re
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from dynaps.contract.spec import MAX_NODES
 from dynaps.coordinator.barriers import Barriers
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.reports import Reports
@@ -26,11 +46,95 @@ from dynaps.wire.protocol import client_of
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 16
+MAX_BODY = 1 << 16  # the largest body an action needs is a few dozen bytes
+MAX_CONNECTIONS = 32  # the operator polls with one connection at a time; LocalCluster likewise
+READ_TIMEOUT = 5.0  # seconds one socket read may wait
+REQUEST_DEADLINE = 15.0  # seconds one connection may live, however it trickles
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 StatusSource = Callable[[], dict[str, Any]]
 ActionSink = Callable[[str, dict[str, Any]], None]
-ACTIONS = frozenset({"shutdown", "scale", "drain", "checkpoint"})
+Bounds = Mapping[str, tuple[int, int]]  # "servers"/"workers" -> the job's (min, max)
+UNAUTHENTICATED = frozenset({"/healthz"})  # what the kubelet's probe reads; it says only "ok"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ScaleBody(_Body):
+    """``POST /scale``: the new node counts; an absent role keeps its count."""
+
+    servers: Annotated[StrictInt, Field(ge=0, le=MAX_NODES)] | None = None
+    workers: Annotated[StrictInt, Field(ge=0, le=MAX_NODES)] | None = None
+
+
+class DrainBody(_Body):
+    """``POST /drain``: the node (its pod name, or its id as text) that hands its keys away."""
+
+    node: Annotated[StrictStr, Field(min_length=1, max_length=253)]
+
+
+class EmptyBody(_Body):
+    """``POST /checkpoint`` and ``POST /shutdown`` take no parameters."""
+
+
+BODIES: dict[str, type[_Body]] = {
+    "scale": ScaleBody,
+    "drain": DrainBody,
+    "checkpoint": EmptyBody,
+    "shutdown": EmptyBody,
+}
+ACTIONS = frozenset(BODIES)
+DEFAULT_BOUNDS: Bounds = {"servers": (1, MAX_NODES), "workers": (1, MAX_NODES)}
+
+
+class BadRequestError(ValueError):
+    """A request this endpoint refuses; ``status`` is the HTTP code to answer."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_action(action: str, raw: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
+    """The body of ``POST /<action>`` as the coordinator's command takes it, or
+    :class:`BadRequestError` naming what is wrong."""
+    model = BODIES.get(action)
+    if model is None:
+        raise BadRequestError(HTTPStatus.NOT_FOUND, f"no such action /{action}")
+    try:
+        body = model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["loc"] and e["type"] != "missing" else "")
+            for e in exc.errors(include_url=False)
+        )
+        raise BadRequestError(HTTPStatus.BAD_REQUEST, f"/{action}: {problems}"[:500]) from exc
+    fields: dict[str, Any] = body.model_dump(exclude_none=True)
+    for role in ("servers", "workers"):
+        count = fields.get(role)
+        low, high = bounds.get(role, DEFAULT_BOUNDS[role])
+        if count is not None and not low <= count <= high:
+            raise BadRequestError(
+                HTTPStatus.BAD_REQUEST, f"/{action}: {role}: {count} is outside the job's [{low}, {high}]"
+            )
+    return fields
+
+
+def content_length(header: str | None) -> int:
+    """The body size a request declares: absent is 0; anything but 1-10 digits is refused."""
+    if header is None:
+        return 0
+    if not _DIGITS.fullmatch(header.strip()):
+        raise BadRequestError(HTTPStatus.BAD_REQUEST, f"Content-Length {header[:40]!r} is not a size")
+    length = int(header)
+    if length > MAX_BODY:
+        raise BadRequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes; at most {MAX_BODY}"
+        )
+    return length
 
 
 def status_document(
@@ -141,21 +245,41 @@ def metrics_text(status: dict[str, Any]) -> str:
 
 
 class StatusServer:
-    """A small threaded HTTP server bound to one address."""
+    """The endpoint on one address: a bounded threaded HTTP server on its own thread.
 
-    def __init__(self, host: str, port: int, status: StatusSource, act: ActionSink) -> None:
+    ``token`` is the bearer token every request but ``/healthz`` must carry; ``bounds`` the
+    job's (min, max) per role, which ``POST /scale`` must stay within.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: StatusSource,
+        act: ActionSink,
+        token: str,
+        bounds: Bounds = DEFAULT_BOUNDS,
+    ) -> None:
+        if not token:
+            raise ValueError("the HTTP endpoint needs a token")
         self.status_reads = 0  # how often /status was read (the coordinator lingers for one)
 
         def counted() -> dict[str, Any]:
             self.status_reads += 1
             return status()
 
-        handler = _handler(counted, act)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        handler = _handler(counted, act, token, bounds)
+        self._server = _BoundedServer((host, port), handler, MAX_CONNECTIONS, REQUEST_DEADLINE)
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dynaps-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.25,), name="dynaps-http", daemon=True
+        )
         self._thread.start()
+
+    @property
+    def refused(self) -> int:
+        """Connections closed unanswered because :data:`MAX_CONNECTIONS` were open."""
+        return self._server.refused
 
     def close(self) -> None:
         self._server.shutdown()
@@ -163,49 +287,142 @@ class StatusServer:
         self._thread.join(timeout=5)
 
 
-def _handler(status: StatusSource, act: ActionSink) -> type[BaseHTTPRequestHandler]:
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but at most ``max_connections`` of them, each cut after
+    ``deadline`` seconds (checked on every turn of the serving loop)."""
+
+    daemon_threads = True
+    block_on_close = False  # closing must not wait for a connection that hangs
+    # A long accept queue: a burst beyond the cap is refused at once rather than left to
+    # the client's SYN retries (seconds), which would also delay the operator behind it.
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        deadline: float,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._opened: dict[socket.socket, float] = {}  # open connection -> when it was accepted
+        self._deadline = deadline
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Answering would take a thread, which is what the cap protects: close at once.
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._opened[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: socket.socket) -> None:
+        with self._lock:
+            if self._opened.pop(request, None) is None:
+                return
+        self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up or was cut (the deadline) is no server error: no traceback.
+        log.debug("http: connection from %s ended early", client_address, exc_info=True)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [sock for sock, since in self._opened.items() if now - since > self._deadline]
+        for sock in late:
+            # Wakes the handler's blocked read, which then ends its connection.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _handler(
+    status: StatusSource, act: ActionSink, token: str, bounds: Bounds
+) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {token}".encode()
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "dynaps"
+        timeout = READ_TIMEOUT  # StreamRequestHandler sets it on the socket
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http: " + format, *args)
 
-        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+        def _reply(self, code: int, body: bytes, content_type: str, **headers: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, code: int, doc: Any) -> None:
-            self._reply(code, json.dumps(doc).encode(), "application/json")
+        def _json(self, code: int, doc: Any, **headers: str) -> None:
+            self._reply(code, json.dumps(doc).encode(), "application/json", **headers)
+
+        def _path(self) -> str:
+            return self.path.partition("?")[0]
+
+        def _authorized(self) -> bool:
+            if self._path() in UNAUTHENTICATED:
+                return True
+            # Header values arrive decoded as latin-1, so this encoding never fails.
+            given = (self.headers.get("Authorization") or "").encode("latin-1", "replace")
+            if hmac.compare_digest(given, expected):
+                return True
+            self.close_connection = True
+            self._json(
+                HTTPStatus.UNAUTHORIZED,
+                {"error": "this endpoint needs the job's token: Authorization: Bearer <token>"},
+                WWW_Authenticate='Bearer realm="dynaps"',
+            )
+            return False
 
         def do_GET(self) -> None:
-            if self.path == "/healthz":
+            if not self._authorized():
+                return
+            path = self._path()
+            if path == "/healthz":
                 self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
-            elif self.path == "/status":
+            elif path == "/status":
                 self._json(HTTPStatus.OK, status())
-            elif self.path == "/metrics":
+            elif path == "/metrics":
                 self._reply(HTTPStatus.OK, metrics_text(status()).encode(), "text/plain; version=0.0.4")
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {path[:100]}"})
 
         def do_POST(self) -> None:
-            action = self.path.strip("/")
-            if action not in ACTIONS:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such action {self.path}"})
+            if not self._authorized():
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-                return
-            raw = self.rfile.read(length) if length else b"{}"
+            action = self._path().strip("/")
             try:
-                body = json.loads(raw or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("body must be a JSON object")
-            except ValueError as exc:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": f"invalid JSON body: {exc}"})
+                if action not in BODIES:
+                    raise BadRequestError(HTTPStatus.NOT_FOUND, f"no such action /{action[:100]}")
+                if "Transfer-Encoding" in self.headers:
+                    raise BadRequestError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
+                length = content_length(self.headers.get("Content-Length"))
+                raw = self.rfile.read(length) if length else b""
+                if len(raw) != length:
+                    raise BadRequestError(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length")
+                body = parse_action(action, raw, bounds)
+            except BadRequestError as exc:
+                self.close_connection = True  # whatever is left unread must not be taken as a request
+                self._json(exc.status, {"error": str(exc)})
                 return
             act(action, body)
             self._json(HTTPStatus.ACCEPTED, {"accepted": action})

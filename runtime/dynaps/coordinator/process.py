@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import RuntimeConfig
+from dynaps.contract import RuntimeConfig, secret
 from dynaps.coordinator.core import Coordinator
 from dynaps.coordinator.http import StatusServer
 from dynaps.wire.protocol import COORDINATOR
@@ -26,6 +26,7 @@ TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalanc
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
     """Run the coordinator process until the job ends; returns the job's exit code."""
+    http_token = secret.http_token(secret.load_secret())  # before any socket: no secret, no job
     _host, _, port_text = config.coordinator.rpartition(":")
     transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
     coordinator = Coordinator(config, transport)
@@ -35,6 +36,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         config.coordinator_http_port,
         coordinator.status,
         lambda action, body: actions.put((action, body)),
+        token=http_token,
+        bounds={"servers": config.servers_range, "workers": config.workers_range},
     )
     stop = threading.Event()
     linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)

@@ -43,6 +43,7 @@ from dynaps.contract import (
     RebalancePolicy,
     RuntimeConfig,
     TableSpec,
+    secret,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
 from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
@@ -186,6 +187,7 @@ class LocalCluster:
         )
         self.log_level = log_level
         self.startup_timeout = startup_timeout
+        self._secret = secret.new_secret()  # the job's, in memory only (its processes get it in env)
         self.processes: dict[str, Process] = {}
         self._workers: dict[str, _Worker] = {}
         self._next = {"server": servers, "worker": workers}
@@ -199,7 +201,10 @@ class LocalCluster:
             raise
 
     def _env(self) -> dict[str, str]:
-        return {"DYNAPS_LOG_LEVEL": self.log_level}
+        return {"DYNAPS_LOG_LEVEL": self.log_level, secret.HEX_ENV: secret.encode(self._secret)}
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {secret.http_token(self._secret)}"}
 
     def _start(self, servers: int, workers: int) -> None:
         coordinator, address, self.http_port = start_coordinator(
@@ -383,13 +388,17 @@ class LocalCluster:
     def status(self) -> dict[str, Any]:
         """The coordinator's /status document."""
         url = f"http://127.0.0.1:{self.http_port}/status"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=self._auth())
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             doc: dict[str, Any] = json.load(response)
         return doc
 
     def _post(self, action: str, body: dict[str, Any]) -> None:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/{action}", data=json.dumps(body).encode(), method="POST"
+            f"http://127.0.0.1:{self.http_port}/{action}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers=self._auth(),
         )
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             response.read()

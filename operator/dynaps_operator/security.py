@@ -1,0 +1,165 @@
+"""What keeps a job to itself on a shared cluster (issue 12, docs/security-http.md).
+
+The operator holds a ClusterRole that creates pods in every namespace: whatever a role
+template asks for, the operator would create on the user's behalf (a confused deputy).  So:
+
+* every job pod runs hardened (:func:`harden`): ``runAsNonRoot``, seccomp ``RuntimeDefault``,
+  no privilege escalation, every capability dropped, no service-account token;
+* a template that asks for more (privileged, host namespaces, ``hostPath``, another service
+  account, added capabilities...) is refused with the field named (:func:`template_problems`),
+  unless the operator's setting ``allowPrivilegedJobs`` allows it (the hardening then becomes
+  a default the template may override);
+* each job gets a random Secret (``builders.build_secret``), mounted read-only in its pods, from
+  which its processes derive the keys that sign their messages and the token the coordinator's
+  HTTP endpoint wants; the operator reads it back for that token (:func:`token_of`);
+* a NetworkPolicy per job (``builders.build_network_policy``): only the job's pods reach its pods,
+  only the operator reaches the coordinator's HTTP port.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from dynaps.contract import ParameterServerJob, secret
+from dynaps_operator import names
+
+JsonDict = dict[str, Any]
+
+POD_SECURITY: JsonDict = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: JsonDict = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+SECRET_FILE = f"{secret.MOUNT_DIR}/{secret.DATA_KEY}"
+_CONTAINER_LISTS = ("initContainers", "containers")
+
+
+def harden(pod: JsonDict, *, enforce: bool) -> JsonDict:
+    """``pod`` with the hardened security contexts on it and on every container.
+
+    ``enforce``: the hardening wins over the template (the default); otherwise the template's
+    own values win (``allowPrivilegedJobs``), e.g. ``privileged: true``, which Kubernetes
+    refuses next to ``allowPrivilegeEscalation: false``.
+    """
+    spec = pod["spec"]
+
+    def combine(hardening: JsonDict, own: Any) -> JsonDict:
+        # Shallow on purpose: an enforced ``capabilities`` replaces the template's whole
+        # (its ``add`` included); an allowed template's replaces the hardening's.
+        own = own if isinstance(own, dict) else {}
+        return {**own, **hardening} if enforce else {**hardening, **own}
+
+    spec["securityContext"] = combine(POD_SECURITY, spec.get("securityContext"))
+    for key in _CONTAINER_LISTS:
+        for container in spec.get(key) or []:
+            if isinstance(container, dict):
+                container["securityContext"] = combine(CONTAINER_SECURITY, container.get("securityContext"))
+    if enforce:
+        spec["automountServiceAccountToken"] = False
+    return pod
+
+
+def template_problems(job: ParameterServerJob) -> list[str]:
+    """What the job's templates ask for beyond a hardened pod, one line per field."""
+    problems: list[str] = []
+    roles = (
+        ("coordinator", job.spec.coordinator),
+        ("servers", job.spec.servers),
+        ("workers", job.spec.workers),
+    )
+    for role, role_spec in roles:
+        spec = role_spec.template.get("spec")
+        if isinstance(spec, dict):
+            problems += _pod_problems(f"spec.{role}.template.spec", spec)
+    volume = job.spec.fault_tolerance.checkpoint.volume
+    if "hostPath" in volume:
+        problems.append(_refused("spec.faultTolerance.checkpoint.volume.hostPath", "a node's file system"))
+    return problems
+
+
+def _refused(field: str, what: str) -> str:
+    return (
+        f"{field}: refused: it gives the job {what}; the operator's setting allowPrivilegedJobs "
+        "(chart value) allows it"
+    )
+
+
+def _pod_problems(at: str, spec: JsonDict) -> list[str]:
+    problems = [
+        _refused(f"{at}.{key}", "the node's namespaces")
+        for key in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(key) is True
+    ]
+    for key in ("serviceAccountName", "serviceAccount"):
+        if spec.get(key) not in (None, "", "default"):
+            problems.append(_refused(f"{at}.{key}", "a service account's rights"))
+    if spec.get("automountServiceAccountToken") is True:
+        problems.append(_refused(f"{at}.automountServiceAccountToken", "a Kubernetes API token"))
+    for i, volume in enumerate(spec.get("volumes") or []):
+        if isinstance(volume, dict) and "hostPath" in volume:
+            problems.append(_refused(f"{at}.volumes[{i}].hostPath", "a node's file system"))
+    problems += _context_problems(f"{at}.securityContext", spec.get("securityContext"))
+    for key in (*_CONTAINER_LISTS, "ephemeralContainers"):
+        for i, container in enumerate(spec.get(key) or []):
+            if isinstance(container, dict):
+                problems += _context_problems(
+                    f"{at}.{key}[{i}].securityContext", container.get("securityContext")
+                )
+    return problems
+
+
+def _context_problems(at: str, context: Any) -> list[str]:
+    if not isinstance(context, dict):
+        return []
+    problems = []
+    if context.get("privileged") is True:
+        problems.append(_refused(f"{at}.privileged", "the node's devices and kernel"))
+    if context.get("allowPrivilegeEscalation") is True:
+        problems.append(_refused(f"{at}.allowPrivilegeEscalation", "setuid privileges"))
+    if context.get("runAsNonRoot") is False:
+        problems.append(_refused(f"{at}.runAsNonRoot", "root"))
+    if context.get("runAsUser") == 0:
+        problems.append(_refused(f"{at}.runAsUser", "root"))
+    added = (
+        (context.get("capabilities") or {}).get("add")
+        if isinstance(context.get("capabilities"), dict)
+        else None
+    )
+    if added:
+        problems.append(_refused(f"{at}.capabilities.add", "kernel capabilities"))
+    seccomp = context.get("seccompProfile")
+    if isinstance(seccomp, dict) and seccomp.get("type") == "Unconfined":
+        problems.append(_refused(f"{at}.seccompProfile", "every system call"))
+    return problems
+
+
+# ---------------------------------------------------------------------- the job's Secret
+
+
+def token_of(body: JsonDict, job_uid: str) -> str | None:
+    """The HTTP token from the job's Secret as read back, or None when it is not this job's
+    (another owner: a leftover of a deleted job of the same name) or not a usable secret."""
+    owners = (body.get("metadata") or {}).get("ownerReferences") or []
+    if not any(owner.get("uid") == job_uid for owner in owners):
+        return None
+    try:
+        text = base64.b64decode((body.get("data") or {}).get(secret.DATA_KEY, ""), validate=True).decode()
+        return secret.http_token(secret.decode(text, "the job's Secret"))
+    except (binascii.Error, UnicodeDecodeError, secret.SecretError):
+        return None
+
+
+def secret_volume(job: str) -> tuple[JsonDict, JsonDict]:
+    """The pod volume of the job's Secret and its read-only mount at ``secret.MOUNT_DIR``."""
+    volume = {
+        "name": names.SECRET_VOLUME,
+        # Readable by the container's non-root user without an fsGroup; the container runs
+        # nothing but the job's process.
+        "secret": {"secretName": names.secret_name(job), "defaultMode": 0o444},
+    }
+    mount = {"name": names.SECRET_VOLUME, "mountPath": secret.MOUNT_DIR, "readOnly": True}
+    return volume, mount

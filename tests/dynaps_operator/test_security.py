@@ -1,0 +1,204 @@
+"""Job pods hardened, privileged templates refused with the field named, the job's Secret and
+NetworkPolicy as built, and the operator's capped reads from a coordinator (issue 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from dynaps.contract import secret
+from dynaps_operator import names, security
+from dynaps_operator.builders import build_network_policy, build_pod, build_secret
+from dynaps_operator.coordinator_client import MAX_ANSWER, CoordinatorClient
+from dynaps_operator.errors import CoordinatorError
+from dynaps_operator.names import Role
+from dynaps_operator.validation import parse_job
+from tests.dynaps_operator.helpers import REF, job
+
+
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_every_container_of_every_pod_runs_hardened(role: Role) -> None:
+    template = {
+        "spec": {
+            "initContainers": [{"name": "fetch", "image": "busybox"}],
+            "containers": [{"name": "sidecar", "image": "busybox", "securityContext": {"runAsUser": 2000}}],
+            "securityContext": {"fsGroup": 3000},
+        }
+    }
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+    pod = build_pod(the_job, REF, role)
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in all_containers(pod):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["runAsNonRoot"] is True
+    if role is Role.WORKER:  # what the template said and the hardening does not touch stays
+        assert spec["securityContext"]["fsGroup"] == 3000
+        sidecar = next(c for c in spec["containers"] if c["name"] == "sidecar")
+        assert sidecar["securityContext"]["runAsUser"] == 2000
+
+
+def test_every_pod_mounts_the_job_secret_read_only_and_names_its_file() -> None:
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "env": {secret.HEX_ENV: "00" * 32}}})
+    for role in Role:
+        pod = build_pod(the_job, REF, role)
+        container = pod["spec"]["containers"][0]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == names.SECRET_VOLUME)
+        assert mount == {"name": names.SECRET_VOLUME, "mountPath": secret.MOUNT_DIR, "readOnly": True}
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == names.SECRET_VOLUME)
+        assert volume["secret"]["secretName"] == "mf-secret"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[secret.FILE_ENV] == f"{secret.MOUNT_DIR}/{secret.DATA_KEY}"
+        assert secret.HEX_ENV not in env  # a template cannot point the pod at another secret
+
+
+def test_the_secret_is_random_owned_immutable_and_read_back_only_when_this_jobs() -> None:
+    value = secret.new_secret()
+    body = build_secret(REF, value)
+    assert body["metadata"]["name"] == "mf-secret"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == REF.uid
+    assert body["immutable"] is True
+    stored = base64.b64decode(body["data"][secret.DATA_KEY]).decode()
+    assert secret.decode(stored, "test") == value
+    assert build_secret(REF, secret.new_secret())["data"] != body["data"]
+    assert security.token_of(body, REF.uid) == secret.http_token(value)
+    assert security.token_of(body, "another-uid") is None
+    assert security.token_of({**body, "data": {secret.DATA_KEY: "!!"}}, REF.uid) is None
+
+
+def test_the_network_policy_admits_the_jobs_pods_and_only_the_operator_to_http() -> None:
+    policy = build_network_policy(REF, "ops", {"app.kubernetes.io/name": "dynaps-operator"})
+    spec = policy["spec"]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == REF.uid
+    assert spec["podSelector"] == {"matchLabels": {names.LABEL_JOB: "mf"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    peers, operator = spec["ingress"]
+    assert peers["from"] == [{"podSelector": {"matchLabels": {names.LABEL_JOB: "mf"}}}]
+    http = names.COORDINATOR_HTTP_PORT
+    covered = [(p["port"], p["endPort"]) for p in peers["ports"]]
+    assert not any(low <= http <= high for low, high in covered)
+    for port in (names.COORDINATOR_PORT, names.NODE_PORT, 45000):  # 45000: a client's random port
+        assert any(low <= port <= high for low, high in covered)
+    assert operator["ports"] == [{"protocol": "TCP", "port": http}]
+    assert operator["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "dynaps-operator"}},
+        }
+    ]
+
+
+REFUSED = [
+    ({"hostNetwork": True}, "spec.workers.template.spec.hostNetwork"),
+    ({"hostPID": True}, "spec.workers.template.spec.hostPID"),
+    ({"hostIPC": True}, "spec.workers.template.spec.hostIPC"),
+    ({"serviceAccountName": "admin"}, "spec.workers.template.spec.serviceAccountName"),
+    ({"automountServiceAccountToken": True}, "spec.workers.template.spec.automountServiceAccountToken"),
+    (
+        {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]},
+        "spec.workers.template.spec.volumes[0].hostPath",
+    ),
+    ({"securityContext": {"runAsUser": 0}}, "spec.workers.template.spec.securityContext.runAsUser"),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"privileged": True}}]},
+        "spec.workers.template.spec.containers[0].securityContext.privileged",
+    ),
+    (
+        {"initContainers": [{"name": "x", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]},
+        "spec.workers.template.spec.initContainers[0].securityContext.capabilities.add",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"allowPrivilegeEscalation": True}}]},
+        "spec.workers.template.spec.containers[0].securityContext.allowPrivilegeEscalation",
+    ),
+    (
+        {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
+        "spec.workers.template.spec.securityContext.seccompProfile",
+    ),
+]
+
+
+def manifest(template_spec: dict[str, Any]) -> dict[str, Any]:
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": {"spec": template_spec}}})
+    return {**the_job.to_wire(), "apiVersion": "dynaps.io/v1alpha1", "kind": "ParameterServerJob"}
+
+
+@pytest.mark.parametrize(("template_spec", "field"), REFUSED, ids=[f for _, f in REFUSED])
+def test_a_privileged_template_is_refused_naming_the_field(template_spec: dict[str, Any], field: str) -> None:
+    parsed, message = parse_job(manifest(template_spec))
+    assert parsed is None
+    assert message.startswith(f"{field}: refused")
+    assert "allowPrivilegedJobs" in message
+    allowed, nothing = parse_job(manifest(template_spec), allow_privileged=True)
+    assert allowed is not None
+    assert nothing == ""
+
+
+def test_a_host_path_checkpoint_volume_is_refused() -> None:
+    the_job = job(faultTolerance={"checkpoint": {"volume": {"hostPath": {"path": "/var"}}}})
+    assert security.template_problems(the_job) == [
+        security._refused("spec.faultTolerance.checkpoint.volume.hostPath", "a node's file system")
+    ]
+
+
+def test_when_allowed_the_template_wins_over_the_hardening() -> None:
+    template = {"spec": {"containers": [{"name": "dynaps", "securityContext": {"privileged": True}}]}}
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+    pod = build_pod(the_job, REF, Role.WORKER, allow_privileged=True)
+    context = pod["spec"]["containers"][0]["securityContext"]
+    assert context["privileged"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}  # still the default where it said nothing
+
+
+# ---------------------------------------------------------------------- the coordinator client
+
+
+async def serve(handler: Any) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
+
+
+def test_the_client_sends_the_token_and_refuses_an_answer_over_the_cap() -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        if request.path == "/huge":
+            response = web.StreamResponse()  # chunked: no Content-Length to refuse it up front
+            await response.prepare(request)
+            for _ in range(MAX_ANSWER // (1 << 16) + 2):
+                await response.write(b" " * (1 << 16))
+            return response
+        return web.json_response({"job": "x"})
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port)
+        try:
+            assert await client.status("127.0.0.1", "tok") == {"job": "x"}
+            assert seen == ["Bearer tok"]
+            with pytest.raises(CoordinatorError, match="passed"):
+                await client._request("GET", "127.0.0.1", "/huge", None, "tok")
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    asyncio.run(main())

@@ -1,0 +1,100 @@
+"""A job on the real control plane keeps to itself (issue 12): its Secret, owned and mounted;
+hardened pods; its NetworkPolicy; the coordinator's token; a privileged template refused.
+
+The process kubelet mounts the Secret where a kubelet would and ignores securityContext (its
+pods are processes of the test's user); what it proves here is that the pods the operator
+builds run with the Secret mounted, and that the operator polls and drives the coordinator
+with the token the coordinator derives from it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from dynaps.contract import secret
+from dynaps_operator import names
+from dynaps_operator.runner import OperatorThread
+from tests.dynaps_operator.conftest import condition_of, create_job, pods_of, quickstart_job, wait_phase
+from tests.kube.kubeapi import ApiError, KubeClient, namespaced
+from tests.kube.kubelet import ProcessKubelet
+
+pytestmark = pytest.mark.e2e
+JsonDict = dict[str, Any]
+
+
+def test_a_job_runs_with_its_secret_hardened_pods_and_network_policy(
+    operator: OperatorThread, kube_api: KubeClient, module_namespace: str, process_kubelet: ProcessKubelet
+) -> None:
+    ns = module_namespace
+    created = create_job(kube_api, ns, quickstart_job("guarded", workers=1, epochs=1))
+    uid = created["metadata"]["uid"]
+    # Succeeded: the operator read /status with the token (else it never sees the job end)
+    done = wait_phase(kube_api, ns, "guarded", {"Succeeded", "Failed"}, 120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+
+    stored = kube_api.get(namespaced("secrets", ns, "guarded-secret"))
+    assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [uid]
+    assert stored["immutable"] is True
+    value = secret.decode(base64.b64decode(stored["data"][secret.DATA_KEY]).decode(), "the Secret")
+    assert len(value) == secret.SECRET_BYTES
+    assert secret.encode(value) not in str(done["status"])
+
+    pods = pods_of(kube_api, ns, "guarded")
+    assert {p["metadata"]["name"] for p in pods} == {
+        "guarded-coordinator",
+        "guarded-server-0",
+        "guarded-worker-0",
+    }
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        (container,) = spec["containers"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == names.SECRET_VOLUME)
+        assert (mount["mountPath"], mount["readOnly"]) == (secret.MOUNT_DIR, True)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[secret.FILE_ENV] == f"{secret.MOUNT_DIR}/{secret.DATA_KEY}"
+        volume = next(v for v in spec["volumes"] if v["name"] == names.SECRET_VOLUME)
+        assert volume["secret"]["secretName"] == "guarded-secret"
+
+    policy = kube_api.get(namespaced("networkpolicies", ns, "guarded", api="networking.k8s.io/v1"))
+    assert [o["uid"] for o in policy["metadata"]["ownerReferences"]] == [uid]
+    job_pods = {"matchLabels": {names.LABEL_JOB: "guarded"}}
+    assert policy["spec"]["podSelector"] == job_pods
+    peers, to_http = policy["spec"]["ingress"]
+    assert peers["from"] == [{"podSelector": job_pods}]
+    assert to_http["ports"] == [{"protocol": "TCP", "port": names.COORDINATOR_HTTP_PORT}]
+
+    # the token was never written where a reader of the job or its Events would see it
+    token = secret.http_token(value)
+    events = kube_api.items(namespaced("events", ns), fieldSelector="involvedObject.name=guarded")
+    assert token not in str(done)
+    assert token not in str(events)
+
+
+def test_a_privileged_template_is_refused_naming_the_field(
+    operator: OperatorThread, kube_api: KubeClient, module_namespace: str
+) -> None:
+    ns = module_namespace
+    job = quickstart_job("rooted")
+    job["spec"]["workers"]["template"] = {
+        "spec": {
+            "hostNetwork": True,
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        }
+    }
+    create_job(kube_api, ns, job)
+    failed = wait_phase(kube_api, ns, "rooted", {"Failed"}, 60)
+    message = condition_of(failed, "Failed")["message"]
+    assert "spec.workers.template.spec.hostNetwork: refused" in message
+    assert "spec.workers.template.spec.volumes[0].hostPath: refused" in message
+    assert pods_of(kube_api, ns, "rooted") == []
+    with pytest.raises(ApiError) as missing:  # refused before anything was made for it
+        kube_api.get(namespaced("secrets", ns, "rooted-secret"))
+    assert missing.value.status == 404
