@@ -12,12 +12,20 @@ at most one per killed worker.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import dynaps
+
+
+def record(path: Path, count: int) -> None:
+    """Atomically: a worker killed mid-write must leave its last count, not an empty file."""
+    partial = path.with_name(f".{path.name}.partial")  # not matched by progress-*
+    partial.write_text(str(count))
+    os.replace(partial, path)
 
 
 def main(folder: str) -> int:
@@ -33,7 +41,7 @@ def main(folder: str) -> int:
     while not (out / "stop").exists():
         counts.push(keys, ones)  # returns once the servers acknowledged it
         pushes += 1
-        progress.write_text(str(pushes))
+        record(progress, pushes)
     (out / f"acked-{ps.rank}").write_text(str(pushes))
     ps.barrier()
     if ps.rank == 0:

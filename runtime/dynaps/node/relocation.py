@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.node.applied import AppliedRequests
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import Migrations
 from dynaps.node.replication import Replication
@@ -42,12 +43,14 @@ class Relocations:
         dispatch: Callable[[Message], None],
         migrations: Migrations,
         replication: Replication | None,
+        applied: AppliedRequests,
         fenced: Callable[[], bool],
     ) -> None:
         self.node = node
         self.dispatch = dispatch  # handles a request again once its keys arrived
         self.migrations = migrations  # notes keys that changed while a shard is copied
         self.replication = replication
+        self.applied = applied  # its records travel with the keys (exactly once)
         self.fenced = fenced  # no key changes owner while a lost node's fence lasts
         self.pending: list[list[Message]] = [[] for _ in node.stores]  # requests for keys on their way here
         self.waiting: list[list[Message]] = [[] for _ in node.stores]  # localizes of keys still moving
@@ -188,7 +191,7 @@ class Relocations:
                     owned,
                     values,
                     states,
-                    records=self.replication.records_for(owned) if self.replication is not None else None,
+                    records=self.applied.records_for(owned),
                 )
                 node.send(target, transfer)
         if len(owned) < len(keys):
@@ -234,8 +237,7 @@ class Relocations:
             node.lock.release()
         if confirmed is not None and len(confirmed):
             self._confirm_arrival(msg.table, msg.req_id, confirmed)
-        if self.replication is not None:
-            self.replication.adopt_records(msg.records)
+        self.applied.adopt_records(msg.records)
         if not len(keys):
             return
         if self.replication is not None:

@@ -13,8 +13,7 @@
   When a worker dies, its homes take its keys back with the last rows written back:
   the loss is bounded by the flush interval.  ``flushIntervalMs: 0`` writes through:
   an update of a localized key is acknowledged only once its home and backup have it.
-* **Exactly once**: every node remembers which (requester, request, positions) it applied
-  recently; a request sent again after a crash (flag RETRY) skips what was applied.
+* **Exactly once**: :mod:`dynaps.node.applied` (with or without replication).
 
 A backup stores replicas in its own value arrays: the rows of keys it neither homes nor
 holds are otherwise unused.  Every backup gets a shard's rows on one FIFO path, from its
@@ -30,13 +29,13 @@ coordinator count on that replica.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.node.applied import AppliedRequests, Keys, Positions
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
@@ -46,19 +45,19 @@ from dynaps.wire.routing import subset
 
 log = logging.getLogger(__name__)
 
-REMEMBERED_REQUESTS = 4096  # per requester: far more than can be in flight
 SYNC_KEYS = 65536  # keys per replica-sync message
 
-Keys = npt.NDArray[np.int64]
-Positions = npt.NDArray[np.int32]
 # ACK ``count`` keys of a message to its requester, with their positions in the request
 Acknowledge = Callable[[Message, int, Positions | None], None]
 
 
 class Replication:
-    def __init__(self, node: NodeContext, flush_interval_ms: int, acknowledge: Acknowledge) -> None:
+    def __init__(
+        self, node: NodeContext, flush_interval_ms: int, acknowledge: Acknowledge, applied: AppliedRequests
+    ) -> None:
         self.node = node
         self.acknowledge = acknowledge
+        self.applied = applied  # the node's record of applied updates (a backup adds to it)
         self.write_through = flush_interval_ms == 0
         self.flush_interval = flush_interval_ms / 1000
         # keys held here whose rows changed since the last write-back (shared with the
@@ -67,83 +66,9 @@ class Replication:
             store.dirty if store.dirty is not None else np.zeros(store.spec.num_keys, np.uint8)
             for store in node.stores
         ]
-        # requester -> request -> (positions applied here, None: all; the keys they updated)
-        self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
         self.last_flush = 0.0
         # at a backup: reports (and who sent them) of an epoch not seen yet
         self.synced_reports: list[tuple[control.ReplicaSynced, int]] = []
-
-    # ---------------------------------------------------------------- exactly once
-
-    def remember(self, requester: int, req_id: int, positions: Positions | None, keys: Keys) -> None:
-        """Record that this node applied ``positions`` (None: all) of a request, to ``keys``."""
-        seen = self.applied.setdefault(requester, collections.OrderedDict())
-        before = seen.get(req_id)
-        if before is not None:
-            if before[0] is None or positions is None:
-                positions = None
-            else:
-                positions = np.union1d(before[0], positions).astype(np.int32)
-            keys = np.union1d(before[1], keys)
-        seen[req_id] = (positions, keys)
-        seen.move_to_end(req_id)
-        if len(seen) > REMEMBERED_REQUESTS:
-            seen.popitem(last=False)
-
-    def forget_before(self, requester: int, req_id: int, watermark: int) -> None:
-        """The requester has every answer to its requests below ``watermark`` (32 low bits)."""
-        seen = self.applied.get(requester)
-        if not seen:
-            return
-        full = (req_id & ~0xFFFFFFFF) | watermark
-        if full > req_id:
-            full -= 1 << 32
-        while seen:
-            oldest = next(iter(seen))
-            if oldest >= full:
-                break
-            del seen[oldest]
-
-    def already_applied(self, msg: Message) -> npt.NDArray[np.bool_] | None:
-        """Which keys of a push were applied here before (None: none).
-
-        Checked for every push, not only retried ones: a retry can overtake the request
-        it repeats (they take different paths), and then the original is the duplicate.
-        """
-        requests = self.applied.get(msg.requester)
-        if requests is None or msg.req_id not in requests:
-            return None
-        seen = requests[msg.req_id][0]
-        assert msg.keys is not None
-        if seen is None:
-            return np.ones(len(msg.keys), dtype=np.bool_)
-        positions = msg.positions if msg.positions is not None else np.arange(len(msg.keys), dtype=np.int32)
-        return np.isin(positions, seen)
-
-    def records_for(self, keys: Keys) -> dict[str, object] | None:
-        """The records of requests applied here to any of ``keys``: they travel with the keys,
-        so a retry that follows the keys to their next owner is recognised there too."""
-        found = []
-        for requester, seen in self.applied.items():
-            for req_id, (positions, touched) in seen.items():
-                if np.isin(touched, keys).any():
-                    shown = None if positions is None else positions.tolist()
-                    found.append([requester, req_id, shown, touched.tolist()])
-        return {"records": found} if found else None
-
-    def adopt_records(self, body: dict[str, object] | None) -> None:
-        if not body:
-            return
-        records = body.get("records")
-        if not isinstance(records, list):
-            return
-        for record in records:
-            try:
-                requester, req_id, positions, touched = record
-                chosen = None if positions is None else np.asarray(positions, dtype=np.int32)
-                self.remember(int(requester), int(req_id), chosen, np.asarray(touched, dtype=np.int64))
-            except (TypeError, ValueError):
-                continue  # a malformed record protects nothing: skip it
 
     # ---------------------------------------------------------------- after an update
 
@@ -153,10 +78,7 @@ class Replication:
         A home lets the backup acknowledge; a worker writing through lets its home do it.
         """
         node = self.node
-        if is_client(msg.requester):
-            self.remember(msg.requester, msg.req_id, positions, keys)
-            if msg.aux:
-                self.forget_before(msg.requester, msg.req_id, msg.aux)
+        self.applied.after_update(msg, keys, positions)
         store = node.stores[table]
         if store.owner is not None:  # a server: replicate what it homes
             homed = node.homed(table)[keys]
@@ -240,7 +162,7 @@ class Replication:
             node.stats["replica_rows_stale"] += len(keys) - len(fresh)
         client = is_client(msg.requester)
         if client:
-            self.remember(msg.requester, msg.req_id, msg.positions, keys)
+            self.applied.remember(msg.requester, msg.req_id, msg.positions, keys)
         if (following == NO_BACKUP).all():  # the end of every chain (the case of replication: 1)
             if client:
                 self.acknowledge(msg, len(keys), msg.positions)

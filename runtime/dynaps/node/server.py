@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.node.applied import AppliedRequests
 from dynaps.node.departures import Departures
 from dynaps.node.gate import ShardGate
 from dynaps.node.migration import Migrations
@@ -96,13 +97,21 @@ class NodeServer:
         self._last_malformed_log = 0.0
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.migrations = Migrations(self)
+        self.applied = AppliedRequests()  # exactly once, with or without replication
         self.replication = (
-            None if flush_interval_ms is None else Replication(self, flush_interval_ms, self.acknowledge)
+            None
+            if flush_interval_ms is None
+            else Replication(self, flush_interval_ms, self.acknowledge, self.applied)
         )
         self.recoveries = Recoveries(self, checkpoint_root, self.replication)
         self.departures = Departures(self, on_lost=self._forget_lost)
         self.relocations = Relocations(
-            self, self.dispatch, self.migrations, self.replication, lambda: self.departures.fenced
+            self,
+            self.dispatch,
+            self.migrations,
+            self.replication,
+            self.applied,
+            lambda: self.departures.fenced,
         )
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.PULL: self._on_pull,
@@ -149,11 +158,10 @@ class NodeServer:
         if msg.epoch > self.shard_map.epoch:
             self.future.append(msg)  # the sender knows a shard map we have not seen yet
             return
-        replication = self.replication
-        if replication is not None and msg.requester in replication.applied and msg.type in _UPDATES:
+        if msg.requester in self.applied and msg.type in _UPDATES:
             # A record here means "applied", wherever the keys are now: answer it before
             # holding or forwarding it to a node that has no such record.
-            msg = self._skip_applied(msg, replication)
+            msg = self._skip_applied(msg)
             if not msg.count:
                 return
         if self.gate.blocks is not None and msg.type in _ROUTED and msg.keys is not None:
@@ -259,14 +267,16 @@ class NodeServer:
             # positions whenever the request had them or this is a part of it: the client
             # tracks what is done (to retry the rest) and learns who owns the keys
             positions = _positions(msg, idx) if rest is not None else msg.positions
+            if replication is None:
+                self.applied.after_update(msg, keys, positions)
             if replication is None or replication.after_update(msg, msg.table, keys, positions):
                 self._reply(msg, MsgType.ACK, len(keys), positions, None)
         if rest is not None:
             self._route(msg, store, rest, own[rest])
 
-    def _skip_applied(self, msg: Message, replication: Replication) -> Message:
+    def _skip_applied(self, msg: Message) -> Message:
         """A retried push: acknowledge again what was applied here, keep the rest."""
-        applied = replication.already_applied(msg)
+        applied = self.applied.already_applied(msg)
         if applied is None or not applied.any():
             return msg
         assert msg.keys is not None

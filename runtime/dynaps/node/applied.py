@@ -1,0 +1,112 @@
+"""Exactly once: the updates a node applied recently, so that a request sent again is not
+applied twice.
+
+A client sends its requests in flight again when a node is lost (flag RETRY: the lost node
+may have held or forwarded them), so a server may see a push it already applied; and a retry
+can overtake the request it repeats (they take different paths), so then the original is the
+duplicate. Every node therefore remembers, per requester, which positions of which requests
+it applied (a bounded window: a requester also says which of its requests are all answered),
+and those records travel with the keys when they move, so a retry that follows its keys to
+their next owner is recognised there too. Kept with or without replication: without it, a
+worker's loss still makes clients retry.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.wire.protocol import Message, is_client
+
+REMEMBERED_REQUESTS = 4096  # per requester: far more than can be in flight
+
+Keys = npt.NDArray[np.int64]
+Positions = npt.NDArray[np.int32]
+
+
+class AppliedRequests:
+    def __init__(self) -> None:
+        # requester -> request -> (positions applied here, None: all; the keys they updated)
+        self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
+
+    def __contains__(self, requester: int) -> bool:
+        return requester in self.applied
+
+    def after_update(self, msg: Message, keys: Keys, positions: Positions | None) -> None:
+        """``positions`` (None: all) of a client's update were applied here to ``keys``."""
+        if is_client(msg.requester):
+            self.remember(msg.requester, msg.req_id, positions, keys)
+            if msg.aux:
+                self.forget_before(msg.requester, msg.req_id, msg.aux)
+
+    def remember(self, requester: int, req_id: int, positions: Positions | None, keys: Keys) -> None:
+        """Record that this node applied ``positions`` (None: all) of a request, to ``keys``."""
+        seen = self.applied.setdefault(requester, collections.OrderedDict())
+        before = seen.get(req_id)
+        if before is not None:
+            if before[0] is None or positions is None:
+                positions = None
+            else:
+                positions = np.union1d(before[0], positions).astype(np.int32)
+            keys = np.union1d(before[1], keys)
+        seen[req_id] = (positions, keys)
+        seen.move_to_end(req_id)
+        if len(seen) > REMEMBERED_REQUESTS:
+            seen.popitem(last=False)
+
+    def forget_before(self, requester: int, req_id: int, watermark: int) -> None:
+        """The requester has every answer to its requests below ``watermark`` (32 low bits)."""
+        seen = self.applied.get(requester)
+        if not seen:
+            return
+        full = (req_id & ~0xFFFFFFFF) | watermark
+        if full > req_id:
+            full -= 1 << 32
+        while seen:
+            oldest = next(iter(seen))
+            if oldest >= full:
+                break
+            del seen[oldest]
+
+    def already_applied(self, msg: Message) -> npt.NDArray[np.bool_] | None:
+        """Which keys of a push were applied here before (None: none).
+
+        Checked for every push, not only retried ones: a retry can overtake the request
+        it repeats (they take different paths), and then the original is the duplicate.
+        """
+        requests = self.applied.get(msg.requester)
+        if requests is None or msg.req_id not in requests:
+            return None
+        seen = requests[msg.req_id][0]
+        assert msg.keys is not None
+        if seen is None:
+            return np.ones(len(msg.keys), dtype=np.bool_)
+        positions = msg.positions if msg.positions is not None else np.arange(len(msg.keys), dtype=np.int32)
+        return np.isin(positions, seen)
+
+    def records_for(self, keys: Keys) -> dict[str, object] | None:
+        """The records of requests applied here to any of ``keys``: they travel with the keys,
+        so a retry that follows the keys to their next owner is recognised there too."""
+        found = []
+        for requester, seen in self.applied.items():
+            for req_id, (positions, touched) in seen.items():
+                if np.isin(touched, keys).any():
+                    shown = None if positions is None else positions.tolist()
+                    found.append([requester, req_id, shown, touched.tolist()])
+        return {"records": found} if found else None
+
+    def adopt_records(self, body: dict[str, object] | None) -> None:
+        if not body:
+            return
+        records = body.get("records")
+        if not isinstance(records, list):
+            return
+        for record in records:
+            try:
+                requester, req_id, positions, touched = record
+                chosen = None if positions is None else np.asarray(positions, dtype=np.int32)
+                self.remember(int(requester), int(req_id), chosen, np.asarray(touched, dtype=np.int64))
+            except (TypeError, ValueError):
+                continue  # a malformed record protects nothing: skip it

@@ -1,0 +1,51 @@
+"""A push sent again (a client retries what was in flight when any node was lost) is applied
+once, with or without replication; the retry is acknowledged again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dynaps.contract import NamedTable, Partition
+from dynaps.node.server import NodeServer
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock
+from dynaps.store.table_store import TableStore
+from dynaps.wire import messages
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import RETRY, MsgType, client_of
+from tests.dynaps.test_node_bad_messages import Outbox
+
+SERVER, WORKER = 1, 3
+
+
+def server_node(flush_interval_ms: int | None) -> tuple[NodeServer, Outbox]:
+    shard_map = ShardMap.initial(2, Partition.RANGE, [SERVER])
+    table = NamedTable(name="W", num_keys=8, dim=2)
+    store = TableStore.create(0, table, shard_map, home=SERVER, shared=False)
+    outbox = Outbox()
+    server = NodeServer(SERVER, outbox, [store], shard_map, NullLock(), flush_interval_ms=flush_interval_ms)
+    return server, outbox
+
+
+def acks(server: NodeServer, outbox: Outbox) -> list[int]:
+    found: list[Any] = [decode(frames, server.layouts) for _, frames in outbox.sent]
+    return [msg.count for msg in found if msg.type == MsgType.ACK]
+
+
+@pytest.mark.parametrize("flush_interval_ms", [None, 100], ids=["no-replication", "replication"])
+def test_a_retried_push_is_applied_once_and_acknowledged_again(flush_interval_ms: int | None) -> None:
+    server, outbox = server_node(flush_interval_ms)
+    keys = np.array([0, 5], dtype=np.int64)
+    ones = np.ones((2, 2))
+    requester = client_of(WORKER)
+    server.dispatch(messages.request(MsgType.PUSH, requester, 7, 0, keys, values=ones))
+    again = messages.request(MsgType.PUSH, requester, 7, 0, keys, values=ones, flags=RETRY)
+    server.dispatch(again)
+    np.testing.assert_array_equal(server.stores[0].values[keys], ones)
+    assert acks(server, outbox) == [2, 2]
+    # a new request of the same client is applied
+    server.dispatch(messages.request(MsgType.PUSH, requester, 8, 0, keys, values=ones))
+    np.testing.assert_array_equal(server.stores[0].values[keys], 2 * ones)
