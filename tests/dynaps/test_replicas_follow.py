@@ -46,6 +46,19 @@ def replicas_synced(status: dict[str, Any]) -> bool:
     return bool(status["replication"]["unsynced"] == 0)
 
 
+def stop_and_count(cluster: dynaps.LocalCluster, job: Any, stop: Path) -> dict[str, Any]:
+    """Stop the pushers; the table must hold every acknowledged increment. The status."""
+    stop.touch()
+    results = job.result(timeout=120)
+    acked = sum(r["acked"] for r in results)
+    values = cluster.run(read_all)[0]
+    lost = int((acked - values).sum())
+    assert lost == 0, f"{lost} acknowledged increments lost"
+    np.testing.assert_array_equal(values, acked)
+    status: dict[str, Any] = cluster.status()
+    return status
+
+
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)], ids=["scale-out", "drain"])
 def test_a_server_killed_after_a_scale_loses_no_acknowledged_increment(
     tmp_path: Path, before: int, after: int
@@ -65,14 +78,7 @@ def test_a_server_killed_after_a_scale_loses_no_acknowledged_increment(
         victim = next(m for m in status["members"] if m["role"] == "server")
         cluster.kill(victim["name"])
         time.sleep(0.5)
-        stop.touch()
-        results = job.result(timeout=120)
-        acked = sum(r["acked"] for r in results)
-        values = cluster.run(read_all)[0]
-        lost = int((acked - values).sum())
-        assert lost == 0, f"{lost} acknowledged increments lost"
-        np.testing.assert_array_equal(values, acked)
-        status = cluster.status()
+        status = stop_and_count(cluster, job, stop)
         assert status["lost"] == [victim["id"]]
         assert status["dataLoss"] == []
 
@@ -150,14 +156,7 @@ def test_replication_2_survives_two_servers_killed_at_once(tmp_path: Path) -> No
         for name in victims:
             cluster.kill(name)
         time.sleep(1.0)
-        stop.touch()
-        results = job.result(timeout=60)
-        acked = sum(r["acked"] for r in results)
-        values = cluster.run(read_all)[0]
-        lost = int((acked - values).sum())
-        assert lost == 0, f"{lost} acknowledged increments lost"
-        np.testing.assert_array_equal(values, acked)
-        status = cluster.status()
+        status = stop_and_count(cluster, job, stop)
         assert len(status["lost"]) == 2
         assert status["dataLoss"] == []
         deadline = time.monotonic() + 20
