@@ -21,7 +21,15 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from dynaps.contract import CONFIG_FILE_ENV, ParameterServerJob, RuntimeConfig, runtime_config, secret
+from dynaps.contract import (
+    CONFIG_FILE_ENV,
+    COORDINATOR_SIGTERM_ENV,
+    SIGTERM_EXITS_ALONE,
+    ParameterServerJob,
+    RuntimeConfig,
+    runtime_config,
+    secret,
+)
 from dynaps_operator import memory_growth, names, security
 from dynaps_operator.names import Role
 
@@ -305,6 +313,8 @@ def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, 
     if role is Role.WORKER:
         env.append({"name": "DYNAPS_RANK", "value": str(index)})
     if role is Role.COORDINATOR:
+        # An evicted or deleted coordinator pod is replaced alone: its nodes wait for the new one.
+        env.append({"name": COORDINATOR_SIGTERM_ENV, "value": SIGTERM_EXITS_ALONE})
         ports = [
             {"name": "coordinator", "containerPort": names.COORDINATOR_PORT},
             {"name": "http", "containerPort": names.COORDINATOR_HTTP_PORT},

@@ -41,21 +41,25 @@ def progress(folder: Path) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("grace", [0, None], ids=["killed", "sigterm"])
 def test_a_deleted_coordinator_is_replaced_alone_and_the_result_is_exact(
     operator: OperatorThread,
     kube_api: KubeClient,
     kube_namespace: str,
     process_kubelet: ProcessKubelet,
     tmp_path: Path,
+    grace: int | None,
 ) -> None:
+    """Killed at once (a failed node), or terminated politely (an eviction, a node drain:
+    SIGTERM, after which the coordinator exits without ending the job)."""
     ns, name = kube_namespace, "adopt"
     create_job(kube_api, ns, counter_job(name, tmp_path))
     wait_phase(kube_api, ns, name, {"Running"}, 60)
     wait_for(lambda: progress(tmp_path) >= 20, 30, "the workers to push")
     before = uids(kube_api, ns, name)
     assert len(before) == 1 + 2 + WORKERS
-    # Lost as with a failed node: removed at once, the process killed (no chance to say goodbye).
-    kube_api.delete(namespaced("pods", ns, f"{name}-coordinator"), {"gracePeriodSeconds": 0})
+    options = None if grace is None else {"gracePeriodSeconds": grace}
+    kube_api.delete(namespaced("pods", ns, f"{name}-coordinator"), options)
     wait_for(
         lambda: (
             uids(kube_api, ns, name).get(f"{name}-coordinator") not in (None, before[f"{name}-coordinator"])

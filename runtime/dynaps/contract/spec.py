@@ -22,6 +22,12 @@ SHORT_NAME = "psjob"
 
 CONFIG_ENV = "DYNAPS_CONFIG"
 CONFIG_FILE_ENV = "DYNAPS_CONFIG_FILE"
+# What SIGTERM means to the coordinator: end the job (the nodes are told to shut down; what
+# `dynaps run` and LocalCluster want), or exit alone (the operator's pods: a terminating
+# coordinator pod is evicted or replaced, and the nodes wait for the new coordinator).
+COORDINATOR_SIGTERM_ENV = "DYNAPS_COORDINATOR_SIGTERM"
+SIGTERM_ENDS_JOB = "end-job"
+SIGTERM_EXITS_ALONE = "exit-alone"
 
 # Node ids are int16 on the wire and in the per-key directory; the top bit of the
 # positive range marks a node's client endpoint, which leaves this many nodes.

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import RuntimeConfig, secret
+from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, RuntimeConfig, secret
 from dynaps.coordinator.core import Coordinator
 from dynaps.coordinator.http import StatusServer
 from dynaps.wire.protocol import COORDINATOR
 from dynaps.wire.transport import ZmqTransport
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: preempted)
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -40,9 +41,13 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         bounds={"servers": config.servers_range, "workers": config.workers_range},
     )
     stop = threading.Event()
+    alone = threading.Event()  # stop without ending the job: the nodes wait for a replacement
     linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
+    exits_alone = os.environ.get(COORDINATOR_SIGTERM_ENV) == SIGTERM_EXITS_ALONE
 
     def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGTERM and exits_alone:
+            alone.set()
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -50,8 +55,12 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     next_tick = 0.0
     try:
         while coordinator.exit_code is None:
+            if alone.is_set():
+                # Its replacement adopts the running job (dynaps.coordinator.adoption): the
+                # nodes are not told anything, and they go on with what they hold.
+                return SIGTERM_EXIT_CODE
             if stop.is_set():
-                coordinator.finish(143, "the coordinator was asked to stop")
+                coordinator.finish(SIGTERM_EXIT_CODE, "the coordinator was asked to stop")
                 break
             frames = transport.recv(timeout=TICK_SECONDS)
             while frames is not None:
