@@ -30,6 +30,7 @@ from dynaps.contract import (
     RuntimeConfig,
     describe_validation_error,
     runtime_config,
+    secret,
 )
 from dynaps.errors import ConfigError, DynapsError
 
@@ -204,6 +205,7 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 
     # the coordinator answers /status a moment after the job ends: the last read sees its end
     env = {"DYNAPS_LOG_LEVEL": args.log_level.upper(), "DYNAPS_COORDINATOR_LINGER_SECONDS": "3"}
+    env[secret.HEX_ENV] = secret.encode(secret.new_secret())  # the job's own, in memory only
     started = time.monotonic()
     coordinator, address, http_port = start_coordinator(config, env)
     config = config.model_copy(update={"coordinator": address})

@@ -43,6 +43,7 @@ from dynaps.contract import (
     RebalancePolicy,
     RuntimeConfig,
     TableSpec,
+    secret,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
 from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
@@ -51,11 +52,13 @@ _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
 
 
-def _runner_main(token: str, conn: Connection, log_level: str) -> None:
+def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) -> None:
     """A runner: attach to the worker node, then run functions until told to stop."""
     from dynaps.client import ps as client_ps
     from dynaps.config import setup_logging
 
+    # through the pipe, not the command line: other users can read a command line
+    os.environ[secret.HEX_ENV] = job_secret
     setup_logging(log_level)
     try:
         ps = client_ps.PS.attach(token)
@@ -185,6 +188,7 @@ class LocalCluster:
             request_timeout_seconds=request_timeout,
         )
         self.log_level = log_level
+        self._secret = secret.new_secret()  # this job's own: signs its messages, proves an attach
         self.startup_timeout = startup_timeout
         self.processes: dict[str, Process] = {}
         self._workers: dict[str, _Worker] = {}
@@ -199,7 +203,7 @@ class LocalCluster:
             raise
 
     def _env(self) -> dict[str, str]:
-        return {"DYNAPS_LOG_LEVEL": self.log_level}
+        return {"DYNAPS_LOG_LEVEL": self.log_level, secret.HEX_ENV: secret.encode(self._secret)}
 
     def _start(self, servers: int, workers: int) -> None:
         coordinator, address, self.http_port = start_coordinator(
@@ -220,7 +224,9 @@ class LocalCluster:
         node = start_node("worker", self.config, name, attach_token=token, rank=rank, extra_env=self._env())
         self.processes[name] = node
         parent, child = _SPAWN.Pipe()
-        runner = _SPAWN.Process(target=_runner_main, args=(token, child, self.log_level), daemon=True)
+        runner = _SPAWN.Process(
+            target=_runner_main, args=(token, child, self.log_level, secret.encode(self._secret)), daemon=True
+        )
         runner.start()
         child.close()
         worker = _Worker(name, node, runner, parent)
