@@ -16,7 +16,7 @@ import zmq
 
 from dynaps.errors import ProtocolError
 from dynaps.wire.auth import TRAILER_SIZE, Authenticator
-from dynaps.wire.protocol import NO_ENDPOINT, TableLayout
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, MsgType, TableLayout, header
 from dynaps.wire.transport import ZmqTransport, message_bound
 
 KEY = bytes(range(32))
@@ -98,14 +98,14 @@ def test_a_changed_frame_is_dropped(
 
 def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
     a, b = pair
-    captured = a.auth.sign(1, 2, [b"push once"])
+    captured = a.auth.sign(1, 2, [b"push"])
     context: zmq.Context[Any] = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(b.address)
     try:
         sock.send_multipart(captured)
-        assert receive(b) == [b"push once"]
+        assert receive(b) == [b"push"]
         sock.send_multipart(captured)  # the same frames again
         assert_dropped(b, 1)
         a.send(2, [b"later"])  # the sender's next message still counts
@@ -115,20 +115,29 @@ def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) ->
         context.term()
 
 
+def test_a_header_naming_another_sender_is_dropped(
+    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+) -> None:
+    _, b = pair
+    head = header(MsgType.SHUTDOWN, COORDINATOR, COORDINATOR, 0)
+    attacker.send_multipart(Authenticator(KEY).sign(1, 2, [head, b"{}"]))  # signed by 1, says 0
+    assert_dropped(b, 1)
+
+
 def test_a_frame_for_another_endpoint_is_dropped(
     pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
 ) -> None:
     _, b = pair
-    attacker.send_multipart(Authenticator(KEY).sign(1, 3, [b"for endpoint 3"]))
+    attacker.send_multipart(Authenticator(KEY).sign(1, 3, [b"for 3"]))
     assert_dropped(b, 1)
 
 
 def test_senders_without_an_id_are_checked_by_sequence_number() -> None:
     me, other = Authenticator(KEY), Authenticator(KEY)
     receiver = Authenticator(KEY)
-    first, second = me.sign(NO_ENDPOINT, 0, [b"REGISTER a"]), other.sign(NO_ENDPOINT, 0, [b"REGISTER b"])
-    assert receiver.verify(0, second) == [b"REGISTER b"]  # out of order across senders: fine
-    assert receiver.verify(0, first) == [b"REGISTER a"]
+    first, second = me.sign(NO_ENDPOINT, 0, [b"REG a"]), other.sign(NO_ENDPOINT, 0, [b"REG b"])
+    assert receiver.verify(0, second) == [b"REG b"]  # out of order across senders: fine
+    assert receiver.verify(0, first) == [b"REG a"]
     with pytest.raises(ProtocolError, match="replayed"):
         receiver.verify(0, first)
 

@@ -9,7 +9,10 @@ at the end, :data:`TRAILER_SIZE` bytes::
 over the trailer's first 16 bytes, the length of every frame and the frames themselves
 (header and payload): a process without the job secret can neither forge a message nor
 change one, the key differs per job (a frame of one job means nothing to another), and a
-frame cannot be moved to another sender, destination or frame split.  The MAC is
+frame cannot be moved to another sender, destination or frame split.  The header's
+sender field (what handlers trust: SHUTDOWN only from the coordinator...) must be the
+endpoint that signed, so a frame cannot be re-attributed; the key is the job's, shared by
+its processes, so this keeps outsiders out, not a compromised member.  The MAC is
 keyed BLAKE2b for messages up to :data:`SMALL_BYTES` (about 1 us for a request; HMAC has
 a fixed cost of 2.5 us) and HMAC-SHA256 above it (SHA-256 runs on the CPU's SHA
 extensions: 25 us for a 40 KB reply, where BLAKE2b takes 70 us here); both are PRFs, the
@@ -44,6 +47,7 @@ TAG_SIZE = 16
 TRAILER_SIZE = META.size + TAG_SIZE
 SMALL_BYTES = 4096  # up to this many bytes in all: keyed BLAKE2b, above: HMAC-SHA256
 ANONYMOUS_SEEN = 4096  # sequence numbers remembered for senders without an id yet
+SENDER_FIELD = slice(6, 8)  # the sender field of the protocol header (dynaps.wire.protocol)
 
 
 def _size(frame: Any) -> int:
@@ -98,6 +102,11 @@ class Authenticator:
         tag = self._tag(meta, body, [len(f) for f in body])
         if not hmac.compare_digest(tag, bytes(trailer[META.size :])):
             raise ProtocolError("message fails authentication (not from this job, or changed)")
+        head = body[0]
+        if len(head) >= SENDER_FIELD.stop:
+            named = int.from_bytes(head[SENDER_FIELD], "little", signed=True)
+            if named != sender:
+                raise ProtocolError(f"header names sender {named}, signed by {sender}")
         if me not in (dest, NO_ENDPOINT):
             # a node learns its id from the coordinator's WELCOME, sent to that id
             raise ProtocolError(f"message for endpoint {dest}, this is {me}")
