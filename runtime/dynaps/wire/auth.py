@@ -107,8 +107,10 @@ class Authenticator:
             named = int.from_bytes(head[SENDER_FIELD], "little", signed=True)
             if named != sender:
                 raise ProtocolError(f"header names sender {named}, signed by {sender}")
-        if me not in (dest, NO_ENDPOINT):
-            # a node learns its id from the coordinator's WELCOME, sent to that id
+        if dest >= 0 and me not in (dest, NO_ENDPOINT):
+            # A node learns its id from the coordinator's WELCOME, sent to that id; a
+            # negative id is a temporary endpoint for an address (the coordinator refusing
+            # a registration or fencing a lost node), whoever listens there.
             raise ProtocolError(f"message for endpoint {dest}, this is {me}")
         if sender == NO_ENDPOINT:
             if seq in self._anonymous:
