@@ -30,6 +30,7 @@ from dynaps.contract import (
     RuntimeConfig,
     describe_validation_error,
     runtime_config,
+    secret,
 )
 from dynaps.errors import ConfigError, DynapsError
 
@@ -194,7 +195,6 @@ def _local_command(command: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, command: list[str]) -> int:
-    from dynaps.contract import secret
     from dynaps.local.launch import start_coordinator, stop_processes
     from dynaps.local.supervise import Nodes
 

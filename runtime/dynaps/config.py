@@ -24,8 +24,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig, secret
 from dynaps.errors import ConfigError
+
+
+def job_secret(environ: Mapping[str, str] | None = None) -> bytes:
+    """The job secret (the keys that sign its messages and prove a local attach derive from it).
+
+    Every process of a job has it (``DYNAPS_SECRET`` or ``DYNAPS_SECRET_FILE``); a process
+    without it stops here with a ConfigError instead of running unauthenticated.
+    """
+    try:
+        return secret.load_secret(environ)
+    except secret.SecretError as exc:
+        raise ConfigError(f"{exc}: every dynaps process needs its job's secret") from exc
 
 
 @dataclass(frozen=True)

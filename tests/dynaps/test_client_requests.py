@@ -19,7 +19,7 @@ from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control
-from dynaps.wire.codec import decode
+from dynaps.wire.codec import decode, encode_reply
 from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, client_of
 
 WORKER = 3  # our node; servers 1 and 2 home keys [0, 4) and [4, 8)
@@ -164,3 +164,32 @@ def test_a_drained_node_stops_the_table() -> None:
     client.requests.control[0] = 1
     with pytest.raises(Drained):
         client.table.pull([0])
+
+
+def test_a_reply_of_the_wrong_kind_or_from_a_non_node_is_refused() -> None:
+    """An ACK for a pull would complete it with rows never written (NaN from np.empty)."""
+    client = Client()
+    client.store.loc[:] = 2
+    handle = client.table.pull([5], wait=False)
+    assert isinstance(handle, Handle)
+    [(_, msg)] = client.transport.take()
+    ack = encode_reply(MsgType.ACK, 2, msg.requester, msg.req_id, 0, 1, 0, None, None)
+    client.requests.receive(ack)
+    assert not handle.done()
+    rows = np.ones((1, SPEC.dim), np.float32)
+    from_a_client = encode_reply(
+        MsgType.PULL_REPLY, client_of(2), msg.requester, msg.req_id, 0, 1, 0, None, rows
+    )
+    client.requests.receive(from_a_client)
+    assert not handle.done()
+    client.requests.receive(
+        encode_reply(MsgType.PULL_REPLY, 2, msg.requester, msg.req_id, 0, 1, 0, None, rows)
+    )
+    assert handle.done()
+    assert handle.result() is not None
+
+
+def test_request_ids_do_not_start_at_one() -> None:
+    ids = {Client().requests.new_id() for _ in range(4)}
+    assert len(ids) == 4
+    assert min(ids) > 1 << 20

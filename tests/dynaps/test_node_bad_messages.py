@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from dynaps.contract import NamedTable, Partition
+from dynaps.node import server as node_server
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
+from dynaps.wire import messages
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import FINAL, Message, MsgType
 
@@ -79,3 +82,30 @@ def test_shard_copy_to_a_node_that_homes_nothing_is_counted_and_dropped() -> Non
     server.stores[0].loc[0] = WORKER
     server.receive(encode(pull))
     assert [decode(frames, server.layouts).type for _, frames in outbox.sent] == [MsgType.PULL_REPLY]
+
+
+def test_a_request_from_an_epoch_far_ahead_is_dropped_not_parked() -> None:
+    """Epoch 2**32-1 was never issued: waiting for it would keep the request for ever."""
+    server, _ = worker_node()
+    keys = np.array([0], dtype=np.int64)
+    push = messages.request(
+        MsgType.PUSH, SERVER, 1, 0, keys, values=np.ones((1, 2), np.float32), epoch=2**32 - 1
+    )
+    for _ in range(3):
+        server.receive(encode(push))
+    assert server.future == []
+    assert server.stats["malformed"] == 3
+    push.epoch = server.shard_map.epoch + 1  # one ahead: a lag, it waits for that epoch
+    server.receive(encode(push))
+    assert len(server.future) == 1
+
+
+def test_requests_ahead_of_the_node_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _ = worker_node()
+    monkeypatch.setattr(node_server, "MAX_FUTURE", 5)
+    keys = np.array([0], dtype=np.int64)
+    pull = messages.request(MsgType.PULL, SERVER, 1, 0, keys, epoch=server.shard_map.epoch + 1)
+    for _ in range(8):
+        server.receive(encode(pull))
+    assert len(server.future) == 5
+    assert server.stats["malformed"] == 3

@@ -315,11 +315,17 @@ def test_checkpoint_pauses_relocations_reports_quiet_once_writes_and_resumes(tmp
     assert (dest, done.type) == (COORDINATOR, MsgType.CHECKPOINT_DONE)
     paused_done = control.CheckpointDone(id=4, phase=control.CheckpointPhase.PAUSE)
     assert control.body_of(done, control.CheckpointDone) == paused_done
-    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(tmp_path)}))
+    server.checkpoint_root = str(tmp_path)
+    # an order to write outside the checkpoint root is dropped and counted, not obeyed
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(tmp_path / "..")}))
+    assert outbox.take([]) == []
+    assert server.stats["malformed"] == 1
+    directory = tmp_path / "ckpt-000004"
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(directory)}))
     [(_, written)] = outbox.take([])
     owned = int((server.stores[0].loc == 1).sum())
     assert control.body_of(written, control.CheckpointDone).keys == owned > 0
-    assert (tmp_path / "W" / "node-1.npz").exists()
+    assert (directory / "W" / "node-1.npz").exists()
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "resume"}))
     assert not paused(plane)
     assert plane.checkpoint is None

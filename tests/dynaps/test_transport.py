@@ -1,4 +1,6 @@
-"""The ZeroMQ transport on 127.0.0.1: FIFO delivery, held-back frames, timeouts, spinning."""
+"""The ZeroMQ transport on 127.0.0.1: FIFO delivery, held-back frames, timeouts, spinning.
+
+Authentication and the size bound have their own tests (test_wire_auth.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from dynaps.config import SPIN_ENV, spin_seconds
 from dynaps.errors import ConfigError
 from dynaps.wire.transport import ZmqTransport
 
+KEY = bytes(range(32))
+
 
 @pytest.fixture
 def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
-    a, b = ZmqTransport(1, spin=100e-6), ZmqTransport(2, spin=100e-6)
+    a, b = ZmqTransport(1, KEY, spin=100e-6), ZmqTransport(2, KEY, spin=100e-6)
     try:
         yield a, b
     finally:
@@ -74,7 +78,7 @@ def test_spin_budget_comes_from_the_environment() -> None:
 
 
 def test_a_transport_without_a_spin_budget_blocks_at_once() -> None:
-    a, b = ZmqTransport(1), ZmqTransport(2)
+    a, b = ZmqTransport(1, KEY), ZmqTransport(2, KEY)
     try:
         assert b.spin == 0.0
         a.connect(2, b.address)

@@ -36,15 +36,16 @@ from dynaps.client.handles import Array, Handle
 from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
 from dynaps.client.table import Table
-from dynaps.config import spin_seconds
+from dynaps.config import job_secret, spin_seconds
 from dynaps.contract import RuntimeConfig
+from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import Segment, SharedLock, attach
+from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.transport import ZmqTransport, message_bound
 
 ATTACH_ENV = "DYNAPS_ATTACH"
 
@@ -107,6 +108,8 @@ class PS:
         """Attach to the worker node that started this process and join the job."""
         deadline = time.monotonic() + timeout
         digest = ""
+        secret = job_secret()  # a process of the job has it (a child of its node inherits it)
+        key = wire_key(secret)
 
         def prepare(description: dict[str, Any], fds: list[int]) -> PS:
             nonlocal digest
@@ -121,13 +124,19 @@ class PS:
             control_block = Segment.from_fd(fds[-1], (int(description["control"]),), np.dtype(np.uint8))
             node = int(description["node"])
             transport = ZmqTransport(
-                client_of(node), config.bind_host, 0, config.advertise_host, spin=spin_seconds()
+                client_of(node),
+                key,
+                config.bind_host,
+                0,
+                config.advertise_host,
+                spin=spin_seconds(),
+                max_message_bytes=message_bound([store.layout for store in stores]),
             )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])
             return cls(config, node, int(description["rank"]), stores, lock, transport, control_block.array)
 
-        ps = _attach_retrying(attach_address(token), prepare, deadline)
+        ps = _attach_retrying(attach_address(token), attach_proof(secret, token), prepare, deadline)
         try:
             ps._join(digest, deadline)
         except BaseException:
@@ -251,11 +260,13 @@ class PS:
             raise ProtocolError(f"client does not handle {kind.name}")
 
 
-def _attach_retrying(address: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float) -> PS:
+def _attach_retrying(
+    address: str, proof: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float
+) -> PS:
     """The node may still be starting: retry until it listens or the deadline passes."""
     while True:
         try:
-            return attach(address, {"pid": os.getpid()}, prepare)
+            return attach(address, {"pid": os.getpid(), "proof": proof}, prepare)
         except ClusterError:
             if time.monotonic() > deadline:
                 raise

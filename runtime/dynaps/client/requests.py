@@ -15,6 +15,7 @@ replies go to ``on_control`` (the PS's handler of the coordinator's messages).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -30,11 +31,20 @@ from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
-from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout, client_of
+from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout, client_of, is_client
 from dynaps.wire.routing import group_by
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
+
+# what may answer each kind of request (ERROR answers any): an ACK for a pull would
+# complete it with rows never written
+ANSWERS = {
+    MsgType.PULL: frozenset({MsgType.PULL_REPLY, MsgType.ERROR}),
+    MsgType.PUSH: frozenset({MsgType.ACK, MsgType.ERROR}),
+    MsgType.SET: frozenset({MsgType.ACK, MsgType.ERROR}),
+    MsgType.LOCALIZE: frozenset({MsgType.LOCALIZED, MsgType.ERROR}),
+}
 
 COUNTERS = (
     "keys_pulled_local",
@@ -78,7 +88,10 @@ class Requests:
         self.shard_map: ShardMap
         self.epoch = 0
         self.handles: dict[int, Handle] = {}
-        self._next_id = 1
+        # A random start: ids say nothing about this process to an outsider. Forging a
+        # reply needs the job secret anyway (every frame is authenticated), so this only
+        # has to be unpredictable, not secret; 62 bits never wrap the u64 field.
+        self._next_id = secrets.randbits(62) + 1
         self.lost: set[int] = set()
         self.gone: set[int] = set()  # nodes that left or died: never a destination again
         self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
@@ -336,6 +349,15 @@ class Requests:
             if self.lost:  # a late answer to a request that was sent again: already done
                 return
             raise ProtocolError(f"reply for unknown request {msg.req_id}")
+        if msg.type not in ANSWERS[handle.kind]:
+            raise ProtocolError(
+                f"{msg.type.name} does not answer a {handle.kind.name} (request {msg.req_id})"
+            )
+        if msg.sender <= 0 or is_client(msg.sender):
+            # Only nodes answer requests. Which node may answer is not fixed: a request is
+            # forwarded to the keys' owner wherever it is now, and a backup acknowledges
+            # for its home, so any node of the job may (and only the job can send at all).
+            raise ProtocolError(f"reply from endpoint {msg.sender}, which is not a node")
         positions = handle.absorb(msg)
         if msg.hops and positions is not None and len(positions):
             self._learn_owner(msg.table, handle, positions, msg.sender)

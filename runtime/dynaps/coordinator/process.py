@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dynaps.config import job_secret
 from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, RuntimeConfig, secret
 from dynaps.coordinator.core import Coordinator
 from dynaps.coordinator.http import StatusServer
 from dynaps.wire.protocol import COORDINATOR
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.transport import ZmqTransport, message_bound
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: preempted)
@@ -27,9 +28,17 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: p
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
     """Run the coordinator process until the job ends; returns the job's exit code."""
-    http_token = secret.http_token(secret.load_secret())  # before any socket: no secret, no job
+    job = job_secret()  # first: without the job secret, stop here
+    http_token, key = secret.http_token(job), secret.wire_key(job)
     _host, _, port_text = config.coordinator.rpartition(":")
-    transport = ZmqTransport(COORDINATOR, config.bind_host, int(port_text or 0), config.advertise_host)
+    transport = ZmqTransport(
+        COORDINATOR,
+        key,
+        config.bind_host,
+        int(port_text or 0),
+        config.advertise_host,
+        max_message_bytes=message_bound([]),  # it receives control messages only
+    )
     coordinator = Coordinator(config, transport)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
     http = StatusServer(

@@ -52,11 +52,13 @@ _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
 
 
-def _runner_main(token: str, conn: Connection, log_level: str) -> None:
+def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) -> None:
     """A runner: attach to the worker node, then run functions until told to stop."""
     from dynaps.client import ps as client_ps
     from dynaps.config import setup_logging
 
+    # through the pipe, not the command line: other users can read a command line
+    os.environ[secret.HEX_ENV] = job_secret
     setup_logging(log_level)
     try:
         ps = client_ps.PS.attach(token)
@@ -186,8 +188,8 @@ class LocalCluster:
             request_timeout_seconds=request_timeout,
         )
         self.log_level = log_level
+        self._secret = secret.new_secret()  # this job's own: signs its messages, proves an attach
         self.startup_timeout = startup_timeout
-        self._secret = secret.new_secret()  # the job's, in memory only (its processes get it in env)
         self.processes: dict[str, Process] = {}
         self._workers: dict[str, _Worker] = {}
         self._next = {"server": servers, "worker": workers}
@@ -225,7 +227,9 @@ class LocalCluster:
         node = start_node("worker", self.config, name, attach_token=token, rank=rank, extra_env=self._env())
         self.processes[name] = node
         parent, child = _SPAWN.Pipe()
-        runner = _SPAWN.Process(target=_runner_main, args=(token, child, self.log_level), daemon=True)
+        runner = _SPAWN.Process(
+            target=_runner_main, args=(token, child, self.log_level, secret.encode(self._secret)), daemon=True
+        )
         runner.start()
         child.close()
         worker = _Worker(name, node, runner, parent)

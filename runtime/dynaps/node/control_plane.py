@@ -24,15 +24,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel
 
-from dynaps.errors import ProtocolError
+from dynaps.errors import ConfigError, ProtocolError
 from dynaps.node.server import NodeServer
-from dynaps.store.checkpoint_files import write_owned
+from dynaps.store.checkpoint_files import contained, write_owned
 from dynaps.store.shardmap import ShardMap
 from dynaps.wire import control, joining, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, node_of
@@ -222,7 +221,11 @@ class ControlPlane:
             server.relocations.pause()
             self.checkpoint = CheckpointPause(order.id)
         elif order.phase == "write":
-            directory = Path(order.path)
+            try:
+                directory = contained(server.checkpoint_root, order.path)
+            except ConfigError as exc:  # an order that would write elsewhere: not obeyed
+                server.note_malformed(exc)
+                return
             written = 0
             server.lock.acquire()
             try:

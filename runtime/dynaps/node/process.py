@@ -25,18 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.config import spin_seconds
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig
+from dynaps.config import job_secret, spin_seconds
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig, secret
 from dynaps.errors import ClusterError
 from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
-from dynaps.store.table_store import TableStore
+from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
+from dynaps.store.table_store import TableStore, layout_of
+from dynaps.store.updaters import num_states
 from dynaps.wire import control, joining, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.transport import ZmqTransport, message_bound
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,17 @@ class NodeProcess:
         self.attach_token = attach_token or secrets.token_hex(8)
         self.rank = rank
         self.name = name or f"{role}-{os.getpid()}"
+        self.secret = job_secret()
         self.transport = ZmqTransport(
-            -1, config.bind_host, config.data_port, config.advertise_host, spin=spin_seconds()
+            -1,
+            secret.wire_key(self.secret),
+            config.bind_host,
+            config.data_port,
+            config.advertise_host,
+            spin=spin_seconds(),
+            max_message_bytes=message_bound(
+                [layout_of(table, num_states(table.updater)) for table in config.tables]
+            ),
         )
         self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
         self.child: subprocess.Popen[bytes] | None = None
@@ -134,6 +144,8 @@ class NodeProcess:
             flush_interval_ms=self.config.fault_tolerance.flush_interval_ms if replicated else None,
             checkpoint_root=self.config.fault_tolerance.checkpoint.path,
         )
+        # a message that fails authentication counts as malformed, like one that fails decoding
+        self.transport.on_rejected = self.server.note_malformed
         self.control = ControlPlane(
             self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
         )
@@ -149,7 +161,7 @@ class NodeProcess:
             self.server.replication.sync_shards(homed, shard_map)
             self.server.replication.report_synced(homed)
         if worker:
-            self.attach_server = AttachServer(self.attach_token)
+            self.attach_server = AttachServer(self.attach_token, attach_proof(self.secret, self.attach_token))
         self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
         if worker and self.command:

@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 Index = npt.NDArray[np.intp]
 
 _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
+# Requests from a newer epoch wait for it, within bounds: a member is at most a few epochs
+# ahead (the coordinator commits one at a time, each after the nodes took part), so one
+# far ahead names an epoch never issued, and a full queue means a flood, not a lag.
+MAX_EPOCHS_AHEAD = 64
+MAX_FUTURE = 100_000
 # Requests and arrival notices: a node routes them again when their destination died, and
 # a home holds them while their shard is frozen for a migration.
 _ROUTED = messages.REQUEST_TYPES | {MsgType.TRANSFER_DONE}
@@ -84,6 +89,7 @@ class NodeServer:
         keys back at this interval; None: the job does not replicate.  ``checkpoint_root``:
         where checkpoints live (to rebuild lost shards from)."""
         self.me = node_id
+        self.checkpoint_root = checkpoint_root  # CHECKPOINT orders must write under it
         self.transport = transport
         self.stores = list(stores)
         self.layouts = [store.layout for store in stores]
@@ -156,6 +162,11 @@ class NodeServer:
     def dispatch(self, msg: Message) -> None:
         """Handle a decoded data message (also to replay queued requests)."""
         if msg.epoch > self.shard_map.epoch:
+            if msg.epoch - self.shard_map.epoch > MAX_EPOCHS_AHEAD or len(self.future) >= MAX_FUTURE:
+                self.note_malformed(
+                    ProtocolError(f"{msg!r}: epoch {msg.epoch} too far ahead, or too many ahead")
+                )
+                return
             self.future.append(msg)  # the sender knows a shard map we have not seen yet
             return
         if msg.requester in self.applied and msg.type in _UPDATES:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,26 @@ MANIFEST = "MANIFEST.json"
 
 def checkpoint_dir(root: str | Path, checkpoint_id: int) -> Path:
     return Path(root) / f"ckpt-{checkpoint_id:06d}"
+
+
+_CHECKPOINT_NAME = re.compile(r"ckpt-[0-9]{6,}")
+
+
+def contained(root: str | Path, path: str) -> Path:
+    """``path`` (from a CHECKPOINT order) if it names a checkpoint directly under ``root``.
+
+    Nodes write where the coordinator says, so the path is checked, not trusted: no
+    ``..``, a ``ckpt-NNNNNN`` name, and still directly under the root once every symlink
+    is resolved (a link planted in the volume cannot lead the write elsewhere). Raises
+    ConfigError otherwise.
+    """
+    given = Path(path)
+    if not root or ".." in given.parts or not _CHECKPOINT_NAME.fullmatch(given.name):
+        raise ConfigError(f"checkpoint path {path!r} is not a checkpoint directory")
+    base = Path(root).resolve()
+    if given.parent.resolve() != base or given.resolve() != base / given.name:
+        raise ConfigError(f"checkpoint path {path!r} is outside the checkpoint root {root!r}")
+    return base / given.name
 
 
 def write_owned(store: TableStore, node: int, directory: Path) -> int:

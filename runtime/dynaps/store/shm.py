@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import _multiprocessing  # type: ignore[import-not-found]  # CPython's semaphore; no stubs
 import contextlib
+import hashlib
+import hmac
 import json
 import mmap
 import os
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.contract.secret import derive
 from dynaps.errors import ClusterError
 
 _SEMAPHORE = 1  # _multiprocessing.SemLock kind
@@ -164,15 +167,29 @@ def _view(mapping: mmap.mmap, shape: tuple[int, ...], dtype: np.dtype[Any]) -> n
     return np.frombuffer(mapping, dtype=dtype, count=count).reshape(shape)
 
 
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _LEN = struct.Struct("<I")
 
 
-class AttachServer:
-    """The node's side of the attach handshake: hands segments and the lock to a client."""
+def attach_proof(job_secret: bytes, token: str) -> str:
+    """What a training process shows to attach: it knows the job secret (for this token)."""
+    key = derive(job_secret, "attach")
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
 
-    def __init__(self, token: str) -> None:
+
+class AttachServer:
+    """The node's side of the attach handshake: hands segments and the lock to a client.
+
+    Only a process of this node's own user (``SO_PEERCRED``, checked before reading a
+    byte, so a stranger cannot even hold the node up) that knows the job secret (the
+    hello's ``proof``, :func:`attach_proof`) is served: the abstract socket's name can be
+    read by anyone in the network namespace from ``/proc/net/unix``.
+    """
+
+    def __init__(self, token: str, proof: str) -> None:
         # An abstract Unix socket: no file to clean up, visible only inside this
-        # network namespace (the pod), which is exactly who may attach.
+        # network namespace (the pod).
+        self._proof = proof
         self.address = f"\0dynaps-{token}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(self.address)
@@ -189,8 +206,14 @@ class AttachServer:
         except BlockingIOError:
             return None
         with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+            pid, uid, _gid = _CREDS.unpack(creds)
+            if uid != os.getuid():
+                raise ClusterError(f"refused an attach from process {pid} of another user (uid {uid})")
             conn.settimeout(10.0)
             hello = _recv_json(conn)
+            if not hmac.compare_digest(str(hello.get("proof", "")), self._proof):
+                raise ClusterError(f"refused an attach from process {pid}: it does not know the job secret")
             payload = json.dumps(description).encode()
             socket.send_fds(conn, [_LEN.pack(len(payload)) + payload], fds)
             _recv_json(conn)  # the client's ack: it has mapped everything

@@ -1,0 +1,398 @@
+"""Issue 12's attacks on the message plane, against a real LocalCluster on 127.0.0.1.
+
+The attacker is a plain pyzmq PUSH socket (or a raw TCP socket) that knows every address
+of the job (anyone on the network can find them) but not the job secret. After each
+attack the job still runs and has lost nothing: every test ends by checking the table's
+values and that every process of the job is alive.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+import dynaps
+from dynaps.client.ps import PS
+from dynaps.contract import secret
+from dynaps.errors import ClusterError, ConfigError
+from dynaps.store.checkpoint_files import contained
+from dynaps.store.shm import AttachServer, attach, attach_proof
+from dynaps.wire import control, messages
+from dynaps.wire.auth import Authenticator
+from dynaps.wire.codec import encode, encode_reply
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
+
+KEYS = 100
+DIM = 4
+TABLES = {"W": dynaps.TableSpec(num_keys=KEYS, dim=DIM)}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dynaps.LocalCluster]:
+    with dynaps.LocalCluster(servers=1, workers=2, tables=TABLES, checkpoint_interval=0) as c:
+        c.run(_fill)
+        yield c
+
+
+def _fill(ps: PS) -> None:
+    if ps.rank == 0:
+        ps.table("W").set(np.arange(KEYS), np.ones((KEYS, DIM), np.float32))
+    ps.barrier()
+
+
+def _sum(ps: PS) -> float:
+    return float(ps.table("W").pull(np.arange(KEYS)).sum())
+
+
+def _addresses(ps: PS) -> dict[str, Any]:
+    """Where everything of the job listens, as a training process knows it."""
+    transport: Any = ps._transport  # the test plays an attacker who found them
+    homes = sorted({int(h) for h in ps.shard_map.homes})
+    return {
+        "peers": dict(transport._addresses),
+        "me": transport.address,
+        "node": ps.node,
+        "servers": homes,
+    }
+
+
+def _node_stats(ps: PS, node: int) -> dict[str, Any]:
+    return ps.node_stats(node)
+
+
+@pytest.fixture
+def job(cluster: dynaps.LocalCluster) -> Iterator[dict[str, Any]]:
+    """The job's addresses; afterwards, proof that the job runs and lost nothing."""
+    found = cluster.run(_addresses)
+    yield {"cluster": cluster, **found[0], "other": found[1]}
+    assert cluster.run(_sum, timeout=60) == [float(KEYS * DIM)] * 2
+    assert all(proc.poll() is None for proc in cluster.processes.values()), "a process of the job died"
+
+
+@pytest.fixture
+def attacker() -> Iterator[Any]:
+    context: zmq.Context[Any] = zmq.Context()
+    sockets: list[zmq.Socket[Any]] = []
+
+    def to(address: str) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(address if address.startswith("tcp://") else f"tcp://{address}")
+        sockets.append(sock)
+        return sock
+
+    try:
+        yield to
+    finally:
+        for sock in sockets:
+            sock.close()
+        context.term()
+
+
+def _malformed(cluster: dynaps.LocalCluster, node: int) -> int:
+    return int(cluster.run(_node_stats, node)[0].get("malformed", 0))
+
+
+def _await_malformed(cluster: dynaps.LocalCluster, node: int, at_least: int) -> None:
+    deadline = time.monotonic() + 20
+    while _malformed(cluster, node) < at_least:
+        assert time.monotonic() < deadline, f"node {node} did not count the forged messages"
+        time.sleep(0.05)
+
+
+def test_a_forged_set_is_dropped_and_counted(job: dict[str, Any], attacker: Any) -> None:
+    server = job["servers"][0]
+    before = _malformed(job["cluster"], server)
+    keys = np.arange(KEYS, dtype=np.int64)
+    forged = messages.request(
+        MsgType.SET, client_of(job["node"]), 1, 0, keys, values=np.full((KEYS, DIM), 9.0, np.float32)
+    )
+    frames = encode(forged)
+    sock = attacker(job["peers"][server])
+    sock.send_multipart(frames)  # no trailer
+    sock.send_multipart(Authenticator(os.urandom(32)).sign(forged.sender, server, frames))  # a guessed key
+    _await_malformed(job["cluster"], server, before + 2)
+
+
+def test_a_forged_shutdown_does_not_stop_a_server(job: dict[str, Any], attacker: Any) -> None:
+    server = job["servers"][0]
+    before = _malformed(job["cluster"], server)
+    attacker(job["peers"][server]).send_multipart(
+        messages.control(MsgType.SHUTDOWN, COORDINATOR, control.Shutdown(reason="forged"))
+    )
+    _await_malformed(job["cluster"], server, before + 1)
+
+
+def test_forged_checkpoint_orders_are_not_obeyed(job: dict[str, Any], attacker: Any, tmp_path: Path) -> None:
+    server = job["servers"][0]
+    before = _malformed(job["cluster"], server)
+    sock = attacker(job["peers"][server])
+    sock.send_multipart(
+        messages.control(
+            MsgType.CHECKPOINT, COORDINATOR, control.Checkpoint(id=1, phase=control.CheckpointPhase.PAUSE)
+        )
+    )
+    target = tmp_path / "x" / ".." / "y"
+    order = control.Checkpoint(id=2, phase=control.CheckpointPhase.WRITE, path=str(target))
+    sock.send_multipart(messages.control(MsgType.CHECKPOINT, COORDINATOR, order))
+    _await_malformed(job["cluster"], server, before + 2)
+    assert not (tmp_path / "y").exists()
+    # not paused: a localize (which a checkpoint's pause holds) still completes
+    job["cluster"].run(_localize_some)
+
+
+def _localize_some(ps: PS) -> None:
+    if ps.rank == 0:
+        ps.table("W").localize(np.arange(10), wait=True)
+
+
+def test_a_forged_worker_done_does_not_end_the_job(job: dict[str, Any], attacker: Any) -> None:
+    sock = attacker(job["cluster"].config.coordinator)
+    sock.send_multipart(messages.control(MsgType.WORKER_DONE, job["node"], control.WorkerDone(exit_code=7)))
+    status = job["cluster"].status()
+    time.sleep(0.5)  # the coordinator acts on a WORKER_DONE at once; give the forged one time
+    assert job["cluster"].status()["phase"] == status["phase"]
+    assert job["cluster"].processes["coordinator"].poll() is None
+
+
+def test_a_forged_register_does_not_replace_a_server(job: dict[str, Any], attacker: Any) -> None:
+    cluster = job["cluster"]
+    before = sorted(m["id"] for m in cluster.status()["members"])
+    register = control.Register(
+        role="server",
+        address="tcp://127.0.0.1:9",
+        nonce="forged",
+        config_digest=control.config_digest(cluster.config),
+        name="server-0",
+    )
+    attacker(cluster.config.coordinator).send_multipart(messages.control(MsgType.REGISTER, -1, register))
+    time.sleep(0.5)
+    assert sorted(m["id"] for m in cluster.status()["members"]) == before
+
+
+def test_forged_acks_do_not_complete_pulls(job: dict[str, Any], attacker: Any) -> None:
+    """399 ACKs for request ids 1..399 into a training process's inbox: later pulls are right."""
+    other = job["other"]
+    sock = attacker(other["me"])
+    server = job["servers"][0]
+    for req_id in range(1, 400):
+        sock.send_multipart(
+            encode_reply(MsgType.ACK, server, client_of(other["node"]), req_id, 0, 1, 0, None, None)
+        )
+    time.sleep(0.5)  # the job's final pulls (in the fixture) read them first, then their own
+
+
+def _capture_and_replay(ps: PS, server: int, address: str) -> float:
+    """Push once, capturing the signed frames as they leave; replay them; read the value."""
+    transport: Any = ps._transport  # the test taps the wire here
+    captured: list[list[Any]] = []
+    sign = transport.auth.sign
+
+    def tap(sender: int, dest: int, frames: Any) -> list[Any]:
+        signed: list[Any] = sign(sender, dest, frames)
+        if dest == server:
+            captured.append([bytes(memoryview(f)) for f in signed])
+        return signed
+
+    transport.auth.sign = tap
+    try:
+        ps.table("W").push(np.array([KEYS - 1]), np.ones((1, DIM), np.float32))
+    finally:
+        transport.auth.sign = sign
+    assert captured
+    context: zmq.Context[Any] = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(address)
+    for frames in captured * 3:
+        sock.send_multipart(frames)
+    sock.close()
+    context.term()
+    return float(ps.node_stats(server)["malformed"])
+
+
+def test_a_replayed_push_is_applied_once(job: dict[str, Any]) -> None:
+    cluster, server = job["cluster"], job["servers"][0]
+    before = _malformed(cluster, server)
+    # the key is on the server (never localized): the push goes over the wire
+    cluster.submit(_noop).result(30)
+    results = cluster.run(_replay_from_rank0, server, job["peers"][server])
+    assert results[0] is not None
+    _await_malformed(cluster, server, before + 3)
+    # undo the one real push so that the job's final check holds
+    cluster.run(_undo_push)
+
+
+def _noop(ps: PS) -> None:
+    return None
+
+
+def _replay_from_rank0(ps: PS, server: int, address: str) -> float | None:
+    if ps.rank != 0:
+        return None
+    value = _capture_and_replay(ps, server, address)
+    row = ps.table("W").pull(np.array([KEYS - 1]))
+    assert float(row.sum()) == 2.0 * DIM  # 1 + the one push, not 1 + 4
+    return value
+
+
+def _undo_push(ps: PS) -> None:
+    if ps.rank == 0:
+        ps.table("W").set(np.array([KEYS - 1]), np.ones((1, DIM), np.float32))
+    ps.barrier()
+
+
+def _zmtp_greeting() -> bytes:
+    # ZMTP 3.0: signature, version 3.0, mechanism NULL, as-server 0, filler
+    return b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+
+
+def _zmtp_ready() -> bytes:
+    name, value = b"Socket-Type", b"PUSH"
+    body = b"\x05READY" + bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+    return b"\x04" + bytes([len(body)]) + body
+
+
+def test_a_huge_declared_message_closes_the_connection(job: dict[str, Any]) -> None:
+    """A peer that declares a 4 GiB frame is cut off at once (ZMQ_MAXMSGSIZE)."""
+    server = job["servers"][0]
+    host, port = job["peers"][server].removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(_zmtp_greeting())
+        greeting = b""
+        while len(greeting) < 64:
+            greeting += sock.recv(64 - len(greeting))
+        sock.sendall(_zmtp_ready())
+        sock.sendall(b"\x02" + struct.pack(">Q", 4 << 30) + bytes(1024))  # a long frame of 4 GiB
+        deadline = time.monotonic() + 10
+        while True:  # the node answers with its READY, then closes
+            assert time.monotonic() < deadline, "the node kept a 4 GiB message open"
+            try:
+                if not sock.recv(4096):
+                    break
+            except ConnectionResetError:
+                break
+
+
+def test_the_job_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dynaps.contract import CONFIG_ENV, NamedTable, RuntimeConfig
+
+    config = RuntimeConfig(tables=[NamedTable(name="W", num_keys=10, dim=1)], coordinator="127.0.0.1:0")
+    env = {k: v for k, v in os.environ.items() if k not in (secret.HEX_ENV, secret.FILE_ENV)}
+    env[CONFIG_ENV] = config.to_json()
+    for role in ("coordinator", "server"):
+        done = subprocess.run(
+            [sys.executable, "-m", "dynaps", role],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "no job secret" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ without processes
+
+
+def test_a_checkpoint_path_must_stay_under_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "ckpt-000009").symlink_to(tmp_path / "elsewhere")  # planted in the volume
+    assert contained(str(root), str(root / "ckpt-000007")) == root.resolve() / "ckpt-000007"
+    for bad in (
+        str(root / ".." / "ckpt-000007"),
+        str(root / "ckpt-000007" / ".." / ".." / "y"),
+        "/x/../y",
+        str(tmp_path / "ckpt-000007"),  # a checkpoint name, but another directory
+        str(root / "ckpt-000009"),  # a symlink out of the root
+        str(root / "W"),
+        str(root),
+    ):
+        with pytest.raises(ConfigError):
+            contained(str(root), bad)
+    with pytest.raises(ConfigError):
+        contained("", str(root / "ckpt-000007"))  # no root configured: nothing is written
+
+
+def _attach_as(address: str, proof: str, uid: int | None, out: Any) -> None:
+    """In a child process: become ``uid`` (if given), try to attach, report what happened."""
+    try:
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+        attach(address, {"pid": os.getpid(), "proof": proof}, lambda description, fds: description, 5.0)
+        out.send("attached")
+    except (ClusterError, OSError, ValueError) as exc:
+        out.send(f"refused: {exc}")
+
+
+def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str, str]:
+    """Run an attach attempt in a child while this process serves; (child's view, node's view)."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_attach_as, args=(server.address, proof, uid, child))
+    proc.start()
+    node_view = "nothing"
+    deadline = time.monotonic() + 10
+    try:
+        while not parent.poll(0.01):
+            assert time.monotonic() < deadline, "the attach attempt did not end"
+            try:
+                hello = server.accept({"node": 1}, [])
+            except ClusterError as exc:
+                node_view = f"refused: {exc}"
+            else:
+                if hello is not None:
+                    node_view = "served"
+        return str(parent.recv()), node_view
+    finally:
+        proc.join(10)
+
+
+def test_only_a_process_that_knows_the_secret_attaches() -> None:
+    job_secret = secret.new_secret()
+    token = "t" + os.urandom(4).hex()
+    server = AttachServer(token, attach_proof(job_secret, token))
+    try:
+        client, node = _try_attach(server, attach_proof(secret.new_secret(), token), None)
+        assert node.startswith("refused: ")
+        assert "job secret" in node
+        assert client.startswith("refused")
+        client, node = _try_attach(server, attach_proof(job_secret, token), None)
+        assert (client, node) == ("attached", "served")
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_a_process_of_another_user_cannot_attach() -> None:
+    """Another uid that found the socket in /proc/net/unix and knows the proof still fails."""
+    job_secret = secret.new_secret()
+    token = "t" + os.urandom(4).hex()
+    proof = attach_proof(job_secret, token)
+    server = AttachServer(token, proof)
+    try:
+        client, node = _try_attach(server, proof, pwd.getpwnam("nobody").pw_uid)
+        assert node.startswith("refused: ")
+        assert "another user" in node
+        assert client.startswith("refused")
+    finally:
+        server.close()
