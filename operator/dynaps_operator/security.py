@@ -1,4 +1,4 @@
-"""What keeps a job to itself on a shared cluster (issue 12, docs/security-http.md).
+"""What keeps a job to itself on a shared cluster (issue 12, docs/security.md).
 
 The operator holds a ClusterRole that creates pods in every namespace: whatever a role
 template asks for, the operator would create on the user's behalf (a confused deputy).  So:

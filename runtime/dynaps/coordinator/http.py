@@ -6,7 +6,7 @@
 coordinator's own thread publishes; actions are queued for that thread, so no state is
 shared between threads except through those two.
 
-Anyone on the pod network can reach this port, so (docs/security-http.md):
+Anyone on the pod network can reach this port, so (docs/security.md):
 
 * every endpoint but ``/healthz`` wants ``Authorization: Bearer <token>``, the token derived
   from the job secret (:func:`dynaps.contract.secret.http_token`), compared in constant time;
