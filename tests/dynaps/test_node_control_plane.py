@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dynaps.contract import NamedTable, Partition
-from dynaps.node.control_plane import LEAVE_LINGER, ControlPlane, Drain
+from dynaps.node.control_plane import COORDINATOR_GONE_SECONDS, LEAVE_LINGER, ControlPlane, Drain
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
@@ -291,6 +291,30 @@ def test_a_server_drains_only_once_it_homes_no_shards() -> None:
     plane.apply_membership(control.Membership.model_validate(membership(rehomed, [1, 2])))
     plane.tick(NOW + 1)
     assert drain_of(plane) in (Drain.KEYS, Drain.LEFT)
+
+
+def test_a_draining_server_whose_coordinator_is_gone_leaves_at_once() -> None:
+    """The whole job is being deleted (the coordinator exits alone on SIGTERM): a server
+    whose shards nobody will move away does not wait for its pod's grace period."""
+    plane, shell, _ = make_node(2)
+    plane.start_drain("SIGTERM")
+    plane.coordinator_disconnected(NOW)
+    plane.tick(NOW + COORDINATOR_GONE_SECONDS - 0.1)
+    assert "stop_loop" not in shell.calls
+    assert not plane.abandoned
+    plane.tick(NOW + COORDINATOR_GONE_SECONDS)
+    assert "stop_loop" in shell.calls
+    assert plane.abandoned
+
+
+def test_a_coordinator_that_speaks_again_lets_the_drain_go_on() -> None:
+    plane, shell, _ = make_node(2)
+    plane.coordinator_disconnected(NOW)  # before the drain: a coordinator being replaced
+    plane.on_message(order(MsgType.DRAIN, {}))  # the new one speaks (and asks for a drain)
+    plane.tick(NOW + 10 * COORDINATOR_GONE_SECONDS)
+    assert drain_of(plane) is Drain.SHARDS
+    assert not plane.abandoned
+    assert "stop_loop" not in shell.calls
 
 
 def test_drain_is_idempotent() -> None:

@@ -39,6 +39,10 @@ from dynaps.wire.protocol import COORDINATOR, Message, MsgType, node_of
 log = logging.getLogger(__name__)
 
 LEAVE_LINGER = 1.0  # seconds a node that left keeps forwarding stragglers
+# A draining node whose coordinator's connection stayed down this long leaves without a
+# handover: the whole job is going away (its pods deleted together: the coordinator exits
+# on SIGTERM without ending the job), and nobody is left to take its keys.
+COORDINATOR_GONE_SECONDS = 2.0
 
 
 class Drain(enum.StrEnum):
@@ -96,6 +100,8 @@ class ControlPlane:
         self.client_address: str | None = None  # where this worker's training process receives
         self.drain: Drain | None = None
         self.drain_deadline = 0.0
+        self.coordinator_gone_since: float | None = None  # its connection dropped then
+        self.abandoned = False  # left while draining, without a handover (no coordinator)
         self.checkpoint: CheckpointPause | None = None
         self.fenced = ""  # why the coordinator no longer counts this node as a member
 
@@ -142,6 +148,8 @@ class ControlPlane:
         server = self.server
         if self.fenced:
             return  # no longer a member: nothing it does now may count
+        if msg.sender == COORDINATOR:
+            self.coordinator_gone_since = None  # back (or replaced): it answers again
         try:
             if msg.type is MsgType.REFUSED:
                 if msg.sender != COORDINATOR:
@@ -271,8 +279,18 @@ class ControlPlane:
         else:
             self.drain = Drain.SHARDS
 
+    def coordinator_disconnected(self, now: float) -> None:
+        if self.coordinator_gone_since is None:
+            self.coordinator_gone_since = now
+
     def advance_drain(self, now: float) -> None:
         server = self.server
+        gone = self.coordinator_gone_since
+        if gone is not None and now - gone >= COORDINATOR_GONE_SECONDS and self.drain is not Drain.LEFT:
+            log.warning("node %d: the coordinator is gone while draining: leaving at once", self.node_id)
+            self.abandoned = True
+            self.shell.stop_loop()
+            return
         if self.drain is Drain.CLIENT:
             if self.shell.client_running() and now < self.drain_deadline:
                 return

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
 CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
 
@@ -78,6 +79,7 @@ class NodeProcess:
             ),
         )
         self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
+        self.transport.watch(COORDINATOR)  # a draining node must know when nobody is left to ask
         self.child: subprocess.Popen[bytes] | None = None
         self.child_reported = False
         self.client_pid: int | None = None
@@ -206,6 +208,8 @@ class NodeProcess:
                 next_chores = now + CHORES_INTERVAL
                 self._chores(now)
         assert self.control is not None
+        if self.control.abandoned:
+            return SIGTERM_EXIT_CODE  # terminated, not drained: to the operator, a lost pod
         return FENCED_EXIT_CODE if self.control.fenced else self.exit_code
 
     def _chores(self, now: float) -> None:
@@ -219,6 +223,8 @@ class NodeProcess:
         assert self.control is not None
         if self.drain_requested:
             self.control.start_drain(self.drain_requested)
+        if COORDINATOR in self.transport.disconnected():
+            self.control.coordinator_disconnected(now)
         if self.dump_requested:
             self.dump_requested = False
             self._dump_state()
