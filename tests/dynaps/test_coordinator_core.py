@@ -23,7 +23,14 @@ from tests.dynaps.harness import Clock, RecordingTransport
 class Job:
     """One Coordinator and the nodes the test plays."""
 
-    def __init__(self, servers: int = 2, workers: int = 1, num_shards: int = 8, **settings: Any) -> None:
+    def __init__(
+        self,
+        servers: int = 2,
+        workers: int = 1,
+        num_shards: int = 8,
+        listen_first: float = 0.0,
+        **settings: Any,
+    ) -> None:
         self.config = RuntimeConfig.model_validate(
             {
                 "tables": [NamedTable(name="W", num_keys=64, dim=1)],
@@ -35,23 +42,26 @@ class Job:
         )
         self.wire = RecordingTransport()
         self.clock = Clock()
-        self.coordinator = Coordinator(self.config, self.wire, clock=self.clock)
+        self.coordinator = Coordinator(self.config, self.wire, clock=self.clock, listen_first=listen_first)
         self.names: dict[int, str] = {}
 
     def tell(self, sender: int, kind: MsgType, body: dict[str, Any] | None = None) -> None:
         # as it would arrive: a header and the JSON body, parsed by the coordinator's decode
         self.coordinator.receive([header(kind, sender, sender, 0), json.dumps(body or {}).encode()])
 
-    def register(self, role: str, name: str) -> int:
-        nonce = f"nonce-{name}"
+    def send_register(self, role: str, name: str) -> None:
         body = {
             "role": role,
             "address": f"tcp://{name}",
-            "nonce": nonce,
+            "nonce": f"nonce-{name}",
             "config_digest": control.config_digest(self.config),
             "name": name,
         }
         self.tell(-1, MsgType.REGISTER, body)
+
+    def register(self, role: str, name: str) -> int:
+        nonce = f"nonce-{name}"
+        self.send_register(role, name)
         welcomes = [(e, b) for e, b in self.wire.take(MsgType.WELCOME) if b["nonce"] == nonce]
         assert len(welcomes) == 1, self.wire.take(MsgType.REFUSED)
         node = int(welcomes[0][1]["node"])
@@ -379,6 +389,40 @@ def test_a_restarted_coordinator_adopts_the_running_job() -> None:
     [(_, membership), *_] = job.memberships()
     assert membership.shard_map["epoch"] == 7
     assert job.status()["epoch"] == 7
+
+
+def test_a_replacement_coordinator_holds_a_recreated_pods_registration_until_it_adopted() -> None:
+    """The first message a replacement coordinator gets may be a REGISTER of a recreated pod:
+    it must not start a new job with it and then ignore the running job's nodes."""
+    job = Job(servers=1, workers=1, num_shards=4, listen_first=1.0)
+    job.send_register("worker", "w0")  # w0's pod was recreated while the coordinator was away
+    assert job.wire.take(MsgType.WELCOME) == []
+    job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
+    job.tell(2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0})
+    assert job.phase() is JobPhase.ADOPTING
+    shard_map = {"epoch": 3, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    for node in (1, 2):
+        job.tell(
+            node, MsgType.REJOIN, {"heartbeat": {"role": "server", "address": "x"}, "shard_map": shard_map}
+        )
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    [(_, welcome)] = job.wire.take(MsgType.WELCOME)  # now it replaces the adopted w0
+    assert welcome["nonce"] == "nonce-w0"
+    assert job.coordinator.roster.named("w0").id == welcome["node"]  # type: ignore[union-attr]
+
+
+def test_a_fresh_coordinator_takes_registrations_once_no_running_job_spoke_up() -> None:
+    job = Job(servers=1, workers=1, listen_first=1.0)
+    job.send_register("server", "s0")
+    job.send_register("server", "s0")  # sent again: held once
+    job.coordinator.tick()
+    assert job.wire.take(MsgType.WELCOME) == []
+    job.clock.now += 1.0
+    job.coordinator.tick()
+    assert [b["nonce"] for _, b in job.wire.take(MsgType.WELCOME)] == ["nonce-s0"]
+    assert job.phase() is JobPhase.REGISTERING
 
 
 def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:

@@ -14,7 +14,7 @@ from dynaps.coordinator.core import JobPhase
 from dynaps.wire.protocol import MsgType
 from tests.dynaps.test_coordinator_core import Job
 
-REPLICATED = {"fault_tolerance": {"replication": 1}}
+REPLICATED: dict[str, Any] = {"fault_tolerance": {"replication": 1}}
 
 
 def lose(job: Job, node: int) -> None:

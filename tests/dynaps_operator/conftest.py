@@ -163,6 +163,18 @@ def events_of(kube_api: KubeClient, namespace: str, name: str) -> list[JsonDict]
     return kube_api.items(namespaced("events", namespace), fieldSelector=f"involvedObject.name={name}")
 
 
+def wait_for_warnings(kube_api: KubeClient, namespace: str, name: str, reason: str, count: int) -> list[str]:
+    """The reasons of the job's Warning Events once ``count`` have ``reason``: the operator
+    posts a transition's Events right after the status write that shows it, so a test that
+    has seen the status may read the Events a moment too early."""
+
+    def posted() -> list[str] | None:
+        reasons = [e["reason"] for e in events_of(kube_api, namespace, name) if e["type"] == "Warning"]
+        return reasons if reasons.count(reason) >= count else None
+
+    return wait_for(posted, 15, f"{count} Warning Events {reason} of {namespace}/{name}")
+
+
 def condition(job: JsonDict, kind: str) -> JsonDict | None:
     return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == kind), None)
 

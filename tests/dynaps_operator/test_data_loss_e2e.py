@@ -18,6 +18,7 @@ from tests.dynaps_operator.conftest import (
     events_of,
     get_job,
     pod_logs,
+    wait_for_warnings,
     wait_phase,
 )
 from tests.kube.kubeapi import KubeClient, namespaced
@@ -104,5 +105,6 @@ def test_on_data_loss_fail_ends_the_job_failed_with_reason_data_loss(
     # The coordinator lingers until its final /status was read: the loss is in the job's status too.
     assert condition_of(done, "DataLoss")["reason"] == "InitialValuesRestored"
     assert done["status"]["dataLoss"]["entries"] >= 1
-    warnings = [e["reason"] for e in events_of(kube_api, ns, name) if e["type"] == "Warning"]
-    assert warnings.count("DataLoss") == 1 + done["status"]["dataLoss"]["entries"], warnings  # + Failed
+    expected = 1 + done["status"]["dataLoss"]["entries"]  # one per entry, and the failure's
+    warnings = wait_for_warnings(kube_api, ns, name, "DataLoss", expected)
+    assert warnings.count("DataLoss") == expected, warnings

@@ -53,6 +53,11 @@ class Adoption:
             return None
         return max(maps, key=lambda doc: int(doc.get("epoch", 0)))
 
+    def defer(self, reg: control.Register) -> None:
+        """Hold a registration back (once: a node that registers again uses the same nonce)."""
+        if all(held.nonce != reg.nonce for held in self.deferred):
+            self.deferred.append(reg)
+
     def finish(self) -> list[control.Register]:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()

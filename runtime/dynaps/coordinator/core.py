@@ -69,10 +69,18 @@ class Coordinator:
     """
 
     def __init__(
-        self, config: RuntimeConfig, transport: Transport, clock: Callable[[], float] = time.monotonic
+        self,
+        config: RuntimeConfig,
+        transport: Transport,
+        clock: Callable[[], float] = time.monotonic,
+        listen_first: float = 0.0,
     ) -> None:
+        """``listen_first``: seconds a fresh coordinator holds registrations back, listening for
+        the heartbeats of a running job to adopt (a replacement coordinator whose first message
+        is a recreated pod's REGISTER must not mistake the job for a new one)."""
         self.config = config
         self.clock = clock
+        self.listen_until = clock() + listen_first
         self.digest = control.config_digest(config)
         self.roster = Roster(config.servers, config.workers, clock)
         self.outbox = Outbox(transport, self.roster)
@@ -209,8 +217,9 @@ class Coordinator:
     # ------------------------------------------------------------------ joining
 
     def _on_register(self, reg: control.Register) -> None:
-        if self.phase == JobPhase.ADOPTING:
-            self.adoption.deferred.append(reg)  # after the running job is rebuilt
+        listening = self.phase == JobPhase.REGISTERING and self.clock() < self.listen_until
+        if self.phase == JobPhase.ADOPTING or listening:
+            self.adoption.defer(reg)  # after the running job is rebuilt, or none was heard
             return
         if reg.config_digest != self.digest:
             self.outbox.refuse(reg, "its configuration (tables, shards) differs from the coordinator's")
@@ -342,6 +351,9 @@ class Coordinator:
                 self._finish_adoption()
                 self._refresh_status()
             return
+        if self.phase == JobPhase.REGISTERING and now >= self.listen_until and self.adoption.deferred:
+            for reg in self.adoption.finish():  # no running job spoke up: a new job
+                self._on_register(reg)
         self.checkpoints.tick(now, self.phase == JobPhase.RUNNING)
         self.homes.tick(now)
         for endpoint in self.outbox.disconnected():

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynaps.config import job_secret
 from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, RuntimeConfig, secret
+from dynaps.coordinator.adoption import ADOPT_QUIET
 from dynaps.coordinator.core import Coordinator
 from dynaps.coordinator.http import StatusServer
 from dynaps.wire.protocol import COORDINATOR
@@ -39,7 +40,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         config.advertise_host,
         max_message_bytes=message_bound([]),  # it receives control messages only
     )
-    coordinator = Coordinator(config, transport)
+    coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
     http = StatusServer(
         config.bind_host,
