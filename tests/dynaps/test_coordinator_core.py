@@ -401,15 +401,16 @@ def test_a_replacement_coordinator_holds_a_recreated_pods_registration_until_it_
     job.tell(2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0})
     assert job.phase() is JobPhase.ADOPTING
     shard_map = {"epoch": 3, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
-    for node in (1, 2):
-        job.tell(
-            node, MsgType.REJOIN, {"heartbeat": {"role": "server", "address": "x"}, "shard_map": shard_map}
-        )
+    beat = {"role": "server", "address": "x"}
+    # node 1 heard of node 9 (dead since): the new coordinator must not give its id again
+    job.tell(1, MsgType.REJOIN, {"heartbeat": beat, "shard_map": shard_map, "highest_node_id": 9})
+    job.tell(2, MsgType.REJOIN, {"heartbeat": beat, "shard_map": shard_map, "highest_node_id": 2})
     job.clock.now += 1.5
     job.coordinator.tick()
     assert job.phase() is JobPhase.RUNNING
     [(_, welcome)] = job.wire.take(MsgType.WELCOME)  # now it replaces the adopted w0
     assert welcome["nonce"] == "nonce-w0"
+    assert welcome["node"] == 10  # above every id given out before the restart
     assert job.coordinator.roster.named("w0").id == welcome["node"]  # type: ignore[union-attr]
 
 

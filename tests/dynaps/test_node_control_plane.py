@@ -207,11 +207,14 @@ def test_shutdown_ends_the_loop() -> None:
 
 def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     plane, _, outbox = make_node(1)
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2], lost=[7])))
+    outbox.take([])
     plane.on_message(order(MsgType.ADOPT, {}))
     [(dest, rejoin)] = outbox.take([])
     assert (dest, rejoin.type) == (COORDINATOR, MsgType.REJOIN)
     body = control.body_of(rejoin, control.Rejoin)
     assert body.shard_map == plane.server.shard_map.to_json()
+    assert body.highest_node_id == 7  # a lost node's id: not to be given again
 
 
 def test_stats_and_ping_are_answered_to_known_endpoints_only() -> None:

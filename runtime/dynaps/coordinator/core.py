@@ -200,7 +200,9 @@ class Coordinator:
         elif kind is MsgType.CHECKPOINT_DONE:
             self.checkpoints.on_done(member.id, control.body_of(msg, control.CheckpointDone))
         elif kind is MsgType.REJOIN:
-            self.adoption.rejoined(member.id, control.body_of(msg, control.Rejoin).shard_map)
+            rejoin = control.body_of(msg, control.Rejoin)
+            self.roster.reserve_ids_to(rejoin.highest_node_id)  # dead nodes' ids stay unused
+            self.adoption.rejoined(member.id, rejoin.shard_map)
         elif kind is MsgType.LEASE:
             lease = control.body_of(msg, control.Lease)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)

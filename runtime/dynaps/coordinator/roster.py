@@ -111,6 +111,10 @@ class Roster:
             rank += 1
         return rank
 
+    def reserve_ids_to(self, highest: int) -> None:
+        """Ids up to ``highest`` were given out before (a coordinator restart forgot them)."""
+        self._next_id = max(self._next_id, highest + 1)
+
     def adopt(self, member: Member) -> None:
         """A member known from before a coordinator restart, with its id."""
         self.members[member.id] = member

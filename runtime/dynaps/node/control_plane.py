@@ -97,6 +97,7 @@ class ControlPlane:
         self.drain_timeout = drain_timeout
         self.clock = clock
         self.members: set[int] = set()  # live node ids, from the last membership
+        self.highest_node_id = self.node_id  # of every node heard of (for a new coordinator)
         self.client_address: str | None = None  # where this worker's training process receives
         self.drain: Drain | None = None
         self.drain_deadline = 0.0
@@ -121,6 +122,7 @@ class ControlPlane:
             return
         members = joining.connect_members(server.transport, membership)
         self.members = {info.id for info in membership.nodes}
+        self.highest_node_id = max(self.highest_node_id, *self.members, *membership.lost)
         mine = membership.node(self.node_id)
         if mine is not None:
             self.client_address = mine.client
@@ -179,7 +181,9 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
                 rejoin = control.Rejoin(
-                    heartbeat=self.shell.heartbeat(), shard_map=server.shard_map.to_json()
+                    heartbeat=self.shell.heartbeat(),
+                    shard_map=server.shard_map.to_json(),
+                    highest_node_id=self.highest_node_id,
                 )
                 self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:

@@ -100,6 +100,9 @@ class Heartbeat(_Body):
 class Rejoin(_Body):
     heartbeat: Heartbeat
     shard_map: dict[str, Any]
+    # the highest node id this node has heard of: a restarted coordinator must never give a
+    # dead node's id to a new one (the others drop whatever goes to a lost id)
+    highest_node_id: int = Field(default=0, ge=0, le=MAX_NODES)
 
 
 class Membership(_Body):
