@@ -426,6 +426,23 @@ def test_a_fresh_coordinator_takes_registrations_once_no_running_job_spoke_up() 
     assert job.phase() is JobPhase.REGISTERING
 
 
+def test_a_server_that_leaves_before_its_incoming_shards_arrive_aborts_their_migration() -> None:
+    """A server that joined and was told to drain homes nothing yet, so it leaves at once: the
+    migration towards it is aborted (its source unfreezes) instead of waiting for ever, and
+    the shards are planned again (found by test_migration_model)."""
+    job = Job(servers=1, workers=1, num_shards=4)
+    (s1,), _ = job.start()
+    job.coordinator.run_command("scale", {"servers": 2})
+    s2 = job.register("server", "s1")
+    job.tell(s2, MsgType.READY, {"version": job.coordinator.outbox.version})
+    [(source, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+    assert (source, out["target"]) == (s1, s2)
+    job.coordinator.run_command("drain", {"node": "s1"})
+    job.tell(s2, MsgType.LEFT, {})
+    assert (s1, {"id": out["id"]}) in job.wire.take(MsgType.MIGRATE_ABORT)
+    assert job.status()["migrationsInFlight"] == 0
+
+
 def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
     job = Job(servers=3, workers=1, num_shards=6, fault_tolerance={"replication": 1})
     (s1, s2, s3), _ = job.start()

@@ -62,8 +62,13 @@ class Departures:
         self.leases.release(member.id)
         self.roster.remove(member, lost=False)
         self.outbox.forget(member)
+        # A server that joined and was told to drain before a shard reached it leaves at once
+        # (it homes nothing yet): the migration towards it would wait for ever.
+        self.homes.abort_involving(member.id)
         self.homes.refresh_backups()
         self.announce()
+        if member.role == "server":
+            self.homes.rebalance()  # what the aborted migrations were to do
         self.settle()
 
     def lost(self, member: Member) -> None:

@@ -195,9 +195,9 @@ class ShardHomes:
         self.start_migrations()
 
     def abort_involving(self, lost: int) -> None:
-        """The ``lost`` node's migrations will never land: the other side forgets them."""
+        """The ``lost`` (or departed) node's migrations will never land: the other side forgets them."""
         for migration in self.rebalancer.abort_involving(lost):
-            log.warning("migration %d aborted: node %d was lost", migration.id, lost)
+            log.warning("migration %d aborted: node %d is gone", migration.id, lost)
             for node in (migration.source, migration.target):
                 if node != lost:
                     self.send(node, MsgType.MIGRATE_ABORT, control.MigrateAbort(id=migration.id))
