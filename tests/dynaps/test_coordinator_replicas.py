@@ -11,6 +11,7 @@ from typing import Any
 
 from dynaps.contract import DATA_LOSS_EXIT_CODE
 from dynaps.coordinator.core import JobPhase
+from dynaps.store.shardmap import NO_BACKUP
 from dynaps.wire.protocol import MsgType
 from tests.dynaps.test_coordinator_core import Job
 
@@ -43,9 +44,75 @@ def add_server(job: Job, name: str) -> int:
     node = job.register("server", name)
     job.tell(node, MsgType.READY, {"version": job.coordinator.outbox.version})
     while outs := job.wire.take(MsgType.MIGRATE_OUT):
-        for _, out in outs:
-            job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+        for source, out in outs:
+            land(job, source, out)
     return node
+
+
+def land(job: Job, source: int, out: dict[str, Any]) -> None:
+    """A migration lands: the target is ready and the backups pass on the source's freeze
+    marker (in either order: the coordinator commits once it has both)."""
+    job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+    current = job.coordinator.homes.shard_map
+    assert current is not None
+    assert current.backups is not None
+    for shard in out["shards"]:
+        for backup in current.backups[shard]:
+            if int(backup) not in (NO_BACKUP, out["target"]):
+                marker = {"epoch": current.epoch, "home": source, "shards": [shard], "migration": out["id"]}
+                job.tell(int(backup), MsgType.REPLICA_SYNCED, marker)
+
+
+def test_a_migration_waits_for_the_backups_to_pass_on_the_freeze_marker() -> None:
+    job = Job(servers=2, workers=1, num_shards=8, **REPLICATED)
+    job.start()
+    job.coordinator.run_command("scale", {"servers": 3})
+    s3 = job.register("server", "s2")
+    job.tell(s3, MsgType.READY, {"version": job.coordinator.outbox.version})
+    [(source, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+    epoch = job.coordinator.homes.epoch
+    job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+    assert job.coordinator.homes.epoch == epoch, "committed before the backups held the source's rows"
+    current = job.coordinator.homes.shard_map
+    assert current is not None
+    assert current.backups is not None
+    pairs = [(shard, int(current.backups[shard, 0])) for shard in out["shards"]]
+    stale = {"epoch": epoch, "home": source, "shards": [pairs[0][0]]}  # a plain report: no marker
+    job.tell(pairs[0][1], MsgType.REPLICA_SYNCED, stale)
+    assert job.coordinator.homes.epoch == epoch
+    for shard, backup in pairs[:-1]:
+        marker = {"epoch": epoch, "home": source, "shards": [shard], "migration": out["id"]}
+        job.tell(backup, MsgType.REPLICA_SYNCED, marker)
+    assert job.coordinator.homes.epoch == epoch, "one backup has not passed the marker on"
+    shard, backup = pairs[-1]
+    marker = {"epoch": epoch, "home": source, "shards": [shard], "migration": out["id"]}
+    job.tell(backup, MsgType.REPLICA_SYNCED, marker)
+    committed = job.coordinator.homes.shard_map
+    assert committed is not None
+    assert committed.epoch == epoch + 1
+    assert all(h == s3 for h in committed.homes[out["shards"]])
+
+
+def test_a_migration_waiting_for_a_lost_backup_commits_when_it_is_replaced() -> None:
+    job = Job(servers=4, workers=1, num_shards=16, **REPLICATED)
+    (*_, s4), _ = job.start()
+    job.tell(s4, MsgType.LEAVE)  # its shards migrate to the others, one migration at a time
+    waited: set[int] = set()
+    while not waited:
+        [(source, out)] = job.wire.take(MsgType.MIGRATE_OUT)
+        current = job.coordinator.homes.shard_map
+        assert current is not None
+        assert current.backups is not None
+        waited = {int(current.backups[shard, 0]) for shard in out["shards"]} - {out["target"]}
+        if not waited:  # every shard moves onto its backup: nothing to wait for
+            land(job, source, out)
+    job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+    assert out["id"] in job.coordinator.homes.rebalancer.running, "committed without the backup's marker"
+    lose(job, waited.pop())  # its marker will never come; its slot is filled by a server not synced yet
+    assert out["id"] not in job.coordinator.homes.rebalancer.running
+    homes = job.coordinator.homes.shard_map
+    assert homes is not None
+    assert all(h == out["target"] for h in homes.homes[out["shards"]])
 
 
 def test_backups_are_present_and_synced_after_a_migration_commits() -> None:

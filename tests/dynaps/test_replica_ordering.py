@@ -32,10 +32,11 @@ def deliver_all_but(cluster: Cluster, held: tuple[int, int]) -> bool:
     raise AssertionError("never settled")
 
 
-def drained_keeping_the_backup(shard: int) -> tuple[Cluster, int, int, int] | None:
+def draining_behind_a_held_row(shard: int) -> tuple[Cluster, int, int, int] | None:
     """A cluster where ``shard``'s first push reached its home but not yet its backup, and
-    the home was drained: the shard moved to a new home and kept its backup.  None when
-    the coordinator moved this shard (or another of the home's) onto the backup instead."""
+    the home was drained onto a new home that keeps the backup: returns the cluster, the
+    key, the backup and the old home.  None when the coordinator moves this shard onto its
+    backup instead (the row and the copy then share one path)."""
     cluster = Cluster(replicated=True)
     shards = shard_of(np.arange(NUM_KEYS, dtype=np.int64), NUM_KEYS, NUM_SHARDS, cluster.shard_map.partition)
     key = int(np.flatnonzero(shards == shard)[0])
@@ -45,25 +46,31 @@ def drained_keeping_the_backup(shard: int) -> tuple[Cluster, int, int, int] | No
     cluster.start("push", WORKERS[0], [key])  # applied by the old home; its row to the backup waits
     assert deliver_all_but(cluster, held)
     cluster.drain(old_home)
-    if not deliver_all_but(cluster, held):
-        return None  # the drain moves a shard onto the backup: its copy waits behind the row
-    new_home = int(cluster.shard_map.homes[shard])
-    assert new_home != old_home
-    assert cluster.shard_map.backups is not None
-    if new_home == backup:
+    deliver_all_but(cluster, held)
+    planned = [m for m in cluster.coordinator.homes.rebalancer.running.values() if shard in m.shards]
+    if not planned or planned[0].target == backup:
         return None
-    assert int(cluster.shard_map.backups[shard, 0]) == backup, "the migration kept the backup"
-    return cluster, key, backup, new_home
+    return cluster, key, backup, old_home
 
 
-def test_rows_from_a_former_home_do_not_overwrite_the_new_homes() -> None:
-    found = [c for c in (drained_keeping_the_backup(s) for s in range(NUM_SHARDS)) if c is not None]
+def test_a_migration_commits_only_once_the_backup_holds_the_old_homes_rows() -> None:
+    """Without the wait, the commit made the backup's predecessor the new home, the old
+    home's row arrived stale and was dropped, and losing the new home before its own sync
+    reached the backup lost the acknowledged push, with no data loss reported."""
+    found = [c for c in (draining_behind_a_held_row(s) for s in range(NUM_SHARDS)) if c is not None]
     assert found, "no shard kept its backup through the drain of its home"
-    cluster, key, backup, new_home = found[0]
-    cluster.start("push", WORKERS[1], [key])  # applied by the new home, whose row arrives first
-    assert deliver_all_but(cluster, (-1, -1))
-    assert cluster.store(backup).values[key, 0] == 2
-    assert cluster.nodes[backup].stats["replica_rows_stale"] == 1  # the old home's row came last
-    cluster.kill(new_home, True)  # the backup takes over with both increments
+    cluster, key, backup, old_home = found[0]
+    shard = int(shard_of(np.asarray([key]), NUM_KEYS, NUM_SHARDS, cluster.shard_map.partition)[0])
+    assert int(cluster.shard_map.homes[shard]) == old_home, "the move committed before the backup had the row"
+    new_home = next(
+        m.target for m in cluster.coordinator.homes.rebalancer.running.values() if shard in m.shards
+    )
+    assert deliver_all_but(cluster, (new_home, backup))  # the old home's row and marker, not the new sync
+    assert int(cluster.shard_map.homes[shard]) == new_home
+    assert cluster.store(backup).values[key, 0] == 1
+    assert cluster.nodes[backup].stats["replica_rows_stale"] == 0
+    cluster.kill(new_home, False)  # its sync to the backup never arrives
+    assert new_home in cluster.dead, "the kill waited for moves in flight"
     cluster.settle(None)
-    cluster.check()
+    cluster.check()  # the backup took over with the acknowledged push
+    assert cluster.coordinator.homes.losses.entries == []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire.protocol import MsgType
 from tests.dynaps.test_coordinator_core import Job
-from tests.dynaps.test_coordinator_replicas import add_server, lose
+from tests.dynaps.test_coordinator_replicas import add_server, land, lose
 
 COPIES = 2
 
@@ -56,8 +56,8 @@ def answer(job: Job) -> None:
             return
         for home, recover in recovers:
             job.tell(home, MsgType.RECOVERED, {"id": recover["id"], "keys": 0})
-        for _, out in outs:
-            job.tell(out["target"], MsgType.MIGRATE_READY, {"id": out["id"]})
+        for source, out in outs:
+            land(job, source, out)
             check_placement(job, before)
             before = current(job)
         job.clock.now += 5.0  # the rebalance after a recovery is due

@@ -87,9 +87,10 @@ class Replicas:
         backup of the shard (in any slot) keeps what it was known to hold.
 
         A shard that only changed home (a migration) keeps its backups' data: the old home
-        replicated every update until it froze the shard, and the new home took the same
-        values.  A lost home's shards lose the backup that becomes their home; the backups
-        after it move up the chain, synced as they were.
+        replicated every update until it froze the shard (the commit waited for the backups to
+        have them), and the new home took the same values.  A lost home's shards lose the
+        backup that becomes their home; the backups after it move up the chain, synced as
+        they were.
         """
         if new.backups is None or new.backups.shape[1] != self.copies:
             self.synced[:] = False

@@ -77,6 +77,10 @@ class ShardHomes:
         self.replicas = Replicas(policy.num_shards, replication)
         self.losses = DataLoss(num_keys, policy.num_shards, policy.partition)
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
+        # migrations whose target is ready, waiting for their backups to hold what the source
+        # replicated before it froze; and per migration, the (shard, backup) that do
+        self.ready: set[int] = set()
+        self.flushed: dict[int, set[tuple[int, int]]] = {}
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._next_recovery = 1
         self._rebalance_at: float | None = None
@@ -133,6 +137,7 @@ class ShardHomes:
             return False
         self._commit(self.shard_map.homes.copy(), backups)
         log.info("epoch %d: shards of departed servers have new backups", self.shard_map.epoch)
+        self.commit_ready()  # a replaced backup is no longer waited for
         return True
 
     def on_replica_synced(self, backup: int, report: control.ReplicaSynced) -> None:
@@ -142,6 +147,9 @@ class ShardHomes:
         fresh = self.replicas.confirm(backup, report, self.shard_map)
         if fresh:
             log.info("node %d holds synced replicas of %d more shards of node %d", backup, fresh, report.home)
+        if report.migration in self.rebalancer.running:
+            self.flushed.setdefault(report.migration, set()).update((s, backup) for s in report.shards)
+            self.commit_ready()
 
     def tick(self, now: float) -> None:
         if self._rebalance_at is not None and now >= self._rebalance_at:
@@ -176,9 +184,51 @@ class ShardHomes:
             self.send(migration.source, MsgType.MIGRATE_OUT, body)
 
     def on_migrate_ready(self, migration_id: int) -> None:
-        """The target holds a copy and the source is frozen: commit the new epoch."""
-        if self.shard_map is None:
+        """The target holds a copy and the source is frozen: commit the new epoch once the
+        backups hold what the source replicated before it froze."""
+        if self.shard_map is None or migration_id not in self.rebalancer.running:
             return
+        self.ready.add(migration_id)
+        self.commit_ready()
+
+    def commit_ready(self) -> None:
+        """Commit the ready migrations whose synced backups have all passed on the source's
+        freeze marker (:meth:`dynaps.node.replication.Replication.flushed`).
+
+        Without the wait, an acknowledged update replicated by the source just before it
+        froze could still be on its way to a backup at the commit; the backup, whose
+        predecessor is then the new home, drops it as stale, and a loss of the new home
+        before its own sync arrives loses the update with nobody knowing.  A backup that
+        is not synced is not waited for (it is not counted on), nor one that is lost or
+        replaced meanwhile (the map changed; the source sends its marker again).
+        """
+        for migration_id in sorted(self.ready):
+            migration = self.rebalancer.running.get(migration_id)
+            if migration is None:
+                self.ready.discard(migration_id)
+                self.flushed.pop(migration_id, None)
+            elif not self._waiting_backups(migration.shards, migration.target, migration_id):
+                self._commit_migration(migration_id)
+
+    def _waiting_backups(self, shards: list[int], target: int, migration_id: int) -> set[tuple[int, int]]:
+        """The (shard, backup) pairs a migration still waits for."""
+        assert self.shard_map is not None
+        if self.shard_map.backups is None:
+            return set()
+        chains = self.shard_map.backups[shards]
+        synced = self.replicas.synced[shards]
+        needed = {
+            (shard, int(backup))
+            for row, shard in enumerate(shards)
+            for slot, backup in enumerate(chains[row])
+            if synced[row, slot] and int(backup) != target
+        }
+        return needed - self.flushed.get(migration_id, set())
+
+    def _commit_migration(self, migration_id: int) -> None:
+        assert self.shard_map is not None
+        self.ready.discard(migration_id)
+        self.flushed.pop(migration_id, None)
         migration = self.rebalancer.commit(migration_id)
         if migration is None:
             return
@@ -198,6 +248,8 @@ class ShardHomes:
         """The ``lost`` (or departed) node's migrations will never land: the other side forgets them."""
         for migration in self.rebalancer.abort_involving(lost):
             log.warning("migration %d aborted: node %d is gone", migration.id, lost)
+            self.ready.discard(migration.id)
+            self.flushed.pop(migration.id, None)
             for node in (migration.source, migration.target):
                 if node != lost:
                     self.send(node, MsgType.MIGRATE_ABORT, control.MigrateAbort(id=migration.id))
@@ -251,6 +303,7 @@ class ShardHomes:
             entry = self.losses.record(group.cause, lost, epoch, group.shards, recovery_id, age)
             log.error("data loss: epoch %d: %s (rebuilt on node %d)", epoch, entry.describe(), group.home)
             self.on_loss(entry)
+        self.commit_ready()  # a lost backup is no longer waited for
         return True
 
     def take_orphaned(self) -> list[int]:

@@ -6,9 +6,12 @@ For a migration of shards S from home A to home B:
    state) of the keys A owns go to B in chunks, one chunk per turn of A's loop, while A
    keeps serving; keys changed after their chunk went are marked dirty;
 2. **freeze** (A): requests that touch S are held; what changed is sent (the delta,
-   flagged FINAL);
+   flagged FINAL); under replication A also sends a marker down S's backup chains after
+   the last rows it replicated (:meth:`Replication.flushed`);
 3. **ready** (B): B has staged everything and tells the coordinator, which **commits** a
-   new shard-map epoch that homes S on B;
+   new shard-map epoch that homes S on B once the backups have passed A's marker on (so
+   every update acknowledged before the freeze is on the backups that stay: rows from A
+   arriving after the commit would be stale there and dropped);
 4. at the new epoch A gives up the keys it owned in S (they are B's now) and forwards
    the held requests to B; B takes ownership of them and serves.
 
@@ -19,6 +22,7 @@ the delta, B serves only after the commit), and only S's requests wait, briefly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +67,16 @@ class Incoming:
     source: int
 
 
+# the shards of a migration were frozen here (its id, the shards): the backups are told
+OnFrozen = Callable[[int, npt.NDArray[np.int64]], None]
+
+
 class Migrations:
     """A node's outgoing and incoming migrations."""
 
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, on_frozen: OnFrozen | None = None) -> None:
         self.node = node
+        self.on_frozen = on_frozen
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
         self.tracking = False  # some pre-copy is running: changes must be noted
@@ -115,6 +124,17 @@ class Migrations:
             changed = keys[migration.dirty[table][keys]]
             self._send_part(migration, table, changed, final=table == last)
         migration.dirty = []
+        if self.on_frozen is not None:
+            self.on_frozen(migration.id, migration.shards)
+
+    def refreeze(self) -> None:
+        """A new epoch that does not commit our frozen migrations: send their marker again
+        (their chains may have changed: a backup lost or replaced)."""
+        if self.on_frozen is None:
+            return
+        for migration in self.outgoing.values():
+            if migration.frozen:
+                self.on_frozen(migration.id, migration.shards)
 
     def _send_part(self, migration: Outgoing, table: int, keys: Keys, final: bool) -> None:
         node = self.node

@@ -24,7 +24,9 @@ epoch (and after rebuilding a lost server's shards) a home then sends REPLICA_SY
 the shards down the chain, after the rows on the same paths; each backup passes it on to
 the coordinator and to its successor once it has applied (and passed on) everything sent
 before it (REPLICATE rows of a newer epoch wait for that epoch), and only then does the
-coordinator count on that replica.
+coordinator count on that replica.  A home that freezes shards for a migration sends the
+same report, marked with the migration, after its last rows: the coordinator commits the
+move once every synced backup has passed it on (:meth:`flushed`).
 """
 
 from __future__ import annotations
@@ -284,15 +286,29 @@ class Replication:
             return
         self._send_reports(shard_map.epoch, self.node.me, shards, shard_map.backups[shards, 0])
 
+    def flushed(self, migration: int, shards: npt.NDArray[np.int64]) -> None:
+        """``shards`` (homed here) are frozen for ``migration``: tell their chains, after
+        every row sent before, so the coordinator commits the move only once the backups
+        hold them (:mod:`dynaps.node.migration`)."""
+        shard_map = self.node.shard_map
+        if shard_map.backups is None or not len(shards):
+            return
+        self._send_reports(shard_map.epoch, self.node.me, shards, shard_map.backups[shards, 0], migration)
+
     def _send_reports(
-        self, epoch: int, home: int, shards: npt.NDArray[np.int64], dests: npt.NDArray[np.int16]
+        self,
+        epoch: int,
+        home: int,
+        shards: npt.NDArray[np.int64],
+        dests: npt.NDArray[np.int16],
+        migration: int = 0,
     ) -> None:
         node = self.node
         for dest in np.unique(dests):
             if dest in (NO_BACKUP, node.me):
                 continue
             chosen = [int(s) for s in shards[dests == dest]]
-            report = control.ReplicaSynced(epoch=epoch, home=home, shards=chosen)
+            report = control.ReplicaSynced(epoch=epoch, home=home, shards=chosen, migration=migration)
             node.send_frames(int(dest), messages.control(MsgType.REPLICA_SYNCED, node.me, report))
 
     def on_synced(self, report: control.ReplicaSynced, sender: int) -> None:
@@ -326,4 +342,4 @@ class Replication:
             held = report.model_copy(update={"shards": [int(s) for s in shards]})
             node.send_frames(COORDINATOR, messages.control(MsgType.REPLICA_SYNCED, node.me, held))
             following = np.where(slot + 1 < width, chains[shards, np.minimum(slot + 1, width - 1)], NO_BACKUP)
-            self._send_reports(report.epoch, report.home, shards, following)
+            self._send_reports(report.epoch, report.home, shards, following, report.migration)

@@ -102,13 +102,13 @@ class NodeServer:
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
         self._last_malformed_log = 0.0
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
-        self.migrations = Migrations(self)
         self.applied = AppliedRequests()  # exactly once, with or without replication
         self.replication = (
             None
             if flush_interval_ms is None
             else Replication(self, flush_interval_ms, self.acknowledge, self.applied)
         )
+        self.migrations = Migrations(self, None if self.replication is None else self.replication.flushed)
         self.recoveries = Recoveries(self, checkpoint_root, self.replication)
         self.departures = Departures(self, on_lost=self._forget_lost)
         self.relocations = Relocations(
@@ -375,6 +375,7 @@ class NodeServer:
         old_map, self.shard_map = self.shard_map, new_map
         if self.replication is not None:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
+            self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
         self._homed.clear()
         self.release_gate()
         self.relocations.retry_waiting()  # relocations of shards homed elsewhere now

@@ -191,6 +191,9 @@ class ReplicaSynced(_Body):
     epoch: int = Field(ge=1)  # the home's shard map when it sent the rows
     home: int
     shards: list[int]
+    # non-zero: the home froze ``shards`` for this migration and sent nothing after (the
+    # coordinator commits the migration once every synced backup has passed this on)
+    migration: int = Field(default=0, ge=0)
 
 
 class OwnersQuery(_Body):
