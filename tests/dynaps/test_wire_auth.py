@@ -89,11 +89,31 @@ def test_a_changed_frame_is_dropped(
     pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
 ) -> None:
     _, b = pair
-    signed = Authenticator(KEY).sign(1, 2, [b"value=1"])
-    attacker.send_multipart([b"value=9", signed[1]])
+    [signed] = Authenticator(KEY).sign(1, 2, [b"value=1"])  # the trailer inside the frame
+    attacker.send_multipart([b"value=9" + signed[len(b"value=1") :]])
     moved = Authenticator(KEY).sign(1, 2, [b"val", b"ue=1"])
-    attacker.send_multipart([b"valu", b"e=1", moved[2]])  # the same bytes split otherwise
-    assert_dropped(b, 2)
+    attacker.send_multipart([b"valu", moved[1][1:]])  # the same bytes split otherwise
+    rows = np.arange(10_000, dtype=np.float32)
+    head, _, trailer = Authenticator(KEY).sign(1, 2, [b"head", rows])  # a trailer frame of its own
+    attacker.send_multipart([head, (rows + 1).tobytes(), trailer])
+    attacker.send_multipart([head + trailer])  # the array left out, the trailer moved in
+    assert_dropped(b, 4)
+
+
+def test_the_trailer_rides_in_a_small_last_frame_and_apart_from_an_array() -> None:
+    sender, receiver = Authenticator(KEY), Authenticator(KEY)
+    small = sender.sign(1, 2, [b"head", b"body"])
+    assert [len(f) for f in small] == [4, 4 + TRAILER_SIZE]
+    assert receiver.verify(2, small) == [b"head", b"body"]
+    rows = np.arange(10_000, dtype=np.float32)
+    large = sender.sign(1, 2, [b"head", rows])
+    assert len(large) == 3
+    assert len(large[2]) == TRAILER_SIZE
+    body = receiver.verify(2, [large[0], rows.tobytes(), large[2]])
+    assert body[0] == b"head"
+    assert np.array_equal(np.frombuffer(body[1], np.float32), rows)
+    empty = sender.sign(1, 2, [b""])  # an empty last frame: the trailer alone, counted as inside
+    assert receiver.verify(2, empty) == [b""]
 
 
 def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
