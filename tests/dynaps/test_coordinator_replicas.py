@@ -241,3 +241,29 @@ def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Pa
     job.tell(s2, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s1, "shards": [0, 1]})
     job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": 1, "home": s2, "shards": [2, 3]})
     assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0, "minCopies": 1}
+
+
+def test_a_backup_whose_predecessor_changed_counts_only_after_its_homes_sync() -> None:
+    """The middle of a chain is lost: rows it sent on and that reach the last backup after
+    the new epoch are acknowledged there but not kept, so that backup is not counted as a
+    replica until the home's sync down the new chain has reached it."""
+    job = Job(servers=4, workers=1, num_shards=8, fault_tolerance={"replication": 2})
+    job.start()
+    homes = job.coordinator.homes
+    before = homes.shard_map
+    assert before is not None
+    assert before.backups is not None
+    home, middle, last = int(before.homes[0]), int(before.backups[0, 0]), int(before.backups[0, 1])
+    assert homes.replicas.synced[0].all()
+    lose(job, middle)
+    after = homes.shard_map
+    assert after is not None
+    assert after.backups is not None
+    assert int(after.homes[0]) == home
+    slot = [int(b) for b in after.backups[0]].index(last)
+    assert not homes.replicas.synced[0, slot], "counted before the home's sync reached it"
+    stale = {"epoch": before.epoch, "home": home, "shards": [0]}  # a report from before the change
+    job.tell(last, MsgType.REPLICA_SYNCED, stale)
+    assert not homes.replicas.synced[0, slot]
+    job.tell(last, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
+    assert homes.replicas.synced[0, slot]

@@ -61,6 +61,8 @@ def answer(job: Job) -> None:
             check_placement(job, before)
             before = current(job)
         job.clock.now += 5.0  # the rebalance after a recovery is due
+        for member in job.coordinator.roster.active():  # and nobody fell silent meanwhile
+            job.tell(member.id, MsgType.HEARTBEAT, {"role": member.role, "address": member.address})
         job.coordinator.tick()
 
 
@@ -111,3 +113,21 @@ def test_a_lost_home_and_its_first_backup_leave_the_second_backup_as_home() -> N
     assert status["minCopies"] == 0  # s4 backed up s1's shards only once s3 syncs it
     job.tell(s4, MsgType.REPLICA_SYNCED, {"epoch": shard_map.epoch, "home": s3, "shards": [0, 1, 2, 3]})
     assert int(np.asarray(job.coordinator.homes.replicas.synced_copies()[:4]).min()) == 1
+
+
+def test_a_drain_whose_moves_take_several_rounds() -> None:
+    """The example hypothesis found (join, join, drain the newest): the drain's migrations
+    run one after another, over several rounds of answer(), in which time passes."""
+    job = Job(servers=4, workers=1, num_shards=12, fault_tolerance={"replication": COPIES})
+    job.start()
+    for joined in (1, 2):
+        add_server(job, f"extra{joined}")
+        answer(job)
+    newest = max(job.coordinator.roster.ready_servers())
+    before = current(job)
+    job.tell(newest, MsgType.LEAVE, {"reason": "drain requested"})
+    answer(job)
+    job.tell(newest, MsgType.LEFT)
+    check_placement(job, before)
+    assert job.status()["lost"] == []
+    assert newest not in current(job).homes

@@ -82,15 +82,20 @@ class Replicas:
             self.synced[:] = synced & (shard_map.backups != NO_BACKUP)
         self.since[:] = shard_map.epoch
 
-    def follow(self, old: ShardMap, new: ShardMap) -> None:
-        """A new epoch: a backup new to its shard waits for its sync; one that stays a
-        backup of the shard (in any slot) keeps what it was known to hold.
+    def follow(self, old: ShardMap, new: ShardMap, flushed: Sequence[int] = ()) -> None:
+        """A new epoch: a backup new to its shard waits for its sync, and so does one whose
+        predecessor in the chain changed; one that stays a backup of the shard after the
+        same predecessor keeps what it was known to hold.
 
-        A shard that only changed home (a migration) keeps its backups' data: the old home
-        replicated every update until it froze the shard (the commit waited for the backups to
-        have them), and the new home took the same values.  A lost home's shards lose the
-        backup that becomes their home; the backups after it move up the chain, synced as
-        they were.
+        Rows its old predecessor sent before the change and that arrive after it are stale
+        there: the backup acknowledges them (their requester must not wait for ever) but
+        does not keep them, so until the home's sync down the new chain arrives it may lack
+        an acknowledged update.  ``flushed``: the shards of a migration this epoch commits,
+        whose backups already passed on the old home's freeze marker (every row it sent
+        before is applied there: :meth:`ShardHomes.commit_ready`); their new predecessor
+        (the new home) took the same values.  A lost home's shards lose the backup that
+        becomes their home; the backups after it move up the chain behind the same
+        predecessor, synced as they were.
         """
         if new.backups is None or new.backups.shape[1] != self.copies:
             self.synced[:] = False
@@ -98,10 +103,15 @@ class Replicas:
         synced = np.zeros_like(self.synced)
         since = np.full_like(self.since, new.epoch)
         if old.backups is not None and old.backups.shape == new.backups.shape:
+            moved = np.zeros((len(new.homes), 1), dtype=np.bool_)
+            moved[list(flushed)] = True
+            old_before = old.chains()[:, :-1]  # per slot: the server its rows come from
+            new_before = new.chains()[:, :-1]
             for slot in range(self.copies):
                 same = (new.backups == old.backups[:, slot : slot + 1]) & (new.backups != NO_BACKUP)
-                synced |= same & self.synced[:, slot : slot + 1]
-                since = np.where(same, self.since[:, slot : slot + 1], since)
+                kept = same & ((new_before == old_before[:, slot : slot + 1]) | moved)
+                synced |= kept & self.synced[:, slot : slot + 1]
+                since = np.where(kept, self.since[:, slot : slot + 1], since)
         self.synced, self.since = synced, since
 
     def confirm(self, backup: int, report: control.ReplicaSynced, shard_map: ShardMap) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -234,7 +234,7 @@ class ShardHomes:
             return
         homes = self.shard_map.homes.copy()
         homes[migration.shards] = migration.target
-        self._commit(homes)  # with backups: replicas must follow every change of homes
+        self._commit(homes, flushed=migration.shards)  # with backups: replicas follow every change
         log.info(
             "epoch %d: %d shards now homed on node %d",
             self.shard_map.epoch,
@@ -320,12 +320,18 @@ class ShardHomes:
             # before shards move on (their homes remember what they already applied).
             self._rebalance_at = self.clock() + REBALANCE_AFTER_RECOVERY
 
-    def _commit(self, homes: npt.NDArray[np.int16], backups: npt.NDArray[np.int16] | None = None) -> None:
+    def _commit(
+        self,
+        homes: npt.NDArray[np.int16],
+        backups: npt.NDArray[np.int16] | None = None,
+        flushed: Sequence[int] = (),
+    ) -> None:
         """Commit a new shard assignment (a new epoch), with backups under replication:
-        ``backups``, or the old ones where still valid (:func:`choose_backups`)."""
+        ``backups``, or the old ones where still valid (:func:`choose_backups`);
+        ``flushed``: the shards of the migration it commits (:meth:`Replicas.follow`)."""
         assert self.shard_map is not None
         old = self.shard_map
         if self.replication and backups is None:
             backups = choose_backups(homes, old.backups, self.roster.ready_servers(), self.replication)
         self.shard_map = ShardMap(old.epoch + 1, old.num_shards, old.partition, homes, backups)
-        self.replicas.follow(old, self.shard_map)
+        self.replicas.follow(old, self.shard_map, flushed)
