@@ -209,6 +209,8 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
 
     if p.create and coordinator is None and (Role.COORDINATOR, 0) not in p.create:
         p.create.insert(0, (Role.COORDINATOR, 0))
+    if o.secret_conflict:
+        p.create.clear()  # they would mount another owner's Secret (the holdup says so)
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
     wanted = wanted_pods(o, job)
