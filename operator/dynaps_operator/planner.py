@@ -2,8 +2,8 @@
 
 :func:`plan` is the one function that computes a job's status.  The reconciler reads the job,
 its pods and its coordinator's ``/status``, calls :func:`plan`, and carries out the
-:class:`Plan` (create, delete, drain, scale, checkpoint, patch the status if it changed, post
-the Events).  Because the input is re-read every time, a decision taken once is never taken
+:class:`Plan` (post the Events, then create, delete, drain, scale, checkpoint, and patch the
+status if it changed).  Because the input is re-read every time, a decision taken once is never taken
 twice: a pod that failed is deleted in the same pass that counts it, and afterwards it is
 terminating or gone.
 

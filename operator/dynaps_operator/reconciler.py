@@ -262,6 +262,12 @@ class Controller:
         p: Plan,
     ) -> None:
         not_ready: list[str] = []
+        # The Events first: whoever sees a pod go or a condition appear finds the Event that
+        # explains it (a retried pass may post one twice; one posted after the fact was seen
+        # missing by readers of the status)
+        for event in p.events:
+            self.metrics.events.labels(type=event.type).inc()
+            await self.events.post(ref, event.type, event.reason, event.message)
         if p.delete:
             deleted = await asyncio.gather(
                 *(self.api.delete(kube.path("pods", ref.namespace, d.name), uid=d.uid) for d in p.delete)
@@ -276,9 +282,6 @@ class Controller:
             not_ready += await self._create_pods(job, ref, p.create, p.status)
         await self._coordinator_actions(key, ref, pods, p)
         await self._write_status(ref, body, p)
-        for event in p.events:
-            self.metrics.events.labels(type=event.type).inc()
-            await self.events.post(ref, event.type, event.reason, event.message)
         if p.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed: deleting the job", ref.namespace, ref.name)
             await self.api.delete(
