@@ -59,6 +59,9 @@ class Observed:
     memory: Memory
     now: datetime
     poll_seconds: float = 2.0
+    # why the job's Secret cannot be used ("": it is the job's, or not made yet): a Secret of
+    # its name owned by something else, e.g. a leftover of a deleted job of the same name
+    secret_conflict: str = ""
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 :func:`plan` is the one function that computes a job's status.  The reconciler reads the job,
 its pods and its coordinator's ``/status``, calls :func:`plan`, and carries out the
-:class:`Plan` (create, delete, drain, scale, checkpoint, patch the status if it changed, post
-the Events).  Because the input is re-read every time, a decision taken once is never taken
+:class:`Plan` (post the Events, then create, delete, drain, scale, checkpoint, and patch the
+status if it changed).  Because the input is re-read every time, a decision taken once is never taken
 twice: a pod that failed is deleted in the same pass that counts it, and afterwards it is
 terminating or gone.
 
@@ -209,6 +209,8 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
 
     if p.create and coordinator is None and (Role.COORDINATOR, 0) not in p.create:
         p.create.insert(0, (Role.COORDINATOR, 0))
+    if o.secret_conflict:
+        p.create.clear()  # they would mount another owner's Secret (the holdup says so)
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
     wanted = wanted_pods(o, job)

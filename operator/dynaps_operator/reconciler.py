@@ -59,6 +59,13 @@ MAX_BACKOFF_SECONDS = 30.0
 POD_EVENT_DELAY = 0.05  # coalesce the burst of events a starting pod produces
 
 
+def _conflict_message(ref: JobRef) -> str:
+    return (
+        f"Secret {names.secret_name(ref.name)} is not this job's (another owner, or not a usable "
+        "secret: a leftover of a deleted job of the same name?); no pod is created until it is gone"
+    )
+
+
 def now() -> datetime:
     # Whole seconds, as Kubernetes writes times: a status read back compares equal to the one written.
     return datetime.now(UTC).replace(microsecond=0)
@@ -203,6 +210,7 @@ class Controller:
         pods = tuple(view for view in map(pod_view, pods_raw) if view is not None)
         memory = self.memory.get(key, Memory())
         coordinator = await self._coordinator_status(key, ref, pods)
+        secret_conflict = await self._secret_conflict(key, ref) if job is not None else ""
         observed = Observed(
             ref=ref,
             generation=int(meta.get("generation") or 0),
@@ -215,6 +223,7 @@ class Controller:
             memory=memory,
             now=now(),
             poll_seconds=self.settings.poll_seconds,
+            secret_conflict=secret_conflict,
         )
         decided = plan(observed)
         self.memory[key] = decided.memory
@@ -253,6 +262,12 @@ class Controller:
         p: Plan,
     ) -> None:
         not_ready: list[str] = []
+        # The Events first: whoever sees a pod go or a condition appear finds the Event that
+        # explains it (a retried pass may post one twice; one posted after the fact was seen
+        # missing by readers of the status)
+        for event in p.events:
+            self.metrics.events.labels(type=event.type).inc()
+            await self.events.post(ref, event.type, event.reason, event.message)
         if p.delete:
             deleted = await asyncio.gather(
                 *(self.api.delete(kube.path("pods", ref.namespace, d.name), uid=d.uid) for d in p.delete)
@@ -267,9 +282,6 @@ class Controller:
             not_ready += await self._create_pods(job, ref, p.create, p.status)
         await self._coordinator_actions(key, ref, pods, p)
         await self._write_status(ref, body, p)
-        for event in p.events:
-            self.metrics.events.labels(type=event.type).inc()
-            await self.events.post(ref, event.type, event.reason, event.message)
         if p.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed: deleting the job", ref.namespace, ref.name)
             await self.api.delete(
@@ -283,22 +295,26 @@ class Controller:
     async def _token(self, key: Key, ref: JobRef) -> str | None:
         """The coordinator's HTTP token, read from the job's Secret once per job; None when the
         Secret is missing. A Secret owned by something else is never used."""
+        if await self._secret_conflict(key, ref):
+            raise ChildNotReadyError(_conflict_message(ref), delay=2.0)
+        cached = self.tokens.get(key)
+        return cached[1] if cached is not None else None
+
+    async def _secret_conflict(self, key: Key, ref: JobRef) -> str:
+        """Why the Secret of the job's name cannot be the job's ("" when it is, or is missing);
+        its token is remembered once read."""
         cached = self.tokens.get(key)
         if cached is not None and cached[0] == ref.uid:
-            return cached[1]
+            return ""
         try:
             body = await self.api.get(kube.path("secrets", ref.namespace, names.secret_name(ref.name)))
         except NotFoundError:
-            return None
+            return ""
         token = security.token_of(body, ref.uid)
         if token is None:
-            raise ChildNotReadyError(
-                f"Secret {names.secret_name(ref.name)} is not this job's (a leftover of a deleted job "
-                "of the same name?); waiting for it to go",
-                delay=2.0,
-            )
+            return _conflict_message(ref)
         self.tokens[key] = (ref.uid, token)
-        return token
+        return ""
 
     async def _ensure_secret(self, key: Key, ref: JobRef) -> None:
         """The job's Secret exists before any of its pods (they mount it)."""

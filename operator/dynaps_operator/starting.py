@@ -2,6 +2,8 @@
 
 What holds a job up, the first that applies:
 
+* a Secret of the job's name that is not the job's (``SecretConflict``): no pod is created, as
+  it would mount another owner's secret, until that Secret is gone;
 * a pod that cannot start (:class:`~dynaps_operator.podstate.StartProblem`: ``Unschedulable``,
   ``ImagePullBackOff``, ``ErrImagePull``, ``CreateContainerConfigError``,
   ``InitContainerFailed``, ...), quoting the pod's own message;
@@ -41,6 +43,8 @@ def wanted_pods(o: Observed, job: ParameterServerJob) -> list[PodView]:
 
 def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:
     """What the job waits for that will not come by itself (None: nothing, or just starting)."""
+    if o.secret_conflict:
+        return Holdup(R.SECRET_CONFLICT, o.secret_conflict)
     stuck = [pod for pod in wanted if pod.alive and pod.start_problem is not None]
     if stuck:
         problems = [pod.start_problem for pod in stuck if pod.start_problem is not None]

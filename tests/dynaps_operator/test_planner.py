@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from dynaps.contract import ConditionType, JobPhase, JobStatus
@@ -15,6 +16,22 @@ ALL = [(Role.COORDINATOR, 0), (Role.SERVER, 0), (Role.WORKER, 0), (Role.WORKER, 
 def then(p: Plan, **kw: object) -> JobStatus:
     """The status after one more reconcile in which nothing else changed."""
     return p.status
+
+
+def test_a_secret_of_the_jobs_name_with_another_owner_holds_the_pods_back_and_says_why() -> None:
+    conflict = "Secret mf-secret is not this job's (another owner ...)"
+    first = plan(replace(observed(), secret_conflict=conflict))
+    assert first.create == []  # they would mount another owner's secret
+    assert first.status.phase == JobPhase.PENDING
+    assert first.status.message == conflict
+    running = first.status.condition(ConditionType.RUNNING)
+    assert running is not None
+    assert (running.status, running.reason, running.message) == ("False", "SecretConflict", conflict)
+    assert [(e.reason, e.type) for e in first.events] == [("SecretConflict", "Warning")]
+    again = plan(replace(observed(status=first.status), secret_conflict=conflict))
+    assert again.events == []  # one Event per new reason or message
+    gone = plan(observed(status=again.status))  # the leftover was deleted
+    assert gone.create == ALL
 
 
 def test_a_new_job_creates_every_pod_coordinator_first() -> None:

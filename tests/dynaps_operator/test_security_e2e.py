@@ -17,9 +17,19 @@ import pytest
 from dynaps.contract import secret
 from dynaps_operator import names
 from dynaps_operator.runner import OperatorThread
-from tests.dynaps_operator.conftest import condition_of, create_job, pods_of, quickstart_job, wait_phase
+from tests.dynaps_operator.conftest import (
+    condition,
+    condition_of,
+    create_job,
+    events_of,
+    get_job,
+    pods_of,
+    quickstart_job,
+    wait_phase,
+)
 from tests.kube.kubeapi import ApiError, KubeClient, namespaced
 from tests.kube.kubelet import ProcessKubelet
+from tests.kube.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 JsonDict = dict[str, Any]
@@ -98,3 +108,34 @@ def test_a_privileged_template_is_refused_naming_the_field(
     with pytest.raises(ApiError) as missing:  # refused before anything was made for it
         kube_api.get(namespaced("secrets", ns, "rooted-secret"))
     assert missing.value.status == 404
+
+
+def test_a_leftover_secret_of_the_jobs_name_holds_it_with_a_reason_until_it_goes(
+    operator: OperatorThread, kube_api: KubeClient, module_namespace: str, process_kubelet: ProcessKubelet
+) -> None:
+    ns = module_namespace
+    leftover = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "reused-secret"},  # no owner: not this job's
+        "data": {secret.DATA_KEY: base64.b64encode(secret.encode(secret.new_secret()).encode()).decode()},
+    }
+    kube_api.create(namespaced("secrets", ns), leftover)
+    create_job(kube_api, ns, quickstart_job("reused", workers=1, epochs=1))
+
+    def held() -> JsonDict | None:
+        job = get_job(kube_api, ns, "reused")
+        found = condition(job, "Running")
+        return job if found is not None and found["reason"] == "SecretConflict" else None
+
+    shown = wait_for(held, 20, "the SecretConflict condition")
+    assert "Secret reused-secret is not this job's" in shown["status"]["message"]
+    assert shown["status"]["phase"] == "Pending"
+    assert pods_of(kube_api, ns, "reused") == []  # none would mount another owner's secret
+    assert "SecretConflict" in [e["reason"] for e in events_of(kube_api, ns, "reused")]
+
+    kube_api.delete(namespaced("secrets", ns, "reused-secret"))
+    done = wait_phase(kube_api, ns, "reused", {"Succeeded", "Failed"}, 120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    stored = kube_api.get(namespaced("secrets", ns, "reused-secret"))
+    assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [done["metadata"]["uid"]]

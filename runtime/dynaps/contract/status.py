@@ -77,6 +77,7 @@ class ConditionReason(StrEnum):
     INIT_CONTAINER_FAILED = "InitContainerFailed"  # an init container of a pod failed
     NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
+    SECRET_CONFLICT = "SecretConflict"  # noqa: S105 (a reason, not a password): the job's Secret name is taken
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
     FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
     # runPolicy.oomMemoryGrowth (also Events): Degraded=True while an OOMKilled pod is replaced
