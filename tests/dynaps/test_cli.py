@@ -42,13 +42,14 @@ def test_run_a_program_on_a_local_cluster(tmp_path: Path) -> None:
         "W.push(np.arange(10), np.ones((10, 2)))\n"
         "ps.barrier()\n"
         "ps.report(total=float(W.pull(np.arange(10)).sum()))\n"
-        "print('rank', ps.rank, 'sum', W.pull(np.arange(10)).sum())\n"
+        # one write per line: both workers share the terminal, unbuffered under PYTHONUNBUFFERED
+        "import sys; sys.stdout.write(f'rank {ps.rank} sum {W.pull(np.arange(10)).sum()}\\n')\n"
     )
     done = dynaps(
         "run", "--servers", "1", "--workers", "2", "--table", "W:100:2", "--", "python", str(program)
     )
     assert done.returncode == 0, done.stderr
-    assert "sum 40.0" in done.stdout
+    assert sorted(done.stdout.splitlines()) == ["rank 0 sum 40.0", "rank 1 sum 40.0"], done.stdout
     assert "job succeeded" in done.stderr
 
 
