@@ -14,7 +14,7 @@ target) into migrations of at most ``shards_per_migration`` shards; at most
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,9 @@ class Migration:
     source: int
     target: int
     shards: list[int]
+    ready: bool = False  # the target holds the copy (it may still wait for the backups)
+    # (shard, backup) pairs that passed on the source's freeze marker
+    flushed: set[tuple[int, int]] = field(default_factory=set)
 
 
 class Rebalancer:

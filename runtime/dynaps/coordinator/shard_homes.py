@@ -24,7 +24,7 @@ import numpy.typing as npt
 from dynaps.contract import DataLossCause, RebalancePolicy
 from dynaps.coordinator.data_loss import DataLoss, LossEntry
 from dynaps.coordinator.outbox import Send
-from dynaps.coordinator.rebalance import Rebalancer
+from dynaps.coordinator.rebalance import Migration, Rebalancer
 from dynaps.coordinator.replicas import Replicas, choose_backups, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.store.shardmap import ShardMap, next_servers
@@ -77,10 +77,6 @@ class ShardHomes:
         self.replicas = Replicas(policy.num_shards, replication)
         self.losses = DataLoss(num_keys, policy.num_shards, policy.partition)
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
-        # migrations whose target is ready, waiting for their backups to hold what the source
-        # replicated before it froze; and per migration, the (shard, backup) that do
-        self.ready: set[int] = set()
-        self.flushed: dict[int, set[tuple[int, int]]] = {}
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._next_recovery = 1
         self._rebalance_at: float | None = None
@@ -147,8 +143,9 @@ class ShardHomes:
         fresh = self.replicas.confirm(backup, report, self.shard_map)
         if fresh:
             log.info("node %d holds synced replicas of %d more shards of node %d", backup, fresh, report.home)
-        if report.migration in self.rebalancer.running:
-            self.flushed.setdefault(report.migration, set()).update((s, backup) for s in report.shards)
+        migration = self.rebalancer.running.get(report.migration)
+        if migration is not None:
+            migration.flushed.update((s, backup) for s in report.shards)
             self.commit_ready()
 
     def tick(self, now: float) -> None:
@@ -186,9 +183,10 @@ class ShardHomes:
     def on_migrate_ready(self, migration_id: int) -> None:
         """The target holds a copy and the source is frozen: commit the new epoch once the
         backups hold what the source replicated before it froze."""
-        if self.shard_map is None or migration_id not in self.rebalancer.running:
+        migration = self.rebalancer.running.get(migration_id)
+        if self.shard_map is None or migration is None:
             return
-        self.ready.add(migration_id)
+        migration.ready = True
         self.commit_ready()
 
     def commit_ready(self) -> None:
@@ -202,36 +200,28 @@ class ShardHomes:
         is not synced is not waited for (it is not counted on), nor one that is lost or
         replaced meanwhile (the map changed; the source sends its marker again).
         """
-        for migration_id in sorted(self.ready):
-            migration = self.rebalancer.running.get(migration_id)
-            if migration is None:
-                self.ready.discard(migration_id)
-                self.flushed.pop(migration_id, None)
-            elif not self._waiting_backups(migration.shards, migration.target, migration_id):
-                self._commit_migration(migration_id)
+        for migration in sorted(self.rebalancer.running.values(), key=lambda m: m.id):
+            if migration.ready and not self._waiting_backups(migration):
+                self._commit_migration(migration)
 
-    def _waiting_backups(self, shards: list[int], target: int, migration_id: int) -> set[tuple[int, int]]:
+    def _waiting_backups(self, migration: Migration) -> set[tuple[int, int]]:
         """The (shard, backup) pairs a migration still waits for."""
         assert self.shard_map is not None
         if self.shard_map.backups is None:
             return set()
-        chains = self.shard_map.backups[shards]
-        synced = self.replicas.synced[shards]
+        chains = self.shard_map.backups[migration.shards]
+        synced = self.replicas.synced[migration.shards]
         needed = {
             (shard, int(backup))
-            for row, shard in enumerate(shards)
+            for row, shard in enumerate(migration.shards)
             for slot, backup in enumerate(chains[row])
-            if synced[row, slot] and int(backup) != target
+            if synced[row, slot] and int(backup) != migration.target
         }
-        return needed - self.flushed.get(migration_id, set())
+        return needed - migration.flushed
 
-    def _commit_migration(self, migration_id: int) -> None:
+    def _commit_migration(self, migration: Migration) -> None:
         assert self.shard_map is not None
-        self.ready.discard(migration_id)
-        self.flushed.pop(migration_id, None)
-        migration = self.rebalancer.commit(migration_id)
-        if migration is None:
-            return
+        self.rebalancer.commit(migration.id)
         homes = self.shard_map.homes.copy()
         homes[migration.shards] = migration.target
         self._commit(homes, flushed=migration.shards)  # with backups: replicas follow every change
@@ -248,8 +238,6 @@ class ShardHomes:
         """The ``lost`` (or departed) node's migrations will never land: the other side forgets them."""
         for migration in self.rebalancer.abort_involving(lost):
             log.warning("migration %d aborted: node %d is gone", migration.id, lost)
-            self.ready.discard(migration.id)
-            self.flushed.pop(migration.id, None)
             for node in (migration.source, migration.target):
                 if node != lost:
                     self.send(node, MsgType.MIGRATE_ABORT, control.MigrateAbort(id=migration.id))

@@ -16,8 +16,9 @@ ZeroMQ details, and why:
 * frames for an endpoint whose address is not yet known are held back and sent when the
   address arrives (membership updates and data can take different paths);
 * every message is authenticated with the job's key (:mod:`dynaps.wire.auth`: a trailer
-  frame with a MAC and a sequence number); one that fails is dropped, counted and given
-  to ``on_rejected``, never returned: the protocol above only sees the job's own messages;
+  with a MAC and a sequence number, inside a small last frame or after it); one that fails
+  is dropped, counted and given to ``on_rejected``, never returned: the protocol above only
+  sees the job's own messages;
 * the inbox refuses a message larger than ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``, from
   the tables' shapes): zmq closes such a connection before it buffers the message, so a
   peer declaring gigabytes costs nothing;
