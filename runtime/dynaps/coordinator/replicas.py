@@ -82,10 +82,13 @@ class Replicas:
             self.synced[:] = synced & (shard_map.backups != NO_BACKUP)
         self.since[:] = shard_map.epoch
 
-    def follow(self, old: ShardMap, new: ShardMap, flushed: Sequence[int] = ()) -> None:
+    def follow(
+        self, old: ShardMap, new: ShardMap, flushed: Sequence[int] = (), members: Sequence[int] = ()
+    ) -> None:
         """A new epoch: a backup new to its shard waits for its sync, and so does one whose
-        predecessor in the chain changed; one that stays a backup of the shard after the
-        same predecessor keeps what it was known to hold.
+        predecessor in the chain changed while that predecessor lives on (``members``: a
+        drain); one that stays a backup of the shard after the same predecessor, or after a
+        predecessor that was lost, keeps what it was known to hold.
 
         Rows its old predecessor sent before the change and that arrive after it are stale
         there: the backup acknowledges them (their requester must not wait for ever) but
@@ -95,7 +98,9 @@ class Replicas:
         before is applied there: :meth:`ShardHomes.commit_ready`); their new predecessor
         (the new home) took the same values.  A lost home's shards lose the backup that
         becomes their home; the backups after it move up the chain behind the same
-        predecessor, synced as they were.
+        predecessor, synced as they were.  A lost predecessor's rows still in flight are the
+        window ``replication: k`` accepts (counting them out would report a loss after every
+        two losses at once, which k = 2 promises to survive).
         """
         if new.backups is None or new.backups.shape[1] != self.copies:
             self.synced[:] = False
@@ -107,9 +112,11 @@ class Replicas:
             moved[list(flushed)] = True
             old_before = old.chains()[:, :-1]  # per slot: the server its rows come from
             new_before = new.chains()[:, :-1]
+            gone = ~np.isin(old_before, list(members))
             for slot in range(self.copies):
                 same = (new.backups == old.backups[:, slot : slot + 1]) & (new.backups != NO_BACKUP)
-                kept = same & ((new_before == old_before[:, slot : slot + 1]) | moved)
+                before = old_before[:, slot : slot + 1]
+                kept = same & ((new_before == before) | gone[:, slot : slot + 1] | moved)
                 synced |= kept & self.synced[:, slot : slot + 1]
                 since = np.where(kept, self.since[:, slot : slot + 1], since)
         self.synced, self.since = synced, since

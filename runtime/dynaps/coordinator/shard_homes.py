@@ -322,4 +322,5 @@ class ShardHomes:
         if self.replication and backups is None:
             backups = choose_backups(homes, old.backups, self.roster.ready_servers(), self.replication)
         self.shard_map = ShardMap(old.epoch + 1, old.num_shards, old.partition, homes, backups)
-        self.replicas.follow(old, self.shard_map, flushed)
+        members = [m.id for m in self.roster.active("server")]
+        self.replicas.follow(old, self.shard_map, flushed, members)
