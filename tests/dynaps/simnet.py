@@ -124,11 +124,11 @@ class Cluster:
     """The coordinator, servers 1 and 2, worker nodes 3, 4 and 5 with a real ``PS`` each.
 
     With ``replicated``, server 6 is in the job from the start (it registers last) and
-    every shard has a backup; otherwise server 6 joins when the test says
+    every shard has ``replication`` backups; otherwise server 6 joins when the test says
     (:meth:`join_spare`) and gets shards as the coordinator rebalances.
     """
 
-    def __init__(self, replicated: bool = False) -> None:
+    def __init__(self, replicated: bool = False, replication: int = 1) -> None:
         self.network = Network()
         self.spec = NamedTable(name="W", num_keys=NUM_KEYS, dim=1)
         self.replicated = replicated
@@ -138,7 +138,10 @@ class Cluster:
                 "servers": len(SERVERS) + replicated,
                 "workers": len(WORKERS),
                 "rebalance_policy": {"num_shards": NUM_SHARDS},
-                "fault_tolerance": {"replication": int(replicated), "heartbeat_interval_ms": HEARTBEAT_MS},
+                "fault_tolerance": {
+                    "replication": replication if replicated else 0,
+                    "heartbeat_interval_ms": HEARTBEAT_MS,
+                },
             }
         )
         self.clock = Clock()
@@ -323,18 +326,19 @@ class Cluster:
         self.draining.add(server)
         self.coordinator.run_command("drain", {"node": str(server)})
 
-    def kill(self, server: int, keep_sent: bool) -> None:
+    def kill(self, server: int, keep_sent: bool, unsettled: bool = False) -> None:
         """Server ``server`` crashes; what it already sent arrives (``keep_sent``) or not.
 
         The coordinator sees its connection drop and, a moment later, declares it lost: its
         shards move to their backups in a new epoch, everyone learns of the loss, and each
         new home is told to rebuild.  At most ``max_losses`` in a test, one at a time (none
-        while shards move: ``replication: 1`` survives one loss, not two at once).
+        while shards move: ``replication: 1`` survives one loss, not two at once; a test of
+        ``replication: 2`` may kill while they move, ``unsettled``).
         """
         member = self.coordinator.roster.get(server)
         if len(self.dead) >= self.max_losses or member is None or member.role != "server":
             return
-        if not self.coordinator.homes.settled:
+        if not self.coordinator.homes.settled and not unsettled:
             return
         self.dead.add(server)
         self.network.dead.add(server)

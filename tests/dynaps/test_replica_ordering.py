@@ -7,18 +7,20 @@ from __future__ import annotations
 import numpy as np
 
 from dynaps.store.shardmap import shard_of
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import MsgType, is_client
 from tests.dynaps.simnet import NUM_KEYS, NUM_SHARDS, WORKERS, Cluster
 
 PATIENCE = 100  # ticks with nothing to deliver before a wait counts as blocked by the held channel
 
 
-def deliver_all_but(cluster: Cluster, held: tuple[int, int]) -> bool:
+def deliver_all_but(cluster: Cluster, *held: tuple[int, int]) -> bool:
     """Deliver every message, run the nodes' loops and let time pass while something waits
-    for it, except on channel ``held``; False if what waits needs the held channel."""
+    for it, except on the ``held`` channels; False if what waits needs a held channel."""
     idle = 0
     for _ in range(10_000):
         cluster.step()
-        busy = [channel for channel in sorted(cluster.network.busy()) if channel != held]
+        busy = [channel for channel in sorted(cluster.network.busy()) if channel not in held]
         if busy:
             idle = 0
             cluster.deliver(busy[0])
@@ -73,4 +75,63 @@ def test_a_migration_commits_only_once_the_backup_holds_the_old_homes_rows() -> 
     assert new_home in cluster.dead, "the kill waited for moves in flight"
     cluster.settle(None)
     cluster.check()  # the backup took over with the acknowledged push
+    assert cluster.coordinator.homes.losses.entries == []
+
+
+def middle_lost_behind_a_held_row() -> tuple[Cluster, int, int]:
+    """Chain home -> middle -> tail (replication: 2): a push's row waits between the middle
+    and the tail, the middle dies, and the row arrives after the tail learned of the loss
+    (dropped, not acknowledged); the worker has sent the push again.  Nothing the home sent
+    the tail since has arrived.  Returns the cluster, the home and the tail."""
+    cluster = Cluster(replicated=True, replication=2)
+    cluster.max_losses = 2
+    chains = cluster.shard_map.chains()
+    shards = shard_of(np.arange(NUM_KEYS, dtype=np.int64), NUM_KEYS, NUM_SHARDS, cluster.shard_map.partition)
+    home, middle, tail = (int(n) for n in chains[shards[0]])
+    cluster.start("push", WORKERS[0], [0])
+    assert deliver_all_but(cluster, (middle, tail))  # the row waits between middle and tail
+    assert cluster.busy, "the push was acknowledged before its row reached the tail"
+    cluster.kill(middle, keep_sent=True)
+    deliver_all_but(cluster, (middle, tail), (home, tail))  # the tail learns of the loss first
+    assert cluster.nodes[tail].shard_map.epoch == cluster.shard_map.epoch
+    assert deliver_all_but(cluster, (home, tail)), "the late row is delivered"
+    assert cluster.nodes[tail].stats["dropped_from_lost"] == 1
+    assert cluster.clients[WORKERS[0]]._requests.counters.get("requests_retried") == 1
+    return cluster, home, tail
+
+
+def test_a_retry_the_home_applied_is_acknowledged_through_the_new_chain() -> None:
+    """The home dies before its sync reaches the tail.  The tail stays counted as a replica
+    (its predecessor was lost, not drained), so the home must not acknowledge the retry
+    before the new chain has the row: the worker sends the push again and the tail, now
+    the home, applies it once.  Before, the home acknowledged the retry itself (it had
+    applied the push): the push was lost with no data loss reported."""
+    cluster, home, _ = middle_lost_behind_a_held_row()
+    # (the tail's rebuild of the middle's shards, which waits for the home, is going on)
+    cluster.kill(home, keep_sent=False, unsettled=True)
+    cluster.settle(None)
+    cluster.check()  # the push was applied once, and the tail, the last home, has it
+    assert cluster.coordinator.homes.losses.entries == []
+
+
+def test_a_replica_sync_brings_the_records_of_the_updates_it_includes() -> None:
+    """The home's sync reaches the tail, its rows for the retry do not, and the home dies:
+    the worker sends the push again to the tail, whose rows (from the sync) include it.
+    The sync carries the home's record of the push, so the tail answers it without
+    applying it twice."""
+    cluster, home, tail = middle_lost_behind_a_held_row()
+    layouts = cluster.nodes[tail].layouts
+    queue = cluster.network.channels[(home, tail)]
+    synced = False
+    while queue:
+        msg = decode(queue[0], layouts)
+        if msg.type is MsgType.REPLICATE and is_client(msg.requester):
+            break  # the home's rows for the retry: lost with the home
+        synced |= msg.type is MsgType.REPLICATE
+        cluster.deliver((home, tail))
+    assert synced, "the home sent no sync before its rows for the retry"
+    cluster.kill(home, keep_sent=False, unsettled=True)
+    cluster.settle(None)
+    cluster.check()  # applied once: the tail recognised the retry
+    assert cluster.nodes[tail].stats["keys_deduplicated"] >= 1
     assert cluster.coordinator.homes.losses.entries == []

@@ -97,10 +97,44 @@ class Replication:
         self.dirty[table][keys] = 1
         return True
 
+    def after_retry(self, msg: Message, keys: Keys, positions: Positions | None) -> bool:
+        """A retried update of ``keys`` was applied here before; returns whether to
+        acknowledge it now.
+
+        A home sends the current rows of the keys it holds down their chains again, for the
+        tail to acknowledge: the first rows may have died with a lost backup, or reached
+        the next one after the chain changed (stale, not kept), so only a new pass makes the
+        acknowledgement mean that every backup holds the update.
+        """
+        node = self.node
+        store = node.stores[msg.table]
+        if store.owner is None:
+            return True
+        node.lock.acquire()
+        try:
+            held = node.homed(msg.table)[keys] & (store.loc[keys] == node.me)
+        finally:
+            node.lock.release()
+        if held.all():
+            return not self.replicate(msg.table, keys, positions, msg.requester, msg.req_id)
+        if held.any():
+            self.replicate(msg.table, keys[held], None, NO_ENDPOINT, 0)
+        return True
+
     def replicate(
-        self, table: int, keys: Keys, positions: Positions | None, requester: int, req_id: int
+        self,
+        table: int,
+        keys: Keys,
+        positions: Positions | None,
+        requester: int,
+        req_id: int,
+        with_records: bool = False,
     ) -> bool:
-        """Send the current rows of ``keys`` down their chains; True if a backup will acknowledge."""
+        """Send the current rows of ``keys`` down their chains; True if a backup will acknowledge.
+
+        ``with_records`` (a replica sync): the applied-request records of the keys go with
+        them, so that a backup whose rows now include an update also knows it applied it.
+        """
         node = self.node
         store = node.stores[table]
         shard_map = node.shard_map
@@ -119,6 +153,9 @@ class Replication:
             MsgType.REPLICATE, node.me, requester, req_id, table, keys, values, states, positions=positions
         )
         for backup, part in routing.split_rows(rows, backups):
+            if with_records:
+                assert part.keys is not None
+                part.records = self.applied.records_for(part.keys)
             node.send(backup, part)
         node.stats["keys_replicated"] += len(keys)
         return requester != NO_ENDPOINT
@@ -131,7 +168,11 @@ class Replication:
         map here, which is never older than the sender's: newer rows wait for their epoch)
         are stale: the chain changed (a migration moved the shard, a backup left), and the
         home, whose copy includes them, sends its own rows down the new chain, perhaps
-        first.  They are acknowledged, neither kept nor passed on.
+        first.  They are acknowledged (the coordinator counts this backup only once the
+        home's sync reaches it), neither kept nor passed on, nor remembered as applied.
+        Rows from a lost sender never get here (dropped on arrival, unacknowledged): its
+        requesters send the requests again, and the home passes the rows down the new
+        chain before the acknowledgement (:meth:`after_retry`).
         """
         node = self.node
         store = node.stores[msg.table]
@@ -162,9 +203,15 @@ class Replication:
         node.stats["keys_backed_up"] += len(keys) if fresh is None else len(fresh)
         if fresh is not None:
             node.stats["replica_rows_stale"] += len(keys) - len(fresh)
+        if fresh is None and msg.records:
+            self.applied.adopt_records(msg.records)  # a sync: its rows include these requests
         client = is_client(msg.requester)
         if client:
-            self.applied.remember(msg.requester, msg.req_id, msg.positions, keys)
+            if fresh is None:
+                self.applied.remember(msg.requester, msg.req_id, msg.positions, keys)
+            elif len(fresh):
+                positions = msg.positions[fresh] if msg.positions is not None else fresh.astype(np.int32)
+                self.applied.remember(msg.requester, msg.req_id, positions, keys[fresh])
         if (following == NO_BACKUP).all():  # the end of every chain (the case of replication: 1)
             if client:
                 self.acknowledge(msg, len(keys), msg.positions)
@@ -276,7 +323,8 @@ class Replication:
         for table, store in enumerate(node.stores):
             keys = shard_keys(store, shards, shard_map)
             for first in range(0, len(keys), SYNC_KEYS):
-                self.replicate(table, keys[first : first + SYNC_KEYS], None, NO_ENDPOINT, 0)
+                chunk = keys[first : first + SYNC_KEYS]
+                self.replicate(table, chunk, None, NO_ENDPOINT, 0, with_records=True)
         log.info("node %d: replica sync of %d shards", node.me, len(shards))
 
     def report_synced(self, shards: npt.NDArray[np.int64]) -> None:

@@ -286,14 +286,18 @@ class NodeServer:
             self._route(msg, store, rest, own[rest])
 
     def _skip_applied(self, msg: Message) -> Message:
-        """A retried push: acknowledge again what was applied here, keep the rest."""
+        """A retried push: answer again what was applied here (through the chain of a
+        replicated home), keep the rest."""
         applied = self.applied.already_applied(msg)
         if applied is None or not applied.any():
             return msg
         assert msg.keys is not None
         done = np.flatnonzero(applied)
         self.stats["keys_deduplicated"] += len(done)
-        self.acknowledge(msg, len(done), _positions(msg, done))
+        positions = _positions(msg, done)
+        replication = self.replication
+        if replication is None or replication.after_retry(msg, msg.keys[done], positions):
+            self.acknowledge(msg, len(done), positions)
         return subset(msg, np.flatnonzero(~applied), msg.sender, msg.hops)
 
     def acknowledge(self, msg: Message, count: int, positions: npt.NDArray[np.int32] | None) -> None:

@@ -29,6 +29,7 @@ from dynaps.wire.protocol import (
     MAX_HOPS,
     PROTOCOL_VERSION,
     RECORDS,
+    WITH_RECORDS,
     Message,
     MsgType,
     PosArray,
@@ -85,7 +86,7 @@ def encode(msg: Message) -> list[Any]:
     if msg.positions is not None:
         flags |= HAS_POSITIONS
     records = None
-    if kind is MsgType.TRANSFER and msg.records is not None:
+    if kind in WITH_RECORDS and msg.records is not None:
         flags |= RECORDS
         records = json.dumps(msg.records, separators=(",", ":")).encode()
     size = 0
@@ -206,7 +207,7 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     if with_states:
         sizes.extend([row_bytes] * aux)
     if flags & RECORDS:
-        if msg_type is not MsgType.TRANSFER or inline or len(frames) < 2:
+        if msg_type not in WITH_RECORDS or inline or len(frames) < 2:
             raise ProtocolError(f"{msg_type.name} with records is malformed")
         msg.records = _json_body(frames[-1:])
         frames = frames[:-1]

@@ -52,8 +52,9 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     SHARD_COPY  keys owner moving owned values state*S   (old home -> new home, migration;
                 aux = number of owned rows, req_id = migration id, FINAL on the last part)
     OWNERS      keys                       (node -> recovering home; aux 1: held, 2: expected)
-    REPLICATE   keys [positions] values state*aux   (home -> backup: rows after an update;
-                the backup acknowledges the requester)
+    REPLICATE   keys [positions] values state*aux [records]   (home -> backup: rows after
+                an update, the backup acknowledges the requester; a replica sync carries
+                the applied-request records of its keys, flag RECORDS)
     WRITEBACK   keys [positions] values state*aux   (worker -> home: current rows of keys it
                 holds; with a client requester when writing through)
     LOCALIZED   (none)
@@ -166,9 +167,10 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 FINAL = 4  # SHARD_COPY: the last part of a migration's copy
 RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
 RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
-RECORDS = 32  # TRANSFER: a JSON frame follows with the applied-request records of these keys
+RECORDS = 32  # TRANSFER, REPLICATE: a JSON frame follows with the applied-request records of the keys
 
 
+WITH_RECORDS = frozenset({MsgType.TRANSFER, MsgType.REPLICATE})  # may carry the RECORDS frame
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
 NO_POSITIONS = frozenset(
     {
@@ -232,7 +234,7 @@ class Message:
     dir_moving: npt.NDArray[np.int16] | None = None
     owned: KeyArray | None = None  # SHARD_COPY: the keys whose values travel with the shard
     body: BaseModel | None = None  # control types: the parsed body (dynaps.wire.control.BODIES)
-    records: dict[str, Any] | None = None  # TRANSFER: applied-request records of its keys
+    records: dict[str, Any] | None = None  # TRANSFER, REPLICATE: applied-request records of its keys
     text: str = ""
 
     def __repr__(self) -> str:
