@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help quickstart test test-fast lint bench k8s-binaries clean
+.PHONY: help quickstart test test-fast lint bench k8s-binaries node-images clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,7 +26,10 @@ quickstart: $(STAMP) ## Run the main job: matrix factorisation on a local embedd
 k8s-binaries: ## Provide etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm (cached)
 	scripts/k8s-binaries.sh
 
-test: $(STAMP) k8s-binaries ## Run the whole test suite (unit, integration, e2e) and the static checks
+node-images: k8s-binaries ## Build the images the real test node runs (apt packages, base image, Dockerfiles; cached)
+	scripts/node-images.sh
+
+test: $(STAMP) k8s-binaries node-images ## Run the whole test suite (unit, integration, e2e, containers) and the static checks
 	$(MAKE) lint
 	$(PY) -m pytest
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provides the pinned Kubernetes test binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, helm) for the e2e test control plane, see docs/test-control-plane.md.
+# kube-scheduler, kubectl, helm) for the e2e test control plane, and the real node's (kubelet,
+# kube-proxy, coredns, and the pause program of the pod sandbox image), see docs/test-control-plane.md.
 #
 # No release tarball can be downloaded on our machines, so the binaries are built from the Go module
 # proxy into a cache outside the repository. A folder named by KUBEBUILDER_ASSETS (the envtest
@@ -17,12 +18,21 @@ K8S_VERSION=1.37.2
 # module leaves the Kubernetes dependency graph untouched.
 ETCD_VERSION=3.7.0
 HELM_VERSION=3.22.0
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+COREDNS_VERSION=1.15.0
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kubelet kube-proxy coredns pause)
 
 BUILD_TMP=""
 CACHE=${DYNAPS_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dynaps/k8s-$K8S_VERSION}
 BIN=$CACHE/bin
 STAMP="k8s=$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION recipe=1"
+
+# What a binary's stamp must say: a version that is not the binary's own does not rebuild it.
+stamp_of() {
+	case $1 in
+	coredns) printf '%s\n' "coredns=$COREDNS_VERSION recipe=1" ;;
+	*) printf '%s\n' "$STAMP" ;;
+	esac
+}
 
 log() { printf '[k8s-binaries %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() {
@@ -35,7 +45,7 @@ source_of() {
 	local name=$1
 	if [[ -n ${KUBEBUILDER_ASSETS:-} && -x $KUBEBUILDER_ASSETS/$name ]]; then
 		printf '%s\n' "$KUBEBUILDER_ASSETS"
-	elif [[ -x $BIN/$name && "$(cat "$BIN/.stamp-$name" 2>/dev/null)" == "$STAMP" ]]; then
+	elif [[ -x $BIN/$name && "$(cat "$BIN/.stamp-$name" 2>/dev/null)" == "$(stamp_of "$name")" ]]; then
 		printf '%s\n' "$BIN"
 	fi
 }
@@ -92,8 +102,9 @@ version_ldflags() {
 	printf '%s\n' "$flags"
 }
 
-build_kube() {
-	local go=$1 out=$2 src=$CACHE/src/kube
+# A Go module that requires k8s.io/kubernetes (and the etcd server) at the pinned versions.
+build_kube_module() {
+	local go=$1 src=$CACHE/src/kube
 	mkdir -p "$src"
 	cd "$src"
 	[[ -f go.mod ]] || "$go" mod init local.test/dynaps-k8s-binaries >/dev/null 2>&1
@@ -113,6 +124,13 @@ build_kube() {
 	log "replaced $count staging modules with $staging; fetching dependencies"
 	"$go" get "k8s.io/kubernetes@v$K8S_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" 2>get.log ||
 		die "go get failed: $(grep -v '^go: downloading' get.log)"
+	cd - >/dev/null
+}
+
+build_kube() {
+	local go=$1 out=$2
+	build_kube_module "$go"
+	cd "$CACHE/src/kube"
 	log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd in one go build (slow on 2 cores)"
 	mkdir -p "$out/kube"
 	# One invocation shares every common package between the five binaries.
@@ -125,6 +143,45 @@ build_kube() {
 	# go names the etcd binary after its module path (…/server/v3 -> server).
 	mv "$out/kube/server" "$out/kube/etcd"
 	cd - >/dev/null
+}
+
+# kubelet and kube-proxy, in the module build_kube prepared (its go build cache makes this a few minutes).
+build_node() {
+	local go=$1 out=$2 src=$CACHE/src/kube
+	if ! grep -qs "k8s.io/kubernetes v$K8S_VERSION" "$src/go.mod"; then
+		build_kube_module "$go"
+	fi
+	cd "$src"
+	log "compiling kubelet and kube-proxy (the real node of the container tests)"
+	mkdir -p "$out/node"
+	CGO_ENABLED=0 nice -n 19 "$go" build -v -trimpath -ldflags "$(version_ldflags)" -o "$out/node/" \
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy 2> >(progress_filter) ||
+		die "go build of kubelet and kube-proxy failed (see above)"
+	wait
+	cd - >/dev/null
+}
+
+build_coredns() {
+	local go=$1 out=$2
+	log "compiling coredns v$COREDNS_VERSION (the node's cluster DNS)"
+	mkdir -p "$out/coredns"
+	CGO_ENABLED=0 GOBIN="$out/coredns" nice -n 19 "$go" install -v -trimpath -ldflags "-s -w" \
+		"github.com/coredns/coredns@v$COREDNS_VERSION" 2> >(progress_filter) ||
+		die "go install of coredns v$COREDNS_VERSION failed (see above)"
+	wait
+}
+
+# The pod sandbox's process: Kubernetes' own pause.c (in the module downloaded above), linked statically
+# so that it runs in an image holding nothing else.
+build_pause() {
+	local go=$1 out=$2 dir
+	dir=$("$go" mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+	[[ -f $dir/build/pause/linux/pause.c ]] || die "k8s.io/kubernetes@v$K8S_VERSION has no build/pause/linux/pause.c"
+	command -v gcc >/dev/null || die "gcc is needed to build the pause program (apt-get install gcc libc6-dev)"
+	log "compiling pause (the pod sandbox)"
+	mkdir -p "$out/pause"
+	gcc -Os -static -DVERSION="v$K8S_VERSION-dynaps" -o "$out/pause/pause" "$dir/build/pause/linux/pause.c" ||
+		die "gcc could not build pause"
 }
 
 build_helm() {
@@ -149,7 +206,7 @@ install_built() {
 	for name in "$@"; do
 		[[ -x $from/$name ]] || die "build produced no $name"
 		mv -f "$from/$name" "$BIN/$name"
-		printf '%s\n' "$STAMP" >"$BIN/.stamp-$name"
+		stamp_of "$name" >"$BIN/.stamp-$name"
 	done
 }
 
@@ -185,13 +242,25 @@ main() {
 		export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 		BUILD_TMP=$(mktemp -d "$CACHE/build.XXXXXX")
 		trap 'rm -rf "$BUILD_TMP"' EXIT
-		if grep -qvx 'helm' <<<"$missing"; then
+		if grep -qxE 'etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl' <<<"$missing"; then
 			build_kube "$go" "$BUILD_TMP"
 			install_built "$BUILD_TMP/kube" etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+		fi
+		if grep -qxE 'kubelet|kube-proxy' <<<"$missing"; then
+			build_node "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/node" kubelet kube-proxy
 		fi
 		if grep -qx 'helm' <<<"$missing"; then
 			build_helm "$go" "$BUILD_TMP"
 			install_built "$BUILD_TMP/helm" helm
+		fi
+		if grep -qx 'coredns' <<<"$missing"; then
+			build_coredns "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/coredns" coredns
+		fi
+		if grep -qx 'pause' <<<"$missing"; then
+			build_pause "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/pause" pause
 		fi
 		log "done in $((SECONDS - start)) s"
 	fi

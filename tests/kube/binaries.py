@@ -43,3 +43,25 @@ def find_bin_dir() -> Path:
     if absent:
         raise BinariesMissingError(f"{bin_dir} lacks {', '.join(absent)}; run scripts/k8s-binaries.sh")
     return bin_dir
+
+
+IMAGES_SCRIPT = REPO_ROOT / "scripts" / "node-images.sh"
+
+
+def find_images_dir() -> Path:
+    """Returns the folder of the real node's image tarballs or raises BinariesMissingError."""
+    result = subprocess.run(
+        ["bash", str(IMAGES_SCRIPT), "--print-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ.copy(),
+        timeout=120,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise BinariesMissingError(
+            f"the real node's images are not built ({last}): run scripts/node-images.sh (make test does)"
+        )
+    return Path(lines[-1])

@@ -5,6 +5,8 @@ Session fixtures (one control plane for the whole run, started on first use):
 - kubeconfig -> Path of a kubeconfig file (admin, client certificate) for kopf, kubectl, helm, clients
 - kube_api -> KubeClient (tests/kube/kubeapi.py), dict in, dict out
 - process_kubelet -> ProcessKubelet: runs pods as local processes, pod IPs 127.R.x.y
+- real_node -> RealNode: its own control plane, kubelet, containerd, kube-proxy and CoreDNS in a
+  network namespace, running the images we ship (tests marked `containers`; tests/kube/node.py)
 Function fixture:
 - kube_namespace -> str: a fresh namespace, deleted after the test
 
@@ -26,10 +28,11 @@ from typing import Any
 import pytest
 
 from tests.kube import procs
-from tests.kube.binaries import BinariesMissingError, find_bin_dir
+from tests.kube.binaries import BinariesMissingError, find_bin_dir, find_images_dir
 from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import KubeClient
 from tests.kube.kubelet import ProcessKubelet
+from tests.kube.node import RealNode
 
 # What signal.getsignal() returns.
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -41,11 +44,13 @@ KUBE_FIXTURES = {
     "kube_api",
     "process_kubelet",
     "kube_namespace",
+    "real_node",
 }
 
 
 # How long the session's control plane took to become healthy, for the run's summary.
 _started_in: list[float] = []
+_node_timings: list[dict[str, float]] = []
 
 
 def in_ci() -> bool:
@@ -68,6 +73,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError("tests using the kube fixtures must be marked e2e: " + ", ".join(unmarked))
+    # and `pytest -m "not containers"` leaves out the real node (minutes to start the first time)
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "real_node" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("containers")
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests using real_node must be marked containers: " + ", ".join(unmarked))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -76,6 +89,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"test control plane: etcd, kube-apiserver, controller manager and scheduler healthy in "
             f"{seconds:.1f} s (goal <= 15 s)"
         )
+    for timings in _node_timings:
+        steps = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in timings.items())
+        terminalreporter.write_line(f"real node (containers): {steps}")
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +156,31 @@ def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet
     finally:
         kubelet.stop()
     assert not kubelet.errors, "process kubelet errors:\n" + "\n".join(kubelet.errors[-10:])
+
+
+@pytest.fixture(scope="session")
+def real_node(k8s_bin_dir: Path) -> Iterator[RealNode]:
+    if os.geteuid() != 0:
+        unavailable("the real node needs root (network namespace, containerd, kubelet)")
+    try:
+        images = find_images_dir()
+    except BinariesMissingError as e:
+        unavailable(str(e))
+        raise  # unreachable
+    procs.reap_stale_roots()
+    root = procs.make_root()
+    node = RealNode(k8s_bin_dir, images, root)
+    previous = _raise_on_sigterm()
+    try:
+        node.start()
+        _node_timings.append(node.timings)
+        yield node
+    finally:
+        node.stop()
+        leftovers = node.leftovers()
+        procs.remove_root(root)
+        signal.signal(signal.SIGTERM, previous)
+    assert not leftovers, f"the real node left these on the host: {leftovers}"
 
 
 @pytest.fixture

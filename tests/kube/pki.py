@@ -3,6 +3,7 @@ client certificate (group system:masters) and the service-account signing key pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,18 @@ class Pki:
     sa_pub: Path
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> Pki:
+    """``hosts``: the names and addresses the API server is reached at, besides its Service names."""
     directory.mkdir(parents=True, exist_ok=True)
     # One CA is both the serving CA and the client CA: the tests trust a single file.
     ca = trustme.CA(organization_name="dynaps test control plane")
     serving = ca.issue_cert(
-        "127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc", common_name="kube-apiserver"
+        *hosts,
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        common_name="kube-apiserver",
     )
     # Kubernetes maps the certificate's O to groups; system:masters bypasses RBAC. The SAN is there
     # because trustme marks an empty SAN extension critical, which Go rejects.
