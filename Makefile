@@ -61,9 +61,8 @@ chart-lint: $(STAMP) k8s-binaries ## helm lint the operator chart and check that
 	"$$(scripts/k8s-binaries.sh --print-dir)/helm" lint --strict charts/dynaps-operator
 	$(PY) -m dynaps_operator.crdgen --check
 
-images: ## Build the runtime and operator images (needs Docker)
-	docker build -f docker/runtime.Dockerfile -t dynaps/runtime:0.1.0 .
-	docker build -f docker/operator.Dockerfile -t dynaps/operator:0.1.0 .
+images: ## Build the runtime and operator images with your Docker (scripts/images.sh)
+	scripts/images.sh
 
 kind-up: ## Create a kind cluster, load the images, helm install the operator (needs Docker, kind)
 	scripts/kind-up.sh

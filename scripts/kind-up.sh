@@ -10,7 +10,7 @@ set -euo pipefail
 
 CLUSTER="${CLUSTER:-dynaps}"
 NAMESPACE="${NAMESPACE:-dynaps-system}"
-VERSION="${VERSION:-0.1.0}"
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 for tool in docker kind kubectl helm; do
@@ -28,19 +28,20 @@ else
 fi
 kubectl config use-context "kind-$CLUSTER" >/dev/null
 
-echo "kind-up: building dynaps/runtime:$VERSION and dynaps/operator:$VERSION"
-docker build -f "$ROOT/docker/runtime.Dockerfile" -t "dynaps/runtime:$VERSION" "$ROOT"
-docker build -f "$ROOT/docker/operator.Dockerfile" -t "dynaps/operator:$VERSION" "$ROOT"
-
+"$ROOT/scripts/images.sh"
+# shellcheck source=scripts/images.sh
+source "$ROOT/scripts/images.sh"
 echo "kind-up: loading the images into the cluster's nodes"
-kind load docker-image --name "$CLUSTER" "dynaps/runtime:$VERSION" "dynaps/operator:$VERSION"
+tags=()
+for image in "${DYNAPS_IMAGES[@]}"; do tags+=("$(dynaps_image_tag "$image")"); done
+kind load docker-image --name "$CLUSTER" "${tags[@]}"
 
 # helm installs crds/ only on first install; apply the CRD so that an upgrade updates it too.
 kubectl apply --server-side -f "$ROOT/crds/"
 echo "kind-up: installing the operator into namespace '$NAMESPACE'"
 helm upgrade --install dynaps "$ROOT/charts/dynaps-operator" \
   --namespace "$NAMESPACE" --create-namespace \
-  --set image.tag="$VERSION" --set image.pullPolicy=IfNotPresent \
+  --set image.tag="$DYNAPS_VERSION" --set image.pullPolicy=IfNotPresent \
   --wait --timeout 180s
 
 kubectl -n "$NAMESPACE" get pods -l app.kubernetes.io/instance=dynaps

@@ -2,7 +2,7 @@
 # Builds the container images of the real test node (docs/test-control-plane.md) without any
 # registry, and saves them as tarballs that containerd imports:
 #
-#   dynaps/runtime:0.1.0, dynaps/operator:0.1.0   docker/*.Dockerfile as shipped, FROM a local base
+#   dynaps/runtime:0.1.0, dynaps/operator:0.1.0   scripts/images.sh's list and build, FROM a local base
 #   dynaps-test/coredns:1.15.0, registry.k8s.io/pause:3.10   the node's DNS and pod sandbox
 #
 # No registry can be reached on our machines, so the Python base image is made here: a Debian
@@ -17,7 +17,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VERSION=0.1.0
+# shellcheck source=scripts/images.sh
+source "$ROOT/scripts/images.sh"
 COREDNS_VERSION=1.15.0
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 SUITE=bookworm
@@ -36,24 +37,17 @@ die() {
 # The inputs of each image: it is rebuilt when their digest changes.
 digest_of() {
 	case $1 in
-	runtime | operator) { context_tar && cat "$ROOT/docker/$1.Dockerfile"; } | sha256sum | cut -c1-16 ;;
+	runtime | operator) { dynaps_context_tar && cat "$ROOT/docker/$1.Dockerfile"; } | sha256sum | cut -c1-16 ;;
 	coredns | pause) sha256sum "$(k8s_bin)/$1" | cut -c1-16 ;;
 	base) printf '%s\n' "$SUITE python3-minimal python3-pip recipe=1" | sha256sum | cut -c1-16 ;;
 	esac
-}
-
-# What the Dockerfiles copy (as their .dockerignore files say), as a reproducible tar stream: the
-# legacy builder reads no per-Dockerfile .dockerignore, so it gets this as its whole context.
-context_tar() {
-	tar -C "$ROOT" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
-		--exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md runtime operator
 }
 
 k8s_bin() { "$ROOT/scripts/k8s-binaries.sh" --print-dir | tail -n 1; }
 
 missing_images() {
 	local name
-	for name in runtime operator coredns pause; do
+	for name in "${DYNAPS_IMAGES[@]}" coredns pause; do
 		[[ -s $IMAGES/$name.tar && "$(cat "$IMAGES/.digest-$name" 2>/dev/null)" == "$(digest_of "$name")" ]] ||
 			printf '%s\n' "$name"
 	done
@@ -190,17 +184,11 @@ binary_image() {
 
 project_image() {
 	local name=$1 base=$2
-	log "building dynaps/$name:$VERSION from docker/$name.Dockerfile"
-	local context
-	context=$(mktemp -d "$CACHE/context.XXXXXX")
-	context_tar | tar -C "$context" -xf -
-	cp "$ROOT/docker/$name.Dockerfile" "$context/Dockerfile"
+	log "building $(dynaps_image_tag "$name") from docker/$name.Dockerfile"
 	# The legacy builder: BuildKit would fetch its frontend image for the '# syntax' line.
-	DOCKER_BUILDKIT=0 docker build --network host --build-arg "PYTHON_IMAGE=$base" \
-		-t "dynaps/$name:$VERSION" "$context" >"$CACHE/build-$name.log" 2>&1 ||
+	DOCKER_BUILDKIT=0 build_dynaps_image "$name" "$base" --network host >"$CACHE/build-$name.log" 2>&1 ||
 		die "docker build of $name failed; see $CACHE/build-$name.log"
-	rm -rf "$context"
-	save_image "$name" "dynaps/$name:$VERSION"
+	save_image "$name" "$(dynaps_image_tag "$name")"
 }
 
 main() {
@@ -241,8 +229,10 @@ main() {
 			"$base" >"$certs/Dockerfile"
 		DOCKER_BUILDKIT=0 docker build --quiet -t "$base" "$certs" >/dev/null
 		rm -rf "$certs"
-		grep -qx runtime <<<"$missing" && project_image runtime "$base"
-		grep -qx operator <<<"$missing" && project_image operator "$base"
+		local image
+		for image in "${DYNAPS_IMAGES[@]}"; do
+			grep -qx "$image" <<<"$missing" && project_image "$image" "$base"
+		done
 	fi
 	grep -qx coredns <<<"$missing" && binary_image coredns "dynaps-test/coredns:$COREDNS_VERSION" ""
 	grep -qx pause <<<"$missing" && binary_image pause "$PAUSE_IMAGE" ""

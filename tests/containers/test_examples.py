@@ -4,77 +4,12 @@ image (tests/kube/node.py has the node; docs/test-control-plane.md says what eac
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
+from tests.containers.conftest import OPERATOR_NAMESPACE, REPO, get, job_pods, wait_for_phase
 from tests.kube.node import RealNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-OPERATOR_NAMESPACE = "dynaps-system"
-JOB_TIMEOUT = 240.0  # seconds for an example to reach Succeeded on 2 busy cores
-
-
-@pytest.fixture(scope="module")
-def operator(real_node: RealNode) -> Iterator[None]:
-    """The operator, installed by its chart from the operator image."""
-    real_node.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    real_node.helm(
-        "install",
-        "dynaps",
-        str(REPO / "charts" / "dynaps-operator"),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--create-namespace",
-        "--set",
-        "image.tag=0.1.0",
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "180s",
-        timeout=240,
-    )
-    yield
-    real_node.helm("uninstall", "dynaps", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
-
-
-@pytest.fixture
-def namespace(real_node: RealNode) -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    real_node.kubectl("create", "namespace", name)
-    yield name
-    real_node.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def get(real_node: RealNode, *args: str) -> Any:
-    return json.loads(real_node.kubectl("get", *args, "-o", "json").stdout)
-
-
-def wait_for_phase(
-    real_node: RealNode, namespace: str, job: str, phase: str, timeout: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        found = get(real_node, "-n", namespace, "parameterserverjob", job)
-        status = found.get("status") or {}
-        if status.get("phase") == phase:
-            return found  # type: ignore[no-any-return]
-        assert status.get("phase") != "Failed", f"the job failed: {json.dumps(status, indent=1)}"
-        time.sleep(1.0)
-    pods = real_node.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
-    events = real_node.kubectl("-n", namespace, "get", "events", check=False).stdout
-    raise AssertionError(
-        f"{job} not {phase} in {timeout:.0f} s: {json.dumps(status, indent=1)}\n{pods}\n{events}"
-    )
 
 
 def test_the_operator_runs_from_its_image_as_the_chart_says(real_node: RealNode, operator: None) -> None:
@@ -94,15 +29,16 @@ def test_the_operator_runs_from_its_image_as_the_chart_says(real_node: RealNode,
     assert uid.strip() == "10001"
 
 
-def test_quickstart_runs_to_succeeded_in_containers(
-    real_node: RealNode, operator: None, namespace: str
+@pytest.mark.parametrize("example", ["quickstart", "mf"])
+def test_an_example_runs_to_succeeded_in_containers(
+    real_node: RealNode, operator: None, namespace: str, example: str
 ) -> None:
-    real_node.kubectl("-n", namespace, "apply", "-f", str(REPO / "examples" / "quickstart.yaml"))
-    job = wait_for_phase(real_node, namespace, "quickstart", "Succeeded", JOB_TIMEOUT)
+    real_node.kubectl("-n", namespace, "apply", "-f", str(REPO / "examples" / f"{example}.yaml"))
+    job = wait_for_phase(real_node, namespace, example, "Succeeded")
     quality = job["status"].get("finalQuality") or {}
     assert quality, f"no final quality in the status: {job['status']}"
     assert all(value == value for value in quality.values()), quality  # no NaN
-    pods = get(real_node, "-n", namespace, "pods", "-l", "dynaps.io/job=quickstart")["items"]
+    pods = job_pods(real_node, namespace, example)
     assert pods, "the job's pods are gone"
     for pod in pods:
         spec = pod["spec"]

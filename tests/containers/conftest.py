@@ -1,0 +1,136 @@
+"""Fixtures and helpers of the container tests: the chart's operator on the real node, a fresh
+namespace per test, volumes the test can read from the host, and waiting for a job's phase."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kube.node import RealNode
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "dynaps-system"
+JOB_TIMEOUT = 240.0  # seconds for a job to reach Succeeded on 2 busy cores
+
+
+@pytest.fixture(scope="session")
+def operator(real_node: RealNode) -> Iterator[None]:
+    """The operator, installed by its chart from the operator image."""
+    real_node.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    real_node.helm(
+        "install",
+        "dynaps",
+        str(REPO / "charts" / "dynaps-operator"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "image.tag=0.1.0",
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "180s",
+        timeout=240,
+    )
+    yield
+    real_node.helm("uninstall", "dynaps", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+@pytest.fixture
+def namespace(real_node: RealNode) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    real_node.kubectl("create", "namespace", name)
+    yield name
+    real_node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def volumes(real_node: RealNode, namespace: str) -> Iterator[Any]:
+    """``volumes(name)``: a PersistentVolumeClaim ``name`` in the test's namespace, bound to a
+    folder on this machine that the test reads (a hostPath PersistentVolume: the pods' own spec
+    has no hostPath, which the operator refuses)."""
+    made: list[str] = []
+
+    def make(name: str) -> Path:
+        folder = real_node.root / "volumes" / f"{namespace}-{name}"
+        folder.mkdir(parents=True)
+        folder.chmod(0o777)  # the pods run as uid 10001
+        volume = f"{namespace}-{name}"
+        objects = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": str(folder), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        ]
+        real_node.kubectl(
+            "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        )
+        made.append(volume)
+        return folder
+
+    yield make
+    for volume in made:
+        real_node.kubectl("delete", "persistentvolume", volume, "--wait=false", check=False)
+
+
+def get(real_node: RealNode, *args: str) -> Any:
+    return json.loads(real_node.kubectl("get", *args, "-o", "json").stdout)
+
+
+def job_pods(real_node: RealNode, namespace: str, job: str) -> list[dict[str, Any]]:
+    return get(real_node, "-n", namespace, "pods", "-l", f"dynaps.io/job={job}")["items"]  # type: ignore[no-any-return]
+
+
+def wait_until(what: str, timeout: float, check: Any, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(interval)
+    raise AssertionError(f"not in {timeout:.0f} s: {what}")
+
+
+def wait_for_phase(
+    real_node: RealNode, namespace: str, job: str, phase: str, timeout: float = JOB_TIMEOUT
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = get(real_node, "-n", namespace, "parameterserverjob", job)
+        status = found.get("status") or {}
+        if status.get("phase") == phase:
+            return found  # type: ignore[no-any-return]
+        assert status.get("phase") != "Failed", f"the job failed: {json.dumps(status, indent=1)}"
+        time.sleep(1.0)
+    pods = real_node.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
+    events = real_node.kubectl("-n", namespace, "get", "events", check=False).stdout
+    shown = json.dumps(status, indent=1)
+    raise AssertionError(f"{job} not {phase} in {timeout:.0f} s: {shown}\n{pods}\n{events}")
