@@ -63,7 +63,7 @@ def assert_dropped(b: ZmqTransport, rejected: int) -> None:
 
 def test_signed_frames_arrive_without_their_trailer(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
     a, b = pair
-    rows = np.arange(10_000, dtype=np.float32)  # large: Poly1305; the header small: BLAKE2b
+    rows = np.arange(10_000, dtype=np.float32)  # large: GMAC; the header small: BLAKE2b
     a.send(2, [b"head", rows])
     a.send(2, [b"small"])
     first = receive(b)
