@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -57,6 +59,8 @@ HOST_PATHS = (
     Path("/var/lib/cni"),
     Path("/run/containerd"),
 )
+LOCK_FILE = Path("/run/lock/dynaps-real-node.lock")
+LOCK_WAIT = 900.0  # seconds a second node waits for the machine
 IMAGES = {
     "runtime": "docker.io/dynaps/runtime:0.1.0",
     "operator": "docker.io/dynaps/operator:0.1.0",
@@ -88,8 +92,10 @@ class RealNode:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.netns_made = False
         self.timings: dict[str, float] = {}
-        self.sysctls = {name: _read(_sysctl_path(name)).strip() for name in KUBELET_SYSCTLS}
-        self.host_paths_made = [path for path in HOST_PATHS if not path.exists()]
+        self.sysctls: dict[str, str] = {}
+        self.host_paths_made: list[Path] = []  # known once the machine is ours (start)
+        self.lock: IO[str] | None = None
+        self.left_behind: list[str] = []
 
     # ---------------------------------------------------------------- tools inside the namespace
 
@@ -131,6 +137,9 @@ class RealNode:
     # ---------------------------------------------------------------- start
 
     def start(self, timeout: float = 180.0) -> None:
+        self._take_machine(timeout=LOCK_WAIT)
+        self.sysctls = {name: _read(_sysctl_path(name)).strip() for name in KUBELET_SYSCTLS}
+        self.host_paths_made = [path for path in HOST_PATHS if not path.exists()]
         began = time.monotonic()
         deadline = began + timeout
         for folder in (self.state, self.logs, self.state / "cni" / "net.d", self.state / "pod-logs"):
@@ -168,6 +177,24 @@ class RealNode:
             "-n", "kube-system", "rollout", "status", "deployment/coredns", f"--timeout={int(timeout)}s"
         )
         self.timings["cluster DNS ready"] = time.monotonic() - began
+
+    def _take_machine(self, timeout: float) -> None:
+        """One real node per machine at a time: kubelets share the host's kubepods cgroups and
+        the folders they use whatever they are told, so a second node (another test session)
+        waits for the first to stop."""
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = LOCK_FILE.open("w")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.lock.close()
+                    self.lock = None
+                    raise NodeError(f"another real node held {LOCK_FILE} for {timeout:.0f} s") from None
+                time.sleep(0.5)
 
     def _make_netns(self) -> None:
         if Path(f"/run/netns/{self.netns}").exists():
@@ -359,6 +386,11 @@ class RealNode:
         if self.netns_made:
             subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
             self.netns_made = False
+        # checked while the machine is still ours: the next node makes the same things
+        self.left_behind = self._find_leftovers()
+        if self.lock is not None:
+            self.lock.close()  # releases the machine for the next node
+            self.lock = None
 
     def _kill_containers(self) -> None:
         sock = self.state / "ctrd" / "containerd.sock"
@@ -392,6 +424,9 @@ class RealNode:
 
     def leftovers(self) -> list[str]:
         """What the node left on the host after :meth:`stop` (nothing, or a bug)."""
+        return self.left_behind
+
+    def _find_leftovers(self) -> list[str]:
         found = [f"process {pid}" for pid in procs.processes_marked(self.root)]
         if Path(f"/run/netns/{self.netns}").exists():
             found.append(f"network namespace {self.netns}")
