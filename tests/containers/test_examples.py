@@ -9,7 +9,8 @@ import pytest
 from tests.containers.conftest import OPERATOR_NAMESPACE, REPO, get, job_pods, wait_for_phase
 from tests.kube.node import RealNode
 
-pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow]
+# the first test also waits for the node: its start, and another session's node (LOCK_WAIT)
+pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_the_operator_runs_from_its_image_as_the_chart_says(real_node: RealNode, operator: None) -> None:

@@ -12,27 +12,12 @@ from typing import Any
 import pytest
 
 from dynaps.contract import RuntimeConfig
-from tests.containers.conftest import REPO, get, job_pods, wait_for_phase, wait_until
+from tests.containers.conftest import get, job_pods, wait_for_phase, wait_until
+from tests.dynaps_operator.conftest import COUNTER_KEYS, COUNTER_PROGRAM, DRAINABLE_WORKER
 from tests.kube.node import RealNode
 
-pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow]
-
-COUNTER_PROGRAM = REPO / "tests" / "dynaps_operator" / "counter_program.py"
-COUNTER_KEYS = 100
-# A worker that keeps touching a table until it is asked to drain (dynaps.Drained), then exits 0.
-DRAINABLE_WORKER = [
-    "python",
-    "-c",
-    "import time, dynaps\n"
-    "ps = dynaps.connect()\n"
-    "rows = ps.table('rows')\n"
-    "try:\n"
-    "    while True:\n"
-    "        rows.pull([ps.rank])\n"
-    "        time.sleep(0.1)\n"
-    "except dynaps.Drained:\n"
-    "    pass\n",
-]
+# the first test also waits for the node: its start, and another session's node (LOCK_WAIT)
+pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def apply(real_node: RealNode, namespace: str, *objects: dict[str, Any]) -> None:

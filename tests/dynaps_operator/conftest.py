@@ -111,6 +111,22 @@ def quickstart_job(name: str, *, workers: int = 2, epochs: int = 3, **spec: Any)
 
 
 COUNTER_PROGRAM = Path(__file__).with_name("counter_program.py")
+# A worker that attaches and then waits: the job stays Running at almost no CPU cost.
+IDLE_WORKER = ["python", "-c", "import time, dynaps; dynaps.connect(); time.sleep(600)"]
+# A worker that keeps touching a table until it is asked to drain (dynaps.Drained), then exits 0.
+DRAINABLE_WORKER = [
+    "python",
+    "-c",
+    "import time, dynaps\n"
+    "ps = dynaps.connect()\n"
+    "rows = ps.table('rows')\n"
+    "try:\n"
+    "    while True:\n"
+    "        rows.pull([ps.rank])\n"
+    "        time.sleep(0.1)\n"
+    "except dynaps.Drained:\n"
+    "    pass\n",
+]
 COUNTER_KEYS = 100
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from dynaps_operator.runner import OperatorThread
 from tests.dynaps_operator.conftest import (
+    DRAINABLE_WORKER,
+    IDLE_WORKER,
     create_job,
     events_of,
     get_job,
@@ -22,22 +24,6 @@ from tests.kube.kubeapi import KubeClient, namespaced
 from tests.kube.polling import wait_for
 
 JOBS = 20
-# A worker that attaches and then waits: the job stays Running at almost no CPU cost.
-IDLE_WORKER = ["python", "-c", "import time, dynaps; dynaps.connect(); time.sleep(600)"]
-# A worker that keeps touching a table until it is asked to drain (dynaps.Drained), then exits 0.
-DRAINABLE_WORKER = [
-    "python",
-    "-c",
-    "import time, dynaps\n"
-    "ps = dynaps.connect()\n"
-    "rows = ps.table('rows')\n"
-    "try:\n"
-    "    while True:\n"
-    "        rows.pull([ps.rank])\n"
-    "        time.sleep(0.1)\n"
-    "except dynaps.Drained:\n"
-    "    pass\n",
-]
 
 
 @pytest.mark.e2e

@@ -20,25 +20,31 @@ class BinariesMissingError(RuntimeError):
     """The binaries are not built yet; the message says how to get them."""
 
 
-def find_bin_dir() -> Path:
-    """Returns the folder holding all six binaries or raises BinariesMissingError."""
+def _print_dir(script: Path) -> tuple[Path | None, str]:
+    """The folder ``script --print-dir`` names (it never builds), or None and its last word."""
     result = subprocess.run(
-        ["bash", str(SCRIPT), "--print-dir"],
+        ["bash", str(script), "--print-dir"],
         capture_output=True,
         text=True,
         check=False,
         env=os.environ.copy(),
-        timeout=60,
+        timeout=120,
     )
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        return None, (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+    return Path(lines[-1]), ""
+
+
+def find_bin_dir() -> Path:
+    """Returns the folder holding all six binaries or raises BinariesMissingError."""
+    bin_dir, last = _print_dir(SCRIPT)
+    if bin_dir is None:
         detail = re.sub(r"^\[k8s-binaries [0-9:]+\] |\s*\(run scripts/k8s-binaries.sh\)$", "", last)
         raise BinariesMissingError(
             f"Kubernetes test binaries unavailable ({detail}): "
             "run scripts/k8s-binaries.sh (or `make k8s-binaries`) once; it builds them into a cache"
         )
-    bin_dir = Path(lines[-1])
     absent = [name for name in NAMES if not os.access(bin_dir / name, os.X_OK)]
     if absent:
         raise BinariesMissingError(f"{bin_dir} lacks {', '.join(absent)}; run scripts/k8s-binaries.sh")
@@ -50,18 +56,9 @@ IMAGES_SCRIPT = REPO_ROOT / "scripts" / "node-images.sh"
 
 def find_images_dir() -> Path:
     """Returns the folder of the real node's image tarballs or raises BinariesMissingError."""
-    result = subprocess.run(
-        ["bash", str(IMAGES_SCRIPT), "--print-dir"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=os.environ.copy(),
-        timeout=120,
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+    images, last = _print_dir(IMAGES_SCRIPT)
+    if images is None:
         raise BinariesMissingError(
             f"the real node's images are not built ({last}): run scripts/node-images.sh (make test does)"
         )
-    return Path(lines[-1])
+    return images

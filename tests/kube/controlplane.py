@@ -23,6 +23,7 @@ import yaml
 from tests.kube import procs
 from tests.kube.kubeapi import KubeClient
 from tests.kube.pki import Pki, make_pki
+from tests.kube.tools import ClusterTools
 
 # Service ClusterIPs come from loopback: nothing proxies them here (no kube-proxy), so a connection to
 # one is refused on this machine instead of leaving it through the default route.
@@ -47,7 +48,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-class ControlPlane:
+class ControlPlane(ClusterTools):
     def __init__(self, bin_dir: Path, root: Path) -> None:
         self.bin_dir = bin_dir
         self.root = root
@@ -69,40 +70,6 @@ class ControlPlane:
     def api(self) -> KubeClient:
         assert self.client is not None, "control plane not started"
         return self.client
-
-    def env(self) -> dict[str, str]:
-        """The environment for kubectl and helm: KUBECONFIG set, our binaries first on PATH, and
-        helm's state kept inside the root instead of the user's home."""
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        for kind in ("CACHE", "CONFIG", "DATA"):
-            env[f"HELM_{kind}_HOME"] = str(self.root / "helm" / kind.lower())
-        return env
-
-    def run_tool(
-        self, tool: str, *args: str, check: bool = True, input_text: str | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.bin_dir / tool), *args],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            input=input_text,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def kubectl(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
-        return self.run_tool("kubectl", *args, **kw)  # type: ignore[arg-type]
-
-    def helm(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
-        return self.run_tool("helm", *args, **kw)  # type: ignore[arg-type]
 
     # -- start and stop ----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import yaml
 
 from tests.kube import procs
 from tests.kube.pki import Pki, make_pki
+from tests.kube.tools import ClusterTools
 
 NODE_NAME = "node-0"
 NODE_IP = "10.200.0.1"
@@ -60,7 +61,7 @@ HOST_PATHS = (
     Path("/run/containerd"),
 )
 LOCK_FILE = Path("/run/lock/dynaps-real-node.lock")
-LOCK_WAIT = 900.0  # seconds a second node waits for the machine
+LOCK_WAIT = 420.0  # seconds a second node waits for the machine (a container suite takes ~3 min)
 IMAGES = {
     "runtime": "docker.io/dynaps/runtime:0.1.0",
     "operator": "docker.io/dynaps/operator:0.1.0",
@@ -80,7 +81,7 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-class RealNode:
+class RealNode(ClusterTools):
     def __init__(self, bin_dir: Path, images_dir: Path, root: Path) -> None:
         self.bin_dir = bin_dir
         self.images_dir = images_dir
@@ -99,40 +100,13 @@ class RealNode:
 
     # ---------------------------------------------------------------- tools inside the namespace
 
+    tool_timeout = 180
+
     def in_netns(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        for kind in ("CACHE", "CONFIG", "DATA"):
-            env[f"HELM_{kind}_HOME"] = str(self.root / "helm" / kind.lower())
-        return env
-
-    def run_tool(
-        self, tool: str, *args: str, check: bool = True, input_text: str | None = None, timeout: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            self.in_netns([str(self.bin_dir / tool), *args]),
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            input=input_text,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def kubectl(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
-        return self.run_tool("kubectl", *args, **kw)  # type: ignore[arg-type]
-
-    def helm(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
-        return self.run_tool("helm", *args, **kw)  # type: ignore[arg-type]
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return self.in_netns(argv)  # the API server is reachable only from inside
 
     # ---------------------------------------------------------------- start
 
