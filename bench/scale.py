@@ -94,6 +94,13 @@ class Coordinator:
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
 
+    def rss_mb(self) -> float:
+        """Resident memory (VmRSS): queued messages show here, zmq's buffers being unbounded."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
     def _request(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
@@ -280,21 +287,25 @@ class Run:
     def wait(self, what: str, done: Callable[[], bool], timeout: float | None = None) -> float:
         """Poll ``done`` until it holds; the time it first held."""
         deadline = time.monotonic() + (timeout or self.args.phase_timeout)
+        # a /status read costs the coordinator a JSON dump of every member: poll less as N grows
+        pause = max(POLL_SECONDS, self.n / 2000)
         while not done():
             if time.monotonic() > deadline:
                 raise HarnessError(f"N={self.n}: timed out waiting for {what}")
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause)
         return time.monotonic()
 
     def reached(self, node: int, cond: str, since: float) -> dict[str, Any]:
         total = reached = 0
-        last = 0.0
+        first, last = float("inf"), 0.0
         for helper in self.helpers:
             part = helper.ask({"cmd": "reached", "node": node, "cond": cond, "since": since})
             total += part["total"]
             reached += part["reached"]
             last = max(last, part["last"])
-        return {"total": total, "reached": reached, "last": last}
+            if part["reached"]:
+                first = min(first, part["first"])
+        return {"total": total, "reached": reached, "first": first, "last": last}
 
     def _helper_for_new(self) -> Helper:
         return self.helpers[self._next_server % len(self.helpers)]
@@ -308,11 +319,24 @@ class Run:
             sent.append(helper.ask({"cmd": "add", "nodes": [{"name": name, "role": "server"}]})["sent_at"])
         return min(sent), names
 
+    def _scale_servers(self, count: int) -> None:
+        """POST /scale and wait until the coordinator applied it: a REGISTER that overtakes
+        the command (its HTTP thread queues it) would be refused as one server too many."""
+        self.coord.post("scale", {"servers": count})
+        self.wait(
+            f"the coordinator to want {count} servers",
+            lambda: self.coord.status()["servers"]["desired"] == count,
+        )
+
     def _node_id(self, name: str) -> int:
         found: dict[str, int] = {}
 
         def known() -> bool:
-            found.update(self.counters()["ids"])
+            counters = self.counters()
+            refused = [e for e in counters["errors"] if e.startswith(f"{name} refused")]
+            if refused:
+                raise HarnessError(f"N={self.n}: {refused[0]}")
+            found.update(counters["ids"])
             return bool(found.get(name))
 
         self.wait(f"{name} to get its id", known)
@@ -344,6 +368,9 @@ class Run:
         after = self.counters()
         return {
             "reach_s": round(seen["last"] - since, 4),
+            # the first endpoint's arrival: what the coordinator took to decide (a loss: to detect)
+            "first_s": round(seen["first"] - since, 4),
+            "coordinator_rss_mb": self.coord.rss_mb(),
             "endpoints": seen["total"],
             "bytes_to_nodes": after["bytes_in"] - before["bytes_in"],
             "bytes_from_coordinator": after["bytes_from_coordinator"] - before["bytes_from_coordinator"],
@@ -364,6 +391,7 @@ class Run:
             "settle_memberships_received": after["msgs_in"].get("MEMBERSHIP", 0)
             - before["msgs_in"].get("MEMBERSHIP", 0),
             "settle_coordinator_cpu_s": round(self.coord.cpu() - cpu0, 3),
+            "settle_coordinator_rss_mb": self.coord.rss_mb(),
             "migrations": status["migrationsCompleted"] - status0["migrationsCompleted"],
             "membership_versions": status["membershipVersion"] - status0["membershipVersion"],
         }
@@ -415,15 +443,17 @@ class Run:
             "coordinator_cpu_us_per_heartbeat": round(per_s / rate * 1e6, 1),
             "helpers_cpu_per_s": round((helpers1 - helpers0) / (t1 - t0), 3),
             "lost_by_then": status["lost"],
+            "coordinator_rss_mb": self.coord.rss_mb(),
         }
         log(f"N={self.n}: steady heartbeats cost the coordinator {per_s:.3f} CPU s/s")
 
     def join(self) -> None:
         before, status0, cpu0 = self.counters(), self.coord.status(), self.coord.cpu()
-        self.coord.post("scale", {"servers": status0["servers"]["ready"] + 1})
+        self._scale_servers(status0["servers"]["ready"] + 1)
         sent, (name,) = self._add_servers(1)
         node = self._node_id(name)
         figures = self._event(node, "ready", sent, before, cpu0)
+        self.result["join"] = figures  # kept if what follows times out
         figures.update(
             self._settle_figures(sent, before, cpu0, status0, lambda s: str(node) in s["shardsPerServer"])
         )
@@ -437,6 +467,7 @@ class Run:
         since = time.monotonic()
         self.coord.post("drain", {"node": name})
         figures = self._event(node, "absent", since, before, cpu0)
+        self.result["leave"] = figures  # kept if what follows times out
         figures.update(self._settle_figures(since, before, cpu0, status0))
         self.result["leave"] = figures
         log(f"N={self.n}: graceful leave reached every endpoint in {figures['reach_s']:.3f} s")
@@ -448,6 +479,7 @@ class Run:
         killed = owner.ask({"cmd": "kill", "name": name})
         since, node = float(killed["at"]), int(killed["node"])
         figures = self._event(node, "lost", since, before, cpu0)
+        self.result["loss"] = figures  # kept if what follows times out
         recovered = self.wait(
             "the lost server's shards to be rebuilt", lambda: self.coord.status()["recoveriesInFlight"] == 0
         )
@@ -461,7 +493,7 @@ class Run:
         before, status0, cpu0 = self.counters(), self.coord.status(), self.coord.cpu()
         present = status0["servers"]["ready"]
         added = max(1, round(present * 0.1))
-        self.coord.post("scale", {"servers": present + added})
+        self._scale_servers(present + added)
         sent, names = self._add_servers(added)
         ids = [self._node_id(name) for name in names]
 
@@ -537,6 +569,76 @@ def node_side(nodes: int, shards: int) -> dict[str, Any]:
         "membership_parse_ms": round(sorted(runs)[2] * 1000, 3),
         "push_sockets_per_real_node": nodes - 1 + (nodes - servers),
     }
+
+
+class _NullTransport:
+    """Swallows what the coordinator sends: its own cost, without sockets, in this process."""
+
+    endpoint = 0
+    address = "tcp://127.0.0.1:1"
+
+    def connect(self, endpoint: int, address: str) -> None:
+        pass
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        pass
+
+    def knows(self, endpoint: int) -> bool:
+        return True
+
+    def send(self, endpoint: int, frames: Any) -> None:
+        pass
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        return None
+
+    def close(self, linger: float = 0.0) -> None:
+        pass
+
+
+def heartbeat_cost(nodes: int, shards: int) -> float:
+    """CPU microseconds ``Coordinator.receive`` takes for one HEARTBEAT in a running job of
+    ``nodes`` (in this process, no socket: the message's decoding and the /status rebuild that
+    follows every message), median of 200."""
+    from dynaps.coordinator.core import Coordinator
+    from dynaps.wire import control, messages
+    from dynaps.wire.protocol import MsgType, client_of
+
+    servers = max(1, nodes // 2)
+    config = RuntimeConfig(
+        job="probe",
+        tables=[NamedTable(name="w", num_keys=shards * KEYS_PER_SHARD, dim=1)],
+        servers=servers,
+        workers=nodes - servers,
+        rebalance_policy=RebalancePolicy(num_shards=shards),
+        coordinator="127.0.0.1:1",
+    )
+    coordinator = Coordinator(config, _NullTransport())
+    for i in range(nodes):
+        role = "server" if i < servers else "worker"
+        reg = control.Register(
+            role=role, address=f"tcp://127.0.0.1:{20000 + i}", nonce="n", config_digest=coordinator.digest
+        )
+        coordinator.receive(messages.control(MsgType.REGISTER, -1, reg))
+    for member in coordinator.roster.active():
+        coordinator.receive(messages.control(MsgType.READY, member.id, control.Ready(version=1)))
+    for member in coordinator.roster.active("worker"):
+        reg = control.Register(
+            role="client",
+            address=f"tcp://127.0.0.1:{40000 + member.id}",
+            nonce="n",
+            config_digest=coordinator.digest,
+            node=member.id,
+        )
+        coordinator.receive(messages.control(MsgType.REGISTER, client_of(member.id), reg))
+    body = control.Heartbeat(role="server", address="tcp://127.0.0.1:20000", name="server-0")
+    beat = messages.control(MsgType.HEARTBEAT, 1, body)
+    runs = []
+    for _ in range(200):
+        start = time.process_time()
+        coordinator.receive(beat)
+        runs.append(time.process_time() - start)
+    return round(sorted(runs)[100] * 1e6, 1)
 
 
 # ---------------------------------------------------------------------- the plot
@@ -713,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         result["wall_s"] = round(time.monotonic() - started, 1)
         result["cpu_s_all_processes"] = round(sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - cpu0, 1)
         result["node_side"] = node_side(size, args.shards)
+        result["coordinator_us_per_heartbeat_in_process"] = heartbeat_cost(size, args.shards)
         results.append(result)
         out.write_text(json.dumps(document, indent=1) + "\n")  # after each size: a crash keeps the rest
     if not args.no_plot:

@@ -427,9 +427,10 @@ class Helper:
 
     def reached(self, node: int, cond: str, since: float) -> dict[str, Any]:
         """How many live endpoints (``node`` itself left out) received, after ``since``, a
-        membership in which ``node`` is ``cond`` ("ready", "absent" or "lost"); the last arrival."""
+        membership in which ``node`` is ``cond`` ("ready", "absent" or "lost"); the first and last
+        arrivals."""
         total = reached = 0
-        last = 0.0
+        first, last = float("inf"), 0.0
         for ep in self.endpoints:
             if ep.state in ("dead", "closed", "stopped", "fenced") or ep.node == node or not ep.node:
                 continue
@@ -445,9 +446,9 @@ class Helper:
                     hit = node in summary.lost
                 if hit:
                     reached += 1
-                    last = max(last, at)
+                    first, last = min(first, at), max(last, at)
                     break
-        return {"total": total, "reached": reached, "last": last}
+        return {"total": total, "reached": reached, "first": first if reached else 0.0, "last": last}
 
     def kill(self, name: str) -> dict[str, Any]:
         """A crash as the coordinator sees it: the node's connections close, its heartbeats stop."""

@@ -29,7 +29,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_scale_harness_at_ten_nodes_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    args = ["--nodes", "10", "--steady-seconds", "2", "--warmup", "0.5", "--out", str(out), "--no-plot"]
+    args = ["--nodes", "10", "--steady-seconds", "2", "--warmup", "0.5", "--phase-timeout", "60"]
+    args += ["--out", str(out), "--no-plot"]
     harness = subprocess.Popen(
         [sys.executable, str(HARNESS), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
