@@ -1,0 +1,534 @@
+"""Simulated dynaps nodes for the control-plane scale harness (``bench/scale.py``): many per process.
+
+A helper process runs hundreds of simulated nodes (servers, workers and each worker's training
+process, the *client*). Each has what a real one puts on the wire: its own
+:class:`~dynaps.wire.transport.ZmqTransport` (a PULL inbox on 127.0.0.1, PUSH sockets, the job's
+MAC on every message), and the real control messages of :mod:`dynaps.wire.messages`:
+
+* REGISTER (with the config digest), WELCOME, MEMBERSHIP (prepare) -> READY, then the client's
+  REGISTER, as :class:`dynaps.node.process.NodeProcess` and ``dynaps.client.membership`` do;
+* HEARTBEAT every ``heartbeat_interval_ms`` once READY (the body a real node sends);
+* migrations: MIGRATE_OUT -> one SHARD_COPY (flag FINAL) of the shards' keys to the target ->
+  MIGRATE_READY from the target (a real source pre-copies in chunks then sends the delta: for
+  the small shards simulated here that is one part);
+* recoveries: RECOVER -> OWNERS_QUERY to every node of the membership -> two OWNERS each ->
+  RECOVERED;
+* drains: DRAIN -> LEAVE; a server sends LEFT once no shard is homed on it any more.
+
+What it leaves out, and why: no tables, no data requests; the node-to-node mesh is opened
+lazily (a real node connects to every member and client on every membership: N^2 sockets
+in all, which cannot fit on one machine at N = 1,000; the harness says so). A MEMBERSHIP body
+is parsed (pydantic, as the real node does) once per helper process, not once per receiver:
+every receiver gets the same bytes, and the real per-node parse cost is measured apart by
+``bench/scale.py``.
+
+The helper takes JSON commands, one per line, on stdin and answers each with one JSON line
+on stdout (no pickle): ``add``, ``counters``, ``reached``, ``kill``, ``stop``.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import json
+import os
+import resource
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from dynaps.config import job_secret
+from dynaps.contract import RuntimeConfig, secret
+from dynaps.errors import ProtocolError
+from dynaps.store.shardmap import shard_of
+from dynaps.store.table_store import NOT_MOVING, layout_of
+from dynaps.store.updaters import num_states
+from dynaps.wire import codec, control, messages
+from dynaps.wire.protocol import COORDINATOR, FINAL, HEADER, MsgType, TableLayout, client_of
+from dynaps.wire.transport import ZmqTransport, message_bound
+
+POLL_MS = 10  # the loop's longest sleep: heartbeats leave in batches at most this late
+DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot starve the rest
+LEAVE_LINGER = 1.0  # seconds a node that left keeps its sockets (as dynaps.node.control_plane)
+MAX_SOCKETS = 65535  # the helper's zmq context: hundreds of endpoints, several sockets each
+SUMMARIES_KEPT = 64  # parsed memberships remembered (by body bytes)
+
+
+@dataclass
+class Summary:
+    """What the simulation needs of one MEMBERSHIP (parsed once per helper)."""
+
+    version: int
+    phase: str
+    ready: dict[int, bool]  # node id -> ready
+    addresses: dict[int, str]  # endpoint id (node or client) -> address
+    lost: frozenset[int]
+    homes: frozenset[int]  # nodes that home some shard
+    epoch: int
+
+
+@dataclass
+class Endpoint:
+    """One inbox: a simulated node, or a worker's simulated training process."""
+
+    name: str
+    role: str  # "server", "worker" or "client"
+    transport: ZmqTransport
+    rank: int | None = None
+    node: int = 0  # the node id from WELCOME (a client: its node's)
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    registered_at: float = 0.0
+    welcomed_at: float = 0.0
+    running_at: float = 0.0  # first MEMBERSHIP with phase running
+    ready_sent: bool = False
+    state: str = "registering"  # registering, ready, draining, left, dead, fenced, stopped
+    summary: Summary | None = None
+    arrivals: list[tuple[float, Summary]] = field(default_factory=list)
+    bytes_in: int = 0
+    bytes_from_coordinator: int = 0
+    outgoing: set[int] = field(default_factory=set)  # migrations this server sends
+    rebuilds: dict[int, set[int]] = field(default_factory=dict)  # recovery id -> nodes to answer
+    owners_seen: dict[int, collections.Counter[int]] = field(default_factory=dict)
+    next_heartbeat: float = 0.0
+    heartbeat_key: tuple[int, bool] = (-1, False)
+    heartbeat_frames: list[Any] = field(default_factory=list)
+    left_at: float = 0.0
+    client: Endpoint | None = None  # a worker's training process
+
+    @property
+    def endpoint(self) -> int:
+        return client_of(self.node) if self.role == "client" else self.node
+
+
+class Helper:
+    """The simulated endpoints of one process and the loop that serves them."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.key = secret.wire_key(job_secret())
+        self.digest = control.config_digest(config)
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.context.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+        table = config.tables[0]
+        self.layouts: list[TableLayout] = [layout_of(t, num_states(t.updater)) for t in config.tables]
+        self.max_bytes = message_bound(self.layouts)
+        all_keys = np.arange(table.num_keys, dtype=np.int64)
+        policy = config.rebalance_policy
+        self.key_shard = shard_of(all_keys, table.num_keys, policy.num_shards, policy.partition)
+        self.dim = table.dim
+        self.dtype = np.dtype(table.dtype)
+        self.heartbeat_seconds = config.fault_tolerance.heartbeat_interval_ms / 1000
+        self.endpoints: list[Endpoint] = []
+        self.by_socket: dict[zmq.Socket[Any], Endpoint] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
+        self.summaries: collections.OrderedDict[bytes, Summary] = collections.OrderedDict()
+        self.heartbeats: list[tuple[float, int, Endpoint]] = []  # heap: (due, tie-break, node)
+        self.msgs_in: collections.Counter[str] = collections.Counter()
+        self.errors: list[str] = []
+        self.done = False
+        self._stdin = b""
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _endpoint(self, name: str, role: str, rank: int | None) -> Endpoint:
+        transport = ZmqTransport(
+            -1, self.key, "127.0.0.1", context=self.context, max_message_bytes=self.max_bytes
+        )
+        transport.connect(COORDINATOR, f"tcp://{self.config.coordinator}")
+        transport.on_rejected = lambda exc: self.errors.append(f"{name}: rejected a message: {exc}")
+        ep = Endpoint(name, role, transport, rank)
+        self.endpoints.append(ep)
+        self.by_socket[transport.inbox] = ep
+        self.poller.register(transport.inbox, zmq.POLLIN)
+        return ep
+
+    def add(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Start nodes: each sends its REGISTER now; returns when they were sent."""
+        started = []
+        for spec in nodes:
+            ep = self._endpoint(str(spec["name"]), str(spec["role"]), spec.get("rank"))
+            started.append(ep)
+        sent_at = time.monotonic()
+        for ep in started:
+            self._register(ep)
+        return {"sent_at": sent_at, "count": len(started)}
+
+    def _register(self, ep: Endpoint) -> None:
+        body = control.Register(
+            role=ep.role,  # "server", "worker" or "client": checked by pydantic
+            address=ep.transport.address,
+            nonce=ep.nonce,
+            config_digest=self.digest,
+            pid=os.getpid(),
+            name=ep.name if ep.role != "client" else "",
+            rank=ep.rank,
+            node=ep.node if ep.role == "client" else None,
+        )
+        sender = ep.endpoint if ep.role == "client" else -1
+        ep.registered_at = time.monotonic()
+        ep.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, sender, body))
+
+    def _send_control(self, ep: Endpoint, dest: int, kind: MsgType, body: Any) -> None:
+        self._to(ep, dest, messages.control(kind, ep.endpoint, body))
+
+    def _to(self, ep: Endpoint, dest: int, frames: list[Any]) -> None:
+        """Send to ``dest``, connecting first if needed (the lazy mesh: see the docstring)."""
+        if dest != COORDINATOR and not ep.transport.knows(dest):
+            address = ep.summary.addresses.get(dest) if ep.summary is not None else None
+            if address is None:
+                self.errors.append(f"{ep.name}: no address for endpoint {dest}")
+                return
+            ep.transport.connect(dest, address)
+        ep.transport.send(dest, frames)
+
+    def _close(self, ep: Endpoint, state: str) -> None:
+        if ep.state in ("dead", "stopped", "fenced", "closed"):
+            return
+        ep.state = state
+        self.poller.unregister(ep.transport.inbox)
+        del self.by_socket[ep.transport.inbox]
+        ep.transport.close(linger=0.0)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _summary(self, frames: list[Any]) -> Summary | None:
+        body = bytes(frames[1])
+        known = self.summaries.get(body)
+        if known is not None:
+            return known
+        try:
+            msg = codec.decode(frames, self.layouts)
+        except ProtocolError as exc:
+            self.errors.append(f"bad MEMBERSHIP: {exc}")
+            return None
+        m = control.body_of(msg, control.Membership)
+        addresses: dict[int, str] = {}
+        for info in m.nodes:
+            addresses[info.id] = info.address
+            if info.client is not None:
+                addresses[client_of(info.id)] = info.client
+        homes = frozenset(int(h) for h in set(m.shard_map["homes"]))
+        summary = Summary(
+            m.version,
+            str(m.phase),
+            {info.id: info.ready for info in m.nodes},
+            addresses,
+            frozenset(m.lost),
+            homes,
+            int(m.shard_map["epoch"]),
+        )
+        self.summaries[body] = summary
+        if len(self.summaries) > SUMMARIES_KEPT:
+            self.summaries.popitem(last=False)
+        return summary
+
+    def _receive(self, ep: Endpoint, frames: list[Any], now: float) -> None:
+        size = sum(len(f) for f in frames)
+        ep.bytes_in += size
+        kind = MsgType(HEADER.unpack_from(frames[0])[1])
+        sender = int(HEADER.unpack_from(frames[0])[4])
+        if sender == COORDINATOR:
+            ep.bytes_from_coordinator += size
+        self.msgs_in[kind.name] += 1
+        if kind is MsgType.MEMBERSHIP:
+            summary = self._summary(frames)
+            if summary is not None:
+                self._on_membership(ep, summary, now)
+            return
+        try:
+            msg = codec.decode(frames, self.layouts)
+        except ProtocolError as exc:
+            self.errors.append(f"{ep.name}: {exc}")
+            return
+        if kind is MsgType.WELCOME:
+            welcome = control.body_of(msg, control.Welcome)
+            if welcome.nonce == ep.nonce:
+                ep.node = welcome.node
+                ep.rank = welcome.rank
+                ep.transport.endpoint = ep.endpoint
+                ep.welcomed_at = now
+        elif kind is MsgType.REFUSED:
+            self.errors.append(f"{ep.name} refused: {control.body_of(msg, control.Refused).reason}")
+            self._close(ep, "fenced")
+        elif kind is MsgType.SHUTDOWN:
+            self._close(ep, "stopped")
+        elif kind is MsgType.MIGRATE_OUT:
+            self._migrate_out(ep, control.body_of(msg, control.MigrateOut))
+        elif kind is MsgType.SHARD_COPY:
+            if msg.flags & FINAL:
+                self._send_control(
+                    ep, COORDINATOR, MsgType.MIGRATE_READY, control.MigrateReady(id=msg.req_id)
+                )
+        elif kind is MsgType.MIGRATE_ABORT:
+            ep.outgoing.discard(control.body_of(msg, control.MigrateAbort).id)
+        elif kind is MsgType.RECOVER:
+            self._recover(ep, control.body_of(msg, control.Recover))
+        elif kind is MsgType.OWNERS_QUERY:
+            query = control.body_of(msg, control.OwnersQuery)
+            empty = np.zeros(0, dtype=np.int64)  # a simulated node holds and expects no key of them
+            for table in range(len(self.layouts)):
+                for which in (messages.OWNERS_HELD, messages.OWNERS_EXPECTED):
+                    owners = messages.owners(ep.node, query.id, table, empty, which)
+                    self._to(ep, msg.sender, codec.encode(owners))
+        elif kind is MsgType.OWNERS:
+            self._on_owners(ep, msg.req_id, msg.sender)
+        elif kind is MsgType.DRAIN:
+            if ep.state == "ready":
+                ep.state = "draining"
+                reason = control.body_of(msg, control.Drain).reason
+                self._send_control(ep, COORDINATOR, MsgType.LEAVE, control.Leave(reason=reason))
+                self._maybe_leave(ep, now)
+        elif kind in (MsgType.CLOCK_MIN, MsgType.BARRIER_DONE, MsgType.LEASE_REPLY):
+            pass  # not asked for here
+        else:
+            self.errors.append(f"{ep.name}: unexpected {kind.name}")
+
+    def _on_membership(self, ep: Endpoint, summary: Summary, now: float) -> None:
+        ep.arrivals.append((now, summary))
+        ep.summary = summary
+        if ep.role == "client":
+            if summary.phase == "running" and not ep.running_at:
+                ep.running_at = now
+            return
+        if ep.node in summary.lost or (ep.node not in summary.ready and ep.state != "left"):
+            self.errors.append(f"{ep.name}: fenced by membership {summary.version}")
+            self._close(ep, "fenced")
+            return
+        if summary.phase == "running" and not ep.running_at:
+            ep.running_at = now
+        if not ep.ready_sent:
+            # the real node builds its stores here, then answers READY
+            ep.ready_sent = True
+            ep.state = "ready"
+            self._send_control(ep, COORDINATOR, MsgType.READY, control.Ready(version=summary.version))
+            ep.next_heartbeat = now + self.heartbeat_seconds * (0.2 + 0.8 * secrets.randbelow(1000) / 1000)
+            heapq.heappush(self.heartbeats, (ep.next_heartbeat, id(ep), ep))
+            if ep.role == "worker":  # its training process attaches and registers
+                client = self._endpoint(f"{ep.name}/client", "client", None)
+                client.node = ep.node
+                client.transport.endpoint = client.endpoint
+                ep.client = client
+                self._register(client)
+        if ep.state == "draining":
+            self._maybe_leave(ep, now)
+
+    def _maybe_leave(self, ep: Endpoint, now: float) -> None:
+        """A draining node leaves once nothing is homed on it (a worker at once: its client ends)."""
+        summary = ep.summary
+        if summary is None or ep.outgoing or (ep.role == "server" and ep.node in summary.homes):
+            return
+        self._send_control(ep, COORDINATOR, MsgType.LEFT, control.Empty())
+        ep.state = "left"
+        ep.left_at = now
+
+    def _migrate_out(self, ep: Endpoint, order: control.MigrateOut) -> None:
+        ep.outgoing.add(order.id)
+        keys = np.flatnonzero(np.isin(self.key_shard, order.shards)).astype(np.int64)
+        owner = np.full(len(keys), ep.node, dtype=np.int16)
+        moving = np.full(len(keys), NOT_MOVING, dtype=np.int16)
+        values = np.zeros((len(keys), self.dim), dtype=self.dtype)
+        states = tuple(np.zeros_like(values) for _ in range(self.layouts[0].num_states))
+        copy = messages.shard_copy(
+            ep.node, order.id, 0, keys, owner, moving, keys, values, states, final=True
+        )
+        self._to(ep, order.target, codec.encode(copy))
+        ep.outgoing.discard(order.id)  # frozen and sent: it waits for the commit only
+
+    def _recover(self, ep: Endpoint, order: control.Recover) -> None:
+        assert ep.summary is not None
+        others = {n for n in ep.summary.ready if n != ep.node}
+        ep.rebuilds[order.id] = others
+        ep.owners_seen[order.id] = collections.Counter()
+        query = control.OwnersQuery(id=order.id, shards=order.shards)
+        for node in sorted(others):
+            self._send_control(ep, node, MsgType.OWNERS_QUERY, query)
+        if not others:
+            self._recovered(ep, order.id)
+
+    def _on_owners(self, ep: Endpoint, recovery: int, sender: int) -> None:
+        waiting = ep.rebuilds.get(recovery)
+        if waiting is None:
+            return
+        seen = ep.owners_seen[recovery]
+        seen[sender] += 1
+        if seen[sender] == 2 * len(self.layouts):  # held and expected, per table
+            waiting.discard(sender)
+        if not waiting:
+            self._recovered(ep, recovery)
+
+    def _recovered(self, ep: Endpoint, recovery: int) -> None:
+        del ep.rebuilds[recovery]
+        del ep.owners_seen[recovery]
+        self._send_control(ep, COORDINATOR, MsgType.RECOVERED, control.Recovered(id=recovery, keys=0))
+
+    # ------------------------------------------------------------------ time
+
+    def _heartbeat(self, ep: Endpoint) -> None:
+        epoch = ep.summary.epoch if ep.summary is not None else 0
+        key = (epoch, ep.state == "draining")
+        if key != ep.heartbeat_key:  # the body a real node sends, encoded again when it changes
+            body = control.Heartbeat(
+                role=ep.role,  # a node: "server" or "worker", checked by pydantic
+                address=ep.transport.address,
+                name=ep.name,
+                rank=ep.rank,
+                client=ep.client.transport.address if ep.client is not None else None,
+                epoch=epoch,
+                draining=key[1],
+            )
+            ep.heartbeat_frames = messages.control(MsgType.HEARTBEAT, ep.node, body)
+            ep.heartbeat_key = key
+        ep.transport.send(COORDINATOR, ep.heartbeat_frames)
+
+    def _chores(self, now: float) -> None:
+        while self.heartbeats and self.heartbeats[0][0] <= now:
+            _due, tie, ep = heapq.heappop(self.heartbeats)
+            if ep.state not in ("ready", "draining"):
+                continue  # left, lost or stopped: silent from now on
+            self._heartbeat(ep)
+            ep.next_heartbeat += self.heartbeat_seconds
+            if ep.next_heartbeat < now:  # the loop fell behind: do not send a burst to catch up
+                ep.next_heartbeat = now + self.heartbeat_seconds
+            heapq.heappush(self.heartbeats, (ep.next_heartbeat, tie, ep))
+        for ep in self.endpoints:
+            if ep.state == "left" and now - ep.left_at >= LEAVE_LINGER:
+                self._close(ep, "closed")
+                if ep.client is not None:
+                    self._close(ep.client, "closed")
+
+    # ------------------------------------------------------------------ commands
+
+    def counters(self) -> dict[str, Any]:
+        live = [ep for ep in self.endpoints if ep.state not in ("dead", "closed", "stopped", "fenced")]
+        nodes = [ep for ep in self.endpoints if ep.role != "client"]
+        return {
+            "endpoints": len(live),
+            "nodes": len(nodes),
+            "welcomed": sum(1 for ep in nodes if ep.welcomed_at),
+            "last_welcome": max((ep.welcomed_at for ep in nodes), default=0.0),
+            "running": sum(1 for ep in self.endpoints if ep.running_at),
+            "last_running": max((ep.running_at for ep in self.endpoints), default=0.0),
+            "clients": sum(1 for ep in self.endpoints if ep.role == "client"),
+            "bytes_in": sum(ep.bytes_in for ep in self.endpoints),
+            "bytes_from_coordinator": sum(ep.bytes_from_coordinator for ep in self.endpoints),
+            "msgs_in": dict(self.msgs_in),
+            "sockets": sum(2 + len(ep.transport._peers) for ep in live),  # inbox, monitor-free pushes
+            "errors": self.errors[-20:],
+            "error_count": len(self.errors),
+            "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+            "ids": {ep.name: ep.node for ep in nodes},
+        }
+
+    def reached(self, node: int, cond: str, since: float) -> dict[str, Any]:
+        """How many live endpoints (``node`` itself left out) received, after ``since``, a
+        membership in which ``node`` is ``cond`` ("ready", "absent" or "lost"); the first and last
+        arrivals."""
+        total = reached = 0
+        first, last = float("inf"), 0.0
+        for ep in self.endpoints:
+            if ep.state in ("dead", "closed", "stopped", "fenced") or ep.node == node or not ep.node:
+                continue
+            total += 1
+            for at, summary in ep.arrivals:
+                if at < since:
+                    continue
+                if cond == "ready":
+                    hit = summary.ready.get(node, False)
+                elif cond == "absent":
+                    hit = node not in summary.ready and node not in summary.lost
+                else:
+                    hit = node in summary.lost
+                if hit:
+                    reached += 1
+                    first, last = min(first, at), max(last, at)
+                    break
+        return {"total": total, "reached": reached, "first": first if reached else 0.0, "last": last}
+
+    def kill(self, name: str) -> dict[str, Any]:
+        """A crash as the coordinator sees it: the node's connections close, its heartbeats stop."""
+        for ep in self.endpoints:
+            if ep.name == name and ep.state not in ("dead", "closed"):
+                at = time.monotonic()
+                self._close(ep, "dead")
+                if ep.client is not None:
+                    self._close(ep.client, "dead")
+                return {"at": at, "node": ep.node}
+        return {"error": f"no live node {name}"}
+
+    def command(self, line: bytes) -> dict[str, Any]:
+        request = json.loads(line)
+        cmd = request.get("cmd")
+        if cmd == "add":
+            return self.add(request["nodes"])
+        if cmd == "counters":
+            return self.counters()
+        if cmd == "reached":
+            return self.reached(int(request["node"]), str(request["cond"]), float(request["since"]))
+        if cmd == "kill":
+            return self.kill(str(request["name"]))
+        if cmd == "stop":
+            self.done = True
+            return {"stopped": True}
+        return {"error": f"unknown command {cmd!r}"}
+
+    def _read_commands(self) -> None:
+        chunk = os.read(sys.stdin.fileno(), 1 << 16)
+        if not chunk:  # the harness went away: stop
+            self.done = True
+            return
+        self._stdin += chunk
+        while b"\n" in self._stdin:
+            line, self._stdin = self._stdin.split(b"\n", 1)
+            reply = self.command(line)
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        stdin = sys.stdin.fileno()
+        while not self.done:
+            now = time.monotonic()
+            wait = POLL_MS
+            if self.heartbeats:
+                wait = max(0, min(POLL_MS, int((self.heartbeats[0][0] - now) * 1000)))
+            for sock, _event in self.poller.poll(wait):
+                if sock == stdin:
+                    self._read_commands()
+                    continue
+                ep = self.by_socket.get(sock)
+                if ep is None:
+                    continue
+                for _ in range(DRAIN_BATCH):
+                    frames = ep.transport.recv_nowait()
+                    if frames is None:
+                        break
+                    self._receive(ep, frames, time.monotonic())
+                    if ep.transport.inbox not in self.by_socket:
+                        break  # closed while handling (fenced, shut down)
+            self._chores(time.monotonic())
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            if ep.state not in ("dead", "closed", "stopped", "fenced"):
+                ep.transport.close(linger=0.0)
+        self.context.term()
+
+
+def helper_main() -> int:
+    """The helper process: simulated nodes until ``stop`` (or stdin closes)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    config = RuntimeConfig.from_json(os.environ["DYNAPS_CONFIG"])
+    helper = Helper(config)
+    try:
+        helper.run()
+    finally:
+        helper.close()
+    return 0
