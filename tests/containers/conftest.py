@@ -19,9 +19,28 @@ OPERATOR_NAMESPACE = "dynaps-system"
 JOB_TIMEOUT = 240.0  # seconds for a job to reach Succeeded on 2 busy cores
 
 
+# Why the operator could not be installed: pytest sets up a failed session fixture again for
+# every test, and each try waits minutes for a pod that will not come.
+_operator_failed: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def operator(real_node: RealNode) -> Iterator[None]:
     """The operator, installed by its chart from the operator image."""
+    if _operator_failed:
+        pytest.fail(f"the operator could not be installed: {_operator_failed[0]}", pytrace=False)
+    try:
+        _install_operator(real_node)
+    except AssertionError as exc:
+        pods = real_node.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = real_node.kubectl("-n", OPERATOR_NAMESPACE, "get", "events", check=False).stdout
+        _operator_failed.append(f"{exc}\n{pods}\n{events}")
+        raise
+    yield
+    real_node.helm("uninstall", "dynaps", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+def _install_operator(real_node: RealNode) -> None:
     real_node.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     real_node.helm(
         "install",
@@ -39,8 +58,6 @@ def operator(real_node: RealNode) -> Iterator[None]:
         "180s",
         timeout=240,
     )
-    yield
-    real_node.helm("uninstall", "dynaps", "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
 
 
 @pytest.fixture

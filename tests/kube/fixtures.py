@@ -51,6 +51,7 @@ KUBE_FIXTURES = {
 # How long the session's control plane took to become healthy, for the run's summary.
 _started_in: list[float] = []
 _node_timings: list[dict[str, float]] = []
+_node_failed: list[str] = []  # why the real node did not start
 
 
 def in_ci() -> bool:
@@ -160,6 +161,8 @@ def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet
 
 @pytest.fixture(scope="session")
 def real_node(k8s_bin_dir: Path) -> Iterator[RealNode]:
+    if _node_failed:  # pytest would start it again for every test
+        pytest.fail(f"the real node did not start: {_node_failed[0]}", pytrace=False)
     if os.geteuid() != 0:
         unavailable("the real node needs root (network namespace, containerd, kubelet)")
     try:
@@ -172,7 +175,11 @@ def real_node(k8s_bin_dir: Path) -> Iterator[RealNode]:
     node = RealNode(k8s_bin_dir, images, root)
     previous = _raise_on_sigterm()
     try:
-        node.start()
+        try:
+            node.start()
+        except Exception as exc:
+            _node_failed.append(str(exc))
+            raise
         _node_timings.append(node.timings)
         yield node
     finally:
