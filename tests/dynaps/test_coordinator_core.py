@@ -99,6 +99,7 @@ class Job:
         return [(e, control.Membership.model_validate(b)) for e, b in self.wire.take(MsgType.MEMBERSHIP)]
 
     def status(self) -> dict[str, Any]:
+        self.coordinator.publish_status()  # as the coordinator's loop does after each turn
         doc = self.coordinator.status()
         assert json.loads(json.dumps(doc)) == doc  # the document is plain JSON
         return doc

@@ -25,6 +25,9 @@ from dynaps.wire.transport import ZmqTransport, message_bound
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: preempted)
+# Messages handled in one turn of the loop before HTTP actions, the tick and signals: an
+# overloaded coordinator then slows down instead of never acting again.
+MESSAGES_PER_TURN = 2000
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -73,8 +76,12 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 coordinator.finish(SIGTERM_EXIT_CODE, "the coordinator was asked to stop")
                 break
             frames = transport.recv(timeout=TICK_SECONDS)
+            handled = 0
             while frames is not None:
                 coordinator.receive(frames)
+                handled += 1
+                if handled >= MESSAGES_PER_TURN:
+                    break  # the rest waits one turn: HTTP actions, the tick and signals go first
                 frames = transport.recv_nowait()
             while not actions.empty():
                 coordinator.run_command(*actions.get_nowait())
@@ -82,6 +89,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
                 coordinator.tick()
+            coordinator.publish_status(now)
         if linger > 0 and not stop.is_set():
             # Keep answering /status a little, so an operator reads how the job ended.
             reads = http.status_reads
@@ -91,6 +99,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 while frames is not None:
                     coordinator.receive(frames)
                     frames = transport.recv_nowait()
+                coordinator.publish_status()
         return coordinator.exit_code if coordinator.exit_code is not None else 1
     finally:
         for sig, handler in previous.items():
