@@ -24,7 +24,7 @@ JOB_TIMEOUT = 240.0  # seconds for a job to reach Succeeded on 2 busy cores
 _operator_failed: list[str] = []
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(real_node: RealNode) -> Iterator[None]:
     """The operator, installed by its chart from the operator image."""
     if _operator_failed:

@@ -7,7 +7,6 @@ picked free at start; every component binds 127.0.0.1 only.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import os
 import shutil
@@ -18,11 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from tests.kube import procs
 from tests.kube.kubeapi import KubeClient
-from tests.kube.pki import Pki, make_pki
+from tests.kube.pki import Pki, make_pki, write_kubeconfig
 from tests.kube.tools import ClusterTools
 
 # Service ClusterIPs come from loopback: nothing proxies them here (no kube-proxy), so a connection to
@@ -211,32 +208,4 @@ class ControlPlane(ClusterTools):
         )
 
     def _write_kubeconfig(self) -> None:
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "dynaps-test",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": b64(self.pki.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate-data": b64(self.pki.admin_cert),
-                        "client-key-data": b64(self.pki.admin_key),
-                    },
-                }
-            ],
-            "contexts": [{"name": "dynaps-test", "context": {"cluster": "dynaps-test", "user": "admin"}}],
-            "current-context": "dynaps-test",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        write_kubeconfig(self.kubeconfig, self.server, self.pki, "dynaps-test")

@@ -5,8 +5,8 @@ Session fixtures (one control plane for the whole run, started on first use):
 - kubeconfig -> Path of a kubeconfig file (admin, client certificate) for kopf, kubectl, helm, clients
 - kube_api -> KubeClient (tests/kube/kubeapi.py), dict in, dict out
 - process_kubelet -> ProcessKubelet: runs pods as local processes, pod IPs 127.R.x.y
-- real_node -> RealNode: its own control plane, kubelet, containerd, kube-proxy and CoreDNS in a
-  network namespace, running the images we ship (tests marked `containers`; tests/kube/node.py)
+- real_node (package scope) -> RealNode: its own control plane, kubelet, containerd, kube-proxy and
+  CoreDNS in a network namespace, running the images we ship (tests marked `containers`; node.py)
 Function fixture:
 - kube_namespace -> str: a fresh namespace, deleted after the test
 
@@ -159,8 +159,11 @@ def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet
     assert not kubelet.errors, "process kubelet errors:\n" + "\n".join(kubelet.errors[-10:])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_node(k8s_bin_dir: Path) -> Iterator[RealNode]:
+    """Per package of tests (tests/containers): stopped once its last test ran, so the rest of
+    the session does not carry its daemons, and another session's node waits minutes, not the
+    whole of this session."""
     if _node_failed:  # pytest would start it again for every test
         pytest.fail(f"the real node did not start: {_node_failed[0]}", pytrace=False)
     if os.geteuid() != 0:

@@ -15,7 +15,6 @@ namespace removed.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import os
@@ -27,10 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-import yaml
-
 from tests.kube import procs
-from tests.kube.pki import Pki, make_pki
+from tests.kube.pki import Pki, make_pki, write_kubeconfig
 from tests.kube.tools import ClusterTools
 
 NODE_NAME = "node-0"
@@ -204,36 +201,7 @@ class RealNode(ClusterTools):
             target.write_text(text)
         # Pods resolve names through CoreDNS only; the host's resolver is out of reach anyway.
         (self.state / "resolv.conf").write_text(f"nameserver {DNS_SERVICE_IP}\n")
-
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "node",
-                    "cluster": {
-                        "server": f"https://{NODE_IP}:{API_PORT}",
-                        "certificate-authority-data": b64(pki.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate-data": b64(pki.admin_cert),
-                        "client-key-data": b64(pki.admin_key),
-                    },
-                }
-            ],
-            "contexts": [{"name": "node", "context": {"cluster": "node", "user": "admin"}}],
-            "current-context": "node",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        write_kubeconfig(self.kubeconfig, f"https://{NODE_IP}:{API_PORT}", pki, "node")
 
     def _import_images(self) -> None:
         sock = self.state / "ctrd" / "containerd.sock"

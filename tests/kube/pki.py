@@ -3,11 +3,13 @@ client certificate (group system:masters) and the service-account signing key pa
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -68,3 +70,31 @@ def make_pki(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"))
     for key in (pki.serving_key, pki.admin_key, pki.sa_key):
         key.chmod(0o600)
     return pki
+
+
+def write_kubeconfig(path: Path, server: str, pki: Pki, cluster: str) -> None:
+    """An admin kubeconfig for ``server`` (client certificate, the PKI's CA), private to its owner."""
+
+    def b64(file: Path) -> str:
+        return base64.b64encode(file.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)}}
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {
+                    "client-certificate-data": b64(pki.admin_cert),
+                    "client-key-data": b64(pki.admin_key),
+                },
+            }
+        ],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": "admin"}}],
+        "current-context": cluster,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
