@@ -43,7 +43,7 @@ from dynaps.node.migration import shard_keys
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire import control, messages, routing
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, Message, MsgType, is_client, node_of
-from dynaps.wire.routing import subset
+from dynaps.wire.routing import positions_of, subset
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ class Replication:
             if fresh is None:
                 self.applied.remember(msg.requester, msg.req_id, msg.positions, keys)
             elif len(fresh):
-                positions = msg.positions[fresh] if msg.positions is not None else fresh.astype(np.int32)
-                self.applied.remember(msg.requester, msg.req_id, positions, keys[fresh])
+                self.applied.remember(msg.requester, msg.req_id, positions_of(msg, fresh), keys[fresh])
         if (following == NO_BACKUP).all():  # the end of every chain (the case of replication: 1)
             if client:
                 self.acknowledge(msg, len(keys), msg.positions)

@@ -54,7 +54,7 @@ from dynaps.wire.protocol import (
     is_client,
     node_of,
 )
-from dynaps.wire.routing import subset
+from dynaps.wire.routing import positions_of, subset
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class NodeServer:
             return
         if values is not None:
             self.stats["keys_pulled"] += len(values)
-            self._reply(msg, MsgType.PULL_REPLY, len(values), _positions(msg, idx), values)
+            self._reply(msg, MsgType.PULL_REPLY, len(values), positions_of(msg, idx), values)
         self._route(msg, store, rest, own[rest])
 
     def _on_push(self, msg: Message) -> None:
@@ -277,7 +277,7 @@ class NodeServer:
         if len(keys):
             # positions whenever the request had them or this is a part of it: the client
             # tracks what is done (to retry the rest) and learns who owns the keys
-            positions = _positions(msg, idx) if rest is not None else msg.positions
+            positions = positions_of(msg, idx) if rest is not None else msg.positions
             if replication is None:
                 self.applied.after_update(msg, keys, positions)
             if replication is None or replication.after_update(msg, msg.table, keys, positions):
@@ -294,7 +294,7 @@ class NodeServer:
         assert msg.keys is not None
         done = np.flatnonzero(applied)
         self.stats["keys_deduplicated"] += len(done)
-        positions = _positions(msg, done)
+        positions = positions_of(msg, done)
         replication = self.replication
         if replication is None or replication.after_retry(msg, msg.keys[done], positions):
             self.acknowledge(msg, len(done), positions)
@@ -453,7 +453,3 @@ class NodeServer:
         counters["epoch"] = self.shard_map.epoch
         counters["held_now"] = len(self.gate.held) + len(self.future) + len(self.parked)
         return counters
-
-
-def _positions(msg: Message, idx: Index) -> npt.NDArray[np.int32]:
-    return msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)

@@ -26,9 +26,14 @@ def group_by(dests: npt.NDArray[Any]) -> list[tuple[int, Index | None]]:
     return [(int(dests[part[0]]), part) for part in np.split(order, cuts)]
 
 
+def positions_of(msg: Message, idx: Index) -> npt.NDArray[np.int32]:
+    """Where the keys ``msg.keys[idx]`` stand in the original request."""
+    return msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)
+
+
 def subset(msg: Message, idx: Index, sender: int, hops: int) -> Message:
     """The part of a request that concerns ``msg.keys[idx]``, remembering positions."""
-    positions = msg.positions[idx] if msg.positions is not None else idx.astype(np.int32)
+    positions = positions_of(msg, idx)
     return _part(msg, idx, sender, hops, positions if msg.type not in NO_POSITIONS else None)
 
 
