@@ -24,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from dynaps.contract import API_GROUP, API_VERSION, JobStatus, ParameterServerJob, secret
+from dynaps.contract import API_GROUP, API_VERSION, TERMINAL_PHASES, JobStatus, ParameterServerJob, secret
 from dynaps_operator import builders, gang, kube, names, security
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
@@ -150,6 +150,7 @@ class Controller:
         self.failures.pop(key, None)
         self.queue.forget(key)
         self.metrics.job_phase(key, None)
+        self.metrics.job_backlog(key, None)
 
     async def _resync(self) -> None:
         while True:
@@ -233,6 +234,10 @@ class Controller:
         self.memory[key] = decided.memory
         await self._carry_out(key, ref, job, body, pods, decided)
         self.metrics.job_phase(key, str(decided.status.phase))
+        if decided.status.phase in TERMINAL_PHASES:
+            self.metrics.job_backlog(key, None)
+        elif coordinator is not None:
+            self.metrics.job_backlog(key, coordinator.data_shards_free)
         if decided.invalid:
             raise InvalidSpecError(decided.invalid)
         return decided.requeue_after

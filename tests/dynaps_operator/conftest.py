@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from dynaps.contract import API_GROUP, API_VERSION, PLURAL
+from dynaps_operator import gang
 from dynaps_operator.runner import OperatorThread
 from dynaps_operator.settings import OperatorSettings
 from tests.kube.controlplane import ControlPlane
@@ -27,6 +28,8 @@ from tests.kube.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / f"{API_GROUP}_{PLURAL}.yaml"
+# The PodGroup CRDs of the gang schedulers (see tests/kube/crds/README.md)
+POD_GROUP_CRDS = REPO / "tests" / "kube" / "crds"
 GROUP = f"{API_GROUP}/{API_VERSION}"
 JsonDict = dict[str, Any]
 
@@ -65,6 +68,20 @@ def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
     name = f"{PLURAL}.{API_GROUP}"
     install_crd(kube_control_plane, kube_api, CRD_FILE, name, f"/apis/{GROUP}/{PLURAL}")
     return name
+
+
+@pytest.fixture(scope="session")
+def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> None:
+    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them)."""
+    for api in (gang.COSCHEDULING_API, gang.VOLCANO_API):
+        group = api.split("/")[0]
+        install_crd(
+            kube_control_plane,
+            kube_api,
+            POD_GROUP_CRDS / f"{group}_podgroups.yaml",
+            f"podgroups.{group}",
+            f"/apis/{api}/podgroups",
+        )
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,7 @@ def can_i(plane: ControlPlane, namespace: str, *what: str) -> bool:
 @pytest.mark.e2e
 def test_installed_chart_runs_a_job_under_its_least_privilege_role(
     crd: str,
+    pod_group_crds: None,
     kube_control_plane: ControlPlane,
     kube_api: KubeClient,
     kube_namespace: str,

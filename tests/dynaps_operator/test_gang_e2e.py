@@ -19,9 +19,7 @@ from dynaps_operator import gang
 from dynaps_operator.runner import OperatorThread
 from tests.dynaps_operator.conftest import (
     IDLE_WORKER,
-    REPO,
     create_job,
-    install_crd,
     jobs_path,
     pods_of,
     quickstart_job,
@@ -31,22 +29,7 @@ from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import ApiError, KubeClient, namespaced
 from tests.kube.polling import wait_for
 
-CRDS = REPO / "tests" / "kube" / "crds"
 JsonDict = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> None:
-    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them)."""
-    for api in (gang.COSCHEDULING_API, gang.VOLCANO_API):
-        group = api.split("/")[0]
-        install_crd(
-            kube_control_plane,
-            kube_api,
-            CRDS / f"{group}_podgroups.yaml",
-            f"podgroups.{group}",
-            f"/apis/{api}/podgroups",
-        )
 
 
 @pytest.fixture
@@ -103,7 +86,10 @@ def test_coscheduling_pod_group_follows_a_scale_and_goes_with_the_job(
         15,
         "minMember to follow the scale to 5",
     )
-    third = by_name(pods_of(kube_api, ns, "gang"))["gang-worker-2"]
+    # the PodGroup is patched before the new pod is created: wait for the pod too
+    third = wait_for(
+        lambda: by_name(pods_of(kube_api, ns, "gang")).get("gang-worker-2"), 15, "the third worker"
+    )
     assert third["metadata"]["labels"][gang.COSCHEDULING_LABEL] == "gang"
 
     kube_api.delete(jobs_path(ns, "gang"))
