@@ -70,6 +70,9 @@ class CoordinatorView:
     unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
     server_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name
     losses: tuple[Loss, ...] = ()  # the latest dataLoss entries, oldest first
+    # data-shard pieces no worker has leased yet, over the epochs the coordinator tracks: the
+    # work waiting for a worker (dataShards: epoch -> shards/done/held/free)
+    data_shards_free: int = 0
 
     @property
     def running(self) -> bool:
@@ -118,6 +121,7 @@ def parse_status(doc: Any) -> CoordinatorView:
         ),
         server_names={int(k): v for k, v in names.items() if k.isdigit()},
         losses=_losses(doc.get("dataLoss")),
+        data_shards_free=_free_shards(doc.get("dataShards")),
     )
 
 
@@ -132,6 +136,12 @@ def parse_final(message: str) -> CoordinatorView | None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _free_shards(epochs: Any) -> int:
+    if not isinstance(epochs, dict):
+        return 0
+    return sum(_int(counts.get("free")) for counts in epochs.values() if isinstance(counts, dict))
 
 
 def _unsynced(replication: Any) -> int:

@@ -85,6 +85,31 @@ EXTRA: dict[str, JsonDict] = {
             }
         ]
     },
+    "spec": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.runPolicy) || !has(self.runPolicy.schedulingPolicy) || "
+                "!has(self.runPolicy.schedulingPolicy.minAvailable) || "
+                "self.runPolicy.schedulingPolicy.minAvailable <= "
+                "1 + self.servers.replicas + self.workers.replicas",
+                "message": "runPolicy.schedulingPolicy.minAvailable is more than the job's pods "
+                "(the coordinator, servers.replicas and workers.replicas)",
+            }
+        ]
+    },
+    "spec.runPolicy.schedulingPolicy": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.queue) || self.scheduler == 'volcano'",
+                "message": "queue is a Volcano queue: it needs scheduler: volcano "
+                "(a Kueue LocalQueue is kueueQueue)",
+            },
+            {
+                "rule": "!has(self.scheduleTimeoutSeconds) || self.scheduler == 'coscheduling'",
+                "message": "scheduleTimeoutSeconds is Coscheduling's: it needs scheduler: coscheduling",
+            },
+        ]
+    },
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
 DESCRIPTIONS = {
@@ -104,6 +129,8 @@ DESCRIPTIONS = {
     "spec.runPolicy.ttlSecondsAfterFinished": "Delete the job (and its pods) this long after it finished.",
     "spec.runPolicy.cleanPodPolicy": "Pods deleted when the job finishes: Running ones, All, or None.",
     "spec.runPolicy.suspend": "true: checkpoint and delete the pods; false again: resume.",
+    "spec.runPolicy.schedulingPolicy": "Gang scheduling (a PodGroup for Coscheduling or Volcano), "
+    "Kueue queueing, priority (Kubeflow's names: minAvailable, queue, priorityClass).",
     "status": "Written by the operator.",
     "status.phase": "Pending, Running, Rebalancing, Recovering, Suspended, Succeeded or Failed.",
     "status.conditions": "Created, Running, Rebalancing, Degraded, Suspended, Succeeded, Failed.",

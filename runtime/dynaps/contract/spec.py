@@ -236,9 +236,79 @@ class CleanPodPolicy(StrEnum):
     NONE = "None"
 
 
+class GangScheduler(StrEnum):
+    """``runPolicy.schedulingPolicy.scheduler``: who places the job's pods all or nothing."""
+
+    NONE = "none"  # the cluster's scheduler places each pod on its own
+    COSCHEDULING = "coscheduling"  # scheduler-plugins' Coscheduling (PodGroup scheduling.x-k8s.io)
+    VOLCANO = "volcano"  # Volcano (PodGroup scheduling.volcano.sh)
+
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
 class SchedulingPolicy(Model):
-    min_available: Annotated[int, Field(ge=0)] | None = None
-    priority_class: str | None = None
+    """``runPolicy.schedulingPolicy``: gang scheduling and queueing, with the names Kubeflow's
+    training and MPI operators use (``minAvailable``, ``queue``, ``priorityClass``,
+    ``scheduleTimeoutSeconds``); see the operator's ``gang`` module for what each one makes."""
+
+    scheduler: Annotated[
+        GangScheduler,
+        Field(
+            description="The gang scheduler that gets a PodGroup for the job: none, coscheduling or volcano."
+        ),
+    ] = GangScheduler.NONE
+    scheduler_name: Annotated[
+        str | None,
+        Field(
+            max_length=253,
+            pattern=_K8S_NAME,
+            description="The pods' schedulerName; default: scheduler-plugins-scheduler for coscheduling, "
+            "volcano for volcano, the cluster's default otherwise.",
+        ),
+    ] = None
+    min_available: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Pods the gang scheduler must place together before any starts; default: "
+            "the coordinator, every server and workers.minReplicas (else workers.replicas).",
+        ),
+    ] = None
+    queue: Annotated[
+        str | None,
+        Field(max_length=253, pattern=_K8S_NAME, description="The Volcano queue (scheduler: volcano)."),
+    ] = None
+    priority_class: Annotated[
+        str | None,
+        Field(max_length=253, description="The pods' priorityClassName (and the Volcano PodGroup's)."),
+    ] = None
+    schedule_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="How long Coscheduling waits for the whole group (scheduler: coscheduling).",
+        ),
+    ] = None
+    kueue_queue: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            description="A Kueue LocalQueue: the pods are labelled as one Kueue pod group, admitted whole.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _options_of_the_scheduler(self) -> SchedulingPolicy:
+        if self.queue is not None and self.scheduler != GangScheduler.VOLCANO:
+            raise ValueError(
+                "queue is a Volcano queue: it needs scheduler: volcano "
+                "(for a Kueue LocalQueue set kueueQueue)"
+            )
+        if self.schedule_timeout_seconds is not None and self.scheduler != GangScheduler.COSCHEDULING:
+            raise ValueError("scheduleTimeoutSeconds is Coscheduling's: it needs scheduler: coscheduling")
+        return self
 
 
 class FailureAction(StrEnum):
@@ -336,6 +406,31 @@ class JobSpec(Model):
                 raise ValueError(f"table {table.name!r} is declared twice")
             seen.add(table.name)
         return tables
+
+    @model_validator(mode="after")
+    def _gang_fits(self) -> JobSpec:
+        wanted = self.run_policy.scheduling_policy.min_available
+        if wanted is not None and wanted > self.pod_count():
+            raise ValueError(
+                f"runPolicy.schedulingPolicy.minAvailable ({wanted}) is more than the job's "
+                f"{self.pod_count()} pods (the coordinator, {self.servers.replicas} servers and "
+                f"{self.workers.replicas} workers): the gang could never be placed"
+            )
+        return self
+
+    def pod_count(self) -> int:
+        """Every pod of the job: the coordinator, the servers and the workers."""
+        return 1 + self.servers.replicas + self.workers.replicas
+
+    def gang_size(self) -> int:
+        """The gang's size: ``schedulingPolicy.minAvailable``, else the coordinator, every server
+        and ``workers.minReplicas`` (the fewest the job runs on; without it, every worker)."""
+        wanted = self.run_policy.scheduling_policy.min_available
+        if wanted is not None:
+            return wanted
+        workers = self.workers
+        fewest = workers.replicas if workers.min_replicas is None else max(1, workers.min_replicas)
+        return 1 + self.servers.replicas + fewest
 
 
 class ObjectMeta(Model):
