@@ -62,6 +62,8 @@ from dynaps.contract.spec import (
     RuntimeConfig,
     SchedulingPolicy,
     ServerSpec,
+    StageSpec,
+    StageUnit,
     TableSpec,
     UpdaterKind,
     UpdaterSpec,
@@ -82,6 +84,7 @@ from dynaps.contract.status import (
     JobStatus,
     OwnershipStatus,
     ReplicaStatus,
+    StageStatus,
 )
 
 __all__ = [
@@ -138,6 +141,9 @@ __all__ = [
     "RuntimeConfig",
     "SchedulingPolicy",
     "ServerSpec",
+    "StageSpec",
+    "StageStatus",
+    "StageUnit",
     "TableSpec",
     "UpdaterKind",
     "UpdaterSpec",
