@@ -10,6 +10,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "stages.yaml"
 
 
-def manifest(stages: list[dict[str, object]], **workers: object) -> dict[str, object]:
-    doc = yaml.safe_load(EXAMPLE.read_text())
+def manifest(stages: list[dict[str, object]], **workers: object) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     doc["spec"]["stages"] = stages
     doc["spec"]["workers"].update(workers)
     return doc
@@ -48,7 +49,11 @@ def manifest(stages: list[dict[str, object]], **workers: object) -> dict[str, ob
             {"maxReplicas": 4},
             "stages[1].workers (5) is above workers.maxReplicas (4)",
         ),
-        ([{"name": "a", "epochs": 1, "workers": 1}], {"minReplicas": 2, "replicas": 2}, "below workers.minReplicas"),
+        (
+            [{"name": "a", "epochs": 1, "workers": 1}],
+            {"minReplicas": 2, "replicas": 2},
+            "below workers.minReplicas",
+        ),
         ([{"name": "9a", "epochs": 1, "workers": 1}], {}, "must start with a letter"),
     ],
 )
@@ -127,7 +132,8 @@ def test_a_new_stage_with_fewer_workers_tells_the_surplus_to_leave() -> None:
     s.leaving.add(NODES[B])
     answers = dict(s.release(NODES, set()))
     assert answers[B].leave
-    assert not answers[A].leave and answers[A].index == 1
+    assert not answers[A].leave
+    assert answers[A].index == 1
     # the next unit counts A alone
     s.reach(A, 2)
     s.complete({A})
@@ -232,7 +238,8 @@ def test_dynaps_run_shrinks_four_two_one_without_restarting_anything(tmp_path: P
     assert all(len(p) == 1 for p in seen.values()), seen
     assert "starting it again" not in err
     # dynaps run's progress shows the stages
-    assert "stage 2/3 'narrow'" in err and "stage 3/3 'single': 3/3 steps" in err, err
+    assert "stage 2/3 'narrow'" in err, err
+    assert "stage 3/3 'single': 3/3 steps" in err, err
 
 
 @pytest.mark.integration
@@ -250,7 +257,7 @@ def test_dynaps_run_grows_a_stage_with_new_workers(tmp_path: Path) -> None:
     ranks, pids, _ = units_by_rank(record)
     assert [sorted(ranks[u]) for u in range(4)] == [[0, 1], [0], [0, 1, 2], [0, 1, 2]]
     # rank 1 is taken again by a newcomer (the lowest free rank): four programs in all
-    assert len(pids[0]) == 1 and len(pids[2]) == 1 and len(pids[1]) == 2, pids
+    assert {rank: len(p) for rank, p in pids.items()} == {0: 1, 1: 2, 2: 1}, pids
     assert len(set().union(*pids.values())) == 4, pids
     # worker-1 left after "pair"; two new workers joined for "trio", nothing was restarted
     assert sorted(seen) == ["coordinator", "server-0", "worker-0", "worker-1", "worker-2", "worker-3"]

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -43,7 +44,14 @@ def expected(ps: PS, shards: int) -> tuple[np.ndarray, int, float]:
     return np.asarray(per_unit, dtype=np.float64), epochs, total
 
 
-def train(ps: PS, shards: int, record: str | None) -> int:
+def hold(folder: str, stage: str) -> None:
+    """Wait until ``folder/stage`` exists: a test looks at the job at each stage's start."""
+    path = os.path.join(folder, stage)
+    while not os.path.exists(path):
+        time.sleep(0.05)
+
+
+def train(ps: PS, shards: int, record: str | None, held: str | None = None) -> int:
     workers_per_unit, epoch_units, w_total = expected(ps, shards)
     units = common.check_table(ps, "units", len(workers_per_unit), 1)
     shard_rows = common.check_table(ps, "shards", max(epoch_units * shards, 1), 1)
@@ -58,6 +66,8 @@ def train(ps: PS, shards: int, record: str | None) -> int:
     localized = -1
     for stage, unit in ps.stages():
         u = stage.offset + unit
+        if held and unit == 0 and ps.rank == 0:
+            hold(held, stage.name)
         if stage.index != localized:  # this stage's share of the model lives here
             w.localize(np.arange(ps.rank % stage.workers, w.num_keys, stage.workers))
             localized = stage.index
@@ -117,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shards", type=int, default=8, help="data shards per epoch (default 8)")
     parser.add_argument("--record", metavar="FILE", help="append one JSON line per worker and unit to FILE")
+    parser.add_argument(
+        "--hold", metavar="DIR", help="rank 0 waits at each stage's start until DIR/<stage name> exists"
+    )
     args = parser.parse_args(argv)
-    return train(dynaps.connect(), args.shards, args.record)
+    return train(dynaps.connect(), args.shards, args.record, args.hold)
 
 
 if __name__ == "__main__":
