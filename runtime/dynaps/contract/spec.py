@@ -182,7 +182,7 @@ class StageSpec(Model):
     """One entry of ``spec.stages``: ``workers`` workers for ``epochs`` epochs or ``steps`` steps.
 
     The coordinator counts the units the workers complete; at a stage's end the job scales
-    its workers live to the next stage's count (docs/scaling.md, "Stages")."""
+    its workers live to the next stage's count (docs/stages.md)."""
 
     name: str
     epochs: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
