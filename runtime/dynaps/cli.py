@@ -239,6 +239,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                     say(f"DATA LOSS: {describe_loss(entry)}")
                 seen += max(fresh, 0)
                 losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
+                if _stage_gathers(status):  # a stage with more workers waits for them
+                    nodes.grow_workers(status["workers"]["desired"], _leaving_workers(status), command)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
             if coordinator.poll() is None:
@@ -277,10 +279,32 @@ def _read_status(http_port: int, token: str) -> dict[str, Any] | None:
 
 def _progress_line(status: dict[str, Any]) -> str:
     servers, workers = status["servers"], status["workers"]
-    return (
+    line = (
         f"{status['phase']}: servers {servers['ready']}/{servers['desired']} ready, workers "
         f"{workers['ready']}/{workers['desired']} attached, {workers['finished']} finished"
     )
+    stage = status.get("stage")
+    if isinstance(stage, dict):
+        line += f"; stage {stage['index'] + 1}/{stage['count']} {stage['name']!r}: {stage['progress']}"
+    return line
+
+
+def _stage_gathers(status: dict[str, Any]) -> bool:
+    """The job stands at a stage's start (where the coordinator may want more workers)."""
+    stage = status.get("stage")
+    return (
+        status.get("phase") == "running"
+        and isinstance(stage, dict)
+        and stage["done"] == 0
+        and not stage["finished"]
+    )
+
+
+def _leaving_workers(status: dict[str, Any]) -> set[str]:
+    """Names of the workers that drain (a process that exited since is not counted anyway)."""
+    return {
+        m["name"] for m in status.get("members", []) if m["role"] == "worker" and m["state"] == "draining"
+    }
 
 
 def _role(args: argparse.Namespace, command: list[str]) -> int:

@@ -63,6 +63,8 @@ from dynaps.contract.spec import (
     RuntimeConfig,
     SchedulingPolicy,
     ServerSpec,
+    StageSpec,
+    StageUnit,
     TableSpec,
     UpdaterKind,
     UpdaterSpec,
@@ -83,6 +85,7 @@ from dynaps.contract.status import (
     JobStatus,
     OwnershipStatus,
     ReplicaStatus,
+    StageStatus,
 )
 
 __all__ = [
@@ -140,6 +143,9 @@ __all__ = [
     "RuntimeConfig",
     "SchedulingPolicy",
     "ServerSpec",
+    "StageSpec",
+    "StageStatus",
+    "StageUnit",
     "TableSpec",
     "UpdaterKind",
     "UpdaterSpec",

@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from dynaps.contract import quantity
@@ -33,6 +33,7 @@ SIGTERM_EXITS_ALONE = "exit-alone"
 # positive range marks a node's client endpoint, which leaves this many nodes.
 MAX_NODES = 16_000
 MAX_TABLES = 1024
+MAX_STAGES = 64
 
 # A node that the coordinator declared lost exits with this code (EX_TEMPFAIL) once it
 # learns so: it did nothing wrong and may be started again, as a new member.
@@ -168,6 +169,73 @@ class WorkerSpec(RoleSpec):
     command: list[str] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class StageUnit(StrEnum):
+    """What a stage counts: passes over the data, or training steps."""
+
+    EPOCHS = "epochs"
+    STEPS = "steps"
+
+
+class StageSpec(Model):
+    """One entry of ``spec.stages``: ``workers`` workers for ``epochs`` epochs or ``steps`` steps.
+
+    The coordinator counts the units the workers complete; at a stage's end the job scales
+    its workers live to the next stage's count (docs/stages.md)."""
+
+    name: str
+    epochs: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    steps: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    workers: Annotated[int, Field(ge=1, le=MAX_NODES)]
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(
+                f"stage name {value!r} must start with a letter or '_' and contain only "
+                "letters, digits, '_', '.', '-' (at most 63 characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self) -> StageSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"stage {self.name!r} needs exactly one of epochs or steps")
+        return self
+
+    @property
+    def unit(self) -> StageUnit:
+        return StageUnit.EPOCHS if self.epochs is not None else StageUnit.STEPS
+
+    @property
+    def length(self) -> int:
+        """How many units (epochs or steps) the stage runs."""
+        length = self.epochs if self.epochs is not None else self.steps
+        assert length is not None  # _one_length
+        return length
+
+
+def check_stages(stages: list[StageSpec], workers: RoleSpec | None) -> list[StageSpec]:
+    """Stage names are unique and every stage's worker count is within the workers' bounds;
+    the message names the stage (``stages[1].workers``)."""
+    seen: set[str] = set()
+    for i, stage in enumerate(stages):
+        if stage.name in seen:
+            raise ValueError(f"stages[{i}].name: stage {stage.name!r} is declared twice")
+        seen.add(stage.name)
+        if workers is None:
+            continue
+        if workers.min_replicas is not None and stage.workers < workers.min_replicas:
+            raise ValueError(
+                f"stages[{i}].workers ({stage.workers}) is below workers.minReplicas ({workers.min_replicas})"
+            )
+        if workers.max_replicas is not None and stage.workers > workers.max_replicas:
+            raise ValueError(
+                f"stages[{i}].workers ({stage.workers}) is above workers.maxReplicas ({workers.max_replicas})"
+            )
+    return stages
 
 
 class CoordinatorSpec(Model):
@@ -393,9 +461,17 @@ class JobSpec(Model):
     coordinator: CoordinatorSpec = CoordinatorSpec()
     servers: ServerSpec = ServerSpec()
     workers: WorkerSpec
+    # FlexPS-style flexible parallelism: the job runs these stages in order, each with its own
+    # worker count (workers.replicas is then not used: the stages set the count).
+    stages: Annotated[list[StageSpec], Field(max_length=MAX_STAGES)] = Field(default_factory=list)
     fault_tolerance: FaultTolerance = FaultTolerance()
     rebalance_policy: RebalancePolicy = RebalancePolicy()
     run_policy: RunPolicy = RunPolicy()
+
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[StageSpec], info: ValidationInfo) -> list[StageSpec]:
+        return check_stages(stages, info.data.get("workers"))
 
     @field_validator("tables")
     @classmethod
@@ -477,11 +553,26 @@ class RuntimeConfig(Model):
     # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
     servers_range: tuple[int, int] = (1, MAX_NODES)
     workers_range: tuple[int, int] = (1, MAX_NODES)
+    # The job's stages (spec.stages); ``workers`` is then the first stage's count.
+    stages: Annotated[list[StageSpec], Field(max_length=MAX_STAGES)] = Field(default_factory=list)
 
     @field_validator("tables")
     @classmethod
     def _unique_names(cls, tables: list[NamedTable]) -> list[NamedTable]:
         return JobSpec._unique_names(tables)
+
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        return check_stages(stages, None)
+
+    @model_validator(mode="after")
+    def _starts_with_first_stage(self) -> RuntimeConfig:
+        if self.stages and self.workers != self.stages[0].workers:
+            raise ValueError(
+                f"workers ({self.workers}) must be the first stage's workers ({self.stages[0].workers})"
+            )
+        return self
 
     def table_index(self) -> dict[str, int]:
         return {table.name: i for i, table in enumerate(self.tables)}
@@ -501,7 +592,7 @@ def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) 
         job=job.metadata.name,
         tables=spec.tables,
         servers=spec.servers.replicas,
-        workers=spec.workers.replicas,
+        workers=spec.stages[0].workers if spec.stages else spec.workers.replicas,
         allocation=spec.allocation,
         consistency=spec.consistency,
         fault_tolerance=spec.fault_tolerance,
@@ -509,6 +600,7 @@ def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) 
         coordinator=coordinator,
         servers_range=_replica_range(spec.servers),
         workers_range=_replica_range(spec.workers),
+        stages=spec.stages,
         **overrides,
     )
 

@@ -5,6 +5,10 @@ A node killed by a signal (the OOM killer, a stray ``kill -9``) or fenced by the
 its own replacement (a worker takes its rank back) and the job goes on, as it would on a
 cluster. Any other exit is the node's own decision and is left alone. Each node is replaced
 at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to look at.
+
+A job with stages (``spec.stages``) grows its workers when a stage wants more: the coordinator
+raises its desired count, and :meth:`Nodes.grow_workers` starts new worker nodes, as the
+operator creates pods (a stage's surplus workers leave on their own).
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ class Nodes:
 
     def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
         return start_node(role, self.config, name, command=command, rank=rank, extra_env=self.env)
+
+    def grow_workers(self, desired: int, leaving: set[str], command: list[str]) -> None:
+        """Start worker nodes until ``desired`` run that are not ``leaving`` (names)."""
+        staying = sum(
+            1
+            for node in self._nodes
+            if node.role == "worker" and node.process.poll() is None and node.name not in leaving
+        )
+        missing = desired - staying
+        for _ in range(missing):
+            name = f"worker-{sum(1 for node in self._nodes if node.role == 'worker')}"
+            self.say(f"the job wants {desired} workers: starting {name}")
+            self.start("worker", name, command=command)
 
     def replace_dead(self) -> None:
         """Start again every node that died as a lost pod would (see the module's docstring)."""
