@@ -21,7 +21,7 @@ from dynaps.contract import KIND
 from dynaps.errors import ConfigError
 from dynaps.observe.sources import Kubectl
 from dynaps.observe.streams import Merger, Output, copy_lines
-from dynaps.observe.view import LABEL_ROLE, ROLES
+from dynaps.observe.view import LABEL_ROLE, member_order
 
 MAX_FOLLOW = 50  # pods followed at once by default
 
@@ -46,15 +46,7 @@ def job_pods(items: Sequence[Any], job: str, roles: Sequence[str] = ()) -> list[
         name = meta["name"]
         pods.append(Pod(name, role, name.removeprefix(f"{job}-")))
 
-    def order(pod: Pod) -> tuple[int, int, str]:
-        index = pod.name.rsplit("-", 1)[-1]
-        return (
-            ROLES.index(pod.role) if pod.role in ROLES else len(ROLES),
-            int(index) if index.isdigit() else -1,
-            pod.name,
-        )
-
-    return sorted(pods, key=order)
+    return sorted(pods, key=lambda pod: member_order(pod.role, pod.name))
 
 
 def logs_args(pod: Pod, follow: bool, tail: int | None, since: str | None, timestamps: bool) -> list[str]:

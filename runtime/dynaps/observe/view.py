@@ -137,7 +137,7 @@ def from_coordinator(doc: Any, where: str) -> JobView:
         phase=phase,
         message=message,
         counts={"servers": _count(doc.get("servers")), "workers": _count(doc.get("workers"))},
-        members=tuple(_coordinator_member(m) for m in members),
+        members=tuple(sorted((_coordinator_member(m) for m in members), key=_member_order)),
         shard_epoch=_int(doc.get("epoch")),
         shards_per_server={
             names.get(str(node), f"node {node}"): count
@@ -221,10 +221,14 @@ def _timestamp(when: datetime | None) -> float | None:
     return None if when is None else when.timestamp()
 
 
+def member_order(role: str, name: str) -> tuple[int, int, str]:
+    """Coordinator, servers, workers; by index within a role (worker-2 before worker-10)."""
+    index = name.rsplit("-", 1)[-1]
+    return ROLES.index(role) if role in ROLES else len(ROLES), int(index) if index.isdigit() else -1, name
+
+
 def _member_order(member: Member) -> tuple[int, int, str]:
-    index = member.name.rsplit("-", 1)[-1]
-    role = ROLES.index(member.role) if member.role in ROLES else len(ROLES)
-    return role, int(index) if index.isdigit() else -1, member.name
+    return member_order(member.role, member.name)
 
 
 def _pod_member(pod: dict[str, Any]) -> Member:
