@@ -11,5 +11,6 @@ is tested on documents, not on clusters.
     runfile   where ``dynaps run`` leaves its coordinator's address and token
     sources   fetching: kubectl and the coordinator's HTTP endpoint
     streams   prefixed, whole-line merging of many output streams (logs, ``dynaps run``)
+    podlogs   ``dynaps logs``: every pod's ``kubectl logs``, one after the other or followed at once
     commands  the ``status`` and ``logs`` verbs: arguments, the watch loop, exit codes
 """
