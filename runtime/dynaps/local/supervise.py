@@ -9,16 +9,21 @@ at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to l
 A job with stages (``spec.stages``) grows its workers when a stage wants more: the coordinator
 raises its desired count, and :meth:`Nodes.grow_workers` starts new worker nodes, as the
 operator creates pods (a stage's surplus workers leave on their own).
+
+With a :class:`~dynaps.observe.streams.Prefixer`, every node's output (its program's
+included) reaches the terminal a whole line at a time, prefixed by the node's name.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynaps.contract import FENCED_EXIT_CODE, RuntimeConfig
 from dynaps.local.launch import Process, start_node
+from dynaps.observe.streams import Prefixer
 
 MAX_REPLACEMENTS = 3
 
@@ -40,10 +45,17 @@ def _why(code: int) -> str:
 
 
 class Nodes:
-    def __init__(self, config: RuntimeConfig, env: dict[str, str], say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        env: dict[str, str],
+        say: Callable[[str], None],
+        output: Prefixer | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.say = say
+        self.output = output
         self._nodes: list[_Node] = []
 
     def start(self, role: str, name: str, rank: int | None = None, command: list[str] | None = None) -> None:
@@ -51,7 +63,14 @@ class Nodes:
         self._nodes.append(_Node(role, name, rank, command, process))
 
     def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
-        return start_node(role, self.config, name, command=command, rank=rank, extra_env=self.env)
+        pipes = self.output.pipes(name) if self.output is not None else None
+        try:
+            return start_node(
+                role, self.config, name, command=command, rank=rank, extra_env=self.env, output=pipes
+            )
+        finally:
+            for fd in pipes or ():
+                os.close(fd)  # the node holds them now: the copier sees the end when it exits
 
     def grow_workers(self, desired: int, leaving: set[str], command: list[str]) -> None:
         """Start worker nodes until ``desired`` run that are not ``leaving`` (names)."""
