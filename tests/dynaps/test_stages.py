@@ -237,8 +237,9 @@ def test_dynaps_run_shrinks_four_two_one_without_restarting_anything(tmp_path: P
     assert sorted(seen) == ["coordinator", "server-0", "worker-0", "worker-1", "worker-2", "worker-3"]
     assert all(len(p) == 1 for p in seen.values()), seen
     assert "starting it again" not in err
-    # dynaps run's progress shows the stages
-    assert "stage 2/3 'narrow'" in err, err
+    # dynaps run's progress shows the stage (a line per phase change and every few seconds:
+    # a short stage may fall between two lines, the last one shows where the job ended)
+    assert "stage 1/3 'wide'" in err, err
     assert "stage 3/3 'single': 3/3 steps" in err, err
 
 
