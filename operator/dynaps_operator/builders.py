@@ -30,7 +30,7 @@ from dynaps.contract import (
     runtime_config,
     secret,
 )
-from dynaps_operator import memory_growth, names, security
+from dynaps_operator import gang, memory_growth, names, security
 from dynaps_operator.names import Role
 
 JsonDict = dict[str, Any]
@@ -217,7 +217,15 @@ def build_pod(
         container["resources"] = memory_growth.grown_resources(resources, growth, memory_growths)
     if spec.run_policy.scheduling_policy.priority_class:
         pod["spec"]["priorityClassName"] = spec.run_policy.scheduling_policy.priority_class
+    # The gang scheduler's and Kueue's labels, annotations and schedulerName (see gang).
+    pod = merge(pod, gang.pod_layer(job, names.pod_group_name(ref.name)))
     return security.harden(pod, enforce=not allow_privileged)
+
+
+def build_pod_group(job: ParameterServerJob, ref: JobRef) -> JsonDict | None:
+    """The PodGroup of the job's gang scheduler (None without one): see :mod:`dynaps_operator.gang`."""
+    metadata = child_metadata(ref, names.pod_group_name(ref.name), names.job_labels(ref.name))
+    return gang.build_pod_group(job, metadata)
 
 
 def role_resources(job: ParameterServerJob, role: Role) -> JsonDict:

@@ -75,6 +75,11 @@ def network_policy_name(job: str) -> str:
     return job
 
 
+def pod_group_name(job: str) -> str:
+    """The gang scheduler's PodGroup, and Kueue's pod group (its Workload has this name too)."""
+    return job
+
+
 def coordinator_address(job: str, namespace: str) -> str:
     """The coordinator's data-plane address as the job's pods reach it (headless-Service DNS).
 

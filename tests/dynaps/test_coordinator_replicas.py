@@ -267,3 +267,33 @@ def test_a_backup_whose_predecessor_changed_counts_only_after_its_homes_sync() -
     assert not homes.replicas.synced[0, slot]
     job.tell(last, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
     assert homes.replicas.synced[0, slot]
+
+
+def test_backups_after_one_whose_predecessor_changed_count_only_after_the_sync() -> None:
+    """``replication: 3``, the first backup drains: the second's predecessor changes while
+    the drained one lives on, so rows in flight from it are acknowledged at the second and
+    not passed on; the third backup keeps its predecessor but lacks those rows too.  Before,
+    the third stayed counted as a replica: a loss of the home and the second backup then
+    rebuilt the shard from it as if nothing was missing."""
+    job = Job(servers=5, workers=1, num_shards=10, fault_tolerance={"replication": 3})
+    job.start()
+    homes = job.coordinator.homes
+    before = homes.shard_map
+    assert before is not None
+    assert before.backups is not None
+    home = int(before.homes[0])
+    first, second, third = (int(b) for b in before.backups[0])
+    assert homes.replicas.synced[0].all()
+    job.tell(first, MsgType.LEAVE, {"reason": "drain requested"})
+    after = homes.shard_map
+    assert after is not None
+    assert after.backups is not None
+    chain = [int(b) for b in after.backups[0]]
+    assert chain[:2] == [second, third], "the backups that stay keep their order"
+    assert not homes.replicas.synced[0].any(), "a backup after the changed link was still counted"
+    stale = {"epoch": before.epoch, "home": home, "shards": [0]}
+    job.tell(third, MsgType.REPLICA_SYNCED, stale)  # a report sent before the change
+    assert not homes.replicas.synced[0, 1]
+    for backup in chain:
+        job.tell(backup, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
+    assert homes.replicas.synced[0].all()

@@ -108,6 +108,7 @@ def can_i(plane: ControlPlane, namespace: str, *what: str) -> bool:
 @pytest.mark.e2e
 def test_installed_chart_runs_a_job_under_its_least_privilege_role(
     crd: str,
+    pod_group_crds: None,
     kube_control_plane: ControlPlane,
     kube_api: KubeClient,
     kube_namespace: str,
@@ -156,6 +157,12 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
         assert can_i(kube_control_plane, ns, "create", "secrets")
         assert can_i(kube_control_plane, ns, "get", "secrets")
         assert can_i(kube_control_plane, ns, "create", "networkpolicies.networking.k8s.io")
+        # issue 16: the gang scheduler's PodGroup is created, and patched when minMember changes
+        for group in ("scheduling.x-k8s.io", "scheduling.volcano.sh"):
+            assert can_i(kube_control_plane, ns, "create", f"podgroups.{group}")
+            assert can_i(kube_control_plane, ns, "patch", f"podgroups.{group}")
+            for verb in ("get", "list", "delete"):
+                assert not can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
         for forbidden in (
             ("list", "secrets"),
             ("watch", "secrets"),

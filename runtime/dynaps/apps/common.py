@@ -239,7 +239,7 @@ class Progress:
             print(rep.line(), flush=True)
         publish = getattr(self.ps, "report", None)  # a job's /status (and the job's K8s status)
         if publish is not None and self.ps.rank == 0:
-            publish({**quality, "loss": loss, "epoch": float(epoch)})
+            publish({**quality, "loss": loss, "epoch": float(epoch), "epochs": float(self.epochs)})
         return rep
 
     def write(self, path: str | None, config: Any) -> None:

@@ -35,6 +35,7 @@ from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Array, Handle
 from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
+from dynaps.client.stages import Stage, StageFollower
 from dynaps.client.table import Table
 from dynaps.config import job_secret, spin_seconds
 from dynaps.contract import RuntimeConfig
@@ -97,7 +98,8 @@ class PS:
         self._stores = list(stores)
         self._requests = Requests(config, node, rank, transport, stores, lock, self.control, self._on_control)
         self._barriers = Barriers(self._requests)
-        self._membership = Membership(transport, self._requests, config.workers, self._barriers.repeat)
+        self._stages = StageFollower(self._requests, config.stages)
+        self._membership = Membership(transport, self._requests, config.workers, self._repeat)
         self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
         self._replies: dict[int, dict[str, Any]] = {}
 
@@ -201,6 +203,23 @@ class PS:
         """
         return self._barriers.data_shards(num_shards, epoch, timeout)
 
+    def stages(self, timeout: float | None = None) -> Iterator[tuple[Stage, int]]:
+        """The units of the job's stages (``spec.stages``) this worker takes part in.
+
+        ``for stage, unit in ps.stages(): train_one(stage.unit)`` -- one iteration per epoch or
+        step of the stage the job is in (``unit`` counts within the stage; ``stage.offset +
+        unit`` over the job).  Asking for the next iteration waits until every worker of the
+        stage completed this one.  At a stage's end the job scales to the next stage's worker
+        count: the iteration ends for a worker that leaves (its program should then return);
+        one that joins starts at the job's current unit.
+        """
+        return self._stages.units(timeout)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The stage this worker is in, while it iterates :meth:`stages` (else None)."""
+        return self._stages.current
+
     def report(self, metrics: Mapping[str, float] | None = None, **more: float) -> None:
         """Tell the job how training goes (``ps.report(rmse=0.9)``): it shows in the
         coordinator's /status and, on Kubernetes, in the ParameterServerJob's status."""
@@ -240,6 +259,11 @@ class PS:
 
     # -------------------------------------------------------------- the coordinator's messages
 
+    def _repeat(self) -> None:
+        """The coordinator restarted: it forgot what we wait on; ask again."""
+        self._barriers.repeat()
+        self._stages.repeat()
+
     def _on_control(self, msg: Message) -> None:
         """A message that is not a reply to a request (those go to the requests' Handles)."""
         kind = msg.type
@@ -254,6 +278,8 @@ class PS:
         elif kind is MsgType.LEASE_REPLY:
             reply = control.body_of(msg, control.LeaseReply)
             self._barriers.leased(reply.epoch, reply.shard)
+        elif kind is MsgType.STAGE_DONE:
+            self._stages.answered(control.body_of(msg, control.StageDone))
         elif kind is MsgType.STATS_REPLY:
             self._replies[msg.req_id] = control.body_of(msg, control.Stats).counters
         elif kind is MsgType.SHUTDOWN:

@@ -47,6 +47,7 @@ from dynaps.contract.spec import (
     FailureAction,
     FailureRule,
     FaultTolerance,
+    GangScheduler,
     InitKind,
     InitSpec,
     JobSpec,
@@ -62,6 +63,8 @@ from dynaps.contract.spec import (
     RuntimeConfig,
     SchedulingPolicy,
     ServerSpec,
+    StageSpec,
+    StageUnit,
     TableSpec,
     UpdaterKind,
     UpdaterSpec,
@@ -82,6 +85,7 @@ from dynaps.contract.status import (
     JobStatus,
     OwnershipStatus,
     ReplicaStatus,
+    StageStatus,
 )
 
 __all__ = [
@@ -119,6 +123,7 @@ __all__ = [
     "FailureAction",
     "FailureRule",
     "FaultTolerance",
+    "GangScheduler",
     "InitKind",
     "InitSpec",
     "JobPhase",
@@ -138,6 +143,9 @@ __all__ = [
     "RuntimeConfig",
     "SchedulingPolicy",
     "ServerSpec",
+    "StageSpec",
+    "StageStatus",
+    "StageUnit",
     "TableSpec",
     "UpdaterKind",
     "UpdaterSpec",

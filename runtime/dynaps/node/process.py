@@ -111,14 +111,18 @@ class NodeProcess:
         )
         self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
         while True:
-            msg = joining.await_coordinator(self.transport, {MsgType.WELCOME}, deadline, "a node id")
+            msg = joining.await_coordinator(
+                self.transport, {MsgType.WELCOME}, deadline, "a node id", self.stop.is_set
+            )
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
                 break
         self.node_id = welcome.node
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
-        msg = joining.await_coordinator(self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map")
+        msg = joining.await_coordinator(
+            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", self.stop.is_set
+        )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)
         worker = self.role == "worker"
@@ -386,7 +390,11 @@ def serve_node(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
     try:
-        node.start()
+        try:
+            node.start()
+        except joining.JoinInterruptedError as exc:
+            log.warning("%s %s: %s; exiting", role, name or "node", exc)
+            return SIGTERM_EXIT_CODE
         return node.run()
     finally:
         for sig, handler in previous.items():

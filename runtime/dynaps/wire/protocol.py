@@ -158,6 +158,8 @@ class MsgType(enum.IntEnum):
     ADOPT = 64
     REJOIN = 65
     REPLICA_SYNCED = 66
+    STAGE = 67
+    STAGE_DONE = 68
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
