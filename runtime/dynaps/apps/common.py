@@ -54,6 +54,7 @@ class PSLike(Protocol):
 
     def table(self, name: str) -> Any: ...
     def barrier(self, timeout: float | None = None) -> None: ...
+    def clock(self, timeout: float | None = None) -> int: ...
     def wait_all(self, timeout: float | None = None) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -304,8 +305,13 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def launch(app: str, config: Any, args: argparse.Namespace) -> int:
-    """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process."""
+def launch(
+    app: str, config: Any, args: argparse.Namespace, consistency: str = "async", staleness: int = 0
+) -> int:
+    """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process.
+
+    ``consistency`` and ``staleness`` are the local job's (a real job has its own).
+    """
     import importlib
     import os
 
@@ -327,11 +333,18 @@ def launch(app: str, config: Any, args: argparse.Namespace) -> int:
 
     print(
         f"[{app}] not started by dynaps: running on a local job with {args.servers} servers and "
-        f"{args.workers} workers (allocation {config.allocation})",
+        f"{args.workers} workers (allocation {config.allocation}, consistency {consistency})",
         file=sys.stderr,
         flush=True,
     )
     tables = module.tables(config)
-    with LocalCluster(args.servers, args.workers, tables, allocation=config.allocation) as cluster:
+    with LocalCluster(
+        args.servers,
+        args.workers,
+        tables,
+        allocation=config.allocation,
+        consistency=consistency,
+        staleness=staleness,
+    ) as cluster:
         cluster.run(module.train, config)
     return 0

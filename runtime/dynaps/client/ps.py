@@ -148,9 +148,9 @@ class PS:
 
     def _join(self, digest: str, deadline: float) -> None:
         endpoint = self._requests.endpoint
-        membership, generation = register(self._transport, endpoint, self.node, digest, deadline)
-        if generation is not None:
-            self._barriers.join_at(generation)
+        membership, welcome = register(self._transport, endpoint, self.node, digest, deadline)
+        if welcome is not None:
+            self._barriers.join_at(welcome.barrier, welcome.clock)
         self._membership.apply(membership)
 
     # -------------------------------------------------------------- public API
@@ -190,7 +190,9 @@ class PS:
         self._barriers.barrier(timeout)
 
     def clock(self, timeout: float | None = None) -> int:
-        """Advance this worker's clock; under bsp/ssp, wait for the slowest worker."""
+        """Finish this worker's clock: complete its operations in flight, advance its clock
+        and return the new one; under bsp/ssp with staleness s, return only once every
+        worker finished the clock s before it (docs/consistency.md)."""
         return self._barriers.clock(timeout)
 
     def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:

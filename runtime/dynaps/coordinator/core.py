@@ -274,8 +274,15 @@ class Coordinator:
             return
         member.client = reg.address
         self.outbox.connect_client(member)
+        # a program that joins a running job starts at the slowest worker's clock (no wait
+        # for it to run through clocks the others finished; see client/barriers.py)
+        member.clock = max(member.clock, self.min_clock.value)
         welcome = control.Welcome(
-            node=member.id, nonce=reg.nonce, rank=member.rank, barrier=self.barriers.generation
+            node=member.id,
+            nonce=reg.nonce,
+            rank=member.rank,
+            barrier=self.barriers.generation,
+            clock=member.clock,
         )
         self.send(client_of(member.id), MsgType.WELCOME, welcome)
         if self.phase == JobPhase.RUNNING:

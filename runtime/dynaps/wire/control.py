@@ -67,6 +67,7 @@ class Welcome(_Body):
     nonce: str
     rank: int | None = None
     barrier: int = 0  # a client's first barrier generation (it may join a running job)
+    clock: int = Field(default=0, ge=0)  # a client's first clock: the slowest running worker's
 
 
 class Refused(_Body):
