@@ -52,7 +52,11 @@ FAMILIES = families_by_name(
             "Keys restored from anything but a synced replica (their latest updates are lost).",
         ),
         Family("dynaps_job_data_loss_events", "counter", "Recoveries that restored keys with a loss."),
-        Family("dynaps_job_lost_nodes", "gauge", "Nodes of the job that died and were not replaced by name."),
+        Family(
+            "dynaps_job_lost_nodes",
+            "gauge",
+            "Nodes of the job that died (others recovered their keys).",
+        ),
         Family("dynaps_job_barrier_generation", "gauge", "The last barrier every worker passed."),
         Family(
             "dynaps_job_reported",
