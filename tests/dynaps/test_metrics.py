@@ -121,7 +121,7 @@ def test_each_worker_node_counts_its_programs_calls_and_keys(ran: list[dict[str,
         # E: LOCALIZED keys moved here, then read in place
         assert value(found, "dynaps_client_keys_localized_total", table="E") == LOCALIZED
         assert value(found, "dynaps_client_keys_pulled_total", table="E", location="local") == LOCALIZED
-        assert value(found, "dynaps_node_keys_relocated_total", direction="in") == LOCALIZED
+        assert value(found, "dynaps_node_keys_relocated_total", table="E", direction="in") == LOCALIZED
         assert value(found, "dynaps_node_owned_keys", table="E") == LOCALIZED
         assert (
             value(
@@ -154,7 +154,7 @@ def test_the_servers_answered_exactly_the_keys_the_programs_asked_for(ran: list[
         assert value(found, "dynaps_node_messages_dropped_total", reason="malformed") == 0
         assert total(found, "dynaps_client_pulls_total") == 0  # a server has no program
     relocated_out = sum(
-        value(found, "dynaps_node_keys_relocated_total", direction="out") for found in scraped
+        value(found, "dynaps_node_keys_relocated_total", table="E", direction="out") for found in scraped
     )
     assert relocated_out == len(ran) * LOCALIZED
 

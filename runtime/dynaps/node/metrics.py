@@ -34,7 +34,7 @@ FAMILIES = families_by_name(
             "1, labelled with the node's id, role and worker rank.",
             ("node", "role", "rank"),
         ),
-        # the data plane, per table: requests that reached this node
+        # per table: the requests that reached this node, the keys it holds and that moved
         Family("dynaps_node_pull_requests", "counter", "Pull requests handled by this node.", ("table",)),
         Family(
             "dynaps_node_push_requests", "counter", "Push and set requests handled by this node.", ("table",)
@@ -63,6 +63,25 @@ FAMILIES = families_by_name(
             "Keys held here updated since their last write-back to their home (replication lag).",
             ("table",),
         ),
+        Family(
+            "dynaps_node_keys_relocated",
+            "counter",
+            "Keys that moved to (in) or away from (out) this node by relocation (localize).",
+            ("table", "direction"),
+        ),
+        Family(
+            "dynaps_node_keys_migrated",
+            "counter",
+            "Keys copied to (in) or from (out) this node by shard migrations.",
+            ("table", "direction"),
+        ),
+        Family(
+            "dynaps_node_keys_recovered",
+            "counter",
+            "Keys this node restored after a node died: rebuilt (a lost home's shards, from a replica "
+            "or checkpoint) or taken_back (a lost worker's keys, with their last write-back).",
+            ("table", "how"),
+        ),
         # the node as a whole
         Family("dynaps_node_messages", "counter", "Messages this node received."),
         Family(
@@ -72,25 +91,6 @@ FAMILIES = families_by_name(
             ("reason",),
         ),
         Family("dynaps_node_errors", "counter", "Requests answered with an error."),
-        Family(
-            "dynaps_node_keys_relocated",
-            "counter",
-            "Keys that moved to (in) or away from (out) this node by relocation (localize).",
-            ("direction",),
-        ),
-        Family(
-            "dynaps_node_keys_migrated",
-            "counter",
-            "Keys copied to (in) or from (out) this node by shard migrations.",
-            ("direction",),
-        ),
-        Family(
-            "dynaps_node_keys_recovered",
-            "counter",
-            "Keys this node restored after a node died: rebuilt (a lost home's shards, from a replica "
-            "or checkpoint) or taken_back (a lost worker's keys, with their last write-back).",
-            ("how",),
-        ),
         Family("dynaps_node_keys_replicated", "counter", "Rows this node sent down a replica chain."),
         Family("dynaps_node_keys_backed_up", "counter", "Rows this node stored as a backup."),
         Family(
@@ -166,6 +166,12 @@ class NodeCollector(Collector):
             one("dynaps_node_keys_forwarded", counts["keys_forwarded"], table)
             one("dynaps_node_sent_bytes", counts["keys_pulled"] * row_bytes, table)
             one("dynaps_node_received_bytes", counts["keys_updated"] * row_bytes, table)
+            one("dynaps_node_keys_relocated", counts["keys_received"], table, "in")
+            one("dynaps_node_keys_relocated", counts["keys_sent"], table, "out")
+            one("dynaps_node_keys_migrated", counts["keys_migrated_in"], table, "in")
+            one("dynaps_node_keys_migrated", counts["keys_migrated_out"], table, "out")
+            one("dynaps_node_keys_recovered", counts["keys_rebuilt"], table, "rebuilt")
+            one("dynaps_node_keys_recovered", counts["keys_recovered"], table, "taken_back")
             one("dynaps_node_owned_keys", int(np.count_nonzero(store.loc == server.me)), table)
             if replication is not None:
                 one(
@@ -180,12 +186,6 @@ class NodeCollector(Collector):
         one("dynaps_node_messages_dropped", stats.get("malformed", 0), "malformed")
         one("dynaps_node_messages_dropped", stats.get("dropped_from_lost", 0), "from_lost_node")
         one("dynaps_node_errors", stats.get("errors", 0))
-        one("dynaps_node_keys_relocated", stats.get("keys_received", 0), "in")
-        one("dynaps_node_keys_relocated", stats.get("keys_sent", 0), "out")
-        one("dynaps_node_keys_migrated", stats.get("keys_migrated_in", 0), "in")
-        one("dynaps_node_keys_migrated", stats.get("keys_migrated_out", 0), "out")
-        one("dynaps_node_keys_recovered", stats.get("keys_rebuilt", 0), "rebuilt")
-        one("dynaps_node_keys_recovered", stats.get("keys_recovered", 0), "taken_back")
         one("dynaps_node_keys_replicated", stats.get("keys_replicated", 0))
         one("dynaps_node_keys_backed_up", stats.get("keys_backed_up", 0))
         one("dynaps_node_migrations_in_flight", len(server.migrations.incoming), "in")

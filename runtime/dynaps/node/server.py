@@ -70,9 +70,23 @@ MAX_FUTURE = 100_000
 # Requests and arrival notices: a node routes them again when their destination died, and
 # a home holds them while their shard is frozen for a migration.
 _ROUTED = messages.REQUEST_TYPES | {MsgType.TRANSFER_DONE}
-# Counted per table (NodeServer.table_stats): requests handled here, keys answered or
-# updated here, keys sent on to their owner.
-TABLE_COUNTERS = ("pulls", "keys_pulled", "pushes", "keys_updated", "keys_forwarded")
+# Counted per table (NodeServer.table_stats; STATS sums them): requests handled here, keys
+# answered or updated here, keys sent on to their owner; keys that moved here or away by
+# relocation (received, sent) and migration; keys restored after a node died (rebuilt: a
+# lost home's shards; recovered: a lost worker's keys, taken back by their home).
+TABLE_COUNTERS = (
+    "pulls",
+    "keys_pulled",
+    "pushes",
+    "keys_updated",
+    "keys_forwarded",
+    "keys_received",
+    "keys_sent",
+    "keys_migrated_in",
+    "keys_migrated_out",
+    "keys_rebuilt",
+    "keys_recovered",
+)
 
 
 class NodeServer:
@@ -102,7 +116,7 @@ class NodeServer:
         self.future: list[Message] = []  # requests from a newer epoch than ours
         self.parked: list[Message] = []  # requests for a dead node, waiting for a new epoch
         self.stats: collections.Counter[str] = collections.Counter()
-        # per table, the requests served here (TABLE_COUNTERS; STATS sums them over tables)
+        # per table, what happened to its keys here (TABLE_COUNTERS)
         self.table_stats: list[collections.Counter[str]] = [
             collections.Counter(dict.fromkeys(TABLE_COUNTERS, 0)) for _ in self.stores
         ]
