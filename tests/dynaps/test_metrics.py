@@ -185,3 +185,35 @@ def test_a_metrics_port_answers_only_metrics(ran: list[dict[str, Any]]) -> None:
     port = ran[0]["ports"][ran[0]["node"]]
     assert scrape(port, "/status")[0] == 404
     assert scrape(port, "/metrics?x=1")[0] == 200
+
+
+def replicated_work(ps: dynaps.PS) -> dict[str, Any]:
+    """Pushes to server-held keys (each row goes to its backup), and updates of keys held
+    here (dirty until the next write-back)."""
+    W = ps.table("W")
+    keys = np.arange(100 + 10 * ps.rank, 110 + 10 * ps.rank)
+    W.push(keys, np.ones((10, 4), dtype=np.float32))
+    mine = np.arange(500 + 10 * ps.rank, 510 + 10 * ps.rank)
+    W.localize(mine)
+    W.push(mine, np.ones((10, 4), dtype=np.float32))  # in place: our node writes them back
+    servers = sorted({int(home) for home in ps.shard_map.homes})
+    return {"node": ps.node, "ports": {n: int(ps.node_stats(n)["metrics_port"]) for n in [*servers, ps.node]}}
+
+
+def test_replication_lag_and_rows_sent_to_backups_are_counted() -> None:
+    # a write-back interval far longer than the test: the updated keys stay dirty
+    with dynaps.LocalCluster(
+        servers=2, workers=1, tables={"W": TABLES["W"]}, replication=1, flush_interval_ms=600_000
+    ) as cluster:
+        (result,) = cluster.run(replicated_work)
+        worker = samples(scrape(result["ports"][result["node"]])[1])
+        servers = [
+            samples(scrape(port)[1]) for node, port in result["ports"].items() if node != result["node"]
+        ]
+    assert value(worker, "dynaps_node_replication_dirty_keys", table="W") == 10
+    assert value(worker, "dynaps_node_replication_flush_age_seconds") >= 0
+    # every pushed row went from its home to its one backup, once
+    assert sum(value(found, "dynaps_node_keys_replicated_total") for found in servers) == 10
+    assert sum(value(found, "dynaps_node_keys_backed_up_total") for found in servers) == 10
+    for found in servers:
+        assert value(found, "dynaps_node_replication_dirty_keys", table="W") == 0
