@@ -98,6 +98,7 @@ def build_runtime_config(
         coordinator=names.coordinator_address(ref.name, ref.namespace),
         coordinator_http_port=names.COORDINATOR_HTTP_PORT,
         data_port=names.NODE_PORT,
+        metrics_port=names.METRICS_PORT,
     )
     checkpoint = config.fault_tolerance.checkpoint
     if restore_from and not checkpoint.restore_from:
@@ -139,6 +140,7 @@ def build_service(ref: JobRef) -> JsonDict:
                     "targetPort": names.COORDINATOR_HTTP_PORT,
                 },
                 {"name": "data", "port": names.NODE_PORT, "targetPort": names.NODE_PORT},
+                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": names.METRICS_PORT},
             ],
         },
     }
@@ -161,7 +163,8 @@ def build_network_policy(ref: JobRef, operator_namespace: str, operator_labels: 
     port (a worker's client socket takes any free port), and from the operator on that one.
 
     Without the operator's namespace and labels (an operator running outside the cluster) the
-    HTTP port stays open to any source; the job's token still guards it.
+    HTTP port stays open to any source; the job's token still guards it.  The metrics port is
+    open to any source: what it serves needs no token (docs/security.md).
     """
     http = names.COORDINATOR_HTTP_PORT
     job_pods = {"podSelector": {"matchLabels": {names.LABEL_JOB: ref.name}}}
@@ -183,6 +186,8 @@ def build_network_policy(ref: JobRef, operator_namespace: str, operator_labels: 
             }
         ]
     ingress.append(to_http)
+    # /metrics (counts only, no token) from anywhere: Prometheus runs in a namespace of its own
+    ingress.append({"ports": [{"protocol": "TCP", "port": names.METRICS_PORT}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -329,6 +334,7 @@ def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, 
         ]
     else:
         ports = [{"name": "data", "containerPort": names.NODE_PORT}]
+    ports.append({"name": "metrics", "containerPort": names.METRICS_PORT})  # what monitors select
     secret_volume, secret_mount = security.secret_volume(ref.name)
     mounts: list[JsonDict] = [
         {"name": names.CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True},

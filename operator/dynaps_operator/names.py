@@ -22,6 +22,7 @@ JOB_PLURAL: Final = PLURAL
 COORDINATOR_PORT: Final = 7070  # the coordinator's data-plane (ZeroMQ) socket
 COORDINATOR_HTTP_PORT: Final = 8080  # /healthz, /status, /metrics, POST /scale /drain /checkpoint
 NODE_PORT: Final = 7100  # a server's or worker's data-plane socket
+METRICS_PORT: Final = 9090  # GET /metrics on every pod, no token (docs/metrics.md)
 
 CONTAINER: Final = "dynaps"  # the main container of every pod (`kubectl logs` finds it by default)
 CONFIG_VOLUME: Final = "dynaps-config"

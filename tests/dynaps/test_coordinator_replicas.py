@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from dynaps.contract import DATA_LOSS_EXIT_CODE
+from dynaps.coordinator import metrics
 from dynaps.coordinator.core import JobPhase
 from dynaps.store.shardmap import NO_BACKUP
 from dynaps.wire.protocol import MsgType
@@ -202,7 +205,7 @@ def test_losses_without_replica_are_listed_with_their_cause(tmp_path: Path) -> N
     [loss] = job.status()["dataLoss"]
     assert (loss["cause"], loss["shards"], loss["keys"]) == ("checkpoint", [2, 3], 32)
     assert 0 <= loss["checkpointAgeSeconds"] < 60
-    assert "dynaps_data_loss_keys 32" in _metrics(job)
+    assert "dynaps_job_lost_keys_total 32.0" in _metrics(job)
 
 
 def test_on_data_loss_fail_ends_the_job_with_a_reason() -> None:
@@ -227,9 +230,7 @@ def test_a_draining_server_hands_its_backups_over_before_it_leaves() -> None:
 
 
 def _metrics(job: Job) -> str:
-    from dynaps.coordinator.http import metrics_text
-
-    return metrics_text(job.status())
+    return generate_latest(metrics.registry(job.status, [str(phase) for phase in JobPhase])).decode()
 
 
 def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ class Handle:
         "remaining",
         "req_id",
         "rows",
+        "started",
         "table",
         "waiter",
     )
@@ -65,6 +66,7 @@ class Handle:
         self.index = 0  # the table's index, to send the request again
         self.rows: Array | None = None  # a push's or set's rows, to send again
         self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
+        self.started = 0  # time.perf_counter_ns() when it was sent (its latency is observed)
 
     def done(self) -> bool:
         return self.remaining <= 0 or self.error is not None

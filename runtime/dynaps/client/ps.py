@@ -41,6 +41,7 @@ from dynaps.config import job_secret, spin_seconds
 from dynaps.contract import RuntimeConfig
 from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
+from dynaps.store import usage
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
@@ -87,6 +88,7 @@ class PS:
         lock: SharedLock,
         transport: ZmqTransport,
         control_block: npt.NDArray[np.uint8] | None = None,
+        usage_array: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -96,7 +98,9 @@ class PS:
         self.control = np.zeros(1, dtype=np.uint8) if control_block is None else control_block
         self._transport = transport
         self._stores = list(stores)
-        self._requests = Requests(config, node, rank, transport, stores, lock, self.control, self._on_control)
+        self._requests = Requests(
+            config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array
+        )
         self._barriers = Barriers(self._requests)
         self._stages = StageFollower(self._requests, config.stages)
         self._membership = Membership(transport, self._requests, config.workers, self._repeat)
@@ -123,7 +127,10 @@ class PS:
                 stores.append(TableStore.attach(index, spec, fds[offset : offset + count]))
                 offset += count
             lock = SharedLock.open(description["lock"])
-            control_block = Segment.from_fd(fds[-1], (int(description["control"]),), np.dtype(np.uint8))
+            # after the tables' descriptors: the control block, then the usage counters
+            control_block = Segment.from_fd(fds[offset], (int(description["control"]),), np.dtype(np.uint8))
+            usage_words = (usage.words(len(stores)),)
+            usage_block = Segment.from_fd(fds[offset + 1], usage_words, np.dtype(np.int64))
             node = int(description["node"])
             transport = ZmqTransport(
                 client_of(node),
@@ -136,7 +143,8 @@ class PS:
             )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])
-            return cls(config, node, int(description["rank"]), stores, lock, transport, control_block.array)
+            rank = int(description["rank"])
+            return cls(config, node, rank, stores, lock, transport, control_block.array, usage_block.array)
 
         ps = _attach_retrying(attach_address(token), attach_proof(secret, token), prepare, deadline)
         try:
@@ -231,8 +239,9 @@ class PS:
         self._transport.send(COORDINATOR, messages.control(MsgType.REPORT, self._requests.endpoint, body))
 
     def stats(self) -> dict[str, int]:
-        """This process's counters: keys served locally and remotely, messages."""
-        return dict(self._requests.counters)
+        """This process's counters: calls, keys served locally and remotely (summed over
+        the tables; per table they are on its node's /metrics), messages."""
+        return {**self._requests.counters, **self._requests.usage.totals()}
 
     def node_stats(self, node: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """The counters of a node (default: this process's own node)."""

@@ -19,6 +19,7 @@ from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.requests import Requests
 from dynaps.contract import Allocation
 from dynaps.errors import KeyRangeError, UsageError
+from dynaps.store import usage
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
@@ -32,7 +33,8 @@ class Table:
         self._store = store
         self._node = requests.node
         self._lock = requests.lock  # shared with the node: taken around every access to the store
-        self._counters = requests.counters
+        # this table's counters, shared with our node (dynaps.store.usage): one word each
+        self._usage = requests.usage.rows[index]
         self._write_through = requests.write_through
         self._static = requests.config.allocation == Allocation.STATIC
         self._sampling: sampling.SamplingStrategy | None = None  # set_sampler's choice
@@ -135,19 +137,20 @@ class Table:
                         out = np.empty((n, self.dim), dtype=self.dtype)
         finally:
             lock.release()
-        counters = self._counters
+        counters = self._usage
+        counters[usage.PULLS] += 1
         if dest == -2:
-            counters["keys_pulled_local"] += n
+            counters[usage.PULLED_LOCAL] += n
             return out if wait else self._requests.done_handle(MsgType.PULL, self.name, out)
         requests = self._requests
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
-            counters["keys_pulled_remote"] += n
+            counters[usage.PULLED_REMOTE] += n
             handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, None, n)
             requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
             return _pulled(requests, handle, wait)
         remote = np.flatnonzero(~mine)
-        counters["keys_pulled_local"] += n - len(remote)
-        counters["keys_pulled_remote"] += len(remote)
+        counters[usage.PULLED_LOCAL] += n - len(remote)
+        counters[usage.PULLED_REMOTE] += len(remote)
         handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, out, len(remote))
         handle.mask = mine.copy()  # the local part is here already
         requests.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
@@ -201,8 +204,9 @@ class Table:
                     store.dirty[local_keys] = 1  # replication: our node writes them back
         finally:
             lock.release()
-        counters = self._counters
-        counters["keys_pushed_local"] += len(local_keys)
+        counters = self._usage
+        counters[usage.PUSHES] += 1
+        counters[usage.PUSHED_LOCAL] += len(local_keys)
         through = self._write_through and len(local_keys)
         if remote is None and not through:
             return None if wait else self._requests.done_handle(kind, self.name, None)
@@ -217,7 +221,7 @@ class Table:
             local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
             requests.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
         if remote is not None:
-            counters["keys_pushed_remote"] += len(remote)
+            counters[usage.PUSHED_REMOTE] += len(remote)
             requests.request(kind, self._index, handle, keys, remote, own[remote], rows)
         if wait:
             handle.result()
@@ -251,7 +255,7 @@ class Table:
             store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
         finally:
             self._lock.release()
-        self._counters["keys_localized"] += len(wanted)
+        self._usage[usage.LOCALIZED] += len(wanted)
         if not len(wanted):
             return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
         handle = requests.new_handle(MsgType.LOCALIZE, self._index, self.name, wanted, None, len(wanted))

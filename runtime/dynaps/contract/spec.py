@@ -549,6 +549,10 @@ class RuntimeConfig(Model):
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     data_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Where every process serves GET /metrics (docs/metrics.md): 0 any free port (local runs;
+    # a node's STATS reply names it), None nowhere.  The coordinator serves it on its HTTP
+    # port as well.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
     # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
     servers_range: tuple[int, int] = (1, MAX_NODES)
