@@ -111,6 +111,7 @@ class InProcessPS:
 
     def __init__(self, tables: dict[str, TableSpec]) -> None:
         self.counters: Counter[str] = Counter()
+        self._clock = 0
         self._tables = {name: ArrayTable(name, spec, self.counters) for name, spec in tables.items()}
 
     def table(self, name: str) -> ArrayTable:
@@ -121,6 +122,11 @@ class InProcessPS:
 
     def barrier(self, timeout: float | None = None) -> None:
         return None
+
+    def clock(self, timeout: float | None = None) -> int:
+        """One worker: nobody to wait for, and every read is of the current values."""
+        self._clock += 1
+        return self._clock
 
     def wait_all(self, timeout: float | None = None) -> None:
         return None

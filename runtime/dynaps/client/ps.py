@@ -96,9 +96,15 @@ class PS:
         self._transport = transport
         self._stores = list(stores)
         self._requests = Requests(config, node, rank, transport, stores, lock, self.control, self._on_control)
-        self._barriers = Barriers(self._requests)
-        self._membership = Membership(transport, self._requests, config.workers, self._barriers.repeat)
         self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
+        cached = [table for table in self._tables.values() if table.cached]
+
+        def new_clock() -> None:
+            for table in cached:
+                table.clear_cache()
+
+        self._barriers = Barriers(self._requests, new_clock)
+        self._membership = Membership(transport, self._requests, config.workers, self._barriers.repeat)
         self._replies: dict[int, dict[str, Any]] = {}
 
     # -------------------------------------------------------------- set-up

@@ -49,6 +49,7 @@ ANSWERS = {
 COUNTERS = (
     "keys_pulled_local",
     "keys_pulled_remote",
+    "keys_pulled_cached",  # remote keys read from the table's per-clock cache (value_cache)
     "keys_pushed_local",
     "keys_pushed_remote",
     "keys_localized",
@@ -363,6 +364,8 @@ class Requests:
             self._learn_owner(msg.table, handle, positions, msg.sender)
         if handle.done():
             del self.handles[msg.req_id]
+            if handle.on_done is not None and handle.error is None and handle.out is not None:
+                handle.on_done(handle.out)
 
     def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
         """A forwarded reply names the keys' current owner: remember it for next time."""
