@@ -96,8 +96,9 @@ def cached_reader_and_pusher(ps: dynaps.PS) -> dict[str, Any]:
     seen["same_clock"] = C.pull([KEY])[0, 0]
     C.push([KEY], np.full((1, 2), 2.0))
     seen["own_push"] = C.pull(np.asarray([KEY, KEY]))[:, 0].tolist()
-    handle = G.pull([3], wait=False)
-    seen["g_first"] = handle.result()[0, 0]
+    fetched = G.pull([3], wait=False).result()
+    assert fetched is not None
+    seen["g_first"] = fetched[0, 0]
     seen["a_first"] = A.pull([3])[0, 0]
     G.push([3], np.ones((1, 2)))  # sgd: the owner subtracts 0.5, and so does the copy
     seen["g_same_clock"] = G.pull([3])[0, 0]
