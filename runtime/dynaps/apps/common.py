@@ -126,7 +126,14 @@ class Reducer:
 class AccessMeter:
     """Keys read and written, and how many of them locally, since the last ``take``."""
 
-    FIELDS = ("keys_pulled_local", "keys_pulled_remote", "keys_pushed_local", "keys_pushed_remote")
+    # the first three are served by this process without a message (cached: value_cache)
+    FIELDS = (
+        "keys_pulled_local",
+        "keys_pulled_cached",
+        "keys_pushed_local",
+        "keys_pulled_remote",
+        "keys_pushed_remote",
+    )
 
     def __init__(self, ps: PSLike) -> None:
         self.ps = ps
@@ -140,7 +147,7 @@ class AccessMeter:
         """[local accesses, all accesses] since the last call."""
         now = self._now()
         delta, self.last = now - self.last, now
-        return np.array([delta[0] + delta[2], delta.sum()])
+        return np.array([delta[:3].sum(), delta.sum()])
 
 
 @dataclass

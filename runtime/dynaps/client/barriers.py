@@ -16,7 +16,7 @@ one round trip, and what a pull at clock c sees follows from the order of messag
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
@@ -28,8 +28,9 @@ from dynaps.wire.protocol import COORDINATOR, MsgType
 class Barriers:
     """This worker's barrier generation, clock and leases (see the module docstring)."""
 
-    def __init__(self, requests: Requests) -> None:
+    def __init__(self, requests: Requests, new_clock: Callable[[], None] = lambda: None) -> None:
         self._requests = requests
+        self._new_clock = new_clock  # a new clock or a barrier: per-clock caches are stale
         self._generation = 0  # of the next barrier
         self._done = -1  # the last barrier generation everyone reached
         self._clock = 0
@@ -61,6 +62,7 @@ class Barriers:
         requests.wait_all(timeout)
         generation = self._generation
         self._generation += 1
+        self._new_clock()
         reached = control.Barrier(generation=generation)
         requests.transport.send(COORDINATOR, messages.control(MsgType.BARRIER, requests.endpoint, reached))
         deadline = self._deadline(timeout)
@@ -79,6 +81,7 @@ class Barriers:
         # find them applied (asynchronous pushes included).
         requests.wait_all(timeout)
         self._clock += 1
+        self._new_clock()
         consistency = requests.config.consistency
         if consistency.model == ConsistencyModel.ASYNC:
             return self._clock  # no wait, so nobody needs our clock: no message either

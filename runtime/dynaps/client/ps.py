@@ -101,10 +101,16 @@ class PS:
         self._requests = Requests(
             config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array
         )
-        self._barriers = Barriers(self._requests)
+        self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
+        cached = [table for table in self._tables.values() if table.cached]
+
+        def new_clock() -> None:
+            for table in cached:
+                table.clear_cache()
+
+        self._barriers = Barriers(self._requests, new_clock)
         self._stages = StageFollower(self._requests, config.stages)
         self._membership = Membership(transport, self._requests, config.workers, self._repeat)
-        self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
         self._replies: dict[int, dict[str, Any]] = {}
 
     # -------------------------------------------------------------- set-up

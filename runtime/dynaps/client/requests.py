@@ -370,6 +370,8 @@ class Requests:
             del self.handles[msg.req_id]
             elapsed = time.perf_counter_ns() - handle.started
             self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
+            if handle.on_done is not None and handle.error is None and handle.out is not None:
+                handle.on_done(handle.out)
 
     def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
         """A forwarded reply names the keys' current owner: remember it for next time."""

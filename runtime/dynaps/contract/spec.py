@@ -91,6 +91,11 @@ class UpdaterSpec(Model):
         return self
 
 
+class TableCache(StrEnum):
+    NONE = "none"  # every pull of a remote key asks its owner
+    CLOCK = "clock"  # a remote key pulled again within one clock is read from the worker's copy
+
+
 class TableSpec(Model):
     """A table of ``num_keys`` rows of ``dim`` values: ``dynaps.TableSpec(num_keys=, dim=)``."""
 
@@ -99,6 +104,8 @@ class TableSpec(Model):
     dtype: DType = DType.FLOAT32
     init: InitSpec = InitSpec()
     updater: UpdaterSpec = UpdaterSpec()
+    # repeated pulls of a remote key within one clock served from a copy (dynaps.client.value_cache)
+    cache: TableCache = TableCache.NONE
 
 
 class NamedTable(TableSpec):

@@ -117,7 +117,8 @@ FAMILIES = families_by_name(
         Family(
             "dynaps_client_keys_pulled",
             "counter",
-            "Keys pulled, read in place (local) or asked of other nodes (remote).",
+            "Keys pulled, read in place (local), from the per-clock cache (cached) "
+            "or asked of other nodes (remote).",
             ("table", "location"),
         ),
         Family(
@@ -211,6 +212,7 @@ class NodeCollector(Collector):
         for where in ("local", "remote"):
             scrape.add("dynaps_client_keys_pulled", counts[f"keys_pulled_{where}"], table, where)
             scrape.add("dynaps_client_keys_pushed", counts[f"keys_pushed_{where}"], table, where)
+        scrape.add("dynaps_client_keys_pulled", counts["keys_pulled_cached"], table, "cached")
         scrape.add("dynaps_client_keys_localized", counts["keys_localized"], table)
         scrape.add("dynaps_client_received_bytes", counts["keys_pulled_remote"] * row_bytes, table)
         scrape.add("dynaps_client_sent_bytes", counts["keys_pushed_remote"] * row_bytes, table)

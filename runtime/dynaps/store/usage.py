@@ -34,8 +34,11 @@ COUNTERS: Final = (
     "keys_pushed_local",  # keys a push or set updated in place
     "keys_pushed_remote",  # keys a push or set sent to other nodes
     "keys_localized",  # keys a localize asked to move to this worker's node
+    "keys_pulled_cached",  # remote keys a pull read from the table's per-clock cache (value_cache)
 )
-PULLS, PUSHES, PULLED_LOCAL, PULLED_REMOTE, PUSHED_LOCAL, PUSHED_REMOTE, LOCALIZED = range(len(COUNTERS))
+PULLS, PUSHES, PULLED_LOCAL, PULLED_REMOTE, PUSHED_LOCAL, PUSHED_REMOTE, LOCALIZED, PULLED_CACHED = range(
+    len(COUNTERS)
+)
 OPERATIONS: Final = ("pull", "push", "localize")  # a set counts as a push
 # Seconds: a remote request on one host takes tens of microseconds, across a network and
 # behind a relocation or a migration milliseconds, and one held for a recovery seconds.
