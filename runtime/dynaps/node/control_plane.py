@@ -181,6 +181,7 @@ class ControlPlane:
             elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
+                server.migrations.abort_all()  # it would never commit them
                 rejoin = control.Rejoin(
                     heartbeat=self.shell.heartbeat(),
                     shard_map=server.shard_map.to_json(),

@@ -200,6 +200,12 @@ class Migrations:
             self.tracking = any(not m.frozen for m in self.outgoing.values())
         self.incoming.pop(migration_id, None)
 
+    def abort_all(self) -> None:
+        """A restarted coordinator knows nothing of the moves in flight: end them all (it
+        plans again); a frozen home serves its shards again."""
+        for migration_id in [*self.outgoing, *self.incoming]:
+            self.abort(migration_id)
+
     # ---------------------------------------------------------------- target side
 
     def on_copy(self, msg: Message) -> None:
