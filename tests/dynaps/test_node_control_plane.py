@@ -438,7 +438,7 @@ def test_a_hand_over_holds_the_shards_until_the_epoch_without_the_leaver() -> No
 
 def test_a_restarted_coordinator_ends_the_moves_in_flight() -> None:
     """It would never commit them: a home frozen for a hand-over serves its shards again."""
-    plane, _, outbox = make_node(1, replicated=True)
+    plane, _, _ = make_node(1, replicated=True)
     plane.apply_membership(control.Membership.model_validate(membership(backed_up_by(2), [1, 2])))
     plane.on_message(
         order(MsgType.MIGRATE_OUT, {"id": 5, "shards": [0], "target": 1, "epoch": 2, "leaving": 2})
