@@ -19,19 +19,7 @@ from tests.dynaps.test_cli import wait_until
 
 pytestmark = pytest.mark.integration
 
-PROGRAM = """\
-import sys, time, pathlib, numpy as np, dynaps
-ps = dynaps.connect()
-W = ps.table("W")
-stop = pathlib.Path(sys.argv[1]) / "stop"
-steps = 0
-while not stop.exists():
-    W.push(np.arange(10), np.ones((10, 2)))
-    steps += 1
-    if ps.rank == 0:
-        ps.report(steps=float(steps), epoch=1.0, epochs=4.0)
-    time.sleep(0.02)
-"""
+PROGRAM = Path(__file__).with_name("reporting_program.py")
 
 
 def dynaps(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,11 +38,10 @@ def local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """A two-server, two-worker `dynaps run` of job "probe" whose workers push until DIR/stop."""
-    (tmp_path / "train.py").write_text(PROGRAM)
     (tmp_path / "job.yaml").write_text(
         "apiVersion: dynaps.io/v1alpha1\nkind: ParameterServerJob\nmetadata: {name: probe}\nspec:\n"
         "  tables: [{name: W, numKeys: 100, dim: 2}]\n  servers: {replicas: 2}\n"
-        f"  workers: {{replicas: 2, command: [python, {tmp_path / 'train.py'}, {tmp_path}]}}\n"
+        f"  workers: {{replicas: 2, command: [python, {PROGRAM}, {tmp_path}, '0.02']}}\n"
     )
     monkeypatch.setenv(runfile.RUN_DIR_ENV, str(tmp_path / "runs"))
     env = dict(os.environ)

@@ -23,20 +23,7 @@ from tests.kube.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
-# rank 0 reports its steps (a counter) and where it is in a 4-epoch plan, until DIR/stop exists
-PROGRAM = """\
-import sys, time, pathlib, numpy as np, dynaps
-ps = dynaps.connect()
-W = ps.table("W")
-stop = pathlib.Path(sys.argv[1]) / "stop"
-steps = 0
-while not stop.exists():
-    W.push(np.arange(10), np.ones((10, 2)))
-    steps += 1
-    if ps.rank == 0:
-        ps.report(steps=float(steps), epoch=1.0, epochs=4.0)
-    time.sleep(0.05)
-"""
+PROGRAM = Path(__file__).parents[1] / "dynaps" / "reporting_program.py"
 PODS = ["st-coordinator", "st-server-0", "st-server-1", "st-worker-0", "st-worker-1"]
 
 
@@ -61,7 +48,6 @@ def test_status_of_a_running_then_finished_job(
     tmp_path: Path,
 ) -> None:
     ns = kube_namespace
-    (tmp_path / "train.py").write_text(PROGRAM)
     job: dict[str, Any] = {
         "apiVersion": GROUP,
         "kind": "ParameterServerJob",
@@ -69,7 +55,7 @@ def test_status_of_a_running_then_finished_job(
         "spec": {
             "tables": [{"name": "W", "numKeys": 100, "dim": 2}],
             "servers": {"replicas": 2},
-            "workers": {"replicas": 2, "command": [python_name(), str(tmp_path / "train.py"), str(tmp_path)]},
+            "workers": {"replicas": 2, "command": [python_name(), str(PROGRAM), str(tmp_path), "0.05"]},
         },
     }
     create_job(kube_api, ns, job)
