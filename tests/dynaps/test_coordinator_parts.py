@@ -10,6 +10,7 @@ from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
+from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
 from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.store.shardmap import shard_of
 from dynaps.wire.control import RecoverySource
@@ -139,3 +140,19 @@ def test_the_status_of_losses_stays_bounded_and_the_totals_count_them_all() -> N
     assert len(shown[0]["shards"]) == STATUS_SHARDS
     assert shown[0]["shardCount"] == 1000
     assert losses.totals() == {"entries": STATUS_ENTRIES + 5, "keys": (STATUS_ENTRIES + 5) * 10_000}
+
+
+def test_reported_names_are_bounded_where_they_arrive() -> None:
+    """A program reporting a new name every step must not grow /status, the job object in
+    etcd and the scrape without end: past the limit new names are dropped and counted,
+    while the names already kept still take new values."""
+    reports = Reports()
+    for step in range(MAX_REPORTED_NAMES + 6):
+        reports.add(0, {f"loss_at_step_{step}": float(step)})
+    assert len(reports.metrics) == MAX_REPORTED_NAMES
+    assert len(reports.by_rank["0"]) == MAX_REPORTED_NAMES
+    assert reports.dropped == 6
+    reports.add(1, {"loss_at_step_0": 9.0, "x" * (MAX_NAME_LENGTH + 1): 1.0})
+    assert reports.metrics["loss_at_step_0"] == 9.0
+    assert reports.by_rank["1"] == {"loss_at_step_0": 9.0}
+    assert reports.dropped == 7

@@ -195,6 +195,7 @@ def status_document(
         "barriers": {str(m.rank): barriers.reached(client_of(m.id)) for m in workers},
         "barrierPassed": barriers.generation - 1,
         "metricsByRank": {rank: dict(m) for rank, m in reports.by_rank.items()},
+        "reportsDropped": reports.dropped,
         "members": [
             {
                 "id": m.id,

@@ -14,12 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES
 from dynaps.telemetry.exposition import Family, Scrape, families_by_name
-
-# What a program reports is its own choice: bounded here so that a name per step (a bug)
-# cannot grow the scrape without end; /status shows all of them.
-MAX_REPORTED_NAMES = 64
-MAX_NAME_LENGTH = 128
 
 FAMILIES = families_by_name(
     [
@@ -113,6 +109,7 @@ class CoordinatorCollector(Collector):
 
 
 def _reported(metrics: dict[str, float]) -> list[tuple[str, float]]:
+    # bounded where they arrive (coordinator.reports); /status is what this reads
     named = sorted((name, value) for name, value in metrics.items() if len(name) <= MAX_NAME_LENGTH)
     return named[:MAX_REPORTED_NAMES]
 
