@@ -49,7 +49,6 @@ HERE = Path(__file__).resolve()
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "  # dynaps.local.launch.ANNOUNCE_PREFIX
 KEYS_PER_SHARD = 4  # small shards: the harness measures the control plane, not copies
 NODES_PER_HELPER = 250
-MAX_SOCKETS_ENV = "SCALE_COORDINATOR_MAX_SOCKETS"
 PROFILE_ENV = "SCALE_COORDINATOR_PROFILE"  # a path: the coordinator runs under cProfile
 POLL_SECONDS = 0.1
 
@@ -224,7 +223,6 @@ class Run:
         env["DYNAPS_CONFIG"] = config.to_json()
         env[secret.HEX_ENV] = secret.encode(self.secret)
         env.setdefault("DYNAPS_LOG_LEVEL", "WARNING")
-        env[MAX_SOCKETS_ENV] = str(self.args.coordinator_max_sockets)
         return env
 
     # -------------------------------------------------------------- plumbing
@@ -715,21 +713,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
 
 
 def serve_coordinator() -> int:
-    """The coordinator process: ``dynaps coordinator --announce``, with the zmq socket limit
-    raised first (see the README: the default 1,023 sockets run out near 300 nodes) and
-    optionally under cProfile."""
-    import zmq
-
-    limit = int(os.environ.get(MAX_SOCKETS_ENV, "0") or 0)
-    if limit > 0:
-        plain = zmq.Context
-
-        class RaisedLimit(plain):  # type: ignore[valid-type, misc]  # zmq.Context is a generic alias here
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self.set(zmq.MAX_SOCKETS, limit)
-
-        zmq.Context = RaisedLimit  # type: ignore[misc]  # the runtime's transport calls zmq.Context()
+    """The coordinator process: ``dynaps coordinator --announce`` (optionally under cProfile).
+    It sizes its own socket and file limits from the job (``dynaps.wire.limits``)."""
     from dynaps.cli import main
 
     profile = os.environ.get(PROFILE_ENV)
@@ -761,12 +746,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=10.0, help="steady heartbeat window")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between RUNNING and the window")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds a phase may take")
-    parser.add_argument(
-        "--coordinator-max-sockets",
-        type=int,
-        default=65535,
-        help="raise the coordinator's zmq socket limit to this (0: keep zmq's 1023)",
-    )
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile: PATH.N.prof")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
     parser.add_argument("--serve-coordinator", action="store_true", help=argparse.SUPPRESS)
@@ -804,7 +783,6 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "fd_limit": hard,
-        "coordinator_max_sockets": args.coordinator_max_sockets,
         "results": results,
     }
     for size in sizes:

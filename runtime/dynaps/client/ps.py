@@ -43,7 +43,7 @@ from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, Unknow
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
-from dynaps.wire import control, messages
+from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -131,6 +131,7 @@ class PS:
                 config.advertise_host,
                 spin=spin_seconds(),
                 max_message_bytes=message_bound([store.layout for store in stores]),
+                size=limits.job_size(config),
             )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])

@@ -20,6 +20,7 @@ from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, Runtim
 from dynaps.coordinator.adoption import ADOPT_QUIET
 from dynaps.coordinator.core import Coordinator
 from dynaps.coordinator.http import StatusServer
+from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -42,6 +43,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         int(port_text or 0),
         config.advertise_host,
         max_message_bytes=message_bound([]),  # it receives control messages only
+        size=limits.job_size(config),  # a PUSH and a monitor pair per node: room for them
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread

@@ -22,6 +22,9 @@ ZeroMQ details, and why:
 * the inbox refuses a message larger than ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``, from
   the tables' shapes): zmq closes such a connection before it buffers the message, so a
   peer declaring gigabytes costs nothing;
+* the context has room for the job (:mod:`dynaps.wire.limits`: zmq's socket limit and the
+  process's open-file limit sized from the job's scale ranges); a socket that still cannot
+  be opened is a ConfigError that says which limit to raise;
 * a receiver that expects an answer soon may *spin* briefly before it blocks: waking a
   blocked thread costs more than the round trip itself on a virtual machine whose idle
   cores halt (measured: a 1-key remote pull of 200 us drops to about 110 us).  The spin
@@ -33,6 +36,7 @@ ZeroMQ details, and why:
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import time
@@ -42,6 +46,7 @@ from typing import Any, Protocol
 import zmq
 
 from dynaps.errors import ConfigError, ProtocolError
+from dynaps.wire import limits
 from dynaps.wire.auth import TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
 
@@ -129,17 +134,19 @@ class ZmqTransport:
         context: zmq.Context[Any] | None = None,
         spin: float = 0.0,
         max_message_bytes: int = -1,
+        size: limits.JobSize | None = None,
     ) -> None:
         """``key``: the job's wire key (:func:`dynaps.contract.secret.wire_key`); ``spin``:
         seconds ``recv(spin=True)`` polls before it blocks (0: never); ``max_message_bytes``:
-        the largest message the inbox accepts (-1: any)."""
+        the largest message the inbox accepts (-1: any); ``size``: the job's, to make room
+        for its connections in a context of our own (:func:`dynaps.wire.limits.job_size`)."""
         self.endpoint = endpoint
         self.auth = Authenticator(key)
         self.rejected = 0
         # the node points this at its counter of malformed messages (rate-limited logging)
         self.on_rejected: Callable[[Exception], None] = _log_rejected
         self._owns_context = context is None
-        self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
+        self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
         self.inbox = self._context.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         self.inbox.setsockopt(zmq.LINGER, 0)
@@ -168,7 +175,10 @@ class ZmqTransport:
         if self._addresses.get(endpoint) == address:
             return
         self.forget(endpoint)
-        sock = self._context.socket(zmq.PUSH)
+        try:
+            sock = self._context.socket(zmq.PUSH)
+        except zmq.ZMQError as exc:
+            raise self._out_of_room(exc) from exc
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)
@@ -178,6 +188,12 @@ class ZmqTransport:
         for frames in self._deferred.pop(endpoint, ()):
             # signed now, not when queued: sequence numbers leave in the order they grow
             sock.send_multipart(self.auth.sign(self.endpoint, endpoint, frames), copy=False)
+
+    def _out_of_room(self, exc: zmq.ZMQError) -> Exception:
+        """A socket that cannot be opened for want of descriptors or slots: say which limit."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return limits.out_of_room(exc, len(self._peers))
+        return exc
 
     def forget(self, endpoint: int, linger: float = 0.0) -> None:
         sock = self._peers.pop(endpoint, None)
@@ -197,7 +213,10 @@ class ZmqTransport:
         """
         sock = self._peers.get(endpoint)
         if sock is not None and endpoint not in self._monitors:
-            self._monitors[endpoint] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            try:
+                self._monitors[endpoint] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            except zmq.ZMQError as exc:
+                raise self._out_of_room(exc) from exc
 
     def disconnected(self) -> list[int]:
         """Watched endpoints whose connection dropped since the last call."""
