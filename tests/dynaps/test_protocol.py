@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -125,6 +126,11 @@ def test_a_body_of_another_model_is_not_sent() -> None:
         messages.control(MsgType.BARRIER, 0, control.Clock(clock=1))
 
 
+def _delta(**fields: object) -> bytes:
+    """The sample MEMBERSHIP_DELTA body with ``fields`` changed."""
+    return json.dumps({**SAMPLE_BODIES[MsgType.MEMBERSHIP_DELTA], **fields}).encode()
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "problem"),
     [
@@ -132,6 +138,17 @@ def test_a_body_of_another_model_is_not_sent() -> None:
         (MsgType.BARRIER, b'{"generation": -1}', "invalid Barrier body"),
         (MsgType.PING, b'{"extra": 1}', "invalid Empty body"),
         (MsgType.WORKER_DONE, b"{}", "invalid WorkerDone body"),
+        # membership deltas: bounded and consistent before anything applies them
+        (MsgType.MEMBERSHIP_DELTA, _delta(version=3), "version must be above its base"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(homes=[1]), "one home per shard"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(shards=[0, 0]), "a shard listed twice"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(shards=[0, 1 << 20]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(homes=[2, 0]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(backups=[[1]]), "one row of backups per shard"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(backups=[[1], [-2]]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(removed=[2]), "a node listed twice"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(removed=[16_001]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_QUERY, b'{"version": -1}', "invalid MembershipQuery body"),
     ],
 )
 def test_a_body_that_does_not_fit_its_model_is_refused(kind: MsgType, body: bytes, problem: str) -> None:

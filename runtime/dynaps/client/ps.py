@@ -246,6 +246,8 @@ class PS:
             raise ProtocolError(f"client does not accept {kind.name} from {msg.sender}")
         if kind is MsgType.MEMBERSHIP:
             self._membership.apply(control.body_of(msg, control.Membership))
+        elif kind is MsgType.MEMBERSHIP_DELTA:
+            self._membership.apply_delta(control.body_of(msg, control.MembershipDelta))
         elif kind is MsgType.BARRIER_DONE:
             self._barriers.barrier_done(control.body_of(msg, control.Barrier).generation)
         elif kind is MsgType.CLOCK_MIN:

@@ -218,6 +218,11 @@ class Coordinator:
             self.reports.add(member.rank, control.body_of(msg, control.Report).metrics)
         elif kind is MsgType.STATS:
             self.send(msg.sender, MsgType.STATS_REPLY, control.Stats(counters={"phase": str(self.phase)}))
+        elif kind is MsgType.MEMBERSHIP_QUERY:  # it missed a version: the whole document
+            if msg.sender != member.id and member.client is None:
+                raise ProtocolError(f"MEMBERSHIP_QUERY from {msg.sender}, whose program is not registered")
+            if self.homes.shard_map is not None and self.phase is not JobPhase.ADOPTING:
+                self.outbox.send_whole(msg.sender, self.membership())
         elif kind is MsgType.PING:
             self.send(msg.sender, MsgType.PONG, control.Empty())
         else:
@@ -258,7 +263,7 @@ class Coordinator:
             if self.roster.complete():
                 self._prepare()
         else:  # a late joiner: it builds its store from the current membership
-            self.send(member.id, MsgType.MEMBERSHIP, self.membership())
+            self.outbox.send_whole(member.id, self.membership())
 
     def _register_client(self, reg: control.Register) -> None:
         member = self.roster.get(reg.node or -1)

@@ -158,6 +158,10 @@ class MsgType(enum.IntEnum):
     ADOPT = 64
     REJOIN = 65
     REPLICA_SYNCED = 66
+    # 70 and up: membership deltas (issue 15); numbered apart so that a type added beside
+    # them in another branch cannot silently become an alias of one of these
+    MEMBERSHIP_DELTA = 70
+    MEMBERSHIP_QUERY = 71
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
