@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dynaps.errors import ProtocolError
-from dynaps.wire import control, messages, routing
+from dynaps.wire import codec, control, messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
@@ -311,3 +311,12 @@ def test_rows_split_by_destination_keep_exactly_their_sections() -> None:
     parts = dict(routing.split_rows(with_positions, np.array([3, 4, 3, 4])))
     assert parts[3].positions is not None
     np.testing.assert_array_equal(parts[3].positions, POSITIONS[[0, 2]])
+
+
+def test_peek_reads_the_type_and_sender_of_a_well_formed_header_only() -> None:
+    beat = messages.control(MsgType.HEARTBEAT, 7, sample_body(MsgType.HEARTBEAT))
+    assert codec.peek(beat) == (MsgType.HEARTBEAT, 7)
+    assert codec.peek([]) is None
+    assert codec.peek([b"short"]) is None
+    assert codec.peek([_header(version=9)]) is None
+    assert codec.peek([_header(type=200)]) is None
