@@ -450,7 +450,7 @@ class Helper:
             "bytes_in": sum(ep.bytes_in for ep in self.endpoints),
             "bytes_from_coordinator": sum(ep.bytes_from_coordinator for ep in self.endpoints),
             "msgs_in": dict(self.msgs_in),
-            "sockets": sum(2 + len(ep.transport._peers) for ep in live),  # inbox, monitor-free pushes
+            "sockets": sum(2 + ep.transport.open_connections for ep in live),  # inbox, monitor-free pushes
             "errors": self.errors[-20:],
             "error_count": len(self.errors),
             "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),

@@ -100,7 +100,9 @@ def test_a_job_grown_past_the_socket_limit_gets_a_clear_error_not_a_zmq_one() ->
         room = limits.sockets_needed(1) - 1
         for peer in range(2, 2 + room):
             transport.connect(peer, "tcp://127.0.0.1:9")  # connecting needs no listener
+            transport.send(peer, [b"hello"])  # a socket opens on the first send
+        transport.connect(2 + room, "tcp://127.0.0.1:9")
         with pytest.raises(ConfigError, match="socket limit"):
-            transport.connect(2 + room, "tcp://127.0.0.1:9")
+            transport.send(2 + room, [b"hello"])
     finally:
         transport.close()

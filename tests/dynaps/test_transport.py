@@ -118,3 +118,21 @@ def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_neve
         watcher.close()
         for peer in peers:
             peer.close()
+
+
+def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
+    pair: tuple[ZmqTransport, ZmqTransport],
+) -> None:
+    a, b = pair
+    for peer in range(10, 60):  # every member's address: no socket yet
+        a.connect(peer, "tcp://127.0.0.1:9")
+    a.connect(2, b.address)
+    assert a.knows(2)
+    assert a.open_connections == 0
+    a.send(2, [b"first"])
+    a.send(2, [b"second"])
+    assert (receive(b), receive(b)) == ([b"first"], [b"second"])
+    assert a.open_connections == 1
+    a.forget(2)
+    assert not a.knows(2)
+    assert a.open_connections == 0

@@ -15,6 +15,8 @@ ZeroMQ details, and why:
   job (bounded windows), not the socket's;
 * frames for an endpoint whose address is not yet known are held back and sent when the
   address arrives (membership updates and data can take different paths);
+* a peer's socket opens on the first send to it, not when its address is learnt: every
+  process learns every member's address, but most talk to a few of them;
 * every message is authenticated with the job's key (:mod:`dynaps.wire.auth`: a trailer
   with a MAC and a sequence number, inside a small last frame or after it); one that fails
   is dropped, counted and given to ``on_rejected``, never returned: the protocol above only
@@ -176,9 +178,21 @@ class ZmqTransport:
         self.spin = spin
 
     def connect(self, endpoint: int, address: str) -> None:
+        """Learn where ``endpoint`` receives; the socket opens on the first send to it (or
+        :meth:`watch`): a process learns every member's address but talks to few of them,
+        and a job of N nodes opening N sockets each on every start cost N^2 connections."""
         if self._addresses.get(endpoint) == address:
             return
         self.forget(endpoint)
+        self._addresses[endpoint] = address
+        if endpoint in self._deferred:
+            self._open(endpoint)
+
+    def _open(self, endpoint: int) -> zmq.Socket[Any]:
+        """The socket to ``endpoint``, whose address is known, connected now if it was not."""
+        sock = self._peers.get(endpoint)
+        if sock is not None:
+            return sock
         try:
             sock = self._context.socket(zmq.PUSH)
         except zmq.ZMQError as exc:
@@ -186,12 +200,17 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)
-        sock.connect(address)
+        sock.connect(self._addresses[endpoint])
         self._peers[endpoint] = sock
-        self._addresses[endpoint] = address
         for frames in self._deferred.pop(endpoint, ()):
             # signed now, not when queued: sequence numbers leave in the order they grow
             sock.send_multipart(self.auth.sign(self.endpoint, endpoint, frames), copy=False)
+        return sock
+
+    @property
+    def open_connections(self) -> int:
+        """Sockets opened to peers (those sent to or watched; the others are only known)."""
+        return len(self._peers)
 
     def _out_of_room(self, exc: zmq.ZMQError) -> Exception:
         """A socket that cannot be opened for want of descriptors or slots: say which limit."""
@@ -218,8 +237,8 @@ class ZmqTransport:
         A process that dies closes its TCP connections at once, which reveals a crash in
         milliseconds instead of several missed heartbeats.
         """
-        sock = self._peers.get(endpoint)
-        if sock is not None and endpoint not in self._monitors:
+        if endpoint in self._addresses and endpoint not in self._monitors:
+            sock = self._open(endpoint)
             try:
                 monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             except zmq.ZMQError as exc:
@@ -238,10 +257,12 @@ class ZmqTransport:
         return dropped
 
     def knows(self, endpoint: int) -> bool:
-        return endpoint in self._peers
+        return endpoint in self._addresses
 
     def send(self, endpoint: int, frames: Sequence[Any]) -> None:
         sock = self._peers.get(endpoint)
+        if sock is None and endpoint in self._addresses:
+            sock = self._open(endpoint)
         if sock is None:
             held = self._deferred[endpoint]
             if len(held) >= MAX_DEFERRED:
@@ -301,7 +322,7 @@ class ZmqTransport:
         return None
 
     def close(self, linger: float = 0.0) -> None:
-        for endpoint in list(self._peers):
+        for endpoint in list(self._addresses):
             self.forget(endpoint, linger)
         self.inbox.close(linger=0)
         if self._owns_context:
