@@ -190,11 +190,11 @@ class ZmqTransport:
 
     def _open(self, endpoint: int) -> zmq.Socket[Any]:
         """The socket to ``endpoint``, whose address is known, connected now if it was not."""
-        sock = self._peers.get(endpoint)
-        if sock is not None:
-            return sock
+        known = self._peers.get(endpoint)
+        if known is not None:
+            return known
         try:
-            sock = self._context.socket(zmq.PUSH)
+            sock: zmq.Socket[Any] = self._context.socket(zmq.PUSH)
         except zmq.ZMQError as exc:
             raise self._out_of_room(exc) from exc
         sock.setsockopt(zmq.SNDHWM, 0)
