@@ -30,7 +30,7 @@ from dynaps.contract import (
     runtime_config,
     secret,
 )
-from dynaps_operator import memory_growth, names, security
+from dynaps_operator import gang, memory_growth, names, security
 from dynaps_operator.names import Role
 
 JsonDict = dict[str, Any]
@@ -98,6 +98,7 @@ def build_runtime_config(
         coordinator=names.coordinator_address(ref.name, ref.namespace),
         coordinator_http_port=names.COORDINATOR_HTTP_PORT,
         data_port=names.NODE_PORT,
+        metrics_port=names.METRICS_PORT,
     )
     checkpoint = config.fault_tolerance.checkpoint
     if restore_from and not checkpoint.restore_from:
@@ -139,6 +140,7 @@ def build_service(ref: JobRef) -> JsonDict:
                     "targetPort": names.COORDINATOR_HTTP_PORT,
                 },
                 {"name": "data", "port": names.NODE_PORT, "targetPort": names.NODE_PORT},
+                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": names.METRICS_PORT},
             ],
         },
     }
@@ -161,7 +163,8 @@ def build_network_policy(ref: JobRef, operator_namespace: str, operator_labels: 
     port (a worker's client socket takes any free port), and from the operator on that one.
 
     Without the operator's namespace and labels (an operator running outside the cluster) the
-    HTTP port stays open to any source; the job's token still guards it.
+    HTTP port stays open to any source; the job's token still guards it.  The metrics port is
+    open to any source: what it serves needs no token (docs/security.md).
     """
     http = names.COORDINATOR_HTTP_PORT
     job_pods = {"podSelector": {"matchLabels": {names.LABEL_JOB: ref.name}}}
@@ -183,6 +186,8 @@ def build_network_policy(ref: JobRef, operator_namespace: str, operator_labels: 
             }
         ]
     ingress.append(to_http)
+    # /metrics (counts only, no token) from anywhere: Prometheus runs in a namespace of its own
+    ingress.append({"ports": [{"protocol": "TCP", "port": names.METRICS_PORT}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -217,7 +222,15 @@ def build_pod(
         container["resources"] = memory_growth.grown_resources(resources, growth, memory_growths)
     if spec.run_policy.scheduling_policy.priority_class:
         pod["spec"]["priorityClassName"] = spec.run_policy.scheduling_policy.priority_class
+    # The gang scheduler's and Kueue's labels, annotations and schedulerName (see gang).
+    pod = merge(pod, gang.pod_layer(job, names.pod_group_name(ref.name)))
     return security.harden(pod, enforce=not allow_privileged)
+
+
+def build_pod_group(job: ParameterServerJob, ref: JobRef) -> JsonDict | None:
+    """The PodGroup of the job's gang scheduler (None without one): see :mod:`dynaps_operator.gang`."""
+    metadata = child_metadata(ref, names.pod_group_name(ref.name), names.job_labels(ref.name))
+    return gang.build_pod_group(job, metadata)
 
 
 def role_resources(job: ParameterServerJob, role: Role) -> JsonDict:
@@ -321,6 +334,7 @@ def _forced_layer(job: ParameterServerJob, ref: JobRef, role: Role, index: int, 
         ]
     else:
         ports = [{"name": "data", "containerPort": names.NODE_PORT}]
+    ports.append({"name": "metrics", "containerPort": names.METRICS_PORT})  # what monitors select
     secret_volume, secret_mount = security.secret_volume(ref.name)
     mounts: list[JsonDict] = [
         {"name": names.CONFIG_VOLUME, "mountPath": names.CONFIG_DIR, "readOnly": True},

@@ -43,7 +43,7 @@ def nodes_can_rejoin(o: Observed, job: ParameterServerJob, p: Plan) -> bool:
         return False
     return not any(
         pod.role is not Role.COORDINATOR
-        and pod.index < desired_count(job, pod.role)
+        and pod.index < desired_count(job, pod.role, p.status)
         and not pod.terminating
         and pod.outcome is Outcome.SUCCEEDED
         for pod in owned_pods(o)
@@ -89,7 +89,7 @@ def restart_all(
         p.create = [(Role.COORDINATOR, 0)] + [
             (role, i) for role in NODE_ROLES for i in range(desired_count(job, role))
         ]
-        p.update(start_time=o.now)
+        p.update(start_time=o.now, stage=None)  # a new coordinator starts the stages afresh
     p.later(RETRY_SECONDS)
     message = "the coordinator was lost: restarting every pod" + (
         f" from checkpoint {p.restore_from}" if p.restore_from else ""

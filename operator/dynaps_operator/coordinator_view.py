@@ -5,7 +5,8 @@ The operator reads: ``phase`` (registering, prepare, running, stopping), ``exitC
 sized for, to know whether a scale request is still pending), ``epoch``, ``shardsPerServer``
 (node id -> shards) with ``members`` (id -> name), ``migrationsInFlight``, ``replication.unsynced``
 (shards whose backups are not synced yet), and two fields the
-runtime is asked to add: ``metrics`` (name -> number, the latest the workers reported with
+runtime is asked to add: ``stage`` (with ``spec.stages``: the stage the job is in, its
+progress and worker count), ``metrics`` (name -> number, the latest the workers reported with
 ``ps.report``) and ``lastCheckpoint`` (``{"path": str, "time": unix seconds}``).  From
 ``members`` (``name``, ``role``, ``attached``, ``exitCode``) it also learns which nodes registered
 and which workers' programs have not attached yet: why a job does not start.  ``dataLoss``
@@ -24,6 +25,10 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import ValidationError
+
+from dynaps.contract import StageStatus
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class CoordinatorView:
     unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
     server_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name
     losses: tuple[Loss, ...] = ()  # the latest dataLoss entries, oldest first
+    # data-shard pieces no worker has leased yet, over the epochs the coordinator tracks: the
+    # work waiting for a worker (dataShards: epoch -> shards/done/held/free)
+    data_shards_free: int = 0
+    stage: StageStatus | None = None  # spec.stages: the stage the job is in
 
     @property
     def running(self) -> bool:
@@ -118,6 +127,8 @@ def parse_status(doc: Any) -> CoordinatorView:
         ),
         server_names={int(k): v for k, v in names.items() if k.isdigit()},
         losses=_losses(doc.get("dataLoss")),
+        data_shards_free=_free_shards(doc.get("dataShards")),
+        stage=_stage(doc.get("stage")),
     )
 
 
@@ -132,6 +143,12 @@ def parse_final(message: str) -> CoordinatorView | None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _free_shards(epochs: Any) -> int:
+    if not isinstance(epochs, dict):
+        return 0
+    return sum(_int(counts.get("free")) for counts in epochs.values() if isinstance(counts, dict))
 
 
 def _unsynced(replication: Any) -> int:
@@ -161,6 +178,20 @@ def _checkpoint(value: Any) -> CheckpointRef | None:
     if not isinstance(stamp, int | float):
         return None
     return CheckpointRef(value["path"], datetime.fromtimestamp(float(stamp), UTC))
+
+
+def _stage(value: Any) -> StageStatus | None:
+    if not isinstance(value, dict):
+        return None
+    fields = ("name", "index", "count", "unit", "done", "length", "workers", "progress")
+    try:
+        stage = StageStatus.model_validate({key: value[key] for key in fields if key in value})
+    except ValidationError:
+        return None
+    # bounded, whatever the coordinator sends: it ends up in the job's status
+    return stage.model_copy(
+        update={"name": stage.name[:63], "unit": stage.unit[:8], "progress": stage.progress[:40]}
+    )
 
 
 def _losses(value: Any) -> tuple[Loss, ...]:

@@ -75,6 +75,16 @@ EXTRA: dict[str, JsonDict] = {
             }
         ]
     },
+    "spec.stages": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    "spec.stages[]": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.epochs) != has(self.steps)",
+                "message": "a stage needs exactly one of epochs or steps",
+            }
+        ]
+    },
+    "spec.stages[].name": {"maxLength": 63, "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"},
     "spec.servers": {"x-kubernetes-validations": _REPLICA_RULES},
     "spec.workers": {"x-kubernetes-validations": _REPLICA_RULES},
     "spec.rebalancePolicy": {
@@ -83,6 +93,31 @@ EXTRA: dict[str, JsonDict] = {
                 "rule": "self.numShards == oldSelf.numShards && self.partition == oldSelf.partition",
                 "message": "numShards and partition cannot change after the job is created",
             }
+        ]
+    },
+    "spec": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.runPolicy) || !has(self.runPolicy.schedulingPolicy) || "
+                "!has(self.runPolicy.schedulingPolicy.minAvailable) || "
+                "self.runPolicy.schedulingPolicy.minAvailable <= "
+                "1 + self.servers.replicas + self.workers.replicas",
+                "message": "runPolicy.schedulingPolicy.minAvailable is more than the job's pods "
+                "(the coordinator, servers.replicas and workers.replicas)",
+            }
+        ]
+    },
+    "spec.runPolicy.schedulingPolicy": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.queue) || self.scheduler == 'volcano'",
+                "message": "queue is a Volcano queue: it needs scheduler: volcano "
+                "(a Kueue LocalQueue is kueueQueue)",
+            },
+            {
+                "rule": "!has(self.scheduleTimeoutSeconds) || self.scheduler == 'coscheduling'",
+                "message": "scheduleTimeoutSeconds is Coscheduling's: it needs scheduler: coscheduling",
+            },
         ]
     },
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -96,6 +131,8 @@ DESCRIPTIONS = {
     "spec.servers": "Server pods: they home the shards. replicas may change while the job runs.",
     "spec.workers": "Worker pods: each runs command + args. replicas is the scale subresource.",
     "spec.workers.command": "The training program, run as `dynaps worker -- COMMAND ARGS`.",
+    "spec.stages": "Stages run in order, each with its own worker count for some epochs or steps "
+    "(FlexPS); the job scales its workers live between them. With stages, workers.replicas is not used.",
     "spec.faultTolerance": "Replication, write-back interval, checkpoints.",
     "spec.rebalancePolicy": "Shards, partitioning and how nodes drain when the node set changes.",
     "spec.runPolicy": "Retries, deadline, clean-up, TTL and suspension (as Kubeflow's runPolicy).",
@@ -104,12 +141,15 @@ DESCRIPTIONS = {
     "spec.runPolicy.ttlSecondsAfterFinished": "Delete the job (and its pods) this long after it finished.",
     "spec.runPolicy.cleanPodPolicy": "Pods deleted when the job finishes: Running ones, All, or None.",
     "spec.runPolicy.suspend": "true: checkpoint and delete the pods; false again: resume.",
+    "spec.runPolicy.schedulingPolicy": "Gang scheduling (a PodGroup for Coscheduling or Volcano), "
+    "Kueue queueing, priority (Kubeflow's names: minAvailable, queue, priorityClass).",
     "status": "Written by the operator.",
     "status.phase": "Pending, Running, Rebalancing, Recovering, Suspended, Succeeded or Failed.",
     "status.conditions": "Created, Running, Rebalancing, Degraded, Suspended, Succeeded, Failed.",
     "status.ownership": "Where the shards live, as the coordinator reports it.",
     "status.restarts": "Pod failures so far (they count against runPolicy.backoffLimit).",
     "status.preemptions": "Pods lost to evictions, preemption, SIGKILL/SIGTERM or deletion.",
+    "status.stage": "With spec.stages: the stage the job is in, and its progress.",
     "status.finalQuality": "The metrics the workers reported last, when the job succeeded.",
 }
 
@@ -217,6 +257,8 @@ def crd() -> JsonDict:
         ("Servers", "string", ".status.servers.summary", 0, "Ready/desired server pods"),
         ("Workers", "string", ".status.workers.summary", 0, "Ready/desired worker pods"),
         ("Epoch", "integer", ".status.ownership.epoch", 0, "Epoch of the shard map"),
+        ("Stage", "string", ".status.stage.name", 1, "The stage the job is in (spec.stages)"),
+        ("Progress", "string", ".status.stage.progress", 1, "Units of the stage completed"),
         ("Restarts", "integer", ".status.restarts", 1, "Pod failures (count against backoffLimit)"),
         ("Preemptions", "integer", ".status.preemptions", 1, "Pods lost to preemption or eviction"),
         ("Age", "date", ".metadata.creationTimestamp", 0, ""),

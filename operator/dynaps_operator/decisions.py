@@ -93,10 +93,26 @@ class Plan:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
 
 
-def desired_count(job: ParameterServerJob, role: Role) -> int:
+def desired_count(job: ParameterServerJob, role: Role, status: JobStatus | None = None) -> int:
+    """The pods of ``role`` the job wants. With ``spec.stages`` the coordinator applies each
+    stage's worker count (fewer at once, more once the leavers are gone): the workers follow
+    the count it last reported, kept in ``status`` (the first stage's before it reported)."""
     if role is Role.COORDINATOR:
         return 1
-    return job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
+    if role is Role.SERVER:
+        return job.spec.servers.replicas
+    if not job.spec.stages:
+        return job.spec.workers.replicas
+    if status is not None and status.stage is not None and status.workers.desired > 0:
+        return status.workers.desired
+    return job.spec.stages[0].workers
+
+
+def staged_workers(job: ParameterServerJob, coordinator: CoordinatorView | None, status: JobStatus) -> int:
+    """A staged job's worker count this pass: the coordinator's, when it says."""
+    if coordinator is not None and coordinator.stage is not None and coordinator.workers_desired is not None:
+        return coordinator.workers_desired
+    return desired_count(job, Role.WORKER, status)
 
 
 def owned_pods(o: Observed) -> list[PodView]:

@@ -5,6 +5,7 @@ Each operator instance has its own registry, so tests can run several in one pro
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Callable
 
@@ -47,6 +48,15 @@ class Metrics:
         self.events = Counter("dynaps_operator_events", "Events posted, by type.", ["type"], registry=r)
         self.jobs = Gauge("dynaps_operator_jobs", "Jobs by phase, as last reconciled.", ["phase"], registry=r)
         self.queue_depth = Gauge("dynaps_operator_queue_depth", "Jobs waiting to be reconciled.", registry=r)
+        # Per job, for autoscaling (examples/autoscaling): labels that do not collide with the
+        # target labels Prometheus adds (its own `namespace` and `job`).
+        self.data_shards_free = Gauge(
+            "dynaps_operator_job_data_shards_free",
+            "Data-shard pieces no worker has leased yet (ps.data_shards), per job, "
+            "as its coordinator last said.",
+            ["psjob_namespace", "psjob"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str], str] = {}
 
     def track_queue(self, depth: Callable[[], int]) -> None:
@@ -60,6 +70,15 @@ class Metrics:
         counts = Tally(self._phases.values())
         for known in JobPhase:
             self.jobs.labels(phase=known.value).set(counts.get(known.value, 0))
+
+    def job_backlog(self, key: tuple[str, str], free: int | None) -> None:
+        """A job's unleased data shards; None removes the job's series (it ended or is gone)."""
+        namespace, name = key
+        if free is None:
+            with contextlib.suppress(KeyError):  # never set: the job had no coordinator to ask
+                self.data_shards_free.remove(namespace, name)
+        else:
+            self.data_shards_free.labels(psjob_namespace=namespace, psjob=name).set(free)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

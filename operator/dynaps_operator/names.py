@@ -22,6 +22,7 @@ JOB_PLURAL: Final = PLURAL
 COORDINATOR_PORT: Final = 7070  # the coordinator's data-plane (ZeroMQ) socket
 COORDINATOR_HTTP_PORT: Final = 8080  # /healthz, /status, /metrics, POST /scale /drain /checkpoint
 NODE_PORT: Final = 7100  # a server's or worker's data-plane socket
+METRICS_PORT: Final = 9090  # GET /metrics on every pod, no token (docs/metrics.md)
 
 CONTAINER: Final = "dynaps"  # the main container of every pod (`kubectl logs` finds it by default)
 CONFIG_VOLUME: Final = "dynaps-config"
@@ -72,6 +73,11 @@ def secret_name(job: str) -> str:
 
 
 def network_policy_name(job: str) -> str:
+    return job
+
+
+def pod_group_name(job: str) -> str:
+    """The gang scheduler's PodGroup, and Kueue's pod group (its Workload has this name too)."""
     return job
 
 

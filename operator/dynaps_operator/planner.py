@@ -55,6 +55,7 @@ from dynaps_operator.decisions import (
     count,
     desired_count,
     owned_pods,
+    staged_workers,
 )
 from dynaps_operator.failure_policy import outcome as policy_outcome
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
@@ -151,7 +152,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     ending = o.coordinator is not None and o.coordinator.ending
     rules = job.spec.run_policy.failure_policy
     for role in NODE_ROLES:
-        desired = job.spec.servers.replicas if role is Role.SERVER else job.spec.workers.replicas
+        desired = desired_count(job, role, p.status)
         # Pods below the previous pass's count existed before: a missing one was lost, not new.
         before = (o.status.servers if role is Role.SERVER else o.status.workers).desired
         for index in range(desired):
@@ -213,7 +214,7 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
         p.create.clear()  # they would mount another owner's Secret (the holdup says so)
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
-    wanted = wanted_pods(o, job)
+    wanted = wanted_pods(o, job, p.status)
     found.holdup = holdup(o, wanted)
     too_slow = start_deadline(o, job, p, wanted, found.holdup)
     if too_slow:
@@ -261,7 +262,7 @@ def _request_scale(o: Observed, job: ParameterServerJob, p: Plan, found: _Pass) 
     c = o.coordinator
     if c is None or not c.running or c.servers_desired is None or c.workers_desired is None:
         return
-    want = (job.spec.servers.replicas, job.spec.workers.replicas)
+    want = (job.spec.servers.replicas, desired_count(job, Role.WORKER, p.status))
     have = (c.servers_desired, c.workers_desired)
     if want != have:
         p.scale = want
@@ -285,10 +286,9 @@ def _settle(
         if p.status.start_time is None:
             p.update(start_time=now)
         p.event("CreatedPods", "creating " + ", ".join(names.pod_name(o.ref.name, r, i) for r, i in p.create))
-    wanted = [pod for pod in owned.values() if pod.index < desired_count(job, pod.role)]
-    all_ready = len(wanted) == 1 + job.spec.servers.replicas + job.spec.workers.replicas and all(
-        pod.alive and pod.ready for pod in wanted
-    )
+    wanted = [pod for pod in owned.values() if pod.index < desired_count(job, pod.role, p.status)]
+    count_wanted = 1 + job.spec.servers.replicas + desired_count(job, Role.WORKER, p.status)
+    all_ready = len(wanted) == count_wanted and all(pod.alive and pod.ready for pod in wanted)
     c = o.coordinator
     # While the coordinator ends the job (and lingers to report it) the job still counts as running.
     running = (c.running or c.ending) if c is not None else (all_ready and not found.recovering)
@@ -341,8 +341,9 @@ def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
     pods = owned_pods(o)
     growth = job.spec.run_policy.oom_memory_growth
     for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
+        staged = role is Role.WORKER and job.spec.stages
         counts = replica_status(
-            desired_count(job, role),
+            staged_workers(job, o.coordinator, o.status) if staged else desired_count(job, role),
             [x for x in pods if x.role is role],
             names.role_selector(o.ref.name, role),
         )
@@ -386,6 +387,8 @@ def _absorb_coordinator(o: Observed, p: Plan) -> None:
         unsynced_shards=c.unsynced_shards,
     )
     p.update(ownership=ownership)
+    if c.stage is not None:
+        p.update(stage=c.stage)
     if c.metrics:
         p.update(metrics=c.metrics)
     if c.last_checkpoint is not None:

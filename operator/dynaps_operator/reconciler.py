@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import replace
@@ -23,8 +24,8 @@ from typing import Any
 
 import kopf
 
-from dynaps.contract import API_GROUP, API_VERSION, JobStatus, ParameterServerJob, secret
-from dynaps_operator import builders, kube, names, security
+from dynaps.contract import API_GROUP, API_VERSION, TERMINAL_PHASES, JobStatus, ParameterServerJob, secret
+from dynaps_operator import builders, gang, kube, names, security
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
 from dynaps_operator.coordinator_view import CoordinatorView, parse_status
@@ -57,6 +58,7 @@ Key = tuple[str, str]  # (namespace, name)
 GROUP = f"{API_GROUP}/{API_VERSION}"
 MAX_BACKOFF_SECONDS = 30.0
 POD_EVENT_DELAY = 0.05  # coalesce the burst of events a starting pod produces
+MISSING_KIND = "-"  # pod_groups' mark of a job whose PodGroup kind the API server does not serve
 
 
 def _conflict_message(ref: JobRef) -> str:
@@ -86,6 +88,7 @@ class Controller:
         self.known: set[Key] = set()
         self.memory: dict[Key, Memory] = {}
         self.configmaps: dict[Key, str] = {}  # the RuntimeConfig last written per job
+        self.pod_groups: dict[Key, str] = {}  # the PodGroup spec last written per job
         # per job, (its uid, the coordinator's HTTP token from its Secret); never logged
         self.tokens: dict[Key, tuple[str, str]] = {}
         self.failures: dict[Key, int] = {}  # consecutive failed reconciles, for back-off
@@ -142,10 +145,12 @@ class Controller:
         self.known.discard(key)
         self.memory.pop(key, None)
         self.configmaps.pop(key, None)
+        self.pod_groups.pop(key, None)
         self.tokens.pop(key, None)
         self.failures.pop(key, None)
         self.queue.forget(key)
         self.metrics.job_phase(key, None)
+        self.metrics.job_backlog(key, None)
 
     async def _resync(self) -> None:
         while True:
@@ -229,6 +234,10 @@ class Controller:
         self.memory[key] = decided.memory
         await self._carry_out(key, ref, job, body, pods, decided)
         self.metrics.job_phase(key, str(decided.status.phase))
+        if decided.status.phase in TERMINAL_PHASES:
+            self.metrics.job_backlog(key, None)
+        elif coordinator is not None:
+            self.metrics.job_backlog(key, coordinator.data_shards_free)
         if decided.invalid:
             raise InvalidSpecError(decided.invalid)
         return decided.requeue_after
@@ -278,6 +287,9 @@ class Controller:
             await self._apply_network_policy(ref)
         if job is not None and (p.create or key in self.configmaps):
             await self._apply_configmap(key, job, ref, p.restore_from)
+        if job is not None and (p.create or key in self.pod_groups):
+            # Before the pods: a gang scheduler holds a pod whose PodGroup it cannot find.
+            await self._apply_pod_group(key, job, ref)
         if job is not None and p.create:
             not_ready += await self._create_pods(job, ref, p.create, p.status)
         await self._coordinator_actions(key, ref, pods, p)
@@ -353,6 +365,34 @@ class Controller:
                 {"data": configmap["data"]},
             )
         self.configmaps[key] = data
+
+    async def _apply_pod_group(self, key: Key, job: ParameterServerJob, ref: JobRef) -> None:
+        """The gang scheduler's PodGroup: created with the first pods, patched when its spec
+        changes (``minMember`` follows a scale); none without ``schedulingPolicy.scheduler``."""
+        group = builders.build_pod_group(job, ref)
+        api = gang.pod_group_api(job)
+        if group is None or api is None:
+            return
+        spec = json.dumps(group["spec"], sort_keys=True)
+        if self.pod_groups.get(key) == spec:
+            return
+        try:
+            await self.api.create(kube.path(gang.POD_GROUP_PLURAL, ref.namespace, group=api), group)
+        except ConflictError:
+            name = names.pod_group_name(ref.name)
+            path = kube.path(gang.POD_GROUP_PLURAL, ref.namespace, name, group=api)
+            await self.api.patch(path, {"spec": group["spec"]})
+        except NotFoundError as exc:
+            # The API server does not serve the kind: the scheduler (its CRD) is not installed.
+            message = (
+                f"this cluster serves no {gang.POD_GROUP_KIND} {api} (is the scheduler that "
+                "runPolicy.schedulingPolicy.scheduler names installed?): no pod is created until it does"
+            )
+            if self.pod_groups.get(key) != MISSING_KIND:  # one Warning Event, not one per retry
+                self.pod_groups[key] = MISSING_KIND
+                await self.events.post(ref, "Warning", "PodGroupUnavailable", message)
+            raise ChildNotReadyError(message, delay=10.0) from exc
+        self.pod_groups[key] = spec
 
     async def _create_pods(
         self, job: ParameterServerJob, ref: JobRef, wanted: list[tuple[Role, int]], status: JobStatus

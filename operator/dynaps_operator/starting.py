@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynaps.contract import ParameterServerJob
+from dynaps.contract import JobStatus, ParameterServerJob
 from dynaps_operator.decisions import C, Observed, Plan, R, desired_count, owned_pods
 from dynaps_operator.names import Role
 from dynaps_operator.podstate import PodView
@@ -36,9 +36,13 @@ class Holdup:
     message: str
 
 
-def wanted_pods(o: Observed, job: ParameterServerJob) -> list[PodView]:
-    """The job's pods that the spec wants and that are not going away."""
-    return [pod for pod in owned_pods(o) if pod.index < desired_count(job, pod.role) and not pod.terminating]
+def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None = None) -> list[PodView]:
+    """The job's pods that the spec (and, with stages, ``status``) wants and that are not going away."""
+    return [
+        pod
+        for pod in owned_pods(o)
+        if pod.index < desired_count(job, pod.role, status) and not pod.terminating
+    ]
 
 
 def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:

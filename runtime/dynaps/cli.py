@@ -3,7 +3,12 @@
 dynaps run JOB.yaml                          run a ParameterServerJob on this machine
 dynaps run --servers N --workers M --table NAME:KEYS:DIM -- COMMAND ...
 dynaps validate JOB.yaml                     check a manifest without running it
+dynaps status JOB | --local [JOB]            a job's phase, members, shards, progress, data loss
+dynaps logs JOB [--follow]                   every pod's log, each line prefixed by its role
 dynaps coordinator | server | worker [-- COMMAND ...]   (what the job's pods run)
+
+The same ``status`` and ``logs`` are ``kubectl dynaps status|logs`` through the
+``kubectl-dynaps`` executable (:func:`kubectl_main`), a kubectl plugin by its name.
 """
 
 from __future__ import annotations
@@ -16,9 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,12 +37,15 @@ from dynaps.contract import (
     secret,
 )
 from dynaps.errors import ConfigError, DynapsError
+from dynaps.observe import commands as observe
 
 EPILOG = """\
 examples:
   dynaps run examples/mf.yaml
   dynaps run --servers 2 --workers 2 --table W:100000:16 -- python train.py
   dynaps validate examples/kge.yaml
+  dynaps status quickstart -n team-a --watch
+  dynaps logs quickstart --follow
 
 Inside COMMAND, `ps = dynaps.connect()` gives the worker API (ps.table("W").pull(keys), ...).
 """
@@ -109,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines from dynaps itself")
 
+    observe.add_parsers(sub)
     validate = sub.add_parser("validate", help="check a manifest and print the runtime configuration")
     validate.add_argument("manifest", help="a ParameterServerJob YAML file")
 
@@ -126,14 +134,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list, command = _split_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)
-    try:
+
+    def dispatch() -> int:
         if args.verb == "run":
             return _run(args, command)
         if args.verb == "validate":
             return _validate(args.manifest)
+        if args.verb == "status":
+            return observe.run_status(args)
+        if args.verb == "logs":
+            return observe.run_logs(args)
         return _role(args, command)
+
+    return _reporting_errors(dispatch, "dynaps")
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """``kubectl-dynaps``: kubectl runs it for ``kubectl dynaps ...`` (a plugin by its name)."""
+    parser = argparse.ArgumentParser(
+        prog="kubectl dynaps",
+        description="dynaps jobs on Kubernetes: the status and logs of a ParameterServerJob.",
+        epilog="The same as `dynaps status` and `dynaps logs`; see `kubectl dynaps status --help`.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    sub.required = True
+    observe.add_parsers(sub)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return _reporting_errors(
+        lambda: observe.run_status(args) if args.verb == "status" else observe.run_logs(args),
+        "kubectl dynaps",
+    )
+
+
+def _reporting_errors(action: Callable[[], int], prog: str) -> int:
+    """A user's mistake is one line on stderr and exit code 2, never a traceback."""
+    try:
+        return action()
     except DynapsError as exc:
-        print(f"dynaps: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -197,36 +235,53 @@ def _local_command(command: list[str]) -> list[str]:
 def _run(args: argparse.Namespace, command: list[str]) -> int:
     from dynaps.local.launch import start_coordinator, stop_processes
     from dynaps.local.supervise import Nodes
+    from dynaps.observe import runfile
+    from dynaps.observe.streams import Prefixer
 
     config, command = _job_from_args(args, command)
+    # every node's output (its program's too) comes out a whole line at a time, as "[worker-0] ..."
+    output = Prefixer(sys.stdout.buffer, sys.stderr.buffer)
 
     def say(text: str) -> None:
         if not args.quiet:
-            print(f"[dynaps] {text}", file=sys.stderr, flush=True)
+            output.say("[dynaps] ", text)
 
     # the coordinator answers /status a moment after the job ends: the last read sees its end
     env = {"DYNAPS_LOG_LEVEL": args.log_level.upper(), "DYNAPS_COORDINATOR_LINGER_SECONDS": "3"}
+    env.setdefault("PYTHONUNBUFFERED", "1")  # a Python program's lines reach the pipe as printed
     job_secret = secret.new_secret()  # the job's, in memory only: its processes get it in env
     env[secret.HEX_ENV] = secret.encode(job_secret)
     token = secret.http_token(job_secret)
     started = time.monotonic()
-    coordinator, address, http_port = start_coordinator(config, env)
+    out_fd, err_fd = output.pipes("coordinator")
+    os.close(out_fd)  # its stdout is the announcement start_coordinator reads
+    try:
+        coordinator, address, http_port = start_coordinator(config, env, stderr=err_fd)
+    finally:
+        os.close(err_fd)
+    status_url = f"http://127.0.0.1:{http_port}"
+    try:
+        run_file: Path | None = runfile.write(config.job, status_url, token)
+    except OSError as exc:  # the job runs all the same; only `dynaps status --local` cannot find it
+        run_file = None
+        say(f"cannot record the run in {runfile.run_dir()} for `dynaps status --local`: {exc}")
     config = config.model_copy(update={"coordinator": address})
-    nodes = Nodes(config, env, say)
+    nodes = Nodes(config, env, say, output)
     for i in range(config.servers):
         nodes.start("server", f"server-{i}")
     for i in range(config.workers):
         nodes.start("worker", f"worker-{i}", rank=i, command=command)
     say(
         f"job {config.job!r}: {config.servers} servers, {config.workers} workers, "
-        f"allocation {config.allocation}; coordinator at {address}, status http://127.0.0.1:{http_port}/status"
+        f"allocation {config.allocation}; coordinator at {address}, status {status_url}/status "
+        f"(`dynaps status --local {config.job}`)"
     )
     losses: list[dict[str, Any]] = []  # the coordinator's latest dataLoss entries, as last read
     seen, lost_keys = 0, 0  # losses printed so far, and keys lost over the whole job
     try:
         last = ""
         while coordinator.poll() is None:
-            status = _read_status(http_port, token)
+            status = _read_status(status_url, token)
             line = _progress_line(status) if status is not None else ""
             if line and line != last:
                 say(line)
@@ -239,6 +294,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                     say(f"DATA LOSS: {describe_loss(entry)}")
                 seen += max(fresh, 0)
                 losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
+                if _stage_gathers(status):  # a stage with more workers waits for them
+                    nodes.grow_workers(status["workers"]["desired"], _leaving_workers(status), command)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
             if coordinator.poll() is None:
@@ -248,7 +305,11 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         say("interrupted: stopping the job")
         code = 130
     finally:
+        if run_file is not None:
+            runfile.remove(run_file)
         stop_processes([coordinator, *nodes.processes()])
+        # the nodes' last lines; a program that outlived its node may hold its pipe: not for long
+        output.join(5.0)
     elapsed = time.monotonic() - started
     say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
     if seen:
@@ -264,23 +325,44 @@ def describe_loss(entry: dict[str, Any]) -> str:
     return str(entry.get("message") or entry)
 
 
-def _read_status(http_port: int, token: str) -> dict[str, Any] | None:
+def _read_status(url: str, token: str) -> dict[str, Any] | None:
+    """The coordinator's /status, or None while it cannot be read (starting, ending)."""
+    from dynaps.observe.sources import read_coordinator
+
     try:
-        url = f"http://127.0.0.1:{http_port}/status"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
-            status: dict[str, Any] = json.load(response)
-    except (OSError, urllib.error.URLError, ValueError):
+        return read_coordinator(url, token)[0]
+    except DynapsError:
         return None
-    return status
 
 
 def _progress_line(status: dict[str, Any]) -> str:
     servers, workers = status["servers"], status["workers"]
-    return (
+    line = (
         f"{status['phase']}: servers {servers['ready']}/{servers['desired']} ready, workers "
         f"{workers['ready']}/{workers['desired']} attached, {workers['finished']} finished"
     )
+    stage = status.get("stage")
+    if isinstance(stage, dict):
+        line += f"; stage {stage['index'] + 1}/{stage['count']} {stage['name']!r}: {stage['progress']}"
+    return line
+
+
+def _stage_gathers(status: dict[str, Any]) -> bool:
+    """The job stands at a stage's start (where the coordinator may want more workers)."""
+    stage = status.get("stage")
+    return (
+        status.get("phase") == "running"
+        and isinstance(stage, dict)
+        and stage["done"] == 0
+        and not stage["finished"]
+    )
+
+
+def _leaving_workers(status: dict[str, Any]) -> set[str]:
+    """Names of the workers that drain (a process that exited since is not counted anyway)."""
+    return {
+        m["name"] for m in status.get("members", []) if m["role"] == "worker" and m["state"] == "draining"
+    }
 
 
 def _role(args: argparse.Namespace, command: list[str]) -> int:

@@ -4,6 +4,9 @@ image (tests/kube/node.py has the node; docs/test-control-plane.md says what eac
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.containers.conftest import OPERATOR_NAMESPACE, REPO, get, job_pods, wait_for_phase
@@ -51,3 +54,21 @@ def test_an_example_runs_to_succeeded_in_containers(
         assert context["capabilities"]["drop"] == ["ALL"]
     policies = get(real_node, "-n", namespace, "networkpolicies")["items"]
     assert [p["metadata"]["name"] for p in policies], "the job got no NetworkPolicy"
+    check_dynaps_logs(real_node, namespace, example, {pod["metadata"]["name"] for pod in pods})
+
+
+def check_dynaps_logs(real_node: RealNode, namespace: str, job: str, pods: set[str]) -> None:
+    """`dynaps logs` reads every pod's log through the real kubelet, each line prefixed by its
+    pod's role; rank 0 prints the app's epoch lines (the completed pods keep their logs)."""
+    command = real_node.wrap([sys.executable, "-m", "dynaps", "logs", job, "-n", namespace])
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=real_node.env(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    prefixes = {line.partition("] ")[0] + "]" for line in lines}
+    # every line comes from a pod of the job; worker-0's epoch lines are among them
+    assert prefixes <= {f"[{name.removeprefix(job + '-')}]" for name in pods}, prefixes
+    assert any(
+        line.startswith(f"[worker-0] [{job}] epoch") or line.startswith("[worker-0] epoch") for line in lines
+    ), done.stdout[-3000:]

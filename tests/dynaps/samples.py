@@ -51,6 +51,8 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.ADOPT: {},
     MsgType.REJOIN: {"heartbeat": HEARTBEAT, "shard_map": {"epoch": 1}},
     MsgType.REPLICA_SYNCED: {"epoch": 3, "home": 1, "shards": [0, 4]},
+    MsgType.STAGE: {"done": 3},
+    MsgType.STAGE_DONE: {"done": 3, "index": 1, "leave": True},
     MsgType.MEMBERSHIP_DELTA: {
         "base": 3,
         "version": 4,

@@ -34,23 +34,28 @@ def test_help_explains_the_commands() -> None:
 
 @pytest.mark.integration
 def test_run_a_program_on_a_local_cluster(tmp_path: Path) -> None:
+    """Each worker's output comes out prefixed by its name, every line whole: both workers print
+    a line in pieces (print() writes its parts apart under PYTHONUNBUFFERED, and a pause splits
+    the rest), so lines copied as they come would interleave mid-line."""
     program = tmp_path / "train.py"
     program.write_text(
-        "import numpy as np, dynaps\n"
+        "import sys, time, numpy as np, dynaps\n"
         "ps = dynaps.connect()\n"
         "W = ps.table('W')\n"
         "W.push(np.arange(10), np.ones((10, 2)))\n"
         "ps.barrier()\n"
         "ps.report(total=float(W.pull(np.arange(10)).sum()))\n"
-        # one write per line: both workers share the terminal, unbuffered under PYTHONUNBUFFERED
-        "import sys; sys.stdout.write(f'rank {ps.rank} sum {W.pull(np.arange(10)).sum()}\\n')\n"
+        "sys.stdout.write('rank '); sys.stdout.flush(); time.sleep(0.2)\n"
+        "print(ps.rank, 'sum', W.pull(np.arange(10)).sum())\n"
+        "print('note from', ps.rank, file=sys.stderr)\n"
     )
     done = dynaps(
         "run", "--servers", "1", "--workers", "2", "--table", "W:100:2", "--", "python", str(program)
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.splitlines()) == ["rank 0 sum 40.0", "rank 1 sum 40.0"], done.stdout
-    assert "job succeeded" in done.stderr
+    assert sorted(done.stdout.splitlines()) == ["[worker-0] rank 0 sum 40.0", "[worker-1] rank 1 sum 40.0"]
+    assert {"[worker-0] note from 0", "[worker-1] note from 1"} <= set(done.stderr.splitlines())
+    assert "[dynaps] job succeeded" in done.stderr
 
 
 @pytest.mark.integration

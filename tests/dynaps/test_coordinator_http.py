@@ -119,11 +119,18 @@ def test_an_action_without_the_token_is_refused_and_changes_nothing(
     assert desired(coordinator.port) == before
 
 
-@pytest.mark.parametrize("path", ["/status", "/metrics", "/nothing"])
+@pytest.mark.parametrize("path", ["/status", "/nothing"])
 def test_reads_need_the_token_too(coordinator: Coordinator, path: str) -> None:
     code, answer = request(coordinator.port, "GET", path, headers="")
     assert code == 401
     assert b"members" not in answer
+
+
+def test_metrics_need_no_token_and_hold_counts_not_members(coordinator: Coordinator) -> None:
+    code, answer = request(coordinator.port, "GET", "/metrics", headers="")
+    assert code == 200
+    assert b"dynaps_job_phase{" in answer
+    assert b"127.0.0.1" not in answer  # no member's address, no token
 
 
 def test_healthz_needs_no_token_and_says_nothing_more(coordinator: Coordinator) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from dynaps.contract import DATA_LOSS_EXIT_CODE
+from dynaps.coordinator import metrics
 from dynaps.coordinator.core import JobPhase
 from dynaps.store.shardmap import NO_BACKUP
 from dynaps.wire.protocol import MsgType
@@ -202,7 +205,7 @@ def test_losses_without_replica_are_listed_with_their_cause(tmp_path: Path) -> N
     [loss] = job.status()["dataLoss"]
     assert (loss["cause"], loss["shards"], loss["keys"]) == ("checkpoint", [2, 3], 32)
     assert 0 <= loss["checkpointAgeSeconds"] < 60
-    assert "dynaps_data_loss_keys 32" in _metrics(job)
+    assert "dynaps_job_lost_keys_total 32.0" in _metrics(job)
 
 
 def test_on_data_loss_fail_ends_the_job_with_a_reason() -> None:
@@ -227,9 +230,7 @@ def test_a_draining_server_hands_its_backups_over_before_it_leaves() -> None:
 
 
 def _metrics(job: Job) -> str:
-    from dynaps.coordinator.http import metrics_text
-
-    return metrics_text(job.status())
+    return generate_latest(metrics.registry(job.status, [str(phase) for phase in JobPhase])).decode()
 
 
 def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Path) -> None:
@@ -267,3 +268,33 @@ def test_a_backup_whose_predecessor_changed_counts_only_after_its_homes_sync() -
     assert not homes.replicas.synced[0, slot]
     job.tell(last, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
     assert homes.replicas.synced[0, slot]
+
+
+def test_backups_after_one_whose_predecessor_changed_count_only_after_the_sync() -> None:
+    """``replication: 3``, the first backup drains: the second's predecessor changes while
+    the drained one lives on, so rows in flight from it are acknowledged at the second and
+    not passed on; the third backup keeps its predecessor but lacks those rows too.  Before,
+    the third stayed counted as a replica: a loss of the home and the second backup then
+    rebuilt the shard from it as if nothing was missing."""
+    job = Job(servers=5, workers=1, num_shards=10, fault_tolerance={"replication": 3})
+    job.start()
+    homes = job.coordinator.homes
+    before = homes.shard_map
+    assert before is not None
+    assert before.backups is not None
+    home = int(before.homes[0])
+    first, second, third = (int(b) for b in before.backups[0])
+    assert homes.replicas.synced[0].all()
+    job.tell(first, MsgType.LEAVE, {"reason": "drain requested"})
+    after = homes.shard_map
+    assert after is not None
+    assert after.backups is not None
+    chain = [int(b) for b in after.backups[0]]
+    assert chain[:2] == [second, third], "the backups that stay keep their order"
+    assert not homes.replicas.synced[0].any(), "a backup after the changed link was still counted"
+    stale = {"epoch": before.epoch, "home": home, "shards": [0]}
+    job.tell(third, MsgType.REPLICA_SYNCED, stale)  # a report sent before the change
+    assert not homes.replicas.synced[0, 1]
+    for backup in chain:
+        job.tell(backup, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
+    assert homes.replicas.synced[0].all()

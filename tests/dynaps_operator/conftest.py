@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from dynaps.contract import API_GROUP, API_VERSION, PLURAL
+from dynaps_operator import gang
 from dynaps_operator.runner import OperatorThread
 from dynaps_operator.settings import OperatorSettings
 from tests.kube.controlplane import ControlPlane
@@ -27,6 +28,8 @@ from tests.kube.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / f"{API_GROUP}_{PLURAL}.yaml"
+# The PodGroup CRDs of the gang schedulers (see tests/kube/crds/README.md)
+POD_GROUP_CRDS = REPO / "tests" / "kube" / "crds"
 GROUP = f"{API_GROUP}/{API_VERSION}"
 JsonDict = dict[str, Any]
 
@@ -35,31 +38,50 @@ def jobs_path(namespace: str, name: str = "") -> str:
     return namespaced(PLURAL, namespace, name, api=GROUP)
 
 
-@pytest.fixture(scope="session")
-def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
-    kube_control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    name = f"{PLURAL}.{API_GROUP}"
+def install_crd(plane: ControlPlane, api: KubeClient, manifest: Path, name: str, collection: str) -> None:
+    """Apply a CRD and wait until the API server serves ``collection`` (``/apis/<group>/<v>/<plural>``)."""
+    plane.kubectl("apply", "--server-side", "-f", str(manifest))
 
     def established() -> bool:
-        doc = kube_api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        doc = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         conditions = {c["type"]: c["status"] for c in (doc.get("status") or {}).get("conditions") or []}
         return conditions.get("Established") == "True"
 
-    wait_for(established, 30, "the CRD to be established")
+    wait_for(established, 30, f"the CRD {name} to be established")
 
     def served() -> bool:
         # Lists answer 429 while the new resource's storage initialises; the operator's first
         # list would then back off for a second or more.
         try:
-            kube_api.get(f"/apis/{GROUP}/{PLURAL}")
+            api.get(collection)
         except ApiError as exc:
             if exc.status == 429:
                 return False
             raise
         return True
 
-    wait_for(served, 30, "the API server to serve the new resource")
+    wait_for(served, 30, f"the API server to serve {collection}")
+
+
+@pytest.fixture(scope="session")
+def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
+    name = f"{PLURAL}.{API_GROUP}"
+    install_crd(kube_control_plane, kube_api, CRD_FILE, name, f"/apis/{GROUP}/{PLURAL}")
     return name
+
+
+@pytest.fixture(scope="session")
+def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> None:
+    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them)."""
+    for api in (gang.COSCHEDULING_API, gang.VOLCANO_API):
+        group = api.split("/")[0]
+        install_crd(
+            kube_control_plane,
+            kube_api,
+            POD_GROUP_CRDS / f"{group}_podgroups.yaml",
+            f"podgroups.{group}",
+            f"/apis/{api}/podgroups",
+        )
 
 
 @pytest.fixture(scope="module")

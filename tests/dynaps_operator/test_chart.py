@@ -11,12 +11,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from dynaps.contract import ParameterServerJob
+from dynaps.coordinator import metrics as coordinator_metrics
+from dynaps.node import metrics as node_metrics
+from dynaps_operator import names
+from dynaps_operator.builders import JobRef, build_pod, build_service
+from dynaps_operator.names import Role
 from dynaps_operator.settings import OperatorSettings
 from tests.dynaps_operator.conftest import REPO, create_job, quickstart_job, wait_phase
 from tests.kube.controlplane import ControlPlane
@@ -75,6 +82,71 @@ def test_rendered_chart_applies_with_server_side_dry_run(
     assert dry.stdout.count("(server dry run)") == len(docs)
 
 
+MONITORS = ("ServiceMonitor", "PodMonitor")
+DASHBOARD = CHART / "dashboards" / "dynaps.json"
+
+
+@pytest.mark.e2e
+def test_job_monitors_and_the_dashboard_render_only_when_enabled(kube_control_plane: ControlPlane) -> None:
+    kinds = {d["kind"] for d in render(kube_control_plane)}
+    assert not kinds & {*MONITORS, "ConfigMap"}
+    on = ",".join(
+        f"metrics.{part}.enabled=true" for part in ("serviceMonitor", "podMonitor", "grafanaDashboard")
+    )
+    docs = render(kube_control_plane, "--set", on, "--set", "metrics.podMonitor.labels.release=prom")
+    monitors = {d["kind"]: d for d in docs if d["kind"] in MONITORS}
+    assert set(monitors) == set(MONITORS)
+    # what the operator builds for a job: the label both select by, the port both scrape
+    ref = JobRef("mf", "team", "uid-1")
+    job = ParameterServerJob.model_validate(quickstart_job("mf"))
+    service, pod = build_service(ref), build_pod(job, ref, Role.SERVER)
+    selector = {"matchExpressions": [{"key": names.LABEL_JOB, "operator": "Exists"}]}
+    for monitor in monitors.values():
+        spec = monitor["spec"]
+        assert spec["selector"] == selector
+        assert spec["namespaceSelector"] == {"any": True}
+        assert spec["podTargetLabels"] == [names.LABEL_JOB, names.LABEL_ROLE]
+    assert names.LABEL_JOB in service["metadata"]["labels"]
+    assert names.LABEL_JOB in pod["metadata"]["labels"]
+    (endpoint,) = monitors["ServiceMonitor"]["spec"]["endpoints"]
+    (pod_endpoint,) = monitors["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == pod_endpoint["port"] == "metrics"
+    assert endpoint["path"] == pod_endpoint["path"] == "/metrics"
+    assert {"name": "metrics", "port": names.METRICS_PORT, "targetPort": names.METRICS_PORT} in service[
+        "spec"
+    ]["ports"]
+    assert {"name": "metrics", "containerPort": names.METRICS_PORT} in pod["spec"]["containers"][0]["ports"]
+    assert monitors["PodMonitor"]["metadata"]["labels"]["release"] == "prom"
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["dynaps.json"]) == json.loads(DASHBOARD.read_text())
+    # scraping the watched namespaces only, when the operator watches some
+    watched = render(kube_control_plane, "--set", on, "--set", "watchNamespaces={a,b}")
+    for monitor in (d for d in watched if d["kind"] in MONITORS):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def test_the_dashboard_queries_only_metrics_the_runtime_exports() -> None:
+    exported = {
+        sample
+        for table in (node_metrics.FAMILIES, coordinator_metrics.FAMILIES)
+        for family in table.values()
+        for sample in family.samples
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= len(dashboard["panels"]) > 10
+    # metric names: what is left without the label matchers ({...}) and groupings (by (...))
+    bare = [re.sub(r"\{[^}]*\}|\bby \([^)]*\)", "", expr) for expr in exprs]
+    queried = {name for expr in bare for name in re.findall(r"\bdynaps_[a-z0-9_]+", expr)}
+    assert queried, "the dashboard queries no dynaps metric"
+    assert queried <= exported, f"not exported: {sorted(queried - exported)}"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "label_values(dynaps_job_phase, dynaps_io_job)" in json.dumps(variables["job"])
+    # the job label the monitors attach (podTargetLabels), as Prometheus spells it
+    assert all('dynaps_io_job=~"$job"' in expr for expr in exprs)
+
+
 def token_kubeconfig(plane: ControlPlane, namespace: str) -> str:
     token = plane.kubectl("create", "token", ACCOUNT, "-n", namespace, "--duration=1h").stdout.strip()
     ca = base64.b64encode(Path(plane.pki.ca_cert).read_bytes()).decode()
@@ -108,6 +180,7 @@ def can_i(plane: ControlPlane, namespace: str, *what: str) -> bool:
 @pytest.mark.e2e
 def test_installed_chart_runs_a_job_under_its_least_privilege_role(
     crd: str,
+    pod_group_crds: None,
     kube_control_plane: ControlPlane,
     kube_api: KubeClient,
     kube_namespace: str,
@@ -156,6 +229,12 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
         assert can_i(kube_control_plane, ns, "create", "secrets")
         assert can_i(kube_control_plane, ns, "get", "secrets")
         assert can_i(kube_control_plane, ns, "create", "networkpolicies.networking.k8s.io")
+        # issue 16: the gang scheduler's PodGroup is created, and patched when minMember changes
+        for group in ("scheduling.x-k8s.io", "scheduling.volcano.sh"):
+            assert can_i(kube_control_plane, ns, "create", f"podgroups.{group}")
+            assert can_i(kube_control_plane, ns, "patch", f"podgroups.{group}")
+            for verb in ("get", "list", "delete"):
+                assert not can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
         for forbidden in (
             ("list", "secrets"),
             ("watch", "secrets"),

@@ -84,7 +84,8 @@ def test_the_network_policy_admits_the_jobs_pods_and_only_the_operator_to_http()
     assert policy["metadata"]["ownerReferences"][0]["uid"] == REF.uid
     assert spec["podSelector"] == {"matchLabels": {names.LABEL_JOB: "mf"}}
     assert spec["policyTypes"] == ["Ingress"]
-    peers, operator = spec["ingress"]
+    peers, operator, scrapers = spec["ingress"]
+    assert scrapers == {"ports": [{"protocol": "TCP", "port": names.METRICS_PORT}]}  # from anywhere
     assert peers["from"] == [{"podSelector": {"matchLabels": {names.LABEL_JOB: "mf"}}}]
     http = names.COORDINATOR_HTTP_PORT
     covered = [(p["port"], p["endPort"]) for p in peers["ports"]]

@@ -77,7 +77,7 @@ def test_a_job_runs_with_its_secret_hardened_pods_and_network_policy(
     assert [o["uid"] for o in policy["metadata"]["ownerReferences"]] == [uid]
     job_pods = {"matchLabels": {names.LABEL_JOB: "guarded"}}
     assert policy["spec"]["podSelector"] == job_pods
-    peers, to_http = policy["spec"]["ingress"]
+    peers, to_http, _to_metrics = policy["spec"]["ingress"]
     assert peers["from"] == [{"podSelector": job_pods}]
     assert to_http["ports"] == [{"protocol": "TCP", "port": names.COORDINATOR_HTTP_PORT}]
 

@@ -55,6 +55,10 @@ def broken(change: str) -> dict[str, Any]:
         spec["wrokers"] = spec.pop("workers")
     elif change == "custom updater without name":
         spec["tables"][0]["updater"] = {"kind": "custom"}
+    elif change == "gang larger than the job":
+        spec["runPolicy"] = {"schedulingPolicy": {"scheduler": "coscheduling", "minAvailable": 5}}
+    elif change == "volcano queue without volcano":
+        spec["runPolicy"] = {"schedulingPolicy": {"scheduler": "coscheduling", "queue": "q"}}
     return job
 
 
@@ -69,6 +73,8 @@ def broken(change: str) -> dict[str, Any]:
         ("long name", "metadata.name must be at most 51 characters"),
         ("misspelt field", 'unknown field "spec.wrokers"'),
         ("custom updater without name", "updater kind 'custom' needs 'name'"),
+        ("gang larger than the job", "runPolicy.schedulingPolicy.minAvailable is more than the job's pods"),
+        ("volcano queue without volcano", "queue is a Volcano queue: it needs scheduler: volcano"),
     ],
 )
 def test_the_api_server_rejects_invalid_manifests_naming_the_field(

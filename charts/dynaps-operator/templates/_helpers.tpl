@@ -63,6 +63,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create]
+# The gang scheduler's PodGroup (runPolicy.schedulingPolicy.scheduler): created with the first
+# pods, patched when minMember changes, garbage-collected with the job.
+- apiGroups: [scheduling.x-k8s.io, scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [create, patch]
 # An Event for every decision.
 - apiGroups: [""]
   resources: [events]

@@ -54,6 +54,7 @@ class PSLike(Protocol):
 
     def table(self, name: str) -> Any: ...
     def barrier(self, timeout: float | None = None) -> None: ...
+    def clock(self, timeout: float | None = None) -> int: ...
     def wait_all(self, timeout: float | None = None) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -125,7 +126,14 @@ class Reducer:
 class AccessMeter:
     """Keys read and written, and how many of them locally, since the last ``take``."""
 
-    FIELDS = ("keys_pulled_local", "keys_pulled_remote", "keys_pushed_local", "keys_pushed_remote")
+    # the first three are served by this process without a message (cached: value_cache)
+    FIELDS = (
+        "keys_pulled_local",
+        "keys_pulled_cached",
+        "keys_pushed_local",
+        "keys_pulled_remote",
+        "keys_pushed_remote",
+    )
 
     def __init__(self, ps: PSLike) -> None:
         self.ps = ps
@@ -139,7 +147,7 @@ class AccessMeter:
         """[local accesses, all accesses] since the last call."""
         now = self._now()
         delta, self.last = now - self.last, now
-        return np.array([delta[0] + delta[2], delta.sum()])
+        return np.array([delta[:3].sum(), delta.sum()])
 
 
 @dataclass
@@ -238,7 +246,7 @@ class Progress:
             print(rep.line(), flush=True)
         publish = getattr(self.ps, "report", None)  # a job's /status (and the job's K8s status)
         if publish is not None and self.ps.rank == 0:
-            publish({**quality, "loss": loss, "epoch": float(epoch)})
+            publish({**quality, "loss": loss, "epoch": float(epoch), "epochs": float(self.epochs)})
         return rep
 
     def write(self, path: str | None, config: Any) -> None:
@@ -304,8 +312,13 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def launch(app: str, config: Any, args: argparse.Namespace) -> int:
-    """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process."""
+def launch(
+    app: str, config: Any, args: argparse.Namespace, consistency: str = "async", staleness: int = 0
+) -> int:
+    """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process.
+
+    ``consistency`` and ``staleness`` are the local job's (a real job has its own).
+    """
     import importlib
     import os
 
@@ -327,11 +340,18 @@ def launch(app: str, config: Any, args: argparse.Namespace) -> int:
 
     print(
         f"[{app}] not started by dynaps: running on a local job with {args.servers} servers and "
-        f"{args.workers} workers (allocation {config.allocation})",
+        f"{args.workers} workers (allocation {config.allocation}, consistency {consistency})",
         file=sys.stderr,
         flush=True,
     )
     tables = module.tables(config)
-    with LocalCluster(args.servers, args.workers, tables, allocation=config.allocation) as cluster:
+    with LocalCluster(
+        args.servers,
+        args.workers,
+        tables,
+        allocation=config.allocation,
+        consistency=consistency,
+        staleness=staleness,
+    ) as cluster:
         cluster.run(module.train, config)
     return 0

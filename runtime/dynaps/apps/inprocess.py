@@ -109,18 +109,23 @@ class InProcessPS:
     rank = 0
     num_workers = 1
 
-    def __init__(self, tables: dict[str, TableSpec]) -> None:
-        self.counters: Counter[str] = Counter()
-        self._tables = {name: ArrayTable(name, spec, self.counters) for name, spec in tables.items()}
-
     def table(self, name: str) -> ArrayTable:
         table = self._tables.get(name)
         if table is None:
             raise UnknownTableError(f"no table named {name!r}; declared: {', '.join(sorted(self._tables))}")
         return table
 
+    def __init__(self, tables: dict[str, TableSpec]) -> None:
+        self.counters: Counter[str] = Counter()
+        self._tables = {name: ArrayTable(name, spec, self.counters) for name, spec in tables.items()}
+        self._clock = 0
+
     def barrier(self, timeout: float | None = None) -> None:
         return None
+
+    def clock(self, timeout: float | None = None) -> int:
+        self._clock += 1  # the only worker: never a wait, every operation already complete
+        return self._clock
 
     def wait_all(self, timeout: float | None = None) -> None:
         return None

@@ -6,7 +6,9 @@ approximates each observed entry.  Rows and columns are split into one block per
 block ``w`` and column block ``(w + s) mod W``, so no two workers touch the same
 parameters at once (DSGD).  With ``--allocation dynamic`` each worker localizes its row
 block once and the column block at the start of every sub-epoch: every access during
-training is local.  With ``static`` the parameters stay on the servers (a classic PS).
+training is local.  With ``static`` the parameters stay on the servers (a classic PS);
+``--cache`` then reads each parameter from the servers once per sub-epoch (a barrier ends
+each clock of the per-clock cache, and no other worker touches the block meanwhile).
 
 After each epoch: test RMSE on held-out entries, and the bold driver (step size x1.05
 if the training loss fell, x0.5 if it rose).
@@ -29,7 +31,7 @@ import numpy as np
 from dynaps.apps import common, synthetic
 from dynaps.apps.data import Entries, balanced_parts, matrix_market_shape, read_matrix_market
 from dynaps.apps.metrics import squared_error
-from dynaps.contract import TableSpec
+from dynaps.contract import TableCache, TableSpec
 from dynaps.errors import UsageError
 
 
@@ -51,6 +53,7 @@ class Config:
     noise: float = 0.1
     zipf: float = 1.0
     bold_driver: bool = True
+    cache: bool = False  # cache: clock on both tables (a sub-epoch's barrier ends each clock)
     report: str | None = None
     quiet: bool = False
 
@@ -84,9 +87,10 @@ def tables(config: Config, shape: tuple[int, int] | None = None) -> dict[str, Ta
     rows, cols = shape or (config.rows, config.cols)
     if shape is None and config.train:
         rows, cols = matrix_market_shape(config.train)
+    cache = TableCache.CLOCK if config.cache else TableCache.NONE
     return {
-        "rows": TableSpec(num_keys=rows, dim=config.rank),
-        "cols": TableSpec(num_keys=cols, dim=config.rank),
+        "rows": TableSpec(num_keys=rows, dim=config.rank, cache=cache),
+        "cols": TableSpec(num_keys=cols, dim=config.rank, cache=cache),
         **common.metrics_table(),
     }
 
@@ -199,6 +203,12 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--rank", type=int, default=32, help="factor rank = table dim (default 32)")
     parser.add_argument("--reg", type=float, default=0.01, help="L2 regularisation (default 0.01)")
     parser.add_argument("--no-bold-driver", action="store_true", help="keep the step size fixed")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="cache remote rows per clock (cache: clock): with --allocation static each parameter "
+        "is fetched once per sub-epoch instead of once per minibatch; pushes still go to the servers",
+    )
     data = parser.add_argument_group("data", "MatrixMarket files, or a synthetic matrix (the default)")
     data.add_argument("--train", metavar="MTX", help="training entries (MatrixMarket coordinate)")
     data.add_argument("--test", metavar="MTX", help="held-out entries for the test RMSE")
@@ -227,6 +237,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         noise=args.noise,
         zipf=args.zipf,
         bold_driver=not args.no_bold_driver,
+        cache=args.cache,
         report=args.report,
         quiet=args.quiet,
     )

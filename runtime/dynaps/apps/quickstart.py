@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.push(r, -args.lr * error[:, None] * right)  # local: rows were localized
             cols.push(c, -args.lr * error[:, None] * left)
         ps.barrier()
-        ps.report(rmse=float(np.sqrt(squared / len(v))), epoch=epoch)  # training RMSE of this worker
+        # training RMSE of this worker; epoch of epochs is the progress `dynaps status` shows
+        ps.report(rmse=float(np.sqrt(squared / len(v))), epoch=epoch, epochs=args.epochs)
         if ps.rank == 0:
             print(
                 f"epoch {epoch}/{args.epochs}: train RMSE (this worker) {np.sqrt(squared / len(v)):.4f}, "

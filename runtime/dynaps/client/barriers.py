@@ -4,12 +4,19 @@
 under bsp/ssp, waits for the slowest; ``ps.data_shards(n, epoch)`` leases pieces of an
 epoch's data one at a time.  :class:`Barriers` owns the state of all three and asks again
 for what it waits on when the coordinator restarts (it forgot).
+
+Clocks (docs/consistency.md has the guarantees): a worker is *at clock c* between its
+c-th call of ``clock()`` returning and its next call (c = 0 before the first).  ``clock()``
+first completes this worker's operations in flight, then reports c + 1; under staleness s
+(bsp: s = 0) it returns only once every running worker reported c + 1 - s, that is, has
+finished its clocks 0 .. c - s.  The wait is in ``clock()``, never in a pull: reads stay
+one round trip, and what a pull at clock c sees follows from the order of messages.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
@@ -21,8 +28,9 @@ from dynaps.wire.protocol import COORDINATOR, MsgType
 class Barriers:
     """This worker's barrier generation, clock and leases (see the module docstring)."""
 
-    def __init__(self, requests: Requests) -> None:
+    def __init__(self, requests: Requests, new_clock: Callable[[], None] = lambda: None) -> None:
         self._requests = requests
+        self._new_clock = new_clock  # a new clock or a barrier: per-clock caches are stale
         self._generation = 0  # of the next barrier
         self._done = -1  # the last barrier generation everyone reached
         self._clock = 0
@@ -37,9 +45,15 @@ class Barriers:
 
     # -------------------------------------------------------------- what the worker calls
 
-    def join_at(self, generation: int) -> None:
-        """Join the barrier the other workers are at (we joined a running job)."""
+    def join_at(self, generation: int, clock: int) -> None:
+        """Join the barrier and the clock the other workers are at (we joined a running job).
+
+        Starting at the slowest worker's clock, not 0, keeps the others from waiting while
+        this worker runs through clocks they finished long ago.
+        """
         self._generation = generation
+        self._clock = max(self._clock, clock)
+        self._min_clock = max(self._min_clock, clock)
 
     def barrier(self, timeout: float | None = None) -> None:
         requests = self._requests
@@ -48,6 +62,7 @@ class Barriers:
         requests.wait_all(timeout)
         generation = self._generation
         self._generation += 1
+        self._new_clock()
         reached = control.Barrier(generation=generation)
         requests.transport.send(COORDINATOR, messages.control(MsgType.BARRIER, requests.endpoint, reached))
         deadline = self._deadline(timeout)
@@ -62,10 +77,14 @@ class Barriers:
         requests = self._requests
         if requests.control[0]:
             requests.drained()
+        # Our own updates of this clock first: a worker that learns we finished it must
+        # find them applied (asynchronous pushes included).
+        requests.wait_all(timeout)
         self._clock += 1
+        self._new_clock()
         consistency = requests.config.consistency
         if consistency.model == ConsistencyModel.ASYNC:
-            return self._clock
+            return self._clock  # no wait, so nobody needs our clock: no message either
         tick = control.Clock(clock=self._clock)
         requests.transport.send(COORDINATOR, messages.control(MsgType.CLOCK, requests.endpoint, tick))
         slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0

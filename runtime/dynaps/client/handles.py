@@ -8,6 +8,7 @@ pull's rows in request order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,10 +37,12 @@ class Handle:
         "keys",
         "kind",
         "mask",
+        "on_done",
         "out",
         "remaining",
         "req_id",
         "rows",
+        "started",
         "table",
         "waiter",
     )
@@ -65,6 +68,8 @@ class Handle:
         self.index = 0  # the table's index, to send the request again
         self.rows: Array | None = None  # a push's or set's rows, to send again
         self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
+        self.started = 0  # time.perf_counter_ns() when it was sent (its latency is observed)
+        self.on_done: Callable[[Array], None] | None = None  # given a pull's values when it completes
 
     def done(self) -> bool:
         return self.remaining <= 0 or self.error is not None

@@ -22,11 +22,11 @@ from dynaps.wire.transport import Transport
 
 def register(
     transport: Transport, endpoint: int, node: int, digest: str, deadline: float
-) -> tuple[control.Membership, int | None]:
+) -> tuple[control.Membership, control.Welcome | None]:
     """Register with the coordinator and wait until the job runs.
 
-    Returns the running membership and the barrier generation the other workers are at
-    (None if the coordinator did not say).
+    Returns the running membership and the coordinator's welcome, which names the barrier
+    generation and the clock the other workers are at (None if it did not come).
     """
     nonce = secrets.token_hex(8)
     body = control.Register(
@@ -38,7 +38,7 @@ def register(
         node=node,
     )
     transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, body))
-    generation = None
+    welcomed = None
     while True:
         msg = joining.await_coordinator(
             transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
@@ -46,11 +46,11 @@ def register(
         if msg.type is MsgType.WELCOME:
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
-                generation = welcome.barrier  # join the barrier the others are at
+                welcomed = welcome
         elif msg.type is MsgType.MEMBERSHIP:
             membership = control.body_of(msg, control.Membership)
             if membership.phase is control.Phase.RUNNING:
-                return membership, generation
+                return membership, welcomed
 
 
 class Membership:

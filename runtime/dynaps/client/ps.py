@@ -35,11 +35,13 @@ from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Array, Handle
 from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
+from dynaps.client.stages import Stage, StageFollower
 from dynaps.client.table import Table
 from dynaps.config import job_secret, spin_seconds
 from dynaps.contract import RuntimeConfig
 from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
+from dynaps.store import usage
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
@@ -86,6 +88,7 @@ class PS:
         lock: SharedLock,
         transport: ZmqTransport,
         control_block: npt.NDArray[np.uint8] | None = None,
+        usage_array: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -95,10 +98,19 @@ class PS:
         self.control = np.zeros(1, dtype=np.uint8) if control_block is None else control_block
         self._transport = transport
         self._stores = list(stores)
-        self._requests = Requests(config, node, rank, transport, stores, lock, self.control, self._on_control)
-        self._barriers = Barriers(self._requests)
-        self._membership = Membership(transport, self._requests, config.workers, self._barriers.repeat)
+        self._requests = Requests(
+            config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array
+        )
         self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
+        cached = [table for table in self._tables.values() if table.cached]
+
+        def new_clock() -> None:
+            for table in cached:
+                table.clear_cache()
+
+        self._barriers = Barriers(self._requests, new_clock)
+        self._stages = StageFollower(self._requests, config.stages)
+        self._membership = Membership(transport, self._requests, config.workers, self._repeat)
         self._replies: dict[int, dict[str, Any]] = {}
 
     # -------------------------------------------------------------- set-up
@@ -121,7 +133,10 @@ class PS:
                 stores.append(TableStore.attach(index, spec, fds[offset : offset + count]))
                 offset += count
             lock = SharedLock.open(description["lock"])
-            control_block = Segment.from_fd(fds[-1], (int(description["control"]),), np.dtype(np.uint8))
+            # after the tables' descriptors: the control block, then the usage counters
+            control_block = Segment.from_fd(fds[offset], (int(description["control"]),), np.dtype(np.uint8))
+            usage_words = (usage.words(len(stores)),)
+            usage_block = Segment.from_fd(fds[offset + 1], usage_words, np.dtype(np.int64))
             node = int(description["node"])
             transport = ZmqTransport(
                 client_of(node),
@@ -135,7 +150,8 @@ class PS:
             )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])
-            return cls(config, node, int(description["rank"]), stores, lock, transport, control_block.array)
+            rank = int(description["rank"])
+            return cls(config, node, rank, stores, lock, transport, control_block.array, usage_block.array)
 
         ps = _attach_retrying(attach_address(token), attach_proof(secret, token), prepare, deadline)
         try:
@@ -147,9 +163,9 @@ class PS:
 
     def _join(self, digest: str, deadline: float) -> None:
         endpoint = self._requests.endpoint
-        membership, generation = register(self._transport, endpoint, self.node, digest, deadline)
-        if generation is not None:
-            self._barriers.join_at(generation)
+        membership, welcome = register(self._transport, endpoint, self.node, digest, deadline)
+        if welcome is not None:
+            self._barriers.join_at(welcome.barrier, welcome.clock)
         self._membership.apply(membership)
 
     # -------------------------------------------------------------- public API
@@ -189,7 +205,9 @@ class PS:
         self._barriers.barrier(timeout)
 
     def clock(self, timeout: float | None = None) -> int:
-        """Advance this worker's clock; under bsp/ssp, wait for the slowest worker."""
+        """Finish this worker's clock: complete its operations in flight, advance its clock
+        and return the new one; under bsp/ssp with staleness s, return only once every
+        worker finished the clock s before it (docs/consistency.md)."""
         return self._barriers.clock(timeout)
 
     def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:
@@ -199,6 +217,23 @@ class PS:
         of workers that leave or die go to the others; workers that join take part.
         """
         return self._barriers.data_shards(num_shards, epoch, timeout)
+
+    def stages(self, timeout: float | None = None) -> Iterator[tuple[Stage, int]]:
+        """The units of the job's stages (``spec.stages``) this worker takes part in.
+
+        ``for stage, unit in ps.stages(): train_one(stage.unit)`` -- one iteration per epoch or
+        step of the stage the job is in (``unit`` counts within the stage; ``stage.offset +
+        unit`` over the job).  Asking for the next iteration waits until every worker of the
+        stage completed this one.  At a stage's end the job scales to the next stage's worker
+        count: the iteration ends for a worker that leaves (its program should then return);
+        one that joins starts at the job's current unit.
+        """
+        return self._stages.units(timeout)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The stage this worker is in, while it iterates :meth:`stages` (else None)."""
+        return self._stages.current
 
     def report(self, metrics: Mapping[str, float] | None = None, **more: float) -> None:
         """Tell the job how training goes (``ps.report(rmse=0.9)``): it shows in the
@@ -211,8 +246,9 @@ class PS:
         self._transport.send(COORDINATOR, messages.control(MsgType.REPORT, self._requests.endpoint, body))
 
     def stats(self) -> dict[str, int]:
-        """This process's counters: keys served locally and remotely, messages."""
-        return dict(self._requests.counters)
+        """This process's counters: calls, keys served locally and remotely (summed over
+        the tables; per table they are on its node's /metrics), messages."""
+        return {**self._requests.counters, **self._requests.usage.totals()}
 
     def node_stats(self, node: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """The counters of a node (default: this process's own node)."""
@@ -239,6 +275,11 @@ class PS:
 
     # -------------------------------------------------------------- the coordinator's messages
 
+    def _repeat(self) -> None:
+        """The coordinator restarted: it forgot what we wait on; ask again."""
+        self._barriers.repeat()
+        self._stages.repeat()
+
     def _on_control(self, msg: Message) -> None:
         """A message that is not a reply to a request (those go to the requests' Handles)."""
         kind = msg.type
@@ -255,6 +296,8 @@ class PS:
         elif kind is MsgType.LEASE_REPLY:
             reply = control.body_of(msg, control.LeaseReply)
             self._barriers.leased(reply.epoch, reply.shard)
+        elif kind is MsgType.STAGE_DONE:
+            self._stages.answered(control.body_of(msg, control.StageDone))
         elif kind is MsgType.STATS_REPLY:
             self._replies[msg.req_id] = control.body_of(msg, control.Stats).counters
         elif kind is MsgType.SHUTDOWN:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
+from dynaps.store import usage
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
@@ -46,15 +47,14 @@ ANSWERS = {
     MsgType.LOCALIZE: frozenset({MsgType.LOCALIZED, MsgType.ERROR}),
 }
 
-COUNTERS = (
-    "keys_pulled_local",
-    "keys_pulled_remote",
-    "keys_pushed_local",
-    "keys_pushed_remote",
-    "keys_localized",
-    "messages_sent",
-    "messages_received",
-)
+COUNTERS = ("messages_sent", "messages_received", "requests_retried")  # per process; per table: usage
+# a request's kind -> its latency histogram (a set is timed as a push)
+_OPERATION = {
+    MsgType.PULL: usage.OPERATIONS.index("pull"),
+    MsgType.PUSH: usage.OPERATIONS.index("push"),
+    MsgType.SET: usage.OPERATIONS.index("push"),
+    MsgType.LOCALIZE: usage.OPERATIONS.index("localize"),
+}
 
 
 class Requests:
@@ -70,7 +70,10 @@ class Requests:
         lock: SharedLock | NullLock,
         control: npt.NDArray[np.uint8],
         on_control: Callable[[Message], None],
+        usage_array: npt.NDArray[np.int64] | None = None,
     ) -> None:
+        """``usage_array``: the per-table counters shared with our node (its /metrics reads
+        them); None keeps them in this process only."""
         self.config = config
         self.node = node
         self.rank = rank
@@ -85,6 +88,7 @@ class Requests:
         self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
         self._on_control = on_control
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.usage = usage.UsageWriter(usage_array, len(self.stores))
         self.shard_map: ShardMap
         self.epoch = 0
         self.handles: dict[int, Handle] = {}
@@ -127,6 +131,7 @@ class Requests:
         handle = Handle(self, self.new_id(), kind, table, keys, out, remaining)
         handle.index = index
         handle.rows = rows
+        handle.started = time.perf_counter_ns()
         self.handles[handle.req_id] = handle
         return handle
 
@@ -276,7 +281,7 @@ class Requests:
                 handle.mask = np.zeros(len(keys), dtype=np.bool_)
             if not len(idx):
                 continue
-            self.counters["requests_retried"] = self.counters.get("requests_retried", 0) + 1
+            self.counters["requests_retried"] += 1
             num_keys = self.stores[handle.index].spec.num_keys
             homes = self.shard_map.home_of(keys[idx], num_keys)
             for home, part in group_by(homes):
@@ -363,6 +368,10 @@ class Requests:
             self._learn_owner(msg.table, handle, positions, msg.sender)
         if handle.done():
             del self.handles[msg.req_id]
+            elapsed = time.perf_counter_ns() - handle.started
+            self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
+            if handle.on_done is not None and handle.error is None and handle.out is not None:
+                handle.on_done(handle.out)
 
     def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
         """A forwarded reply names the keys' current owner: remember it for next time."""

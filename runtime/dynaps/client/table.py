@@ -17,8 +17,10 @@ import numpy.typing as npt
 from dynaps.client import sampling
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.requests import Requests
-from dynaps.contract import Allocation
+from dynaps.client.value_cache import ClockCache
+from dynaps.contract import Allocation, TableCache
 from dynaps.errors import KeyRangeError, UsageError
+from dynaps.store import usage
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
@@ -32,10 +34,15 @@ class Table:
         self._store = store
         self._node = requests.node
         self._lock = requests.lock  # shared with the node: taken around every access to the store
-        self._counters = requests.counters
+        # this table's counters, shared with our node (dynaps.store.usage): one word each
+        self._usage = requests.usage.rows[index]
         self._write_through = requests.write_through
         self._static = requests.config.allocation == Allocation.STATIC
         self._sampling: sampling.SamplingStrategy | None = None  # set_sampler's choice
+        self._cache: ClockCache | None = None
+        if store.spec.cache == TableCache.CLOCK:
+            stateless = store.updater if store.updater.num_states == 0 else None
+            self._cache = ClockCache(store.spec.num_keys, store.spec.dim, store.layout.dtype, stateless)
         self.name = store.name
         self.num_keys = store.spec.num_keys
         self.dim = store.spec.dim
@@ -135,22 +142,69 @@ class Table:
                         out = np.empty((n, self.dim), dtype=self.dtype)
         finally:
             lock.release()
-        counters = self._counters
+        counters = self._usage
+        counters[usage.PULLS] += 1
         if dest == -2:
-            counters["keys_pulled_local"] += n
+            counters[usage.PULLED_LOCAL] += n
             return out if wait else self._requests.done_handle(MsgType.PULL, self.name, out)
+        if self._cache is not None:
+            return self._pull_cached(keys, own, wait)
         requests = self._requests
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
-            counters["keys_pulled_remote"] += n
+            counters[usage.PULLED_REMOTE] += n
             handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, None, n)
             requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
             return _pulled(requests, handle, wait)
         remote = np.flatnonzero(~mine)
-        counters["keys_pulled_local"] += n - len(remote)
-        counters["keys_pulled_remote"] += len(remote)
+        counters[usage.PULLED_LOCAL] += n - len(remote)
+        counters[usage.PULLED_REMOTE] += len(remote)
         handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, out, len(remote))
         handle.mask = mine.copy()  # the local part is here already
         requests.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
+        return _pulled(requests, handle, wait)
+
+    def _pull_cached(self, keys: Keys, own: npt.NDArray[np.int16], wait: bool) -> Array | Handle:
+        """A pull on a cached table with keys elsewhere: the keys cached in this clock are
+        read from the copy, the rest are fetched and cached when their values arrive."""
+        cache = self._cache
+        assert cache is not None
+        n = len(keys)
+        out = np.empty((n, self.dim), dtype=self.dtype)
+        mine = own == self._node
+        local = np.flatnonzero(mine)
+        self._lock.acquire()
+        try:
+            out[local] = self._store.values.take(keys[local], axis=0)
+        finally:
+            self._lock.release()
+        away = np.flatnonzero(~mine)
+        hit, rows = cache.lookup(keys[away])
+        out[away[hit]] = rows
+        fetch = away[~hit]
+        counters = self._usage
+        counters[usage.PULLED_LOCAL] += len(local)
+        counters[usage.PULLED_CACHED] += len(away) - len(fetch)
+        requests = self._requests
+        if not len(fetch):
+            return out if wait else requests.done_handle(MsgType.PULL, self.name, out)
+        counters[usage.PULLED_REMOTE] += len(fetch)
+        # the request asks only for the keys not cached; its answer completes ``out``
+        fetched, owners = keys[fetch], own[fetch]
+        handle = requests.new_handle(MsgType.PULL, self._index, self.name, fetched, None, len(fetch))
+        generation = cache.begin_fetch()
+
+        def done(values: Array) -> None:
+            out[fetch] = values
+            cache.fetched(generation, fetched, values)
+            handle.out = out
+
+        handle.on_done = done
+        dest = int(owners[0])
+        if (dest >= 0 or dest == INCOMING) and (owners == dest).all():
+            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, fetched)
+        else:
+            everything = np.arange(len(fetched))
+            requests.request(MsgType.PULL, self._index, handle, fetched, everything, owners, None)
         return _pulled(requests, handle, wait)
 
     @overload
@@ -201,8 +255,9 @@ class Table:
                     store.dirty[local_keys] = 1  # replication: our node writes them back
         finally:
             lock.release()
-        counters = self._counters
-        counters["keys_pushed_local"] += len(local_keys)
+        counters = self._usage
+        counters[usage.PUSHES] += 1
+        counters[usage.PUSHED_LOCAL] += len(local_keys)
         through = self._write_through and len(local_keys)
         if remote is None and not through:
             return None if wait else self._requests.done_handle(kind, self.name, None)
@@ -217,8 +272,13 @@ class Table:
             local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
             requests.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
         if remote is not None:
-            counters["keys_pushed_remote"] += len(remote)
+            counters[usage.PUSHED_REMOTE] += len(remote)
             requests.request(kind, self._index, handle, keys, remote, own[remote], rows)
+            if self._cache is not None:
+                if kind is MsgType.SET:
+                    self._cache.assigned(keys[remote], rows[remote])
+                else:
+                    self._cache.pushed(keys[remote], rows[remote])
         if wait:
             handle.result()
             return None
@@ -251,7 +311,7 @@ class Table:
             store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
         finally:
             self._lock.release()
-        self._counters["keys_localized"] += len(wanted)
+        self._usage[usage.LOCALIZED] += len(wanted)
         if not len(wanted):
             return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
         handle = requests.new_handle(MsgType.LOCALIZE, self._index, self.name, wanted, None, len(wanted))
@@ -286,6 +346,16 @@ class Table:
         """Release ``handle``; under the pool strategy its unused draws go back to the pool."""
         if self._sampling is not None:
             self._sampling.finish(handle)
+
+    @property
+    def cached(self) -> bool:
+        """Whether repeated pulls of remote keys within a clock are served from a copy."""
+        return self._cache is not None
+
+    def clear_cache(self) -> None:
+        """Forget the rows cached in this clock (``ps.clock()`` and ``ps.barrier()`` call it)."""
+        if self._cache is not None:
+            self._cache.clear()
 
     @property
     def static_allocation(self) -> bool:

@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from dynaps.contract import quantity
@@ -33,6 +33,7 @@ SIGTERM_EXITS_ALONE = "exit-alone"
 # positive range marks a node's client endpoint, which leaves this many nodes.
 MAX_NODES = 16_000
 MAX_TABLES = 1024
+MAX_STAGES = 64
 
 # A node that the coordinator declared lost exits with this code (EX_TEMPFAIL) once it
 # learns so: it did nothing wrong and may be started again, as a new member.
@@ -90,6 +91,11 @@ class UpdaterSpec(Model):
         return self
 
 
+class TableCache(StrEnum):
+    NONE = "none"  # every pull of a remote key asks its owner
+    CLOCK = "clock"  # a remote key pulled again within one clock is read from the worker's copy
+
+
 class TableSpec(Model):
     """A table of ``num_keys`` rows of ``dim`` values: ``dynaps.TableSpec(num_keys=, dim=)``."""
 
@@ -98,6 +104,8 @@ class TableSpec(Model):
     dtype: DType = DType.FLOAT32
     init: InitSpec = InitSpec()
     updater: UpdaterSpec = UpdaterSpec()
+    # repeated pulls of a remote key within one clock served from a copy (dynaps.client.value_cache)
+    cache: TableCache = TableCache.NONE
 
 
 class NamedTable(TableSpec):
@@ -170,6 +178,73 @@ class WorkerSpec(RoleSpec):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class StageUnit(StrEnum):
+    """What a stage counts: passes over the data, or training steps."""
+
+    EPOCHS = "epochs"
+    STEPS = "steps"
+
+
+class StageSpec(Model):
+    """One entry of ``spec.stages``: ``workers`` workers for ``epochs`` epochs or ``steps`` steps.
+
+    The coordinator counts the units the workers complete; at a stage's end the job scales
+    its workers live to the next stage's count (docs/stages.md)."""
+
+    name: str
+    epochs: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    steps: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    workers: Annotated[int, Field(ge=1, le=MAX_NODES)]
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(
+                f"stage name {value!r} must start with a letter or '_' and contain only "
+                "letters, digits, '_', '.', '-' (at most 63 characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self) -> StageSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"stage {self.name!r} needs exactly one of epochs or steps")
+        return self
+
+    @property
+    def unit(self) -> StageUnit:
+        return StageUnit.EPOCHS if self.epochs is not None else StageUnit.STEPS
+
+    @property
+    def length(self) -> int:
+        """How many units (epochs or steps) the stage runs."""
+        length = self.epochs if self.epochs is not None else self.steps
+        assert length is not None  # _one_length
+        return length
+
+
+def check_stages(stages: list[StageSpec], workers: RoleSpec | None) -> list[StageSpec]:
+    """Stage names are unique and every stage's worker count is within the workers' bounds;
+    the message names the stage (``stages[1].workers``)."""
+    seen: set[str] = set()
+    for i, stage in enumerate(stages):
+        if stage.name in seen:
+            raise ValueError(f"stages[{i}].name: stage {stage.name!r} is declared twice")
+        seen.add(stage.name)
+        if workers is None:
+            continue
+        if workers.min_replicas is not None and stage.workers < workers.min_replicas:
+            raise ValueError(
+                f"stages[{i}].workers ({stage.workers}) is below workers.minReplicas ({workers.min_replicas})"
+            )
+        if workers.max_replicas is not None and stage.workers > workers.max_replicas:
+            raise ValueError(
+                f"stages[{i}].workers ({stage.workers}) is above workers.maxReplicas ({workers.max_replicas})"
+            )
+    return stages
+
+
 class CoordinatorSpec(Model):
     resources: dict[str, Any] = Field(default_factory=dict)
     template: dict[str, Any] = Field(default_factory=dict)
@@ -236,9 +311,79 @@ class CleanPodPolicy(StrEnum):
     NONE = "None"
 
 
+class GangScheduler(StrEnum):
+    """``runPolicy.schedulingPolicy.scheduler``: who places the job's pods all or nothing."""
+
+    NONE = "none"  # the cluster's scheduler places each pod on its own
+    COSCHEDULING = "coscheduling"  # scheduler-plugins' Coscheduling (PodGroup scheduling.x-k8s.io)
+    VOLCANO = "volcano"  # Volcano (PodGroup scheduling.volcano.sh)
+
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
 class SchedulingPolicy(Model):
-    min_available: Annotated[int, Field(ge=0)] | None = None
-    priority_class: str | None = None
+    """``runPolicy.schedulingPolicy``: gang scheduling and queueing, with the names Kubeflow's
+    training and MPI operators use (``minAvailable``, ``queue``, ``priorityClass``,
+    ``scheduleTimeoutSeconds``); see the operator's ``gang`` module for what each one makes."""
+
+    scheduler: Annotated[
+        GangScheduler,
+        Field(
+            description="The gang scheduler that gets a PodGroup for the job: none, coscheduling or volcano."
+        ),
+    ] = GangScheduler.NONE
+    scheduler_name: Annotated[
+        str | None,
+        Field(
+            max_length=253,
+            pattern=_K8S_NAME,
+            description="The pods' schedulerName; default: scheduler-plugins-scheduler for coscheduling, "
+            "volcano for volcano, the cluster's default otherwise.",
+        ),
+    ] = None
+    min_available: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Pods the gang scheduler must place together before any starts; default: "
+            "the coordinator, every server and workers.minReplicas (else workers.replicas).",
+        ),
+    ] = None
+    queue: Annotated[
+        str | None,
+        Field(max_length=253, pattern=_K8S_NAME, description="The Volcano queue (scheduler: volcano)."),
+    ] = None
+    priority_class: Annotated[
+        str | None,
+        Field(max_length=253, description="The pods' priorityClassName (and the Volcano PodGroup's)."),
+    ] = None
+    schedule_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="How long Coscheduling waits for the whole group (scheduler: coscheduling).",
+        ),
+    ] = None
+    kueue_queue: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            description="A Kueue LocalQueue: the pods are labelled as one Kueue pod group, admitted whole.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _options_of_the_scheduler(self) -> SchedulingPolicy:
+        if self.queue is not None and self.scheduler != GangScheduler.VOLCANO:
+            raise ValueError(
+                "queue is a Volcano queue: it needs scheduler: volcano "
+                "(for a Kueue LocalQueue set kueueQueue)"
+            )
+        if self.schedule_timeout_seconds is not None and self.scheduler != GangScheduler.COSCHEDULING:
+            raise ValueError("scheduleTimeoutSeconds is Coscheduling's: it needs scheduler: coscheduling")
+        return self
 
 
 class FailureAction(StrEnum):
@@ -323,9 +468,17 @@ class JobSpec(Model):
     coordinator: CoordinatorSpec = CoordinatorSpec()
     servers: ServerSpec = ServerSpec()
     workers: WorkerSpec
+    # FlexPS-style flexible parallelism: the job runs these stages in order, each with its own
+    # worker count (workers.replicas is then not used: the stages set the count).
+    stages: Annotated[list[StageSpec], Field(max_length=MAX_STAGES)] = Field(default_factory=list)
     fault_tolerance: FaultTolerance = FaultTolerance()
     rebalance_policy: RebalancePolicy = RebalancePolicy()
     run_policy: RunPolicy = RunPolicy()
+
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[StageSpec], info: ValidationInfo) -> list[StageSpec]:
+        return check_stages(stages, info.data.get("workers"))
 
     @field_validator("tables")
     @classmethod
@@ -336,6 +489,31 @@ class JobSpec(Model):
                 raise ValueError(f"table {table.name!r} is declared twice")
             seen.add(table.name)
         return tables
+
+    @model_validator(mode="after")
+    def _gang_fits(self) -> JobSpec:
+        wanted = self.run_policy.scheduling_policy.min_available
+        if wanted is not None and wanted > self.pod_count():
+            raise ValueError(
+                f"runPolicy.schedulingPolicy.minAvailable ({wanted}) is more than the job's "
+                f"{self.pod_count()} pods (the coordinator, {self.servers.replicas} servers and "
+                f"{self.workers.replicas} workers): the gang could never be placed"
+            )
+        return self
+
+    def pod_count(self) -> int:
+        """Every pod of the job: the coordinator, the servers and the workers."""
+        return 1 + self.servers.replicas + self.workers.replicas
+
+    def gang_size(self) -> int:
+        """The gang's size: ``schedulingPolicy.minAvailable``, else the coordinator, every server
+        and ``workers.minReplicas`` (the fewest the job runs on; without it, every worker)."""
+        wanted = self.run_policy.scheduling_policy.min_available
+        if wanted is not None:
+            return wanted
+        workers = self.workers
+        fewest = workers.replicas if workers.min_replicas is None else max(1, workers.min_replicas)
+        return 1 + self.servers.replicas + fewest
 
 
 class ObjectMeta(Model):
@@ -378,15 +556,34 @@ class RuntimeConfig(Model):
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     data_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Where every process serves GET /metrics (docs/metrics.md): 0 any free port (local runs;
+    # a node's STATS reply names it), None nowhere.  The coordinator serves it on its HTTP
+    # port as well.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
     # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
     servers_range: tuple[int, int] = (1, MAX_NODES)
     workers_range: tuple[int, int] = (1, MAX_NODES)
+    # The job's stages (spec.stages); ``workers`` is then the first stage's count.
+    stages: Annotated[list[StageSpec], Field(max_length=MAX_STAGES)] = Field(default_factory=list)
 
     @field_validator("tables")
     @classmethod
     def _unique_names(cls, tables: list[NamedTable]) -> list[NamedTable]:
         return JobSpec._unique_names(tables)
+
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        return check_stages(stages, None)
+
+    @model_validator(mode="after")
+    def _starts_with_first_stage(self) -> RuntimeConfig:
+        if self.stages and self.workers != self.stages[0].workers:
+            raise ValueError(
+                f"workers ({self.workers}) must be the first stage's workers ({self.stages[0].workers})"
+            )
+        return self
 
     def table_index(self) -> dict[str, int]:
         return {table.name: i for i, table in enumerate(self.tables)}
@@ -406,7 +603,7 @@ def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) 
         job=job.metadata.name,
         tables=spec.tables,
         servers=spec.servers.replicas,
-        workers=spec.workers.replicas,
+        workers=spec.stages[0].workers if spec.stages else spec.workers.replicas,
         allocation=spec.allocation,
         consistency=spec.consistency,
         fault_tolerance=spec.fault_tolerance,
@@ -414,6 +611,7 @@ def runtime_config(job: ParameterServerJob, coordinator: str, **overrides: Any) 
         coordinator=coordinator,
         servers_range=_replica_range(spec.servers),
         workers_range=_replica_range(spec.workers),
+        stages=spec.stages,
         **overrides,
     )
 

@@ -172,6 +172,19 @@ class DataLossStatus(StatusModel):
     recent: list[DataLossEntry] = Field(default_factory=list)  # the latest entries, oldest first
 
 
+class StageStatus(StatusModel):
+    """The stage the job is in (``spec.stages``), as the coordinator reports it."""
+
+    name: str
+    index: Annotated[int, Field(ge=0)]  # 0-based, in spec.stages; == count once every stage ran
+    count: Annotated[int, Field(ge=0)]  # how many stages the job has
+    unit: str = "epochs"  # epochs or steps
+    done: Annotated[int, Field(ge=0)] = 0  # units (epochs or steps) of this stage completed
+    length: Annotated[int, Field(ge=0)] = 0  # units the stage runs
+    workers: Annotated[int, Field(ge=0)] = 0  # the stage's worker count
+    progress: str = ""  # "done/length unit", for `kubectl get`
+
+
 class JobStatus(StatusModel):
     """``status`` of a ParameterServerJob."""
 
@@ -190,6 +203,7 @@ class JobStatus(StatusModel):
     final_quality: dict[str, float] | None = None  # the metrics when the job succeeded
     last_checkpoint: CheckpointStatus | None = None
     data_loss: DataLossStatus | None = None  # None: no update was lost
+    stage: StageStatus | None = None  # spec.stages: the stage the job is in (None: no stages)
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

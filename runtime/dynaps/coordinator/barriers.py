@@ -4,6 +4,10 @@ A barrier is numbered (its *generation*); a program that reaches one waits for
 BARRIER_DONE.  Under bounded staleness, every program reports its clock and learns the
 slowest running program's (CLOCK_MIN).  Both decisions are pure: the coordinator sends
 what they return.
+
+The minimum clock costs one integer per program and is published to every program only
+when it moves, at most once per clock value: with CLOCK itself, at most two messages per
+program and clock, never a message per key or per pair of programs (docs/consistency.md).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.reports import Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
+from dynaps.coordinator.stages import Stages
 from dynaps.errors import ProtocolError
 from dynaps.wire import control
 from dynaps.wire.codec import decode, peek
@@ -122,6 +123,7 @@ class Coordinator:
         )
         self.leases = Leases()
         self.reports = Reports()
+        self.stages = Stages(config.stages)
         self.departures = Departures(
             self.roster,
             self.outbox,
@@ -232,6 +234,11 @@ class Coordinator:
             self.send(msg.sender, MsgType.LEASE_REPLY, control.LeaseReply(epoch=lease.epoch, shard=shard))
         elif kind is MsgType.REPORT:
             self.reports.add(member.rank, control.body_of(msg, control.Report).metrics)
+        elif kind is MsgType.STAGE:
+            if msg.sender != client_of(member.id) or member.role != "worker":
+                raise ProtocolError(f"STAGE from {msg.sender}, which is no worker's program")
+            self.stages.reach(msg.sender, control.body_of(msg, control.Stage).done)
+            self._settle_stages()
         elif kind is MsgType.STATS:
             self.send(msg.sender, MsgType.STATS_REPLY, control.Stats(counters={"phase": str(self.phase)}))
         elif kind is MsgType.MEMBERSHIP_QUERY:  # it missed a version: the whole document
@@ -288,13 +295,21 @@ class Coordinator:
             return
         member.client = reg.address
         self.outbox.connect_client(member)
+        # a program that joins a running job starts at the slowest worker's clock (no wait
+        # for it to run through clocks the others finished; see client/barriers.py)
+        member.clock = max(member.clock, self.min_clock.value)
         welcome = control.Welcome(
-            node=member.id, nonce=reg.nonce, rank=member.rank, barrier=self.barriers.generation
+            node=member.id,
+            nonce=reg.nonce,
+            rank=member.rank,
+            barrier=self.barriers.generation,
+            clock=member.clock,
         )
         self.send(client_of(member.id), MsgType.WELCOME, welcome)
         if self.phase == JobPhase.RUNNING:
             self._announce()
         self._maybe_start()
+        self._settle_stages()  # a stage may wait for this worker
 
     def _prepare(self) -> None:
         restored = self.config.fault_tolerance.checkpoint.restore_from is not None
@@ -427,8 +442,9 @@ class Coordinator:
     # ------------------------------------------------------------------ barriers, clocks
 
     def _settle(self) -> None:
-        """Workers came, went or finished: a barrier may pass, the job may end."""
+        """Workers came, went or finished: a barrier may pass, a stage go on, the job may end."""
         self._check_barrier()
+        self._settle_stages()
         self._check_done()
 
     def _check_barrier(self) -> None:
@@ -439,6 +455,49 @@ class Coordinator:
         for endpoint in released:
             if self.roster.get(node_of(endpoint)) is not None:
                 self.send(endpoint, MsgType.BARRIER_DONE, control.Barrier(generation=passed))
+
+    def _settle_stages(self) -> None:
+        """Count the stage units every staying program completed, move to the next stage (its
+        worker count), and answer the programs that may go on or must leave
+        (:mod:`dynaps.coordinator.stages`)."""
+        stages = self.stages
+        if not stages.active or self.phase != JobPhase.RUNNING:
+            return
+        workers = self.roster.workers_running()
+        running = {client_of(m.id): m.id for m in workers}
+        draining = {m.id for m in workers if m.state == MemberState.DRAINING}
+        staying = {c for c, node in running.items() if node not in draining and node not in stages.leaving}
+        drains: list[int] = []
+        if stages.complete(staying):
+            drains = self._begin_stage()
+        self._grow_for_stage()
+        for endpoint, answer in stages.release(running, draining):
+            self.send(endpoint, MsgType.STAGE_DONE, answer)
+        # after the answers: a leaving program learns it from its answer, then its node drains
+        for node in drains:
+            self.send(node, MsgType.DRAIN, control.Drain(reason="the next stage has fewer workers"))
+
+    def _begin_stage(self) -> list[int]:
+        """A new stage begins: fewer workers are wanted at once (the surplus leave, the highest
+        ranks first); more once nobody drains any more (:meth:`_grow_for_stage`)."""
+        stage = self.stages.current()
+        assert stage is not None
+        log.info("stage %d (%s) begins: %d workers", self.stages.index(), stage.name, stage.workers)
+        if stage.workers >= self.roster.desired["worker"]:
+            return []
+        surplus = self.roster.want("worker", stage.workers)
+        self.stages.leaving.update(m.id for m in surplus)
+        return [m.id for m in surplus]
+
+    def _grow_for_stage(self) -> None:
+        stage = self.stages.current()
+        if stage is None or stage.workers <= self.roster.desired["worker"] or not self.stages.at_start():
+            return
+        workers = self.roster.active("worker")
+        if any(m.state == MemberState.DRAINING or m.id in self.stages.leaving for m in workers):
+            return  # they still count as present: the newcomers would be refused
+        log.info("stage %s wants %d workers: waiting for them to join", stage.name, stage.workers)
+        self.roster.want("worker", stage.workers)
 
     def _publish_min_clock(self) -> None:
         if self.config.consistency.model == ConsistencyModel.ASYNC:
@@ -515,6 +574,8 @@ class Coordinator:
             reports=self.reports,
         )
         doc["waitingFor"] = self.liveness.report(self.clock())  # silent nodes the job waits for
+        if self.stages.active:
+            doc["stage"] = self.stages.status()
         self.status_doc = doc  # published whole: the HTTP thread reads it
         self._status_stale = self._heartbeats_since_status = False
 

@@ -8,32 +8,29 @@ shared between threads except through those two.
 
 Anyone on the pod network can reach this port, so (docs/security.md):
 
-* every endpoint but ``/healthz`` wants ``Authorization: Bearer <token>``, the token derived
-  from the job secret (:func:`dynaps.contract.secret.http_token`), compared in constant time;
+* every endpoint but ``/healthz`` and ``/metrics`` (counts only) wants ``Authorization:
+  Bearer <token>``, the token derived from the job secret
+  (:func:`dynaps.contract.secret.http_token`), compared in constant time;
 * a POST body is at most :data:`MAX_BODY` bytes with a well-formed ``Content-Length``, and is
   parsed into a strict model (:data:`BODIES`): no boolean as a count, no count outside the
   job's bounds, no unknown field;
-* the server is bounded: :data:`MAX_CONNECTIONS` connections at once (more are closed at
-  once), each socket read times out after :data:`READ_TIMEOUT` seconds and a connection is cut
-  after :data:`REQUEST_DEADLINE` seconds whatever it does (a slow trickle cannot hold a slot).
-  A real server library would do this too, but none is a dependency of the runtime.
+* the server is bounded (:mod:`dynaps.telemetry.bounded_http`): :data:`MAX_CONNECTIONS`
+  connections at once, each socket read times out after :data:`READ_TIMEOUT` seconds and a
+  connection is cut after :data:`REQUEST_DEADLINE` seconds whatever it does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
 import re
-import socket
-import threading
-import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Annotated, Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from dynaps.contract.spec import MAX_NODES
@@ -42,6 +39,7 @@ from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.reports import Reports
 from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
+from dynaps.telemetry import bounded_http, exposition
 from dynaps.wire.protocol import client_of
 
 log = logging.getLogger(__name__)
@@ -55,7 +53,9 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 StatusSource = Callable[[], dict[str, Any]]
 ActionSink = Callable[[str, dict[str, Any]], None]
 Bounds = Mapping[str, tuple[int, int]]  # "servers"/"workers" -> the job's (min, max)
-UNAUTHENTICATED = frozenset({"/healthz"})  # what the kubelet's probe reads; it says only "ok"
+# /healthz: what the kubelet's probe reads, it says only "ok"; /metrics: what Prometheus
+# scrapes, counts and names only (docs/security.md)
+UNAUTHENTICATED = frozenset({"/healthz", "/metrics"})
 
 
 class _Body(BaseModel):
@@ -169,6 +169,7 @@ def status_document(
         "migrationsQueued": len(homes.rebalancer.queued),
         "migrationsCompleted": homes.rebalancer.completed,
         "recoveriesInFlight": len(homes.recoveries),
+        "recoveriesStarted": homes.recoveries_started,
         # shards whose backup holds all their keys (a replica sync confirmed) and the rest
         "replication": homes.replicas.status(homes.replication),
         # recoveries that restored keys from anything but a synced replica
@@ -212,43 +213,12 @@ def status_document(
     }
 
 
-def metrics_text(status: dict[str, Any]) -> str:
-    """Prometheus exposition of the status document."""
-    phases = ("registering", "prepare", "running", "stopping")
-    lines = [
-        "# HELP dynaps_job_phase 1 for the job's current phase.",
-        "# TYPE dynaps_job_phase gauge",
-    ]
-    lines += [f'dynaps_job_phase{{phase="{p}"}} {int(status.get("phase") == p)}' for p in phases]
-    lines += [
-        "# HELP dynaps_shard_map_epoch Epoch of the committed shard map.",
-        "# TYPE dynaps_shard_map_epoch gauge",
-        f"dynaps_shard_map_epoch {status.get('epoch', 0)}",
-        "# HELP dynaps_nodes Nodes of the job by role and state.",
-        "# TYPE dynaps_nodes gauge",
-    ]
-    for role in ("servers", "workers"):
-        for state, value in sorted(status.get(role, {}).items()):
-            lines.append(f'dynaps_nodes{{role="{role}",state="{state}"}} {value}')
-    lines += [
-        "# HELP dynaps_migrations_in_flight Shard migrations not yet committed.",
-        "# TYPE dynaps_migrations_in_flight gauge",
-        f"dynaps_migrations_in_flight {status.get('migrationsInFlight', 0)}",
-        "# HELP dynaps_unsynced_shards Shards without a backup known to hold all their keys.",
-        "# TYPE dynaps_unsynced_shards gauge",
-        f"dynaps_unsynced_shards {status.get('replication', {}).get('unsynced', 0)}",
-        "# HELP dynaps_data_loss_keys Keys restored from anything but a synced replica.",
-        "# TYPE dynaps_data_loss_keys gauge",
-        f"dynaps_data_loss_keys {status.get('dataLossTotal', {}).get('keys', 0)}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 class StatusServer:
     """The endpoint on one address: a bounded threaded HTTP server on its own thread.
 
-    ``token`` is the bearer token every request but ``/healthz`` must carry; ``bounds`` the
-    job's (min, max) per role, which ``POST /scale`` must stay within.
+    ``token`` is the bearer token every request but ``/healthz`` and ``/metrics`` must carry;
+    ``bounds`` the job's (min, max) per role, which ``POST /scale`` must stay within;
+    ``registry`` what ``/metrics`` exposes (:mod:`dynaps.coordinator.metrics`).
     """
 
     def __init__(
@@ -259,6 +229,7 @@ class StatusServer:
         act: ActionSink,
         token: str,
         bounds: Bounds = DEFAULT_BOUNDS,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if not token:
             raise ValueError("the HTTP endpoint needs a token")
@@ -268,91 +239,23 @@ class StatusServer:
             self.status_reads += 1
             return status()
 
-        handler = _handler(counted, act, token, bounds)
-        self._server = _BoundedServer((host, port), handler, MAX_CONNECTIONS, REQUEST_DEADLINE)
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.25,), name="dynaps-http", daemon=True
+        handler = _handler(counted, act, token, bounds, registry or CollectorRegistry(auto_describe=True))
+        self._listener = bounded_http.Listener(
+            (host, port), handler, MAX_CONNECTIONS, REQUEST_DEADLINE, "dynaps-http"
         )
-        self._thread.start()
+        self.port = self._listener.port
 
     @property
     def refused(self) -> int:
         """Connections closed unanswered because :data:`MAX_CONNECTIONS` were open."""
-        return self._server.refused
+        return self._listener.server.refused
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, but at most ``max_connections`` of them, each cut after
-    ``deadline`` seconds (checked on every turn of the serving loop)."""
-
-    daemon_threads = True
-    block_on_close = False  # closing must not wait for a connection that hangs
-    # A long accept queue: a burst beyond the cap is refused at once rather than left to
-    # the client's SYN retries (seconds), which would also delay the operator behind it.
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        max_connections: int,
-        deadline: float,
-    ) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._lock = threading.Lock()
-        self._opened: dict[socket.socket, float] = {}  # open connection -> when it was accepted
-        self._deadline = deadline
-        self.refused = 0
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            # Answering would take a thread, which is what the cap protects: close at once.
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        with self._lock:
-            self._opened[request] = time.monotonic()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(request)
-
-    def _release(self, request: socket.socket) -> None:
-        with self._lock:
-            if self._opened.pop(request, None) is None:
-                return
-        self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up or was cut (the deadline) is no server error: no traceback.
-        log.debug("http: connection from %s ended early", client_address, exc_info=True)
-
-    def service_actions(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            late = [sock for sock, since in self._opened.items() if now - since > self._deadline]
-        for sock in late:
-            # Wakes the handler's blocked read, which then ends its connection.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
 
 
 def _handler(
-    status: StatusSource, act: ActionSink, token: str, bounds: Bounds
+    status: StatusSource, act: ActionSink, token: str, bounds: Bounds, registry: CollectorRegistry
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode()
 
@@ -402,7 +305,7 @@ def _handler(
             elif path == "/status":
                 self._json(HTTPStatus.OK, status())
             elif path == "/metrics":
-                self._reply(HTTPStatus.OK, metrics_text(status()).encode(), "text/plain; version=0.0.4")
+                self._reply(HTTPStatus.OK, exposition.render(registry), exposition.CONTENT_TYPE)
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {path[:100]}"})
 

@@ -17,9 +17,11 @@ from typing import Any
 
 from dynaps.config import job_secret
 from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, RuntimeConfig, secret
+from dynaps.coordinator import metrics
 from dynaps.coordinator.adoption import ADOPT_QUIET
-from dynaps.coordinator.core import Coordinator
+from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.coordinator.http import StatusServer
+from dynaps.telemetry import exposition
 from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
 from dynaps.wire.transport import ZmqTransport, message_bound
@@ -47,6 +49,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
+    registry = metrics.registry(coordinator.status, [str(phase) for phase in JobPhase])
     http = StatusServer(
         config.bind_host,
         config.coordinator_http_port,
@@ -54,7 +57,12 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         lambda action, body: actions.put((action, body)),
         token=http_token,
         bounds={"servers": config.servers_range, "workers": config.workers_range},
+        registry=registry,
     )
+    # /metrics on the HTTP port, and on the metrics port that every pod of a job declares
+    scrape = None
+    if config.metrics_port is not None:
+        scrape = exposition.MetricsServer(config.bind_host, config.metrics_port, registry)
     stop = threading.Event()
     alone = threading.Event()  # stop without ending the job: the nodes wait for a replacement
     linger = float(os.environ.get("DYNAPS_COORDINATOR_LINGER_SECONDS", "0") or 0)
@@ -107,4 +115,6 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         http.close()
+        if scrape is not None:
+            scrape.close()
         transport.close(linger=0.5)

@@ -88,7 +88,8 @@ class Replicas:
         """A new epoch: a backup new to its shard waits for its sync, and so does one whose
         predecessor in the chain changed while that predecessor lives on (``members``: a
         drain); one that stays a backup of the shard after the same predecessor, or after a
-        predecessor that was lost, keeps what it was known to hold.
+        predecessor that was lost, keeps what it was known to hold, unless a backup before it
+        in the chain waits for its sync for the reason above.
 
         Rows its old predecessor sent before the change and that arrive after it are stale
         there: the backup acknowledges them (their requester must not wait for ever) but
@@ -113,12 +114,20 @@ class Replicas:
             old_before = old.chains()[:, :-1]  # per slot: the server its rows come from
             new_before = new.chains()[:, :-1]
             gone = ~np.isin(old_before, list(members))
+            # per new slot: its server was in the old chain and its predecessor changed
+            # while the old one lives on (stale rows from it are acknowledged there and
+            # not passed on, so no backup after it in the chain has them either)
+            cut = np.zeros_like(self.synced)
             for slot in range(self.copies):
                 same = (new.backups == old.backups[:, slot : slot + 1]) & (new.backups != NO_BACKUP)
                 before = old_before[:, slot : slot + 1]
                 kept = same & ((new_before == before) | gone[:, slot : slot + 1] | moved)
+                cut |= same & ~kept
                 synced |= kept & self.synced[:, slot : slot + 1]
                 since = np.where(kept, self.since[:, slot : slot + 1], since)
+            downstream = np.logical_or.accumulate(cut, axis=1)
+            synced &= ~downstream
+            since = np.where(downstream, new.epoch, since)
         self.synced, self.since = synced, since
 
     def confirm(self, backup: int, report: control.ReplicaSynced, shard_map: ShardMap) -> int:

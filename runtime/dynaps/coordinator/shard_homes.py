@@ -82,6 +82,11 @@ class ShardHomes:
         self._rebalance_at: float | None = None
 
     @property
+    def recoveries_started(self) -> int:
+        """Recoveries ordered by this coordinator (their ids count up from 1)."""
+        return self._next_recovery - 1
+
+    @property
     def epoch(self) -> int:
         return self.shard_map.epoch if self.shard_map is not None else 0
 

@@ -34,13 +34,18 @@ def _env(config: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str
 
 
 def start_coordinator(
-    config: RuntimeConfig, extra_env: dict[str, str] | None = None, timeout: float = 60.0
+    config: RuntimeConfig,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    stderr: int | None = None,
 ) -> tuple[Process, str, int]:
-    """Start the coordinator; returns it, its data-plane ``host:port`` and its HTTP port."""
+    """Start the coordinator; returns it, its data-plane ``host:port`` and its HTTP port.
+    ``stderr``: a file descriptor for its log (default: ours)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dynaps", "coordinator", "--announce"],
         env=_env(config, extra_env),
         stdout=subprocess.PIPE,
+        stderr=stderr,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -72,7 +77,9 @@ def start_node(
     command: Sequence[str] | None = None,
     rank: int | None = None,
     extra_env: dict[str, str] | None = None,
+    output: tuple[int, int] | None = None,
 ) -> Process:
+    """Start a node; ``output``: file descriptors for its (stdout, stderr), default ours."""
     args = [sys.executable, "-m", "dynaps", role]
     if attach_token:
         args += ["--attach-token", attach_token]
@@ -81,7 +88,8 @@ def start_node(
     extra = {"DYNAPS_NODE_NAME": name, **(extra_env or {})}
     if rank is not None:
         extra["DYNAPS_RANK"] = str(rank)
-    return subprocess.Popen(args, env=_env(config, extra))
+    stdout, stderr = output or (None, None)
+    return subprocess.Popen(args, env=_env(config, extra), stdout=stdout, stderr=stderr)
 
 
 def stop_processes(procs: Iterable[Process], grace: float = 10.0) -> None:

@@ -5,16 +5,25 @@ A node killed by a signal (the OOM killer, a stray ``kill -9``) or fenced by the
 its own replacement (a worker takes its rank back) and the job goes on, as it would on a
 cluster. Any other exit is the node's own decision and is left alone. Each node is replaced
 at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to look at.
+
+A job with stages (``spec.stages``) grows its workers when a stage wants more: the coordinator
+raises its desired count, and :meth:`Nodes.grow_workers` starts new worker nodes, as the
+operator creates pods (a stage's surplus workers leave on their own).
+
+With a :class:`~dynaps.observe.streams.Prefixer`, every node's output (its program's
+included) reaches the terminal a whole line at a time, prefixed by the node's name.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dynaps.contract import FENCED_EXIT_CODE, RuntimeConfig
 from dynaps.local.launch import Process, start_node
+from dynaps.observe.streams import Prefixer
 
 MAX_REPLACEMENTS = 3
 
@@ -36,10 +45,17 @@ def _why(code: int) -> str:
 
 
 class Nodes:
-    def __init__(self, config: RuntimeConfig, env: dict[str, str], say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        env: dict[str, str],
+        say: Callable[[str], None],
+        output: Prefixer | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.say = say
+        self.output = output
         self._nodes: list[_Node] = []
 
     def start(self, role: str, name: str, rank: int | None = None, command: list[str] | None = None) -> None:
@@ -47,7 +63,27 @@ class Nodes:
         self._nodes.append(_Node(role, name, rank, command, process))
 
     def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
-        return start_node(role, self.config, name, command=command, rank=rank, extra_env=self.env)
+        pipes = self.output.pipes(name) if self.output is not None else None
+        try:
+            return start_node(
+                role, self.config, name, command=command, rank=rank, extra_env=self.env, output=pipes
+            )
+        finally:
+            for fd in pipes or ():
+                os.close(fd)  # the node holds them now: the copier sees the end when it exits
+
+    def grow_workers(self, desired: int, leaving: set[str], command: list[str]) -> None:
+        """Start worker nodes until ``desired`` run that are not ``leaving`` (names)."""
+        staying = sum(
+            1
+            for node in self._nodes
+            if node.role == "worker" and node.process.poll() is None and node.name not in leaving
+        )
+        missing = desired - staying
+        for _ in range(missing):
+            name = f"worker-{sum(1 for node in self._nodes if node.role == 'worker')}"
+            self.say(f"the job wants {desired} workers: starting {name}")
+            self.start("worker", name, command=command)
 
     def replace_dead(self) -> None:
         """Start again every node that died as a lost pod would (see the module's docstring)."""

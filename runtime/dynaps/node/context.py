@@ -41,6 +41,10 @@ class NodeContext(Protocol):
         """The node's counters (reported by STATS)."""
 
     @property
+    def table_stats(self) -> Sequence[collections.Counter[str]]:
+        """Per table, the counters of what happened to its keys here (``TABLE_COUNTERS``)."""
+
+    @property
     def gate(self) -> ShardGate:
         """The shards whose requests are held, and the requests held."""
 

@@ -111,7 +111,7 @@ class Departures:
                 states = tuple(state.take(stranded, axis=0) for state in store.states)
             finally:
                 node.lock.release()
-            node.stats["keys_recovered"] += len(orphaned)
+            node.table_stats[table]["keys_recovered"] += len(orphaned)
             if len(orphaned) or len(stranded):
                 log.warning(
                     "node %d: table %s: took back %d keys of lost nodes %s, re-sent %d in flight",

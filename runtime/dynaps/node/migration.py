@@ -158,7 +158,7 @@ class Migrations:
             )
         finally:
             node.lock.release()
-        node.stats["keys_migrated_out"] += len(owned)
+        node.table_stats[table]["keys_migrated_out"] += len(owned)
         node.send(migration.target, msg)
 
     def abort(self, migration_id: int) -> None:
@@ -197,7 +197,7 @@ class Migrations:
                     state[msg.owned] = rows
         finally:
             node.lock.release()
-        node.stats["keys_migrated_in"] += len(msg.owned)
+        node.table_stats[msg.table]["keys_migrated_in"] += len(msg.owned)
         if msg.flags & FINAL:
             ready = control.MigrateReady(id=msg.req_id)
             node.send_frames(COORDINATOR, messages.control(MsgType.MIGRATE_READY, node.me, ready))

@@ -28,13 +28,16 @@ import numpy as np
 from dynaps.config import job_secret, spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig, secret
 from dynaps.errors import ClusterError
+from dynaps.node import metrics
 from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
+from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
+from dynaps.telemetry import exposition
 from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport, message_bound
@@ -91,6 +94,8 @@ class NodeProcess:
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
+        self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
+        self.metrics: exposition.MetricsServer | None = None
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
         self.last_heartbeat = 0.0
@@ -112,20 +117,26 @@ class NodeProcess:
         )
         self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
         while True:
-            msg = joining.await_coordinator(self.transport, {MsgType.WELCOME}, deadline, "a node id")
+            msg = joining.await_coordinator(
+                self.transport, {MsgType.WELCOME}, deadline, "a node id", self.stop.is_set
+            )
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
                 break
         self.node_id = welcome.node
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
-        msg = joining.await_coordinator(self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map")
+        msg = joining.await_coordinator(
+            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", self.stop.is_set
+        )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)
         worker = self.role == "worker"
         if worker:
             self.lock = SharedLock.create()
             self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
+            words = (usage.words(len(self.config.tables)),)
+            self.usage_segment = Segment.create("usage", words, np.dtype(np.int64))
         replicated = self.config.fault_tolerance.replication > 0
         stores = [
             TableStore.create(
@@ -163,6 +174,8 @@ class NodeProcess:
             homed = np.flatnonzero(shard_map.homes == self.node_id)
             self.server.replication.sync_shards(homed, shard_map)
             self.server.replication.report_synced(homed)
+        if self.config.metrics_port is not None:
+            self._serve_metrics(self.config.metrics_port)
         if worker:
             self.attach_server = AttachServer(self.attach_token, attach_proof(self.secret, self.attach_token))
         self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
@@ -175,6 +188,14 @@ class NodeProcess:
             # Its own session: a pod's SIGTERM reaches this node, which drains and lets the
             # program finish (it sees dynaps.Drained), instead of killing it mid-step.
             self.child = subprocess.Popen(self.command, env=env, start_new_session=True)
+
+    def _serve_metrics(self, port: int) -> None:
+        assert self.server is not None
+        usage_array = None if self.usage_segment is None else self.usage_segment.array
+        registry = metrics.registry(self.server, self.role, self.rank, usage_array)
+        self.metrics = exposition.MetricsServer(self.config.bind_host, port, registry)
+        self.server.metrics_port = self.metrics.port
+        log.info("node %d serves /metrics on %s:%d", self.node_id, self.config.bind_host, self.metrics.port)
 
     def _restore(self, which: str) -> None:
         """Start from a checkpoint: load the values of the keys this server homes."""
@@ -256,7 +277,9 @@ class NodeProcess:
             tables.append({"name": store.name, "fds": len(store.fds())})
             fds.extend(store.fds())
         assert self.control_segment is not None
-        fds.append(self.control_segment.fd)
+        assert self.usage_segment is not None
+        fds.append(self.control_segment.fd)  # the client reads them in this order
+        fds.append(self.usage_segment.fd)
         description = {
             "control": CONTROL_BYTES,
             "node": self.node_id,
@@ -356,6 +379,8 @@ class NodeProcess:
                 self.child.wait()
         if self.attach_server is not None:
             self.attach_server.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.lock.unlink()
         if self.server is not None:
             for store in self.server.stores:
@@ -387,7 +412,11 @@ def serve_node(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
     try:
-        node.start()
+        try:
+            node.start()
+        except joining.JoinInterruptedError as exc:
+            log.warning("%s %s: %s; exiting", role, name or "node", exc)
+            return SIGTERM_EXIT_CODE
         return node.run()
     finally:
         for sig, handler in previous.items():

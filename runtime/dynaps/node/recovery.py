@@ -210,7 +210,7 @@ class Recoveries:
             store.loc[orphans] = node.me
         finally:
             node.lock.release()
-        node.stats["keys_rebuilt"] += len(orphans)
+        node.table_stats[table]["keys_rebuilt"] += len(orphans)
         if waiting:
             self.resend.append((time.monotonic() + RESEND_AFTER, table, np.concatenate(waiting)))
         return len(orphans)

@@ -182,7 +182,7 @@ class Relocations:
             if target == node.me:  # the key is already where it should be
                 self._localized(msg.requester, msg.req_id, msg.table, len(owned))
             else:
-                node.stats["keys_sent"] += len(owned)
+                node.table_stats[msg.table]["keys_sent"] += len(owned)
                 transfer = messages.transfer(
                     node.me,
                     msg.requester,
@@ -242,7 +242,7 @@ class Relocations:
             return
         if self.replication is not None:
             self._protect_arrivals(msg.table, keys)
-        node.stats["keys_received"] += len(keys)
+        node.table_stats[msg.table]["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
         self._confirm_arrival(msg.table, msg.req_id, keys)
         self._replay(msg.table)

@@ -70,6 +70,23 @@ MAX_FUTURE = 100_000
 # Requests and arrival notices: a node routes them again when their destination died, and
 # a home holds them while their shard is frozen for a migration.
 _ROUTED = messages.REQUEST_TYPES | {MsgType.TRANSFER_DONE}
+# Counted per table (NodeServer.table_stats; STATS sums them): requests handled here, keys
+# answered or updated here, keys sent on to their owner; keys that moved here or away by
+# relocation (received, sent) and migration; keys restored after a node died (rebuilt: a
+# lost home's shards; recovered: a lost worker's keys, taken back by their home).
+TABLE_COUNTERS = (
+    "pulls",
+    "keys_pulled",
+    "pushes",
+    "keys_updated",
+    "keys_forwarded",
+    "keys_received",
+    "keys_sent",
+    "keys_migrated_in",
+    "keys_migrated_out",
+    "keys_rebuilt",
+    "keys_recovered",
+)
 
 
 class NodeServer:
@@ -99,7 +116,12 @@ class NodeServer:
         self.future: list[Message] = []  # requests from a newer epoch than ours
         self.parked: list[Message] = []  # requests for a dead node, waiting for a new epoch
         self.stats: collections.Counter[str] = collections.Counter()
+        # per table, what happened to its keys here (TABLE_COUNTERS)
+        self.table_stats: list[collections.Counter[str]] = [
+            collections.Counter(dict.fromkeys(TABLE_COUNTERS, 0)) for _ in self.stores
+        ]
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
+        self.metrics_port: int | None = None  # where the node's process serves /metrics (STATS says)
         self._last_malformed_log = 0.0
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.applied = AppliedRequests()  # exactly once, with or without replication
@@ -212,6 +234,8 @@ class NodeServer:
         keys = msg.keys
         assert keys is not None
         lock = self.lock
+        counted = self.table_stats[msg.table]
+        counted["pulls"] += 1
         if msg.count == 1:  # the common case, without array reductions
             lock.acquire()
             try:
@@ -221,7 +245,7 @@ class NodeServer:
             finally:
                 lock.release()
             if owned:
-                self.stats["keys_pulled"] += 1
+                counted["keys_pulled"] += 1
                 self._reply(msg, MsgType.PULL_REPLY, 1, msg.positions, row)
                 return
         lock.acquire()
@@ -239,11 +263,11 @@ class NodeServer:
         finally:
             lock.release()
         if rest is None:
-            self.stats["keys_pulled"] += len(keys)
+            counted["keys_pulled"] += len(keys)
             self._reply(msg, MsgType.PULL_REPLY, len(keys), msg.positions, values)
             return
         if values is not None:
-            self.stats["keys_pulled"] += len(values)
+            counted["keys_pulled"] += len(values)
             self._reply(msg, MsgType.PULL_REPLY, len(values), positions_of(msg, idx), values)
         self._route(msg, store, rest, own[rest])
 
@@ -273,7 +297,9 @@ class NodeServer:
                     self.migrations.touch(msg.table, keys)
         finally:
             lock.release()
-        self.stats["keys_updated"] += len(keys)
+        counted = self.table_stats[msg.table]
+        counted["pushes"] += 1
+        counted["keys_updated"] += len(keys)
         if len(keys):
             # positions whenever the request had them or this is a part of it: the client
             # tracks what is done (to retry the rest) and learns who owns the keys
@@ -354,7 +380,7 @@ class NodeServer:
                 log.error("node %d: directory inconsistency for %d keys", self.me, len(keys))
                 self.stats["anomalies"] += 1
                 continue
-            self.stats["keys_forwarded"] += piece.count
+            self.table_stats[msg.table]["keys_forwarded"] += piece.count
             self.send(dest, piece)
 
     def _error(self, msg: Message, text: str) -> None:
@@ -445,6 +471,8 @@ class NodeServer:
 
     def counters(self) -> dict[str, int | float | str]:
         counters: dict[str, int | float | str] = dict(self.stats)
+        for name in TABLE_COUNTERS:
+            counters[name] = sum(table[name] for table in self.table_stats)
         counters["node"] = self.me
         counters["queued_now"] = self.relocations.queued_now()
         counters["metadata_bytes"] = sum(store.metadata_bytes() for store in self.stores)
@@ -452,4 +480,6 @@ class NodeServer:
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         counters["epoch"] = self.shard_map.epoch
         counters["held_now"] = len(self.gate.held) + len(self.future) + len(self.parked)
+        if self.metrics_port is not None:
+            counters["metrics_port"] = self.metrics_port
         return counters

@@ -67,6 +67,7 @@ class Welcome(_Body):
     nonce: str
     rank: int | None = None
     barrier: int = 0  # a client's first barrier generation (it may join a running job)
+    clock: int = Field(default=0, ge=0)  # a client's first clock: the slowest running worker's
 
 
 class Refused(_Body):
@@ -276,6 +277,23 @@ class LeaseReply(_Body):
     shard: int | None
 
 
+class Stage(_Body):
+    """STAGE (client to coordinator): the program completed ``done`` units (epochs or steps) of
+    the job's stages, counted over all stages; None: it starts and asks where the job is."""
+
+    done: int | None = Field(default=None, ge=0)
+
+
+class StageDone(_Body):
+    """STAGE_DONE (coordinator to client): the job has completed ``done`` units over all stages,
+    which puts it in stage ``index`` (== the number of stages once all ran); ``leave``: this
+    worker is not in that stage, its program ends (its node drains)."""
+
+    done: int = Field(ge=0)
+    index: int = Field(ge=0)
+    leave: bool = False
+
+
 class Report(_Body):
     metrics: dict[str, float]
 
@@ -318,6 +336,8 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.ADOPT: Empty,
     MsgType.REJOIN: Rejoin,
     MsgType.REPLICA_SYNCED: ReplicaSynced,
+    MsgType.STAGE: Stage,
+    MsgType.STAGE_DONE: StageDone,
     MsgType.MEMBERSHIP_DELTA: MembershipDelta,
     MsgType.MEMBERSHIP_QUERY: MembershipQuery,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.wire import control
@@ -28,9 +29,25 @@ def connect_members(transport: Transport, membership: control.Membership) -> set
     return endpoints
 
 
-def await_coordinator(transport: Transport, kinds: set[MsgType], deadline: float, what: str) -> Message:
-    """Wait for one of ``kinds`` from the coordinator; other messages are dropped."""
+class JoinInterruptedError(ClusterError):
+    """The process was told to stop (SIGTERM) before it had joined the job."""
+
+
+def await_coordinator(
+    transport: Transport,
+    kinds: set[MsgType],
+    deadline: float,
+    what: str,
+    stopped: Callable[[], bool] = lambda: False,
+) -> Message:
+    """Wait for one of ``kinds`` from the coordinator; other messages are dropped.
+
+    ``stopped`` is asked at least every half second: a pod deleted while its node waits
+    for a coordinator that is itself gone must not wait out the deadline.
+    """
     while True:
+        if stopped():
+            raise JoinInterruptedError(f"stopped while waiting for {what} from the coordinator")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ClusterError(f"timed out waiting for {what} from the coordinator")

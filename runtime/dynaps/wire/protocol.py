@@ -158,8 +158,9 @@ class MsgType(enum.IntEnum):
     ADOPT = 64
     REJOIN = 65
     REPLICA_SYNCED = 66
-    # 70 and up: membership deltas (issue 15); numbered apart so that a type added beside
-    # them in another branch cannot silently become an alias of one of these
+    STAGE = 67
+    STAGE_DONE = 68
+    # membership deltas (issue 15), numbered apart from the types above
     MEMBERSHIP_DELTA = 70
     MEMBERSHIP_QUERY = 71
 

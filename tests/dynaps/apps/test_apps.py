@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dynaps.apps import common, kge, lr, mf, synthetic, w2v
+from dynaps.apps import common, dense, kge, lr, mf, synthetic, w2v
 from dynaps.apps.inprocess import InProcessPS
 from dynaps.contract import ParameterServerJob
 from dynaps.errors import UsageError
@@ -26,6 +26,9 @@ TINY_MF = mf.Config(
 TINY_KGE = kge.Config(entities=300, relations=4, triples=6_000, dim=8, epochs=6, batch=128, quiet=True)
 TINY_W2V = w2v.Config(vocabulary=300, tokens=30_000, dim=16, epochs=2, quiet=True)
 TINY_LR = lr.Config(examples=5_000, features=500, epochs=2, quiet=True)
+TINY_DENSE = dense.Config(
+    examples=4_000, test_examples=1_000, hidden=(64,), block=32, epochs=4, batch=16, quiet=True
+)
 
 
 def baseline(module: Any, config: Any) -> list[dict[str, Any]]:
@@ -78,6 +81,43 @@ def test_lr_beats_chance() -> None:
     assert reports[-1]["loss"] < np.log(2)
 
 
+def test_dense_mlp_learns_what_softmax_regression_cannot() -> None:
+    mlp = baseline(dense, TINY_DENSE)
+    linear = baseline(dense, dense.Config(**{**TINY_DENSE.__dict__, "hidden": ()}))
+    accuracy = [r["quality"]["test accuracy"] for r in mlp]
+    assert accuracy[-1] > accuracy[0]
+    assert accuracy[-1] > 0.6  # 10 classes: chance is 0.1
+    assert linear[-1]["quality"]["test accuracy"] < accuracy[-1] - 0.2
+    assert mlp[-1]["loss"] < mlp[0]["loss"]
+
+
+def test_dense_gradient_matches_finite_differences() -> None:
+    layout = dense.Layout((5, 4, 3), block=7)
+    params = layout.initial(seed=3)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5)).astype(np.float32), rng.integers(0, 3, 6)
+    params64 = [p.astype(np.float64) for p in params]
+    _, _, grads = dense.gradient(params64, x.astype(np.float64), y)  # type: ignore[arg-type]
+    for layer, grad in enumerate(grads):
+        for index in list(np.ndindex(grad.shape))[:5]:
+            bumped = [p.copy() for p in params64]
+            bumped[layer][index] += 1e-6
+            up = dense.evaluate(bumped, x.astype(np.float64), y)[0]  # type: ignore[arg-type]
+            bumped[layer][index] -= 2e-6
+            down = dense.evaluate(bumped, x.astype(np.float64), y)[0]  # type: ignore[arg-type]
+            assert grad[index] == pytest.approx((up - down) / 2e-6 / len(y), abs=1e-6)
+    # the table's rows hold every parameter once, in whole keys of ``block``
+    rows = layout.flatten(params)
+    assert rows.shape == (layout.num_keys, 7) == (-(-(5 * 4 + 4 + 4 * 3 + 3) // 7), 7)
+    for a, b in zip(layout.unflatten(rows), params, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dense_refuses_a_batch_larger_than_the_data() -> None:
+    with pytest.raises(UsageError, match="make no step"):
+        baseline(dense, dense.Config(**{**TINY_DENSE.__dict__, "batch": 10_000}))
+
+
 @pytest.mark.parametrize(
     ("app", "files"),
     [
@@ -114,7 +154,7 @@ def test_wrong_table_shape_names_the_fix() -> None:
         mf.train(InProcessPS(tables), TINY_MF)
 
 
-@pytest.mark.parametrize("module", [mf, kge, w2v, lr])
+@pytest.mark.parametrize("module", [mf, kge, w2v, lr, dense])
 def test_help_describes_the_app(module: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
@@ -124,12 +164,12 @@ def test_help_describes_the_app(module: Any, capsys: pytest.CaptureFixture[str])
     assert "dynaps run examples/" in out
 
 
-@pytest.mark.parametrize("app", ["mf", "kge", "w2v", "lr"])
+@pytest.mark.parametrize("app", ["mf", "kge", "w2v", "lr", "dense"])
 def test_example_manifest_declares_the_tables_its_arguments_need(app: str) -> None:
     doc = yaml.safe_load((EXAMPLES / f"{app}.yaml").read_text())
     job = ParameterServerJob.model_validate(doc)
     assert job.spec.workers.command == ["python", "-m", f"dynaps.apps.{app}"]
-    module = {"mf": mf, "kge": kge, "w2v": w2v, "lr": lr}[app]
+    module = {"mf": mf, "kge": kge, "w2v": w2v, "lr": lr, "dense": dense}[app]
     config, _ = module.parse(job.spec.workers.args)
     needed = module.tables(config)
     declared = {t.name: t for t in job.spec.tables}

@@ -1,7 +1,8 @@
 """The apps on real processes: one LocalCluster holding every app's tables, and `dynaps run`.
 
 Static and dynamic runs of MF take the same synchronous steps in the same order, so they
-must reach the same model; only where the keys live differs.
+must reach the same model; only where the keys live differs.  Likewise the dense app under
+bsp takes the single-process baseline's steps with the global batch.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import dynaps
-from dynaps.apps import common, kge, lr, mf, w2v
+from dynaps.apps import common, dense, kge, lr, mf, w2v
+from dynaps.apps.inprocess import InProcessPS
 
-from .test_apps import TINY_KGE, TINY_LR, TINY_MF, TINY_W2V
+from .test_apps import TINY_DENSE, TINY_KGE, TINY_LR, TINY_MF, TINY_W2V
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dynaps.LocalCluster]:
     tables = {**mf.tables(TINY_MF), **kge.tables(TINY_KGE), **w2v.tables(TINY_W2V), **lr.tables(TINY_LR)}
+    tables.update(dense.tables(TINY_DENSE))
     with dynaps.LocalCluster(servers=2, workers=2, tables=tables) as c:
         yield c
 
@@ -59,6 +62,25 @@ def test_lr_with_server_side_adagrad(cluster: dynaps.LocalCluster) -> None:
     assert reports[-1]["quality"]["AUC"] > 0.6
 
 
+def test_dense_asynchronous_sgd_learns(cluster: dynaps.LocalCluster) -> None:
+    reports = cluster.run(dense.train, TINY_DENSE)  # the cluster runs consistency async
+    for a, b in zip(reports[0], reports[1], strict=True):  # every worker reports the global figures
+        assert (a["loss"], a["quality"]) == (b["loss"], b["quality"])
+    assert reports[0][-1]["quality"]["test accuracy"] > 0.6  # chance: 0.1
+    assert reports[0][-1]["local_share"] == 0.0  # the parameters stay on the servers
+
+
+def test_dense_under_bsp_takes_the_baselines_steps_with_the_global_batch() -> None:
+    config = replace(TINY_DENSE, epochs=2)
+    with dynaps.LocalCluster(servers=2, workers=2, tables=dense.tables(config), consistency="bsp") as c:
+        synchronous = c.run(dense.train, config)[0]
+    alone = dense.train(InProcessPS(dense.tables(config)), replace(config, batch=2 * config.batch))
+    for s, a in zip(synchronous, alone, strict=True):
+        # the same examples and steps; only the order the servers add the two gradients in differs
+        assert s["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert s["quality"]["test loss"] == pytest.approx(a["quality"]["test loss"], rel=1e-4)
+
+
 def reduce_many(ps: dynaps.PS) -> list[list[float]]:
     reducer = common.Reducer(ps)
     return [reducer.sum([n * (ps.rank + 1), 1.0]).tolist() for n in range(8)]
@@ -90,7 +112,8 @@ def test_dynaps_run_a_manifest(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith("[mf] epoch")]
+    # rank 0 prints the epochs; dynaps run prefixes its worker's lines with the worker's name
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[worker-0] [mf] epoch")]
     assert len(lines) == 2
     assert "local 0.0%" in lines[-1]
     assert "allocation static" in done.stderr
