@@ -48,7 +48,6 @@ class Outbox:
         # delta must turn each of them into the next version
         self.sent_since: list[control.Membership] = []
         self.synced: set[int] = set()  # endpoints holding one of those: a delta serves them
-        self.deltas_sent = self.wholes_sent = 0  # endpoints reached each way (for /status, the bench)
 
     def membership(self, shard_map: ShardMap, preparing: bool) -> control.Membership:
         """The current membership (``preparing``: the nodes are still building their stores)."""
@@ -82,19 +81,16 @@ class Outbox:
         for endpoint in endpoints:
             if delta_frames is not None and endpoint in self.synced:
                 self.transport.send(endpoint, delta_frames)
-                self.deltas_sent += 1
             else:
                 if whole_frames is None:
                     whole_frames = messages.control(MsgType.MEMBERSHIP, COORDINATOR, whole)
                 self.transport.send(endpoint, whole_frames)
-                self.wholes_sent += 1
         self.synced.update(endpoints)
         self.announced, self.sent_since = whole, []
 
     def send_whole(self, endpoint: int, whole: control.Membership) -> None:
         """The current membership, whole, to one endpoint (a joiner, or one that asked)."""
         self.send(endpoint, MsgType.MEMBERSHIP, whole)
-        self.wholes_sent += 1
         if self.announced is None or whole.version != self.announced.version:
             return  # not a base of the next delta: that one goes out whole
         if whole != self.announced and all(whole != sent for sent in self.sent_since):
