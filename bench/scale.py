@@ -578,9 +578,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds a phase may take")
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile: PATH.N.prof")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    parser.add_argument(
+        "--plot-from",
+        nargs="+",
+        metavar="JSON",
+        default=[],
+        help="run nothing: plot the sizes of these result files together, to --out (a .png)",
+    )
     parser.add_argument("--serve-coordinator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sim-helper", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def plot_together(sources: list[Path], out: Path) -> int:
+    """One plot of the sizes of several runs (each size run on its own, as at N = 1,000)."""
+    results: list[dict[str, Any]] = []
+    for source in sources:
+        try:
+            results.extend(json.loads(source.read_text())["results"])
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"--plot-from: cannot read results from {source}: {exc}", file=sys.stderr)
+            return 2
+    print(plot(sorted(results, key=lambda r: int(r["nodes"])), out.with_suffix(".png")))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -591,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         import scale_sim
 
         return scale_sim.helper_main()
+    if args.plot_from:
+        return plot_together([Path(p) for p in args.plot_from], Path(args.out or "scale.png"))
     try:
         sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
     except ValueError:
