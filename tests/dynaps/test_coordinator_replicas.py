@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client import generate_latest
 
-from dynaps.contract import DATA_LOSS_EXIT_CODE
+from dynaps.contract import DATA_LOSS_EXIT_CODE, Partition
 from dynaps.coordinator import metrics
 from dynaps.coordinator.core import JobPhase
-from dynaps.store.shardmap import NO_BACKUP
+from dynaps.coordinator.replicas import Replicas
+from dynaps.store.shardmap import NO_BACKUP, ShardMap
+from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
 from tests.dynaps.test_coordinator_core import Job
 
@@ -221,12 +224,34 @@ def test_on_data_loss_fail_ends_the_job_with_a_reason() -> None:
 
 
 def test_a_draining_server_hands_its_backups_over_before_it_leaves() -> None:
+    """A draining backup stays in its chains, each of which gets a new backup after it;
+    once that one is synced the home freezes the shards and the commit takes the leaver
+    out after the marker passed: no shard has a synced copy fewer at any point."""
     job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
     (s1, s2, s3), _ = job.start()
     job.tell(s3, MsgType.LEAVE, {"reason": "drain requested"})
     latest = shard_map(job)
-    assert latest["backups"] == [[s2], [s2], [s1], [s1], [s1], [s1]]  # s2's shards were backed up on s3
-    assert job.status()["replication"]["unsynced"] == 2
+    # s2's shards 2, 3 were backed up on s3: it stays, s1 joins their chains after it
+    assert latest["backups"] == [[s2, -1], [s2, -1], [s3, s1], [s3, s1], [s1, -1], [s1, -1]]
+    assert job.status()["replication"]["unsynced"] == 0  # s3 still counts where it is
+    while moves := job.wire.take(MsgType.MIGRATE_OUT):  # s3's own shards move away, one by one
+        assert {source for source, _ in moves} == {s3}, "a hand-over started before its new backup synced"
+        for source, out in moves:
+            land(job, source, out)
+    current = job.coordinator.homes.shard_map
+    assert current is not None
+    job.tell(s1, MsgType.REPLICA_SYNCED, {"epoch": current.epoch, "home": s2, "shards": [2, 3]})
+    sent = job.wire.take(MsgType.MIGRATE_OUT)
+    assert len(sent) == 1, sent
+    home, handover = sent[0]
+    assert (home, handover["target"], handover["leaving"], handover["shards"]) == (s2, s2, s3, [2, 3])
+    assert shard_map(job)["backups"][2:4] == [[s3, s1]] * 2, "committed before the marker passed"
+    land(job, home, handover)
+    latest = shard_map(job)
+    assert latest["backups"][2:4] == [[s1], [s1]]
+    assert all(s3 not in chain for chain in latest["backups"])
+    synced = job.coordinator.homes.replicas.synced_copies()
+    assert synced[2:4].tolist() == [1, 1], "the hand-over cost a synced copy"
 
 
 def _metrics(job: Job) -> str:
@@ -244,10 +269,12 @@ def test_after_a_restore_backups_count_once_their_homes_synced_them(tmp_path: Pa
     assert job.status()["replication"] == {"factor": 1, "synced": 4, "unsynced": 0, "minCopies": 1}
 
 
-def test_a_backup_whose_predecessor_changed_counts_only_after_its_homes_sync() -> None:
-    """The middle of a chain drains: rows it sent on and that reach the last backup after
-    the new epoch are acknowledged there but not kept, so that backup is not counted as a
-    replica until the home's sync down the new chain has reached it."""
+def test_a_drained_middle_of_a_chain_leaves_its_successors_synced() -> None:
+    """The middle of a chain drains: it stays until the new backup at the end is synced,
+    and the hand-over commit (after the home's marker passed every synced backup) keeps
+    the last backup counted, whose predecessor changed: nothing the middle passed on can
+    arrive after the change.  Before, the middle left the chain at once and the last
+    backup was not counted until the home's sync reached it."""
     job = Job(servers=4, workers=1, num_shards=8, fault_tolerance={"replication": 2})
     job.start()
     homes = job.coordinator.homes
@@ -255,46 +282,46 @@ def test_a_backup_whose_predecessor_changed_counts_only_after_its_homes_sync() -
     assert before is not None
     assert before.backups is not None
     home, middle, last = int(before.homes[0]), int(before.backups[0, 0]), int(before.backups[0, 1])
-    assert homes.replicas.synced[0].all()
-    job.tell(middle, MsgType.LEAVE, {"reason": "drain requested"})  # still alive, out of the chains
+    job.tell(middle, MsgType.LEAVE, {"reason": "drain requested"})
+    while moves := job.wire.take(MsgType.MIGRATE_OUT):  # the middle's own shards move away
+        for source, out in moves:
+            assert "leaving" not in out, "a hand-over started before its new backup synced"
+            land(job, source, out)
+    during = homes.shard_map
+    assert during is not None
+    assert during.backups is not None
+    chain = [int(b) for b in during.backups[0]]
+    assert chain[:2] == [middle, last]
+    assert homes.replicas.synced[0, :2].all(), "the drain cost a synced copy"
+    new = chain[2]
+    job.tell(new, MsgType.REPLICA_SYNCED, {"epoch": during.epoch, "home": home, "shards": [0]})
+    handovers = [(h, out) for h, out in job.wire.take(MsgType.MIGRATE_OUT) if 0 in out["shards"]]
+    assert handovers, "no hand-over once the new backup synced"
+    land(job, *handovers[0])
     after = homes.shard_map
     assert after is not None
     assert after.backups is not None
-    assert int(after.homes[0]) == home
-    slot = [int(b) for b in after.backups[0]].index(last)
-    assert not homes.replicas.synced[0, slot], "counted before the home's sync reached it"
-    stale = {"epoch": before.epoch, "home": home, "shards": [0]}  # a report from before the change
-    job.tell(last, MsgType.REPLICA_SYNCED, stale)
-    assert not homes.replicas.synced[0, slot]
-    job.tell(last, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
-    assert homes.replicas.synced[0, slot]
+    assert [int(b) for b in after.backups[0] if b != NO_BACKUP] == [last, new]
+    assert homes.replicas.synced[0].sum() == 2, "the last backup stopped counting"
 
 
 def test_backups_after_one_whose_predecessor_changed_count_only_after_the_sync() -> None:
-    """``replication: 3``, the first backup drains: the second's predecessor changes while
-    the drained one lives on, so rows in flight from it are acknowledged at the second and
-    not passed on; the third backup keeps its predecessor but lacks those rows too.  Before,
-    the third stayed counted as a replica: a loss of the home and the second backup then
-    rebuilt the shard from it as if nothing was missing."""
-    job = Job(servers=5, workers=1, num_shards=10, fault_tolerance={"replication": 3})
-    job.start()
-    homes = job.coordinator.homes
-    before = homes.shard_map
-    assert before is not None
-    assert before.backups is not None
-    home = int(before.homes[0])
-    first, second, third = (int(b) for b in before.backups[0])
-    assert homes.replicas.synced[0].all()
-    job.tell(first, MsgType.LEAVE, {"reason": "drain requested"})
-    after = homes.shard_map
-    assert after is not None
-    assert after.backups is not None
-    chain = [int(b) for b in after.backups[0]]
-    assert chain[:2] == [second, third], "the backups that stay keep their order"
-    assert not homes.replicas.synced[0].any(), "a backup after the changed link was still counted"
-    stale = {"epoch": before.epoch, "home": home, "shards": [0]}
-    job.tell(third, MsgType.REPLICA_SYNCED, stale)  # a report sent before the change
-    assert not homes.replicas.synced[0, 1]
-    for backup in chain:
-        job.tell(backup, MsgType.REPLICA_SYNCED, {"epoch": after.epoch, "home": home, "shards": [0]})
-    assert homes.replicas.synced[0].all()
+    """Should a chain ever drop a server that lives on without a hand-over (the first of
+    three backups here), the second acknowledges the rows the dropped one was passing on
+    without keeping them, and the third, whose predecessor did not change, lacks them
+    too: neither counts until the home's sync at the new epoch reaches it."""
+    homes = np.zeros(1, dtype=np.int16)
+    old = ShardMap(1, 1, Partition.RANGE, homes + 1, np.asarray([[2, 3, 4]], dtype=np.int16))
+    new = ShardMap(2, 1, Partition.RANGE, homes + 1, np.asarray([[3, 4, 5]], dtype=np.int16))
+    replicas = Replicas(1, 3)
+    replicas.reset(old, synced=True)
+    replicas.follow(old, new, members=[1, 2, 3, 4, 5])  # 2 lives on
+    assert not replicas.synced.any()
+    stale = control.ReplicaSynced(epoch=1, home=1, shards=[0])
+    assert replicas.confirm(4, stale, new) == 0
+    for backup in (3, 4, 5):
+        assert replicas.confirm(backup, control.ReplicaSynced(epoch=2, home=1, shards=[0]), new) == 1
+    lost = Replicas(1, 3)
+    lost.reset(old, synced=True)
+    lost.follow(old, new, members=[1, 3, 4, 5])  # 2 was lost: its rows are dropped unacknowledged
+    assert lost.synced[0].tolist() == [True, True, False, False]

@@ -384,3 +384,69 @@ def test_a_replica_report_sent_before_its_home_left_is_dropped_quietly() -> None
     plane.on_message(order(MsgType.REPLICA_SYNCED, report, sender=4242))  # never a peer
     assert plane.server.stats["malformed"] == 1
     assert not [m for _, m in outbox.take([]) if m.type is MsgType.REPLICA_SYNCED]
+
+
+def backed_up_by(backup: int) -> ShardMap:
+    """Node 1 homes every shard; ``backup`` backs them all up."""
+    shard_map = initial_map()
+    shard_map.epoch += 1
+    shard_map.homes[:] = 1
+    shard_map.backups = np.full((shard_map.num_shards, 1), backup, dtype=np.int16)
+    return shard_map
+
+
+def test_a_draining_server_stays_until_its_backups_are_handed_over() -> None:
+    plane, _, _ = make_node(2, replicated=True)
+    plane.apply_membership(control.Membership.model_validate(membership(backed_up_by(2), [1, 2])))
+    plane.on_message(order(MsgType.DRAIN, {}))
+    plane.tick(NOW)
+    plane.tick(NOW + 1)
+    assert drain_of(plane) is Drain.SHARDS, "it left while it still backs shards up"
+    handed = backed_up_by(-1)
+    handed.epoch += 1
+    plane.apply_membership(control.Membership.model_validate(membership(handed, [1, 2])))
+    plane.tick(NOW + 2)
+    assert drain_of(plane) in (Drain.KEYS, Drain.LEFT)
+
+
+def test_a_hand_over_holds_the_shards_until_the_epoch_without_the_leaver() -> None:
+    plane, _, outbox = make_node(1, replicated=True)
+    before = backed_up_by(2)
+    plane.apply_membership(control.Membership.model_validate(membership(before, [1, 2])))
+    outbox.take([store.layout for store in plane.server.stores])
+    shards = [0, 1]
+    plane.on_message(
+        order(MsgType.MIGRATE_OUT, {"id": 5, "shards": shards, "target": 1, "epoch": 2, "leaving": 2})
+    )
+    layouts = [store.layout for store in plane.server.stores]
+    sent = [(dest, msg.type) for dest, msg in outbox.take(layouts)]
+    assert (2, MsgType.REPLICA_SYNCED) in sent, "no marker down the chain"
+    assert (COORDINATOR, MsgType.MIGRATE_READY) in sent
+    gate = plane.server.gate
+    assert gate.blocked(np.arange(NUM_KEYS), NUM_KEYS, plane.server.shard_map).any()
+    same = backed_up_by(2)
+    same.epoch = before.epoch + 1  # a new epoch for another reason: still held
+    plane.apply_membership(control.Membership.model_validate(membership(same, [1, 2])))
+    assert gate.blocks is not None
+    assert gate.blocked(np.arange(NUM_KEYS), NUM_KEYS, same).any()
+    handed = backed_up_by(-1)
+    handed.epoch = same.epoch + 1
+    plane.apply_membership(control.Membership.model_validate(membership(handed, [1, 2])))
+    assert not plane.server.migrations.outgoing
+    assert gate.blocks is None or not gate.blocked(np.arange(NUM_KEYS), NUM_KEYS, handed).any()
+
+
+def test_a_restarted_coordinator_ends_the_moves_in_flight() -> None:
+    """It would never commit them: a home frozen for a hand-over serves its shards again."""
+    plane, _, _ = make_node(1, replicated=True)
+    plane.apply_membership(control.Membership.model_validate(membership(backed_up_by(2), [1, 2])))
+    plane.on_message(
+        order(MsgType.MIGRATE_OUT, {"id": 5, "shards": [0], "target": 1, "epoch": 2, "leaving": 2})
+    )
+    assert plane.server.migrations.outgoing
+    plane.on_message(order(MsgType.ADOPT, {}))
+    assert not plane.server.migrations.outgoing
+    gate = plane.server.gate
+    assert (
+        gate.blocks is None or not gate.blocked(np.arange(NUM_KEYS), NUM_KEYS, plane.server.shard_map).any()
+    )

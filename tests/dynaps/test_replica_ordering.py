@@ -135,3 +135,36 @@ def test_a_replica_sync_brings_the_records_of_the_updates_it_includes() -> None:
     cluster.check()  # applied once: the tail recognised the retry
     assert cluster.nodes[tail].stats["keys_deduplicated"] >= 1
     assert cluster.coordinator.homes.losses.entries == []
+
+
+def test_a_drained_middle_of_a_chain_hands_over_behind_its_rows() -> None:
+    """Chain home -> middle -> tail (replication: 2); a push's row waits between the middle
+    and the tail when the middle is drained.  The middle stays in the chain until the
+    home's hand-over marker has passed the tail, which is after the row: the tail keeps
+    the row and stays a synced replica, so losing the home right after (its own sync to
+    the tail lost with it) loses nothing.  Before, the middle left the chain at once, the
+    tail acknowledged the late row without keeping it, and the loss of the home lost the
+    acknowledged push (reported, as the tail was no longer counted)."""
+    cluster = Cluster(replicated=True, replication=2)
+    chains = cluster.shard_map.chains()
+    shards = shard_of(np.arange(NUM_KEYS, dtype=np.int64), NUM_KEYS, NUM_SHARDS, cluster.shard_map.partition)
+    home, middle, tail = (int(n) for n in chains[shards[0]][:3])
+    cluster.start("push", WORKERS[0], [0])
+    assert deliver_all_but(cluster, (middle, tail))  # the row waits between middle and tail
+    assert cluster.busy, "the push was acknowledged before its row reached the tail"
+    cluster.drain(middle)
+    deliver_all_but(cluster, (middle, tail), (home, tail))
+    held = cluster.shard_map.backups
+    assert held is not None
+    assert middle in held[shards[0]], "the middle left the chain before its rows reached the tail"
+    deliver_all_but(cluster, (home, tail))  # the row, then the marker: the hand-over commits
+    after = cluster.shard_map.backups
+    assert after is not None
+    assert middle not in after[shards[0]]
+    assert not cluster.busy, "the push was never acknowledged"
+    assert cluster.store(tail).values[0, 0] == 1
+    assert cluster.nodes[tail].stats["replica_rows_stale"] == 0
+    cluster.kill(home, keep_sent=False, unsettled=True)  # its sync to the tail dies with it
+    cluster.settle(None)
+    cluster.check()
+    assert cluster.coordinator.homes.losses.entries == []

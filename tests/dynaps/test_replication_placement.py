@@ -2,7 +2,8 @@
 real Coordinator in-process, the test playing the nodes (see test_coordinator_replicas.py).
 
 The rule: after every change the coordinator commits, each shard has
-``min(k, ready servers - 1)`` backups, on distinct ready servers, none of them its home;
+``min(k, ready servers - 1)`` backups, on distinct ready servers, none of them its home,
+and at most one draining server more, where it was, until its backups are handed over;
 a backup that stays keeps its place in the chain (no needless sync).
 """
 
@@ -29,8 +30,10 @@ def current(job: Job) -> ShardMap:
 def check_placement(job: Job, before: ShardMap | None = None) -> None:
     shard_map = current(job)
     assert shard_map.backups is not None
-    assert shard_map.backups.shape == (shard_map.num_shards, COPIES)
+    assert shard_map.backups.shape[0] == shard_map.num_shards
+    assert shard_map.backups.shape[1] in (COPIES, COPIES + 1), "one slot more only for a leaver"
     ready = set(job.coordinator.roster.ready_servers())
+    draining = set(job.coordinator.homes._lingering())
     for shard, (home, chain) in enumerate(
         zip(shard_map.homes.tolist(), shard_map.backups.tolist(), strict=True)
     ):
@@ -38,22 +41,42 @@ def check_placement(job: Job, before: ShardMap | None = None) -> None:
         assert chain[: len(placed)] == placed, f"shard {shard}: an empty slot before a backup {chain}"
         assert len(set(placed)) == len(placed), f"shard {shard}: a server twice in {chain}"
         assert home not in placed, f"shard {shard}: its home {home} backs it up"
-        assert set(placed) <= ready, f"shard {shard}: backups {placed} not all ready ({ready})"
-        assert len(placed) == min(COPIES, len(ready - {home})), f"shard {shard}: {chain}, ready {ready}"
+        leaving = [b for b in placed if b not in ready]
+        assert set(leaving) <= draining, f"shard {shard}: backups {placed} not ready nor draining ({ready})"
+        assert len(leaving) <= 1, f"shard {shard}: two leavers in {chain}"
+        staying = [b for b in placed if b in ready]
+        assert len(staying) == min(COPIES, len(ready - {home})), f"shard {shard}: {chain}, ready {ready}"
         if before is not None and before.backups is not None:
             stayed = [b for b in before.backups[shard].tolist() if b in placed]
             assert [b for b in placed if b in stayed] == stayed, f"shard {shard}: kept backups reordered"
 
 
+def sync_backups(job: Job) -> None:
+    """Every backup reports the sync its home sent at this epoch (as the nodes do)."""
+    shard_map = current(job)
+    if shard_map.backups is None:
+        return
+    for slot in range(shard_map.backups.shape[1]):
+        for backup in {int(b) for b in shard_map.backups[:, slot]} - {NO_BACKUP}:
+            for home in {int(h) for h in shard_map.homes}:
+                shards = np.flatnonzero((shard_map.backups[:, slot] == backup) & (shard_map.homes == home))
+                if len(shards):
+                    report = {"epoch": shard_map.epoch, "home": home, "shards": shards.tolist()}
+                    job.tell(backup, MsgType.REPLICA_SYNCED, report)
+
+
 def answer(job: Job) -> None:
-    """Play the nodes until nothing is asked: migrations land, recoveries finish, each
-    commit checked against the map before it."""
+    """Play the nodes until nothing is asked: migrations and hand-overs land, recoveries
+    finish, backups report their syncs, each commit checked against the map before it."""
     while True:
         before = current(job)
         outs = job.wire.take(MsgType.MIGRATE_OUT)
         recovers = job.wire.take(MsgType.RECOVER)
         if not outs and not recovers:
-            return
+            sync_backups(job)  # may start hand-overs
+            if not any(kind is MsgType.MIGRATE_OUT for _, kind, _ in job.wire.sent):
+                return
+            continue
         for home, recover in recovers:
             job.tell(home, MsgType.RECOVERED, {"id": recover["id"], "keys": 0})
         for source, out in outs:
@@ -84,8 +107,10 @@ def test_every_change_leaves_k_distinct_ready_backups(steps: list[str], data: st
         elif step == "drain":
             server = data.draw(st.sampled_from(ready))
             job.tell(server, MsgType.LEAVE, {"reason": "drain requested"})
-            check_placement(job, before)  # a leaving server backs nothing up at once
+            check_placement(job, before)  # it stays in the chains, each gets a new backup after
             answer(job)
+            leftover = current(job).backups
+            assert leftover is None or server not in leftover, "the drained server still backs up"
             job.tell(server, MsgType.LEFT)
         else:
             lose(job, data.draw(st.sampled_from(ready)))

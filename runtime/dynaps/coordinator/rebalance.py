@@ -9,6 +9,8 @@ The plan is balanced with minimal movement: every server that stays ends with
 moves only if its home is over quota (or leaving).  Moves are grouped by (source,
 target) into migrations of at most ``shards_per_migration`` shards; at most
 ``max_concurrent`` migrations run at a time, each committed (a new epoch) on its own.
+A *hand-over* (a draining server leaving the backup chains of shards it does not home)
+is tracked as a migration from the home to itself: the same freeze, marker and commit.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Migration:
     target: int
     shards: list[int]
     ready: bool = False  # the target holds the copy (it may still wait for the backups)
+    leaving: int = 0  # a hand-over (source = target = the home): the backup leaving the chains
     # (shard, backup) pairs that passed on the source's freeze marker
     flushed: set[tuple[int, int]] = field(default_factory=set)
 
@@ -103,6 +106,21 @@ class Rebalancer:
             started.append(migration)
         return started
 
+    def start_handover(self, home: int, shards: list[int], leaving: int) -> Migration | None:
+        """A hand-over of ``shards``' chains from ``leaving``, unless their home is busy
+        with another move (one freeze per node at a time) or a shard is in flight."""
+        busy = {m.source for m in self.running.values()} | {m.target for m in self.running.values()}
+        in_flight = {shard for m in self.running.values() for shard in m.shards}
+        if home in busy or len(self.running) >= self.max_concurrent:
+            return None
+        free = [shard for shard in shards if shard not in in_flight][: self.shards_per_migration]
+        if not free:
+            return None
+        migration = Migration(self._next_id, home, home, free, leaving=leaving)
+        self._next_id += 1
+        self.running[migration.id] = migration
+        return migration
+
     def commit(self, migration_id: int) -> Migration | None:
         """The migration landed (its target holds the shards): no longer in flight."""
         migration = self.running.pop(migration_id, None)
@@ -112,7 +130,7 @@ class Rebalancer:
 
     def abort_involving(self, node: int) -> list[Migration]:
         """Forget migrations from or to a lost node (they are replanned)."""
-        gone = [m for m in self.running.values() if node in (m.source, m.target)]
+        gone = [m for m in self.running.values() if node in (m.source, m.target, m.leaving)]
         for migration in gone:
             del self.running[migration.id]
         return gone

@@ -28,29 +28,50 @@ from dynaps.wire.control import RecoverySource
 
 
 def choose_backups(
-    homes: npt.NDArray[np.int16], old: npt.NDArray[np.int16] | None, servers: Sequence[int], copies: int
+    homes: npt.NDArray[np.int16],
+    old: npt.NDArray[np.int16] | None,
+    servers: Sequence[int],
+    copies: int,
+    lingering: Sequence[int] = (),
+    handed: Sequence[int] = (),
 ) -> npt.NDArray[np.int16]:
-    """Each shard's ``copies`` backups on distinct ready servers other than its home.
+    """Each shard's chain: ``copies`` backups on distinct ready servers other than its home,
+    and one slot more for a server that is leaving (``copies + 1`` columns while one is
+    in some chain, ``copies`` otherwise).
 
     A shard keeps the old backups that are still valid (a ready server, not its home), in
     their order, so they need no new sync; the empty slots go to the ready servers that back
-    up the fewest shards.  With too few servers the last slots stay NO_BACKUP.
+    up the fewest shards, after the kept ones.  A ``lingering`` server (draining: its
+    backups are handed over before it leaves) stays where it is in the chain without
+    counting towards ``copies``, except in the ``handed`` shards, whose hand-over this
+    commit completes; a second one in the same chain is dropped.  With too few servers the
+    last slots stay NO_BACKUP.
     """
     ready = set(servers)
-    backups = np.full((len(homes), copies), NO_BACKUP, dtype=np.int16)
+    staying = set(lingering)
+    dropped = set(handed)
+    backups = np.full((len(homes), copies + 1), NO_BACKUP, dtype=np.int16)
     kept: list[list[int]] = []
     load = dict.fromkeys(ready, 0)
     for shard, home in enumerate(homes):
         previous = [] if old is None else [int(b) for b in old[shard]]
         valid: list[int] = []
+        counted = 0
+        extra = 0
         for backup in previous:
-            if backup in ready and backup != int(home) and backup not in valid and len(valid) < copies:
+            if backup == int(home) or backup in valid:
+                continue
+            if backup in ready and counted < copies:
                 valid.append(backup)
                 load[backup] += 1
+                counted += 1
+            elif backup in staying and shard not in dropped and not extra:
+                valid.append(backup)
+                extra = 1
         kept.append(valid)
     for shard, home in enumerate(homes):
         chain = kept[shard]
-        while len(chain) < copies:
+        while sum(1 for b in chain if b in ready) < copies:
             candidates = [s for s in ready if s != int(home) and s not in chain]
             if not candidates:
                 break
@@ -58,6 +79,8 @@ def choose_backups(
             chain.append(chosen)
             load[chosen] += 1
         backups[shard, : len(chain)] = chain
+    if (backups[:, copies] == NO_BACKUP).all():
+        return backups[:, :copies]  # nobody lingers: the usual width
     return backups
 
 
@@ -70,16 +93,16 @@ class Replicas:
     """
 
     def __init__(self, num_shards: int, copies: int) -> None:
-        self.copies = max(1, copies)
-        self.synced = np.zeros((num_shards, self.copies), dtype=np.bool_)
-        self.since = np.zeros((num_shards, self.copies), dtype=np.int64)
+        self.slots = max(1, copies) + 1  # the slots of ShardMap.backups: k, and one for a leaver
+        self.synced = np.zeros((num_shards, self.slots), dtype=np.bool_)
+        self.since = np.zeros((num_shards, self.slots), dtype=np.int64)
 
     def reset(self, shard_map: ShardMap, synced: bool) -> None:
         """A first map (homes and backups start alike: ``synced``) or an adopted one (not known)."""
-        if shard_map.backups is None or shard_map.backups.shape[1] != self.copies:
+        if shard_map.backups is None or shard_map.backups.shape[1] > self.slots:
             self.synced[:] = False
         else:
-            self.synced[:] = synced & (shard_map.backups != NO_BACKUP)
+            self.synced[:] = synced & (shard_map.backup_slots(self.slots) != NO_BACKUP)
         self.since[:] = shard_map.epoch
 
     def follow(
@@ -103,23 +126,25 @@ class Replicas:
         window ``replication: k`` accepts (counting them out would report a loss after every
         two losses at once, which k = 2 promises to survive).
         """
-        if new.backups is None or new.backups.shape[1] != self.copies:
+        if new.backups is None or new.backups.shape[1] > self.slots:
             self.synced[:] = False
             return
         synced = np.zeros_like(self.synced)
         since = np.full_like(self.since, new.epoch)
-        if old.backups is not None and old.backups.shape == new.backups.shape:
+        if old.backups is not None and old.backups.shape[1] <= self.slots:
             moved = np.zeros((len(new.homes), 1), dtype=np.bool_)
             moved[list(flushed)] = True
-            old_before = old.chains()[:, :-1]  # per slot: the server its rows come from
-            new_before = new.chains()[:, :-1]
+            old_backups, new_backups = old.backup_slots(self.slots), new.backup_slots(self.slots)
+            # per slot: the server its rows come from
+            old_before = np.column_stack([old.homes, old_backups])[:, :-1]
+            new_before = np.column_stack([new.homes, new_backups])[:, :-1]
             gone = ~np.isin(old_before, list(members))
             # per new slot: its server was in the old chain and its predecessor changed
             # while the old one lives on (stale rows from it are acknowledged there and
             # not passed on, so no backup after it in the chain has them either)
             cut = np.zeros_like(self.synced)
-            for slot in range(self.copies):
-                same = (new.backups == old.backups[:, slot : slot + 1]) & (new.backups != NO_BACKUP)
+            for slot in range(self.slots):
+                same = (new_backups == old_backups[:, slot : slot + 1]) & (new_backups != NO_BACKUP)
                 before = old_before[:, slot : slot + 1]
                 kept = same & ((new_before == before) | gone[:, slot : slot + 1] | moved)
                 cut |= same & ~kept
@@ -136,7 +161,8 @@ class Replicas:
         if shard_map.backups is None or not report.shards:
             return 0
         shards = np.asarray([s for s in report.shards if 0 <= s < shard_map.num_shards], dtype=np.int64)
-        slots = shard_map.backups[shards] == backup  # at most one slot per shard: backups are distinct
+        # at most one slot per shard: backups are distinct
+        slots = shard_map.backup_slots(self.slots)[shards] == backup
         valid = (
             slots & (shard_map.homes[shards] == report.home)[:, None] & (self.since[shards] <= report.epoch)
         )

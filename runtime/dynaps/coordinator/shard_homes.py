@@ -132,7 +132,11 @@ class ShardHomes:
         if self.shard_map is None or not self.replication:
             return False
         backups = choose_backups(
-            self.shard_map.homes, self.shard_map.backups, self.roster.ready_servers(), self.replication
+            self.shard_map.homes,
+            self.shard_map.backups,
+            self.roster.ready_servers(),
+            self.replication,
+            self._lingering(),
         )
         if self.shard_map.backups is not None and np.array_equal(backups, self.shard_map.backups):
             return False
@@ -148,6 +152,7 @@ class ShardHomes:
         fresh = self.replicas.confirm(backup, report, self.shard_map)
         if fresh:
             log.info("node %d holds synced replicas of %d more shards of node %d", backup, fresh, report.home)
+            self.start_handovers()
         migration = self.rebalancer.running.get(report.migration)
         if migration is not None:
             migration.flushed.update((s, backup) for s in report.shards)
@@ -172,6 +177,7 @@ class ShardHomes:
         assert self.shard_map is not None
         if self.in_checkpoint() or self.recoveries:
             return  # resumed when they end
+        self.start_handovers()
         for migration in self.rebalancer.start_next():
             log.info(
                 "migration %d: %d shards from node %d to node %d",
@@ -184,6 +190,50 @@ class ShardHomes:
                 id=migration.id, shards=migration.shards, target=migration.target, epoch=self.shard_map.epoch
             )
             self.send(migration.source, MsgType.MIGRATE_OUT, body)
+
+    def _lingering(self) -> list[int]:
+        """Draining servers: they stay in the chains until their backups are handed over."""
+        return [m.id for m in self.roster.active("server") if m.state == MemberState.DRAINING]
+
+    def start_handovers(self) -> None:
+        """Take draining servers out of the chains of shards whose other backups are synced.
+
+        While a server drains it stays a backup where it was, and each of its shards gets a
+        new backup after the others (:func:`choose_backups`), synced by the home; once the
+        new one holds the shard, the shard is handed over: the home freezes it and sends its
+        marker down the chain, and the commit that takes the leaver out waits until every
+        synced backup passed it on (as for a migration).  Taking it out while rows it was
+        passing on are in flight would leave its successor acknowledging them unkept, and a
+        loss in the meantime would lose acknowledged updates or go unreported.
+        """
+        shard_map = self.shard_map
+        if shard_map is None or shard_map.backups is None or self.in_checkpoint() or self.recoveries:
+            return
+        chains = shard_map.backup_slots(self.replicas.slots)
+        ready = np.isin(chains, self.roster.ready_servers())
+        settled = ~(ready & ~self.replicas.synced).any(axis=1)  # every ready backup synced
+        for leaving in self._lingering():
+            handing = (chains == leaving).any(axis=1) & settled
+            for home in np.unique(shard_map.homes[handing]):
+                shards = [int(s) for s in np.flatnonzero(handing & (shard_map.homes == home))]
+                migration = self.rebalancer.start_handover(int(home), shards, leaving)
+                if migration is None:
+                    continue
+                log.info(
+                    "hand-over %d: node %d leaves the chains of %d shards of node %d",
+                    migration.id,
+                    leaving,
+                    len(migration.shards),
+                    home,
+                )
+                body = control.MigrateOut(
+                    id=migration.id,
+                    shards=migration.shards,
+                    target=migration.target,
+                    epoch=shard_map.epoch,
+                    leaving=leaving,
+                )
+                self.send(migration.source, MsgType.MIGRATE_OUT, body)
 
     def on_migrate_ready(self, migration_id: int) -> None:
         """The target holds a copy and the source is frozen: commit the new epoch once the
@@ -229,13 +279,24 @@ class ShardHomes:
         self.rebalancer.commit(migration.id)
         homes = self.shard_map.homes.copy()
         homes[migration.shards] = migration.target
-        self._commit(homes, flushed=migration.shards)  # with backups: replicas follow every change
-        log.info(
-            "epoch %d: %d shards now homed on node %d",
-            self.shard_map.epoch,
-            len(migration.shards),
-            migration.target,
-        )
+        handed = migration.shards if migration.leaving else []
+        # with backups: replicas follow every change
+        self._commit(homes, flushed=migration.shards, handed=handed)
+        if migration.leaving:
+            log.info(
+                "epoch %d: node %d no longer backs up %d shards of node %d",
+                self.shard_map.epoch,
+                migration.leaving,
+                len(migration.shards),
+                migration.target,
+            )
+        else:
+            log.info(
+                "epoch %d: %d shards now homed on node %d",
+                self.shard_map.epoch,
+                len(migration.shards),
+                migration.target,
+            )
         self.announce()
         self.start_migrations()
 
@@ -318,14 +379,17 @@ class ShardHomes:
         homes: npt.NDArray[np.int16],
         backups: npt.NDArray[np.int16] | None = None,
         flushed: Sequence[int] = (),
+        handed: Sequence[int] = (),
     ) -> None:
         """Commit a new shard assignment (a new epoch), with backups under replication:
         ``backups``, or the old ones where still valid (:func:`choose_backups`);
-        ``flushed``: the shards of the migration it commits (:meth:`Replicas.follow`)."""
+        ``flushed``: the shards of the migration it commits (:meth:`Replicas.follow`),
+        ``handed``: of a hand-over, whose leaver it takes out of their chains."""
         assert self.shard_map is not None
         old = self.shard_map
         if self.replication and backups is None:
-            backups = choose_backups(homes, old.backups, self.roster.ready_servers(), self.replication)
+            ready, lingering = self.roster.ready_servers(), self._lingering()
+            backups = choose_backups(homes, old.backups, ready, self.replication, lingering, handed)
         self.shard_map = ShardMap(old.epoch + 1, old.num_shards, old.partition, homes, backups)
         members = [m.id for m in self.roster.active("server")]
         self.replicas.follow(old, self.shard_map, flushed, members)

@@ -7,8 +7,9 @@ messages and the clock, and does what only an OS process can (:class:`Shell`).
 A graceful leave (:meth:`ControlPlane.start_drain`, on DRAIN or SIGTERM) goes through
 :class:`Drain`'s steps: a worker tells its training process (``dynaps.Drained`` at its
 next call) and waits for it to finish (``CLIENT``); a server waits until its shards have
-moved away (``SHARDS``); then the node gives every key it still holds back to its home
-(``KEYS``), sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
+moved away and its backups have been handed over (``SHARDS``); then the node gives every
+key it still holds back to its home (``KEYS``), sends LEFT, and lingers a moment to
+forward stragglers (``LEFT``).
 
 A node the coordinator declared lost (it was paused or cut off for too long) must not
 serve on: others now serve its keys.  It stops as soon as it learns so (:meth:`fence`): a
@@ -193,6 +194,7 @@ class ControlPlane:
             elif msg.type is MsgType.ADOPT:  # a restarted coordinator rebuilds the job
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
+                server.migrations.abort_all()  # it would never commit them
                 rejoin = control.Rejoin(
                     heartbeat=self.shell.heartbeat(),
                     shard_map=server.shard_map.to_json(),
@@ -316,6 +318,9 @@ class ControlPlane:
         if self.drain is Drain.SHARDS:
             if self.node_id in server.shard_map.homes or server.migrations.outgoing:
                 return  # the coordinator moves our shards away first
+            backups = server.shard_map.backups
+            if backups is not None and (backups == self.node_id).any():
+                return  # and hands our backups over once their new backups are synced
             self.drain = Drain.KEYS
         if self.drain is Drain.KEYS and server.departures.release_owned() == 0:
             log.info("node %d: drained, leaving", self.node_id)

@@ -15,6 +15,13 @@ For a migration of shards S from home A to home B:
 4. at the new epoch A gives up the keys it owned in S (they are B's now) and forwards
    the held requests to B; B takes ownership of them and serves.
 
+A *hand-over* is the same freeze without a move: a backup that drains leaves the chains
+of shards whose other backups are synced.  The home holds the shards' requests and sends
+its marker (:meth:`Migrations._hand_over`); the coordinator commits the chains without
+the leaver once every synced backup passed the marker on, so no row the leaver was
+passing on arrives after its successor's predecessor changed; the home then serves the
+held requests itself.
+
 No request for S is lost (held, then forwarded), none is applied twice (A freezes before
 the delta, B serves only after the commit), and only S's requests wait, briefly.
 """
@@ -59,6 +66,7 @@ class Outgoing:
     cursor: list[int]
     dirty: list[npt.NDArray[np.bool_]]  # per table, over all keys
     frozen: bool = False
+    leaving: int = 0  # a hand-over: the backup that leaves the chains (nothing is copied)
 
 
 @dataclass
@@ -86,11 +94,32 @@ class Migrations:
     def start(self, order: MigrateOut) -> None:
         node = self.node
         shards = np.asarray(order.shards, dtype=np.int64)
+        if order.target == node.me:
+            self._hand_over(order, shards)
+            return
         keys = [shard_keys(store, shards, node.shard_map) for store in node.stores]
         dirty = [np.zeros(store.spec.num_keys, dtype=np.bool_) for store in node.stores]
         self.outgoing[order.id] = Outgoing(order.id, order.target, shards, keys, [0] * len(keys), dirty)
         self.tracking = True
         log.info("node %d: migrating %d shards to node %d", node.me, len(shards), order.target)
+
+    def _hand_over(self, order: MigrateOut, shards: npt.NDArray[np.int64]) -> None:
+        """A backup leaves the chains of shards homed here (it drains): hold their requests
+        and send the marker down the chains after the last rows, so the coordinator takes it
+        out only once every row it was passing on has reached the backups after it."""
+        node = self.node
+        if not order.leaving or not (node.shard_map.homes[shards] == node.me).all():
+            node.note_malformed(ProtocolError(f"hand-over {order.id} of shards not homed here"))
+            return
+        empty = [np.zeros(0, dtype=np.int64) for _ in node.stores]
+        migration = Outgoing(order.id, node.me, shards, empty, [0] * len(empty), [], True, order.leaving)
+        self.outgoing[order.id] = migration
+        node.gate.block(shards, node.shard_map.num_shards)
+        if self.on_frozen is not None:
+            self.on_frozen(migration.id, shards)
+        ready = control.MigrateReady(id=order.id)
+        node.send_frames(COORDINATOR, messages.control(MsgType.MIGRATE_READY, node.me, ready))
+        log.info("node %d: handing %d shards over from backup %d", node.me, len(shards), order.leaving)
 
     def touch(self, table: int, keys: Keys) -> None:
         """Note that the state of ``keys`` changed (only while a pre-copy runs)."""
@@ -171,6 +200,12 @@ class Migrations:
             self.tracking = any(not m.frozen for m in self.outgoing.values())
         self.incoming.pop(migration_id, None)
 
+    def abort_all(self) -> None:
+        """A restarted coordinator knows nothing of the moves in flight: end them all (it
+        plans again); a frozen home serves its shards again."""
+        for migration_id in [*self.outgoing, *self.incoming]:
+            self.abort(migration_id)
+
     # ---------------------------------------------------------------- target side
 
     def on_copy(self, msg: Message) -> None:
@@ -208,8 +243,17 @@ class Migrations:
         """A new epoch: finish migrations that it commits, on either side."""
         node = self.node
         me = node.me
-        done = [m for m in self.outgoing.values() if m.frozen and (new_map.homes[m.shards] != me).all()]
-        for migration in done:
+        departed = [m for m in self.outgoing.values() if m.frozen and (new_map.homes[m.shards] != me).all()]
+        handed = [
+            m
+            for m in self.outgoing.values()
+            if m.leaving
+            and new_map.backups is not None
+            and not (new_map.backups[m.shards] == m.leaving).any()
+        ]
+        for migration in handed:
+            del self.outgoing[migration.id]
+        for migration in departed:
             del self.outgoing[migration.id]
             for table, keys in enumerate(migration.keys):
                 store = node.stores[table]
@@ -241,5 +285,5 @@ class Migrations:
                     store.loc[taken] = me
                 finally:
                     node.lock.release()
-        for migration in done:
+        for migration in departed + handed:
             node.gate.unblock(migration.shards)

@@ -310,8 +310,10 @@ class Replication:
         if recovering:
             mine[list(recovering)] = False
         changed = mine.copy()
-        if old is not None and old.backups is not None and old.backups.shape == new.backups.shape:
-            changed &= (old.homes != node.me) | (old.backups != new.backups).any(axis=1)
+        if old is not None and old.backups is not None:
+            width = max(old.backups.shape[1], new.backups.shape[1])  # wider while a backup drains
+            chain_changed = (old.backup_slots(width) != new.backup_slots(width)).any(axis=1)
+            changed &= (old.homes != node.me) | chain_changed
         shards = np.flatnonzero(changed)
         if len(shards):
             self.sync_shards(shards, new)

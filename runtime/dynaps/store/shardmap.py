@@ -95,6 +95,15 @@ class ShardMap:
             return self.homes[:, None]
         return np.column_stack([self.homes, self.backups])
 
+    def backup_slots(self, width: int) -> npt.NDArray[np.int16]:
+        """The backups padded with NO_BACKUP to ``width`` slots (a chain is one slot wider
+        while a draining server hands its backups over), to compare maps of either width."""
+        assert self.backups is not None
+        missing = width - self.backups.shape[1]
+        if missing <= 0:
+            return self.backups
+        return np.pad(self.backups, ((0, 0), (0, missing)), constant_values=NO_BACKUP)
+
     def home_of(self, keys: npt.NDArray[np.int64], num_keys: int) -> npt.NDArray[np.int16]:
         return self.homes[shard_of(keys, num_keys, self.num_shards, self.partition)]
 

@@ -216,6 +216,9 @@ class MigrateOut(_Body):
     shards: list[int]
     target: int = Field(ge=1, le=MAX_NODES)
     epoch: int = Field(ge=0)
+    # a hand-over (target: the home itself): the backup leaving the shards' chains; the
+    # home holds their requests until the epoch that takes it out
+    leaving: int = Field(default=0, ge=0, le=MAX_NODES)
 
 
 class MigrateReady(_Body):
