@@ -20,6 +20,10 @@ process, which registers and receives every membership, as a real one does):
 * **scale-out by 10 % more servers**: time until the new servers home their shards and no
   migration is left, with the migrations, membership versions, bytes and coordinator CPU.
 
+Beside each run, ``bench/scale_probes.py`` measures in this process what one real node pays
+for a membership (whole, and as a delta) and the coordinator's CPU per heartbeat;
+``bench/scale_plot.py`` draws the figures against N.
+
     python bench/scale.py --nodes 10,100,1000 [--heartbeat-ms 200] [--out bench/results/scale.json]
 
 Every process it starts is stopped by pid at the end, also on Ctrl-C or an error.
@@ -44,12 +48,12 @@ from pathlib import Path
 from typing import Any
 
 from dynaps.contract import FaultTolerance, NamedTable, RebalancePolicy, RuntimeConfig, secret
+from scale_plot import plot
+from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side
 
 HERE = Path(__file__).resolve()
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "  # dynaps.local.launch.ANNOUNCE_PREFIX
-KEYS_PER_SHARD = 4  # small shards: the harness measures the control plane, not copies
 NODES_PER_HELPER = 250
-MAX_SOCKETS_ENV = "SCALE_COORDINATOR_MAX_SOCKETS"
 PROFILE_ENV = "SCALE_COORDINATOR_PROFILE"  # a path: the coordinator runs under cProfile
 POLL_SECONDS = 0.1
 
@@ -60,6 +64,15 @@ class HarnessError(RuntimeError):
 
 def log(text: str) -> None:
     print(f"[scale {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def memberships(counters: dict[str, Any]) -> int:
+    """Membership versions the endpoints received, whole or as deltas."""
+    return int(counters["msgs_in"].get("MEMBERSHIP", 0)) + deltas(counters)
+
+
+def deltas(counters: dict[str, Any]) -> int:
+    return int(counters["msgs_in"].get("MEMBERSHIP_DELTA", 0))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -224,7 +237,6 @@ class Run:
         env["DYNAPS_CONFIG"] = config.to_json()
         env[secret.HEX_ENV] = secret.encode(self.secret)
         env.setdefault("DYNAPS_LOG_LEVEL", "WARNING")
-        env[MAX_SOCKETS_ENV] = str(self.args.coordinator_max_sockets)
         return env
 
     # -------------------------------------------------------------- plumbing
@@ -374,8 +386,8 @@ class Run:
             "endpoints": seen["total"],
             "bytes_to_nodes": after["bytes_in"] - before["bytes_in"],
             "bytes_from_coordinator": after["bytes_from_coordinator"] - before["bytes_from_coordinator"],
-            "memberships_received": after["msgs_in"].get("MEMBERSHIP", 0)
-            - before["msgs_in"].get("MEMBERSHIP", 0),
+            "memberships_received": memberships(after) - memberships(before),
+            "deltas_received": deltas(after) - deltas(before),
             "coordinator_cpu_s_to_reach": round(self.coord.cpu() - cpu0, 3),
         }
 
@@ -388,8 +400,8 @@ class Run:
         return {
             "settle_s": round(settled - since, 3),
             "settle_bytes_to_nodes": after["bytes_in"] - before["bytes_in"],
-            "settle_memberships_received": after["msgs_in"].get("MEMBERSHIP", 0)
-            - before["msgs_in"].get("MEMBERSHIP", 0),
+            "settle_memberships_received": memberships(after) - memberships(before),
+            "settle_deltas_received": deltas(after) - deltas(before),
             "settle_coordinator_cpu_s": round(self.coord.cpu() - cpu0, 3),
             "settle_coordinator_rss_mb": self.coord.rss_mb(),
             "migrations": status["migrationsCompleted"] - status0["migrationsCompleted"],
@@ -422,7 +434,8 @@ class Run:
             "all_running_s": round(state["last_running"] - sent, 3),
             "coordinator_cpu_s": round(self.coord.cpu() - cpu0, 3),
             "bytes_to_nodes": state["bytes_in"],
-            "memberships_received": state["msgs_in"].get("MEMBERSHIP", 0),
+            "memberships_received": memberships(state),
+            "deltas_received": deltas(state),
         }
         log(f"N={self.n}: running after {state['last_running'] - sent:.2f} s")
 
@@ -526,210 +539,12 @@ class Run:
         return self.result
 
 
-# ---------------------------------------------------------------------- node-side costs
-
-
-def node_side(nodes: int, shards: int) -> dict[str, Any]:
-    """What one real node pays per membership at this size: the body's bytes, its parse time,
-    and the sockets ``joining.connect_members`` opens (one per node and per training process)."""
-    from dynaps.contract import Partition
-    from dynaps.store.shardmap import ShardMap
-    from dynaps.wire import codec, control, messages
-    from dynaps.wire.protocol import COORDINATOR, MsgType
-
-    servers = max(1, nodes // 2)
-    infos = [
-        control.NodeInfo(
-            id=i + 1,
-            role="server" if i < servers else "worker",
-            address=f"tcp://127.0.0.1:{20000 + i}",
-            client=None if i < servers else f"tcp://127.0.0.1:{40000 + i}",
-            rank=None if i < servers else i - servers,
-            name=f"server-{i}" if i < servers else f"worker-{i - servers}",
-            ready=True,
-        )
-        for i in range(nodes)
-    ]
-    shard_map = ShardMap.initial(shards, Partition.RANGE, list(range(1, servers + 1)))
-    body = control.Membership(
-        version=1,
-        phase=control.Phase.RUNNING,
-        nodes=infos,
-        shard_map=shard_map.to_json(),
-        num_workers=nodes - servers,
-    )
-    frames = messages.control(MsgType.MEMBERSHIP, COORDINATOR, body)
-    runs = []
-    for _ in range(5):
-        start = time.process_time()
-        codec.decode(frames, [])
-        runs.append(time.process_time() - start)
-    return {
-        "membership_bytes": sum(len(f) for f in frames),
-        "membership_parse_ms": round(sorted(runs)[2] * 1000, 3),
-        "push_sockets_per_real_node": nodes - 1 + (nodes - servers),
-    }
-
-
-class _NullTransport:
-    """Swallows what the coordinator sends: its own cost, without sockets, in this process."""
-
-    endpoint = 0
-    address = "tcp://127.0.0.1:1"
-
-    def connect(self, endpoint: int, address: str) -> None:
-        pass
-
-    def forget(self, endpoint: int, linger: float = 0.0) -> None:
-        pass
-
-    def knows(self, endpoint: int) -> bool:
-        return True
-
-    def send(self, endpoint: int, frames: Any) -> None:
-        pass
-
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
-        return None
-
-    def close(self, linger: float = 0.0) -> None:
-        pass
-
-
-def heartbeat_cost(nodes: int, shards: int) -> float:
-    """CPU microseconds ``Coordinator.receive`` takes for one HEARTBEAT in a running job of
-    ``nodes`` (in this process, no socket: the message's decoding and the /status rebuild that
-    follows every message), median of 200."""
-    from dynaps.coordinator.core import Coordinator
-    from dynaps.wire import control, messages
-    from dynaps.wire.protocol import MsgType, client_of
-
-    servers = max(1, nodes // 2)
-    config = RuntimeConfig(
-        job="probe",
-        tables=[NamedTable(name="w", num_keys=shards * KEYS_PER_SHARD, dim=1)],
-        servers=servers,
-        workers=nodes - servers,
-        rebalance_policy=RebalancePolicy(num_shards=shards),
-        coordinator="127.0.0.1:1",
-    )
-    coordinator = Coordinator(config, _NullTransport())
-    for i in range(nodes):
-        role = "server" if i < servers else "worker"
-        reg = control.Register(
-            role=role, address=f"tcp://127.0.0.1:{20000 + i}", nonce="n", config_digest=coordinator.digest
-        )
-        coordinator.receive(messages.control(MsgType.REGISTER, -1, reg))
-    for member in coordinator.roster.active():
-        coordinator.receive(messages.control(MsgType.READY, member.id, control.Ready(version=1)))
-    for member in coordinator.roster.active("worker"):
-        reg = control.Register(
-            role="client",
-            address=f"tcp://127.0.0.1:{40000 + member.id}",
-            nonce="n",
-            config_digest=coordinator.digest,
-            node=member.id,
-        )
-        coordinator.receive(messages.control(MsgType.REGISTER, client_of(member.id), reg))
-    body = control.Heartbeat(role="server", address="tcp://127.0.0.1:20000", name="server-0")
-    beat = messages.control(MsgType.HEARTBEAT, 1, body)
-    runs = []
-    for _ in range(200):
-        start = time.process_time()
-        coordinator.receive(beat)
-        runs.append(time.process_time() - start)
-    return round(sorted(runs)[100] * 1e6, 1)
-
-
-# ---------------------------------------------------------------------- the plot
-
-
-def _pick(phase: str, figure: str) -> Callable[[dict[str, Any]], float | None]:
-    """Reads one figure of a result (None where that phase did not complete)."""
-
-    def value(result: dict[str, Any]) -> float | None:
-        part = result.get(phase)
-        return None if part is None else float(part[figure])
-
-    return value
-
-
-def plot(results: list[dict[str, Any]], path: Path) -> str:
-    """A 2x2 figure of the figures against N; returns what was written (or why not)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot"
-    done = [r for r in results if "steady" in r]
-    if not done:
-        return "no size completed: no plot"
-    sizes = [r["nodes"] for r in done]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    Series = list[tuple[str, Callable[[dict[str, Any]], float | None]]]
-    panels: list[tuple[Any, str, Series]] = [
-        (
-            axes[0][0],
-            "coordinator CPU s per s, steady heartbeats",
-            [("CPU s/s", _pick("steady", "coordinator_cpu_per_s"))],
-        ),
-        (
-            axes[0][1],
-            "seconds until every endpoint sees RUNNING",
-            [("registration", _pick("registration", "all_running_s"))],
-        ),
-        (
-            axes[1][0],
-            "seconds until every endpoint has the membership",
-            [(e, _pick(e, "reach_s")) for e in ("join", "leave", "loss")]
-            + [("+10 % servers settled", _pick("scale_out", "settle_s"))],
-        ),
-        (
-            axes[1][1],
-            "bytes the nodes received until settled",
-            [(e, _pick(e, "settle_bytes_to_nodes")) for e in ("join", "leave", "loss", "scale_out")],
-        ),
-    ]
-    for ax, title, series in panels:
-        for label, value in series:
-            points = [(n, value(r)) for n, r in zip(sizes, done, strict=True)]
-            points = [(n, v) for n, v in points if v is not None and v > 0]
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("nodes N (half servers, half workers)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"dynaps control plane against N simulated nodes (heartbeat {done[0]['heartbeat_ms']} ms)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return str(path)
-
-
 # ---------------------------------------------------------------------- entry points
 
 
 def serve_coordinator() -> int:
-    """The coordinator process: ``dynaps coordinator --announce``, with the zmq socket limit
-    raised first (see the README: the default 1,023 sockets run out near 300 nodes) and
-    optionally under cProfile."""
-    import zmq
-
-    limit = int(os.environ.get(MAX_SOCKETS_ENV, "0") or 0)
-    if limit > 0:
-        plain = zmq.Context
-
-        class RaisedLimit(plain):  # type: ignore[valid-type, misc]  # zmq.Context is a generic alias here
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self.set(zmq.MAX_SOCKETS, limit)
-
-        zmq.Context = RaisedLimit  # type: ignore[misc]  # the runtime's transport calls zmq.Context()
+    """The coordinator process: ``dynaps coordinator --announce`` (optionally under cProfile).
+    It sizes its own socket and file limits from the job (``dynaps.wire.limits``)."""
     from dynaps.cli import main
 
     profile = os.environ.get(PROFILE_ENV)
@@ -761,17 +576,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=10.0, help="steady heartbeat window")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between RUNNING and the window")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds a phase may take")
-    parser.add_argument(
-        "--coordinator-max-sockets",
-        type=int,
-        default=65535,
-        help="raise the coordinator's zmq socket limit to this (0: keep zmq's 1023)",
-    )
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile: PATH.N.prof")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    parser.add_argument(
+        "--plot-from",
+        nargs="+",
+        metavar="JSON",
+        default=[],
+        help="run nothing: plot the sizes of these result files together, to --out (a .png)",
+    )
     parser.add_argument("--serve-coordinator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sim-helper", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def plot_together(sources: list[Path], out: Path) -> int:
+    """One plot of the sizes of several runs (each size run on its own, as at N = 1,000)."""
+    results: list[dict[str, Any]] = []
+    for source in sources:
+        try:
+            results.extend(json.loads(source.read_text())["results"])
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"--plot-from: cannot read results from {source}: {exc}", file=sys.stderr)
+            return 2
+    print(plot(sorted(results, key=lambda r: int(r["nodes"])), out.with_suffix(".png")))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -782,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         import scale_sim
 
         return scale_sim.helper_main()
+    if args.plot_from:
+        return plot_together([Path(p) for p in args.plot_from], Path(args.out or "scale.png"))
     try:
         sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
     except ValueError:
@@ -804,7 +635,6 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "fd_limit": hard,
-        "coordinator_max_sockets": args.coordinator_max_sockets,
         "results": results,
     }
     for size in sizes:

@@ -7,6 +7,8 @@ MAC on every message), and the real control messages of :mod:`dynaps.wire.messag
 
 * REGISTER (with the config digest), WELCOME, MEMBERSHIP (prepare) -> READY, then the client's
   REGISTER, as :class:`dynaps.node.process.NodeProcess` and ``dynaps.client.membership`` do;
+* MEMBERSHIP_DELTA applied to the membership the endpoint holds
+  (:func:`dynaps.wire.membership_deltas.apply`), or MEMBERSHIP_QUERY when it does not follow;
 * HEARTBEAT every ``heartbeat_interval_ms`` once READY (the body a real node sends);
 * migrations: MIGRATE_OUT -> one SHARD_COPY (flag FINAL) of the shards' keys to the target ->
   MIGRATE_READY from the target (a real source pre-copies in chunks then sends the delta: for
@@ -17,10 +19,10 @@ MAC on every message), and the real control messages of :mod:`dynaps.wire.messag
 
 What it leaves out, and why: no tables, no data requests; the node-to-node mesh is opened
 lazily (a real node connects to every member and client on every membership: N^2 sockets
-in all, which cannot fit on one machine at N = 1,000; the harness says so). A MEMBERSHIP body
-is parsed (pydantic, as the real node does) once per helper process, not once per receiver:
-every receiver gets the same bytes, and the real per-node parse cost is measured apart by
-``bench/scale.py``.
+in all, which cannot fit on one machine at N = 1,000; the harness says so). A MEMBERSHIP or
+MEMBERSHIP_DELTA body is parsed and applied (pydantic, as the real node does) once per
+helper process, not once per receiver: every receiver gets the same bytes, and the real
+per-node cost is measured apart by ``bench/scale_probes.py``.
 
 The helper takes JSON commands, one per line, on stdin and answers each with one JSON line
 on stdout (no pickle): ``add``, ``counters``, ``reached``, ``kill``, ``stop``.
@@ -48,7 +50,7 @@ from dynaps.errors import ProtocolError
 from dynaps.store.shardmap import shard_of
 from dynaps.store.table_store import NOT_MOVING, layout_of
 from dynaps.store.updaters import num_states
-from dynaps.wire import codec, control, messages
+from dynaps.wire import codec, control, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, FINAL, HEADER, MsgType, TableLayout, client_of
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -56,7 +58,7 @@ POLL_MS = 10  # the loop's longest sleep: heartbeats leave in batches at most th
 DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot starve the rest
 LEAVE_LINGER = 1.0  # seconds a node that left keeps its sockets (as dynaps.node.control_plane)
 MAX_SOCKETS = 65535  # the helper's zmq context: hundreds of endpoints, several sockets each
-SUMMARIES_KEPT = 64  # parsed memberships remembered (by body bytes)
+SUMMARIES_KEPT = 64  # parsed memberships and deltas remembered (by body bytes)
 
 
 @dataclass
@@ -70,6 +72,25 @@ class Summary:
     lost: frozenset[int]
     homes: frozenset[int]  # nodes that home some shard
     epoch: int
+    whole: control.Membership  # what a delta applies to
+
+
+def summarise(m: control.Membership) -> Summary:
+    addresses: dict[int, str] = {}
+    for info in m.nodes:
+        addresses[info.id] = info.address
+        if info.client is not None:
+            addresses[client_of(info.id)] = info.client
+    return Summary(
+        m.version,
+        str(m.phase),
+        {info.id: info.ready for info in m.nodes},
+        addresses,
+        frozenset(m.lost),
+        frozenset(int(h) for h in set(m.shard_map["homes"])),
+        int(m.shard_map["epoch"]),
+        m,
+    )
 
 
 @dataclass
@@ -127,7 +148,7 @@ class Helper:
         self.by_socket: dict[zmq.Socket[Any], Endpoint] = {}
         self.poller = zmq.Poller()
         self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
-        self.summaries: collections.OrderedDict[bytes, Summary] = collections.OrderedDict()
+        self.summaries: collections.OrderedDict[bytes, tuple[int | None, Summary]] = collections.OrderedDict()
         self.heartbeats: list[tuple[float, int, Endpoint]] = []  # heap: (due, tie-break, node)
         self.msgs_in: collections.Counter[str] = collections.Counter()
         self.errors: list[str] = []
@@ -197,36 +218,47 @@ class Helper:
 
     # ------------------------------------------------------------------ receiving
 
-    def _summary(self, frames: list[Any]) -> Summary | None:
+    def _summary(self, ep: Endpoint, frames: list[Any]) -> Summary | None:
+        """The membership a MEMBERSHIP or MEMBERSHIP_DELTA gives ``ep`` (None: not applied).
+
+        Every receiver of one body gets the same result (a delta lists absolute values, so it
+        makes the same membership of every base it was made for): computed once per helper,
+        remembered with the delta's base (None: a whole membership)."""
         body = bytes(frames[1])
         known = self.summaries.get(body)
-        if known is not None:
-            return known
-        try:
-            msg = codec.decode(frames, self.layouts)
-        except ProtocolError as exc:
-            self.errors.append(f"bad MEMBERSHIP: {exc}")
+        if known is None:
+            try:
+                msg = codec.decode(frames, self.layouts)
+            except ProtocolError as exc:
+                self.errors.append(f"bad membership: {exc}")
+                return None
+            if msg.type is MsgType.MEMBERSHIP:
+                known = (None, summarise(control.body_of(msg, control.Membership)))
+            else:
+                delta = control.body_of(msg, control.MembershipDelta)
+                if ep.summary is None or delta.base != ep.summary.version:
+                    self._ask(ep, delta.version)
+                    return None
+                try:
+                    known = (delta.base, summarise(membership_deltas.apply(ep.summary.whole, delta)))
+                except ProtocolError as exc:
+                    self.errors.append(f"{ep.name}: {exc}")
+                    self._ask(ep, delta.version)
+                    return None
+            self.summaries[body] = known
+            if len(self.summaries) > SUMMARIES_KEPT:
+                self.summaries.popitem(last=False)
+        base, summary = known
+        if base is not None and (ep.summary is None or ep.summary.version != base):
+            self._ask(ep, summary.version)
             return None
-        m = control.body_of(msg, control.Membership)
-        addresses: dict[int, str] = {}
-        for info in m.nodes:
-            addresses[info.id] = info.address
-            if info.client is not None:
-                addresses[client_of(info.id)] = info.client
-        homes = frozenset(int(h) for h in set(m.shard_map["homes"]))
-        summary = Summary(
-            m.version,
-            str(m.phase),
-            {info.id: info.ready for info in m.nodes},
-            addresses,
-            frozenset(m.lost),
-            homes,
-            int(m.shard_map["epoch"]),
-        )
-        self.summaries[body] = summary
-        if len(self.summaries) > SUMMARIES_KEPT:
-            self.summaries.popitem(last=False)
         return summary
+
+    def _ask(self, ep: Endpoint, seen: int) -> None:
+        """``ep`` missed a version (the harness counts these: none is expected)."""
+        held = ep.summary.version if ep.summary is not None else 0
+        self.errors.append(f"{ep.name}: holds membership {held}, got a delta to {seen}: asks for it")
+        self._send_control(ep, COORDINATOR, MsgType.MEMBERSHIP_QUERY, control.MembershipQuery(version=held))
 
     def _receive(self, ep: Endpoint, frames: list[Any], now: float) -> None:
         size = sum(len(f) for f in frames)
@@ -236,8 +268,8 @@ class Helper:
         if sender == COORDINATOR:
             ep.bytes_from_coordinator += size
         self.msgs_in[kind.name] += 1
-        if kind is MsgType.MEMBERSHIP:
-            summary = self._summary(frames)
+        if kind in (MsgType.MEMBERSHIP, MsgType.MEMBERSHIP_DELTA):
+            summary = self._summary(ep, frames)
             if summary is not None:
                 self._on_membership(ep, summary, now)
             return
@@ -418,7 +450,7 @@ class Helper:
             "bytes_in": sum(ep.bytes_in for ep in self.endpoints),
             "bytes_from_coordinator": sum(ep.bytes_from_coordinator for ep in self.endpoints),
             "msgs_in": dict(self.msgs_in),
-            "sockets": sum(2 + len(ep.transport._peers) for ep in live),  # inbox, monitor-free pushes
+            "sockets": sum(2 + ep.transport.open_connections for ep in live),  # inbox, monitor-free pushes
             "errors": self.errors[-20:],
             "error_count": len(self.errors),
             "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from dynaps.wire import control
+from dynaps.wire import control, membership_deltas
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import COORDINATOR, MsgType
 
@@ -46,7 +46,10 @@ class RecordingTransport:
     """A Transport that keeps what the coordinator sends; the test plays the network.
 
     ``dropped`` lists the watched endpoints whose connection the test broke (what
-    ZmqTransport's ``disconnected`` reports after a crash).
+    ZmqTransport's ``disconnected`` reports after a crash).  Memberships are followed per
+    endpoint as its process would (a delta applied to what that endpoint holds, which it
+    must hold: the coordinator never sends a delta to one that has nothing to apply it to);
+    :meth:`take_memberships` gives the whole documents they lead to.
     """
 
     def __init__(self) -> None:
@@ -56,6 +59,8 @@ class RecordingTransport:
         self.addresses: dict[int, str] = {}
         self.watched: set[int] = set()
         self.dropped: list[int] = []
+        self.held: dict[int, control.Membership] = {}  # each endpoint's membership
+        self.memberships: list[tuple[int, control.Membership]] = []  # as each endpoint has it
 
     def connect(self, endpoint: int, address: str) -> None:
         self.addresses[endpoint] = address
@@ -71,7 +76,17 @@ class RecordingTransport:
         msg = decode([bytes(memoryview(f)) for f in frames], [])
         assert msg.sender == COORDINATOR
         # the body as it crossed the wire (JSON), so enums must have serialised as strings
-        self.sent.append((endpoint, msg.type, json.loads(bytes(frames[1]))))
+        body = json.loads(bytes(frames[1]))
+        self.sent.append((endpoint, msg.type, body))
+        if msg.type is MsgType.MEMBERSHIP:
+            self.held[endpoint] = control.Membership.model_validate(body)
+            self.memberships.append((endpoint, self.held[endpoint]))
+        elif msg.type is MsgType.MEMBERSHIP_DELTA:
+            base = self.held.get(endpoint)
+            assert base is not None, f"a membership delta to endpoint {endpoint}, which holds none"
+            delta = control.MembershipDelta.model_validate(body)
+            self.held[endpoint] = membership_deltas.apply(base, delta)
+            self.memberships.append((endpoint, self.held[endpoint]))
 
     def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
         return None
@@ -85,6 +100,19 @@ class RecordingTransport:
     def disconnected(self) -> list[int]:
         dropped, self.dropped = [e for e in self.dropped if e in self.watched], []
         return dropped
+
+    def clear(self) -> None:
+        """Forget what was sent (each endpoint keeps the membership it holds)."""
+        self.sent.clear()
+        self.memberships.clear()
+
+    def take_memberships(self) -> list[tuple[int, control.Membership]]:
+        """(endpoint, the whole membership it then held) for every MEMBERSHIP and
+        MEMBERSHIP_DELTA sent since the last call, in order."""
+        self.take(MsgType.MEMBERSHIP)
+        self.take(MsgType.MEMBERSHIP_DELTA)
+        taken, self.memberships = self.memberships, []
+        return taken
 
     def take(self, kind: MsgType) -> list[tuple[int, dict[str, Any]]]:
         """(endpoint, body) of every ``kind`` message sent since the last take of that kind."""

@@ -53,6 +53,20 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.REPLICA_SYNCED: {"epoch": 3, "home": 1, "shards": [0, 4]},
     MsgType.STAGE: {"done": 3},
     MsgType.STAGE_DONE: {"done": 3, "index": 1, "leave": True},
+    MsgType.MEMBERSHIP_DELTA: {
+        "base": 3,
+        "version": 4,
+        "phase": "running",
+        "num_workers": 1,
+        "changed": [{**NODE, "id": 2, "ready": True}],
+        "removed": [3],
+        "lost": [3],
+        "epoch": 2,
+        "shards": [0, 5],
+        "homes": [2, 1],
+        "backups": [[1], [-1]],
+    },
+    MsgType.MEMBERSHIP_QUERY: {"version": 3},
 }
 
 

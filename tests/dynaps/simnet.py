@@ -23,7 +23,7 @@ the connection drop (:meth:`Cluster.kill`).
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,15 +58,17 @@ SETTLE_LIMIT = 100_000  # steps before settle gives up (something never converge
 
 @dataclass
 class Network:
-    """Per-channel FIFO queues of encoded frames; what is sent to ``dead`` endpoints is lost."""
+    """Per-channel FIFO queues of encoded frames; what is sent to ``dead`` endpoints is lost,
+    and what ``lose`` picks (source, destination, frames): a message a test makes vanish."""
 
     channels: dict[tuple[int, int], collections.deque[list[bytes]]] = field(
         default_factory=lambda: collections.defaultdict(collections.deque)
     )
     dead: set[int] = field(default_factory=set)
+    lose: Callable[[int, int, Sequence[Any]], bool] | None = None
 
     def send(self, source: int, dest: int, frames: Sequence[Any]) -> None:
-        if node_of(dest) in self.dead:
+        if node_of(dest) in self.dead or (self.lose is not None and self.lose(source, dest, frames)):
             return
         self.channels[(source, dest)].append([bytes(memoryview(f)) for f in frames])
 

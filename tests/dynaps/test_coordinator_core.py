@@ -89,14 +89,14 @@ class Job:
         for node in workers:
             self.attach(node)
         assert self.coordinator.phase is JobPhase.RUNNING
-        self.wire.sent.clear()
+        self.wire.clear()
         return servers, workers
 
     def phase(self) -> JobPhase:
         return self.coordinator.phase
 
     def memberships(self) -> list[tuple[int, control.Membership]]:
-        return [(e, control.Membership.model_validate(b)) for e, b in self.wire.take(MsgType.MEMBERSHIP)]
+        return self.wire.take_memberships()
 
     def status(self) -> dict[str, Any]:
         self.coordinator.publish_status()  # as the coordinator's loop does after each turn

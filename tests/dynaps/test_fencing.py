@@ -148,7 +148,7 @@ def test_a_lost_node_that_speaks_again_is_refused_and_what_it_says_is_ignored() 
     (s1, s2, s3), (w1, w2) = job.start()
     silence(job, [s1, s2, w1], job.coordinator.liveness.lost_after + 0.5)
     assert job.status()["lost"] == [s3, w2]
-    job.wire.sent.clear()
+    job.wire.clear()
     job.tell(s3, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s2"})
     [(endpoint, body)] = job.wire.take(MsgType.REFUSED)
     assert endpoint == REFUSED_ENDPOINT
@@ -167,7 +167,7 @@ def test_a_node_that_left_is_not_refused() -> None:
     _, (_, w2) = job.start()
     job.tell(w2, MsgType.LEAVE, {"reason": "scale down"})
     job.tell(w2, MsgType.LEFT)
-    job.wire.sent.clear()
+    job.wire.clear()
     job.tell(w2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1"})  # lingering
     assert not job.wire.take(MsgType.REFUSED)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from dynaps.errors import ProtocolError
-from dynaps.wire import control, messages, routing
+from dynaps.wire import codec, control, messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
@@ -125,6 +126,11 @@ def test_a_body_of_another_model_is_not_sent() -> None:
         messages.control(MsgType.BARRIER, 0, control.Clock(clock=1))
 
 
+def _delta(**fields: object) -> bytes:
+    """The sample MEMBERSHIP_DELTA body with ``fields`` changed."""
+    return json.dumps({**SAMPLE_BODIES[MsgType.MEMBERSHIP_DELTA], **fields}).encode()
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "problem"),
     [
@@ -132,6 +138,17 @@ def test_a_body_of_another_model_is_not_sent() -> None:
         (MsgType.BARRIER, b'{"generation": -1}', "invalid Barrier body"),
         (MsgType.PING, b'{"extra": 1}', "invalid Empty body"),
         (MsgType.WORKER_DONE, b"{}", "invalid WorkerDone body"),
+        # membership deltas: bounded and consistent before anything applies them
+        (MsgType.MEMBERSHIP_DELTA, _delta(version=3), "version must be above its base"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(homes=[1]), "one home per shard"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(shards=[0, 0]), "a shard listed twice"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(shards=[0, 1 << 20]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(homes=[2, 0]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(backups=[[1]]), "one row of backups per shard"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(backups=[[1], [-2]]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(removed=[2]), "a node listed twice"),
+        (MsgType.MEMBERSHIP_DELTA, _delta(removed=[16_001]), "invalid MembershipDelta body"),
+        (MsgType.MEMBERSHIP_QUERY, b'{"version": -1}', "invalid MembershipQuery body"),
     ],
 )
 def test_a_body_that_does_not_fit_its_model_is_refused(kind: MsgType, body: bytes, problem: str) -> None:
@@ -294,3 +311,12 @@ def test_rows_split_by_destination_keep_exactly_their_sections() -> None:
     parts = dict(routing.split_rows(with_positions, np.array([3, 4, 3, 4])))
     assert parts[3].positions is not None
     np.testing.assert_array_equal(parts[3].positions, POSITIONS[[0, 2]])
+
+
+def test_peek_reads_the_type_and_sender_of_a_well_formed_header_only() -> None:
+    beat = messages.control(MsgType.HEARTBEAT, 7, sample_body(MsgType.HEARTBEAT))
+    assert codec.peek(beat) == (MsgType.HEARTBEAT, 7)
+    assert codec.peek([]) is None
+    assert codec.peek([b"short"]) is None
+    assert codec.peek([_header(version=9)]) is None
+    assert codec.peek([_header(type=200)]) is None

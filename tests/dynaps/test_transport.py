@@ -93,3 +93,46 @@ def test_a_transport_without_a_spin_budget_blocks_at_once() -> None:
 def test_a_bad_spin_budget_is_refused_by_name(raw: str) -> None:
     with pytest.raises(ConfigError, match=SPIN_ENV):
         spin_seconds({SPIN_ENV: raw})
+
+
+def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_never() -> None:
+    watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
+    try:
+        for peer in peers:
+            watcher.connect(peer.endpoint, peer.address)
+            watcher.watch(peer.endpoint)
+            watcher.send(peer.endpoint, [b"hello"])
+            assert receive(peer) == [b"hello"]  # connected
+        assert watcher.disconnected() == []
+        watcher.forget(4)
+        peers[0].close()
+        peers[2].close()
+        deadline = time.monotonic() + 5.0
+        dropped: list[int] = []
+        while not dropped and time.monotonic() < deadline:
+            time.sleep(0.01)
+            dropped += watcher.disconnected()
+        time.sleep(0.2)  # nothing more comes: not 4 (forgotten), not 2 twice
+        assert dropped + watcher.disconnected() == [2]
+    finally:
+        watcher.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
+    pair: tuple[ZmqTransport, ZmqTransport],
+) -> None:
+    a, b = pair
+    for peer in range(10, 60):  # every member's address: no socket yet
+        a.connect(peer, "tcp://127.0.0.1:9")
+    a.connect(2, b.address)
+    assert a.knows(2)
+    assert a.open_connections == 0
+    a.send(2, [b"first"])
+    a.send(2, [b"second"])
+    assert (receive(b), receive(b)) == ([b"first"], [b"second"])
+    assert a.open_connections == 1
+    a.forget(2)
+    assert not a.knows(2)
+    assert a.open_connections == 0

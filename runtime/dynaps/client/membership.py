@@ -1,8 +1,8 @@
 """Joining the job and following its membership: who is in, who left, who died.
 
 :func:`register` introduces a training process to the coordinator and waits until the
-job runs.  :class:`Membership` applies each MEMBERSHIP the coordinator announces: it
-connects to new members, hands the shard map and the departed nodes to the requests
+job runs.  :class:`Membership` applies each MEMBERSHIP (or MEMBERSHIP_DELTA) the
+coordinator announces: it connects to new members, hands the shard map and the departed nodes to the requests
 (which re-route what was parked for them and retry what died with them), and notices a
 restarted coordinator, which forgot the barriers and leases we wait on.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from dynaps.client.requests import Requests
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control, joining, messages
+from dynaps.wire import control, joining, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import Transport
 
@@ -65,8 +65,22 @@ class Membership:
         self._members: set[int] = set()
         self._incarnation = ""
         self.num_workers = num_workers
+        self.follower = membership_deltas.Follower(self._ask)
+
+    def _ask(self, version: int) -> None:
+        """A version was missed: ask the coordinator for the whole membership."""
+        query = control.MembershipQuery(version=version)
+        self._transport.send(
+            COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, self._transport.endpoint, query)
+        )
+
+    def apply_delta(self, delta: control.MembershipDelta) -> None:
+        following = self.follower.next(delta)
+        if following is not None:
+            self.apply(following)
 
     def apply(self, membership: control.Membership) -> None:
+        self.follower.took(membership)
         members = {info.id for info in membership.nodes}
         lost = set(membership.lost)
         gone = (self._members - members) | lost

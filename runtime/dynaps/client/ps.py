@@ -45,7 +45,7 @@ from dynaps.store import usage
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
-from dynaps.wire import control, messages
+from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -146,6 +146,7 @@ class PS:
                 config.advertise_host,
                 spin=spin_seconds(),
                 max_message_bytes=message_bound([store.layout for store in stores]),
+                size=limits.job_size(config),
             )
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])
@@ -286,6 +287,8 @@ class PS:
             raise ProtocolError(f"client does not accept {kind.name} from {msg.sender}")
         if kind is MsgType.MEMBERSHIP:
             self._membership.apply(control.body_of(msg, control.Membership))
+        elif kind is MsgType.MEMBERSHIP_DELTA:
+            self._membership.apply_delta(control.body_of(msg, control.MembershipDelta))
         elif kind is MsgType.BARRIER_DONE:
             self._barriers.barrier_done(control.body_of(msg, control.Barrier).generation)
         elif kind is MsgType.CLOCK_MIN:

@@ -6,6 +6,10 @@ endpoint); a node's connection is watched, when the transport can, so that a cra
 noticed at once (:mod:`dynaps.coordinator.liveness`).  Broadcasts reach every node before
 any client: a client's next request then likely meets a node that already knows what
 the client knows.
+
+A new membership version goes out as a delta (:mod:`dynaps.wire.membership_deltas`) to every
+endpoint that holds the previous one, and whole to the others: a joiner, a training
+process that just registered, one that asked (MEMBERSHIP_QUERY) because it missed a version.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel
 
 from dynaps.coordinator.roster import Member, Roster
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control, messages
+from dynaps.wire import control, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
 from dynaps.wire.transport import Transport
 
@@ -37,6 +42,12 @@ class Outbox:
         self.version = 0  # of the membership: every announcement raises it
         self.incarnation = secrets.token_hex(4)  # changes when the coordinator restarts
         self.fenced: set[int] = set()  # lost nodes told so (logged once each)
+        self.announced: control.Membership | None = None  # the last version broadcast
+        # whole documents of that version sent alone since (to joiners, to those who asked):
+        # they may differ from ``announced`` (a node registered meanwhile), and the next
+        # delta must turn each of them into the next version
+        self.sent_since: list[control.Membership] = []
+        self.synced: set[int] = set()  # endpoints holding one of those: a delta serves them
 
     def membership(self, shard_map: ShardMap, preparing: bool) -> control.Membership:
         """The current membership (``preparing``: the nodes are still building their stores)."""
@@ -51,9 +62,40 @@ class Outbox:
         )
 
     def announce(self, shard_map: ShardMap, preparing: bool, clients: bool = True) -> None:
-        """A new membership version for every node, then (with ``clients``) every program."""
+        """A new membership version for every node, then (with ``clients``) every program:
+        a delta to those that hold the previous version, the whole document to the others."""
+        bases = [] if self.announced is None else [self.announced, *self.sent_since]
         self.version += 1
-        self.broadcast(MsgType.MEMBERSHIP, self.membership(shard_map, preparing), clients)
+        whole = self.membership(shard_map, preparing)
+        delta = membership_deltas.diff(bases, whole)
+        delta_frames = (
+            None if delta is None else messages.control(MsgType.MEMBERSHIP_DELTA, COORDINATOR, delta)
+        )
+        whole_frames: list[Any] | None = None  # encoded once, if anyone needs it
+        members = self.roster.active()
+        endpoints = [m.id for m in members]
+        if clients:
+            endpoints += [client_of(m.id) for m in members if m.client is not None]
+        else:  # the programs miss this version: the next one reaches them whole
+            self.synced.difference_update(client_of(m.id) for m in members)
+        for endpoint in endpoints:
+            if delta_frames is not None and endpoint in self.synced:
+                self.transport.send(endpoint, delta_frames)
+            else:
+                if whole_frames is None:
+                    whole_frames = messages.control(MsgType.MEMBERSHIP, COORDINATOR, whole)
+                self.transport.send(endpoint, whole_frames)
+        self.synced.update(endpoints)
+        self.announced, self.sent_since = whole, []
+
+    def send_whole(self, endpoint: int, whole: control.Membership) -> None:
+        """The current membership, whole, to one endpoint (a joiner, or one that asked)."""
+        self.send(endpoint, MsgType.MEMBERSHIP, whole)
+        if self.announced is None or whole.version != self.announced.version:
+            return  # not a base of the next delta: that one goes out whole
+        if whole != self.announced and all(whole != sent for sent in self.sent_since):
+            self.sent_since.append(whole)
+        self.synced.add(endpoint)
 
     def send(self, endpoint: int, kind: MsgType, body: BaseModel) -> None:
         self.transport.send(endpoint, messages.control(kind, COORDINATOR, body))
@@ -71,6 +113,7 @@ class Outbox:
 
     def connect(self, member: Member) -> None:
         """Open (and watch) the connection to a member, and to its program if attached."""
+        self.synced.discard(member.id)
         self.transport.connect(member.id, member.address)
         watch = getattr(self.transport, "watch", None)
         if watch is not None:
@@ -80,10 +123,12 @@ class Outbox:
 
     def connect_client(self, member: Member) -> None:
         assert member.client is not None
+        self.synced.discard(client_of(member.id))  # a program (re)started: it holds no membership
         self.transport.connect(client_of(member.id), member.client)
 
     def forget(self, member: Member) -> None:
         """Close the connections to a member that left or was lost."""
+        self.synced.difference_update((member.id, client_of(member.id)))
         self.transport.forget(member.id)
         if member.client is not None:
             self.transport.forget(client_of(member.id))

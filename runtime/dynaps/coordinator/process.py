@@ -22,6 +22,7 @@ from dynaps.coordinator.adoption import ADOPT_QUIET
 from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.coordinator.http import StatusServer
 from dynaps.telemetry import exposition
+from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -44,6 +45,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         int(port_text or 0),
         config.advertise_host,
         max_message_bytes=message_bound([]),  # it receives control messages only
+        size=limits.job_size(config),  # a PUSH and a monitor pair per node: room for them
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread

@@ -34,7 +34,7 @@ from dynaps.errors import ConfigError, ProtocolError
 from dynaps.node.server import NodeServer
 from dynaps.store.checkpoint_files import contained, write_owned
 from dynaps.store.shardmap import ShardMap
-from dynaps.wire import control, joining, messages
+from dynaps.wire import control, joining, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, node_of
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,21 @@ class ControlPlane:
         self.abandoned = False  # left while draining, without a handover (no coordinator)
         self.checkpoint: CheckpointPause | None = None
         self.fenced = ""  # why the coordinator no longer counts this node as a member
+        # the membership last applied; a MEMBERSHIP_DELTA that does not follow it asks for the whole
+        self.follower = membership_deltas.Follower(self._ask_membership, clock)
 
     def send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
         self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body))
 
     # ------------------------------------------------------------------ membership
 
+    def _ask_membership(self, version: int) -> None:
+        self.server.stats["membership_asked"] += 1
+        self.send_coordinator(MsgType.MEMBERSHIP_QUERY, control.MembershipQuery(version=version))
+
     def apply_membership(self, membership: control.Membership) -> None:
         server = self.server
+        self.follower.took(membership)
         if self.node_id in membership.lost:
             self.fence(f"membership {membership.version} lists it as lost")
             return
@@ -163,6 +170,12 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MEMBERSHIP from a non-coordinator")
                 self.apply_membership(control.body_of(msg, control.Membership))
+            elif msg.type is MsgType.MEMBERSHIP_DELTA:
+                if msg.sender != COORDINATOR:
+                    raise ProtocolError("MEMBERSHIP_DELTA from a non-coordinator")
+                following = self.follower.next(control.body_of(msg, control.MembershipDelta))
+                if following is not None:
+                    self.apply_membership(following)
             elif msg.type is MsgType.SHUTDOWN:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("SHUTDOWN from a non-coordinator")

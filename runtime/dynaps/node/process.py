@@ -38,7 +38,7 @@ from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
-from dynaps.wire import control, joining, messages
+from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport, message_bound
 
@@ -80,6 +80,7 @@ class NodeProcess:
             max_message_bytes=message_bound(
                 [layout_of(table, num_states(table.updater)) for table in config.tables]
             ),
+            size=limits.job_size(config),  # a PUSH per node and per training process
         )
         self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
         self.transport.watch(COORDINATOR)  # a draining node must know when nobody is left to ask

@@ -152,6 +152,19 @@ def _buffer(array: npt.NDArray[Any]) -> Any:
 # ----------------------------------------------------------------------------------- decode
 
 
+def peek(frames: Sequence[Any]) -> tuple[MsgType, int] | None:
+    """The type and sender of a message, from its header alone; None where the header is not
+    well formed (:func:`decode` then says why).  For a receiver that needs nothing more of
+    its most frequent message: the coordinator and a member's heartbeat."""
+    if not frames or len(frames[0]) < HEADER_SIZE:
+        return None
+    version, type_code, _flags, _table, sender, *_ = HEADER.unpack_from(frames[0])
+    msg_type = _TYPES.get(type_code)
+    if version != PROTOCOL_VERSION or msg_type is None:
+        return None
+    return msg_type, sender
+
+
 def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     """Parse and validate one message.  Raises ProtocolError; never returns garbage."""
     if not frames:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dynaps.contract import MAX_NODES, RuntimeConfig
 from dynaps.errors import ProtocolError
@@ -120,6 +120,58 @@ class Membership(_Body):
             if info.id == node_id:
                 return info
         return None
+
+
+MAX_SHARDS = 1 << 20  # as the contract's rebalancePolicy.numShards
+ShardId = Annotated[int, Field(ge=0, lt=MAX_SHARDS)]
+NodeId = Annotated[int, Field(ge=1, le=MAX_NODES)]
+BackupId = Annotated[int, Field(ge=-1, le=MAX_NODES)]  # -1: NO_BACKUP, a slot left empty
+
+
+class MembershipDelta(_Body):
+    """What changed from membership ``base`` to ``version`` (MEMBERSHIP_DELTA): a few hundred
+    bytes for a join, a leave or a loss, however large the job (MEMBERSHIP, the whole
+    document, goes to joiners and to a process that missed a version and asks for it).
+
+    Every field is an absolute value, never an increment: ``changed`` nodes are listed whole
+    (joined, or their ready flag or training process changed), the ``shards`` rows are
+    their new homes and backups.  :func:`dynaps.wire.membership_deltas.apply` checks it against the
+    receiver's own membership (ids known, shards in range)."""
+
+    base: int = Field(ge=0)  # the version it applies to
+    version: int = Field(ge=1)
+    incarnation: str = Field(default="", max_length=64)
+    phase: Phase
+    num_workers: int = Field(ge=0, le=MAX_NODES)
+    changed: list[NodeInfo] = Field(default_factory=list, max_length=MAX_NODES)
+    removed: list[NodeId] = Field(default_factory=list, max_length=MAX_NODES)  # left or lost
+    lost: list[NodeId] = Field(default_factory=list, max_length=MAX_NODES)  # newly lost
+    epoch: int = Field(ge=0)  # of the shard map
+    shards: list[ShardId] = Field(default_factory=list, max_length=MAX_SHARDS)
+    homes: list[NodeId] = Field(default_factory=list, max_length=MAX_SHARDS)  # one per shard
+    # with replication, each shard's backups in chain order (one row per shard)
+    backups: list[list[BackupId]] | None = Field(default=None, max_length=MAX_SHARDS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MembershipDelta:
+        if self.version <= self.base:
+            raise ValueError("a delta's version must be above its base")
+        if len(self.homes) != len(self.shards):
+            raise ValueError("one home per shard")
+        if self.backups is not None and len(self.backups) != len(self.shards):
+            raise ValueError("one row of backups per shard")
+        if len(set(self.shards)) != len(self.shards):
+            raise ValueError("a shard listed twice")
+        ids = [info.id for info in self.changed]
+        if len(set(ids)) != len(ids) or set(ids) & set(self.removed):
+            raise ValueError("a node listed twice")
+        return self
+
+
+class MembershipQuery(_Body):
+    """A process that missed a membership version asks for the whole document."""
+
+    version: int = Field(ge=0)  # the version it holds (0: none)
 
 
 class Empty(_Body):
@@ -289,6 +341,8 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.REPLICA_SYNCED: ReplicaSynced,
     MsgType.STAGE: Stage,
     MsgType.STAGE_DONE: StageDone,
+    MsgType.MEMBERSHIP_DELTA: MembershipDelta,
+    MsgType.MEMBERSHIP_QUERY: MembershipQuery,
 }
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -160,6 +160,9 @@ class MsgType(enum.IntEnum):
     REPLICA_SYNCED = 66
     STAGE = 67
     STAGE_DONE = 68
+    # membership deltas (issue 15), numbered apart from the types above
+    MEMBERSHIP_DELTA = 70
+    MEMBERSHIP_QUERY = 71
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
