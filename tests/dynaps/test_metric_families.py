@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynaps.coordinator import metrics as coordinator_metrics
+from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES
 from dynaps.node import metrics as node_metrics
 from dynaps.store import usage
 from dynaps.telemetry.exposition import Family, families_by_name
@@ -68,8 +69,8 @@ def test_a_usage_array_too_small_for_the_tables_is_refused() -> None:
 
 
 def test_the_coordinator_exports_reported_names_within_bounds() -> None:
-    reported = {f"m{i:03d}": float(i) for i in range(coordinator_metrics.MAX_REPORTED_NAMES + 5)}
-    reported["x" * (coordinator_metrics.MAX_NAME_LENGTH + 1)] = 1.0
+    reported = {f"m{i:03d}": float(i) for i in range(MAX_REPORTED_NAMES + 5)}
+    reported["x" * (MAX_NAME_LENGTH + 1)] = 1.0
     reported['a "name"\n'] = 2.5  # sorts first: exported
     doc = {"phase": "running", "metrics": reported, "metricsByRank": {"0": {"loss": 0.25}}}
     registry = coordinator_metrics.registry(lambda: doc, ["registering", "running"])
@@ -79,9 +80,9 @@ def test_the_coordinator_exports_reported_names_within_bounds() -> None:
         for sample in family.samples
     ]
     names = {s.labels["name"] for s in samples if s.name == "dynaps_job_reported"}
-    assert len(names) == coordinator_metrics.MAX_REPORTED_NAMES
+    assert len(names) == MAX_REPORTED_NAMES
     assert 'a "name"\n' in names  # escaped in the exposition, read back whole
-    assert all(len(name) <= coordinator_metrics.MAX_NAME_LENGTH for name in names)
+    assert all(len(name) <= MAX_NAME_LENGTH for name in names)
     by_rank = [s for s in samples if s.name == "dynaps_job_reported_by_rank"]
     assert [(s.labels, s.value) for s in by_rank] == [({"name": "loss", "rank": "0"}, 0.25)]
     phases = {s.labels["phase"]: s.value for s in samples if s.name == "dynaps_job_phase"}
