@@ -20,9 +20,9 @@ K8S_VERSION=1.37.2
 ETCD_VERSION=3.7.0
 HELM_VERSION=3.22.0
 COREDNS_VERSION=1.15.0
-# The scheduler-plugins release the Go module proxy serves here (v0.35.0, on Kubernetes 1.35's libraries,
-# is refused); it is built on Kubernetes 1.31's libraries and schedules against the 1.37 API server through
-# APIs that are stable in both. Its PodGroup CRD in tests/kube/crds is of the same release.
+# A scheduler-plugins release the Go module proxy serves here (it lists no versions of the module, and
+# refuses v0.35.0, on Kubernetes 1.35's libraries); it is built on Kubernetes 1.31's libraries and
+# schedules against the 1.37 API server through APIs stable in both. tests/kube/crds has its PodGroup CRD.
 SCHEDULER_PLUGINS_VERSION=0.31.8
 CLOUD_PROVIDER_VERSION=v0.31.14 # see build_scheduler_plugins
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kubelet kube-proxy coredns pause
