@@ -23,7 +23,7 @@ venv: $(STAMP) ## Create .venv with dynaps and every test dependency
 quickstart: $(STAMP) ## Run the main job: matrix factorisation on a local embedded cluster
 	$(VENV)/bin/dynaps run examples/mf.yaml
 
-k8s-binaries: ## Provide etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm (cached)
+k8s-binaries: ## Provide the Kubernetes test binaries (control plane, kubectl, helm, node, scheduler-plugins; cached)
 	scripts/k8s-binaries.sh
 
 node-images: k8s-binaries ## Build the images the real test node runs (apt packages, base image, Dockerfiles; cached)

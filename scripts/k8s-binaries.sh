@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provides the pinned Kubernetes test binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, helm) for the e2e test control plane, and the real node's (kubelet,
+# kube-scheduler, kubectl, helm) for the e2e test control plane, the second scheduler of its gang
+# scheduling test (scheduler-plugins, with the Coscheduling plugin), and the real node's (kubelet,
 # kube-proxy, coredns, and the pause program of the pod sandbox image), see docs/test-control-plane.md.
 #
 # No release tarball can be downloaded on our machines, so the binaries are built from the Go module
@@ -9,7 +10,7 @@
 #
 # Usage: scripts/k8s-binaries.sh              provide the binaries (builds once, then instant)
 #        scripts/k8s-binaries.sh --print-dir  only print the folder; exit 3 if something is missing
-# The last line on stdout is the folder holding all six binaries; progress goes to stderr.
+# The last line on stdout is the folder holding all the binaries; progress goes to stderr.
 # Environment: DYNAPS_K8S_CACHE (cache folder), KUBEBUILDER_ASSETS, GO (the go command).
 set -euo pipefail
 
@@ -19,7 +20,13 @@ K8S_VERSION=1.37.2
 ETCD_VERSION=3.7.0
 HELM_VERSION=3.22.0
 COREDNS_VERSION=1.15.0
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kubelet kube-proxy coredns pause)
+# A scheduler-plugins release the Go module proxy serves here (it lists no versions of the module, and
+# refuses v0.35.0, on Kubernetes 1.35's libraries); it is built on Kubernetes 1.31's libraries and
+# schedules against the 1.37 API server through APIs stable in both. tests/kube/crds has its PodGroup CRD.
+SCHEDULER_PLUGINS_VERSION=0.31.8
+CLOUD_PROVIDER_VERSION=v0.31.14 # see build_scheduler_plugins
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kubelet kube-proxy coredns pause
+	scheduler-plugins)
 
 BUILD_TMP=""
 CACHE=${DYNAPS_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dynaps/k8s-$K8S_VERSION}
@@ -30,6 +37,7 @@ STAMP="k8s=$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION recipe=1"
 stamp_of() {
 	case $1 in
 	coredns) printf '%s\n' "coredns=$COREDNS_VERSION recipe=1" ;;
+	scheduler-plugins) printf '%s\n' "scheduler-plugins=$SCHEDULER_PLUGINS_VERSION cloud-provider=$CLOUD_PROVIDER_VERSION recipe=1" ;;
 	*) printf '%s\n' "$STAMP" ;;
 	esac
 }
@@ -102,6 +110,13 @@ version_ldflags() {
 	printf '%s\n' "$flags"
 }
 
+# Prints one field (GoMod: its go.mod file, Dir: its source) of a module version that `go mod download`
+# fetched from the Go module proxy, or nothing.
+module_field() {
+	local go=$1 field=$2 module=$3
+	"$go" mod download -json "$module" | sed -n "s/^[[:space:]]*\"$field\": \"\(.*\)\",\{0,1\}\$/\1/p"
+}
+
 # A Go module that requires k8s.io/kubernetes (and the etcd server) at the pinned versions.
 build_kube_module() {
 	local go=$1 src=$CACHE/src/kube
@@ -110,8 +125,7 @@ build_kube_module() {
 	[[ -f go.mod ]] || "$go" mod init local.test/dynaps-k8s-binaries >/dev/null 2>&1
 	log "resolving k8s.io/kubernetes v$K8S_VERSION from the Go module proxy"
 	local gomod
-	gomod=$("$go" mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
-		sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+	gomod=$(module_field "$go" GoMod "k8s.io/kubernetes@v$K8S_VERSION")
 	[[ -f $gomod ]] || die "could not download k8s.io/kubernetes@v$K8S_VERSION (is the Go module proxy reachable?)"
 	# k8s.io/kubernetes replaces its staging modules with local folders, so `go install ...@v` refuses it;
 	# point each replace at the published v0.x module instead, derived from the real go.mod.
@@ -175,13 +189,57 @@ build_coredns() {
 # so that it runs in an image holding nothing else.
 build_pause() {
 	local go=$1 out=$2 dir
-	dir=$("$go" mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+	dir=$(module_field "$go" Dir "k8s.io/kubernetes@v$K8S_VERSION")
 	[[ -f $dir/build/pause/linux/pause.c ]] || die "k8s.io/kubernetes@v$K8S_VERSION has no build/pause/linux/pause.c"
 	command -v gcc >/dev/null || die "gcc is needed to build the pause program (apt-get install gcc libc6-dev)"
 	log "compiling pause (the pod sandbox)"
 	mkdir -p "$out/pause"
 	gcc -Os -static -DVERSION="v$K8S_VERSION-dynaps" -o "$out/pause/pause" "$dir/build/pause/linux/pause.c" ||
 		die "gcc could not build pause"
+}
+
+# scheduler-plugins' scheduler (kube-scheduler with its out-of-tree plugins compiled in), in a module of
+# our own: its go.mod replaces modules, so `go install ...@v` refuses it.
+build_scheduler_plugins() {
+	local go=$1 out=$2 src=$CACHE/src/scheduler-plugins release=v$SCHEDULER_PLUGINS_VERSION
+	mkdir -p "$src"
+	cd "$src"
+	rm -f go.mod go.sum
+	"$go" mod init local.test/dynaps-scheduler-plugins >/dev/null 2>&1
+	log "resolving sigs.k8s.io/scheduler-plugins $release from the Go module proxy"
+	local gomod
+	gomod=$(module_field "$go" GoMod "sigs.k8s.io/scheduler-plugins@$release")
+	[[ -f $gomod ]] || die "could not download sigs.k8s.io/scheduler-plugins@$release (is the Go module proxy reachable?)"
+	# Every module its go.mod requires is pinned by a replace (which wins over what any other module
+	# asks for), and its own replaces are carried over: the build uses the dependency versions the
+	# release was tested with, except for the two below.
+	local pins=() module target version
+	while read -r module version; do
+		pins+=("-replace=$module=$module@$version")
+	done < <(sed -n 's|^[[:space:]]*\([^[:space:]]*\) \(v[^[:space:]]*\)\( // indirect\)\{0,1\}$|\1 \2|p' "$gomod")
+	while read -r module target version; do
+		pins+=("-replace=$module=$target@$version")
+	done < <(sed -n 's|^[[:space:]]*\([^[:space:]]*\) => \([^[:space:]]*\) \(v[^[:space:]]*\)$|\1 \2 \3|p' "$gomod")
+	((${#pins[@]} > 100)) || die "found only ${#pins[@]} modules in $gomod; the recipe needs updating"
+	# The Go module proxy refuses the source of k8s.io/cloud-provider v0.31.8: a later patch release
+	# of the same minor stands in (the scheduler reads a few constants and zone helpers from it).
+	# k8s.io/kubernetes's go.mod names k8s.io/sample-apiserver (an example server nothing here
+	# compiles), whose v0.31.8 the proxy refuses too: an empty module stands in for it.
+	mkdir -p stub/sample-apiserver
+	printf 'module k8s.io/sample-apiserver\n\ngo 1.22\n' >stub/sample-apiserver/go.mod
+	pins+=("-replace=k8s.io/cloud-provider=k8s.io/cloud-provider@$CLOUD_PROVIDER_VERSION")
+	pins+=("-replace=k8s.io/sample-apiserver=./stub/sample-apiserver")
+	"$go" mod edit "${pins[@]}"
+	log "pinned ${#pins[@]} modules; fetching dependencies"
+	"$go" get "sigs.k8s.io/scheduler-plugins/cmd/scheduler@$release" 2>get.log ||
+		die "go get failed: $(grep -v '^go: downloading' get.log)"
+	log "compiling scheduler-plugins $release (on Kubernetes 1.31's libraries: slow on 2 cores)"
+	mkdir -p "$out/scheduler-plugins"
+	CGO_ENABLED=0 nice -n 19 "$go" build -v -trimpath -ldflags "-s -w" -o "$out/scheduler-plugins/scheduler-plugins" \
+		sigs.k8s.io/scheduler-plugins/cmd/scheduler 2> >(progress_filter) ||
+		die "go build of scheduler-plugins $release failed (see above)"
+	wait
+	cd - >/dev/null
 }
 
 build_helm() {
@@ -257,6 +315,10 @@ main() {
 		if grep -qx 'coredns' <<<"$missing"; then
 			build_coredns "$go" "$BUILD_TMP"
 			install_built "$BUILD_TMP/coredns" coredns
+		fi
+		if grep -qx 'scheduler-plugins' <<<"$missing"; then
+			build_scheduler_plugins "$go" "$BUILD_TMP"
+			install_built "$BUILD_TMP/scheduler-plugins" scheduler-plugins
 		fi
 		if grep -qx 'pause' <<<"$missing"; then
 			build_pause "$go" "$BUILD_TMP"

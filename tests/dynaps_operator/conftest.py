@@ -21,7 +21,10 @@ from dynaps.contract import API_GROUP, API_VERSION, PLURAL
 from dynaps_operator import gang
 from dynaps_operator.runner import OperatorThread
 from dynaps_operator.settings import OperatorSettings
+from tests.kube import scheduler_plugins
+from tests.kube.binaries import BinariesMissingError
 from tests.kube.controlplane import ControlPlane
+from tests.kube.fixtures import unavailable
 from tests.kube.kubeapi import ApiError, KubeClient, namespaced
 from tests.kube.kubelet import ProcessKubelet
 from tests.kube.polling import wait_for
@@ -82,6 +85,22 @@ def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> No
             f"podgroups.{group}",
             f"/apis/{api}/podgroups",
         )
+
+
+@pytest.fixture(scope="module")
+def coscheduling_scheduler(kube_control_plane: ControlPlane, pod_group_crds: None) -> Iterator[str]:
+    """scheduler-plugins' scheduler with Coscheduling (tests/kube/scheduler_plugins.py) under the
+    name the operator gives the pods of ``scheduler: coscheduling`` jobs; yields that name.
+    Per module, and only where asked for: elsewhere such pods are expected to stay unbound."""
+    name = gang.COSCHEDULING_SCHEDULER
+    try:
+        scheduler_plugins.start(kube_control_plane, name)
+    except BinariesMissingError as exc:
+        unavailable(str(exc))
+    try:
+        yield name
+    finally:
+        kube_control_plane.stop_component(scheduler_plugins.BINARY)
 
 
 @pytest.fixture(scope="module")

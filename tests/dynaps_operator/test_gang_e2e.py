@@ -2,9 +2,10 @@
 them, and ``suspend`` still holding every pod back.
 
 The PodGroup CRDs come from tests/kube/crds (scheduler-plugins' published one; Volcano's written
-from its documented schema). No gang scheduler runs in the test control plane: a pod that names
-``scheduler-plugins-scheduler`` or ``volcano`` is never bound, which is what a job that waits
-for its gang looks like; a job whose pods name ``default-scheduler`` runs, the PodGroup beside it.
+from its documented schema). No gang scheduler runs for this module (test_coscheduling_e2e.py
+starts a real one for its own): a pod that names ``scheduler-plugins-scheduler`` or ``volcano``
+is never bound, which is what a job that waits for its gang looks like; a job whose pods name
+``default-scheduler`` runs, the PodGroup beside it.
 """
 
 from __future__ import annotations

@@ -155,6 +155,25 @@ class ControlPlane(ClusterTools):
         self._wait_healthy("kube-scheduler", sched_port, "/healthz", deadline)
         self.started_in = time.monotonic() - began
 
+    def start_component(
+        self, name: str, args: Sequence[str], health_port: int, timeout: float = 60.0
+    ) -> None:
+        """Starts one more binary of ``bin_dir`` against this plane (a second scheduler) and waits for
+        its ``/healthz`` on ``health_port``; :meth:`stop_component` stops it, and so does :meth:`stop`."""
+        if name in self.processes:
+            raise ControlPlaneError(f"{name} is already running")
+        self._spawn(name, args)
+        try:
+            self._wait_healthy(name, health_port, "/healthz", time.monotonic() + timeout)
+        except ControlPlaneError:
+            self.stop_component(name)
+            raise
+
+    def stop_component(self, name: str) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is not None:
+            procs.stop_process(proc, grace=5.0)
+
     def stop(self) -> None:
         # Reverse start order: clients before the API server, the API server before etcd.
         for name in reversed(list(self.processes)):

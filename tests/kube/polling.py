@@ -20,3 +20,15 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def holds_for(check: Callable[[], object], seconds: float, what: str, interval: float = 0.2) -> None:
+    """Calls `check` for `seconds` and fails naming `what` the first time it returns something
+    false. For after a positive signal that the state was reached: this shows that it lasts."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not check():
+            raise AssertionError(f"{what} stopped holding")
+        if time.monotonic() > deadline:
+            return
+        time.sleep(interval)
