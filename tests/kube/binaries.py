@@ -13,6 +13,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "k8s-binaries.sh"
+# what every control plane needs (the script also checks the real node's and the second
+# scheduler's binaries: `--print-dir` fails until all of them are there)
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
 
 
@@ -37,7 +39,7 @@ def _print_dir(script: Path) -> tuple[Path | None, str]:
 
 
 def find_bin_dir() -> Path:
-    """Returns the folder holding all six binaries or raises BinariesMissingError."""
+    """Returns the folder holding the test binaries or raises BinariesMissingError."""
     bin_dir, last = _print_dir(SCRIPT)
     if bin_dir is None:
         detail = re.sub(r"^\[k8s-binaries [0-9:]+\] |\s*\(run scripts/k8s-binaries.sh\)$", "", last)
