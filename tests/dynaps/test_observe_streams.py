@@ -7,6 +7,7 @@ in pieces, the way a log arrives over a network, to test what dynaps does with t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -113,7 +114,10 @@ def test_logs_of_a_job_that_does_not_exist_or_without_kubectl(kubectl_dir: Path,
 def test_follow_merges_every_pod_line_by_line_until_ctrl_c(kubectl_dir: Path) -> None:
     env = {**os.environ, "PATH": f"{kubectl_dir}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "dynaps", "logs", "mf", "--follow"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
+    env["PYTHONFAULTHANDLER"] = "1"  # a SIGABRT prints every thread's stack (see below)
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    followers: list[psutil.Process] = []
+    try:
         assert run.stdout is not None
         seen: list[str] = []
         while len(seen) < 200:
@@ -121,8 +125,21 @@ def test_follow_merges_every_pod_line_by_line_until_ctrl_c(kubectl_dir: Path) ->
         followers = psutil.Process(run.pid).children()
         assert len(followers) == 4  # one kubectl logs -f per pod
         run.send_signal(signal.SIGINT)
-        rest, _ = run.communicate(timeout=30)
-    assert run.returncode == 0
+        try:
+            rest, errors = run.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.send_signal(signal.SIGABRT)
+            _, stacks = run.communicate(timeout=30)
+            pytest.fail(f"dynaps logs --follow still ran 60 s after Ctrl-C; its threads:\n{stacks[-4000:]}")
+    finally:
+        # whatever happened, nothing this test started outlives it (by pid)
+        for proc in followers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, errors
     psutil.wait_procs(followers, timeout=10)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in followers)
     pods = ("coordinator", "server-0", "worker-0", "worker-1")
