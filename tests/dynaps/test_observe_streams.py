@@ -111,11 +111,25 @@ def test_logs_of_a_job_that_does_not_exist_or_without_kubectl(kubectl_dir: Path,
     assert "Traceback" not in done.stderr
 
 
-def test_follow_merges_every_pod_line_by_line_until_ctrl_c(kubectl_dir: Path) -> None:
+def _interruptible() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and a
+    # Python that starts so keeps ignoring it (as it should): Ctrl-C is what is tested here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_follow_merges_every_pod_line_by_line_until_stopped(kubectl_dir: Path, stop: signal.Signals) -> None:
     env = {**os.environ, "PATH": f"{kubectl_dir}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "dynaps", "logs", "mf", "--follow"]
     env["PYTHONFAULTHANDLER"] = "1"  # a SIGABRT prints every thread's stack (see below)
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_interruptible,  # noqa: PLW1509 - a signal disposition only, before exec
+    )
     followers: list[psutil.Process] = []
     try:
         assert run.stdout is not None
@@ -124,13 +138,15 @@ def test_follow_merges_every_pod_line_by_line_until_ctrl_c(kubectl_dir: Path) ->
             seen.append(run.stdout.readline().rstrip("\n"))
         followers = psutil.Process(run.pid).children()
         assert len(followers) == 4  # one kubectl logs -f per pod
-        run.send_signal(signal.SIGINT)
+        run.send_signal(stop)
         try:
             rest, errors = run.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             run.send_signal(signal.SIGABRT)
             _, stacks = run.communicate(timeout=30)
-            pytest.fail(f"dynaps logs --follow still ran 60 s after Ctrl-C; its threads:\n{stacks[-4000:]}")
+            pytest.fail(
+                f"dynaps logs --follow still ran 60 s after {stop.name}; its threads:\n{stacks[-4000:]}"
+            )
     finally:
         # whatever happened, nothing this test started outlives it (by pid)
         for proc in followers:

@@ -11,6 +11,7 @@ kubectl process and an API-server connection.
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,9 @@ def show_logs(
     procs: list[subprocess.Popen[bytes]] = []
     merger = Merger()
     interrupted = False
+    # `kill` ends following as Ctrl-C does, stopping the kubectl processes first (a SIGINT
+    # that the shell ignores for a background job stays ignored)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for pod in pods:
             proc = subprocess.Popen(
@@ -115,6 +119,7 @@ def show_logs(
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C ends following: not an error
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -124,3 +129,7 @@ def show_logs(
                     proc.kill()
                     proc.wait()
     return 0 if interrupted or all(p.returncode == 0 for p in procs) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
