@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dynaps import profiling
 from dynaps.contract import (
     Allocation,
     NamedTable,
@@ -371,29 +372,34 @@ def _role(args: argparse.Namespace, command: list[str]) -> int:
     settings = process_settings()
     setup_logging(settings.log_level)
     config = load_config()
-    if args.verb == "coordinator":
-        from dynaps.coordinator.process import serve_coordinator
-        from dynaps.local.launch import ANNOUNCE_PREFIX
 
-        def announce(address: str, http_port: int) -> None:
-            if args.announce:
-                print(f"{ANNOUNCE_PREFIX}{address} {http_port}", flush=True)
+    def serve() -> int:
+        if args.verb == "coordinator":
+            from dynaps.coordinator.process import serve_coordinator
+            from dynaps.local.launch import ANNOUNCE_PREFIX
 
-        return serve_coordinator(config, announce)
-    from dynaps.node.process import serve_node
+            def announce(address: str, http_port: int) -> None:
+                if args.announce:
+                    print(f"{ANNOUNCE_PREFIX}{address} {http_port}", flush=True)
 
-    if args.verb == "server":
-        if command:
-            raise ConfigError("a server runs no program; remove the COMMAND after --")
-        return serve_node("server", config, name=settings.node_name)
-    return serve_node(
-        "worker",
-        config,
-        command=command or None,
-        attach_token=args.attach_token,
-        rank=settings.rank,
-        name=settings.node_name,
-    )
+            return serve_coordinator(config, announce)
+        from dynaps.node.process import serve_node
+
+        if args.verb == "server":
+            if command:
+                raise ConfigError("a server runs no program; remove the COMMAND after --")
+            return serve_node("server", config, name=settings.node_name)
+        return serve_node(
+            "worker",
+            config,
+            command=command or None,
+            attach_token=args.attach_token,
+            rank=settings.rank,
+            name=settings.node_name,
+        )
+
+    name = "coordinator" if args.verb == "coordinator" else settings.node_name or args.verb
+    return profiling.profiled(name, serve)
 
 
 if __name__ == "__main__":  # pragma: no cover

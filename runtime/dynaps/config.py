@@ -12,6 +12,8 @@ mounted ConfigMap); what differs per pod comes from its own variables:
     DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
     DYNAPS_SPIN_MICROS     how long a node or training process polls for an answer that
                            is due before it blocks (default 100; 0: block at once)
+    DYNAPS_PROFILE_DIR     off by default: profile this process's CPU there (benchmarks;
+                           see dynaps.profiling)
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
+from dynaps import profiling
 from dynaps.contract import (
     Allocation,
     CheckpointSpec,
@@ -68,20 +69,25 @@ def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) 
     client_ps._CURRENT = ps  # dynaps.connect() inside fn returns this connection
     conn.send(("ready", ps.rank))
     try:
-        while not ps.control[0]:  # our node drains: this training process ends
-            try:
-                item = conn.recv()
-            except EOFError:
-                break
-            if item is None:
-                break
-            fn, args = item
-            try:
-                conn.send(("ok", fn(ps, *args)))
-            except BaseException as exc:
-                conn.send(("error", "".join(traceback.format_exception(exc))))
+        profiling.profiled(f"runner-{ps.rank}", lambda: _run_calls(ps, conn))
     finally:
         ps.close()
+
+
+def _run_calls(ps: Any, conn: Connection) -> None:
+    """A runner's loop: run each function sent down the pipe and send back what it returned."""
+    while not ps.control[0]:  # our node drains: this training process ends
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        fn, args = item
+        try:
+            conn.send(("ok", fn(ps, *args)))
+        except BaseException as exc:
+            conn.send(("error", "".join(traceback.format_exception(exc))))
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""The records of applied requests that travel with moving keys (dynaps.node.applied): a
+retry is recognised at a key's new owner, and only the part about the moved keys travels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynaps.node.applied import AppliedRequests
+from dynaps.wire import messages
+from dynaps.wire.protocol import RETRY, Message, MsgType, client_of
+
+CLIENT = client_of(5)
+
+
+def retry(req_id: int, keys: list[int], positions: list[int]) -> Message:
+    return messages.request(
+        MsgType.PUSH,
+        CLIENT,
+        req_id,
+        0,
+        np.array(keys, dtype=np.int64),
+        values=np.zeros((len(keys), 1)),
+        positions=np.array(positions, dtype=np.int32),
+        flags=RETRY,
+    )
+
+
+def moved(source: AppliedRequests, keys: list[int]) -> tuple[AppliedRequests, dict[str, object] | None]:
+    """What a TRANSFER of ``keys`` carries from ``source``, adopted by a fresh node (via JSON,
+    as on the wire)."""
+    records = source.records_for(np.array(keys, dtype=np.int64))
+    target = AppliedRequests()
+    target.adopt_records(json.loads(json.dumps(records)) if records else None)
+    return target, records
+
+
+def test_only_the_moved_keys_and_their_positions_travel() -> None:
+    home = AppliedRequests()
+    # part of a split request: positions 0, 2, 4, 6 of the client's keys landed here
+    home.remember(CLIENT, 9, np.array([0, 2, 4, 6], dtype=np.int32), np.array([10, 11, 12, 13]))
+    owner, records = moved(home, [11, 13, 40])
+    assert records == {"records": [[CLIENT, 9, [2, 6], [11, 13]]]}
+    applied = owner.already_applied(retry(9, [11, 13], [2, 6]))
+    assert applied is not None
+    assert applied.tolist() == [True, True]
+    # positions of keys that did not move are the old owner's to recognise
+    applied = owner.already_applied(retry(9, [10, 12], [0, 4]))
+    assert applied is not None
+    assert applied.tolist() == [False, False]
+    applied = home.already_applied(retry(9, [10, 12], [0, 4]))
+    assert applied is not None
+    assert applied.tolist() == [True, True]
+    # a move of keys no request touched carries nothing
+    assert moved(home, [99])[1] is None
+
+
+def test_a_whole_request_stays_whole_where_its_keys_travel() -> None:
+    home = AppliedRequests()
+    home.remember(CLIENT, 3, None, np.array([1, 2, 3]))  # every position was applied here
+    owner, records = moved(home, [2])
+    assert records == {"records": [[CLIENT, 3, None, [2]]]}
+    applied = owner.already_applied(retry(3, [1, 2], [0, 1]))
+    assert applied is not None
+    assert applied.all()
+
+
+def test_what_travels_on_stays_as_small_as_the_move() -> None:
+    """A node that held many blocks of a request ships only the block that leaves (the
+    records used to grow with every block a node ever held, and travel whole)."""
+    worker = AppliedRequests()
+    blocks = [np.arange(b * 100, (b + 1) * 100) for b in range(8)]
+    for _b, keys in enumerate(blocks):  # each block arrives from its home with its record
+        home = AppliedRequests()
+        home.remember(CLIENT, 1, keys.astype(np.int32), keys)
+        worker.adopt_records(home.records_for(keys))
+    records = worker.records_for(blocks[3])
+    assert records is not None
+    shipped = records["records"]
+    assert isinstance(shipped, list)
+    assert len(shipped) == 1
+    assert shipped[0][2] == shipped[0][3] == blocks[3].tolist()  # positions, keys
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    owners=st.lists(st.integers(0, 2), min_size=1, max_size=30),
+    path=st.lists(st.integers(0, 2), min_size=1, max_size=6),
+)
+def test_a_retry_is_recognised_wherever_its_keys_went(owners: list[int], path: list[int]) -> None:
+    """Request positions 0..n-1 applied at three nodes by key; then the keys of one node move
+    along ``path`` (each hop ships the records the relocation would): at every stop, each
+    position whose key is held there is recognised as applied."""
+    n = len(owners)
+    keys = np.arange(100, 100 + n, dtype=np.int64)
+    nodes = [AppliedRequests() for _ in range(3)]
+    for node, held in enumerate(nodes):
+        mine = np.flatnonzero(np.array(owners) == node)
+        if len(mine):
+            held.remember(CLIENT, 4, mine.astype(np.int32), keys[mine])
+    travelling = np.flatnonzero(np.array(owners) == path[0])
+    here = nodes[path[0]]
+    for stop in path[1:]:
+        records = here.records_for(keys[travelling])
+        nodes[stop].adopt_records(json.loads(json.dumps(records)) if records else None)
+        here = nodes[stop]
+    if len(travelling):
+        applied = here.already_applied(retry(4, keys[travelling].tolist(), travelling.tolist()))
+        assert applied is not None
+        assert applied.all()
