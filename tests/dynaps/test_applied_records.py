@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynaps.node.applied import AppliedRequests
+from dynaps.node.applied import AppliedRequests, _marked
 from dynaps.wire import messages
 from dynaps.wire.protocol import RETRY, Message, MsgType, client_of
 
@@ -111,3 +111,17 @@ def test_a_retry_is_recognised_wherever_its_keys_went(owners: list[int], path: l
         applied = here.already_applied(retry(4, keys[travelling].tolist(), travelling.tolist()))
         assert applied is not None
         assert applied.all()
+
+
+@given(
+    st.lists(st.integers(0, 2**40), max_size=40),
+    st.lists(st.integers(0, 2**40), max_size=40),
+    st.integers(1, 2**40),
+)
+def test_the_bitmap_membership_test_agrees_with_isin(
+    values: list[int], chosen: list[int], scale: int
+) -> None:
+    """``_marked`` stands in for ``np.isin`` on the hot paths (every push, every move)."""
+    left = np.asarray([v % scale for v in values], dtype=np.int64)
+    right = np.asarray([c % scale for c in chosen], dtype=np.int64)
+    np.testing.assert_array_equal(_marked(left, right), np.isin(left, right))
