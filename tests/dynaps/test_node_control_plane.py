@@ -450,3 +450,26 @@ def test_a_restarted_coordinator_ends_the_moves_in_flight() -> None:
     assert (
         gate.blocks is None or not gate.blocked(np.arange(NUM_KEYS), NUM_KEYS, plane.server.shard_map).any()
     )
+
+
+def test_a_restored_home_syncs_its_backups_only_once_the_job_runs() -> None:
+    """Before the job runs a backup may still wait for its first membership and drop what
+    reaches it; the report after the rows would then count a replica of initial values.
+    (A full run lost the restored keys of a killed server so, with no dataLoss entry.)"""
+    plane, _, outbox = make_node(1, replicated=True)
+    layouts = [store.layout for store in plane.server.stores]
+    preparing = membership(backed_up_by(2), [1, 2])
+    preparing["phase"] = "prepare"
+    plane.apply_membership(control.Membership.model_validate(preparing))  # the job's first map
+    outbox.take(layouts)
+    plane.sync_restored_when_running(np.asarray([0, 1], dtype=np.int64))  # loaded from a checkpoint
+    preparing["version"] += 1  # another node registered: still preparing
+    plane.apply_membership(control.Membership.model_validate(preparing))
+    sent = kinds(outbox.take(layouts))
+    assert (2, MsgType.REPLICATE) not in sent, "rows sent before the job runs"
+    assert (2, MsgType.REPLICA_SYNCED) not in sent
+    running = membership(backed_up_by(2), [1, 2])
+    running["version"] = preparing["version"] + 1
+    plane.apply_membership(control.Membership.model_validate(running))
+    sent = kinds(outbox.take(layouts))
+    assert sent.index((2, MsgType.REPLICATE)) < sent.index((2, MsgType.REPLICA_SYNCED))

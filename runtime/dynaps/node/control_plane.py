@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel
 
 from dynaps.errors import ConfigError, ProtocolError
@@ -108,6 +109,20 @@ class ControlPlane:
         self.fenced = ""  # why the coordinator no longer counts this node as a member
         # the membership last applied; a MEMBERSHIP_DELTA that does not follow it asks for the whole
         self.follower = membership_deltas.Follower(self._ask_membership, clock)
+        # shards homed here that were loaded from a checkpoint: their backups get them once the
+        # job runs (:meth:`sync_restored_when_running`)
+        self.restored: npt.NDArray[np.int64] | None = None
+
+    def sync_restored_when_running(self, shards: npt.NDArray[np.int64]) -> None:
+        """Send ``shards`` (restored here) down their chains once the job runs, not before.
+
+        Before the job runs a backup may still be waiting for its own first membership, and
+        a node does not keep what reaches it then: the rows would be dropped while the report
+        that follows them, arriving after its membership, counted it as a synced replica of
+        initial values (a loss of this server then lost the restored keys, unreported).  When
+        the coordinator announces RUNNING, every member has its store and its membership.
+        """
+        self.restored = shards
 
     def send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
         self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body))
@@ -142,6 +157,12 @@ class ControlPlane:
         if new_map.epoch > server.shard_map.epoch:
             server.set_shard_map(new_map)
         server.departures.forget_departed({node_of(e) for e in departed} - {self.node_id})
+        if self.restored is not None and membership.phase is control.Phase.RUNNING:
+            shards, self.restored = self.restored, None
+            if server.replication is not None:
+                homed = shards[server.shard_map.homes[shards] == self.node_id]  # still ours
+                server.replication.sync_shards(homed, server.shard_map)
+                server.replication.report_synced(homed)
 
     # ------------------------------------------------------------------ control messages
 

@@ -168,12 +168,10 @@ class NodeProcess:
         if restoring:
             assert restore is not None
             self._restore(restore)
-        self.control.apply_membership(membership)
         if restoring and self.server.replication is not None:
-            # the backups hold initial values: send them what was restored, and say so
-            homed = np.flatnonzero(shard_map.homes == self.node_id)
-            self.server.replication.sync_shards(homed, shard_map)
-            self.server.replication.report_synced(homed)
+            # the backups hold initial values: they get what was restored once the job runs
+            self.control.sync_restored_when_running(np.flatnonzero(shard_map.homes == self.node_id))
+        self.control.apply_membership(membership)
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port)
         if worker:
