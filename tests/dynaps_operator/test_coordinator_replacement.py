@@ -67,10 +67,15 @@ def test_a_deleted_coordinator_is_replaced_alone_and_the_result_is_exact(
         30,
         "a new coordinator pod",
     )
-    recovering = get_job(kube_api, ns, name)
-    degraded = condition(recovering, "Degraded")
-    assert degraded is not None
-    assert degraded["reason"] == "CoordinatorLost", recovering["status"]
+
+    def lost_said() -> JsonDict | None:
+        # the operator creates the replacement, then patches the status, in one pass: the pod
+        # can be seen a moment before the condition (a full run read the status in between)
+        job = get_job(kube_api, ns, name)
+        degraded = condition(job, "Degraded")
+        return job if degraded is not None and degraded["reason"] == "CoordinatorLost" else None
+
+    wait_for(lost_said, 30, "the job to say its coordinator was lost (Degraded: CoordinatorLost)")
     try:
         wait_phase(kube_api, ns, name, {"Running"}, 60)
         pushed = progress(tmp_path)
