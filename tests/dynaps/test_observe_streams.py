@@ -24,6 +24,7 @@ import pytest
 
 from dynaps.errors import ConfigError
 from dynaps.observe import podlogs, runfile, streams
+from tests.dynaps.test_status_local import dynaps as run_dynaps
 
 FAKE_KUBECTL = """\
 import json, sys, time
@@ -65,15 +66,7 @@ def kubectl_dir(tmp_path: Path) -> Path:
 
 
 def dynaps(kubectl_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{kubectl_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "dynaps", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return run_dynaps({**os.environ, "PATH": f"{kubectl_dir}{os.pathsep}{os.environ['PATH']}"}, *args)
 
 
 def lines_of(pod: str, count: int = 3) -> list[str]:
