@@ -49,7 +49,7 @@ from typing import Any
 
 from dynaps.contract import FaultTolerance, NamedTable, RebalancePolicy, RuntimeConfig, secret
 from scale_plot import plot
-from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side
+from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side, tick_and_status_cost
 
 HERE = Path(__file__).resolve()
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "  # dynaps.local.launch.ANNOUNCE_PREFIX
@@ -667,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cpu_s_all_processes"] = round(sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - cpu0, 1)
         result["node_side"] = node_side(size, args.shards)
         result["coordinator_us_per_heartbeat_in_process"] = heartbeat_cost(size, args.shards)
+        result["coordinator_in_process"] = tick_and_status_cost(size, args.shards)
         results.append(result)
         out.write_text(json.dumps(document, indent=1) + "\n")  # after each size: a crash keeps the rest
     if not args.no_plot:
