@@ -49,13 +49,14 @@ from typing import Any
 
 from dynaps.contract import FaultTolerance, NamedTable, RebalancePolicy, RuntimeConfig, secret
 from scale_plot import plot
-from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side
+from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side, tick_and_status_cost
 
 HERE = Path(__file__).resolve()
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "  # dynaps.local.launch.ANNOUNCE_PREFIX
 NODES_PER_HELPER = 250
 PROFILE_ENV = "SCALE_COORDINATOR_PROFILE"  # a path: the coordinator runs under cProfile
 POLL_SECONDS = 0.1
+PHASES = ("steady", "join", "leave", "loss", "scale-out")  # in the order they run, after registration
 
 
 class HarnessError(RuntimeError):
@@ -524,8 +525,17 @@ class Run:
         log(f"N={self.n}: {self.servers} servers, {self.workers} workers (+ their training processes)")
         try:
             self.start()
-            for phase in (self.registration, self.steady, self.join, self.leave, self.loss, self.scale_out):
-                phase()
+            phases = {
+                "steady": self.steady,
+                "join": self.join,
+                "leave": self.leave,
+                "loss": self.loss,
+                "scale-out": self.scale_out,
+            }
+            self.registration()
+            for name, phase in phases.items():
+                if name in self.args.phases:
+                    phase()
             errors = self.counters()
             self.result["helper_errors"] = errors["errors"]
             self.result["sockets_in_helpers"] = errors["sockets"]
@@ -576,6 +586,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=10.0, help="steady heartbeat window")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between RUNNING and the window")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds a phase may take")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases after registration (default all: {','.join(PHASES)}); "
+        "e.g. 'steady' to measure heartbeats alone",
+    )
     parser.add_argument("--profile", default="", help="run the coordinator under cProfile: PATH.N.prof")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
     parser.add_argument(
@@ -618,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--nodes must be comma-separated integers, not {args.nodes!r}", file=sys.stderr)
         return 2
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = sorted(set(args.phases) - set(PHASES))
+    if unknown:
+        print(f"--phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})", file=sys.stderr)
+        return 2
     if not sizes or min(sizes) < 2:
         print("--nodes: every size must be at least 2 (one server, one worker)", file=sys.stderr)
         return 2
@@ -646,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cpu_s_all_processes"] = round(sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - cpu0, 1)
         result["node_side"] = node_side(size, args.shards)
         result["coordinator_us_per_heartbeat_in_process"] = heartbeat_cost(size, args.shards)
+        result["coordinator_in_process"] = tick_and_status_cost(size, args.shards)
         results.append(result)
         out.write_text(json.dumps(document, indent=1) + "\n")  # after each size: a crash keeps the rest
     if not args.no_plot:

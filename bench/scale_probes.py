@@ -1,6 +1,7 @@
 """What ``bench/scale.py`` measures in its own process, beside the real coordinator's run:
 what one real node pays for a membership at a size (the whole document and a delta:
-bytes, parse time, sockets), and the CPU ``Coordinator.receive`` spends on a heartbeat."""
+bytes, parse time, sockets), and the CPU the coordinator spends on a heartbeat, a tick and a
+``/status`` document."""
 
 from __future__ import annotations
 
@@ -62,22 +63,22 @@ def node_side(nodes: int, shards: int) -> dict[str, Any]:
 
     return {
         "membership_bytes": sum(len(f) for f in frames),
-        "membership_parse_ms": _median_ms(whole),
+        "membership_parse_ms": round(_median_cpu(whole, 5) * 1000, 3),
         "delta_bytes": sum(len(f) for f in delta_frames),  # of this join's first commit
         "delta_rows": len(delta.shards),
-        "delta_parse_and_apply_ms": _median_ms(follow),
+        "delta_parse_and_apply_ms": round(_median_cpu(follow, 5) * 1000, 3),
         "push_sockets_per_real_node": nodes - 1 + (nodes - servers),
     }
 
 
-def _median_ms(work: Callable[[], None], runs: int = 5) -> float:
-    """The median CPU milliseconds of ``work``."""
+def _median_cpu(work: Callable[[], object], runs: int) -> float:
+    """The median CPU seconds of ``work``."""
     took = []
     for _ in range(runs):
         start = time.process_time()
         work()
         took.append(time.process_time() - start)
-    return round(sorted(took)[runs // 2] * 1000, 3)
+    return sorted(took)[runs // 2]
 
 
 class _NullTransport:
@@ -107,8 +108,33 @@ class _NullTransport:
 
 def heartbeat_cost(nodes: int, shards: int) -> float:
     """CPU microseconds ``Coordinator.receive`` takes for one HEARTBEAT in a running job of
-    ``nodes`` (in this process, no socket: the message's decoding and the /status rebuild that
-    follows every message), median of 200."""
+    ``nodes`` (in this process, no socket), median of 200."""
+    from dynaps.wire import control, messages
+    from dynaps.wire.protocol import MsgType
+
+    coordinator = _running_coordinator(nodes, shards)
+    body = control.Heartbeat(role="server", address="tcp://127.0.0.1:20000", name="server-0")
+    beat = messages.control(MsgType.HEARTBEAT, 1, body)
+    return round(_median_cpu(lambda: coordinator.receive(beat), 200) * 1e6, 1)
+
+
+def tick_and_status_cost(nodes: int, shards: int) -> dict[str, float]:
+    """CPU microseconds of one ``Coordinator.tick`` with every member just heard (failure
+    detection, timers; no socket, so no disconnect monitors) and of one ``/status`` document,
+    in a running job of ``nodes``, medians of 200."""
+    coordinator = _running_coordinator(nodes, shards)
+    for member in coordinator.roster.members.values():
+        member.heard(time.monotonic())
+    return {
+        "tick_us": round(_median_cpu(coordinator.tick, 200) * 1e6, 1),
+        # rebuilt whole, whether or not anything changed
+        "status_document_us": round(_median_cpu(coordinator._refresh_status, 200) * 1e6, 1),
+    }
+
+
+def _running_coordinator(nodes: int, shards: int) -> Any:
+    """A coordinator in this process whose job of ``nodes`` runs (registered, ready, every
+    worker's program attached), sending into nothing."""
     from dynaps.coordinator.core import Coordinator
     from dynaps.wire import control, messages
     from dynaps.wire.protocol import MsgType, client_of
@@ -140,11 +166,4 @@ def heartbeat_cost(nodes: int, shards: int) -> float:
             node=member.id,
         )
         coordinator.receive(messages.control(MsgType.REGISTER, client_of(member.id), reg))
-    body = control.Heartbeat(role="server", address="tcp://127.0.0.1:20000", name="server-0")
-    beat = messages.control(MsgType.HEARTBEAT, 1, body)
-    runs = []
-    for _ in range(200):
-        start = time.process_time()
-        coordinator.receive(beat)
-        runs.append(time.process_time() - start)
-    return round(sorted(runs)[100] * 1e6, 1)
+    return coordinator

@@ -147,6 +147,15 @@ def test_with_the_token_a_scale_within_bounds_is_accepted(coordinator: Coordinat
         time.sleep(0.05)
 
 
+def test_a_read_after_an_action_sees_it_applied(coordinator: Coordinator) -> None:
+    """/status is built for the read, after the actions queued before it (no polling)."""
+    _servers, workers = desired(coordinator.port)
+    for target in (4 if workers == 3 else 3, workers):  # and back, for the tests that follow
+        code, answer = request(coordinator.port, "POST", "/scale", f'{{"workers": {target}}}'.encode())
+        assert code == 202, answer
+        assert desired(coordinator.port)[1] == target
+
+
 # ---------------------------------------------------------------------- bodies
 
 

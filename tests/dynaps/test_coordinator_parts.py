@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dynaps.contract import DataLossCause
 from dynaps.coordinator.adoption import Adoption
@@ -76,6 +77,30 @@ def test_silence_loses_a_node_later_than_a_dropped_connection() -> None:
     dropped.heard(0.5)  # it came back
     assert liveness.overdue(roster.active(), 1.0) == []
     assert liveness.overdue(roster.active(), liveness.lost_after + 0.01) == [quiet]
+
+
+@pytest.mark.parametrize("heartbeat", [0.2, 15.0])  # 15 s: lost_after (150 s) above the join timeout
+def test_among_a_thousand_members_only_the_silent_ones_are_lost_on_time(heartbeat: float) -> None:
+    """Members well inside their limits are skipped after one test (issue 15): the silent one,
+    the joining one past its timeout and the dropped one are still found, not a tick late."""
+    liveness = Liveness.for_heartbeat(heartbeat, silent_node_timeout=0.0)
+    roster = Roster(1000, 0, clock=lambda: 0.0)
+    members = [roster.admit("server", f"s{i}", f"s{i}", 0, None) for i in range(1000)]
+    assert all(not isinstance(m, str) for m in members)
+    live = [m for m in members if not isinstance(m, str)]
+    for member in live[1:]:
+        member.state = MemberState.READY
+    joining, silent, dropped = live[0], live[500], live[999]  # joining: never READY
+    limit = min(liveness.lost_after, liveness.join_timeout)
+    now = 1000.0
+    for member in live:
+        member.heard(now - limit / 2)
+    silent.heard(now - liveness.lost_after - 0.01)
+    joining.heard(now - liveness.join_timeout - 0.01)
+    dropped.disconnected(now - liveness.grace_after_disconnect - 0.01)
+    assert liveness.overdue(reversed(roster.members.values()), now) == [joining, silent, dropped]  # id order
+    silent.heard(now - liveness.lost_after + 0.01)  # just inside: not yet
+    assert silent not in liveness.overdue(roster.members.values(), now)
 
 
 def test_a_barrier_passes_once_every_running_client_reached_it_or_a_later_one() -> None:

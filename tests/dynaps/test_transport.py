@@ -120,6 +120,37 @@ def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_neve
             peer.close()
 
 
+def dropped_within(watcher: ZmqTransport, expected: int, seconds: float = 5.0) -> list[int]:
+    """What ``disconnected`` reports until ``expected`` endpoints dropped (or ``seconds`` passed)."""
+    deadline = time.monotonic() + seconds
+    dropped: list[int] = []
+    while len(dropped) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+        dropped += watcher.disconnected()
+    return dropped
+
+
+def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one() -> None:
+    """The monitors' descriptors signal only once zmq saw them idle: a peer that drops before
+    the watcher ever looked, and a second one after a first was reported, are both seen."""
+    watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
+    try:
+        for peer in peers:
+            watcher.connect(peer.endpoint, peer.address)
+            watcher.watch(peer.endpoint)
+            watcher.send(peer.endpoint, [b"hello"])
+            assert receive(peer) == [b"hello"]
+        peers[1].close()  # before the first call to disconnected()
+        assert dropped_within(watcher, 1) == [3]
+        peers[0].close()
+        assert dropped_within(watcher, 1) == [2]
+        assert watcher.disconnected() == []
+    finally:
+        watcher.close()
+        for peer in peers:
+            peer.close()
+
+
 def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
     pair: tuple[ZmqTransport, ZmqTransport],
 ) -> None:

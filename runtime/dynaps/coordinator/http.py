@@ -234,13 +234,15 @@ class StatusServer:
     ) -> None:
         if not token:
             raise ValueError("the HTTP endpoint needs a token")
-        self.status_reads = 0  # how often /status was read (the coordinator lingers for one)
+        # how often /status was answered, counted once the answer is written: the coordinator
+        # lingers for one, then closes this server (an answer cut short would reach no one)
+        self.status_reads = 0
 
-        def counted() -> dict[str, Any]:
+        def answered() -> None:
             self.status_reads += 1
-            return status()
 
-        handler = _handler(counted, act, token, bounds, registry or CollectorRegistry(auto_describe=True))
+        registry = registry or CollectorRegistry(auto_describe=True)
+        handler = _handler(status, act, token, bounds, registry, answered)
         self._listener = bounded_http.Listener(
             (host, port), handler, MAX_CONNECTIONS, REQUEST_DEADLINE, "dynaps-http"
         )
@@ -256,7 +258,12 @@ class StatusServer:
 
 
 def _handler(
-    status: StatusSource, act: ActionSink, token: str, bounds: Bounds, registry: CollectorRegistry
+    status: StatusSource,
+    act: ActionSink,
+    token: str,
+    bounds: Bounds,
+    registry: CollectorRegistry,
+    answered: Callable[[], None],
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode()
 
@@ -305,6 +312,7 @@ def _handler(
                 self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
             elif path == "/status":
                 self._json(HTTPStatus.OK, status())
+                answered()
             elif path == "/metrics":
                 self._reply(HTTPStatus.OK, exposition.render(registry), exposition.CONTENT_TYPE)
             else:

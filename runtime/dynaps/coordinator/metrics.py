@@ -1,8 +1,9 @@
 """The coordinator's ``/metrics``: the job as a whole, read from its status document.
 
-The coordinator's thread publishes the /status document (:func:`dynaps.coordinator.http.
-status_document`) each turn; this collector turns the latest one into metric families when
-Prometheus scrapes, so metrics and /status never disagree and no lock is shared.
+The coordinator's thread builds the /status document (:func:`dynaps.coordinator.http.
+status_document`) when it is read (:mod:`dynaps.coordinator.status_reads`), a scrape as much as
+a ``GET /status``; this collector turns it into metric families, so metrics and /status never
+disagree and no state is shared but the published document.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from dynaps.coordinator import metrics
 from dynaps.coordinator.adoption import ADOPT_QUIET
 from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.coordinator.http import StatusServer
+from dynaps.coordinator.status_reads import StatusReads
 from dynaps.telemetry import exposition
 from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
@@ -49,11 +50,12 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
-    registry = metrics.registry(coordinator.status, [str(phase) for phase in JobPhase])
+    reads = StatusReads(coordinator.status)  # /status is built when read, on this thread
+    registry = metrics.registry(reads.read, [str(phase) for phase in JobPhase])
     http = StatusServer(
         config.bind_host,
         config.coordinator_http_port,
-        coordinator.status,
+        reads.read,
         lambda action, body: actions.put((action, body)),
         token=http_token,
         bounds={"servers": config.servers_range, "workers": config.workers_range},
@@ -93,25 +95,35 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 if handled >= MESSAGES_PER_TURN:
                     break  # the rest waits one turn: HTTP actions, the tick and signals go first
                 frames = transport.recv_nowait()
+            # the reads asked before the actions are applied: a read that follows an action
+            # (POST, then GET /status) sees it applied
+            asked = reads.pending()
             while not actions.empty():
                 coordinator.run_command(*actions.get_nowait())
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
                 coordinator.tick()
-            coordinator.publish_status(now)
+            if asked:
+                coordinator.publish_status(now)
+                reads.answer(asked)
         if linger > 0 and not stop.is_set():
             # Keep answering /status a little, so an operator reads how the job ended.
-            reads = http.status_reads
+            read_before = http.status_reads
             deadline = time.monotonic() + linger
-            while time.monotonic() < deadline and http.status_reads == reads and not stop.is_set():
+            while time.monotonic() < deadline and http.status_reads == read_before and not stop.is_set():
                 frames = transport.recv(timeout=TICK_SECONDS)
+                asked = reads.pending()
                 while frames is not None:
                     coordinator.receive(frames)
                     frames = transport.recv_nowait()
-                coordinator.publish_status()
+                if asked:
+                    coordinator.publish_status()
+                    reads.answer(asked)
         return coordinator.exit_code if coordinator.exit_code is not None else 1
     finally:
+        coordinator.publish_status()
+        reads.close()  # the last document is final: readers take it without waiting
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         http.close()
