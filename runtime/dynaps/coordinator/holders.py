@@ -10,10 +10,11 @@ a shard it does not home:
 
 * **a localize** by the node's training process.  Before its first LOCALIZE of a key of
   shard s, the program tells the coordinator (HOLDING) and waits for HOLDING_NOTED
-  (:mod:`dynaps.client.holdings`); it writes INCOMING and sends the LOCALIZE only then.  So
-  when the coordinator orders a recovery of s, every node that could have asked s's home
-  for a key, and hence be recorded as its owner there, is already in :attr:`Holders.nodes`;
-  a program whose HOLDING was not answered yet has not localized anything of s.
+  (:mod:`dynaps.client.holdings`); it sends the LOCALIZE only then.  So when the
+  coordinator orders a recovery of s, every node that could have asked s's home for a key,
+  and hence be recorded as its owner there, is already in :attr:`Holders.nodes`; a program
+  whose HOLDING was not answered yet has sent no LOCALIZE of s (the keys it marked INCOMING
+  meanwhile move only once a home sees one, and it goes to the new home).
 * **a migration** of s away from a home A: keys released back to A while the shard was
   being copied stay with A after the commit (:meth:`dynaps.node.migration.Migrations.commit`).
   The coordinator adds A when it commits the move (:meth:`Holders.former_home`), before
