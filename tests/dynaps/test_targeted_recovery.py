@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynaps.coordinator.holders import Holders
-from dynaps.wire.codec import peek
+from dynaps.wire import control
+from dynaps.wire.codec import decode, peek
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
-from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
+from tests.dynaps.simnet import NUM_KEYS, SERVERS, WORKERS, Cluster
 
 
 def spy_on_queries(cluster: Cluster) -> list[int]:
@@ -116,6 +117,48 @@ def test_a_loss_at_any_step_of_a_first_localize_loses_no_update(
             cluster.deliver(data.draw(st.sampled_from(busy)))
     cluster.kill(home, keep_sent)
     cluster.settle(data)
+    cluster.check()
+
+
+def test_a_rebuild_names_the_server_its_shard_migrated_away_from() -> None:
+    """Keys released to a home while it migrates a shard away stay with it
+    (``Migrations.commit``), so the commit names the old home and a later rebuild of the
+    shard asks it: here the first loss's rebalance moves shards, the second loss takes
+    their new home."""
+    cluster = Cluster(replicated=True)
+    cluster.max_losses = 2
+    for worker in WORKERS:
+        cluster.start("push", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
+    cluster.kill(SERVERS[0], True)
+    cluster.settle(None)  # rebuilt from the backups, then rebalanced: a migration
+    assert cluster.coordinator.homes.rebalancer.completed == 1
+    named = {
+        shard: nodes - set(WORKERS)
+        for shard, nodes in cluster.coordinator.homes.holders.nodes.items()
+        if nodes - set(WORKERS)
+    }
+    assert named, "the migration's commit named no old home"
+    shard, (former,) = min(named.items())
+    home = int(cluster.shard_map.homes[shard])
+    assert former != home, "named: the server the shard moved away from"
+    orders: list[control.Recover] = []
+
+    def note(source: int, dest: int, frames: Sequence[Any]) -> bool:
+        peeked = peek(frames)
+        if peeked is not None and peeked[0] is MsgType.RECOVER:
+            orders.append(control.body_of(decode(list(frames), []), control.Recover))
+        return False
+
+    cluster.network.lose = note
+    cluster.kill(home, True)
+    cluster.settle(None)
+    order = next(o for o in orders if shard in o.shards)
+    assert order.holders is not None
+    assert former in order.holders, (former, order)
+    for worker in WORKERS:
+        cluster.start("push", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
     cluster.check()
 
 
