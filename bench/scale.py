@@ -50,6 +50,7 @@ from typing import Any
 from dynaps.contract import FaultTolerance, NamedTable, RebalancePolicy, RuntimeConfig, secret
 from scale_plot import plot
 from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side, tick_and_status_cost
+from scale_sim import HELD_SHARDS_ENV
 
 HERE = Path(__file__).resolve()
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "  # dynaps.local.launch.ANNOUNCE_PREFIX
@@ -231,6 +232,7 @@ class Run:
             "errors": [],
         }
         self._next_server = self.servers
+        self._recoveries_checked: set[int] = set()
 
     def env(self, config: RuntimeConfig) -> dict[str, str]:
         env = dict(os.environ)
@@ -238,6 +240,7 @@ class Run:
         env["DYNAPS_CONFIG"] = config.to_json()
         env[secret.HEX_ENV] = secret.encode(self.secret)
         env.setdefault("DYNAPS_LOG_LEVEL", "WARNING")
+        env[HELD_SHARDS_ENV] = str(self.args.held_shards)
         return env
 
     # -------------------------------------------------------------- plumbing
@@ -498,10 +501,57 @@ class Run:
             "the lost server's shards to be rebuilt", lambda: self.coord.status()["recoveriesInFlight"] == 0
         )
         figures["recovered_s"] = round(recovered - since, 3)
+        figures.update(self._check_asked(since))
         time.sleep(2.5)  # the coordinator rebalances 2 s after a recovery (REBALANCE_AFTER_RECOVERY)
         figures.update(self._settle_figures(since, before, cpu0, status0))
         self.result["loss"] = figures
         log(f"N={self.n}: loss reached every endpoint in {figures['reach_s']:.3f} s")
+
+    def _check_asked(self, since: float) -> dict[str, Any]:
+        """Which nodes the loss's recoveries asked (OWNERS_QUERY), against the workers whose
+        programs said they may hold keys of the recovered shards: every such worker must be
+        asked (else the rebuild could give a key a second owner), and with targeted recovery
+        no other worker; servers asked are the shards' former homes."""
+        held: dict[int, set[int]] = {}
+        asked: dict[int, set[int]] = {}
+        roles: dict[int, str] = {}
+        recoveries: dict[int, set[int]] = {}
+        times: dict[int, list[float]] = {}
+        noted = 0
+        for helper in self.helpers:
+            part = helper.ask({"cmd": "holders"})
+            held.update({int(n): set(s) for n, s in part.get("held", {}).items()})
+            roles.update({int(n): r for n, r in part.get("roles", {}).items()})
+            noted += int(part.get("noted", 0))
+            for rid, shards in part.get("recoveries", {}).items():
+                recoveries[int(rid)] = set(shards)
+            times.update({int(rid): t for rid, t in part.get("rebuild_times", {}).items()})
+            for n, rids in part.get("asked", {}).items():
+                for rid in rids:
+                    asked.setdefault(int(rid), set()).add(int(n))
+        fresh = [rid for rid in recoveries if rid not in self._recoveries_checked]
+        self._recoveries_checked.update(fresh)
+        shards = set().union(*(recoveries[r] for r in fresh)) if fresh else set()
+        who = set().union(*(asked.get(r, set()) for r in fresh)) if fresh else set()
+        holders = {n for n, s in held.items() if s & shards and roles.get(n) == "worker"}
+        workers_asked = {n for n in who if roles.get(n) == "worker"}
+        missed = sorted(holders - workers_asked)
+        if missed:
+            self.result["errors"].append(f"holders not asked by the recovery: {missed[:20]}")
+        return {
+            "recoveries": len(fresh),
+            "recovered_shards": len(shards),
+            "holdings_noted": noted,
+            "nodes_asked": len(who),
+            "workers_asked": len(workers_asked),
+            "servers_asked": len(who) - len(workers_asked),
+            "holders_of_those_shards": len(holders),
+            "holders_missed": len(missed),
+            "asked_holding_none": len(workers_asked - holders),
+            # at the simulated homes (no /status polling): RECOVER to RECOVERED, and kill to the last
+            "rebuild_s_max": round(max((times[r][1] - times[r][0] for r in fresh), default=0.0), 4),
+            "rebuilt_at_homes_s": round(max((times[r][1] for r in fresh), default=since) - since, 4),
+        }
 
     def scale_out(self) -> None:
         before, status0, cpu0 = self.counters(), self.coord.status(), self.coord.cpu()
@@ -580,6 +630,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", default="", help="the JSON result (default bench/results/scale-<sizes>.json)"
     )
     parser.add_argument("--shards", type=int, default=1024, help="shards of the job (default 1024)")
+    parser.add_argument(
+        "--held-shards",
+        type=int,
+        default=2,
+        help="shards each simulated worker's program says it localizes keys of (HOLDING; default 2)",
+    )
     parser.add_argument(
         "--helpers", type=int, default=0, help="simulation processes (default: by N and cores)"
     )

@@ -13,8 +13,12 @@ MAC on every message), and the real control messages of :mod:`dynaps.wire.messag
 * migrations: MIGRATE_OUT -> one SHARD_COPY (flag FINAL) of the shards' keys to the target ->
   MIGRATE_READY from the target (a real source pre-copies in chunks then sends the delta: for
   the small shards simulated here that is one part);
-* recoveries: RECOVER -> OWNERS_QUERY to every node of the membership -> two OWNERS each ->
-  RECOVERED;
+* holdings: a worker's training process, once the job runs, says which shards it will
+  localize keys of (HOLDING, ``SCALE_HELD_SHARDS`` shards per worker, drawn from its rank) and
+  counts the coordinator's HOLDING_NOTED, as ``dynaps.client.holdings`` does before a localize;
+* recoveries: RECOVER -> OWNERS_QUERY to the holders it names (every node of the membership
+  when it names none, as a coordinator that adopted the job does) -> two OWNERS each ->
+  RECOVERED; every node remembers which recoveries asked it (``holders`` reports them);
 * drains: DRAIN -> LEAVE; a server sends LEFT once no shard is homed on it any more.
 
 What it leaves out, and why: no tables, no data requests; the node-to-node mesh is opened
@@ -25,7 +29,7 @@ helper process, not once per receiver: every receiver gets the same bytes, and t
 per-node cost is measured apart by ``bench/scale_probes.py``.
 
 The helper takes JSON commands, one per line, on stdin and answers each with one JSON line
-on stdout (no pickle): ``add``, ``counters``, ``reached``, ``kill``, ``stop``.
+on stdout (no pickle): ``add``, ``counters``, ``reached``, ``kill``, ``holders``, ``stop``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot
 LEAVE_LINGER = 1.0  # seconds a node that left keeps its sockets (as dynaps.node.control_plane)
 MAX_SOCKETS = 65535  # the helper's zmq context: hundreds of endpoints, several sockets each
 SUMMARIES_KEPT = 64  # parsed memberships and deltas remembered (by body bytes)
+HELD_SHARDS_ENV = "SCALE_HELD_SHARDS"  # shards each simulated worker's program localizes keys of
 
 
 @dataclass
@@ -114,6 +119,12 @@ class Endpoint:
     bytes_from_coordinator: int = 0
     outgoing: set[int] = field(default_factory=set)  # migrations this server sends
     rebuilds: dict[int, set[int]] = field(default_factory=dict)  # recovery id -> nodes to answer
+    recoveries: dict[int, list[int]] = field(default_factory=dict)  # recovery id -> its shards (home)
+    # recovery id -> [RECOVER received, RECOVERED sent] (time.monotonic(), at the home)
+    rebuild_times: dict[int, list[float]] = field(default_factory=dict)
+    queried_by: list[int] = field(default_factory=list)  # recovery ids whose OWNERS_QUERY came here
+    holding: list[int] = field(default_factory=list)  # a client: the shards it said it may hold
+    noted: bool = False  # a client: the coordinator answered its HOLDING
     owners_seen: dict[int, collections.Counter[int]] = field(default_factory=dict)
     next_heartbeat: float = 0.0
     heartbeat_key: tuple[int, bool] = (-1, False)
@@ -144,6 +155,7 @@ class Helper:
         self.dim = table.dim
         self.dtype = np.dtype(table.dtype)
         self.heartbeat_seconds = config.fault_tolerance.heartbeat_interval_ms / 1000
+        self.held_shards = min(int(os.environ.get(HELD_SHARDS_ENV, "0")), policy.num_shards)
         self.endpoints: list[Endpoint] = []
         self.by_socket: dict[zmq.Socket[Any], Endpoint] = {}
         self.poller = zmq.Poller()
@@ -303,6 +315,7 @@ class Helper:
             self._recover(ep, control.body_of(msg, control.Recover))
         elif kind is MsgType.OWNERS_QUERY:
             query = control.body_of(msg, control.OwnersQuery)
+            ep.queried_by.append(query.id)
             empty = np.zeros(0, dtype=np.int64)  # a simulated node holds and expects no key of them
             for table in range(len(self.layouts)):
                 for which in (messages.OWNERS_HELD, messages.OWNERS_EXPECTED):
@@ -316,6 +329,8 @@ class Helper:
                 reason = control.body_of(msg, control.Drain).reason
                 self._send_control(ep, COORDINATOR, MsgType.LEAVE, control.Leave(reason=reason))
                 self._maybe_leave(ep, now)
+        elif kind is MsgType.HOLDING_NOTED:
+            ep.noted = True
         elif kind in (MsgType.CLOCK_MIN, MsgType.BARRIER_DONE, MsgType.LEASE_REPLY):
             pass  # not asked for here
         else:
@@ -327,6 +342,7 @@ class Helper:
         if ep.role == "client":
             if summary.phase == "running" and not ep.running_at:
                 ep.running_at = now
+                self._hold(ep)
             return
         if ep.node in summary.lost or (ep.node not in summary.ready and ep.state != "left"):
             self.errors.append(f"{ep.name}: fenced by membership {summary.version}")
@@ -349,6 +365,15 @@ class Helper:
                 self._register(client)
         if ep.state == "draining":
             self._maybe_leave(ep, now)
+
+    def _hold(self, ep: Endpoint) -> None:
+        """A program about to localize keys of a few shards says so first (HOLDING)."""
+        if not self.held_shards or ep.rank is None:
+            return
+        rng = np.random.default_rng(ep.rank)
+        shards = rng.choice(self.config.rebalance_policy.num_shards, self.held_shards, replace=False)
+        ep.holding = sorted(int(s) for s in shards)
+        self._send_control(ep, COORDINATOR, MsgType.HOLDING, control.Holding(id=1, shards=ep.holding))
 
     def _maybe_leave(self, ep: Endpoint, now: float) -> None:
         """A draining node leaves once nothing is homed on it (a worker at once: its client ends)."""
@@ -375,6 +400,10 @@ class Helper:
     def _recover(self, ep: Endpoint, order: control.Recover) -> None:
         assert ep.summary is not None
         others = {n for n in ep.summary.ready if n != ep.node}
+        if order.holders is not None:  # targeted: the coordinator knows who may hold keys
+            others &= set(order.holders)
+        ep.recoveries[order.id] = order.shards
+        ep.rebuild_times[order.id] = [time.monotonic(), 0.0]
         ep.rebuilds[order.id] = others
         ep.owners_seen[order.id] = collections.Counter()
         query = control.OwnersQuery(id=order.id, shards=order.shards)
@@ -395,6 +424,7 @@ class Helper:
             self._recovered(ep, recovery)
 
     def _recovered(self, ep: Endpoint, recovery: int) -> None:
+        ep.rebuild_times[recovery][1] = time.monotonic()
         del ep.rebuilds[recovery]
         del ep.owners_seen[recovery]
         self._send_control(ep, COORDINATOR, MsgType.RECOVERED, control.Recovered(id=recovery, keys=0))
@@ -482,6 +512,19 @@ class Helper:
                     break
         return {"total": total, "reached": reached, "first": first if reached else 0.0, "last": last}
 
+    def holders(self) -> dict[str, Any]:
+        """For the harness's check of targeted recovery: the shards each worker's program said
+        it may hold (and whether that was noted), the recoveries each node was asked by, and
+        each recovery's shards (from its home)."""
+        return {
+            "held": {str(ep.node): ep.holding for ep in self.endpoints if ep.role == "client" and ep.holding},
+            "noted": sum(1 for ep in self.endpoints if ep.role == "client" and ep.noted),
+            "asked": {str(ep.node): ep.queried_by for ep in self.endpoints if ep.queried_by},
+            "roles": {str(ep.node): ep.role for ep in self.endpoints if ep.role != "client" and ep.node},
+            "recoveries": {str(rid): s for ep in self.endpoints for rid, s in ep.recoveries.items()},
+            "rebuild_times": {str(rid): t for ep in self.endpoints for rid, t in ep.rebuild_times.items()},
+        }
+
     def kill(self, name: str) -> dict[str, Any]:
         """A crash as the coordinator sees it: the node's connections close, its heartbeats stop."""
         for ep in self.endpoints:
@@ -504,6 +547,8 @@ class Helper:
             return self.reached(int(request["node"]), str(request["cond"]), float(request["since"]))
         if cmd == "kill":
             return self.kill(str(request["name"]))
+        if cmd == "holders":
+            return self.holders()
         if cmd == "stop":
             self.done = True
             return {"stopped": True}

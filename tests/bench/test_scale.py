@@ -57,6 +57,13 @@ def test_scale_harness_at_ten_nodes_reports_every_figure(tmp_path: Path) -> None
     assert result["join"]["migrations"] > 0  # the new server received shards
     assert result["leave"]["migrations"] > 0  # the drained server handed its shards over
     assert result["loss"]["recovered_s"] > 0
+    # targeted recovery: every worker that said it may hold keys of the lost shards was asked,
+    # no other worker was (bench/scale_sim.py reports who was asked)
+    loss = result["loss"]
+    assert loss["holdings_noted"] == 5
+    assert loss["holders_missed"] == 0
+    assert loss["asked_holding_none"] == 0
+    assert loss["workers_asked"] == loss["holders_of_those_shards"]
     assert result["scale_out"]["added"] == 1
     assert result["scale_out"]["migrations"] > 0
     assert result["node_side"]["membership_bytes"] > 0

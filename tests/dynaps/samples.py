@@ -43,7 +43,7 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.CHECKPOINT_DONE: {"id": 1, "phase": "write", "keys": 10},
     MsgType.LEASE: {"epoch": 0, "num_shards": 8},
     MsgType.LEASE_REPLY: {"epoch": 0, "shard": 3},
-    MsgType.RECOVER: {"id": 2, "shards": [1], "source": "replica"},
+    MsgType.RECOVER: {"id": 2, "shards": [1], "source": "replica", "holders": [3, 4]},
     MsgType.RECOVERED: {"id": 2, "keys": 120},
     MsgType.OWNERS_QUERY: {"id": 2, "shards": [1]},
     MsgType.MIGRATE_ABORT: {"id": 1},
@@ -67,6 +67,8 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
         "backups": [[1], [-1]],
     },
     MsgType.MEMBERSHIP_QUERY: {"version": 3},
+    MsgType.HOLDING: {"id": 1, "shards": [0, 3]},
+    MsgType.HOLDING_NOTED: {"id": 1, "shards": [0, 3]},
 }
 
 

@@ -292,6 +292,12 @@ class Cluster:
         self.busy[worker] = (op, handle, key_array)
         self._finish(worker)
 
+    def noted(self, worker: int) -> None:
+        """Deliver ``worker``'s HOLDING to the coordinator and its answer back: the LOCALIZE
+        it held back leaves (``dynaps.client.holdings``); for tests that deliver by hand."""
+        self.deliver((client_of(worker), COORDINATOR))
+        self.deliver((COORDINATOR, client_of(worker)))
+
     def _finish(self, worker: int) -> None:
         op, handle, keys = self.busy[worker]
         if not handle.done():

@@ -10,6 +10,7 @@ import pytest
 
 from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Handle
+from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership
 from dynaps.client.requests import Requests
 from dynaps.client.table import Table
@@ -100,7 +101,7 @@ class Client:
         self.barriers = Barriers(self.requests)
         self.membership = Membership(self.transport, self.requests, 1, self.barriers.repeat)
         self.membership.apply(membership(1, [1, 2]))
-        self.table = Table(self.requests, 0, self.store)
+        self.table = Table(self.requests, 0, self.store, Holdings(self.requests))
         self.controls: list[Message] = []
 
     def control(self, msg: Message) -> None:

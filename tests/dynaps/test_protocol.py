@@ -131,6 +131,11 @@ def _delta(**fields: object) -> bytes:
     return json.dumps({**SAMPLE_BODIES[MsgType.MEMBERSHIP_DELTA], **fields}).encode()
 
 
+def _recover(**fields: object) -> bytes:
+    """The sample RECOVER body with ``fields`` changed."""
+    return json.dumps({**SAMPLE_BODIES[MsgType.RECOVER], **fields}).encode()
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "problem"),
     [
@@ -149,6 +154,14 @@ def _delta(**fields: object) -> bytes:
         (MsgType.MEMBERSHIP_DELTA, _delta(removed=[2]), "a node listed twice"),
         (MsgType.MEMBERSHIP_DELTA, _delta(removed=[16_001]), "invalid MembershipDelta body"),
         (MsgType.MEMBERSHIP_QUERY, b'{"version": -1}', "invalid MembershipQuery body"),
+        # targeted recovery: bounded shard and node ids
+        (MsgType.HOLDING, b'{"id": 1, "shards": []}', "invalid Holding body"),
+        (MsgType.HOLDING, b'{"id": 1, "shards": [1048576]}', "invalid Holding body"),
+        (MsgType.HOLDING, b'{"id": 0, "shards": [1]}', "invalid Holding body"),
+        (MsgType.HOLDING_NOTED, b'{"id": 1, "shards": [-1]}', "invalid Holding body"),
+        (MsgType.RECOVER, _recover(holders=[0]), "invalid Recover body"),
+        (MsgType.RECOVER, _recover(holders=[16_001]), "invalid Recover body"),
+        (MsgType.RECOVER, _recover(holders=list(range(1, 16_002))), "invalid Recover body"),
     ],
 )
 def test_a_body_that_does_not_fit_its_model_is_refused(kind: MsgType, body: bytes, problem: str) -> None:

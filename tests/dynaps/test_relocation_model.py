@@ -67,8 +67,10 @@ def test_a_second_relocation_waits_at_the_home_until_the_first_arrives() -> None
     cluster.start("localize", first, [0])
     cluster.settle(None)
     cluster.start("localize", second, [0])
+    cluster.noted(second)
     cluster.deliver((client_of(second), home))  # home: HANDOFF(0 -> second) to first
     cluster.start("localize", third, [0])
+    cluster.noted(third)
     cluster.deliver((client_of(third), home))  # key 0 is still moving: the home holds this one
     assert cluster.nodes[home].relocations.waiting[0], "the second relocation was not held back"
     assert not cluster.network.channels[(home, second)], "no handoff may reach a node before its key"

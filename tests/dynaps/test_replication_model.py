@@ -87,6 +87,7 @@ def test_a_retry_that_follows_its_key_to_a_new_owner_is_recognised_there() -> No
     cluster.deliver((client_of(second), home))  # the home forwards the push to ``first``
     cluster.deliver((home, first))  # applied there; its ACK stays in flight
     cluster.start("localize", third, [0])
+    cluster.noted(third)
     for channel in ((client_of(third), home), (home, first), (first, third)):
         cluster.deliver(channel)  # the key moves on to ``third``
     bystander = next(s for s in (*SERVERS, SPARE) if s != home)

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Array, Handle
+from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
 from dynaps.client.stages import Stage, StageFollower
@@ -101,7 +102,10 @@ class PS:
         self._requests = Requests(
             config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array
         )
-        self._tables = {store.name: Table(self._requests, i, store) for i, store in enumerate(stores)}
+        self._holdings = Holdings(self._requests)
+        self._tables = {
+            store.name: Table(self._requests, i, store, self._holdings) for i, store in enumerate(stores)
+        }
         cached = [table for table in self._tables.values() if table.cached]
 
         def new_clock() -> None:
@@ -279,6 +283,7 @@ class PS:
         """The coordinator restarted: it forgot what we wait on; ask again."""
         self._barriers.repeat()
         self._stages.repeat()
+        self._holdings.repeat()
 
     def _on_control(self, msg: Message) -> None:
         """A message that is not a reply to a request (those go to the requests' Handles)."""
@@ -298,6 +303,8 @@ class PS:
             self._barriers.leased(reply.epoch, reply.shard)
         elif kind is MsgType.STAGE_DONE:
             self._stages.answered(control.body_of(msg, control.StageDone))
+        elif kind is MsgType.HOLDING_NOTED:
+            self._holdings.on_noted(control.body_of(msg, control.Holding))
         elif kind is MsgType.STATS_REPLY:
             self._replies[msg.req_id] = control.body_of(msg, control.Stats).counters
         elif kind is MsgType.SHUTDOWN:

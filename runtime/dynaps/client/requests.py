@@ -92,6 +92,8 @@ class Requests:
         self.shard_map: ShardMap
         self.epoch = 0
         self.handles: dict[int, Handle] = {}
+        # localizes whose first send waits for the coordinator's HOLDING_NOTED (client/holdings.py)
+        self.unsent: set[int] = set()
         # A random start: ids say nothing about this process to an outsider. Forging a
         # reply needs the job secret anyway (every frame is authenticated), so this only
         # has to be unpredictable, not secret; 62 bits never wrap the u64 field.
@@ -272,6 +274,8 @@ class Requests:
             keys = handle.keys
             if keys is None:
                 continue
+            if handle.req_id in self.unsent:
+                continue  # its first send waits for the coordinator (client/holdings.py)
             if handle.kind is MsgType.LOCALIZE:
                 idx = np.arange(len(keys))
             elif handle.mask is not None:

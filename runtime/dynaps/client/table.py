@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from dynaps.client import sampling
 from dynaps.client.handles import Array, Handle, Keys
+from dynaps.client.holdings import Holdings
 from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
 from dynaps.contract import Allocation, TableCache
@@ -28,8 +29,9 @@ from dynaps.wire.protocol import MsgType
 class Table:
     """A handle on a declared table: ``num_keys`` rows of ``dim`` values of ``dtype``."""
 
-    def __init__(self, requests: Requests, index: int, store: TableStore) -> None:
+    def __init__(self, requests: Requests, index: int, store: TableStore, holdings: Holdings) -> None:
         self._requests = requests
+        self._holdings = holdings  # a localize first tells the coordinator which shards we may hold
         self._index = index
         self._store = store
         self._node = requests.node
@@ -317,7 +319,7 @@ class Table:
         handle = requests.new_handle(MsgType.LOCALIZE, self._index, self.name, wanted, None, len(wanted))
         # keys already on their way here: our node tells us when they have arrived
         waiting = wanted[incoming] if len(fresh) < len(wanted) else None
-        requests.localize(self._index, handle, fresh, waiting)
+        self._holdings.localize(self._index, handle, fresh, waiting)
         if wait:
             handle.result()
             return None

@@ -238,6 +238,14 @@ class Coordinator:
                 raise ProtocolError(f"STAGE from {msg.sender}, which is no worker's program")
             self.stages.reach(msg.sender, control.body_of(msg, control.Stage).done)
             self._settle_stages()
+        elif kind is MsgType.HOLDING:  # a program will localize keys of these shards
+            if msg.sender != client_of(member.id) or member.role != "worker":
+                raise ProtocolError(f"HOLDING from {msg.sender}, which is no worker's program")
+            holding = control.body_of(msg, control.Holding)
+            if max(holding.shards) >= self.homes.num_shards:
+                raise ProtocolError(f"HOLDING names shard {max(holding.shards)} of {self.homes.num_shards}")
+            self.homes.holders.note(member.id, holding.shards)
+            self.send(msg.sender, MsgType.HOLDING_NOTED, holding)
         elif kind is MsgType.STATS:
             self.send(msg.sender, MsgType.STATS_REPLY, control.Stats(counters={"phase": str(self.phase)}))
         elif kind is MsgType.MEMBERSHIP_QUERY:  # it missed a version: the whole document

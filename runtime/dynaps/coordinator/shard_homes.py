@@ -8,7 +8,9 @@ which rebuild their keys from a replica, a checkpoint or their initial values
 (:mod:`dynaps.node.recovery`).  Neither starts while a checkpoint round runs, and
 migrations wait for recoveries.  Every commit keeps each shard's backups on ready servers
 (:mod:`dynaps.coordinator.replicas`); a recovery from anything but a synced replica is
-recorded as data loss (:mod:`dynaps.coordinator.data_loss`).
+recorded as data loss (:mod:`dynaps.coordinator.data_loss`).  A recovery names the nodes
+that may hold keys of its shards (:mod:`dynaps.coordinator.holders`), which the new home
+asks instead of every node.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy.typing as npt
 
 from dynaps.contract import DataLossCause, RebalancePolicy
 from dynaps.coordinator.data_loss import DataLoss, LossEntry
+from dynaps.coordinator.holders import Holders
 from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.rebalance import Migration, Rebalancer
 from dynaps.coordinator.replicas import Replicas, choose_backups, plan_recovery
@@ -76,6 +79,7 @@ class ShardHomes:
         self.rebalancer = Rebalancer(policy.max_concurrent_migrations)
         self.replicas = Replicas(policy.num_shards, replication)
         self.losses = DataLoss(num_keys, policy.num_shards, policy.partition)
+        self.holders = Holders(policy.num_shards)  # whom a recovery asks besides the new home
         self.recoveries: dict[int, int] = {}  # recovery id -> the new home rebuilding shards
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._next_recovery = 1
@@ -117,6 +121,7 @@ class ShardHomes:
         are synced is not known: :meth:`reconfirm` asks the homes)."""
         self.shard_map = ShardMap.from_json(doc)
         self.replicas.reset(self.shard_map, synced=False)
+        self.holders.forget_all()  # nor who holds keys away from their homes: recoveries ask everyone
         return self.shard_map
 
     def reconfirm(self) -> None:
@@ -280,6 +285,8 @@ class ShardHomes:
         homes = self.shard_map.homes.copy()
         homes[migration.shards] = migration.target
         handed = migration.shards if migration.leaving else []
+        if not migration.leaving:  # the old home may keep keys released to it during the copy
+            self.holders.former_home(migration.source, migration.shards)
         # with backups: replicas follow every change
         self._commit(homes, flushed=migration.shards, handed=handed)
         if migration.leaving:
@@ -342,7 +349,8 @@ class ShardHomes:
             recovery_id = self._next_recovery
             self._next_recovery += 1
             self.recoveries[recovery_id] = group.home
-            order = control.Recover(id=recovery_id, shards=group.shards, source=group.source)
+            holders = self.holders.of(group.shards, self._alive)
+            order = control.Recover(id=recovery_id, shards=group.shards, source=group.source, holders=holders)
             self.send(group.home, MsgType.RECOVER, order)
             if group.cause is None:
                 log.warning(
@@ -359,6 +367,9 @@ class ShardHomes:
             self.on_loss(entry)
         self.commit_ready()  # a lost backup is no longer waited for
         return True
+
+    def _alive(self, node: int) -> bool:
+        return self.roster.get(node) is not None  # removed once it left or was lost
 
     def take_orphaned(self) -> list[int]:
         """Lost servers whose shards waited for a server (one just joined)."""

@@ -230,7 +230,7 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("RECOVER from a non-coordinator")
                 order = control.body_of(msg, control.Recover)
-                server.recoveries.start(order.id, order.shards, order.source, self.members)
+                server.recoveries.start(order.id, order.shards, order.source, self.members, order.holders)
             elif msg.type is MsgType.OWNERS_QUERY:
                 if node_of(msg.sender) not in self.members:
                     raise ProtocolError(f"OWNERS_QUERY from unknown node {msg.sender}")

@@ -5,8 +5,13 @@ under ``replication: 1``, else the least loaded server) in a new epoch and tells
 home to RECOVER them.  The new home:
 
 1. holds the requests for those shards (:mod:`dynaps.node.gate`);
-2. asks every live node which of the shards' keys it holds or expects (OWNERS_QUERY);
-   nodes answer with two OWNERS messages per table (held, expected);
+2. asks the live nodes the coordinator named as the shards' possible holders (RECOVER's
+   ``holders``: the workers whose programs said they would localize keys of them, and the
+   servers the shards migrated away from; :mod:`dynaps.coordinator.holders` argues why
+   nobody else can hold or expect one of their keys), or every live node when the
+   coordinator does not know (it adopted the job after a restart), which of the shards'
+   keys it holds or expects (OWNERS_QUERY); each answers with two OWNERS messages per
+   table (held, expected);
 3. rebuilds the directory: a key someone holds stays there; a key someone expects is
    theirs once it arrives (if its sender died, the home re-sends its own copy after a
    grace period, applied only if the key is still expected); a key nobody holds is
@@ -88,9 +93,16 @@ class Recoveries:
         return shards
 
     def start(
-        self, recovery_id: int, shards: list[int], source: control.RecoverySource, nodes: set[int]
+        self,
+        recovery_id: int,
+        shards: list[int],
+        source: control.RecoverySource,
+        members: set[int],
+        holders: list[int] | None,
     ) -> None:
+        """RECOVER: rebuild ``shards``, asking ``holders`` (None: every one of ``members``)."""
         node = self.node
+        nodes = members if holders is None else (members & set(holders)) | {node.me}
         chosen = np.asarray(shards, dtype=np.int64)
         unexpected = [s for s in shards if s not in self.expected]
         if unexpected:
@@ -103,6 +115,7 @@ class Recoveries:
         self.running[recovery_id] = rebuild
         log.warning("node %d: rebuilding %d shards of a lost server (%s)", node.me, len(chosen), source)
         query = control.OwnersQuery(id=recovery_id, shards=list(shards))
+        node.stats["owners_asked"] += len(nodes - {node.me})  # targeted: the holders only
         for member in sorted(nodes):
             if member == node.me:
                 self.report_owners(node.me, recovery_id, chosen)
@@ -112,6 +125,8 @@ class Recoveries:
     def report_owners(self, requester: int, recovery_id: int, shards: npt.NDArray[np.int64]) -> None:
         """Answer an OWNERS_QUERY: which keys of ``shards`` this node holds and expects."""
         node = self.node
+        if requester != node.me:
+            node.stats["owners_queries"] += 1  # a recovery elsewhere asked this node
         for table, store in enumerate(node.stores):
             keys = shard_keys(store, shards, node.shard_map)
             node.lock.acquire()

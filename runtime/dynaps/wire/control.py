@@ -233,6 +233,9 @@ class Recover(_Body):
     id: int = Field(ge=1)
     shards: list[int]
     source: RecoverySource
+    # the nodes other than the home that may hold or expect keys of ``shards``
+    # (:mod:`dynaps.coordinator.holders`); None: not known, the home asks every node
+    holders: list[NodeId] | None = Field(default=None, max_length=MAX_NODES)
 
 
 class Recovered(_Body):
@@ -250,6 +253,17 @@ class ReplicaSynced(_Body):
     # non-zero: the home froze ``shards`` for this migration and sent nothing after (the
     # coordinator commits the migration once every synced backup has passed this on)
     migration: int = Field(default=0, ge=0)
+
+
+class Holding(_Body):
+    """HOLDING (a training process to the coordinator): its node may hold or expect keys of
+    ``shards`` from now on (it is about to localize some); HOLDING_NOTED (the answer, the same
+    body): the coordinator counts the node among their possible holders, so a recovery of
+    those shards asks it.  The program localizes only after the answer
+    (:mod:`dynaps.client.holdings`)."""
+
+    id: int = Field(ge=1)
+    shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
 
 
 class OwnersQuery(_Body):
@@ -343,6 +357,8 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.STAGE_DONE: StageDone,
     MsgType.MEMBERSHIP_DELTA: MembershipDelta,
     MsgType.MEMBERSHIP_QUERY: MembershipQuery,
+    MsgType.HOLDING: Holding,
+    MsgType.HOLDING_NOTED: Holding,
 }
 
 Body = TypeVar("Body", bound=BaseModel)

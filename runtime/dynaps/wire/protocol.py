@@ -163,6 +163,9 @@ class MsgType(enum.IntEnum):
     # membership deltas (issue 15), numbered apart from the types above
     MEMBERSHIP_DELTA = 70
     MEMBERSHIP_QUERY = 71
+    # targeted recovery (issue 15): a training process may hold keys of these shards
+    HOLDING = 72
+    HOLDING_NOTED = 73
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
