@@ -102,7 +102,7 @@ class Notices:
             taken: list[Any] = []
             for index in range(read, written):
                 at = _HEAD + (index % CAPACITY) * _FIELDS
-                taken.append(tuple(int(w) for w in words[at : at + _FIELDS]))
+                taken.append(tuple(words[at : at + _FIELDS].tolist()))
             words[1] = written
         finally:
             self._lock.release()
