@@ -9,11 +9,20 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
+from dynaps.contract import NamedTable, Partition
+from dynaps.node.server import NodeServer
 from dynaps.store.notices import CAPACITY, Notices
-from dynaps.store.shm import SharedLock
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import NullLock, SharedLock
+from dynaps.store.table_store import TableStore
+from dynaps.wire import messages
+from dynaps.wire.codec import decode
+from dynaps.wire.protocol import MsgType, client_of
 from dynaps.wire.transport import ZmqTransport
+from tests.dynaps.test_node_bad_messages import SERVER, WORKER, Outbox
 
 KEY = bytes(range(32))
 
@@ -124,3 +133,33 @@ def test_messages_still_arrive_while_waiting_on_notices(ends: tuple[Notices, Not
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_node_posts_its_own_clients_localize_and_sends_when_the_ring_is_full() -> None:
+    shard_map = ShardMap.initial(2, Partition.RANGE, [SERVER])
+    store = TableStore.create(0, NamedTable(name="W", num_keys=8, dim=2), shard_map, home=None, shared=False)
+    outbox = Outbox()
+    notices = Notices.create(NullLock())
+    reader = Notices.attach(os.dup(notices.fds()[0]), os.dup(notices.fds()[1]), NullLock())
+    node = NodeServer(WORKER, outbox, [store], shard_map, NullLock(), notices=notices)
+    node.peers |= {SERVER, client_of(WORKER)}
+    rows = np.ones((2, 2), dtype=np.float32)
+
+    def arrive(req_id: int, first: int) -> list[MsgType]:
+        outbox.sent.clear()
+        keys = np.array([first, first + 1], dtype=np.int64)
+        node.dispatch(messages.transfer(SERVER, client_of(WORKER), req_id, 0, keys, rows, ()))
+        return [decode(frames, node.layouts).type for _dest, frames in outbox.sent]
+
+    try:
+        assert arrive(1, 0) == [MsgType.TRANSFER_DONE]  # no LOCALIZED message: a notice
+        assert reader.take() == [(1, 0, 2)]
+        for i in range(CAPACITY):
+            assert notices.post(100 + i, 0, 1)
+        assert arrive(2, 2) == [MsgType.LOCALIZED, MsgType.TRANSFER_DONE]  # the ring is full
+        assert len(reader.take()) == CAPACITY
+        assert arrive(3, 4) == [MsgType.TRANSFER_DONE]
+        assert reader.take() == [(3, 0, 2)]
+    finally:
+        reader.close()
+        notices.close()
