@@ -1,5 +1,7 @@
 """Localize alone: one LocalCluster (1 server, 2 workers), 5 batches of 150 localizes of 100
-fresh keys by worker rank 0; prints the seconds per localize of each batch and their median.
+fresh keys by worker rank 0; prints the seconds per localize of each batch and their median,
+and the CPU time per localize of the cluster's processes (all their threads; spinning
+included) with the load average, since wall time on a shared machine says little alone.
 
 For A/B comparisons of the localize path (run it against two trees, interleaved):
 
@@ -14,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 
 import dynaps
 
@@ -37,13 +40,31 @@ def measure(ps: Any) -> list[float] | None:
     return seconds
 
 
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system time of ``processes`` (all their threads)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def main() -> int:
     label = sys.argv[1] if len(sys.argv) > 1 else "localize"
     tables = {"W": dynaps.TableSpec(num_keys=200_000, dim=100)}
     with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as cluster:
+        processes = psutil.Process().children(recursive=True)
+        cpu_before = _cpu_seconds(processes)
         [seconds] = [r for r in cluster.run(measure) if r]
+        cpu = (_cpu_seconds(processes) - cpu_before) / (BATCHES * PER_BATCH)
     shown = " ".join(f"{s * 1e6:.0f}" for s in seconds)
-    print(f"{label}: {shown} us per localize of 100 keys, median {statistics.median(seconds) * 1e6:.0f}")
+    print(
+        f"{label}: {shown} us per localize of 100 keys, median {statistics.median(seconds) * 1e6:.0f}; "
+        f"CPU {cpu * 1e6:.0f} us per localize; load average {psutil.getloadavg()[0]:.1f}"
+    )
     return 0
 
 

@@ -201,3 +201,40 @@ def test_shutdown_leaves_no_process_and_releases_every_port() -> None:
 
 def read_all_small(ps: dynaps.PS) -> np.ndarray:
     return ps.table("W").pull(np.arange(100))
+
+
+def localize_from_another_worker(ps: dynaps.PS) -> dict[str, Any]:
+    """Each worker takes a block, then the next worker's block (so its keys must move)."""
+    W = ps.table("W")
+    block = 40
+
+    def keys_of(rank: int) -> np.ndarray:
+        return np.arange(700 + block * rank, 700 + block * (rank + 1))
+
+    W.localize(keys_of(ps.rank))
+    ps.barrier()
+    before_node = ps.node_stats()
+    before = ps.stats()
+    W.localize(keys_of((ps.rank + 1) % ps.num_workers))
+    after = ps.stats()
+    after_node = ps.node_stats()
+    values = W.pull(keys_of((ps.rank + 1) % ps.num_workers))
+    ps.barrier()
+    return {
+        "received": after_node["keys_received"] - before_node["keys_received"],
+        "notices": after_node.get("localized_notices", 0) - before_node.get("localized_notices", 0),
+        "messages": after["messages_received"] - before["messages_received"],
+        "remote": ps.stats()["keys_pulled_remote"] - after["keys_pulled_remote"],
+        "rows": len(values),
+    }
+
+
+def test_a_localize_completes_through_the_memory_the_node_shares(cluster: dynaps.LocalCluster) -> None:
+    """The node tells its training process that the keys arrived without a message
+    (dynaps.store.notices); the keys are local once localize returns."""
+    for result in cluster.run(localize_from_another_worker):
+        assert result["received"] == 40
+        assert result["notices"] >= 1
+        assert result["messages"] == 0  # no LOCALIZED message reached the training process
+        assert result["remote"] == 0
+        assert result["rows"] == 40

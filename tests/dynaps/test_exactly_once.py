@@ -49,3 +49,25 @@ def test_a_retried_push_is_applied_once_and_acknowledged_again(flush_interval_ms
     # a new request of the same client is applied
     server.dispatch(messages.request(MsgType.PUSH, requester, 8, 0, keys, values=ones))
     np.testing.assert_array_equal(server.stores[0].values[keys], 2 * ones)
+
+
+def test_a_localize_naming_keys_twice_or_out_of_order_moves_each_key_once() -> None:
+    """The home sorts only keys that come unsorted (a client sends them sorted and unique)."""
+    server, outbox = server_node(None)
+    for keys, moved in (([5, 2, 5, 0], [0, 2, 5]), ([3, 6], [3, 6]), ([7, 7], [7])):
+        outbox.sent.clear()
+        request = messages.request(MsgType.LOCALIZE, client_of(WORKER), 9, 0, np.array(keys, dtype=np.int64))
+        server.dispatch(request)
+        sent = [
+            (dest, decode([bytes(memoryview(f)) for f in frames], server.layouts))
+            for dest, frames in outbox.sent
+        ]
+        transfers = [(dest, msg) for dest, msg in sent if msg.type == MsgType.TRANSFER]
+        assert len(transfers) == 1
+        dest, transfer = transfers[0]
+        assert dest == WORKER
+        assert transfer.keys is not None
+        assert transfer.keys.tolist() == moved
+        owner = server.stores[0].owner
+        assert owner is not None
+        assert owner[moved].tolist() == [WORKER] * len(moved)

@@ -43,6 +43,7 @@ from dynaps.contract import RuntimeConfig
 from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
 from dynaps.store import usage
+from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
 from dynaps.store.table_store import TableStore
@@ -90,6 +91,7 @@ class PS:
         transport: ZmqTransport,
         control_block: npt.NDArray[np.uint8] | None = None,
         usage_array: npt.NDArray[np.int64] | None = None,
+        notices: Notices | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -100,7 +102,7 @@ class PS:
         self._transport = transport
         self._stores = list(stores)
         self._requests = Requests(
-            config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array
+            config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array, notices
         )
         self._holdings = Holdings(self._requests)
         self._tables = {
@@ -141,6 +143,8 @@ class PS:
             control_block = Segment.from_fd(fds[offset], (int(description["control"]),), np.dtype(np.uint8))
             usage_words = (usage.words(len(stores)),)
             usage_block = Segment.from_fd(fds[offset + 1], usage_words, np.dtype(np.int64))
+            # then where the node tells us that our localizes completed
+            notices = Notices.attach(fds[offset + 2], fds[offset + 3], lock)
             node = int(description["node"])
             transport = ZmqTransport(
                 client_of(node),
@@ -155,7 +159,10 @@ class PS:
             transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
             digest = str(description["digest"])
             rank = int(description["rank"])
-            return cls(config, node, rank, stores, lock, transport, control_block.array, usage_block.array)
+            transport.wake_on(notices.event_fd, notices.waiting)
+            return cls(
+                config, node, rank, stores, lock, transport, control_block.array, usage_block.array, notices
+            )
 
         ps = _attach_retrying(attach_address(token), attach_proof(secret, token), prepare, deadline)
         try:
@@ -273,6 +280,7 @@ class PS:
         self._transport.close(linger=0.5)
         for store in self._stores:
             store.close()
+        self._requests.close()
 
     def __repr__(self) -> str:
         return f"<dynaps.PS rank={self.rank}/{self.num_workers} node={self.node} tables={list(self._tables)}>"

@@ -27,6 +27,7 @@ from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store import usage
+from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
@@ -71,9 +72,11 @@ class Requests:
         control: npt.NDArray[np.uint8],
         on_control: Callable[[Message], None],
         usage_array: npt.NDArray[np.int64] | None = None,
+        notices: Notices | None = None,
     ) -> None:
         """``usage_array``: the per-table counters shared with our node (its /metrics reads
-        them); None keeps them in this process only."""
+        them); None keeps them in this process only.  ``notices``: where our node tells us
+        that localizes completed (the transport wakes when one waits); None: by message."""
         self.config = config
         self.node = node
         self.rank = rank
@@ -102,6 +105,7 @@ class Requests:
         self.gone: set[int] = set()  # nodes that left or died: never a destination again
         self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
+        self.notices = notices
 
     def drained(self) -> NoReturn:
         """Raise Drained: our node is leaving the job."""
@@ -340,6 +344,16 @@ class Requests:
         frames = self.transport.recv(timeout=min(remaining, 1.0), spin=len(self.handles) <= 1)
         if frames is not None:
             self.receive(frames)
+        if self.notices is not None:
+            self._take_notices(self.notices)
+
+    def _take_notices(self, notices: Notices) -> None:
+        """Our node's notices that localizes completed: what a LOCALIZED message from it says."""
+        for req_id, table, count in notices.take():
+            try:
+                self._absorb(messages.localized(self.node, self.endpoint, req_id, table, count))
+            except ProtocolError as exc:
+                log.warning("client dropped a malformed notice: %s", exc)
 
     def receive(self, frames: list[Any]) -> None:
         self.counters["messages_received"] += 1
@@ -376,6 +390,10 @@ class Requests:
             self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
             if handle.on_done is not None and handle.error is None and handle.out is not None:
                 handle.on_done(handle.out)
+
+    def close(self) -> None:
+        if self.notices is not None:
+            self.notices.close()
 
     def _learn_owner(self, table: int, handle: Handle, positions: npt.NDArray[np.int32], owner: int) -> None:
         """A forwarded reply names the keys' current owner: remember it for next time."""

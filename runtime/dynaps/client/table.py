@@ -302,7 +302,8 @@ class Table:
         store, requests = self._store, self._requests
         if self._static or not len(keys):
             return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
-        keys = np.unique(keys)
+        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            keys = np.unique(keys)  # sorted keys (np.arange, a sampler's) skip the sort
         self._lock.acquire()
         try:
             where = store.loc[keys]

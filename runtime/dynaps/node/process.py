@@ -33,6 +33,7 @@ from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
 from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
+from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
 from dynaps.store.table_store import TableStore, layout_of
@@ -95,6 +96,7 @@ class NodeProcess:
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
         self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
+        self.notices: Notices | None = None  # its localizes' completions (a worker's)
         self.metrics: exposition.MetricsServer | None = None
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
@@ -137,6 +139,7 @@ class NodeProcess:
             self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
             words = (usage.words(len(self.config.tables)),)
             self.usage_segment = Segment.create("usage", words, np.dtype(np.int64))
+            self.notices = Notices.create(self.lock)
         replicated = self.config.fault_tolerance.replication > 0
         stores = [
             TableStore.create(
@@ -157,6 +160,7 @@ class NodeProcess:
             self.lock,
             flush_interval_ms=self.config.fault_tolerance.flush_interval_ms if replicated else None,
             checkpoint_root=self.config.fault_tolerance.checkpoint.path,
+            notices=self.notices,
         )
         # a message that fails authentication counts as malformed, like one that fails decoding
         self.transport.on_rejected = self.server.note_malformed
@@ -284,6 +288,8 @@ class NodeProcess:
         assert self.usage_segment is not None
         fds.append(self.control_segment.fd)  # the client reads them in this order
         fds.append(self.usage_segment.fd)
+        assert self.notices is not None
+        fds.extend(self.notices.fds())
         description = {
             "control": CONTROL_BYTES,
             "node": self.node_id,
@@ -386,6 +392,8 @@ class NodeProcess:
         if self.metrics is not None:
             self.metrics.close()
         self.lock.unlink()
+        if self.notices is not None:
+            self.notices.close()
         if self.server is not None:
             for store in self.server.stores:
                 store.close()

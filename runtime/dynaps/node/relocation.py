@@ -26,9 +26,10 @@ from dynaps.node.applied import AppliedRequests
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import Migrations
 from dynaps.node.replication import Replication
+from dynaps.store.notices import Notices
 from dynaps.store.table_store import INCOMING, NOT_MOVING
 from dynaps.wire import messages, routing
-from dynaps.wire.protocol import NO_ENDPOINT, RECOVERY, Message, MsgType, node_of
+from dynaps.wire.protocol import NO_ENDPOINT, RECOVERY, Message, MsgType, client_of, node_of
 from dynaps.wire.routing import group_by, subset
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Relocations:
         replication: Replication | None,
         applied: AppliedRequests,
         fenced: Callable[[], bool],
+        notices: Notices | None = None,
     ) -> None:
         self.node = node
         self.dispatch = dispatch  # handles a request again once its keys arrived
@@ -52,6 +54,9 @@ class Relocations:
         self.replication = replication
         self.applied = applied  # its records travel with the keys (exactly once)
         self.fenced = fenced  # no key changes owner while a lost node's fence lasts
+        # our own training process learns through shared memory that its localizes ended
+        self.notices = notices
+        self.own_client = client_of(node.me)
         self.pending: list[list[Message]] = [[] for _ in node.stores]  # requests for keys on their way here
         self.waiting: list[list[Message]] = [[] for _ in node.stores]  # localizes of keys still moving
         self.paused = False  # a checkpoint is being taken: no key changes owner
@@ -95,7 +100,8 @@ class Relocations:
             node.note_malformed(ProtocolError(f"{msg.type.name} sent to node {node.me}, which homes no keys"))
             return
         keys = self._homed_here(msg, keys, store.spec.num_keys)
-        keys = np.unique(keys)
+        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            keys = np.unique(keys)  # a client sends them sorted and unique: check, not sort
         if self.paused or self.fenced():
             self.waiting[msg.table].append(messages.with_keys(msg, keys, target=target))
             return
@@ -273,6 +279,10 @@ class Relocations:
     def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
         node = self.node
         if requester in (NO_ENDPOINT, node.me):
+            return
+        notices = self.notices
+        if requester == self.own_client and notices is not None and notices.post(req_id, table, count):
+            node.stats["localized_notices"] += 1
             return
         node.send(requester, messages.localized(node.me, requester, req_id, table, count))
 

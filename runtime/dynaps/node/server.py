@@ -39,6 +39,7 @@ from dynaps.node.migration import Migrations
 from dynaps.node.recovery import Recoveries
 from dynaps.node.relocation import Relocations
 from dynaps.node.replication import Replication
+from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
@@ -101,10 +102,12 @@ class NodeServer:
         lock: SharedLock | NullLock,
         flush_interval_ms: int | None = None,
         checkpoint_root: str = "",
+        notices: Notices | None = None,
     ) -> None:
         """``flush_interval_ms``: replicate (see :mod:`dynaps.node.replication`), writing held
         keys back at this interval; None: the job does not replicate.  ``checkpoint_root``:
-        where checkpoints live (to rebuild lost shards from)."""
+        where checkpoints live (to rebuild lost shards from).  ``notices``: where a worker
+        node tells its training process that its localizes completed (None: by message)."""
         self.me = node_id
         self.checkpoint_root = checkpoint_root  # CHECKPOINT orders must write under it
         self.transport = transport
@@ -140,6 +143,7 @@ class NodeServer:
             self.replication,
             self.applied,
             lambda: self.departures.fenced,
+            notices,
         )
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
             MsgType.PULL: self._on_pull,

@@ -95,15 +95,18 @@ class Transport(Protocol):
 YIELDED_SECONDS = 10e-6
 
 
-def spin_until_readable(sock: zmq.Socket[Any], seconds: float) -> bool:
-    """Poll ``sock`` for up to ``seconds``, yielding the CPU between polls: readable?
+def spin_until_readable(
+    sock: zmq.Socket[Any], seconds: float, woken: Callable[[], bool] | None = None
+) -> bool:
+    """Poll ``sock`` (and ``woken``) for up to ``seconds``, yielding the CPU between polls:
+    readable (or woken)?
 
     Gives up early when a yield let another task run: the CPU is wanted elsewhere.
     """
     now = time.perf_counter()
     until = now + seconds
     while True:
-        if int(sock.getsockopt(zmq.EVENTS)) & POLLIN:
+        if int(sock.getsockopt(zmq.EVENTS)) & POLLIN or (woken is not None and woken()):
             return True
         os.sched_yield()
         last, now = now, time.perf_counter()
@@ -182,6 +185,8 @@ class ZmqTransport:
         self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
         self._timeout = -1
         self.spin = spin
+        self._woken: Callable[[], bool] | None = None  # see wake_on
+        self._waits: zmq.Poller | None = None
 
     def connect(self, endpoint: int, address: str) -> None:
         """Learn where ``endpoint`` receives; the socket opens on the first send to it (or
@@ -307,7 +312,39 @@ class ZmqTransport:
             self.on_rejected(exc)
             return None
 
+    def wake_on(self, fd: int, woken: Callable[[], bool]) -> None:
+        """Make :meth:`recv` return None early once ``fd`` is readable or ``woken()`` is true
+        (a training process's localize notices from its node, :mod:`dynaps.store.notices`);
+        the caller then looks at what woke it."""
+        self._woken = woken
+        self._waits = zmq.Poller()
+        self._waits.register(self.inbox, zmq.POLLIN)
+        self._waits.register(fd, zmq.POLLIN)
+
+    def _recv_or_woken(self, timeout: float | None, spin: bool) -> list[Any] | None:
+        """:meth:`recv` for a transport that also wakes on an fd (see :meth:`wake_on`)."""
+        woken, waits, inbox = self._woken, self._waits, self.inbox
+        assert woken is not None
+        assert waits is not None
+        if spin and self.spin and timeout != 0.0:
+            spin_until_readable(inbox, self.spin, woken)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                checked = self._checked(inbox.recv_multipart())
+                if checked is not None:
+                    return checked
+            if woken():
+                return None
+            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not waits.poll(left):
+                return None  # timed out
+            if not int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return None  # the fd woke us
+
     def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        if self._woken is not None:
+            return self._recv_or_woken(timeout, spin)
         if spin and self.spin and timeout != 0.0 and spin_until_readable(self.inbox, self.spin):
             checked = self._checked(self.inbox.recv_multipart())
             if checked is not None:
