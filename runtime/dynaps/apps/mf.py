@@ -195,16 +195,19 @@ def _sgd_entries(rows: Any, cols: Any, i: Any, j: Any, v: Any, reg: float, step:
     row's ``step * (e * right + reg * left)`` and whose second is the column's.
     """
     coef = np.full((2, 2), step * reg, dtype=np.float32)
+    off_diagonal = coef.reshape(-1)  # a view: [1] and [2] are the off-diagonal entries
+    pull_row, pull_col, push_row, push_col = rows.pull, cols.pull, rows.push, cols.push
+    dot, vdot, concatenate = np.dot, np.vdot, np.concatenate
     squared = 0.0
     # rows of the (n, 1) views are one-key arrays; the targets as Python floats
     for r, c, target in zip(i.reshape(-1, 1), j.reshape(-1, 1), v.tolist(), strict=True):
-        left, right = rows.pull(r), cols.pull(c)
-        error = float(np.vdot(left, right)) - target
+        left, right = pull_row(r), pull_col(c)
+        error = float(vdot(left, right)) - target
         squared += error * error
-        coef[0, 1] = coef[1, 0] = step * error
-        both = np.dot(coef, np.concatenate((left, right)))
-        rows.push(r, both[:1])
-        cols.push(c, both[1:])
+        off_diagonal[1] = off_diagonal[2] = step * error
+        both = dot(coef, concatenate((left, right)))
+        push_row(r, both[:1])
+        push_col(c, both[1:])
     return squared
 
 
