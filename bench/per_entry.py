@@ -12,6 +12,7 @@ API, so the same script measures an older tree), alternating trees for a compari
 
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --workers 1
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --profile /tmp/prof   # + cProfile
+    PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --ops   # 1 and 1000 keys, CPU us/call
 
 ``--profile DIR`` runs every process under cProfile (``DYNAPS_PROFILE_DIR``) and prints
 the training processes' 25 most expensive functions by own time (slower: compare the
@@ -27,9 +28,11 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 import dynaps
@@ -78,6 +81,43 @@ def run(config: mf.Config, workers: int) -> dict[str, Any]:
     }
 
 
+def cpu_per_call(fn: Callable[[], object], calls: int, batches: int = 9) -> float:
+    """Microseconds of this thread's CPU per call, the least of ``batches`` batches: on a
+    shared machine the CPU clock moves far less with load than wall time does."""
+    best = float("inf")
+    for _ in range(batches):
+        started = time.thread_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.thread_time() - started)
+    return round(best / calls * 1e6, 3)
+
+
+def measure_ops(ps: Any) -> dict[str, float]:
+    """Local pulls and pushes of 1 and 1000 keys on MF's row shape (rank 50), rank 0 only."""
+    if ps.rank != 0:
+        return {}
+    table = ps.table("rows")
+    table.localize(np.arange(1000))
+    one, many = np.array([5]), np.random.default_rng(1).integers(0, 1000, 1000)
+    row, rows = np.ones((1, table.dim), np.float32), np.ones((1000, table.dim), np.float32)
+    before = ps.stats()["keys_pulled_remote"]
+    figures = {
+        "local_pull_1_cpu_us": cpu_per_call(lambda: table.pull(one), 20_000),
+        "local_push_1_cpu_us": cpu_per_call(lambda: table.push(one, row), 20_000),
+        "local_pull_1000_cpu_us": cpu_per_call(lambda: table.pull(many), 500),
+        "local_push_1000_cpu_us": cpu_per_call(lambda: table.push(many, rows), 500),
+    }
+    assert ps.stats()["keys_pulled_remote"] == before, "a local figure touched remote keys"
+    return figures
+
+
+def ops(config: mf.Config) -> dict[str, float]:
+    with dynaps.LocalCluster(servers=1, workers=1, tables=mf.tables(config)) as cluster:
+        figures: dict[str, float] = cluster.run(measure_ops)[0]
+    return figures
+
+
 def print_profile(directory: Path, top: int = 25) -> None:
     """The training processes' functions by own time (summed over runners)."""
     files = sorted(str(p) for p in directory.glob("runner-*.exit.prof"))
@@ -100,6 +140,11 @@ def main() -> int:
         "--entries", type=int, default=CONFIG.entries, help="training entries (default 400000)"
     )
     parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead of training: CPU microseconds per local pull and push of 1 and 1000 keys",
+    )
+    parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="profile the run, keep the .prof files in DIR"
     )
     args = parser.parse_args()
@@ -109,6 +154,9 @@ def main() -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         os.environ["DYNAPS_PROFILE_DIR"] = str(args.profile)  # the cluster's processes inherit it
+    if args.ops:
+        print(json.dumps({"tree": args.label, **ops(config)}), flush=True)
+        return 0
     result = run(config, args.workers)
     line = {"tree": args.label, "workers": args.workers, "batch": args.batch, **result}
     print(json.dumps(line), flush=True)
