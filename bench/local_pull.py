@@ -1,6 +1,6 @@
 """Local operations only, for comparing trees: bench/micro.py's local pull of 1 and 1000
-keys and local push of 1000 keys on one LocalCluster (1 server, 2 workers), medians of
-``--repeat`` 1-s measurements.  Run it from the tree under test, with that tree's runtime
+keys and local push of 1000 keys and of 1 key on one LocalCluster (1 server, 2 workers),
+medians of ``--repeat`` 1-s measurements.  Run it from the tree under test, with that tree's runtime
 on PYTHONPATH (like bench/remote_pull.py):
 
     cd TREE && PYTHONPATH=TREE/runtime python /path/to/bench/local_pull.py LABEL

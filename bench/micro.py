@@ -161,6 +161,7 @@ def measure_local(ps: Any, seconds: float) -> dict[str, float]:
         "local_pull_1_s": timeit(lambda: W.pull(keys1), seconds),
         "local_pull_1000_s": timeit(lambda: W.pull(keys1000), seconds),
         "local_push_1000_s": timeit(lambda: W.push(keys1000, rows), seconds),
+        "local_push_1_s": timeit(lambda: W.push(keys1, rows[:1]), seconds),  # one entry per update
     }
     assert ps.stats()["keys_pulled_remote"] == before, "local benchmark touched remote keys"
     return result

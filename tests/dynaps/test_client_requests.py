@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Handle
@@ -14,14 +16,22 @@ from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership
 from dynaps.client.requests import Requests
 from dynaps.client.table import Table
-from dynaps.contract import Consistency, ConsistencyModel, NamedTable, Partition, RuntimeConfig
-from dynaps.errors import Drained
+from dynaps.contract import (
+    Consistency,
+    ConsistencyModel,
+    NamedTable,
+    Partition,
+    RuntimeConfig,
+    UpdaterKind,
+    UpdaterSpec,
+)
+from dynaps.errors import Drained, KeyRangeError
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
-from dynaps.store.table_store import TableStore
+from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import control
 from dynaps.wire.codec import decode, encode_reply
-from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, client_of
+from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, TableLayout, client_of
 
 WORKER = 3  # our node; servers 1 and 2 home keys [0, 4) and [4, 8)
 NUM_KEYS = 8
@@ -30,7 +40,8 @@ NUM_KEYS = 8
 class Recorder:
     """A transport that keeps what is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, layouts: list[TableLayout] | None = None) -> None:
+        self.layouts = LAYOUTS if layouts is None else layouts
         self.endpoint = client_of(WORKER)
         self.address = "sim://client"
         self.sent: list[tuple[int, Message]] = []
@@ -45,7 +56,7 @@ class Recorder:
         return True
 
     def send(self, endpoint: int, frames: Any) -> None:
-        self.sent.append((endpoint, decode([bytes(memoryview(f)) for f in frames], LAYOUTS)))
+        self.sent.append((endpoint, decode([bytes(memoryview(f)) for f in frames], self.layouts)))
 
     def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
         return None
@@ -82,11 +93,11 @@ def membership(
 
 
 class Client:
-    def __init__(self) -> None:
-        self.transport = Recorder()
-        self.store = TableStore.create(0, SPEC, shard_map(1, [1, 2]), home=None, shared=False)
+    def __init__(self, spec: NamedTable = SPEC) -> None:
+        self.store = TableStore.create(0, spec, shard_map(1, [1, 2]), home=None, shared=False)
+        self.transport = Recorder([self.store.layout])
         bsp = Consistency(model=ConsistencyModel.BSP)
-        config = RuntimeConfig(tables=[SPEC], servers=2, workers=1, consistency=bsp)
+        config = RuntimeConfig(tables=[spec], servers=2, workers=1, consistency=bsp)
         control_block = np.zeros(1, dtype=np.uint8)
         self.requests = Requests(
             config,
@@ -194,3 +205,108 @@ def test_request_ids_do_not_start_at_one() -> None:
     ids = {Client().requests.new_id() for _ in range(4)}
     assert len(ids) == 4
     assert min(ids) > 1 << 20
+
+
+# ----------------------------------------------------------------------------- one key per call
+# A call with one key takes a path of its own (the per-entry hot path); the same key as the
+# first of two, with a second key this node owns, takes the general path. Both must leave
+# the same values and updater state, send the same requests and count the same.
+
+OWNERS = st.sampled_from([WORKER, 1, 2, INCOMING])  # here, elsewhere, or on its way here
+UPDATERS = [
+    UpdaterSpec(kind=UpdaterKind.ADD),
+    UpdaterSpec(kind=UpdaterKind.SGD, lr=0.5),
+    UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=0.5),
+    UpdaterSpec(kind=UpdaterKind.ADAM, lr=0.1),
+    UpdaterSpec(kind=UpdaterKind.CUSTOM, name="momentum", lr=0.1),
+]
+TESTED = 4  # keys 0-3 are tested; keys 4-7, always owned here, ride along in the general calls
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["pull", "push", "set", "move"]),
+        st.integers(0, TESTED - 1),
+        st.floats(-2.0, 2.0, width=32),
+        OWNERS,  # a move's new owner
+        st.booleans(),  # wait, for a key owned here (a remote one would wait for a reply)
+    ),
+    max_size=40,
+)
+
+
+def sent_parts(client: Client) -> list[tuple[int, MsgType, list[int], Any]]:
+    """What was sent: destination, kind, keys and rows (the general call's rows of key 4+
+    stay here, so each message holds the tested key alone)."""
+    out = []
+    for dest, msg in client.transport.take():
+        assert msg.keys is not None
+        rows = None if msg.values is None else msg.values.tolist()
+        out.append((dest, msg.type, msg.keys.tolist(), rows))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(UPDATERS), st.lists(OWNERS, min_size=TESTED, max_size=TESTED), OPS)
+def test_one_key_calls_do_what_the_general_path_does(
+    updater: UpdaterSpec, owners: list[int], ops: list[tuple[str, int, float, int, bool]]
+) -> None:
+    spec = NamedTable(name="W", num_keys=2 * TESTED, dim=3, updater=updater)
+    one, general = Client(spec), Client(spec)
+    start = np.random.default_rng(len(ops)).normal(size=(2 * TESTED, 3)).astype(np.float32)
+    for client in (one, general):
+        client.store.loc[:TESTED] = owners
+        client.store.loc[TESTED:] = WORKER
+        client.store.values[:] = start
+        client.transport.take()
+    for op, key, x, new_owner, wait_if_here in ops:
+        here = one.store.loc[key] == WORKER
+        wait = wait_if_here and here
+        keys, pair = np.array([key]), np.array([key, key + TESTED])
+        if op == "move":  # the node moved the key (relocation; under the lock, as the node does)
+            one.store.loc[key] = general.store.loc[key] = new_owner
+        elif op == "pull":
+            got = one.table.pull(keys, wait=wait)
+            expected = general.table.pull(pair, wait=wait)
+            if here:
+                got = got if wait else got.result()
+                expected = expected if wait else expected.result()
+                assert isinstance(got, np.ndarray)
+                assert isinstance(expected, np.ndarray)
+                np.testing.assert_array_equal(got, expected[:1])
+        else:
+            row = np.full((1, 3), x, dtype=np.float32) * np.arange(1, 4, dtype=np.float32)
+            rows = np.concatenate([row, np.zeros_like(row)])
+            update = one.table.push if op == "push" else one.table.set
+            update_general = general.table.push if op == "push" else general.table.set
+            done = update(keys, row, wait=wait)
+            update_general(pair, rows, wait=wait)
+            assert (done is None) == wait
+        assert sent_parts(one) == sent_parts(general)
+    np.testing.assert_array_equal(one.store.values[:TESTED], general.store.values[:TESTED])
+    for mine, theirs in zip(one.store.states, general.store.states, strict=True):
+        np.testing.assert_array_equal(mine[:TESTED], theirs[:TESTED])
+    counts, general_counts = one.requests.usage.totals(), general.requests.usage.totals()
+    calls = {"pulls": 0, "pushes": 0}
+    for op, *_ in ops:
+        if op != "move":
+            calls["pulls" if op == "pull" else "pushes"] += 1
+    # the general calls also read or wrote key 4+ here, once per call
+    assert counts["keys_pulled_local"] == general_counts["keys_pulled_local"] - calls["pulls"]
+    assert counts["keys_pushed_local"] == general_counts["keys_pushed_local"] - calls["pushes"]
+    for name in ("pulls", "pushes", "keys_pulled_remote", "keys_pushed_remote"):
+        assert counts[name] == general_counts[name], name
+
+
+def test_a_one_key_pull_returns_a_copy_and_checks_the_key() -> None:
+    client = Client()
+    client.store.loc[:] = WORKER
+    client.store.values[3] = 5.0
+    got = client.table.pull(np.array([3]))
+    got[:] = 7.0  # the caller's array: the table keeps its value
+    np.testing.assert_array_equal(client.table.pull(3), [[5.0]])
+    for bad in (np.array([-1]), np.array([NUM_KEYS]), [NUM_KEYS]):
+        with pytest.raises(KeyRangeError, match="outside table 'W'"):
+            client.table.pull(bad)
+    with pytest.raises(KeyRangeError):
+        client.table.push(np.array([NUM_KEYS], dtype=np.int32), [[1.0]])
+    client.table.push(np.array([3], dtype=np.int32), [1.0])  # another int dtype, a 1-D row
+    np.testing.assert_array_equal(client.table.pull([3]), [[6.0]])

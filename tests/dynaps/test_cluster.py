@@ -58,6 +58,46 @@ def test_no_update_is_lost_or_doubled_while_keys_move(cluster: dynaps.LocalClust
         np.testing.assert_array_equal(values - before, np.repeat(pushed[:, None], 4, axis=1))
 
 
+def one_key_hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
+    """One key per pull and push (the per-entry path) while every worker localizes keys:
+    each worker adds to its own column; a synchronous push is seen by the next pull."""
+    rng = np.random.default_rng(seed + ps.rank)
+    W = ps.table("W")
+    column = ps.rank % W.dim
+    start = W.pull(np.arange(NUM_KEYS))[:, column]
+    pushed = np.zeros(NUM_KEYS, dtype=np.int64)
+    synced = np.zeros(NUM_KEYS, dtype=np.int64)  # pushes acknowledged before the pull
+    update = np.zeros((1, W.dim), dtype=np.float32)
+    update[0, column] = 1
+    for step in range(rounds):
+        key = np.array([rng.integers(0, NUM_KEYS // 10)])  # a small range: keys are shared and move
+        wait = step % 3 != 0
+        W.push(key, update, wait=wait)
+        pushed[key] += 1
+        if wait:
+            synced[key] = pushed[key]
+        if step % 8 == 1:
+            W.localize(rng.integers(0, NUM_KEYS // 10, size=10), wait=step % 16 == 1)
+        seen = W.pull(key)[0, column] - start[key[0]]
+        assert seen >= synced[key[0]], "a one-key pull missed this worker's acknowledged push"
+    ps.wait_all()
+    ps.barrier()
+    return {"pushed": pushed, "column": column, "stats": ps.stats()}
+
+
+def test_one_key_calls_lose_no_update_and_read_own_writes_while_keys_move(
+    cluster: dynaps.LocalCluster,
+) -> None:
+    before = cluster.run(read_all)[0]
+    results = cluster.run(one_key_hammer, 11, 1200)
+    assert sum(r["stats"]["keys_localized"] for r in results) > 100, "keys hardly moved"
+    assert min(r["stats"]["keys_pushed_local"] for r in results) > 100, "no one-key push was local"
+    assert sum(r["stats"]["keys_pushed_remote"] for r in results) > 100, "no one-key push was remote"
+    for values in cluster.run(read_all):
+        for r in results:
+            np.testing.assert_array_equal(values[:, r["column"]] - before[:, r["column"]], r["pushed"])
+
+
 def own_writes_and_monotonic_reads(ps: dynaps.PS, rounds: int) -> int:
     """Each worker increments its own column; its synchronous reads see them, in order."""
     W = ps.table("W")

@@ -168,6 +168,8 @@ def _sgd(rows: Any, cols: Any, block: Entries, config: Config, lr: float, rng: n
     order = rng.permutation(len(block))
     i, j, v = block.row[order], block.col[order], block.value[order].astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the caller
+        if config.batch == 1:
+            return _sgd_entries(rows, cols, i, j, v, config.reg, -lr)
         return _sgd_steps(rows, cols, i, j, v, config.batch, np.float32(config.reg), np.float32(-lr))
 
 
@@ -181,6 +183,31 @@ def _sgd_steps(rows: Any, cols: Any, i: Any, j: Any, v: Any, batch: int, reg: An
         squared += float(error.astype(np.float64) @ error)
         rows.push(r, step * (error[:, None] * right + reg * left))
         cols.push(c, step * (error[:, None] * left + reg * right))
+    return squared
+
+
+def _sgd_entries(rows: Any, cols: Any, i: Any, j: Any, v: Any, reg: float, step: float) -> float:
+    """``_sgd_steps`` with one entry per step (``--batch 1``, Lapse's granularity).
+
+    On rows of one entry numpy's fixed cost per call is all the cost, so this takes as few
+    calls as it can: both gradients come from one product,
+    ``[[step*reg, step*e], [step*e, step*reg]] @ [left; right]``, whose first row is the
+    row's ``step * (e * right + reg * left)`` and whose second is the column's.
+    """
+    coef = np.full((2, 2), step * reg, dtype=np.float32)
+    off_diagonal = coef.reshape(-1)  # a view: [1] and [2] are the off-diagonal entries
+    pull_row, pull_col, push_row, push_col = rows.pull, cols.pull, rows.push, cols.push
+    dot, vdot, concatenate = np.dot, np.vdot, np.concatenate
+    squared = 0.0
+    # rows of the (n, 1) views are one-key arrays; the targets as Python floats
+    for r, c, target in zip(i.reshape(-1, 1), j.reshape(-1, 1), v.tolist(), strict=True):
+        left, right = pull_row(r), pull_col(c)
+        error = float(vdot(left, right)) - target
+        squared += error * error
+        off_diagonal[1] = off_diagonal[2] = step * error
+        both = dot(coef, concatenate((left, right)))
+        push_row(r, both[:1])
+        push_col(c, both[1:])
     return squared
 
 

@@ -25,6 +25,8 @@ from dynaps.store import usage
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
+_INT64 = np.dtype(np.int64)  # keys as users usually pass them: checked by identity, not equality
+
 
 class Table:
     """A handle on a declared table: ``num_keys`` rows of ``dim`` values of ``dtype``."""
@@ -36,6 +38,8 @@ class Table:
         self._store = store
         self._node = requests.node
         self._lock = requests.lock  # shared with the node: taken around every access to the store
+        # byte 0 becomes 1 when our node drains; a memoryview reads it without a numpy scalar
+        self._control = requests.control.data
         # this table's counters, shared with our node (dynaps.store.usage): one word each
         self._usage = requests.usage.rows[index]
         self._write_through = requests.write_through
@@ -56,30 +60,16 @@ class Table:
     # -------------------------------------------------------------- argument checks
 
     def _keys(self, keys: Any) -> Keys:
-        if self._requests.control[0]:  # our node is draining
+        if self._control[0]:  # our node is draining
             self._requests.drained()
-        if type(keys) is not np.ndarray or keys.dtype != np.int64 or keys.ndim != 1:
-            keys = np.asarray(keys)
-            if keys.ndim == 0:
-                keys = keys.reshape(1)
-            if keys.ndim != 1:
-                raise UsageError(
-                    f"keys for table {self.name!r} must be one-dimensional, got shape {keys.shape}"
-                )
-            if keys.dtype.kind not in "iu":
-                if keys.size == 0:
-                    keys = keys.astype(np.int64)
-                else:
-                    raise UsageError(f"keys for table {self.name!r} must be integers, got {keys.dtype}")
-            keys = keys.astype(np.int64, copy=False)
+        if type(keys) is not np.ndarray or keys.dtype is not _INT64 or keys.ndim != 1:
+            keys = self._convert_keys(keys)
         checked: Keys = keys
         n = len(checked)
-        if n == 1:
-            key = keys[0]
+        if n == 1:  # one entry per call (Lapse's granularity): a Python int compares fastest
+            key = checked.item(0)
             if key < 0 or key >= self.num_keys:
-                raise KeyRangeError(
-                    f"key {int(key)} is outside table {self.name!r}'s range [0, {self.num_keys})"
-                )
+                raise KeyRangeError(f"key {key} is outside table {self.name!r}'s range [0, {self.num_keys})")
         elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
             bad = checked[(checked < 0) | (checked >= self.num_keys)]
             raise KeyRangeError(
@@ -88,9 +78,23 @@ class Table:
             )
         return checked
 
+    def _convert_keys(self, keys: Any) -> Keys:
+        """Anything key-like (a list, an int, another integer dtype) as a 1-D int64 array."""
+        array = np.asarray(keys)
+        if array.ndim == 0:
+            array = array.reshape(1)
+        if array.ndim != 1:
+            raise UsageError(f"keys for table {self.name!r} must be one-dimensional, got shape {array.shape}")
+        if array.dtype.kind not in "iu":
+            if array.size == 0:
+                return array.astype(np.int64)
+            raise UsageError(f"keys for table {self.name!r} must be integers, got {array.dtype}")
+        converted: Keys = array.astype(np.int64, copy=False)
+        return converted
+
     def _rows(self, values: Any, n: int, what: str) -> Array:
-        array = np.asarray(values)
-        if array.dtype != self.dtype:
+        array = values if type(values) is np.ndarray else np.asarray(values)
+        if array.dtype is not self.dtype and array.dtype != self.dtype:
             if array.dtype.kind not in "fiub":
                 raise UsageError(f"{what} for table {self.name!r} must be numbers, got dtype {array.dtype}")
             array = array.astype(self.dtype)
@@ -122,10 +126,10 @@ class Table:
         lock.acquire()
         try:
             own = store.loc[keys]
-            if n == 1:  # the common case, without array reductions
-                dest = int(own[0])
+            if n == 1:  # one entry per call: no array reductions, ``take`` copies fastest
+                dest = own.item(0)
                 if dest == node:
-                    out = store.values[keys]
+                    out = store.values.take(keys, axis=0)
                     dest = -2
             else:
                 mine = own == node
@@ -236,8 +240,21 @@ class Table:
         keys = self._keys(keys)
         rows = self._rows(rows, len(keys), what)
         store = self._store
-        remote = None
+        counters = self._usage
         lock = self._lock
+        if len(keys) == 1 and not self._write_through:  # one entry per call: no array reductions
+            lock.acquire()
+            try:
+                here = store.loc.item(keys.item(0)) == self._node
+                if here:
+                    self._apply_here(kind, keys, rows)
+            finally:
+                lock.release()
+            if here:
+                counters[usage.PUSHES] += 1
+                counters[usage.PUSHED_LOCAL] += 1
+                return None if wait else self._requests.done_handle(kind, self.name, None)
+        remote = None
         lock.acquire()
         try:
             own = store.loc[keys]
@@ -249,15 +266,9 @@ class Table:
                 remote = np.flatnonzero(~mine)
                 local_keys, local_rows = keys[local], rows[local]
             if len(local_keys):
-                if kind is MsgType.SET:
-                    store.values[local_keys] = local_rows
-                else:
-                    store.updater.apply(store.values, store.states, local_keys, local_rows)
-                if store.dirty is not None:
-                    store.dirty[local_keys] = 1  # replication: our node writes them back
+                self._apply_here(kind, local_keys, local_rows)
         finally:
             lock.release()
-        counters = self._usage
         counters[usage.PUSHES] += 1
         counters[usage.PUSHED_LOCAL] += len(local_keys)
         through = self._write_through and len(local_keys)
@@ -285,6 +296,16 @@ class Table:
             handle.result()
             return None
         return handle
+
+    def _apply_here(self, kind: MsgType, keys: Keys, rows: Array) -> None:
+        """Write ``rows`` to ``keys``, which our node owns (the caller holds the lock)."""
+        store = self._store
+        if kind is MsgType.SET:
+            store.values[keys] = rows
+        else:
+            store.updater.apply(store.values, store.states, keys, rows)
+        if store.dirty is not None:
+            store.dirty[keys] = 1  # replication: our node writes them back
 
     @overload
     def localize(self, keys: Any, *, wait: Literal[True] = ...) -> None: ...

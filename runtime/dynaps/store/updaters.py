@@ -69,8 +69,9 @@ def _unique(keys: Keys, num_keys: int = 0) -> bool:
 
 def scatter_add(values: Array, keys: Keys, rows: Array) -> None:
     """``values[keys] += rows``, summing the rows of repeated keys."""
-    if len(keys) == 1:
-        values[keys[0]] += rows[0]
+    if len(keys) == 1:  # one entry per push: a view of the row, added to in place
+        row = values[keys.item(0)]
+        row += rows[0]
     elif _unique(keys, len(values)):
         values[keys] += rows  # gather, add, scatter: the fastest form, valid without repeats
     else:

@@ -57,6 +57,39 @@ def test_mf_says_when_it_diverges() -> None:
         baseline(mf, mf.Config(**{**TINY_MF.__dict__, "lr": 50.0, "epochs": 2}))
 
 
+def test_mf_one_entry_per_step_takes_the_minibatch_codes_steps() -> None:
+    """``--batch 1`` has a loop of its own (numpy's fixed costs): the same SGD steps as the
+    minibatch code with minibatches of one, up to float32 rounding."""
+    config = mf.Config(rows=50, cols=40, rank=6, quiet=True)
+    rng = np.random.default_rng(3)
+    i, j = rng.integers(0, 50, 2_000), rng.integers(0, 40, 2_000)
+    v = rng.normal(size=2_000).astype(np.float32)
+    start = rng.normal(0, 0.3, (50 + 40, 6)).astype(np.float32)
+    results = []
+    for one_loop in (True, False):
+        ps = InProcessPS(mf.tables(config))
+        rows, cols = ps.table("rows"), ps.table("cols")
+        rows.values[:], cols.values[:] = start[:50], start[50:]
+        if one_loop:
+            squared = mf._sgd_entries(rows, cols, i, j, v, 0.01, -0.05)
+        else:
+            squared = mf._sgd_steps(rows, cols, i, j, v, 1, np.float32(0.01), np.float32(-0.05))
+        results.append((squared, rows.values.copy(), cols.values.copy()))
+    (squared, rows_one, cols_one), (expected, rows_batch, cols_batch) = results
+    assert not np.allclose(rows_one, start[:50], atol=1e-3)  # it trained
+    assert squared == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(rows_one, rows_batch, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cols_one, cols_batch, rtol=1e-4, atol=1e-6)
+
+
+def test_mf_with_one_entry_per_step_learns_and_reports_divergence() -> None:
+    one = mf.Config(**{**TINY_MF.__dict__, "batch": 1, "epochs": 2})
+    reports = baseline(mf, one)
+    assert reports[-1]["quality"]["test RMSE"] < reports[0]["quality"]["test RMSE"]
+    with pytest.raises(UsageError, match=r"diverged in epoch 1 .* lower --lr"):
+        baseline(mf, mf.Config(**{**one.__dict__, "lr": 50.0}))
+
+
 def test_kge_learns_the_planted_structure() -> None:
     reports = baseline(kge, TINY_KGE)
     # random ranking among 300 entities gives MRR of about 0.02
