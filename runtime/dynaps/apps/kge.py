@@ -142,6 +142,8 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         hot = hot_entities(data.train, num_e, config.hot_keys)
         if len(hot):
             entities.replicate(hot, sync_ms=config.hot_sync_ms)
+    else:
+        hot = np.empty(0, dtype=np.int64)
 
     rng = np.random.default_rng([config.seed, 10, me])
     for epoch in range(1, config.epochs + 1):
@@ -151,6 +153,8 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         started = time.perf_counter()
         sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
         progress.report(epoch, seconds, mean_loss, ranking_report(sums), time.perf_counter() - started)
+    if len(hot):
+        entities.replicate([])  # flushed; the table is as the job declared it for whatever runs next
     progress.write(config.report, asdict(config))
     return [r.to_dict() for r in progress.reports]
 
@@ -278,7 +282,8 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         default=0.0,
         metavar="N",
         help="dynamic: replicate the N most frequent entities (a fraction of them if N < 1) "
-        "in every worker instead of relocating them (default 0: none)",
+        "in every worker instead of relocating them (default 0: none; on the synthetic graph "
+        "replication cost more CPU than it saved, see bench/README.md)",
     )
     parser.add_argument(
         "--hot-sync-ms", type=float, default=20.0, help="hot keys: milliseconds between flushes (default 20)"
