@@ -5,7 +5,10 @@ them (bsp), and bad settings are refused with a clear error."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +160,53 @@ def test_under_bsp_a_clock_flushes_and_refreshes_hot_keys() -> None:
     for rank, seen in enumerate(results):
         for clock, value in enumerate(seen, start=1):
             assert value >= 2 * clock, f"rank {rank} at clock {clock} read {value}: a push was missing"
+
+
+def push_hot_until(ps: dynaps.PS, stop_file: str) -> dict[str, Any]:
+    """Push to hot keys (asynchronously: acknowledged once buffered) until ``stop_file``
+    exists or this worker drains; nothing flushes on a timer (sync_ms is a minute).
+    ``<stop_file>.<rank>`` says that this worker has pushed."""
+    table = ps.table("H")
+    table.replicate(HOT, sync_ms=60_000)
+    acked = np.zeros(len(HOT))
+    rounds, drained = 0, False
+    try:
+        while not os.path.exists(stop_file) or rounds < 20:
+            table.push(HOT, np.ones((len(HOT), 2)), wait=False)
+            acked += 1
+            rounds += 1
+            if rounds == 20:
+                Path(f"{stop_file}.{ps.rank}").touch()
+            time.sleep(0.001)
+    except dynaps.Drained:
+        drained = True
+    # flushes before returning: a drained worker's are the drain's own (close comes later)
+    return {"acked": acked, "drained": drained, "flushes": table.hot_stats["flushes"]}
+
+
+def read_hot(ps: dynaps.PS) -> list[float]:
+    ps.barrier()  # flushes this worker's buffer; the next read refreshes the replica
+    values: list[float] = ps.table("H").pull(HOT)[:, 0].tolist()
+    return values
+
+
+def test_a_draining_worker_flushes_its_buffered_hot_pushes(tmp_path: Path) -> None:
+    stop_file = str(tmp_path / "stop")
+    with dynaps.LocalCluster(servers=2, workers=3, tables=TABLES) as cluster:
+        job = cluster.submit(push_hot_until, stop_file)
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(f"{stop_file}.{rank}") for rank in range(3)):
+            assert time.monotonic() < deadline, "the workers did not start pushing"
+            time.sleep(0.02)
+        cluster.stop("worker-1")  # its buffer holds pushes that only a flush sends
+        Path(stop_file).touch()
+        results = job.result(timeout=120)
+        assert [r["drained"] for r in results] == [False, True, False]
+        assert results[1]["acked"].min() > 0, f"worker 1 drained before it pushed: {results}"
+        assert results[1]["flushes"] == 1, "the draining worker did not flush before Drained"
+        expected = sum(r["acked"] for r in results)
+        for values in cluster.run(read_hot, timeout=60):
+            np.testing.assert_array_equal(values, expected)
 
 
 @pytest.mark.parametrize(
