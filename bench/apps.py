@@ -6,7 +6,9 @@ knowledge-graph embeddings, three variants of the *same* training code:
 * ``baseline``: one process, numpy arrays, no parameter server (dynaps.apps.inprocess);
 * ``static``: a LocalCluster with 2 servers and 2 workers that never localizes (classic PS);
 * ``dynamic``: the same cluster, with localize (DSGD blocking for MF; relation clustering,
-  localize-ahead and local negative sampling for KGE).
+  localize-ahead and local negative sampling for KGE);
+* ``hot`` (KGE only): ``dynamic`` with its most frequent entities replicated in every worker
+  instead of relocated (``--hot-keys``, NuPS; dynaps.client.hot_keys).
 
 For each it records epoch time, parameter accesses per second, the share of accesses
 served locally and model quality (test RMSE, filtered MRR), prints the targets, writes
@@ -16,6 +18,7 @@ for a machine with 16 cores (``--scaling-size tiny`` is a smoke test anywhere).
 
     python bench/apps.py --repeat 3         # about 4 minutes on 2 cores (--repeat 1: 1.5)
     python bench/apps.py --quick            # small sizes, a smoke run
+    python bench/apps.py --workloads kge --repeat 3 --hot-keys 250
     python bench/apps.py --scaling          # needs 16 cores to mean anything
 
 The figures are medians over the repeats (variants interleaved, so a change in the
@@ -44,7 +47,9 @@ from dynaps.apps import kge, mf
 from dynaps.apps.inprocess import InProcessPS
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("baseline", "dynamic", "static")
+VARIANTS = {"mf": ("baseline", "dynamic", "static"), "kge": ("baseline", "dynamic", "hot", "static")}
+HOT_KEYS = 500  # KGE's "hot" variant: entities replicated (bench/README.md, 2026-12-05)
+HOT_SYNC_MS = 20.0
 
 # the workload named in the targets: 20k x 20k, rank 32, 2M entries, Zipf(1.0), batch 1000, lr 0.05
 MF = mf.Config(epochs=3, rows=20_000, cols=20_000, rank=32, entries=2_000_000, batch=1000, lr=0.05, zipf=1.0)
@@ -76,6 +81,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_by_role(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds per role (runner = training process, worker = worker node, server, coordinator)."""
+    roles: dict[str, float] = {}
+    for name, pid in pids.items():
+        role = name.split("-")[0]
+        roles[role] = roles.get(role, 0.0) + cpu_seconds([pid])
+    return roles
+
+
 def run_variant(module: Any, config: Any, variant: str, nodes: int = 2) -> dict[str, Any]:
     """Train ``config`` as ``variant``: rank 0's epoch reports, CPU time and the load around it."""
     app = module.__name__.rsplit(".", 1)[-1]
@@ -84,18 +98,26 @@ def run_variant(module: Any, config: Any, variant: str, nodes: int = 2) -> dict[
         before, started, cpu = load_average(), time.perf_counter(), time.process_time()
         reports = module.train(InProcessPS(module.tables(config)), dataclasses.replace(config, quiet=True))
         cpu = time.process_time() - cpu
+        roles = {"baseline": cpu}
     else:
         tables = module.tables(config)
-        chosen = dataclasses.replace(config, allocation=variant, quiet=True)
-        with dynaps.LocalCluster(servers=nodes, workers=nodes, tables=tables, allocation=variant) as cluster:
+        allocation = "dynamic" if variant == "hot" else variant  # hot: the config replicates
+        chosen = dataclasses.replace(config, allocation=allocation, quiet=True)
+        with dynaps.LocalCluster(
+            servers=nodes, workers=nodes, tables=tables, allocation=allocation
+        ) as cluster:
             cluster.run(preload, app, chosen)
-            pids = list(cluster.pids().values())
+            named = cluster.pids()
+            pids = list(named.values())
+            roles = cpu_by_role(named)
             before, started, cpu = load_average(), time.perf_counter(), cpu_seconds(pids)
             reports = cluster.run(module.train, chosen)[0]
             cpu = cpu_seconds(pids) - cpu
+            roles = {role: seconds - roles[role] for role, seconds in cpu_by_role(named).items()}
     return {
         "variant": variant,
         "nodes": nodes,
+        "cpu_s_by_role": roles,
         "epochs": reports,
         "wall_s": time.perf_counter() - started,
         "cpu_s": cpu,
@@ -116,6 +138,10 @@ def summarise(runs: list[dict[str, Any]], quality_key: str) -> dict[str, Any]:
         "epoch_s_runs": per_run,
         "epoch_s_min": min(e["seconds"] for e in epochs),
         "cpu_s_per_epoch": statistics.median(run["cpu_s"] / len(run["epochs"]) for run in runs),
+        "cpu_s_per_epoch_by_role": {
+            role: statistics.median(run["cpu_s_by_role"][role] / len(run["epochs"]) for run in runs)
+            for role in runs[0]["cpu_s_by_role"]
+        },
         "keys_per_s": statistics.median(e["keys_per_second"] for e in epochs),
         "local_share": statistics.fmean(e["local_share"] for e in epochs),
         "quality": statistics.fmean(quality),
@@ -132,11 +158,22 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, value: float, goal: str, met: bool) -> None:
         out.append({"target": name, "value": value, "goal": goal, "met": bool(met)})
 
-    for name in ("mf", "kge"):
+    for name in doc["workloads"]:
         v = doc["workloads"][name]["variants"]
         ratio = v["static"]["epoch_s_mean"] / v["dynamic"]["epoch_s_mean"]
         add(f"{name}: dynamic vs static speed-up at 2 nodes", ratio, ">= 10", ratio >= 10)
-    v = doc["workloads"]["mf"]["variants"]
+    if "mf" in doc["workloads"]:
+        mf_targets(doc["workloads"]["mf"]["variants"], add)
+    for name in doc["workloads"]:  # CPU time of all the job's processes: what load does not distort
+        v = doc["workloads"][name]["variants"]
+        ratio = v["static"]["cpu_s_per_epoch"] / v["dynamic"]["cpu_s_per_epoch"]
+        add(f"{name}: static / dynamic CPU seconds per epoch (info)", ratio, "(no target)", True)
+    if "kge" in doc["workloads"]:
+        kge_targets(doc["workloads"]["kge"]["variants"], add)
+    return out
+
+
+def mf_targets(v: dict[str, Any], add: Any) -> None:
     add(
         "mf 20k x 20k, 2 workers: dynamic epoch time (s)",
         v["dynamic"]["epoch_s_mean"],
@@ -148,15 +185,19 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rmse = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
     spread = (max(rmse) - min(rmse)) / min(rmse)
     add("mf: test RMSE spread over the variants (relative)", spread, "<= 0.03", spread <= 0.03)
-    for name in ("mf", "kge"):  # CPU time of all the job's processes: what load does not distort
-        v = doc["workloads"][name]["variants"]
-        ratio = v["static"]["cpu_s_per_epoch"] / v["dynamic"]["cpu_s_per_epoch"]
-        add(f"{name}: static / dynamic CPU seconds per epoch (info)", ratio, "(no target)", True)
-    v = doc["workloads"]["kge"]["variants"]
-    mrr = [v[k]["quality"] for k in ("baseline", "static", "dynamic")]
+
+
+def kge_targets(v: dict[str, Any], add: Any) -> None:
+    mrr = [v[k]["quality"] for k in v]
     spread = max(mrr) - min(mrr)
     add("kge: filtered MRR spread over the variants (absolute)", spread, "<= 0.03", spread <= 0.03)
-    return out
+    # issue 18, hot keys: 2 nodes at least as fast as one process, >= 3x faster than static
+    ratio = v["baseline"]["epoch_s_mean"] / v["hot"]["epoch_s_mean"]
+    add("kge: hot keys vs single-process baseline speed-up", ratio, ">= 1", ratio >= 1)
+    ratio = v["static"]["epoch_s_mean"] / v["hot"]["epoch_s_mean"]
+    add("kge: hot keys vs static speed-up at 2 nodes", ratio, ">= 3", ratio >= 3)
+    ratio = v["static"]["cpu_s_per_epoch"] / v["hot"]["cpu_s_per_epoch"]
+    add("kge: static / hot keys CPU seconds per epoch (info)", ratio, "(no target)", True)
 
 
 def replot(path: Path) -> None:
@@ -173,7 +214,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     names = list(doc["workloads"])
     fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names)), squeeze=False)
-    colours = {"baseline": "#888888", "static": "#d95f02", "dynamic": "#1b9e77"}
+    colours = {"baseline": "#888888", "static": "#d95f02", "dynamic": "#1b9e77", "hot": "#7570b3"}
     for row, name in enumerate(names):
         variants = doc["workloads"][name]["variants"]
         labels = list(variants)
@@ -202,29 +243,36 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main_apps(args: argparse.Namespace) -> dict[str, Any]:
     mf_config, kge_config = (MF_QUICK, KGE_QUICK) if args.quick else (MF, KGE)
     doc: dict[str, Any] = {"workloads": {}, "repeat": args.repeat}
+    hot_config = dataclasses.replace(kge_config, hot_keys=args.hot_keys, hot_sync_ms=args.hot_sync_ms)
     for name, module, config, key in (
         ("mf", mf, mf_config, "test RMSE"),
         ("kge", kge, kge_config, "MRR"),
     ):
-        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        if name not in args.workloads:
+            continue
+        variants = VARIANTS[name]
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for repeat in range(args.repeat):  # variants interleaved, so load drift hits all alike
-            for variant in VARIANTS:
+            for variant in variants:
                 print(f"{name}: {variant} (run {repeat + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
-                run = run_variant(module, config, variant)
+                run = run_variant(module, hot_config if variant == "hot" else config, variant)
                 runs[variant].append(run)
                 print(
                     f"  {statistics.fmean(e['seconds'] for e in run['epochs']):8.2f} s/epoch  "
                     f"{run['cpu_s'] / len(run['epochs']):6.2f} CPU s/epoch  "
                     f"local {100 * run['epochs'][-1]['local_share']:5.1f}%  "
                     f"{key} {run['epochs'][-1]['quality'].get(key, float('nan')):.4f}  "
-                    f"(load {run['load_before']:.1f} -> {run['load_after']:.1f})",
+                    f"(load {run['load_before']:.1f} -> {run['load_after']:.1f})  CPU s/epoch by role: "
+                    + ", ".join(
+                        f"{r} {c / len(run['epochs']):.2f}" for r, c in sorted(run["cpu_s_by_role"].items())
+                    ),
                     file=sys.stderr,
                     flush=True,
                 )
         doc["workloads"][name] = {
             "config": dataclasses.asdict(config),
-            "variants": {v: summarise(runs[v], key) for v in VARIANTS},
-            "runs": {v: runs[v][-1]["epochs"] for v in VARIANTS},
+            "variants": {v: summarise(runs[v], key) for v in variants},
+            "runs": {v: runs[v][-1]["epochs"] for v in variants},
         }
     doc["targets"] = targets(doc)
     return doc
@@ -303,6 +351,21 @@ def main() -> int:
         "--quick", action="store_true", help="small sizes: a smoke run of the whole benchmark"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved (default 1)")
+    parser.add_argument(
+        "--workloads",
+        type=lambda text: text.split(","),
+        default=["mf", "kge"],
+        help="comma-separated: mf, kge (default both)",
+    )
+    parser.add_argument(
+        "--hot-keys", type=float, default=HOT_KEYS, help=f"KGE hot variant: entities replicated ({HOT_KEYS})"
+    )
+    parser.add_argument(
+        "--hot-sync-ms",
+        type=float,
+        default=HOT_SYNC_MS,
+        help=f"KGE hot variant: flush interval ({HOT_SYNC_MS})",
+    )
     parser.add_argument("--scaling", action="store_true", help="run the multi-node MF scaling run instead")
     parser.add_argument("--scaling-size", choices=["full", "tiny"], default="full", help="tiny: a smoke test")
     parser.add_argument(
@@ -310,11 +373,15 @@ def main() -> int:
     )
     parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of a recorded run")
     args = parser.parse_args()
+    if not args.workloads or set(args.workloads) - set(VARIANTS):
+        parser.error(f"--workloads takes a comma-separated list of {', '.join(VARIANTS)}")
     if args.replot:
         replot(args.replot)
         return 0
     suffix = "-scaling" if args.scaling else ""
     suffix += "-quick" if args.quick or (args.scaling and args.scaling_size == "tiny") else ""
+    if not args.scaling and sorted(args.workloads) != ["kge", "mf"]:
+        suffix += "-" + "-".join(args.workloads)
     out = args.out or RESULTS / f"apps{suffix}.json"
     started = time.time()
     doc = main_scaling(args) if args.scaling else main_apps(args)

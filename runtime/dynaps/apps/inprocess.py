@@ -81,6 +81,9 @@ class ArrayTable:
     def localize(self, keys: Any, *, wait: bool = True) -> Done | None:
         return None if wait else Done()  # everything is local
 
+    def replicate(self, keys: Any, *, sync_ms: float = 20.0) -> None:
+        return None  # everything is local: nothing to replicate
+
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         return np.ones(len(self._keys(keys)), dtype=bool)
 

@@ -9,7 +9,10 @@ with the key).  With ``--allocation dynamic`` (Lapse's techniques):
   count); each worker trains on its relations' triples and localizes them once;
 * localize ahead: while minibatch ``t`` trains, the entities of minibatch ``t + ahead``
   are being localized, and its negatives prepared (the ``--neg-strategy`` decides how:
-  ``pool`` localizes groups of draws ahead and reuses them).
+  ``pool`` localizes groups of draws ahead and reuses them);
+* hot entities (``--hot-keys``, NuPS): the entities with the most training triples are
+  replicated in every worker instead of relocated (``table.replicate``); their pushes are
+  summed and sent to their owners every ``--hot-sync-ms`` milliseconds.
 
 Quality: filtered MRR and Hits@1/3/10 on held-out triples (tail and head prediction).
 
@@ -51,6 +54,8 @@ class Config:
     neg_strategy: str = "pool"
     pool_group: int = 4096
     pool_reuse: int = 4
+    hot_keys: float = 0.0  # dynamic only: replicate the N (or this fraction of) most frequent entities
+    hot_sync_ms: float = 20.0
     seed: int = 0
     train: str | None = None
     valid: str | None = None
@@ -134,6 +139,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     ps.barrier()
     if moving:
         relations.localize(np.flatnonzero(rel_part == me))
+        hot = hot_entities(data.train, num_e, config.hot_keys)
+        if len(hot):
+            entities.replicate(hot, sync_ms=config.hot_sync_ms)
+    else:
+        hot = np.empty(0, dtype=np.int64)
 
     rng = np.random.default_rng([config.seed, 10, me])
     for epoch in range(1, config.epochs + 1):
@@ -143,8 +153,20 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         started = time.perf_counter()
         sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
         progress.report(epoch, seconds, mean_loss, ranking_report(sums), time.perf_counter() - started)
+    if len(hot):
+        entities.replicate([])  # flushed; the table is as the job declared it for whatever runs next
     progress.write(config.report, asdict(config))
     return [r.to_dict() for r in progress.reports]
+
+
+def hot_entities(triples: Any, num_e: int, hot: float) -> Any:
+    """The ``hot`` entities (a count, or a fraction of all entities below 1) that appear in
+    the most training triples; every worker computes the same set from the same data."""
+    count = round(hot * num_e) if 0 < hot < 1 else int(hot)
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    degree = np.bincount(triples[:, 0], minlength=num_e) + np.bincount(triples[:, 2], minlength=num_e)
+    return np.sort(np.argsort(-degree, kind="stable")[: min(count, num_e)])
 
 
 def _epoch(entities: Any, relations: Any, model: Model, triples: Any, config: Config, moving: bool) -> float:
@@ -255,6 +277,18 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--pool-group", type=int, default=4096, help="pool: draws per group (default 4096)")
     parser.add_argument("--pool-reuse", type=int, default=4, help="pool: uses per draw (default 4)")
     parser.add_argument(
+        "--hot-keys",
+        type=_hot_count,
+        default=0.0,
+        metavar="N",
+        help="dynamic: replicate the N most frequent entities (a fraction of them if N < 1) "
+        "in every worker instead of relocating them (default 0: none; on the synthetic graph "
+        "replication cost more CPU than it saved, see bench/README.md)",
+    )
+    parser.add_argument(
+        "--hot-sync-ms", type=float, default=20.0, help="hot keys: milliseconds between flushes (default 20)"
+    )
+    parser.add_argument(
         "--eval-triples", type=int, default=1000, help="test triples ranked per epoch (0: all)"
     )
     data = parser.add_argument_group("data", "tab-separated triples, or a synthetic graph (the default)")
@@ -270,6 +304,16 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         parser.error("give both --train and --test (and optionally --valid), or neither")
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}
     return Config(**fields), args
+
+
+def _hot_count(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in [0, 1), got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

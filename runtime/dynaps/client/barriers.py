@@ -28,9 +28,15 @@ from dynaps.wire.protocol import COORDINATOR, MsgType
 class Barriers:
     """This worker's barrier generation, clock and leases (see the module docstring)."""
 
-    def __init__(self, requests: Requests, new_clock: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        requests: Requests,
+        new_clock: Callable[[], None] = lambda: None,
+        flush: Callable[[], object] = lambda: None,
+    ) -> None:
         self._requests = requests
         self._new_clock = new_clock  # a new clock or a barrier: per-clock caches are stale
+        self._flush = flush  # sends updates buffered in this process (hot keys) before the wait
         self._generation = 0  # of the next barrier
         self._done = -1  # the last barrier generation everyone reached
         self._clock = 0
@@ -59,6 +65,7 @@ class Barriers:
         requests = self._requests
         if requests.control[0]:
             requests.drained()
+        self._flush()
         requests.wait_all(timeout)
         generation = self._generation
         self._generation += 1
@@ -79,6 +86,7 @@ class Barriers:
             requests.drained()
         # Our own updates of this clock first: a worker that learns we finished it must
         # find them applied (asynchronous pushes included).
+        self._flush()
         requests.wait_all(timeout)
         self._clock += 1
         self._new_clock()

@@ -109,12 +109,16 @@ class PS:
             store.name: Table(self._requests, i, store, self._holdings) for i, store in enumerate(stores)
         }
         cached = [table for table in self._tables.values() if table.cached]
+        tables = list(self._tables.values())
 
         def new_clock() -> None:
             for table in cached:
                 table.clear_cache()
+            for table in tables:
+                table.hot_new_clock()
 
-        self._barriers = Barriers(self._requests, new_clock)
+        self._barriers = Barriers(self._requests, new_clock, self._flush_hot)
+        self._requests.on_drain = self._flush_hot_and_wait  # a leaving node's worker flushes first
         self._stages = StageFollower(self._requests, config.stages)
         self._membership = Membership(transport, self._requests, config.workers, self._repeat)
         self._replies: dict[int, dict[str, Any]] = {}
@@ -208,7 +212,9 @@ class PS:
         return self._requests.wait(handle, timeout)
 
     def wait_all(self, timeout: float | None = None) -> None:
-        """Wait for every operation this process has in flight."""
+        """Wait for every operation this process has in flight (pushes to hot keys buffered
+        here included: they are flushed first)."""
+        self._flush_hot()
         self._requests.wait_all(timeout)
 
     def barrier(self, timeout: float | None = None) -> None:
@@ -276,6 +282,8 @@ class PS:
     def close(self) -> None:
         if self.closed:
             return
+        if self._requests.ended is None:
+            self._flush_hot_and_wait()  # acknowledged pushes to hot keys are not lost
         self.closed = True
         self._transport.close(linger=0.5)
         for store in self._stores:
@@ -286,6 +294,16 @@ class PS:
         return f"<dynaps.PS rank={self.rank}/{self.num_workers} node={self.node} tables={list(self._tables)}>"
 
     # -------------------------------------------------------------- the coordinator's messages
+
+    def _flush_hot(self) -> bool:
+        """Send every table's buffered pushes to hot keys (dynaps.client.hot_keys)."""
+        flushed = [table.flush_hot() for table in self._tables.values()]
+        return any(flushed)
+
+    def _flush_hot_and_wait(self) -> None:
+        """Flush, and wait until the owners applied what was flushed (nothing waits otherwise)."""
+        if self._flush_hot():
+            self._requests.wait_all()
 
     def _repeat(self) -> None:
         """The coordinator restarted: it forgot what we wait on; ask again."""

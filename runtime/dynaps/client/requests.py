@@ -106,9 +106,13 @@ class Requests:
         self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
         self.notices = notices
+        self.on_drain: Callable[[], None] | None = None  # run once before Drained is raised
 
     def drained(self) -> NoReturn:
-        """Raise Drained: our node is leaving the job."""
+        """Raise Drained: our node is leaving the job (after ``on_drain``, once)."""
+        hook, self.on_drain = self.on_drain, None
+        if hook is not None:
+            hook()  # updates buffered in this process go out before the worker stops
         raise Drained(
             f"worker rank {self.rank} is being drained (its node leaves the job): stop and return; "
             "what was acknowledged is kept"

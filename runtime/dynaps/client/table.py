@@ -14,7 +14,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.client import sampling
+from dynaps.client import hot_keys, sampling
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.holdings import Holdings
 from dynaps.client.requests import Requests
@@ -49,6 +49,7 @@ class Table:
         if store.spec.cache == TableCache.CLOCK:
             stateless = store.updater if store.updater.num_states == 0 else None
             self._cache = ClockCache(store.spec.num_keys, store.spec.dim, store.layout.dtype, stateless)
+        self._hot: hot_keys.HotKeys | None = None  # replicate()'s replica of hot keys
         self.name = store.name
         self.num_keys = store.spec.num_keys
         self.dim = store.spec.dim
@@ -120,6 +121,11 @@ class Table:
     def pull(self, keys: Any, *, wait: bool = True) -> Array | Handle:
         """The values of ``keys`` as an (n, dim) array; with ``wait=False`` a Handle."""
         keys = self._keys(keys)
+        if self._hot is not None:
+            return self._hot.pull(keys, wait)
+        return self._pull_keys(keys, wait)
+
+    def _pull_keys(self, keys: Keys, wait: bool) -> Array | Handle:
         store, node = self._store, self._node
         n = len(keys)
         lock = self._lock
@@ -239,6 +245,11 @@ class Table:
         what = "updates" if kind is MsgType.PUSH else "values"
         keys = self._keys(keys)
         rows = self._rows(rows, len(keys), what)
+        if self._hot is not None:
+            return self._hot.push(kind, keys, rows, wait)
+        return self._update_keys(kind, keys, rows, wait)
+
+    def _update_keys(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
         store = self._store
         counters = self._usage
         lock = self._lock
@@ -320,6 +331,11 @@ class Table:
         With ``allocation: static`` keys never move and this returns at once.
         """
         keys = self._keys(keys)
+        if self._hot is not None:
+            return self._hot.localize(keys, wait)  # hot keys stay where they are
+        return self._localize_keys(keys, wait)
+
+    def _localize_keys(self, keys: Keys, wait: bool) -> Handle | None:
         store, requests = self._store, self._requests
         if self._static or not len(keys):
             return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
@@ -381,6 +397,49 @@ class Table:
         if self._cache is not None:
             self._cache.clear()
 
+    # -------------------------------------------------------------- hot keys (see dynaps.client.hot_keys)
+
+    def replicate(self, keys: Any, *, sync_ms: float = 20.0) -> None:
+        """Replicate ``keys`` in this process (NuPS): read locally, pushes summed and sent to
+        their owners at most every ``sync_ms`` ms and at every clock, barrier and wait_all;
+        never relocated.  An empty ``keys`` stops replicating (after a flush)."""
+        sync = hot_keys.sync_seconds(sync_ms, self.name)
+        chosen = hot_keys.hot_key_set(keys, self.num_keys, self.name)
+        if self._cache is not None:
+            raise UsageError(
+                f"table {self.name!r} has cache: clock; replicated hot keys replace it (drop one of them)"
+            )
+        self.flush_hot(wait=True)
+        if not len(chosen):
+            self._hot = None
+            return
+        requests = self._requests
+        paths = hot_keys.Paths(
+            pull=self._pull_keys,
+            update=self._update_keys,
+            localize=self._localize_keys,
+            done=lambda kind, out: requests.done_handle(kind, self.name, out),
+            wait=requests.wait,
+            counters=self._usage,
+        )
+        self._hot = hot_keys.HotKeys(paths, chosen, self.num_keys, self.dim, self.dtype, sync)
+        self._hot.refresh(wait=True)
+
+    @property
+    def hot_stats(self) -> dict[str, int]:
+        """Counters of the replicated hot keys (empty when none are replicated)."""
+        return {} if self._hot is None else dict(self._hot.stats, hot_keys=len(self._hot.keys))
+
+    def flush_hot(self, wait: bool = False) -> bool:
+        """Send the pushes to hot keys buffered here to their owners (``wait``: until applied);
+        False when there were none."""
+        return self._hot is not None and self._hot.flush(wait)
+
+    def hot_new_clock(self) -> None:
+        """A clock or barrier passed: refresh the hot keys' replica before it is read again."""
+        if self._hot is not None:
+            self._hot.new_clock()
+
     @property
     def static_allocation(self) -> bool:
         """True when keys never move to workers (``allocation: static``)."""
@@ -388,7 +447,10 @@ class Table:
 
     def local_mask(self, keys: Any) -> npt.NDArray[np.bool_]:
         """Which of ``keys`` this node owns now (a hint: keys may move right after)."""
-        mask: npt.NDArray[np.bool_] = self._store.loc[self._keys(keys)] == self._node
+        keys = self._keys(keys)
+        mask: npt.NDArray[np.bool_] = self._store.loc[keys] == self._node
+        if self._hot is not None:
+            mask |= self._hot.local_mask(keys)  # read from this process's replica
         return mask
 
 

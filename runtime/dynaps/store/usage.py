@@ -34,7 +34,7 @@ COUNTERS: Final = (
     "keys_pushed_local",  # keys a push or set updated in place
     "keys_pushed_remote",  # keys a push or set sent to other nodes
     "keys_localized",  # keys a localize asked to move to this worker's node
-    "keys_pulled_cached",  # remote keys a pull read from the table's per-clock cache (value_cache)
+    "keys_pulled_cached",  # remote keys a pull read from a copy: per-clock cache or hot-key replica
 )
 PULLS, PUSHES, PULLED_LOCAL, PULLED_REMOTE, PUSHED_LOCAL, PUSHED_REMOTE, LOCALIZED, PULLED_CACHED = range(
     len(COUNTERS)
