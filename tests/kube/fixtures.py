@@ -65,6 +65,8 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+# tryfirst: pytest-xdist reads the groups in its own hook of this name, which would otherwise run first.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # `pytest -m "not e2e"` must stay fast: a test that reaches the cluster must say so.
     unmarked = [
