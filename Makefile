@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Test processes of `make test` (pytest-xdist): most of the suite waits on real processes and
+# clusters, so two workers halve its wall time even on 2 cores.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help quickstart test test-fast lint bench k8s-binaries node-images clean
@@ -31,7 +34,7 @@ node-images: k8s-binaries ## Build the images the real test node runs (apt packa
 
 test: $(STAMP) k8s-binaries node-images ## Run the whole test suite (unit, integration, e2e, containers) and the static checks
 	$(MAKE) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP) ## Unit and integration tests only (no control plane)
 	$(PY) -m pytest -m "not e2e"
