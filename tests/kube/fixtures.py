@@ -65,8 +65,6 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-# tryfirst: pytest-xdist reads the groups in its own hook of this name, which would otherwise run first.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # `pytest -m "not e2e"` must stay fast: a test that reaches the cluster must say so.
     unmarked = [
@@ -84,11 +82,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError("tests using real_node must be marked containers: " + ", ".join(unmarked))
-    # There is one real node per machine (a lock file): under pytest-xdist (`make test`), every test
-    # that uses it runs in the same worker, so that worker starts it once and the others never wait.
-    for item in items:
-        if "real_node" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("real-node"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
