@@ -97,9 +97,9 @@ class RecordingTransport:
     def watch(self, endpoint: int) -> None:
         self.watched.add(endpoint)
 
-    def disconnected(self) -> list[int]:
+    def connection_events(self) -> list[tuple[int, bool]]:
         dropped, self.dropped = [e for e in self.dropped if e in self.watched], []
-        return dropped
+        return [(e, False) for e in dropped]
 
     def clear(self) -> None:
         """Forget what was sent (each endpoint keeps the membership it holds)."""

@@ -74,7 +74,8 @@ def test_silence_loses_a_node_later_than_a_dropped_connection() -> None:
     dropped.disconnected(0.1)
     assert liveness.overdue(roster.active(), 0.1 + liveness.grace_after_disconnect / 2) == []
     assert liveness.overdue(roster.active(), 0.1 + liveness.grace_after_disconnect) == [dropped]
-    dropped.heard(0.5)  # it came back
+    dropped.reconnected()  # zmq connected to it again, and it speaks
+    dropped.heard(0.5)
     assert liveness.overdue(roster.active(), 1.0) == []
     assert liveness.overdue(roster.active(), liveness.lost_after + 0.01) == [quiet]
 
@@ -101,6 +102,19 @@ def test_among_a_thousand_members_only_the_silent_ones_are_lost_on_time(heartbea
     assert liveness.overdue(reversed(roster.members.values()), now) == [joining, silent, dropped]  # id order
     silent.heard(now - liveness.lost_after + 0.01)  # just inside: not yet
     assert silent not in liveness.overdue(roster.members.values(), now)
+
+
+def test_a_message_read_after_the_drop_does_not_keep_a_dropped_node() -> None:
+    """A dead node's last heartbeat can be read after its connection's drop was noted (it waited
+    in the inbox): only zmq connecting to it again ends the suspicion."""
+    liveness = Liveness.for_heartbeat(0.2)
+    roster = Roster(1, 0, clock=lambda: 0.0)
+    dead = roster.admit("server", "a", "a", 0, None)
+    assert not isinstance(dead, str)
+    dead.state = MemberState.READY
+    dead.disconnected(1.0)
+    dead.heard(1.01)  # sent before it died, read after the drop
+    assert liveness.overdue(roster.active(), 1.0 + liveness.grace_after_disconnect + 0.01) == [dead]
 
 
 def test_a_barrier_passes_once_every_running_client_reached_it_or_a_later_one() -> None:

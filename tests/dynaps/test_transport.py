@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import zmq
 
 from dynaps.config import SPIN_ENV, spin_seconds
 from dynaps.errors import ConfigError
@@ -128,6 +129,42 @@ def dropped_within(watcher: ZmqTransport, expected: int, seconds: float = 5.0) -
         time.sleep(0.01)
         dropped += watcher.disconnected()
     return dropped
+
+
+def test_a_peer_back_at_its_address_is_reported_connected_again() -> None:
+    """A drop and zmq's reconnect to the same address come in order: the coordinator ends a
+    dropped member's suspicion on the reconnect, not on a message that may predate the drop."""
+    context = zmq.Context()
+    watcher = ZmqTransport(1, KEY)
+    first = second = None
+    try:
+        first = context.socket(zmq.PULL)
+        port = first.bind_to_random_port("tcp://127.0.0.1")
+        watcher.connect(2, f"tcp://127.0.0.1:{port}")
+        watcher.watch(2)
+        watcher.send(2, [b"hello"])
+        assert first.poll(5000), "nothing arrived within 5 s"
+        first.close(linger=0)
+        events: list[tuple[int, bool]] = []
+        deadline = time.monotonic() + 5.0
+        while (2, False) not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+            events += watcher.connection_events()
+        second = context.socket(zmq.PULL)
+        second.bind(f"tcp://127.0.0.1:{port}")
+        deadline = time.monotonic() + 5.0
+        while events[-1:] != [(2, True)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+            events += watcher.connection_events()
+        assert (2, False) in events
+        assert events[-1] == (2, True), events  # back, and reported after the drop
+        assert events.index((2, False)) < len(events) - 1
+    finally:
+        watcher.close()
+        for sock in (first, second):
+            if sock is not None:
+                sock.close(linger=0)
+        context.term()
 
 
 def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one() -> None:

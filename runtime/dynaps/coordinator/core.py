@@ -408,10 +408,13 @@ class Coordinator:
                 self._on_register(reg)
         self.checkpoints.tick(now, self.phase == JobPhase.RUNNING)
         self.homes.tick(now)
-        for endpoint in self.outbox.disconnected():
+        for endpoint, up in self.outbox.connection_events():
             member = self.roster.get(endpoint)
             if member is not None:
-                member.disconnected(now)
+                if up:
+                    member.reconnected()
+                else:
+                    member.disconnected(now)
         waited = bool(self.liveness.waiting)
         lost = self.liveness.overdue(self.roster.members.values(), now)  # unsorted: cheaper
         for member in lost:

@@ -106,7 +106,8 @@ class Liveness:
             if member.last_seen >= quiet and member.suspect_since is None:
                 continue
             silent = now - member.last_seen
-            suspect = member.suspect_since is not None and member.last_seen < member.suspect_since
+            dropped_at = member.suspect_since
+            suspect = dropped_at is not None
             if member.state == MemberState.JOINING:
                 limit = self.join_timeout
             elif silent > self.lost_after and not suspect and self.loses_data(member):
@@ -115,7 +116,10 @@ class Liveness:
                 waiting[member.id] = before if before is not None else self._start_waiting(member, silent)
             else:
                 limit = self.lost_after
-            if silent > limit or (suspect and silent > self.grace_after_disconnect):
+            # The grace runs from the last message before the drop: one read after the drop may
+            # have been sent before it, so it does not extend the grace.
+            grace = self.grace_after_disconnect
+            if silent > limit or (dropped_at is not None and now - min(member.last_seen, dropped_at) > grace):
                 lost.append(member)
                 waiting.pop(member.id, None)
         lost.sort(key=lambda m: m.id)  # declared in id order, whatever order they came in

@@ -133,9 +133,10 @@ class Outbox:
         if member.client is not None:
             self.transport.forget(client_of(member.id))
 
-    def disconnected(self) -> list[int]:
-        """Watched members whose connection dropped since the last call."""
-        watcher = getattr(self.transport, "disconnected", None)
+    def connection_events(self) -> list[tuple[int, bool]]:
+        """Watched members whose connection dropped (False) or came back (True) since the last
+        call, in order."""
+        watcher = getattr(self.transport, "connection_events", None)
         return list(watcher()) if watcher is not None else []
 
     def refuse(self, reg: control.Register, reason: str) -> None:

@@ -39,14 +39,20 @@ class Member:
     suspect_since: float | None = None  # its connection dropped at this time
 
     def heard(self, now: float) -> None:
-        """A message came from it: alive (even if its connection had dropped)."""
+        """A message came from it.  This does not end a dropped connection's suspicion: a
+        message read after the drop may have been sent before it (a dead node's last heartbeats
+        wait in the inbox behind others; at 1,000 nodes they kept crashed servers "alive" until
+        the 60 s silence limit)."""
         self.last_seen = now
-        self.suspect_since = None
 
     def disconnected(self, now: float) -> None:
-        """Its connection dropped: lost unless it speaks again soon."""
+        """Its connection dropped: lost unless zmq connects to it again soon."""
         if self.suspect_since is None:
             self.suspect_since = now
+
+    def reconnected(self) -> None:
+        """zmq connected to it again after a drop: it is there."""
+        self.suspect_since = None
 
     def info(self) -> NodeInfo:
         return NodeInfo(

@@ -60,6 +60,9 @@ ZERO_COPY_BYTES = 1 << 16
 # zmq.POLLIN as a plain int: ``events & zmq.POLLIN`` makes an IntFlag member each time, which
 # was a sixth of the coordinator's receive loop at 5,000 heartbeats a second (bench/README.md)
 POLLIN = int(zmq.POLLIN)
+# What a connection monitor reports: a drop, and a (re)connect that ends a drop's suspicion.
+WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED
+CONNECTED = int(zmq.EVENT_CONNECTED)
 
 
 class Transport(Protocol):
@@ -253,7 +256,7 @@ class ZmqTransport:
         if endpoint in self._addresses and endpoint not in self._monitors:
             sock = self._open(endpoint)
             try:
-                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                monitor = sock.get_monitor_socket(WATCHED_EVENTS)
             except zmq.ZMQError as exc:
                 raise self._out_of_room(exc) from exc
             self._monitors[endpoint] = monitor
@@ -263,20 +266,25 @@ class ZmqTransport:
             self._unarmed.add(fd)
 
     def disconnected(self) -> list[int]:
-        """Watched endpoints whose connection dropped since the last call.
+        """Watched endpoints whose connection dropped since the last call."""
+        return [endpoint for endpoint, up in self.connection_events() if not up]
+
+    def connection_events(self) -> list[tuple[int, bool]]:
+        """What happened to the watched connections since the last call, in order per endpoint:
+        (endpoint, False) when one dropped, (endpoint, True) when zmq (re)connected it.
 
         A zmq socket's descriptor signals that the socket has commands to process (a new event
         among them), and only once zmq has seen it with nothing left to do: so a monitor is read
         until zmq says nothing is left, once when it is new and then each time it signals."""
-        dropped = []
+        events = []
         ready = sorted({key.fd for key, _mask in self._watching.select(0)} | self._unarmed)
         self._unarmed = set()
         for fd in ready:
             monitor, endpoint = self._watched[fd]
             while int(monitor.getsockopt(zmq.EVENTS)) & POLLIN:
-                monitor.recv_multipart()  # the event itself: only DISCONNECTED is subscribed
-                dropped.append(endpoint)
-        return dropped
+                event = monitor.recv_multipart()[0]  # event id (uint16), value (uint32)
+                events.append((endpoint, int.from_bytes(event[:2], "little") == CONNECTED))
+        return events
 
     def knows(self, endpoint: int) -> bool:
         return endpoint in self._addresses
