@@ -157,7 +157,8 @@ def test_a_new_backup_counts_only_once_its_home_reports_the_sync() -> None:
     assert job.status()["replication"]["unsynced"] == 2
     lose(job, s3)
     assert job.wire.take(MsgType.RECOVER) == [
-        (s1, {"id": recover["id"] + 1, "shards": [2, 3, 4, 5], "source": "replica"})
+        # holders: nobody else may hold their keys (no worker localized any; s2 is dead)
+        (s1, {"id": recover["id"] + 1, "shards": [2, 3, 4, 5], "source": "replica", "holders": []})
     ]
     assert job.status()["dataLoss"] == []
 

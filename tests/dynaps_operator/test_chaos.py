@@ -45,9 +45,15 @@ SEEDS = (
 VICTIMS = ["server", "server", "worker", "coordinator"]
 
 
-def uid_of(kube_api: KubeClient, ns: str, job: str, pod: str) -> str | None:
-    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(kube_api, ns, job)}
-    return uids.get(pod)
+def uid_of(kube_api: KubeClient, ns: str, job: str, pod: str, running: bool = False) -> str | None:
+    """The pod's uid (with ``running``: only once the kubelet started its containers)."""
+    for p in pods_of(kube_api, ns, job):
+        if p["metadata"]["name"] == pod:
+            if running and (p.get("status") or {}).get("phase") != "Running":
+                return None
+            uid: str = p["metadata"]["uid"]
+            return uid
+    return None
 
 
 def progress(folder: Path) -> int:
@@ -71,8 +77,9 @@ def protected(kube_api: KubeClient, ns: str, name: str, after_epoch: int) -> Jso
 def kill_and_recover(
     kube_api: KubeClient, kubelet: ProcessKubelet, ns: str, name: str, victim: str, folder: Path
 ) -> None:
-    before = uid_of(kube_api, ns, name, victim)
-    assert before is not None, f"{victim} exists"
+    # Its replacement may exist before it runs (the job can be whole again without it): the
+    # next kill of the same pod must find it started (a full run killed one not yet started).
+    before = wait_for(lambda: uid_of(kube_api, ns, name, victim, running=True), 60, f"{victim} running")
     # A lost server changes the shard map (its shards get new homes): wait for that map, not a
     # status written before the loss was noticed. Other losses leave the map as it is.
     after_epoch = epoch(kube_api, ns, name) if "-server-" in victim else -1
