@@ -117,6 +117,26 @@ def test_a_message_read_after_the_drop_does_not_keep_a_dropped_node() -> None:
     assert liveness.overdue(roster.active(), 1.0 + liveness.grace_after_disconnect + 0.01) == [dead]
 
 
+def test_silence_is_not_judged_while_the_coordinator_is_behind_its_inbox_or_after_it_stalled() -> None:
+    """Heartbeats that wait unread in the coordinator's inbox are not silence: it judges silence
+    only when it read everything and did not stall before the look; drops count always."""
+    liveness = Liveness.for_heartbeat(0.2)
+    roster = Roster(3, 0, clock=lambda: 0.0)
+    talker, mute, dropped = (roster.admit("server", n, n, 0, None) for n in "abc")
+    for member in (talker, mute, dropped):
+        assert not isinstance(member, str)
+        member.state = MemberState.READY
+    assert liveness.overdue(roster.active(), 0.1) == []
+    dropped.disconnected(4.9)
+    later = liveness.lost_after + 2.0
+    # the coordinator was busy for seconds: nobody is silent for that, the drop still counts
+    assert liveness.overdue(roster.active(), later, caught_up=False) == [dropped]
+    roster.remove(dropped, lost=True)
+    talker.heard(later + 0.01)  # its heartbeats are read now
+    assert liveness.overdue(roster.active(), later + 0.05, caught_up=False) == []  # more unread
+    assert liveness.overdue(roster.active(), later + 0.1) == [mute]  # read up: only the mute one
+
+
 def test_a_barrier_passes_once_every_running_client_reached_it_or_a_later_one() -> None:
     barriers = Barriers()
     barriers.reach(10, 0)

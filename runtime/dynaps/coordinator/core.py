@@ -395,8 +395,9 @@ class Coordinator:
 
     # ------------------------------------------------------------------ failures
 
-    def tick(self) -> None:
-        """Periodic duties: detect lost nodes, take periodic checkpoints."""
+    def tick(self, caught_up: bool = True) -> None:
+        """Periodic duties: detect lost nodes, take periodic checkpoints.  ``caught_up``: the
+        inbox was read to its end before (else silence is not judged, see Liveness.overdue)."""
         now = self.clock()
         if self.phase == JobPhase.ADOPTING:
             if self.adoption.due(now):
@@ -416,7 +417,7 @@ class Coordinator:
                 else:
                     member.disconnected(now)
         waited = bool(self.liveness.waiting)
-        lost = self.liveness.overdue(self.roster.members.values(), now)  # unsorted: cheaper
+        lost = self.liveness.overdue(self.roster.members.values(), now, caught_up)  # unsorted: cheaper
         for member in lost:
             self.departures.lost(member)
         if lost or waited or self.liveness.waiting:

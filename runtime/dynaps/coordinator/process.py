@@ -32,6 +32,9 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: p
 # Messages handled in one turn of the loop before HTTP actions, the tick and signals: an
 # overloaded coordinator then slows down instead of never acting again.
 MESSAGES_PER_TURN = 2000
+# A tick this much later than due means the loop itself stalled: the heartbeats of that time
+# wait unread, so that tick judges no silence (dynaps.coordinator.liveness).
+STALL_SECONDS = 0.5
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -77,7 +80,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     announce(transport.address, http.port)
-    next_tick = 0.0
+    next_tick = time.monotonic()
     try:
         while coordinator.exit_code is None:
             if alone.is_set():
@@ -102,8 +105,9 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 coordinator.run_command(*actions.get_nowait())
             now = time.monotonic()
             if now >= next_tick:
+                stalled = now - next_tick > STALL_SECONDS
                 next_tick = now + TICK_SECONDS
-                coordinator.tick()
+                coordinator.tick(caught_up=handled < MESSAGES_PER_TURN and not stalled)
             if asked:
                 coordinator.publish_status(now)
                 reads.answer(asked)
