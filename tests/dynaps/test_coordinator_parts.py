@@ -12,7 +12,7 @@ from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
 from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
-from dynaps.coordinator.roster import MemberState, Roster
+from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.store.shardmap import shard_of
 from dynaps.wire.control import RecoverySource
 
@@ -122,9 +122,10 @@ def test_silence_is_not_judged_while_the_coordinator_is_behind_its_inbox_or_afte
     only when it read everything and did not stall before the look; drops count always."""
     liveness = Liveness.for_heartbeat(0.2)
     roster = Roster(3, 0, clock=lambda: 0.0)
-    talker, mute, dropped = (roster.admit("server", n, n, 0, None) for n in "abc")
+    members = [roster.admit("server", n, n, 0, None) for n in "abc"]
+    assert all(isinstance(m, Member) for m in members)
+    talker, mute, dropped = (m for m in members if isinstance(m, Member))
     for member in (talker, mute, dropped):
-        assert not isinstance(member, str)
         member.state = MemberState.READY
     assert liveness.overdue(roster.active(), 0.1) == []
     dropped.disconnected(4.9)
