@@ -486,3 +486,17 @@ class Cluster:
             for key in np.flatnonzero(homed):
                 owner = int(store.owner[key])
                 assert self.store(owner).loc[key] == owner, f"directory wrong for key {key}"
+
+
+def rebalanced_after_a_loss() -> Cluster:
+    """A replicated cluster (two losses allowed) whose workers pushed to every key, after the
+    first server's loss: its shards rebuilt from their backups, then rebalanced (a migration)."""
+    cluster = Cluster(replicated=True)
+    cluster.max_losses = 2
+    for worker in WORKERS:
+        cluster.start("push", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
+    cluster.kill(SERVERS[0], True)
+    cluster.settle(None)
+    assert cluster.coordinator.homes.rebalancer.completed == 1
+    return cluster

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynaps.wire.protocol import client_of
-from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
+from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster, rebalanced_after_a_loss
 
 OPS = st.one_of(
     st.tuples(
@@ -98,14 +98,7 @@ def test_a_retry_that_follows_its_key_to_a_new_owner_is_recognised_there() -> No
 
 
 def test_a_second_loss_after_the_rebalance_loses_no_update() -> None:
-    cluster = Cluster(replicated=True)
-    cluster.max_losses = 2
-    for worker in WORKERS:
-        cluster.start("push", worker, list(range(NUM_KEYS)))
-        cluster.settle(None)
-    cluster.kill(SERVERS[0], True)
-    cluster.settle(None)  # rebuilt from the backups, then rebalanced over the two left
-    assert cluster.coordinator.homes.rebalancer.completed == 1
+    cluster = rebalanced_after_a_loss()
     assert cluster.shard_map.backups is not None, "the rebalanced shards have no backups"
     cluster.kill(int(cluster.shard_map.homes[0]), True)
     cluster.settle(None)

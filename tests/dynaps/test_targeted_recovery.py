@@ -20,7 +20,7 @@ from dynaps.coordinator.holders import Holders
 from dynaps.wire import control
 from dynaps.wire.codec import decode, peek
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
-from tests.dynaps.simnet import NUM_KEYS, SERVERS, WORKERS, Cluster
+from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster, rebalanced_after_a_loss
 
 
 def spy_on_queries(cluster: Cluster) -> list[int]:
@@ -125,14 +125,7 @@ def test_a_rebuild_names_the_server_its_shard_migrated_away_from() -> None:
     (``Migrations.commit``), so the commit names the old home and a later rebuild of the
     shard asks it: here the first loss's rebalance moves shards, the second loss takes
     their new home."""
-    cluster = Cluster(replicated=True)
-    cluster.max_losses = 2
-    for worker in WORKERS:
-        cluster.start("push", worker, list(range(NUM_KEYS)))
-        cluster.settle(None)
-    cluster.kill(SERVERS[0], True)
-    cluster.settle(None)  # rebuilt from the backups, then rebalanced: a migration
-    assert cluster.coordinator.homes.rebalancer.completed == 1
+    cluster = rebalanced_after_a_loss()
     named = {
         shard: nodes - set(WORKERS)
         for shard, nodes in cluster.coordinator.homes.holders.nodes.items()

@@ -96,14 +96,19 @@ def test_a_bad_spin_budget_is_refused_by_name(raw: str) -> None:
         spin_seconds({SPIN_ENV: raw})
 
 
+def watch_connected(watcher: ZmqTransport, peers: list[ZmqTransport]) -> None:
+    """``watcher`` watches every peer, connected (a message went through to each)."""
+    for peer in peers:
+        watcher.connect(peer.endpoint, peer.address)
+        watcher.watch(peer.endpoint)
+        watcher.send(peer.endpoint, [b"hello"])
+        assert receive(peer) == [b"hello"]
+
+
 def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_never() -> None:
     watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
     try:
-        for peer in peers:
-            watcher.connect(peer.endpoint, peer.address)
-            watcher.watch(peer.endpoint)
-            watcher.send(peer.endpoint, [b"hello"])
-            assert receive(peer) == [b"hello"]  # connected
+        watch_connected(watcher, peers)
         assert watcher.disconnected() == []
         watcher.forget(4)
         peers[0].close()
@@ -172,11 +177,7 @@ def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one
     the watcher ever looked, and a second one after a first was reported, are both seen."""
     watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
     try:
-        for peer in peers:
-            watcher.connect(peer.endpoint, peer.address)
-            watcher.watch(peer.endpoint)
-            watcher.send(peer.endpoint, [b"hello"])
-            assert receive(peer) == [b"hello"]
+        watch_connected(watcher, peers)
         peers[1].close()  # before the first call to disconnected()
         assert dropped_within(watcher, 1) == [3]
         peers[0].close()
