@@ -14,6 +14,9 @@ API, so the same script measures an older tree), alternating trees for a compari
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --profile /tmp/prof   # + cProfile
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --ops   # 1 and 1000 keys, CPU us/call
 
+``--ops`` also times ``pull_one`` (with and without ``out``) and ``push_one`` where the
+tree has them (a Python int key, one row).
+
 ``--profile DIR`` runs every process under cProfile (``DYNAPS_PROFILE_DIR``) and prints
 the training processes' 25 most expensive functions by own time (slower: compare the
 functions with each other, not the times with an unprofiled run).
@@ -94,7 +97,8 @@ def cpu_per_call(fn: Callable[[], object], calls: int, batches: int = 9) -> floa
 
 
 def measure_ops(ps: Any) -> dict[str, float]:
-    """Local pulls and pushes of 1 and 1000 keys on MF's row shape (rank 50), rank 0 only."""
+    """Local pulls and pushes of 1 and 1000 keys on MF's row shape (rank 50), rank 0 only;
+    and the one-key calls with a Python int key where the tree has them."""
     if ps.rank != 0:
         return {}
     table = ps.table("rows")
@@ -108,8 +112,60 @@ def measure_ops(ps: Any) -> dict[str, float]:
         "local_pull_1000_cpu_us": cpu_per_call(lambda: table.pull(many), 500),
         "local_push_1000_cpu_us": cpu_per_call(lambda: table.push(many, rows), 500),
     }
+    if hasattr(table, "pull_one"):  # a tree with the one-key calls (Python int keys)
+        out, update = np.empty(table.dim, table.dtype), np.ones(table.dim, table.dtype)
+        figures["local_pull_one_cpu_us"] = cpu_per_call(lambda: table.pull_one(5), 20_000)
+        figures["local_pull_one_out_cpu_us"] = cpu_per_call(lambda: table.pull_one(5, out), 20_000)
+        figures["local_push_one_cpu_us"] = cpu_per_call(lambda: table.push_one(5, update), 20_000)
+        figures.update(step_parts(table, ps.table("cols")))
     assert ps.stats()["keys_pulled_remote"] == before, "a local figure touched remote keys"
     return figures
+
+
+def step_parts(rows: Any, cols: Any, n: int = 100_000) -> dict[str, float]:
+    """CPU microseconds per entry of MF's one-entry step (``mf._sgd_entries`` on ``n``
+    random local entries) and of its parts alone: the two pulls (into the rows of one
+    array), the two pushes, and MF's own arithmetic without the parameter server."""
+    rows.localize(np.arange(rows.num_keys))
+    cols.localize(np.arange(cols.num_keys))
+    rng = np.random.default_rng(2)
+    i, j = rng.integers(0, rows.num_keys, n), rng.integers(0, cols.num_keys, n)
+    v = rng.normal(size=n).astype(np.float32)
+    pairs = list(zip(i.tolist(), j.tolist(), v.tolist(), strict=True))
+    pair, both = np.zeros((2, rows.dim), rows.dtype), np.zeros((2, rows.dim), rows.dtype)
+    left, right = pair
+    coef = np.full((2, 2), 1e-4, dtype=np.float32)
+    off_diagonal = coef.reshape(-1)
+
+    def step() -> None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mf._sgd_entries(rows, cols, i, j, v, 0.01, -1e-4)
+
+    def pulls() -> None:
+        pull_row, pull_col = rows.pull_one, cols.pull_one
+        for r, c, _ in pairs:
+            pull_row(r, left)
+            pull_col(c, right)
+
+    def pushes() -> None:  # zero rows: the parameters stay as they are
+        push_row, push_col = rows.push_one, cols.push_one
+        row_step, col_step = both
+        for r, c, _ in pairs:
+            push_row(r, row_step)
+            push_col(c, col_step)
+
+    def arithmetic() -> None:  # _sgd_entries' own lines on fixed rows
+        dot, vdot = np.dot, np.vdot
+        squared = 0.0
+        for _, _, target in pairs:
+            error = float(vdot(left, right)) - target
+            squared += error * error
+            off_diagonal[1] = off_diagonal[2] = -1e-4 * error
+            dot(coef, pair, out=both)
+
+    parts = {"step": step, "two_pulls": pulls, "two_pushes": pushes, "arithmetic": arithmetic}
+    # one call per batch runs all ``n`` entries: microseconds per entry
+    return {f"entry_{name}_cpu_us": round(cpu_per_call(fn, 1, 3) / n, 3) for name, fn in parts.items()}
 
 
 def ops(config: mf.Config) -> dict[str, float]:
@@ -142,7 +198,8 @@ def main() -> int:
     parser.add_argument(
         "--ops",
         action="store_true",
-        help="instead of training: CPU microseconds per local pull and push of 1 and 1000 keys",
+        help="instead of training: CPU microseconds per local pull and push of 1 and 1000 keys "
+        "(and per pull_one/push_one where the tree has them)",
     )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="profile the run, keep the .prof files in DIR"

@@ -3,6 +3,7 @@ retries after a loss, and what a restarted coordinator is asked again."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from dynaps.client.table import Table
 from dynaps.contract import (
     Consistency,
     ConsistencyModel,
+    FaultTolerance,
     NamedTable,
     Partition,
     RuntimeConfig,
@@ -93,11 +95,27 @@ def membership(
 
 
 class Client:
-    def __init__(self, spec: NamedTable = SPEC) -> None:
-        self.store = TableStore.create(0, spec, shard_map(1, [1, 2]), home=None, shared=False)
-        self.transport = Recorder([self.store.layout])
+    """A training process's client on its own, its node's store in this process.
+
+    ``tolerance``: the job's fault tolerance (replication changes what a push does);
+    ``transport``: given the store's layouts, the transport (default: a Recorder)."""
+
+    def __init__(
+        self,
+        spec: NamedTable = SPEC,
+        tolerance: FaultTolerance | None = None,
+        transport: Callable[[list[TableLayout]], Recorder] = Recorder,
+    ) -> None:
+        tolerance = tolerance or FaultTolerance()
+        replicated = tolerance.replication > 0  # the node then tracks which keys changed
+        self.store = TableStore.create(
+            0, spec, shard_map(1, [1, 2]), home=None, shared=False, track_changes=replicated
+        )
+        self.transport = transport([self.store.layout])
         bsp = Consistency(model=ConsistencyModel.BSP)
-        config = RuntimeConfig(tables=[spec], servers=2, workers=1, consistency=bsp)
+        config = RuntimeConfig(
+            tables=[spec], servers=2, workers=1, consistency=bsp, fault_tolerance=tolerance
+        )
         control_block = np.zeros(1, dtype=np.uint8)
         self.requests = Requests(
             config,

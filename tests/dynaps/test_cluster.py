@@ -59,7 +59,8 @@ def test_no_update_is_lost_or_doubled_while_keys_move(cluster: dynaps.LocalClust
 
 
 def one_key_hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
-    """One key per pull and push (the per-entry path) while every worker localizes keys:
+    """One key per pull and push (the per-entry path: one-key arrays, and on every other
+    step ``pull_one``/``push_one`` with a Python int) while every worker localizes keys:
     each worker adds to its own column; a synchronous push is seen by the next pull."""
     rng = np.random.default_rng(seed + ps.rank)
     W = ps.table("W")
@@ -72,13 +73,17 @@ def one_key_hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
     for step in range(rounds):
         key = np.array([rng.integers(0, NUM_KEYS // 10)])  # a small range: keys are shared and move
         wait = step % 3 != 0
-        W.push(key, update, wait=wait)
+        if wait and step % 2:
+            W.push_one(int(key[0]), update[0])
+        else:
+            W.push(key, update, wait=wait)
         pushed[key] += 1
         if wait:
             synced[key] = pushed[key]
         if step % 8 == 1:
             W.localize(rng.integers(0, NUM_KEYS // 10, size=10), wait=step % 16 == 1)
-        seen = W.pull(key)[0, column] - start[key[0]]
+        row = W.pull_one(int(key[0])) if step % 2 else W.pull(key)[0]
+        seen = row[column] - start[key[0]]
         assert seen >= synced[key[0]], "a one-key pull missed this worker's acknowledged push"
     ps.wait_all()
     ps.barrier()

@@ -73,6 +73,16 @@ class ArrayTable:
         self.updater.apply(self.values, self.states, keys, rows)
         return None if wait else Done()
 
+    def pull_one(self, key: int, out: Array | None = None) -> Array:
+        row: Array = self.pull([key])[0]
+        if out is None:
+            return row
+        np.copyto(out, row, casting="same_kind")
+        return out
+
+    def push_one(self, key: int, update: Any) -> None:
+        self.push([key], update)
+
     def set(self, keys: Any, values: Any, *, wait: bool = True) -> Done | None:
         keys = self._keys(keys)
         self.values[keys] = np.asarray(values, dtype=self.dtype).reshape(len(keys), self.dim)

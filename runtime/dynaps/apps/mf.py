@@ -190,24 +190,30 @@ def _sgd_entries(rows: Any, cols: Any, i: Any, j: Any, v: Any, reg: float, step:
     """``_sgd_steps`` with one entry per step (``--batch 1``, Lapse's granularity).
 
     On rows of one entry numpy's fixed cost per call is all the cost, so this takes as few
-    calls as it can: both gradients come from one product,
-    ``[[step*reg, step*e], [step*e, step*reg]] @ [left; right]``, whose first row is the
-    row's ``step * (e * right + reg * left)`` and whose second is the column's.
+    calls as it can: keys go in as Python ints (``pull_one``/``push_one``), the row and the
+    column are pulled into the two rows of one array, and both gradients come from one
+    product, ``[[step*reg, step*e], [step*e, step*reg]] @ [left; right]``, whose first row
+    is the row's ``step * (e * right + reg * left)`` and whose second is the column's.
     """
     coef = np.full((2, 2), step * reg, dtype=np.float32)
     off_diagonal = coef.reshape(-1)  # a view: [1] and [2] are the off-diagonal entries
-    pull_row, pull_col, push_row, push_col = rows.pull, cols.pull, rows.push, cols.push
-    dot, vdot, concatenate = np.dot, np.vdot, np.concatenate
+    # the dtype the minibatch code computes in (float32 tables: float32)
+    dtype = np.result_type(rows.dtype, cols.dtype, coef.dtype)
+    pair, both = np.empty((2, rows.dim), dtype), np.empty((2, rows.dim), dtype)
+    left, right = pair  # views: pulls write into ``pair``
+    row_step, col_step = both  # views: the product writes into ``both``
+    pull_row, pull_col, push_row, push_col = rows.pull_one, cols.pull_one, rows.push_one, cols.push_one
+    dot, vdot = np.dot, np.vdot
     squared = 0.0
-    # rows of the (n, 1) views are one-key arrays; the targets as Python floats
-    for r, c, target in zip(i.reshape(-1, 1), j.reshape(-1, 1), v.tolist(), strict=True):
-        left, right = pull_row(r), pull_col(c)
+    for r, c, target in zip(i.tolist(), j.tolist(), v.tolist(), strict=True):
+        pull_row(r, left)
+        pull_col(c, right)
         error = float(vdot(left, right)) - target
         squared += error * error
         off_diagonal[1] = off_diagonal[2] = step * error
-        both = dot(coef, concatenate((left, right)))
-        push_row(r, both[:1])
-        push_col(c, both[1:])
+        dot(coef, pair, out=both)
+        push_row(r, row_step)
+        push_col(c, col_step)
     return squared
 
 

@@ -9,7 +9,8 @@ the replies into a :class:`~dynaps.client.handles.Handle`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+import operator
+from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +22,7 @@ from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
 from dynaps.contract import Allocation, TableCache
 from dynaps.errors import KeyRangeError, UsageError
-from dynaps.store import usage
+from dynaps.store import updaters, usage
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
@@ -54,6 +55,9 @@ class Table:
         self.num_keys = store.spec.num_keys
         self.dim = store.spec.dim
         self.dtype: np.dtype[Any] = store.layout.dtype
+        self._row_shape = (self.dim,)  # what pull_one's ``out`` and push_one's row must be
+        # the owners array (the store keeps it for its life) read without a numpy scalar
+        self._owner_of = store.loc.data
 
     def __repr__(self) -> str:
         return f"<Table {self.name!r} num_keys={self.num_keys} dim={self.dim} dtype={self.dtype}>"
@@ -108,6 +112,32 @@ class Table:
                     f"for {n} keys, got {array.shape}"
                 )
         return array
+
+    def _one_key(self, key: Any) -> Keys:
+        """``pull_one``'s or ``push_one``'s key, checked, as a one-key array."""
+        if isinstance(key, bool | np.bool_):
+            raise UsageError(f"a key for table {self.name!r} must be an integer, got {key!r}")
+        try:
+            index = operator.index(key)
+        except TypeError:
+            raise UsageError(
+                f"a key for table {self.name!r} must be one integer, got {type(key).__name__} {key!r}"
+            ) from None
+        if not 0 <= index < self.num_keys:
+            raise KeyRangeError(f"key {index} is outside table {self.name!r}'s range [0, {self.num_keys})")
+        return np.array([index], dtype=np.int64)
+
+    def _check_out(self, out: Any) -> None:
+        if type(out) is not np.ndarray or out.shape != self._row_shape:
+            shape = getattr(out, "shape", type(out).__name__)
+            raise UsageError(
+                f"out for table {self.name!r} must be an array of shape ({self.dim},), got {shape}"
+            )
+        if not np.can_cast(self.dtype, out.dtype, "same_kind") or not out.flags.writeable:
+            raise UsageError(
+                f"out for table {self.name!r} must be a writeable array of a dtype {self.dtype} "
+                f"converts to, got a {'' if out.flags.writeable else 'read-only '}{out.dtype} array"
+            )
 
     # -------------------------------------------------------------- operations
 
@@ -240,6 +270,86 @@ class Table:
     def set(self, keys: Any, values: Any, *, wait: bool = True) -> Handle | None:
         """Assign ``values`` (n, dim) to ``keys``; if a key repeats, one of its rows wins."""
         return self._update(MsgType.SET, keys, values, wait)
+
+    # One key per call (Lapse's granularity): a call's fixed cost is all its cost, so a key
+    # given as a Python int, owned here, skips the one-key array, the argument conversions
+    # and the (1, dim) row. Anything else (a key elsewhere or on its way here, hot keys,
+    # write-through, a draining node, another dtype or shape) takes the general path.
+
+    def pull_one(self, key: SupportsIndex, out: Array | None = None) -> Array:
+        """The value of one ``key``, a ``(dim,)`` row: ``pull([key])[0]``, synchronous.
+
+        With ``out`` (a writeable ``(dim,)`` array) the row is written there and ``out`` is
+        returned: a loop can pull into rows of one preallocated array.
+        """
+        if (
+            type(key) is int
+            and 0 <= key < self.num_keys
+            and (
+                out is None
+                or (type(out) is np.ndarray and out.dtype is self.dtype and out.shape == self._row_shape)
+            )
+            and not self._control[0]
+            and self._hot is None
+        ):
+            store, lock = self._store, self._lock
+            lock.acquire()
+            try:
+                here = self._owner_of[key] == self._node
+                if here:
+                    if out is None:
+                        row: Array = store.values[key].copy()
+                    else:
+                        row = out
+                        try:
+                            out[...] = store.values[key]  # of out's shape and dtype: a plain copy
+                        except ValueError:  # ``out`` is read-only: the general path says so
+                            here = False
+            finally:
+                lock.release()
+            if here:
+                counters = self._usage
+                counters[usage.PULLS] += 1
+                counters[usage.PULLED_LOCAL] += 1
+                return row
+        keys = self._one_key(key)
+        if out is not None:
+            self._check_out(out)
+        pulled: Array = self.pull(keys)[0]
+        if out is None:
+            return pulled
+        np.copyto(out, pulled, casting="same_kind")
+        return out
+
+    def push_one(self, key: SupportsIndex, update: Any) -> None:
+        """Apply ``update``, one ``(dim,)`` row, to one ``key`` with the table's updater:
+        ``push([key], [update])``, synchronous."""
+        if (
+            type(key) is int
+            and 0 <= key < self.num_keys
+            and type(update) is np.ndarray
+            and update.dtype is self.dtype
+            and update.shape == self._row_shape
+            and not self._control[0]
+            and self._hot is None
+            and not self._write_through
+        ):
+            store, lock = self._store, self._lock
+            lock.acquire()
+            try:
+                here = self._owner_of[key] == self._node
+                if here:
+                    updaters.apply_one(store.updater, store.values, store.states, key, update)
+                    if store.dirty is not None:
+                        store.dirty[key] = 1  # replication: our node writes it back
+            finally:
+                lock.release()
+            if here:
+                counters = self._usage
+                counters[usage.PUSHES] += 1
+                counters[usage.PUSHED_LOCAL] += 1
+                return
+        self._update(MsgType.PUSH, self._one_key(key), update, True)
 
     def _update(self, kind: MsgType, keys: Any, rows: Any, wait: bool) -> Handle | None:
         what = "updates" if kind is MsgType.PUSH else "values"

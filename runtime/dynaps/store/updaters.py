@@ -173,6 +173,20 @@ class MomentumUpdater:
         values[keys] -= self.lr * step
 
 
+def apply_one(updater: Updater, values: Array, states: tuple[Array, ...], key: int, update: Array) -> None:
+    """``updater.apply`` for one key, given as a Python int, and its ``(dim,)`` row.
+
+    The default updater adds through a view of the row (what ``scatter_add`` does for one
+    key, without building a one-key array); any other gets a one-key array and a (1, dim)
+    view of the row, so it takes exactly its usual steps.
+    """
+    if type(updater) is AddUpdater:
+        row = values[key]
+        row += update
+    else:
+        updater.apply(values, states, np.array([key], dtype=np.int64), update.reshape(1, -1))
+
+
 CustomFactory = Callable[[UpdaterSpec], Updater]
 _CUSTOM: dict[str, CustomFactory] = {}
 
