@@ -1,14 +1,14 @@
 """Authenticating every ZeroMQ message of a job: a MAC trailer and a replay check.
 
-Every message a :class:`~dynaps.wire.transport.ZmqTransport` sends ends with a trailer of
-:data:`TRAILER_SIZE` bytes::
+Every message a :class:`~dynaps.wire.transport.ZmqTransport` sends carries a trailer of
+:data:`TRAILER_SIZE` bytes at the end of its first frame::
 
     sender i16 | dest i16 | frames u16 | salt u16 | seq u64 | tag (16 bytes)
 
-appended to the last frame when that is small bytes (most requests and replies are one
-such frame: a frame more cost 6 us per round trip, :data:`INLINE_BYTES`), else sent as
-one more frame (a large array goes without a copy); ``frames`` (the message's own frame
-count) tells the receiver which.
+The first frame is a header, or the whole of a small message (most requests and replies
+are one frame); the frames after it, large arrays, go without a copy, and no message
+pays for a frame of its own for the trailer (a frame more cost 6 us per round trip).
+``frames`` is the message's frame count.
 
 ``tag`` is a MAC keyed with the job's wire key (:func:`dynaps.contract.secret.wire_key`)
 over the lengths of every frame but the last, the frames themselves (header and payload)
@@ -62,7 +62,6 @@ TAG_SIZE = 16
 TRAILER_SIZE = META.size + TAG_SIZE
 MAX_FRAMES = 0xFFFF
 SMALL_BYTES = 4096  # up to this many bytes in all: keyed BLAKE2b, above: GMAC
-INLINE_BYTES = 16384  # a last frame of bytes up to this size carries the trailer (one copy)
 ANONYMOUS_SEEN = 4096  # sequence numbers remembered for senders without an id yet
 SENDER_FIELD = struct.Struct("<h")  # the sender field of the protocol header (dynaps.wire.protocol)
 SENDER_FIELD_END = 8  # ... ends here
@@ -96,8 +95,8 @@ class Authenticator:
 
     def _tag(self, meta: bytes, frames: Sequence[Any], sizes: Sequence[int]) -> bytes:
         # What is signed: the lengths of all frames but the last, the frames, the trailer's
-        # first bytes. It ends with the last frame and the trailer, so a message of one small
-        # frame is signed and checked in one pass over what the wire carries (see sign).
+        # first bytes: for a message of one frame that is what the wire carries before the
+        # tag, so a small one is signed and checked in one pass (see sign).
         lengths = _lengths(sizes[:-1])
         if sum(sizes) <= SMALL_BYTES:
             small = self._small.copy()
@@ -111,58 +110,43 @@ class Authenticator:
         return self._gmac.encrypt(nonce, b"", b"".join([lengths, *frames, meta]))
 
     def sign(self, sender: int, dest: int, frames: Sequence[Any]) -> list[Any]:
-        """``frames`` with the trailer appended: to a small last frame of bytes, else as a
-        frame of its own (the frames themselves are then not copied)."""
+        """``frames`` with the trailer appended to the first (a header, or the whole of a
+        small message): the others, large arrays among them, go as they are, without a copy."""
         self._seq += 1
-        if len(frames) == 1:
-            only = frames[0]
-            if type(only) is bytes and len(only) <= SMALL_BYTES:
-                # most requests and replies: what is signed is what the wire carries before the
-                # tag, so it is hashed in one call (a third of the general path's time)
-                signed = only + META.pack(sender, dest, 1, self._salt, self._seq)
-                small = self._small.copy()
-                small.update(signed)
-                return [signed + small.digest()]
-        if len(frames) > MAX_FRAMES:
+        first = frames[0] if frames else None
+        if type(first) is bytes and len(frames) == 1 and len(first) <= SMALL_BYTES:
+            # most requests and replies: what is signed is what the wire carries before the
+            # tag, so it is hashed in one call (half the general path's time)
+            signed = first + META.pack(sender, dest, 1, self._salt, self._seq)
+            small = self._small.copy()
+            small.update(signed)
+            return [signed + small.digest()]
+        if first is None or len(frames) > MAX_FRAMES:
             raise ValueError(f"a message of {len(frames)} frames")
         meta = META.pack(sender, dest, len(frames), self._salt, self._seq)
         tag = self._tag(meta, frames, [_size(f) for f in frames])
-        last = frames[-1] if frames else None
-        if isinstance(last, bytes) and len(last) <= INLINE_BYTES:
-            return [*frames[:-1], last + meta + tag]
-        return [*frames, meta + tag]
+        head = first if isinstance(first, bytes) else bytes(memoryview(first))
+        return [head + meta + tag, *frames[1:]]
 
     def verify(self, me: int, frames: list[Any]) -> list[Any]:
         """The frames without the trailer, if it proves they come from the job unchanged,
         for ``me`` and not seen before; raises ProtocolError otherwise."""
-        if len(frames) == 1:
-            only = frames[0]
-            size = len(only) - TRAILER_SIZE
-            if 0 <= size <= SMALL_BYTES:
-                sender, dest, count, _salt, seq = META.unpack_from(only, size)
-                if count == 1:  # the one-pass form sign() gives a small message of one frame
-                    small = self._small.copy()
-                    small.update(only[:-TAG_SIZE])  # a copy of under 4 KB beats a memoryview
-                    if not hmac.compare_digest(small.digest(), only[-TAG_SIZE:]):
-                        raise ProtocolError("message fails authentication (not from this job, or changed)")
-                    body = [only[:size]]
-                    self._admit(me, body[0], sender, dest, seq)
-                    return body
-        if not frames or len(frames[-1]) < TRAILER_SIZE:
+        first = frames[0] if frames else b""
+        size = len(first) - TRAILER_SIZE
+        if size < 0:
             raise ProtocolError("message without an authentication trailer")
-        last = frames[-1]
-        meta = bytes(last[-TRAILER_SIZE:-TAG_SIZE])
-        sender, dest, count, _salt, seq = META.unpack(meta)
-        if count == len(frames) - 1 and len(last) == TRAILER_SIZE:
-            body = frames[:-1]  # a frame of its own
-        elif count == len(frames):
-            body = [*frames[:-1], last[:-TRAILER_SIZE]]  # at the end of the last frame
-        else:
+        sender, dest, count, _salt, seq = META.unpack_from(first, size)
+        if count != len(frames):
             raise ProtocolError("authentication trailer counts other frames")
-        if not body:
-            raise ProtocolError("message without a frame")
-        tag = self._tag(meta, body, [len(f) for f in body])
-        if not hmac.compare_digest(tag, bytes(last[-TAG_SIZE:])):
+        if count == 1 and size <= SMALL_BYTES:  # the one-pass form of a small message
+            small = self._small.copy()
+            small.update(first[:-TAG_SIZE])  # a copy of under 4 KB beats a memoryview
+            tag = small.digest()
+            body = [first[:size]]
+        else:
+            body = [first[:size], *frames[1:]]
+            tag = self._tag(first[size:-TAG_SIZE], body, [len(f) for f in body])
+        if not hmac.compare_digest(tag, first[-TAG_SIZE:]):
             raise ProtocolError("message fails authentication (not from this job, or changed)")
         self._admit(me, body[0], sender, dest, seq)
         return body
