@@ -1,8 +1,8 @@
 """What authenticating every message costs on the wire: no authentication, dynaps' MAC
 trailer (dynaps/wire/auth.py) and ZeroMQ CURVE, in one run.
 
-Two processes play a pull over PUSH/PULL sockets on 127.0.0.1: a request (60-byte header
-and 800 bytes of keys) and a reply that is a bare header ("1 key") or a header and 40,000
+Two processes play a pull over PUSH/PULL sockets on 127.0.0.1: a request (a 60-byte header
+and 800 bytes of keys in one frame) and a reply that is a bare header ("1 key") or a header and 40,000
 bytes of rows ("100 keys", dim 100 float32), with both ends spinning briefly before they
 block, as dynaps' processes do.  Each variant runs ``--rounds`` times, interleaved with the
 others, and reports the median round trip (wall) and the CPU seconds of both processes
@@ -102,7 +102,7 @@ def round_trip(variant: str, reply_bytes: int, count: int) -> tuple[float, float
     try:
         outbox.connect(f"tcp://127.0.0.1:{mine.recv()}")
         sign, verify = _codec(variant, 1, 2)
-        request = [_header(1), bytes(800)]
+        request = [_header(1) + bytes(800)]  # one frame, as dynaps.wire.messages.request_frames
         for _ in range(200):  # connect, handshake, warm up
             outbox.send_multipart(sign(request))
             verify(_recv(inbox))
