@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -206,6 +207,12 @@ def own_and_count(ps: dynaps.PS, progress: str) -> None:
         os.write(fd, f"{rounds} {time.monotonic()}\n".encode())
 
 
+def _pushing_for(progress: Path) -> float:
+    """Seconds between the first and the last round logged in ``progress``."""
+    times = [float(f[1]) for f in (line.split() for line in progress.read_text().splitlines()) if len(f) == 2]
+    return times[-1] - times[0] if times else 0.0
+
+
 @pytest.mark.parametrize("flush_ms", [50, 300])
 def test_a_killed_worker_loses_at_most_its_last_flush_interval(tmp_path, flush_ms: int) -> None:  # type: ignore[no-untyped-def]
     progress = tmp_path / "progress"
@@ -213,8 +220,11 @@ def test_a_killed_worker_loses_at_most_its_last_flush_interval(tmp_path, flush_m
         servers=2, workers=2, tables=TABLES, replication=1, flush_interval_ms=flush_ms
     ) as cluster:
         cluster.submit(own_and_count, str(progress))
+        # pushing for several flush intervals: a worker that never wrote back would lose all
+        # of them, more than the last interval
+        pushing = 3 * flush_ms / 1000 + 1.5
         deadline = time.monotonic() + 30
-        while not progress.exists() or len(progress.read_text().splitlines()) < 200:
+        while not progress.exists() or _pushing_for(progress) < pushing:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         cluster.kill("worker-1")
@@ -223,9 +233,11 @@ def test_a_killed_worker_loses_at_most_its_last_flush_interval(tmp_path, flush_m
         acknowledged = int(lines[-1][0])
         values = cluster.run(read_all)[0][:50]
         assert (values == values[0]).all(), "the keys are restored from one write-back"
+        assert values[0] > 0, "nothing was written back"
         lost_rounds = acknowledged - int(values[0])
         assert lost_rounds >= 0, "nothing is applied twice"
         # the rounds acknowledged in the last flush interval before the kill may be lost
         window = [float(t) for n, t in lines if int(n) > int(values[0])]
         lost_seconds = (killed_at - min(window)) if window else 0.0
-        assert lost_seconds <= flush_ms / 1000 + 0.25, (lost_rounds, lost_seconds)
+        # + delivery: the last write-back may still be on its way (0.5 s: a loaded machine)
+        assert lost_seconds <= flush_ms / 1000 + 0.5, (lost_rounds, lost_seconds)

@@ -81,13 +81,20 @@ class TableStore:
             arrays = [np.zeros(s, dtype=layout.dtype) for s in shapes]
             arrays.append(np.zeros(spec.num_keys, dtype=np.int16))
         loc = arrays[-1]
+        dirty = None
+        if track_changes:  # replication: the node writes back what its training process changed
+            if shared:
+                segments.append(Segment.create(f"{spec.name}.dirty", (spec.num_keys,), np.dtype(np.uint8)))
+                dirty = segments[-1].array
+            else:
+                dirty = np.zeros(spec.num_keys, dtype=np.uint8)
         for first in range(0, spec.num_keys, INIT_CHUNK):
             chunk = np.arange(first, min(first + INIT_CHUNK, spec.num_keys), dtype=np.int64)
             loc[first : first + len(chunk)] = shard_map.home_of(chunk, spec.num_keys)
         owner = loc.copy() if home is not None else None
         moving = np.full(spec.num_keys, NOT_MOVING, dtype=np.int16) if home is not None else None
         store = cls(
-            index, spec, layout, arrays[0], tuple(arrays[1:-1]), loc, owner, moving, updater, segments
+            index, spec, layout, arrays[0], tuple(arrays[1:-1]), loc, owner, moving, updater, segments, dirty
         )
         if home is not None:
             store.initialise_home_values(home)
@@ -95,15 +102,34 @@ class TableStore:
 
     @classmethod
     def attach(cls, index: int, spec: NamedTable, fds: list[int]) -> TableStore:
-        """The client's view of a worker node's shared store (fds as :meth:`fds` lists them)."""
+        """The client's view of a worker node's shared store (fds as :meth:`fds` lists them:
+        values, states, owners, and the changed-keys marks when the job replicates)."""
         updater = make_updater(spec.updater)
         layout = layout_of(spec, updater.num_states)
+        arrays_count = 1 + updater.num_states
+        if len(fds) not in (arrays_count + 1, arrays_count + 2):
+            expected = f"{arrays_count + 1} or {arrays_count + 2}"
+            raise ValueError(f"table {spec.name!r}: {len(fds)} shared segments, not {expected}")
         shape = (spec.num_keys, spec.dim)
-        segments = [Segment.from_fd(fd, shape, layout.dtype) for fd in fds[:-1]]
-        segments.append(Segment.from_fd(fds[-1], (spec.num_keys,), np.dtype(np.int16)))
+        segments = [Segment.from_fd(fd, shape, layout.dtype) for fd in fds[:arrays_count]]
+        segments.append(Segment.from_fd(fds[arrays_count], (spec.num_keys,), np.dtype(np.int16)))
+        dirty = None
+        if len(fds) == arrays_count + 2:
+            segments.append(Segment.from_fd(fds[-1], (spec.num_keys,), np.dtype(np.uint8)))
+            dirty = segments[-1].array
         arrays = [seg.array for seg in segments]
         return cls(
-            index, spec, layout, arrays[0], tuple(arrays[1:-1]), arrays[-1], None, None, updater, segments
+            index,
+            spec,
+            layout,
+            arrays[0],
+            tuple(arrays[1:arrays_count]),
+            arrays[arrays_count],
+            None,
+            None,
+            updater,
+            segments,
+            dirty,
         )
 
     def fds(self) -> list[int]:
