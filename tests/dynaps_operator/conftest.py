@@ -212,6 +212,22 @@ def wait_phase(kube_api: KubeClient, namespace: str, name: str, phases: set[str]
         raise AssertionError(f"{exc}; last status: {yaml.safe_dump(last[0].get('status'))}") from None
 
 
+def wait_succeeded(kube_api: KubeClient, namespace: str, name: str, timeout: float) -> JsonDict:
+    """The job once it has finished, which must be Succeeded; else the failure names what
+    the status, the job's Events and its pods' containers say (the pods may go soon after)."""
+    done = wait_phase(kube_api, namespace, name, {"Succeeded", "Failed"}, timeout)
+    if done["status"]["phase"] == "Succeeded":
+        return done
+    events = [f"{e['type']} {e['reason']}: {e.get('message')}" for e in events_of(kube_api, namespace, name)]
+    containers = {
+        pod["metadata"]["name"]: [c.get("state") for c in pod.get("status", {}).get("containerStatuses", [])]
+        for pod in pods_of(kube_api, namespace, name)
+    }
+    raise AssertionError(
+        f"job {name} failed: {yaml.safe_dump(done['status'])}events: {events}\ncontainers: {containers}"
+    )
+
+
 def pods_of(kube_api: KubeClient, namespace: str, job: str) -> list[JsonDict]:
     return kube_api.items(namespaced("pods", namespace), labelSelector=f"dynaps.io/job={job}")
 

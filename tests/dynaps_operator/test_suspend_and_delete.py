@@ -18,6 +18,7 @@ from tests.dynaps_operator.conftest import (
     pods_of,
     quickstart_job,
     wait_phase,
+    wait_succeeded,
 )
 from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import ApiError, KubeClient, namespaced
@@ -103,7 +104,7 @@ def test_resume_restores_the_checkpoint_taken_when_suspended(
         kube_api.get(namespaced("configmaps", ns, "ckpt-config"))["data"]["config.json"]
     )
     assert config.fault_tolerance.checkpoint.restore_from == checkpoint["path"]
-    assert wait_phase(kube_api, ns, "ckpt", {"Succeeded", "Failed"}, 180)["status"]["phase"] == "Succeeded"
+    wait_succeeded(kube_api, ns, "ckpt", 180)
 
 
 @pytest.mark.e2e
@@ -116,7 +117,7 @@ def test_a_job_created_suspended_starts_only_when_resumed(
     assert condition_of(job, "Suspended")["reason"] == "JobSuspended"
     assert pods_of(kube_api, ns, "later") == []
     suspend(kube_api, ns, "later", False)
-    assert wait_phase(kube_api, ns, "later", {"Succeeded", "Failed"}, 120)["status"]["phase"] == "Succeeded"
+    wait_succeeded(kube_api, ns, "later", 120)
 
 
 @pytest.mark.e2e
@@ -140,7 +141,7 @@ def test_clean_pod_policy_all_and_ttl_after_finished(
     ns = kube_namespace
     job = quickstart_job("ttl", runPolicy={"cleanPodPolicy": "All", "ttlSecondsAfterFinished": 4})
     create_job(kube_api, ns, job)
-    assert wait_phase(kube_api, ns, "ttl", {"Succeeded", "Failed"}, 120)["status"]["phase"] == "Succeeded"
+    wait_succeeded(kube_api, ns, "ttl", 120)
     wait_for(lambda: not pods_of(kube_api, ns, "ttl"), 30, "cleanPodPolicy All to delete every pod")
     assert not gone(kube_api, jobs_path(ns, "ttl"))  # still there: the TTL has not passed yet
     wait_for(lambda: gone(kube_api, jobs_path(ns, "ttl")), 30, "the TTL to delete the finished job")
