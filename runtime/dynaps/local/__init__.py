@@ -1,1 +1,1 @@
-"""Running a job on one machine: LocalCluster and the process launcher."""
+"""Running a job on one machine: LocalCluster, its runners, the process launcher."""

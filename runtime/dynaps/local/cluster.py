@@ -1,11 +1,9 @@
 """``dynaps.LocalCluster``: a whole job on this machine, for tests, notebooks and benchmarks.
 
 It starts the same processes a pod would run (coordinator, servers, worker nodes) on
-127.0.0.1, plus one long-lived *runner* per worker: a training process attached to its
-worker node that executes the functions given to :meth:`LocalCluster.run`.  Runners live
-as long as their worker, so consecutive runs reuse warm processes and keep the keys they
-localized.  Functions and results travel to runners over local pipes (pickle, never over
-the network), so ``fn`` must be importable (defined at module level).
+127.0.0.1, plus one long-lived *runner* per worker (:mod:`dynaps.local.runners`): a training
+process attached to its worker node that executes the functions given to
+:meth:`LocalCluster.run`, so ``fn`` must be importable (defined at module level).
 
 The cluster changes live, through the same paths the operator uses: :meth:`scale` adds
 or drains nodes, :meth:`stop` sends SIGTERM (a graceful drain), :meth:`kill` SIGKILL (a
@@ -16,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
 import shutil
@@ -25,14 +21,11 @@ import signal
 import subprocess
 import tempfile
 import time
-import traceback
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
-from dynaps import profiling
 from dynaps.contract import (
     Allocation,
     CheckpointSpec,
@@ -47,102 +40,8 @@ from dynaps.contract import (
     secret,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
+from dynaps.local import runners
 from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
-
-_SPAWN = multiprocessing.get_context("spawn")
-Connection = multiprocessing.connection.Connection
-
-
-def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) -> None:
-    """A runner: attach to the worker node, then run functions until told to stop."""
-    from dynaps.client import ps as client_ps
-    from dynaps.config import setup_logging
-
-    # through the pipe, not the command line: other users can read a command line
-    os.environ[secret.HEX_ENV] = job_secret
-    setup_logging(log_level)
-    try:
-        ps = client_ps.PS.attach(token)
-    except Exception as exc:  # report, do not hang the parent
-        conn.send(("error", f"runner could not join the job: {exc}"))
-        return
-    client_ps._CURRENT = ps  # dynaps.connect() inside fn returns this connection
-    conn.send(("ready", ps.rank))
-    try:
-        profiling.profiled(f"runner-{ps.rank}", lambda: _run_calls(ps, conn))
-    finally:
-        ps.close()
-
-
-def _run_calls(ps: Any, conn: Connection) -> None:
-    """A runner's loop: run each function sent down the pipe and send back what it returned."""
-    while not ps.control[0]:  # our node drains: this training process ends
-        try:
-            item = conn.recv()
-        except EOFError:
-            return
-        if item is None:
-            return
-        fn, args = item
-        try:
-            conn.send(("ok", fn(ps, *args)))
-        except BaseException as exc:
-            conn.send(("error", "".join(traceback.format_exception(exc))))
-
-
-@dataclass
-class _Worker:
-    name: str
-    node: Process
-    runner: Any  # multiprocessing.Process
-    conn: Connection
-    rank: int = -1
-
-
-class Job:
-    """A function running in every worker; ``result()`` returns their results by rank."""
-
-    def __init__(self, name: str, conns: dict[int, Connection]) -> None:
-        self._name = name
-        self._conns = conns
-        self._results: dict[int, Any] = {}
-        self._errors: dict[int, str] = {}
-
-    def done(self) -> bool:
-        self._collect(0.0)
-        return len(self._results) + len(self._errors) == len(self._conns)
-
-    def result(self, timeout: float | None = None) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
-            if deadline is not None and time.monotonic() > deadline:
-                raise DynapsTimeoutError(f"{self._name} did not finish within {timeout} s")
-            self._collect(0.2)
-        if self._errors:
-            rank, text = min(self._errors.items())
-            raise ClusterError(f"{self._name} failed on worker rank {rank}:\n{text}")
-        return [self._results[rank] for rank in sorted(self._results)]
-
-    def _collect(self, timeout: float) -> None:
-        pending = {
-            conn: rank
-            for rank, conn in self._conns.items()
-            if rank not in self._results and rank not in self._errors
-        }
-        if not pending:
-            return
-        for ready in multiprocessing.connection.wait(list(pending), timeout):
-            conn = cast(Connection, ready)
-            rank = pending[conn]
-            try:
-                status, value = conn.recv()
-            except (EOFError, OSError):
-                self._errors[rank] = "the worker process died"
-                continue
-            if status == "ok":
-                self._results[rank] = value
-            else:
-                self._errors[rank] = value
 
 
 class LocalCluster:
@@ -197,9 +96,9 @@ class LocalCluster:
         self._secret = secret.new_secret()  # this job's own: signs its messages, proves an attach
         self.startup_timeout = startup_timeout
         self.processes: dict[str, Process] = {}
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, runners.Worker] = {}
         self._next = {"server": servers, "worker": workers}
-        self._job: Job | None = None
+        self._job: runners.Job | None = None
         self.http_port = 0
         self.closed = False
         try:
@@ -223,41 +122,25 @@ class LocalCluster:
         for i in range(servers):
             self._start_server(f"server-{i}")
         started = [self._start_worker(f"worker-{i}", i) for i in range(workers)]
-        self._await_runners(started)
+        runners.await_runners(started, self.startup_timeout)
 
     def _start_server(self, name: str) -> None:
         self.processes[name] = start_node("server", self.config, name, extra_env=self._env())
 
-    def _start_worker(self, name: str, rank: int | None) -> _Worker:
+    def _start_worker(self, name: str, rank: int | None) -> runners.Worker:
         token = secrets.token_hex(8)
         node = start_node("worker", self.config, name, attach_token=token, rank=rank, extra_env=self._env())
         self.processes[name] = node
-        parent, child = _SPAWN.Pipe()
-        runner = _SPAWN.Process(
-            target=_runner_main, args=(token, child, self.log_level, secret.encode(self._secret)), daemon=True
-        )
-        runner.start()
-        child.close()
-        worker = _Worker(name, node, runner, parent)
+        worker = runners.start_runner(name, node, token, self.log_level, secret.encode(self._secret))
         self._workers[name] = worker
         return worker
 
-    def _await_runners(self, workers: list[_Worker]) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        for worker in workers:
-            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-                raise ClusterError(f"{worker.name} did not join within {self.startup_timeout} s")
-            status, value = worker.conn.recv()
-            if status != "ready":
-                raise ClusterError(str(value))
-            worker.rank = int(value)
-
     # ------------------------------------------------------------------ running code
 
-    def _live_workers(self) -> list[_Worker]:
+    def _live_workers(self) -> list[runners.Worker]:
         return [w for w in self._workers.values() if w.rank >= 0 and w.runner.is_alive()]
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Job:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> runners.Job:
         """Start ``fn(ps, *args)`` in every worker; returns at once."""
         if self.closed:
             raise ClusterError("the cluster is closed")
@@ -268,7 +151,7 @@ class LocalCluster:
         for worker in self._live_workers():
             worker.conn.send((fn, args))
             conns[worker.rank] = worker.conn
-        self._job = Job(name, conns)
+        self._job = runners.Job(name, conns)
         return self._job
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> list[Any]:
@@ -291,7 +174,7 @@ class LocalCluster:
             for _ in range(workers - len(self._live_workers())):
                 new_workers.append(self._start_worker(f"worker-{self._take('worker')}", None))
         self._post("scale", {k: v for k, v in (("servers", servers), ("workers", workers)) if v is not None})
-        self._await_runners(new_workers)
+        runners.await_runners(new_workers, self.startup_timeout)
         if workers is not None and self._job is None:
             # surplus workers drain: idle runners are told to end now
             for worker in sorted(self._live_workers(), key=lambda w: w.rank)[workers:]:
@@ -385,7 +268,7 @@ class LocalCluster:
             return
         previous = self._workers.get(name)
         worker = self._start_worker(name, previous.rank if previous else None)
-        self._await_runners([worker])
+        runners.await_runners([worker], self.startup_timeout)
 
     def _process(self, name: str) -> Process:
         proc = self.processes.get(name)

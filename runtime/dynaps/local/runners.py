@@ -1,0 +1,142 @@
+"""A LocalCluster's runners: the training processes that run the functions given to ``run``.
+
+One runner per worker node, attached to it, lives as long as its worker, so consecutive runs
+reuse warm processes and keep the keys they localized.  Functions and results travel to
+runners over local pipes (pickle, never over the network), so ``fn`` must be importable
+(defined at module level).  :class:`Job` is the caller's handle on one function running in
+every runner.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, cast
+
+from dynaps import profiling
+from dynaps.contract import secret
+from dynaps.errors import ClusterError, DynapsTimeoutError
+from dynaps.local.launch import Process
+
+_SPAWN = multiprocessing.get_context("spawn")
+Connection = multiprocessing.connection.Connection
+
+
+def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) -> None:
+    """A runner: attach to the worker node, then run functions until told to stop."""
+    from dynaps.client import ps as client_ps
+    from dynaps.config import setup_logging
+
+    # through the pipe, not the command line: other users can read a command line
+    os.environ[secret.HEX_ENV] = job_secret
+    setup_logging(log_level)
+    try:
+        ps = client_ps.PS.attach(token)
+    except Exception as exc:  # report, do not hang the parent
+        conn.send(("error", f"runner could not join the job: {exc}"))
+        return
+    client_ps._CURRENT = ps  # dynaps.connect() inside fn returns this connection
+    conn.send(("ready", ps.rank))
+    try:
+        profiling.profiled(f"runner-{ps.rank}", lambda: _run_calls(ps, conn))
+    finally:
+        ps.close()
+
+
+def _run_calls(ps: Any, conn: Connection) -> None:
+    """A runner's loop: run each function sent down the pipe and send back what it returned."""
+    while not ps.control[0]:  # our node drains: this training process ends
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        fn, args = item
+        try:
+            conn.send(("ok", fn(ps, *args)))
+        except BaseException as exc:
+            conn.send(("error", "".join(traceback.format_exception(exc))))
+
+
+@dataclass
+class Worker:
+    """A worker node and the runner attached to it (``rank`` once the runner joined)."""
+
+    name: str
+    node: Process
+    runner: Any  # multiprocessing.Process
+    conn: Connection
+    rank: int = -1
+
+
+def start_runner(name: str, node: Process, token: str, log_level: str, job_secret: str) -> Worker:
+    """Start the runner of worker node ``node`` (it attaches with ``token``); it joins in the
+    background: :func:`await_runners` waits for it."""
+    parent, child = _SPAWN.Pipe()
+    runner = _SPAWN.Process(target=_runner_main, args=(token, child, log_level, job_secret), daemon=True)
+    runner.start()
+    child.close()
+    return Worker(name, node, runner, parent)
+
+
+def await_runners(workers: list[Worker], timeout: float) -> None:
+    """Wait until each runner joined its node; learns its rank."""
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+            raise ClusterError(f"{worker.name} did not join within {timeout} s")
+        status, value = worker.conn.recv()
+        if status != "ready":
+            raise ClusterError(str(value))
+        worker.rank = int(value)
+
+
+class Job:
+    """A function running in every worker; ``result()`` returns their results by rank."""
+
+    def __init__(self, name: str, conns: dict[int, Connection]) -> None:
+        self._name = name
+        self._conns = conns
+        self._results: dict[int, Any] = {}
+        self._errors: dict[int, str] = {}
+
+    def done(self) -> bool:
+        self._collect(0.0)
+        return len(self._results) + len(self._errors) == len(self._conns)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise DynapsTimeoutError(f"{self._name} did not finish within {timeout} s")
+            self._collect(0.2)
+        if self._errors:
+            rank, text = min(self._errors.items())
+            raise ClusterError(f"{self._name} failed on worker rank {rank}:\n{text}")
+        return [self._results[rank] for rank in sorted(self._results)]
+
+    def _collect(self, timeout: float) -> None:
+        pending = {
+            conn: rank
+            for rank, conn in self._conns.items()
+            if rank not in self._results and rank not in self._errors
+        }
+        if not pending:
+            return
+        for ready in multiprocessing.connection.wait(list(pending), timeout):
+            conn = cast(Connection, ready)
+            rank = pending[conn]
+            try:
+                status, value = conn.recv()
+            except (EOFError, OSError):
+                self._errors[rank] = "the worker process died"
+                continue
+            if status == "ok":
+                self._results[rank] = value
+            else:
+                self._errors[rank] = value
