@@ -11,67 +11,81 @@ Both the operator and the runtime import this package and nothing else of each o
 what the operator writes is by construction what the runtime reads.  Field names are
 camelCase on the wire (Kubernetes style) and snake_case in Python; both are accepted.
 
-Its parts: :mod:`~dynaps.contract.spec` (the resource's spec and the RuntimeConfig),
-:mod:`~dynaps.contract.status` (what the operator reports) and :mod:`~dynaps.contract.base`
-(the documents' common base); import the names from ``dynaps.contract`` itself.
+Its parts: :mod:`~dynaps.contract.spec` (the manifest and its ``spec``), which gathers one
+module per part of the spec (:mod:`~dynaps.contract.tables`, :mod:`~dynaps.contract.roles`,
+:mod:`~dynaps.contract.stages`, :mod:`~dynaps.contract.placement`,
+:mod:`~dynaps.contract.consistency`, :mod:`~dynaps.contract.fault_tolerance`,
+:mod:`~dynaps.contract.run_policy`); :mod:`~dynaps.contract.config` (the RuntimeConfig and
+the environment that carries it); :mod:`~dynaps.contract.status` (what the operator
+reports); :mod:`~dynaps.contract.limits` (the bounds they share) and
+:mod:`~dynaps.contract.base` (the documents' common base).  Import the names from
+``dynaps.contract`` itself.
 :mod:`~dynaps.contract.secret` (the job secret and the keys derived from it) and
 :mod:`~dynaps.contract.quantity` (Kubernetes quantities such as ``512Mi``) are used as modules.
 """
 
 from __future__ import annotations
 
-from dynaps.contract.spec import (
-    API_GROUP,
-    API_VERSION,
+from dynaps.contract.config import (
     CONFIG_ENV,
     CONFIG_FILE_ENV,
     COORDINATOR_SIGTERM_ENV,
+    SIGTERM_ENDS_JOB,
+    SIGTERM_EXITS_ALONE,
+    RuntimeConfig,
+    runtime_config,
+)
+from dynaps.contract.consistency import (
+    Consistency,
+    ConsistencyModel,
+)
+from dynaps.contract.fault_tolerance import (
     DATA_LOSS_EXIT_CODE,
     DATA_LOSS_REASON,
     FENCED_EXIT_CODE,
-    KIND,
+    CheckpointSpec,
+    DataLossCause,
+    FaultTolerance,
+    OnDataLoss,
+)
+from dynaps.contract.limits import (
     MAX_NODES,
     MAX_TABLES,
-    PLURAL,
-    SHORT_NAME,
-    SIGTERM_ENDS_JOB,
-    SIGTERM_EXITS_ALONE,
+)
+from dynaps.contract.placement import (
     Allocation,
-    CheckpointSpec,
-    CleanPodPolicy,
-    Consistency,
-    ConsistencyModel,
-    CoordinatorSpec,
-    DataLossCause,
-    DType,
-    FailureAction,
-    FailureRule,
-    FaultTolerance,
-    GangScheduler,
-    InitKind,
-    InitSpec,
-    JobSpec,
-    NamedTable,
-    ObjectMeta,
-    OnDataLoss,
-    OomMemoryGrowth,
-    ParameterServerJob,
     Partition,
     RebalancePolicy,
+)
+from dynaps.contract.roles import (
+    CoordinatorSpec,
     RoleSpec,
-    RunPolicy,
-    RuntimeConfig,
-    SchedulingPolicy,
     ServerSpec,
+    WorkerSpec,
+)
+from dynaps.contract.run_policy import (
+    CleanPodPolicy,
+    FailureAction,
+    FailureRule,
+    GangScheduler,
+    OomMemoryGrowth,
+    RunPolicy,
+    SchedulingPolicy,
+)
+from dynaps.contract.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    JobSpec,
+    ObjectMeta,
+    ParameterServerJob,
+    describe_validation_error,
+)
+from dynaps.contract.stages import (
     StageSpec,
     StageUnit,
-    TableCache,
-    TableSpec,
-    UpdaterKind,
-    UpdaterSpec,
-    WorkerSpec,
-    describe_validation_error,
-    runtime_config,
 )
 from dynaps.contract.status import (
     TERMINAL_PHASES,
@@ -87,6 +101,16 @@ from dynaps.contract.status import (
     OwnershipStatus,
     ReplicaStatus,
     StageStatus,
+)
+from dynaps.contract.tables import (
+    DType,
+    InitKind,
+    InitSpec,
+    NamedTable,
+    TableCache,
+    TableSpec,
+    UpdaterKind,
+    UpdaterSpec,
 )
 
 __all__ = [

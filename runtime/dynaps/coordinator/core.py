@@ -27,17 +27,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import DATA_LOSS_EXIT_CODE, DATA_LOSS_REASON, ConsistencyModel, OnDataLoss, RuntimeConfig
+from dynaps.contract import RuntimeConfig
 from dynaps.coordinator import commands
 from dynaps.coordinator.adoption import Adoption, adopted_member
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
-from dynaps.coordinator.data_loss import LossEntry
 from dynaps.coordinator.departures import Departures
 from dynaps.coordinator.http import status_document
+from dynaps.coordinator.job_end import JobEnd
+from dynaps.coordinator.joining import Joining
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.outbox import Outbox
+from dynaps.coordinator.progress import Progress
 from dynaps.coordinator.reports import Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
@@ -93,9 +95,7 @@ class Coordinator:
         self.phase = JobPhase.REGISTERING
         self.barriers = Barriers()
         self.min_clock = MinClock()
-        self.exit_code: int | None = None
-        self._missing_since: float | None = None  # the job waits for lost workers since
-        self.reason = ""
+        self.end = JobEnd(self.roster, self.outbox, config.fault_tolerance, stopped=self._stopped)
         self.started_at = time.time()
         self.adoption = Adoption()
         self.homes = ShardHomes(
@@ -108,7 +108,7 @@ class Coordinator:
             in_checkpoint=lambda: self.checkpoints.in_progress,
             checkpoint_exists=lambda: self.checkpoints.recoverable,
             checkpoint_age=lambda: self.checkpoints.last_age,
-            on_loss=self._on_data_loss,
+            on_loss=self.end.on_data_loss,
             clock=clock,
         )
         self.liveness = Liveness.for_job(config.fault_tolerance, config.allocation, self.homes.is_home)
@@ -126,6 +126,15 @@ class Coordinator:
         self.leases = Leases()
         self.reports = Reports()
         self.stages = Stages(config.stages)
+        self.progress = Progress(
+            self.roster,
+            self.send,
+            self.barriers,
+            self.min_clock,
+            self.stages,
+            config.consistency.model,
+            running=lambda: self.phase == JobPhase.RUNNING,
+        )
         self.departures = Departures(
             self.roster,
             self.outbox,
@@ -134,6 +143,15 @@ class Coordinator:
             announce=self._announce,
             settle=self._settle,
             abandon_checkpoint=self._abandon_checkpoint,
+        )
+        self.joining = Joining(
+            self.roster,
+            self.outbox,
+            self.homes,
+            self.departures,
+            self.barriers,
+            self.min_clock,
+            announce=self._announce,
         )
         self.status_doc: dict[str, Any] = {}
         self._status_stale = False  # a message (not a member's heartbeat), a command or a loss came since
@@ -204,10 +222,10 @@ class Coordinator:
             self._on_ready(member)
         elif kind is MsgType.BARRIER:
             self.barriers.reach(msg.sender, control.body_of(msg, control.Barrier).generation)
-            self._check_barrier()
+            self.progress.check_barrier()
         elif kind is MsgType.CLOCK:
             member.clock = max(member.clock, control.body_of(msg, control.Clock).clock)
-            self._publish_min_clock()
+            self.progress.publish_min_clock()
         elif kind is MsgType.WORKER_DONE:
             self._on_worker_done(member, control.body_of(msg, control.WorkerDone))
         elif kind is MsgType.LEAVE:
@@ -237,7 +255,7 @@ class Coordinator:
             if msg.sender != client_of(member.id) or member.role != "worker":
                 raise ProtocolError(f"STAGE from {msg.sender}, which is no worker's program")
             self.stages.reach(msg.sender, control.body_of(msg, control.Stage).done)
-            self._settle_stages()
+            self.progress.settle_stages()
         elif kind is MsgType.HOLDING:  # a program will localize keys of these shards
             if msg.sender != client_of(member.id) or member.role != "worker":
                 raise ProtocolError(f"HOLDING from {msg.sender}, which is no worker's program")
@@ -274,21 +292,9 @@ class Coordinator:
         if self.phase == JobPhase.STOPPING:
             self.outbox.refuse(reg, "the job is ending")
             return
-        predecessor = self.roster.named(reg.name)
-        if predecessor is not None and self.phase != JobPhase.REGISTERING:
-            # The same pod name again: its predecessor is gone (Kubernetes never runs two
-            # pods of one name), so do not wait for its heartbeats to stop.
-            log.warning("%s %d (%s) was replaced", predecessor.role, predecessor.id, reg.name)
-            self.departures.lost(predecessor)
-        admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank)
-        if isinstance(admitted, str):
-            self.outbox.refuse(reg, admitted)
+        member = self.joining.admit(reg, replacing=self.phase != JobPhase.REGISTERING)
+        if member is None:
             return
-        member = admitted
-        self.outbox.connect(member)
-        welcome = control.Welcome(node=member.id, nonce=reg.nonce, rank=member.rank)
-        self.send(member.id, MsgType.WELCOME, welcome)
-        log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
         if self.phase == JobPhase.REGISTERING:
             if self.roster.complete():
                 self._prepare()
@@ -296,27 +302,12 @@ class Coordinator:
             self.outbox.send_whole(member.id, self.membership())
 
     def _register_client(self, reg: control.Register) -> None:
-        member = self.roster.get(reg.node or -1)
-        if member is None or member.role != "worker":
-            self.outbox.refuse(reg, f"node {reg.node} is not a worker of this job")
+        if not self.joining.attach(reg):
             return
-        member.client = reg.address
-        self.outbox.connect_client(member)
-        # a program that joins a running job starts at the slowest worker's clock (no wait
-        # for it to run through clocks the others finished; see client/barriers.py)
-        member.clock = max(member.clock, self.min_clock.value)
-        welcome = control.Welcome(
-            node=member.id,
-            nonce=reg.nonce,
-            rank=member.rank,
-            barrier=self.barriers.generation,
-            clock=member.clock,
-        )
-        self.send(client_of(member.id), MsgType.WELCOME, welcome)
         if self.phase == JobPhase.RUNNING:
             self._announce()
         self._maybe_start()
-        self._settle_stages()  # a stage may wait for this worker
+        self.progress.settle_stages()  # a stage may wait for this worker
 
     def _prepare(self) -> None:
         restored = self.config.fault_tolerance.checkpoint.restore_from is not None
@@ -332,14 +323,7 @@ class Coordinator:
         if self.phase == JobPhase.PREPARE:
             self._maybe_start()
             return
-        log.info("%s %d joined the running job", member.role, member.id)
-        if member.role == "server":
-            self.homes.refresh_backups()  # shards without a backup (a single server) get one
-        self._announce()
-        if member.role == "server":
-            for lost in self.homes.take_orphaned():
-                self.departures.rehome(lost)
-            self.homes.rebalance()
+        self.joining.joined(member)
 
     def _maybe_start(self) -> None:
         if self.phase != JobPhase.PREPARE:
@@ -422,114 +406,24 @@ class Coordinator:
             self.departures.lost(member)
         if lost or waited or self.liveness.waiting:
             self._status_stale = True  # /status says whom the job waits for, and for how long
-        self._await_missing_workers(now)
-
-    def _await_missing_workers(self, now: float) -> None:
-        """The job would have ended but for workers lost unfinished: wait for their replacements
-        (Kubernetes recreates the pod, ``dynaps run`` the process), then fail; never succeed
-        without a worker's part of the work."""
-        if self.phase != JobPhase.RUNNING or not self.roster.missing_ranks:
-            self._missing_since = None
-            return
-        if not self.roster.finished_but_missing():
-            return
-        ranks = sorted(self.roster.missing_ranks)
-        timeout = self.config.fault_tolerance.lost_worker_timeout_seconds
-        if self._missing_since is None:
-            self._missing_since = now
-            log.warning("the other workers finished: waiting up to %d s for lost ranks %s", timeout, ranks)
-        elif now - self._missing_since >= timeout:
-            self.finish(1, f"worker ranks {ranks} were lost unfinished and not replaced within {timeout} s")
+        self.end.await_missing_workers(now, self.phase == JobPhase.RUNNING)
 
     def _abandon_checkpoint(self) -> None:
         if self.checkpoints.in_progress:
             self.checkpoints.end(committed=False)
 
-    def _on_data_loss(self, entry: LossEntry) -> None:
-        if self.config.fault_tolerance.on_data_loss == OnDataLoss.FAIL:
-            reason = f"{DATA_LOSS_REASON}: {entry.describe()}"
-            self.finish(DATA_LOSS_EXIT_CODE, reason)
-
-    # ------------------------------------------------------------------ barriers, clocks
+    # ------------------------------------------------------------------ the workers' progress, the end
 
     def _settle(self) -> None:
         """Workers came, went or finished: a barrier may pass, a stage go on, the job may end."""
-        self._check_barrier()
-        self._settle_stages()
+        self.progress.check_barrier()
+        self.progress.settle_stages()
         self._check_done()
 
-    def _check_barrier(self) -> None:
-        if self.phase != JobPhase.RUNNING:
-            return  # while adopting, not every worker is known yet
-        running = [client_of(m.id) for m in self.roster.workers_running() if m.state != MemberState.DRAINING]
-        passed, released = self.barriers.settle(running)
-        for endpoint in released:
-            if self.roster.get(node_of(endpoint)) is not None:
-                self.send(endpoint, MsgType.BARRIER_DONE, control.Barrier(generation=passed))
-
-    def _settle_stages(self) -> None:
-        """Count the stage units every staying program completed, move to the next stage (its
-        worker count), and answer the programs that may go on or must leave
-        (:mod:`dynaps.coordinator.stages`)."""
-        stages = self.stages
-        if not stages.active or self.phase != JobPhase.RUNNING:
-            return
-        workers = self.roster.workers_running()
-        running = {client_of(m.id): m.id for m in workers}
-        draining = {m.id for m in workers if m.state == MemberState.DRAINING}
-        staying = {c for c, node in running.items() if node not in draining and node not in stages.leaving}
-        drains: list[int] = []
-        if stages.complete(staying):
-            drains = self._begin_stage()
-        self._grow_for_stage()
-        for endpoint, answer in stages.release(running, draining):
-            self.send(endpoint, MsgType.STAGE_DONE, answer)
-        # after the answers: a leaving program learns it from its answer, then its node drains
-        for node in drains:
-            self.send(node, MsgType.DRAIN, control.Drain(reason="the next stage has fewer workers"))
-
-    def _begin_stage(self) -> list[int]:
-        """A new stage begins: fewer workers are wanted at once (the surplus leave, the highest
-        ranks first); more once nobody drains any more (:meth:`_grow_for_stage`)."""
-        stage = self.stages.current()
-        assert stage is not None
-        log.info("stage %d (%s) begins: %d workers", self.stages.index(), stage.name, stage.workers)
-        if stage.workers >= self.roster.desired["worker"]:
-            return []
-        surplus = self.roster.want("worker", stage.workers)
-        self.stages.leaving.update(m.id for m in surplus)
-        return [m.id for m in surplus]
-
-    def _grow_for_stage(self) -> None:
-        stage = self.stages.current()
-        if stage is None or stage.workers <= self.roster.desired["worker"] or not self.stages.at_start():
-            return
-        workers = self.roster.active("worker")
-        if any(m.state == MemberState.DRAINING or m.id in self.stages.leaving for m in workers):
-            return  # they still count as present: the newcomers would be refused
-        log.info("stage %s wants %d workers: waiting for them to join", stage.name, stage.workers)
-        self.roster.want("worker", stage.workers)
-
-    def _publish_min_clock(self) -> None:
-        if self.config.consistency.model == ConsistencyModel.ASYNC:
-            return
-        running = self.roster.workers_running()
-        if self.min_clock.advance(m.clock for m in running):
-            for member in running:
-                self.send(client_of(member.id), MsgType.CLOCK_MIN, control.Clock(clock=self.min_clock.value))
-
-    # ------------------------------------------------------------------ the end
-
     def _on_worker_done(self, member: Member, done: control.WorkerDone) -> None:
-        if member.role != "worker":
-            raise ProtocolError(f"WORKER_DONE from {member.id}, which is not a worker")
-        member.exit_code = done.exit_code
-        log.info("worker %d (rank %s) finished with exit code %d", member.id, member.rank, done.exit_code)
-        if done.exit_code != 0 and member.state != MemberState.DRAINING:
-            self.finish(done.exit_code, f"worker rank {member.rank} exited with code {done.exit_code}")
-            return
-        self._publish_min_clock()
-        self._settle()
+        if self.end.worker_done(member, done):
+            self.progress.publish_min_clock()
+            self._settle()
 
     def _check_done(self) -> None:
         if self.phase == JobPhase.PREPARE:
@@ -540,14 +434,22 @@ class Coordinator:
             self.finish(0, "all workers finished")
 
     def finish(self, exit_code: int, reason: str) -> None:
-        if self.exit_code is not None:
-            return
-        self.exit_code = exit_code
-        self.reason = reason
+        """End the job (the first verdict wins; :mod:`dynaps.coordinator.job_end`)."""
+        self.end.finish(exit_code, reason)
+
+    def _stopped(self) -> None:
         self.phase = JobPhase.STOPPING
-        log.info("job ends (%s): %s", exit_code, reason)
-        self.outbox.broadcast(MsgType.SHUTDOWN, control.Shutdown(reason=reason, exit_code=exit_code))
         self._refresh_status()
+
+    @property
+    def exit_code(self) -> int | None:
+        """The job's exit code once it ended (None: it runs)."""
+        return self.end.exit_code
+
+    @property
+    def reason(self) -> str:
+        """Why the job ended (empty while it runs)."""
+        return self.end.reason
 
     # ------------------------------------------------------------------ status, actions (HTTP)
 
@@ -573,8 +475,8 @@ class Coordinator:
             phase=self.phase.value,
             version=self.outbox.version,
             started_at=self.started_at,
-            exit_code=self.exit_code,
-            reason=self.reason,
+            exit_code=self.end.exit_code,
+            reason=self.end.reason,
             roster=self.roster,
             homes=self.homes,
             last_checkpoint=self.checkpoints.last,

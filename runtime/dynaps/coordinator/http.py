@@ -33,7 +33,7 @@ from typing import Annotated, Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from dynaps.contract.spec import MAX_NODES
+from dynaps.contract import MAX_NODES
 from dynaps.coordinator.barriers import Barriers
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.reports import Reports

@@ -1,0 +1,63 @@
+"""``spec.faultTolerance``: replication, failure detection, checkpoints, what a data loss
+does, and the exit codes that fencing and a data loss give."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from dynaps.contract.base import Model
+
+# A node that the coordinator declared lost exits with this code (EX_TEMPFAIL) once it
+# learns so: it did nothing wrong and may be started again, as a new member.
+FENCED_EXIT_CODE = 75
+
+
+class CheckpointSpec(Model):
+    interval_seconds: Annotated[int, Field(ge=0)] = 0  # 0: only on demand
+    path: str = "/var/lib/dynaps/checkpoints"
+    volume: dict[str, Any] = Field(default_factory=dict)
+    restore_from: str | None = None
+
+
+class OnDataLoss(StrEnum):
+    """What the job does when a recovery restores keys from anything but a synced replica."""
+
+    CONTINUE = "Continue"  # go on; the loss is in /status ``dataLoss`` (and the job's status)
+    FAIL = "Fail"  # the coordinator ends the job with DATA_LOSS_EXIT_CODE and a reason
+
+
+class DataLossCause(StrEnum):
+    """``cause`` of an entry of the coordinator's /status ``dataLoss`` list."""
+
+    CHECKPOINT = "checkpoint"  # keys went back to the last checkpoint (``checkpointAgeSeconds`` old)
+    INITIAL = "initial"  # no replica was configured and no checkpoint existed: initial values
+    REPLICAS_EXHAUSTED = "replicas-exhausted"  # no synced replica was left, and no checkpoint
+
+
+MAX_REPLICATION = 3  # backups per shard
+
+# The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
+DATA_LOSS_EXIT_CODE = 3
+# The start of the job's reason when onDataLoss: Fail ended it (the operator recognises it).
+DATA_LOSS_REASON = "data loss (faultTolerance.onDataLoss: Fail)"
+
+
+class FaultTolerance(Model):
+    # Backups per shard, in a replication chain: survives that many simultaneous server
+    # losses; each one adds a hop before an update is acknowledged (capped for that reason).
+    replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION)] = 0
+    flush_interval_ms: Annotated[int, Field(ge=0)] = 100
+    heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
+    # How long a node that is still connected but silent (hung, stopped) is waited for
+    # when declaring it lost would lose data (no replica of what it holds); a dropped
+    # connection, or a node with replicas, is declared lost within seconds.
+    silent_node_timeout_seconds: Annotated[int, Field(ge=1)] = 60
+    # How long the job waits for the replacement of a worker lost before its program finished
+    # (the replacement takes its rank); then the job fails: it must not succeed without that
+    # worker's part of the work.
+    lost_worker_timeout_seconds: Annotated[int, Field(ge=1)] = 300
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    on_data_loss: OnDataLoss = OnDataLoss.CONTINUE

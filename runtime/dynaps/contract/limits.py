@@ -1,0 +1,15 @@
+"""Bounds every document of the contract shares: how many nodes, tables and stages a job may
+have, and what a name of a table or a stage may look like."""
+
+from __future__ import annotations
+
+import re
+
+# Node ids are int16 on the wire and in the per-key directory; the top bit of the
+# positive range marks a node's client endpoint, which leaves this many nodes.
+MAX_NODES = 16_000
+MAX_TABLES = 1024
+MAX_STAGES = 64
+
+# a table's or a stage's name (the same rule for both: a letter or '_' first, at most 63 characters)
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")

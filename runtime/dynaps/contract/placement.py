@@ -1,0 +1,28 @@
+"""Where keys live and how they move: ``spec.allocation`` (whether keys may move to the node
+that uses them) and ``spec.rebalancePolicy`` (shards, partitioning, migrations)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from dynaps.contract.base import Model
+
+
+class Allocation(StrEnum):
+    DYNAMIC = "dynamic"  # Lapse: keys can move to the node that uses them (localize)
+    STATIC = "static"  # classic parameter server: keys stay on their home server
+
+
+class Partition(StrEnum):
+    RANGE = "range"
+    HASH = "hash"
+
+
+class RebalancePolicy(Model):
+    num_shards: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    partition: Partition = Partition.RANGE
+    max_concurrent_migrations: Annotated[int, Field(ge=1)] = 4
+    drain_timeout_seconds: Annotated[int, Field(ge=1)] = 60

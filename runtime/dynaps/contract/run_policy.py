@@ -1,0 +1,165 @@
+"""``spec.runPolicy``: how the operator runs the job's pods (retries, failure rules, memory
+growth after OOMKilled, deadlines, clean-up, suspension, gang scheduling)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from dynaps.contract import quantity
+from dynaps.contract.base import Model
+
+
+class CleanPodPolicy(StrEnum):
+    RUNNING = "Running"
+    ALL = "All"
+    NONE = "None"
+
+
+class GangScheduler(StrEnum):
+    """``runPolicy.schedulingPolicy.scheduler``: who places the job's pods all or nothing."""
+
+    NONE = "none"  # the cluster's scheduler places each pod on its own
+    COSCHEDULING = "coscheduling"  # scheduler-plugins' Coscheduling (PodGroup scheduling.x-k8s.io)
+    VOLCANO = "volcano"  # Volcano (PodGroup scheduling.volcano.sh)
+
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class SchedulingPolicy(Model):
+    """``runPolicy.schedulingPolicy``: gang scheduling and queueing, with the names Kubeflow's
+    training and MPI operators use (``minAvailable``, ``queue``, ``priorityClass``,
+    ``scheduleTimeoutSeconds``); see the operator's ``gang`` module for what each one makes."""
+
+    scheduler: Annotated[
+        GangScheduler,
+        Field(
+            description="The gang scheduler that gets a PodGroup for the job: none, coscheduling or volcano."
+        ),
+    ] = GangScheduler.NONE
+    scheduler_name: Annotated[
+        str | None,
+        Field(
+            max_length=253,
+            pattern=_K8S_NAME,
+            description="The pods' schedulerName; default: scheduler-plugins-scheduler for coscheduling, "
+            "volcano for volcano, the cluster's default otherwise.",
+        ),
+    ] = None
+    min_available: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Pods the gang scheduler must place together before any starts; default: "
+            "the coordinator, every server and workers.minReplicas (else workers.replicas).",
+        ),
+    ] = None
+    queue: Annotated[
+        str | None,
+        Field(max_length=253, pattern=_K8S_NAME, description="The Volcano queue (scheduler: volcano)."),
+    ] = None
+    priority_class: Annotated[
+        str | None,
+        Field(max_length=253, description="The pods' priorityClassName (and the Volcano PodGroup's)."),
+    ] = None
+    schedule_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="How long Coscheduling waits for the whole group (scheduler: coscheduling).",
+        ),
+    ] = None
+    kueue_queue: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            description="A Kueue LocalQueue: the pods are labelled as one Kueue pod group, admitted whole.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _options_of_the_scheduler(self) -> SchedulingPolicy:
+        if self.queue is not None and self.scheduler != GangScheduler.VOLCANO:
+            raise ValueError(
+                "queue is a Volcano queue: it needs scheduler: volcano "
+                "(for a Kueue LocalQueue set kueueQueue)"
+            )
+        if self.schedule_timeout_seconds is not None and self.scheduler != GangScheduler.COSCHEDULING:
+            raise ValueError("scheduleTimeoutSeconds is Coscheduling's: it needs scheduler: coscheduling")
+        return self
+
+
+class FailureAction(StrEnum):
+    RESTART = "Restart"  # replace the pod; counts against backoffLimit
+    IGNORE = "Ignore"  # replace the pod; does not count (as a preemption)
+    FAIL_JOB = "FailJob"  # fail the job at once
+
+
+class FailureRule(Model):
+    """One rule of ``runPolicy.failurePolicy`` (the first that matches a node pod's end wins):
+    any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
+
+    action: FailureAction
+    exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=list, max_length=64)
+    reasons: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
+    pod_conditions: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> FailureRule:
+        if not (self.exit_codes or self.reasons or self.pod_conditions):
+            raise ValueError("a failure rule needs exitCodes, reasons or podConditions")
+        return self
+
+
+class OomMemoryGrowth(Model):
+    """``runPolicy.oomMemoryGrowth``: a node pod killed for exceeding its memory (``OOMKilled``)
+    comes back with its role's memory request and limit multiplied by ``factor``, up to
+    ``maxMemory``; the role's later pods keep the grown memory. At the cap, the next OOMKilled is
+    left to ``failurePolicy`` as any other end."""
+
+    factor: Annotated[
+        float, Field(gt=1.0, le=10.0, description="Each OOMKilled pod multiplies its role's memory by this.")
+    ] = 1.5
+    # The pattern is for the CRD (kubectl apply refuses a typo); the validator says it in words.
+    max_memory: Annotated[
+        str,
+        Field(
+            max_length=32,
+            json_schema_extra={"pattern": quantity.QUANTITY_PATTERN},
+            description="The most memory (request and limit) growth gives a pod, e.g. 8Gi.",
+        ),
+    ]
+
+    @field_validator("max_memory")
+    @classmethod
+    def _positive_quantity(cls, value: str) -> str:
+        try:
+            size = quantity.bytes_of(value)
+        except quantity.QuantityError as exc:
+            raise ValueError(str(exc)) from exc
+        if size < 1 << 20:
+            raise ValueError(f"{value!r} is less than 1Mi: no container runs in that")
+        return value
+
+    def max_bytes(self) -> int:
+        return quantity.bytes_of(self.max_memory)
+
+
+class RunPolicy(Model):
+    backoff_limit: Annotated[int, Field(ge=0)] = 3
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
+    # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
+    start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
+    # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
+    failure_policy: list[FailureRule] = Field(default_factory=list, max_length=32)
+    # None: an OOMKilled pod comes back with the same memory (and the failure policy decides).
+    oom_memory_growth: OomMemoryGrowth | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+    suspend: bool = False
+    scheduling_policy: SchedulingPolicy = SchedulingPolicy()
