@@ -3,6 +3,7 @@ once, with or without replication; the retry is acknowledged again."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -71,3 +72,40 @@ def test_a_localize_naming_keys_twice_or_out_of_order_moves_each_key_once() -> N
         owner = server.stores[0].owner
         assert owner is not None
         assert owner[moved].tolist() == [WORKER] * len(moved)
+
+
+def test_a_flush_reads_marks_the_training_process_sets_meanwhile() -> None:
+    """A worker's training process marks the keys it changes in an array it shares with its
+    node while the node's flush reads it (another process: no lock, no GIL between them).
+    numpy refuses to count nonzeros that change under it; the flush must not fail, and every
+    key marked is written back by the flush after its mark."""
+    shard_map = ShardMap.initial(2, Partition.RANGE, [SERVER])
+    num_keys = 2_000_000  # a read long enough for marks to land in it
+    table = NamedTable(name="W", num_keys=num_keys, dim=1)
+    store = TableStore.create(0, table, shard_map, home=None, shared=False, track_changes=True)
+    store.loc[:] = WORKER  # every key held here: a flush writes back whatever is marked
+    outbox = Outbox()
+    node = NodeServer(WORKER, outbox, [store], shard_map, NullLock(), flush_interval_ms=1)
+    assert node.replication is not None
+    dirty = store.dirty
+    assert dirty is not None
+    marked = np.random.default_rng(0).integers(0, num_keys, size=200_000)
+    stop = threading.Event()
+
+    def mark() -> None:  # a fancy-indexed assignment releases the GIL: it runs beside the read
+        while not stop.is_set():
+            dirty[marked] = 1
+
+    marker = threading.Thread(target=mark)
+    marker.start()
+    try:
+        for turn in range(1, 40):
+            node.replication.flush(now=float(turn))
+    finally:
+        stop.set()
+        marker.join()
+    node.replication.flush(now=1000.0)  # after the last mark
+    written = [decode([bytes(memoryview(f)) for f in frames], node.layouts) for _, frames in outbox.sent]
+    keys = np.concatenate([m.keys for m in written if m.type == MsgType.WRITEBACK and m.keys is not None])
+    assert np.isin(marked, keys).all()
+    assert not dirty.any()

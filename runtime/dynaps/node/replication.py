@@ -260,7 +260,11 @@ class Replication:
         node = self.node
         for table, store in enumerate(node.stores):
             dirty = self.dirty[table]
-            keys = np.flatnonzero(dirty)
+            # A worker's training process marks keys in this shared array while it is read:
+            # numpy refuses to count nonzeros that change under it, so count a copy. Clearing
+            # before the rows are read (under the lock, in write_back) keeps every update: one
+            # marked after the copy is either in what is read or marked again for next time.
+            keys = np.flatnonzero(dirty.copy())
             if not len(keys):
                 continue
             dirty[keys] = 0
