@@ -179,6 +179,24 @@ def test_a_lost_node_gets_the_unanswered_part_of_requests_sent_again() -> None:
     assert retry.positions.tolist() == [1]
 
 
+def test_a_node_that_left_gets_the_unanswered_requests_sent_again_to_the_new_home() -> None:
+    """A localize sent with a shard map from before its home left (a program that read no
+    reply meanwhile) may reach it after it stopped forwarding: once the membership says the
+    node is gone, what is unanswered goes again, marked as a retry, to the keys' new home."""
+    client = Client()
+    client.table.localize([5], wait=False)
+    [(_, holding)] = client.transport.take()  # the shard's first localize: the coordinator notes us
+    assert holding.type is MsgType.HOLDING
+    client.table._holdings.on_noted(control.body_of(holding, control.Holding))
+    [(first, sent)] = client.transport.take()
+    assert (first, sent.type) == (2, MsgType.LOCALIZE)
+    client.requests.apply_membership(shard_map(2, [1, 1]), gone={2}, lost=set())  # 2 left
+    [(dest, retry)] = client.transport.take()
+    assert (dest, retry.type, retry.req_id) == (1, MsgType.LOCALIZE, sent.req_id)
+    assert retry.flags & RETRY
+    assert 2 not in client.transport.forgotten  # it left: nothing to forget, unlike a loss
+
+
 def test_a_restarted_coordinator_is_asked_again_for_the_clock() -> None:
     client = Client()
     client.barriers.clock_min(5)

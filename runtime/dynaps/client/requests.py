@@ -254,8 +254,12 @@ class Requests:
         """A new membership: ``gone`` nodes left or died (``lost``: died).
 
         Requests parked for gone nodes go where their keys live now; requests in flight to
-        newly lost nodes are sent again.
+        newly lost nodes are sent again, and so are those when a node has left: a node that
+        left forwards stragglers only for a while (``LEAVE_LINGER``), and a request sent with
+        a shard map from before it left (a program that read no reply for longer, or a
+        localize held back for the coordinator's note) may reach it after that, or never.
         """
+        departed = gone - self.gone - lost
         self.gone |= gone
         if not hasattr(self, "shard_map") or shard_map.epoch >= self.shard_map.epoch:
             self.shard_map = shard_map
@@ -273,11 +277,13 @@ class Requests:
             for node in fresh:
                 self.transport.forget(node)
                 self.transport.forget(client_of(node))
+        if fresh or departed:
             self._retry_outstanding()
 
     def _retry_outstanding(self) -> None:
-        """Nodes died: requests in flight may have died with them.  Send what is not yet
-        answered again, to the keys' homes (which know the owners after recovery)."""
+        """Nodes died or left: requests in flight may have died with them.  Send what is
+        not yet answered again, to the keys' homes (which know the owners after recovery);
+        a request that arrives twice is applied once (``RETRY``, :mod:`dynaps.node.applied`)."""
         for handle in list(self.handles.values()):
             keys = handle.keys
             if keys is None:
