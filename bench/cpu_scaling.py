@@ -84,6 +84,7 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("dynaps/node/recovery.py", "migration, recovery, replication"),
     ("dynaps/node/replication.py", "migration, recovery, replication"),
     ("dynaps/node/server.py", "data plane (serve, forward)"),
+    ("dynaps/node/serving.py", "data plane (serve, forward)"),
     ("dynaps/node/gate.py", "data plane (serve, forward)"),
     ("dynaps/node/applied.py", "exactly-once records (node/applied.py)"),
     ("dynaps/store/", "data plane (serve, forward)"),

@@ -1,18 +1,12 @@
-"""The data plane of a node: serving, forwarding and relocating keys (Lapse's protocol).
+"""The data plane of a node: :class:`NodeServer` takes every data message and hands it on.
 
-Every node (server or worker) answers requests for the keys it owns and forwards the
-rest.  The rules, per key:
-
-* owned here (``loc == me``): apply the operation and reply to the requester;
-* on its way here (``loc == INCOMING``): queue the request; queued requests are replayed
-  in arrival order when the key arrives;
-* otherwise: a home forwards to the owner in its directory, any other node forwards to
-  the key's home.
-
-Keys move between nodes by relocation (:mod:`dynaps.node.relocation`).  Because every
-pair of endpoints is connected by a FIFO channel and every decision is taken by the node
-that holds the key, synchronous operations are sequentially consistent per key while
-keys move.
+Every node (server or worker) runs one.  It decodes a message, drops it when it comes from
+an unknown or lost endpoint or is malformed, holds requests of a newer epoch than its own
+and requests for shards frozen for a migration or a recovery, answers again the retried
+pushes it already applied, and hands the rest to the part that handles the message's type:
+pulls, pushes and sets to :class:`~dynaps.node.serving.Serving` (Lapse's rules per key:
+serve, queue or forward), relocations to :mod:`dynaps.node.relocation`, and so on.  It
+applies new shard maps and the loss of nodes, and reports the node's counters.
 
 :class:`NodeServer` wires the node's parts together: each gets the narrow view of
 :class:`~dynaps.node.context.NodeContext` (which this class provides) and owns its state.
@@ -39,28 +33,25 @@ from dynaps.node.migration import Migrations
 from dynaps.node.recovery import Recoveries
 from dynaps.node.relocation import Relocations
 from dynaps.node.replication import Replication
+from dynaps.node.serving import Serving, reply
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
-from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.store.table_store import TableStore
 from dynaps.wire import messages, routing
-from dynaps.wire.codec import decode, encode, encode_reply
+from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     COORDINATOR,
-    MAX_HOPS,
     NO_ENDPOINT,
     Message,
     MsgType,
     client_of,
-    is_client,
     node_of,
 )
 from dynaps.wire.routing import positions_of, subset
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
-
-Index = npt.NDArray[np.intp]
 
 _UPDATES = frozenset({MsgType.PUSH, MsgType.SET})
 # Requests from a newer epoch wait for it, within bounds: a member is at most a few epochs
@@ -145,10 +136,13 @@ class NodeServer:
             lambda: self.departures.fenced,
             notices,
         )
+        self.serving = Serving(
+            self, transport, self.relocations.queue, self.migrations, self.replication, self.applied
+        )
         self._handlers: dict[MsgType, Callable[[Message], None]] = {
-            MsgType.PULL: self._on_pull,
-            MsgType.PUSH: self._on_push,
-            MsgType.SET: self._on_push,
+            MsgType.PULL: self.serving.on_pull,
+            MsgType.PUSH: self.serving.on_push,
+            MsgType.SET: self.serving.on_push,
             MsgType.LOCALIZE: self.relocations.on_localize,
             MsgType.HANDOFF: self.relocations.on_handoff,
             MsgType.TRANSFER: self.relocations.on_transfer,
@@ -231,89 +225,7 @@ class NodeServer:
     def send_frames(self, dest: int, frames: Sequence[Any]) -> None:
         self.transport.send(dest, frames)
 
-    # ------------------------------------------------------------------ pull / push / set
-
-    def _on_pull(self, msg: Message) -> None:
-        store = self.stores[msg.table]
-        keys = msg.keys
-        assert keys is not None
-        lock = self.lock
-        counted = self.table_stats[msg.table]
-        counted["pulls"] += 1
-        if msg.count == 1:  # the common case, without array reductions
-            lock.acquire()
-            try:
-                owned = store.loc[keys[0]] == self.me
-                if owned:
-                    row = store.values[keys]
-            finally:
-                lock.release()
-            if owned:
-                counted["keys_pulled"] += 1
-                self._reply(msg, MsgType.PULL_REPLY, 1, msg.positions, row)
-                return
-        lock.acquire()
-        try:
-            own = store.loc[keys]
-            mine = own == self.me
-            values: Any
-            if mine.all():
-                values = store.values.take(keys, axis=0)
-                rest = None
-            else:
-                idx = np.flatnonzero(mine)
-                values = store.values.take(keys[idx], axis=0) if len(idx) else None
-                rest = np.flatnonzero(~mine)
-        finally:
-            lock.release()
-        if rest is None:
-            counted["keys_pulled"] += len(keys)
-            self._reply(msg, MsgType.PULL_REPLY, len(keys), msg.positions, values)
-            return
-        if values is not None:
-            counted["keys_pulled"] += len(values)
-            self._reply(msg, MsgType.PULL_REPLY, len(values), positions_of(msg, idx), values)
-        self._route(msg, store, rest, own[rest])
-
-    def _on_push(self, msg: Message) -> None:
-        store = self.stores[msg.table]
-        keys, updates = msg.keys, msg.values
-        assert keys is not None
-        assert updates is not None
-        assignment = msg.type is MsgType.SET
-        replication = self.replication
-        rest = None
-        lock = self.lock
-        lock.acquire()
-        try:
-            own = store.loc[keys]
-            mine = own == self.me
-            if not mine.all():
-                idx = np.flatnonzero(mine)
-                rest = np.flatnonzero(~mine)
-                keys, updates = keys[idx], updates[idx]
-            if len(keys):
-                if assignment:
-                    store.values[keys] = updates
-                else:
-                    store.updater.apply(store.values, store.states, keys, updates)
-                if self.migrations.tracking:
-                    self.migrations.touch(msg.table, keys)
-        finally:
-            lock.release()
-        counted = self.table_stats[msg.table]
-        counted["pushes"] += 1
-        counted["keys_updated"] += len(keys)
-        if len(keys):
-            # positions whenever the request had them or this is a part of it: the client
-            # tracks what is done (to retry the rest) and learns who owns the keys
-            positions = positions_of(msg, idx) if rest is not None else msg.positions
-            if replication is None:
-                self.applied.after_update(msg, keys, positions)
-            if replication is None or replication.after_update(msg, msg.table, keys, positions):
-                self._reply(msg, MsgType.ACK, len(keys), positions, None)
-        if rest is not None:
-            self._route(msg, store, rest, own[rest])
+    # ------------------------------------------------------------------ retries and replication
 
     def _skip_applied(self, msg: Message) -> Message:
         """A retried push: answer again what was applied here (through the chain of a
@@ -332,7 +244,7 @@ class NodeServer:
 
     def acknowledge(self, msg: Message, count: int, positions: npt.NDArray[np.int32] | None) -> None:
         """ACK ``count`` keys of ``msg`` to its requester (also on behalf of a home)."""
-        self._reply(msg, MsgType.ACK, count, positions, None)
+        reply(self.transport, self.me, msg, MsgType.ACK, count, positions, None)
 
     def _on_replicate(self, msg: Message) -> None:
         if self.replication is None:
@@ -345,54 +257,6 @@ class NodeServer:
             self.note_malformed(ProtocolError("WRITEBACK to a node that homes nothing or does not replicate"))
             return
         self.replication.on_writeback(msg)
-
-    def _reply(
-        self,
-        msg: Message,
-        kind: MsgType,
-        count: int,
-        positions: npt.NDArray[np.int32] | None,
-        values: Any,
-    ) -> None:
-        frames = encode_reply(
-            kind, self.me, msg.requester, msg.req_id, msg.table, count, msg.hops, positions, values
-        )
-        self.transport.send(msg.requester, frames)
-
-    def _route(self, msg: Message, store: TableStore, idx: Index, own: npt.NDArray[np.int16]) -> None:
-        """Queue or forward the keys ``msg.keys[idx]`` that this node does not own."""
-        incoming = own == INCOMING
-        if incoming.any():
-            self.relocations.queue(subset(msg, idx[incoming], msg.sender, msg.hops))
-            self.stats["keys_queued"] += int(incoming.sum())
-            idx = idx[~incoming]
-            if not len(idx):
-                return
-        assert msg.keys is not None
-        keys = msg.keys[idx]
-        dests = self.shard_map.home_of(keys, store.spec.num_keys)
-        if store.owner is not None:
-            homed = dests == self.me
-            if homed.any():
-                dests = dests.copy()
-                dests[homed] = store.owner[keys[homed]]
-        if msg.hops + 1 > MAX_HOPS:
-            self._error(msg, f"request for table {store.name!r} was forwarded {MAX_HOPS} times")
-            return
-        for dest, piece in routing.split(msg, dests, idx, self.me, msg.hops + 1):
-            if dest == self.me:  # directory says we own it but loc disagrees: never expected
-                log.error("node %d: directory inconsistency for %d keys", self.me, len(keys))
-                self.stats["anomalies"] += 1
-                continue
-            self.table_stats[msg.table]["keys_forwarded"] += piece.count
-            self.send(dest, piece)
-
-    def _error(self, msg: Message, text: str) -> None:
-        self.stats["errors"] += 1
-        log.error("node %d: %s", self.me, text)
-        if is_client(msg.requester):
-            reply = messages.error(self.me, msg.requester, msg.req_id, msg.table, text)
-            self.send(msg.requester, reply)
 
     # ------------------------------------------------------------------ membership changes
 
