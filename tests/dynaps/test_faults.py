@@ -234,8 +234,9 @@ def test_a_killed_worker_loses_at_most_its_last_flush_interval(tmp_path, flush_m
         values = cluster.run(read_all)[0][:50]
         assert (values == values[0]).all(), "the keys are restored from one write-back"
         assert values[0] > 0, "nothing was written back"
-        lost_rounds = acknowledged - int(values[0])
-        assert lost_rounds >= 0, "nothing is applied twice"
+        # the round in progress when it was killed may be applied and written back unlogged
+        assert int(values[0]) <= acknowledged + 1, "nothing is applied twice"
+        lost_rounds = max(acknowledged - int(values[0]), 0)
         # the rounds acknowledged in the last flush interval before the kill may be lost
         window = [float(t) for n, t in lines if int(n) > int(values[0])]
         lost_seconds = (killed_at - min(window)) if window else 0.0
