@@ -58,6 +58,10 @@ _OPERATION = {
 }
 
 
+# sent again when a node leaves: arriving twice changes nothing (see apply_membership)
+REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
+
+
 class Requests:
     """The requests a training process has in flight, and the paths they take."""
 
@@ -254,10 +258,13 @@ class Requests:
         """A new membership: ``gone`` nodes left or died (``lost``: died).
 
         Requests parked for gone nodes go where their keys live now; requests in flight to
-        newly lost nodes are sent again, and so are those when a node has left: a node that
-        left forwards stragglers only for a while (``LEAVE_LINGER``), and a request sent with
-        a shard map from before it left (a program that read no reply for longer, or a
-        localize held back for the coordinator's note) may reach it after that, or never.
+        newly lost nodes are sent again.  When a node has left, pulls and localizes in flight
+        are sent again too: a node that left forwards stragglers only for a while
+        (``LEAVE_LINGER``), and a request sent with a shard map from before it left (a
+        program that read no reply for longer, or a localize held back for the coordinator's
+        note) may reach it after that, or never.  Those two may arrive twice; updates may
+        not (exactly once after a loss relies on the homes' relocation fence, which a
+        departure does not raise), so a push sent that late still times out.
         """
         departed = gone - self.gone - lost
         self.gone |= gone
@@ -277,16 +284,19 @@ class Requests:
             for node in fresh:
                 self.transport.forget(node)
                 self.transport.forget(client_of(node))
-        if fresh or departed:
+        if fresh:
             self._retry_outstanding()
+        elif departed:
+            self._retry_outstanding(REPEATABLE)
 
-    def _retry_outstanding(self) -> None:
-        """Nodes died or left: requests in flight may have died with them.  Send what is
-        not yet answered again, to the keys' homes (which know the owners after recovery);
-        a request that arrives twice is applied once (``RETRY``, :mod:`dynaps.node.applied`)."""
+    def _retry_outstanding(self, kinds: frozenset[MsgType] | None = None) -> None:
+        """Nodes died (or left: only ``kinds``): requests in flight may have died with them.
+        Send what is not yet answered again, to the keys' homes (which know the owners after
+        recovery); an update that arrives twice is applied once (``RETRY``,
+        :mod:`dynaps.node.applied`)."""
         for handle in list(self.handles.values()):
             keys = handle.keys
-            if keys is None:
+            if keys is None or (kinds is not None and handle.kind not in kinds):
                 continue
             if handle.req_id in self.unsent:
                 continue  # its first send waits for the coordinator (client/holdings.py)
