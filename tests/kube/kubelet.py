@@ -585,17 +585,19 @@ class ProcessKubelet:
         return args
 
     def _ensure_mount_point(self, target: Path, *, is_dir: bool) -> None:
-        missing = []
-        for parent in [target, *target.parents]:
-            if parent.exists():
-                break
-            missing.append(parent)
-        for path in reversed(missing):
-            if path == target and not is_dir:
-                path.touch()
-            else:
-                path.mkdir()
-            procs.record_created_path(self.root, path)
+        with procs.mount_points_locked():  # another session may be removing it (procs.remove_root)
+            procs.record_used_path(self.root, target)
+            missing = []
+            for parent in [target, *target.parents]:
+                if parent.exists():
+                    break
+                missing.append(parent)
+            for path in reversed(missing):
+                if path == target and not is_dir:
+                    path.touch()
+                else:
+                    path.mkdir()
+                procs.record_created_path(self.root, path)
 
     def _container_env(self, run: PodRun, pod: JsonDict, spec: JsonDict) -> dict[str, str]:
         env: dict[str, str] = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}

@@ -11,19 +11,23 @@ Three layers, because pytest can be stopped in three ways:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 MARKER_ENV = "DYNAPS_KUBE_ROOT"
 ROOT_PREFIX = "dynaps-kube-"
 OWNER_FILE = "owner.pid"
 CREATED_DIRS_FILE = "created-paths"
+USED_PATHS_FILE = "used-paths"
+# Not under ROOT_PREFIX: it is no session's root.
+MOUNT_POINTS_LOCK = Path(tempfile.gettempdir()) / "dynaps-mount-points.lock"
 
 
 def make_root() -> Path:
@@ -102,19 +106,60 @@ def record_created_path(root: Path, path: Path) -> None:
         f.write(f"{path}\n")
 
 
+def record_used_path(root: Path, path: Path) -> None:
+    with (root / USED_PATHS_FILE).open("a") as f:
+        f.write(f"{path}\n")
+
+
+@contextlib.contextmanager
+def mount_points_locked() -> Iterator[None]:
+    """Sessions on one host (pytest-xdist workers, each with a process kubelet) share the
+    mount points made on the host (/etc/dynaps...). A container's bind mount on one that
+    another session removes is detached in its namespace (Linux >= 3.18): its program then
+    finds no config and exits 2. So making and noting a mount point, and removing those no
+    live session uses, each happen under this lock."""
+    with MOUNT_POINTS_LOCK.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _paths_of_other_live_sessions(root: Path) -> set[str]:
+    paths: set[str] = set()
+    for other in Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        if other == root:
+            continue
+        try:
+            if not _alive(int((other / OWNER_FILE).read_text())):
+                continue
+        except (OSError, ValueError):
+            continue
+        for name in (CREATED_DIRS_FILE, USED_PATHS_FILE):
+            with contextlib.suppress(OSError):
+                paths.update((other / name).read_text().splitlines())
+    return paths
+
+
 def remove_root(root: Path) -> None:
     """Kills leftover processes, removes mount points made on the host, then the folder itself."""
     kill_marked(root)
     created = root / CREATED_DIRS_FILE
     if created.exists():
-        # Deepest first, and only what is still empty: mount points we made, never anything else.
-        for line in sorted(set(created.read_text().splitlines()), key=len, reverse=True):
-            path = Path(line)
-            with contextlib.suppress(OSError):
-                if path.is_dir():
-                    path.rmdir()
-                elif path.is_file() and path.stat().st_size == 0:
-                    path.unlink()
+        with mount_points_locked():
+            elsewhere = _paths_of_other_live_sessions(root)
+            # Deepest first, and only what is still empty: mount points we made, never anything
+            # else, and none another live session uses (or a folder above one).
+            for line in sorted(set(created.read_text().splitlines()), key=len, reverse=True):
+                if any(used == line or used.startswith(line + "/") for used in elsewhere):
+                    continue
+                path = Path(line)
+                with contextlib.suppress(OSError):
+                    if path.is_dir():
+                        path.rmdir()
+                    elif path.is_file() and path.stat().st_size == 0:
+                        path.unlink()
     shutil.rmtree(root, ignore_errors=True)
 
 

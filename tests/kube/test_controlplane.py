@@ -154,3 +154,28 @@ def test_nothing_survives_a_killed_test_process(k8s_bin_dir: Path, sig: signal.S
             child.stdout.close()
         if root is not None and root.exists():
             procs.remove_root(root)
+
+
+def test_a_session_leaves_the_mount_points_another_live_session_uses(tmp_path: Path) -> None:
+    """Two sessions on one host (pytest-xdist workers): the first made a mount point, the
+    second's container is bound on it; the first's teardown must not remove it (the bind
+    mount would be detached under the running container), and removes it once no live
+    session uses it."""
+    mine, theirs = procs.make_root(), procs.make_root()
+    point = tmp_path / "etc" / "dynaps"
+    point.mkdir(parents=True)
+    try:
+        procs.record_created_path(mine, point)
+        procs.record_used_path(mine, point)
+        procs.record_used_path(theirs, point)
+        procs.remove_root(mine)
+        assert point.is_dir(), "removed under a live session's container"
+        again = procs.make_root()
+        procs.record_created_path(again, point)
+        procs.remove_root(theirs)  # the other session ended
+        procs.remove_root(again)
+        assert not point.exists()
+    finally:
+        for root in (mine, theirs):
+            if root.exists():
+                procs.remove_root(root)
