@@ -13,3 +13,13 @@ MAX_STAGES = 64
 
 # a table's or a stage's name (the same rule for both: a letter or '_' first, at most 63 characters)
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+
+
+def checked_name(kind: str, value: str) -> str:
+    """``value`` if it is a valid name of a ``kind`` ("table", "stage"), else ValueError."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{kind} name {value!r} must start with a letter or '_' and contain only "
+            "letters, digits, '_', '.', '-' (at most 63 characters)"
+        )
+    return value

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from dynaps.contract.base import Model
-from dynaps.contract.limits import MAX_NODES, NAME_PATTERN
+from dynaps.contract.limits import MAX_NODES, checked_name
 from dynaps.contract.roles import RoleSpec
 
 
@@ -33,12 +33,7 @@ class StageSpec(Model):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"stage name {value!r} must start with a letter or '_' and contain only "
-                "letters, digits, '_', '.', '-' (at most 63 characters)"
-            )
-        return value
+        return checked_name("stage", value)
 
     @model_validator(mode="after")
     def _one_length(self) -> StageSpec:

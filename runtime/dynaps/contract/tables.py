@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from dynaps.contract.base import Model
-from dynaps.contract.limits import NAME_PATTERN
+from dynaps.contract.limits import checked_name
 
 
 class DType(StrEnum):
@@ -85,9 +85,4 @@ class NamedTable(TableSpec):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"table name {value!r} must start with a letter or '_' and contain only "
-                "letters, digits, '_', '.', '-' (at most 63 characters)"
-            )
-        return value
+        return checked_name("table", value)
