@@ -51,14 +51,22 @@ SYNC_KEYS = 65536  # keys per replica-sync message
 
 # ACK ``count`` keys of a message to its requester, with their positions in the request
 Acknowledge = Callable[[Message, int, Positions | None], None]
+# the rows of ``keys`` of a table changed here (a migration's pre-copy must send them again)
+Changed = Callable[[int, Keys], None]
 
 
 class Replication:
     def __init__(
-        self, node: NodeContext, flush_interval_ms: int, acknowledge: Acknowledge, applied: AppliedRequests
+        self,
+        node: NodeContext,
+        flush_interval_ms: int,
+        acknowledge: Acknowledge,
+        applied: AppliedRequests,
+        changed: Changed,
     ) -> None:
         self.node = node
         self.acknowledge = acknowledge
+        self.changed = changed  # a write-back stored rows of homed keys
         self.applied = applied  # the node's record of applied updates (a backup adds to it)
         self.write_through = flush_interval_ms == 0
         self.flush_interval = flush_interval_ms / 1000
@@ -295,6 +303,7 @@ class Replication:
             store.values[keys[current]] = values[current]
             for state, rows in zip(store.states, msg.states, strict=True):
                 state[keys[current]] = rows[current]
+            self.changed(msg.table, keys[current])
         finally:
             node.lock.release()
         acknowledged = self.replicate(msg.table, keys, msg.positions, msg.requester, msg.req_id)
