@@ -8,7 +8,8 @@ holds key 5 (it localized it) and writes its rows back to the home.
   (the write-back copy), so that the new home can take them back when that worker dies
   and does not overwrite its backups with a row it never had.
 * Write-backs reach the new home whenever they arrive: before the copy of their chunk,
-  during the pre-copy (the final delta carries them), or while the shard is frozen.
+  during the pre-copy (the final delta carries them), or while the shard is frozen (the
+  worker writes its held keys back to their new home).
 * The records of the updates applied to the shard's keys go with the final part, so a
   retry that reaches the new home is answered, not applied again, and the new home's
   replica sync hands them on to its backups.
@@ -169,6 +170,39 @@ def test_a_write_back_during_the_pre_copy_reaches_the_new_home_in_the_final_delt
     job.deliver(A, B)
     job.commit()
     assert job.store(B).values[KEY].tolist() == [9.0, 9.0]
+
+
+@pytest.mark.parametrize("flush_interval_ms", [100, 0], ids=["write-back", "write-through"])
+def test_a_write_back_that_reaches_the_frozen_home_is_written_back_again(flush_interval_ms: int) -> None:
+    """The final delta went before it: the worker writes the key back to its new home."""
+    job = Job(replicated=True, worker_flush_ms=flush_interval_ms)
+    worker = job.nodes[W].replication
+    assert worker is not None
+    job.worker_holds_key(7.0)
+    job.start_move()
+    while not job.frozen():
+        job.step()
+    job.write_back(11.0)  # the worker's flush, while the copy waits for the commit
+    job.deliver(A, B)
+    job.commit()
+    job.deliver(A, B)  # whatever the old home sends on
+    worker.flush(now=1000.0)
+    assert job.deliver(W, B) == [MsgType.WRITEBACK]
+    assert job.store(B).values[KEY].tolist() == [11.0, 11.0]
+    job.nodes[B].take_back_from_lost({W})
+    assert job.store(B).values[KEY].tolist() == [11.0, 11.0]
+
+
+def test_a_worker_writes_back_only_held_keys_whose_home_changed() -> None:
+    job = Job(replicated=True)
+    job.store(W).loc[1] = W  # in shard 0: its home stays
+    job.move_shard()
+    worker = job.nodes[W].replication
+    assert worker is not None
+    worker.flush(now=1000.0)
+    written = job.sent(W, MsgType.WRITEBACK, B)
+    assert [m.keys.tolist() for m in written if m.keys is not None] == [[KEY]]
+    assert not job.sent(W, MsgType.WRITEBACK, A)
 
 
 @pytest.mark.parametrize("replicated", [False, True], ids=["no-replication", "replication"])

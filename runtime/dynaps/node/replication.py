@@ -280,6 +280,27 @@ class Replication:
             if len(held):
                 self.write_back(table, held, None, NO_ENDPOINT, 0)
 
+    def rehome(self, old: ShardMap, new: ShardMap) -> None:
+        """Held keys whose shard got a new home: write them back to it (at the next flush,
+        or now when writing through).  The old home's copy went to the new home with the
+        shard, but a write-back that reached the old home after its final delta (while the
+        shard was frozen, or before this node heard of the commit) did not: the new home
+        keeps rows only from a key's holder, so it drops them when the old home forwards
+        them."""
+        moved = np.flatnonzero(old.homes != new.homes)
+        if not len(moved):
+            return
+        node = self.node
+        for table, store in enumerate(node.stores):
+            keys = shard_keys(store, moved, new)
+            held = keys[(store.loc[keys] == node.me) & ~node.homed(table)[keys]]
+            if not len(held):
+                continue
+            if self.write_through:
+                self.write_back(table, held, None, NO_ENDPOINT, 0)
+            else:
+                self.dirty[table][held] = 1
+
     def on_writeback(self, msg: Message) -> None:
         """At the home: keep the rows of keys still held by the sender, and replicate them."""
         node = self.node

@@ -281,6 +281,7 @@ class NodeServer:
         old_map, self.shard_map = self.shard_map, new_map
         if self.replication is not None:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
+            self.replication.rehome(old_map, new_map)
             self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
         self._homed.clear()
         self.release_gate()
