@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dynaps.contract import NamedTable, Partition
+from dynaps.node import migration
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
@@ -28,7 +29,7 @@ from dynaps.store.table_store import TableStore
 from dynaps.wire import messages
 from dynaps.wire.codec import decode
 from dynaps.wire.control import MigrateOut
-from dynaps.wire.protocol import NO_ENDPOINT, RETRY, Message, MsgType, client_of
+from dynaps.wire.protocol import FINAL, NO_ENDPOINT, RETRY, Message, MsgType, client_of
 from tests.dynaps.test_node_bad_messages import Outbox
 
 A, B, W, R = 1, 2, 3, 4  # old home, new home, worker, backup
@@ -241,3 +242,21 @@ def test_only_the_records_of_the_moved_keys_travel() -> None:
     job.move_shard()
     adopted = job.nodes[B].applied.applied[CLIENT]
     assert list(adopted) == [8]
+
+
+def test_the_records_travel_in_parts_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part carries the records of its own keys only (its JSON stays bounded, as a replica
+    sync's does); the last part sent at the freeze is FINAL, and the new home has them all."""
+    monkeypatch.setattr(migration, "RECORD_KEYS", 2)  # shard 1's keys 4-7 in two parts
+    job = Job(replicated=False)
+    for req_id, key in ((7, 4), (8, 7)):
+        pushed = np.array([key], dtype=np.int64)
+        job.nodes[A].dispatch(messages.request(MsgType.PUSH, CLIENT, req_id, 0, pushed, values=rows(1.0, 1)))
+    job.start_move()
+    while not job.frozen():
+        job.step()
+    copies = job.sent(A, MsgType.SHARD_COPY, B)
+    assert [[r[1] for r in m.records["records"]] for m in copies if m.records] == [[7], [8]]
+    assert [bool(m.flags & FINAL) for m in copies] == [False] * (len(copies) - 1) + [True]
+    job.deliver(A, B)
+    assert list(job.nodes[B].applied.applied[CLIENT]) == [7, 8]
