@@ -9,8 +9,9 @@ hand, so it chooses which copy of a request arrives first.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from dynaps.client import retry_holds
+from dynaps.client import requests, retry_holds
 from dynaps.contract import FaultTolerance
 from dynaps.node import control_plane
 from dynaps.node.server import NodeServer
@@ -203,3 +204,66 @@ def test_a_late_answer_to_a_request_sent_again_after_a_departure_is_ignored_quie
         answer.values = rows
         client.requests._absorb(answer)  # the second raised "reply for unknown request"
     assert handle.done()
+
+
+# ----------------------------------------------------------------------------- departures
+# Updates in flight when a node leaves are sent again only with RESEND_UPDATES_AFTER_DEPARTURE
+# (off until the node side hands records on along every route a key leaves by).
+
+
+def test_without_the_switch_a_departure_sends_no_update_again() -> None:
+    assert not requests.RESEND_UPDATES_AFTER_DEPARTURE  # see its comment before turning it on
+    client = Client()
+    client.store.loc[:] = HOME
+    client.table.push([KEY], ONE, wait=False)
+    client.transport.take()
+    client.requests.apply_membership(shard_map(2, [1, 1]), gone={HOME}, lost=set())
+    assert client.transport.take() == []
+
+
+def test_a_departure_sends_updates_in_flight_again_as_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the switch on, e7effb5's restriction is gone: a push in flight to a node that
+    left goes again, marked RETRY, to the keys' home now, like a pull or a localize."""
+    monkeypatch.setattr(requests, "RESEND_UPDATES_AFTER_DEPARTURE", True)
+    client = Client()
+    client.store.loc[:] = HOME
+    pushed = client.table.push([KEY], ONE, wait=False)
+    client.table.set([6], ONE, wait=False)
+    client.transport.take()
+    client.requests.apply_membership(shard_map(2, [1, 1]), gone={HOME}, lost=set())  # HOME left
+    resent = client.transport.take()
+    assert sorted((dest, msg.type.name, bool(msg.flags & RETRY)) for dest, msg in resent) == [
+        (1, "PUSH", True),
+        (1, "SET", True),
+    ]
+    assert pushed.req_id in client.requests.resent
+
+
+def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route that carries records today: worker OTHER applied push p to KEY (its ACK
+    still unread), released KEY to its home while draining (the TRANSFER carries OTHER's
+    records), and left.  The client sends p again to the home, which answers it from the
+    record; the original's late ACK is a duplicate."""
+    monkeypatch.setattr(requests, "RESEND_UPDATES_AFTER_DEPARTURE", True)
+    client = Client()
+    client.store.loc[KEY] = OTHER
+    home, other = home_node(owner=OTHER), worker_node(OTHER)
+    nodes = {HOME: home, OTHER: other}
+    p = client.table.push([KEY], ONE, wait=False)
+    [(dest, first)] = client.transport.take()
+    assert dest == OTHER
+    other.dispatch(first)
+    [(to_client, ack)] = sent_by(other)  # read only at the end
+    assert other.departures.release_owned() == 1  # OTHER drains: KEY goes back to HOME
+    deliver(client, nodes, sent_by(other))
+    assert home.stores[0].loc[KEY] == HOME
+    assert home.stores[0].values[KEY].tolist() == [1.0]
+    client.requests.apply_membership(shard_map(2, [1, HOME]), gone={OTHER}, lost=set())  # OTHER left
+    [(dest, retry)] = client.transport.take()
+    assert (dest, retry.type, retry.req_id, bool(retry.flags & RETRY)) == (HOME, MsgType.PUSH, p.req_id, True)
+    deliver(client, nodes, [(dest, retry)])
+    assert p.done()
+    assert home.stores[0].values[KEY].tolist() == [1.0]
+    deliver(client, nodes, [(to_client, ack)])  # the original's answer, late

@@ -62,6 +62,14 @@ _OPERATION = {
 # sent again when a node leaves: arriving twice changes nothing (see apply_membership)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 
+# Whether updates in flight (PUSH, SET) are sent again after a node leaves, as after a loss.
+# Exactly once for them needs the applied-request records to travel on every route a key
+# leaves a departing node by: TRANSFER (a held key released) carries them already; a
+# migration's SHARD_COPY and a worker's WRITEBACK do only with the node-side changes of
+# branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
+# merged it stays off, and a push sent to a node after it stopped forwarding times out.
+RESEND_UPDATES_AFTER_DEPARTURE = False
+
 
 class Requests:
     """The requests a training process has in flight, and the paths they take."""
@@ -276,9 +284,9 @@ class Requests:
         are sent again too: a node that left forwards stragglers only for a while
         (``LEAVE_LINGER``), and a request sent with a shard map from before it left (a
         program that read no reply for longer, or a localize held back for the coordinator's
-        note) may reach it after that, or never.  Those two may arrive twice; updates may
-        not (exactly once after a loss relies on the homes' relocation fence, which a
-        departure does not raise), so a push sent that late still times out.
+        note) may reach it after that, or never.  Those two may arrive twice.  Updates in
+        flight go again as well only when RESEND_UPDATES_AFTER_DEPARTURE is on: they are
+        applied once only if the node that applied the original handed its records on.
         """
         departed = gone - self.gone - lost
         self.gone |= gone
@@ -301,7 +309,7 @@ class Requests:
         if fresh:
             self._retry_outstanding()
         elif departed:
-            self._retry_outstanding(REPEATABLE)
+            self._retry_outstanding(None if RESEND_UPDATES_AFTER_DEPARTURE else REPEATABLE)
 
     def _retry_outstanding(self, kinds: frozenset[MsgType] | None = None) -> None:
         """Nodes died (or left: only ``kinds``): requests in flight may have died with them.
