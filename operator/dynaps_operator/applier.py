@@ -21,10 +21,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import JobStatus, ParameterServerJob, secret
-from dynaps_operator import builders, gang, kube, names, security
+from dynaps.contract import ConditionReason, JobStatus, ParameterServerJob, secret
+from dynaps_operator import builders, gang, kube, names, references, security
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
+from dynaps_operator.decisions import Holdup
 from dynaps_operator.errors import (
     ChildNotReadyError,
     ConflictError,
@@ -75,11 +76,29 @@ class PlanApplier:
         self.pod_groups: dict[Key, str] = {}  # the PodGroup spec last written per job
         # per job, (its uid, the coordinator's HTTP token from its Secret); never logged
         self.tokens: dict[Key, tuple[str, str]] = {}
+        # per job, why it may not use what its templates name: looked at again on every pass
+        # until the namespace marks them (references.py)
+        self.refused: dict[Key, str] = {}
 
     def forget(self, key: Key) -> None:
         self.configmaps.pop(key, None)
         self.pod_groups.pop(key, None)
         self.tokens.pop(key, None)
+        self.refused.pop(key, None)
+
+    async def held_back(self, key: Key, ref: JobRef, job: ParameterServerJob) -> Holdup | None:
+        """What keeps the job's pods from being created, as last seen and looked at again now
+        (None: nothing); the planner creates none and says why."""
+        conflict = await self.secret_conflict(key, ref)
+        if conflict:
+            return Holdup(ConditionReason.SECRET_CONFLICT, conflict)
+        if key in self.refused:
+            problem = await self._reference_problem(ref, job)
+            if problem:
+                self.refused[key] = problem
+                return Holdup(ConditionReason.REFERENCE_NOT_ALLOWED, problem)
+            del self.refused[key]
+        return None
 
     async def apply(
         self,
@@ -103,6 +122,7 @@ class PlanApplier:
             )
             self.metrics.pods_deleted.inc(sum(deleted))
         if job is not None and p.create:
+            await self._check_references(key, ref, job)
             await self._ensure_secret(key, ref)
             await self._apply_network_policy(ref)
         if job is not None and (p.create or key in self.configmaps):
@@ -160,6 +180,32 @@ class PlanApplier:
                 f"Secret {names.secret_name(ref.name)} appeared meanwhile", delay=0.2
             ) from exc
         self.tokens[key] = (ref.uid, secret.http_token(value))
+
+    async def _check_references(self, key: Key, ref: JobRef, job: ParameterServerJob) -> None:
+        """Before any pod: every Secret, ConfigMap and claim the templates name is marked for
+        the namespace's jobs (unless privileged jobs are allowed); else none is created, and
+        the next pass says why (:meth:`held_back`)."""
+        if self.settings.allow_privileged_jobs:
+            return
+        problem = await self._reference_problem(ref, job)
+        if problem:
+            self.refused[key] = problem
+            raise ChildNotReadyError(problem, delay=0.2)
+
+    async def _reference_problem(self, ref: JobRef, job: ParameterServerJob) -> str:
+        named = references.references(job, ref.name)
+        distinct = sorted({(r.kind, r.name) for r in named})
+        verdicts = await asyncio.gather(*(self._usable(ref.namespace, kind, name) for kind, name in distinct))
+        allowed = {obj for obj, ok in zip(distinct, verdicts, strict=True) if ok}
+        refused = [r for r in named if (r.kind, r.name) not in allowed]
+        return references.refusal(refused) if refused else ""
+
+    async def _usable(self, namespace: str, kind: str, name: str) -> bool:
+        try:
+            metadata = await self.api.metadata(kube.path(references.PLURALS[kind], namespace, name))
+        except NotFoundError:
+            return False  # one made later must be marked too: the kubelet would mount it then
+        return references.usable(metadata)
 
     async def _apply_network_policy(self, ref: JobRef) -> None:
         policy = builders.build_network_policy(

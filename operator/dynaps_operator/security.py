@@ -9,6 +9,9 @@ template asks for, the operator would create on the user's behalf (a confused de
   account, added capabilities...) is refused with the field named (:func:`template_problems`),
   unless the operator's setting ``allowPrivilegedJobs`` allows it (the hardening then becomes
   a default the template may override);
+* so is a volume the namespace cannot mark for jobs (``nfs``, ``csi``, a projected
+  service-account token, a claim cloned from another...): the Secrets, ConfigMaps and claims a
+  template names must carry the namespace's consent (:mod:`dynaps_operator.references`);
 * each job gets a random Secret (``builders.build_secret``), mounted read-only in its pods, from
   which its processes derive the keys that sign their messages and the token the coordinator's
   HTTP endpoint wants; the operator reads it back for that token (:func:`token_of`);
@@ -35,6 +38,22 @@ CONTAINER_SECURITY: JsonDict = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 SECRET_FILE = f"{secret.MOUNT_DIR}/{secret.DATA_KEY}"
+# Volume kinds a template may use: each is the pod's own, or an object of the namespace that
+# references.py checks ("name" is the volume's name, not a kind).
+_VOLUME_KINDS = frozenset(
+    {
+        "name",
+        "configMap",
+        "secret",
+        "persistentVolumeClaim",
+        "emptyDir",
+        "downwardAPI",
+        "projected",
+        "ephemeral",
+        "image",
+    }
+)
+_PROJECTED_KINDS = frozenset({"configMap", "secret", "downwardAPI", "clusterTrustBundle"})
 _CONTAINER_LISTS = ("initContainers", "containers")
 
 
@@ -75,9 +94,9 @@ def template_problems(job: ParameterServerJob) -> list[str]:
         spec = role_spec.template.get("spec")
         if isinstance(spec, dict):
             problems += _pod_problems(f"spec.{role}.template.spec", spec)
-    volume = job.spec.fault_tolerance.checkpoint.volume
-    if "hostPath" in volume:
-        problems.append(_refused("spec.faultTolerance.checkpoint.volume.hostPath", "a node's file system"))
+    problems += _volume_problems(
+        "spec.faultTolerance.checkpoint.volume", job.spec.fault_tolerance.checkpoint.volume
+    )
     return problems
 
 
@@ -100,8 +119,13 @@ def _pod_problems(at: str, spec: JsonDict) -> list[str]:
     if spec.get("automountServiceAccountToken") is True:
         problems.append(_refused(f"{at}.automountServiceAccountToken", "a Kubernetes API token"))
     for i, volume in enumerate(spec.get("volumes") or []):
-        if isinstance(volume, dict) and "hostPath" in volume:
-            problems.append(_refused(f"{at}.volumes[{i}].hostPath", "a node's file system"))
+        if isinstance(volume, dict):
+            problems += _volume_problems(f"{at}.volumes[{i}]", volume)
+    for i, claim in enumerate(spec.get("resourceClaims") or []):
+        if isinstance(claim, dict) and claim.get("resourceClaimName"):
+            problems.append(
+                _refused(f"{at}.resourceClaims[{i}].resourceClaimName", "an existing claim's devices")
+            )
     problems += _context_problems(f"{at}.securityContext", spec.get("securityContext"))
     for key in (*_CONTAINER_LISTS, "ephemeralContainers"):
         for i, container in enumerate(spec.get(key) or []):
@@ -109,6 +133,36 @@ def _pod_problems(at: str, spec: JsonDict) -> list[str]:
                 problems += _context_problems(
                     f"{at}.{key}[{i}].securityContext", container.get("securityContext")
                 )
+    return problems
+
+
+def _volume_problems(at: str, volume: dict[str, Any]) -> list[str]:
+    """A volume (or the checkpoint volume's source) of a kind the namespace cannot mark for
+    jobs: only the kinds of the Pod Security Standards' "restricted" profile, but ``csi``
+    (a driver's attributes may name anything), are allowed; references they make are checked
+    against the namespace's consent (:mod:`dynaps_operator.references`)."""
+    problems = []
+    for key in volume:
+        if key == "hostPath":
+            problems.append(_refused(f"{at}.hostPath", "a node's file system"))
+        elif key not in _VOLUME_KINDS:
+            problems.append(
+                _refused(f"{at}.{key}", "storage the operator cannot check (use a PersistentVolumeClaim)")
+            )
+    projected = volume.get("projected")
+    for i, source in enumerate((projected.get("sources") or []) if isinstance(projected, dict) else []):
+        for key in source if isinstance(source, dict) else ():
+            if key not in _PROJECTED_KINDS:
+                problems.append(
+                    _refused(f"{at}.projected.sources[{i}].{key}", "a credential of the pod's identity")
+                )
+    ephemeral = volume.get("ephemeral")
+    claim = (ephemeral.get("volumeClaimTemplate") or {}) if isinstance(ephemeral, dict) else {}
+    claim_spec = claim.get("spec") if isinstance(claim, dict) else None
+    for key in ("dataSource", "dataSourceRef"):
+        if isinstance(claim_spec, dict) and claim_spec.get(key):
+            field = f"{at}.ephemeral.volumeClaimTemplate.spec.{key}"
+            problems.append(_refused(field, "a copy of another claim or snapshot"))
     return problems
 
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from dynaps.contract import secret
-from dynaps_operator import names, security
+from dynaps_operator import names, references, security
 from dynaps_operator.builders import build_network_policy, build_pod, build_secret
 from dynaps_operator.coordinator_client import MAX_ANSWER, CoordinatorClient
 from dynaps_operator.errors import CoordinatorError
@@ -128,6 +128,41 @@ REFUSED = [
         {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
         "spec.workers.template.spec.securityContext.seccompProfile",
     ),
+    # finding 4 of the audit: storage, tokens and devices the operator cannot ask the
+    # namespace about (no object to label, or not the job's to use)
+    (
+        {"volumes": [{"name": "v", "nfs": {"server": "10.0.0.5", "path": "/exports/team-b"}}]},
+        "spec.workers.template.spec.volumes[0].nfs",
+    ),
+    (
+        {"volumes": [{"name": "v", "csi": {"driver": "secrets-store.csi.k8s.io"}}]},
+        "spec.workers.template.spec.volumes[0].csi",
+    ),
+    (
+        {"volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]},
+        "spec.workers.template.spec.volumes[0].projected.sources[0].serviceAccountToken",
+    ),
+    (
+        {
+            "volumes": [
+                {
+                    "name": "v",
+                    "ephemeral": {
+                        "volumeClaimTemplate": {
+                            "spec": {
+                                "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "team-b-data"}
+                            }
+                        }
+                    },
+                }
+            ]
+        },
+        "spec.workers.template.spec.volumes[0].ephemeral.volumeClaimTemplate.spec.dataSourceRef",
+    ),
+    (
+        {"resourceClaims": [{"name": "gpu", "resourceClaimName": "team-b-gpus"}]},
+        "spec.workers.template.spec.resourceClaims[0].resourceClaimName",
+    ),
 ]
 
 
@@ -152,6 +187,81 @@ def test_a_host_path_checkpoint_volume_is_refused() -> None:
     assert security.template_problems(the_job) == [
         security._refused("spec.faultTolerance.checkpoint.volume.hostPath", "a node's file system")
     ]
+
+
+def test_a_checkpoint_volume_of_another_kind_than_a_claim_or_empty_dir_is_refused() -> None:
+    the_job = job(faultTolerance={"checkpoint": {"volume": {"nfs": {"server": "nas", "path": "/team-b"}}}})
+    (problem,) = security.template_problems(the_job)
+    assert problem.startswith("spec.faultTolerance.checkpoint.volume.nfs: refused")
+    claim = job(faultTolerance={"checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}}})
+    assert security.template_problems(claim) == []  # a claim, checked against its label later
+
+
+def test_every_object_a_template_names_in_the_namespace_is_listed_with_its_field() -> None:
+    worker = {
+        "spec": {
+            "imagePullSecrets": [{"name": "registry"}],
+            "initContainers": [{"name": "fetch", "envFrom": [{"secretRef": {"name": "s3-keys"}}]}],
+            "containers": [
+                {
+                    "name": "dynaps",
+                    "env": [
+                        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "team-data", "key": "k"}}},
+                        {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "k"}}},
+                        {"name": "C", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "D", "value": "plain"},
+                    ],
+                    "envFrom": [{"configMapRef": {"name": "defaults"}}],
+                }
+            ],
+            "volumes": [
+                {"name": "own", "secret": {"secretName": "mf-secret"}},  # the job's own: not listed
+                {"name": "config", "configMap": {"name": "mf-config"}},  # likewise
+                {"name": "data", "persistentVolumeClaim": {"claimName": "corpus"}},
+                {"name": "cert", "secret": {"secretName": "tls"}},
+                {
+                    "name": "both",
+                    "projected": {
+                        "sources": [
+                            {"secret": {"name": "p-secret"}},
+                            {"configMap": {"name": "p-config"}},
+                            {"downwardAPI": {"items": []}},
+                        ]
+                    },
+                },
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        }
+    }
+    the_job = job(
+        workers={"replicas": 1, "command": ["python"], "template": worker},
+        coordinator={"template": {"spec": {"imagePullSecrets": [{"name": "registry"}]}}},
+        faultTolerance={"checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}}},
+    )
+    found = [(r.kind, r.name, r.field) for r in references.references(the_job, "mf")]
+    at = "spec.workers.template.spec"
+    assert found == [
+        ("Secret", "registry", "spec.coordinator.template.spec.imagePullSecrets[0]"),
+        ("Secret", "registry", f"{at}.imagePullSecrets[0]"),
+        ("PersistentVolumeClaim", "corpus", f"{at}.volumes[2].persistentVolumeClaim"),
+        ("Secret", "tls", f"{at}.volumes[3].secret"),
+        ("Secret", "p-secret", f"{at}.volumes[4].projected.sources[0].secret"),
+        ("ConfigMap", "p-config", f"{at}.volumes[4].projected.sources[1].configMap"),
+        ("Secret", "s3-keys", f"{at}.initContainers[0].envFrom[0].secretRef"),
+        ("Secret", "team-data", f"{at}.containers[0].env[0].valueFrom.secretKeyRef"),
+        ("ConfigMap", "settings", f"{at}.containers[0].env[1].valueFrom.configMapKeyRef"),
+        ("ConfigMap", "defaults", f"{at}.containers[0].envFrom[0].configMapRef"),
+        ("PersistentVolumeClaim", "ckpt", "spec.faultTolerance.checkpoint.volume.persistentVolumeClaim"),
+    ]
+    # what the operator says of the ones the namespace did not mark for jobs
+    refused = references.references(the_job, "mf")[2:4]
+    message = references.refusal(refused)
+    assert message.startswith(
+        f"{at}.volumes[2].persistentVolumeClaim: PersistentVolumeClaim corpus is not labelled "
+        f"{references.USABLE_LABEL}=true"
+    )
+    assert f"{at}.volumes[3].secret: Secret tls is not labelled" in message
+    assert "kubectl label" in message
 
 
 def test_when_allowed_the_template_wins_over_the_hardening() -> None:

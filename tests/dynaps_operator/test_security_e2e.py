@@ -139,3 +139,41 @@ def test_a_leftover_secret_of_the_jobs_name_holds_it_with_a_reason_until_it_goes
     assert done["status"]["phase"] == "Succeeded", done["status"]
     stored = kube_api.get(namespaced("secrets", ns, "reused-secret"))
     assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [done["metadata"]["uid"]]
+
+
+def test_a_template_uses_only_what_its_namespace_marked_for_jobs(
+    operator: OperatorThread, kube_api: KubeClient, module_namespace: str, process_kubelet: ProcessKubelet
+) -> None:
+    """Finding 4 of the audit: the operator creates pods with its own rights, so a job author
+    who may not read a Secret must not get it into a pod of theirs through a template (whose
+    program then reads it, and could send it anywhere)."""
+    ns = module_namespace
+    value = secret.encode(secret.new_secret())
+    kube_api.create(
+        namespaced("secrets", ns),
+        {"metadata": {"name": "team-data"}, "stringData": {"token": value}},
+    )
+    job = quickstart_job("borrower", workers=1, epochs=1)
+    borrowed = {"name": "TEAM_TOKEN", "valueFrom": {"secretKeyRef": {"name": "team-data", "key": "token"}}}
+    job["spec"]["workers"]["template"] = {"spec": {"containers": [{"name": "dynaps", "env": [borrowed]}]}}
+    create_job(kube_api, ns, job)
+
+    def held() -> JsonDict | None:
+        found = condition(get_job(kube_api, ns, "borrower"), "Running")
+        return found if found is not None and found["reason"] == "ReferenceNotAllowed" else None
+
+    shown = wait_for(held, 20, "the ReferenceNotAllowed condition")
+    assert shown["message"].startswith(
+        "spec.workers.template.spec.containers[0].env[0].valueFrom.secretKeyRef: "
+        "Secret team-data is not labelled dynaps.io/usable-by-jobs=true"
+    ), shown
+    assert pods_of(kube_api, ns, "borrower") == []  # not even the coordinator
+    assert "ReferenceNotAllowed" in [e["reason"] for e in events_of(kube_api, ns, "borrower")]
+
+    # whoever may change the Secret marks it for the namespace's jobs: the job starts
+    kube_api.patch(
+        namespaced("secrets", ns, "team-data"), {"metadata": {"labels": {"dynaps.io/usable-by-jobs": "true"}}}
+    )
+    done = wait_phase(kube_api, ns, "borrower", {"Succeeded", "Failed"}, 120)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert value not in str(done["status"])

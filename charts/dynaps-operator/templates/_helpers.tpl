@@ -50,15 +50,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [services]
   verbs: [create]
-# The runtime configuration (created, then patched when it changes).
+# The runtime configuration (created, then patched when it changes). get: the labels of a
+# ConfigMap a job template names (metadata only: is it marked dynaps.io/usable-by-jobs?).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, patch]
+  verbs: [create, patch, get]
 # The job's Secret: created once (immutable, garbage-collected with the job), read back for the
-# coordinator's HTTP token after an operator restart. Never listed nor watched.
+# coordinator's HTTP token after an operator restart; and the labels of a Secret a job template
+# names (metadata only). Never listed nor watched.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create, get]
+# The labels of a claim a job template names (metadata only): is it marked for jobs?
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 # The job's NetworkPolicy (created once; garbage-collected with the job).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
