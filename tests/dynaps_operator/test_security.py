@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import tracemalloc
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from dynaps.contract import secret
+from dynaps.contract import MAX_NODES, secret
 from dynaps_operator import names, references, security
 from dynaps_operator.builders import build_network_policy, build_pod, build_secret
 from dynaps_operator.coordinator_client import MAX_ANSWER, CoordinatorClient
+from dynaps_operator.coordinator_view import parse_status
 from dynaps_operator.errors import CoordinatorError
 from dynaps_operator.names import Role
 from dynaps_operator.validation import parse_job
@@ -308,6 +310,93 @@ def test_the_client_sends_the_token_and_refuses_an_answer_over_the_cap() -> None
             assert seen == ["Bearer tok"]
             with pytest.raises(CoordinatorError, match="passed"):
                 await client._request("GET", "127.0.0.1", "/huge", None, "tok")
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_huge_status_leaves_little_in_the_operator() -> None:
+    """Finding 5 of the audit: a coordinator the job author built answers /status with as many
+    members and metrics as 4 MiB hold; the operator keeps a view of it per job."""
+    doc = {
+        "members": [{"name": f"n{i:07d}", "role": "server", "id": i} for i in range(100_000)]
+        + [{"name": f"w{i:07d}", "role": "worker", "id": i, "attached": False} for i in range(100_000)]
+        + [{"name": "x" * 10_000, "role": "worker", "attached": False}],
+        "shardsPerServer": {str(i): 1 for i in range(100_000)},
+        "metrics": {f"m{i}": 1.0 for i in range(50_000)},
+    }
+    tracemalloc.start()
+    try:
+        view = parse_status(doc)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(view.registered) <= MAX_NODES
+    assert len(view.unattached) <= MAX_NODES
+    assert len(view.server_names) <= MAX_NODES
+    assert len(view.shards_per_server) <= MAX_NODES
+    assert max(len(name) for name in view.registered) <= names.MAX_HOSTNAME  # no pod has a longer name
+    assert len(view.metrics) <= 64  # as many names as the runtime keeps
+    assert kept < 8 << 20, kept  # 16,000 nodes' names at most, whatever arrives (was 22 MB)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"lastCheckpoint": {"path": "/ckpt/ckpt-000001", "time": 1e300}},
+        {"dataLoss": [{"cause": "checkpoint", "server": 1, "time": 10**30, "shards": []}]},
+        {
+            "dataLoss": [
+                {"cause": "ckpt", "server": 1, "time": 1, "shards": [], "checkpointAgeSeconds": 10**400}
+            ]
+        },
+        {"metrics": {"loss": 10**400}},
+    ],
+)
+def test_a_time_out_of_range_is_dropped_not_raised(doc: dict[str, Any]) -> None:
+    view = parse_status(doc)  # raised OverflowError: every reconcile of the job failed
+    assert view.last_checkpoint is None
+    assert all(loss.checkpoint_age is None for loss in view.losses)
+    assert view.metrics == {}
+
+
+def test_an_answer_of_many_tiny_values_is_refused_before_it_is_parsed() -> None:
+    """4 MiB of ``{},`` parse into ~100 MB of Python objects: refused by their count."""
+    body = b'{"members": [' + b",".join([b"{}"] * ((MAX_ANSWER - 64) // 3)) + b"]}"
+    assert len(body) <= MAX_ANSWER
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    async def main() -> int:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            tracemalloc.start()
+            with pytest.raises(CoordinatorError, match="values"):
+                await client.status("127.0.0.1", "tok")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await client.close()
+            await runner.cleanup()
+
+    peak = asyncio.run(main())
+    assert peak < 40 << 20, peak  # the answer's bytes, a few times; not its objects
+
+
+def test_a_deeply_nested_answer_is_an_error_not_a_crash() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"[" * 200_000 + b"]" * 200_000, content_type="application/json")
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            with pytest.raises(CoordinatorError):
+                await client.status("127.0.0.1", "tok")
         finally:
             await client.close()
             await runner.cleanup()
