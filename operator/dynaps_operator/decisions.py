@@ -68,9 +68,9 @@ class Observed:
     now: datetime
     poll_seconds: float = 2.0
     # why no pod may be created (None: nothing stops it): a child of the job's name owned by
-    # something else (e.g. a leftover of a deleted job of the same name: ``SecretConflict``),
-    # or an object its templates name that the namespace did not mark for jobs
-    # (``ReferenceNotAllowed``)
+    # something else, e.g. a leftover of a deleted job of the same name (``SecretConflict``,
+    # ``NameConflict``), or an object its templates name that the namespace did not mark for
+    # jobs (``ReferenceNotAllowed``); see guards.py
     held_back: Holdup | None = None
 
 

@@ -191,14 +191,21 @@ def _context_problems(at: str, context: Any) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------------- the job's Secret
+# ---------------------------------------------------------------------- the job's children
+
+
+def owned(metadata: Any, uid: str) -> bool:
+    """Whether an object's metadata (as read back) names the job ``uid`` among its owners: a
+    child of the job's name that does not (a leftover of a deleted job of the same name, or
+    anyone's object) is never used nor changed."""
+    owners = (metadata.get("ownerReferences") if isinstance(metadata, dict) else None) or []
+    return any(isinstance(owner, dict) and owner.get("uid") == uid for owner in owners)
 
 
 def token_of(body: JsonDict, job_uid: str) -> str | None:
     """The HTTP token from the job's Secret as read back, or None when it is not this job's
     (another owner: a leftover of a deleted job of the same name) or not a usable secret."""
-    owners = (body.get("metadata") or {}).get("ownerReferences") or []
-    if not any(owner.get("uid") == job_uid for owner in owners):
+    if not owned(body.get("metadata"), job_uid):
         return None
     try:
         text = base64.b64decode((body.get("data") or {}).get(secret.DATA_KEY, ""), validate=True).decode()

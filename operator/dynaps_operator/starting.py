@@ -2,10 +2,11 @@
 
 What holds a job up, the first that applies:
 
-* something that keeps the operator from creating pods (:attr:`Observed.held_back`): a Secret
-  of the job's name that is not the job's (``SecretConflict``: a pod would mount another
-  owner's secret), or an object a template names that the namespace did not mark for jobs
-  (``ReferenceNotAllowed``), until that changes;
+* something that keeps the operator from creating pods (:attr:`Observed.held_back`,
+  :mod:`dynaps_operator.guards`): a Secret of the job's name that is not the job's
+  (``SecretConflict``: a pod would mount another owner's secret), another child of the job's
+  name that is someone else's (``NameConflict``), or an object a template names that the
+  namespace did not mark for jobs (``ReferenceNotAllowed``), until that changes;
 * a pod that cannot start (:class:`~dynaps_operator.podstate.StartProblem`: ``Unschedulable``,
   ``ImagePullBackOff``, ``ErrImagePull``, ``CreateContainerConfigError``,
   ``InitContainerFailed``, ...), quoting the pod's own message;

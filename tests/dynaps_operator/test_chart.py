@@ -230,14 +230,22 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
         assert can_i(kube_control_plane, ns, "create", "secrets")
         assert can_i(kube_control_plane, ns, "get", "secrets")
         assert can_i(kube_control_plane, ns, "create", "networkpolicies.networking.k8s.io")
-        # the audit's finding 4: the labels of what a template names (metadata only)
-        for kind in ("secrets", "configmaps", "persistentvolumeclaims"):
+        # the audit's finding 4: the labels of what a template names (metadata only); finding 7:
+        # whose a child of the job's name is, when one exists already
+        for kind in (
+            "secrets",
+            "configmaps",
+            "persistentvolumeclaims",
+            "services",
+            "networkpolicies.networking.k8s.io",
+        ):
             assert can_i(kube_control_plane, ns, "get", kind), kind
         # issue 16: the gang scheduler's PodGroup is created, and patched when minMember changes
+        # (if it is the job's: get)
         for group in ("scheduling.x-k8s.io", "scheduling.volcano.sh"):
-            assert can_i(kube_control_plane, ns, "create", f"podgroups.{group}")
-            assert can_i(kube_control_plane, ns, "patch", f"podgroups.{group}")
-            for verb in ("get", "list", "delete"):
+            for verb in ("create", "patch", "get"):
+                assert can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
+            for verb in ("list", "watch", "delete"):
                 assert not can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
         for forbidden in (
             ("list", "secrets"),
@@ -246,6 +254,13 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
             ("delete", "secrets"),
             ("patch", "networkpolicies.networking.k8s.io"),
             ("delete", "networkpolicies.networking.k8s.io"),
+            ("list", "networkpolicies.networking.k8s.io"),
+            ("watch", "networkpolicies.networking.k8s.io"),
+            ("list", "services"),
+            ("watch", "services"),
+            ("watch", "persistentvolumeclaims"),
+            ("patch", "services"),
+            ("delete", "services"),
             ("patch", "pods"),
             ("delete", "configmaps"),
             ("list", "configmaps"),
