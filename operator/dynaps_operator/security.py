@@ -6,7 +6,9 @@ template asks for, the operator would create on the user's behalf (a confused de
 * every job pod runs hardened (:func:`harden`): ``runAsNonRoot``, seccomp ``RuntimeDefault``,
   no privilege escalation, every capability dropped, no service-account token;
 * a template that asks for more (privileged, host namespaces, ``hostPath``, another service
-  account, added capabilities...) is refused with the field named (:func:`template_problems`),
+  account, added capabilities, and whatever else the Pod Security Standards' "baseline"
+  forbids: SELinux types, AppArmor unconfined, an unmasked ``/proc``, host ports, unsafe
+  sysctls...) is refused with the field named (:func:`template_problems`),
   unless the operator's setting ``allowPrivilegedJobs`` allows it (the hardening then becomes
   a default the template may override);
 * so is a volume the namespace cannot mark for jobs (``nfs``, ``csi``, a projected
@@ -54,6 +56,25 @@ _VOLUME_KINDS = frozenset(
     }
 )
 _PROJECTED_KINDS = frozenset({"configMap", "secret", "downwardAPI", "clusterTrustBundle"})
+# The Pod Security Standards' "baseline": SELinux types a container may ask for, the sysctls
+# the kubelet allows without --allowed-unsafe-sysctls (namespaced, isolated from the node),
+# and the AppArmor annotation's prefix with the values it may take.
+_SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
+_SAFE_SYSCTLS = frozenset(
+    {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    }
+)
+_APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
 _CONTAINER_LISTS = ("initContainers", "containers")
 
 
@@ -94,6 +115,12 @@ def template_problems(job: ParameterServerJob) -> list[str]:
         spec = role_spec.template.get("spec")
         if isinstance(spec, dict):
             problems += _pod_problems(f"spec.{role}.template.spec", spec)
+        metadata = role_spec.template.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        for key, value in annotations.items() if isinstance(annotations, dict) else ():
+            if str(key).startswith(_APPARMOR_ANNOTATION) and not _confined(value):
+                field = f"spec.{role}.template.metadata.annotations[{key}]"
+                problems.append(_refused(field, "no AppArmor profile"))
     problems += _volume_problems(
         "spec.faultTolerance.checkpoint.volume", job.spec.fault_tolerance.checkpoint.volume
     )
@@ -133,7 +160,19 @@ def _pod_problems(at: str, spec: JsonDict) -> list[str]:
                 problems += _context_problems(
                     f"{at}.{key}[{i}].securityContext", container.get("securityContext")
                 )
+                for j, port in enumerate(container.get("ports") or []):
+                    if isinstance(port, dict) and port.get("hostPort"):
+                        problems.append(
+                            _refused(f"{at}.{key}[{i}].ports[{j}].hostPort", "a port of the node")
+                        )
     return problems
+
+
+def _confined(apparmor: Any) -> bool:
+    """An AppArmor annotation's value the baseline allows."""
+    return apparmor in ("", "runtime/default") or (
+        isinstance(apparmor, str) and apparmor.startswith("localhost/")
+    )
 
 
 def _volume_problems(at: str, volume: dict[str, Any]) -> list[str]:
@@ -188,6 +227,28 @@ def _context_problems(at: str, context: Any) -> list[str]:
     seccomp = context.get("seccompProfile")
     if isinstance(seccomp, dict) and seccomp.get("type") == "Unconfined":
         problems.append(_refused(f"{at}.seccompProfile", "every system call"))
+    return problems + _baseline_problems(at, context)
+
+
+def _baseline_problems(at: str, context: dict[str, Any]) -> list[str]:
+    """The rest of what the Pod Security Standards' "baseline" forbids in a securityContext."""
+    problems = []
+    selinux = context.get("seLinuxOptions")
+    if isinstance(selinux, dict) and (
+        selinux.get("type", "") not in _SELINUX_TYPES or selinux.get("user") or selinux.get("role")
+    ):
+        problems.append(_refused(f"{at}.seLinuxOptions", "another SELinux type, user or role"))
+    apparmor = context.get("appArmorProfile")
+    if isinstance(apparmor, dict) and apparmor.get("type") == "Unconfined":
+        problems.append(_refused(f"{at}.appArmorProfile", "no AppArmor profile"))
+    if context.get("procMount") not in (None, "Default"):
+        problems.append(_refused(f"{at}.procMount", "an unmasked /proc"))
+    windows = context.get("windowsOptions")
+    if isinstance(windows, dict) and windows.get("hostProcess") is True:
+        problems.append(_refused(f"{at}.windowsOptions.hostProcess", "the Windows node itself"))
+    for i, sysctl in enumerate(context.get("sysctls") or []):
+        if not isinstance(sysctl, dict) or sysctl.get("name") not in _SAFE_SYSCTLS:
+            problems.append(_refused(f"{at}.sysctls[{i}]", "kernel settings shared with the node"))
     return problems
 
 

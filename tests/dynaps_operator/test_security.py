@@ -165,6 +165,39 @@ REFUSED = [
         {"resourceClaims": [{"name": "gpu", "resourceClaimName": "team-b-gpus"}]},
         "spec.workers.template.spec.resourceClaims[0].resourceClaimName",
     ),
+    # finding 10 of the audit: what the Pod Security Standards' "baseline" forbids
+    (
+        {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+        "spec.workers.template.spec.securityContext.seLinuxOptions",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"seLinuxOptions": {"user": "system_u"}}}]},
+        "spec.workers.template.spec.containers[0].securityContext.seLinuxOptions",
+    ),
+    (
+        {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+        "spec.workers.template.spec.securityContext.appArmorProfile",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}]},
+        "spec.workers.template.spec.containers[0].securityContext.appArmorProfile",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"procMount": "Unmasked"}}]},
+        "spec.workers.template.spec.containers[0].securityContext.procMount",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "ports": [{"containerPort": 80, "hostPort": 80}]}]},
+        "spec.workers.template.spec.containers[0].ports[0].hostPort",
+    ),
+    (
+        {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}},
+        "spec.workers.template.spec.securityContext.sysctls[0]",
+    ),
+    (
+        {"securityContext": {"windowsOptions": {"hostProcess": True}}},
+        "spec.workers.template.spec.securityContext.windowsOptions.hostProcess",
+    ),
 ]
 
 
@@ -182,6 +215,37 @@ def test_a_privileged_template_is_refused_naming_the_field(template_spec: dict[s
     allowed, nothing = parse_job(manifest(template_spec), allow_privileged=True)
     assert allowed is not None
     assert nothing == ""
+
+
+def test_an_unconfined_app_armor_annotation_is_refused() -> None:
+    key = "container.apparmor.security.beta.kubernetes.io/dynaps"
+    template = {"metadata": {"annotations": {key: "unconfined"}}}
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+    (problem,) = security.template_problems(the_job)
+    assert problem.startswith(f"spec.workers.template.metadata.annotations[{key}]: refused")
+    for fine in ("runtime/default", "localhost/my-profile"):
+        template = {"metadata": {"annotations": {key: fine}}}
+        the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+        assert security.template_problems(the_job) == []
+
+
+def test_what_the_baseline_allows_stays_allowed() -> None:
+    spec = {
+        "securityContext": {
+            "seLinuxOptions": {"type": "container_t", "level": "s0:c123,c456"},
+            "appArmorProfile": {"type": "RuntimeDefault"},
+            "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65000"}],
+        },
+        "containers": [
+            {
+                "name": "dynaps",
+                "ports": [{"containerPort": 80, "hostPort": 0}],
+                "securityContext": {"procMount": "Default", "appArmorProfile": {"type": "Localhost"}},
+            }
+        ],
+    }
+    parsed, message = parse_job(manifest(spec))
+    assert parsed is not None, message
 
 
 def test_a_host_path_checkpoint_volume_is_refused() -> None:
