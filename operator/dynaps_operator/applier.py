@@ -104,9 +104,12 @@ class PlanApplier:
             await self.guards.check_references(key, ref, job)
             await self.guards.ensure_secret(key, ref)
             await self._apply_network_policy(key, ref)
-        if job is not None and (p.create or key in self.configmaps):
+        # While a child of the job's name is someone else's, nothing of its name is written (a
+        # running job's ConfigMap or PodGroup would answer 409 and end every pass here)
+        kept = key not in self.guards.conflicts
+        if job is not None and kept and (p.create or key in self.configmaps):
             await self._apply_configmap(key, job, ref, p.restore_from)
-        if job is not None and (p.create or key in self.pod_groups):
+        if job is not None and kept and (p.create or key in self.pod_groups):
             # Before the pods: a gang scheduler holds a pod whose PodGroup it cannot find.
             await self._apply_pod_group(key, job, ref)
         if job is not None and p.create:
