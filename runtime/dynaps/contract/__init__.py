@@ -50,6 +50,8 @@ from dynaps.contract.fault_tolerance import (
 )
 from dynaps.contract.limits import (
     MAX_NODES,
+    MAX_REPORTED_NAME_LENGTH,
+    MAX_REPORTED_NAMES,
     MAX_TABLES,
 )
 from dynaps.contract.placement import (
@@ -124,6 +126,8 @@ __all__ = [
     "FENCED_EXIT_CODE",
     "KIND",
     "MAX_NODES",
+    "MAX_REPORTED_NAMES",
+    "MAX_REPORTED_NAME_LENGTH",
     "MAX_TABLES",
     "PLURAL",
     "SHORT_NAME",

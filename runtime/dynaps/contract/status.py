@@ -78,6 +78,10 @@ class ConditionReason(StrEnum):
     NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
     SECRET_CONFLICT = "SecretConflict"  # noqa: S105 (a reason, not a password): the job's Secret name is taken
+    # a ConfigMap, NetworkPolicy, PodGroup or Service of the job's child's name is someone else's
+    NAME_CONFLICT = "NameConflict"
+    # an object a template names (a Secret, ConfigMap or claim) is not labelled dynaps.io/usable-by-jobs
+    REFERENCE_NOT_ALLOWED = "ReferenceNotAllowed"
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
     FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
     # runPolicy.oomMemoryGrowth (also Events): Degraded=True while an OOMKilled pod is replaced
