@@ -25,6 +25,7 @@ import pytest
 
 from dynaps.contract import FaultTolerance
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError
+from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
 from dynaps.wire.protocol import TableLayout
 from tests.dynaps.test_client_requests import WORKER, Client, Recorder, membership
 
@@ -34,15 +35,16 @@ STALE = 10.0  # seconds since the node's loop last ran: far past any bound
 
 
 def control_block(stamp: float, pid: int) -> npt.NDArray[np.uint8]:
-    """A worker node's control block: state 0, its loop's last turn, its process id."""
-    block = np.zeros(64, dtype=np.uint8)
-    block[8:16].view(np.float64)[0] = stamp
-    block[16:24].view(np.int64)[0] = pid
+    """A worker node's control block: running, its loop's last turn, its process id."""
+    block = np.zeros(CONTROL_BYTES, dtype=np.uint8)
+    views = ControlBlock(block)
+    views.beat(stamp)
+    views.set_pid(pid)
     return block
 
 
 def set_stamp(block: npt.NDArray[np.uint8], stamp: float) -> None:
-    block[8:16].view(np.float64)[0] = stamp
+    ControlBlock(block).beat(stamp)
 
 
 class Waiting(Recorder):

@@ -76,7 +76,7 @@ class Departures:
         self.roster.remove(member, lost=True)
         if member.rank in self.roster.missing_ranks:
             log.warning("worker rank %d was lost unfinished: the job waits for its replacement", member.rank)
-        self.outbox.forget(member)
+        self.outbox.forget(member, lost=True)
         returned = self.leases.release(member.id)
         if returned:
             log.warning("%d data shards of node %d go back to the queue", returned, member.id)

@@ -33,6 +33,7 @@ from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
 from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
+from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
@@ -49,7 +50,6 @@ ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
-CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
 
 
 class NodeProcess:
@@ -95,6 +95,7 @@ class NodeProcess:
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
+        self.control_block: ControlBlock | None = None  # its views (dynaps.store.control_block)
         self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
         self.notices: Notices | None = None  # its localizes' completions (a worker's)
         self.metrics: exposition.MetricsServer | None = None
@@ -137,6 +138,9 @@ class NodeProcess:
         if worker:
             self.lock = SharedLock.create()
             self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
+            self.control_block = ControlBlock(self.control_segment.array)
+            self.control_block.set_pid(os.getpid())
+            self.control_block.beat(time.monotonic())
             words = (usage.words(len(self.config.tables)),)
             self.usage_segment = Segment.create("usage", words, np.dtype(np.int64))
             self.notices = Notices.create(self.lock)
@@ -232,6 +236,8 @@ class NodeProcess:
                 next_chores = now + CHORES_INTERVAL
                 self._chores(now)
         assert self.control is not None
+        if self.control.fenced and self.control_block is not None:
+            self.control_block.fence()  # the program stops too (it may not read messages)
         if self.control.abandoned:
             return SIGTERM_EXIT_CODE  # terminated, not drained: to the operator, a lost pod
         return FENCED_EXIT_CODE if self.control.fenced else self.exit_code
@@ -253,6 +259,9 @@ class NodeProcess:
             self.dump_requested = False
             self._dump_state()
         self.control.tick(now)
+        if self.control_block is not None:
+            # duties done (a write-back included): the program may go on updating in place
+            self.control_block.beat(now)
 
     def _handle(self, frames: list[Any]) -> None:
         assert self.server is not None
@@ -365,8 +374,8 @@ class NodeProcess:
         self.stop.set()
 
     def tell_client_to_drain(self) -> None:
-        if self.control_segment is not None:
-            self.control_segment.array[0] = 1  # the training process raises Drained
+        if self.control_block is not None:
+            self.control_block.drain()  # the training process raises Drained
 
     def end_client(self) -> None:
         if self.child is not None and self.child.poll() is None:
