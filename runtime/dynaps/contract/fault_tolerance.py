@@ -35,6 +35,11 @@ class DataLossCause(StrEnum):
     CHECKPOINT = "checkpoint"  # keys went back to the last checkpoint (``checkpointAgeSeconds`` old)
     INITIAL = "initial"  # no replica was configured and no checkpoint existed: initial values
     REPLICAS_EXHAUSTED = "replicas-exhausted"  # no synced replica was left, and no checkpoint
+    # keys a lost node held (a worker's localized keys) went back to their home's copy: their
+    # last write-back (replication: the updates of up to the last flush interval are lost) ...
+    WRITE_BACK = "write-back"
+    # ... or, without replication, the copy from before they were localized (every update since)
+    HOME_COPY = "home-copy"
 
 
 MAX_REPLICATION = 3  # backups per shard
