@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from dynaps.contract import silence_limit_seconds
-from dynaps.node.control_plane import WAKE_LIMIT, WAKE_RETRY, ControlPlane
+from dynaps.node.control_plane import ControlPlane
+from dynaps.node.waking import WAKE_LIMIT, WAKE_RETRY
 from dynaps.wire import messages
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of, header

@@ -84,7 +84,8 @@ class Membership:
         self.follower.took(membership)
         lost = set(membership.lost)
         if self._requests.node in lost:  # others serve our node's keys now: we stop
-            self._requests.node_lost(f"membership {membership.version} lists it as lost")
+            node = self._requests.node
+            self._requests.node_lost(f"node {node} was declared lost (membership {membership.version})")
             return
         members = {info.id for info in membership.nodes}
         gone = (self._members - members) | lost

@@ -141,11 +141,11 @@ class Requests:
         self.ended = reason
 
     def node_lost(self, reason: str) -> None:
-        """The coordinator declared our node lost (``reason``): the homes take back the keys
-        it held, so no later call may apply, read or wait on anything (ClusterError)."""
+        """The coordinator declared our node lost (``reason`` says so): the homes take back
+        the keys it held, so no later call may apply, read or wait on anything (ClusterError)."""
         self._fail_node(
-            f"worker rank {self.rank}: its node {self.node} was declared lost ({reason}): "
-            "updates of its keys since its last write-back are lost; this process must stop"
+            f"worker rank {self.rank}: {reason}: updates of the keys its node held since their last "
+            "write-back are lost; this process must stop"
         )
 
     def _fail_node(self, why: str) -> None:

@@ -44,6 +44,15 @@ class DataLossCause(StrEnum):
 
 MAX_REPLICATION = 3  # backups per shard
 
+
+def silence_limit_seconds(heartbeat_seconds: float) -> float:
+    """Seconds of silence (no heartbeat, the connection up) after which the coordinator
+    declares a node lost, when that loses no data: ten heartbeats, at least 3 s (a node
+    starved of CPU for a moment is not lost).  A node whose loop was still for half as long
+    asks before it serves again (:mod:`dynaps.node.waking`)."""
+    return max(3.0, 10 * heartbeat_seconds)
+
+
 # The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
 DATA_LOSS_EXIT_CODE = 3
 # The start of the job's reason when onDataLoss: Fail ended it (the operator recognises it).

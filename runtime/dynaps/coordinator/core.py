@@ -274,8 +274,8 @@ class Coordinator:
                 raise ProtocolError(f"MEMBERSHIP_QUERY from {msg.sender}, whose program is not registered")
             if self.homes.shard_map is not None and self.phase is not JobPhase.ADOPTING:
                 self.outbox.send_whole(msg.sender, self.membership())
-        elif kind is MsgType.PING:
-            self.send(msg.sender, MsgType.PONG, control.Empty())
+        elif kind is MsgType.PING:  # with its id: a node back from a gap knows it is a member
+            self.outbox.send(msg.sender, MsgType.PONG, control.Empty(), msg.req_id)
         else:
             raise ProtocolError(f"coordinator does not handle {kind.name}")
 

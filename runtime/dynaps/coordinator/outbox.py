@@ -97,8 +97,8 @@ class Outbox:
             self.sent_since.append(whole)
         self.synced.add(endpoint)
 
-    def send(self, endpoint: int, kind: MsgType, body: BaseModel) -> None:
-        self.transport.send(endpoint, messages.control(kind, COORDINATOR, body))
+    def send(self, endpoint: int, kind: MsgType, body: BaseModel, req_id: int = 0) -> None:
+        self.transport.send(endpoint, messages.control(kind, COORDINATOR, body, req_id))
 
     def broadcast(self, kind: MsgType, body: BaseModel, clients: bool = True) -> None:
         """To every node, then (with ``clients``) every attached training program."""

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from dynaps.config import job_secret, spin_seconds
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig, secret
+from dynaps.contract import (
+    CONFIG_ENV,
+    CONFIG_FILE_ENV,
+    FENCED_EXIT_CODE,
+    RuntimeConfig,
+    secret,
+    silence_limit_seconds,
+)
 from dynaps.errors import ClusterError
 from dynaps.node import metrics
 from dynaps.node.control_plane import ControlPlane
@@ -169,7 +176,12 @@ class NodeProcess:
         # a message that fails authentication counts as malformed, like one that fails decoding
         self.transport.on_rejected = self.server.note_malformed
         self.control = ControlPlane(
-            self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
+            self.server,
+            self.role,
+            self,
+            self.config.rebalance_policy.drain_timeout_seconds,
+            # a loop still for half the coordinator's silence limit may have been declared lost
+            wake_gap=silence_limit_seconds(self.heartbeat_interval) / 2,
         )
         restore = self.config.fault_tolerance.checkpoint.restore_from
         restoring = bool(restore) and not worker and membership.phase is control.Phase.PREPARE
@@ -219,16 +231,20 @@ class NodeProcess:
     # ------------------------------------------------------------------ serving
 
     def run(self) -> int:
-        server = self.server
+        server, control = self.server, self.control
         assert server is not None
+        assert control is not None
         next_chores = 0.0
         while not self.stop.is_set():
             busy = server.migrations.tracking
             # spin: a client usually sends its next request right after our answer
             frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL, spin=True)
+            control.turned(time.monotonic())  # after a gap, data waits (dynaps.node.waking)
             if frames is not None:
                 self._handle(frames)
                 self._drain_inbox()
+            for held in control.take_released():
+                self._handle(held)
             if busy:
                 server.migrations.step()  # one pre-copy chunk per turn, between requests
             now = time.monotonic()
@@ -259,13 +275,15 @@ class NodeProcess:
             self.dump_requested = False
             self._dump_state()
         self.control.tick(now)
-        if self.control_block is not None:
+        if self.control_block is not None and not self.control.waking.holding:
             # duties done (a write-back included): the program may go on updating in place
             self.control_block.beat(now)
 
-    def _handle(self, frames: list[Any]) -> None:
+    def _handle(self, frames: Sequence[Any]) -> None:
         assert self.server is not None
         assert self.control is not None
+        if not self.control.admit(frames):
+            return  # held until the coordinator answers, or dropped by a fenced node
         msg = self.server.receive(frames)
         if msg is not None:
             self.control.on_message(msg)
