@@ -85,7 +85,7 @@ class Membership:
         lost = set(membership.lost)
         if self._requests.node in lost:  # others serve our node's keys now: we stop
             node = self._requests.node
-            self._requests.node_lost(f"node {node} was declared lost (membership {membership.version})")
+            self._requests.own.lost(f"node {node} was declared lost (membership {membership.version})")
             return
         members = {info.id for info in membership.nodes}
         gone = (self._members - members) | lost

@@ -282,7 +282,7 @@ class PS:
     def close(self) -> None:
         if self.closed:
             return
-        if self._requests.ended is None and not self._requests.lost_reason:
+        if self._requests.ended is None and not self._requests.own.lost_reason:
             self._flush_hot_and_wait()  # acknowledged pushes to hot keys are not lost
         self.closed = True
         self._transport.close(linger=0.5)
@@ -336,7 +336,7 @@ class PS:
         elif kind is MsgType.SHUTDOWN:
             self._requests.job_ended(control.body_of(msg, control.Shutdown).reason or "shut down")
         elif kind is MsgType.REFUSED:  # our node was declared lost (it may only be stopped)
-            self._requests.node_lost(control.body_of(msg, control.Refused).reason)
+            self._requests.own.lost(control.body_of(msg, control.Refused).reason)
         elif kind is not MsgType.WELCOME:
             raise ProtocolError(f"client does not handle {kind.name}")
 

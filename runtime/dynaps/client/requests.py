@@ -24,13 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
+from dynaps.client.own_node import OwnNode
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store import usage
-from dynaps.store.control_block import FENCED, STALE_SECONDS, ControlBlock
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import NullLock, SharedLock, pid_alive
+from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
@@ -61,8 +61,6 @@ _OPERATION = {
 
 # sent again when a node leaves: arriving twice changes nothing (see apply_membership)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
-# seconds a program waiting for its node (node_running_until) sleeps between looks at its stamp
-NODE_WAIT_TURN = 0.02
 
 
 class Requests:
@@ -94,15 +92,9 @@ class Requests:
         self.lock = lock
         # shared with our node (dynaps.store.control_block): byte 0 is tested on every call
         self.control = control
-        self.block = ControlBlock(control)
+        self.own = OwnNode(control, rank, node, config.fault_tolerance)
         tolerance = config.fault_tolerance
         self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
-        # write-back: our node sends what we update in place to the homes while its loop runs,
-        # so local updates wait while it does not (node_running_until)
-        self.watch_node = (
-            tolerance.replication > 0 and not self.write_through and self.block.stamp is not None
-        )
-        self.lost_reason = ""  # why our node no longer counts (declared lost, or its process gone)
         self._on_control = on_control
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.usage = usage.UsageWriter(usage_array, len(self.stores))
@@ -125,10 +117,8 @@ class Requests:
     def stopped(self) -> NoReturn:
         """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
         node no longer counts, else Drained: it is leaving the job (after ``on_drain``, once)."""
-        if self.block.state[0] == FENCED:
-            raise ClusterError(
-                self.lost_reason or f"worker rank {self.rank}: its node {self.node} was declared lost"
-            )
+        if self.own.fenced:
+            raise self.own.error()
         hook, self.on_drain = self.on_drain, None
         if hook is not None:
             hook()  # updates buffered in this process go out before the worker stops
@@ -140,71 +130,18 @@ class Requests:
     def job_ended(self, reason: str) -> None:
         self.ended = reason
 
-    def node_lost(self, reason: str) -> None:
-        """The coordinator declared our node lost (``reason`` says so): the homes take back
-        the keys it held, so no later call may apply, read or wait on anything (ClusterError)."""
-        self._fail_node(
-            f"worker rank {self.rank}: {reason}: updates of the keys its node held since their last "
-            "write-back are lost; this process must stop"
+    def node_running_until(self, now: float) -> float:
+        """Until when local updates may go on without a look at our node's stamp; waits
+        while the node has not run lately (:meth:`OwnNode.running_until`)."""
+        return self.own.running_until(
+            now, self.config.request_timeout_seconds, self._wait, lambda: self.ended
         )
 
-    def _fail_node(self, why: str) -> None:
-        if not self.lost_reason:
-            self.lost_reason = why
-            log.error("%s", why)
-        self.block.fence()  # every local path tests this byte: they all raise from now on
-
-    def node_running_until(self, now: float) -> float:
-        """Until when local updates may go on: our node's last stamp plus STALE_SECONDS.
-
-        While the stamp is older, the node has not run (stopped, hung, starved of CPU, or
-        dead) and writes back nothing: an update applied now would be acknowledged and, if
-        the node is then declared lost, thrown away with the keys the homes take back.  So
-        wait for it, reading our messages (the coordinator tells us if it declares the node
-        lost); raise ClusterError once it is known lost or its process is gone, and
-        DynapsTimeoutError after ``request_timeout_seconds``.
-        """
-        block, stamp = self.block, self.block.stamp
-        assert stamp is not None
-        deadline = now + self.config.request_timeout_seconds
-        waited = False
-        while True:
-            if block.state[0] == FENCED:
-                self.stopped()
-            if self.ended is not None:
-                raise ClusterError(f"the job has ended: {self.ended}")
-            last = stamp[0]
-            if now - last <= STALE_SECONDS:
-                if waited:
-                    log.warning(
-                        "worker rank %d: node %d runs again: local updates go on", self.rank, self.node
-                    )
-                return last + STALE_SECONDS
-            pid = 0 if block.pid is None else block.pid[0]
-            if pid and not pid_alive(pid):
-                self._fail_node(
-                    f"worker rank {self.rank}: its node process {pid} (node {self.node}) is gone: updates "
-                    "of its keys since its last write-back are lost with it; this process must stop"
-                )
-                self.stopped()
-            if now >= deadline:
-                raise DynapsTimeoutError(
-                    f"worker rank {self.rank}: its node {self.node} has not run for {now - last:.1f} s; "
-                    "local updates wait for it "
-                    f"(request_timeout_seconds={self.config.request_timeout_seconds})"
-                )
-            if not waited:
-                waited = True
-                log.warning(
-                    "worker rank %d: node %d has not run for %.2f s: local updates wait for it",
-                    self.rank,
-                    self.node,
-                    now - last,
-                )
-            frames = self.transport.recv(timeout=min(NODE_WAIT_TURN, deadline - now), spin=False)
-            if frames is not None:
-                self.receive(frames)
-            now = time.monotonic()
+    def _wait(self, seconds: float) -> None:
+        """Handle a message that comes within ``seconds``; the CPU is left to others meanwhile."""
+        frames = self.transport.recv(timeout=seconds, spin=False)
+        if frames is not None:
+            self.receive(frames)
 
     # -------------------------------------------------------------- handles
 
@@ -435,7 +372,7 @@ class Requests:
         node no longer counts."""
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
-        if self.block.state[0] == FENCED:
+        if self.own.fenced:
             self.stopped()
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -42,10 +42,10 @@ class Table:
         self._node = requests.node
         self._lock = requests.lock  # shared with the node: taken around every access to the store
         # byte 0 of the control block: not 0 once our node drains or no longer counts
-        self._control = requests.block.state
+        self._control = requests.own.block.state
         # under write-back, local updates are applied only while our node ran recently (it
         # writes them back): until this time, then we look at its stamp again
-        self._watch_node = requests.watch_node
+        self._watch_node = requests.own.watched
         self._node_ran_until = 0.0
         # this table's counters, shared with our node (dynaps.store.usage): one word each
         self._usage = requests.usage.rows[index]
