@@ -23,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from dynaps.contract import FaultTolerance
+from dynaps.client.stages import StageFollower
+from dynaps.contract import FaultTolerance, StageSpec
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError
 from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
 from dynaps.wire.protocol import TableLayout
@@ -156,3 +157,13 @@ def test_without_write_back_a_stopped_node_does_not_hold_local_updates() -> None
         client.table.push([5], np.ones((1, 1)), wait=False)
         assert client.store.values[5].tolist() == [1.0]
         assert recv_calls(client) == []
+
+
+def test_a_program_following_stages_stops_with_an_error_not_as_if_drained() -> None:
+    """A drained worker's stage loop ends quietly (it is told to leave); a lost node's must
+    not look like that: its program raises."""
+    client = Client()
+    stages = StageFollower(client.requests, [StageSpec(name="one", epochs=3, workers=1)])
+    client.membership.apply(membership(2, [1, 2], lost=(WORKER,)))
+    with pytest.raises(ClusterError, match="declared lost"):
+        next(stages.units())
