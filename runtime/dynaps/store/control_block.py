@@ -34,10 +34,14 @@ FENCED = 2
 _STAMP = slice(8, 16)
 _PID = slice(16, 24)
 
-# How old the node's stamp may be before local updates wait for the node. A running node
-# stamps every CHORES_INTERVAL (50 ms) plus one turn of its loop (at most another 50 ms of
-# requests); the rest is room for a loaded machine's scheduling. What a worker whose
-# program outlives its node loses is its last flush interval plus this (docs/architecture.md).
+# How old the node's stamp may be before local updates wait for the node. Not the
+# coordinator's loss timeout (3 s or more): the homes take the keys back with their last
+# write-back once the node is declared lost, so every update applied until then would be
+# acknowledged and lost. Not the flush interval either: that one is lost anyway (the write-
+# back in flight), and this only has to cover how often a running node stamps: every
+# CHORES_INTERVAL (50 ms) plus one turn of its loop (at most another 50 ms of requests), with
+# room for a loaded machine's scheduling. A program that waits loses latency, not data. What
+# a worker whose program outlives its node loses is its last flush interval plus this.
 STALE_SECONDS = 0.25
 
 
