@@ -84,7 +84,7 @@ class CoordinatorView:
     last_checkpoint: CheckpointRef | None = None
     registered: frozenset[str] = frozenset()  # names of the nodes that registered
     unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
-    server_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name
+    node_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name (every role)
     losses: tuple[Loss, ...] = ()  # the latest dataLoss entries, oldest first
     # data-shard pieces no worker has leased yet, over the epochs the coordinator tracks: the
     # work waiting for a worker (dataShards: epoch -> shards/done/held/free)
@@ -138,7 +138,7 @@ def parse_status(doc: Any) -> CoordinatorView:
                 if m.get("role") == "worker" and m.get("attached") is False and m.get("exitCode") is None
             )
         ),
-        server_names={int(k): v for k, v in names.items()},
+        node_names={int(m["id"]): name for m, name in members if _is_int(m.get("id"))},
         losses=_losses(doc.get("dataLoss")),
         data_shards_free=_free_shards(doc.get("dataShards")),
         stage=_stage(doc.get("stage")),

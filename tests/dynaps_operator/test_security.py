@@ -399,7 +399,7 @@ def test_a_huge_status_leaves_little_in_the_operator() -> None:
         tracemalloc.stop()
     assert len(view.registered) <= MAX_NODES
     assert len(view.unattached) <= MAX_NODES
-    assert len(view.server_names) <= MAX_NODES
+    assert len(view.node_names) <= MAX_NODES
     assert len(view.shards_per_server) <= MAX_NODES
     assert max(len(name) for name in view.registered) <= names.MAX_HOSTNAME  # no pod has a longer name
     assert len(view.metrics) <= 64  # as many names as the runtime keeps

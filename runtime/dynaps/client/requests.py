@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
+from dynaps.client.own_node import OwnNode
 from dynaps.client.retry_holds import RetryHolds
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
@@ -98,8 +99,9 @@ class Requests:
         self.stores = list(stores)
         self.layouts: list[TableLayout] = [store.layout for store in stores]
         self.lock = lock
-        # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
+        # shared with our node (dynaps.store.control_block): byte 0 is tested on every call
         self.control = control
+        self.own = OwnNode(control, rank, node, config.fault_tolerance)
         tolerance = config.fault_tolerance
         self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
         self._on_control = on_control
@@ -124,8 +126,11 @@ class Requests:
         # answers are duplicates
         self.resent = RetryHolds()
 
-    def drained(self) -> NoReturn:
-        """Raise Drained: our node is leaving the job (after ``on_drain``, once)."""
+    def stopped(self) -> NoReturn:
+        """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
+        node no longer counts, else Drained: it is leaving the job (after ``on_drain``, once)."""
+        if self.own.fenced:
+            raise self.own.error()
         hook, self.on_drain = self.on_drain, None
         if hook is not None:
             hook()  # updates buffered in this process go out before the worker stops
@@ -136,6 +141,19 @@ class Requests:
 
     def job_ended(self, reason: str) -> None:
         self.ended = reason
+
+    def node_running_until(self, now: float) -> float:
+        """Until when local updates may go on without a look at our node's stamp; waits
+        while the node has not run lately (:meth:`OwnNode.running_until`)."""
+        return self.own.running_until(
+            now, self.config.request_timeout_seconds, self._wait, lambda: self.ended
+        )
+
+    def _wait(self, seconds: float) -> None:
+        """Handle a message that comes within ``seconds``; the CPU is left to others meanwhile."""
+        frames = self.transport.recv(timeout=seconds, spin=False)
+        if frames is not None:
+            self.receive(frames)
 
     # -------------------------------------------------------------- handles
 
@@ -387,9 +405,12 @@ class Requests:
             self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
 
     def pump_until(self, deadline: float, what: Callable[[], str]) -> None:
-        """Handle one incoming message, or raise if ``deadline`` passed or the job ended."""
+        """Handle one incoming message, or raise if ``deadline`` passed, the job ended or our
+        node no longer counts."""
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
+        if self.own.fenced:
+            self.stopped()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DynapsTimeoutError(

@@ -47,6 +47,7 @@ from dynaps.contract.fault_tolerance import (
     DataLossCause,
     FaultTolerance,
     OnDataLoss,
+    silence_limit_seconds,
 )
 from dynaps.contract.limits import (
     MAX_NODES,
@@ -182,4 +183,5 @@ __all__ = [
     "WorkerSpec",
     "describe_validation_error",
     "runtime_config",
+    "silence_limit_seconds",
 ]

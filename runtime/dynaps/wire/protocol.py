@@ -169,6 +169,8 @@ class MsgType(enum.IntEnum):
     # targeted recovery (issue 15): a training process may hold keys of these shards
     HOLDING = 72
     HOLDING_NOTED = 73
+    # a home took back the keys a lost node held (issue 13: the loss is counted)
+    TOOK_BACK = 74
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
