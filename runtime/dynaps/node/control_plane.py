@@ -186,7 +186,10 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("REFUSED from a non-coordinator")
                 # Registered long ago: a refusal now answers a heartbeat of a node declared lost.
-                self.fence(control.body_of(msg, control.Refused).reason)
+                refused = control.body_of(msg, control.Refused)
+                if refused.node != self.node_id:  # another node's fence, replayed here
+                    raise ProtocolError(f"REFUSED for node {refused.node}, this is {self.node_id}")
+                self.fence(refused.reason)
             elif msg.type is MsgType.MEMBERSHIP:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MEMBERSHIP from a non-coordinator")

@@ -120,7 +120,7 @@ class NodeProcess:
         self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
         while True:
             msg = joining.await_coordinator(
-                self.transport, {MsgType.WELCOME}, deadline, "a node id", self.stop.is_set
+                self.transport, {MsgType.WELCOME}, deadline, "a node id", nonce, self.stop.is_set
             )
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
@@ -129,7 +129,7 @@ class NodeProcess:
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
         msg = joining.await_coordinator(
-            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", self.stop.is_set
+            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", nonce, self.stop.is_set
         )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)
