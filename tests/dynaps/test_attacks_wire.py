@@ -8,11 +8,13 @@ values and that every process of the job is alive.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pwd
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from dynaps.client.ps import PS
 from dynaps.contract import secret
 from dynaps.errors import ClusterError, ConfigError
 from dynaps.store.checkpoint_files import contained
-from dynaps.store.shm import AttachServer, attach, attach_proof
+from dynaps.store.shm import AttachServer, attach, attach_address
 from dynaps.wire import control, messages
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import encode, encode_reply
@@ -332,29 +334,29 @@ def test_a_checkpoint_path_must_stay_under_the_root(tmp_path: Path) -> None:
         contained("", str(root / "ckpt-000007"))  # no root configured: nothing is written
 
 
-def _attach_as(address: str, proof: str, uid: int | None, out: Any) -> None:
+def _attach_as(token: str, job_secret: bytes, uid: int | None, out: Any) -> None:
     """In a child process: become ``uid`` (if given), try to attach, report what happened."""
     try:
         if uid is not None:
             os.setgid(uid)
             os.setuid(uid)
-        attach(address, {"pid": os.getpid(), "proof": proof}, lambda description, fds: description, 5.0)
+        attach(token, job_secret, lambda description, fds: description, 5.0)
         out.send("attached")
     except (ClusterError, OSError, ValueError) as exc:
         out.send(f"refused: {exc}")
 
 
-def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str, str]:
+def _try_attach(server: AttachServer, token: str, job_secret: bytes, uid: int | None) -> tuple[str, str]:
     """Run an attach attempt in a child while this process serves; (child's view, node's view)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_attach_as, args=(server.address, proof, uid, child))
+    proc = ctx.Process(target=_attach_as, args=(token, job_secret, uid, child))
     proc.start()
     node_view = "nothing"
     deadline = time.monotonic() + 10
     try:
-        while not parent.poll(0.01):
-            assert time.monotonic() < deadline, "the attach attempt did not end"
+        while True:
+            ended = parent.poll(0.01)  # the child may give up first: its connection still waits
             try:
                 hello = server.accept({"node": 1}, [])
             except ClusterError as exc:
@@ -362,6 +364,9 @@ def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str,
             else:
                 if hello is not None:
                     node_view = "served"
+            if ended:
+                break
+            assert time.monotonic() < deadline, "the attach attempt did not end"
         return str(parent.recv()), node_view
     finally:
         proc.join(10)
@@ -370,13 +375,13 @@ def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str,
 def test_only_a_process_that_knows_the_secret_attaches() -> None:
     job_secret = secret.new_secret()
     token = "t" + os.urandom(4).hex()
-    server = AttachServer(token, attach_proof(job_secret, token))
+    server = AttachServer(token, job_secret)
     try:
-        client, node = _try_attach(server, attach_proof(secret.new_secret(), token), None)
+        client, node = _try_attach(server, token, secret.new_secret(), None)
         assert node.startswith("refused: ")
         assert "job secret" in node
         assert client.startswith("refused")
-        client, node = _try_attach(server, attach_proof(job_secret, token), None)
+        client, node = _try_attach(server, token, job_secret, None)
         assert (client, node) == ("attached", "served")
     finally:
         server.close()
@@ -387,12 +392,107 @@ def test_a_process_of_another_user_cannot_attach() -> None:
     """Another uid that found the socket in /proc/net/unix and knows the proof still fails."""
     job_secret = secret.new_secret()
     token = "t" + os.urandom(4).hex()
-    proof = attach_proof(job_secret, token)
-    server = AttachServer(token, proof)
+    server = AttachServer(token, job_secret)
     try:
-        client, node = _try_attach(server, proof, pwd.getpwnam("nobody").pw_uid)
+        client, node = _try_attach(server, token, job_secret, pwd.getpwnam("nobody").pw_uid)
         assert node.startswith("refused: ")
         assert "another user" in node
         assert client.startswith("refused")
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ local attach (finding 3)
+
+
+def test_no_secret_on_a_command_line(job: dict[str, Any]) -> None:
+    """Any user can read /proc/PID/cmdline: no process of the job carries its secret or an
+    attach token there (security audit, finding 3: the token let another user take the
+    attach socket's name before the node bound it)."""
+    cluster = job["cluster"]
+    pids = [proc.pid for proc in cluster.processes.values()]
+    pids += [worker.runner.pid for worker in cluster._workers.values()]  # the test reads /proc as anyone can
+    hexed = secret.encode(cluster._secret).encode()
+    for pid in pids:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert not [a for a in args if a.startswith(b"--attach") or hexed in a], args
+
+
+def _serve_as_impostor(server: socket.socket, served: list[str]) -> None:
+    """Another user's listener on the attach name: reads the hello, answers with a
+    description and a memfd of its own (what the program would then map)."""
+    server.settimeout(10)
+    try:
+        conn, _ = server.accept()
+    except OSError:
+        return
+    with conn:
+        conn.settimeout(10)
+        (length,) = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))
+        conn.recv(length, socket.MSG_WAITALL)
+        fd = os.memfd_create("impostor")
+        try:
+            payload = b'{"node": 1, "answer": "0000"}'
+            socket.send_fds(conn, [struct.pack("<I", len(payload)) + payload], [fd])
+            served.append("description")
+            with contextlib.suppress(OSError):
+                conn.recv(16)
+        finally:
+            os.close(fd)
+
+
+def test_a_program_does_not_take_descriptors_from_an_impostor() -> None:
+    """Whoever listens where the program attaches must prove the job secret before the
+    program maps anything it sends (finding 3: it trusted any listener)."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    impostor.bind(attach_address(token))
+    impostor.listen(1)
+    served: list[str] = []
+    thread = threading.Thread(target=_serve_as_impostor, args=(impostor, served))
+    thread.start()
+    prepared: list[Any] = []
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(ClusterError, match="does not know the job secret"):
+            attach(token, job_secret, lambda description, fds: prepared.append(description), 5.0)
+    finally:
+        thread.join(15)
+        impostor.close()
+    assert served == ["description"], "the impostor was never asked"
+    assert not prepared
+    assert len(os.listdir("/proc/self/fd")) == before - 1, "the impostor's memfd was kept"
+
+
+def _squat_as(token: str, uid: int, bound: Any) -> None:
+    """In a child: become ``uid``, take the attach name first, and serve as an impostor."""
+    os.setgid(uid)
+    os.setuid(uid)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(attach_address(token))
+    server.listen(1)
+    bound.send("bound")
+    _serve_as_impostor(server, [])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_a_program_refuses_a_node_of_another_user() -> None:
+    """Another user who took the attach name first is refused by the program before it
+    sends anything (SO_PEERCRED), even one that somehow had the answer."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    squatter = ctx.Process(target=_squat_as, args=(token, pwd.getpwnam("nobody").pw_uid, child))
+    squatter.start()
+    try:
+        assert parent.poll(10), "the squatter did not start"
+        assert parent.recv() == "bound"
+        prepared: list[Any] = []
+        with pytest.raises(ClusterError, match="another user"):
+            attach(token, job_secret, lambda description, fds: prepared.append(description), 5.0)
+        assert not prepared
+    finally:
+        squatter.join(15)
+        if squatter.is_alive():
+            squatter.kill()
+            squatter.join()

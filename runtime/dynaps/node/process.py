@@ -3,8 +3,9 @@
 ``dynaps server`` and ``dynaps worker [-- COMMAND ...]`` run :func:`serve_node`.  A worker
 node shares its store with one training process (the client): either the COMMAND it
 starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that attaches
-by token (``LocalCluster``'s runners).  When the child exits, the node reports
-WORKER_DONE and keeps serving its keys until the coordinator ends the job.
+by token (``LocalCluster``'s runners; the node has it in ``DYNAPS_ATTACH_TOKEN``: an
+environment is readable by its user alone, a command line by everyone).  When the child
+exits, the node reports WORKER_DONE and keeps serving its keys until the coordinator ends the job.
 
 SIGTERM (or a DRAIN from the coordinator) starts a graceful leave
 (:mod:`dynaps.node.control_plane`, where every control decision is taken); this module
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.config import job_secret, spin_seconds
+from dynaps.config import ATTACH_TOKEN_ENV, job_secret, spin_seconds
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig, secret
 from dynaps.errors import ClusterError
 from dynaps.node import metrics
@@ -35,7 +36,7 @@ from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
+from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
@@ -179,7 +180,7 @@ class NodeProcess:
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port)
         if worker:
-            self.attach_server = AttachServer(self.attach_token, attach_proof(self.secret, self.attach_token))
+            self.attach_server = AttachServer(self.attach_token, self.secret)
         self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
         if worker and self.command:
@@ -187,6 +188,7 @@ class NodeProcess:
             env[ATTACH_ENV] = self.attach_token
             env[CONFIG_ENV] = self.config.to_json()
             env.pop(CONFIG_FILE_ENV, None)
+            env.pop(ATTACH_TOKEN_ENV, None)  # the node's, for a process that attaches by itself
             # Its own session: a pod's SIGTERM reaches this node, which drains and lets the
             # program finish (it sees dynaps.Drained), instead of killing it mid-step.
             self.child = subprocess.Popen(self.command, env=env, start_new_session=True)
