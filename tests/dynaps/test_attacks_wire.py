@@ -26,10 +26,12 @@ import zmq
 
 import dynaps
 from dynaps.client.ps import PS
-from dynaps.contract import secret
+from dynaps.contract import NamedTable, Partition, secret
 from dynaps.errors import ClusterError, ConfigError
-from dynaps.store.checkpoint_files import contained
+from dynaps.store.checkpoint_files import commit, contained, resolve, write_owned
+from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, attach, attach_address
+from dynaps.store.table_store import TableStore
 from dynaps.wire import control, messages
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import encode, encode_reply
@@ -332,6 +334,71 @@ def test_a_checkpoint_path_must_stay_under_the_root(tmp_path: Path) -> None:
             contained(str(root), bad)
     with pytest.raises(ConfigError):
         contained("", str(root / "ckpt-000007"))  # no root configured: nothing is written
+
+
+def _owned_store() -> TableStore:
+    """A server's table store whose keys it owns (what a checkpoint writes)."""
+    shard_map = ShardMap.initial(2, Partition.RANGE, [1])
+    return TableStore.create(0, NamedTable(name="W", num_keys=8, dim=1), shard_map, home=1, shared=False)
+
+
+def test_checkpoint_writes_do_not_follow_links_planted_below_the_root(tmp_path: Path) -> None:
+    """Security audit, finding 8: whoever can write the checkpoint volume plants links below
+    a checkpoint directory (its table folder, the temporary files); writes must neither land
+    elsewhere nor overwrite a link's target."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim"
+    elsewhere.mkdir()
+    victim.write_text("keep")
+    store = _owned_store()
+    (root / "ckpt-000007").mkdir()
+    (root / "ckpt-000007" / "W").symlink_to(elsewhere)  # the table folder
+    with pytest.raises(ConfigError, match="link"):
+        write_owned(store, 1, contained(str(root), str(root / "ckpt-000007")))
+    assert not list(elsewhere.iterdir())
+    (root / "ckpt-000008" / "W").mkdir(parents=True)
+    (root / "ckpt-000008" / "W" / ".node-1.npz.tmp").symlink_to(victim)  # the temporary file
+    assert write_owned(store, 1, contained(str(root), str(root / "ckpt-000008"))) == 8
+    assert victim.read_text() == "keep"
+    assert (root / "ckpt-000008" / "W" / "node-1.npz").is_file()
+
+
+def test_the_coordinators_commit_does_not_follow_planted_links(tmp_path: Path) -> None:
+    """Finding 8: ``commit`` (MANIFEST, LATEST) checked nothing."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim"
+    elsewhere.mkdir()
+    victim.write_text("keep")
+    (root / ".LATEST.tmp").symlink_to(victim)
+    (root / "ckpt-000009").mkdir()
+    (root / "ckpt-000009" / ".MANIFEST.json.tmp").symlink_to(victim)
+    commit(root, 9, {})
+    assert victim.read_text() == "keep"
+    assert (root / "LATEST").read_text() == "ckpt-000009"
+    (root / "ckpt-000010").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="link"):
+        commit(root, 10, {})
+    assert not list(elsewhere.iterdir())
+    assert (root / "LATEST").read_text() == "ckpt-000009"
+
+
+def test_latest_must_name_a_checkpoint_under_the_root(tmp_path: Path) -> None:
+    """Finding 8: LATEST's contents were joined to the root unchecked, so a restore could
+    load another job's checkpoint."""
+    root, other = tmp_path / "job" / "checkpoints", tmp_path / "other" / "ckpt-000003"
+    other.mkdir(parents=True)
+    (other / "MANIFEST.json").write_text("{}")
+    root.mkdir(parents=True)
+    for planted in ("../../other/ckpt-000003", str(other)):
+        (root / "LATEST").write_text(planted)
+        with pytest.raises(ConfigError):
+            resolve(root, "latest")
+    (root / "ckpt-000004").symlink_to(other)
+    (root / "LATEST").write_text("ckpt-000004")
+    with pytest.raises(ConfigError):
+        resolve(root, "latest")
 
 
 def _attach_as(token: str, job_secret: bytes, uid: int | None, out: Any) -> None:

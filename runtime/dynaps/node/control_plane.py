@@ -272,19 +272,20 @@ class ControlPlane:
             server.relocations.pause()
             self.checkpoint = CheckpointPause(order.id)
         elif order.phase == "write":
+            written, failed = 0, ""
             try:
+                # a path elsewhere, or a link planted in the volume: not obeyed, and said so,
+                # for the coordinator abandons the round (relocations wait for it to end)
                 directory = contained(server.checkpoint_root, order.path)
-            except ConfigError as exc:  # an order that would write elsewhere: not obeyed
-                server.note_malformed(exc)
-                return
-            written = 0
-            server.lock.acquire()
-            try:
-                for store in server.stores:
-                    written += write_owned(store, self.node_id, directory)
-            finally:
-                server.lock.release()
-            done = control.CheckpointDone(id=order.id, phase=control.CheckpointPhase.WRITE, keys=written)
+                with server.lock:
+                    for store in server.stores:
+                        written += write_owned(store, self.node_id, directory)
+            except (ConfigError, OSError) as exc:
+                log.error("node %d: cannot write checkpoint %d: %s", self.node_id, order.id, exc)
+                failed = str(exc)[:500]
+            done = control.CheckpointDone(
+                id=order.id, phase=control.CheckpointPhase.WRITE, keys=written, failed=failed
+            )
             self.send_coordinator(MsgType.CHECKPOINT_DONE, done)
         else:  # resume
             self.checkpoint = None

@@ -285,6 +285,7 @@ class CheckpointDone(_Body):
     id: int = Field(ge=1)
     phase: Literal[CheckpointPhase.PAUSE, CheckpointPhase.WRITE]
     keys: int = 0
+    failed: str = Field(default="", max_length=500)  # why this node could not write: the round is abandoned
 
 
 class Lease(_Body):
