@@ -40,6 +40,7 @@ from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_al
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport, message_bound
@@ -94,6 +95,7 @@ class NodeProcess:
         self.server: NodeServer | None = None
         self.control: ControlPlane | None = None  # the node's control decisions
         self.attach_server: AttachServer | None = None
+        self.attach_failed = ThrottledLog(log, "a worker node's attach failed")  # another user may loop
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
         self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
@@ -304,7 +306,7 @@ class NodeProcess:
         try:
             hello = self.attach_server.accept(description, fds)
         except (OSError, ClusterError, ValueError) as exc:
-            log.warning("node %d: attach failed: %s", self.node_id, exc)
+            self.attach_failed(f"node {self.node_id}: {exc}")
             return
         if hello is None:
             return
