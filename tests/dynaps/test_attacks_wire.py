@@ -9,6 +9,7 @@ values and that every process of the job is alive.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import pwd
@@ -28,9 +29,10 @@ import dynaps
 from dynaps.client.ps import PS
 from dynaps.contract import NamedTable, Partition, secret
 from dynaps.errors import ClusterError, ConfigError
+from dynaps.store import shm
 from dynaps.store.checkpoint_files import commit, contained, resolve, write_owned
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, attach, attach_address
+from dynaps.store.shm import AttachServer, attach, attach_address, attach_proof, watch_process
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control, messages
 from dynaps.wire.auth import Authenticator
@@ -563,3 +565,108 @@ def test_a_program_refuses_a_node_of_another_user() -> None:
         if squatter.is_alive():
             squatter.kill()
             squatter.join()
+
+
+# ------------------------------------------------------------------ the attached program's pid (finding 13)
+
+
+def _attach_claiming_pid(token: str, job_secret: bytes, claimed: int) -> None:
+    """In a child: attach as the protocol says, but claim another pid in the hello."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(attach_address(token))
+        hello = {"pid": claimed, "proof": attach_proof(job_secret, token), "challenge": "c"}
+        payload = json.dumps(hello).encode()
+        sock.sendall(struct.pack("<I", len(payload)) + payload)
+        sock.recv(1 << 16)
+        sock.sendall(struct.pack("<I", 2) + b"{}")
+
+
+def test_the_node_takes_its_programs_pid_from_the_kernel() -> None:
+    """Security audit, finding 13: the node watched (for the shared lock) the pid the hello
+    claimed; it is the one SO_PEERCRED reports."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    server = AttachServer(token, job_secret)
+    ctx = multiprocessing.get_context("fork")
+    program = ctx.Process(target=_attach_claiming_pid, args=(token, job_secret, 1))
+    program.start()
+    try:
+        hello = None
+        deadline = time.monotonic() + 10
+        while hello is None:
+            assert time.monotonic() < deadline, "the program did not attach"
+            hello = server.accept({"node": 1}, [])
+            time.sleep(0.01)
+        assert hello["pid"] == program.pid
+    finally:
+        program.join(10)
+        server.close()
+
+
+def _hold_pid(uid: int, out: Any) -> None:
+    os.setgid(uid)
+    os.setuid(uid)
+    out.send("holding")
+    time.sleep(60)
+
+
+def _reuse(pid: int, uid: int) -> Any:
+    """A process of ``uid`` that gets number ``pid`` if the kernel gives it out: it hands out
+    the number after ns_last_pid, unless a pidfd still pins it (or another fork on the
+    machine took it first, hence the tries). None if it never did."""
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(20):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        parent, child = ctx.Pipe()
+        newcomer = ctx.Process(target=_hold_pid, args=(uid, child))
+        newcomer.start()
+        if newcomer.pid == pid:
+            assert parent.poll(10), "the newcomer did not start"
+            assert parent.recv() == "holding"
+            return newcomer
+        newcomer.kill()
+        newcomer.join()
+    return None
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to choose the next pid and run as nobody")
+def test_a_program_that_died_is_not_alive_once_another_process_has_its_pid() -> None:
+    """Finding 13: if the training process dies holding the shared lock and another user's
+    process gets its pid, the node (kill(pid, 0): EPERM, or success as root) took it as
+    alive and waited on the lock for good, stopped heartbeating, and was declared lost."""
+    ctx = multiprocessing.get_context("fork")
+    program = ctx.Process(target=time.sleep, args=(0.5,))
+    program.start()
+    assert program.pid is not None
+    alive = watch_process(program.pid)  # at attach time
+    assert alive()
+    program.join()
+    newcomer = _reuse(program.pid, pwd.getpwnam("nobody").pw_uid)
+    try:
+        assert not alive(), "the node takes another user's process for its training program"
+    finally:
+        if newcomer is not None:
+            newcomer.kill()
+            newcomer.join()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_without_pidfds_a_process_of_another_user_is_not_ours() -> None:
+    """Where a seccomp profile refuses pidfd_open, the fallback asks kill(pid, 0): EPERM (a
+    process of another user) means not our program, not alive."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    checker = ctx.Process(target=_check_as_nobody, args=(os.getpid(), child))
+    checker.start()
+    try:
+        assert parent.poll(10), "the check did not answer"
+        assert parent.recv() == (True, False)  # its own pid: ours; this root process: not ours
+    finally:
+        checker.join(10)
+
+
+def _check_as_nobody(pid: int, out: Any) -> None:
+    uid = pwd.getpwnam("nobody").pw_uid
+    os.setgid(uid)
+    os.setuid(uid)
+    out.send((shm._runs_as_us(os.getpid()), shm._runs_as_us(pid)))

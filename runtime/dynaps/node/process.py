@@ -21,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, pid_alive
+from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, watch_process
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
@@ -89,7 +89,7 @@ class NodeProcess:
         self.transport.watch(COORDINATOR)  # a draining node must know when nobody is left to ask
         self.child: subprocess.Popen[bytes] | None = None
         self.child_reported = False
-        self.client_pid: int | None = None
+        self.client_alive: Callable[[], bool] | None = None  # the attached program's (not a child)
         self.exit_code = 0
         self.stop = threading.Event()
         self.server: NodeServer | None = None
@@ -310,13 +310,13 @@ class NodeProcess:
             return
         if hello is None:
             return
-        pid = int(hello.get("pid", 0))
-        self.client_pid = pid
+        pid = int(hello["pid"])  # the kernel's word (SO_PEERCRED)
+        self.client_alive = watch_process(pid)
         # One training process per worker node: stop listening, so a second one is refused.
         self.attach_server.close()
         self.attach_server = None
         if isinstance(self.lock, SharedLock):
-            self.lock.recover_when_dead(lambda: pid_alive(pid))
+            self.lock.recover_when_dead(self.client_alive)
             self.lock.unlink()
         log.info("node %d: training process %d attached", self.node_id, pid)
 
@@ -379,7 +379,7 @@ class NodeProcess:
     def client_running(self) -> bool:
         if self.child is not None:
             return self.child.poll() is None
-        return self.client_pid is not None and pid_alive(self.client_pid)
+        return self.client_alive is not None and self.client_alive()
 
     # ------------------------------------------------------------------ shutdown
 

@@ -25,6 +25,7 @@ import json
 import mmap
 import os
 import secrets
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -147,17 +148,34 @@ class Segment:
             os.close(self.fd)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie does not)."""
+def watch_process(pid: int) -> Callable[[], bool]:
+    """Whether the process that is ``pid`` now still runs, asked later (an exited one does
+    not, nor a zombie).
+
+    A pidfd follows the process, not its number: once it has exited, another process (of
+    any user) may get the number, and a node that asked ``kill(pid, 0)`` took that newcomer
+    for its training program and waited for the shared lock for good."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return lambda: False
+    except OSError:  # a seccomp profile without pidfd_open (Linux 5.3): the number, then
+        return lambda: _runs_as_us(pid)
+    exited = select.poll()
+    exited.register(fd, select.POLLIN)  # readable once the process has exited
+    return lambda: not exited.poll(0)
+
+
+def _runs_as_us(pid: int) -> bool:
+    """Whether process ``pid`` runs under our user (a zombie does not run; a process of
+    another user is not our training process, whatever its number)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except OSError:  # ESRCH: gone; EPERM: another user's
         return False
-    except PermissionError:
-        return True
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except OSError:
         return False
 
@@ -219,7 +237,8 @@ class AttachServer:
         return self._sock.fileno()
 
     def accept(self, description: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
-        """Serve one waiting client, if any; returns what the client said about itself."""
+        """Serve one waiting client, if any; returns what the client said about itself, but
+        its ``pid`` as the kernel says (``SO_PEERCRED``), not as the client claims."""
         try:
             conn, _ = self._sock.accept()
         except BlockingIOError:
@@ -240,7 +259,7 @@ class AttachServer:
             payload = json.dumps({**description, "answer": answer}).encode()
             socket.send_fds(conn, [_LEN.pack(len(payload)) + payload], fds)
             _recv_json(conn)  # the client's ack: it has mapped everything
-            return hello
+            return {**hello, "pid": pid}
 
     def close(self) -> None:
         self._sock.close()
