@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--announce", action="store_true", help="print the bound addresses on stdout once listening"
     )
     sub.add_parser("server", help="run a server node (what a server pod runs)")
-    worker = sub.add_parser("worker", help="run a worker node; it starts the program after --")
-    worker.add_argument("--attach-token", help="let one process attach by this token instead")
+    sub.add_parser(
+        "worker",
+        help="run a worker node; it starts the program after -- (or, with DYNAPS_ATTACH_TOKEN set, "
+        "lets one process attach by that token instead)",
+    )
     return parser
 
 
@@ -393,7 +396,7 @@ def _role(args: argparse.Namespace, command: list[str]) -> int:
             "worker",
             config,
             command=command or None,
-            attach_token=args.attach_token,
+            attach_token=settings.attach_token,
             rank=settings.rank,
             name=settings.node_name,
         )

@@ -9,6 +9,9 @@ mounted ConfigMap); what differs per pod comes from its own variables:
     DYNAPS_COORDINATOR     host:port of the coordinator, overriding the document's
     DYNAPS_NODE_NAME       a readable name for logs and status (the pod name)
     DYNAPS_RANK            the worker rank this node asks for (the pod's ordinal)
+    DYNAPS_ATTACH_TOKEN    a worker node's: let one process attach by this token instead of
+                           starting a program (LocalCluster's runners); never on a command
+                           line, which any user can read
     DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
     DYNAPS_SPIN_MICROS     how long a node or training process polls for an answer that
                            is due before it blocks (default 100; 0: block at once)
@@ -42,6 +45,9 @@ def job_secret(environ: Mapping[str, str] | None = None) -> bytes:
         raise ConfigError(f"{exc}: every dynaps process needs its job's secret") from exc
 
 
+ATTACH_TOKEN_ENV = "DYNAPS_ATTACH_TOKEN"  # noqa: S105  # the variable's name, not a token
+
+
 @dataclass(frozen=True)
 class ProcessSettings:
     """Per-process settings that are not part of the job-wide document."""
@@ -49,6 +55,7 @@ class ProcessSettings:
     node_name: str  # how this process is named in logs and status
     rank: int | None  # the worker rank to ask the coordinator for
     log_level: str  # dynaps' log level
+    attach_token: str | None = None  # a worker node's: one process attaches by it (ATTACH_TOKEN_ENV)
 
 
 def load_config(environ: dict[str, str] | None = None) -> RuntimeConfig:
@@ -87,6 +94,7 @@ def process_settings(environ: dict[str, str] | None = None) -> ProcessSettings:
         node_name=env.get("DYNAPS_NODE_NAME", ""),
         rank=rank,
         log_level=env.get("DYNAPS_LOG_LEVEL", "INFO").upper(),
+        attach_token=env.get(ATTACH_TOKEN_ENV) or None,
     )
 
 

@@ -8,11 +8,14 @@ values and that every process of the job is alive.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
 import os
 import pwd
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +27,13 @@ import zmq
 
 import dynaps
 from dynaps.client.ps import PS
-from dynaps.contract import secret
+from dynaps.contract import NamedTable, Partition, secret
 from dynaps.errors import ClusterError, ConfigError
-from dynaps.store.checkpoint_files import contained
-from dynaps.store.shm import AttachServer, attach, attach_proof
+from dynaps.store import shm
+from dynaps.store.checkpoint_files import commit, contained, resolve, write_owned
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.shm import AttachServer, attach, attach_address, attach_proof, watch_process
+from dynaps.store.table_store import TableStore
 from dynaps.wire import control, messages
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import encode, encode_reply
@@ -332,29 +338,94 @@ def test_a_checkpoint_path_must_stay_under_the_root(tmp_path: Path) -> None:
         contained("", str(root / "ckpt-000007"))  # no root configured: nothing is written
 
 
-def _attach_as(address: str, proof: str, uid: int | None, out: Any) -> None:
+def _owned_store() -> TableStore:
+    """A server's table store whose keys it owns (what a checkpoint writes)."""
+    shard_map = ShardMap.initial(2, Partition.RANGE, [1])
+    return TableStore.create(0, NamedTable(name="W", num_keys=8, dim=1), shard_map, home=1, shared=False)
+
+
+def test_checkpoint_writes_do_not_follow_links_planted_below_the_root(tmp_path: Path) -> None:
+    """Security audit, finding 8: whoever can write the checkpoint volume plants links below
+    a checkpoint directory (its table folder, the temporary files); writes must neither land
+    elsewhere nor overwrite a link's target."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim"
+    elsewhere.mkdir()
+    victim.write_text("keep")
+    store = _owned_store()
+    (root / "ckpt-000007").mkdir()
+    (root / "ckpt-000007" / "W").symlink_to(elsewhere)  # the table folder
+    with pytest.raises(ConfigError, match="link"):
+        write_owned(store, 1, contained(str(root), str(root / "ckpt-000007")))
+    assert not list(elsewhere.iterdir())
+    (root / "ckpt-000008" / "W").mkdir(parents=True)
+    (root / "ckpt-000008" / "W" / ".node-1.npz.tmp").symlink_to(victim)  # the temporary file
+    assert write_owned(store, 1, contained(str(root), str(root / "ckpt-000008"))) == 8
+    assert victim.read_text() == "keep"
+    assert (root / "ckpt-000008" / "W" / "node-1.npz").is_file()
+
+
+def test_the_coordinators_commit_does_not_follow_planted_links(tmp_path: Path) -> None:
+    """Finding 8: ``commit`` (MANIFEST, LATEST) checked nothing."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim"
+    elsewhere.mkdir()
+    victim.write_text("keep")
+    (root / ".LATEST.tmp").symlink_to(victim)
+    (root / "ckpt-000009").mkdir()
+    (root / "ckpt-000009" / ".MANIFEST.json.tmp").symlink_to(victim)
+    commit(root, 9, {})
+    assert victim.read_text() == "keep"
+    assert (root / "LATEST").read_text() == "ckpt-000009"
+    (root / "ckpt-000010").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="link"):
+        commit(root, 10, {})
+    assert not list(elsewhere.iterdir())
+    assert (root / "LATEST").read_text() == "ckpt-000009"
+
+
+def test_latest_must_name_a_checkpoint_under_the_root(tmp_path: Path) -> None:
+    """Finding 8: LATEST's contents were joined to the root unchecked, so a restore could
+    load another job's checkpoint."""
+    root, other = tmp_path / "job" / "checkpoints", tmp_path / "other" / "ckpt-000003"
+    other.mkdir(parents=True)
+    (other / "MANIFEST.json").write_text("{}")
+    root.mkdir(parents=True)
+    for planted in ("../../other/ckpt-000003", str(other)):
+        (root / "LATEST").write_text(planted)
+        with pytest.raises(ConfigError):
+            resolve(root, "latest")
+    (root / "ckpt-000004").symlink_to(other)
+    (root / "LATEST").write_text("ckpt-000004")
+    with pytest.raises(ConfigError):
+        resolve(root, "latest")
+
+
+def _attach_as(token: str, job_secret: bytes, uid: int | None, out: Any) -> None:
     """In a child process: become ``uid`` (if given), try to attach, report what happened."""
     try:
         if uid is not None:
             os.setgid(uid)
             os.setuid(uid)
-        attach(address, {"pid": os.getpid(), "proof": proof}, lambda description, fds: description, 5.0)
+        attach(token, job_secret, lambda description, fds: description, 5.0)
         out.send("attached")
     except (ClusterError, OSError, ValueError) as exc:
         out.send(f"refused: {exc}")
 
 
-def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str, str]:
+def _try_attach(server: AttachServer, token: str, job_secret: bytes, uid: int | None) -> tuple[str, str]:
     """Run an attach attempt in a child while this process serves; (child's view, node's view)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_attach_as, args=(server.address, proof, uid, child))
+    proc = ctx.Process(target=_attach_as, args=(token, job_secret, uid, child))
     proc.start()
     node_view = "nothing"
     deadline = time.monotonic() + 10
     try:
-        while not parent.poll(0.01):
-            assert time.monotonic() < deadline, "the attach attempt did not end"
+        while True:
+            ended = parent.poll(0.01)  # the child may give up first: its connection still waits
             try:
                 hello = server.accept({"node": 1}, [])
             except ClusterError as exc:
@@ -362,6 +433,9 @@ def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str,
             else:
                 if hello is not None:
                     node_view = "served"
+            if ended:
+                break
+            assert time.monotonic() < deadline, "the attach attempt did not end"
         return str(parent.recv()), node_view
     finally:
         proc.join(10)
@@ -370,13 +444,13 @@ def _try_attach(server: AttachServer, proof: str, uid: int | None) -> tuple[str,
 def test_only_a_process_that_knows_the_secret_attaches() -> None:
     job_secret = secret.new_secret()
     token = "t" + os.urandom(4).hex()
-    server = AttachServer(token, attach_proof(job_secret, token))
+    server = AttachServer(token, job_secret)
     try:
-        client, node = _try_attach(server, attach_proof(secret.new_secret(), token), None)
+        client, node = _try_attach(server, token, secret.new_secret(), None)
         assert node.startswith("refused: ")
         assert "job secret" in node
         assert client.startswith("refused")
-        client, node = _try_attach(server, attach_proof(job_secret, token), None)
+        client, node = _try_attach(server, token, job_secret, None)
         assert (client, node) == ("attached", "served")
     finally:
         server.close()
@@ -387,12 +461,212 @@ def test_a_process_of_another_user_cannot_attach() -> None:
     """Another uid that found the socket in /proc/net/unix and knows the proof still fails."""
     job_secret = secret.new_secret()
     token = "t" + os.urandom(4).hex()
-    proof = attach_proof(job_secret, token)
-    server = AttachServer(token, proof)
+    server = AttachServer(token, job_secret)
     try:
-        client, node = _try_attach(server, proof, pwd.getpwnam("nobody").pw_uid)
+        client, node = _try_attach(server, token, job_secret, pwd.getpwnam("nobody").pw_uid)
         assert node.startswith("refused: ")
         assert "another user" in node
         assert client.startswith("refused")
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ local attach (finding 3)
+
+
+def test_no_secret_on_a_command_line(job: dict[str, Any]) -> None:
+    """Any user can read /proc/PID/cmdline: no process of the job carries its secret or an
+    attach token there (security audit, finding 3: the token let another user take the
+    attach socket's name before the node bound it)."""
+    cluster = job["cluster"]
+    pids = [proc.pid for proc in cluster.processes.values()]
+    pids += [worker.runner.pid for worker in cluster._workers.values()]  # the test reads /proc as anyone can
+    hexed = secret.encode(cluster._secret).encode()
+    for pid in pids:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert not [a for a in args if a.startswith(b"--attach") or hexed in a], args
+
+
+def _serve_as_impostor(server: socket.socket, served: list[str]) -> None:
+    """Another user's listener on the attach name: reads the hello, answers with a
+    description and a memfd of its own (what the program would then map)."""
+    server.settimeout(10)
+    try:
+        conn, _ = server.accept()
+    except OSError:
+        return
+    with conn:
+        conn.settimeout(10)
+        (length,) = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))
+        conn.recv(length, socket.MSG_WAITALL)
+        fd = os.memfd_create("impostor")
+        try:
+            payload = b'{"node": 1, "answer": "0000"}'
+            socket.send_fds(conn, [struct.pack("<I", len(payload)) + payload], [fd])
+            served.append("description")
+            with contextlib.suppress(OSError):
+                conn.recv(16)
+        finally:
+            os.close(fd)
+
+
+def test_a_program_does_not_take_descriptors_from_an_impostor() -> None:
+    """Whoever listens where the program attaches must prove the job secret before the
+    program maps anything it sends (finding 3: it trusted any listener)."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    impostor.bind(attach_address(token))
+    impostor.listen(1)
+    served: list[str] = []
+    thread = threading.Thread(target=_serve_as_impostor, args=(impostor, served))
+    thread.start()
+    prepared: list[Any] = []
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(ClusterError, match="does not know the job secret"):
+            attach(token, job_secret, lambda description, fds: prepared.append(description), 5.0)
+    finally:
+        thread.join(15)
+        impostor.close()
+    assert served == ["description"], "the impostor was never asked"
+    assert not prepared
+    assert len(os.listdir("/proc/self/fd")) == before - 1, "the impostor's memfd was kept"
+
+
+def _squat_as(token: str, uid: int, bound: Any) -> None:
+    """In a child: become ``uid``, take the attach name first, and serve as an impostor."""
+    os.setgid(uid)
+    os.setuid(uid)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(attach_address(token))
+    server.listen(1)
+    bound.send("bound")
+    _serve_as_impostor(server, [])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_a_program_refuses_a_node_of_another_user() -> None:
+    """Another user who took the attach name first is refused by the program before it
+    sends anything (SO_PEERCRED), even one that somehow had the answer."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    squatter = ctx.Process(target=_squat_as, args=(token, pwd.getpwnam("nobody").pw_uid, child))
+    squatter.start()
+    try:
+        assert parent.poll(10), "the squatter did not start"
+        assert parent.recv() == "bound"
+        prepared: list[Any] = []
+        with pytest.raises(ClusterError, match="another user"):
+            attach(token, job_secret, lambda description, fds: prepared.append(description), 5.0)
+        assert not prepared
+    finally:
+        squatter.join(15)
+        if squatter.is_alive():
+            squatter.kill()
+            squatter.join()
+
+
+# ------------------------------------------------------------------ the attached program's pid (finding 13)
+
+
+def _attach_claiming_pid(token: str, job_secret: bytes, claimed: int) -> None:
+    """In a child: attach as the protocol says, but claim another pid in the hello."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(attach_address(token))
+        hello = {"pid": claimed, "proof": attach_proof(job_secret, token), "challenge": "c"}
+        payload = json.dumps(hello).encode()
+        sock.sendall(struct.pack("<I", len(payload)) + payload)
+        sock.recv(1 << 16)
+        sock.sendall(struct.pack("<I", 2) + b"{}")
+
+
+def test_the_node_takes_its_programs_pid_from_the_kernel() -> None:
+    """Security audit, finding 13: the node watched (for the shared lock) the pid the hello
+    claimed; it is the one SO_PEERCRED reports."""
+    job_secret, token = secret.new_secret(), "t" + os.urandom(4).hex()
+    server = AttachServer(token, job_secret)
+    ctx = multiprocessing.get_context("fork")
+    program = ctx.Process(target=_attach_claiming_pid, args=(token, job_secret, 1))
+    program.start()
+    try:
+        hello = None
+        deadline = time.monotonic() + 10
+        while hello is None:
+            assert time.monotonic() < deadline, "the program did not attach"
+            hello = server.accept({"node": 1}, [])
+            time.sleep(0.01)
+        assert hello["pid"] == program.pid
+    finally:
+        program.join(10)
+        server.close()
+
+
+def _hold_pid(uid: int, out: Any) -> None:
+    os.setgid(uid)
+    os.setuid(uid)
+    out.send("holding")
+    time.sleep(60)
+
+
+def _reuse(pid: int, uid: int) -> Any:
+    """A process of ``uid`` that gets number ``pid`` if the kernel gives it out: it hands out
+    the number after ns_last_pid, unless a pidfd still pins it (or another fork on the
+    machine took it first, hence the tries). None if it never did."""
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(20):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        parent, child = ctx.Pipe()
+        newcomer = ctx.Process(target=_hold_pid, args=(uid, child))
+        newcomer.start()
+        if newcomer.pid == pid:
+            assert parent.poll(10), "the newcomer did not start"
+            assert parent.recv() == "holding"
+            return newcomer
+        newcomer.kill()
+        newcomer.join()
+    return None
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to choose the next pid and run as nobody")
+def test_a_program_that_died_is_not_alive_once_another_process_has_its_pid() -> None:
+    """Finding 13: if the training process dies holding the shared lock and another user's
+    process gets its pid, the node (kill(pid, 0): EPERM, or success as root) took it as
+    alive and waited on the lock for good, stopped heartbeating, and was declared lost."""
+    ctx = multiprocessing.get_context("fork")
+    program = ctx.Process(target=time.sleep, args=(0.5,))
+    program.start()
+    assert program.pid is not None
+    alive = watch_process(program.pid)  # at attach time
+    assert alive()
+    program.join()
+    newcomer = _reuse(program.pid, pwd.getpwnam("nobody").pw_uid)
+    try:
+        assert not alive(), "the node takes another user's process for its training program"
+    finally:
+        if newcomer is not None:
+            newcomer.kill()
+            newcomer.join()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user (nobody)")
+def test_without_pidfds_a_process_of_another_user_is_not_ours() -> None:
+    """Where a seccomp profile refuses pidfd_open, the fallback asks kill(pid, 0): EPERM (a
+    process of another user) means not our program, not alive."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    checker = ctx.Process(target=_check_as_nobody, args=(os.getpid(), child))
+    checker.start()
+    try:
+        assert parent.poll(10), "the check did not answer"
+        assert parent.recv() == (True, False)  # its own pid: ours; this root process: not ours
+    finally:
+        checker.join(10)
+
+
+def _check_as_nobody(pid: int, out: Any) -> None:
+    uid = pwd.getpwnam("nobody").pw_uid
+    os.setgid(uid)
+    os.setuid(uid)
+    out.send((shm._runs_as_us(os.getpid()), shm._runs_as_us(pid)))

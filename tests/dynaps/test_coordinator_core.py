@@ -305,6 +305,25 @@ def test_a_checkpoint_round_pauses_writes_commits_and_resumes(tmp_path: Path) ->
     assert job.status()["lastCheckpoint"]["id"] == 1
 
 
+def test_a_node_that_cannot_write_abandons_the_checkpoint(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    job = Job(servers=2, workers=1, fault_tolerance={"checkpoint": {"path": str(root)}})
+    (s1, s2), (w1,) = job.start()
+    job.coordinator.run_command("checkpoint", {})
+    assert len(job.wire.take(MsgType.CHECKPOINT)) == 2  # the pause orders
+    for server in (s1, s2):
+        job.tell(server, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "pause"})
+    assert len(job.wire.take(MsgType.CHECKPOINT)) == 3  # the write orders
+    job.tell(s1, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "write", "keys": 32})
+    job.tell(s2, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "write", "failed": "W is a link"})
+    resume = job.wire.take(MsgType.CHECKPOINT)
+    assert resume == [(s1, {"id": 1, "phase": "resume"}), (s2, {"id": 1, "phase": "resume"})]
+    job.tell(w1, MsgType.CHECKPOINT_DONE, {"id": 1, "phase": "write", "keys": 2})  # late: ignored
+    assert not (root / "ckpt-000001" / "MANIFEST.json").exists()
+    assert not (root / "LATEST").exists()
+    assert job.status()["lastCheckpoint"] is None
+
+
 def test_a_checkpoint_waits_for_migrations_and_a_lost_node_abandons_it(tmp_path: Path) -> None:
     job = Job(servers=2, workers=1, fault_tolerance={"checkpoint": {"path": str(tmp_path)}})
     (s1, s2), (w1,) = job.start()

@@ -7,18 +7,22 @@ Every request but ``/healthz`` needs the job's token; bodies are strict and boun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dynaps.contract import NamedTable, RuntimeConfig, secret
 from dynaps.coordinator import http
 from dynaps.local.launch import Process, start_coordinator, stop_processes
+from dynaps.telemetry import exposition
 
 pytestmark = pytest.mark.integration
 
@@ -230,6 +234,50 @@ def test_a_body_shorter_than_its_length_is_refused(coordinator: Coordinator) -> 
 def test_a_chunked_body_is_refused(coordinator: Coordinator) -> None:
     raw = f"POST /scale HTTP/1.1\r\nHost: x\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n".encode()
     assert exchange(coordinator.port, raw + b"2\r\n{}\r\n0\r\n\r\n")[0] == 411
+
+
+# ---------------------------------------------------------------------- request heads
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> Iterator[int]:
+    """A node's /metrics listener (what every pod's port 9090 runs), in this process."""
+    server = exposition.MetricsServer("127.0.0.1", 0, CollectorRegistry())
+    try:
+        yield server.port
+    finally:
+        server.close()
+
+
+def unfinished(port: int, head: bytes) -> tuple[int, bytes]:
+    """Send a request head that never ends (no blank line, the connection left open, as an
+    attacker holding memory would) and read the answer (0 if the server only hung up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # it closes with our bytes unread
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head_line = answer.partition(b"\r\n")[0]
+    return (int(head_line.split(b" ", 2)[1]) if head_line else 0), answer
+
+
+@pytest.mark.parametrize("server", ["coordinator", "node metrics"])
+def test_a_request_head_is_bounded_before_the_token_is_checked(
+    coordinator: Coordinator, metrics_port: int, server: str
+) -> None:
+    """Security audit, finding 6: the standard library alone reads up to 100 header lines
+    of 64 KiB each (and a 64 KiB request line) and keeps them until the head ends: 6.5 MB
+    held per connection, before any token is checked, on ports the whole cluster reaches.
+    A head over ``bounded_http.MAX_HEAD`` is answered at once and the connection closed."""
+    port = coordinator.port if server == "coordinator" else metrics_port
+    line = b"X-Filler: " + b"a" * 1014 + b"\r\n"  # 1 KiB
+    code, _ = unfinished(port, b"GET /metrics HTTP/1.0\r\n" + line * 64)
+    assert code == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    code, _ = unfinished(port, b"GET /" + b"a" * 20_000)
+    assert code == HTTPStatus.REQUEST_URI_TOO_LONG
+    # a head within the bound is still served
+    assert exchange(port, b"GET /metrics HTTP/1.0\r\n" + line * 8 + b"\r\n")[0] == HTTPStatus.OK
 
 
 # ---------------------------------------------------------------------- connections

@@ -138,4 +138,5 @@ def test_the_program_of_a_lost_worker_is_told() -> None:
     refused = [(e, b) for e, b in job.wire.take(MsgType.REFUSED) if e == client_of(w2)]
     [(_, body)] = refused
     assert f"node {w2} was declared lost" in body["reason"]
+    assert body["node"] == w2, "named inside, under the MAC: a program fences only on its own node's"
     assert client_of(w2) not in job.wire.addresses, "its connection is closed after the message"

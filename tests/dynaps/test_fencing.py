@@ -177,7 +177,7 @@ def test_a_node_that_left_is_not_refused() -> None:
 
 def test_a_refused_heartbeat_fences_the_node() -> None:
     plane, shell, outbox = make_node(1)
-    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "reason": "node 1 was declared lost"}))
+    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "node": 1, "reason": "node 1 was declared lost"}))
     assert plane.fenced == "node 1 was declared lost"
     assert shell.calls == ["stop_loop"]
     # no longer a member: later orders are ignored
@@ -189,10 +189,32 @@ def test_a_refused_heartbeat_fences_the_node() -> None:
     assert shell.calls == ["stop_loop"]
 
 
+def test_a_fence_replayed_to_another_node_does_not_fence_it() -> None:
+    """Security audit, finding 2: the REFUSED that fences a lost node goes to a temporary
+    endpoint, which every receiver accepts, and its MAC holds wherever it is replayed. The
+    one the coordinator sends must name the node it fences: replayed to another, it is
+    dropped and counted; the lost node itself still stops on it."""
+    job = Job(servers=3, workers=2, fault_tolerance={"replication": 1})
+    (s1, s2, s3), (w1, _) = job.start()
+    silence(job, [s1, s2, w1], job.coordinator.liveness.lost_after + 0.5)
+    job.wire.clear()
+    job.tell(s3, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s2"})
+    [(_, fence)] = job.wire.take(MsgType.REFUSED)
+    bystander, shell, _ = make_node(s1)
+    bystander.on_message(order(MsgType.REFUSED, fence))
+    assert not bystander.fenced
+    assert not shell.calls
+    assert bystander.server.stats["malformed"] == 1
+    lost, shell, _ = make_node(s3)
+    lost.on_message(order(MsgType.REFUSED, fence))
+    assert lost.fenced
+    assert shell.calls == ["stop_loop"]
+
+
 def test_a_refusal_from_another_node_is_dropped() -> None:
     plane, shell, _ = make_node(1)
     plane.server.peers.add(2)
-    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "reason": "forged"}, sender=2))
+    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "node": 1, "reason": "forged"}, sender=2))
     assert not plane.fenced
     assert plane.server.stats["malformed"] == 1
     assert not shell.calls

@@ -83,7 +83,7 @@ def test_a_node_declared_lost_meanwhile_serves_nothing_it_held() -> None:
     plane.turned(NOW + 2 * GAP)
     outbox.take([])
     assert not plane.admit(push(2))
-    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "reason": "node 1 was declared lost"}))
+    plane.on_message(order(MsgType.REFUSED, {"nonce": "", "node": 1, "reason": "node 1 was declared lost"}))
     assert plane.fenced
     assert plane.take_released() == []
     assert not plane.admit(push(3)), "a fenced node serves nothing"

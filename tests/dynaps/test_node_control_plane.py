@@ -343,10 +343,10 @@ def test_checkpoint_pauses_relocations_reports_quiet_once_writes_and_resumes(tmp
     paused_done = control.CheckpointDone(id=4, phase=control.CheckpointPhase.PAUSE)
     assert control.body_of(done, control.CheckpointDone) == paused_done
     server.checkpoint_root = str(tmp_path)
-    # an order to write outside the checkpoint root is dropped and counted, not obeyed
+    # an order to write outside the checkpoint root is not obeyed, and the node says so
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(tmp_path / "..")}))
-    assert outbox.take([]) == []
-    assert server.stats["malformed"] == 1
+    [(_, refused)] = outbox.take([])
+    assert "not a checkpoint directory" in control.body_of(refused, control.CheckpointDone).failed
     directory = tmp_path / "ckpt-000004"
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "write", "path": str(directory)}))
     [(_, written)] = outbox.take([])
@@ -356,6 +356,24 @@ def test_checkpoint_pauses_relocations_reports_quiet_once_writes_and_resumes(tmp
     plane.on_message(order(MsgType.CHECKPOINT, {"id": 4, "phase": "resume"}))
     assert not paused(plane)
     assert plane.checkpoint is None
+
+
+def test_a_link_planted_in_the_checkpoint_volume_fails_the_write_and_says_so(tmp_path: Path) -> None:
+    """Security audit, finding 8: the node refuses to write through a link below the root
+    and tells the coordinator, which abandons the round (the node neither crashes nor stays
+    silent, which would leave relocations paused for good)."""
+    plane, _, outbox = make_node(1)
+    plane.server.checkpoint_root = str(tmp_path)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ckpt-000005").mkdir()
+    (tmp_path / "ckpt-000005" / "W").symlink_to(elsewhere)
+    path = str(tmp_path / "ckpt-000005")
+    plane.on_message(order(MsgType.CHECKPOINT, {"id": 5, "phase": "write", "path": path}))
+    [(dest, done)] = outbox.take([])
+    assert dest == COORDINATOR
+    assert "link" in control.body_of(done, control.CheckpointDone).failed
+    assert not list(elsewhere.iterdir())
 
 
 def test_checkpoint_pause_waits_for_transfers_in_flight() -> None:

@@ -6,6 +6,7 @@ socket: what an outsider can do on the network.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynaps.errors import ProtocolError
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire.auth import SMALL_BYTES, TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, MsgType, TableLayout, header
-from dynaps.wire.transport import ZmqTransport, message_bound
+from dynaps.wire.transport import MAX_REJECTED_PER_CALL, ZmqTransport, message_bound
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -247,3 +249,59 @@ def test_one_frame_signs_alike_in_both_forms() -> None:
     receiver = Authenticator(KEY)
     assert receiver.verify(2, [one_pass]) == [payload]
     assert receiver.verify(2, [general]) == [payload]
+
+
+JUNK = 1000
+
+
+def test_a_flood_of_forged_frames_is_not_a_log_flood(
+    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security audit, finding 9: the coordinator and the training processes keep the
+    transport's own handling of rejected frames, which logged a WARNING for each: an
+    outsider's flood then pushed the job's real log out of the kubelet's rotation. A few
+    lines say how many were dropped."""
+    _, b = pair
+    caplog.set_level(logging.WARNING, logger="dynaps.wire.transport")
+    for _ in range(JUNK):
+        attacker.send_multipart([b"junk"])
+    assert_dropped(b, JUNK)
+    lines = [r for r in caplog.records if r.name == "dynaps.wire.transport"]
+    assert 1 <= len(lines) <= 2, len(lines)
+    assert "dropped" in lines[0].getMessage()
+
+
+def test_recv_nowait_returns_within_a_flood(
+    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+) -> None:
+    """Finding 9: recv_nowait read on as long as forged frames kept coming, so a flood kept
+    the coordinator's turn (HTTP actions, ticks, signals) from ending. One call now looks at
+    a bounded number of them."""
+    a, b = pair
+    for _ in range(JUNK):
+        attacker.send_multipart([b"junk"])
+    a.send(2, [b"real"])  # behind the junk, on another connection
+    deadline = time.monotonic() + 5.0
+    while b.rejected == 0:  # the first call waits for the flood to arrive
+        assert time.monotonic() < deadline, "no junk arrived"
+        assert b.recv(timeout=0.05) in (None, [b"real"])
+    time.sleep(0.5)  # let the rest of the flood arrive, which an unbounded loop would read whole
+    before = b.rejected
+    b.recv_nowait()
+    assert b.rejected - before <= MAX_REJECTED_PER_CALL
+
+
+def test_a_throttled_log_says_how_many_lines_it_stands_for(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    logger = logging.getLogger("dynaps.test.throttled")
+    throttled = ThrottledLog(logger, "dropped a frame", interval=5.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for second in range(12):
+            now[0] = float(second)
+            throttled(f"junk {second}")
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped a frame (1 since the last line, 1 in all): junk 0",
+        "dropped a frame (5 since the last line, 6 in all): junk 5",
+        "dropped a frame (5 since the last line, 11 in all): junk 10",
+    ]
+    assert throttled.total == 12

@@ -42,7 +42,7 @@ def register(
     welcomed = None
     while True:
         msg = joining.await_coordinator(
-            transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job"
+            transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job", nonce
         )
         if msg.type is MsgType.WELCOME:
             welcome = control.body_of(msg, control.Welcome)

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from dynaps.contract import FaultTolerance
 from dynaps.errors import ClusterError, DynapsTimeoutError
 from dynaps.store.control_block import FENCED, STALE_SECONDS, ControlBlock
-from dynaps.store.shm import pid_alive
+from dynaps.store.shm import watch_process
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class OwnNode:
         write_back = faults.replication > 0 and faults.flush_interval_ms > 0
         self.watched = write_back and self.block.stamp is not None
         self.lost_reason = ""
+        self._node_runs: tuple[int, Callable[[], bool]] | None = None  # (pid, whether it runs)
 
     @property
     def fenced(self) -> bool:
@@ -71,6 +72,12 @@ class OwnNode:
             self.lost_reason = why
             log.error("%s", why)
         self.block.fence()
+
+    def _runs(self, pid: int) -> bool:
+        """Whether our node's process ``pid`` still runs (watched by a pidfd once asked)."""
+        if self._node_runs is None or self._node_runs[0] != pid:
+            self._node_runs = (pid, watch_process(pid))
+        return self._node_runs[1]()
 
     def running_until(
         self, now: float, timeout: float, wait: Callable[[float], None], ended: Callable[[], str | None]
@@ -100,7 +107,7 @@ class OwnNode:
                     )
                 return last + STALE_SECONDS
             pid = 0 if block.pid is None else block.pid[0]
-            if pid and not pid_alive(pid):
+            if pid and not self._runs(pid):
                 self.fail(
                     f"worker rank {self.rank}: its node process {pid} (node {self.node}) is gone: updates "
                     "of the keys it held since their last write-back are lost with it; this process must stop"

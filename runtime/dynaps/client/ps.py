@@ -45,7 +45,7 @@ from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, Unknow
 from dynaps.store import usage
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import Segment, SharedLock, attach, attach_proof
+from dynaps.store.shm import Segment, SharedLock, attach
 from dynaps.store.table_store import TableStore
 from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
@@ -72,10 +72,6 @@ def connect(timeout: float = 300.0) -> PS:
     _CURRENT = PS.attach(token, timeout)
     atexit.register(_CURRENT.close)
     return _CURRENT
-
-
-def attach_address(token: str) -> str:
-    return f"\0dynaps-{token}"
 
 
 class PS:
@@ -168,7 +164,7 @@ class PS:
                 config, node, rank, stores, lock, transport, control_block.array, usage_block.array, notices
             )
 
-        ps = _attach_retrying(attach_address(token), attach_proof(secret, token), prepare, deadline)
+        ps = _attach_retrying(token, secret, prepare, deadline)
         try:
             ps._join(digest, deadline)
         except BaseException:
@@ -336,18 +332,21 @@ class PS:
         elif kind is MsgType.SHUTDOWN:
             self._requests.job_ended(control.body_of(msg, control.Shutdown).reason or "shut down")
         elif kind is MsgType.REFUSED:  # our node was declared lost (it may only be stopped)
-            self._requests.own.lost(control.body_of(msg, control.Refused).reason)
+            refused = control.body_of(msg, control.Refused)
+            if refused.node != self.node:  # not ours: a fence for another node is not for us
+                raise ProtocolError(f"REFUSED for node {refused.node}, this program's is {self.node}")
+            self._requests.own.lost(refused.reason)
         elif kind is not MsgType.WELCOME:
             raise ProtocolError(f"client does not handle {kind.name}")
 
 
 def _attach_retrying(
-    address: str, proof: str, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float
+    token: str, secret: bytes, prepare: Callable[[dict[str, Any], list[int]], PS], deadline: float
 ) -> PS:
     """The node may still be starting: retry until it listens or the deadline passes."""
     while True:
         try:
-            return attach(address, {"pid": os.getpid(), "proof": proof}, prepare)
+            return attach(token, secret, prepare)
         except ClusterError:
             if time.monotonic() > deadline:
                 raise

@@ -21,6 +21,7 @@ from typing import Any
 from dynaps.contract import CheckpointSpec
 from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.roster import Roster
+from dynaps.errors import ConfigError
 from dynaps.store.checkpoint_files import checkpoint_dir
 from dynaps.store.checkpoint_files import commit as commit_checkpoint
 from dynaps.wire import control
@@ -123,6 +124,10 @@ class CheckpointRounds:
         state = self.current
         if state is None or state.id != done.id or state.phase != done.phase:
             return
+        if done.failed:
+            log.error("checkpoint %d: node %d could not write: %s", state.id, node, done.failed)
+            self.end(committed=False)
+            return
         state.waiting.discard(node)
         state.keys += done.keys
         if state.waiting:
@@ -146,9 +151,13 @@ class CheckpointRounds:
         self._last_time = self.clock()
         if committed:
             manifest = {"job": self.job, "epoch": self.epoch(), "keys": state.keys, "tables": self.tables}
-            directory = commit_checkpoint(self.root, state.id, manifest)
-            self.last = {"id": state.id, "path": str(directory), "keys": state.keys, "time": time.time()}
-            log.info("checkpoint %d written to %s (%d keys)", state.id, directory, state.keys)
+            try:
+                directory = commit_checkpoint(self.root, state.id, manifest)
+            except (ConfigError, OSError) as exc:  # a link planted in the volume, a full disk
+                log.error("checkpoint %d abandoned: cannot commit it: %s", state.id, exc)
+            else:
+                self.last = {"id": state.id, "path": str(directory), "keys": state.keys, "time": time.time()}
+                log.info("checkpoint %d written to %s (%d keys)", state.id, directory, state.keys)
         else:
             log.warning("checkpoint %d abandoned", state.id)
         for server in self.roster.active("server"):

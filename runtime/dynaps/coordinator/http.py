@@ -15,8 +15,9 @@ Anyone on the pod network can reach this port, so (docs/security.md):
   parsed into a strict model (:data:`BODIES`): no boolean as a count, no count outside the
   job's bounds, no unknown field;
 * the server is bounded (:mod:`dynaps.telemetry.bounded_http`): :data:`MAX_CONNECTIONS`
-  connections at once, each socket read times out after :data:`READ_TIMEOUT` seconds and a
-  connection is cut after :data:`REQUEST_DEADLINE` seconds whatever it does.
+  connections at once, each socket read times out after :data:`READ_TIMEOUT` seconds, a
+  connection is cut after :data:`REQUEST_DEADLINE` seconds whatever it does, and a request
+  head (line and headers) holds at most ``bounded_http.MAX_HEAD`` bytes.
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def _handler(
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(bounded_http.BoundedHandler):
         server_version = "dynaps"
         timeout = READ_TIMEOUT  # StreamRequestHandler sets it on the socket
 

@@ -141,7 +141,7 @@ class Outbox:
             self.send(
                 client_of(member.id),
                 MsgType.REFUSED,
-                control.Refused(nonce="", reason=f"node {member.id} was declared lost"),
+                control.Refused(nonce="", node=member.id, reason=f"node {member.id} was declared lost"),
             )
         self.transport.forget(client_of(member.id), linger=1.0 if lost else 0.0)
 
@@ -162,7 +162,8 @@ class Outbox:
         if node not in self.fenced:
             self.fenced.add(node)
             log.warning("node %d was declared lost but speaks again: told to exit", node)
-        self._refuse_at(address, control.Refused(nonce="", reason=f"node {node} was declared lost"))
+        refused = control.Refused(nonce="", node=node, reason=f"node {node} was declared lost")
+        self._refuse_at(address, refused)
 
     def _refuse_at(self, address: str, refused: control.Refused) -> None:
         """Send REFUSED to an address that has no endpoint id of its own."""

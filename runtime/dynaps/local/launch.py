@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
+from dynaps.config import ATTACH_TOKEN_ENV
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError
 
@@ -28,6 +29,7 @@ def _env(config: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ)
     env.pop(CONFIG_FILE_ENV, None)
     env.pop("DYNAPS_ATTACH", None)
+    env.pop(ATTACH_TOKEN_ENV, None)
     env[CONFIG_ENV] = config.to_json()
     env.update(extra or {})
     return env
@@ -81,11 +83,11 @@ def start_node(
 ) -> Process:
     """Start a node; ``output``: file descriptors for its (stdout, stderr), default ours."""
     args = [sys.executable, "-m", "dynaps", role]
-    if attach_token:
-        args += ["--attach-token", attach_token]
     if command:
         args += ["--", *command]
     extra = {"DYNAPS_NODE_NAME": name, **(extra_env or {})}
+    if attach_token:  # in the environment: any user can read a command line, and take the name first
+        extra[ATTACH_TOKEN_ENV] = attach_token
     if rank is not None:
         extra["DYNAPS_RANK"] = str(rank)
     stdout, stderr = output or (None, None)

@@ -230,7 +230,10 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("REFUSED from a non-coordinator")
                 # Registered long ago: a refusal now answers a heartbeat of a node declared lost.
-                self.fence(control.body_of(msg, control.Refused).reason)
+                refused = control.body_of(msg, control.Refused)
+                if refused.node != self.node_id:  # another node's fence, replayed here
+                    raise ProtocolError(f"REFUSED for node {refused.node}, this is {self.node_id}")
+                self.fence(refused.reason)
             elif msg.type is MsgType.MEMBERSHIP:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MEMBERSHIP from a non-coordinator")
@@ -318,19 +321,20 @@ class ControlPlane:
             server.relocations.pause()
             self.checkpoint = CheckpointPause(order.id)
         elif order.phase == "write":
+            written, failed = 0, ""
             try:
+                # a path elsewhere, or a link planted in the volume: not obeyed, and said so,
+                # for the coordinator abandons the round (relocations wait for it to end)
                 directory = contained(server.checkpoint_root, order.path)
-            except ConfigError as exc:  # an order that would write elsewhere: not obeyed
-                server.note_malformed(exc)
-                return
-            written = 0
-            server.lock.acquire()
-            try:
-                for store in server.stores:
-                    written += write_owned(store, self.node_id, directory)
-            finally:
-                server.lock.release()
-            done = control.CheckpointDone(id=order.id, phase=control.CheckpointPhase.WRITE, keys=written)
+                with server.lock:
+                    for store in server.stores:
+                        written += write_owned(store, self.node_id, directory)
+            except (ConfigError, OSError) as exc:
+                log.error("node %d: cannot write checkpoint %d: %s", self.node_id, order.id, exc)
+                failed = str(exc)[:500]
+            done = control.CheckpointDone(
+                id=order.id, phase=control.CheckpointPhase.WRITE, keys=written, failed=failed
+            )
             self.send_coordinator(MsgType.CHECKPOINT_DONE, done)
         else:  # resume
             self.checkpoint = None

@@ -3,8 +3,9 @@
 ``dynaps server`` and ``dynaps worker [-- COMMAND ...]`` run :func:`serve_node`.  A worker
 node shares its store with one training process (the client): either the COMMAND it
 starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that attaches
-by token (``LocalCluster``'s runners).  When the child exits, the node reports
-WORKER_DONE and keeps serving its keys until the coordinator ends the job.
+by token (``LocalCluster``'s runners; the node has it in ``DYNAPS_ATTACH_TOKEN``: an
+environment is readable by its user alone, a command line by everyone).  When the child
+exits, the node reports WORKER_DONE and keeps serving its keys until the coordinator ends the job.
 
 SIGTERM (or a DRAIN from the coordinator) starts a graceful leave
 (:mod:`dynaps.node.control_plane`, where every control decision is taken); this module
@@ -20,12 +21,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from dynaps.config import job_secret, spin_seconds
+from dynaps.config import ATTACH_TOKEN_ENV, job_secret, spin_seconds
 from dynaps.contract import (
     CONFIG_ENV,
     CONFIG_FILE_ENV,
@@ -43,10 +44,11 @@ from dynaps.store.checkpoint_files import load_keys, resolve
 from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
+from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, watch_process
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport, message_bound
@@ -94,12 +96,13 @@ class NodeProcess:
         self.transport.watch(COORDINATOR)  # a draining node must know when nobody is left to ask
         self.child: subprocess.Popen[bytes] | None = None
         self.child_reported = False
-        self.client_pid: int | None = None
+        self.client_alive: Callable[[], bool] | None = None  # the attached program's (not a child)
         self.exit_code = 0
         self.stop = threading.Event()
         self.server: NodeServer | None = None
         self.control: ControlPlane | None = None  # the node's control decisions
         self.attach_server: AttachServer | None = None
+        self.attach_failed = ThrottledLog(log, "a worker node's attach failed")  # another user may loop
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
         self.control_block: ControlBlock | None = None  # its views (dynaps.store.control_block)
@@ -128,7 +131,7 @@ class NodeProcess:
         self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
         while True:
             msg = joining.await_coordinator(
-                self.transport, {MsgType.WELCOME}, deadline, "a node id", self.stop.is_set
+                self.transport, {MsgType.WELCOME}, deadline, "a node id", nonce, self.stop.is_set
             )
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
@@ -137,7 +140,7 @@ class NodeProcess:
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
         msg = joining.await_coordinator(
-            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", self.stop.is_set
+            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", nonce, self.stop.is_set
         )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)
@@ -195,7 +198,7 @@ class NodeProcess:
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port)
         if worker:
-            self.attach_server = AttachServer(self.attach_token, attach_proof(self.secret, self.attach_token))
+            self.attach_server = AttachServer(self.attach_token, self.secret)
         self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
         if worker and self.command:
@@ -203,6 +206,7 @@ class NodeProcess:
             env[ATTACH_ENV] = self.attach_token
             env[CONFIG_ENV] = self.config.to_json()
             env.pop(CONFIG_FILE_ENV, None)
+            env.pop(ATTACH_TOKEN_ENV, None)  # the node's, for a process that attaches by itself
             # Its own session: a pod's SIGTERM reaches this node, which drains and lets the
             # program finish (it sees dynaps.Drained), instead of killing it mid-step.
             self.child = subprocess.Popen(self.command, env=env, start_new_session=True)
@@ -329,17 +333,17 @@ class NodeProcess:
         try:
             hello = self.attach_server.accept(description, fds)
         except (OSError, ClusterError, ValueError) as exc:
-            log.warning("node %d: attach failed: %s", self.node_id, exc)
+            self.attach_failed(f"node {self.node_id}: {exc}")
             return
         if hello is None:
             return
-        pid = int(hello.get("pid", 0))
-        self.client_pid = pid
+        pid = int(hello["pid"])  # the kernel's word (SO_PEERCRED)
+        self.client_alive = watch_process(pid)
         # One training process per worker node: stop listening, so a second one is refused.
         self.attach_server.close()
         self.attach_server = None
         if isinstance(self.lock, SharedLock):
-            self.lock.recover_when_dead(lambda: pid_alive(pid))
+            self.lock.recover_when_dead(self.client_alive)
             self.lock.unlink()
         log.info("node %d: training process %d attached", self.node_id, pid)
 
@@ -402,7 +406,7 @@ class NodeProcess:
     def client_running(self) -> bool:
         if self.child is not None:
             return self.child.poll() is None
-        return self.client_pid is not None and pid_alive(self.client_pid)
+        return self.client_alive is not None and self.client_alive()
 
     # ------------------------------------------------------------------ shutdown
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import TableStore
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
@@ -116,7 +116,8 @@ class NodeServer:
         ]
         self._homed: dict[tuple[int, int], npt.NDArray[np.bool_]] = {}
         self.metrics_port: int | None = None  # where the node's process serves /metrics (STATS says)
-        self._last_malformed_log = 0.0
+        # a flood must not become a log flood
+        self._malformed_log = ThrottledLog(log, f"node {node_id} dropped a malformed message")
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
         self.applied = AppliedRequests()  # exactly once, with or without replication
         self.replication = (
@@ -209,12 +210,7 @@ class NodeServer:
 
     def note_malformed(self, exc: Exception) -> None:
         self.stats["malformed"] += 1
-        now = time.monotonic()
-        if now - self._last_malformed_log > 5.0:  # a flood must not become a log flood
-            self._last_malformed_log = now
-            log.warning(
-                "node %d dropped a malformed message (%d so far): %s", self.me, self.stats["malformed"], exc
-            )
+        self._malformed_log(exc)
 
     def send(self, dest: int, msg: Message) -> None:
         if node_of(dest) in self.departures.lost:

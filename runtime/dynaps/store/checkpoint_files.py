@@ -10,16 +10,24 @@ A checkpoint is taken while no key changes owner (homes hold new relocations and
 those in flight), so every key is written exactly once; values keep changing while it is
 written, so it is a fuzzy snapshot, as usual for parameter servers.  A checkpoint without
 its MANIFEST.json was interrupted and is never read.
+
+Whoever can write the volume may plant symbolic links in it, so every write goes through
+directory descriptors opened one component at a time below the root with ``O_NOFOLLOW``
+(:func:`_below`), and each file is written to a fresh temporary (``O_EXCL``, a link in its
+place is removed first) renamed over the final name: a link on the way is refused, never
+followed, and there is no window between a check and the write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,44 +63,73 @@ def contained(root: str | Path, path: str) -> Path:
     return base / given.name
 
 
+@contextlib.contextmanager
+def _below(root: str | Path, names: list[str]) -> Iterator[int]:
+    """A descriptor of the directory ``root/names...``, each name made if missing and opened
+    with ``O_NOFOLLOW``: a symbolic link on the way raises ConfigError. (The root itself is
+    the configured path, a mount point or a link to one: made if missing, opened as it is.)"""
+    os.makedirs(root, exist_ok=True)
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+    try:
+        for name in names:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=fds[-1])
+            try:
+                fds.append(
+                    os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1])
+                )
+            except OSError as exc:  # ELOOP: a link; ENOTDIR: a file (or a link to one)
+                raise ConfigError(f"{name} in checkpoint root {root} is a link or not a directory") from exc
+        yield fds[-1]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _write_in(folder: int, name: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``name`` in the directory ``folder`` atomically: a fresh temporary, renamed."""
+    temporary = f".{name}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=folder)  # a leftover, or a planted link (not its target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(temporary, flags, 0o666, dir_fd=folder), "wb") as handle:
+        write(handle)
+    os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+
+
 def write_owned(store: TableStore, node: int, directory: Path) -> int:
-    """Write the keys ``node`` owns of ``store``'s table; returns how many."""
+    """Write the keys ``node`` owns of ``store``'s table into ``directory`` (a checkpoint
+    directly under the root, as :func:`contained` returns it); returns how many."""
     keys = np.flatnonzero(store.loc == node).astype(np.int64)
     arrays: dict[str, Any] = {"keys": keys, "values": store.values.take(keys, axis=0)}
     for i, state in enumerate(store.states):
         arrays[f"state{i}"] = state.take(keys, axis=0)
-    folder = directory / store.name
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".node-{node}.npz.tmp"
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(temporary, folder / f"node-{node}.npz")
+    with _below(directory.parent, [directory.name, store.name]) as folder:
+        _write_in(folder, f"node-{node}.npz", lambda handle: np.savez(handle, **arrays))
     return len(keys)
 
 
 def commit(root: str | Path, checkpoint_id: int, manifest: dict[str, Any]) -> Path:
     """Mark a complete checkpoint: its manifest, then LATEST (each written atomically)."""
     directory = checkpoint_dir(root, checkpoint_id)
-    directory.mkdir(parents=True, exist_ok=True)
     document = {"id": checkpoint_id, "time": time.time(), **manifest}
-    _write_atomically(directory / MANIFEST, json.dumps(document, indent=2))
-    _write_atomically(Path(root) / LATEST, directory.name)
+    with _below(root, [directory.name]) as folder:
+        _write_in(folder, MANIFEST, lambda handle: handle.write(json.dumps(document, indent=2).encode()))
+    with _below(root, []) as folder:
+        _write_in(folder, LATEST, lambda handle: handle.write(directory.name.encode()))
     return directory
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def resolve(root: str | Path, which: str) -> Path | None:
-    """The directory of checkpoint ``which`` ("latest" or a path); None if there is none yet."""
+    """The directory of checkpoint ``which`` ("latest" or a path); None if there is none yet.
+
+    LATEST must name a checkpoint directly under ``root`` (:func:`contained`): whoever can
+    write the volume must not point a restore at another job's checkpoint."""
     if which in ("", "latest"):
         latest = Path(root) / LATEST
         if not latest.exists():
             return None
-        directory = Path(root) / latest.read_text().strip()
+        directory = contained(root, str(Path(root) / latest.read_text().strip()))
     else:
         directory = Path(which)
     if not (directory / MANIFEST).exists():

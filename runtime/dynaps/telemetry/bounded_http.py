@@ -1,23 +1,78 @@
-"""A threaded HTTP server that bounds what its clients can take: connections and time.
+"""A threaded HTTP server that bounds what its clients can take: connections, time, memory.
 
 Anyone on the pod network can reach a job's HTTP ports, so the coordinator's endpoint and
 every ``/metrics`` listener run on this server: at most ``max_connections`` connections at
 once (more are closed at once), each cut after ``deadline`` seconds whatever it does (a slow
-trickle cannot hold a slot); handlers set their own socket read timeout.  A real server
+trickle cannot hold a slot); handlers (:class:`BoundedHandler`) set their own socket read
+timeout and read at most :data:`MAX_HEAD` bytes of request line and headers.  A real server
 library would do this too, but none is a dependency of the runtime.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import logging
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# Bytes of request line and headers together. The standard library alone reads 100 lines
+# of 64 KiB and keeps them until the head ends: 6.5 MB per connection before any token is
+# checked. What this job's clients send (the operator, Prometheus, a probe) is a few hundred.
+MAX_HEAD = 16 << 10
+
+
+class _HeadBudget(io.BufferedIOBase):
+    """A request's reader for the standard library's parser, which reads the head line by
+    line: the lines together may hold at most ``budget`` bytes. A body is read whole
+    (``read``), its size checked by the handler from its Content-Length."""
+
+    def __init__(self, inner: io.BufferedIOBase, budget: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._left = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        cap = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+        line = self._inner.readline(cap)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"a request head over {MAX_HEAD} bytes")
+        return line
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return self._inner.read(size)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+class BoundedHandler(BaseHTTPRequestHandler):
+    """A request handler whose head may hold at most :data:`MAX_HEAD` bytes: more headers are
+    answered 431 by the standard library's own parser, a longer request line 414."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _HeadBudget(self.rfile, MAX_HEAD)
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line alone (the headers' is caught inside)
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            self.close_connection = True
 
 
 class BoundedServer(ThreadingHTTPServer):

@@ -130,7 +130,7 @@ class MetricsServer:
 
 
 def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(bounded_http.BoundedHandler):
         server_version = "dynaps"
         timeout = READ_TIMEOUT  # StreamRequestHandler sets it on the socket
 

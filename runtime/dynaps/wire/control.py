@@ -71,8 +71,12 @@ class Welcome(_Body):
 
 
 class Refused(_Body):
-    nonce: str
+    """Who it answers is named inside, under the MAC: the message goes to a temporary
+    endpoint that any receiver accepts, so a captured one replayed elsewhere must not count."""
+
+    nonce: str  # the refused registration's ("" for a fence)
     reason: str
+    node: int | None = Field(default=None, ge=1, le=MAX_NODES)  # the lost node a fence is for
 
 
 class NodeInfo(_Body):
@@ -291,6 +295,7 @@ class CheckpointDone(_Body):
     id: int = Field(ge=1)
     phase: Literal[CheckpointPhase.PAUSE, CheckpointPhase.WRITE]
     keys: int = 0
+    failed: str = Field(default="", max_length=500)  # why this node could not write: the round is abandoned
 
 
 class Lease(_Body):

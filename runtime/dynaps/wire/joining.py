@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dynaps.errors import ClusterError, ProtocolError
 from dynaps.wire import control
 from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
+from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, Message, MsgType, client_of
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,15 @@ def await_coordinator(
     kinds: set[MsgType],
     deadline: float,
     what: str,
+    nonce: str,
     stopped: Callable[[], bool] = lambda: False,
 ) -> Message:
     """Wait for one of ``kinds`` from the coordinator; other messages are dropped.
+
+    Only the refusal of this process's own registration (``nonce``) makes it give up, and
+    a SHUTDOWN only once it has an endpoint id: until then it accepts messages for any
+    destination (it does not know its own), so an authentic answer to another process,
+    captured and replayed here, would otherwise stop it (docs/security.md).
 
     ``stopped`` is asked at least every half second: a pod deleted while its node waits
     for a coordinator that is itself gone must not wait out the deadline.
@@ -62,9 +68,15 @@ def await_coordinator(
         if msg.sender != COORDINATOR:
             continue
         if msg.type is MsgType.REFUSED:
-            reason = control.body_of(msg, control.Refused).reason
-            raise ClusterError(f"the coordinator refused this process: {reason}")
+            refused = control.body_of(msg, control.Refused)
+            if refused.nonce != nonce:
+                log.debug("ignored a refusal of another registration")
+                continue
+            raise ClusterError(f"the coordinator refused this process: {refused.reason}")
         if msg.type is MsgType.SHUTDOWN:
+            if transport.endpoint == NO_ENDPOINT:
+                log.debug("ignored a shutdown for another endpoint")
+                continue
             reason = control.body_of(msg, control.Shutdown).reason
             raise ClusterError(f"the job ended before this node started: {reason}")
         if msg.type in kinds:

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import zmq
 
 from dynaps.errors import ConfigError, ProtocolError
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import limits
 from dynaps.wire.auth import TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
@@ -129,8 +130,7 @@ def message_bound(tables: Sequence[TableLayout]) -> int:
     return max(largest, MAX_BODY_BYTES, HEADER_SIZE + INLINE_MAX, TRAILER_SIZE) + 4096
 
 
-def _log_rejected(exc: Exception) -> None:
-    log.warning("dropped a message: %s", exc)
+MAX_REJECTED_PER_CALL = 256  # forged frames one recv_nowait looks at before it returns
 
 
 class ZmqTransport:
@@ -155,8 +155,8 @@ class ZmqTransport:
         self.endpoint = endpoint
         self.auth = Authenticator(key)
         self.rejected = 0
-        # the node points this at its counter of malformed messages (rate-limited logging)
-        self.on_rejected: Callable[[Exception], None] = _log_rejected
+        # the node points this at its counter of malformed messages; throttled either way
+        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
         self.inbox = self._context.socket(zmq.PULL)
@@ -338,10 +338,15 @@ class ZmqTransport:
             spin_until_readable(inbox, self.spin, woken)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            while int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            for _ in range(MAX_REJECTED_PER_CALL):  # then look at the fd and the deadline
+                if not int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    break
                 checked = self._checked(inbox.recv_multipart())
                 if checked is not None:
                     return checked
+            else:  # all forged: the inbox stays readable, so the poll below would not wait
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
             if woken():
                 return None
             left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -377,7 +382,11 @@ class ZmqTransport:
                     return None
 
     def recv_nowait(self) -> list[Any] | None:
-        while int(self.inbox.getsockopt(zmq.EVENTS)) & POLLIN:
+        # Bounded: a flood of forged frames must not keep the caller (the coordinator's turn:
+        # HTTP actions, ticks, signals) from going on with its other duties.
+        for _ in range(MAX_REJECTED_PER_CALL):
+            if not int(self.inbox.getsockopt(zmq.EVENTS)) & POLLIN:
+                return None
             checked = self._checked(self.inbox.recv_multipart())
             if checked is not None:
                 return checked
