@@ -14,11 +14,19 @@ from dynaps.contract import TERMINAL_PHASES
 from dynaps.errors import ConfigError
 from dynaps.observe import podlogs, runfile
 from dynaps.observe.render import Sample, render, throughput
-from dynaps.observe.sources import CoordinatorGoneError, Kubectl, read_coordinator, read_kubernetes
+from dynaps.observe.sources import (
+    CoordinatorDroppedError,
+    CoordinatorGoneError,
+    Kubectl,
+    read_coordinator,
+    read_kubernetes,
+)
 from dynaps.observe.view import JobView
 
 Reader = Callable[[], tuple[dict[str, Any], JobView]]
 CLEAR = "\x1b[H\x1b[J"  # cursor home, clear to the end: a --watch redraw on a terminal
+WATCH_DROPS = 5  # a watch asks again this many times when the coordinator closes a read
+WATCH_DROP_PAUSE = 0.2  # seconds between those reads
 
 STATUS_EPILOG = """\
 sources:
@@ -216,6 +224,7 @@ def _watch(read: Reader, output: str, interval: float) -> int:
     """Read, show, sleep, until the job ends, the coordinator goes away or Ctrl-C (all exit 0)."""
     redraw = output == "text" and sys.stdout.isatty()
     previous: Sample | None = None
+    dropped = 0  # reads in a row the coordinator closed without an answer
     try:
         while True:
             try:
@@ -225,6 +234,15 @@ def _watch(read: Reader, output: str, interval: float) -> int:
                     raise
                 print(f"{exc}: the run ended", flush=True)
                 return 0
+            except CoordinatorDroppedError:
+                # a coordinator that is stopping closes the connection of a read it took:
+                # ask again, and find it gone (the run ended) or answering
+                dropped += 1
+                if previous is None or dropped > WATCH_DROPS:
+                    raise
+                time.sleep(WATCH_DROP_PAUSE)
+                continue
+            dropped = 0
             current = Sample(time.monotonic(), view)
             rates = throughput(previous, current)
             if redraw:

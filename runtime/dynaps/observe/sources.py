@@ -32,6 +32,11 @@ class CoordinatorGoneError(ClusterError):
     """Nothing listens at the coordinator's address (a local run that ended, or a wrong one)."""
 
 
+class CoordinatorDroppedError(ClusterError):
+    """The coordinator closed a connection without answering: it may be stopping (a watch
+    asks again, and then finds it gone or answering)."""
+
+
 @dataclass(frozen=True)
 class Kubectl:
     """How to run kubectl: the flags that pick the cluster and namespace."""
@@ -135,7 +140,13 @@ def read_coordinator(address: str, token: str) -> tuple[dict[str, Any], JobView]
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ConnectionRefusedError):
             raise CoordinatorGoneError(f"no coordinator listens at {url}") from exc
+        if isinstance(exc.reason, ConnectionResetError):
+            raise CoordinatorDroppedError(
+                f"the coordinator at {url} closed the connection: {exc.reason}"
+            ) from exc
         raise ClusterError(f"cannot reach the coordinator at {url}: {exc.reason}") from exc
+    except ConnectionResetError as exc:  # closed before it answered (http.client.RemoteDisconnected)
+        raise CoordinatorDroppedError(f"the coordinator at {url} closed the connection: {exc}") from exc
     except (OSError, ValueError) as exc:  # a timeout, a reset, an address urllib cannot use
         raise ClusterError(f"cannot read the coordinator at {url}: {exc}") from exc
     if len(body) > MAX_STATUS:
