@@ -119,7 +119,12 @@ class AppliedRequests:
             found.append([requester, req_id, shown, touched[mine].tolist()])
         return {"records": found} if found else None
 
-    def adopt_records(self, body: dict[str, object] | None) -> None:
+    def adopt_records(self, body: dict[str, object] | None, only: Keys | None = None) -> None:
+        """Remember the records that came with rows (:meth:`records_for` at their sender).
+
+        ``only``: the keys whose rows were kept here; the part of a record about other
+        keys is not true here and is left out.
+        """
         if not body:
             return
         records = body.get("records")
@@ -129,7 +134,15 @@ class AppliedRequests:
             try:
                 requester, req_id, positions, touched = record
                 chosen = None if positions is None else np.asarray(positions, dtype=np.int32)
-                self.remember(int(requester), int(req_id), chosen, np.asarray(touched, dtype=np.int64))
+                keys = np.asarray(touched, dtype=np.int64)
+                if only is not None:
+                    kept = _marked(keys, only)
+                    if not kept.any():
+                        continue
+                    if chosen is not None and len(chosen) == len(keys):
+                        chosen = chosen[kept]
+                    keys = keys[kept]
+                self.remember(int(requester), int(req_id), chosen, keys)
             except (TypeError, ValueError):
                 continue  # a malformed record protects nothing: skip it
 
