@@ -125,8 +125,8 @@ class NodeServer:
             else Replication(self, flush_interval_ms, self.acknowledge, self.applied)
         )
         self.migrations = Migrations(self, None if self.replication is None else self.replication.flushed)
-        self.recoveries = Recoveries(self, checkpoint_root, self.replication)
-        self.departures = Departures(self, on_lost=self._forget_lost)
+        self.recoveries = Recoveries(self, checkpoint_root, self.replication, self.applied.records_for)
+        self.departures = Departures(self, on_lost=self._forget_lost, records_for=self.applied.records_for)
         self.relocations = Relocations(
             self,
             self.dispatch,
@@ -274,6 +274,7 @@ class NodeServer:
         if self.replication is not None:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
             self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
+            self.replication.rehome_deferred()
         self._homed.clear()
         self.release_gate()
         self.relocations.retry_waiting()  # relocations of shards homed elsewhere now
@@ -324,6 +325,8 @@ class NodeServer:
         new = self.departures.take_back_from_lost(lost)
         if new:
             self.relocations.drop_requests_of(new)
+            if self.replication is not None:
+                self.replication.forget_deferred()
 
     def _forget_lost(self, node: int) -> None:
         self.transport.forget(node)
