@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dynaps.contract import NamedTable, Partition
+from dynaps.contract import FaultTolerance, NamedTable, Partition
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
@@ -21,6 +21,7 @@ from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import NO_ENDPOINT, RETRY, Message, MsgType, client_of
+from tests.dynaps import test_client_requests as client_requests
 from tests.dynaps.test_exactly_once import server_node
 from tests.dynaps.test_node_bad_messages import Outbox
 
@@ -290,3 +291,35 @@ def test_rows_written_back_to_a_former_home_are_kept_by_the_new_one() -> None:
     np.testing.assert_array_equal(stores[1].values[5], [1, 1])
     acks = of_type(sent(new, outboxes[1]), MsgType.ACK)
     assert [(dest, msg.req_id, msg.count) for dest, msg in acks] == [(CLIENT, 7, 1)]
+
+
+def test_a_training_process_writes_through_on_its_nodes_path() -> None:
+    """The training process's written-through rows go to the homes through its node, which
+    writes the same keys through for the updates it serves: on one path, so a home never
+    keeps an older row of the holder after a newer one it acknowledged."""
+    client = client_requests.Client(tolerance=FaultTolerance(replication=1, flush_interval_ms=0))
+    client.store.loc[:] = client_requests.WORKER  # every key held by the client's node
+    client.table.push([1, 5], np.ones((2, 1)), wait=False)  # homed on 1 and on 2
+    sent_by_client = client.transport.take()
+    assert [(dest, msg.type) for dest, msg in sent_by_client] == [(client_requests.WORKER, MsgType.WRITEBACK)]
+    shard_map = ShardMap.initial(2, Partition.RANGE, [1, 2])
+    outbox = Outbox()
+    node = NodeServer(
+        client_requests.WORKER, outbox, [client.store], shard_map, NullLock(), flush_interval_ms=0
+    )
+    client.store.values[5] += 1  # applied by the node meanwhile: its rows include it
+    node.dispatch(sent_by_client[0][1])
+    written = sorted(
+        (dest, msg.sender, msg.requester, msg.keys.tolist(), msg.positions.tolist(), msg.values.tolist())
+        for dest, msg in of_type(sent(node, outbox), MsgType.WRITEBACK)
+        if msg.keys is not None and msg.positions is not None and msg.values is not None
+    )
+    me, client_id = client_requests.WORKER, client_of(client_requests.WORKER)
+    assert written == [(1, me, client_id, [1], [0], [[1.0]]), (2, me, client_id, [5], [1], [[2.0]])]
+
+
+def test_a_worker_refuses_rows_written_back_by_another_endpoint() -> None:
+    worker, outbox = worker_node(HOLDER, 0)
+    worker.dispatch(write_back(NEW_OWNER, CLIENT, 7, ONES, positions=np.array([0], dtype=np.int32)))
+    assert worker.stats["malformed"] == 1
+    assert not sent(worker, outbox)

@@ -253,10 +253,16 @@ class NodeServer:
         self.replication.on_replicate(msg)
 
     def _on_writeback(self, msg: Message) -> None:
-        if self.replication is None or self.stores[msg.table].owner is None:
-            self.note_malformed(ProtocolError("WRITEBACK to a node that homes nothing or does not replicate"))
-            return
-        self.replication.on_writeback(msg)
+        if self.replication is None:
+            self.note_malformed(ProtocolError("WRITEBACK to a node of a job without replication"))
+        elif self.stores[msg.table].owner is not None:
+            self.replication.on_writeback(msg)
+        elif msg.sender == client_of(self.me) and msg.keys is not None:
+            # our training process wrote through: its rows go on our path to the homes,
+            # behind (and never before) the rows we sent for the same keys
+            self.replication.write_back(msg.table, msg.keys, msg.positions, msg.requester, msg.req_id)
+        else:
+            self.note_malformed(ProtocolError("WRITEBACK to a worker from another endpoint than its client"))
 
     # ------------------------------------------------------------------ membership changes
 
