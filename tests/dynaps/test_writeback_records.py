@@ -323,3 +323,25 @@ def test_a_worker_refuses_rows_written_back_by_another_endpoint() -> None:
     worker.dispatch(write_back(NEW_OWNER, CLIENT, 7, ONES, positions=np.array([0], dtype=np.int32)))
     assert worker.stats["malformed"] == 1
     assert not sent(worker, outbox)
+
+
+def test_rows_written_through_for_a_key_on_its_way_back_wait_for_it() -> None:
+    """The program updated a key, which then left and is on its way back (localized again):
+    its node writes the update through once the key is back, from the rows that came with
+    it, not from the stale rows it has meanwhile (its home already counts it as the owner)."""
+    worker, outbox = worker_node(HOLDER, 0)
+    worker.stores[0].loc[5] = INCOMING
+    own = client_of(HOLDER)
+    worker.dispatch(write_back(own, own, 7, ONES, positions=np.array([0], dtype=np.int32)))
+    assert not sent(worker, outbox)
+    worker.dispatch(messages.transfer(NEW_OWNER, own, 9, 0, KEY, 3 * ONES, ()))
+    found = [
+        (dest, msg.type, msg.requester)
+        for dest, msg in sent(worker, outbox)
+        if msg.type in (MsgType.WRITEBACK, MsgType.TRANSFER_DONE)
+    ]
+    assert found == [
+        (HOME, MsgType.WRITEBACK, NO_ENDPOINT),  # the arrival
+        (HOME, MsgType.TRANSFER_DONE, HOLDER),
+        (HOME, MsgType.WRITEBACK, own),  # the program's update, in the rows that came
+    ]

@@ -37,7 +37,7 @@ from dynaps.node.serving import Serving, reply
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
-from dynaps.store.table_store import TableStore
+from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
@@ -259,7 +259,16 @@ class NodeServer:
             self.replication.on_writeback(msg)
         elif msg.sender == client_of(self.me) and msg.keys is not None:
             # our training process wrote through: its rows go on our path to the homes,
-            # behind (and never before) the rows we sent for the same keys
+            # behind (and never before) the rows we sent for the same keys.  Keys that left
+            # and are on their way back wait for their arrival: the rows here are stale
+            # (the update went with them), and their home already counts us as the owner.
+            incoming = self.stores[msg.table].loc[msg.keys] == INCOMING
+            if incoming.any():
+                self.relocations.queue(subset(msg, np.flatnonzero(incoming), msg.sender, msg.hops))
+                if incoming.all():
+                    return
+                msg = subset(msg, np.flatnonzero(~incoming), msg.sender, msg.hops)
+            assert msg.keys is not None
             self.replication.write_back(msg.table, msg.keys, msg.positions, msg.requester, msg.req_id)
         else:
             self.note_malformed(ProtocolError("WRITEBACK to a worker from another endpoint than its client"))
