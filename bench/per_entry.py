@@ -13,6 +13,7 @@ API, so the same script measures an older tree), alternating trees for a compari
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --workers 1
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --profile /tmp/prof   # + cProfile
     PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --ops   # 1 and 1000 keys, CPU us/call
+    PYTHONPATH=TREE/runtime python -P bench/per_entry.py LABEL --ops --replication 1   # write-back
 
 ``--ops`` also times ``pull_one`` (with and without ``out``) and ``push_one`` where the
 tree has them (a Python int key, one row).
@@ -168,8 +169,12 @@ def step_parts(rows: Any, cols: Any, n: int = 100_000) -> dict[str, float]:
     return {f"entry_{name}_cpu_us": round(cpu_per_call(fn, 1, 3) / n, 3) for name, fn in parts.items()}
 
 
-def ops(config: mf.Config) -> dict[str, float]:
-    with dynaps.LocalCluster(servers=1, workers=1, tables=mf.tables(config)) as cluster:
+def ops(config: mf.Config, replication: int = 0) -> dict[str, float]:
+    # a backup needs a server of its own; the worker writes back every 100 ms (the default)
+    servers = 1 + replication
+    with dynaps.LocalCluster(
+        servers=servers, workers=1, tables=mf.tables(config), replication=replication
+    ) as cluster:
         figures: dict[str, float] = cluster.run(measure_ops)[0]
     return figures
 
@@ -202,6 +207,13 @@ def main() -> int:
         "(and per pull_one/push_one where the tree has them)",
     )
     parser.add_argument(
+        "--replication",
+        type=int,
+        default=0,
+        help="with --ops: backups per shard (default 0); 1 measures the write-back path, on which "
+        "a local update first checks that its node ran lately",
+    )
+    parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="profile the run, keep the .prof files in DIR"
     )
     args = parser.parse_args()
@@ -212,7 +224,8 @@ def main() -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         os.environ["DYNAPS_PROFILE_DIR"] = str(args.profile)  # the cluster's processes inherit it
     if args.ops:
-        print(json.dumps({"tree": args.label, **ops(config)}), flush=True)
+        line = {"tree": args.label, "replication": args.replication, **ops(config, args.replication)}
+        print(json.dumps(line), flush=True)
         return 0
     result = run(config, args.workers)
     line = {"tree": args.label, "workers": args.workers, "batch": args.batch, **result}

@@ -391,9 +391,7 @@ class Helper:
         moving = np.full(len(keys), NOT_MOVING, dtype=np.int16)
         values = np.zeros((len(keys), self.dim), dtype=self.dtype)
         states = tuple(np.zeros_like(values) for _ in range(self.layouts[0].num_states))
-        copy = messages.shard_copy(
-            ep.node, order.id, 0, keys, owner, moving, keys, values, states, final=True
-        )
+        copy = messages.shard_copy(ep.node, order.id, 0, keys, owner, moving, values, states, final=True)
         self._to(ep, order.target, codec.encode(copy))
         ep.outgoing.discard(order.id)  # frozen and sent: it waits for the commit only
 

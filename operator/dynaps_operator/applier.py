@@ -8,21 +8,23 @@ coordinator to scale, drain or checkpoint, writes the status, and deletes a job 
 ``ttlSecondsAfterFinished`` passed.
 
 Per job it remembers what it last wrote (the ConfigMap's data, the PodGroup's spec) so an
-unchanged child is not written again on every pass, and the coordinator's token read from the
-job's Secret (the controller asks it for that token too, to read the coordinator's status).
+unchanged child is not written again on every pass.  What must hold before it creates pods
+(the job's Secret and the coordinator's token read from it, children of the job's name that
+are the job's, templates that name only what the namespace marked for jobs) is
+:mod:`dynaps_operator.guards`; a child of the job's name found made already is changed only
+when it is the job's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.contract import JobStatus, ParameterServerJob, secret
-from dynaps_operator import builders, gang, kube, names, security
+from dynaps.contract import JobStatus, ParameterServerJob
+from dynaps_operator import builders, gang, kube, names
 from dynaps_operator.builders import JobRef
 from dynaps_operator.coordinator_client import CoordinatorClient
 from dynaps_operator.errors import (
@@ -33,6 +35,7 @@ from dynaps_operator.errors import (
     NotFoundError,
 )
 from dynaps_operator.events import EventRecorder
+from dynaps_operator.guards import ChildGuards
 from dynaps_operator.kube import KubeClient
 from dynaps_operator.metrics import Metrics
 from dynaps_operator.names import Role
@@ -44,14 +47,8 @@ from dynaps_operator.status import merge_patch
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+JsonDict = dict[str, Any]
 MISSING_KIND = "-"  # pod_groups' mark of a job whose PodGroup kind the API server does not serve
-
-
-def _conflict_message(ref: JobRef) -> str:
-    return (
-        f"Secret {names.secret_name(ref.name)} is not this job's (another owner, or not a usable "
-        "secret: a leftover of a deleted job of the same name?); no pod is created until it is gone"
-    )
 
 
 class PlanApplier:
@@ -73,13 +70,14 @@ class PlanApplier:
         self.checkpoint_unsupported = checkpoint_unsupported
         self.configmaps: dict[Key, str] = {}  # the RuntimeConfig last written per job
         self.pod_groups: dict[Key, str] = {}  # the PodGroup spec last written per job
-        # per job, (its uid, the coordinator's HTTP token from its Secret); never logged
-        self.tokens: dict[Key, tuple[str, str]] = {}
+        # what must hold before pods are created (the job's Secret and token, children of
+        # its name, what its templates name); the controller asks it too
+        self.guards = ChildGuards(api, settings.allow_privileged_jobs)
 
     def forget(self, key: Key) -> None:
         self.configmaps.pop(key, None)
         self.pod_groups.pop(key, None)
-        self.tokens.pop(key, None)
+        self.guards.forget(key)
 
     async def apply(
         self,
@@ -103,15 +101,19 @@ class PlanApplier:
             )
             self.metrics.pods_deleted.inc(sum(deleted))
         if job is not None and p.create:
-            await self._ensure_secret(key, ref)
-            await self._apply_network_policy(ref)
-        if job is not None and (p.create or key in self.configmaps):
+            await self.guards.check_references(key, ref, job)
+            await self.guards.ensure_secret(key, ref)
+            await self._apply_network_policy(key, ref)
+        # While a child of the job's name is someone else's, nothing of its name is written (a
+        # running job's ConfigMap or PodGroup would answer 409 and end every pass here)
+        kept = key not in self.guards.conflicts
+        if job is not None and kept and (p.create or key in self.configmaps):
             await self._apply_configmap(key, job, ref, p.restore_from)
-        if job is not None and (p.create or key in self.pod_groups):
+        if job is not None and kept and (p.create or key in self.pod_groups):
             # Before the pods: a gang scheduler holds a pod whose PodGroup it cannot find.
             await self._apply_pod_group(key, job, ref)
         if job is not None and p.create:
-            not_ready += await self._create_pods(job, ref, p.create, p.status)
+            not_ready += await self._create_pods(key, job, ref, p.create, p.status)
         await self._coordinator_actions(key, ref, pods, p)
         await self._write_status(ref, body, p)
         if p.delete_job:
@@ -124,51 +126,16 @@ class PlanApplier:
         if not_ready:
             raise ChildNotReadyError("; ".join(not_ready), delay=1.0)
 
-    async def token(self, key: Key, ref: JobRef) -> str | None:
-        """The coordinator's HTTP token, read from the job's Secret once per job; None when the
-        Secret is missing. A Secret owned by something else is never used."""
-        if await self.secret_conflict(key, ref):
-            raise ChildNotReadyError(_conflict_message(ref), delay=2.0)
-        cached = self.tokens.get(key)
-        return cached[1] if cached is not None else None
-
-    async def secret_conflict(self, key: Key, ref: JobRef) -> str:
-        """Why the Secret of the job's name cannot be the job's ("" when it is, or is missing);
-        its token is remembered once read."""
-        cached = self.tokens.get(key)
-        if cached is not None and cached[0] == ref.uid:
-            return ""
-        try:
-            body = await self.api.get(kube.path("secrets", ref.namespace, names.secret_name(ref.name)))
-        except NotFoundError:
-            return ""
-        token = security.token_of(body, ref.uid)
-        if token is None:
-            return _conflict_message(ref)
-        self.tokens[key] = (ref.uid, token)
-        return ""
-
-    async def _ensure_secret(self, key: Key, ref: JobRef) -> None:
-        """The job's Secret exists before any of its pods (they mount it)."""
-        if await self.token(key, ref) is not None:
-            return
-        value = secret.new_secret()
-        try:
-            await self.api.create(kube.path("secrets", ref.namespace), builders.build_secret(ref, value))
-        except ConflictError as exc:  # made meanwhile: read it on the next pass
-            raise ChildNotReadyError(
-                f"Secret {names.secret_name(ref.name)} appeared meanwhile", delay=0.2
-            ) from exc
-        self.tokens[key] = (ref.uid, secret.http_token(value))
-
-    async def _apply_network_policy(self, ref: JobRef) -> None:
+    async def _apply_network_policy(self, key: Key, ref: JobRef) -> None:
         policy = builders.build_network_policy(
             ref, self.settings.pod_namespace, self.settings.operator_labels
         )
-        with contextlib.suppress(ConflictError):  # made on an earlier pass; it never changes
-            await self.api.create(
-                kube.path("networkpolicies", ref.namespace, group="networking.k8s.io/v1"), policy
-            )
+        policies = kube.path("networkpolicies", ref.namespace, group="networking.k8s.io/v1")
+        try:
+            await self.api.create(policies, policy)
+        except ConflictError:  # made on an earlier pass (it never changes), or not the job's
+            name = names.network_policy_name(ref.name)
+            await self.guards.claim(key, ref, f"{policies}/{name}", f"NetworkPolicy {name}")
 
     async def _apply_configmap(
         self, key: Key, job: ParameterServerJob, ref: JobRef, restore_from: str | None
@@ -180,10 +147,11 @@ class PlanApplier:
         try:
             await self.api.create(kube.path("configmaps", ref.namespace), configmap)
         except ConflictError:
-            await self.api.patch(
-                kube.path("configmaps", ref.namespace, names.configmap_name(ref.name)),
-                {"data": configmap["data"]},
-            )
+            name = names.configmap_name(ref.name)
+            path = kube.path("configmaps", ref.namespace, name)
+            metadata = await self.guards.claim(key, ref, path, f"ConfigMap {name}")
+            # resourceVersion: the one found the job's, not one made in between
+            await self.api.patch(path, {"metadata": _version(metadata), "data": configmap["data"]})
         self.configmaps[key] = data
 
     async def _apply_pod_group(self, key: Key, job: ParameterServerJob, ref: JobRef) -> None:
@@ -201,7 +169,8 @@ class PlanApplier:
         except ConflictError:
             name = names.pod_group_name(ref.name)
             path = kube.path(gang.POD_GROUP_PLURAL, ref.namespace, name, group=api)
-            await self.api.patch(path, {"spec": group["spec"]})
+            metadata = await self.guards.claim(key, ref, path, f"{gang.POD_GROUP_KIND} {name}")
+            await self.api.patch(path, {"metadata": _version(metadata), "spec": group["spec"]})
         except NotFoundError as exc:
             # The API server does not serve the kind: the scheduler (its CRD) is not installed.
             message = (
@@ -215,10 +184,18 @@ class PlanApplier:
         self.pod_groups[key] = spec
 
     async def _create_pods(
-        self, job: ParameterServerJob, ref: JobRef, wanted: list[tuple[Role, int]], status: JobStatus
+        self,
+        key: Key,
+        job: ParameterServerJob,
+        ref: JobRef,
+        wanted: list[tuple[Role, int]],
+        status: JobStatus,
     ) -> list[str]:
-        with contextlib.suppress(ConflictError):
+        try:
             await self.api.create(kube.path("services", ref.namespace), builders.build_service(ref))
+        except ConflictError:  # made on an earlier pass, or not the job's (its pods' DNS)
+            name = names.service_name(ref.name)
+            await self.guards.claim(key, ref, kube.path("services", ref.namespace, name), f"Service {name}")
         level = self.settings.job_log_level.upper()
         # runPolicy.oomMemoryGrowth: pods get their role's grown memory, as the status records it.
         growths = {Role.SERVER: status.servers.memory_growths, Role.WORKER: status.workers.memory_growths}
@@ -252,7 +229,7 @@ class PlanApplier:
             requests.append(("checkpoint", {}))
         pod = coordinator_pod(ref, pods)
         for action, request in requests:
-            token = await self.token(key, ref) if pod is not None else None
+            token = await self.guards.token(key, ref) if pod is not None else None
             if pod is None or token is None:
                 raise ChildNotReadyError(f"no running coordinator to ask for /{action}", delay=1.0)
             try:
@@ -292,6 +269,11 @@ class PlanApplier:
         for kind, count in losses.items():
             if count > 0:
                 self.metrics.pod_losses.labels(kind=kind).inc(count)
+
+
+def _version(metadata: JsonDict) -> JsonDict:
+    """A patch's precondition: the object is still the one read (409 otherwise)."""
+    return {"resourceVersion": metadata["resourceVersion"]}
 
 
 def coordinator_pod(ref: JobRef, pods: tuple[PodView, ...]) -> PodView | None:

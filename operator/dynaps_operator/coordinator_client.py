@@ -14,8 +14,13 @@ A 404 means the runtime predates the endpoint (:class:`CoordinatorUnsupportedErr
 
 Every request carries ``Authorization: Bearer <token>``, the token derived from the job's
 Secret (the caller reads it).  One operator serves every job, so an answer is read up to
-:data:`MAX_ANSWER` bytes: a coordinator that sends more (a bug, or a process that took its
-port) gets an error, not the operator's memory.
+:data:`MAX_ANSWER` bytes: a coordinator that sends more (a bug, a process that took its
+port, or a coordinator image of the job author's own) gets an error, not the operator's
+memory.  Bytes are not the whole story: parsed, 4 MiB of ``{},`` are 100 MB of Python objects,
+so an answer with more than :data:`MAX_VALUES` values is refused before it is parsed (its
+commas and brackets are counted): 500,000 values of ``{}`` took 19 MB to parse.  Parses run on the event
+loop, one at a time; what is kept of an answer is bounded by
+:func:`~dynaps_operator.coordinator_view.parse_status`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from dynaps_operator.errors import CoordinatorError, CoordinatorUnsupportedError
 from dynaps_operator.sockets import OpenSockets
 
 MAX_ANSWER = 4 << 20  # /status grows by a few hundred bytes per member: thousands of nodes fit
+# /status holds about 11 values per member: 16,000 members (MAX_NODES) and the rest fit
+MAX_VALUES = 500_000
 _CHUNK = 1 << 16
 
 
@@ -73,6 +80,11 @@ class CoordinatorClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CoordinatorError(f"{method} {url}: {exc or type(exc).__name__}") from exc
         text = raw.decode("utf-8", "replace")
+        values = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+        if values > MAX_VALUES:
+            raise CoordinatorError(
+                f"{method} {url}: the answer holds {values} values; at most {MAX_VALUES} are parsed"
+            )
         if status == 404:
             raise CoordinatorUnsupportedError(f"{method} {url}: the coordinator has no such endpoint")
         if status == 401:
@@ -81,7 +93,7 @@ class CoordinatorClient:
             raise CoordinatorError(f"{method} {url}: {status} {text[:200]}")
         try:
             return json.loads(text) if text else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise CoordinatorError(f"{method} {url}: the answer is not JSON") from exc
 
 

@@ -14,6 +14,12 @@ lists the recoveries that restored keys from other than a synced replica (cause,
 shards, keys, checkpoint age); the operator keeps only the latest :data:`MAX_LOSSES` of them
 and the first :data:`MAX_SHARDS` shards of each, whatever the coordinator sends.
 
+Whatever the coordinator sends (its image may be the job author's own), the view is bounded:
+it is kept per job until the next poll, and parts of it go into the job's status.  At most
+``MAX_NODES`` members and ``shardsPerServer`` entries are read, a member's name must be a
+pod name (at most 63 characters) and its id an integer, the metrics are the runtime's
+``MAX_REPORTED_NAMES`` of at most ``MAX_REPORTED_NAME_LENGTH`` characters, and texts are cut.
+
 The coordinator's termination message (``/dev/termination-log``) may hold the same document
 as it was when the job ended; :func:`parse_final` reads the metrics from it.
 """
@@ -24,11 +30,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from pydantic import ValidationError
 
-from dynaps.contract import StageStatus
+from dynaps.contract import MAX_NODES, MAX_REPORTED_NAME_LENGTH, MAX_REPORTED_NAMES, StageStatus
+from dynaps_operator.names import MAX_HOSTNAME
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class CheckpointRef:
 MAX_LOSSES = 32  # dataLoss entries read per poll (the latest): more is never new since the last
 MAX_SHARDS = 8  # shards kept per entry: enough to tell entries apart and to show where
 MAX_MESSAGE = 300  # characters kept of an entry's message
+MAX_TEXT = 1000  # characters kept of the coordinator's reason (it reaches the job's status)
+MAX_PATH = 4096  # characters of a checkpoint's path (PATH_MAX)
+_MAX_ID_DIGITS = 6  # a node id as text (int16 on the wire)
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class CoordinatorView:
     last_checkpoint: CheckpointRef | None = None
     registered: frozenset[str] = frozenset()  # names of the nodes that registered
     unattached: tuple[str, ...] = ()  # workers whose program has not connected (nor exited)
-    server_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name
+    node_names: dict[int, str] = field(default_factory=dict)  # node id -> pod name (every role)
     losses: tuple[Loss, ...] = ()  # the latest dataLoss entries, oldest first
     # data-shard pieces no worker has leased yet, over the epochs the coordinator tracks: the
     # work waiting for a worker (dataShards: epoch -> shards/done/held/free)
@@ -93,22 +104,24 @@ class CoordinatorView:
 def parse_status(doc: Any) -> CoordinatorView:
     if not isinstance(doc, dict):
         return CoordinatorView()
-    names = {
-        str(m.get("id")): str(m.get("name") or m.get("id"))
-        for m in doc.get("members") or []
-        if isinstance(m, dict) and m.get("role") == "server"
-    }
+    listed = doc.get("members")
+    members = [
+        (m, name)
+        for m in (listed[:MAX_NODES] if isinstance(listed, list) else [])
+        if isinstance(m, dict) and (name := _member_name(m))
+    ]
+    names = {str(m["id"]): name for m, name in members if m.get("role") == "server" and _is_int(m.get("id"))}
+    per_server = doc.get("shardsPerServer")
     shards = {
-        names.get(str(node), str(node)): int(count)
-        for node, count in (doc.get("shardsPerServer") or {}).items()
-        if isinstance(count, int)
+        names.get(node, node): count
+        for node, count in (islice(per_server.items(), MAX_NODES) if isinstance(per_server, dict) else ())
+        if isinstance(node, str) and node.isdigit() and len(node) <= _MAX_ID_DIGITS and _is_int(count)
     }
     exit_code = doc.get("exitCode")
-    members = [m for m in doc.get("members") or [] if isinstance(m, dict)]
     return CoordinatorView(
-        phase=str(doc.get("phase") or ""),
-        exit_code=exit_code if isinstance(exit_code, int) else None,
-        reason=str(doc.get("reason") or ""),
+        phase=str(doc.get("phase") or "")[:MAX_MESSAGE],
+        exit_code=exit_code if _is_int(exit_code) else None,
+        reason=str(doc.get("reason") or "")[:MAX_TEXT],
         servers_desired=_desired(doc.get("servers")),
         workers_desired=_desired(doc.get("workers")),
         epoch=_int(doc.get("epoch")),
@@ -117,15 +130,15 @@ def parse_status(doc: Any) -> CoordinatorView:
         unsynced_shards=_unsynced(doc.get("replication")),
         metrics=_metrics(doc.get("metrics")),
         last_checkpoint=_checkpoint(doc.get("lastCheckpoint")),
-        registered=frozenset(str(m.get("name")) for m in members if m.get("name")),
+        registered=frozenset(name for m, name in members if m.get("name")),
         unattached=tuple(
             sorted(
-                str(m.get("name"))
-                for m in members
+                name
+                for m, name in members
                 if m.get("role") == "worker" and m.get("attached") is False and m.get("exitCode") is None
             )
         ),
-        server_names={int(k): v for k, v in names.items() if k.isdigit()},
+        node_names={int(m["id"]): name for m, name in members if _is_int(m.get("id"))},
         losses=_losses(doc.get("dataLoss")),
         data_shards_free=_free_shards(doc.get("dataShards")),
         stage=_stage(doc.get("stage")),
@@ -139,6 +152,16 @@ def parse_final(message: str) -> CoordinatorView | None:
     except ValueError:
         return None
     return parse_status(doc) if isinstance(doc, dict) else None
+
+
+def _member_name(member: dict[str, Any]) -> str:
+    """A member's name (else its id), "" unless it can be a pod's: no pod has a longer name."""
+    name = str(member.get("name") or member.get("id"))
+    return name if len(name) <= MAX_HOSTNAME else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int(value: Any) -> int:
@@ -164,20 +187,40 @@ def _desired(role: Any) -> int | None:
 def _metrics(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    numbers = (
+        (k, _finite(v)) for k, v in value.items() if isinstance(k, str) and len(k) <= MAX_REPORTED_NAME_LENGTH
+    )
+    return dict(islice(((k, v) for k, v in numbers if v is not None), MAX_REPORTED_NAMES))
 
 
 def _checkpoint(value: Any) -> CheckpointRef | None:
     if not isinstance(value, dict) or not isinstance(value.get("path"), str):
         return None
-    stamp = value.get("time")
-    if not isinstance(stamp, int | float):
+    stamp = _time(value.get("time"))
+    if stamp is None or len(value["path"]) > MAX_PATH:
         return None
-    return CheckpointRef(value["path"], datetime.fromtimestamp(float(stamp), UTC))
+    return CheckpointRef(value["path"], stamp)
+
+
+def _time(value: Any) -> datetime | None:
+    """Unix seconds as a time; None when not a number or out of range."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _finite(value: Any) -> float | None:
+    """A finite number (a metric, seconds), or None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _stage(value: Any) -> StageStatus | None:
@@ -204,10 +247,9 @@ def _losses(value: Any) -> tuple[Loss, ...]:
 def _loss(entry: Any) -> Loss | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("cause"), str):
         return None
-    node, stamp, shards = entry.get("server"), entry.get("time"), entry.get("shards")
-    if not isinstance(node, int) or not isinstance(stamp, int | float) or not isinstance(shards, list):
+    node, stamp, shards = entry.get("server"), _time(entry.get("time")), entry.get("shards")
+    if not isinstance(node, int) or stamp is None or not isinstance(shards, list):
         return None
-    age = entry.get("checkpointAgeSeconds")
     return Loss(
         cause=entry["cause"][:40],
         node=node,
@@ -218,7 +260,7 @@ def _loss(entry: Any) -> Loss | None:
         keys=_int(entry.get("keys")),
         counted=entry.get("keysCounted") is True,
         # whole seconds, as the job's status stores times: an entry read back compares equal
-        time=datetime.fromtimestamp(int(stamp), UTC),
-        checkpoint_age=float(age) if isinstance(age, int | float) and math.isfinite(age) else None,
+        time=stamp.replace(microsecond=0),
+        checkpoint_age=_finite(entry.get("checkpointAgeSeconds")),
         message=str(entry.get("message") or "")[:MAX_MESSAGE],
     )

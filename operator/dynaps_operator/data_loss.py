@@ -1,7 +1,8 @@
 """Data the job lost, as the coordinator reports it: ``status.dataLoss``, the ``DataLoss``
 condition and one Warning Event per new loss. Pure.
 
-The coordinator lists every recovery that restored keys from other than a synced replica
+The coordinator lists every recovery that restored keys from other than a synced replica,
+and every home's report of keys it took back from a lost node (a worker's localized keys)
 (``/status`` ``dataLoss``).  Its list starts empty again when a coordinator is replaced, and an
 entry's ``keys`` changes once the new home counted what it rebuilt, so the job's status is
 where the operator keeps what it saw: totals over the job's life and the latest
@@ -9,9 +10,10 @@ where the operator keeps what it saw: totals over the job's life and the latest
 epoch, first shards): one seen before is updated in place and never posted again, also after
 an operator restart (the status survives it, the operator's memory does not).
 
-The condition's reason is the worst cause seen (initial values lose every update, an
-exhausted replica those since its last sync, a checkpoint those since it was written); it
-stays True for the rest of the job: lost updates do not come back.
+The condition's reason is the worst cause seen (initial values lose every update, a home's
+copy from before a localize every update since, an exhausted replica those since its last
+sync, a checkpoint those since it was written, a last write-back those of one flush
+interval); it stays True for the rest of the job: lost updates do not come back.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ REASONS = {
     DataLossCause.CHECKPOINT: R.CHECKPOINT_RESTORED,
     DataLossCause.REPLICAS_EXHAUSTED: R.REPLICAS_EXHAUSTED,
     DataLossCause.INITIAL: R.INITIAL_VALUES_RESTORED,
+    DataLossCause.WRITE_BACK: R.WRITE_BACK_RESTORED,
+    DataLossCause.HOME_COPY: R.HOME_COPY_RESTORED,
 }
 # mildest first
-SEVERITY: list[str] = [R.CHECKPOINT_RESTORED, R.REPLICAS_EXHAUSTED, R.INITIAL_VALUES_RESTORED]
+SEVERITY: list[str] = [
+    R.WRITE_BACK_RESTORED,
+    R.CHECKPOINT_RESTORED,
+    R.REPLICAS_EXHAUSTED,
+    R.HOME_COPY_RESTORED,
+    R.INITIAL_VALUES_RESTORED,
+]
 
 KNOWN_CAUSES = frozenset(c.value for c in DataLossCause)
 
@@ -44,7 +54,7 @@ def absorb(o: Observed, p: Plan, view: CoordinatorView) -> None:
         return
     # The lost server is gone from the view that reports its loss; the previous one named it.
     before = o.memory.last_coordinator
-    names = {**(before.server_names if before is not None else {}), **view.server_names}
+    names = {**(before.node_names if before is not None else {}), **view.node_names}
     stored = p.status.data_loss or DataLossStatus()
     merged, new = merge(stored, view.losses, names)
     if merged == stored:
@@ -123,6 +133,16 @@ def worst(causes: Sequence[str], previous: str) -> str:
 def describe(entry: DataLossEntry) -> str:
     """One line for people: whose keys, how many, back to what."""
     keys = f"{entry.keys} keys" if entry.keys_counted else f"at most {entry.keys} keys"
+    if entry.cause == DataLossCause.WRITE_BACK:
+        return (
+            f"{keys} held by lost node {entry.server} went back to their last write-back: the updates "
+            "of up to its last flush interval are lost"
+        )
+    if entry.cause == DataLossCause.HOME_COPY:
+        return (
+            f"{keys} held by lost node {entry.server} went back to their home's copy from before they "
+            "were localized (no replication): every update since is lost"
+        )
     where = f"{entry.shard_count} shards ({keys}) of lost server {entry.server}"
     if entry.cause == DataLossCause.CHECKPOINT:
         age = entry.checkpoint_age_seconds

@@ -36,6 +36,14 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class Holdup:
+    """Why the job (or part of it) does not start."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Memory:
     """What the operator remembers about a job between reconciles (lost on restart, which at
     worst counts one replaced pod twice or repeats a drain request)."""
@@ -59,9 +67,11 @@ class Observed:
     memory: Memory
     now: datetime
     poll_seconds: float = 2.0
-    # why the job's Secret cannot be used ("": it is the job's, or not made yet): a Secret of
-    # its name owned by something else, e.g. a leftover of a deleted job of the same name
-    secret_conflict: str = ""
+    # why no pod may be created (None: nothing stops it): a child of the job's name owned by
+    # something else, e.g. a leftover of a deleted job of the same name (``SecretConflict``,
+    # ``NameConflict``), or an object its templates name that the namespace did not mark for
+    # jobs (``ReferenceNotAllowed``); see guards.py
+    held_back: Holdup | None = None
 
 
 @dataclass

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+# The API server's answer without data or spec (PartialObjectMetadata): enough to read an
+# object's labels and owners, without the operator ever holding, e.g., a Secret's value.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 LoginFn = Callable[[], kopf.ConnectionInfo]
 
 
@@ -104,9 +107,10 @@ class KubeClient:
         *,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Any:
         data = None if body is None else json.dumps(body)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if data is not None:
             headers["Content-Type"] = content_type
         for attempt in range(2):
@@ -130,6 +134,12 @@ class KubeClient:
     async def get(self, path: str, **query: str) -> JsonDict:
         result: JsonDict = await self.request("GET", path, query=query)
         return result
+
+    async def metadata(self, path: str) -> JsonDict:
+        """An object's ``metadata`` alone (labels, owner references; see :data:`METADATA_ONLY`)."""
+        result: JsonDict = await self.request("GET", path, accept=METADATA_ONLY)
+        metadata: JsonDict = result.get("metadata") or {}
+        return metadata
 
     async def list(self, path: str, **query: str) -> list[JsonDict]:
         items: list[JsonDict] = (await self.get(path, **query)).get("items") or []

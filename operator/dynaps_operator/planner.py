@@ -48,6 +48,7 @@ from dynaps_operator.decisions import (
     C,
     Deletion,
     Event,
+    Holdup,
     Memory,
     Observed,
     Plan,
@@ -61,7 +62,7 @@ from dynaps_operator.failure_policy import outcome as policy_outcome
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.podstate import Outcome, PodView
-from dynaps_operator.starting import Holdup, holdup, start_deadline, wanted_pods
+from dynaps_operator.starting import holdup, start_deadline, wanted_pods
 from dynaps_operator.status import replica_status
 
 __all__ = ["Deletion", "Event", "Memory", "Observed", "Plan", "plan"]
@@ -210,8 +211,8 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
 
     if p.create and coordinator is None and (Role.COORDINATOR, 0) not in p.create:
         p.create.insert(0, (Role.COORDINATOR, 0))
-    if o.secret_conflict:
-        p.create.clear()  # they would mount another owner's Secret (the holdup says so)
+    if o.held_back is not None:
+        p.create.clear()  # e.g. they would mount another owner's Secret (the holdup says so)
     p.memory = replace(p.memory, accounted=frozenset(accounted))
     _request_scale(o, job, p, found)
     wanted = wanted_pods(o, job, p.status)

@@ -200,7 +200,7 @@ class Controller:
         pods = tuple(view for view in map(pod_view, pods_raw) if view is not None)
         memory = self.memory.get(key, Memory())
         coordinator = await self._coordinator_status(key, ref, pods)
-        secret_conflict = await self.applier.secret_conflict(key, ref) if job is not None else ""
+        held_back = await self.applier.guards.held_back(key, ref, job) if job is not None else None
         observed = Observed(
             ref=ref,
             generation=int(meta.get("generation") or 0),
@@ -213,7 +213,7 @@ class Controller:
             memory=memory,
             now=now(),
             poll_seconds=self.settings.poll_seconds,
-            secret_conflict=secret_conflict,
+            held_back=held_back,
         )
         decided = plan(observed)
         self.memory[key] = decided.memory
@@ -233,7 +233,7 @@ class Controller:
         pod = coordinator_pod(ref, pods)
         if pod is None:
             return None
-        token = await self.applier.token(key, ref)
+        token = await self.applier.guards.token(key, ref)
         if token is None:
             log.warning("%s/%s: the job's Secret is missing: its coordinator cannot be asked", *key)
             return None

@@ -55,7 +55,9 @@ class OperatorSettings:
     # Names this operator instance in the Events it posts (the chart passes the pod name).
     instance: str = _setting("INSTANCE", "", "reporting instance of Events (empty: the host name)")
     # Job pod templates may ask for privileged containers, host namespaces, hostPath volumes and
-    # service accounts; job pods then run hardened only where their templates do not say otherwise.
+    # service accounts, and name any Secret, ConfigMap or claim of their namespace (labelled
+    # dynaps.io/usable-by-jobs or not); job pods then run hardened only where their templates do
+    # not say otherwise.
     allow_privileged_jobs: bool = _setting(
         "ALLOW_PRIVILEGED_JOBS", False, "let job templates ask for privileges (hostPath, privileged...)"
     )

@@ -2,8 +2,11 @@
 
 What holds a job up, the first that applies:
 
-* a Secret of the job's name that is not the job's (``SecretConflict``): no pod is created, as
-  it would mount another owner's secret, until that Secret is gone;
+* something that keeps the operator from creating pods (:attr:`Observed.held_back`,
+  :mod:`dynaps_operator.guards`): a Secret of the job's name that is not the job's
+  (``SecretConflict``: a pod would mount another owner's secret), another child of the job's
+  name that is someone else's (``NameConflict``), or an object a template names that the
+  namespace did not mark for jobs (``ReferenceNotAllowed``), until that changes;
 * a pod that cannot start (:class:`~dynaps_operator.podstate.StartProblem`: ``Unschedulable``,
   ``ImagePullBackOff``, ``ErrImagePull``, ``CreateContainerConfigError``,
   ``InitContainerFailed``, ...), quoting the pod's own message;
@@ -18,22 +21,12 @@ stopped running), fails the job with ``StartTimeoutExceeded`` and the reason it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dynaps.contract import JobStatus, ParameterServerJob
-from dynaps_operator.decisions import C, Observed, Plan, R, desired_count, owned_pods
+from dynaps_operator.decisions import C, Holdup, Observed, Plan, R, desired_count, owned_pods
 from dynaps_operator.names import Role
 from dynaps_operator.podstate import PodView
 
 NAMES_QUOTED = 5  # pods named in one message; more are counted
-
-
-@dataclass(frozen=True)
-class Holdup:
-    """Why the job (or part of it) does not start."""
-
-    reason: str
-    message: str
 
 
 def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None = None) -> list[PodView]:
@@ -47,8 +40,8 @@ def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None =
 
 def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:
     """What the job waits for that will not come by itself (None: nothing, or just starting)."""
-    if o.secret_conflict:
-        return Holdup(R.SECRET_CONFLICT, o.secret_conflict)
+    if o.held_back is not None:
+        return o.held_back
     stuck = [pod for pod in wanted if pod.alive and pod.start_problem is not None]
     if stuck:
         problems = [pod.start_problem for pod in stuck if pod.start_problem is not None]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dynaps_operator.references import USABLE_LABEL
 from tests.kube.node import RealNode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,9 @@ def volumes(real_node: RealNode, namespace: str) -> Iterator[Any]:
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name, "namespace": namespace},
+                # marked for the namespace's jobs: the operator creates no pod that names an
+                # unmarked claim (dynaps_operator.references)
+                "metadata": {"name": name, "namespace": namespace, "labels": {USABLE_LABEL: "true"}},
                 "spec": {
                     "accessModes": ["ReadWriteMany"],
                     "storageClassName": "",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dynaps.contract import RuntimeConfig
+from dynaps_operator.references import USABLE_LABEL
 from tests.containers.conftest import get, job_pods, wait_for_phase, wait_until
 from tests.dynaps_operator.conftest import COUNTER_KEYS, COUNTER_PROGRAM, DRAINABLE_WORKER
 from tests.kube.node import RealNode
@@ -47,7 +48,7 @@ def test_a_deleted_server_pod_loses_no_acknowledged_increment(
     program = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "counter-program"},
+        "metadata": {"name": "counter-program", "labels": {USABLE_LABEL: "true"}},  # for jobs
         "data": {"counter_program.py": COUNTER_PROGRAM.read_text()},
     }
     mounts = {

@@ -69,6 +69,7 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.MEMBERSHIP_QUERY: {"version": 3},
     MsgType.HOLDING: {"id": 1, "shards": [0, 3]},
     MsgType.HOLDING_NOTED: {"id": 1, "shards": [0, 3]},
+    MsgType.TOOK_BACK: {"node": 4, "keys": 50, "shards": [0, 1]},
 }
 
 

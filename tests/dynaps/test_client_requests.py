@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,13 +99,15 @@ class Client:
     """A training process's client on its own, its node's store in this process.
 
     ``tolerance``: the job's fault tolerance (replication changes what a push does);
-    ``transport``: given the store's layouts, the transport (default: a Recorder)."""
+    ``transport``: given the store's layouts, the transport (default: a Recorder);
+    ``control_block``: what the node shares with its program (default: one byte, no node)."""
 
     def __init__(
         self,
         spec: NamedTable = SPEC,
         tolerance: FaultTolerance | None = None,
         transport: Callable[[list[TableLayout]], Recorder] = Recorder,
+        control_block: npt.NDArray[np.uint8] | None = None,
     ) -> None:
         tolerance = tolerance or FaultTolerance()
         replicated = tolerance.replication > 0  # the node then tracks which keys changed
@@ -116,7 +119,8 @@ class Client:
         config = RuntimeConfig(
             tables=[spec], servers=2, workers=1, consistency=bsp, fault_tolerance=tolerance
         )
-        control_block = np.zeros(1, dtype=np.uint8)
+        if control_block is None:
+            control_block = np.zeros(1, dtype=np.uint8)
         self.requests = Requests(
             config,
             WORKER,

@@ -242,3 +242,31 @@ def test_a_killed_worker_loses_at_most_its_last_flush_interval(tmp_path, flush_m
         lost_seconds = (killed_at - min(window)) if window else 0.0
         # + delivery: the last write-back may still be on its way (0.5 s: a loaded machine)
         assert lost_seconds <= flush_ms / 1000 + 0.5, (lost_rounds, lost_seconds)
+
+
+@pytest.mark.parametrize(("replication", "cause"), [(1, "write-back"), (0, "home-copy")])
+def test_a_killed_worker_s_keys_are_counted_as_lost(tmp_path, replication: int, cause: str) -> None:  # type: ignore[no-untyped-def]
+    """Its homes take its keys back with their last write-back (replication) or with their
+    own copy from before the localize (none): either loses updates, shown in /status
+    ``dataLoss`` with the keys the homes took back (issue 13, audit F8)."""
+    progress = tmp_path / "progress"
+    with dynaps.LocalCluster(
+        servers=2, workers=2, tables=TABLES, replication=replication, flush_interval_ms=50
+    ) as cluster:
+        me = next(m["id"] for m in cluster.status()["members"] if m["name"] == "worker-1")
+        cluster.submit(own_and_count, str(progress))
+        deadline = time.monotonic() + 30
+        while not progress.exists() or _pushing_for(progress) < 0.3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        cluster.kill("worker-1")
+        while True:
+            status = cluster.status()
+            losses = [e for e in status["dataLoss"] if e["server"] == me]
+            if sum(e["keys"] for e in losses) >= 50 or time.monotonic() > deadline + 30:
+                break
+            time.sleep(0.05)
+        assert me in status["lost"]
+        assert [e["cause"] for e in losses] == [cause] * len(losses), losses
+        assert sum(e["keys"] for e in losses) == 50, losses  # keys 0..49, localized by rank 1
+        assert all(e["keysCounted"] and f"lost worker {me}" in e["message"] for e in losses), losses

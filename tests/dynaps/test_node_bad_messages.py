@@ -64,12 +64,10 @@ def test_shard_copy_to_a_node_that_homes_nothing_is_counted_and_dropped() -> Non
         7,
         0,
         len(keys),
-        aux=len(keys),
         flags=FINAL,
         keys=keys,
         dir_owner=np.array([SERVER, SERVER], dtype=np.int16),
         dir_moving=np.array([-1, -1], dtype=np.int16),
-        owned=keys,
         values=np.ones((2, 2), dtype=np.float32),
         states=(),
     )

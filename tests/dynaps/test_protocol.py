@@ -14,6 +14,7 @@ from dynaps.wire import codec, control, messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
+    FINAL,
     HEADER,
     HEADER_SIZE,
     INLINE,
@@ -91,9 +92,20 @@ def data_messages() -> list[Message]:
             keys=np.array([1, 2, 3]),
             dir_owner=np.array([4, 5, 6], dtype=np.int16),
             dir_moving=np.array([-1, -1, 7], dtype=np.int16),
-            owned=np.array([2, 3]),
-            values=np.ones((2, 2)),
-            states=(state_rows[:2], state_rows[:2] * 3),
+            values=np.ones((3, 2)),
+            states=(state_rows[:3], state_rows[:3] * 3),
+            **base,
+        ),
+        Message(  # a part sent at the freeze: the records of the moved keys go with it
+            MsgType.SHARD_COPY,
+            table=0,
+            count=1,
+            flags=FINAL,
+            keys=np.array([3]),
+            dir_owner=np.array([4], dtype=np.int16),
+            dir_moving=np.array([-1], dtype=np.int16),
+            values=np.ones((1, 3), dtype=np.float32),
+            records={"records": [[client_of(3), 9, None, [3]]]},
             **base,
         ),
         Message(MsgType.OWNERS, count=4, aux=1, keys=KEYS, **base),
@@ -216,7 +228,7 @@ def test_round_trip(msg: Message) -> None:
         assert getattr(decoded, name) == getattr(msg, name), name
     if msg.type is MsgType.ERROR:
         assert decoded.text == msg.text
-    for name in ("keys", "positions", "values", "dir_owner", "dir_moving", "owned"):
+    for name in ("keys", "positions", "values", "dir_owner", "dir_moving"):
         expected = getattr(msg, name)
         got = getattr(decoded, name)
         if expected is None:

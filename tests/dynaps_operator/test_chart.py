@@ -24,6 +24,7 @@ from dynaps.node import metrics as node_metrics
 from dynaps_operator import names
 from dynaps_operator.builders import JobRef, build_pod, build_service
 from dynaps_operator.names import Role
+from dynaps_operator.references import USABLE_LABEL
 from dynaps_operator.settings import OperatorSettings
 from tests.dynaps_operator.conftest import REPO, create_job, quickstart_job, wait_phase
 from tests.kube.controlplane import ControlPlane
@@ -229,11 +230,22 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
         assert can_i(kube_control_plane, ns, "create", "secrets")
         assert can_i(kube_control_plane, ns, "get", "secrets")
         assert can_i(kube_control_plane, ns, "create", "networkpolicies.networking.k8s.io")
+        # the audit's finding 4: the labels of what a template names (metadata only); finding 7:
+        # whose a child of the job's name is, when one exists already
+        for kind in (
+            "secrets",
+            "configmaps",
+            "persistentvolumeclaims",
+            "services",
+            "networkpolicies.networking.k8s.io",
+        ):
+            assert can_i(kube_control_plane, ns, "get", kind), kind
         # issue 16: the gang scheduler's PodGroup is created, and patched when minMember changes
+        # (if it is the job's: get)
         for group in ("scheduling.x-k8s.io", "scheduling.volcano.sh"):
-            assert can_i(kube_control_plane, ns, "create", f"podgroups.{group}")
-            assert can_i(kube_control_plane, ns, "patch", f"podgroups.{group}")
-            for verb in ("get", "list", "delete"):
+            for verb in ("create", "patch", "get"):
+                assert can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
+            for verb in ("list", "watch", "delete"):
                 assert not can_i(kube_control_plane, ns, verb, f"podgroups.{group}"), (verb, group)
         for forbidden in (
             ("list", "secrets"),
@@ -242,15 +254,42 @@ def test_installed_chart_runs_a_job_under_its_least_privilege_role(
             ("delete", "secrets"),
             ("patch", "networkpolicies.networking.k8s.io"),
             ("delete", "networkpolicies.networking.k8s.io"),
+            ("list", "networkpolicies.networking.k8s.io"),
+            ("watch", "networkpolicies.networking.k8s.io"),
+            ("list", "services"),
+            ("watch", "services"),
+            ("watch", "persistentvolumeclaims"),
+            ("patch", "services"),
+            ("delete", "services"),
             ("patch", "pods"),
             ("delete", "configmaps"),
+            ("list", "configmaps"),
+            ("watch", "configmaps"),
+            ("list", "persistentvolumeclaims"),
+            ("patch", "persistentvolumeclaims"),
+            ("delete", "persistentvolumeclaims"),
             ("update", "parameterserverjobs.dynaps.io"),
             ("create", "deployments.apps"),
         ):
             assert not can_i(kube_control_plane, ns, *forbidden), forbidden
         assert not can_i(kube_control_plane, "default", "create", "pods")  # a Role, not a ClusterRole
 
-        create_job(kube_api, ns, quickstart_job("charted"))
+        # a template that names a Secret and a ConfigMap marked for jobs: the operator reads
+        # their labels under the chart's role before it creates a pod
+        marked = {"labels": {USABLE_LABEL: "true"}}
+        kube_api.create(
+            namespaced("secrets", ns), {"metadata": {"name": "creds", **marked}, "stringData": {"k": "v"}}
+        )
+        kube_api.create(
+            namespaced("configmaps", ns), {"metadata": {"name": "tuning", **marked}, "data": {"k": "v"}}
+        )
+        charted = quickstart_job("charted")
+        env = [
+            {"name": "CREDS", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "k"}}},
+            {"name": "TUNING", "valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "k"}}},
+        ]
+        charted["spec"]["workers"]["template"] = {"spec": {"containers": [{"name": "dynaps", "env": env}]}}
+        create_job(kube_api, ns, charted)
         done = wait_phase(kube_api, ns, "charted", {"Succeeded", "Failed"}, 120)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         # what the chart's RBAC let it make: the job's Secret and NetworkPolicy

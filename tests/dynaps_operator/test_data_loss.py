@@ -98,7 +98,7 @@ def test_the_view_keeps_a_bounded_part_of_the_loss_list() -> None:
     assert len(last.message) == MAX_MESSAGE
     assert last.time == T0
     assert status_doc([{"cause": "initial"}, "junk"]).losses == ()
-    assert view.server_names == {2: "mf-server-0"}
+    assert view.node_names == {1: "mf-coordinator", 2: "mf-server-0"}
 
 
 def test_a_loss_sets_the_condition_and_posts_one_event_naming_the_lost_server() -> None:
@@ -177,6 +177,34 @@ def test_each_recovery_is_an_entry_and_the_reason_is_the_worst_cause() -> None:
     assert data_loss.worst(["checkpoint", "replicas-exhausted"], "") == "ReplicasExhausted"
     assert data_loss.worst(["checkpoint"], "InitialValuesRestored") == "InitialValuesRestored"
     assert data_loss.worst(["something-new"], "") == "DataLoss"
+
+
+def test_a_lost_worker_s_keys_are_named_and_ranked_by_what_they_went_back_to() -> None:
+    """A home took back the keys a lost worker held: to their last write-back (replication, the
+    mildest loss) or to the home's copy from before the localize (none: every update since)."""
+    worker = {"id": 4, "role": "worker", "name": "mf-worker-1"}
+    p = poll(running(), [], members=[*MEMBERS, worker])  # the poll before the loss names it
+    written_back = loss("write-back", server=4, shards=[1], keys=50, counted=True)
+    q = poll(p, [written_back])
+    assert events(q) == [
+        "50 keys held by lost node mf-worker-1 went back to their last write-back: the updates of up "
+        "to its last flush interval are lost"
+    ]
+    condition = q.status.condition(ConditionType.DATA_LOSS)
+    assert condition is not None
+    assert condition.reason == "WriteBackRestored"
+    home_copy = loss("home-copy", server=4, shards=[2], keys=7, counted=True, at=STAMP + 1)
+    r = poll(q, [written_back, home_copy])
+    assert len(events(r)) == 1
+    assert "before they were localized" in events(r)[0]
+    condition = r.status.condition(ConditionType.DATA_LOSS)
+    assert condition is not None
+    assert condition.reason == "HomeCopyRestored"
+    assert r.status.data_loss is not None
+    assert (r.status.data_loss.entries, r.status.data_loss.keys) == (2, 57)
+    assert data_loss.worst(["write-back", "checkpoint"], "") == "CheckpointRestored"
+    assert data_loss.worst(["home-copy", "replicas-exhausted"], "") == "HomeCopyRestored"
+    assert data_loss.worst(["write-back"], "InitialValuesRestored") == "InitialValuesRestored"
 
 
 def test_losses_add_up_over_a_coordinator_replacement() -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from dynaps.contract import ConditionType, JobPhase, JobStatus
+from dynaps_operator.decisions import Holdup
 from dynaps_operator.names import Role
 from dynaps_operator.planner import WORKER_EXIT_GRACE_SECONDS, Memory, Plan, plan
 from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator, started
@@ -20,7 +21,8 @@ def then(p: Plan, **kw: object) -> JobStatus:
 
 def test_a_secret_of_the_jobs_name_with_another_owner_holds_the_pods_back_and_says_why() -> None:
     conflict = "Secret mf-secret is not this job's (another owner ...)"
-    first = plan(replace(observed(), secret_conflict=conflict))
+    held = Holdup("SecretConflict", conflict)
+    first = plan(replace(observed(), held_back=held))
     assert first.create == []  # they would mount another owner's secret
     assert first.status.phase == JobPhase.PENDING
     assert first.status.message == conflict
@@ -28,7 +30,7 @@ def test_a_secret_of_the_jobs_name_with_another_owner_holds_the_pods_back_and_sa
     assert running is not None
     assert (running.status, running.reason, running.message) == ("False", "SecretConflict", conflict)
     assert [(e.reason, e.type) for e in first.events] == [("SecretConflict", "Warning")]
-    again = plan(replace(observed(status=first.status), secret_conflict=conflict))
+    again = plan(replace(observed(status=first.status), held_back=held))
     assert again.events == []  # one Event per new reason or message
     gone = plan(observed(status=again.status))  # the leftover was deleted
     assert gone.create == ALL

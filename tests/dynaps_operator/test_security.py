@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import tracemalloc
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from dynaps.contract import secret
-from dynaps_operator import names, security
+from dynaps.contract import MAX_NODES, secret
+from dynaps_operator import names, references, security
 from dynaps_operator.builders import build_network_policy, build_pod, build_secret
 from dynaps_operator.coordinator_client import MAX_ANSWER, CoordinatorClient
+from dynaps_operator.coordinator_view import parse_status
 from dynaps_operator.errors import CoordinatorError
 from dynaps_operator.names import Role
 from dynaps_operator.validation import parse_job
@@ -128,6 +130,74 @@ REFUSED = [
         {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
         "spec.workers.template.spec.securityContext.seccompProfile",
     ),
+    # finding 4 of the audit: storage, tokens and devices the operator cannot ask the
+    # namespace about (no object to label, or not the job's to use)
+    (
+        {"volumes": [{"name": "v", "nfs": {"server": "10.0.0.5", "path": "/exports/team-b"}}]},
+        "spec.workers.template.spec.volumes[0].nfs",
+    ),
+    (
+        {"volumes": [{"name": "v", "csi": {"driver": "secrets-store.csi.k8s.io"}}]},
+        "spec.workers.template.spec.volumes[0].csi",
+    ),
+    (
+        {"volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]},
+        "spec.workers.template.spec.volumes[0].projected.sources[0].serviceAccountToken",
+    ),
+    (
+        {
+            "volumes": [
+                {
+                    "name": "v",
+                    "ephemeral": {
+                        "volumeClaimTemplate": {
+                            "spec": {
+                                "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "team-b-data"}
+                            }
+                        }
+                    },
+                }
+            ]
+        },
+        "spec.workers.template.spec.volumes[0].ephemeral.volumeClaimTemplate.spec.dataSourceRef",
+    ),
+    (
+        {"resourceClaims": [{"name": "gpu", "resourceClaimName": "team-b-gpus"}]},
+        "spec.workers.template.spec.resourceClaims[0].resourceClaimName",
+    ),
+    # finding 10 of the audit: what the Pod Security Standards' "baseline" forbids
+    (
+        {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+        "spec.workers.template.spec.securityContext.seLinuxOptions",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"seLinuxOptions": {"user": "system_u"}}}]},
+        "spec.workers.template.spec.containers[0].securityContext.seLinuxOptions",
+    ),
+    (
+        {"securityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+        "spec.workers.template.spec.securityContext.appArmorProfile",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}]},
+        "spec.workers.template.spec.containers[0].securityContext.appArmorProfile",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "securityContext": {"procMount": "Unmasked"}}]},
+        "spec.workers.template.spec.containers[0].securityContext.procMount",
+    ),
+    (
+        {"containers": [{"name": "dynaps", "ports": [{"containerPort": 80, "hostPort": 80}]}]},
+        "spec.workers.template.spec.containers[0].ports[0].hostPort",
+    ),
+    (
+        {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}},
+        "spec.workers.template.spec.securityContext.sysctls[0]",
+    ),
+    (
+        {"securityContext": {"windowsOptions": {"hostProcess": True}}},
+        "spec.workers.template.spec.securityContext.windowsOptions.hostProcess",
+    ),
 ]
 
 
@@ -147,11 +217,117 @@ def test_a_privileged_template_is_refused_naming_the_field(template_spec: dict[s
     assert nothing == ""
 
 
+def test_an_unconfined_app_armor_annotation_is_refused() -> None:
+    key = "container.apparmor.security.beta.kubernetes.io/dynaps"
+    template = {"metadata": {"annotations": {key: "unconfined"}}}
+    the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+    (problem,) = security.template_problems(the_job)
+    assert problem.startswith(f"spec.workers.template.metadata.annotations[{key}]: refused")
+    for fine in ("runtime/default", "localhost/my-profile"):
+        template = {"metadata": {"annotations": {key: fine}}}
+        the_job = job(**{"workers": {"replicas": 1, "command": ["python"], "template": template}})
+        assert security.template_problems(the_job) == []
+
+
+def test_what_the_baseline_allows_stays_allowed() -> None:
+    spec = {
+        "securityContext": {
+            "seLinuxOptions": {"type": "container_t", "level": "s0:c123,c456"},
+            "appArmorProfile": {"type": "RuntimeDefault"},
+            "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65000"}],
+        },
+        "containers": [
+            {
+                "name": "dynaps",
+                "ports": [{"containerPort": 80, "hostPort": 0}],
+                "securityContext": {"procMount": "Default", "appArmorProfile": {"type": "Localhost"}},
+            }
+        ],
+    }
+    parsed, message = parse_job(manifest(spec))
+    assert parsed is not None, message
+
+
 def test_a_host_path_checkpoint_volume_is_refused() -> None:
     the_job = job(faultTolerance={"checkpoint": {"volume": {"hostPath": {"path": "/var"}}}})
     assert security.template_problems(the_job) == [
         security._refused("spec.faultTolerance.checkpoint.volume.hostPath", "a node's file system")
     ]
+
+
+def test_a_checkpoint_volume_of_another_kind_than_a_claim_or_empty_dir_is_refused() -> None:
+    the_job = job(faultTolerance={"checkpoint": {"volume": {"nfs": {"server": "nas", "path": "/team-b"}}}})
+    (problem,) = security.template_problems(the_job)
+    assert problem.startswith("spec.faultTolerance.checkpoint.volume.nfs: refused")
+    claim = job(faultTolerance={"checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}}})
+    assert security.template_problems(claim) == []  # a claim, checked against its label later
+
+
+def test_every_object_a_template_names_in_the_namespace_is_listed_with_its_field() -> None:
+    worker = {
+        "spec": {
+            "imagePullSecrets": [{"name": "registry"}],
+            "initContainers": [{"name": "fetch", "envFrom": [{"secretRef": {"name": "s3-keys"}}]}],
+            "containers": [
+                {
+                    "name": "dynaps",
+                    "env": [
+                        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "team-data", "key": "k"}}},
+                        {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "k"}}},
+                        {"name": "C", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "D", "value": "plain"},
+                    ],
+                    "envFrom": [{"configMapRef": {"name": "defaults"}}],
+                }
+            ],
+            "volumes": [
+                {"name": "own", "secret": {"secretName": "mf-secret"}},  # the job's own: not listed
+                {"name": "config", "configMap": {"name": "mf-config"}},  # likewise
+                {"name": "data", "persistentVolumeClaim": {"claimName": "corpus"}},
+                {"name": "cert", "secret": {"secretName": "tls"}},
+                {
+                    "name": "both",
+                    "projected": {
+                        "sources": [
+                            {"secret": {"name": "p-secret"}},
+                            {"configMap": {"name": "p-config"}},
+                            {"downwardAPI": {"items": []}},
+                        ]
+                    },
+                },
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        }
+    }
+    the_job = job(
+        workers={"replicas": 1, "command": ["python"], "template": worker},
+        coordinator={"template": {"spec": {"imagePullSecrets": [{"name": "registry"}]}}},
+        faultTolerance={"checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}}},
+    )
+    found = [(r.kind, r.name, r.field) for r in references.references(the_job, "mf")]
+    at = "spec.workers.template.spec"
+    assert found == [
+        ("Secret", "registry", "spec.coordinator.template.spec.imagePullSecrets[0]"),
+        ("Secret", "registry", f"{at}.imagePullSecrets[0]"),
+        ("PersistentVolumeClaim", "corpus", f"{at}.volumes[2].persistentVolumeClaim"),
+        ("Secret", "tls", f"{at}.volumes[3].secret"),
+        ("Secret", "p-secret", f"{at}.volumes[4].projected.sources[0].secret"),
+        ("ConfigMap", "p-config", f"{at}.volumes[4].projected.sources[1].configMap"),
+        ("Secret", "s3-keys", f"{at}.initContainers[0].envFrom[0].secretRef"),
+        ("Secret", "team-data", f"{at}.containers[0].env[0].valueFrom.secretKeyRef"),
+        ("ConfigMap", "settings", f"{at}.containers[0].env[1].valueFrom.configMapKeyRef"),
+        ("ConfigMap", "defaults", f"{at}.containers[0].envFrom[0].configMapRef"),
+        ("PersistentVolumeClaim", "ckpt", "spec.faultTolerance.checkpoint.volume.persistentVolumeClaim"),
+    ]
+    # what the operator says of the ones the namespace did not mark for jobs
+    refused = references.references(the_job, "mf")[2:4]
+    message = references.refusal(refused)
+    assert message.startswith(
+        f"{at}.volumes[2].persistentVolumeClaim: PersistentVolumeClaim corpus is not labelled "
+        f"{references.USABLE_LABEL}=true"
+    )
+    assert f"{at}.volumes[3].secret: Secret tls is not labelled" in message
+    assert "kubectl label" in message
 
 
 def test_when_allowed_the_template_wins_over_the_hardening() -> None:
@@ -198,6 +374,93 @@ def test_the_client_sends_the_token_and_refuses_an_answer_over_the_cap() -> None
             assert seen == ["Bearer tok"]
             with pytest.raises(CoordinatorError, match="passed"):
                 await client._request("GET", "127.0.0.1", "/huge", None, "tok")
+        finally:
+            await client.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_huge_status_leaves_little_in_the_operator() -> None:
+    """Finding 5 of the audit: a coordinator the job author built answers /status with as many
+    members and metrics as 4 MiB hold; the operator keeps a view of it per job."""
+    doc = {
+        "members": [{"name": f"n{i:07d}", "role": "server", "id": i} for i in range(100_000)]
+        + [{"name": f"w{i:07d}", "role": "worker", "id": i, "attached": False} for i in range(100_000)]
+        + [{"name": "x" * 10_000, "role": "worker", "attached": False}],
+        "shardsPerServer": {str(i): 1 for i in range(100_000)},
+        "metrics": {f"m{i}": 1.0 for i in range(50_000)},
+    }
+    tracemalloc.start()
+    try:
+        view = parse_status(doc)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(view.registered) <= MAX_NODES
+    assert len(view.unattached) <= MAX_NODES
+    assert len(view.node_names) <= MAX_NODES
+    assert len(view.shards_per_server) <= MAX_NODES
+    assert max(len(name) for name in view.registered) <= names.MAX_HOSTNAME  # no pod has a longer name
+    assert len(view.metrics) <= 64  # as many names as the runtime keeps
+    assert kept < 8 << 20, kept  # 16,000 nodes' names at most, whatever arrives (was 22 MB)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"lastCheckpoint": {"path": "/ckpt/ckpt-000001", "time": 1e300}},
+        {"dataLoss": [{"cause": "checkpoint", "server": 1, "time": 10**30, "shards": []}]},
+        {
+            "dataLoss": [
+                {"cause": "ckpt", "server": 1, "time": 1, "shards": [], "checkpointAgeSeconds": 10**400}
+            ]
+        },
+        {"metrics": {"loss": 10**400}},
+    ],
+)
+def test_a_time_out_of_range_is_dropped_not_raised(doc: dict[str, Any]) -> None:
+    view = parse_status(doc)  # raised OverflowError: every reconcile of the job failed
+    assert view.last_checkpoint is None
+    assert all(loss.checkpoint_age is None for loss in view.losses)
+    assert view.metrics == {}
+
+
+def test_an_answer_of_many_tiny_values_is_refused_before_it_is_parsed() -> None:
+    """4 MiB of ``{},`` parse into ~100 MB of Python objects: refused by their count."""
+    body = b'{"members": [' + b",".join([b"{}"] * ((MAX_ANSWER - 64) // 3)) + b"]}"
+    assert len(body) <= MAX_ANSWER
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    async def main() -> int:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            tracemalloc.start()
+            with pytest.raises(CoordinatorError, match="values"):
+                await client.status("127.0.0.1", "tok")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await client.close()
+            await runner.cleanup()
+
+    peak = asyncio.run(main())
+    assert peak < 40 << 20, peak  # the answer's bytes, a few times; not its objects
+
+
+def test_a_deeply_nested_answer_is_an_error_not_a_crash() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"[" * 200_000 + b"]" * 200_000, content_type="application/json")
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            with pytest.raises(CoordinatorError):
+                await client.status("127.0.0.1", "tok")
         finally:
             await client.close()
             await runner.cleanup()

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from dynaps_operator.references import USABLE_LABEL
 from dynaps_operator.runner import OperatorThread
 from tests.dynaps_operator.conftest import (
     JsonDict,
@@ -17,7 +18,7 @@ from tests.dynaps_operator.conftest import (
     quickstart_job,
     wait_phase,
 )
-from tests.kube.kubeapi import KubeClient
+from tests.kube.kubeapi import KubeClient, namespaced
 from tests.kube.polling import wait_for
 
 POLL_SECONDS = 1.0  # the e2e operator's poll (conftest)
@@ -59,8 +60,11 @@ def test_a_missing_config_map_key_is_the_reason_within_one_poll(
     operator: OperatorThread, kube_api: KubeClient, kube_namespace: str
 ) -> None:
     ns = kube_namespace
+    # marked for jobs (the operator creates no pod that names an unmarked one), without the key
+    labels = {USABLE_LABEL: "true"}
+    kube_api.create(namespaced("configmaps", ns), {"metadata": {"name": "sauceless", "labels": labels}})
     job = quickstart_job("noconfig")
-    env = {"name": "SECRET_SAUCE", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "sauce"}}}
+    env = {"name": "SECRET_SAUCE", "valueFrom": {"configMapKeyRef": {"name": "sauceless", "key": "sauce"}}}
     job["spec"]["servers"]["template"] = {"spec": {"containers": [{"name": "dynaps", "env": [env]}]}}
     create_job(kube_api, ns, job)
     started = time.monotonic()
@@ -85,8 +89,8 @@ def test_a_missing_config_map_key_is_the_reason_within_one_poll(
     assert time.monotonic() - pod_time < POLL_SECONDS + 1.0, "more than one poll after the pod said so"
     message = condition(shown, "Running")["message"]  # type: ignore[index]
     assert (
-        message
-        == "pod noconfig-server-0: container dynaps: CreateContainerConfigError: configmaps absent not found"
+        message == "pod noconfig-server-0: container dynaps: CreateContainerConfigError: "
+        "couldn't find key sauce in configmaps sauceless"
     )
     assert time.monotonic() - started < 30
 

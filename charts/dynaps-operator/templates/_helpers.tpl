@@ -46,28 +46,38 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# The headless Service (created once; garbage-collected with the job).
+# The headless Service (created once; garbage-collected with the job). get: whose one of
+# its name is, when it exists already (metadata only; someone else's is never relied on).
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
-# The runtime configuration (created, then patched when it changes).
+  verbs: [create, get]
+# The runtime configuration (created, then patched when it changes, only if it is the job's).
+# get (metadata only): whose one of its name is; and the labels of a ConfigMap a job template
+# names (is it marked dynaps.io/usable-by-jobs?).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, patch]
+  verbs: [create, patch, get]
 # The job's Secret: created once (immutable, garbage-collected with the job), read back for the
-# coordinator's HTTP token after an operator restart. Never listed nor watched.
+# coordinator's HTTP token after an operator restart; and the labels of a Secret a job template
+# names (metadata only). Never listed nor watched.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create, get]
-# The job's NetworkPolicy (created once; garbage-collected with the job).
+# The labels of a claim a job template names (metadata only): is it marked for jobs?
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
+# The job's NetworkPolicy (created once; garbage-collected with the job). get: whose one of
+# its name is, when it exists already (metadata only): the job's pods wait until it is theirs.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create]
+  verbs: [create, get]
 # The gang scheduler's PodGroup (runPolicy.schedulingPolicy.scheduler): created with the first
-# pods, patched when minMember changes, garbage-collected with the job.
+# pods, patched when minMember changes (only if it is the job's: get, metadata only),
+# garbage-collected with the job.
 - apiGroups: [scheduling.x-k8s.io, scheduling.volcano.sh]
   resources: [podgroups]
-  verbs: [create, patch]
+  verbs: [create, patch, get]
 # An Event for every decision.
 - apiGroups: [""]
   resources: [events]

@@ -64,7 +64,7 @@ class Barriers:
     def barrier(self, timeout: float | None = None) -> None:
         requests = self._requests
         if requests.control[0]:
-            requests.drained()
+            requests.stopped()
         self._flush()
         requests.wait_all(timeout)
         generation = self._generation
@@ -83,7 +83,7 @@ class Barriers:
     def clock(self, timeout: float | None = None) -> int:
         requests = self._requests
         if requests.control[0]:
-            requests.drained()
+            requests.stopped()
         # Our own updates of this clock first: a worker that learns we finished it must
         # find them applied (asynchronous pushes included).
         self._flush()
@@ -108,7 +108,7 @@ class Barriers:
         finished: int | None = None
         while True:
             if requests.control[0]:
-                requests.drained()
+                requests.stopped()
             body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished)
             requests.transport.send(COORDINATOR, messages.control(MsgType.LEASE, requests.endpoint, body))
             deadline = self._deadline(timeout)

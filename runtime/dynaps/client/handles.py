@@ -36,6 +36,7 @@ class Handle:
         "index",
         "keys",
         "kind",
+        "local",
         "mask",
         "on_done",
         "out",
@@ -68,6 +69,8 @@ class Handle:
         self.index = 0  # the table's index, to send the request again
         self.rows: Array | None = None  # a push's or set's rows, to send again
         self.mask: npt.NDArray[np.bool_] | None = None  # positions answered, once replies are partial
+        # write-through: positions this process applied itself (sent again as rows, never as deltas)
+        self.local: npt.NDArray[np.int32] | None = None
         self.started = 0  # time.perf_counter_ns() when it was sent (its latency is observed)
         self.on_done: Callable[[Array], None] | None = None  # given a pull's values when it completes
 

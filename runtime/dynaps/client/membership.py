@@ -3,8 +3,9 @@
 :func:`register` introduces a training process to the coordinator and waits until the
 job runs.  :class:`Membership` applies each MEMBERSHIP (or MEMBERSHIP_DELTA) the
 coordinator announces: it connects to new members, hands the shard map and the departed nodes to the requests
-(which re-route what was parked for them and retry what died with them), and notices a
-restarted coordinator, which forgot the barriers and leases we wait on.
+(which re-route what was parked for them and retry what died with them), notices a
+restarted coordinator, which forgot the barriers and leases we wait on, and one that lists
+our own node as lost (every later call raises ClusterError).
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ class Membership:
 
     def apply(self, membership: control.Membership) -> None:
         self.follower.took(membership)
-        members = {info.id for info in membership.nodes}
         lost = set(membership.lost)
+        if self._requests.node in lost:  # others serve our node's keys now: we stop
+            node = self._requests.node
+            self._requests.own.lost(f"node {node} was declared lost (membership {membership.version})")
+            return
+        members = {info.id for info in membership.nodes}
         gone = (self._members - members) | lost
         self._members = members
         joining.connect_members(self._transport, membership)

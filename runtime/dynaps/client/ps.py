@@ -97,7 +97,7 @@ class PS:
         self.node = node
         self.rank = rank
         self.closed = False
-        # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
+        # shared with our node (dynaps.store.control_block); one byte without a node
         self.control = np.zeros(1, dtype=np.uint8) if control_block is None else control_block
         self._transport = transport
         self._stores = list(stores)
@@ -282,7 +282,7 @@ class PS:
     def close(self) -> None:
         if self.closed:
             return
-        if self._requests.ended is None:
+        if self._requests.ended is None and not self._requests.own.lost_reason:
             self._flush_hot_and_wait()  # acknowledged pushes to hot keys are not lost
         self.closed = True
         self._transport.close(linger=0.5)
@@ -335,6 +335,8 @@ class PS:
             self._replies[msg.req_id] = control.body_of(msg, control.Stats).counters
         elif kind is MsgType.SHUTDOWN:
             self._requests.job_ended(control.body_of(msg, control.Shutdown).reason or "shut down")
+        elif kind is MsgType.REFUSED:  # our node was declared lost (it may only be stopped)
+            self._requests.own.lost(control.body_of(msg, control.Refused).reason)
         elif kind is not MsgType.WELCOME:
             raise ProtocolError(f"client does not handle {kind.name}")
 

@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
+from dynaps.client.own_node import OwnNode
+from dynaps.client.retry_holds import RetryHolds
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store import usage
@@ -61,6 +63,14 @@ _OPERATION = {
 # sent again when a node leaves: arriving twice changes nothing (see apply_membership)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 
+# Whether updates in flight (PUSH, SET) are sent again after a node leaves, as after a loss.
+# Exactly once for them needs the applied-request records to travel on every route a key
+# leaves a departing node by: TRANSFER (a held key released) carries them already; a
+# migration's SHARD_COPY and a worker's WRITEBACK do only with the node-side changes of
+# branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
+# merged it stays off, and a push sent to a node after it stopped forwarding times out.
+RESEND_UPDATES_AFTER_DEPARTURE = False
+
 
 class Requests:
     """The requests a training process has in flight, and the paths they take."""
@@ -89,8 +99,9 @@ class Requests:
         self.stores = list(stores)
         self.layouts: list[TableLayout] = [store.layout for store in stores]
         self.lock = lock
-        # shared with our node; byte 0 becomes 1 when the node drains (tested on every call)
+        # shared with our node (dynaps.store.control_block): byte 0 is tested on every call
         self.control = control
+        self.own = OwnNode(control, rank, node, config.fault_tolerance)
         tolerance = config.fault_tolerance
         self.write_through = tolerance.replication > 0 and tolerance.flush_interval_ms == 0
         self._on_control = on_control
@@ -111,9 +122,15 @@ class Requests:
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
         self.notices = notices
         self.on_drain: Callable[[], None] | None = None  # run once before Drained is raised
+        # requests sent more than once: below the watermark a while longer, and their late
+        # answers are duplicates
+        self.resent = RetryHolds()
 
-    def drained(self) -> NoReturn:
-        """Raise Drained: our node is leaving the job (after ``on_drain``, once)."""
+    def stopped(self) -> NoReturn:
+        """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
+        node no longer counts, else Drained: it is leaving the job (after ``on_drain``, once)."""
+        if self.own.fenced:
+            raise self.own.error()
         hook, self.on_drain = self.on_drain, None
         if hook is not None:
             hook()  # updates buffered in this process go out before the worker stops
@@ -124,6 +141,19 @@ class Requests:
 
     def job_ended(self, reason: str) -> None:
         self.ended = reason
+
+    def node_running_until(self, now: float) -> float:
+        """Until when local updates may go on without a look at our node's stamp; waits
+        while the node has not run lately (:meth:`OwnNode.running_until`)."""
+        return self.own.running_until(
+            now, self.config.request_timeout_seconds, self._wait, lambda: self.ended
+        )
+
+    def _wait(self, seconds: float) -> None:
+        """Handle a message that comes within ``seconds``; the CPU is left to others meanwhile."""
+        frames = self.transport.recv(timeout=seconds, spin=False)
+        if frames is not None:
+            self.receive(frames)
 
     # -------------------------------------------------------------- handles
 
@@ -153,8 +183,13 @@ class Requests:
         return Handle(None, 0, kind, table, None, out, 0)
 
     def _watermark(self) -> int:
-        """Every request below this id is answered (32 low bits): nodes forget their records."""
+        """Every request below this id is answered and no copy of it can still arrive
+        (32 low bits): nodes forget their records of requests below it."""
         oldest = min(self.handles) if self.handles else self._next_id
+        if self.resent:
+            held = self.resent.oldest()
+            if held is not None:
+                oldest = min(oldest, held)
         return oldest & 0xFFFFFFFF
 
     # -------------------------------------------------------------- sending
@@ -223,13 +258,19 @@ class Requests:
             self.send(dest, part)
 
     def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
-        """Write-through: have our node send the current rows of local ``keys`` to their homes.
+        """Write-through: have our node send the current rows of local ``keys`` (at
+        ``positions`` of the request) to their homes, which acknowledge once they and their
+        backups have them.
 
         Through the node, not straight to the homes: the node writes the same keys through
         for the updates it serves, and a home keeps the rows of a holder in the order they
         come.  Rows sent on two paths (the client's and the node's) could arrive in the
         other order, and older rows would replace newer ones that were acknowledged.
         """
+        handle.local = positions  # a retry sends these again as rows (see _retry_outstanding)
+        self._send_rows(table, handle, keys, positions)
+
+    def _send_rows(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
         store = self.stores[table]
         self.lock.acquire()
         try:
@@ -266,9 +307,9 @@ class Requests:
         are sent again too: a node that left forwards stragglers only for a while
         (``LEAVE_LINGER``), and a request sent with a shard map from before it left (a
         program that read no reply for longer, or a localize held back for the coordinator's
-        note) may reach it after that, or never.  Those two may arrive twice; updates may
-        not (exactly once after a loss relies on the homes' relocation fence, which a
-        departure does not raise), so a push sent that late still times out.
+        note) may reach it after that, or never.  Those two may arrive twice.  Updates in
+        flight go again as well only when RESEND_UPDATES_AFTER_DEPARTURE is on: they are
+        applied once only if the node that applied the original handed its records on.
         """
         departed = gone - self.gone - lost
         self.gone |= gone
@@ -291,13 +332,19 @@ class Requests:
         if fresh:
             self._retry_outstanding()
         elif departed:
-            self._retry_outstanding(REPEATABLE)
+            self._retry_outstanding(None if RESEND_UPDATES_AFTER_DEPARTURE else REPEATABLE)
 
     def _retry_outstanding(self, kinds: frozenset[MsgType] | None = None) -> None:
         """Nodes died (or left: only ``kinds``): requests in flight may have died with them.
         Send what is not yet answered again, to the keys' homes (which know the owners after
         recovery); an update that arrives twice is applied once (``RETRY``,
-        :mod:`dynaps.node.applied`)."""
+        :mod:`dynaps.node.applied`).
+
+        The part of a write-through update that this process applied itself goes again as
+        the keys' current rows (a write-back), never as the update: no node recorded it
+        (it was applied here, in shared memory), so a node would apply it a second time.
+        Rows that arrive twice change nothing.  Every request sent again is held below the
+        watermark for a while (:mod:`dynaps.client.retry_holds`)."""
         for handle in list(self.handles.values()):
             keys = handle.keys
             if keys is None or (kinds is not None and handle.kind not in kinds):
@@ -314,6 +361,15 @@ class Requests:
             if not len(idx):
                 continue
             self.counters["requests_retried"] += 1
+            self.resent.hold(handle.req_id)
+            if handle.local is not None:
+                here = np.isin(idx, handle.local)
+                if here.any():
+                    rewritten = idx[here]
+                    self._send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
+                    idx = idx[~here]
+                    if not len(idx):
+                        continue
             num_keys = self.stores[handle.index].spec.num_keys
             homes = self.shard_map.home_of(keys[idx], num_keys)
             for home, part in group_by(homes):
@@ -354,9 +410,12 @@ class Requests:
             self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
 
     def pump_until(self, deadline: float, what: Callable[[], str]) -> None:
-        """Handle one incoming message, or raise if ``deadline`` passed or the job ended."""
+        """Handle one incoming message, or raise if ``deadline`` passed, the job ended or our
+        node no longer counts."""
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
+        if self.own.fenced:
+            self.stopped()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DynapsTimeoutError(
@@ -393,8 +452,8 @@ class Requests:
     def _absorb(self, msg: Message) -> None:
         handle = self.handles.get(msg.req_id)
         if handle is None:
-            if self.lost:  # a late answer to a request that was sent again: already done
-                return
+            if msg.req_id in self.resent or self.lost:
+                return  # a late answer to a request that was sent again: already done
             raise ProtocolError(f"reply for unknown request {msg.req_id}")
         if msg.type not in ANSWERS[handle.kind]:
             raise ProtocolError(
@@ -410,6 +469,7 @@ class Requests:
             self._learn_owner(msg.table, handle, positions, msg.sender)
         if handle.done():
             del self.handles[msg.req_id]
+            self.resent.renew(msg.req_id)
             elapsed = time.perf_counter_ns() - handle.started
             self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
             if handle.on_done is not None and handle.error is None and handle.out is not None:

@@ -60,9 +60,11 @@ class StageFollower:
 
     def _ask(self, done: int | None, timeout: float | None) -> control.StageDone | None:
         """Report ``done`` units complete and wait for the job's answer; None when this
-        worker's node drains (the program is to stop)."""
+        worker's node drains (the program is to stop); ClusterError if it was declared lost."""
         requests = self._requests
         if requests.control[0]:
+            if requests.own.fenced:
+                requests.stopped()
             return None
         requests.wait_all(timeout)  # what this unit sent is applied before it counts as complete
         limit = requests.config.request_timeout_seconds if timeout is None else timeout

@@ -10,6 +10,7 @@ the replies into a :class:`~dynaps.client.handles.Handle`.
 from __future__ import annotations
 
 import operator
+import time
 from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
@@ -27,6 +28,7 @@ from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
 _INT64 = np.dtype(np.int64)  # keys as users usually pass them: checked by identity, not equality
+_monotonic = time.monotonic  # a module global: the one-key push tests it on every call
 
 
 class Table:
@@ -39,8 +41,12 @@ class Table:
         self._store = store
         self._node = requests.node
         self._lock = requests.lock  # shared with the node: taken around every access to the store
-        # byte 0 becomes 1 when our node drains; a memoryview reads it without a numpy scalar
-        self._control = requests.control.data
+        # byte 0 of the control block: not 0 once our node drains or no longer counts
+        self._control = requests.own.block.state
+        # under write-back, local updates are applied only while our node ran recently (it
+        # writes them back): until this time, then we look at its stamp again
+        self._watch_node = requests.own.watched
+        self._node_ran_until = 0.0
         # this table's counters, shared with our node (dynaps.store.usage): one word each
         self._usage = requests.usage.rows[index]
         self._write_through = requests.write_through
@@ -65,8 +71,8 @@ class Table:
     # -------------------------------------------------------------- argument checks
 
     def _keys(self, keys: Any) -> Keys:
-        if self._control[0]:  # our node is draining
-            self._requests.drained()
+        if self._control[0]:  # our node is draining, or was declared lost
+            self._requests.stopped()
         if type(keys) is not np.ndarray or keys.dtype is not _INT64 or keys.ndim != 1:
             keys = self._convert_keys(keys)
         checked: Keys = keys
@@ -274,7 +280,8 @@ class Table:
     # One key per call (Lapse's granularity): a call's fixed cost is all its cost, so a key
     # given as a Python int, owned here, skips the one-key array, the argument conversions
     # and the (1, dim) row. Anything else (a key elsewhere or on its way here, hot keys,
-    # write-through, a draining node, another dtype or shape) takes the general path.
+    # write-through, a draining or lost node, one that has not run lately under write-back,
+    # another dtype or shape) takes the general path.
 
     def pull_one(self, key: SupportsIndex, out: Array | None = None) -> Array:
         """The value of one ``key``, a ``(dim,)`` row: ``pull([key])[0]``, synchronous.
@@ -333,6 +340,7 @@ class Table:
             and not self._control[0]
             and self._hot is None
             and not self._write_through
+            and (not self._watch_node or _monotonic() <= self._node_ran_until)
         ):
             store, lock = self._store, self._lock
             lock.acquire()
@@ -360,6 +368,10 @@ class Table:
         return self._update_keys(kind, keys, rows, wait)
 
     def _update_keys(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
+        if self._watch_node:
+            now = _monotonic()
+            if now > self._node_ran_until:  # outside the lock: our node needs it to run
+                self._node_ran_until = self._requests.node_running_until(now)
         store = self._store
         counters = self._usage
         lock = self._lock

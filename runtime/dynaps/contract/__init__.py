@@ -47,9 +47,12 @@ from dynaps.contract.fault_tolerance import (
     DataLossCause,
     FaultTolerance,
     OnDataLoss,
+    silence_limit_seconds,
 )
 from dynaps.contract.limits import (
     MAX_NODES,
+    MAX_REPORTED_NAME_LENGTH,
+    MAX_REPORTED_NAMES,
     MAX_TABLES,
 )
 from dynaps.contract.placement import (
@@ -124,6 +127,8 @@ __all__ = [
     "FENCED_EXIT_CODE",
     "KIND",
     "MAX_NODES",
+    "MAX_REPORTED_NAMES",
+    "MAX_REPORTED_NAME_LENGTH",
     "MAX_TABLES",
     "PLURAL",
     "SHORT_NAME",
@@ -178,4 +183,5 @@ __all__ = [
     "WorkerSpec",
     "describe_validation_error",
     "runtime_config",
+    "silence_limit_seconds",
 ]

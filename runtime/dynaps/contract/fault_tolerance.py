@@ -35,9 +35,23 @@ class DataLossCause(StrEnum):
     CHECKPOINT = "checkpoint"  # keys went back to the last checkpoint (``checkpointAgeSeconds`` old)
     INITIAL = "initial"  # no replica was configured and no checkpoint existed: initial values
     REPLICAS_EXHAUSTED = "replicas-exhausted"  # no synced replica was left, and no checkpoint
+    # keys a lost node held (a worker's localized keys) went back to their home's copy: their
+    # last write-back (replication: the updates of up to the last flush interval are lost) ...
+    WRITE_BACK = "write-back"
+    # ... or, without replication, the copy from before they were localized (every update since)
+    HOME_COPY = "home-copy"
 
 
 MAX_REPLICATION = 3  # backups per shard
+
+
+def silence_limit_seconds(heartbeat_seconds: float) -> float:
+    """Seconds of silence (no heartbeat, the connection up) after which the coordinator
+    declares a node lost, when that loses no data: ten heartbeats, at least 3 s (a node
+    starved of CPU for a moment is not lost).  A node whose loop was still for half as long
+    asks before it serves again (:mod:`dynaps.node.waking`)."""
+    return max(3.0, 10 * heartbeat_seconds)
+
 
 # The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
 DATA_LOSS_EXIT_CODE = 3

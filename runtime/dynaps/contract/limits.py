@@ -10,6 +10,10 @@ import re
 MAX_NODES = 16_000
 MAX_TABLES = 1024
 MAX_STAGES = 64
+# What the workers report (ps.report): the coordinator keeps at most this many names, of at
+# most this many characters, and the operator reads no more of a /status than that.
+MAX_REPORTED_NAMES = 64
+MAX_REPORTED_NAME_LENGTH = 128
 
 # a table's or a stage's name (the same rule for both: a letter or '_' first, at most 63 characters)
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")

@@ -78,6 +78,10 @@ class ConditionReason(StrEnum):
     NODES_NOT_REGISTERED = "NodesNotRegistered"  # pods run but their nodes did not register
     WORKERS_NOT_ATTACHED = "WorkersNotAttached"  # worker programs did not call dynaps.connect()
     SECRET_CONFLICT = "SecretConflict"  # noqa: S105 (a reason, not a password): the job's Secret name is taken
+    # a ConfigMap, NetworkPolicy, PodGroup or Service of the job's child's name is someone else's
+    NAME_CONFLICT = "NameConflict"
+    # an object a template names (a Secret, ConfigMap or claim) is not labelled dynaps.io/usable-by-jobs
+    REFERENCE_NOT_ALLOWED = "ReferenceNotAllowed"
     START_TIMEOUT_EXCEEDED = "StartTimeoutExceeded"  # Failed=True: runPolicy.startTimeoutSeconds
     FAILURE_POLICY = "FailurePolicy"  # Failed=True: a runPolicy.failurePolicy rule said FailJob
     # runPolicy.oomMemoryGrowth (also Events): Degraded=True while an OOMKilled pod is replaced
@@ -88,6 +92,10 @@ class ConditionReason(StrEnum):
     CHECKPOINT_RESTORED = "CheckpointRestored"  # keys went back to the last checkpoint
     REPLICAS_EXHAUSTED = "ReplicasExhausted"  # no synced replica was left, and no checkpoint
     INITIAL_VALUES_RESTORED = "InitialValuesRestored"  # no replica, no checkpoint: initial values
+    # a lost node's (a worker's) keys went back to their last write-back: its last flush interval
+    WRITE_BACK_RESTORED = "WriteBackRestored"
+    # without replication, to their home's copy from before they were localized: every update since
+    HOME_COPY_RESTORED = "HomeCopyRestored"
     DATA_LOSS = "DataLoss"  # Failed=True: faultTolerance.onDataLoss: Fail ended the job
 
 
@@ -151,8 +159,8 @@ class DataLossEntry(StatusModel):
     """One recovery that restored keys from other than a synced replica (the coordinator's
     /status ``dataLoss`` entry, as the operator keeps it)."""
 
-    cause: str  # checkpoint, initial or replicas-exhausted (DataLossCause)
-    node: Annotated[int, Field(ge=0)]  # the lost server's node id
+    cause: str  # checkpoint, initial, replicas-exhausted, write-back or home-copy (DataLossCause)
+    node: Annotated[int, Field(ge=0)]  # the lost node's id: a server, or one that held the keys
     server: str  # its pod name, when the operator knew it ("node <id>" otherwise)
     epoch: Annotated[int, Field(ge=0)] = 0  # of the shard map that rehomed the shards
     shard_count: Annotated[int, Field(ge=0)] = 0

@@ -143,6 +143,7 @@ class Coordinator:
             announce=self._announce,
             settle=self._settle,
             abandon_checkpoint=self._abandon_checkpoint,
+            faults=config.fault_tolerance,
         )
         self.joining = Joining(
             self.roster,
@@ -237,6 +238,8 @@ class Coordinator:
         elif kind is MsgType.RECOVERED:
             recovered = control.body_of(msg, control.Recovered)
             self.homes.on_recovered(recovered.id, recovered.keys)
+        elif kind is MsgType.TOOK_BACK:  # a home took back keys a lost node held: data loss
+            self.departures.took_back(member, control.body_of(msg, control.TookBack))
         elif kind is MsgType.REPLICA_SYNCED:
             self.homes.on_replica_synced(member.id, control.body_of(msg, control.ReplicaSynced))
         elif kind is MsgType.CHECKPOINT_DONE:
@@ -271,8 +274,8 @@ class Coordinator:
                 raise ProtocolError(f"MEMBERSHIP_QUERY from {msg.sender}, whose program is not registered")
             if self.homes.shard_map is not None and self.phase is not JobPhase.ADOPTING:
                 self.outbox.send_whole(msg.sender, self.membership())
-        elif kind is MsgType.PING:
-            self.send(msg.sender, MsgType.PONG, control.Empty())
+        elif kind is MsgType.PING:  # with its id: a node back from a gap knows it is a member
+            self.outbox.send(msg.sender, MsgType.PONG, control.Empty(), msg.req_id)
         else:
             raise ProtocolError(f"coordinator does not handle {kind.name}")
 

@@ -1,10 +1,14 @@
 """The data the job lost, for /status ``dataLoss``, the logs and ``faultTolerance.onDataLoss``:
 one entry per recovery (one new home, one source) that restored keys from anything but a
-synced replica.
+synced replica, and one per home that took back keys a lost node held (a worker's localized
+keys) with its own copy of their values.
 
-``keys`` starts as the number of keys in the shards (all of them may have lost updates)
-and becomes what the new homes report once they rebuilt them: the keys nobody else held
-(a worker holding a key keeps its value), which is the best count the job has.
+For a recovery, ``keys`` starts as the number of keys in the shards (all of them may have
+lost updates) and becomes what the new homes report once they rebuilt them: the keys nobody
+else held (a worker holding a key keeps its value), which is the best count the job has.  A
+home that took keys back counted them (TOOK_BACK): what their holder did to them since the
+home's copy is lost, which is everything without replication and at most the last flush
+interval with it (:func:`held_keys_cause`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.contract import DataLossCause, Partition
+from dynaps.contract import DataLossCause, FaultTolerance, Partition
 from dynaps.store.shardmap import shard_key_range, shard_of
 
 COUNT_CHUNK = 1 << 22  # keys per step when counting the keys of hashed shards
@@ -27,21 +31,33 @@ STATUS_ENTRIES = 100
 STATUS_SHARDS = 64
 
 
+def held_keys_cause(faults: FaultTolerance) -> DataLossCause | None:
+    """What keys taken back from a lost node lose: the updates since their last write-back,
+    every update since they were localized (no replication), or nothing (write-through: an
+    update was acknowledged once its home had it)."""
+    if faults.replication == 0:
+        return DataLossCause.HOME_COPY
+    return DataLossCause.WRITE_BACK if faults.flush_interval_ms > 0 else None
+
+
 @dataclass
 class LossEntry:
     cause: DataLossCause
-    server: int  # the lost server whose shards these were
-    epoch: int  # the shard map that rehomed them
+    node: int  # the lost server whose shards these were, or the lost node that held these keys
+    epoch: int  # the shard map that rehomed them (or current when they were taken back)
     shards: list[int]
     keys: int
     checkpoint_age: float | None  # seconds, when cause is checkpoint (None: age unknown)
     at: float = field(default_factory=time.time)
     counted: bool = False  # True: ``keys`` is what the new home rebuilt, not the shards' size
+    role: str = "server"  # the lost node's
+    flush_interval_ms: int = 0  # cause write-back: what bounds the updates lost
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "cause": str(self.cause),
-            "server": self.server,
+            "server": self.node,  # the name /status has always used: the lost node, whatever its role
+            "role": self.role,
             "epoch": self.epoch,
             "shards": self.shards[:STATUS_SHARDS],
             "shardCount": len(self.shards),
@@ -56,7 +72,18 @@ class LossEntry:
         return doc
 
     def describe(self) -> str:
-        where = f"{len(self.shards)} shards ({self.keys} keys) of lost server {self.server}"
+        held = f"{self.keys} keys held by lost {self.role} {self.node} (in {len(self.shards)} shards)"
+        if self.cause is DataLossCause.WRITE_BACK:
+            return (
+                f"{held} went back to their last write-back: the updates of up to its last flush "
+                f"interval ({self.flush_interval_ms} ms) are lost"
+            )
+        if self.cause is DataLossCause.HOME_COPY:
+            return (
+                f"{held} went back to their home's copy from before they were localized (no "
+                "replication): every update made to them since is lost"
+            )
+        where = f"{len(self.shards)} shards ({self.keys} keys) of lost server {self.node}"
         if self.cause is DataLossCause.CHECKPOINT:
             age = "of unknown age" if self.checkpoint_age is None else f"{self.checkpoint_age:.1f} s old"
             return f"{where} went back to the last checkpoint ({age})"
@@ -107,6 +134,22 @@ class DataLoss:
         entry = LossEntry(cause, server, epoch, list(shards), keys, checkpoint_age)
         self.entries.append(entry)
         self._by_recovery[recovery] = entry
+        return entry
+
+    def took_back(
+        self,
+        cause: DataLossCause,
+        node: int,
+        role: str,
+        epoch: int,
+        shards: list[int],
+        keys: int,
+        flush_ms: int,
+    ) -> LossEntry:
+        """A home took back ``keys`` keys (of ``shards``) that lost node ``node`` held."""
+        entry = LossEntry(cause, node, epoch, list(shards), keys, None, counted=True, role=role)
+        entry.flush_interval_ms = flush_ms
+        self.entries.append(entry)
         return entry
 
     def recovered(self, recovery: int, keys: int) -> None:

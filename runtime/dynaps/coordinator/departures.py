@@ -2,8 +2,10 @@
 
 A leaving server's shards move away first (:mod:`dynaps.coordinator.shard_homes` plans
 it); a member that left or was lost gives its data leases back and stops backing shards
-up, so the survivors re-replicate; a lost server's shards are rebuilt on new homes.  The
-nodes' side of the same events is :mod:`dynaps.node.departures`.
+up, so the survivors re-replicate; a lost server's shards are rebuilt on new homes, and
+the keys a lost node held (a worker's localized keys) go back to their homes, whose reports
+(TOOK_BACK) are counted as data loss.  The nodes' side of the same events is
+:mod:`dynaps.node.departures`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from dynaps.contract import FaultTolerance
+from dynaps.coordinator.data_loss import held_keys_cause
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
+from dynaps.errors import ProtocolError
+from dynaps.wire import control
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,8 @@ class Departures:
 
     ``announce`` sends the new membership, ``settle`` lets a barrier pass or the job end
     without the member, ``abandon_checkpoint`` ends a checkpoint round in progress (a lost
-    node never writes its part).
+    node never writes its part).  ``faults``: the job's fault tolerance (what a lost node's
+    keys lose).
     """
 
     def __init__(
@@ -36,7 +43,9 @@ class Departures:
         announce: Callable[[], None],
         settle: Callable[[], None],
         abandon_checkpoint: Callable[[], None],
+        faults: FaultTolerance,
     ) -> None:
+        self.faults = faults
         self.roster = roster
         self.outbox = outbox
         self.homes = homes
@@ -76,7 +85,7 @@ class Departures:
         self.roster.remove(member, lost=True)
         if member.rank in self.roster.missing_ranks:
             log.warning("worker rank %d was lost unfinished: the job waits for its replacement", member.rank)
-        self.outbox.forget(member)
+        self.outbox.forget(member, lost=True)
         returned = self.leases.release(member.id)
         if returned:
             log.warning("%d data shards of node %d go back to the queue", returned, member.id)
@@ -90,6 +99,26 @@ class Departures:
         if member.role == "server":
             self.homes.rebalance()
         self.settle()
+
+    def took_back(self, home: Member, took: control.TookBack) -> None:
+        """``home`` took back the keys lost node ``took.node`` held, with its own copy of
+        their values: what the node did to them since is lost (see :func:`held_keys_cause`)."""
+        if home.role != "server":
+            raise ProtocolError(f"TOOK_BACK from {home.role} {home.id}, which homes nothing")
+        if took.node not in self.roster.lost:
+            raise ProtocolError(f"TOOK_BACK of keys of node {took.node}, which is not lost")
+        if max(took.shards) >= self.homes.num_shards:
+            raise ProtocolError(f"TOOK_BACK names shard {max(took.shards)} of {self.homes.num_shards}")
+        cause = held_keys_cause(self.faults)
+        if cause is None:  # written through: every acknowledged update is at its home
+            log.info("node %d took back %d keys of lost node %d: nothing lost", home.id, took.keys, took.node)
+            return
+        role = next((m.role for m in self.roster.departed.values() if m.id == took.node), "node")
+        entry = self.homes.losses.took_back(
+            cause, took.node, role, self.homes.epoch, took.shards, took.keys, self.faults.flush_interval_ms
+        )
+        log.error("data loss: %s (taken back by node %d)", entry.describe(), home.id)
+        self.homes.on_loss(entry)
 
     def rehome(self, lost: int) -> None:
         """New homes rebuild a lost server's shards (the new map, with new backups, is

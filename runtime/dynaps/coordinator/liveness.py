@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dynaps.contract import Allocation, FaultTolerance
+from dynaps.contract import Allocation, FaultTolerance, silence_limit_seconds
 from dynaps.coordinator.roster import Member, MemberState
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ class Liveness:
         loses_data: Callable[[Member], bool] = never,
     ) -> Liveness:
         return cls(
-            max(0.2, 2 * heartbeat_seconds), max(3.0, 10 * heartbeat_seconds), silent_node_timeout, loses_data
+            max(0.2, 2 * heartbeat_seconds),
+            silence_limit_seconds(heartbeat_seconds),
+            silent_node_timeout,
+            loses_data,
         )
 
     @classmethod

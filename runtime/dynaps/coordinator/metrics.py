@@ -46,9 +46,14 @@ FAMILIES = families_by_name(
         Family(
             "dynaps_job_lost_keys",
             "counter",
-            "Keys restored from anything but a synced replica (their latest updates are lost).",
+            "Keys restored from anything but a synced replica, or taken back from a lost node (their "
+            "latest updates are lost).",
         ),
-        Family("dynaps_job_data_loss_events", "counter", "Recoveries that restored keys with a loss."),
+        Family(
+            "dynaps_job_data_loss_events",
+            "counter",
+            "Recoveries that restored keys with a loss, and homes' take-backs of a lost node's keys.",
+        ),
         Family(
             "dynaps_job_lost_nodes",
             "gauge",

@@ -97,8 +97,8 @@ class Outbox:
             self.sent_since.append(whole)
         self.synced.add(endpoint)
 
-    def send(self, endpoint: int, kind: MsgType, body: BaseModel) -> None:
-        self.transport.send(endpoint, messages.control(kind, COORDINATOR, body))
+    def send(self, endpoint: int, kind: MsgType, body: BaseModel, req_id: int = 0) -> None:
+        self.transport.send(endpoint, messages.control(kind, COORDINATOR, body, req_id))
 
     def broadcast(self, kind: MsgType, body: BaseModel, clients: bool = True) -> None:
         """To every node, then (with ``clients``) every attached training program."""
@@ -126,12 +126,24 @@ class Outbox:
         self.synced.discard(client_of(member.id))  # a program (re)started: it holds no membership
         self.transport.connect(client_of(member.id), member.client)
 
-    def forget(self, member: Member) -> None:
-        """Close the connections to a member that left or was lost."""
+    def forget(self, member: Member, lost: bool = False) -> None:
+        """Close the connections to a member that left or was lost.
+
+        A lost worker's program is told first (REFUSED): its node may be stopped rather than
+        dead, and the program, which updates the keys its node holds in place, must not go
+        on acknowledging updates of keys the homes now take back.
+        """
         self.synced.difference_update((member.id, client_of(member.id)))
         self.transport.forget(member.id)
-        if member.client is not None:
-            self.transport.forget(client_of(member.id))
+        if member.client is None:
+            return
+        if lost:
+            self.send(
+                client_of(member.id),
+                MsgType.REFUSED,
+                control.Refused(nonce="", reason=f"node {member.id} was declared lost"),
+            )
+        self.transport.forget(client_of(member.id), linger=1.0 if lost else 0.0)
 
     def connection_events(self) -> list[tuple[int, bool]]:
         """Watched members whose connection dropped (False) or came back (True) since the last

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from dynaps.contract import limits
+
 log = logging.getLogger(__name__)
 
-MAX_REPORTED_NAMES = 64  # distinct names for the job, and per worker rank
-MAX_NAME_LENGTH = 128
+# In the contract: the operator reads no more of a /status than this.
+MAX_REPORTED_NAMES = limits.MAX_REPORTED_NAMES  # distinct names for the job, and per worker rank
+MAX_NAME_LENGTH = limits.MAX_REPORTED_NAME_LENGTH
 
 
 class Reports:

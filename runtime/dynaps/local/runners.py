@@ -49,7 +49,7 @@ def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) 
 
 def _run_calls(ps: Any, conn: Connection) -> None:
     """A runner's loop: run each function sent down the pipe and send back what it returned."""
-    while not ps.control[0]:  # our node drains: this training process ends
+    while not ps.control[0]:  # our node drains or was declared lost: this training process ends
         try:
             item = conn.recv()
         except EOFError:

@@ -15,13 +15,15 @@ A node the coordinator declared lost (it was paused or cut off for too long) mus
 serve on: others now serve its keys.  It stops as soon as it learns so (:meth:`fence`): a
 MEMBERSHIP that lists it as lost or leaves it out, or the coordinator refusing its
 heartbeat (REFUSED); the process then exits with ``FENCED_EXIT_CODE``.  What it sent before
-is dropped by the others, who know it as lost.
+is dropped by the others, who know it as lost.  After a gap in its loop it serves nothing
+before the coordinator said it is still a member (:mod:`dynaps.node.waking`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from pydantic import BaseModel
 
 from dynaps.errors import ConfigError, ProtocolError
 from dynaps.node.server import NodeServer
+from dynaps.node.waking import WAKE_LIMIT, WAKE_RETRY, Frames, Waking
 from dynaps.store.checkpoint_files import contained, write_owned
 from dynaps.store.shardmap import ShardMap
 from dynaps.wire import control, joining, membership_deltas, messages
@@ -91,7 +94,10 @@ class ControlPlane:
         shell: Shell,
         drain_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        wake_gap: float = math.inf,
     ) -> None:
+        """``wake_gap``: seconds between two turns of the node's loop after which it asks the
+        coordinator before it serves again (half its silence limit; inf: never)."""
         self.server = server
         self.node_id = server.me
         self.role = role
@@ -107,6 +113,7 @@ class ControlPlane:
         self.abandoned = False  # left while draining, without a handover (no coordinator)
         self.checkpoint: CheckpointPause | None = None
         self.fenced = ""  # why the coordinator no longer counts this node as a member
+        self.waking = Waking(wake_gap)  # after a gap in the loop: data held until confirmed
         # the membership last applied; a MEMBERSHIP_DELTA that does not follow it asks for the whole
         self.follower = membership_deltas.Follower(self._ask_membership, clock)
         # shards homed here that were loaded from a checkpoint: their backups get them once the
@@ -124,8 +131,44 @@ class ControlPlane:
         """
         self.restored = shards
 
-    def send_coordinator(self, kind: MsgType, body: BaseModel) -> None:
-        self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body))
+    def send_coordinator(self, kind: MsgType, body: BaseModel, req_id: int = 0) -> None:
+        self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body, req_id))
+
+    @property
+    def wake_gap(self) -> float:
+        return self.waking.gap
+
+    @wake_gap.setter
+    def wake_gap(self, gap: float) -> None:
+        self.waking.gap = gap
+
+    # ------------------------------------------------------------------ after a gap in the loop
+
+    def turned(self, now: float) -> None:
+        """The node's loop turns at ``now`` (before it handles what it received)."""
+        if self.waking.turn(now) and not self.fenced:
+            log.warning(
+                "node %d: its loop did not run for more than %.1f s: it serves nothing until the "
+                "coordinator confirms it is still a member",
+                self.node_id,
+                self.waking.gap,
+            )
+            self._ask_if_member(now)
+
+    def _ask_if_member(self, now: float) -> None:
+        # the heartbeat first: REFUSED if we were declared lost, else it resets our silence
+        # before the PING is answered
+        self.send_coordinator(MsgType.HEARTBEAT, self.shell.heartbeat())
+        self.send_coordinator(MsgType.PING, control.Empty(), self.waking.ask(now))
+
+    def admit(self, frames: Frames) -> bool:
+        """Whether the node may handle a message it received now (else it was kept, or it is
+        fenced and drops it)."""
+        return not self.fenced and self.waking.admit(frames)
+
+    def take_released(self) -> list[Frames]:
+        """Data messages held after a gap, to handle now that the node serves again."""
+        return self.waking.take_released()
 
     # ------------------------------------------------------------------ membership
 
@@ -171,6 +214,7 @@ class ControlPlane:
         if self.fenced:
             return
         self.fenced = why
+        self.waking.drop()
         log.error("node %d: fenced, no longer a member of the job (%s): it stops", self.node_id, why)
         self.shell.stop_loop()
 
@@ -249,6 +293,11 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("CHECKPOINT from a non-coordinator")
                 self.on_checkpoint(control.body_of(msg, control.Checkpoint))
+            elif msg.type is MsgType.PONG and msg.sender == COORDINATOR:
+                if self.waking.confirmed(msg.req_id):
+                    log.warning(
+                        "node %d: the coordinator counts it as a member: it serves again", self.node_id
+                    )
             elif msg.type in (MsgType.STATS, MsgType.PING):
                 if msg.sender not in server.peers:
                     raise ProtocolError(f"{msg.type.name} from unknown endpoint {msg.sender}")
@@ -294,6 +343,17 @@ class ControlPlane:
         server = self.server
         if self.drain is not None:
             self.advance_drain(now)
+        waking = self.waking
+        if waking.since is not None and not self.fenced:
+            if now - waking.since >= WAKE_LIMIT:
+                log.warning(
+                    "node %d: no answer from the coordinator for %.0f s: it serves again",
+                    self.node_id,
+                    WAKE_LIMIT,
+                )
+                waking.release()
+            elif now - waking.asked_at >= WAKE_RETRY:
+                self._ask_if_member(now)
         server.recoveries.tick(now)
         server.lift_fence(now)
         if server.replication is not None:

@@ -4,7 +4,10 @@
   still point at them are pointed back at the keys' homes (:meth:`Departures.forget_departed`).
 * Nodes that **died** held keys a home must take back, with the home's last copy of
   their values, and were sending keys to nodes that now wait for them; the home re-sends
-  its own copy of those (:meth:`Departures.take_back_from_lost`).  Rebuilding the shards a
+  its own copy of those (:meth:`Departures.take_back_from_lost`).  Either loses what the
+  dead node did to them since that copy (all of it without replication, its last flush
+  interval with write-back), so the home tells the coordinator how many (TOOK_BACK), which
+  counts it as data loss.  Rebuilding the shards a
   dead *server* homed is :mod:`dynaps.node.recovery`'s job.
 * A node that **drains** gives every key it holds back to the key's home
   (:meth:`Departures.release_owned`).
@@ -26,8 +29,8 @@ import numpy.typing as npt
 from dynaps.node.context import NodeContext
 from dynaps.node.recovery import RecordsFor, resend_copies
 from dynaps.store.table_store import INCOMING, NOT_MOVING
-from dynaps.wire import messages, routing
-from dynaps.wire.protocol import MsgType
+from dynaps.wire import control, messages, routing
+from dynaps.wire.protocol import COORDINATOR, MsgType
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,9 @@ class Departures:
         """Nodes died: a home takes back the keys they held (its last copy of their values)
         and re-sends the keys they were sending to nodes that wait for them.
 
-        Returns the nodes not known to be lost before.
+        Returns the nodes not known to be lost before.  Tells the coordinator how many keys
+        it took back from each (TOOK_BACK): what their holder did to them since the home's
+        copy is lost.
         """
         node = self.node
         new = lost - self.lost
@@ -96,6 +101,9 @@ class Departures:
         dead = np.asarray(sorted(new), dtype=np.int16)
         for lost_node in new:
             self.on_lost(lost_node)
+        taken: dict[int, list[npt.NDArray[np.int64]]] = {
+            lost_node: [] for lost_node in new
+        }  # shards, per key
         for table, store in enumerate(node.stores):
             if store.owner is None or store.moving_from is None:
                 continue
@@ -103,11 +111,13 @@ class Departures:
             node.lock.acquire()
             try:
                 orphaned = np.flatnonzero(homed & np.isin(store.owner, dead))
+                holders = store.owner[orphaned]  # a copy (fancy indexing), before it changes
                 store.owner[orphaned] = node.me
                 store.moving_from[orphaned] = NOT_MOVING
                 store.loc[orphaned] = node.me
                 stranded = np.flatnonzero(homed & np.isin(store.moving_from, dead))
                 targets = store.owner[stranded]
+                senders = store.moving_from[stranded]
                 values = store.values.take(stranded, axis=0)
                 states = tuple(state.take(stranded, axis=0) for state in store.states)
             finally:
@@ -115,7 +125,8 @@ class Departures:
             node.table_stats[table]["keys_recovered"] += len(orphaned)
             if len(orphaned) or len(stranded):
                 log.warning(
-                    "node %d: table %s: took back %d keys of lost nodes %s, re-sent %d in flight",
+                    "node %d: table %s: took back %d keys of lost nodes %s and re-sent %d they were sending,"
+                    " with its own copy of their values (their last write-back under replication)",
                     node.me,
                     store.name,
                     len(orphaned),
@@ -123,6 +134,15 @@ class Departures:
                     len(stranded),
                 )
             resend_copies(node, table, stranded, targets, values, states, self.records_for)
+            num_keys = store.spec.num_keys
+            for lost_node, parts in taken.items():
+                keys = np.concatenate((orphaned[holders == lost_node], stranded[senders == lost_node]))
+                parts.append(node.shard_map.shard_of(keys.astype(np.int64), num_keys))
+        for lost_node, parts in taken.items():
+            shards = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            if len(shards):
+                took = control.TookBack(node=lost_node, keys=len(shards), shards=np.unique(shards).tolist())
+                node.send_frames(COORDINATOR, messages.control(MsgType.TOOK_BACK, node.me, took))
         return new
 
     def release_owned(self) -> int:

@@ -2,12 +2,16 @@
 
 For a migration of shards S from home A to home B:
 
-1. **pre-copy** (A): the directory entries of S's keys and the values (with updater
-   state) of the keys A owns go to B in chunks, one chunk per turn of A's loop, while A
-   keeps serving; keys changed after their chunk went are marked dirty;
+1. **pre-copy** (A): the directory entries of S's keys and A's rows of them (values with
+   updater state) go to B in chunks, one chunk per turn of A's loop, while A keeps
+   serving; keys changed after their chunk went (an update, a write-back, a transfer)
+   are marked dirty.  Rows travel for every key, also for keys a worker holds: A's row
+   of such a key is its write-back copy (under replication), which B must have to take
+   the key back when that worker dies, and which B's replica sync sends down the chain;
 2. **freeze** (A): requests that touch S are held; what changed is sent (the delta,
-   flagged FINAL); under replication A also sends a marker down S's backup chains after
-   the last rows it replicated (:meth:`Replication.flushed`);
+   flagged FINAL), with the applied-request records of S's keys, so a retry that reaches
+   B is answered there, not applied again; under replication A also sends a marker down
+   S's backup chains after the last rows it replicated (:meth:`Replication.flushed`);
 3. **ready** (B): B has staged everything and tells the coordinator, which **commits** a
    new shard-map epoch that homes S on B once the backups have passed A's marker on (so
    every update acknowledged before the freeze is on the backups that stay: rows from A
@@ -23,7 +27,8 @@ passing on arrives after its successor's predecessor changed; the home then serv
 held requests itself.
 
 No request for S is lost (held, then forwarded), none is applied twice (A freezes before
-the delta, B serves only after the commit), and only S's requests wait, briefly.
+the delta, B serves only after the commit, and a retry finds the records at B), and only
+S's requests wait, briefly.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.node.applied import AppliedRequests
 from dynaps.node.context import NodeContext
 from dynaps.store.shardmap import ShardMap, shard_of
 from dynaps.store.table_store import NOT_MOVING, TableStore
@@ -46,6 +52,9 @@ from dynaps.wire.protocol import COORDINATOR, FINAL, Message, MsgType
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20  # per turn of the node's loop: keeps request latency low during a copy
+# keys whose records travel in one part at the freeze: bounds the JSON as a replica sync's
+# SYNC_KEYS does (a receiver drops a body over MAX_BODY_BYTES, and the move would never end)
+RECORD_KEYS = 65536
 
 Keys = npt.NDArray[np.int64]
 
@@ -82,8 +91,11 @@ OnFrozen = Callable[[int, npt.NDArray[np.int64]], None]
 class Migrations:
     """A node's outgoing and incoming migrations."""
 
-    def __init__(self, node: NodeContext, on_frozen: OnFrozen | None = None) -> None:
+    def __init__(
+        self, node: NodeContext, applied: AppliedRequests, on_frozen: OnFrozen | None = None
+    ) -> None:
         self.node = node
+        self.applied = applied  # the node's records: the moved keys' go with the final parts
         self.on_frozen = on_frozen
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
@@ -145,13 +157,23 @@ class Migrations:
         self.tracking = any(not m.frozen for m in self.outgoing.values())
 
     def _freeze(self, migration: Outgoing) -> None:
+        """Hold the shards' requests, then send what changed since its chunk went, with the
+        records of the shards' keys (nothing changes them here any more), FINAL last."""
         node = self.node
         migration.frozen = True
         node.gate.block(migration.shards, node.shard_map.num_shards)
-        last = len(migration.keys) - 1
+        parts: list[tuple[int, Keys, dict[str, object] | None]] = []
         for table, keys in enumerate(migration.keys):
-            changed = keys[migration.dirty[table][keys]]
-            self._send_part(migration, table, changed, final=table == last)
+            dirty = migration.dirty[table]
+            for first in range(0, len(keys), RECORD_KEYS):
+                chunk = keys[first : first + RECORD_KEYS]
+                changed, records = chunk[dirty[chunk]], self.applied.records_for(chunk)
+                if len(changed) or records is not None:
+                    parts.append((table, changed, records))
+        if not parts:
+            parts.append((len(migration.keys) - 1, np.zeros(0, dtype=np.int64), None))
+        for index, (table, changed, records) in enumerate(parts):
+            self._send_part(migration, table, changed, final=index == len(parts) - 1, records=records)
         migration.dirty = []
         if self.on_frozen is not None:
             self.on_frozen(migration.id, migration.shards)
@@ -165,14 +187,20 @@ class Migrations:
             if migration.frozen:
                 self.on_frozen(migration.id, migration.shards)
 
-    def _send_part(self, migration: Outgoing, table: int, keys: Keys, final: bool) -> None:
+    def _send_part(
+        self,
+        migration: Outgoing,
+        table: int,
+        keys: Keys,
+        final: bool,
+        records: dict[str, object] | None = None,
+    ) -> None:
         node = self.node
         store = node.stores[table]
         assert store.owner is not None
         assert store.moving_from is not None
         node.lock.acquire()
         try:
-            owned = keys[store.loc[keys] == node.me]
             msg = messages.shard_copy(
                 node.me,
                 migration.id,
@@ -180,14 +208,14 @@ class Migrations:
                 keys,
                 store.owner[keys],
                 store.moving_from[keys],
-                owned,
-                store.values.take(owned, axis=0),
-                tuple(state.take(owned, axis=0) for state in store.states),
+                store.values.take(keys, axis=0),
+                tuple(state.take(keys, axis=0) for state in store.states),
                 final=final,
+                records=records,
             )
         finally:
             node.lock.release()
-        node.table_stats[table]["keys_migrated_out"] += len(owned)
+        node.table_stats[table]["keys_migrated_out"] += len(keys)
         node.send(migration.target, msg)
 
     def abort(self, migration_id: int) -> None:
@@ -212,10 +240,11 @@ class Migrations:
         """Stage a part of an incoming shard copy (nothing is served from it before the commit)."""
         node = self.node
         store = node.stores[msg.table]
-        assert msg.keys is not None
+        keys, values = msg.keys, msg.values
+        assert keys is not None
+        assert values is not None
         assert msg.dir_owner is not None
         assert msg.dir_moving is not None
-        assert msg.owned is not None
         if store.owner is None or store.moving_from is None:
             # dropped like any other bad message: the loop must go on serving
             node.note_malformed(ProtocolError(f"SHARD_COPY sent to node {node.me}, which homes no keys"))
@@ -223,16 +252,21 @@ class Migrations:
         self.incoming.setdefault(msg.req_id, Incoming(msg.req_id, msg.sender))
         node.lock.acquire()
         try:
-            store.owner[msg.keys] = msg.dir_owner
-            store.moving_from[msg.keys] = msg.dir_moving
-            if len(msg.owned):
-                assert msg.values is not None
-                store.values[msg.owned] = msg.values
-                for state, rows in zip(store.states, msg.states, strict=True):
-                    state[msg.owned] = rows
+            store.owner[keys] = msg.dir_owner
+            store.moving_from[keys] = msg.dir_moving
+            # a key this node holds itself (released to it when it homed the shard before)
+            # keeps its live row: the old home's is its older copy
+            copied = store.loc[keys] != node.me
+            if not copied.all():
+                keys, values = keys[copied], values[copied]
+            store.values[keys] = values
+            for state, rows in zip(store.states, msg.states, strict=True):
+                state[keys] = rows if copied.all() else rows[copied]
         finally:
             node.lock.release()
-        node.table_stats[msg.table]["keys_migrated_in"] += len(msg.owned)
+        # the records of the updates in these rows, for retries that now reach this node
+        self.applied.adopt_records(msg.records)
+        node.table_stats[msg.table]["keys_migrated_in"] += len(keys)
         if msg.flags & FINAL:
             ready = control.MigrateReady(id=msg.req_id)
             node.send_frames(COORDINATOR, messages.control(MsgType.MIGRATE_READY, node.me, ready))

@@ -26,13 +26,21 @@ from typing import Any
 import numpy as np
 
 from dynaps.config import job_secret, spin_seconds
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, FENCED_EXIT_CODE, RuntimeConfig, secret
+from dynaps.contract import (
+    CONFIG_ENV,
+    CONFIG_FILE_ENV,
+    FENCED_EXIT_CODE,
+    RuntimeConfig,
+    secret,
+    silence_limit_seconds,
+)
 from dynaps.errors import ClusterError
 from dynaps.node import metrics
 from dynaps.node.control_plane import ControlPlane
 from dynaps.node.server import NodeServer
 from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
+from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, attach_proof, pid_alive
@@ -49,7 +57,6 @@ ATTACH_ENV = "DYNAPS_ATTACH"
 CHILD_GRACE_SECONDS = 10.0
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
-CONTROL_BYTES = 64  # the small segment shared with the client; byte 0: draining
 
 
 class NodeProcess:
@@ -95,6 +102,7 @@ class NodeProcess:
         self.attach_server: AttachServer | None = None
         self.lock: SharedLock | NullLock = NullLock()
         self.control_segment: Segment | None = None
+        self.control_block: ControlBlock | None = None  # its views (dynaps.store.control_block)
         self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
         self.notices: Notices | None = None  # its localizes' completions (a worker's)
         self.metrics: exposition.MetricsServer | None = None
@@ -137,6 +145,9 @@ class NodeProcess:
         if worker:
             self.lock = SharedLock.create()
             self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
+            self.control_block = ControlBlock(self.control_segment.array)
+            self.control_block.set_pid(os.getpid())
+            self.control_block.beat(time.monotonic())
             words = (usage.words(len(self.config.tables)),)
             self.usage_segment = Segment.create("usage", words, np.dtype(np.int64))
             self.notices = Notices.create(self.lock)
@@ -165,7 +176,12 @@ class NodeProcess:
         # a message that fails authentication counts as malformed, like one that fails decoding
         self.transport.on_rejected = self.server.note_malformed
         self.control = ControlPlane(
-            self.server, self.role, self, self.config.rebalance_policy.drain_timeout_seconds
+            self.server,
+            self.role,
+            self,
+            self.config.rebalance_policy.drain_timeout_seconds,
+            # a loop still for half the coordinator's silence limit may have been declared lost
+            wake_gap=silence_limit_seconds(self.heartbeat_interval) / 2,
         )
         restore = self.config.fault_tolerance.checkpoint.restore_from
         restoring = bool(restore) and not worker and membership.phase is control.Phase.PREPARE
@@ -215,16 +231,20 @@ class NodeProcess:
     # ------------------------------------------------------------------ serving
 
     def run(self) -> int:
-        server = self.server
+        server, control = self.server, self.control
         assert server is not None
+        assert control is not None
         next_chores = 0.0
         while not self.stop.is_set():
             busy = server.migrations.tracking
             # spin: a client usually sends its next request right after our answer
             frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL, spin=True)
+            control.turned(time.monotonic())  # after a gap, data waits (dynaps.node.waking)
             if frames is not None:
                 self._handle(frames)
                 self._drain_inbox()
+            for held in control.take_released():
+                self._handle(held)
             if busy:
                 server.migrations.step()  # one pre-copy chunk per turn, between requests
             now = time.monotonic()
@@ -232,6 +252,8 @@ class NodeProcess:
                 next_chores = now + CHORES_INTERVAL
                 self._chores(now)
         assert self.control is not None
+        if self.control.fenced and self.control_block is not None:
+            self.control_block.fence()  # the program stops too (it may not read messages)
         if self.control.abandoned:
             return SIGTERM_EXIT_CODE  # terminated, not drained: to the operator, a lost pod
         return FENCED_EXIT_CODE if self.control.fenced else self.exit_code
@@ -253,10 +275,15 @@ class NodeProcess:
             self.dump_requested = False
             self._dump_state()
         self.control.tick(now)
+        if self.control_block is not None and not self.control.waking.holding:
+            # duties done (a write-back included): the program may go on updating in place
+            self.control_block.beat(now)
 
-    def _handle(self, frames: list[Any]) -> None:
+    def _handle(self, frames: Sequence[Any]) -> None:
         assert self.server is not None
         assert self.control is not None
+        if not self.control.admit(frames):
+            return  # held until the coordinator answers, or dropped by a fenced node
         msg = self.server.receive(frames)
         if msg is not None:
             self.control.on_message(msg)
@@ -365,8 +392,8 @@ class NodeProcess:
         self.stop.set()
 
     def tell_client_to_drain(self) -> None:
-        if self.control_segment is not None:
-            self.control_segment.array[0] = 1  # the training process raises Drained
+        if self.control_block is not None:
+            self.control_block.drain()  # the training process raises Drained
 
     def end_client(self) -> None:
         if self.child is not None and self.child.poll() is None:

@@ -58,14 +58,22 @@ SYNC_KEYS = 65536  # keys per replica-sync message
 # ACK ``count`` keys of a message to its requester, with their positions in the request
 Acknowledge = Callable[[Message, int, Positions | None], None]
 Records = dict[str, Any] | None  # applied-request records (AppliedRequests.records_for)
+# the rows of ``keys`` of a table changed here (a migration's pre-copy must send them again)
+Changed = Callable[[int, Keys], None]
 
 
 class Replication:
     def __init__(
-        self, node: NodeContext, flush_interval_ms: int, acknowledge: Acknowledge, applied: AppliedRequests
+        self,
+        node: NodeContext,
+        flush_interval_ms: int,
+        acknowledge: Acknowledge,
+        applied: AppliedRequests,
+        changed: Changed,
     ) -> None:
         self.node = node
         self.acknowledge = acknowledge
+        self.changed = changed  # a write-back stored rows of homed keys
         self.applied = applied  # the node's record of applied updates (a backup adds to it)
         self.write_through = flush_interval_ms == 0
         self.flush_interval = flush_interval_ms / 1000
@@ -331,6 +339,27 @@ class Replication:
                 # applied again (the records of keys that arrived went with their write-back)
                 self.write_back(table, held, None, NO_ENDPOINT, 0, records_of=unflushed)
 
+    def rehome(self, old: ShardMap, new: ShardMap) -> None:
+        """Held keys whose shard got a new home: write them back to it (at the next flush,
+        or now when writing through).  The old home's copy went to the new home with the
+        shard, but a write-back that reached the old home after its final delta (while the
+        shard was frozen, or before this node heard of the commit) did not: the new home
+        keeps rows only from a key's holder, so it drops them when the old home forwards
+        them."""
+        moved = np.flatnonzero(old.homes != new.homes)
+        if not len(moved):
+            return
+        node = self.node
+        for table, store in enumerate(node.stores):
+            keys = shard_keys(store, moved, new)
+            held = keys[(store.loc[keys] == node.me) & ~node.homed(table)[keys]]
+            if not len(held):
+                continue
+            if self.write_through:
+                self.write_back(table, held, None, NO_ENDPOINT, 0)
+            else:
+                self.dirty[table][held] = 1
+
     def on_writeback(self, msg: Message) -> None:
         """At the home: keep the rows of keys the sender holds (with the records of the
         updates they include), and replicate them; the chain's tail acknowledges a client's
@@ -368,6 +397,7 @@ class Replication:
             store.values[keys[current]] = values[current]
             for state, rows in zip(store.states, msg.states, strict=True):
                 state[keys[current]] = rows[current]
+            self.changed(msg.table, keys[current])
             leaving = store.moving_from[keys] == sender
         finally:
             node.lock.release()

@@ -122,9 +122,11 @@ class NodeServer:
         self.replication = (
             None
             if flush_interval_ms is None
-            else Replication(self, flush_interval_ms, self.acknowledge, self.applied)
+            else Replication(self, flush_interval_ms, self.acknowledge, self.applied, self._changed)
         )
-        self.migrations = Migrations(self, None if self.replication is None else self.replication.flushed)
+        self.migrations = Migrations(
+            self, self.applied, None if self.replication is None else self.replication.flushed
+        )
         self.recoveries = Recoveries(self, checkpoint_root, self.replication, self.applied.records_for)
         self.departures = Departures(self, on_lost=self._forget_lost, records_for=self.applied.records_for)
         self.relocations = Relocations(
@@ -252,6 +254,12 @@ class NodeServer:
             return
         self.replication.on_replicate(msg)
 
+    def _changed(self, table: int, keys: npt.NDArray[np.int64]) -> None:
+        """Rows of ``keys`` changed here outside a request (a write-back): a pre-copy that
+        sent them already must send them again."""
+        if self.migrations.tracking:
+            self.migrations.touch(table, keys)
+
     def _on_writeback(self, msg: Message) -> None:
         if self.replication is None:
             self.note_malformed(ProtocolError("WRITEBACK to a node of a job without replication"))
@@ -288,6 +296,7 @@ class NodeServer:
         old_map, self.shard_map = self.shard_map, new_map
         if self.replication is not None:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
+            self.replication.rehome(old_map, new_map)
             self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
             self.replication.rehome_deferred()
         self._homed.clear()

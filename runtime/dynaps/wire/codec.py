@@ -78,7 +78,7 @@ def encode(msg: Message) -> list[Any]:
         body = msg.body.model_dump_json(exclude_defaults=True).encode() if msg.body is not None else b"{}"
         return [head, body]
     if kind is MsgType.SHARD_COPY:
-        parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.owned, msg.values) if a is not None]
+        parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.values) if a is not None]
     else:
         parts = [a for a in (msg.keys, msg.positions, msg.values) if a is not None]
     parts.extend(msg.states)
@@ -205,10 +205,15 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     if table >= len(tables):
         raise ProtocolError(f"table index {table} out of range ({len(tables)} tables)")
     layout = tables[table]
-    if msg_type is MsgType.SHARD_COPY:
-        return _decode_shard_copy(msg, frames, layout)
     if with_states and aux != layout.num_states:
         raise ProtocolError(f"{msg_type.name} has {aux} state arrays, table has {layout.num_states}")
+    if flags & RECORDS:
+        if msg_type not in WITH_RECORDS or inline or len(frames) < 2:
+            raise ProtocolError(f"{msg_type.name} with records is malformed")
+        msg.records = _json_body(frames[-1:])
+        frames = frames[:-1]
+    if msg_type is MsgType.SHARD_COPY:
+        return _decode_shard_copy(msg, frames, layout)
     row_bytes = count * layout.row_bytes
     sizes = []
     if with_keys:
@@ -219,11 +224,6 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
         sizes.append(row_bytes)
     if with_states:
         sizes.extend([row_bytes] * aux)
-    if flags & RECORDS:
-        if msg_type not in WITH_RECORDS or inline or len(frames) < 2:
-            raise ProtocolError(f"{msg_type.name} with records is malformed")
-        msg.records = _json_body(frames[-1:])
-        frames = frames[:-1]
     if inline:
         if len(frames) != 1:
             raise ProtocolError(f"inline {msg_type.name} has {len(frames)} frames")
@@ -277,9 +277,9 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
 
 
 def _decode_shard_copy(msg: Message, frames: Sequence[Any], layout: TableLayout) -> Message:
-    count, owned = msg.count, msg.aux
-    rows = owned * layout.row_bytes
-    sizes = [count * 8, count * 2, count * 2, owned * 8, rows] + [rows] * layout.num_states
+    count = msg.count
+    rows = count * layout.row_bytes
+    sizes = [count * 8, count * 2, count * 2, rows] + [rows] * layout.num_states
     if msg.flags & INLINE:
         if len(frames) != 1 or len(frames[0]) != HEADER_SIZE + sum(sizes):
             raise ProtocolError("SHARD_COPY has the wrong size")
@@ -291,18 +291,15 @@ def _decode_shard_copy(msg: Message, frames: Sequence[Any], layout: TableLayout)
         buffers = list(frames[1:])
         offsets = [0] * len(sizes)
     keys = np.frombuffer(buffers[0], np.int64, count, offsets[0])
-    owned_keys = np.frombuffer(buffers[3], np.int64, owned, offsets[3])
-    for array in (keys, owned_keys):
-        if len(array) and (int(array.min()) < 0 or int(array.max()) >= layout.num_keys):
-            raise ProtocolError(f"SHARD_COPY keys outside [0, {layout.num_keys})")
+    if count and (int(keys.min()) < 0 or int(keys.max()) >= layout.num_keys):
+        raise ProtocolError(f"SHARD_COPY keys outside [0, {layout.num_keys})")
     msg.keys = keys
     msg.dir_owner = np.frombuffer(buffers[1], np.int16, count, offsets[1])
     msg.dir_moving = np.frombuffer(buffers[2], np.int16, count, offsets[2])
-    msg.owned = owned_keys
-    shape = (owned, layout.dim)
-    msg.values = np.frombuffer(buffers[4], layout.dtype, owned * layout.dim, offsets[4]).reshape(shape)
+    shape = (count, layout.dim)
+    msg.values = np.frombuffer(buffers[3], layout.dtype, count * layout.dim, offsets[3]).reshape(shape)
     msg.states = tuple(
-        np.frombuffer(buffers[5 + i], layout.dtype, owned * layout.dim, offsets[5 + i]).reshape(shape)
+        np.frombuffer(buffers[4 + i], layout.dtype, count * layout.dim, offsets[4 + i]).reshape(shape)
         for i in range(layout.num_states)
     )
     return msg

@@ -266,6 +266,16 @@ class Holding(_Body):
     shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
 
 
+class TookBack(_Body):
+    """TOOK_BACK (a home to the coordinator): it took back ``keys`` keys that lost node
+    ``node`` held (or was handing on), in ``shards``, with its own copy of their values (the
+    last write-back under replication): the updates since are lost."""
+
+    node: int = Field(ge=1, le=MAX_NODES)
+    keys: int = Field(ge=1)
+    shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
+
+
 class OwnersQuery(_Body):
     id: int = Field(ge=1)
     shards: list[int]
@@ -359,6 +369,7 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.MEMBERSHIP_QUERY: MembershipQuery,
     MsgType.HOLDING: Holding,
     MsgType.HOLDING_NOTED: Holding,
+    MsgType.TOOK_BACK: TookBack,
 }
 
 Body = TypeVar("Body", bound=BaseModel)

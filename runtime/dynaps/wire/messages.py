@@ -130,30 +130,22 @@ def shard_copy(
     keys: KeyArray,
     dir_owner: Any,
     dir_moving: Any,
-    owned: KeyArray,
     values: ValueArray,
     states: tuple[ValueArray, ...],
     *,
     final: bool,
+    records: dict[str, Any] | None = None,
 ) -> Message:
-    """SHARD_COPY (old home -> new home, a migration): directory entries of ``keys`` and
-    the rows of the ``owned`` ones (aux); ``final`` marks the migration's last part."""
-    return Message(
-        MsgType.SHARD_COPY,
-        sender,
-        sender,
-        migration_id,
-        table,
-        len(keys),
-        aux=len(owned),
-        flags=FINAL if final else 0,
-        keys=keys,
-        dir_owner=dir_owner,
-        dir_moving=dir_moving,
-        owned=owned,
-        values=values,
-        states=states,
-    )
+    """SHARD_COPY (old home -> new home, a migration): the directory entries and the rows
+    of ``keys`` (of every key: for a key a worker holds, the home's write-back copy), with
+    the applied-request records of the moved keys when it is sent at the freeze;
+    ``final`` marks the migration's last part."""
+    msg = _rows(MsgType.SHARD_COPY, sender, sender, migration_id, table, keys, values, states, None)
+    msg.flags = FINAL if final else 0
+    msg.dir_owner = dir_owner
+    msg.dir_moving = dir_moving
+    msg.records = records
+    return msg
 
 
 def owners(sender: int, recovery_id: int, table: int, keys: KeyArray, which: int) -> Message:

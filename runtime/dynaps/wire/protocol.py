@@ -33,8 +33,8 @@ Header (little-endian, 32 bytes)::
     epoch      u32  the sender's shard-map epoch
     request id u64  chosen by the requester, echoed in every reply
     count      u32  number of keys in the message (or acknowledged by it)
-    aux        u32  type-specific: HANDOFF target node; TRANSFER, REPLICATE, WRITEBACK
-                    state-array count; SHARD_COPY owned rows; OWNERS held/expected;
+    aux        u32  type-specific: HANDOFF target node; TRANSFER, REPLICATE, WRITEBACK,
+                    SHARD_COPY state-array count; OWNERS held/expected;
                     PUSH, SET the client's watermark (all its requests below are answered)
 
 Payload sections after the header, by type (``[x]`` is present when HAS_POSITIONS is set)::
@@ -49,8 +49,11 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     TRANSFER    keys values state*aux [records]   (flag RECORDS: a last JSON frame with
                 the applied-request records of these keys; flag RECOVERY: re-sent by a home)
     TRANSFER_DONE keys                     (new owner -> home: the keys arrived)
-    SHARD_COPY  keys owner moving owned values state*S   (old home -> new home, migration;
-                aux = number of owned rows, req_id = migration id, FINAL on the last part)
+    SHARD_COPY  keys owner moving values state*aux [records]   (old home -> new home, a
+                migration: the directory entries and the home's rows of every key, also of
+                keys a worker holds (their write-back copy); req_id = migration id, FINAL on
+                the last part; the parts sent at the freeze carry the applied-request
+                records of the shards' keys, flag RECORDS)
     OWNERS      keys                       (node -> recovering home; aux 1: held, 2: expected)
     REPLICATE   keys [positions] values state*aux [records]   (home -> backup: rows after
                 an update, the backup acknowledges the requester; a replica sync carries
@@ -167,6 +170,8 @@ class MsgType(enum.IntEnum):
     # targeted recovery (issue 15): a training process may hold keys of these shards
     HOLDING = 72
     HOLDING_NOTED = 73
+    # a home took back the keys a lost node held (issue 13: the loss is counted)
+    TOOK_BACK = 74
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
@@ -176,10 +181,12 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 FINAL = 4  # SHARD_COPY: the last part of a migration's copy
 RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
 RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
-RECORDS = 32  # TRANSFER, REPLICATE, WRITEBACK: a JSON frame follows with the applied-request records
+RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: a JSON frame follows: applied-request records
 
 
-WITH_RECORDS = frozenset({MsgType.TRANSFER, MsgType.REPLICATE, MsgType.WRITEBACK})  # may carry RECORDS
+WITH_RECORDS = frozenset(  # may carry RECORDS
+    {MsgType.TRANSFER, MsgType.REPLICATE, MsgType.SHARD_COPY, MsgType.WRITEBACK}
+)
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
 # Parts of these carry no positions (routing.subset).  A WRITEBACK's parts keep theirs: the
 # home's acknowledgement and its record of a written-through update name its positions.
@@ -242,9 +249,9 @@ class Message:
     states: tuple[ValueArray, ...] = ()
     dir_owner: npt.NDArray[np.int16] | None = None  # SHARD_COPY: the home's directory entries
     dir_moving: npt.NDArray[np.int16] | None = None
-    owned: KeyArray | None = None  # SHARD_COPY: the keys whose values travel with the shard
     body: BaseModel | None = None  # control types: the parsed body (dynaps.wire.control.BODIES)
-    records: dict[str, Any] | None = None  # TRANSFER, REPLICATE, WRITEBACK: applied-request records
+    # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: applied-request records of its keys
+    records: dict[str, Any] | None = None
     text: str = ""
 
     def __repr__(self) -> str:

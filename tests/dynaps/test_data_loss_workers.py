@@ -1,0 +1,141 @@
+"""A lost worker's keys count as data loss (issue 13, "Loss is counted and shown"; audit F8).
+
+The homes take back the keys a lost node held: with their last write-back under replication
+(what the worker updated since its last flush is lost), with their own copy from before the
+localize without (everything it updated is lost), with every acknowledged update under
+write-through (nothing is lost).  Each home tells the coordinator how many keys it took back
+(TOOK_BACK); the coordinator lists that in ``/status`` ``dataLoss`` beside lost servers'
+recoveries, and ``faultTolerance.onDataLoss: Fail`` ends the job.  The real Coordinator and
+a real NodeServer in-process; the test plays the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dynaps.contract import DATA_LOSS_EXIT_CODE
+from dynaps.coordinator.core import JobPhase
+from dynaps.wire import control
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
+from tests.dynaps.test_coordinator_core import Job
+from tests.dynaps.test_coordinator_replicas import lose
+from tests.dynaps.test_node_control_plane import WORKER, initial_map, make_node, membership
+
+WRITE_BACK: dict[str, Any] = {"fault_tolerance": {"replication": 1, "flush_interval_ms": 100}}
+WRITE_THROUGH: dict[str, Any] = {"fault_tolerance": {"replication": 1, "flush_interval_ms": 0}}
+
+
+# ---------------------------------------------------------------------- the homes
+
+
+def test_a_home_reports_the_keys_it_took_back_from_a_lost_worker_once() -> None:
+    plane, _, outbox = make_node(1)
+    server = plane.server
+    store = server.stores[0]
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2, WORKER])))
+    assert store.owner is not None
+    assert store.moving_from is not None
+    homed = np.flatnonzero(server.homed(0))
+    held, sending = homed[0], homed[-1]
+    store.owner[held] = store.loc[held] = WORKER  # localized by the worker
+    store.owner[sending] = 2  # the worker was handing it on to node 2
+    store.moving_from[sending] = WORKER
+    outbox.take([store.layout])
+    lost = control.Membership.model_validate(membership(initial_map(), [1, 2], lost=[WORKER]))
+    plane.apply_membership(lost)
+    reports = [(dest, msg) for dest, msg in outbox.take([store.layout]) if msg.type is MsgType.TOOK_BACK]
+    [(dest, msg)] = reports
+    shards = sorted(
+        {int(s) for s in server.shard_map.shard_of(np.array([held, sending]), store.spec.num_keys)}
+    )
+    assert dest == COORDINATOR
+    assert control.body_of(msg, control.TookBack) == control.TookBack(node=WORKER, keys=2, shards=shards)
+    plane.apply_membership(lost)  # the same loss again (a repeated membership): no second report
+    assert not [m for _, m in outbox.take([store.layout]) if m.type is MsgType.TOOK_BACK]
+
+
+def test_a_home_that_took_nothing_back_reports_nothing() -> None:
+    plane, _, outbox = make_node(1)
+    store = plane.server.stores[0]
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2, WORKER])))
+    outbox.take([store.layout])
+    plane.apply_membership(
+        control.Membership.model_validate(membership(initial_map(), [1, 2], lost=[WORKER]))
+    )
+    assert not [m for _, m in outbox.take([store.layout]) if m.type is MsgType.TOOK_BACK]
+
+
+# ---------------------------------------------------------------------- the coordinator
+
+
+@pytest.mark.parametrize(
+    ("settings", "cause", "says"),
+    [
+        (WRITE_BACK, "write-back", "flush interval (100 ms)"),
+        ({}, "home-copy", "before they were localized"),
+    ],
+    ids=["replicated", "not-replicated"],
+)
+def test_keys_taken_back_from_a_lost_worker_are_listed_as_data_loss(
+    settings: dict[str, Any], cause: str, says: str
+) -> None:
+    job = Job(servers=2, workers=2, num_shards=4, **settings)
+    (s1, s2), (_, w2) = job.start()
+    lose(job, w2)
+    assert job.status()["dataLoss"] == [], "nothing is known lost before a home says so"
+    job.tell(s1, MsgType.TOOK_BACK, {"node": w2, "keys": 7, "shards": [0, 1]})
+    job.tell(s2, MsgType.TOOK_BACK, {"node": w2, "keys": 3, "shards": [2]})
+    status = job.status()
+    losses = status["dataLoss"]
+    assert [(e["cause"], e["server"], e["shards"], e["keys"], e["keysCounted"]) for e in losses] == [
+        (cause, w2, [0, 1], 7, True),
+        (cause, w2, [2], 3, True),
+    ]
+    assert f"lost worker {w2}" in losses[0]["message"]
+    assert says in losses[0]["message"]
+    assert status["dataLossTotal"] == {"entries": 2, "keys": 10}
+    assert job.phase() is JobPhase.RUNNING  # onDataLoss: Continue by default
+
+
+def test_under_write_through_a_lost_worker_loses_nothing() -> None:
+    job = Job(servers=2, workers=2, num_shards=4, **WRITE_THROUGH)
+    (s1, _), (_, w2) = job.start()
+    lose(job, w2)
+    job.tell(s1, MsgType.TOOK_BACK, {"node": w2, "keys": 7, "shards": [0, 1]})
+    assert job.status()["dataLoss"] == []
+
+
+def test_a_report_about_a_node_that_is_not_lost_or_from_a_non_server_is_dropped() -> None:
+    job = Job(servers=2, workers=2, num_shards=4, **WRITE_BACK)
+    (s1, _), (w1, w2) = job.start()
+    job.tell(s1, MsgType.TOOK_BACK, {"node": w2, "keys": 7, "shards": [0]})  # w2 is alive
+    lose(job, w2)
+    job.tell(w1, MsgType.TOOK_BACK, {"node": w2, "keys": 7, "shards": [0]})  # a worker homes nothing
+    job.tell(s1, MsgType.TOOK_BACK, {"node": w2, "keys": 7, "shards": [99]})  # no such shard
+    assert job.status()["dataLoss"] == []
+
+
+def test_on_data_loss_fail_ends_the_job_when_a_lost_worker_s_keys_lost_updates() -> None:
+    job = Job(servers=2, workers=2, num_shards=4, fault_tolerance={"on_data_loss": "Fail"})
+    (s1, _), (_, w2) = job.start()
+    lose(job, w2)
+    job.tell(s1, MsgType.TOOK_BACK, {"node": w2, "keys": 5, "shards": [0]})
+    status = job.status()
+    assert status["exitCode"] == DATA_LOSS_EXIT_CODE
+    assert f"lost worker {w2}" in status["reason"]
+    assert job.phase() is JobPhase.STOPPING
+
+
+def test_the_program_of_a_lost_worker_is_told() -> None:
+    """Its node may be stopped, not dead: the program must not go on acknowledging updates
+    of keys the homes have taken back (see test_client_node_loss.py)."""
+    job = Job(servers=2, workers=2, num_shards=4, **WRITE_BACK)
+    _, (_, w2) = job.start()
+    lose(job, w2)
+    refused = [(e, b) for e, b in job.wire.take(MsgType.REFUSED) if e == client_of(w2)]
+    [(_, body)] = refused
+    assert f"node {w2} was declared lost" in body["reason"]
+    assert client_of(w2) not in job.wire.addresses, "its connection is closed after the message"
