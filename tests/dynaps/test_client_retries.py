@@ -75,11 +75,11 @@ def test_a_write_through_push_in_flight_is_sent_again_as_rows_not_as_its_delta()
     handle = client.table.push([KEY], ONE, wait=False)
     assert client.store.values[KEY].tolist() == [1.0]
     [(dest, first)] = client.transport.take()
-    assert (dest, first.type) == (HOME, MsgType.WRITEBACK)
+    assert (dest, first.type) == (WORKER, MsgType.WRITEBACK)  # by way of our node, on its path
     client.membership.apply(membership(2, [1, HOME], lost=(9,)))  # node 9, unrelated to KEY
     resent = client.transport.take()
     assert [(dest, msg.type, msg.req_id) for dest, msg in resent] == [
-        (HOME, MsgType.WRITEBACK, handle.req_id)
+        (WORKER, MsgType.WRITEBACK, handle.req_id)
     ]
     retry = resent[0][1]
     assert retry.values is not None
@@ -87,7 +87,7 @@ def test_a_write_through_push_in_flight_is_sent_again_as_rows_not_as_its_delta()
     assert (retry.values.tolist(), retry.positions.tolist()) == ([[1.0]], [0])
     # through real nodes: the home keeps our node's row, forwards nothing, and acknowledges
     home, ours = home_node(owner=WORKER), worker_node(WORKER, client.store)
-    deliver(client, {HOME: home, WORKER: ours}, [(HOME, first), *resent])
+    deliver(client, {HOME: home, WORKER: ours}, [(WORKER, first), *resent])
     assert handle.done()
     assert handle.error is None
     assert client.store.values[KEY].tolist() == [1.0]

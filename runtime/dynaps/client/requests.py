@@ -258,8 +258,15 @@ class Requests:
             self.send(dest, part)
 
     def write_back(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
-        """Write-through: send the current rows of local ``keys`` (at ``positions`` of the
-        request) to their homes, which acknowledge once they and their backups have them."""
+        """Write-through: have our node send the current rows of local ``keys`` (at
+        ``positions`` of the request) to their homes, which acknowledge once they and their
+        backups have them.
+
+        Through the node, not straight to the homes: the node writes the same keys through
+        for the updates it serves, and a home keeps the rows of a holder in the order they
+        come.  Rows sent on two paths (the client's and the node's) could arrive in the
+        other order, and older rows would replace newer ones that were acknowledged.
+        """
         handle.local = positions  # a retry sends these again as rows (see _retry_outstanding)
         self._send_rows(table, handle, keys, positions)
 
@@ -271,13 +278,11 @@ class Requests:
             states = tuple(state.take(keys, axis=0) for state in store.states)
         finally:
             self.lock.release()
-        homes = self.shard_map.home_of(keys, store.spec.num_keys)
         ep = self.endpoint
         rows = messages.rows(
             MsgType.WRITEBACK, ep, ep, handle.req_id, table, keys, values, states, positions=positions
         )
-        for home, part in routing.split_rows(rows, homes):
-            self.send(home, part)
+        self.send(self.node, rows)
 
     def localize(self, table: int, handle: Handle, fresh: Keys, waiting: Keys | None) -> None:
         """Ask the homes of ``fresh`` keys to move them here, and our node to tell us when

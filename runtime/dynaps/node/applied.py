@@ -14,6 +14,7 @@ worker's loss still makes clients retry.
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 
 import numpy as np
 import numpy.typing as npt
@@ -83,7 +84,9 @@ class AppliedRequests:
         positions = msg.positions if msg.positions is not None else np.arange(len(msg.keys), dtype=np.int32)
         return _marked(positions, seen)
 
-    def records_for(self, keys: Keys) -> dict[str, object] | None:
+    def records_for(
+        self, keys: Keys, among: Collection[tuple[int, int]] | None = None
+    ) -> dict[str, object] | None:
         """The records of requests applied here to any of ``keys``: they travel with the keys,
         so a retry that follows the keys to their next owner is recognised there too.
 
@@ -91,12 +94,22 @@ class AppliedRequests:
         holds, and the rest of a record stays here.  Records of old requests pass from owner
         to owner with every move, so shipping them whole made each relocation cost as much
         as the largest request ever applied to the table (issue 18: 5 ms per move in MF).
+        ``among``: only the records of these (requester, request) pairs (a write-back sends
+        those of the requests applied since the last one).
         """
-        records = [
-            (requester, req_id, positions, touched)
-            for requester, seen in self.applied.items()
-            for req_id, (positions, touched) in seen.items()
-        ]
+        if among is None:
+            records = [
+                (requester, req_id, positions, touched)
+                for requester, seen in self.applied.items()
+                for req_id, (positions, touched) in seen.items()
+            ]
+        else:
+            records = []
+            for requester, req_id in among:
+                seen = self.applied.get(requester)
+                record = None if seen is None else seen.get(req_id)
+                if record is not None:  # not forgotten since
+                    records.append((requester, req_id, *record))
         if not records or not len(keys):
             return None
         # one membership test for all records (a test per record cost more than the rest
@@ -119,19 +132,54 @@ class AppliedRequests:
             found.append([requester, req_id, shown, touched[mine].tolist()])
         return {"records": found} if found else None
 
-    def adopt_records(self, body: dict[str, object] | None) -> None:
+    def adopt_records(self, body: dict[str, object] | None, only: Keys | None = None) -> None:
+        """Remember the records that came with rows (:meth:`records_for` at their sender).
+
+        ``only``: the keys whose rows were kept here; the part of a record about other
+        keys is not true here and is left out.
+        """
         if not body:
             return
         records = body.get("records")
         if not isinstance(records, list):
             return
-        for record in records:
-            try:
-                requester, req_id, positions, touched = record
-                chosen = None if positions is None else np.asarray(positions, dtype=np.int32)
-                self.remember(int(requester), int(req_id), chosen, np.asarray(touched, dtype=np.int64))
-            except (TypeError, ValueError):
-                continue  # a malformed record protects nothing: skip it
+        parsed = [record for record in map(_parsed, records) if record is not None]
+        if only is not None and parsed:
+            # one membership test for all records (see records_for)
+            hit = _marked(np.concatenate([keys for *_, keys in parsed]), only)
+            ends = np.cumsum([len(keys) for *_, keys in parsed])
+            kept_parts = np.split(hit, ends[:-1])
+            parsed = [
+                (requester, req_id, _aligned(chosen, keys, kept), keys[kept])
+                for (requester, req_id, chosen, keys), kept in zip(parsed, kept_parts, strict=True)
+                if kept.any()
+            ]
+        for requester, req_id, chosen, keys in parsed:
+            self.remember(requester, req_id, chosen, keys)
+
+
+def _parsed(record: object) -> tuple[int, int, Positions | None, Keys] | None:
+    """One record from the wire, None if malformed (it protects nothing: skipped).  Keys
+    and positions must be non-negative: they index bitmaps here (``_marked``)."""
+    if not isinstance(record, list) or len(record) != 4:
+        return None
+    requester, req_id, positions, touched = record
+    try:
+        chosen = None if positions is None else np.asarray(positions, dtype=np.int32).reshape(-1)
+        keys = np.asarray(touched, dtype=np.int64).reshape(-1)
+        parsed = (int(requester), int(req_id), chosen, keys)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if (len(keys) and keys.min() < 0) or (chosen is not None and len(chosen) and chosen.min() < 0):
+        return None
+    return parsed
+
+
+def _aligned(positions: Positions | None, keys: Keys, kept: npt.NDArray[np.bool_]) -> Positions | None:
+    """The positions of the ``kept`` keys of a record (unaligned positions stay whole: safe)."""
+    if positions is None or len(positions) != len(keys):
+        return positions
+    return positions[kept]
 
 
 def _marked(values: npt.NDArray[np.integer], chosen: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
@@ -141,7 +189,9 @@ def _marked(values: npt.NDArray[np.integer], chosen: npt.NDArray[np.integer]) ->
     if not len(values) or not len(chosen):
         return np.zeros(len(values), dtype=np.bool_)
     top = int(max(values.max(), chosen.max())) + 1
-    if top > 4 * (len(values) + len(chosen)) + 65536:
+    # a bitmap of ``top`` bytes costs far less than isin's hashing up to tens of millions
+    # (1M keys: 0.09 ms against 7.6 ms for 50,000 chosen)
+    if top > 16 * (len(values) + len(chosen)) + (1 << 24):
         return np.isin(values, chosen)
     mark = np.zeros(top, dtype=np.bool_)
     mark[chosen] = True

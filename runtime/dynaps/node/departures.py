@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.node.context import NodeContext
-from dynaps.node.recovery import resend_copies
+from dynaps.node.recovery import RecordsFor, resend_copies
 from dynaps.store.table_store import INCOMING, NOT_MOVING
 from dynaps.wire import control, messages, routing
 from dynaps.wire.protocol import COORDINATOR, MsgType
@@ -40,9 +40,10 @@ RELOCATION_FENCE = 2.0  # seconds without relocations after a node is lost (see 
 class Departures:
     """Nodes that left or died, as this node knows them, and its own leaving."""
 
-    def __init__(self, node: NodeContext, on_lost: Callable[[int], None]) -> None:
+    def __init__(self, node: NodeContext, on_lost: Callable[[int], None], records_for: RecordsFor) -> None:
         self.node = node
         self.on_lost = on_lost  # a node died: whatever else the node must forget about it
+        self.records_for = records_for  # re-sent copies carry the records of their keys
         self.lost: set[int] = set()  # nodes that died: nothing is sent to them any more
         # After a node is lost, no key changes owner for a while: requests sent again by
         # their clients must find the keys where the originals were applied (and remembered).
@@ -132,7 +133,7 @@ class Departures:
                     sorted(new),
                     len(stranded),
                 )
-            resend_copies(node, table, stranded, targets, values, states)
+            resend_copies(node, table, stranded, targets, values, states, self.records_for)
             num_keys = store.spec.num_keys
             for lost_node, parts in taken.items():
                 keys = np.concatenate((orphaned[holders == lost_node], stranded[senders == lost_node]))

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +53,7 @@ _SOURCES = {  # for the log: where the keys nobody held came from
 }
 
 Keys = npt.NDArray[np.int64]
+RecordsFor = Callable[[Keys], dict[str, Any] | None]  # AppliedRequests.records_for
 
 
 @dataclass
@@ -66,10 +69,17 @@ class Rebuild:
 class Recoveries:
     """A home's shard rebuilds in progress, and the re-sends they scheduled."""
 
-    def __init__(self, node: NodeContext, checkpoint_root: str, replication: Replication | None) -> None:
+    def __init__(
+        self,
+        node: NodeContext,
+        checkpoint_root: str,
+        replication: Replication | None,
+        records_for: RecordsFor,
+    ) -> None:
         self.node = node
         self.checkpoint_root = checkpoint_root  # where checkpoints live (to rebuild from one)
         self.replication = replication  # a rebuilt shard is sent to its backup
+        self.records_for = records_for  # re-sent copies carry the records of their keys
         self.running: dict[int, Rebuild] = {}
         self.resend: list[tuple[float, int, Keys]] = []  # (when, table, keys) to re-send if still moving
         self.expected: set[int] = set()  # shards taken over from a dead home, held until rebuilt
@@ -249,7 +259,7 @@ class Recoveries:
                 states = tuple(state.take(still, axis=0) for state in store.states)
             finally:
                 node.lock.release()
-            resend_copies(node, table, still, targets, values, states)
+            resend_copies(node, table, still, targets, values, states, self.records_for)
 
 
 def resend_copies(
@@ -259,11 +269,16 @@ def resend_copies(
     targets: npt.NDArray[np.int16],
     values: npt.NDArray[np.generic],
     states: tuple[npt.NDArray[np.generic], ...],
+    records_for: RecordsFor,
 ) -> None:
     """Send a home's own copies of ``keys`` to the nodes that expect them (``targets``),
-    as RECOVERY transfers: applied only where a key is still expected."""
+    as RECOVERY transfers: applied only where a key is still expected.  Each carries the
+    home's records of its keys (those of the rows written back to it, too), like any
+    TRANSFER: a request sent again that reaches the new owner is not applied twice."""
     copies = messages.transfer(
         node.me, NO_ENDPOINT, 0, table, keys.astype(np.int64, copy=False), values, states, flags=RECOVERY
     )
     for target, part in routing.split_rows(copies, targets):
+        assert part.keys is not None
+        part.records = records_for(part.keys)
         node.send(target, part)

@@ -155,6 +155,8 @@ class Relocations:
                 self.migrations.touch(msg.table, keys)
         finally:
             node.lock.release()
+        if self.replication is not None:
+            self.replication.arrived(msg.table)
         queued = self.waiting[msg.table]
         if queued:
             self.waiting[msg.table] = []
@@ -247,22 +249,28 @@ class Relocations:
         if not len(keys):
             return
         if self.replication is not None:
-            self._protect_arrivals(msg.table, keys)
+            self._protect_arrivals(msg.table, keys, msg.records)
         node.table_stats[msg.table]["keys_received"] += len(keys)
         self._localized(msg.requester, msg.req_id, msg.table, len(keys))
         self._confirm_arrival(msg.table, msg.req_id, keys)
         self._replay(msg.table)
 
-    def _protect_arrivals(self, table: int, keys: npt.NDArray[np.int64]) -> None:
-        """Keys arrived: a home replicates them, any other holder writes them back soon."""
+    def _protect_arrivals(
+        self, table: int, keys: npt.NDArray[np.int64], records: dict[str, Any] | None
+    ) -> None:
+        """Keys arrived: a home replicates them; any other holder writes them back at once,
+        with the records that came with them, before it confirms their arrival on the same
+        path.  So the home has every update their last holder made before the move ends,
+        whichever of the two dies next (the home acknowledges an update written through
+        on the way only then: :meth:`Replication.arrived`)."""
         node = self.node
         assert self.replication is not None
         if node.stores[table].owner is not None:
             homed = node.homed(table)[keys]
             self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
-            self.replication.dirty[table][keys[~homed]] = 1
-        else:
-            self.replication.dirty[table][keys] = 1
+            keys = keys[~homed]
+        if len(keys):
+            self.replication.write_back(table, keys, None, NO_ENDPOINT, 0, records)
 
     def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
         """Tell the keys' homes that they arrived (TRANSFER_DONE)."""

@@ -36,7 +36,7 @@ from dynaps.node.serving import Serving, reply
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
-from dynaps.store.table_store import TableStore
+from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
@@ -128,8 +128,8 @@ class NodeServer:
         self.migrations = Migrations(
             self, self.applied, None if self.replication is None else self.replication.flushed
         )
-        self.recoveries = Recoveries(self, checkpoint_root, self.replication)
-        self.departures = Departures(self, on_lost=self._forget_lost)
+        self.recoveries = Recoveries(self, checkpoint_root, self.replication, self.applied.records_for)
+        self.departures = Departures(self, on_lost=self._forget_lost, records_for=self.applied.records_for)
         self.relocations = Relocations(
             self,
             self.dispatch,
@@ -257,10 +257,25 @@ class NodeServer:
             self.migrations.touch(table, keys)
 
     def _on_writeback(self, msg: Message) -> None:
-        if self.replication is None or self.stores[msg.table].owner is None:
-            self.note_malformed(ProtocolError("WRITEBACK to a node that homes nothing or does not replicate"))
-            return
-        self.replication.on_writeback(msg)
+        if self.replication is None:
+            self.note_malformed(ProtocolError("WRITEBACK to a node of a job without replication"))
+        elif self.stores[msg.table].owner is not None:
+            self.replication.on_writeback(msg)
+        elif msg.sender == client_of(self.me) and msg.keys is not None:
+            # our training process wrote through: its rows go on our path to the homes,
+            # behind (and never before) the rows we sent for the same keys.  Keys that left
+            # and are on their way back wait for their arrival: the rows here are stale
+            # (the update went with them), and their home already counts us as the owner.
+            incoming = self.stores[msg.table].loc[msg.keys] == INCOMING
+            if incoming.any():
+                self.relocations.queue(subset(msg, np.flatnonzero(incoming), msg.sender, msg.hops))
+                if incoming.all():
+                    return
+                msg = subset(msg, np.flatnonzero(~incoming), msg.sender, msg.hops)
+            assert msg.keys is not None
+            self.replication.write_back(msg.table, msg.keys, msg.positions, msg.requester, msg.req_id)
+        else:
+            self.note_malformed(ProtocolError("WRITEBACK to a worker from another endpoint than its client"))
 
     # ------------------------------------------------------------------ membership changes
 
@@ -279,6 +294,7 @@ class NodeServer:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
             self.replication.rehome(old_map, new_map)
             self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
+            self.replication.rehome_deferred()
         self._homed.clear()
         self.release_gate()
         self.relocations.retry_waiting()  # relocations of shards homed elsewhere now
@@ -329,6 +345,8 @@ class NodeServer:
         new = self.departures.take_back_from_lost(lost)
         if new:
             self.relocations.drop_requests_of(new)
+            if self.replication is not None:
+                self.replication.forget_deferred()
 
     def _forget_lost(self, node: int) -> None:
         self.transport.forget(node)

@@ -58,8 +58,9 @@ Payload sections after the header, by type (``[x]`` is present when HAS_POSITION
     REPLICATE   keys [positions] values state*aux [records]   (home -> backup: rows after
                 an update, the backup acknowledges the requester; a replica sync carries
                 the applied-request records of its keys, flag RECORDS)
-    WRITEBACK   keys [positions] values state*aux   (worker -> home: current rows of keys it
-                holds; with a client requester when writing through)
+    WRITEBACK   keys [positions] values state*aux [records]   (holder -> home: current rows
+                of keys it holds; with a client requester when writing through; flag RECORDS:
+                the applied-request records of the keys, as TRANSFER)
     LOCALIZED   (none)
     ERROR       utf-8 text
     control     utf-8 JSON body (REGISTER ... REJOIN), one pydantic model per type
@@ -180,11 +181,15 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 FINAL = 4  # SHARD_COPY: the last part of a migration's copy
 RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
 RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
-RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY: a JSON frame follows: applied-request records of the keys
+RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: a JSON frame follows: applied-request records
 
 
-WITH_RECORDS = frozenset({MsgType.TRANSFER, MsgType.REPLICATE, MsgType.SHARD_COPY})  # may carry RECORDS
+WITH_RECORDS = frozenset(  # may carry RECORDS
+    {MsgType.TRANSFER, MsgType.REPLICATE, MsgType.SHARD_COPY, MsgType.WRITEBACK}
+)
 CONTROL_TYPES = frozenset(t for t in MsgType if t >= MsgType.REGISTER)
+# Parts of these carry no positions (routing.subset).  A WRITEBACK's parts keep theirs: the
+# home's acknowledgement and its record of a written-through update name its positions.
 NO_POSITIONS = frozenset(
     {
         MsgType.LOCALIZE,
@@ -192,7 +197,6 @@ NO_POSITIONS = frozenset(
         MsgType.RELEASE,
         MsgType.TRANSFER_DONE,
         MsgType.OWNERS,
-        MsgType.WRITEBACK,
     }
 )
 
@@ -246,7 +250,8 @@ class Message:
     dir_owner: npt.NDArray[np.int16] | None = None  # SHARD_COPY: the home's directory entries
     dir_moving: npt.NDArray[np.int16] | None = None
     body: BaseModel | None = None  # control types: the parsed body (dynaps.wire.control.BODIES)
-    records: dict[str, Any] | None = None  # TRANSFER, REPLICATE, SHARD_COPY: applied-request records
+    # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: applied-request records of its keys
+    records: dict[str, Any] | None = None
     text: str = ""
 
     def __repr__(self) -> str:
