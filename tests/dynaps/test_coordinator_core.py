@@ -463,6 +463,21 @@ def test_a_server_that_leaves_before_its_incoming_shards_arrive_aborts_their_mig
     assert job.status()["migrationsInFlight"] == 0
 
 
+def test_a_server_that_leaves_while_it_homes_shards_counts_as_lost() -> None:
+    """Its copies went with it: the coordinator must not plan a move from it (that would
+    wait for ever) nor call it a clean departure; the loss path rebuilds or counts them."""
+    job = Job(servers=2, workers=1, num_shards=4)
+    (s1, s2), _ = job.start()
+    job.tell(s2, MsgType.LEFT, {})
+    status = job.status()
+    assert s2 in status["lost"]
+    assert status["migrationsInFlight"] == 0
+    assert not job.wire.take(MsgType.MIGRATE_OUT)
+    [(_, membership), *_] = job.memberships()
+    assert membership.shard_map["homes"] == [s1] * 4  # its shards go to the survivor
+    assert status["dataLoss"], "no replica: what it homed is counted as lost"
+
+
 def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
     job = Job(servers=3, workers=1, num_shards=6, fault_tolerance={"replication": 1})
     (s1, s2, s3), _ = job.start()

@@ -15,6 +15,7 @@ import pytest
 
 from dynaps.contract import NamedTable, Partition
 from dynaps.node.control_plane import COORDINATOR_GONE_SECONDS, LEAVE_LINGER, ControlPlane, Drain
+from dynaps.node.migration import Incoming
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
@@ -293,6 +294,25 @@ def test_a_server_drains_only_once_it_homes_no_shards() -> None:
     rehomed.homes[:] = 1
     plane.apply_membership(control.Membership.model_validate(membership(rehomed, [1, 2])))
     plane.tick(NOW + 1)
+    assert drain_of(plane) in (Drain.KEYS, Drain.LEFT)
+
+
+def test_a_draining_server_with_a_copy_whose_commit_it_has_not_seen_does_not_leave() -> None:
+    """It homes nothing in its own map, but a shard copy reached it: the coordinator may
+    already have made it the home (the commit is on its way), and leaving would take the
+    shard along (found by test_migration_model: the move from it then waited for ever)."""
+    plane, _, _ = make_node(2)
+    rehomed = initial_map()
+    rehomed.epoch += 1
+    rehomed.homes[:] = 1
+    plane.apply_membership(control.Membership.model_validate(membership(rehomed, [1, 2])))
+    plane.server.migrations.incoming[7] = Incoming(7, 1)  # what a SHARD_COPY from node 1 leaves
+    plane.on_message(order(MsgType.DRAIN, {}))
+    plane.tick(NOW)
+    plane.tick(NOW + 1)
+    assert drain_of(plane) is Drain.SHARDS
+    plane.on_message(order(MsgType.MIGRATE_ABORT, {"id": 7}))  # it never lands: now it may go
+    plane.tick(NOW + 2)
     assert drain_of(plane) in (Drain.KEYS, Drain.LEFT)
 
 

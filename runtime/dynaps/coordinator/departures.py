@@ -67,6 +67,13 @@ class Departures:
         self.settle()
 
     def left(self, member: Member) -> None:
+        if member.role == "server" and self.homes.is_home(member.id):
+            # It left with shards that are its own in the committed map (a node must wait
+            # for them to move away): its copies went with it, so it counts as lost: the
+            # backups take over, or the loss is counted, rather than wait for a move from it.
+            log.error("server %d left while it still homes shards: treated as lost", member.id)
+            self.lost(member)
+            return
         log.info("%s %d left", member.role, member.id)
         self.leases.release(member.id)
         self.roster.remove(member, lost=False)

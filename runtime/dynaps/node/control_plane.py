@@ -403,6 +403,10 @@ class ControlPlane:
         if self.drain is Drain.SHARDS:
             if self.node_id in server.shard_map.homes or server.migrations.outgoing:
                 return  # the coordinator moves our shards away first
+            if server.migrations.incoming:
+                # a copy reached us whose commit (or abort) we have not seen: the coordinator
+                # may already count us as its home, and leaving now would take the shard along
+                return
             backups = server.shard_map.backups
             if backups is not None and (backups == self.node_id).any():
                 return  # and hands our backups over once their new backups are synced
