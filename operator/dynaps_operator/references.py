@@ -26,6 +26,7 @@ from typing import Any
 
 from dynaps.contract import ParameterServerJob
 from dynaps_operator import names
+from dynaps_operator.security import role_templates
 
 USABLE_LABEL = "dynaps.io/usable-by-jobs"
 SECRET = "Secret"  # noqa: S105 (a kind, not a password)
@@ -48,15 +49,10 @@ def references(job: ParameterServerJob, job_name: str) -> list[Reference]:
     ConfigMap: role by role, then the checkpoint volume."""
     own = {(SECRET, names.secret_name(job_name)), (CONFIG_MAP, names.configmap_name(job_name))}
     found: list[Reference] = []
-    roles = (
-        ("coordinator", job.spec.coordinator),
-        ("servers", job.spec.servers),
-        ("workers", job.spec.workers),
-    )
-    for role, role_spec in roles:
-        spec = role_spec.template.get("spec")
+    for field, template in role_templates(job):
+        spec = template.get("spec")
         if isinstance(spec, dict):
-            found += _pod(f"spec.{role}.template.spec", spec)
+            found += _pod(f"{field}.spec", spec)
     volume = job.spec.fault_tolerance.checkpoint.volume
     found += _volume("spec.faultTolerance.checkpoint.volume", volume)
     return [r for r in found if r.name and (r.kind, r.name) not in own]

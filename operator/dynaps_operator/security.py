@@ -103,24 +103,28 @@ def harden(pod: JsonDict, *, enforce: bool) -> JsonDict:
     return pod
 
 
-def template_problems(job: ParameterServerJob) -> list[str]:
-    """What the job's templates ask for beyond a hardened pod, one line per field."""
-    problems: list[str] = []
+def role_templates(job: ParameterServerJob) -> list[tuple[str, dict[str, Any]]]:
+    """Each role's pod template with the field that holds it (``spec.servers.template``)."""
     roles = (
         ("coordinator", job.spec.coordinator),
         ("servers", job.spec.servers),
         ("workers", job.spec.workers),
     )
-    for role, role_spec in roles:
-        spec = role_spec.template.get("spec")
+    return [(f"spec.{role}.template", role_spec.template) for role, role_spec in roles]
+
+
+def template_problems(job: ParameterServerJob) -> list[str]:
+    """What the job's templates ask for beyond a hardened pod, one line per field."""
+    problems: list[str] = []
+    for field, template in role_templates(job):
+        spec = template.get("spec")
         if isinstance(spec, dict):
-            problems += _pod_problems(f"spec.{role}.template.spec", spec)
-        metadata = role_spec.template.get("metadata")
+            problems += _pod_problems(f"{field}.spec", spec)
+        metadata = template.get("metadata")
         annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
         for key, value in annotations.items() if isinstance(annotations, dict) else ():
             if str(key).startswith(_APPARMOR_ANNOTATION) and not _confined(value):
-                field = f"spec.{role}.template.metadata.annotations[{key}]"
-                problems.append(_refused(field, "no AppArmor profile"))
+                problems.append(_refused(f"{field}.metadata.annotations[{key}]", "no AppArmor profile"))
     problems += _volume_problems(
         "spec.faultTolerance.checkpoint.volume", job.spec.fault_tolerance.checkpoint.volume
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dynaps.client import requests, retry_holds
+from dynaps.client.handles import Handle
 from dynaps.contract import FaultTolerance
 from dynaps.node import control_plane
 from dynaps.node.server import NodeServer
@@ -115,21 +116,27 @@ def test_a_write_through_push_with_remote_keys_sends_each_part_again_its_own_way
     assert all(msg.req_id == handle.req_id for msg in resent.values())
 
 
+def pushed_at_other() -> tuple[Client, NodeServer, dict[int, NodeServer], Handle, tuple[int, Message]]:
+    """Push p of ONE to KEY, held by worker OTHER (KEY's home is HOME), applied there: the
+    client, OTHER, both nodes by id, p's handle, and OTHER's ACK to the client (not yet read)."""
+    client = Client()
+    client.store.loc[KEY] = OTHER
+    home, other = home_node(owner=OTHER), worker_node(OTHER)
+    p = client.table.push([KEY], ONE, wait=False)
+    [(dest, first)] = client.transport.take()
+    assert dest == OTHER
+    other.dispatch(first)
+    [ack] = sent_by(other)
+    return client, other, {HOME: home, OTHER: other}, p, ack
+
+
 def test_a_record_outlives_the_answer_while_a_retry_may_still_arrive() -> None:
     """F6: push p reaches worker OTHER, which holds KEY, and is applied; its ACK is unread
     when a loss makes the client send p again, to KEY's home.  The home is slow to take the
     retry (it waits there for the new shard map).  The client then reads the ACK (p is
     answered) and sends push q to OTHER: q's watermark must not let OTHER forget p, or the
     retry the home forwards later is applied a second time."""
-    client = Client()
-    client.store.loc[KEY] = OTHER
-    home, other = home_node(owner=OTHER), worker_node(OTHER)
-    nodes = {HOME: home, OTHER: other}
-    p = client.table.push([KEY], ONE, wait=False)
-    [(dest, first)] = client.transport.take()
-    assert dest == OTHER
-    other.dispatch(first)
-    [(to_client, ack)] = sent_by(other)  # not read yet
+    client, other, nodes, p, (to_client, ack) = pushed_at_other()  # its ACK not read yet
     client.membership.apply(membership(2, [1, HOME], lost=(9,)))
     [(dest, retry)] = client.transport.take()
     assert (dest, retry.req_id, bool(retry.flags & RETRY)) == (HOME, p.req_id, True)
@@ -247,15 +254,8 @@ def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(
     records), and left.  The client sends p again to the home, which answers it from the
     record; the original's late ACK is a duplicate."""
     monkeypatch.setattr(requests, "RESEND_UPDATES_AFTER_DEPARTURE", True)
-    client = Client()
-    client.store.loc[KEY] = OTHER
-    home, other = home_node(owner=OTHER), worker_node(OTHER)
-    nodes = {HOME: home, OTHER: other}
-    p = client.table.push([KEY], ONE, wait=False)
-    [(dest, first)] = client.transport.take()
-    assert dest == OTHER
-    other.dispatch(first)
-    [(to_client, ack)] = sent_by(other)  # read only at the end
+    client, other, nodes, p, (to_client, ack) = pushed_at_other()  # its ACK read only at the end
+    home = nodes[HOME]
     assert other.departures.release_owned() == 1  # OTHER drains: KEY goes back to HOME
     deliver(client, nodes, sent_by(other))
     assert home.stores[0].loc[KEY] == HOME
