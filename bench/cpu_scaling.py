@@ -83,6 +83,7 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("dynaps/node/migration.py", "migration, recovery, replication"),
     ("dynaps/node/recovery.py", "migration, recovery, replication"),
     ("dynaps/node/replication.py", "migration, recovery, replication"),
+    ("dynaps/node/writeback.py", "migration, recovery, replication"),
     ("dynaps/node/server.py", "data plane (serve, forward)"),
     ("dynaps/node/serving.py", "data plane (serve, forward)"),
     ("dynaps/node/gate.py", "data plane (serve, forward)"),

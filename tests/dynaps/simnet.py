@@ -385,9 +385,9 @@ class Cluster:
     def flush(self) -> None:
         """Every node writes back the keys it holds that changed (one flush interval)."""
         for server in self.live().values():
-            if server.replication is not None:
-                server.replication.flush(ALWAYS)
-                server.replication.last_flush = 0.0
+            if server.writeback is not None:
+                server.writeback.flush(ALWAYS)
+                server.writeback.last_flush = 0.0
 
     def resend(self) -> None:
         """The grace period of every rebuild ended: re-send keys still expected."""

@@ -86,7 +86,7 @@ def test_a_flush_reads_marks_the_training_process_sets_meanwhile() -> None:
     store.loc[:] = WORKER  # every key held here: a flush writes back whatever is marked
     outbox = Outbox()
     node = NodeServer(WORKER, outbox, [store], shard_map, NullLock(), flush_interval_ms=1)
-    assert node.replication is not None
+    assert node.writeback is not None
     dirty = store.dirty
     assert dirty is not None
     marked = np.random.default_rng(0).integers(0, num_keys, size=200_000)
@@ -100,11 +100,11 @@ def test_a_flush_reads_marks_the_training_process_sets_meanwhile() -> None:
     marker.start()
     try:
         for turn in range(1, 40):
-            node.replication.flush(now=float(turn))
+            node.writeback.flush(now=float(turn))
     finally:
         stop.set()
         marker.join()
-    node.replication.flush(now=1000.0)  # after the last mark
+    node.writeback.flush(now=1000.0)  # after the last mark
     written = [decode([bytes(memoryview(f)) for f in frames], node.layouts) for _, frames in outbox.sent]
     keys = np.concatenate([m.keys for m in written if m.type == MsgType.WRITEBACK and m.keys is not None])
     assert np.isin(marked, keys).all()

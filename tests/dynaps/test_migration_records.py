@@ -177,7 +177,7 @@ def test_a_write_back_during_the_pre_copy_reaches_the_new_home_in_the_final_delt
 def test_a_write_back_that_reaches_the_frozen_home_is_written_back_again(flush_interval_ms: int) -> None:
     """The final delta went before it: the worker writes the key back to its new home."""
     job = Job(replicated=True, worker_flush_ms=flush_interval_ms)
-    worker = job.nodes[W].replication
+    worker = job.nodes[W].writeback
     assert worker is not None
     job.worker_holds_key(7.0)
     job.start_move()
@@ -198,7 +198,7 @@ def test_a_worker_writes_back_only_held_keys_whose_home_changed() -> None:
     job = Job(replicated=True)
     job.store(W).loc[1] = W  # in shard 0: its home stays
     job.move_shard()
-    worker = job.nodes[W].replication
+    worker = job.nodes[W].writeback
     assert worker is not None
     worker.flush(now=1000.0)
     written = job.sent(W, MsgType.WRITEBACK, B)

@@ -100,8 +100,8 @@ def test_a_flush_brings_the_records_of_the_updates_it_writes_back() -> None:
     worker.stores[0].loc[5] = HOLDER
     worker.dispatch(push(CLIENT, 7, [5]))
     assert of_type(sent(worker, worker_out), MsgType.ACK)
-    assert worker.replication is not None
-    worker.replication.flush(now=1000.0)
+    assert worker.writeback is not None
+    worker.writeback.flush(now=1000.0)
     written = of_type(sent(worker, worker_out), MsgType.WRITEBACK)
     assert [dest for dest, _ in written] == [HOME]
     server, _ = server_node(100)

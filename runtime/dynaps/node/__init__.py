@@ -1,1 +1,1 @@
-"""A node: the server loop, its gate, migration, recovery, replication, departures and process."""
+"""A node: the server loop, its gate, migration, recovery, replication, write-back, departures and process."""

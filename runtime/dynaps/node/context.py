@@ -1,10 +1,10 @@
 """The narrow view of a node that its helpers work through.
 
-Serving, migrations, recoveries, replication, relocations and departures are parts of one
-node.  Each gets this view of it (plus explicit callbacks for the little else it needs)
-instead of the node itself, and each owns the state it changes: so no helper writes
-another's fields, none imports the server, and each can be driven in tests by a small
-stand-in.
+Serving, migrations, recoveries, replication, write-back, relocations and departures are
+parts of one node.  Each gets this view of it (plus explicit callbacks for the little else
+it needs) instead of the node itself, and each owns the state it changes: so no helper
+writes another's fields, none imports the server, and each can be driven in tests by a
+small stand-in.
 :class:`~dynaps.node.server.NodeServer` provides it.
 """
 

@@ -360,8 +360,8 @@ class ControlPlane:
                 self._ask_if_member(now)
         server.recoveries.tick(now)
         server.lift_fence(now)
-        if server.replication is not None:
-            server.replication.flush(now)
+        if server.writeback is not None:
+            server.writeback.flush(now)
         checkpoint = self.checkpoint
         if checkpoint is not None and not checkpoint.quiet and server.relocations.quiet():
             checkpoint.quiet = True

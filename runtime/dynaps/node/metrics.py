@@ -159,7 +159,7 @@ class NodeCollector(Collector):
         scrape = Scrape(FAMILIES)
         one = scrape.add
         one("dynaps_node_info", 1, str(server.me), self._role, "" if self._rank is None else str(self._rank))
-        replication = server.replication
+        writeback = server.writeback
         for index, store in enumerate(server.stores):
             table, row_bytes = store.name, store.layout.row_bytes
             counts = dict(server.table_stats[index])
@@ -177,10 +177,10 @@ class NodeCollector(Collector):
             one("dynaps_node_keys_recovered", counts["keys_rebuilt"], table, "rebuilt")
             one("dynaps_node_keys_recovered", counts["keys_recovered"], table, "taken_back")
             one("dynaps_node_owned_keys", _count(store.loc, server.me), table)
-            if replication is not None:
+            if writeback is not None:
                 one(
                     "dynaps_node_replication_dirty_keys",
-                    int(np.count_nonzero(replication.dirty[index])),
+                    int(np.count_nonzero(writeback.dirty[index])),
                     table,
                 )
             if self._usage is not None:
@@ -199,8 +199,8 @@ class NodeCollector(Collector):
             len(server.gate.held) + len(server.future) + len(server.parked) + server.relocations.queued_now()
         )
         one("dynaps_node_held_requests", held)
-        if replication is not None and replication.last_flush:
-            one("dynaps_node_replication_flush_age_seconds", time.monotonic() - replication.last_flush)
+        if writeback is not None and writeback.last_flush:
+            one("dynaps_node_replication_flush_age_seconds", time.monotonic() - writeback.last_flush)
         one("dynaps_node_shard_map_epoch", server.shard_map.epoch)
         yield from scrape.metrics()
 

@@ -26,6 +26,7 @@ from dynaps.node.applied import AppliedRequests
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import Migrations
 from dynaps.node.replication import Replication
+from dynaps.node.writeback import WriteBack
 from dynaps.store.notices import Notices
 from dynaps.store.table_store import INCOMING, NOT_MOVING
 from dynaps.wire import messages, routing
@@ -44,6 +45,7 @@ class Relocations:
         dispatch: Callable[[Message], None],
         migrations: Migrations,
         replication: Replication | None,
+        writeback: WriteBack | None,
         applied: AppliedRequests,
         fenced: Callable[[], bool],
         notices: Notices | None = None,
@@ -51,7 +53,8 @@ class Relocations:
         self.node = node
         self.dispatch = dispatch  # handles a request again once its keys arrived
         self.migrations = migrations  # notes keys that changed while a shard is copied
-        self.replication = replication
+        self.replication = replication  # a home replicates keys that arrive
+        self.writeback = writeback  # any other holder writes them back
         self.applied = applied  # its records travel with the keys (exactly once)
         self.fenced = fenced  # no key changes owner while a lost node's fence lasts
         # our own training process learns through shared memory that its localizes ended
@@ -155,8 +158,8 @@ class Relocations:
                 self.migrations.touch(msg.table, keys)
         finally:
             node.lock.release()
-        if self.replication is not None:
-            self.replication.arrived(msg.table)
+        if self.writeback is not None:
+            self.writeback.arrived(msg.table)
         queued = self.waiting[msg.table]
         if queued:
             self.waiting[msg.table] = []
@@ -262,15 +265,16 @@ class Relocations:
         with the records that came with them, before it confirms their arrival on the same
         path.  So the home has every update their last holder made before the move ends,
         whichever of the two dies next (the home acknowledges an update written through
-        on the way only then: :meth:`Replication.arrived`)."""
+        on the way only then: :meth:`WriteBack.arrived`)."""
         node = self.node
         assert self.replication is not None
+        assert self.writeback is not None
         if node.stores[table].owner is not None:
             homed = node.homed(table)[keys]
             self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
             keys = keys[~homed]
         if len(keys):
-            self.replication.write_back(table, keys, None, NO_ENDPOINT, 0, records)
+            self.writeback.write_back(table, keys, None, NO_ENDPOINT, 0, records)
 
     def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
         """Tell the keys' homes that they arrived (TRANSFER_DONE)."""

@@ -33,6 +33,7 @@ from dynaps.node.recovery import Recoveries
 from dynaps.node.relocation import Relocations
 from dynaps.node.replication import Replication
 from dynaps.node.serving import Serving, reply
+from dynaps.node.writeback import WriteBack
 from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
@@ -125,6 +126,8 @@ class NodeServer:
             if flush_interval_ms is None
             else Replication(self, flush_interval_ms, self.acknowledge, self.applied, self._changed)
         )
+        # the write-back of keys held away from their home (a part of replication)
+        self.writeback: WriteBack | None = None if self.replication is None else self.replication.writeback
         self.migrations = Migrations(
             self, self.applied, None if self.replication is None else self.replication.flushed
         )
@@ -135,6 +138,7 @@ class NodeServer:
             self.dispatch,
             self.migrations,
             self.replication,
+            self.writeback,
             self.applied,
             lambda: self.departures.fenced,
             notices,
@@ -257,10 +261,10 @@ class NodeServer:
             self.migrations.touch(table, keys)
 
     def _on_writeback(self, msg: Message) -> None:
-        if self.replication is None:
+        if self.writeback is None:
             self.note_malformed(ProtocolError("WRITEBACK to a node of a job without replication"))
         elif self.stores[msg.table].owner is not None:
-            self.replication.on_writeback(msg)
+            self.writeback.on_writeback(msg)
         elif msg.sender == client_of(self.me) and msg.keys is not None:
             # our training process wrote through: its rows go on our path to the homes,
             # behind (and never before) the rows we sent for the same keys.  Keys that left
@@ -273,7 +277,7 @@ class NodeServer:
                     return
                 msg = subset(msg, np.flatnonzero(~incoming), msg.sender, msg.hops)
             assert msg.keys is not None
-            self.replication.write_back(msg.table, msg.keys, msg.positions, msg.requester, msg.req_id)
+            self.writeback.write_back(msg.table, msg.keys, msg.positions, msg.requester, msg.req_id)
         else:
             self.note_malformed(ProtocolError("WRITEBACK to a worker from another endpoint than its client"))
 
@@ -290,11 +294,11 @@ class NodeServer:
             orphaned = (new_map.homes == self.me) & np.isin(self.shard_map.homes, list(lost))
             self.recoveries.expect(np.flatnonzero(orphaned), new_map.num_shards)
         old_map, self.shard_map = self.shard_map, new_map
-        if self.replication is not None:
+        if self.replication is not None and self.writeback is not None:
             self.replication.sync(old_map, new_map, self.recoveries.rebuilding())
-            self.replication.rehome(old_map, new_map)
+            self.writeback.rehome(old_map, new_map)
             self.migrations.refreeze()  # a chain that changed gets the marker at its new backups
-            self.replication.rehome_deferred()
+            self.writeback.rehome_deferred()
         self._homed.clear()
         self.release_gate()
         self.relocations.retry_waiting()  # relocations of shards homed elsewhere now
@@ -345,8 +349,8 @@ class NodeServer:
         new = self.departures.take_back_from_lost(lost)
         if new:
             self.relocations.drop_requests_of(new)
-            if self.replication is not None:
-                self.replication.forget_deferred()
+            if self.writeback is not None:
+                self.writeback.forget_deferred()
 
     def _forget_lost(self, node: int) -> None:
         self.transport.forget(node)
