@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynaps.client import requests, retry_holds
+from dynaps.client import retries, retry_holds
 from dynaps.client.handles import Handle
 from dynaps.contract import FaultTolerance
 from dynaps.node import control_plane
@@ -172,7 +172,7 @@ def test_an_id_sent_again_is_held_back_from_the_watermark_for_the_hold_time() ->
     answer (or its last send, if later), then no longer holds nodes' records back."""
     clock = Clock()
     client = Client()
-    client.requests.resent.clock = clock
+    client.requests.retries.resent.clock = clock
     client.store.loc[:] = HOME
     p = client.table.push([KEY], ONE, wait=False)
     [(_, first)] = client.transport.take()
@@ -219,7 +219,7 @@ def test_a_late_answer_to_a_request_sent_again_after_a_departure_is_ignored_quie
 
 
 def test_without_the_switch_a_departure_sends_no_update_again() -> None:
-    assert not requests.RESEND_UPDATES_AFTER_DEPARTURE  # see its comment before turning it on
+    assert not retries.RESEND_UPDATES_AFTER_DEPARTURE  # see its comment before turning it on
     client = Client()
     client.store.loc[:] = HOME
     client.table.push([KEY], ONE, wait=False)
@@ -231,7 +231,7 @@ def test_without_the_switch_a_departure_sends_no_update_again() -> None:
 def test_a_departure_sends_updates_in_flight_again_as_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the switch on, e7effb5's restriction is gone: a push in flight to a node that
     left goes again, marked RETRY, to the keys' home now, like a pull or a localize."""
-    monkeypatch.setattr(requests, "RESEND_UPDATES_AFTER_DEPARTURE", True)
+    monkeypatch.setattr(retries, "RESEND_UPDATES_AFTER_DEPARTURE", True)
     client = Client()
     client.store.loc[:] = HOME
     pushed = client.table.push([KEY], ONE, wait=False)
@@ -243,7 +243,7 @@ def test_a_departure_sends_updates_in_flight_again_as_retries(monkeypatch: pytes
         (1, "PUSH", True),
         (1, "SET", True),
     ]
-    assert pushed.req_id in client.requests.resent
+    assert pushed.req_id in client.requests.retries.resent
 
 
 def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(
@@ -253,7 +253,7 @@ def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(
     still unread), released KEY to its home while draining (the TRANSFER carries OTHER's
     records), and left.  The client sends p again to the home, which answers it from the
     record; the original's late ACK is a duplicate."""
-    monkeypatch.setattr(requests, "RESEND_UPDATES_AFTER_DEPARTURE", True)
+    monkeypatch.setattr(retries, "RESEND_UPDATES_AFTER_DEPARTURE", True)
     client, other, nodes, p, (to_client, ack) = pushed_at_other()  # its ACK read only at the end
     home = nodes[HOME]
     assert other.departures.release_owned() == 1  # OTHER drains: KEY goes back to HOME

@@ -7,9 +7,10 @@ serves the keys its node owns itself and hands the others here: one message per 
 :class:`~dynaps.client.handles.Handle`.  Forwarded replies teach the location cache.
 
 It owns what the request paths mutate: request ids and the Handles in flight, the shard
-map and epoch, the nodes gone (never a destination again) and the requests parked for
-them, the nodes lost, the counters, and whether the job has ended.  Messages that are not
-replies go to ``on_control`` (the PS's handler of the coordinator's messages).
+map and epoch, the counters, and whether the job has ended.  Messages that are not
+replies go to ``on_control`` (the PS's handler of the coordinator's messages).  What a
+new membership does to requests in flight (the nodes gone and lost, requests parked for
+them or sent again) is its :class:`~dynaps.client.retries.Retries`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.client.own_node import OwnNode
-from dynaps.client.retry_holds import RetryHolds
+from dynaps.client.retries import Retries
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store import usage
@@ -35,8 +36,7 @@ from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
-from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout, client_of, is_client
-from dynaps.wire.routing import group_by
+from dynaps.wire.protocol import Message, MsgType, TableLayout, client_of, is_client
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,6 @@ _OPERATION = {
     MsgType.SET: usage.OPERATIONS.index("push"),
     MsgType.LOCALIZE: usage.OPERATIONS.index("localize"),
 }
-
-
-# sent again when a node leaves: arriving twice changes nothing (see apply_membership)
-REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
-
-# Whether updates in flight (PUSH, SET) are sent again after a node leaves, as after a loss.
-# Exactly once for them needs the applied-request records to travel on every route a key
-# leaves a departing node by: TRANSFER (a held key released) carries them already; a
-# migration's SHARD_COPY and a worker's WRITEBACK do only with the node-side changes of
-# branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
-# merged it stays off, and a push sent to a node after it stopped forwarding times out.
-RESEND_UPDATES_AFTER_DEPARTURE = False
 
 
 class Requests:
@@ -116,15 +104,19 @@ class Requests:
         # reply needs the job secret anyway (every frame is authenticated), so this only
         # has to be unpredictable, not secret; 62 bits never wrap the u64 field.
         self._next_id = secrets.randbits(62) + 1
-        self.lost: set[int] = set()
-        self.gone: set[int] = set()  # nodes that left or died: never a destination again
-        self._parked: list[Message] = []  # requests for a gone node, sent on at the next membership
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
         self.notices = notices
         self.on_drain: Callable[[], None] | None = None  # run once before Drained is raised
-        # requests sent more than once: below the watermark a while longer, and their late
-        # answers are duplicates
-        self.resent = RetryHolds()
+        self.retries = Retries(
+            self.endpoint,
+            self.stores,
+            self.handles,
+            self.unsent,
+            self.counters,
+            self.send,
+            self._send_rows,
+            transport.forget,
+        )
 
     def stopped(self) -> NoReturn:
         """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
@@ -186,17 +178,16 @@ class Requests:
         """Every request below this id is answered and no copy of it can still arrive
         (32 low bits): nodes forget their records of requests below it."""
         oldest = min(self.handles) if self.handles else self._next_id
-        if self.resent:
-            held = self.resent.oldest()
-            if held is not None:
-                oldest = min(oldest, held)
+        held = self.retries.oldest_held()
+        if held is not None:
+            oldest = min(oldest, held)
         return oldest & 0xFFFFFFFF
 
     # -------------------------------------------------------------- sending
 
     def send(self, dest: int, msg: Message) -> None:
-        if dest in self.gone:
-            self._parked.append(msg)  # its node is gone and its keys have no home yet
+        if dest in self.retries.gone:
+            self.retries.park(msg)  # its node is gone and its keys have no home yet
             return
         self.counters["messages_sent"] += 1
         msg.epoch = self.epoch
@@ -215,12 +206,13 @@ class Requests:
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
         ep = self.endpoint
+        gone = self.retries.gone
         if dest == INCOMING:
             dest = self.node
-        elif dest in self.gone:  # a node that left: ask the home
+        elif dest in gone:  # a node that left: ask the home
             dest = int(self.shard_map.home_of(keys[:1], self.stores[table].spec.num_keys)[0])
-        if dest in self.gone:
-            self._parked.append(messages.request(kind, ep, req_id, table, keys, values=rows))
+        if dest in gone:
+            self.retries.park(messages.request(kind, ep, req_id, table, keys, values=rows))
             return
         self.counters["messages_sent"] += 1
         if rows is None:
@@ -245,8 +237,8 @@ class Requests:
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
         dests = np.where(owners == INCOMING, self.node, owners) if (owners == INCOMING).any() else owners
-        if self.gone:  # cached owners that left or died: ask the keys' homes instead
-            gone = np.isin(dests, np.fromiter(self.gone, dtype=np.int16))
+        if self.retries.gone:  # cached owners that left or died: ask the keys' homes instead
+            gone = np.isin(dests, np.fromiter(self.retries.gone, dtype=np.int16))
             if gone.any():
                 dests = dests.copy()
                 dests[gone] = self.shard_map.home_of(keys[idx[gone]], self.stores[table].spec.num_keys)
@@ -267,7 +259,7 @@ class Requests:
         come.  Rows sent on two paths (the client's and the node's) could arrive in the
         other order, and older rows would replace newer ones that were acknowledged.
         """
-        handle.local = positions  # a retry sends these again as rows (see _retry_outstanding)
+        handle.local = positions  # a retry sends these again as rows (see Retries._retry_outstanding)
         self._send_rows(table, handle, keys, positions)
 
     def _send_rows(self, table: int, handle: Handle, keys: Keys, positions: npt.NDArray[np.int32]) -> None:
@@ -300,94 +292,12 @@ class Requests:
     # -------------------------------------------------------------- membership changes
 
     def apply_membership(self, shard_map: ShardMap, gone: set[int], lost: set[int]) -> None:
-        """A new membership: ``gone`` nodes left or died (``lost``: died).
-
-        Requests parked for gone nodes go where their keys live now; requests in flight to
-        newly lost nodes are sent again.  When a node has left, pulls and localizes in flight
-        are sent again too: a node that left forwards stragglers only for a while
-        (``LEAVE_LINGER``), and a request sent with a shard map from before it left (a
-        program that read no reply for longer, or a localize held back for the coordinator's
-        note) may reach it after that, or never.  Those two may arrive twice.  Updates in
-        flight go again as well only when RESEND_UPDATES_AFTER_DEPARTURE is on: they are
-        applied once only if the node that applied the original handed its records on.
-        """
-        departed = gone - self.gone - lost
-        self.gone |= gone
+        """A new membership: ``gone`` nodes left or died (``lost``: died).  The newest shard
+        map is kept; what it does to requests parked or in flight: :meth:`Retries.apply`."""
         if not hasattr(self, "shard_map") or shard_map.epoch >= self.shard_map.epoch:
             self.shard_map = shard_map
             self.epoch = shard_map.epoch
-        if self._parked:  # homes may have changed: send them where the keys live now
-            parked, self._parked = self._parked, []
-            for msg in parked:
-                assert msg.keys is not None
-                homes = self.shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
-                for home, part in routing.split(msg, homes, np.arange(msg.count), self.endpoint):
-                    self.send(home, part)
-        fresh = lost - self.lost
-        if fresh:
-            self.lost |= fresh
-            for node in fresh:
-                self.transport.forget(node)
-                self.transport.forget(client_of(node))
-        if fresh:
-            self._retry_outstanding()
-        elif departed:
-            self._retry_outstanding(None if RESEND_UPDATES_AFTER_DEPARTURE else REPEATABLE)
-
-    def _retry_outstanding(self, kinds: frozenset[MsgType] | None = None) -> None:
-        """Nodes died (or left: only ``kinds``): requests in flight may have died with them.
-        Send what is not yet answered again, to the keys' homes (which know the owners after
-        recovery); an update that arrives twice is applied once (``RETRY``,
-        :mod:`dynaps.node.applied`).
-
-        The part of a write-through update that this process applied itself goes again as
-        the keys' current rows (a write-back), never as the update: no node recorded it
-        (it was applied here, in shared memory), so a node would apply it a second time.
-        Rows that arrive twice change nothing.  Every request sent again is held below the
-        watermark for a while (:mod:`dynaps.client.retry_holds`)."""
-        for handle in list(self.handles.values()):
-            keys = handle.keys
-            if keys is None or (kinds is not None and handle.kind not in kinds):
-                continue
-            if handle.req_id in self.unsent:
-                continue  # its first send waits for the coordinator (client/holdings.py)
-            if handle.kind is MsgType.LOCALIZE:
-                idx = np.arange(len(keys))
-            elif handle.mask is not None:
-                idx = np.flatnonzero(~handle.mask)
-            else:
-                idx = np.arange(len(keys))
-                handle.mask = np.zeros(len(keys), dtype=np.bool_)
-            if not len(idx):
-                continue
-            self.counters["requests_retried"] += 1
-            self.resent.hold(handle.req_id)
-            if handle.local is not None:
-                here = np.isin(idx, handle.local)
-                if here.any():
-                    rewritten = idx[here]
-                    self._send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
-                    idx = idx[~here]
-                    if not len(idx):
-                        continue
-            num_keys = self.stores[handle.index].spec.num_keys
-            homes = self.shard_map.home_of(keys[idx], num_keys)
-            for home, part in group_by(homes):
-                chosen = idx if part is None else idx[part]
-                positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
-                rows = handle.rows[chosen] if handle.rows is not None else None
-                retry = messages.request(
-                    handle.kind,
-                    self.endpoint,
-                    handle.req_id,
-                    handle.index,
-                    keys[chosen],
-                    values=rows,
-                    positions=positions,
-                    epoch=self.epoch,
-                    flags=RETRY,
-                )
-                self.send(home, retry)
+        self.retries.apply(self.shard_map, self.epoch, gone, lost)
 
     # -------------------------------------------------------------- receiving
 
@@ -452,7 +362,7 @@ class Requests:
     def _absorb(self, msg: Message) -> None:
         handle = self.handles.get(msg.req_id)
         if handle is None:
-            if msg.req_id in self.resent or self.lost:
+            if self.retries.late(msg.req_id):
                 return  # a late answer to a request that was sent again: already done
             raise ProtocolError(f"reply for unknown request {msg.req_id}")
         if msg.type not in ANSWERS[handle.kind]:
@@ -469,7 +379,7 @@ class Requests:
             self._learn_owner(msg.table, handle, positions, msg.sender)
         if handle.done():
             del self.handles[msg.req_id]
-            self.resent.renew(msg.req_id)
+            self.retries.answered(msg.req_id)
             elapsed = time.perf_counter_ns() - handle.started
             self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
             if handle.on_done is not None and handle.error is None and handle.out is not None:

@@ -1,0 +1,182 @@
+"""What happens to requests in flight when the job's membership changes.
+
+:class:`Retries` is the part of :class:`~dynaps.client.requests.Requests` that follows the
+nodes gone (left or died: never a destination again) and lost (died).  A request for a
+gone node is parked here until the next membership says where its keys live; after a loss
+(or, for some kinds, a departure) what is not yet answered is sent again, marked RETRY, to
+the keys' homes; and a request sent again is held below the watermark a while longer
+(:mod:`dynaps.client.retry_holds`), its late answers known as duplicates.
+
+It sends through the callbacks it is given (the requests' ``send`` and write-back of rows),
+and goes through the Handles in flight and the requests whose first send waits, which the
+requests own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence, Set
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.client.handles import Handle, Keys
+from dynaps.client.retry_holds import RetryHolds
+from dynaps.store.shardmap import ShardMap
+from dynaps.store.table_store import TableStore
+from dynaps.wire import messages, routing
+from dynaps.wire.protocol import RETRY, Message, MsgType, client_of
+from dynaps.wire.routing import group_by
+
+# sent again when a node leaves: arriving twice changes nothing (see Retries.apply)
+REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
+
+# Whether updates in flight (PUSH, SET) are sent again after a node leaves, as after a loss.
+# Exactly once for them needs the applied-request records to travel on every route a key
+# leaves a departing node by: TRANSFER (a held key released) carries them already; a
+# migration's SHARD_COPY and a worker's WRITEBACK do only with the node-side changes of
+# branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
+# merged it stays off, and a push sent to a node after it stopped forwarding times out.
+RESEND_UPDATES_AFTER_DEPARTURE = False
+
+# a request's table, the request, its keys, their positions in it
+SendRows = Callable[[int, Handle, Keys, npt.NDArray[np.int32]], None]
+
+
+class Retries:
+    """The nodes gone and lost, the requests parked for them, and the requests sent again."""
+
+    def __init__(
+        self,
+        endpoint: int,
+        stores: Sequence[TableStore],
+        handles: Mapping[int, Handle],
+        unsent: Set[int],
+        counters: dict[str, int],
+        send: Callable[[int, Message], None],
+        send_rows: SendRows,
+        forget: Callable[[int], None],
+    ) -> None:
+        """``handles``, ``unsent``, ``counters``: the requests' own (the retries are counted
+        in ``counters``); ``send``: the requests' send; ``send_rows``: their write-back of
+        the current rows of local keys; ``forget``: the transport's."""
+        self.endpoint = endpoint
+        self.stores = stores
+        self.handles = handles
+        self.unsent = unsent
+        self.counters = counters
+        self.send = send
+        self.send_rows = send_rows
+        self.forget = forget
+        self.lost: set[int] = set()
+        self.gone: set[int] = set()  # nodes that left or died: never a destination again
+        self.parked: list[Message] = []  # requests for a gone node, sent on at the next membership
+        # requests sent more than once: below the watermark a while longer, and their late
+        # answers are duplicates
+        self.resent = RetryHolds()
+
+    def park(self, msg: Message) -> None:
+        """``msg`` is for a gone node: send it on at the next membership."""
+        self.parked.append(msg)
+
+    def oldest_held(self) -> int | None:
+        """The oldest request sent again that is still held below the watermark (None: none)."""
+        return self.resent.oldest() if self.resent else None
+
+    def answered(self, req_id: int) -> None:
+        """``req_id`` completed: if it was sent again, its other copy may still be on its way."""
+        self.resent.renew(req_id)
+
+    def late(self, req_id: int) -> bool:
+        """Whether an answer to ``req_id``, which is no longer in flight, may be a late one
+        (the request was sent again, or a node was lost) rather than a protocol error."""
+        return req_id in self.resent or bool(self.lost)
+
+    def apply(self, shard_map: ShardMap, epoch: int, gone: set[int], lost: set[int]) -> None:
+        """A new membership: ``gone`` nodes left or died (``lost``: died); ``shard_map`` and
+        ``epoch``: the requests' newest.
+
+        Requests parked for gone nodes go where their keys live now; requests in flight to
+        newly lost nodes are sent again.  When a node has left, pulls and localizes in flight
+        are sent again too: a node that left forwards stragglers only for a while
+        (``LEAVE_LINGER``), and a request sent with a shard map from before it left (a
+        program that read no reply for longer, or a localize held back for the coordinator's
+        note) may reach it after that, or never.  Those two may arrive twice.  Updates in
+        flight go again as well only when RESEND_UPDATES_AFTER_DEPARTURE is on: they are
+        applied once only if the node that applied the original handed its records on.
+        """
+        departed = gone - self.gone - lost
+        self.gone |= gone
+        if self.parked:  # homes may have changed: send them where the keys live now
+            parked, self.parked = self.parked, []
+            for msg in parked:
+                assert msg.keys is not None
+                homes = shard_map.home_of(msg.keys, self.stores[msg.table].spec.num_keys)
+                for home, part in routing.split(msg, homes, np.arange(msg.count), self.endpoint):
+                    self.send(home, part)
+        fresh = lost - self.lost
+        if fresh:
+            self.lost |= fresh
+            for node in fresh:
+                self.forget(node)
+                self.forget(client_of(node))
+        if fresh:
+            self._retry_outstanding(shard_map, epoch)
+        elif departed:
+            self._retry_outstanding(shard_map, epoch, None if RESEND_UPDATES_AFTER_DEPARTURE else REPEATABLE)
+
+    def _retry_outstanding(
+        self, shard_map: ShardMap, epoch: int, kinds: frozenset[MsgType] | None = None
+    ) -> None:
+        """Nodes died (or left: only ``kinds``): requests in flight may have died with them.
+        Send what is not yet answered again, to the keys' homes (which know the owners after
+        recovery); an update that arrives twice is applied once (``RETRY``,
+        :mod:`dynaps.node.applied`).
+
+        The part of a write-through update that this process applied itself goes again as
+        the keys' current rows (a write-back), never as the update: no node recorded it
+        (it was applied here, in shared memory), so a node would apply it a second time.
+        Rows that arrive twice change nothing.  Every request sent again is held below the
+        watermark for a while (:mod:`dynaps.client.retry_holds`)."""
+        for handle in list(self.handles.values()):
+            keys = handle.keys
+            if keys is None or (kinds is not None and handle.kind not in kinds):
+                continue
+            if handle.req_id in self.unsent:
+                continue  # its first send waits for the coordinator (client/holdings.py)
+            if handle.kind is MsgType.LOCALIZE:
+                idx = np.arange(len(keys))
+            elif handle.mask is not None:
+                idx = np.flatnonzero(~handle.mask)
+            else:
+                idx = np.arange(len(keys))
+                handle.mask = np.zeros(len(keys), dtype=np.bool_)
+            if not len(idx):
+                continue
+            self.counters["requests_retried"] += 1
+            self.resent.hold(handle.req_id)
+            if handle.local is not None:
+                here = np.isin(idx, handle.local)
+                if here.any():
+                    rewritten = idx[here]
+                    self.send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
+                    idx = idx[~here]
+                    if not len(idx):
+                        continue
+            num_keys = self.stores[handle.index].spec.num_keys
+            homes = shard_map.home_of(keys[idx], num_keys)
+            for home, part in group_by(homes):
+                chosen = idx if part is None else idx[part]
+                positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
+                rows = handle.rows[chosen] if handle.rows is not None else None
+                retry = messages.request(
+                    handle.kind,
+                    self.endpoint,
+                    handle.req_id,
+                    handle.index,
+                    keys[chosen],
+                    values=rows,
+                    positions=positions,
+                    epoch=epoch,
+                    flags=RETRY,
+                )
+                self.send(home, retry)
