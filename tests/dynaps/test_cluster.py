@@ -218,6 +218,22 @@ def test_an_exception_in_a_worker_is_reported_with_its_rank(cluster: dynaps.Loca
     assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"
 
 
+def failing_in_turn(ps: dynaps.PS) -> None:
+    if ps.rank == 2:
+        raise RuntimeError("first: rank 2")
+    if ps.rank == 0:
+        time.sleep(1.0)  # after rank 2's error has come
+        raise RuntimeError("later: rank 0")
+
+
+def test_every_failed_rank_is_reported_first_to_last(cluster: dynaps.LocalCluster) -> None:
+    """The first error is usually the cause (the others may be barriers it left waiting)."""
+    with pytest.raises(dynaps.ClusterError, match=r"rank\(s\) 2, 0, first to last") as info:
+        cluster.run(failing_in_turn)
+    text = str(info.value)
+    assert text.index("first: rank 2") < text.index("later: rank 0")
+
+
 def test_shutdown_leaves_no_process_and_releases_every_port() -> None:
     tables = {"W": dynaps.TableSpec(num_keys=100, dim=2)}
     cluster = dynaps.LocalCluster(servers=2, workers=2, tables=tables)

@@ -116,8 +116,11 @@ class Job:
                 raise DynapsTimeoutError(f"{self._name} did not finish within {timeout} s")
             self._collect(0.2)
         if self._errors:
-            rank, text = min(self._errors.items())
-            raise ClusterError(f"{self._name} failed on worker rank {rank}:\n{text}")
+            # every rank's error, in the order they came: the first is usually the cause (a
+            # rank that failed leaves the others waiting at the next barrier until it times out)
+            ranks = ", ".join(str(rank) for rank in self._errors)
+            texts = "\n".join(f"--- worker rank {rank} ---\n{text}" for rank, text in self._errors.items())
+            raise ClusterError(f"{self._name} failed on worker rank(s) {ranks}, first to last:\n{texts}")
         return [self._results[rank] for rank in sorted(self._results)]
 
     def _collect(self, timeout: float) -> None:
