@@ -266,8 +266,7 @@ class Requests:
         store = self.stores[table]
         self.lock.acquire()
         try:
-            values = store.values.take(keys, axis=0)
-            states = tuple(state.take(keys, axis=0) for state in store.states)
+            values, states = store.rows(keys)
         finally:
             self.lock.release()
         ep = self.endpoint

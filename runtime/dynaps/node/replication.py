@@ -154,8 +154,7 @@ class Replication:
             return False  # a single server: nothing to replicate to
         node.lock.acquire()
         try:
-            values = store.values.take(keys, axis=0)
-            states = tuple(state.take(keys, axis=0) for state in store.states)
+            values, states = store.rows(keys)
         finally:
             node.lock.release()
         rows = messages.rows(

@@ -102,8 +102,7 @@ class WriteBack:
         store = node.stores[table]
         node.lock.acquire()
         try:
-            values = store.values.take(keys, axis=0)
-            states = tuple(state.take(keys, axis=0) for state in store.states)
+            values, states = store.rows(keys)
         finally:
             node.lock.release()
         if positions is None and is_client(requester):

@@ -158,6 +158,10 @@ class TableStore:
                 rows = rng.uniform(-init.scale, init.scale, size=(end - first, dim))
             self.values[first + mine] = rows[mine].astype(dtype, copy=False)
 
+    def rows(self, keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[Any], tuple[npt.NDArray[Any], ...]]:
+        """Copies of the values and updater states of ``keys`` (the caller holds the lock)."""
+        return self.values.take(keys, axis=0), tuple(state.take(keys, axis=0) for state in self.states)
+
     def reset_rows(self, keys: npt.NDArray[np.int64]) -> None:
         """Give ``keys`` their initial values again (and empty updater state)."""
         for state in self.states:
