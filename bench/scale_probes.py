@@ -86,6 +86,8 @@ class _NullTransport:
 
     endpoint = 0
     address = "tcp://127.0.0.1:1"
+    rejected = 0
+    last_rejected = ""
 
     def connect(self, endpoint: int, address: str) -> None:
         pass

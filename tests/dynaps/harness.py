@@ -55,6 +55,8 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.endpoint = COORDINATOR
         self.address = "inproc://coordinator"
+        self.rejected = 0
+        self.last_rejected = ""
         self.sent: list[tuple[int, MsgType, dict[str, Any]]] = []
         self.addresses: dict[int, str] = {}
         self.watched: set[int] = set()

@@ -85,6 +85,8 @@ class SimTransport:
         self.network = network
         self.endpoint = endpoint
         self.address = f"sim://{endpoint}"
+        self.rejected = 0
+        self.last_rejected = ""
 
     def connect(self, endpoint: int, address: str) -> None: ...
 

@@ -3,6 +3,7 @@ retries after a loss, and what a restarted coordinator is asked again."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from dynaps.contract import (
     UpdaterKind,
     UpdaterSpec,
 )
-from dynaps.errors import Drained, KeyRangeError
+from dynaps.errors import Drained, DynapsTimeoutError, KeyRangeError
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import INCOMING, TableStore
@@ -47,6 +48,8 @@ class Recorder:
         self.layouts = LAYOUTS if layouts is None else layouts
         self.endpoint = client_of(WORKER)
         self.address = "sim://client"
+        self.rejected = 0
+        self.last_rejected = ""
         self.sent: list[tuple[int, Message]] = []
         self.forgotten: set[int] = set()
 
@@ -356,3 +359,13 @@ def test_a_one_key_pull_returns_a_copy_and_checks_the_key() -> None:
         client.table.push(np.array([NUM_KEYS], dtype=np.int32), [[1.0]])
     client.table.push(np.array([3], dtype=np.int32), [1.0])  # another int dtype, a 1-D row
     np.testing.assert_array_equal(client.table.pull([3]), [[6.0]])
+
+
+def test_a_timeout_says_how_many_answers_failed_authentication() -> None:
+    """An answer dropped on arrival looks like one that never came: the error says so."""
+    client = Client()
+    client.transport.rejected = 3
+    client.transport.last_rejected = "message fails authentication (not from this job, or changed)"
+    dropped = r"dropped 3 incoming message\(s\), the latest: message fails"
+    with pytest.raises(DynapsTimeoutError, match=dropped):
+        client.requests.pump_until(time.monotonic() - 1, lambda: "barrier 1")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,6 +218,24 @@ def test_an_exception_in_a_worker_is_reported_with_its_rank(cluster: dynaps.Loca
         cluster.run(failing)
     assert "boom in rank 1" in str(info.value)
     assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"
+
+
+def failing_with_a_log_line(ps: dynaps.PS) -> None:
+    logging.getLogger("dynaps.tests").warning("rank %d was here", ps.rank)
+    if ps.rank == 1:
+        raise RuntimeError("boom in rank 1")
+
+
+def test_a_cluster_with_a_log_dir_keeps_each_process_s_log_there(cluster: dynaps.LocalCluster) -> None:
+    assert cluster.log_dir is not None  # the module's cluster (tests/dynaps/conftest.py)
+    with pytest.raises(dynaps.ClusterError, match="rank 1") as info:
+        cluster.run(failing_with_a_log_line)
+    assert f"the processes' logs: {cluster.log_dir}" in str(info.value)
+    logs = Path(cluster.log_dir)
+    names = {path.name for path in logs.glob("*.log")}
+    assert {"coordinator.log", "server-0.log", "server-1.log", "worker-2.log", "runner-worker-2.log"} <= names
+    for rank in range(3):
+        assert f"rank {rank} was here" in (logs / f"runner-worker-{rank}.log").read_text()
 
 
 def failing_in_turn(ps: dynaps.PS) -> None:

@@ -25,6 +25,8 @@ class Outbox:
 
     endpoint = WORKER
     address = "test://3"
+    rejected = 0
+    last_rejected = ""
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, list[Any]]] = []

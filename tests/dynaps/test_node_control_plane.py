@@ -39,6 +39,8 @@ class Outbox:
     def __init__(self, endpoint: int) -> None:
         self.endpoint = endpoint
         self.address = f"test://{endpoint}"
+        self.rejected = 0
+        self.last_rejected = ""
         self.sent: list[tuple[int, list[Any]]] = []
         self.connected: dict[int, str] = {}
 

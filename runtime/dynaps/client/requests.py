@@ -329,7 +329,7 @@ class Requests:
         if remaining <= 0:
             raise DynapsTimeoutError(
                 f"{what()} did not complete within the deadline "
-                f"(request_timeout_seconds={self.config.request_timeout_seconds})"
+                f"(request_timeout_seconds={self.config.request_timeout_seconds}){self._rejections()}"
             )
         # Spin for a lone synchronous answer (latency); with a window of requests in
         # flight, spinning would take the CPU from the nodes that produce the answers.
@@ -338,6 +338,17 @@ class Requests:
             self.receive(frames)
         if self.notices is not None:
             self._take_notices(self.notices)
+
+    def _rejections(self) -> str:
+        """What this process dropped on arrival, for a timeout's message: an answer that
+        failed authentication looks like one that never came."""
+        transport = self.transport
+        if not transport.rejected:
+            return ""
+        return (
+            f"; this process dropped {transport.rejected} incoming message(s), "
+            f"the latest: {transport.last_rejected}"
+        )
 
     def _take_notices(self, notices: Notices) -> None:
         """Our node's notices that localizes completed: what a LOCALIZED message from it says."""

@@ -52,6 +52,8 @@ class Progress:
             return  # while adopting, not every worker is known yet
         running = [client_of(m.id) for m in self.roster.workers_running() if m.state != MemberState.DRAINING]
         passed, released = self.barriers.settle(running)
+        if released:
+            log.debug("barrier %d passed: releasing clients %s", passed, released)
         for endpoint in released:
             if self.roster.get(node_of(endpoint)) is not None:
                 self.send(endpoint, MsgType.BARRIER_DONE, control.Barrier(generation=passed))

@@ -67,7 +67,11 @@ class LocalCluster:
         request_timeout: float = 120.0,
         startup_timeout: float = 120.0,
         log_level: str = "WARNING",
+        log_dir: str | None = None,
     ) -> None:
+        """``log_dir``: a directory for each process's log (``<name>.log``: ``coordinator``,
+        ``server-0``, ``worker-0`` and ``runner-worker-0``...); by default they write to this
+        process's stderr."""
         if not tables:
             raise ConfigError("LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}")
         named = [NamedTable(name=name, **spec.model_dump()) for name, spec in tables.items()]
@@ -93,6 +97,9 @@ class LocalCluster:
             request_timeout_seconds=request_timeout,
         )
         self.log_level = log_level
+        self.log_dir = log_dir
+        if log_dir is not None:
+            os.makedirs(log_dir, exist_ok=True)
         self._secret = secret.new_secret()  # this job's own: signs its messages, proves an attach
         self.startup_timeout = startup_timeout
         self.processes: dict[str, Process] = {}
@@ -114,24 +121,68 @@ class LocalCluster:
         return {"Authorization": f"Bearer {secret.http_token(self._secret)}"}
 
     def _start(self, servers: int, workers: int) -> None:
-        coordinator, address, self.http_port = start_coordinator(
-            self.config, self._env(), self.startup_timeout
-        )
-        self.processes["coordinator"] = coordinator
+        address = self._start_coordinator()
         self.config = self.config.model_copy(update={"coordinator": address})
         for i in range(servers):
             self._start_server(f"server-{i}")
         started = [self._start_worker(f"worker-{i}", i) for i in range(workers)]
         runners.await_runners(started, self.startup_timeout)
 
+    def _start_coordinator(self) -> str:
+        """Start the coordinator (logging to its file, if any); returns its data-plane address."""
+        fd = self._log_fd("coordinator")
+        try:
+            proc, address, self.http_port = start_coordinator(
+                self.config, self._env(), self.startup_timeout, fd
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.processes["coordinator"] = proc
+        return address
+
+    def _log_fd(self, name: str) -> int | None:
+        """A descriptor of ``name``'s log file, appended to (a restarted process continues it),
+        for a child to inherit; None: our stderr.  Ours is closed once the child has it."""
+        if self.log_dir is None:
+            return None
+        return os.open(
+            os.path.join(self.log_dir, f"{name}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+
+    def _output(self, name: str) -> tuple[int, int] | None:
+        fd = self._log_fd(name)
+        return None if fd is None else (fd, fd)
+
     def _start_server(self, name: str) -> None:
-        self.processes[name] = start_node("server", self.config, name, extra_env=self._env())
+        output = self._output(name)
+        try:
+            self.processes[name] = start_node(
+                "server", self.config, name, extra_env=self._env(), output=output
+            )
+        finally:
+            if output is not None:
+                os.close(output[0])
 
     def _start_worker(self, name: str, rank: int | None) -> runners.Worker:
         token = secrets.token_hex(8)
-        node = start_node("worker", self.config, name, attach_token=token, rank=rank, extra_env=self._env())
+        output = self._output(name)
+        try:
+            node = start_node(
+                "worker",
+                self.config,
+                name,
+                attach_token=token,
+                rank=rank,
+                extra_env=self._env(),
+                output=output,
+            )
+        finally:
+            if output is not None:
+                os.close(output[0])
         self.processes[name] = node
-        worker = runners.start_runner(name, node, token, self.log_level, secret.encode(self._secret))
+        log = None if self.log_dir is None else os.path.join(self.log_dir, f"runner-{name}.log")
+        worker = runners.start_runner(name, node, token, self.log_level, secret.encode(self._secret), log)
         self._workers[name] = worker
         return worker
 
@@ -151,7 +202,7 @@ class LocalCluster:
         for worker in self._live_workers():
             worker.conn.send((fn, args))
             conns[worker.rank] = worker.conn
-        self._job = runners.Job(name, conns)
+        self._job = runners.Job(name, conns, self.log_dir)
         return self._job
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> list[Any]:
@@ -258,8 +309,7 @@ class LocalCluster:
             if old.stdout is not None:
                 old.stdout.close()
             # the same address: the nodes' connections find the new coordinator by themselves
-            proc, _address, self.http_port = start_coordinator(self.config, self._env(), self.startup_timeout)
-            self.processes["coordinator"] = proc
+            self._start_coordinator()
             return
         if old.poll() is None:
             self.kill(name)

@@ -26,10 +26,17 @@ _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
 
 
-def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str) -> None:
-    """A runner: attach to the worker node, then run functions until told to stop."""
+def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str, log: str | None) -> None:
+    """A runner: attach to the worker node, then run functions until told to stop; its
+    stdout and stderr go to ``log`` if given."""
     from dynaps.client import ps as client_ps
     from dynaps.config import setup_logging
+
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
     # through the pipe, not the command line: other users can read a command line
     os.environ[secret.HEX_ENV] = job_secret
@@ -74,11 +81,14 @@ class Worker:
     rank: int = -1
 
 
-def start_runner(name: str, node: Process, token: str, log_level: str, job_secret: str) -> Worker:
-    """Start the runner of worker node ``node`` (it attaches with ``token``); it joins in the
-    background: :func:`await_runners` waits for it."""
+def start_runner(
+    name: str, node: Process, token: str, log_level: str, job_secret: str, log: str | None = None
+) -> Worker:
+    """Start the runner of worker node ``node`` (it attaches with ``token``; its output goes
+    to the file ``log`` if given); it joins in the background: :func:`await_runners` waits
+    for it."""
     parent, child = _SPAWN.Pipe()
-    runner = _SPAWN.Process(target=_runner_main, args=(token, child, log_level, job_secret), daemon=True)
+    runner = _SPAWN.Process(target=_runner_main, args=(token, child, log_level, job_secret, log), daemon=True)
     runner.start()
     child.close()
     return Worker(name, node, runner, parent)
@@ -99,8 +109,9 @@ def await_runners(workers: list[Worker], timeout: float) -> None:
 class Job:
     """A function running in every worker; ``result()`` returns their results by rank."""
 
-    def __init__(self, name: str, conns: dict[int, Connection]) -> None:
+    def __init__(self, name: str, conns: dict[int, Connection], log_dir: str | None = None) -> None:
         self._name = name
+        self._log_dir = log_dir  # named in an error: the processes' own account is there
         self._conns = conns
         self._results: dict[int, Any] = {}
         self._errors: dict[int, str] = {}
@@ -120,7 +131,10 @@ class Job:
             # rank that failed leaves the others waiting at the next barrier until it times out)
             ranks = ", ".join(str(rank) for rank in self._errors)
             texts = "\n".join(f"--- worker rank {rank} ---\n{text}" for rank, text in self._errors.items())
-            raise ClusterError(f"{self._name} failed on worker rank(s) {ranks}, first to last:\n{texts}")
+            logs = "" if self._log_dir is None else f"\n(the processes' logs: {self._log_dir})"
+            raise ClusterError(
+                f"{self._name} failed on worker rank(s) {ranks}, first to last:\n{texts}{logs}"
+            )
         return [self._results[rank] for rank in sorted(self._results)]
 
     def _collect(self, timeout: float) -> None:

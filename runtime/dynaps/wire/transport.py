@@ -71,6 +71,8 @@ class Transport(Protocol):
 
     endpoint: int
     address: str
+    rejected: int  # messages dropped on arrival (authentication, replay)
+    last_rejected: str  # why the latest of them was
 
     def connect(self, endpoint: int, address: str) -> None:
         """Learn (or update) where ``endpoint`` receives."""
@@ -155,6 +157,7 @@ class ZmqTransport:
         self.endpoint = endpoint
         self.auth = Authenticator(key)
         self.rejected = 0
+        self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
         # the node points this at its counter of malformed messages; throttled either way
         self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
         self._owns_context = context is None
@@ -317,6 +320,7 @@ class ZmqTransport:
             return self.auth.verify(self.endpoint, frames)
         except ProtocolError as exc:
             self.rejected += 1
+            self.last_rejected = str(exc)
             self.on_rejected(exc)
             return None
 
