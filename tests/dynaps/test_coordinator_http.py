@@ -7,9 +7,11 @@ Every request but ``/healthz`` needs the job's token; bodies are strict and boun
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -312,3 +314,57 @@ def test_300_idle_half_requests_take_a_bounded_number_of_threads(coordinator: Co
     finally:
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.slow
+def test_connections_that_hold_every_slot_do_not_keep_the_token_holder_out(coordinator: Coordinator) -> None:
+    """Security audit, finding 11: every slot held by connections that trickle, and eight
+    threads connecting again the moment a slot frees, kept the operator's reads out for as
+    long as the attack lasted.  A newcomer now takes the slot of the oldest connection that
+    has not shown the token, and a connection that has is never cut for one."""
+    stop = threading.Event()
+    connects = [0] * 8
+
+    def flood(index: int) -> None:
+        recent: collections.deque[socket.socket] = collections.deque()
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = socket.create_connection(("127.0.0.1", coordinator.port), timeout=1)
+                recent.append(sock)
+                sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+                connects[index] += 1
+            while len(recent) > 16:  # older ones the server has cut by now
+                recent.popleft().close()
+        for sock in recent:
+            sock.close()
+
+    held = [
+        socket.create_connection(("127.0.0.1", coordinator.port), timeout=10)
+        for _ in range(http.MAX_CONNECTIONS)
+    ]
+    threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(8)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST /scale HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the flood is on
+        started = time.monotonic()
+        answered = failed = 0
+        while answered < 10 and time.monotonic() - started < 20:
+            try:  # retried as the operator's client does
+                assert status(coordinator.port)["job"] == "local"
+                answered += 1
+            except (OSError, AssertionError, ValueError):
+                failed += 1
+        # before: thousands of refusals (36,794 in one run) until the first trickles timed out
+        assert answered == 10, f"{answered} of 10 reads answered in 20 s under the flood ({failed} refused)"
+        assert failed < 10, f"{failed} reads refused under the flood"
+        assert sum(connects) > http.MAX_CONNECTIONS, "the flood never took the slots again"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for sock in held:
+            sock.close()
+    assert coordinator.proc.poll() is None

@@ -15,7 +15,8 @@ Anyone on the pod network can reach this port, so (docs/security.md):
   parsed into a strict model (:data:`BODIES`): no boolean as a count, no count outside the
   job's bounds, no unknown field;
 * the server is bounded (:mod:`dynaps.telemetry.bounded_http`): :data:`MAX_CONNECTIONS`
-  connections at once, each socket read times out after :data:`READ_TIMEOUT` seconds, a
+  connections at once (at the cap a newcomer takes the slot of the oldest connection that
+  has not shown the token), each socket read times out after :data:`READ_TIMEOUT` seconds, a
   connection is cut after :data:`REQUEST_DEADLINE` seconds whatever it does, and a request
   head (line and headers) holds at most ``bounded_http.MAX_HEAD`` bytes.
 """
@@ -251,7 +252,7 @@ class StatusServer:
 
     @property
     def refused(self) -> int:
-        """Connections closed unanswered because :data:`MAX_CONNECTIONS` were open."""
+        """Connections closed unanswered: :data:`MAX_CONNECTIONS` were open, each had shown the token."""
         return self._listener.server.refused
 
     def close(self) -> None:
@@ -296,6 +297,7 @@ def _handler(
             # Header values arrive decoded as latin-1, so this encoding never fails.
             given = (self.headers.get("Authorization") or "").encode("latin-1", "replace")
             if hmac.compare_digest(given, expected):
+                self.trust()  # a newcomer never takes this connection's slot
                 return True
             self.close_connection = True
             self._json(

@@ -2,10 +2,15 @@
 
 Anyone on the pod network can reach a job's HTTP ports, so the coordinator's endpoint and
 every ``/metrics`` listener run on this server: at most ``max_connections`` connections at
-once (more are closed at once), each cut after ``deadline`` seconds whatever it does (a slow
-trickle cannot hold a slot); handlers (:class:`BoundedHandler`) set their own socket read
-timeout and read at most :data:`MAX_HEAD` bytes of request line and headers.  A real server
-library would do this too, but none is a dependency of the runtime.
+once, each cut after ``deadline`` seconds whatever it does (a slow trickle cannot hold a
+slot); handlers (:class:`BoundedHandler`) set their own socket read timeout and read at
+most :data:`MAX_HEAD` bytes of request line and headers.  A real server library would do
+this too, but none is a dependency of the runtime.
+
+When every slot is taken, a new connection takes the slot of the oldest one that has not
+shown the job's token (:meth:`BoundedHandler.trust`): holding slots with connections that
+trickle, and taking each freed slot back with fresh connects, no longer keeps the token's
+holder (the operator) out.  It is refused only when every open connection is trusted.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 # of 64 KiB and keeps them until the head ends: 6.5 MB per connection before any token is
 # checked. What this job's clients send (the operator, Prometheus, a probe) is a few hundred.
 MAX_HEAD = 16 << 10
+# Seconds a new connection waits for the slot of the one it cut: that handler's blocked read
+# returns at once, so this is a bound, not a delay.
+CUT_WAIT = 1.0
 
 
 class _HeadBudget(io.BufferedIOBase):
@@ -66,6 +74,12 @@ class BoundedHandler(BaseHTTPRequestHandler):
         super().setup()
         self.rfile = _HeadBudget(self.rfile, MAX_HEAD)
 
+    def trust(self) -> None:
+        """This connection showed the job's token: a newcomer never takes its slot."""
+        server = self.server
+        if isinstance(server, BoundedServer):
+            server.trust(self.request)
+
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
@@ -95,12 +109,35 @@ class BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
         self._opened: dict[socket.socket, float] = {}  # open connection -> when it was accepted
+        self._trusted: set[socket.socket] = set()  # open connections that showed the token
         self._deadline = deadline
-        self.refused = 0
+        self.refused = 0  # connections closed unanswered: every slot was trusted
+        self.cut = 0  # connections closed to make room for a newer one
         super().__init__(address, handler)
 
+    def trust(self, request: socket.socket) -> None:
+        with self._lock:
+            if request in self._opened:
+                self._trusted.add(request)
+
+    def _room(self) -> bool:
+        """A slot for a new connection: a free one, or the oldest untrusted connection's."""
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._lock:
+            untrusted = [
+                (since, id(sock), sock) for sock, since in self._opened.items() if sock not in self._trusted
+            ]
+        if not untrusted:
+            return False
+        oldest = min(untrusted)[2]
+        self.cut += 1
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)  # its handler's read returns: the slot frees
+        return self._slots.acquire(timeout=CUT_WAIT)
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._room():
             # Answering would take a thread, which is what the cap protects: close at once.
             self.refused += 1
             self.shutdown_request(request)
@@ -121,6 +158,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     def _release(self, request: socket.socket) -> None:
         with self._lock:
+            self._trusted.discard(request)
             if self._opened.pop(request, None) is None:
                 return
         self._slots.release()
