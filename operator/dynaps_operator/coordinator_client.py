@@ -51,6 +51,10 @@ class CoordinatorClient:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(socket_factory=self._sockets.open),
+                # The coordinator never compresses: a compressed answer (someone else's) stays
+                # as many bytes as the read cap counts, never inflated before it (audit, finding 12)
+                auto_decompress=False,
+                headers={"Accept-Encoding": "identity"},
             )
         return self._session
 

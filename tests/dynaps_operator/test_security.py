@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import tracemalloc
 from typing import Any
 
@@ -466,3 +467,34 @@ def test_a_deeply_nested_answer_is_an_error_not_a_crash() -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_compressed_answer_is_not_inflated() -> None:
+    """Audit finding 12: 64 KiB of gzip inflate to 64 MiB; the coordinator never compresses,
+    so the client asks for ``identity`` and counts the bytes that came, not what they hold."""
+    inflated = 64 << 20
+    body = gzip.compress(b" " * inflated)
+    asked: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding"))
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    async def main() -> int:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            tracemalloc.start()
+            with pytest.raises(CoordinatorError):
+                await client.status("127.0.0.1", "tok")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await client.close()
+            await runner.cleanup()
+
+    peak = asyncio.run(main())
+    assert asked == ["identity"]
+    assert peak < 8 << 20, peak  # the compressed bytes, not the 64 MiB they hold
