@@ -20,6 +20,7 @@ from dynaps.wire import control
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import encode
 from dynaps.wire.protocol import HEADER, PROTOCOL_VERSION, Message, MsgType
+from tests.dynaps.wire_peers import peer_sockets
 
 pytestmark = pytest.mark.integration
 
@@ -107,12 +108,11 @@ def test_node_survives_random_and_mutated_frames() -> None:
         before = cluster.run(server_counters, server["id"])[0]
         rng = random.Random(1234)
         originals = valid_messages()
-        context = zmq.Context()
-        sock = context.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(server["address"])
-        try:
-            signer = Authenticator(secret.wire_key(cluster._secret))  # the job's own key
+        key = secret.wire_key(cluster._secret)  # the job's own key: the frames pass the MAC
+        with peer_sockets(key) as make:
+            sock = make(zmq.PUSH)
+            sock.connect(server["address"])
+            signer = Authenticator(key)
             for i in range(FUZZ_MESSAGES):
                 if i % 5:
                     frames = signer.sign(STRANGER, server["id"], mutate(rng, rng.choice(originals)))
@@ -126,9 +126,6 @@ def test_node_survives_random_and_mutated_frames() -> None:
                 if dropped >= FUZZ_MESSAGES or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        finally:
-            sock.close()
-            context.term()
         # the signed ones reached the decoder (those whose header names another sender do not)
         assert after["messages"] - before["messages"] >= FUZZ_MESSAGES // 2
         assert after["malformed"] - before.get("malformed", 0) == FUZZ_MESSAGES

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
@@ -31,37 +30,36 @@ from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport
+from tests.dynaps.wire_peers import peer_sockets
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_node_sigtermed_before_it_joined_exits_at_once() -> None:
-    context = zmq.Context()
-    coordinator = context.socket(zmq.PULL)  # takes the REGISTER and never answers
-    coordinator.setsockopt(zmq.LINGER, 0)
-    port = coordinator.bind_to_random_port("tcp://127.0.0.1")
-    config = RuntimeConfig(
-        tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
-        servers=1,
-        workers=1,
-        coordinator=f"127.0.0.1:{port}",
-    )
-    env = {secret.HEX_ENV: secret.encode(secret.new_secret()), "DYNAPS_LOG_LEVEL": "WARNING"}
-    node = start_node("server", config, "server-0", extra_env=env)
-    try:
-        assert coordinator.poll(60_000), "the node never registered"
-        coordinator.recv_multipart()  # it waits for its WELCOME now
-        node.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = node.wait(timeout=10)
-        assert code == SIGTERM_EXIT_CODE
-        assert time.monotonic() - started < 3.0, "the node waited on after SIGTERM"
-    except subprocess.TimeoutExpired:
-        pytest.fail("a node SIGTERMed while joining was still running 10 s later")
-    finally:
-        stop_processes([node])
-        coordinator.close()
-        context.term()
+    job_secret = secret.new_secret()
+    with peer_sockets(secret.wire_key(job_secret)) as make:
+        coordinator = make(zmq.PULL)  # takes the REGISTER and never answers
+        port = coordinator.bind_to_random_port("tcp://127.0.0.1")
+        config = RuntimeConfig(
+            tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
+            servers=1,
+            workers=1,
+            coordinator=f"127.0.0.1:{port}",
+        )
+        env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
+        node = start_node("server", config, "server-0", extra_env=env)
+        try:
+            assert coordinator.poll(60_000), "the node never registered"
+            coordinator.recv_multipart()  # it waits for its WELCOME now
+            node.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = node.wait(timeout=10)
+            assert code == SIGTERM_EXIT_CODE
+            assert time.monotonic() - started < 3.0, "the node waited on after SIGTERM"
+        except subprocess.TimeoutExpired:
+            pytest.fail("a node SIGTERMed while joining was still running 10 s later")
+        finally:
+            stop_processes([node])
 
 
 def _captured(key: bytes, dest: int, kind: MsgType, body: control.Refused | control.Shutdown) -> list[bytes]:
@@ -99,24 +97,21 @@ def test_a_captured_answer_for_someone_else_does_not_stop_a_joining_node(
     env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
     log = (tmp_path / "node.log").open("wb")
     node = start_node("server", config, "server-0", extra_env=env, output=(log.fileno(), log.fileno()))
-    context: zmq.Context[Any] = zmq.Context()
-    attacker = context.socket(zmq.PUSH)
-    attacker.setsockopt(zmq.LINGER, 1000)
     try:
-        frames = coordinator.recv(timeout=60)
-        assert frames is not None, "the node never registered"
-        register = control.body_of(decode(frames, []), control.Register)
-        attacker.connect(register.address)
-        attacker.send_multipart(_captured(key, *REPLAYS[replayed]))
-        real = control.Refused(nonce=register.nonce, reason="the real answer")
-        attacker.send_multipart(_captured(key, -2, MsgType.REFUSED, real))
-        node.wait(timeout=30)
+        with peer_sockets(key) as make:  # an attacker who read the job's connection password
+            attacker = make(zmq.PUSH)
+            frames = coordinator.recv(timeout=60)
+            assert frames is not None, "the node never registered"
+            register = control.body_of(decode(frames, []), control.Register)
+            attacker.connect(register.address)
+            attacker.send_multipart(_captured(key, *REPLAYS[replayed]))
+            real = control.Refused(nonce=register.nonce, reason="the real answer")
+            attacker.send_multipart(_captured(key, -2, MsgType.REFUSED, real))
+            node.wait(timeout=30)
         output = (tmp_path / "node.log").read_text()
         assert "the real answer" in output, output
         assert "captured" not in output, output
     finally:
         stop_processes([node])
         log.close()
-        attacker.close()
-        context.term()
         coordinator.close()

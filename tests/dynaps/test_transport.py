@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
 
 from dynaps.config import SPIN_ENV, spin_seconds
 from dynaps.errors import ConfigError
+from dynaps.wire import handshake
 from dynaps.wire.transport import ZmqTransport
 
 KEY = bytes(range(32))
@@ -139,11 +141,13 @@ def dropped_within(watcher: ZmqTransport, expected: int, seconds: float = 5.0) -
 def test_a_peer_back_at_its_address_is_reported_connected_again() -> None:
     """A drop and zmq's reconnect to the same address come in order: the coordinator ends a
     dropped member's suspicion on the reconnect, not on a message that may predate the drop."""
-    context = zmq.Context()
+    context: zmq.Context[Any] = zmq.Context()
+    guard = handshake.guard_for(context, KEY)  # the peer admits the job's connections
     watcher = ZmqTransport(1, KEY)
     first = second = None
     try:
         first = context.socket(zmq.PULL)
+        guard.serve(first)
         port = first.bind_to_random_port("tcp://127.0.0.1")
         watcher.connect(2, f"tcp://127.0.0.1:{port}")
         watcher.watch(2)
@@ -156,6 +160,7 @@ def test_a_peer_back_at_its_address_is_reported_connected_again() -> None:
             time.sleep(0.01)
             events += watcher.connection_events()
         second = context.socket(zmq.PULL)
+        guard.serve(second)
         second.bind(f"tcp://127.0.0.1:{port}")
         deadline = time.monotonic() + 5.0
         while events[-1:] != [(2, True)] and time.monotonic() < deadline:
@@ -169,6 +174,7 @@ def test_a_peer_back_at_its_address_is_reported_connected_again() -> None:
         for sock in (first, second):
             if sock is not None:
                 sock.close(linger=0)
+        handshake.release(context)
         context.term()
 
 

@@ -1,7 +1,8 @@
 """Message authentication (dynaps.wire.auth) and the inbox's size bound, on 127.0.0.1.
 
 Every test sends through a real ZmqTransport and attacks it with a plain pyzmq PUSH
-socket: what an outsider can do on the network.
+socket: an outsider is refused in the handshake (without the job's password); one that
+read the password off the network gets through it, and the MAC must stop what it sends.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dynaps.throttled_log import ThrottledLog
 from dynaps.wire.auth import SMALL_BYTES, TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, MsgType, TableLayout, header
 from dynaps.wire.transport import MAX_REJECTED_PER_CALL, ZmqTransport, message_bound
+from tests.dynaps.wire_peers import peer_sockets
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -40,15 +42,11 @@ def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
 
 @pytest.fixture
 def attacker(pair: tuple[ZmqTransport, ZmqTransport]) -> Iterator[zmq.Socket[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(pair[1].address)
-    try:
+    """A PUSH socket to ``pair[1]`` with the job's connection password (not its MAC key)."""
+    with peer_sockets(KEY) as make:
+        sock = make(zmq.PUSH)
+        sock.connect(pair[1].address)
         yield sock
-    finally:
-        sock.close()
-        context.term()
 
 
 def receive(t: ZmqTransport) -> list[bytes]:
@@ -125,20 +123,15 @@ def test_the_trailer_rides_in_the_first_frame() -> None:
 def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
     a, b = pair
     captured = a.auth.sign(1, 2, [b"push"])
-    context: zmq.Context[Any] = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(b.address)
-    try:
+    with peer_sockets(KEY) as make:
+        sock = make(zmq.PUSH)
+        sock.connect(b.address)
         sock.send_multipart(captured)
         assert receive(b) == [b"push"]
         sock.send_multipart(captured)  # the same frames again
         assert_dropped(b, 1)
         a.send(2, [b"later"])  # the sender's next message still counts
         assert receive(b) == [b"later"]
-    finally:
-        sock.close()
-        context.term()
 
 
 def test_a_header_naming_another_sender_is_dropped(
@@ -174,18 +167,13 @@ def test_a_huge_declared_message_is_refused_before_it_is_buffered(
     a, b = pair
     # zmq closes a connection that declares a frame over ZMQ_MAXMSGSIZE; the raw ZMTP
     # greeting is not needed to show that: a frame one byte over the bound never arrives
-    context: zmq.Context[Any] = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(b.address)
-    try:
+    with peer_sockets(KEY) as make:
+        sock = make(zmq.PUSH)
+        sock.connect(b.address)
         sock.send_multipart(Authenticator(KEY).sign(5, 2, [bytes((1 << 16) + 1)]))
         assert b.recv(timeout=0.3) is None
         a.send(2, [b"after"])  # other connections are unaffected
         assert receive(b) == [b"after"]
-    finally:
-        sock.close()
-        context.term()
 
 
 def test_the_size_bound_covers_every_legitimate_frame() -> None:

@@ -17,6 +17,9 @@ ZeroMQ details, and why:
   address arrives (membership updates and data can take different paths);
 * a peer's socket opens on the first send to it, not when its address is learnt: every
   process learns every member's address, but most talk to a few of them;
+* a connection is admitted before it delivers a frame: PLAIN with a password derived from
+  the job's key, checked by a ZAP handler (:mod:`dynaps.wire.handshake`), so an outsider
+  cannot make an inbox hold an unfinished message;
 * every message is authenticated with the job's key (:mod:`dynaps.wire.auth`: a trailer
   with a MAC and a sequence number, inside a small last frame or after it); one that fails
   is dropped, counted and given to ``on_rejected``, never returned: the protocol above only
@@ -50,7 +53,7 @@ import zmq
 
 from dynaps.errors import ConfigError, ProtocolError
 from dynaps.throttled_log import ThrottledLog
-from dynaps.wire import limits
+from dynaps.wire import handshake, limits
 from dynaps.wire.auth import TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
 
@@ -156,13 +159,17 @@ class ZmqTransport:
         for its connections in a context of our own (:func:`dynaps.wire.limits.job_size`)."""
         self.endpoint = endpoint
         self.auth = Authenticator(key)
+        self._key = key
         self.rejected = 0
         self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
         # the node points this at its counter of malformed messages; throttled either way
         self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
+        # connections are admitted by the job's password before they deliver a frame
+        self._guard = handshake.guard_for(self._context, key)
         self.inbox = self._context.socket(zmq.PULL)
+        self._guard.serve(self.inbox)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
@@ -174,6 +181,7 @@ class ZmqTransport:
                 bound_port = self.inbox.bind_to_random_port(f"tcp://{bind_host}")
         except zmq.ZMQError as exc:
             self.inbox.close()
+            handshake.release(self._context)
             if self._owns_context:
                 self._context.term()
             raise ConfigError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
@@ -217,6 +225,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)
+        handshake.present(sock, self._key)
         sock.connect(self._addresses[endpoint])
         self._peers[endpoint] = sock
         for frames in self._deferred.pop(endpoint, ()):
@@ -401,5 +410,6 @@ class ZmqTransport:
             self.forget(endpoint, linger)
         self.inbox.close(linger=0)
         self._watching.close()
+        handshake.release(self._context)
         if self._owns_context:
             self._context.term()
