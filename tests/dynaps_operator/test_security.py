@@ -354,6 +354,26 @@ async def serve(handler: Any) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
+def peak_of_a_refused_status(handler: Any, match: str | None = None) -> int:
+    """The peak of memory allocated while the client reads a /status that ``handler``
+    answers and refuses it (CoordinatorError, its message matching ``match``)."""
+
+    async def main() -> int:
+        runner, port = await serve(handler)
+        client = CoordinatorClient(port, timeout=30.0)
+        try:
+            tracemalloc.start()
+            with pytest.raises(CoordinatorError, match=match):
+                await client.status("127.0.0.1", "tok")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await client.close()
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
 def test_the_client_sends_the_token_and_refuses_an_answer_over_the_cap() -> None:
     seen: list[str | None] = []
 
@@ -435,20 +455,7 @@ def test_an_answer_of_many_tiny_values_is_refused_before_it_is_parsed() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=body, content_type="application/json")
 
-    async def main() -> int:
-        runner, port = await serve(handler)
-        client = CoordinatorClient(port, timeout=30.0)
-        try:
-            tracemalloc.start()
-            with pytest.raises(CoordinatorError, match="values"):
-                await client.status("127.0.0.1", "tok")
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-            await client.close()
-            await runner.cleanup()
-
-    peak = asyncio.run(main())
+    peak = peak_of_a_refused_status(handler, match="values")
     assert peak < 40 << 20, peak  # the answer's bytes, a few times; not its objects
 
 
@@ -482,19 +489,6 @@ def test_a_compressed_answer_is_not_inflated() -> None:
             body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
-    async def main() -> int:
-        runner, port = await serve(handler)
-        client = CoordinatorClient(port, timeout=30.0)
-        try:
-            tracemalloc.start()
-            with pytest.raises(CoordinatorError):
-                await client.status("127.0.0.1", "tok")
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-            await client.close()
-            await runner.cleanup()
-
-    peak = asyncio.run(main())
+    peak = peak_of_a_refused_status(handler)
     assert asked == ["identity"]
     assert peak < 8 << 20, peak  # the compressed bytes, not the 64 MiB they hold
