@@ -17,7 +17,7 @@ from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Handle
 from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership
-from dynaps.client.requests import Requests
+from dynaps.client.requests import UNSETTLED_IDS, Requests
 from dynaps.client.table import Table
 from dynaps.contract import (
     Consistency,
@@ -35,7 +35,15 @@ from dynaps.store.shm import NullLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import control
 from dynaps.wire.codec import decode, encode_reply
-from dynaps.wire.protocol import COORDINATOR, RETRY, Message, MsgType, TableLayout, client_of
+from dynaps.wire.protocol import (
+    COORDINATOR,
+    REMEMBERED_REQUESTS,
+    RETRY,
+    Message,
+    MsgType,
+    TableLayout,
+    client_of,
+)
 
 WORKER = 3  # our node; servers 1 and 2 home keys [0, 4) and [4, 8)
 NUM_KEYS = 8
@@ -369,3 +377,46 @@ def test_a_timeout_says_how_many_answers_failed_authentication() -> None:
     dropped = r"dropped 3 incoming message\(s\), the latest: message fails"
     with pytest.raises(DynapsTimeoutError, match=dropped):
         client.requests.pump_until(time.monotonic() - 1, lambda: "barrier 1")
+
+
+class AnsweringRecorder(Recorder):
+    """Answers the oldest pull it was sent, each time the client waits for a message."""
+
+    def __init__(self, layouts: list[TableLayout] | None = None) -> None:
+        super().__init__(layouts)
+        self.answered = 0
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        pulls = [msg for _, msg in self.sent if msg.type is MsgType.PULL]
+        if not pulls:
+            return None
+        oldest = min(pulls, key=lambda msg: msg.req_id)
+        self.sent = [(dest, msg) for dest, msg in self.sent if msg is not oldest]
+        self.answered += 1
+        rows = np.ones((oldest.count, SPEC.dim), np.float32)
+        return encode_reply(
+            MsgType.PULL_REPLY, 2, oldest.requester, oldest.req_id, 0, oldest.count, 0, None, rows
+        )
+
+
+def test_a_program_never_has_more_requests_unsettled_than_nodes_remember() -> None:
+    """Nodes remember the updates of REMEMBERED_REQUESTS requests per requester and drop the
+    oldest record for room: a program with more in flight (or sending on while a retried
+    request is held) could have a record dropped that a retry still needs, and an update
+    applied twice.  So a new request waits while UNSETTLED_IDS ids lie between the oldest
+    unsettled request and it."""
+    client = Client(transport=AnsweringRecorder)
+    transport = client.transport
+    assert isinstance(transport, AnsweringRecorder)
+    client.store.loc[:] = 2  # every key remote
+    first = client.table.pull([5], wait=False)
+    for _ in range(UNSETTLED_IDS - 1):
+        client.table.pull([5], wait=False)
+    assert transport.answered == 0  # room for all of them
+    assert isinstance(first, Handle)
+    assert not first.done()
+    client.table.pull([5], wait=False)  # one more: waits for the oldest one's answer first
+    assert transport.answered == 1
+    assert first.done()
+    assert len(client.requests.handles) == UNSETTLED_IDS
+    assert UNSETTLED_IDS * 2 <= REMEMBERED_REQUESTS

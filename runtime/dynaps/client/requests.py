@@ -36,7 +36,7 @@ from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
-from dynaps.wire.protocol import Message, MsgType, TableLayout, client_of, is_client
+from dynaps.wire.protocol import REMEMBERED_REQUESTS, Message, MsgType, TableLayout, client_of, is_client
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ ANSWERS = {
     MsgType.LOCALIZE: frozenset({MsgType.LOCALIZED, MsgType.ERROR}),
 }
 
+# Request ids between the watermark and the next id, at most: nodes remember the updates of
+# REMEMBERED_REQUESTS of them, and the watermark a node knows may be older than ours.
+UNSETTLED_IDS = REMEMBERED_REQUESTS // 2
 COUNTERS = ("messages_sent", "messages_received", "requests_retried")  # per process; per table: usage
 # a request's kind -> its latency histogram (a set is timed as a push)
 _OPERATION = {
@@ -104,6 +107,7 @@ class Requests:
         # reply needs the job secret anyway (every frame is authenticated), so this only
         # has to be unpredictable, not secret; 62 bits never wrap the u64 field.
         self._next_id = secrets.randbits(62) + 1
+        self._room_until = self._next_id + UNSETTLED_IDS  # new ids need no look before this one
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
         self.notices = notices
         self.on_drain: Callable[[], None] | None = None  # run once before Drained is raised
@@ -151,8 +155,33 @@ class Requests:
 
     def new_id(self) -> int:
         req_id = self._next_id
+        if req_id >= self._room_until:
+            self._make_room(req_id)
         self._next_id += 1
         return req_id
+
+    def _make_room(self, req_id: int) -> None:
+        """Wait until fewer than UNSETTLED_IDS ids lie between the oldest request not yet
+        settled (unanswered, or sent again and still held) and ``req_id``: else a node could
+        drop its record of an update that may still arrive again, and apply it twice.
+
+        Only a program with thousands of requests in flight, or one that keeps sending for
+        the few seconds a retried request is held, waits here.  The oldest id only grows, so
+        ids up to it + UNSETTLED_IDS need no look (the look costs a pass over the requests)."""
+        oldest = self._oldest_unsettled()
+        if req_id - oldest >= UNSETTLED_IDS:
+            deadline = time.monotonic() + self.config.request_timeout_seconds
+            while req_id - oldest >= UNSETTLED_IDS:
+                self.pump_until(
+                    deadline,
+                    lambda: (
+                        f"room for a new request ({req_id - self._oldest_unsettled()} ids since the "
+                        "oldest unsettled one; "
+                        f"at most {UNSETTLED_IDS} may be)"
+                    ),
+                )
+                oldest = self._oldest_unsettled()
+        self._room_until = oldest + UNSETTLED_IDS
 
     def new_handle(
         self,
@@ -174,14 +203,17 @@ class Requests:
     def done_handle(self, kind: MsgType, table: str, out: Array | None) -> Handle:
         return Handle(None, 0, kind, table, None, out, 0)
 
-    def _watermark(self) -> int:
-        """Every request below this id is answered and no copy of it can still arrive
-        (32 low bits): nodes forget their records of requests below it."""
+    def _oldest_unsettled(self) -> int:
+        """Every request below this id is answered and no copy of it can still arrive."""
         oldest = min(self.handles) if self.handles else self._next_id
         held = self.retries.oldest_held()
         if held is not None:
             oldest = min(oldest, held)
-        return oldest & 0xFFFFFFFF
+        return oldest
+
+    def _watermark(self) -> int:
+        """:meth:`_oldest_unsettled`'s 32 low bits: nodes forget their records of requests below it."""
+        return self._oldest_unsettled() & 0xFFFFFFFF
 
     # -------------------------------------------------------------- sending
 

@@ -19,9 +19,7 @@ from collections.abc import Collection
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.wire.protocol import Message, is_client
-
-REMEMBERED_REQUESTS = 4096  # per requester: far more than can be in flight
+from dynaps.wire.protocol import REMEMBERED_REQUESTS, Message, is_client
 
 Keys = npt.NDArray[np.int64]
 Positions = npt.NDArray[np.int32]

@@ -181,6 +181,11 @@ INLINE_MAX = 16 * 1024  # payloads up to this size are inlined
 FINAL = 4  # SHARD_COPY: the last part of a migration's copy
 RECOVERY = 8  # TRANSFER: a home re-sends a key whose sender died; apply only if still expected
 RETRY = 16  # a request sent again after a node was lost (nodes recognise what they applied)
+# Exactly once: a node remembers which updates of each requester it applied, at most this
+# many (dynaps.node.applied); a client never has more than half as many request ids between
+# its watermark and its next id (dynaps.client.requests), so no record it may still need is
+# dropped for room.
+REMEMBERED_REQUESTS = 4096
 RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: a JSON frame follows: applied-request records
 
 
