@@ -1,7 +1,6 @@
 """The user's view of one table: :class:`Table` (``pull/push/set/localize``).
 
-A :class:`Table` checks the caller's arguments (keys in range, rows of the right shape
-and dtype), serves the keys its node owns in place (under the lock it shares with its node,
+A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`), serves the keys its node owns in place (under the lock it shares with its node,
 inline: the local path is the hot path), and hands the rest to
 :class:`~dynaps.client.requests.Requests`, which sends one request per owner and collects
 the replies into a :class:`~dynaps.client.handles.Handle`.
@@ -9,7 +8,6 @@ the replies into a :class:`~dynaps.client.handles.Handle`.
 
 from __future__ import annotations
 
-import operator
 import time
 from typing import Any, Literal, SupportsIndex, overload
 
@@ -17,17 +15,17 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.client import hot_keys, sampling
+from dynaps.client.arguments import Arguments
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.holdings import Holdings
 from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
 from dynaps.contract import Allocation, TableCache
-from dynaps.errors import KeyRangeError, UsageError
+from dynaps.errors import UsageError
 from dynaps.store import updaters, usage
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
-_INT64 = np.dtype(np.int64)  # keys as users usually pass them: checked by identity, not equality
 _monotonic = time.monotonic  # a module global: the one-key push tests it on every call
 
 
@@ -62,6 +60,7 @@ class Table:
         self.dim = store.spec.dim
         self.dtype: np.dtype[Any] = store.layout.dtype
         self._row_shape = (self.dim,)  # what pull_one's ``out`` and push_one's row must be
+        self._arguments = Arguments(self.name, self.num_keys, self.dim, self.dtype)
         # the owners array (the store keeps it for its life) read without a numpy scalar
         self._owner_of = store.loc.data
 
@@ -73,77 +72,7 @@ class Table:
     def _keys(self, keys: Any) -> Keys:
         if self._control[0]:  # our node is draining, or was declared lost
             self._requests.stopped()
-        if type(keys) is not np.ndarray or keys.dtype is not _INT64 or keys.ndim != 1:
-            keys = self._convert_keys(keys)
-        checked: Keys = keys
-        n = len(checked)
-        if n == 1:  # one entry per call (Lapse's granularity): a Python int compares fastest
-            key = checked.item(0)
-            if key < 0 or key >= self.num_keys:
-                raise KeyRangeError(f"key {key} is outside table {self.name!r}'s range [0, {self.num_keys})")
-        elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
-            bad = checked[(checked < 0) | (checked >= self.num_keys)]
-            raise KeyRangeError(
-                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
-                f"e.g. {int(bad[0])}"
-            )
-        return checked
-
-    def _convert_keys(self, keys: Any) -> Keys:
-        """Anything key-like (a list, an int, another integer dtype) as a 1-D int64 array."""
-        array = np.asarray(keys)
-        if array.ndim == 0:
-            array = array.reshape(1)
-        if array.ndim != 1:
-            raise UsageError(f"keys for table {self.name!r} must be one-dimensional, got shape {array.shape}")
-        if array.dtype.kind not in "iu":
-            if array.size == 0:
-                return array.astype(np.int64)
-            raise UsageError(f"keys for table {self.name!r} must be integers, got {array.dtype}")
-        converted: Keys = array.astype(np.int64, copy=False)
-        return converted
-
-    def _rows(self, values: Any, n: int, what: str) -> Array:
-        array = values if type(values) is np.ndarray else np.asarray(values)
-        if array.dtype is not self.dtype and array.dtype != self.dtype:
-            if array.dtype.kind not in "fiub":
-                raise UsageError(f"{what} for table {self.name!r} must be numbers, got dtype {array.dtype}")
-            array = array.astype(self.dtype)
-        if array.shape != (n, self.dim):
-            if n == 1 and array.shape == (self.dim,):
-                array = array.reshape(1, self.dim)
-            else:
-                raise UsageError(
-                    f"{what} for table {self.name!r} must have shape ({n}, {self.dim}) "
-                    f"for {n} keys, got {array.shape}"
-                )
-        return array
-
-    def _one_key(self, key: Any) -> Keys:
-        """``pull_one``'s or ``push_one``'s key, checked, as a one-key array."""
-        if isinstance(key, bool | np.bool_):
-            raise UsageError(f"a key for table {self.name!r} must be an integer, got {key!r}")
-        try:
-            index = operator.index(key)
-        except TypeError:
-            raise UsageError(
-                f"a key for table {self.name!r} must be one integer, got {type(key).__name__} {key!r}"
-            ) from None
-        if not 0 <= index < self.num_keys:
-            raise KeyRangeError(f"key {index} is outside table {self.name!r}'s range [0, {self.num_keys})")
-        return np.array([index], dtype=np.int64)
-
-    def _check_out(self, out: Any) -> None:
-        if type(out) is not np.ndarray or out.shape != self._row_shape:
-            shape = getattr(out, "shape", type(out).__name__)
-            raise UsageError(
-                f"out for table {self.name!r} must be an array of shape ({self.dim},), got {shape}"
-            )
-        if not np.can_cast(self.dtype, out.dtype, "same_kind") or not out.flags.writeable:
-            raise UsageError(
-                f"out for table {self.name!r} must be a writeable array of a dtype {self.dtype} "
-                f"converts to, got a {'' if out.flags.writeable else 'read-only '}{out.dtype} array"
-            )
+        return self._arguments.keys(keys)
 
     # -------------------------------------------------------------- operations
 
@@ -319,9 +248,9 @@ class Table:
                 counters[usage.PULLS] += 1
                 counters[usage.PULLED_LOCAL] += 1
                 return row
-        keys = self._one_key(key)
+        keys = self._arguments.one_key(key)
         if out is not None:
-            self._check_out(out)
+            self._arguments.out(out)
         pulled: Array = self.pull(keys)[0]
         if out is None:
             return pulled
@@ -357,12 +286,12 @@ class Table:
                 counters[usage.PUSHES] += 1
                 counters[usage.PUSHED_LOCAL] += 1
                 return
-        self._update(MsgType.PUSH, self._one_key(key), update, True)
+        self._update(MsgType.PUSH, self._arguments.one_key(key), update, True)
 
     def _update(self, kind: MsgType, keys: Any, rows: Any, wait: bool) -> Handle | None:
         what = "updates" if kind is MsgType.PUSH else "values"
         keys = self._keys(keys)
-        rows = self._rows(rows, len(keys), what)
+        rows = self._arguments.rows(rows, len(keys), what)
         if self._hot is not None:
             return self._hot.push(kind, keys, rows, wait)
         return self._update_keys(kind, keys, rows, wait)
