@@ -196,24 +196,31 @@ def test_a_trickling_connection_is_cut_at_the_deadline(monkeypatch: pytest.Monke
         server.close()
 
 
-def test_connections_beyond_the_cap_are_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_beyond_the_cap_a_newcomer_takes_an_idle_slot_and_is_refused_when_all_are_trusted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the cap a new connection takes the slot of the oldest one that has not shown the
+    token; when every open connection has, the newcomer is closed at once, unanswered."""
     monkeypatch.setattr(http, "MAX_CONNECTIONS", 2)
     server = http.StatusServer("127.0.0.1", 0, lambda: {}, Sink(), TOKEN)
+    read = f"GET /status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    trusted: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 10
-        while True:  # the third is refused once the server has taken the first two
-            assert time.monotonic() < deadline, "no connection was refused"
-            if (
-                exchange(
-                    server.port, f"GET /status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
-                )
-                == 0
-            ):
-                break
-            time.sleep(0.05)
-        assert server.refused >= 1
+        assert exchange(server.port, read) == HTTPStatus.OK  # an idle one made room
+        assert server.cut >= 1
+        for _ in range(2):  # the token shown, then a body that never comes: trusted slots held
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(f"POST /scale HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+            sock.sendall(b"Content-Length: 100\r\n\r\n{")
+            trusted.append(sock)
+            deadline = time.monotonic() + 10
+            while server.trusted < len(trusted):  # its head read: one more trusted slot
+                assert time.monotonic() < deadline, "the server never read the token"
+                time.sleep(0.01)
+        assert exchange(server.port, read) == 0  # every slot trusted: closed unanswered
+        assert server.refused == 1
     finally:
-        for sock in idle:
+        for sock in idle + trusted:
             sock.close()
         server.close()

@@ -14,7 +14,7 @@ import zmq
 
 from dynaps.contract import MAX_NODES, NamedTable, RuntimeConfig
 from dynaps.errors import ConfigError
-from dynaps.wire import limits
+from dynaps.wire import handshake, limits
 from dynaps.wire.transport import ZmqTransport
 
 KEY = bytes(range(32))
@@ -94,10 +94,11 @@ def test_a_hard_limit_below_what_the_job_needs_is_a_clear_error() -> None:
 
 
 def test_a_job_grown_past_the_socket_limit_gets_a_clear_error_not_a_zmq_one() -> None:
-    # room for one peer: the context holds SPARE_SOCKETS + 3 sockets, the inbox among them
+    # room for one peer: the context holds SPARE_SOCKETS + 3 sockets, the inbox and the
+    # handshake's among them
     transport = ZmqTransport(1, KEY, size=limits.JobSize(1, 1))
     try:
-        room = limits.sockets_needed(1) - 1
+        room = limits.sockets_needed(1) - 1 - handshake.GUARD_SOCKETS
         for peer in range(2, 2 + room):
             transport.connect(peer, "tcp://127.0.0.1:9")  # connecting needs no listener
             transport.send(peer, [b"hello"])  # a socket opens on the first send

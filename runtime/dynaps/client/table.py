@@ -1,9 +1,10 @@
 """The user's view of one table: :class:`Table` (``pull/push/set/localize``).
 
-A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`), serves the keys its node owns in place (under the lock it shares with its node,
-inline: the local path is the hot path), and hands the rest to
-:class:`~dynaps.client.requests.Requests`, which sends one request per owner and collects
-the replies into a :class:`~dynaps.client.handles.Handle`.
+A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`), serves
+the keys its node owns in place (under the lock it shares with its node, inline: the local
+path is the hot path), and hands the rest to :class:`~dynaps.client.requests.Requests`,
+which sends one request per owner and collects the replies into a
+:class:`~dynaps.client.handles.Handle`.
 """
 
 from __future__ import annotations

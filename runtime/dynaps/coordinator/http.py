@@ -255,6 +255,16 @@ class StatusServer:
         """Connections closed unanswered: :data:`MAX_CONNECTIONS` were open, each had shown the token."""
         return self._listener.server.refused
 
+    @property
+    def trusted(self) -> int:
+        """Open connections that showed the token (a newcomer never takes their slots)."""
+        return self._listener.server.trusted
+
+    @property
+    def cut(self) -> int:
+        """Connections closed to make room for a newer one (they had not shown the token)."""
+        return self._listener.server.cut
+
     def close(self) -> None:
         self._listener.close()
 

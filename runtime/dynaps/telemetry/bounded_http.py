@@ -115,6 +115,12 @@ class BoundedServer(ThreadingHTTPServer):
         self.cut = 0  # connections closed to make room for a newer one
         super().__init__(address, handler)
 
+    @property
+    def trusted(self) -> int:
+        """Open connections that showed the token."""
+        with self._lock:
+            return len(self._trusted)
+
     def trust(self, request: socket.socket) -> None:
         with self._lock:
             if request in self._opened:

@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 DOMAIN = "dynaps"  # the ZAP domain of every inbox: no domain, no admission
 USER = "dynaps"
 HANDSHAKE_SECONDS = 10  # a connection that has not finished its handshake by then is cut
+GUARD_SOCKETS = 3  # what a Guard takes of its context: the ZAP socket and its thread's pipe pair
 
 
 def password(key: bytes) -> str:

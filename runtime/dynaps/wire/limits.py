@@ -33,7 +33,9 @@ SOCKETS_PER_PEER = 3
 # Per endpoint: the three sockets' mailboxes (an eventfd each), the outgoing TCP connection
 # and the peer's incoming one into our inbox.
 FILES_PER_PEER = 5
-SPARE_SOCKETS = 64  # the inbox, a refusal's temporary socket, the attach socket
+# the inbox, the handshake's ZAP handler (its socket and a pipe pair: dynaps.wire.handshake),
+# a refusal's temporary socket, the attach socket
+SPARE_SOCKETS = 64
 SPARE_FILES = 256  # the interpreter, logs, shared-memory segments, the HTTP endpoint
 
 
