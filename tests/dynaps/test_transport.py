@@ -4,6 +4,8 @@ Authentication and the size bound have their own tests (test_wire_auth.py)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -211,3 +213,45 @@ def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
     a.forget(2)
     assert not a.knows(2)
     assert a.open_connections == 0
+
+
+def test_a_send_to_an_address_that_refuses_our_password_never_blocks() -> None:
+    """Another job's process took a peer's address: it refuses our password, ZeroMQ drops
+    the connection for good, and a blocking send would then wait for ever (review of stop
+    27, finding 1).  The message is dropped and counted; the next send tries again."""
+    foreign = ZmqTransport(2, bytes(range(1, 33)))  # another job's key
+    sender = ZmqTransport(1, KEY)
+    try:
+        sender.connect(2, foreign.address)
+        sender.send(2, [b"first"])  # connects; the handshake is refused
+        deadline = time.monotonic() + 10
+
+        def send_more(done: threading.Event) -> None:
+            sender.send(2, [b"more"])
+            done.set()
+
+        while sender.unsent == 0:
+            assert time.monotonic() < deadline, "no send noticed the refusal"
+            done = threading.Event()
+            threading.Thread(target=send_more, args=(done,), daemon=True).start()
+            assert done.wait(5), "a send blocked"
+            time.sleep(0.05)
+        assert foreign.recv(timeout=0.2) is None  # nothing of ours got in
+        assert sender.knows(2)  # the address is kept: the next send tries again
+    finally:
+        sender.close()
+        foreign.close()
+
+
+def test_the_password_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """pyzmq's authenticator logs every admitted password at DEBUG (review of stop 27)."""
+    caplog.set_level(logging.DEBUG)
+    a, b = ZmqTransport(1, KEY), ZmqTransport(2, KEY)
+    try:
+        a.connect(2, b.address)
+        a.send(2, [b"hello"])
+        assert b.recv(timeout=5) is not None
+    finally:
+        a.close()
+        b.close()
+    assert handshake.password(KEY) not in caplog.text

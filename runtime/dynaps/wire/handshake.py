@@ -6,8 +6,10 @@ received it; libzmq holds the frames of a message that has not ended, and partia
 up to ``ZMQ_MAXMSGSIZE``, without limit (security audit of issue 12, finding 1: 2 bytes
 on the wire per 64-byte frame held, an inbox OOM-killed in seconds).  So every inbox is a
 PLAIN server and every connection a PLAIN client: a peer that does not present the job's
-password is refused in the handshake, before libzmq reads a frame from it, and a
-handshake that does not finish within :data:`HANDSHAKE_SECONDS` is cut.
+password is refused in the handshake, before libzmq takes a message frame from it, and a
+handshake that does not finish within :data:`HANDSHAKE_SECONDS` is cut (libzmq reads the
+HELLO command whole, up to ``ZMQ_MAXMSGSIZE``, before the password is checked: an outsider
+holds at most that per connection, for that long).
 
 PLAIN sends the password in clear: someone who reads the pod network can connect (and
 then hold memory as above), but still cannot forge, change or replay a message (the MAC,
@@ -18,15 +20,22 @@ in pyzmq's authenticator thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+# pyzmq's authenticator logs each admitted password at DEBUG: its own logger, never below INFO
+_ZAP_LOG = logging.getLogger(__name__ + ".zap")
+_ZAP_LOG.setLevel(logging.INFO)
+
 DOMAIN = "dynaps"  # the ZAP domain of every inbox: no domain, no admission
 USER = "dynaps"
-HANDSHAKE_SECONDS = 10  # a connection that has not finished its handshake by then is cut
+# A connection that has not finished its handshake by then is cut (a client reconnects and
+# tries again); on a pod network a handshake takes milliseconds.
+HANDSHAKE_SECONDS = 3
 GUARD_SOCKETS = 3  # what a Guard takes of its context: the ZAP socket and its thread's pipe pair
 
 
@@ -48,7 +57,7 @@ class Guard:
 
     def __init__(self, context: zmq.Context[Any], key: bytes) -> None:
         self.password = password(key)
-        self._authenticator = ThreadAuthenticator(context)
+        self._authenticator = ThreadAuthenticator(context, log=_ZAP_LOG)
         self._authenticator.start()
         self._authenticator.configure_plain(domain=DOMAIN, passwords={USER: self.password})
         self.users = 1  # transports of this context that use it (see guard_for)

@@ -162,6 +162,8 @@ class ZmqTransport:
         self._key = key
         self.rejected = 0
         self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
+        self.unsent = 0  # messages dropped because their peer refused our handshake
+        self._unsent_log = ThrottledLog(log, "dropped a message")
         # the node points this at its counter of malformed messages; throttled either way
         self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
         self._owns_context = context is None
@@ -225,6 +227,9 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)
+        # a send never blocks: with no limit on the queue it could only block once the peer
+        # refused the handshake (then ZeroMQ drops the connection for good: see send)
+        sock.setsockopt(zmq.SNDTIMEO, 0)
         handshake.present(sock, self._key)
         sock.connect(self._addresses[endpoint])
         self._peers[endpoint] = sock
@@ -314,15 +319,33 @@ class ZmqTransport:
             held.append([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
             return
         frames = self.auth.sign(self.endpoint, endpoint, frames)
-        if not any(getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES for f in frames):
-            sock.send_multipart(frames)
-            return
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            # Zero-copy pays only for large frames: below this, pyzmq's Frame bookkeeping
-            # costs more than the memcpy it saves.
-            big = getattr(frame, "nbytes", 0) >= ZERO_COPY_BYTES
-            sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
+        try:
+            if not any(getattr(f, "nbytes", 0) >= ZERO_COPY_BYTES for f in frames):
+                sock.send_multipart(frames)
+                return
+            last = len(frames) - 1
+            for i, frame in enumerate(frames):
+                # Zero-copy pays only for large frames: below this, pyzmq's Frame bookkeeping
+                # costs more than the memcpy it saves.
+                big = getattr(frame, "nbytes", 0) >= ZERO_COPY_BYTES
+                sock.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
+        except zmq.Again:
+            self._refused_by(endpoint)
+
+    def _refused_by(self, endpoint: int) -> None:
+        """A send found no connection to ``endpoint``: with no send limit, that happens only
+        once the peer refused our password in the handshake (another job's process took the
+        address), after which ZeroMQ stops trying and drops what was queued.  The message is
+        dropped and counted; the next send opens a new socket and tries again."""
+        self.unsent += 1
+        self._unsent_log(
+            f"endpoint {endpoint} at {self._addresses.get(endpoint)} refused this job's password"
+        )
+        address, watched = self._addresses[endpoint], endpoint in self._monitors
+        self.forget(endpoint)
+        self._addresses[endpoint] = address
+        if watched:
+            self.watch(endpoint)
 
     def _checked(self, frames: list[Any]) -> list[Any] | None:
         try:
