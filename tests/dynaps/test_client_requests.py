@@ -215,7 +215,6 @@ def test_a_node_that_left_gets_unanswered_pulls_and_localizes_sent_again_to_the_
     [(dest, retry)] = client.transport.take()
     assert (dest, retry.type, retry.req_id) == (1, MsgType.LOCALIZE, sent.req_id)
     assert retry.flags & RETRY
-    assert 2 not in client.transport.forgotten  # it left: nothing to forget, unlike a loss
 
 
 def test_a_restarted_coordinator_is_asked_again_for_the_clock() -> None:
@@ -420,3 +419,53 @@ def test_a_program_never_has_more_requests_unsettled_than_nodes_remember() -> No
     assert first.done()
     assert len(client.requests.handles) == UNSETTLED_IDS
     assert UNSETTLED_IDS * 2 <= REMEMBERED_REQUESTS
+
+
+def impatient(client: Client, seconds: float = 0.3) -> None:
+    """The client's requests time out after ``seconds`` (waiting for room too)."""
+    config = client.requests.config.model_copy(update={"request_timeout_seconds": seconds})
+    client.requests.config = config
+
+
+def test_a_request_the_program_was_told_timed_out_no_longer_holds_the_others_back() -> None:
+    """A program that catches a timeout and goes on: the timed-out request leaves the ones in
+    flight (held below the watermark a few seconds, then released), so 2,048 later requests
+    do not wait for it for good (review of stop 27, finding 2)."""
+    client = Client()
+    impatient(client)
+    client.store.loc[:] = 2  # every key remote; nothing will answer
+    lost = client.table.pull([5], wait=False)
+    assert isinstance(lost, Handle)
+    with pytest.raises(DynapsTimeoutError):
+        client.requests.wait(lost, timeout=0.05)
+    assert lost.req_id not in client.requests.handles
+    with pytest.raises(DynapsTimeoutError):
+        lost.result()  # still the timeout, at once
+    holds = client.requests.retries.resent
+    holds.clock = lambda: time.monotonic() + 60  # its hold has ended
+    for _ in range(UNSETTLED_IDS):  # would wait for the timed-out one, and time out
+        client.table.pull([5], wait=False)
+    assert len(client.requests.handles) == UNSETTLED_IDS
+
+
+def test_no_room_for_a_localize_leaves_its_keys_as_they_were() -> None:
+    """Waiting for room comes before an operation changes anything: a localize that gets no
+    room raises with its keys not marked incoming (else they would wait for ever)."""
+    client = Client()
+    impatient(client)
+    client.store.loc[:] = 2
+    for _ in range(UNSETTLED_IDS):  # unanswered
+        client.table.pull([5], wait=False)
+    before = client.store.loc.copy()
+    with pytest.raises(DynapsTimeoutError, match="room for a new request"):
+        client.table.localize([1, 2], wait=False)
+    np.testing.assert_array_equal(client.store.loc, before)
+
+
+def test_the_sockets_to_a_node_that_left_are_closed() -> None:
+    """ZeroMQ reconnects to a closed address for ever: a socket kept to a node that left
+    would hand the job's password to whoever listens there next (review of stop 27, 5)."""
+    client = Client()
+    client.requests.apply_membership(shard_map(2, [1, 1]), gone={2}, lost=set())  # 2 left
+    assert {2, client_of(2)} <= client.transport.forgotten
+    assert 1 not in client.transport.forgotten

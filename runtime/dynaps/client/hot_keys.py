@@ -55,6 +55,7 @@ class Paths:
     pull: Callable[[Keys, bool], Array | Handle]  # (checked keys, wait)
     update: Callable[[MsgType, Keys, Array, bool], Handle | None]  # (kind, keys, rows, wait)
     localize: Callable[[Keys, bool], Handle | None]
+    room: Callable[[], None]  # wait for room for a request before a flush empties the buffer
     done: Callable[[MsgType, Array | None], Handle]  # an operation completed in place
     wait: Callable[[Handle], Array | None]
     counters: Any  # the table's usage row (dynaps.store.usage): replica reads count as cached
@@ -194,6 +195,7 @@ class HotKeys:
         """Send the summed pushes to the keys' owners (one ordinary push); False if none."""
         if not self.any_pending:
             return False
+        self._paths.room()  # may wait or raise: the buffer is still whole then
         at = np.flatnonzero(self.touched)
         rows = self.pending[at]  # a copy (fancy indexing): the buffer is reused at once
         self.pending[at] = 0

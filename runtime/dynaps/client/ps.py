@@ -267,6 +267,7 @@ class PS:
         """The counters of a node (default: this process's own node)."""
         target = self.node if node is None else node
         requests = self._requests
+        requests.make_room()
         req_id = requests.new_id()
         ask = messages.control(MsgType.STATS, requests.endpoint, control.Empty(), req_id)
         self._transport.send(target, ask)

@@ -153,9 +153,16 @@ class Requests:
 
     # -------------------------------------------------------------- handles
 
+    def make_room(self) -> None:
+        """Room for the next request id (see :meth:`_make_room`): called by every operation
+        before it changes anything, so that waiting here, or raising after the wait, leaves
+        no half-done operation (keys marked incoming, a local part applied)."""
+        if self._next_id >= self._room_until:
+            self._make_room(self._next_id)
+
     def new_id(self) -> int:
         req_id = self._next_id
-        if req_id >= self._room_until:
+        if req_id >= self._room_until:  # only a caller that did not make room first
             self._make_room(req_id)
         self._next_id += 1
         return req_id
@@ -337,8 +344,12 @@ class Requests:
         if not handle.done():
             limit = self.config.request_timeout_seconds if timeout is None else timeout
             deadline = time.monotonic() + limit
-            while not handle.done():
-                self.pump_until(deadline, lambda: f"{handle!r}")
+            try:
+                while not handle.done():
+                    self.pump_until(deadline, lambda: f"{handle!r}")
+            except DynapsTimeoutError as exc:
+                self._abandon([handle], exc)
+                raise
         if handle.error is not None:
             raise handle.error
         return handle.out
@@ -347,8 +358,22 @@ class Requests:
         """Wait for every request in flight."""
         limit = self.config.request_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + limit
-        while self.handles:  # a handle leaves when it completes, also with an error
-            self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
+        try:
+            while self.handles:  # a handle leaves when it completes, also with an error
+                self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
+        except DynapsTimeoutError as exc:
+            self._abandon(list(self.handles.values()), exc)
+            raise
+
+    def _abandon(self, handles: list[Handle], error: DynapsTimeoutError) -> None:
+        """Requests the caller was told timed out: they fail with ``error`` and leave the
+        requests in flight.  Held below the watermark a while (an answer or a copy may still
+        come, :mod:`dynaps.client.retry_holds`), they no longer keep it down for good: a
+        program that catches the timeout and goes on is not stopped by :meth:`make_room`."""
+        for handle in handles:
+            if self.handles.pop(handle.req_id, None) is not None:
+                handle.error = error
+                self.retries.resent.hold(handle.req_id)
 
     def pump_until(self, deadline: float, what: Callable[[], str]) -> None:
         """Handle one incoming message, or raise if ``deadline`` passed, the job ended or our

@@ -92,6 +92,7 @@ class Table:
         return self._pull_keys(keys, wait)
 
     def _pull_keys(self, keys: Keys, wait: bool) -> Array | Handle:
+        self._requests.make_room()  # before anything changes (see Requests.make_room)
         store, node = self._store, self._node
         n = len(keys)
         lock = self._lock
@@ -298,6 +299,7 @@ class Table:
         return self._update_keys(kind, keys, rows, wait)
 
     def _update_keys(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
+        self._requests.make_room()  # before a local part is applied
         if self._watch_node:
             now = _monotonic()
             if now > self._node_ran_until:  # outside the lock: our node needs it to run
@@ -389,6 +391,7 @@ class Table:
 
     def _localize_keys(self, keys: Keys, wait: bool) -> Handle | None:
         store, requests = self._store, self._requests
+        requests.make_room()  # before keys are marked incoming
         if self._static or not len(keys):
             return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
         if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
@@ -470,6 +473,7 @@ class Table:
             pull=self._pull_keys,
             update=self._update_keys,
             localize=self._localize_keys,
+            room=requests.make_room,
             done=lambda kind, out: requests.done_handle(kind, self.name, out),
             wait=requests.wait,
             counters=self._usage,
