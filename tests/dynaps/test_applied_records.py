@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dynaps.node.applied import AppliedRequests, _marked
 from dynaps.wire import messages
-from dynaps.wire.protocol import RETRY, Message, MsgType, client_of
+from dynaps.wire.protocol import REMEMBERED_REQUESTS, RETRY, Message, MsgType, client_of
 
 CLIENT = client_of(5)
 
@@ -125,3 +125,42 @@ def test_the_bitmap_membership_test_agrees_with_isin(
     left = np.asarray([v % scale for v in values], dtype=np.int64)
     right = np.asarray([c % scale for c in chosen], dtype=np.int64)
     np.testing.assert_array_equal(_marked(left, right), np.isin(left, right))
+
+
+# ------------------------------------------------------------------ room for records
+
+
+def test_a_needed_record_is_kept_when_older_ones_arrive_after_it() -> None:
+    """Records arrive out of order (adopted with keys, forwarded, retried): at the cap the
+    one dropped is a settled one, not the first inserted, which may still be needed (review
+    of stop 27, finding 3; before, request 5000 was dropped and 1..4096 kept)."""
+    applied, keys = AppliedRequests(), np.arange(3, dtype=np.int64)
+    applied.remember(CLIENT, 5000, None, keys)  # still unsettled
+    applied.forget_before(CLIENT, 5000, 4999)  # the client's watermark: 4999
+    for req_id in range(1, REMEMBERED_REQUESTS + 1):  # old requests' records, adopted later
+        applied.remember(CLIENT, req_id, None, keys)
+    assert 5000 in applied.applied[CLIENT]
+    assert applied.evicted_unsettled == 0
+
+
+def test_records_below_the_watermark_are_not_kept_and_a_new_life_starts_over() -> None:
+    applied, keys = AppliedRequests(), np.arange(2, dtype=np.int64)
+    applied.remember(CLIENT, 900, None, keys)
+    applied.forget_before(CLIENT, 900, 800)
+    applied.remember(CLIENT, 700, None, keys)  # settled: no copy of it can come any more
+    assert 700 not in applied.applied[CLIENT]
+    life = 900 - (1 << 50)  # a restarted process: ids from another random start
+    applied.remember(CLIENT, life, None, keys)
+    assert life in applied.applied[CLIENT]
+    applied.forget_before(CLIENT, life, life & 0xFFFFFFFF)
+    applied.remember(CLIENT, life + 1, None, keys)
+    assert life + 1 in applied.applied[CLIENT]
+
+
+def test_a_requester_with_more_unsettled_requests_than_the_room_is_counted() -> None:
+    applied, keys = AppliedRequests(), np.arange(1, dtype=np.int64)
+    for req_id in range(1, REMEMBERED_REQUESTS + 2):
+        applied.remember(CLIENT, req_id, None, keys)
+    assert len(applied.applied[CLIENT]) == REMEMBERED_REQUESTS
+    assert 1 not in applied.applied[CLIENT]
+    assert applied.evicted_unsettled == 1

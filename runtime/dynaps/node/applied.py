@@ -14,12 +14,20 @@ worker's loss still makes clients retry.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Collection
 
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire.protocol import REMEMBERED_REQUESTS, Message, is_client
+
+log = logging.getLogger(__name__)
+
+# Request ids of one process life lie within this of each other: a process starts its ids at
+# a random 62-bit value (dynaps.client.requests), so another life's are almost surely further.
+LIFE_SPAN = 1 << 40
 
 Keys = npt.NDArray[np.int64]
 Positions = npt.NDArray[np.int32]
@@ -29,6 +37,10 @@ class AppliedRequests:
     def __init__(self) -> None:
         # requester -> request -> (positions applied here, None: all; the keys they updated)
         self.applied: dict[int, collections.OrderedDict[int, tuple[Positions | None, Keys]]] = {}
+        # requester -> the highest watermark it sent here (full id): records below are settled
+        self.settled_below: dict[int, int] = {}
+        self.evicted_unsettled = 0  # records dropped for room at or above their watermark
+        self._evicted_log = ThrottledLog(log, "dropped the record of an unsettled request for room")
 
     def __contains__(self, requester: int) -> bool:
         return requester in self.applied
@@ -43,6 +55,8 @@ class AppliedRequests:
     def remember(self, requester: int, req_id: int, positions: Positions | None, keys: Keys) -> None:
         """Record that this node applied ``positions`` (None: all) of a request, to ``keys``
         (``keys[i]`` is the key at ``positions[i]``)."""
+        if self._settled(requester, req_id):
+            return  # an old request's record (adopted with keys): no copy of it can come
         seen = self.applied.setdefault(requester, collections.OrderedDict())
         before = seen.get(req_id)
         if before is not None:
@@ -50,16 +64,33 @@ class AppliedRequests:
         seen[req_id] = (positions, keys)
         seen.move_to_end(req_id)
         if len(seen) > REMEMBERED_REQUESTS:
-            seen.popitem(last=False)
+            # a settled record, not merely the first inserted: records arrive out of order
+            # (adopted with keys, forwarded, retried) and one at the front may still be
+            # needed; the requester keeps fewer unsettled ids than half the room
+            # (dynaps.client.requests), so a settled one is there unless it misbehaves
+            settled = [old for old in seen if self._settled(requester, old)]
+            if settled:
+                del seen[min(settled)]
+            else:
+                seen.popitem(last=False)
+                self.evicted_unsettled += 1
+                self._evicted_log(f"requester {requester} has more than {REMEMBERED_REQUESTS} unsettled")
+
+    def _settled(self, requester: int, req_id: int) -> bool:
+        """Whether ``req_id`` is below the requester's watermark (of the same process life:
+        a restarted process starts its ids at another random point)."""
+        below = self.settled_below.get(requester)
+        return below is not None and below - LIFE_SPAN < req_id < below
 
     def forget_before(self, requester: int, req_id: int, watermark: int) -> None:
         """The requester has every answer to its requests below ``watermark`` (32 low bits)."""
-        seen = self.applied.get(requester)
-        if not seen:
-            return
         full = (req_id & ~0xFFFFFFFF) | watermark
         if full > req_id:
             full -= 1 << 32
+        below = self.settled_below.get(requester)
+        if below is None or full > below or full <= below - LIFE_SPAN:  # later, or a new life
+            self.settled_below[requester] = full
+        seen = self.applied.get(requester)
         while seen:
             oldest = next(iter(seen))
             if oldest >= full:
