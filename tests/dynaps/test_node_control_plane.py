@@ -172,6 +172,17 @@ def test_a_node_that_left_is_forgotten_by_the_location_cache() -> None:
     assert not plane.server.departures.lost
 
 
+def test_no_connection_is_kept_to_a_node_that_left() -> None:
+    """ZeroMQ reconnects to a closed address for ever: a socket kept to a node that left
+    would hand the job's password to whoever listens there next (review of stop 27, 5)."""
+    plane, _, outbox = make_node(WORKER)
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, 2, WORKER])))
+    assert 2 in outbox.connected
+    plane.apply_membership(control.Membership.model_validate(membership(initial_map(), [1, WORKER])))
+    assert 2 not in outbox.connected
+    assert 1 in outbox.connected
+
+
 @pytest.mark.parametrize(
     "kind",
     [

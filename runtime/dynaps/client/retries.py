@@ -38,6 +38,10 @@ REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 # merged it stays off, and a push sent to a node after it stopped forwarding times out.
 RESEND_UPDATES_AFTER_DEPARTURE = False
 
+# Seconds what we queued for a node that left may take to reach it (it forwards stragglers
+# for LEAVE_LINGER, 1 s, in dynaps.node.control_plane) before its socket is closed.
+DEPARTED_LINGER = 2.0
+
 # a request's table, the request, its keys, their positions in it
 SendRows = Callable[[int, Handle, Keys, npt.NDArray[np.int32]], None]
 
@@ -54,11 +58,11 @@ class Retries:
         counters: dict[str, int],
         send: Callable[[int, Message], None],
         send_rows: SendRows,
-        forget: Callable[[int], None],
+        forget: Callable[[int, float], None],
     ) -> None:
         """``handles``, ``unsent``, ``counters``: the requests' own (the retries are counted
         in ``counters``); ``send``: the requests' send; ``send_rows``: their write-back of
-        the current rows of local keys; ``forget``: the transport's."""
+        the current rows of local keys; ``forget``: the transport's (endpoint, linger)."""
         self.endpoint = endpoint
         self.stores = stores
         self.handles = handles
@@ -117,8 +121,14 @@ class Retries:
         if fresh:
             self.lost |= fresh
             for node in fresh:
-                self.forget(node)
-                self.forget(client_of(node))
+                self.forget(node, 0.0)
+                self.forget(client_of(node), 0.0)
+        for node in departed:
+            # no socket kept to a node that left: ZeroMQ would reconnect to its address for
+            # ever and hand the job's password to whoever listens there next; what we had
+            # queued for it may still reach it while it lingers
+            self.forget(node, DEPARTED_LINGER)
+            self.forget(client_of(node), DEPARTED_LINGER)
         if fresh:
             self._retry_outstanding(shard_map, epoch)
         elif departed:

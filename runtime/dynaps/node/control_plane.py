@@ -200,6 +200,10 @@ class ControlPlane:
         if new_map.epoch > server.shard_map.epoch:
             server.set_shard_map(new_map)
         server.departures.forget_departed({node_of(e) for e in departed} - {self.node_id})
+        for endpoint in departed - {self.node_id}:
+            # no socket kept to a node that left: ZeroMQ would reconnect to its address for
+            # ever, handing the job's password to whoever listens there next
+            server.transport.forget(endpoint, linger=LEAVE_LINGER * 2)
         if self.restored is not None and membership.phase is control.Phase.RUNNING:
             shards, self.restored = self.restored, None
             if server.replication is not None:
