@@ -255,3 +255,21 @@ def test_the_password_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         a.close()
         b.close()
     assert handshake.password(KEY) not in caplog.text
+
+
+def test_closing_a_transport_twice_leaves_its_context_s_other_transports_admitting() -> None:
+    """Transports may share a context (bench/scale_sim.py), and with it one ZAP handler: a
+    second close must not stop it under the others (review of stop 27, finding 8)."""
+    context: zmq.Context[Any] = zmq.Context()
+    first, second = ZmqTransport(1, KEY, context=context), ZmqTransport(2, KEY, context=context)
+    sender = ZmqTransport(3, KEY)
+    try:
+        first.close()
+        first.close()
+        sender.connect(2, second.address)
+        sender.send(2, [b"in"])  # under a header's size: no sender field to check
+        assert second.recv(timeout=5) == [b"in"]
+    finally:
+        sender.close()
+        second.close()
+        context.term()

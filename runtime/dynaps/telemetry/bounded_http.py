@@ -110,6 +110,7 @@ class BoundedServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._opened: dict[socket.socket, float] = {}  # open connection -> when it was accepted
         self._trusted: set[socket.socket] = set()  # open connections that showed the token
+        self._cutting: set[socket.socket] = set()  # cut for a newcomer, their handler not yet done
         self._deadline = deadline
         self.refused = 0  # connections closed unanswered: every slot was trusted
         self.cut = 0  # connections closed to make room for a newer one
@@ -131,15 +132,24 @@ class BoundedServer(ThreadingHTTPServer):
         if self._slots.acquire(blocking=False):
             return True
         with self._lock:
+            # not one cut before: a handler busy off its socket (a /metrics render waiting
+            # for the coordinator) frees its slot only when done, and cutting it again
+            # frees nothing
             untrusted = [
-                (since, id(sock), sock) for sock, since in self._opened.items() if sock not in self._trusted
+                (since, id(sock), sock)
+                for sock, since in self._opened.items()
+                if sock not in self._trusted and sock not in self._cutting
             ]
-        if not untrusted:
-            return False
-        oldest = min(untrusted)[2]
+            victim = min(untrusted)[2] if untrusted else None
+            if victim is not None:
+                self._cutting.add(victim)
+            waiting = bool(self._cutting)
+        if victim is None:
+            # a cut one may still free its slot; else every open connection is trusted
+            return waiting and self._slots.acquire(timeout=CUT_WAIT)
         self.cut += 1
         with contextlib.suppress(OSError):
-            oldest.shutdown(socket.SHUT_RDWR)  # its handler's read returns: the slot frees
+            victim.shutdown(socket.SHUT_RDWR)  # its handler's read returns: the slot frees
         return self._slots.acquire(timeout=CUT_WAIT)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -165,6 +175,7 @@ class BoundedServer(ThreadingHTTPServer):
     def _release(self, request: socket.socket) -> None:
         with self._lock:
             self._trusted.discard(request)
+            self._cutting.discard(request)
             if self._opened.pop(request, None) is None:
                 return
         self._slots.release()

@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 import zmq
+from zmq.auth.base import Authenticator
 from zmq.auth.thread import ThreadAuthenticator
 
 # pyzmq's authenticator logs each admitted password at DEBUG: its own logger, never below INFO
@@ -70,7 +71,15 @@ class Guard:
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
 
     def stop(self) -> None:
-        self._authenticator.stop()
+        authenticator = self._authenticator
+        if authenticator.thread is not None and not authenticator.thread.is_alive():
+            # its thread died (it closed its end of the pipe): stop() would send to a pipe
+            # nobody reads and wait for ever; close our end and the ZAP socket ourselves
+            if authenticator.pipe is not None:
+                authenticator.pipe.close(linger=0)
+            Authenticator.stop(authenticator)
+            return
+        authenticator.stop()
 
 
 _guards: dict[int, Guard] = {}  # by id of the context: ZeroMQ admits one ZAP handler per context

@@ -168,25 +168,29 @@ class ZmqTransport:
         self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
-        # connections are admitted by the job's password before they deliver a frame
-        self._guard = handshake.guard_for(self._context, key)
-        self.inbox = self._context.socket(zmq.PULL)
-        self._guard.serve(self.inbox)
-        self.inbox.setsockopt(zmq.RCVHWM, 0)
-        self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # connections are admitted by the job's password before they deliver a message
+        guard = handshake.guard_for(self._context, key)
+        inbox: zmq.Socket[Any] | None = None
         try:
+            inbox = self._context.socket(zmq.PULL)
+            guard.serve(inbox)
+            inbox.setsockopt(zmq.RCVHWM, 0)
+            inbox.setsockopt(zmq.LINGER, 0)
+            inbox.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             if port:
-                self.inbox.bind(f"tcp://{bind_host}:{port}")
+                inbox.bind(f"tcp://{bind_host}:{port}")
                 bound_port = port
             else:
-                bound_port = self.inbox.bind_to_random_port(f"tcp://{bind_host}")
+                bound_port = inbox.bind_to_random_port(f"tcp://{bind_host}")
         except zmq.ZMQError as exc:
-            self.inbox.close()
+            if inbox is not None:
+                inbox.close()
             handshake.release(self._context)
             if self._owns_context:
                 self._context.term()
             raise ConfigError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
+        self.inbox = inbox
+        self._closed = False
         self.port = bound_port
         self.address = f"tcp://{advertise_host or bind_host}:{bound_port}"
         self._peers: dict[int, zmq.Socket[Any]] = {}
@@ -429,6 +433,9 @@ class ZmqTransport:
         return None
 
     def close(self, linger: float = 0.0) -> None:
+        if self._closed:  # once: a second release would stop a shared context's guard
+            return
+        self._closed = True
         for endpoint in list(self._addresses):
             self.forget(endpoint, linger)
         self.inbox.close(linger=0)
