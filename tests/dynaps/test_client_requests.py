@@ -421,6 +421,32 @@ def test_a_program_never_has_more_requests_unsettled_than_nodes_remember() -> No
     assert UNSETTLED_IDS * 2 <= REMEMBERED_REQUESTS
 
 
+def test_an_id_asked_for_while_waiting_for_room_is_not_handed_out_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new id may wait for room, and the wait handles messages: an id asked for from
+    there must differ from the one being waited for (review of stop 27, finding 11)."""
+    client = Client(transport=AnsweringRecorder)
+    client.store.loc[:] = 2  # every key remote
+    for _ in range(UNSETTLED_IDS):
+        client.table.pull([5], wait=False)
+    requests = client.requests
+    pump = requests.pump_until
+    inner: list[int] = []
+    asked: list[bool] = []
+
+    def pump_and_ask(deadline: float, what: Callable[[], str]) -> None:
+        if not asked:
+            asked.append(True)
+            inner.append(requests.new_id())  # waits in its turn, through this function
+        pump(deadline, what)
+
+    monkeypatch.setattr(requests, "pump_until", pump_and_ask)
+    outer = requests.new_id()
+    assert len(inner) == 1
+    assert inner[0] != outer
+
+
 def impatient(client: Client, seconds: float = 0.3) -> None:
     """The client's requests time out after ``seconds`` (waiting for room too)."""
     config = client.requests.config.model_copy(update={"request_timeout_seconds": seconds})

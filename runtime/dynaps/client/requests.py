@@ -162,9 +162,11 @@ class Requests:
 
     def new_id(self) -> int:
         req_id = self._next_id
+        # taken before any wait, so that no id is handed out twice even if something run
+        # while waiting asks for one; an id left unused by a wait that raises is harmless
+        self._next_id += 1
         if req_id >= self._room_until:  # only a caller that did not make room first
             self._make_room(req_id)
-        self._next_id += 1
         return req_id
 
     def _make_room(self, req_id: int) -> None:

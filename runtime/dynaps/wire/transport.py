@@ -163,9 +163,9 @@ class ZmqTransport:
         self.rejected = 0
         self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
         self.unsent = 0  # messages dropped because their peer refused our handshake
-        self._unsent_log = ThrottledLog(log, "dropped a message")
+        self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
         # the node points this at its counter of malformed messages; throttled either way
-        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped a message")
+        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped an incoming message")
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
         # connections are admitted by the job's password before they deliver a message
