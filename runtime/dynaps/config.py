@@ -46,6 +46,8 @@ def job_secret(environ: Mapping[str, str] | None = None) -> bytes:
 
 
 ATTACH_TOKEN_ENV = "DYNAPS_ATTACH_TOKEN"  # noqa: S105  # the variable's name, not a token
+# a worker node's child program attaches by this (the node sets it; dynaps.node.program)
+ATTACH_ENV = "DYNAPS_ATTACH"
 
 
 @dataclass(frozen=True)

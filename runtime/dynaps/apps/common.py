@@ -325,6 +325,8 @@ def launch(
     import importlib
     import os
 
+    from dynaps.config import ATTACH_ENV
+
     module = importlib.import_module(f"dynaps.apps.{app}")  # importable by LocalCluster's runners
     if args.print_tables:
         print_tables(module.tables(config))
@@ -334,7 +336,7 @@ def launch(
 
         module.train(InProcessPS(module.tables(config)), config)
         return 0
-    if os.environ.get("DYNAPS_ATTACH"):  # started by dynaps: the job declares the tables
+    if os.environ.get(ATTACH_ENV):  # started by dynaps: the job declares the tables
         import dynaps
 
         module.train(dynaps.connect(), config)

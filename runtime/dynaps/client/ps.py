@@ -38,7 +38,7 @@ from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
 from dynaps.client.stages import Stage, StageFollower
 from dynaps.client.table import Table
-from dynaps.config import job_secret, spin_seconds
+from dynaps.config import ATTACH_ENV, job_secret, spin_seconds
 from dynaps.contract import RuntimeConfig
 from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
@@ -50,9 +50,6 @@ from dynaps.store.table_store import TableStore
 from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import ZmqTransport, message_bound
-
-ATTACH_ENV = "DYNAPS_ATTACH"
-
 
 _CURRENT: PS | None = None
 

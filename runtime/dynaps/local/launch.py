@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from dynaps.config import ATTACH_TOKEN_ENV
+from dynaps.config import ATTACH_ENV, ATTACH_TOKEN_ENV
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError
 
@@ -28,7 +28,7 @@ Process = subprocess.Popen[bytes]
 def _env(config: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop(CONFIG_FILE_ENV, None)
-    env.pop("DYNAPS_ATTACH", None)
+    env.pop(ATTACH_ENV, None)
     env.pop(ATTACH_TOKEN_ENV, None)
     env[CONFIG_ENV] = config.to_json()
     env.update(extra or {})

@@ -2,10 +2,11 @@
 
 ``dynaps server`` and ``dynaps worker [-- COMMAND ...]`` run :func:`serve_node`.  A worker
 node shares its store with one training process (the client): either the COMMAND it
-starts as a child, with ``DYNAPS_ATTACH`` in its environment, or a process that attaches
-by token (``LocalCluster``'s runners; the node has it in ``DYNAPS_ATTACH_TOKEN``: an
-environment is readable by its user alone, a command line by everyone).  When the child
-exits, the node reports WORKER_DONE and keeps serving its keys until the coordinator ends the job.
+starts as a child, or a process that attaches by token (``LocalCluster``'s runners; the
+node has it in ``DYNAPS_ATTACH_TOKEN``: an environment is readable by its user alone, a
+command line by everyone); :mod:`dynaps.node.program` is the node's side of it.  When the
+child exits, the node reports WORKER_DONE and keeps serving its keys until the coordinator
+ends the job.
 
 SIGTERM (or a DRAIN from the coordinator) starts a graceful leave
 (:mod:`dynaps.node.control_plane`, where every control decision is taken); this module
@@ -18,45 +19,31 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from dynaps.config import ATTACH_TOKEN_ENV, job_secret, spin_seconds
-from dynaps.contract import (
-    CONFIG_ENV,
-    CONFIG_FILE_ENV,
-    FENCED_EXIT_CODE,
-    RuntimeConfig,
-    secret,
-    silence_limit_seconds,
-)
-from dynaps.errors import ClusterError
+from dynaps.config import job_secret, spin_seconds
+from dynaps.contract import FENCED_EXIT_CODE, RuntimeConfig, secret, silence_limit_seconds
 from dynaps.node import metrics
 from dynaps.node.control_plane import ControlPlane
+from dynaps.node.program import Program
 from dynaps.node.server import NodeServer
-from dynaps.store import usage
 from dynaps.store.checkpoint_files import load_keys, resolve
-from dynaps.store.control_block import CONTROL_BYTES, ControlBlock
-from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
-from dynaps.store.shm import AttachServer, NullLock, Segment, SharedLock, watch_process
+from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
-from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
 from dynaps.wire.transport import ZmqTransport, message_bound
 
 log = logging.getLogger(__name__)
 
-ATTACH_ENV = "DYNAPS_ATTACH"
-CHILD_GRACE_SECONDS = 10.0
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM
 CHORES_INTERVAL = 0.05  # seconds between periodic duties (heartbeat, attach, child, drain)
 
@@ -94,20 +81,13 @@ class NodeProcess:
         )
         self.transport.connect(COORDINATOR, f"tcp://{config.coordinator}")
         self.transport.watch(COORDINATOR)  # a draining node must know when nobody is left to ask
-        self.child: subprocess.Popen[bytes] | None = None
-        self.child_reported = False
-        self.client_alive: Callable[[], bool] | None = None  # the attached program's (not a child)
+        self.program: Program | None = None  # a worker's training process
+        self.child_reported = False  # its exit code is known and reported
         self.exit_code = 0
         self.stop = threading.Event()
         self.server: NodeServer | None = None
         self.control: ControlPlane | None = None  # the node's control decisions
-        self.attach_server: AttachServer | None = None
-        self.attach_failed = ThrottledLog(log, "a worker node's attach failed")  # another user may loop
         self.lock: SharedLock | NullLock = NullLock()
-        self.control_segment: Segment | None = None
-        self.control_block: ControlBlock | None = None  # its views (dynaps.store.control_block)
-        self.usage_segment: Segment | None = None  # the training process's counters (a worker's)
-        self.notices: Notices | None = None  # its localizes' completions (a worker's)
         self.metrics: exposition.MetricsServer | None = None
         self.drain_requested = ""  # set by the SIGTERM handler, acted on in the loop
         self.dump_requested = False  # SIGUSR1: log this node's state (for operators)
@@ -146,14 +126,8 @@ class NodeProcess:
         shard_map = ShardMap.from_json(membership.shard_map)
         worker = self.role == "worker"
         if worker:
-            self.lock = SharedLock.create()
-            self.control_segment = Segment.create("control", (CONTROL_BYTES,), np.dtype(np.uint8))
-            self.control_block = ControlBlock(self.control_segment.array)
-            self.control_block.set_pid(os.getpid())
-            self.control_block.beat(time.monotonic())
-            words = (usage.words(len(self.config.tables)),)
-            self.usage_segment = Segment.create("usage", words, np.dtype(np.int64))
-            self.notices = Notices.create(self.lock)
+            self.program = Program(self.attach_token, len(self.config.tables))
+            self.lock = self.program.lock
         replicated = self.config.fault_tolerance.replication > 0
         stores = [
             TableStore.create(
@@ -174,7 +148,7 @@ class NodeProcess:
             self.lock,
             flush_interval_ms=self.config.fault_tolerance.flush_interval_ms if replicated else None,
             checkpoint_root=self.config.fault_tolerance.checkpoint.path,
-            notices=self.notices,
+            notices=None if self.program is None else self.program.notices,
         )
         # a message that fails authentication counts as malformed, like one that fails decoding
         self.transport.on_rejected = self.server.note_malformed
@@ -197,23 +171,16 @@ class NodeProcess:
         self.control.apply_membership(membership)
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port)
-        if worker:
-            self.attach_server = AttachServer(self.attach_token, self.secret)
+        if self.program is not None:
+            self.program.listen(self.secret)
         self.control.send_coordinator(MsgType.READY, control.Ready(version=membership.version))
         log.info("%s node %d ready (rank %s)", self.role, self.node_id, self.rank)
-        if worker and self.command:
-            env = dict(os.environ)
-            env[ATTACH_ENV] = self.attach_token
-            env[CONFIG_ENV] = self.config.to_json()
-            env.pop(CONFIG_FILE_ENV, None)
-            env.pop(ATTACH_TOKEN_ENV, None)  # the node's, for a process that attaches by itself
-            # Its own session: a pod's SIGTERM reaches this node, which drains and lets the
-            # program finish (it sees dynaps.Drained), instead of killing it mid-step.
-            self.child = subprocess.Popen(self.command, env=env, start_new_session=True)
+        if self.program is not None and self.command:
+            self.program.start_child(self.command, self.config)
 
     def _serve_metrics(self, port: int) -> None:
         assert self.server is not None
-        usage_array = None if self.usage_segment is None else self.usage_segment.array
+        usage_array = None if self.program is None else self.program.usage_segment.array
         registry = metrics.registry(self.server, self.role, self.rank, usage_array)
         self.metrics = exposition.MetricsServer(self.config.bind_host, port, registry)
         self.server.metrics_port = self.metrics.port
@@ -256,8 +223,8 @@ class NodeProcess:
                 next_chores = now + CHORES_INTERVAL
                 self._chores(now)
         assert self.control is not None
-        if self.control.fenced and self.control_block is not None:
-            self.control_block.fence()  # the program stops too (it may not read messages)
+        if self.control.fenced and self.program is not None:
+            self.program.block.fence()  # the program stops too (it may not read messages)
         if self.control.abandoned:
             return SIGTERM_EXIT_CODE  # terminated, not drained: to the operator, a lost pod
         return FENCED_EXIT_CODE if self.control.fenced else self.exit_code
@@ -267,9 +234,10 @@ class NodeProcess:
             self.last_heartbeat = now
             assert self.control is not None
             self.control.send_coordinator(MsgType.HEARTBEAT, self.heartbeat())
-        if self.attach_server is not None:
-            self._accept_client()
-        self._watch_child()
+        if self.program is not None:
+            assert self.server is not None
+            self.program.accept(self.node_id, self.rank, self.config, self.server.stores)
+            self._watch_child(self.program)
         assert self.control is not None
         if self.drain_requested:
             self.control.start_drain(self.drain_requested)
@@ -279,9 +247,9 @@ class NodeProcess:
             self.dump_requested = False
             self._dump_state()
         self.control.tick(now)
-        if self.control_block is not None and not self.control.waking.holding:
+        if self.program is not None and not self.control.waking.holding:
             # duties done (a write-back included): the program may go on updating in place
-            self.control_block.beat(now)
+            self.program.block.beat(now)
 
     def _handle(self, frames: Sequence[Any]) -> None:
         assert self.server is not None
@@ -307,50 +275,8 @@ class NodeProcess:
                 return
             self._handle(frames)
 
-    def _accept_client(self) -> None:
-        assert self.attach_server is not None
-        assert self.server is not None
-        fds: list[int] = []
-        tables = []
-        for store in self.server.stores:
-            tables.append({"name": store.name, "fds": len(store.fds())})
-            fds.extend(store.fds())
-        assert self.control_segment is not None
-        assert self.usage_segment is not None
-        fds.append(self.control_segment.fd)  # the client reads them in this order
-        fds.append(self.usage_segment.fd)
-        assert self.notices is not None
-        fds.extend(self.notices.fds())
-        description = {
-            "control": CONTROL_BYTES,
-            "node": self.node_id,
-            "rank": self.rank,
-            "lock": self.lock.name,
-            "digest": control.config_digest(self.config),
-            "tables": tables,
-            "config": self.config.to_json(),
-        }
-        try:
-            hello = self.attach_server.accept(description, fds)
-        except (OSError, ClusterError, ValueError) as exc:
-            self.attach_failed(f"node {self.node_id}: {exc}")
-            return
-        if hello is None:
-            return
-        pid = int(hello["pid"])  # the kernel's word (SO_PEERCRED)
-        self.client_alive = watch_process(pid)
-        # One training process per worker node: stop listening, so a second one is refused.
-        self.attach_server.close()
-        self.attach_server = None
-        if isinstance(self.lock, SharedLock):
-            self.lock.recover_when_dead(self.client_alive)
-            self.lock.unlink()
-        log.info("node %d: training process %d attached", self.node_id, pid)
-
-    def _watch_child(self) -> None:
-        if self.child is None or self.child_reported:
-            return
-        code = self.child.poll()
+    def _watch_child(self, program: Program) -> None:
+        code = program.exited()
         if code is None:
             return
         self.child_reported = True
@@ -396,35 +322,23 @@ class NodeProcess:
         self.stop.set()
 
     def tell_client_to_drain(self) -> None:
-        if self.control_block is not None:
-            self.control_block.drain()  # the training process raises Drained
+        if self.program is not None:
+            self.program.drain()
 
     def end_client(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()  # it did not finish in time
+        if self.program is not None:
+            self.program.end()
 
     def client_running(self) -> bool:
-        if self.child is not None:
-            return self.child.poll() is None
-        return self.client_alive is not None and self.client_alive()
+        return self.program is not None and self.program.running()
 
     # ------------------------------------------------------------------ shutdown
 
     def close(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(CHILD_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
-        if self.attach_server is not None:
-            self.attach_server.close()
+        if self.program is not None:
+            self.program.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.lock.unlink()
-        if self.notices is not None:
-            self.notices.close()
         if self.server is not None:
             for store in self.server.stores:
                 store.close()
