@@ -118,13 +118,13 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     row_part = balanced_parts(np.bincount(data.row, minlength=data.rows), workers)
     col_part = balanced_parts(np.bincount(data.col, minlength=data.cols), workers)
     row_order, col_order = contiguous_order(row_part), contiguous_order(col_part)
-    row_part, col_part = row_part[row_order], col_part[col_order]
-    data, test = data.renumbered(row_order, col_order), test.renumbered(row_order, col_order)
-    mine = data.subset(row_part[data.row] == me)
+    # only this worker's entries are renamed: every worker pays for its own part
+    mine = data.subset(row_part[data.row] == me).renumbered(row_order, col_order)
+    my_test = test.subset(row_part[test.row] == me).renumbered(row_order, col_order)
+    row_part, col_part = row_part[row_order], col_part[col_order]  # by new id from here on
     block_of = col_part[mine.col]
     blocks = [mine.subset(block_of == b) for b in range(workers)]
     col_keys = [np.flatnonzero(col_part == b) for b in range(workers)]
-    my_test = test.subset(row_part[test.row] == me)
     progress.note(
         f"{len(data):,} training and {len(test):,} test entries of a {data.rows:,} x {data.cols:,} matrix, "
         f"rank {config.rank}, {workers} workers, allocation {'dynamic' if moving else 'static'}"
