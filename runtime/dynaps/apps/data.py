@@ -49,6 +49,20 @@ class Entries:
     def subset(self, index: Any) -> Entries:
         return Entries(self.rows, self.cols, self.row[index], self.col[index], self.value[index])
 
+    def renumbered(self, row_order: Ints, col_order: Ints) -> Entries:
+        """The same entries in the same order, with row ``row_order[k]`` renamed ``k`` (and
+        the columns alike): ``row_order`` and ``col_order`` are permutations of the ids."""
+        return Entries(
+            self.rows, self.cols, _inverse(row_order)[self.row], _inverse(col_order)[self.col], self.value
+        )
+
+
+def _inverse(order: Ints) -> Ints:
+    """The permutation that undoes ``order``: ``_inverse(order)[order[k]] == k``."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return inverse
+
 
 def write_matrix_market(path: str | Path, entries: Entries) -> None:
     with open(path, "w", encoding="ascii") as out:
@@ -288,3 +302,13 @@ def balanced_parts(weights: Any, parts: int, exact_top: int = 2048) -> Ints:
     lap = np.arange(len(rest)) % (2 * parts)
     assignment[rest] = lightest_first[np.where(lap < parts, lap, 2 * parts - 1 - lap)]
     return assignment
+
+
+def contiguous_order(part: Ints) -> Ints:
+    """Ids in an order that makes every part one range: part 0's ids first, then part 1's, ..
+
+    ``order[k]`` is the id that becomes ``k`` (ids keep their order within a part), so
+    after renaming with it part ``p`` is ids ``[sizes[:p].sum(), sizes[:p + 1].sum())``.
+    Parts of about equal size then line up with a range partition's equal key ranges.
+    """
+    return np.argsort(part, kind="stable")

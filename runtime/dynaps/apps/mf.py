@@ -2,13 +2,14 @@
 
 Learns ``rows`` (R x rank) and ``cols`` (C x rank) so that ``rows[i] . cols[j]``
 approximates each observed entry.  Rows and columns are split into one block per worker
-(balanced by popularity); in sub-epoch ``s`` worker ``w`` trains on the entries of row
-block ``w`` and column block ``(w + s) mod W``, so no two workers touch the same
-parameters at once (DSGD).  With ``--allocation dynamic`` each worker localizes its row
-block once and the column block at the start of every sub-epoch: every access during
-training is local.  With ``static`` the parameters stay on the servers (a classic PS);
-``--cache`` then reads each parameter from the servers once per sub-epoch (a barrier ends
-each clock of the per-clock cache, and no other worker touches the block meanwhile).
+(balanced by popularity, then renumbered so that each block is one range of ids); in
+sub-epoch ``s`` worker ``w`` trains on the entries of row block ``w`` and column block
+``(w + s) mod W``, so no two workers touch the same parameters at once (DSGD).  With
+``--allocation dynamic`` each worker localizes its row block once and the column block at
+the start of every sub-epoch: every access during training is local.  With ``static`` the
+parameters stay on the servers (a classic PS); ``--cache`` then reads each parameter from
+the servers once per sub-epoch (a barrier ends each clock of the per-clock cache, and no
+other worker touches the block meanwhile).
 
 After each epoch: test RMSE on held-out entries, and the bold driver (step size x1.05
 if the training loss fell, x0.5 if it rose).
@@ -29,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, synthetic
-from dynaps.apps.data import Entries, balanced_parts, matrix_market_shape, read_matrix_market
+from dynaps.apps.data import (
+    Entries,
+    balanced_parts,
+    contiguous_order,
+    matrix_market_shape,
+    read_matrix_market,
+)
 from dynaps.apps.metrics import squared_error
 from dynaps.contract import TableCache, TableSpec
 from dynaps.errors import UsageError
@@ -104,14 +111,20 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     moving = common.dynamic(ps, config.allocation)
     workers, me = ps.num_workers, ps.rank
 
-    # DSGD blocks, balanced by popularity (every worker computes the same split)
+    # DSGD blocks, balanced by popularity (every worker computes the same split), then the
+    # ids renamed so that each block is one range of keys: a range-partitioned table's homes
+    # own ranges too, so a block's localize and pulls reach one or two homes, not all of
+    # them (docs/apps.md, "DSGD blocks are key ranges").  The steps do not change.
     row_part = balanced_parts(np.bincount(data.row, minlength=data.rows), workers)
     col_part = balanced_parts(np.bincount(data.col, minlength=data.cols), workers)
-    mine = data.subset(row_part[data.row] == me)
+    row_order, col_order = contiguous_order(row_part), contiguous_order(col_part)
+    # only this worker's entries are renamed: every worker pays for its own part
+    mine = data.subset(row_part[data.row] == me).renumbered(row_order, col_order)
+    my_test = test.subset(row_part[test.row] == me).renumbered(row_order, col_order)
+    row_part, col_part = row_part[row_order], col_part[col_order]  # by new id from here on
     block_of = col_part[mine.col]
     blocks = [mine.subset(block_of == b) for b in range(workers)]
     col_keys = [np.flatnonzero(col_part == b) for b in range(workers)]
-    my_test = test.subset(row_part[test.row] == me)
     progress.note(
         f"{len(data):,} training and {len(test):,} test entries of a {data.rows:,} x {data.cols:,} matrix, "
         f"rank {config.rank}, {workers} workers, allocation {'dynamic' if moving else 'static'}"
@@ -119,8 +132,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 
     if me == 0:  # the same start for every variant, whatever the manifest's init says
         init = np.random.default_rng([config.seed, 7])
-        common.set_in_chunks(rows, np.arange(data.rows), init.normal(0, 0.1, (data.rows, config.rank)))
-        common.set_in_chunks(cols, np.arange(data.cols), init.normal(0, 0.1, (data.cols, config.rank)))
+        # drawn in the original ids' order, stored under the new ids: the same start
+        start_rows = init.normal(0, 0.1, (data.rows, config.rank))
+        start_cols = init.normal(0, 0.1, (data.cols, config.rank))
+        common.set_in_chunks(rows, np.arange(data.rows), start_rows[row_order])
+        common.set_in_chunks(cols, np.arange(data.cols), start_cols[col_order])
     ps.barrier()
     if moving:
         rows.localize(np.flatnonzero(row_part == me))

@@ -96,3 +96,17 @@ def test_balanced_parts_split_zipf_weight_evenly(parts: int, items: int) -> None
     # contiguous ranges, by contrast, are badly unbalanced under the same skew
     ranges = np.bincount(np.arange(items) * parts // items, weights=np.sort(weights)[::-1], minlength=parts)
     assert ranges.max() / ranges.min() > 1.5
+
+
+def test_contiguous_order_makes_each_part_a_range_of_the_new_ids() -> None:
+    part = np.array([2, 0, 1, 0, 2, 1, 0])
+    order = data.contiguous_order(part)
+    assert part[order].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert order.tolist() == [1, 3, 6, 2, 5, 0, 4]  # ids keep their order within a part
+    entries = data.Entries(7, 3, np.array([6, 0, 4, 6]), np.array([2, 1, 0, 0]), np.array([1.0, 2, 3, 4]))
+    col_order = np.array([2, 0, 1])
+    renamed = entries.renumbered(order, col_order)
+    assert renamed.row.tolist() == [2, 5, 6, 2]  # entries keep their order; old id order[k] is now k
+    assert np.array_equal(order[renamed.row], entries.row)
+    assert np.array_equal(col_order[renamed.col], entries.col)
+    assert np.array_equal(renamed.value, entries.value)
