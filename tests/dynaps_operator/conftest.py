@@ -41,50 +41,24 @@ def jobs_path(namespace: str, name: str = "") -> str:
     return namespaced(PLURAL, namespace, name, api=GROUP)
 
 
-def install_crd(plane: ControlPlane, api: KubeClient, manifest: Path, name: str, collection: str) -> None:
-    """Apply a CRD and wait until the API server serves ``collection`` (``/apis/<group>/<v>/<plural>``)."""
-    plane.kubectl("apply", "--server-side", "-f", str(manifest))
-
-    def established() -> bool:
-        doc = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        conditions = {c["type"]: c["status"] for c in (doc.get("status") or {}).get("conditions") or []}
-        return conditions.get("Established") == "True"
-
-    wait_for(established, 30, f"the CRD {name} to be established")
-
-    def served() -> bool:
-        # Lists answer 429 while the new resource's storage initialises; the operator's first
-        # list would then back off for a second or more.
-        try:
-            api.get(collection)
-        except ApiError as exc:
-            if exc.status == 429:
-                return False
-            raise
-        return True
-
-    wait_for(served, 30, f"the API server to serve {collection}")
+@pytest.fixture(scope="session")
+def crd(kube_control_plane: ControlPlane) -> str:
+    """The ParameterServerJob CRD served (the session's control plane installs it at its start:
+    this is a no-op then, and installs it on a plane that did not)."""
+    kube_control_plane.install_crds([CRD_FILE])
+    return f"{PLURAL}.{API_GROUP}"
 
 
 @pytest.fixture(scope="session")
-def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
-    name = f"{PLURAL}.{API_GROUP}"
-    install_crd(kube_control_plane, kube_api, CRD_FILE, name, f"/apis/{GROUP}/{PLURAL}")
-    return name
-
-
-@pytest.fixture(scope="session")
-def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> None:
-    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them)."""
-    for api in (gang.COSCHEDULING_API, gang.VOLCANO_API):
-        group = api.split("/")[0]
-        install_crd(
-            kube_control_plane,
-            kube_api,
-            POD_GROUP_CRDS / f"{group}_podgroups.yaml",
-            f"podgroups.{group}",
-            f"/apis/{api}/podgroups",
-        )
+def pod_group_crds(kube_control_plane: ControlPlane) -> None:
+    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them; the
+    session's control plane installs them at its start, as for ``crd``)."""
+    kube_control_plane.install_crds(
+        [
+            POD_GROUP_CRDS / f"{api.split('/')[0]}_podgroups.yaml"
+            for api in (gang.COSCHEDULING_API, gang.VOLCANO_API)
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
