@@ -164,6 +164,31 @@ def counter_job(name: str, folder: Path, *, workers: int = 1, **spec: Any) -> Js
     return job
 
 
+def until_stopped_job(name: str, folder: Path, **spec: Any) -> JsonDict:
+    """The quickstart job's shape (a coordinator, one server, two workers, the default runPolicy)
+    whose workers run counter_program.py until the test touches ``folder/stop``: for a test that
+    needs the job Running through what it checks, and then its end, but not a training run's length."""
+    job = counter_job(name, folder, workers=2, servers={"replicas": 1})
+    del job["spec"]["runPolicy"]
+    job["spec"].update(spec)
+    return job
+
+
+def progress(folder: Path, worker: int | None = None) -> int:
+    """The acknowledged pushes the counter program's workers (or one, by rank) recorded in
+    ``folder`` so far."""
+    pattern = "progress-*" if worker is None else f"progress-{worker}"
+    return sum(int(f.read_text() or 0) for f in folder.glob(pattern))
+
+
+def wait_pushing(folder: Path, worker: int | None = None, timeout: float = 60) -> None:
+    """Waits until the counter program's workers (or one, by rank) push on: more acknowledged
+    pushes than now."""
+    before = progress(folder, worker)
+    who = "the workers" if worker is None else f"worker {worker}"
+    wait_for(lambda: progress(folder, worker) > before, timeout, f"{who} to push on from {before} pushes")
+
+
 def create_job(kube_api: KubeClient, namespace: str, job: JsonDict) -> JsonDict:
     return kube_api.create(jobs_path(namespace), copy.deepcopy(job))
 
