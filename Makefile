@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 # their own: there is one real node per machine, and xdist's groups do not keep its tests together
 # under pytest 9 (they are spread over the workers, and the second node waits for the first).
 TEST_WORKERS ?= 2
+# Written by the container tests when every one of them ran and passed; the second phase then
+# skips the images' install tests, which the real images proved (tests/containers/proof.py).
+CONTAINERS_STAMP := $(CURDIR)/.containers-passed
 
 .DEFAULT_GOAL := help
 .PHONY: help quickstart test test-fast lint bench k8s-binaries node-images clean
@@ -36,8 +39,9 @@ node-images: k8s-binaries ## Build the images the real test node runs (apt packa
 
 test: $(STAMP) k8s-binaries node-images ## Run the whole test suite (unit, integration, e2e, containers) and the static checks
 	$(MAKE) lint
-	$(PY) -m pytest -m containers
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not containers"
+	rm -f $(CONTAINERS_STAMP)
+	DYNAPS_CONTAINERS_STAMP=$(CONTAINERS_STAMP) $(PY) -m pytest -m containers
+	DYNAPS_CONTAINERS_STAMP=$(CONTAINERS_STAMP) $(PY) -m pytest -n $(TEST_WORKERS) -m "not containers"
 
 test-fast: $(STAMP) ## Unit and integration tests only (no control plane)
 	$(PY) -m pytest -m "not e2e"
@@ -55,7 +59,7 @@ bench: $(STAMP) ## Run the micro benchmark and the application benchmark
 	$(PY) bench/apps.py
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONTAINERS_STAMP)
 
 # ---- operator, chart and images (docs/operator.md) --------------------------------------------
 .PHONY: crds chart-lint images kind-up kind-down bench-operator

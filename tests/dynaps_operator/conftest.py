@@ -41,50 +41,24 @@ def jobs_path(namespace: str, name: str = "") -> str:
     return namespaced(PLURAL, namespace, name, api=GROUP)
 
 
-def install_crd(plane: ControlPlane, api: KubeClient, manifest: Path, name: str, collection: str) -> None:
-    """Apply a CRD and wait until the API server serves ``collection`` (``/apis/<group>/<v>/<plural>``)."""
-    plane.kubectl("apply", "--server-side", "-f", str(manifest))
-
-    def established() -> bool:
-        doc = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        conditions = {c["type"]: c["status"] for c in (doc.get("status") or {}).get("conditions") or []}
-        return conditions.get("Established") == "True"
-
-    wait_for(established, 30, f"the CRD {name} to be established")
-
-    def served() -> bool:
-        # Lists answer 429 while the new resource's storage initialises; the operator's first
-        # list would then back off for a second or more.
-        try:
-            api.get(collection)
-        except ApiError as exc:
-            if exc.status == 429:
-                return False
-            raise
-        return True
-
-    wait_for(served, 30, f"the API server to serve {collection}")
+@pytest.fixture(scope="session")
+def crd(kube_control_plane: ControlPlane) -> str:
+    """The ParameterServerJob CRD served (the session's control plane installs it at its start:
+    this is a no-op then, and installs it on a plane that did not)."""
+    kube_control_plane.install_crds([CRD_FILE])
+    return f"{PLURAL}.{API_GROUP}"
 
 
 @pytest.fixture(scope="session")
-def crd(kube_control_plane: ControlPlane, kube_api: KubeClient) -> str:
-    name = f"{PLURAL}.{API_GROUP}"
-    install_crd(kube_control_plane, kube_api, CRD_FILE, name, f"/apis/{GROUP}/{PLURAL}")
-    return name
-
-
-@pytest.fixture(scope="session")
-def pod_group_crds(kube_control_plane: ControlPlane, kube_api: KubeClient) -> None:
-    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them)."""
-    for api in (gang.COSCHEDULING_API, gang.VOLCANO_API):
-        group = api.split("/")[0]
-        install_crd(
-            kube_control_plane,
-            kube_api,
-            POD_GROUP_CRDS / f"{group}_podgroups.yaml",
-            f"podgroups.{group}",
-            f"/apis/{api}/podgroups",
-        )
+def pod_group_crds(kube_control_plane: ControlPlane) -> None:
+    """Both PodGroup kinds served (cluster-wide, left installed: other tests ignore them; the
+    session's control plane installs them at its start, as for ``crd``)."""
+    kube_control_plane.install_crds(
+        [
+            POD_GROUP_CRDS / f"{api.split('/')[0]}_podgroups.yaml"
+            for api in (gang.COSCHEDULING_API, gang.VOLCANO_API)
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +162,31 @@ def counter_job(name: str, folder: Path, *, workers: int = 1, **spec: Any) -> Js
     }
     job["spec"].update(spec)
     return job
+
+
+def until_stopped_job(name: str, folder: Path, **spec: Any) -> JsonDict:
+    """The quickstart job's shape (a coordinator, one server, two workers, the default runPolicy)
+    whose workers run counter_program.py until the test touches ``folder/stop``: for a test that
+    needs the job Running through what it checks, and then its end, but not a training run's length."""
+    job = counter_job(name, folder, workers=2, servers={"replicas": 1})
+    del job["spec"]["runPolicy"]
+    job["spec"].update(spec)
+    return job
+
+
+def progress(folder: Path, worker: int | None = None) -> int:
+    """The acknowledged pushes the counter program's workers (or one, by rank) recorded in
+    ``folder`` so far."""
+    pattern = "progress-*" if worker is None else f"progress-{worker}"
+    return sum(int(f.read_text() or 0) for f in folder.glob(pattern))
+
+
+def wait_pushing(folder: Path, worker: int | None = None, timeout: float = 60) -> None:
+    """Waits until the counter program's workers (or one, by rank) push on: more acknowledged
+    pushes than now."""
+    before = progress(folder, worker)
+    who = "the workers" if worker is None else f"worker {worker}"
+    wait_for(lambda: progress(folder, worker) > before, timeout, f"{who} to push on from {before} pushes")
 
 
 def create_job(kube_api: KubeClient, namespace: str, job: JsonDict) -> JsonDict:

@@ -27,6 +27,7 @@ from tests.dynaps_operator.conftest import (
     get_job,
     pod_logs,
     pods_of,
+    progress,
     wait_phase,
 )
 from tests.kube.kubeapi import KubeClient
@@ -54,10 +55,6 @@ def uid_of(kube_api: KubeClient, ns: str, job: str, pod: str, running: bool = Fa
             uid: str = p["metadata"]["uid"]
             return uid
     return None
-
-
-def progress(folder: Path) -> int:
-    return sum(int(f.read_text() or 0) for f in folder.glob("progress-*"))
 
 
 def epoch(kube_api: KubeClient, ns: str, name: str) -> int:

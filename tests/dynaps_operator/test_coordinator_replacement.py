@@ -18,6 +18,7 @@ from tests.dynaps_operator.conftest import (
     get_job,
     pod_logs,
     pods_of,
+    progress,
     wait_phase,
 )
 from tests.kube.kubeapi import KubeClient, namespaced
@@ -34,10 +35,6 @@ def counter_job(name: str, folder: Path) -> JsonDict:
 
 def uids(kube_api: KubeClient, ns: str, job: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(kube_api, ns, job)}
-
-
-def progress(folder: Path) -> int:
-    return sum(int(f.read_text() or 0) for f in folder.glob("progress-*"))
 
 
 @pytest.mark.e2e

@@ -4,6 +4,7 @@ backoffLimit, failures do."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from tests.dynaps_operator.conftest import (
     pod_logs,
     pods_of,
     quickstart_job,
+    until_stopped_job,
     wait_phase,
+    wait_pushing,
 )
 from tests.kube.kubeapi import KubeClient, namespaced
 from tests.kube.kubelet import ProcessKubelet
@@ -40,11 +43,15 @@ def replaced(kube_api: KubeClient, namespace: str, name: str, old_uid: str) -> d
 
 @pytest.mark.e2e
 def test_a_deleted_worker_pod_is_recreated_and_the_job_still_succeeds(
-    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str, process_kubelet: ProcessKubelet
+    operator: OperatorThread,
+    kube_api: KubeClient,
+    kube_namespace: str,
+    process_kubelet: ProcessKubelet,
+    tmp_path: Path,
 ) -> None:
     """Needs the runtime to let a re-registering worker replace its lost predecessor."""
     ns = kube_namespace
-    create_job(kube_api, ns, quickstart_job("ft", epochs=LONG_EPOCHS))
+    create_job(kube_api, ns, until_stopped_job("ft", tmp_path))
     wait_phase(kube_api, ns, "ft", {"Running"}, 60)
     victim = pod(kube_api, ns, "ft-worker-1")
     assert victim is not None
@@ -56,7 +63,11 @@ def test_a_deleted_worker_pod_is_recreated_and_the_job_still_succeeds(
     assert (status["preemptions"], status["restarts"]) == (1, 0), status
     assert any(e["reason"] == "PodLost" for e in events_of(kube_api, ns, "ft"))
     try:
-        done = wait_phase(kube_api, ns, "ft", {"Succeeded", "Failed"}, 120)
+        # the predecessor is gone (its pod object goes once its process did): the new worker
+        # pushes on from its count
+        wait_pushing(tmp_path, worker=1)
+        (tmp_path / "stop").touch()
+        done = wait_phase(kube_api, ns, "ft", {"Succeeded", "Failed"}, 60)
     finally:
         print(pod_logs(process_kubelet, ns, ["ft-coordinator", "ft-worker-0", "ft-worker-1"]))
     assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -64,12 +75,16 @@ def test_a_deleted_worker_pod_is_recreated_and_the_job_still_succeeds(
 
 @pytest.mark.e2e
 def test_a_sigkilled_server_is_a_preemption_and_the_job_still_succeeds(
-    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str, process_kubelet: ProcessKubelet
+    operator: OperatorThread,
+    kube_api: KubeClient,
+    kube_namespace: str,
+    process_kubelet: ProcessKubelet,
+    tmp_path: Path,
 ) -> None:
     """Exit 137 is a preemption: replaced even with backoffLimit 0. Needs the runtime to let a
     re-registering server take over its shards."""
     ns = kube_namespace
-    create_job(kube_api, ns, quickstart_job("kill", epochs=LONG_EPOCHS, runPolicy={"backoffLimit": 0}))
+    create_job(kube_api, ns, until_stopped_job("kill", tmp_path, runPolicy={"backoffLimit": 0}))
     wait_phase(kube_api, ns, "kill", {"Running"}, 60)
     victim = pod(kube_api, ns, "kill-server-0")
     assert victim is not None
@@ -83,7 +98,10 @@ def test_a_sigkilled_server_is_a_preemption_and_the_job_still_succeeds(
     assert preempted
     assert "exited with code 137" in preempted[0]["message"]
     try:
-        done = wait_phase(kube_api, ns, "kill", {"Succeeded", "Failed"}, 120)
+        # every key is on the one server: the workers push on only once its replacement serves
+        wait_pushing(tmp_path)
+        (tmp_path / "stop").touch()
+        done = wait_phase(kube_api, ns, "kill", {"Succeeded", "Failed"}, 60)
     finally:
         print(pod_logs(process_kubelet, ns, ["kill-coordinator", "kill-server-0", "kill-worker-0"]))
     assert done["status"]["phase"] == "Succeeded", done["status"]

@@ -94,9 +94,9 @@ def test_coscheduling_pod_group_follows_a_scale_and_goes_with_the_job(
     assert third["metadata"]["labels"][gang.COSCHEDULING_LABEL] == "gang"
 
     kube_api.delete(jobs_path(ns, "gang"))
-    # The garbage collector watches a kind only after its periodic rediscovery (every 30 s) has
-    # seen the CRD, which this module installed moments ago: allow for two rounds.
-    wait_for(lambda: pod_group(kube_api, api, ns, "gang") is None, 75, "the PodGroup to go with the job")
+    # The garbage collector watches a kind only once its discovery has seen the CRD: the control
+    # plane installs the PodGroup CRDs before its controller manager starts, so it does at once.
+    wait_for(lambda: pod_group(kube_api, api, ns, "gang") is None, 30, "the PodGroup to go with the job")
 
 
 @pytest.mark.e2e

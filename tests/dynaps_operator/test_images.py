@@ -3,6 +3,9 @@ environments (no Docker engine here), give working `dynaps` and `dynaps-operator
 
 Slow (it builds every wheel the images hold, from the package index), so it runs with the e2e
 suite. The build stage's COPY list is honoured: only what the Dockerfile copies is in its /src.
+In `make test`, the two install tests skip when the run's container tests all ran and passed:
+they ran the real images built from these Dockerfiles, and made the checks below that nothing
+else makes (tests/containers/proof.py, test_image_contents.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import venv
 from pathlib import Path
 
 import pytest
+
+from tests.containers import proof
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,6 +57,12 @@ def run_stage(commands: list[str], env_dir: Path, paths: dict[str, Path]) -> Non
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
+def skip_if_the_container_tests_ran_the_images() -> None:
+    proven = proof.proven()
+    if proven:
+        pytest.skip(proven)
+
+
 def build(dockerfile: Path, tmp: Path) -> Path:
     (copies, build_steps), (_, install_steps) = stages(dockerfile)
     src = tmp / "src"
@@ -84,6 +95,7 @@ def run(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_runtime_image_install_gives_a_working_dynaps(tmp_path: Path) -> None:
+    skip_if_the_container_tests_ran_the_images()
     bin_dir = build(REPO / "docker" / "runtime.Dockerfile", tmp_path)
     helped = run(bin_dir / "dynaps", "--help")
     assert helped.returncode == 0, helped.stderr
@@ -97,6 +109,7 @@ def test_runtime_image_install_gives_a_working_dynaps(tmp_path: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_operator_image_install_gives_a_working_operator_without_the_data_plane(tmp_path: Path) -> None:
+    skip_if_the_container_tests_ran_the_images()
     bin_dir = build(REPO / "docker" / "operator.Dockerfile", tmp_path)
     helped = run(bin_dir / "dynaps-operator", "--help")
     assert helped.returncode == 0, helped.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,9 @@ from tests.dynaps_operator.conftest import (
     jobs_path,
     pods_of,
     quickstart_job,
+    until_stopped_job,
     wait_phase,
+    wait_pushing,
     wait_succeeded,
 )
 from tests.kube.controlplane import ControlPlane
@@ -45,10 +48,10 @@ def gone(kube_api: KubeClient, path: str) -> bool:
 
 @pytest.mark.e2e
 def test_suspend_removes_the_pods_and_resume_runs_to_success(
-    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str
+    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str, tmp_path: Path
 ) -> None:
     ns = kube_namespace
-    create_job(kube_api, ns, quickstart_job("sus", epochs=LONG_EPOCHS))
+    create_job(kube_api, ns, until_stopped_job("sus", tmp_path))
     wait_phase(kube_api, ns, "sus", {"Running"}, 60)
     wait_for(
         lambda: "JobRunning" in {e["reason"] for e in events_of(kube_api, ns, "sus")},
@@ -71,7 +74,9 @@ def test_suspend_removes_the_pods_and_resume_runs_to_success(
 
     suspend(kube_api, ns, "sus", False)
     wait_for(lambda: len(pods_of(kube_api, ns, "sus")) == 4, 15, "the resumed job's pods")
-    done = wait_phase(kube_api, ns, "sus", {"Succeeded", "Failed"}, 180)
+    wait_pushing(tmp_path)  # the resumed job runs; then its workers finish
+    (tmp_path / "stop").touch()
+    done = wait_phase(kube_api, ns, "sus", {"Succeeded", "Failed"}, 60)
     assert done["status"]["phase"] == "Succeeded", done["status"]
     resumed = condition(done, "Suspended")
     assert resumed is not None
@@ -81,11 +86,11 @@ def test_suspend_removes_the_pods_and_resume_runs_to_success(
 
 @pytest.mark.e2e
 def test_resume_restores_the_checkpoint_taken_when_suspended(
-    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str
+    operator: OperatorThread, kube_api: KubeClient, kube_namespace: str, tmp_path: Path
 ) -> None:
     """Needs the runtime's POST /checkpoint, /status lastCheckpoint and checkpoint.restoreFrom."""
     ns = kube_namespace
-    create_job(kube_api, ns, quickstart_job("ckpt", epochs=LONG_EPOCHS))
+    create_job(kube_api, ns, until_stopped_job("ckpt", tmp_path))
     wait_phase(kube_api, ns, "ckpt", {"Running"}, 60)
     suspend(kube_api, ns, "ckpt", True)
     wait_for(lambda: not pods_of(kube_api, ns, "ckpt"), 90, "the suspended job's pods to go")
@@ -104,7 +109,9 @@ def test_resume_restores_the_checkpoint_taken_when_suspended(
         kube_api.get(namespaced("configmaps", ns, "ckpt-config"))["data"]["config.json"]
     )
     assert config.fault_tolerance.checkpoint.restore_from == checkpoint["path"]
-    wait_succeeded(kube_api, ns, "ckpt", 180)
+    wait_pushing(tmp_path)  # the job restored from it runs; then its workers finish
+    (tmp_path / "stop").touch()
+    wait_succeeded(kube_api, ns, "ckpt", 60)
 
 
 @pytest.mark.e2e

@@ -2,11 +2,14 @@
 kube-controller-manager and kube-scheduler as local processes, with client-certificate authentication.
 
 Everything lives in one temporary root (see procs.py for why nothing outlives the tests). Ports are
-picked free at start; every component binds 127.0.0.1 only.
+picked free at start; every component binds 127.0.0.1 only. CRDs given to the constructor are
+installed before the controller manager starts: its garbage collector and the HPA controller's REST
+mapper learn a kind installed later only at their next rediscovery (every 30 s).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import shutil
@@ -16,10 +19,14 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.kube import procs
-from tests.kube.kubeapi import KubeClient
+from tests.kube.kubeapi import ApiError, KubeClient
 from tests.kube.pki import Pki, make_pki, write_kubeconfig
+from tests.kube.polling import wait_for
 from tests.kube.tools import ClusterTools
 
 # Service ClusterIPs come from loopback: nothing proxies them here (no kube-proxy), so a connection to
@@ -46,7 +53,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 class ControlPlane(ClusterTools):
-    def __init__(self, bin_dir: Path, root: Path) -> None:
+    def __init__(self, bin_dir: Path, root: Path, crds: Sequence[Path] = ()) -> None:
         self.bin_dir = bin_dir
         self.root = root
         self.logs = root / "logs"
@@ -58,6 +65,8 @@ class ControlPlane(ClusterTools):
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.client: KubeClient | None = None
         self.started_in: float = 0.0
+        self.crds = tuple(crds)  # manifests installed before the controllers start
+        self._installed_crds: set[Path] = set()
 
     @property
     def server(self) -> str:
@@ -132,6 +141,7 @@ class ControlPlane(ClusterTools):
         self._write_kubeconfig()
         self.client = KubeClient(self.host, self.port, pki.ca_cert, pki.admin_cert, pki.admin_key)
         self._wait_healthy("kube-apiserver", self.port, "/readyz", deadline, client_cert=True)
+        self.install_crds(self.crds, max(deadline - time.monotonic(), 1.0))
         common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
         self._spawn(
             "kube-controller-manager",
@@ -147,6 +157,9 @@ class ControlPlane(ClusterTools):
                 "-endpointslice-mirroring-controller",
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
+                # The HPA controller syncs each HPA once per period (15 s by default): a test of
+                # what it reports would mostly wait for the next pass.
+                "--horizontal-pod-autoscaler-sync-period=1s",
                 "--v=1",
             ],
         )
@@ -154,6 +167,50 @@ class ControlPlane(ClusterTools):
         self._wait_healthy("kube-controller-manager", kcm_port, "/healthz", deadline)
         self._wait_healthy("kube-scheduler", sched_port, "/healthz", deadline)
         self.started_in = time.monotonic() - began
+
+    def install_crds(self, manifests: Sequence[Path], timeout: float = 30.0) -> None:
+        """Applies CRD manifests (server-side: applying one again changes nothing) and waits until
+        the API server serves and lists in discovery each served version. One this plane installed
+        already is skipped, so fixtures may ask for what the start installed."""
+        todo = [m.resolve() for m in manifests if m.resolve() not in self._installed_crds]
+        if not todo:
+            return
+        self.kubectl("apply", "--server-side", *(arg for m in todo for arg in ("-f", str(m))))
+        deadline = time.monotonic() + timeout
+        for manifest in todo:
+            self._wait_crd_served(yaml.safe_load(manifest.read_text()), deadline)
+            self._installed_crds.add(manifest)
+
+    def _wait_crd_served(self, crd: dict[str, Any], deadline: float) -> None:
+        name, group = crd["metadata"]["name"], crd["spec"]["group"]
+        plural = crd["spec"]["names"]["plural"]
+        api = self.api
+
+        def established() -> bool:
+            doc = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conditions = {c["type"]: c["status"] for c in (doc.get("status") or {}).get("conditions") or []}
+            return conditions.get("Established") == "True"
+
+        wait_for(established, deadline - time.monotonic(), f"the CRD {name} to be established")
+        for version in (v["name"] for v in crd["spec"]["versions"] if v.get("served")):
+            wait_for(
+                functools.partial(self._serves, f"{group}/{version}", plural),
+                deadline - time.monotonic(),
+                f"the API server to serve {group}/{version} {plural}",
+            )
+
+    def _serves(self, group_version: str, plural: str) -> bool:
+        # Lists answer 429 while a new resource's storage initialises (an operator's first list
+        # would then back off for a second or more), and discovery, which the controllers read,
+        # lists the kind a moment after its CRD is established.
+        try:
+            self.api.get(f"/apis/{group_version}/{plural}")
+            resources = self.api.get(f"/apis/{group_version}").get("resources") or []
+        except ApiError as exc:
+            if exc.status in (404, 429):
+                return False
+            raise
+        return any(r.get("name") == plural for r in resources)
 
     def start_component(
         self, name: str, args: Sequence[str], health_port: int, timeout: float = 60.0
@@ -179,6 +236,7 @@ class ControlPlane(ClusterTools):
         for name in reversed(list(self.processes)):
             procs.stop_process(self.processes[name], grace=5.0)
         self.processes.clear()
+        self._installed_crds.clear()  # a start after a stop begins with a fresh etcd
         if self.client is not None:
             self.client.close()
             self.client = None

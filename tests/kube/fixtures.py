@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.kube import procs
-from tests.kube.binaries import BinariesMissingError, find_bin_dir, find_images_dir
+from tests.kube.binaries import REPO_ROOT, BinariesMissingError, find_bin_dir, find_images_dir
 from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import KubeClient
 from tests.kube.kubelet import ProcessKubelet
@@ -47,6 +47,14 @@ KUBE_FIXTURES = {
     "real_node",
 }
 
+
+# The CRDs every session's control plane serves from its start, before its controller manager
+# runs (controlplane.py says why): the repository's own and the gang schedulers' PodGroups
+# (tests/kube/crds). The fixtures that need one still ask for it (tests/dynaps_operator/conftest.py).
+SESSION_CRDS = (
+    *sorted((REPO_ROOT / "crds").glob("*.yaml")),
+    *sorted((REPO_ROOT / "tests" / "kube" / "crds").glob("*.yaml")),
+)
 
 # How long the session's control plane took to become healthy, for the run's summary.
 _started_in: list[float] = []
@@ -108,7 +116,7 @@ def k8s_bin_dir() -> Path:
 def kube_control_plane(k8s_bin_dir: Path) -> Iterator[ControlPlane]:
     procs.reap_stale_roots()
     root = procs.make_root()
-    plane = ControlPlane(k8s_bin_dir, root)
+    plane = ControlPlane(k8s_bin_dir, root, crds=SESSION_CRDS)
     previous = _raise_on_sigterm()
     try:
         plane.start()
