@@ -274,20 +274,13 @@ class RealNode(ClusterTools):
         self._spawn("kube-scheduler", [str(self.bin_dir / "kube-scheduler"), *common, "--v=1"])
 
     def _api_ready(self) -> bool:
-        result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
-        return result.returncode == 0 and result.stdout.strip() == "ok"
+        answer = self.answer("kubectl", "get", "--raw", "/readyz", timeout=10)
+        return answer is not None and answer.strip() == "ok"
 
     def _node_ready(self) -> bool:
-        result = self.kubectl(
-            "get",
-            "node",
-            NODE_NAME,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-            check=False,
-            timeout=10,
-        )
-        return result.returncode == 0 and result.stdout.strip() == "True"
+        ready = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        answer = self.answer("kubectl", "get", "node", NODE_NAME, "-o", ready, timeout=10)
+        return answer is not None and answer.strip() == "True"
 
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
         env = {

@@ -49,6 +49,16 @@ class ClusterTools:
             )
         return result
 
+    def answer(self, tool: str, *args: str, timeout: float) -> str | None:
+        """What ``tool args`` prints, or None when it fails or takes over ``timeout`` seconds
+        (it is killed then): for readiness probes, whose caller waits until its own deadline,
+        so that one slow answer on a loaded machine is "not ready yet", not an error."""
+        try:
+            result = self.run_tool(tool, *args, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return result.stdout if result.returncode == 0 else None
+
     def kubectl(self, *args: str, **kw: bool | str | float | None) -> subprocess.CompletedProcess[str]:
         return self.run_tool("kubectl", *args, **kw)  # type: ignore[arg-type]
 
