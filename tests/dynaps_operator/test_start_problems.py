@@ -100,7 +100,9 @@ def test_a_worker_program_that_never_attaches_is_named_then_fails_the_job(
     operator: OperatorThread, kube_api: KubeClient, kube_namespace: str
 ) -> None:
     ns = kube_namespace
-    job = quickstart_job("silent", workers=1, runPolicy={"startTimeoutSeconds": 10})
+    # 15 s: on a loaded 2-core machine the pods took 6.7-7.7 s to say what they wait for,
+    # and the reason must show before the timeout fails the job
+    job = quickstart_job("silent", workers=1, runPolicy={"startTimeoutSeconds": 15})
     job["spec"]["workers"]["command"] = ["python", "-c", "import time; time.sleep(300)"]
     job["spec"]["workers"]["args"] = []
     create_job(kube_api, ns, job)
