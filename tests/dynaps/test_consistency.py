@@ -38,6 +38,9 @@ def counters_history(ps: dynaps.PS, clocks: int, slow: int, pause: float) -> lis
     mine = np.array([ps.rank])
     one = np.ones((1, 1), dtype=np.float32)
     history: list[Record] = []
+    # all start together: a worker started late on a loaded machine found the others done
+    # with every clock before its first pull, and the histories showed no lag at all
+    ps.barrier()
     for c in range(clocks):
         history.append((c, counters.pull(everyone)[:, 0].tolist()))
         if ps.rank == slow:
