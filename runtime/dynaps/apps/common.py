@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.config import ATTACH_ENV
 from dynaps.contract import Allocation, TableSpec
 from dynaps.errors import UsageError
 
@@ -324,8 +325,6 @@ def launch(
     """
     import importlib
     import os
-
-    from dynaps.config import ATTACH_ENV
 
     module = importlib.import_module(f"dynaps.apps.{app}")  # importable by LocalCluster's runners
     if args.print_tables:
