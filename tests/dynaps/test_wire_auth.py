@@ -227,6 +227,22 @@ def test_every_form_of_message_round_trips_and_any_changed_byte_is_caught(
         Authenticator(KEY).verify(2, wire)  # a fresh receiver: only the change can fail it
 
 
+def test_moving_bytes_between_frames_is_caught() -> None:
+    """A large message's last frame is signed apart from the others (GCM's associated data,
+    so it is not copied): bytes moved across that boundary, or the last frame cut off and
+    its bytes appended to the one before, must still fail."""
+    sender = Authenticator(KEY)
+    rows = np.arange(6_000, dtype=np.float32).reshape(60, 100)  # 2-D: signed as flat bytes
+    wire = [bytes(memoryview(f)) for f in sender.sign(1, 2, [b"head", b"keys" * 10, rows])]
+    assert Authenticator(KEY).verify(2, list(wire))[2] == rows.tobytes()
+    for forged in (
+        [wire[0], wire[1] + wire[2][:4], wire[2][4:]],  # the boundary moved right
+        [wire[0], wire[1][:-4], wire[1][-4:] + wire[2]],  # ... and left
+    ):
+        with pytest.raises(ProtocolError):
+            Authenticator(KEY).verify(2, forged)
+
+
 def test_one_frame_signs_alike_in_both_forms() -> None:
     """The one-pass form for a small frame of bytes and the general form for the same bytes
     in another buffer sign the same thing."""
