@@ -60,7 +60,7 @@ from dynaps.wire.transport import ZmqTransport, message_bound
 
 POLL_MS = 10  # the loop's longest sleep: heartbeats leave in batches at most this late
 DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot starve the rest
-LEAVE_LINGER = 1.0  # seconds a node that left keeps its sockets (as dynaps.node.control_plane)
+LEAVE_LINGER = 1.0  # seconds a node that left keeps its sockets (as dynaps.node.drain)
 MAX_SOCKETS = 65535  # the helper's zmq context: hundreds of endpoints, several sockets each
 SUMMARIES_KEPT = 64  # parsed memberships and deltas remembered (by body bytes)
 HELD_SHARDS_ENV = "SCALE_HELD_SHARDS"  # shards each simulated worker's program localizes keys of

@@ -372,7 +372,7 @@ class Cluster:
         for node in self.live():
             plane = self.planes[node]
             if plane.drain is not None:
-                plane.advance_drain(self.clock.now)
+                plane.drainer.advance(self.clock.now)
         for node in list(self.live()):
             # It lingers until nothing is addressed to it any more.
             if "stop_loop" in self.shells[node].calls and not self.network.addressed_to(node):

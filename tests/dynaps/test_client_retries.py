@@ -14,7 +14,7 @@ import pytest
 from dynaps.client import retries, retry_holds
 from dynaps.client.handles import Handle
 from dynaps.contract import FaultTolerance
-from dynaps.node import control_plane
+from dynaps.node import drain
 from dynaps.node.server import NodeServer
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
@@ -154,7 +154,7 @@ def test_a_record_outlives_the_answer_while_a_retry_may_still_arrive() -> None:
 def test_the_hold_outlasts_what_a_node_that_left_still_forwards() -> None:
     """A node that left forwards stragglers for LEAVE_LINGER; a copy it forwards then takes
     a hop or two more before it arrives."""
-    assert retry_holds.RESENT_HOLD_SECONDS >= control_plane.LEAVE_LINGER + 2.0
+    assert retry_holds.RESENT_HOLD_SECONDS >= drain.LEAVE_LINGER + 2.0
 
 
 class Clock:

@@ -12,7 +12,7 @@ import pytest
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.outbox import REFUSED_ENDPOINT
 from dynaps.coordinator.roster import Member, MemberState, Roster
-from dynaps.node.control_plane import Drain
+from dynaps.node.drain import Drain
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType, client_of
 from tests.dynaps.samples import SAMPLE_BODIES

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from dynaps.contract import NamedTable, Partition
-from dynaps.node.control_plane import COORDINATOR_GONE_SECONDS, LEAVE_LINGER, ControlPlane, Drain
+from dynaps.node.control_plane import ControlPlane
+from dynaps.node.drain import COORDINATOR_GONE_SECONDS, LEAVE_LINGER, Drain
 from dynaps.node.migration import Incoming
 from dynaps.node.server import NodeServer
 from dynaps.store.shardmap import ShardMap

@@ -39,7 +39,7 @@ REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 RESEND_UPDATES_AFTER_DEPARTURE = False
 
 # Seconds what we queued for a node that left may take to reach it (it forwards stragglers
-# for LEAVE_LINGER, 1 s, in dynaps.node.control_plane) before its socket is closed.
+# for LEAVE_LINGER, 1 s, in dynaps.node.drain) before its socket is closed.
 DEPARTED_LINGER = 2.0
 
 # a request's table, the request, its keys, their positions in it

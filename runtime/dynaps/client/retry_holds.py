@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 # How long a request sent more than once stays below the watermark.  Its other copy takes
 # at most: a node that left forwards stragglers for LEAVE_LINGER (1 s, in
-# dynaps.node.control_plane), then a hop or two more; or a retry waits at a node until the
+# dynaps.node.drain), then a hop or two more; or a retry waits at a node until the
 # membership it was sent under reaches that node.
 RESENT_HOLD_SECONDS = 5.0
 

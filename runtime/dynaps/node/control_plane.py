@@ -4,12 +4,9 @@ The decisions live here, in-process and free of sockets and OS processes, so tes
 them directly; :class:`~dynaps.node.process.NodeProcess` is the shell that feeds them
 messages and the clock, and does what only an OS process can (:class:`Shell`).
 
-A graceful leave (:meth:`ControlPlane.start_drain`, on DRAIN or SIGTERM) goes through
-:class:`Drain`'s steps: a worker tells its training process (``dynaps.Drained`` at its
-next call) and waits for it to finish (``CLIENT``); a server waits until its shards have
-moved away and its backups have been handed over (``SHARDS``); then the node gives every
-key it still holds back to its home (``KEYS``), sends LEFT, and lingers a moment to
-forward stragglers (``LEFT``).
+A graceful leave (:meth:`ControlPlane.start_drain`, on DRAIN or SIGTERM) is a state
+machine of its own, :class:`~dynaps.node.drain.Drainer`: the control plane starts it and
+its tick advances it.
 
 A node the coordinator declared lost (it was paused or cut off for too long) must not
 serve on: others now serve its keys.  It stops as soon as it learns so (:meth:`fence`): a
@@ -21,7 +18,6 @@ before the coordinator said it is still a member (:mod:`dynaps.node.waking`).
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
@@ -34,6 +30,8 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dynaps.errors import ConfigError, ProtocolError
+from dynaps.node.drain import LEAVE_LINGER, Drain, Drainer
+from dynaps.node.drain import Shell as DrainShell
 from dynaps.node.server import NodeServer
 from dynaps.node.waking import WAKE_LIMIT, WAKE_RETRY, Frames, Waking
 from dynaps.store.checkpoint_files import contained, write_owned
@@ -43,37 +41,13 @@ from dynaps.wire.protocol import COORDINATOR, Message, MsgType, node_of
 
 log = logging.getLogger(__name__)
 
-LEAVE_LINGER = 1.0  # seconds a node that left keeps forwarding stragglers
-# A draining node whose coordinator's connection stayed down this long leaves without a
-# handover: the whole job is going away (its pods deleted together: the coordinator exits
-# on SIGTERM without ending the job), and nobody is left to take its keys.
-COORDINATOR_GONE_SECONDS = 2.0
 
-
-class Drain(enum.StrEnum):
-    CLIENT = "client"  # a worker waits for its training process to finish
-    SHARDS = "shards"  # a server waits until the coordinator moved its shards away
-    KEYS = "keys"  # the node gives the keys it holds back to their homes
-    LEFT = "left"  # LEFT sent; forwarding stragglers until the linger ends
-
-
-class Shell(Protocol):
-    """What the control logic asks of the OS process around it."""
+class Shell(DrainShell, Protocol):
+    """What the control logic asks of the OS process around it: what a drain asks, and
+    the node's heartbeat."""
 
     def heartbeat(self) -> control.Heartbeat:
         """This node's sign of life, as sent to the coordinator."""
-
-    def stop_loop(self) -> None:
-        """End the node's loop (the process then exits)."""
-
-    def tell_client_to_drain(self) -> None:
-        """Make the training process raise ``dynaps.Drained`` at its next call."""
-
-    def client_running(self) -> bool:
-        """Whether the training process still runs."""
-
-    def end_client(self) -> None:
-        """Terminate the training process if it still runs (it did not finish in time)."""
 
 
 @dataclass
@@ -102,15 +76,10 @@ class ControlPlane:
         self.node_id = server.me
         self.role = role
         self.shell = shell
-        self.drain_timeout = drain_timeout
-        self.clock = clock
         self.members: set[int] = set()  # live node ids, from the last membership
         self.highest_node_id = self.node_id  # of every node heard of (for a new coordinator)
         self.client_address: str | None = None  # where this worker's training process receives
-        self.drain: Drain | None = None
-        self.drain_deadline = 0.0
-        self.coordinator_gone_since: float | None = None  # its connection dropped then
-        self.abandoned = False  # left while draining, without a handover (no coordinator)
+        self.drainer = Drainer(server, role, shell, self.send_coordinator, drain_timeout, clock)
         self.checkpoint: CheckpointPause | None = None
         self.fenced = ""  # why the coordinator no longer counts this node as a member
         self.waking = Waking(wake_gap)  # after a gap in the loop: data held until confirmed
@@ -133,6 +102,20 @@ class ControlPlane:
 
     def send_coordinator(self, kind: MsgType, body: BaseModel, req_id: int = 0) -> None:
         self.server.send_frames(COORDINATOR, messages.control(kind, self.node_id, body, req_id))
+
+    @property
+    def drain(self) -> Drain | None:
+        """The step of the node's drain (None: not draining)."""
+        return self.drainer.step
+
+    @drain.setter
+    def drain(self, step: Drain | None) -> None:
+        self.drainer.step = step
+
+    @property
+    def abandoned(self) -> bool:
+        """It left while draining, without a handover (the coordinator was gone)."""
+        return self.drainer.abandoned
 
     @property
     def wake_gap(self) -> float:
@@ -228,7 +211,7 @@ class ControlPlane:
         if self.fenced:
             return  # no longer a member: nothing it does now may count
         if msg.sender == COORDINATOR:
-            self.coordinator_gone_since = None  # back (or replaced): it answers again
+            self.drainer.coordinator_heard()
         try:
             if msg.type is MsgType.REFUSED:
                 if msg.sender != COORDINATOR:
@@ -349,8 +332,8 @@ class ControlPlane:
     def tick(self, now: float) -> None:
         """The periodic duties that follow from the node's state (between requests)."""
         server = self.server
-        if self.drain is not None:
-            self.advance_drain(now)
+        if self.drainer.step is not None:
+            self.drainer.advance(now)
         waking = self.waking
         if waking.since is not None and not self.fenced:
             if now - waking.since >= WAKE_LIMIT:
@@ -375,52 +358,8 @@ class ControlPlane:
     # ------------------------------------------------------------------ draining
 
     def start_drain(self, reason: str) -> None:
-        """Begin a graceful leave (idempotent)."""
-        if self.drain is not None:
-            return
-        log.info("node %d: draining (%s)", self.node_id, reason)
-        self.send_coordinator(MsgType.LEAVE, control.Leave(reason=reason))
-        self.drain_deadline = self.clock() + self.drain_timeout
-        if self.role == "worker":
-            self.shell.tell_client_to_drain()
-            self.drain = Drain.CLIENT
-        else:
-            self.drain = Drain.SHARDS
+        """Begin a graceful leave (idempotent): :mod:`dynaps.node.drain`."""
+        self.drainer.start(reason)
 
     def coordinator_disconnected(self, now: float) -> None:
-        if self.coordinator_gone_since is None:
-            self.coordinator_gone_since = now
-
-    def advance_drain(self, now: float) -> None:
-        server = self.server
-        gone = self.coordinator_gone_since
-        if gone is not None and now - gone >= COORDINATOR_GONE_SECONDS and self.drain is not Drain.LEFT:
-            log.warning("node %d: the coordinator is gone while draining: leaving at once", self.node_id)
-            self.abandoned = True
-            self.shell.stop_loop()
-            return
-        if self.drain is Drain.CLIENT:
-            if self.shell.client_running() and now < self.drain_deadline:
-                return
-            self.shell.end_client()
-            self.drain = Drain.KEYS
-        if self.drain is Drain.SHARDS:
-            if self.node_id in server.shard_map.homes or server.migrations.outgoing:
-                return  # the coordinator moves our shards away first
-            if server.migrations.incoming:
-                # a copy reached us whose commit (or abort) we have not seen: the coordinator
-                # may already count us as its home, and leaving now would take the shard along
-                return
-            backups = server.shard_map.backups
-            if backups is not None and (backups == self.node_id).any():
-                return  # and hands our backups over once their new backups are synced
-            self.drain = Drain.KEYS
-        if self.drain is Drain.KEYS and server.departures.release_owned() == 0:
-            log.info("node %d: drained, leaving", self.node_id)
-            self.send_coordinator(MsgType.LEFT, control.Empty())
-            self.drain = Drain.LEFT
-            # Keep forwarding a little longer: peers that have not yet seen the membership
-            # without us may still send here, and we know where everything went.
-            self.drain_deadline = now + LEAVE_LINGER
-        if self.drain is Drain.LEFT and now >= self.drain_deadline:
-            self.shell.stop_loop()
+        self.drainer.coordinator_disconnected(now)
