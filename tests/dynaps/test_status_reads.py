@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dynaps.coordinator.core import STATUS_SECONDS
+from dynaps.coordinator.published_status import STATUS_SECONDS
 from dynaps.coordinator.status_reads import StatusReads
 from dynaps.wire.protocol import MsgType
 from tests.dynaps.test_coordinator_core import Job

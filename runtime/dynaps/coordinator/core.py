@@ -40,6 +40,7 @@ from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.progress import Progress
+from dynaps.coordinator.published_status import PublishedStatus
 from dynaps.coordinator.reports import Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
@@ -52,10 +53,6 @@ from dynaps.wire.protocol import Message, MsgType, client_of, node_of
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
-
-# how old /status may be when read, if no message but heartbeats came since it was built (what
-# only time changes in it: timers of the tick, how long a silent node has been silent)
-STATUS_SECONDS = 0.1
 
 
 class JobPhase(enum.StrEnum):
@@ -154,10 +151,8 @@ class Coordinator:
             self.min_clock,
             announce=self._announce,
         )
-        self.status_doc: dict[str, Any] = {}
-        self._status_stale = False  # a message (not a member's heartbeat), a command or a loss came since
-        self._status_built = 0.0  # when publish_status last rebuilt it (the loop's clock)
-        self._refresh_status()
+        self.published = PublishedStatus(self._status_document)
+        self.published.refresh()
 
     # ------------------------------------------------------------------ membership
 
@@ -177,7 +172,7 @@ class Coordinator:
             return
         try:
             msg = decode(frames, [])
-            self._status_stale = True  # anything but a member's heartbeat may change /status
+            self.published.stale = True  # anything but a member's heartbeat may change /status
             self._dispatch(msg)
         except ProtocolError as exc:
             log.warning("coordinator dropped a malformed message: %s", exc)
@@ -389,7 +384,7 @@ class Coordinator:
         if self.phase == JobPhase.ADOPTING:
             if self.adoption.due(now):
                 self._finish_adoption()
-                self._status_stale = True
+                self.published.stale = True
             return
         if self.phase == JobPhase.REGISTERING and now >= self.listen_until and self.adoption.deferred:
             for reg in self.adoption.finish():  # no running job spoke up: a new job
@@ -408,7 +403,7 @@ class Coordinator:
         for member in lost:
             self.departures.lost(member)
         if lost or waited or self.liveness.waiting:
-            self._status_stale = True  # /status says whom the job waits for, and for how long
+            self.published.stale = True  # /status says whom the job waits for, and for how long
         self.end.await_missing_workers(now, self.phase == JobPhase.RUNNING)
 
     def _abandon_checkpoint(self) -> None:
@@ -442,7 +437,7 @@ class Coordinator:
 
     def _stopped(self) -> None:
         self.phase = JobPhase.STOPPING
-        self._refresh_status()
+        self.published.refresh()
 
     @property
     def exit_code(self) -> int | None:
@@ -458,21 +453,15 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         """The /status document; computed on the coordinator's thread, read from any."""
-        return self.status_doc
+        return self.published.doc
 
     def publish_status(self, now: float | None = None) -> None:
-        """Rebuild /status for a reader (:mod:`dynaps.coordinator.status_reads`: the loop calls
-        this only when someone reads it): when a message, a command or a loss changed the job
-        since it was built, or it is :data:`STATUS_SECONDS` old (``now``: the loop's monotonic
-        clock; None: rebuild at once).  Rebuilding it for every heartbeat took three quarters of
-        the coordinator's time at 1,000 nodes, and ten times a second after heartbeats alone
-        still a tenth (bench/README.md)."""
-        if not self._status_stale and now is not None and now - self._status_built < STATUS_SECONDS:
-            return
-        self._refresh_status()
-        self._status_built = now if now is not None else 0.0
+        """Rebuild /status for a reader if the job changed or it is old
+        (:mod:`dynaps.coordinator.published_status`; the loop calls this only when someone
+        reads it, :mod:`dynaps.coordinator.status_reads`)."""
+        self.published.publish(now)
 
-    def _refresh_status(self) -> None:
+    def _status_document(self) -> dict[str, Any]:
         doc = status_document(
             job=self.config.job,
             phase=self.phase.value,
@@ -490,8 +479,7 @@ class Coordinator:
         doc["waitingFor"] = self.liveness.report(self.clock())  # silent nodes the job waits for
         if self.stages.active:
             doc["stage"] = self.stages.status()
-        self.status_doc = doc  # published whole: the HTTP thread reads it
-        self._status_stale = False
+        return doc
 
     def run_command(self, action: str, body: dict[str, Any]) -> None:
         """An action POSTed to the HTTP endpoint (see :mod:`dynaps.coordinator.http`)."""
@@ -501,4 +489,4 @@ class Coordinator:
             self.checkpoints.request()
         for node, reason in commands.drains(action, body, self.roster):
             self.send(node, MsgType.DRAIN, control.Drain(reason=reason))
-        self._refresh_status()
+        self.published.refresh()
