@@ -145,7 +145,8 @@ class Client:
         self.barriers = Barriers(self.requests)
         self.membership = Membership(self.transport, self.requests, 1, self.barriers.repeat)
         self.membership.apply(membership(1, [1, 2]))
-        self.table = Table(self.requests, 0, self.store, Holdings(self.requests))
+        self.holdings = Holdings(self.requests)
+        self.table = Table(self.requests, 0, self.store, self.holdings)
         self.controls: list[Message] = []
 
     def control(self, msg: Message) -> None:
@@ -208,7 +209,7 @@ def test_a_node_that_left_gets_unanswered_pulls_and_localizes_sent_again_to_the_
     client.table.localize([5], wait=False)
     [(_, holding)] = client.transport.take()  # the shard's first localize: the coordinator notes us
     assert holding.type is MsgType.HOLDING
-    client.table._holdings.on_noted(control.body_of(holding, control.Holding))
+    client.holdings.on_noted(control.body_of(holding, control.Holding))
     [(first, sent)] = client.transport.take()
     assert (first, sent.type) == (2, MsgType.LOCALIZE)
     client.requests.apply_membership(shard_map(2, [1, 1]), gone={2}, lost=set())  # 2 left

@@ -4,7 +4,7 @@ A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`),
 the keys its node owns in place (under the lock it shares with its node, inline: the local
 path is the hot path), and hands the rest to :class:`~dynaps.client.requests.Requests`,
 which sends one request per owner and collects the replies into a
-:class:`~dynaps.client.handles.Handle`.
+:class:`~dynaps.client.handles.Handle`.  A localize goes to :mod:`dynaps.client.localize`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dynaps.client import hot_keys, sampling
 from dynaps.client.arguments import Arguments
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.holdings import Holdings
+from dynaps.client.localize import Localizer
 from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
 from dynaps.contract import Allocation, TableCache
@@ -35,7 +36,7 @@ class Table:
 
     def __init__(self, requests: Requests, index: int, store: TableStore, holdings: Holdings) -> None:
         self._requests = requests
-        self._holdings = holdings  # a localize first tells the coordinator which shards we may hold
+        self._localizer = Localizer(requests, index, store, holdings)
         self._index = index
         self._store = store
         self._node = requests.node
@@ -387,36 +388,7 @@ class Table:
         keys = self._keys(keys)
         if self._hot is not None:
             return self._hot.localize(keys, wait)  # hot keys stay where they are
-        return self._localize_keys(keys, wait)
-
-    def _localize_keys(self, keys: Keys, wait: bool) -> Handle | None:
-        store, requests = self._store, self._requests
-        requests.make_room()  # before keys are marked incoming
-        if self._static or not len(keys):
-            return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
-        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
-            keys = np.unique(keys)  # sorted keys (np.arange, a sampler's) skip the sort
-        self._lock.acquire()
-        try:
-            where = store.loc[keys]
-            away = where != self._node
-            wanted = keys[away]
-            incoming = where[away] == INCOMING
-            fresh = wanted[~incoming] if incoming.any() else wanted
-            store.loc[fresh] = INCOMING  # requests for these keys now wait on our node
-        finally:
-            self._lock.release()
-        self._usage[usage.LOCALIZED] += len(wanted)
-        if not len(wanted):
-            return None if wait else requests.done_handle(MsgType.LOCALIZE, self.name, None)
-        handle = requests.new_handle(MsgType.LOCALIZE, self._index, self.name, wanted, None, len(wanted))
-        # keys already on their way here: our node tells us when they have arrived
-        waiting = wanted[incoming] if len(fresh) < len(wanted) else None
-        self._holdings.localize(self._index, handle, fresh, waiting)
-        if wait:
-            handle.result()
-            return None
-        return handle
+        return self._localizer.localize(keys, wait)
 
     # -------------------------------------------------------------- sampling (see dynaps.client.sampling)
 
@@ -472,7 +444,7 @@ class Table:
         paths = hot_keys.Paths(
             pull=self._pull_keys,
             update=self._update_keys,
-            localize=self._localize_keys,
+            localize=self._localizer.localize,
             room=requests.make_room,
             done=lambda kind, out: requests.done_handle(kind, self.name, out),
             wait=requests.wait,
