@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -278,6 +282,59 @@ def test_shutdown_leaves_no_process_and_releases_every_port() -> None:
         if c.status == psutil.CONN_LISTEN and c.laddr
     }
     assert not ports & listening, f"ports still bound: {ports & listening}"
+
+
+UNGUARDED_SCRIPT = """
+import dynaps
+
+cluster = dynaps.LocalCluster(servers=1, workers=1, tables={"W": dynaps.TableSpec(num_keys=10, dim=2)})
+cluster.close()
+"""
+
+
+def live_processes_of_group(pgid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):  # gone meanwhile
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def test_a_script_that_builds_a_cluster_without_a_main_guard_is_told_to_add_one(tmp_path: Path) -> None:
+    """Runners are spawned: each imports the main script again, builds a cluster of its own
+    there and dies before it joins.  The script gets a ClusterError that says so and how to
+    fix it, not a bare EOFError, and leaves no process behind."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    runtime = str(Path(dynaps.__file__).parents[1])
+    path = os.pathsep.join(p for p in (runtime, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: everything it starts is found and stopped
+    )
+    try:
+        _, stderr = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends just after it
+        while (left := live_processes_of_group(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:  # it hung: it still leads its group, whose id is its pid
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        for leftover in live_processes_of_group(proc.pid):
+            with contextlib.suppress(psutil.Error):  # psutil signals only the process it found
+                leftover.kill()
+    assert proc.returncode == 1, stderr
+    assert "ClusterError: worker-0: its runner process exited before joining the job (exit code 1)" in stderr
+    assert 'guard its entry point with `if __name__ == "__main__":`' in stderr
+    assert "EOFError" not in stderr
+    assert not left, f"processes left behind: {left}"
 
 
 def read_all_small(ps: dynaps.PS) -> np.ndarray:

@@ -5,6 +5,11 @@ reuse warm processes and keep the keys they localized.  Functions and results tr
 runners over local pipes (pickle, never over the network), so ``fn`` must be importable
 (defined at module level).  :class:`Job` is the caller's handle on one function running in
 every runner.
+
+Runners are started with multiprocessing's ``spawn``, which imports the caller's main
+script again in each of them: a script that builds its ``LocalCluster`` at module level,
+without ``if __name__ == "__main__":``, builds it again there, and the runner dies before
+it joins (:func:`await_runners` says so).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,6 +30,8 @@ from dynaps.local.launch import Process
 
 _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
+
+EXIT_WAIT_SECONDS = 5.0  # a runner whose pipe closed is given this long to exit, for its code
 
 
 def _runner_main(token: str, conn: Connection, log_level: str, job_secret: str, log: str | None) -> None:
@@ -100,10 +108,41 @@ def await_runners(workers: list[Worker], timeout: float) -> None:
     for worker in workers:
         if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
             raise ClusterError(f"{worker.name} did not join within {timeout} s")
-        status, value = worker.conn.recv()
+        try:
+            status, value = worker.conn.recv()
+        except (EOFError, OSError):  # it died before it said anything
+            raise ClusterError(_exited_before_joining(worker)) from None
         if status != "ready":
             raise ClusterError(str(value))
         worker.rank = int(value)
+
+
+def _exited_before_joining(worker: Worker) -> str:
+    """What to tell the user of a runner that exited before it joined, and the likely why."""
+    worker.runner.join(EXIT_WAIT_SECONDS)
+    code = worker.runner.exitcode
+    text = f"{worker.name}: its runner process exited before joining the job"
+    if code is not None:
+        text += f" (exit code {code})"
+    if code is not None and code > 0 and _spawn_runs_main_again():
+        # an error before _runner_main ran: most likely the main script, run again by spawn
+        text += (
+            "; the script that builds the LocalCluster runs again in every runner process "
+            "(multiprocessing's spawn imports the main module anew), so if it builds the cluster at "
+            'module level, guard its entry point with `if __name__ == "__main__":`'
+        )
+    return text
+
+
+def _spawn_runs_main_again() -> bool:
+    """Whether a spawned process imports this process's main module again (as
+    multiprocessing.spawn decides: a script or ``python -m module`` is, a package's
+    ``__main__`` such as ``python -m pytest`` and an interactive session are not)."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return name != "__main__" and not name.endswith(".__main__")
+    return getattr(main, "__file__", None) is not None
 
 
 class Job:
