@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -190,6 +191,12 @@ class EpochReport:
         return doc
 
 
+# Called as ``hook(phase, epoch)`` in every worker right after the barrier that starts
+# ("start") or ends ("end") an epoch: bench/cpu_scaling.py reads every process's CPU there,
+# so that a job's set-up and its evaluations between epochs stay out of the epoch's figure.
+EPOCH_HOOKS: list[Callable[[str, int], None]] = []
+
+
 class Progress:
     """Per-epoch timing, access counting and printing, identical in every app."""
 
@@ -202,6 +209,7 @@ class Progress:
         self.meter = AccessMeter(ps)
         self.reports: list[EpochReport] = []
         self.started = 0.0
+        self.epoch = 0  # the epoch under way (from 1), or the last one ended
         self._accesses = (0.0, 0.0)
 
     def note(self, text: str) -> None:
@@ -211,6 +219,9 @@ class Progress:
 
     def start_epoch(self) -> None:
         self.ps.barrier()
+        self.epoch += 1
+        for hook in EPOCH_HOOKS:
+            hook("start", self.epoch)
         self.meter.take()
         self.started = time.perf_counter()
 
@@ -218,6 +229,8 @@ class Progress:
         """Close the epoch's timing: (seconds, mean training loss over all workers)."""
         self.ps.barrier()
         seconds = time.perf_counter() - self.started
+        for hook in EPOCH_HOOKS:
+            hook("end", self.epoch)
         local, total = self.meter.take()
         summed = self.reducer.sum([loss_sum, loss_count, local, total])
         self._accesses = (float(summed[2]), float(summed[3]))

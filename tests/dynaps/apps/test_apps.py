@@ -6,6 +6,7 @@ check the algorithms; tests/dynaps/apps/test_apps_cluster.py checks them on real
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,20 @@ def test_example_manifest_declares_the_tables_its_arguments_need(app: str) -> No
         got = declared[name]
         assert (got.num_keys, got.dim, got.dtype) == (spec.num_keys, spec.dim, spec.dtype), name
         assert (got.updater.kind, got.updater.lr) == (spec.updater.kind, spec.updater.lr), name
+
+
+def test_epoch_hooks_mark_each_epoch_between_its_barriers() -> None:
+    """bench/cpu_scaling.py reads every process's CPU at these marks: each epoch must be
+    marked once as it starts and once as it ends, in order, in every app that reports."""
+    for module, config in ((mf, dataclasses.replace(TINY_MF, epochs=3)), (kge, TINY_KGE)):
+        marks: list[tuple[str, int]] = []
+
+        def mark(phase: str, epoch: int, marks: list[tuple[str, int]] = marks) -> None:
+            marks.append((phase, epoch))
+
+        common.EPOCH_HOOKS.append(mark)
+        try:
+            reports = baseline(module, config)
+        finally:
+            common.EPOCH_HOOKS.clear()
+        assert marks == [(phase, e) for e in range(1, len(reports) + 1) for phase in ("start", "end")]
