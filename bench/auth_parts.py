@@ -7,7 +7,9 @@ buffer, and GMAC fed frame by frame (``cryptography``'s incremental GCM), which 
 the join.  CPU time of one process, so a busy machine moves it less than the round trips of
 ``bench/remote_pull.py``.
 
-    python bench/auth_parts.py [--count 20000] [--repeat 5]
+    python bench/auth_parts.py [--count 20000] [--repeat 5] [--keys 100]
+
+``--keys`` sets the reply's rows (400 bytes each) to time larger messages.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ KEY = bytes(range(32))
 NONCE = bytes(12)
 
 
-def parts() -> dict[str, Callable[[], Any]]:
-    # a reply's header (its sender field, bytes 6-8, says endpoint 1) and 100 rows of 100 float32
+def parts(keys: int = 100) -> dict[str, Callable[[], Any]]:
+    # a reply's header (its sender field, bytes 6-8, says endpoint 1) and `keys` rows of 100 float32
     head = bytes(6) + struct.pack("<h", 1) + bytes(32)
-    rows = np.ones((100, 100), np.float32)
+    rows = np.ones((keys, 100), np.float32)
     wire = rows.tobytes()
     lengths, meta = bytes(8), bytes(16)
     sender, receiver = Authenticator(KEY), Authenticator(KEY)
@@ -66,10 +68,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--count", type=int, default=20_000, help="calls per timing (default 20000)")
     parser.add_argument("--repeat", type=int, default=5, help="timings, the best is kept (default 5)")
+    parser.add_argument(
+        "--keys", type=int, default=100, help="rows of the reply, 400 bytes each (default 100: 40 KB)"
+    )
     args = parser.parse_args()
+    if args.count < 1 or args.repeat < 1 or args.keys < 1:
+        parser.error("--count, --repeat and --keys must be at least 1")
     figures = {
         name: round(min(timeit.repeat(call, number=args.count, repeat=args.repeat)) / args.count * 1e6, 2)
-        for name, call in parts().items()
+        for name, call in parts(args.keys).items()
     }
     print(json.dumps({"us per call": figures}, indent=1))
 
