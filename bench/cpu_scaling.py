@@ -24,6 +24,7 @@ activities with each other and across N, not with the CPU table.
     python -P bench/cpu_scaling.py                      # about 6 min on 2 cores
     python -P bench/cpu_scaling.py --profile            # the same, profiled (slower)
     python -P bench/cpu_scaling.py --nodes 1,8 --workloads mf --repeat 2
+    python -P bench/cpu_scaling.py --nodes 1,8 --idle 10   # an idle job's CPU per second
 
 Writes bench/results/cpu-scaling[-profile].json and .png.  On a shared 2-core machine the
 wall time of 8 nodes (25 processes) says little; CPU seconds move far less with load.
@@ -482,6 +483,35 @@ def print_table(doc: dict[str, Any]) -> None:
                 print(f"    {act:48} " + " ".join(f"{v:7.3f}" for v in values))
 
 
+def idle_once(nodes: int, seconds: float) -> dict[str, float]:
+    """CPU seconds per second, by role, of a job of ``nodes`` servers and worker nodes
+    doing nothing: the heartbeats, chores and polls every node pays whatever it serves."""
+    tables = {"W": dynaps.TableSpec(num_keys=100_000, dim=50)}
+    with dynaps.LocalCluster(servers=nodes, workers=nodes, tables=tables) as cluster:
+        time.sleep(2.0)  # past the start-up's messages
+        pids = cluster.pids()
+        before, started = cpu_seconds(pids), time.perf_counter()
+        time.sleep(seconds)
+        after, elapsed = cpu_seconds(pids), time.perf_counter() - started
+    roles: collections.defaultdict[str, float] = collections.defaultdict(float)
+    for name, value in after.items():
+        roles[role_of(name)] += (value - before[name]) / elapsed
+    return dict(roles)
+
+
+def measure_idle(nodes: list[int], seconds: float, repeat: int) -> int:
+    print(f"{'nodes':>5} {'CPU s/s':>8} {'coord':>6} {'servers':>7} {'workers':>7}  (idle; per role)")
+    for _ in range(repeat):
+        for n in nodes:
+            roles = idle_once(n, seconds)
+            print(
+                f"{n:5d} {sum(roles.values()):8.3f} {roles.get('coordinator', 0.0):6.3f} "
+                f"{roles.get('server', 0.0):7.3f} {roles.get('worker', 0.0):7.3f}",
+                flush=True,
+            )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -497,6 +527,20 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small data: a smoke run")
     parser.add_argument(
+        "--idle",
+        type=float,
+        metavar="SECONDS",
+        help="instead of training: CPU per second of an idle job at each node count, over SECONDS",
+    )
+    parser.add_argument(
+        "--kge-hot-keys",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="KGE: replicate the N (or this fraction of) most frequent entities in every worker "
+        "(dynaps.client.hot_keys; default 0: none)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON output (default bench/results/cpu-scaling[-profile].json)"
     )
     parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of a recorded run")
@@ -511,6 +555,12 @@ def main() -> int:
         parser.error("--nodes takes comma-separated integers, e.g. 1,2,4,8")
     if unknown := set(names) - set(WORKLOADS):
         parser.error(f"unknown workload(s) {sorted(unknown)}: choose from {sorted(WORKLOADS)}")
+    if args.kge_hot_keys < 0:
+        parser.error("--kge-hot-keys must be at least 0")
+    if args.idle is not None:
+        if args.idle <= 0:
+            parser.error("--idle takes a positive number of seconds")
+        return measure_idle(nodes, args.idle, args.repeat)
     if 1 not in nodes:
         parser.error("--nodes must include 1: inflation is measured against 1 node")
     suffix = ("-profile" if args.profile else "") + ("-quick" if args.quick else "")
@@ -524,6 +574,8 @@ def main() -> int:
             os.environ[PROFILE_DIR_ENV] = str(profile_dir)  # every process of the cluster inherits it
         for name in names:
             config = QUICK[name] if args.quick else WORKLOADS[name][1]
+            if name == "kge" and args.kge_hot_keys:
+                config = dataclasses.replace(config, hot_keys=args.kge_hot_keys)
             doc["configs"][name] = dataclasses.asdict(config)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in nodes}
             for repeat in range(args.repeat):  # node counts interleaved: load drift hits all alike
