@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 WRAPPER = '''
 import atexit, json, os, sys, time
@@ -109,14 +108,6 @@ def pulls(ps: Any, keys: int, count: int) -> dict[str, float]:
     return {"wall_us": (time.perf_counter() - started) / count * 1e6}
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        times = psutil.Process(pid).cpu_times()
-        out[name] = times.user + times.system
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,6 +132,7 @@ def main() -> int:
 
         sys.path.insert(0, str(Path(__file__).parent))
         import micro
+        from cpu_scaling import cpu_seconds
 
         tables = {"W": dynaps.TableSpec(num_keys=micro.NUM_KEYS, dim=micro.DIM)}
         with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as cluster:

@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 import dynaps
 from dynaps.apps import mf
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the sibling benchmark
+from cpu_scaling import cpu_seconds
 
 # the issue's data: 20,000 x 2,000, 400,000 entries, rank 50 as in its other MF figures
 CONFIG = mf.Config(
@@ -52,14 +54,6 @@ def preload(ps: Any, config: mf.Config) -> int:
     """Generate the data in each runner before the timed run."""
     mf.load(config)
     return int(ps.rank)
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        times = psutil.Process(pid).cpu_times()
-        out[name] = times.user + times.system
-    return out
 
 
 def run(config: mf.Config, workers: int) -> dict[str, Any]:
