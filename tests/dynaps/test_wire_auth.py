@@ -255,6 +255,22 @@ def test_one_frame_signs_alike_in_both_forms() -> None:
     assert receiver.verify(2, [general]) == [payload]
 
 
+def test_a_header_and_one_large_array_sign_alike_in_both_forms() -> None:
+    """sign and verify have a short form for a header of bytes and one large array (pull
+    replies, pushes): it signs what the general form signs, so either end may take either."""
+    rows = np.arange(2_000, dtype=np.float32)  # 8 KB: the large (AES-GCM) form
+    head = _payload(0, 60)
+    sender = Authenticator(KEY)
+    short = [bytes(memoryview(f)) for f in sender.sign(1, 2, [head, rows])]  # bytes header: short form
+    general = [bytes(memoryview(f)) for f in sender.sign(1, 2, [bytearray(head), rows])]
+    receiver = Authenticator(KEY)
+    for first, last in (short, general):
+        assert receiver.verify(2, [first, last]) == [head, rows.tobytes()]  # bytes: short form
+    for first, last in (short, general):
+        again = Authenticator(KEY).verify(2, [first, bytearray(last)])  # not bytes: general form
+        assert [bytes(f) for f in again] == [head, rows.tobytes()]
+
+
 JUNK = 1000
 
 
