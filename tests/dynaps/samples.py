@@ -70,6 +70,7 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
     MsgType.HOLDING: {"id": 1, "shards": [0, 3]},
     MsgType.HOLDING_NOTED: {"id": 1, "shards": [0, 3]},
     MsgType.TOOK_BACK: {"node": 4, "keys": 50, "shards": [0, 1]},
+    MsgType.HANDOFF_LOST: {"node": 1, "keys": 3, "shards": [2]},
 }
 
 

@@ -235,6 +235,8 @@ class Coordinator:
             self.homes.on_recovered(recovered.id, recovered.keys)
         elif kind is MsgType.TOOK_BACK:  # a home took back keys a lost node held: data loss
             self.departures.took_back(member, control.body_of(msg, control.TookBack))
+        elif kind is MsgType.HANDOFF_LOST:  # keys given back died with their home: data loss
+            self.departures.handoff_lost(member, control.body_of(msg, control.HandoffLost))
         elif kind is MsgType.REPLICA_SYNCED:
             self.homes.on_replica_synced(member.id, control.body_of(msg, control.ReplicaSynced))
         elif kind is MsgType.CHECKPOINT_DONE:

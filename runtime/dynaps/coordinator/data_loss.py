@@ -8,7 +8,9 @@ lost updates) and becomes what the new homes report once they rebuilt them: the 
 else held (a worker holding a key keeps its value), which is the best count the job has.  A
 home that took keys back counted them (TOOK_BACK): what their holder did to them since the
 home's copy is lost, which is everything without replication and at most the last flush
-interval with it (:func:`held_keys_cause`).
+interval with it (:func:`held_keys_cause`).  A node giving keys back to a home that died
+before they arrived reported them (HANDOFF_LOST): the new home rebuilt them from its replica,
+the sender's last write-back, and the sender's updates since are lost (``sender``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class LossEntry:
     counted: bool = False  # True: ``keys`` is what the new home rebuilt, not the shards' size
     role: str = "server"  # the lost node's
     flush_interval_ms: int = 0  # cause write-back: what bounds the updates lost
+    # a live node that was giving these keys back to ``node`` (their home) when it died: its
+    # updates since its last write-back are what is lost (HANDOFF_LOST)
+    sender: int | None = None
+    sender_role: str = ""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -72,6 +78,13 @@ class LossEntry:
         return doc
 
     def describe(self) -> str:
+        if self.sender is not None:
+            return (
+                f"{self.keys} keys (in {len(self.shards)} shards) that {self.sender_role} {self.sender} was "
+                f"giving back to lost {self.role} {self.node} died on their way: rebuilt from their last "
+                f"write-back, {self.sender_role} {self.sender}'s updates of up to its last flush interval "
+                f"({self.flush_interval_ms} ms) may be lost"
+            )
         held = f"{self.keys} keys held by lost {self.role} {self.node} (in {len(self.shards)} shards)"
         if self.cause is DataLossCause.WRITE_BACK:
             return (
@@ -149,6 +162,25 @@ class DataLoss:
         """A home took back ``keys`` keys (of ``shards``) that lost node ``node`` held."""
         entry = LossEntry(cause, node, epoch, list(shards), keys, None, counted=True, role=role)
         entry.flush_interval_ms = flush_ms
+        self.entries.append(entry)
+        return entry
+
+    def handed_off(
+        self,
+        node: int,
+        epoch: int,
+        shards: list[int],
+        keys: int,
+        flush_ms: int,
+        *,
+        sender: int,
+        sender_role: str,
+    ) -> LossEntry:
+        """``sender`` was giving ``keys`` keys (of ``shards``) back to their home, lost server
+        ``node``, which died before they arrived: they went back to the sender's last write-back."""
+        entry = LossEntry(DataLossCause.WRITE_BACK, node, epoch, list(shards), keys, None, counted=True)
+        entry.flush_interval_ms = flush_ms
+        entry.sender, entry.sender_role = sender, sender_role
         self.entries.append(entry)
         return entry
 

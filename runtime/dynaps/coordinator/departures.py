@@ -4,7 +4,8 @@ A leaving server's shards move away first (:mod:`dynaps.coordinator.shard_homes`
 it); a member that left or was lost gives its data leases back and stops backing shards
 up, so the survivors re-replicate; a lost server's shards are rebuilt on new homes, and
 the keys a lost node held (a worker's localized keys) go back to their homes, whose reports
-(TOOK_BACK) are counted as data loss.  The nodes' side of the same events is
+(TOOK_BACK) are counted as data loss, as are the keys a draining node was giving back to a
+home that died before they arrived (HANDOFF_LOST).  The nodes' side of the same events is
 :mod:`dynaps.node.departures`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dynaps.contract import FaultTolerance
+from dynaps.contract import DataLossCause, FaultTolerance
 from dynaps.coordinator.data_loss import held_keys_cause
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.outbox import Outbox
@@ -125,6 +126,39 @@ class Departures:
             cause, took.node, role, self.homes.epoch, took.shards, took.keys, self.faults.flush_interval_ms
         )
         log.error("data loss: %s (taken back by node %d)", entry.describe(), home.id)
+        self.homes.on_loss(entry)
+
+    def handoff_lost(self, sender: Member, lost: control.HandoffLost) -> None:
+        """``sender`` was giving keys back to their home, lost node ``lost.node``, which died
+        before it confirmed their arrival: the shards' new home rebuilt them from its replica,
+        the sender's last write-back, so what the sender changed since is lost.  Without
+        replication the recovery's own entry counts them already (the keys nobody held went
+        back to the checkpoint or their initial values); under write-through the replica has
+        every acknowledged update."""
+        if lost.node not in self.roster.lost:
+            raise ProtocolError(f"HANDOFF_LOST of keys sent to node {lost.node}, which is not lost")
+        if max(lost.shards) >= self.homes.num_shards:
+            raise ProtocolError(f"HANDOFF_LOST names shard {max(lost.shards)} of {self.homes.num_shards}")
+        cause = held_keys_cause(self.faults)
+        if cause is not DataLossCause.WRITE_BACK:
+            log.info(
+                "%s %d was giving back %d keys to lost node %d: counted by its recovery, or nothing lost",
+                sender.role,
+                sender.id,
+                lost.keys,
+                lost.node,
+            )
+            return
+        entry = self.homes.losses.handed_off(
+            lost.node,
+            self.homes.epoch,
+            lost.shards,
+            lost.keys,
+            self.faults.flush_interval_ms,
+            sender=sender.id,
+            sender_role=sender.role,
+        )
+        log.error("data loss: %s", entry.describe())
         self.homes.on_loss(entry)
 
     def rehome(self, lost: int) -> None:

@@ -280,6 +280,17 @@ class TookBack(_Body):
     shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
 
 
+class HandoffLost(_Body):
+    """HANDOFF_LOST (a draining node to the coordinator): it gave ``keys`` keys of ``shards``
+    back to their home, lost node ``node``, which died before it confirmed their arrival:
+    the shards' new home rebuilt them from their last write-back, without what the sender
+    changed since its last flush."""
+
+    node: int = Field(ge=1, le=MAX_NODES)
+    keys: int = Field(ge=1)
+    shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
+
+
 class OwnersQuery(_Body):
     id: int = Field(ge=1)
     shards: list[int]
@@ -375,6 +386,7 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.HOLDING: Holding,
     MsgType.HOLDING_NOTED: Holding,
     MsgType.TOOK_BACK: TookBack,
+    MsgType.HANDOFF_LOST: HandoffLost,
 }
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -172,6 +172,8 @@ class MsgType(enum.IntEnum):
     HOLDING_NOTED = 73
     # a home took back the keys a lost node held (issue 13: the loss is counted)
     TOOK_BACK = 74
+    # keys a node was giving back to their home died with it, their arrival unconfirmed (F9)
+    HANDOFF_LOST = 75
 
 
 # Flag bits (plain ints: IntFlag arithmetic is slow on the hot path)
