@@ -4,7 +4,7 @@ A drain (:meth:`Drainer.start`) goes through :class:`Drain`'s steps: a worker te
 training process (``dynaps.Drained`` at its next call) and waits for it to finish
 (``CLIENT``); a server waits until its shards have moved away and its backups have been
 handed over (``SHARDS``); then the node gives every key it still holds back to its home
-(``KEYS``), sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
+(``KEYS``) and waits until they arrived, sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
 
 Decisions only, like the rest of the node's control logic: the
 :class:`~dynaps.node.control_plane.ControlPlane` starts a drain on the coordinator's DRAIN,
@@ -126,7 +126,12 @@ class Drainer:
             if backups is not None and (backups == self.node_id).any():
                 return  # and hands our backups over once their new backups are synced
             self.step = Drain.KEYS
-        if self.step is Drain.KEYS and server.departures.release_owned() == 0:
+        # a key given back counts until its home confirms it arrived: a home lost before
+        # then is reported (HANDOFF_LOST) by this node, which must still be a member to
+        if (
+            self.step is Drain.KEYS
+            and server.departures.release_owned() + server.relocations.releases_unconfirmed() == 0
+        ):
             log.info("node %d: drained, leaving", self.node_id)
             self.send_coordinator(MsgType.LEFT, control.Empty())
             self.step = Drain.LEFT

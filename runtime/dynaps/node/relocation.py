@@ -9,13 +9,17 @@ a chain.  A drain gives keys back to their home with RELEASE, which works the sa
 
 :class:`Relocations` owns the queues this needs: requests for keys on their way here
 (``pending``), and relocations that wait for a key's previous transfer, for a checkpoint
-(``paused``) or for the fence after a lost node (``waiting``).
+(``paused``) or for the fence after a lost node (``waiting``); and, at a node giving keys
+back, which of them have not arrived yet (``unconfirmed``): a drain ends only once their
+home confirmed them, and a home that dies first has lost what the node changed since its
+last write-back, which the node reports (HANDOFF_LOST, counted in ``dataLoss``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,11 +33,33 @@ from dynaps.node.replication import Replication
 from dynaps.node.writeback import WriteBack
 from dynaps.store.notices import Notices
 from dynaps.store.table_store import INCOMING, NOT_MOVING
-from dynaps.wire import messages, routing
-from dynaps.wire.protocol import NO_ENDPOINT, RECOVERY, Message, MsgType, client_of, node_of
+from dynaps.wire import control, messages, routing
+from dynaps.wire.protocol import (
+    COORDINATOR,
+    NO_ENDPOINT,
+    RECOVERY,
+    Message,
+    MsgType,
+    client_of,
+    is_client,
+    node_of,
+)
 from dynaps.wire.routing import group_by, subset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Release:
+    """Keys a node gave back and sent to their home, until confirmed: by the ACKs of the tails
+    of their chains (every backup has them), or by the home's LOCALIZED when it has none."""
+
+    table: int
+    dest: int  # the home they were sent to
+    keys: npt.NDArray[np.int64]
+    unacked: int  # keys no tail acknowledged yet
+    arrived: bool = False  # the home's LOCALIZED came; the ACKs are still to come
+    loss_seen: bool = False  # a node died since they were sent: a backup's ACK may never come
 
 
 class Relocations:
@@ -63,6 +89,12 @@ class Relocations:
         self.pending: list[list[Message]] = [[] for _ in node.stores]  # requests for keys on their way here
         self.waiting: list[list[Message]] = [[] for _ in node.stores]  # localizes of keys still moving
         self.paused = False  # a checkpoint is being taken: no key changes owner
+        # Keys this node gave back (RELEASE) and sent off, by transfer id, until confirmed.
+        # Their rows are not kept: whether the new home's replica includes them cannot be
+        # told from here, so a loss of the destination is counted, not repaired
+        # (docs/architecture.md, Known limits).
+        self.unconfirmed: dict[int, Release] = {}
+        self.last_release = 0  # ids of this node's release transfers (their req_id)
 
     def queue(self, msg: Message) -> None:
         """Hold a request for keys on their way here; it is handled again when they arrive."""
@@ -87,6 +119,67 @@ class Relocations:
     def on_released(self, msg: Message) -> None:
         """A home confirms that keys this node released are back (the end of a drain)."""
         self.node.stats["keys_released"] += msg.count
+        release = self.unconfirmed.get(msg.req_id)
+        if release is None:
+            return
+        if not msg.aux or release.loss_seen:
+            # no backups to wait for; or one may have died with the rows: the home, alive,
+            # syncs its new backups, and a loss before that is counted by its recovery
+            del self.unconfirmed[msg.req_id]
+        else:
+            release.arrived = True
+
+    def on_release_acked(self, msg: Message) -> None:
+        """The tail of a chain acknowledges keys this node gave back: on every backup now."""
+        release = self.unconfirmed.get(msg.req_id)
+        if release is None:
+            return  # confirmed already
+        release.unacked -= msg.count
+        if release.unacked <= 0:
+            del self.unconfirmed[msg.req_id]
+
+    def releases_unconfirmed(self) -> int:
+        """Keys this node gave back that are not confirmed on their home's backups yet."""
+        return sum(len(release.keys) for release in self.unconfirmed.values())
+
+    def lost_destination(self, lost: int) -> None:
+        """Node ``lost`` died: keys this node was giving back to it and whose arrival it
+        never confirmed went back to their last write-back at the shard's new home (its
+        replica) or further; tell the coordinator, which counts the loss (HANDOFF_LOST).
+
+        Some may have arrived (the confirmation died on its way): counted all the same, as
+        the loss of what changed since the last flush is possible and nothing can tell."""
+        node = self.node
+        dead = []
+        for tid, release in list(self.unconfirmed.items()):
+            if release.dest == lost:
+                dead.append(release)
+                del self.unconfirmed[tid]
+            elif release.arrived:  # its ACK may have died with a backup (see on_released)
+                del self.unconfirmed[tid]
+            else:
+                release.loss_seen = True
+        if not dead:
+            return
+        per_table: dict[int, list[npt.NDArray[np.int64]]] = {}
+        for release in dead:
+            per_table.setdefault(release.table, []).append(release.keys)
+        count = 0
+        shards: set[int] = set()
+        for table, parts in per_table.items():
+            keys = np.concatenate(parts)
+            count += len(keys)
+            of = node.shard_map.shard_of(keys, node.stores[table].spec.num_keys)
+            shards.update(int(s) for s in np.unique(of))
+        log.error(
+            "node %d: %d keys it was giving back to node %d were lost with it before they arrived:"
+            " its updates since its last write-back may be lost",
+            node.me,
+            count,
+            lost,
+        )
+        body = control.HandoffLost(node=lost, keys=count, shards=sorted(shards))
+        node.send_frames(COORDINATOR, messages.control(MsgType.HANDOFF_LOST, node.me, body))
 
     def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
         """Make ``target`` the owner of the keys; one transfer per key is in flight at a time.
@@ -194,10 +287,16 @@ class Relocations:
                 self._localized(msg.requester, msg.req_id, msg.table, len(owned))
             else:
                 node.table_stats[msg.table]["keys_sent"] += len(owned)
+                req_id = msg.req_id
+                if msg.requester == node.me:
+                    # our own RELEASE: the home's LOCALIZED names this transfer (its req_id)
+                    self.last_release += 1
+                    req_id = self.last_release
+                    self.unconfirmed[req_id] = Release(msg.table, target, owned, len(owned))
                 transfer = messages.transfer(
                     node.me,
                     msg.requester,
-                    msg.req_id,
+                    req_id,
                     msg.table,
                     owned,
                     values,
@@ -251,30 +350,48 @@ class Relocations:
         self.applied.adopt_records(msg.records)
         if not len(keys):
             return
+        acks = False  # the chain's tails confirm a release to its sender once backed up
         if self.replication is not None:
-            self._protect_arrivals(msg.table, keys, msg.records)
+            acks = self._protect_arrivals(msg.table, keys, msg.records, msg.requester, msg.req_id)
         node.table_stats[msg.table]["keys_received"] += len(keys)
-        self._localized(msg.requester, msg.req_id, msg.table, len(keys))
+        self._localized(msg.requester, msg.req_id, msg.table, len(keys), acks)
         self._confirm_arrival(msg.table, msg.req_id, keys)
         self._replay(msg.table)
 
     def _protect_arrivals(
-        self, table: int, keys: npt.NDArray[np.int64], records: dict[str, Any] | None
-    ) -> None:
+        self,
+        table: int,
+        keys: npt.NDArray[np.int64],
+        records: dict[str, Any] | None,
+        requester: int,
+        req_id: int,
+    ) -> bool:
         """Keys arrived: a home replicates them; any other holder writes them back at once,
         with the records that came with them, before it confirms their arrival on the same
         path.  So the home has every update their last holder made before the move ends,
         whichever of the two dies next (the home acknowledges an update written through
-        on the way only then: :meth:`WriteBack.arrived`)."""
+        on the way only then: :meth:`WriteBack.arrived`).
+
+        Keys a node gave back (``requester``: that node) that all come home here: the tail
+        of their chains acknowledges them to it, and True is returned.  Their rows are then
+        on every backup when the node learns they arrived: a home that dies before its
+        replicas have them has lost the node's updates since its last write-back, which
+        the node, unconfirmed, reports (:meth:`lost_destination`)."""
         node = self.node
         assert self.replication is not None
         assert self.writeback is not None
+        backed_up = False
         if node.stores[table].owner is not None:
             homed = node.homed(table)[keys]
-            self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
+            releasing = homed.all() and requester not in (NO_ENDPOINT, node.me) and not is_client(requester)
+            if releasing:
+                backed_up = self.replication.replicate(table, keys, None, requester, req_id)
+            else:
+                self.replication.replicate(table, keys[homed], None, NO_ENDPOINT, 0)
             keys = keys[~homed]
         if len(keys):
             self.writeback.write_back(table, keys, None, NO_ENDPOINT, 0, records)
+        return backed_up
 
     def _confirm_arrival(self, table: int, req_id: int, keys: npt.NDArray[np.int64]) -> None:
         """Tell the keys' homes that they arrived (TRANSFER_DONE)."""
@@ -288,7 +405,7 @@ class Relocations:
             else:
                 node.send(home, done)
 
-    def _localized(self, requester: int, req_id: int, table: int, count: int) -> None:
+    def _localized(self, requester: int, req_id: int, table: int, count: int, acks: bool = False) -> None:
         node = self.node
         if requester in (NO_ENDPOINT, node.me):
             return
@@ -296,7 +413,7 @@ class Relocations:
         if requester == self.own_client and notices is not None and notices.post(req_id, table, count):
             node.stats["localized_notices"] += 1
             return
-        node.send(requester, messages.localized(node.me, requester, req_id, table, count))
+        node.send(requester, messages.localized(node.me, requester, req_id, table, count, acks))
 
     def _replay(self, table: int) -> None:
         queued = self.pending[table]

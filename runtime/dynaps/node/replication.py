@@ -214,13 +214,15 @@ class Replication:
         if fresh is None and msg.records:
             self.applied.adopt_records(msg.records)  # a sync: its rows include these requests
         client = is_client(msg.requester)
+        # a node is acknowledged too: its keys given back reached the home's backups (F9)
+        acks = msg.requester != NO_ENDPOINT
         if client:
             if fresh is None:
                 self.applied.remember(msg.requester, msg.req_id, msg.positions, keys)
             elif len(fresh):
                 self.applied.remember(msg.requester, msg.req_id, positions_of(msg, fresh), keys[fresh])
         if (following == NO_BACKUP).all():  # the end of every chain (the case of replication: 1)
-            if client:
+            if acks:
                 self.acknowledge(msg, len(keys), msg.positions)
             return
         if fresh is None and (following == following[0]).all():
@@ -232,7 +234,7 @@ class Replication:
             if successor != NO_BACKUP:
                 node.send(successor, part)
                 node.stats["keys_passed_on"] += part.count
-            elif client:
+            elif acks:
                 self.acknowledge(part, part.count, part.positions)
 
     # ---------------------------------------------------------------- new homes, new backups

@@ -118,9 +118,13 @@ def transfer_done(sender: int, req_id: int, table: int, keys: KeyArray) -> Messa
     return Message(MsgType.TRANSFER_DONE, sender, sender, req_id, table, len(keys), keys=keys)
 
 
-def localized(sender: int, requester: int, req_id: int, table: int, count: int) -> Message:
-    """LOCALIZED (new owner -> requester): ``count`` keys now live at the requester's node."""
-    return Message(MsgType.LOCALIZED, sender, requester, req_id, table, count)
+def localized(
+    sender: int, requester: int, req_id: int, table: int, count: int, acks: bool = False
+) -> Message:
+    """LOCALIZED (new owner -> requester): ``count`` keys now live at the requester's node;
+    or (to a node that gave them back) they are home, and with ``acks`` (aux 1) the tails of
+    their chains acknowledge them once every backup has them."""
+    return Message(MsgType.LOCALIZED, sender, requester, req_id, table, count, int(acks))
 
 
 def shard_copy(
