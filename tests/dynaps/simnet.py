@@ -471,7 +471,7 @@ class Cluster:
             assert not server.future, f"node {node} waits for an epoch"
             assert server.shard_map.epoch == self.shard_map.epoch
             assert not any(server.relocations.waiting), f"node {node} has relocations waiting"
-            assert not server.relocations.unconfirmed, f"node {node} waits for keys it gave back"
+            assert not server.relocations.releases.unconfirmed, f"node {node} waits for keys it gave back"
             if store.moving_from is not None:
                 homed = server.homed(0)
                 assert (store.moving_from[homed] == -1).all(), f"node {node} thinks keys are still moving"

@@ -121,10 +121,10 @@ def test_a_home_lost_after_its_backup_confirmed_the_keys_loses_nothing() -> None
     cluster.deliver((worker, home))  # the TRANSFER
     assert in_flight(cluster, home, backup) == [MsgType.REPLICATE]
     deliver_all(cluster, home, worker)  # LOCALIZED: arrived, the backup's ACK to follow
-    assert cluster.nodes[worker].relocations.releases_unconfirmed() == 1
+    assert cluster.nodes[worker].relocations.releases.count() == 1
     cluster.deliver((home, backup))
     deliver_all(cluster, backup, worker)  # the tail's ACK
-    assert cluster.nodes[worker].relocations.releases_unconfirmed() == 0
+    assert cluster.nodes[worker].relocations.releases.count() == 0
     cluster.kill(home, True)
     cluster.settle(None)
     assert value_of_key(cluster) == cluster.pushed[KEY] == 2

@@ -130,7 +130,7 @@ class Drainer:
         # then is reported (HANDOFF_LOST) by this node, which must still be a member to
         if (
             self.step is Drain.KEYS
-            and server.departures.release_owned() + server.relocations.releases_unconfirmed() == 0
+            and server.departures.release_owned() + server.relocations.releases.count() == 0
         ):
             log.info("node %d: drained, leaving", self.node_id)
             self.send_coordinator(MsgType.LEFT, control.Empty())

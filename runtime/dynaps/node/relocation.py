@@ -9,17 +9,14 @@ a chain.  A drain gives keys back to their home with RELEASE, which works the sa
 
 :class:`Relocations` owns the queues this needs: requests for keys on their way here
 (``pending``), and relocations that wait for a key's previous transfer, for a checkpoint
-(``paused``) or for the fence after a lost node (``waiting``); and, at a node giving keys
-back, which of them have not arrived yet (``unconfirmed``): a drain ends only once their
-home confirmed them, and a home that dies first has lost what the node changed since its
-last write-back, which the node reports (HANDOFF_LOST, counted in ``dataLoss``).
+(``paused``) or for the fence after a lost node (``waiting``); a node giving keys back
+keeps a record of them until their home confirms them (:mod:`dynaps.node.releases`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,13 +26,13 @@ from dynaps.errors import ProtocolError
 from dynaps.node.applied import AppliedRequests
 from dynaps.node.context import NodeContext
 from dynaps.node.migration import Migrations
+from dynaps.node.releases import Releases
 from dynaps.node.replication import Replication
 from dynaps.node.writeback import WriteBack
 from dynaps.store.notices import Notices
 from dynaps.store.table_store import INCOMING, NOT_MOVING
-from dynaps.wire import control, messages, routing
+from dynaps.wire import messages, routing
 from dynaps.wire.protocol import (
-    COORDINATOR,
     NO_ENDPOINT,
     RECOVERY,
     Message,
@@ -47,19 +44,6 @@ from dynaps.wire.protocol import (
 from dynaps.wire.routing import group_by, subset
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Release:
-    """Keys a node gave back and sent to their home, until confirmed: by the ACKs of the tails
-    of their chains (every backup has them), or by the home's LOCALIZED when it has none."""
-
-    table: int
-    dest: int  # the home they were sent to
-    keys: npt.NDArray[np.int64]
-    unacked: int  # keys no tail acknowledged yet
-    arrived: bool = False  # the home's LOCALIZED came; the ACKs are still to come
-    loss_seen: bool = False  # a node died since they were sent: a backup's ACK may never come
 
 
 class Relocations:
@@ -89,12 +73,7 @@ class Relocations:
         self.pending: list[list[Message]] = [[] for _ in node.stores]  # requests for keys on their way here
         self.waiting: list[list[Message]] = [[] for _ in node.stores]  # localizes of keys still moving
         self.paused = False  # a checkpoint is being taken: no key changes owner
-        # Keys this node gave back (RELEASE) and sent off, by transfer id, until confirmed.
-        # Their rows are not kept: whether the new home's replica includes them cannot be
-        # told from here, so a loss of the destination is counted, not repaired
-        # (docs/architecture.md, Known limits).
-        self.unconfirmed: dict[int, Release] = {}
-        self.last_release = 0  # ids of this node's release transfers (their req_id)
+        self.releases = Releases(node)  # keys this node gave back, until their home confirms
 
     def queue(self, msg: Message) -> None:
         """Hold a request for keys on their way here; it is handled again when they arrive."""
@@ -115,71 +94,6 @@ class Relocations:
     def on_release(self, msg: Message) -> None:
         """At the home: a node gives keys back (drain); the home becomes their owner again."""
         self._redirect(msg, self.node.me, make_incoming=True)
-
-    def on_released(self, msg: Message) -> None:
-        """A home confirms that keys this node released are back (the end of a drain)."""
-        self.node.stats["keys_released"] += msg.count
-        release = self.unconfirmed.get(msg.req_id)
-        if release is None:
-            return
-        if not msg.aux or release.loss_seen:
-            # no backups to wait for; or one may have died with the rows: the home, alive,
-            # syncs its new backups, and a loss before that is counted by its recovery
-            del self.unconfirmed[msg.req_id]
-        else:
-            release.arrived = True
-
-    def on_release_acked(self, msg: Message) -> None:
-        """The tail of a chain acknowledges keys this node gave back: on every backup now."""
-        release = self.unconfirmed.get(msg.req_id)
-        if release is None:
-            return  # confirmed already
-        release.unacked -= msg.count
-        if release.unacked <= 0:
-            del self.unconfirmed[msg.req_id]
-
-    def releases_unconfirmed(self) -> int:
-        """Keys this node gave back that are not confirmed on their home's backups yet."""
-        return sum(len(release.keys) for release in self.unconfirmed.values())
-
-    def lost_destination(self, lost: int) -> None:
-        """Node ``lost`` died: keys this node was giving back to it and whose arrival it
-        never confirmed went back to their last write-back at the shard's new home (its
-        replica) or further; tell the coordinator, which counts the loss (HANDOFF_LOST).
-
-        Some may have arrived (the confirmation died on its way): counted all the same, as
-        the loss of what changed since the last flush is possible and nothing can tell."""
-        node = self.node
-        dead = []
-        for tid, release in list(self.unconfirmed.items()):
-            if release.dest == lost:
-                dead.append(release)
-                del self.unconfirmed[tid]
-            elif release.arrived:  # its ACK may have died with a backup (see on_released)
-                del self.unconfirmed[tid]
-            else:
-                release.loss_seen = True
-        if not dead:
-            return
-        per_table: dict[int, list[npt.NDArray[np.int64]]] = {}
-        for release in dead:
-            per_table.setdefault(release.table, []).append(release.keys)
-        count = 0
-        shards: set[int] = set()
-        for table, parts in per_table.items():
-            keys = np.concatenate(parts)
-            count += len(keys)
-            of = node.shard_map.shard_of(keys, node.stores[table].spec.num_keys)
-            shards.update(int(s) for s in np.unique(of))
-        log.error(
-            "node %d: %d keys it was giving back to node %d were lost with it before they arrived:"
-            " its updates since its last write-back may be lost",
-            node.me,
-            count,
-            lost,
-        )
-        body = control.HandoffLost(node=lost, keys=count, shards=sorted(shards))
-        node.send_frames(COORDINATOR, messages.control(MsgType.HANDOFF_LOST, node.me, body))
 
     def _redirect(self, msg: Message, target: int, make_incoming: bool) -> None:
         """Make ``target`` the owner of the keys; one transfer per key is in flight at a time.
@@ -290,9 +204,7 @@ class Relocations:
                 req_id = msg.req_id
                 if msg.requester == node.me:
                     # our own RELEASE: the home's LOCALIZED names this transfer (its req_id)
-                    self.last_release += 1
-                    req_id = self.last_release
-                    self.unconfirmed[req_id] = Release(msg.table, target, owned, len(owned))
+                    req_id = self.releases.sent(msg.table, target, owned)
                 transfer = messages.transfer(
                     node.me,
                     msg.requester,
@@ -376,7 +288,7 @@ class Relocations:
         of their chains acknowledges them to it, and True is returned.  Their rows are then
         on every backup when the node learns they arrived: a home that dies before its
         replicas have them has lost the node's updates since its last write-back, which
-        the node, unconfirmed, reports (:meth:`lost_destination`)."""
+        the node, unconfirmed, reports (:meth:`Releases.lost_destination`)."""
         node = self.node
         assert self.replication is not None
         assert self.writeback is not None

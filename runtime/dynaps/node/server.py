@@ -154,8 +154,8 @@ class NodeServer:
             MsgType.HANDOFF: self.relocations.on_handoff,
             MsgType.TRANSFER: self.relocations.on_transfer,
             MsgType.RELEASE: self.relocations.on_release,
-            MsgType.LOCALIZED: self.relocations.on_released,
-            MsgType.ACK: self.relocations.on_release_acked,  # keys it gave back are backed up
+            MsgType.LOCALIZED: self.relocations.releases.on_released,
+            MsgType.ACK: self.relocations.releases.on_release_acked,  # keys it gave back are backed up
             MsgType.TRANSFER_DONE: self.relocations.on_transfer_done,
             MsgType.SHARD_COPY: self.migrations.on_copy,
             MsgType.OWNERS: self.recoveries.on_owners,
@@ -357,7 +357,7 @@ class NodeServer:
         self.transport.forget(node)
         self.transport.forget(client_of(node))
         self.recoveries.forget_node(node)
-        self.relocations.lost_destination(node)  # keys we were giving back to it: counted lost
+        self.relocations.releases.lost_destination(node)  # keys we were giving back to it: counted lost
 
     def lift_fence(self, now: float) -> None:
         """End the relocation fence that followed a lost node, once its time is up."""
