@@ -140,3 +140,49 @@ def test_the_program_of_a_lost_worker_is_told() -> None:
     assert f"node {w2} was declared lost" in body["reason"]
     assert body["node"] == w2, "named inside, under the MAC: a program fences only on its own node's"
     assert client_of(w2) not in job.wire.addresses, "its connection is closed after the message"
+
+
+# ------------------------------------------------------- keys given back to a home that died
+
+
+def test_keys_given_back_to_a_home_that_died_are_listed_as_data_loss() -> None:
+    """HANDOFF_LOST (docs/architecture.md, Known limits): a draining worker gave keys back to
+    their home, which died before it confirmed them; under write-back the new home rebuilt
+    them from their last write-back, so the worker's updates since are counted lost."""
+    job = Job(servers=2, workers=2, num_shards=4, **WRITE_BACK)
+    (s1, _), (w1, _) = job.start()
+    lose(job, s1)
+    job.tell(w1, MsgType.HANDOFF_LOST, {"node": s1, "keys": 4, "shards": [0, 2]})
+    losses = [e for e in job.status()["dataLoss"] if f"worker {w1} was giving back" in e["message"]]
+    [entry] = losses
+    assert (entry["cause"], entry["server"], entry["shards"], entry["keys"], entry["keysCounted"]) == (
+        "write-back",
+        s1,
+        [0, 2],
+        4,
+        True,
+    )
+    assert "flush interval (100 ms)" in entry["message"]
+
+
+@pytest.mark.parametrize("settings", [{}, WRITE_THROUGH], ids=["not-replicated", "write-through"])
+def test_keys_given_back_are_not_counted_twice_nor_where_nothing_is_lost(settings: dict[str, Any]) -> None:
+    """Without replication the lost home's recovery counts its shards already; under
+    write-through the replica has every acknowledged update: no HANDOFF_LOST entry."""
+    job = Job(servers=2, workers=2, num_shards=4, **settings)
+    (s1, _), (w1, _) = job.start()
+    lose(job, s1)
+    before = job.status()["dataLoss"]
+    job.tell(w1, MsgType.HANDOFF_LOST, {"node": s1, "keys": 4, "shards": [0]})
+    assert job.status()["dataLoss"] == before
+
+
+def test_a_handoff_report_about_a_live_node_or_an_unknown_shard_is_dropped() -> None:
+    job = Job(servers=2, workers=2, num_shards=4, **WRITE_BACK)
+    (s1, s2), (w1, _) = job.start()
+    job.tell(w1, MsgType.HANDOFF_LOST, {"node": s2, "keys": 4, "shards": [0]})  # s2 is alive
+    lose(job, s1)
+    before = job.status()["dataLoss"]
+    job.tell(w1, MsgType.HANDOFF_LOST, {"node": s1, "keys": 4, "shards": [99]})  # no such shard
+    assert job.status()["dataLoss"] == before
+    assert job.phase() is JobPhase.RUNNING
