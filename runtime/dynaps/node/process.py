@@ -206,14 +206,11 @@ class NodeProcess:
         assert server is not None
         assert control is not None
         next_chores = 0.0
-        answered = False
         while not self.stop.is_set():
             busy = server.migrations.tracking
-            # spin after an answer: a client usually sends its next request right after it
-            # (after a turn that found nothing, the next request is no likelier soon)
-            frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL, spin=answered)
+            # spin: a client usually sends its next request right after our answer
+            frames = self.transport.recv(timeout=0.0 if busy else CHORES_INTERVAL, spin=True)
             control.turned(time.monotonic())  # after a gap, data waits (dynaps.node.waking)
-            answered = frames is not None
             if frames is not None:
                 self._handle(frames)
                 self._drain_inbox()

@@ -203,8 +203,7 @@ class ZmqTransport:
         self._unarmed: set[int] = set()  # monitors not read yet: their descriptor may not signal
         self._addresses: dict[int, str] = {}
         self._deferred: dict[int, list[Sequence[Any]]] = collections.defaultdict(list)
-        self._inbox_ready = zmq.Poller()
-        self._inbox_ready.register(self.inbox, zmq.POLLIN)
+        self._timeout = -1
         self.spin = spin
         self._woken: Callable[[], bool] | None = None  # see wake_on
         self._waits: zmq.Poller | None = None
@@ -406,15 +405,15 @@ class ZmqTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         left = timeout
         while True:
-            # A poll, not a receive timeout: a timed-out receive raises zmq.Again, whose
-            # construction (pyzmq looks up the error's text) was a fifth of an idle node's CPU.
-            if not self._inbox_ready.poll(None if left is None else max(0, int(left * 1000))):
-                return None
+            wanted = -1 if left is None else max(0, int(left * 1000))
+            if wanted != self._timeout:
+                self.inbox.setsockopt(zmq.RCVTIMEO, wanted)
+                self._timeout = wanted
             try:
-                frames = self.inbox.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:  # not expected: this thread alone reads the inbox
-                frames = None
-            checked = None if frames is None else self._checked(frames)
+                frames = self.inbox.recv_multipart()
+            except zmq.Again:
+                return None
+            checked = self._checked(frames)
             if checked is not None:
                 return checked
             if deadline is not None:  # a rejected message does not restart the wait
