@@ -80,6 +80,11 @@ def _size(frame: Any) -> int:
     return len(frame) if isinstance(frame, bytes) else int(memoryview(frame).nbytes)
 
 
+def _flat(frame: Any) -> Any:
+    """``frame`` as AESGCM takes it: a flat buffer of bytes."""
+    return frame if type(frame) is bytes else memoryview(frame).cast("B")
+
+
 class Authenticator:
     """Signs what one endpoint sends and checks what it receives, with one job's key."""
 
@@ -110,12 +115,17 @@ class Authenticator:
         # The last frame (a large array, as a rule) is GCM's associated data and the rest its
         # plaintext, so nothing large is copied: the tag covers both, the ciphertext is thrown
         # away and the receiver computes it again from what it received.
-        nonce = meta[0:2] + meta[6:16]
-        rest = b"".join([lengths, *frames[:-1], meta])
-        last = frames[-1]
-        if type(last) is not bytes:  # AESGCM takes a flat buffer of bytes
-            last = memoryview(last).cast("B")
-        return self._gcm.encrypt(nonce, rest, last)[-TAG_SIZE:]
+        return self._gcm_tag(meta, b"".join([lengths, *frames[:-1], meta]), _flat(frames[-1]))
+
+    def _gcm_tag(self, meta: bytes, rest: bytes, last: Any) -> bytes:
+        """AES-GCM's tag: nonce sender, salt, seq (12 bytes of ``meta``), ``rest`` the
+        plaintext (its ciphertext thrown away), ``last`` (flat) the associated data."""
+        return self._gcm.encrypt(meta[0:2] + meta[6:16], rest, last)[-TAG_SIZE:]
+
+    def _two_frame_tag(self, head: bytes, meta: bytes, last: Any) -> bytes:
+        """:meth:`_tag`'s large form for a header of bytes and one flat array, without the
+        general form's lists and sums (half of sign's time was the Python around the MAC)."""
+        return self._gcm_tag(meta, _LENGTHS[1].pack(len(head)) + head + meta, last)
 
     def sign(self, sender: int, dest: int, frames: Sequence[Any]) -> list[Any]:
         """``frames`` with the trailer appended to the first (a header, or the whole of a
@@ -130,15 +140,11 @@ class Authenticator:
             small.update(signed)
             return [signed + small.digest()]
         if type(first) is bytes and len(frames) == 2:
-            # a header and one array, large as a rule (pull replies, pushes): _tag's large
-            # form without its generality, as half of this call was the Python around it
-            last = frames[1]
-            view = last if type(last) is bytes else memoryview(last).cast("B")
+            # a header and one array, large as a rule: pull replies, pushes
+            view = _flat(frames[1])
             if len(first) + len(view) > SMALL_BYTES:
                 meta = META.pack(sender, dest, 2, self._salt, self._seq)
-                rest = _LENGTHS[1].pack(len(first)) + first + meta
-                tag = self._gcm.encrypt(meta[0:2] + meta[6:16], rest, view)[-TAG_SIZE:]
-                return [first + meta + tag, last]
+                return [first + meta + self._two_frame_tag(first, meta, view), frames[1]]
         if first is None or len(frames) > MAX_FRAMES:
             raise ValueError(f"a message of {len(frames)} frames")
         meta = META.pack(sender, dest, len(frames), self._salt, self._seq)
@@ -163,10 +169,8 @@ class Authenticator:
             body = [first[:size]]
         elif count == 2 and type(frames[1]) is bytes and size + len(frames[1]) > SMALL_BYTES:
             # a header and one large array: sign's two-frame form
-            head, meta = first[:size], first[size:-TAG_SIZE]
-            rest = _LENGTHS[1].pack(size) + head + meta
-            tag = self._gcm.encrypt(meta[0:2] + meta[6:16], rest, frames[1])[-TAG_SIZE:]
-            body = [head, frames[1]]
+            body = [first[:size], frames[1]]
+            tag = self._two_frame_tag(body[0], first[size:-TAG_SIZE], frames[1])
         else:
             body = [first[:size], *frames[1:]]
             tag = self._tag(first[size:-TAG_SIZE], body, [len(f) for f in body])
