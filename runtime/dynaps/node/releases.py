@@ -98,15 +98,10 @@ class Releases:
                 release.loss_seen = True
         if not dead:
             return
-        per_table: dict[int, list[npt.NDArray[np.int64]]] = {}
-        for release in dead:
-            per_table.setdefault(release.table, []).append(release.keys)
-        count = 0
+        count = sum(len(release.keys) for release in dead)
         shards: set[int] = set()
-        for table, parts in per_table.items():
-            keys = np.concatenate(parts)
-            count += len(keys)
-            of = node.shard_map.shard_of(keys, node.stores[table].spec.num_keys)
+        for release in dead:
+            of = node.shard_map.shard_of(release.keys, node.stores[release.table].spec.num_keys)
             shards.update(int(s) for s in np.unique(of))
         log.error(
             "node %d: %d keys it was giving back to node %d were lost with it before they arrived:"
