@@ -16,7 +16,7 @@ import numpy as np
 
 from dynaps.node.drain import Drain
 from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, MsgType
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType
 from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
 
 KEY = 0
@@ -144,3 +144,24 @@ def test_a_home_lost_before_its_backup_has_the_keys_counts_their_loss() -> None:
     [entry] = losses(cluster)
     assert (entry["cause"], entry["server"], entry["keys"]) == ("write-back", home, 1)
     assert f"worker {worker}" in entry["message"]
+
+
+def test_acks_and_confirmations_a_node_did_not_ask_for_change_nothing() -> None:
+    """A node now reads ACK and LOCALIZED for keys it gave back: one for a transfer it never
+    sent, or one more after the release was confirmed, is ignored (no error, no count)."""
+    cluster = Cluster(replicated=True)
+    worker, home = releasing(cluster)
+    releases = cluster.nodes[worker].relocations.releases
+    [(tid, release)] = releases.unconfirmed.items()
+    unknown = tid + 1000
+    releases.on_release_acked(Message(MsgType.ACK, home, worker, unknown, 0, 5))
+    releases.on_released(Message(MsgType.LOCALIZED, home, worker, unknown, 0, 5))
+    assert releases.count() == 1
+    assert release.unacked == 1
+    assert not release.arrived
+    cluster.deliver((worker, home))  # the TRANSFER
+    cluster.settle(None)
+    assert releases.count() == 0
+    releases.on_release_acked(Message(MsgType.ACK, home, worker, tid, 0, 1))  # once more
+    assert not releases.unconfirmed
+    assert losses(cluster) == []
