@@ -8,7 +8,9 @@ knowledge-graph embeddings, three variants of the *same* training code:
 * ``dynamic``: the same cluster, with localize (DSGD blocking for MF; relation clustering,
   localize-ahead and local negative sampling for KGE);
 * ``hot`` (KGE only): ``dynamic`` with its most frequent entities replicated in every worker
-  instead of relocated (``--hot-keys``, NuPS; dynaps.client.hot_keys).
+  instead of relocated (``--hot-keys``, NuPS; dynaps.client.hot_keys);
+* ``blocks`` (KGE only): ``dynamic`` in entity blocks (``--clustering entities``, the app's
+  default; dynaps.apps.kge_blocks): rounds in which no two workers share an entity.
 
 For each it records epoch time, parameter accesses per second, the share of accesses
 served locally and model quality (test RMSE, filtered MRR), prints the targets, writes
@@ -47,13 +49,25 @@ from dynaps.apps import kge, mf
 from dynaps.apps.inprocess import InProcessPS
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = {"mf": ("baseline", "dynamic", "static"), "kge": ("baseline", "dynamic", "hot", "static")}
+VARIANTS = {
+    "mf": ("baseline", "dynamic", "static"),
+    "kge": ("baseline", "dynamic", "hot", "blocks", "static"),
+}
 HOT_KEYS = 500  # KGE's "hot" variant: entities replicated (bench/README.md, 2026-12-05)
 HOT_SYNC_MS = 20.0
 
 # the workload named in the targets: 20k x 20k, rank 32, 2M entries, Zipf(1.0), batch 1000, lr 0.05
 MF = mf.Config(epochs=3, rows=20_000, cols=20_000, rank=32, entries=2_000_000, batch=1000, lr=0.05, zipf=1.0)
-KGE = kge.Config(epochs=6, entities=5_000, relations=50, triples=100_000, neg_strategy="onlylocal", ahead=4)
+# Lapse's KGE (relation clustering); the ``blocks`` variant trains it in entity blocks
+KGE = kge.Config(
+    epochs=6,
+    entities=5_000,
+    relations=50,
+    triples=100_000,
+    clustering="relations",
+    neg_strategy="onlylocal",
+    ahead=4,
+)
 MF_QUICK = dataclasses.replace(MF, rows=3_000, cols=3_000, entries=100_000, rank=16)
 KGE_QUICK = dataclasses.replace(KGE, epochs=2, entities=1_000, relations=10, triples=10_000, eval_triples=200)
 
@@ -101,7 +115,8 @@ def run_variant(module: Any, config: Any, variant: str, nodes: int = 2) -> dict[
         roles = {"baseline": cpu}
     else:
         tables = module.tables(config)
-        allocation = "dynamic" if variant == "hot" else variant  # hot: the config replicates
+        # hot and blocks: dynamic, with the config's replicated keys or entity blocks
+        allocation = "dynamic" if variant in ("hot", "blocks") else variant
         chosen = dataclasses.replace(config, allocation=allocation, quiet=True)
         with dynaps.LocalCluster(
             servers=nodes, workers=nodes, tables=tables, allocation=allocation
@@ -198,6 +213,13 @@ def kge_targets(v: dict[str, Any], add: Any) -> None:
     add("kge: hot keys vs static speed-up at 2 nodes", ratio, ">= 3", ratio >= 3)
     ratio = v["static"]["cpu_s_per_epoch"] / v["hot"]["cpu_s_per_epoch"]
     add("kge: static / hot keys CPU seconds per epoch (info)", ratio, "(no target)", True)
+    # the same two targets for entity blocks, the app's default since 2026-12-06
+    ratio = v["baseline"]["epoch_s_mean"] / v["blocks"]["epoch_s_mean"]
+    add("kge: entity blocks vs single-process baseline speed-up", ratio, ">= 1", ratio >= 1)
+    ratio = v["static"]["epoch_s_mean"] / v["blocks"]["epoch_s_mean"]
+    add("kge: entity blocks vs static speed-up at 2 nodes", ratio, ">= 3", ratio >= 3)
+    ratio = v["static"]["cpu_s_per_epoch"] / v["blocks"]["cpu_s_per_epoch"]
+    add("kge: static / entity blocks CPU seconds per epoch (info)", ratio, "(no target)", True)
 
 
 def replot(path: Path) -> None:
@@ -214,7 +236,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     names = list(doc["workloads"])
     fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.4 * len(names)), squeeze=False)
-    colours = {"baseline": "#888888", "static": "#d95f02", "dynamic": "#1b9e77", "hot": "#7570b3"}
+    colours = {
+        "baseline": "#888888",
+        "static": "#d95f02",
+        "dynamic": "#1b9e77",
+        "hot": "#7570b3",
+        "blocks": "#e7298a",
+    }
     for row, name in enumerate(names):
         variants = doc["workloads"][name]["variants"]
         labels = list(variants)
@@ -244,6 +272,7 @@ def main_apps(args: argparse.Namespace) -> dict[str, Any]:
     mf_config, kge_config = (MF_QUICK, KGE_QUICK) if args.quick else (MF, KGE)
     doc: dict[str, Any] = {"workloads": {}, "repeat": args.repeat}
     hot_config = dataclasses.replace(kge_config, hot_keys=args.hot_keys, hot_sync_ms=args.hot_sync_ms)
+    chosen = {"hot": hot_config, "blocks": dataclasses.replace(kge_config, clustering="entities")}
     for name, module, config, key in (
         ("mf", mf, mf_config, "test RMSE"),
         ("kge", kge, kge_config, "MRR"),
@@ -255,7 +284,7 @@ def main_apps(args: argparse.Namespace) -> dict[str, Any]:
         for repeat in range(args.repeat):  # variants interleaved, so load drift hits all alike
             for variant in variants:
                 print(f"{name}: {variant} (run {repeat + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
-                run = run_variant(module, hot_config if variant == "hot" else config, variant)
+                run = run_variant(module, chosen.get(variant, config), variant)
                 runs[variant].append(run)
                 print(
                     f"  {statistics.fmean(e['seconds'] for e in run['epochs']):8.2f} s/epoch  "

@@ -541,6 +541,12 @@ def main() -> int:
         "(dynaps.client.hot_keys; default 0: none)",
     )
     parser.add_argument(
+        "--kge-clustering",
+        choices=["entities", "relations"],
+        default="entities",
+        help="KGE: how work is split over workers (python -m dynaps.apps.kge --clustering; default entities)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON output (default bench/results/cpu-scaling[-profile].json)"
     )
     parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of a recorded run")
@@ -574,8 +580,10 @@ def main() -> int:
             os.environ[PROFILE_DIR_ENV] = str(profile_dir)  # every process of the cluster inherits it
         for name in names:
             config = QUICK[name] if args.quick else WORKLOADS[name][1]
-            if name == "kge" and args.kge_hot_keys:
-                config = dataclasses.replace(config, hot_keys=args.kge_hot_keys)
+            if name == "kge":
+                config = dataclasses.replace(
+                    config, hot_keys=args.kge_hot_keys, clustering=args.kge_clustering
+                )
             doc["configs"][name] = dataclasses.asdict(config)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in nodes}
             for repeat in range(args.repeat):  # node counts interleaved: load drift hits all alike

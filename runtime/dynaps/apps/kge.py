@@ -1,22 +1,31 @@
-"""Knowledge-graph embeddings: ComplEx or RESCAL, AdaGrad on the servers, sampled negatives.
+"""Knowledge-graph embeddings: ComplEx or RESCAL, AdaGrad on the parameters' owners, sampled negatives.
 
 Each positive triple is scored against ``--neg`` corrupted tails and ``--neg`` corrupted
-heads (entities drawn uniformly through the sampling API) with binary cross-entropy;
-workers push gradients and the parameters' owner takes the AdaGrad step (its state moves
-with the key).  With ``--allocation dynamic`` (Lapse's techniques):
+heads with binary cross-entropy; workers push gradients and the parameters' owner takes
+the AdaGrad step (its state moves with the key).  How the work is split over workers:
 
-* data clustering by relation: relations are split over workers (balanced by triple
-  count); each worker trains on its relations' triples and localizes them once;
-* localize ahead: while minibatch ``t`` trains, the entities of minibatch ``t + ahead``
-  are being localized, and its negatives prepared (the ``--neg-strategy`` decides how:
-  ``pool`` localizes groups of draws ahead and reuses them);
-* hot entities (``--hot-keys``, NuPS): the entities with the most training triples are
-  replicated in every worker instead of relocated (``table.replicate``); their pushes are
-  summed and sent to their owners every ``--hot-sync-ms`` milliseconds.
+* ``--clustering entities`` (the default; PyTorch-BigGraph's partitioning,
+  dynaps/apps/kge_blocks.py): the entities are split into 2W blocks and an epoch is
+  trained in 2W - 1 rounds in which no two workers share an entity.  With ``--allocation
+  dynamic`` each round localizes its two blocks, so every entity access is local;
+  negatives are drawn uniformly from the round's two blocks; the relations, which every
+  worker uses, are replicated in every worker (``table.replicate``, flushed every
+  ``--hot-sync-ms``).  Messages per epoch grow about as W, not W^2 (bench/README.md).
+* ``--clustering relations`` (Lapse's techniques): relations are split over workers
+  (balanced by triple count), each worker trains on its relations' triples and localizes
+  them once; while minibatch ``t`` trains, the entities of minibatch ``t + ahead`` are
+  being localized and its negatives prepared through the sampling API (the
+  ``--neg-strategy`` decides how: ``pool`` localizes groups of draws ahead and reuses
+  them).  Hub entities that several workers want bounce between them.
+
+Hot entities (``--hot-keys``, NuPS), with either clustering: the entities with the most
+training triples are replicated in every worker instead of relocated; their pushes are
+summed and sent to their owners every ``--hot-sync-ms`` milliseconds.
 
 Quality: filtered MRR and Hits@1/3/10 on held-out triples (tail and head prediction).
 
     python -m dynaps.apps.kge --model complex --dim 32 --epochs 5
+    python -m dynaps.apps.kge --clustering relations --neg-strategy pool
     python -m dynaps.apps.kge --train train.tsv --valid valid.tsv --test test.tsv
     dynaps run examples/kge.yaml
 """
@@ -32,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.apps import common, synthetic
+from dynaps.apps import common, kge_blocks, synthetic
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.metrics import KnownTriples, filtered_rank_sums, ranking_report
@@ -51,6 +60,7 @@ class Config:
     lr: float = 0.1  # AdaGrad, applied by the parameters' owner
     reg: float = 1e-4
     ahead: int = 2  # minibatches between localizing an entity and using it
+    clustering: str = "entities"  # entity blocks (dynaps/apps/kge_blocks.py), or "relations" (Lapse)
     neg_strategy: str = "pool"
     pool_group: int = 4096
     pool_reuse: int = 4
@@ -116,29 +126,48 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     progress = common.Progress(ps, "kge", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
+    by_entities = config.clustering == "entities"
 
-    # data clustering: each worker trains on the triples of its own relations
-    rel_part = balanced_parts(np.bincount(data.train[:, 1], minlength=num_r), workers)
-    mine = data.train[rel_part[data.train[:, 1]] == me]
+    blocks, rounds, start_order = None, [], np.arange(num_e)
+    if by_entities:  # entity blocks: ids renamed so that every block is one range
+        blocks = kge_blocks.entity_blocks(data.train, num_e, workers)
+        data, start_order = kge_blocks.renamed(data, blocks), blocks.order
+        rounds = kge_blocks.schedule(data.train, blocks, workers, me)
+        mine = np.concatenate([r.triples for r in rounds])
+        rel_part = np.full(num_r, me)  # every worker uses every relation
+    else:  # data clustering: each worker trains on the triples of its own relations
+        rel_part = balanced_parts(np.bincount(data.train[:, 1], minlength=num_r), workers)
+        mine = data.train[rel_part[data.train[:, 1]] == me]
     test = data.test if not config.eval_triples else data.test[: config.eval_triples]
     my_test = test[me::workers]
     progress.note(
         f"{config.model}: {num_e:,} entities, {num_r} relations, {len(data.train):,} training triples, "
-        f"{workers} workers, allocation {'dynamic' if moving else 'static'}"
+        f"{workers} workers, allocation {'dynamic' if moving else 'static'}, clustering {config.clustering}"
     )
     known = KnownTriples(np.concatenate([data.train, data.valid, data.test]), num_e, num_r)
 
-    strategy = config.neg_strategy if moving else "naive"
-    options = {"group_size": config.pool_group, "reuse": config.pool_reuse} if strategy == "pool" else {}
-    entities.set_sampler(Distribution.uniform(0, num_e), strategy, seed=config.seed * 1000 + me, **options)
+    if not by_entities:
+        strategy = config.neg_strategy if moving else "naive"
+        options = {"group_size": config.pool_group, "reuse": config.pool_reuse} if strategy == "pool" else {}
+        seed = config.seed * 1000 + me
+        entities.set_sampler(Distribution.uniform(0, num_e), strategy, seed=seed, **options)
     if me == 0:
         init = np.random.default_rng([config.seed, 9])
         scale = 1.0 / np.sqrt(model.entity_dim)
-        common.set_in_chunks(entities, np.arange(num_e), init.normal(0, scale, (num_e, model.entity_dim)))
+        # drawn by original id, stored under the (possibly renamed) ids: the same start
+        start = init.normal(0, scale, (num_e, model.entity_dim))[start_order]
+        common.set_in_chunks(entities, np.arange(num_e), start)
         common.set_in_chunks(relations, np.arange(num_r), init.normal(0, scale, (num_r, model.relation_dim)))
     ps.barrier()
+    replicated = moving and by_entities and workers > 1
     if moving:
-        relations.localize(np.flatnonzero(rel_part == me))
+        if replicated:  # shared by all workers: a replica in each, not relocated
+            if me == 0:  # one owner: a flush or refresh is one message, not one per home
+                relations.localize(np.arange(num_r))
+            ps.barrier()
+            relations.replicate(np.arange(num_r), sync_ms=config.hot_sync_ms)
+        else:
+            relations.localize(np.flatnonzero(rel_part == me))
         hot = hot_entities(data.train, num_e, config.hot_keys)
         if len(hot):
             entities.replicate(hot, sync_ms=config.hot_sync_ms)
@@ -148,13 +177,25 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     rng = np.random.default_rng([config.seed, 10, me])
     for epoch in range(1, config.epochs + 1):
         progress.start_epoch()
-        loss = _epoch(entities, relations, model, mine[rng.permutation(len(mine))], config, moving)
+        if blocks is not None:
+            loss = 0.0
+            # every other epoch backwards: it starts with the blocks the last one ended with
+            for part in rounds if epoch % 2 else rounds[::-1]:
+                if moving:
+                    entities.localize(blocks.keys(*part.blocks))
+                shuffled = part.triples[rng.permutation(len(part.triples))]
+                loss += _round(entities, relations, model, blocks, part.blocks, shuffled, config, rng)
+                ps.barrier()  # the next round hands these blocks to other workers
+        else:
+            loss = _epoch(entities, relations, model, mine[rng.permutation(len(mine))], config, moving)
         seconds, mean_loss = progress.end_epoch(loss, len(mine))
         started = time.perf_counter()
         sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
         progress.report(epoch, seconds, mean_loss, ranking_report(sums), time.perf_counter() - started)
     if len(hot):
         entities.replicate([])  # flushed; the table is as the job declared it for whatever runs next
+    if replicated:
+        relations.replicate([])
     progress.write(config.report, asdict(config))
     return [r.to_dict() for r in progress.reports]
 
@@ -197,7 +238,12 @@ def _epoch(entities: Any, relations: Any, model: Model, triples: Any, config: Co
         current = upcoming
         if step + 1 < len(batches):
             upcoming = _pull_ahead(entities, relations, batches[step + 1])
-        step_loss, handles = _step(entities, relations, model, batch, current, negatives.popleft(), config)
+        sample, size = negatives.popleft(), 2 * config.neg * len(batch)
+        neg_keys, neg_vals = entities.pull_sample(sample, size)
+        entities.finish_sample(sample)
+        assert current is not None  # pulled one step ahead
+        ends, rels = current[0].result(), current[1].result()
+        step_loss, handles = _step(entities, relations, model, batch, ends, rels, neg_keys, neg_vals, config)
         loss += step_loss
         pushes.append(handles)
         if len(pushes) > ahead + 1:
@@ -211,14 +257,67 @@ def _pull_ahead(entities: Any, relations: Any, batch: Any) -> tuple[Any, Any]:
     return ends, relations.pull(batch[:, 1], wait=False)
 
 
+def _round(
+    entities: Any,
+    relations: Any,
+    model: Model,
+    blocks: kge_blocks.EntityBlocks,
+    pair: tuple[int, int],
+    triples: Any,
+    config: Config,
+    rng: np.random.Generator,
+) -> float:
+    """One round of entity blocks: the bucket's triples in minibatches, negatives drawn from
+    the round's two blocks.  The next minibatch's rows (ends and negatives in one pull) are
+    pulled while this one computes; pushes are asynchronous, ``ahead + 1`` in flight, and all
+    are complete when the round returns (the barrier after it hands the blocks on)."""
+    batches = [triples[first : first + config.batch] for first in range(0, len(triples), config.batch)]
+    pushes: deque[list[Any]] = deque()
+    loss = 0.0
+
+    def pull(batch: Any) -> tuple[Any, Any, Any]:
+        neg_keys = kge_blocks.negatives(blocks, pair, 2 * config.neg * len(batch), rng)
+        rows = entities.pull(np.concatenate([batch[:, 0], batch[:, 2], neg_keys]), wait=False)
+        return neg_keys, rows, relations.pull(batch[:, 1], wait=False)
+
+    if not batches:
+        return loss
+    upcoming = pull(batches[0])
+    for step, batch in enumerate(batches):
+        neg_keys, rows, rels = upcoming
+        if step + 1 < len(batches):
+            upcoming = pull(batches[step + 1])
+        both = 2 * len(batch)
+        values = rows.result()
+        step_loss, handles = _step(
+            entities, relations, model, batch, values[:both], rels.result(), neg_keys, values[both:], config
+        )
+        loss += step_loss
+        pushes.append(handles)
+        if len(pushes) > max(1, config.ahead) + 1:
+            for handle in pushes.popleft():
+                handle.result()
+    for handles in pushes:
+        for handle in handles:
+            handle.result()
+    return loss
+
+
 def _step(
-    entities: Any, relations: Any, model: Model, batch: Any, pulled: Any, negatives: Any, config: Config
+    entities: Any,
+    relations: Any,
+    model: Model,
+    batch: Any,
+    ends: Any,
+    rels: Any,
+    neg_keys: Any,
+    neg_vals: Any,
+    config: Config,
 ) -> tuple[float, list[Any]]:
+    """One minibatch from its pulled rows: ``ends`` (heads then tails), ``rels``, and the
+    negatives (``n`` corrupted tails per positive, then ``n`` corrupted heads)."""
     h_keys, r_keys, t_keys = batch[:, 0], batch[:, 1], batch[:, 2]
     n, size = config.neg, len(batch)
-    neg_keys, neg_vals = entities.pull_sample(negatives, 2 * n * size)
-    entities.finish_sample(negatives)
-    ends, rels = pulled[0].result(), pulled[1].result()
     h, t = ends[:size], ends[size:]
     tneg = neg_vals[: n * size].reshape(size, n, -1)
     hneg = neg_vals[n * size :].reshape(size, n, -1)
@@ -269,6 +368,16 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--reg", type=float, default=1e-4, help="L2 regularisation (default 1e-4)")
     parser.add_argument("--ahead", type=int, default=2, help="localize entities this many batches ahead")
     parser.add_argument(
+        "--clustering",
+        choices=["entities", "relations"],
+        default="entities",
+        help="how work is split over workers: 'entities' (the default: entity blocks, rounds in "
+        "which no two workers share an entity, negatives from the round's blocks, relations "
+        "replicated; dynaps/apps/kge_blocks.py) or 'relations' (Lapse's: each worker trains its "
+        "relations' triples, entities localized --ahead minibatches early, negatives through "
+        "--neg-strategy)",
+    )
+    parser.add_argument(
         "--neg-strategy",
         choices=["naive", "preloc", "pool", "onlylocal"],
         default="pool",
@@ -286,7 +395,11 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         "replication cost more CPU than it saved, see bench/README.md)",
     )
     parser.add_argument(
-        "--hot-sync-ms", type=float, default=20.0, help="hot keys: milliseconds between flushes (default 20)"
+        "--hot-sync-ms",
+        type=float,
+        default=20.0,
+        help="hot keys (and relations under --clustering entities): milliseconds between "
+        "flushes (default 20)",
     )
     parser.add_argument(
         "--eval-triples", type=int, default=1000, help="test triples ranked per epoch (0: all)"

@@ -46,7 +46,7 @@ def test_mf_static_and_dynamic_reach_the_same_model(cluster: dynaps.LocalCluster
 
 
 def test_kge_localizes_ahead_and_learns(cluster: dynaps.LocalCluster) -> None:
-    reports = cluster.run(kge.train, replace(TINY_KGE, neg_strategy="onlylocal"))[0]
+    reports = cluster.run(kge.train, replace(TINY_KGE, clustering="relations", neg_strategy="onlylocal"))[0]
     assert reports[-1]["quality"]["MRR"] > 0.1  # random ranking: about 0.02
     assert reports[-1]["local_share"] > 0.5
 
@@ -58,7 +58,7 @@ def hot_state(ps: dynaps.PS) -> tuple[dict[str, int], int]:
 def test_kge_with_replicated_hot_entities_learns() -> None:
     # a cluster of its own: AdaGrad's state of an earlier KGE run stays with the keys
     # (``set`` resets values, not optimiser state), and the next run then barely learns
-    config = replace(TINY_KGE, neg_strategy="onlylocal", hot_keys=0.1, hot_sync_ms=5)
+    config = replace(TINY_KGE, clustering="relations", neg_strategy="onlylocal", hot_keys=0.1, hot_sync_ms=5)
     with dynaps.LocalCluster(servers=2, workers=2, tables=kge.tables(config)) as cluster:
         reports = cluster.run(kge.train, config)[0]
         after = cluster.run(hot_state)
@@ -66,6 +66,22 @@ def test_kge_with_replicated_hot_entities_learns() -> None:
     for stats, cached in after:
         assert stats == {}  # train stops replicating (after a flush) when it ends
         assert cached > 0  # hot entities were read from the replica
+
+
+def replicated_relations(ps: dynaps.PS) -> dict[str, int]:
+    stats: dict[str, int] = ps.table("relations").hot_stats
+    return stats
+
+
+def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
+    config = replace(TINY_KGE, hot_sync_ms=5)  # clustering="entities", the default
+    with dynaps.LocalCluster(servers=2, workers=2, tables=kge.tables(config)) as cluster:
+        reports = cluster.run(kge.train, config)[0]
+        after = cluster.run(replicated_relations)
+    assert reports[-1]["quality"]["MRR"] > 0.1  # random ranking: about 0.02
+    # entities: the round's two blocks, localized; relations: the replica (counted as cached)
+    assert reports[-1]["local_share"] > 0.99
+    assert after == [{}, {}]  # the relations' replica is dropped (after a flush) when train ends
 
 
 def test_w2v_samples_through_the_pool(cluster: dynaps.LocalCluster) -> None:

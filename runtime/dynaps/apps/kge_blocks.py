@@ -1,0 +1,166 @@
+"""KGE's entity blocks (``--clustering entities``): a schedule in which no two workers use
+the same entity at the same time, as PyTorch-BigGraph partitions a graph.
+
+Clustering by relation (Lapse's way, ``--clustering relations``) leaves every worker
+wanting the hub entities, and every minibatch localizes about 250 entities that another
+worker holds with probability (W-1)/W: the messages per epoch grow as W^2 (66k at 8
+workers against 254 at 1, bench/README.md).  Here instead:
+
+* the entities are split into ``2W`` blocks of about equal degree and renumbered so that
+  each block is one range of ids (a range-partitioned table's homes own ranges too, so a
+  block's localize reaches one home);
+* a triple belongs to the bucket of its head's and its tail's blocks, unordered;
+* an epoch is ``2W - 1`` rounds of a round-robin tournament between the blocks: every
+  round pairs all blocks off, worker ``w`` takes pair ``w``, localizes both blocks and
+  trains that bucket's triples (and a block's own bucket in one of its rounds); a barrier
+  ends each round.  Over an epoch every bucket is trained once, by one worker;
+* negatives are drawn uniformly from the round's two blocks, which the worker holds, so
+  every entity access during training is local.
+
+Relations are few and every worker uses all of them: the app replicates them in every
+worker (``table.replicate``) instead of relocating them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dynaps.apps.data import Triples, balanced_parts, contiguous_order
+
+Ints = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class EntityBlocks:
+    """Entities split into blocks that are id ranges (after renaming with ``order``)."""
+
+    order: Ints  # order[k] is the original id that becomes id k
+    bounds: Ints  # block b is ids [bounds[b], bounds[b + 1]) after renaming
+
+    @property
+    def count(self) -> int:
+        return len(self.bounds) - 1
+
+    def block_of(self, ids: Ints) -> Ints:
+        """The block of each (renamed) entity id."""
+        found: Ints = np.searchsorted(self.bounds, ids, side="right") - 1
+        return found
+
+    def keys(self, *blocks: int) -> Ints:
+        """The ids of these blocks, in order."""
+        return np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in blocks])
+
+
+@dataclass(frozen=True)
+class Round:
+    """One worker's part of one round: the two blocks it holds and the triples it trains."""
+
+    blocks: tuple[int, int]
+    triples: Ints  # (n, 3), renamed ids
+
+
+def entity_blocks(train: Ints, num_entities: int, workers: int) -> EntityBlocks:
+    """``2 * workers`` blocks of about equal degree (every worker computes the same split)."""
+    degree = np.bincount(train[:, [0, 2]].ravel(), minlength=num_entities)
+    count = 2 * workers
+    part = balanced_parts(degree, count)
+    order: Ints = contiguous_order(part)
+    sizes = np.bincount(part, minlength=count)
+    return EntityBlocks(order=order, bounds=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+
+
+def renamed(data: Triples, blocks: EntityBlocks) -> Triples:
+    """The graph with entity ``blocks.order[k]`` called ``k`` (relations unchanged)."""
+    new_id = np.empty(len(blocks.order), dtype=np.int64)
+    new_id[blocks.order] = np.arange(len(blocks.order))
+
+    def rename(triples: Any) -> Ints:
+        out: Ints = np.array(triples, dtype=np.int64, copy=True)
+        if len(out):
+            out[:, 0], out[:, 2] = new_id[out[:, 0]], new_id[out[:, 2]]
+        return out
+
+    return replace(
+        data,
+        entities=[data.entities[i] for i in blocks.order.tolist()],
+        train=rename(data.train),
+        valid=rename(data.valid),
+        test=rename(data.test),
+        cluster=None if data.cluster is None else data.cluster[blocks.order],
+    )
+
+
+def tournament(blocks: int) -> list[list[tuple[int, int]]]:
+    """Round-robin pairings of an even number of blocks (the circle method): ``blocks - 1``
+    rounds of ``blocks // 2`` disjoint pairs, every pair of blocks exactly once."""
+    if blocks < 2 or blocks % 2:
+        raise ValueError(f"a tournament needs an even number of blocks >= 2, got {blocks}")
+    turns = blocks - 1
+    rounds = []
+    for r in range(turns):
+        pairs = [(r, blocks - 1)]
+        pairs += [((r + i) % turns, (r - i) % turns) for i in range(1, blocks // 2)]
+        rounds.append(pairs)
+    return rounds
+
+
+def handed_on(rounds: list[list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+    """The pairs of every round in worker order (worker ``w`` takes pair ``w``), ordered so
+    that every worker keeps one of its two blocks from one round to the next: each round
+    moves W blocks instead of 2W.
+
+    Such an order always exists: in the graph of workers (their two blocks of the previous
+    round) and pairs (their two blocks), every vertex has degree two, so it is a union of
+    even cycles; walking each cycle gives every worker the pair of one of its blocks.
+    """
+    ordered = [list(rounds[0])]
+    for pairs in rounds[1:]:
+        held = ordered[-1]
+        holder = {block: w for w, pair in enumerate(held) for block in pair}
+        pair_of = {block: p for p, pair in enumerate(pairs) for block in pair}
+        taken: dict[int, int] = {}  # worker -> pair index
+        for start in range(len(held)):
+            worker, block = start, held[start][0]
+            while worker not in taken:
+                taken[worker] = pair_of[block]
+                other = next(b for b in pairs[pair_of[block]] if b != block)
+                worker = holder[other]  # gives up ``other``, so keeps its remaining block
+                block = next(b for b in held[worker] if b != other)
+        ordered.append([pairs[taken[w]] for w in range(len(held))])
+    return ordered
+
+
+def schedule(train: Ints, blocks: EntityBlocks, workers: int, me: int) -> list[Round]:
+    """Worker ``me``'s rounds of one epoch: its two blocks and its triples in each round.
+
+    Bucket {a, b} (a != b) is trained in the round that pairs a with b; a block's own
+    bucket {c, c} in round ``c mod (2W - 1)``, by whichever worker holds c then.
+    """
+    rounds = handed_on(tournament(blocks.count))
+    turns = len(rounds)
+    # (round, worker) of every bucket, as one number round * workers + worker
+    slot = np.empty((blocks.count, blocks.count), dtype=np.int64)
+    for r, pairs in enumerate(rounds):
+        for w, (a, b) in enumerate(pairs):
+            slot[a, b] = slot[b, a] = r * workers + w
+            for c in (a, b):
+                if c % turns == r:
+                    slot[c, c] = r * workers + w
+    bucket_slot = slot[blocks.block_of(train[:, 0]), blocks.block_of(train[:, 2])]
+    mine = bucket_slot % workers == me
+    triples, turn = train[mine], bucket_slot[mine] // workers
+    return [Round(blocks=rounds[r][me], triples=triples[turn == r]) for r in range(turns)]
+
+
+def negatives(blocks: EntityBlocks, pair: tuple[int, int], count: int, rng: np.random.Generator) -> Ints:
+    """``count`` entity ids drawn uniformly from the two blocks of ``pair``."""
+    a, b = pair
+    size_a = int(blocks.bounds[a + 1] - blocks.bounds[a])
+    size_b = int(blocks.bounds[b + 1] - blocks.bounds[b])
+    draws = rng.integers(0, size_a + size_b, count)
+    ids: Ints = np.where(draws < size_a, blocks.bounds[a] + draws, blocks.bounds[b] + draws - size_a)
+    return ids
