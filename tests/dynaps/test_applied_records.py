@@ -164,3 +164,25 @@ def test_a_requester_with_more_unsettled_requests_than_the_room_is_counted() -> 
     assert len(applied.applied[CLIENT]) == REMEMBERED_REQUESTS
     assert 1 not in applied.applied[CLIENT]
     assert applied.evicted_unsettled == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    touched=st.lists(st.lists(st.integers(0, 30), max_size=6), min_size=1, max_size=12),
+    keys=st.lists(st.integers(0, 30), max_size=8, unique=True),
+)
+def test_a_move_carries_exactly_the_records_that_touched_its_keys(
+    touched: list[list[int]], keys: list[int]
+) -> None:
+    home = AppliedRequests()
+    for req_id, record in enumerate(touched, start=1):  # empty records too: a push of no key
+        home.remember(
+            CLIENT, req_id, np.arange(len(record), dtype=np.int32), np.array(record, dtype=np.int64)
+        )
+    records = home.records_for(np.array(sorted(keys), dtype=np.int64))
+    expected = [
+        [CLIENT, req_id, [i for i, k in enumerate(record) if k in keys], [k for k in record if k in keys]]
+        for req_id, record in enumerate(touched, start=1)
+        if set(record) & set(keys)
+    ]
+    assert (records or {"records": []})["records"] == expected
