@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +43,7 @@ import numpy as np
 from dynaps.apps import common, kge_blocks, synthetic
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
+from dynaps.apps.kge_steps import block_round, localize_ahead_epoch
 from dynaps.apps.metrics import KnownTriples, filtered_rank_sums, ranking_report
 from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
@@ -184,10 +184,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
                 if moving:
                     entities.localize(blocks.keys(*part.blocks))
                 shuffled = part.triples[rng.permutation(len(part.triples))]
-                loss += _round(entities, relations, model, blocks, part.blocks, shuffled, config, rng)
+                loss += block_round(entities, relations, model, blocks, part.blocks, shuffled, config, rng)
                 ps.barrier()  # the next round hands these blocks to other workers
         else:
-            loss = _epoch(entities, relations, model, mine[rng.permutation(len(mine))], config, moving)
+            shuffled = mine[rng.permutation(len(mine))]
+            loss = localize_ahead_epoch(entities, relations, model, shuffled, config, moving)
         seconds, mean_loss = progress.end_epoch(loss, len(mine))
         started = time.perf_counter()
         sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
@@ -208,135 +209,6 @@ def hot_entities(triples: Any, num_e: int, hot: float) -> Any:
         return np.empty(0, dtype=np.int64)
     degree = np.bincount(triples[:, 0], minlength=num_e) + np.bincount(triples[:, 2], minlength=num_e)
     return np.sort(np.argsort(-degree, kind="stable")[: min(count, num_e)])
-
-
-def _epoch(entities: Any, relations: Any, model: Model, triples: Any, config: Config, moving: bool) -> float:
-    """One pass in minibatches, hiding latency three ways (identically for static and dynamic):
-
-    * with dynamic allocation, entities are localized ``ahead`` minibatches before use,
-      for ``ahead`` minibatches at once (one request per home, not one per minibatch);
-    * the next minibatch's parameters are pulled asynchronously while this one computes
-      (so it may miss this minibatch's updates to shared keys: staleness one);
-    * pushes are asynchronous, ``ahead + 1`` minibatches in flight.
-    """
-    starts = list(range(0, len(triples), config.batch))
-    batches = [triples[first : first + config.batch] for first in starts]
-    ahead = max(1, config.ahead)
-    negatives: deque[Any] = deque()
-    pushes: deque[list[Any]] = deque()
-    loss = 0.0
-    upcoming = _pull_ahead(entities, relations, batches[0]) if batches else None
-    for step, batch in enumerate(batches):
-        if moving and step % ahead == 0:
-            chunk = batches[step if step == 0 else step + ahead : step + 2 * ahead]
-            if chunk:
-                entities.localize(
-                    np.concatenate([np.concatenate([b[:, 0], b[:, 2]]) for b in chunk]), wait=False
-                )
-        while len(negatives) <= ahead and step + len(negatives) < len(batches):
-            negatives.append(entities.prepare_sample(2 * config.neg * len(batches[step + len(negatives)])))
-        current = upcoming
-        if step + 1 < len(batches):
-            upcoming = _pull_ahead(entities, relations, batches[step + 1])
-        sample, size = negatives.popleft(), 2 * config.neg * len(batch)
-        neg_keys, neg_vals = entities.pull_sample(sample, size)
-        entities.finish_sample(sample)
-        assert current is not None  # pulled one step ahead
-        ends, rels = current[0].result(), current[1].result()
-        step_loss, handles = _step(entities, relations, model, batch, ends, rels, neg_keys, neg_vals, config)
-        loss += step_loss
-        pushes.append(handles)
-        if len(pushes) > ahead + 1:
-            for handle in pushes.popleft():
-                handle.result()
-    return loss
-
-
-def _pull_ahead(entities: Any, relations: Any, batch: Any) -> tuple[Any, Any]:
-    ends = entities.pull(np.concatenate([batch[:, 0], batch[:, 2]]), wait=False)
-    return ends, relations.pull(batch[:, 1], wait=False)
-
-
-def _round(
-    entities: Any,
-    relations: Any,
-    model: Model,
-    blocks: kge_blocks.EntityBlocks,
-    pair: tuple[int, int],
-    triples: Any,
-    config: Config,
-    rng: np.random.Generator,
-) -> float:
-    """One round of entity blocks: the bucket's triples in minibatches, negatives drawn from
-    the round's two blocks.  The next minibatch's rows (ends and negatives in one pull) are
-    pulled while this one computes; pushes are asynchronous, ``ahead + 1`` in flight, and all
-    are complete when the round returns (the barrier after it hands the blocks on)."""
-    batches = [triples[first : first + config.batch] for first in range(0, len(triples), config.batch)]
-    pushes: deque[list[Any]] = deque()
-    loss = 0.0
-
-    def pull(batch: Any) -> tuple[Any, Any, Any]:
-        neg_keys = kge_blocks.negatives(blocks, pair, 2 * config.neg * len(batch), rng)
-        rows = entities.pull(np.concatenate([batch[:, 0], batch[:, 2], neg_keys]), wait=False)
-        return neg_keys, rows, relations.pull(batch[:, 1], wait=False)
-
-    if not batches:
-        return loss
-    upcoming = pull(batches[0])
-    for step, batch in enumerate(batches):
-        neg_keys, rows, rels = upcoming
-        if step + 1 < len(batches):
-            upcoming = pull(batches[step + 1])
-        both = 2 * len(batch)
-        values = rows.result()
-        step_loss, handles = _step(
-            entities, relations, model, batch, values[:both], rels.result(), neg_keys, values[both:], config
-        )
-        loss += step_loss
-        pushes.append(handles)
-        if len(pushes) > max(1, config.ahead) + 1:
-            for handle in pushes.popleft():
-                handle.result()
-    for handles in pushes:
-        for handle in handles:
-            handle.result()
-    return loss
-
-
-def _step(
-    entities: Any,
-    relations: Any,
-    model: Model,
-    batch: Any,
-    ends: Any,
-    rels: Any,
-    neg_keys: Any,
-    neg_vals: Any,
-    config: Config,
-) -> tuple[float, list[Any]]:
-    """One minibatch from its pulled rows: ``ends`` (heads then tails), ``rels``, and the
-    negatives (``n`` corrupted tails per positive, then ``n`` corrupted heads)."""
-    h_keys, r_keys, t_keys = batch[:, 0], batch[:, 1], batch[:, 2]
-    n, size = config.neg, len(batch)
-    h, t = ends[:size], ends[size:]
-    tneg = neg_vals[: n * size].reshape(size, n, -1)
-    hneg = neg_vals[n * size :].reshape(size, n, -1)
-    g = model.gradients(h, rels, t, tneg, hneg)
-    reg = np.float32(config.reg)
-    grads = np.concatenate(
-        [
-            g.head + reg * h,
-            g.tail + reg * t,
-            g.tail_negatives.reshape(n * size, -1),
-            g.head_negatives.reshape(n * size, -1),
-        ]
-    )
-    keys = np.concatenate([h_keys, t_keys, neg_keys])
-    handles = [
-        entities.push(keys, grads.astype(np.float32, copy=False), wait=False),
-        relations.push(r_keys, (g.relation + reg * rels).astype(np.float32, copy=False), wait=False),
-    ]
-    return g.loss, handles
 
 
 def _evaluate(entities: Any, relations: Any, model: Model, test: Any, known: KnownTriples, num_e: int) -> Any:
