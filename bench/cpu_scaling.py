@@ -12,7 +12,8 @@ of training, apart from what each of N processes pays once. Data sizes:
 
 * MF: 50,000 x 5,000, 1,000,000 entries, rank 50, 2 epochs (the issue's workload);
 * KGE: ComplEx dim 32, 5,000 entities, 50 relations, 100,000 triples, 2 epochs
-  (bench/apps.py's workload: under 2 s per epoch at 1 node).
+  (bench/apps.py's workload: under 2 s per epoch at 1 node), in entity blocks (the app's
+  default; ``--kge-clustering relations`` for Lapse's relation clustering).
 
 ``--profile`` runs every process under cProfile on its main thread's CPU clock
 (``DYNAPS_PROFILE_DIR``, see dynaps.profiling), snapshots the profiles before and after
@@ -24,6 +25,7 @@ activities with each other and across N, not with the CPU table.
     python -P bench/cpu_scaling.py                      # about 6 min on 2 cores
     python -P bench/cpu_scaling.py --profile            # the same, profiled (slower)
     python -P bench/cpu_scaling.py --nodes 1,8 --workloads mf --repeat 2
+    python -P bench/cpu_scaling.py --workloads kge --kge-clustering relations
     python -P bench/cpu_scaling.py --nodes 1,8 --idle 10   # an idle job's CPU per second
 
 Writes bench/results/cpu-scaling[-profile].json and .png.  On a shared 2-core machine the
