@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import dynaps
-from dynaps.apps import common, dense, kge, lr, mf, w2v
+from dynaps.apps import common, dense, kge, kge_blocks, lr, mf, w2v
 from dynaps.apps.inprocess import InProcessPS
 
 from .test_apps import TINY_DENSE, TINY_KGE, TINY_LR, TINY_MF, TINY_W2V
@@ -51,21 +51,31 @@ def test_kge_localizes_ahead_and_learns(cluster: dynaps.LocalCluster) -> None:
     assert reports[-1]["local_share"] > 0.5
 
 
-def hot_state(ps: dynaps.PS) -> tuple[dict[str, int], int]:
-    return ps.table("entities").hot_stats, ps.stats()["keys_pulled_cached"]
+def hot_state(ps: dynaps.PS, config: kge.Config) -> tuple[dict[str, int], int, int]:
+    """The entities' replica stats, the reads served by a replica, and how many of the hot
+    entities this worker's node owns (localize leaves hot keys at their homes)."""
+    data = kge.load(config)
+    if config.clustering == "entities":
+        blocks = kge_blocks.entity_blocks(data.train, len(data.entities), ps.num_workers)
+        data = kge_blocks.renamed(data, blocks)
+    hot = kge.hot_entities(data.train, len(data.entities), config.hot_keys)
+    owned = int(ps.table("entities").local_mask(hot).sum())
+    return ps.table("entities").hot_stats, ps.stats()["keys_pulled_cached"], owned
 
 
-def test_kge_with_replicated_hot_entities_learns() -> None:
+@pytest.mark.parametrize("clustering", ["relations", "entities"])
+def test_kge_with_replicated_hot_entities_learns(clustering: str) -> None:
     # a cluster of its own: AdaGrad's state of an earlier KGE run stays with the keys
     # (``set`` resets values, not optimiser state), and the next run then barely learns
-    config = replace(TINY_KGE, clustering="relations", neg_strategy="onlylocal", hot_keys=0.1, hot_sync_ms=5)
+    config = replace(TINY_KGE, clustering=clustering, neg_strategy="onlylocal", hot_keys=0.1, hot_sync_ms=5)
     with dynaps.LocalCluster(servers=2, workers=2, tables=kge.tables(config)) as cluster:
         reports = cluster.run(kge.train, config)[0]
-        after = cluster.run(hot_state)
+        after = cluster.run(hot_state, config)
     assert reports[-1]["quality"]["MRR"] > 0.1  # random ranking: about 0.02
-    for stats, cached in after:
+    for stats, cached, owned in after:
         assert stats == {}  # train stops replicating (after a flush) when it ends
-        assert cached > 0  # hot entities were read from the replica
+        assert cached > 0  # hot keys were read from a replica
+        assert owned == 0  # and never relocated: every worker localized around them
 
 
 def replicated_relations(ps: dynaps.PS) -> dict[str, int]:
