@@ -11,9 +11,12 @@ workers against 254 at 1, bench/README.md).  Here instead:
   block's localize reaches one home);
 * a triple belongs to the bucket of its head's and its tail's blocks, unordered;
 * an epoch is ``2W - 1`` rounds of a round-robin tournament between the blocks: every
-  round pairs all blocks off, worker ``w`` takes pair ``w``, localizes both blocks and
-  trains that bucket's triples (and a block's own bucket in one of its rounds); a barrier
-  ends each round.  Over an epoch every bucket is trained once, by one worker;
+  round pairs all blocks off, each worker takes one pair, localizes both blocks and trains
+  that bucket's triples (and a block's own bucket in one of its rounds); a barrier ends
+  each round.  Over an epoch every bucket is trained once, by one worker.  The pairs are
+  dealt so that every worker keeps one of its blocks from one round to the next
+  (:func:`handed_on`), and the app runs every other epoch backwards, so a round moves W
+  blocks and an epoch's first round none;
 * negatives are drawn uniformly from the round's two blocks, which the worker holds, so
   every entity access during training is local.
 
