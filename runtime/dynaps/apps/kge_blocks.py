@@ -16,7 +16,7 @@ workers against 254 at 1, bench/README.md).  Here instead:
   each round.  Over an epoch every bucket is trained once, by one worker.  The pairs are
   dealt so that every worker keeps one of its blocks from one round to the next
   (:func:`handed_on`), and the app runs every other epoch backwards, so a round moves W
-  blocks and an epoch's first round none;
+  blocks, and the first round of every epoch after the first none;
 * negatives are drawn uniformly from the round's two blocks, which the worker holds, so
   every entity access during training is local.
 
