@@ -84,13 +84,16 @@ def replicated_relations(ps: dynaps.PS) -> dict[str, int]:
 
 
 def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
-    config = replace(TINY_KGE, hot_sync_ms=5)  # clustering="entities", the default
+    # clustering="entities", the default; relations synced every 100 ms and at barriers
+    config = replace(TINY_KGE, hot_sync_ms=100)
     with dynaps.LocalCluster(servers=2, workers=2, tables=kge.tables(config)) as cluster:
         reports = cluster.run(kge.train, config)[0]
         after = cluster.run(replicated_relations)
     assert reports[-1]["quality"]["MRR"] > 0.1  # random ranking: about 0.02
-    # entities: the round's two blocks, localized; relations: the replica (counted as cached)
-    assert reports[-1]["local_share"] > 0.99
+    # entities: the round's two blocks, localized; relations: the replica (counted as
+    # cached). Remote: only the replica's refreshes (4 relations each: 0.03-0.05 % of the
+    # accesses in 4 runs syncing every 5 ms); the bound leaves room for a loaded machine
+    assert reports[-1]["local_share"] > 0.98
     assert after == [{}, {}]  # the relations' replica is dropped (after a flush) when train ends
 
 
