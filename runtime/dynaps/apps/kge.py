@@ -135,10 +135,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         data, start_order = kge_blocks.renamed(data, blocks), blocks.order
         rounds = kge_blocks.schedule(data.train, blocks, workers, me)
         mine = np.concatenate([r.triples for r in rounds])
-        rel_part = np.full(num_r, me)  # every worker uses every relation
+        my_relations = np.arange(num_r)  # every worker uses every relation
     else:  # data clustering: each worker trains on the triples of its own relations
         rel_part = balanced_parts(np.bincount(data.train[:, 1], minlength=num_r), workers)
         mine = data.train[rel_part[data.train[:, 1]] == me]
+        my_relations = np.flatnonzero(rel_part == me)
     test = data.test if not config.eval_triples else data.test[: config.eval_triples]
     my_test = test[me::workers]
     progress.note(
@@ -164,11 +165,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     if moving:
         if replicated:  # shared by all workers: a replica in each, not relocated
             if me == 0:  # one owner: a flush or refresh is one message, not one per home
-                relations.localize(np.arange(num_r))
+                relations.localize(my_relations)
             ps.barrier()
             relations.replicate(np.arange(num_r), sync_ms=config.hot_sync_ms)
         else:
-            relations.localize(np.flatnonzero(rel_part == me))
+            relations.localize(my_relations)
         hot = hot_entities(data.train, num_e, config.hot_keys)
         if len(hot):
             entities.replicate(hot, sync_ms=config.hot_sync_ms)

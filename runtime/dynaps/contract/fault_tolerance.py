@@ -53,6 +53,8 @@ def silence_limit_seconds(heartbeat_seconds: float) -> float:
     return max(3.0, 10 * heartbeat_seconds)
 
 
+HEARTBEAT_INTERVAL_MS = 200  # a manifest's default, and a LocalCluster's
+
 # The coordinator's exit code when ``faultTolerance.onDataLoss: Fail`` ends a job.
 DATA_LOSS_EXIT_CODE = 3
 # The start of the job's reason when onDataLoss: Fail ended it (the operator recognises it).
@@ -64,7 +66,7 @@ class FaultTolerance(Model):
     # losses; each one adds a hop before an update is acknowledged (capped for that reason).
     replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION)] = 0
     flush_interval_ms: Annotated[int, Field(ge=0)] = 100
-    heartbeat_interval_ms: Annotated[int, Field(ge=10)] = 200
+    heartbeat_interval_ms: Annotated[int, Field(ge=10)] = HEARTBEAT_INTERVAL_MS
     # How long a node that is still connected but silent (hung, stopped) is waited for
     # when declaring it lost would lose data (no replica of what it holds); a dropped
     # connection, or a node with replicas, is declared lost within seconds.

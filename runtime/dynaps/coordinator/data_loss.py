@@ -160,8 +160,9 @@ class DataLoss:
         flush_ms: int,
     ) -> LossEntry:
         """A home took back ``keys`` keys (of ``shards``) that lost node ``node`` held."""
-        entry = LossEntry(cause, node, epoch, list(shards), keys, None, counted=True, role=role)
-        entry.flush_interval_ms = flush_ms
+        entry = LossEntry(
+            cause, node, epoch, list(shards), keys, None, counted=True, role=role, flush_interval_ms=flush_ms
+        )
         self.entries.append(entry)
         return entry
 
@@ -178,9 +179,18 @@ class DataLoss:
     ) -> LossEntry:
         """``sender`` was giving ``keys`` keys (of ``shards``) back to their home, lost server
         ``node``, which died before they arrived: they went back to the sender's last write-back."""
-        entry = LossEntry(DataLossCause.WRITE_BACK, node, epoch, list(shards), keys, None, counted=True)
-        entry.flush_interval_ms = flush_ms
-        entry.sender, entry.sender_role = sender, sender_role
+        entry = LossEntry(
+            DataLossCause.WRITE_BACK,
+            node,
+            epoch,
+            list(shards),
+            keys,
+            None,
+            counted=True,
+            flush_interval_ms=flush_ms,
+            sender=sender,
+            sender_role=sender_role,
+        )
         self.entries.append(entry)
         return entry
 

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from dynaps.contract import (
+    HEARTBEAT_INTERVAL_MS,
     Allocation,
     CheckpointSpec,
     Consistency,
@@ -63,7 +64,7 @@ class LocalCluster:
         checkpoint_dir: str | None = None,
         checkpoint_interval: int = 0,
         restore_from: str | None = None,
-        heartbeat_interval_ms: int | None = None,
+        heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
         request_timeout: float = 120.0,
         startup_timeout: float = 120.0,
         log_level: str = "WARNING",
@@ -87,8 +88,7 @@ class LocalCluster:
             fault_tolerance=FaultTolerance(
                 replication=replication,
                 flush_interval_ms=flush_interval_ms,
-                # None: a manifest's default (200 ms), so a local job costs what a real one does
-                **({} if heartbeat_interval_ms is None else {"heartbeat_interval_ms": heartbeat_interval_ms}),
+                heartbeat_interval_ms=heartbeat_interval_ms,
                 checkpoint=CheckpointSpec(
                     path=checkpoints, interval_seconds=checkpoint_interval, restore_from=restore_from
                 ),

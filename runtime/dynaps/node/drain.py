@@ -4,7 +4,8 @@ A drain (:meth:`Drainer.start`) goes through :class:`Drain`'s steps: a worker te
 training process (``dynaps.Drained`` at its next call) and waits for it to finish
 (``CLIENT``); a server waits until its shards have moved away and its backups have been
 handed over (``SHARDS``); then the node gives every key it still holds back to its home
-(``KEYS``) and waits until they arrived, sends LEFT, and lingers a moment to forward stragglers (``LEFT``).
+(``KEYS``) and waits until they arrived, sends LEFT, and lingers a moment to forward
+stragglers (``LEFT``).
 
 Decisions only, like the rest of the node's control logic: the
 :class:`~dynaps.node.control_plane.ControlPlane` starts a drain on the coordinator's DRAIN,
@@ -127,7 +128,7 @@ class Drainer:
                 return  # and hands our backups over once their new backups are synced
             self.step = Drain.KEYS
         # a key given back counts until its home confirms it arrived: a home lost before
-        # then is reported (HANDOFF_LOST) by this node, which must still be a member to
+        # then is reported (HANDOFF_LOST) by this node, which must still be a member to do so
         if (
             self.step is Drain.KEYS
             and server.departures.release_owned() + server.relocations.releases.count() == 0
