@@ -213,13 +213,25 @@ def hot_entities(triples: Any, num_e: int, hot: float) -> Any:
     return np.sort(np.argsort(-degree, kind="stable")[: min(count, num_e)])
 
 
+# Scores of one chunk of test queries against every entity are at most this many bytes:
+# 256 queries against 5 million entities would be 5 GB at once.
+SCORE_BYTES = 64 << 20
+MAX_QUERIES_PER_CHUNK = 256
+
+
+def queries_per_chunk(num_e: int, itemsize: int) -> int:
+    """Test triples scored together: each of their two score matrices (tails, heads:
+    queries x entities) stays within :data:`SCORE_BYTES`."""
+    return max(1, min(MAX_QUERIES_PER_CHUNK, SCORE_BYTES // max(1, num_e * itemsize)))
+
+
 def _evaluate(entities: Any, relations: Any, model: Model, test: Any, known: KnownTriples, num_e: int) -> Any:
     """Filtered ranking sums of this worker's test triples (tail and head prediction)."""
     sums = np.zeros(5)
     if not len(test):
         return sums
     every = np.concatenate([entities.pull(np.arange(p.start, p.stop)) for p in common.chunks(num_e, 20_000)])
-    for part in common.chunks(len(test), 256):
+    for part in common.chunks(len(test), queries_per_chunk(num_e, every.dtype.itemsize)):
         h, r, t = test[part, 0], test[part, 1], test[part, 2]
         rels = relations.pull(r)
         tail_scores = model.tail_query(every[h], rels) @ every.T

@@ -229,3 +229,17 @@ def test_epoch_hooks_mark_each_epoch_between_its_barriers() -> None:
         finally:
             common.EPOCH_HOOKS.clear()
         assert marks == [(phase, e) for e in range(1, len(reports) + 1) for phase in ("start", "end")]
+
+
+def test_kge_scores_large_graphs_in_chunks_with_the_same_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 256 queries against 5 million float32 entities would be 5 GB of scores at once
+    assert kge.queries_per_chunk(5_000_000, 4) == 3
+    assert kge.queries_per_chunk(5_000, 4) == kge.MAX_QUERIES_PER_CHUNK
+    assert kge.queries_per_chunk(10**12, 8) == 1
+    config = dataclasses.replace(TINY_KGE, epochs=1)
+    whole = baseline(kge, config)[-1]["quality"]
+    monkeypatch.setattr(kge, "SCORE_BYTES", 7 * config.entities * 4)  # 7 queries at a time
+    assert kge.queries_per_chunk(config.entities, 4) == 7
+    chunked = baseline(kge, config)[-1]["quality"]
+    assert chunked == pytest.approx(whole, rel=1e-12)
+    assert whole["MRR"] > 0
