@@ -380,3 +380,34 @@ def test_a_localize_completes_through_the_memory_the_node_shares(cluster: dynaps
         assert result["messages"] == 0  # no LOCALIZED message reached the training process
         assert result["remote"] == 0
         assert result["rows"] == 40
+
+
+def diverging(ps: dynaps.PS) -> None:
+    if ps.rank == 1:
+        raise dynaps.UsageError("training diverged: lower --lr")
+    if ps.rank == 0:
+        time.sleep(1.0)  # after rank 1's error has come
+        raise RuntimeError("a consequence in rank 0")
+
+
+def test_a_usage_error_in_a_worker_comes_back_as_one(cluster: dynaps.LocalCluster) -> None:
+    """The caller's mistake, met in a worker: its message and rank, not a ClusterError of tracebacks."""
+    with pytest.raises(dynaps.UsageError) as info:
+        cluster.run(diverging)
+    assert str(info.value) == "worker rank 1: training diverged: lower --lr"
+    assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"
+
+
+def reporting_a_diverged_loss(ps: dynaps.PS) -> None:
+    if ps.rank == 0:
+        ps.report(loss=float("nan"), rmse=float("inf"), seen_epoch=3.25)
+    ps.barrier()  # the report reached the coordinator before the barrier's answer
+
+
+def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynaps.LocalCluster) -> None:
+    """NaN has no JSON form: sent, it made the coordinator drop the whole report as malformed."""
+    cluster.run(reporting_a_diverged_loss)
+    reported = cluster.status()["metricsByRank"]["0"]
+    assert reported["seen_epoch"] == 3.25
+    assert "loss" not in reported
+    assert "rmse" not in reported

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.apps.arguments import non_negative_int, positive_float, positive_int
 from dynaps.config import ATTACH_ENV
 from dynaps.contract import Allocation, TableSpec
-from dynaps.errors import UsageError
+from dynaps.errors import DynapsError, UsageError
 
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]
@@ -281,11 +282,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int, batch: in
         help="dynamic: localize the keys this worker is about to use (Lapse); "
         "static: never localize, the classic parameter server (default dynamic)",
     )
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default {epochs})")
-    parser.add_argument("--batch", type=int, default=batch, help=f"minibatch size (default {batch})")
-    parser.add_argument("--lr", type=float, default=lr, help=f"initial step size (default {lr})")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of data generation and training (default 0)"
+        "--epochs", type=positive_int, default=epochs, help=f"passes over the data (default {epochs})"
+    )
+    parser.add_argument("--batch", type=positive_int, default=batch, help=f"minibatch size (default {batch})")
+    parser.add_argument("--lr", type=positive_float, default=lr, help=f"initial step size (default {lr})")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of data generation and training (default 0)"
     )
     parser.add_argument(
         "--report", metavar="FILE", help="write every epoch's figures to FILE as JSON (rank 0)"
@@ -317,8 +320,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         "Under `dynaps run` (or in a ParameterServerJob) the app joins that job. Started on its "
         "own, it runs a job on this machine (a LocalCluster), or the numpy baseline.",
     )
-    group.add_argument("--servers", type=int, default=1, help="servers of the local job (default 1)")
-    group.add_argument("--workers", type=int, default=2, help="workers of the local job (default 2)")
+    group.add_argument("--servers", type=positive_int, default=1, help="servers of the local job (default 1)")
+    group.add_argument("--workers", type=positive_int, default=2, help="workers of the local job (default 2)")
     group.add_argument(
         "--baseline", action="store_true", help="run the single-process numpy baseline instead (no PS)"
     )
@@ -334,8 +337,19 @@ def launch(
 ) -> int:
     """Run ``dynaps.apps.<app>.train(ps, config)`` in the job, a LocalCluster, or in-process.
 
-    ``consistency`` and ``staleness`` are the local job's (a real job has its own).
+    ``consistency`` and ``staleness`` are the local job's (a real job has its own).  A
+    mistake of the user's (a file that is not there, training that diverged) is one line on
+    stderr and exit code 2, as for a wrong argument; so is a local job that failed (its
+    message carries the workers' own tracebacks).
     """
+    try:
+        return _launch(app, config, args, consistency, staleness)
+    except DynapsError as exc:
+        print(f"python -m dynaps.apps.{app}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _launch(app: str, config: Any, args: argparse.Namespace, consistency: str, staleness: int) -> int:
     import importlib
     import os
 

@@ -13,12 +13,13 @@ for the sizes that fit one machine's memory it costs a second or two per worker.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -72,19 +73,35 @@ def write_matrix_market(path: str | Path, entries: Entries) -> None:
         np.savetxt(out, table, fmt=["%d", "%d", "%.7g"])
 
 
+@contextlib.contextmanager
+def _reading(path: str | Path, encoding: str) -> Iterator[IO[str]]:
+    """A data file opened for reading; a file that is missing, unreadable or not text in
+    ``encoding`` is the user's mistake (UsageError naming it), not a traceback."""
+    try:
+        with open(path, encoding=encoding) as src:
+            yield src
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not {encoding} text ({exc.reason} at byte {exc.start})") from None
+
+
 def matrix_market_shape(path: str | Path) -> tuple[int, int]:
     """(rows, cols) from a MatrixMarket file's size line, without reading the entries."""
-    with open(path, encoding="ascii") as src:
+    with _reading(path, "ascii") as src:
         line = src.readline()
         while line.startswith("%"):
             line = src.readline()
-    rows, cols, _ = (int(x) for x in line.split())
+    try:
+        rows, cols, _ = (int(x) for x in line.split())
+    except ValueError:
+        raise UsageError(f"{path}: bad size line {line.strip()!r}") from None
     return rows, cols
 
 
 def read_matrix_market(path: str | Path) -> Entries:
     """A coordinate MatrixMarket file (real or integer, general)."""
-    with open(path, encoding="ascii") as src:
+    with _reading(path, "ascii") as src:
         header = src.readline()
         if not header.startswith("%%MatrixMarket matrix coordinate"):
             raise UsageError(f"{path}: not a MatrixMarket coordinate file (header {header.strip()!r})")
@@ -144,7 +161,7 @@ def read_triples(train: str | Path, valid: str | Path | None, test: str | Path) 
 
 def _read_tsv(path: str | Path) -> Array:
     rows = []
-    with open(path, encoding="utf-8") as src:
+    with _reading(path, "utf-8") as src:
         for number, line in enumerate(src, 1):
             if not line.strip():
                 continue
@@ -178,7 +195,8 @@ def write_corpus(path: str | Path, sentences: Iterable[Sequence[str]]) -> None:
 
 def read_corpus(path: str | Path, min_count: int = 1) -> Corpus:
     """Whitespace-separated tokens, one sentence per line; rare words are dropped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    with _reading(path, "utf-8") as src:
+        lines = src.read().splitlines()
     counts = Counter(word for line in lines for word in line.split())
     kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     if not kept:
@@ -239,7 +257,7 @@ def read_libsvm(path: str | Path, num_features: int | None = None) -> SparseExam
     indices: list[int] = []
     values: list[float] = []
     lengths: list[int] = []
-    with open(path, encoding="ascii") as src:
+    with _reading(path, "ascii") as src:
         for number, line in enumerate(src, 1):
             fields = line.split("#", 1)[0].split()
             if not fields:

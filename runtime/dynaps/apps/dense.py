@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.apps import common, synthetic
+from dynaps.apps.arguments import non_negative_int, positive_int
 from dynaps.contract import ConsistencyModel, TableSpec
 from dynaps.errors import UsageError
 
@@ -279,7 +280,9 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         default=(128,),
         help="widths of the hidden layers, comma-separated (default 128; 0: softmax regression)",
     )
-    parser.add_argument("--block", type=int, default=128, help="parameters per key = table dim (default 128)")
+    parser.add_argument(
+        "--block", type=positive_int, default=128, help="parameters per key = table dim (default 128)"
+    )
     parser.add_argument(
         "--consistency",
         choices=[m.value for m in ConsistencyModel],
@@ -287,15 +290,24 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         "decides in a real job",
     )
     parser.add_argument(
-        "--staleness", type=int, default=0, help="the local job's staleness under ssp (default 0)"
+        "--staleness",
+        type=non_negative_int,
+        default=0,
+        help="the local job's staleness under ssp (default 0)",
     )
     data = parser.add_argument_group("data", "seeded synthetic classes made of scattered clusters")
-    data.add_argument("--examples", type=int, default=20_000, help="training examples (default 20000)")
-    data.add_argument("--test-examples", type=int, default=4_000, help="held-out examples (default 4000)")
-    data.add_argument("--features", type=int, default=32, help="input dimensions (default 32)")
-    data.add_argument("--classes", type=int, default=10, help="classes (default 10)")
-    data.add_argument("--clusters", type=int, default=4, help="clusters per class (default 4)")
-    data.add_argument("--latent", type=int, default=4, help="dimensions the clusters lie in (default 4)")
+    data.add_argument(
+        "--examples", type=positive_int, default=20_000, help="training examples (default 20000)"
+    )
+    data.add_argument(
+        "--test-examples", type=non_negative_int, default=4_000, help="held-out examples (default 4000)"
+    )
+    data.add_argument("--features", type=positive_int, default=32, help="input dimensions (default 32)")
+    data.add_argument("--classes", type=positive_int, default=10, help="classes (default 10)")
+    data.add_argument("--clusters", type=positive_int, default=4, help="clusters per class (default 4)")
+    data.add_argument(
+        "--latent", type=positive_int, default=4, help="dimensions the clusters lie in (default 4)"
+    )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     positive = ("batch", "block", "examples", "test_examples", "features", "classes", "clusters", "latent")

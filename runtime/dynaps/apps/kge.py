@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, kge_blocks, synthetic
+from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int, sync_ms
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.kge_steps import block_round, localize_ahead_epoch
@@ -249,10 +250,18 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     )
     common.add_common_arguments(parser, epochs=5, batch=256, lr=0.1)
     parser.add_argument("--model", choices=sorted(MODELS), default="complex", help="default complex")
-    parser.add_argument("--dim", type=int, default=32, help="embedding size (ComplEx: complex numbers)")
-    parser.add_argument("--neg", type=int, default=4, help="negatives per positive and side (default 4)")
-    parser.add_argument("--reg", type=float, default=1e-4, help="L2 regularisation (default 1e-4)")
-    parser.add_argument("--ahead", type=int, default=2, help="localize entities this many batches ahead")
+    parser.add_argument(
+        "--dim", type=positive_int, default=32, help="embedding size (ComplEx: complex numbers)"
+    )
+    parser.add_argument(
+        "--neg", type=positive_int, default=4, help="negatives per positive and side (default 4)"
+    )
+    parser.add_argument(
+        "--reg", type=non_negative_float, default=1e-4, help="L2 regularisation (default 1e-4)"
+    )
+    parser.add_argument(
+        "--ahead", type=non_negative_int, default=2, help="localize entities this many batches ahead"
+    )
     parser.add_argument(
         "--clustering",
         choices=["entities", "relations"],
@@ -269,8 +278,10 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         default="pool",
         help="sampling strategy for negatives under dynamic allocation (default pool)",
     )
-    parser.add_argument("--pool-group", type=int, default=4096, help="pool: draws per group (default 4096)")
-    parser.add_argument("--pool-reuse", type=int, default=4, help="pool: uses per draw (default 4)")
+    parser.add_argument(
+        "--pool-group", type=positive_int, default=4096, help="pool: draws per group (default 4096)"
+    )
+    parser.add_argument("--pool-reuse", type=positive_int, default=4, help="pool: uses per draw (default 4)")
     parser.add_argument(
         "--hot-keys",
         type=_hot_count,
@@ -282,21 +293,25 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     )
     parser.add_argument(
         "--hot-sync-ms",
-        type=float,
+        type=sync_ms,
         default=20.0,
         help="hot keys (and relations under --clustering entities): milliseconds between "
         "flushes (default 20)",
     )
     parser.add_argument(
-        "--eval-triples", type=int, default=1000, help="test triples ranked per epoch (0: all)"
+        "--eval-triples", type=non_negative_int, default=1000, help="test triples ranked per epoch (0: all)"
     )
     data = parser.add_argument_group("data", "tab-separated triples, or a synthetic graph (the default)")
     data.add_argument("--train", metavar="TSV", help="training triples head<TAB>relation<TAB>tail")
     data.add_argument("--valid", metavar="TSV", help="validation triples (used for filtering)")
     data.add_argument("--test", metavar="TSV", help="test triples")
-    data.add_argument("--entities", type=int, default=5_000, help="synthetic: entities (default 5000)")
-    data.add_argument("--relations", type=int, default=50, help="synthetic: relations (default 50)")
-    data.add_argument("--triples", type=int, default=100_000, help="synthetic: triples (default 100000)")
+    data.add_argument(
+        "--entities", type=positive_int, default=5_000, help="synthetic: entities (default 5000)"
+    )
+    data.add_argument("--relations", type=positive_int, default=50, help="synthetic: relations (default 50)")
+    data.add_argument(
+        "--triples", type=positive_int, default=100_000, help="synthetic: triples (default 100000)"
+    )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.train) != bool(args.test):

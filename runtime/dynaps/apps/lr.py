@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, synthetic
+from dynaps.apps.arguments import positive_int
 from dynaps.apps.data import SparseExamples, read_libsvm
 from dynaps.apps.metrics import auc, log_loss_sum
 from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
@@ -150,9 +151,15 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data = parser.add_argument_group("data", "libsvm files, or synthetic examples (the default)")
     data.add_argument("--train", metavar="LIBSVM", help="training examples")
     data.add_argument("--test", metavar="LIBSVM", help="held-out examples")
-    data.add_argument("--features", type=int, default=100_000, help="synthetic: features (default 100000)")
-    data.add_argument("--examples", type=int, default=200_000, help="synthetic: examples (default 200000)")
-    data.add_argument("--nonzeros", type=int, default=20, help="synthetic: features per example (default 20)")
+    data.add_argument(
+        "--features", type=positive_int, default=100_000, help="synthetic: features (default 100000)"
+    )
+    data.add_argument(
+        "--examples", type=positive_int, default=200_000, help="synthetic: examples (default 200000)"
+    )
+    data.add_argument(
+        "--nonzeros", type=positive_int, default=20, help="synthetic: features per example (default 20)"
+    )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}

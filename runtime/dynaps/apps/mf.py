@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, synthetic
+from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int
 from dynaps.apps.data import (
     Entries,
     balanced_parts,
@@ -249,8 +250,10 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common.add_common_arguments(parser, epochs=10, batch=1000, lr=0.05)
-    parser.add_argument("--rank", type=int, default=32, help="factor rank = table dim (default 32)")
-    parser.add_argument("--reg", type=float, default=0.01, help="L2 regularisation (default 0.01)")
+    parser.add_argument("--rank", type=positive_int, default=32, help="factor rank = table dim (default 32)")
+    parser.add_argument(
+        "--reg", type=non_negative_float, default=0.01, help="L2 regularisation (default 0.01)"
+    )
     parser.add_argument("--no-bold-driver", action="store_true", help="keep the step size fixed")
     parser.add_argument(
         "--cache",
@@ -261,12 +264,18 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data = parser.add_argument_group("data", "MatrixMarket files, or a synthetic matrix (the default)")
     data.add_argument("--train", metavar="MTX", help="training entries (MatrixMarket coordinate)")
     data.add_argument("--test", metavar="MTX", help="held-out entries for the test RMSE")
-    data.add_argument("--rows", type=int, default=20_000, help="synthetic: rows (default 20000)")
-    data.add_argument("--cols", type=int, default=20_000, help="synthetic: columns (default 20000)")
-    data.add_argument("--entries", type=int, default=2_000_000, help="synthetic: training entries")
-    data.add_argument("--test-entries", type=int, default=50_000, help="synthetic: held-out entries")
-    data.add_argument("--zipf", type=float, default=1.0, help="synthetic: popularity skew (default 1.0)")
-    data.add_argument("--noise", type=float, default=0.1, help="synthetic: noise std (default 0.1)")
+    data.add_argument("--rows", type=positive_int, default=20_000, help="synthetic: rows (default 20000)")
+    data.add_argument("--cols", type=positive_int, default=20_000, help="synthetic: columns (default 20000)")
+    data.add_argument("--entries", type=positive_int, default=2_000_000, help="synthetic: training entries")
+    data.add_argument(
+        "--test-entries", type=non_negative_int, default=50_000, help="synthetic: held-out entries"
+    )
+    data.add_argument(
+        "--zipf", type=non_negative_float, default=1.0, help="synthetic: popularity skew (default 1.0)"
+    )
+    data.add_argument(
+        "--noise", type=non_negative_float, default=0.1, help="synthetic: noise std (default 0.1)"
+    )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     config = Config(

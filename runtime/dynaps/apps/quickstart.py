@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 import dynaps
+from dynaps.apps.arguments import positive_float, positive_int
 
 
 def synthetic(
@@ -36,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
-    parser.add_argument("--entries", type=int, default=100_000, help="observed entries (default 100000)")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD step size (default 0.05)")
-    parser.add_argument("--batch", type=int, default=500, help="entries per minibatch (default 500)")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="passes over the data (default 5)")
+    parser.add_argument(
+        "--entries", type=positive_int, default=100_000, help="observed entries (default 100000)"
+    )
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD step size (default 0.05)")
+    parser.add_argument("--batch", type=positive_int, default=500, help="entries per minibatch (default 500)")
     args = parser.parse_args(argv)
 
     ps = dynaps.connect()

@@ -26,6 +26,7 @@ import numpy as np
 
 import dynaps
 from dynaps.apps import common
+from dynaps.apps.arguments import positive_int
 from dynaps.client.ps import PS
 from dynaps.contract import StageUnit
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shards", type=int, default=8, help="data shards per epoch (default 8)")
+    parser.add_argument("--shards", type=positive_int, default=8, help="data shards per epoch (default 8)")
     parser.add_argument("--record", metavar="FILE", help="append one JSON line per worker and unit to FILE")
     parser.add_argument(
         "--hold", metavar="DIR", help="rank 0 waits at each stage's start until DIR/<stage name> exists"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.apps.arguments import non_negative_int, positive_int
 from dynaps.apps.data import (
     Corpus,
     Entries,
@@ -231,6 +232,11 @@ def corpus(
     """Sentences about one topic each, words Zipf-distributed within topics; a fifth of the
     tokens are function words shared by all topics; synonym pairs are swapped at random
     and followed by a companion word of their own (so only they share that context)."""
+    smallest = function_words + 80  # the synonyms are drawn from ranks 70 on
+    if vocabulary < smallest:
+        raise UsageError(
+            f"the synthetic corpus needs a vocabulary of {smallest} words or more, got {vocabulary}"
+        )
     rng = np.random.default_rng([seed, 3])
     weights = 1.0 / np.arange(1, vocabulary + 1, dtype=np.float64) ** zipf  # word id = frequency rank
     topic = np.full(vocabulary, -1, dtype=np.int64)
@@ -262,6 +268,8 @@ def corpus(
     out[function] = draw(fw / fw.sum(), int(function.sum()), rng)
     for t in range(topics):
         members = np.flatnonzero(topic == t)
+        if not len(members):  # a small vocabulary left the topic no word: any content word
+            members = np.flatnonzero(topic >= 0)
         slots = (~function) & (sentence_topic[:, None] == t)
         w = base[members]
         out[slots] = members[draw(w / w.sum(), int(slots.sum()), rng)]
@@ -351,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("kind", choices=["mf", "kge", "w2v", "lr"])
     parser.add_argument("out", type=Path, help="directory to write into")
-    parser.add_argument("--size", type=int, default=10_000, help="entries / triples / tokens / examples")
-    parser.add_argument("--keys", type=int, default=1_000, help="rows=cols / entities / words / features")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--size", type=positive_int, default=10_000, help="entries / triples / tokens / examples"
+    )
+    parser.add_argument(
+        "--keys", type=positive_int, default=1_000, help="rows=cols / entities / words / features"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.kind == "mf":

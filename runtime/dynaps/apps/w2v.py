@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, synthetic
+from dynaps.apps.arguments import non_negative_int, positive_int
 from dynaps.apps.data import Corpus, read_corpus
 from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec
@@ -223,23 +224,33 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common.add_common_arguments(parser, epochs=3, batch=512, lr=0.025)
-    parser.add_argument("--dim", type=int, default=32, help="vector size (default 32)")
-    parser.add_argument("--window", type=int, default=3, help="context words on each side (default 3)")
-    parser.add_argument("--neg", type=int, default=5, help="negatives per pair (default 5)")
-    parser.add_argument("--ahead", type=int, default=2, help="localize words this many batches ahead")
+    parser.add_argument("--dim", type=positive_int, default=32, help="vector size (default 32)")
+    parser.add_argument(
+        "--window", type=positive_int, default=3, help="context words on each side (default 3)"
+    )
+    parser.add_argument("--neg", type=positive_int, default=5, help="negatives per pair (default 5)")
+    parser.add_argument(
+        "--ahead", type=non_negative_int, default=2, help="localize words this many batches ahead"
+    )
     parser.add_argument(
         "--neg-strategy",
         choices=["naive", "preloc", "pool", "onlylocal"],
         default="pool",
         help="sampling strategy for negatives under dynamic allocation (default pool)",
     )
-    parser.add_argument("--pool-group", type=int, default=2048, help="pool: draws per group (default 2048)")
-    parser.add_argument("--pool-reuse", type=int, default=4, help="pool: uses per draw (default 4)")
+    parser.add_argument(
+        "--pool-group", type=positive_int, default=2048, help="pool: draws per group (default 2048)"
+    )
+    parser.add_argument("--pool-reuse", type=positive_int, default=4, help="pool: uses per draw (default 4)")
     data = parser.add_argument_group("data", "a plain-text corpus, or a synthetic one (the default)")
     data.add_argument("--corpus", metavar="TXT", help="whitespace-separated tokens, a sentence per line")
-    data.add_argument("--min-count", type=int, default=1, help="drop rarer words (default 1)")
-    data.add_argument("--vocabulary", type=int, default=5_000, help="synthetic: words (default 5000)")
-    data.add_argument("--tokens", type=int, default=300_000, help="synthetic: tokens (default 300000)")
+    data.add_argument("--min-count", type=non_negative_int, default=1, help="drop rarer words (default 1)")
+    data.add_argument(
+        "--vocabulary", type=positive_int, default=5_000, help="synthetic: words (default 5000)"
+    )
+    data.add_argument(
+        "--tokens", type=positive_int, default=300_000, help="synthetic: tokens (default 300000)"
+    )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}

@@ -23,6 +23,8 @@ receives replies, :mod:`~dynaps.client.membership` follows the job's members and
 from __future__ import annotations
 
 import atexit
+import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,9 +49,13 @@ from dynaps.store.notices import Notices
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import Segment, SharedLock, attach
 from dynaps.store.table_store import TableStore
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import ZmqTransport, message_bound
+
+log = logging.getLogger(__name__)
+_not_finite = ThrottledLog(log, "ps.report() left out values that are not finite numbers")
 
 _CURRENT: PS | None = None
 
@@ -247,12 +253,19 @@ class PS:
 
     def report(self, metrics: Mapping[str, float] | None = None, **more: float) -> None:
         """Tell the job how training goes (``ps.report(rmse=0.9)``): it shows in the
-        coordinator's /status and, on Kubernetes, in the ParameterServerJob's status."""
+        coordinator's /status and, on Kubernetes, in the ParameterServerJob's status.
+        A value that is not a finite number (a diverged loss) is left out, with a warning."""
         values = {**(metrics or {}), **more}
         try:
-            body = control.Report(metrics={str(k): float(v) for k, v in values.items()})
+            numbers = {str(k): float(v) for k, v in values.items()}
         except (TypeError, ValueError) as exc:
             raise UsageError(f"ps.report() takes numbers by name, e.g. ps.report(rmse=0.91): {exc}") from exc
+        # NaN and infinity have no JSON form: sent, they would make the coordinator drop the
+        # whole report as malformed (the epoch beside a diverged loss included)
+        unfit = sorted(name for name, value in numbers.items() if not math.isfinite(value))
+        if unfit:
+            _not_finite(", ".join(f"{name}={numbers.pop(name)}" for name in unfit))
+        body = control.Report(metrics=numbers)
         self._transport.send(COORDINATOR, messages.control(MsgType.REPORT, self._requests.endpoint, body))
 
     def stats(self) -> dict[str, int]:

@@ -207,7 +207,11 @@ class LocalCluster:
         return self._job
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> list[Any]:
-        """Run ``fn(ps, *args)`` in every worker; returns their results ordered by rank."""
+        """Run ``fn(ps, *args)`` in every worker; returns their results ordered by rank.
+
+        A :class:`UsageError` that ``fn`` raised (first, in any rank) is raised here as one;
+        any other failure is a :class:`ClusterError` with every failed rank's traceback.
+        """
         return self.submit(fn, *args).result(timeout)
 
     # ------------------------------------------------------------------ live changes

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from dynaps import profiling
 from dynaps.contract import secret
-from dynaps.errors import ClusterError, DynapsTimeoutError
+from dynaps.errors import ClusterError, DynapsTimeoutError, UsageError
 from dynaps.local.launch import Process
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -74,6 +74,8 @@ def _run_calls(ps: Any, conn: Connection) -> None:
         fn, args = item
         try:
             conn.send(("ok", fn(ps, *args)))
+        except UsageError as exc:  # the caller's mistake, met in a worker: its message, no traceback
+            conn.send(("usage", str(exc)))
         except BaseException as exc:
             conn.send(("error", "".join(traceback.format_exception(exc))))
 
@@ -154,6 +156,7 @@ class Job:
         self._conns = conns
         self._results: dict[int, Any] = {}
         self._errors: dict[int, str] = {}
+        self._usage: dict[int, str] = {}  # ranks whose call raised UsageError: its message
 
     def done(self) -> bool:
         self._collect(0.0)
@@ -165,6 +168,11 @@ class Job:
             if deadline is not None and time.monotonic() > deadline:
                 raise DynapsTimeoutError(f"{self._name} did not finish within {timeout} s")
             self._collect(0.2)
+        if self._errors and next(iter(self._errors)) in self._usage:
+            # the first failure was a usage error (the others usually waited for that rank at
+            # a barrier): it is the caller's to fix, so it comes back as what it was
+            rank = next(iter(self._errors))
+            raise UsageError(f"worker rank {rank}: {self._usage[rank]}")
         if self._errors:
             # every rank's error, in the order they came: the first is usually the cause (a
             # rank that failed leaves the others waiting at the next barrier until it times out)
@@ -196,3 +204,5 @@ class Job:
                 self._results[rank] = value
             else:
                 self._errors[rank] = value
+                if status == "usage":
+                    self._usage[rank] = value
