@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -71,8 +72,16 @@ def _parse_table(text: str) -> NamedTable:
         fields["dtype"] = parts[3]
     try:
         return NamedTable(**fields)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--table {text!r}: {exc}") from exc
+    except ValidationError as exc:  # one line per problem, not pydantic's report with its links
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise argparse.ArgumentTypeError(f"--table {text!r}: {problems}") from None
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in logging.getLevelNamesMapping():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-level",
+        type=_log_level,
         default=os.environ.get("DYNAPS_LOG_LEVEL", "WARNING"),
-        help="log level of the dynaps processes (default WARNING)",
+        help="log level of the dynaps processes: DEBUG, INFO, WARNING or ERROR (default WARNING)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines from dynaps itself")
 

@@ -117,6 +117,17 @@ def test_usage_errors_are_explained() -> None:
     assert "declare at least one table" in done.stderr
     done = dynaps("run", "--table", "W:10:2", "--", "no-such-program-here")
     assert "cannot find the program" in done.stderr
+    # a table field out of range: the field and the rule, not pydantic's report with its links
+    done = dynaps("run", "--table", "W:0:2", "--", "python", "-c", "pass")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "dynaps run: error: argument --table: --table 'W:0:2': num_keys: Input should be greater than 0"
+    )
+    # a log level is checked before any process starts (it was the coordinator's own failure)
+    done = dynaps("run", "--log-level", "loud", "--table", "W:10:2", "--", "python", "-c", "pass")
+    assert done.returncode == 2
+    assert "argument --log-level: 'loud' is not a logging level" in done.stderr
+    assert "[coordinator]" not in done.stderr
 
 
 def _node_process(run: psutil.Process, name: str) -> psutil.Process | None:
