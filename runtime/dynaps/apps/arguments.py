@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from dynaps.client.hot_keys import MAX_SYNC_MS, MIN_SYNC_MS
 
@@ -21,41 +22,35 @@ def _number(text: str, kind: type[int] | type[float]) -> int | float:
     return value
 
 
+def _checked(text: str, kind: type[int] | type[float], ok: Callable[[float], bool], rule: str) -> float:
+    value = _number(text, kind)
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value:g}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A count of at least 1 (epochs, a batch, a dimension, rows)."""
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return int(_checked(text, int, lambda v: v >= 1, "at least 1"))
 
 
 def non_negative_int(text: str) -> int:
     """A count that may be 0 (a seed, look-ahead batches, a staleness bound)."""
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return int(_checked(text, int, lambda v: v >= 0, "0 or more"))
 
 
 def positive_float(text: str) -> float:
     """A number above 0 (a step size, an interval)."""
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
-    return value
+    return _checked(text, float, lambda v: v > 0, "above 0")
 
 
 def non_negative_float(text: str) -> float:
     """A number that may be 0 (a regularisation weight, a noise level, a skew)."""
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
+    return _checked(text, float, lambda v: v >= 0, "0 or more")
 
 
 def sync_ms(text: str) -> float:
     """Milliseconds between a replica's flushes: what ``Table.replicate`` accepts."""
-    value = float(_number(text, float))
-    if not MIN_SYNC_MS <= value <= MAX_SYNC_MS:
-        raise argparse.ArgumentTypeError(f"must be in [{MIN_SYNC_MS:g}, {MAX_SYNC_MS:g}] ms, got {value:g}")
-    return value
+    return _checked(
+        text, float, lambda v: MIN_SYNC_MS <= v <= MAX_SYNC_MS, f"in [{MIN_SYNC_MS:g}, {MAX_SYNC_MS:g}] ms"
+    )
