@@ -11,6 +11,7 @@ import operator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from dynaps.client.handles import Array, Keys
 from dynaps.errors import KeyRangeError, UsageError
@@ -39,12 +40,14 @@ class Arguments:
             if key < 0 or key >= self.num_keys:
                 raise KeyRangeError(f"key {key} is outside table {self.name!r}'s range [0, {self.num_keys})")
         elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
-            bad = checked[(checked < 0) | (checked >= self.num_keys)]
-            raise KeyRangeError(
-                f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
-                f"e.g. {int(bad[0])}"
-            )
+            raise self._outside(checked[(checked < 0) | (checked >= self.num_keys)])
         return checked
+
+    def _outside(self, bad: npt.NDArray[Any]) -> KeyRangeError:
+        return KeyRangeError(
+            f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
+            f"e.g. {int(bad[0])}"
+        )
 
     def _convert(self, keys: Any) -> Keys:
         """Anything key-like (a list, an int, another integer dtype) as a 1-D int64 array."""
@@ -57,6 +60,9 @@ class Arguments:
             if array.size == 0:
                 return array.astype(np.int64)
             raise UsageError(f"keys for table {self.name!r} must be integers, got {array.dtype}")
+        if array.dtype.kind == "u" and array.size and int(array.max()) >= self.num_keys:
+            # before the cast: an unsigned key of 2**63 or more would wrap to a negative one
+            raise self._outside(array[array >= self.num_keys])
         converted: Keys = array.astype(np.int64, copy=False)
         return converted
 
