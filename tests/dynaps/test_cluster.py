@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -411,3 +412,34 @@ def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynap
     assert reported["seen_epoch"] == 3.25
     assert "loss" not in reported
     assert "rmse" not in reported
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"servers": 0}, "LocalCluster: servers: Input should be greater than or equal to 1"),
+        ({"workers": -1}, "LocalCluster: workers: Input should be greater than or equal to 1"),
+        ({"allocation": "bogus"}, "LocalCluster: 'bogus' is not a valid Allocation"),
+        ({"tables": {"W": {"num_keys": 10}}}, "LocalCluster: table 'W': dim: Field required"),
+    ],
+)
+def test_a_wrong_cluster_argument_is_a_config_error_naming_it(
+    arguments: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was pydantic's ValidationError, a ValueError or an AttributeError (a table given as
+    a mapping), and the checkpoint folder made for the cluster stayed behind."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    given = {"servers": 1, "workers": 1, "tables": {"W": dynaps.TableSpec(num_keys=10, dim=2)}, **arguments}
+    with pytest.raises(dynaps.ConfigError) as info:
+        dynaps.LocalCluster(**given)
+    assert str(info.value) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_and_scale_check_their_arguments(cluster: dynaps.LocalCluster) -> None:
+    with pytest.raises(dynaps.UsageError, match="takes a function fn"):
+        cluster.run("train")  # type: ignore[arg-type]
+    for count in (0, -1, True, 2.0):
+        with pytest.raises(dynaps.UsageError, match=r"scale\(workers=\.\.\.\) takes a whole number"):
+            cluster.scale(workers=count)  # type: ignore[arg-type]
+    assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"

@@ -21,13 +21,17 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
 from dynaps.contract import (
     HEARTBEAT_INTERVAL_MS,
+    MAX_NODES,
     Allocation,
     CheckpointSpec,
     Consistency,
@@ -38,9 +42,10 @@ from dynaps.contract import (
     RebalancePolicy,
     RuntimeConfig,
     TableSpec,
+    describe_validation_error,
     secret,
 )
-from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError
+from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError, UsageError
 from dynaps.local import runners
 from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
 
@@ -75,28 +80,35 @@ class LocalCluster:
         process's stderr."""
         if not tables:
             raise ConfigError("LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}")
-        named = [NamedTable(name=name, **spec.model_dump()) for name, spec in tables.items()]
+        named = [_named_table(name, spec) for name, spec in tables.items()]
         self._own_checkpoints = checkpoint_dir is None
         checkpoints = checkpoint_dir or tempfile.mkdtemp(prefix="dynaps-checkpoints-")
-        self.config = RuntimeConfig(
-            job="local",
-            tables=named,
-            servers=servers,
-            workers=workers,
-            allocation=Allocation(allocation),
-            consistency=Consistency(model=ConsistencyModel(consistency), staleness=staleness),
-            fault_tolerance=FaultTolerance(
-                replication=replication,
-                flush_interval_ms=flush_interval_ms,
-                heartbeat_interval_ms=heartbeat_interval_ms,
-                checkpoint=CheckpointSpec(
-                    path=checkpoints, interval_seconds=checkpoint_interval, restore_from=restore_from
+        try:  # a wrong argument is a ConfigError naming it, not pydantic's or an enum's error
+            self.config = RuntimeConfig(
+                job="local",
+                tables=named,
+                servers=servers,
+                workers=workers,
+                allocation=Allocation(allocation),
+                consistency=Consistency(model=ConsistencyModel(consistency), staleness=staleness),
+                fault_tolerance=FaultTolerance(
+                    replication=replication,
+                    flush_interval_ms=flush_interval_ms,
+                    heartbeat_interval_ms=heartbeat_interval_ms,
+                    checkpoint=CheckpointSpec(
+                        path=checkpoints, interval_seconds=checkpoint_interval, restore_from=restore_from
+                    ),
                 ),
-            ),
-            rebalance_policy=RebalancePolicy(num_shards=num_shards, partition=Partition(partition)),
-            coordinator="127.0.0.1:0",
-            request_timeout_seconds=request_timeout,
-        )
+                rebalance_policy=RebalancePolicy(num_shards=num_shards, partition=Partition(partition)),
+                coordinator="127.0.0.1:0",
+                request_timeout_seconds=request_timeout,
+            )
+        except ValueError as exc:  # pydantic's ValidationError, or an enum given a name it lacks
+            if self._own_checkpoints:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            detail = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ConfigError(f"LocalCluster: {detail}") from None
+        servers, workers = self.config.servers, self.config.workers
         self.log_level = log_level
         self.log_dir = log_dir
         if log_dir is not None:
@@ -198,6 +210,8 @@ class LocalCluster:
             raise ClusterError("the cluster is closed")
         if self._job is not None and not self._job.done():
             raise ClusterError("a job is still running on this cluster; call its result() first")
+        if not callable(fn):
+            raise UsageError(f"LocalCluster.run takes a function fn(ps, *args), got {fn!r}")
         name = getattr(fn, "__qualname__", repr(fn))
         conns = {}
         for worker in self._live_workers():
@@ -222,6 +236,11 @@ class LocalCluster:
         New servers receive shards by migration; surplus nodes drain (their keys move
         away first) and exit.  New workers join with fresh runners (for the next ``run``).
         """
+        for name, count in (("servers", servers), ("workers", workers)):
+            if count is not None and (type(count) is not int or not 1 <= count <= MAX_NODES):
+                raise UsageError(
+                    f"scale({name}=...) takes a whole number from 1 to {MAX_NODES}, got {count!r}"
+                )
         new_workers = []
         if servers is not None:
             for _ in range(servers - len(self._nodes("server"))):
@@ -348,8 +367,11 @@ class LocalCluster:
             method="POST",
             headers=self._auth(),
         )
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            response.read()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                response.read()
+        except urllib.error.HTTPError as exc:  # the coordinator refused it and says why
+            raise ConfigError(f"{action} refused: {exc.read().decode(errors='replace').strip()}") from None
 
     def _await(self, check: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -405,3 +427,11 @@ class LocalCluster:
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             self.close()
+
+
+def _named_table(name: str, spec: object) -> NamedTable:
+    """A table as given (a TableSpec, or its fields as a mapping), its name in any error."""
+    try:
+        return NamedTable(name=name, **TableSpec.model_validate(spec).model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"LocalCluster: table {name!r}: {describe_validation_error(exc)}") from None
