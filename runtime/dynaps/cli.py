@@ -314,7 +314,16 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                 coordinator.wait(1.0)
             if coordinator.poll() is None:
                 nodes.replace_dead()
-        code = coordinator.returncode
+                ended = nodes.given_up()
+                if ended and _starting(_read_status(status_url, token)):
+                    # read after the node ended: nodes end on their own at the job's end, once
+                    # the coordinator stops it; before the start the coordinator would wait for ever
+                    name, node_code = ended[0]
+                    say(f"{name} ended (exit code {node_code}) before the job started: stopping the job")
+                    code = node_code if node_code > 0 else 1
+                    break
+        else:
+            code = coordinator.returncode
     except KeyboardInterrupt:
         say("interrupted: stopping the job")
         code = 130
@@ -347,6 +356,12 @@ def _read_status(url: str, token: str) -> dict[str, Any] | None:
         return read_coordinator(url, token)[0]
     except DynapsError:
         return None
+
+
+def _starting(status: dict[str, Any] | None) -> bool:
+    """The coordinator is known to wait for nodes to register or build their stores (a
+    status that could not be read says nothing)."""
+    return status is not None and status.get("phase") in ("registering", "prepare")
 
 
 def _progress_line(status: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,6 +66,23 @@ def test_a_failing_program_fails_the_job() -> None:
     )
     assert done.returncode == 3
     assert "failed (exit code 3)" in done.stderr
+
+
+def test_a_node_that_cannot_start_fails_the_run_instead_of_hanging_it() -> None:
+    """Every node refuses a bad variable at start (exit 2): the coordinator would wait for
+    them for ever, and `dynaps run` with it."""
+    env = {**os.environ, "DYNAPS_SPIN_MICROS": "many"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dynaps", "run", "--table", "W:10:2", "--", "python", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "DYNAPS_SPIN_MICROS='many' is not an integer" in done.stderr
+    assert "ended (exit code 2) before the job started: stopping the job" in done.stderr
 
 
 @pytest.mark.integration

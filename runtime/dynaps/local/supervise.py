@@ -4,7 +4,9 @@ A node killed by a signal (the OOM killer, a stray ``kill -9``) or fenced by the
 (:data:`~dynaps.contract.FENCED_EXIT_CODE`) is started again under its name, so it rejoins as
 its own replacement (a worker takes its rank back) and the job goes on, as it would on a
 cluster. Any other exit is the node's own decision and is left alone. Each node is replaced
-at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to look at.
+at most :data:`MAX_REPLACEMENTS` times: a node that keeps dying has a cause to look at. A node
+that ends for good before the job starts (:meth:`Nodes.given_up`) would leave the
+coordinator waiting for it for ever: ``dynaps run`` then stops the job.
 
 A job with stages (``spec.stages``) grows its workers when a stage wants more: the coordinator
 raises its desired count, and :meth:`Nodes.grow_workers` starts new worker nodes, as the
@@ -99,6 +101,19 @@ class Nodes:
                 f"({node.replacements} of at most {MAX_REPLACEMENTS} replacements)"
             )
             node.process = self._launch(node.role, node.name, node.rank, node.command)
+
+    def given_up(self) -> list[tuple[str, int]]:
+        """(name, exit code) of every node that ended and will not be started again: it
+        exited on its own (a usage error at start: a bad variable, a program not found), or
+        was replaced :data:`MAX_REPLACEMENTS` times already."""
+        ended = []
+        for node in self._nodes:
+            code = node.process.poll()
+            if code is None:
+                continue
+            if not (code < 0 or code == FENCED_EXIT_CODE) or node.replacements >= MAX_REPLACEMENTS:
+                ended.append((node.name, code))
+        return ended
 
     def processes(self) -> list[Process]:
         return [node.process for node in self._nodes]
