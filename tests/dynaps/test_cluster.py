@@ -443,3 +443,19 @@ def test_run_and_scale_check_their_arguments(cluster: dynaps.LocalCluster) -> No
         with pytest.raises(dynaps.UsageError, match=r"scale\(workers=\.\.\.\) takes a whole number"):
             cluster.scale(workers=count)  # type: ignore[arg-type]
     assert cluster.run(read_all)[0].shape == (NUM_KEYS, 4), "the cluster keeps working"
+
+
+def test_a_node_that_exits_at_start_ends_the_wait_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node refuses a bad variable at start: the cluster waited its whole start-up
+    timeout for runners that could never join, then 15 s more to stop them."""
+    monkeypatch.setenv("DYNAPS_SPIN_MICROS", "many")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    ended = r"its node process exited \(exit code 2\) before the job started"
+    with pytest.raises(dynaps.ClusterError, match=ended):
+        dynaps.LocalCluster(tables={"W": dynaps.TableSpec(num_keys=10, dim=2)}, startup_timeout=600)
+    left = [
+        p.cmdline()
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
+    ]  # the tracker multiprocessing starts once serves this process for its whole life
+    assert not left

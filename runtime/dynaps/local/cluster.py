@@ -139,7 +139,7 @@ class LocalCluster:
         for i in range(servers):
             self._start_server(f"server-{i}")
         started = [self._start_worker(f"worker-{i}", i) for i in range(workers)]
-        runners.await_runners(started, self.startup_timeout)
+        runners.await_runners(started, self.startup_timeout, self.processes)
 
     def _start_coordinator(self) -> str:
         """Start the coordinator (logging to its file, if any); returns its data-plane address."""
@@ -403,7 +403,9 @@ class LocalCluster:
                 worker.conn.send(None)
         deadline = time.monotonic() + timeout
         for worker in self._workers.values():
-            worker.runner.join(max(0.0, deadline - time.monotonic()))
+            # one that never joined waits to attach, not for this pipe, and holds no work
+            wait = max(0.0, deadline - time.monotonic()) if worker.rank >= 0 else 0.0
+            worker.runner.join(wait)
             if worker.runner.is_alive():
                 worker.runner.kill()
                 worker.runner.join()

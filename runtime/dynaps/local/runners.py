@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from dynaps.local.launch import Process
 _SPAWN = multiprocessing.get_context("spawn")
 Connection = multiprocessing.connection.Connection
 
+NODE_LOOK_SECONDS = 0.2  # how often a start-up wait looks whether a node process ended
 EXIT_WAIT_SECONDS = 5.0  # a runner whose pipe closed is given this long to exit, for its code
 
 
@@ -104,12 +106,21 @@ def start_runner(
     return Worker(name, node, runner, parent)
 
 
-def await_runners(workers: list[Worker], timeout: float) -> None:
-    """Wait until each runner joined its node; learns its rank."""
+def await_runners(workers: list[Worker], timeout: float, nodes: Mapping[str, Process] | None = None) -> None:
+    """Wait until each runner joined its node; learns its rank.  A node process of ``nodes``
+    (by name) that exits meanwhile ends the wait at once: the job cannot start without it."""
     deadline = time.monotonic() + timeout
     for worker in workers:
-        if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-            raise ClusterError(f"{worker.name} did not join within {timeout} s")
+        while not worker.conn.poll(max(0.0, min(NODE_LOOK_SECONDS, deadline - time.monotonic()))):
+            for name, process in (nodes or {}).items():
+                code = process.poll()
+                if code is not None:
+                    raise ClusterError(
+                        f"{name}: its node process exited (exit code {code}) before the job started; "
+                        "its output says why"
+                    )
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"{worker.name} did not join within {timeout} s")
         try:
             status, value = worker.conn.recv()
         except (EOFError, OSError):  # it died before it said anything
