@@ -37,7 +37,7 @@ from dynaps.apps.data import (
     write_matrix_market,
     write_triples,
 )
-from dynaps.errors import UsageError
+from dynaps.errors import DynapsError, UsageError
 
 
 def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> Floats:
@@ -356,7 +356,7 @@ def dense_clusters(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dynaps.apps.synthetic KIND DIR``: write a data set in the apps' file formats."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dynaps.apps.synthetic", description=main.__doc__)
     parser.add_argument("kind", choices=["mf", "kge", "w2v", "lr"])
     parser.add_argument("out", type=Path, help="directory to write into")
     parser.add_argument(
@@ -367,27 +367,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.kind == "mf":
-        train, test = matrix(args.keys, args.keys, 8, args.size, test_entries=args.size // 10, seed=args.seed)
-        write_matrix_market(args.out / "train.mtx", train)
-        write_matrix_market(args.out / "test.mtx", test)
-    elif args.kind == "kge":
-        kg = knowledge_graph(args.keys, max(2, args.keys // 100), args.size, seed=args.seed)
-        for name, part in (("train", kg.train), ("valid", kg.valid), ("test", kg.test)):
-            write_triples(args.out / f"{name}.tsv", part, kg.entities, kg.relations)
-    elif args.kind == "w2v":
-        text, _ = corpus(args.keys, args.size, seed=args.seed)
-        words = np.array(text.words)
-        bounds = np.flatnonzero(np.diff(text.sentence)) + 1
-        write_corpus(args.out / "corpus.txt", (words[s].tolist() for s in np.split(text.tokens, bounds)))
-    else:
-        data = sparse_classification(args.size, args.keys, seed=args.seed)
-        cut = len(data) * 9 // 10
-        write_libsvm(args.out / "train.libsvm", data.rows(np.arange(cut)))
-        write_libsvm(args.out / "test.libsvm", data.rows(np.arange(cut, len(data))))
+    try:
+        _write(args.kind, args.out, args.size, args.keys, args.seed)
+    except (DynapsError, OSError) as exc:  # a folder it cannot write, too few words: one line
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.kind} data to {args.out}", file=sys.stderr)
     return 0
+
+
+def _write(kind: str, out: Path, size: int, keys: int, seed: int) -> None:
+    """Data set ``kind`` into folder ``out``, in the files the apps read."""
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "mf":
+        train, test = matrix(keys, keys, 8, size, test_entries=size // 10, seed=seed)
+        write_matrix_market(out / "train.mtx", train)
+        write_matrix_market(out / "test.mtx", test)
+    elif kind == "kge":
+        kg = knowledge_graph(keys, max(2, keys // 100), size, seed=seed)
+        for name, part in (("train", kg.train), ("valid", kg.valid), ("test", kg.test)):
+            write_triples(out / f"{name}.tsv", part, kg.entities, kg.relations)
+    elif kind == "w2v":
+        text, _ = corpus(keys, size, seed=seed)
+        words = np.array(text.words)
+        bounds = np.flatnonzero(np.diff(text.sentence)) + 1
+        write_corpus(out / "corpus.txt", (words[s].tolist() for s in np.split(text.tokens, bounds)))
+    else:
+        data = sparse_classification(size, keys, seed=seed)
+        cut = len(data) * 9 // 10
+        write_libsvm(out / "train.libsvm", data.rows(np.arange(cut)))
+        write_libsvm(out / "test.libsvm", data.rows(np.arange(cut, len(data))))
 
 
 if __name__ == "__main__":

@@ -311,3 +311,12 @@ def test_an_app_whose_training_diverges_says_so_in_one_line(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert err.startswith("python -m dynaps.apps.mf: error: matrix factorisation diverged in epoch 1")
     assert "Traceback" not in err
+
+
+def test_the_generator_says_what_it_cannot_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    assert synthetic.main(["kge", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m dynaps.apps.synthetic: error: [Errno 17] File exists")
+    assert synthetic.main(["w2v", str(tmp_path / "corpus"), "--keys", "5"]) == 2
+    assert "needs a vocabulary of 100 words or more, got 5" in capsys.readouterr().err
