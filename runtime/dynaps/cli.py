@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dynaps import profiling
+from dynaps.config import is_log_level
 from dynaps.contract import (
     Allocation,
     NamedTable,
@@ -67,14 +67,14 @@ def _parse_table(text: str) -> NamedTable:
         fields["dtype"] = parts[3]
     try:
         return NamedTable(**fields)
-    except ValidationError as exc:  # one line per problem, not pydantic's report with its links
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    except ValidationError as exc:  # the problems on one line, not pydantic's report with its links
+        problems = describe_validation_error(exc).replace("\n", "; ")
         raise argparse.ArgumentTypeError(f"--table {text!r}: {problems}") from None
 
 
 def _log_level(text: str) -> str:
     level = text.upper()
-    if level not in logging.getLevelNamesMapping():
+    if not is_log_level(level):
         raise argparse.ArgumentTypeError(f"{text!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
     return level
 

@@ -115,8 +115,13 @@ def spin_seconds(environ: Mapping[str, str] | None = None) -> float:
     return micros * 1e-6
 
 
+def is_log_level(level: str) -> bool:
+    """Whether ``level`` names a logging level (DEBUG, INFO, WARNING, ERROR, ...)."""
+    return level in logging.getLevelNamesMapping()
+
+
 def setup_logging(level: str) -> None:
-    if level not in logging.getLevelNamesMapping():
+    if not is_log_level(level):
         raise ConfigError(f"DYNAPS_LOG_LEVEL={level!r} is not a logging level")
     logging.basicConfig(
         level=logging.WARNING,

@@ -310,10 +310,6 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     )
     common.add_launch_arguments(parser)
     args = parser.parse_args(argv)
-    positive = ("batch", "block", "examples", "test_examples", "features", "classes", "clusters", "latent")
-    for name in (*positive, "epochs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.latent > args.features:
         parser.error("--latent must not exceed --features")
     config = Config(

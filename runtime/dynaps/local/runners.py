@@ -167,7 +167,7 @@ class Job:
         self._conns = conns
         self._results: dict[int, Any] = {}
         self._errors: dict[int, str] = {}
-        self._usage: dict[int, str] = {}  # ranks whose call raised UsageError: its message
+        self._usage: set[int] = set()  # ranks whose call raised UsageError (its message: _errors)
 
     def done(self) -> bool:
         self._collect(0.0)
@@ -183,7 +183,7 @@ class Job:
             # the first failure was a usage error (the others usually waited for that rank at
             # a barrier): it is the caller's to fix, so it comes back as what it was
             rank = next(iter(self._errors))
-            raise UsageError(f"worker rank {rank}: {self._usage[rank]}")
+            raise UsageError(f"worker rank {rank}: {self._errors[rank]}")
         if self._errors:
             # every rank's error, in the order they came: the first is usually the cause (a
             # rank that failed leaves the others waiting at the next barrier until it times out)
@@ -216,4 +216,4 @@ class Job:
             else:
                 self._errors[rank] = value
                 if status == "usage":
-                    self._usage[rank] = value
+                    self._usage.add(rank)

@@ -40,6 +40,11 @@ class _Node:
     replacements: int = 0
 
 
+def _replaceable(node: _Node, code: int) -> bool:
+    """Whether a node that ended with ``code`` is started again (the module docstring)."""
+    return (code < 0 or code == FENCED_EXIT_CODE) and node.replacements < MAX_REPLACEMENTS
+
+
 def _why(code: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
@@ -91,9 +96,7 @@ class Nodes:
         """Start again every node that died as a lost pod would (see the module's docstring)."""
         for node in self._nodes:
             code = node.process.poll()
-            if code is None or not (code < 0 or code == FENCED_EXIT_CODE):
-                continue
-            if node.replacements >= MAX_REPLACEMENTS:
+            if code is None or not _replaceable(node, code):
                 continue
             node.replacements += 1
             self.say(
@@ -109,9 +112,7 @@ class Nodes:
         ended = []
         for node in self._nodes:
             code = node.process.poll()
-            if code is None:
-                continue
-            if not (code < 0 or code == FENCED_EXIT_CODE) or node.replacements >= MAX_REPLACEMENTS:
+            if code is not None and not _replaceable(node, code):
                 ended.append((node.name, code))
         return ended
 
