@@ -56,11 +56,12 @@ class Arguments:
             array = array.reshape(1)
         if array.ndim != 1:
             raise UsageError(f"keys for table {self.name!r} must be one-dimensional, got shape {array.shape}")
-        if array.dtype.kind not in "iu":
+        kind = array.dtype.kind
+        if kind not in "iu":
             if array.size == 0:
                 return array.astype(np.int64)
             raise UsageError(f"keys for table {self.name!r} must be integers, got {array.dtype}")
-        if array.dtype.kind == "u" and array.size and int(array.max()) >= self.num_keys:
+        if kind == "u" and array.size and int(array.max()) >= self.num_keys:
             # before the cast: an unsigned key of 2**63 or more would wrap to a negative one
             raise self._outside(array[array >= self.num_keys])
         converted: Keys = array.astype(np.int64, copy=False)
