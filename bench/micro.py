@@ -129,6 +129,73 @@ def zmq_limits(seconds: float, spin: float = 0.0) -> dict[str, float]:
     return result
 
 
+def _tcp_echo_server(port: int) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reply = np.zeros((ECHO_ROWS, DIM), dtype=np.float32).tobytes()
+    while True:
+        size = int.from_bytes(_read_exactly(conn, 4), "little")
+        payload = _read_exactly(conn, size)
+        if payload == b"stop":
+            break
+        answer = reply if size == ECHO_ROWS * 8 else payload
+        conn.sendall(len(answer).to_bytes(4, "little") + answer)
+    conn.close()
+    listener.close()
+
+
+def _read_exactly(conn: Any, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = conn.recv(size - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def tcp_limits(seconds: float) -> dict[str, float]:
+    """Length-prefixed round trips over a plain TCP connection, both ends blocking: the floor
+    of dynaps' own transport (dynaps.wire.tcp_transport), which has no I/O threads."""
+    import socket
+
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_tcp_echo_server, args=(port,))
+    server.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = socket.create_connection(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the echo server did not start"
+            time.sleep(0.05)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    small = b"x" * 48
+    keys = np.arange(ECHO_ROWS, dtype=np.int64).tobytes()
+
+    def round_trip(payload: bytes) -> Callable[[], object]:
+        def once() -> object:
+            conn.sendall(len(payload).to_bytes(4, "little") + payload)
+            size = int.from_bytes(_read_exactly(conn, 4), "little")
+            return _read_exactly(conn, size)
+
+        return once
+
+    try:
+        return {
+            "tcp_round_trip_s": timeit(round_trip(small), seconds),
+            "tcp_echo_100_keys_s": timeit(round_trip(keys), seconds),
+        }
+    finally:
+        conn.sendall((4).to_bytes(4, "little") + b"stop")
+        server.join(10)
+        conn.close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -311,6 +378,20 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float], str, Callable
         lambda r: True,
     ),
     (
+        "remote pull 1 key vs a plain TCP round trip (info)",
+        "latency ratio",
+        lambda f: f["remote_pull_1_s"] / f["tcp_round_trip_s"],
+        "(no target)",
+        lambda r: True,
+    ),
+    (
+        "  ... while the owner's program is busy (info)",
+        "latency ratio",
+        lambda f: f["remote_pull_1_busy_owner_s"] / f["tcp_round_trip_s"],
+        "(no target)",
+        lambda r: True,
+    ),
+    (
         "remote pull 100 keys",
         "keys/s",
         lambda f: 100 / f["remote_pull_100_s"],
@@ -363,6 +444,8 @@ def main() -> int:
     print("measuring zmq limits ...", file=sys.stderr)
     figures.update(zmq_limits(seconds))
     figures.update(zmq_limits(seconds, spin=spin_seconds() or 100e-6))
+    print("measuring plain TCP limits ...", file=sys.stderr)
+    figures.update(tcp_limits(seconds))
     print("measuring dynaps ...", file=sys.stderr)
     figures.update(dynaps_figures(seconds))
 

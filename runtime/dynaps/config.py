@@ -15,6 +15,9 @@ mounted ConfigMap); what differs per pod comes from its own variables:
     DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
     DYNAPS_SPIN_MICROS     how long a node or training process polls for an answer that
                            is due before it blocks (default 100; 0: block at once)
+    DYNAPS_TRANSPORT       tcp (default) or zmq: how the job's processes send each other
+                           messages (every process of a job must use the same; zmq is the
+                           transport before 2026-12-06, kept for comparison)
     DYNAPS_PROFILE_DIR     off by default: profile this process's CPU there (benchmarks;
                            see dynaps.profiling)
 """
@@ -135,3 +138,16 @@ def _int(env: dict[str, str], name: str) -> int:
         return int(env[name])
     except ValueError as exc:
         raise ConfigError(f"{name}={env[name]!r} is not an integer") from exc
+
+
+TRANSPORT_ENV = "DYNAPS_TRANSPORT"
+TRANSPORTS = ("tcp", "zmq")
+
+
+def transport_kind(environ: Mapping[str, str] | None = None) -> str:
+    """Which transport this process uses, from ``DYNAPS_TRANSPORT`` (default tcp)."""
+    env = os.environ if environ is None else environ
+    kind = env.get(TRANSPORT_ENV, "").strip().lower() or TRANSPORTS[0]
+    if kind not in TRANSPORTS:
+        raise ConfigError(f"{TRANSPORT_ENV}={env[TRANSPORT_ENV]!r}: expected one of {', '.join(TRANSPORTS)}")
+    return kind

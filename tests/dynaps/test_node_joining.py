@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from dynaps.config import transport_kind
 from dynaps.contract import RuntimeConfig, TableSpec, secret
 from dynaps.local.launch import start_node, stop_processes
 from dynaps.node.process import SIGTERM_EXIT_CODE
@@ -29,7 +30,7 @@ from dynaps.wire import control, messages
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import COORDINATOR, MsgType
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.transport import open_transport
 from tests.dynaps.wire_peers import peer_sockets
 
 pytestmark = pytest.mark.integration
@@ -87,7 +88,7 @@ def test_a_captured_answer_for_someone_else_does_not_stop_a_joining_node(
     refusal after it: the node must exit with the real one's reason."""
     job_secret = secret.new_secret()
     key = secret.wire_key(job_secret)
-    coordinator = ZmqTransport(COORDINATOR, key)
+    coordinator = open_transport(transport_kind(), COORDINATOR, key)
     config = RuntimeConfig(
         tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
         servers=1,

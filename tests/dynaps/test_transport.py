@@ -1,29 +1,41 @@
-"""The ZeroMQ transport on 127.0.0.1: FIFO delivery, held-back frames, timeouts, spinning.
+"""Both transports on 127.0.0.1 (plain TCP, the default, and ZeroMQ): FIFO delivery,
+held-back frames, timeouts, spinning, watched connections, refused passwords.
 
 Authentication and the size bound have their own tests (test_wire_auth.py)."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import zmq
 
-from dynaps.config import SPIN_ENV, spin_seconds
+from dynaps.config import SPIN_ENV, TRANSPORTS, spin_seconds
 from dynaps.errors import ConfigError
-from dynaps.wire import handshake
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire import handshake, tcp_transport
+from dynaps.wire.auth import Authenticator
+from dynaps.wire.tcp_transport import TcpTransport
+from dynaps.wire.transport import JobTransport, ZmqTransport, open_transport
+from tests.dynaps.wire_peers import framed, hello
 
 KEY = bytes(range(32))
 
 
+@pytest.fixture(params=TRANSPORTS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
-    a, b = ZmqTransport(1, KEY, spin=100e-6), ZmqTransport(2, KEY, spin=100e-6)
+def pair(kind: str) -> Iterator[tuple[JobTransport, JobTransport]]:
+    a, b = open_transport(kind, 1, KEY, spin=100e-6), open_transport(kind, 2, KEY, spin=100e-6)
     try:
         yield a, b
     finally:
@@ -31,13 +43,13 @@ def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
         b.close()
 
 
-def receive(t: ZmqTransport, spin: bool = False) -> list[bytes]:
+def receive(t: JobTransport, spin: bool = False) -> list[bytes]:
     frames = t.recv(timeout=5.0, spin=spin)
     assert frames is not None, "nothing arrived within 5 s"
     return [bytes(f) for f in frames]
 
 
-def test_messages_arrive_whole_and_in_order(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_messages_arrive_whole_and_in_order(pair: tuple[JobTransport, JobTransport]) -> None:
     a, b = pair
     a.connect(2, b.address)
     for i in range(200):
@@ -45,7 +57,7 @@ def test_messages_arrive_whole_and_in_order(pair: tuple[ZmqTransport, ZmqTranspo
     assert [int.from_bytes(receive(b)[1], "little") for _ in range(200)] == list(range(200))
 
 
-def test_frames_for_an_unknown_address_wait_for_it(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_frames_for_an_unknown_address_wait_for_it(pair: tuple[JobTransport, JobTransport]) -> None:
     a, b = pair
     buffer = bytearray(b"first")
     a.send(2, [bytes(buffer)])
@@ -57,7 +69,7 @@ def test_frames_for_an_unknown_address_wait_for_it(pair: tuple[ZmqTransport, Zmq
     assert receive(b) == [b"second"]
 
 
-def test_recv_times_out_with_and_without_spinning(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_recv_times_out_with_and_without_spinning(pair: tuple[JobTransport, JobTransport]) -> None:
     _, b = pair
     for spin in (False, True):
         started = time.monotonic()
@@ -65,7 +77,7 @@ def test_recv_times_out_with_and_without_spinning(pair: tuple[ZmqTransport, ZmqT
         assert 0.04 <= time.monotonic() - started < 2.0
 
 
-def test_a_spinning_receiver_gets_what_is_sent(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_a_spinning_receiver_gets_what_is_sent(pair: tuple[JobTransport, JobTransport]) -> None:
     a, b = pair
     a.connect(2, b.address)
     b.connect(1, a.address)
@@ -82,8 +94,8 @@ def test_spin_budget_comes_from_the_environment() -> None:
     assert spin_seconds({SPIN_ENV: " 250 "}) == pytest.approx(250e-6)
 
 
-def test_a_transport_without_a_spin_budget_blocks_at_once() -> None:
-    a, b = ZmqTransport(1, KEY), ZmqTransport(2, KEY)
+def test_a_transport_without_a_spin_budget_blocks_at_once(kind: str) -> None:
+    a, b = open_transport(kind, 1, KEY), open_transport(kind, 2, KEY)
     try:
         assert b.spin == 0.0
         a.connect(2, b.address)
@@ -100,7 +112,7 @@ def test_a_bad_spin_budget_is_refused_by_name(raw: str) -> None:
         spin_seconds({SPIN_ENV: raw})
 
 
-def watch_connected(watcher: ZmqTransport, peers: list[ZmqTransport]) -> None:
+def watch_connected(watcher: JobTransport, peers: list[JobTransport]) -> None:
     """``watcher`` watches every peer, connected (a message went through to each)."""
     for peer in peers:
         watcher.connect(peer.endpoint, peer.address)
@@ -109,8 +121,8 @@ def watch_connected(watcher: ZmqTransport, peers: list[ZmqTransport]) -> None:
         assert receive(peer) == [b"hello"]
 
 
-def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_never() -> None:
-    watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
+def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_never(kind: str) -> None:
+    watcher, peers = open_transport(kind, 1, KEY), [open_transport(kind, n, KEY) for n in (2, 3, 4)]
     try:
         watch_connected(watcher, peers)
         assert watcher.disconnected() == []
@@ -130,7 +142,7 @@ def test_a_watched_peer_that_goes_away_is_reported_once_and_a_forgotten_one_neve
             peer.close()
 
 
-def dropped_within(watcher: ZmqTransport, expected: int, seconds: float = 5.0) -> list[int]:
+def dropped_within(watcher: JobTransport, expected: int, seconds: float = 5.0) -> list[int]:
     """What ``disconnected`` reports until ``expected`` endpoints dropped (or ``seconds`` passed)."""
     deadline = time.monotonic() + seconds
     dropped: list[int] = []
@@ -180,10 +192,10 @@ def test_a_peer_back_at_its_address_is_reported_connected_again() -> None:
         context.term()
 
 
-def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one() -> None:
+def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one(kind: str) -> None:
     """The monitors' descriptors signal only once zmq saw them idle: a peer that drops before
     the watcher ever looked, and a second one after a first was reported, are both seen."""
-    watcher, peers = ZmqTransport(1, KEY), [ZmqTransport(n, KEY) for n in (2, 3, 4)]
+    watcher, peers = open_transport(kind, 1, KEY), [open_transport(kind, n, KEY) for n in (2, 3, 4)]
     try:
         watch_connected(watcher, peers)
         peers[1].close()  # before the first call to disconnected()
@@ -198,7 +210,7 @@ def test_disconnects_are_reported_before_the_first_look_and_after_an_earlier_one
 
 
 def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
-    pair: tuple[ZmqTransport, ZmqTransport],
+    pair: tuple[JobTransport, JobTransport],
 ) -> None:
     a, b = pair
     for peer in range(10, 60):  # every member's address: no socket yet
@@ -215,12 +227,12 @@ def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
     assert a.open_connections == 0
 
 
-def test_a_send_to_an_address_that_refuses_our_password_never_blocks() -> None:
+def test_a_send_to_an_address_that_refuses_our_password_never_blocks(kind: str) -> None:
     """Another job's process took a peer's address: it refuses our password, ZeroMQ drops
     the connection for good, and a blocking send would then wait for ever (review of stop
     27, finding 1).  The message is dropped and counted; the next send tries again."""
-    foreign = ZmqTransport(2, bytes(range(1, 33)))  # another job's key
-    sender = ZmqTransport(1, KEY)
+    foreign = open_transport(kind, 2, bytes(range(1, 33)))  # another job's key
+    sender = open_transport(kind, 1, KEY)
     try:
         sender.connect(2, foreign.address)
         sender.send(2, [b"first"])  # connects; the handshake is refused
@@ -235,7 +247,7 @@ def test_a_send_to_an_address_that_refuses_our_password_never_blocks() -> None:
             done = threading.Event()
             threading.Thread(target=send_more, args=(done,), daemon=True).start()
             assert done.wait(5), "a send blocked"
-            time.sleep(0.05)
+            assert foreign.recv(timeout=0.05) is None  # the other job's process runs its loop
         assert foreign.recv(timeout=0.2) is None  # nothing of ours got in
         assert sender.knows(2)  # the address is kept: the next send tries again
     finally:
@@ -243,10 +255,10 @@ def test_a_send_to_an_address_that_refuses_our_password_never_blocks() -> None:
         foreign.close()
 
 
-def test_the_password_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_password_is_never_logged(kind: str, caplog: pytest.LogCaptureFixture) -> None:
     """pyzmq's authenticator logs every admitted password at DEBUG (review of stop 27)."""
     caplog.set_level(logging.DEBUG)
-    a, b = ZmqTransport(1, KEY), ZmqTransport(2, KEY)
+    a, b = open_transport(kind, 1, KEY), open_transport(kind, 2, KEY)
     try:
         a.connect(2, b.address)
         a.send(2, [b"hello"])
@@ -273,3 +285,157 @@ def test_closing_a_transport_twice_leaves_its_context_s_other_transports_admitti
         sender.close()
         second.close()
         context.term()
+
+
+def test_a_tcp_peer_back_at_its_address_is_reported_connected_again() -> None:
+    """The plain-TCP transport's drop and redial come in order, as ZeroMQ's (above)."""
+    watcher = TcpTransport(1, KEY)
+    first = TcpTransport(2, KEY)
+    port = first.port
+    second = None
+    try:
+        watcher.connect(2, first.address)
+        watcher.watch(2)
+        watcher.send(2, [b"hello"])
+        assert receive(first) == [b"hello"]
+        first.close()
+        events: list[tuple[int, bool]] = []
+        deadline = time.monotonic() + 5.0
+        while (2, False) not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+            events += watcher.connection_events()
+        second = TcpTransport(2, KEY, port=port)
+        deadline = time.monotonic() + 5.0
+        while events[-1:] != [(2, True)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+            events += watcher.connection_events()
+        assert events.index((2, False)) < len(events) - 1
+        assert events[-1] == (2, True), events
+        watcher.send(2, [b"again"])
+        assert receive(second) == [b"again"]
+    finally:
+        watcher.close()
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_a_tcp_message_larger_than_the_socket_buffers_arrives_while_both_send() -> None:
+    """Two transports sending each other 8 MB at once: neither send waits for the other's
+    receive for ever (each reads while it writes), and both messages arrive whole."""
+    a, b = TcpTransport(1, KEY), TcpTransport(2, KEY)
+    try:
+        a.connect(2, b.address)
+        b.connect(1, a.address)
+        big_a, big_b = np.full(2 << 20, 1, np.float32), np.full(2 << 20, 2, np.float32)
+        a.send(2, [b"from a", big_a])
+        b.send(1, [b"from b", big_b])
+        got: dict[int, list[bytes]] = {}
+        deadline = time.monotonic() + 10.0
+        while len(got) < 2:  # each process runs its own loop
+            assert time.monotonic() < deadline, f"only {sorted(got)} received"
+            for t in (a, b):
+                frames = t.recv(timeout=0.01)
+                if frames is not None:
+                    got[t.endpoint] = [bytes(f) for f in frames]
+        got_b, got_a = got[2], got[1]
+        assert got_b[0] == b"from a"
+        assert np.array_equal(np.frombuffer(got_b[1], np.float32), big_a)
+        assert got_a[0] == b"from b"
+        assert np.array_equal(np.frombuffer(got_a[1], np.float32), big_b)
+    finally:
+        a.close()
+        b.close()
+
+
+def _raw(address: str) -> socket.socket:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def _closed_by_peer(sock: socket.socket, seconds: float = 5.0) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        b"GET / HTTP/1.1\r\n\r\n" + bytes(60),  # not the job's password
+        tcp_transport.MAGIC + b"0" * 48,  # the form, another password
+    ],
+)
+def test_a_tcp_connection_without_the_password_is_closed_and_delivers_nothing(opening: bytes) -> None:
+    b = TcpTransport(2, KEY)
+    try:
+        with _raw(b.address) as sock:
+            sock.sendall(opening + framed(Authenticator(KEY).sign(1, 2, [b"x" * 64])))
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and b.recv(timeout=0.02) is None:
+                if _closed_by_peer(sock, 0.01):
+                    break
+            assert _closed_by_peer(sock)
+        assert b.recv(timeout=0.1) is None
+        assert b.rejected == 0  # nothing of it was even read as a message
+    finally:
+        b.close()
+
+
+def test_a_tcp_connection_that_never_presents_a_password_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp_transport, "HANDSHAKE_SECONDS", 0.2)
+    b = TcpTransport(2, KEY)
+    try:
+        with _raw(b.address) as sock:
+            sock.sendall(tcp_transport.MAGIC[:4])  # and then nothing
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not _closed_by_peer(sock, 0.01):
+                b.recv(timeout=0.05)
+            assert time.monotonic() < deadline, "a silent connection was kept"
+    finally:
+        b.close()
+
+
+def test_at_most_so_many_tcp_connections_wait_for_their_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp_transport, "MAX_UNADMITTED", 4)
+    b = TcpTransport(2, KEY)
+    socks = [_raw(b.address) for _ in range(10)]
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and len(b._unadmitted) < 4:
+            b.recv(timeout=0.02)
+        for _ in range(20):
+            b.recv(timeout=0.02)
+        assert len(b._unadmitted) <= 4
+        assert sum(_closed_by_peer(sock, 0.2) for sock in socks) >= 6  # the oldest were cut
+    finally:
+        for sock in socks:
+            sock.close()
+        b.close()
+
+
+@pytest.mark.parametrize(("count", "size"), [(0, 1), (tcp_transport.MAX_FRAMES + 1, 1), (1, (1 << 16) + 1)])
+def test_a_tcp_message_out_of_bounds_closes_its_connection(count: int, size: int) -> None:
+    """A frame over ``max_message_bytes`` or a frame count out of range: the connection is
+    closed before anything of the message is kept; other connections go on."""
+    a, b = TcpTransport(1, KEY), TcpTransport(2, KEY, max_message_bytes=1 << 16)
+    try:
+        with _raw(b.address) as sock:
+            sock.sendall(hello(KEY))
+            sock.sendall(struct.pack("<I", count) + struct.pack("<Q", size) * max(count, 1))
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not _closed_by_peer(sock, 0.01):
+                b.recv(timeout=0.02)
+            assert time.monotonic() < deadline, "the connection was kept"
+        a.connect(2, b.address)
+        a.send(2, [b"after"])
+        assert receive(b) == [b"after"]
+    finally:
+        a.close()
+        b.close()

@@ -1,8 +1,9 @@
 """Message authentication (dynaps.wire.auth) and the inbox's size bound, on 127.0.0.1.
 
-Every test sends through a real ZmqTransport and attacks it with a plain pyzmq PUSH
-socket: an outsider is refused in the handshake (without the job's password); one that
-read the password off the network gets through it, and the MAC must stop what it sends.
+Every test sends through a real transport of each kind (plain TCP, ZeroMQ) and attacks it
+with a raw socket of the same kind: an outsider is refused in the handshake (without the
+job's password); one that read the password off the network gets through it, and the MAC
+must stop what it sends.
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynaps.config import TRANSPORTS
 from dynaps.errors import ProtocolError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire.auth import SMALL_BYTES, TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, MsgType, TableLayout, header
-from dynaps.wire.transport import MAX_REJECTED_PER_CALL, ZmqTransport, message_bound
+from dynaps.wire.tcp_transport import MAX_REJECTED_PER_CALL, TcpTransport
+from dynaps.wire.transport import JobTransport, message_bound, open_transport
 from tests.dynaps.wire_peers import peer_sockets
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
-    a, b = ZmqTransport(1, KEY), ZmqTransport(2, KEY, max_message_bytes=1 << 16)
+@pytest.fixture(params=TRANSPORTS)
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[JobTransport, JobTransport]]:
+    kind = request.param
+    a, b = open_transport(kind, 1, KEY), open_transport(kind, 2, KEY, max_message_bytes=1 << 16)
     a.connect(2, b.address)
     try:
         yield a, b
@@ -41,21 +45,25 @@ def pair() -> Iterator[tuple[ZmqTransport, ZmqTransport]]:
 
 
 @pytest.fixture
-def attacker(pair: tuple[ZmqTransport, ZmqTransport]) -> Iterator[zmq.Socket[Any]]:
+def attacker(pair: tuple[JobTransport, JobTransport]) -> Iterator[zmq.Socket[Any]]:
     """A PUSH socket to ``pair[1]`` with the job's connection password (not its MAC key)."""
-    with peer_sockets(KEY) as make:
+    with peer_sockets(KEY, kind_of(pair)) as make:
         sock = make(zmq.PUSH)
         sock.connect(pair[1].address)
         yield sock
 
 
-def receive(t: ZmqTransport) -> list[bytes]:
+def kind_of(pair: tuple[JobTransport, JobTransport]) -> str:
+    return "tcp" if isinstance(pair[0], TcpTransport) else "zmq"
+
+
+def receive(t: JobTransport) -> list[bytes]:
     frames = t.recv(timeout=5.0)
     assert frames is not None, "nothing arrived within 5 s"
     return [bytes(f) for f in frames]
 
 
-def assert_dropped(b: ZmqTransport, rejected: int) -> None:
+def assert_dropped(b: JobTransport, rejected: int) -> None:
     """Nothing reaches the caller, and the transport counted ``rejected`` messages."""
     deadline = time.monotonic() + 5.0
     while b.rejected < rejected and time.monotonic() < deadline:
@@ -63,7 +71,7 @@ def assert_dropped(b: ZmqTransport, rejected: int) -> None:
     assert b.rejected == rejected
 
 
-def test_signed_frames_arrive_without_their_trailer(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_signed_frames_arrive_without_their_trailer(pair: tuple[JobTransport, JobTransport]) -> None:
     a, b = pair
     rows = np.arange(10_000, dtype=np.float32)  # large: GMAC; the header small: BLAKE2b
     a.send(2, [b"head", rows])
@@ -76,7 +84,7 @@ def test_signed_frames_arrive_without_their_trailer(pair: tuple[ZmqTransport, Zm
 
 
 def test_a_frame_without_the_key_is_dropped_and_counted(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any]
 ) -> None:
     a, b = pair
     attacker.send_multipart([b"forged header"])  # no trailer at all
@@ -88,7 +96,7 @@ def test_a_frame_without_the_key_is_dropped_and_counted(
 
 
 def test_a_changed_frame_is_dropped(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any]
 ) -> None:
     _, b = pair
     [signed] = Authenticator(KEY).sign(1, 2, [b"value=1"])  # the trailer inside the frame
@@ -120,10 +128,10 @@ def test_the_trailer_rides_in_the_first_frame() -> None:
         sender.sign(1, 2, [])
 
 
-def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) -> None:
+def test_a_replayed_frame_is_dropped(pair: tuple[JobTransport, JobTransport]) -> None:
     a, b = pair
     captured = a.auth.sign(1, 2, [b"push"])
-    with peer_sockets(KEY) as make:
+    with peer_sockets(KEY, kind_of(pair)) as make:
         sock = make(zmq.PUSH)
         sock.connect(b.address)
         sock.send_multipart(captured)
@@ -135,7 +143,7 @@ def test_a_replayed_frame_is_dropped(pair: tuple[ZmqTransport, ZmqTransport]) ->
 
 
 def test_a_header_naming_another_sender_is_dropped(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any]
 ) -> None:
     _, b = pair
     head = header(MsgType.SHUTDOWN, COORDINATOR, COORDINATOR, 0)
@@ -144,7 +152,7 @@ def test_a_header_naming_another_sender_is_dropped(
 
 
 def test_a_frame_for_another_endpoint_is_dropped(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any]
 ) -> None:
     _, b = pair
     attacker.send_multipart(Authenticator(KEY).sign(1, 3, [b"for 3"]))
@@ -162,12 +170,12 @@ def test_senders_without_an_id_are_checked_by_sequence_number() -> None:
 
 
 def test_a_huge_declared_message_is_refused_before_it_is_buffered(
-    pair: tuple[ZmqTransport, ZmqTransport],
+    pair: tuple[JobTransport, JobTransport],
 ) -> None:
     a, b = pair
     # zmq closes a connection that declares a frame over ZMQ_MAXMSGSIZE; the raw ZMTP
     # greeting is not needed to show that: a frame one byte over the bound never arrives
-    with peer_sockets(KEY) as make:
+    with peer_sockets(KEY, kind_of(pair)) as make:
         sock = make(zmq.PUSH)
         sock.connect(b.address)
         sock.send_multipart(Authenticator(KEY).sign(5, 2, [bytes((1 << 16) + 1)]))
@@ -275,24 +283,24 @@ JUNK = 1000
 
 
 def test_a_flood_of_forged_frames_is_not_a_log_flood(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any], caplog: pytest.LogCaptureFixture
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Security audit, finding 9: the coordinator and the training processes keep the
     transport's own handling of rejected frames, which logged a WARNING for each: an
     outsider's flood then pushed the job's real log out of the kubelet's rotation. A few
     lines say how many were dropped."""
     _, b = pair
-    caplog.set_level(logging.WARNING, logger="dynaps.wire.transport")
+    caplog.set_level(logging.WARNING, logger=type(b).__module__)
     for _ in range(JUNK):
         attacker.send_multipart([b"junk"])
     assert_dropped(b, JUNK)
-    lines = [r for r in caplog.records if r.name == "dynaps.wire.transport"]
+    lines = [r for r in caplog.records if r.name == type(b).__module__]
     assert 1 <= len(lines) <= 2, len(lines)
     assert "dropped" in lines[0].getMessage()
 
 
 def test_recv_nowait_returns_within_a_flood(
-    pair: tuple[ZmqTransport, ZmqTransport], attacker: zmq.Socket[Any]
+    pair: tuple[JobTransport, JobTransport], attacker: zmq.Socket[Any]
 ) -> None:
     """Finding 9: recv_nowait read on as long as forged frames kept coming, so a flood kept
     the coordinator's turn (HTTP actions, ticks, signals) from ending. One call now looks at

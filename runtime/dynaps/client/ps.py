@@ -40,7 +40,7 @@ from dynaps.client.membership import Membership, register
 from dynaps.client.requests import Requests
 from dynaps.client.stages import Stage, StageFollower
 from dynaps.client.table import Table
-from dynaps.config import ATTACH_ENV, job_secret, spin_seconds
+from dynaps.config import ATTACH_ENV, job_secret, spin_seconds, transport_kind
 from dynaps.contract import RuntimeConfig
 from dynaps.contract.secret import wire_key
 from dynaps.errors import ClusterError, NotConnectedError, ProtocolError, UnknownTableError, UsageError
@@ -52,7 +52,7 @@ from dynaps.store.table_store import TableStore
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import control, limits, messages
 from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
-from dynaps.wire.transport import ZmqTransport, message_bound
+from dynaps.wire.transport import JobTransport, message_bound, open_transport
 
 log = logging.getLogger(__name__)
 _not_finite = ThrottledLog(log, "ps.report() left out values that are not finite numbers")
@@ -87,7 +87,7 @@ class PS:
         rank: int,
         stores: Sequence[TableStore],
         lock: SharedLock,
-        transport: ZmqTransport,
+        transport: JobTransport,
         control_block: npt.NDArray[np.uint8] | None = None,
         usage_array: npt.NDArray[np.int64] | None = None,
         notices: Notices | None = None,
@@ -149,7 +149,8 @@ class PS:
             # then where the node tells us that our localizes completed
             notices = Notices.attach(fds[offset + 2], fds[offset + 3], lock)
             node = int(description["node"])
-            transport = ZmqTransport(
+            transport = open_transport(
+                transport_kind(),
                 client_of(node),
                 key,
                 config.bind_host,

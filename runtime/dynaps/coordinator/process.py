@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynaps.config import job_secret
+from dynaps.config import job_secret, transport_kind
 from dynaps.contract import COORDINATOR_SIGTERM_ENV, SIGTERM_EXITS_ALONE, RuntimeConfig, secret
 from dynaps.coordinator import metrics
 from dynaps.coordinator.adoption import ADOPT_QUIET
@@ -25,7 +25,7 @@ from dynaps.coordinator.status_reads import StatusReads
 from dynaps.telemetry import exposition
 from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
-from dynaps.wire.transport import ZmqTransport, message_bound
+from dynaps.wire.transport import message_bound, open_transport
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: preempted)
@@ -42,7 +42,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     job = job_secret()  # first: without the job secret, stop here
     http_token, key = secret.http_token(job), secret.wire_key(job)
     _host, _, port_text = config.coordinator.rpartition(":")
-    transport = ZmqTransport(
+    transport = open_transport(
+        transport_kind(),
         COORDINATOR,
         key,
         config.bind_host,

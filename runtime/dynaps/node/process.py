@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.config import job_secret, spin_seconds
+from dynaps.config import job_secret, spin_seconds, transport_kind
 from dynaps.contract import FENCED_EXIT_CODE, RuntimeConfig, secret, silence_limit_seconds
 from dynaps.node import metrics
 from dynaps.node.control_plane import ControlPlane
@@ -40,7 +40,7 @@ from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
 from dynaps.wire import control, joining, limits, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
-from dynaps.wire.transport import ZmqTransport, message_bound
+from dynaps.wire.transport import message_bound, open_transport
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class NodeProcess:
         self.rank = rank
         self.name = name or f"{role}-{os.getpid()}"
         self.secret = job_secret()
-        self.transport = ZmqTransport(
+        self.transport = open_transport(
+            transport_kind(),
             -1,
             secret.wire_key(self.secret),
             config.bind_host,

@@ -56,6 +56,7 @@ from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import handshake, limits
 from dynaps.wire.auth import TRAILER_SIZE, Authenticator
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
+from dynaps.wire.tcp_transport import MAX_REJECTED_PER_CALL, TcpTransport
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,6 @@ def message_bound(tables: Sequence[TableLayout]) -> int:
     """
     largest = max((t.num_keys * max(t.row_bytes, 8) for t in tables), default=0)
     return max(largest, MAX_BODY_BYTES, HEADER_SIZE + INLINE_MAX, TRAILER_SIZE) + 4096
-
-
-MAX_REJECTED_PER_CALL = 256  # forged frames one recv_nowait looks at before it returns
 
 
 class ZmqTransport:
@@ -443,3 +441,43 @@ class ZmqTransport:
         handshake.release(self._context)
         if self._owns_context:
             self._context.term()
+
+
+# a process's transport, whichever kind (both have the whole interface the runtime uses)
+JobTransport = ZmqTransport | TcpTransport
+
+
+def open_transport(
+    kind: str,
+    endpoint: int,
+    key: bytes,
+    bind_host: str = "127.0.0.1",
+    port: int = 0,
+    advertise_host: str | None = None,
+    spin: float = 0.0,
+    max_message_bytes: int = -1,
+    size: limits.JobSize | None = None,
+) -> JobTransport:
+    """A job process's transport of ``kind`` (:func:`dynaps.config.transport_kind`): plain
+    TCP (:mod:`dynaps.wire.tcp_transport`), or ZeroMQ (this module's, for comparison)."""
+    if kind == "zmq":
+        return ZmqTransport(
+            endpoint,
+            key,
+            bind_host,
+            port,
+            advertise_host,
+            spin=spin,
+            max_message_bytes=max_message_bytes,
+            size=size,
+        )
+    return TcpTransport(
+        endpoint,
+        key,
+        bind_host,
+        port,
+        advertise_host,
+        spin=spin,
+        max_message_bytes=max_message_bytes,
+        size=size,
+    )

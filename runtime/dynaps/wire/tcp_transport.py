@@ -1,0 +1,618 @@
+"""The job's transport over plain TCP: each message written by the thread that sends it and
+read by the thread that receives it.
+
+ZeroMQ, which this replaces, hands every message to an I/O thread on the way out and from
+another on the way in: on a virtual machine whose idle cores halt, those two wake-ups per
+hop cost more than the rest of a round trip (bench/README.md, "A transport without I/O
+threads": a 64-byte round trip of 120 us through pyzmq against 25 us over a plain socket).
+
+* Framing: a message is ``u32`` frame count, ``u64`` length per frame, then the frames.  A
+  frame larger than ``max_message_bytes`` or more than :data:`MAX_FRAMES` frames closes the
+  connection before anything of the message is kept.
+* Admission: a connection starts with the job's password (:func:`dynaps.wire.handshake.password`,
+  derived from the wire key, as ZeroMQ's PLAIN mechanism carried it); the acceptor reads
+  nothing else before it, answers one byte, and closes a connection that presents another
+  password or none within :data:`HANDSHAKE_SECONDS`.  At most :data:`MAX_UNADMITTED`
+  connections wait for their password at once (the oldest is cut).
+* Every message carries the MAC of :mod:`dynaps.wire.auth`: one that fails is dropped,
+  counted and given to ``on_rejected``, never returned.
+* Sends never block for long: what the kernel does not take at once waits in the
+  connection's queue and goes out from the next call that polls (every ``recv``), after
+  up to :data:`FLUSH_SECONDS` of trying within ``send`` itself (while reading what arrives,
+  so two nodes sending each other large messages cannot wait on each other).
+* A connection that drops is dialled again every :data:`RECONNECT_SECONDS` while messages
+  wait for it; what was half written is lost, as with ZeroMQ, and the protocol's retries
+  recover it.  :meth:`watch` reports drops and reconnections of chosen peers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dynaps.errors import ConfigError, ProtocolError
+from dynaps.throttled_log import ThrottledLog
+from dynaps.wire import handshake, limits
+from dynaps.wire.auth import Authenticator
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"DYNAPS-TCP-1\0\0\0\0"
+ADMITTED = b"\x01"
+MAX_FRAMES = 64  # a job's messages have a header, a body, a few arrays and the trailer
+HANDSHAKE_SECONDS = 10.0
+MAX_UNADMITTED = 256
+RECONNECT_SECONDS = 0.1
+FLUSH_SECONDS = 0.02
+MAX_DEFERRED = 100_000  # messages held for an endpoint whose address is not known yet
+READ_BYTES = 1 << 18  # per recv call; a readable connection is read up to READS_PER_TURN times
+READS_PER_TURN = 8
+MAX_REJECTED_PER_CALL = 256  # forged messages one receive looks at before it returns
+YIELDED_SECONDS = 10e-6  # a spin turn longer than this: sched_yield ran another task
+_COUNT = struct.Struct("<I")
+_HEADS = [struct.Struct(f"<I{n}Q") for n in range(MAX_FRAMES + 1)]
+_WAKE = object()  # the selector's tag of the descriptor given to wake_on
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _flat(frame: Any) -> Any:
+    """A frame as bytes sendmsg counts in bytes (an array's view, cast flat; an empty one)."""
+    view = memoryview(frame)
+    return view.cast("B") if view.nbytes else b""
+
+
+def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
+    with contextlib.suppress(KeyError, ValueError):  # not registered (a failed dial)
+        selector.unregister(sock)
+
+
+class _Incoming:
+    """A connection into our listening socket."""
+
+    __slots__ = ("admitted", "buf", "since", "sock")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.admitted = False
+        self.since = now
+
+
+class _Outgoing:
+    """Our connection to one peer, and what waits to go to it."""
+
+    __slots__ = (
+        "admitted",
+        "connected",
+        "dialed_at",
+        "endpoint",
+        "partial",
+        "pending",
+        "retry_at",
+        "sock",
+        "unconfirmed",
+        "writing",
+    )
+
+    def __init__(self, endpoint: int) -> None:
+        self.endpoint = endpoint
+        self.sock: socket.socket | None = None
+        self.pending: collections.deque[memoryview] = collections.deque()  # whole messages
+        self.partial = False  # the first pending message is partly written
+        self.connected = False
+        self.admitted = False  # the peer accepted our password
+        self.writing = False  # registered for writability
+        self.retry_at: float | None = None  # dial again then (None: not waiting to)
+        self.unconfirmed = 0  # messages written before the peer accepted our password
+        self.dialed_at = 0.0
+
+
+class TcpTransport:
+    """A listening socket and one outgoing connection per peer."""
+
+    def __init__(
+        self,
+        endpoint: int,
+        key: bytes,
+        bind_host: str = "127.0.0.1",
+        port: int = 0,
+        advertise_host: str | None = None,
+        spin: float = 0.0,
+        max_message_bytes: int = -1,
+        size: limits.JobSize | None = None,
+    ) -> None:
+        """``key``: the job's wire key (:func:`dynaps.contract.secret.wire_key`); ``spin``:
+        seconds ``recv(spin=True)`` polls before it blocks (0: never); ``max_message_bytes``:
+        the largest frame accepted (-1: any); ``size``: the job's, to raise the open-file
+        limit for its connections (:func:`dynaps.wire.limits.job_size`)."""
+        if size is not None:
+            limits.raise_file_limit(size)
+        self.endpoint = endpoint
+        self.auth = Authenticator(key)
+        self._key = key
+        self._hello = MAGIC + handshake.password(key).encode()
+        self.rejected = 0
+        self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
+        self.unsent = 0  # messages dropped because their peer refused our password
+        self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
+        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped an incoming message")
+        self._max_frame = max_message_bytes if max_message_bytes > 0 else 1 << 62
+        self._selector = selectors.DefaultSelector()
+        listener = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((bind_host, port))
+            listener.listen(1024)
+        except OSError as exc:
+            listener.close()
+            self._selector.close()
+            raise ConfigError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self.port = int(listener.getsockname()[1])
+        self.address = f"tcp://{advertise_host or bind_host}:{self.port}"
+        self._addresses: dict[int, str] = {}
+        self._peers: dict[int, _Outgoing] = {}
+        self._unadmitted: dict[_Incoming, None] = {}  # in arrival order
+        self._watched: set[int] = set()
+        self._events: list[tuple[int, bool]] = []
+        self._inbox: collections.deque[list[bytes]] = collections.deque()
+        self._retrying: set[_Outgoing] = set()
+        self.spin = spin
+        self._woken: Callable[[], bool] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ peers
+
+    def connect(self, endpoint: int, address: str) -> None:
+        """Learn where ``endpoint`` listens; the connection opens on the first send to it (or
+        :meth:`watch`): a process learns every member's address but talks to few of them."""
+        if self._addresses.get(endpoint) == address:
+            return
+        held = (
+            self._peers[endpoint] if endpoint in self._peers and self._peers[endpoint].sock is None else None
+        )
+        self.forget(endpoint)
+        self._addresses[endpoint] = address
+        if held is not None and held.pending:  # sent before the address was known
+            peer = self._open(endpoint)
+            peer.pending.extend(held.pending)
+
+    def knows(self, endpoint: int) -> bool:
+        return endpoint in self._addresses
+
+    @property
+    def open_connections(self) -> int:
+        """Connections opened to peers (those sent to or watched; the others are only known)."""
+        return sum(1 for peer in self._peers.values() if peer.sock is not None)
+
+    def _open(self, endpoint: int) -> _Outgoing:
+        peer = self._peers.get(endpoint)
+        if peer is None:
+            peer = self._peers[endpoint] = _Outgoing(endpoint)
+        if peer.sock is None and peer.retry_at is None and endpoint in self._addresses:
+            self._dial(peer)
+        return peer
+
+    def _dial(self, peer: _Outgoing) -> None:
+        host, port = _host_port(self._addresses[peer.endpoint])
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise self._out_of_room(exc) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        peer.sock, peer.connected, peer.admitted, peer.unconfirmed = sock, False, False, 0
+        peer.retry_at = None
+        peer.dialed_at = time.monotonic()
+        self._retrying.discard(peer)
+        peer.pending.appendleft(memoryview(self._hello))
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            self._lost(peer)
+            return
+        peer.writing = True
+        self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
+
+    def _out_of_room(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return ConfigError(
+                f"cannot open a connection to another endpoint ({exc}; {self.open_connections} open): "
+                "the job grew past this process's open-file limit (dynaps sizes it from the job's "
+                "scale ranges at start: set maxReplicas, or raise the hard RLIMIT_NOFILE)"
+            )
+        return exc
+
+    def _close_peer_socket(self, peer: _Outgoing) -> None:
+        sock, peer.sock = peer.sock, None
+        if sock is not None:
+            _unregister(self._selector, sock)
+            sock.close()
+        was_connected, peer.connected, peer.writing = peer.connected, False, False
+        if was_connected and peer.endpoint in self._watched:
+            self._events.append((peer.endpoint, False))
+        if peer.partial:  # its beginning went out on the connection that dropped
+            peer.pending.popleft()
+            peer.partial = False
+        if peer.pending and peer.pending[0].obj is self._hello:
+            peer.pending.popleft()
+
+    def _lost(self, peer: _Outgoing) -> None:
+        """The connection dropped or could not open: dial again soon if anything waits or the
+        peer is watched."""
+        refused = peer.connected and not peer.admitted
+        self._close_peer_socket(peer)
+        if refused:
+            self._refused(peer)
+            return
+        if peer.pending or peer.endpoint in self._watched:
+            peer.retry_at = time.monotonic() + RECONNECT_SECONDS
+            self._retrying.add(peer)
+
+    def _refused(self, peer: _Outgoing) -> None:
+        """The peer closed the connection before accepting our password: another job's
+        process took the address.  What was sent or waits is dropped and counted; the next
+        send dials again."""
+        dropped = peer.unconfirmed + len(peer.pending)
+        peer.pending.clear()
+        peer.unconfirmed = 0
+        self.unsent += dropped
+        self._unsent_log(
+            f"endpoint {peer.endpoint} at {self._addresses.get(peer.endpoint)} refused this job's password"
+        )
+        if peer.endpoint in self._watched:
+            peer.retry_at = time.monotonic() + RECONNECT_SECONDS
+            self._retrying.add(peer)
+
+    def forget(self, endpoint: int, linger: float = 0.0) -> None:
+        """Close the connection to ``endpoint`` (after up to ``linger`` seconds of sending
+        what waits) and forget its address."""
+        peer = self._peers.get(endpoint)
+        if peer is not None and linger > 0 and peer.sock is not None:
+            deadline = time.monotonic() + linger
+            while peer.pending and peer.sock is not None and time.monotonic() < deadline:
+                self._pump(min(0.01, max(0.0, deadline - time.monotonic())))
+        self._peers.pop(endpoint, None)
+        self._addresses.pop(endpoint, None)
+        self._watched.discard(endpoint)
+        if peer is not None:
+            self._retrying.discard(peer)
+            self._close_peer_socket(peer)
+
+    def watch(self, endpoint: int) -> None:
+        """Report (through :meth:`connection_events`) when the connection to ``endpoint``
+        drops or opens: a process that dies closes its connections at once, which reveals a
+        crash in milliseconds instead of several missed heartbeats."""
+        if endpoint in self._addresses and endpoint not in self._watched:
+            self._watched.add(endpoint)
+            self._open(endpoint)
+
+    def disconnected(self) -> list[int]:
+        """Watched endpoints whose connection dropped since the last call."""
+        return [endpoint for endpoint, up in self.connection_events() if not up]
+
+    def connection_events(self) -> list[tuple[int, bool]]:
+        """(endpoint, False) when a watched connection dropped, (endpoint, True) when it
+        opened, in order, since the last call."""
+        self._pump(0.0)
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, endpoint: int, frames: Sequence[Any]) -> None:
+        peer = self._peers.get(endpoint)
+        if peer is None or (peer.sock is None and peer.retry_at is None):
+            peer = self._open(endpoint)
+        if peer.sock is None and endpoint not in self._addresses and len(peer.pending) >= MAX_DEFERRED:
+            log.error("dropping message for endpoint %d: address unknown", endpoint)
+            return
+        signed = self.auth.sign(self.endpoint, endpoint, frames)  # signed now: sequence numbers in order
+        if len(signed) > MAX_FRAMES:
+            raise ProtocolError(f"a message of {len(signed)} frames (at most {MAX_FRAMES})")
+        views = [f if type(f) is bytes else _flat(f) for f in signed]
+        head = _HEADS[len(views)].pack(len(views), *[len(v) for v in views])
+        if peer.connected and not peer.pending:
+            assert peer.sock is not None
+            try:
+                sent = peer.sock.sendmsg([head, *views])
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # the connection dropped: the message goes on the next one
+                peer.pending.append(memoryview(b"".join([head, *views])))
+                self._lost(peer)
+                return
+            if not peer.admitted:
+                peer.unconfirmed += 1
+            whole = len(head) + sum(len(v) for v in views)
+            if sent == whole:
+                return
+            # copied: the caller may change its arrays once send returns
+            peer.pending.append(memoryview(b"".join([head, *views]))[sent:])
+            peer.partial = sent > 0
+            self._want_write(peer)
+            self._flush_soon(peer)
+            return
+        peer.pending.append(memoryview(b"".join([head, *views])))
+        if peer.connected:
+            self._want_write(peer)
+        if peer.sock is not None and (peer.connected or time.monotonic() - peer.dialed_at < FLUSH_SECONDS):
+            self._flush_soon(peer)  # a connection being opened (to a peer that is up, at once)
+
+    def _flush_soon(self, peer: _Outgoing) -> None:
+        """Keep writing for up to FLUSH_SECONDS (reading meanwhile), so a large message does
+        not wait for the sender's next receive (a training process may compute for long)."""
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while peer.pending and peer.sock is not None and time.monotonic() < deadline:
+            self._pump(0.002)
+
+    def _want_write(self, peer: _Outgoing) -> None:
+        if not peer.writing and peer.sock is not None:
+            peer.writing = True
+            self._selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
+
+    def _flush(self, peer: _Outgoing) -> None:
+        sock = peer.sock
+        assert sock is not None
+        pending = peer.pending
+        while pending:
+            try:
+                sent = sock.sendmsg(list(pending) if len(pending) <= 64 else [pending[i] for i in range(64)])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._lost(peer)
+                return
+            while sent:
+                first = pending[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    pending.popleft()
+                    peer.partial = False
+                    if not peer.admitted and first.obj is not self._hello:
+                        peer.unconfirmed += 1
+                else:
+                    pending[0] = first[sent:]
+                    peer.partial = True
+                    sent = 0
+        peer.writing = False
+        self._selector.modify(sock, selectors.EVENT_READ, peer)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _pump(self, timeout: float | None) -> None:
+        """Handle what is ready, waiting up to ``timeout`` seconds (None: until something is)."""
+        if self._retrying:
+            now = time.monotonic()
+            for peer in [p for p in self._retrying if p.retry_at is not None and p.retry_at <= now]:
+                self._retrying.discard(peer)
+                peer.retry_at = None
+                if self._peers.get(peer.endpoint) is peer and peer.endpoint in self._addresses:
+                    self._dial(peer)
+            if self._retrying:
+                soonest = min(p.retry_at or now for p in self._retrying) - now
+                timeout = max(0.0, soonest) if timeout is None else min(timeout, max(0.0, soonest))
+        if self._unadmitted:
+            oldest = next(iter(self._unadmitted))
+            late = oldest.since + HANDSHAKE_SECONDS - time.monotonic()
+            if late <= 0:
+                self._close_incoming(oldest)
+            elif timeout is None or timeout > late:
+                timeout = late
+        for key, mask in self._selector.select(timeout):
+            tag = key.data
+            if tag is None:
+                self._accept()
+            elif tag is _WAKE:
+                continue
+            elif type(tag) is _Incoming:
+                self._read(tag)
+            else:
+                self._outgoing(tag, mask)
+
+    def _accept(self) -> None:
+        now = time.monotonic()
+        for _ in range(64):
+            try:
+                sock, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the connection waits in the backlog
+                log.warning("cannot accept a connection: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Incoming(sock, now)
+            if len(self._unadmitted) >= MAX_UNADMITTED:
+                self._close_incoming(next(iter(self._unadmitted)))
+            self._unadmitted[conn] = None
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _close_incoming(self, conn: _Incoming) -> None:
+        self._unadmitted.pop(conn, None)
+        _unregister(self._selector, conn.sock)
+        conn.sock.close()
+        conn.buf = bytearray()
+
+    def _read(self, conn: _Incoming) -> None:
+        for _ in range(READS_PER_TURN):
+            # before the password, read no more than it: nothing of an outsider's is kept
+            want = READ_BYTES if conn.admitted else len(self._hello) - len(conn.buf)
+            try:
+                data = conn.sock.recv(want)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close_incoming(conn)
+                return
+            if not data:
+                self._close_incoming(conn)
+                return
+            if conn.buf:
+                conn.buf += data
+            else:
+                conn.buf = bytearray(data)
+            if not conn.admitted:
+                if len(conn.buf) < len(self._hello):
+                    continue
+                if bytes(conn.buf) != self._hello:
+                    self._close_incoming(conn)
+                    return
+                conn.admitted = True
+                conn.buf = bytearray()
+                self._unadmitted.pop(conn, None)
+                try:
+                    conn.sock.send(ADMITTED)
+                except OSError:
+                    self._close_incoming(conn)
+                    return
+                continue
+            if not self._split(conn):
+                return
+            if len(data) < want:
+                return
+
+    def _split(self, conn: _Incoming) -> bool:
+        """Move the whole messages at the start of ``conn``'s buffer to the inbox; False if
+        the connection broke the framing (it is closed)."""
+        buf = conn.buf
+        off, end = 0, len(buf)
+        while end - off >= 4:
+            (count,) = _COUNT.unpack_from(buf, off)
+            if not 0 < count <= MAX_FRAMES:
+                self._close_incoming(conn)
+                return False
+            head = _HEADS[count]
+            if end - off < head.size:
+                break
+            sizes = head.unpack_from(buf, off)[1:]
+            if max(sizes) > self._max_frame:
+                self._close_incoming(conn)
+                return False
+            whole = head.size + sum(sizes)
+            if end - off < whole:
+                break
+            pos = off + head.size
+            with memoryview(buf) as view:
+                frames = []
+                for size in sizes:
+                    frames.append(bytes(view[pos : pos + size]))
+                    pos += size
+            self._inbox.append(frames)
+            off += whole
+        if off:
+            del buf[:off]
+        return True
+
+    def _outgoing(self, peer: _Outgoing, mask: int) -> None:
+        sock = peer.sock
+        if sock is None:
+            return
+        if not peer.connected and mask & (selectors.EVENT_WRITE | selectors.EVENT_READ):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._lost(peer)
+                return
+            peer.connected = True
+            if peer.endpoint in self._watched:
+                self._events.append((peer.endpoint, True))
+        if mask & selectors.EVENT_READ:
+            try:
+                data = sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self._lost(peer)
+                return
+            if data:
+                peer.admitted, peer.unconfirmed = True, 0
+        if mask & selectors.EVENT_WRITE:
+            self._flush(peer)
+
+    def _checked(self, frames: list[Any]) -> list[Any] | None:
+        try:
+            return self.auth.verify(self.endpoint, frames)
+        except ProtocolError as exc:
+            self.rejected += 1
+            self.last_rejected = str(exc)
+            self.on_rejected(exc)
+            return None
+
+    def _next(self) -> list[Any] | None:
+        # Bounded: a flood of forged frames must not keep the caller (the coordinator's turn:
+        # HTTP actions, ticks, signals) from going on with its other duties.
+        inbox = self._inbox
+        for _ in range(min(len(inbox), MAX_REJECTED_PER_CALL)):
+            checked = self._checked(inbox.popleft())
+            if checked is not None:
+                return checked
+        return None
+
+    def wake_on(self, fd: int, woken: Callable[[], bool]) -> None:
+        """Make :meth:`recv` return None early once ``fd`` is readable or ``woken()`` is true
+        (a training process's localize notices from its node, :mod:`dynaps.store.notices`);
+        the caller then looks at what woke it."""
+        self._woken = woken
+        self._selector.register(fd, selectors.EVENT_READ, _WAKE)
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        """The next authentic message, or None after ``timeout`` seconds (or once woken).
+        ``spin``: an answer is expected soon; poll briefly before blocking."""
+        got = self._next()
+        if got is not None:
+            return got
+        woken = self._woken
+        if spin and self.spin and timeout != 0.0:
+            now = time.perf_counter()
+            until = now + self.spin
+            while True:
+                self._pump(0.0)
+                got = self._next()
+                if got is not None or (woken is not None and woken()):
+                    return got
+                os.sched_yield()
+                last, now = now, time.perf_counter()
+                if now >= until or now - last > YIELDED_SECONDS:
+                    break
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if woken is not None and woken():
+                return None
+            self._pump(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            got = self._next()
+            if got is not None:
+                return got
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def recv_nowait(self) -> list[Any] | None:
+        if not self._inbox:
+            self._pump(0.0)
+        return self._next()
+
+    def close(self, linger: float = 0.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for endpoint in list(self._peers):
+            self.forget(endpoint, linger)
+        for key in list(self._selector.get_map().values()):
+            if type(key.data) is _Incoming:
+                key.data.sock.close()
+        self._listener.close()
+        self._selector.close()
