@@ -1,5 +1,7 @@
-"""Admitting a connection before it delivers anything: ZeroMQ's PLAIN handshake, checked
-by a ZAP handler, with a password derived from the job's wire key.
+"""Admitting a connection before it delivers anything, with a password derived from the
+job's wire key (:func:`password`): the TCP transport (:mod:`dynaps.wire.tcp_transport`, the
+default) reads it first on every connection; for the ZeroMQ transport it is the password of
+ZeroMQ's PLAIN handshake, checked by a ZAP handler (the rest of this module).
 
 The MAC of :mod:`dynaps.wire.auth` is checked on a whole message, after libzmq has
 received it; libzmq holds the frames of a message that has not ended, and partial frames
