@@ -47,7 +47,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dynaps.config import TRANSPORT_ENV
 from dynaps.contract import FaultTolerance, NamedTable, RebalancePolicy, RuntimeConfig, secret
 from scale_plot import plot
 from scale_probes import KEYS_PER_SHARD, heartbeat_cost, node_side, tick_and_status_cost
@@ -242,9 +241,6 @@ class Run:
         env[secret.HEX_ENV] = secret.encode(self.secret)
         env.setdefault("DYNAPS_LOG_LEVEL", "WARNING")
         env[HELD_SHARDS_ENV] = str(self.args.held_shards)
-        # the simulated nodes (scale_sim.py) poll hundreds of ZeroMQ inboxes in one process,
-        # so the coordinator measured here speaks ZeroMQ too, as it did before the TCP transport
-        env[TRANSPORT_ENV] = "zmq"
         return env
 
     # -------------------------------------------------------------- plumbing

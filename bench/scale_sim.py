@@ -2,8 +2,9 @@
 
 A helper process runs hundreds of simulated nodes (servers, workers and each worker's training
 process, the *client*). Each has what a real one puts on the wire: its own
-:class:`~dynaps.wire.transport.ZmqTransport` (a PULL inbox on 127.0.0.1, PUSH sockets, the job's
-MAC on every message), and the real control messages of :mod:`dynaps.wire.messages`:
+:mod:`dynaps.wire.tcp_transport` (a listening socket on 127.0.0.1, a connection per peer, the
+job's MAC on every message; ZeroMQ's PULL inbox and PUSH sockets with
+``DYNAPS_TRANSPORT=zmq``), and the real control messages of :mod:`dynaps.wire.messages`:
 
 * REGISTER (with the config digest), WELCOME, MEMBERSHIP (prepare) -> READY, then the client's
   REGISTER, as :class:`dynaps.node.process.NodeProcess` and ``dynaps.client.membership`` do;
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from dynaps.config import job_secret
+from dynaps.config import job_secret, transport_kind
 from dynaps.contract import RuntimeConfig, secret
 from dynaps.errors import ProtocolError
 from dynaps.store.shardmap import shard_of
@@ -56,7 +57,8 @@ from dynaps.store.table_store import NOT_MOVING, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.wire import codec, control, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, FINAL, HEADER, MsgType, TableLayout, client_of
-from dynaps.wire.transport import ZmqTransport, message_bound
+from dynaps.wire.tcp_transport import TcpTransport
+from dynaps.wire.transport import JobTransport, ZmqTransport, message_bound
 
 POLL_MS = 10  # the loop's longest sleep: heartbeats leave in batches at most this late
 DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot starve the rest
@@ -104,7 +106,7 @@ class Endpoint:
 
     name: str
     role: str  # "server", "worker" or "client"
-    transport: ZmqTransport
+    transport: JobTransport
     rank: int | None = None
     node: int = 0  # the node id from WELCOME (a client: its node's)
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -156,8 +158,13 @@ class Helper:
         self.dtype = np.dtype(table.dtype)
         self.heartbeat_seconds = config.fault_tolerance.heartbeat_interval_ms / 1000
         self.held_shards = min(int(os.environ.get(HELD_SHARDS_ENV, "0")), policy.num_shards)
+        self.kind = transport_kind()
+        if self.kind == "tcp":  # a listening socket, an epoll and connections per endpoint
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.endpoints: list[Endpoint] = []
-        self.by_socket: dict[zmq.Socket[Any], Endpoint] = {}
+        self.by_socket: dict[Any, Endpoint] = {}  # by what the poller returns: a zmq inbox or a descriptor
+        self.unread: list[Any] = []  # TCP transports with messages parsed and not handled yet
         self.poller = zmq.Poller()
         self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
         self.summaries: collections.OrderedDict[bytes, tuple[int | None, Summary]] = collections.OrderedDict()
@@ -170,15 +177,19 @@ class Helper:
     # ------------------------------------------------------------------ endpoints
 
     def _endpoint(self, name: str, role: str, rank: int | None) -> Endpoint:
-        transport = ZmqTransport(
-            -1, self.key, "127.0.0.1", context=self.context, max_message_bytes=self.max_bytes
-        )
+        transport: JobTransport
+        if self.kind == "zmq":
+            transport = ZmqTransport(
+                -1, self.key, "127.0.0.1", context=self.context, max_message_bytes=self.max_bytes
+            )
+        else:
+            transport = TcpTransport(-1, self.key, "127.0.0.1", max_message_bytes=self.max_bytes)
         transport.connect(COORDINATOR, f"tcp://{self.config.coordinator}")
         transport.on_rejected = lambda exc: self.errors.append(f"{name}: rejected a message: {exc}")
         ep = Endpoint(name, role, transport, rank)
         self.endpoints.append(ep)
-        self.by_socket[transport.inbox] = ep
-        self.poller.register(transport.inbox, zmq.POLLIN)
+        self.by_socket[_waitable(transport)] = ep
+        self.poller.register(_waitable(transport), zmq.POLLIN)
         return ep
 
     def add(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -224,8 +235,8 @@ class Helper:
         if ep.state in ("dead", "stopped", "fenced", "closed"):
             return
         ep.state = state
-        self.poller.unregister(ep.transport.inbox)
-        del self.by_socket[ep.transport.inbox]
+        self.poller.unregister(_waitable(ep.transport))
+        del self.by_socket[_waitable(ep.transport)]
         ep.transport.close(linger=0.0)
 
     # ------------------------------------------------------------------ receiving
@@ -573,7 +584,12 @@ class Helper:
             wait = POLL_MS
             if self.heartbeats:
                 wait = max(0, min(POLL_MS, int((self.heartbeats[0][0] - now) * 1000)))
-            for sock, _event in self.poller.poll(wait):
+            if self.unread:
+                wait = 0
+            ready = [sock for sock, _event in self.poller.poll(wait)]
+            ready += [w for w in self.unread if w not in ready]
+            self.unread = []
+            for sock in ready:
                 if sock == stdin:
                     self._read_commands()
                     continue
@@ -585,8 +601,15 @@ class Helper:
                     if frames is None:
                         break
                     self._receive(ep, frames, time.monotonic())
-                    if ep.transport.inbox not in self.by_socket:
+                    if sock not in self.by_socket:
                         break  # closed while handling (fenced, shut down)
+                # a TCP transport's parsed messages do not make its descriptor readable
+                if (
+                    sock in self.by_socket
+                    and isinstance(ep.transport, TcpTransport)
+                    and ep.transport.has_received
+                ):
+                    self.unread.append(sock)
             self._chores(time.monotonic())
 
     def close(self) -> None:
@@ -594,6 +617,11 @@ class Helper:
             if ep.state not in ("dead", "closed", "stopped", "fenced"):
                 ep.transport.close(linger=0.0)
         self.context.term()
+
+
+def _waitable(transport: JobTransport) -> Any:
+    """What the helper's poller waits on for ``transport``: its zmq inbox, or its epoll."""
+    return transport.inbox if isinstance(transport, ZmqTransport) else transport.fileno()
 
 
 def helper_main() -> int:

@@ -563,6 +563,17 @@ class TcpTransport:
                 return checked
         return None
 
+    def fileno(self) -> int:
+        """A descriptor that is readable while anything of this transport is ready (its
+        epoll), for a loop that waits on many transports at once (bench/scale_sim.py); such a
+        loop calls :meth:`recv_nowait` when it is, and again while :attr:`has_received`."""
+        return self._selector.fileno()
+
+    @property
+    def has_received(self) -> bool:
+        """Messages arrived and not returned yet (a reader that stopped early looks here)."""
+        return bool(self._inbox)
+
     def wake_on(self, fd: int, woken: Callable[[], bool]) -> None:
         """Make :meth:`recv` return None early once ``fd`` is readable or ``woken()`` is true
         (a training process's localize notices from its node, :mod:`dynaps.store.notices`);
