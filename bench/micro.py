@@ -129,41 +129,81 @@ def zmq_limits(seconds: float, spin: float = 0.0) -> dict[str, float]:
     return result
 
 
-def _tcp_echo_server(port: int) -> None:
+class _Framed:
+    """Length-prefixed messages over one connection, read with as few calls as the kernel
+    allows (a message that arrived whole takes one ``recv``); ``spin``: poll this long
+    (yielding the CPU) before a blocking read, as dynaps' transport does."""
+
+    def __init__(self, conn: Any, spin: float = 0.0) -> None:
+        self.conn = conn
+        self.spin = spin
+        self.buf = bytearray()
+
+    def send(self, payload: bytes) -> None:
+        self.conn.sendall(len(payload).to_bytes(4, "little") + payload)
+
+    def _fill(self) -> None:
+        if self.spin:
+            self.conn.setblocking(False)
+            until = time.perf_counter() + self.spin
+            try:
+                while True:
+                    try:
+                        chunk = self.conn.recv(1 << 20)
+                        break
+                    except BlockingIOError:
+                        if time.perf_counter() >= until:
+                            chunk = None
+                            break
+                        os.sched_yield()
+            finally:
+                self.conn.setblocking(True)
+            if chunk is not None:
+                if not chunk:
+                    raise EOFError
+                self.buf += chunk
+                return
+        chunk = self.conn.recv(1 << 20)
+        if not chunk:
+            raise EOFError
+        self.buf += chunk
+
+    def recv(self) -> bytes:
+        while len(self.buf) < 4:
+            self._fill()
+        size = int.from_bytes(self.buf[:4], "little")
+        while len(self.buf) < 4 + size:
+            self._fill()
+        payload = bytes(self.buf[4 : 4 + size])
+        del self.buf[: 4 + size]
+        return payload
+
+
+def _tcp_echo_server(port: int, spin: float) -> None:
     import socket
 
     listener = socket.create_server(("127.0.0.1", port))
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    framed = _Framed(conn, spin)
     reply = np.zeros((ECHO_ROWS, DIM), dtype=np.float32).tobytes()
     while True:
-        size = int.from_bytes(_read_exactly(conn, 4), "little")
-        payload = _read_exactly(conn, size)
+        payload = framed.recv()
         if payload == b"stop":
             break
-        answer = reply if size == ECHO_ROWS * 8 else payload
-        conn.sendall(len(answer).to_bytes(4, "little") + answer)
+        framed.send(reply if len(payload) == ECHO_ROWS * 8 else payload)
     conn.close()
     listener.close()
 
 
-def _read_exactly(conn: Any, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = conn.recv(size - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def tcp_limits(seconds: float) -> dict[str, float]:
-    """Length-prefixed round trips over a plain TCP connection, both ends blocking: the floor
-    of dynaps' own transport (dynaps.wire.tcp_transport), which has no I/O threads."""
+def tcp_limits(seconds: float, spin: float = 0.0) -> dict[str, float]:
+    """Length-prefixed round trips over a plain TCP connection (with ``spin``, both ends poll
+    before blocking): the floor of dynaps' own transport (dynaps.wire.tcp_transport), which
+    has no I/O threads."""
     import socket
 
     port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_tcp_echo_server, args=(port,))
+    server = multiprocessing.get_context("spawn").Process(target=_tcp_echo_server, args=(port, spin))
     server.start()
     deadline = time.monotonic() + 30
     while True:
@@ -174,24 +214,25 @@ def tcp_limits(seconds: float) -> dict[str, float]:
             assert time.monotonic() < deadline, "the echo server did not start"
             time.sleep(0.05)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    framed = _Framed(conn, spin)
     small = b"x" * 48
     keys = np.arange(ECHO_ROWS, dtype=np.int64).tobytes()
 
     def round_trip(payload: bytes) -> Callable[[], object]:
         def once() -> object:
-            conn.sendall(len(payload).to_bytes(4, "little") + payload)
-            size = int.from_bytes(_read_exactly(conn, 4), "little")
-            return _read_exactly(conn, size)
+            framed.send(payload)
+            return framed.recv()
 
         return once
 
+    suffix = "_spin_s" if spin else "_s"
     try:
         return {
-            "tcp_round_trip_s": timeit(round_trip(small), seconds),
-            "tcp_echo_100_keys_s": timeit(round_trip(keys), seconds),
+            f"tcp_round_trip{suffix}": timeit(round_trip(small), seconds),
+            f"tcp_echo_100_keys{suffix}": timeit(round_trip(keys), seconds),
         }
     finally:
-        conn.sendall((4).to_bytes(4, "little") + b"stop")
+        framed.send(b"stop")
         server.join(10)
         conn.close()
 
@@ -392,6 +433,13 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, float]], float], str, Callable
         lambda r: True,
     ),
     (
+        "remote pull 1 key vs a spinning TCP round trip (info)",
+        "latency ratio",
+        lambda f: f["remote_pull_1_s"] / f["tcp_round_trip_spin_s"],
+        "(no target)",
+        lambda r: True,
+    ),
+    (
         "remote pull 100 keys",
         "keys/s",
         lambda f: 100 / f["remote_pull_100_s"],
@@ -446,6 +494,7 @@ def main() -> int:
     figures.update(zmq_limits(seconds, spin=spin_seconds() or 100e-6))
     print("measuring plain TCP limits ...", file=sys.stderr)
     figures.update(tcp_limits(seconds))
+    figures.update(tcp_limits(seconds, spin=spin_seconds() or 100e-6))
     print("measuring dynaps ...", file=sys.stderr)
     figures.update(dynaps_figures(seconds))
 
