@@ -439,3 +439,18 @@ def test_a_tcp_message_out_of_bounds_closes_its_connection(count: int, size: int
     finally:
         a.close()
         b.close()
+
+
+def test_a_tcp_peer_named_by_a_name_that_does_not_resolve_yet_is_dialled_again() -> None:
+    """A headless Service's name resolves only while a pod is behind it (a replaced
+    coordinator): a send to it must not raise; what waits goes once the address works."""
+    a, b = TcpTransport(1, KEY), TcpTransport(2, KEY)
+    try:
+        a.connect(2, "tcp://no-such-peer.invalid:7100")
+        a.send(2, [b"waits"])
+        assert a.recv(timeout=0.3) is None  # dials again every RECONNECT_SECONDS, no exception
+        a.connect(2, b.address)  # the name resolves now (here: the address itself)
+        assert receive(b) == [b"waits"]
+    finally:
+        a.close()
+        b.close()

@@ -191,6 +191,7 @@ class TcpTransport:
         if held is not None and held.pending:  # sent before the address was known
             peer = self._open(endpoint)
             peer.pending.extend(held.pending)
+            self._flush_soon(peer)
 
     def knows(self, endpoint: int) -> bool:
         return endpoint in self._addresses
@@ -210,18 +211,28 @@ class TcpTransport:
 
     def _dial(self, peer: _Outgoing) -> None:
         host, port = _host_port(self._addresses[peer.endpoint])
+        peer.retry_at = None
+        peer.dialed_at = time.monotonic()
+        self._retrying.discard(peer)
         try:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            # A name (a Kubernetes Service's) resolves on every dial: a replaced pod behind it
+            # has a new address, and while none is behind it the name does not resolve at all.
+            family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except OSError:  # not (yet) resolvable: dial again soon, as for a refused connection
+            self._lost(peer)
+            return
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
             raise self._out_of_room(exc) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         peer.sock, peer.connected, peer.admitted, peer.unconfirmed = sock, False, False, 0
-        peer.retry_at = None
-        peer.dialed_at = time.monotonic()
-        self._retrying.discard(peer)
         peer.pending.appendleft(memoryview(self._hello))
-        code = sock.connect_ex((host, port))
+        try:
+            code = sock.connect_ex(where)
+        except OSError:
+            code = -1
         if code not in (0, errno.EINPROGRESS):
             self._lost(peer)
             return
