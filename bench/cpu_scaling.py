@@ -83,7 +83,9 @@ QUICK = {
 # of their callers, split by what each caller spent in them.
 ACTIVITIES: list[tuple[str, str]] = [
     ("dynaps/wire/transport.py:spin_until_readable", "spin"),
-    ("dynaps/wire/transport.py", "transport (zmq send/recv)"),
+    ("dynaps/wire/tcp_transport.py:_spin", "spin"),
+    ("dynaps/wire/transport.py", "transport (send/recv)"),
+    ("dynaps/wire/tcp_transport.py", "transport (send/recv)"),
     ("dynaps/wire/auth.py", "auth (MAC sign/verify)"),
     ("dynaps/wire/", "codec (encode/decode, bodies)"),
     ("dynaps/node/relocation.py", "relocation"),

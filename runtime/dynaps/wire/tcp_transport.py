@@ -600,17 +600,9 @@ class TcpTransport:
             return got
         woken = self._woken
         if spin and self.spin and timeout != 0.0:
-            now = time.perf_counter()
-            until = now + self.spin
-            while True:
-                self._pump(0.0)
-                got = self._next()
-                if got is not None or (woken is not None and woken()):
-                    return got
-                os.sched_yield()
-                last, now = now, time.perf_counter()
-                if now >= until or now - last > YIELDED_SECONDS:
-                    break
+            got = self._spin()
+            if got is not None or (woken is not None and woken()):
+                return got
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if woken is not None and woken():
@@ -620,6 +612,23 @@ class TcpTransport:
             if got is not None:
                 return got
             if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _spin(self) -> list[Any] | None:
+        """Poll for up to ``spin`` seconds, yielding the CPU between polls: the first message,
+        or None once the time is up, once a yield let another task run (the CPU is wanted
+        elsewhere) or once woken."""
+        woken = self._woken
+        now = time.perf_counter()
+        until = now + self.spin
+        while True:
+            self._pump(0.0)
+            got = self._next()
+            if got is not None or (woken is not None and woken()):
+                return got
+            os.sched_yield()
+            last, now = now, time.perf_counter()
+            if now >= until or now - last > YIELDED_SECONDS:
                 return None
 
     def recv_nowait(self) -> list[Any] | None:
