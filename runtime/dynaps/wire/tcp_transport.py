@@ -42,7 +42,7 @@ from typing import Any
 from dynaps.errors import ConfigError, ProtocolError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import handshake, limits
-from dynaps.wire.auth import Authenticator
+from dynaps.wire.arrivals import CheckedArrivals
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class _Outgoing:
         self.dialed_at = 0.0
 
 
-class TcpTransport:
+class TcpTransport(CheckedArrivals):
     """A listening socket and one outgoing connection per peer."""
 
     def __init__(
@@ -140,15 +140,11 @@ class TcpTransport:
         limit for its connections (:func:`dynaps.wire.limits.job_size`)."""
         if size is not None:
             limits.raise_file_limit(size)
-        self.endpoint = endpoint
-        self.auth = Authenticator(key)
+        self._start_checking(endpoint, key, log)
         self._key = key
         self._hello = MAGIC + handshake.password(key).encode()
-        self.rejected = 0
-        self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
         self.unsent = 0  # messages dropped because their peer refused our password
         self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
-        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped an incoming message")
         self._max_frame = max_message_bytes if max_message_bytes > 0 else 1 << 62
         self._selector = selectors.DefaultSelector()
         listener = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
@@ -554,15 +550,6 @@ class TcpTransport:
                 peer.admitted, peer.unconfirmed = True, 0
         if mask & selectors.EVENT_WRITE:
             self._flush(peer)
-
-    def _checked(self, frames: list[Any]) -> list[Any] | None:
-        try:
-            return self.auth.verify(self.endpoint, frames)
-        except ProtocolError as exc:
-            self.rejected += 1
-            self.last_rejected = str(exc)
-            self.on_rejected(exc)
-            return None
 
     def _next(self) -> list[Any] | None:
         # Bounded: a flood of forged frames must not keep the caller (the coordinator's turn:

@@ -51,10 +51,11 @@ from typing import Any, Protocol
 
 import zmq
 
-from dynaps.errors import ConfigError, ProtocolError
+from dynaps.errors import ConfigError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import handshake, limits
-from dynaps.wire.auth import TRAILER_SIZE, Authenticator
+from dynaps.wire.arrivals import CheckedArrivals
+from dynaps.wire.auth import TRAILER_SIZE
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
 from dynaps.wire.tcp_transport import MAX_REJECTED_PER_CALL, TcpTransport
 
@@ -136,7 +137,7 @@ def message_bound(tables: Sequence[TableLayout]) -> int:
     return max(largest, MAX_BODY_BYTES, HEADER_SIZE + INLINE_MAX, TRAILER_SIZE) + 4096
 
 
-class ZmqTransport:
+class ZmqTransport(CheckedArrivals):
     """A PULL inbox bound on ``bind_host`` and one PUSH socket per peer."""
 
     def __init__(
@@ -155,15 +156,10 @@ class ZmqTransport:
         seconds ``recv(spin=True)`` polls before it blocks (0: never); ``max_message_bytes``:
         the largest message the inbox accepts (-1: any); ``size``: the job's, to make room
         for its connections in a context of our own (:func:`dynaps.wire.limits.job_size`)."""
-        self.endpoint = endpoint
-        self.auth = Authenticator(key)
+        self._start_checking(endpoint, key, log)
         self._key = key
-        self.rejected = 0
-        self.last_rejected = ""  # why the latest dropped message was dropped (for errors)
         self.unsent = 0  # messages dropped because their peer refused our handshake
         self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
-        # the node points this at its counter of malformed messages; throttled either way
-        self.on_rejected: Callable[[Exception], None] = ThrottledLog(log, "dropped an incoming message")
         self._owns_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else limits.context_for(size)
         # connections are admitted by the job's password before they deliver a message
@@ -349,15 +345,6 @@ class ZmqTransport:
         if watched:
             self.watch(endpoint)
 
-    def _checked(self, frames: list[Any]) -> list[Any] | None:
-        try:
-            return self.auth.verify(self.endpoint, frames)
-        except ProtocolError as exc:
-            self.rejected += 1
-            self.last_rejected = str(exc)
-            self.on_rejected(exc)
-            return None
-
     def wake_on(self, fd: int, woken: Callable[[], bool]) -> None:
         """Make :meth:`recv` return None early once ``fd`` is readable or ``woken()`` is true
         (a training process's localize notices from its node, :mod:`dynaps.store.notices`);
@@ -460,18 +447,8 @@ def open_transport(
 ) -> JobTransport:
     """A job process's transport of ``kind`` (:func:`dynaps.config.transport_kind`): plain
     TCP (:mod:`dynaps.wire.tcp_transport`), or ZeroMQ (this module's, for comparison)."""
-    if kind == "zmq":
-        return ZmqTransport(
-            endpoint,
-            key,
-            bind_host,
-            port,
-            advertise_host,
-            spin=spin,
-            max_message_bytes=max_message_bytes,
-            size=size,
-        )
-    return TcpTransport(
+    maker: type[ZmqTransport] | type[TcpTransport] = ZmqTransport if kind == "zmq" else TcpTransport
+    return maker(
         endpoint,
         key,
         bind_host,
