@@ -454,3 +454,20 @@ def test_a_tcp_peer_named_by_a_name_that_does_not_resolve_yet_is_dialled_again()
     finally:
         a.close()
         b.close()
+
+
+def test_a_zeromq_peer_of_a_tcp_transport_is_refused_with_a_hint(caplog: pytest.LogCaptureFixture) -> None:
+    """A job whose processes disagree on DYNAPS_TRANSPORT never connects: the TCP side says
+    why instead of leaving only a start-up timeout."""
+    caplog.set_level(logging.WARNING, logger="dynaps.wire.tcp_transport")
+    zmq_side, tcp_side = ZmqTransport(1, KEY), TcpTransport(2, KEY)
+    try:
+        zmq_side.connect(2, tcp_side.address)
+        zmq_side.send(2, [b"hello"])
+        deadline = time.monotonic() + 5.0
+        while "DYNAPS_TRANSPORT" not in caplog.text:
+            assert time.monotonic() < deadline, "no hint logged"
+            assert tcp_side.recv(timeout=0.05) is None
+    finally:
+        zmq_side.close()
+        tcp_side.close()

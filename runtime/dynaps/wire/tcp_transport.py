@@ -145,6 +145,7 @@ class TcpTransport(CheckedArrivals):
         self._hello = MAGIC + handshake.password(key).encode()
         self.unsent = 0  # messages dropped because their peer refused our password
         self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
+        self._zmq_peer_log = ThrottledLog(log, "refused a connection")
         self._max_frame = max_message_bytes if max_message_bytes > 0 else 1 << 62
         self._selector = selectors.DefaultSelector()
         listener = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
@@ -474,11 +475,14 @@ class TcpTransport(CheckedArrivals):
             else:
                 conn.buf = bytearray(data)
             if not conn.admitted:
-                if len(conn.buf) < len(self._hello):
-                    continue
-                if bytes(conn.buf) != self._hello:
+                if not self._hello.startswith(conn.buf):  # closed at the first wrong byte
+                    if len(conn.buf) >= 10 and conn.buf[0] == 0xFF and conn.buf[9] == 0x7F:
+                        # ZMTP's signature, which a ZeroMQ peer sends and then waits
+                        self._zmq_peer_log("a ZeroMQ peer (is DYNAPS_TRANSPORT the same in every process?)")
                     self._close_incoming(conn)
                     return
+                if len(conn.buf) < len(self._hello):
+                    continue
                 conn.admitted = True
                 conn.buf = bytearray()
                 self._unadmitted.pop(conn, None)
