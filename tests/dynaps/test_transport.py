@@ -471,3 +471,21 @@ def test_a_zeromq_peer_of_a_tcp_transport_is_refused_with_a_hint(caplog: pytest.
     finally:
         zmq_side.close()
         tcp_side.close()
+
+
+def test_closing_a_tcp_transport_lingers_once_for_all_its_peers() -> None:
+    """What waits for several peers that do not read is given ``linger`` seconds in all, not
+    per peer (a node's exit at the job's end waited 0.5 s for each)."""
+    stalled = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]  # accept, never read
+    a = TcpTransport(1, KEY)
+    try:
+        for n, server in enumerate(stalled, start=2):
+            a.connect(n, f"tcp://127.0.0.1:{server.getsockname()[1]}")
+            for _ in range(8):  # more than the kernel's buffers take
+                a.send(n, [b"head", np.zeros(1 << 20, np.uint8)])
+        started = time.monotonic()
+        a.close(linger=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        for server in stalled:
+            server.close()

@@ -146,8 +146,14 @@ def test_job_reaches_succeeded_with_status_and_events(
     # (JobRunning is not asserted: a job this short can end between two polls of its coordinator.)
     assert {"CreatedPods", "JobSucceeded"} <= set(reasons), reasons
     assert all(e["source"]["component"] == "dynaps-operator" for e in events_of(kube_api, ns, "mf"))
-    # cleanPodPolicy Running (the default) keeps the completed pods for their logs.
-    assert {p["status"]["phase"] for p in pods_of(kube_api, ns, "mf")} == {"Succeeded"}
+    # cleanPodPolicy Running (the default) keeps the completed pods for their logs. The job
+    # succeeds when its coordinator exits 0; the nodes end on its SHUTDOWN, so one may still
+    # be on its way out when the job's phase is read: each must end Succeeded, soon.
+    wait_for(
+        lambda: {p["status"]["phase"] for p in pods_of(kube_api, ns, "mf")} == {"Succeeded"},
+        30,
+        "every pod of the finished job to end Succeeded",
+    )
     table = kube_control_plane.kubectl("get", "psjob", "mf", "-n", ns).stdout.split("\n")
     assert table[0].split() == ["NAME", "PHASE", "SERVERS", "WORKERS", "EPOCH", "AGE"]
     assert table[1].split()[:2] == ["mf", "Succeeded"]

@@ -631,8 +631,17 @@ class TcpTransport(CheckedArrivals):
         if self._closed:
             return
         self._closed = True
+        # one deadline for all: what waits for open connections goes out meanwhile, in parallel
+        # (a peer that is gone is not dialled again: what waited for it is lost, as with ZeroMQ)
+        deadline = time.monotonic() + linger
+        while any(p.pending and p.sock is not None for p in self._peers.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._retrying.clear()
+            self._pump(min(0.01, left))
         for endpoint in list(self._peers):
-            self.forget(endpoint, linger)
+            self.forget(endpoint)
         for key in list(self._selector.get_map().values()):
             if type(key.data) is _Incoming:
                 key.data.sock.close()
