@@ -19,7 +19,7 @@ import zmq
 
 from dynaps.config import SPIN_ENV, TRANSPORTS, spin_seconds
 from dynaps.errors import ConfigError
-from dynaps.wire import handshake, tcp_transport
+from dynaps.wire import handshake, tcp_inbound
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.tcp_transport import TcpTransport
 from dynaps.wire.transport import JobTransport, ZmqTransport, open_transport
@@ -369,7 +369,7 @@ def _closed_by_peer(sock: socket.socket, seconds: float = 5.0) -> bool:
     "opening",
     [
         b"GET / HTTP/1.1\r\n\r\n" + bytes(60),  # not the job's password
-        tcp_transport.MAGIC + b"0" * 48,  # the form, another password
+        tcp_inbound.MAGIC + b"0" * 48,  # the form, another password
     ],
 )
 def test_a_tcp_connection_without_the_password_is_closed_and_delivers_nothing(opening: bytes) -> None:
@@ -389,11 +389,11 @@ def test_a_tcp_connection_without_the_password_is_closed_and_delivers_nothing(op
 
 
 def test_a_tcp_connection_that_never_presents_a_password_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp_transport, "HANDSHAKE_SECONDS", 0.2)
+    monkeypatch.setattr(tcp_inbound, "HANDSHAKE_SECONDS", 0.2)
     b = TcpTransport(2, KEY)
     try:
         with _raw(b.address) as sock:
-            sock.sendall(tcp_transport.MAGIC[:4])  # and then nothing
+            sock.sendall(tcp_inbound.MAGIC[:4])  # and then nothing
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline and not _closed_by_peer(sock, 0.01):
                 b.recv(timeout=0.05)
@@ -403,16 +403,16 @@ def test_a_tcp_connection_that_never_presents_a_password_is_cut(monkeypatch: pyt
 
 
 def test_at_most_so_many_tcp_connections_wait_for_their_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp_transport, "MAX_UNADMITTED", 4)
+    monkeypatch.setattr(tcp_inbound, "MAX_UNADMITTED", 4)
     b = TcpTransport(2, KEY)
     socks = [_raw(b.address) for _ in range(10)]
     try:
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and len(b._unadmitted) < 4:
+        while time.monotonic() < deadline and len(b._inbound.unadmitted) < 4:
             b.recv(timeout=0.02)
         for _ in range(20):
             b.recv(timeout=0.02)
-        assert len(b._unadmitted) <= 4
+        assert len(b._inbound.unadmitted) <= 4
         assert sum(_closed_by_peer(sock, 0.2) for sock in socks) >= 6  # the oldest were cut
     finally:
         for sock in socks:
@@ -420,7 +420,7 @@ def test_at_most_so_many_tcp_connections_wait_for_their_password(monkeypatch: py
         b.close()
 
 
-@pytest.mark.parametrize(("count", "size"), [(0, 1), (tcp_transport.MAX_FRAMES + 1, 1), (1, (1 << 16) + 1)])
+@pytest.mark.parametrize(("count", "size"), [(0, 1), (tcp_inbound.MAX_FRAMES + 1, 1), (1, (1 << 16) + 1)])
 def test_a_tcp_message_out_of_bounds_closes_its_connection(count: int, size: int) -> None:
     """A frame over ``max_message_bytes`` or a frame count out of range: the connection is
     closed before anything of the message is kept; other connections go on."""
@@ -459,7 +459,7 @@ def test_a_tcp_peer_named_by_a_name_that_does_not_resolve_yet_is_dialled_again()
 def test_a_zeromq_peer_of_a_tcp_transport_is_refused_with_a_hint(caplog: pytest.LogCaptureFixture) -> None:
     """A job whose processes disagree on DYNAPS_TRANSPORT never connects: the TCP side says
     why instead of leaving only a start-up timeout."""
-    caplog.set_level(logging.WARNING, logger="dynaps.wire.tcp_transport")
+    caplog.set_level(logging.WARNING, logger="dynaps.wire.tcp_inbound")
     zmq_side, tcp_side = ZmqTransport(1, KEY), TcpTransport(2, KEY)
     try:
         zmq_side.connect(2, tcp_side.address)

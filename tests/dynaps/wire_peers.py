@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from dynaps.config import transport_kind
-from dynaps.wire import handshake, tcp_transport
+from dynaps.wire import handshake, tcp_inbound
 
 Socket = Any  # a zmq socket or one of the classes below
 
@@ -39,7 +39,7 @@ def framed(frames: Sequence[Any]) -> bytes:
 
 def hello(key: bytes) -> bytes:
     """What a TCP connection of the job keyed ``key`` sends first."""
-    return tcp_transport.MAGIC + handshake.password(key).encode()
+    return tcp_inbound.MAGIC + handshake.password(key).encode()
 
 
 class TcpPush:
@@ -111,7 +111,7 @@ class TcpPull:
                     raise AssertionError("a connection without the job's password")
                 del buf[: len(self._hello)]
                 self._admitted.add(sock)
-                sock.sendall(tcp_transport.ADMITTED)
+                sock.sendall(tcp_inbound.ADMITTED)
             while len(buf) >= 4:
                 (count,) = struct.unpack_from("<I", buf)
                 sizes = struct.unpack_from(f"<{count}Q", buf, 4)

@@ -6,14 +6,10 @@ another on the way in: on a virtual machine whose idle cores halt, those two wak
 hop cost more than the rest of a round trip (bench/README.md, "A transport without I/O
 threads": a 64-byte round trip of 120 us through pyzmq against 25 us over a plain socket).
 
-* Framing: a message is ``u32`` frame count, ``u64`` length per frame, then the frames.  A
-  frame larger than ``max_message_bytes`` or more than :data:`MAX_FRAMES` frames closes the
-  connection before anything of the message is kept.
-* Admission: a connection starts with the job's password (:func:`dynaps.wire.handshake.password`,
-  derived from the wire key, as ZeroMQ's PLAIN mechanism carried it); the acceptor reads
-  nothing else before it, answers one byte, and closes a connection that presents another
-  password or none within :data:`HANDSHAKE_SECONDS`.  At most :data:`MAX_UNADMITTED`
-  connections wait for their password at once (the oldest is cut).
+* Framing and admission (the receiving side, :mod:`dynaps.wire.tcp_inbound`): a message is
+  ``u32`` frame count, ``u64`` length per frame, then the frames; a connection starts with
+  the job's password (:func:`dynaps.wire.handshake.password`, derived from the wire key, as
+  ZeroMQ's PLAIN mechanism carried it), and nothing else is read from it before.
 * Every message carries the MAC of :mod:`dynaps.wire.auth`: one that fails is dropped,
   counted and given to ``on_rejected``, never returned.
 * Sends never block for long: what the kernel does not take at once waits in the
@@ -28,13 +24,11 @@ threads": a 64-byte round trip of 120 us through pyzmq against 25 us over a plai
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import logging
 import os
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,23 +37,15 @@ from dynaps.errors import ConfigError, ProtocolError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import handshake, limits
 from dynaps.wire.arrivals import CheckedArrivals
+from dynaps.wire.tcp_inbound import HEADS, MAGIC, MAX_FRAMES, Connection, Inbound, unregister
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"DYNAPS-TCP-1\0\0\0\0"
-ADMITTED = b"\x01"
-MAX_FRAMES = 64  # a job's messages have a header, a body, a few arrays and the trailer
-HANDSHAKE_SECONDS = 10.0
-MAX_UNADMITTED = 256
 RECONNECT_SECONDS = 0.1
 FLUSH_SECONDS = 0.02
 MAX_DEFERRED = 100_000  # messages held for an endpoint whose address is not known yet
-READ_BYTES = 1 << 18  # per recv call; a readable connection is read up to READS_PER_TURN times
-READS_PER_TURN = 8
 MAX_REJECTED_PER_CALL = 256  # forged messages one receive looks at before it returns
 YIELDED_SECONDS = 10e-6  # a spin turn longer than this: sched_yield ran another task
-_COUNT = struct.Struct("<I")
-_HEADS = [struct.Struct(f"<I{n}Q") for n in range(MAX_FRAMES + 1)]
 _WAKE = object()  # the selector's tag of the descriptor given to wake_on
 
 
@@ -72,23 +58,6 @@ def _flat(frame: Any) -> Any:
     """A frame as bytes sendmsg counts in bytes (an array's view, cast flat; an empty one)."""
     view = memoryview(frame)
     return view.cast("B") if view.nbytes else b""
-
-
-def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
-    with contextlib.suppress(KeyError, ValueError):  # not registered (a failed dial)
-        selector.unregister(sock)
-
-
-class _Incoming:
-    """A connection into our listening socket."""
-
-    __slots__ = ("admitted", "buf", "since", "sock")
-
-    def __init__(self, sock: socket.socket, now: float) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.admitted = False
-        self.since = now
 
 
 class _Outgoing:
@@ -145,29 +114,26 @@ class TcpTransport(CheckedArrivals):
         self._hello = MAGIC + handshake.password(key).encode()
         self.unsent = 0  # messages dropped because their peer refused our password
         self._unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
-        self._zmq_peer_log = ThrottledLog(log, "refused a connection")
-        self._max_frame = max_message_bytes if max_message_bytes > 0 else 1 << 62
         self._selector = selectors.DefaultSelector()
-        listener = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
+        self._inbox: collections.deque[list[bytes]] = collections.deque()
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((bind_host, port))
-            listener.listen(1024)
-        except OSError as exc:
-            listener.close()
+            self._inbound = Inbound(
+                self._selector,
+                self._hello,
+                max_message_bytes if max_message_bytes > 0 else 1 << 62,
+                self._inbox,
+                bind_host,
+                port,
+            )
+        except ConfigError:
             self._selector.close()
-            raise ConfigError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
-        listener.setblocking(False)
-        self._listener = listener
-        self._selector.register(listener, selectors.EVENT_READ, None)
-        self.port = int(listener.getsockname()[1])
+            raise
+        self.port = self._inbound.port
         self.address = f"tcp://{advertise_host or bind_host}:{self.port}"
         self._addresses: dict[int, str] = {}
         self._peers: dict[int, _Outgoing] = {}
-        self._unadmitted: dict[_Incoming, None] = {}  # in arrival order
         self._watched: set[int] = set()
         self._events: list[tuple[int, bool]] = []
-        self._inbox: collections.deque[list[bytes]] = collections.deque()
         self._retrying: set[_Outgoing] = set()
         self.spin = spin
         self._woken: Callable[[], bool] | None = None
@@ -248,7 +214,7 @@ class TcpTransport(CheckedArrivals):
     def _close_peer_socket(self, peer: _Outgoing) -> None:
         sock, peer.sock = peer.sock, None
         if sock is not None:
-            _unregister(self._selector, sock)
+            unregister(self._selector, sock)
             sock.close()
         was_connected, peer.connected, peer.writing = peer.connected, False, False
         if was_connected and peer.endpoint in self._watched:
@@ -333,7 +299,7 @@ class TcpTransport(CheckedArrivals):
         if len(signed) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(signed)} frames (at most {MAX_FRAMES})")
         views = [f if type(f) is bytes else _flat(f) for f in signed]
-        head = _HEADS[len(views)].pack(len(views), *[len(v) for v in views])
+        head = HEADS[len(views)].pack(len(views), *[len(v) for v in views])
         if peer.connected and not peer.pending:
             assert peer.sock is not None
             try:
@@ -414,120 +380,15 @@ class TcpTransport(CheckedArrivals):
             if self._retrying:
                 soonest = min(p.retry_at or now for p in self._retrying) - now
                 timeout = max(0.0, soonest) if timeout is None else min(timeout, max(0.0, soonest))
-        if self._unadmitted:
-            oldest = next(iter(self._unadmitted))
-            late = oldest.since + HANDSHAKE_SECONDS - time.monotonic()
-            if late <= 0:
-                self._close_incoming(oldest)
-            elif timeout is None or timeout > late:
-                timeout = late
+        timeout = self._inbound.wait_limit(timeout)
         for key, mask in self._selector.select(timeout):
             tag = key.data
-            if tag is None:
-                self._accept()
-            elif tag is _WAKE:
-                continue
-            elif type(tag) is _Incoming:
-                self._read(tag)
-            else:
+            if type(tag) is _Outgoing:
                 self._outgoing(tag, mask)
-
-    def _accept(self) -> None:
-        now = time.monotonic()
-        for _ in range(64):
-            try:
-                sock, _address = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of descriptors: the connection waits in the backlog
-                log.warning("cannot accept a connection: %s", exc)
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Incoming(sock, now)
-            if len(self._unadmitted) >= MAX_UNADMITTED:
-                self._close_incoming(next(iter(self._unadmitted)))
-            self._unadmitted[conn] = None
-            self._selector.register(sock, selectors.EVENT_READ, conn)
-
-    def _close_incoming(self, conn: _Incoming) -> None:
-        self._unadmitted.pop(conn, None)
-        _unregister(self._selector, conn.sock)
-        conn.sock.close()
-        conn.buf = bytearray()
-
-    def _read(self, conn: _Incoming) -> None:
-        for _ in range(READS_PER_TURN):
-            # before the password, read no more than it: nothing of an outsider's is kept
-            want = READ_BYTES if conn.admitted else len(self._hello) - len(conn.buf)
-            try:
-                data = conn.sock.recv(want)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._close_incoming(conn)
-                return
-            if not data:
-                self._close_incoming(conn)
-                return
-            if conn.buf:
-                conn.buf += data
-            else:
-                conn.buf = bytearray(data)
-            if not conn.admitted:
-                if not self._hello.startswith(conn.buf):  # closed at the first wrong byte
-                    if len(conn.buf) >= 10 and conn.buf[0] == 0xFF and conn.buf[9] == 0x7F:
-                        # ZMTP's signature, which a ZeroMQ peer sends and then waits
-                        self._zmq_peer_log("a ZeroMQ peer (is DYNAPS_TRANSPORT the same in every process?)")
-                    self._close_incoming(conn)
-                    return
-                if len(conn.buf) < len(self._hello):
-                    continue
-                conn.admitted = True
-                conn.buf = bytearray()
-                self._unadmitted.pop(conn, None)
-                try:
-                    conn.sock.send(ADMITTED)
-                except OSError:
-                    self._close_incoming(conn)
-                    return
-                continue
-            if not self._split(conn):
-                return
-            if len(data) < want:
-                return
-
-    def _split(self, conn: _Incoming) -> bool:
-        """Move the whole messages at the start of ``conn``'s buffer to the inbox; False if
-        the connection broke the framing (it is closed)."""
-        buf = conn.buf
-        off, end = 0, len(buf)
-        while end - off >= 4:
-            (count,) = _COUNT.unpack_from(buf, off)
-            if not 0 < count <= MAX_FRAMES:
-                self._close_incoming(conn)
-                return False
-            head = _HEADS[count]
-            if end - off < head.size:
-                break
-            sizes = head.unpack_from(buf, off)[1:]
-            if max(sizes) > self._max_frame:
-                self._close_incoming(conn)
-                return False
-            whole = head.size + sum(sizes)
-            if end - off < whole:
-                break
-            pos = off + head.size
-            with memoryview(buf) as view:
-                frames = []
-                for size in sizes:
-                    frames.append(bytes(view[pos : pos + size]))
-                    pos += size
-            self._inbox.append(frames)
-            off += whole
-        if off:
-            del buf[:off]
-        return True
+            elif type(tag) is Connection:
+                self._inbound.read(tag)
+            elif tag is self._inbound:
+                self._inbound.accept()
 
     def _outgoing(self, peer: _Outgoing, mask: int) -> None:
         sock = peer.sock
@@ -642,8 +503,5 @@ class TcpTransport(CheckedArrivals):
             self._pump(min(0.01, left))
         for endpoint in list(self._peers):
             self.forget(endpoint)
-        for key in list(self._selector.get_map().values()):
-            if type(key.data) is _Incoming:
-                key.data.sock.close()
-        self._listener.close()
+        self._inbound.close()
         self._selector.close()
