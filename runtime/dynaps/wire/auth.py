@@ -80,9 +80,13 @@ def _size(frame: Any) -> int:
     return len(frame) if isinstance(frame, bytes) else int(memoryview(frame).nbytes)
 
 
-def _flat(frame: Any) -> Any:
-    """``frame`` as AESGCM takes it: a flat buffer of bytes."""
-    return frame if type(frame) is bytes else memoryview(frame).cast("B")
+def flat(frame: Any) -> Any:
+    """``frame`` as a flat buffer of bytes (AES-GCM and ``sendmsg`` take it so): bytes as they
+    are, an array's memory cast to bytes, an empty array as b""."""
+    if type(frame) is bytes:
+        return frame
+    view = memoryview(frame)
+    return view.cast("B") if view.nbytes else b""
 
 
 class Authenticator:
@@ -115,7 +119,7 @@ class Authenticator:
         # The last frame (a large array, as a rule) is GCM's associated data and the rest its
         # plaintext, so nothing large is copied: the tag covers both, the ciphertext is thrown
         # away and the receiver computes it again from what it received.
-        return self._gcm_tag(meta, b"".join([lengths, *frames[:-1], meta]), _flat(frames[-1]))
+        return self._gcm_tag(meta, b"".join([lengths, *frames[:-1], meta]), flat(frames[-1]))
 
     def _gcm_tag(self, meta: bytes, rest: bytes, last: Any) -> bytes:
         """AES-GCM's tag: nonce sender, salt, seq (12 bytes of ``meta``), ``rest`` the
@@ -141,7 +145,7 @@ class Authenticator:
             return [signed + small.digest()]
         if type(first) is bytes and len(frames) == 2:
             # a header and one array, large as a rule: pull replies, pushes
-            view = _flat(frames[1])
+            view = flat(frames[1])
             if len(first) + len(view) > SMALL_BYTES:
                 meta = META.pack(sender, dest, 2, self._salt, self._seq)
                 return [first + meta + self._two_frame_tag(first, meta, view), frames[1]]

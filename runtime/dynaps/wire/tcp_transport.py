@@ -37,6 +37,7 @@ from dynaps.errors import ConfigError, ProtocolError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import handshake, limits
 from dynaps.wire.arrivals import CheckedArrivals
+from dynaps.wire.auth import flat
 from dynaps.wire.tcp_inbound import HEADS, MAGIC, MAX_FRAMES, Connection, Inbound, unregister
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,6 @@ _WAKE = object()  # the selector's tag of the descriptor given to wake_on
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.removeprefix("tcp://").rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _flat(frame: Any) -> Any:
-    """A frame as bytes sendmsg counts in bytes (an array's view, cast flat; an empty one)."""
-    view = memoryview(frame)
-    return view.cast("B") if view.nbytes else b""
 
 
 class _Outgoing:
@@ -146,12 +141,10 @@ class TcpTransport(CheckedArrivals):
         :meth:`watch`): a process learns every member's address but talks to few of them."""
         if self._addresses.get(endpoint) == address:
             return
-        held = (
-            self._peers[endpoint] if endpoint in self._peers and self._peers[endpoint].sock is None else None
-        )
+        held = self._peers.get(endpoint)
         self.forget(endpoint)
         self._addresses[endpoint] = address
-        if held is not None and held.pending:  # sent before the address was known
+        if held is not None and held.sock is None and held.pending:  # sent before the address was known
             peer = self._open(endpoint)
             peer.pending.extend(held.pending)
             self._flush_soon(peer)
@@ -256,16 +249,23 @@ class TcpTransport(CheckedArrivals):
         """Close the connection to ``endpoint`` (after up to ``linger`` seconds of sending
         what waits) and forget its address."""
         peer = self._peers.get(endpoint)
-        if peer is not None and linger > 0 and peer.sock is not None:
-            deadline = time.monotonic() + linger
-            while peer.pending and peer.sock is not None and time.monotonic() < deadline:
-                self._pump(min(0.01, max(0.0, deadline - time.monotonic())))
+        if peer is not None and linger > 0:
+            self._send_waiting([peer], time.monotonic() + linger)
         self._peers.pop(endpoint, None)
         self._addresses.pop(endpoint, None)
         self._watched.discard(endpoint)
         if peer is not None:
             self._retrying.discard(peer)
             self._close_peer_socket(peer)
+
+    def _send_waiting(self, peers: list[_Outgoing], deadline: float) -> None:
+        """Keep sending what waits for ``peers``' open connections until it is out or the
+        deadline passes (a linger)."""
+        while any(p.pending and p.sock is not None for p in peers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._pump(min(0.01, left))
 
     def watch(self, endpoint: int) -> None:
         """Report (through :meth:`connection_events`) when the connection to ``endpoint``
@@ -298,7 +298,7 @@ class TcpTransport(CheckedArrivals):
         signed = self.auth.sign(self.endpoint, endpoint, frames)  # signed now: sequence numbers in order
         if len(signed) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(signed)} frames (at most {MAX_FRAMES})")
-        views = [f if type(f) is bytes else _flat(f) for f in signed]
+        views = [flat(f) for f in signed]
         head = HEADS[len(views)].pack(len(views), *[len(v) for v in views])
         if peer.connected and not peer.pending:
             assert peer.sock is not None
@@ -310,10 +310,10 @@ class TcpTransport(CheckedArrivals):
                 peer.pending.append(memoryview(b"".join([head, *views])))
                 self._lost(peer)
                 return
-            if not peer.admitted:
-                peer.unconfirmed += 1
             whole = len(head) + sum(len(v) for v in views)
             if sent == whole:
+                if not peer.admitted:
+                    peer.unconfirmed += 1
                 return
             # copied: the caller may change its arrays once send returns
             peer.pending.append(memoryview(b"".join([head, *views]))[sent:])
@@ -370,7 +370,7 @@ class TcpTransport(CheckedArrivals):
 
     def _pump(self, timeout: float | None) -> None:
         """Handle what is ready, waiting up to ``timeout`` seconds (None: until something is)."""
-        if self._retrying:
+        if self._retrying and not self._closed:
             now = time.monotonic()
             for peer in [p for p in self._retrying if p.retry_at is not None and p.retry_at <= now]:
                 self._retrying.discard(peer)
@@ -491,16 +491,9 @@ class TcpTransport(CheckedArrivals):
     def close(self, linger: float = 0.0) -> None:
         if self._closed:
             return
-        self._closed = True
-        # one deadline for all: what waits for open connections goes out meanwhile, in parallel
-        # (a peer that is gone is not dialled again: what waited for it is lost, as with ZeroMQ)
-        deadline = time.monotonic() + linger
-        while any(p.pending and p.sock is not None for p in self._peers.values()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._retrying.clear()
-            self._pump(min(0.01, left))
+        self._closed = True  # no dialling from here on (what waited for a peer that is gone is lost)
+        # one deadline for all: what waits for open connections goes out in parallel
+        self._send_waiting(list(self._peers.values()), time.monotonic() + linger)
         for endpoint in list(self._peers):
             self.forget(endpoint)
         self._inbound.close()
