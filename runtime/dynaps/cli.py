@@ -34,6 +34,7 @@ from dynaps.contract import (
     runtime_config,
 )
 from dynaps.errors import ConfigError, DynapsError
+from dynaps.launcher_watch import follow_launcher
 from dynaps.observe import commands as observe
 
 EPILOG = """\
@@ -280,6 +281,8 @@ def _role(args: argparse.Namespace, command: list[str]) -> int:
             name=settings.node_name,
         )
 
+    if settings.launcher_pid is not None:
+        follow_launcher(settings.launcher_pid)
     name = "coordinator" if args.verb == "coordinator" else settings.node_name or args.verb
     return profiling.profiled(name, serve)
 

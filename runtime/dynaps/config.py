@@ -18,6 +18,9 @@ mounted ConfigMap); what differs per pod comes from its own variables:
     DYNAPS_TRANSPORT       tcp (default) or zmq: how the job's processes send each other
                            messages (every process of a job must use the same; zmq is the
                            transport before 2026-12-06, kept for comparison)
+    DYNAPS_LAUNCHER_PID    set by a local launcher (LocalCluster, `dynaps run`) for the
+                           processes it starts: they stop once it is gone
+                           (dynaps.launcher_watch)
     DYNAPS_PROFILE_DIR     off by default: profile this process's CPU there (benchmarks;
                            see dynaps.profiling)
 """
@@ -48,6 +51,7 @@ def job_secret(environ: Mapping[str, str] | None = None) -> bytes:
         raise ConfigError(f"{exc}: every dynaps process needs its job's secret") from exc
 
 
+LAUNCHER_PID_ENV = "DYNAPS_LAUNCHER_PID"
 ATTACH_TOKEN_ENV = "DYNAPS_ATTACH_TOKEN"  # noqa: S105  # the variable's name, not a token
 # a worker node's child program attaches by this (the node sets it; dynaps.node.program)
 ATTACH_ENV = "DYNAPS_ATTACH"
@@ -61,6 +65,7 @@ class ProcessSettings:
     rank: int | None  # the worker rank to ask the coordinator for
     log_level: str  # dynaps' log level
     attach_token: str | None = None  # a worker node's: one process attaches by it (ATTACH_TOKEN_ENV)
+    launcher_pid: int | None = None  # a local launcher's pid: this process stops once it is gone
 
 
 def load_config(environ: dict[str, str] | None = None) -> RuntimeConfig:
@@ -100,6 +105,7 @@ def process_settings(environ: dict[str, str] | None = None) -> ProcessSettings:
         rank=rank,
         log_level=env.get("DYNAPS_LOG_LEVEL", "INFO").upper(),
         attach_token=env.get(ATTACH_TOKEN_ENV) or None,
+        launcher_pid=_int(dict(env), LAUNCHER_PID_ENV) if env.get(LAUNCHER_PID_ENV) else None,
     )
 
 

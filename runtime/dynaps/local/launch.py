@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from dynaps.config import ATTACH_ENV, ATTACH_TOKEN_ENV
+from dynaps.config import ATTACH_ENV, ATTACH_TOKEN_ENV, LAUNCHER_PID_ENV
 from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
 from dynaps.errors import ClusterError
 
@@ -31,6 +31,7 @@ def _env(config: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str
     env.pop(ATTACH_ENV, None)
     env.pop(ATTACH_TOKEN_ENV, None)
     env[CONFIG_ENV] = config.to_json()
+    env[LAUNCHER_PID_ENV] = str(os.getpid())  # the child stops if we vanish (dynaps.launcher_watch)
     env.update(extra or {})
     return env
 
