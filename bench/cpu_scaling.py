@@ -86,6 +86,8 @@ ACTIVITIES: list[tuple[str, str]] = [
     ("dynaps/wire/tcp_transport.py:_spin", "spin"),
     ("dynaps/wire/transport.py", "transport (send/recv)"),
     ("dynaps/wire/tcp_transport.py", "transport (send/recv)"),
+    ("dynaps/wire/tcp_outbound.py", "transport (send/recv)"),
+    ("dynaps/wire/tcp_inbound.py", "transport (send/recv)"),
     ("dynaps/wire/auth.py", "auth (MAC sign/verify)"),
     ("dynaps/wire/", "codec (encode/decode, bodies)"),
     ("dynaps/node/relocation.py", "relocation"),

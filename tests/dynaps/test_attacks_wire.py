@@ -66,8 +66,10 @@ def _addresses(ps: PS) -> dict[str, Any]:
     """Where everything of the job listens, as a training process knows it."""
     transport: Any = ps._transport  # the test plays an attacker who found them
     homes = sorted({int(h) for h in ps.shard_map.homes})
+    # the TCP transport keeps them on its sending side (tcp_outbound), ZeroMQ's in itself
+    known = transport._outbound.addresses if hasattr(transport, "_outbound") else transport._addresses
     return {
-        "peers": dict(transport._addresses),
+        "peers": dict(known),
         "me": transport.address,
         "node": ps.node,
         "servers": homes,

@@ -1,6 +1,7 @@
 """The receiving side of the TCP transport (:mod:`dynaps.wire.tcp_transport`): the listening
 socket, each connection's admission (the job's password first), and the framing that cuts
-what arrives into messages (the sending side writes the same framing).
+what arrives into messages (the sending side, :mod:`dynaps.wire.tcp_outbound`, writes the
+same framing).
 
 A message is ``u32`` frame count, ``u64`` length per frame, then the frames.  Before its
 password a connection is read no further than the password's length and closed at its first
