@@ -263,10 +263,12 @@ def test_one_frame_signs_alike_in_both_forms() -> None:
     assert receiver.verify(2, [general]) == [payload]
 
 
-def test_a_header_and_one_large_array_sign_alike_in_both_forms() -> None:
-    """sign and verify have a short form for a header of bytes and one large array (pull
-    replies, pushes): it signs what the general form signs, so either end may take either."""
-    rows = np.arange(2_000, dtype=np.float32)  # 8 KB: the large (AES-GCM) form
+@pytest.mark.parametrize("count", [0, 50, 2_000], ids=["empty", "small-blake2b", "large-gcm"])
+def test_a_header_and_one_array_sign_alike_in_both_forms(count: int) -> None:
+    """sign and verify have short forms for a header of bytes and one array (pull replies,
+    pushes), small (BLAKE2b) and large (AES-GCM): each signs what the general form signs, so
+    either end may take either."""
+    rows = np.arange(count, dtype=np.float32)
     head = _payload(0, 60)
     sender = Authenticator(KEY)
     short = [bytes(memoryview(f)) for f in sender.sign(1, 2, [head, rows])]  # bytes header: short form
