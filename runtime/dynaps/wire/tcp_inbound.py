@@ -69,6 +69,11 @@ class Inbound:
         self._hello = hello
         self._max_frame = max_frame
         self._inbox = inbox
+        # what one recv reads into: messages that arrive whole are cut out of it, and only
+        # the part of one still on its way is copied to its connection's own buffer (a
+        # recv of new bytes, then a copy into the connection's, cost a copy and an
+        # allocation more per read)
+        self._arrived = memoryview(bytearray(READ_BYTES))
         self.unadmitted: dict[Connection, None] = {}  # in arrival order
         self._zmq_peer_log = ThrottledLog(log, "refused a connection")
         listener = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
@@ -122,62 +127,79 @@ class Inbound:
 
     def read(self, conn: Connection) -> None:
         for _ in range(READS_PER_TURN):
-            # before the password, read no more than it: nothing of an outsider's is kept
-            want = READ_BYTES if conn.admitted else len(self._hello) - len(conn.buf)
             try:
-                data = conn.sock.recv(want)
+                if not conn.admitted:
+                    # before the password, read no more than it: nothing of an outsider's is kept
+                    if not self._admit(conn):
+                        return
+                    continue
+                got = conn.sock.recv_into(self._arrived)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.close_connection(conn)
                 return
-            if not data:
+            if not got:
                 self.close_connection(conn)
                 return
-            if conn.buf:
-                conn.buf += data
+            if conn.buf:  # the rest of a message begun in an earlier read
+                conn.buf += self._arrived[:got]
+                used = self._split(conn, conn.buf, len(conn.buf))
+                if used < 0:
+                    return
+                del conn.buf[:used]
             else:
-                conn.buf = bytearray(data)
-            if not conn.admitted:
-                if not self._hello.startswith(conn.buf):  # closed at the first wrong byte
-                    if len(conn.buf) >= 10 and conn.buf[0] == 0xFF and conn.buf[9] == 0x7F:
-                        # ZMTP's signature, which a ZeroMQ peer sends and then waits
-                        self._zmq_peer_log("a ZeroMQ peer (is DYNAPS_TRANSPORT the same in every process?)")
-                    self.close_connection(conn)
+                used = self._split(conn, self._arrived, got)
+                if used < 0:
                     return
-                if len(conn.buf) < len(self._hello):
-                    continue
-                conn.admitted = True
-                conn.buf = bytearray()
-                self.unadmitted.pop(conn, None)
-                try:
-                    conn.sock.send(ADMITTED)
-                except OSError:
-                    self.close_connection(conn)
-                    return
-                continue
-            if not self._split(conn):
-                return
-            if len(data) < want:
+                if used < got:
+                    conn.buf = bytearray(self._arrived[used:got])
+            if got < READ_BYTES:
                 return
 
-    def _split(self, conn: Connection) -> bool:
-        """Move the whole messages at the start of ``conn``'s buffer to the inbox; False if
-        the connection broke the framing (it is closed)."""
-        buf = conn.buf
-        off, end = 0, len(buf)
+    def _admit(self, conn: Connection) -> bool:
+        """Read what ``conn`` sent of the password; False once there is nothing more to read
+        now or the connection is closed (the first wrong byte closes it)."""
+        data = conn.sock.recv(len(self._hello) - len(conn.buf))
+        if not data:
+            self.close_connection(conn)
+            return False
+        conn.buf += data
+        if not self._hello.startswith(conn.buf):
+            if len(conn.buf) >= 10 and conn.buf[0] == 0xFF and conn.buf[9] == 0x7F:
+                # ZMTP's signature, which a ZeroMQ peer sends and then waits
+                self._zmq_peer_log("a ZeroMQ peer (is DYNAPS_TRANSPORT the same in every process?)")
+            self.close_connection(conn)
+            return False
+        if len(conn.buf) < len(self._hello):
+            return True
+        conn.admitted = True
+        conn.buf = bytearray()
+        self.unadmitted.pop(conn, None)
+        try:
+            conn.sock.send(ADMITTED)
+        except OSError:
+            self.close_connection(conn)
+            return False
+        return True
+
+    def _split(self, conn: Connection, buf: bytearray | memoryview, end: int) -> int:
+        """Move the whole messages at the start of ``buf[:end]`` (what came from ``conn``) to
+        the inbox; how many bytes they took, or -1 if the connection broke the framing (it
+        is closed)."""
+        off = 0
         while end - off >= 4:
             (count,) = COUNT.unpack_from(buf, off)
             if not 0 < count <= MAX_FRAMES:
                 self.close_connection(conn)
-                return False
+                return -1
             head = HEADS[count]
             if end - off < head.size:
                 break
             sizes = head.unpack_from(buf, off)[1:]
             if max(sizes) > self._max_frame:
                 self.close_connection(conn)
-                return False
+                return -1
             whole = head.size + sum(sizes)
             if end - off < whole:
                 break
@@ -189,9 +211,7 @@ class Inbound:
                     pos += size
             self._inbox.append(frames)
             off += whole
-        if off:
-            del buf[:off]
-        return True
+        return off
 
     def close(self) -> None:
         for key in list(self._selector.get_map().values()):
