@@ -98,7 +98,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 handled += 1
                 if handled >= MESSAGES_PER_TURN:
                     break  # the rest waits one turn: HTTP actions, the tick and signals go first
-                frames = transport.recv_nowait()
+                frames = transport.recv_arrived()  # the next turn's recv reads what came since
             # the reads asked before the actions are applied: a read that follows an action
             # (POST, then GET /status) sees it applied
             asked = reads.pending()
@@ -121,7 +121,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 asked = reads.pending()
                 while frames is not None:
                     coordinator.receive(frames)
-                    frames = transport.recv_nowait()
+                    frames = transport.recv_arrived()
                 if asked:
                     coordinator.publish_status()
                     reads.answer(asked)

@@ -276,7 +276,7 @@ class NodeProcess:
                 return
             if count % 32 == 31 and time.monotonic() >= deadline:
                 return
-            frames = self.transport.recv_nowait()
+            frames = self.transport.recv_arrived()  # the loop's next recv reads what came since
             if frames is None:
                 return
             self._handle(frames)

@@ -417,6 +417,10 @@ class ZmqTransport(CheckedArrivals):
                 return checked
         return None
 
+    def recv_arrived(self) -> list[Any] | None:
+        """:meth:`recv_nowait`: ZeroMQ's I/O thread has read whatever arrived already."""
+        return self.recv_nowait()
+
     def close(self, linger: float = 0.0) -> None:
         if self._closed:  # once: a second release would stop a shared context's guard
             return
