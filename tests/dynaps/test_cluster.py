@@ -420,6 +420,9 @@ def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynap
         ({"servers": 0}, "LocalCluster: servers: Input should be greater than or equal to 1"),
         ({"workers": -1}, "LocalCluster: workers: Input should be greater than or equal to 1"),
         ({"allocation": "bogus"}, "LocalCluster: 'bogus' is not a valid Allocation"),
+        ({"servers": True}, "LocalCluster: servers takes a whole number, got True"),
+        ({"workers": "2"}, "LocalCluster: workers takes a whole number, got '2'"),
+        ({"staleness": 2.0}, "LocalCluster: staleness takes a whole number, got 2.0"),
         ({"tables": {"W": {"num_keys": 10}}}, "LocalCluster: table 'W': dim: Field required"),
     ],
 )

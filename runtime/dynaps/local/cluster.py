@@ -27,26 +27,18 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from pydantic import ValidationError
-
 from dynaps.contract import (
     HEARTBEAT_INTERVAL_MS,
     MAX_NODES,
     Allocation,
-    CheckpointSpec,
-    Consistency,
     ConsistencyModel,
-    FaultTolerance,
-    NamedTable,
     Partition,
-    RebalancePolicy,
-    RuntimeConfig,
     TableSpec,
-    describe_validation_error,
     secret,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError, UsageError
 from dynaps.local import runners
+from dynaps.local.cluster_config import cluster_config, named_tables
 from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
 
 
@@ -80,34 +72,31 @@ class LocalCluster:
         process's stderr."""
         if not tables:
             raise ConfigError("LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}")
-        named = [_named_table(name, spec) for name, spec in tables.items()]
+        named = named_tables(tables)
         self._own_checkpoints = checkpoint_dir is None
         checkpoints = checkpoint_dir or tempfile.mkdtemp(prefix="dynaps-checkpoints-")
-        try:  # a wrong argument is a ConfigError naming it, not pydantic's or an enum's error
-            self.config = RuntimeConfig(
-                job="local",
-                tables=named,
+        try:
+            self.config = cluster_config(
+                named,
+                checkpoints,
                 servers=servers,
                 workers=workers,
-                allocation=Allocation(allocation),
-                consistency=Consistency(model=ConsistencyModel(consistency), staleness=staleness),
-                fault_tolerance=FaultTolerance(
-                    replication=replication,
-                    flush_interval_ms=flush_interval_ms,
-                    heartbeat_interval_ms=heartbeat_interval_ms,
-                    checkpoint=CheckpointSpec(
-                        path=checkpoints, interval_seconds=checkpoint_interval, restore_from=restore_from
-                    ),
-                ),
-                rebalance_policy=RebalancePolicy(num_shards=num_shards, partition=Partition(partition)),
-                coordinator="127.0.0.1:0",
-                request_timeout_seconds=request_timeout,
+                allocation=allocation,
+                consistency=consistency,
+                staleness=staleness,
+                replication=replication,
+                flush_interval_ms=flush_interval_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                checkpoint_interval=checkpoint_interval,
+                restore_from=restore_from,
+                num_shards=num_shards,
+                partition=partition,
+                request_timeout=request_timeout,
             )
-        except ValueError as exc:  # pydantic's ValidationError, or an enum given a name it lacks
+        except ConfigError:
             if self._own_checkpoints:
                 shutil.rmtree(checkpoints, ignore_errors=True)
-            detail = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            raise ConfigError(f"LocalCluster: {detail}") from None
+            raise
         servers, workers = self.config.servers, self.config.workers
         self.log_level = log_level
         self.log_dir = log_dir
@@ -429,11 +418,3 @@ class LocalCluster:
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             self.close()
-
-
-def _named_table(name: str, spec: object) -> NamedTable:
-    """A table as given (a TableSpec, or its fields as a mapping), its name in any error."""
-    try:
-        return NamedTable(name=name, **TableSpec.model_validate(spec).model_dump())
-    except ValidationError as exc:
-        raise ConfigError(f"LocalCluster: table {name!r}: {describe_validation_error(exc)}") from None
