@@ -423,6 +423,14 @@ def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynap
         ({"servers": True}, "LocalCluster: servers takes a whole number, got True"),
         ({"workers": "2"}, "LocalCluster: workers takes a whole number, got '2'"),
         ({"staleness": 2.0}, "LocalCluster: staleness takes a whole number, got 2.0"),
+        (
+            {"tables": {"W": {"num_keys": True, "dim": 2}}},
+            "LocalCluster: table 'W': num_keys: Value error, a whole number, not True",
+        ),
+        (
+            {"tables": {"W": {"num_keys": 10, "dim": "4"}}},
+            "LocalCluster: table 'W': dim: Value error, a whole number, not '4'",
+        ),
         ({"tables": {"W": {"num_keys": 10}}}, "LocalCluster: table 'W': dim: Field required"),
     ],
 )

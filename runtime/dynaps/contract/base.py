@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
+
+
+def _whole_number(value: object) -> int:
+    """A count given as a whole number (numpy's integers too); pydantic's lax mode would read
+    True as 1 and "10" or 10.0 as 10, a mistake each."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"a whole number, not {value!r}")
+    return int(value)
+
+
+# in a field's Annotated, after its Field: Annotated[int, Field(gt=0), WHOLE_NUMBER]
+WHOLE_NUMBER = BeforeValidator(_whole_number)
 
 
 class Model(BaseModel):

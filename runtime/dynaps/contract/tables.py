@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 from dynaps.contract.limits import checked_name
 
 
@@ -68,8 +68,8 @@ class TableCache(StrEnum):
 class TableSpec(Model):
     """A table of ``num_keys`` rows of ``dim`` values: ``dynaps.TableSpec(num_keys=, dim=)``."""
 
-    num_keys: Annotated[int, Field(gt=0, le=2**40)]
-    dim: Annotated[int, Field(gt=0, le=1_000_000)]
+    num_keys: Annotated[int, Field(gt=0, le=2**40), WHOLE_NUMBER]
+    dim: Annotated[int, Field(gt=0, le=1_000_000), WHOLE_NUMBER]
     dtype: DType = DType.FLOAT32
     init: InitSpec = InitSpec()
     updater: UpdaterSpec = UpdaterSpec()
