@@ -112,6 +112,16 @@ def test_validate_accepts_the_examples() -> None:
             "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {}}\n",
             "metadata.name",
         ),
+        (  # pydantic's lax mode read these as 1 and 3
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {replicas: true}}\n",
+            "spec.workers.replicas: Value error, a whole number, not True",
+        ),
+        (
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {}, runPolicy: {backoffLimit: '3'}}\n",
+            "spec.runPolicy.backoffLimit: Value error, a whole number, not '3'",
+        ),
         ("just: [yaml", "not valid YAML"),
         ("kind: Pod\n", "exactly one ParameterServerJob"),
     ],

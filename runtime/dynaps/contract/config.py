@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 from dynaps.contract.consistency import Consistency
 from dynaps.contract.fault_tolerance import FaultTolerance
 from dynaps.contract.limits import MAX_NODES, MAX_STAGES, MAX_TABLES
@@ -37,21 +37,21 @@ class RuntimeConfig(Model):
 
     job: str = "local"
     tables: Annotated[list[NamedTable], Field(min_length=1, max_length=MAX_TABLES)]
-    servers: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
-    workers: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    servers: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
     allocation: Allocation = Allocation.DYNAMIC
     consistency: Consistency = Consistency()
     fault_tolerance: FaultTolerance = FaultTolerance()
     rebalance_policy: RebalancePolicy = RebalancePolicy()
     coordinator: str = "127.0.0.1:7070"
-    coordinator_http_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    coordinator_http_port: Annotated[int, Field(ge=0, le=65535), WHOLE_NUMBER] = 0
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
-    data_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    data_port: Annotated[int, Field(ge=0, le=65535), WHOLE_NUMBER] = 0
     # Where every process serves GET /metrics (docs/metrics.md): 0 any free port (local runs;
     # a node's STATS reply names it), None nowhere.  The coordinator serves it on its HTTP
     # port as well.
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 0
+    metrics_port: Annotated[int, Field(ge=0, le=65535), WHOLE_NUMBER] | None = 0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
     # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
     servers_range: tuple[int, int] = (1, MAX_NODES)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 
 
 class ConsistencyModel(StrEnum):
@@ -18,4 +18,4 @@ class ConsistencyModel(StrEnum):
 
 class Consistency(Model):
     model: ConsistencyModel = ConsistencyModel.ASYNC
-    staleness: Annotated[int, Field(ge=0)] = 0
+    staleness: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0

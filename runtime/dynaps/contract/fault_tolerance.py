@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 
 # A node that the coordinator declared lost exits with this code (EX_TEMPFAIL) once it
 # learns so: it did nothing wrong and may be started again, as a new member.
@@ -16,7 +16,7 @@ FENCED_EXIT_CODE = 75
 
 
 class CheckpointSpec(Model):
-    interval_seconds: Annotated[int, Field(ge=0)] = 0  # 0: only on demand
+    interval_seconds: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0  # 0: only on demand
     path: str = "/var/lib/dynaps/checkpoints"
     volume: dict[str, Any] = Field(default_factory=dict)
     restore_from: str | None = None
@@ -64,16 +64,16 @@ DATA_LOSS_REASON = "data loss (faultTolerance.onDataLoss: Fail)"
 class FaultTolerance(Model):
     # Backups per shard, in a replication chain: survives that many simultaneous server
     # losses; each one adds a hop before an update is acknowledged (capped for that reason).
-    replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION)] = 0
-    flush_interval_ms: Annotated[int, Field(ge=0)] = 100
-    heartbeat_interval_ms: Annotated[int, Field(ge=10)] = HEARTBEAT_INTERVAL_MS
+    replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION), WHOLE_NUMBER] = 0
+    flush_interval_ms: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 100
+    heartbeat_interval_ms: Annotated[int, Field(ge=10), WHOLE_NUMBER] = HEARTBEAT_INTERVAL_MS
     # How long a node that is still connected but silent (hung, stopped) is waited for
     # when declaring it lost would lose data (no replica of what it holds); a dropped
     # connection, or a node with replicas, is declared lost within seconds.
-    silent_node_timeout_seconds: Annotated[int, Field(ge=1)] = 60
+    silent_node_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 60
     # How long the job waits for the replacement of a worker lost before its program finished
     # (the replacement takes its rank); then the job fails: it must not succeed without that
     # worker's part of the work.
-    lost_worker_timeout_seconds: Annotated[int, Field(ge=1)] = 300
+    lost_worker_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 300
     checkpoint: CheckpointSpec = CheckpointSpec()
     on_data_loss: OnDataLoss = OnDataLoss.CONTINUE

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 
 
 class Allocation(StrEnum):
@@ -22,7 +22,7 @@ class Partition(StrEnum):
 
 
 class RebalancePolicy(Model):
-    num_shards: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
+    num_shards: Annotated[int, Field(ge=1, le=1 << 20), WHOLE_NUMBER] = 1024
     partition: Partition = Partition.RANGE
-    max_concurrent_migrations: Annotated[int, Field(ge=1)] = 4
-    drain_timeout_seconds: Annotated[int, Field(ge=1)] = 60
+    max_concurrent_migrations: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 4
+    drain_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 60

@@ -6,16 +6,16 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 from dynaps.contract.limits import MAX_NODES
 
 
 class RoleSpec(Model):
     """Pods of one role. ``template`` is merged into the generated pod spec."""
 
-    replicas: Annotated[int, Field(ge=0, le=MAX_NODES)] = 1
-    min_replicas: Annotated[int, Field(ge=0)] | None = None
-    max_replicas: Annotated[int, Field(ge=1)] | None = None
+    replicas: Annotated[int, Field(ge=0, le=MAX_NODES), WHOLE_NUMBER] = 1
+    min_replicas: Annotated[int, Field(ge=0), WHOLE_NUMBER] | None = None
+    max_replicas: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
     resources: dict[str, Any] = Field(default_factory=dict)
     template: dict[str, Any] = Field(default_factory=dict)
 
@@ -31,13 +31,13 @@ class RoleSpec(Model):
 
 
 class ServerSpec(RoleSpec):
-    replicas: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    replicas: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
 
 
 class WorkerSpec(RoleSpec):
     """Workers run the user's training program: ``command`` + ``args``."""
 
-    replicas: Annotated[int, Field(ge=1, le=MAX_NODES)] = 1
+    replicas: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
     command: list[str] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

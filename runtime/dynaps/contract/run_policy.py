@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from dynaps.contract import quantity
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 
 
 class CleanPodPolicy(StrEnum):
@@ -104,7 +104,9 @@ class FailureRule(Model):
     any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
 
     action: FailureAction
-    exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=list, max_length=64)
+    exit_codes: list[Annotated[int, Field(ge=0, le=255), WHOLE_NUMBER]] = Field(
+        default_factory=list, max_length=64
+    )
     reasons: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
     pod_conditions: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
 
@@ -150,16 +152,16 @@ class OomMemoryGrowth(Model):
 
 
 class RunPolicy(Model):
-    backoff_limit: Annotated[int, Field(ge=0)] = 3
-    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    backoff_limit: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 3
+    active_deadline_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
     # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
     # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
-    start_timeout_seconds: Annotated[int, Field(ge=0)] = 600
+    start_timeout_seconds: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 600
     # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
     failure_policy: list[FailureRule] = Field(default_factory=list, max_length=32)
     # None: an OOMKilled pod comes back with the same memory (and the failure policy decides).
     oom_memory_growth: OomMemoryGrowth | None = None
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0), WHOLE_NUMBER] | None = None
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     suspend: bool = False
     scheduling_policy: SchedulingPolicy = SchedulingPolicy()

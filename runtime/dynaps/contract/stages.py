@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import WHOLE_NUMBER, Model
 from dynaps.contract.limits import MAX_NODES, checked_name
 from dynaps.contract.roles import RoleSpec
 
@@ -26,9 +26,9 @@ class StageSpec(Model):
     its workers live to the next stage's count (docs/stages.md)."""
 
     name: str
-    epochs: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    steps: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
-    workers: Annotated[int, Field(ge=1, le=MAX_NODES)]
+    epochs: Annotated[int, Field(ge=1, le=1_000_000), WHOLE_NUMBER] | None = None
+    steps: Annotated[int, Field(ge=1, le=1_000_000_000), WHOLE_NUMBER] | None = None
+    workers: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER]
 
     @field_validator("name")
     @classmethod
