@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
 
 
+def is_whole_number(value: object) -> TypeGuard[numbers.Integral]:
+    """An int or numpy's integer, not a bool: pydantic's lax mode would read True as 1 and "10"
+    or 10.0 as 10, a mistake each where a count is meant."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _whole_number(value: object) -> int:
-    """A count given as a whole number (numpy's integers too); pydantic's lax mode would read
-    True as 1 and "10" or 10.0 as 10, a mistake each."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_whole_number(value):
         raise ValueError(f"a whole number, not {value!r}")
     return int(value)
 

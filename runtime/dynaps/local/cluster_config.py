@@ -4,7 +4,6 @@ count that pydantic's lax mode quietly reads: True as 1, "2" or 2.0 as 2)."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 
 from pydantic import ValidationError
@@ -22,6 +21,7 @@ from dynaps.contract import (
     TableSpec,
     describe_validation_error,
 )
+from dynaps.contract.base import is_whole_number
 from dynaps.errors import ConfigError
 
 
@@ -29,7 +29,7 @@ def check_counts(counts: Mapping[str, object]) -> None:
     """Raise a ConfigError naming the first of ``counts`` (argument name -> value) that is
     not a whole number (a bool is not one, numpy's integers are)."""
     for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        if not is_whole_number(count):
             raise ConfigError(f"LocalCluster: {name} takes a whole number, got {count!r}")
 
 
