@@ -22,12 +22,14 @@ from tests.dynaps_operator.conftest import (
     IDLE_WORKER,
     create_job,
     jobs_path,
+    pod_logs,
     pods_of,
     quickstart_job,
     wait_phase,
 )
 from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import ApiError, KubeClient, namespaced
+from tests.kube.kubelet import ProcessKubelet
 from tests.kube.polling import wait_for
 
 JsonDict = dict[str, Any]
@@ -144,7 +146,11 @@ def test_volcano_and_kueue_wait_behind_suspend_and_carry_queue_and_priority(
 
 @pytest.mark.e2e
 def test_a_job_runs_beside_its_pod_group_when_its_scheduler_ignores_it(
-    operator: OperatorThread, pod_group_crds: None, kube_api: KubeClient, kube_namespace: str
+    operator: OperatorThread,
+    pod_group_crds: None,
+    kube_api: KubeClient,
+    kube_namespace: str,
+    process_kubelet: ProcessKubelet,
 ) -> None:
     """The labels, the schedulerName the spec names and the PodGroup break nothing: with
     ``default-scheduler`` (a cluster whose default scheduler may or may not run Coscheduling)
@@ -156,7 +162,12 @@ def test_a_job_runs_beside_its_pod_group_when_its_scheduler_ignores_it(
         ns,
         quickstart_job("gangrun", runPolicy={"cleanPodPolicy": "None", "schedulingPolicy": policy}),
     )
-    done = wait_phase(kube_api, ns, "gangrun", {"Succeeded", "Failed"}, 120)
+    try:
+        done = wait_phase(kube_api, ns, "gangrun", {"Succeeded", "Failed"}, 120)
+    except AssertionError as exc:
+        # once (2026-12-06, under -n 2) worker-0's program never attached: its log says why
+        names = [pod["metadata"]["name"] for pod in pods_of(kube_api, ns, "gangrun")]
+        raise AssertionError(f"{exc}\n{pod_logs(process_kubelet, ns, names)}") from None
     assert done["status"]["phase"] == "Succeeded", done["status"]
     group = pod_group(kube_api, api, ns, "gangrun")
     assert group is not None
