@@ -131,8 +131,11 @@ class Authenticator:
         general form's lists and sums (half of sign's time was the Python around the MAC)."""
         return self._gcm_tag(meta, _LENGTHS[1].pack(len(head)) + head + meta, last)
 
-    def _small_two_frame_tag(self, head: bytes, meta: bytes, last: Any) -> bytes:
-        """:meth:`_tag`'s small form for a header of bytes and one flat array."""
+    def _header_and_array_tag(self, head: bytes, meta: bytes, last: Any) -> bytes:
+        """:meth:`_tag` for a header of bytes and one flat array (pull replies, pushes),
+        without the general form's lists and sums: BLAKE2b or AES-GCM by size, as there."""
+        if len(head) + len(last) > SMALL_BYTES:
+            return self._two_frame_tag(head, meta, last)
         small = self._small.copy()
         small.update(_LENGTHS[1].pack(len(head)))
         small.update(head)
@@ -155,11 +158,8 @@ class Authenticator:
         if type(first) is bytes and len(frames) == 2:
             # a header and one array: pull replies, pushes (the general path's lists and
             # sums cost as much as the MAC of a small one)
-            view = flat(frames[1])
             meta = META.pack(sender, dest, 2, self._salt, self._seq)
-            if len(first) + len(view) > SMALL_BYTES:
-                return [first + meta + self._two_frame_tag(first, meta, view), frames[1]]
-            return [first + meta + self._small_two_frame_tag(first, meta, view), frames[1]]
+            return [first + meta + self._header_and_array_tag(first, meta, flat(frames[1])), frames[1]]
         if first is None or len(frames) > MAX_FRAMES:
             raise ValueError(f"a message of {len(frames)} frames")
         meta = META.pack(sender, dest, len(frames), self._salt, self._seq)
@@ -184,10 +184,7 @@ class Authenticator:
             body = [first[:size]]
         elif count == 2 and type(frames[1]) is bytes:  # a header and one array: sign's two-frame forms
             body = [first[:size], frames[1]]
-            if size + len(frames[1]) > SMALL_BYTES:
-                tag = self._two_frame_tag(body[0], first[size:-TAG_SIZE], frames[1])
-            else:
-                tag = self._small_two_frame_tag(body[0], first[size:-TAG_SIZE], frames[1])
+            tag = self._header_and_array_tag(body[0], first[size:-TAG_SIZE], frames[1])
         else:
             body = [first[:size], *frames[1:]]
             tag = self._tag(first[size:-TAG_SIZE], body, [len(f) for f in body])
