@@ -5,6 +5,7 @@ Authentication and the size bound have their own tests (test_wire_auth.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -386,6 +387,68 @@ def test_a_tcp_connection_without_the_password_is_closed_and_delivers_nothing(op
         assert b.rejected == 0  # nothing of it was even read as a message
     finally:
         b.close()
+
+
+def test_a_wrong_tcp_password_is_answered_refused_before_the_close() -> None:
+    """So that a dialler tells another job's process from a peer that died (next test)."""
+    b = TcpTransport(2, KEY)
+    try:
+        with _raw(b.address) as sock:
+            sock.sendall(tcp_inbound.MAGIC + b"0" * 48)
+            answer = b""
+            deadline = time.monotonic() + 5.0
+            while not answer and time.monotonic() < deadline:
+                assert b.recv(timeout=0.02) is None
+                sock.settimeout(0.01)
+                with contextlib.suppress(TimeoutError):
+                    answer = sock.recv(16)
+            assert answer == tcp_inbound.REFUSED
+            assert _closed_by_peer(sock)
+    finally:
+        b.close()
+
+
+def test_what_a_tcp_peer_died_with_unanswered_goes_again_on_the_next_connection() -> None:
+    """A peer killed with our connection in its backlog (it never read our password) closes
+    it without an answer: that is no refusal, and what we wrote on it reaches the peer's
+    replacement, in order (a node lost its heartbeats and REJOIN to a coordinator restarted
+    that way, and the new one never adopted it: chaos seed 114993)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead.listen(8)  # never accepts: our connection waits in its backlog
+    port = dead.getsockname()[1]
+    sender = TcpTransport(1, KEY)
+    replacement = None
+    try:
+        sender.connect(2, f"tcp://127.0.0.1:{port}")
+        sender.send(2, [b"first"])
+        sender.send(2, [b"second"])
+        peer = sender._outbound.peers[2]
+        deadline = time.monotonic() + 5.0
+        while len(peer.unconfirmed) < 2:  # both written, unanswered
+            assert time.monotonic() < deadline, "the sends were not written"
+            assert sender.recv(timeout=0.01) is None
+        dead.close()  # the backlog's connections are reset
+        deadline = time.monotonic() + 5.0
+        while peer.sock is not None and peer.unconfirmed:
+            assert time.monotonic() < deadline, "the reset was not noticed"
+            assert sender.recv(timeout=0.01) is None
+        replacement = TcpTransport(2, KEY, port=port)
+        got: list[list[bytes]] = []
+        deadline = time.monotonic() + 5.0
+        while len(got) < 2:
+            assert time.monotonic() < deadline, f"only {got} arrived"
+            assert sender.recv(timeout=0.01) is None
+            frames = replacement.recv(timeout=0.01)
+            if frames is not None:
+                got.append([bytes(f) for f in frames])
+        assert got == [[b"first"], [b"second"]]
+        assert sender.unsent == 0
+    finally:
+        sender.close()
+        dead.close()
+        if replacement is not None:
+            replacement.close()
 
 
 def test_a_tcp_connection_that_never_presents_a_password_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,10 +4,11 @@ what arrives into messages (the sending side, :mod:`dynaps.wire.tcp_outbound`, w
 same framing).
 
 A message is ``u32`` frame count, ``u64`` length per frame, then the frames.  Before its
-password a connection is read no further than the password's length and closed at its first
-wrong byte; at most :data:`MAX_UNADMITTED` wait for theirs, none longer than
-:data:`HANDSHAKE_SECONDS`.  After it, a frame count out of range or a frame over the bound
-closes the connection before anything of the message is kept.
+password a connection is read no further than the password's length and, at its first wrong
+byte, answered :data:`REFUSED` and closed (a dialler tells that from a peer that died); at
+most :data:`MAX_UNADMITTED` wait for theirs, none longer than :data:`HANDSHAKE_SECONDS`.
+After it, a frame count out of range or a frame over the bound closes the connection before
+anything of the message is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"DYNAPS-TCP-1\0\0\0\0"  # then the job's password: what a connection sends first
 ADMITTED = b"\x01"  # the acceptor's answer to the right password
+REFUSED = b"\x00"  # its answer to a wrong one, before it closes the connection
 MAX_FRAMES = 64  # a job's messages have a header, a body, a few arrays and the trailer
 HANDSHAKE_SECONDS = 10.0
 MAX_UNADMITTED = 256
@@ -169,6 +171,8 @@ class Inbound:
             if len(conn.buf) >= 10 and conn.buf[0] == 0xFF and conn.buf[9] == 0x7F:
                 # ZMTP's signature, which a ZeroMQ peer sends and then waits
                 self._zmq_peer_log("a ZeroMQ peer (is DYNAPS_TRANSPORT the same in every process?)")
+            with contextlib.suppress(OSError):  # gone already: nothing to tell
+                conn.sock.send(REFUSED)
             self.close_connection(conn)
             return False
         if len(conn.buf) < len(self._hello):

@@ -5,14 +5,17 @@ password).
 
 A process learns every member's address but talks to few of them, so a connection opens on
 the first send to its peer (or a watch).  It starts with the job's password, and messages
-follow at once, without waiting for the peer's answer (a byte).  A connection closed before
-that answer reached a process of another job, which took the address: what was written on
-it or waits for it is dropped and counted (:attr:`Outbound.unsent`).  What the kernel does
-not take waits in the peer's queue: :meth:`Peer.send` goes on writing it for up to
+follow at once, without waiting for the peer's answer (a byte).  Until that answer the peer
+has read nothing of ours as a message, so we keep a copy of what we wrote: a peer that
+refuses the password (:data:`~dynaps.wire.tcp_inbound.REFUSED`: another job's process took
+the address) gets none of it, and it is dropped and counted (:attr:`Outbound.unsent`) with
+what waits; a connection that closes with no answer (the peer died with it in its backlog,
+or cut it as late) writes it all again, first, on the next one.  What the kernel does not
+take waits in the peer's queue: :meth:`Peer.send` goes on writing it for up to
 :data:`FLUSH_SECONDS`, and the rest goes out whenever the transport polls.  A connection that
 drops is dialled again every :data:`RECONNECT_SECONDS` while messages wait for it or the
-peer is watched; what was half written is lost, as with ZeroMQ, and the protocol's retries
-recover it.
+peer is watched; what was half written after the answer is lost, as with ZeroMQ, and the
+protocol's retries recover it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from dynaps.errors import ConfigError, ProtocolError
 from dynaps.throttled_log import ThrottledLog
 from dynaps.wire.auth import flat
-from dynaps.wire.tcp_inbound import HEADS, MAX_FRAMES, unregister
+from dynaps.wire.tcp_inbound import HEADS, MAX_FRAMES, REFUSED, unregister
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Outbound:
         self.retrying: set[Peer] = set()  # waiting to dial again
         self.unsent = 0  # messages dropped because their peer refused our password
         self.unsent_log = ThrottledLog(log, "could not send: the peer refused our password")
+        self.resend_log = ThrottledLog(log, "a connection closed before the peer answered our password")
 
     @property
     def open_connections(self) -> int:
@@ -182,7 +186,9 @@ class Peer:
         self.admitted = False  # the peer accepted our password
         self.writing = False  # registered for writability
         self.retry_at: float | None = None  # dial again then (None: not waiting to)
-        self.unconfirmed = 0  # messages written before the peer accepted our password
+        # copies of the messages written before the peer answered our password: sent again
+        # on the next connection if this one closes unanswered
+        self.unconfirmed: list[memoryview] = []
         self.dialed_at = 0.0
 
     def dial(self) -> None:
@@ -205,7 +211,7 @@ class Peer:
             raise out.out_of_room(exc) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        self.sock, self.connected, self.admitted, self.unconfirmed = sock, False, False, 0
+        self.sock, self.connected, self.admitted, self.unconfirmed = sock, False, False, []
         self.pending.appendleft(memoryview(out.hello))
         try:
             code = sock.connect_ex(where)
@@ -237,11 +243,11 @@ class Peer:
                 data = None
             except OSError:
                 data = b""
-            if data == b"":
-                self.lost()
+            if data in (b"", REFUSED):
+                self.lost(refused=data == REFUSED)
                 return
             if data:
-                self.admitted, self.unconfirmed = True, 0
+                self.admitted, self.unconfirmed = True, []
         if mask & selectors.EVENT_WRITE:
             self.flush()
 
@@ -264,8 +270,8 @@ class Peer:
                 return
             whole = len(head) + sum(len(v) for v in views)
             if sent == whole:
-                if not self.admitted:
-                    self.unconfirmed += 1
+                if not self.admitted:  # a copy: the caller may change its arrays
+                    self.unconfirmed.append(memoryview(b"".join([head, *views])))
                 return
             # copied: the caller may change its arrays once send returns
             self.pending.append(memoryview(b"".join([head, *views]))[sent:])
@@ -311,7 +317,7 @@ class Peer:
                     pending.popleft()
                     self.partial = False
                     if not self.admitted and first.obj is not self.out.hello:
-                        self.unconfirmed += 1
+                        self.unconfirmed.append(memoryview(first.obj))
                 else:
                     pending[0] = first[sent:]
                     self.partial = True
@@ -335,10 +341,13 @@ class Peer:
         if self.pending and self.pending[0].obj is self.out.hello:
             self.pending.popleft()
 
-    def lost(self) -> None:
-        """The connection dropped or could not open: dial again soon if anything waits or the
-        peer is watched."""
-        refused = self.connected and not self.admitted
+    def lost(self, refused: bool = False) -> None:
+        """The connection dropped or could not open (``refused``: the peer said it refused
+        our password): dial again soon if anything waits or the peer is watched."""
+        if self.connected and not self.admitted and not refused:
+            refused = self._read_answer() == REFUSED  # sent before it closed, not read yet
+        if not self.admitted:
+            self._take_back()
         self.close_socket()
         if refused:
             self.refused()
@@ -346,14 +355,39 @@ class Peer:
         if self.pending or self.endpoint in self.out.watched:
             self._retry_soon()
 
+    def _read_answer(self) -> bytes:
+        """The peer's answer to our password, if it came (and was not read yet): admitted
+        from here on if it is that."""
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(64)
+        except OSError:  # nothing came before the connection broke (or nothing yet)
+            return b""
+        if data and data != REFUSED:
+            self.admitted, self.unconfirmed = True, []
+        return data
+
+    def _take_back(self) -> None:
+        """The peer read nothing of ours as a message: what was written (whole, or in part)
+        waits again, first, for the next connection."""
+        taken = len(self.unconfirmed)
+        if self.partial:
+            first = self.pending.popleft()
+            self.partial = False
+            if first.obj is not self.out.hello:
+                self.pending.appendleft(memoryview(first.obj))
+                taken += 1
+        self.pending.extendleft(reversed(self.unconfirmed))
+        self.unconfirmed = []
+        if taken:
+            self.out.resend_log(f"{taken} messages to endpoint {self.endpoint} go again on the next one")
+
     def refused(self) -> None:
-        """The peer closed the connection before accepting our password: another job's
-        process took the address.  What was sent or waits is dropped and counted; the next
-        send dials again."""
+        """The peer refused our password: another job's process took the address.  What was
+        sent or waits is dropped and counted; the next send dials again."""
         out = self.out
-        dropped = self.unconfirmed + len(self.pending)
+        dropped = len(self.pending)
         self.pending.clear()
-        self.unconfirmed = 0
         out.unsent += dropped
         out.unsent_log(
             f"endpoint {self.endpoint} at {out.addresses.get(self.endpoint)} refused this job's password"
