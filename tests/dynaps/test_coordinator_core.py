@@ -411,6 +411,71 @@ def test_a_restarted_coordinator_adopts_the_running_job() -> None:
     assert job.status()["epoch"] == 7
 
 
+def restart_with_one_worker_unheard(job: Job) -> None:
+    """A restarted coordinator hears server 1 and worker 2 (rank 0); both knew worker 3 (rank
+    1), whose heartbeats do not come."""
+    shard_map = {"epoch": 4, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    worker = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
+    job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
+    job.tell(2, MsgType.HEARTBEAT, worker)
+    known = [[1, None], [2, 0], [3, 1]]
+    for node in (1, 2):
+        rejoin = {"heartbeat": worker, "shard_map": shard_map, "highest_node_id": 3, "members": known}
+        job.tell(node, MsgType.REJOIN, rejoin)
+    job.clock.now += 1.5
+    job.coordinator.tick()
+
+
+def test_a_member_unheard_after_a_restart_gets_time_then_is_lost_and_its_rank_awaited() -> None:
+    """Chaos seed 114993: a worker whose heartbeats missed the rebuilding was left out, and
+    the job then ended "all workers finished" without its rank's part of the work."""
+    job = Job(servers=1, workers=2, num_shards=4)
+    restart_with_one_worker_unheard(job)
+    assert job.phase() is JobPhase.ADOPTING  # a node the others knew may still come
+    job.clock.now += job.config.fault_tolerance.silent_node_timeout_seconds
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    [(_, first), *_] = job.memberships()
+    assert first.lost == [3]  # its keys are taken back as lost, not forgotten as if it had left
+    assert [n.id for n in first.nodes] == [1, 2]
+    job.tell(2, MsgType.WORKER_DONE, {"exit_code": 0})
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING  # rank 1 did not finish its part
+    job.tell(3, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w1", "rank": 1})
+    [(_, refused)] = job.wire.take(MsgType.REFUSED)  # it speaks at last: told to exit
+    assert refused["node"] == 3
+    replacement = job.register("worker", "w1")
+    assert job.coordinator.roster.get(replacement).rank == 1  # type: ignore[union-attr]
+
+
+def test_a_member_heard_late_in_the_rebuilding_is_adopted() -> None:
+    job = Job(servers=1, workers=2, num_shards=4)
+    restart_with_one_worker_unheard(job)
+    beat = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 1, "client": "tcp://w1-program"}
+    job.tell(3, MsgType.HEARTBEAT, beat)
+    assert [e for e, _ in job.wire.take(MsgType.ADOPT)][-1] == 3
+    shard_map = {"epoch": 4, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    job.tell(
+        3, MsgType.REJOIN, {"heartbeat": beat, "shard_map": shard_map, "members": [[1, None], [2, 0], [3, 1]]}
+    )
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    [(_, first), *_] = job.memberships()
+    assert (first.lost, [n.id for n in first.nodes]) == ([], [1, 2, 3])
+
+
+def test_a_heartbeat_of_a_node_the_coordinator_never_knew_tells_it_to_exit() -> None:
+    """It joined before a restart and missed the rebuilding: no membership lists it, and it
+    would wait for one for ever."""
+    job = Job(servers=1, workers=1)
+    job.start()
+    job.tell(9, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w9", "rank": 0})
+    [(_, refused)] = job.wire.take(MsgType.REFUSED)
+    assert refused["node"] == 9
+    assert job.phase() is JobPhase.RUNNING
+
+
 def test_a_replacement_coordinator_holds_a_recreated_pods_registration_until_it_adopted() -> None:
     """The first message a replacement coordinator gets may be a REGISTER of a recreated pod:
     it must not start a new job with it and then ignore the running job's nodes."""

@@ -230,6 +230,7 @@ def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     body = control.body_of(rejoin, control.Rejoin)
     assert body.shard_map == plane.server.shard_map.to_json()
     assert body.highest_node_id == 7  # a lost node's id: not to be given again
+    assert body.members == [(1, None), (2, None)]  # the coordinator declares lost those it never hears
 
 
 def test_stats_and_ping_are_answered_to_known_endpoints_only() -> None:

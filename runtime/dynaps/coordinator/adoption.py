@@ -2,8 +2,15 @@
 
 A heartbeat from a node the coordinator never registered means the coordinator restarted
 while the job ran on.  The nodes keep their ids; the coordinator collects them, asks each
-for its shard map (ADOPT, answered by REJOIN), and once no new node has appeared for a
-moment carries on with the newest map.  Registrations that arrive meanwhile wait.
+for its shard map and the members it knew (ADOPT, answered by REJOIN), and once no new node
+has appeared for a moment carries on with the newest map.  Registrations that arrive
+meanwhile wait.
+
+A member the others knew and the coordinator never heard from gets longer to speak
+(``missing_wait``), then is declared lost like any silent node: its shards go to their
+backups and the keys it held are taken back as a loss (the others would otherwise forget it as
+if it had left, and its updates with it), and if it speaks later it is told to exit.  A
+worker rank that no node holds waits for its replacement: the job never ends without it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any
 
 from dynaps.coordinator.roster import Member, MemberState
 from dynaps.wire import control
+from dynaps.wire.control import Role
 
 ADOPT_QUIET = 1.0  # seconds without a new node before the job goes on
 
@@ -25,10 +33,21 @@ def adopted_member(node: int, heartbeat: control.Heartbeat, now: float) -> Membe
     return member
 
 
+def unheard_member(node: int, rank: int | None, now: float) -> Member:
+    """A member the others knew (a worker if it has a ``rank``) and that was not heard from,
+    as far as it is known: to be declared lost."""
+    role: Role = "server" if rank is None else "worker"
+    return Member(node, role, "", "", 0, rank, state=MemberState.READY, last_seen=now)
+
+
 class Adoption:
-    def __init__(self, quiet: float = ADOPT_QUIET) -> None:
+    def __init__(self, quiet: float = ADOPT_QUIET, missing_wait: float = 0.0) -> None:
+        """``missing_wait``: seconds after the quiet moment that a member the others knew
+        may take to be heard (at least five quiet periods are waited for a REJOIN)."""
         self.quiet = quiet
+        self.missing_wait = missing_wait
         self.maps: dict[int, dict[str, Any] | None] = {}  # node -> its shard map, once it rejoined
+        self.known: dict[int, int | None] = {}  # the members the rejoined nodes knew: id -> rank
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
@@ -37,14 +56,22 @@ class Adoption:
         self.maps[node] = None
         self.until = now + self.quiet
 
-    def rejoined(self, node: int, shard_map: dict[str, Any]) -> None:
+    def rejoined(self, node: int, shard_map: dict[str, Any], members: list[control.KnownMember]) -> None:
         if node in self.maps:
             self.maps[node] = shard_map
+            self.known.update(members)
+
+    def missing(self) -> dict[int, int | None]:
+        """Members the rejoined nodes knew that were not heard from: id -> a worker's rank."""
+        return {node: rank for node, rank in self.known.items() if node not in self.maps}
 
     def due(self, now: float) -> bool:
-        """Whether to finish: quiet and every node rejoined, or quiet for much longer."""
+        """Whether to finish: quiet, every node rejoined and every member they knew heard
+        from, or quiet for much longer."""
         rejoined = all(doc is not None for doc in self.maps.values())
-        return (now > self.until and rejoined) or now > self.until + self.quiet * 5
+        missing = bool(self.missing())
+        late = max(self.quiet * 5, self.missing_wait) if missing else self.quiet * 5
+        return (now > self.until and rejoined and not missing) or now > self.until + late
 
     def newest_map(self) -> dict[str, Any] | None:
         """The shard map of the highest epoch the nodes reported (None: none yet)."""
@@ -61,5 +88,6 @@ class Adoption:
     def finish(self) -> list[control.Register]:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()
+        self.known.clear()
         deferred, self.deferred = self.deferred, []
         return deferred

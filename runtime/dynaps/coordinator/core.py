@@ -29,7 +29,7 @@ from typing import Any
 
 from dynaps.contract import RuntimeConfig
 from dynaps.coordinator import commands
-from dynaps.coordinator.adoption import Adoption, adopted_member
+from dynaps.coordinator.adoption import Adoption, adopted_member, unheard_member
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
 from dynaps.coordinator.departures import Departures
@@ -94,7 +94,6 @@ class Coordinator:
         self.min_clock = MinClock()
         self.end = JobEnd(self.roster, self.outbox, config.fault_tolerance, stopped=self._stopped)
         self.started_at = time.time()
-        self.adoption = Adoption()
         self.homes = ShardHomes(
             config.rebalance_policy,
             config.fault_tolerance.replication,
@@ -109,6 +108,12 @@ class Coordinator:
             clock=clock,
         )
         self.liveness = Liveness.for_job(config.fault_tolerance, config.allocation, self.homes.is_home)
+        # after a restart, a member no one heard from is declared lost as silence would: sooner
+        # where a backup holds what it had
+        replicated = config.fault_tolerance.replication > 0
+        self.adoption = Adoption(
+            missing_wait=self.liveness.lost_after if replicated else self.liveness.silent_node_timeout
+        )
         self.checkpoints = CheckpointRounds(
             config.fault_tolerance.checkpoint,
             config.job,
@@ -210,6 +215,12 @@ class Coordinator:
                 return
             if node in self.roster.former:
                 return  # a node that left (and lingers) or was declared lost: no longer ours
+            if kind is MsgType.HEARTBEAT and msg.sender == node:
+                # A node this coordinator never knew: it joined before a restart and missed the
+                # rebuilding, and no membership lists it any more: it must start again.
+                log.error("heartbeat of node %d, which is not a member: told to exit", node)
+                self.outbox.fence(node, control.body_of(msg, control.Heartbeat).address)
+                return
             raise ProtocolError(f"{kind.name} from unknown endpoint {msg.sender}")
         member.heard(self.clock())
         if kind is MsgType.HEARTBEAT:
@@ -244,7 +255,7 @@ class Coordinator:
         elif kind is MsgType.REJOIN:
             rejoin = control.body_of(msg, control.Rejoin)
             self.roster.reserve_ids_to(rejoin.highest_node_id)  # dead nodes' ids stay unused
-            self.adoption.rejoined(member.id, rejoin.shard_map)
+            self.adoption.rejoined(member.id, rejoin.shard_map, rejoin.members)
         elif kind is MsgType.LEASE:
             lease = control.body_of(msg, control.Lease)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
@@ -359,6 +370,7 @@ class Coordinator:
         newest = self.adoption.newest_map()
         if newest is None:
             return
+        unheard = self.adoption.missing()
         self.homes.adopt(newest)
         self.roster.want_present()
         self.homes.reconfirm()  # which backups hold their shards is not known: the homes say
@@ -371,11 +383,23 @@ class Coordinator:
             len(self.roster.members),
             shard_map.epoch,
         )
+        self._lose_unheard(unheard)  # before any membership leaves them out as if they had left
         self._announce()
         for reg in deferred:
             self._on_register(reg)
         self.homes.rebalance()
         self._settle()
+
+    def _lose_unheard(self, unheard: dict[int, int | None]) -> None:
+        """Members the others knew (id -> a worker's rank) and that stayed silent through the
+        rebuilding: lost, as silence makes a node, so its shards go to their backups, the keys
+        it held are taken back as a loss and a worker's rank waits for its replacement; it is
+        told to exit if it speaks later."""
+        for node, rank in sorted(unheard.items()):
+            member = unheard_member(node, rank, self.clock())
+            log.error("%s %d, a member before the restart, was not heard from since", member.role, node)
+            self.roster.adopt(member)
+            self.departures.lost(member)
 
     # ------------------------------------------------------------------ failures
 

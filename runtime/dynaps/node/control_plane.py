@@ -250,10 +250,12 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
                 server.migrations.abort_all()  # it would never commit them
+                known = self.follower.current
                 rejoin = control.Rejoin(
                     heartbeat=self.shell.heartbeat(),
                     shard_map=server.shard_map.to_json(),
                     highest_node_id=self.highest_node_id,
+                    members=[(info.id, info.rank) for info in known.nodes] if known else [],
                 )
                 self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:

@@ -102,12 +102,21 @@ class Heartbeat(_Body):
     draining: bool = False
 
 
+# a member as a node knew it: its id and, for a worker, its rank (None for a server)
+_Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
+KnownMember = tuple[Annotated[int, Field(ge=1, le=MAX_NODES)], _Rank | None]
+
+
 class Rejoin(_Body):
     heartbeat: Heartbeat
     shard_map: dict[str, Any]
     # the highest node id this node has heard of: a restarted coordinator must never give a
     # dead node's id to a new one (the others drop whatever goes to a lost id)
     highest_node_id: int = Field(default=0, ge=0, le=MAX_NODES)
+    # the members of the last membership this node received, (id, a worker's rank): a restarted
+    # coordinator declares lost those no one heard from, so what they held is taken back as a
+    # loss, never forgotten as if they had left, and a worker's rank waits for its replacement
+    members: list[KnownMember] = Field(default_factory=list, max_length=MAX_NODES)
 
 
 class Membership(_Body):
