@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -71,6 +72,16 @@ def protected(kube_api: KubeClient, ns: str, name: str, after_epoch: int) -> Jso
     return job if running and ownership.get("unsyncedShards", 0) == 0 else None
 
 
+def keep_logs(kubelet: ProcessKubelet, ns: str, folder: Path) -> None:
+    """Every pod's log, the killed ones' too (pytest keeps ``tmp_path`` of its last runs): the
+    printed tails do not reach back to a failure's cause."""
+    for pod in kubelet.pods_root.glob(f"{ns}_*"):
+        for log in pod.glob("*.log"):
+            (folder / pod.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, folder / pod.name / log.name)
+    print("every pod's log:", folder)
+
+
 def kill_and_recover(
     kube_api: KubeClient, kubelet: ProcessKubelet, ns: str, name: str, victim: str, folder: Path
 ) -> None:
@@ -123,6 +134,7 @@ def test_random_kills_lose_no_acknowledged_increment(
     finally:
         print("killed, in order:", killed)
         print(pod_logs(process_kubelet, ns, [f"{name}-coordinator", f"{name}-server-0", f"{name}-worker-0"]))
+        keep_logs(process_kubelet, ns, tmp_path / "pod-logs")
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert condition(done, "DataLoss") is None, done["status"]
     acked = sum(int((tmp_path / f"acked-{rank}").read_text()) for rank in range(WORKERS))
