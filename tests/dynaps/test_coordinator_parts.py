@@ -10,6 +10,7 @@ from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
+from dynaps.coordinator.process import PACE_SECONDS, turn_pace
 from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
 from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
@@ -229,3 +230,13 @@ def test_reported_names_are_bounded_where_they_arrive() -> None:
     assert reports.metrics["loss_at_step_0"] == 9.0
     assert reports.by_rank["1"] == {"loss_at_step_0": 9.0}
     assert reports.dropped == 7
+
+
+def test_the_coordinator_paces_its_turns_only_at_a_thousand_heartbeats_a_second() -> None:
+    """Below that rate a barrier or clock message is never held back; at 1,000 nodes a turn
+    per heartbeat cost a wake-up each."""
+    assert turn_pace(10, 200) == 0.0
+    assert turn_pace(199, 200) == 0.0
+    assert turn_pace(200, 200) == PACE_SECONDS
+    assert turn_pace(1000, 200) == PACE_SECONDS
+    assert turn_pace(1000, 2000) == 0.0  # 500 a second

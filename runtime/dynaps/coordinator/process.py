@@ -35,6 +35,19 @@ MESSAGES_PER_TURN = 2000
 # A tick this much later than due means the loop itself stalled: the heartbeats of that time
 # wait unread, so that tick judges no silence (dynaps.coordinator.liveness).
 STALL_SECONDS = 0.5
+# Heartbeats a second from which the loop paces its turns: each turn then begins at least
+# PACE_SECONDS after the last, and handles what came meanwhile in one go.  At 1,000 nodes
+# a turn per heartbeat cost a wake-up each (most of the coordinator's CPU: docs/scaling.md);
+# below that rate a control message (a barrier, a clock) is never held back.
+PACE_FROM_HEARTBEATS_PER_SECOND = 1000
+PACE_SECONDS = 0.002
+
+
+def turn_pace(members: int, heartbeat_interval_ms: int) -> float:
+    """Seconds a turn of the loop begins after the last one (at the least): PACE_SECONDS
+    once the members' heartbeats reach PACE_FROM_HEARTBEATS_PER_SECOND, else none."""
+    rate = members * 1000 / heartbeat_interval_ms
+    return PACE_SECONDS if rate >= PACE_FROM_HEARTBEATS_PER_SECOND else 0.0
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -81,7 +94,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     announce(transport.address, http.port)
-    next_tick = time.monotonic()
+    next_tick = turn_began = time.monotonic()
+    heartbeat_ms = config.fault_tolerance.heartbeat_interval_ms
     try:
         while coordinator.exit_code is None:
             if alone.is_set():
@@ -91,7 +105,11 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             if stop.is_set():
                 coordinator.finish(SIGTERM_EXIT_CODE, "the coordinator was asked to stop")
                 break
+            pace = turn_pace(len(coordinator.roster.members), heartbeat_ms)
+            if pace and (early := turn_began + pace - time.monotonic()) > 0:
+                time.sleep(early)
             frames = transport.recv(timeout=TICK_SECONDS)
+            turn_began = time.monotonic()
             handled = 0
             while frames is not None:
                 coordinator.receive(frames)
