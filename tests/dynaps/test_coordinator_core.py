@@ -70,14 +70,7 @@ class Job:
 
     def attach(self, node: int) -> None:
         """The worker's training program connects."""
-        body = {
-            "role": "client",
-            "address": f"tcp://{self.names[node]}-program",
-            "nonce": f"client-{node}",
-            "config_digest": control.config_digest(self.config),
-            "node": node,
-        }
-        self.tell(client_of(node), MsgType.REGISTER, body)
+        self.tell(client_of(node), MsgType.REGISTER, attach_body(self, node))
         assert [e for e, _ in self.wire.take(MsgType.WELCOME)] == [client_of(node)]
 
     def start(self) -> tuple[list[int], list[int]]:
@@ -378,6 +371,40 @@ def test_the_job_ends_when_every_program_exited() -> None:
     shutdown = job.wire.take(MsgType.SHUTDOWN)
     assert [e for e, _ in shutdown] == [s1, w1, w2, client_of(w1), client_of(w2)]
     assert job.status()["phase"] == "stopping"
+
+
+def test_a_registration_sent_again_is_answered_again_not_admitted_twice() -> None:
+    """A node (or program) whose REGISTER, or its answer, went with a coordinator that died
+    sends it again with the same nonce: the same id, and the membership that followed."""
+    job = Job(servers=1, workers=1)
+    server = job.register("server", "s0")
+    job.send_register("server", "s0")  # while the job gathers its nodes: the answer again only
+    assert [b["node"] for _, b in job.wire.take(MsgType.WELCOME)] == [server]
+    worker = job.register("worker", "w0")
+    assert job.memberships()  # everyone registered: the job prepares
+    job.send_register("worker", "w0")
+    assert [(e, b["node"]) for e, b in job.wire.take(MsgType.WELCOME)] == [(worker, worker)]
+    [(to, again)] = job.memberships()
+    assert (to, again.phase) == (worker, "prepare")
+    assert len(job.coordinator.roster.members) == 2
+    for node in (server, worker):
+        job.tell(node, MsgType.READY, {"version": 1})
+    job.attach(worker)
+    job.memberships()
+    job.tell(client_of(worker), MsgType.REGISTER, attach_body(job, worker))  # the program's, again
+    assert [e for e, _ in job.wire.take(MsgType.WELCOME)] == [client_of(worker)]
+    assert [(e, m.phase) for e, m in job.memberships()] == [(client_of(worker), "running")]  # no announce
+
+
+def attach_body(job: Job, node: int) -> dict[str, Any]:
+    """A training program's REGISTER, to attach to its worker ``node``."""
+    return {
+        "role": "client",
+        "address": f"tcp://{job.names[node]}-program",
+        "nonce": f"client-{node}",
+        "config_digest": control.config_digest(job.config),
+        "node": node,
+    }
 
 
 @pytest.mark.parametrize("scale_to", [1, 2])

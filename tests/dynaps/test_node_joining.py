@@ -10,26 +10,32 @@ worker pod whose node had been SIGTERMed before it joined.
 
 A captured answer meant for another process (a refusal, a fence, a shutdown), replayed to a
 joining node, does not make it give up (security audit, finding 2).
+
+A REGISTER left unanswered is sent again, and then the question for the shard map: either, or
+its answer, may have gone with a coordinator killed before it read it.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import zmq
 
+from dynaps.client.membership import register
 from dynaps.config import transport_kind
-from dynaps.contract import RuntimeConfig, TableSpec, secret
+from dynaps.contract import Partition, RuntimeConfig, TableSpec, secret
 from dynaps.local.launch import start_node, stop_processes
 from dynaps.node.process import SIGTERM_EXIT_CODE
-from dynaps.wire import control, messages
+from dynaps.store.shardmap import ShardMap
+from dynaps.wire import control, joining, messages
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, MsgType
+from dynaps.wire.protocol import COORDINATOR, Message, MsgType, client_of
 from dynaps.wire.transport import open_transport
 from tests.dynaps.wire_peers import peer_sockets
 
@@ -115,4 +121,84 @@ def test_a_captured_answer_for_someone_else_does_not_stop_a_joining_node(
     finally:
         stop_processes([node])
         log.close()
+        coordinator.close()
+
+
+def test_a_node_asks_again_for_its_id_and_then_for_the_shard_map() -> None:
+    job_secret = secret.new_secret()
+    coordinator = open_transport(transport_kind(), COORDINATOR, secret.wire_key(job_secret))
+    config = RuntimeConfig(
+        tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
+        servers=1,
+        workers=1,
+        coordinator=coordinator.address.removeprefix("tcp://"),
+    )
+    env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
+    node = start_node("server", config, "server-0", extra_env=env)
+
+    def next_message(what: str) -> tuple[float, Message]:
+        frames = coordinator.recv(timeout=joining.AGAIN_SECONDS * 3)
+        assert frames is not None, f"no {what}"
+        return time.monotonic(), decode(frames, [])
+
+    try:
+        first_at, first = next_message("REGISTER")
+        again_at, again = next_message("REGISTER again")  # the first is left unanswered
+        assert (first.type, again.type) == (MsgType.REGISTER, MsgType.REGISTER)
+        nonce = control.body_of(first, control.Register).nonce
+        assert control.body_of(again, control.Register).nonce == nonce  # a copy, known as one
+        assert again_at - first_at >= joining.AGAIN_SECONDS * 0.9
+        register = control.body_of(again, control.Register)
+        coordinator.connect(7, register.address)
+        welcome = control.Welcome(node=7, nonce=nonce)
+        coordinator.send(7, messages.control(MsgType.WELCOME, COORDINATOR, welcome))
+        _, query = next_message("MEMBERSHIP_QUERY")  # the shard map does not come
+        assert (query.type, query.sender) == (MsgType.MEMBERSHIP_QUERY, 7)
+    finally:
+        stop_processes([node])
+        coordinator.close()
+
+
+def test_a_program_asks_again_to_attach_and_then_for_the_running_membership(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(joining, "AGAIN_SECONDS", 0.2)
+    key = secret.wire_key(secret.new_secret())
+    coordinator = open_transport(transport_kind(), COORDINATOR, key)
+    program = open_transport(transport_kind(), client_of(7), key)
+    program.connect(COORDINATOR, coordinator.address)
+    result: list[tuple[control.Membership, control.Welcome | None]] = []
+    asking = threading.Thread(
+        target=lambda: result.append(register(program, client_of(7), 7, "digest", time.monotonic() + 30))
+    )
+    asking.start()
+
+    def next_message(what: str) -> Message:
+        frames = coordinator.recv(timeout=5)
+        assert frames is not None, f"no {what}"
+        return decode(frames, [])
+
+    try:
+        first, again = next_message("REGISTER"), next_message("REGISTER again")
+        nonce = control.body_of(first, control.Register).nonce
+        assert control.body_of(again, control.Register).nonce == nonce
+        coordinator.connect(client_of(7), program.address)
+        welcome = control.Welcome(node=7, nonce=nonce, rank=0)
+        coordinator.send(client_of(7), messages.control(MsgType.WELCOME, COORDINATOR, welcome))
+        query = next_message("MEMBERSHIP_QUERY")  # the running membership does not come
+        assert (query.type, query.sender) == (MsgType.MEMBERSHIP_QUERY, client_of(7))
+        shard_map = ShardMap.initial(4, Partition.RANGE, [1])
+        info = control.NodeInfo(
+            id=7, role="worker", address="tcp://127.0.0.1:9", client=program.address, rank=0
+        )
+        running = control.Membership(
+            version=2, phase="running", nodes=[info], shard_map=shard_map.to_json(), num_workers=1
+        )
+        coordinator.send(client_of(7), messages.control(MsgType.MEMBERSHIP, COORDINATOR, running))
+        asking.join(timeout=10)
+        [(membership, welcomed)] = result
+        assert (membership.version, welcomed) == (2, welcome)
+    finally:
+        asking.join(timeout=35)
+        program.close()
         coordinator.close()

@@ -38,20 +38,35 @@ def register(
         pid=os.getpid(),
         node=node,
     )
-    transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, body))
-    welcomed = None
+    welcomes: list[control.Welcome] = []
+
+    def ask() -> None:
+        """The REGISTER until it is answered, then the membership (the one that says the job
+        runs may have been lost)."""
+        if not welcomes:
+            transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, body))
+        else:
+            query = control.MembershipQuery(version=0)
+            transport.send(COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, endpoint, query))
+
+    ask()
     while True:
         msg = joining.await_coordinator(
-            transport, {MsgType.MEMBERSHIP, MsgType.WELCOME}, deadline, "the start of the job", nonce
+            transport,
+            {MsgType.MEMBERSHIP, MsgType.WELCOME},
+            deadline,
+            "the start of the job",
+            nonce,
+            again=ask,
         )
         if msg.type is MsgType.WELCOME:
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
-                welcomed = welcome
+                welcomes.append(welcome)
         elif msg.type is MsgType.MEMBERSHIP:
             membership = control.body_of(msg, control.Membership)
             if membership.phase is control.Phase.RUNNING:
-                return membership, welcomed
+                return membership, welcomes[0] if welcomes else None
 
 
 class Membership:

@@ -297,6 +297,11 @@ class Coordinator:
         if reg.config_digest != self.digest:
             self.outbox.refuse(reg, "its configuration (tables, shards) differs from the coordinator's")
             return
+        again = self.joining.welcome_again(reg)
+        if again is not None:  # a copy: the membership that followed its answer goes again too
+            if self.homes.shard_map is not None and (reg.role != "client" or self.phase == JobPhase.RUNNING):
+                self.outbox.send_whole(again, self.membership())
+            return
         if reg.role == "client":
             self._register_client(reg)
             return

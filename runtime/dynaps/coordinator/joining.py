@@ -57,7 +57,7 @@ class Joining:
             # pods of one name), so do not wait for its heartbeats to stop.
             log.warning("%s %d (%s) was replaced", predecessor.role, predecessor.id, reg.name)
             self.departures.lost(predecessor)
-        admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank)
+        admitted = self.roster.admit(reg.role, reg.address, reg.name, reg.pid, reg.rank, reg.nonce)
         if isinstance(admitted, str):
             self.outbox.refuse(reg, admitted)
             return None
@@ -68,6 +68,30 @@ class Joining:
         log.info("registered %s %d (%s) at %s", reg.role, member.id, reg.name, reg.address)
         return member
 
+    def welcome_again(self, reg: control.Register) -> int | None:
+        """A REGISTER sent again (it, or its answer, was lost with a coordinator; a copy is
+        known by its nonce): the endpoint welcomed again, or None if it is not such a copy."""
+        if reg.role == "client":
+            member = self.roster.get(reg.node or -1)
+            if member is None or not reg.nonce or member.client_nonce != reg.nonce:
+                return None
+            endpoint = client_of(member.id)
+            welcome = control.Welcome(
+                node=member.id,
+                nonce=reg.nonce,
+                rank=member.rank,
+                barrier=self.barriers.generation,
+                clock=member.clock,
+            )
+        else:
+            registered = self.roster.registered(reg.nonce) if reg.nonce else None
+            if registered is None:
+                return None
+            endpoint = registered.id
+            welcome = control.Welcome(node=registered.id, nonce=reg.nonce, rank=registered.rank)
+        self.outbox.send(endpoint, MsgType.WELCOME, welcome)
+        return endpoint
+
     def attach(self, reg: control.Register) -> bool:
         """A training program's REGISTER: whether it attached to its worker (else refused)."""
         member = self.roster.get(reg.node or -1)
@@ -75,6 +99,7 @@ class Joining:
             self.outbox.refuse(reg, f"node {reg.node} is not a worker of this job")
             return False
         member.client = reg.address
+        member.client_nonce = reg.nonce
         self.outbox.connect_client(member)
         # a program that joins a running job starts at the slowest worker's clock (no wait
         # for it to run through clocks the others finished; see client/barriers.py)

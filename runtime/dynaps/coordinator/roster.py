@@ -37,6 +37,8 @@ class Member:
     clock: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     suspect_since: float | None = None  # its connection dropped at this time
+    nonce: str = ""  # of its REGISTER: a copy sent again is answered again, not admitted twice
+    client_nonce: str = ""  # of its training program's REGISTER, likewise
 
     def heard(self, now: float) -> None:
         """A message came from it.  This does not end a dropped connection's suspicion: a
@@ -78,6 +80,7 @@ class Roster:
         # the rank (or the job shrinks below it); the job is not finished while one is missing
         self.missing_ranks: dict[int, float] = {}
         self._next_id = 1
+        self._by_nonce: dict[str, int] = {}  # a member's REGISTER nonce -> its id
 
     def active(self, role: Role | None = None) -> list[Member]:
         return sorted(
@@ -93,13 +96,17 @@ class Roster:
             return None
         return next((m for m in self.members.values() if m.name == name), None)
 
-    def admit(self, role: Role, address: str, name: str, pid: int, rank: int | None) -> Member | str:
+    def admit(
+        self, role: Role, address: str, name: str, pid: int, rank: int | None, nonce: str = ""
+    ) -> Member | str:
         """A new member, or the reason it is refused."""
         present = self.active(role)
         if len(present) >= self.desired[role]:
             return f"the job wants {self.desired[role]} {role}s and has them"
-        member = Member(self._next_id, role, address, name, pid, last_seen=self.clock())
+        member = Member(self._next_id, role, address, name, pid, last_seen=self.clock(), nonce=nonce)
         self._next_id += 1
+        if nonce:
+            self._by_nonce[nonce] = member.id
         if role == "worker":
             member.rank = self._rank(present, name, rank)
             self.missing_ranks.pop(member.rank, None)
@@ -128,8 +135,14 @@ class Roster:
         if member.rank is not None:
             self.missing_ranks.pop(member.rank, None)
 
+    def registered(self, nonce: str) -> Member | None:
+        """The member whose REGISTER had ``nonce`` (that REGISTER, sent again)."""
+        node = self._by_nonce.get(nonce)
+        return None if node is None else self.members.get(node)
+
     def remove(self, member: Member, lost: bool) -> None:
         self.members.pop(member.id, None)
+        self._by_nonce.pop(member.nonce, None)
         self.former.add(member.id)
         if member.name:
             self.departed[member.name] = member

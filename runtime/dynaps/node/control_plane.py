@@ -299,6 +299,8 @@ class ControlPlane:
                 else:
                     reply = messages.control(MsgType.PONG, self.node_id, control.Empty(), msg.req_id)
                 server.send_frames(msg.sender, reply)
+            elif msg.type is MsgType.WELCOME and msg.sender == COORDINATOR:
+                pass  # the answer to a REGISTER sent again, after the first answer came
             else:
                 raise ProtocolError(f"node does not handle {msg.type.name}")
         except ProtocolError as exc:

@@ -114,10 +114,18 @@ class NodeProcess:
             name=self.name,
             rank=self.rank,
         )
-        self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
+
+        def register() -> None:
+            self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
+
+        def ask_membership() -> None:
+            query = control.MembershipQuery(version=0)
+            self.transport.send(COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, self.node_id, query))
+
+        register()
         while True:
             msg = joining.await_coordinator(
-                self.transport, {MsgType.WELCOME}, deadline, "a node id", nonce, self.stop.is_set
+                self.transport, {MsgType.WELCOME}, deadline, "a node id", nonce, self.stop.is_set, register
             )
             welcome = control.body_of(msg, control.Welcome)
             if welcome.nonce == nonce:
@@ -126,7 +134,13 @@ class NodeProcess:
         self.rank = welcome.rank
         self.transport.endpoint = self.node_id
         msg = joining.await_coordinator(
-            self.transport, {MsgType.MEMBERSHIP}, deadline, "the shard map", nonce, self.stop.is_set
+            self.transport,
+            {MsgType.MEMBERSHIP},
+            deadline,
+            "the shard map",
+            nonce,
+            self.stop.is_set,
+            ask_membership,
         )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)

@@ -14,6 +14,11 @@ from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
 
+# A REGISTER (or a MEMBERSHIP_QUERY) unanswered this long is sent again: it, or its answer,
+# may have been lost with a coordinator that died before it read it (its replacement, or the
+# same one, answers the copy; the coordinator knows a copy by its nonce).
+AGAIN_SECONDS = 5.0
+
 
 def connect_members(transport: Transport, membership: control.Membership) -> set[int]:
     """Point the transport at every node and client of the membership; returns their ids."""
@@ -40,6 +45,7 @@ def await_coordinator(
     what: str,
     nonce: str,
     stopped: Callable[[], bool] = lambda: False,
+    again: Callable[[], None] | None = None,
 ) -> Message:
     """Wait for one of ``kinds`` from the coordinator; other messages are dropped.
 
@@ -49,14 +55,20 @@ def await_coordinator(
     captured and replayed here, would otherwise stop it (docs/security.md).
 
     ``stopped`` is asked at least every half second: a pod deleted while its node waits
-    for a coordinator that is itself gone must not wait out the deadline.
+    for a coordinator that is itself gone must not wait out the deadline.  ``again`` sends
+    the question again, every :data:`AGAIN_SECONDS` without the answer.
     """
+    again_at = time.monotonic() + AGAIN_SECONDS
     while True:
         if stopped():
             raise JoinInterruptedError(f"stopped while waiting for {what} from the coordinator")
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = deadline - now
         if remaining <= 0:
             raise ClusterError(f"timed out waiting for {what} from the coordinator")
+        if again is not None and now >= again_at:
+            again()
+            again_at = now + AGAIN_SECONDS
         frames = transport.recv(timeout=min(remaining, 0.5))
         if frames is None:
             continue
