@@ -122,6 +122,17 @@ def test_validate_accepts_the_examples() -> None:
             "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {}, runPolicy: {backoffLimit: '3'}}\n",
             "spec.runPolicy.backoffLimit: Value error, a whole number, not '3'",
         ),
+        (  # likewise 1.0 and 0.05 for the numbers
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4, updater: {kind: sgd, lr: true}}], workers: {}}\n",
+            "spec.tables.0.updater.lr: Value error, a number, not True",
+        ),
+        (
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4, init: {kind: normal, scale: '0.05'}}],"
+            " workers: {}}\n",
+            "spec.tables.0.init.scale: Value error, a number, not '0.05'",
+        ),
         ("just: [yaml", "not valid YAML"),
         ("kind: Pod\n", "exactly one ParameterServerJob"),
     ],

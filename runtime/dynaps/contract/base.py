@@ -25,6 +25,17 @@ def _whole_number(value: object) -> int:
 WHOLE_NUMBER = BeforeValidator(_whole_number)
 
 
+def _number(value: object) -> float:
+    # lax mode would read True as 1.0 and "0.1" as 0.1; Kubernetes' CRD validation refuses both
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"a number, not {value!r}")
+    return float(value)
+
+
+# likewise for a float: Annotated[float, Field(gt=0), A_NUMBER]
+A_NUMBER = BeforeValidator(_number)
+
+
 class Model(BaseModel):
     """Base: camelCase aliases, snake_case names, unknown fields rejected."""
 

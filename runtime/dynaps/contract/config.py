@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from dynaps.contract.base import WHOLE_NUMBER, Model
+from dynaps.contract.base import A_NUMBER, WHOLE_NUMBER, Model
 from dynaps.contract.consistency import Consistency
 from dynaps.contract.fault_tolerance import FaultTolerance
 from dynaps.contract.limits import MAX_NODES, MAX_STAGES, MAX_TABLES
@@ -52,7 +52,7 @@ class RuntimeConfig(Model):
     # a node's STATS reply names it), None nowhere.  The coordinator serves it on its HTTP
     # port as well.
     metrics_port: Annotated[int, Field(ge=0, le=65535), WHOLE_NUMBER] | None = 0
-    request_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    request_timeout_seconds: Annotated[float, Field(gt=0), A_NUMBER] = 120.0
     # The job's (minReplicas, maxReplicas) per role: the coordinator's POST /scale stays within them.
     servers_range: tuple[int, int] = (1, MAX_NODES)
     workers_range: tuple[int, int] = (1, MAX_NODES)

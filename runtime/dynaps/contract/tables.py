@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from dynaps.contract.base import WHOLE_NUMBER, Model
+from dynaps.contract.base import A_NUMBER, WHOLE_NUMBER, Model
 from dynaps.contract.limits import checked_name
 
 
@@ -26,8 +26,8 @@ class InitSpec(Model):
     """How a table's values start: zeros, normal(0, scale) or uniform(-scale, scale)."""
 
     kind: InitKind = InitKind.ZEROS
-    scale: Annotated[float, Field(ge=0.0)] = 0.01
-    seed: Annotated[int, Field(ge=0)] = 0
+    scale: Annotated[float, Field(ge=0.0), A_NUMBER] = 0.01
+    seed: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0
 
 
 class UpdaterKind(StrEnum):
@@ -46,11 +46,11 @@ class UpdaterSpec(Model):
     """
 
     kind: UpdaterKind = UpdaterKind.ADD
-    lr: Annotated[float, Field(gt=0.0)] = 0.1
-    eps: Annotated[float, Field(gt=0.0)] = 1e-8
-    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
-    initial_accumulator: Annotated[float, Field(ge=0.0)] = 0.0
+    lr: Annotated[float, Field(gt=0.0), A_NUMBER] = 0.1
+    eps: Annotated[float, Field(gt=0.0), A_NUMBER] = 1e-8
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0), A_NUMBER] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0), A_NUMBER] = 0.999
+    initial_accumulator: Annotated[float, Field(ge=0.0), A_NUMBER] = 0.0
     name: str | None = None  # the registered function, for kind=custom
 
     @model_validator(mode="after")
