@@ -154,8 +154,8 @@ def _running_coordinator(nodes: int, shards: int) -> Any:
     for i in range(nodes):
         role = "server" if i < servers else "worker"
         reg = control.Register(
-            role=role, address=f"tcp://127.0.0.1:{20000 + i}", nonce="n", config_digest=coordinator.digest
-        )
+            role=role, address=f"tcp://127.0.0.1:{20000 + i}", nonce=f"n{i}", config_digest=coordinator.digest
+        )  # a nonce each: a REGISTER with a member's nonce is a copy, answered again
         coordinator.receive(messages.control(MsgType.REGISTER, -1, reg))
     for member in coordinator.roster.active():
         coordinator.receive(messages.control(MsgType.READY, member.id, control.Ready(version=1)))
@@ -163,7 +163,7 @@ def _running_coordinator(nodes: int, shards: int) -> Any:
         reg = control.Register(
             role="client",
             address=f"tcp://127.0.0.1:{40000 + member.id}",
-            nonce="n",
+            nonce=f"c{member.id}",
             config_digest=coordinator.digest,
             node=member.id,
         )
