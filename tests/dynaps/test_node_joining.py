@@ -42,17 +42,22 @@ from tests.dynaps.wire_peers import peer_sockets
 pytestmark = pytest.mark.integration
 
 
+def one_server_job(coordinator: str) -> RuntimeConfig:
+    """A job of one server and one worker whose coordinator (the test) is at ``coordinator``."""
+    return RuntimeConfig(
+        tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
+        servers=1,
+        workers=1,
+        coordinator=coordinator.removeprefix("tcp://"),
+    )
+
+
 def test_a_node_sigtermed_before_it_joined_exits_at_once() -> None:
     job_secret = secret.new_secret()
     with peer_sockets(secret.wire_key(job_secret)) as make:
         coordinator = make(zmq.PULL)  # takes the REGISTER and never answers
         port = coordinator.bind_to_random_port("tcp://127.0.0.1")
-        config = RuntimeConfig(
-            tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
-            servers=1,
-            workers=1,
-            coordinator=f"127.0.0.1:{port}",
-        )
+        config = one_server_job(f"127.0.0.1:{port}")
         env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
         node = start_node("server", config, "server-0", extra_env=env)
         try:
@@ -95,12 +100,7 @@ def test_a_captured_answer_for_someone_else_does_not_stop_a_joining_node(
     job_secret = secret.new_secret()
     key = secret.wire_key(job_secret)
     coordinator = open_transport(transport_kind(), COORDINATOR, key)
-    config = RuntimeConfig(
-        tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
-        servers=1,
-        workers=1,
-        coordinator=coordinator.address.removeprefix("tcp://"),
-    )
+    config = one_server_job(coordinator.address)
     env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
     log = (tmp_path / "node.log").open("wb")
     node = start_node("server", config, "server-0", extra_env=env, output=(log.fileno(), log.fileno()))
@@ -127,12 +127,7 @@ def test_a_captured_answer_for_someone_else_does_not_stop_a_joining_node(
 def test_a_node_asks_again_for_its_id_and_then_for_the_shard_map() -> None:
     job_secret = secret.new_secret()
     coordinator = open_transport(transport_kind(), COORDINATOR, secret.wire_key(job_secret))
-    config = RuntimeConfig(
-        tables=[{"name": "W", **TableSpec(num_keys=10, dim=1).model_dump()}],
-        servers=1,
-        workers=1,
-        coordinator=coordinator.address.removeprefix("tcp://"),
-    )
+    config = one_server_job(coordinator.address)
     env = {secret.HEX_ENV: secret.encode(job_secret), "DYNAPS_LOG_LEVEL": "WARNING"}
     node = start_node("server", config, "server-0", extra_env=env)
 

@@ -75,14 +75,7 @@ class Joining:
             member = self.roster.get(reg.node or -1)
             if member is None or not reg.nonce or member.client_nonce != reg.nonce:
                 return None
-            endpoint = client_of(member.id)
-            welcome = control.Welcome(
-                node=member.id,
-                nonce=reg.nonce,
-                rank=member.rank,
-                barrier=self.barriers.generation,
-                clock=member.clock,
-            )
+            endpoint, welcome = client_of(member.id), self._program_welcome(member, reg.nonce)
         else:
             registered = self.roster.registered(reg.nonce) if reg.nonce else None
             if registered is None:
@@ -104,15 +97,13 @@ class Joining:
         # a program that joins a running job starts at the slowest worker's clock (no wait
         # for it to run through clocks the others finished; see client/barriers.py)
         member.clock = max(member.clock, self.min_clock.value)
-        welcome = control.Welcome(
-            node=member.id,
-            nonce=reg.nonce,
-            rank=member.rank,
-            barrier=self.barriers.generation,
-            clock=member.clock,
-        )
-        self.outbox.send(client_of(member.id), MsgType.WELCOME, welcome)
+        self.outbox.send(client_of(member.id), MsgType.WELCOME, self._program_welcome(member, reg.nonce))
         return True
+
+    def _program_welcome(self, member: Member, nonce: str) -> control.Welcome:
+        """What a worker's program learns as it attaches: where the barriers and its clock are."""
+        barrier, clock = self.barriers.generation, member.clock
+        return control.Welcome(node=member.id, nonce=nonce, rank=member.rank, barrier=barrier, clock=clock)
 
     def joined(self, member: Member) -> None:
         """A node that joined the running job is ready: a server takes part in the shards."""
