@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 import dynaps
+from tests.dynaps.progress_logs import whole_lines
 
 pytestmark = pytest.mark.integration
 
@@ -208,12 +209,8 @@ def own_and_count(ps: dynaps.PS, progress: str) -> None:
 
 
 def _logged(progress: Path) -> list[tuple[int, float]]:
-    """The rounds ``progress`` holds whole, and when each was acknowledged.  A SIGKILL can cut
-    the last line short: the kernel checks for a fatal signal at each page a write crosses,
-    so a line that straddles a page boundary may be half written (a full run had "12" for
-    "123 ...": not a round to count)."""
-    whole = progress.read_text().split("\n")[:-1]  # what follows the last newline is cut
-    return [(int(n), float(t)) for n, t in (line.split() for line in whole)]
+    """The rounds logged whole in ``progress``, and when each was acknowledged."""
+    return [(int(n), float(t)) for n, t in whole_lines(progress)]
 
 
 def _pushing_for(progress: Path) -> float:

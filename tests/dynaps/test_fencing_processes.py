@@ -25,6 +25,7 @@ import pytest
 
 import dynaps
 from dynaps.contract import FENCED_EXIT_CODE
+from tests.dynaps.progress_logs import whole_lines
 from tests.dynaps.test_faults import TABLES, push_until, read_all
 
 pytestmark = pytest.mark.integration
@@ -174,6 +175,4 @@ def test_a_stopped_worker_node_stops_its_program_and_loses_at_most_its_last_flus
 
 def _rounds(progress: Path) -> list[float]:
     """When each logged round was acknowledged (time.monotonic), in order."""
-    if not progress.exists():
-        return []
-    return [float(f[1]) for f in (line.split() for line in progress.read_text().splitlines()) if len(f) == 2]
+    return [float(t) for _, t in whole_lines(progress)]

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import dynaps
+from tests.dynaps.progress_logs import whole_lines
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +76,8 @@ def read_all(ps: dynaps.PS) -> np.ndarray:
 
 
 def logged(path: Path) -> int:
-    lines = path.read_text().split() if path.exists() else []
-    return int(lines[-1]) if lines else 0
+    lines = whole_lines(path)
+    return int(lines[-1][0]) if lines else 0
 
 
 def test_a_worker_killed_under_write_through_loses_no_acknowledged_increment_and_doubles_none(
