@@ -447,7 +447,13 @@ def restart_with_one_worker_unheard(job: Job) -> None:
     job.tell(2, MsgType.HEARTBEAT, worker)
     known = [[1, None], [2, 0], [3, 1]]
     for node in (1, 2):
-        rejoin = {"heartbeat": worker, "shard_map": shard_map, "highest_node_id": 3, "members": known}
+        rejoin = {
+            "heartbeat": worker,
+            "shard_map": shard_map,
+            "highest_node_id": 3,
+            "members": known,
+            "members_version": 4,
+        }
         job.tell(node, MsgType.REJOIN, rejoin)
     job.clock.now += 1.5
     job.coordinator.tick()
@@ -463,6 +469,7 @@ def test_a_member_unheard_after_a_restart_gets_time_then_is_lost_and_its_rank_aw
     job.coordinator.tick()
     assert job.phase() is JobPhase.RUNNING
     [(_, first), *_] = job.memberships()
+    assert first.version > 4  # after the nodes' own: a later restart tells the newest by it
     assert first.lost == [3]  # its keys are taken back as lost, not forgotten as if it had left
     assert [n.id for n in first.nodes] == [1, 2]
     job.tell(2, MsgType.WORKER_DONE, {"exit_code": 0})
@@ -483,7 +490,14 @@ def test_a_member_heard_late_in_the_rebuilding_is_adopted() -> None:
     assert [e for e, _ in job.wire.take(MsgType.ADOPT)][-1] == 3
     shard_map = {"epoch": 4, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
     job.tell(
-        3, MsgType.REJOIN, {"heartbeat": beat, "shard_map": shard_map, "members": [[1, None], [2, 0], [3, 1]]}
+        3,
+        MsgType.REJOIN,
+        {
+            "heartbeat": beat,
+            "shard_map": shard_map,
+            "members": [[1, None], [2, 0], [3, 1]],
+            "members_version": 4,
+        },
     )
     job.clock.now += 1.5
     job.coordinator.tick()

@@ -171,11 +171,11 @@ def test_an_adoption_waits_for_quiet_and_takes_the_newest_map() -> None:
     adoption = Adoption(quiet=1.0)
     adoption.heard(1, 0.0)
     adoption.heard(2, 0.5)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)])
+    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)], 5)
     assert not adoption.due(1.6)  # node 2 has not rejoined: wait longer
     assert adoption.due(6.6)
-    adoption.rejoined(2, {"epoch": 4}, [(1, None), (2, 0)])
-    adoption.rejoined(9, {"epoch": 9}, [])  # not being adopted: ignored
+    adoption.rejoined(2, {"epoch": 4}, [(1, None), (2, 0)], 5)
+    adoption.rejoined(9, {"epoch": 9}, [], 9)  # not being adopted: ignored
     assert adoption.due(1.6)
     assert adoption.newest_map() == {"epoch": 4}
 
@@ -183,14 +183,26 @@ def test_an_adoption_waits_for_quiet_and_takes_the_newest_map() -> None:
 def test_an_adoption_waits_longer_for_a_member_the_others_knew() -> None:
     adoption = Adoption(quiet=1.0, missing_wait=30.0)
     adoption.heard(1, 0.0)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)])
+    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)], 5)
     assert adoption.missing() == {2: 0}
     assert not adoption.due(6.6)
     assert adoption.due(31.1)
     adoption.heard(2, 1.0)  # it came after all
-    adoption.rejoined(2, {"epoch": 3}, [(1, None), (2, 0)])
+    adoption.rejoined(2, {"epoch": 3}, [(1, None), (2, 0)], 5)
     assert adoption.missing() == {}
     assert adoption.due(2.1)
+
+
+def test_an_adoption_expects_the_members_of_the_newest_membership_only() -> None:
+    """A node that lags may still list a member that left since: it never answers."""
+    adoption = Adoption(quiet=1.0, missing_wait=30.0)
+    adoption.heard(1, 0.0)
+    adoption.heard(2, 0.0)
+    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0), (3, 1)], 6)  # before node 3 left
+    adoption.rejoined(2, {"epoch": 3}, [(1, None), (2, 0)], 7)
+    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0), (3, 1)], 6)  # said again: still older
+    assert adoption.missing() == {}
+    assert adoption.due(1.1)
 
 
 def test_a_loss_counts_the_keys_of_its_shards_over_all_tables() -> None:

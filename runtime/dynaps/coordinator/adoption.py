@@ -47,7 +47,10 @@ class Adoption:
         self.quiet = quiet
         self.missing_wait = missing_wait
         self.maps: dict[int, dict[str, Any] | None] = {}  # node -> its shard map, once it rejoined
-        self.known: dict[int, int | None] = {}  # the members the rejoined nodes knew: id -> rank
+        # the members of the newest membership a rejoined node knew (id -> a worker's rank), and
+        # its version: an older one may name a node that left since, which would never answer
+        self.known: dict[int, int | None] = {}
+        self.known_version = -1
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
@@ -56,10 +59,15 @@ class Adoption:
         self.maps[node] = None
         self.until = now + self.quiet
 
-    def rejoined(self, node: int, shard_map: dict[str, Any], members: list[control.KnownMember]) -> None:
+    def rejoined(
+        self, node: int, shard_map: dict[str, Any], members: list[control.KnownMember], version: int
+    ) -> None:
         if node in self.maps:
             self.maps[node] = shard_map
-            self.known.update(members)
+            if version > self.known_version:
+                self.known, self.known_version = dict(members), version
+            elif version == self.known_version:
+                self.known.update(members)
 
     def missing(self) -> dict[int, int | None]:
         """Members the rejoined nodes knew that were not heard from: id -> a worker's rank."""
@@ -88,6 +96,6 @@ class Adoption:
     def finish(self) -> list[control.Register]:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()
-        self.known.clear()
+        self.known, self.known_version = {}, -1
         deferred, self.deferred = self.deferred, []
         return deferred

@@ -255,7 +255,7 @@ class Coordinator:
         elif kind is MsgType.REJOIN:
             rejoin = control.body_of(msg, control.Rejoin)
             self.roster.reserve_ids_to(rejoin.highest_node_id)  # dead nodes' ids stay unused
-            self.adoption.rejoined(member.id, rejoin.shard_map, rejoin.members)
+            self.adoption.rejoined(member.id, rejoin.shard_map, rejoin.members, rejoin.members_version)
         elif kind is MsgType.LEASE:
             lease = control.body_of(msg, control.Lease)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
@@ -376,6 +376,8 @@ class Coordinator:
         if newest is None:
             return
         unheard = self.adoption.missing()
+        # versions go on from the nodes', so a later restart can tell their newest membership
+        self.outbox.version = max(self.outbox.version, self.adoption.known_version)
         self.homes.adopt(newest)
         self.roster.want_present()
         self.homes.reconfirm()  # which backups hold their shards is not known: the homes say

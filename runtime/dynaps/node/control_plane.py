@@ -256,6 +256,7 @@ class ControlPlane:
                     shard_map=server.shard_map.to_json(),
                     highest_node_id=self.highest_node_id,
                     members=[(info.id, info.rank) for info in known.nodes] if known else [],
+                    members_version=known.version if known else 0,
                 )
                 self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:

@@ -117,6 +117,7 @@ class Rejoin(_Body):
     # coordinator declares lost those no one heard from, so what they held is taken back as a
     # loss, never forgotten as if they had left, and a worker's rank waits for its replacement
     members: list[KnownMember] = Field(default_factory=list, max_length=MAX_NODES)
+    members_version: int = Field(default=0, ge=0)  # that membership's version (a node may lag)
 
 
 class Membership(_Body):
