@@ -228,7 +228,9 @@ def test_a_peer_is_connected_on_the_first_send_not_when_its_address_is_learnt(
     assert a.open_connections == 0
 
 
-def test_a_send_to_an_address_that_refuses_our_password_never_blocks(kind: str) -> None:
+def test_a_send_to_an_address_that_refuses_our_password_never_blocks(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Another job's process took a peer's address: it refuses our password, ZeroMQ drops
     the connection for good, and a blocking send would then wait for ever (review of stop
     27, finding 1).  The message is dropped and counted; the next send tries again."""
@@ -251,6 +253,7 @@ def test_a_send_to_an_address_that_refuses_our_password_never_blocks(kind: str) 
             assert foreign.recv(timeout=0.05) is None  # the other job's process runs its loop
         assert foreign.recv(timeout=0.2) is None  # nothing of ours got in
         assert sender.knows(2)  # the address is kept: the next send tries again
+        assert "go again" not in caplog.text  # refused, not taken for a peer that died
     finally:
         sender.close()
         foreign.close()

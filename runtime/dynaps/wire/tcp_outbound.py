@@ -346,8 +346,8 @@ class Peer:
         our password): dial again soon if anything waits or the peer is watched."""
         if self.connected and not self.admitted and not refused:
             refused = self._read_answer() == REFUSED  # sent before it closed, not read yet
-        if not self.admitted:
-            self._take_back()
+        if not self.admitted and self._take_back() and not refused:
+            self.out.resend_log(f"messages to endpoint {self.endpoint} go again on the next one")
         self.close_socket()
         if refused:
             self.refused()
@@ -367,9 +367,9 @@ class Peer:
             self.admitted, self.unconfirmed = True, []
         return data
 
-    def _take_back(self) -> None:
+    def _take_back(self) -> int:
         """The peer read nothing of ours as a message: what was written (whole, or in part)
-        waits again, first, for the next connection."""
+        waits again, first, for the next connection.  How many messages were written."""
         taken = len(self.unconfirmed)
         if self.partial:
             first = self.pending.popleft()
@@ -379,8 +379,7 @@ class Peer:
                 taken += 1
         self.pending.extendleft(reversed(self.unconfirmed))
         self.unconfirmed = []
-        if taken:
-            self.out.resend_log(f"{taken} messages to endpoint {self.endpoint} go again on the next one")
+        return taken
 
     def refused(self) -> None:
         """The peer refused our password: another job's process took the address.  What was
