@@ -506,6 +506,38 @@ def test_a_member_heard_late_in_the_rebuilding_is_adopted() -> None:
     assert (first.lost, [n.id for n in first.nodes]) == ([], [1, 2, 3])
 
 
+def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
+    """Paused through its loss, it speaks up to the replacement coordinator: adopted, it would
+    serve keys the homes took back (updates acknowledged and then lost without a word). It is
+    told to exit, stays in the memberships' lost list, and its later heartbeats are fenced."""
+    job = Job(servers=1, workers=2, num_shards=4)
+    shard_map = {"epoch": 6, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    zombie = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 1}
+    job.tell(3, MsgType.HEARTBEAT, zombie)  # first: before anyone said it was lost
+    job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
+    job.tell(4, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w2", "name": "w1", "rank": 1})
+    known = [[1, None], [4, 1]]
+    for node in (1, 4):
+        body = {
+            "heartbeat": zombie,
+            "shard_map": shard_map,
+            "members": known,
+            "members_version": 9,
+            "lost": [3],
+        }
+        job.tell(node, MsgType.REJOIN, body)
+    stale = {**shard_map, "epoch": 5}
+    job.tell(3, MsgType.REJOIN, {"heartbeat": zombie, "shard_map": stale, "members": [[1, None], [3, 1]]})
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    assert [b["node"] for _, b in job.wire.take(MsgType.REFUSED)] == [3]
+    [(_, first), *_] = job.memberships()
+    assert ([n.id for n in first.nodes], first.lost) == ([1, 4], [3])
+    job.tell(3, MsgType.HEARTBEAT, zombie)
+    assert [b["node"] for _, b in job.wire.take(MsgType.REFUSED)] == [3]  # fenced again
+
+
 def test_a_heartbeat_of_a_node_the_coordinator_never_knew_tells_it_to_exit() -> None:
     """It joined before a restart and missed the rebuilding: no membership lists it, and it
     would wait for one for ever."""

@@ -15,7 +15,8 @@ from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_reco
 from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.store.shardmap import shard_of
-from dynaps.wire.control import RecoverySource
+from dynaps.wire import control
+from dynaps.wire.control import RecoverySource, Rejoin
 
 
 def test_a_lost_servers_shards_go_to_their_backups_or_else_the_least_loaded() -> None:
@@ -167,28 +168,57 @@ def test_scaling_down_picks_the_highest_ranks_and_skips_the_draining() -> None:
     assert roster.want("worker", 5) == []
 
 
+def rejoin(
+    epoch: int, members: list[tuple[int, int | None]], version: int, lost: list[int] | None = None
+) -> Rejoin:
+    """A node's REJOIN: its shard map's epoch, the members of its last membership and that
+    membership's version, and whom it lists as lost."""
+    heartbeat = control.Heartbeat(role="server", address="tcp://x")
+    return Rejoin(
+        heartbeat=heartbeat,
+        shard_map={"epoch": epoch},
+        members=members,
+        members_version=version,
+        lost=lost or [],
+    )
+
+
 def test_an_adoption_waits_for_quiet_and_takes_the_newest_map() -> None:
     adoption = Adoption(quiet=1.0)
     adoption.heard(1, 0.0)
     adoption.heard(2, 0.5)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)], 5)
+    adoption.rejoined(1, rejoin(3, [(1, None), (2, 0)], 5))
     assert not adoption.due(1.6)  # node 2 has not rejoined: wait longer
     assert adoption.due(6.6)
-    adoption.rejoined(2, {"epoch": 4}, [(1, None), (2, 0)], 5)
-    adoption.rejoined(9, {"epoch": 9}, [], 9)  # not being adopted: ignored
+    adoption.rejoined(2, rejoin(4, [(1, None), (2, 0)], 5))
+    adoption.rejoined(9, rejoin(9, [], 9))  # not being adopted: ignored
     assert adoption.due(1.6)
     assert adoption.newest_map() == {"epoch": 4}
+
+
+def test_an_adoption_never_takes_back_a_node_declared_lost() -> None:
+    """One paused through its loss may speak up to a replacement coordinator: it is not
+    expected, its map is not taken, and it is remembered as lost."""
+    adoption = Adoption(quiet=1.0, missing_wait=30.0)
+    for node in (1, 2, 3):
+        adoption.heard(node, 0.0)
+    adoption.rejoined(1, rejoin(5, [(1, None), (2, 0)], 9, lost=[3]))
+    adoption.rejoined(2, rejoin(5, [(1, None), (2, 0)], 9, lost=[3]))
+    adoption.rejoined(3, rejoin(7, [(1, None), (2, 0), (3, 1)], 8))  # paused before its loss
+    assert adoption.lost == {3}
+    assert adoption.newest_map() == {"epoch": 5}
+    assert adoption.missing() == {}
 
 
 def test_an_adoption_waits_longer_for_a_member_the_others_knew() -> None:
     adoption = Adoption(quiet=1.0, missing_wait=30.0)
     adoption.heard(1, 0.0)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0)], 5)
+    adoption.rejoined(1, rejoin(3, [(1, None), (2, 0)], 5))
     assert adoption.missing() == {2: 0}
     assert not adoption.due(6.6)
     assert adoption.due(31.1)
     adoption.heard(2, 1.0)  # it came after all
-    adoption.rejoined(2, {"epoch": 3}, [(1, None), (2, 0)], 5)
+    adoption.rejoined(2, rejoin(3, [(1, None), (2, 0)], 5))
     assert adoption.missing() == {}
     assert adoption.due(2.1)
 
@@ -198,9 +228,9 @@ def test_an_adoption_expects_the_members_of_the_newest_membership_only() -> None
     adoption = Adoption(quiet=1.0, missing_wait=30.0)
     adoption.heard(1, 0.0)
     adoption.heard(2, 0.0)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0), (3, 1)], 6)  # before node 3 left
-    adoption.rejoined(2, {"epoch": 3}, [(1, None), (2, 0)], 7)
-    adoption.rejoined(1, {"epoch": 3}, [(1, None), (2, 0), (3, 1)], 6)  # said again: still older
+    adoption.rejoined(1, rejoin(3, [(1, None), (2, 0), (3, 1)], 6))  # before node 3 left
+    adoption.rejoined(2, rejoin(3, [(1, None), (2, 0)], 7))
+    adoption.rejoined(1, rejoin(3, [(1, None), (2, 0), (3, 1)], 6))  # said again: still older
     assert adoption.missing() == {}
     assert adoption.due(1.1)
 

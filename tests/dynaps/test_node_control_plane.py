@@ -231,6 +231,7 @@ def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     assert body.shard_map == plane.server.shard_map.to_json()
     assert body.highest_node_id == 7  # a lost node's id: not to be given again
     assert body.members == [(1, None), (2, None)]  # the coordinator declares lost those it never hears
+    assert body.lost == [7]  # and never adopts those declared lost before
     assert body.members_version == initial_map().epoch  # the membership's version (membership() sets it so)
 
 

@@ -51,6 +51,9 @@ class Adoption:
         # its version: an older one may name a node that left since, which would never answer
         self.known: dict[int, int | None] = {}
         self.known_version = -1
+        # nodes a membership declared lost: never adopted again (one paused through its loss
+        # may speak up now), and remembered, so their later messages are refused
+        self.lost: set[int] = set()
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
@@ -59,19 +62,20 @@ class Adoption:
         self.maps[node] = None
         self.until = now + self.quiet
 
-    def rejoined(
-        self, node: int, shard_map: dict[str, Any], members: list[control.KnownMember], version: int
-    ) -> None:
+    def rejoined(self, node: int, rejoin: control.Rejoin) -> None:
         if node in self.maps:
-            self.maps[node] = shard_map
-            if version > self.known_version:
-                self.known, self.known_version = dict(members), version
-            elif version == self.known_version:
-                self.known.update(members)
+            self.maps[node] = rejoin.shard_map
+            self.lost.update(rejoin.lost)
+            if rejoin.members_version > self.known_version:
+                self.known, self.known_version = dict(rejoin.members), rejoin.members_version
+            elif rejoin.members_version == self.known_version:
+                self.known.update(rejoin.members)
 
     def missing(self) -> dict[int, int | None]:
         """Members the rejoined nodes knew that were not heard from: id -> a worker's rank."""
-        return {node: rank for node, rank in self.known.items() if node not in self.maps}
+        return {
+            node: rank for node, rank in self.known.items() if node not in self.maps and node not in self.lost
+        }
 
     def due(self, now: float) -> bool:
         """Whether to finish: quiet, every node rejoined and every member they knew heard
@@ -83,7 +87,7 @@ class Adoption:
 
     def newest_map(self) -> dict[str, Any] | None:
         """The shard map of the highest epoch the nodes reported (None: none yet)."""
-        maps = [doc for doc in self.maps.values() if doc is not None]
+        maps = [doc for node, doc in self.maps.items() if doc is not None and node not in self.lost]
         if not maps:
             return None
         return max(maps, key=lambda doc: int(doc.get("epoch", 0)))
@@ -97,5 +101,6 @@ class Adoption:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()
         self.known, self.known_version = {}, -1
+        self.lost = set()
         deferred, self.deferred = self.deferred, []
         return deferred

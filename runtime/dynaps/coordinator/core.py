@@ -255,7 +255,7 @@ class Coordinator:
         elif kind is MsgType.REJOIN:
             rejoin = control.body_of(msg, control.Rejoin)
             self.roster.reserve_ids_to(rejoin.highest_node_id)  # dead nodes' ids stay unused
-            self.adoption.rejoined(member.id, rejoin.shard_map, rejoin.members, rejoin.members_version)
+            self.adoption.rejoined(member.id, rejoin)
         elif kind is MsgType.LEASE:
             lease = control.body_of(msg, control.Lease)
             shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
@@ -365,6 +365,9 @@ class Coordinator:
         if self.phase == JobPhase.REGISTERING:
             log.warning("coordinator restarted: rebuilding the running job from its nodes")
             self.phase = JobPhase.ADOPTING
+        if node in self.adoption.lost:  # declared lost before the restart, and paused since
+            self.outbox.fence(node, heartbeat.address)
+            return
         member = adopted_member(node, heartbeat, self.clock())
         self.roster.adopt(member)
         self.outbox.connect(member)
@@ -378,6 +381,10 @@ class Coordinator:
         unheard = self.adoption.missing()
         # versions go on from the nodes', so a later restart can tell their newest membership
         self.outbox.version = max(self.outbox.version, self.adoption.known_version)
+        for zombie in self.roster.recall_lost(self.adoption.lost):
+            log.warning("node %d was declared lost before the restart: told to exit", zombie.id)
+            self.outbox.forget(zombie)
+            self.outbox.fence(zombie.id, zombie.address)
         self.homes.adopt(newest)
         self.roster.want_present()
         self.homes.reconfirm()  # which backups hold their shards is not known: the homes say

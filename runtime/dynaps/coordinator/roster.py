@@ -139,6 +139,19 @@ class Roster:
         if member.rank is not None:
             self.missing_ranks.pop(member.rank, None)
 
+    def recall_lost(self, lost: set[int]) -> list[Member]:
+        """After a coordinator restart: the nodes declared lost before it, remembered as lost
+        (their messages are dropped, their heartbeats fenced); those adopted meanwhile (paused
+        through their loss, they spoke up) are removed, and returned."""
+        for node in sorted(lost - set(self.lost)):
+            self.lost.append(node)
+        self.former.update(lost)
+        zombies = [m for m in self.members.values() if m.id in lost]
+        for member in zombies:
+            self.members.pop(member.id)
+            self._by_nonce.pop(member.nonce, None)
+        return zombies
+
     def registered(self, nonce: str) -> Member | None:
         """The member whose REGISTER had ``nonce`` (that REGISTER, sent again)."""
         node = self._by_nonce.get(nonce)

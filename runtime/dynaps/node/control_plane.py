@@ -257,6 +257,7 @@ class ControlPlane:
                     highest_node_id=self.highest_node_id,
                     members=[(info.id, info.rank) for info in known.nodes] if known else [],
                     members_version=known.version if known else 0,
+                    lost=list(known.lost) if known else [],
                 )
                 self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:

@@ -118,6 +118,8 @@ class Rejoin(_Body):
     # loss, never forgotten as if they had left, and a worker's rank waits for its replacement
     members: list[KnownMember] = Field(default_factory=list, max_length=MAX_NODES)
     members_version: int = Field(default=0, ge=0)  # that membership's version (a node may lag)
+    # the nodes that membership lists as lost: lost for good, whatever coordinator asks
+    lost: list[Annotated[int, Field(ge=1, le=MAX_NODES)]] = Field(default_factory=list, max_length=MAX_NODES)
 
 
 class Membership(_Body):
