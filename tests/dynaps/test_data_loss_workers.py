@@ -52,9 +52,12 @@ def test_a_home_reports_the_keys_it_took_back_from_a_lost_worker_once() -> None:
         {int(s) for s in server.shard_map.shard_of(np.array([held, sending]), store.spec.num_keys)}
     )
     assert dest == COORDINATOR
-    assert control.body_of(msg, control.TookBack) == control.TookBack(node=WORKER, keys=2, shards=shards)
+    epoch = server.shard_map.epoch  # the loss is known by it, when said again to a new coordinator
+    took = control.TookBack(node=WORKER, keys=2, shards=shards, epoch=epoch)
+    assert control.body_of(msg, control.TookBack) == took
     plane.apply_membership(lost)  # the same loss again (a repeated membership): no second report
     assert not [m for _, m in outbox.take([store.layout]) if m.type is MsgType.TOOK_BACK]
+    assert list(server.loss_reports) == [took]  # kept for a replacement coordinator (REJOIN)
 
 
 def test_a_home_that_took_nothing_back_reports_nothing() -> None:
@@ -98,6 +101,33 @@ def test_keys_taken_back_from_a_lost_worker_are_listed_as_data_loss(
     assert says in losses[0]["message"]
     assert status["dataLossTotal"] == {"entries": 2, "keys": 10}
     assert job.phase() is JobPhase.RUNNING  # onDataLoss: Continue by default
+
+
+def test_a_loss_reported_to_a_coordinator_that_died_is_recorded_by_its_replacement() -> None:
+    """A home's TOOK_BACK may reach a coordinator that dies before it records it (or before the
+    operator reads it): the home says it again in its REJOIN, with its epoch, so the entry is
+    the one the operator may have seen (it knows an entry by cause, node, epoch, shards)."""
+    job = Job(servers=1, workers=1, num_shards=4, **WRITE_BACK)
+    shard_map = {"epoch": 6, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    server = {"role": "server", "address": "tcp://s0", "name": "s0"}
+    worker = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 0, "client": "tcp://p"}
+    job.tell(1, MsgType.HEARTBEAT, server)
+    job.tell(4, MsgType.HEARTBEAT, worker)
+    took = {"node": 3, "keys": 7, "shards": [0, 1], "epoch": 5}  # worker 3, lost under the last one
+    known = {"members": [[1, None], [4, 0]], "members_version": 9, "lost": [3]}
+    job.tell(1, MsgType.REJOIN, {"heartbeat": server, "shard_map": shard_map, **known, "took_back": [took]})
+    job.tell(4, MsgType.REJOIN, {"heartbeat": worker, "shard_map": shard_map, **known})
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    [loss] = job.status()["dataLoss"]
+    assert (loss["cause"], loss["server"], loss["epoch"], loss["shards"], loss["keys"]) == (
+        "write-back",
+        3,
+        5,
+        [0, 1],
+        7,
+    )
 
 
 def test_under_write_through_a_lost_worker_loses_nothing() -> None:

@@ -54,6 +54,9 @@ class Adoption:
         # nodes a membership declared lost: never adopted again (one paused through its loss
         # may speak up now), and remembered, so their later messages are refused
         self.lost: set[int] = set()
+        # the losses each node reported before (node, report): said again to this coordinator,
+        # which may never have heard them (the operator knows one it saw before)
+        self.losses: list[tuple[int, control.TookBack | control.HandoffLost]] = []
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
@@ -66,6 +69,8 @@ class Adoption:
         if node in self.maps:
             self.maps[node] = rejoin.shard_map
             self.lost.update(rejoin.lost)
+            reports: list[control.TookBack | control.HandoffLost] = [*rejoin.took_back, *rejoin.handoff_lost]
+            self.losses += [(node, report) for report in reports]
             if rejoin.members_version > self.known_version:
                 self.known, self.known_version = dict(rejoin.members), rejoin.members_version
             elif rejoin.members_version == self.known_version:
@@ -102,5 +107,6 @@ class Adoption:
         self.maps.clear()
         self.known, self.known_version = {}, -1
         self.lost = set()
+        self.losses = []
         deferred, self.deferred = self.deferred, []
         return deferred

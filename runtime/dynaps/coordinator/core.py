@@ -378,7 +378,7 @@ class Coordinator:
         newest = self.adoption.newest_map()
         if newest is None:
             return
-        unheard = self.adoption.missing()
+        unheard, losses = self.adoption.missing(), self.adoption.losses
         # versions go on from the nodes', so a later restart can tell their newest membership
         self.outbox.version = max(self.outbox.version, self.adoption.known_version)
         for zombie in self.roster.recall_lost(self.adoption.lost):
@@ -399,10 +399,28 @@ class Coordinator:
         )
         self._lose_unheard(unheard)  # before any membership leaves them out as if they had left
         self._announce()
+        self._hear_losses_again(losses)
         for reg in deferred:
             self._on_register(reg)
         self.homes.rebalance()
         self._settle()
+
+    def _hear_losses_again(self, losses: list[tuple[int, control.TookBack | control.HandoffLost]]) -> None:
+        """The losses the nodes reported before the restart, recorded again: the coordinator
+        before may have died before it recorded (or the operator read) them."""
+        for node, report in losses:
+            reporter = self.roster.get(node)
+            if reporter is None:
+                continue
+            try:
+                if isinstance(report, control.TookBack):
+                    self.departures.took_back(reporter, report)
+                else:
+                    self.departures.handoff_lost(reporter, report)
+            except ProtocolError as exc:
+                log.warning(
+                    "node %d reported a loss before the restart that cannot be recorded: %s", node, exc
+                )
 
     def _lose_unheard(self, unheard: dict[int, int | None]) -> None:
         """Members the others knew (id -> a worker's rank) and that stayed silent through the

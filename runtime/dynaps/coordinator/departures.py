@@ -122,8 +122,9 @@ class Departures:
             log.info("node %d took back %d keys of lost node %d: nothing lost", home.id, took.keys, took.node)
             return
         role = next((m.role for m in self.roster.departed.values() if m.id == took.node), "node")
+        epoch = took.epoch or self.homes.epoch  # the home's: the same when a new coordinator hears it again
         entry = self.homes.losses.took_back(
-            cause, took.node, role, self.homes.epoch, took.shards, took.keys, self.faults.flush_interval_ms
+            cause, took.node, role, epoch, took.shards, took.keys, self.faults.flush_interval_ms
         )
         log.error("data loss: %s (taken back by node %d)", entry.describe(), home.id)
         self.homes.on_loss(entry)
@@ -151,7 +152,7 @@ class Departures:
             return
         entry = self.homes.losses.handed_off(
             lost.node,
-            self.homes.epoch,
+            lost.epoch or self.homes.epoch,
             lost.shards,
             lost.keys,
             self.faults.flush_interval_ms,

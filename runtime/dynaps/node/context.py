@@ -21,6 +21,7 @@ from dynaps.node.gate import ShardGate
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import TableStore
+from dynaps.wire import control
 from dynaps.wire.protocol import Message
 
 
@@ -58,6 +59,9 @@ class NodeContext(Protocol):
 
     def send_frames(self, dest: int, frames: Sequence[Any]) -> None:
         """Send encoded frames as they are (control messages)."""
+
+    def report_loss(self, report: control.TookBack | control.HandoffLost) -> None:
+        """Tell the coordinator of updates lost, and keep the report for a replacement."""
 
     def homed(self, table: int) -> npt.NDArray[np.bool_]:
         """Which keys of ``table`` this node is the home of, at the current epoch."""

@@ -258,6 +258,8 @@ class ControlPlane:
                     members=[(info.id, info.rank) for info in known.nodes] if known else [],
                     members_version=known.version if known else 0,
                     lost=list(known.lost) if known else [],
+                    took_back=[r for r in server.loss_reports if isinstance(r, control.TookBack)],
+                    handoff_lost=[r for r in server.loss_reports if isinstance(r, control.HandoffLost)],
                 )
                 self.send_coordinator(MsgType.REJOIN, rejoin)
             elif msg.type is MsgType.MIGRATE_ABORT:

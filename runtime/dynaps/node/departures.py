@@ -30,7 +30,7 @@ from dynaps.node.context import NodeContext
 from dynaps.node.recovery import RecordsFor, resend_copies
 from dynaps.store.table_store import INCOMING, NOT_MOVING
 from dynaps.wire import control, messages, routing
-from dynaps.wire.protocol import COORDINATOR, MsgType
+from dynaps.wire.protocol import MsgType
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,11 @@ class Departures:
         for lost_node, parts in taken.items():
             shards = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
             if len(shards):
-                took = control.TookBack(node=lost_node, keys=len(shards), shards=np.unique(shards).tolist())
-                node.send_frames(COORDINATOR, messages.control(MsgType.TOOK_BACK, node.me, took))
+                shard_list = np.unique(shards).tolist()
+                epoch = node.shard_map.epoch
+                node.report_loss(
+                    control.TookBack(node=lost_node, keys=len(shards), shards=shard_list, epoch=epoch)
+                )
         return new
 
     def release_owned(self) -> int:

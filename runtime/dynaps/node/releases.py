@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.node.context import NodeContext
-from dynaps.wire import control, messages
-from dynaps.wire.protocol import COORDINATOR, Message, MsgType
+from dynaps.wire import control
+from dynaps.wire.protocol import Message
 
 log = logging.getLogger(__name__)
 
@@ -110,5 +110,6 @@ class Releases:
             count,
             lost,
         )
-        body = control.HandoffLost(node=lost, keys=count, shards=sorted(shards))
-        node.send_frames(COORDINATOR, messages.control(MsgType.HANDOFF_LOST, node.me, body))
+        node.report_loss(
+            control.HandoffLost(node=lost, keys=count, shards=sorted(shards), epoch=node.shard_map.epoch)
+        )

@@ -39,7 +39,7 @@ from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.throttled_log import ThrottledLog
-from dynaps.wire import messages, routing
+from dynaps.wire import control, messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     COORDINATOR,
@@ -120,6 +120,9 @@ class NodeServer:
         # a flood must not become a log flood
         self._malformed_log = ThrottledLog(log, f"node {node_id} dropped a malformed message")
         self.gate = ShardGate()  # shards frozen for a migration or recovering after a crash
+        self.loss_reports: collections.deque[control.TookBack | control.HandoffLost] = collections.deque(
+            maxlen=control.LOSS_REPORTS_KEPT
+        )
         self.applied = AppliedRequests()  # exactly once, with or without replication
         self.replication = (
             None
@@ -227,6 +230,13 @@ class NodeServer:
 
     def send_frames(self, dest: int, frames: Sequence[Any]) -> None:
         self.transport.send(dest, frames)
+
+    def report_loss(self, report: control.TookBack | control.HandoffLost) -> None:
+        """Tell the coordinator of updates lost (TOOK_BACK, HANDOFF_LOST), and keep the report
+        to say again to a replacement coordinator (in REJOIN)."""
+        kind = MsgType.TOOK_BACK if isinstance(report, control.TookBack) else MsgType.HANDOFF_LOST
+        self.loss_reports.append(report)
+        self.send_frames(COORDINATOR, messages.control(kind, self.me, report))
 
     # ------------------------------------------------------------------ retries and replication
 

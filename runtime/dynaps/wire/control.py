@@ -102,6 +102,7 @@ class Heartbeat(_Body):
     draining: bool = False
 
 
+LOSS_REPORTS_KEPT = 64  # TOOK_BACK and HANDOFF_LOST a node keeps, to say again to a new coordinator
 # a member as a node knew it: its id and, for a worker, its rank (None for a server)
 _Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
 KnownMember = tuple[Annotated[int, Field(ge=1, le=MAX_NODES)], _Rank | None]
@@ -120,6 +121,10 @@ class Rejoin(_Body):
     members_version: int = Field(default=0, ge=0)  # that membership's version (a node may lag)
     # the nodes that membership lists as lost: lost for good, whatever coordinator asks
     lost: list[Annotated[int, Field(ge=1, le=MAX_NODES)]] = Field(default_factory=list, max_length=MAX_NODES)
+    # the losses it reported (its latest LOSS_REPORTS_KEPT): a coordinator that died before it
+    # recorded them must not leave them unsaid (the operator knows a loss seen before)
+    took_back: list[TookBack] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
+    handoff_lost: list[HandoffLost] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
 
 
 class Membership(_Body):
@@ -290,6 +295,7 @@ class TookBack(_Body):
     node: int = Field(ge=1, le=MAX_NODES)
     keys: int = Field(ge=1)
     shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
+    epoch: int = Field(default=0, ge=0)  # the home's shard map when it took them back
 
 
 class HandoffLost(_Body):
@@ -301,6 +307,7 @@ class HandoffLost(_Body):
     node: int = Field(ge=1, le=MAX_NODES)
     keys: int = Field(ge=1)
     shards: list[ShardId] = Field(min_length=1, max_length=MAX_SHARDS)
+    epoch: int = Field(default=0, ge=0)  # the sender's shard map when it found them lost
 
 
 class OwnersQuery(_Body):
@@ -356,6 +363,8 @@ class Report(_Body):
 class Stats(_Body):
     counters: dict[str, int | float | str]
 
+
+Rejoin.model_rebuild()  # it names TookBack and HandoffLost, defined after it
 
 BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.REGISTER: Register,
