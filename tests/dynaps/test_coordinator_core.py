@@ -549,6 +549,20 @@ def test_a_heartbeat_of_a_node_the_coordinator_never_knew_tells_it_to_exit() -> 
     assert job.phase() is JobPhase.RUNNING
 
 
+def test_a_restarted_coordinator_asks_the_first_nodes_it_hears_for_their_member_lists() -> None:
+    """Three lists, the newest taken: one node that lagged does not matter, and a thousand
+    nodes do not send a thousand lists of a thousand."""
+    job = Job(servers=2, workers=2, num_shards=4)
+    for node, role in enumerate(("server", "server", "worker", "worker"), start=1):
+        job.tell(node, MsgType.HEARTBEAT, {"role": role, "address": f"tcp://n{node}", "name": f"n{node}"})
+    assert [(e, b.get("members", False)) for e, b in job.wire.take(MsgType.ADOPT)] == [
+        (1, True),
+        (2, True),
+        (3, True),
+        (4, False),
+    ]
+
+
 def test_a_replacement_coordinator_holds_a_recreated_pods_registration_until_it_adopted() -> None:
     """The first message a replacement coordinator gets may be a REGISTER of a recreated pod:
     it must not start a new job with it and then ignore the running job's nodes."""

@@ -18,6 +18,7 @@ import pytest
 
 from dynaps.contract import DATA_LOSS_EXIT_CODE
 from dynaps.coordinator.core import JobPhase
+from dynaps.node.rejoining import recent_losses
 from dynaps.wire import control
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
 from tests.dynaps.test_coordinator_core import Job
@@ -216,3 +217,18 @@ def test_a_handoff_report_about_a_live_node_or_an_unknown_shard_is_dropped() -> 
     job.tell(w1, MsgType.HANDOFF_LOST, {"node": s1, "keys": 4, "shards": [99]})  # no such shard
     assert job.status()["dataLoss"] == before
     assert job.phase() is JobPhase.RUNNING
+
+
+def test_a_rejoin_says_again_the_newest_loss_reports_that_fit() -> None:
+    """At most LOSS_REPORT_SHARDS shards (the newest report in any case): a restarted
+    coordinator hears a REJOIN from every node."""
+
+    def took(first: int, count: int) -> control.TookBack:
+        return control.TookBack(node=3, keys=count, shards=list(range(first, first + count)))
+
+    small = [took(i, 1) for i in range(100)]
+    assert recent_losses(small) == small
+    big = [took(0, 3000), took(3000, 3000), took(6000, 3000)]
+    assert recent_losses(big) == big[-1:]
+    huge = [took(0, 1), took(0, control.LOSS_REPORT_SHARDS + 1)]
+    assert recent_losses(huge) == huge[-1:]

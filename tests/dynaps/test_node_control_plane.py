@@ -230,9 +230,13 @@ def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     body = control.body_of(rejoin, control.Rejoin)
     assert body.shard_map == plane.server.shard_map.to_json()
     assert body.highest_node_id == 7  # a lost node's id: not to be given again
+    assert body.members_version == initial_map().epoch  # the membership's version (membership() sets it so)
+    assert (body.members, body.lost) == ([], [])  # not asked for: a few nodes are
+    plane.on_message(order(MsgType.ADOPT, {"members": True}))
+    [(_, rejoin)] = outbox.take([])
+    body = control.body_of(rejoin, control.Rejoin)
     assert body.members == [(1, None), (2, None)]  # the coordinator declares lost those it never hears
     assert body.lost == [7]  # and never adopts those declared lost before
-    assert body.members_version == initial_map().epoch  # the membership's version (membership() sets it so)
 
 
 def test_stats_and_ping_are_answered_to_known_endpoints_only() -> None:

@@ -22,6 +22,9 @@ from dynaps.wire import control
 from dynaps.wire.control import Role
 
 ADOPT_QUIET = 1.0  # seconds without a new node before the job goes on
+# nodes asked for their membership's members and lost nodes (the first heard): the newest of
+# their lists is taken, so one node that lagged does not matter, and the cost stays O(N)
+MEMBER_LISTS = 3
 
 
 def adopted_member(node: int, heartbeat: control.Heartbeat, now: float) -> Member:
@@ -51,6 +54,7 @@ class Adoption:
         # its version: an older one may name a node that left since, which would never answer
         self.known: dict[int, int | None] = {}
         self.known_version = -1
+        self.highest_version = 0  # of any node's membership: the new coordinator's go on from it
         # nodes a membership declared lost: never adopted again (one paused through its loss
         # may speak up now), and remembered, so their later messages are refused
         self.lost: set[int] = set()
@@ -60,10 +64,11 @@ class Adoption:
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
-    def heard(self, node: int, now: float) -> None:
-        """A node to adopt (its REJOIN is awaited)."""
+    def heard(self, node: int, now: float) -> bool:
+        """A node to adopt (its REJOIN is awaited): whether to ask it for its member list."""
         self.maps[node] = None
         self.until = now + self.quiet
+        return len(self.maps) <= MEMBER_LISTS
 
     def rejoined(self, node: int, rejoin: control.Rejoin) -> None:
         if node in self.maps:
@@ -71,6 +76,9 @@ class Adoption:
             self.lost.update(rejoin.lost)
             reports: list[control.TookBack | control.HandoffLost] = [*rejoin.took_back, *rejoin.handoff_lost]
             self.losses += [(node, report) for report in reports]
+            self.highest_version = max(self.highest_version, rejoin.members_version)
+            if not rejoin.members:  # not asked for them
+                return
             if rejoin.members_version > self.known_version:
                 self.known, self.known_version = dict(rejoin.members), rejoin.members_version
             elif rejoin.members_version == self.known_version:
@@ -105,7 +113,7 @@ class Adoption:
     def finish(self) -> list[control.Register]:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()
-        self.known, self.known_version = {}, -1
+        self.known, self.known_version, self.highest_version = {}, -1, 0
         self.lost = set()
         self.losses = []
         deferred, self.deferred = self.deferred, []

@@ -371,8 +371,8 @@ class Coordinator:
         member = adopted_member(node, heartbeat, self.clock())
         self.roster.adopt(member)
         self.outbox.connect(member)
-        self.adoption.heard(node, self.clock())
-        self.send(node, MsgType.ADOPT, control.Empty())
+        asked = self.adoption.heard(node, self.clock())
+        self.send(node, MsgType.ADOPT, control.Adopt(members=asked))
 
     def _finish_adoption(self) -> None:
         newest = self.adoption.newest_map()
@@ -380,7 +380,7 @@ class Coordinator:
             return
         unheard, losses = self.adoption.missing(), self.adoption.losses
         # versions go on from the nodes', so a later restart can tell their newest membership
-        self.outbox.version = max(self.outbox.version, self.adoption.known_version)
+        self.outbox.version = max(self.outbox.version, self.adoption.highest_version)
         for zombie in self.roster.recall_lost(self.adoption.lost):
             log.warning("node %d was declared lost before the restart: told to exit", zombie.id)
             self.outbox.forget(zombie)

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dynaps.errors import ConfigError, ProtocolError
+from dynaps.node import rejoining
 from dynaps.node.drain import LEAVE_LINGER, Drain, Drainer
 from dynaps.node.drain import Shell as DrainShell
 from dynaps.node.server import NodeServer
@@ -250,18 +251,15 @@ class ControlPlane:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("ADOPT from a non-coordinator")
                 server.migrations.abort_all()  # it would never commit them
-                known = self.follower.current
-                rejoin = control.Rejoin(
-                    heartbeat=self.shell.heartbeat(),
-                    shard_map=server.shard_map.to_json(),
-                    highest_node_id=self.highest_node_id,
-                    members=[(info.id, info.rank) for info in known.nodes] if known else [],
-                    members_version=known.version if known else 0,
-                    lost=list(known.lost) if known else [],
-                    took_back=[r for r in server.loss_reports if isinstance(r, control.TookBack)],
-                    handoff_lost=[r for r in server.loss_reports if isinstance(r, control.HandoffLost)],
+                answer = rejoining.rejoin(
+                    self.shell.heartbeat(),
+                    server.shard_map.to_json(),
+                    self.highest_node_id,
+                    self.follower.current,
+                    server.loss_reports,
+                    members=control.body_of(msg, control.Adopt).members,
                 )
-                self.send_coordinator(MsgType.REJOIN, rejoin)
+                self.send_coordinator(MsgType.REJOIN, answer)
             elif msg.type is MsgType.MIGRATE_ABORT:
                 if msg.sender != COORDINATOR:
                     raise ProtocolError("MIGRATE_ABORT from a non-coordinator")

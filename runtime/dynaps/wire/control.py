@@ -103,9 +103,19 @@ class Heartbeat(_Body):
 
 
 LOSS_REPORTS_KEPT = 64  # TOOK_BACK and HANDOFF_LOST a node keeps, to say again to a new coordinator
+LOSS_REPORT_SHARDS = 4096  # the shards those name in one REJOIN, at most (the newest reports first)
 # a member as a node knew it: its id and, for a worker, its rank (None for a server)
 _Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
 KnownMember = tuple[Annotated[int, Field(ge=1, le=MAX_NODES)], _Rank | None]
+
+
+class Adopt(_Body):
+    """ADOPT (a restarted coordinator to a node it heard): answer with REJOIN.  ``members``:
+    with the members and the lost nodes of the node's last membership (asked of the first few
+    nodes heard only: from every node, a thousand lists of a thousand would cost the
+    coordinator O(N^2))."""
+
+    members: bool = False
 
 
 class Rejoin(_Body):
@@ -121,8 +131,9 @@ class Rejoin(_Body):
     members_version: int = Field(default=0, ge=0)  # that membership's version (a node may lag)
     # the nodes that membership lists as lost: lost for good, whatever coordinator asks
     lost: list[Annotated[int, Field(ge=1, le=MAX_NODES)]] = Field(default_factory=list, max_length=MAX_NODES)
-    # the losses it reported (its latest LOSS_REPORTS_KEPT): a coordinator that died before it
-    # recorded them must not leave them unsaid (the operator knows a loss seen before)
+    # the losses it reported (its latest, at most LOSS_REPORTS_KEPT and LOSS_REPORT_SHARDS
+    # shards): a coordinator that died before it recorded them must not leave them unsaid (the
+    # operator knows a loss it saw before)
     took_back: list[TookBack] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
     handoff_lost: list[HandoffLost] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
 
@@ -196,7 +207,7 @@ class MembershipQuery(_Body):
 
 
 class Empty(_Body):
-    """The body of PING, PONG, STATS (the request), LEFT and ADOPT."""
+    """The body of PING, PONG, STATS (the request) and LEFT."""
 
 
 class Ready(_Body):
@@ -397,7 +408,7 @@ BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.OWNERS_QUERY: OwnersQuery,
     MsgType.MIGRATE_ABORT: MigrateAbort,
     MsgType.REPORT: Report,
-    MsgType.ADOPT: Empty,
+    MsgType.ADOPT: Adopt,
     MsgType.REJOIN: Rejoin,
     MsgType.REPLICA_SYNCED: ReplicaSynced,
     MsgType.STAGE: Stage,
