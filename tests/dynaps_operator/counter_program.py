@@ -11,8 +11,10 @@ at most one per killed worker.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def record(path: Path, count: int) -> None:
 
 
 def main(folder: str) -> int:
+    # a test whose job does not end sends SIGUSR1 to its pods: the stacks say where this waits
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     out = Path(folder)
     ps = dynaps.connect()
     counts = ps.table("counts")

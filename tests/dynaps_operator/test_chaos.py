@@ -130,7 +130,15 @@ def test_random_kills_lose_no_acknowledged_increment(
             killed.append(victim)
             kill_and_recover(kube_api, process_kubelet, ns, name, victim, tmp_path)
         (tmp_path / "stop").touch()
-        done = wait_phase(kube_api, ns, name, {"Succeeded", "Failed"}, 90)
+        try:
+            done = wait_phase(kube_api, ns, name, {"Succeeded", "Failed"}, 90)
+        except AssertionError:
+            # the nodes log their queues and the programs their stacks (counter_program.py)
+            for pod in pods_of(kube_api, ns, name):
+                if "-coordinator" not in pod["metadata"]["name"]:  # it has no SIGUSR1 handler
+                    process_kubelet.signal_pod(ns, pod["metadata"]["name"], signal.SIGUSR1)
+            time.sleep(2)
+            raise
     finally:
         print("killed, in order:", killed)
         print(pod_logs(process_kubelet, ns, [f"{name}-coordinator", f"{name}-server-0", f"{name}-worker-0"]))
