@@ -15,7 +15,7 @@ from dynaps.store.shm import NullLock
 from dynaps.store.table_store import TableStore
 from dynaps.wire import messages
 from dynaps.wire.codec import decode, encode
-from dynaps.wire.protocol import FINAL, Message, MsgType
+from dynaps.wire.protocol import FINAL, Message, MsgType, client_of
 
 SERVER, WORKER = 1, 3
 
@@ -109,3 +109,23 @@ def test_requests_ahead_of_the_node_are_bounded(monkeypatch: pytest.MonkeyPatch)
         server.receive(encode(pull))
     assert len(server.future) == 5
     assert server.stats["malformed"] == 3
+
+
+def test_a_request_of_a_member_s_program_not_announced_yet_is_served() -> None:
+    """A program that just attached sends at once; the membership naming it may reach a node
+    after its push (or a server's forwarded copy): served, and its answer waits for the
+    address. A program of a node that is no member is still dropped."""
+    server, outbox = worker_node()
+    server.stores[0].loc[0] = WORKER
+    keys = np.array([0], dtype=np.int64)
+    newcomer = client_of(SERVER)  # node 1 is a member; its program is not announced here yet
+    assert newcomer not in server.peers
+    pull = Message(MsgType.PULL, newcomer, newcomer, 9, 0, 1, keys=keys)
+    server.receive(encode(pull))
+    assert [(dest, decode(frames, server.layouts).type) for dest, frames in outbox.sent] == [
+        (newcomer, MsgType.PULL_REPLY)
+    ]
+    stranger = client_of(42)
+    server.receive(encode(Message(MsgType.PULL, stranger, stranger, 10, 0, 1, keys=keys)))
+    assert server.stats["malformed"] == 1
+    assert len(outbox.sent) == 1

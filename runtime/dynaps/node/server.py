@@ -47,6 +47,7 @@ from dynaps.wire.protocol import (
     Message,
     MsgType,
     client_of,
+    is_client,
     node_of,
 )
 from dynaps.wire.routing import positions_of, subset
@@ -176,7 +177,7 @@ class NodeServer:
             handler = self._handlers.get(msg.type)
             if handler is None:
                 return msg
-            if msg.requester not in self.peers or msg.sender not in self.peers:
+            if not (self._known(msg.requester) and self._known(msg.sender)):
                 raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
             lost = self.departures.lost
             if lost and node_of(msg.sender) in lost:
@@ -189,6 +190,14 @@ class NodeServer:
             return None
         self.dispatch(msg)
         return None
+
+    def _known(self, endpoint: int) -> bool:
+        """A member, or the training program of a member node.  A program that attached a
+        moment ago sends at once, while the membership that names it is still on its way to
+        the nodes: its push, or the copy another server forwards down a backup chain, may come
+        first (a chaos run lost a push so: dropped at a backup, never acknowledged).  Its
+        answers wait in the transport until that membership gives its address."""
+        return endpoint in self.peers or (is_client(endpoint) and node_of(endpoint) in self.peers)
 
     def dispatch(self, msg: Message) -> None:
         """Handle a decoded data message (also to replay queued requests)."""
