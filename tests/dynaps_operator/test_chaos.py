@@ -9,9 +9,11 @@ workers to push on. The seeds are fixed (see ``SEEDS``); ``DYNAPS_CHAOS_SEED`` c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -137,6 +139,12 @@ def test_random_kills_lose_no_acknowledged_increment(
             for pod in pods_of(kube_api, ns, name):
                 if "-coordinator" not in pod["metadata"]["name"]:  # it has no SIGUSR1 handler
                     process_kubelet.signal_pod(ns, pod["metadata"]["name"], signal.SIGUSR1)
+                # a program runs in a session of its own: the node's log names its pid
+                for pid in re.findall(
+                    r"training process (\d+) attached", process_kubelet.logs(ns, pod["metadata"]["name"])
+                ):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGUSR1)
             time.sleep(2)
             raise
     finally:
