@@ -299,13 +299,15 @@ def test_300_idle_half_requests_take_a_bounded_number_of_threads(coordinator: Co
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.num_threads() < baseline + http.MAX_CONNECTIONS:
             time.sleep(0.05)
-        # A newcomer takes the slot of a connection it cuts: the cut one's thread frees the
-        # slot and then ends, so for a moment one thread more may show (a full run saw 33).
-        # Unbounded, 300 idle connections would hold 300 threads well past this second.
-        settled = time.monotonic() + 1.0
-        while process.num_threads() > baseline + http.MAX_CONNECTIONS and time.monotonic() < settled:
+        # A newcomer takes the slot of a connection it cuts, whose thread frees the slot and
+        # then ends: a thread or two more may show meanwhile (full runs saw 33 for 32 slots).
+        # Unbounded, the 300 idle connections would hold 300 threads until their reads time
+        # out (READ_TIMEOUT, 5 s): watched for 3 s.
+        most, until = 0, time.monotonic() + 3.0
+        while time.monotonic() < until:
+            most = max(most, process.num_threads() - baseline)
             time.sleep(0.01)
-        assert process.num_threads() <= baseline + http.MAX_CONNECTIONS
+        assert most <= http.MAX_CONNECTIONS + 2
         # The idle ones time out; the token's holder then gets in.
         deadline = time.monotonic() + http.READ_TIMEOUT + 10
         while True:
