@@ -46,8 +46,7 @@ def register(
         if not welcomes:
             transport.send(COORDINATOR, messages.control(MsgType.REGISTER, endpoint, body))
         else:
-            query = control.MembershipQuery(version=0)
-            transport.send(COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, endpoint, query))
+            joining.ask_membership(transport, endpoint)
 
     ask()
     while True:
@@ -85,10 +84,7 @@ class Membership:
 
     def _ask(self, version: int) -> None:
         """A version was missed: ask the coordinator for the whole membership."""
-        query = control.MembershipQuery(version=version)
-        self._transport.send(
-            COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, self._transport.endpoint, query)
-        )
+        joining.ask_membership(self._transport, self._transport.endpoint, version)
 
     def apply_delta(self, delta: control.MembershipDelta) -> None:
         following = self.follower.next(delta)

@@ -118,10 +118,6 @@ class NodeProcess:
         def register() -> None:
             self.transport.send(COORDINATOR, messages.control(MsgType.REGISTER, -1, body))
 
-        def ask_membership() -> None:
-            query = control.MembershipQuery(version=0)
-            self.transport.send(COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, self.node_id, query))
-
         register()
         while True:
             msg = joining.await_coordinator(
@@ -140,7 +136,7 @@ class NodeProcess:
             "the shard map",
             nonce,
             self.stop.is_set,
-            ask_membership,
+            lambda: joining.ask_membership(self.transport, self.node_id),
         )
         membership = control.body_of(msg, control.Membership)
         shard_map = ShardMap.from_json(membership.shard_map)

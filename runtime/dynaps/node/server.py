@@ -177,7 +177,10 @@ class NodeServer:
             handler = self._handlers.get(msg.type)
             if handler is None:
                 return msg
-            if not (self._known(msg.requester) and self._known(msg.sender)):
+            peers = self.peers
+            if (msg.requester not in peers or msg.sender not in peers) and not (
+                self._known(msg.requester) and self._known(msg.sender)
+            ):  # the test of each message is the two set lookups; a program's first ones need more
                 raise ProtocolError(f"unknown endpoint {msg.sender}/{msg.requester}")
             lost = self.departures.lost
             if lost and node_of(msg.sender) in lost:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from dynaps.errors import ClusterError, ProtocolError
-from dynaps.wire import control
+from dynaps.wire import control, messages
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import COORDINATOR, NO_ENDPOINT, Message, MsgType, client_of
 from dynaps.wire.transport import Transport
@@ -32,6 +32,13 @@ def connect_members(transport: Transport, membership: control.Membership) -> set
                 transport.connect(client_of(info.id), info.client)
             endpoints.add(client_of(info.id))
     return endpoints
+
+
+def ask_membership(transport: Transport, sender: int, version: int = 0) -> None:
+    """Ask the coordinator for the whole membership (MEMBERSHIP_QUERY; ``version``: the one
+    held, 0 for none)."""
+    query = control.MembershipQuery(version=version)
+    transport.send(COORDINATOR, messages.control(MsgType.MEMBERSHIP_QUERY, sender, query))
 
 
 class JoinInterruptedError(ClusterError):
