@@ -538,6 +538,26 @@ def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
     assert [b["node"] for _, b in job.wire.take(MsgType.REFUSED)] == [3]  # fenced again
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"members": [[0, None]]},  # no node has id 0
+        {"members": [[1, -1]]},  # nor a negative rank
+        {"members_version": -1},
+        {"lost": [0]},
+        {"took_back": [{"node": 3, "keys": 0, "shards": [0]}]},  # a loss of no key
+        {"took_back": [{"node": 3, "keys": 1, "shards": [0]}] * 65},  # more than a node keeps
+    ],
+)
+def test_a_malformed_rejoin_is_dropped_and_the_node_stays_unrejoined(bad: dict[str, Any]) -> None:
+    job = Job(servers=1, workers=1, num_shards=4)
+    shard_map = {"epoch": 3, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    server = {"role": "server", "address": "tcp://s0", "name": "s0"}
+    job.tell(1, MsgType.HEARTBEAT, server)
+    job.tell(1, MsgType.REJOIN, {"heartbeat": server, "shard_map": shard_map, **bad})
+    assert job.coordinator.adoption.maps == {1: None}  # still waiting for a REJOIN it can read
+
+
 def test_a_heartbeat_of_a_node_the_coordinator_never_knew_tells_it_to_exit() -> None:
     """It joined before a restart and missed the rebuilding: no membership lists it, and it
     would wait for one for ever."""
