@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.errors import UsageError
-from dynaps.store import usage
+from dynaps.store import updaters, usage
 from dynaps.wire.protocol import MsgType
 
 NOT_HOT = -1  # a key's slot when it is not replicated
@@ -164,7 +164,9 @@ class HotKeys:
             handle = self._paths.update(kind, keys, rows, wait)
             self.values[slots[hot]] = rows[hot]
             return handle
-        np.add.at(self.pending, slots[hot], rows[hot])
+        # summed in place (rows of one key may repeat): numpy's row-wise add.at took 140 us
+        # for a KGE minibatch's 256 relation rows, the flattened form 30
+        updaters.scatter_add(self.pending, slots[hot].astype(np.int64), rows[hot])
         self.touched[slots[hot]] = True
         self.any_pending = True
         self.stats["hot_pushes"] += int(hot.sum())
