@@ -222,10 +222,14 @@ class NodeProcess:
         assert server is not None
         assert control is not None
         next_chores = 0.0
+        served = False
         while not self.stop.is_set():
             busy = server.migrations.tracking
-            # spin: a client usually sends its next request right after our answer
-            frames = self.transport.recv(timeout=0.0 if busy else self.chores_interval, spin=True)
+            # spin after a turn that served a message: a client usually sends its next request
+            # right after our answer; after an idle turn (chores) nothing is due, and spinning
+            # there was a sixth of an idle job's CPU (10-20 turns a second, bench/README.md)
+            frames = self.transport.recv(timeout=0.0 if busy else self.chores_interval, spin=served)
+            served = frames is not None
             control.turned(time.monotonic())  # after a gap, data waits (dynaps.node.waking)
             if frames is not None:
                 self._handle(frames)
