@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.client.own_node import OwnNode
-from dynaps.client.retries import Retries
+from dynaps.client.retries import SILENCE_SECONDS, Retries
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
 from dynaps.store import usage
@@ -53,6 +53,7 @@ ANSWERS = {
 # Request ids between the watermark and the next id, at most: nodes remember the updates of
 # REMEMBERED_REQUESTS of them, and the watermark a node knows may be older than ours.
 UNSETTLED_IDS = REMEMBERED_REQUESTS // 2
+SILENCE_CHECK_SECONDS = 1.0  # how often a waiting process looks for requests unanswered for long
 COUNTERS = ("messages_sent", "messages_received", "requests_retried")  # per process; per table: usage
 # a request's kind -> its latency histogram (a set is timed as a push)
 _OPERATION = {
@@ -121,6 +122,9 @@ class Requests:
             self._send_rows,
             transport.forget,
         )
+        # a request sent again for silence: after 10 s, or a quarter of a short timeout
+        self.retries.silence_seconds = min(SILENCE_SECONDS, config.request_timeout_seconds / 4)
+        self._silence_check_at = 0.0  # monotonic: when pump_until next looks for silent requests
 
     def stopped(self) -> NoReturn:
         """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
@@ -384,7 +388,12 @@ class Requests:
             raise ClusterError(f"the job has ended: {self.ended}")
         if self.own.fenced:
             self.stopped()
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        if now >= self._silence_check_at and self.handles:
+            self._silence_check_at = now + SILENCE_CHECK_SECONDS
+            if hasattr(self, "shard_map"):
+                self.retries.resend_silent(time.perf_counter_ns(), self.shard_map, self.epoch)
+        remaining = deadline - now
         if remaining <= 0:
             raise DynapsTimeoutError(
                 f"{what()} did not complete within the deadline "

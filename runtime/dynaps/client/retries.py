@@ -14,6 +14,7 @@ requests own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence, Set
 
 import numpy as np
@@ -23,9 +24,12 @@ from dynaps.client.handles import Handle, Keys
 from dynaps.client.retry_holds import RetryHolds
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.table_store import TableStore
+from dynaps.throttled_log import ThrottledLog
 from dynaps.wire import messages, routing
 from dynaps.wire.protocol import RETRY, Message, MsgType, client_of
 from dynaps.wire.routing import group_by
+
+log = logging.getLogger(__name__)
 
 # sent again when a node leaves: arriving twice changes nothing (see Retries.apply)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
@@ -37,6 +41,12 @@ REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 # branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
 # merged it stays off, and a push sent to a node after it stopped forwarding times out.
 RESEND_UPDATES_AFTER_DEPARTURE = False
+
+# Seconds without an answer after which a request is sent again as after a loss (then after
+# twice as long, and so on): a message dropped without a membership change costs a delay, not
+# the program (requestTimeoutSeconds, 120 s by default, fails it). Well above how long a
+# request may rightly wait at a node (a migration's freeze, keys on their way, a node's wake).
+SILENCE_SECONDS = 10.0
 
 # Seconds what we queued for a node that left may take to reach it (it forwards stragglers
 # for LEAVE_LINGER, 1 s, in dynaps.node.drain) before its socket is closed.
@@ -77,6 +87,11 @@ class Retries:
         # requests sent more than once: below the watermark a while longer, and their late
         # answers are duplicates
         self.resent = RetryHolds()
+        # request id -> (when it is next sent again if still unanswered, the interval after
+        # that): requests sent again for silence (resend_silent); absent: not yet
+        self.silent: dict[int, tuple[int, int]] = {}
+        self.silence_seconds = SILENCE_SECONDS
+        self._silence_log = ThrottledLog(log, "requests unanswered for long sent again to their keys' homes")
 
     def park(self, msg: Message) -> None:
         """``msg`` is for a gone node: send it on at the next membership."""
@@ -89,6 +104,8 @@ class Retries:
     def answered(self, req_id: int) -> None:
         """``req_id`` completed: if it was sent again, its other copy may still be on its way."""
         self.resent.renew(req_id)
+        if self.silent:
+            self.silent.pop(req_id, None)
 
     def late(self, req_id: int) -> bool:
         """Whether an answer to ``req_id``, which is no longer in flight, may be a late one
@@ -148,45 +165,64 @@ class Retries:
         Rows that arrive twice change nothing.  Every request sent again is held below the
         watermark for a while (:mod:`dynaps.client.retry_holds`)."""
         for handle in list(self.handles.values()):
-            keys = handle.keys
-            if keys is None or (kinds is not None and handle.kind not in kinds):
+            if kinds is None or handle.kind in kinds:
+                self._send_again(handle, shard_map, epoch)
+
+    def resend_silent(self, now_ns: int, shard_map: ShardMap, epoch: int) -> None:
+        """Send again, as after a loss, each request that no answer came for within its
+        silence limit (:data:`SILENCE_SECONDS` since it was sent, then twice as long after each
+        copy).  A message dropped without a membership change (a cause not yet known) then costs
+        a delay, not the program's failure when ``requestTimeoutSeconds`` passes; a copy that
+        arrives twice is answered twice and applied once (:mod:`dynaps.node.applied`)."""
+        silence = int(self.silence_seconds * 1e9)
+        for handle in list(self.handles.values()):
+            due = self.silent.get(handle.req_id)
+            next_ns, interval = due if due is not None else (handle.started + silence, silence)
+            if now_ns < next_ns or handle.req_id in self.unsent or handle.keys is None:
                 continue
-            if handle.req_id in self.unsent:
-                continue  # its first send waits for the coordinator (client/holdings.py)
-            if handle.kind is MsgType.LOCALIZE:
-                idx = np.arange(len(keys))
-            elif handle.mask is not None:
-                idx = np.flatnonzero(~handle.mask)
-            else:
-                idx = np.arange(len(keys))
-                handle.mask = np.zeros(len(keys), dtype=np.bool_)
-            if not len(idx):
-                continue
-            self.counters["requests_retried"] += 1
-            self.resent.hold(handle.req_id)
-            if handle.local is not None:
-                here = np.isin(idx, handle.local)
-                if here.any():
-                    rewritten = idx[here]
-                    self.send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
-                    idx = idx[~here]
-                    if not len(idx):
-                        continue
-            num_keys = self.stores[handle.index].spec.num_keys
-            homes = shard_map.home_of(keys[idx], num_keys)
-            for home, part in group_by(homes):
-                chosen = idx if part is None else idx[part]
-                positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
-                rows = handle.rows[chosen] if handle.rows is not None else None
-                retry = messages.request(
-                    handle.kind,
-                    self.endpoint,
-                    handle.req_id,
-                    handle.index,
-                    keys[chosen],
-                    values=rows,
-                    positions=positions,
-                    epoch=epoch,
-                    flags=RETRY,
-                )
-                self.send(home, retry)
+            self.silent[handle.req_id] = (now_ns + 2 * interval, 2 * interval)
+            self._silence_log(f"{handle!r}, sent {(now_ns - handle.started) / 1e9:.0f} s ago")
+            self._send_again(handle, shard_map, epoch)
+
+    def _send_again(self, handle: Handle, shard_map: ShardMap, epoch: int) -> None:
+        """Send what is not yet answered of ``handle`` again, marked RETRY, to its keys' homes."""
+        keys = handle.keys
+        if keys is None or handle.req_id in self.unsent:
+            return  # its first send waits for the coordinator (client/holdings.py)
+        if handle.kind is MsgType.LOCALIZE:
+            idx = np.arange(len(keys))
+        elif handle.mask is not None:
+            idx = np.flatnonzero(~handle.mask)
+        else:
+            idx = np.arange(len(keys))
+            handle.mask = np.zeros(len(keys), dtype=np.bool_)
+        if not len(idx):
+            return
+        self.counters["requests_retried"] += 1
+        self.resent.hold(handle.req_id)
+        if handle.local is not None:
+            here = np.isin(idx, handle.local)
+            if here.any():
+                rewritten = idx[here]
+                self.send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
+                idx = idx[~here]
+                if not len(idx):
+                    return
+        num_keys = self.stores[handle.index].spec.num_keys
+        homes = shard_map.home_of(keys[idx], num_keys)
+        for home, part in group_by(homes):
+            chosen = idx if part is None else idx[part]
+            positions = None if handle.kind is MsgType.LOCALIZE else chosen.astype(np.int32)
+            rows = handle.rows[chosen] if handle.rows is not None else None
+            retry = messages.request(
+                handle.kind,
+                self.endpoint,
+                handle.req_id,
+                handle.index,
+                keys[chosen],
+                values=rows,
+                positions=positions,
+                epoch=epoch,
+                flags=RETRY,
+            )
+            self.send(home, retry)

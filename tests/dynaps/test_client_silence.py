@@ -1,0 +1,134 @@
+"""A request whose message or answer was dropped without a membership change is sent again
+after a silence, not left to fail the program at its timeout; a copy applied twice would be
+a silent error, so every case goes through real nodes and checks what they hold.
+
+The client and the nodes are those of :mod:`tests.dynaps.test_client_retries`; the test
+carries the messages by hand and drops the ones it chooses.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dynaps.client.handles import Handle
+from dynaps.client.requests import Requests
+from dynaps.client.retries import SILENCE_SECONDS
+from dynaps.contract import RuntimeConfig
+from dynaps.store.shm import NullLock
+from dynaps.wire.protocol import RETRY, MsgType
+from tests.dynaps.test_client_requests import SPEC, WORKER, Client, Recorder, membership
+from tests.dynaps.test_client_retries import HOME, KEY, ONE, deliver, home_node, sent_by
+
+SILENCE_NS = int(SILENCE_SECONDS * 1e9)
+
+
+def client_at_epoch_2() -> Client:
+    """A client whose shard map is the nodes' (epoch 2), with KEY cached at its home."""
+    client = Client()
+    client.membership.apply(membership(2, [1, HOME]))
+    client.store.loc[KEY] = HOME
+    client.transport.take()
+    return client
+
+
+def silent_for(client: Client, handle: Handle, seconds: float) -> None:
+    """What the client does when ``handle`` has had no answer for ``seconds``."""
+    requests = client.requests
+    requests.retries.resend_silent(handle.started + int(seconds * 1e9), requests.shard_map, requests.epoch)
+
+
+def test_a_push_whose_message_was_dropped_is_sent_again_after_the_silence_and_applied_once() -> None:
+    client = client_at_epoch_2()
+    handle = client.table.push([KEY], ONE, wait=False)
+    assert isinstance(handle, Handle)
+    [(dest, original)] = client.transport.take()  # dropped on its way
+    assert (dest, original.type) == (HOME, MsgType.PUSH)
+    silent_for(client, handle, SILENCE_SECONDS - 0.5)
+    assert client.transport.take() == []  # not yet
+    silent_for(client, handle, SILENCE_SECONDS)
+    [(dest, again)] = client.transport.take()
+    assert (dest, again.type, again.req_id, bool(again.flags & RETRY)) == (
+        HOME,
+        MsgType.PUSH,
+        handle.req_id,
+        True,
+    )
+    home = home_node(owner=HOME)
+    deliver(client, {HOME: home}, [(dest, again)])
+    assert handle.done()
+    assert handle.error is None
+    assert home.stores[0].values[KEY].tolist() == [1.0]
+    assert client.requests.counters["requests_retried"] == 1
+
+
+def test_a_push_applied_whose_answer_was_dropped_is_not_applied_again() -> None:
+    """The original reached the home and was applied; its ACK was lost.  The copy sent after
+    the silence finds the home's record of it: acknowledged, not applied a second time."""
+    client = client_at_epoch_2()
+    handle = client.table.push([KEY], ONE, wait=False)
+    assert isinstance(handle, Handle)
+    [(_, original)] = client.transport.take()
+    home = home_node(owner=HOME)
+    home.dispatch(original)
+    [(_, ack)] = sent_by(home)  # dropped on its way back
+    assert ack.type is MsgType.ACK
+    silent_for(client, handle, SILENCE_SECONDS)
+    deliver(client, {HOME: home}, client.transport.take())
+    assert handle.done()
+    assert handle.error is None
+    assert home.stores[0].values[KEY].tolist() == [1.0]  # once
+
+
+def test_a_pull_is_sent_again_at_growing_intervals_and_no_more_once_answered() -> None:
+    client = client_at_epoch_2()
+    home = home_node(owner=HOME)
+    home.stores[0].values[KEY] = 7.0
+    handle = client.table.pull([KEY], wait=False)
+    assert isinstance(handle, Handle)
+    client.transport.take()  # the original, dropped
+    silent_for(client, handle, SILENCE_SECONDS)
+    assert len(client.transport.take()) == 1  # the first copy, dropped too
+    # the next copy twice the silence after the first, the one after it four times...
+    silent_for(client, handle, 2 * SILENCE_SECONDS)
+    silent_for(client, handle, 3 * SILENCE_SECONDS - 0.5)
+    assert client.transport.take() == []
+    silent_for(client, handle, 3 * SILENCE_SECONDS)
+    second = client.transport.take()
+    assert [(dest, msg.type, bool(msg.flags & RETRY)) for dest, msg in second] == [(HOME, MsgType.PULL, True)]
+    silent_for(client, handle, 7 * SILENCE_SECONDS - 0.5)
+    assert client.transport.take() == []
+    silent_for(client, handle, 7 * SILENCE_SECONDS)  # four silences after the second
+    third = client.transport.take()
+    assert len(third) == 1
+    deliver(client, {HOME: home}, second + third)  # both copies answered: counted once
+    assert handle.done()
+    assert handle.result() is not None
+    assert np.asarray(handle.result()).tolist() == [[7.0]]
+    assert client.requests.retries.silent == {}
+    silent_for(client, handle, 100 * SILENCE_SECONDS)
+    assert client.transport.take() == []
+
+
+def test_a_waiting_program_looks_for_silent_requests_and_a_short_timeout_shortens_the_silence() -> None:
+    client = client_at_epoch_2()
+    requests = client.requests
+    handle = client.table.pull([KEY], wait=False)
+    assert isinstance(handle, Handle)
+    client.transport.take()
+    handle.started -= SILENCE_NS  # sent a silence ago
+    requests.pump_until(time.monotonic() + 5.0, lambda: "test")
+    [(dest, again)] = client.transport.take()
+    assert (dest, again.type, again.req_id, bool(again.flags & RETRY)) == (
+        HOME,
+        MsgType.PULL,
+        handle.req_id,
+        True,
+    )
+    requests.pump_until(time.monotonic() + 5.0, lambda: "test")
+    assert client.transport.take() == []  # looked at most once a second, and not yet due anyway
+
+    short = RuntimeConfig(tables=[SPEC], servers=2, workers=1, request_timeout_seconds=8)
+    other = Requests(short, WORKER, 0, Recorder(), [client.store], NullLock(), np.zeros(1, np.uint8), print)
+    assert other.retries.silence_seconds == 2.0  # a quarter of the timeout, when that is shorter
