@@ -23,6 +23,7 @@ the connection drop (:meth:`Cluster.kill`).
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -400,6 +401,16 @@ class Cluster:
         """The relocation fence after a loss is over (time passed)."""
         for server in self.live().values():
             server.lift_fence(ALWAYS)
+
+    def silence(self) -> None:
+        """Every client's requests in flight had no answer for long: each is sent again to its
+        keys' homes, marked RETRY (dynaps.client.retries.Retries.resend_silent), whether its
+        message, its answer or neither was lost."""
+        for ps in self.clients.values():
+            requests = ps._requests
+            if requests.handles:
+                later = time.perf_counter_ns() + 10**15  # past every silence limit, every time
+                requests.retries.resend_silent(later, requests.shard_map, requests.epoch)
 
     def step(self) -> None:
         """A turn of every node's loop: the next pre-copy chunk, or the freeze."""

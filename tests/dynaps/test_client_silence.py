@@ -18,6 +18,7 @@ from dynaps.client.retries import SILENCE_SECONDS
 from dynaps.contract import RuntimeConfig
 from dynaps.store.shm import NullLock
 from dynaps.wire.protocol import RETRY, MsgType
+from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
 from tests.dynaps.test_client_requests import SPEC, WORKER, Client, Recorder, membership
 from tests.dynaps.test_client_retries import HOME, KEY, ONE, deliver, home_node, sent_by
 
@@ -132,3 +133,23 @@ def test_a_waiting_program_looks_for_silent_requests_and_a_short_timeout_shorten
     short = RuntimeConfig(tables=[SPEC], servers=2, workers=1, request_timeout_seconds=8)
     other = Requests(short, WORKER, 0, Recorder(), [client.store], NullLock(), np.zeros(1, np.uint8), print)
     assert other.retries.silence_seconds == 2.0  # a quarter of the timeout, when that is shorter
+
+
+def test_requests_sent_again_while_keys_move_leave_every_update_applied_once() -> None:
+    """Through the simulated job (tests/dynaps/simnet.py): pushes and localizes in flight
+    are all sent again at once, copies and originals race, and at the end every key holds
+    exactly the increments pushed (the model tests draw ``silence`` at random moments too)."""
+    cluster = Cluster()
+    for worker in WORKERS:  # each worker's first localize of a shard waits for the coordinator
+        cluster.start("localize", worker, list(range(NUM_KEYS)))
+        cluster.settle(None)
+        cluster.start("push", worker, [0, 1, 5])
+        cluster.settle(None)
+    # the last worker holds every key now: the others' requests go to it
+    cluster.start("localize", WORKERS[0], [0, 5])
+    cluster.start("push", WORKERS[1], [0, 5])
+    cluster.silence()  # both go again, marked RETRY, to the keys' homes
+    retried = sum(ps._requests.counters["requests_retried"] for ps in cluster.clients.values())
+    assert retried == 2
+    cluster.settle(None)
+    cluster.check()  # every key owned once, equal to the increments pushed; all answered

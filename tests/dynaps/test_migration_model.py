@@ -19,7 +19,9 @@ from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
 
 OPS: st.SearchStrategy[tuple[str, int, list[int]]] = st.one_of(
     st.tuples(
-        st.sampled_from(["push", "pull", "localize", "deliver", "deliver", "deliver", "step", "tick"]),
+        st.sampled_from(
+            ["push", "pull", "localize", "deliver", "deliver", "deliver", "step", "tick", "silence"]
+        ),
         st.sampled_from(WORKERS),
         st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=3),
     ),
@@ -38,6 +40,8 @@ def test_migrations_keep_every_update_under_any_interleaving(ops: list[Any], dat
                 cluster.deliver(data.draw(st.sampled_from(busy)))
         elif op == "step":
             cluster.step()
+        elif op == "silence":
+            cluster.silence()
         elif op == "tick":
             cluster.tick()
         elif op == "join":

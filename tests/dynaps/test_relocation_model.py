@@ -23,7 +23,7 @@ from dynaps.wire.protocol import Message, MsgType, client_of
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, WORKERS, Cluster
 
 OPS = st.tuples(
-    st.sampled_from(["push", "pull", "localize", "deliver", "deliver"]),
+    st.sampled_from(["push", "pull", "localize", "deliver", "deliver", "silence"]),
     st.sampled_from(WORKERS),
     st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=3),
 )
@@ -38,6 +38,8 @@ def test_relocation_keeps_every_update_under_any_interleaving(ops: list[Any], da
             busy = sorted(cluster.network.busy())
             if busy:
                 cluster.deliver(data.draw(st.sampled_from(busy)))
+        elif op == "silence":
+            cluster.silence()
         else:
             cluster.start(op, worker, keys)
     cluster.settle(data)

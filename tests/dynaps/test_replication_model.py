@@ -22,7 +22,7 @@ from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster, reba
 OPS = st.one_of(
     st.tuples(
         st.sampled_from(
-            ["push", "push", "pull", "localize", "deliver", "deliver", "deliver", "flush", "tick"]
+            ["push", "push", "pull", "localize", "deliver", "deliver", "deliver", "flush", "tick", "silence"]
         ),
         st.sampled_from(WORKERS),
         st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=NUM_KEYS),
@@ -42,6 +42,8 @@ def test_a_lost_server_loses_no_update_and_applies_none_twice(ops: list[Any], da
                 cluster.deliver(data.draw(st.sampled_from(busy)))
         elif op == "flush":
             cluster.flush()
+        elif op == "silence":
+            cluster.silence()
         elif op == "tick":
             cluster.tick()
         elif op == "kill":

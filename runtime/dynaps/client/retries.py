@@ -34,12 +34,12 @@ log = logging.getLogger(__name__)
 # sent again when a node leaves: arriving twice changes nothing (see Retries.apply)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 
-# Whether updates in flight (PUSH, SET) are sent again after a node leaves, as after a loss.
-# Exactly once for them needs the applied-request records to travel on every route a key
-# leaves a departing node by: TRANSFER (a held key released) carries them already; a
-# migration's SHARD_COPY and a worker's WRITEBACK do only with the node-side changes of
-# branches wt/mig-records and wt/wb-records (issue 13, audit F1/F4/F5).  Until those are
-# merged it stays off, and a push sent to a node after it stopped forwarding times out.
+# Whether updates in flight (PUSH, SET) are sent again at once after a node leaves, as after a
+# loss.  The applied-request records travel on every route a key leaves a departing node by
+# (TRANSFER, a migration's SHARD_COPY, a worker's WRITEBACK: issue 13, audit F1/F4/F5, merged
+# 2026-12-05), and the model tests pass with it on; it stays off because a departure, unlike
+# a loss, raises no relocation fence at the homes.  A push sent to a node after it stopped
+# forwarding goes again once the silence limit below passed (a delay, not a timeout).
 RESEND_UPDATES_AFTER_DEPARTURE = False
 
 # Seconds without an answer after which a request is sent again as after a loss (then after
