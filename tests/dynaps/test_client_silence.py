@@ -9,15 +9,19 @@ carries the messages by hand and drops the ones it chooses.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pytest
 
 from dynaps.client.handles import Handle
 from dynaps.client.requests import Requests
 from dynaps.client.retries import SILENCE_SECONDS
 from dynaps.contract import RuntimeConfig
+from dynaps.errors import DynapsTimeoutError
 from dynaps.store.shm import NullLock
-from dynaps.wire.protocol import RETRY, MsgType
+from dynaps.wire.protocol import RETRY, MsgType, TableLayout
 from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
 from tests.dynaps.test_client_requests import SPEC, WORKER, Client, Recorder, membership
 from tests.dynaps.test_client_retries import HOME, KEY, ONE, deliver, home_node, sent_by
@@ -153,3 +157,66 @@ def test_requests_sent_again_while_keys_move_leave_every_update_applied_once() -
     assert retried == 2
     cluster.settle(None)
     cluster.check()  # every key owned once, equal to the increments pushed; all answered
+
+
+# ----------------------------------------------------------------------------- the coordinator
+# A BARRIER, CLOCK or LEASE (or its answer) lost on the way is asked again after a silence;
+# the coordinator answers a question asked again as it did the first time
+# (test_coordinator_core.py::test_a_question_asked_again_gets_the_first_answer_again).
+
+
+class Answering(Recorder):
+    """A Recorder whose ``recv`` first runs ``on_recv`` (the test's coordinator)."""
+
+    def __init__(self, layouts: list[TableLayout] | None = None) -> None:
+        super().__init__(layouts)
+        self.on_recv: Callable[[], None] = lambda: None
+
+    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+        self.on_recv()
+        return None
+
+
+def asked(client: Client, kind: MsgType) -> list[dict[str, Any]]:
+    """The bodies of the ``kind`` messages the client sent so far (kept for the next call)."""
+    return [msg.body.model_dump() for _, msg in client.transport.sent if msg.type is kind and msg.body]
+
+
+def answer_the_second(client: Client, kind: MsgType, answer: Callable[[], None]) -> None:
+    """The coordinator answers once ``kind`` was asked twice (the first answer was lost)."""
+    transport = client.transport
+    assert isinstance(transport, Answering)
+    transport.on_recv = lambda: answer() if len(asked(client, kind)) == 2 else None
+
+
+def quiet_client() -> tuple[Client, Answering]:
+    client = Client(transport=Answering)
+    client.requests.retries.silence_seconds = 0.05
+    assert isinstance(client.transport, Answering)
+    return client, client.transport
+
+
+def test_a_barrier_whose_answer_was_lost_is_asked_again_and_passes() -> None:
+    client, _ = quiet_client()
+    answer_the_second(client, MsgType.BARRIER, lambda: client.barriers.barrier_done(0))
+    client.barriers.barrier(timeout=5.0)
+    assert [b["generation"] for b in asked(client, MsgType.BARRIER)] == [0, 0]
+
+
+def test_a_clock_and_a_lease_whose_answers_were_lost_are_asked_again() -> None:
+    client, _ = quiet_client()
+    answer_the_second(client, MsgType.CLOCK, lambda: client.barriers.clock_min(1))
+    assert client.barriers.clock(timeout=5.0) == 1  # under bsp: waits for the slowest clock
+    assert [c["clock"] for c in asked(client, MsgType.CLOCK)] == [1, 1]
+    answer_the_second(client, MsgType.LEASE, lambda: client.barriers.leased(0, 2))
+    shards = client.barriers.data_shards(3, epoch=0, timeout=5.0)
+    assert next(shards) == 2
+    assert [(b["epoch"], b["finished"]) for b in asked(client, MsgType.LEASE)] == [(0, None), (0, None)]
+
+
+def test_a_barrier_never_answered_is_asked_at_growing_intervals_until_the_timeout() -> None:
+    client, _ = quiet_client()
+    with pytest.raises(DynapsTimeoutError):
+        client.barriers.barrier(timeout=0.5)
+    # asked at 0 s, then after 0.05, 0.1 and 0.2 s more (0.35 s): four at most, however slow
+    assert 2 <= len(asked(client, MsgType.BARRIER)) <= 4

@@ -665,3 +665,31 @@ def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
     [(_, membership), *_] = job.memberships()
     assert membership.shard_map["homes"] == [s1, s1, s3, s3, s3, s3]
     assert membership.shard_map["backups"] == [[s3], [s3], [s1], [s1], [s1], [s1]]  # backups for the new map
+
+
+def test_a_question_asked_again_gets_the_first_answer_again() -> None:
+    """A program whose BARRIER, CLOCK or LEASE (or its answer) was lost asks again after a
+    silence (dynaps.client.barriers): the coordinator answers as it did, never twice over."""
+    job = Job(servers=1, workers=2, consistency={"model": "bsp"})
+    _, (w1, w2) = job.start()
+    for worker in (w1, w2):
+        job.tell(client_of(worker), MsgType.BARRIER, {"generation": 0})
+    job.wire.take(MsgType.BARRIER_DONE)
+    job.tell(client_of(w1), MsgType.BARRIER, {"generation": 0})  # its BARRIER_DONE was lost
+    assert job.wire.take(MsgType.BARRIER_DONE) == [(client_of(w1), {"generation": 0})]
+    assert job.status()["barrierPassed"] == 0
+    for worker in (w1, w2):
+        job.tell(client_of(worker), MsgType.CLOCK, {"clock": 1})
+    assert sorted(job.wire.take(MsgType.CLOCK_MIN)) == [
+        (client_of(w1), {"clock": 1}),
+        (client_of(w2), {"clock": 1}),
+    ]
+    job.tell(client_of(w2), MsgType.CLOCK, {"clock": 1})  # its CLOCK_MIN was lost
+    assert job.wire.take(MsgType.CLOCK_MIN) == [(client_of(w2), {"clock": 1})]
+    job.tell(client_of(w1), MsgType.LEASE, {"epoch": 0, "num_shards": 3})
+    job.tell(client_of(w1), MsgType.LEASE, {"epoch": 0, "num_shards": 3})  # the answer was lost
+    job.tell(client_of(w1), MsgType.LEASE, {"epoch": 0, "num_shards": 3, "finished": 0})
+    job.tell(client_of(w1), MsgType.LEASE, {"epoch": 0, "num_shards": 3, "finished": 0})  # lost too
+    shards = [body["shard"] for _, body in job.wire.take(MsgType.LEASE_REPLY)]
+    assert shards == [0, 0, 1, 1]
+    assert job.status()["dataShards"] == {"0": {"shards": 3, "done": 1, "held": 1, "free": 1}}

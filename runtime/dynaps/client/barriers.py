@@ -15,6 +15,7 @@ one round trip, and what a pull at clock c sees follows from the order of messag
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -71,12 +72,15 @@ class Barriers:
         self._generation += 1
         self._new_clock()
         reached = control.Barrier(generation=generation)
-        requests.transport.send(COORDINATOR, messages.control(MsgType.BARRIER, requests.endpoint, reached))
-        deadline = self._deadline(timeout)
+        self._ask(MsgType.BARRIER, reached)
         self._barrier_waiting = generation
         try:
-            while self._done < generation:
-                requests.pump_until(deadline, lambda: f"barrier {generation}")
+            self._await(
+                lambda: self._done >= generation,
+                self._deadline(timeout),
+                lambda: f"barrier {generation}",
+                lambda: self._ask(MsgType.BARRIER, reached),
+            )
         finally:
             self._barrier_waiting = None
 
@@ -94,11 +98,14 @@ class Barriers:
         if consistency.model == ConsistencyModel.ASYNC:
             return self._clock  # no wait, so nobody needs our clock: no message either
         tick = control.Clock(clock=self._clock)
-        requests.transport.send(COORDINATOR, messages.control(MsgType.CLOCK, requests.endpoint, tick))
+        self._ask(MsgType.CLOCK, tick)
         slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0
-        deadline = self._deadline(timeout)
-        while self._min_clock < self._clock - slack:
-            requests.pump_until(deadline, lambda: f"clock {self._clock}")
+        self._await(
+            lambda: self._min_clock >= self._clock - slack,
+            self._deadline(timeout),
+            lambda: f"clock {self._clock}",
+            lambda: self._ask(MsgType.CLOCK, tick),
+        )
         return self._clock
 
     def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:
@@ -110,12 +117,15 @@ class Barriers:
             if requests.control[0]:
                 requests.stopped()
             body = control.Lease(epoch=epoch, num_shards=num_shards, finished=finished)
-            requests.transport.send(COORDINATOR, messages.control(MsgType.LEASE, requests.endpoint, body))
-            deadline = self._deadline(timeout)
+            self._ask(MsgType.LEASE, body)
             self._lease_waiting = body
             try:
-                while epoch not in self._leases:
-                    requests.pump_until(deadline, lambda: f"the lease of a data shard of epoch {epoch}")
+                self._await(
+                    lambda: epoch in self._leases,
+                    self._deadline(timeout),
+                    lambda: f"the lease of a data shard of epoch {epoch}",
+                    functools.partial(self._ask, MsgType.LEASE, body),
+                )
             finally:
                 self._lease_waiting = None
             shard = self._leases.pop(epoch)
@@ -123,6 +133,29 @@ class Barriers:
                 return
             yield shard
             finished = shard
+
+    def _ask(self, kind: MsgType, body: control.Barrier | control.Clock | control.Lease) -> None:
+        requests = self._requests
+        requests.transport.send(COORDINATOR, messages.control(kind, requests.endpoint, body))
+
+    def _await(
+        self, done: Callable[[], bool], deadline: float, what: Callable[[], str], ask: Callable[[], None]
+    ) -> None:
+        """Handle messages until ``done()``; ask again (``ask``) after each silence of the
+        requests' silence limit, doubled each time: a question or its answer lost on the way
+        (a connection cut after it was written) costs a delay, not the program.  The
+        coordinator answers a question asked again as the first: a barrier reached twice is
+        one, a clock reported again gets the slowest clock again, a lease asked for again the
+        same data shard (dynaps.coordinator.leases)."""
+        requests = self._requests
+        silence = requests.retries.silence_seconds
+        again = time.monotonic() + silence
+        while not done():
+            requests.pump_until(deadline, what)
+            if not done() and time.monotonic() >= again:
+                silence *= 2
+                again = time.monotonic() + silence
+                ask()
 
     # -------------------------------------------------------------- what the coordinator says
 

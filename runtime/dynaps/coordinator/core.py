@@ -231,8 +231,12 @@ class Coordinator:
             self.barriers.reach(msg.sender, control.body_of(msg, control.Barrier).generation)
             self.progress.check_barrier()
         elif kind is MsgType.CLOCK:
-            member.clock = max(member.clock, control.body_of(msg, control.Clock).clock)
+            clock = control.body_of(msg, control.Clock).clock
+            asked_again = clock <= member.clock  # its CLOCK_MIN may have been lost
+            member.clock = max(member.clock, clock)
             self.progress.publish_min_clock()
+            if asked_again:
+                self.progress.tell_min_clock(member)
         elif kind is MsgType.WORKER_DONE:
             self._on_worker_done(member, control.body_of(msg, control.WorkerDone))
         elif kind is MsgType.LEAVE:

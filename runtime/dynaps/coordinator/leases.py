@@ -4,8 +4,10 @@ A job splits each epoch's data into ``num_shards`` pieces.  A worker asks for a 
 the next free piece, trains on it, and asks for the next (which also marks the previous
 one done).  When a worker leaves or dies, the pieces it held but did not finish go back
 to the queue, so another worker takes them; a worker that joins mid-epoch simply takes
-what is left.  Every piece is processed at least once per epoch (exactly once unless a
-worker died in the middle of one, or the coordinator restarted).
+what is left.  A worker holds one piece of an epoch at a time: asking again before it
+finished it (its answer was lost, and the program asked again) gets that piece again.
+Every piece is processed at least once per epoch (exactly once unless a worker died in the
+middle of one, or the coordinator restarted).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Leases:
         if finished is not None and state.held.get(finished) == worker:
             del state.held[finished]
             state.done.add(finished)
+        for shard, holder in state.held.items():
+            if holder == worker:  # asked again (the answer was lost): the same shard, not a second
+                return shard
         if not state.free:
             return None
         shard = state.free.pop(0)

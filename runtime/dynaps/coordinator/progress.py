@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dynaps.contract import ConsistencyModel
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.outbox import Send
-from dynaps.coordinator.roster import MemberState, Roster
+from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.stages import Stages
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType, client_of, node_of
@@ -100,6 +100,11 @@ class Progress:
             return  # they still count as present: the newcomers would be refused
         log.info("stage %s wants %d workers: waiting for them to join", stage.name, stage.workers)
         self.roster.want("worker", stage.workers)
+
+    def tell_min_clock(self, member: Member) -> None:
+        """The slowest clock again, to ``member``'s program alone (it asked again)."""
+        if self.consistency != ConsistencyModel.ASYNC:
+            self.send(client_of(member.id), MsgType.CLOCK_MIN, control.Clock(clock=self.min_clock.value))
 
     def publish_min_clock(self) -> None:
         if self.consistency == ConsistencyModel.ASYNC:
