@@ -453,6 +453,7 @@ def restart_with_one_worker_unheard(job: Job) -> None:
             "highest_node_id": 3,
             "members": known,
             "members_version": 4,
+            "member_names": [[1, "s0"], [2, "w0"], [3, "w1"]],
         }
         job.tell(node, MsgType.REJOIN, rejoin)
     job.clock.now += 1.5
@@ -480,6 +481,21 @@ def test_a_member_unheard_after_a_restart_gets_time_then_is_lost_and_its_rank_aw
     assert refused["node"] == 3
     replacement = job.register("worker", "w1")
     assert job.coordinator.roster.get(replacement).rank == 1  # type: ignore[union-attr]
+
+
+def test_a_member_whose_pod_registers_anew_is_lost_without_waiting_out_its_silence() -> None:
+    """w1's pod was recreated while the coordinator was away: its REGISTER under that name
+    says the member the others knew is gone, so the rebuilding ends at the quiet moment and
+    the new pod takes its rank."""
+    job = Job(servers=1, workers=2, num_shards=4, listen_first=1.0)
+    job.send_register("worker", "w1")  # held until the job is rebuilt
+    restart_with_one_worker_unheard(job)
+    assert job.phase() is JobPhase.RUNNING  # 1.5 s, not the silence limit
+    [(_, first), *_] = job.memberships()
+    assert first.lost == [3]
+    [(_, welcome)] = job.wire.take(MsgType.WELCOME)
+    assert welcome["nonce"] == "nonce-w1"
+    assert job.coordinator.roster.get(welcome["node"]).rank == 1  # type: ignore[union-attr]
 
 
 def test_a_member_heard_late_in_the_rebuilding_is_adopted() -> None:
@@ -545,6 +561,8 @@ def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
         {"members": [[1, -1]]},  # nor a negative rank
         {"members_version": -1},
         {"lost": [0]},
+        {"member_names": [[0, "w0"]]},
+        {"member_names": [[1, "x" * 254]]},  # longer than any pod name
         {"took_back": [{"node": 3, "keys": 0, "shards": [0]}]},  # a loss of no key
         {"took_back": [{"node": 3, "keys": 1, "shards": [0]}] * 65},  # more than a node keeps
     ],

@@ -171,14 +171,15 @@ def test_scaling_down_picks_the_highest_ranks_and_skips_the_draining() -> None:
 def rejoin(
     epoch: int, members: list[tuple[int, int | None]], version: int, lost: list[int] | None = None
 ) -> Rejoin:
-    """A node's REJOIN: its shard map's epoch, the members of its last membership and that
-    membership's version, and whom it lists as lost."""
+    """A node's REJOIN: its shard map's epoch, the members of its last membership (named
+    ``pod-<id>``) and that membership's version, and whom it lists as lost."""
     heartbeat = control.Heartbeat(role="server", address="tcp://x")
     return Rejoin(
         heartbeat=heartbeat,
         shard_map={"epoch": epoch},
         members=members,
         members_version=version,
+        member_names=[(node, f"pod-{node}") for node, _ in members],
         lost=lost or [],
     )
 
@@ -221,6 +222,23 @@ def test_an_adoption_waits_longer_for_a_member_the_others_knew() -> None:
     adoption.rejoined(2, rejoin(3, [(1, None), (2, 0)], 5))
     assert adoption.missing() == {}
     assert adoption.due(2.1)
+
+
+def test_an_adoption_does_not_wait_for_a_member_whose_pod_registers_anew() -> None:
+    """Its pod was recreated (the REGISTER under its name waits for the adoption): the old
+    one is gone, and waiting out its silence would only hold the job and the new pod up."""
+    adoption = Adoption(quiet=1.0, missing_wait=30.0)
+    adoption.heard(1, 0.0)
+    adoption.rejoined(1, rejoin(3, [(1, None), (2, 0), (3, 1)], 5))
+    register = {"role": "worker", "address": "tcp://new", "nonce": "n", "config_digest": "d" * 16}
+    adoption.defer(control.Register.model_validate({**register, "name": "pod-9"}))  # no such member
+    assert not adoption.due(6.6)
+    adoption.defer(control.Register.model_validate({**register, "name": "pod-2", "nonce": "m"}))
+    assert adoption.replaced() == {2}
+    assert not adoption.due(6.6)  # pod-3 is still awaited
+    adoption.defer(control.Register.model_validate({**register, "name": "pod-3", "nonce": "o"}))
+    assert adoption.due(1.1)
+    assert adoption.missing() == {2: 0, 3: 1}  # both declared lost when the job goes on
 
 
 def test_an_adoption_expects_the_members_of_the_newest_membership_only() -> None:

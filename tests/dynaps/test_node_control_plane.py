@@ -98,7 +98,9 @@ def order(kind: MsgType, body: dict[str, Any], sender: int = COORDINATOR) -> Mes
 
 def membership(shard_map: ShardMap, nodes: list[int], lost: list[int] | None = None) -> dict[str, Any]:
     infos = [
-        control.NodeInfo(id=n, role="server" if n in SERVERS else "worker", address=f"test://{n}")
+        control.NodeInfo(
+            id=n, role="server" if n in SERVERS else "worker", address=f"test://{n}", name=f"pod-{n}"
+        )
         for n in nodes
     ]
     return control.Membership(
@@ -236,6 +238,7 @@ def test_a_restarted_coordinator_gets_the_heartbeat_and_the_shard_map() -> None:
     [(_, rejoin)] = outbox.take([])
     body = control.body_of(rejoin, control.Rejoin)
     assert body.members == [(1, None), (2, None)]  # the coordinator declares lost those it never hears
+    assert body.member_names == [(1, "pod-1"), (2, "pod-2")]  # a recreated pod's REGISTER ends its wait
     assert body.lost == [7]  # and never adopts those declared lost before
 
 

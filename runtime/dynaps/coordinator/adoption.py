@@ -7,7 +7,8 @@ has appeared for a moment carries on with the newest map.  Registrations that ar
 meanwhile wait.
 
 A member the others knew and the coordinator never heard from gets longer to speak
-(``missing_wait``), then is declared lost like any silent node: its shards go to their
+(``missing_wait``; none once a registration waits under its pod name: it was recreated),
+then is declared lost like any silent node: its shards go to their
 backups and the keys it held are taken back as a loss (the others would otherwise forget it as
 if it had left, and its updates with it), and if it speaks later it is told to exit.  A
 worker rank that no node holds waits for its replacement: the job never ends without it.
@@ -53,6 +54,7 @@ class Adoption:
         # the members of the newest membership a rejoined node knew (id -> a worker's rank), and
         # its version: an older one may name a node that left since, which would never answer
         self.known: dict[int, int | None] = {}
+        self.known_names: dict[int, str] = {}  # their pod names, where they have one
         self.known_version = -1
         self.highest_version = 0  # of any node's membership: the new coordinator's go on from it
         # nodes a membership declared lost: never adopted again (one paused through its loss
@@ -81,8 +83,10 @@ class Adoption:
                 return
             if rejoin.members_version > self.known_version:
                 self.known, self.known_version = dict(rejoin.members), rejoin.members_version
+                self.known_names = dict(rejoin.member_names)
             elif rejoin.members_version == self.known_version:
                 self.known.update(rejoin.members)
+                self.known_names.update(rejoin.member_names)
 
     def missing(self) -> dict[int, int | None]:
         """Members the rejoined nodes knew that were not heard from: id -> a worker's rank."""
@@ -90,11 +94,17 @@ class Adoption:
             node: rank for node, rank in self.known.items() if node not in self.maps and node not in self.lost
         }
 
+    def replaced(self) -> set[int]:
+        """Missing members whose name a held registration gives: their pod was recreated, so
+        the member is gone (declared lost like the others) and is not waited for."""
+        names = {reg.name for reg in self.deferred if reg.name}
+        return {node for node in self.missing() if self.known_names.get(node, "") in names}
+
     def due(self, now: float) -> bool:
         """Whether to finish: quiet, every node rejoined and every member they knew heard
-        from, or quiet for much longer."""
+        from (or replaced: :meth:`replaced`), or quiet for much longer."""
         rejoined = all(doc is not None for doc in self.maps.values())
-        missing = bool(self.missing())
+        missing = bool(self.missing().keys() - self.replaced())
         late = max(self.quiet * 5, self.missing_wait) if missing else self.quiet * 5
         return (now > self.until and rejoined and not missing) or now > self.until + late
 
@@ -114,6 +124,7 @@ class Adoption:
         """The adoption ended: the registrations that waited for it."""
         self.maps.clear()
         self.known, self.known_version, self.highest_version = {}, -1, 0
+        self.known_names = {}
         self.lost = set()
         self.losses = []
         deferred, self.deferred = self.deferred, []

@@ -26,6 +26,7 @@ def rejoin(
         shard_map=shard_map,
         highest_node_id=highest_node_id,
         members=[(info.id, info.rank) for info in listed.nodes] if listed else [],
+        member_names=[(info.id, info.name) for info in listed.nodes if info.name] if listed else [],
         members_version=known.version if known else 0,
         lost=list(listed.lost) if listed else [],
         took_back=[r for r in losses if isinstance(r, control.TookBack)],

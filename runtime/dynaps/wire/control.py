@@ -107,6 +107,8 @@ LOSS_REPORT_SHARDS = 4096  # the shards those name in one REJOIN, at most (the n
 # a member as a node knew it: its id and, for a worker, its rank (None for a server)
 _Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
 KnownMember = tuple[Annotated[int, Field(ge=1, le=MAX_NODES)], _Rank | None]
+# a member's pod name as a node knew it (id, name)
+KnownName = tuple[Annotated[int, Field(ge=1, le=MAX_NODES)], Annotated[str, Field(max_length=253)]]
 
 
 class Adopt(_Body):
@@ -129,6 +131,9 @@ class Rejoin(_Body):
     # loss, never forgotten as if they had left, and a worker's rank waits for its replacement
     members: list[KnownMember] = Field(default_factory=list, max_length=MAX_NODES)
     members_version: int = Field(default=0, ge=0)  # that membership's version (a node may lag)
+    # the names of those members: a recreated pod's REGISTER under one of them says that member
+    # is gone, so the rebuilding need not wait out its silence
+    member_names: list[KnownName] = Field(default_factory=list, max_length=MAX_NODES)
     # the nodes that membership lists as lost: lost for good, whatever coordinator asks
     lost: list[Annotated[int, Field(ge=1, le=MAX_NODES)]] = Field(default_factory=list, max_length=MAX_NODES)
     # the losses it reported (its latest, at most LOSS_REPORTS_KEPT and LOSS_REPORT_SHARDS
