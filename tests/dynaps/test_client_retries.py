@@ -244,6 +244,7 @@ def test_a_departure_sends_updates_in_flight_again_as_retries(monkeypatch: pytes
         (1, "SET", True),
     ]
     assert pushed.req_id in client.requests.retries.resent
+    assert client.requests.usage.totals()["requests_resent_membership"] == 2
 
 
 def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(

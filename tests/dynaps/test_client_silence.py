@@ -66,6 +66,8 @@ def test_a_push_whose_message_was_dropped_is_sent_again_after_the_silence_and_ap
     assert handle.error is None
     assert home.stores[0].values[KEY].tolist() == [1.0]
     assert client.requests.counters["requests_retried"] == 1
+    resent = client.requests.usage.totals()  # what the node's /metrics reads, by cause
+    assert (resent["requests_resent_silence"], resent["requests_resent_membership"]) == (1, 0)
 
 
 def test_a_push_applied_whose_answer_was_dropped_is_not_applied_again() -> None:

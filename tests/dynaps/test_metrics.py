@@ -107,6 +107,8 @@ def test_each_worker_node_counts_its_programs_calls_and_keys(ran: list[dict[str,
         )
         assert value(found, "dynaps_client_received_bytes_total", table="W") == result["pulled"] * 4 * 4
         assert value(found, "dynaps_client_sent_bytes_total", table="W") == result["pushed"] * 4 * 4
+        for cause in ("membership", "silence"):  # nothing was lost: no request went twice
+            assert value(found, "dynaps_client_requests_resent_total", table="W", cause=cause) == 0
         # every synchronous remote call is one observation of its operation's latency
         pull = {"table": "W", "operation": "pull"}
         assert value(found, "dynaps_client_request_duration_seconds_count", **pull) == PULLS

@@ -121,6 +121,7 @@ class Requests:
             self.send,
             self._send_rows,
             transport.forget,
+            self.usage.rows,
         )
         # a request sent again for silence: after 10 s, or a quarter of a short timeout
         self.retries.silence_seconds = min(SILENCE_SECONDS, config.request_timeout_seconds / 4)

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from dynaps.client.handles import Handle, Keys
 from dynaps.client.retry_holds import RetryHolds
+from dynaps.store import usage
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.table_store import TableStore
 from dynaps.throttled_log import ThrottledLog
@@ -69,10 +70,13 @@ class Retries:
         send: Callable[[int, Message], None],
         send_rows: SendRows,
         forget: Callable[[int, float], None],
+        usage_rows: Sequence[memoryview] = (),
     ) -> None:
         """``handles``, ``unsent``, ``counters``: the requests' own (the retries are counted
         in ``counters``); ``send``: the requests' send; ``send_rows``: their write-back of
-        the current rows of local keys; ``forget``: the transport's (endpoint, linger)."""
+        the current rows of local keys; ``forget``: the transport's (endpoint, linger);
+        ``usage_rows``: the tables' counters shared with our node (requests sent again, by
+        cause: its /metrics)."""
         self.endpoint = endpoint
         self.stores = stores
         self.handles = handles
@@ -81,6 +85,7 @@ class Retries:
         self.send = send
         self.send_rows = send_rows
         self.forget = forget
+        self.usage_rows = usage_rows
         self.lost: set[int] = set()
         self.gone: set[int] = set()  # nodes that left or died: never a destination again
         self.parked: list[Message] = []  # requests for a gone node, sent on at the next membership
@@ -166,7 +171,7 @@ class Retries:
         watermark for a while (:mod:`dynaps.client.retry_holds`)."""
         for handle in list(self.handles.values()):
             if kinds is None or handle.kind in kinds:
-                self._send_again(handle, shard_map, epoch)
+                self._send_again(handle, shard_map, epoch, usage.RESENT_MEMBERSHIP)
 
     def resend_silent(self, now_ns: int, shard_map: ShardMap, epoch: int) -> None:
         """Send again, as after a loss, each request that no answer came for within its
@@ -182,10 +187,11 @@ class Retries:
                 continue
             self.silent[handle.req_id] = (now_ns + 2 * interval, 2 * interval)
             self._silence_log(f"{handle!r}, sent {(now_ns - handle.started) / 1e9:.0f} s ago")
-            self._send_again(handle, shard_map, epoch)
+            self._send_again(handle, shard_map, epoch, usage.RESENT_SILENCE)
 
-    def _send_again(self, handle: Handle, shard_map: ShardMap, epoch: int) -> None:
-        """Send what is not yet answered of ``handle`` again, marked RETRY, to its keys' homes."""
+    def _send_again(self, handle: Handle, shard_map: ShardMap, epoch: int, cause: int) -> None:
+        """Send what is not yet answered of ``handle`` again, marked RETRY, to its keys' homes
+        (``cause``: the usage counter it counts in)."""
         keys = handle.keys
         if keys is None or handle.req_id in self.unsent:
             return  # its first send waits for the coordinator (client/holdings.py)
@@ -199,6 +205,8 @@ class Retries:
         if not len(idx):
             return
         self.counters["requests_retried"] += 1
+        if handle.index < len(self.usage_rows):
+            self.usage_rows[handle.index][cause] += 1
         self.resent.hold(handle.req_id)
         if handle.local is not None:
             here = np.isin(idx, handle.local)

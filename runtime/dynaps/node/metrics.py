@@ -129,6 +129,13 @@ FAMILIES = families_by_name(
         ),
         Family("dynaps_client_keys_localized", "counter", "Keys asked to move to this worker.", ("table",)),
         Family(
+            "dynaps_client_requests_resent",
+            "counter",
+            "Requests sent again: after a node was lost or left (membership), or after no answer came "
+            "for 10 s or more (silence: a message dropped, or a node very slow).",
+            ("table", "cause"),
+        ),
+        Family(
             "dynaps_client_received_bytes", "counter", "Value bytes of remote pulls' replies.", ("table",)
         ),
         Family("dynaps_client_sent_bytes", "counter", "Value bytes of remote pushes and sets.", ("table",)),
@@ -214,6 +221,8 @@ class NodeCollector(Collector):
             scrape.add("dynaps_client_keys_pushed", counts[f"keys_pushed_{where}"], table, where)
         scrape.add("dynaps_client_keys_pulled", counts["keys_pulled_cached"], table, "cached")
         scrape.add("dynaps_client_keys_localized", counts["keys_localized"], table)
+        for cause in ("membership", "silence"):
+            scrape.add("dynaps_client_requests_resent", counts[f"requests_resent_{cause}"], table, cause)
         scrape.add("dynaps_client_received_bytes", counts["keys_pulled_remote"] * row_bytes, table)
         scrape.add("dynaps_client_sent_bytes", counts["keys_pushed_remote"] * row_bytes, table)
         for operation, seen in histograms.items():

@@ -35,10 +35,21 @@ COUNTERS: Final = (
     "keys_pushed_remote",  # keys a push or set sent to other nodes
     "keys_localized",  # keys a localize asked to move to this worker's node
     "keys_pulled_cached",  # remote keys a pull read from a copy: per-clock cache or hot-key replica
+    "requests_resent_membership",  # requests sent again after a node was lost or left
+    "requests_resent_silence",  # requests sent again after no answer came for long
 )
-PULLS, PUSHES, PULLED_LOCAL, PULLED_REMOTE, PUSHED_LOCAL, PUSHED_REMOTE, LOCALIZED, PULLED_CACHED = range(
-    len(COUNTERS)
-)
+(
+    PULLS,
+    PUSHES,
+    PULLED_LOCAL,
+    PULLED_REMOTE,
+    PUSHED_LOCAL,
+    PUSHED_REMOTE,
+    LOCALIZED,
+    PULLED_CACHED,
+    RESENT_MEMBERSHIP,
+    RESENT_SILENCE,
+) = range(len(COUNTERS))
 OPERATIONS: Final = ("pull", "push", "localize")  # a set counts as a push
 # Seconds: a remote request on one host takes tens of microseconds, across a network and
 # behind a relocation or a migration milliseconds, and one held for a recovery seconds.
