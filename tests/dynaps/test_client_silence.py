@@ -135,6 +135,10 @@ def test_a_waiting_program_looks_for_silent_requests_and_a_short_timeout_shorten
     )
     requests.pump_until(time.monotonic() + 5.0, lambda: "test")
     assert client.transport.take() == []  # looked at most once a second, and not yet due anyway
+    with pytest.raises(DynapsTimeoutError):
+        requests.wait(handle, timeout=0.01)  # the program gives up on it
+    silent_for(client, handle, 10 * SILENCE_SECONDS)
+    assert (client.transport.take(), requests.retries.silent) == ([], {})  # nothing kept for it
 
     short = RuntimeConfig(tables=[SPEC], servers=2, workers=1, request_timeout_seconds=8)
     other = Requests(short, WORKER, 0, Recorder(), [client.store], NullLock(), np.zeros(1, np.uint8), print)

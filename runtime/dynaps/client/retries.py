@@ -180,6 +180,8 @@ class Retries:
         a delay, not the program's failure when ``requestTimeoutSeconds`` passes; a copy that
         arrives twice is answered twice and applied once (:mod:`dynaps.node.applied`)."""
         silence = int(self.silence_seconds * 1e9)
+        for gone in [req_id for req_id in self.silent if req_id not in self.handles]:
+            del self.silent[gone]  # failed (timed out, the job ended) since: nothing to send
         for handle in list(self.handles.values()):
             due = self.silent.get(handle.req_id)
             next_ns, interval = due if due is not None else (handle.started + silence, silence)
