@@ -21,7 +21,7 @@ from dynaps.client.retries import SILENCE_SECONDS
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import DynapsTimeoutError
 from dynaps.store.shm import NullLock
-from dynaps.wire.protocol import RETRY, MsgType, TableLayout
+from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout
 from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
 from tests.dynaps.test_client_requests import SPEC, WORKER, Client, Recorder, membership
 from tests.dynaps.test_client_retries import HOME, KEY, ONE, deliver, home_node, sent_by
@@ -44,6 +44,14 @@ def silent_for(client: Client, handle: Handle, seconds: float) -> None:
     requests.retries.resend_silent(handle.started + int(seconds * 1e9), requests.shard_map, requests.epoch)
 
 
+def the_copy(client: Client, handle: Handle, kind: MsgType) -> Message:
+    """The one message the client sent since last asked: ``handle``'s ``kind`` again, marked
+    RETRY, to the key's home."""
+    [(dest, again)] = client.transport.take()
+    assert (dest, again.type, again.req_id, bool(again.flags & RETRY)) == (HOME, kind, handle.req_id, True)
+    return again
+
+
 def test_a_push_whose_message_was_dropped_is_sent_again_after_the_silence_and_applied_once() -> None:
     client = client_at_epoch_2()
     handle = client.table.push([KEY], ONE, wait=False)
@@ -53,15 +61,9 @@ def test_a_push_whose_message_was_dropped_is_sent_again_after_the_silence_and_ap
     silent_for(client, handle, SILENCE_SECONDS - 0.5)
     assert client.transport.take() == []  # not yet
     silent_for(client, handle, SILENCE_SECONDS)
-    [(dest, again)] = client.transport.take()
-    assert (dest, again.type, again.req_id, bool(again.flags & RETRY)) == (
-        HOME,
-        MsgType.PUSH,
-        handle.req_id,
-        True,
-    )
+    again = the_copy(client, handle, MsgType.PUSH)
     home = home_node(owner=HOME)
-    deliver(client, {HOME: home}, [(dest, again)])
+    deliver(client, {HOME: home}, [(HOME, again)])
     assert handle.done()
     assert handle.error is None
     assert home.stores[0].values[KEY].tolist() == [1.0]
@@ -126,13 +128,7 @@ def test_a_waiting_program_looks_for_silent_requests_and_a_short_timeout_shorten
     client.transport.take()
     handle.started -= SILENCE_NS  # sent a silence ago
     requests.pump_until(time.monotonic() + 5.0, lambda: "test")
-    [(dest, again)] = client.transport.take()
-    assert (dest, again.type, again.req_id, bool(again.flags & RETRY)) == (
-        HOME,
-        MsgType.PULL,
-        handle.req_id,
-        True,
-    )
+    the_copy(client, handle, MsgType.PULL)
     requests.pump_until(time.monotonic() + 5.0, lambda: "test")
     assert client.transport.take() == []  # looked at most once a second, and not yet due anyway
     with pytest.raises(DynapsTimeoutError):
