@@ -18,9 +18,11 @@ import pytest
 from dynaps.client.handles import Handle
 from dynaps.client.requests import Requests
 from dynaps.client.retries import SILENCE_SECONDS
-from dynaps.contract import RuntimeConfig
+from dynaps.client.stages import StageFollower
+from dynaps.contract import RuntimeConfig, StageSpec
 from dynaps.errors import DynapsTimeoutError
 from dynaps.store.shm import NullLock
+from dynaps.wire import control
 from dynaps.wire.protocol import RETRY, Message, MsgType, TableLayout
 from tests.dynaps.simnet import NUM_KEYS, WORKERS, Cluster
 from tests.dynaps.test_client_requests import SPEC, WORKER, Client, Recorder, membership
@@ -222,3 +224,13 @@ def test_a_barrier_never_answered_is_asked_at_growing_intervals_until_the_timeou
         client.barriers.barrier(timeout=0.5)
     # asked at 0 s, then after 0.05, 0.1 and 0.2 s more (0.35 s): four at most, however slow
     assert 2 <= len(asked(client, MsgType.BARRIER)) <= 4
+
+
+def test_a_stage_unit_whose_answer_was_lost_is_reported_again() -> None:
+    client, _ = quiet_client()
+    follower = StageFollower(client.requests, [StageSpec(name="only", epochs=2, workers=1)])
+    answer = control.StageDone(done=0, index=0)
+    answer_the_second(client, MsgType.STAGE, lambda: follower.answered(answer))
+    units = follower.units(timeout=5.0)
+    assert next(units)[1] == 0
+    assert [s["done"] for s in asked(client, MsgType.STAGE)] == [None, None]  # where is the job

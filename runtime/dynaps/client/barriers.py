@@ -19,6 +19,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 
+from dynaps.client import asking
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
 from dynaps.errors import UsageError
@@ -75,7 +76,8 @@ class Barriers:
         self._ask(MsgType.BARRIER, reached)
         self._barrier_waiting = generation
         try:
-            self._await(
+            asking.wait_for_answer(
+                self._requests,
                 lambda: self._done >= generation,
                 self._deadline(timeout),
                 lambda: f"barrier {generation}",
@@ -100,7 +102,8 @@ class Barriers:
         tick = control.Clock(clock=self._clock)
         self._ask(MsgType.CLOCK, tick)
         slack = consistency.staleness if consistency.model == ConsistencyModel.SSP else 0
-        self._await(
+        asking.wait_for_answer(
+            self._requests,
             lambda: self._min_clock >= self._clock - slack,
             self._deadline(timeout),
             lambda: f"clock {self._clock}",
@@ -120,7 +123,8 @@ class Barriers:
             self._ask(MsgType.LEASE, body)
             self._lease_waiting = body
             try:
-                self._await(
+                asking.wait_for_answer(
+                    self._requests,
                     lambda: epoch in self._leases,
                     self._deadline(timeout),
                     lambda: f"the lease of a data shard of epoch {epoch}",
@@ -137,25 +141,6 @@ class Barriers:
     def _ask(self, kind: MsgType, body: control.Barrier | control.Clock | control.Lease) -> None:
         requests = self._requests
         requests.transport.send(COORDINATOR, messages.control(kind, requests.endpoint, body))
-
-    def _await(
-        self, done: Callable[[], bool], deadline: float, what: Callable[[], str], ask: Callable[[], None]
-    ) -> None:
-        """Handle messages until ``done()``; ask again (``ask``) after each silence of the
-        requests' silence limit, doubled each time: a question or its answer lost on the way
-        (a connection cut after it was written) costs a delay, not the program.  The
-        coordinator answers a question asked again as the first: a barrier reached twice is
-        one, a clock reported again gets the slowest clock again, a lease asked for again the
-        same data shard (dynaps.coordinator.leases)."""
-        requests = self._requests
-        silence = requests.retries.silence_seconds
-        again = time.monotonic() + silence
-        while not done():
-            requests.pump_until(deadline, what)
-            if not done() and time.monotonic() >= again:
-                silence *= 2
-                again = time.monotonic() + silence
-                ask()
 
     # -------------------------------------------------------------- what the coordinator says
 

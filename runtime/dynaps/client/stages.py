@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dynaps.client import asking
 from dynaps.client.requests import Requests
 from dynaps.contract import StageSpec, StageUnit
 from dynaps.errors import UsageError
@@ -73,15 +74,17 @@ class StageFollower:
         self._answer, self._asked = None, body
         requests.transport.send(COORDINATOR, messages.control(MsgType.STAGE, requests.endpoint, body))
         try:
-            while (answer := self._received()) is None:
-                # a unit waits for the slowest worker, and a stage's start for new workers
-                requests.pump_until(deadline, lambda: f"the end of stage unit {done}")
+            # a unit waits for the slowest worker, and a stage's start for new workers
+            asking.wait_for_answer(
+                requests,
+                lambda: self._answer is not None,  # set by answered(), as the reply is handled
+                deadline,
+                lambda: f"the end of stage unit {done}",
+                self.repeat,
+            )
         finally:
             self._asked = None
-        return answer
-
-    def _received(self) -> control.StageDone | None:
-        return self._answer  # set by answered(), while pump_until handles the coordinator's reply
+        return self._answer
 
     def answered(self, answer: control.StageDone) -> None:
         if self._asked is not None:
