@@ -214,12 +214,12 @@ def test_a_late_answer_to_a_request_sent_again_after_a_departure_is_ignored_quie
 
 
 # ----------------------------------------------------------------------------- departures
-# Updates in flight when a node leaves are sent again only with RESEND_UPDATES_AFTER_DEPARTURE
-# (off until the node side hands records on along every route a key leaves by).
+# Updates in flight when a node leaves are sent again with RESEND_UPDATES_AFTER_DEPARTURE (on
+# since the node side hands records on along every route a key leaves by).
 
 
-def test_without_the_switch_a_departure_sends_no_update_again() -> None:
-    assert not retries.RESEND_UPDATES_AFTER_DEPARTURE  # see its comment before turning it on
+def test_without_the_switch_a_departure_sends_no_update_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retries, "RESEND_UPDATES_AFTER_DEPARTURE", False)
     client = Client()
     client.store.loc[:] = HOME
     client.table.push([KEY], ONE, wait=False)
@@ -229,9 +229,10 @@ def test_without_the_switch_a_departure_sends_no_update_again() -> None:
 
 
 def test_a_departure_sends_updates_in_flight_again_as_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the switch on, e7effb5's restriction is gone: a push in flight to a node that
-    left goes again, marked RETRY, to the keys' home now, like a pull or a localize."""
-    monkeypatch.setattr(retries, "RESEND_UPDATES_AFTER_DEPARTURE", True)
+    """With the switch on (the default since 2026-12-06), e7effb5's restriction is gone: a push
+    in flight to a node that left goes again, marked RETRY, to the keys' home now, like a pull
+    or a localize."""
+    assert retries.RESEND_UPDATES_AFTER_DEPARTURE
     client = Client()
     client.store.loc[:] = HOME
     pushed = client.table.push([KEY], ONE, wait=False)
@@ -254,7 +255,6 @@ def test_a_push_resent_after_a_departure_is_applied_once_where_its_key_went(
     still unread), released KEY to its home while draining (the TRANSFER carries OTHER's
     records), and left.  The client sends p again to the home, which answers it from the
     record; the original's late ACK is a duplicate."""
-    monkeypatch.setattr(retries, "RESEND_UPDATES_AFTER_DEPARTURE", True)
     client, other, nodes, p, (to_client, ack) = pushed_at_other()  # its ACK read only at the end
     home = nodes[HOME]
     assert other.departures.release_owned() == 1  # OTHER drains: KEY goes back to HOME

@@ -36,12 +36,15 @@ log = logging.getLogger(__name__)
 REPEATABLE = frozenset({MsgType.PULL, MsgType.LOCALIZE})
 
 # Whether updates in flight (PUSH, SET) are sent again at once after a node leaves, as after a
-# loss.  The applied-request records travel on every route a key leaves a departing node by
-# (TRANSFER, a migration's SHARD_COPY, a worker's WRITEBACK: issue 13, audit F1/F4/F5, merged
-# 2026-12-05), and the model tests pass with it on; it stays off because a departure, unlike
-# a loss, raises no relocation fence at the homes.  A push sent to a node after it stopped
-# forwarding goes again once the silence limit below passed (a delay, not a timeout).
-RESEND_UPDATES_AFTER_DEPARTURE = False
+# loss.  Off from e7effb5 (2026-12-05 15:17) until 2026-12-06: a full run had applied one
+# increment twice (test_elastic), because a migration's SHARD_COPY did not yet carry the
+# applied-request records (the relocation fence a loss raises dates from when no route but
+# TRANSFER did, under replication only).  The records now travel on every route a key leaves
+# a departing node by (TRANSFER, SHARD_COPY, a worker's WRITEBACK: issue 13, audit F1/F4/F5),
+# the model tests pass with it on while every request in flight is also sent again at random
+# moments, and test_elastic passed nine runs of nine with it on.  Off, such a push waits for
+# the silence limit below.
+RESEND_UPDATES_AFTER_DEPARTURE = True
 
 # Seconds without an answer after which a request is sent again as after a loss (then after
 # twice as long, and so on): a message dropped without a membership change costs a delay, not
