@@ -155,12 +155,9 @@ class Barriers:
 
     def repeat(self) -> None:
         """The coordinator restarted: what we wait for is gone, ask again."""
-        transport, endpoint = self._requests.transport, self._requests.endpoint
         if self._barrier_waiting is not None:
-            reached = control.Barrier(generation=self._barrier_waiting)
-            transport.send(COORDINATOR, messages.control(MsgType.BARRIER, endpoint, reached))
+            self._ask(MsgType.BARRIER, control.Barrier(generation=self._barrier_waiting))
         if self._lease_waiting is not None:
-            transport.send(COORDINATOR, messages.control(MsgType.LEASE, endpoint, self._lease_waiting))
+            self._ask(MsgType.LEASE, self._lease_waiting)
         if self._clock:
-            tick = control.Clock(clock=self._clock)
-            transport.send(COORDINATOR, messages.control(MsgType.CLOCK, endpoint, tick))
+            self._ask(MsgType.CLOCK, control.Clock(clock=self._clock))

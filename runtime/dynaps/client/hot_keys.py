@@ -166,8 +166,9 @@ class HotKeys:
             return handle
         # summed in place (rows of one key may repeat): numpy's row-wise add.at took 140 us
         # for a KGE minibatch's 256 relation rows, the flattened form 30
-        updaters.scatter_add(self.pending, slots[hot].astype(np.int64), rows[hot])
-        self.touched[slots[hot]] = True
+        at = slots[hot].astype(np.int64)
+        updaters.scatter_add(self.pending, at, rows[hot])
+        self.touched[at] = True
         self.any_pending = True
         self.stats["hot_pushes"] += int(hot.sum())
         handle = None

@@ -122,9 +122,9 @@ class Requests:
             self._send_rows,
             transport.forget,
             self.usage.rows,
+            # a request sent again for silence: after 10 s, or a quarter of a short timeout
+            min(SILENCE_SECONDS, config.request_timeout_seconds / 4),
         )
-        # a request sent again for silence: after 10 s, or a quarter of a short timeout
-        self.retries.silence_seconds = min(SILENCE_SECONDS, config.request_timeout_seconds / 4)
         self._silence_check_at = 0.0  # monotonic: when pump_until next looks for silent requests
 
     def stopped(self) -> NoReturn:

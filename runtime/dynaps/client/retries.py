@@ -73,13 +73,14 @@ class Retries:
         send: Callable[[int, Message], None],
         send_rows: SendRows,
         forget: Callable[[int, float], None],
-        usage_rows: Sequence[memoryview] = (),
+        usage_rows: Sequence[memoryview],
+        silence_seconds: float = SILENCE_SECONDS,
     ) -> None:
         """``handles``, ``unsent``, ``counters``: the requests' own (the retries are counted
         in ``counters``); ``send``: the requests' send; ``send_rows``: their write-back of
         the current rows of local keys; ``forget``: the transport's (endpoint, linger);
         ``usage_rows``: the tables' counters shared with our node (requests sent again, by
-        cause: its /metrics)."""
+        cause: its /metrics); ``silence_seconds``: the first silence limit (resend_silent)."""
         self.endpoint = endpoint
         self.stores = stores
         self.handles = handles
@@ -98,7 +99,7 @@ class Retries:
         # request id -> (when it is next sent again if still unanswered, the interval after
         # that): requests sent again for silence (resend_silent); absent: not yet
         self.silent: dict[int, tuple[int, int]] = {}
-        self.silence_seconds = SILENCE_SECONDS
+        self.silence_seconds = silence_seconds
         self._silence_log = ThrottledLog(log, "requests unanswered for long sent again to their keys' homes")
 
     def park(self, msg: Message) -> None:
@@ -188,18 +189,16 @@ class Retries:
         for handle in list(self.handles.values()):
             due = self.silent.get(handle.req_id)
             next_ns, interval = due if due is not None else (handle.started + silence, silence)
-            if now_ns < next_ns or handle.req_id in self.unsent or handle.keys is None:
-                continue
-            self.silent[handle.req_id] = (now_ns + 2 * interval, 2 * interval)
-            self._silence_log(f"{handle!r}, sent {(now_ns - handle.started) / 1e9:.0f} s ago")
-            self._send_again(handle, shard_map, epoch, usage.RESENT_SILENCE)
+            if now_ns >= next_ns and self._send_again(handle, shard_map, epoch, usage.RESENT_SILENCE):
+                self.silent[handle.req_id] = (now_ns + 2 * interval, 2 * interval)
+                self._silence_log(f"{handle!r}, sent {(now_ns - handle.started) / 1e9:.0f} s ago")
 
-    def _send_again(self, handle: Handle, shard_map: ShardMap, epoch: int, cause: int) -> None:
+    def _send_again(self, handle: Handle, shard_map: ShardMap, epoch: int, cause: int) -> bool:
         """Send what is not yet answered of ``handle`` again, marked RETRY, to its keys' homes
-        (``cause``: the usage counter it counts in)."""
+        (``cause``: the usage counter it counts in); whether anything went."""
         keys = handle.keys
         if keys is None or handle.req_id in self.unsent:
-            return  # its first send waits for the coordinator (client/holdings.py)
+            return False  # its first send waits for the coordinator (client/holdings.py)
         if handle.kind is MsgType.LOCALIZE:
             idx = np.arange(len(keys))
         elif handle.mask is not None:
@@ -208,10 +207,9 @@ class Retries:
             idx = np.arange(len(keys))
             handle.mask = np.zeros(len(keys), dtype=np.bool_)
         if not len(idx):
-            return
+            return False
         self.counters["requests_retried"] += 1
-        if handle.index < len(self.usage_rows):
-            self.usage_rows[handle.index][cause] += 1
+        self.usage_rows[handle.index][cause] += 1
         self.resent.hold(handle.req_id)
         if handle.local is not None:
             here = np.isin(idx, handle.local)
@@ -220,7 +218,7 @@ class Retries:
                 self.send_rows(handle.index, handle, keys[rewritten], rewritten.astype(np.int32))
                 idx = idx[~here]
                 if not len(idx):
-                    return
+                    return True
         num_keys = self.stores[handle.index].spec.num_keys
         homes = shard_map.home_of(keys[idx], num_keys)
         for home, part in group_by(homes):
@@ -239,3 +237,4 @@ class Retries:
                 flags=RETRY,
             )
             self.send(home, retry)
+        return True
