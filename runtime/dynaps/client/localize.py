@@ -3,7 +3,8 @@
 Keys this node owns already stay; the others are marked INCOMING in the store at once
 (requests for them then wait on our node, which answers them once they arrived), and one
 LOCALIZE handle covers every key that is not here, counting those already on their way
-(our node tells us when they have arrived).  The LOCALIZE itself leaves through
+(our node tells us when they have arrived); the pages their rows will fill are allocated
+while the request travels (:mod:`dynaps.store.row_pages`).  The LOCALIZE itself leaves through
 :class:`~dynaps.client.holdings.Holdings`, once the coordinator knows this node may hold
 keys of their shards.  With ``allocation: static`` keys never move and nothing is sent.
 """
@@ -17,6 +18,7 @@ from dynaps.client.holdings import Holdings
 from dynaps.client.requests import Requests
 from dynaps.contract import Allocation
 from dynaps.store import usage
+from dynaps.store.row_pages import RowPages
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire.protocol import MsgType
 
@@ -34,6 +36,8 @@ class Localizer:
         self._usage = requests.usage.rows[index]  # this table's counters, shared with our node
         self._static = requests.config.allocation == Allocation.STATIC
         self._name = store.name
+        row_bytes = store.spec.dim * store.values.dtype.itemsize
+        self._pages = RowPages(store.row_mappings(), row_bytes, store.spec.num_keys)
 
     def localize(self, keys: Keys, wait: bool) -> Handle | None:
         """Move ownership of ``keys`` (checked, none of them hot) to this node."""
@@ -60,6 +64,7 @@ class Localizer:
         # keys already on their way here: our node tells us when they have arrived
         waiting = wanted[incoming] if len(fresh) < len(wanted) else None
         self._holdings.localize(self._index, handle, fresh, waiting)
+        self._pages.allocate(fresh)  # while the LOCALIZE travels: the node then finds the pages there
         if wait:
             handle.result()
             return None

@@ -19,6 +19,7 @@ and updates owned keys directly; ``lock`` guards them.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,10 @@ class TableStore:
                 rows = rng.uniform(-init.scale, init.scale, size=shape)
             chosen = keys[chunks == chunk]
             self.values[chosen] = rows[chosen - first].astype(self.layout.dtype, copy=False)
+
+    def row_mappings(self) -> list[mmap.mmap]:
+        """The shared mappings of the values and updater states (none if not shared)."""
+        return [seg.mapping for seg in self.segments[: 1 + len(self.states)]]
 
     def metadata_bytes(self) -> int:
         """Bytes of per-key bookkeeping this node keeps for the table."""
