@@ -24,19 +24,7 @@ from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster, reba
 OPS = st.one_of(
     st.tuples(
         st.sampled_from(
-            [
-                "push",
-                "push",
-                "pull",
-                "localize",
-                "deliver",
-                "deliver",
-                "deliver",
-                "flush",
-                "tick",
-                "silence",
-                "lift",
-            ]
+            ["push", "push", "pull", "localize", *["deliver"] * 3, "flush", "tick", "silence", "lift"]
         ),
         st.sampled_from(WORKERS),
         st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=NUM_KEYS),
