@@ -36,8 +36,7 @@ class Localizer:
         self._usage = requests.usage.rows[index]  # this table's counters, shared with our node
         self._static = requests.config.allocation == Allocation.STATIC
         self._name = store.name
-        row_bytes = store.spec.dim * store.values.dtype.itemsize
-        self._pages = RowPages(store.row_mappings(), row_bytes, store.spec.num_keys)
+        self._pages = RowPages(store.row_mappings(), store.layout.row_bytes, store.spec.num_keys)
 
     def localize(self, keys: Keys, wait: bool) -> Handle | None:
         """Move ownership of ``keys`` (checked, none of them hot) to this node."""

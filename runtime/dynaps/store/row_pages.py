@@ -35,7 +35,7 @@ class RowPages:
         self._row_bytes = row_bytes
         # one byte per page; its own pages are committed lazily too (0.025 % of the arrays)
         self._allocated = bytearray(num_rows * row_bytes // PAGE + 1)
-        self._available = bool(self._mappings) and row_bytes > 0
+        self._available = bool(self._mappings)  # a server's store is not shared: nothing to do
 
     def allocate(self, keys: npt.NDArray[Any]) -> None:
         """Have the pages of the rows of ``keys`` (sorted) allocated, unless done before."""
