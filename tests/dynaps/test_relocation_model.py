@@ -84,6 +84,36 @@ def test_a_second_relocation_waits_at_the_home_until_the_first_arrives() -> None
     assert cluster.store(third).values[0, 0] == 1
 
 
+def test_an_asynchronous_push_to_a_stale_owner_completes_after_a_later_one_once() -> None:
+    """Asynchronous operations complete in any order (docs/consistency.md): a push sent to
+    the owner a worker's cache names, after the key moved on, is forwarded, and a later
+    push of the worker that localized the key meanwhile is applied first; both once."""
+    cluster = Cluster()
+    first, worker, third = WORKERS
+    table = cluster.clients[worker].table("W")
+    key, one = np.array([0], dtype=np.int64), np.ones((1, 1))
+    for who, op in ((first, "localize"), (worker, "pull"), (third, "localize")):
+        cluster.start(op, who, [0])  # the worker's cache names the first, the third holds it
+        cluster.settle(None)
+    early = table.push(key, one, wait=False)
+    stale = (client_of(worker), first)
+    assert stale in cluster.network.busy(), "the push did not go to the stale owner"
+    moved = table.localize(key, wait=False)
+    later = table.push(key, one, wait=False)
+    for _ in range(1_000):
+        channels = [c for c in sorted(cluster.network.busy()) if c != stale]
+        if not channels:
+            break
+        cluster.deliver(channels[0])
+    assert moved.done()
+    assert later.done()
+    assert not early.done()
+    assert cluster.store(worker).values[0, 0] == 1  # the later push alone, so far
+    cluster.settle(None)
+    assert early.done()
+    assert cluster.store(worker).values[0, 0] == 2
+
+
 def test_release_returns_keys_to_their_home() -> None:
     cluster = Cluster()
     worker = WORKERS[0]
