@@ -2,17 +2,27 @@
 
 * an invalid spec: Failed/InvalidSpec naming the field (until the spec changes);
 * the end: Succeeded when the coordinator exits 0 (with the final metrics), Failed otherwise;
-  then ``cleanPodPolicy`` and ``ttlSecondsAfterFinished``;
+  then ``cleanPodPolicy`` (after a success, the pods still running get :data:`SETTLE_SECONDS`
+  to end on their own first) and ``ttlSecondsAfterFinished``;
 * ``suspend``: ask the coordinator for a checkpoint, wait for it (at most
   ``drainTimeoutSeconds``), delete every pod; resuming is the planner's ordinary start.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from dynaps.contract import CleanPodPolicy, JobPhase, ParameterServerJob
 from dynaps_operator.coordinator_view import parse_final
 from dynaps_operator.decisions import RETRY_SECONDS, C, Deletion, Observed, Plan, R, names_of, owned_pods
 from dynaps_operator.podstate import PodView
+
+# A job succeeds when its coordinator exits 0; the nodes end on its SHUTDOWN at the same
+# moment, but the kubelet reports their pods' phases seconds later. cleanPodPolicy Running
+# waits this long after a success before deleting the pods still running, so that the
+# completed ones keep their logs instead of racing the kubelet's status sync. A failure
+# deletes them at once: they may be stuck, and the cluster wants its resources back.
+SETTLE_SECONDS = 30.0
 
 
 def invalid(o: Observed, p: Plan) -> Plan:
@@ -34,7 +44,7 @@ def invalid(o: Observed, p: Plan) -> Plan:
 
 
 def finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
-    clean_pods(o, job, p)
+    clean_pods(o, job, p, o.status.completion_time)
     ttl = job.spec.run_policy.ttl_seconds_after_finished
     if ttl is not None and o.status.completion_time is not None:
         left = ttl - (o.now - o.status.completion_time).total_seconds()
@@ -45,10 +55,15 @@ def finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     return p
 
 
-def clean_pods(o: Observed, job: ParameterServerJob, p: Plan) -> None:
+def clean_pods(o: Observed, job: ParameterServerJob, p: Plan, completed: datetime | None) -> None:
     policy = job.spec.run_policy.clean_pod_policy
     if policy == CleanPodPolicy.NONE:
         return
+    if policy == CleanPodPolicy.RUNNING and p.status.phase == JobPhase.SUCCEEDED and completed is not None:
+        left = SETTLE_SECONDS - (o.now - completed).total_seconds()
+        if left > 0 and any(pod.alive and not pod.terminating for pod in owned_pods(o)):
+            p.later(left)  # the nodes are on their way out (see SETTLE_SECONDS)
+            return
     doomed = [
         pod for pod in owned_pods(o) if not pod.terminating and (policy == CleanPodPolicy.ALL or pod.alive)
     ]
@@ -64,7 +79,7 @@ def finish(o: Observed, job: ParameterServerJob, p: Plan, phase: JobPhase, reaso
     if p.status.condition(C.RUNNING) is not None:
         p.condition(C.RUNNING, False, reason, message, o.now)
     p.event(reason, message, warning=phase == JobPhase.FAILED)
-    clean_pods(o, job, p)
+    clean_pods(o, job, p, o.now)
     if job.spec.run_policy.ttl_seconds_after_finished is not None:
         p.later(job.spec.run_policy.ttl_seconds_after_finished)
     return p

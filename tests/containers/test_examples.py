@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from tests.containers.conftest import OPERATOR_NAMESPACE, REPO, get, job_pods, wait_for_phase
+from tests.containers.conftest import OPERATOR_NAMESPACE, REPO, get, job_pods, wait_for_phase, wait_until
 from tests.kube.node import RealNode
 
 # the first test also waits for the node: its start, and another session's node (LOCK_WAIT)
@@ -42,8 +43,17 @@ def test_an_example_runs_to_succeeded_in_containers(
     quality = job["status"].get("finalQuality") or {}
     assert quality, f"no final quality in the status: {job['status']}"
     assert all(value == value for value in quality.values()), quality  # no NaN
-    pods = job_pods(real_node, namespace, example)
-    assert pods, "the job's pods are gone"
+    # cleanPodPolicy Running (the default) keeps the completed pods for their logs: the nodes
+    # end on the coordinator's SHUTDOWN, so one may still be on its way out when the phase is
+    # read; it must complete, not be deleted as still running (lifecycle.SETTLE_SECONDS)
+    replicas = {role: job["spec"][role + "s"]["replicas"] for role in ("server", "worker")}
+    expected = {f"{example}-coordinator"}
+    expected |= {f"{example}-{role}-{i}" for role, count in replicas.items() for i in range(count)}
+    pods = wait_until(
+        "every pod of the succeeded job to end Succeeded, none deleted",
+        25,
+        lambda: _succeeded_pods(real_node, namespace, example, expected),
+    )
     for pod in pods:
         spec = pod["spec"]
         assert spec["containers"][0]["image"] == "dynaps/runtime:0.1.0"
@@ -72,3 +82,14 @@ def check_dynaps_logs(real_node: RealNode, namespace: str, job: str, pods: set[s
     assert any(
         line.startswith(f"[worker-0] [{job}] epoch") or line.startswith("[worker-0] epoch") for line in lines
     ), done.stdout[-3000:]
+
+
+def _succeeded_pods(
+    real_node: RealNode, namespace: str, job: str, expected: set[str]
+) -> list[dict[str, Any]] | None:
+    """The job's pods once each has ended Succeeded (all ``expected`` there), else None."""
+    pods = job_pods(real_node, namespace, job)
+    names = {pod["metadata"]["name"] for pod in pods}
+    assert expected <= names, f"pods deleted after the job succeeded: {sorted(expected - names)}"
+    done = pods and all(pod["status"].get("phase") == "Succeeded" for pod in pods)
+    return pods if done else None

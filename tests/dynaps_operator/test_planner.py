@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from dynaps.contract import ConditionType, JobPhase, JobStatus
 from dynaps_operator.decisions import Holdup
+from dynaps_operator.lifecycle import SETTLE_SECONDS
 from dynaps_operator.names import Role
 from dynaps_operator.planner import WORKER_EXIT_GRACE_SECONDS, Memory, Plan, plan
 from tests.dynaps_operator.helpers import T0, full_set, job, observed, pod, running_coordinator, started
@@ -83,8 +84,17 @@ def test_coordinator_exit_zero_is_success_with_the_final_metrics() -> None:
     assert done.status.final_quality == {"rmse": 0.25}
     assert done.status.completion_time == T0 + timedelta(seconds=9)
     assert not done.status.is_true(ConditionType.RUNNING)
-    # cleanPodPolicy Running: the pods still running are deleted, the finished one is kept.
-    assert {d.name for d in done.delete} == {"mf-server-0", "mf-worker-0", "mf-worker-1"}
+    # cleanPodPolicy Running after a success: the nodes are ending on the coordinator's
+    # SHUTDOWN, so their pods get SETTLE_SECONDS to complete (and keep their logs) ...
+    assert not done.delete
+    assert done.requeue_after is not None
+    assert done.requeue_after <= SETTLE_SECONDS
+    # ... those that did are kept; those still running then are deleted
+    pods[2] = pod(Role.WORKER, 0, exit_code=0)
+    settling = observed(pods=pods, status=done.status, memory=done.memory, now=T0 + timedelta(seconds=20))
+    assert not plan(settling).delete
+    late = observed(pods=pods, status=done.status, memory=done.memory, now=T0 + timedelta(seconds=40))
+    assert {d.name for d in plan(late).delete} == {"mf-server-0", "mf-worker-1"}
 
 
 def test_final_metrics_fall_back_to_the_last_polled_status() -> None:
