@@ -101,7 +101,7 @@ class _NullTransport:
     def send(self, endpoint: int, frames: Any) -> None:
         pass
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         return None
 
     def close(self, linger: float = 0.0) -> None:

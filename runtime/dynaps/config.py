@@ -14,7 +14,9 @@ mounted ConfigMap); what differs per pod comes from its own variables:
                            line, which any user can read
     DYNAPS_LOG_LEVEL       logging level of dynaps' own loggers (default INFO)
     DYNAPS_SPIN_MICROS     how long a node or training process polls for an answer that
-                           is due before it blocks (default 100; 0: block at once)
+                           is due before it blocks (default 100; 0: block at once); a
+                           program polls up to ten times that for a localize that usually
+                           takes that long (dynaps.wire.spin)
     DYNAPS_TRANSPORT       tcp (default) or zmq: how the job's processes send each other
                            messages (every process of a job must use the same; zmq is the
                            transport before 2026-12-06, kept for comparison)

@@ -90,7 +90,7 @@ class RecordingTransport:
             self.held[endpoint] = membership_deltas.apply(base, delta)
             self.memberships.append((endpoint, self.held[endpoint]))
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         return None
 
     def close(self, linger: float = 0.0) -> None:

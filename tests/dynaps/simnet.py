@@ -82,6 +82,8 @@ class Network:
 
 
 class SimTransport:
+    spin = 0.0  # never spins: time is the test's
+
     def __init__(self, network: Network, endpoint: int) -> None:
         self.network = network
         self.endpoint = endpoint
@@ -99,7 +101,7 @@ class SimTransport:
     def send(self, endpoint: int, frames: Any) -> None:
         self.network.send(self.endpoint, endpoint, frames)
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         return None
 
     def close(self, linger: float = 0.0) -> None: ...

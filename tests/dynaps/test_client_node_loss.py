@@ -54,9 +54,9 @@ class Waiting(Recorder):
     def __init__(self, layouts: list[TableLayout] | None = None) -> None:
         super().__init__(layouts)
         self.on_recv: Callable[[int], None] = lambda calls: None
-        self.calls: list[tuple[float | None, bool]] = []
+        self.calls: list[tuple[float | None, float]] = []
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         self.calls.append((timeout, spin))
         self.on_recv(len(self.calls))
         return None
@@ -68,7 +68,7 @@ def waiting_client(block: npt.NDArray[np.uint8], tolerance: FaultTolerance = WRI
     return client
 
 
-def recv_calls(client: Client) -> list[tuple[float | None, bool]]:
+def recv_calls(client: Client) -> list[tuple[float | None, float]]:
     transport = client.transport
     assert isinstance(transport, Waiting)
     return transport.calls

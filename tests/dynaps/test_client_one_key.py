@@ -49,7 +49,7 @@ class Answering(Recorder):
         )
         self.replies.append(reply)
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         return self.replies.pop(0) if self.replies else None
 
 

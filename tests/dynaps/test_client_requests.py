@@ -72,7 +72,7 @@ class Recorder:
     def send(self, endpoint: int, frames: Any) -> None:
         self.sent.append((endpoint, decode([bytes(memoryview(f)) for f in frames], self.layouts)))
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         return None
 
     def close(self, linger: float = 0.0) -> None: ...
@@ -390,7 +390,7 @@ class AnsweringRecorder(Recorder):
         super().__init__(layouts)
         self.answered = 0
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         pulls = [msg for _, msg in self.sent if msg.type is MsgType.PULL]
         if not pulls:
             return None

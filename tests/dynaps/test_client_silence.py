@@ -176,7 +176,7 @@ class Answering(Recorder):
         super().__init__(layouts)
         self.on_recv: Callable[[], None] = lambda: None
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         self.on_recv()
         return None
 

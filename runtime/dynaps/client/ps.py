@@ -101,7 +101,17 @@ class PS:
         self._transport = transport
         self._stores = list(stores)
         self._requests = Requests(
-            config, node, rank, transport, stores, lock, self.control, self._on_control, usage_array, notices
+            config,
+            node,
+            rank,
+            transport,
+            stores,
+            lock,
+            self.control,
+            self._on_control,
+            usage_array,
+            notices,
+            spin=transport.spin,
         )
         self._holdings = Holdings(self._requests)
         self._tables = {

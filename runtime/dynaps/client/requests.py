@@ -37,6 +37,7 @@ from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import REMEMBERED_REQUESTS, Message, MsgType, TableLayout, client_of, is_client
+from dynaps.wire.spin import HEADROOM, spin_for
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,12 @@ class Requests:
         on_control: Callable[[Message], None],
         usage_array: npt.NDArray[np.int64] | None = None,
         notices: Notices | None = None,
+        spin: float = 0.0,
     ) -> None:
         """``usage_array``: the per-table counters shared with our node (its /metrics reads
         them); None keeps them in this process only.  ``notices``: where our node tells us
-        that localizes completed (the transport wakes when one waits); None: by message."""
+        that localizes completed (the transport wakes when one waits); None: by message.
+        ``spin``: this process's spin budget (:mod:`dynaps.wire.spin`; 0: never spin)."""
         self.config = config
         self.node = node
         self.rank = rank
@@ -126,6 +129,10 @@ class Requests:
             min(SILENCE_SECONDS, config.request_timeout_seconds / 4),
         )
         self._silence_check_at = 0.0  # monotonic: when pump_until next looks for silent requests
+        self._spin = spin
+        # how long a lone synchronous localize usually took, in ns, by table index: its wait
+        # spins about that long (dynaps.wire.spin says why localizes only)
+        self._usual: dict[int, int] = {}
 
     def stopped(self) -> NoReturn:
         """Raise what byte 0 of the control block says (it is not 0): ClusterError when our
@@ -152,7 +159,7 @@ class Requests:
 
     def _wait(self, seconds: float) -> None:
         """Handle a message that comes within ``seconds``; the CPU is left to others meanwhile."""
-        frames = self.transport.recv(timeout=seconds, spin=False)
+        frames = self.transport.recv(timeout=seconds)
         if frames is not None:
             self.receive(frames)
 
@@ -351,12 +358,18 @@ class Requests:
         if not handle.done():
             limit = self.config.request_timeout_seconds if timeout is None else timeout
             deadline = time.monotonic() + limit
+            learn = handle.kind is MsgType.LOCALIZE and len(self.handles) <= 1
+            usual = self._usual.get(handle.index, 0) if learn else 0
+            answer_at = handle.started + int(usual * HEADROOM) if usual else 0
             try:
                 while not handle.done():
-                    self.pump_until(deadline, lambda: f"{handle!r}")
+                    self.pump_until(deadline, lambda: f"{handle!r}", answer_at)
             except DynapsTimeoutError as exc:
                 self._abandon([handle], exc)
                 raise
+            if learn and handle.error is None:
+                took = time.perf_counter_ns() - handle.started
+                self._usual[handle.index] = took if not usual else usual + (took - usual) // 4
         if handle.error is not None:
             raise handle.error
         return handle.out
@@ -382,9 +395,10 @@ class Requests:
                 handle.error = error
                 self.retries.resent.hold(handle.req_id)
 
-    def pump_until(self, deadline: float, what: Callable[[], str]) -> None:
+    def pump_until(self, deadline: float, what: Callable[[], str], answer_at: int = 0) -> None:
         """Handle one incoming message, or raise if ``deadline`` passed, the job ended or our
-        node no longer counts."""
+        node no longer counts.  ``answer_at``: when (``perf_counter_ns``) a lone request's
+        answer is expected, to spin until then (:mod:`dynaps.wire.spin`)."""
         if self.ended is not None:
             raise ClusterError(f"the job has ended: {self.ended}")
         if self.own.fenced:
@@ -402,7 +416,10 @@ class Requests:
             )
         # Spin for a lone synchronous answer (latency); with a window of requests in
         # flight, spinning would take the CPU from the nodes that produce the answers.
-        frames = self.transport.recv(timeout=min(remaining, 1.0), spin=len(self.handles) <= 1)
+        spin = 0.0
+        if len(self.handles) <= 1 and self._spin:
+            spin = spin_for((answer_at - time.perf_counter_ns()) * 1e-9, self._spin)
+        frames = self.transport.recv(timeout=min(remaining, 1.0), spin=spin)
         if frames is not None:
             self.receive(frames)
         if self.notices is not None:

@@ -72,6 +72,7 @@ class NodeProcess:
         self.rank = rank
         self.name = name or f"{role}-{os.getpid()}"
         self.secret = job_secret()
+        self.spin = spin_seconds()  # how long to poll for the next request after serving one
         self.transport = open_transport(
             transport_kind(),
             -1,
@@ -79,7 +80,7 @@ class NodeProcess:
             config.bind_host,
             config.data_port,
             config.advertise_host,
-            spin=spin_seconds(),
+            spin=self.spin,
             max_message_bytes=message_bound(
                 [layout_of(table, num_states(table.updater)) for table in config.tables]
             ),
@@ -228,7 +229,9 @@ class NodeProcess:
             # spin after a turn that served a message: a client usually sends its next request
             # right after our answer; after an idle turn (chores) nothing is due, and spinning
             # there was a sixth of an idle job's CPU (10-20 turns a second, bench/README.md)
-            frames = self.transport.recv(timeout=0.0 if busy else self.chores_interval, spin=served)
+            frames = self.transport.recv(
+                timeout=0.0 if busy else self.chores_interval, spin=self.spin if served else 0.0
+            )
             served = frames is not None
             control.turned(time.monotonic())  # after a gap, data waits (dynaps.node.waking)
             if frames is not None:

@@ -41,13 +41,13 @@ from typing import Any
 from dynaps.errors import ConfigError
 from dynaps.wire import handshake, limits
 from dynaps.wire.arrivals import CheckedArrivals
+from dynaps.wire.spin import YIELDED_SECONDS, longest
 from dynaps.wire.tcp_inbound import MAGIC, Connection, Inbound
 from dynaps.wire.tcp_outbound import Outbound, Peer
 
 log = logging.getLogger(__name__)
 
 MAX_REJECTED_PER_CALL = 256  # forged messages one receive looks at before it returns
-YIELDED_SECONDS = 10e-6  # a spin turn longer than this: sched_yield ran another task
 _WAKE = object()  # the selector's tag of the descriptor given to wake_on
 
 
@@ -66,7 +66,7 @@ class TcpTransport(CheckedArrivals):
         size: limits.JobSize | None = None,
     ) -> None:
         """``key``: the job's wire key (:func:`dynaps.contract.secret.wire_key`); ``spin``:
-        seconds ``recv(spin=True)`` polls before it blocks (0: never); ``max_message_bytes``:
+        this process's spin budget (:mod:`dynaps.wire.spin`; 0: never); ``max_message_bytes``:
         the largest frame accepted (-1: any); ``size``: the job's, to raise the open-file
         limit for its connections (:func:`dynaps.wire.limits.job_size`)."""
         if size is not None:
@@ -188,15 +188,16 @@ class TcpTransport(CheckedArrivals):
         self._woken = woken
         self._selector.register(fd, selectors.EVENT_READ, _WAKE)
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         """The next authentic message, or None after ``timeout`` seconds (or once woken).
-        ``spin``: an answer is expected soon; poll briefly before blocking."""
+        ``spin``: an answer is expected within about that many seconds; poll up to that long
+        (at most :func:`dynaps.wire.spin.longest` of the budget) before blocking."""
         got = self._next()
         if got is not None:
             return got
         woken = self._woken
-        if spin and self.spin and timeout != 0.0:
-            got = self._spin()
+        if spin > 0.0 and self.spin and timeout != 0.0:
+            got = self._spin(min(spin, longest(self.spin)))
             if got is not None or (woken is not None and woken()):
                 return got
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -210,13 +211,13 @@ class TcpTransport(CheckedArrivals):
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def _spin(self) -> list[Any] | None:
-        """Poll for up to ``spin`` seconds, yielding the CPU between polls: the first message,
-        or None once the time is up, once a yield let another task run (the CPU is wanted
+    def _spin(self, seconds: float) -> list[Any] | None:
+        """Poll for up to ``seconds``, yielding the CPU between polls: the first message, or
+        None once the time is up, once a yield let another task run (the CPU is wanted
         elsewhere) or once woken."""
         woken = self._woken
         now = time.perf_counter()
-        until = now + self.spin
+        until = now + seconds
         while True:
             self._pump(0.0)
             got = self._next()

@@ -34,8 +34,7 @@ ZeroMQ details, and why:
   blocked thread costs more than the round trip itself on a virtual machine whose idle
   cores halt (measured: a 1-key remote pull of 200 us drops to about 110 us).  The spin
   yields the CPU on each turn and gives up as soon as a yield let another task run, so
-  it never competes with busy programs on a full machine (the budget:
-  ``DYNAPS_SPIN_MICROS``, see :mod:`dynaps.config`).
+  it never competes with busy programs on a full machine (how long: :mod:`dynaps.wire.spin`).
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from dynaps.wire import handshake, limits
 from dynaps.wire.arrivals import CheckedArrivals
 from dynaps.wire.auth import TRAILER_SIZE
 from dynaps.wire.protocol import HEADER_SIZE, INLINE_MAX, MAX_BODY_BYTES, TableLayout
+from dynaps.wire.spin import YIELDED_SECONDS, longest
 from dynaps.wire.tcp_transport import MAX_REJECTED_PER_CALL, TcpTransport
 
 log = logging.getLogger(__name__)
@@ -91,19 +91,15 @@ class Transport(Protocol):
     def send(self, endpoint: int, frames: Sequence[Any]) -> None:
         """Send one message; never blocks on a slow peer."""
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         """The next message in the inbox, or None after ``timeout`` seconds.
 
-        ``spin``: an answer is expected soon; poll briefly before blocking.
+        ``spin``: an answer is expected within about that many seconds: poll up to that long
+        before blocking (0: block at once; :mod:`dynaps.wire.spin` bounds it).
         """
 
     def close(self, linger: float = 0.0) -> None:
         """Release the sockets, waiting up to ``linger`` seconds to deliver what is queued."""
-
-
-# A turn of the spin loop longer than this means sched_yield ran another task: the CPU
-# is wanted elsewhere, so block instead of taking it back.
-YIELDED_SECONDS = 10e-6
 
 
 def spin_until_readable(
@@ -153,7 +149,7 @@ class ZmqTransport(CheckedArrivals):
         size: limits.JobSize | None = None,
     ) -> None:
         """``key``: the job's wire key (:func:`dynaps.contract.secret.wire_key`); ``spin``:
-        seconds ``recv(spin=True)`` polls before it blocks (0: never); ``max_message_bytes``:
+        this process's spin budget (:mod:`dynaps.wire.spin`; 0: never); ``max_message_bytes``:
         the largest message the inbox accepts (-1: any); ``size``: the job's, to make room
         for its connections in a context of our own (:func:`dynaps.wire.limits.job_size`)."""
         self._start_checking(endpoint, key, log)
@@ -354,13 +350,13 @@ class ZmqTransport(CheckedArrivals):
         self._waits.register(self.inbox, zmq.POLLIN)
         self._waits.register(fd, zmq.POLLIN)
 
-    def _recv_or_woken(self, timeout: float | None, spin: bool) -> list[Any] | None:
+    def _recv_or_woken(self, timeout: float | None, spin: float) -> list[Any] | None:
         """:meth:`recv` for a transport that also wakes on an fd (see :meth:`wake_on`)."""
         woken, waits, inbox = self._woken, self._waits, self.inbox
         assert woken is not None
         assert waits is not None
-        if spin and self.spin and timeout != 0.0:
-            spin_until_readable(inbox, self.spin, woken)
+        if spin > 0.0 and self.spin and timeout != 0.0:
+            spin_until_readable(inbox, min(spin, longest(self.spin)), woken)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             for _ in range(MAX_REJECTED_PER_CALL):  # then look at the fd and the deadline
@@ -380,10 +376,11 @@ class ZmqTransport(CheckedArrivals):
             if not int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return None  # the fd woke us
 
-    def recv(self, timeout: float | None = None, spin: bool = False) -> list[Any] | None:
+    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
         if self._woken is not None:
             return self._recv_or_woken(timeout, spin)
-        if spin and self.spin and timeout != 0.0 and spin_until_readable(self.inbox, self.spin):
+        polled = spin > 0.0 and self.spin and timeout != 0.0
+        if polled and spin_until_readable(self.inbox, min(spin, longest(self.spin))):
             checked = self._checked(self.inbox.recv_multipart())
             if checked is not None:
                 return checked
