@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from dynaps.contract import CleanPodPolicy, JobPhase, ParameterServerJob
 from dynaps_operator.coordinator_view import parse_final
 from dynaps_operator.decisions import RETRY_SECONDS, C, Deletion, Observed, Plan, R, names_of, owned_pods
@@ -44,7 +42,7 @@ def invalid(o: Observed, p: Plan) -> Plan:
 
 
 def finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
-    clean_pods(o, job, p, o.status.completion_time)
+    clean_pods(o, job, p)
     ttl = job.spec.run_policy.ttl_seconds_after_finished
     if ttl is not None and o.status.completion_time is not None:
         left = ttl - (o.now - o.status.completion_time).total_seconds()
@@ -55,13 +53,14 @@ def finished(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     return p
 
 
-def clean_pods(o: Observed, job: ParameterServerJob, p: Plan, completed: datetime | None) -> None:
+def clean_pods(o: Observed, job: ParameterServerJob, p: Plan) -> None:
     policy = job.spec.run_policy.clean_pod_policy
     if policy == CleanPodPolicy.NONE:
         return
+    completed = p.status.completion_time
     if policy == CleanPodPolicy.RUNNING and p.status.phase == JobPhase.SUCCEEDED and completed is not None:
         left = SETTLE_SECONDS - (o.now - completed).total_seconds()
-        if left > 0 and any(pod.alive and not pod.terminating for pod in owned_pods(o)):
+        if left > 0 and any(pod.alive for pod in owned_pods(o)):
             p.later(left)  # the nodes are on their way out (see SETTLE_SECONDS)
             return
     doomed = [
@@ -79,7 +78,7 @@ def finish(o: Observed, job: ParameterServerJob, p: Plan, phase: JobPhase, reaso
     if p.status.condition(C.RUNNING) is not None:
         p.condition(C.RUNNING, False, reason, message, o.now)
     p.event(reason, message, warning=phase == JobPhase.FAILED)
-    clean_pods(o, job, p, o.now)
+    clean_pods(o, job, p)
     if job.spec.run_policy.ttl_seconds_after_finished is not None:
         p.later(job.spec.run_policy.ttl_seconds_after_finished)
     return p

@@ -417,8 +417,10 @@ class Requests:
         # Spin for a lone synchronous answer (latency); with a window of requests in
         # flight, spinning would take the CPU from the nodes that produce the answers.
         spin = 0.0
-        if len(self.handles) <= 1 and self._spin:
-            spin = spin_for((answer_at - time.perf_counter_ns()) * 1e-9, self._spin)
+        if len(self.handles) <= 1:
+            spin = self._spin
+            if answer_at:  # a localize: as long as they usually take (no clock read for a pull)
+                spin = spin_for((answer_at - time.perf_counter_ns()) * 1e-9, spin)
         frames = self.transport.recv(timeout=min(remaining, 1.0), spin=spin)
         if frames is not None:
             self.receive(frames)
