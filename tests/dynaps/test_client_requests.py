@@ -17,7 +17,8 @@ from dynaps.client.barriers import Barriers
 from dynaps.client.handles import Handle
 from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership
-from dynaps.client.requests import UNSETTLED_IDS, Requests
+from dynaps.client.request_ids import UNSETTLED_IDS
+from dynaps.client.requests import Requests
 from dynaps.client.table import Table
 from dynaps.contract import (
     Consistency,
@@ -260,7 +261,7 @@ def test_a_reply_of_the_wrong_kind_or_from_a_non_node_is_refused() -> None:
 
 
 def test_request_ids_do_not_start_at_one() -> None:
-    ids = {Client().requests.new_id() for _ in range(4)}
+    ids = {Client().requests.ids.take() for _ in range(4)}
     assert len(ids) == 4
     assert min(ids) > 1 << 20
 
@@ -443,11 +444,11 @@ def test_an_id_asked_for_while_waiting_for_room_is_not_handed_out_twice(
     def pump_and_ask(deadline: float, what: Callable[[], str]) -> None:
         if not asked:
             asked.append(True)
-            inner.append(requests.new_id())  # waits in its turn, through this function
+            inner.append(requests.ids.take())  # waits in its turn, through this function
         pump(deadline, what)
 
     monkeypatch.setattr(requests, "pump_until", pump_and_ask)
-    outer = requests.new_id()
+    outer = requests.ids.take()
     assert len(inner) == 1
     assert inner[0] != outer
 

@@ -289,7 +289,7 @@ class PS:
         target = self.node if node is None else node
         requests = self._requests
         requests.make_room()
-        req_id = requests.new_id()
+        req_id = requests.ids.take()
         ask = messages.control(MsgType.STATS, requests.endpoint, control.Empty(), req_id)
         self._transport.send(target, ask)
         deadline = time.monotonic() + timeout

@@ -16,7 +16,6 @@ them or sent again) is its :class:`~dynaps.client.retries.Retries`.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -26,6 +25,7 @@ import numpy.typing as npt
 
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.client.own_node import OwnNode
+from dynaps.client.request_ids import UNSETTLED_IDS, RequestIds
 from dynaps.client.retries import SILENCE_SECONDS, Retries
 from dynaps.contract import RuntimeConfig
 from dynaps.errors import ClusterError, Drained, DynapsTimeoutError, ProtocolError
@@ -36,7 +36,7 @@ from dynaps.store.shm import NullLock, SharedLock
 from dynaps.store.table_store import INCOMING, TableStore
 from dynaps.wire import messages, routing
 from dynaps.wire.codec import decode, encode
-from dynaps.wire.protocol import REMEMBERED_REQUESTS, Message, MsgType, TableLayout, client_of, is_client
+from dynaps.wire.protocol import Message, MsgType, TableLayout, client_of, is_client
 from dynaps.wire.spin import HEADROOM, spin_for
 from dynaps.wire.transport import Transport
 
@@ -51,9 +51,6 @@ ANSWERS = {
     MsgType.LOCALIZE: frozenset({MsgType.LOCALIZED, MsgType.ERROR}),
 }
 
-# Request ids between the watermark and the next id, at most: nodes remember the updates of
-# REMEMBERED_REQUESTS of them, and the watermark a node knows may be older than ours.
-UNSETTLED_IDS = REMEMBERED_REQUESTS // 2
 SILENCE_CHECK_SECONDS = 1.0  # how often a waiting process looks for requests unanswered for long
 COUNTERS = ("messages_sent", "messages_received", "requests_retried")  # per process; per table: usage
 # a request's kind -> its latency histogram (a set is timed as a push)
@@ -107,11 +104,6 @@ class Requests:
         self.handles: dict[int, Handle] = {}
         # localizes whose first send waits for the coordinator's HOLDING_NOTED (client/holdings.py)
         self.unsent: set[int] = set()
-        # A random start: ids say nothing about this process to an outsider. Forging a
-        # reply needs the job secret anyway (every frame is authenticated), so this only
-        # has to be unpredictable, not secret; 62 bits never wrap the u64 field.
-        self._next_id = secrets.randbits(62) + 1
-        self._room_until = self._next_id + UNSETTLED_IDS  # new ids need no look before this one
         self.ended: str | None = None  # why the job ended (the coordinator's SHUTDOWN)
         self.notices = notices
         self.on_drain: Callable[[], None] | None = None  # run once before Drained is raised
@@ -128,6 +120,8 @@ class Requests:
             # a request sent again for silence: after 10 s, or a quarter of a short timeout
             min(SILENCE_SECONDS, config.request_timeout_seconds / 4),
         )
+        self.ids = RequestIds(self.handles, self.retries.oldest_held, self._wait_for_room)
+        self.make_room = self.ids.make_room  # called before every operation changes anything
         self._silence_check_at = 0.0  # monotonic: when pump_until next looks for silent requests
         self._spin = spin
         # how long a lone synchronous localize usually took, in ns, by table index: its wait
@@ -165,44 +159,21 @@ class Requests:
 
     # -------------------------------------------------------------- handles
 
-    def make_room(self) -> None:
-        """Room for the next request id (see :meth:`_make_room`): called by every operation
-        before it changes anything, so that waiting here, or raising after the wait, leaves
-        no half-done operation (keys marked incoming, a local part applied)."""
-        if self._next_id >= self._room_until:
-            self._make_room(self._next_id)
-
-    def new_id(self) -> int:
-        req_id = self._next_id
-        # taken before any wait, so that no id is handed out twice even if something run
-        # while waiting asks for one; an id left unused by a wait that raises is harmless
-        self._next_id += 1
-        if req_id >= self._room_until:  # only a caller that did not make room first
-            self._make_room(req_id)
-        return req_id
-
-    def _make_room(self, req_id: int) -> None:
-        """Wait until fewer than UNSETTLED_IDS ids lie between the oldest request not yet
-        settled (unanswered, or sent again and still held) and ``req_id``: else a node could
-        drop its record of an update that may still arrive again, and apply it twice.
-
-        Only a program with thousands of requests in flight, or one that keeps sending for
-        the few seconds a retried request is held, waits here.  The oldest id only grows, so
-        ids up to it + UNSETTLED_IDS need no look (the look costs a pass over the requests)."""
-        oldest = self._oldest_unsettled()
-        if req_id - oldest >= UNSETTLED_IDS:
-            deadline = time.monotonic() + self.config.request_timeout_seconds
-            while req_id - oldest >= UNSETTLED_IDS:
-                self.pump_until(
-                    deadline,
-                    lambda: (
-                        f"room for a new request ({req_id - self._oldest_unsettled()} ids since the "
-                        "oldest unsettled one; "
-                        f"at most {UNSETTLED_IDS} may be)"
-                    ),
-                )
-                oldest = self._oldest_unsettled()
-        self._room_until = oldest + UNSETTLED_IDS
+    def _wait_for_room(self, req_id: int) -> None:
+        """Handle messages until fewer than UNSETTLED_IDS ids lie between the oldest request
+        not yet settled (unanswered, or sent again and still held) and ``req_id``: else a node
+        could drop its record of an update that may still arrive again, and apply it twice
+        (:mod:`dynaps.client.request_ids`)."""
+        ids = self.ids
+        deadline = time.monotonic() + self.config.request_timeout_seconds
+        while req_id - ids.oldest_unsettled() >= UNSETTLED_IDS:
+            self.pump_until(
+                deadline,
+                lambda: (
+                    f"room for a new request ({req_id - ids.oldest_unsettled()} ids since the "
+                    f"oldest unsettled one; at most {UNSETTLED_IDS} may be)"
+                ),
+            )
 
     def new_handle(
         self,
@@ -214,7 +185,7 @@ class Requests:
         remaining: int,
         rows: Array | None = None,
     ) -> Handle:
-        handle = Handle(self, self.new_id(), kind, table, keys, out, remaining)
+        handle = Handle(self, self.ids.take(), kind, table, keys, out, remaining)
         handle.index = index
         handle.rows = rows
         handle.started = time.perf_counter_ns()
@@ -223,18 +194,6 @@ class Requests:
 
     def done_handle(self, kind: MsgType, table: str, out: Array | None) -> Handle:
         return Handle(None, 0, kind, table, None, out, 0)
-
-    def _oldest_unsettled(self) -> int:
-        """Every request below this id is answered and no copy of it can still arrive."""
-        oldest = min(self.handles) if self.handles else self._next_id
-        held = self.retries.oldest_held()
-        if held is not None:
-            oldest = min(oldest, held)
-        return oldest
-
-    def _watermark(self) -> int:
-        """:meth:`_oldest_unsettled`'s 32 low bits: nodes forget their records of requests below it."""
-        return self._oldest_unsettled() & 0xFFFFFFFF
 
     # -------------------------------------------------------------- sending
 
@@ -245,7 +204,7 @@ class Requests:
         self.counters["messages_sent"] += 1
         msg.epoch = self.epoch
         if msg.type in (MsgType.PUSH, MsgType.SET):
-            msg.aux = self._watermark()
+            msg.aux = self.ids.watermark()
         self.transport.send(dest, encode(msg))
 
     def send_whole(
@@ -272,7 +231,7 @@ class Requests:
             self.transport.send(dest, messages.request_frames(kind, ep, req_id, table, keys, self.epoch))
             return
         msg = messages.request(
-            kind, ep, req_id, table, keys, values=rows, epoch=self.epoch, watermark=self._watermark()
+            kind, ep, req_id, table, keys, values=rows, epoch=self.epoch, watermark=self.ids.watermark()
         )
         self.transport.send(dest, encode(msg))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from dynaps.contract import RuntimeConfig
 from dynaps.coordinator import commands
-from dynaps.coordinator.adoption import Adoption, adopted_member, unheard_member
+from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.checkpoint_rounds import CheckpointRounds
 from dynaps.coordinator.departures import Departures
@@ -41,6 +41,7 @@ from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.progress import Progress
 from dynaps.coordinator.published_status import PublishedStatus
+from dynaps.coordinator.rebuilding import Rebuilding
 from dynaps.coordinator.reports import Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.coordinator.shard_homes import ShardHomes
@@ -155,6 +156,9 @@ class Coordinator:
             self.barriers,
             self.min_clock,
             announce=self._announce,
+        )
+        self.rebuilding = Rebuilding(
+            self.adoption, self.roster, self.outbox, self.homes, self.departures, clock
         )
         self.published = PublishedStatus(self._status_document)
         self.published.refresh()
@@ -362,80 +366,30 @@ class Coordinator:
 
     def _adopt(self, node: int, heartbeat: control.Heartbeat) -> None:
         """A heartbeat from a node we never registered: we restarted and the job runs on
-        (:mod:`dynaps.coordinator.adoption`)."""
+        (:mod:`dynaps.coordinator.rebuilding`)."""
         if self.phase == JobPhase.REGISTERING and self.roster.members:
             log.error("heartbeat of unknown node %d while registering a new job: ignored", node)
             return
         if self.phase == JobPhase.REGISTERING:
             log.warning("coordinator restarted: rebuilding the running job from its nodes")
             self.phase = JobPhase.ADOPTING
-        if node in self.adoption.lost:  # declared lost before the restart, and paused since
-            self.outbox.fence(node, heartbeat.address)
-            return
-        member = adopted_member(node, heartbeat, self.clock())
-        self.roster.adopt(member)
-        self.outbox.connect(member)
-        asked = self.adoption.heard(node, self.clock())
-        self.send(node, MsgType.ADOPT, control.Adopt(members=asked))
+        self.rebuilding.heard(node, heartbeat)
 
     def _finish_adoption(self) -> None:
-        newest = self.adoption.newest_map()
-        if newest is None:
+        if not self.rebuilding.take_over():
             return
-        unheard, losses = self.adoption.missing(), self.adoption.losses
-        # versions go on from the nodes', so a later restart can tell their newest membership
-        self.outbox.version = max(self.outbox.version, self.adoption.highest_version)
-        for zombie in self.roster.recall_lost(self.adoption.lost):
-            log.warning("node %d was declared lost before the restart: told to exit", zombie.id)
-            self.outbox.forget(zombie)
-            self.outbox.fence(zombie.id, zombie.address)
-        self.homes.adopt(newest)
-        self.roster.want_present()
-        self.homes.reconfirm()  # which backups hold their shards is not known: the homes say
         shard_map = self.homes.shard_map
         assert shard_map is not None
-        deferred = self.adoption.finish()
         self.phase = JobPhase.RUNNING
         log.warning(
             "job rebuilt after a coordinator restart: %d nodes, epoch %d",
             len(self.roster.members),
             shard_map.epoch,
         )
-        self._lose_unheard(unheard)  # before any membership leaves them out as if they had left
-        self._announce()
-        self._hear_losses_again(losses)
-        for reg in deferred:
+        for reg in self.rebuilding.carry_on(self._announce):
             self._on_register(reg)
         self.homes.rebalance()
         self._settle()
-
-    def _hear_losses_again(self, losses: list[tuple[int, control.TookBack | control.HandoffLost]]) -> None:
-        """The losses the nodes reported before the restart, recorded again: the coordinator
-        before may have died before it recorded (or the operator read) them."""
-        for node, report in losses:
-            reporter = self.roster.get(node)
-            if reporter is None:
-                continue
-            try:
-                if isinstance(report, control.TookBack):
-                    self.departures.took_back(reporter, report)
-                else:
-                    self.departures.handoff_lost(reporter, report)
-            except ProtocolError as exc:
-                log.warning(
-                    "node %d reported a loss before the restart that cannot be recorded: %s", node, exc
-                )
-
-    def _lose_unheard(self, unheard: dict[int, int | None]) -> None:
-        """Members the others knew (id -> a worker's rank) and that stayed silent through the
-        rebuilding: lost, as silence makes a node, so its shards go to their backups, the keys
-        it held are taken back as a loss and a worker's rank waits for its replacement; it is
-        told to exit if it speaks later."""
-        for node, rank in sorted(unheard.items()):
-            member = unheard_member(node, rank, self.clock())
-            log.error("%s %d, a member before the restart, was not heard from since", member.role, node)
-            self.roster.adopt(member)
-            self.departures.lost(member)
 
     # ------------------------------------------------------------------ failures
 
