@@ -54,6 +54,7 @@ import psutil
 
 import dynaps
 from dynaps.apps import kge, mf
+from dynaps.apps.arguments import sync_ms
 from dynaps.profiling import PROFILE_DIR_ENV
 
 RESULTS = Path(__file__).parent / "results"
@@ -547,6 +548,14 @@ def main() -> int:
         "(dynaps.client.hot_keys; default 0: none)",
     )
     parser.add_argument(
+        "--kge-hot-sync-ms",
+        type=sync_ms,
+        default=None,
+        metavar="MS",
+        help="KGE: how often replicas (the relations in entity blocks) are flushed and refreshed "
+        "(python -m dynaps.apps.kge --hot-sync-ms; default the app's)",
+    )
+    parser.add_argument(
         "--kge-clustering",
         choices=["entities", "relations"],
         default="entities",
@@ -590,6 +599,8 @@ def main() -> int:
                 config = dataclasses.replace(
                     config, hot_keys=args.kge_hot_keys, clustering=args.kge_clustering
                 )
+                if args.kge_hot_sync_ms is not None:
+                    config = dataclasses.replace(config, hot_sync_ms=args.kge_hot_sync_ms)
             doc["configs"][name] = dataclasses.asdict(config)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in nodes}
             for repeat in range(args.repeat):  # node counts interleaved: load drift hits all alike
