@@ -83,9 +83,9 @@ QUICK = {
 # Functions outside dynaps (numpy, zmq, the standard library, builtins) take the activity
 # of their callers, split by what each caller spent in them.
 ACTIVITIES: list[tuple[str, str]] = [
-    ("dynaps/wire/transport.py:spin_until_readable", "spin"),
+    ("dynaps/wire/zmq_transport.py:spin_until_readable", "spin"),
     ("dynaps/wire/tcp_transport.py:_spin", "spin"),
-    ("dynaps/wire/transport.py", "transport (send/recv)"),
+    ("dynaps/wire/zmq_transport.py", "transport (send/recv)"),
     ("dynaps/wire/tcp_transport.py", "transport (send/recv)"),
     ("dynaps/wire/tcp_outbound.py", "transport (send/recv)"),
     ("dynaps/wire/tcp_inbound.py", "transport (send/recv)"),

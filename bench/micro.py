@@ -5,7 +5,7 @@ One run measures, on the same table shape (100,000 keys x dim 100, float32):
 * limits: numpy gather (np.take) and scatter-add (np.add.at) of 1 and 1000 rows; a raw
   pyzmq DEALER/ROUTER round trip between two processes, and a 100-key "pull-shaped" echo
   (800-byte request, 40,000-byte reply); both again with each end spinning briefly before
-  it blocks, as dynaps' processes do (see dynaps/wire/transport.py), for an informative ratio;
+  it blocks, as dynaps' processes do (see dynaps/wire/zmq_transport.py), for an informative ratio;
 * dynaps on a LocalCluster (1 server, 2 worker nodes): local pull of 1 and 1000 keys,
   local push of 1000 keys, remote synchronous pull of 1 key (owner idle, and owner's
   training process busy in a pure-Python loop), remote pull of 100 keys, remote push of
@@ -38,7 +38,7 @@ import zmq
 
 import dynaps
 from dynaps.config import spin_seconds
-from dynaps.wire.transport import spin_until_readable
+from dynaps.wire.zmq_transport import spin_until_readable
 
 NUM_KEYS = 100_000
 DIM = 100

@@ -58,7 +58,8 @@ from dynaps.store.updaters import num_states
 from dynaps.wire import codec, control, membership_deltas, messages
 from dynaps.wire.protocol import COORDINATOR, FINAL, HEADER, MsgType, TableLayout, client_of
 from dynaps.wire.tcp_transport import TcpTransport
-from dynaps.wire.transport import JobTransport, ZmqTransport, message_bound
+from dynaps.wire.transport import JobTransport, message_bound
+from dynaps.wire.zmq_transport import ZmqTransport
 
 POLL_MS = 10  # the loop's longest sleep: heartbeats leave in batches at most this late
 DRAIN_BATCH = 200  # messages taken from one inbox per turn, so one flood cannot starve the rest

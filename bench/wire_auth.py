@@ -31,7 +31,7 @@ import zmq
 from zmq.utils import z85
 
 from dynaps.wire.auth import Authenticator
-from dynaps.wire.transport import spin_until_readable
+from dynaps.wire.zmq_transport import spin_until_readable
 
 KEY = bytes(range(32))
 SPIN = 0.0004  # seconds: dynaps' default spin before blocking

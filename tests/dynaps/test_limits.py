@@ -15,7 +15,7 @@ import zmq
 from dynaps.contract import MAX_NODES, NamedTable, RuntimeConfig
 from dynaps.errors import ConfigError
 from dynaps.wire import handshake, limits
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.zmq_transport import ZmqTransport
 
 KEY = bytes(range(32))
 

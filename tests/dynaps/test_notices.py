@@ -21,7 +21,7 @@ from dynaps.store.table_store import TableStore
 from dynaps.wire import messages
 from dynaps.wire.codec import decode
 from dynaps.wire.protocol import MsgType, client_of
-from dynaps.wire.transport import ZmqTransport
+from dynaps.wire.zmq_transport import ZmqTransport
 from tests.dynaps.test_node_bad_messages import SERVER, WORKER, Outbox
 
 KEY = bytes(range(32))

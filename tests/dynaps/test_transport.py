@@ -23,7 +23,8 @@ from dynaps.errors import ConfigError
 from dynaps.wire import handshake, tcp_inbound
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.tcp_transport import TcpTransport
-from dynaps.wire.transport import JobTransport, ZmqTransport, open_transport
+from dynaps.wire.transport import JobTransport, open_transport
+from dynaps.wire.zmq_transport import ZmqTransport
 from tests.dynaps.wire_peers import framed, hello
 
 KEY = bytes(range(32))

@@ -1,7 +1,8 @@
 """Authenticating every message of a job: a MAC trailer and a replay check.
 
-Every message a transport sends (:mod:`dynaps.wire.tcp_transport`, or ZeroMQ's in
-:mod:`dynaps.wire.transport`) carries a trailer of :data:`TRAILER_SIZE` bytes at the end of its first frame::
+Every message a transport sends (:mod:`dynaps.wire.tcp_transport`, or
+:mod:`dynaps.wire.zmq_transport`) carries a trailer of :data:`TRAILER_SIZE` bytes at the end
+of its first frame::
 
     sender i16 | dest i16 | frames u16 | salt u16 | seq u64 | tag (16 bytes)
 
