@@ -1,10 +1,11 @@
 """The user's view of one table: :class:`Table` (``pull/push/set/localize``).
 
-A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`), serves
-the keys its node owns in place (under the lock it shares with its node, inline: the local
-path is the hot path), and hands the rest to :class:`~dynaps.client.requests.Requests`,
-which sends one request per owner and collects the replies into a
-:class:`~dynaps.client.handles.Handle`.  A localize goes to :mod:`dynaps.client.localize`.
+A :class:`Table` checks the caller's arguments (:mod:`dynaps.client.arguments`) and takes
+the one-key shortcuts (a key our node owns, read or updated inline); the rest of a pull,
+push or set goes to :class:`~dynaps.client.key_paths.KeyPaths` (keys owned here served in
+place, the others requested through :class:`~dynaps.client.requests.Requests`).  A
+localize goes to :mod:`dynaps.client.localize`, replicated hot keys to
+:mod:`dynaps.client.hot_keys`, sampling to :mod:`dynaps.client.sampling`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from dynaps.client import hot_keys, sampling
 from dynaps.client.arguments import Arguments
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.holdings import Holdings
+from dynaps.client.key_paths import KeyPaths
 from dynaps.client.localize import Localizer
 from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
 from dynaps.contract import Allocation, TableCache
 from dynaps.errors import UsageError
 from dynaps.store import updaters, usage
-from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.store.table_store import TableStore
 from dynaps.wire.protocol import MsgType
 
 _monotonic = time.monotonic  # a module global: the one-key push tests it on every call
@@ -43,10 +45,8 @@ class Table:
         self._lock = requests.lock  # shared with the node: taken around every access to the store
         # byte 0 of the control block: not 0 once our node drains or no longer counts
         self._control = requests.own.block.state
-        # under write-back, local updates are applied only while our node ran recently (it
-        # writes them back): until this time, then we look at its stamp again
+        # under write-back, a local update waits for a look at our node's stamp (KeyPaths)
         self._watch_node = requests.own.watched
-        self._node_ran_until = 0.0
         # this table's counters, shared with our node (dynaps.store.usage): one word each
         self._usage = requests.usage.rows[index]
         self._write_through = requests.write_through
@@ -56,6 +56,7 @@ class Table:
         if store.spec.cache == TableCache.CLOCK:
             stateless = store.updater if store.updater.num_states == 0 else None
             self._cache = ClockCache(store.spec.num_keys, store.spec.dim, store.layout.dtype, stateless)
+        self._paths = KeyPaths(requests, index, store, self._cache)
         self._hot: hot_keys.HotKeys | None = None  # replicate()'s replica of hot keys
         self.name = store.name
         self.num_keys = store.spec.num_keys
@@ -90,102 +91,7 @@ class Table:
         keys = self._keys(keys)
         if self._hot is not None:
             return self._hot.pull(keys, wait)
-        return self._pull_keys(keys, wait)
-
-    def _pull_keys(self, keys: Keys, wait: bool) -> Array | Handle:
-        self._requests.make_room()  # before anything changes (see Requests.make_room)
-        store, node = self._store, self._node
-        n = len(keys)
-        lock = self._lock
-        lock.acquire()
-        try:
-            own = store.loc[keys]
-            if n == 1:  # one entry per call: no array reductions, ``take`` copies fastest
-                dest = own.item(0)
-                if dest == node:
-                    out = store.values.take(keys, axis=0)
-                    dest = -2
-            else:
-                mine = own == node
-                if mine.all():
-                    out = store.values.take(keys, axis=0)
-                    dest = -2
-                elif mine.any():
-                    dest = -3  # some here, some elsewhere
-                    out = np.empty((n, self.dim), dtype=self.dtype)
-                    local = np.flatnonzero(mine)
-                    out[local] = store.values.take(keys[local], axis=0)
-                else:
-                    dest = int(own[0])
-                    if not (own == dest).all():
-                        dest = -3
-                        out = np.empty((n, self.dim), dtype=self.dtype)
-        finally:
-            lock.release()
-        counters = self._usage
-        counters[usage.PULLS] += 1
-        if dest == -2:
-            counters[usage.PULLED_LOCAL] += n
-            return out if wait else self._requests.done_handle(MsgType.PULL, self.name, out)
-        if self._cache is not None:
-            return self._pull_cached(keys, own, wait)
-        requests = self._requests
-        if dest >= 0 or dest == INCOMING:  # one destination for all keys
-            counters[usage.PULLED_REMOTE] += n
-            handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, None, n)
-            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
-            return _pulled(requests, handle, wait)
-        remote = np.flatnonzero(~mine)
-        counters[usage.PULLED_LOCAL] += n - len(remote)
-        counters[usage.PULLED_REMOTE] += len(remote)
-        handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, out, len(remote))
-        handle.mask = mine.copy()  # the local part is here already
-        requests.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
-        return _pulled(requests, handle, wait)
-
-    def _pull_cached(self, keys: Keys, own: npt.NDArray[np.int16], wait: bool) -> Array | Handle:
-        """A pull on a cached table with keys elsewhere: the keys cached in this clock are
-        read from the copy, the rest are fetched and cached when their values arrive."""
-        cache = self._cache
-        assert cache is not None
-        n = len(keys)
-        out = np.empty((n, self.dim), dtype=self.dtype)
-        mine = own == self._node
-        local = np.flatnonzero(mine)
-        self._lock.acquire()
-        try:
-            out[local] = self._store.values.take(keys[local], axis=0)
-        finally:
-            self._lock.release()
-        away = np.flatnonzero(~mine)
-        hit, rows = cache.lookup(keys[away])
-        out[away[hit]] = rows
-        fetch = away[~hit]
-        counters = self._usage
-        counters[usage.PULLED_LOCAL] += len(local)
-        counters[usage.PULLED_CACHED] += len(away) - len(fetch)
-        requests = self._requests
-        if not len(fetch):
-            return out if wait else requests.done_handle(MsgType.PULL, self.name, out)
-        counters[usage.PULLED_REMOTE] += len(fetch)
-        # the request asks only for the keys not cached; its answer completes ``out``
-        fetched, owners = keys[fetch], own[fetch]
-        handle = requests.new_handle(MsgType.PULL, self._index, self.name, fetched, None, len(fetch))
-        generation = cache.begin_fetch()
-
-        def done(values: Array) -> None:
-            out[fetch] = values
-            cache.fetched(generation, fetched, values)
-            handle.out = out
-
-        handle.on_done = done
-        dest = int(owners[0])
-        if (dest >= 0 or dest == INCOMING) and (owners == dest).all():
-            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, fetched)
-        else:
-            everything = np.arange(len(fetched))
-            requests.request(MsgType.PULL, self._index, handle, fetched, everything, owners, None)
-        return _pulled(requests, handle, wait)
+        return self._paths.pull(keys, wait)
 
     @overload
     def push(self, keys: Any, updates: Any, *, wait: Literal[True] = ...) -> None: ...
@@ -272,7 +178,7 @@ class Table:
             and not self._control[0]
             and self._hot is None
             and not self._write_through
-            and (not self._watch_node or _monotonic() <= self._node_ran_until)
+            and (not self._watch_node or _monotonic() <= self._paths.node_ran_until)
         ):
             store, lock = self._store, self._lock
             lock.acquire()
@@ -297,81 +203,7 @@ class Table:
         rows = self._arguments.rows(rows, len(keys), what)
         if self._hot is not None:
             return self._hot.push(kind, keys, rows, wait)
-        return self._update_keys(kind, keys, rows, wait)
-
-    def _update_keys(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
-        self._requests.make_room()  # before a local part is applied
-        if self._watch_node:
-            now = _monotonic()
-            if now > self._node_ran_until:  # outside the lock: our node needs it to run
-                self._node_ran_until = self._requests.node_running_until(now)
-        store = self._store
-        counters = self._usage
-        lock = self._lock
-        if len(keys) == 1 and not self._write_through:  # one entry per call: no array reductions
-            lock.acquire()
-            try:
-                here = store.loc.item(keys.item(0)) == self._node
-                if here:
-                    self._apply_here(kind, keys, rows)
-            finally:
-                lock.release()
-            if here:
-                counters[usage.PUSHES] += 1
-                counters[usage.PUSHED_LOCAL] += 1
-                return None if wait else self._requests.done_handle(kind, self.name, None)
-        remote = None
-        lock.acquire()
-        try:
-            own = store.loc[keys]
-            mine = own == self._node
-            if mine.all():
-                local_keys, local_rows = keys, rows
-            else:
-                local = np.flatnonzero(mine)
-                remote = np.flatnonzero(~mine)
-                local_keys, local_rows = keys[local], rows[local]
-            if len(local_keys):
-                self._apply_here(kind, local_keys, local_rows)
-        finally:
-            lock.release()
-        counters[usage.PUSHES] += 1
-        counters[usage.PUSHED_LOCAL] += len(local_keys)
-        through = self._write_through and len(local_keys)
-        if remote is None and not through:
-            return None if wait else self._requests.done_handle(kind, self.name, None)
-        if not wait and rows is not None and not rows.flags.owndata:
-            rows = rows.copy()  # the caller may reuse its array while the push is in flight
-        pending = (0 if remote is None else len(remote)) + (len(local_keys) if through else 0)
-        requests = self._requests
-        handle = requests.new_handle(kind, self._index, self.name, keys, None, pending, rows)
-        if remote is not None and not through:
-            handle.mask = mine.copy()  # the local part is done: a retry must not apply it again
-        if through:  # acknowledged once the keys' homes (and backups) have the new rows
-            local_at = np.arange(len(keys)) if remote is None else np.flatnonzero(mine)
-            requests.write_back(self._index, handle, keys[local_at], local_at.astype(np.int32))
-        if remote is not None:
-            counters[usage.PUSHED_REMOTE] += len(remote)
-            requests.request(kind, self._index, handle, keys, remote, own[remote], rows)
-            if self._cache is not None:
-                if kind is MsgType.SET:
-                    self._cache.assigned(keys[remote], rows[remote])
-                else:
-                    self._cache.pushed(keys[remote], rows[remote])
-        if wait:
-            handle.result()
-            return None
-        return handle
-
-    def _apply_here(self, kind: MsgType, keys: Keys, rows: Array) -> None:
-        """Write ``rows`` to ``keys``, which our node owns (the caller holds the lock)."""
-        store = self._store
-        if kind is MsgType.SET:
-            store.values[keys] = rows
-        else:
-            store.updater.apply(store.values, store.states, keys, rows)
-        if store.dirty is not None:
-            store.dirty[keys] = 1  # replication: our node writes them back
+        return self._paths.update(kind, keys, rows, wait)
 
     @overload
     def localize(self, keys: Any, *, wait: Literal[True] = ...) -> None: ...
@@ -442,8 +274,8 @@ class Table:
             return
         requests = self._requests
         paths = hot_keys.Paths(
-            pull=self._pull_keys,
-            update=self._update_keys,
+            pull=self._paths.pull,
+            update=self._paths.update,
             localize=self._localizer.localize,
             room=requests.make_room,
             done=lambda kind, out: requests.done_handle(kind, self.name, out),
@@ -480,11 +312,3 @@ class Table:
         if self._hot is not None:
             mask |= self._hot.local_mask(keys)  # read from this process's replica
         return mask
-
-
-def _pulled(requests: Requests, handle: Handle, wait: bool) -> Array | Handle:
-    if not wait:
-        return handle
-    values = requests.wait(handle)
-    assert values is not None  # a pull's handle holds its values
-    return values
