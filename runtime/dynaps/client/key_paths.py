@@ -52,7 +52,7 @@ class KeyPaths:
 
     def pull(self, keys: Keys, wait: bool) -> Array | Handle:
         """The values of checked ``keys``: in place where our node owns them, else requested."""
-        self._requests.make_room()  # before anything changes (see Requests.make_room)
+        self._requests.make_room()  # before anything changes (see RequestIds.make_room)
         store, node = self._store, self._node
         n = len(keys)
         lock = self._lock
