@@ -52,7 +52,7 @@ lint: $(STAMP) ## ruff, mypy --strict, the import-layer contracts and shellcheck
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench tests
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
+	$(VENV)/bin/shellcheck scripts/*.sh bench/*.sh .ci/run
 
 bench: $(STAMP) ## Run the micro benchmark and the application benchmark
 	$(PY) bench/micro.py
