@@ -7,7 +7,7 @@
 # Prepare here first: scripts/device-wheels.sh (the packages the device lacks, into .whl/).
 # Then one device call from the repository root, carrying .whl:
 #
-#   bench/device_run.sh             # about 6-8 minutes on 16 cores
+#   bench/device_run.sh             # at most 9.5 minutes (a device command may run 10)
 #   bench/device_run.sh smoke       # tiny sizes: checks the set-up anywhere (1-2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ if [ "$size" = smoke ]; then
   scaling=(--scaling-size tiny)
   cpu=(--quick)
 fi
-timeout 420 python3 -P bench/apps.py --scaling "${scaling[@]}" --out "$out/apps-scaling-device.json" 2>&1 |
+timeout 300 python3 -P bench/apps.py --scaling "${scaling[@]}" --out "$out/apps-scaling-device.json" 2>&1 |
   tee "$out/apps-scaling-device.log"
-timeout 420 python3 -P bench/cpu_scaling.py --nodes "$nodes" "${cpu[@]}" --out "$out/cpu-scaling-device.json" 2>&1 |
+timeout 260 python3 -P bench/cpu_scaling.py --nodes "$nodes" "${cpu[@]}" --out "$out/cpu-scaling-device.json" 2>&1 |
   tee "$out/cpu-scaling-device.log"
