@@ -33,7 +33,9 @@ if [ "$size" = smoke ]; then
   scaling=(--scaling-size tiny)
   cpu=(--quick)
 fi
+status=0  # the second run goes on if the first fails or runs out of time
 timeout 300 python3 -P bench/apps.py --scaling "${scaling[@]}" --out "$out/apps-scaling-device.json" 2>&1 |
-  tee "$out/apps-scaling-device.log"
+  tee "$out/apps-scaling-device.log" || status=$?
 timeout 260 python3 -P bench/cpu_scaling.py --nodes "$nodes" "${cpu[@]}" --out "$out/cpu-scaling-device.json" 2>&1 |
-  tee "$out/cpu-scaling-device.log"
+  tee "$out/cpu-scaling-device.log" || status=$?
+exit "$status"
