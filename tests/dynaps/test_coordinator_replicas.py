@@ -326,3 +326,61 @@ def test_backups_after_one_whose_predecessor_changed_count_only_after_the_sync()
     lost.reset(old, synced=True)
     lost.follow(old, new, members=[1, 3, 4, 5])  # 2 was lost: its rows are dropped unacknowledged
     assert lost.synced[0].tolist() == [True, True, False, False]
+
+
+def rebuild_without_server_3(job: Job, claimed_epoch: int) -> None:
+    """A restarted coordinator hears servers 1 and 2 and worker 4; all knew server 3 (home of
+    shards 4 and 5, backed up by server 1), which died while the coordinator was away.
+    Server 1 says in its REJOIN that it holds synced replicas of shards 4 and 5 from server 3,
+    as of ``claimed_epoch``; the map the nodes had is of epoch 5."""
+    doc = {
+        "epoch": 5,
+        "numShards": 6,
+        "partition": "range",
+        "homes": [1, 1, 2, 2, 3, 3],
+        "backups": [[2], [2], [3], [3], [1], [1]],
+    }
+    worker = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
+    job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
+    job.tell(2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1", "name": "s1"})
+    job.tell(4, MsgType.HEARTBEAT, worker)
+    known = [[1, None], [2, None], [3, None], [4, 0]]
+    claims = {1: [{"epoch": claimed_epoch, "home": 3, "shards": [4, 5]}], 2: [], 4: []}
+    for node in (1, 2, 4):
+        rejoin = {
+            "heartbeat": worker,
+            "shard_map": doc,
+            "highest_node_id": 4,
+            "members": known,
+            "members_version": 6,
+            "replicas": claims[node],
+        }
+        job.tell(node, MsgType.REJOIN, rejoin)
+    job.clock.now += 1.5
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.ADOPTING  # server 3 may still come
+    adoption = job.coordinator.adoption
+    job.clock.now += max(adoption.quiet * 5, adoption.missing_wait)
+    job.coordinator.tick()
+    assert job.phase() is JobPhase.RUNNING
+    assert 3 in job.status()["lost"]
+
+
+def test_a_home_lost_while_the_coordinator_was_away_is_rebuilt_from_the_replica_its_backup_named() -> None:
+    """The backup passed on its home's REPLICA_SYNCED of the epoch before the coordinator
+    died; the replacement, told so in its REJOIN, counts on the replica as the one before
+    would have: the lost home's shards come from it and no loss is reported."""
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    rebuild_without_server_3(job, claimed_epoch=5)
+    [(home, recover)] = [(h, b) for h, b in job.wire.take(MsgType.RECOVER) if b["shards"] == [4, 5]]
+    assert (home, recover["source"]) == (1, "replica")
+    assert job.status()["dataLoss"] == []
+
+
+def test_a_replica_named_for_an_older_epoch_does_not_count_after_a_restart() -> None:
+    """A report of an epoch before the adopted map's says nothing of that epoch's chains:
+    the loss is reported, as before backups named their replicas."""
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    rebuild_without_server_3(job, claimed_epoch=4)
+    [loss] = job.status()["dataLoss"]
+    assert (loss["cause"], loss["server"], loss["shards"]) == ("replicas-exhausted", 3, [4, 5])

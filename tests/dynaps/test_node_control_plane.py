@@ -448,6 +448,30 @@ def test_a_replica_report_sent_before_its_home_left_is_dropped_quietly() -> None
     assert not [m for _, m in outbox.take([]) if m.type is MsgType.REPLICA_SYNCED]
 
 
+def test_a_backup_names_in_its_rejoin_the_replicas_its_home_reported_synced_at_its_epoch() -> None:
+    """A restarted coordinator never heard the REPLICA_SYNCED reports the backup passed on:
+    the REJOIN names them, for the backup's current epoch only (an older report says nothing
+    of a newer epoch's chains)."""
+    plane, _, outbox = make_node(2, replicated=True)
+    chain = backed_up_by(2)  # epoch 2: node 1 homes every shard, node 2 backs them up
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(chain, [1, 2, WORKER])))
+    plane.on_message(
+        order(MsgType.REPLICA_SYNCED, {"epoch": chain.epoch, "home": 1, "shards": [0, 1]}, sender=1)
+    )
+    outbox.take([])
+    plane.on_message(order(MsgType.ADOPT, {}))
+    [(_, rejoin)] = outbox.take([])
+    claimed = control.body_of(rejoin, control.Rejoin).replicas
+    assert [(r.epoch, r.home, r.shards) for r in claimed] == [(chain.epoch, 1, [0, 1])]
+    later = backed_up_by(2)
+    later.epoch += 1  # the same chains, a new epoch: its home's report for it has not come yet
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(later, [1, 2, WORKER])))
+    outbox.take([])
+    plane.on_message(order(MsgType.ADOPT, {}))
+    [(_, rejoin)] = outbox.take([])
+    assert control.body_of(rejoin, control.Rejoin).replicas == []
+
+
 def backed_up_by(backup: int) -> ShardMap:
     """Node 1 homes every shard; ``backup`` backs them all up."""
     shard_map = initial_map()

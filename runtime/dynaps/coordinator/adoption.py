@@ -63,6 +63,8 @@ class Adoption:
         # the losses each node reported before (node, report): said again to this coordinator,
         # which may never have heard them (the operator knows one it saw before)
         self.losses: list[tuple[int, control.TookBack | control.HandoffLost]] = []
+        # the synced replicas each node said it holds (node, report): of its epoch only
+        self.replicas: list[tuple[int, control.ReplicaSynced]] = []
         self.until = 0.0  # no new node came before this time: the job may go on
         self.deferred: list[control.Register] = []  # registrations for after the adoption
 
@@ -78,6 +80,7 @@ class Adoption:
             self.lost.update(rejoin.lost)
             reports: list[control.TookBack | control.HandoffLost] = [*rejoin.took_back, *rejoin.handoff_lost]
             self.losses += [(node, report) for report in reports]
+            self.replicas += [(node, report) for report in rejoin.replicas]
             self.highest_version = max(self.highest_version, rejoin.members_version)
             if not rejoin.members:  # not asked for them
                 return
@@ -115,6 +118,11 @@ class Adoption:
             return None
         return max(maps, key=lambda doc: int(doc.get("epoch", 0)))
 
+    def synced_replicas(self) -> list[tuple[int, control.ReplicaSynced]]:
+        """The replicas the rejoined nodes said they hold synced, each at its node's epoch, as
+        (backup, report); none from a node declared lost."""
+        return [(node, report) for node, report in self.replicas if node not in self.lost]
+
     def defer(self, reg: control.Register) -> None:
         """Hold a registration back (once: a node that registers again uses the same nonce)."""
         if all(held.nonce != reg.nonce for held in self.deferred):
@@ -127,5 +135,6 @@ class Adoption:
         self.known_names = {}
         self.lost = set()
         self.losses = []
+        self.replicas = []
         deferred, self.deferred = self.deferred, []
         return deferred

@@ -72,7 +72,7 @@ class Rebuilding:
             log.warning("node %d was declared lost before the restart: told to exit", zombie.id)
             self.outbox.forget(zombie)
             self.outbox.fence(zombie.id, zombie.address)
-        self.homes.adopt(newest)
+        self.homes.adopt(newest, self.adoption.synced_replicas())  # those of its epoch count
         self.roster.want_present()
         self.homes.reconfirm()  # which backups hold their shards is not known: the homes say
         return True

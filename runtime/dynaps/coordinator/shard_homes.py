@@ -116,20 +116,27 @@ class ShardHomes:
         self.replicas.reset(self.shard_map, synced=not restored)
         return self.shard_map
 
-    def adopt(self, doc: dict[str, Any]) -> ShardMap:
-        """After a coordinator restart: the newest shard map the nodes had (which backups
-        are synced is not known: :meth:`reconfirm` asks the homes)."""
+    def adopt(
+        self, doc: dict[str, Any], synced: Sequence[tuple[int, control.ReplicaSynced]] = ()
+    ) -> ShardMap:
+        """After a coordinator restart: the newest shard map the nodes had, and the replicas
+        their backups hold synced at its epoch (``synced``: (backup, report), as the REJOINs
+        said; the others are not known, and :meth:`reconfirm` asks the homes)."""
         self.shard_map = ShardMap.from_json(doc)
         self.replicas.reset(self.shard_map, synced=False)
+        for backup, report in synced:
+            if report.epoch == self.shard_map.epoch:
+                self.replicas.confirm(backup, report, self.shard_map)
         self.holders.forget_all()  # nor who holds keys away from their homes: recoveries ask everyone
         return self.shard_map
 
     def reconfirm(self) -> None:
         """A new epoch with the same homes (and valid backups): every home reports which of
-        its backups hold their shards (the homes send REPLICA_SYNCED at every epoch)."""
+        its backups hold their shards (the homes send REPLICA_SYNCED at every epoch).  The
+        replicas the backups said they hold (:meth:`adopt`) follow the change as any would
+        (:meth:`Replicas.follow`): a home lost while the coordinator was away has them."""
         if self.shard_map is not None and self.replication:
             self._commit(self.shard_map.homes.copy())
-            self.replicas.reset(self.shard_map, synced=False)
 
     def refresh_backups(self) -> bool:
         """The ready servers changed: shards whose backup is no longer one get a new backup

@@ -258,6 +258,7 @@ class ControlPlane:
                     self.follower.current,
                     server.loss_reports,
                     members=control.body_of(msg, control.Adopt).members,
+                    replicas=server.replication.synced_replicas() if server.replication else (),
                 )
                 self.send_coordinator(MsgType.REJOIN, answer)
             elif msg.type is MsgType.MIGRATE_ABORT:

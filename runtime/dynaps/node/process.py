@@ -178,13 +178,16 @@ class NodeProcess:
             wake_gap=silence_limit_seconds(self.heartbeat_interval) / 2,
         )
         restore = self.config.fault_tolerance.checkpoint.restore_from
-        restoring = bool(restore) and not worker and membership.phase is control.Phase.PREPARE
+        first_map = membership.phase is control.Phase.PREPARE  # the job's, not a late joiner's
+        restoring = bool(restore) and not worker and first_map
         if restoring:
             assert restore is not None
             self._restore(restore)
         if restoring and self.server.replication is not None:
             # the backups hold initial values: they get what was restored once the job runs
             self.control.sync_restored_when_running(np.flatnonzero(shard_map.homes == self.node_id))
+        elif first_map and not restore and self.server.replication is not None:
+            self.server.replication.synced_from_start(shard_map)
         self.control.apply_membership(membership)
         if self.config.metrics_port is not None:
             self._serve_metrics(self.config.metrics_port)

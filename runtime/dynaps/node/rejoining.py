@@ -16,9 +16,11 @@ def rejoin(
     known: control.Membership | None,
     loss_reports: Sequence[control.TookBack | control.HandoffLost],
     members: bool,
+    replicas: Sequence[control.ReplicaSynced] = (),
 ) -> control.Rejoin:
     """The REJOIN: with ``members``, the members and lost nodes of ``known`` (the node's last
-    membership) too; always the latest loss reports that fit :data:`LOSS_REPORT_SHARDS`."""
+    membership) too; always the latest loss reports that fit :data:`LOSS_REPORT_SHARDS`, and
+    the synced replicas this node holds at its epoch (``replicas``)."""
     listed = known if members else None
     losses = recent_losses(loss_reports)
     return control.Rejoin(
@@ -31,6 +33,7 @@ def rejoin(
         lost=list(listed.lost) if listed else [],
         took_back=[r for r in losses if isinstance(r, control.TookBack)],
         handoff_lost=[r for r in losses if isinstance(r, control.HandoffLost)],
+        replicas=list(replicas),
     )
 
 

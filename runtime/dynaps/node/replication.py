@@ -63,6 +63,8 @@ class Replication:
         self.writeback = WriteBack(node, flush_interval_ms, acknowledge, applied, changed, self.replicate)
         # at a backup: reports (and who sent them) of an epoch not seen yet
         self.synced_reports: list[tuple[control.ReplicaSynced, int]] = []
+        # at a backup: shard -> (epoch, home) of the last report it passed on for the shard
+        self.synced_at: dict[int, tuple[int, int]] = {}
 
     # ---------------------------------------------------------------- after an update
 
@@ -268,6 +270,32 @@ class Replication:
                 self.replicate(table, chunk, None, NO_ENDPOINT, 0, with_records=True)
         log.info("node %d: replica sync of %d shards", node.me, len(shards))
 
+    def synced_from_start(self, shard_map: ShardMap) -> None:
+        """The job's first map, no checkpoint restored: homes and backups start with the same
+        initial values, so this node holds the shards it backs up (as the coordinator counts
+        them, :meth:`ShardHomes.initial`), with no report."""
+        if shard_map.backups is None:
+            return
+        for shard in np.flatnonzero((shard_map.backups == self.node.me).any(axis=1)):
+            self.synced_at[int(shard)] = (shard_map.epoch, int(shard_map.homes[shard]))
+
+    def synced_replicas(self) -> list[control.ReplicaSynced]:
+        """The shards this backup holds synced replicas of at its current epoch, by home: the
+        reports of this epoch it passed on (for a restarted coordinator, which never heard them).
+
+        Within an epoch a shard's chain does not change, and rows reach a backup on one FIFO
+        path from its predecessor: once the report of the epoch is applied here, so is every
+        row the home sent before it, and every later one comes in order. An older epoch's
+        report says nothing of this one's chain, so it is left out."""
+        epoch = self.node.shard_map.epoch
+        by_home: dict[int, list[int]] = {}
+        for shard, (at, home) in sorted(self.synced_at.items()):
+            if at == epoch:
+                by_home.setdefault(home, []).append(shard)
+        return [
+            control.ReplicaSynced(epoch=epoch, home=home, shards=shards) for home, shards in by_home.items()
+        ]
+
     def report_synced(self, shards: npt.NDArray[np.int64]) -> None:
         """Tell the chains of ``shards`` (homed here) that they have been sent all their keys."""
         shard_map = self.node.shard_map
@@ -330,5 +358,7 @@ class Replication:
                 continue
             held = report.model_copy(update={"shards": [int(s) for s in shards]})
             node.send_frames(COORDINATOR, messages.control(MsgType.REPLICA_SYNCED, node.me, held))
+            for shard in held.shards:
+                self.synced_at[shard] = (report.epoch, report.home)
             following = np.where(slot + 1 < width, chains[shards, np.minimum(slot + 1, width - 1)], NO_BACKUP)
             self._send_reports(report.epoch, report.home, shards, following, report.migration)

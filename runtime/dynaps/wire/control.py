@@ -141,6 +141,11 @@ class Rejoin(_Body):
     # operator knows a loss it saw before)
     took_back: list[TookBack] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
     handoff_lost: list[HandoffLost] = Field(default_factory=list, max_length=LOSS_REPORTS_KEPT)
+    # the shards this node holds synced replicas of at the epoch of ``shard_map`` (the
+    # REPLICA_SYNCED reports of that epoch it passed on, one per home): a restarted coordinator
+    # counts on them as the one before would have, so losing a home while it was away is no
+    # loss where a synced backup lives
+    replicas: list[ReplicaSynced] = Field(default_factory=list, max_length=MAX_NODES)
 
 
 class Membership(_Body):
@@ -380,7 +385,7 @@ class Stats(_Body):
     counters: dict[str, int | float | str]
 
 
-Rejoin.model_rebuild()  # it names TookBack and HandoffLost, defined after it
+Rejoin.model_rebuild()  # it names TookBack, HandoffLost and ReplicaSynced, defined after it
 
 BODIES: dict[MsgType, type[BaseModel]] = {
     MsgType.REGISTER: Register,
