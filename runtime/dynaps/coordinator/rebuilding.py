@@ -2,8 +2,9 @@
 
 :mod:`dynaps.coordinator.adoption` keeps the bookkeeping (who was heard, the maps and
 member lists the nodes sent); this module acts on it: it adopts each node heard, then
-installs the newest shard map, declares lost the members no one heard from, and records
-again the losses the nodes reported before the restart.  The coordinator owns the phase
+installs the newest shard map with the replicas its backups said they hold synced at its
+epoch, declares lost the members no one heard from, and records again the losses the nodes
+reported before the restart.  The coordinator owns the phase
 (ADOPTING, then RUNNING) and calls :meth:`Rebuilding.take_over`, then, once running,
 :meth:`Rebuilding.carry_on`.
 """
@@ -74,7 +75,7 @@ class Rebuilding:
             self.outbox.fence(zombie.id, zombie.address)
         self.homes.adopt(newest, self.adoption.synced_replicas())  # those of its epoch count
         self.roster.want_present()
-        self.homes.reconfirm()  # which backups hold their shards is not known: the homes say
+        self.homes.reconfirm()  # a new epoch: the homes report their backups again
         return True
 
     def carry_on(self, announce: Callable[[], None]) -> list[control.Register]:
