@@ -193,6 +193,32 @@ def test_a_server_lost_while_the_coordinator_was_away_is_declared_lost_by_its_re
         assert status["dataLoss"] == []
 
 
+def test_a_server_lost_while_the_coordinator_was_away_in_training_loses_nothing_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """The same double fault while both workers push and localize, under write-back: every
+    acknowledged increment is there exactly once, and the replacement, told by the backups
+    which replicas they held synced, reports no loss (before 2026-12-07: a false
+    ``replicas-exhausted``)."""
+    stop = tmp_path / "stop"
+    with dynaps.LocalCluster(servers=3, workers=2, tables=TABLES, replication=1, num_shards=32) as cluster:
+        job = cluster.submit(push_until, str(stop), True)
+        time.sleep(1.0)
+        os.kill(cluster.processes["coordinator"].pid, signal.SIGSTOP)
+        cluster.kill("server-2")
+        cluster.restart("coordinator")
+        deadline = time.monotonic() + 60
+        status = cluster.status()
+        while status["phase"] != "running" or "server-2" in {m["name"] for m in status["members"]}:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+            status = cluster.status()
+        stop.touch()
+        acked = sum(r["acked"] for r in job.result(timeout=120))
+        np.testing.assert_array_equal(cluster.run(read_all)[0], acked)
+        assert cluster.status()["dataLoss"] == []
+
+
 def test_the_job_survives_a_coordinator_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
     stop = tmp_path / "stop"
     tables = {**TABLES, "stop": dynaps.TableSpec(num_keys=1, dim=1)}
