@@ -472,6 +472,22 @@ def test_a_backup_names_in_its_rejoin_the_replicas_its_home_reported_synced_at_i
     assert control.body_of(rejoin, control.Rejoin).replicas == []
 
 
+def test_a_backup_of_more_shards_than_a_rejoin_names_names_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The REJOIN must fit one body beside its shard map: past the bound the backup names no
+    replica, and the coordinator reports a lost home's shards as it did before (conservative)."""
+    monkeypatch.setattr(control, "REJOIN_REPLICA_SHARDS", 1)
+    plane, _, outbox = make_node(2, replicated=True)
+    chain = backed_up_by(2)
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(chain, [1, 2, WORKER])))
+    plane.on_message(
+        order(MsgType.REPLICA_SYNCED, {"epoch": chain.epoch, "home": 1, "shards": [0, 1]}, sender=1)
+    )
+    outbox.take([])
+    plane.on_message(order(MsgType.ADOPT, {}))
+    [(_, rejoin)] = outbox.take([])
+    assert control.body_of(rejoin, control.Rejoin).replicas == []
+
+
 def backed_up_by(backup: int) -> ShardMap:
     """Node 1 homes every shard; ``backup`` backs them all up."""
     shard_map = initial_map()

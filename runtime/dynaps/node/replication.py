@@ -286,12 +286,17 @@ class Replication:
         Within an epoch a shard's chain does not change, and rows reach a backup on one FIFO
         path from its predecessor: once the report of the epoch is applied here, so is every
         row the home sent before it, and every later one comes in order. An older epoch's
-        report says nothing of this one's chain, so it is left out."""
+        report says nothing of this one's chain, so it is left out. More than
+        :data:`~dynaps.wire.control.REJOIN_REPLICA_SHARDS` shards: none (the REJOIN must fit a
+        body; the coordinator then reports their homes' loss as before, conservatively)."""
         epoch = self.node.shard_map.epoch
         by_home: dict[int, list[int]] = {}
         for shard, (at, home) in sorted(self.synced_at.items()):
             if at == epoch:
                 by_home.setdefault(home, []).append(shard)
+        if sum(len(shards) for shards in by_home.values()) > control.REJOIN_REPLICA_SHARDS:
+            log.warning("node %d: more synced replicas than a REJOIN names: none named", self.node.me)
+            return []
         return [
             control.ReplicaSynced(epoch=epoch, home=home, shards=shards) for home, shards in by_home.items()
         ]
