@@ -104,8 +104,8 @@ class Heartbeat(_Body):
 
 LOSS_REPORTS_KEPT = 64  # TOOK_BACK and HANDOFF_LOST a node keeps, to say again to a new coordinator
 LOSS_REPORT_SHARDS = 4096  # the shards those name in one REJOIN, at most (the newest reports first)
-# the synced replicas one REJOIN names, at most: its shard map already takes up to 15 MB of the
-# 16 MB a body may have at a million shards; a backup of more names none (conservative)
+# the synced replicas one REJOIN names, at most: at a million shards its shard map alone can take
+# most of the 16 MB a body may have; a backup of more names none (conservative)
 REJOIN_REPLICA_SHARDS = 1 << 16
 # a member as a node knew it: its id and, for a worker, its rank (None for a server)
 _Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
