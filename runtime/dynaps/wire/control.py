@@ -105,8 +105,8 @@ class Heartbeat(_Body):
 LOSS_REPORTS_KEPT = 64  # TOOK_BACK and HANDOFF_LOST a node keeps, to say again to a new coordinator
 LOSS_REPORT_SHARDS = 4096  # the shards those name in one REJOIN, at most (the newest reports first)
 # the synced replicas one REJOIN names, at most: at a million shards its shard map alone takes
-# 8.0 MiB of the 16 a body may have (2 servers, replication 1) to 14.4 (10 servers, 3), and a
-# backup then holds 300k-500k shards; a backup of more names none (conservative)
+# 6.0 MiB of the 16 a body may have (2 servers, replication 1) to 13.7 (1,000 servers, 2), and
+# a backup of 2 to 10 servers holds 300k-500k shards; a backup of more names none (conservative)
 REJOIN_REPLICA_SHARDS = 1 << 16
 # a member as a node knew it: its id and, for a worker, its rank (None for a server)
 _Rank = Annotated[int, Field(ge=0, lt=MAX_NODES)]
