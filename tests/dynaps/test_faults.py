@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -168,6 +169,22 @@ def train_with_barriers(ps: dynaps.PS, stop_file: str) -> dict[str, object]:
     return {"acked": acked, "rounds": rounds}
 
 
+def lose_server_while_the_coordinator_is_away(cluster: dynaps.LocalCluster, server: str) -> dict[str, Any]:
+    """The double fault: the coordinator stopped (SIGSTOP: it notices nothing), ``server``
+    killed, a replacement coordinator started (the stopped one is killed first); returns the
+    replacement's status once it runs without ``server``."""
+    os.kill(cluster.processes["coordinator"].pid, signal.SIGSTOP)
+    cluster.kill(server)
+    cluster.restart("coordinator")
+    deadline = time.monotonic() + 60
+    status = cluster.status()
+    while status["phase"] != "running" or server in {m["name"] for m in status["members"]}:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+        status = cluster.status()
+    return status
+
+
 def test_a_server_lost_while_the_coordinator_was_away_is_declared_lost_by_its_replacement() -> None:
     """Chaos seed 114993's lesson, as a process test: the replacement coordinator rebuilt the
     job from the nodes it heard and went on without a member it did not hear, which then
@@ -178,15 +195,7 @@ def test_a_server_lost_while_the_coordinator_was_away_is_declared_lost_by_its_re
         servers=3, workers=1, tables=TABLES, replication=1, flush_interval_ms=0
     ) as cluster:
         cluster.run(push_everything, 3)
-        os.kill(cluster.processes["coordinator"].pid, signal.SIGSTOP)
-        cluster.kill("server-2")
-        cluster.restart("coordinator")  # the stopped one is killed first
-        deadline = time.monotonic() + 60
-        status = cluster.status()
-        while status["phase"] != "running" or "server-2" in {m["name"] for m in status["members"]}:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
-            status = cluster.status()
+        status = lose_server_while_the_coordinator_is_away(cluster, "server-2")
         np.testing.assert_array_equal(cluster.run(read_all)[0], np.full(NUM_KEYS, 3.0))
         # Written through, the replica held every update, and its backup said so in its REJOIN
         # (it had passed on its home's REPLICA_SYNCED of that epoch): no loss, and none reported.
@@ -204,15 +213,7 @@ def test_a_server_lost_while_the_coordinator_was_away_in_training_loses_nothing_
     with dynaps.LocalCluster(servers=3, workers=2, tables=TABLES, replication=1, num_shards=32) as cluster:
         job = cluster.submit(push_until, str(stop), True)
         time.sleep(1.0)
-        os.kill(cluster.processes["coordinator"].pid, signal.SIGSTOP)
-        cluster.kill("server-2")
-        cluster.restart("coordinator")
-        deadline = time.monotonic() + 60
-        status = cluster.status()
-        while status["phase"] != "running" or "server-2" in {m["name"] for m in status["members"]}:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
-            status = cluster.status()
+        lose_server_while_the_coordinator_is_away(cluster, "server-2")
         stop.touch()
         acked = sum(r["acked"] for r in job.result(timeout=120))
         np.testing.assert_array_equal(cluster.run(read_all)[0], acked)

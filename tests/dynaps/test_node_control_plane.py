@@ -448,44 +448,45 @@ def test_a_replica_report_sent_before_its_home_left_is_dropped_quietly() -> None
     assert not [m for _, m in outbox.take([]) if m.type is MsgType.REPLICA_SYNCED]
 
 
+def backup_told_synced(shards: list[int]) -> tuple[ControlPlane, Outbox, ShardMap]:
+    """Node 2 backs up every shard of node 1 (epoch 2) and has passed on node 1's report of
+    that epoch for ``shards``."""
+    plane, _, outbox = make_node(2, replicated=True)
+    chain = backed_up_by(2)
+    plane.on_message(order(MsgType.MEMBERSHIP, membership(chain, [1, 2, WORKER])))
+    report = {"epoch": chain.epoch, "home": 1, "shards": shards}
+    plane.on_message(order(MsgType.REPLICA_SYNCED, report, sender=1))
+    outbox.take([])
+    return plane, outbox, chain
+
+
+def replicas_in_rejoin(plane: ControlPlane, outbox: Outbox) -> list[control.ReplicaSynced]:
+    """What the node's REJOIN (its answer to ADOPT) says it holds synced."""
+    plane.on_message(order(MsgType.ADOPT, {}))
+    [(_, rejoin)] = outbox.take([])
+    return control.body_of(rejoin, control.Rejoin).replicas
+
+
 def test_a_backup_names_in_its_rejoin_the_replicas_its_home_reported_synced_at_its_epoch() -> None:
     """A restarted coordinator never heard the REPLICA_SYNCED reports the backup passed on:
     the REJOIN names them, for the backup's current epoch only (an older report says nothing
     of a newer epoch's chains)."""
-    plane, _, outbox = make_node(2, replicated=True)
-    chain = backed_up_by(2)  # epoch 2: node 1 homes every shard, node 2 backs them up
-    plane.on_message(order(MsgType.MEMBERSHIP, membership(chain, [1, 2, WORKER])))
-    plane.on_message(
-        order(MsgType.REPLICA_SYNCED, {"epoch": chain.epoch, "home": 1, "shards": [0, 1]}, sender=1)
-    )
-    outbox.take([])
-    plane.on_message(order(MsgType.ADOPT, {}))
-    [(_, rejoin)] = outbox.take([])
-    claimed = control.body_of(rejoin, control.Rejoin).replicas
+    plane, outbox, chain = backup_told_synced([0, 1])
+    claimed = replicas_in_rejoin(plane, outbox)
     assert [(r.epoch, r.home, r.shards) for r in claimed] == [(chain.epoch, 1, [0, 1])]
     later = backed_up_by(2)
     later.epoch += 1  # the same chains, a new epoch: its home's report for it has not come yet
     plane.on_message(order(MsgType.MEMBERSHIP, membership(later, [1, 2, WORKER])))
     outbox.take([])
-    plane.on_message(order(MsgType.ADOPT, {}))
-    [(_, rejoin)] = outbox.take([])
-    assert control.body_of(rejoin, control.Rejoin).replicas == []
+    assert replicas_in_rejoin(plane, outbox) == []
 
 
 def test_a_backup_of_more_shards_than_a_rejoin_names_names_none(monkeypatch: pytest.MonkeyPatch) -> None:
     """The REJOIN must fit one body beside its shard map: past the bound the backup names no
     replica, and the coordinator reports a lost home's shards as it did before (conservative)."""
     monkeypatch.setattr(control, "REJOIN_REPLICA_SHARDS", 1)
-    plane, _, outbox = make_node(2, replicated=True)
-    chain = backed_up_by(2)
-    plane.on_message(order(MsgType.MEMBERSHIP, membership(chain, [1, 2, WORKER])))
-    plane.on_message(
-        order(MsgType.REPLICA_SYNCED, {"epoch": chain.epoch, "home": 1, "shards": [0, 1]}, sender=1)
-    )
-    outbox.take([])
-    plane.on_message(order(MsgType.ADOPT, {}))
-    [(_, rejoin)] = outbox.take([])
-    assert control.body_of(rejoin, control.Rejoin).replicas == []
+    plane, outbox, _ = backup_told_synced([0, 1])
+    assert replicas_in_rejoin(plane, outbox) == []
 
 
 def backed_up_by(backup: int) -> ShardMap:
