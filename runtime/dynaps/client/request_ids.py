@@ -75,6 +75,8 @@ class RequestIds:
     def _make_room(self, req_id: int) -> None:
         """The oldest id only grows, so ids up to it + UNSETTLED_IDS need no look (the look
         costs a pass over the requests in flight)."""
-        if req_id - self.oldest_unsettled() >= UNSETTLED_IDS:
+        oldest = self.oldest_unsettled()
+        if req_id - oldest >= UNSETTLED_IDS:
             self._wait_for_room(req_id)
-        self._room_until = self.oldest_unsettled() + UNSETTLED_IDS
+            oldest = self.oldest_unsettled()
+        self._room_until = oldest + UNSETTLED_IDS

@@ -22,6 +22,9 @@ from dynaps.coordinator.roster import Member, MemberState
 from dynaps.wire import control
 from dynaps.wire.control import Role
 
+# a loss a node reported before the restart: (the node, its report)
+Loss = tuple[int, control.TookBack | control.HandoffLost]
+
 ADOPT_QUIET = 1.0  # seconds without a new node before the job goes on
 # nodes asked for their membership's members and lost nodes (the first heard): the newest of
 # their lists is taken, so one node that lagged does not matter, and the cost stays O(N)
@@ -62,7 +65,7 @@ class Adoption:
         self.lost: set[int] = set()
         # the losses each node reported before (node, report): said again to this coordinator,
         # which may never have heard them (the operator knows one it saw before)
-        self.losses: list[tuple[int, control.TookBack | control.HandoffLost]] = []
+        self.losses: list[Loss] = []
         # the synced replicas each node said it holds (node, report): of its epoch only
         self.replicas: list[tuple[int, control.ReplicaSynced]] = []
         self.until = 0.0  # no new node came before this time: the job may go on

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dynaps.coordinator.adoption import Adoption, adopted_member, unheard_member
+from dynaps.coordinator.adoption import Adoption, Loss, adopted_member, unheard_member
 from dynaps.coordinator.departures import Departures
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.roster import Roster
@@ -24,8 +24,6 @@ from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
 
 log = logging.getLogger(__name__)
-
-Loss = tuple[int, control.TookBack | control.HandoffLost]
 
 
 class Rebuilding:
