@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dynaps.contract import NamedTable, RuntimeConfig
+from dynaps.contract import MAX_NODES, NamedTable, RuntimeConfig
 from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType, client_of, header
@@ -565,6 +565,10 @@ def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
         {"member_names": [[1, "x" * 254]]},  # longer than any pod name
         {"took_back": [{"node": 3, "keys": 0, "shards": [0]}]},  # a loss of no key
         {"took_back": [{"node": 3, "keys": 1, "shards": [0]}] * 65},  # more than a node keeps
+        {"replicas": [{"epoch": 0, "home": 1, "shards": [0]}]},  # epochs start at 1
+        {"replicas": [{"home": 1, "shards": [0]}]},  # of no epoch
+        {"replicas": [{"epoch": 3, "home": 1, "shards": "all"}]},
+        {"replicas": [{"epoch": 3, "home": 1, "shards": [0]}] * (MAX_NODES + 1)},  # one per home at most
     ],
 )
 def test_a_malformed_rejoin_is_dropped_and_the_node_stays_unrejoined(bad: dict[str, Any]) -> None:

@@ -328,7 +328,9 @@ def test_backups_after_one_whose_predecessor_changed_count_only_after_the_sync()
     assert lost.synced[0].tolist() == [True, True, False, False]
 
 
-def rebuild_without_server_3(job: Job, claimed_epoch: int) -> None:
+def rebuild_without_server_3(
+    job: Job, claimed_epoch: int, claims: dict[int, list[dict[str, Any]]] | None = None
+) -> None:
     """A restarted coordinator hears servers 1 and 2 and worker 4; all knew server 3 (home of
     shards 4 and 5, backed up by server 1), which died while the coordinator was away.
     Server 1 says in its REJOIN that it holds synced replicas of shards 4 and 5 from server 3,
@@ -345,7 +347,8 @@ def rebuild_without_server_3(job: Job, claimed_epoch: int) -> None:
     job.tell(2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1", "name": "s1"})
     job.tell(4, MsgType.HEARTBEAT, worker)
     known = [[1, None], [2, None], [3, None], [4, 0]]
-    claims = {1: [{"epoch": claimed_epoch, "home": 3, "shards": [4, 5]}], 2: [], 4: []}
+    if claims is None:
+        claims = {1: [{"epoch": claimed_epoch, "home": 3, "shards": [4, 5]}]}
     for node in (1, 2, 4):
         rejoin = {
             "heartbeat": worker,
@@ -353,7 +356,7 @@ def rebuild_without_server_3(job: Job, claimed_epoch: int) -> None:
             "highest_node_id": 4,
             "members": known,
             "members_version": 6,
-            "replicas": claims[node],
+            "replicas": claims.get(node, []),
         }
         job.tell(node, MsgType.REJOIN, rejoin)
     job.clock.now += 1.5
@@ -382,5 +385,18 @@ def test_a_replica_named_for_an_older_epoch_does_not_count_after_a_restart() -> 
     the loss is reported, as before backups named their replicas."""
     job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
     rebuild_without_server_3(job, claimed_epoch=4)
+    [loss] = job.status()["dataLoss"]
+    assert (loss["cause"], loss["server"], loss["shards"]) == ("replicas-exhausted", 3, [4, 5])
+
+
+def test_replicas_a_rejoin_names_wrongly_do_not_count() -> None:
+    """Claims of the right epoch that the map contradicts are not taken: a server that is no
+    backup of the shards, the wrong home, shards out of range. The loss is reported."""
+    job = Job(servers=3, workers=1, num_shards=6, **REPLICATED)
+    wrong = {
+        2: [{"epoch": 5, "home": 3, "shards": [4, 5]}],  # server 2 backs up shards 2 and 3 only
+        1: [{"epoch": 5, "home": 2, "shards": [4, 5]}, {"epoch": 5, "home": 3, "shards": [99, -1]}],
+    }
+    rebuild_without_server_3(job, claimed_epoch=5, claims=wrong)
     [loss] = job.status()["dataLoss"]
     assert (loss["cause"], loss["server"], loss["shards"]) == ("replicas-exhausted", 3, [4, 5])
