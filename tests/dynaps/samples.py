@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
+from dynaps.contract import Partition
+from dynaps.store.shardmap import ShardMap
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
 
@@ -77,3 +81,27 @@ SAMPLE_BODIES: dict[MsgType, dict[str, Any]] = {
 def sample_body(kind: MsgType) -> BaseModel:
     """A valid body of ``kind``, parsed into its model."""
     return control.BODIES[kind].model_validate(SAMPLE_BODIES[kind])
+
+
+def shard_map_doc(
+    homes: Sequence[int],
+    backups: Sequence[Sequence[int]] | None = None,
+    epoch: int = 1,
+    partition: str = "range",
+) -> dict[str, Any]:
+    """A shard map document as the wire carries it, from its homes and backup rows."""
+    rows = None if backups is None else np.asarray(backups, dtype=np.int16).reshape(len(homes), -1)
+    return ShardMap(
+        epoch, len(homes), Partition(partition), np.asarray(homes, dtype=np.int16), rows
+    ).to_json()
+
+
+def homes_of(doc: dict[str, Any]) -> list[int]:
+    """A shard map document's homes, one per shard."""
+    return [int(h) for h in ShardMap.from_json(doc).homes]
+
+
+def backups_of(doc: dict[str, Any]) -> list[list[int]] | None:
+    """A shard map document's backup rows (None without replication)."""
+    backups = ShardMap.from_json(doc).backups
+    return None if backups is None else backups.tolist()

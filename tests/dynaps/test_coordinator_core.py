@@ -18,6 +18,7 @@ from dynaps.coordinator.core import Coordinator, JobPhase
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType, client_of, header
 from tests.dynaps.harness import Clock, RecordingTransport
+from tests.dynaps.samples import backups_of, homes_of, shard_map_doc
 
 
 class Job:
@@ -109,7 +110,7 @@ def test_servers_and_workers_register_prepare_and_run() -> None:
     prepare = job.memberships()
     assert sorted(e for e, _ in prepare) == [s1, s2, w1, w2]
     assert {m.phase for _, m in prepare} == {"prepare"}
-    assert sorted(set(prepare[0][1].shard_map["homes"])) == [s1, s2]
+    assert sorted(set(homes_of(prepare[0][1].shard_map))) == [s1, s2]
     assert job.status()["phase"] == "prepare"
     for node in (s1, s2, w1, w2):
         job.tell(node, MsgType.READY, {"version": 1})
@@ -158,7 +159,7 @@ def test_a_drained_server_migrates_its_shards_out_then_leaves() -> None:
     assert job.status()["migrationsInFlight"] == 1
     job.tell(s1, MsgType.MIGRATE_READY, {"id": out["id"]})
     [(_, membership), *_] = job.memberships()
-    assert membership.shard_map["homes"] == [s1] * 8
+    assert homes_of(membership.shard_map) == [s1] * 8
     assert membership.shard_map["epoch"] == out["epoch"] + 1
     status = job.status()
     assert (status["migrationsInFlight"], status["migrationsCompleted"]) == (0, 1)
@@ -182,7 +183,7 @@ def test_a_crashed_server_is_recovered_before_shards_move_again() -> None:
     [(home, recover)] = job.wire.take(MsgType.RECOVER)
     assert (home, recover["shards"], recover["source"]) == (s1, [4, 5, 6, 7], "initial")
     [(_, membership), *_] = job.memberships()
-    assert (membership.lost, membership.shard_map["homes"]) == ([s2], [s1] * 8)
+    assert (membership.lost, homes_of(membership.shard_map)) == ([s2], [s1] * 8)
     # a server that joins meanwhile gets shards only after the recovery, and a moment later
     s3 = job.register("server", "s2")
     job.tell(s3, MsgType.READY, {"version": membership.version})
@@ -419,7 +420,7 @@ def test_scaling_down_drains_the_newest_workers(scale_to: int) -> None:
 
 def test_a_restarted_coordinator_adopts_the_running_job() -> None:
     job = Job(servers=1, workers=1, num_shards=4)
-    shard_map = {"epoch": 7, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=7)
     job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
     beat = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
     job.tell(2, MsgType.HEARTBEAT, beat)
@@ -441,7 +442,7 @@ def test_a_restarted_coordinator_adopts_the_running_job() -> None:
 def restart_with_one_worker_unheard(job: Job) -> None:
     """A restarted coordinator hears server 1 and worker 2 (rank 0); both knew worker 3 (rank
     1), whose heartbeats do not come."""
-    shard_map = {"epoch": 4, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=4)
     worker = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
     job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
     job.tell(2, MsgType.HEARTBEAT, worker)
@@ -504,7 +505,7 @@ def test_a_member_heard_late_in_the_rebuilding_is_adopted() -> None:
     beat = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 1, "client": "tcp://w1-program"}
     job.tell(3, MsgType.HEARTBEAT, beat)
     assert [e for e, _ in job.wire.take(MsgType.ADOPT)][-1] == 3
-    shard_map = {"epoch": 4, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=4)
     job.tell(
         3,
         MsgType.REJOIN,
@@ -527,7 +528,7 @@ def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
     serve keys the homes took back (updates acknowledged and then lost without a word). It is
     told to exit, stays in the memberships' lost list, and its later heartbeats are fenced."""
     job = Job(servers=1, workers=2, num_shards=4)
-    shard_map = {"epoch": 6, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=6)
     zombie = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 1}
     job.tell(3, MsgType.HEARTBEAT, zombie)  # first: before anyone said it was lost
     job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
@@ -573,7 +574,7 @@ def test_a_node_declared_lost_before_a_restart_is_never_adopted_again() -> None:
 )
 def test_a_malformed_rejoin_is_dropped_and_the_node_stays_unrejoined(bad: dict[str, Any]) -> None:
     job = Job(servers=1, workers=1, num_shards=4)
-    shard_map = {"epoch": 3, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=3)
     server = {"role": "server", "address": "tcp://s0", "name": "s0"}
     job.tell(1, MsgType.HEARTBEAT, server)
     job.tell(1, MsgType.REJOIN, {"heartbeat": server, "shard_map": shard_map, **bad})
@@ -614,7 +615,7 @@ def test_a_replacement_coordinator_holds_a_recreated_pods_registration_until_it_
     job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
     job.tell(2, MsgType.HEARTBEAT, {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0})
     assert job.phase() is JobPhase.ADOPTING
-    shard_map = {"epoch": 3, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=3)
     beat = {"role": "server", "address": "x"}
     # node 1 heard of node 9 (dead since): the new coordinator must not give its id again
     job.tell(1, MsgType.REJOIN, {"heartbeat": beat, "shard_map": shard_map, "highest_node_id": 9})
@@ -668,7 +669,7 @@ def test_a_server_that_leaves_while_it_homes_shards_counts_as_lost() -> None:
     assert status["migrationsInFlight"] == 0
     assert not job.wire.take(MsgType.MIGRATE_OUT)
     [(_, membership), *_] = job.memberships()
-    assert membership.shard_map["homes"] == [s1] * 4  # its shards go to the survivor
+    assert homes_of(membership.shard_map) == [s1] * 4  # its shards go to the survivor
     assert status["dataLoss"], "no replica: what it homed is counted as lost"
 
 
@@ -685,8 +686,8 @@ def test_under_replication_a_lost_servers_shards_go_to_their_backups() -> None:
     [(home, recover)] = job.wire.take(MsgType.RECOVER)
     assert (home, recover["shards"], recover["source"]) == (s3, [2, 3], "replica")
     [(_, membership), *_] = job.memberships()
-    assert membership.shard_map["homes"] == [s1, s1, s3, s3, s3, s3]
-    assert membership.shard_map["backups"] == [[s3], [s3], [s1], [s1], [s1], [s1]]  # backups for the new map
+    assert homes_of(membership.shard_map) == [s1, s1, s3, s3, s3, s3]
+    assert backups_of(membership.shard_map) == [[s3], [s3], [s1], [s1], [s1], [s1]]  # backups for the new map
 
 
 def test_a_question_asked_again_gets_the_first_answer_again() -> None:

@@ -19,6 +19,7 @@ from dynaps.coordinator.replicas import Replicas
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire import control
 from dynaps.wire.protocol import MsgType
+from tests.dynaps.samples import backups_of, homes_of, shard_map_doc
 from tests.dynaps.test_coordinator_core import Job
 
 REPLICATED: dict[str, Any] = {"fault_tolerance": {"replication": 1}}
@@ -38,10 +39,11 @@ def lose(job: Job, node: int) -> None:
 
 
 def shard_map(job: Job) -> dict[str, Any]:
-    """The newest shard map announced (to the first node)."""
+    """The newest shard map announced (to the first node): its epoch, homes and backup rows."""
     memberships = job.memberships()
     assert memberships
-    return memberships[-1][1].shard_map
+    doc = memberships[-1][1].shard_map
+    return {"epoch": doc["epoch"], "homes": homes_of(doc), "backups": backups_of(doc)}
 
 
 def add_server(job: Job, name: str) -> int:
@@ -335,13 +337,7 @@ def rebuild_without_server_3(
     shards 4 and 5, backed up by server 1), which died while the coordinator was away.
     Server 1 says in its REJOIN that it holds synced replicas of shards 4 and 5 from server 3,
     as of ``claimed_epoch``; the map the nodes had is of epoch 5."""
-    doc = {
-        "epoch": 5,
-        "numShards": 6,
-        "partition": "range",
-        "homes": [1, 1, 2, 2, 3, 3],
-        "backups": [[2], [2], [3], [3], [1], [1]],
-    }
+    doc = shard_map_doc([1, 1, 2, 2, 3, 3], [[2], [2], [3], [3], [1], [1]], epoch=5)
     worker = {"role": "worker", "address": "tcp://w0", "name": "w0", "rank": 0, "client": "tcp://w0-program"}
     job.tell(1, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s0", "name": "s0"})
     job.tell(2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1", "name": "s1"})

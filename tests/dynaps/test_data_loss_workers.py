@@ -21,6 +21,7 @@ from dynaps.coordinator.core import JobPhase
 from dynaps.node.rejoining import recent_losses
 from dynaps.wire import control
 from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
+from tests.dynaps.samples import shard_map_doc
 from tests.dynaps.test_coordinator_core import Job
 from tests.dynaps.test_coordinator_replicas import lose
 from tests.dynaps.test_node_control_plane import WORKER, initial_map, make_node, membership
@@ -109,7 +110,7 @@ def test_a_loss_reported_to_a_coordinator_that_died_is_recorded_by_its_replaceme
     operator reads it): the home says it again in its REJOIN, with its epoch, so the entry is
     the one the operator may have seen (it knows an entry by cause, node, epoch, shards)."""
     job = Job(servers=1, workers=1, num_shards=4, **WRITE_BACK)
-    shard_map = {"epoch": 6, "numShards": 4, "partition": "range", "homes": [1, 1, 1, 1]}
+    shard_map = shard_map_doc([1, 1, 1, 1], epoch=6)
     server = {"role": "server", "address": "tcp://s0", "name": "s0"}
     worker = {"role": "worker", "address": "tcp://w1", "name": "w1", "rank": 0, "client": "tcp://p"}
     job.tell(1, MsgType.HEARTBEAT, server)

@@ -7,13 +7,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dynaps.contract import Partition
 from dynaps.errors import ProtocolError
-from dynaps.wire import control, membership_deltas
-from dynaps.wire.protocol import HEADER, MsgType, client_of
+from dynaps.store.shardmap import MAX_BACKUP_WIDTH, ShardMap
+from dynaps.wire import codec, control, membership_deltas, messages
+from dynaps.wire.control import MAX_SHARDS
+from dynaps.wire.protocol import COORDINATOR, HEADER, MAX_BODY_BYTES, MsgType, client_of
+from tests.dynaps.samples import backups_of, homes_of, shard_map_doc
 from tests.dynaps.simnet import NUM_KEYS, SERVERS, SPARE, WORKERS, Cluster
 from tests.dynaps.test_coordinator_core import Job
 
@@ -33,10 +38,7 @@ def membership(
     epoch: int = 1,
     incarnation: str = "c1",
 ) -> control.Membership:
-    shard_map: dict[str, Any] = {"epoch": epoch, "numShards": len(homes), "partition": "range"}
-    shard_map["homes"] = homes
-    if backups is not None:
-        shard_map["backups"] = backups
+    shard_map = shard_map_doc(homes, backups, epoch)
     return control.Membership(
         version=version,
         incarnation=incarnation,
@@ -95,9 +97,11 @@ def test_a_delta_applied_to_the_previous_membership_gives_the_new_one(pair: Any)
     assert same(membership_deltas.apply(base, delta), new)
     # and it says only what changed
     old_map, new_map = base.shard_map, new.shard_map
-    rows = {s for s in range(NUM_SHARDS) if old_map["homes"][s] != new_map["homes"][s]}
-    if "backups" in new_map:
-        rows |= {s for s in range(NUM_SHARDS) if old_map["backups"][s] != new_map["backups"][s]}
+    old_homes, new_homes = homes_of(old_map), homes_of(new_map)
+    rows = {s for s in range(NUM_SHARDS) if old_homes[s] != new_homes[s]}
+    old_backups, new_backups = backups_of(old_map), backups_of(new_map)
+    if old_backups is not None and new_backups is not None:
+        rows |= {s for s in range(NUM_SHARDS) if old_backups[s] != new_backups[s]}
     assert set(delta.shards) == rows
     assert {n.id for n in delta.changed} == {n.id for n in new.nodes if n not in base.nodes}
 
@@ -119,7 +123,7 @@ def test_one_delta_serves_every_document_of_its_version() -> None:
     [
         BASE.model_copy(update={"version": 4, "incarnation": "c2"}),  # another coordinator
         BASE.model_copy(update={"version": 4, "lost": [], "nodes": BASE.nodes}).model_copy(
-            update={"shard_map": {**BASE.shard_map, "numShards": 4, "homes": [1] * 4}}
+            update={"shard_map": shard_map_doc([1] * 4)}
         ),
         membership(4, BASE.nodes, [1] * 8, [[2]] * 8),  # backups appear
     ],
@@ -247,6 +251,52 @@ def test_a_change_reaches_every_process_as_a_delta_whose_size_does_not_grow_with
         every = {e for e, _ in job.wire.held.items()}
         assert all(job.wire.held[e].version == job.coordinator.outbox.version for e in every)
     assert sizes[40] <= sizes[4] + 8  # a digit more in an id or two: not ten times the nodes
+
+
+def test_the_whole_membership_of_a_thousand_servers_and_a_million_shards_fits_a_body() -> None:
+    """The contract's most shards, the widest backup rows (three backups and a draining
+    server's slot), a thousand servers and as many workers: the whole document is sent
+    and read back (as JSON lists the map alone was 17.6 MiB, past the 16 MiB bound)."""
+    rng = np.random.default_rng(7)
+    servers, workers = np.arange(1, 1001), np.arange(1001, 2001)
+    homes = rng.choice(servers, MAX_SHARDS).astype(np.int16)
+    backups = rng.choice(servers, (MAX_SHARDS, MAX_BACKUP_WIDTH)).astype(np.int16)
+    shard_map = ShardMap(9, MAX_SHARDS, Partition.HASH, homes, backups)
+    nodes = [node(int(i)) for i in servers] + [
+        node(int(i), "worker", client=f"tcp://10.0.{i // 256}.{i % 256}:40000") for i in workers
+    ]
+    whole = control.Membership(
+        version=5,
+        phase=control.Phase.RUNNING,
+        nodes=nodes,
+        shard_map=shard_map.to_json(),
+        num_workers=len(workers),
+    )
+    frames = messages.control(MsgType.MEMBERSHIP, COORDINATOR, whole)
+    assert len(frames[1]) <= MAX_BODY_BYTES
+    got = codec.decode(frames, ()).body
+    assert isinstance(got, control.Membership)
+    again = ShardMap.from_json(got.shard_map)
+    np.testing.assert_array_equal(again.homes, homes)
+    assert again.backups is not None
+    np.testing.assert_array_equal(again.backups, backups)
+    # a change that moves most shards goes whole rather than as a delta past the bound
+    moved = ShardMap(10, MAX_SHARDS, Partition.HASH, np.roll(homes, 1), backups)
+    later = whole.model_copy(update={"version": 6, "shard_map": moved.to_json()})
+    assert membership_deltas.diff([whole], later) is None
+    few = homes.copy()
+    few[:3] = [1, 2, 3]
+    few_moved = ShardMap(10, MAX_SHARDS, Partition.HASH, few, backups).to_json()
+    delta = membership_deltas.diff([whole], later.model_copy(update={"shard_map": few_moved}))
+    assert delta is not None
+    assert delta.shards == [s for s in range(3) if few[s] != homes[s]]
+
+
+def test_a_body_past_the_bound_is_refused_where_it_is_sent() -> None:
+    """Not dropped by its receiver in silence: the sender hears of it."""
+    huge = control.Stats(counters={"blob": "x" * MAX_BODY_BYTES})
+    with pytest.raises(ProtocolError, match="past the bound"):
+        messages.control(MsgType.STATS_REPLY, 3, huge)
 
 
 def test_a_process_that_asks_gets_the_whole_membership() -> None:

@@ -51,13 +51,24 @@ def test_shard_map_round_trips_and_rejects_nonsense() -> None:
     again = ShardMap.from_json(shard_map.to_json(), known_nodes={1, 3})
     np.testing.assert_array_equal(again.homes, shard_map.homes)
     assert again.servers() == [1, 3]
-    bad = shard_map.to_json() | {"homes": [1, 2]}
-    for doc in (bad, {"epoch": 1}, shard_map.to_json() | {"partition": "zigzag"}):
+    doc = shard_map.to_json()
+    for bad in (
+        doc | {"homes": [1, 2]},  # a list, not packed
+        doc | {"homes": doc["homes"][:-4]},  # too few homes
+        doc | {"homes": doc["homes"][:-2] + "!="},  # not base64
+        doc | {"numShards": 0},
+        doc | {"numShards": (1 << 20) + 1},
+        doc | {"backups": doc["homes"]},  # backups without their width
+        doc | {"backups": doc["homes"], "backupWidth": 5},  # wider than any chain
+        doc | {"backups": doc["homes"], "backupWidth": 2},  # 8 ids are not 8 rows of 2
+        {"epoch": 1},
+        doc | {"partition": "zigzag"},
+    ):
         try:
-            ShardMap.from_json(doc, known_nodes={1, 3})
+            ShardMap.from_json(bad, known_nodes={1, 3})
         except ProtocolError:
             continue
-        raise AssertionError(f"accepted {doc}")
+        raise AssertionError(f"accepted {bad}")
 
 
 @given(st.lists(st.integers(-1, 6), max_size=50))

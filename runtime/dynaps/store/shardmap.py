@@ -16,7 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.contract import Partition
+from dynaps.contract.fault_tolerance import MAX_REPLICATION
 from dynaps.errors import ProtocolError
+from dynaps.wire import shard_rows
+from dynaps.wire.control import MAX_SHARDS
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads neighbouring keys
 
@@ -64,6 +67,7 @@ def next_servers(
 
 
 NO_BACKUP = -1
+MAX_BACKUP_WIDTH = MAX_REPLICATION + 1  # a chain is one slot wider while a server drains
 
 
 @dataclass
@@ -111,14 +115,16 @@ class ShardMap:
         return sorted({int(h) for h in np.unique(self.homes)})
 
     def to_json(self) -> dict[str, Any]:
+        """The map as a JSON document; its columns as :mod:`dynaps.wire.shard_rows` packs them."""
         doc: dict[str, Any] = {
             "epoch": self.epoch,
             "numShards": self.num_shards,
             "partition": str(self.partition),
-            "homes": self.homes.tolist(),
+            "homes": shard_rows.pack(self.homes),
         }
         if self.backups is not None:
-            doc["backups"] = self.backups.tolist()
+            doc["backupWidth"] = self.backups.shape[1]
+            doc["backups"] = shard_rows.pack(self.backups)
         return doc
 
     @classmethod
@@ -127,14 +133,17 @@ class ShardMap:
             epoch = int(doc["epoch"])
             num_shards = int(doc["numShards"])
             partition = Partition(doc["partition"])
-            homes = np.asarray(doc["homes"], dtype=np.int16)
-            backups = np.asarray(doc["backups"], dtype=np.int16) if "backups" in doc else None
+            width = int(doc["backupWidth"]) if "backups" in doc else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"invalid shard map: {exc}") from exc
-        if homes.shape != (num_shards,) or num_shards < 1:
-            raise ProtocolError("shard map has the wrong number of homes")
-        if backups is not None and (backups.ndim != 2 or backups.shape[0] != num_shards):
-            raise ProtocolError("shard map has the wrong number of backups")
+        if not 1 <= num_shards <= MAX_SHARDS:
+            raise ProtocolError(f"a shard map has 1 to {MAX_SHARDS} shards, not {num_shards}")
+        if width is not None and not 1 <= width <= MAX_BACKUP_WIDTH:
+            raise ProtocolError(f"a shard map's backup rows are 1 to {MAX_BACKUP_WIDTH} wide, not {width}")
+        homes = shard_rows.unpack(doc["homes"], num_shards)
+        backups = None
+        if width is not None:
+            backups = shard_rows.unpack(doc["backups"], num_shards * width).reshape(num_shards, width)
         if known_nodes is not None and not set(homes.tolist()) <= known_nodes:
             raise ProtocolError("shard map names unknown servers")
         return cls(epoch, num_shards, partition, homes, backups)

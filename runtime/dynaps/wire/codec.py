@@ -76,6 +76,10 @@ def encode(msg: Message) -> list[Any]:
             return [head, msg.text.encode()]
         # defaults stay implicit: the receiver's model fills them in, and heartbeats stay small
         body = msg.body.model_dump_json(exclude_defaults=True).encode() if msg.body is not None else b"{}"
+        if len(body) > MAX_BODY_BYTES:  # the receiver would drop it: say so here, not by silence
+            raise ProtocolError(
+                f"a {kind.name} body of {len(body)} bytes is past the bound of {MAX_BODY_BYTES}"
+            )
         return [head, body]
     if kind is MsgType.SHARD_COPY:
         parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.values) if a is not None]

@@ -24,26 +24,42 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from dynaps.errors import ProtocolError
+from dynaps.wire import shard_rows
 from dynaps.wire.control import Membership, MembershipDelta, NodeInfo
 
 log = logging.getLogger(__name__)
 
 ASK_AGAIN_SECONDS = 1.0  # a process behind asks for the whole membership at most this often
 NO_BACKUP = -1  # as dynaps.store.shardmap.NO_BACKUP (the store sits above the wire)
+# a change that moves more shards goes whole: as JSON lists a delta's rows cost up to 40
+# bytes a shard, at a million shards past the bound of a body; the packed map stays inside
+DELTA_SHARDS_MAX = 1 << 16
 
 
 def _shape(shard_map: dict[str, Any]) -> tuple[Any, ...]:
     """What a delta cannot change: the number of shards, the partition, the backup width."""
-    backups = shard_map.get("backups")
-    width = None if backups is None else (len(backups[0]) if backups else 0)
-    return shard_map.get("numShards"), shard_map.get("partition"), width
+    return shard_map.get("numShards"), shard_map.get("partition"), shard_map.get("backupWidth")
+
+
+def _columns(shard_map: dict[str, Any]) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16] | None]:
+    """A shard map's homes and (with replication) backup rows, unpacked."""
+    num_shards = int(shard_map["numShards"])
+    homes = shard_rows.unpack(shard_map["homes"], num_shards)
+    width = shard_map.get("backupWidth")
+    if width is None:
+        return homes, None
+    return homes, shard_rows.unpack(shard_map["backups"], num_shards * int(width)).reshape(num_shards, -1)
 
 
 def diff(bases: Sequence[Membership], new: Membership) -> MembershipDelta | None:
     """The delta that turns each of ``bases`` (one version, as sent since the last
     announcement) into ``new``; None where a delta cannot say it (another coordinator, a
-    different shard-map shape, a node no longer lost): send the whole document then."""
+    different shard-map shape, a node no longer lost) or would be large (more than
+    DELTA_SHARDS_MAX shards moved): send the whole document then."""
     if not bases or any(b.incarnation != new.incarnation or b.version != bases[0].version for b in bases):
         return None
     new_map = new.shard_map
@@ -52,15 +68,16 @@ def diff(bases: Sequence[Membership], new: Membership) -> MembershipDelta | None
     new_lost = set(new.lost)
     if any(not set(b.lost) <= new_lost for b in bases):
         return None
-    homes: list[int] = new_map["homes"]
-    backups: list[list[int]] | None = new_map.get("backups")
-    rows: set[int] = set()
+    homes, backups = _columns(new_map)
+    moved = np.zeros(len(homes), dtype=bool)
     for base in bases:
-        old_homes, old_backups = base.shard_map["homes"], base.shard_map.get("backups")
-        rows.update(s for s, (a, b) in enumerate(zip(old_homes, homes, strict=True)) if a != b)
+        old_homes, old_backups = _columns(base.shard_map)
+        moved |= old_homes != homes
         if backups is not None and old_backups is not None:
-            rows.update(s for s, (a, b) in enumerate(zip(old_backups, backups, strict=True)) if a != b)
-    shards = sorted(rows)
+            moved |= (old_backups != backups).any(axis=1)
+    shards = np.flatnonzero(moved)
+    if len(shards) > DELTA_SHARDS_MAX:
+        return None
     nodes = {info.id: info for info in new.nodes}
     changed: dict[int, NodeInfo] = {}
     removed: set[int] = set()
@@ -80,9 +97,9 @@ def diff(bases: Sequence[Membership], new: Membership) -> MembershipDelta | None
         removed=sorted(removed),
         lost=sorted(lost),
         epoch=int(new_map["epoch"]),
-        shards=shards,
-        homes=[homes[s] for s in shards],
-        backups=None if backups is None else [backups[s] for s in shards],
+        shards=shards.tolist(),
+        homes=homes[shards].tolist(),
+        backups=None if backups is None else backups[shards].tolist(),
     )
 
 
@@ -121,10 +138,9 @@ def apply(base: Membership, delta: MembershipDelta) -> Membership:
         strange = set(delta.homes) - known
         if strange:
             raise ProtocolError(f"membership delta homes shards on unknown nodes: {sorted(strange)[:5]}")
-        homes = list(shard_map["homes"])
-        for shard, home in zip(delta.shards, delta.homes, strict=True):
-            homes[shard] = home
-        shard_map["homes"] = homes
+        homes, backups = _columns(shard_map)
+        homes[delta.shards] = delta.homes
+        shard_map["homes"] = shard_rows.pack(homes)
         if (delta.backups is None) != (width is None):
             raise ProtocolError("membership delta's backups do not match the shard map's")
         if delta.backups is not None:
@@ -135,10 +151,9 @@ def apply(base: Membership, delta: MembershipDelta) -> Membership:
                 raise ProtocolError(
                     f"membership delta backs shards up on unknown nodes: {sorted(strange)[:5]}"
                 )
-            backups = list(shard_map["backups"])
-            for shard, row in zip(delta.shards, delta.backups, strict=True):
-                backups[shard] = row
-            shard_map["backups"] = backups
+            assert backups is not None
+            backups[delta.shards] = delta.backups
+            shard_map["backups"] = shard_rows.pack(backups)
     shard_map["epoch"] = delta.epoch
     return base.model_copy(
         update={
