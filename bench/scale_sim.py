@@ -52,7 +52,7 @@ import zmq
 from dynaps.config import job_secret, transport_kind
 from dynaps.contract import RuntimeConfig, secret
 from dynaps.errors import ProtocolError
-from dynaps.store.shardmap import shard_of
+from dynaps.store.shardmap import ShardMap, shard_of
 from dynaps.store.table_store import NOT_MOVING, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.wire import codec, control, membership_deltas, messages
@@ -95,7 +95,7 @@ def summarise(m: control.Membership) -> Summary:
         {info.id: info.ready for info in m.nodes},
         addresses,
         frozenset(m.lost),
-        frozenset(int(h) for h in set(m.shard_map["homes"])),
+        frozenset(ShardMap.from_json(m.shard_map).servers()),
         int(m.shard_map["epoch"]),
         m,
     )
