@@ -7,11 +7,12 @@ import pytest
 
 from dynaps.contract import DataLossCause
 from dynaps.coordinator.adoption import Adoption
+from dynaps.coordinator.backup_chains import choose_backups
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.process import PACE_SECONDS, turn_pace
-from dynaps.coordinator.replicas import RecoveryGroup, choose_backups, plan_recovery
+from dynaps.coordinator.replicas import RecoveryGroup, plan_recovery
 from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
 from dynaps.store.shardmap import shard_of

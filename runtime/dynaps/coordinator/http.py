@@ -32,6 +32,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Annotated, Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
@@ -156,9 +157,9 @@ def status_document(
 ) -> dict[str, Any]:
     """The /status document: the job as the operator and LocalCluster see it."""
     per_server: dict[str, int] = {}
-    if homes.shard_map is not None:
-        for home in homes.shard_map.homes.tolist():
-            per_server[str(home)] = per_server.get(str(home), 0) + 1
+    if homes.shard_map is not None:  # counted by numpy: a million shards, read every few seconds
+        held, counts = np.unique(homes.shard_map.homes, return_counts=True)
+        per_server = {str(home): count for home, count in zip(held.tolist(), counts.tolist(), strict=True)}
     servers = roster.active("server")
     workers = roster.active("worker")
     return {

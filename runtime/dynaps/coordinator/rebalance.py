@@ -29,20 +29,23 @@ def plan_moves(
     if not staying:
         return []
     num_shards = len(homes)
-    counts = {s: int((homes == s).sum()) for s in staying}
+    # with numpy, not shard by shard: a million shards over a thousand servers
+    by_home = np.argsort(homes, kind="stable")  # each server's shards together, in order
+    sorted_homes = homes[by_home]
+    ids = np.asarray(staying, dtype=homes.dtype)  # of the array's dtype: no copy of it per search
+    firsts = np.searchsorted(sorted_homes, ids).tolist()
+    ends = dict(zip(staying, np.searchsorted(sorted_homes, ids, side="right").tolist(), strict=True))
+    counts = {s: ends[s] - first for s, first in zip(staying, firsts, strict=True)}
     base, extra = divmod(num_shards, len(staying))
     # the servers that already hold the most keep the extra shards: fewer moves
     by_load = sorted(staying, key=lambda s: (-counts[s], s))
     quota = {s: base + (1 if i < extra else 0) for i, s in enumerate(by_load)}
-    surplus: list[int] = []
-    for shard in range(num_shards):
-        home = int(homes[shard])
-        if home in leaving or home not in quota:
-            surplus.append(shard)
+    elsewhere = ~np.isin(homes, list(quota)) | np.isin(homes, list(leaving))
+    surplus: list[int] = np.flatnonzero(elsewhere).tolist()
     for server in staying:
         over = counts[server] - quota[server]
         if over > 0:
-            surplus.extend(np.flatnonzero(homes == server)[-over:].tolist())
+            surplus.extend(by_home[ends[server] - over : ends[server]].tolist())
     moves = []
     deficit = collections.deque(s for s in sorted(staying) for _ in range(max(0, quota[s] - counts[s])))
     for shard in sorted(surplus):

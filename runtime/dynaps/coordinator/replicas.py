@@ -5,9 +5,8 @@ and ready (as many as there are other servers, at most ``k``), in a replication 
 backup is a replica only once it holds every key of the shard: a new backup (after a join,
 a drain, a migration that made a backup the home, or a loss) gets the whole shard from the
 home first (a replica sync down the chain, :mod:`dynaps.node.replication`), and until the
-backup reports REPLICA_SYNCED the coordinator does not count on it.  Backups stay where
-they are while they remain valid (a ready server other than the home), so most changes
-need no sync.
+backup reports REPLICA_SYNCED the coordinator does not count on it.  Which servers those
+are is :mod:`dynaps.coordinator.backup_chains`.
 
 :func:`plan_recovery` decides, shard by shard, where a lost server's shards are rebuilt and
 from what, and names the data loss that follows when that is not a synced replica.
@@ -25,63 +24,6 @@ from dynaps.contract import DataLossCause
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire import control
 from dynaps.wire.control import RecoverySource
-
-
-def choose_backups(
-    homes: npt.NDArray[np.int16],
-    old: npt.NDArray[np.int16] | None,
-    servers: Sequence[int],
-    copies: int,
-    lingering: Sequence[int] = (),
-    handed: Sequence[int] = (),
-) -> npt.NDArray[np.int16]:
-    """Each shard's chain: ``copies`` backups on distinct ready servers other than its home,
-    and one slot more for a server that is leaving (``copies + 1`` columns while one is
-    in some chain, ``copies`` otherwise).
-
-    A shard keeps the old backups that are still valid (a ready server, not its home), in
-    their order, so they need no new sync; the empty slots go to the ready servers that back
-    up the fewest shards, after the kept ones.  A ``lingering`` server (draining: its
-    backups are handed over before it leaves) stays where it is in the chain without
-    counting towards ``copies``, except in the ``handed`` shards, whose hand-over this
-    commit completes; a second one in the same chain is dropped.  With too few servers the
-    last slots stay NO_BACKUP.
-    """
-    ready = set(servers)
-    staying = set(lingering)
-    dropped = set(handed)
-    backups = np.full((len(homes), copies + 1), NO_BACKUP, dtype=np.int16)
-    kept: list[list[int]] = []
-    load = dict.fromkeys(ready, 0)
-    for shard, home in enumerate(homes):
-        previous = [] if old is None else [int(b) for b in old[shard]]
-        valid: list[int] = []
-        counted = 0
-        extra = 0
-        for backup in previous:
-            if backup == int(home) or backup in valid:
-                continue
-            if backup in ready and counted < copies:
-                valid.append(backup)
-                load[backup] += 1
-                counted += 1
-            elif backup in staying and shard not in dropped and not extra:
-                valid.append(backup)
-                extra = 1
-        kept.append(valid)
-    for shard, home in enumerate(homes):
-        chain = kept[shard]
-        while sum(1 for b in chain if b in ready) < copies:
-            candidates = [s for s in ready if s != int(home) and s not in chain]
-            if not candidates:
-                break
-            chosen = min(candidates, key=lambda s: (load[s], s))
-            chain.append(chosen)
-            load[chosen] += 1
-        backups[shard, : len(chain)] = chain
-    if (backups[:, copies] == NO_BACKUP).all():
-        return backups[:, :copies]  # nobody lingers: the usual width
-    return backups
 
 
 class Replicas:
@@ -214,7 +156,8 @@ def plan_recovery(
     ``synced`` has one column per backup slot (:class:`Replicas`).
     """
     new = homes.copy()
-    load = {s: int((homes == s).sum()) for s in servers}
+    held = np.bincount(homes[homes > 0], minlength=max(servers, default=0) + 1)
+    load = {s: int(held[s]) for s in servers}
     groups: dict[tuple[int, RecoverySource, DataLossCause | None], list[int]] = {}
     for shard in np.flatnonzero(homes == lost):
         chain = [] if backups is None else [int(b) for b in backups[shard]]

@@ -24,11 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.contract import DataLossCause, RebalancePolicy
+from dynaps.coordinator.backup_chains import choose_backups
 from dynaps.coordinator.data_loss import DataLoss, LossEntry
 from dynaps.coordinator.holders import Holders
 from dynaps.coordinator.outbox import Send
 from dynaps.coordinator.rebalance import Migration, Rebalancer
-from dynaps.coordinator.replicas import Replicas, choose_backups, plan_recovery
+from dynaps.coordinator.replicas import Replicas, plan_recovery
 from dynaps.coordinator.roster import MemberState, Roster
 from dynaps.store.shardmap import ShardMap, next_servers
 from dynaps.wire import control

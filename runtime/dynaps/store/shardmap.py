@@ -56,13 +56,23 @@ def next_servers(
     homes: npt.NDArray[np.int16], servers: Sequence[int], copies: int = 1
 ) -> npt.NDArray[np.int16]:
     """Each shard's ``copies`` backups (one row per shard): the servers after its home in id
-    order, wrapping around; NO_BACKUP in the slots that too few servers leave empty."""
-    order = sorted(servers)
+    order, wrapping around; NO_BACKUP in the slots that too few servers leave empty.
+
+    Computed per column with numpy: a million shards over a thousand servers took the
+    coordinator minutes shard by shard, when the job starts."""
+    order = np.asarray(sorted(servers), dtype=np.int64)
     backups = np.full((len(homes), copies), NO_BACKUP, dtype=np.int16)
-    for shard, home in enumerate(homes):
-        start = order.index(int(home)) + 1 if int(home) in order else 0
-        chosen = [s for s in order[start:] + order[:start] if s != int(home)][:copies]
-        backups[shard, : len(chosen)] = chosen
+    if not len(order):
+        return backups
+    at = np.searchsorted(order, homes)
+    listed = order[np.minimum(at, len(order) - 1)] == homes
+    # a listed home's backups start after it and never reach it again (at most n - 1 of
+    # them); a home not listed (gone) takes the first servers in order
+    start = np.where(listed, at + 1, 0)
+    room = np.where(listed, len(order) - 1, len(order))
+    for slot in range(copies):
+        filled = slot < room
+        backups[filled, slot] = order[(start[filled] + slot) % len(order)]
     return backups
 
 
