@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dynaps.contract import Partition
 from dynaps.errors import ProtocolError
-from dynaps.store.shardmap import ShardMap, balanced_homes, shard_key_range, shard_of
+from dynaps.store.shardmap import NO_BACKUP, ShardMap, balanced_homes, next_servers, shard_key_range, shard_of
+from dynaps.wire import shard_rows
 from dynaps.wire.routing import group_by
 
 sizes = st.tuples(st.integers(1, 5000), st.integers(1, 300))
@@ -83,3 +88,34 @@ def test_group_by_partitions_indices_by_destination(dests: list[int]) -> None:
         seen.extend(indices.tolist())
     assert sorted(seen) == list(range(len(array)))
     assert len({dest for dest, _ in groups}) == len(groups)
+
+
+@given(
+    st.lists(st.integers(1, 40), min_size=1, max_size=12, unique=True),
+    st.lists(st.integers(1, 44), min_size=1, max_size=60),
+    st.integers(1, 4),
+)
+def test_each_shards_backups_are_the_servers_after_its_home_in_id_order(
+    servers: list[int], homes: list[int], copies: int
+) -> None:
+    """As the rule reads, shard by shard: the servers after the home in id order, wrapping
+    around, never the home; a home not among the servers (gone) takes the first ones."""
+    order = sorted(servers)
+    backups = next_servers(np.asarray(homes, dtype=np.int16), servers, copies)
+    assert backups.shape == (len(homes), copies)
+    for home, row in zip(homes, backups.tolist(), strict=True):
+        start = order.index(home) + 1 if home in order else 0
+        chosen = [s for s in order[start:] + order[:start] if s != home][:copies]
+        assert row == chosen + [NO_BACKUP] * (copies - len(chosen))
+
+
+def test_a_packed_column_inflates_to_its_ids_and_no_further() -> None:
+    ids = np.arange(-1, 999, dtype=np.int16)
+    np.testing.assert_array_equal(shard_rows.unpack(shard_rows.pack(ids), len(ids)), ids)
+    # 64 MiB of zeros in 87 KiB of text: short enough to pass for 60,000 ids, inflated no further
+    bomb = base64.b64encode(zlib.compress(bytes(64 << 20), 9)).decode()
+    assert len(bomb) < 120_000
+    trailing = base64.b64encode(base64.b64decode(shard_rows.pack(ids)) + b"\0").decode()
+    for text, count in ((bomb, 60_000), (shard_rows.pack(ids), len(ids) + 1), (trailing, len(ids)), (7, 1)):
+        with pytest.raises(ProtocolError):
+            shard_rows.unpack(text, count)
