@@ -9,12 +9,13 @@ network around them.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from dynaps.wire import control, membership_deltas
 from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, MsgType
+from dynaps.wire.protocol import COORDINATOR, DEFLATED, MsgType
 
 
 class FakeShell:
@@ -78,7 +79,8 @@ class RecordingTransport:
         msg = decode([bytes(memoryview(f)) for f in frames], [])
         assert msg.sender == COORDINATOR
         # the body as it crossed the wire (JSON), so enums must have serialised as strings
-        body = json.loads(bytes(frames[1]))
+        raw = bytes(frames[1])
+        body = json.loads(zlib.decompress(raw) if msg.flags & DEFLATED else raw)
         self.sent.append((endpoint, msg.type, body))
         if msg.type is MsgType.MEMBERSHIP:
             self.held[endpoint] = control.Membership.model_validate(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,14 @@ from dynaps.wire import codec, control, messages, routing
 from dynaps.wire.codec import decode, encode
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
+    DEFLATE_OVER,
+    DEFLATED,
     FINAL,
     HEADER,
     HEADER_SIZE,
     INLINE,
     INLINE_MAX,
+    MAX_BODY_BYTES,
     PROTOCOL_VERSION,
     RECORDS,
     Message,
@@ -179,6 +183,32 @@ def _recover(**fields: object) -> bytes:
 def test_a_body_that_does_not_fit_its_model_is_refused(kind: MsgType, body: bytes, problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
         decode([_header(type=int(kind)), body], [])
+
+
+def test_a_large_control_body_travels_deflated_and_a_small_one_plain() -> None:
+    small = control.Stats(counters={"messages": 3})
+    large = control.Stats(counters={f"counter_{i}": i for i in range(2_000)})  # about 40 KB of JSON
+    for body, deflated in ((small, False), (large, True)):
+        frames = messages.control(MsgType.STATS_REPLY, 4, body)
+        flags = HEADER.unpack_from(frames[0])[2]
+        assert bool(flags & DEFLATED) is deflated
+        assert len(frames[1]) < DEFLATE_OVER  # deflated, the large one shrinks below the threshold
+        assert decode([bytes(f) for f in frames], []).body == body
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (zlib.compress(b" " * (MAX_BODY_BYTES + 1) + b"{}", 9), "control body too large"),  # a bomb
+        (b"not deflate", "does not inflate"),
+        (zlib.compress(b"{}")[:-3], "not one deflate stream"),  # cut short
+        (zlib.compress(b"{}") + b"more", "not one deflate stream"),
+    ],
+)
+def test_a_deflated_body_that_is_not_one_bounded_stream_is_refused(body: bytes, problem: str) -> None:
+    head = _header(type=int(MsgType.STATS_REPLY), flags=DEFLATED)
+    with pytest.raises(ProtocolError, match=problem):
+        decode([head, body], [])
 
 
 def test_constructors_derive_count_and_state_arrays() -> None:

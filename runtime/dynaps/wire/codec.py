@@ -10,6 +10,7 @@ frame, so handlers receive typed bodies only.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from dynaps.errors import ProtocolError
 from dynaps.wire import control
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
+    DEFLATE_OVER,
+    DEFLATED,
     HAS_POSITIONS,
     HEADER,
     HEADER_SIZE,
@@ -69,18 +72,19 @@ def encode(msg: Message) -> list[Any]:
     """
     kind = msg.type
     if kind in CONTROL_TYPES or kind is MsgType.ERROR:
-        head = header(
-            kind, msg.sender, msg.requester, msg.req_id, msg.table, msg.count, msg.aux, 0, msg.hops, msg.epoch
-        )
+        flags = 0
         if kind is MsgType.ERROR:
-            return [head, msg.text.encode()]
-        # defaults stay implicit: the receiver's model fills them in, and heartbeats stay small
-        body = msg.body.model_dump_json(exclude_defaults=True).encode() if msg.body is not None else b"{}"
-        if len(body) > MAX_BODY_BYTES:  # the receiver would drop it: say so here, not by silence
-            raise ProtocolError(
-                f"a {kind.name} body of {len(body)} bytes is past the bound of {MAX_BODY_BYTES}"
-            )
-        return [head, body]
+            body = msg.text.encode()
+        else:  # defaults stay implicit: the receiver's model fills them in, heartbeats stay small
+            body = msg.body.model_dump_json(exclude_defaults=True).encode() if msg.body is not None else b"{}"
+            if len(body) > MAX_BODY_BYTES:  # the receiver would drop it: say so here, not by silence
+                raise ProtocolError(
+                    f"a {kind.name} body of {len(body)} bytes is past the bound of {MAX_BODY_BYTES}"
+                )
+            if len(body) > DEFLATE_OVER:  # a thousand nodes' membership: 250 KB -> 30 KB
+                flags, body = DEFLATED, zlib.compress(body, 1)
+        ids = (msg.sender, msg.requester, msg.req_id, msg.table, msg.count, msg.aux)
+        return [header(kind, *ids, flags, msg.hops, msg.epoch), body]
     if kind is MsgType.SHARD_COPY:
         parts = [a for a in (msg.keys, msg.dir_owner, msg.dir_moving, msg.values) if a is not None]
     else:
@@ -191,7 +195,7 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
         raise ProtocolError(f"header frame has {len(head)} bytes, expected {HEADER_SIZE}")
     msg = Message(msg_type, sender, requester, req_id, table, count, aux, flags, hops, epoch)
     if msg_type in CONTROL_TYPES:
-        msg.body = control.parse(control.BODIES[msg_type], _json_body(frames[1:]))
+        msg.body = control.parse(control.BODIES[msg_type], _json_body(frames[1:], bool(flags & DEFLATED)))
         return msg
     if msg_type is MsgType.ERROR:
         if len(frames) != 2:
@@ -214,7 +218,7 @@ def decode(frames: Sequence[Any], tables: Sequence[TableLayout]) -> Message:
     if flags & RECORDS:
         if msg_type not in WITH_RECORDS or inline or len(frames) < 2:
             raise ProtocolError(f"{msg_type.name} with records is malformed")
-        msg.records = _json_body(frames[-1:])
+        msg.records = _json_body(frames[-1:], deflated=False)
         frames = frames[:-1]
     if msg_type is MsgType.SHARD_COPY:
         return _decode_shard_copy(msg, frames, layout)
@@ -309,12 +313,22 @@ def _decode_shard_copy(msg: Message, frames: Sequence[Any], layout: TableLayout)
     return msg
 
 
-def _json_body(rest: Sequence[Any]) -> dict[str, Any]:
+def _json_body(rest: Sequence[Any], deflated: bool) -> dict[str, Any]:
     if len(rest) != 1:
         raise ProtocolError(f"control message needs one body frame, got {len(rest)}")
     raw = rest[0]
     if len(raw) > MAX_BODY_BYTES:
         raise ProtocolError("control body too large")
+    if deflated:  # inflated no further than the bound: a deflate bomb stops there
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(bytes(raw), MAX_BODY_BYTES + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"control body does not inflate: {exc}") from exc
+        if len(raw) > MAX_BODY_BYTES:
+            raise ProtocolError("control body too large")
+        if not inflater.eof or inflater.unused_data:
+            raise ProtocolError("control body is not one deflate stream")
     try:
         body = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

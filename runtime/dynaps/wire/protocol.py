@@ -189,6 +189,8 @@ RETRY = 16  # a request sent again after a node was lost (nodes recognise what t
 # dropped for room.
 REMEMBERED_REQUESTS = 4096
 RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: a JSON frame follows: applied-request records
+DEFLATED = 64  # a control message's JSON body is deflated (zlib): a large one, as the whole membership
+DEFLATE_OVER = 16 * 1024  # control bodies larger than this are deflated
 
 
 WITH_RECORDS = frozenset(  # may carry RECORDS
