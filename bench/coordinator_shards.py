@@ -94,6 +94,7 @@ class Driver:
 
     def tell(self, sender: int, kind: MsgType, body: dict[str, Any]) -> None:
         self.coordinator.receive([header(kind, sender, sender, 0), json.dumps(body).encode()])
+        self.coordinator.end_turn()
 
     def register(self, role: str, name: str, node: int = 0) -> int:
         body: dict[str, Any] = {

@@ -427,6 +427,7 @@ class Cluster:
         frames = self.network.channels[channel].popleft()
         if dest == COORDINATOR:
             self.coordinator.receive(frames)
+            self.coordinator.end_turn()
         elif dest in self.nodes:
             control_msg = self.nodes[dest].receive(frames)
             if control_msg is not None:  # as the node process does: to its control plane

@@ -15,7 +15,7 @@ import pytest
 
 from dynaps.contract import MAX_NODES, NamedTable, RuntimeConfig
 from dynaps.coordinator.core import Coordinator, JobPhase
-from dynaps.wire import control
+from dynaps.wire import control, messages
 from dynaps.wire.protocol import MsgType, client_of, header
 from tests.dynaps.harness import Clock, RecordingTransport
 from tests.dynaps.samples import backups_of, homes_of, shard_map_doc
@@ -49,6 +49,7 @@ class Job:
     def tell(self, sender: int, kind: MsgType, body: dict[str, Any] | None = None) -> None:
         # as it would arrive: a header and the JSON body, parsed by the coordinator's decode
         self.coordinator.receive([header(kind, sender, sender, 0), json.dumps(body or {}).encode()])
+        self.coordinator.end_turn()  # a turn of one message (of several: receive them, then end_turn)
 
     def send_register(self, role: str, name: str) -> None:
         body = {
@@ -167,6 +168,33 @@ def test_a_drained_server_migrates_its_shards_out_then_leaves() -> None:
     assert [m["id"] for m in job.status()["members"] if m["role"] == "server"] == [s1]
     assert job.status()["lost"] == []
     job.tell(s2, MsgType.HEARTBEAT, {"role": "server", "address": "tcp://s1"})  # lingering: ignored
+
+
+def test_the_migrations_ready_in_one_turn_commit_in_one_epoch() -> None:
+    """Two servers join a job of two: the migrations to them run at once, and when both are
+    ready in one turn of the coordinator they commit in one epoch (not one each)."""
+    job = Job(servers=2, workers=1, num_shards=16, servers_range=(2, 4))
+    job.start()
+    job.coordinator.run_command("scale", {"servers": 4})
+    joiners = [job.register("server", "s2"), job.register("server", "s3")]
+    for node in joiners:
+        job.tell(node, MsgType.READY, {"version": job.coordinator.outbox.version})
+    outs = [out for _, out in job.wire.take(MsgType.MIGRATE_OUT)]
+    assert {out["target"] for out in outs} == set(joiners)
+    epoch = job.coordinator.homes.epoch
+    job.memberships()  # the joins' announcements
+    for out in outs:  # one turn: the coordinator reads both, then ends it
+        ready = control.MigrateReady(id=out["id"])
+        job.coordinator.receive(messages.control(MsgType.MIGRATE_READY, out["target"], ready))
+    assert job.coordinator.homes.epoch == epoch  # nothing commits inside the turn
+    job.coordinator.end_turn()
+    assert job.coordinator.homes.epoch == epoch + 1
+    shard_map = job.coordinator.homes.shard_map
+    assert shard_map is not None
+    assert all((shard_map.homes[out["shards"]] == out["target"]).all() for out in outs)
+    assert job.status()["migrationsCompleted"] == len(outs)  # (the next planned one starts)
+    memberships = job.memberships()
+    assert {m.shard_map["epoch"] for _, m in memberships} == {epoch + 1}  # one announcement
 
 
 def test_a_crashed_server_is_recovered_before_shards_move_again() -> None:

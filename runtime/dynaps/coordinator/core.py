@@ -393,6 +393,12 @@ class Coordinator:
 
     # ------------------------------------------------------------------ failures
 
+    def end_turn(self) -> None:
+        """The turn's messages are handled: commit the migrations that became ready in it, in
+        one epoch (:meth:`ShardHomes.commit_ready`)."""
+        if self.homes.commit_due:
+            self.homes.commit_ready()
+
     def tick(self, caught_up: bool = True) -> None:
         """Periodic duties: detect lost nodes, take periodic checkpoints.  ``caught_up``: the
         inbox was read to its end before (else silence is not judged, see Liveness.overdue)."""

@@ -117,6 +117,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 if handled >= MESSAGES_PER_TURN:
                     break  # the rest waits one turn: HTTP actions, the tick and signals go first
                 frames = transport.recv_arrived()  # the next turn's recv reads what came since
+            coordinator.end_turn()
             # the reads asked before the actions are applied: a read that follows an action
             # (POST, then GET /status) sees it applied
             asked = reads.pending()
@@ -140,6 +141,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 while frames is not None:
                     coordinator.receive(frames)
                     frames = transport.recv_arrived()
+                coordinator.end_turn()
                 if asked:
                     coordinator.publish_status()
                     reads.answer(asked)

@@ -8,7 +8,8 @@ The plan is balanced with minimal movement: every server that stays ends with
 ``num_shards // n`` or one more shards, servers that leave end with none, and a shard
 moves only if its home is over quota (or leaving).  Moves are grouped by (source,
 target) into migrations of at most ``shards_per_migration`` shards; at most
-``max_concurrent`` migrations run at a time, each committed (a new epoch) on its own.
+``max_concurrent`` migrations run at a time; those ready in one turn of the coordinator are
+committed together, in one new epoch (:meth:`ShardHomes.commit_ready`).
 A *hand-over* (a draining server leaving the backup chains of shards it does not home)
 is tracked as a migration from the home to itself: the same freeze, marker and commit.
 """

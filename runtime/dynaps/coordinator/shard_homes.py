@@ -85,6 +85,7 @@ class ShardHomes:
         self.orphaned: list[int] = []  # lost servers whose shards wait for a server to join
         self._next_recovery = 1
         self._rebalance_at: float | None = None
+        self.commit_due = False  # a migration became ready this turn: commit_ready at its end
 
     @property
     def recoveries_started(self) -> int:
@@ -255,7 +256,7 @@ class ShardHomes:
         if self.shard_map is None or migration is None:
             return
         migration.ready = True
-        self.commit_ready()
+        self.commit_due = True  # at the end of the coordinator's turn, with any others ready
 
     def commit_ready(self) -> None:
         """Commit the ready migrations whose synced backups have all passed on the source's
@@ -268,9 +269,11 @@ class ShardHomes:
         is not synced is not waited for (it is not counted on), nor one that is lost or
         replaced meanwhile (the map changed; the source sends its marker again).
         """
-        for migration in sorted(self.rebalancer.running.values(), key=lambda m: m.id):
-            if migration.ready and not self._waiting_backups(migration):
-                self._commit_migration(migration)
+        self.commit_due = False
+        running = sorted(self.rebalancer.running.values(), key=lambda m: m.id)
+        committed = [m for m in running if m.ready and not self._waiting_backups(m)]
+        if committed:
+            self._commit_migrations(committed)
 
     def _waiting_backups(self, migration: Migration) -> set[tuple[int, int]]:
         """The (shard, backup) pairs a migration still waits for."""
@@ -287,31 +290,40 @@ class ShardHomes:
         }
         return needed - migration.flushed
 
-    def _commit_migration(self, migration: Migration) -> None:
+    def _commit_migrations(self, migrations: list[Migration]) -> None:
+        """One epoch for every migration that is ready: at a million shards a join moves a
+        few shards from each of hundreds of servers, and an epoch each, announced to every
+        process, was most of what the rebalance cost (bench/README.md)."""
         assert self.shard_map is not None
-        self.rebalancer.commit(migration.id)
         homes = self.shard_map.homes.copy()
-        homes[migration.shards] = migration.target
-        handed = migration.shards if migration.leaving else []
-        if not migration.leaving:  # the old home may keep keys released to it during the copy
-            self.holders.former_home(migration.source, migration.shards)
+        flushed: list[int] = []
+        handed: list[int] = []
+        for migration in migrations:
+            self.rebalancer.commit(migration.id)
+            homes[migration.shards] = migration.target
+            flushed.extend(migration.shards)
+            if migration.leaving:
+                handed.extend(migration.shards)
+            else:  # the old home may keep keys released to it during the copy
+                self.holders.former_home(migration.source, migration.shards)
         # with backups: replicas follow every change
-        self._commit(homes, flushed=migration.shards, handed=handed)
-        if migration.leaving:
-            log.info(
-                "epoch %d: node %d no longer backs up %d shards of node %d",
-                self.shard_map.epoch,
-                migration.leaving,
-                len(migration.shards),
-                migration.target,
-            )
-        else:
-            log.info(
-                "epoch %d: %d shards now homed on node %d",
-                self.shard_map.epoch,
-                len(migration.shards),
-                migration.target,
-            )
+        self._commit(homes, flushed=flushed, handed=handed)
+        for migration in migrations:
+            if migration.leaving:
+                log.info(
+                    "epoch %d: node %d no longer backs up %d shards of node %d",
+                    self.shard_map.epoch,
+                    migration.leaving,
+                    len(migration.shards),
+                    migration.target,
+                )
+            else:
+                log.info(
+                    "epoch %d: %d shards now homed on node %d",
+                    self.shard_map.epoch,
+                    len(migration.shards),
+                    migration.target,
+                )
         self.announce()
         self.start_migrations()
 
