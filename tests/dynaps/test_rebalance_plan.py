@@ -1,5 +1,5 @@
-"""Planning a rebalance (dynaps.coordinator.rebalance.plan_moves): balanced with the fewest
-moves, as the module's rules state them, shard by shard."""
+"""Planning a rebalance (dynaps.coordinator.rebalance): balanced with the fewest moves, as
+the module's rules state them shard by shard, and which migrations run at once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynaps.coordinator.rebalance import plan_moves
+from dynaps.coordinator.rebalance import Rebalancer, plan_moves
 
 
 def the_rules_shard_by_shard(
@@ -54,3 +54,23 @@ def test_the_plan_follows_the_rules_shard_by_shard(
     held = [after.count(s) for s in stay]  # every shard on a staying server, balanced
     assert sum(held) == len(homes)
     assert max(held) - min(held) <= 1
+
+
+def test_a_joiner_receives_from_several_servers_at_once_and_each_sends_one_at_a_time() -> None:
+    """Four servers of 4 shards each and a joiner: it takes a shard from each, four
+    migrations running at once; a server sends one migration at a time."""
+    homes = np.repeat(np.arange(1, 5), 4).astype(np.int16)
+    rebalancer = Rebalancer(max_concurrent=4)
+    rebalancer.replan(homes, [1, 2, 3, 4, 5], [])
+    started = rebalancer.start_next()
+    assert sorted(m.source for m in started) == [2, 3, 4]  # 16 over 5: 4 stay on server 1, 3 on the others
+    assert {m.target for m in started} == {5}
+    assert rebalancer.start_next() == []  # nothing else is queued
+    # two moves from one server: the second waits for the first
+    rebalancer = Rebalancer(max_concurrent=4, shards_per_migration=1)
+    rebalancer.replan(np.array([1, 1, 1, 1], dtype=np.int16), [1, 2, 3], [])
+    first = rebalancer.start_next()
+    assert [(m.source, m.target) for m in first] == [(1, 2)]
+    assert rebalancer.start_next() == []
+    rebalancer.commit(first[0].id)
+    assert [(m.source, m.target) for m in rebalancer.start_next()] == [(1, 3)]

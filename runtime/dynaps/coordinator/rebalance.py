@@ -89,13 +89,17 @@ class Rebalancer:
     def start_next(self) -> list[Migration]:
         """Migrations to start now, within the concurrency limit."""
         started = []
-        busy = {m.source for m in self.running.values()} | {m.target for m in self.running.values()}
+        sending = {m.source for m in self.running.values()}
+        receiving = {m.target for m in self.running.values()}
         in_flight = {shard for m in self.running.values() for shard in m.shards}
         while self.queued and len(self.running) < self.max_concurrent:
-            # one migration per node at a time keeps each node's freeze short; a shard still
-            # on its way somewhere moves on only once it has arrived
+            # a node sends one migration at a time (its freeze stays short) and does not send
+            # while it receives; it may receive several (a joiner takes a few shards from each
+            # of many servers); a shard still on its way somewhere moves on once it arrived
             candidates = [
-                m for m in self.queued if m[1] not in busy and m[2] not in busy and m[0] not in in_flight
+                m
+                for m in self.queued
+                if m[1] not in sending | receiving and m[2] not in sending and m[0] not in in_flight
             ]
             if not candidates:
                 break
@@ -106,7 +110,8 @@ class Rebalancer:
             migration = Migration(self._next_id, source, target, [m[0] for m in group])
             self._next_id += 1
             self.running[migration.id] = migration
-            busy |= {source, target}
+            sending.add(source)
+            receiving.add(target)
             started.append(migration)
         return started
 
