@@ -47,7 +47,9 @@ def test_scale_harness_at_ten_nodes_reports_every_figure(tmp_path: Path) -> None
     assert result["coordinator_exit_code"] == 0  # it ended on our /shutdown, not a crash
     assert result["endpoints"] == 15  # 5 servers, 5 workers and their 5 training processes
     assert 0 < result["registration"]["all_welcomed_s"] <= result["registration"]["all_running_s"]
-    assert result["steady"]["coordinator_cpu_per_s"] > 0
+    # measured in clock ticks (/proc, 10 ms): ten nodes' heartbeats over a 2 s window cost the
+    # coordinator a few ms, which may read as 0 (it did once in a full run)
+    assert result["steady"]["coordinator_cpu_per_s"] >= 0
     assert result["steady"]["lost_by_then"] == []
     for event in ("join", "leave", "loss"):
         figures = result[event]
