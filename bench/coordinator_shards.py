@@ -1,9 +1,10 @@
 """The coordinator's own CPU for the shard map's work at large sizes: the job's start (the
 first map and its backups, the first membership to every endpoint), a server lost (its
-shards rebuilt elsewhere, new backups), and a server joining (new backups, a rebalance
-plan). One real Coordinator in this process, driven by messages as the nodes would send
-them; the network is a counter of bytes (nothing is sent), so the figures are the
-coordinator's alone.
+shards rebuilt elsewhere, new backups), a server joining (new backups, a rebalance
+plan), and five migrations' commits (each an epoch: the map, its backups and replicas
+followed, the delta to every endpoint). One real Coordinator in this process, driven by
+messages as the nodes would send them; the network is a counter of bytes (nothing is
+sent), so the figures are the coordinator's alone.
 
     PYTHONPATH=runtime .venv/bin/python bench/coordinator_shards.py --shards 1048576 --servers 1000
 
@@ -138,6 +139,18 @@ class Driver:
         self.tell(node, MsgType.READY, {"version": self.coordinator.outbox.version})
         self.heartbeats(0.1)
 
+    def commit_migrations(self, count: int = 5) -> None:
+        """``count`` epochs that each move 4 shards to the last server, as a migration's commit
+        does (called directly: landing one through the nodes' messages needs every backup's
+        marker), each announced to every endpoint."""
+        homes = self.coordinator.homes
+        for i in range(count):
+            assert homes.shard_map is not None
+            moved = homes.shard_map.homes.copy()
+            moved[4 * i : 4 * i + 4] = self.servers[-1]
+            homes._commit(moved, flushed=list(range(4 * i, 4 * i + 4)))
+            homes.announce()
+
 
 def measure(name: str, step: Callable[[], None], net: CountingNetwork) -> dict[str, float]:
     net.bytes = 0
@@ -165,6 +178,7 @@ def main() -> None:
         "start": measure("start (register, first map, ready)", driver.start, driver.net),
         "server lost": measure("a server lost", driver.lose_a_server, driver.net),
         "server joins": measure("a server joins", driver.add_a_server, driver.net),
+        "5 migration commits": measure("5 migration commits", driver.commit_migrations, driver.net),
     }
     if args.out:
         with open(args.out, "w") as out:

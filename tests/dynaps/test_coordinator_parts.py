@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dynaps.contract import DataLossCause
+from dynaps.contract import DataLossCause, Partition
 from dynaps.coordinator.adoption import Adoption
 from dynaps.coordinator.backup_chains import choose_backups
 from dynaps.coordinator.barriers import Barriers, MinClock
 from dynaps.coordinator.data_loss import STATUS_ENTRIES, STATUS_SHARDS, DataLoss
 from dynaps.coordinator.liveness import Liveness
 from dynaps.coordinator.process import PACE_SECONDS, turn_pace
-from dynaps.coordinator.replicas import RecoveryGroup, plan_recovery
+from dynaps.coordinator.replicas import RecoveryGroup, Replicas, _follow_chains, plan_recovery
 from dynaps.coordinator.reports import MAX_NAME_LENGTH, MAX_REPORTED_NAMES, Reports
 from dynaps.coordinator.roster import Member, MemberState, Roster
-from dynaps.store.shardmap import shard_of
+from dynaps.store.shardmap import NO_BACKUP, ShardMap, shard_of
 from dynaps.wire import control
 from dynaps.wire.control import RecoverySource, Rejoin
 
@@ -301,3 +304,58 @@ def test_the_coordinator_paces_its_turns_only_at_a_thousand_heartbeats_a_second(
     assert turn_pace(200, 200) == PACE_SECONDS
     assert turn_pace(1000, 200) == PACE_SECONDS
     assert turn_pace(1000, 2000) == 0.0  # 500 a second
+
+
+@st.composite
+def chain_changes(draw: st.DrawFn) -> tuple[ShardMap, ShardMap, Replicas, list[int], list[int]]:
+    """A map, the next one (some homes and backups changed), what the backups were known to
+    hold, the shards a migration moved, the servers still members."""
+    num_shards, copies = draw(st.integers(1, 12)), draw(st.integers(1, 3))
+    ids = st.integers(1, 6)
+    cell = st.one_of(ids, st.just(NO_BACKUP))
+
+    def column(values: st.SearchStrategy[int], width: int) -> npt.NDArray[np.int16]:
+        row = st.lists(values, min_size=width, max_size=width)
+        return np.asarray(draw(st.lists(row, min_size=num_shards, max_size=num_shards)), dtype=np.int16)
+
+    old = ShardMap(3, num_shards, Partition.RANGE, column(ids, 1)[:, 0], column(cell, copies))
+    keep = np.asarray(draw(st.lists(st.booleans(), min_size=num_shards, max_size=num_shards)))
+    homes = np.where(keep, old.homes, column(ids, 1)[:, 0]).astype(np.int16)
+    width = draw(st.sampled_from([copies, copies + 1]))
+    assert old.backups is not None
+    fresh = column(cell, width)
+    backups = fresh.copy()
+    backups[keep, :copies] = old.backups[keep]  # kept rows keep their chains (and maybe a slot more)
+    new = ShardMap(4, num_shards, Partition.RANGE, homes, backups)
+    replicas = Replicas(num_shards, copies)
+    size = replicas.synced.size
+    known = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    replicas.synced[:] = np.asarray(known).reshape(replicas.synced.shape)
+    replicas.since[:] = draw(st.integers(1, 3))
+    flushed = sorted(draw(st.sets(st.integers(0, num_shards - 1))))
+    members = sorted(draw(st.sets(ids)))
+    return old, new, replicas, flushed, members
+
+
+@settings(max_examples=300)
+@given(chain_changes())
+def test_following_only_the_changed_chains_gives_what_following_every_chain_gives(
+    change: tuple[ShardMap, ShardMap, Replicas, list[int], list[int]],
+) -> None:
+    old, new, replicas, flushed, members = change
+    slots = replicas.slots
+    assert old.backups is not None
+    moved = np.zeros((old.num_shards, 1), dtype=np.bool_)
+    moved[flushed] = True
+    every = _follow_chains(
+        replicas.synced.copy(),
+        replicas.since.copy(),
+        np.column_stack([old.homes, old.backup_slots(slots)]),
+        np.column_stack([new.homes, new.backup_slots(slots)]),
+        moved,
+        members,
+        new.epoch,
+    )
+    replicas.follow(old, new, flushed, members)
+    np.testing.assert_array_equal(replicas.synced, every[0])
+    np.testing.assert_array_equal(replicas.since, every[1])

@@ -43,9 +43,9 @@ def choose_backups(
     intact = _intact(homes, old, ready, lingering, handed, copies)
     if old is not None and intact.any():
         backups[intact, :copies] = old[intact, :copies]
-        held, counts = np.unique(old[intact, :copies], return_counts=True)
-        for server, count in zip(held.tolist(), counts.tolist(), strict=True):
-            load[server] += count
+        counts = np.bincount(old[intact, :copies].ravel())  # intact rows name ready servers only
+        for server in np.flatnonzero(counts).tolist():
+            load[server] += int(counts[server])
     changed = np.flatnonzero(~intact)
     chains = _kept(homes, old, changed, ready, set(lingering), set(handed), copies, load)
     fewest = [(count, server) for server, count in load.items()]  # what min((load, id)) picks
@@ -86,11 +86,12 @@ def _intact(
     (a row in doubt is not intact: it is then looked at one by one)."""
     if old is None or old.shape[1] < copies or copies < 1:
         return np.zeros(len(homes), dtype=np.bool_)
-    head = old[:, :copies]
-    intact: npt.NDArray[np.bool_] = np.all(_among(head, ready), axis=1)
-    intact &= np.all(head != homes[:, None], axis=1)
-    ordered = np.sort(head, axis=1)
-    intact &= np.all(ordered[:, 1:] != ordered[:, :-1], axis=1)
+    intact = np.ones(len(homes), dtype=np.bool_)
+    for slot in range(copies):  # column by column: numpy's row reductions are slow
+        column = old[:, slot]
+        intact &= _among(column, ready) & (column != homes)
+        for earlier in range(slot):  # distinct
+            intact &= column != old[:, earlier]
     if lingering:
         done = np.zeros(len(homes), dtype=np.bool_)
         done[[s for s in handed if 0 <= s < len(homes)]] = True
