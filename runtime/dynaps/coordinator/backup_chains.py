@@ -114,13 +114,13 @@ def _kept(
     old: npt.NDArray[np.int16] | None,
     shards: npt.NDArray[np.int64],
     ready: set[int],
-    staying: set[int],
-    dropped: set[int],
+    lingering: set[int],
+    handed: set[int],
     copies: int,
     load: dict[int, int],
 ) -> list[list[int]]:
     """Per shard of ``shards``: its old backups that stay valid, in chain order (``load``
-    counts the ready ones)."""
+    counts the ready ones; a lingering server once, not in a ``handed`` shard)."""
     rows: list[list[int]] = [[] for _ in shards] if old is None else old[shards].tolist()
     kept = []
     for shard, home, previous in zip(shards.tolist(), homes[shards].tolist(), rows, strict=True):
@@ -134,7 +134,7 @@ def _kept(
                 valid.append(backup)
                 load[backup] += 1
                 counted += 1
-            elif backup in staying and shard not in dropped and not extra:
+            elif backup in lingering and shard not in handed and not extra:
                 valid.append(backup)
                 extra = True
         kept.append(valid)
