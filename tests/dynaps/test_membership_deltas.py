@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynaps.contract import Partition
-from dynaps.errors import ProtocolError
+from dynaps.errors import ClusterError, ProtocolError
 from dynaps.store.shardmap import MAX_BACKUP_WIDTH, ShardMap
 from dynaps.wire import codec, control, membership_deltas, messages
 from dynaps.wire.control import MAX_SHARDS
@@ -295,7 +295,7 @@ def test_the_whole_membership_of_a_thousand_servers_and_a_million_shards_fits_a_
 def test_a_body_past_the_bound_is_refused_where_it_is_sent() -> None:
     """Not dropped by its receiver in silence: the sender hears of it."""
     huge = control.Stats(counters={"blob": "x" * MAX_BODY_BYTES})
-    with pytest.raises(ProtocolError, match="past the bound"):
+    with pytest.raises(ClusterError, match="past the bound"):
         messages.control(MsgType.STATS_REPLY, 3, huge)
 
 

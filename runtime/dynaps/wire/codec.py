@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.errors import ProtocolError
+from dynaps.errors import ClusterError, ProtocolError
 from dynaps.wire import control
 from dynaps.wire.protocol import (
     CONTROL_TYPES,
@@ -77,8 +77,10 @@ def encode(msg: Message) -> list[Any]:
             body = msg.text.encode()
         else:  # defaults stay implicit: the receiver's model fills them in, heartbeats stay small
             body = msg.body.model_dump_json(exclude_defaults=True).encode() if msg.body is not None else b"{}"
-            if len(body) > MAX_BODY_BYTES:  # the receiver would drop it: say so here, not by silence
-                raise ProtocolError(
+            if len(body) > MAX_BODY_BYTES:
+                # the receiver would drop it: said here, loudly, and not as a ProtocolError,
+                # which receivers take for a malformed message from elsewhere and drop
+                raise ClusterError(
                     f"a {kind.name} body of {len(body)} bytes is past the bound of {MAX_BODY_BYTES}"
                 )
             if len(body) > DEFLATE_OVER:  # a thousand nodes' membership: 250 KB -> 30 KB
