@@ -67,6 +67,7 @@ def test_shard_map_round_trips_and_rejects_nonsense() -> None:
         doc | {"backups": doc["homes"], "backupWidth": 5},  # wider than any chain
         doc | {"backups": doc["homes"], "backupWidth": 2},  # 8 ids are not 8 rows of 2
         {"epoch": 1},
+        {key: value for key, value in doc.items() if key != "homes"},  # no homes at all
         doc | {"partition": "zigzag"},
     ):
         try:

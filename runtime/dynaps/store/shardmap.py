@@ -150,7 +150,7 @@ class ShardMap:
             raise ProtocolError(f"a shard map has 1 to {MAX_SHARDS} shards, not {num_shards}")
         if width is not None and not 1 <= width <= MAX_BACKUP_WIDTH:
             raise ProtocolError(f"a shard map's backup rows are 1 to {MAX_BACKUP_WIDTH} wide, not {width}")
-        homes = shard_rows.unpack(doc["homes"], num_shards)
+        homes = shard_rows.unpack(doc.get("homes"), num_shards)  # missing: not text, refused
         backups = None
         if width is not None:
             backups = shard_rows.unpack(doc["backups"], num_shards * width).reshape(num_shards, width)
