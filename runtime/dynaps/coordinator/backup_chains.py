@@ -86,18 +86,29 @@ def _intact(
     (a row in doubt is not intact: it is then looked at one by one)."""
     if old is None or old.shape[1] < copies or copies < 1:
         return np.zeros(len(homes), dtype=np.bool_)
-    intact = np.ones(len(homes), dtype=np.bool_)
-    for slot in range(copies):  # column by column: numpy's row reductions are slow
-        column = old[:, slot]
-        intact &= _among(column, ready) & (column != homes)
-        for earlier in range(slot):  # distinct
-            intact &= column != old[:, earlier]
+    intact = ~improper_chains(homes, old[:, :copies])
+    for slot in range(copies):
+        intact &= _among(old[:, slot], ready)
     if lingering:
         done = np.zeros(len(homes), dtype=np.bool_)
         done[[s for s in handed if 0 <= s < len(homes)]] = True
         for column in old[:, copies:].T:
             intact &= ~_among(column, set(lingering)) | done
     return intact
+
+
+def improper_chains(homes: npt.NDArray[np.int16], backups: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
+    """The rows whose backups name their home or a server twice (empty slots aside): never
+    chosen here, but an adopted map comes from the nodes.  Column by column: numpy's row
+    reductions are slow at a million shards."""
+    improper = np.zeros(len(homes), dtype=np.bool_)
+    for slot in range(backups.shape[1]):
+        column = backups[:, slot]
+        repeated = column == homes
+        for earlier in range(slot):
+            repeated |= column == backups[:, earlier]
+        improper |= repeated & (column != NO_BACKUP)
+    return improper
 
 
 def _among(ids: npt.NDArray[np.int16], servers: set[int]) -> npt.NDArray[np.bool_]:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.contract import DataLossCause
+from dynaps.coordinator.backup_chains import improper_chains
 from dynaps.store.shardmap import NO_BACKUP, ShardMap
 from dynaps.wire import control
 from dynaps.wire.control import RecoverySource
@@ -82,7 +83,8 @@ class Replicas:
         changed = old.homes != new.homes
         for slot in range(self.slots):
             changed |= old_backups[:, slot] != new_backups[:, slot]
-        rows = np.flatnonzero(changed | _malformed(new.homes, new_backups))
+        # rows naming a server twice or the home are worked out in full (an adopted map)
+        rows = np.flatnonzero(changed | improper_chains(new.homes, new_backups))
         moved = np.zeros(len(new.homes), dtype=np.bool_)
         moved[list(flushed)] = True
         followed = _follow_chains(  # from what was known before this epoch
@@ -128,19 +130,6 @@ class Replicas:
         synced = int((copies >= replication).sum())
         least = int(copies.min()) if len(copies) else 0
         return {"factor": replication, "synced": synced, "unsynced": len(copies) - synced, "minCopies": least}
-
-
-def _malformed(homes: npt.NDArray[np.int16], backups: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
-    """Chains that name a server twice, or the home among the backups: never made here, but
-    an adopted map comes from the nodes; such a row is always worked out in full."""
-    odd = np.zeros(len(homes), dtype=np.bool_)
-    for slot in range(backups.shape[1]):  # column by column: numpy's row reductions are slow
-        column = backups[:, slot]
-        same = column == homes
-        for earlier in range(slot):
-            same |= column == backups[:, earlier]
-        odd |= same & (column != NO_BACKUP)
-    return odd
 
 
 def _follow_chains(
