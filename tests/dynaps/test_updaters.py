@@ -26,9 +26,10 @@ def test_scatter_add_matches_add_at(keys: list[int]) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-@given(key_lists)
-def test_combine_duplicates_sums_per_key(keys: list[int]) -> None:
-    rows = np.arange(len(keys) * 2, dtype=np.float64).reshape(-1, 2)
+@pytest.mark.parametrize("dim", [1, 2])  # one value per key takes its own index path
+@given(keys=key_lists)
+def test_combine_duplicates_sums_per_key(dim: int, keys: list[int]) -> None:
+    rows = np.arange(len(keys) * dim, dtype=np.float64).reshape(-1, dim)
     unique, summed = combine_duplicates(np.asarray(keys, dtype=np.int64), rows)
     assert len(set(unique.tolist())) == len(unique)
     for key, row in zip(unique, summed, strict=True):
