@@ -76,7 +76,7 @@ def next_servers(
     return backups
 
 
-NO_BACKUP = -1
+NO_BACKUP = shard_rows.NO_BACKUP  # defined where the columns are encoded: the wire sits below
 MAX_BACKUP_WIDTH = MAX_REPLICATION + 1  # a chain is one slot wider while a server drains
 
 

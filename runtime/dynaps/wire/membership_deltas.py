@@ -34,7 +34,6 @@ from dynaps.wire.control import Membership, MembershipDelta, NodeInfo
 log = logging.getLogger(__name__)
 
 ASK_AGAIN_SECONDS = 1.0  # a process behind asks for the whole membership at most this often
-NO_BACKUP = -1  # as dynaps.store.shardmap.NO_BACKUP (the store sits above the wire)
 # a change that moves more shards goes whole: as JSON lists a delta's rows cost up to 40
 # bytes a shard, at a million shards past the bound of a body; the packed map stays inside
 DELTA_SHARDS_MAX = 1 << 16
@@ -146,7 +145,7 @@ def apply(base: Membership, delta: MembershipDelta) -> Membership:
         if delta.backups is not None:
             if any(len(row) != width for row in delta.backups):
                 raise ProtocolError(f"membership delta's backup rows are not {width} wide")
-            strange = {b for row in delta.backups for b in row} - known - {NO_BACKUP}
+            strange = {b for row in delta.backups for b in row} - known - {shard_rows.NO_BACKUP}
             if strange:
                 raise ProtocolError(
                     f"membership delta backs shards up on unknown nodes: {sorted(strange)[:5]}"

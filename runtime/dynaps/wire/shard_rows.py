@@ -22,6 +22,8 @@ import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
 
+NO_BACKUP = -1  # a backup slot that names no server (too few servers for the chain)
+
 _WIRE = np.dtype("<i2")
 _LEVEL = 1  # the fastest: shard maps compress well at any level
 
