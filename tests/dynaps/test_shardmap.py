@@ -120,3 +120,19 @@ def test_a_packed_column_inflates_to_its_ids_and_no_further() -> None:
     for text, count in ((bomb, 60_000), (shard_rows.pack(ids), len(ids) + 1), (trailing, len(ids)), (7, 1)):
         with pytest.raises(ProtocolError):
             shard_rows.unpack(text, count)
+
+
+def test_a_column_met_again_gives_its_ids_as_the_callers_own_copy() -> None:
+    ids = np.array([3, 1, NO_BACKUP, 2], dtype=np.int16)
+    text = shard_rows.pack(ids)  # remembered as it is packed
+    first = shard_rows.unpack(text, len(ids))
+    first[0] = 99  # the caller's array: what is remembered stays as it was
+    np.testing.assert_array_equal(shard_rows.unpack(text, len(ids)), ids)
+    arrived = base64.b64encode(zlib.compress(np.array([5, 6], dtype="<i2").tobytes())).decode()
+    shard_rows.unpack(arrived, 2)[:] = 0  # decoded once, then known
+    np.testing.assert_array_equal(shard_rows.unpack(arrived, 2), [5, 6])
+    # what is remembered is what decoding gives, even for ids past int16 (they wrap on the wire)
+    wide = shard_rows.pack(np.array([40_000, 7], dtype=np.int64))
+    remembered = shard_rows.unpack(wide, 2)
+    shard_rows.forget()
+    np.testing.assert_array_equal(remembered, shard_rows.unpack(wide, 2))

@@ -151,8 +151,10 @@ def apply(base: Membership, delta: MembershipDelta) -> Membership:
                     f"membership delta backs shards up on unknown nodes: {sorted(strange)[:5]}"
                 )
             assert backups is not None
-            backups[delta.shards] = delta.backups
-            shard_map["backups"] = shard_rows.pack(backups)
+            rows = np.asarray(delta.backups, dtype=np.int16).reshape(len(delta.shards), width)
+            if not (backups[delta.shards] == rows).all():  # most moves keep their backups
+                backups[delta.shards] = rows
+                shard_map["backups"] = shard_rows.pack(backups)
     shard_map["epoch"] = delta.epoch
     return base.model_copy(
         update={
