@@ -38,6 +38,7 @@ from dynaps.coordinator.job_end import JobEnd
 from dynaps.coordinator.joining import Joining
 from dynaps.coordinator.leases import Leases
 from dynaps.coordinator.liveness import Liveness
+from dynaps.coordinator.member_messages import MemberMessages
 from dynaps.coordinator.outbox import Outbox
 from dynaps.coordinator.progress import Progress
 from dynaps.coordinator.published_status import PublishedStatus
@@ -50,7 +51,7 @@ from dynaps.errors import ProtocolError
 from dynaps.wire import control
 from dynaps.wire.codec import decode, peek
 from dynaps.wire.control import Membership
-from dynaps.wire.protocol import Message, MsgType, client_of, node_of
+from dynaps.wire.protocol import Message, MsgType, node_of
 from dynaps.wire.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,22 @@ class Coordinator:
         self.rebuilding = Rebuilding(
             self.adoption, self.roster, self.outbox, self.homes, self.departures, clock
         )
+        self.member_messages = MemberMessages(
+            self.roster,
+            self.outbox,
+            self.homes,
+            self.barriers,
+            self.progress,
+            self.departures,
+            self.checkpoints,
+            self.adoption,
+            self.leases,
+            self.reports,
+            self.stages,
+            phase=lambda: self.phase.value,
+            adopting=lambda: self.phase is JobPhase.ADOPTING,
+            membership=self.membership,
+        )
         self.published = PublishedStatus(self._status_document)
         self.published.refresh()
 
@@ -231,69 +248,10 @@ class Coordinator:
             return
         if kind is MsgType.READY:
             self._on_ready(member)
-        elif kind is MsgType.BARRIER:
-            self.barriers.reach(msg.sender, control.body_of(msg, control.Barrier).generation)
-            self.progress.check_barrier()
-        elif kind is MsgType.CLOCK:
-            clock = control.body_of(msg, control.Clock).clock
-            asked_again = clock <= member.clock  # its CLOCK_MIN may have been lost
-            member.clock = max(member.clock, clock)
-            self.progress.publish_min_clock()
-            if asked_again:
-                self.progress.tell_min_clock(member)
         elif kind is MsgType.WORKER_DONE:
             self._on_worker_done(member, control.body_of(msg, control.WorkerDone))
-        elif kind is MsgType.LEAVE:
-            self.departures.leaving(member, control.body_of(msg, control.Leave).reason)
-        elif kind is MsgType.LEFT:
-            self.departures.left(member)
-        elif kind is MsgType.MIGRATE_READY:
-            self.homes.on_migrate_ready(control.body_of(msg, control.MigrateReady).id)
-        elif kind is MsgType.RECOVERED:
-            recovered = control.body_of(msg, control.Recovered)
-            self.homes.on_recovered(recovered.id, recovered.keys)
-        elif kind is MsgType.TOOK_BACK:  # a home took back keys a lost node held: data loss
-            self.departures.took_back(member, control.body_of(msg, control.TookBack))
-        elif kind is MsgType.HANDOFF_LOST:  # keys given back died with their home: data loss
-            self.departures.handoff_lost(member, control.body_of(msg, control.HandoffLost))
-        elif kind is MsgType.REPLICA_SYNCED:
-            self.homes.on_replica_synced(member.id, control.body_of(msg, control.ReplicaSynced))
-        elif kind is MsgType.CHECKPOINT_DONE:
-            self.checkpoints.on_done(member.id, control.body_of(msg, control.CheckpointDone))
-        elif kind is MsgType.REJOIN:
-            rejoin = control.body_of(msg, control.Rejoin)
-            self.roster.reserve_ids_to(rejoin.highest_node_id)  # dead nodes' ids stay unused
-            self.adoption.rejoined(member.id, rejoin)
-        elif kind is MsgType.LEASE:
-            lease = control.body_of(msg, control.Lease)
-            shard = self.leases.next(lease.epoch, lease.num_shards, member.id, lease.finished)
-            self.send(msg.sender, MsgType.LEASE_REPLY, control.LeaseReply(epoch=lease.epoch, shard=shard))
-        elif kind is MsgType.REPORT:
-            self.reports.add(member.rank, control.body_of(msg, control.Report).metrics)
-        elif kind is MsgType.STAGE:
-            if msg.sender != client_of(member.id) or member.role != "worker":
-                raise ProtocolError(f"STAGE from {msg.sender}, which is no worker's program")
-            self.stages.reach(msg.sender, control.body_of(msg, control.Stage).done)
-            self.progress.settle_stages()
-        elif kind is MsgType.HOLDING:  # a program will localize keys of these shards
-            if msg.sender != client_of(member.id) or member.role != "worker":
-                raise ProtocolError(f"HOLDING from {msg.sender}, which is no worker's program")
-            holding = control.body_of(msg, control.Holding)
-            if max(holding.shards) >= self.homes.num_shards:
-                raise ProtocolError(f"HOLDING names shard {max(holding.shards)} of {self.homes.num_shards}")
-            self.homes.holders.note(member.id, holding.shards)
-            self.send(msg.sender, MsgType.HOLDING_NOTED, holding)
-        elif kind is MsgType.STATS:
-            self.send(msg.sender, MsgType.STATS_REPLY, control.Stats(counters={"phase": str(self.phase)}))
-        elif kind is MsgType.MEMBERSHIP_QUERY:  # it missed a version: the whole document
-            if msg.sender != member.id and member.client is None:
-                raise ProtocolError(f"MEMBERSHIP_QUERY from {msg.sender}, whose program is not registered")
-            if self.homes.shard_map is not None and self.phase is not JobPhase.ADOPTING:
-                self.outbox.send_whole(msg.sender, self.membership())
-        elif kind is MsgType.PING:  # with its id: a node back from a gap knows it is a member
-            self.outbox.send(msg.sender, MsgType.PONG, control.Empty(), msg.req_id)
         else:
-            raise ProtocolError(f"coordinator does not handle {kind.name}")
+            self.member_messages.handle(member, msg)
 
     # ------------------------------------------------------------------ joining
 
