@@ -122,35 +122,12 @@ EXTRA: dict[str, JsonDict] = {
     },
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
+
+# Descriptions of the nodes that have no model field of their own; every field's is its
+# docstring in dynaps.contract (tests/dynaps_operator/test_crds.py: every property has one).
 DESCRIPTIONS = {
     "spec": "What the job runs: its tables, its pods and how they are run.",
-    "spec.image": "Container image of the runtime (all pods, unless a role's template sets one).",
-    "spec.tables": "The parameter tables: numKeys rows of dim values each. Immutable.",
-    "spec.allocation": "dynamic: keys move to the worker that localizes them (Lapse); static: classic PS.",
-    "spec.coordinator": "The coordinator pod: resources and a pod template merged into it.",
-    "spec.servers": "Server pods: they home the shards. replicas may change while the job runs.",
-    "spec.workers": "Worker pods: each runs command + args. replicas is the scale subresource.",
-    "spec.workers.command": "The training program, run as `dynaps worker -- COMMAND ARGS`.",
-    "spec.stages": "Stages run in order, each with its own worker count for some epochs or steps "
-    "(FlexPS); the job scales its workers live between them. With stages, workers.replicas is not used.",
-    "spec.faultTolerance": "Replication, write-back interval, checkpoints.",
-    "spec.rebalancePolicy": "Shards, partitioning and how nodes drain when the node set changes.",
-    "spec.runPolicy": "Retries, deadline, clean-up, TTL and suspension (as Kubeflow's runPolicy).",
-    "spec.runPolicy.backoffLimit": "Pod failures tolerated; preemptions (evictions, 137/143) do not count.",
-    "spec.runPolicy.activeDeadlineSeconds": "The job fails once it ran this long (reset on resume).",
-    "spec.runPolicy.ttlSecondsAfterFinished": "Delete the job (and its pods) this long after it finished.",
-    "spec.runPolicy.cleanPodPolicy": "Pods deleted when the job finishes: Running ones, All, or None.",
-    "spec.runPolicy.suspend": "true: checkpoint and delete the pods; false again: resume.",
-    "spec.runPolicy.schedulingPolicy": "Gang scheduling (a PodGroup for Coscheduling or Volcano), "
-    "Kueue queueing, priority (Kubeflow's names: minAvailable, queue, priorityClass).",
     "status": "Written by the operator.",
-    "status.phase": "Pending, Running, Rebalancing, Recovering, Suspended, Succeeded or Failed.",
-    "status.conditions": "Created, Running, Rebalancing, Degraded, Suspended, Succeeded, Failed.",
-    "status.ownership": "Where the shards live, as the coordinator reports it.",
-    "status.restarts": "Pod failures so far (they count against runPolicy.backoffLimit).",
-    "status.preemptions": "Pods lost to evictions, preemption, SIGKILL/SIGTERM or deletion.",
-    "status.stage": "With spec.stages: the stage the job is in, and its progress.",
-    "status.finalQuality": "The metrics the workers reported last, when the job succeeded.",
 }
 
 
@@ -244,9 +221,9 @@ def crd() -> JsonDict:
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": "dynaps.io/v1alpha1"},
+            "kind": {"type": "string", "description": "ParameterServerJob"},
+            "metadata": {"type": "object", "description": "Object metadata; names of 51 characters at most."},
             "spec": spec,
             "status": status,
         },

@@ -18,4 +18,7 @@ class ConsistencyModel(StrEnum):
 
 class Consistency(Model):
     model: ConsistencyModel = ConsistencyModel.ASYNC
+    """async: no waiting; bsp: every clock waits for all workers; ssp: a worker may be staleness clocks ahead
+    of the slowest."""
     staleness: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0
+    """ssp: how many clocks a worker may run ahead of the slowest (0 is bsp)."""

@@ -16,10 +16,15 @@ FENCED_EXIT_CODE = 75
 
 
 class CheckpointSpec(Model):
-    interval_seconds: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0  # 0: only on demand
+    interval_seconds: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 0
+    """Take a checkpoint this often; 0: only on demand (POST /checkpoint, a suspension)."""
     path: str = "/var/lib/dynaps/checkpoints"
+    """The directory checkpoints are written to and read from, in every pod (where volume is mounted)."""
     volume: dict[str, Any] = Field(default_factory=dict)
+    """A volume source mounted at path in every pod, e.g. {persistentVolumeClaim: {claimName: ckpt}}; a claim
+    must be labelled dynaps.io/usable-by-jobs=true."""
     restore_from: str | None = None
+    """Start the job from a checkpoint: latest (the newest under path) or a checkpoint's directory."""
 
 
 class OnDataLoss(StrEnum):
@@ -62,18 +67,25 @@ DATA_LOSS_REASON = "data loss (faultTolerance.onDataLoss: Fail)"
 
 
 class FaultTolerance(Model):
-    # Backups per shard, in a replication chain: survives that many simultaneous server
-    # losses; each one adds a hop before an update is acknowledged (capped for that reason).
     replication: Annotated[int, Field(ge=0, le=MAX_REPLICATION), WHOLE_NUMBER] = 0
+    """Backups per shard, in a replication chain: the job survives that many simultaneous server losses
+    without losing an acknowledged update; each adds a hop before an update is acknowledged."""
     flush_interval_ms: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 100
+    """With replication: workers write the keys they localized back to their homes this often; 0 writes every
+    update through. A lost worker's keys lose at most this interval's updates."""
     heartbeat_interval_ms: Annotated[int, Field(ge=10), WHOLE_NUMBER] = HEARTBEAT_INTERVAL_MS
-    # How long a node that is still connected but silent (hung, stopped) is waited for
-    # when declaring it lost would lose data (no replica of what it holds); a dropped
-    # connection, or a node with replicas, is declared lost within seconds.
+    """How often each process tells the coordinator it is alive; a node silent for ten of them (at least 3 s)
+    is declared lost where that loses no data."""
     silent_node_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 60
-    # How long the job waits for the replacement of a worker lost before its program finished
-    # (the replacement takes its rank); then the job fails: it must not succeed without that
-    # worker's part of the work.
+    """How long a node that is still connected but silent (hung, stopped) is waited for when declaring it
+    lost would lose data (no replica of what it holds); a dropped connection, or a node with replicas, is
+    declared lost within seconds."""
     lost_worker_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 300
+    """How long the job waits for the replacement of a worker lost before its program finished (the
+    replacement takes its rank); then the job fails: it must not succeed without that worker's part of the
+    work."""
     checkpoint: CheckpointSpec = CheckpointSpec()
+    """Periodic and on-demand checkpoints, and the one to start from."""
     on_data_loss: OnDataLoss = OnDataLoss.CONTINUE
+    """When a recovery restores keys from anything but a synced replica: Continue (the loss is in
+    status.dataLoss and the DataLoss condition) or Fail the job."""

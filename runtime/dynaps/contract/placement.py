@@ -23,6 +23,13 @@ class Partition(StrEnum):
 
 class RebalancePolicy(Model):
     num_shards: Annotated[int, Field(ge=1, le=1 << 20), WHOLE_NUMBER] = 1024
+    """Shards the keys are split into: what a server homes and a migration moves. Fixed at creation."""
     partition: Partition = Partition.RANGE
+    """range: a shard is a range of neighbouring keys; hash: keys are spread over the shards. Fixed at
+    creation."""
     max_concurrent_migrations: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 4
+    """Migrations of shards between servers in flight at once, in the whole job (a server sends one at a
+    time)."""
     drain_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 60
+    """How long a leaving node (scale-in, an eviction's SIGTERM, POST /drain) may take to hand its keys away
+    before its pod is deleted anyway; also how long a suspension waits for its checkpoint."""

@@ -14,10 +14,16 @@ class RoleSpec(Model):
     """Pods of one role. ``template`` is merged into the generated pod spec."""
 
     replicas: Annotated[int, Field(ge=0, le=MAX_NODES), WHOLE_NUMBER] = 1
+    """Pods of this role. May change while the job runs: servers and workers join or drain."""
     min_replicas: Annotated[int, Field(ge=0), WHOLE_NUMBER] | None = None
+    """The fewest pods the role may be scaled to (an autoscaler's lower bound; the gang's workers)."""
     max_replicas: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
+    """The most pods the role may be scaled to (an autoscaler's upper bound)."""
     resources: dict[str, Any] = Field(default_factory=dict)
+    """Requests and limits of the role's main container (a ResourceRequirements)."""
     template: dict[str, Any] = Field(default_factory=dict)
+    """A pod template merged into each of the role's pods (image, node selector, tolerations, sidecars, env);
+    it cannot change what ties a pod to its job."""
 
     @model_validator(mode="after")
     def _bounds(self) -> RoleSpec:
@@ -32,17 +38,26 @@ class RoleSpec(Model):
 
 class ServerSpec(RoleSpec):
     replicas: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
+    """Server pods (at least one). May change while the job runs: shards migrate to new servers and away from
+    drained ones."""
 
 
 class WorkerSpec(RoleSpec):
     """Workers run the user's training program: ``command`` + ``args``."""
 
     replicas: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER] = 1
+    """Worker pods, each running the training program (the scale subresource: kubectl scale and an HPA set
+    it). Unused with stages."""
     command: list[str] = Field(default_factory=list)
+    """The training program (run as dynaps worker -- COMMAND ARGS)."""
     args: list[str] = Field(default_factory=list)
+    """Arguments of the training program."""
     env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables of the training program, name to value."""
 
 
 class CoordinatorSpec(Model):
     resources: dict[str, Any] = Field(default_factory=dict)
+    """Requests and limits of the coordinator's container (a ResourceRequirements)."""
     template: dict[str, Any] = Field(default_factory=dict)
+    """A pod template merged into the coordinator's pod."""

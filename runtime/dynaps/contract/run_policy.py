@@ -104,11 +104,16 @@ class FailureRule(Model):
     any listed exit code, termination reason (``OOMKilled``) or pod condition (``DisruptionTarget``)."""
 
     action: FailureAction
+    """Restart (replace the pod; counts against backoffLimit), Ignore (replace it; does not count) or
+    FailJob."""
     exit_codes: list[Annotated[int, Field(ge=0, le=255), WHOLE_NUMBER]] = Field(
         default_factory=list, max_length=64
     )
+    """Exit codes of the pod's main container that match."""
     reasons: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
+    """Termination reasons that match, e.g. OOMKilled, Error."""
     pod_conditions: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=16)
+    """Pod conditions that match, e.g. DisruptionTarget (evictions, preemption)."""
 
     @model_validator(mode="after")
     def _matches_something(self) -> FailureRule:
@@ -153,15 +158,24 @@ class OomMemoryGrowth(Model):
 
 class RunPolicy(Model):
     backoff_limit: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 3
+    """Pod failures tolerated; preemptions (evictions, 137/143) do not count."""
     active_deadline_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
-    # How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may
-    # wait for its nodes to register before it fails with StartTimeoutExceeded; 0: no limit.
+    """The job fails once it ran this long (reset on resume)."""
     start_timeout_seconds: Annotated[int, Field(ge=0), WHOLE_NUMBER] = 600
-    # Unmatched ends keep the defaults: 137/143 and disruptions are Ignore, other exits Restart.
+    """How long a pod may stay unstarted (unschedulable, image not pulled, ...) and the job may wait for its
+    nodes to register before it fails with StartTimeoutExceeded; 0: no limit."""
     failure_policy: list[FailureRule] = Field(default_factory=list, max_length=32)
-    # None: an OOMKilled pod comes back with the same memory (and the failure policy decides).
+    """Rules for a node pod's end, the first match wins; unmatched ends keep the defaults: 137/143 and
+    disruptions are Ignore, other exits Restart."""
     oom_memory_growth: OomMemoryGrowth | None = None
+    """An OOMKilled pod comes back with more memory; unset: with the same memory (and the failure policy
+    decides)."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0), WHOLE_NUMBER] | None = None
+    """Delete the job (and its pods) this long after it finished."""
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
+    """Pods deleted when the job finishes: Running ones, All, or None."""
     suspend: bool = False
+    """true: checkpoint and delete the pods; false again: resume."""
     scheduling_policy: SchedulingPolicy = SchedulingPolicy()
+    """Gang scheduling (a PodGroup for Coscheduling or Volcano), Kueue queueing, priority (Kubeflow's names:
+    minAvailable, queue, priorityClass)."""

@@ -30,18 +30,28 @@ class JobSpec(Model):
     """``spec`` of a ParameterServerJob."""
 
     image: str = "dynaps/runtime:0.1.0"
+    """Container image of the runtime (all pods, unless a role's template sets one)."""
     tables: Annotated[list[NamedTable], Field(min_length=1, max_length=MAX_TABLES)]
+    """The parameter tables: numKeys rows of dim values each. Immutable."""
     allocation: Allocation = Allocation.DYNAMIC
+    """dynamic: keys move to the worker that localizes them (Lapse); static: classic PS."""
     consistency: Consistency = Consistency()
+    """How far the workers' clocks may drift apart: async, bsp or ssp."""
     coordinator: CoordinatorSpec = CoordinatorSpec()
+    """The coordinator pod: resources and a pod template merged into it."""
     servers: ServerSpec = ServerSpec()
+    """Server pods: they home the shards. replicas may change while the job runs."""
     workers: WorkerSpec
-    # FlexPS-style flexible parallelism: the job runs these stages in order, each with its own
-    # worker count (workers.replicas is then not used: the stages set the count).
+    """Worker pods: each runs command + args. replicas is the scale subresource."""
     stages: Annotated[list[StageSpec], Field(max_length=MAX_STAGES)] = Field(default_factory=list)
+    """Stages run in order, each with its own worker count for some epochs or steps (FlexPS); the job scales
+    its workers live between them. With stages, workers.replicas is not used."""
     fault_tolerance: FaultTolerance = FaultTolerance()
+    """Replication, failure detection, checkpoints and what a data loss does."""
     rebalance_policy: RebalancePolicy = RebalancePolicy()
+    """Shards, partitioning, migrations and how long a leaving node may take."""
     run_policy: RunPolicy = RunPolicy()
+    """Retries, deadline, clean-up, TTL and suspension (as Kubeflow's runPolicy)."""
 
     @field_validator("stages")
     @classmethod

@@ -26,9 +26,13 @@ class StageSpec(Model):
     its workers live to the next stage's count (docs/stages.md)."""
 
     name: str
+    """The stage's name (unique in the job)."""
     epochs: Annotated[int, Field(ge=1, le=1_000_000), WHOLE_NUMBER] | None = None
+    """The stage's length in epochs (passes over the data), as the workers count them; or steps."""
     steps: Annotated[int, Field(ge=1, le=1_000_000_000), WHOLE_NUMBER] | None = None
+    """The stage's length in training steps, as the workers count them; or epochs."""
     workers: Annotated[int, Field(ge=1, le=MAX_NODES), WHOLE_NUMBER]
+    """Workers during the stage: the job scales to this count live when the stage begins."""
 
     @field_validator("name")
     @classmethod

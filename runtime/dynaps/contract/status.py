@@ -109,22 +109,32 @@ class Condition(StatusModel):
     """One entry of ``status.conditions`` (the shape of Kubernetes' metav1.Condition)."""
 
     type: ConditionType
+    """Created, Running, Rebalancing, Degraded, Suspended, Succeeded, Failed or DataLoss."""
     status: ConditionStatus
-    # A plain string, not the enum: an operator upgraded ahead of its CRD (``helm upgrade``
-    # leaves CRDs alone) must still be able to write a reason the old schema does not list.
+    """True, False or Unknown."""
     reason: str
+    """Why, in one word (CamelCase); the documented reasons are listed in docs/operator.md. A plain string,
+    not an enum: an operator upgraded ahead of its CRD (helm upgrade leaves CRDs alone) must still be able
+    to write a reason the old schema does not list."""
     message: str = ""
+    """Details for a person: what happened, naming the pod or field."""
     last_transition_time: datetime
+    """When status last changed."""
 
 
 class ReplicaStatus(StatusModel):
     """Pods of one role: how many the spec asks for, how many exist and how many are ready."""
 
     desired: Annotated[int, Field(ge=0)] = 0
-    current: Annotated[int, Field(ge=0)] = 0  # pods that exist and are not terminating
+    """Pods the spec asks for."""
+    current: Annotated[int, Field(ge=0)] = 0
+    """Pods that exist and are not terminating."""
     ready: Annotated[int, Field(ge=0)] = 0
-    summary: str = "0/0"  # "ready/desired", for `kubectl get` (printer columns cannot compute it)
-    selector: str = ""  # label selector of the role's pods (the scale subresource's, for an HPA)
+    """Pods that are ready."""
+    summary: str = "0/0"
+    """ready/desired, for kubectl get (printer columns cannot compute it)."""
+    selector: str = ""
+    """The label selector of the role's pods (the scale subresource's, for an HPA)."""
     # runPolicy.oomMemoryGrowth: how many times OOMKilled pods of the role came back with more
     # memory, and the memory (limit, else request) its pods get now. Kept here, not in the
     # operator's memory, so that a restarted operator still creates pods with the grown memory.
@@ -140,78 +150,121 @@ class ReplicaStatus(StatusModel):
 class OwnershipStatus(StatusModel):
     """Where the job's shards live, as the coordinator reports it."""
 
-    epoch: Annotated[int, Field(ge=0)] = 0  # of the committed shard map; grows on every change
-    shards_per_server: dict[str, int] = Field(default_factory=dict)  # server pod name -> shards
+    epoch: Annotated[int, Field(ge=0)] = 0
+    """The committed shard map's epoch: it grows on every change of a shard's home."""
+    shards_per_server: dict[str, int] = Field(default_factory=dict)
+    """Shards each server homes, by server pod name."""
     migrations_in_flight: Annotated[int, Field(ge=0)] = 0
-    # Shards whose backups do not yet hold all their updates (with replication): losing their
-    # home now would lose updates. 0 again once the survivors re-replicated after a change.
+    """Migrations of shards between servers under way."""
     unsynced_shards: Annotated[int, Field(ge=0)] = 0
+    """Shards whose backups do not yet hold all their updates (with replication): losing their home now would
+    lose updates. 0 again once the survivors re-replicated after a change."""
 
 
 class CheckpointStatus(StatusModel):
     """The latest checkpoint the coordinator reported: what a restart or resume restores."""
 
     path: str
+    """The checkpoint's directory (what restoreFrom may name)."""
     time: datetime
+    """When it was completed."""
 
 
 class DataLossEntry(StatusModel):
     """One recovery that restored keys from other than a synced replica (the coordinator's
     /status ``dataLoss`` entry, as the operator keeps it)."""
 
-    cause: str  # checkpoint, initial, replicas-exhausted, write-back or home-copy (DataLossCause)
-    node: Annotated[int, Field(ge=0)]  # the lost node's id: a server, or one that held the keys
-    server: str  # its pod name, when the operator knew it ("node <id>" otherwise)
-    epoch: Annotated[int, Field(ge=0)] = 0  # of the shard map that rehomed the shards
+    cause: str
+    """checkpoint, initial, replicas-exhausted, write-back or home-copy."""
+    node: Annotated[int, Field(ge=0)]
+    """The lost node's id: a server, or a node that held the keys."""
+    server: str
+    """The lost node's pod name, when the operator knew it (node <id> otherwise)."""
+    epoch: Annotated[int, Field(ge=0)] = 0
+    """The epoch of the shard map that rehomed the shards."""
     shard_count: Annotated[int, Field(ge=0)] = 0
-    shards: list[int] = Field(default_factory=list)  # the first few of them
+    """Shards whose keys were restored."""
+    shards: list[int] = Field(default_factory=list)
+    """The first few of those shards."""
     keys: Annotated[int, Field(ge=0)] = 0
-    keys_counted: bool = False  # False: ``keys`` is the shards' size, an upper bound
-    checkpoint_age_seconds: float | None = None  # when cause is checkpoint
+    """Keys restored from other than a synced replica."""
+    keys_counted: bool = False
+    """false: keys is the shards' size, an upper bound."""
+    checkpoint_age_seconds: float | None = None
+    """cause checkpoint: how old the checkpoint was."""
     time: datetime
+    """When the recovery was reported."""
     message: str = ""
+    """The coordinator's account of it."""
 
 
 class DataLossStatus(StatusModel):
     """What the job lost, over its whole life (coordinator restarts included)."""
 
-    entries: Annotated[int, Field(ge=0)] = 0  # recoveries that lost updates
-    keys: Annotated[int, Field(ge=0)] = 0  # keys they restored from other than a synced replica
-    recent: list[DataLossEntry] = Field(default_factory=list)  # the latest entries, oldest first
+    entries: Annotated[int, Field(ge=0)] = 0
+    """Recoveries that lost updates."""
+    keys: Annotated[int, Field(ge=0)] = 0
+    """Keys they restored from other than a synced replica."""
+    recent: list[DataLossEntry] = Field(default_factory=list)
+    """The latest entries, oldest first."""
 
 
 class StageStatus(StatusModel):
     """The stage the job is in (``spec.stages``), as the coordinator reports it."""
 
     name: str
-    index: Annotated[int, Field(ge=0)]  # 0-based, in spec.stages; == count once every stage ran
-    count: Annotated[int, Field(ge=0)]  # how many stages the job has
-    unit: str = "epochs"  # epochs or steps
-    done: Annotated[int, Field(ge=0)] = 0  # units (epochs or steps) of this stage completed
-    length: Annotated[int, Field(ge=0)] = 0  # units the stage runs
-    workers: Annotated[int, Field(ge=0)] = 0  # the stage's worker count
-    progress: str = ""  # "done/length unit", for `kubectl get`
+    """The stage's name."""
+    index: Annotated[int, Field(ge=0)]
+    """Its place in spec.stages, from 0; equal to count once every stage ran."""
+    count: Annotated[int, Field(ge=0)]
+    """How many stages the job has."""
+    unit: str = "epochs"
+    """epochs or steps."""
+    done: Annotated[int, Field(ge=0)] = 0
+    """Units (epochs or steps) of this stage completed."""
+    length: Annotated[int, Field(ge=0)] = 0
+    """Units the stage runs."""
+    workers: Annotated[int, Field(ge=0)] = 0
+    """The stage's worker count."""
+    progress: str = ""
+    """done/length unit, for kubectl get."""
 
 
 class JobStatus(StatusModel):
     """``status`` of a ParameterServerJob."""
 
     phase: JobPhase = JobPhase.PENDING
+    """Pending, Running, Rebalancing, Recovering, Suspended, Succeeded or Failed."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Created, Running, Rebalancing, Degraded, Suspended, Succeeded, Failed, DataLoss."""
     servers: ReplicaStatus = ReplicaStatus()
+    """Server pods: desired, current, ready."""
     workers: ReplicaStatus = ReplicaStatus()
+    """Worker pods: desired, current, ready, and the selector of the scale subresource."""
     ownership: OwnershipStatus = OwnershipStatus()
-    restarts: Annotated[int, Field(ge=0)] = 0  # pod failures (they count against backoffLimit)
-    preemptions: Annotated[int, Field(ge=0)] = 0  # pods lost to evictions, preemption, 137/143, deletion
-    start_time: datetime | None = None  # pods first created (reset on resume)
-    completion_time: datetime | None = None  # the job reached Succeeded or Failed
-    observed_generation: Annotated[int, Field(ge=0)] | None = None  # the spec generation acted upon
-    message: str = ""  # one human-readable line: the reason for the current phase
-    metrics: dict[str, float] = Field(default_factory=dict)  # latest metrics the workers reported
-    final_quality: dict[str, float] | None = None  # the metrics when the job succeeded
+    """Where the shards live, as the coordinator reports it."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    """Pod failures so far (they count against runPolicy.backoffLimit)."""
+    preemptions: Annotated[int, Field(ge=0)] = 0
+    """Pods lost to evictions, preemption, SIGKILL/SIGTERM or deletion."""
+    start_time: datetime | None = None
+    """When the pods were first created (reset on resume)."""
+    completion_time: datetime | None = None
+    """When the job reached Succeeded or Failed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The spec's generation this status describes."""
+    message: str = ""
+    """One line for a person: why the job is in its phase."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """The latest metrics the workers reported (ps.report)."""
+    final_quality: dict[str, float] | None = None
+    """The metrics the workers reported last, when the job succeeded."""
     last_checkpoint: CheckpointStatus | None = None
-    data_loss: DataLossStatus | None = None  # None: no update was lost
-    stage: StageStatus | None = None  # spec.stages: the stage the job is in (None: no stages)
+    """The latest checkpoint: what a restart or resume restores."""
+    data_loss: DataLossStatus | None = None
+    """What the job lost over its life; absent: no acknowledged update was lost."""
+    stage: StageStatus | None = None
+    """With spec.stages: the stage the job is in, and its progress."""
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
