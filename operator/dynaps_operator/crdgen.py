@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel
 
 from dynaps.contract import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, JobSpec, JobStatus
+from dynaps_operator import field_docs
 
 JsonDict = dict[str, Any]
 FILE_NAME = f"{API_GROUP}_{PLURAL}.yaml"
@@ -124,7 +125,8 @@ EXTRA: dict[str, JsonDict] = {
 }
 
 # Descriptions of the nodes that have no model field of their own; every field's is its
-# docstring in dynaps.contract (tests/dynaps_operator/test_crds.py: every property has one).
+# docstring in dynaps.contract (field_docs; tests/dynaps_operator/test_crds.py: every property
+# has one).
 DESCRIPTIONS = {
     "spec": "What the job runs: its tables, its pods and how they are run.",
     "status": "Written by the operator.",
@@ -132,7 +134,7 @@ DESCRIPTIONS = {
 
 
 def openapi_schema(model: type[BaseModel], prefix: str) -> JsonDict:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    raw = field_docs.describe(model.model_json_schema(by_alias=True, mode="validation"), model)
     defs = raw.pop("$defs", {})
     return _convert(raw, defs, prefix)
 

@@ -55,7 +55,8 @@ def test_schema_is_structural() -> None:
 
 def test_every_field_is_described_for_kubectl_explain() -> None:
     """Every property says what it is: ``kubectl explain psjob.spec.rebalancePolicy`` and editors
-    show the models' field docstrings (a field without one had no description at all)."""
+    show the models' field docstrings (dynaps_operator.field_docs; a field without one had no
+    description at all)."""
     crd = crdgen.crd()
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     bare = [
@@ -65,6 +66,12 @@ def test_every_field_is_described_for_kubectl_explain() -> None:
         if len(field.get("description", "")) < 8
     ]
     assert not bare, f"fields without a description (a docstring in dynaps.contract): {bare}"
+    spec = schema["properties"]["spec"]["properties"]  # a subclass's docstring over its base's
+    assert spec["servers"]["properties"]["replicas"]["description"].startswith("Server pods")
+    assert spec["workers"]["properties"]["replicas"]["description"].startswith("Worker pods")
+    # a Field(description=) stays as it is
+    policy = spec["runPolicy"]["properties"]["schedulingPolicy"]["properties"]
+    assert policy["queue"]["description"] == "The Volcano queue (scheduler: volcano)."
 
 
 def test_free_form_fields_keep_unknown_fields_and_enums_are_listed() -> None:

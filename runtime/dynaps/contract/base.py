@@ -45,7 +45,6 @@ class Model(BaseModel):
         extra="forbid",
         frozen=True,
         use_enum_values=True,
-        use_attribute_docstrings=True,  # a field's docstring is its description (the CRD's too)
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -63,5 +62,4 @@ class StatusModel(Model):
         extra="ignore",
         frozen=True,
         use_enum_values=True,
-        use_attribute_docstrings=True,  # a field's docstring is its description (the CRD's too)
     )
