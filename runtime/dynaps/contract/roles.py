@@ -16,7 +16,8 @@ class RoleSpec(Model):
     replicas: Annotated[int, Field(ge=0, le=MAX_NODES), WHOLE_NUMBER] = 1
     """Pods of this role. May change while the job runs: servers and workers join or drain."""
     min_replicas: Annotated[int, Field(ge=0), WHOLE_NUMBER] | None = None
-    """The fewest pods the role may be scaled to (an autoscaler's lower bound; the gang's workers)."""
+    """The fewest pods the role may be scaled to (an autoscaler's lower bound); for workers, also the
+    gang's count."""
     max_replicas: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
     """The most pods the role may be scaled to (an autoscaler's upper bound)."""
     resources: dict[str, Any] = Field(default_factory=dict)
