@@ -225,7 +225,7 @@ def crd() -> JsonDict:
         "properties": {
             "apiVersion": {"type": "string", "description": "dynaps.io/v1alpha1"},
             "kind": {"type": "string", "description": "ParameterServerJob"},
-            "metadata": {"type": "object", "description": "Object metadata; names of 51 characters at most."},
+            "metadata": {"type": "object"},  # the API server refuses anything more here, a description too
             "spec": spec,
             "status": status,
         },
