@@ -214,7 +214,9 @@ class Run:
             servers=self.servers,
             workers=self.workers,
             fault_tolerance=FaultTolerance(heartbeat_interval_ms=args.heartbeat_ms),
-            rebalance_policy=RebalancePolicy(num_shards=shards),
+            rebalance_policy=RebalancePolicy(
+                num_shards=shards, max_concurrent_migrations=args.max_migrations
+            ),
             coordinator="127.0.0.1:0",
         )
         self.secret = secret.new_secret()
@@ -228,6 +230,7 @@ class Run:
             "endpoints": self.servers + 2 * self.workers,  # every worker's training process too
             "heartbeat_ms": args.heartbeat_ms,
             "num_shards": shards,
+            "max_concurrent_migrations": args.max_migrations,
             "load_average_before": list(os.getloadavg()),
             "errors": [],
         }
@@ -630,6 +633,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", default="", help="the JSON result (default bench/results/scale-<sizes>.json)"
     )
     parser.add_argument("--shards", type=int, default=1024, help="shards of the job (default 1024)")
+    parser.add_argument(
+        "--max-migrations",
+        type=int,
+        default=RebalancePolicy().max_concurrent_migrations,
+        help="rebalancePolicy.maxConcurrentMigrations (default: the manifest's, 4)",
+    )
     parser.add_argument(
         "--held-shards",
         type=int,
