@@ -29,7 +29,8 @@ class RebalancePolicy(Model):
     creation."""
     max_concurrent_migrations: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 4
     """Migrations of shards between servers in flight at once, in the whole job (a server sends one at a
-    time)."""
+    time, a joining server may receive several). With hundreds of servers a larger value shortens a
+    rebalance (docs/scaling.md)."""
     drain_timeout_seconds: Annotated[int, Field(ge=1), WHOLE_NUMBER] = 60
     """How long a leaving node (scale-in, an eviction's SIGTERM, POST /drain) may take to hand its keys away
     before its pod is deleted anyway; also how long a suspension waits for its checkpoint."""
