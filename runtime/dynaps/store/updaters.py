@@ -97,6 +97,8 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
     starts = np.flatnonzero(first)
     if len(starts) == len(keys):
         return keys, updates
+    if updates.shape[1] == 1:  # one value a key (sparse LR): numpy sums each key's run in 1-D
+        return ordered[starts], np.add.reduceat(updates[order, 0], starts)[:, None]
     summed = updates.take(order[starts], axis=0)
     repeats = ~first
     _add_at_rows(summed, np.cumsum(first)[repeats] - 1, updates.take(order[repeats], axis=0))
