@@ -24,8 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from dynaps.contract import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, JobSpec, JobStatus
-from dynaps_operator import field_docs
+from dynaps.contract import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, JobSpec, JobStatus, field_docs
 
 JsonDict = dict[str, Any]
 FILE_NAME = f"{API_GROUP}_{PLURAL}.yaml"
@@ -124,14 +123,6 @@ EXTRA: dict[str, JsonDict] = {
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
 
-# Descriptions of the nodes that have no model field of their own; every field's is its
-# docstring in dynaps.contract (field_docs; tests/dynaps_operator/test_crds.py: every property
-# has one).
-DESCRIPTIONS = {
-    "spec": "What the job runs: its tables, its pods and how they are run.",
-    "status": "Written by the operator.",
-}
-
 
 def openapi_schema(model: type[BaseModel], prefix: str) -> JsonDict:
     raw = field_docs.describe(model.model_json_schema(by_alias=True, mode="validation"), model)
@@ -152,7 +143,7 @@ def _convert(node: JsonDict, defs: JsonDict, path: str) -> JsonDict:
         optional["nullable"] = True
         return optional
     out: JsonDict = {}
-    description = DESCRIPTIONS.get(path) or node.get("description")
+    description = node.get("description")  # a field's docstring (field_docs) or its class's
     if description:
         out["description"] = " ".join(description.split())
     kind = node.get("type")

@@ -3,6 +3,7 @@
 dynaps run JOB.yaml                          run a ParameterServerJob on this machine
 dynaps run --servers N --workers M --table NAME:KEYS:DIM -- COMMAND ...
 dynaps validate JOB.yaml                     check a manifest without running it
+dynaps explain [FIELD]                       what a manifest's field means (spec.faultTolerance...)
 dynaps status JOB | --local [JOB]            a job's phase, members, shards, progress, data loss
 dynaps logs JOB [--follow]                   every pod's log, each line prefixed by its role
 dynaps coordinator | server | worker [-- COMMAND ...]   (what the job's pods run)
@@ -42,6 +43,7 @@ examples:
   dynaps run examples/mf.yaml
   dynaps run --servers 2 --workers 2 --table W:100000:16 -- python train.py
   dynaps validate examples/kge.yaml
+  dynaps explain rebalancePolicy
   dynaps status quickstart -n team-a --watch
   dynaps logs quickstart --follow
 
@@ -126,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_parsers(sub)
     validate = sub.add_parser("validate", help="check a manifest and print the runtime configuration")
     validate.add_argument("manifest", help="a ParameterServerJob YAML file")
+    explain = sub.add_parser(
+        "explain",
+        help="what a manifest's field means: its type, bounds, default and its fields",
+        description="What a ParameterServerJob field means (as `kubectl explain psjob.FIELD`).",
+        epilog="examples:\n  dynaps explain\n  dynaps explain faultTolerance.checkpoint\n"
+        "  dynaps explain spec.tables.updater.kind\n  dynaps explain status.dataLoss",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "field", nargs="?", default="", help="a dotted path under spec (the default) or status"
+    )
 
     coordinator = sub.add_parser("coordinator", help="run a job's coordinator (what its pod runs)")
     coordinator.add_argument(
@@ -150,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, command)
         if args.verb == "validate":
             return _validate(args.manifest)
+        if args.verb == "explain":
+            from dynaps.explain import explain  # the schema and docstrings: only when asked
+
+            print(explain(args.field))
+            return 0
         if args.verb == "status":
             return observe.run_status(args)
         if args.verb == "logs":

@@ -55,7 +55,7 @@ def test_schema_is_structural() -> None:
 
 def test_every_field_is_described_for_kubectl_explain() -> None:
     """Every property says what it is: ``kubectl explain psjob.spec.rebalancePolicy`` and editors
-    show the models' field docstrings (dynaps_operator.field_docs; a field without one had no
+    show the models' field docstrings (dynaps.contract.field_docs; a field without one had no
     description at all)."""
     crd = crdgen.crd()
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -27,7 +27,7 @@ SHORT_NAME = "psjob"
 
 
 class JobSpec(Model):
-    """``spec`` of a ParameterServerJob."""
+    """What the job runs: its tables, its pods and how they are run."""
 
     image: str = "dynaps/runtime:0.1.0"
     """Container image of the runtime (all pods, unless a role's template sets one)."""

@@ -231,7 +231,7 @@ class StageStatus(StatusModel):
 
 
 class JobStatus(StatusModel):
-    """``status`` of a ParameterServerJob."""
+    """Written by the operator: the job's phase, conditions, pods, shards and progress."""
 
     phase: JobPhase = JobPhase.PENDING
     """Pending, Running, Rebalancing, Recovering, Suspended, Succeeded or Failed."""

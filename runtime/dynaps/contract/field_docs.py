@@ -1,4 +1,5 @@
-"""The contract's field docstrings, as descriptions in a model's JSON Schema (for the CRD).
+"""The contract's field docstrings, as descriptions in a model's JSON Schema (the CRD's,
+``dynaps explain``'s).
 
 A field of a ``dynaps.contract`` model is documented by the string right after it::
 
@@ -7,8 +8,9 @@ A field of a ``dynaps.contract`` model is documented by the string right after i
 
 Pydantic can read these itself (``use_attribute_docstrings``), but only by reading each
 model's source when its class is made: 30 ms more to import the contract in every process
-of every job.  The CRD is made once, so the docstrings are read here, with :mod:`ast`, and
-written into the schema where pydantic did not put a description of its own.
+of every job.  They are read here instead, with :mod:`ast`, only where a schema is written
+for people (the operator's crdgen, ``dynaps explain``): into the schema wherever pydantic
+did not put a description of its own.  Not imported by ``dynaps.contract`` itself.
 """
 
 from __future__ import annotations
