@@ -230,3 +230,22 @@ def test_beyond_the_cap_a_newcomer_takes_an_idle_slot_and_is_refused_when_all_ar
         for sock in idle + trusted:
             sock.close()
         server.close()
+
+
+def test_only_an_answer_that_shows_the_job_ended_ends_the_coordinators_linger() -> None:
+    """An ended coordinator answers /status until one reader was told how the job ended
+    (dynaps.coordinator.process). An answer built while the job ran and written after its end
+    must not count: `dynaps run` then never printed the end (tests/dynaps/test_stages.py)."""
+    doc: dict[str, Any] = {"phase": "running", "exitCode": None}
+    server = http.StatusServer("127.0.0.1", 0, lambda: dict(doc), Sink(), TOKEN)
+    read = f"GET /status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    try:
+        assert exchange(server.port, read) == HTTPStatus.OK
+        doc.update(phase="stopping", exitCode=0)
+        assert exchange(server.port, read) == HTTPStatus.OK
+        deadline = time.monotonic() + 10  # counted once written: a moment after the client read it
+        while not server.end_reads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.end_reads == 1  # the running answer was not counted
+    finally:
+        server.close()

@@ -237,12 +237,15 @@ class StatusServer:
     ) -> None:
         if not token:
             raise ValueError("the HTTP endpoint needs a token")
-        # how often /status was answered, counted once the answer is written: the coordinator
-        # lingers for one, then closes this server (an answer cut short would reach no one)
-        self.status_reads = 0
+        # /status answers that showed the job ended, counted once written: the coordinator
+        # lingers for one, then closes this server (an answer cut short would reach no one).
+        # Not any answer: one asked before the end may be written after it, showing the job
+        # still running, and the reader would never learn how it ended.
+        self.end_reads = 0
 
-        def answered() -> None:
-            self.status_reads += 1
+        def answered(doc: dict[str, Any]) -> None:
+            if doc.get("exitCode") is not None:
+                self.end_reads += 1
 
         registry = registry or CollectorRegistry(auto_describe=True)
         handler = _handler(status, act, token, bounds, registry, answered)
@@ -276,7 +279,7 @@ def _handler(
     token: str,
     bounds: Bounds,
     registry: CollectorRegistry,
-    answered: Callable[[], None],
+    answered: Callable[[dict[str, Any]], None],
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode()
 
@@ -325,8 +328,9 @@ def _handler(
             if path == "/healthz":
                 self._reply(HTTPStatus.OK, b"ok\n", "text/plain")
             elif path == "/status":
-                self._json(HTTPStatus.OK, status())
-                answered()
+                doc = status()
+                self._json(HTTPStatus.OK, doc)
+                answered(doc)
             elif path == "/metrics":
                 self._reply(HTTPStatus.OK, exposition.render(registry), exposition.CONTENT_TYPE)
             else:

@@ -132,10 +132,9 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
                 coordinator.publish_status(now)
                 reads.answer(asked)
         if linger > 0 and not stop.is_set():
-            # Keep answering /status a little, so an operator reads how the job ended.
-            read_before = http.status_reads
+            # Keep answering /status a little, until a reader was told how the job ended.
             deadline = time.monotonic() + linger
-            while time.monotonic() < deadline and http.status_reads == read_before and not stop.is_set():
+            while time.monotonic() < deadline and not http.end_reads and not stop.is_set():
                 frames = transport.recv(timeout=TICK_SECONDS)
                 asked = reads.pending()
                 while frames is not None:

@@ -70,30 +70,39 @@ def run_job(config: RuntimeConfig, command: list[str], log_level: str, quiet: bo
     )
     losses: list[dict[str, Any]] = []  # the coordinator's latest dataLoss entries, as last read
     seen, lost_keys = 0, 0  # losses printed so far, and keys lost over the whole job
+    last = ""
+
+    def read() -> dict[str, Any] | None:
+        """/status, its progress line and new losses printed. Every read is reported: the
+        coordinator answers one read after the job's end and then exits, and that read may
+        be any of this loop's."""
+        nonlocal last, losses, seen, lost_keys
+        status = _read_status(status_url, token)
+        line = _progress_line(status) if status is not None else ""
+        if line and line != last:
+            say(line)
+            last = line
+        if status is not None:
+            # /status lists the latest losses and counts them all: print the new ones
+            total = status.get("dataLossTotal", {})
+            fresh = int(total.get("entries", 0)) - seen
+            for entry in status.get("dataLoss", [])[-fresh:] if fresh > 0 else []:
+                say(f"DATA LOSS: {describe_loss(entry)}")
+            seen += max(fresh, 0)
+            losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
+        return status
+
     try:
-        last = ""
         while coordinator.poll() is None:
-            status = _read_status(status_url, token)
-            line = _progress_line(status) if status is not None else ""
-            if line and line != last:
-                say(line)
-                last = line
-            if status is not None:
-                # /status lists the latest losses and counts them all: print the new ones
-                total = status.get("dataLossTotal", {})
-                fresh = int(total.get("entries", 0)) - seen
-                for entry in status.get("dataLoss", [])[-fresh:] if fresh > 0 else []:
-                    say(f"DATA LOSS: {describe_loss(entry)}")
-                seen += max(fresh, 0)
-                losses, lost_keys = status.get("dataLoss", []), int(total.get("keys", 0))
-                if _stage_gathers(status):  # a stage with more workers waits for them
-                    nodes.grow_workers(status["workers"]["desired"], _leaving_workers(status), command)
+            status = read()
+            if status is not None and _stage_gathers(status):  # a stage with more workers waits
+                nodes.grow_workers(status["workers"]["desired"], _leaving_workers(status), command)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 coordinator.wait(1.0)
             if coordinator.poll() is None:
                 nodes.replace_dead()
                 ended = nodes.given_up()
-                if ended and _starting(_read_status(status_url, token)):
+                if ended and _starting(read()):
                     # read after the node ended: nodes end on their own at the job's end, once
                     # the coordinator stops it; before the start the coordinator would wait for ever
                     name, node_code = ended[0]
