@@ -76,23 +76,16 @@ def test_a_path_that_names_no_field_says_which_there_are() -> None:
         explain("faultTolerance.replication.more")
 
 
+def dynaps_explain(path: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "dynaps", "explain", path]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_the_command_prints_it_and_refuses_a_wrong_path_in_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "dynaps", "explain", "faultTolerance.checkpoint"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = dynaps_explain("faultTolerance.checkpoint")
     assert done.returncode == 0, done.stderr
     assert "restoreFrom <string>" in done.stdout
-    wrong = subprocess.run(
-        [sys.executable, "-m", "dynaps", "explain", "spec.wrokers"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    wrong = dynaps_explain("spec.wrokers")
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("dynaps: error: spec has no field 'wrokers'; its fields: image,")
     assert "Traceback" not in wrong.stderr
