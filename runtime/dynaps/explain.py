@@ -13,6 +13,7 @@ and default from the models' JSON Schema::
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from typing import Any
 
@@ -23,13 +24,17 @@ from dynaps.errors import ConfigError
 
 JsonDict = dict[str, Any]
 ROOTS: dict[str, type[BaseModel]] = {"spec": JobSpec, "status": JobStatus}
+KINDS = {"psjob", "parameterserverjob", "parameterserverjobs"}  # a leading resource name, as kubectl's
 WIDTH = 88
 
 
 def explain(path: str = "") -> str:
     """The text for ``path`` (``spec`` when empty; a path without ``spec.``/``status.`` is
     under ``spec``); ConfigError naming the fields there for a path that names none."""
-    parts = [part for part in path.replace("[]", "").split(".") if part]
+    # kubectl's habits are welcome: psjob.spec.tables[0].dim names spec.tables.dim
+    parts = [part for part in re.sub(r"\[\d*\]", "", path).split(".") if part]
+    if parts and parts[0].lower() in KINDS:
+        parts = parts[1:]
     if not parts or parts[0] not in ROOTS:
         parts = ["spec", *parts]
     model = ROOTS[parts[0]]

@@ -67,6 +67,11 @@ def test_every_field_under_spec_and_status_has_a_meaning(root: str) -> None:
                 assert lines[i + 1].startswith("      "), f"{path}: {line.strip()} has no description"
 
 
+def test_kubectls_spelling_of_a_path_is_understood() -> None:
+    assert explain("psjob.spec.tables[0].dim") == explain("tables.dim")
+    assert explain("ParameterServerJob.status") == explain("status")
+
+
 def test_a_path_that_names_no_field_says_which_there_are() -> None:
     with pytest.raises(
         ConfigError, match=r"spec.faultTolerance has no field 'nope'; its fields: replication,"
