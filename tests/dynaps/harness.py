@@ -9,13 +9,12 @@ network around them.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from dynaps.wire import control, membership_deltas
 from dynaps.wire.codec import decode
-from dynaps.wire.protocol import COORDINATOR, DEFLATED, MsgType
+from dynaps.wire.protocol import COORDINATOR, DEFLATED, MAX_BODY_BYTES, MsgType, inflate
 
 
 class FakeShell:
@@ -80,7 +79,7 @@ class RecordingTransport:
         assert msg.sender == COORDINATOR
         # the body as it crossed the wire (JSON), so enums must have serialised as strings
         raw = bytes(frames[1])
-        body = json.loads(zlib.decompress(raw) if msg.flags & DEFLATED else raw)
+        body = json.loads(inflate(raw, MAX_BODY_BYTES, "body") if msg.flags & DEFLATED else raw)
         self.sent.append((endpoint, msg.type, body))
         if msg.type is MsgType.MEMBERSHIP:
             self.held[endpoint] = control.Membership.model_validate(body)

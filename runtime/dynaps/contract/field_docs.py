@@ -16,6 +16,7 @@ did not put a description of its own.  Not imported by ``dynaps.contract`` itsel
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import textwrap
 from typing import Any
@@ -25,8 +26,10 @@ from pydantic import BaseModel
 JsonDict = dict[str, Any]
 
 
+@functools.cache  # a model's source is read and parsed once per process
 def docstrings(model: type[BaseModel]) -> dict[str, str]:
-    """``model``'s field docstrings by alias (a subclass's own over its bases')."""
+    """``model``'s field docstrings by alias (a subclass's own over its bases'; the same dict
+    for every caller: read it, do not change it)."""
     found: dict[str, str] = {}
     for cls in reversed(model.__mro__):
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:

@@ -39,6 +39,7 @@ from dynaps.wire.protocol import (
     TableLayout,
     ValueArray,
     header,
+    inflate,
 )
 
 # per data type: (keys, positions allowed, values, state arrays)
@@ -321,16 +322,8 @@ def _json_body(rest: Sequence[Any], deflated: bool) -> dict[str, Any]:
     raw = rest[0]
     if len(raw) > MAX_BODY_BYTES:
         raise ProtocolError("control body too large")
-    if deflated:  # inflated no further than the bound: a deflate bomb stops there
-        inflater = zlib.decompressobj()
-        try:
-            raw = inflater.decompress(bytes(raw), MAX_BODY_BYTES + 1)
-        except zlib.error as exc:
-            raise ProtocolError(f"control body does not inflate: {exc}") from exc
-        if len(raw) > MAX_BODY_BYTES:
-            raise ProtocolError("control body too large")
-        if not inflater.eof or inflater.unused_data:
-            raise ProtocolError("control body is not one deflate stream")
+    if deflated:
+        raw = inflate(bytes(raw), MAX_BODY_BYTES, "control body")
     try:
         body = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

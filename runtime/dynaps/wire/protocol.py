@@ -85,12 +85,15 @@ from __future__ import annotations
 
 import enum
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
+
+from dynaps.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHHhhHIQII")
@@ -191,6 +194,22 @@ REMEMBERED_REQUESTS = 4096
 RECORDS = 32  # TRANSFER, REPLICATE, SHARD_COPY, WRITEBACK: a JSON frame follows: applied-request records
 DEFLATED = 64  # a control message's JSON body is deflated (zlib): a large one, as the whole membership
 DEFLATE_OVER = 16 * 1024  # control bodies larger than this are deflated
+
+
+def inflate(data: bytes, limit: int, what: str) -> bytes:
+    """One deflate stream (zlib) inflated, never past ``limit`` bytes: a deflate bomb stops
+    there.  ProtocolError, naming ``what``, for more than that, for what is not deflate, and
+    for a stream cut short or followed by other bytes (a DEFLATED body, a shard map column)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"{what} does not inflate: {exc}") from exc
+    if len(raw) > limit:
+        raise ProtocolError(f"{what} too large")
+    if not inflater.eof or inflater.unused_data:
+        raise ProtocolError(f"{what} is not one deflate stream")
+    return raw
 
 
 WITH_RECORDS = frozenset(  # may carry RECORDS

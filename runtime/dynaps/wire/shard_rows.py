@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynaps.errors import ProtocolError
+from dynaps.wire.protocol import inflate
 
 NO_BACKUP = -1  # a backup slot that names no server (too few servers for the chain)
 
@@ -93,11 +94,10 @@ def unpack(text: object, count: int) -> npt.NDArray[np.int16]:
         return np.frombuffer(raw, dtype=_WIRE).astype(np.int16)
     try:
         deflated = base64.b64decode(text, validate=True)
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(deflated, size + 1)  # never more than the ids and one byte
-    except (binascii.Error, ValueError, zlib.error) as exc:
-        raise ProtocolError(f"a shard map column is not packed node ids: {exc}") from exc
-    if len(raw) != size or not inflater.eof or inflater.unused_data:
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"a shard map column is not base64: {exc}") from exc
+    raw = inflate(deflated, size, "a shard map column")  # never more than the ids take
+    if len(raw) != size:
         raise ProtocolError(f"a shard map column must hold {count} node ids")
     _recent.keep(text, raw)
     return np.frombuffer(raw, dtype=_WIRE).astype(np.int16)
