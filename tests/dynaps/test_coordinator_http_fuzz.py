@@ -158,8 +158,10 @@ def test_fuzz_no_request_crashes_the_endpoint_nor_acts_without_the_token(
         assert path.partition("?")[0].strip("/") == action
         # what reached the coordinator is exactly what the strict model lets through
         assert fields == http.parse_action(action, json.dumps(fields).encode(), BOUNDS)
-    # /healthz and /metrics are open on purpose (docs/security.md); everything else wants the token
-    if not authorized and path.partition("?")[0] not in http.UNAUTHENTICATED and method in ("GET", "POST"):
+    # /healthz and /metrics are open on purpose (docs/security.md); everything else wants the
+    # token. The path as served: Python's http.server reduces a leading "//" to "/" (gh-87389)
+    served = "/" + path.lstrip("/") if path.startswith("//") else path
+    if not authorized and served.partition("?")[0] not in http.UNAUTHENTICATED and method in ("GET", "POST"):
         assert code in (0, HTTPStatus.UNAUTHORIZED, HTTPStatus.BAD_REQUEST)
     assert exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n") == HTTPStatus.OK
 
@@ -247,5 +249,18 @@ def test_only_an_answer_that_shows_the_job_ended_ends_the_coordinators_linger() 
         while not server.end_reads and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.end_reads == 1  # the running answer was not counted
+    finally:
+        server.close()
+
+
+def test_a_doubled_slash_reaches_the_path_it_names_and_its_token_check() -> None:
+    """``//status`` is served as ``/status`` (http.server, gh-87389): still only with the token;
+    ``//metrics`` is ``/metrics``, open like it (what the fuzz test above once generated)."""
+    server = http.StatusServer("127.0.0.1", 0, lambda: {"job": "x"}, Sink(), TOKEN)
+    try:
+        assert exchange(server.port, b"GET //status HTTP/1.1\r\n\r\n") == HTTPStatus.UNAUTHORIZED
+        with_token = f"GET //status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        assert exchange(server.port, with_token) == HTTPStatus.OK
+        assert exchange(server.port, b"GET //metrics HTTP/1.1\r\n\r\n") == HTTPStatus.OK
     finally:
         server.close()
