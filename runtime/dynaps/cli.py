@@ -234,8 +234,8 @@ def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[Runtim
             raise ConfigError("declare at least one table with --table NAME:NUM_KEYS:DIM")
         try:
             config = RuntimeConfig(tables=args.table, coordinator="127.0.0.1:0")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        except ValidationError as exc:  # e.g. a table named twice: one line, not pydantic's report
+            raise ConfigError(describe_validation_error(exc)) from None
     updates: dict[str, Any] = {}
     if args.servers is not None:
         updates["servers"] = args.servers

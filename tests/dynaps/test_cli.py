@@ -115,23 +115,23 @@ def test_validate_accepts_the_examples() -> None:
         (  # pydantic's lax mode read these as 1 and 3
             "kind: ParameterServerJob\nmetadata: {name: x}\n"
             "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {replicas: true}}\n",
-            "spec.workers.replicas: Value error, a whole number, not True",
+            "spec.workers.replicas: a whole number, not True",
         ),
         (
             "kind: ParameterServerJob\nmetadata: {name: x}\n"
             "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {}, runPolicy: {backoffLimit: '3'}}\n",
-            "spec.runPolicy.backoffLimit: Value error, a whole number, not '3'",
+            "spec.runPolicy.backoffLimit: a whole number, not '3'",
         ),
         (  # likewise 1.0 and 0.05 for the numbers
             "kind: ParameterServerJob\nmetadata: {name: x}\n"
             "spec: {tables: [{name: W, numKeys: 5, dim: 4, updater: {kind: sgd, lr: true}}], workers: {}}\n",
-            "spec.tables.0.updater.lr: Value error, a number, not True",
+            "spec.tables.0.updater.lr: a number, not True",
         ),
         (
             "kind: ParameterServerJob\nmetadata: {name: x}\n"
             "spec: {tables: [{name: W, numKeys: 5, dim: 4, init: {kind: normal, scale: '0.05'}}],"
             " workers: {}}\n",
-            "spec.tables.0.init.scale: Value error, a number, not '0.05'",
+            "spec.tables.0.init.scale: a number, not '0.05'",
         ),
         ("just: [yaml", "not valid YAML"),
         ("kind: Pod\n", "exactly one ParameterServerJob"),
@@ -162,6 +162,10 @@ def test_usage_errors_are_explained() -> None:
     assert done.stderr.splitlines()[-1] == (
         "dynaps run: error: argument --table: --table 'W:0:2': num_keys: Input should be greater than 0"
     )
+    # a rule across tables: one line naming the field, not pydantic's report
+    done = dynaps("run", "--table", "W:10:2", "--table", "W:20:2", "--", "python", "-c", "pass")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["dynaps: error: tables: table 'W' is declared twice"]
     # a log level is checked before any process starts (it was the coordinator's own failure)
     done = dynaps("run", "--log-level", "loud", "--table", "W:10:2", "--", "python", "-c", "pass")
     assert done.returncode == 2

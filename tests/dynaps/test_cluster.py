@@ -430,11 +430,11 @@ def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynap
         ({"staleness": 2.0}, "LocalCluster: staleness takes a whole number, got 2.0"),
         (
             {"tables": {"W": {"num_keys": True, "dim": 2}}},
-            "LocalCluster: table 'W': num_keys: Value error, a whole number, not True",
+            "LocalCluster: table 'W': num_keys: a whole number, not True",
         ),
         (
             {"tables": {"W": {"num_keys": 10, "dim": "4"}}},
-            "LocalCluster: table 'W': dim: Value error, a whole number, not '4'",
+            "LocalCluster: table 'W': dim: a whole number, not '4'",
         ),
         ({"tables": {"W": {"num_keys": 10}}}, "LocalCluster: table 'W': dim: Field required"),
     ],

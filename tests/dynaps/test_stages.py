@@ -74,7 +74,7 @@ def test_dynaps_validate_names_the_stage_field(tmp_path: Path) -> None:
         [sys.executable, "-m", "dynaps", "validate", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 2
-    assert "spec.stages: Value error, stages[0].workers (9) is above workers.maxReplicas (4)" in done.stderr
+    assert "spec.stages: stages[0].workers (9) is above workers.maxReplicas (4)" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -284,8 +284,8 @@ FIELD = "spec.runPolicy.oomMemoryGrowth."
         ({"factor": 1, "maxMemory": "1Gi"}, "factor: Input should be greater than 1"),
         ({"factor": 0.5, "maxMemory": "1Gi"}, "factor: Input should be greater than 1"),
         ({"factor": 11, "maxMemory": "1Gi"}, "factor: Input should be less than or equal to 10"),
-        ({"maxMemory": "8GB"}, "maxMemory: Value error, '8GB' is not a Kubernetes quantity"),
-        ({"maxMemory": "100Ki"}, "maxMemory: Value error, '100Ki' is less than 1Mi"),
+        ({"maxMemory": "8GB"}, "maxMemory: '8GB' is not a Kubernetes quantity"),
+        ({"maxMemory": "100Ki"}, "maxMemory: '100Ki' is less than 1Mi"),
         ({"factor": 2}, "maxMemory: Field required"),
     ],
 )

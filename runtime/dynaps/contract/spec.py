@@ -119,5 +119,8 @@ def describe_validation_error(exc: ValidationError, source: str = "") -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(document)"
-        lines.append(f"{source + ': ' if source else ''}{where}: {error['msg']}")
+        message = error["msg"]
+        if error["type"] == "value_error":  # our validators' own words, without pydantic's prefix
+            message = message.removeprefix("Value error, ")
+        lines.append(f"{source + ': ' if source else ''}{where}: {message}")
     return "\n".join(lines)
