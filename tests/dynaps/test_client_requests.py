@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynaps.client.barriers import Barriers
+from dynaps.client.deadlines import Deadline, deadline_after
 from dynaps.client.handles import Handle
 from dynaps.client.holdings import Holdings
 from dynaps.client.membership import Membership
@@ -30,7 +31,7 @@ from dynaps.contract import (
     UpdaterKind,
     UpdaterSpec,
 )
-from dynaps.errors import Drained, DynapsTimeoutError, KeyRangeError
+from dynaps.errors import Drained, DynapsTimeoutError, KeyRangeError, UsageError
 from dynaps.store.shardmap import ShardMap
 from dynaps.store.shm import NullLock
 from dynaps.store.table_store import INCOMING, TableStore
@@ -381,7 +382,7 @@ def test_a_timeout_says_how_many_answers_failed_authentication() -> None:
     client.transport.last_rejected = "message fails authentication (not from this job, or changed)"
     dropped = r"dropped 3 incoming message\(s\), the latest: message fails"
     with pytest.raises(DynapsTimeoutError, match=dropped):
-        client.requests.pump_until(time.monotonic() - 1, lambda: "barrier 1")
+        client.requests.pump_until(client.requests.deadline(0), lambda: "barrier 1")
 
 
 class AnsweringRecorder(Recorder):
@@ -441,7 +442,7 @@ def test_an_id_asked_for_while_waiting_for_room_is_not_handed_out_twice(
     inner: list[int] = []
     asked: list[bool] = []
 
-    def pump_and_ask(deadline: float, what: Callable[[], str]) -> None:
+    def pump_and_ask(deadline: Deadline, what: Callable[[], str]) -> None:
         if not asked:
             asked.append(True)
             inner.append(requests.ids.take())  # waits in its turn, through this function
@@ -501,3 +502,29 @@ def test_the_sockets_to_a_node_that_left_are_closed() -> None:
     client.requests.apply_membership(shard_map(2, [1, 1]), gone={2}, lost=set())  # 2 left
     assert {2, client_of(2)} <= client.transport.forgotten
     assert 1 not in client.transport.forgotten
+
+
+def test_a_timeout_names_what_set_it() -> None:
+    """A program that passed ``timeout=`` is told about that, not the job's default."""
+    client = Client()
+    client.store.loc[:] = 2  # every key remote: nobody answers here
+    handle = client.table.pull([5], wait=False)
+    assert isinstance(handle, Handle)
+    with pytest.raises(DynapsTimeoutError, match=r"did not complete within 0\.01 s \(timeout=0\.01\)"):
+        client.requests.wait(handle, timeout=0.01)
+    default = client.requests.config.request_timeout_seconds
+    described = deadline_after(None, default).describe()
+    assert described == f"within {default:g} s (request_timeout_seconds={default:g})"
+    assert deadline_after(np.int64(3), default).seconds == 3.0  # numpy's numbers are numbers
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "5", True])
+def test_a_timeout_that_is_not_seconds_is_a_usage_error(timeout: object) -> None:
+    client = Client()
+    client.store.loc[:] = 2
+    handle = client.table.pull([5], wait=False)
+    assert isinstance(handle, Handle)
+    with pytest.raises(UsageError, match="timeout must be seconds >= 0, or None for the default"):
+        client.requests.wait(handle, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="timeout must be seconds"):
+        client.requests.wait_all(timeout=timeout)  # type: ignore[arg-type]

@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from dynaps.client.deadlines import Deadline
 from dynaps.client.requests import Requests
 
 
 def wait_for_answer(
     requests: Requests,
     answered: Callable[[], bool],
-    deadline: float,
+    deadline: Deadline,
     what: Callable[[], str],
     ask_again: Callable[[], None],
 ) -> None:

@@ -16,10 +16,10 @@ one round trip, and what a pull at clock c sees follows from the order of messag
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterator
 
 from dynaps.client import asking
+from dynaps.client.deadlines import Deadline
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
 from dynaps.errors import UsageError
@@ -47,9 +47,8 @@ class Barriers:
         self._barrier_waiting: int | None = None
         self._lease_waiting: control.Lease | None = None
 
-    def _deadline(self, timeout: float | None) -> float:
-        limit = self._requests.config.request_timeout_seconds if timeout is None else timeout
-        return time.monotonic() + limit
+    def _deadline(self, timeout: float | None) -> Deadline:
+        return self._requests.deadline(timeout)
 
     # -------------------------------------------------------------- what the worker calls
 

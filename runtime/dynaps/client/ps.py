@@ -292,7 +292,7 @@ class PS:
         req_id = requests.ids.take()
         ask = messages.control(MsgType.STATS, requests.endpoint, control.Empty(), req_id)
         self._transport.send(target, ask)
-        deadline = time.monotonic() + timeout
+        deadline = requests.deadline(timeout)
         while req_id not in self._replies:
             requests.pump_until(deadline, lambda: f"statistics of node {target}")
         return self._replies.pop(req_id)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
+from dynaps.client.deadlines import Deadline, deadline_after
 from dynaps.client.handles import REPLIES, Array, Handle, Keys
 from dynaps.client.own_node import OwnNode
 from dynaps.client.request_ids import UNSETTLED_IDS, RequestIds
@@ -165,7 +166,7 @@ class Requests:
         could drop its record of an update that may still arrive again, and apply it twice
         (:mod:`dynaps.client.request_ids`)."""
         ids = self.ids
-        deadline = time.monotonic() + self.config.request_timeout_seconds
+        deadline = self.deadline(None)
         while req_id - ids.oldest_unsettled() >= UNSETTLED_IDS:
             self.pump_until(
                 deadline,
@@ -315,8 +316,7 @@ class Requests:
     def wait(self, handle: Handle, timeout: float | None = None) -> Array | None:
         """Wait until ``handle`` completes; returns what ``handle.result()`` returns."""
         if not handle.done():
-            limit = self.config.request_timeout_seconds if timeout is None else timeout
-            deadline = time.monotonic() + limit
+            deadline = self.deadline(timeout)
             learn = handle.kind is MsgType.LOCALIZE and len(self.handles) <= 1
             usual = self._usual.get(handle.index, 0) if learn else 0
             answer_at = handle.started + int(usual * HEADROOM) if usual else 0
@@ -335,8 +335,7 @@ class Requests:
 
     def wait_all(self, timeout: float | None = None) -> None:
         """Wait for every request in flight."""
-        limit = self.config.request_timeout_seconds if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        deadline = self.deadline(timeout)
         try:
             while self.handles:  # a handle leaves when it completes, also with an error
                 self.pump_until(deadline, lambda: f"{len(self.handles)} operations")
@@ -354,7 +353,11 @@ class Requests:
                 handle.error = error
                 self.retries.resent.hold(handle.req_id)
 
-    def pump_until(self, deadline: float, what: Callable[[], str], answer_at: int = 0) -> None:
+    def deadline(self, timeout: float | None) -> Deadline:
+        """A wait's deadline: ``timeout`` seconds from now, or the job's request timeout."""
+        return deadline_after(timeout, self.config.request_timeout_seconds)
+
+    def pump_until(self, deadline: Deadline, what: Callable[[], str], answer_at: int = 0) -> None:
         """Handle one incoming message, or raise if ``deadline`` passed, the job ended or our
         node no longer counts.  ``answer_at``: when (``perf_counter_ns``) a lone request's
         answer is expected, to spin until then (:mod:`dynaps.wire.spin`)."""
@@ -367,12 +370,9 @@ class Requests:
             self._silence_check_at = now + SILENCE_CHECK_SECONDS
             if hasattr(self, "shard_map"):
                 self.retries.resend_silent(time.perf_counter_ns(), self.shard_map, self.epoch)
-        remaining = deadline - now
+        remaining = deadline.at - now
         if remaining <= 0:
-            raise DynapsTimeoutError(
-                f"{what()} did not complete within the deadline "
-                f"(request_timeout_seconds={self.config.request_timeout_seconds}){self._rejections()}"
-            )
+            raise DynapsTimeoutError(f"{what()} did not complete {deadline.describe()}{self._rejections()}")
         # Spin for a lone synchronous answer (latency); with a window of requests in
         # flight, spinning would take the CPU from the nodes that produce the answers.
         spin = 0.0

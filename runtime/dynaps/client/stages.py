@@ -10,7 +10,6 @@ that joins starts at the unit the job is at.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -68,8 +67,7 @@ class StageFollower:
                 requests.stopped()
             return None
         requests.wait_all(timeout)  # what this unit sent is applied before it counts as complete
-        limit = requests.config.request_timeout_seconds if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        deadline = requests.deadline(timeout)
         body = control.Stage(done=done)
         self._answer, self._asked = None, body
         requests.transport.send(COORDINATOR, messages.control(MsgType.STAGE, requests.endpoint, body))
