@@ -241,7 +241,7 @@ def test_a_bad_out_is_a_clear_error_and_is_left_alone(owner: int, out: Any, mess
     ("update", "message"),
     [
         (np.ones(DIM + 1, dtype=np.float32), r"updates for table 'W' must have shape \(1, 3\)"),
-        (np.ones((2, DIM), dtype=np.float32), r"must have shape \(1, 3\) for 1 keys, got \(2, 3\)"),
+        (np.ones((2, DIM), dtype=np.float32), r"must have shape \(1, 3\) for 1 key, got \(2, 3\)"),
         (np.array(["a", "b", "c"]), r"updates for table 'W' must be numbers"),
     ],
 )

@@ -57,7 +57,7 @@ class ArrayTable:
     def _keys(self, keys: Any) -> Keys:
         array = np.asarray(keys, dtype=np.int64).reshape(-1)
         if len(array) and (array.min() < 0 or array.max() >= self.num_keys):
-            raise UsageError(f"keys outside table {self.name!r}'s range [0, {self.num_keys})")
+            raise UsageError(f"keys outside table {self.name!r}, whose keys are [0, {self.num_keys})")
         return array
 
     def pull(self, keys: Any, *, wait: bool = True) -> Any:

@@ -38,16 +38,16 @@ class Arguments:
         if n == 1:  # one entry per call (Lapse's granularity): a Python int compares fastest
             key = checked.item(0)
             if key < 0 or key >= self.num_keys:
-                raise KeyRangeError(f"key {key} is outside table {self.name!r}'s range [0, {self.num_keys})")
+                raise self._outside(np.array([key]))
         elif n and (checked.min() < 0 or checked.max() >= self.num_keys):
             raise self._outside(checked[(checked < 0) | (checked >= self.num_keys)])
         return checked
 
     def _outside(self, bad: npt.NDArray[Any]) -> KeyRangeError:
-        return KeyRangeError(
-            f"{len(bad)} keys are outside table {self.name!r}'s range [0, {self.num_keys}), "
-            f"e.g. {int(bad[0])}"
-        )
+        which = f"key {int(bad[0])} is" if len(bad) == 1 else f"{len(bad)} keys are"
+        example = "" if len(bad) == 1 else f", e.g. {int(bad[0])}"
+        bounds = f"[0, {self.num_keys})"
+        return KeyRangeError(f"{which} outside table {self.name!r}, whose keys are {bounds}{example}")
 
     def _convert(self, keys: Any) -> Keys:
         """Anything key-like (a list, an int, another integer dtype) as a 1-D int64 array."""
@@ -80,7 +80,7 @@ class Arguments:
             else:
                 raise UsageError(
                     f"{what} for table {self.name!r} must have shape ({n}, {self.dim}) "
-                    f"for {n} keys, got {array.shape}"
+                    f"for {n} key{'' if n == 1 else 's'}, got {array.shape}"
                 )
         return array
 
@@ -95,7 +95,7 @@ class Arguments:
                 f"a key for table {self.name!r} must be one integer, got {type(key).__name__} {key!r}"
             ) from None
         if not 0 <= index < self.num_keys:
-            raise KeyRangeError(f"key {index} is outside table {self.name!r}'s range [0, {self.num_keys})")
+            raise self._outside(np.array([index]))
         return np.array([index], dtype=np.int64)
 
     def out(self, out: Any) -> None:

@@ -73,7 +73,8 @@ def hot_key_set(keys: Any, num_keys: int, table: str) -> Keys:
     if len(unique) and (unique[0] < 0 or unique[-1] >= num_keys):
         bad = unique[(unique < 0) | (unique >= num_keys)]
         raise UsageError(
-            f"{len(bad)} hot keys are outside table {table!r}'s range [0, {num_keys}), e.g. {int(bad[0])}"
+            f"{len(bad)} hot keys are outside table {table!r}, whose keys are [0, {num_keys}), "
+            f"e.g. {int(bad[0])}"
         )
     return unique
 

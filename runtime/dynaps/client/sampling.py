@@ -233,7 +233,7 @@ class SamplingStrategy:
         if len(keys) != n:
             raise UsageError(f"the sampler returned {len(keys)} keys for {n} draws")
         if n and (int(keys.min()) < 0 or int(keys.max()) >= self.table.num_keys):
-            raise UsageError(f"the sampler drew keys outside table {self.table.name!r}'s range")
+            raise UsageError(f"the sampler drew keys outside table {self.table.name!r}'s keys")
         return keys
 
 
