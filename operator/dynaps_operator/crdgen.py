@@ -125,23 +125,16 @@ EXTRA: dict[str, JsonDict] = {
 
 
 def openapi_schema(model: type[BaseModel], prefix: str) -> JsonDict:
-    raw = field_docs.describe(model.model_json_schema(by_alias=True, mode="validation"), model)
+    raw = field_docs.documented_schema(model)
     defs = raw.pop("$defs", {})
     return _convert(raw, defs, prefix)
 
 
 def _convert(node: JsonDict, defs: JsonDict, path: str) -> JsonDict:
-    if "$ref" in node:
-        target = defs[node["$ref"].rsplit("/", 1)[-1]]
-        return _convert({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs, path)
-    if "anyOf" in node:
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        if len(options) != 1:
-            raise ValueError(f"{path}: unions other than Optional[X] have no structural schema")
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
-        optional = _convert({**options[0], **rest}, defs, path)
-        optional["nullable"] = True
-        return optional
+    try:
+        node, nullable = field_docs.inlined(node, defs)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     out: JsonDict = {}
     description = node.get("description")  # a field's docstring (field_docs) or its class's
     if description:
@@ -193,6 +186,8 @@ def _convert(node: JsonDict, defs: JsonDict, path: str) -> JsonDict:
     if default is not None:
         out["default"] = default
     out.update(EXTRA.get(path, {}))
+    if nullable:
+        out["nullable"] = True
     return out
 
 

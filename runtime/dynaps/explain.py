@@ -38,7 +38,7 @@ def explain(path: str = "") -> str:
     if not parts or parts[0] not in ROOTS:
         parts = ["spec", *parts]
     model = ROOTS[parts[0]]
-    schema = field_docs.describe(model.model_json_schema(by_alias=True, mode="validation"), model)
+    schema = field_docs.documented_schema(model)
     defs: JsonDict = schema.get("$defs", {})
     node: JsonDict = schema
     where = parts[0]
@@ -55,15 +55,10 @@ def _resolved(node: JsonDict, defs: JsonDict) -> JsonDict:
     """The object or value a property holds: through $ref, an Optional's anyOf and a list's
     items (so a list of tables explains one table's fields)."""
     while True:
-        if "$ref" in node:
-            node = {**defs[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
-        elif "anyOf" in node:
-            options = [option for option in node["anyOf"] if option.get("type") != "null"]
-            node = {**options[0], **{k: v for k, v in node.items() if k != "anyOf"}}
-        elif node.get("type") == "array" and isinstance(node.get("items"), dict):
-            node = node["items"]
-        else:
+        node, _ = field_docs.inlined(node, defs)
+        if node.get("type") != "array" or not isinstance(node.get("items"), dict):
             return node
+        node = node["items"]
 
 
 def _kind(node: JsonDict, defs: JsonDict) -> str:

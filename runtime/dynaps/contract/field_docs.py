@@ -85,3 +85,27 @@ def describe(schema: JsonDict, model: type[BaseModel]) -> JsonDict:
             if alias in docs and "description" not in prop:
                 prop["description"] = docs[alias]
     return schema
+
+
+def documented_schema(model: type[BaseModel]) -> JsonDict:
+    """``model``'s JSON Schema as a manifest is written (by alias, for validation), described."""
+    return describe(model.model_json_schema(by_alias=True, mode="validation"), model)
+
+
+def inlined(node: JsonDict, defs: JsonDict) -> tuple[JsonDict, bool]:
+    """What a schema node holds: through ``$ref`` (the node's own keys, e.g. its description
+    and default, over the definition's) and ``Optional[X]``'s ``anyOf`` to ``X``; and whether
+    it may be null.  ValueError for other unions, which a CRD's structural schema cannot say."""
+    nullable = False
+    while True:
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        elif "anyOf" in node:
+            options = [option for option in node["anyOf"] if option.get("type") != "null"]
+            if len(options) != 1:
+                raise ValueError("unions other than Optional[X] have no structural schema")
+            nullable = True
+            node = {**options[0], **{k: v for k, v in node.items() if k != "anyOf"}}
+        else:
+            return node, nullable
