@@ -25,7 +25,7 @@ from dynaps.coordinator.status_reads import StatusReads
 from dynaps.telemetry import exposition
 from dynaps.wire import limits
 from dynaps.wire.protocol import COORDINATOR
-from dynaps.wire.transport import message_bound, open_transport
+from dynaps.wire.transport import JobTransport, message_bound, open_transport
 
 TICK_SECONDS = 0.05  # periodic duties: failure detection, checkpoints, rebalancing
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it (the operator: preempted)
@@ -48,6 +48,23 @@ def turn_pace(members: int, heartbeat_interval_ms: int) -> float:
     once the members' heartbeats reach PACE_FROM_HEARTBEATS_PER_SECOND, else none."""
     rate = members * 1000 / heartbeat_interval_ms
     return PACE_SECONDS if rate >= PACE_FROM_HEARTBEATS_PER_SECOND else 0.0
+
+
+def take_messages(coordinator: Coordinator, transport: JobTransport) -> tuple[int, float]:
+    """One turn's messages: wait up to a tick for the first, then take what has arrived, at
+    most MESSAGES_PER_TURN (the rest waits one turn: HTTP actions, the tick and signals go
+    first).  Returns how many were handled, and when the turn began (the wait ended)."""
+    frames = transport.recv(timeout=TICK_SECONDS)
+    turn_began = time.monotonic()
+    handled = 0
+    while frames is not None:
+        coordinator.receive(frames)
+        handled += 1
+        if handled >= MESSAGES_PER_TURN:
+            break
+        frames = transport.recv_arrived()  # the next turn's recv reads what came since
+    coordinator.end_turn()
+    return handled, turn_began
 
 
 def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None]) -> int:
@@ -108,16 +125,7 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             pace = turn_pace(len(coordinator.roster.members), heartbeat_ms)
             if pace and (early := turn_began + pace - time.monotonic()) > 0:
                 time.sleep(early)
-            frames = transport.recv(timeout=TICK_SECONDS)
-            turn_began = time.monotonic()
-            handled = 0
-            while frames is not None:
-                coordinator.receive(frames)
-                handled += 1
-                if handled >= MESSAGES_PER_TURN:
-                    break  # the rest waits one turn: HTTP actions, the tick and signals go first
-                frames = transport.recv_arrived()  # the next turn's recv reads what came since
-            coordinator.end_turn()
+            handled, turn_began = take_messages(coordinator, transport)
             # the reads asked before the actions are applied: a read that follows an action
             # (POST, then GET /status) sees it applied
             asked = reads.pending()
@@ -135,12 +143,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             # Keep answering /status a little, until a reader was told how the job ended.
             deadline = time.monotonic() + linger
             while time.monotonic() < deadline and not http.end_reads and not stop.is_set():
-                frames = transport.recv(timeout=TICK_SECONDS)
+                take_messages(coordinator, transport)
                 asked = reads.pending()
-                while frames is not None:
-                    coordinator.receive(frames)
-                    frames = transport.recv_arrived()
-                coordinator.end_turn()
                 if asked:
                     coordinator.publish_status()
                     reads.answer(asked)
