@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynaps.contract import secret
-from dynaps.coordinator import http
+from dynaps.coordinator import http, process
 
 TOKEN = secret.http_token(secret.new_secret())
 BOUNDS = {"servers": (1, 4), "workers": (2, 6)}
@@ -27,9 +27,10 @@ class Sink:
         self.actions: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, action: str, body: dict[str, Any]) -> None:
+    def __call__(self, action: str, body: dict[str, Any]) -> bool:
         with self.lock:
             self.actions.append((action, body))
+        return True
 
     def take(self) -> list[tuple[str, dict[str, Any]]]:
         with self.lock:
@@ -262,5 +263,22 @@ def test_a_doubled_slash_reaches_the_path_it_names_and_its_token_check() -> None
         with_token = f"GET //status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
         assert exchange(server.port, with_token) == HTTPStatus.OK
         assert exchange(server.port, b"GET //metrics HTTP/1.1\r\n\r\n") == HTTPStatus.OK
+    finally:
+        server.close()
+
+
+def test_actions_waiting_for_the_coordinator_are_bounded() -> None:
+    """Actions go from the HTTP thread to the coordinator's loop through a bounded queue: past
+    its limit a POST is answered 429 (Retry-After), and once the loop took them, accepted again."""
+    pending = process.PendingActions(limit=2)
+    server = http.StatusServer("127.0.0.1", 0, lambda: {}, pending.offer, TOKEN)
+    post = f"POST /checkpoint HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}"
+    try:
+        codes = [exchange(server.port, post.encode()) for _ in range(3)]
+        assert codes == [HTTPStatus.ACCEPTED, HTTPStatus.ACCEPTED, HTTPStatus.TOO_MANY_REQUESTS]
+        assert pending.take() == [("checkpoint", {}), ("checkpoint", {})]
+        assert pending.take() == []
+        assert exchange(server.port, post.encode()) == HTTPStatus.ACCEPTED
+        assert pending.take() == [("checkpoint", {})]
     finally:
         server.close()

@@ -54,7 +54,7 @@ REQUEST_DEADLINE = 15.0  # seconds one connection may live, however it trickles
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 StatusSource = Callable[[], dict[str, Any]]
-ActionSink = Callable[[str, dict[str, Any]], None]
+ActionSink = Callable[[str, dict[str, Any]], bool]  # False: too many actions wait already
 Bounds = Mapping[str, tuple[int, int]]  # "servers"/"workers" -> the job's (min, max)
 # /healthz: what the kubelet's probe reads, it says only "ok"; /metrics: what Prometheus
 # scrapes, counts and names only (docs/security.md)
@@ -354,7 +354,10 @@ def _handler(
                 self.close_connection = True  # whatever is left unread must not be taken as a request
                 self._json(exc.status, {"error": str(exc)})
                 return
-            act(action, body)
+            if not act(action, body):
+                error = "too many actions wait for the coordinator; send this one again later"
+                self._json(HTTPStatus.TOO_MANY_REQUESTS, {"error": error}, Retry_After="1")
+                return
             self._json(HTTPStatus.ACCEPTED, {"accepted": action})
 
     return Handler

@@ -41,6 +41,9 @@ STALL_SECONDS = 0.5
 # below that rate a control message (a barrier, a clock) is never held back.
 PACE_FROM_HEARTBEATS_PER_SECOND = 1000
 PACE_SECONDS = 0.002
+# HTTP actions (scale, drain, checkpoint) waiting for the loop; one more is answered 429.
+# The operator sends a few per reconcile, and the loop takes them all every turn.
+PENDING_ACTIONS = 256
 
 
 def turn_pace(members: int, heartbeat_interval_ms: int) -> float:
@@ -48,6 +51,29 @@ def turn_pace(members: int, heartbeat_interval_ms: int) -> float:
     once the members' heartbeats reach PACE_FROM_HEARTBEATS_PER_SECOND, else none."""
     rate = members * 1000 / heartbeat_interval_ms
     return PACE_SECONDS if rate >= PACE_FROM_HEARTBEATS_PER_SECOND else 0.0
+
+
+class PendingActions:
+    """HTTP actions on their way from the HTTP thread to the loop, at most ``limit``: a
+    client with the token cannot grow them without end (one more is answered 429)."""
+
+    def __init__(self, limit: int = PENDING_ACTIONS) -> None:
+        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=limit)
+
+    def offer(self, action: str, body: dict[str, Any]) -> bool:
+        try:
+            self._queue.put_nowait((action, body))
+        except queue.Full:
+            return False
+        return True
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                return taken
 
 
 def take_messages(coordinator: Coordinator, transport: JobTransport) -> tuple[int, float]:
@@ -83,14 +109,15 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
         size=limits.job_size(config),  # a PUSH and a monitor pair per node: room for them
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
-    actions: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()  # from the HTTP thread
+    actions = PendingActions()
+
     reads = StatusReads(coordinator.status)  # /status is built when read, on this thread
     registry = metrics.registry(reads.read, [str(phase) for phase in JobPhase])
     http = StatusServer(
         config.bind_host,
         config.coordinator_http_port,
         reads.read,
-        lambda action, body: actions.put((action, body)),
+        actions.offer,
         token=http_token,
         bounds={"servers": config.servers_range, "workers": config.workers_range},
         registry=registry,
@@ -129,8 +156,8 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
             # the reads asked before the actions are applied: a read that follows an action
             # (POST, then GET /status) sees it applied
             asked = reads.pending()
-            while not actions.empty():
-                coordinator.run_command(*actions.get_nowait())
+            for action, body in actions.take():
+                coordinator.run_command(action, body)
             now = time.monotonic()
             if now >= next_tick:
                 stalled = now - next_tick > STALL_SECONDS
