@@ -18,6 +18,7 @@ For A/B comparisons of the localize path (run it against two trees, interleaved)
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -68,9 +69,12 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def main() -> int:
-    first_touch = "--first-touch" in sys.argv[1:]
-    labels = [a for a in sys.argv[1:] if a != "--first-touch"]
-    label = labels[0] if labels else "localize"
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("label", nargs="?", default="localize", help="printed before the figures (a tree)")
+    parser.add_argument("--first-touch", action="store_true", help="with each shard's first note in front")
+    args = parser.parse_args()
+    first_touch, label = args.first_touch, args.label
     tables = {
         "W": dynaps.TableSpec(num_keys=NUM_KEYS, dim=100),
         "shards": dynaps.TableSpec(num_keys=NUM_KEYS, dim=1),  # the same keys' shards, to note them

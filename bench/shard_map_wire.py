@@ -11,6 +11,7 @@ then ``PYTHONPATH=/tmp/rev/runtime``) to compare encodings in the same sitting.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -92,6 +93,10 @@ def follow(start: control.Membership, shards: int, servers: int, steps: int) -> 
 
 
 def main() -> None:
+    # no options: --help says what it measures instead of running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     for size in SIZES:
         try:
             print(measure(*size), flush=True)

@@ -14,6 +14,7 @@ revision's runtime (``git archive REV runtime | tar -x -C /tmp/rev``, then
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,10 @@ def per_push_us(
 
 
 def main() -> None:
+    # no options: --help says what it measures instead of running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     adagrad = make_updater(UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=LR, eps=EPS))
     for name, (num_keys, batch) in pushes(np.random.default_rng(0)).items():
         repeats = np.mean([1 - len(np.unique(keys)) / len(keys) for keys, _ in batch])
