@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -437,6 +438,10 @@ def test_a_report_keeps_its_finite_values_and_leaves_out_the_rest(cluster: dynap
             "LocalCluster: table 'W': dim: a whole number, not '4'",
         ),
         ({"tables": {"W": {"num_keys": 10}}}, "LocalCluster: table 'W': dim: Field required"),
+        (
+            {"tables": [dynaps.TableSpec(num_keys=10, dim=2)]},
+            "LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}",
+        ),
     ],
 )
 def test_a_wrong_cluster_argument_is_a_config_error_naming_it(
@@ -455,6 +460,13 @@ def test_a_wrong_cluster_argument_is_a_config_error_naming_it(
 def test_run_and_scale_check_their_arguments(cluster: dynaps.LocalCluster) -> None:
     with pytest.raises(dynaps.UsageError, match="takes a function fn"):
         cluster.run("train")  # type: ignore[arg-type]
+    # a runner is another process: a lambda or an argument that does not pickle cannot reach
+    # it (pickle's own error, raised half-way through sending, was the message)
+    cannot_send = r"cannot send .*pass a function defined at the top level of a module"
+    with pytest.raises(dynaps.UsageError, match=cannot_send):
+        cluster.run(lambda ps: ps.rank)
+    with pytest.raises(dynaps.UsageError, match=cannot_send):
+        cluster.run(read_all, threading.Lock())
     for count in (0, -1, True, 2.0):
         with pytest.raises(dynaps.UsageError, match=r"scale\(workers=\.\.\.\) takes a whole number"):
             cluster.scale(workers=count)  # type: ignore[arg-type]

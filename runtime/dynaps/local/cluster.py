@@ -70,7 +70,7 @@ class LocalCluster:
         """``log_dir``: a directory for each process's log (``<name>.log``: ``coordinator``,
         ``server-0``, ``worker-0`` and ``runner-worker-0``...); by default they write to this
         process's stderr."""
-        if not tables:
+        if not tables or not isinstance(tables, Mapping):
             raise ConfigError("LocalCluster needs tables={name: dynaps.TableSpec(num_keys=..., dim=...)}")
         named = named_tables(tables)
         self._own_checkpoints = checkpoint_dir is None
@@ -202,9 +202,10 @@ class LocalCluster:
         if not callable(fn):
             raise UsageError(f"LocalCluster.run takes a function fn(ps, *args), got {fn!r}")
         name = getattr(fn, "__qualname__", repr(fn))
+        task = runners.pickled_task(fn, args)
         conns = {}
         for worker in self._live_workers():
-            worker.conn.send((fn, args))
+            worker.conn.send_bytes(task)
             conns[worker.rank] = worker.conn
         self._job = runners.Job(name, conns, self.log_dir)
         return self._job

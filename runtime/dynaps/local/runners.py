@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, cast
 
 from dynaps import profiling
@@ -80,6 +81,21 @@ def _run_calls(ps: Any, conn: Connection) -> None:
             conn.send(("usage", str(exc)))
         except BaseException as exc:
             conn.send(("error", "".join(traceback.format_exception(exc))))
+
+
+def pickled_task(fn: Any, args: tuple[Any, ...]) -> bytes:
+    """``(fn, args)`` as a runner receives it, pickled once for every runner (as
+    ``Connection.send`` would); a UsageError that says why when it cannot be: a runner is
+    another process, which finds ``fn`` by its module and name."""
+    try:
+        return bytes(ForkingPickler.dumps((fn, args)))
+    except Exception as exc:  # pickle raises PicklingError, TypeError, AttributeError...
+        what = getattr(fn, "__qualname__", repr(fn))
+        raise UsageError(
+            f"LocalCluster.run cannot send {what} and its arguments to the worker processes "
+            f"({type(exc).__name__}: {exc}); pass a function defined at the top level of a "
+            "module (not a lambda or a nested function) and arguments that pickle"
+        ) from None
 
 
 @dataclass
