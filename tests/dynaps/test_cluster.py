@@ -457,6 +457,31 @@ def test_a_wrong_cluster_argument_is_a_config_error_naming_it(
     assert list(tmp_path.iterdir()) == []
 
 
+def asking_wrongly(ps: dynaps.PS) -> list[str]:
+    """What each wrong question is told (none may be a TypeError or a 30 s timeout)."""
+    told = []
+    for question in (
+        lambda: ps.node_stats(99),  # no such node: asked of no one, it only timed out
+        lambda: next(ps.data_shards("3")),  # type: ignore[arg-type]
+        lambda: next(ps.data_shards(4, epoch=-1)),
+    ):
+        try:
+            question()
+        except dynaps.UsageError as exc:
+            told.append(str(exc))
+    return told
+
+
+def test_wrong_questions_of_the_job_are_usage_errors(cluster: dynaps.LocalCluster) -> None:
+    started = time.monotonic()
+    assert cluster.run(asking_wrongly)[0] == [
+        "node 99 is not a member of this job",
+        "data_shards needs a whole number of shards >= 1, got '3'",
+        "data_shards needs a whole epoch >= 0, got -1",
+    ]
+    assert time.monotonic() - started < 10
+
+
 def test_run_and_scale_check_their_arguments(cluster: dynaps.LocalCluster) -> None:
     with pytest.raises(dynaps.UsageError, match="takes a function fn"):
         cluster.run("train")  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from dynaps.client import asking
 from dynaps.client.deadlines import Deadline
 from dynaps.client.requests import Requests
 from dynaps.contract import ConsistencyModel
+from dynaps.contract.base import is_whole_number
 from dynaps.errors import UsageError
 from dynaps.wire import control, messages
 from dynaps.wire.protocol import COORDINATOR, MsgType
@@ -111,8 +112,11 @@ class Barriers:
         return self._clock
 
     def data_shards(self, num_shards: int, epoch: int = 0, timeout: float | None = None) -> Iterator[int]:
-        if num_shards < 1:
-            raise UsageError(f"data_shards needs num_shards >= 1, got {num_shards}")
+        if not is_whole_number(num_shards) or num_shards < 1:
+            raise UsageError(f"data_shards needs a whole number of shards >= 1, got {num_shards!r}")
+        if not is_whole_number(epoch) or epoch < 0:
+            raise UsageError(f"data_shards needs a whole epoch >= 0, got {epoch!r}")
+        num_shards, epoch = int(num_shards), int(epoch)
         requests = self._requests
         finished: int | None = None
         while True:

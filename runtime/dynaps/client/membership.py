@@ -82,6 +82,10 @@ class Membership:
         self.num_workers = num_workers
         self.follower = membership_deltas.Follower(self._ask)
 
+    def has(self, node: int) -> bool:
+        """Whether ``node`` is one of the job's members as last announced."""
+        return node in self._members
+
     def _ask(self, version: int) -> None:
         """A version was missed: ask the coordinator for the whole membership."""
         joining.ask_membership(self._transport, self._transport.endpoint, version)

@@ -287,6 +287,8 @@ class PS:
     def node_stats(self, node: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """The counters of a node (default: this process's own node)."""
         target = self.node if node is None else node
+        if not self._membership.has(target):  # asked of no one, it would only time out
+            raise UsageError(f"node {target!r} is not a member of this job")
         requests = self._requests
         requests.make_room()
         req_id = requests.ids.take()
