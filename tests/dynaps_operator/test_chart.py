@@ -65,6 +65,38 @@ def test_values_mirror_every_operator_setting(kube_control_plane: ControlPlane) 
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("setting", "told"),
+    [
+        ("workers=0", "at '/workers': minimum: got 0, want 1"),
+        ("logLvel=DEBUG", "additional properties 'logLvel' not allowed"),  # a typo is not ignored
+        ("logLevel=LOUD", "at '/logLevel': value must be one of"),
+        ("resyncSeconds=0", "at '/resyncSeconds': exclusiveMinimum"),
+        ("probePort=70000", "at '/probePort': maximum"),
+        ("allowPrivilegedJobs=ture", "at '/allowPrivilegedJobs': got string, want boolean"),
+        ("watchNamespaces={Team_A}", "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
+    ],
+)
+def test_a_wrong_value_is_refused_at_install_naming_it(
+    kube_control_plane: ControlPlane, setting: str, told: str
+) -> None:
+    """values.schema.json: without it such a value installed, and the operator's pod crashed
+    at start (or, for a typo, the value was silently ignored)."""
+    done = kube_control_plane.helm("template", "ops", str(CHART), "--set", setting, check=False)
+    assert done.returncode != 0
+    assert told in done.stderr
+
+
+def test_the_values_schema_names_every_value() -> None:
+    """A value added to values.yaml but not to the schema would be refused at install."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("namespaced_mode", [False, True], ids=["cluster-wide", "namespaced"])
 def test_rendered_chart_applies_with_server_side_dry_run(
     crd: str, kube_control_plane: ControlPlane, kube_namespace: str, tmp_path: Path, namespaced_mode: bool
