@@ -71,13 +71,16 @@ def run_job(config: RuntimeConfig, command: list[str], log_level: str, quiet: bo
     losses: list[dict[str, Any]] = []  # the coordinator's latest dataLoss entries, as last read
     seen, lost_keys = 0, 0  # losses printed so far, and keys lost over the whole job
     last = ""
+    reason = ""  # why the job ended, as the coordinator said
 
     def read() -> dict[str, Any] | None:
         """/status, its progress line and new losses printed. Every read is reported: the
         coordinator answers one read after the job's end and then exits, and that read may
         be any of this loop's."""
-        nonlocal last, losses, seen, lost_keys
+        nonlocal last, losses, seen, lost_keys, reason
         status = _read_status(status_url, token)
+        if status is not None and status.get("exitCode") is not None:
+            reason = str(status.get("reason") or "")
         line = _progress_line(status) if status is not None else ""
         if line and line != last:
             say(line)
@@ -121,7 +124,8 @@ def run_job(config: RuntimeConfig, command: list[str], log_level: str, quiet: bo
         # the nodes' last lines; a program that outlived its node may hold its pipe: not for long
         output.join(5.0)
     elapsed = time.monotonic() - started
-    say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s")
+    why = f": {reason}" if reason and code != 0 else ""
+    say(f"job {'succeeded' if code == 0 else f'failed (exit code {code})'} after {elapsed:.1f} s{why}")
     if seen:
         recoveries = f"{seen} {'recovery' if seen == 1 else 'recoveries'}"
         say(f"data loss: {recoveries} restored {lost_keys} keys from other than a synced replica:")
