@@ -32,6 +32,12 @@ args = [a for a in sys.argv[1:] if not a.startswith(("--namespace=", "--context=
 with open(__file__ + ".calls", "a") as calls:
     calls.write(json.dumps(sys.argv[1:]) + "\\n")
 if args[:2] == ["get", "parameterserverjobs.dynaps.io"]:
+    if args[2] == "unreachable":  # what kubectl says with no API server at its address
+        for _ in range(3):
+            print('E1207 08:56:11.453051   32291 memcache.go:265] "Unhandled Error" err="could not get '
+                  'the server API group list"', file=sys.stderr)
+        sys.exit(print("The connection to the server localhost:8080 was refused - did you specify "
+                       "the right host or port?", file=sys.stderr) or 1)
     if args[2] == "missing":
         sys.exit(print('Error from server (NotFound): parameterserverjobs.dynaps.io "missing" not found',
                        file=sys.stderr) or 1)
@@ -67,6 +73,17 @@ def kubectl_dir(tmp_path: Path) -> Path:
 
 def dynaps(kubectl_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_dynaps({**os.environ, "PATH": f"{kubectl_dir}{os.pathsep}{os.environ['PATH']}"}, *args)
+
+
+def test_status_without_a_reachable_cluster_says_kubectls_message_without_its_log_lines(
+    kubectl_dir: Path,
+) -> None:
+    done = dynaps(kubectl_dir, "status", "unreachable")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "dynaps: error: kubectl get: The connection to the server localhost:8080 was refused - "
+        "did you specify the right host or port?"
+    ]
 
 
 def lines_of(pod: str, count: int = 3) -> list[str]:

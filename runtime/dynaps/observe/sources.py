@@ -10,6 +10,7 @@ message, never a traceback.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.error
@@ -23,6 +24,9 @@ from dynaps.errors import ClusterError, ConfigError
 from dynaps.observe.view import LABEL_JOB, JobView, from_coordinator, from_kubernetes
 
 KUBECTL_TIMEOUT = 60.0  # seconds one kubectl call may take
+# kubectl's own log lines (klog: "E1207 08:56:11.453051   32291 memcache.go:265] ..."), which
+# it prints before its one-line message when it cannot reach the API server
+_KLOG_LINE = re.compile(r"^[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [^ ]+:\d+\] ")
 HTTP_TIMEOUT = 10.0
 MAX_STATUS = 16 << 20  # bytes of /status read at most (it is bounded, and this is a client)
 RESOURCE = f"{PLURAL}.{API_GROUP}"
@@ -70,7 +74,8 @@ class Kubectl:
         except OSError as exc:
             raise ConfigError(f"cannot run kubectl: {exc}") from exc
         if done.returncode != 0:
-            message = done.stderr.strip() or f"exit code {done.returncode}"
+            said = [line for line in done.stderr.strip().splitlines() if not _KLOG_LINE.match(line)]
+            message = "\n".join(said) or done.stderr.strip() or f"exit code {done.returncode}"
             raise ClusterError(f"kubectl {args[0]}: {message}")
         return done.stdout
 
