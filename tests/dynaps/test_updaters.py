@@ -147,6 +147,19 @@ def test_unknown_custom_updaters_say_why(name: str, message: str) -> None:
         make_updater(UpdaterSpec(kind=UpdaterKind.CUSTOM, name=name))
 
 
+@pytest.mark.parametrize(
+    ("name", "factory", "message"),
+    [
+        ("clipped", 5, "the factory must be fn\\(spec\\) -> updater, not 5"),  # it failed at first use
+        ("a:b", lambda spec: None, "a non-empty name without ':'"),
+        ("", lambda spec: None, "a non-empty name"),
+    ],
+)
+def test_registering_an_updater_checks_it_at_once(name: str, factory: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dynaps.register_updater(name, factory)  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------------------- real processes
 
 

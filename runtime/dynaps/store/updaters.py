@@ -222,8 +222,10 @@ def register_updater(name: str, factory: CustomFactory) -> None:
     Registration is per process: servers only know what this module registers and what
     they can import by path, so prefer ``name: "package.module:factory"`` for your own.
     """
-    if ":" in name:
-        raise ConfigError(f"updater name {name!r}: ':' is reserved for 'package.module:factory' paths")
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigError(f"updater name {name!r}: a non-empty name without ':' (reserved for module paths)")
+    if not callable(factory):  # else it failed only when a table first used it, in some process
+        raise ConfigError(f"updater {name!r}: the factory must be fn(spec) -> updater, not {factory!r}")
     _CUSTOM[name] = factory
 
 
