@@ -18,6 +18,8 @@ from typing import Any
 from dynaps_operator.errors import OperatorConfigError
 
 PREFIX = "DYNAPS_OPERATOR_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def _setting(env: str, default: Any, help: str) -> Any:
@@ -124,7 +126,10 @@ def _parse(name: str, text: str, default: Any) -> Any:
         if isinstance(default, tuple):
             return tuple(part.strip() for part in text.split(",") if part.strip())
         if isinstance(default, bool):
-            return text.strip().lower() in ("1", "true", "yes", "on")
+            word = text.strip().lower()
+            if word not in _TRUE + _FALSE:  # a typo of "true" must not quietly mean false
+                raise ValueError(word)
+            return word in _TRUE
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):

@@ -160,6 +160,12 @@ def test_settings_from_the_environment() -> None:
         OperatorSettings.from_env({"DYNAPS_OPERATOR_WORKERS": "many"})
     with pytest.raises(OperatorConfigError, match="LOG_LEVEL"):
         OperatorSettings(log_level="LOUD")
+    privileged = "DYNAPS_OPERATOR_ALLOW_PRIVILEGED_JOBS"
+    assert OperatorSettings.from_env({privileged: " Yes"}).allow_privileged_jobs
+    assert not OperatorSettings.from_env({privileged: "false"}).allow_privileged_jobs
+    # a typo of "true" was read as false, quietly
+    with pytest.raises(OperatorConfigError, match=f"{privileged}='ture' is not a valid bool"):
+        OperatorSettings.from_env({privileged: "ture"})
     assert "DYNAPS_OPERATOR_RESYNC_SECONDS" in describe()
 
 
