@@ -13,7 +13,11 @@ workers against 254 at 1, bench/README.md).  Here instead:
 * an epoch is ``2W - 1`` rounds of a round-robin tournament between the blocks: every
   round pairs all blocks off, each worker takes one pair, localizes both blocks and trains
   that bucket's triples (and a block's own bucket in one of its rounds); a barrier ends
-  each round.  Over an epoch every bucket is trained once, by one worker.  The pairs are
+  each round.  Over an epoch every bucket is trained once, by one worker.  A block is held
+  in every round, so its own bucket may go to any of them: they are placed to even out the
+  rounds' work (:func:`own_bucket_rounds`), since every worker waits at each barrier for the
+  busiest (a fixed placement left the busiest worker of a round with 1.25x the mean at 2
+  workers and 1.42x at 8 on bench/apps.py's graph; placed, 1.00x and 1.07x).  The pairs are
   dealt so that every worker keeps one of its blocks from one round to the next
   (:func:`handed_on`), and the app runs every other epoch backwards, so a round moves W
   blocks, and the first round of every epoch after the first none;
@@ -141,22 +145,52 @@ def schedule(train: Ints, blocks: EntityBlocks, workers: int, me: int) -> list[R
     """Worker ``me``'s rounds of one epoch: its two blocks and its triples in each round.
 
     Bucket {a, b} (a != b) is trained in the round that pairs a with b; a block's own
-    bucket {c, c} in round ``c mod (2W - 1)``, by whichever worker holds c then.
+    bucket {c, c} in the round :func:`own_bucket_rounds` chooses, by whichever worker holds
+    c then.  Every worker computes the same schedule from the same data.
     """
     rounds = handed_on(tournament(blocks.count))
-    turns = len(rounds)
+    heads, tails = blocks.block_of(train[:, 0]), blocks.block_of(train[:, 2])
+    sizes = np.zeros((blocks.count, blocks.count), dtype=np.int64)
+    np.add.at(sizes, (np.minimum(heads, tails), np.maximum(heads, tails)), 1)
+    own_round = own_bucket_rounds(sizes, rounds)
     # (round, worker) of every bucket, as one number round * workers + worker
     slot = np.empty((blocks.count, blocks.count), dtype=np.int64)
     for r, pairs in enumerate(rounds):
         for w, (a, b) in enumerate(pairs):
             slot[a, b] = slot[b, a] = r * workers + w
             for c in (a, b):
-                if c % turns == r:
+                if own_round[c] == r:
                     slot[c, c] = r * workers + w
-    bucket_slot = slot[blocks.block_of(train[:, 0]), blocks.block_of(train[:, 2])]
+    bucket_slot = slot[heads, tails]
     mine = bucket_slot % workers == me
     triples, turn = train[mine], bucket_slot[mine] // workers
-    return [Round(blocks=rounds[r][me], triples=triples[turn == r]) for r in range(turns)]
+    return [Round(blocks=rounds[r][me], triples=triples[turn == r]) for r in range(len(rounds))]
+
+
+def own_bucket_rounds(sizes: Ints, rounds: list[list[tuple[int, int]]]) -> list[int]:
+    """The round of each block's own bucket: the largest placed first, each where it raises
+    its round's busiest worker least (then where its worker is least busy, then the earliest
+    round).  ``sizes[a, b]`` (a <= b) counts bucket {a, b}'s triples; worker ``w`` holds
+    ``rounds[r][w]`` in round ``r``."""
+    count = len(sizes)
+    load = np.zeros((len(rounds), len(rounds[0])), dtype=np.int64)  # triples per round and worker
+    holder = np.empty((len(rounds), count), dtype=np.int64)
+    for r, pairs in enumerate(rounds):
+        for w, (a, b) in enumerate(pairs):
+            load[r, w] = sizes[min(a, b), max(a, b)]
+            holder[r, a] = holder[r, b] = w
+    chosen = [0] * count
+    for c in sorted(range(count), key=lambda block: (-int(sizes[block, block]), block)):
+        own = int(sizes[c, c])
+        choices = []
+        for r in range(len(rounds)):
+            w = int(holder[r, c])
+            busiest = int(load[r].max())
+            choices.append((max(busiest, int(load[r, w]) + own) - busiest, int(load[r, w]), r))
+        _, _, r = min(choices)
+        load[r, holder[r, c]] += own
+        chosen[c] = r
+    return chosen
 
 
 def negatives(blocks: EntityBlocks, pair: tuple[int, int], count: int, rng: np.random.Generator) -> Ints:
