@@ -20,7 +20,7 @@ import zmq
 
 from dynaps.config import SPIN_ENV, TRANSPORTS, spin_seconds
 from dynaps.errors import ConfigError
-from dynaps.wire import handshake, tcp_inbound
+from dynaps.wire import handshake, tcp_inbound, tcp_outbound
 from dynaps.wire.auth import Authenticator
 from dynaps.wire.tcp_transport import TcpTransport
 from dynaps.wire.transport import JobTransport, open_transport
@@ -351,6 +351,45 @@ def test_a_tcp_message_larger_than_the_socket_buffers_arrives_while_both_send() 
     finally:
         a.close()
         b.close()
+
+
+def test_a_large_tcp_message_the_kernel_takes_in_part_is_copied_and_arrives_whole() -> None:
+    """Once the peer admitted us, what the kernel does not take of a large message is copied
+    (only that part: a block's TRANSFER is megabytes): the caller may reuse its array at once."""
+    a, b = TcpTransport(1, KEY), TcpTransport(2, KEY)
+    try:
+        a.connect(2, b.address)
+        a.send(2, [b"hello"])
+        deadline = time.monotonic() + 10.0
+        got: list[list[bytes]] = []
+        peer = a._outbound.peers[2]
+        while not (got and peer.admitted):  # b reads the password and the message, a the answer
+            assert time.monotonic() < deadline
+            frames = b.recv(timeout=0.01)
+            if frames is not None:
+                got.append([bytes(f) for f in frames])
+            a.recv(timeout=0.001)
+        big = np.arange(4 << 20, dtype=np.float32)  # 16 MB: more than a socket buffer takes
+        expected = big.copy()
+        a.send(2, [b"big", big])
+        big[:] = -1  # reused at once
+        while len(got) < 2:
+            assert time.monotonic() < deadline, "the large message did not arrive"
+            frames = b.recv(timeout=0.01)
+            if frames is not None:
+                got.append([bytes(f) for f in frames])
+            a.recv(timeout=0.001)
+        assert got[1][0] == b"big"
+        assert np.array_equal(np.frombuffer(got[1][1], np.float32), expected)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("sent", [0, 1, 3, 4, 5, 9, 10])
+def test_the_unsent_part_of_a_message_is_its_bytes_after_what_was_sent(sent: int) -> None:
+    parts: list[Any] = [b"head", memoryview(b"abc"), np.frombuffer(b"xyz", np.uint8)]
+    assert tcp_outbound._unsent(parts, sent) == b"headabcxyz"[sent:]
 
 
 def _raw(address: str) -> socket.socket:

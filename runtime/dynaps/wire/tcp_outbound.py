@@ -46,6 +46,15 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _unsent(parts: list[Any], sent: int) -> bytes:
+    """The bytes of ``parts`` (a message's head and frames) after its first ``sent``, in one copy."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return b"".join([memoryview(part)[sent:], *parts[index + 1 :]])
+        sent -= len(part)
+    return b""
+
+
 class Outbound:
     """Our connections to peers and what they share: where each peer listens, which are
     watched, and the transport's selector, password and pump."""
@@ -273,8 +282,14 @@ class Peer:
                 if not self.admitted:  # a copy: the caller may change its arrays
                     self.unconfirmed.append(memoryview(b"".join([head, *views])))
                 return
-            # copied: the caller may change its arrays once send returns
-            self.pending.append(memoryview(b"".join([head, *views]))[sent:])
+            # copied: the caller may change its arrays once send returns.  Only what the
+            # kernel did not take, once the peer admitted us (a block's TRANSFER is megabytes,
+            # most of them sent at once); before that the whole message is kept, to be sent
+            # again on another connection (``unconfirmed``).
+            if self.admitted:
+                self.pending.append(memoryview(_unsent([head, *views], sent)))
+            else:
+                self.pending.append(memoryview(b"".join([head, *views]))[sent:])
             self.partial = sent > 0
             self.want_write()
             self.flush_soon()
