@@ -5,8 +5,10 @@ Authentication and the size bound have their own tests (test_wire_auth.py)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import selectors
 import socket
 import struct
 import threading
@@ -384,6 +386,45 @@ def test_a_large_tcp_message_the_kernel_takes_in_part_is_copied_and_arrives_whol
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("piece", [997, 4096, 300_001, 1 << 20])
+def test_a_large_message_in_pieces_and_what_follows_it_are_cut_exactly(piece: int) -> None:
+    """A message larger than a read, arriving in pieces of any size: it and the small
+    messages before and after it in the same stream come out whole and in order."""
+    selector = selectors.DefaultSelector()
+    inbox: collections.deque[list[bytes]] = collections.deque()
+    inbound = tcp_inbound.Inbound(selector, tcp_inbound.MAGIC + b"password", 1 << 24, inbox, "127.0.0.1", 0)
+    sender = socket.create_connection(("127.0.0.1", inbound.port))
+    receiving, _ = inbound._listener.accept()
+    receiving.setblocking(False)
+    conn = tcp_inbound.Connection(receiving, 0.0)
+    conn.admitted = True
+    big = np.random.default_rng(piece).integers(0, 255, 3_000_017, dtype=np.uint8).tobytes()
+    messages = [[b"before"], [b"head", big, b"tail"], [b"after", b"x" * 10]]
+    stream = b"".join(
+        tcp_inbound.HEADS[len(m)].pack(len(m), *[len(f) for f in m]) + b"".join(m) for m in messages
+    )
+
+    def send() -> None:
+        for first in range(0, len(stream), piece):
+            sender.sendall(stream[first : first + piece])
+
+    writer = threading.Thread(target=send)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 20.0
+        while len(inbox) < len(messages):
+            assert time.monotonic() < deadline, f"{len(inbox)} of {len(messages)} messages"
+            inbound.read(conn)
+        assert [list(m) for m in inbox] == messages
+        assert not conn.buf
+    finally:
+        writer.join()
+        sender.close()
+        receiving.close()
+        inbound.close()
+        selector.close()
 
 
 @pytest.mark.parametrize("sent", [0, 1, 3, 4, 5, 9, 10])
