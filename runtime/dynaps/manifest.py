@@ -29,5 +29,6 @@ def load_manifest(path: str | Path) -> ParameterServerJob:
         return ParameterServerJob.model_validate(jobs[0])
     except ValidationError as exc:
         raise ConfigError(
-            f"{source} is not a valid ParameterServerJob:\n" + describe_validation_error(exc, source)
+            f"{source} is not a valid ParameterServerJob:\n"
+            + describe_validation_error(exc, source, ParameterServerJob)
         ) from exc

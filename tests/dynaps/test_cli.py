@@ -137,6 +137,21 @@ def test_validate_accepts_the_examples() -> None:
             " workers: {}}\n",
             "spec.tables.0.init.scale: a number, not '0.05'",
         ),
+        (  # a misspelt field: the one meant, found through the list of tables
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4, updatr: {kind: sgd}}], workers: {replicaz: 2}}\n",
+            "spec.tables.0.updatr: not a field here; did you mean 'updater'?",
+        ),
+        (
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {replicaz: 2}}\n",
+            "spec.workers.replicaz: not a field here; did you mean 'replicas'?",
+        ),
+        (  # nothing close: the fields there
+            "kind: ParameterServerJob\nmetadata: {name: x}\n"
+            "spec: {tables: [{name: W, numKeys: 5, dim: 4}], workers: {}, xyz: 1}\n",
+            "spec.xyz: not a field here; the fields: image, tables, allocation,",
+        ),
         ("just: [yaml", "not valid YAML"),
         ("kind: Pod\n", "exactly one ParameterServerJob"),
     ],

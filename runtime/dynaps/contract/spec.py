@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from dynaps.contract.base import Model
@@ -114,13 +122,52 @@ class ParameterServerJob(Model):
     status: dict[str, Any] | None = None
 
 
-def describe_validation_error(exc: ValidationError, source: str = "") -> str:
-    """One line per problem, naming the field as a user wrote it (``spec.workers.replicas``)."""
+def describe_validation_error(
+    exc: ValidationError, source: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem, naming the field as a user wrote it (``spec.workers.replicas``);
+    with the ``model`` validated, a misspelt field's line names the field meant."""
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(document)"
         message = error["msg"]
         if error["type"] == "value_error":  # our validators' own words, without pydantic's prefix
             message = message.removeprefix("Value error, ")
+        elif error["type"] == "extra_forbidden" and model is not None:
+            message = _unknown_field(model, error["loc"])
         lines.append(f"{source + ': ' if source else ''}{where}: {message}")
     return "\n".join(lines)
+
+
+def _unknown_field(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """What to say of a field the model does not have: the one meant, if one is close."""
+    import difflib  # only for a mistake's message: not on every process's import
+
+    fields = _fields_at(model, loc[:-1])
+    if not fields:
+        return "not a field here"
+    meant = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
+    if meant:
+        return f"not a field here; did you mean {meant[0]!r}?"
+    return f"not a field here; the fields: {', '.join(fields)}"
+
+
+def _fields_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]:
+    """The field names (as a manifest writes them) of the model at ``path`` inside ``model``
+    (list indices skipped); none where the path leaves the models (a mapping's keys)."""
+    current = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        found = [info for name, info in current.model_fields.items() if part in (info.alias, name)]
+        inner = _models_in(found[0].annotation) if found else []
+        if not inner:
+            return []
+        current = inner[0]
+    return [info.alias or name for name, info in current.model_fields.items()]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in getattr(annotation, "__args__", ()) for found in _models_in(arg)]
