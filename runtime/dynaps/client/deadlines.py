@@ -10,27 +10,31 @@ from __future__ import annotations
 
 import numbers
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dynaps.errors import UsageError
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(NamedTuple):  # a tuple: made on every wait, cheaper than a frozen dataclass
     at: float  # time.monotonic() when the wait gives up
     seconds: float
-    source: str  # what set it, for the error: "timeout=5" or "request_timeout_seconds=120"
+    given: bool  # by the caller's timeout, else the job's request_timeout_seconds
 
     def describe(self) -> str:
-        return f"within {self.seconds:g} s ({self.source})"
+        """For the timeout's error only: not formatted on the waits that end in time."""
+        source = "timeout" if self.given else "request_timeout_seconds"
+        return f"within {self.seconds:g} s ({source}={self.seconds:g})"
 
 
 def deadline_after(timeout: object, request_timeout: float) -> Deadline:
     """The deadline of a wait starting now: ``timeout`` seconds, or the job's default."""
     if timeout is None:
-        source = f"request_timeout_seconds={request_timeout:g}"
-        return Deadline(time.monotonic() + request_timeout, request_timeout, source)
-    seconds = -1.0 if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) else float(timeout)
+        return Deadline(time.monotonic() + request_timeout, request_timeout, False)
+    if type(timeout) is float or type(timeout) is int:  # the usual: no ABC check
+        seconds = float(timeout)
+    else:  # numpy's numbers too, not a bool
+        real = not isinstance(timeout, bool) and isinstance(timeout, numbers.Real)
+        seconds = float(timeout) if real else -1.0  # type: ignore[arg-type]
     if not seconds >= 0:  # not a number, negative, or NaN
         raise UsageError(f"timeout must be seconds >= 0, or None for the default; got {timeout!r}")
-    return Deadline(time.monotonic() + seconds, seconds, f"timeout={seconds:g}")
+    return Deadline(time.monotonic() + seconds, seconds, True)

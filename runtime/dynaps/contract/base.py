@@ -36,6 +36,13 @@ def _number(value: object) -> float:
 A_NUMBER = BeforeValidator(_number)
 
 
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's annotation holds (through Optional, list, Annotated...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in getattr(annotation, "__args__", ()) for found in models_in(arg)]
+
+
 class Model(BaseModel):
     """Base: camelCase aliases, snake_case names, unknown fields rejected."""
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dynaps.contract.base import models_in
+
 JsonDict = dict[str, Any]
 
 
@@ -62,14 +64,8 @@ def nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
             continue
         seen[current.__name__] = current
         for info in current.model_fields.values():
-            waiting += _types_in(info.annotation)
+            waiting += models_in(info.annotation)
     return seen
-
-
-def _types_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [found for arg in getattr(annotation, "__args__", ()) for found in _types_in(arg)]
 
 
 def describe(schema: JsonDict, model: type[BaseModel]) -> JsonDict:

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from dynaps.contract.base import Model
+from dynaps.contract.base import Model, models_in
 from dynaps.contract.consistency import Consistency
 from dynaps.contract.fault_tolerance import FaultTolerance
 from dynaps.contract.limits import MAX_STAGES, MAX_TABLES
@@ -160,14 +160,8 @@ def _fields_at(model: type[BaseModel], path: tuple[int | str, ...]) -> list[str]
         if isinstance(part, int):
             continue
         found = [info for name, info in current.model_fields.items() if part in (info.alias, name)]
-        inner = _models_in(found[0].annotation) if found else []
+        inner = models_in(found[0].annotation) if found else []
         if not inner:
             return []
         current = inner[0]
     return [info.alias or name for name, info in current.model_fields.items()]
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [found for arg in getattr(annotation, "__args__", ()) for found in _models_in(arg)]

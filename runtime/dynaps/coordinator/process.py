@@ -110,7 +110,6 @@ def serve_coordinator(config: RuntimeConfig, announce: Callable[[str, int], None
     )
     coordinator = Coordinator(config, transport, listen_first=ADOPT_QUIET)
     actions = PendingActions()
-
     reads = StatusReads(coordinator.status)  # /status is built when read, on this thread
     registry = metrics.registry(reads.read, [str(phase) for phase in JobPhase])
     http = StatusServer(
