@@ -4,7 +4,8 @@ form of the same step measured in the same run.
     PYTHONPATH=runtime .venv/bin/python bench/updaters.py
 
 The pushes are shaped like the apps' (a KGE entity push: 256 triples' ends and 8 negatives
-each, 2,560 keys over 5,000 entities with repeats; sparse LR: 10,000 keys of one value over
+each, 2,560 keys over 5,000 entities with repeats, and over an entity-block round's 2,500 or
+625 entities; a Zipf-skewed push; sparse LR: 10,000 keys of one value over
 100,000 features, Zipf-skewed; a push without repeats).  The reference sums repeated keys
 with ``np.unique`` and a row-wise flat ``np.add.at`` into zeros, then steps with plain
 expressions: the form dynaps.store.updaters had before 2026-12-07.  Run it against another
@@ -54,6 +55,8 @@ def pushes(rng: np.random.Generator) -> dict[str, tuple[int, list[tuple[Keys, Ar
     kge_weights /= kge_weights.sum()
     lr_weights = 1.0 / np.arange(1, 100_001) ** 1.1
     lr_weights /= lr_weights.sum()
+    zipf = 1.0 / np.arange(1, 20_001)  # one hot key recurs ~100 times in a push
+    zipf /= zipf.sum()
 
     def draw(num_keys: int, count: int, dim: int, weights: Array | None) -> tuple[Keys, Array]:
         if weights is None:
@@ -62,9 +65,21 @@ def pushes(rng: np.random.Generator) -> dict[str, tuple[int, list[tuple[Keys, Ar
             keys = rng.choice(num_keys, size=count, p=weights)
         return keys.astype(np.int64), rng.normal(size=(count, dim)).astype(np.float32)
 
+    def block_round(entities: int) -> tuple[Keys, Array]:
+        """An entity-block round's push: 512 ends (skewed) and 2,048 negatives (uniform)
+        from the round's two blocks of ``entities`` in all (2,500 at 2 workers, 625 at 8)."""
+        weights = kge_weights[:entities] / kge_weights[:entities].sum()
+        ends, ends_rows = draw(entities, 512, 64, weights)
+        negatives = rng.integers(0, entities, 2_048).astype(np.int64)
+        rows = rng.normal(size=(2_048, 64)).astype(np.float32)
+        return np.concatenate([ends, negatives]), np.concatenate([ends_rows, rows])
+
     count = range(50)
     return {
         "kge entities (2,560 keys, dim 64)": (5_000, [draw(5_000, 2_560, 64, kge_weights) for _ in count]),
+        "kge blocks, 2 workers (2,560 keys of 2,500)": (2_500, [block_round(2_500) for _ in count]),
+        "kge blocks, 8 workers (2,560 keys of 625)": (625, [block_round(625) for _ in count]),
+        "zipf 1.0 (1,000 keys of 20,000, dim 32)": (20_000, [draw(20_000, 1_000, 32, zipf) for _ in count]),
         "sparse lr (10,000 keys, dim 1)": (100_000, [draw(100_000, 10_000, 1, lr_weights) for _ in count]),
         "no repeats (2,000 keys, dim 64)": (5_000, [draw(5_000, 2_000, 64, None) for _ in count]),
     }

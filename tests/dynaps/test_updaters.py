@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 import dynaps
 from dynaps.contract import UpdaterKind, UpdaterSpec
 from dynaps.errors import ConfigError
+from dynaps.store import updaters
 from dynaps.store.updaters import combine_duplicates, make_updater, scatter_add
 
 key_lists = st.lists(st.integers(0, 9), min_size=1, max_size=40)
@@ -34,6 +37,30 @@ def test_combine_duplicates_sums_per_key(dim: int, keys: list[int]) -> None:
     assert len(set(unique.tolist())) == len(unique)
     for key, row in zip(unique, summed, strict=True):
         np.testing.assert_allclose(row, rows[np.asarray(keys) == key].sum(axis=0))
+
+
+@given(keys=st.lists(st.integers(0, 9), min_size=2, max_size=60), round_values=st.integers(1, 12))
+def test_combine_duplicates_sums_rank_by_rank(keys: list[int], round_values: int) -> None:
+    """Repeats summed a rank at a time (each rank naming a key once), then the rest with
+    np.add.at: the same sums wherever the switch falls."""
+    rows = np.arange(len(keys) * 3, dtype=np.float64).reshape(-1, 3)
+    with mock.patch.object(updaters, "ROUND_VALUES", round_values):
+        unique, summed = combine_duplicates(np.asarray(keys, dtype=np.int64), rows)
+    np.testing.assert_array_equal(np.sort(unique), np.unique(keys))  # as given when none repeats
+    for key, row in zip(unique, summed, strict=True):
+        np.testing.assert_allclose(row, rows[np.asarray(keys) == key].sum(axis=0))
+
+
+def test_combine_duplicates_of_an_entity_block_push() -> None:
+    """KGE's shape, where whole ranks are summed with plain indexing: 2,560 keys of 625."""
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 625, 2_560)
+    rows = rng.normal(size=(2_560, 64)).astype(np.float32)
+    unique, summed = combine_duplicates(keys, rows)
+    expected = np.zeros((625, 64), dtype=np.float64)
+    np.add.at(expected, keys, rows.astype(np.float64))
+    np.testing.assert_array_equal(unique, np.unique(keys))
+    np.testing.assert_allclose(summed, expected[unique], rtol=1e-5, atol=1e-5)
 
 
 def test_adagrad_step_once_per_key_per_push() -> None:
@@ -81,8 +108,13 @@ SPECS = {
 }
 
 
+# 48 bytes: AdaGrad steps a push two rows (of 3 float64) at a time
+@pytest.mark.parametrize("step_bytes", [updaters.STEP_BYTES, 48])
 @pytest.mark.parametrize("kind", sorted(SPECS))
-def test_updater_matches_numpy_reference_over_many_pushes(kind: str) -> None:
+def test_updater_matches_numpy_reference_over_many_pushes(
+    kind: str, step_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(updaters, "STEP_BYTES", step_bytes)
     spec = SPECS[kind]
     updater = make_updater(spec)
     rng = np.random.default_rng(11)
