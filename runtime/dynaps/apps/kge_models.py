@@ -58,8 +58,18 @@ class Model:
     def relation_dim(self) -> int:
         raise NotImplementedError
 
-    def gradients(self, h: Array, r: Array, t: Array, tneg: Array, hneg: Array) -> Gradients:
-        """BCE gradients: positives (B,) against tail corruptions and head corruptions (B, n)."""
+    def gradients(
+        self, h: Array, r: Array, t: Array, tneg: Array, hneg: Array, out: Array | None = None
+    ) -> Gradients:
+        """BCE gradients: positives (B,) against tail corruptions and head corruptions (B, n).
+
+        The entities' gradients are written into ``out`` (made if not given): ``2B + 2nB``
+        rows, the heads', the tails', the corrupted tails', the corrupted heads'; the
+        fields are views of it, so a push sends it as it is (one copy of the push less
+        per minibatch than concatenating the fields)."""
+        size, n = len(h), tneg.shape[1]
+        if out is None:
+            out = np.empty((2 * size * (1 + n), h.shape[-1]), dtype=np.result_type(h, r, t, tneg, hneg))
         query_t, query_h = self.tail_query(h, r), self.head_query(r, t)
         pos = np.einsum("bd,bd->b", query_t, t)
         s_tneg = np.einsum("bd,bnd->bn", query_t, tneg)
@@ -72,18 +82,15 @@ class Model:
         tails = np.einsum("bn,bnd->bd", g_t, tneg)
         tails += g_pos[:, None] * t
         heads = np.einsum("bn,bnd->bd", g_h, hneg)  # the corrupted heads only: see relation
-        head = self.head_grad(r, tails)
+        head, tail = out[:size], out[size : 2 * size]
+        head[...] = self.head_grad(r, tails)
         relation = self.relation_grad(h, tails) + self.relation_grad(heads, t)
         heads += g_pos[:, None] * h
-        tail = self.tail_grad(heads, r)
-        return Gradients(
-            loss,
-            head,
-            relation,
-            tail,
-            g_t[:, :, None] * query_t[:, None, :],
-            g_h[:, :, None] * query_h[:, None, :],
-        )
+        tail[...] = self.tail_grad(heads, r)
+        corrupted = out[2 * size :].reshape(2, size, n, -1)
+        np.multiply(g_t[:, :, None], query_t[:, None, :], out=corrupted[0])
+        np.multiply(g_h[:, :, None], query_h[:, None, :], out=corrupted[1])
+        return Gradients(loss, head, relation, tail, corrupted[0], corrupted[1])
 
     # score(h, r, t) = tail_query(h, r) . t = h . head_query(r, t)
     def tail_query(self, h: Array, r: Array) -> Array:

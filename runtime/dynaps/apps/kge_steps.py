@@ -141,19 +141,15 @@ def minibatch(
     h, t = ends[:size], ends[size:]
     tneg = neg_vals[: n * size].reshape(size, n, -1)
     hneg = neg_vals[n * size :].reshape(size, n, -1)
-    g = model.gradients(h, rels, t, tneg, hneg)
+    # the push's rows in the order of its keys: heads, tails, then the negatives
+    grads = np.empty((len(ends) + len(neg_vals), ends.shape[1]), dtype=np.float32)
+    g = model.gradients(h, rels, t, tneg, hneg, out=grads)
     reg = np.float32(config.reg)
-    grads = np.concatenate(
-        [
-            g.head + reg * h,
-            g.tail + reg * t,
-            g.tail_negatives.reshape(n * size, -1),
-            g.head_negatives.reshape(n * size, -1),
-        ]
-    )
+    g.head += reg * h
+    g.tail += reg * t
     keys = np.concatenate([h_keys, t_keys, neg_keys])
     handles = [
-        entities.push(keys, grads.astype(np.float32, copy=False), wait=False),
+        entities.push(keys, grads, wait=False),
         relations.push(r_keys, (g.relation + reg * rels).astype(np.float32, copy=False), wait=False),
     ]
     return g.loss, handles

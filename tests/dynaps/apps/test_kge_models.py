@@ -65,3 +65,29 @@ def test_complex_rows_are_interleaved_real_and_imaginary_parts() -> None:
     # so do rows of a float type with no complex view (computed in float64)
     half = model.tail_query(h.astype(np.float16), r.astype(np.float16))
     np.testing.assert_allclose(half, model.tail_query(h, r), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_entity_gradients_are_written_into_the_push_rows(name: str) -> None:
+    """With ``out``, the head, tail and corrupted rows' gradients land in it in the push's
+    key order (heads, tails, corrupted tails, corrupted heads), equal to those made without."""
+    model = make_model(name, 3)
+    rng = np.random.default_rng(8)
+    batch, n = 4, 2
+    h, t = rng.normal(size=(batch, model.entity_dim)), rng.normal(size=(batch, model.entity_dim))
+    r = rng.normal(size=(batch, model.relation_dim))
+    tneg, hneg = (rng.normal(size=(batch, n, model.entity_dim)) for _ in range(2))
+    alone = model.gradients(h, r, t, tneg, hneg)
+    out = np.full((2 * batch * (1 + n), model.entity_dim), np.nan, dtype=np.float32)
+    into = model.gradients(h, r, t, tneg, hneg, out=out)
+    expected = np.concatenate(
+        [
+            alone.head,
+            alone.tail,
+            alone.tail_negatives.reshape(-1, model.entity_dim),
+            alone.head_negatives.reshape(-1, model.entity_dim),
+        ]
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    for field in ("head", "tail", "tail_negatives", "head_negatives"):
+        assert np.shares_memory(getattr(into, field), out), field
