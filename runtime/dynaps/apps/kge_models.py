@@ -119,7 +119,7 @@ class ComplEx(Model):
     """Rows are complex vectors stored as interleaved ``(real, imaginary)`` pairs, so a row
     *is* a complex64 (complex128) vector viewed as floats: each product below is one numpy
     complex operation.  (Stored as ``[real | imaginary]`` halves before 2026-12-07, each took
-    six operations on half-rows, whose short strided loops made the gradient 1.3x slower:
+    six operations on half-rows, whose short strided loops made the gradient 1.4x slower:
     bench/README.md, "ComplEx as complex numbers".)"""
 
     name = "complex"

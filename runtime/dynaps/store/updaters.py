@@ -141,6 +141,8 @@ def _add_repeats(summed: Array, group: Keys, rank: Keys, updates: Array, rows: K
         _add_at_rows(summed, group[at], updates.take(rows[at], axis=0))
 
 
+# A slice's rows and the step's few temporaries of its size stay well inside a core's
+# cache (2 MB of L2 on the development machine), not only the largest caches'.
 STEP_BYTES = 128 << 10
 
 
