@@ -1,5 +1,5 @@
-"""What an updater's ``apply`` costs per push (CPU microseconds), beside a textbook numpy
-form of the same step measured in the same run.
+"""What AdaGrad's and Adam's ``apply`` cost per push (CPU microseconds), beside a textbook
+numpy form of the same step measured in the same run.
 
     PYTHONPATH=runtime .venv/bin/python bench/updaters.py
 
@@ -29,6 +29,7 @@ from dynaps.store.updaters import make_updater
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]
 LR, EPS = 0.1, 1e-8
+BETA1, BETA2 = 0.9, 0.999
 
 
 def reference_combine(keys: Keys, updates: Array) -> tuple[Keys, Array]:
@@ -47,6 +48,17 @@ def reference_adagrad(values: Array, states: tuple[Array, ...], keys: Keys, upda
     acc = accumulator[keys] + grads * grads
     accumulator[keys] = acc
     values[keys] -= LR * grads / np.sqrt(acc + EPS)
+
+
+def reference_adam(values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
+    keys, grads = reference_combine(keys, updates)
+    first, second, steps = states
+    step = steps[keys, 0] + 1
+    steps[keys, 0] = step
+    first[keys] = m = BETA1 * first[keys] + (1 - BETA1) * grads
+    second[keys] = v = BETA2 * second[keys] + (1 - BETA2) * grads * grads
+    m_hat, v_hat = m / (1 - BETA1 ** step[:, None]), v / (1 - BETA2 ** step[:, None])
+    values[keys] -= LR * m_hat / (np.sqrt(v_hat) + EPS)
 
 
 def pushes(rng: np.random.Generator) -> dict[str, tuple[int, list[tuple[Keys, Array]]]]:
@@ -106,14 +118,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     ).parse_args()
     adagrad = make_updater(UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=LR, eps=EPS))
+    adam = make_updater(UpdaterSpec(kind=UpdaterKind.ADAM, lr=LR, beta1=BETA1, beta2=BETA2, eps=EPS))
     for name, (num_keys, batch) in pushes(np.random.default_rng(0)).items():
         repeats = np.mean([1 - len(np.unique(keys)) / len(keys) for keys, _ in batch])
-        ours = per_push_us(adagrad.apply, num_keys, batch, adagrad.num_states)
-        reference = per_push_us(reference_adagrad, num_keys, batch, 1)
-        print(
-            f"adagrad, {name}: {repeats:4.0%} repeated keys; {ours:7.1f} us per push,"
-            f" reference {reference:7.1f} us: {reference / ours:4.2f}x"
-        )
+        for label, updater, reference_apply in (
+            ("adagrad", adagrad, reference_adagrad),
+            ("adam", adam, reference_adam),
+        ):
+            ours = per_push_us(updater.apply, num_keys, batch, updater.num_states)
+            reference = per_push_us(reference_apply, num_keys, batch, updater.num_states)
+            print(
+                f"{label}, {name}: {repeats:4.0%} repeated keys; {ours:7.1f} us per push,"
+                f" reference {reference:7.1f} us: {reference / ours:4.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -151,6 +151,18 @@ def step_rows(grads: Array) -> int:
     return max(1, STEP_BYTES // max(1, int(grads.shape[1]) * grads.itemsize))
 
 
+SliceStep = Callable[[Array, tuple[Array, ...], Keys, Array], None]
+
+
+def in_slices(step: SliceStep, values: Array, states: tuple[Array, ...], keys: Keys, grads: Array) -> None:
+    """``step`` over slices of a push of distinct ``keys`` (:func:`step_rows` each), so its
+    temporaries stay in a core's cache: a 2,560-row push of dim 64 stepped whole spills
+    them (bench/README.md, "AdaGrad in slices")."""
+    rows = step_rows(grads)
+    for first in range(0, len(keys), rows):
+        step(values, states, keys[first : first + rows], grads[first : first + rows])
+
+
 class AddUpdater:
     """value += update (the classic parameter-server push)."""
 
@@ -182,14 +194,10 @@ class AdagradUpdater:
 
     def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
         keys, grads = combine_duplicates(keys, updates)
-        (accumulator,) = states
-        # in slices whose temporaries stay in a core's cache: a 2,560-row push of dim 64
-        # stepped whole spills them (bench/README.md, "AdaGrad in slices")
-        rows = step_rows(grads)
-        for first in range(0, len(keys), rows):
-            self._step(values, accumulator, keys[first : first + rows], grads[first : first + rows])
+        in_slices(self._step, values, states, keys, grads)
 
-    def _step(self, values: Array, accumulator: Array, keys: Keys, grads: Array) -> None:
+    def _step(self, values: Array, states: tuple[Array, ...], keys: Keys, grads: Array) -> None:
+        (accumulator,) = states
         acc = accumulator.take(keys, axis=0)
         acc += grads * grads
         accumulator[keys] = acc
@@ -218,6 +226,9 @@ class AdamUpdater:
 
     def apply(self, values: Array, states: tuple[Array, ...], keys: Keys, updates: Array) -> None:
         keys, grads = combine_duplicates(keys, updates)
+        in_slices(self._step, values, states, keys, grads)
+
+    def _step(self, values: Array, states: tuple[Array, ...], keys: Keys, grads: Array) -> None:
         first, second, steps = states
         step = steps[keys, 0] + 1
         steps[keys, 0] = step
