@@ -103,7 +103,7 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
     # keys that repeat (a first row followed by a repeat), the rows of _add_repeats' first
     # round: with few, its rounds cost more than they save (a Zipf-skewed push, one hot key)
     repeating = np.count_nonzero(first[:-1] > first[1:])
-    if repeating * updates.shape[1] < ROUND_VALUES:
+    if not _round_pays(int(repeating), updates.shape[1]):
         repeats = ~first
         _add_at_rows(summed, np.cumsum(first)[repeats] - 1, updates.take(order[repeats], axis=0))
     else:
@@ -119,6 +119,11 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
 ROUND_VALUES = 4096
 
 
+def _round_pays(rows: int, dim: int) -> bool:
+    """Whether ``rows`` repeats of ``dim`` values are worth a round of their own."""
+    return rows * dim >= ROUND_VALUES
+
+
 def _add_repeats(summed: Array, group: Keys, rank: Keys, updates: Array, rows: Keys) -> None:
     """``summed[group] += updates[rows]``, where a group repeats, ``rank`` (1 for its
     second row, 2 for its third...) telling its rows apart.
@@ -129,10 +134,9 @@ def _add_repeats(summed: Array, group: Keys, rank: Keys, updates: Array, rows: K
     625-2,500 entities: bench/README.md, "AdaGrad in slices").  The few rows of high
     ranks, where a round would cost more than it sums, go to ``np.add.at``.
     """
-    counts = np.bincount(rank)
-    least = ROUND_VALUES // max(1, summed.shape[1])
+    counts = np.bincount(rank)  # falls with the rank: a key with a k-th row has all before it
     k = 1
-    while k < len(counts) and counts[k] >= least:
+    while k < len(counts) and _round_pays(int(counts[k]), summed.shape[1]):
         at = np.flatnonzero(rank == k)
         summed[group[at]] += updates.take(rows[at], axis=0)
         k += 1
