@@ -147,7 +147,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         f"{config.model}: {num_e:,} entities, {num_r} relations, {len(data.train):,} training triples, "
         f"{workers} workers, allocation {'dynamic' if moving else 'static'}, clustering {config.clustering}"
     )
-    known = KnownTriples(np.concatenate([data.train, data.valid, data.test]), num_e, num_r)
+    known = KnownTriples(np.concatenate([data.train, data.valid, data.test]), num_e, num_r, queries=my_test)
 
     if not by_entities:
         strategy = config.neg_strategy if moving else "naive"

@@ -50,13 +50,29 @@ class KnownTriples:
     """Every true triple, indexed so filtered ranking can exclude them per query.
 
     ``tails_of(h, r)`` is answered for a batch at once from arrays sorted by (h, r).
+    Given ``queries`` (the test triples this worker ranks), only the true triples that
+    share a query's (head, relation) or (tail, relation) are indexed: a worker ranking a
+    W-th of the test set then sorts a few hundred triples, not the whole graph, and asking
+    about any other query is an error rather than a silently unfiltered rank.
     """
 
-    def __init__(self, triples: Ints, num_entities: int, num_relations: int) -> None:
+    def __init__(
+        self, triples: Ints, num_entities: int, num_relations: int, queries: Ints | None = None
+    ) -> None:
         self.num_entities, self.num_relations = num_entities, num_relations
         h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
-        self._by_hr = self._index(h * num_relations + r, t)
-        self._by_tr = self._index(t * num_relations + r, h)
+        hr, tr = h * num_relations + r, t * num_relations + r
+        self._asked: tuple[Ints, Ints] | None = None
+        if queries is not None:
+            asked_hr = np.unique(queries[:, 0] * num_relations + queries[:, 1])
+            asked_tr = np.unique(queries[:, 2] * num_relations + queries[:, 1])
+            self._asked = (asked_tr, asked_hr)  # in answers()'s order: (by tail, by head)
+            keep_hr, keep_tr = np.isin(hr, asked_hr), np.isin(tr, asked_tr)
+            self._by_hr = self._index(hr[keep_hr], t[keep_hr])
+            self._by_tr = self._index(tr[keep_tr], h[keep_tr])
+        else:
+            self._by_hr = self._index(hr, t)
+            self._by_tr = self._index(tr, h)
 
     @staticmethod
     def _index(query: Ints, answer: Ints) -> tuple[Ints, Ints]:
@@ -67,6 +83,10 @@ class KnownTriples:
         """(query number, entity) pairs of known answers for each (anchor, relation) query."""
         keys, values = self._by_tr if by_tail else self._by_hr
         query = anchor * self.num_relations + relation
+        if self._asked is not None and not np.isin(query, self._asked[0 if by_tail else 1]).all():
+            raise ValueError(
+                "KnownTriples was indexed for other queries: their filtered ranks would be wrong"
+            )
         starts = np.searchsorted(keys, query, side="left")
         ends = np.searchsorted(keys, query, side="right")
         return np.repeat(np.arange(len(query)), ends - starts), values[ranges(starts, ends)]

@@ -62,3 +62,26 @@ def test_filtered_ranks_match_a_loop() -> None:
     report = ranking_report(got)
     assert 0 < report["MRR"] <= 1
     assert report["Hits@1"] <= report["Hits@3"] <= report["Hits@10"]
+
+
+def test_an_index_for_some_queries_ranks_them_as_the_whole_index_does() -> None:
+    rng = np.random.default_rng(2)
+    entities, relations = 40, 4
+    triples = np.unique(
+        np.column_stack([rng.integers(0, 40, 400), rng.integers(0, 4, 400), rng.integers(0, 40, 400)]), axis=0
+    )
+    whole = KnownTriples(triples, entities, relations)
+    queries = triples[rng.choice(len(triples), 30, replace=False)]
+    some = KnownTriples(triples, entities, relations, queries=queries)
+    scores = rng.normal(size=(30, entities))
+    h, r, t = queries.T
+    for by_tail, anchor, target in ((False, h, t), (True, t, h)):
+        np.testing.assert_array_equal(
+            filtered_rank_sums(scores, target, some.answers(by_tail, anchor, r)),
+            filtered_rank_sums(scores, target, whole.answers(by_tail, anchor, r)),
+        )
+    assert len(some._by_hr[0]) < len(whole._by_hr[0])  # it indexed fewer triples
+    others = triples[~(triples[:, None] == queries[None]).all(axis=2).any(axis=1)]
+    unasked = others[~np.isin(others[:, 0] * relations + others[:, 1], h * relations + r)][:1]
+    with pytest.raises(ValueError, match="other queries"):
+        some.answers(False, unasked[:, 0], unasked[:, 1])
