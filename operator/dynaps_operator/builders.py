@@ -3,7 +3,8 @@
 Nothing here talks to the cluster, so every object the operator creates can be checked in a
 unit test.  A pod is built in three layers, later layers winning where they overlap:
 
-1. defaults a user may override (image, probes, grace period, DYNAPS_LOG_LEVEL, ...);
+1. defaults a user may override (image, probes, grace period, DYNAPS_LOG_LEVEL, the numeric
+   libraries' threads from the container's CPU limit, ...);
 2. the role's ``template`` (a PodTemplateSpec: nodeSelector, tolerations, sidecars, volumes,
    a worker image with the user's code, ...) and the role's ``env``;
 3. what identifies the pod and wires it to its job (name, labels, owner, hostname, command,
@@ -25,6 +26,7 @@ from dynaps.contract import (
     CONFIG_FILE_ENV,
     COORDINATOR_SIGTERM_ENV,
     SIGTERM_EXITS_ALONE,
+    THREAD_ENV,
     ParameterServerJob,
     RuntimeConfig,
     runtime_config,
@@ -251,6 +253,16 @@ def _role_spec(job: ParameterServerJob, role: Role) -> Any:
     return job.spec.servers if role is Role.SERVER else job.spec.workers
 
 
+def _user_env_names(job: ParameterServerJob, role: Role) -> set[str]:
+    """The variables the job sets in the role's main container (its env, its template's)."""
+    role_spec = _role_spec(job, role)
+    found = set(job.spec.workers.env) if role is Role.WORKER else set()
+    for container in (role_spec.template.get("spec") or {}).get("containers") or []:
+        if isinstance(container, dict) and container.get("name") == names.CONTAINER:
+            found |= {str(e.get("name")) for e in container.get("env") or [] if isinstance(e, dict)}
+    return found
+
+
 def _command(job: ParameterServerJob, role: Role) -> list[str]:
     if role is Role.WORKER:
         workers = job.spec.workers
@@ -259,7 +271,16 @@ def _command(job: ParameterServerJob, role: Role) -> list[str]:
 
 
 def _default_layer(job: ParameterServerJob, role: Role, log_level: str) -> JsonDict:
-    env = [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}]
+    env: list[JsonDict] = [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}]
+    # numpy's BLAS would start a thread per CPU of the *node*; the container's CPU limit
+    # (rounded up; the node's CPUs where none is set) is what it may use. A job that sets one
+    # of them chose for every library: OpenBLAS would read our OPENBLAS_NUM_THREADS before
+    # the user's OMP_NUM_THREADS.
+    if not THREAD_ENV & _user_env_names(job, role):
+        env += [
+            {"name": name, "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}}
+            for name in sorted(THREAD_ENV)
+        ]
     if role is Role.COORDINATOR:
         probe: JsonDict = {"httpGet": {"path": "/healthz", "port": names.COORDINATOR_HTTP_PORT}}
         grace = COORDINATOR_GRACE_SECONDS
@@ -377,9 +398,13 @@ def _main_container(pod: JsonDict) -> JsonDict:
     return container
 
 
+VALUE_SOURCES = frozenset({"value", "valueFrom"})  # of an env var: the override's replaces ours
+
+
 def merge(base: Any, override: Any) -> Any:
     """Deep merge where ``override`` wins: dicts merge by key, lists of named objects by name
-    (containers, env, volumes, ports), any other value is replaced. Inputs are not modified."""
+    (containers, env, volumes, ports), any other value is replaced; an env var's ``value``
+    or ``valueFrom`` replaces the other. Inputs are not modified."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
@@ -388,12 +413,21 @@ def merge(base: Any, override: Any) -> Any:
     if _named_list(base) and _named_list(override):
         by_name = {item["name"]: item for item in base}
         result = [
-            merge(by_name[item["name"]], item) if item["name"] in by_name else _copy(item)
+            merge(_one_value_source(by_name[item["name"]], item), item)
+            if item["name"] in by_name
+            else _copy(item)
             for item in override
         ]
         seen = {item["name"] for item in override}
         return result + [_copy(item) for item in base if item["name"] not in seen]
     return _copy(override)
+
+
+def _one_value_source(base: JsonDict, override: JsonDict) -> JsonDict:
+    """``base`` without its value source where ``override`` (an env var) brings its own."""
+    if VALUE_SOURCES & override.keys():
+        return {key: value for key, value in base.items() if key not in VALUE_SOURCES}
+    return base
 
 
 def _named_list(value: Any) -> bool:

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 import dynaps
+from dynaps.contract import THREAD_ENV, thread_env
 
 pytestmark = pytest.mark.integration
 
@@ -512,3 +513,35 @@ def test_a_node_that_exits_at_start_ends_the_wait_at_once(monkeypatch: pytest.Mo
         if p.pid not in before and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
     ]  # the tracker multiprocessing starts once serves this process for its whole life
     assert not left
+
+
+def numeric_thread_settings(ps: dynaps.PS) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in THREAD_ENV}
+
+
+def test_each_process_may_start_its_share_of_the_cpus_in_numeric_threads(
+    cluster: dynaps.LocalCluster,
+) -> None:
+    ours = {name: os.environ.get(name) for name in THREAD_ENV}
+    share = str(max(1, len(os.sched_getaffinity(0)) // 3))  # the module's cluster has 3 workers
+    user_chose = any(value is not None for value in ours.values())
+    assert (
+        cluster.run(numeric_thread_settings) == [ours if user_chose else dict.fromkeys(THREAD_ENV, share)] * 3
+    )
+    for name, pid in cluster.pids().items():
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        environ = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        given = {key: environ.get(key) for key in THREAD_ENV}
+        if user_chose:
+            assert given == ours, name
+        else:  # a worker node hands its environment to the program `dynaps run` starts
+            assert given == dict.fromkeys(
+                THREAD_ENV, share if name.startswith(("worker", "runner")) else "1"
+            ), name
+    assert {name: os.environ.get(name) for name in THREAD_ENV} == ours  # ours as it was
+
+
+def test_a_thread_count_set_by_the_user_is_left_as_it_is() -> None:
+    assert thread_env(4, {}) == dict.fromkeys(THREAD_ENV, "4")
+    assert thread_env(0, {}) == dict.fromkeys(THREAD_ENV, "1")
+    assert thread_env(4, {"MKL_NUM_THREADS": "8"}) == {}

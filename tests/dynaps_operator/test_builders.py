@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynaps.contract import RuntimeConfig
+from dynaps.contract import THREAD_ENV, RuntimeConfig
 from dynaps_operator.builders import build_configmap, build_pod, build_runtime_config, build_service, merge
 from dynaps_operator.names import Role
 from tests.dynaps_operator.helpers import REF, job
@@ -133,3 +133,34 @@ def test_merge_rules() -> None:
         "named": [{"name": "q", "v": 9}, {"name": "r", "v": 0}, {"name": "p", "v": 1}],
     }
     assert base["a"] == {"x": 1, "y": 2}  # inputs untouched
+
+
+def test_numeric_threads_follow_the_cpu_limit_unless_the_job_sets_them() -> None:
+    from_limit = {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}
+    for role in Role:
+        values = env(build_pod(job(), REF, role, 0))
+        assert {name: values[name] for name in THREAD_ENV} == dict.fromkeys(THREAD_ENV, from_limit), role
+    # A job that sets one of them chose for every library: none of ours beside it
+    the_job = job(workers={"replicas": 1, "command": ["python", "t.py"], "env": {"OMP_NUM_THREADS": "4"}})
+    values = env(build_pod(the_job, REF, Role.WORKER, 0))
+    assert {name: values.get(name) for name in THREAD_ENV} == {
+        "OMP_NUM_THREADS": "4",
+        "OPENBLAS_NUM_THREADS": None,
+        "MKL_NUM_THREADS": None,
+    }
+    assert env(build_pod(the_job, REF, Role.SERVER, 0))["MKL_NUM_THREADS"] == from_limit
+    template = {
+        "spec": {"containers": [{"name": "dynaps", "env": [{"name": "MKL_NUM_THREADS", "value": "2"}]}]}
+    }
+    values = env(build_pod(job(servers={"replicas": 1, "template": template}), REF, Role.SERVER, 0))
+    assert {name: values.get(name) for name in THREAD_ENV} == {
+        "OMP_NUM_THREADS": None,
+        "OPENBLAS_NUM_THREADS": None,
+        "MKL_NUM_THREADS": "2",
+    }
+
+
+def test_an_env_var_s_value_source_replaces_the_other() -> None:
+    base = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}, {"name": "B", "value": "1"}]
+    over = [{"name": "A", "value": "2"}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "y"}}}]
+    assert merge({"env": base}, {"env": over}) == {"env": over}

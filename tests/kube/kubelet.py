@@ -24,8 +24,10 @@ It is deliberately small and obviously not a real kubelet (no images, no cgroups
   resident memory (RSS) of its process tree is summed, and over the limit every process of the
   tree gets SIGKILL and the container terminates with exit code 137 and reason `OOMKilled`. An allocation
   can overshoot the limit until the next tick (0.2 s), and requests are not enforced.
-  `resourceFieldRef` env values give `limits.memory` (the node's memory when unset) and
-  `requests.memory` (0 when unset); other resource fields read "0".
+  `resourceFieldRef` env values give `limits.memory` (the node's memory when unset),
+  `requests.memory` (0 when unset), `limits.cpu` (this machine's CPUs when unset: CPU is not
+  enforced, and processes see the real ones) and `requests.cpu` (0 when unset), rounded up;
+  other resource fields read "0".
 - Restarts follow restartPolicy with a short back-off (0.5 s doubling up to 8 s, not 10 s to 5 min).
 - Deletion: SIGTERM, SIGKILL after the grace period, final status, then delete with grace 0.
 """
@@ -36,6 +38,7 @@ import base64
 import contextlib
 import datetime as dt
 import http.client
+import math
 import os
 import random
 import re
@@ -46,6 +49,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -882,10 +886,17 @@ def field_value(pod: JsonDict, path: str, pod_ip: str, host_ip: str) -> str:
 
 
 def resource_field(pod: JsonDict, spec: JsonDict, ref: JsonDict) -> str:
-    """A downward API ``resourceFieldRef`` value; only memory is meaningful here (it is enforced)."""
+    """A downward API ``resourceFieldRef`` value: memory (enforced here) and CPU (not
+    enforced: an unset limit reads as this machine's CPUs, which the processes run on)."""
     name = ref.get("containerName") or spec["name"]
     container = next((c for c in pod["spec"]["containers"] if c["name"] == name), spec)
     kind, _, resource = str(ref["resource"]).partition(".")
+    if resource == "cpu" and kind in ("limits", "requests"):
+        cpu = ((container.get("resources") or {}).get(kind) or {}).get("cpu")
+        if cpu is None:
+            return str(len(os.sched_getaffinity(0))) if kind == "limits" else "0"
+        cpu_divisor = cpu_cores(ref.get("divisor") or 1) or 1  # the API server stores "0" for unset
+        return str(math.ceil(cpu_cores(cpu) / cpu_divisor))  # rounded up, as the kubelet does
     if resource != "memory" or kind not in ("limits", "requests"):
         return "0"
     value = ((container.get("resources") or {}).get(kind) or {}).get("memory")
@@ -893,6 +904,12 @@ def resource_field(pod: JsonDict, spec: JsonDict, ref: JsonDict) -> str:
         value = NODE_MEMORY if kind == "limits" else "0"
     divisor = memory.memory_bytes(ref.get("divisor") or 1) or 1  # the API server stores "0" for unset
     return str(-(-memory.memory_bytes(value) // divisor))
+
+
+def cpu_cores(text: str | int) -> Fraction:
+    """A CPU quantity in cores (``500m``, ``2``, ``1.5``)."""
+    text = str(text)
+    return Fraction(text[:-1]) / 1000 if text.endswith("m") else Fraction(text)
 
 
 def named_port(container: JsonDict, port: int | str) -> int:

@@ -19,7 +19,7 @@ import pytest
 from tests.kube import memory
 from tests.kube.dns import ClusterDns
 from tests.kube.kubeapi import ApiError, JsonDict, KubeClient, namespaced
-from tests.kube.kubelet import NODE_NAME, ProcessKubelet, dns_records, expand
+from tests.kube.kubelet import NODE_NAME, ProcessKubelet, dns_records, expand, resource_field
 from tests.kube.polling import wait_for
 
 PY = os.path.basename(sys.executable)
@@ -265,6 +265,17 @@ def test_memory_quantities_and_resident_memory_by_group() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_resource_fields_of_cpu_are_rounded_up_or_the_machine_s() -> None:
+    container = {"name": "c", "resources": {"limits": {"cpu": "1500m"}, "requests": {"cpu": "250m"}}}
+    pod = {"spec": {"containers": [container, {"name": "bare"}]}}
+    assert resource_field(pod, container, {"resource": "limits.cpu", "divisor": "1"}) == "2"
+    assert resource_field(pod, container, {"resource": "limits.cpu", "divisor": "500m"}) == "3"
+    assert resource_field(pod, container, {"resource": "requests.cpu"}) == "1"
+    bare = {"name": "bare"}
+    assert resource_field(pod, bare, {"resource": "limits.cpu"}) == str(len(os.sched_getaffinity(0)))
+    assert resource_field(pod, bare, {"resource": "requests.cpu"}) == "0"
 
 
 @pytest.mark.e2e

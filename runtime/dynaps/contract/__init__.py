@@ -32,8 +32,10 @@ from dynaps.contract.config import (
     COORDINATOR_SIGTERM_ENV,
     SIGTERM_ENDS_JOB,
     SIGTERM_EXITS_ALONE,
+    THREAD_ENV,
     RuntimeConfig,
     runtime_config,
+    thread_env,
 )
 from dynaps.contract.consistency import (
     Consistency,
@@ -137,6 +139,7 @@ __all__ = [
     "SIGTERM_ENDS_JOB",
     "SIGTERM_EXITS_ALONE",
     "TERMINAL_PHASES",
+    "THREAD_ENV",
     "Allocation",
     "CheckpointSpec",
     "CheckpointStatus",
@@ -186,4 +189,5 @@ __all__ = [
     "describe_validation_error",
     "runtime_config",
     "silence_limit_seconds",
+    "thread_env",
 ]

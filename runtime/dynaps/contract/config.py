@@ -4,6 +4,7 @@ the environment variables that carry it, and :func:`runtime_config`, which deriv
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
@@ -26,6 +27,22 @@ CONFIG_FILE_ENV = "DYNAPS_CONFIG_FILE"
 COORDINATOR_SIGTERM_ENV = "DYNAPS_COORDINATOR_SIGTERM"
 SIGTERM_ENDS_JOB = "end-job"
 SIGTERM_EXITS_ALONE = "exit-alone"
+
+# How many threads each process's numeric libraries (OpenMP, OpenBLAS, MKL) may start. They
+# start one per CPU they *see*: the machine's, not a pod's CPU limit nor a local job's share
+# of the machine, so a 2-CPU pod on a 64-core node would run 64 BLAS threads that the CFS
+# quota throttles, and each of a local job's 8 training processes on 2 cores spins 2 of its
+# own after every matrix product. The operator sets them from the container's CPU limit,
+# `dynaps run` and LocalCluster from the share of this machine's CPUs; a user's own value wins.
+THREAD_ENV = frozenset({"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"})
+
+
+def thread_env(threads: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that allow ``threads`` threads (at least 1); none where ``environ``
+    already sets one of them: whoever set it chose for every library."""
+    if any(name in environ for name in THREAD_ENV):
+        return {}
+    return dict.fromkeys(sorted(THREAD_ENV), str(max(1, threads)))
 
 
 class RuntimeConfig(Model):

@@ -35,11 +35,12 @@ from dynaps.contract import (
     Partition,
     TableSpec,
     secret,
+    thread_env,
 )
 from dynaps.errors import ClusterError, ConfigError, DynapsTimeoutError, UsageError
 from dynaps.local import runners
 from dynaps.local.cluster_config import cluster_config, named_tables
-from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes
+from dynaps.local.launch import Process, start_coordinator, start_node, stop_processes, training_threads
 
 
 class LocalCluster:
@@ -184,7 +185,10 @@ class LocalCluster:
                 os.close(output[0])
         self.processes[name] = node
         log = None if self.log_dir is None else os.path.join(self.log_dir, f"runner-{name}.log")
-        worker = runners.start_runner(name, node, token, self.log_level, secret.encode(self._secret), log)
+        threads = thread_env(training_threads(self.config), os.environ)
+        worker = runners.start_runner(
+            name, node, token, self.log_level, secret.encode(self._secret), log, threads
+        )
         self._workers[name] = worker
         return worker
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from dynaps.config import ATTACH_ENV, ATTACH_TOKEN_ENV, LAUNCHER_PID_ENV
-from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig
+from dynaps.contract import CONFIG_ENV, CONFIG_FILE_ENV, RuntimeConfig, thread_env
 from dynaps.errors import ClusterError
 
 ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "
@@ -25,8 +25,20 @@ ANNOUNCE_PREFIX = "DYNAPS_COORDINATOR_READY "
 Process = subprocess.Popen[bytes]
 
 
-def _env(config: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def training_threads(config: RuntimeConfig) -> int:
+    """Numeric-library threads for each training process of a job on this machine: its
+    share of the CPUs (the servers and the coordinator do no matrix products: one each)."""
+    return max(1, cpus() // config.workers)
+
+
+def _env(config: RuntimeConfig, extra: dict[str, str] | None = None, threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(thread_env(threads, {**os.environ, **(extra or {})}))
     env.pop(CONFIG_FILE_ENV, None)
     env.pop(ATTACH_ENV, None)
     env.pop(ATTACH_TOKEN_ENV, None)
@@ -92,7 +104,9 @@ def start_node(
     if rank is not None:
         extra["DYNAPS_RANK"] = str(rank)
     stdout, stderr = output or (None, None)
-    return subprocess.Popen(args, env=_env(config, extra), stdout=stdout, stderr=stderr)
+    # A worker node passes its environment on to the program it starts (`dynaps run`).
+    threads = training_threads(config) if role == "worker" else 1
+    return subprocess.Popen(args, env=_env(config, extra, threads), stdout=stdout, stderr=stderr)
 
 
 def stop_processes(procs: Iterable[Process], grace: float = 10.0) -> None:

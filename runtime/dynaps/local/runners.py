@@ -14,13 +14,14 @@ it joins (:func:`await_runners` says so).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, cast
@@ -109,15 +110,38 @@ class Worker:
     rank: int = -1
 
 
+@contextlib.contextmanager
+def _environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """``extra`` in our environment while a child is spawned: ``spawn`` gives the child ours,
+    and numpy reads its thread count when the child imports it, before any of our code runs."""
+    before = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def start_runner(
-    name: str, node: Process, token: str, log_level: str, job_secret: str, log: str | None = None
+    name: str,
+    node: Process,
+    token: str,
+    log_level: str,
+    job_secret: str,
+    log: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Worker:
     """Start the runner of worker node ``node`` (it attaches with ``token``; its output goes
-    to the file ``log`` if given); it joins in the background: :func:`await_runners` waits
-    for it."""
+    to the file ``log`` if given; ``env``: variables it starts with); it joins in the
+    background: :func:`await_runners` waits for it."""
     parent, child = _SPAWN.Pipe()
     runner = _SPAWN.Process(target=_runner_main, args=(token, child, log_level, job_secret, log), daemon=True)
-    runner.start()
+    with _environment(env or {}):
+        runner.start()
     child.close()
     return Worker(name, node, runner, parent)
 
