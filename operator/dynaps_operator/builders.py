@@ -25,6 +25,7 @@ from typing import Any
 from dynaps.contract import (
     CONFIG_FILE_ENV,
     COORDINATOR_SIGTERM_ENV,
+    IDENTITY_ENV,
     SIGTERM_EXITS_ALONE,
     THREAD_ENV,
     ParameterServerJob,
@@ -37,19 +38,6 @@ from dynaps_operator.names import Role
 
 JsonDict = dict[str, Any]
 
-# Variables that tie a process to its pod: a template must not change them.
-# The job secret's variables are among them: a template must not point a pod at another secret.
-IDENTITY_ENV = frozenset(
-    {
-        CONFIG_FILE_ENV,
-        "DYNAPS_NODE_NAME",
-        "DYNAPS_RANK",
-        "DYNAPS_BIND_HOST",
-        "DYNAPS_ADVERTISE_HOST",
-        secret.FILE_ENV,
-        secret.HEX_ENV,
-    }
-)
 COORDINATOR_GRACE_SECONDS = 30
 # After the job ends, the coordinator keeps answering GET /status until the operator has read the
 # final document once (or this many seconds passed), so the final metrics reach the job's status.

@@ -215,7 +215,12 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[RuntimeConfig, list[str]]:
+def _job_from_args(
+    args: argparse.Namespace, command: list[str]
+) -> tuple[RuntimeConfig, list[str], dict[str, str]]:
+    """The job's configuration, its program, and the program's environment (the manifest's
+    ``spec.workers.env``)."""
+    program_env: dict[str, str] = {}
     if args.manifest:
         from dynaps.manifest import load_manifest
 
@@ -227,6 +232,7 @@ def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[Runtim
             command = [*job.spec.workers.command, *job.spec.workers.args]
         if not command:
             raise ConfigError(f"{args.manifest}: spec.workers.command is empty and no COMMAND follows --")
+        program_env = dict(job.spec.workers.env)
     else:
         if not command:
             raise ConfigError("give a manifest, or the program to run after -- (see dynaps run --help)")
@@ -248,7 +254,7 @@ def _job_from_args(args: argparse.Namespace, command: list[str]) -> tuple[Runtim
             config = RuntimeConfig.model_validate({**config.model_dump(), **updates})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from exc
-    return config, _local_command(command)
+    return config, _local_command(command), program_env
 
 
 def _local_command(command: list[str]) -> list[str]:
@@ -263,8 +269,8 @@ def _local_command(command: list[str]) -> list[str]:
 def _run(args: argparse.Namespace, command: list[str]) -> int:
     from dynaps.local.run_job import run_job
 
-    config, command = _job_from_args(args, command)
-    return run_job(config, command, args.log_level, args.quiet)
+    config, command, program_env = _job_from_args(args, command)
+    return run_job(config, command, args.log_level, args.quiet, program_env)
 
 
 def _role(args: argparse.Namespace, command: list[str]) -> int:

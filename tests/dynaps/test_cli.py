@@ -61,6 +61,37 @@ def test_run_a_program_on_a_local_cluster(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_run_gives_the_program_the_manifest_s_env_but_not_what_ties_it_to_the_job(tmp_path: Path) -> None:
+    program = tmp_path / "show_env.py"
+    program.write_text(
+        "import os, dynaps\n"
+        "ps = dynaps.connect()\n"
+        "names = ('GREETING', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS')\n"
+        "print(ps.rank, *(os.environ.get(name, '-') for name in names))\n"
+    )
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(
+        "apiVersion: dynaps.io/v1alpha1\nkind: ParameterServerJob\nmetadata: {name: envs}\n"
+        "spec:\n  tables: [{name: W, numKeys: 10, dim: 2}]\n  servers: {replicas: 1}\n"
+        f"  workers:\n    replicas: 2\n    command: [python, {program}]\n"
+        "    env: {GREETING: hello, OMP_NUM_THREADS: '3', DYNAPS_RANK: '7', DYNAPS_SECRET: '00'}\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dynaps", "run", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=environ,
+    )
+    assert done.returncode == 0, done.stderr
+    # the user's OMP_NUM_THREADS chose for every library: no OPENBLAS_NUM_THREADS of ours
+    assert sorted(done.stdout.splitlines()) == ["[worker-0] 0 hello 3 -", "[worker-1] 1 hello 3 -"]
+    assert "spec.workers.env: DYNAPS_RANK, DYNAPS_SECRET left out: dynaps sets them itself" in done.stderr
+
+
+@pytest.mark.integration
 def test_a_failing_program_fails_the_job() -> None:
     done = dynaps(
         "run", "--workers", "2", "--table", "W:10:2", "--", "python", "-c", "import sys; sys.exit(3)"

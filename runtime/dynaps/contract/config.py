@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from dynaps.contract import secret
 from dynaps.contract.base import A_NUMBER, WHOLE_NUMBER, Model
 from dynaps.contract.consistency import Consistency
 from dynaps.contract.fault_tolerance import FaultTolerance
@@ -27,6 +28,22 @@ CONFIG_FILE_ENV = "DYNAPS_CONFIG_FILE"
 COORDINATOR_SIGTERM_ENV = "DYNAPS_COORDINATOR_SIGTERM"
 SIGTERM_ENDS_JOB = "end-job"
 SIGTERM_EXITS_ALONE = "exit-alone"
+
+# Variables that tie a process to its job and its place in it (set by the operator in a pod,
+# by `dynaps run` locally): a job's env or template must not change them. The job secret's
+# are among them: a template must not point a pod at another secret.
+IDENTITY_ENV = frozenset(
+    {
+        CONFIG_ENV,
+        CONFIG_FILE_ENV,
+        "DYNAPS_NODE_NAME",
+        "DYNAPS_RANK",
+        "DYNAPS_BIND_HOST",
+        "DYNAPS_ADVERTISE_HOST",
+        secret.FILE_ENV,
+        secret.HEX_ENV,
+    }
+)
 
 # How many threads each process's numeric libraries (OpenMP, OpenBLAS, MKL) may start. They
 # start one per CPU they *see*: the machine's, not a pod's CPU limit nor a local job's share

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynaps.contract import RuntimeConfig, secret
+from dynaps.config import ATTACH_ENV, ATTACH_TOKEN_ENV, LAUNCHER_PID_ENV
+from dynaps.contract import IDENTITY_ENV, RuntimeConfig, secret
 from dynaps.errors import DynapsError
 from dynaps.local.launch import start_coordinator, stop_processes
 from dynaps.local.supervise import Nodes
@@ -25,11 +26,28 @@ from dynaps.observe import runfile
 from dynaps.observe.streams import Prefixer
 
 
-def run_job(config: RuntimeConfig, command: list[str], log_level: str, quiet: bool) -> int:
+def _program_env(wanted: dict[str, str], output: Prefixer) -> dict[str, str]:
+    """``wanted`` without the variables dynaps sets itself (saying which it leaves out)."""
+    own = IDENTITY_ENV | {ATTACH_ENV, ATTACH_TOKEN_ENV, LAUNCHER_PID_ENV}
+    left_out = sorted(own & wanted.keys())
+    if left_out:
+        output.say("[dynaps] ", f"spec.workers.env: {', '.join(left_out)} left out: dynaps sets them itself")
+    return {name: value for name, value in wanted.items() if name not in own}
+
+
+def run_job(
+    config: RuntimeConfig,
+    command: list[str],
+    log_level: str,
+    quiet: bool,
+    program_env: dict[str, str] | None = None,
+) -> int:
     """Run the job ``config`` describes on this machine until it ends; its exit code.
 
     ``command``: the program every worker node starts; ``log_level``: the dynaps
-    processes'; ``quiet``: no progress lines of our own.
+    processes'; ``quiet``: no progress lines of our own; ``program_env``: the program's
+    environment variables (a manifest's ``spec.workers.env``; those that tie a process to
+    its job are dropped, as the operator drops them, and said so).
     """
     # every node's output (its program's too) comes out a whole line at a time, as "[worker-0] ..."
     output = Prefixer(sys.stdout.buffer, sys.stderr.buffer)
@@ -58,7 +76,7 @@ def run_job(config: RuntimeConfig, command: list[str], log_level: str, quiet: bo
         run_file = None
         say(f"cannot record the run in {runfile.run_dir()} for `dynaps status --local`: {exc}")
     config = config.model_copy(update={"coordinator": address})
-    nodes = Nodes(config, env, say, output)
+    nodes = Nodes(config, env, say, output, _program_env(program_env or {}, output))
     for i in range(config.servers):
         nodes.start("server", f"server-{i}")
     for i in range(config.workers):

@@ -58,9 +58,11 @@ class Nodes:
         env: dict[str, str],
         say: Callable[[str], None],
         output: Prefixer | None = None,
+        program_env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.env = env
+        self.program_env = program_env or {}  # a worker node hands it on to its program
         self.say = say
         self.output = output
         self._nodes: list[_Node] = []
@@ -72,8 +74,9 @@ class Nodes:
     def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
         pipes = self.output.pipes(name) if self.output is not None else None
         try:
+            env = {**self.env, **self.program_env} if role == "worker" else self.env
             return start_node(
-                role, self.config, name, command=command, rank=rank, extra_env=self.env, output=pipes
+                role, self.config, name, command=command, rank=rank, extra_env=env, output=pipes
             )
         finally:
             for fd in pipes or ():
