@@ -46,7 +46,7 @@ from dynaps.apps.arguments import non_negative_float, non_negative_int, positive
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.kge_steps import block_round, localize_ahead_epoch
-from dynaps.apps.metrics import KnownTriples, filtered_rank_sums, ranking_report
+from dynaps.apps.metrics import KnownTriples, higher_counts, rank_sums, ranking_report
 from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
 
@@ -214,32 +214,49 @@ def hot_entities(triples: Any, num_e: int, hot: float) -> Any:
     return np.sort(np.argsort(-degree, kind="stable")[: min(count, num_e)])
 
 
-# Scores of one chunk of test queries against every entity are at most this many bytes:
-# 256 queries against 5 million entities would be 5 GB at once.
+# Scores of one chunk of test queries against one slice of the entities are at most this
+# many bytes (256 queries against 5 million entities would be 5 GB at once), and a slice is at
+# most ENTITY_ROWS rows: a worker ranks against the whole table without ever holding it.
 SCORE_BYTES = 64 << 20
 MAX_QUERIES_PER_CHUNK = 256
+ENTITY_ROWS = 20_000
 
 
 def queries_per_chunk(num_e: int, itemsize: int) -> int:
-    """Test triples scored together: each of their two score matrices (tails, heads:
-    queries x entities) stays within :data:`SCORE_BYTES`."""
+    """Test triples scored together against ``num_e`` entities: each of their two score
+    matrices (tails, heads: queries x entities) stays within :data:`SCORE_BYTES`."""
     return max(1, min(MAX_QUERIES_PER_CHUNK, SCORE_BYTES // max(1, num_e * itemsize)))
 
 
+def _pull_rows(table: Any, keys: Any) -> Any:
+    return np.concatenate([table.pull(keys[part]) for part in common.chunks(len(keys), ENTITY_ROWS)])
+
+
 def _evaluate(entities: Any, relations: Any, model: Model, test: Any, known: KnownTriples, num_e: int) -> Any:
-    """Filtered ranking sums of this worker's test triples (tail and head prediction)."""
-    sums = np.zeros(5)
+    """Filtered ranking sums of this worker's test triples (tail and head prediction),
+    ranked against one slice of the entities at a time (:func:`metrics.higher_counts`)."""
     if not len(test):
-        return sums
-    every = np.concatenate([entities.pull(np.arange(p.start, p.stop)) for p in common.chunks(num_e, 20_000)])
-    for part in common.chunks(len(test), queries_per_chunk(num_e, every.dtype.itemsize)):
-        h, r, t = test[part, 0], test[part, 1], test[part, 2]
-        rels = relations.pull(r)
-        tail_scores = model.tail_query(every[h], rels) @ every.T
-        sums += filtered_rank_sums(tail_scores, t, known.answers(False, h, r))
-        head_scores = model.head_query(rels, every[t]) @ every.T
-        sums += filtered_rank_sums(head_scores, h, known.answers(True, t, r))
-    return sums
+        return np.zeros(5)
+    h, r, t = test[:, 0], test[:, 1], test[:, 2]
+    heads, tails, rels = _pull_rows(entities, h), _pull_rows(entities, t), relations.pull(r)
+    tail_query, head_query = model.tail_query(heads, rels), model.head_query(rels, tails)
+    mine_tail = np.einsum("ij,ij->i", tail_query, tails)  # each target's own score
+    mine_head = np.einsum("ij,ij->i", head_query, heads)
+    rows = min(num_e, ENTITY_ROWS)
+    parts = common.chunks(len(test), queries_per_chunk(rows, heads.dtype.itemsize))
+    answers = [(known.answers(False, h[q], r[q]), known.answers(True, t[q], r[q])) for q in parts]
+    higher_tail = np.zeros(len(test), dtype=np.int64)
+    higher_head = np.zeros(len(test), dtype=np.int64)
+    for piece in common.chunks(num_e, rows):
+        block = entities.pull(np.arange(piece.start, piece.stop)).T
+        for q, (tail_known, head_known) in zip(parts, answers, strict=True):
+            higher_tail[q] += higher_counts(
+                tail_query[q] @ block, piece.start, mine_tail[q], t[q], tail_known
+            )
+            higher_head[q] += higher_counts(
+                head_query[q] @ block, piece.start, mine_head[q], h[q], head_known
+            )
+    return np.add(rank_sums(higher_tail + 1.0), rank_sums(higher_head + 1.0))
 
 
 def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:

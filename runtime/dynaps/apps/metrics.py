@@ -98,14 +98,35 @@ def filtered_rank_sums(scores: Floats, target: Ints, known: tuple[Ints, Ints]) -
     ``scores`` (queries x entities); the target's rank is one plus the number of entities
     that score higher and are not themselves known answers (the "filtered" setting).
     """
-    rows = np.arange(len(target))
-    mine = scores[rows, target]
-    higher = (scores > mine[:, None]).sum(axis=1)
+    mine = scores[np.arange(len(target)), target]
+    return rank_sums(higher_counts(scores, 0, mine, target, known) + 1.0)
+
+
+def higher_counts(scores: Floats, first: int, mine: Floats, target: Ints, known: tuple[Ints, Ints]) -> Ints:
+    """Per query, the entities of one column range (``scores`` holds entities ``first`` on)
+    that score above the target's ``mine`` and are neither known answers nor the target.
+
+    Summed over ranges that cover every entity, one plus it is the filtered rank; so a worker
+    can rank against the entities a slice at a time, never holding all of them. The target
+    is left out by name, not by its score: ``mine`` need not be the very float that this
+    product gives for it.
+    """
+    higher: Ints = (scores > mine[:, None]).sum(axis=1)
     query, entity = known
     other = entity != target[query]
-    beaten = scores[query[other], entity[other]] > mine[query[other]]
-    higher -= np.bincount(query[other][beaten], minlength=len(target))
-    rank = higher + 1.0
+    # the known answers in this range, and each query's target once
+    query = np.concatenate([query[other], np.arange(len(target))])
+    entity = np.concatenate([entity[other], target])
+    inside = (entity >= first) & (entity < first + scores.shape[1])
+    query, entity = query[inside], entity[inside]
+    beaten = scores[query, entity - first] > mine[query]
+    higher -= np.bincount(query[beaten], minlength=len(target))
+    return higher
+
+
+def rank_sums(rank: Any) -> Floats:
+    """[sum of 1/rank, hits@1, hits@3, hits@10, count] of filtered ranks (1 is the best)."""
+    rank = np.asarray(rank, dtype=np.float64)
     sums = [float((1.0 / rank).sum())] + [float((rank <= k).sum()) for k in HITS_AT] + [float(len(rank))]
     return np.array(sums)
 
