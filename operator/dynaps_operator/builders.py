@@ -241,6 +241,16 @@ def _role_spec(job: ParameterServerJob, role: Role) -> Any:
     return job.spec.servers if role is Role.SERVER else job.spec.workers
 
 
+def _thread_source(job: ParameterServerJob, role: Role) -> str:
+    """What numpy's BLAS threads follow (it would start one per CPU of the *node*): the
+    container's CPU limit (rounded up; a LimitRange's default too, or the node's CPUs where
+    none is set), or its CPU request where the job asks for CPU without a limit: its share
+    of a busy node."""
+    resources = role_resources(job, role)
+    has_limit = "cpu" in (resources.get("limits") or {})
+    return "requests.cpu" if not has_limit and "cpu" in (resources.get("requests") or {}) else "limits.cpu"
+
+
 def _user_env_names(job: ParameterServerJob, role: Role) -> set[str]:
     """The variables the job sets in the role's main container (its env, its template's)."""
     role_spec = _role_spec(job, role)
@@ -260,15 +270,11 @@ def _command(job: ParameterServerJob, role: Role) -> list[str]:
 
 def _default_layer(job: ParameterServerJob, role: Role, log_level: str) -> JsonDict:
     env: list[JsonDict] = [{"name": "DYNAPS_LOG_LEVEL", "value": log_level}]
-    # numpy's BLAS would start a thread per CPU of the *node*; the container's CPU limit
-    # (rounded up; the node's CPUs where none is set) is what it may use. A job that sets one
-    # of them chose for every library: OpenBLAS would read our OPENBLAS_NUM_THREADS before
-    # the user's OMP_NUM_THREADS.
     if not THREAD_ENV & _user_env_names(job, role):
-        env += [
-            {"name": name, "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}}
-            for name in sorted(THREAD_ENV)
-        ]
+        # A job that sets one of them chose for every library: OpenBLAS would read our
+        # OPENBLAS_NUM_THREADS before the user's OMP_NUM_THREADS.
+        cpu = {"resourceFieldRef": {"resource": _thread_source(job, role), "divisor": "1"}}
+        env += [{"name": name, "valueFrom": cpu} for name in sorted(THREAD_ENV)]
     if role is Role.COORDINATOR:
         probe: JsonDict = {"httpGet": {"path": "/healthz", "port": names.COORDINATOR_HTTP_PORT}}
         grace = COORDINATOR_GRACE_SECONDS

@@ -160,6 +160,18 @@ def test_numeric_threads_follow_the_cpu_limit_unless_the_job_sets_them() -> None
     }
 
 
+def test_numeric_threads_follow_the_cpu_request_where_no_limit_is_set() -> None:
+    def source(resources: dict[str, Any]) -> Any:
+        the_job = job(workers={"replicas": 1, "command": ["python", "t.py"], "resources": resources})
+        return env(build_pod(the_job, REF, Role.WORKER, 0))["OPENBLAS_NUM_THREADS"]["resourceFieldRef"]
+
+    assert source({"requests": {"cpu": "2"}})["resource"] == "requests.cpu"
+    assert source({"requests": {"cpu": "2"}, "limits": {"cpu": "4"}})["resource"] == "limits.cpu"
+    assert (
+        source({"requests": {"memory": "1Gi"}})["resource"] == "limits.cpu"
+    )  # a LimitRange's, or the node's
+
+
 def test_an_env_var_s_value_source_replaces_the_other() -> None:
     base = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}, {"name": "B", "value": "1"}]
     over = [{"name": "A", "value": "2"}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "y"}}}]
