@@ -40,6 +40,7 @@ from dynaps_operator.kube import KubeClient
 from dynaps_operator.metrics import Metrics
 from dynaps_operator.names import Role
 from dynaps_operator.planner import Plan
+from dynaps_operator.pod_builder import build_pod
 from dynaps_operator.podstate import PodView
 from dynaps_operator.settings import OperatorSettings
 from dynaps_operator.status import merge_patch
@@ -201,8 +202,7 @@ class PlanApplier:
         growths = {Role.SERVER: status.servers.memory_growths, Role.WORKER: status.workers.memory_growths}
         allow = self.settings.allow_privileged_jobs
         pods = [
-            builders.build_pod(job, ref, role, index, level, growths.get(role, 0), allow)
-            for role, index in wanted
+            build_pod(job, ref, role, index, level, growths.get(role, 0), allow) for role, index in wanted
         ]
         # The coordinator first: nodes that start before it would only wait for it.
         first = [pod for pod, (role, _) in zip(pods, wanted, strict=True) if role is Role.COORDINATOR]

@@ -41,7 +41,7 @@ from dynaps.contract import (
     ParameterServerJob,
     ReplicaStatus,
 )
-from dynaps_operator import builders, data_loss, memory_growth, names
+from dynaps_operator import data_loss, memory_growth, names
 from dynaps_operator.coordinator_loss import nodes_can_rejoin, replace_alone, restart_all
 from dynaps_operator.decisions import (
     RETRY_SECONDS,
@@ -61,6 +61,7 @@ from dynaps_operator.decisions import (
 from dynaps_operator.failure_policy import outcome as policy_outcome
 from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
+from dynaps_operator.pod_builder import role_resources
 from dynaps_operator.podstate import Outcome, PodView
 from dynaps_operator.starting import holdup, start_deadline, wanted_pods
 from dynaps_operator.status import replica_status
@@ -339,18 +340,18 @@ def _settle(
 
 
 def _observe(o: Observed, job: ParameterServerJob, p: Plan) -> None:
-    pods = owned_pods(o)
+    owned = owned_pods(o)
     growth = job.spec.run_policy.oom_memory_growth
     for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
         staged = role is Role.WORKER and job.spec.stages
         counts = replica_status(
             staged_workers(job, o.coordinator, o.status) if staged else desired_count(job, role),
-            [x for x in pods if x.role is role],
+            [x for x in owned if x.role is role],
             names.role_selector(o.ref.name, role),
         )
         # The growth count lives on in the status; the memory shown follows the spec as it is now.
         growths = getattr(p.status, key).memory_growths
-        memory = memory_growth.shown_memory(builders.role_resources(job, role), growth, growths)
+        memory = memory_growth.shown_memory(role_resources(job, role), growth, growths)
         p.update(**{key: counts.model_copy(update={"memory_growths": growths, "memory": memory})})
 
 
@@ -362,7 +363,7 @@ def _grow_memory(job: ParameterServerJob, p: Plan, pod: PodView, found: _Pass) -
         return False
     key = "servers" if pod.role is Role.SERVER else "workers"
     replicas: ReplicaStatus = getattr(p.status, key)
-    resources = builders.role_resources(job, pod.role)
+    resources = role_resources(job, pod.role)
     decision = memory_growth.decide(pod.name, pod.memory, resources, growth, replicas.memory_growths)
     if decision.verdict is memory_growth.Verdict.NO_GROWTH:
         p.event(R.MEMORY_LIMIT_REACHED, decision.message, warning=True)

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from dynaps.contract import JobStatus, ParameterServerJob, RoleSpec, describe_validation_error, quantity
-from dynaps_operator import builders, memory_growth, names, security
+from dynaps_operator import memory_growth, names, security
 from dynaps_operator.names import Role
+from dynaps_operator.pod_builder import role_resources
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -73,7 +74,7 @@ def _memory_growth_problems(job: ParameterServerJob) -> list[str]:
     for role, key in ((Role.SERVER, "servers"), (Role.WORKER, "workers")):
         where = f"spec.{key}.resources" if _role_spec(job, role).resources else f"spec.{key}.template"
         try:
-            memory_growth.memory_sizes(builders.role_resources(job, role))
+            memory_growth.memory_sizes(role_resources(job, role))
         except quantity.QuantityError as exc:
             problems.append(f"{where}: memory: {exc} (runPolicy.oomMemoryGrowth multiplies it)")
     return problems

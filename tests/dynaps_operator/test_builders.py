@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from dynaps.contract import THREAD_ENV, RuntimeConfig
-from dynaps_operator.builders import build_configmap, build_pod, build_runtime_config, build_service, merge
+from dynaps_operator.builders import build_configmap, build_runtime_config, build_service
 from dynaps_operator.names import Role
+from dynaps_operator.pod_builder import build_pod, merge
 from tests.dynaps_operator.helpers import REF, job
 
 

@@ -22,8 +22,9 @@ from dynaps.contract import ParameterServerJob
 from dynaps.coordinator import metrics as coordinator_metrics
 from dynaps.node import metrics as node_metrics
 from dynaps_operator import names
-from dynaps_operator.builders import JobRef, build_pod, build_service
+from dynaps_operator.builders import JobRef, build_service
 from dynaps_operator.names import Role
+from dynaps_operator.pod_builder import build_pod
 from dynaps_operator.references import USABLE_LABEL
 from dynaps_operator.settings import OperatorSettings
 from tests.dynaps_operator.conftest import REPO, create_job, quickstart_job, wait_phase

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from dynaps.contract import describe_validation_error
 from dynaps_operator import gang
-from dynaps_operator.builders import build_pod, build_pod_group
+from dynaps_operator.builders import build_pod_group
 from dynaps_operator.names import Role
+from dynaps_operator.pod_builder import build_pod
 from dynaps_operator.validation import parse_job
 from tests.dynaps_operator.helpers import REF, job
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from dynaps.contract import ConditionType, JobPhase, OomMemoryGrowth, quantity
-from dynaps_operator import builders, memory_growth
+from dynaps_operator import memory_growth
 from dynaps_operator.memory_growth import Verdict
 from dynaps_operator.names import Role
 from dynaps_operator.planner import Plan, plan
+from dynaps_operator.pod_builder import build_pod
 from dynaps_operator.podstate import pod_view
 from dynaps_operator.validation import parse_job
 from tests.dynaps_operator import helpers
@@ -129,9 +130,9 @@ def test_pods_are_built_with_their_roles_grown_memory() -> None:
             "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi", "cpu": "2"}},
         },
     )
-    plain = builders.build_pod(the_job, REF, Role.WORKER, 0)
-    grown = builders.build_pod(the_job, REF, Role.WORKER, 0, memory_growths=1)
-    capped = builders.build_pod(the_job, REF, Role.WORKER, 1, memory_growths=5)
+    plain = build_pod(the_job, REF, Role.WORKER, 0)
+    grown = build_pod(the_job, REF, Role.WORKER, 0, memory_growths=1)
+    capped = build_pod(the_job, REF, Role.WORKER, 1, memory_growths=5)
     assert plain["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Mi", "cpu": "2"}
     assert grown["spec"]["containers"][0]["resources"] == {
         "requests": {"memory": "512Mi"},
@@ -146,7 +147,7 @@ def test_pods_are_built_with_their_roles_grown_memory() -> None:
 def test_memory_in_a_template_grows_too() -> None:
     template = {"spec": {"containers": [{"name": "dynaps", "resources": {"limits": {"memory": "300Mi"}}}]}}
     the_job = job(runPolicy=GROWTH, servers={"replicas": 1, "template": template})
-    grown = builders.build_pod(the_job, REF, Role.SERVER, 0, memory_growths=1)
+    grown = build_pod(the_job, REF, Role.SERVER, 0, memory_growths=1)
     assert grown["spec"]["containers"][0]["resources"] == {"limits": {"memory": "600Mi"}}
 
 

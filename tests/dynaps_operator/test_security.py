@@ -14,11 +14,12 @@ from aiohttp import web
 
 from dynaps.contract import MAX_NODES, secret
 from dynaps_operator import names, references, security
-from dynaps_operator.builders import build_network_policy, build_pod, build_secret
+from dynaps_operator.builders import build_network_policy, build_secret
 from dynaps_operator.coordinator_client import MAX_ANSWER, CoordinatorClient
 from dynaps_operator.coordinator_view import parse_status
 from dynaps_operator.errors import CoordinatorError
 from dynaps_operator.names import Role
+from dynaps_operator.pod_builder import build_pod
 from dynaps_operator.validation import parse_job
 from tests.dynaps_operator.helpers import REF, job
 
