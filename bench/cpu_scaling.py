@@ -368,6 +368,17 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "quality_name": first["quality_name"],
         "local_share": statistics.fmean(r["local_share"] for r in runs),
         "load": [r["load"] for r in runs],
+        # every process's whole-run CPU and wake-ups per epoch (and its threads), run by run
+        "processes_per_epoch_runs": [
+            {
+                name: {
+                    field: value if field == "threads" else value / r["epochs"]
+                    for field, value in figures.items()
+                }
+                for name, figures in r["processes"].items()
+            }
+            for r in runs
+        ],
     }
     if "profile_unattributed_s_per_epoch" in first:
         out["profile_unattributed_s_per_epoch"] = runs[-1]["profile_unattributed_s_per_epoch"]
