@@ -34,12 +34,27 @@ class Gradients:
     head_negatives: Array  # (B, n, de)
 
 
-def _softplus(x: Array) -> Array:
-    return np.logaddexp(0.0, x)
+def _loss_and_slopes(pos: Array, tneg: Array, hneg: Array) -> tuple[float, Array, Array, Array]:
+    """BCE of the positives' and the corruptions' scores, and its derivatives by each score.
 
-
-def _sigmoid(x: Array) -> Array:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+    With z = -pos for a positive and z = the score for a corruption, the loss is
+    sum(softplus(z)) and d/dz is sigmoid(z): both from one e = exp(-|z|) over one array
+    (softplus(z) = max(z, 0) + log1p(e); sigmoid(z) = 1 / (1 + e) for z >= 0, else
+    e / (1 + e)), which never overflows; three numpy calls per term were 3x slower.
+    """
+    size = len(pos)
+    z = np.concatenate([-pos, tneg.reshape(-1), hneg.reshape(-1)])
+    e = np.exp(-np.abs(z))
+    loss = float(np.maximum(z, 0).sum() + np.log1p(e).sum())
+    slope = np.where(z >= 0, 1.0, e)
+    slope /= 1.0 + e
+    # d/dpos = -sigmoid(-pos): the positive's slope is the negated sigmoid of its z
+    return (
+        loss,
+        -slope[:size],
+        slope[size : size + tneg.size].reshape(tneg.shape),
+        slope[size + tneg.size :].reshape(hneg.shape),
+    )
 
 
 class Model:
@@ -74,8 +89,7 @@ class Model:
         pos = np.einsum("bd,bd->b", query_t, t)
         s_tneg = np.einsum("bd,bnd->bn", query_t, tneg)
         s_hneg = np.einsum("bnd,bd->bn", hneg, query_h)
-        loss = float(_softplus(-pos).sum() + _softplus(s_tneg).sum() + _softplus(s_hneg).sum())
-        g_pos, g_t, g_h = _sigmoid(pos) - 1.0, _sigmoid(s_tneg), _sigmoid(s_hneg)
+        loss, g_pos, g_t, g_h = _loss_and_slopes(pos, s_tneg, s_hneg)
         # Every score is linear in each argument, so a row's terms fold into one weighted
         # sum per side: d/dh = head_query(r, sum_j w_j t_j) over the positive tail and the
         # corrupted ones, and so on.  Fewer, larger array operations than term by term.

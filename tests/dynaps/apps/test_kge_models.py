@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
-from dynaps.apps.kge_models import MODELS, make_model
+from dynaps.apps.kge_models import MODELS, _loss_and_slopes, make_model
 
 FIELDS = ("head", "relation", "tail", "tail_negatives", "head_negatives")
 
@@ -91,3 +93,22 @@ def test_entity_gradients_are_written_into_the_push_rows(name: str) -> None:
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     for field in ("head", "tail", "tail_negatives", "head_negatives"):
         assert np.shares_memory(getattr(into, field), out), field
+
+
+def _sigmoid(z: Any) -> Any:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_loss_and_its_slopes_hold_for_scores_far_from_zero(dtype: type) -> None:
+    pos: Any = np.array([-200.0, -3.0, 0.0, 2.5, 90.0], dtype=dtype)
+    tneg: Any = np.array([[-90.0, 0.5], [3.0, -1.0], [0.0, 40.0], [-7.0, 7.0], [1e-3, 150.0]], dtype=dtype)
+    hneg = -tneg[:, ::-1]
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # whatever the score
+        loss, g_pos, g_t, g_h = _loss_and_slopes(pos, tneg, hneg)
+    exact = [np.logaddexp(0.0, np.asarray(z, dtype=np.float64)).sum() for z in (-pos, tneg, hneg)]
+    assert loss == pytest.approx(sum(exact), rel=1e-6)
+    np.testing.assert_allclose(g_pos, _sigmoid(pos) - 1.0, atol=1e-7)
+    np.testing.assert_allclose(g_t, _sigmoid(tneg), atol=1e-7)
+    np.testing.assert_allclose(g_h, _sigmoid(hneg), atol=1e-7)
+    assert g_pos.dtype == g_t.dtype == g_h.dtype == dtype
