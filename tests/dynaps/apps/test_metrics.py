@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,12 +33,20 @@ def test_log_loss_and_squared_error() -> None:
     assert squared_error([1.0, 2.0], [0.0, 4.0]) == (5.0, 2.0)
 
 
+def random_graph(rng: np.random.Generator, entities: int, relations: int, count: int) -> Any:
+    """Distinct random (head, relation, tail) triples, at most ``count``."""
+    drawn = [
+        rng.integers(0, entities, count),
+        rng.integers(0, relations, count),
+        rng.integers(0, entities, count),
+    ]
+    return np.unique(np.column_stack(drawn), axis=0)
+
+
 def test_filtered_ranks_match_a_loop() -> None:
     rng = np.random.default_rng(1)
     entities, relations = 30, 3
-    triples = np.unique(
-        np.column_stack([rng.integers(0, 30, 200), rng.integers(0, 3, 200), rng.integers(0, 30, 200)]), axis=0
-    )
+    triples = random_graph(rng, entities, relations, 200)
     known = KnownTriples(triples, entities, relations)
     queries = triples[:25]
     scores = rng.normal(size=(25, entities))
@@ -67,9 +76,7 @@ def test_filtered_ranks_match_a_loop() -> None:
 def test_an_index_for_some_queries_ranks_them_as_the_whole_index_does() -> None:
     rng = np.random.default_rng(2)
     entities, relations = 40, 4
-    triples = np.unique(
-        np.column_stack([rng.integers(0, 40, 400), rng.integers(0, 4, 400), rng.integers(0, 40, 400)]), axis=0
-    )
+    triples = random_graph(rng, entities, relations, 400)
     whole = KnownTriples(triples, entities, relations)
     queries = triples[rng.choice(len(triples), 30, replace=False)]
     some = KnownTriples(triples, entities, relations, queries=queries)
