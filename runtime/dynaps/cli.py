@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a job on this machine (a manifest, or COMMAND after --)",
         description="Run a ParameterServerJob manifest, or COMMAND in every worker, on this machine: "
-        "coordinator, servers and workers are local processes on 127.0.0.1. "
-        "Exits with the job's status (0 when every worker exited 0).",
+        "coordinator, servers and workers are local processes on 127.0.0.1. The program gets "
+        "the manifest's spec.workers.env, and OMP/OPENBLAS/MKL_NUM_THREADS at its share of the "
+        "CPUs unless one is set. Exits with the job's status (0 when every worker exited 0).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
