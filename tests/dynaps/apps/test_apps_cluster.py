@@ -98,11 +98,13 @@ def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
 
 
 def test_w2v_samples_through_the_pool(cluster: dynaps.LocalCluster) -> None:
-    reports = cluster.run(w2v.train, replace(TINY_W2V, epochs=1))
-    # chance: 0.05 (20 topics); one epoch gave 0.45-0.67 in 18 runs alone and under load, and
-    # 0.29 once in a full suite run (async workers, negatives localized ahead): the bound
-    # shows learning, not how well
-    assert reports[0][-1]["quality"]["topic P@10"] > 0.2
+    # Minibatches of 128 centres: at the default 512 two workers diverge on this 300-word
+    # vocabulary (a push sums a frequent word's gradients from one stale value; one worker
+    # with 1,024 diverges alike: docs/apps.md), and the bound of 0.2 that hid it failed once.
+    # 128 gave P@10 0.68-0.70 and loss 2.68 in four runs; chance is 0.05, untrained loss 4.16.
+    reports = cluster.run(w2v.train, replace(TINY_W2V, epochs=1, batch=128))
+    assert reports[0][-1]["quality"]["topic P@10"] > 0.5
+    assert reports[0][-1]["loss"] < 3.5
     assert reports[1][-1]["quality"] == {}  # rank 0 evaluates
 
 
