@@ -157,6 +157,33 @@ def test_records_below_the_watermark_are_not_kept_and_a_new_life_starts_over() -
     assert life + 1 in applied.applied[CLIENT]
 
 
+def test_the_requester_s_watermark_travels_with_its_records_and_settles_them_there() -> None:
+    """A node that adopts records of a requester that never pushes to it learns the
+    requester's watermark with them: its records below it are settled there too, instead of
+    travelling on with every move of their keys (w2v's bouncing words, issue 18)."""
+    home, keys = AppliedRequests(), np.arange(4, dtype=np.int64)
+    home.remember(CLIENT, 900, None, keys[:2])
+    home.remember(CLIENT, 950, None, keys[2:])
+    home.forget_before(CLIENT, 950, 940)  # the requester has every answer below 940
+    assert list(home.applied[CLIENT]) == [950]
+    elsewhere = AppliedRequests()
+    elsewhere.remember(CLIENT, 910, None, keys[2:])  # adopted earlier from another node
+    elsewhere.remember(CLIENT, 960, None, keys[2:])
+    records = home.records_for(keys)
+    assert records is not None
+    assert records["settled"] == [[CLIENT, 940]]
+    elsewhere.adopt_records(json.loads(json.dumps(records)))
+    assert list(elsewhere.applied[CLIENT]) == [960, 950]  # 910 settled by the watermark
+    assert elsewhere.settled_below[CLIENT] == 940
+    elsewhere.remember(CLIENT, 920, None, keys)  # a settled request's record is not kept
+    assert 920 not in elsewhere.applied[CLIENT]
+    # an older watermark does not move a newer one back; malformed ones are ignored
+    elsewhere.adopt_records({"records": [], "settled": [[CLIENT, 930], [CLIENT, "x"], "junk", [1]]})
+    assert elsewhere.settled_below[CLIENT] == 940
+    # a retry of an unsettled request is still recognised where the record went
+    assert elsewhere.already_applied(retry(950, [2, 3], [0, 1])) is not None
+
+
 def test_a_requester_with_more_unsettled_requests_than_the_room_is_counted() -> None:
     applied, keys = AppliedRequests(), np.arange(1, dtype=np.int64)
     for req_id in range(1, REMEMBERED_REQUESTS + 2):

@@ -7,7 +7,10 @@ can overtake the request it repeats (they take different paths), so then the ori
 duplicate. Every node therefore remembers, per requester, which positions of which requests
 it applied (a bounded window: a requester also says which of its requests are all answered),
 and those records travel with the keys when they move, so a retry that follows its keys to
-their next owner is recognised there too. Kept with or without replication: without it, a
+their next owner is recognised there too. The requester's watermark travels with them: a
+node where that requester never pushes would otherwise keep them, and pass them on with
+every later move of their keys (w2v's frequent words, moved every minibatch, carried
+thousands: bench/README.md). Kept with or without replication: without it, a
 worker's loss still makes clients retry.
 """
 
@@ -87,9 +90,15 @@ class AppliedRequests:
         full = (req_id & ~0xFFFFFFFF) | watermark
         if full > req_id:
             full -= 1 << 32
+        self.settle(requester, full)
+
+    def settle(self, requester: int, full: int) -> None:
+        """The requester has every answer to its requests below ``full`` (a whole id): a
+        statement of the requester's, true on every node, so it travels with records."""
         below = self.settled_below.get(requester)
         if below is None or full > below or full <= below - LIFE_SPAN:  # later, or a new life
             self.settled_below[requester] = full
+        full = self.settled_below[requester]
         seen = self.applied.get(requester)
         while seen:
             oldest = next(iter(seen))
@@ -159,7 +168,14 @@ class AppliedRequests:
                 aligned = len(positions) == len(touched)
                 shown = (positions[mine] if aligned else positions).tolist()
             found.append([requester, req_id, shown, touched[mine].tolist()])
-        return {"records": found} if found else None
+        if not found:
+            return None
+        # the requesters' watermarks known here: records adopted where a requester pushes
+        # rarely are settled there too, instead of travelling on with every move of their keys
+        settled = [
+            [r, self.settled_below[r]] for r in sorted({f[0] for f in found}) if r in self.settled_below
+        ]
+        return {"records": found, "settled": settled} if settled else {"records": found}
 
     def adopt_records(self, body: dict[str, object] | None, only: Keys | None = None) -> None:
         """Remember the records that came with rows (:meth:`records_for` at their sender).
@@ -169,6 +185,10 @@ class AppliedRequests:
         """
         if not body:
             return
+        settled = body.get("settled")
+        for pair in settled if isinstance(settled, list) else []:
+            if isinstance(pair, list) and len(pair) == 2 and all(type(x) is int for x in pair):
+                self.settle(pair[0], pair[1])
         records = body.get("records")
         if not isinstance(records, list):
             return
