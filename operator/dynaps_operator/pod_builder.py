@@ -75,11 +75,8 @@ def role_resources(job: ParameterServerJob, role: Role) -> JsonDict:
     role_spec = _role_spec(job, role)
     if role_spec.resources:
         return dict(role_spec.resources)
-    for container in (role_spec.template.get("spec") or {}).get("containers") or []:
-        if isinstance(container, dict) and container.get("name") == names.CONTAINER:
-            resources = container.get("resources")
-            return dict(resources) if isinstance(resources, dict) else {}
-    return {}
+    resources = _template_container(role_spec).get("resources")
+    return dict(resources) if isinstance(resources, dict) else {}
 
 
 def _role_spec(job: ParameterServerJob, role: Role) -> Any:
@@ -100,12 +97,17 @@ def _thread_source(job: ParameterServerJob, role: Role) -> str:
 
 def _user_env_names(job: ParameterServerJob, role: Role) -> set[str]:
     """The variables the job sets in the role's main container (its env, its template's)."""
-    role_spec = _role_spec(job, role)
     found = set(job.spec.workers.env) if role is Role.WORKER else set()
+    env = _template_container(_role_spec(job, role)).get("env") or []
+    return found | {str(e.get("name")) for e in env if isinstance(e, dict)}
+
+
+def _template_container(role_spec: Any) -> JsonDict:
+    """The main container of the role's template ({} where it has none)."""
     for container in (role_spec.template.get("spec") or {}).get("containers") or []:
         if isinstance(container, dict) and container.get("name") == names.CONTAINER:
-            found |= {str(e.get("name")) for e in container.get("env") or [] if isinstance(e, dict)}
-    return found
+            return container
+    return {}
 
 
 def _command(job: ParameterServerJob, role: Role) -> list[str]:

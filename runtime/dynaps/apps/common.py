@@ -314,6 +314,11 @@ def set_in_chunks(table: Any, keys: Keys, values: Array, size: int = 50_000) -> 
         table.set(keys[part], values[part])
 
 
+def pull_in_chunks(table: Any, keys: Keys, size: int = 50_000) -> Array:
+    """Read many rows without one huge message."""
+    return np.concatenate([table.pull(keys[part]) for part in chunks(len(keys), size)])
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "where it runs",

@@ -228,17 +228,17 @@ def queries_per_chunk(num_e: int, itemsize: int) -> int:
     return max(1, min(MAX_QUERIES_PER_CHUNK, SCORE_BYTES // max(1, num_e * itemsize)))
 
 
-def _pull_rows(table: Any, keys: Any) -> Any:
-    return np.concatenate([table.pull(keys[part]) for part in common.chunks(len(keys), ENTITY_ROWS)])
-
-
 def _evaluate(entities: Any, relations: Any, model: Model, test: Any, known: KnownTriples, num_e: int) -> Any:
     """Filtered ranking sums of this worker's test triples (tail and head prediction),
     ranked against one slice of the entities at a time (:func:`metrics.higher_counts`)."""
     if not len(test):
         return np.zeros(5)
     h, r, t = test[:, 0], test[:, 1], test[:, 2]
-    heads, tails, rels = _pull_rows(entities, h), _pull_rows(entities, t), relations.pull(r)
+    heads, tails = (
+        common.pull_in_chunks(entities, h, ENTITY_ROWS),
+        common.pull_in_chunks(entities, t, ENTITY_ROWS),
+    )
+    rels = relations.pull(r)
     tail_query, head_query = model.tail_query(heads, rels), model.head_query(rels, tails)
     mine_tail = np.einsum("ij,ij->i", tail_query, tails)  # each target's own score
     mine_head = np.einsum("ij,ij->i", head_query, heads)
