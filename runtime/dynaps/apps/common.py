@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from dynaps.apps.arguments import non_negative_int, positive_float, positive_int
 from dynaps.config import ATTACH_ENV
-from dynaps.contract import Allocation, TableSpec
+from dynaps.contract import Allocation, TableSpec, UpdaterKind
 from dynaps.errors import DynapsError, UsageError
 
 Array = npt.NDArray[Any]
@@ -81,8 +81,12 @@ def dynamic(ps: PSLike, allocation: str) -> bool:
     return True
 
 
-def check_table(ps: PSLike, name: str, num_keys: int, dim: int) -> Any:
-    """The table ``name``, after checking that the job declared it with the shape the data needs."""
+def check_table(ps: PSLike, name: str, num_keys: int, dim: int, *, gradients: bool = False) -> Any:
+    """The table ``name``, after checking that the job declared it with the shape the data needs.
+
+    ``gradients``: the app pushes raw gradients for the owner's optimiser step, so a table
+    whose updater adds them would climb the loss instead of descending it, silently.
+    """
     try:
         table = ps.table(name)
     except UsageError as exc:
@@ -91,6 +95,12 @@ def check_table(ps: PSLike, name: str, num_keys: int, dim: int) -> Any:
         raise UsageError(
             f"table {name!r} has numKeys={table.num_keys}, dim={table.dim}, but this data and these "
             f"arguments need numKeys >= {num_keys}, dim = {dim}: fix the manifest's tables or the arguments"
+        )
+    if gradients and table.updater_kind == UpdaterKind.ADD:
+        raise UsageError(
+            f"table {name!r} adds what is pushed (updater kind add), but this app pushes gradients for "
+            f"an optimiser step on the owner: declare its updater, e.g. updater: {{kind: adagrad, lr: 0.1}} "
+            f"(the app's --print-tables prints the tables it expects)"
         )
     return table
 

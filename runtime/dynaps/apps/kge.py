@@ -123,8 +123,8 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data = load(config)
     model = make_model(config.model, config.dim)
     num_e, num_r = len(data.entities), len(data.relations)
-    entities = common.check_table(ps, "entities", num_e, model.entity_dim)
-    relations = common.check_table(ps, "relations", num_r, model.relation_dim)
+    entities = common.check_table(ps, "entities", num_e, model.entity_dim, gradients=True)
+    relations = common.check_table(ps, "relations", num_r, model.relation_dim, gradients=True)
     progress = common.Progress(ps, "kge", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers

@@ -76,7 +76,7 @@ def tables(config: Config, features: int | None = None) -> dict[str, TableSpec]:
 
 def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data, test = load(config)
-    weights = common.check_table(ps, "weights", data.num_features, 1)
+    weights = common.check_table(ps, "weights", data.num_features, 1, gradients=True)
     progress = common.Progress(ps, "lr", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers

@@ -3,8 +3,14 @@
 Two tables: ``words`` (input vectors) and ``contexts`` (output vectors).  Each worker
 trains on its contiguous share of the corpus: for every centre word, the words within
 ``--window`` of it (same sentence) are positives, and ``--neg`` words per pair drawn from
-the unigram^0.75 distribution are negatives, pulled with ``contexts.pull_sample``.  The
-step size decays linearly, as in word2vec.
+the unigram^0.75 distribution are negatives, pulled with ``contexts.pull_sample``.
+
+Workers push gradients and the tables' owners take AdaGrad steps (``--lr`` is AdaGrad's).
+word2vec's plain steps, one pair at a time, do not survive minibatches: a push sums every
+occurrence's gradient of a frequent word, all computed from one value, so the step grows
+with the minibatch and with the number of workers pushing from the same stale values, and
+training diverged (two workers at 512 centres on a 300-word vocabulary; one worker at
+1,024).  AdaGrad's per-coordinate step is bounded by ``lr`` whatever the push sums.
 
 With ``--allocation dynamic`` the words of minibatch ``t + ahead`` are localized while
 minibatch ``t`` trains (Lapse's localize-ahead), and negatives use ``--neg-strategy``
@@ -33,7 +39,7 @@ from dynaps.apps import common, synthetic
 from dynaps.apps.arguments import non_negative_int, positive_int
 from dynaps.apps.data import Corpus, read_corpus
 from dynaps.client.sampling import Distribution
-from dynaps.contract import TableSpec
+from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Config:
     batch: int = 512  # centre words per minibatch
     window: int = 3
     neg: int = 5
-    lr: float = 0.025
+    lr: float = 0.1  # AdaGrad's, on the tables' owners
     ahead: int = 2
     neg_strategy: str = "pool"
     pool_group: int = 2048
@@ -79,9 +85,10 @@ def load(config: Config) -> tuple[Corpus, synthetic.Planted | None]:
 def tables(config: Config, vocabulary: int | None = None) -> dict[str, TableSpec]:
     if vocabulary is None:
         vocabulary = len(load(config)[0].words) if config.corpus else config.vocabulary
+    adagrad = UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=config.lr)
     return {
-        "words": TableSpec(num_keys=vocabulary, dim=config.dim),
-        "contexts": TableSpec(num_keys=vocabulary, dim=config.dim),
+        "words": TableSpec(num_keys=vocabulary, dim=config.dim, updater=adagrad),
+        "contexts": TableSpec(num_keys=vocabulary, dim=config.dim, updater=adagrad),
         **common.metrics_table(),
     }
 
@@ -89,8 +96,8 @@ def tables(config: Config, vocabulary: int | None = None) -> dict[str, TableSpec
 def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     corpus, planted = load(config)
     vocabulary = len(corpus.words)
-    words = common.check_table(ps, "words", vocabulary, config.dim)
-    contexts = common.check_table(ps, "contexts", vocabulary, config.dim)
+    words = common.check_table(ps, "words", vocabulary, config.dim, gradients=True)
+    contexts = common.check_table(ps, "contexts", vocabulary, config.dim, gradients=True)
     progress = common.Progress(ps, "w2v", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
@@ -113,17 +120,13 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         )
     ps.barrier()
 
-    rng = np.random.default_rng([config.seed, 12, me])
-    total_steps = config.epochs * -(-len(tokens) // config.batch)
-    done = 0
     for epoch in range(1, config.epochs + 1):
         progress.start_epoch()
-        loss, pairs, done = _epoch(words, contexts, tokens, sentence, config, moving, rng, done, total_steps)
+        loss, pairs = _epoch(words, contexts, tokens, sentence, config, moving)
         seconds, mean_loss = progress.end_epoch(loss, pairs)
         started = time.perf_counter()
         quality = _similarity(words, planted, vocabulary) if me == 0 else {}
-        lr = config.lr * max(1e-4, 1 - done / total_steps)
-        progress.report(epoch, seconds, mean_loss, quality, time.perf_counter() - started, {"lr": lr})
+        progress.report(epoch, seconds, mean_loss, quality, time.perf_counter() - started)
         ps.barrier()
     progress.write(config.report, asdict(config))
     return [r.to_dict() for r in progress.reports]
@@ -148,10 +151,7 @@ def _epoch(
     sentence: Any,
     config: Config,
     moving: bool,
-    rng: np.random.Generator,
-    done: int,
-    total_steps: int,
-) -> tuple[float, float, int]:
+) -> tuple[float, float]:
     queue: deque[tuple[Any, Any, Any]] = deque()
     loss, count = 0.0, 0.0
     starts = range(0, len(tokens), config.batch)
@@ -165,15 +165,13 @@ def _epoch(
             queue.append((centre, context, handle))
         if step >= config.ahead:
             centre, context, handle = queue.popleft()
-            lr = config.lr * max(1e-4, 1 - done / total_steps)
-            loss += _sgns(words, contexts, centre, context, handle, config.neg, np.float32(lr))
+            loss += _sgns(words, contexts, centre, context, handle, config.neg)
             count += len(centre)
-            done += 1
-    return loss, count, done
+    return loss, count
 
 
-def _sgns(words: Any, contexts: Any, centre: Any, context: Any, handle: Any, neg: int, lr: Any) -> float:
-    """One skip-gram negative-sampling step; returns the summed loss."""
+def _sgns(words: Any, contexts: Any, centre: Any, context: Any, handle: Any, neg: int) -> float:
+    """One skip-gram negative-sampling minibatch: pushes its gradients, returns the summed loss."""
     n = len(centre)
     if not n:
         contexts.finish_sample(handle)
@@ -188,12 +186,12 @@ def _sgns(words: Any, contexts: Any, centre: Any, context: Any, handle: Any, neg
     g_pos = 0.5 * (1 + np.tanh(0.5 * pos)) - 1  # d loss / d score
     g_neg = 0.5 * (1 + np.tanh(0.5 * negs))
     grad_in = g_pos[:, None] * v_out + np.einsum("nk,nkd->nd", g_neg, v_neg)
-    words.push(centre, -lr * grad_in)
+    words.push(centre, grad_in)
     out_keys = np.concatenate([context, neg_keys])
     out_grads = np.concatenate(
         [g_pos[:, None] * v_in, (g_neg[:, :, None] * v_in[:, None, :]).reshape(n * neg, -1)]
     )
-    contexts.push(out_keys, (-lr * out_grads).astype(np.float32, copy=False))
+    contexts.push(out_keys, out_grads)
     return loss
 
 
@@ -223,7 +221,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=3, batch=512, lr=0.025)
+    common.add_common_arguments(parser, epochs=3, batch=512, lr=0.1)
     parser.add_argument("--dim", type=positive_int, default=32, help="vector size (default 32)")
     parser.add_argument(
         "--window", type=positive_int, default=3, help="context words on each side (default 3)"

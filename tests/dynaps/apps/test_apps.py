@@ -17,7 +17,7 @@ import yaml
 
 from dynaps.apps import arguments, common, dense, kge, lr, mf, synthetic, w2v
 from dynaps.apps.inprocess import InProcessPS
-from dynaps.contract import ParameterServerJob
+from dynaps.contract import ParameterServerJob, TableSpec
 from dynaps.errors import UsageError
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -187,6 +187,15 @@ def test_wrong_table_shape_names_the_fix() -> None:
     tables = {**mf.tables(TINY_MF), "rows": mf.tables(TINY_MF)["rows"].model_copy(update={"dim": 3})}
     with pytest.raises(UsageError, match="numKeys >= 300, dim = 4"):
         mf.train(InProcessPS(tables), TINY_MF)
+
+
+@pytest.mark.parametrize(("module", "config", "name"), [(w2v, TINY_W2V, "words"), (lr, TINY_LR, "weights")])
+def test_a_gradient_app_refuses_a_table_that_adds(module: Any, config: Any, name: str) -> None:
+    # pushed gradients added onto the values climb the loss: a manifest without the updater
+    tables = module.tables(config)
+    tables[name] = tables[name].model_copy(update={"updater": TableSpec(num_keys=1, dim=1).updater})
+    with pytest.raises(UsageError, match=rf"table '{name}' adds what is pushed .* \{{kind: adagrad"):
+        module.train(InProcessPS(tables), config)
 
 
 @pytest.mark.parametrize("module", [mf, kge, w2v, lr, dense])
