@@ -54,3 +54,11 @@ def sync_ms(text: str) -> float:
     return _checked(
         text, float, lambda v: MIN_SYNC_MS <= v <= MAX_SYNC_MS, f"in [{MIN_SYNC_MS:g}, {MAX_SYNC_MS:g}] ms"
     )
+
+
+def count_or_fraction(text: str) -> float:
+    """How many of something: a whole count, or a fraction of them below 1 (hot keys)."""
+    value = float(_number(text, float))
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in [0, 1), got {text!r}")
+    return value

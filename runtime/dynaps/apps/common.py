@@ -318,6 +318,15 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(first, min(first + size, n)) for first in range(0, n, size)]
 
 
+def most_frequent(counts: Any, hot: float) -> Keys:
+    """The keys of the ``hot`` largest ``counts`` (a count, or a fraction of all keys below 1),
+    sorted: every worker computes the same set of hot keys from the same data."""
+    number = round(hot * len(counts)) if 0 < hot < 1 else int(hot)
+    if number <= 0:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.argsort(-np.asarray(counts), kind="stable")[: min(number, len(counts))])
+
+
 def set_in_chunks(table: Any, keys: Keys, values: Array, size: int = 50_000) -> None:
     """Assign many rows without one huge message."""
     for part in chunks(len(keys), size):

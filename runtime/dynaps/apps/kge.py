@@ -42,7 +42,13 @@ from typing import Any
 import numpy as np
 
 from dynaps.apps import common, kge_blocks, synthetic
-from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int, sync_ms
+from dynaps.apps.arguments import (
+    count_or_fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    sync_ms,
+)
 from dynaps.apps.data import Triples, balanced_parts, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.kge_steps import block_round, localize_ahead_epoch
@@ -207,11 +213,8 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 def hot_entities(triples: Any, num_e: int, hot: float) -> Any:
     """The ``hot`` entities (a count, or a fraction of all entities below 1) that appear in
     the most training triples; every worker computes the same set from the same data."""
-    count = round(hot * num_e) if 0 < hot < 1 else int(hot)
-    if count <= 0:
-        return np.empty(0, dtype=np.int64)
     degree = np.bincount(triples[:, 0], minlength=num_e) + np.bincount(triples[:, 2], minlength=num_e)
-    return np.sort(np.argsort(-degree, kind="stable")[: min(count, num_e)])
+    return common.most_frequent(degree, hot)
 
 
 # Scores of one chunk of test queries against one slice of the entities are at most this
@@ -301,7 +304,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--pool-reuse", type=positive_int, default=4, help="pool: uses per draw (default 4)")
     parser.add_argument(
         "--hot-keys",
-        type=_hot_count,
+        type=count_or_fraction,
         default=0.0,
         metavar="N",
         help="dynamic: replicate the N most frequent entities (a fraction of them if N < 1) "
@@ -335,16 +338,6 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         parser.error("give both --train and --test (and optionally --valid), or neither")
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}
     return Config(**fields), args
-
-
-def _hot_count(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value >= 1 and not value.is_integer()):
-        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in [0, 1), got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -189,6 +189,20 @@ def test_wrong_table_shape_names_the_fix() -> None:
         mf.train(InProcessPS(tables), TINY_MF)
 
 
+def test_hot_words_are_the_head_expected_in_every_minibatch() -> None:
+    config = w2v.Config(batch=512, window=3, neg=5)
+    zipf = 1e6 / np.arange(1, 50_001)  # a large vocabulary: only its head is in every minibatch
+    hot = w2v.hot_words_expected(zipf, config)
+    assert 100 < len(hot) < 10_000
+    assert hot.tolist() == list(range(len(hot)))  # the most frequent words, and only they
+    share, noise = zipf / zipf.sum(), zipf**0.75 / (zipf**0.75).sum()
+    expected = 512 * (share * 7 + 30 * noise)  # centre + 6 contexts, 6 x 5 negatives
+    assert expected[len(hot) - 1] >= 1 > expected[len(hot)]
+    small = w2v.load(TINY_W2V)[0].counts.astype(np.float64)  # 300 words: all of them
+    assert len(w2v.hot_words_expected(small, TINY_W2V)) == 300
+    assert len(w2v.hot_words_expected(zipf, dataclasses.replace(config, batch=8))) < len(hot)
+
+
 @pytest.mark.parametrize(("module", "config", "name"), [(w2v, TINY_W2V, "words"), (lr, TINY_LR, "weights")])
 def test_a_gradient_app_refuses_a_table_that_adds(module: Any, config: Any, name: str) -> None:
     # pushed gradients added onto the values climb the loss: a manifest without the updater

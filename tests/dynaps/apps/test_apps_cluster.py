@@ -97,19 +97,27 @@ def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
     assert after == [{}, {}]  # the relations' replica is dropped (after a flush) when train ends
 
 
-def test_w2v_two_workers_train_like_one(cluster: dynaps.LocalCluster) -> None:
+@pytest.mark.parametrize("hot_words", [None, 0.0], ids=["hot-words-replicated", "all-relocated"])
+def test_w2v_two_workers_train_like_one(cluster: dynaps.LocalCluster, hot_words: float | None) -> None:
     # Two workers pushing from the same stale values act as one minibatch twice the size:
     # with word2vec's plain summed steps this diverged (loss 1e3 to 1e10 at the default
     # batch on this 300-word vocabulary); with the owners' AdaGrad steps it trains as one
-    # process does (one epoch: P@10 0.82 against 0.84, loss 2.52 against 2.47).
-    config = replace(TINY_W2V, epochs=1)
+    # process does (one epoch: P@10 0.79-0.83 against 0.84, loss 2.52-2.64 against 2.47; the
+    # replicas' flushes sum a few minibatches into one step, so a little behind in epoch 1).
+    config = replace(TINY_W2V, epochs=1, hot_words=hot_words)
     alone = w2v.train(InProcessPS(w2v.tables(config)), config)[-1]
     reports = cluster.run(w2v.train, config)  # negatives through the pool, words localized ahead
     two = reports[0][-1]
     assert alone["loss"] < 3.0  # untrained: (1 + neg) ln 2 = 4.16
-    assert two["loss"] < 1.1 * alone["loss"]
+    assert two["loss"] < 1.15 * alone["loss"]
     assert two["quality"]["topic P@10"] > alone["quality"]["topic P@10"] - 0.1  # chance: 0.05
     assert reports[1][-1]["quality"] == {}  # rank 0 evaluates
+    # every one of the 300 words is in every minibatch: by default all are replicated, read
+    # in the worker (relocated, the workers take them from each other: about half local)
+    if hot_words is None:
+        assert two["local_share"] > 0.85
+    else:
+        assert two["local_share"] < 0.75
 
 
 def test_lr_with_server_side_adagrad(cluster: dynaps.LocalCluster) -> None:
