@@ -99,3 +99,14 @@ def test_localized_hints_never_count_past_the_request() -> None:
     handle.absorb(Message(MsgType.LOCALIZED, sender=2, req_id=8, count=3))  # after a retry
     assert handle.remaining == 0
     assert handle.done()
+
+
+def test_steps_given_with_then_run_in_the_order_given() -> None:
+    # a layer below (repeats asked once) spreads the values before the layer above (hot
+    # keys) merges its replica's rows in: each step sees the one before's result
+    handle = pull_handle()
+    handle.then(lambda values: values * 2)
+    handle.then(lambda values: values + 1)
+    assert handle.on_done is not None
+    out = handle.on_done(np.ones((1, 2), dtype=np.float32))
+    assert out.tolist() == [[3.0, 3.0]]

@@ -72,10 +72,17 @@ class Handle:
         # write-through: positions this process applied itself (sent again as rows, never as deltas)
         self.local: npt.NDArray[np.int32] | None = None
         self.started = 0  # time.perf_counter_ns() when it was sent (its latency is observed)
-        self.on_done: Callable[[Array], None] | None = None  # given a pull's values when it completes
+        # what a pull's values become when it completes (see then())
+        self.on_done: Callable[[Array], Array] | None = None
 
     def done(self) -> bool:
         return self.remaining <= 0 or self.error is not None
+
+    def then(self, step: Callable[[Array], Array]) -> None:
+        """When this pull completes, its result becomes ``step(values)``, after the steps
+        given before (a layer that asked for fewer keys spreads them back first)."""
+        before = self.on_done
+        self.on_done = step if before is None else (lambda values: step(before(values)))
 
     def result(self, timeout: float | None = None) -> Array | None:
         if not self.done():

@@ -146,10 +146,7 @@ class HotKeys:
             assert cold_rows is not None
             return self._paths.done(MsgType.PULL, _merged(len(keys), cold, cold_rows, hot_at, hot_rows))
 
-        def done(values: Array) -> None:  # no other callback: a table with a cache has no hot keys
-            part.out = _merged(len(keys), cold, values, hot_at, hot_rows)
-
-        part.on_done = done
+        part.then(lambda values: _merged(len(keys), cold, values, hot_at, hot_rows))
         return part
 
     def push(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
@@ -228,12 +225,13 @@ class HotKeys:
             self._install(generation, rows)
             return
 
-        def done(values: Array) -> None:
+        def done(values: Array) -> Array:
             self._install(generation, values)
             if self.refreshing is handle:
                 self.refreshing = None
+            return values
 
-        handle.on_done = done
+        handle.then(done)
         self.refreshing = handle
 
     def new_clock(self) -> None:

@@ -22,11 +22,18 @@ import numpy.typing as npt
 from dynaps.client.handles import Array, Handle, Keys
 from dynaps.client.requests import Requests
 from dynaps.client.value_cache import ClockCache
+from dynaps.contract import UpdaterKind
 from dynaps.store import usage
 from dynaps.store.table_store import INCOMING, TableStore
+from dynaps.store.updaters import sum_repeats
 from dynaps.wire.protocol import MsgType
 
 _monotonic = time.monotonic
+# A remote pull or push of this many keys or more sends each distinct key once, when at
+# most REPEATS_PAY of them are distinct: finding the repeats costs a sort (0.4 ms for
+# 16,000 keys), sending them a row each on both sides (encoding, authentication, copies).
+DEDUPLICATE_FROM = 32
+REPEATS_PAY = 0.9
 
 
 class KeyPaths:
@@ -49,6 +56,8 @@ class KeyPaths:
         self.name = store.name
         self.dim = store.spec.dim
         self.dtype: np.dtype[Any] = store.layout.dtype
+        # built-in updaters sum a push's repeated keys before their step; a custom one may not
+        self._sums_repeats = store.spec.updater.kind != UpdaterKind.CUSTOM
 
     def pull(self, keys: Keys, wait: bool) -> Array | Handle:
         """The values of checked ``keys``: in place where our node owns them, else requested."""
@@ -91,15 +100,56 @@ class KeyPaths:
         requests = self._requests
         if dest >= 0 or dest == INCOMING:  # one destination for all keys
             counters[usage.PULLED_REMOTE] += n
+            if n >= DEDUPLICATE_FROM:
+                asked, inverse = _once_each(keys)
+                if inverse is not None:
+                    return self._pull_once_each(asked, inverse, own, None, None, wait)
             handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, None, n)
             requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
             return _pulled(requests, handle, wait)
         remote = np.flatnonzero(~mine)
         counters[usage.PULLED_LOCAL] += n - len(remote)
         counters[usage.PULLED_REMOTE] += len(remote)
+        if len(remote) >= DEDUPLICATE_FROM:
+            asked, inverse = _once_each(keys[remote])
+            if inverse is not None:
+                return self._pull_once_each(asked, inverse, own[remote], out, remote, wait)
         handle = requests.new_handle(MsgType.PULL, self._index, self.name, keys, out, len(remote))
         handle.mask = mine.copy()  # the local part is here already
         requests.request(MsgType.PULL, self._index, handle, keys, remote, own[remote], None)
+        return _pulled(requests, handle, wait)
+
+    def _pull_once_each(
+        self,
+        asked: Keys,
+        inverse: npt.NDArray[np.intp],
+        owners: npt.NDArray[np.int16],
+        out: Array | None,
+        at: npt.NDArray[np.intp] | None,
+        wait: bool,
+    ) -> Array | Handle:
+        """Request each of the remote keys once (``asked``, where ``asked[inverse]`` are the
+        keys as pulled) and spread the answer over their repeats: a minibatch's frequent keys
+        (w2v's words, KGE's hub entities, MF's rows) would otherwise travel once per repeat.
+        ``out`` and ``at``: the rows read here already and where the remote ones go."""
+        requests = self._requests
+        dests = np.empty(len(asked), dtype=owners.dtype)
+        dests[inverse] = owners  # a key's repeats have one owner: whichever write lands is right
+        handle = requests.new_handle(MsgType.PULL, self._index, self.name, asked, None, len(asked))
+
+        def spread(values: Array) -> Array:
+            if out is None:
+                return values.take(inverse, axis=0)
+            out[at] = values.take(inverse, axis=0)
+            return out
+
+        handle.then(spread)
+        dest = int(dests[0])
+        if (dest >= 0 or dest == INCOMING) and (dests == dest).all():
+            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, asked)
+        else:
+            everything = np.arange(len(asked))
+            requests.request(MsgType.PULL, self._index, handle, asked, everything, dests, None)
         return _pulled(requests, handle, wait)
 
     def _pull_cached(self, keys: Keys, own: npt.NDArray[np.int16], wait: bool) -> Array | Handle:
@@ -132,12 +182,12 @@ class KeyPaths:
         handle = requests.new_handle(MsgType.PULL, self._index, self.name, fetched, None, len(fetch))
         generation = cache.begin_fetch()
 
-        def done(values: Array) -> None:
+        def done(values: Array) -> Array:
             out[fetch] = values
             cache.fetched(generation, fetched, values)
-            handle.out = out
+            return out
 
-        handle.on_done = done
+        handle.then(done)
         dest = int(owners[0])
         if (dest >= 0 or dest == INCOMING) and (owners == dest).all():
             requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, fetched)
@@ -189,6 +239,17 @@ class KeyPaths:
         through = self._write_through and len(local_keys)
         if remote is None and not through:
             return None if wait else self._requests.done_handle(kind, self.name, None)
+        if (
+            remote is not None
+            and not through
+            and kind is MsgType.PUSH
+            and self._sums_repeats
+            and len(remote) >= DEDUPLICATE_FROM
+        ):
+            sent, summed, firsts = sum_repeats(keys[remote], rows[remote])
+            if firsts is not None and len(sent) <= REPEATS_PAY * len(remote):
+                counters[usage.PUSHED_REMOTE] += len(remote)
+                return self._push_once_each(sent, summed, own[remote[firsts]], wait)
         if not wait and rows is not None and not rows.flags.owndata:
             rows = rows.copy()  # the caller may reuse its array while the push is in flight
         pending = (0 if remote is None else len(remote)) + (len(local_keys) if through else 0)
@@ -212,6 +273,21 @@ class KeyPaths:
             return None
         return handle
 
+    def _push_once_each(
+        self, sent: Keys, summed: Array, dests: npt.NDArray[np.int16], wait: bool
+    ) -> Handle | None:
+        """Push each remote key once: ``sent`` (distinct), their rows summed (what the owner's
+        updater does with repeats before its step), to ``dests`` (their owners as cached)."""
+        requests = self._requests
+        handle = requests.new_handle(MsgType.PUSH, self._index, self.name, sent, None, len(sent), summed)
+        requests.request(MsgType.PUSH, self._index, handle, sent, np.arange(len(sent)), dests, summed)
+        if self._cache is not None:
+            self._cache.pushed(sent, summed)
+        if wait:
+            handle.result()
+            return None
+        return handle
+
     def _apply_here(self, kind: MsgType, keys: Keys, rows: Array) -> None:
         """Write ``rows`` to ``keys``, which our node owns (the caller holds the lock)."""
         store = self._store
@@ -221,6 +297,14 @@ class KeyPaths:
             store.updater.apply(store.values, store.states, keys, rows)
         if store.dirty is not None:
             store.dirty[keys] = 1  # replication: our node writes them back
+
+
+def _once_each(keys: Keys) -> tuple[Keys, npt.NDArray[np.intp] | None]:
+    """The distinct ``keys`` and where each key went (``None`` when too few repeat to pay)."""
+    asked, inverse = np.unique(keys, return_inverse=True)
+    if len(asked) > REPEATS_PAY * len(keys):
+        return keys, None
+    return asked, inverse
 
 
 def _pulled(requests: Requests, handle: Handle, wait: bool) -> Array | Handle:

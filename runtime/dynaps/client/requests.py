@@ -440,7 +440,7 @@ class Requests:
             elapsed = time.perf_counter_ns() - handle.started
             self.usage.observe(handle.index, _OPERATION[handle.kind], elapsed)
             if handle.on_done is not None and handle.error is None and handle.out is not None:
-                handle.on_done(handle.out)
+                handle.out = handle.on_done(handle.out)
 
     def close(self) -> None:
         if self.notices is not None:

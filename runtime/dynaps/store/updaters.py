@@ -79,7 +79,15 @@ def scatter_add(values: Array, keys: Keys, rows: Array) -> None:
 
 
 def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
-    """Sum the updates of repeated keys, so a stateful step is taken once per key.
+    """Sum the updates of repeated keys, so a stateful step is taken once per key
+    (:func:`sum_repeats` without the positions)."""
+    distinct, summed, _ = sum_repeats(keys, updates)
+    return distinct, summed
+
+
+def sum_repeats(keys: Keys, updates: Array) -> tuple[Keys, Array, Keys | None]:
+    """The distinct keys (sorted), their updates summed, and where each one first occurs in
+    ``keys``; ``keys``, ``updates`` and None when no key repeats.
 
     One sort finds the repeats; each key's first row is gathered and only the repeated
     rows are added onto it (in a skewed minibatch most keys occur once, so the add, the
@@ -88,7 +96,7 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
     as it came.
     """
     if len(keys) < 2:
-        return keys, updates
+        return keys, updates, None
     order = np.argsort(keys)
     ordered = keys[order]
     first = np.empty(len(keys), dtype=np.bool_)
@@ -96,10 +104,11 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     starts = np.flatnonzero(first)
     if len(starts) == len(keys):
-        return keys, updates
+        return keys, updates, None
+    firsts = order[starts]
     if updates.shape[1] == 1:  # one value a key (sparse LR): numpy sums each key's run in 1-D
-        return ordered[starts], np.add.reduceat(updates[order, 0], starts)[:, None]
-    summed = updates.take(order[starts], axis=0)
+        return ordered[starts], np.add.reduceat(updates[order, 0], starts)[:, None], firsts
+    summed = updates.take(firsts, axis=0)
     # keys that repeat (a first row followed by a repeat), the rows of _add_repeats' first
     # round: with few, its rounds cost more than they save (a Zipf-skewed push, one hot key)
     repeating = np.count_nonzero(first[:-1] > first[1:])
@@ -111,7 +120,7 @@ def combine_duplicates(keys: Keys, updates: Array) -> tuple[Keys, Array]:
         group = np.cumsum(first, dtype=np.int64)[at]
         group -= 1  # the row of ``summed`` each repeat adds to
         _add_repeats(summed, group, at - starts[group], updates, order[at])
-    return ordered[starts], summed
+    return ordered[starts], summed, firsts
 
 
 # A round of :func:`_add_repeats` costs a few numpy calls whatever its size; below this
