@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pytest
 
 import dynaps
-from dynaps.client.sampling import Distribution, make_strategy
+from dynaps.client.sampling import ALIAS_AFTER, Distribution, alias_table, make_strategy
 from dynaps.errors import UsageError
 
 NUM_KEYS = 50
@@ -110,6 +110,30 @@ def test_strategies_follow_the_sampler(strategy: str, opts: dict[str, Any], reus
     support, p = ZIPF.probabilities()
     # reuse r repeats every draw r times: the counts' variance grows r-fold (design effect)
     assert chi2(keys, support, p) / reuse < chi2_limit(NUM_KEYS - 1)
+
+
+@pytest.mark.parametrize(
+    "weights", [[5.0, 0.0, 1.0, 2.0], list(np.arange(1, 2_001) ** -0.75), [1.0], [3.0, 3.0]]
+)
+def test_the_alias_table_draws_each_key_with_its_weight_exactly(weights: list[float]) -> None:
+    w = np.asarray(weights)
+    accept, alias = alias_table(w)
+    n = len(w)
+    # key i: its own column's kept share, plus the rest of every column that aliases to it
+    implied = accept.copy()
+    np.add.at(implied, alias, 1.0 - accept)
+    np.testing.assert_allclose(implied / n, w / w.sum(), rtol=1e-9, atol=1e-12)
+    assert accept[w == 0].tolist() == [0.0] * int((w == 0).sum())  # never kept, never an alias
+    assert not np.isin(np.flatnonzero(w == 0), alias[accept < 1]).any()
+
+
+def test_draws_switch_to_the_alias_table_and_keep_the_law() -> None:
+    sampler = Distribution.from_weights(np.arange(1, NUM_KEYS + 1) ** -1.0)
+    rng = np.random.default_rng(3)
+    keys = np.concatenate([sampler.draw(rng, 4_000) for _ in range(ALIAS_AFTER + 3)])
+    assert sampler._alias is not None  # the switch is what is tested
+    support, p = sampler.probabilities()
+    assert chi2(keys, support, p) < chi2_limit(NUM_KEYS - 1)
 
 
 def test_chi2_check_detects_a_wrong_distribution() -> None:
