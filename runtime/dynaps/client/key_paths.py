@@ -144,13 +144,7 @@ class KeyPaths:
             return out
 
         handle.then(spread)
-        dest = int(dests[0])
-        if (dest >= 0 or dest == INCOMING) and (dests == dest).all():
-            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, asked)
-        else:
-            everything = np.arange(len(asked))
-            requests.request(MsgType.PULL, self._index, handle, asked, everything, dests, None)
-        return _pulled(requests, handle, wait)
+        return self._ask(handle, asked, dests, wait)
 
     def _pull_cached(self, keys: Keys, own: npt.NDArray[np.int16], wait: bool) -> Array | Handle:
         """A pull on a cached table with keys elsewhere: the keys cached in this clock are
@@ -188,12 +182,18 @@ class KeyPaths:
             return out
 
         handle.then(done)
+        return self._ask(handle, fetched, owners, wait)
+
+    def _ask(self, handle: Handle, keys: Keys, owners: npt.NDArray[np.int16], wait: bool) -> Array | Handle:
+        """Send ``handle``'s pull of ``keys`` to their ``owners`` (as cached): one message
+        when they share one owner, else a part per owner."""
+        requests = self._requests
         dest = int(owners[0])
         if (dest >= 0 or dest == INCOMING) and (owners == dest).all():
-            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, fetched)
+            requests.send_whole(MsgType.PULL, dest, self._index, handle.req_id, keys)
         else:
-            everything = np.arange(len(fetched))
-            requests.request(MsgType.PULL, self._index, handle, fetched, everything, owners, None)
+            everything = np.arange(len(keys))
+            requests.request(MsgType.PULL, self._index, handle, keys, everything, owners, None)
         return _pulled(requests, handle, wait)
 
     def update(self, kind: MsgType, keys: Keys, rows: Array, wait: bool) -> Handle | None:
