@@ -27,14 +27,20 @@ pytestmark = pytest.mark.integration
 NUM_KEYS = 1000
 
 
-def hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
-    """Push unit increments to random keys, localize random keys, pull; count what was pushed."""
+def hammer(ps: dynaps.PS, seed: int, rounds: int, hot: int = 0) -> dict[str, Any]:
+    """Push unit increments to random keys, localize random keys, pull; count what was pushed.
+
+    ``hot``: every push and pull draws 32-120 keys from the first ``hot``, so most repeat
+    (the client sends a remote key once, its increments summed: key_paths)."""
     rng = np.random.default_rng(seed + ps.rank)
     W = ps.table("W")
     pushed = np.zeros(NUM_KEYS, dtype=np.int64)
     handles = []
     for step in range(rounds):
-        keys = rng.integers(0, NUM_KEYS, size=int(rng.integers(1, 40)))
+        if hot:
+            keys = rng.integers(0, hot, size=int(rng.integers(32, 120)))
+        else:
+            keys = rng.integers(0, NUM_KEYS, size=int(rng.integers(1, 40)))
         np.add.at(pushed, keys, 1)
         ones = np.ones((len(keys), W.dim), dtype=np.float32)
         if step % 3 == 0:
@@ -44,8 +50,11 @@ def hammer(ps: dynaps.PS, seed: int, rounds: int) -> dict[str, Any]:
         if step % 4 == 1:
             W.localize(rng.integers(0, NUM_KEYS, size=int(rng.integers(1, 30))), wait=step % 8 == 1)
         if step % 5 == 2:
-            values = W.pull(rng.integers(0, NUM_KEYS, size=20))
-            assert values.shape == (20, W.dim)
+            asked = rng.integers(0, hot or NUM_KEYS, size=60 if hot else 20)
+            values = W.pull(asked)
+            assert values.shape == (len(asked), W.dim)
+            first = np.unique(asked, return_index=True)[1]  # each key's repeats read one row
+            np.testing.assert_array_equal(values, values[first][np.searchsorted(asked[first], asked)])
     ps.wait_all()
     for handle in handles:
         assert handle.done()
@@ -64,6 +73,18 @@ def test_no_update_is_lost_or_doubled_while_keys_move(cluster: dynaps.LocalClust
     assert pushed.sum() > 10_000
     assert sum(r["stats"]["keys_localized"] for r in results) > 500, "keys hardly moved"
     for values in cluster.run(read_all):  # every worker sees the same, complete counts
+        np.testing.assert_array_equal(values - before, np.repeat(pushed[:, None], 4, axis=1))
+
+
+def test_no_update_is_lost_or_doubled_when_pushes_repeat_keys_that_move(
+    cluster: dynaps.LocalCluster,
+) -> None:
+    before = cluster.run(read_all)[0]
+    results = cluster.run(hammer, 11, 200, 90)
+    pushed = sum(r["pushed"] for r in results)
+    assert pushed[:90].min() > 100  # every hot key many times over
+    assert sum(r["stats"]["keys_localized"] for r in results) > 300, "keys hardly moved"
+    for values in cluster.run(read_all):
         np.testing.assert_array_equal(values - before, np.repeat(pushed[:, None], 4, axis=1))
 
 
