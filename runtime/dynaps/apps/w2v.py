@@ -16,8 +16,8 @@ With ``--allocation dynamic`` the words of minibatch ``t + ahead`` are localized
 minibatch ``t`` trains (Lapse's localize-ahead), and negatives use ``--neg-strategy``
 (default ``pool``: groups of draws localized ahead and reused); ``static`` samples naively.
 With two or more workers the hot words, those expected in every other minibatch or more,
-are replicated in every worker instead (NuPS; ``--hot-words``): relocated, they would bounce between the
-workers at every minibatch.
+are replicated in every worker instead (NuPS; ``--hot-words``): relocated, they would
+bounce between the workers at every minibatch.
 
 Quality: on the synthetic corpus, how often a planted synonym is a word's nearest
 neighbour (cosine), and the share of its 10 nearest neighbours from its own topic.
@@ -129,6 +129,9 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         )
     ps.barrier()
     hot = _replicate_hot(ps, (words, contexts), corpus, config) if moving and workers > 1 else np.empty(0)
+    if len(hot):
+        covered = corpus.counts[hot].sum() / max(1, corpus.counts.sum())
+        progress.note(f"{len(hot):,} hot words replicated in every worker ({covered:.0%} of the tokens)")
 
     for epoch in range(1, config.epochs + 1):
         progress.start_epoch()
@@ -176,9 +179,6 @@ def _replicate_hot(ps: common.PSLike, tables: tuple[Any, Any], corpus: Corpus, c
         ps.barrier()
         for table in tables:
             table.replicate(hot, sync_ms=config.hot_sync_ms)
-    if ps.rank == 0 and not config.quiet:
-        covered = corpus.counts[hot].sum() / max(1, corpus.counts.sum())
-        print(f"[w2v] {len(hot):,} hot words replicated in every worker ({covered:.0%} of the tokens)")
     return hot
 
 
