@@ -81,11 +81,15 @@ def dynamic(ps: PSLike, allocation: str) -> bool:
     return True
 
 
-def check_table(ps: PSLike, name: str, num_keys: int, dim: int, *, gradients: bool = False) -> Any:
+def check_table(
+    ps: PSLike, name: str, num_keys: int, dim: int, *, gradients: bool = False, lr: float | None = None
+) -> Any:
     """The table ``name``, after checking that the job declared it with the shape the data needs.
 
     ``gradients``: the app pushes raw gradients for the owner's optimiser step, so a table
     whose updater adds them would climb the loss instead of descending it, silently.
+    ``lr``: the app's ``--lr``, which only the tables it declares itself (LocalCluster,
+    ``--print-tables``) take; a job's tables step with their own, and rank 0 says so.
     """
     try:
         table = ps.table(name)
@@ -96,11 +100,18 @@ def check_table(ps: PSLike, name: str, num_keys: int, dim: int, *, gradients: bo
             f"table {name!r} has numKeys={table.num_keys}, dim={table.dim}, but this data and these "
             f"arguments need numKeys >= {num_keys}, dim = {dim}: fix the manifest's tables or the arguments"
         )
-    if gradients and table.updater_kind == UpdaterKind.ADD:
+    updater = table.updater_spec
+    if gradients and updater.kind == UpdaterKind.ADD:
         raise UsageError(
             f"table {name!r} adds what is pushed (updater kind add), but this app pushes gradients for "
             f"an optimiser step on the owner: declare its updater, e.g. updater: {{kind: adagrad, lr: 0.1}} "
             f"(the app's --print-tables prints the tables it expects)"
+        )
+    if lr is not None and updater.kind != UpdaterKind.ADD and updater.lr != lr and ps.rank == 0:
+        print(
+            f"note: table {name!r} steps with its updater's lr {updater.lr:g} (the job's tables), "
+            f"not --lr {lr:g}: change the manifest's updater to change the step",
+            file=sys.stderr,
         )
     return table
 
@@ -284,7 +295,11 @@ class Progress:
                 json.dump(doc, out, indent=2, default=str)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, epochs: int, batch: int, lr: float) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser, epochs: int, batch: int, lr: float, *, adagrad: bool = False
+) -> None:
+    """The arguments every app takes. ``adagrad``: the tables' owners take the steps, so
+    ``--lr`` is their updater's (what ``--print-tables`` declares; a job's manifest sets it)."""
     parser.add_argument(
         "--allocation",
         choices=[a.value for a in Allocation],
@@ -296,7 +311,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int, batch: in
         "--epochs", type=positive_int, default=epochs, help=f"passes over the data (default {epochs})"
     )
     parser.add_argument("--batch", type=positive_int, default=batch, help=f"minibatch size (default {batch})")
-    parser.add_argument("--lr", type=positive_float, default=lr, help=f"initial step size (default {lr})")
+    lr_help = (
+        f"AdaGrad's step size on the tables' owners (default {lr}); a job's tables take "
+        "theirs from the manifest's updater"
+        if adagrad
+        else f"initial step size (default {lr})"
+    )
+    parser.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of data generation and training (default 0)"
     )

@@ -49,7 +49,7 @@ class ArrayTable:
         self.dim = spec.dim
         self.dtype = np.dtype(spec.dtype)
         self.updater = make_updater(spec.updater)
-        self.updater_kind = spec.updater.kind
+        self.updater_spec = spec.updater
         self.values = np.zeros((spec.num_keys, spec.dim), dtype=self.dtype)
         self.states = tuple(np.zeros_like(self.values) for _ in range(self.updater.num_states))
         self._counters = counters

@@ -129,8 +129,8 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data = load(config)
     model = make_model(config.model, config.dim)
     num_e, num_r = len(data.entities), len(data.relations)
-    entities = common.check_table(ps, "entities", num_e, model.entity_dim, gradients=True)
-    relations = common.check_table(ps, "relations", num_r, model.relation_dim, gradients=True)
+    entities = common.check_table(ps, "entities", num_e, model.entity_dim, gradients=True, lr=config.lr)
+    relations = common.check_table(ps, "relations", num_r, model.relation_dim, gradients=True, lr=config.lr)
     progress = common.Progress(ps, "kge", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
@@ -268,7 +268,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=5, batch=256, lr=0.1)
+    common.add_common_arguments(parser, epochs=5, batch=256, lr=0.1, adagrad=True)
     parser.add_argument("--model", choices=sorted(MODELS), default="complex", help="default complex")
     parser.add_argument(
         "--dim", type=positive_int, default=32, help="embedding size (ComplEx: complex numbers)"

@@ -76,7 +76,7 @@ def tables(config: Config, features: int | None = None) -> dict[str, TableSpec]:
 
 def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data, test = load(config)
-    weights = common.check_table(ps, "weights", data.num_features, 1, gradients=True)
+    weights = common.check_table(ps, "weights", data.num_features, 1, gradients=True, lr=config.lr)
     progress = common.Progress(ps, "lr", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
@@ -147,7 +147,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=5, batch=500, lr=0.1)
+    common.add_common_arguments(parser, epochs=5, batch=500, lr=0.1, adagrad=True)
     data = parser.add_argument_group("data", "libsvm files, or synthetic examples (the default)")
     data.add_argument("--train", metavar="LIBSVM", help="training examples")
     data.add_argument("--test", metavar="LIBSVM", help="held-out examples")

@@ -105,8 +105,8 @@ def tables(config: Config, vocabulary: int | None = None) -> dict[str, TableSpec
 def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     corpus, planted = load(config)
     vocabulary = len(corpus.words)
-    words = common.check_table(ps, "words", vocabulary, config.dim, gradients=True)
-    contexts = common.check_table(ps, "contexts", vocabulary, config.dim, gradients=True)
+    words = common.check_table(ps, "words", vocabulary, config.dim, gradients=True, lr=config.lr)
+    contexts = common.check_table(ps, "contexts", vocabulary, config.dim, gradients=True, lr=config.lr)
     progress = common.Progress(ps, "w2v", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
@@ -271,7 +271,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=3, batch=512, lr=0.1)
+    common.add_common_arguments(parser, epochs=3, batch=512, lr=0.1, adagrad=True)
     parser.add_argument("--dim", type=positive_int, default=32, help="vector size (default 32)")
     parser.add_argument(
         "--window", type=positive_int, default=3, help="context words on each side (default 3)"

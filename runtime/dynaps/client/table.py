@@ -62,7 +62,7 @@ class Table:
         self.num_keys = store.spec.num_keys
         self.dim = store.spec.dim
         self.dtype: np.dtype[Any] = store.layout.dtype
-        self.updater_kind = store.spec.updater.kind  # what a push does on the owner (apps check it)
+        self.updater_spec = store.spec.updater  # what a push does on the owner (apps check it)
         self._row_shape = (self.dim,)  # what pull_one's ``out`` and push_one's row must be
         self._arguments = Arguments(self.name, self.num_keys, self.dim, self.dtype)
         # the owners array (the store keeps it for its life) read without a numpy scalar

@@ -212,6 +212,17 @@ def test_a_gradient_app_refuses_a_table_that_adds(module: Any, config: Any, name
         module.train(InProcessPS(tables), config)
 
 
+def test_a_job_whose_tables_step_with_another_lr_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # a job's tables (the manifest) set the step; the app's --lr only builds its own tables
+    config = dataclasses.replace(TINY_LR, epochs=1)
+    tables = lr.tables(dataclasses.replace(config, lr=0.3))
+    lr.train(InProcessPS(tables), config)
+    said = capsys.readouterr().err
+    assert "table 'weights' steps with its updater's lr 0.3 (the job's tables), not --lr" in said
+    lr.train(InProcessPS(lr.tables(config)), config)
+    assert "steps with its updater's lr" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module", [mf, kge, w2v, lr, dense])
 def test_help_describes_the_app(module: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
