@@ -151,17 +151,21 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 def hot_words_expected(counts: Any, config: Config) -> common.Keys:
     """The words expected at least half a time in a minibatch: as a centre, a context, or a
     negative (drawn from unigram^0.75).  Every worker wants these all the time, so relocated
-    they would bounce between the workers every minibatch or two; on a small vocabulary that
-    is every word (the example's 1,999 of 2,000), on a large one the head of the Zipf curve
-    (5,826 of 50,000 words for a million tokens).  Each word left to relocation costs: on
-    the example, replicating 1,990, 1,999 or all words took 1.6-1.8, 1.5 and 1.4 CPU s per
-    epoch; replicating more than the head costs more than it saves (its refreshes):
-    bench/README.md, "w2v's hot words"."""
+    they would bounce between the workers every minibatch or two.  On a large vocabulary
+    that is the head of the Zipf curve (5,826 of 50,000 words for a million tokens);
+    replicating more than the head costs more than it saves (its refreshes).  Where the
+    head is most of the vocabulary, every word is taken: the few left would still be in
+    nearly every minibatch, and a minibatch with any relocated word pays a round of
+    messages (the example's 2,000 words: 1,999 replicated 1.50-1.53 CPU s per epoch, all
+    1.42; the default 5,000: 4,963 replicated 4.9 s per epoch, all 3.5): bench/README.md,
+    "w2v's hot words"."""
     share = counts / max(1.0, float(counts.sum()))
     noise = np.maximum(counts, 1) ** 0.75
     pairs = 2 * config.window  # contexts per centre, at most
     expected = config.batch * (share * (1 + pairs) + pairs * config.neg * noise / noise.sum())
     hot: common.Keys = np.flatnonzero(expected >= 0.5)
+    if 2 * len(hot) > len(counts):
+        return np.arange(len(counts), dtype=np.int64)
     return hot
 
 

@@ -201,6 +201,10 @@ def test_hot_words_are_the_head_expected_in_every_minibatch() -> None:
     small = w2v.load(TINY_W2V)[0].counts.astype(np.float64)  # 300 words: all of them
     assert len(w2v.hot_words_expected(small, TINY_W2V)) == 300
     assert len(w2v.hot_words_expected(zipf, dataclasses.replace(config, batch=8))) < len(hot)
+    # most of the vocabulary hot (8,364 of 12,000 expected every other minibatch): every word,
+    # as the few left would still cost a round of messages in nearly every minibatch
+    most = 1e6 / np.arange(1, 12_001)
+    assert len(w2v.hot_words_expected(most, config)) == 12_000
 
 
 @pytest.mark.parametrize(("module", "config", "name"), [(w2v, TINY_W2V, "words"), (lr, TINY_LR, "weights")])
