@@ -300,10 +300,15 @@ class KeyPaths:
 
 
 def _once_each(keys: Keys) -> tuple[Keys, npt.NDArray[np.intp] | None]:
-    """The distinct ``keys`` and where each key went (``None`` when too few repeat to pay)."""
-    asked, inverse = np.unique(keys, return_inverse=True)
-    if len(asked) > REPEATS_PAY * len(keys):
+    """The distinct ``keys`` and where each key went (``None`` when too few repeat to pay).
+
+    A plain sort counts the repeats first: most pulls of distinct keys stop there (a 100-key
+    remote pull paid 25 us for ``np.unique`` with its inverse, which only repeats need)."""
+    ordered = np.sort(keys)
+    distinct = 1 + np.count_nonzero(ordered[1:] != ordered[:-1])
+    if distinct > REPEATS_PAY * len(keys):
         return keys, None
+    asked, inverse = np.unique(keys, return_inverse=True)
     return asked, inverse
 
 
