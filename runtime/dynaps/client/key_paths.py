@@ -303,7 +303,9 @@ def _once_each(keys: Keys) -> tuple[Keys, npt.NDArray[np.intp] | None]:
     """The distinct ``keys`` and where each key went (``None`` when too few repeat to pay).
 
     A plain sort counts the repeats first: most pulls of distinct keys stop there (a 100-key
-    remote pull paid 25 us for ``np.unique`` with its inverse, which only repeats need)."""
+    remote pull paid 25 us for ``np.unique`` with its inverse, which only repeats need).
+    Where repeats pay, ``np.unique`` sorts again; one argsort for both measured slower for
+    distinct keys (100-key pull, median 278 against 261 us in five interleaved pairs)."""
     ordered = np.sort(keys)
     distinct = 1 + np.count_nonzero(ordered[1:] != ordered[:-1])
     if distinct > REPEATS_PAY * len(keys):
