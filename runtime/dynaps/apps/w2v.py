@@ -128,7 +128,11 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
             words, np.arange(vocabulary), init.uniform(-bound, bound, (vocabulary, config.dim))
         )
     ps.barrier()
-    hot = _replicate_hot(ps, (words, contexts), corpus, config) if moving and workers > 1 else np.empty(0)
+    hot = (
+        _replicate_hot(ps, (words, contexts), corpus, config)
+        if moving and workers > 1
+        else np.empty(0, np.int64)
+    )
     if len(hot):
         covered = corpus.counts[hot].sum() / max(1, corpus.counts.sum())
         progress.note(f"{len(hot):,} hot words replicated in every worker ({covered:.0%} of the tokens)")
@@ -169,7 +173,7 @@ def hot_words_expected(counts: Any, config: Config) -> common.Keys:
     return hot
 
 
-def _replicate_hot(ps: common.PSLike, tables: tuple[Any, Any], corpus: Corpus, config: Config) -> Any:
+def _replicate_hot(ps: common.PSLike, tables: tuple[Any, Any], corpus: Corpus, config: Config) -> common.Keys:
     """Replicate the most frequent words in every worker (NuPS): every worker's minibatches
     want them, so relocated they would bounce between the workers all the time."""
     if config.hot_words is None:
