@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import dynaps
-from dynaps.apps import kge
+from dynaps.apps import kge, w2v
 from dynaps.client import hot_keys
 from dynaps.errors import UsageError
 
@@ -239,3 +239,14 @@ def test_kge_hot_entities_are_the_most_frequent_and_the_option_is_checked() -> N
     for bad in ("-1", "2.5", "many"):
         with pytest.raises(SystemExit):
             kge.parse(["--hot-keys", bad])
+
+
+def test_w2v_hot_words_option_takes_auto_a_count_or_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    assert w2v.parse([])[0].hot_words is None  # auto: hot_words_expected
+    assert w2v.parse(["--hot-words", "auto"])[0].hot_words is None
+    assert w2v.parse(["--hot-words", "250"])[0].hot_words == 250
+    assert w2v.parse(["--hot-words", "0.1"])[0].hot_words == 0.1
+    for bad in ("-1", "2.5", "many"):
+        with pytest.raises(SystemExit):
+            w2v.parse(["--hot-words", bad])
+        assert "--hot-words" in capsys.readouterr().err  # a usage line naming the option
