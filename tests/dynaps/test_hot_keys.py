@@ -17,7 +17,9 @@ import pytest
 import dynaps
 from dynaps.apps import kge, w2v
 from dynaps.client import hot_keys
+from dynaps.client.handles import Handle
 from dynaps.errors import UsageError
+from dynaps.wire.protocol import MsgType
 
 HOT = np.arange(8)  # hot keys of table H
 COLD = np.arange(8, 48)
@@ -160,6 +162,39 @@ def test_under_bsp_a_clock_flushes_and_refreshes_hot_keys() -> None:
     for rank, seen in enumerate(results):
         for clock, value in enumerate(seen, start=1):
             assert value >= 2 * clock, f"rank {rank} at clock {clock} read {value}: a push was missing"
+
+
+def test_the_refresh_after_a_barrier_counts_as_the_timed_sync() -> None:
+    """After a clock or a barrier the first read refreshes the replica; the next call must
+    not pull every hot key again at once because the last timed sync was long ago (it did:
+    about one needless refresh per round of KGE's entity blocks)."""
+    pulled: list[int] = []
+
+    def pull(keys: Any, wait: bool) -> Any:
+        pulled.append(len(keys))
+        return np.zeros((len(keys), 2))
+
+    paths = hot_keys.Paths(
+        pull=pull,
+        update=lambda kind, keys, rows, wait: None,
+        localize=lambda keys, wait: None,
+        room=lambda: None,
+        done=lambda kind, out: Handle(None, 0, kind, "H", None, out, 0),
+        wait=lambda handle: handle.out,
+        counters=np.zeros(64, dtype=np.int64),
+    )
+    hot = hot_keys.HotKeys(paths, HOT, 64, 2, np.dtype(np.float64), sync=10.0)
+    hot.pull(HOT, True)  # the first read refreshes (a new replica is stale)
+    hot.new_clock()  # a barrier passed...
+    hot.last_sync -= 60.0  # ...long after the last timed sync
+    hot.pull(HOT[:2], True)  # refreshes: the clock's guarantee
+    hot.push(MsgType.PUSH, HOT[:2], np.ones((2, 2)), False)  # buffered; no second refresh
+    assert hot.stats["refreshes"] == 2
+    assert pulled == [len(HOT)] * 2
+    hot.last_sync -= 60.0  # an interval later the timed sync flushes and refreshes again
+    hot.pull(HOT[:1], True)
+    assert hot.stats["refreshes"] == 3
+    assert hot.stats["flushes"] == 1
 
 
 def push_hot_until(ps: dynaps.PS, stop_file: str) -> dict[str, Any]:

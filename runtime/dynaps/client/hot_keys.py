@@ -16,7 +16,8 @@ declared hot keys get a replica in the training process:
   the next flush waits for that pull, so the replica is never more than about two sync
   intervals behind its owners while the worker keeps calling; after a clock or a barrier
   the next read of a hot key first refreshes the replica synchronously (so the clock
-  guarantees of bsp/ssp hold for hot keys too: docs/consistency.md);
+  guarantees of bsp/ssp hold for hot keys too: docs/consistency.md), and the next timed
+  sync comes an interval after that refresh;
 * ``localize`` leaves hot keys where they are (they are never relocated by this worker);
 * ``set`` on hot keys first flushes the buffer and waits for it, then sets as usual and
   writes the new rows into the replica.
@@ -214,6 +215,9 @@ class HotKeys:
             values = self._paths.pull(self.keys, True)
             assert isinstance(values, np.ndarray)
             self._install(generation, values)
+            # the replica is as fresh as a timed sync leaves it: the next one is an interval
+            # away (else the first push after a barrier's refresh pulled everything again)
+            self.last_sync = time.monotonic()
             return
         handle = self._paths.pull(self.keys, False)
         if isinstance(handle, np.ndarray):
