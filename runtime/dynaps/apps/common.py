@@ -22,8 +22,9 @@ import numpy.typing as npt
 
 from dynaps.apps.arguments import non_negative_int, positive_float, positive_int
 from dynaps.config import ATTACH_ENV
-from dynaps.contract import Allocation, TableSpec, UpdaterKind
+from dynaps.contract import Allocation, Partition, TableSpec, UpdaterKind
 from dynaps.errors import DynapsError, UsageError
+from dynaps.store.shardmap import balanced_homes, shard_key_range
 
 Array = npt.NDArray[Any]
 Keys = npt.NDArray[np.int64]
@@ -79,6 +80,21 @@ def dynamic(ps: PSLike, allocation: str) -> bool:
             print("note: the job runs with allocation static, so localize is a no-op", file=sys.stderr)
         return False
     return True
+
+
+def home_starts(ps: PSLike, num_keys: int) -> list[int]:
+    """Where each server's range of a table's keys begins in the job's first shard map (a
+    range-partitioned table of ``num_keys``): what an app's blocks of keys line up with so
+    that a block's localize asks one home.  Computed from the job's configuration, so every
+    worker finds the same; empty for a hash-partitioned job or one without servers (a
+    single process)."""
+    config = getattr(ps, "config", None)
+    if config is None or config.rebalance_policy.partition != Partition.RANGE:
+        return []
+    num_shards = config.rebalance_policy.num_shards
+    homes = balanced_homes(num_shards, range(config.servers))
+    first_shards = np.flatnonzero(np.diff(homes)) + 1
+    return [shard_key_range(int(s), num_keys, num_shards)[0] for s in first_shards]
 
 
 def check_table(

@@ -138,7 +138,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 
     blocks, rounds, start_order = None, [], np.arange(num_e)
     if by_entities:  # entity blocks: ids renamed so that every block is one range
-        blocks = kge_blocks.entity_blocks(data.train, num_e, workers)
+        blocks = kge_blocks.entity_blocks(data.train, num_e, workers, common.home_starts(ps, num_e))
         data, start_order = kge_blocks.renamed(data, blocks), blocks.order
         rounds = kge_blocks.schedule(data.train, blocks, workers, me)
         mine = np.concatenate([r.triples for r in rounds])

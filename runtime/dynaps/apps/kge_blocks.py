@@ -30,13 +30,14 @@ worker (``table.replicate``) instead of relocating them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.apps.data import Triples, balanced_parts, contiguous_order
+from dynaps.apps.data import Triples, balanced_ranges, contiguous_order
 
 Ints = npt.NDArray[np.int64]
 
@@ -70,11 +71,19 @@ class Round:
     triples: Ints  # (n, 3), renamed ids
 
 
-def entity_blocks(train: Ints, num_entities: int, workers: int) -> EntityBlocks:
-    """``2 * workers`` blocks of about equal degree (every worker computes the same split)."""
+def entity_blocks(
+    train: Ints, num_entities: int, workers: int, home_starts: Sequence[int] = ()
+) -> EntityBlocks:
+    """``2 * workers`` blocks of about equal degree (every worker computes the same split).
+
+    ``home_starts``: where the entity table's homes' key ranges begin; a block that would
+    cross one by a few ids ends there instead (its localize then asks one home, not two:
+    degree-balanced blocks crossed most of them by one or two ids, and each such crossing
+    doubled a round's localize messages).
+    """
     degree = np.bincount(train[:, [0, 2]].ravel(), minlength=num_entities)
     count = 2 * workers
-    part = balanced_parts(degree, count)
+    part = balanced_ranges(degree, count, home_starts)
     order: Ints = contiguous_order(part)
     sizes = np.bincount(part, minlength=count)
     return EntityBlocks(order=order, bounds=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))

@@ -33,7 +33,7 @@ from dynaps.apps import common, synthetic
 from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int
 from dynaps.apps.data import (
     Entries,
-    balanced_parts,
+    balanced_ranges,
     contiguous_order,
     matrix_market_shape,
     read_matrix_market,
@@ -114,10 +114,13 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
 
     # DSGD blocks, balanced by popularity (every worker computes the same split), then the
     # ids renamed so that each block is one range of keys: a range-partitioned table's homes
-    # own ranges too, so a block's localize and pulls reach one or two homes, not all of
-    # them (docs/apps.md, "DSGD blocks are key ranges").  The steps do not change.
-    row_part = balanced_parts(np.bincount(data.row, minlength=data.rows), workers)
-    col_part = balanced_parts(np.bincount(data.col, minlength=data.cols), workers)
+    # own ranges too, so a block's localize and pulls reach one home (the blocks' bounds
+    # are moved onto the homes' where near), not all of them (docs/apps.md, "DSGD blocks
+    # are key ranges").  The steps do not change.
+    row_weight = np.bincount(data.row, minlength=data.rows)
+    col_weight = np.bincount(data.col, minlength=data.cols)
+    row_part = balanced_ranges(row_weight, workers, common.home_starts(ps, data.rows))
+    col_part = balanced_ranges(col_weight, workers, common.home_starts(ps, data.cols))
     row_order, col_order = contiguous_order(row_part), contiguous_order(col_part)
     # only this worker's entries are renamed: every worker pays for its own part
     mine = data.subset(row_part[data.row] == me).renumbered(row_order, col_order)

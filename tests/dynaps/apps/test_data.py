@@ -98,6 +98,45 @@ def test_balanced_parts_split_zipf_weight_evenly(parts: int, items: int) -> None
     assert ranges.max() / ranges.min() > 1.5
 
 
+def test_fitted_parts_take_exact_sizes_by_moving_only_the_lightest_items() -> None:
+    weights = np.random.default_rng(1).permutation(10_000 / np.arange(1, 5001))
+    part = data.balanced_parts(weights, 8)
+    sizes = np.bincount(part, minlength=8)
+    sizes[0], sizes[7] = sizes[0] - 20, sizes[7] + 20  # a bound moved by 20 ids
+    fitted = data.fitted_parts(part, weights, sizes)
+    assert np.bincount(fitted, minlength=8).tolist() == sizes.tolist()
+    moved = np.flatnonzero(fitted != part)
+    excess = np.maximum(np.bincount(part, minlength=8) - sizes, 0).sum()
+    assert len(moved) == excess  # what the sizes ask for, no more
+    assert weights[moved].max() <= np.quantile(weights, 0.05)  # among the lightest
+    before = np.bincount(part, weights=weights, minlength=8)
+    after = np.bincount(fitted, weights=weights, minlength=8)
+    assert np.abs(after - before).max() < 0.005 * before.min()
+    assert data.fitted_parts(fitted, weights, sizes) is fitted  # already fitted: unchanged
+    with pytest.raises(ValueError, match="do not fit"):
+        data.fitted_parts(part, weights, np.full(8, 600))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "starts", "bounds"),
+    [
+        ([312, 312, 312, 312, 313], [625, 1250], [312, 625, 936, 1250]),  # degree-balanced blocks
+        ([1250] * 4, [2500], [1250, 2500, 3750]),  # already there
+        ([1250] * 4, [1667, 3334], [1250, 2500, 3750]),  # too far from a bound: unchanged
+        ([1250] * 4, [1200, 3800], [1200, 2500, 3800]),
+        ([400, 8, 400], [404, 410], [400, 410]),  # a bound moves by a quarter of its smaller range
+        ([5], [2], []),
+    ],
+)
+def test_aligned_sizes_end_ranges_at_the_starts_near_their_bounds(
+    sizes: list[int], starts: list[int], bounds: list[int]
+) -> None:
+    aligned = data.aligned_sizes(np.array(sizes), starts)
+    assert aligned.sum() == sum(sizes)
+    assert (aligned > 0).all()
+    assert np.cumsum(aligned)[:-1].tolist() == bounds
+
+
 def test_contiguous_order_makes_each_part_a_range_of_the_new_ids() -> None:
     part = np.array([2, 0, 1, 0, 2, 1, 0])
     order = data.contiguous_order(part)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynaps.apps import kge_blocks, synthetic
+from dynaps.apps import common, kge_blocks, synthetic
 from dynaps.apps.kge_blocks import entity_blocks, handed_on, renamed, schedule, tournament
+from dynaps.contract import Partition, RebalancePolicy
+from dynaps.store.shardmap import ShardMap
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 8, 16])
@@ -84,3 +87,34 @@ def test_the_rounds_work_is_even_across_workers(workers: int, bound: float) -> N
     plans = [schedule(graph.train, blocks, workers, me) for me in range(workers)]
     shares = np.array([[len(part.triples) for part in plan] for plan in plans])
     assert shares.max(axis=0).sum() <= bound * shares.sum() / workers
+
+
+@pytest.mark.parametrize(("servers", "workers"), [(2, 2), (4, 4), (8, 8), (4, 8), (2, 8)])
+def test_blocks_line_up_with_the_homes_key_ranges(servers: int, workers: int) -> None:
+    """Each block lies within one home's keys, so its localize asks one home (degree-balanced
+    blocks crossed most home bounds by an id or two, and each crossing doubled a localize's
+    messages); the blocks stay balanced."""
+    graph = synthetic.knowledge_graph(5_000, 50, 100_000, seed=1)
+    job = SimpleNamespace(config=SimpleNamespace(servers=servers, rebalance_policy=RebalancePolicy()))
+    starts = common.home_starts(job, 5_000)
+    shard_map = ShardMap.initial(1024, Partition.RANGE, list(range(1, servers + 1)))
+    homes = shard_map.home_of(np.arange(5_000), 5_000)
+    assert starts == (np.flatnonzero(np.diff(homes)) + 1).tolist()
+
+    def homes_per_block(blocks: kge_blocks.EntityBlocks) -> list[int]:
+        return [len(set(homes[blocks.keys(b)].tolist())) for b in range(blocks.count)]
+
+    blocks = entity_blocks(graph.train, 5_000, workers, starts)
+    assert homes_per_block(blocks) == [1] * blocks.count
+    if workers == 8:  # without them, 16 blocks of 312-313 ids drift off the homes' bounds
+        assert max(homes_per_block(entity_blocks(graph.train, 5_000, workers))) == 2
+    degree = np.bincount(graph.train[:, [0, 2]].ravel(), minlength=5_000)[blocks.order]
+    per_block = np.add.reduceat(degree, blocks.bounds[:-1])
+    assert per_block.max() <= 1.01 * per_block.min()
+
+
+def test_home_starts_are_known_only_for_a_range_partitioned_job() -> None:
+    policy = RebalancePolicy(partition=Partition.HASH)
+    hashed = SimpleNamespace(config=SimpleNamespace(servers=4, rebalance_policy=policy))
+    assert common.home_starts(hashed, 100) == []
+    assert common.home_starts(SimpleNamespace(), 100) == []  # one process
