@@ -184,6 +184,32 @@ def test_the_requester_s_watermark_travels_with_its_records_and_settles_them_the
     assert elsewhere.already_applied(retry(950, [2, 3], [0, 1])) is not None
 
 
+def test_a_program_s_settled_records_end_at_its_own_node() -> None:
+    """A program's update that is never followed by another to the same node (an app's
+    initial set of a table) left a record that travelled with every later move of its keys
+    (MF: every column block's). The program's own node reads the watermark the program
+    publishes before each localize, and drops those records when the keys arrive."""
+    other = client_of(6)
+    home, keys = AppliedRequests(), np.arange(4, dtype=np.int64)
+    home.remember(CLIENT, 900, None, keys)  # the program's set: answered long ago
+    home.remember(other, 70, None, keys[:1])  # another program's push, not settled
+    published = [0]
+    own_node = AppliedRequests()
+    own_node.own_program = (CLIENT, lambda: published[0])
+    records = home.records_for(keys)
+    own_node.adopt_records(json.loads(json.dumps(records)))
+    assert CLIENT in own_node.applied  # nothing published yet: kept
+    published[0] = 901  # every request below 901 answered
+    own_node.adopt_records(json.loads(json.dumps(records)))
+    records = own_node.records_for(keys)  # what the next move carries
+    assert records is not None
+    travelling = records["records"]
+    assert isinstance(travelling, list)
+    assert [r[0] for r in travelling] == [other]  # the other program's goes on
+    assert CLIENT not in own_node.applied or not own_node.applied[CLIENT]
+    assert own_node.settled_below[CLIENT] == 901
+
+
 def test_a_requester_with_more_unsettled_requests_than_the_room_is_counted() -> None:
     applied, keys = AppliedRequests(), np.arange(1, dtype=np.int64)
     for req_id in range(1, REMEMBERED_REQUESTS + 2):

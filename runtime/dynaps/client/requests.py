@@ -296,6 +296,9 @@ class Requests:
             # the first's handoff), so ask our node to tell us when they have arrived.
             ep = self.endpoint
             self.send(self.node, messages.handoff(ep, ep, handle.req_id, table, waiting, self.node))
+        # the keys arrive at our node, which drops the records of our settled requests that
+        # come with them (dynaps.store.control_block says why)
+        self.own.block.publish_watermark(self.ids.oldest_unsettled())
         homes = self.shard_map.home_of(fresh, self.stores[table].spec.num_keys)
         localize = messages.request(MsgType.LOCALIZE, self.endpoint, handle.req_id, table, fresh)
         for home, part in routing.split(localize, homes):

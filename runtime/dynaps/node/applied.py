@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,8 @@ class AppliedRequests:
         # requester -> the highest watermark it sent here (full id): records below are settled
         self.settled_below: dict[int, int] = {}
         self.evicted_unsettled = 0  # records dropped for room at or above their watermark
+        # (our program's endpoint, its published watermark): read where records come and go
+        self.own_program: tuple[int, Callable[[], int]] | None = None
         self._evicted_log = ThrottledLog(log, "dropped the record of an unsettled request for room")
 
     def __contains__(self, requester: int) -> bool:
@@ -92,6 +94,15 @@ class AppliedRequests:
             full -= 1 << 32
         self.settle(requester, full)
 
+    def _settle_own_program(self) -> None:
+        """Settle what our program's published watermark says (dynaps.store.control_block):
+        records of its requests that came with keys end here instead of travelling on."""
+        if self.own_program is not None:
+            endpoint, watermark = self.own_program
+            below = watermark()
+            if below:
+                self.settle(endpoint, below)
+
     def settle(self, requester: int, full: int) -> None:
         """The requester has every answer to its requests below ``full`` (a whole id): a
         statement of the requester's, true on every node, so it travels with records."""
@@ -135,6 +146,7 @@ class AppliedRequests:
         ``among``: only the records of these (requester, request) pairs (a write-back sends
         those of the requests applied since the last one).
         """
+        self._settle_own_program()
         if among is None:
             records = [
                 (requester, req_id, positions, touched)
@@ -185,6 +197,7 @@ class AppliedRequests:
         """
         if not body:
             return
+        self._settle_own_program()
         settled = body.get("settled")
         for pair in settled if isinstance(settled, list) else []:
             if isinstance(pair, list) and len(pair) == 2 and all(type(x) is int for x in pair):

@@ -39,7 +39,7 @@ from dynaps.store.table_store import TableStore, layout_of
 from dynaps.store.updaters import num_states
 from dynaps.telemetry import exposition
 from dynaps.wire import control, joining, limits, messages
-from dynaps.wire.protocol import COORDINATOR, MsgType
+from dynaps.wire.protocol import COORDINATOR, MsgType, client_of
 from dynaps.wire.transport import message_bound, open_transport
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ class NodeProcess:
             checkpoint_root=self.config.fault_tolerance.checkpoint.path,
             notices=None if self.program is None else self.program.notices,
         )
+        if self.program is not None:
+            self.server.applied.own_program = (client_of(self.node_id), self.program.block.settled_below)
         # a message that fails authentication counts as malformed, like one that fails decoding
         self.transport.on_rejected = self.server.note_malformed
         self.control = ControlPlane(

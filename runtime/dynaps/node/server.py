@@ -399,6 +399,7 @@ class NodeServer:
         counters["owned_keys"] = sum(int((store.loc == self.me).sum()) for store in self.stores)
         counters["epoch"] = self.shard_map.epoch
         counters["held_now"] = len(self.gate.held) + len(self.future) + len(self.parked)
+        counters["records_held"] = sum(len(seen) for seen in self.applied.applied.values())
         if self.metrics_port is not None:
             counters["metrics_port"] = self.metrics_port
         return counters

@@ -10,6 +10,17 @@ its node without asking::
                  write-back), in ``time.monotonic()`` seconds: CLOCK_MONOTONIC, one clock for
                  every process of a machine
     bytes 16-23  int64: the node's process id
+    bytes 24-31  int64: the program's watermark (0: none yet): every request of the
+                 program below this id is answered and no copy of it can still arrive,
+                 written before each LOCALIZE it sends
+
+Why the watermark: nodes keep a record of the updates they applied, per requester, until
+the requester's watermark (carried by its pushes and sets) says no copy can come; the
+records of keys travel with the keys.  A program's updates to keys that then move (an
+app's initial ``set`` of a table, say) were never followed by another push to the same
+node, so their records travelled with every later move of those keys (MF: every column
+block's move, 625 keys' worth).  The program's own node reads the watermark here when
+keys arrive or leave, so those records end where the program localizes them.
 
 Why the stamp: under replication's write-back the program updates keys in place and its
 node sends them to their homes every flush interval.  A node that stops (SIGSTOP, a hang)
@@ -33,6 +44,7 @@ DRAINING = 1
 FENCED = 2
 _STAMP = slice(8, 16)
 _PID = slice(16, 24)
+_WATERMARK = slice(24, 32)
 
 # How old the node's stamp may be before local updates wait for the node. Not the
 # coordinator's loss timeout (3 s or more): the homes take the keys back with their last
@@ -54,11 +66,21 @@ class ControlBlock:
         stamped = array.size >= _PID.stop
         self.stamp = array.data[_STAMP].cast("d") if stamped else None
         self.pid = array.data[_PID].cast("q") if stamped else None
+        self.watermark = array.data[_WATERMARK].cast("q") if array.size >= _WATERMARK.stop else None
 
     def beat(self, now: float) -> None:
         """The node's loop did its duties at ``now`` (the node writes it)."""
         if self.stamp is not None:
             self.stamp[0] = now
+
+    def publish_watermark(self, below: int) -> None:
+        """Every request of the program below ``below`` is settled (the program writes it)."""
+        if self.watermark is not None:
+            self.watermark[0] = below
+
+    def settled_below(self) -> int:
+        """The program's watermark as last published (0: none)."""
+        return 0 if self.watermark is None else int(self.watermark[0])
 
     def set_pid(self, pid: int) -> None:
         if self.pid is not None:
