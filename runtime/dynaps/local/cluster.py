@@ -167,7 +167,8 @@ class LocalCluster:
             if output is not None:
                 os.close(output[0])
 
-    def _start_worker(self, name: str, rank: int | None) -> runners.Worker:
+    def _start_worker(self, name: str, rank: int | None, workers: int | None = None) -> runners.Worker:
+        """``workers``: the job's worker count once this one runs, if not the configuration's."""
         token = secrets.token_hex(8)
         output = self._output(name)
         try:
@@ -179,13 +180,14 @@ class LocalCluster:
                 rank=rank,
                 extra_env=self._env(),
                 output=output,
+                workers=workers,
             )
         finally:
             if output is not None:
                 os.close(output[0])
         self.processes[name] = node
         log = None if self.log_dir is None else os.path.join(self.log_dir, f"runner-{name}.log")
-        threads = thread_env(training_threads(self.config), os.environ)
+        threads = thread_env(training_threads(self.config, workers), os.environ)
         worker = runners.start_runner(
             name, node, token, self.log_level, secret.encode(self._secret), log, threads
         )
@@ -241,7 +243,7 @@ class LocalCluster:
                 self._start_server(f"server-{self._take('server')}")
         if workers is not None:
             for _ in range(workers - len(self._live_workers())):
-                new_workers.append(self._start_worker(f"worker-{self._take('worker')}", None))
+                new_workers.append(self._start_worker(f"worker-{self._take('worker')}", None, workers))
         self._post("scale", {k: v for k, v in (("servers", servers), ("workers", workers)) if v is not None})
         runners.await_runners(new_workers, self.startup_timeout)
         if workers is not None and self._job is None:

@@ -30,10 +30,12 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def training_threads(config: RuntimeConfig) -> int:
+def training_threads(config: RuntimeConfig, workers: int | None = None) -> int:
     """Numeric-library threads for each training process of a job on this machine: its
-    share of the CPUs (the servers and the coordinator do no matrix products: one each)."""
-    return max(1, cpus() // config.workers)
+    share of the CPUs (the servers and the coordinator do no matrix products: one each).
+    ``workers``: how many the job has when this one starts (a later stage's, a scale's),
+    else the configuration's."""
+    return max(1, cpus() // (workers or config.workers))
 
 
 def _env(config: RuntimeConfig, extra: dict[str, str] | None = None, threads: int = 1) -> dict[str, str]:
@@ -93,8 +95,10 @@ def start_node(
     rank: int | None = None,
     extra_env: dict[str, str] | None = None,
     output: tuple[int, int] | None = None,
+    workers: int | None = None,
 ) -> Process:
-    """Start a node; ``output``: file descriptors for its (stdout, stderr), default ours."""
+    """Start a node; ``output``: file descriptors for its (stdout, stderr), default ours;
+    ``workers``: the job's worker count now (a worker's program gets its share of the CPUs)."""
     args = [sys.executable, "-m", "dynaps", role]
     if command:
         args += ["--", *command]
@@ -105,7 +109,7 @@ def start_node(
         extra["DYNAPS_RANK"] = str(rank)
     stdout, stderr = output or (None, None)
     # A worker node passes its environment on to the program it starts (`dynaps run`).
-    threads = training_threads(config) if role == "worker" else 1
+    threads = training_threads(config, workers) if role == "worker" else 1
     return subprocess.Popen(args, env=_env(config, extra, threads), stdout=stdout, stderr=stderr)
 
 

@@ -37,6 +37,7 @@ class _Node:
     rank: int | None
     command: list[str] | None
     process: Process
+    workers: int | None = None  # the job's worker count when it started (its program's threads)
     replacements: int = 0
 
 
@@ -67,16 +68,33 @@ class Nodes:
         self.output = output
         self._nodes: list[_Node] = []
 
-    def start(self, role: str, name: str, rank: int | None = None, command: list[str] | None = None) -> None:
-        process = self._launch(role, name, rank, command)
-        self._nodes.append(_Node(role, name, rank, command, process))
+    def start(
+        self,
+        role: str,
+        name: str,
+        rank: int | None = None,
+        command: list[str] | None = None,
+        workers: int | None = None,
+    ) -> None:
+        """``workers``: the job's worker count now, if not the configuration's (a stage's)."""
+        process = self._launch(role, name, rank, command, workers)
+        self._nodes.append(_Node(role, name, rank, command, process, workers))
 
-    def _launch(self, role: str, name: str, rank: int | None, command: list[str] | None) -> Process:
+    def _launch(
+        self, role: str, name: str, rank: int | None, command: list[str] | None, workers: int | None
+    ) -> Process:
         pipes = self.output.pipes(name) if self.output is not None else None
         try:
             env = {**self.env, **self.program_env} if role == "worker" else self.env
             return start_node(
-                role, self.config, name, command=command, rank=rank, extra_env=env, output=pipes
+                role,
+                self.config,
+                name,
+                command=command,
+                rank=rank,
+                extra_env=env,
+                output=pipes,
+                workers=workers,
             )
         finally:
             for fd in pipes or ():
@@ -93,7 +111,7 @@ class Nodes:
         for _ in range(missing):
             name = f"worker-{sum(1 for node in self._nodes if node.role == 'worker')}"
             self.say(f"the job wants {desired} workers: starting {name}")
-            self.start("worker", name, command=command)
+            self.start("worker", name, command=command, workers=desired)
 
     def replace_dead(self) -> None:
         """Start again every node that died as a lost pod would (see the module's docstring)."""
@@ -106,7 +124,7 @@ class Nodes:
                 f"{node.name} {_why(code)}: starting it again "
                 f"({node.replacements} of at most {MAX_REPLACEMENTS} replacements)"
             )
-            node.process = self._launch(node.role, node.name, node.rank, node.command)
+            node.process = self._launch(node.role, node.name, node.rank, node.command, node.workers)
 
     def given_up(self) -> list[tuple[str, int]]:
         """(name, exit code) of every node that ended and will not be started again: it
