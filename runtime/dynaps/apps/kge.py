@@ -49,10 +49,11 @@ from dynaps.apps.arguments import (
     positive_int,
     sync_ms,
 )
-from dynaps.apps.data import Triples, balanced_parts, read_triples
+from dynaps.apps.data import Triples, read_triples
 from dynaps.apps.kge_models import MODELS, Model, make_model
 from dynaps.apps.kge_steps import block_round, localize_ahead_epoch
 from dynaps.apps.metrics import KnownTriples, higher_counts, rank_sums, ranking_report
+from dynaps.apps.partition import balanced_parts
 from dynaps.client.sampling import Distribution
 from dynaps.contract import TableSpec, UpdaterKind, UpdaterSpec
 

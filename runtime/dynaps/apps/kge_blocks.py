@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.apps.data import Triples, balanced_ranges, contiguous_order
+from dynaps.apps.data import Triples
+from dynaps.apps.partition import balanced_ranges, contiguous_order
 
 Ints = npt.NDArray[np.int64]
 

@@ -31,14 +31,9 @@ import numpy as np
 
 from dynaps.apps import common, synthetic
 from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int
-from dynaps.apps.data import (
-    Entries,
-    balanced_ranges,
-    contiguous_order,
-    matrix_market_shape,
-    read_matrix_market,
-)
+from dynaps.apps.data import Entries, matrix_market_shape, read_matrix_market
 from dynaps.apps.metrics import squared_error
+from dynaps.apps.partition import balanced_ranges, contiguous_order
 from dynaps.contract import TableCache, TableSpec
 from dynaps.errors import UsageError
 
