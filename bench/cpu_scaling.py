@@ -26,6 +26,7 @@ activities with each other and across N, not with the CPU table.
     python -P bench/cpu_scaling.py --profile            # the same, profiled (slower)
     python -P bench/cpu_scaling.py --nodes 1,8 --workloads mf --repeat 2
     python -P bench/cpu_scaling.py --workloads kge --kge-clustering relations
+    python -P bench/cpu_scaling.py --workloads kge --nodes 1,8 --kge-triples 1000000   # longer rounds
     python -P bench/cpu_scaling.py --nodes 1,8 --idle 10   # an idle job's CPU per second
 
 Writes bench/results/cpu-scaling[-profile].json and .png.  On a shared 2-core machine the
@@ -54,7 +55,7 @@ import psutil
 
 import dynaps
 from dynaps.apps import kge, mf
-from dynaps.apps.arguments import sync_ms
+from dynaps.apps.arguments import positive_int, sync_ms
 from dynaps.profiling import PROFILE_DIR_ENV
 
 RESULTS = Path(__file__).parent / "results"
@@ -567,6 +568,15 @@ def main() -> int:
         "(python -m dynaps.apps.kge --hot-sync-ms; default the app's)",
     )
     parser.add_argument(
+        "--kge-triples",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="KGE: training triples of the synthetic graph (default 100,000). A larger graph makes "
+        "longer rounds with the same messages per round; its ranking then uses 2,000 test "
+        "triples, so that the evaluations stay short",
+    )
+    parser.add_argument(
         "--kge-clustering",
         choices=["entities", "relations"],
         default="entities",
@@ -612,6 +622,8 @@ def main() -> int:
                 )
                 if args.kge_hot_sync_ms is not None:
                     config = dataclasses.replace(config, hot_sync_ms=args.kge_hot_sync_ms)
+                if args.kge_triples is not None:
+                    config = dataclasses.replace(config, triples=args.kge_triples, eval_triples=2_000)
             doc["configs"][name] = dataclasses.asdict(config)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in nodes}
             for repeat in range(args.repeat):  # node counts interleaved: load drift hits all alike
