@@ -5,7 +5,7 @@ thread CPU of handling each message type (median), so that it can be set against
 messages' cost inside a running job (bench/README.md, "What a message costs a node at 8
 nodes"): what is left there is the transport's and the machine's.
 
-    PYTHONPATH=runtime python -P bench/relocation_handlers.py [--keys 625 --dim 50 --moves 400]
+    PYTHONPATH=.:runtime python -P bench/relocation_handlers.py [--keys 625 --dim 50 --moves 400]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+from tests.dynaps.test_node_bad_messages import Outbox  # a transport that keeps what is sent
 
 from dynaps.contract import NamedTable, Partition
 from dynaps.node.server import NodeServer
@@ -29,33 +30,6 @@ from dynaps.wire.protocol import MsgType, client_of
 HOME, FIRST, SECOND = 1, 2, 3
 NUM_KEYS = 5_000
 WARM_UP = 20
-
-
-class Outbox:
-    """A transport that keeps what is sent, for the benchmark to hand on."""
-
-    endpoint = HOME
-    address = "bench://0"
-    rejected = 0
-    last_rejected = ""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, list[Any]]] = []
-
-    def connect(self, endpoint: int, address: str) -> None: ...
-
-    def forget(self, endpoint: int, linger: float = 0.0) -> None: ...
-
-    def knows(self, endpoint: int) -> bool:
-        return True
-
-    def send(self, endpoint: int, frames: Any) -> None:
-        self.sent.append((endpoint, list(frames)))
-
-    def recv(self, timeout: float | None = None, spin: float = 0.0) -> list[Any] | None:
-        return None
-
-    def close(self, linger: float = 0.0) -> None: ...
 
 
 class Nodes:
