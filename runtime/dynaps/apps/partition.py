@@ -84,9 +84,7 @@ def aligned_sizes(sizes: Ints, starts: Sequence[int]) -> Ints:
     sizes = np.asarray(sizes, dtype=np.int64)
     bounds = np.cumsum(sizes)[:-1]  # the inner bounds
     slack = np.minimum(sizes[:-1], sizes[1:]) // 4  # a range keeps at least half its ids
-    for start in starts:
-        if not len(bounds):
-            break
+    for start in starts if len(bounds) else ():
         nearest = int(np.argmin(np.abs(bounds - start)))
         if abs(int(bounds[nearest]) - start) <= slack[nearest]:
             bounds[nearest] = start
