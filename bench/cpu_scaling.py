@@ -27,6 +27,7 @@ activities with each other and across N, not with the CPU table.
     python -P bench/cpu_scaling.py --nodes 1,8 --workloads mf --repeat 2
     python -P bench/cpu_scaling.py --workloads kge --kge-clustering relations
     python -P bench/cpu_scaling.py --workloads kge --nodes 1,8 --kge-triples 1000000   # longer rounds
+    python -P bench/cpu_scaling.py --workloads kge --nodes 1,8 --kge-triples 1000000 --kge-entities 50000
     python -P bench/cpu_scaling.py --nodes 1,8 --idle 10   # an idle job's CPU per second
 
 Writes bench/results/cpu-scaling[-profile].json and .png.  On a shared 2-core machine the
@@ -577,6 +578,21 @@ def main() -> int:
         "triples, so that the evaluations stay short",
     )
     parser.add_argument(
+        "--kge-entities",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="KGE: entities of the synthetic graph (default 5,000). With --kge-triples, a graph "
+        "with fewer triples per entity: larger entity blocks for the same rounds",
+    )
+    parser.add_argument(
+        "--kge-epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="KGE: epochs (default 2; the larger graphs rank well only from the third)",
+    )
+    parser.add_argument(
         "--kge-clustering",
         choices=["entities", "relations"],
         default="entities",
@@ -624,6 +640,10 @@ def main() -> int:
                     config = dataclasses.replace(config, hot_sync_ms=args.kge_hot_sync_ms)
                 if args.kge_triples is not None:
                     config = dataclasses.replace(config, triples=args.kge_triples, eval_triples=2_000)
+                if args.kge_entities is not None:
+                    config = dataclasses.replace(config, entities=args.kge_entities)
+                if args.kge_epochs is not None:
+                    config = dataclasses.replace(config, epochs=args.kge_epochs)
             doc["configs"][name] = dataclasses.asdict(config)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in nodes}
             for repeat in range(args.repeat):  # node counts interleaved: load drift hits all alike

@@ -11,7 +11,9 @@ the AdaGrad step (its state moves with the key).  How the work is split over wor
   negatives are drawn uniformly from the round's two blocks; the relations, which every
   worker uses, are replicated in every worker (``table.replicate``, flushed every
   ``--hot-sync-ms``).  An epoch moves W blocks per round, not entities per minibatch:
-  at 8 workers 1.7k wake-ups per epoch against 66k (bench/README.md).
+  at 8 workers 1.7k wake-ups per epoch against 66k (bench/README.md).  The price is
+  ranking quality at many workers (8 workers on a dense graph: MRR 0.08 against one
+  process's 0.18; docs/apps.md says why): choose ``relations`` where that matters more.
 * ``--clustering relations`` (Lapse's techniques): relations are split over workers
   (balanced by triple count), each worker trains on its relations' triples and localizes
   them once; while minibatch ``t`` trains, the entities of minibatch ``t + ahead`` are

@@ -1,0 +1,283 @@
+"""KGE's ranking under other entity-block schedules and negatives: which part of the
+schedule costs the ranking at many workers (bench/README.md, "Why entity blocks rank lower
+at 8 workers").
+
+Runs ``dynaps.apps.kge`` with ``--workers`` workers in lockstep in one process
+(tests/dynaps/apps/lockstep.py: exact tables, no replica, no staleness, no messages), with
+the app's round replaced by a variant, and prints the filtered MRR after every epoch.  A
+variant is ``NEGATIVES[/split=S][/shuffled]``:
+
+* negatives ``pair`` (the app's: uniform over the round's two blocks), ``weighted`` (the same
+  draws, each corruption's loss weighted by how often the schedule draws it against how
+  often a uniform draw would, so that an epoch's expected gradient is the uniform one's),
+  ``same`` (a corrupted tail from the tail's block, a corrupted head from the head's) or
+  ``global`` (uniform over every entity: not local to the round's blocks);
+* ``split=S``: every bucket's triples spread over S passes of the tournament (S times the
+  rounds, so S times the localizes and barriers in a real job);
+* ``shuffled``: one worker trains every triple in one random order (no rounds), with the
+  negatives a round would have given each triple (its head's and tail's blocks of
+  ``--workers`` workers' 2W): the negatives' effect without the schedule's order.
+
+    PYTHONPATH=.:runtime python -P bench/kge_schedules.py --workers 8 --epochs 4 \\
+        pair global global/split=4 weighted weighted/shuffled global/shuffled
+
+About 10 s per variant on 1,000,000 triples.  Writes bench/results/kge-schedules.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tests.dynaps.apps import lockstep
+
+from dynaps.apps import kge, kge_blocks, kge_models, kge_steps
+
+Ints = npt.NDArray[np.int64]
+NEGATIVES = ("pair", "weighted", "same", "global")
+RESULTS = Path(__file__).parent / "results" / "kge-schedules.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    negatives: str = "pair"
+    split: int = 1
+    shuffled: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        negatives, *options = text.split("/")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives {negatives!r}: choose from {', '.join(NEGATIVES)}")
+        variant = cls(negatives=negatives)
+        for option in options:
+            if option == "shuffled":
+                variant = replace(variant, shuffled=True)
+            elif option.startswith("split=") and option[6:].isdigit() and int(option[6:]) >= 1:
+                variant = replace(variant, split=int(option[6:]))
+            else:
+                raise ValueError(f"option {option!r}: 'split=S' (S >= 1) or 'shuffled'")
+        return variant
+
+
+def from_blocks(blocks: kge_blocks.EntityBlocks, which: Ints, n: int, rng: np.random.Generator) -> Ints:
+    """``n`` ids per row, each uniform over the block ``which[row]``."""
+    low = blocks.bounds[which]
+    size = blocks.bounds[which + 1] - low
+    ids: Ints = (low[:, None] + (rng.random((len(which), n)) * size[:, None]).astype(np.int64)).ravel()
+    return ids
+
+
+def from_pairs(
+    blocks: kge_blocks.EntityBlocks, first: Ints, second: Ints, n: int, rng: np.random.Generator
+) -> Ints:
+    """``n`` ids per row, each uniform over the union of blocks ``first[row]`` and ``second[row]``
+    (one block counted once when they are the same)."""
+    size_a = blocks.bounds[first + 1] - blocks.bounds[first]
+    size_b = np.where(first == second, 0, blocks.bounds[second + 1] - blocks.bounds[second])
+    draw = (rng.random((len(first), n)) * (size_a + size_b)[:, None]).astype(np.int64)
+    inside_a = draw < size_a[:, None]
+    ids: Ints = np.where(
+        inside_a,
+        blocks.bounds[first][:, None] + draw,
+        blocks.bounds[second][:, None] + draw - size_a[:, None],
+    ).ravel()
+    return ids
+
+
+def schedule_weights(blocks: kge_blocks.EntityBlocks, query_block: Ints, corrupted: Ints) -> Any:
+    """How much more often a uniform draw picks each corruption than the schedule does.
+
+    Over an epoch a query from block A meets every other block in one round (about equally
+    often) and A itself in all of them, half the draws each time: per entity, A's are drawn
+    W times more often than uniform and another block's (2W - 1) / W times less."""
+    workers = blocks.count / 2
+    own = blocks.block_of(corrupted).reshape(len(query_block), -1) == query_block[:, None]
+    return np.where(own, 1.0 / workers, (2 * workers - 1) / workers).astype(np.float32)
+
+
+class Negatives:
+    """A variant's corruptions for one minibatch, and their weights for the loss."""
+
+    def __init__(self, variant: Variant, blocks: kge_blocks.EntityBlocks, rng: np.random.Generator) -> None:
+        self.variant, self.blocks, self.rng = variant, blocks, rng
+        self.weights: tuple[Any, Any] | None = None  # read by the loss while a minibatch computes
+
+    def draw(self, batch: Ints, pair: tuple[int, int], n: int) -> Ints:
+        blocks, rng, size = self.blocks, self.rng, len(batch)
+        head_block, tail_block = blocks.block_of(batch[:, 0]), blocks.block_of(batch[:, 2])
+        kind = self.variant.negatives
+        if kind == "global":
+            return rng.integers(0, int(blocks.bounds[-1]), 2 * n * size)
+        if kind == "same":
+            return np.concatenate(
+                [from_blocks(blocks, tail_block, n, rng), from_blocks(blocks, head_block, n, rng)]
+            )
+        if self.variant.shuffled:  # each triple's own round: its head's and tail's blocks
+            tails = from_pairs(blocks, head_block, tail_block, n, rng)
+            heads = from_pairs(blocks, head_block, tail_block, n, rng)
+        else:
+            tails = kge_blocks.negatives(blocks, pair, n * size, rng)
+            heads = kge_blocks.negatives(blocks, pair, n * size, rng)
+        if kind == "weighted":
+            self.weights = (
+                schedule_weights(blocks, head_block, tails),
+                schedule_weights(blocks, tail_block, heads),
+            )
+        return np.concatenate([tails, heads])
+
+
+def variant_round(variant: Variant) -> Any:
+    """A replacement of ``kge.block_round`` that trains a round with the variant's negatives."""
+
+    def block_round(
+        entities: Any,
+        relations: Any,
+        model: kge_models.Model,
+        blocks: kge_blocks.EntityBlocks,
+        pair: tuple[int, int],
+        triples: Ints,
+        config: Any,
+        rng: np.random.Generator,
+    ) -> float:
+        negatives = Negatives(variant, blocks, rng)
+        loss = 0.0
+        for first in range(0, len(triples), config.batch):
+            batch = triples[first : first + config.batch]
+            size = len(batch)
+            neg_keys = negatives.draw(batch, pair, config.neg)
+            rows = entities.pull(np.concatenate([batch[:, 0], batch[:, 2], neg_keys]))
+            with weighted_slopes(negatives.weights):
+                step_loss, _ = kge_steps.minibatch(
+                    entities,
+                    relations,
+                    model,
+                    batch,
+                    rows[: 2 * size],
+                    relations.pull(batch[:, 1]),
+                    neg_keys,
+                    rows[2 * size :],
+                    config,
+                )
+            loss += step_loss
+        return loss
+
+    return block_round
+
+
+@contextlib.contextmanager
+def weighted_slopes(weights: tuple[Any, Any] | None) -> Iterator[None]:
+    """The corruptions' slopes (d loss / d score) times their weights, inside the block."""
+    if weights is None:
+        yield
+        return
+    plain = kge_models._loss_and_slopes
+
+    def weighted(pos: Any, tneg: Any, hneg: Any) -> tuple[float, Any, Any, Any]:
+        loss, slope_pos, slope_t, slope_h = plain(pos, tneg, hneg)
+        return loss, slope_pos, slope_t * weights[0], slope_h * weights[1]
+
+    kge_models._loss_and_slopes = weighted
+    try:
+        yield
+    finally:
+        kge_models._loss_and_slopes = plain
+
+
+@contextlib.contextmanager
+def installed(variant: Variant, blocks_for: int) -> Iterator[None]:
+    """The app with the variant's rounds (and, shuffled, one round of every triple in the
+    blocks of ``blocks_for`` workers)."""
+    saved = (kge_steps.block_round, kge_blocks.schedule, kge_blocks.entity_blocks)
+    plain_schedule, plain_blocks = kge_blocks.schedule, kge_blocks.entity_blocks
+
+    def split_schedule(
+        train: Ints, blocks: kge_blocks.EntityBlocks, workers: int, me: int
+    ) -> list[kge_blocks.Round]:
+        rounds = plain_schedule(train, blocks, workers, me)
+        s = variant.split
+        return [kge_blocks.Round(r.blocks, r.triples[i::s]) for i in range(s) for r in rounds]
+
+    def shuffled_schedule(
+        train: Ints, blocks: kge_blocks.EntityBlocks, workers: int, me: int
+    ) -> list[kge_blocks.Round]:
+        return [kge_blocks.Round((0, 1), train)]  # the app shuffles a round's triples
+
+    def blocks_of_many(
+        train: Ints, num_entities: int, workers: int, home_starts: Sequence[int] = ()
+    ) -> kge_blocks.EntityBlocks:
+        return plain_blocks(train, num_entities, blocks_for)
+
+    setattr(kge, "block_round", variant_round(variant))  # noqa: B010 (kge imports it by name)
+    if variant.shuffled:
+        kge_blocks.schedule, kge_blocks.entity_blocks = shuffled_schedule, blocks_of_many
+    else:
+        kge_blocks.schedule = split_schedule
+    try:
+        yield
+    finally:
+        setattr(kge, "block_round", saved[0])  # noqa: B010
+        kge_blocks.schedule, kge_blocks.entity_blocks = saved[1], saved[2]
+
+
+def run(variant: Variant, workers: int, config: kge.Config) -> list[float]:
+    """MRR after every epoch."""
+    with installed(variant, workers):
+        results, _ = lockstep.run(kge.train, kge.tables(config), config, 1 if variant.shuffled else workers)
+    return [float(report["quality"]["MRR"]) for report in results[0]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("variants", nargs="*", default=["pair"], help="NEGATIVES[/split=S][/shuffled]")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--entities", type=int, default=5_000)
+    parser.add_argument("--triples", type=int, default=1_000_000)
+    parser.add_argument("--eval-triples", type=int, default=2_000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.workers < 1 or args.epochs < 1:
+        parser.error("--workers and --epochs must be at least 1")
+    try:
+        variants = [Variant.parse(text) for text in args.variants]
+    except ValueError as exc:
+        parser.error(str(exc))
+    config = kge.Config(
+        epochs=args.epochs,
+        entities=args.entities,
+        triples=args.triples,
+        eval_triples=args.eval_triples,
+        quiet=True,
+    )
+    rows = []
+    for text, variant in zip(args.variants, variants, strict=True):
+        started = time.perf_counter()
+        mrr = run(variant, args.workers, config)
+        seconds = time.perf_counter() - started
+        print(f"{text:28} MRR {' '.join(f'{m:.3f}' for m in mrr)}  ({seconds:.0f} s)", flush=True)
+        rows.append({"variant": text, "mrr": mrr, "seconds": seconds})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "workers": args.workers,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "runs": rows,
+    }
+    args.out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
