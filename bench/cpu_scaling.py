@@ -7,7 +7,7 @@ inflation CPU(N) / CPU(1) is the figure: with work that is split, not repeated, 
 near 1 (Lapse's C++ stays flat). Two figures: the whole run's CPU divided by the epochs
 (set-up and the evaluations after each epoch included), and the CPU inside the epochs
 only, from the barrier that starts each epoch to the one that ends it (rank 0 reads every
-process's CPU there, ``dynaps.apps.common.EPOCH_HOOKS``): what grows with nodes per epoch
+process's CPU there, ``dynaps.apps.reporting.EPOCH_HOOKS``): what grows with nodes per epoch
 of training, apart from what each of N processes pays once. Data sizes:
 
 * MF: 50,000 x 5,000, 1,000,000 entries, rank 50, 2 epochs (the issue's workload);
@@ -55,7 +55,7 @@ import numpy as np
 import psutil
 
 import dynaps
-from dynaps.apps import kge, mf
+from dynaps.apps import kge, mf, reporting
 from dynaps.apps.arguments import positive_int, sync_ms
 from dynaps.profiling import PROFILE_DIR_ENV
 
@@ -125,7 +125,6 @@ def preload(ps: Any, app: str, config: Any) -> int:
 def train_marked(ps: Any, app: str, config: Any, pids: dict[str, int]) -> tuple[Any, list[Any]]:
     """``app``'s training, with every process's CPU seconds read by rank 0 as each epoch starts
     and ends (right after the app's barriers: the other workers are there too)."""
-    from dynaps.apps import common
 
     marks: list[tuple[str, int, dict[str, float]]] = []
 
@@ -133,11 +132,11 @@ def train_marked(ps: Any, app: str, config: Any, pids: dict[str, int]) -> tuple[
         if ps.rank == 0:
             marks.append((phase, epoch, cpu_seconds(pids)))
 
-    common.EPOCH_HOOKS.append(mark)
+    reporting.EPOCH_HOOKS.append(mark)
     try:
         reports = getattr(__import__("dynaps.apps", fromlist=[app]), app).train(ps, config)
     finally:
-        common.EPOCH_HOOKS.remove(mark)
+        reporting.EPOCH_HOOKS.remove(mark)
     return reports, marks
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dynaps.apps import common, synthetic
+from dynaps.apps import common, launching, reporting, synthetic
 from dynaps.apps.arguments import non_negative_int, positive_int
 from dynaps.contract import ConsistencyModel, TableSpec
 from dynaps.errors import UsageError
@@ -183,7 +183,7 @@ def load(config: Config) -> tuple[Floats, Labels, Floats, Labels]:
 
 def tables(config: Config) -> dict[str, TableSpec]:
     layout = Layout(config.sizes, config.block)
-    return {"mlp": TableSpec(num_keys=layout.num_keys, dim=config.block), **common.metrics_table()}
+    return {"mlp": TableSpec(num_keys=layout.num_keys, dim=config.block), **reporting.metrics_table()}
 
 
 def consistency_of(ps: common.PSLike, config: Config) -> str:
@@ -206,7 +206,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     x, y, test_x, test_y = load(config)
     layout = Layout(config.sizes, config.block)
     mlp = common.check_table(ps, "mlp", layout.num_keys, config.block)
-    progress = common.Progress(ps, "dense", config.epochs, config.quiet)
+    progress = reporting.Progress(ps, "dense", config.epochs, config.quiet)
     workers, me = ps.num_workers, ps.rank
     model = consistency_of(ps, config)
     global_batch = workers * config.batch
@@ -273,7 +273,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=8, batch=32, lr=0.1)
+    launching.add_common_arguments(parser, epochs=8, batch=32, lr=0.1)
     parser.add_argument(
         "--hidden",
         type=_widths,
@@ -308,7 +308,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data.add_argument(
         "--latent", type=positive_int, default=4, help="dimensions the clusters lie in (default 4)"
     )
-    common.add_launch_arguments(parser)
+    launching.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     if args.latent > args.features:
         parser.error("--latent must not exceed --features")
@@ -337,7 +337,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
     model = config.consistency or ConsistencyModel.BSP.value
-    return common.launch("dense", config, args, consistency=model, staleness=config.staleness)
+    return launching.launch("dense", config, args, consistency=model, staleness=config.staleness)
 
 
 if __name__ == "__main__":

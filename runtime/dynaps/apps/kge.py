@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.apps import common, kge_blocks, synthetic
+from dynaps.apps import common, kge_blocks, launching, reporting, synthetic
 from dynaps.apps.arguments import (
     count_or_fraction,
     non_negative_float,
@@ -123,7 +123,7 @@ def tables(config: Config, shape: tuple[int, int] | None = None) -> dict[str, Ta
     return {
         "entities": TableSpec(num_keys=shape[0], dim=model.entity_dim, updater=adagrad),
         "relations": TableSpec(num_keys=shape[1], dim=model.relation_dim, updater=adagrad),
-        **common.metrics_table(),
+        **reporting.metrics_table(),
     }
 
 
@@ -134,7 +134,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     num_e, num_r = len(data.entities), len(data.relations)
     entities = common.check_table(ps, "entities", num_e, model.entity_dim, gradients=True, lr=config.lr)
     relations = common.check_table(ps, "relations", num_r, model.relation_dim, gradients=True, lr=config.lr)
-    progress = common.Progress(ps, "kge", config.epochs, config.quiet)
+    progress = reporting.Progress(ps, "kge", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
     by_entities = config.clustering == "entities"
@@ -271,7 +271,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=5, batch=256, lr=0.1, adagrad=True)
+    launching.add_common_arguments(parser, epochs=5, batch=256, lr=0.1, adagrad=True)
     parser.add_argument("--model", choices=sorted(MODELS), default="complex", help="default complex")
     parser.add_argument(
         "--dim", type=positive_int, default=32, help="embedding size (ComplEx: complex numbers)"
@@ -335,7 +335,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data.add_argument(
         "--triples", type=positive_int, default=100_000, help="synthetic: triples (default 100000)"
     )
-    common.add_launch_arguments(parser)
+    launching.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.train) != bool(args.test):
         parser.error("give both --train and --test (and optionally --valid), or neither")
@@ -345,7 +345,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("kge", config, args)
+    return launching.launch("kge", config, args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.apps import common, synthetic
+from dynaps.apps import common, launching, reporting, synthetic
 from dynaps.apps.arguments import positive_int
 from dynaps.apps.data import SparseExamples, read_libsvm
 from dynaps.apps.metrics import auc, log_loss_sum
@@ -71,13 +71,13 @@ def tables(config: Config, features: int | None = None) -> dict[str, TableSpec]:
     if features is None:
         features = load(config)[0].num_features if config.train else config.features
     adagrad = UpdaterSpec(kind=UpdaterKind.ADAGRAD, lr=config.lr)
-    return {"weights": TableSpec(num_keys=features, dim=1, updater=adagrad), **common.metrics_table()}
+    return {"weights": TableSpec(num_keys=features, dim=1, updater=adagrad), **reporting.metrics_table()}
 
 
 def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data, test = load(config)
     weights = common.check_table(ps, "weights", data.num_features, 1, gradients=True, lr=config.lr)
-    progress = common.Progress(ps, "lr", config.epochs, config.quiet)
+    progress = reporting.Progress(ps, "lr", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
     owner = np.arange(len(data)) * workers // len(data)  # contiguous shares of the examples
@@ -147,7 +147,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=5, batch=500, lr=0.1, adagrad=True)
+    launching.add_common_arguments(parser, epochs=5, batch=500, lr=0.1, adagrad=True)
     data = parser.add_argument_group("data", "libsvm files, or synthetic examples (the default)")
     data.add_argument("--train", metavar="LIBSVM", help="training examples")
     data.add_argument("--test", metavar="LIBSVM", help="held-out examples")
@@ -160,7 +160,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data.add_argument(
         "--nonzeros", type=positive_int, default=20, help="synthetic: features per example (default 20)"
     )
-    common.add_launch_arguments(parser)
+    launching.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}
     return Config(**fields), args
@@ -168,7 +168,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("lr", config, args)
+    return launching.launch("lr", config, args)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.apps import common, synthetic
+from dynaps.apps import common, launching, reporting, synthetic
 from dynaps.apps.arguments import non_negative_float, non_negative_int, positive_int
 from dynaps.apps.data import Entries, matrix_market_shape, read_matrix_market
 from dynaps.apps.metrics import squared_error
@@ -94,7 +94,7 @@ def tables(config: Config, shape: tuple[int, int] | None = None) -> dict[str, Ta
     return {
         "rows": TableSpec(num_keys=rows, dim=config.rank, cache=cache),
         "cols": TableSpec(num_keys=cols, dim=config.rank, cache=cache),
-        **common.metrics_table(),
+        **reporting.metrics_table(),
     }
 
 
@@ -103,7 +103,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     data, test = load(config)
     rows = common.check_table(ps, "rows", data.rows, config.rank)
     cols = common.check_table(ps, "cols", data.cols, config.rank)
-    progress = common.Progress(ps, "mf", config.epochs, config.quiet)
+    progress = reporting.Progress(ps, "mf", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     workers, me = ps.num_workers, ps.rank
 
@@ -247,7 +247,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=10, batch=1000, lr=0.05)
+    launching.add_common_arguments(parser, epochs=10, batch=1000, lr=0.05)
     parser.add_argument("--rank", type=positive_int, default=32, help="factor rank = table dim (default 32)")
     parser.add_argument(
         "--reg", type=non_negative_float, default=0.01, help="L2 regularisation (default 0.01)"
@@ -274,7 +274,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data.add_argument(
         "--noise", type=non_negative_float, default=0.1, help="synthetic: noise std (default 0.1)"
     )
-    common.add_launch_arguments(parser)
+    launching.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     config = Config(
         allocation=args.allocation,
@@ -302,7 +302,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("mf", config, args)
+    return launching.launch("mf", config, args)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dynaps.apps import common, synthetic
+from dynaps.apps import common, launching, reporting, synthetic
 from dynaps.apps.arguments import count_or_fraction, non_negative_int, positive_int, sync_ms
 from dynaps.apps.data import Corpus, read_corpus
 from dynaps.client.sampling import Distribution
@@ -98,7 +98,7 @@ def tables(config: Config, vocabulary: int | None = None) -> dict[str, TableSpec
     return {
         "words": TableSpec(num_keys=vocabulary, dim=config.dim, updater=adagrad),
         "contexts": TableSpec(num_keys=vocabulary, dim=config.dim, updater=adagrad),
-        **common.metrics_table(),
+        **reporting.metrics_table(),
     }
 
 
@@ -107,7 +107,7 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
     vocabulary = len(corpus.words)
     words = common.check_table(ps, "words", vocabulary, config.dim, gradients=True, lr=config.lr)
     contexts = common.check_table(ps, "contexts", vocabulary, config.dim, gradients=True, lr=config.lr)
-    progress = common.Progress(ps, "w2v", config.epochs, config.quiet)
+    progress = reporting.Progress(ps, "w2v", config.epochs, config.quiet)
     moving = common.dynamic(ps, config.allocation)
     me, workers = ps.rank, ps.num_workers
     share = slice(len(corpus.tokens) * me // workers, len(corpus.tokens) * (me + 1) // workers)
@@ -279,7 +279,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_common_arguments(parser, epochs=3, batch=512, lr=0.1, adagrad=True)
+    launching.add_common_arguments(parser, epochs=3, batch=512, lr=0.1, adagrad=True)
     parser.add_argument("--dim", type=positive_int, default=32, help="vector size (default 32)")
     parser.add_argument(
         "--window", type=positive_int, default=3, help="context words on each side (default 3)"
@@ -322,7 +322,7 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     data.add_argument(
         "--tokens", type=positive_int, default=300_000, help="synthetic: tokens (default 300000)"
     )
-    common.add_launch_arguments(parser)
+    launching.add_launch_arguments(parser)
     args = parser.parse_args(argv)
     fields = {f: getattr(args, f) for f in Config.__dataclass_fields__ if hasattr(args, f)}
     return Config(**fields), args
@@ -334,7 +334,7 @@ def _hot_words(text: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse(argv)
-    return common.launch("w2v", config, args)
+    return launching.launch("w2v", config, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dynaps.apps import arguments, common, dense, kge, lr, mf, synthetic, w2v
+from dynaps.apps import arguments, dense, kge, lr, mf, reporting, synthetic, w2v
 from dynaps.apps.inprocess import InProcessPS
 from dynaps.contract import ParameterServerJob, TableSpec
 from dynaps.errors import UsageError
@@ -175,12 +175,12 @@ def test_apps_train_from_files_written_by_the_generator(
 
 
 def test_reducer_sums_rotating_slots() -> None:
-    ps = InProcessPS(common.metrics_table())
-    reducer = common.Reducer(ps)
+    ps = InProcessPS(reporting.metrics_table())
+    reducer = reporting.Reducer(ps)
     for n in range(7):  # more calls than slots: every slot is zeroed before reuse
         assert reducer.sum([n, 1.5]).tolist() == [n, 1.5]
     with pytest.raises(UsageError, match="at most"):
-        reducer.sum(np.zeros(common.METRICS_DIM + 1))
+        reducer.sum(np.zeros(reporting.METRICS_DIM + 1))
 
 
 def test_wrong_table_shape_names_the_fix() -> None:
@@ -262,11 +262,11 @@ def test_epoch_hooks_mark_each_epoch_between_its_barriers() -> None:
         def mark(phase: str, epoch: int, marks: list[tuple[str, int]] = marks) -> None:
             marks.append((phase, epoch))
 
-        common.EPOCH_HOOKS.append(mark)
+        reporting.EPOCH_HOOKS.append(mark)
         try:
             reports = baseline(module, config)
         finally:
-            common.EPOCH_HOOKS.clear()
+            reporting.EPOCH_HOOKS.clear()
         assert marks == [(phase, e) for e in range(1, len(reports) + 1) for phase in ("start", "end")]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import dynaps
-from dynaps.apps import common, dense, kge, kge_blocks, lr, mf, w2v
+from dynaps.apps import dense, kge, kge_blocks, lr, mf, reporting, w2v
 from dynaps.apps.inprocess import InProcessPS
 
 from .test_apps import TINY_DENSE, TINY_KGE, TINY_LR, TINY_MF, TINY_W2V
@@ -145,7 +145,7 @@ def test_dense_under_bsp_takes_the_baselines_steps_with_the_global_batch() -> No
 
 
 def reduce_many(ps: dynaps.PS) -> list[list[float]]:
-    reducer = common.Reducer(ps)
+    reducer = reporting.Reducer(ps)
     return [reducer.sum([n * (ps.rank + 1), 1.0]).tolist() for n in range(8)]
 
 
