@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynaps.apps import common, kge_blocks, synthetic
+from dynaps.apps import common, kge, kge_blocks, synthetic
 from dynaps.apps.kge_blocks import entity_blocks, handed_on, renamed, schedule, tournament
 from dynaps.contract import Partition, RebalancePolicy
 from dynaps.store.shardmap import ShardMap
+
+from . import lockstep
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 8, 16])
@@ -118,3 +120,14 @@ def test_home_starts_are_known_only_for_a_range_partitioned_job() -> None:
     hashed = SimpleNamespace(config=SimpleNamespace(servers=4, rebalance_policy=policy))
     assert common.home_starts(hashed, 100) == []
     assert common.home_starts(SimpleNamespace(), 100) == []  # one process
+
+
+@pytest.mark.parametrize(("workers", "warned"), [(2, False), (kge.MANY_BLOCKS, True)])
+def test_many_workers_in_entity_blocks_are_told_of_the_ranking(
+    workers: int, warned: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kge.Config(entities=200, relations=4, triples=2_000, dim=4, epochs=1, eval_triples=20)
+    lockstep.run(kge.train, kge.tables(config), config, workers)
+    said = capsys.readouterr().out
+    assert "[kge] complex:" in said  # rank 0's notes are printed
+    assert ("--clustering relations ranks as one process does" in said) == warned
