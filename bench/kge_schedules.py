@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=5_000)
     parser.add_argument("--triples", type=int, default=1_000_000)
     parser.add_argument("--eval-triples", type=int, default=2_000)
+    parser.add_argument("--lr", type=float, default=kge.Config.lr, help="AdaGrad's step (default the app's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.workers < 1 or args.epochs < 1:
@@ -259,6 +260,7 @@ def main() -> int:
         entities=args.entities,
         triples=args.triples,
         eval_triples=args.eval_triples,
+        lr=args.lr,
         quiet=True,
     )
     rows = []
