@@ -16,7 +16,12 @@ variant is ``NEGATIVES[/split=S][/shuffled]``:
   rounds, so S times the localizes and barriers in a real job);
 * ``shuffled``: one worker trains every triple in one random order (no rounds), with the
   negatives a round would have given each triple (its head's and tail's blocks of
-  ``--workers`` workers' 2W): the negatives' effect without the schedule's order.
+  ``--workers`` workers' 2W): the negatives' effect without the schedule's order;
+* ``extra=K``: negatives uniform over the round's two blocks and K others drawn per round
+  (read and pushed at once, as if local);
+* ``borrow``: the round's own negatives and another worker's two blocks of that round, read
+  once at the round's start, their gradients summed and pushed once at its end (what a real
+  job could do for three more messages per worker and round).
 
     PYTHONPATH=.:runtime python -P bench/kge_schedules.py --workers 8 --epochs 4 \\
         pair global global/split=4 weighted weighted/shuffled global/shuffled
@@ -52,6 +57,8 @@ class Variant:
     negatives: str = "pair"
     split: int = 1
     shuffled: bool = False
+    extra: int = 0
+    borrow: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -64,8 +71,12 @@ class Variant:
                 variant = replace(variant, shuffled=True)
             elif option.startswith("split=") and option[6:].isdigit() and int(option[6:]) >= 1:
                 variant = replace(variant, split=int(option[6:]))
+            elif option == "borrow":
+                variant = replace(variant, borrow=True)
+            elif option.startswith("extra=") and option[6:].isdigit():
+                variant = replace(variant, extra=int(option[6:]))
             else:
-                raise ValueError(f"option {option!r}: 'split=S' (S >= 1) or 'shuffled'")
+                raise ValueError(f"option {option!r}: 'split=S' (S >= 1), 'extra=K', 'borrow' or 'shuffled'")
         return variant
 
 
@@ -94,6 +105,16 @@ def from_pairs(
     return ids
 
 
+def from_union(blocks: kge_blocks.EntityBlocks, held: Ints, count: int, rng: np.random.Generator) -> Ints:
+    """``count`` ids uniform over the union of the blocks ``held``."""
+    sizes = blocks.bounds[held + 1] - blocks.bounds[held]
+    ends = np.cumsum(sizes)
+    draws = rng.integers(0, int(ends[-1]), count)
+    which = np.searchsorted(ends, draws, side="right")
+    ids: Ints = blocks.bounds[held[which]] + draws - (ends[which] - sizes[which])
+    return ids
+
+
 def schedule_weights(blocks: kge_blocks.EntityBlocks, query_block: Ints, corrupted: Ints) -> Any:
     """How much more often a uniform draw picks each corruption than the schedule does.
 
@@ -108,9 +129,18 @@ def schedule_weights(blocks: kge_blocks.EntityBlocks, query_block: Ints, corrupt
 class Negatives:
     """A variant's corruptions for one minibatch, and their weights for the loss."""
 
-    def __init__(self, variant: Variant, blocks: kge_blocks.EntityBlocks, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        variant: Variant,
+        blocks: kge_blocks.EntityBlocks,
+        pair: tuple[int, int],
+        rng: np.random.Generator,
+    ) -> None:
         self.variant, self.blocks, self.rng = variant, blocks, rng
         self.weights: tuple[Any, Any] | None = None  # read by the loss while a minibatch computes
+        others = [b for b in range(blocks.count) if b not in pair]
+        chosen = rng.choice(others, min(variant.extra, len(others)), replace=False) if variant.extra else []
+        self.held = np.array([*pair, *chosen], dtype=np.int64)  # the round's blocks and its extra ones
 
     def draw(self, batch: Ints, pair: tuple[int, int], n: int) -> Ints:
         blocks, rng, size = self.blocks, self.rng, len(batch)
@@ -125,6 +155,11 @@ class Negatives:
         if self.variant.shuffled:  # each triple's own round: its head's and tail's blocks
             tails = from_pairs(blocks, head_block, tail_block, n, rng)
             heads = from_pairs(blocks, head_block, tail_block, n, rng)
+        elif self.variant.extra:
+            tails, heads = (
+                from_union(blocks, self.held, n * size, rng),
+                from_union(blocks, self.held, n * size, rng),
+            )
         else:
             tails = kge_blocks.negatives(blocks, pair, n * size, rng)
             heads = kge_blocks.negatives(blocks, pair, n * size, rng)
@@ -134,6 +169,70 @@ class Negatives:
                 schedule_weights(blocks, tail_block, heads),
             )
         return np.concatenate([tails, heads])
+
+
+def other_pair(blocks: kge_blocks.EntityBlocks, pair: tuple[int, int], rng: np.random.Generator) -> Any:
+    """The two blocks another worker holds in the round that gives this worker ``pair``."""
+    for pairs in kge_blocks.handed_on(kge_blocks.tournament(blocks.count)):
+        if pair in pairs:
+            others = [p for p in pairs if p != pair]
+            return others[int(rng.integers(len(others)))]
+    raise ValueError(f"no round holds {pair}")
+
+
+def borrowed_round(
+    entities: Any,
+    relations: Any,
+    model: kge_models.Model,
+    blocks: kge_blocks.EntityBlocks,
+    pair: tuple[int, int],
+    triples: Ints,
+    config: Any,
+    rng: np.random.Generator,
+) -> float:
+    """A round whose negatives come from its own two blocks and another worker's two, read
+    once at the round's start; their gradients are summed and pushed once at its end."""
+    if blocks.count < 4:
+        return kge_steps.block_round(entities, relations, model, blocks, pair, triples, config, rng)
+    lent = blocks.keys(*other_pair(blocks, pair, rng))
+    lent_rows = entities.pull(lent)
+    lent_grads = np.zeros_like(lent_rows)
+    own = blocks.keys(*pair)
+    pool = np.concatenate([own, lent])
+    loss = 0.0
+    for first in range(0, len(triples), config.batch):
+        batch = triples[first : first + config.batch]
+        size, n = len(batch), config.neg
+        picks = rng.integers(0, len(pool), 2 * n * size)
+        neg_keys = pool[picks]
+        is_lent = picks >= len(own)
+        rows = entities.pull(np.concatenate([batch[:, 0], batch[:, 2], np.where(is_lent, own[0], neg_keys)]))
+        neg_rows = rows[2 * size :]
+        neg_rows[is_lent] = lent_rows[picks[is_lent] - len(own)]
+        h, t = rows[:size], rows[size : 2 * size]
+        rels = relations.pull(batch[:, 1])
+        grads = np.empty((2 * size + len(neg_keys), rows.shape[1]), dtype=np.float32)
+        g = model.gradients(
+            h,
+            rels,
+            t,
+            neg_rows[: n * size].reshape(size, n, -1),
+            neg_rows[n * size :].reshape(size, n, -1),
+            out=grads,
+        )
+        reg = np.float32(config.reg)
+        g.head += reg * h
+        g.tail += reg * t
+        np.add.at(lent_grads, picks[is_lent] - len(own), grads[2 * size :][is_lent])
+        keep = np.concatenate([np.ones(2 * size, dtype=bool), ~is_lent])
+        keys = np.concatenate([batch[:, 0], batch[:, 2], neg_keys])
+        entities.push(keys[keep], grads[keep])
+        relations.push(batch[:, 1], (g.relation + reg * rels).astype(np.float32))
+        loss += g.loss
+    touched = np.flatnonzero(np.abs(lent_grads).sum(axis=1) > 0)
+    if len(touched):
+        entities.push(lent[touched], lent_grads[touched])
+    return loss
 
 
 def variant_round(variant: Variant) -> Any:
@@ -149,7 +248,7 @@ def variant_round(variant: Variant) -> Any:
         config: Any,
         rng: np.random.Generator,
     ) -> float:
-        negatives = Negatives(variant, blocks, rng)
+        negatives = Negatives(variant, blocks, pair, rng)
         loss = 0.0
         for first in range(0, len(triples), config.batch):
             batch = triples[first : first + config.batch]
@@ -217,7 +316,7 @@ def installed(variant: Variant, blocks_for: int) -> Iterator[None]:
     ) -> kge_blocks.EntityBlocks:
         return plain_blocks(train, num_entities, blocks_for)
 
-    setattr(kge, "block_round", variant_round(variant))  # noqa: B010 (kge imports it by name)
+    setattr(kge, "block_round", borrowed_round if variant.borrow else variant_round(variant))  # noqa: B010 (kge imports it by name)
     if variant.shuffled:
         kge_blocks.schedule, kge_blocks.entity_blocks = shuffled_schedule, blocks_of_many
     else:

@@ -44,7 +44,7 @@ def script() -> ModuleType:
 
 def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
-    variants = ["pair", "weighted/split=2", "same/shuffled", "global"]
+    variants = ["pair", "weighted/split=2", "same/shuffled", "global", "pair/extra=1", "pair/borrow"]
     done = run(
         "--workers", "2", "--epochs", "2", "--entities", "300", "--triples", "6000",
         "--eval-triples", "100", "--out", str(out), *variants,
