@@ -139,7 +139,7 @@ class Negatives:
         self.variant, self.blocks, self.rng = variant, blocks, rng
         self.weights: tuple[Any, Any] | None = None  # read by the loss while a minibatch computes
         others = [b for b in range(blocks.count) if b not in pair]
-        chosen = rng.choice(others, min(variant.extra, len(others)), replace=False) if variant.extra else []
+        chosen = rng.choice(others, min(variant.extra, len(others)), replace=False) if variant.extra else ()
         self.held = np.array([*pair, *chosen], dtype=np.int64)  # the round's blocks and its extra ones
 
     def draw(self, batch: Ints, pair: tuple[int, int], n: int) -> Ints:
