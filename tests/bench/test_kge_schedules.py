@@ -3,17 +3,17 @@ mistyped variant is a usage error, not a traceback."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 from dynaps.apps import kge_blocks
+
+from . import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "kge_schedules.py"
@@ -29,17 +29,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-def script() -> ModuleType:
-    """The script as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("kge_schedules", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
@@ -71,7 +60,7 @@ def test_the_weights_make_an_epochs_negatives_uniform() -> None:
     """Over an epoch of the tournament, a query from block A draws its corruptions from A and
     its round's partner; weighted, each entity's expected share is the uniform one's (with
     buckets of equal size, which degree-balanced blocks approximate)."""
-    weights = script().schedule_weights
+    weights = scripts.load("kge_schedules").schedule_weights
     workers, size = 4, 10
     count = 2 * workers
     blocks = kge_blocks.EntityBlocks(

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from dynaps.profiling import PROFILE_DIR_ENV, profiled
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "profile_diff.py"
-
-
-def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("profile_diff", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from . import scripts
 
 
 def busy(steps: int = 200_000) -> int:
@@ -43,7 +30,7 @@ def test_the_function_that_grew_heads_the_report(tmp_path: Path, monkeypatch: py
         monkeypatch.setenv(PROFILE_DIR_ENV, str(tmp_path / run))
         profiled("runner-0", functools.partial(work, rounds))
         profiled("server-0", busy)
-    diff = script()
+    diff = scripts.load("profile_diff")
     first, second = diff.read_run(tmp_path / "few"), diff.read_run(tmp_path / "many")
     assert first.processes == second.processes == 2
     assert second.by_role["runner"] > 3 * first.by_role["runner"]
@@ -57,5 +44,5 @@ def test_the_function_that_grew_heads_the_report(tmp_path: Path, monkeypatch: py
 
 def test_a_directory_without_profiles_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
-        script().main([str(tmp_path), str(tmp_path)])
+        scripts.load("profile_diff").main([str(tmp_path), str(tmp_path)])
     assert exit_.value.code == 2
