@@ -29,15 +29,20 @@ FLUSH_MS = 50
 
 def hold_and_push(ps: dynaps.PS) -> int:
     """Rank 1 takes every key and adds 1 to each (acknowledged when push() returns), then
-    waits for several flush intervals: all of it is written back.  Returns the pushes."""
+    waits until its node has written them back (a flush interval bounds what a crash may
+    lose; these must not be lost).  Returns the pushes."""
     if ps.rank != 1:
         return 0
     W = ps.table("W")
     keys = np.arange(NUM_KEYS)
     W.localize(keys)
     assert W.local_mask(keys).all()
+    before = ps.node_stats().get("keys_written_back", 0)
     W.push(keys, np.ones((NUM_KEYS, 2)))
-    time.sleep(10 * FLUSH_MS / 1000)
+    deadline = time.monotonic() + 30
+    while ps.node_stats().get("keys_written_back", 0) < before + NUM_KEYS:
+        assert time.monotonic() < deadline, "the pushed keys were not written back in 30 s"
+        time.sleep(FLUSH_MS / 1000)
     return 1
 
 
