@@ -85,6 +85,7 @@ class Config:
     relations: int = 50
     triples: int = 100_000
     eval_triples: int = 1_000  # test triples ranked after each epoch (0: all)
+    eval_every: int = 1  # rank after every N-th epoch and the last (a ranking pulls every entity)
     report: str | None = None
     quiet: bool = False
 
@@ -210,9 +211,13 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
             shuffled = mine[rng.permutation(len(mine))]
             loss = localize_ahead_epoch(entities, relations, model, shuffled, config, moving)
         seconds, mean_loss = progress.end_epoch(loss, len(mine))
-        started = time.perf_counter()
-        sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
-        progress.report(epoch, seconds, mean_loss, ranking_report(sums), time.perf_counter() - started)
+        quality: dict[str, float] = {}
+        ranked_in = 0.0
+        if epoch % config.eval_every == 0 or epoch == config.epochs:  # every worker alike
+            started = time.perf_counter()
+            sums = progress.reducer.sum(_evaluate(entities, relations, model, my_test, known, num_e))
+            quality, ranked_in = ranking_report(sums), time.perf_counter() - started
+        progress.report(epoch, seconds, mean_loss, quality, ranked_in)
     if len(hot):
         entities.replicate([])  # flushed; the table is as the job declared it for whatever runs next
     if replicated:
@@ -331,6 +336,14 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     )
     parser.add_argument(
         "--eval-triples", type=non_negative_int, default=1000, help="test triples ranked per epoch (0: all)"
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="rank the test triples after every N-th epoch and the last (default 1: every "
+        "epoch); each ranking pulls every entity into every worker",
     )
     data = parser.add_argument_group("data", "tab-separated triples, or a synthetic graph (the default)")
     data.add_argument("--train", metavar="TSV", help="training triples head<TAB>relation<TAB>tail")

@@ -270,6 +270,17 @@ def test_epoch_hooks_mark_each_epoch_between_its_barriers() -> None:
         assert marks == [(phase, e) for e in range(1, len(reports) + 1) for phase in ("start", "end")]
 
 
+def test_kge_ranks_after_every_nth_epoch_and_the_last() -> None:
+    config = dataclasses.replace(TINY_KGE, epochs=5, eval_every=2)
+    reports = baseline(kge, config)
+    ranked = [r["epoch"] for r in reports if "MRR" in r["quality"]]
+    assert ranked == [2, 4, 5]
+    assert all(r["eval_seconds"] == 0.0 for r in reports if r["epoch"] not in ranked)
+    every = baseline(kge, dataclasses.replace(config, eval_every=1))
+    assert every[-1]["quality"] == reports[-1]["quality"]  # the same training, ranked less often
+    assert kge.parse(["--eval-every", "3"])[0].eval_every == 3
+
+
 def test_kge_scores_large_graphs_in_chunks_with_the_same_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     # 256 queries against 5 million float32 entities would be 5 GB of scores at once
     assert kge.queries_per_chunk(5_000_000, 4) == 3
