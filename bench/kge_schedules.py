@@ -77,6 +77,8 @@ class Variant:
                 variant = replace(variant, extra=int(option[6:]))
             else:
                 raise ValueError(f"option {option!r}: 'split=S' (S >= 1), 'extra=K', 'borrow' or 'shuffled'")
+        if (variant.extra or variant.borrow) and variant.negatives != "pair":
+            raise ValueError(f"{text!r}: extra=K and borrow add blocks to the round's pair: use pair/...")
         return variant
 
 

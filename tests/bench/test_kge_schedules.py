@@ -54,6 +54,9 @@ def test_a_mistyped_variant_is_a_usage_error() -> None:
     done = run("uniform")
     assert done.returncode == 2
     assert "choose from" in done.stderr
+    done = run("weighted/extra=2")
+    assert done.returncode == 2
+    assert "use pair/" in done.stderr
 
 
 def test_the_weights_make_an_epochs_negatives_uniform() -> None:
