@@ -140,8 +140,13 @@ class Negatives:
     ) -> None:
         self.variant, self.blocks, self.rng = variant, blocks, rng
         self.weights: tuple[Any, Any] | None = None  # read by the loss while a minibatch computes
-        others = [b for b in range(blocks.count) if b not in pair]
-        chosen = rng.choice(others, min(variant.extra, len(others)), replace=False) if variant.extra else ()
+        if variant.borrow:
+            chosen: Any = other_pair(blocks, pair, rng)
+        elif variant.extra:
+            others = [b for b in range(blocks.count) if b not in pair]
+            chosen = rng.choice(others, min(variant.extra, len(others)), replace=False)
+        else:
+            chosen = ()
         self.held = np.array([*pair, *chosen], dtype=np.int64)  # the round's blocks and its extra ones
 
     def draw(self, batch: Ints, pair: tuple[int, int], n: int) -> Ints:
@@ -157,7 +162,7 @@ class Negatives:
         if self.variant.shuffled:  # each triple's own round: its head's and tail's blocks
             tails = from_pairs(blocks, head_block, tail_block, n, rng)
             heads = from_pairs(blocks, head_block, tail_block, n, rng)
-        elif self.variant.extra:
+        elif len(self.held) > 2:  # extra=K or borrow
             tails, heads = (
                 from_union(blocks, self.held, n * size, rng),
                 from_union(blocks, self.held, n * size, rng),
@@ -182,59 +187,40 @@ def other_pair(blocks: kge_blocks.EntityBlocks, pair: tuple[int, int], rng: np.r
     raise ValueError(f"no round holds {pair}")
 
 
-def borrowed_round(
-    entities: Any,
-    relations: Any,
-    model: kge_models.Model,
-    blocks: kge_blocks.EntityBlocks,
-    pair: tuple[int, int],
-    triples: Ints,
-    config: Any,
-    rng: np.random.Generator,
-) -> float:
-    """A round whose negatives come from its own two blocks and another worker's two, read
-    once at the round's start; their gradients are summed and pushed once at its end."""
-    if blocks.count < 4:
-        return kge_steps.block_round(entities, relations, model, blocks, pair, triples, config, rng)
-    lent = blocks.keys(*other_pair(blocks, pair, rng))
-    lent_rows = entities.pull(lent)
-    lent_grads = np.zeros_like(lent_rows)
-    own = blocks.keys(*pair)
-    pool = np.concatenate([own, lent])
-    loss = 0.0
-    for first in range(0, len(triples), config.batch):
-        batch = triples[first : first + config.batch]
-        size, n = len(batch), config.neg
-        picks = rng.integers(0, len(pool), 2 * n * size)
-        neg_keys = pool[picks]
-        is_lent = picks >= len(own)
-        rows = entities.pull(np.concatenate([batch[:, 0], batch[:, 2], np.where(is_lent, own[0], neg_keys)]))
-        neg_rows = rows[2 * size :]
-        neg_rows[is_lent] = lent_rows[picks[is_lent] - len(own)]
-        h, t = rows[:size], rows[size : 2 * size]
-        rels = relations.pull(batch[:, 1])
-        grads = np.empty((2 * size + len(neg_keys), rows.shape[1]), dtype=np.float32)
-        g = model.gradients(
-            h,
-            rels,
-            t,
-            neg_rows[: n * size].reshape(size, n, -1),
-            neg_rows[n * size :].reshape(size, n, -1),
-            out=grads,
-        )
-        reg = np.float32(config.reg)
-        g.head += reg * h
-        g.tail += reg * t
-        np.add.at(lent_grads, picks[is_lent] - len(own), grads[2 * size :][is_lent])
-        keep = np.concatenate([np.ones(2 * size, dtype=bool), ~is_lent])
-        keys = np.concatenate([batch[:, 0], batch[:, 2], neg_keys])
-        entities.push(keys[keep], grads[keep])
-        relations.push(batch[:, 1], (g.relation + reg * rels).astype(np.float32))
-        loss += g.loss
-    touched = np.flatnonzero(np.abs(lent_grads).sum(axis=1) > 0)
-    if len(touched):
-        entities.push(lent[touched], lent_grads[touched])
-    return loss
+class Lent:
+    """The entity table as a borrowing round sees it: ``lent`` (another worker's blocks) read
+    once at the round's start, their gradients summed here and pushed once by :meth:`give_back`;
+    every other key read and written as usual."""
+
+    def __init__(self, entities: Any, lent: Ints) -> None:
+        self.entities, self.lent = entities, lent
+        self.rows = entities.pull(lent)
+        self.grads = np.zeros_like(self.rows)
+        self.position = np.full(int(lent.max()) + 1, -1, dtype=np.int64)
+        self.position[lent] = np.arange(len(lent))
+
+    def _lent(self, keys: Ints) -> Any:
+        inside = keys < len(self.position)
+        at = np.full(len(keys), -1, dtype=np.int64)
+        at[inside] = self.position[keys[inside]]
+        return at
+
+    def pull(self, keys: Ints, *, wait: bool = True) -> Any:
+        at = self._lent(keys)
+        rows = self.entities.pull(keys[at < 0])
+        out = np.empty((len(keys), self.rows.shape[1]), dtype=self.rows.dtype)
+        out[at < 0], out[at >= 0] = rows, self.rows[at[at >= 0]]
+        return out
+
+    def push(self, keys: Ints, grads: Any, *, wait: bool = True) -> Any:
+        at = self._lent(keys)
+        np.add.at(self.grads, at[at >= 0], grads[at >= 0])
+        return self.entities.push(keys[at < 0], grads[at < 0], wait=wait)
+
+    def give_back(self) -> None:
+        touched = np.flatnonzero(np.abs(self.grads).sum(axis=1) > 0)
+        if len(touched):
+            self.entities.push(self.lent[touched], self.grads[touched])
 
 
 def variant_round(variant: Variant) -> Any:
@@ -250,7 +236,11 @@ def variant_round(variant: Variant) -> Any:
         config: Any,
         rng: np.random.Generator,
     ) -> float:
+        if variant.borrow and blocks.count < 4:  # no other worker to borrow from
+            return kge_steps.block_round(entities, relations, model, blocks, pair, triples, config, rng)
         negatives = Negatives(variant, blocks, pair, rng)
+        if variant.borrow:
+            entities = Lent(entities, blocks.keys(*negatives.held[2:]))
         loss = 0.0
         for first in range(0, len(triples), config.batch):
             batch = triples[first : first + config.batch]
@@ -270,6 +260,8 @@ def variant_round(variant: Variant) -> Any:
                     config,
                 )
             loss += step_loss
+        if isinstance(entities, Lent):
+            entities.give_back()
         return loss
 
     return block_round
@@ -318,7 +310,7 @@ def installed(variant: Variant, blocks_for: int) -> Iterator[None]:
     ) -> kge_blocks.EntityBlocks:
         return plain_blocks(train, num_entities, blocks_for)
 
-    setattr(kge, "block_round", borrowed_round if variant.borrow else variant_round(variant))  # noqa: B010 (kge imports it by name)
+    setattr(kge, "block_round", variant_round(variant))  # noqa: B010 (kge imports it by name)
     if variant.shuffled:
         kge_blocks.schedule, kge_blocks.entity_blocks = shuffled_schedule, blocks_of_many
     else:
