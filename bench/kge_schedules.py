@@ -5,7 +5,7 @@ at 8 workers").
 Runs ``dynaps.apps.kge`` with ``--workers`` workers in lockstep in one process
 (tests/dynaps/apps/lockstep.py: exact tables, no replica, no staleness, no messages), with
 the app's round replaced by a variant, and prints the filtered MRR after every epoch.  A
-variant is ``NEGATIVES[/split=S][/shuffled]``:
+variant is ``NEGATIVES`` and options after slashes:
 
 * negatives ``pair`` (the app's: uniform over the round's two blocks), ``weighted`` (the same
   draws, each corruption's loss weighted by how often the schedule draws it against how
@@ -22,6 +22,10 @@ variant is ``NEGATIVES[/split=S][/shuffled]``:
 * ``borrow``: the round's own negatives and another worker's two blocks of that round, read
   once at the round's start, their gradients summed and pushed once at its end (what a real
   job could do for three more messages per worker and round).
+* ``sync=E`` (with ``extra=K`` or ``borrow``): the added blocks read through a copy, as a
+  real job would hold another worker's rows: ``sync=0`` reads them once at the round's start
+  and pushes their summed gradients at its end; ``sync=E`` pushes the sums and reads the rows
+  again every E minibatches (the staleness a replica's timed sync would give).
 
     PYTHONPATH=.:runtime python -P bench/kge_schedules.py --workers 8 --epochs 4 \\
         pair global global/split=4 weighted weighted/shuffled global/shuffled
@@ -59,6 +63,7 @@ class Variant:
     shuffled: bool = False
     extra: int = 0
     borrow: bool = False
+    sync: int | None = None  # the added blocks through a copy, synced every E minibatches (0: once)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -75,10 +80,18 @@ class Variant:
                 variant = replace(variant, borrow=True)
             elif option.startswith("extra=") and option[6:].isdigit():
                 variant = replace(variant, extra=int(option[6:]))
+            elif option.startswith("sync=") and option[5:].isdigit():
+                variant = replace(variant, sync=int(option[5:]))
             else:
-                raise ValueError(f"option {option!r}: 'split=S' (S >= 1), 'extra=K', 'borrow' or 'shuffled'")
+                raise ValueError(
+                    f"option {option!r}: 'split=S' (S >= 1), 'extra=K', 'borrow', 'sync=E' or 'shuffled'"
+                )
         if (variant.extra or variant.borrow) and variant.negatives != "pair":
             raise ValueError(f"{text!r}: extra=K and borrow add blocks to the round's pair: use pair/...")
+        if variant.borrow and variant.sync is None:
+            variant = replace(variant, sync=0)  # borrowed rows are another worker's: read once
+        if variant.sync is not None and not (variant.extra or variant.borrow):
+            raise ValueError(f"{text!r}: sync=E applies to the blocks extra=K or borrow add")
         return variant
 
 
@@ -221,6 +234,12 @@ class Lent:
         touched = np.flatnonzero(np.abs(self.grads).sum(axis=1) > 0)
         if len(touched):
             self.entities.push(self.lent[touched], self.grads[touched])
+        self.grads[:] = 0
+
+    def sync(self) -> None:
+        """Push the summed gradients and read the rows again (a replica's timed sync)."""
+        self.give_back()
+        self.rows = self.entities.pull(self.lent)
 
 
 def variant_round(variant: Variant) -> Any:
@@ -239,10 +258,10 @@ def variant_round(variant: Variant) -> Any:
         if variant.borrow and blocks.count < 4:  # no other worker to borrow from
             return kge_steps.block_round(entities, relations, model, blocks, pair, triples, config, rng)
         negatives = Negatives(variant, blocks, pair, rng)
-        if variant.borrow:
+        if variant.sync is not None:
             entities = Lent(entities, blocks.keys(*negatives.held[2:]))
         loss = 0.0
-        for first in range(0, len(triples), config.batch):
+        for step, first in enumerate(range(0, len(triples), config.batch), start=1):
             batch = triples[first : first + config.batch]
             size = len(batch)
             neg_keys = negatives.draw(batch, pair, config.neg)
@@ -260,6 +279,8 @@ def variant_round(variant: Variant) -> Any:
                     config,
                 )
             loss += step_loss
+            if isinstance(entities, Lent) and variant.sync and step % variant.sync == 0:
+                entities.sync()
         if isinstance(entities, Lent):
             entities.give_back()
         return loss
@@ -333,7 +354,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("variants", nargs="*", default=["pair"], help="NEGATIVES[/split=S][/shuffled]")
+    parser.add_argument(
+        "variants",
+        nargs="*",
+        default=["pair"],
+        help="NEGATIVES[/split=S][/shuffled][/extra=K][/borrow][/sync=E]",
+    )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--entities", type=int, default=5_000)

@@ -33,7 +33,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
-    variants = ["pair", "weighted/split=2", "same/shuffled", "global", "pair/extra=1", "pair/borrow"]
+    variants = [
+        "pair",
+        "weighted/split=2",
+        "same/shuffled",
+        "global",
+        "pair/extra=1",
+        "pair/borrow",
+        "pair/extra=1/sync=2",
+    ]
     done = run(
         "--workers", "2", "--epochs", "2", "--entities", "300", "--triples", "6000",
         "--eval-triples", "100", "--out", str(out), *variants,
@@ -57,6 +65,9 @@ def test_a_mistyped_variant_is_a_usage_error() -> None:
     done = run("weighted/extra=2")
     assert done.returncode == 2
     assert "use pair/" in done.stderr
+    done = run("pair/sync=2")
+    assert done.returncode == 2
+    assert "extra=K or borrow" in done.stderr
 
 
 def test_the_weights_make_an_epochs_negatives_uniform() -> None:
