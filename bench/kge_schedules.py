@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +48,9 @@ import numpy.typing as npt
 from tests.dynaps.apps import lockstep
 
 from dynaps.apps import kge, kge_blocks, kge_models, kge_steps
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the sibling module
+import kge_variants
 
 Ints = npt.NDArray[np.int64]
 NEGATIVES = ("pair", "weighted", "same", "global")
@@ -360,44 +361,14 @@ def main() -> int:
         default=["pair"],
         help="NEGATIVES[/split=S][/shuffled][/extra=K][/borrow][/sync=E]",
     )
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--entities", type=int, default=5_000)
-    parser.add_argument("--triples", type=int, default=1_000_000)
-    parser.add_argument("--eval-triples", type=int, default=2_000)
-    parser.add_argument("--lr", type=float, default=kge.Config.lr, help="AdaGrad's step (default the app's)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    kge_variants.add_arguments(parser, epochs=4, out=RESULTS)
     args = parser.parse_args()
-    if args.workers < 1 or args.epochs < 1:
-        parser.error("--workers and --epochs must be at least 1")
+    config = kge_variants.config(parser, args)
     try:
         variants = [Variant.parse(text) for text in args.variants]
     except ValueError as exc:
         parser.error(str(exc))
-    config = kge.Config(
-        epochs=args.epochs,
-        entities=args.entities,
-        triples=args.triples,
-        eval_triples=args.eval_triples,
-        lr=args.lr,
-        quiet=True,
-    )
-    rows = []
-    for text, variant in zip(args.variants, variants, strict=True):
-        started = time.perf_counter()
-        mrr = run(variant, args.workers, config)
-        seconds = time.perf_counter() - started
-        print(f"{text:28} MRR {' '.join(f'{m:.3f}' for m in mrr)}  ({seconds:.0f} s)", flush=True)
-        rows.append({"variant": text, "mrr": mrr, "seconds": seconds})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "workers": args.workers,
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "runs": rows,
-    }
-    args.out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return kge_variants.run_all(args.variants, lambda i: run(variants[i], args.workers, config), args)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ Writes bench/results/replica-adagrad.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,9 @@ from dynaps.apps.kge_models import make_model
 from dynaps.apps.metrics import KnownTriples, ranking_report
 from dynaps.apps.partition import balanced_parts
 from dynaps.store.updaters import AdagradUpdater, combine_duplicates
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the sibling module
+import kge_variants
 
 Ints = npt.NDArray[np.int64]
 MODES = ("exact", "summed", "squares")
@@ -168,43 +169,16 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("variants", nargs="*", default=["exact"], help="exact, summed/SYNC or squares/SYNC")
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--entities", type=int, default=5_000)
-    parser.add_argument("--triples", type=int, default=1_000_000)
-    parser.add_argument("--eval-triples", type=int, default=2_000)
-    parser.add_argument("--lr", type=float, default=kge.Config.lr, help="AdaGrad's step (default the app's)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    kge_variants.add_arguments(parser, epochs=3, out=RESULTS)
     args = parser.parse_args()
-    if args.workers < 1 or args.epochs < 1:
-        parser.error("--workers and --epochs must be at least 1")
+    config = kge_variants.config(parser, args, clustering="relations")
     chosen = []
     for text in args.variants:
         mode, _, every = text.partition("/")
         if mode not in MODES or (mode == "exact") != (every == "") or (every and not every.isdigit()):
             parser.error(f"variant {text!r}: exact, summed/SYNC or squares/SYNC (SYNC: minibatches)")
-        chosen.append((text, mode, int(every or 1)))
-    config = kge.Config(
-        epochs=args.epochs,
-        entities=args.entities,
-        triples=args.triples,
-        eval_triples=args.eval_triples,
-        lr=args.lr,
-        clustering="relations",
-        quiet=True,
-    )
-    rows = []
-    for text, mode, every in chosen:
-        started = time.perf_counter()
-        mrr = run(mode, every, args.workers, config)
-        seconds = time.perf_counter() - started
-        print(f"{text:14} MRR {' '.join(f'{m:.3f}' for m in mrr)}  ({seconds:.0f} s)", flush=True)
-        rows.append({"variant": text, "mrr": mrr, "seconds": seconds})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "runs": rows}
-    args.out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+        chosen.append((mode, int(every or 1)))
+    return kge_variants.run_all(args.variants, lambda i: run(*chosen[i], args.workers, config), args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -21,3 +23,17 @@ def load(name: str) -> ModuleType:
     sys.modules[name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def run(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -P bench/<name>.py ARGS`` with the repository and the runtime importable."""
+    root = BENCH.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'runtime'}"}
+    return subprocess.run(
+        [sys.executable, "-P", str(BENCH / f"{name}.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -4,9 +4,6 @@ mistyped variant is a usage error, not a traceback."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +11,6 @@ import numpy as np
 from dynaps.apps import kge_blocks
 
 from . import scripts
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "kge_schedules.py"
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'runtime'}"}
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", str(SCRIPT), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
@@ -42,7 +24,8 @@ def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
         "pair/borrow",
         "pair/extra=1/sync=2",
     ]
-    done = run(
+    done = scripts.run(
+        "kge_schedules",
         "--workers", "2", "--epochs", "2", "--entities", "300", "--triples", "6000",
         "--eval-triples", "100", "--out", str(out), *variants,
     )  # fmt: skip
@@ -55,17 +38,17 @@ def test_every_kind_of_variant_trains_and_is_recorded(tmp_path: Path) -> None:
 
 
 def test_a_mistyped_variant_is_a_usage_error() -> None:
-    done = run("pair/split=0")
+    done = scripts.run("kge_schedules", "pair/split=0")
     assert done.returncode == 2
     assert "split=S" in done.stderr
     assert "Traceback" not in done.stderr
-    done = run("uniform")
+    done = scripts.run("kge_schedules", "uniform")
     assert done.returncode == 2
     assert "choose from" in done.stderr
-    done = run("weighted/extra=2")
+    done = scripts.run("kge_schedules", "weighted/extra=2")
     assert done.returncode == 2
     assert "use pair/" in done.stderr
-    done = run("pair/sync=2")
+    done = scripts.run("kge_schedules", "pair/sync=2")
     assert done.returncode == 2
     assert "extra=K or borrow" in done.stderr
 

@@ -5,9 +5,6 @@ way), and a mistyped variant is a usage error."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,27 +15,13 @@ from dynaps.contract import TableSpec, UpdaterSpec
 
 from . import scripts
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "replica_adagrad.py"
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'runtime'}"}
 TINY = ["--workers", "3", "--epochs", "2", "--entities", "200", "--triples", "4000", "--eval-triples", "100"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", str(SCRIPT), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_every_variant_trains_and_one_push_per_sync_is_the_same_either_way(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
     variants = ["exact", "summed/1", "squares/1", "summed/4", "squares/4"]
-    done = run(*TINY, "--out", str(out), *variants)
+    done = scripts.run("replica_adagrad", *TINY, "--out", str(out), *variants)
     assert done.returncode == 0, done.stderr
     runs = {r["variant"]: r["mrr"] for r in json.loads(out.read_text())["runs"]}
     assert list(runs) == variants
@@ -68,7 +51,7 @@ def test_a_flush_with_squares_grows_the_accumulator_by_the_pushes_squares() -> N
 
 def test_a_mistyped_variant_is_a_usage_error() -> None:
     for bad in ("summed", "exact/4", "squares/x", "other/2"):
-        done = run(bad)
+        done = scripts.run("replica_adagrad", bad)
         assert done.returncode == 2, bad
         assert "summed/SYNC" in done.stderr
         assert "Traceback" not in done.stderr
