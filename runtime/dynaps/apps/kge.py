@@ -14,8 +14,8 @@ the AdaGrad step (its state moves with the key).  How the work is split over wor
   at 8 workers 1.7k wake-ups per epoch against 66k (bench/README.md).  The price is
   ranking quality at many workers (8 workers on a dense graph: MRR 0.08 against one
   process's 0.18; docs/apps.md says why): where that matters more, ``relations`` with every
-  entity replicated (``--hot-keys`` the entity count) ranks as one process does, at several
-  times the CPU.
+  entity replicated (``--hot-keys`` the entity count, ``--hot-sync-ms 50``) ranks as one
+  process does, at about three times the CPU.
 * ``--clustering relations`` (Lapse's techniques): relations are split over workers
   (balanced by triple count), each worker trains on its relations' triples and localizes
   them once; while minibatch ``t`` trains, the entities of minibatch ``t + ahead`` are
@@ -164,8 +164,9 @@ def train(ps: common.PSLike, config: Config) -> list[dict[str, Any]]:
         progress.note(
             f"note: in entity blocks each round trains pairs of {2 * workers} blocks, so at {workers} "
             "workers the ranking can fall well below one process's (a dense graph: MRR 0.08 against "
-            f"0.18 at 8); --clustering relations --hot-keys {num_e} (every entity replicated) ranks "
-            "as one process does, at several times the CPU (docs/apps.md, 'KGE in entity blocks')"
+            f"0.18 at 8); --clustering relations --hot-keys {num_e} --hot-sync-ms 50 (every entity "
+            "replicated) ranks as one process does, at about three times the CPU (docs/apps.md, "
+            "'KGE in entity blocks')"
         )
     known = KnownTriples(np.concatenate([data.train, data.valid, data.test]), num_e, num_r, queries=my_test)
 

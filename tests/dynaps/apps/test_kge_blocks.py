@@ -130,4 +130,6 @@ def test_many_workers_in_entity_blocks_are_told_of_the_ranking(
     lockstep.run(kge.train, kge.tables(config), config, workers)
     said = capsys.readouterr().out
     assert "[kge] complex:" in said  # rank 0's notes are printed
-    assert ("every entity replicated) ranks as one process does" in said) == warned
+    assert (
+        "--hot-keys 200 --hot-sync-ms 50 (every entity replicated) ranks as one process does" in said
+    ) == warned
