@@ -97,6 +97,51 @@ def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
     assert after == [{}, {}]  # the relations' replica is dropped (after a flush) when train ends
 
 
+def messages_per_epoch(ps: dynaps.PS, config: kge.Config) -> dict[int, tuple[int, int]]:
+    """KGE's training, and this training process's messages sent and received inside each
+    epoch (from the barrier that starts it to the one that ends it)."""
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def mark(phase: str, epoch: int) -> None:
+        stats = ps.stats()
+        marks[(phase, epoch)] = (stats["messages_sent"], stats["messages_received"])
+
+    reporting.EPOCH_HOOKS.append(mark)
+    try:
+        kge.train(ps, config)
+    finally:
+        reporting.EPOCH_HOOKS.remove(mark)
+    return {
+        epoch: (
+            marks[("end", epoch)][0] - marks[("start", epoch)][0],
+            marks[("end", epoch)][1] - marks[("start", epoch)][1],
+        )
+        for epoch in range(1, config.epochs + 1)
+    }
+
+
+def test_a_kge_round_costs_each_worker_a_handful_of_messages() -> None:
+    """The message budget of entity blocks' rounds, which bench/README.md's census ("A faster
+    machine, and fewer messages per KGE round") cut: a worker's round is one localize (a block
+    that lines up with one home; none in an epoch's first round, which keeps the last one's
+    blocks), one flush and one refresh of the relations' replica to their owner (rank 0's
+    node: none for rank 0) and its barrier; the answers come as notices (the localize) or one
+    message each. With no timed sync (an interval longer than the run) the counts are the
+    same in every run: a second refresh per round or a block split over two homes fails."""
+    workers = 4
+    config = replace(TINY_KGE, epochs=2, hot_sync_ms=60_000)
+    rounds = 2 * workers - 1
+    with dynaps.LocalCluster(servers=workers, workers=workers, tables=kge.tables(config)) as cluster:
+        counted = cluster.run(messages_per_epoch, config)
+    for rank, epochs in enumerate(counted):
+        sent, received = epochs[2]  # the first epoch also localizes the first round's blocks
+        replica = 0 if rank == 0 else 2 * rounds  # the relations' flushes and refreshes, with answers
+        # barrier requests go straight to the coordinator (not counted as sent); the
+        # answers to a round's barriers and the epoch's closing one are counted
+        assert sent <= (rounds - 1) + replica, (rank, epochs)
+        assert received <= (rounds + 1) + replica, (rank, epochs)
+
+
 @pytest.mark.parametrize("hot_words", [None, 0.0], ids=["hot-words-replicated", "all-relocated"])
 def test_w2v_two_workers_train_like_one(cluster: dynaps.LocalCluster, hot_words: float | None) -> None:
     # Two workers pushing from the same stale values act as one minibatch twice the size:
