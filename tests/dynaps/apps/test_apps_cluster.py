@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,9 +98,11 @@ def test_kge_in_entity_blocks_learns_with_every_training_access_local() -> None:
     assert after == [{}, {}]  # the relations' replica is dropped (after a flush) when train ends
 
 
-def messages_per_epoch(ps: dynaps.PS, config: kge.Config) -> dict[int, tuple[int, int]]:
-    """KGE's training, and this training process's messages sent and received inside each
-    epoch (from the barrier that starts it to the one that ends it)."""
+def messages_per_epoch(
+    ps: dynaps.PS, train: Callable[[Any, Any], object], config: Any
+) -> dict[int, tuple[int, int]]:
+    """An app's ``train``, and this training process's messages sent and received inside
+    each epoch (from the barrier that starts it to the one that ends it)."""
     marks: dict[tuple[str, int], tuple[int, int]] = {}
 
     def mark(phase: str, epoch: int) -> None:
@@ -108,7 +111,7 @@ def messages_per_epoch(ps: dynaps.PS, config: kge.Config) -> dict[int, tuple[int
 
     reporting.EPOCH_HOOKS.append(mark)
     try:
-        kge.train(ps, config)
+        train(ps, config)
     finally:
         reporting.EPOCH_HOOKS.remove(mark)
     return {
@@ -132,7 +135,7 @@ def test_a_kge_round_costs_each_worker_a_handful_of_messages() -> None:
     config = replace(TINY_KGE, epochs=2, hot_sync_ms=60_000)
     rounds = 2 * workers - 1
     with dynaps.LocalCluster(servers=workers, workers=workers, tables=kge.tables(config)) as cluster:
-        counted = cluster.run(messages_per_epoch, config)
+        counted = cluster.run(messages_per_epoch, kge.train, config)
     for rank, epochs in enumerate(counted):
         sent, received = epochs[2]  # the first epoch also localizes the first round's blocks
         replica = 0 if rank == 0 else 2 * rounds  # the relations' flushes and refreshes, with answers
@@ -140,6 +143,18 @@ def test_a_kge_round_costs_each_worker_a_handful_of_messages() -> None:
         # answers to a round's barriers and the epoch's closing one are counted
         assert sent <= (rounds - 1) + replica, (rank, epochs)
         assert received <= (rounds + 1) + replica, (rank, epochs)
+
+
+def test_an_mf_sub_epoch_costs_each_worker_one_localize_and_a_barrier() -> None:
+    """DSGD's message budget: a sub-epoch's column block is one localize (blocks line up with
+    the homes), its barrier one answer; every training access is local."""
+    workers = 4
+    with dynaps.LocalCluster(servers=workers, workers=workers, tables=mf.tables(TINY_MF)) as cluster:
+        counted = cluster.run(messages_per_epoch, mf.train, replace(TINY_MF, epochs=2))
+    for rank, epochs in enumerate(counted):
+        sent, received = epochs[2]
+        assert sent <= workers, (rank, epochs)
+        assert received <= workers + 1, (rank, epochs)  # the sub-epochs' barriers and the closing one
 
 
 @pytest.mark.parametrize("hot_words", [None, 0.0], ids=["hot-words-replicated", "all-relocated"])
