@@ -272,7 +272,9 @@ def test_hot_keys_serve_pull_one_and_push_one_as_pull_and_push() -> None:
     for c in (one, general):
         c.store.loc[:] = 1
         c.store.loc[3] = WORKER  # a hot key may be owned here: the replica serves it all the same
-        c.table.replicate([2, 3])
+        # no timed sync: at the default 20 ms a loaded machine sent one between two calls
+        # (a refresh PULL in one client's turn and not the other's)
+        c.table.replicate([2, 3], sync_ms=60_000)
         c.transport.take()
     update = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     for key in (2, 3, 2, 3):
