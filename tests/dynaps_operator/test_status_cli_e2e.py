@@ -8,6 +8,7 @@ the process kubelet does not: tests/containers tests it on the real node.)
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from dynaps_operator.runner import OperatorThread
-from tests.dynaps_operator.conftest import GROUP, create_job, get_job, python_name, wait_phase
+from tests.dynaps_operator.conftest import GROUP, create_job, events_of, get_job, python_name, wait_phase
 from tests.kube.controlplane import ControlPlane
 from tests.kube.kubeapi import KubeClient
 from tests.kube.polling import wait_for
@@ -94,7 +95,19 @@ def test_status_of_a_running_then_finished_job(
         assert f"Progress: epoch 1 of 4 [{'#' * 8}{'.' * 22}] 25 %" in lines
         assert any(line.startswith("Metrics: ") and "steps=" in line for line in lines)
         assert "Data loss: none" in lines
-        assert any("CreatedPods" in line for line in lines[lines.index("Events (latest):") :])
+        # the latest events, at most five: CreatedPods, a NodesNotRegistered warning per
+        # new list of nodes still starting, JobRunning. On a loaded machine the nodes
+        # register one by one and the warnings push CreatedPods out (once, with the suite
+        # at -n 4 on 2 cores), so every line shown is checked against the job's events
+        shown = [re.sub(r" \(x\d+\)$", "", line) for line in lines[lines.index("Events (latest):") + 1 :]]
+        assert 1 <= len(shown) <= 5, lines
+        events = events_of(kube_api, ns, "st")
+        assert "CreatedPods" in {e.get("reason") for e in events}
+        posted = {
+            f"  {e.get('type') or 'Normal'} {e.get('reason') or '?'}: {e.get('message') or ''}"
+            for e in events
+        }
+        assert set(shown) <= posted, (shown, posted)
 
         # the kubectl plugin: kubectl finds kubectl-dynaps on PATH and hands it the rest
         plugins = tmp_path / "plugins"
