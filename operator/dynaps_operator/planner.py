@@ -218,7 +218,8 @@ def _run(o: Observed, job: ParameterServerJob, p: Plan) -> Plan:
     _request_scale(o, job, p, found)
     wanted = wanted_pods(o, job, p.status)
     found.holdup = holdup(o, wanted)
-    too_slow = start_deadline(o, job, p, wanted, found.holdup)
+    # at the deadline, name what is missing even within the grace
+    too_slow = start_deadline(o, job, p, wanted, found.holdup or holdup(o, wanted, grace=0.0))
     if too_slow:
         return fail(o, job, p, R.START_TIMEOUT_EXCEEDED, too_slow)
     return _settle(o, job, p, found, owned)

@@ -78,6 +78,7 @@ class PodView:
     start_problem: StartProblem | None = None  # why it does not start (None: starting or started)
     conditions: frozenset[str] = frozenset()  # types of the pod's conditions that are True
     memory: str = ""  # the main container's memory limit, else request ("" when neither is set)
+    running_since: datetime | None = None  # when the main container last started running
 
     @property
     def alive(self) -> bool:
@@ -147,6 +148,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         conditions=frozenset(str(kind) for kind, value in conditions.items() if value == "True"),
         start_problem=None if exit_code is not None else start_problem(name, status),
         memory=_memory(pod.get("spec") or {}),
+        running_since=_running_since(status),
     )
 
 
@@ -204,6 +206,13 @@ def _container_problem(pod: str, kind: str, container: dict[str, Any]) -> StartP
 def _clip(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
+
+
+def _running_since(status: dict[str, Any]) -> datetime | None:
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") == names.CONTAINER:
+            return _time(((container.get("state") or {}).get("running") or {}).get("startedAt"))
+    return None
 
 
 def _termination(status: dict[str, Any]) -> tuple[int | None, str, str, datetime | None]:

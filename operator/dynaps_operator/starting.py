@@ -14,6 +14,11 @@ What holds a job up, the first that applies:
 * every node registered, but some workers' programs did not connect (``WorkersNotAttached``):
   the coordinator's ``/status`` lists them.
 
+A node registers, and its program connects, within a second or two of its pod running: the
+last two name only pods that have run for :data:`REGISTER_GRACE_SECONDS` (a healthy start
+posted a Warning event for nodes still registering, one per new list of them as they came),
+except in the message of a job that the start deadline fails, which names every one.
+
 ``runPolicy.startTimeoutSeconds`` bounds both kinds of waiting: a pod still ``Pending`` that long
 after it was created, or a job not running that long after its pods were created (or after it
 stopped running), fails the job with ``StartTimeoutExceeded`` and the reason it waited for.
@@ -27,6 +32,7 @@ from dynaps_operator.names import Role
 from dynaps_operator.podstate import PodView
 
 NAMES_QUOTED = 5  # pods named in one message; more are counted
+REGISTER_GRACE_SECONDS = 10.0  # a running pod's node (or program) not in the job this long is named
 
 
 def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None = None) -> list[PodView]:
@@ -38,8 +44,9 @@ def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None =
     ]
 
 
-def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:
-    """What the job waits for that will not come by itself (None: nothing, or just starting)."""
+def holdup(o: Observed, wanted: list[PodView], grace: float = REGISTER_GRACE_SECONDS) -> Holdup | None:
+    """What the job waits for that will not come by itself (None: nothing, or just starting);
+    nodes and programs are named once their pods have run for ``grace`` seconds."""
     if o.held_back is not None:
         return o.held_back
     stuck = [pod for pod in wanted if pod.alive and pod.start_problem is not None]
@@ -54,20 +61,30 @@ def holdup(o: Observed, wanted: list[PodView]) -> Holdup | None:
         return None
     if not all(pod.alive and pod.phase == "Running" for pod in wanted):
         return None  # still starting
-    nodes = [pod.name for pod in wanted if pod.role is not Role.COORDINATOR]
-    missing = [name for name in nodes if name not in c.registered]
+    overdue = {pod.name for pod in wanted if _running_for(o, pod, grace)}
+    unregistered = [
+        pod.name for pod in wanted if pod.role is not Role.COORDINATOR and pod.name not in c.registered
+    ]
+    missing = [name for name in unregistered if name in overdue]
     if missing:
         return Holdup(
             R.NODES_NOT_REGISTERED,
             f"pods {_names(missing)} run but their nodes have not registered with the coordinator",
         )
-    if c.unattached:
+    if unregistered:
+        return None  # still registering
+    unattached = [name for name in c.unattached if name in overdue]
+    if unattached:
         return Holdup(
             R.WORKERS_NOT_ATTACHED,
-            f"the programs of workers {_names(list(c.unattached))} have not connected to the job "
-            "(dynaps.connect())",
+            f"the programs of workers {_names(unattached)} have not connected to the job (dynaps.connect())",
         )
     return None
+
+
+def _running_for(o: Observed, pod: PodView, seconds: float) -> bool:
+    """Whether ``pod`` has run for ``seconds`` (or since when is not known)."""
+    return pod.running_since is None or (o.now - pod.running_since).total_seconds() >= seconds
 
 
 def start_deadline(

@@ -45,6 +45,7 @@ def pod(
     created: datetime | None = None,
     problem: StartProblem | None = None,
     conditions: frozenset[str] = frozenset(),
+    running_since: datetime | None = None,
 ) -> PodView:
     if exit_code is not None and phase == "Running":
         phase = "Succeeded" if exit_code == 0 else "Failed"
@@ -68,6 +69,7 @@ def pod(
         created_at=created or T0,
         start_problem=problem,
         conditions=conditions,
+        running_since=running_since,
     )
 
 

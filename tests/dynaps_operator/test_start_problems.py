@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from dynaps_operator import starting
 from dynaps_operator.references import USABLE_LABEL
 from dynaps_operator.runner import OperatorThread
 from tests.dynaps_operator.conftest import (
@@ -100,9 +101,11 @@ def test_a_worker_program_that_never_attaches_is_named_then_fails_the_job(
     operator: OperatorThread, kube_api: KubeClient, kube_namespace: str
 ) -> None:
     ns = kube_namespace
-    # 15 s: on a loaded 2-core machine the pods took 6.7-7.7 s to say what they wait for,
-    # and the reason must show before the timeout fails the job
-    job = quickstart_job("silent", workers=1, runPolicy={"startTimeoutSeconds": 15})
+    # 25 s: on a loaded 2-core machine the pods took 6.7-7.7 s to say what they wait for,
+    # a program is named once its pod ran for the grace (10 s), and the reason must show
+    # before the timeout fails the job
+    timeout = 15 + starting.REGISTER_GRACE_SECONDS
+    job = quickstart_job("silent", workers=1, runPolicy={"startTimeoutSeconds": int(timeout)})
     job["spec"]["workers"]["command"] = ["python", "-c", "import time; time.sleep(300)"]
     job["spec"]["workers"]["args"] = []
     create_job(kube_api, ns, job)

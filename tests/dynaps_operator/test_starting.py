@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dynaps.contract import ConditionType, JobPhase
+from dynaps_operator import starting
 from dynaps_operator.coordinator_view import parse_status
 from dynaps_operator.names import Role
 from dynaps_operator.planner import plan
@@ -248,6 +249,91 @@ def test_nodes_still_starting_are_not_a_problem() -> None:
     running = p.status.condition(C.RUNNING)
     assert running is not None
     assert running.reason == "JobStarting"
+
+
+def test_nodes_and_programs_joining_within_the_grace_are_no_warning() -> None:
+    """A healthy start: every pod runs and the nodes register one by one, then the programs
+    connect, all within the grace: the job says it is starting, with no Warning event (one
+    per new list of nodes used to be posted as they came). Past the grace, the ones still
+    missing are named."""
+    status = plan(observed()).status
+    since = T0 - timedelta(seconds=5)
+    pods = full_set(running_since=since)
+    joining = [
+        [],
+        [member("mf-server-0", "server")],
+        [member("mf-server-0", "server"), member("mf-worker-0", "worker", attached=False)],
+        [
+            member("mf-server-0", "server"),
+            member("mf-worker-0", "worker", attached=False),
+            member("mf-worker-1", "worker", attached=False),
+        ],
+    ]
+    for members in joining:
+        p = plan(observed(pods=pods, status=status, coordinator=registering("registering", members)))
+        running = p.status.condition(C.RUNNING)
+        assert running is not None
+        assert running.reason == "JobStarting", members
+        assert not [e for e in p.events if e.type == "Warning"], members
+        status = p.status
+    late = T0 + timedelta(seconds=starting.REGISTER_GRACE_SECONDS)
+    p = plan(observed(pods=pods, status=status, coordinator=registering("registering", joining[1]), now=late))
+    running = p.status.condition(C.RUNNING)
+    assert running is not None
+    assert running.reason == "NodesNotRegistered"
+    assert (
+        running.message
+        == "pods mf-worker-0, mf-worker-1 run but their nodes have not registered with the coordinator"
+    )
+    p = plan(observed(pods=pods, status=status, coordinator=registering("registering", joining[3]), now=late))
+    running = p.status.condition(C.RUNNING)
+    assert running is not None
+    assert running.reason == "WorkersNotAttached"
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "WorkersNotAttached")]
+
+
+def test_a_pod_that_just_started_again_has_its_own_grace() -> None:
+    """The grace counts from the container's start, not the pod's creation: a pod pulled for
+    minutes, or restarted, is given its own."""
+    status = plan(observed()).status
+    pods = full_set(running_since=T0 - timedelta(minutes=10))
+    pods[3] = pod(Role.WORKER, 1, created=T0 - timedelta(minutes=10), running_since=T0 - timedelta(seconds=2))
+    members = [member("mf-server-0", "server"), member("mf-worker-0", "worker")]
+    p = plan(observed(pods=pods, status=status, coordinator=registering("registering", members)))
+    running = p.status.condition(C.RUNNING)
+    assert running is not None
+    assert running.reason == "JobStarting"
+
+
+def test_the_start_deadline_names_what_is_missing_even_within_the_grace() -> None:
+    the_job = job(runPolicy={"startTimeoutSeconds": 60})
+    first = plan(observed(the_job))
+    late = T0 + timedelta(seconds=61)
+    pods = full_set(running_since=late - timedelta(seconds=2))  # restarted just now
+    c = registering("registering", [member("mf-server-0", "server"), member("mf-worker-0", "worker")])
+    p = plan(observed(the_job, pods=pods, status=first.status, coordinator=c, now=late))
+    failed = p.status.condition(C.FAILED)
+    assert failed is not None
+    assert failed.reason == "StartTimeoutExceeded"
+    assert failed.message.endswith(
+        ": pods mf-worker-1 run but their nodes have not registered with the coordinator"
+    )
+
+
+def test_a_pods_running_start_is_read_from_its_main_container() -> None:
+    status = {
+        "phase": "Running",
+        "containerStatuses": [
+            {"name": "sidecar", "state": {"running": {"startedAt": "2026-01-01T11:00:00Z"}}},
+            {"name": "dynaps", "state": {"running": {"startedAt": "2026-01-01T12:00:05Z"}}},
+        ],
+    }
+    view = pod_view(raw_pod(status))
+    assert view is not None
+    assert view.running_since == T0 + timedelta(seconds=5)
+    waiting_view = pod_view(raw_pod(waiting("ContainerCreating", "")))
+    assert waiting_view is not None
+    assert waiting_view.running_since is None
 
 
 def test_a_replacement_that_cannot_start_degrades_a_running_job() -> None:
