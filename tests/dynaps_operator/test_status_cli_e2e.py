@@ -95,10 +95,11 @@ def test_status_of_a_running_then_finished_job(
         assert f"Progress: epoch 1 of 4 [{'#' * 8}{'.' * 22}] 25 %" in lines
         assert any(line.startswith("Metrics: ") and "steps=" in line for line in lines)
         assert "Data loss: none" in lines
-        # the latest events, at most five: CreatedPods, a NodesNotRegistered warning per
-        # new list of nodes still starting, JobRunning. On a loaded machine the nodes
-        # register one by one and the warnings push CreatedPods out (once, with the suite
-        # at -n 4 on 2 cores), so every line shown is checked against the job's events
+        # the latest events, at most five. Warnings of a slow start may come between
+        # CreatedPods and JobRunning (a NodesNotRegistered per new list of nodes still
+        # registering pushed CreatedPods out once, with the suite at -n 4 on 2 cores, before
+        # nodes had a grace to register), so every line shown is checked against the job's
+        # events in the API server
         shown = [re.sub(r" \(x\d+\)$", "", line) for line in lines[lines.index("Events (latest):") + 1 :]]
         assert 1 <= len(shown) <= 5, lines
         events = events_of(kube_api, ns, "st")
