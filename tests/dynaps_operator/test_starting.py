@@ -192,6 +192,13 @@ def test_start_timeout_zero_waits_forever() -> None:
     assert p.status.message == PULL.message
 
 
+def running_of(p: Any) -> tuple[str, str]:
+    """The plan's Running condition: (reason, message)."""
+    running = p.status.condition(C.RUNNING)
+    assert running is not None
+    return running.reason, running.message
+
+
 def registering(phase: str, members: list[dict[str, Any]]) -> Any:
     return parse_status(
         {"phase": phase, "members": members, "servers": {"desired": 1}, "workers": {"desired": 2}}
@@ -271,24 +278,17 @@ def test_nodes_and_programs_joining_within_the_grace_are_no_warning() -> None:
     ]
     for members in joining:
         p = plan(observed(pods=pods, status=status, coordinator=registering("registering", members)))
-        running = p.status.condition(C.RUNNING)
-        assert running is not None
-        assert running.reason == "JobStarting", members
+        assert running_of(p)[0] == "JobStarting", members
         assert not [e for e in p.events if e.type == "Warning"], members
         status = p.status
     late = T0 + timedelta(seconds=starting.REGISTER_GRACE_SECONDS)
     p = plan(observed(pods=pods, status=status, coordinator=registering("registering", joining[1]), now=late))
-    running = p.status.condition(C.RUNNING)
-    assert running is not None
-    assert running.reason == "NodesNotRegistered"
-    assert (
-        running.message
-        == "pods mf-worker-0, mf-worker-1 run but their nodes have not registered with the coordinator"
+    assert running_of(p) == (
+        "NodesNotRegistered",
+        "pods mf-worker-0, mf-worker-1 run but their nodes have not registered with the coordinator",
     )
     p = plan(observed(pods=pods, status=status, coordinator=registering("registering", joining[3]), now=late))
-    running = p.status.condition(C.RUNNING)
-    assert running is not None
-    assert running.reason == "WorkersNotAttached"
+    assert running_of(p)[0] == "WorkersNotAttached"
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "WorkersNotAttached")]
 
 
@@ -300,9 +300,7 @@ def test_a_pod_that_just_started_again_has_its_own_grace() -> None:
     pods[3] = pod(Role.WORKER, 1, created=T0 - timedelta(minutes=10), running_since=T0 - timedelta(seconds=2))
     members = [member("mf-server-0", "server"), member("mf-worker-0", "worker")]
     p = plan(observed(pods=pods, status=status, coordinator=registering("registering", members)))
-    running = p.status.condition(C.RUNNING)
-    assert running is not None
-    assert running.reason == "JobStarting"
+    assert running_of(p)[0] == "JobStarting"
 
 
 def test_the_start_deadline_names_what_is_missing_even_within_the_grace() -> None:
