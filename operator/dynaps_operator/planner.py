@@ -63,7 +63,7 @@ from dynaps_operator.lifecycle import fail, finished, invalid, succeed, suspend
 from dynaps_operator.names import NODE_ROLES, Role
 from dynaps_operator.pod_builder import role_resources
 from dynaps_operator.podstate import Outcome, PodView
-from dynaps_operator.starting import holdup, start_deadline, wanted_pods
+from dynaps_operator.starting import PROGRESS_HOLDUPS, holdup, start_deadline, wanted_pods
 from dynaps_operator.status import replica_status
 
 __all__ = ["Deletion", "Event", "Memory", "Observed", "Plan", "plan"]
@@ -324,7 +324,10 @@ def _settle(
             p.condition(C.DEGRADED, False, R.ALL_PODS_READY, "every pod is ready", now)
         elif running:
             p.condition(C.DEGRADED, True, R.PODS_NOT_READY, "some pods are not ready", now)
-    if held and not any(x.reason == held.reason and x.message == held.message for x in o.status.conditions):
+    if held and not any(
+        x.reason == held.reason and (x.message == held.message or held.reason in PROGRESS_HOLDUPS)
+        for x in o.status.conditions
+    ):
         p.event(held.reason, held.message, warning=True)  # once per new reason or message
     if running:
         if not p.status.is_true(C.RUNNING):

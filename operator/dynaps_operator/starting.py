@@ -33,6 +33,9 @@ from dynaps_operator.podstate import PodView
 
 NAMES_QUOTED = 5  # pods named in one message; more are counted
 REGISTER_GRACE_SECONDS = 10.0  # a running pod's node (or program) not in the job this long is named
+# holdups whose message is a list that shrinks as nodes join: one Warning event per reason,
+# not one per new list (the condition's message still follows the list)
+PROGRESS_HOLDUPS = frozenset({R.NODES_NOT_REGISTERED, R.WORKERS_NOT_ATTACHED})
 
 
 def wanted_pods(o: Observed, job: ParameterServerJob, status: JobStatus | None = None) -> list[PodView]:

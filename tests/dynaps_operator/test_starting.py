@@ -292,6 +292,34 @@ def test_nodes_and_programs_joining_within_the_grace_are_no_warning() -> None:
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "WorkersNotAttached")]
 
 
+def test_nodes_registering_slowly_post_one_warning_while_the_message_follows_them() -> None:
+    """Past the grace the list of nodes still missing shrinks as they register: the
+    condition's message follows it, and one Warning event says so (not one per list)."""
+    status = plan(observed()).status
+    late = T0 + timedelta(seconds=starting.REGISTER_GRACE_SECONDS)
+    pods = full_set(running_since=T0)
+    warnings, messages = [], []
+    for members in (
+        [],
+        [member("mf-server-0", "server")],
+        [member("mf-server-0", "server"), member("mf-worker-0", "worker")],
+    ):
+        p = plan(
+            observed(pods=pods, status=status, coordinator=registering("registering", members), now=late)
+        )
+        warnings += [e.reason for e in p.events if e.type == "Warning"]
+        reason, message = running_of(p)
+        assert reason == "NodesNotRegistered"
+        messages.append(message.split(" run but")[0])
+        status = p.status
+    assert warnings == ["NodesNotRegistered"]
+    assert messages == [
+        "pods mf-server-0, mf-worker-0, mf-worker-1",
+        "pods mf-worker-0, mf-worker-1",
+        "pods mf-worker-1",
+    ]
+
+
 def test_a_pod_that_just_started_again_has_its_own_grace() -> None:
     """The grace counts from the container's start, not the pod's creation: a pod pulled for
     minutes, or restarted, is given its own."""
